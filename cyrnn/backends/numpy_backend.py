@@ -1,0 +1,279 @@
+"""NumPy reference backend: the readable specification of the kernel contract.
+
+Every compiled backend must reproduce these three functions (``forward``,
+``backward``, ``step``) to tight tolerances; ``docs/architecture.md`` states the
+contract. Layout is time-major: ``xp[t]`` holds the projected inputs of all
+sequences at step ``t``.
+
+Cell equations (PyTorch gate order; ``a = xp_t + h W_hh^T + b_hh``)::
+
+    rnn   h' = act(a)
+    lstm  i, f, g, o = sig(a_i), sig(a_f), tanh(a_g), sig(a_o)
+          c' = f c + i g ;  h' = o tanh(c')
+    gru   r, z = sig(x_r + gh_r), sig(x_z + gh_z)           (gh = h W_hh^T + b_hh)
+          n = tanh(x_n + r gh_n)            reset_after=True  (PyTorch, cuDNN)
+          n = tanh(x_n + (r h) W_hn^T + b_hn)   reset_after=False (Cho et al.)
+          h' = (1 - z) n + z h
+
+Masking: at a step where ``mask[t, i]`` is False, sequence ``i`` keeps its state
+and outputs zero. Truncation: the gradient arriving at step ``t`` (from the
+output there, or from the final state when ``t`` is the last step) flows back
+through at most ``truncate + 1`` valid cells: ``t`` and the ``truncate`` valid
+steps before it. Masked steps pass gradients through and do not count.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.special import expit as _sigmoid
+
+NAME = "numpy"
+
+_ACTIVATIONS = {
+    # name: (f(a), f'(a) expressed through y = f(a))
+    "tanh": (np.tanh, lambda y: 1.0 - y * y),
+    "relu": (lambda a: np.maximum(a, 0), lambda y: (y > 0).astype(y.dtype)),
+    "sigmoid": (_sigmoid, lambda y: y * (1.0 - y)),
+}
+
+
+# ----------------------------------------------------------------------------
+# One cell step: the only place where the cell math lives in this backend.
+# ----------------------------------------------------------------------------
+
+def cell_forward(cell, xp_t, h, c, w_hh, b_hh):
+    """One step for a batch. Returns ``(h_new, c_new, gates, aux)``.
+
+    ``gates`` are the post-activation gate values (rnn: ``h_new``; lstm: i,f,g,o;
+    gru: r,z,n); ``aux`` is what GRU's backward needs besides them (``gh_n`` when
+    ``reset_after`` else ``r * h``); ``c_new`` and ``aux`` are None where unused.
+    """
+    H = h.shape[1]
+    if cell.kind == "rnn":
+        act, _ = _ACTIVATIONS[cell.activation]
+        h_new = act(xp_t + h @ w_hh.T + b_hh)
+        return h_new, None, h_new, None
+    if cell.kind == "lstm":
+        a = xp_t + h @ w_hh.T + b_hh
+        i, f, o = _sigmoid(a[:, :H]), _sigmoid(a[:, H:2 * H]), _sigmoid(a[:, 3 * H:])
+        g = np.tanh(a[:, 2 * H:3 * H])
+        c_new = f * c + i * g
+        h_new = o * np.tanh(c_new)
+        return h_new, c_new, np.concatenate([i, f, g, o], axis=1), None
+    # gru
+    if cell.reset_after:
+        gh = h @ w_hh.T + b_hh
+        rz = _sigmoid(xp_t[:, :2 * H] + gh[:, :2 * H])
+        r, z = rz[:, :H], rz[:, H:]
+        aux = gh[:, 2 * H:]
+        n = np.tanh(xp_t[:, 2 * H:] + r * aux)
+    else:
+        rz = _sigmoid(xp_t[:, :2 * H] + h @ w_hh[:2 * H].T + b_hh[:2 * H])
+        r, z = rz[:, :H], rz[:, H:]
+        aux = r * h
+        n = np.tanh(xp_t[:, 2 * H:] + aux @ w_hh[2 * H:].T + b_hh[2 * H:])
+    h_new = (1.0 - z) * n + z * h
+    return h_new, None, np.concatenate([r, z, n], axis=1), aux
+
+
+def cell_backward(cell, dh, dc, h, c, c_new, gates, aux, w_hh):
+    """Backward of one step given the gradient on its outputs.
+
+    Returns ``(dxp, dgh, dh_prev, dc_prev)``: gradients on the projected input,
+    on the recurrent pre-activation ``gh`` (whose outer product with the
+    recurrent input gives ``dW_hh``), on the previous hidden and cell state.
+    """
+    H = h.shape[1]
+    if cell.kind == "rnn":
+        _, dact = _ACTIVATIONS[cell.activation]
+        da = dh * dact(gates)
+        return da, da, da @ w_hh, None
+    if cell.kind == "lstm":
+        i, f, g, o = (gates[:, k * H:(k + 1) * H] for k in range(4))
+        tc = np.tanh(c_new)
+        dc = dc + dh * o * (1.0 - tc * tc)
+        da = np.concatenate([dc * g * i * (1.0 - i),
+                             dc * c * f * (1.0 - f),
+                             dc * i * (1.0 - g * g),
+                             dh * tc * o * (1.0 - o)], axis=1)
+        return da, da, da @ w_hh, dc * f
+    # gru
+    r, z, n = (gates[:, k * H:(k + 1) * H] for k in range(3))
+    dn_pre = dh * (1.0 - z) * (1.0 - n * n)
+    dz_pre = dh * (h - n) * z * (1.0 - z)
+    dh_prev = dh * z
+    if cell.reset_after:
+        dr_pre = dn_pre * aux * r * (1.0 - r)
+        dgh = np.concatenate([dr_pre, dz_pre, dn_pre * r], axis=1)
+        dh_prev = dh_prev + dgh @ w_hh
+    else:
+        drh = dn_pre @ w_hh[2 * H:]
+        dr_pre = drh * h * r * (1.0 - r)
+        dgh = np.concatenate([dr_pre, dz_pre, dn_pre], axis=1)
+        dh_prev = dh_prev + drh * r + dgh[:, :2 * H] @ w_hh[:2 * H]
+    dxp = np.concatenate([dr_pre, dz_pre, dn_pre], axis=1)
+    return dxp, dgh, dh_prev, None
+
+
+# ----------------------------------------------------------------------------
+# The kernel contract.
+# ----------------------------------------------------------------------------
+
+def step(cell, xp_t, w_hh, b_hh, h, c=None):
+    """Single step used by generation. Returns ``(h_new, c_new)``."""
+    h_new, c_new, _, _ = cell_forward(cell, xp_t, h, c, w_hh, b_hh)
+    return h_new, c_new
+
+
+def forward(cell, xp, w_hh, b_hh, h0, c0=None, mask=None, keep_cache=False):
+    """Run the cell over ``T`` steps.
+
+    Parameters
+    ----------
+    cell : Cell
+    xp : (T, N, G*H) projected inputs ``x_t W_ih^T + b_ih``
+    w_hh : (G*H, H);  b_hh : (G*H,)
+    h0, c0 : (N, H) initial states (``c0`` only for LSTM)
+    mask : (T, N) bool or None (all steps valid)
+    keep_cache : bool
+        Return what ``backward`` needs; inference passes False and keeps nothing.
+
+    Returns
+    -------
+    h_seq : (T, N, H) outputs, zero at masked steps
+    h_T, c_T : (N, H) final states (``c_T`` None unless LSTM)
+    cache : dict or None
+        ``h`` (T+1, N, H) states with ``h[0] = h0``; ``c`` likewise (LSTM);
+        ``gates`` (T, N, G*H) post-activation; ``aux`` (T, N, H) (GRU).
+    """
+    T, N, _ = xp.shape
+    H = w_hh.shape[1]
+    h, c = h0, c0
+    h_seq = np.zeros((T, N, H), dtype=xp.dtype)
+    if keep_cache:
+        cache = {"h": np.empty((T + 1, N, H), xp.dtype),
+                 "gates": np.zeros((T, N, cell.n_gates * H), xp.dtype)}
+        cache["h"][0] = h0
+        if cell.has_cell_state:
+            cache["c"] = np.empty((T + 1, N, H), xp.dtype)
+            cache["c"][0] = c0
+        if cell.kind == "gru":
+            cache["aux"] = np.zeros((T, N, H), xp.dtype)
+    for t in range(T):
+        h_new, c_new, gates, aux = cell_forward(cell, xp[t], h, c, w_hh, b_hh)
+        if mask is not None:
+            m = mask[t][:, None]
+            h_new = np.where(m, h_new, h)
+            c_new = np.where(m, c_new, c) if c_new is not None else None
+            h_seq[t] = np.where(m, h_new, 0)
+        else:
+            h_seq[t] = h_new
+        h, c = h_new, c_new
+        if keep_cache:
+            cache["h"][t + 1] = h
+            cache["gates"][t] = gates
+            if cell.has_cell_state:
+                cache["c"][t + 1] = c
+            if aux is not None:
+                cache["aux"][t] = aux
+    return h_seq, h, c, (cache if keep_cache else None)
+
+
+def _sweep(cell, cache, w_hh, mask, t0, dh, dc, dh_seq, budget, dxp, dgh):
+    """Backpropagate from step ``t0`` down to step 0 (or until ``budget`` runs out).
+
+    Adds into ``dxp``/``dgh``; adds ``dh_seq[t]`` at every valid step when given
+    (full BPTT); ``budget`` (N,) counts the valid cells each sequence may still
+    pass through (None: unlimited). Returns the gradient on ``h0`` (and ``c0``).
+    """
+    H = w_hh.shape[1]
+    for t in range(t0, -1, -1):
+        valid = np.ones(dh.shape[0], bool) if mask is None else mask[t]
+        if budget is not None:
+            valid = valid & (budget > 0)
+        m = valid[:, None]
+        if dh_seq is not None:
+            dh = dh + np.where(m, dh_seq[t], 0)
+        h = cache["h"][t]
+        c = cache["c"][t] if cell.has_cell_state else None
+        c_new = cache["c"][t + 1] if cell.has_cell_state else None
+        aux = cache["aux"][t] if cell.kind == "gru" else None
+        dxp_t, dgh_t, dh_prev, dc_prev = cell_backward(
+            cell, dh, dc, h, c, c_new, cache["gates"][t], aux, w_hh)
+        dxp[t] += np.where(m, dxp_t, 0)
+        dgh[t] += np.where(m, dgh_t, 0)
+        dh = np.where(m, dh_prev, dh)
+        if dc is not None:
+            dc = np.where(m, dc_prev, dc)
+        if budget is not None:
+            budget = budget - valid
+            spent = (budget == 0)[:, None]
+            dh = np.where(spent, 0, dh)
+            dc = np.where(spent, 0, dc) if dc is not None else None
+            if not budget.any():
+                return np.zeros_like(dh), (None if dc is None else np.zeros_like(dc))
+    return dh, dc
+
+
+def backward(cell, cache, w_hh, mask=None, dh_seq=None, dh_T=None, dc_T=None, truncate=None):
+    """Gradients of a scalar loss through ``forward``.
+
+    Parameters
+    ----------
+    cache : dict from ``forward(..., keep_cache=True)``
+    mask : (T, N) bool or None, as in forward
+    dh_seq : (T, N, H) or None, gradient on ``h_seq``
+    dh_T, dc_T : (N, H) or None, gradient on the final states
+    truncate : int >= 0 or None
+        None: full BPTT. k: each gradient source passes through at most k + 1
+        valid cells (its own step and k earlier ones).
+
+    Returns
+    -------
+    dxp : (T, N, G*H);  dh0, dc0 : (N, H) (``dc0`` None unless LSTM)
+    dw_hh : (G*H, H);  db_hh : (G*H,)
+    """
+    T, N, GH = cache["gates"].shape
+    H = GH // cell.n_gates
+    dtype = cache["gates"].dtype
+    zeros = np.zeros((N, H), dtype)
+    dh_T = zeros if dh_T is None else dh_T
+    if cell.has_cell_state:
+        dc_T = zeros if dc_T is None else dc_T
+    else:
+        dc_T = None
+    dxp = np.zeros((T, N, GH), dtype)
+    dgh = np.zeros((T, N, GH), dtype)
+    if truncate is None or truncate >= T:
+        dh0, dc0 = _sweep(cell, cache, w_hh, mask, T - 1, dh_T, dc_T, dh_seq, None, dxp, dgh)
+    else:
+        dh0 = zeros.copy()
+        dc0 = zeros.copy() if dc_T is not None else None
+        # Sources: the output gradient at each step, plus the final-state gradient at T-1.
+        sources = []
+        for t in range(T):
+            dh = np.zeros_like(zeros) if dh_seq is None else dh_seq[t].copy()
+            if mask is not None:
+                dh[~mask[t]] = 0
+            dc = None if dc_T is None else zeros
+            if t == T - 1:
+                dh = dh + dh_T
+                dc = dc_T
+            if dh.any() or (dc is not None and dc.any()):
+                sources.append((t, dh, dc))
+        for t, dh, dc in sources:
+            budget = np.full(N, truncate + 1, dtype=np.int64)
+            a, b = _sweep(cell, cache, w_hh, mask, t, dh, dc, None, budget, dxp, dgh)
+            dh0 += a
+            if dc0 is not None:
+                dc0 += b
+    # dW_hh: one contraction over all steps of dgh with the recurrent inputs.
+    h_in = cache["h"][:-1]
+    if cell.kind == "gru" and not cell.reset_after:
+        dw_hh = np.concatenate([
+            np.einsum("tng,tnh->gh", dgh[:, :, :2 * H], h_in),
+            np.einsum("tng,tnh->gh", dgh[:, :, 2 * H:], cache["aux"])], axis=0)
+    else:
+        dw_hh = np.einsum("tng,tnh->gh", dgh, h_in)
+    db_hh = dgh.sum(axis=(0, 1))
+    return dxp, dh0, dc0, dw_hh.astype(dtype, copy=False), db_hh

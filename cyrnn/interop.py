@@ -1,0 +1,62 @@
+"""Conversion to and from PyTorch's ``nn.RNN`` / ``nn.LSTM`` / ``nn.GRU``.
+
+cyrnn's recurrent parameter names, shapes and gate order are PyTorch's
+(``docs/architecture.md``), so conversion is a copy. torch is imported lazily
+and only here: it is never a runtime dependency.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .layers.recurrent import GRU, LSTM, RecurrentLayer, SimpleRNN
+
+_MODES = {"RNN_TANH": (SimpleRNN, {"activation": "tanh"}),
+          "RNN_RELU": (SimpleRNN, {"activation": "relu"}),
+          "LSTM": (LSTM, {}),
+          "GRU": (GRU, {"reset_after": True})}
+
+
+def from_torch(module, backend="auto"):
+    """An equivalent cyrnn layer for a ``torch.nn.RNN``, ``LSTM`` or ``GRU``.
+
+    Copies ``num_layers``, ``bidirectional``, ``batch_first``, ``dropout`` and every
+    weight (biases are zero if the module has ``bias=False``); dtype follows the
+    module's weights (float64 for ``.double()`` modules, else float32). The result
+    returns ``(output, state)`` exactly as the torch module does.
+    """
+    mode = getattr(module, "mode", None)
+    if mode not in _MODES:
+        raise TypeError(f"from_torch needs a torch.nn.RNN, LSTM or GRU, got {type(module).__name__}")
+    if getattr(module, "proj_size", 0):
+        raise ValueError("LSTM with proj_size > 0 has no cyrnn equivalent")
+    cls, options = _MODES[mode]
+    weights = {name: param.detach().cpu().numpy() for name, param in module.named_parameters()}
+    dtype = np.float64 if next(iter(weights.values())).dtype == np.float64 else np.float32
+    layer = cls(module.input_size, module.hidden_size, module.num_layers,
+                bidirectional=module.bidirectional, batch_first=module.batch_first,
+                dropout=float(module.dropout), backend=backend, dtype=dtype, **options)
+    state = {name: np.zeros(shape, dtype) for name, shape in layer.params.shapes.items()}
+    state.update(weights)
+    layer.params.load_state_dict(state)
+    return layer
+
+
+def to_torch_state_dict(layer):
+    """The layer's parameters as a ``state_dict`` for the matching torch module
+    (``torch.Tensor`` values; load with ``module.load_state_dict``)."""
+    import torch
+
+    if not isinstance(layer, RecurrentLayer):
+        raise TypeError("to_torch_state_dict needs a cyrnn recurrent layer")
+    if layer.bidirectional and layer.merge_mode != "concat":
+        raise ValueError("torch stacks bidirectional layers by concatenation; "
+                         f"merge_mode={layer.merge_mode!r} has no torch equivalent")
+    if layer.cell.kind == "rnn" and layer.cell.activation == "sigmoid":
+        raise ValueError("torch.nn.RNN has no sigmoid activation")
+    if layer.cell.kind == "gru" and not layer.cell.reset_after:
+        raise ValueError("torch.nn.GRU implements reset_after=True only")
+    return {name: torch.from_numpy(value) for name, value in layer.params.state_dict().items()}
+
+
+RecurrentLayer.to_torch_state_dict = to_torch_state_dict

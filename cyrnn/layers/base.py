@@ -1,0 +1,74 @@
+"""What every layer shares: a parameter buffer, a training flag, state dicts."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..params import ParameterBuffer
+
+
+def glorot_uniform(rng, shape, dtype):
+    """Keras's default kernel initialiser for a (fan_out, fan_in) weight."""
+    fan_out, fan_in = shape
+    limit = np.sqrt(6.0 / (fan_in + fan_out))
+    return rng.uniform(-limit, limit, size=shape).astype(dtype)
+
+
+def orthogonal(rng, n, dtype):
+    """A random (n, n) orthogonal matrix (QR of a Gaussian, signs fixed)."""
+    q, r = np.linalg.qr(rng.standard_normal((n, n)))
+    return (q * np.sign(np.diag(r))).astype(dtype)
+
+
+class Layer:
+    """Base class: parameters live in ``self.params`` (a :class:`ParameterBuffer`).
+
+    Attributes
+    ----------
+    params : ParameterBuffer
+        Values and gradients; ``params[name]`` / ``params.grad_of(name)``.
+    training : bool
+        True: forward keeps what backward needs and applies dropout.
+        False (inference): keeps nothing, so concurrent forward calls are safe.
+    """
+
+    training = True
+
+    def param_specs(self):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _build_params(self):
+        self.params = ParameterBuffer(self.param_specs(), dtype=self.dtype)
+
+    def rehome(self, data, grad):
+        """Move the parameters into ``data``/``grad`` (slices of a model's buffer)."""
+        new = ParameterBuffer(self.param_specs(), dtype=self.dtype, data=data, grad=grad)
+        new.data[...] = self.params.data
+        new.grad[...] = self.params.grad
+        self.params = new
+
+    def train(self, mode=True):
+        self.training = bool(mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def zero_grad(self):
+        self.params.zero_grad()
+
+    def state_dict(self):
+        return self.params.state_dict()
+
+    def load_state_dict(self, state, strict=True):
+        self.params.load_state_dict(state, strict=strict)
+
+    def _resolve_training(self, training):
+        return self.training if training is None else bool(training)
+
+    def _require_cache(self):
+        cache = getattr(self, "_cache", None)
+        if cache is None:
+            raise RuntimeError(f"{type(self).__name__}.backward needs a preceding forward in "
+                               "training mode (inference keeps no backward caches)")
+        return cache

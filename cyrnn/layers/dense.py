@@ -1,0 +1,63 @@
+"""Dense (fully connected) layer applied to the last axis."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import _validation as V
+from .base import Layer, glorot_uniform
+
+
+class Dense(Layer):
+    """``y = x W^T + b`` on the last axis (per step for sequences).
+
+    Parameters
+    ----------
+    in_features, out_features : int
+    dtype : {float32, float64}, default float32
+    random_state : None, int or numpy Generator
+
+    Attributes
+    ----------
+    params : ParameterBuffer with ``weight`` (out_features, in_features), Glorot-uniform,
+        and ``bias`` (out_features,), zero. (PyTorch's ``nn.Linear`` layout.)
+
+    Outputs are logits: the losses in :mod:`cyrnn.losses` apply sigmoid/softmax.
+    """
+
+    def __init__(self, in_features, out_features, *, dtype=np.float32, random_state=None):
+        self.in_features = V.check_int(in_features, "in_features", minimum=1)
+        self.out_features = V.check_int(out_features, "out_features", minimum=1)
+        self.dtype = V.check_dtype(dtype)
+        self._cache = None
+        self._build_params()
+        self.reset_parameters(random_state)
+
+    @property
+    def output_size(self):
+        return self.out_features
+
+    def param_specs(self):
+        return [("weight", (self.out_features, self.in_features)), ("bias", (self.out_features,))]
+
+    def reset_parameters(self, random_state=None):
+        rng = V.check_rng(random_state)
+        self.params["weight"][...] = glorot_uniform(rng, self.params.shapes["weight"], self.dtype)
+        self.params["bias"][...] = 0
+
+    def forward(self, x, training=None):
+        x = np.asarray(x, self.dtype)
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"Dense expects {self.in_features} input features, got {x.shape[-1]}")
+        self._cache = x if self._resolve_training(training) else None
+        return x @ self.params["weight"].T + self.params["bias"]
+
+    __call__ = forward
+
+    def backward(self, d_output):
+        x = self._require_cache()
+        d = np.asarray(d_output, self.dtype)
+        d2, x2 = d.reshape(-1, self.out_features), x.reshape(-1, self.in_features)
+        self.params.grad_of("weight")[...] += d2.T @ x2
+        self.params.grad_of("bias")[...] += d2.sum(axis=0)
+        return d @ self.params["weight"]

@@ -1,0 +1,435 @@
+"""SimpleRNN, LSTM and GRU layers: one class, parametrised by the cell.
+
+Shared code does everything except the recurrent time loop: validation, the
+input projection of all steps (one GEMM), directions, stacking, merge modes,
+dropout and the input-side gradients. The time loop is the backend's
+(``cyrnn.backends``; contract in ``docs/architecture.md``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import _validation as V
+from ..backends import Cell, check_backend_name, get_backend
+from .base import Layer, glorot_uniform, orthogonal
+
+MERGE_MODES = ("concat", "sum", "mul", "ave")
+
+
+class RecurrentLayer(Layer):
+    """A (stacked, optionally bidirectional) recurrent layer.
+
+    Parameters
+    ----------
+    input_size : int
+        Features per step.
+    hidden_size : int
+    num_layers : int, default 1
+        Stacked layers; layer ``l > 0`` reads the merged output of layer ``l - 1``.
+    bidirectional : bool, default False
+    merge_mode : {'concat', 'sum', 'mul', 'ave'}, default 'concat'
+        How the two directions' outputs are combined (at every stacked layer, as
+        when stacking Keras ``Bidirectional`` layers; 'concat' is PyTorch's rule).
+    dropout : float, default 0
+        Dropout on the outputs of every stacked layer but the last, training only.
+    batch_first : bool, default True
+        Input and output are (batch, time, features); False: (time, batch, features).
+    return_sequences : bool, default True
+        False: ``output`` is the last valid output (n, H * directions), the merged
+        final hidden states of the top layer (many-to-one).
+    return_state : bool, default True
+        True: calls return ``(output, state)``; False: ``output`` only.
+    bptt_truncate : int or None, default None
+        Truncated BPTT depth ``k``: the loss at step ``t`` sends gradient back
+        through at most ``k`` earlier steps. None: full BPTT.
+    backend : str, default 'auto'
+        See :func:`cyrnn.backends.available`.
+    dtype : {float32, float64}, default float32
+    random_state : None, int or numpy Generator
+        Seeds initialisation and dropout.
+
+    Attributes
+    ----------
+    params : ParameterBuffer
+        PyTorch names and layout: ``weight_ih_l{k}[_reverse]`` (G*H, D_in),
+        ``weight_hh_l{k}[_reverse]`` (G*H, H), ``bias_ih_l{k}[_reverse]``,
+        ``bias_hh_l{k}[_reverse]`` (G*H,), gates stacked i,f,g,o (LSTM), r,z,n (GRU).
+    """
+
+    cell_kind = None  # set by subclasses
+
+    def __init__(self, input_size, hidden_size, num_layers=1, *, bidirectional=False,
+                 merge_mode="concat", dropout=0.0, batch_first=True, return_sequences=True,
+                 return_state=True, bptt_truncate=None, backend="auto", dtype=np.float32,
+                 random_state=None, **cell_options):
+        self.input_size = V.check_int(input_size, "input_size", minimum=1)
+        self.hidden_size = V.check_int(hidden_size, "hidden_size", minimum=1)
+        self.num_layers = V.check_int(num_layers, "num_layers", minimum=1)
+        self.bidirectional = bool(bidirectional)
+        self.merge_mode = V.check_choice(merge_mode, "merge_mode", MERGE_MODES)
+        self.dropout = V.check_float(dropout, "dropout", 0.0, 1.0, include_max=False)
+        self.batch_first = bool(batch_first)
+        self.return_sequences = bool(return_sequences)
+        self.return_state = bool(return_state)
+        self.bptt_truncate = V.check_int(bptt_truncate, "bptt_truncate", minimum=0, allow_none=True)
+        self.backend = check_backend_name(backend)
+        self.dtype = V.check_dtype(dtype)
+        self.cell = Cell(self.cell_kind, **cell_options)
+        self._rng = V.check_rng(random_state)
+        self._cache = None
+        self._build_params()
+        self.reset_parameters(self._rng)
+
+    # ------------------------------------------------------------ parameters
+    @property
+    def num_directions(self):
+        return 2 if self.bidirectional else 1
+
+    @property
+    def output_size(self):
+        """Features of the output per step."""
+        if self.bidirectional and self.merge_mode == "concat":
+            return 2 * self.hidden_size
+        return self.hidden_size
+
+    def _layer_input_size(self, layer):
+        return self.input_size if layer == 0 else self.output_size
+
+    def _names(self, layer, direction):
+        sfx = f"_l{layer}" + ("_reverse" if direction else "")
+        return (f"weight_ih{sfx}", f"weight_hh{sfx}", f"bias_ih{sfx}", f"bias_hh{sfx}")
+
+    def param_specs(self):
+        GH, H = self.cell.n_gates * self.hidden_size, self.hidden_size
+        specs = []
+        for layer in range(self.num_layers):
+            for d in range(self.num_directions):
+                w_ih, w_hh, b_ih, b_hh = self._names(layer, d)
+                specs += [(w_ih, (GH, self._layer_input_size(layer))), (w_hh, (GH, H)),
+                          (b_ih, (GH,)), (b_hh, (GH,))]
+        return specs
+
+    def reset_parameters(self, random_state=None, forget_bias=1.0):
+        """Keras defaults: Glorot-uniform ``weight_ih``, orthogonal ``weight_hh`` blocks,
+        zero biases, LSTM forget-gate bias ``forget_bias`` (in ``bias_ih``)."""
+        rng = V.check_rng(random_state)
+        H, G = self.hidden_size, self.cell.n_gates
+        for layer in range(self.num_layers):
+            for d in range(self.num_directions):
+                w_ih, w_hh, b_ih, b_hh = self._names(layer, d)
+                p = self.params
+                p[w_ih][...] = glorot_uniform(rng, p.shapes[w_ih], self.dtype)
+                p[w_hh][...] = np.concatenate([orthogonal(rng, H, self.dtype) for _ in range(G)])
+                p[b_ih][...] = 0
+                p[b_hh][...] = 0
+                if self.cell.kind == "lstm":
+                    p[b_ih][H:2 * H] = forget_bias
+
+    # ------------------------------------------------------------ validation
+    def _check_inputs(self, x, lengths, mask, initial_state):
+        x = V.check_array(x, "x", 3, self.dtype, feature_size=self.input_size)
+        n, T = (x.shape[0], x.shape[1]) if self.batch_first else (x.shape[1], x.shape[0])
+        if lengths is not None and mask is not None:
+            raise ValueError("give either lengths or mask, not both")
+        if lengths is not None:
+            mask = V.lengths_to_mask(V.check_lengths(lengths, n, T), T)
+        elif mask is not None:
+            mask = V.check_mask(mask, (n, T) if self.batch_first else (T, n))
+            if not self.batch_first:
+                mask = mask.T
+        # time-major from here on
+        x_tm = np.ascontiguousarray(x.transpose(1, 0, 2) if self.batch_first else x)
+        mask_tm = None if mask is None or mask.all() else np.ascontiguousarray(mask.T)
+        state = self._check_state(initial_state, n)
+        return x_tm, mask_tm, state
+
+    def _check_state(self, initial_state, n):
+        LD, H = self.num_layers * self.num_directions, self.hidden_size
+        if initial_state is None:
+            zeros = np.zeros((LD, n, H), self.dtype)
+            return (zeros, zeros.copy()) if self.cell.has_cell_state else (zeros, None)
+        if self.cell.has_cell_state:
+            if not isinstance(initial_state, (tuple, list)) or len(initial_state) != 2:
+                raise TypeError("LSTM initial_state must be a tuple (h0, c0)")
+            h0, c0 = initial_state
+        else:
+            h0, c0 = initial_state, None
+        h0 = V.check_array(h0, "initial_state h0", 3, self.dtype)
+        if h0.shape != (LD, n, H):
+            raise ValueError(f"initial_state h0 must have shape {(LD, n, H)}, got {h0.shape}")
+        if c0 is not None:
+            c0 = V.check_array(c0, "initial_state c0", 3, self.dtype)
+            if c0.shape != (LD, n, H):
+                raise ValueError(f"initial_state c0 must have shape {(LD, n, H)}, got {c0.shape}")
+        return h0, c0
+
+    # ------------------------------------------------------------ merge
+    def _merge(self, outs):
+        if len(outs) == 1:
+            return outs[0]
+        a, b = outs
+        if self.merge_mode == "concat":
+            return np.concatenate([a, b], axis=-1)
+        if self.merge_mode == "sum":
+            return a + b
+        if self.merge_mode == "mul":
+            return a * b
+        return (a + b) * 0.5
+
+    def _unmerge(self, d, outs):
+        """Gradient of ``_merge`` with respect to each direction's output."""
+        if len(outs) == 1:
+            return [d]
+        H = self.hidden_size
+        if self.merge_mode == "concat":
+            return [d[..., :H], d[..., H:]]
+        if self.merge_mode == "sum":
+            return [d, d]
+        if self.merge_mode == "mul":
+            return [d * outs[1], d * outs[0]]
+        return [d * 0.5, d * 0.5]
+
+    # ------------------------------------------------------------ forward
+    def __call__(self, x, lengths=None, mask=None, initial_state=None):
+        return self.forward(x, lengths=lengths, mask=mask, initial_state=initial_state)
+
+    def forward(self, x, lengths=None, mask=None, initial_state=None, training=None):
+        """Run the layer.
+
+        Parameters
+        ----------
+        x : array (n, T, input_size) (``batch_first``) or (T, n, input_size)
+        lengths : array (n,) of ints in [1, T], optional
+            Valid steps come first (post-padding).
+        mask : bool array (n, T) (or (T, n) when not ``batch_first``), optional
+            Valid steps anywhere (pre-padding, gaps). Masked steps leave the state
+            unchanged and output zeros.
+        initial_state : h0, or (h0, c0) for LSTM; each (layers * directions, n, H)
+        training : bool, optional
+            Overrides ``self.training`` for this call.
+
+        Returns
+        -------
+        output : (n, T, output_size) or (n, output_size) if not ``return_sequences``
+        state : h_n, or (h_n, c_n) for LSTM; each (layers * directions, n, H)
+            (only when ``return_state``)
+        """
+        training = self._resolve_training(training)
+        x_tm, mask_tm, (h0, c0) = self._check_inputs(x, lengths, mask, initial_state)
+        out, h_n, c_n, cache = self._forward_tm(x_tm, mask_tm, h0, c0, training)
+        self._cache = cache
+        return self._package(out, h_n, c_n, batch_first=self.batch_first)
+
+    def _forward_tm(self, x_tm, mask_tm, h0, c0, training):
+        """Time-major forward on validated input. Returns (out, h_n, c_n, cache)."""
+        backend = get_backend(self.backend)
+        cell, p = self.cell, self.params
+        inp = x_tm
+        h_n, c_n = np.empty_like(h0), (np.empty_like(c0) if c0 is not None else None)
+        caches = []
+        for layer in range(self.num_layers):
+            outs, layer_caches = [], []
+            for d in range(self.num_directions):
+                w_ih, w_hh, b_ih, b_hh = (p[n] for n in self._names(layer, d))
+                k = layer * self.num_directions + d
+                src = inp[::-1] if d else inp
+                m = None if mask_tm is None else (mask_tm[::-1] if d else mask_tm)
+                xp = project(src, w_ih, b_ih)
+                h_seq, h_n[k], c_T, kcache = backend.forward(
+                    cell, xp, w_hh, b_hh, h0[k], None if c0 is None else c0[k],
+                    None if m is None else np.ascontiguousarray(m), keep_cache=training)
+                if c_n is not None:
+                    c_n[k] = c_T
+                outs.append(h_seq[::-1] if d else h_seq)
+                layer_caches.append((src, m, kcache))
+            out = self._merge(outs)
+            drop = None
+            if training and self.dropout > 0 and layer < self.num_layers - 1:
+                keep = 1.0 - self.dropout
+                drop = (self._rng.random(out.shape) < keep).astype(self.dtype) / keep
+                out = out * drop
+            caches.append((layer_caches, outs, drop))
+            inp = out
+        if not self.return_sequences:
+            top = self.num_layers - 1
+            finals = [h_n[top * self.num_directions + d] for d in range(self.num_directions)]
+            out = self._merge(finals)
+        cache = None
+        if training:
+            cache = {"layers": caches, "mask": mask_tm, "h_n": h_n.copy()}
+        return out, h_n, c_n, cache
+
+    def _package(self, out, h_n, c_n, batch_first):
+        if self.return_sequences and batch_first:
+            out = np.ascontiguousarray(out.transpose(1, 0, 2))
+        if not self.return_state:
+            return out
+        return out, ((h_n, c_n) if self.cell.has_cell_state else h_n)
+
+    # ------------------------------------------------------------ backward
+    def backward(self, d_output=None, d_state=None):
+        """Backpropagate through the last training-mode forward.
+
+        Parameters
+        ----------
+        d_output : array shaped like ``output``, or None
+        d_state : gradient on ``state`` (h_n, or (h_n, c_n)), each entry may be None
+
+        Returns
+        -------
+        dx : array shaped like ``x``
+        d_initial_state : dh0, or (dh0, dc0) for LSTM
+
+        Parameter gradients are added to ``self.params.grad``.
+        """
+        cache = self._require_cache()
+        dh_n, dc_n = (d_state if isinstance(d_state, (tuple, list)) else (d_state, None))
+        if d_output is not None:
+            d_output = np.asarray(d_output, dtype=self.dtype)
+            if self.return_sequences and self.batch_first:
+                d_output = d_output.transpose(1, 0, 2)
+        dx, dh0, dc0 = self._backward_tm(cache, d_output, dh_n, dc_n)
+        if self.batch_first:
+            dx = np.ascontiguousarray(dx.transpose(1, 0, 2))
+        return dx, ((dh0, dc0) if self.cell.has_cell_state else dh0)
+
+    def _backward_tm(self, cache, d_out, dh_n, dc_n):
+        backend = get_backend(self.backend)
+        cell, p, D = self.cell, self.params, self.num_directions
+        layers = cache["layers"]
+        LD = self.num_layers * D
+        n, H = cache["h_n"].shape[1], self.hidden_size
+        dh_n = np.zeros((LD, n, H), self.dtype) if dh_n is None else np.array(dh_n, self.dtype)
+        if cell.has_cell_state:
+            dc_n = np.zeros((LD, n, H), self.dtype) if dc_n is None else np.asarray(dc_n, self.dtype)
+        dh0 = np.zeros((LD, n, H), self.dtype)
+        dc0 = np.zeros((LD, n, H), self.dtype) if cell.has_cell_state else None
+        top = self.num_layers - 1
+        d_seq = None
+        if d_out is not None and not self.return_sequences:
+            finals = [cache["h_n"][top * D + d] for d in range(D)]
+            for d, g in enumerate(self._unmerge(d_out, finals)):
+                dh_n[top * D + d] += g
+        elif d_out is not None:
+            d_seq = d_out
+        for layer in range(top, -1, -1):
+            layer_caches, outs, drop = layers[layer]
+            if d_seq is not None and drop is not None:
+                d_seq = d_seq * drop
+            d_outs = self._unmerge(d_seq, outs) if d_seq is not None else [None] * D
+            d_inp = None
+            for d in range(D):
+                src, m, kcache = layer_caches[d]
+                names = self._names(layer, d)
+                w_ih, w_hh = p[names[0]], p[names[1]]
+                k = layer * D + d
+                dh_seq = d_outs[d]
+                if dh_seq is not None:
+                    dh_seq = np.ascontiguousarray(dh_seq[::-1] if d else dh_seq)
+                dxp, dh0[k], dc0_k, dw_hh, db_hh = backend.backward(
+                    cell, kcache, w_hh, m, dh_seq, np.ascontiguousarray(dh_n[k]),
+                    None if dc0 is None else np.ascontiguousarray(dc_n[k]), self.bptt_truncate)
+                if dc0 is not None:
+                    dc0[k] = dc0_k
+                GH = dxp.shape[-1]
+                dxp2 = dxp.reshape(-1, GH)
+                p.grad_of(names[0])[...] += dxp2.T @ src.reshape(-1, src.shape[-1])
+                p.grad_of(names[1])[...] += dw_hh
+                p.grad_of(names[2])[...] += dxp2.sum(axis=0)
+                p.grad_of(names[3])[...] += db_hh
+                dsrc = (dxp2 @ w_ih).reshape(src.shape)
+                dsrc = dsrc[::-1] if d else dsrc
+                d_inp = dsrc if d_inp is None else d_inp + dsrc
+            d_seq = d_inp
+        return d_seq, dh0, dc0
+
+    # ------------------------------------------------------------ generation
+    def step(self, x_t, state):
+        """One time step for every stacked layer (inference, unidirectional only).
+
+        Parameters
+        ----------
+        x_t : (n, input_size) array
+        state : h, or (h, c) for LSTM, each (num_layers, n, H)
+
+        Returns
+        -------
+        output : (n, H) the top layer's new hidden state
+        state : the new state, same structure
+        """
+        if self.bidirectional:
+            raise ValueError("step() needs a unidirectional layer (the reverse direction "
+                             "would need the future)")
+        backend = get_backend(self.backend)
+        h, c = state if self.cell.has_cell_state else (state, None)
+        h_new, c_new = np.empty_like(h), (np.empty_like(c) if c is not None else None)
+        inp = np.ascontiguousarray(x_t, dtype=self.dtype)
+        p = self.params
+        for layer in range(self.num_layers):
+            w_ih, w_hh, b_ih, b_hh = (p[n] for n in self._names(layer, 0))
+            xp = inp @ w_ih.T + b_ih
+            h_new[layer], c_l = backend.step(self.cell, xp, w_hh, b_hh, h[layer],
+                                             None if c is None else c[layer])
+            if c_new is not None:
+                c_new[layer] = c_l
+            inp = h_new[layer]
+        return inp, ((h_new, c_new) if c is not None else h_new)
+
+    def __repr__(self):
+        extra = f", bidirectional=True, merge_mode={self.merge_mode!r}" if self.bidirectional else ""
+        return (f"{type(self).__name__}({self.input_size}, {self.hidden_size}, "
+                f"num_layers={self.num_layers}{extra})")
+
+
+def project(x_tm, w_ih, b_ih):
+    """Input projection for all steps at once: (T, N, D) -> (T, N, G*H), one GEMM."""
+    T, N, D = x_tm.shape
+    xp = np.ascontiguousarray(x_tm).reshape(T * N, D) @ w_ih.T
+    xp += b_ih
+    return xp.reshape(T, N, -1)
+
+
+class SimpleRNN(RecurrentLayer):
+    """Elman RNN: ``h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)``.
+
+    Takes ``activation`` ('tanh' default, 'relu', 'sigmoid') besides the
+    :class:`RecurrentLayer` parameters.
+    """
+
+    cell_kind = "rnn"
+
+    def __init__(self, input_size, hidden_size, num_layers=1, *, activation="tanh", **kwargs):
+        super().__init__(input_size, hidden_size, num_layers, activation=activation, **kwargs)
+
+
+class LSTM(RecurrentLayer):
+    """Long short-term memory, PyTorch gate order i, f, g, o.
+
+    ``forget_bias`` (default 1.0, Keras's ``unit_forget_bias``) initialises the
+    forget-gate bias; state is ``(h, c)``.
+    """
+
+    cell_kind = "lstm"
+
+    def __init__(self, input_size, hidden_size, num_layers=1, *, forget_bias=1.0, **kwargs):
+        self.forget_bias = V.check_float(forget_bias, "forget_bias")
+        super().__init__(input_size, hidden_size, num_layers, **kwargs)
+
+    def reset_parameters(self, random_state=None, forget_bias=None):
+        super().reset_parameters(random_state,
+                                 self.forget_bias if forget_bias is None else forget_bias)
+
+
+class GRU(RecurrentLayer):
+    """Gated recurrent unit, gate order r, z, n.
+
+    ``reset_after=True`` (default) is PyTorch/cuDNN's form, ``False`` Cho et al.'s
+    original: the reset gate multiplies the state before the recurrent product.
+    """
+
+    cell_kind = "gru"
+
+    def __init__(self, input_size, hidden_size, num_layers=1, *, reset_after=True, **kwargs):
+        super().__init__(input_size, hidden_size, num_layers, reset_after=bool(reset_after),
+                         **kwargs)

@@ -1,0 +1,208 @@
+"""Sequential: the small model API that estimators and language models build on."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _validation as V
+from .layers import Embedding, Layer, RecurrentLayer
+from .params import ParameterBuffer
+
+
+class Sequential:
+    """A stack of layers with one flat parameter buffer.
+
+    Parameters
+    ----------
+    layers : list of Layer
+        Typically ``[Embedding?] + recurrent layers + [Dense]``. Recurrent layers
+        must be ``batch_first``; a recurrent layer with ``return_sequences=False``
+        turns the sequence into one vector per sample (many-to-one).
+
+    Attributes
+    ----------
+    params : ParameterBuffer
+        Every layer's tensors, named ``"{index}.{name}"`` (e.g. ``"1.weight_ih_l0"``),
+        in one contiguous ``data``/``grad`` pair; each layer's ``params`` are views into
+        it, so an optimizer built on ``model.params`` updates every layer in one pass.
+    training : bool
+        Default mode for :meth:`forward` (False: inference, no caches, no dropout).
+
+    Examples
+    --------
+    >>> import numpy as np, cyrnn
+    >>> model = cyrnn.Sequential([cyrnn.LSTM(3, 8, return_sequences=False, random_state=0),
+    ...                           cyrnn.Dense(8, 1, random_state=0)])
+    >>> x = np.zeros((4, 10, 3), np.float32)
+    >>> model.forward(x).shape
+    (4, 1)
+    """
+
+    def __init__(self, layers):
+        layers = list(layers)
+        if not layers or not all(isinstance(layer, Layer) for layer in layers):
+            raise TypeError("Sequential needs a non-empty list of cyrnn layers")
+        dtypes = {layer.dtype for layer in layers}
+        if len(dtypes) != 1:
+            raise ValueError(f"all layers must share one dtype, got {sorted(map(str, dtypes))}")
+        for i, layer in enumerate(layers):
+            if isinstance(layer, RecurrentLayer) and not layer.batch_first:
+                raise ValueError(f"layer {i}: recurrent layers in a Sequential must be batch_first")
+            if isinstance(layer, Embedding) and i != 0:
+                raise ValueError("an Embedding can only be the first layer")
+        self.layers = layers
+        self.dtype = layers[0].dtype
+        self.training = False
+        specs = [(f"{i}.{name}", shape) for i, layer in enumerate(layers)
+                 for name, shape in layer.param_specs()]
+        self.params = ParameterBuffer(specs, dtype=self.dtype)
+        start = 0
+        for layer in layers:
+            end = start + layer.params.size
+            layer.rehome(self.params.data[start:end], self.params.grad[start:end])
+            start = end
+
+    @property
+    def recurrent_layers(self):
+        return [layer for layer in self.layers if isinstance(layer, RecurrentLayer)]
+
+    def train(self, mode=True):
+        self.training = bool(mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def zero_grad(self):
+        self.params.zero_grad()
+
+    def state_dict(self):
+        return self.params.state_dict()
+
+    def load_state_dict(self, state, strict=True):
+        self.params.load_state_dict(state, strict=strict)
+
+    # ------------------------------------------------------------------
+    def _input_mask(self, x, lengths, mask):
+        """Validate ``x`` enough to derive its (n, T) mask, before any layer runs."""
+        first = self.layers[0]
+        if isinstance(first, Embedding):
+            ids = first.check_ids(x)
+            n, T = ids.shape
+            x = ids
+        else:
+            x = V.check_array(x, "x", 3, self.dtype)
+            n, T = x.shape[:2]
+        if lengths is not None and mask is not None:
+            raise ValueError("give either lengths or mask, not both")
+        if lengths is not None:
+            mask = V.lengths_to_mask(V.check_lengths(lengths, n, T), T)
+        elif mask is not None:
+            mask = V.check_mask(mask, (n, T))
+        if isinstance(first, Embedding):
+            zero_mask = first.compute_mask(x)
+            if zero_mask is not None:
+                if not zero_mask.any(axis=1).all():
+                    raise ValueError("a sequence has no non-padding token (all ids are 0)")
+                mask = zero_mask if mask is None else (mask & zero_mask)
+        return x, mask
+
+    def forward(self, x, lengths=None, mask=None, initial_states=None, training=None,
+                return_states=False):
+        """Run all layers.
+
+        Parameters
+        ----------
+        x : (n, T, features) floats, or (n, T) token ids when the first layer is an Embedding
+        lengths : (n,) ints, optional;  mask : (n, T) bools, optional
+        initial_states : list with one entry (or None) per recurrent layer, optional
+        training : bool, optional (default ``self.training``)
+        return_states : bool
+            Also return the final state of every recurrent layer (for stateful training
+            and generation).
+
+        Returns
+        -------
+        output : (n, T, out) or (n, out) array;  states : list (if ``return_states``)
+        """
+        training = self.training if training is None else bool(training)
+        x, mask = self._input_mask(x, lengths, mask)
+        recurrent = self.recurrent_layers
+        if initial_states is None:
+            initial_states = [None] * len(recurrent)
+        if len(initial_states) != len(recurrent):
+            raise ValueError(f"initial_states needs {len(recurrent)} entries, "
+                             f"got {len(initial_states)}")
+        states, r = [], 0
+        for layer in self.layers:
+            if isinstance(layer, RecurrentLayer):
+                result = layer.forward(x, mask=mask, initial_state=initial_states[r],
+                                       training=training)
+                x, state = result if layer.return_state else (result, None)
+                states.append(state)
+                r += 1
+                if not layer.return_sequences:
+                    mask = None
+            else:
+                x = layer.forward(x, training=training)
+        return (x, states) if return_states else x
+
+    def output_mask(self, x, lengths=None, mask=None):
+        """The (n, T) validity mask of the output steps (None: all valid or no time axis)."""
+        x, mask = self._input_mask(x, lengths, mask)
+        for layer in self.layers:
+            if isinstance(layer, RecurrentLayer) and not layer.return_sequences:
+                return None
+        return mask
+
+    def backward(self, d_output, d_states=None):
+        """Backpropagate ``d_output`` (and optional final-state gradients) through the last
+        training-mode forward; adds parameter gradients into ``params.grad``.
+
+        Returns the gradient on the input (None when the first layer is an Embedding).
+        """
+        recurrent = self.recurrent_layers
+        d_states = [None] * len(recurrent) if d_states is None else list(d_states)
+        r = len(recurrent)
+        d = d_output
+        for layer in reversed(self.layers):
+            if isinstance(layer, RecurrentLayer):
+                r -= 1
+                d, _ = layer.backward(d, d_states[r])
+            else:
+                d = layer.backward(d)
+        return d
+
+    def step(self, x_t, states):
+        """One generation step: ``x_t`` (n,) token ids or (n, features) -> (output, states).
+
+        Every recurrent layer must be unidirectional; ``states`` as returned by
+        :meth:`initial_states` or a previous call.
+        """
+        new_states, r = [], 0
+        for layer in self.layers:
+            if isinstance(layer, Embedding):
+                x_t = layer.params["weight"][layer.check_ids(x_t, ndim=1)]
+            elif isinstance(layer, RecurrentLayer):
+                x_t, st = layer.step(x_t, states[r])
+                new_states.append(st)
+                r += 1
+            else:
+                x_t = layer.forward(x_t, training=False)
+        return x_t, new_states
+
+    def initial_states(self, n):
+        """Zero states for ``n`` sequences, one entry per recurrent layer."""
+        out = []
+        for layer in self.recurrent_layers:
+            shape = (layer.num_layers * layer.num_directions, n, layer.hidden_size)
+            h = np.zeros(shape, self.dtype)
+            out.append((h, np.zeros(shape, self.dtype)) if layer.cell.has_cell_state else h)
+        return out
+
+    def __repr__(self):
+        inner = ",\n  ".join(repr(layer) for layer in self.layers)
+        return f"Sequential([\n  {inner}\n])"
+
+
+__all__ = ["Sequential"]

@@ -1,0 +1,111 @@
+"""One contiguous flat buffer for all parameters, with named per-tensor views.
+
+Every trainable array of a layer or model is a view into ``ParameterBuffer.data``;
+every gradient is a view into ``ParameterBuffer.grad`` at the same offset. Clipping
+and optimizer updates are therefore single passes over two 1-D arrays, and a
+compiled backend can fuse them without knowing anything about layers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["ParameterBuffer"]
+
+
+class ParameterBuffer:
+    """Named parameter tensors stored back to back in one 1-D array.
+
+    Parameters
+    ----------
+    specs : list of (str, tuple)
+        Names and shapes, in buffer order.
+    dtype : numpy dtype, default float32
+    data, grad : ndarray of shape (size,), optional
+        Existing 1-D arrays to use as storage (a slice of a larger buffer, so that a
+        model's layers share one buffer). Fresh zeros when omitted.
+
+    Attributes
+    ----------
+    data : ndarray of shape (size,)
+        All parameter values.
+    grad : ndarray of shape (size,)
+        All gradients (same layout as ``data``).
+    names : list of str
+        Tensor names in buffer order.
+    """
+
+    def __init__(self, specs, dtype=np.float32, data=None, grad=None):
+        self.dtype = np.dtype(dtype)
+        self.names = [name for name, _ in specs]
+        if len(set(self.names)) != len(self.names):
+            raise ValueError(f"duplicate parameter names in {self.names}")
+        self.shapes = {name: tuple(int(s) for s in shape) for name, shape in specs}
+        self.offsets = {}
+        offset = 0
+        for name in self.names:
+            self.offsets[name] = offset
+            offset += int(np.prod(self.shapes[name], dtype=np.int64))
+        self.size = offset
+        self.data = np.zeros(self.size, dtype=self.dtype) if data is None else data
+        self.grad = np.zeros(self.size, dtype=self.dtype) if grad is None else grad
+        for arr in (self.data, self.grad):
+            if arr.shape != (self.size,) or arr.dtype != self.dtype:
+                raise ValueError(f"storage must be a ({self.size},) {self.dtype} array, "
+                                 f"got {arr.shape} {arr.dtype}")
+
+    def _view(self, flat, name):
+        start = self.offsets[name]
+        shape = self.shapes[name]
+        return flat[start:start + int(np.prod(shape, dtype=np.int64))].reshape(shape)
+
+    def __getitem__(self, name):
+        """The value view of tensor ``name`` (writes go into the buffer)."""
+        return self._view(self.data, name)
+
+    def grad_of(self, name):
+        """The gradient view of tensor ``name``."""
+        return self._view(self.grad, name)
+
+    def __contains__(self, name):
+        return name in self.offsets
+
+    def __iter__(self):
+        return iter(self.names)
+
+    def __len__(self):
+        return len(self.names)
+
+    def zero_grad(self):
+        self.grad[...] = 0
+
+    def state_dict(self):
+        """A dict of copies ``{name: array}``."""
+        return {name: self[name].copy() for name in self.names}
+
+    def load_state_dict(self, state, strict=True):
+        """Copy arrays from ``state`` into the buffer, checking names and shapes first."""
+        missing = [n for n in self.names if n not in state]
+        unexpected = [n for n in state if n not in self.offsets]
+        if strict and (missing or unexpected):
+            raise ValueError(f"state dict mismatch: missing {missing}, unexpected {unexpected}")
+        arrays = {}
+        for name in self.names:
+            if name not in state:
+                continue
+            value = np.asarray(state[name])
+            if value.shape != self.shapes[name]:
+                raise ValueError(
+                    f"parameter {name!r}: expected shape {self.shapes[name]}, got {value.shape}")
+            arrays[name] = value
+        for name, value in arrays.items():
+            self[name][...] = value
+
+    def astype(self, dtype):
+        """A new buffer of ``dtype`` holding the same values (gradients zeroed)."""
+        out = ParameterBuffer([(n, self.shapes[n]) for n in self.names], dtype=dtype)
+        out.data[...] = self.data
+        return out
+
+    def __repr__(self):
+        return f"ParameterBuffer({len(self.names)} tensors, {self.size} values, {self.dtype})"

@@ -1,0 +1,91 @@
+"""Training loops shared by estimators and language models.
+
+``train_step`` is one forward/backward/update on a batch. ``tbptt`` is chunked
+truncated BPTT, TBPTT(k1, k2), over long sequences: the sequence is cut into
+chunks of ``k1`` steps, the recurrent state is carried (detached) from one chunk
+to the next, parameters are updated after every chunk, and inside a chunk each
+loss term sends gradient back through at most ``k2`` steps.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _validation as V
+from .losses import get_loss
+
+
+def train_step(model, optimizer, loss, x, y, lengths=None, mask=None, initial_states=None,
+               sample_weight=None, return_states=False):
+    """One update: zero grads, forward (training), loss, backward, ``optimizer.step()``.
+
+    ``loss`` is a name from :data:`cyrnn.losses.LOSSES` or a function
+    ``(pred, target, sample_weight=, mask=) -> (value, grad)``. Per-step losses use the
+    model's output mask, so padded steps contribute nothing. Returns the loss value
+    (and the final recurrent states if ``return_states``).
+    """
+    loss_fn = get_loss(loss) if isinstance(loss, str) else loss
+    out_mask = model.output_mask(x, lengths=lengths, mask=mask)
+    model.zero_grad()
+    out, states = model.forward(x, lengths=lengths, mask=mask, initial_states=initial_states,
+                                training=True, return_states=True)
+    value, grad = loss_fn(out, y, sample_weight=sample_weight, mask=out_mask)
+    model.backward(grad)
+    optimizer.step()
+    return (value, states) if return_states else value
+
+
+def _detach(states):
+    return [None if s is None else
+            (tuple(a.copy() for a in s) if isinstance(s, tuple) else s.copy()) for s in states]
+
+
+def tbptt(model, optimizer, loss, x, y, k1, k2=None, initial_states=None, sample_weight=None):
+    """Chunked truncated BPTT over long sequences (stateful training).
+
+    Parameters
+    ----------
+    model : Sequential whose recurrent layers return sequences (many-to-many)
+    optimizer : a :mod:`cyrnn.optim` optimizer on ``model``
+    loss : str or callable, as in :func:`train_step`
+    x : (n, T, ...) inputs;  y : per-step targets (n, T, ...)
+    k1 : int
+        Chunk length: parameters are updated every ``k1`` steps.
+    k2 : int, optional (default ``k1``)
+        Gradient depth: each loss term's gradient flows through at most ``k2`` steps
+        (its own and ``k2 - 1`` before it), never across a chunk boundary, so
+        ``k2 <= k1``. ``k1 = k2 = T`` is full BPTT.
+    initial_states : list, optional
+        States to start from (e.g. the end of the previous batch).
+
+    Returns
+    -------
+    losses : list of float, one per chunk
+    states : the final (detached) states, to carry into the next call
+    """
+    T = np.shape(x)[1] if np.ndim(x) >= 2 else 0
+    k1 = V.check_int(k1, "k1", minimum=1)
+    k2 = k1 if k2 is None else V.check_int(k2, "k2", minimum=1)
+    if k2 > k1:
+        raise ValueError(f"k2 ({k2}) > k1 ({k1}): gradients cannot cross a chunk boundary; "
+                         "use a longer chunk")
+    recurrent = model.recurrent_layers
+    if any(not layer.return_sequences for layer in recurrent):
+        raise ValueError("tbptt needs recurrent layers with return_sequences=True")
+    saved = [layer.bptt_truncate for layer in recurrent]
+    states = initial_states
+    losses = []
+    try:
+        for layer in recurrent:
+            layer.bptt_truncate = None if k2 >= k1 else k2 - 1
+        for start in range(0, T, k1):
+            stop = min(start + k1, T)
+            value, states = train_step(model, optimizer, loss, x[:, start:stop], y[:, start:stop],
+                                       initial_states=states, sample_weight=sample_weight,
+                                       return_states=True)
+            states = _detach(states)
+            losses.append(value)
+    finally:
+        for layer, k in zip(recurrent, saved):
+            layer.bptt_truncate = k
+    return losses, states
