@@ -257,7 +257,7 @@ class RecurrentLayer(Layer):
             out = self._merge(finals)
         cache = None
         if training:
-            cache = {"layers": caches, "mask": mask_tm, "h_n": h_n.copy()}
+            cache = {"layers": caches, "mask": mask_tm, "h_n": h_n.copy(), "steps": x_tm.shape[0]}
         return out, h_n, c_n, cache
 
     def _package(self, out, h_n, c_n, batch_first):
@@ -287,6 +287,12 @@ class RecurrentLayer(Layer):
         dh_n, dc_n = (d_state if isinstance(d_state, (tuple, list)) else (d_state, None))
         if d_output is not None:
             d_output = np.asarray(d_output, dtype=self.dtype)
+            T, n = cache["steps"], cache["h_n"].shape[1]
+            F = self.output_size
+            expected = ((n, T, F) if self.batch_first else (T, n, F)) \
+                if self.return_sequences else (n, F)
+            if d_output.shape != expected:
+                raise ValueError(f"d_output must have shape {expected}, got {d_output.shape}")
             if self.return_sequences and self.batch_first:
                 d_output = d_output.transpose(1, 0, 2)
         dx, dh0, dc0 = self._backward_tm(cache, d_output, dh_n, dc_n)

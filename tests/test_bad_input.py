@@ -1,0 +1,114 @@
+"""Bad input raises ValueError/TypeError naming the problem, and mutates nothing."""
+
+import numpy as np
+import pytest
+
+import cyrnn
+
+N, T, D, H = 3, 5, 4, 6
+
+
+@pytest.fixture(params=["SimpleRNN", "LSTM", "GRU"])
+def trained_layer(request, backend):
+    layer = getattr(cyrnn, request.param)(D, H, bidirectional=True, backend=backend,
+                                          random_state=0)
+    layer.forward(np.ones((N, T, D), np.float32), training=True)
+    return layer
+
+
+def _bad(shape=(N, T, D), fill=0.5):
+    return np.full(shape, fill)
+
+
+BAD_CASES = [
+    (dict(x=_bad((N, T))), ValueError, "3-dimensional"),
+    (dict(x=_bad((1, N, T, D))), ValueError, "3-dimensional"),
+    (dict(x=_bad((N, T, D + 1))), ValueError, "features"),
+    (dict(x=_bad(fill=np.nan)), ValueError, "NaN"),
+    (dict(x=_bad(fill=np.inf)), ValueError, "NaN or infinity"),
+    (dict(x=_bad((0, T, D))), ValueError, "empty"),
+    (dict(x=_bad((N, 0, D))), ValueError, "empty"),
+    (dict(x=np.full((N, T, D), "a")), TypeError, "numeric"),
+    (dict(x=np.full((N, T, D), 1 + 2j)), TypeError, "numeric"),
+    (dict(x="not an array"), TypeError, "string"),
+    (dict(lengths=[0, 2, 3]), ValueError, "lengths must be between 1 and 5"),
+    (dict(lengths=[6, 2, 3]), ValueError, "lengths must be between 1 and 5"),
+    (dict(lengths=[2, 3]), ValueError, "lengths must have shape"),
+    (dict(lengths=[1.5, 2, 3]), ValueError, "whole numbers"),
+    (dict(lengths=["a", "b", "c"]), TypeError, "numeric"),
+    (dict(mask=np.ones((N, T + 1))), ValueError, "mask must have shape"),
+    (dict(mask=np.full((N, T), 2)), ValueError, "0/1"),
+    (dict(lengths=[1, 2, 3], mask=np.ones((N, T))), ValueError, "either lengths or mask"),
+    (dict(initial_state=np.zeros((1, N, H))), ValueError, "initial_state"),
+]
+
+
+@pytest.mark.parametrize("kwargs,exc,message", BAD_CASES)
+def test_bad_input_raises_and_mutates_nothing(trained_layer, kwargs, exc, message):
+    layer = trained_layer
+    if layer.cell.has_cell_state and "initial_state" in kwargs:
+        kwargs = dict(initial_state=(kwargs["initial_state"], kwargs["initial_state"]))
+        message = "initial_state h0"
+    params_before = layer.params.data.copy()
+    grads_before = layer.params.grad.copy()
+    cache_before = layer._cache
+    args = {"x": np.ones((N, T, D), np.float32), **kwargs}
+    with pytest.raises(exc, match=message):
+        layer.forward(args.pop("x"), training=True, **args)
+    assert np.array_equal(layer.params.data, params_before)
+    assert np.array_equal(layer.params.grad, grads_before)
+    assert layer._cache is cache_before
+
+
+def test_lstm_state_must_be_a_pair(backend):
+    layer = cyrnn.LSTM(D, H, backend=backend)
+    with pytest.raises(TypeError, match=r"\(h0, c0\)"):
+        layer.forward(np.ones((N, T, D)), initial_state=np.zeros((1, N, H)))
+
+
+def test_backward_checks_gradient_shape_and_needs_training_forward(backend):
+    layer = cyrnn.GRU(D, H, backend=backend)
+    with pytest.raises(RuntimeError, match="training mode"):
+        layer.backward(np.ones((N, T, H)))
+    layer.forward(np.ones((N, T, D)), training=True)
+    with pytest.raises(ValueError, match="d_output must have shape"):
+        layer.backward(np.ones((N, T, H + 1)))
+
+
+@pytest.mark.parametrize("kwargs,exc", [
+    (dict(hidden_size=0), ValueError), (dict(hidden_size=2.5), TypeError),
+    (dict(num_layers=0), ValueError), (dict(dropout=1.0), ValueError),
+    (dict(merge_mode="max"), ValueError), (dict(backend="cuda-magic"), ValueError),
+    (dict(dtype=np.int32), ValueError), (dict(dtype="float16"), ValueError),
+    (dict(bptt_truncate=-1), ValueError), (dict(random_state="seed"), TypeError),
+])
+def test_bad_constructor_arguments(kwargs, exc):
+    args = dict(input_size=D, hidden_size=H)
+    args.update(kwargs)
+    with pytest.raises(exc):
+        cyrnn.GRU(**args)
+
+
+def test_bad_activation_and_token_ids():
+    with pytest.raises(ValueError, match="activation"):
+        cyrnn.SimpleRNN(D, H, activation="softplus")
+    emb = cyrnn.Embedding(10, 4)
+    with pytest.raises(ValueError, match=r"outside \[0, 10\)"):
+        emb(np.array([[1, 10]]))
+    with pytest.raises(ValueError, match="integer token ids"):
+        emb(np.array([[1.5, 2.0]]))
+
+
+def test_object_arrays_of_numbers_are_accepted(backend):
+    layer = cyrnn.SimpleRNN(D, H, backend=backend, random_state=0)
+    x = np.ones((N, T, D))
+    out_obj, _ = layer(x.astype(object))
+    out, _ = layer(x)
+    np.testing.assert_array_equal(out_obj, out)
+
+
+def test_sequential_rejects_all_padding_sequence():
+    model = cyrnn.Sequential([cyrnn.Embedding(5, 3, mask_zero=True),
+                              cyrnn.GRU(3, 4, return_sequences=False)])
+    with pytest.raises(ValueError, match="no non-padding token"):
+        model.forward(np.array([[0, 0, 0], [1, 2, 0]]))
