@@ -1,0 +1,145 @@
+"""Cython backend: the kernel contract on the compiled ``cyrnn._cython_kernels``.
+
+Same signatures, results and cache layout as :mod:`cyrnn.backends.numpy_backend`
+(the specification). This module only prepares arrays: it makes inputs
+C-contiguous in the working dtype, turns ``mask`` into a ``(T, N)`` uint8 array,
+allocates outputs and scratch, and calls the compiled time loops, which run
+without the GIL (recurrent products through BLAS, gate math in C, row loops
+parallel over the batch when OpenMP is available and the step is large).
+
+Threads: BLAS threads the recurrent GEMMs; OpenMP threads the gate math of big
+steps (N * H >= ``_cython_kernels.PARALLEL_MIN``). The two pools alternate every
+step, and OpenMP threads that spin-wait between regions (the default "active"
+policy of most runtimes) keep BLAS's threads off the cores: on 2 cores that made
+big steps 3 to 30 times slower. Unless the user chose otherwise, this module
+therefore sets ``OMP_WAIT_POLICY=PASSIVE`` before the extension (and with it
+the OpenMP runtime) is loaded; ``OMP_NUM_THREADS=1`` or threadpoolctl's
+``threadpool_limits`` turn the row threads off.
+
+Importing this module raises ImportError when the extension is not built; the
+backend registry then reports the backend as unavailable.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+# Must precede the extension import: the OpenMP runtime reads it when loaded.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from .. import _cython_kernels as _k  # noqa: E402
+
+NAME = "cython"
+
+_empty = np.empty
+_zeros = np.zeros
+_contig = np.ascontiguousarray
+_uint8 = np.uint8
+
+
+def _mask_u8(mask, T, N):
+    if mask is None:
+        return np.ones((T, N), _uint8)
+    m = _contig(mask)
+    if m.dtype == np.bool_:
+        return m.view(_uint8)
+    return _contig(m != 0).view(_uint8)
+
+
+def _degenerate(*sizes):
+    # Empty time/batch/hidden axes: nothing to compute; the reference handles
+    # these shapes (and BLAS would reject zero leading dimensions).
+    return 0 in sizes
+
+
+def forward(cell, xp, w_hh, b_hh, h0, c0=None, mask=None, keep_cache=False):
+    """Run the cell over ``T`` steps; see ``numpy_backend.forward``."""
+    xp = _contig(xp)
+    dt = xp.dtype
+    T, N, GH = xp.shape
+    H = w_hh.shape[1]
+    if _degenerate(T, N, H):
+        from . import numpy_backend
+        return numpy_backend.forward(cell, xp, w_hh, b_hh, h0, c0, mask, keep_cache)
+    kind = cell.kind
+    lstm = kind == "lstm"
+    S = T + 1 if keep_cache else 2
+    h = _empty((S, N, H), dt)
+    h[0] = h0
+    c = None
+    if lstm:
+        c = _empty((S, N, H), dt)
+        c[0] = c0
+    G = T if keep_cache else 1
+    gates = _empty((G, N, GH), dt)
+    aux = _empty((G, N, H), dt) if kind == "gru" else None
+    h_seq = _empty((T, N, H), dt)
+    _k.forward(cell.kind_code, cell.activation_code, cell.reset_after, keep_cache,
+               xp, _contig(w_hh, dt), _contig(b_hh, dt), _mask_u8(mask, T, N),
+               h, c, gates, aux, h_seq, _empty((N, GH), dt))
+    if keep_cache:
+        cache = {"h": h, "gates": gates}
+        if lstm:
+            cache["c"] = c
+        if aux is not None:
+            cache["aux"] = aux
+        return h_seq, h[T].copy(), (c[T].copy() if lstm else None), cache
+    s = T % 2
+    return h_seq, h[s], (c[s] if lstm else None), None
+
+
+def backward(cell, cache, w_hh, mask=None, dh_seq=None, dh_T=None, dc_T=None, truncate=None):
+    """Gradients through ``forward``; see ``numpy_backend.backward``."""
+    gates = _contig(cache["gates"])
+    dt = gates.dtype
+    T, N, GH = gates.shape
+    H = GH // cell.n_gates
+    if _degenerate(T, N, H):
+        from . import numpy_backend
+        return numpy_backend.backward(cell, cache, w_hh, mask, dh_seq, dh_T, dc_T, truncate)
+    kind = cell.kind
+    lstm = kind == "lstm"
+    c = _contig(cache["c"], dt) if lstm else None
+    aux = _contig(cache["aux"], dt) if kind == "gru" else None
+    trunc = -1 if truncate is None or truncate >= T else int(truncate)
+    dxp = _zeros((T, N, GH), dt)
+    dh0 = _empty((N, H), dt)
+    dc0 = _empty((N, H), dt) if lstm else None
+    dw_hh = _empty((GH, H), dt)
+    db_hh = _empty(GH, dt)
+    _k.backward(
+        cell.kind_code, cell.activation_code, cell.reset_after, trunc,
+        _contig(cache["h"], dt), c, gates, aux, _contig(w_hh, dt), _mask_u8(mask, T, N),
+        None if dh_seq is None else _contig(dh_seq, dt),
+        None if dh_T is None else _contig(dh_T, dt),
+        None if (dc_T is None or not lstm) else _contig(dc_T, dt),
+        dxp, _zeros((T, N, GH), dt), dh0, dc0,
+        _empty((5, N, H), dt), _empty((N, GH), dt), _empty(N, np.int64),
+        dw_hh, db_hh)
+    return dxp, dh0, dc0, dw_hh, db_hh
+
+
+def step(cell, xp_t, w_hh, b_hh, h, c=None):
+    """Single step used by generation. Returns ``(h_new, c_new)``."""
+    xp_t = _contig(xp_t)
+    dt = xp_t.dtype
+    N, GH = xp_t.shape
+    H = w_hh.shape[1]
+    if _degenerate(N, H):
+        from . import numpy_backend
+        return numpy_backend.step(cell, xp_t, w_hh, b_hh, h, c)
+    lstm = cell.kind == "lstm"
+    hs = _empty((2, N, H), dt)
+    hs[0] = h
+    cs = None
+    if lstm:
+        cs = _empty((2, N, H), dt)
+        cs[0] = c
+    _k.forward(cell.kind_code, cell.activation_code, cell.reset_after, False,
+               xp_t.reshape(1, N, GH), _contig(w_hh, dt), _contig(b_hh, dt),
+               np.ones((1, N), _uint8), hs, cs, _empty((1, N, GH), dt),
+               _empty((1, N, H), dt) if cell.kind == "gru" else None,
+               _empty((1, N, H), dt), _empty((N, GH), dt))
+    return hs[1], (cs[1] if lstm else None)
