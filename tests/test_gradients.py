@@ -220,3 +220,38 @@ def test_many_to_one_and_model_gradients(cell_index, backend):
         assert np.isclose((analytic * v).sum(), (plus - minus) / (2 * EPS), rtol=1e-6, atol=1e-9)
     # padded embedding rows receive no gradient
     assert np.all(model.layers[0].params.grad_of("weight")[0] == 0)
+
+
+@pytest.mark.parametrize("cell_index", [0, 3, 4])
+def test_dropout_between_layers(cell_index, backend):
+    """Dropout acts in training only, and its gradient is exact for a fixed mask."""
+    name, options = CELLS[cell_index]
+    rng = np.random.default_rng(11)
+    layer = getattr(cyrnn, name)(D, H, 3, bidirectional=True, dropout=0.4, backend=backend,
+                                 dtype=np.float64, random_state=5, **options)
+    x = rng.normal(size=(N, T, D))
+    out_a, _ = layer.forward(x, training=False)
+    out_b, _ = layer.forward(x, training=False)
+    np.testing.assert_array_equal(out_a, out_b)
+    out_train, _ = layer.forward(x, training=True)
+    assert not np.allclose(out_train, out_a)
+
+    g = rng.normal(size=out_a.shape)
+    seed_state = layer._rng.bit_generator.state
+
+    def loss():
+        layer._rng.bit_generator.state = seed_state  # the same dropout masks every time
+        return (layer.forward(x, training=True)[0] * g).sum()
+
+    loss()
+    layer.zero_grad()
+    dx, _ = layer.backward(g)
+    for value, grad in [(x, dx)] + [(layer.params[n], layer.params.grad_of(n).copy())
+                                    for n in ("weight_ih_l0", "weight_hh_l1_reverse")]:
+        v = rng.normal(size=value.shape)
+        value += EPS * v
+        plus = loss()
+        value -= 2 * EPS * v
+        minus = loss()
+        value += EPS * v
+        assert np.isclose((grad * v).sum(), (plus - minus) / (2 * EPS), rtol=1e-6, atol=1e-8)
