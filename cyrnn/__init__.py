@@ -6,11 +6,18 @@ The NumPy reference backend is the specification; compiled backends
 
 __version__ = "0.1.0"
 
-from . import backends, losses, optim  # noqa: F401
+from . import backends, losses, optim, persistence, preprocessing  # noqa: F401
+from .estimators import (GRUClassifier, GRURegressor, LSTMClassifier, LSTMRegressor,
+                         SimpleRNNClassifier, SimpleRNNRegressor)
 from .interop import from_torch
 from .layers import GRU, LSTM, Dense, Embedding, SimpleRNN
 from .model import Sequential
 from .params import ParameterBuffer
+from .persistence import load
+from .plotting import plot_learning_curve
 
 __all__ = ["SimpleRNN", "LSTM", "GRU", "Embedding", "Dense", "Sequential", "ParameterBuffer",
-           "from_torch", "backends", "losses", "optim", "__version__"]
+           "LSTMRegressor", "LSTMClassifier", "GRURegressor", "GRUClassifier",
+           "SimpleRNNRegressor", "SimpleRNNClassifier", "load", "plot_learning_curve",
+           "from_torch", "backends", "losses", "optim", "persistence", "preprocessing",
+           "__version__"]

@@ -103,10 +103,14 @@ def check_array(x, name, ndim, dtype, feature_size=None, feature_name="features"
     if feature_size is not None and arr.shape[-1] != feature_size:
         raise ValueError(f"{name} has {arr.shape[-1]} {feature_name} per step, "
                          f"expected {feature_size}")
-    arr = arr.astype(dtype, copy=False)
     if not np.isfinite(arr).all():
         raise ValueError(f"{name} contains NaN or infinity")
-    return arr
+    if arr.dtype.kind == "f" and np.dtype(dtype).itemsize < arr.dtype.itemsize:
+        limit = np.finfo(dtype).max
+        if np.abs(arr).max() > limit:
+            raise ValueError(f"{name} holds values too large for {np.dtype(dtype)} "
+                             f"(largest magnitude {np.abs(arr).max():.3g})")
+    return arr.astype(dtype, copy=False)
 
 
 def check_index_array(x, name, ndim, upper):

@@ -1,7 +1,9 @@
 """Losses: each returns ``(value, gradient with respect to the prediction)``.
 
 All are weighted means over the valid items: samples (weighted by
-``sample_weight``) and, for per-step outputs, the steps where ``mask`` is True.
+``sample_weight``, either one weight per sample or one per item, i.e. of the
+prediction's leading shape) and, for per-step outputs, the steps where ``mask``
+is True.
 Predictions of the classification losses are logits (the activation is part of
 the loss, for numerical stability).
 """
@@ -18,7 +20,9 @@ def _weights(pred_shape, sample_weight, mask, dtype):
     w = np.ones(lead, dtype=np.float64)
     if sample_weight is not None:
         sw = np.asarray(sample_weight, np.float64)
-        w = w * sw.reshape((-1,) + (1,) * (len(lead) - 1))
+        if sw.shape != tuple(lead):  # per-sample weights broadcast over the steps
+            sw = sw.reshape((-1,) + (1,) * (len(lead) - 1))
+        w = w * sw
     if mask is not None:
         w = w * np.asarray(mask, bool)
     total = w.sum()

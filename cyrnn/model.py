@@ -62,6 +62,21 @@ class Sequential:
             layer.rehome(self.params.data[start:end], self.params.grad[start:end])
             start = end
 
+    def __setstate__(self, state):
+        # Pickle/deepcopy turn the layers' views into separate arrays: re-home them into
+        # this model's buffer so optimizers on model.params still reach every layer.
+        self.__dict__.update(state)
+        start = 0
+        for layer in self.layers:
+            end = start + layer.params.size
+            layer.rehome(self.params.data[start:end], self.params.grad[start:end])
+            start = end
+
+    def clear_caches(self):
+        """Drop what the last training forward kept for backward (frees memory)."""
+        for layer in self.layers:
+            layer._cache = None
+
     @property
     def recurrent_layers(self):
         return [layer for layer in self.layers if isinstance(layer, RecurrentLayer)]

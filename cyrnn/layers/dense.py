@@ -57,6 +57,7 @@ class Dense(Layer):
     def backward(self, d_output):
         x = self._require_cache()
         d = np.asarray(d_output, self.dtype)
+        self._cache = None
         d2, x2 = d.reshape(-1, self.out_features), x.reshape(-1, self.in_features)
         self.params.grad_of("weight")[...] += d2.T @ x2
         self.params.grad_of("bias")[...] += d2.sum(axis=0)

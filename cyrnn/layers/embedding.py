@@ -67,6 +67,7 @@ class Embedding(Layer):
     def backward(self, d_output):
         """Adds the gradient to ``weight``; ids have no gradient (returns None)."""
         ids = self._require_cache()
+        self._cache = None
         d = np.asarray(d_output, self.dtype).reshape(-1, self.embedding_dim)
         np.add.at(self.params.grad_of("weight"), ids.reshape(-1), d)
         return None

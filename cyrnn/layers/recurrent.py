@@ -8,6 +8,8 @@ dropout and the input-side gradients. The time loop is the backend's
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from .. import _validation as V
@@ -69,6 +71,9 @@ class RecurrentLayer(Layer):
         self.bidirectional = bool(bidirectional)
         self.merge_mode = V.check_choice(merge_mode, "merge_mode", MERGE_MODES)
         self.dropout = V.check_float(dropout, "dropout", 0.0, 1.0, include_max=False)
+        if self.dropout > 0 and self.num_layers == 1:
+            warnings.warn("dropout acts between stacked layers only; with num_layers=1 it "
+                          "has no effect", UserWarning, stacklevel=3)
         self.batch_first = bool(batch_first)
         self.return_sequences = bool(return_sequences)
         self.return_state = bool(return_state)
@@ -296,6 +301,7 @@ class RecurrentLayer(Layer):
             if self.return_sequences and self.batch_first:
                 d_output = d_output.transpose(1, 0, 2)
         dx, dh0, dc0 = self._backward_tm(cache, d_output, dh_n, dc_n)
+        self._cache = None  # one backward per training forward, as torch frees its graph
         if self.batch_first:
             dx = np.ascontiguousarray(dx.transpose(1, 0, 2))
         return dx, ((dh0, dc0) if self.cell.has_cell_state else dh0)

@@ -1,0 +1,1171 @@
+"""BaseSequenceModel: what the six scikit-learn estimators share.
+
+* **Input handling.** :func:`check_sequences` turns ``X`` into a
+  :class:`SequenceData`: a 3-D array ``(n_samples, n_steps, n_features)``; a
+  2-D table ``(n_samples, n_steps)`` (one feature per step, or token ids when an
+  embedding is configured); or a list / 1-D object array of per-sequence arrays
+  of different lengths (``(T_i, n_features)``, or ``(T_i,)`` for one feature or
+  token ids). A 2-D *object* array of numbers is a table, as scikit-learn expects.
+* **Batching by length.** Training batches come from pools of shuffled
+  sequences sorted by length, so a batch holds sequences of similar length and
+  padding stays small; the batch is post-padded and ``lengths`` are passed to
+  the model, whose masks make padded steps inert. Token tables (e.g. pre-padded
+  reviews) are trimmed to the span of non-padding ids of each batch.
+* **Training loop.** Epochs of :func:`cyrnn.training.train_step` on a
+  :class:`cyrnn.Sequential` of ``[Embedding] + recurrent layer + Dense``, with
+  scikit-learn's stopping rules (``tol``/``n_iter_no_change`` on the training
+  loss, or on a held-out score with ``early_stopping``, restoring the best
+  weights), ``warm_start``, ``partial_fit`` and a tqdm bar per epoch.
+* **State.** Everything is validated and the new model is trained in locals;
+  attributes are assigned only at the end, so a failed ``fit``/``partial_fit``
+  leaves a fitted estimator unchanged. Pickling and :meth:`save` both go
+  through one portable state (JSON metadata + arrays).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+import sys
+import warnings
+from contextlib import nullcontext
+
+import numpy as np
+from sklearn.base import BaseEstimator, _fit_context
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.model_selection import train_test_split
+from sklearn.utils._param_validation import Interval, Options, StrOptions
+from sklearn.utils.validation import _check_sample_weight, check_array, check_is_fitted
+
+from .. import _validation as V
+from .. import persistence
+from ..backends import BACKENDS, get_backend
+from ..layers import GRU, LSTM, Dense, Embedding, SimpleRNN
+from ..losses import get_loss
+from ..model import Sequential
+from ..optim import get_optimizer
+from ..training import train_step
+
+__all__ = ["BaseSequenceModel", "SequenceData", "check_sequences", "check_fitted_input",
+           "input_spec"]
+
+_CELLS = {"rnn": SimpleRNN, "lstm": LSTM, "gru": GRU}
+_BUCKET_POOL = 50        # training batches are drawn from pools of this many batches
+_PREDICT_BATCH = 64      # rows of every forward call at inference (fixed: see _raw)
+# Parameters that fix the shapes (or meaning) of the learned parameters: a warm
+# start or partial_fit needs them unchanged.
+_ARCH_KEYS = ("cell", "cell_options", "hidden_size", "num_layers", "bidirectional",
+              "vocab_size", "embedding_dim", "return_sequences")
+_BIT_GENERATORS = ("PCG64", "PCG64DXSM", "MT19937", "Philox", "SFC64")
+
+
+# ----------------------------------------------------------------------------
+# sequence input
+# ----------------------------------------------------------------------------
+class SequenceData:
+    """Validated sequence input (internal).
+
+    Attributes
+    ----------
+    kind : {'table', 'array', 'ragged'}
+        A 2-D table, a 3-D array or a list of per-sequence arrays.
+    tokens : bool
+        Integer token ids (for an embedding) instead of float features.
+    data : ndarray or list of ndarray
+        ``(n, T, F)`` floats or ``(n, T)`` ids; for 'ragged', arrays ``(T_i, F)``
+        or ``(T_i,)`` ids.
+    lengths : ndarray of int, shape (n,)
+        Valid steps per sequence (for token tables: the span from the first to the
+        last non-padding id).
+    starts : ndarray of int, shape (n,)
+        Where that span starts (0 except for token tables).
+    n_features : int
+        scikit-learn's ``n_features_in_``: the columns of a table, else the
+        features per step (1 for univariate or token sequences).
+    step_features : int or None
+        Features per step fed to the recurrent layer (None for tokens).
+    """
+
+    def __init__(self, kind, tokens, data, lengths, starts, n_features, step_features):
+        self.kind, self.tokens, self.data = kind, tokens, data
+        self.lengths, self.starts = lengths, starts
+        self.n_features, self.step_features = n_features, step_features
+
+    def __len__(self):
+        return len(self.lengths)
+
+    @property
+    def uniform(self):
+        return self.kind != "ragged"
+
+    @property
+    def n_steps(self):
+        """Steps of a table or 3-D array (None for ragged input)."""
+        return self.data.shape[1] if self.uniform else None
+
+    def subset(self, idx):
+        idx = np.asarray(idx, dtype=np.intp)
+        data = self.data[idx] if self.uniform else [self.data[i] for i in idx]
+        return SequenceData(self.kind, self.tokens, data, self.lengths[idx], self.starts[idx],
+                            self.n_features, self.step_features)
+
+    def valid_masks(self):
+        """Valid steps: (n, T) bool (None: all valid) or, for ragged, a list of bool arrays.
+
+        Padding ids (0) of token input are not valid steps.
+        """
+        if self.uniform:
+            return (self.data != 0) if self.tokens else None
+        if self.tokens:
+            return [seq != 0 for seq in self.data]
+        return [np.ones(len(seq), bool) for seq in self.data]
+
+    def step_counts(self):
+        """Number of valid steps of every sequence."""
+        masks = self.valid_masks()
+        if masks is None:
+            return np.full(len(self), self.n_steps, dtype=np.intp)
+        if self.uniform:
+            return masks.sum(axis=1)
+        return np.array([m.sum() for m in masks], dtype=np.intp)
+
+    def flat_steps(self, values):
+        """Concatenate per-step ``values`` (shaped like the sequences) over valid steps."""
+        masks = self.valid_masks()
+        if self.uniform:
+            values = np.asarray(values)
+            if masks is None:
+                return values.reshape((-1,) + values.shape[2:])
+            return values[masks]
+        return np.concatenate([np.asarray(v)[m] for v, m in zip(values, masks)])
+
+    def batch(self, idx, trim=False):
+        """Model input for sequences ``idx``: ``(x, lengths or None)``.
+
+        Ragged sequences are post-padded (zeros) and come with their lengths;
+        ``trim`` cuts token tables to the columns holding any non-padding id.
+        """
+        idx = np.asarray(idx, dtype=np.intp)
+        if self.uniform:
+            x = self.data[idx]
+            if self.tokens and trim:
+                lo = int(self.starts[idx].min())
+                hi = int((self.starts[idx] + self.lengths[idx]).max())
+                if lo > 0 or hi < x.shape[1]:
+                    x = x[:, lo:hi]
+            return x, None
+        lens = self.lengths[idx]
+        T = int(lens.max())
+        if self.tokens:
+            x = np.zeros((len(idx), T), dtype=np.intp)
+        else:
+            x = np.zeros((len(idx), T, self.step_features), dtype=self.data[idx[0]].dtype)
+        for j, i in enumerate(idx):
+            x[j, :lens[j]] = self.data[i]
+        return x, (None if (lens == T).all() else lens)
+
+    def epoch_batches(self, batch_size, rng, shuffle):
+        """Index arrays of one epoch's batches, bucketed by length for variable lengths."""
+        n = len(self)
+        order = rng.permutation(n) if shuffle else np.arange(n)
+        if self.uniform and not self.tokens:
+            return [order[i:i + batch_size] for i in range(0, n, batch_size)]
+        batches = []
+        pool = batch_size * _BUCKET_POOL
+        for s in range(0, n, pool):
+            chunk = order[s:s + pool]
+            chunk = chunk[np.argsort(self.lengths[chunk], kind="stable")]
+            batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+        if shuffle:
+            batches = [batches[i] for i in rng.permutation(len(batches))]
+        return batches
+
+    def predict_batches(self, batch_size):
+        order = np.argsort(self.lengths, kind="stable")
+        return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def _is_sequence_element(e):
+    try:
+        return np.ndim(e) >= 1 and not isinstance(e, (str, bytes))
+    except ValueError:  # an inhomogeneous nested list: still meant as a sequence
+        return True
+
+
+def is_ragged(X):
+    """True when ``X`` is a list (or 1-D object array) of sequences of unequal shapes.
+
+    A 1-D object array of arrays is always read as ragged; a list of equal-shape
+    arrays is an ordinary 2-D table or 3-D array.
+    """
+    if isinstance(X, np.ndarray):
+        return (X.dtype == object and X.ndim == 1 and X.size > 0
+                and all(_is_sequence_element(e) for e in X))
+    if isinstance(X, (list, tuple)) and len(X) > 0:
+        shapes = set()
+        for e in X:
+            if not _is_sequence_element(e):
+                return False
+            try:
+                shapes.add(np.shape(e))
+            except ValueError:
+                return True
+        return len(shapes) > 1
+    return False
+
+
+def check_sequences(X, *, tokens=False, vocab_size=None, dtype=np.float32, estimator=None):
+    """Validate sequence input and convert it to a :class:`SequenceData`.
+
+    Parameters
+    ----------
+    X : 3-D array, 2-D array, or list / 1-D object array of per-sequence arrays
+    tokens : bool
+        Read values as token ids in ``[0, vocab_size)`` (0 = padding).
+    vocab_size : int, needed when ``tokens``
+    dtype : float dtype of the float features
+    estimator : estimator or None, for error messages
+
+    Raises
+    ------
+    ValueError
+        Empty input, NaN/inf, bad shapes, ragged feature counts, ids out of range,
+        a token sequence without any non-padding id.
+    """
+    dtype = V.check_dtype(dtype)
+    if is_ragged(X):
+        return _check_ragged(X, tokens, vocab_size, dtype)
+    # scikit-learn's checks give the conventional messages (sparse, complex, 1-D,
+    # empty, NaN); cyrnn's then convert to the compute dtype.
+    arr = check_array(X, dtype="numeric" if tokens else (np.float64, np.float32),
+                      allow_nd=True, ensure_all_finite=True, input_name="X",
+                      estimator=estimator)
+    if arr.ndim not in (2, 3):
+        raise ValueError(f"X must be 2-D (n_samples, n_steps) or 3-D (n_samples, n_steps, "
+                         f"n_features), got shape {arr.shape}")
+    n = arr.shape[0]
+    if tokens:
+        if arr.ndim != 2:
+            raise ValueError(f"token ids must be a 2-D array (n_samples, n_steps) or a list of "
+                             f"1-D arrays, got shape {arr.shape}")
+        ids = V.check_index_array(arr, "X (token ids)", 2, vocab_size)
+        nonzero = ids != 0
+        has = nonzero.any(axis=1)
+        if not has.all():
+            raise ValueError(f"X[{int(np.argmin(has))}] has no non-padding token (all ids are 0)")
+        T = ids.shape[1]
+        starts = nonzero.argmax(axis=1)
+        ends = T - nonzero[:, ::-1].argmax(axis=1)
+        return SequenceData("table", True, ids, (ends - starts).astype(np.intp),
+                            starts.astype(np.intp), T, None)
+    kind = "table" if arr.ndim == 2 else "array"
+    n_features = arr.shape[1] if arr.ndim == 2 else arr.shape[2]
+    arr = arr[:, :, None] if arr.ndim == 2 else arr
+    with np.errstate(over="ignore"):
+        arr = V.check_array(arr, "X", 3, dtype)
+    T = arr.shape[1]
+    return SequenceData(kind, False, arr, np.full(n, T, np.intp), np.zeros(n, np.intp),
+                        n_features, arr.shape[2])
+
+
+def _check_ragged(X, tokens, vocab_size, dtype):
+    seqs, F = [], None
+    for i, seq in enumerate(X):
+        name = f"X[{i}]"
+        if tokens:
+            ids = V.check_index_array(seq, f"{name} (token ids)", 1, vocab_size)
+            if not ids.any():
+                raise ValueError(f"{name} has no non-padding token (all ids are 0)")
+            seqs.append(ids)
+            continue
+        try:
+            ndim = np.ndim(seq)
+        except ValueError as exc:
+            raise ValueError(f"{name} could not be read as an array ({exc})") from exc
+        if ndim not in (1, 2):
+            raise ValueError(f"{name} must be a 2-D array (n_steps, n_features) or 1-D "
+                             f"(n_steps,), got {ndim} dimensions")
+        arr = np.asarray(seq)
+        if arr.ndim == 1:
+            arr = arr[:, None]
+        if F is None:
+            F = arr.shape[1]
+        elif arr.shape[1] != F:
+            raise ValueError(f"ragged X has mismatched feature counts: {name} has "
+                             f"{arr.shape[1]} features per step, X[0] has {F}")
+        with np.errstate(over="ignore"):
+            seqs.append(V.check_array(arr, name, 2, dtype))
+    lengths = np.array([len(s) for s in seqs], dtype=np.intp)
+    starts = np.zeros(len(seqs), np.intp)
+    if tokens:
+        return SequenceData("ragged", True, seqs, lengths, starts, 1, None)
+    return SequenceData("ragged", False, seqs, lengths, starts, F, F)
+
+
+def input_spec(data):
+    """What :func:`check_fitted_input` needs to know about the fitted input."""
+    return {"kind": data.kind, "tokens": data.tokens, "step_features": data.step_features,
+            "n_features_in": data.n_features}
+
+
+def check_fitted_input(data, inp, name):
+    """Check new input ``data`` against the input seen in fit (:func:`input_spec`).
+
+    A 2-D float table fitted on must come back with as many columns
+    (scikit-learn's ``n_features_in_`` contract); otherwise the features per step
+    must match, and the sequences may have any length. Token ids are padded
+    sequences: tables of them may be padded to any width.
+    """
+    if data.kind == "table" and inp["kind"] == "table" and not inp["tokens"]:
+        if data.n_features != inp["n_features_in"]:
+            raise ValueError(f"X has {data.n_features} features, but {name} is expecting "
+                             f"{inp['n_features_in']} features as input.")
+    elif data.kind == "table" and not inp["tokens"] and inp["step_features"] != 1:
+        raise ValueError(f"X is a 2-D table, read as one feature per step, but {name} was "
+                         f"fitted on sequences of {inp['step_features']} features per step; "
+                         "pass a 3-D array or a list of 2-D arrays")
+    elif not data.tokens and data.step_features != inp["step_features"]:
+        raise ValueError(f"X has {data.step_features} features per step, but {name} is "
+                         f"expecting {inp['step_features']} features per step as input.")
+
+
+def check_per_step_targets(data, y, name="y"):
+    """Split per-step targets ``y`` into per-sequence arrays matching ``data`` (ragged X)
+    or check that an array ``y`` has one row per step (tables and 3-D arrays).
+
+    Returns an ndarray ``(n, T, ...)`` for uniform ``data``, else a list of
+    ``(T_i, ...)`` arrays (not converted: the caller validates values).
+    """
+    if data.uniform:
+        arr = y
+        shape = np.shape(arr) if not isinstance(arr, np.ndarray) else arr.shape
+        if len(shape) < 2 or shape[1] != data.n_steps:
+            raise ValueError(f"with return_sequences=True, {name} needs one target per step: "
+                             f"shape ({len(data)}, {data.n_steps}) or ({len(data)}, "
+                             f"{data.n_steps}, n_outputs), got {shape}")
+        return arr
+    if isinstance(y, np.ndarray) and y.dtype != object:
+        y = list(y)
+    if isinstance(y, np.ndarray) or isinstance(y, (list, tuple)):
+        items = list(y)
+    else:
+        raise ValueError(f"with return_sequences=True and ragged X, {name} must be a list of "
+                         "per-sequence target arrays")
+    if len(items) != len(data):
+        raise ValueError(f"X and {name} have inconsistent numbers of samples: {len(data)} and "
+                         f"{len(items)}")
+    for i, (item, T) in enumerate(zip(items, data.lengths)):
+        shape = np.shape(item)
+        if len(shape) < 1 or shape[0] != T:
+            raise ValueError(f"{name}[{i}] needs one target per step of X[{i}] ({T} steps), "
+                             f"got shape {shape}")
+    return items
+
+
+# ----------------------------------------------------------------------------
+# helpers
+# ----------------------------------------------------------------------------
+def _copy_rng(rng):
+    new = np.random.Generator(type(rng.bit_generator)())
+    new.bit_generator.state = rng.bit_generator.state
+    return new
+
+
+def _rng_from_state(state):
+    try:
+        name = state["bit_generator"]
+        if name not in _BIT_GENERATORS:
+            raise ValueError(f"unknown bit generator {name!r}")
+        rng = np.random.Generator(getattr(np.random, name)())
+        rng.bit_generator.state = state
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"bad random generator state: {exc}") from exc
+    return rng
+
+
+def _pad_items(items, idx, lengths, T, fill_dtype):
+    """Stack per-sequence arrays ``items[i]`` (T_i, ...) into (b, T, ...), zero-padded."""
+    first = np.asarray(items[idx[0]])
+    out = np.zeros((len(idx), T) + first.shape[1:], dtype=fill_dtype)
+    for j, i in enumerate(idx):
+        out[j, :lengths[i]] = items[i]
+    return out
+
+
+def _encode_param(value):
+    """JSON form of a constructor parameter (for :meth:`save`)."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if isinstance(value, type) and value in (np.float32, np.float64):
+        return {"__dtype__": np.dtype(value).name}
+    if isinstance(value, dict):
+        return {"__items__": [[_encode_param(k), _encode_param(v)] for k, v in value.items()]}
+    if isinstance(value, (np.random.Generator, np.random.RandomState)):
+        return None  # the generator's state is saved with the fitted state
+    raise TypeError(f"cannot store parameter value {value!r} without pickle")
+
+
+def _decode_param(value):
+    if isinstance(value, dict):
+        if "__dtype__" in value:
+            return {"float32": np.float32, "float64": np.float64}[value["__dtype__"]]
+        if "__items__" in value:
+            return {_decode_param(k): _decode_param(v) for k, v in value["__items__"]}
+        raise ValueError(f"bad parameter encoding {value!r}")
+    if isinstance(value, list):
+        raise ValueError(f"bad parameter encoding {value!r}")
+    return value
+
+
+class _Run:
+    """What one fit / partial_fit builds before it is committed to the estimator."""
+
+    def __init__(self, **kwargs):
+        self.__dict__.update(kwargs)
+
+
+# ----------------------------------------------------------------------------
+# the estimator base
+# ----------------------------------------------------------------------------
+class BaseSequenceModel(BaseEstimator):
+    """Base class of the recurrent estimators; use a subclass such as
+    :class:`cyrnn.LSTMRegressor` or :class:`cyrnn.GRUClassifier`.
+
+    It holds everything but the task: input handling (3-D arrays, 2-D tables,
+    ragged lists bucketed by length), the model ``[Embedding] + recurrent layer +
+    Dense``, the training loop (minibatches, ``tol``/``n_iter_no_change``,
+    ``early_stopping``, ``warm_start``, ``partial_fit``, tqdm progress), threads,
+    pickling and :meth:`save`. Subclasses set ``_cell`` ('rnn', 'lstm' or 'gru')
+    and implement target encoding, the loss, output decoding and the score.
+
+    Parameters
+    ----------
+    **params
+        See the concrete estimators: every parameter is stored verbatim by
+        ``__init__`` and validated by ``fit`` (``_parameter_constraints``).
+
+    Attributes
+    ----------
+    model_ : cyrnn.Sequential
+        The trained network.
+    n_features_in_, loss_curve_, validation_scores_, best_loss_, \
+best_validation_score_, n_iter_
+        See the concrete estimators.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from cyrnn.estimators import BaseSequenceModel, GRURegressor
+    >>> issubclass(GRURegressor, BaseSequenceModel)
+    True
+    """
+
+    _cell = None
+
+    _parameter_constraints: dict = {
+        "hidden_size": [Interval(numbers.Integral, 1, None, closed="left")],
+        "num_layers": [Interval(numbers.Integral, 1, None, closed="left")],
+        "bidirectional": ["boolean"],
+        "dropout": [Interval(numbers.Real, 0, 1, closed="left")],
+        "vocab_size": [None, Interval(numbers.Integral, 2, None, closed="left")],
+        "embedding_dim": [None, Interval(numbers.Integral, 1, None, closed="left")],
+        "return_sequences": ["boolean"],
+        "optimizer": [StrOptions({"rmsprop", "adam", "sgd"})],
+        "learning_rate": [Interval(numbers.Real, 0, None, closed="neither")],
+        "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
+        "max_iter": [Interval(numbers.Integral, 1, None, closed="left")],
+        "shuffle": ["boolean"],
+        "random_state": ["random_state", np.random.Generator],
+        "tol": [Interval(numbers.Real, 0, None, closed="left")],
+        "n_iter_no_change": [Interval(numbers.Integral, 1, None, closed="left"),
+                             Options(numbers.Real, {np.inf})],
+        "early_stopping": ["boolean"],
+        "validation_fraction": [Interval(numbers.Real, 0, 1, closed="neither")],
+        "clip_norm": [None, Interval(numbers.Real, 0, None, closed="neither")],
+        "clip_value": [None, Interval(numbers.Real, 0, None, closed="neither")],
+        "bptt_truncate": [None, Interval(numbers.Integral, 0, None, closed="left")],
+        "backend": [StrOptions({"auto", *BACKENDS})],
+        "n_jobs": [None, Interval(numbers.Integral, 1, None, closed="left"),
+                   Interval(numbers.Integral, None, -1, closed="right")],
+        "verbose": ["verbose"],
+        "warm_start": ["boolean"],
+        "dtype": [StrOptions({"float32", "float64"}), Options(type, {np.float32, np.float64})],
+    }
+
+    # ------------------------------------------------------------------ tags
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.three_d_array = True
+        tags.input_tags.allow_nan = False
+        tags.non_deterministic = False
+        return tags
+
+    # ------------------------------------------------------------------ task hooks
+    def _loss_name(self, target_spec):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _check_targets(self, data, y, sample_weight, *, incremental, previous, classes=None):
+        """Validate and encode ``y``: returns (Y_enc, item_weights, target_spec, attrs)."""
+        raise NotImplementedError  # pragma: no cover
+
+    def _score_flat(self, raw, y_enc, weights, target_spec):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _split_stratify(self, data, Y, target_spec):
+        return None
+
+    # ------------------------------------------------------------------ config
+    def _cell_options(self):
+        return {}
+
+    def _config(self):
+        """Checks beyond ``_parameter_constraints``; returns the run configuration."""
+        if self.embedding_dim is not None and self.vocab_size is None:
+            raise ValueError("embedding_dim is set but vocab_size is None: the embedding "
+                             "needs vocab_size (ids 0 .. vocab_size - 1, 0 = padding)")
+        get_backend(self.backend)  # raises ValueError when not available here
+        return dict(dtype=V.check_dtype(self.dtype).name, tokens=self.vocab_size is not None)
+
+    def _architecture(self, cfg, data, n_outputs):
+        tokens = cfg["tokens"]
+        return {
+            "cell": self._cell,
+            "cell_options": self._cell_options(),
+            "hidden_size": int(self.hidden_size),
+            "num_layers": int(self.num_layers),
+            "bidirectional": bool(self.bidirectional),
+            "vocab_size": None if not tokens else int(self.vocab_size),
+            "embedding_dim": None if not tokens else int(self.embedding_dim
+                                                         or self.hidden_size),
+            "return_sequences": bool(self.return_sequences),
+            "dtype": cfg["dtype"],
+            "input": input_spec(data),
+            "n_outputs": int(n_outputs),
+        }
+
+    def _build_model(self, spec, rng):
+        """``[Embedding] + recurrent layer + Dense`` for ``spec``, drawing from ``rng``."""
+        dtype = np.dtype(spec["dtype"])
+        layers = []
+        if spec["vocab_size"] is not None:
+            layers.append(Embedding(spec["vocab_size"], spec["embedding_dim"], mask_zero=True,
+                                    dtype=dtype, random_state=rng))
+            in_size = spec["embedding_dim"]
+        else:
+            in_size = spec["input"]["step_features"]
+        rnn = _CELLS[spec["cell"]](
+            in_size, spec["hidden_size"], spec["num_layers"],
+            bidirectional=spec["bidirectional"], dropout=float(self.dropout),
+            return_sequences=spec["return_sequences"], bptt_truncate=self.bptt_truncate,
+            backend=self.backend, dtype=dtype, random_state=rng, **spec["cell_options"])
+        layers.append(rnn)
+        layers.append(Dense(rnn.output_size, spec["n_outputs"], dtype=dtype, random_state=rng))
+        return Sequential(layers)
+
+    def _rebuild_model(self, spec, rng, params):
+        """The model of ``spec`` holding ``params``; ``rng`` (kept for dropout) ends in
+        the state it started in: building only draws throwaway initial values."""
+        state = rng.bit_generator.state
+        model = self._build_model(spec, rng)
+        rng.bit_generator.state = state
+        params = np.asarray(params)
+        if params.shape != model.params.data.shape:
+            raise ValueError(f"the parameter vector has shape {params.shape}, the "
+                             f"architecture needs {model.params.data.shape}")
+        if not np.isfinite(params).all():
+            raise ValueError("the parameter vector contains NaN or infinity")
+        model.params.data[...] = params
+        return model
+
+    def _make_optimizer(self, model):
+        return get_optimizer(self.optimizer, model, lr=float(self.learning_rate),
+                             clip_norm=self.clip_norm, clip_value=self.clip_value)
+
+    def _threads(self):
+        """``threadpool_limits`` for ``n_jobs`` (kernels' OpenMP and BLAS), or nothing."""
+        n = self.n_jobs
+        if n is None:
+            return nullcontext()
+        from threadpoolctl import threadpool_limits
+        if n < 0:
+            n = max(1, (os.cpu_count() or 1) + 1 + n)
+        return threadpool_limits(limits=int(n))
+
+    # ------------------------------------------------------------------ input
+    def _check_X(self, X, spec=None):
+        """Validate ``X``; with a fitted ``spec``, also its consistency with the fit."""
+        if spec is None:
+            return check_sequences(X, tokens=self.vocab_size is not None,
+                                   vocab_size=self.vocab_size, dtype=self.dtype, estimator=self)
+        inp = spec["input"]
+        data = check_sequences(X, tokens=inp["tokens"], vocab_size=spec["vocab_size"],
+                               dtype=spec["dtype"], estimator=self)
+        check_fitted_input(data, inp, type(self).__name__)
+        return data
+
+    def _check_sample_weight(self, sample_weight, n):
+        if sample_weight is None:
+            return np.ones(n, dtype=np.float64)
+        return _check_sample_weight(sample_weight, np.empty(n), dtype=np.float64,
+                                    ensure_non_negative=True)
+
+    # ------------------------------------------------------------------ raw outputs
+    def _raw(self, model, data, spec):
+        """Float64 model outputs: (n, k), (n, T, k) or a list of (T_i, k).
+
+        Every forward call gets exactly ``_PREDICT_BATCH`` rows (the last group is
+        filled up with copies of its first row): BLAS rounds differently for
+        different matrix shapes, and fixed shapes make each prediction independent
+        of the other samples passed along (of subsets, order and batch size).
+        """
+        G = _PREDICT_BATCH
+        seqs = spec["return_sequences"]
+        k = spec["n_outputs"]
+        n = len(data)
+        if not seqs:
+            out = np.empty((n, k), np.float64)
+        elif data.uniform:
+            out = np.empty((n, data.n_steps, k), np.float64)
+        else:
+            out = [None] * n
+        for idx in data.predict_batches(G):
+            b = len(idx)
+            x, lengths = data.batch(idx, trim=not seqs)
+            if b < G:
+                x = np.concatenate([x, np.repeat(x[:1], G - b, axis=0)])
+                if lengths is not None:
+                    lengths = np.concatenate([lengths, np.repeat(lengths[:1], G - b)])
+            res = model.forward(x, lengths=lengths, training=False)[:b]
+            if not seqs or data.uniform:
+                out[idx] = res
+            else:
+                for j, i in enumerate(idx):
+                    out[i] = res[j, :data.lengths[i]].astype(np.float64)
+        return out
+
+    def _raw_predict(self, X):
+        check_is_fitted(self)
+        data = self._check_X(X, self._spec)
+        with self._threads():
+            return data, self._raw(self.model_, data, self._spec)
+
+    # ------------------------------------------------------------------ fitting
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y, sample_weight=None):
+        """Train on sequences ``X`` and targets ``y``.
+
+        Parameters
+        ----------
+        X : array of shape (n_samples, n_steps, n_features) or (n_samples, n_steps), \
+or list of arrays of shape (n_steps_i, n_features) or (n_steps_i,)
+            Sequences. A 2-D array has one feature per step (token ids when
+            ``vocab_size`` is set); a list holds sequences of different lengths.
+        y : array-like
+            One target per sequence (``return_sequences=False``), else one per step:
+            (n_samples, n_steps[, n_outputs]) or a list of per-sequence arrays.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Weights of the sequences in the loss (and in the validation score).
+
+        Returns
+        -------
+        self : object
+            The fitted estimator.
+        """
+        return self._fit(X, y, sample_weight, incremental=False)
+
+    def _fitted(self):
+        return hasattr(self, "model_")
+
+    def _fit(self, X, y, sample_weight, incremental, classes=None):
+        cfg = self._config()
+        if incremental and self.early_stopping:
+            raise ValueError("partial_fit does not support early_stopping=True")
+        warm = self._fitted() and (incremental or self.warm_start)
+        previous = self._spec if warm else None
+        if y is None:
+            raise ValueError(f"{type(self).__name__} requires y to be passed, but the target y "
+                             "is None")
+        data = self._check_X(X, previous)
+        sw = self._check_sample_weight(sample_weight, len(data))
+        Y, W, target_spec, attrs = self._check_targets(
+            data, y, sw, incremental=incremental, previous=self if warm else None,
+            classes=classes)
+        spec = self._architecture(cfg, data, attrs.pop("_n_model_outputs"))
+        spec["target"] = target_spec
+        if warm:
+            changed = [key for key in _ARCH_KEYS if previous[key] != spec[key]]
+            if previous["dtype"] != spec["dtype"]:
+                changed.append("dtype")
+            if changed:
+                raise ValueError(f"{'partial_fit' if incremental else 'warm_start'} needs the "
+                                 f"fitted architecture, but {changed} changed; fit again with "
+                                 "warm_start=False")
+            spec["input"] = previous["input"]
+        run = self._start_run(spec, warm, incremental)
+        with self._threads():
+            self._train(run, data, Y, W, sw, target_spec, incremental)
+        self._commit(run, attrs)
+        return self
+
+    def _start_run(self, spec, warm, incremental):
+        """A fresh model and history, or a copy of the fitted ones to continue from."""
+        if not warm:
+            rng = V.check_rng(self.random_state)
+            model = self._build_model(spec, rng)
+            return _Run(spec=spec, rng=rng, model=model, optimizer=self._make_optimizer(model),
+                        loss_curve=[], validation_scores=None, best_loss=np.inf,
+                        best_validation_score=None)
+        rng = _copy_rng(self._rng)
+        model = self._rebuild_model(spec, rng, self.model_.params.data)
+        optimizer = self._make_optimizer(model)
+        if incremental and self._optimizer_state is not None \
+                and self._optimizer_state[0] == self.optimizer:
+            state = dict(self._optimizer_state[1])
+            state["lr"] = float(self.learning_rate)
+            optimizer.load_state_dict(state)
+        scores = self.validation_scores_
+        return _Run(spec=spec, rng=rng, model=model, optimizer=optimizer,
+                    loss_curve=list(self.loss_curve_),
+                    validation_scores=None if scores is None else list(scores),
+                    best_loss=np.inf if self.best_loss_ is None else self.best_loss_,
+                    best_validation_score=self.best_validation_score_)
+
+    def _validation_split(self, run, data, Y, target_spec):
+        n = len(data)
+        idx = np.arange(n)
+        stratify = self._split_stratify(data, Y, target_spec)
+        seed = int(run.rng.integers(np.iinfo(np.int32).max))
+        try:
+            train, val = train_test_split(idx, test_size=self.validation_fraction,
+                                          random_state=seed, stratify=stratify)
+        except ValueError:
+            train, val = train_test_split(idx, test_size=self.validation_fraction,
+                                          random_state=seed)
+        if len(val) < 2 or len(train) < 1:
+            raise ValueError(f"The validation set is too small ({len(val)} of {n} samples). "
+                             "Increase validation_fraction or the size of your dataset.")
+        return train, val
+
+    def _take(self, values, idx):
+        return values[idx] if isinstance(values, np.ndarray) else [values[i] for i in idx]
+
+    def _train(self, run, data, Y, W, sw, target_spec, incremental):
+        """Run epochs on ``run`` (never on the fitted state)."""
+        loss = get_loss(self._loss_name(target_spec))  # item-shaped weights
+        seqs = run.spec["return_sequences"]
+        val = None
+        if self.early_stopping:
+            train, val_idx = self._validation_split(run, data, Y, target_spec)
+            val = (data.subset(val_idx), self._take(Y, val_idx), sw[val_idx])
+            data, Y, W = data.subset(train), self._take(Y, train), self._take(W, train)
+            total = W.sum() if isinstance(W, np.ndarray) else sum(w.sum() for w in W)
+            if total <= 0:
+                raise ValueError("all samples left for training after the validation split "
+                                 "have zero sample_weight")
+            if run.validation_scores is None:
+                run.validation_scores = []
+            run.best_validation_score = -np.inf
+            run.best_params = run.model.params.data.copy()
+        run.no_improvement = 0
+        batch_size = min(int(self.batch_size), len(data))
+        epochs = 1 if incremental else int(self.max_iter)
+        verbose = int(self.verbose)
+        for epoch in range(epochs):
+            batches = data.epoch_batches(batch_size, run.rng, self.shuffle)
+            bar = None
+            if verbose > 0:
+                from tqdm.auto import tqdm
+                done = len(run.loss_curve)
+                bar = tqdm(total=len(batches), file=sys.stderr, leave=True, unit="batch",
+                           desc=f"epoch {done + 1}" + ("" if incremental else
+                                                       f"/{done - epoch + epochs}"))
+            total, mass = 0.0, 0.0
+            for idx in batches:
+                x, lengths = data.batch(idx, trim=not seqs)
+                if seqs and not data.uniform:
+                    T = x.shape[1]
+                    yb = _pad_items(Y, idx, data.lengths, T, np.asarray(Y[idx[0]]).dtype)
+                    wb = _pad_items(W, idx, data.lengths, T, np.float64)
+                else:
+                    yb, wb = Y[idx], W[idx]
+                m = float(np.sum(wb))
+                if m <= 0:
+                    if bar is not None:
+                        bar.update(1)
+                    continue  # only zero-weight items: nothing to learn from
+                value = train_step(run.model, run.optimizer, loss, x, yb, lengths=lengths,
+                                   sample_weight=wb)
+                if not math.isfinite(value):
+                    if bar is not None:
+                        bar.close()
+                    raise ValueError(f"training diverged: the loss became {value} in epoch "
+                                     f"{len(run.loss_curve) + 1}; lower learning_rate, set "
+                                     "clip_norm, or scale the inputs and targets")
+                total += value * m
+                mass += m
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{total / mass:.4g}", refresh=False)
+            epoch_loss = total / mass if mass > 0 else float("nan")
+            run.loss_curve.append(epoch_loss)
+            stop = self._update_no_improvement(run, val, epoch_loss, target_spec)
+            if bar is not None:
+                post = {"loss": f"{epoch_loss:.4g}"}
+                if val is not None:
+                    post["val_score"] = f"{run.validation_scores[-1]:.4g}"
+                bar.set_postfix(post, refresh=False)
+                bar.close()
+            if stop:
+                if verbose > 0:
+                    what = "Validation score" if val is not None else "Training loss"
+                    print(f"{what} did not improve more than tol={self.tol} for "
+                          f"{self.n_iter_no_change} consecutive epochs. Stopping.",
+                          file=sys.stderr)
+                break
+        else:
+            if not incremental and epochs > 0:
+                warnings.warn(f"Stochastic Optimizer: Maximum iterations ({epochs}) reached "
+                              "and the optimization hasn't converged yet.", ConvergenceWarning)
+        if val is not None:
+            run.model.params.data[...] = run.best_params
+        run.model.clear_caches()
+        if not np.isfinite(run.model.params.data).all():
+            raise ValueError("training produced non-finite parameters; lower learning_rate "
+                             "or set clip_norm")
+
+    def _update_no_improvement(self, run, val, epoch_loss, target_spec):
+        if val is not None:
+            vdata, vY, vsw = val
+            score = self._score_encoded(run.model, run.spec, vdata, vY, vsw, target_spec)
+            run.validation_scores.append(score)
+            if score < run.best_validation_score + self.tol:
+                run.no_improvement += 1
+            else:
+                run.no_improvement = 0
+            if score > run.best_validation_score:
+                run.best_validation_score = score
+                run.best_params = run.model.params.data.copy()
+        else:
+            if epoch_loss > run.best_loss - self.tol:
+                run.no_improvement += 1
+            else:
+                run.no_improvement = 0
+            if epoch_loss < run.best_loss:
+                run.best_loss = epoch_loss
+        return run.no_improvement > self.n_iter_no_change
+
+    def _score_encoded(self, model, spec, data, Y, sw, target_spec):
+        raw = self._raw(model, data, spec)
+        if spec["return_sequences"]:
+            raw = data.flat_steps(raw)
+            Y = data.flat_steps(Y)
+            sw = np.repeat(sw, data.step_counts())
+        return float(self._score_flat(raw, Y, sw, target_spec))
+
+    def _commit(self, run, attrs):
+        """Assign the fitted state (the only place fit/partial_fit touch ``self``)."""
+        state = {
+            "model_": run.model,
+            "n_features_in_": run.spec["input"]["n_features_in"],
+            "loss_curve_": run.loss_curve,
+            "n_iter_": len(run.loss_curve),
+            "validation_scores_": run.validation_scores,
+            "best_loss_": None if self.early_stopping else float(run.best_loss),
+            "best_validation_score_": (float(run.best_validation_score)
+                                       if self.early_stopping else None),
+            "_spec": run.spec,
+            "_rng": run.rng,
+            "_optimizer_state": (self.optimizer, run.optimizer.state_dict()),
+        }
+        state.update(attrs)
+        self.__dict__.update(state)
+
+    # ------------------------------------------------------------------ partial_fit
+    def _partial_fit(self, X, y, sample_weight=None, classes=None):
+        return self._fit(X, y, sample_weight, incremental=True, classes=classes)
+
+    # ------------------------------------------------------------------ scoring
+    def _sequence_score(self, X, y, sample_weight, flat_score):
+        """Score over all valid steps (``return_sequences=True``)."""
+        data, raw = self._raw_predict(X)
+        if not self._spec["return_sequences"]:  # pragma: no cover - callers check
+            raise RuntimeError("not a many-to-many model")
+        y = check_per_step_targets(data, y)
+        if data.uniform:
+            y = np.asarray(y)
+            if len(y) != len(data):
+                raise ValueError(f"X and y have inconsistent numbers of samples: {len(data)} "
+                                 f"and {len(y)}")
+        sw = self._check_sample_weight(sample_weight, len(data))
+        pred = self._decode(raw)
+        y_flat = data.flat_steps(y)
+        p_flat = data.flat_steps(pred)
+        return flat_score(y_flat, p_flat, np.repeat(sw, data.step_counts()))
+
+    def _decode(self, raw):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ persistence
+    def _export_task(self):
+        """(metadata, arrays) of the task's fitted attributes (classes_, n_outputs_)."""
+        return {}, {}
+
+    def _import_task(self, meta, arrays, spec):
+        """Fitted task attributes from :meth:`_export_task`'s output, as a dict."""
+        return {}
+
+    def _export_state(self):
+        """(metadata, arrays): the fitted estimator in JSON + arrays (no pickle)."""
+        check_is_fitted(self)
+        opt_name, opt_state = self._optimizer_state
+        opt_arrays = sorted(k for k in opt_state if k not in ("step", "lr"))
+        task_meta, task_arrays = self._export_task()
+        meta = {
+            "class": type(self).__name__,
+            "params": {k: _encode_param(v) for k, v in self.get_params(deep=False).items()},
+            "spec": self._spec,
+            "fitted": {
+                "n_features_in_": int(self.n_features_in_),
+                "n_iter_": int(self.n_iter_),
+                "loss_curve_": [float(v) for v in self.loss_curve_],
+                "validation_scores_": (None if self.validation_scores_ is None
+                                       else [float(v) for v in self.validation_scores_]),
+                "best_loss_": None if self.best_loss_ is None else float(self.best_loss_),
+                "best_validation_score_": (None if self.best_validation_score_ is None
+                                           else float(self.best_validation_score_)),
+                "rng_state": self._rng.bit_generator.state,
+            },
+            "optimizer": {"name": opt_name, "step": int(opt_state["step"]),
+                          "lr": float(opt_state["lr"]), "arrays": opt_arrays},
+            "task": task_meta,
+        }
+        arrays = {"params": self.model_.params.data.copy()}
+        arrays.update({f"optimizer/{k}": opt_state[k] for k in opt_arrays})
+        arrays.update({f"task/{k}": v for k, v in task_arrays.items()})
+        return meta, arrays
+
+    def _import_state(self, meta, arrays):
+        """Rebuild the fitted state from :meth:`_export_state`'s output, checking it."""
+        try:
+            spec, fitted, opt = meta["spec"], meta["fitted"], meta["optimizer"]
+            rng = _rng_from_state(fitted["rng_state"])
+            model = self._rebuild_model(spec, rng, arrays["params"])
+            size = model.params.size
+            opt_state = {"step": int(opt["step"]), "lr": float(opt["lr"])}
+            for k in opt["arrays"]:
+                arr = np.asarray(arrays[f"optimizer/{k}"])
+                if arr.shape != (size,):
+                    raise ValueError(f"optimizer state {k!r} has shape {arr.shape}, "
+                                     f"expected ({size},)")
+                opt_state[k] = arr.astype(model.params.dtype)
+            task = self._import_task(meta["task"], {k[5:]: v for k, v in arrays.items()
+                                                    if k.startswith("task/")}, spec)
+            scores = fitted["validation_scores_"]
+            attrs = dict(
+                model_=model, _spec=spec, _rng=rng,
+                _optimizer_state=(str(opt["name"]), opt_state),
+                n_features_in_=int(fitted["n_features_in_"]),
+                n_iter_=int(fitted["n_iter_"]),
+                loss_curve_=[float(v) for v in fitted["loss_curve_"]],
+                validation_scores_=None if scores is None else [float(v) for v in scores],
+                best_loss_=fitted["best_loss_"],
+                best_validation_score_=fitted["best_validation_score_"], **task)
+        except ValueError:
+            raise
+        except (KeyError, TypeError, IndexError, AttributeError) as exc:
+            raise ValueError(f"inconsistent estimator state: {type(exc).__name__}: {exc}") \
+                from exc
+        self.__dict__.update(attrs)
+        return self
+
+    def save(self, path):
+        """Save the fitted estimator to one file (arrays + JSON metadata, no pickle).
+
+        Load it with :func:`cyrnn.load`; the format is described in
+        :mod:`cyrnn.persistence`. The parameters, the learned weights, the
+        optimizer state and the random generator's state are stored, so a loaded
+        estimator predicts identically and can go on with ``partial_fit``.
+
+        Parameters
+        ----------
+        path : str, os.PathLike or binary file object
+
+        Returns
+        -------
+        path
+        """
+        meta, arrays = self._export_state()
+        persistence.save_archive(path, f"cyrnn.{type(self).__name__}", meta, arrays)
+        return path
+
+    @classmethod
+    def _from_archive(cls, meta, arrays):
+        """The loader registered with :func:`cyrnn.persistence.register_loader`."""
+        if not isinstance(meta, dict) or meta.get("class") != cls.__name__:
+            raise ValueError(f"the archive does not hold a {cls.__name__}")
+        try:
+            params = {k: _decode_param(v) for k, v in meta["params"].items()}
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"bad parameters in the archive: {exc}") from exc
+        unknown = sorted(set(params) - set(cls._get_param_names()))
+        if unknown:
+            raise ValueError(f"unknown parameters {unknown} for {cls.__name__}")
+        est = cls(**params)
+        try:
+            est._validate_params()
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"invalid parameters in the archive: {exc}") from exc
+        return est._import_state(meta, arrays)
+
+    # ------------------------------------------------------------------ pickling
+    def __getstate__(self):
+        # The layers' parameters are views into the model's flat buffer, which
+        # pickle would split into copies: store the flat vector and rebuild.
+        state = dict(super().__getstate__())
+        model = state.pop("model_", None)
+        if model is not None:
+            state["_model_params"] = model.params.data.copy()
+        return state
+
+    def __setstate__(self, state):
+        state = dict(state)
+        params = state.pop("_model_params", None)
+        super().__setstate__(state)
+        if params is not None:
+            self.model_ = self._rebuild_model(self._spec, self._rng, params)
+
+
+# ----------------------------------------------------------------------------
+# shared documentation
+# ----------------------------------------------------------------------------
+_ARCH_DOC = """\
+    hidden_size : int, default=32
+        Units of the recurrent layer (per direction).
+    num_layers : int, default=1
+        Stacked recurrent layers.
+    bidirectional : bool, default=False
+        Also run every layer backwards in time and concatenate both directions.
+    dropout : float, default=0
+        Dropout between stacked recurrent layers (PyTorch's rule: no effect with
+        ``num_layers=1``), during training only.
+{cell}\
+    vocab_size : int, default=None
+        Set it to read ``X`` as integer token ids ``0 .. vocab_size - 1`` through an
+        embedding (id 0 is padding: masked, so padded steps are skipped).
+    embedding_dim : int, default=None
+        Size of the token vectors (None: ``hidden_size``); needs ``vocab_size``.
+    return_sequences : bool, default=False
+        False: one output per sequence (many-to-one). True: one output per step
+        (many-to-many); ``y`` then has one target per step.
+"""
+
+_TRAIN_DOC = """\
+    optimizer : {'rmsprop', 'adam', 'sgd'}, default='rmsprop'
+        Update rule (see :mod:`cyrnn.optim`).
+    learning_rate : float, default=1e-3
+    batch_size : int, default=32
+        Sequences per update (capped at the number of samples). Variable-length
+        input is batched by length so that padding stays small.
+    max_iter : int, default=100
+        Maximum number of epochs.
+    shuffle : bool, default=True
+        Shuffle the samples (and the order of the length buckets) every epoch.
+    random_state : int, RandomState instance, numpy Generator or None, default=None
+        Seeds the one ``numpy.random.Generator`` that all randomness comes from:
+        initialisation, dropout, shuffling and the validation split. Pass an int
+        for reproducible results.
+    tol : float, default=1e-4
+        Improvement below ``tol`` for ``n_iter_no_change`` consecutive epochs
+        (of the training loss, or of the validation score with
+        ``early_stopping``) ends training.
+    n_iter_no_change : int, default=10
+    early_stopping : bool, default=False
+        Hold out ``validation_fraction`` of the training data, stop when its score
+        ({score}) stops improving, and keep the best weights.
+    validation_fraction : float, default=0.1
+    clip_norm : float, default=None
+        Rescale the gradient to at most this global L2 norm before each update.
+    clip_value : float, default=None
+        Clip every gradient entry to ``[-clip_value, clip_value]``.
+    bptt_truncate : int, default=None
+        Truncated backpropagation through time: gradients flow back at most this
+        many steps. None: full BPTT.
+{task}\
+    backend : str, default='auto'
+        Kernel backend (``cyrnn.backends.available()``; 'auto' picks the fastest).
+    n_jobs : int, default=None
+        Threads of the kernels and of BLAS during fit and predict (through
+        ``threadpoolctl``); None leaves them as they are, -1 uses all cores.
+    verbose : int, default=0
+        1: a tqdm progress bar per epoch (on stderr) with the loss and the
+        validation score. 0: silent.
+    warm_start : bool, default=False
+        Continue from the fitted weights on the next ``fit`` instead of
+        starting over (the architecture must not change).
+    dtype : {'float32', 'float64'}, default='float32'
+        Precision of the computation. Predictions are float64 either way.
+"""
+
+_ATTRS_DOC = """\
+    model_ : cyrnn.Sequential
+        The trained network: ``[Embedding] + recurrent layer + Dense``.
+{task}\
+    n_features_in_ : int
+        Number of features seen during fit: the columns of a 2-D table, else
+        the features per step.
+    loss_curve_ : list of float
+        Training loss (sample-weighted mean over the epoch) of every epoch.
+    validation_scores_ : list of float or None
+        Score on the held-out data after every epoch (with ``early_stopping``).
+    best_loss_ : float or None
+        Lowest training loss (None with ``early_stopping``).
+    best_validation_score_ : float or None
+        Best validation score (with ``early_stopping``; its weights are kept).
+    n_iter_ : int
+        Epochs run in total: by ``fit`` and by later warm-started fits and
+        ``partial_fit`` calls (equals ``len(loss_curve_)``).
+"""
+
+_INPUT_DOC = """\
+    Input ``X`` is a 3-D array ``(n_samples, n_steps, n_features)``; a 2-D array
+    ``(n_samples, n_steps)`` (one feature per step, or token ids with
+    ``vocab_size``); or a list (or 1-D object array) of arrays ``(n_steps_i,
+    n_features)`` / ``(n_steps_i,)`` of different lengths, batched by length with
+    masks. Such lists work as-is with ``cross_val_score``, ``GridSearchCV`` and
+    ``Pipeline`` (see :class:`cyrnn.preprocessing.SequenceStandardScaler`).
+    A 2-D table's columns are its features in scikit-learn's sense: predicting
+    needs as many columns as fitting did, while 3-D arrays and lists may have
+    other lengths than in fit.
+"""
+
+_CELL_DOCS = {
+    "rnn": """\
+    activation : {'tanh', 'relu', 'sigmoid'}, default='tanh'
+        Nonlinearity of the Elman cell.
+""",
+    "lstm": "",
+    "gru": """\
+    reset_after : bool, default=True
+        True: PyTorch/cuDNN's GRU (reset gate applied after the recurrent
+        product); False: Cho et al.'s original.
+""",
+}
+
+
+def compose_doc(summary, cell, *, task_params, score, task_attrs, notes, example):
+    """The numpydoc docstring of a concrete estimator."""
+    return (f"{summary}\n\n{_INPUT_DOC}\n{notes}"
+            "    Parameters\n    ----------\n"
+            + _ARCH_DOC.replace("{cell}", _CELL_DOCS[cell])
+            + _TRAIN_DOC.replace("{task}", task_params).replace("{score}", score)
+            + "\n    Attributes\n    ----------\n"
+            + _ATTRS_DOC.replace("{task}", task_attrs)
+            + "\n    See Also\n    --------\n"
+            "    cyrnn.preprocessing.pad_sequences, cyrnn.preprocessing.SequenceStandardScaler,\n"
+            "    cyrnn.plot_learning_curve, cyrnn.load\n"
+            f"\n    Examples\n    --------\n{example}")

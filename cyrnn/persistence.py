@@ -1,0 +1,316 @@
+"""Saving and loading cyrnn objects without pickle.
+
+:func:`save_archive` writes named arrays plus JSON metadata into one file;
+:func:`load_archive` reads it back, checking everything before returning.
+:func:`load` reads a file and hands it to the loader registered for its
+``kind`` (:func:`register_loader`), so every saveable cyrnn object (the
+scikit-learn estimators, and later language models) shares one format.
+Loading never executes code: there is no pickle anywhere, the loaders come
+from a fixed registry filled by cyrnn's own modules, and nothing named in a
+file is imported.
+
+File format (``format_version`` 1)
+----------------------------------
+The file is an uncompressed NumPy ``.npz`` archive (a zip of ``.npy``
+entries), readable with ``numpy.load(path, allow_pickle=False)``:
+
+``__cyrnn__.npy``
+    A 1-D ``uint8`` array holding the UTF-8 encoded JSON *header*::
+
+        {"format_version": 1,
+         "cyrnn_version": "0.1.0",
+         "kind": "cyrnn.LSTMRegressor",
+         "metadata": {...},                      # the caller's JSON metadata
+         "arrays": {"params": {"dtype": "<f4", "shape": [1234]}, ...},
+         "sha256": "<64 hex digits>"}
+
+``<name>.npy``
+    One entry per array listed in ``"arrays"``, exactly those (names use
+    ``A-Z a-z 0-9 _ . - /``). Only plain dtypes are allowed: booleans,
+    integers, floats, complex numbers and fixed-width strings; never objects.
+
+``sha256`` is the SHA-256 of the canonical header JSON *without* the
+``sha256`` field (``json.dumps(header, sort_keys=True, separators=(",", ":"),
+ensure_ascii=True)``, UTF-8), followed, for every array in sorted name order,
+by ``name``, ``NUL``, ``dtype.str``, ``NUL``, the shape as JSON, ``NUL`` and
+the array's C-order bytes. It detects truncation and accidental or naive
+tampering (it is a checksum, not a signature: whoever can write the file can
+recompute it). Non-finite floats in metadata are written as Python's ``json``
+writes them (``NaN``, ``Infinity``).
+
+Reading checks the zip structure, the header, the version, that the entries
+match the manifest exactly (names, dtypes, shapes) and the digest; any
+failure raises ``ValueError`` (a missing file still raises
+``FileNotFoundError``). A file from a newer ``format_version`` is refused with
+a message saying so.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import tempfile
+
+import numpy as np
+
+__all__ = ["FORMAT_VERSION", "save_archive", "load_archive", "register_loader", "load"]
+
+FORMAT_VERSION = 1
+HEADER = "__cyrnn__"
+_NAME = re.compile(r"[A-Za-z0-9_.\-/]+")
+_ALLOWED_KINDS = "biufcUS"  # bool, ints, floats, complex, fixed-width str/bytes
+_ZIP_MAGIC = b"PK\x03\x04"
+
+_LOADERS = {}
+# cyrnn modules that register loaders when imported; load() imports them (and
+# nothing else: never a name read from a file) when a file's kind is not
+# registered yet.
+_PROVIDERS = ("cyrnn.estimators", "cyrnn.language_model")
+
+
+def _canonical(obj):
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def _digest(header, arrays):
+    h = hashlib.sha256()
+    h.update(_canonical({k: v for k, v in header.items() if k != "sha256"}).encode("utf-8"))
+    for name in sorted(arrays):
+        arr = np.ascontiguousarray(arrays[name])
+        h.update(name.encode("utf-8") + b"\0" + arr.dtype.str.encode("ascii") + b"\0"
+                 + json.dumps(list(arr.shape)).encode("ascii") + b"\0")
+        h.update(arr.tobytes())
+    return h.hexdigest()
+
+
+def _check_name(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or name.startswith(HEADER):
+        raise ValueError(f"array name {name!r} is not allowed: use letters, digits and _ . - / "
+                         f"(and not the reserved prefix {HEADER!r})")
+    return name
+
+
+def save_archive(path, kind, metadata, arrays):
+    """Write ``arrays`` and JSON ``metadata`` into one file (no pickle).
+
+    Parameters
+    ----------
+    path : str, os.PathLike or binary file object
+        Destination. A path is written atomically (a temporary file in the same
+        folder, then renamed), and used exactly as given (no suffix is added).
+    kind : str
+        What the file holds, e.g. ``"cyrnn.LSTMClassifier"``; :func:`load`
+        dispatches on it.
+    metadata : dict
+        JSON-serialisable, with string keys.
+    arrays : dict of str to array-like
+        Arrays of plain dtypes (no objects).
+
+    Returns
+    -------
+    path
+        The ``path`` argument.
+    """
+    if not isinstance(kind, str) or not kind:
+        raise ValueError(f"kind must be a non-empty string, got {kind!r}")
+    if not isinstance(metadata, dict):
+        raise TypeError(f"metadata must be a dict, got {type(metadata).__name__}")
+    if not isinstance(arrays, dict):
+        raise TypeError(f"arrays must be a dict, got {type(arrays).__name__}")
+    clean = {}
+    for name, value in arrays.items():
+        arr = np.ascontiguousarray(value)
+        if arr.dtype.kind not in _ALLOWED_KINDS:
+            raise ValueError(f"array {name!r} has dtype {arr.dtype}, which cannot be stored "
+                             "without pickle")
+        clean[_check_name(name)] = arr
+    header = {
+        "format_version": FORMAT_VERSION,
+        "cyrnn_version": _cyrnn_version(),
+        "kind": kind,
+        "metadata": metadata,
+        "arrays": {name: {"dtype": arr.dtype.str, "shape": list(arr.shape)}
+                   for name, arr in clean.items()},
+    }
+    try:
+        _canonical(header)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"metadata is not JSON-serialisable: {exc}") from exc
+    header["sha256"] = _digest(header, clean)
+    blob = np.frombuffer(_canonical(header).encode("utf-8"), dtype=np.uint8)
+    entries = {HEADER: blob, **clean}
+    if hasattr(path, "write"):
+        np.savez(path, **entries)
+        return path
+    target = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(target))
+    fd, tmp = tempfile.mkstemp(prefix=".cyrnn-", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, **entries)
+        os.replace(tmp, target)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def _cyrnn_version():
+    from . import __version__
+    return __version__
+
+
+def _read_bytes(path):
+    if hasattr(path, "read"):
+        return path.read()
+    with open(os.fspath(path), "rb") as fh:  # FileNotFoundError propagates as is
+        return fh.read()
+
+
+def load_archive(path):
+    """Read a file written by :func:`save_archive`, verifying it first.
+
+    Parameters
+    ----------
+    path : str, os.PathLike or binary file object
+
+    Returns
+    -------
+    kind : str
+    metadata : dict
+    arrays : dict of str to ndarray
+
+    Raises
+    ------
+    ValueError
+        The file is not a cyrnn archive, is truncated or corrupted, fails the
+        SHA-256 check, or comes from a newer format version.
+    """
+    raw = _read_bytes(path)
+    where = getattr(path, "name", path)
+    if not isinstance(raw, bytes | bytearray) or raw[:4] != _ZIP_MAGIC:
+        raise ValueError(f"{where!s}: not a cyrnn archive (not a zip/npz file)")
+    try:
+        with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
+            if HEADER not in npz.files:
+                raise ValueError("no cyrnn header entry")
+            blob = npz[HEADER]
+            if blob.dtype != np.uint8 or blob.ndim != 1:
+                raise ValueError("the header entry is not a uint8 vector")
+            header = json.loads(blob.tobytes().decode("utf-8"))
+            manifest = _check_header(header)
+            names = set(npz.files) - {HEADER}
+            if names != set(manifest):
+                raise ValueError(f"entries {sorted(names)} do not match the manifest "
+                                 f"{sorted(manifest)}")
+            arrays = {}
+            for name, spec in manifest.items():
+                arr = npz[name]
+                if arr.dtype.str != spec["dtype"] or list(arr.shape) != spec["shape"]:
+                    raise ValueError(f"array {name!r} is {arr.dtype.str} {list(arr.shape)}, the "
+                                     f"manifest says {spec['dtype']} {spec['shape']}")
+                arrays[name] = arr
+    except ValueError as exc:
+        raise ValueError(f"{where!s}: invalid cyrnn archive: {exc}") from exc
+    except Exception as exc:  # zip, zlib, npy-format and decoding errors of damaged files
+        raise ValueError(f"{where!s}: invalid cyrnn archive (truncated or corrupted): "
+                         f"{type(exc).__name__}: {exc}") from exc
+    if _digest(header, arrays) != header["sha256"]:
+        raise ValueError(f"{where!s}: SHA-256 mismatch: the file was modified or damaged")
+    return header["kind"], header["metadata"], arrays
+
+
+def _check_header(header):
+    if not isinstance(header, dict):
+        raise ValueError("the header is not a JSON object")
+    missing = {"format_version", "cyrnn_version", "kind", "metadata", "arrays",
+               "sha256"} - set(header)
+    if missing:
+        raise ValueError(f"the header lacks {sorted(missing)}")
+    version = header["format_version"]
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ValueError(f"bad format_version {version!r}")
+    if version > FORMAT_VERSION:
+        raise ValueError(f"format_version {version} was written by a newer cyrnn "
+                         f"({header.get('cyrnn_version')!r}); this one reads up to "
+                         f"{FORMAT_VERSION}")
+    if not isinstance(header["kind"], str) or not isinstance(header["metadata"], dict):
+        raise ValueError("kind must be a string and metadata an object")
+    if not isinstance(header["sha256"], str):
+        raise ValueError("sha256 must be a string")
+    manifest = header["arrays"]
+    if not isinstance(manifest, dict):
+        raise ValueError("the array manifest is not an object")
+    for name, spec in manifest.items():
+        _check_name(name)
+        if (not isinstance(spec, dict) or not isinstance(spec.get("dtype"), str)
+                or not isinstance(spec.get("shape"), list)):
+            raise ValueError(f"bad manifest entry for {name!r}")
+        if np.dtype(spec["dtype"]).kind not in _ALLOWED_KINDS:
+            raise ValueError(f"array {name!r}: dtype {spec['dtype']} is not allowed")
+    return manifest
+
+
+def register_loader(kind, fn):
+    """Make :func:`load` hand files of ``kind`` to ``fn(metadata, arrays)``.
+
+    Parameters
+    ----------
+    kind : str
+    fn : callable
+        ``fn(metadata: dict, arrays: dict) -> object``; it must validate what it
+        reads and raise ``ValueError`` for inconsistent content.
+    """
+    if not isinstance(kind, str) or not kind:
+        raise ValueError(f"kind must be a non-empty string, got {kind!r}")
+    if not callable(fn):
+        raise TypeError("fn must be callable")
+    _LOADERS[kind] = fn
+    return fn
+
+
+def load(path):
+    """Load a cyrnn object saved with its ``save`` method.
+
+    Parameters
+    ----------
+    path : str, os.PathLike or binary file object
+
+    Returns
+    -------
+    object
+        E.g. a fitted :class:`cyrnn.LSTMClassifier`.
+
+    Raises
+    ------
+    ValueError
+        Invalid, tampered or truncated file, or an unknown ``kind``.
+
+    Examples
+    --------
+    >>> import numpy as np, cyrnn, tempfile, os
+    >>> X = np.random.default_rng(0).normal(size=(20, 5, 2))
+    >>> est = cyrnn.GRURegressor(hidden_size=4, max_iter=2, random_state=0)
+    >>> est = est.fit(X, X[:, -1, 0])
+    >>> path = os.path.join(tempfile.mkdtemp(), "gru.cyrnn")
+    >>> _ = est.save(path)
+    >>> np.allclose(cyrnn.load(path).predict(X), est.predict(X))
+    True
+    """
+    kind, metadata, arrays = load_archive(path)
+    if kind not in _LOADERS:
+        import importlib
+        import importlib.util
+        for module in _PROVIDERS:
+            if importlib.util.find_spec(module) is not None:
+                importlib.import_module(module)
+    try:
+        loader = _LOADERS[kind]
+    except KeyError:
+        raise ValueError(f"unknown archive kind {kind!r}; known kinds: {sorted(_LOADERS)}") \
+            from None
+    return loader(metadata, arrays)

@@ -1,0 +1,57 @@
+"""scikit-learn's estimator checks on the six estimators.
+
+Small settings keep the run short and let the quality checks (training
+accuracy / R^2 on scikit-learn's toy data) pass; checks that cannot hold for a
+minibatch-trained sequence model are listed, with reasons, in
+``cyrnn.estimator_checks.expected_failed_checks``.
+"""
+
+import warnings
+
+import pytest
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import Ridge
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from cyrnn.estimator_checks import expected_failed_checks
+from cyrnn.estimators import ESTIMATORS
+from cyrnn.preprocessing import SequenceStandardScaler
+
+CHECK_SETTINGS = dict(hidden_size=16, optimizer="adam", learning_rate=1e-2, max_iter=50)
+
+
+@parametrize_with_checks([cls(**CHECK_SETTINGS) for cls in ESTIMATORS],
+                         expected_failed_checks=expected_failed_checks)
+def test_sklearn_compatible(estimator, check):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        check(estimator)
+
+
+@pytest.mark.parametrize("cls", ESTIMATORS)
+def test_expected_failed_checks_are_few_and_explained(cls):
+    failing = expected_failed_checks(cls())
+    assert 0 < len(failing) <= 2
+    for name, reason in failing.items():
+        assert name.startswith("check_") and len(reason) > 40
+
+
+def test_expected_failed_checks_of_other_estimators_is_empty():
+    assert expected_failed_checks(Ridge()) == {}
+
+
+@pytest.mark.parametrize("cls", ESTIMATORS)
+def test_tags_are_truthful(cls):
+    tags = cls().__sklearn_tags__()
+    assert tags.input_tags.three_d_array and tags.input_tags.two_d_array
+    assert not tags.input_tags.allow_nan and not tags.input_tags.sparse
+    assert not tags.non_deterministic and not tags.no_validation and not tags._skip_test
+    if cls.__name__.endswith("Classifier"):
+        assert tags.estimator_type == "classifier" and tags.classifier_tags.multi_class
+    else:
+        assert tags.estimator_type == "regressor" and tags.target_tags.multi_output
+
+
+@parametrize_with_checks([SequenceStandardScaler()])
+def test_scaler_sklearn_compatible(estimator, check):
+    check(estimator)

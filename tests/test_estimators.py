@@ -1,0 +1,677 @@
+"""The scikit-learn estimators: API, input kinds, training options, bad input, state."""
+
+import copy
+import io
+import pickle
+import warnings
+
+import joblib
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.exceptions import ConvergenceWarning, NotFittedError
+from sklearn.model_selection import GridSearchCV, cross_val_score
+from sklearn.pipeline import make_pipeline
+
+import cyrnn
+from cyrnn.estimators import (ESTIMATORS, GRUClassifier, GRURegressor, LSTMClassifier,
+                              LSTMRegressor, SimpleRNNClassifier, SimpleRNNRegressor)
+from cyrnn.preprocessing import SequenceStandardScaler, pad_sequences
+
+pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+
+REGRESSORS = [LSTMRegressor, GRURegressor, SimpleRNNRegressor]
+CLASSIFIERS = [LSTMClassifier, GRUClassifier, SimpleRNNClassifier]
+SMALL = dict(hidden_size=8, max_iter=3, random_state=0)
+
+
+def make_fixed(n=40, T=6, F=2, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, T, F))
+    return X, X[:, :, 0].sum(axis=1)
+
+
+def make_ragged(n=40, F=2, seed=0, low=2, high=10):
+    rng = np.random.default_rng(seed)
+    X = [rng.normal(size=(int(rng.integers(low, high)), F)) for _ in range(n)]
+    return X, np.array([x[:, 0].sum() for x in X])
+
+
+def make_tokens(n=60, vocab=20, seed=0):
+    rng = np.random.default_rng(seed)
+    seqs = [rng.integers(1, vocab, size=int(rng.integers(3, 12))) for _ in range(n)]
+    return seqs, np.array([int((s == 5).any()) for s in seqs])
+
+
+def params_of(est):
+    return est.model_.params.data.copy()
+
+
+def fitted_state(est):
+    """Everything fit sets, as comparable plain values."""
+    out = {}
+    params = est.get_params()
+    for key, value in vars(est).items():
+        if key in params:
+            continue
+        if key == "model_":
+            out[key] = params_of(est)
+        elif key == "_rng":
+            out[key] = value.bit_generator.state
+        elif key == "_optimizer_state":
+            out[key] = (value[0], {k: np.copy(v) for k, v in value[1].items()})
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def assert_same_state(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        if key == "_optimizer_state":
+            assert a[key][0] == b[key][0]
+            for k in a[key][1]:
+                np.testing.assert_array_equal(a[key][1][k], b[key][1][k])
+        elif isinstance(a[key], np.ndarray):
+            np.testing.assert_array_equal(a[key], b[key])
+        else:
+            assert a[key] == b[key], key
+
+
+# ---------------------------------------------------------------------------
+# scikit-learn API
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("cls", ESTIMATORS)
+def test_init_stores_params_verbatim_and_validates_in_fit(cls):
+    est = cls(hidden_size=-3, optimizer="nope", dtype="float16")
+    assert est.hidden_size == -3 and est.optimizer == "nope"
+    X, y = make_fixed(10)
+    y = y if cls in REGRESSORS else (y > 0).astype(int)
+    with pytest.raises(ValueError, match="'(hidden_size|optimizer|dtype)' parameter"):
+        est.fit(X, y)
+    assert not hasattr(est, "model_")
+    with pytest.raises(ValueError, match="'dtype' parameter"):
+        cls(dtype="float16").fit(X, y)
+
+
+@pytest.mark.parametrize("cls", ESTIMATORS)
+def test_clone_get_set_params(cls):
+    est = cls(hidden_size=5, learning_rate=0.01, random_state=3)
+    params = est.get_params()
+    assert params["hidden_size"] == 5 and params["random_state"] == 3
+    twin = clone(est)
+    assert twin.get_params() == params and twin is not est
+    twin.set_params(hidden_size=7, batch_size=4)
+    assert twin.hidden_size == 7 and est.hidden_size == 5
+    extra = {"activation"} if cls.__name__.startswith("Simple") else \
+        {"reset_after"} if cls.__name__.startswith("GRU") else set()
+    assert extra <= set(params)
+    assert ("class_weight" in params) == (cls in CLASSIFIERS)
+
+
+@pytest.mark.parametrize("cls", ESTIMATORS)
+def test_unfitted_raises_not_fitted(cls):
+    X, _ = make_fixed(5)
+    with pytest.raises(NotFittedError):
+        cls().predict(X)
+
+
+def test_pipeline_with_scaler_fixed_and_ragged():
+    for X, y in (make_fixed(30), make_ragged(30)):
+        X = X * 50 + 7 if isinstance(X, np.ndarray) else [x * 50 + 7 for x in X]
+        pipe = make_pipeline(SequenceStandardScaler(), GRURegressor(**SMALL)).fit(X, y)
+        assert pipe.predict(X).shape == (30,)
+        assert np.isfinite(pipe.score(X, y))
+
+
+@pytest.mark.parametrize("ragged", [False, True])
+def test_grid_search_parallel(ragged):
+    X, y = make_ragged(36) if ragged else make_fixed(36)
+    labels = (y > 0).astype(int)
+    pipe = make_pipeline(SequenceStandardScaler(), GRUClassifier(max_iter=2, random_state=0))
+    grid = GridSearchCV(pipe, {"gruclassifier__hidden_size": [4, 8],
+                               "gruclassifier__learning_rate": [1e-3, 1e-2]},
+                        cv=2, n_jobs=2, error_score="raise").fit(X, labels)
+    assert grid.best_params_["gruclassifier__hidden_size"] in (4, 8)
+    assert grid.best_estimator_.predict(X).shape == (36,)
+    assert len(grid.cv_results_["mean_test_score"]) == 4
+
+
+def test_cross_val_score_ragged_lists_and_object_arrays():
+    X, y = make_ragged(30)
+    obj = np.empty(len(X), dtype=object)
+    obj[:] = X
+    for data in (X, obj):
+        scores = cross_val_score(LSTMRegressor(**SMALL), data, y, cv=3)
+        assert scores.shape == (3,) and np.isfinite(scores).all()
+
+
+@pytest.mark.parametrize("cls", ESTIMATORS)
+@pytest.mark.parametrize("backend", cyrnn.backends.available())
+def test_same_seed_same_backend_identical_predictions(cls, backend):
+    X, y = make_ragged(30, seed=1)
+    y = y if cls in REGRESSORS else (y > 0).astype(int)
+    kw = dict(hidden_size=6, max_iter=3, backend=backend, dropout=0.3, num_layers=2)
+    a = cls(random_state=7, early_stopping=True, n_iter_no_change=1, **kw).fit(X, y)
+    b = cls(random_state=7, early_stopping=True, n_iter_no_change=1, **kw).fit(X, y)
+    c = cls(random_state=8, early_stopping=True, n_iter_no_change=1, **kw).fit(X, y)
+    np.testing.assert_array_equal(params_of(a), params_of(b))
+    get = (lambda e: e.predict_proba(X)) if cls in CLASSIFIERS else (lambda e: e.predict(X))
+    np.testing.assert_array_equal(get(a), get(b))
+    assert not np.array_equal(params_of(a), params_of(c))
+
+
+def test_predictions_do_not_depend_on_batching():
+    X, y = make_ragged(70, seed=2)
+    est = GRURegressor(**SMALL).fit(X, y)
+    full = est.predict(X)
+    np.testing.assert_array_equal(full[:5], np.concatenate([est.predict([x]) for x in X[:5]]))
+    np.testing.assert_array_equal(full[::-1], est.predict(X[::-1]))
+
+
+def test_n_jobs_limits_threads_in_fit_and_predict(monkeypatch):
+    from threadpoolctl import threadpool_info
+
+    import cyrnn.estimators.base as base
+    seen = []
+    real_step, real_raw = base.train_step, base.BaseSequenceModel._raw
+
+    def step(*args, **kwargs):
+        seen.append(max(info["num_threads"] for info in threadpool_info()))
+        return real_step(*args, **kwargs)
+
+    def raw(self, *args, **kwargs):
+        seen.append(max(info["num_threads"] for info in threadpool_info()))
+        return real_raw(self, *args, **kwargs)
+
+    monkeypatch.setattr(base, "train_step", step)
+    monkeypatch.setattr(base.BaseSequenceModel, "_raw", raw)
+    X, y = make_fixed(20)
+    est = LSTMRegressor(n_jobs=1, **SMALL).fit(X, y)
+    est.predict(X)
+    assert seen and set(seen) == {1}
+
+
+# ---------------------------------------------------------------------------
+# inputs and targets
+# ---------------------------------------------------------------------------
+def test_table_is_one_feature_per_step():
+    X, y = make_fixed(30, F=1)
+    est = GRURegressor(**SMALL).fit(X[:, :, 0], y)
+    assert est.n_features_in_ == 6
+    np.testing.assert_array_equal(est.predict(X[:, :, 0]), est.predict(X))
+    longer = np.concatenate([X, X], axis=1)
+    assert est.predict(longer).shape == (30,)  # 3-D input may have other lengths
+    with pytest.raises(ValueError, match="X has 12 features, but GRURegressor is expecting 6"):
+        est.predict(longer[:, :, 0])
+
+
+def test_fixed_3d_n_features_is_per_step():
+    X, y = make_fixed(20, F=3)
+    est = LSTMRegressor(**SMALL).fit(X, y)
+    assert est.n_features_in_ == 3
+    with pytest.raises(ValueError, match="X has 2 features per step, but LSTMRegressor is "
+                                         "expecting 3"):
+        est.predict(X[:, :, :2])
+    with pytest.raises(ValueError, match="2-D table.*3 features per step"):
+        est.predict(X[:, :, 0])
+
+
+def test_ragged_matches_individual_sequences_and_3d():
+    X, y = make_ragged(20, high=8)
+    est = LSTMRegressor(**SMALL).fit(X, y)
+    assert est.n_features_in_ == 2
+    assert est.predict(X).shape == (20,)
+    same = [x for x in X if len(x) == len(X[0])]
+    np.testing.assert_allclose(est.predict(np.stack(same)), est.predict(same), rtol=1e-6)
+
+
+def test_object_2d_array_is_a_table():
+    X, y = make_fixed(20, F=1)
+    table = X[:, :, 0].astype(object)
+    est = SimpleRNNRegressor(**SMALL).fit(table, y)
+    assert est.n_features_in_ == 6
+    np.testing.assert_array_equal(est.predict(table), est.predict(X[:, :, 0]))
+
+
+def test_ragged_univariate_sequences():
+    rng = np.random.default_rng(0)
+    X = [rng.normal(size=int(rng.integers(2, 9))) for _ in range(25)]
+    y = np.array([x.sum() for x in X])
+    est = GRURegressor(**SMALL).fit(X, y)
+    assert est.n_features_in_ == 1
+    np.testing.assert_allclose(est.predict(X), est.predict([x[:, None] for x in X]))
+
+
+def test_token_inputs_padded_and_ragged_agree():
+    seqs, y = make_tokens()
+    padded = pad_sequences(seqs, maxlen=12)
+    est = LSTMClassifier(vocab_size=20, embedding_dim=4, **SMALL).fit(padded, y)
+    assert est.model_.layers[0].mask_zero and est.model_.layers[0].params["weight"].shape == (20, 4)
+    np.testing.assert_allclose(est.predict_proba(padded), est.predict_proba(seqs), atol=1e-6)
+    post = pad_sequences(seqs, maxlen=12, padding="post")
+    np.testing.assert_allclose(est.predict_proba(padded), est.predict_proba(post), atol=1e-6)
+    ragged = GRUClassifier(vocab_size=20, **SMALL).fit(seqs, y)
+    assert ragged.model_.layers[0].params["weight"].shape == (20, 8)  # embedding_dim=None
+    assert ragged.predict(seqs).shape == (60,)
+
+
+def test_token_tables_may_be_padded_to_any_width():
+    seqs, y = make_tokens()
+    est = GRUClassifier(vocab_size=20, **SMALL).fit(pad_sequences(seqs, maxlen=12), y)
+    assert est.n_features_in_ == 12
+    np.testing.assert_allclose(est.predict_proba(pad_sequences(seqs, maxlen=20)),
+                               est.predict_proba(seqs), atol=1e-6)
+    assert est.predict([s[:3] for s in seqs]).shape == (60,)
+
+
+@pytest.mark.parametrize("cls", REGRESSORS)
+def test_regressor_single_and_multi_output(cls):
+    X, y = make_fixed(30)
+    single = cls(**SMALL).fit(X, y)
+    pred = single.predict(X)
+    assert pred.shape == (30,) and pred.dtype == np.float64 and single.n_outputs_ == 1
+    Y = np.column_stack([y, -y, 2 * y])
+    multi = cls(**SMALL).fit(X, Y, sample_weight=np.linspace(0.5, 2, 30))
+    assert multi.predict(X).shape == (30, 3) and multi.n_outputs_ == 3
+    assert multi.model_.layers[-1].out_features == 3
+
+
+@pytest.mark.parametrize("cls", CLASSIFIERS)
+def test_classifier_binary_and_multiclass(cls):
+    X, y = make_fixed(45)
+    words = np.where(y > 0, "pos", "neg")
+    binary = cls(**SMALL).fit(X, words)
+    assert binary.model_.layers[-1].out_features == 1  # one sigmoid logit
+    np.testing.assert_array_equal(binary.classes_, ["neg", "pos"])
+    proba = binary.predict_proba(X)
+    assert proba.shape == (45, 2) and proba.dtype == np.float64
+    np.testing.assert_allclose(proba.sum(axis=1), 1)
+    np.testing.assert_array_equal(binary.predict(X), binary.classes_[proba.argmax(1)])
+    three = np.digitize(y, [-1, 1]) * 10 + 5  # labels 5, 15, 25
+    multi = cls(**SMALL).fit(X, three, sample_weight=np.ones(45))
+    assert multi.model_.layers[-1].out_features == 3
+    assert set(multi.predict(X)) <= {5, 15, 25}
+    assert 0 <= multi.score(X, three) <= 1
+
+
+def test_binary_loss_is_sigmoid_cross_entropy(monkeypatch):
+    import cyrnn.estimators.base as base
+    names = []
+    real = base.get_loss
+    monkeypatch.setattr(base, "get_loss", lambda name: names.append(name) or real(name))
+    X, y = make_fixed(20)
+    GRUClassifier(**SMALL).fit(X, y > 0)
+    GRUClassifier(**SMALL).fit(X, np.digitize(y, [-1, 1]))
+    LSTMRegressor(**SMALL).fit(X, y)
+    assert names == ["sigmoid_binary_cross_entropy", "softmax_cross_entropy", "mse"]
+
+
+def test_class_weight():
+    X, y = make_fixed(60)
+    labels = (y > 1.5).astype(int)  # imbalanced
+    plain = GRUClassifier(hidden_size=8, max_iter=15, random_state=0).fit(X, labels)
+    heavy = GRUClassifier(hidden_size=8, max_iter=15, random_state=0,
+                          class_weight={0: 1.0, 1: 20.0}).fit(X, labels)
+    assert heavy.predict_proba(X)[:, 1].mean() > plain.predict_proba(X)[:, 1].mean()
+    GRUClassifier(class_weight="balanced", **SMALL).fit(X, labels)
+    with pytest.raises(ValueError, match="class_weight has labels that are not classes"):
+        GRUClassifier(class_weight={0: 1, 7: 2}, **SMALL).fit(X, labels)
+    with pytest.raises(ValueError, match="balanced.*partial_fit"):
+        GRUClassifier(class_weight="balanced", **SMALL).partial_fit(X, labels, classes=[0, 1])
+
+
+def test_sample_weight_ones_equals_none_and_zero_weight_is_ignored():
+    X, y = make_fixed(32)
+    a = LSTMRegressor(batch_size=32, **SMALL).fit(X, y)
+    b = LSTMRegressor(batch_size=32, **SMALL).fit(X, y, sample_weight=np.ones(32))
+    np.testing.assert_allclose(a.predict(X), b.predict(X), rtol=1e-6)
+    garbage = y.copy()
+    garbage[:8] = 1e3
+    w = np.r_[np.zeros(8), np.ones(24)]
+    c = LSTMRegressor(batch_size=32, **SMALL).fit(X, garbage, sample_weight=w)
+    d = LSTMRegressor(batch_size=32, **SMALL).fit(X, y, sample_weight=w)
+    np.testing.assert_allclose(c.predict(X), d.predict(X), rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------
+# many-to-many
+# ---------------------------------------------------------------------------
+def test_many_to_many_regression_shapes_and_score():
+    X, _ = make_fixed(30, T=5)
+    Y = np.cumsum(X[:, :, 0], axis=1)
+    est = GRURegressor(return_sequences=True, **SMALL).fit(X, Y)
+    pred = est.predict(X)
+    assert pred.shape == (30, 5)
+    from sklearn.metrics import r2_score
+    assert est.score(X, Y) == pytest.approx(r2_score(Y.ravel(), pred.ravel()))
+    Y3 = np.stack([Y, -Y], axis=-1)
+    assert GRURegressor(return_sequences=True, **SMALL).fit(X, Y3).predict(X).shape == (30, 5, 2)
+    with pytest.raises(ValueError, match="one target per step"):
+        GRURegressor(return_sequences=True, **SMALL).fit(X, Y[:, :4])
+
+
+def test_many_to_many_ragged_regression_and_classification():
+    X, _ = make_ragged(30)
+    Y = [np.cumsum(x[:, 0]) for x in X]
+    reg = LSTMRegressor(return_sequences=True, **SMALL).fit(X, Y)
+    pred = reg.predict(X)
+    assert isinstance(pred, list) and [p.shape for p in pred] == [y.shape for y in Y]
+    flat_t, flat_p = np.concatenate(Y), np.concatenate(pred)
+    from sklearn.metrics import accuracy_score, r2_score
+    assert reg.score(X, Y) == pytest.approx(r2_score(flat_t, flat_p))
+    labels = [np.where(y > 0, "up", "down") for y in Y]
+    clf = SimpleRNNClassifier(return_sequences=True, **SMALL).fit(X, labels)
+    proba = clf.predict_proba(X)
+    assert [p.shape for p in proba] == [(len(x), 2) for x in X]
+    got = clf.predict(X)
+    assert clf.score(X, labels) == pytest.approx(
+        accuracy_score(np.concatenate(labels), np.concatenate(got)))
+    with pytest.raises(ValueError, match=r"y\[0\] needs one target per step"):
+        LSTMRegressor(return_sequences=True, **SMALL).fit(X, [y[:-1] for y in Y])
+
+
+def test_many_to_many_token_padding_steps_are_ignored():
+    seqs, _ = make_tokens(40)
+    padded = pad_sequences(seqs, maxlen=12)
+    labels = np.where(padded % 2 == 0, "even", "odd")
+    labels[padded == 0] = "PAD"  # a label at padding steps only: never a class
+    clf = GRUClassifier(vocab_size=20, return_sequences=True, **SMALL).fit(padded, labels)
+    np.testing.assert_array_equal(clf.classes_, ["even", "odd"])
+    assert clf.predict(padded).shape == (40, 12)
+    assert 0 <= clf.score(padded, labels) <= 1
+
+
+# ---------------------------------------------------------------------------
+# training options
+# ---------------------------------------------------------------------------
+def test_loss_curve_and_stopping_on_training_loss():
+    X, y = make_fixed(30)
+    est = SimpleRNNRegressor(hidden_size=8, max_iter=200, tol=10.0, n_iter_no_change=2,
+                             random_state=0).fit(X, y)
+    # no epoch improves by tol=10: the count exceeds n_iter_no_change after epoch 4
+    assert est.n_iter_ == 4 == len(est.loss_curve_)
+    assert est.best_loss_ == min(est.loss_curve_) and est.validation_scores_ is None
+    with pytest.warns(ConvergenceWarning):
+        SimpleRNNRegressor(hidden_size=4, max_iter=2, random_state=0).fit(X, y)
+
+
+def test_early_stopping_keeps_the_best_weights():
+    X, y = make_fixed(60)
+    est = LSTMRegressor(hidden_size=8, max_iter=40, early_stopping=True, n_iter_no_change=3,
+                        validation_fraction=0.2, random_state=0).fit(X, y)
+    assert len(est.validation_scores_) == est.n_iter_ == len(est.loss_curve_)
+    assert est.best_validation_score_ == max(est.validation_scores_)
+    assert est.best_loss_ is None
+    with pytest.raises(ValueError, match="validation set is too small"):
+        LSTMRegressor(early_stopping=True, validation_fraction=0.01, **SMALL).fit(X[:10], y[:10])
+
+
+def test_warm_start_continues():
+    X, y = make_fixed(30)
+    est = GRURegressor(warm_start=True, **SMALL).fit(X, y)
+    first = params_of(est)
+    est.fit(X, y)
+    assert est.n_iter_ == 6 and len(est.loss_curve_) == 6
+    assert not np.array_equal(first, params_of(est))
+    cold = GRURegressor(**SMALL).fit(X, y)
+    cold.fit(X, y)
+    assert cold.n_iter_ == 3
+    est.set_params(hidden_size=9)
+    with pytest.raises(ValueError, match="hidden_size"):
+        est.fit(X, y)
+
+
+@pytest.mark.parametrize("cls", ESTIMATORS)
+def test_partial_fit(cls):
+    X, y = make_fixed(30)
+    y = y if cls in REGRESSORS else np.where(y > 0, "a", "b")
+    extra = {} if cls in REGRESSORS else {"classes": ["a", "b"]}
+    est = cls(hidden_size=8, random_state=0)
+    est.partial_fit(X[:15], y[:15], **extra)
+    est.partial_fit(X[15:], y[15:])
+    assert est.n_iter_ == 2 and len(est.loss_curve_) == 2
+    # the same sequence of calls gives the same model
+    twin = cls(hidden_size=8, random_state=0)
+    twin.partial_fit(X[:15], y[:15], **extra)
+    twin.partial_fit(X[15:], y[15:])
+    np.testing.assert_array_equal(params_of(est), params_of(twin))
+
+
+def test_partial_fit_classifier_rules():
+    X, y = make_fixed(20)
+    labels = (y > 0).astype(int)
+    est = GRUClassifier(**SMALL)
+    with pytest.raises(ValueError, match="classes must be passed"):
+        est.partial_fit(X, labels)
+    est.partial_fit(X[:5], np.zeros(5, int), classes=[0, 1, 2])  # one class in a batch is fine
+    np.testing.assert_array_equal(est.classes_, [0, 1, 2])
+    with pytest.raises(ValueError, match="not the same as"):
+        est.partial_fit(X, labels, classes=[0, 1])
+    with pytest.raises(ValueError, match=r"labels not in classes_.*\[3\]"):
+        est.partial_fit(X, np.full(20, 3))
+    with pytest.raises(ValueError, match="early_stopping"):
+        GRUClassifier(early_stopping=True).partial_fit(X, labels, classes=[0, 1])
+
+
+def test_verbose_progress_bar(capsys):
+    X, y = make_fixed(20)
+    LSTMRegressor(verbose=0, **SMALL).fit(X, y)
+    out = capsys.readouterr()
+    assert out.out == "" and out.err == ""
+    LSTMRegressor(verbose=1, early_stopping=True, **SMALL).fit(X, y)
+    out = capsys.readouterr()
+    assert out.out == ""
+    assert "epoch 1/3" in out.err and "loss=" in out.err and "val_score=" in out.err
+
+
+def test_dtype_float64_and_float32():
+    X, y = make_fixed(20)
+    a = GRURegressor(dtype="float64", **SMALL).fit(X, y)
+    assert a.model_.params.data.dtype == np.float64 and a.predict(X).dtype == np.float64
+    b = GRURegressor(dtype=np.float32, **SMALL).fit(X, y)
+    assert b.model_.params.data.dtype == np.float32 and b.predict(X).dtype == np.float64
+
+
+def test_architecture_options():
+    X, y = make_fixed(20)
+    est = LSTMRegressor(num_layers=2, bidirectional=True, dropout=0.2, bptt_truncate=2,
+                        clip_norm=1.0, clip_value=0.5, optimizer="sgd", **SMALL).fit(X, y)
+    rnn = est.model_.layers[0]
+    assert rnn.num_layers == 2 and rnn.bidirectional and rnn.bptt_truncate == 2
+    assert est.model_.layers[-1].in_features == 16
+    relu = SimpleRNNClassifier(activation="relu", **SMALL).fit(X, y > 0)
+    assert relu.model_.layers[0].cell.activation == "relu"
+    cho = GRUClassifier(reset_after=False, **SMALL).fit(X, y > 0)
+    assert not cho.model_.layers[0].cell.reset_after
+
+
+# ---------------------------------------------------------------------------
+# bad input
+# ---------------------------------------------------------------------------
+BAD_FIT = [
+    (lambda X, y: (np.where(np.arange(X.size).reshape(X.shape) == 5, np.nan, X), y),
+     "NaN"),
+    (lambda X, y: (np.where(np.arange(X.size).reshape(X.shape) == 5, np.inf, X), y),
+     "infinity"),
+    (lambda X, y: (X[:0], y[:0]), "0 sample"),
+    (lambda X, y: (X, y[:-1]), "inconsistent numbers of samples: 20 and 19"),
+    (lambda X, y: ([x for x in X[:5]] + [np.ones((4, 3))], y[:6]),
+     "mismatched feature counts: X\\[5\\] has 3 features per step, X\\[0\\] has 2"),
+    (lambda X, y: ([x[:3] for x in X[:3]] + [np.ones((0, 2))], y[:4]), r"X\[3\] is empty"),
+    (lambda X, y: ([x[:3] for x in X[:3]] + [np.full((2, 2), np.nan)], y[:4]),
+     r"X\[3\] contains NaN"),
+    (lambda X, y: (X, np.where(np.arange(20) == 3, np.nan, y)), "y contains NaN"),
+    (lambda X, y: (X[..., None], y), "2-D .* or 3-D"),
+    (lambda X, y: (X, None), "requires y to be passed"),
+]
+
+
+@pytest.mark.parametrize("make_bad,message", BAD_FIT)
+def test_bad_fit_input_raises_value_error(make_bad, message):
+    X, y = make_fixed(20)
+    Xb, yb = make_bad(X, y)
+    with pytest.raises(ValueError, match=message):
+        GRURegressor(**SMALL).fit(Xb, yb)
+
+
+def test_bad_classifier_input():
+    X, y = make_fixed(20)
+    with pytest.raises(ValueError, match="at least 2 classes.*1 class"):
+        LSTMClassifier(**SMALL).fit(X, np.ones(20))
+    with pytest.raises(ValueError, match="Unknown label type"):
+        LSTMClassifier(**SMALL).fit(X, y)
+    with pytest.raises(ValueError, match="class"):
+        LSTMClassifier(**SMALL).fit(X, y > 0, sample_weight=(y > 0).astype(float))
+    with pytest.raises(ValueError, match="weight.*zero|zero.*weight"):
+        LSTMClassifier(**SMALL).fit(X, y > 0, sample_weight=np.zeros(20))
+
+
+def test_bad_token_input():
+    seqs, y = make_tokens(20)
+    with pytest.raises(ValueError, match=r"ids outside \[0, 20\)"):
+        GRUClassifier(vocab_size=20, **SMALL).fit([s + 30 for s in seqs], y)
+    with pytest.raises(ValueError, match=r"X\[0\] has no non-padding token"):
+        GRUClassifier(vocab_size=20, **SMALL).fit([np.zeros(3, int)] + seqs[1:], y)
+    with pytest.raises(ValueError, match="integer token ids"):
+        GRUClassifier(vocab_size=20, **SMALL).fit(pad_sequences(seqs, dtype="float32") + 0.5, y)
+    with pytest.raises(ValueError, match="embedding_dim is set but vocab_size is None"):
+        GRUClassifier(embedding_dim=4, **SMALL).fit(*make_fixed(10))
+
+
+def test_predict_rejects_bad_input():
+    X, y = make_fixed(20)
+    est = GRURegressor(**SMALL).fit(X, y)
+    with pytest.raises(ValueError, match="NaN"):
+        est.predict(np.full_like(X, np.nan))
+    with pytest.raises(ValueError, match="expecting 2 features per step"):
+        est.predict(X[:, :, :1])
+    with pytest.raises(ValueError, match="0 sample"):
+        est.predict(X[:0])
+
+
+# ---------------------------------------------------------------------------
+# a failed fit leaves a fitted estimator unchanged
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("warm_start", [False, True])
+@pytest.mark.parametrize("cls", [GRURegressor, LSTMClassifier])
+def test_failed_fit_leaves_estimator_unchanged(cls, warm_start):
+    X, y = make_fixed(30)
+    y = y if cls is GRURegressor else (y > 0).astype(int)
+    est = cls(warm_start=warm_start, **SMALL).fit(X, y)
+    before, pred = fitted_state(est), est.predict(X)
+    bad_targets = [y[:-1], np.where(np.arange(30) == 2, np.nan, y)]
+    if cls is LSTMClassifier:
+        bad_targets.append(np.full(30, 1))
+    for bad in bad_targets:
+        with pytest.raises(ValueError):
+            est.fit(X, bad)
+    if warm_start:
+        with pytest.raises(ValueError, match="expecting 2 features per step"):
+            est.fit(X[:, :, :1], y)
+    with pytest.raises(ValueError):
+        est.set_params(learning_rate=-1).fit(X, y)
+    est.set_params(learning_rate=1e-3)
+    assert_same_state(before, fitted_state(est))
+    np.testing.assert_array_equal(pred, est.predict(X))
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # overflow while diverging
+def test_failed_partial_fit_and_divergence_leave_estimator_unchanged():
+    X, y = make_fixed(30)
+    labels = (y > 0).astype(int)
+    est = GRUClassifier(**SMALL).fit(X, labels)
+    before = fitted_state(est)
+    with pytest.raises(ValueError, match="labels not in classes_"):
+        est.partial_fit(X, labels + 5)
+    with pytest.raises(ValueError, match="features"):
+        est.partial_fit(X[:, :, :1], labels)
+    assert_same_state(before, fitted_state(est))
+    reg = LSTMRegressor(optimizer="sgd", learning_rate=1e30, **SMALL)
+    with pytest.raises(ValueError, match="diverged|non-finite"):
+        reg.fit(X, y * 1e5)
+    assert not hasattr(reg, "model_")
+    reg = LSTMRegressor(optimizer="sgd", **SMALL).fit(X, y)
+    before = fitted_state(reg)
+    reg.set_params(learning_rate=1e30, warm_start=True)
+    with pytest.raises(ValueError, match="diverged|non-finite"):
+        reg.fit(X, y * 1e5)
+    assert_same_state(before, fitted_state(reg))
+
+
+# ---------------------------------------------------------------------------
+# pickling
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("cls", ESTIMATORS)
+def test_pickle_and_joblib_round_trip(cls):
+    X, y = make_ragged(25)
+    y = y if cls in REGRESSORS else np.where(y > 0, "up", "down")
+    est = cls(**SMALL).fit(X, y)
+    method = "predict_proba" if cls in CLASSIFIERS else "predict"
+    for copy_ in (pickle.loads(pickle.dumps(est)), copy.deepcopy(est)):
+        np.testing.assert_array_equal(getattr(est, method)(X), getattr(copy_, method)(X))
+    buf = io.BytesIO()
+    joblib.dump(est, buf)
+    buf.seek(0)
+    loaded = joblib.load(buf)
+    np.testing.assert_array_equal(getattr(est, method)(X), getattr(loaded, method)(X))
+    # training goes on identically: the layers share the model's buffer again
+    est.partial_fit(X, y)
+    loaded.partial_fit(X, y)
+    np.testing.assert_array_equal(params_of(est), params_of(loaded))
+    assert np.shares_memory(loaded.model_.layers[0].params.data, loaded.model_.params.data)
+
+
+def test_plot_learning_curve():
+    pytest.importorskip("matplotlib")
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from cyrnn.plotting import plot_learning_curve
+    X, y = make_fixed(30)
+    est = LSTMRegressor(early_stopping=True, **SMALL).fit(X, y)
+    ax = plot_learning_curve(est)
+    assert ax.get_xlabel() == "epoch"
+    np.testing.assert_allclose(ax.lines[0].get_ydata(), est.loss_curve_)
+    twin = [a for a in ax.figure.axes if a is not ax][0]
+    np.testing.assert_allclose(twin.lines[0].get_ydata(), est.validation_scores_)
+    fig, own = plt.subplots()
+    assert plot_learning_curve(LSTMRegressor(**SMALL).fit(X, y), ax=own) is own
+    plt.close("all")
+    with pytest.raises(NotFittedError):
+        plot_learning_curve(LSTMRegressor())
+
+
+def test_plot_learning_curve_without_matplotlib(monkeypatch):
+    import sys
+
+    from cyrnn.plotting import plot_learning_curve
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
+    X, y = make_fixed(10)
+    with pytest.raises(ImportError, match="plot_learning_curve needs matplotlib"):
+        plot_learning_curve(LSTMRegressor(**SMALL).fit(X, y))
+
+
+def test_no_warnings_for_clean_fit():
+    X, y = make_fixed(20)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        GRURegressor(hidden_size=4, max_iter=50, tol=1.0, n_iter_no_change=1,
+                     random_state=0).fit(X, y).predict(X)
+
+
+@pytest.mark.parametrize("cls", [GRURegressor, SimpleRNNClassifier])
+def test_sample_weight_equals_repetition_within_one_float64_batch(cls):
+    # What check_sample_weight_equivalence_on_dense_data asks, where it can hold:
+    # all samples in one batch, float64 (see cyrnn.estimator_checks).
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(12, 5, 2))
+    y = X[:, :, 0].sum(1) if cls is GRURegressor else (X[:, 0, 0] > 0).astype(int)
+    sw = np.array([0, 1, 2, 3, 1, 0, 2, 1, 3, 1, 2, 1])
+    kw = dict(hidden_size=6, max_iter=20, batch_size=64, dtype="float64", random_state=0)
+    weighted = cls(**kw).fit(X, y, sample_weight=sw)
+    repeated = cls(**kw).fit(X.repeat(sw, axis=0), y.repeat(sw))
+    get = (lambda e: e.predict(X)) if cls is GRURegressor else (lambda e: e.predict_proba(X))
+    np.testing.assert_allclose(get(weighted), get(repeated), rtol=1e-9, atol=1e-12)

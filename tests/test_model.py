@@ -1,0 +1,53 @@
+"""Sequential: one buffer (also after pickling), caches, losses with item weights."""
+
+import copy
+import pickle
+
+import numpy as np
+import pytest
+
+import cyrnn
+from cyrnn.training import train_step
+
+
+def make_model(backend="auto"):
+    return cyrnn.Sequential([cyrnn.LSTM(2, 4, return_sequences=False, backend=backend,
+                                        random_state=0),
+                             cyrnn.Dense(4, 1, random_state=1)])
+
+
+@pytest.mark.parametrize("clone", [pickle.loads, copy.deepcopy])
+def test_copies_keep_one_buffer(clone, backend):
+    model = make_model(backend)
+    restored = clone(pickle.dumps(model)) if clone is pickle.loads else clone(model)
+    x = np.random.default_rng(0).normal(size=(3, 5, 2))
+    np.testing.assert_array_equal(restored.forward(x), model.forward(x))
+    restored.params.data[...] = 0  # a write to the model buffer reaches every layer
+    assert not restored.layers[0].params["weight_ih_l0"].any()
+    assert model.layers[0].params["weight_ih_l0"].any()
+
+
+def test_training_step_frees_backward_caches(rng):
+    model = make_model()
+    train_step(model, cyrnn.optim.SGD(model, lr=0.1), "mse", rng.normal(size=(3, 5, 2)),
+               rng.normal(size=(3, 1)))
+    assert all(layer._cache is None for layer in model.layers)
+
+
+def test_dropout_with_one_layer_warns():
+    with pytest.warns(UserWarning, match="no effect"):
+        cyrnn.GRU(2, 3, dropout=0.5)
+
+
+def test_per_step_weights_equal_masking(rng):
+    pred, target = rng.normal(size=(4, 6, 2)), rng.normal(size=(4, 6, 2))
+    mask = rng.random((4, 6)) > 0.3
+    a = cyrnn.losses.mse(pred, target, mask=mask)
+    b = cyrnn.losses.mse(pred, target, sample_weight=mask.astype(float))
+    assert a[0] == pytest.approx(b[0])
+    np.testing.assert_allclose(a[1], b[1])
+
+
+def test_values_too_large_for_float32_are_named():
+    with pytest.raises(ValueError, match="too large for float32"):
+        cyrnn.GRU(2, 3)(np.full((1, 2, 2), 1e300))
