@@ -25,9 +25,11 @@ entries), readable with ``numpy.load(path, allow_pickle=False)``:
          "sha256": "<64 hex digits>"}
 
 ``<name>.npy``
-    One entry per array listed in ``"arrays"``, exactly those (names use
-    ``A-Z a-z 0-9 _ . - /``). Only plain dtypes are allowed: booleans,
-    integers, floats, complex numbers and fixed-width strings; never objects.
+    One entry per array listed in ``"arrays"``, exactly those, stored
+    uncompressed. Names are ``/``-separated segments of ``A-Z a-z 0-9 _ . -``,
+    each starting with a letter, digit or ``_`` (so no ``..`` and no absolute
+    paths). Only plain dtypes are allowed: booleans, integers, floats, complex
+    numbers and fixed-width strings; never objects.
 
 ``sha256`` is the SHA-256 of the canonical header JSON *without* the
 ``sha256`` field (``json.dumps(header, sort_keys=True, separators=(",", ":"),
@@ -38,11 +40,13 @@ tampering (it is a checksum, not a signature: whoever can write the file can
 recompute it). Non-finite floats in metadata are written as Python's ``json``
 writes them (``NaN``, ``Infinity``).
 
-Reading checks the zip structure, the header, the version, that the entries
-match the manifest exactly (names, dtypes, shapes) and the digest; any
-failure raises ``ValueError`` (a missing file still raises
-``FileNotFoundError``). A file from a newer ``format_version`` is refused with
-a message saying so.
+Reading checks the zip structure (uncompressed entries no larger than the
+file: no zip bombs), the header, the version, that the entries match the
+manifest exactly (names, dtypes, shapes, checked in every ``.npy`` header
+before its data is read, so nothing larger than the file is allocated) and
+the digest; any failure raises ``ValueError`` (a missing file still raises
+``FileNotFoundError``). A file from a newer ``format_version`` is refused
+with a message saying so.
 """
 
 from __future__ import annotations
@@ -50,9 +54,11 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 import re
 import tempfile
+import zipfile
 
 import numpy as np
 
@@ -60,7 +66,9 @@ __all__ = ["FORMAT_VERSION", "save_archive", "load_archive", "register_loader", 
 
 FORMAT_VERSION = 1
 HEADER = "__cyrnn__"
-_NAME = re.compile(r"[A-Za-z0-9_.\-/]+")
+_SEGMENT = r"[A-Za-z0-9_][A-Za-z0-9_.\-]*"
+_NAME = re.compile(rf"{_SEGMENT}(?:/{_SEGMENT})*")  # no "..", no leading "/"
+_DTYPE = re.compile(r"[<>|][biufcUS][0-9]+")
 _ALLOWED_KINDS = "biufcUS"  # bool, ints, floats, complex, fixed-width str/bytes
 _ZIP_MAGIC = b"PK\x03\x04"
 
@@ -189,31 +197,31 @@ def load_archive(path):
     ValueError
         The file is not a cyrnn archive, is truncated or corrupted, fails the
         SHA-256 check, or comes from a newer format version.
+
+    Notes
+    -----
+    Nothing is allocated beyond what the file holds: entries must be stored
+    uncompressed (as :func:`save_archive` writes them), so no entry can expand
+    (no zip bomb), and every ``.npy`` header is checked against the manifest
+    and the entry's size before its data is read.
     """
     raw = _read_bytes(path)
     where = getattr(path, "name", path)
     if not isinstance(raw, bytes | bytearray) or raw[:4] != _ZIP_MAGIC:
         raise ValueError(f"{where!s}: not a cyrnn archive (not a zip/npz file)")
     try:
-        with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
-            if HEADER not in npz.files:
+        with zipfile.ZipFile(io.BytesIO(raw)) as zf:
+            entries = _zip_entries(zf, len(raw))
+            if HEADER not in entries:
                 raise ValueError("no cyrnn header entry")
-            blob = npz[HEADER]
-            if blob.dtype != np.uint8 or blob.ndim != 1:
-                raise ValueError("the header entry is not a uint8 vector")
+            blob = _read_npy(zf, entries[HEADER], HEADER, "|u1", None)
             header = json.loads(blob.tobytes().decode("utf-8"))
             manifest = _check_header(header)
-            names = set(npz.files) - {HEADER}
-            if names != set(manifest):
-                raise ValueError(f"entries {sorted(names)} do not match the manifest "
-                                 f"{sorted(manifest)}")
-            arrays = {}
-            for name, spec in manifest.items():
-                arr = npz[name]
-                if arr.dtype.str != spec["dtype"] or list(arr.shape) != spec["shape"]:
-                    raise ValueError(f"array {name!r} is {arr.dtype.str} {list(arr.shape)}, the "
-                                     f"manifest says {spec['dtype']} {spec['shape']}")
-                arrays[name] = arr
+            if set(entries) - {HEADER} != set(manifest):
+                raise ValueError(f"entries {sorted(set(entries) - {HEADER})} do not match the "
+                                 f"manifest {sorted(manifest)}")
+            arrays = {name: _read_npy(zf, entries[name], name, spec["dtype"], spec["shape"])
+                      for name, spec in manifest.items()}
     except ValueError as exc:
         raise ValueError(f"{where!s}: invalid cyrnn archive: {exc}") from exc
     except Exception as exc:  # zip, zlib, npy-format and decoding errors of damaged files
@@ -222,6 +230,52 @@ def load_archive(path):
     if _digest(header, arrays) != header["sha256"]:
         raise ValueError(f"{where!s}: SHA-256 mismatch: the file was modified or damaged")
     return header["kind"], header["metadata"], arrays
+
+
+def _zip_entries(zf, file_size):
+    """``{array name: ZipInfo}``; refuses compressed, oversized and duplicate entries."""
+    entries = {}
+    for info in zf.infolist():
+        name = info.filename
+        if not name.endswith(".npy"):
+            raise ValueError(f"unexpected entry {name!r} (not .npy)")
+        if (info.compress_type != zipfile.ZIP_STORED or info.compress_size != info.file_size
+                or info.file_size > file_size):
+            raise ValueError(f"entry {name!r} is compressed or larger than the file")
+        name = name[:-4]
+        if name in entries:
+            raise ValueError(f"duplicate entry {name!r}")
+        entries[name] = info
+    return entries
+
+
+def _read_npy(zf, info, name, dtype, shape):
+    """The array of one ``.npy`` entry, after checking its header: dtype string
+    ``dtype``, shape ``shape`` (None: any 1-D shape) and a data size that
+    matches the entry, so the allocation is bounded by the file."""
+    fmt = np.lib.format
+    with zf.open(info) as fh:
+        version = fmt.read_magic(fh)
+        if version == (1, 0):
+            got_shape, fortran, got_dtype = fmt.read_array_header_1_0(fh)
+        elif version == (2, 0):
+            got_shape, fortran, got_dtype = fmt.read_array_header_2_0(fh)
+        else:
+            raise ValueError(f"array {name!r}: unsupported .npy version {version}")
+        if got_dtype.str != dtype or (list(got_shape) != shape if shape is not None
+                                      else len(got_shape) != 1):
+            raise ValueError(f"array {name!r} is {got_dtype.str} {list(got_shape)}, the "
+                             f"manifest says {dtype} {shape}")
+        count = math.prod(got_shape)
+        nbytes = count * got_dtype.itemsize
+        if nbytes != info.file_size - fh.tell():
+            raise ValueError(f"array {name!r}: the entry holds {info.file_size - fh.tell()} "
+                             f"bytes of data, its header describes {nbytes}")
+        data = fh.read(nbytes)  # the zip module checks the CRC at the end
+    if len(data) != nbytes:
+        raise ValueError(f"array {name!r} is truncated")
+    arr = np.frombuffer(data, dtype=got_dtype, count=count)
+    return arr.reshape(got_shape, order="F" if fortran else "C").copy()
 
 
 def _check_header(header):
@@ -250,8 +304,11 @@ def _check_header(header):
         if (not isinstance(spec, dict) or not isinstance(spec.get("dtype"), str)
                 or not isinstance(spec.get("shape"), list)):
             raise ValueError(f"bad manifest entry for {name!r}")
-        if np.dtype(spec["dtype"]).kind not in _ALLOWED_KINDS:
-            raise ValueError(f"array {name!r}: dtype {spec['dtype']} is not allowed")
+        if not _DTYPE.fullmatch(spec["dtype"]) or np.dtype(spec["dtype"]).str != spec["dtype"]:
+            raise ValueError(f"array {name!r}: dtype {spec['dtype']!r} is not allowed")
+        if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                   for d in spec["shape"]):
+            raise ValueError(f"array {name!r}: bad shape {spec['shape']!r}")
     return manifest
 
 

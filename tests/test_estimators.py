@@ -675,3 +675,97 @@ def test_sample_weight_equals_repetition_within_one_float64_batch(cls):
     repeated = cls(**kw).fit(X.repeat(sw, axis=0), y.repeat(sw))
     get = (lambda e: e.predict(X)) if cls is GRURegressor else (lambda e: e.predict_proba(X))
     np.testing.assert_allclose(get(weighted), get(repeated), rtol=1e-9, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------
+# regressions found in review
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("cls", ESTIMATORS)
+def test_defaults_match_the_specification(cls):
+    params = cls().get_params()
+    expected = dict(hidden_size=32, num_layers=1, bidirectional=False, dropout=0,
+                    vocab_size=None, embedding_dim=None, return_sequences=False,
+                    optimizer="rmsprop", learning_rate=1e-3, batch_size=32, max_iter=100,
+                    shuffle=True, random_state=None, tol=1e-4, n_iter_no_change=10,
+                    early_stopping=False, validation_fraction=0.1, clip_norm=None,
+                    clip_value=None, bptt_truncate=None, backend="auto", n_jobs=None,
+                    verbose=0, warm_start=False, dtype="float32")
+    assert {k: params[k] for k in expected} == expected
+    if cls in CLASSIFIERS:
+        assert params["class_weight"] is None
+
+
+def test_zero_class_weights_raise_value_error():
+    X, y = make_fixed(20)
+    labels = (y > 0).astype(int)
+    with pytest.raises(ValueError, match="no sample has a positive weight"):  # was IndexError
+        GRUClassifier(class_weight={0: 0.0, 1: 0.0}, **SMALL).fit(X, labels)
+    est = GRUClassifier(class_weight={0: 0.0, 1: 1.0, 2: 1.0}, **SMALL)
+    with pytest.raises(ValueError, match="no sample has a positive weight"):  # was a NaN loss
+        est.partial_fit(X, np.zeros(20, int), classes=[0, 1, 2])
+    assert not hasattr(est, "model_")
+
+
+def test_a_generator_random_state_is_consumed_not_shared():
+    X, y = make_fixed(30)
+    a = GRURegressor(hidden_size=6, max_iter=2, dropout=0.3, num_layers=2,
+                     random_state=np.random.default_rng(4)).fit(X, y)
+    gen = a.random_state
+    b = GRURegressor(hidden_size=6, max_iter=2, dropout=0.3, num_layers=2,
+                     random_state=np.random.default_rng(4)).fit(X, y)
+    np.testing.assert_array_equal(params_of(a), params_of(b))
+    assert a._rng is not gen and a.model_.layers[0]._rng is not gen
+    gen.random(1000)  # the caller goes on using its generator ...
+    a.partial_fit(X, y)
+    b.partial_fit(X, y)
+    np.testing.assert_array_equal(params_of(a), params_of(b))  # ... without effect on a
+
+
+def test_early_stopping_restores_the_weights_of_the_best_epoch(monkeypatch):
+    import cyrnn.estimators.base as base
+    split = {}
+    real = base.BaseSequenceModel._validation_split
+
+    def spy(self, *args):
+        split["train"], split["val"] = real(self, *args)
+        return split["train"], split["val"]
+
+    monkeypatch.setattr(base.BaseSequenceModel, "_validation_split", spy)
+    X, y = make_fixed(60)
+    est = LSTMRegressor(hidden_size=8, max_iter=30, early_stopping=True, n_iter_no_change=30,
+                        optimizer="sgd", learning_rate=0.5, validation_fraction=0.2,
+                        random_state=0).fit(X, y)
+    scores = est.validation_scores_
+    assert int(np.argmax(scores)) < len(scores) - 1  # the best epoch is not the last one
+    val = split["val"]
+    assert est.score(X[val], y[val]) == pytest.approx(est.best_validation_score_, rel=1e-9)
+    assert est.best_validation_score_ > scores[-1]
+    assert len(set(val) & set(split["train"])) == 0
+
+
+def test_class_weight_balanced_is_the_inverse_class_frequency():
+    from sklearn.utils.class_weight import compute_class_weight
+    X, y = make_fixed(40)
+    labels = np.digitize(y, [-1, 2])  # three imbalanced classes
+    weights = compute_class_weight("balanced", classes=np.unique(labels), y=labels)
+    assert len(set(np.round(weights, 6))) == 3  # a test that can fail
+    balanced = LSTMClassifier(class_weight="balanced", **SMALL).fit(X, labels)
+    explicit = LSTMClassifier(class_weight=dict(enumerate(weights)), **SMALL).fit(X, labels)
+    plain = LSTMClassifier(**SMALL).fit(X, labels)
+    np.testing.assert_array_equal(params_of(balanced), params_of(explicit))
+    assert not np.array_equal(params_of(balanced), params_of(plain))
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_shuffle_controls_the_batch_order(monkeypatch, shuffle):
+    import cyrnn.estimators.base as base
+    firsts = []
+    real = base.train_step
+    monkeypatch.setattr(base, "train_step",
+                        lambda model, opt, loss, x, y, **kw: firsts.append(x[0, 0, 0])
+                        or real(model, opt, loss, x, y, **kw))
+    X, y = make_fixed(40)
+    GRURegressor(hidden_size=4, max_iter=2, batch_size=10, shuffle=shuffle,
+                 random_state=0).fit(X, y)
+    in_order = list(X[::10, 0, 0].astype(np.float32)) * 2
+    assert (firsts == in_order) is (not shuffle)

@@ -241,7 +241,7 @@ def test_estimator_archive_is_checked(tmp_path):
     assert kind == "cyrnn.LSTMRegressor" and meta["class"] == "LSTMRegressor"
     arrays["params"] = arrays["params"][:-1]  # consistent checksum, wrong content
     save_archive(path, kind, meta, arrays)
-    with pytest.raises(ValueError, match="parameter vector has shape"):
+    with pytest.raises(ValueError, match="parameter vector has .* values, the architecture needs"):
         load(path)
     meta["params"]["hidden_size"] = -1
     save_archive(path, kind, meta, load_archive(tmp_path / "m.cyrnn")[2])
@@ -256,3 +256,159 @@ def test_estimator_archive_is_checked(tmp_path):
         load(path)
     with pytest.raises(Exception, match="not fitted"):
         LSTMRegressor().save(tmp_path / "unfitted.cyrnn")
+
+
+# ---------------------------------------------------------------------------
+# crafted files: nothing larger than the file is allocated, no odd names
+# ---------------------------------------------------------------------------
+def _npy_bytes(arr):
+    buf = io.BytesIO()
+    np.save(buf, arr)
+    return buf.getvalue()
+
+
+def test_compressed_entries_are_refused_no_zip_bomb(tmp_path):
+    # A deflated entry can expand ~1000x: the loader must refuse it before reading,
+    # even when the header, manifest and digest are all consistent.
+    path = tmp_path / "bomb.cyrnn"
+    save_archive(path, "k", {}, {"big": np.zeros(1_000_000)})
+    with zipfile.ZipFile(path) as src:
+        entries = {i.filename: src.read(i.filename) for i in src.infolist()}
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as dst:
+        for name, payload in entries.items():
+            dst.writestr(name, payload)
+    assert path.stat().st_size < 100_000  # 8 MB of zeros in a few KB
+    with pytest.raises(ValueError, match="compressed"):
+        load_archive(path)
+
+
+def test_huge_npy_header_shape_is_refused_before_allocation(tmp_path, monkeypatch):
+    path = tmp_path / "a.cyrnn"
+    save_archive(path, "k", {}, {"w": np.zeros(4)})
+    header = read_header(path)
+    header["arrays"]["w"]["shape"] = [10**15]  # the manifest agrees with the lie
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        buf, {"descr": "<f8", "fortran_order": False, "shape": (10**15,)})
+    lie = buf.getvalue() + np.zeros(4).tobytes()  # 4 values of data, 10**15 claimed
+    rewrite(path, {"__cyrnn__.npy": header_npy(header), "w.npy": lie})
+    real_empty = np.empty
+    monkeypatch.setattr(np, "empty", lambda shape, *a, **k: pytest.fail("allocated")
+                        if np.prod(shape) > 10**6 else real_empty(shape, *a, **k))
+    with pytest.raises(ValueError, match="describes 8000000000000000"):
+        load_archive(path)
+
+
+@pytest.mark.parametrize("name", ["../evil", "/abs", "a/../b", "a//b", ".hidden", "a/"])
+def test_path_like_array_names_are_refused(tmp_path, name):
+    with pytest.raises(ValueError, match="array name"):
+        save_archive(tmp_path / "x", "k", {}, {name: np.ones(1)})
+    path = tmp_path / "a.cyrnn"
+    save_archive(path, "k", {}, {"ok": np.ones(1)})
+    header = read_header(path)
+    header["arrays"] = {name: header["arrays"]["ok"]}
+    rewrite(path, {"__cyrnn__.npy": header_npy(header), f"{name}.npy": _npy_bytes(np.ones(1))},
+            drop=["ok.npy"])
+    with pytest.raises(ValueError, match="array name"):
+        load_archive(path)
+
+
+def test_manifest_dtype_must_be_a_plain_dtype_string(tmp_path):
+    path = tmp_path / "a.cyrnn"
+    save_archive(path, "k", {}, {"w": np.zeros(2)})
+    header = read_header(path)
+    for bad in ("O", "(100000,100000)f8", "V8", "float64"):
+        header["arrays"]["w"]["dtype"] = bad
+        rewrite(path, {"__cyrnn__.npy": header_npy(header)})
+        with pytest.raises(ValueError, match="not allowed"):
+            load_archive(path)
+
+
+def _tampered(tmp_path, change):
+    """Save a small LSTMRegressor, let ``change(meta, arrays)`` edit it and write it
+    back with a valid checksum (whoever writes the file can recompute it)."""
+    X, y = data(LSTMRegressor)
+    est = LSTMRegressor(hidden_size=4, max_iter=2, random_state=0).fit(X, y)
+    path = tmp_path / "m.cyrnn"
+    est.save(path)
+    kind, meta, arrays = load_archive(path)
+    change(meta, arrays)
+    save_archive(path, kind, meta, arrays)
+    return path
+
+
+def test_crafted_architecture_is_refused_before_building(tmp_path, monkeypatch):
+    from cyrnn.estimators.base import BaseSequenceModel
+
+    def huge(meta, arrays):
+        meta["spec"]["hidden_size"] = meta["params"]["hidden_size"] = 10**9
+        meta["spec"]["num_layers"] = meta["params"]["num_layers"] = 10**12
+    path = _tampered(tmp_path, huge)
+    monkeypatch.setattr(BaseSequenceModel, "_build_model",
+                        lambda *a: pytest.fail("built a model from an unchecked spec"))
+    with pytest.raises(ValueError, match="parameter vector has 2?\\d+ values"):
+        load(path)
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda m: m["spec"]["cell_options"].update(batch_first=False), "not a LSTMRegressor"),
+    (lambda m: m["spec"].update(cell="gru"), "not a LSTMRegressor"),
+    (lambda m: m["spec"].update(dtype="object"), "inconsistent"),
+    (lambda m: m["spec"].update(hidden_size=0), "hidden_size"),
+    (lambda m: m["spec"]["input"].update(step_features=-1), "inconsistent"),
+    (lambda m: m["spec"].pop("target"), "expected keys"),
+    (lambda m: m["spec"]["target"].update(y_ndim=3), "n_outputs_"),
+])
+def test_crafted_spec_is_refused(tmp_path, change, message):
+    path = _tampered(tmp_path, lambda meta, arrays: change(meta))
+    with pytest.raises(ValueError, match=message):
+        load(path)
+
+
+def test_crafted_array_dtypes_are_refused(tmp_path):
+    def complex_params(meta, arrays):
+        arrays["params"] = arrays["params"].astype(np.complex64)
+    with pytest.raises(ValueError, match="parameter vector is complex64"):
+        load(_tampered(tmp_path, complex_params))
+
+    def string_state(meta, arrays):
+        name = f"optimizer/{meta['optimizer']['arrays'][0]}"
+        arrays[name] = arrays[name].astype(str)
+    with pytest.raises(ValueError, match="optimizer state"):
+        load(_tampered(tmp_path, string_state))
+
+
+def test_crafted_classes_are_refused(tmp_path):
+    X, y = data(GRUClassifier)
+    est = GRUClassifier(hidden_size=4, max_iter=2, random_state=0).fit(X, y)
+    path = tmp_path / "c.cyrnn"
+    est.save(path)
+    kind, meta, arrays = load_archive(path)
+    arrays["task/classes"] = arrays["task/classes"][::-1].copy()  # unsorted: wrong labels
+    save_archive(path, kind, meta, arrays)
+    with pytest.raises(ValueError, match="classes_ in the archive"):
+        load(path)
+
+
+def test_n_params_matches_the_built_models():
+    from cyrnn.estimators import GRURegressor, SimpleRNNClassifier
+    from cyrnn.estimators.base import _n_params
+    X = np.random.default_rng(0).normal(size=(12, 4, 3))
+    tokens = np.random.default_rng(0).integers(1, 9, size=(12, 4))
+    for est, Xf in [(LSTMRegressor(num_layers=3, bidirectional=True), X),
+                    (GRURegressor(hidden_size=5, reset_after=False), X),
+                    (SimpleRNNClassifier(num_layers=2, vocab_size=9, embedding_dim=3), tokens),
+                    (GRUClassifier(bidirectional=True, vocab_size=9), tokens)]:
+        y = X[:, 0, 0] > 0 if hasattr(est, "class_weight") else X[:, :2, 0]
+        est.set_params(max_iter=1, random_state=0).fit(Xf, y)
+        assert _n_params(est._spec) == est.model_.params.size
+
+
+def test_numpy_scalar_params_are_saved(tmp_path):
+    X, y = data(LSTMRegressor)
+    est = LSTMRegressor(hidden_size=np.int64(4), bidirectional=np.True_, max_iter=2,
+                        learning_rate=np.float32(1e-2), random_state=0).fit(X, y)
+    est.save(tmp_path / "m.cyrnn")
+    loaded = load(tmp_path / "m.cyrnn")
+    assert loaded.bidirectional is True and loaded.hidden_size == 4
+    np.testing.assert_array_equal(loaded.predict(X), est.predict(X))

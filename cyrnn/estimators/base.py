@@ -24,23 +24,27 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import numbers
 import os
 import sys
 import warnings
 from contextlib import nullcontext
+from types import SimpleNamespace
 
 import numpy as np
 from sklearn.base import BaseEstimator, _fit_context
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
-from sklearn.utils._param_validation import Interval, Options, StrOptions
+from sklearn.utils._param_validation import (Interval, Options, StrOptions,
+                                             validate_parameter_constraints)
 from sklearn.utils.validation import _check_sample_weight, check_array, check_is_fitted
 
 from .. import _validation as V
 from .. import persistence
 from ..backends import BACKENDS, get_backend
+from ..backends._cell import N_GATES
 from ..layers import GRU, LSTM, Dense, Embedding, SimpleRNN
 from ..losses import get_loss
 from ..model import Sequential
@@ -48,7 +52,7 @@ from ..optim import get_optimizer
 from ..training import train_step
 
 __all__ = ["BaseSequenceModel", "SequenceData", "check_sequences", "check_fitted_input",
-           "input_spec"]
+           "input_spec", "check_n_samples"]
 
 _CELLS = {"rnn": SimpleRNN, "lstm": LSTM, "gru": GRU}
 _BUCKET_POOL = 50        # training batches are drawn from pools of this many batches
@@ -58,6 +62,8 @@ _PREDICT_BATCH = 64      # rows of every forward call at inference (fixed: see _
 _ARCH_KEYS = ("cell", "cell_options", "hidden_size", "num_layers", "bidirectional",
               "vocab_size", "embedding_dim", "return_sequences")
 _BIT_GENERATORS = ("PCG64", "PCG64DXSM", "MT19937", "Philox", "SFC64")
+# The keys of a fitted model's spec (see BaseSequenceModel._architecture).
+_SPEC_KEYS = frozenset(_ARCH_KEYS + ("dtype", "input", "n_outputs", "target"))
 
 
 # ----------------------------------------------------------------------------
@@ -338,20 +344,16 @@ def check_per_step_targets(data, y, name="y"):
     ``(T_i, ...)`` arrays (not converted: the caller validates values).
     """
     if data.uniform:
-        arr = y
-        shape = np.shape(arr) if not isinstance(arr, np.ndarray) else arr.shape
+        shape = np.shape(y)
         if len(shape) < 2 or shape[1] != data.n_steps:
             raise ValueError(f"with return_sequences=True, {name} needs one target per step: "
                              f"shape ({len(data)}, {data.n_steps}) or ({len(data)}, "
                              f"{data.n_steps}, n_outputs), got {shape}")
-        return arr
-    if isinstance(y, np.ndarray) and y.dtype != object:
-        y = list(y)
-    if isinstance(y, np.ndarray) or isinstance(y, (list, tuple)):
-        items = list(y)
-    else:
+        return y
+    if not isinstance(y, (np.ndarray, list, tuple)):
         raise ValueError(f"with return_sequences=True and ragged X, {name} must be a list of "
                          "per-sequence target arrays")
+    items = list(y)
     if len(items) != len(data):
         raise ValueError(f"X and {name} have inconsistent numbers of samples: {len(data)} and "
                          f"{len(items)}")
@@ -363,13 +365,38 @@ def check_per_step_targets(data, y, name="y"):
     return items
 
 
+def check_n_samples(n_x, n_y):
+    if n_x != n_y:
+        raise ValueError(f"X and y have inconsistent numbers of samples: {n_x} and {n_y}")
+
+
 # ----------------------------------------------------------------------------
 # helpers
 # ----------------------------------------------------------------------------
-def _copy_rng(rng):
-    new = np.random.Generator(type(rng.bit_generator)())
-    new.bit_generator.state = rng.bit_generator.state
-    return new
+def _total_weight(W):
+    """Sum of item weights ``W`` (an array, or a list of per-sequence arrays)."""
+    return float(W.sum()) if isinstance(W, np.ndarray) else float(sum(w.sum() for w in W))
+
+
+def _positive_int(value):
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _n_params(spec):
+    """Size of the parameter vector of ``spec``'s model, computed without building it
+    (Python integers: no overflow, no allocation)."""
+    G, H, L = N_GATES[spec["cell"]], spec["hidden_size"], spec["num_layers"]
+    D = 2 if spec["bidirectional"] else 1
+    if spec["vocab_size"] is not None:
+        n, x = spec["vocab_size"] * spec["embedding_dim"], spec["embedding_dim"]
+    else:
+        n, x = 0, spec["input"]["step_features"]
+
+    def per_layer(x_in):  # per direction: W_ih, W_hh and two biases
+        return D * G * H * (x_in + H + 2)
+
+    n += per_layer(x) + (L - 1) * per_layer(D * H)
+    return n + spec["n_outputs"] * (D * H + 1)  # Dense
 
 
 def _rng_from_state(state):
@@ -395,8 +422,10 @@ def _pad_items(items, idx, lengths, T, fill_dtype):
 
 def _encode_param(value):
     """JSON form of a constructor parameter (for :meth:`save`)."""
-    if value is None or isinstance(value, (bool, str)):
+    if value is None or isinstance(value, str):
         return value
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
     if isinstance(value, numbers.Integral):
         return int(value)
     if isinstance(value, numbers.Real):
@@ -420,13 +449,6 @@ def _decode_param(value):
     if isinstance(value, list):
         raise ValueError(f"bad parameter encoding {value!r}")
     return value
-
-
-class _Run:
-    """What one fit / partial_fit builds before it is committed to the estimator."""
-
-    def __init__(self, **kwargs):
-        self.__dict__.update(kwargs)
 
 
 # ----------------------------------------------------------------------------
@@ -574,9 +596,9 @@ best_validation_score_, n_iter_
         model = self._build_model(spec, rng)
         rng.bit_generator.state = state
         params = np.asarray(params)
-        if params.shape != model.params.data.shape:
-            raise ValueError(f"the parameter vector has shape {params.shape}, the "
-                             f"architecture needs {model.params.data.shape}")
+        if params.shape != model.params.data.shape or params.dtype != model.params.dtype:
+            raise ValueError(f"the parameter vector is {params.dtype} {params.shape}, the "
+                             f"architecture needs {model.params.dtype} {model.params.data.shape}")
         if not np.isfinite(params).all():
             raise ValueError("the parameter vector contains NaN or infinity")
         model.params.data[...] = params
@@ -695,6 +717,9 @@ or list of arrays of shape (n_steps_i, n_features) or (n_steps_i,)
         Y, W, target_spec, attrs = self._check_targets(
             data, y, sw, incremental=incremental, previous=self if warm else None,
             classes=classes)
+        if not _total_weight(W) > 0:
+            raise ValueError("no sample has a positive weight (sample_weight times "
+                             "class_weight); nothing to learn from")
         spec = self._architecture(cfg, data, attrs.pop("_n_model_outputs"))
         spec["target"] = target_spec
         if warm:
@@ -716,11 +741,16 @@ or list of arrays of shape (n_steps_i, n_features) or (n_steps_i,)
         """A fresh model and history, or a copy of the fitted ones to continue from."""
         if not warm:
             rng = V.check_rng(self.random_state)
+            if rng is self.random_state:
+                # The caller's Generator is consumed (one draw, like a RandomState),
+                # never kept: the fitted model must not share a mutable object with it.
+                rng = np.random.default_rng(int(rng.integers(np.iinfo(np.int64).max)))
             model = self._build_model(spec, rng)
-            return _Run(spec=spec, rng=rng, model=model, optimizer=self._make_optimizer(model),
-                        loss_curve=[], validation_scores=None, best_loss=np.inf,
-                        best_validation_score=None)
-        rng = _copy_rng(self._rng)
+            return SimpleNamespace(spec=spec, rng=rng, model=model,
+                                   optimizer=self._make_optimizer(model), loss_curve=[],
+                                   validation_scores=None, best_loss=np.inf,
+                                   best_validation_score=None)
+        rng = copy.deepcopy(self._rng)
         model = self._rebuild_model(spec, rng, self.model_.params.data)
         optimizer = self._make_optimizer(model)
         if incremental and self._optimizer_state is not None \
@@ -729,11 +759,11 @@ or list of arrays of shape (n_steps_i, n_features) or (n_steps_i,)
             state["lr"] = float(self.learning_rate)
             optimizer.load_state_dict(state)
         scores = self.validation_scores_
-        return _Run(spec=spec, rng=rng, model=model, optimizer=optimizer,
-                    loss_curve=list(self.loss_curve_),
-                    validation_scores=None if scores is None else list(scores),
-                    best_loss=np.inf if self.best_loss_ is None else self.best_loss_,
-                    best_validation_score=self.best_validation_score_)
+        return SimpleNamespace(spec=spec, rng=rng, model=model, optimizer=optimizer,
+                               loss_curve=list(self.loss_curve_),
+                               validation_scores=None if scores is None else list(scores),
+                               best_loss=np.inf if self.best_loss_ is None else self.best_loss_,
+                               best_validation_score=self.best_validation_score_)
 
     def _validation_split(self, run, data, Y, target_spec):
         n = len(data)
@@ -763,8 +793,7 @@ or list of arrays of shape (n_steps_i, n_features) or (n_steps_i,)
             train, val_idx = self._validation_split(run, data, Y, target_spec)
             val = (data.subset(val_idx), self._take(Y, val_idx), sw[val_idx])
             data, Y, W = data.subset(train), self._take(Y, train), self._take(W, train)
-            total = W.sum() if isinstance(W, np.ndarray) else sum(w.sum() for w in W)
-            if total <= 0:
+            if not _total_weight(W) > 0:
                 raise ValueError("all samples left for training after the validation split "
                                  "have zero sample_weight")
             if run.validation_scores is None:
@@ -811,7 +840,7 @@ or list of arrays of shape (n_steps_i, n_features) or (n_steps_i,)
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{total / mass:.4g}", refresh=False)
-            epoch_loss = total / mass if mass > 0 else float("nan")
+            epoch_loss = total / mass  # > 0: _fit checked that some weight is positive
             run.loss_curve.append(epoch_loss)
             stop = self._update_no_improvement(run, val, epoch_loss, target_spec)
             if bar is not None:
@@ -828,7 +857,7 @@ or list of arrays of shape (n_steps_i, n_features) or (n_steps_i,)
                           file=sys.stderr)
                 break
         else:
-            if not incremental and epochs > 0:
+            if not incremental:
                 warnings.warn(f"Stochastic Optimizer: Maximum iterations ({epochs}) reached "
                               "and the optimization hasn't converged yet.", ConvergenceWarning)
         if val is not None:
@@ -893,14 +922,10 @@ or list of arrays of shape (n_steps_i, n_features) or (n_steps_i,)
     def _sequence_score(self, X, y, sample_weight, flat_score):
         """Score over all valid steps (``return_sequences=True``)."""
         data, raw = self._raw_predict(X)
-        if not self._spec["return_sequences"]:  # pragma: no cover - callers check
-            raise RuntimeError("not a many-to-many model")
         y = check_per_step_targets(data, y)
         if data.uniform:
             y = np.asarray(y)
-            if len(y) != len(data):
-                raise ValueError(f"X and y have inconsistent numbers of samples: {len(data)} "
-                                 f"and {len(y)}")
+            check_n_samples(len(data), len(y))
         sw = self._check_sample_weight(sample_weight, len(data))
         pred = self._decode(raw)
         y_flat = data.flat_steps(y)
@@ -949,23 +974,59 @@ or list of arrays of shape (n_steps_i, n_features) or (n_steps_i,)
         arrays.update({f"task/{k}": v for k, v in task_arrays.items()})
         return meta, arrays
 
+    def _check_spec(self, spec, n_params):
+        """Check a model spec read from a file before anything is built from it:
+        the keys and value types that :meth:`_architecture` produces, and a
+        parameter count equal to ``n_params`` (the size of the stored vector, so
+        a crafted architecture cannot make loading allocate more than the file)."""
+        if not isinstance(spec, dict) or set(spec) != _SPEC_KEYS:
+            raise ValueError("the model spec does not have the expected keys")
+        options = spec["cell_options"]
+        if spec["cell"] != self._cell or not isinstance(options, dict) \
+                or set(options) != set(self._cell_options()):
+            raise ValueError(f"the model spec is not a {type(self).__name__}'s")
+        arch = {k: spec[k] for k in ("hidden_size", "num_layers", "bidirectional",
+                                     "return_sequences", "vocab_size", "embedding_dim")}
+        validate_parameter_constraints(
+            {k: self._parameter_constraints[k] for k in (*arch, *options)},
+            {**arch, **options}, caller_name="the archive's model spec")
+        inp, tokens = spec["input"], spec["vocab_size"] is not None
+        if (spec["dtype"] not in ("float32", "float64") or not isinstance(inp, dict)
+                or (spec["embedding_dim"] is None) == tokens
+                or inp.get("kind") not in ("table", "array", "ragged")
+                or inp.get("tokens") is not tokens
+                or not _positive_int(inp.get("n_features_in"))
+                or not (inp.get("step_features") is None if tokens
+                        else _positive_int(inp.get("step_features")))
+                or not _positive_int(spec["n_outputs"])
+                or not isinstance(spec["target"], dict)):
+            raise ValueError("the model spec is inconsistent")
+        if _n_params(spec) != n_params:
+            raise ValueError(f"the parameter vector has {n_params} values, the architecture "
+                             f"needs {_n_params(spec)}")
+
     def _import_state(self, meta, arrays):
         """Rebuild the fitted state from :meth:`_export_state`'s output, checking it."""
         try:
             spec, fitted, opt = meta["spec"], meta["fitted"], meta["optimizer"]
+            params = arrays["params"]
+            if params.ndim != 1:
+                raise ValueError(f"the parameter vector has shape {params.shape}")
+            self._check_spec(spec, params.size)
             rng = _rng_from_state(fitted["rng_state"])
-            model = self._rebuild_model(spec, rng, arrays["params"])
+            model = self._rebuild_model(spec, rng, params)
             size = model.params.size
             opt_state = {"step": int(opt["step"]), "lr": float(opt["lr"])}
             for k in opt["arrays"]:
                 arr = np.asarray(arrays[f"optimizer/{k}"])
-                if arr.shape != (size,):
-                    raise ValueError(f"optimizer state {k!r} has shape {arr.shape}, "
-                                     f"expected ({size},)")
-                opt_state[k] = arr.astype(model.params.dtype)
+                if arr.shape != (size,) or arr.dtype != model.params.dtype:
+                    raise ValueError(f"optimizer state {k!r} is {arr.dtype} {arr.shape}, "
+                                     f"expected {model.params.dtype} ({size},)")
+                opt_state[k] = arr
             task = self._import_task(meta["task"], {k[5:]: v for k, v in arrays.items()
                                                     if k.startswith("task/")}, spec)
             scores = fitted["validation_scores_"]
+            best_loss, best_score = fitted["best_loss_"], fitted["best_validation_score_"]
             attrs = dict(
                 model_=model, _spec=spec, _rng=rng,
                 _optimizer_state=(str(opt["name"]), opt_state),
@@ -973,8 +1034,9 @@ or list of arrays of shape (n_steps_i, n_features) or (n_steps_i,)
                 n_iter_=int(fitted["n_iter_"]),
                 loss_curve_=[float(v) for v in fitted["loss_curve_"]],
                 validation_scores_=None if scores is None else [float(v) for v in scores],
-                best_loss_=fitted["best_loss_"],
-                best_validation_score_=fitted["best_validation_score_"], **task)
+                best_loss_=None if best_loss is None else float(best_loss),
+                best_validation_score_=None if best_score is None else float(best_score),
+                **task)
         except ValueError:
             raise
         except (KeyError, TypeError, IndexError, AttributeError) as exc:
@@ -1078,7 +1140,9 @@ _TRAIN_DOC = """\
     random_state : int, RandomState instance, numpy Generator or None, default=None
         Seeds the one ``numpy.random.Generator`` that all randomness comes from:
         initialisation, dropout, shuffling and the validation split. Pass an int
-        for reproducible results.
+        for reproducible results. A ``RandomState`` or ``Generator`` passed in is
+        consumed by each ``fit`` (one draw seeds the estimator's own generator)
+        and never kept.
     tol : float, default=1e-4
         Improvement below ``tol`` for ``n_iter_no_change`` consecutive epochs
         (of the training loss, or of the validation score with

@@ -15,14 +15,9 @@ from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.multiclass import check_classification_targets, unique_labels
 from sklearn.utils.validation import check_array, check_is_fitted
 
-from .base import BaseSequenceModel, check_per_step_targets, compose_doc
+from .base import BaseSequenceModel, check_n_samples, check_per_step_targets, compose_doc
 
 __all__ = ["BaseSequenceClassifier", "LSTMClassifier", "GRUClassifier", "SimpleRNNClassifier"]
-
-
-def _check_length(n_x, n_y):
-    if n_x != n_y:
-        raise ValueError(f"X and y have inconsistent numbers of samples: {n_x} and {n_y}")
 
 
 def _encode(classes, values, what="y"):
@@ -65,14 +60,14 @@ class BaseSequenceClassifier(ClassifierMixin, BaseSequenceModel):
                 raise ValueError(f"y should be a 1d array of labels (one per sequence), got "
                                  f"an array of shape {y.shape} instead; for per-step labels "
                                  "set return_sequences=True")
-            _check_length(n, len(y))
+            check_n_samples(n, len(y))
             check_classification_targets(y)
             return y, y
         if data.uniform:
             check_per_step_targets(data, y)
             y = check_array(y, ensure_2d=False, allow_nd=True, dtype=None, input_name="y",
                             estimator=self)
-            _check_length(n, len(y))
+            check_n_samples(n, len(y))
             if y.ndim != 2:
                 raise ValueError(f"per-step labels must be (n_samples, n_steps), got shape "
                                  f"{y.shape}")
@@ -150,7 +145,7 @@ class BaseSequenceClassifier(ClassifierMixin, BaseSequenceModel):
             flat_w = data.flat_steps(W)
         if not incremental:
             weighted = np.unique(enc_flat[np.asarray(flat_w) > 0])
-            if len(weighted) < 2:
+            if len(weighted) == 1:  # none at all: BaseSequenceModel._fit says so
                 raise ValueError(f"{name} needs samples of at least 2 classes with positive "
                                  f"weight, but only class {classes_[weighted[0]]!r} has "
                                  "samples of positive sample_weight / class_weight")
@@ -220,9 +215,10 @@ class BaseSequenceClassifier(ClassifierMixin, BaseSequenceModel):
             classes[:] = meta["values"]
         else:
             raise ValueError("the archive has no classes")
-        target = spec["target"]
-        if classes.ndim != 1 or len(classes) != target["n_classes"] or len(classes) < 2 \
-                or target["binary"] != (len(classes) == 2):
+        target, C = spec["target"], len(classes)
+        if classes.ndim != 1 or C < 2 or C != target["n_classes"] \
+                or target["binary"] is not (C == 2) or spec["n_outputs"] != (1 if C == 2 else C) \
+                or not all(a < b for a, b in zip(classes[:-1], classes[1:])):
             raise ValueError(f"classes_ in the archive do not fit the model: {classes!r}")
         return {"classes_": classes}
 

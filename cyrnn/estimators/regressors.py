@@ -9,7 +9,7 @@ from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.validation import check_array, check_is_fitted
 
 from .. import _validation as V
-from .base import BaseSequenceModel, check_per_step_targets, compose_doc
+from .base import BaseSequenceModel, check_n_samples, check_per_step_targets, compose_doc
 
 __all__ = ["BaseSequenceRegressor", "LSTMRegressor", "GRURegressor", "SimpleRNNRegressor"]
 
@@ -38,7 +38,7 @@ class BaseSequenceRegressor(RegressorMixin, BaseSequenceModel):
             if y.ndim not in (1, 2):
                 raise ValueError(f"y must be 1-D (n_samples,) or 2-D (n_samples, n_outputs), "
                                  f"got shape {y.shape}")
-            _check_length(n, len(y))
+            check_n_samples(n, len(y))
             Y = y.reshape(n, -1)
             W = sw
             y_ndim = y.ndim
@@ -46,7 +46,7 @@ class BaseSequenceRegressor(RegressorMixin, BaseSequenceModel):
             check_per_step_targets(data, y)
             y = check_array(y, ensure_2d=False, allow_nd=True, dtype=np.float64,
                             input_name="y", estimator=self)
-            _check_length(n, len(y))
+            check_n_samples(n, len(y))
             if y.ndim not in (2, 3):
                 raise ValueError(f"per-step y must be (n_samples, n_steps) or (n_samples, "
                                  f"n_steps, n_outputs), got shape {y.shape}")
@@ -96,7 +96,10 @@ class BaseSequenceRegressor(RegressorMixin, BaseSequenceModel):
 
     def _import_task(self, meta, arrays, spec):
         k = V.check_int(meta["n_outputs_"], "n_outputs_", minimum=1)
-        if k != spec["target"]["n_outputs"]:
+        target = spec["target"]
+        y_ndims = (2, 3) if spec["return_sequences"] else (1, 2)
+        if k != target["n_outputs"] or k != spec["n_outputs"] or target["y_ndim"] not in y_ndims \
+                or (k > 1 and target["y_ndim"] == y_ndims[0]):
             raise ValueError("n_outputs_ in the archive does not fit the model")
         return {"n_outputs_": k}
 
@@ -153,11 +156,6 @@ class BaseSequenceRegressor(RegressorMixin, BaseSequenceModel):
             return super().score(X, y, sample_weight=sample_weight)
         return self._sequence_score(
             X, y, sample_weight, lambda yt, yp, w: r2_score(yt, yp, sample_weight=w))
-
-
-def _check_length(n_x, n_y):
-    if n_x != n_y:
-        raise ValueError(f"X and y have inconsistent numbers of samples: {n_x} and {n_y}")
 
 
 _REG_ATTRS = """\
