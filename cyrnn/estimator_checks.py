@@ -28,6 +28,14 @@ _ALL = {
         "rounding, amplified over 50 epochs of training, exceeds the check's "
         "rtol=1e-7 (some configurations pass by chance)."
     ),
+    "check_methods_subset_invariance": (
+        "float32 arithmetic: BLAS picks different kernels (and summation orders) for "
+        "a batch of one row and a batch of many, so a prediction may differ in its "
+        "last float32 bit (~1e-7 relative) with the batch it is computed in, while "
+        "the check demands 1e-7 absolute. Padding every call to a fixed batch would "
+        "make batch-1 scoring many times slower; with dtype='float64' the check passes "
+        "(tested)."
+    ),
 }
 
 

@@ -29,6 +29,15 @@ def test_sklearn_compatible(estimator, check):
 
 
 @pytest.mark.parametrize("cls", ESTIMATORS)
+def test_subset_invariance_holds_in_float64(cls):
+    from sklearn.utils.estimator_checks import check_methods_subset_invariance
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        check_methods_subset_invariance(cls.__name__, cls(**CHECK_SETTINGS, dtype="float64"))
+
+
+@pytest.mark.parametrize("cls", ESTIMATORS)
 def test_expected_failed_checks_are_few_and_explained(cls):
     failing = expected_failed_checks(cls())
     assert 0 < len(failing) <= 2

@@ -56,7 +56,7 @@ __all__ = ["BaseSequenceModel", "SequenceData", "check_sequences", "check_fitted
 
 _CELLS = {"rnn": SimpleRNN, "lstm": LSTM, "gru": GRU}
 _BUCKET_POOL = 50        # training batches are drawn from pools of this many batches
-_PREDICT_BATCH = 64      # rows of every forward call at inference (fixed: see _raw)
+_PREDICT_BATCH = 256     # at most this many rows per forward call at inference
 # Parameters that fix the shapes (or meaning) of the learned parameters: a warm
 # start or partial_fit needs them unchanged.
 _ARCH_KEYS = ("cell", "cell_options", "hidden_size", "num_layers", "bidirectional",
@@ -640,10 +640,8 @@ best_validation_score_, n_iter_
     def _raw(self, model, data, spec):
         """Float64 model outputs: (n, k), (n, T, k) or a list of (T_i, k).
 
-        Every forward call gets exactly ``_PREDICT_BATCH`` rows (the last group is
-        filled up with copies of its first row): BLAS rounds differently for
-        different matrix shapes, and fixed shapes make each prediction independent
-        of the other samples passed along (of subsets, order and batch size).
+        Rows are run in groups of at most ``_PREDICT_BATCH`` (bounded memory); a
+        single sequence is run alone, so batch-1 scoring costs one sequence.
         """
         G = _PREDICT_BATCH
         seqs = spec["return_sequences"]
@@ -658,10 +656,6 @@ best_validation_score_, n_iter_
         for idx in data.predict_batches(G):
             b = len(idx)
             x, lengths = data.batch(idx, trim=not seqs)
-            if b < G:
-                x = np.concatenate([x, np.repeat(x[:1], G - b, axis=0)])
-                if lengths is not None:
-                    lengths = np.concatenate([lengths, np.repeat(lengths[:1], G - b)])
             res = model.forward(x, lengths=lengths, training=False)[:b]
             if not seqs or data.uniform:
                 out[idx] = res
