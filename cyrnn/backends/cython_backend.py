@@ -143,3 +143,45 @@ def step(cell, xp_t, w_hh, b_hh, h, c=None):
                _empty((1, N, H), dt) if cell.kind == "gru" else None,
                _empty((1, N, H), dt), _empty((N, GH), dt))
     return hs[1], (cs[1] if lstm else None)
+
+
+def generate(cell, xp_table, w_ih_rest, b_ih_rest, w_hh, b_hh, w_out, b_out, h, c,
+             start, forced, banned, uniforms, temperature, top_k, end_token):
+    """The whole sampling loop in compiled code; see ``numpy_backend.generate``.
+
+    Token-for-token equal to the reference for the same ``uniforms`` (up to
+    round-off landing exactly on a sampling boundary).
+    """
+    xp_table = _contig(xp_table)
+    dt = xp_table.dtype
+    forced = _contig(forced, np.int64)
+    n, T = forced.shape
+    L, GH, H = w_hh.shape
+    V = w_out.shape[0]
+    if _degenerate(n, T, H, V):
+        from . import numpy_backend
+        return numpy_backend.generate(cell, xp_table, w_ih_rest, b_ih_rest, w_hh, b_hh,
+                                      w_out, b_out, h, c, start, forced, banned, uniforms,
+                                      temperature, top_k, end_token)
+    lstm = cell.kind == "lstm"
+    hs = _empty((L, 2, n, H), dt)
+    hs[:, 0] = h
+    cs = None
+    if lstm:
+        cs = _empty((L, 2, n, H), dt)
+        cs[:, 0] = c
+    rest = L > 1
+    tokens = _empty((n, T), np.int64)
+    lengths = _empty(n, np.int64)
+    _k.generate(
+        cell.kind_code, cell.activation_code, cell.reset_after, xp_table,
+        _contig(w_ih_rest, dt) if rest else None, _contig(b_ih_rest, dt) if rest else None,
+        _contig(w_hh, dt), _contig(b_hh, dt), _contig(w_out, dt), _contig(b_out, dt),
+        hs, cs, _contig(start, np.int64), forced,
+        _contig(banned, np.bool_).view(_uint8), _contig(uniforms, np.float64),
+        float(temperature), int(top_k), int(end_token), tokens, lengths,
+        _empty(n, np.int64), _empty(n, _uint8), _empty((n, GH), dt), _empty((n, GH), dt),
+        _empty((1, n, GH), dt), _empty((1, n, H), dt) if cell.kind == "gru" else None,
+        _empty((1, n, H), dt), _empty((n, V), dt), _empty(V, np.float64),
+        _empty(V, np.float64))
+    return tokens, lengths

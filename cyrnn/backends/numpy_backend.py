@@ -277,3 +277,124 @@ def backward(cell, cache, w_hh, mask=None, dh_seq=None, dh_T=None, dc_T=None, tr
         dw_hh = np.einsum("tng,tnh->gh", dgh, h_in)
     db_hh = dgh.sum(axis=(0, 1))
     return dxp, dh0, dc0, dw_hh.astype(dtype, copy=False), db_hh
+
+
+# ----------------------------------------------------------------------------
+# Generation (one-to-many): the reference of the compiled sampling loops.
+# ----------------------------------------------------------------------------
+
+def sample_token(logits, banned, temperature, top_k, u):
+    """Choose one token from a row of logits by inverse CDF on the uniform ``u``.
+
+    The rule every backend follows exactly:
+
+    1. ``z = float64(logits) / temperature``;
+    2. candidates: the tokens that are not ``banned``;
+    3. ``top_k > 0`` (and fewer than the candidates): keep the ``top_k`` candidates
+       with the largest ``z``, ties broken towards lower ids;
+    4. ``p_v = exp(z_v - max z)`` for kept tokens, 0 otherwise;
+    5. running sum of ``p`` in token order; the token is the first whose running
+       sum exceeds ``u * sum(p)`` (round-off fallback: the last kept token with
+       ``p > 0``).
+
+    Returns -1 when every token is banned (callers prevent that).
+    """
+    z = np.asarray(logits, np.float64) / temperature
+    kept = ~np.asarray(banned, bool)
+    n = int(kept.sum())
+    if n == 0:
+        return -1
+    if 0 < top_k < n:
+        ids = np.flatnonzero(kept)
+        order = ids[np.lexsort((ids, -z[ids]))]  # by z descending, then id ascending
+        kept = np.zeros_like(kept)
+        kept[order[:top_k]] = True
+    m = z[kept].max()
+    p = np.zeros_like(z)
+    p[kept] = np.exp(z[kept] - m)
+    cum = np.cumsum(p)
+    v = int(np.searchsorted(cum, u * cum[-1], side="right"))
+    if v >= len(p):
+        v = int(np.flatnonzero(p > 0)[-1])
+    return v
+
+
+def generate(cell, xp_table, w_ih_rest, b_ih_rest, w_hh, b_hh, w_out, b_out, h, c,
+             start, forced, banned, uniforms, temperature, top_k, end_token):
+    """Sample token sequences, feeding each output back as the next input.
+
+    A unidirectional stack of ``L`` layers of one cell, topped by a linear
+    output layer (logits over ``V`` tokens). Each step: the current token of
+    every active row goes through the stack (layer 0 reads its projected input
+    from ``xp_table``, layer ``l > 0`` projects the new state of layer ``l - 1``),
+    the top state gives logits, and the next token is forced or sampled
+    (:func:`sample_token`). A row stops after emitting ``end_token``.
+
+    Parameters
+    ----------
+    cell : Cell
+    xp_table : (V, G*H)
+        Layer 0's projected input for every token: ``E W_ih^T + b_ih`` for an
+        embedding table ``E`` (``W_ih^T + b_ih`` for one-hot inputs).
+    w_ih_rest : (L-1, G*H, H);  b_ih_rest : (L-1, G*H)
+        Input weights and biases of layers 1 .. L-1 (empty when ``L == 1``).
+    w_hh : (L, G*H, H);  b_hh : (L, G*H)
+    w_out : (V, H);  b_out : (V,)
+        The output layer: ``logits = h_top W_out^T + b_out``.
+    h : (L, n, H) initial states;  c : (L, n, H) for LSTM, else None
+        Not modified.
+    start : (n,) ints
+        The first input token of each row (e.g. the begin marker, or the last
+        character of a prefix already run through the model).
+    forced : (n, T) ints
+        ``forced[i, t] >= 0`` emits that token at step ``t`` without sampling;
+        -1 is a free choice. ``T`` is the maximum number of steps.
+    banned : (V,) bools
+        Tokens never sampled (forced tokens are emitted regardless). At least
+        one token must be allowed.
+    uniforms : (n, T) floats in [0, 1)
+        Pre-drawn by the caller (the kernels hold no random state): sampling is
+        reproducible and identical across backends.
+    temperature : float > 0;  top_k : int (0 = off);  end_token : int
+
+    Returns
+    -------
+    tokens : (n, T) int64
+        ``tokens[i, :lengths[i]]`` are the emitted tokens (end marker excluded);
+        the rest holds ``end_token``.
+    lengths : (n,) int64
+        The step at which row ``i`` emitted ``end_token``, or ``T`` if it never did.
+    """
+    n, T = forced.shape
+    L = w_hh.shape[0]
+    h = [h[layer].copy() for layer in range(L)]
+    c = [None] * L if c is None else [c[layer].copy() for layer in range(L)]
+    tokens = np.full((n, T), end_token, np.int64)
+    lengths = np.full(n, T, np.int64)
+    active = np.ones(n, bool)
+    tok = np.asarray(start, np.int64).copy()
+    for t in range(T):
+        if not active.any():
+            break
+        inp = xp_table[tok]
+        for layer in range(L):
+            if layer > 0:
+                inp = h[layer - 1] @ w_ih_rest[layer - 1].T + b_ih_rest[layer - 1]
+            h_new, c_new, _, _ = cell_forward(cell, inp, h[layer], c[layer],
+                                              w_hh[layer], b_hh[layer])
+            keep = active[:, None]  # finished rows keep their state
+            h[layer] = np.where(keep, h_new, h[layer])
+            if c_new is not None:
+                c[layer] = np.where(keep, c_new, c[layer])
+        logits = h[-1] @ w_out.T + b_out
+        for i in np.flatnonzero(active):
+            v = int(forced[i, t])
+            if v < 0:
+                v = sample_token(logits[i], banned, temperature, top_k, uniforms[i, t])
+            if v == end_token or v < 0:
+                lengths[i] = t
+                active[i] = False
+            else:
+                tokens[i, t] = v
+                tok[i] = v
+    return tokens, lengths

@@ -1,0 +1,797 @@
+"""Character-level language models: learn a corpus, then invent text one character at a time.
+
+:class:`CharLanguageModel` is the material's favourite demo made first-class:
+dinosaur names, Tang poems, any Unicode text. Training reuses
+:func:`cyrnn.training.train_step` (lists of strings) and
+:func:`cyrnn.training.tbptt` (one long text); sampling runs the whole one-to-many
+loop inside the backend's ``generate`` kernel (compiled on the Cython backend;
+``docs/architecture.md``, "Generation").
+
+Token ids: 0 is padding, 1 the begin marker, 2 the end marker, and
+``3 .. 3 + len(chars_) - 1`` the sorted characters of the training data.
+
+Examples
+--------
+>>> from cyrnn.language_model import CharLanguageModel
+>>> names = ["Ada", "Alan", "Grace", "Edsger", "Barbara", "Donald"]
+>>> lm = CharLanguageModel(hidden_size=16, max_epochs=3, random_state=0).fit(names)
+>>> len(lm.sample(4, random_state=0))
+4
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+import unicodedata
+
+import numpy as np
+from scipy.special import log_softmax
+
+from . import _validation as V
+from . import persistence
+from .backends import check_backend_name, get_backend
+from .backends import numpy_backend as _reference
+from .layers import GRU, LSTM, Dense, Embedding, SimpleRNN
+from .model import Sequential
+from .optim import get_optimizer
+from .training import tbptt, train_step
+
+__all__ = ["CharLanguageModel", "PAD", "BOS", "EOS", "N_RESERVED", "is_cjk_ideograph",
+           "is_poem", "PRESETS", "prepare_corpus"]
+
+PAD, BOS, EOS = 0, 1, 2
+N_RESERVED = 3
+_RESERVED_NAMES = ("<pad>", "<s>", "</s>")
+_CELLS = {"lstm": LSTM, "gru": GRU, "rnn": SimpleRNN}
+_OPTIMIZERS = ("adam", "rmsprop", "sgd")
+POEM_FORMS = {"quatrain": 4, "regulated": 8}
+COMMA, PERIOD = "，", "。"
+KIND = "cyrnn.CharLanguageModel"
+
+# Default settings for the bundled corpora, used by ``cyrnn generate`` and the
+# examples. "dinos" is exactly the class defaults. "tang" trains on 4,000 poems
+# (a seeded subset of the 5,733 written with the 2,000 most frequent characters)
+# for 3 epochs. Measured with one BLAS thread on a shared 2-core machine: dinos
+# 5 to 13 s, tang 45 to 67 s, depending on the other load.
+PRESETS = {
+    "dinos": dict(cell="lstm", hidden_size=64, embedding_dim=32, learning_rate=0.005,
+                  batch_size=32, max_epochs=20),
+    "tang": dict(cell="lstm", hidden_size=128, embedding_dim=64, learning_rate=0.01,
+                 batch_size=32, max_epochs=3, max_samples=4000, max_vocab=2000),
+}
+
+
+def is_cjk_ideograph(char):
+    """Whether ``char`` is a CJK (unified or compatibility) ideograph, i.e. a Chinese
+    character rather than punctuation, a letter or a digit."""
+    return len(char) == 1 and unicodedata.name(char, "").startswith(
+        ("CJK UNIFIED IDEOGRAPH", "CJK COMPATIBILITY IDEOGRAPH"))
+
+
+def is_poem(text, form="quatrain", head=None):
+    """Whether ``text`` is a five-character poem of ``form`` ('quatrain': 4 lines,
+    'regulated': 8), each line five CJK ideographs followed by ``，`` (odd lines)
+    or ``。`` (even lines), and, with ``head``, line ``k`` starting with ``head[k]``."""
+    lines = POEM_FORMS[form]
+    if not isinstance(text, str) or len(text) != 6 * lines:
+        return False
+    for k in range(lines):
+        line = text[6 * k:6 * k + 6]
+        if not all(is_cjk_ideograph(ch) for ch in line[:5]):
+            return False
+        if line[5] != (COMMA if k % 2 == 0 else PERIOD):
+            return False
+        if head is not None and line[0] != head[k]:
+            return False
+    return True
+
+
+def prepare_corpus(name, max_samples=None, max_vocab=None, random_state=0):
+    """A bundled corpus as training strings, optionally reduced to fit a time budget.
+
+    Parameters
+    ----------
+    name : {'dinos', 'tang'}
+    max_samples : int, optional
+        Keep at most this many sequences (a seeded random subset).
+    max_vocab : int, optional
+        Keep only the sequences written entirely with the ``max_vocab`` most
+        frequent characters (before subsetting). A smaller vocabulary makes the
+        output layer (one logit per character) cheaper: Tang poems use 5,589
+        characters, but 2,000 cover 96% of the text.
+    random_state : int, default 0
+
+    Returns
+    -------
+    list of str
+    """
+    from . import datasets
+
+    if name == "dinos":
+        texts = datasets.load_dinos()
+    elif name == "tang":
+        texts = datasets.load_tang_poems()
+    else:
+        raise ValueError(f"unknown corpus {name!r}; choose from ['dinos', 'tang']")
+    if max_vocab is not None:
+        from collections import Counter
+
+        counts = Counter("".join(texts))
+        common = {ch for ch, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+                  [:V.check_int(max_vocab, "max_vocab", minimum=1)]}
+        texts = [t for t in texts if set(t) <= common]
+    if max_samples is not None and V.check_int(max_samples, "max_samples", minimum=1) < len(texts):
+        rng = np.random.default_rng(random_state)
+        keep = np.sort(rng.choice(len(texts), max_samples, replace=False))
+        texts = [texts[i] for i in keep]
+    return texts
+
+
+class _OneHotEmbedding(Embedding):
+    """One-hot input as a frozen identity embedding.
+
+    ``weight`` is the identity and :meth:`backward` adds no gradient, so the
+    optimizer never changes it (zero gradients leave SGD, RMSProp and Adam
+    parameters untouched). The next layer then computes exactly ``W_ih e_v +
+    b_ih``, the one-hot model's projection.
+    """
+
+    def __init__(self, vocab_size, *, dtype=np.float32):
+        super().__init__(vocab_size, vocab_size, dtype=dtype)
+
+    def reset_parameters(self, random_state=None):
+        self.params["weight"][...] = np.eye(self.vocab_size, dtype=self.dtype)
+
+    def backward(self, d_output):
+        self._require_cache()
+        return None
+
+
+class CharLanguageModel:
+    """A character-level recurrent language model that writes new text.
+
+    The network is ``Sequential([Embedding, LSTM/GRU/SimpleRNN (return_sequences),
+    Dense(vocab)])`` trained with softmax cross-entropy on the next character at
+    every step. The defaults suit a small corpus such as the 1,543 dinosaur names
+    (``PRESETS['dinos']``: about 10 s on 2 cores, held-out perplexity about 5.2);
+    larger alphabets and corpora want more units (``PRESETS['tang']``).
+
+    Parameters
+    ----------
+    cell : {'lstm', 'gru', 'rnn'}, default 'lstm'
+    hidden_size : int, default 64
+    num_layers : int, default 1
+    embedding_dim : int or None, default 32
+        Size of the learned character vectors. ``None`` feeds one-hot vectors
+        instead, implemented as a frozen identity ``Embedding(V, V)`` whose
+        gradient is discarded: exactly the one-hot model (the recurrent layer's
+        ``W_ih`` columns are the per-character inputs), with no separate code
+        path, but its cost grows with the vocabulary ``V`` (the one-hot rows are
+        materialised and multiplied). Use it for small alphabets (names: ~55
+        symbols); use an embedding for large ones (Chinese: thousands).
+    dropout : float, default 0
+        Between stacked layers (``num_layers > 1``), training only.
+    optimizer : {'adam', 'rmsprop', 'sgd'}, default 'adam'
+    learning_rate : float, default 0.005
+    batch_size : int, default 32
+        Sequences per update (list input; sequences of similar length are batched
+        together, padded, and masked by their lengths), or parallel streams (text).
+    max_epochs : int, default 20
+    clip_norm : float or None, default 5
+        Gradient clipping by global norm.
+    bptt : int, default 100
+        Chunk length of truncated BPTT for one long text (:meth:`fit_text`); the
+        state is carried across chunks.
+    backend : str, default 'auto'
+    dtype : {float32, float64}, default float32
+    random_state : None, int or numpy Generator
+        Seeds initialisation, shuffling, and :meth:`sample` calls that give no
+        ``random_state`` of their own.
+    verbose : bool, default False
+        A tqdm progress bar on stderr while training.
+
+    Attributes
+    ----------
+    chars_ : list of str
+        The training data's characters, sorted; character ``chars_[k]`` has id ``k + 3``.
+    vocab_size_ : int
+        ``len(chars_) + 3``.
+    mode_ : {'sequences', 'text'}
+        ``fit`` on a list of strings (each one a sequence between begin/end markers)
+        or on one long text.
+    model_ : Sequential
+    loss_curve_ : list of float
+        Mean training loss (nats per character) of every epoch.
+    train_time_ : float
+        Seconds spent in the last :meth:`fit`.
+    max_length_ : int
+        Longest training sequence (characters), for the default sample length.
+    """
+
+    _param_names = ("cell", "hidden_size", "num_layers", "embedding_dim", "dropout",
+                    "optimizer", "learning_rate", "batch_size", "max_epochs", "clip_norm",
+                    "bptt", "backend", "dtype", "random_state", "verbose")
+
+    def __init__(self, cell="lstm", hidden_size=64, num_layers=1, embedding_dim=32,
+                 dropout=0.0, optimizer="adam", learning_rate=0.005, batch_size=32,
+                 max_epochs=20, clip_norm=5.0, bptt=100, backend="auto", dtype=np.float32,
+                 random_state=None, verbose=False):
+        self.cell = cell
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.embedding_dim = embedding_dim
+        self.dropout = dropout
+        self.optimizer = optimizer
+        self.learning_rate = learning_rate
+        self.batch_size = batch_size
+        self.max_epochs = max_epochs
+        self.clip_norm = clip_norm
+        self.bptt = bptt
+        self.backend = backend
+        self.dtype = dtype
+        self.random_state = random_state
+        self.verbose = verbose
+        self._check_params()
+
+    # ------------------------------------------------------------------ params
+    def get_params(self):
+        return {name: getattr(self, name) for name in self._param_names}
+
+    def __repr__(self):
+        defaults = CharLanguageModel.__init__.__defaults__
+        changed = []
+        for name, default in zip(self._param_names, defaults):
+            value = getattr(self, name)
+            if name == "dtype":
+                value, default = np.dtype(value).name, np.dtype(default).name
+            if value != default or type(value) is not type(default):
+                changed.append(f"{name}={value!r}")
+        return f"CharLanguageModel({', '.join(changed)})"
+
+    def _check_params(self):
+        V.check_choice(self.cell, "cell", tuple(_CELLS))
+        V.check_int(self.hidden_size, "hidden_size", minimum=1)
+        V.check_int(self.num_layers, "num_layers", minimum=1)
+        V.check_int(self.embedding_dim, "embedding_dim", minimum=1, allow_none=True)
+        V.check_float(self.dropout, "dropout", 0.0, 1.0, include_max=False)
+        if not isinstance(self.optimizer, str) or self.optimizer.lower() not in _OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {list(_OPTIMIZERS)}, "
+                             f"got {self.optimizer!r}")
+        V.check_float(self.learning_rate, "learning_rate", 0.0, include_min=False)
+        V.check_int(self.batch_size, "batch_size", minimum=1)
+        V.check_int(self.max_epochs, "max_epochs", minimum=0)
+        V.check_float(self.clip_norm, "clip_norm", 0.0, include_min=False, allow_none=True)
+        V.check_int(self.bptt, "bptt", minimum=1)
+        check_backend_name(self.backend)
+        V.check_dtype(self.dtype)
+        if not (self.random_state is None or isinstance(self.random_state, np.random.Generator)):
+            V.check_int(self.random_state, "random_state")
+
+    # ------------------------------------------------------------------ vocabulary
+    def _require_fitted(self):
+        if not hasattr(self, "model_"):
+            raise RuntimeError("this CharLanguageModel is not fitted yet: call fit() first")
+
+    def encode(self, text):
+        """Token ids of the characters of ``text`` (no markers).
+
+        Raises ValueError naming the characters that are not in the vocabulary.
+        """
+        self._require_fitted()
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        try:
+            return np.array([self._index[ch] for ch in text], dtype=np.int64)
+        except KeyError:
+            unknown = sorted({ch for ch in text if ch not in self._index})
+            raise ValueError(f"unknown characters {''.join(unknown)!r} ({unknown}): "
+                             "not in the training data's vocabulary") from None
+
+    def decode(self, ids):
+        """The string of token ids (markers and padding are skipped)."""
+        self._require_fitted()
+        chars = self.chars_
+        return "".join(chars[i - N_RESERVED] for i in np.asarray(ids).tolist()
+                       if i >= N_RESERVED)
+
+    @property
+    def vocabulary_(self):
+        """Every token, by id: the three reserved markers, then the characters."""
+        self._require_fitted()
+        return list(_RESERVED_NAMES) + list(self.chars_)
+
+    def _set_vocabulary(self, chars):
+        self.chars_ = list(chars)
+        self.vocab_size_ = len(self.chars_) + N_RESERVED
+        self._index = {ch: i + N_RESERVED for i, ch in enumerate(self.chars_)}
+
+    # ------------------------------------------------------------------ model
+    def _build_model(self, rng):
+        dtype = V.check_dtype(self.dtype)
+        Vsz = self.vocab_size_
+        if self.embedding_dim is None:
+            emb = _OneHotEmbedding(Vsz, dtype=dtype)
+        else:
+            emb = Embedding(Vsz, self.embedding_dim, dtype=dtype, random_state=rng)
+        rnn = _CELLS[self.cell](emb.output_size, self.hidden_size, self.num_layers,
+                                dropout=self.dropout, return_sequences=True, return_state=True,
+                                backend=self.backend, dtype=dtype, random_state=rng)
+        dense = Dense(self.hidden_size, Vsz, dtype=dtype, random_state=rng)
+        return Sequential([emb, rnn, dense])
+
+    def _make_optimizer(self):
+        return get_optimizer(self.optimizer.lower(), self.model_, lr=float(self.learning_rate),
+                             clip_norm=None if self.clip_norm is None else float(self.clip_norm))
+
+    def _check_texts(self, texts, what="texts"):
+        if isinstance(texts, str):
+            return [texts]
+        try:
+            texts = list(texts)
+        except TypeError:
+            raise TypeError(f"{what} must be a str or a list of str, "
+                            f"got {type(texts).__name__}") from None
+        bad = [type(t).__name__ for t in texts if not isinstance(t, str)]
+        if bad:
+            raise TypeError(f"{what} must hold strings, got {bad[0]}")
+        if not texts:
+            raise ValueError(f"{what} is empty")
+        return texts
+
+    # ------------------------------------------------------------------ training
+    def fit(self, texts):
+        """Learn ``texts``.
+
+        Parameters
+        ----------
+        texts : list of str, or str
+            A list: independent sequences (names, poems), each learnt between a
+            begin and an end marker, so samples are whole sequences. A single
+            ``str``: one long text, see :meth:`fit_text`.
+
+        Returns
+        -------
+        self
+        """
+        if isinstance(texts, str):
+            return self.fit_text(texts)
+        self._check_params()
+        texts = self._check_texts(texts)
+        chars = sorted(set("".join(texts)))
+        if not chars:
+            raise ValueError("texts hold no characters to learn from")
+        rng = self._start_fit(chars, "sequences", max(len(t) for t in texts))
+        seqs = [np.concatenate([[BOS], self.encode(t), [EOS]]) for t in texts]
+        lens = np.array([len(s) - 1 for s in seqs])  # predictions per sequence
+        batch = min(int(self.batch_size), len(seqs))
+        n_batches = math.ceil(len(seqs) / batch)
+
+        def epoch_batches():
+            order = np.lexsort((rng.random(len(seqs)), lens))  # by length, ties random
+            chunks = [order[i:i + batch] for i in range(0, len(order), batch)]
+            return [chunks[i] for i in rng.permutation(len(chunks))]
+
+        def run_batch(idx):
+            T = int(lens[idx].max())
+            x = np.zeros((len(idx), T), np.int64)
+            y = np.zeros((len(idx), T), np.int64)
+            for r, i in enumerate(idx):
+                s = seqs[i]
+                x[r, :lens[i]] = s[:-1]
+                y[r, :lens[i]] = s[1:]
+            value = train_step(self.model_, self._optim, "softmax_cross_entropy", x, y,
+                               lengths=lens[idx])
+            return value, float(lens[idx].sum())
+
+        return self._train_epochs(epoch_batches, run_batch, n_batches)
+
+    def fit_text(self, text):
+        """Learn one long text with truncated BPTT.
+
+        The text (after a begin marker) is cut into ``batch_size`` parallel streams
+        trained in chunks of ``bptt`` characters with :func:`cyrnn.training.tbptt`;
+        each stream's state is carried from one chunk to the next within an epoch.
+        Samples then continue the text for ``max_length`` characters.
+
+        Parameters
+        ----------
+        text : str (at least 2 characters)
+
+        Returns
+        -------
+        self
+        """
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        if len(text) < 2:
+            raise ValueError("the text needs at least 2 characters")
+        self._check_params()
+        self._start_fit(sorted(set(text)), "text", 200)
+        ids = np.concatenate([[BOS], self.encode(text)])
+        B = max(1, min(int(self.batch_size), (len(ids) - 1) // int(self.bptt)))
+        L = (len(ids) - 1) // B
+        x = ids[:B * L].reshape(B, L)
+        y = ids[1:B * L + 1].reshape(B, L)
+        k = int(self.bptt)
+        starts = list(range(0, L, k))
+        state = {"states": None}
+
+        def epoch_batches():
+            state["states"] = None  # every epoch starts the streams afresh
+            return starts
+
+        def run_batch(s):
+            losses, state["states"] = tbptt(self.model_, self._optim, "softmax_cross_entropy",
+                                            x[:, s:s + k], y[:, s:s + k], k1=k,
+                                            initial_states=state["states"])
+            return losses[0], float(B * min(k, L - s))
+
+        return self._train_epochs(epoch_batches, run_batch, len(starts))
+
+    def _start_fit(self, chars, mode, max_length):
+        rng = V.check_rng(self.random_state)
+        self._set_vocabulary(chars)
+        self.mode_ = mode
+        self.max_length_ = int(max_length)
+        self.model_ = self._build_model(rng)
+        self._optim = self._make_optimizer()
+        self._rng = rng
+        self._sample_rng = np.random.default_rng(rng.integers(2**63))
+        self.loss_curve_ = []
+        return rng
+
+    def _train_epochs(self, epoch_batches, run_batch, n_batches):
+        epochs = int(self.max_epochs)
+        bar = None
+        if self.verbose:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=epochs * n_batches, file=sys.stderr, unit="batch", leave=True,
+                       desc="training", dynamic_ncols=True)
+        start = time.perf_counter()
+        try:
+            for epoch in range(epochs):
+                total = mass = 0.0
+                for item in epoch_batches():
+                    value, weight = run_batch(item)
+                    if not math.isfinite(value):
+                        raise ValueError(f"training diverged: the loss became {value} in "
+                                         f"epoch {epoch + 1}; lower learning_rate or set "
+                                         "clip_norm")
+                    total += value * weight
+                    mass += weight
+                    if bar is not None:
+                        bar.update(1)
+                        bar.set_postfix_str(f"epoch {epoch + 1}/{epochs}, "
+                                            f"loss {total / mass:.3f}", refresh=False)
+                self.loss_curve_.append(total / mass)
+        finally:
+            if bar is not None:
+                bar.close()
+        self.train_time_ = time.perf_counter() - start
+        return self
+
+    # ------------------------------------------------------------------ evaluation
+    def per_char_loss(self, texts):
+        """Mean cross-entropy (nats) per predicted character.
+
+        Parameters
+        ----------
+        texts : list of str, or str
+            Evaluated the way the model was trained: for a ``'sequences'`` model each
+            string is one sequence (its characters and its end marker are predicted,
+            starting after the begin marker); for a ``'text'`` model each string is a
+            text whose characters are predicted after the begin marker.
+
+        Raises ValueError naming characters outside the vocabulary.
+        """
+        nll, count = self._total_nll(self._check_texts(texts))
+        return nll / count
+
+    def perplexity(self, texts):
+        """``exp(per_char_loss(texts))``: the effective number of equally likely
+        choices per character (lower is better; a uniform guess over the vocabulary
+        scores ``vocab_size_``)."""
+        return math.exp(self.per_char_loss(texts))
+
+    def _sync_backend(self):
+        """Layers run on ``self.backend`` (which may change after fitting)."""
+        self.model_.layers[1].backend = check_backend_name(self.backend)
+
+    def _total_nll(self, texts):
+        self._require_fitted()
+        self._sync_backend()
+        end = [EOS] if self.mode_ == "sequences" else []
+        seqs = [np.concatenate([[BOS], self.encode(t), end]).astype(np.int64) for t in texts]
+        seqs = [s for s in seqs if len(s) > 1]
+        if not seqs:
+            raise ValueError("nothing to predict: the texts are empty")
+        total, count = 0.0, 0
+        if self.mode_ == "text":
+            for s in seqs:
+                states = None
+                k = max(int(self.bptt), 256)
+                for a in range(0, len(s) - 1, k):
+                    b = min(a + k, len(s) - 1)
+                    x, y = s[a:b][None], s[a + 1:b + 1][None]
+                    out, states = self.model_.forward(x, initial_states=states,
+                                                      training=False, return_states=True)
+                    total += self._nll(out, y, None)
+                    count += y.size
+            return total, count
+        lens = np.array([len(s) - 1 for s in seqs])
+        order = np.argsort(lens, kind="stable")  # sorted by length: little padding
+        batch = max(1, min(256, 2_000_000 // (int(lens.max()) * self.vocab_size_)))  # memory
+        for a in range(0, len(order), batch):
+            idx = order[a:a + batch]
+            T = int(lens[idx].max())
+            x = np.zeros((len(idx), T), np.int64)
+            y = np.zeros((len(idx), T), np.int64)
+            for r, i in enumerate(idx):
+                x[r, :lens[i]] = seqs[i][:-1]
+                y[r, :lens[i]] = seqs[i][1:]
+            mask = np.arange(T)[None, :] < lens[idx][:, None]
+            out = self.model_.forward(x, lengths=lens[idx], training=False)
+            total += self._nll(out, y, mask)
+            count += int(mask.sum())
+        return total, count
+
+    @staticmethod
+    def _nll(logits, y, mask):
+        logp = log_softmax(logits.astype(np.float64), axis=-1)
+        picked = np.take_along_axis(logp, y[..., None], axis=-1)[..., 0]
+        if mask is not None:
+            picked = picked[mask]
+        return float(-picked.sum())
+
+    # ------------------------------------------------------------------ sampling
+    def _sampling_rng(self, random_state):
+        if random_state is None:
+            return self._sample_rng
+        return V.check_rng(random_state)
+
+    @staticmethod
+    def _check_sampling(temperature, top_k):
+        temperature = V.check_float(temperature, "temperature", 0.0, include_min=False)
+        if temperature < 1e-4:  # logits / temperature would lose all precision
+            raise ValueError(f"temperature must be >= 0.0001, got {temperature}; "
+                             "use top_k=1 for greedy sampling")
+        top_k = V.check_int(top_k, "top_k", minimum=0, allow_none=True)
+        return temperature, (top_k or 0)
+
+    def _kernel_weights(self):
+        """The arrays of the ``generate`` kernel contract (model dtype, contiguous)."""
+        emb, rnn, dense = self.model_.layers
+        p, L, H = rnn.params, rnn.num_layers, rnn.hidden_size
+        GH = rnn.cell.n_gates * H
+        w_ih0, b_ih0 = p["weight_ih_l0"], p["bias_ih_l0"]
+        if isinstance(emb, _OneHotEmbedding):
+            xp_table = w_ih0.T + b_ih0  # one-hot: the columns of W_ih
+        else:
+            xp_table = emb.params["weight"] @ w_ih0.T + b_ih0
+        dt = rnn.dtype
+        w_ih_rest = np.zeros((L - 1, GH, H), dt)
+        b_ih_rest = np.zeros((L - 1, GH), dt)
+        for layer in range(1, L):
+            w_ih_rest[layer - 1] = p[f"weight_ih_l{layer}"]
+            b_ih_rest[layer - 1] = p[f"bias_ih_l{layer}"]
+        w_hh = np.stack([p[f"weight_hh_l{layer}"] for layer in range(L)])
+        b_hh = np.stack([p[f"bias_hh_l{layer}"] for layer in range(L)])
+        return dict(xp_table=np.ascontiguousarray(xp_table, dt), w_ih_rest=w_ih_rest,
+                    b_ih_rest=b_ih_rest, w_hh=w_hh, b_hh=b_hh,
+                    w_out=np.ascontiguousarray(dense.params["weight"]),
+                    b_out=np.ascontiguousarray(dense.params["bias"]))
+
+    def _generate(self, n, prefix_ids, forced, banned, rng, temperature, top_k):
+        """Run the prefix through the model, then the backend's generate kernel."""
+        self._sync_backend()
+        rnn = self.model_.layers[1]
+        weights = self._kernel_weights()
+        L, H = rnn.num_layers, rnn.hidden_size
+        dt = rnn.dtype
+        seq = np.concatenate([[BOS], prefix_ids]).astype(np.int64)
+        h = np.zeros((L, n, H), dt)
+        c = np.zeros((L, n, H), dt) if rnn.cell.has_cell_state else None
+        if len(seq) > 1:  # the prefix: an ordinary forward pass, all but its last token
+            _, (state,) = self.model_.forward(seq[None, :-1], training=False,
+                                              return_states=True)
+            if c is not None:
+                h[...], c[...] = state[0], state[1]
+            else:
+                h[...] = state
+        start = np.full(n, seq[-1], np.int64)
+        uniforms = rng.random(forced.shape)
+        backend = get_backend(self.backend)
+        generate = getattr(backend, "generate", _reference.generate)
+        tokens, lengths = generate(rnn.cell, **weights, h=h, c=c, start=start,
+                                   forced=np.ascontiguousarray(forced, np.int64),
+                                   banned=banned, uniforms=uniforms, temperature=temperature,
+                                   top_k=top_k, end_token=EOS)
+        return tokens, lengths
+
+    def sample(self, n=1, temperature=1.0, top_k=None, prefix="", max_length=None,
+               random_state=None):
+        """Invent ``n`` texts, one character at a time.
+
+        Parameters
+        ----------
+        n : int, default 1
+        temperature : float >= 0.0001, default 1
+            Divides the logits: below 1 sharpens the distribution towards the most
+            likely characters (-> 0: greedy), above 1 flattens it (more surprising,
+            more errors).
+        top_k : int, optional
+            Sample only among the ``top_k`` most likely characters (``1``: greedy,
+            deterministic; ties go to the lower id).
+        prefix : str, default ''
+            Every sample starts with it (it is run through the model first).
+        max_length : int, optional
+            Most characters generated after the prefix. Default: twice the longest
+            training sequence (``'sequences'``), 200 (``'text'``).
+        random_state : None, int or numpy Generator
+            Seeds the draws (same seed, same samples, on every backend); None uses
+            the model's own generator (seeded by the model's ``random_state``).
+
+        Returns
+        -------
+        list of str
+            Each starts with ``prefix``. A ``'sequences'`` model stops at its end
+            marker; a ``'text'`` model always writes ``max_length`` characters.
+        """
+        self._require_fitted()
+        n = V.check_int(n, "n", minimum=0)
+        temperature, top_k = self._check_sampling(temperature, top_k)
+        if not isinstance(prefix, str):
+            raise TypeError(f"prefix must be a str, got {type(prefix).__name__}")
+        prefix_ids = self.encode(prefix)
+        if max_length is None:
+            max_length = 2 * self.max_length_ if self.mode_ == "sequences" else 200
+        max_length = V.check_int(max_length, "max_length", minimum=1)
+        rng = self._sampling_rng(random_state)
+        if n == 0:
+            return []
+        banned = np.zeros(self.vocab_size_, bool)
+        banned[[PAD, BOS]] = True
+        if self.mode_ == "text":
+            banned[EOS] = True
+        forced = np.full((n, max_length), -1, np.int64)
+        tokens, lengths = self._generate(n, prefix_ids, forced, banned, rng, temperature, top_k)
+        return [prefix + self.decode(tokens[i, :lengths[i]]) for i in range(n)]
+
+    def sample_poem(self, n=1, form="quatrain", head=None, temperature=1.0, top_k=None,
+                    random_state=None):
+        """Write ``n`` five-character poems in a fixed form.
+
+        The generation is constrained: every line has five Chinese characters
+        (anything that is not a CJK ideograph, and the end marker, is excluded
+        there), ``，`` is forced after lines 1, 3, 5, 7 and ``。`` after lines
+        2, 4, 6, 8. Train on all five-character poems (4- and 8-line): the form
+        comes from the constraint.
+
+        Parameters
+        ----------
+        n : int, default 1
+        form : {'quatrain', 'regulated'}, default 'quatrain'
+            4 lines (绝句) or 8 lines (律诗) of five characters.
+        head : str, optional
+            Acrostic (藏头诗): the first character of each line, one per line
+            (4 or 8 characters).
+        temperature, top_k, random_state
+            As in :meth:`sample`.
+
+        Returns
+        -------
+        list of str
+            Each poem as one string, e.g. ``'春眠不觉晓，处处闻啼鸟。...'``
+            (24 characters for a quatrain, 48 for a regulated poem).
+        """
+        self._require_fitted()
+        n = V.check_int(n, "n", minimum=0)
+        lines = POEM_FORMS.get(form) if isinstance(form, str) else None
+        if lines is None:
+            raise ValueError(f"form must be one of {list(POEM_FORMS)}, got {form!r}")
+        temperature, top_k = self._check_sampling(temperature, top_k)
+        missing = [p for p in (COMMA, PERIOD) if p not in self._index]
+        if missing:
+            raise ValueError(f"the model's vocabulary lacks {''.join(missing)!r}: train it on "
+                             "poems (e.g. cyrnn.datasets.load_tang_poems()) first")
+        head_ids = None
+        if head is not None:
+            if not isinstance(head, str):
+                raise TypeError(f"head must be a str, got {type(head).__name__}")
+            if len(head) != lines:
+                raise ValueError(f"head must have one character per line: {lines} for a "
+                                 f"{form}, got {len(head)} ({head!r})")
+            head_ids = self.encode(head)
+        banned = np.array([True] * N_RESERVED + [not is_cjk_ideograph(ch) for ch in self.chars_])
+        if banned.all():
+            raise ValueError("the model's vocabulary has no Chinese characters")
+        rng = self._sampling_rng(random_state)
+        if n == 0:
+            return []
+        T = 6 * lines
+        forced = np.full((n, T), -1, np.int64)
+        for k in range(lines):
+            forced[:, 6 * k + 5] = self._index[COMMA if k % 2 == 0 else PERIOD]
+            if head_ids is not None:
+                forced[:, 6 * k] = head_ids[k]
+        tokens, lengths = self._generate(n, np.zeros(0, np.int64), forced, banned, rng,
+                                         temperature, top_k)
+        return [self.decode(tokens[i, :lengths[i]]) for i in range(n)]
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path):
+        """Save the fitted model to one file (arrays + JSON, no pickle).
+
+        Load it with :func:`cyrnn.load` (or :func:`cyrnn.persistence.load`). The
+        optimizer state is not stored: a loaded model samples and evaluates
+        identically; fitting again starts afresh.
+        """
+        self._require_fitted()
+        params = self.get_params()
+        params["dtype"] = np.dtype(self.dtype).name
+        if not (params["random_state"] is None or isinstance(params["random_state"], int)):
+            params["random_state"] = None  # a Generator cannot be stored
+        meta = {"class": "CharLanguageModel", "params": params, "chars": "".join(self.chars_),
+                "mode": self.mode_, "max_length": self.max_length_,
+                "loss_curve": [float(v) for v in self.loss_curve_],
+                "train_time": float(getattr(self, "train_time_", 0.0))}
+        persistence.save_archive(path, KIND, meta, {"params": self.model_.params.data})
+        return path
+
+    @classmethod
+    def _from_archive(cls, meta, arrays):
+        try:
+            if meta.get("class") != "CharLanguageModel":
+                raise ValueError("the archive does not hold a CharLanguageModel")
+            params = dict(meta["params"])
+            unknown = sorted(set(params) - set(cls._param_names))
+            if unknown:
+                raise ValueError(f"unknown parameters {unknown}")
+            lm = cls(**params)
+            chars = meta["chars"]
+            if not isinstance(chars, str) or len(set(chars)) != len(chars) \
+                    or list(chars) != sorted(chars):
+                raise ValueError("bad vocabulary")
+            if meta["mode"] not in ("sequences", "text"):
+                raise ValueError(f"bad mode {meta['mode']!r}")
+            lm._set_vocabulary(chars)
+            lm.mode_ = meta["mode"]
+            lm.max_length_ = V.check_int(meta["max_length"], "max_length", minimum=0)
+            rng = V.check_rng(lm.random_state)
+            lm.model_ = lm._build_model(rng)
+            data = arrays["params"]
+            if data.shape != lm.model_.params.data.shape:
+                raise ValueError(f"parameter vector of shape {data.shape}, the model needs "
+                                 f"{lm.model_.params.data.shape}")
+            lm.model_.params.data[...] = data
+            lm._optim = lm._make_optimizer()
+            lm._rng = rng
+            lm._sample_rng = np.random.default_rng(rng.integers(2**63))
+            lm.loss_curve_ = [float(v) for v in meta.get("loss_curve", [])]
+            lm.train_time_ = float(meta.get("train_time", 0.0))
+        except ValueError as exc:
+            raise ValueError(f"invalid CharLanguageModel archive: {exc}") from exc
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"invalid CharLanguageModel archive: {type(exc).__name__}: {exc}") \
+                from exc
+        return lm
+
+    def info(self):
+        """A dict describing the fitted model (for ``cyrnn info``)."""
+        self._require_fitted()
+        rnn = self.model_.layers[1]
+        return {"cell": self.cell, "hidden_size": self.hidden_size,
+                "num_layers": self.num_layers,
+                "input": "one-hot" if self.embedding_dim is None
+                else f"embedding ({self.embedding_dim})",
+                "mode": self.mode_, "vocab_size": self.vocab_size_,
+                "parameters": int(self.model_.params.size), "dtype": np.dtype(rnn.dtype).name,
+                "epochs": len(self.loss_curve_),
+                "final_loss": self.loss_curve_[-1] if self.loss_curve_ else None,
+                "train_time_s": round(float(getattr(self, "train_time_", 0.0)), 2),
+                "poems": COMMA in self._index and PERIOD in self._index}
+
+
+persistence.register_loader(KIND, CharLanguageModel._from_archive)

@@ -1,0 +1,191 @@
+"""The ``cyrnn`` command, run for real in subprocesses (``python -m cyrnn``), with tiny
+training budgets and the model cache in a temporary folder."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import cyrnn
+from cyrnn import cli
+from cyrnn.language_model import is_poem
+
+PACKAGE_ROOT = str(Path(cyrnn.__file__).resolve().parent.parent)
+TINY = ["--epochs", "1", "--hidden", "16", "--embedding", "8"]
+
+
+@pytest.fixture
+def run(tmp_path):
+    """Run ``python -m cyrnn ARGS`` against the cyrnn under test; returns the result."""
+    cache = tmp_path / "cache"
+
+    def _run(*args, cwd=tmp_path, timeout=300):
+        env = dict(os.environ, CYRNN_CACHE_DIR=str(cache), PYTHONIOENCODING="utf-8",
+                   PYTHONPATH=PACKAGE_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+                   OMP_NUM_THREADS="1")
+        return subprocess.run([sys.executable, "-m", "cyrnn", *map(str, args)], cwd=cwd,
+                              env=env, capture_output=True, text=True, encoding="utf-8",
+                              timeout=timeout)
+
+    _run.cache = cache
+    return _run
+
+
+def one_line_error(result, code=1):
+    assert result.returncode == code, result.stderr
+    assert result.stdout == ""
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "error" in lines[0], result.stderr
+    return lines[0]
+
+
+def in_process(capsys, *args):
+    """``cli.main(args)`` in this process (for the cheap checks): (status, out, err)."""
+    try:
+        status = cli.main([str(a) for a in args])
+    except SystemExit as exc:  # argparse: --help, usage errors
+        status = exc.code
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def test_help_everywhere(run, capsys):
+    result = run("--help")
+    assert result.returncode == 0 and "generate" in result.stdout and "train" in result.stdout
+    result = run("generate", "--help")
+    assert result.returncode == 0 and "--head" in result.stdout and "--backend" in result.stdout
+    assert run("--version").stdout.strip() == f"cyrnn {cyrnn.__version__}"
+    for command in ("train", "sample", "info"):
+        status, out, _ = in_process(capsys, command, "--help")
+        assert status == 0 and "usage: cyrnn " + command in out
+
+
+def test_generate_dinos_trains_then_reuses_the_cache(run):
+    args = ["generate", "dinos", "-n", "4", "--seed", "3", "--max-samples", "300", *TINY]
+    first = run(*args)
+    assert first.returncode == 0, first.stderr
+    names = first.stdout.splitlines()
+    assert len(names) == 4 and all(n.strip() == n for n in names)
+    assert "training" in first.stderr and "batch" in first.stderr  # message + progress bar
+    cached = list(run.cache.glob("dinos-*.cyrnn"))
+    assert len(cached) == 1
+    second = run(*args)
+    assert second.returncode == 0 and second.stdout == first.stdout
+    assert "cached model" in second.stderr and "batch" not in second.stderr
+    # other settings, other cache entry; --quiet silences stderr
+    third = run("generate", "dinos", "-n", "2", "--prefix", "Tyr", "--max-samples", "300",
+                "--quiet", *TINY[:2], "--hidden", "8")
+    assert third.returncode == 0 and third.stderr == ""
+    assert [n[:3] for n in third.stdout.splitlines()] == ["Tyr", "Tyr"]
+    assert len(list(run.cache.glob("dinos-*.cyrnn"))) == 2
+    # a corrupt cache file is ignored and rebuilt
+    cached[0].write_bytes(b"garbage")
+    fourth = run(*args)
+    assert fourth.returncode == 0, fourth.stderr
+    assert "ignoring" in fourth.stderr and fourth.stdout == first.stdout
+    assert cached[0].read_bytes()[:2] == b"PK"
+
+
+def test_generate_tang_forms_and_acrostic(run):
+    tiny = ["--max-samples", "300", *TINY, "--no-cache", "-q"]
+    result = run("generate", "tang", "-n", "3", "--head", "春风明月", "--seed", "0", *tiny)
+    assert result.returncode == 0, result.stderr
+    poems = result.stdout.splitlines()
+    assert len(poems) == 3 and all(is_poem(p, "quatrain", head="春风明月") for p in poems)
+    assert not run.cache.exists()  # --no-cache
+    result = run("generate", "tang", "-n", "2", "--form", "regulated", *tiny)
+    assert result.returncode == 0, result.stderr
+    assert all(is_poem(p, "regulated") for p in result.stdout.splitlines())
+    line = one_line_error(run("generate", "tang", "--head", "春风", *tiny))
+    assert "one character per line" in line
+
+
+def test_train_sample_info(run, tmp_path):
+    corpus = tmp_path / "names.txt"
+    corpus.write_text("Ada\nAlan\n\nGrace\nEdsger\r\nBarbara\nDonald\nJohn\nBarbara\n",
+                      encoding="utf-8")
+    model = tmp_path / "names.cyrnn"
+    result = run("train", corpus, "--cell", "gru", "--hidden", "16", "--epochs", "3",
+                 "--out", model, "--seed", "1")
+    assert result.returncode == 0, result.stderr
+    assert model.exists() and "saved to" in result.stderr
+    result = run("sample", model, "-n", "5", "--temperature", "0.7", "--top-k", "3",
+                 "--prefix", "Ba", "--seed", "2")
+    assert result.returncode == 0, result.stderr
+    samples = result.stdout.splitlines()
+    assert len(samples) == 5 and all(s.startswith("Ba") for s in samples)
+    result = run("info", model)
+    assert result.returncode == 0
+    assert "cell: gru" in result.stdout and "hidden_size: 16" in result.stdout
+    assert "epochs: 3" in result.stdout
+
+    # a long text, a Chinese corpus, poems from a saved model
+    text = tmp_path / "text.txt"
+    text.write_text("to be or not to be, that is the question. " * 30, encoding="utf-8")
+    result = run("train", text, "--text", "--bptt", "20", "--epochs", "1", "--hidden", "8",
+                 "--out", tmp_path / "text.cyrnn", "-q")
+    assert result.returncode == 0 and result.stderr == ""
+    result = run("sample", tmp_path / "text.cyrnn", "-n", "2", "--max-length", "15",
+                 "--prefix", "to be")
+    assert [len(s) for s in result.stdout.splitlines()] == [20, 20]
+    poems = tmp_path / "poems.txt"
+    poems.write_text("床前明月光，疑是地上霜。举头望明月，低头思故乡。\n"
+                     "春眠不觉晓，处处闻啼鸟。夜来风雨声，花落知多少。\n", encoding="utf-8")
+    assert run("train", poems, "--epochs", "2", "--hidden", "8", "--out",
+               tmp_path / "p.cyrnn", "-q").returncode == 0
+    result = run("sample", tmp_path / "p.cyrnn", "--form", "quatrain", "--head", "春夜明花",
+                 "-n", "2")
+    assert result.returncode == 0, result.stderr
+    assert all(is_poem(p, head="春夜明花") for p in result.stdout.splitlines())
+
+
+def test_errors_are_one_line(run, tmp_path, capsys):
+    line = one_line_error(run("train", tmp_path / "missing.txt"))
+    assert "no such file" in line
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n  \n", encoding="utf-8")
+    assert "empty" in one_line_error(run("train", empty))
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("abc\nabd\n", encoding="utf-8")
+    assert "invalid choice" in one_line_error(run("train", corpus, "--cell", "transformer"), 2)
+    garbage = tmp_path / "garbage.cyrnn"
+    garbage.write_bytes(b"not a model at all")
+    assert "cannot load" in one_line_error(run("sample", garbage))
+    assert "no such file" in one_line_error(run("info", tmp_path / "nope.cyrnn"))
+    model = tmp_path / "m.cyrnn"
+    assert run("train", corpus, "--epochs", "1", "--hidden", "4", "--out", model,
+               "-q").returncode == 0
+    assert "unknown characters" in one_line_error(run("sample", model, "--prefix", "xyz"))
+
+    # the same error paths in process (cheaper)
+    def error(*args, code=1):
+        status, out, err = in_process(capsys, *args)
+        assert status == code and out == "" and len(err.strip().splitlines()) == 1, err
+        return err
+
+    assert "temperature" in error("sample", model, "--temperature", "0", code=2)
+    assert "invalid choice" in error("frobnicate", code=2)
+    assert "cannot load" in error("info", garbage)
+    assert "poems" in error("sample", model, "--form", "quatrain")
+    assert "--form" in error("sample", model, "--head", "abab")
+    assert "--prefix" in error("generate", "tang", "--prefix", "春")
+    assert "--head" in error("generate", "dinos", "--head", "ab")
+    assert "does not exist" in error("train", corpus, "--out",
+                                     tmp_path / "no" / "such" / "dir" / "m.cyrnn")
+    status, out, err = in_process(capsys, "info", model)
+    assert status == 0 and "vocab_size: 7" in out
+
+
+def test_installed_console_script(tmp_path):
+    exe = shutil.which("cyrnn")
+    if exe is None:
+        pytest.skip("the cyrnn console script is not installed")
+    result = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "generate" in result.stdout
+    result = subprocess.run([exe, "info", str(tmp_path / "missing.cyrnn")], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
