@@ -1,0 +1,912 @@
+#!/usr/bin/env python
+"""Kernel benchmark: cyrnn backends vs PyTorch CPU and ONNX Runtime.
+
+Run from the repository root::
+
+    PYTHONPATH=. python benchmarks/bench_kernels.py            # full run (~10 min on 2 cores)
+    PYTHONPATH=. python benchmarks/bench_kernels.py --quick    # smoke run (no imdb/large)
+    PYTHONPATH=. python benchmarks/bench_kernels.py --configs dino-b1,medium \
+        --backends cython,torch
+
+For every configuration (cell, batch B, steps T, input D, hidden H) and implementation it
+times, in one process:
+
+* **inference**: a many-to-one model ``Sequential([LSTM/GRU(D, H, return_sequences=False),
+  Dense(H, 1)])`` called with ``training=False`` (torch: ``nn.LSTM/GRU(batch_first=True)`` +
+  ``nn.Linear`` on the last step under ``torch.inference_mode()``; ONNX Runtime: that torch
+  model exported to ONNX);
+* **training step**: ``cyrnn.training.train_step`` (zero grads, forward, MSE loss on the last
+  step, backward, clip by global norm 1.0, RMSProp lr=1e-3) with
+  ``cyrnn.optim.RMSProp(model, lr=1e-3, clip_norm=1.0)``; torch: ``zero_grad(set_to_none=True)``,
+  forward, ``MSELoss``, ``backward``, ``clip_grad_norm_(.., 1.0)``,
+  ``torch.optim.RMSprop(lr=1e-3, alpha=0.9, eps=1e-6)`` (the same rule as cyrnn's RMSProp).
+
+Timing: medians of repeated samples after untimed warm-up, with the IQR as spread; the cases of
+one configuration are sampled round-robin so that load drift on a shared machine hits all of
+them alike (see ``benchmarks/_common.py``).
+
+FLOP count (analytic, GEMM work only)
+-------------------------------------
+With ``G`` gates (LSTM 4, GRU 3)::
+
+    forward  = 2*T*B*D*G*H      (input projection, one GEMM over all steps)
+             + 2*T*B*H*G*H      (recurrent products, one per step)
+             + 2*B*H*1          (Dense head on the last step)
+    inference = forward
+    training  = 3 * forward     (backward = 2x forward: one GEMM for the weight gradient and
+                                 one for the input/state gradient per forward GEMM)
+
+Gate element-wise math (sigmoid/tanh/products, ~10-20 flop per hidden unit and step), the loss
+and the optimizer are *not* counted, so GFLOP/s is a lower bound of the work done and is
+comparable across implementations. "% of peak" divides it by this machine's best measured
+square GEMM throughput (the better of NumPy's BLAS and torch on 4096 x 4096, same dtype and
+thread count as cyrnn; medians).
+
+Outputs ``benchmarks/results/kernels.json`` (machine info, every median/IQR/sample) and
+``benchmarks/results/kernels.png`` (speedup vs PyTorch per configuration, log scale), and
+prints a Markdown table ready to paste into the README.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import sys
+import time
+import traceback
+import warnings
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+
+import _common as C  # noqa: E402
+
+# The environment as the user gave it: cyrnn's Cython backend sets OMP_WAIT_POLICY=PASSIVE
+# (setdefault) when imported, so read it before importing anything.
+ENV_AT_START = {k: os.environ.get(k) for k in C.ENV_VARS}
+
+import numpy as np  # noqa: E402
+
+torch = None
+TORCH_ERROR = None
+
+
+def _import_torch():
+    global torch, TORCH_ERROR
+    try:
+        import torch as _torch
+        torch = _torch
+    except ImportError as exc:  # torch is optional
+        TORCH_ERROR = str(exc)
+
+
+# Import order matters when torch is installed: torch ships its own libgomp.so.1, which the
+# Cython extension then shares (same soname), and libgomp reads OMP_WAIT_POLICY once, when it
+# loads. "torch-first" (default): the runtime starts with the user's environment, i.e.
+# torch's defaults (threads spin-wait), and cyrnn's Cython backend runs under that policy.
+# "cyrnn-first": cyrnn's Cython backend sets OMP_WAIT_POLICY=PASSIVE (setdefault) before the
+# runtime loads, and torch runs under it. Chosen with --import-order (read from argv here).
+IMPORT_ORDER = "cyrnn-first" if "--import-order=cyrnn-first" in sys.argv or (
+    "--import-order" in sys.argv[:-1]
+    and sys.argv[sys.argv.index("--import-order") + 1] == "cyrnn-first") else "torch-first"
+if IMPORT_ORDER == "torch-first":
+    _import_torch()
+try:
+    import cyrnn  # noqa: E402
+except ImportError:
+    sys.path.insert(0, ROOT)
+    import cyrnn  # noqa: E402
+from cyrnn.backends import available as available_backends, get_backend  # noqa: E402
+from cyrnn.layers.recurrent import project  # noqa: E402
+from cyrnn.optim import RMSProp  # noqa: E402
+from cyrnn.training import train_step  # noqa: E402
+
+if IMPORT_ORDER == "cyrnn-first":
+    for _b in available_backends():     # loads the Cython extension (and its OpenMP runtime)
+        get_backend(_b)
+    _import_torch()
+
+# name: (cell, B, T, D, H)
+CONFIGS = {
+    "dino-b1": ("lstm", 1, 12, 27, 50),
+    "dino-b32": ("lstm", 32, 12, 27, 50),
+    "imdb": ("gru", 128, 500, 32, 32),
+    "medium": ("lstm", 64, 50, 32, 128),
+    "large": ("lstm", 64, 100, 256, 512),
+    "score-b1": ("lstm", 1, 50, 8, 64),
+}
+HEAVY = ("imdb", "large")          # skipped by --quick; the numpy backend's repeats are capped
+SMALL = ("dino-b1", "dino-b32", "score-b1")
+GATES = {"lstm": 4, "gru": 3}
+
+# Targets (speedup = other time / cyrnn time). Evaluated for every compiled cyrnn backend.
+TRAIN_VS_TORCH = {"dino-b1": 3.0, "dino-b32": 3.0, "score-b1": 3.0, "imdb": 1.5, "medium": 1.5,
+                  "large": 1.0}
+INFER_B1 = {"dino-b1", "score-b1"}            # >= 5x torch, no slower than ORT
+INFER_B1_VS_TORCH = 5.0
+VS_NUMPY = {"dino-b1": 10.0, "dino-b32": 10.0, "score-b1": 10.0, "medium": 3.0}
+LARGE_PCT_PEAK = 60.0
+
+TORCH = "torch"          # torch at its default thread count
+ORT = "ort"              # ONNX Runtime (inference only)
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------- flops
+def flops(cell, B, T, D, H):
+    G = GATES[cell]
+    fwd = 2 * T * B * D * G * H + 2 * T * B * H * G * H + 2 * B * H * 1
+    return {"infer": float(fwd), "train": float(3 * fwd),
+            "formula": "fwd = 2*T*B*D*G*H + 2*T*B*H*G*H + 2*B*H; infer = fwd; train = 3*fwd"}
+
+
+# ----------------------------------------------------------------------------- builders
+def build_cyrnn(cfg, backend, dtype, seed=0):
+    cell, B, T, D, H = cfg
+    Layer = cyrnn.LSTM if cell == "lstm" else cyrnn.GRU
+    rnn = Layer(D, H, return_sequences=False, return_state=False, backend=backend, dtype=dtype,
+                random_state=seed)
+    head = cyrnn.Dense(H, 1, dtype=dtype, random_state=seed + 1)
+    model = cyrnn.Sequential([rnn, head])
+    opt = RMSProp(model, lr=1e-3, clip_norm=1.0)
+    return model, opt
+
+
+def make_data(cfg, dtype, seed=1234):
+    cell, B, T, D, H = cfg
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((B, T, D)).astype(dtype)
+    y = rng.standard_normal((B, 1)).astype(dtype)
+    return x, y
+
+
+def cyrnn_cases(cfg, backend, dtype, x, y):
+    model, opt = build_cyrnn(cfg, backend, dtype)
+
+    def infer():
+        return model.forward(x, training=False)
+
+    def train():
+        return train_step(model, opt, "mse", x, y)
+
+    return model, infer, train
+
+
+def _torch_net_class():
+    class TorchNet(torch.nn.Module):
+        """nn.LSTM/GRU(batch_first) + nn.Linear on the last step (many-to-one)."""
+
+        def __init__(self, cell, D, H):
+            super().__init__()
+            rnn = torch.nn.LSTM if cell == "lstm" else torch.nn.GRU
+            self.rnn = rnn(D, H, batch_first=True)
+            self.head = torch.nn.Linear(H, 1)
+
+        def forward(self, x):
+            out, _ = self.rnn(x)
+            return self.head(out[:, -1])
+
+    return TorchNet
+
+
+def build_torch(cfg, dtype, cy_model):
+    """The torch twin of ``cy_model`` (same weights)."""
+    cell, B, T, D, H = cfg
+    net = _torch_net_class()(cell, D, H)
+    if np.dtype(dtype) == np.float64:
+        net = net.double()
+    rnn, head = cy_model.layers
+    with torch.no_grad():
+        net.rnn.load_state_dict({k: v.clone() for k, v in rnn.to_torch_state_dict().items()})
+        net.head.weight.copy_(torch.from_numpy(head.params["weight"].copy()))
+        net.head.bias.copy_(torch.from_numpy(head.params["bias"].copy()))
+    return net
+
+
+def torch_threads_hooks(n):
+    """before/after hooks that run a torch case at ``n`` threads."""
+    saved = []
+
+    def before():
+        saved.append(torch.get_num_threads())
+        if saved[-1] != n:
+            torch.set_num_threads(n)
+
+    def after():
+        prev = saved.pop()
+        if torch.get_num_threads() != prev:
+            torch.set_num_threads(prev)
+
+    return before, after
+
+
+def torch_cases(net, x, y):
+    tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+    opt = torch.optim.RMSprop(net.parameters(), lr=1e-3, alpha=0.9, eps=1e-6)
+    lossf = torch.nn.MSELoss()
+    params = list(net.parameters())
+
+    def infer():
+        with torch.inference_mode():
+            return net(tx)
+
+    def train():
+        opt.zero_grad(set_to_none=True)
+        loss = lossf(net(tx), ty)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        return loss
+
+    return infer, train
+
+
+def export_onnx(net, x):
+    """Export ``net`` for input ``x``; returns (model bytes, exporter description)."""
+    import inspect
+
+    tx = torch.from_numpy(x)
+    net.eval()
+    params = inspect.signature(torch.onnx.export).parameters
+    errors = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if "dynamo" in params:
+            try:
+                buf = io.BytesIO()
+                torch.onnx.export(net, (tx,), buf, dynamo=False, input_names=["x"],
+                                  output_names=["y"])
+                return buf.getvalue(), ("torch.onnx.export(dynamo=False) "
+                                        "(legacy TorchScript exporter)")
+            except Exception as exc:
+                errors.append(f"legacy exporter (dynamo=False): {type(exc).__name__}: {exc}")
+        try:
+            prog = torch.onnx.export(net, (tx,), dynamo=True, input_names=["x"],
+                                     output_names=["y"])
+            return prog.model_proto.SerializeToString(), "torch.onnx.export (default exporter)"
+        except Exception as exc:
+            errors.append(f"default exporter: {type(exc).__name__}: {exc}")
+    raise RuntimeError("ONNX export impossible: " + " | ".join(errors))
+
+
+def ort_case(net, x, threads):
+    import onnxruntime as ort
+
+    model_bytes, exporter = export_onnx(net, x)
+    try:
+        import onnx
+        ops = sorted({n.op_type for n in onnx.load_from_string(model_bytes).graph.node})
+    except Exception:
+        ops = None
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = int(threads)
+    so.log_severity_level = 3          # errors are reported by the script, not ORT's logger
+    sess = ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    feed = {name: x}
+
+    def infer():
+        return sess.run(None, feed)[0]
+
+    return infer, {"exporter": exporter, "onnx_ops": ops, "intra_op_num_threads": int(threads),
+                   "providers": sess.get_providers()}
+
+
+# ----------------------------------------------------------------------------- breakdown
+def breakdown(cfg, backend, dtype, x, y, repeats, warmup, max_seconds):
+    """Where one training step (and one inference) of ``backend`` spends its time.
+
+    Times the pieces of ``train_step`` in isolation, on the same shapes: projection GEMM,
+    recurrent loop forward (with cache) and backward (backend kernels), the input-side
+    gradient GEMMs, the optimizer (clip + RMSProp) and zero_grad; "other" is the rest of the
+    measured total (validation, transposes, Dense head, loss, Python glue).
+    """
+    cell_kind, B, T, D, H = cfg
+    model, opt = build_cyrnn(cfg, backend, dtype)
+    rnn = model.layers[0]
+    be = get_backend(backend)
+    cell, p = rnn.cell, rnn.params
+    w_ih, w_hh, b_ih, b_hh = (p[n] for n in rnn._names(0, 0))
+    GH = w_hh.shape[0]
+    x_tm = np.ascontiguousarray(x.transpose(1, 0, 2))
+    h0 = np.zeros((B, H), dtype)
+    c0 = np.zeros((B, H), dtype) if cell.has_cell_state else None
+    xp = project(x_tm, w_ih, b_ih)
+    _, _, _, cache = be.forward(cell, xp, w_hh, b_hh, h0, c0, None, keep_cache=True)
+    rng = np.random.default_rng(7)
+    dh_T = rng.standard_normal((B, H)).astype(dtype) * 0.01
+    dc_T = np.zeros((B, H), dtype) if cell.has_cell_state else None
+    dxp = be.backward(cell, cache, w_hh, None, None, dh_T, dc_T, None)[0]
+    dxp2 = dxp.reshape(-1, GH)
+    src2 = x_tm.reshape(-1, D)
+    train_step(model, opt, "mse", x, y)   # populate grads for the optimizer case
+    # The recurrent GEMMs alone, with the shapes the kernels use (an estimate of the BLAS part
+    # of the loops: one (B,H)x(H,GH) product per step forward; backward one (B,GH)x(GH,H) per
+    # step plus the dW_hh contraction; includes ~1 us/step of Python loop overhead).
+    h_all = np.ascontiguousarray(cache["h"][:T].reshape(T * B, H))
+    buf_f = np.empty((B, GH), dtype)
+    buf_b = np.empty((B, H), dtype)
+    w_hh_T = w_hh.T
+    dg = rng.standard_normal((T, B, GH)).astype(dtype)
+    dg2 = dg.reshape(T * B, GH)
+
+    def rec_gemms_fwd():
+        for t in range(T):
+            np.matmul(h_all[t * B:(t + 1) * B], w_hh_T, out=buf_f)
+
+    def rec_gemms_bwd():
+        for t in range(T):
+            np.matmul(dg[t], w_hh, out=buf_b)
+        return dg2.T @ h_all
+    cases = {
+        "train_total": lambda: train_step(model, opt, "mse", x, y),
+        "projection_gemm": lambda: project(x_tm, w_ih, b_ih),
+        "recurrent_fwd": lambda: be.forward(cell, xp, w_hh, b_hh, h0, c0, None, keep_cache=True),
+        "recurrent_bwd": lambda: be.backward(cell, cache, w_hh, None, None, dh_T, dc_T, None),
+        "recurrent_gemms_fwd_est": rec_gemms_fwd,
+        "recurrent_gemms_bwd_est": rec_gemms_bwd,
+        "input_grad_gemms": lambda: (dxp2.T @ src2, dxp2.sum(axis=0)),
+        "dx_gemm": lambda: dxp2 @ w_ih,
+        "optimizer": opt.step,
+        "zero_grad": model.zero_grad,
+        "infer_total": lambda: model.forward(x, training=False),
+        "recurrent_fwd_infer": lambda: be.forward(cell, xp, w_hh, b_hh, h0, c0, None,
+                                                  keep_cache=False),
+    }
+    t = C.interleaved_times(cases, repeats=repeats, warmup=warmup, max_seconds=max_seconds)
+    med = {k: v.median for k, v in t.items()}
+    train_parts = ["projection_gemm", "recurrent_fwd", "recurrent_bwd", "input_grad_gemms",
+                   "dx_gemm", "optimizer", "zero_grad"]
+    total = med["train_total"]
+    train_share = {k: med[k] / total for k in train_parts}
+    train_share["other"] = max(0.0, 1.0 - sum(train_share.values()))
+    # split of the recurrent loops into BLAS products and the rest (gate math, loop glue)
+    loops = {}
+    for part, gem in (("recurrent_fwd", "recurrent_gemms_fwd_est"),
+                      ("recurrent_bwd", "recurrent_gemms_bwd_est")):
+        share = med[gem] / med[part]
+        if share >= 0.95:   # the estimate's own Python loop (~1 us/step) swamps small kernels
+            loops[part] = {"gemm_share_est": None, "gate_math_share_est": None}
+        else:
+            loops[part] = {"gemm_share_est": share, "gate_math_share_est": 1 - share}
+    itotal = med["infer_total"]
+    infer_share = {"projection_gemm": med["projection_gemm"] / itotal,
+                   "recurrent_fwd_infer": med["recurrent_fwd_infer"] / itotal}
+    infer_share["other"] = max(0.0, 1.0 - sum(infer_share.values()))
+    return {"timings": {k: v.to_dict(keep_times=False) for k, v in t.items()},
+            "train_share": train_share, "infer_share": infer_share, "loop_split": loops,
+            "train_dominant": max(train_share, key=train_share.get),
+            "infer_dominant": max(infer_share, key=infer_share.get)}
+
+
+# ----------------------------------------------------------------------------- one config
+def run_config(name, cfg, args, dtype, cy_backends, threads, torch_default_threads):
+    cell, B, T, D, H = cfg
+    x, y = make_data(cfg, dtype)
+    fl = flops(*cfg)
+    res = {"spec": {"cell": cell, "B": B, "T": T, "D": D, "H": H, "gates": GATES[cell]},
+           "flops": fl, "errors": {}, "info": {}, "check": {}}
+    infer_cases, train_cases = {}, {}
+    cy_models = {}
+    for b in cy_backends:
+        try:
+            model, inf, tr = cyrnn_cases(cfg, b, dtype, x, y)
+            inf()                                    # fail here, not in the timing loop
+            cy_models[b] = model
+            infer_cases[b], train_cases[b] = inf, tr
+        except Exception as exc:
+            res["errors"][b] = f"{type(exc).__name__}: {exc}"
+            log(f"  {b}: FAILED ({res['errors'][b]})")
+    ref_model = next(iter(cy_models.values()), None)
+    ref_out = ref_model.forward(x, training=False) if ref_model is not None else None
+    for b, m in cy_models.items():
+        res["check"][f"{b}_max_abs_diff_vs_{next(iter(cy_models))}"] = float(
+            np.max(np.abs(m.forward(x, training=False) - ref_out)))
+
+    torch_same = None
+    if args.use_torch:
+        if ref_model is None:
+            ref_model = build_cyrnn(cfg, "numpy", dtype)[0]
+            ref_out = ref_model.forward(x, training=False)
+        net = build_torch(cfg, dtype, ref_model)
+        with torch.inference_mode():
+            res["check"]["torch_max_abs_diff"] = float(
+                np.max(np.abs(net(torch.from_numpy(x)).numpy() - ref_out)))
+        inf, tr = torch_cases(net, x, y)
+        before, after = torch_threads_hooks(torch_default_threads)
+        infer_cases[TORCH] = C.Case(inf, before, after)
+        train_cases[TORCH] = C.Case(tr, before, after)
+        if threads != torch_default_threads:
+            torch_same = f"torch@{threads}t"
+            net2 = build_torch(cfg, dtype, ref_model)
+            inf2, tr2 = torch_cases(net2, x, y)
+            before2, after2 = torch_threads_hooks(threads)
+            infer_cases[torch_same] = C.Case(inf2, before2, after2)
+            train_cases[torch_same] = C.Case(tr2, before2, after2)
+        if args.use_ort:
+            try:
+                inf_o, info = ort_case(build_torch(cfg, dtype, ref_model), x, threads)
+                res["check"]["ort_max_abs_diff"] = float(np.max(np.abs(inf_o() - ref_out)))
+                infer_cases[ORT] = inf_o
+                res["info"][ORT] = info
+            except Exception as exc:
+                res["errors"][ORT] = f"{type(exc).__name__}: {exc}"
+                log(f"  ort: unavailable ({res['errors'][ORT][:300]})")
+    elif args.use_ort:
+        res["errors"][ORT] = "ONNX Runtime is measured on the exported torch model; torch is " \
+                             "not available/selected"
+
+    caps = {}
+    if name in HEAVY and "numpy" in infer_cases:
+        caps["numpy"] = args.numpy_repeats
+    kw = dict(repeats=args.repeats, warmup=args.warmup, max_seconds=args.max_seconds_per_case,
+              repeats_per_case=caps, min_sample_seconds=args.min_sample_ms / 1e3)
+    res["timings"] = {}
+    for kind, cases in (("infer", infer_cases), ("train", train_cases)):
+        log(f"  {kind}: {', '.join(cases)}")
+        t0 = time.perf_counter()
+        try:
+            timings = C.interleaved_times(cases, **kw)
+        except Exception as exc:
+            # one broken backend must not lose the others: time them one by one
+            log(f"  {kind}: interleaved timing failed ({exc}); timing cases separately")
+            timings = {}
+            for cname, fn in cases.items():
+                try:
+                    timings[cname] = C.interleaved_times({cname: fn}, **kw)[cname]
+                except Exception as exc2:
+                    res["errors"][f"{cname}/{kind}"] = f"{type(exc2).__name__}: {exc2}"
+        for cname, t in timings.items():
+            res["timings"].setdefault(cname, {})[kind] = t
+        log(f"  {kind}: done in {time.perf_counter() - t0:.1f}s")
+    res["torch_same_threads_key"] = torch_same or (TORCH if args.use_torch else None)
+    return res
+
+
+# ----------------------------------------------------------------------------- derived
+def derive(results, peak_gflops):
+    """Add GFLOP/s, % of peak and ratios to every configuration's results."""
+    for name, r in results.items():
+        tm = r["timings"]
+        r["derived"] = {}
+        same = r.get("torch_same_threads_key")
+        for impl, kinds in tm.items():
+            d = {}
+            for kind, t in kinds.items():
+                g = r["flops"][kind] / t.median / 1e9
+                d[kind] = {"median_ms": t.median * 1e3, "iqr_ms": t.iqr * 1e3,
+                           "gflops": g, "pct_peak": 100 * g / peak_gflops if peak_gflops else None}
+                for ref_key, label in ((TORCH, "speedup_vs_torch"),
+                                       (same, "speedup_vs_torch_same_threads"),
+                                       ("numpy", "speedup_vs_numpy"), (ORT, "speedup_vs_ort")):
+                    if ref_key and ref_key in tm and kind in tm[ref_key]:
+                        d[kind][label] = tm[ref_key][kind].median / t.median
+            r["derived"][impl] = d
+
+
+def evaluate_targets(results, compiled, peak):
+    out = []
+
+    def get(cfg, impl, kind, key):
+        try:
+            return results[cfg]["derived"][impl][kind][key]
+        except KeyError:
+            return None
+
+    def add(desc, cfg, impl, value, threshold, unit="x", same=None):
+        status = "n/a" if value is None else ("MET" if value >= threshold else "MISSED")
+        out.append({"target": desc, "config": cfg, "backend": impl, "value": value,
+                    "threshold": threshold, "unit": unit, "status": status,
+                    "value_same_threads": same})
+
+    for b in compiled:
+        for cfg, thr in TRAIN_VS_TORCH.items():
+            if cfg in results:
+                add(f"train step vs PyTorch >= {thr:g}x", cfg, b,
+                    get(cfg, b, "train", "speedup_vs_torch"), thr,
+                    same=get(cfg, b, "train", "speedup_vs_torch_same_threads"))
+        for cfg in sorted(INFER_B1):
+            if cfg in results:
+                add(f"batch-1 inference vs PyTorch >= {INFER_B1_VS_TORCH:g}x", cfg, b,
+                    get(cfg, b, "infer", "speedup_vs_torch"), INFER_B1_VS_TORCH,
+                    same=get(cfg, b, "infer", "speedup_vs_torch_same_threads"))
+                add("batch-1 inference no slower than ONNX Runtime (>= 1x)", cfg, b,
+                    get(cfg, b, "infer", "speedup_vs_ort"), 1.0)
+        for cfg, thr in VS_NUMPY.items():
+            if cfg in results:
+                for kind in ("train", "infer"):
+                    add(f"{kind} vs numpy backend >= {thr:g}x", cfg, b,
+                        get(cfg, b, kind, "speedup_vs_numpy"), thr)
+        if "large" in results:
+            add(f"large training >= {LARGE_PCT_PEAK:g}% of best sgemm", "large", b,
+                get("large", b, "train", "pct_peak"), LARGE_PCT_PEAK, unit="%")
+            add(f"large inference >= {LARGE_PCT_PEAK:g}% of best sgemm (informative)", "large",
+                b, get("large", b, "infer", "pct_peak"), LARGE_PCT_PEAK, unit="%")
+    return out
+
+
+# ----------------------------------------------------------------------------- output
+def table(results, order):
+    headers = ["config", "backend", "infer ms", "train ms", "vs torch infer",
+               "vs torch train", "vs numpy infer/train", "GFLOP/s infer/train",
+               "% peak infer/train"]
+    rows = []
+    for name, r in results.items():
+        tm, dv = r["timings"], r["derived"]
+        for impl in [i for i in order if i in tm] + [i for i in tm if i not in order]:
+            t_i, t_t = tm[impl].get("infer"), tm[impl].get("train")
+            d_i, d_t = dv[impl].get("infer", {}), dv[impl].get("train", {})
+
+            def pair(key, fmt):
+                a, b = d_i.get(key), d_t.get(key)
+                fa = "–" if a is None else fmt(a)
+                fb = "–" if b is None else fmt(b)
+                return f"{fa} / {fb}"
+
+            ref = impl in (TORCH,)
+            rows.append([
+                name, impl, C.fmt_time_ms(t_i), C.fmt_time_ms(t_t),
+                "1x" if ref else C.fmt_ratio(d_i.get("speedup_vs_torch")),
+                "1x" if ref else C.fmt_ratio(d_t.get("speedup_vs_torch")),
+                pair("speedup_vs_numpy", C.fmt_ratio),
+                pair("gflops", lambda v: f"{v:.2f}" if v < 10 else f"{v:.1f}"),
+                pair("pct_peak", lambda v: f"{v:.1f}" if v < 10 else f"{v:.0f}"),
+            ])
+    return C.markdown_table(headers, rows)
+
+
+def plot(results, order, path, title):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker  # noqa: F401
+
+    cfgs = list(results)
+    impls = [i for i in order if i != TORCH and any(i in results[c]["derived"] for c in cfgs)]
+    colours = plt.get_cmap("tab10")
+    fig, axes = plt.subplots(2, 1, figsize=(max(8, 1.6 * len(cfgs) + 3), 8.5), sharex=True)
+    width = 0.8 / max(1, len(impls))
+    xs = np.arange(len(cfgs))
+    for ax, kind, label in ((axes[0], "train", "training step"), (axes[1], "infer", "inference")):
+        for j, impl in enumerate(impls):
+            vals = []
+            for c in cfgs:
+                v = results[c]["derived"].get(impl, {}).get(kind, {}).get("speedup_vs_torch")
+                vals.append(np.nan if v is None else v)
+            pos = xs - 0.4 + width * (j + 0.5)
+            ax.bar(pos, vals, width, label=impl, color=colours(j % 10))
+            for px, v in zip(pos, vals):
+                if np.isfinite(v):
+                    ax.text(px, v, f"{v:.2g}", ha="center", va="bottom", fontsize=7)
+        ax.axhline(1.0, color="black", lw=0.8, ls="--")
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_ylabel(f"speedup vs PyTorch CPU\n({label}; >1 = faster)")
+        ax.grid(axis="y", which="both", alpha=0.3)
+    axes[1].set_xticks(xs)
+    specs = [results[c]["spec"] for c in cfgs]
+    axes[1].set_xticklabels([f"{c}\n{s['cell'].upper()} B{s['B']} T{s['T']}\nD{s['D']} H{s['H']}"
+                             for c, s in zip(cfgs, specs)], fontsize=8)
+    axes[0].legend(ncol=min(len(impls), 5), fontsize=8, loc="upper right")
+    import textwrap
+    fig.suptitle("\n".join(textwrap.wrap(title, 110)), fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def share_line(bd):
+    names = {"projection_gemm": "proj GEMM", "recurrent_fwd": "loop fwd",
+             "recurrent_bwd": "loop bwd", "input_grad_gemms": "dW_ih GEMM",
+             "dx_gemm": "dx GEMM (unused)", "optimizer": "optimizer", "zero_grad": "zero_grad",
+             "other": "other"}
+    s = bd["train_share"]
+    parts = sorted(s.items(), key=lambda kv: -kv[1])
+    return ", ".join(f"{names.get(k, k)} {100 * v:.0f}%" for k, v in parts if v >= 0.005)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--configs", help=f"comma list from {','.join(CONFIGS)} (default: all; "
+                                      "--quick: without imdb,large)")
+    ap.add_argument("--backends", help="comma list of cyrnn backends plus 'torch' and 'ort' "
+                                       "(default: every available cyrnn backend, torch, ort)")
+    ap.add_argument("--repeats", type=int, help="samples per case (default 25; --quick 7)")
+    ap.add_argument("--warmup", type=int, help="untimed calls per case (default 3; --quick 1)")
+    ap.add_argument("--quick", action="store_true", help="fewer repeats, skip imdb and large")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    ap.add_argument("--max-seconds-per-case", type=float, default=None,
+                    help="sampling budget per case in seconds (default 8; --quick 3)")
+    ap.add_argument("--numpy-repeats", type=int, default=5,
+                    help="cap on the numpy backend's samples at imdb and large (default 5)")
+    ap.add_argument("--min-sample-ms", type=float, default=2.0,
+                    help="each sample repeats a call until it lasts this long (default 2 ms)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="thread count for cyrnn (BLAS/OpenMP via threadpoolctl), the 'same "
+                         "threads' torch run, ORT intra-op and the GEMM peak (default: BLAS's)")
+    ap.add_argument("--gemm-n", type=int, default=4096, help="size of the peak GEMM (4096)")
+    ap.add_argument("--import-order", choices=["torch-first", "cyrnn-first"],
+                    default="torch-first",
+                    help="which library loads the shared OpenMP runtime first (see the note "
+                         "at the top of the script; default torch-first)")
+    ap.add_argument("--no-breakdown", action="store_true",
+                    help="skip the per-component profile (breakdown) of a training step")
+    ap.add_argument("--breakdown-backends", default="cython",
+                    help="compiled backends to profile (comma list, or 'all'; default cython)")
+    ap.add_argument("--out-dir", default=os.path.join(HERE, "results"),
+                    help="where kernels.json and kernels.png go (default benchmarks/results)")
+    args = ap.parse_args(argv)
+
+    t_start = time.perf_counter()
+    load_start = C.load_average()
+    dtype = np.dtype(args.dtype).type
+    args.repeats = args.repeats or (7 if args.quick else 25)
+    args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)
+    if args.max_seconds_per_case is None:
+        args.max_seconds_per_case = 3.0 if args.quick else 8.0
+    if args.configs:
+        cfg_names = [c.strip() for c in args.configs.split(",") if c.strip()]
+        bad = [c for c in cfg_names if c not in CONFIGS]
+        if bad:
+            ap.error(f"unknown configs {bad}; choose from {list(CONFIGS)}")
+    else:
+        cfg_names = [c for c in CONFIGS if not (args.quick and c in HEAVY)]
+
+    avail = available_backends()
+    if args.backends:
+        wanted = [b.strip() for b in args.backends.split(",") if b.strip()]
+        unknown = [b for b in wanted if b not in avail and b not in (TORCH, ORT)]
+        if unknown:
+            ap.error(f"unknown or unavailable backends {unknown}; available: "
+                     f"{avail + [TORCH, ORT]}")
+    else:
+        wanted = avail + [TORCH, ORT]
+    cy_backends = [b for b in avail if b in wanted]
+    compiled = [b for b in cy_backends if b != "numpy"]
+    notes = []
+    args.use_torch = TORCH in wanted and torch is not None
+    if TORCH in wanted and torch is None:
+        notes.append(f"PyTorch not installed ({TORCH_ERROR}): no torch/ORT comparison")
+    args.use_ort = ORT in wanted
+    if args.use_ort:
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError as exc:
+            args.use_ort = False
+            notes.append(f"ONNX Runtime not installed ({exc}): no ORT comparison")
+
+    # Load every backend now, so threadpoolctl sees their BLAS / OpenMP libraries.
+    for b in cy_backends:
+        get_backend(b)
+    from threadpoolctl import threadpool_info, threadpool_limits
+    blas_threads = max([lib["num_threads"] for lib in threadpool_info()
+                        if lib["user_api"] == "blas"] or [1])
+    threads = args.threads or blas_threads
+    # read before threadpool_limits, which also limits torch's OpenMP runtime
+    torch_default_threads = torch.get_num_threads() if torch is not None else None
+    limiter = None
+    cyrnn_threads_status = None
+    if args.threads:
+        limiter = threadpool_limits(limits=threads)      # BLAS and OpenMP runtimes
+        try:   # cyrnn's own knob, where this version has it (Numba row blocks, OpenMP)
+            from cyrnn import threads as cy_threads
+            cy_threads.set_num_threads(threads)
+            cyrnn_threads_status = getattr(cy_threads, "_status", dict)()
+        except ImportError:
+            cyrnn_threads_status = "cyrnn.threads not available in this version"
+    share_start = C.cpu_share(threads=max(threads, 1))
+
+    info = C.machine_info(env_snapshot=ENV_AT_START)
+    info["cyrnn_backends_available"] = avail
+    info["cyrnn_threads"] = threads
+    info["cyrnn_threads_status"] = cyrnn_threads_status
+    info["import_order"] = IMPORT_ORDER
+    info["torch_default_threads"] = torch_default_threads
+    info["torch_config"] = torch.__config__.show() if torch is not None else None
+    coretype = ENV_AT_START.get("OPENBLAS_CORETYPE")
+    archs = sorted({f"{lib.get('prefix')} {lib.get('version')}: {lib.get('architecture')}"
+                    for lib in info["blas"] if lib.get("internal_api") == "openblas"})
+    info["openblas_coretype_set"] = coretype is not None
+    if coretype:
+        notes.append(f"OPENBLAS_CORETYPE={coretype} is set (OpenBLAS kernels: "
+                     f"{'; '.join(archs)}).")
+    else:
+        avx512_kernels = ("skylakex", "cooperlake", "sapphirerapids")
+        detected = [str(lib.get("architecture", "")).lower() for lib in info["blas"]
+                    if lib.get("internal_api") == "openblas"]
+        already = detected and all(a in avx512_kernels for a in detected)
+        notes.append("OPENBLAS_CORETYPE is NOT set. OpenBLAS detected these kernels: "
+                     f"{'; '.join(archs) or 'none'}. On AMD CPUs with AVX-512 an OpenBLAS that "
+                     "does not recognise the CPU falls back to Haswell kernels; "
+                     "`export OPENBLAS_CORETYPE=SkylakeX` before starting Python can then roughly "
+                     "double large sgemm throughput (the script never sets it itself)."
+                     + (" Here every OpenBLAS already runs AVX-512 kernels, so setting it "
+                        "should change nothing." if already else
+                        " Try it here: some OpenBLAS here does not use AVX-512 kernels."
+                        if "avx512f" in info["cpu_simd"] else ""))
+    if torch is not None:
+        same = "the same as" if torch_default_threads == threads else "different from"
+        notes.append(f"torch default threads = {torch_default_threads}, {same} cyrnn's "
+                     f"{threads}" + (" (the default-thread torch run doubles as the "
+                                     "same-thread run)" if same == "the same as" else
+                                     f" (extra rows torch@{threads}t)"))
+    cores = info["cores"]["usable"] or 1
+    busy = (load_start is not None and load_start[0] > 0.5 * cores) or share_start < 0.8
+    if busy:
+        notes.append(f"MACHINE LOADED at start: load average {load_start} on {cores} cores, each "
+                     f"of {threads} busy threads got {100 * share_start:.0f}% of a core. "
+                     "Multi-threaded timings (BLAS/OpenMP synchronise every time step) are "
+                     "inflated by preemption, torch's and cyrnn's alike; compare same-thread "
+                     "rows, or rerun on a quiet machine / with --threads 1.")
+    omp = [lib for lib in info["blas"] if lib.get("user_api") == "openmp"]
+    if torch is not None and any("torch" in str(lib.get("filepath")) for lib in omp):
+        notes.append(f"Import order {IMPORT_ORDER}: cyrnn's Cython kernels and torch share "
+                     "torch's bundled libgomp.so.1 (one OpenMP runtime, one OMP_WAIT_POLICY: "
+                     + ("the user's/torch's default, not the PASSIVE policy cyrnn sets for "
+                        "itself" if IMPORT_ORDER == "torch-first" else
+                        "cyrnn's PASSIVE default, also for torch") +
+                     f", env at start: {ENV_AT_START.get('OMP_WAIT_POLICY')}). Compare "
+                     "--import-order cyrnn-first.")
+    log(f"cyrnn backends: {cy_backends}; torch: {args.use_torch}; ort: {args.use_ort}; "
+        f"threads: cyrnn {threads}, torch default {torch_default_threads}; load {load_start}; "
+        f"cpu share per thread {share_start}")
+
+    # ---- GEMM peak
+    log(f"GEMM peak ({args.gemm_n}^2, {np.dtype(dtype).name}) ...")
+    peak = C.gemm_gflops(n=args.gemm_n, dtype=dtype, repeats=3 if args.quick else 7,
+                         warmup=1, max_seconds=20, torch_too=args.use_torch, threads=threads)
+    log(f"  best {peak['best']:.1f} GFLOP/s ({peak['best_source']}); " + ", ".join(
+        f"{k} {peak[k]['gflops']:.1f}" for k in ("numpy", "torch_matmul", "torch_linear",
+                                                   "torch_onednn_linear") if k in peak))
+
+    # ---- configurations
+    results = {}
+    for name in cfg_names:
+        cfg = CONFIGS[name]
+        log(f"[{name}] {cfg[0].upper()} B={cfg[1]} T={cfg[2]} D={cfg[3]} H={cfg[4]}")
+        try:
+            results[name] = run_config(name, cfg, args, dtype, cy_backends, threads,
+                                       torch_default_threads)
+        except Exception as exc:
+            log(f"  config {name} failed: {exc}\n{traceback.format_exc()}")
+            notes.append(f"config {name} failed: {type(exc).__name__}: {exc}")
+    derive(results, peak["best"])
+
+    # ---- breakdown of the compiled backends
+    breakdowns = {}
+    if not args.no_breakdown:
+        prof = compiled if args.breakdown_backends == "all" else [
+            b for b in args.breakdown_backends.split(",") if b in compiled]
+        for b in prof:
+            for name in results:
+                if b in results[name]["timings"]:
+                    log(f"[breakdown] {b} {name}")
+                    x, y = make_data(CONFIGS[name], dtype)
+                    try:
+                        breakdowns.setdefault(b, {})[name] = breakdown(
+                            CONFIGS[name], b, dtype, x, y, repeats=max(5, args.repeats // 3),
+                            warmup=1, max_seconds=args.max_seconds_per_case / 4)
+                    except Exception as exc:
+                        breakdowns.setdefault(b, {})[name] = {
+                            "error": f"{type(exc).__name__}: {exc}"}
+
+    targets = evaluate_targets(results, compiled, peak)
+    if limiter is not None:
+        limiter.restore_original_limits()
+    load_end = C.load_average()
+    share_end = C.cpu_share(threads=max(threads, 1))
+    info["cpu_share_per_thread_start"], info["cpu_share_per_thread_end"] = share_start, share_end
+    elapsed = time.perf_counter() - t_start
+    info["load_average_start"], info["load_average_end"] = load_start, load_end
+    info["elapsed_seconds"] = elapsed
+
+    order = cy_backends + ([TORCH] if args.use_torch else [])
+    if args.use_torch and threads != torch_default_threads:
+        order.append(f"torch@{threads}t")
+    if args.use_ort:
+        order.append(ORT)
+    md = table(results, order)
+
+    # ---- write
+    os.makedirs(args.out_dir, exist_ok=True)
+    json_path = os.path.join(args.out_dir, "kernels.json")
+    png_path = os.path.join(args.out_dir, "kernels.png")
+    load_desc = f"load avg {load_start[0] if load_start else '?'} -> " \
+                f"{load_end[0] if load_end else '?'} on {cores} cores, CPU share per thread " \
+                f"{share_start:.2f} -> {share_end:.2f}"
+    C.write_json(json_path, {
+        "benchmark": "bench_kernels",
+        "args": {k: v for k, v in vars(args).items()},
+        "machine": info,
+        "flop_formula": flops("lstm", 1, 1, 1, 1)["formula"] +
+        " (G = 4 LSTM, 3 GRU; gate element-wise math, loss and optimizer not counted)",
+        "gemm_peak": peak,
+        "configs": {n: {"spec": r["spec"], "flops": r["flops"], "errors": r["errors"],
+                        "info": r["info"], "check": r["check"],
+                        "torch_same_threads_key": r["torch_same_threads_key"],
+                        "timings": {i: {k: t.to_dict() for k, t in kinds.items()}
+                                    for i, kinds in r["timings"].items()},
+                        "derived": r["derived"]}
+                    for n, r in results.items()},
+        "breakdown": breakdowns,
+        "targets": targets,
+        "notes": notes,
+        "markdown_table": md,
+    })
+    if results:
+        try:
+            plot(results, order, png_path,
+                 f"cyrnn kernels vs PyTorch CPU ({np.dtype(dtype).name}, {threads} threads, "
+                 f"{info['cpu_model']}, {load_desc}{', quick' if args.quick else ''})")
+        except Exception as exc:
+            notes.append(f"plot failed: {type(exc).__name__}: {exc}")
+
+    # ---- report
+    print(f"## cyrnn kernel benchmark ({np.dtype(dtype).name}"
+          f"{', --quick' if args.quick else ''})\n")
+    print(f"{info['cpu_model']}, {cores} cores usable, cyrnn threads {threads}; {load_desc}; "
+          f"numpy {info['versions']['numpy']}, torch {info['versions']['torch']}, "
+          f"onnxruntime {info['versions']['onnxruntime']}; {info['date']}; "
+          f"{elapsed / 60:.1f} min.\n")
+    print(f"Best {peak['dtype']} GEMM ({peak['n']}^2): {peak['best']:.1f} GFLOP/s "
+          f"({peak['best_source']}); " + ", ".join(
+              f"{k} {peak[k]['gflops']:.1f}" for k in ("numpy", "torch_matmul", "torch_linear",
+                                                       "torch_onednn_linear") if k in peak) + "\n")
+    print(md)
+    print("\nTimes: median (± = IQR / median) per call. Speedup = other time / this time "
+          "(torch: default threads). GFLOP/s counts GEMM work only: fwd = 2TBG H(D+H) + 2BH, "
+          "train = 3 fwd. % peak = GFLOP/s / best GEMM above.\n")
+    for name, r in results.items():
+        for k, v in r["errors"].items():
+            print(f"- {name}: {k}: {v[:400]}")
+        chk = ", ".join(f"{k} {v:.1e}" for k, v in r["check"].items())
+        if chk:
+            print(f"- {name}: output checks: {chk}")
+    if any(ORT in r["info"] for r in results.values()):
+        o = next(r["info"][ORT] for r in results.values() if ORT in r["info"])
+        print(f"- ONNX: {o['exporter']}; ops {o['onnx_ops']}; ORT intra_op threads "
+              f"{o['intra_op_num_threads']}")
+    if breakdowns:
+        print("\n### Where a training step goes (share of the measured train_step)\n")
+        for b, per in breakdowns.items():
+            for name, bd in per.items():
+                if "error" in bd:
+                    print(f"- {b} {name}: {bd['error']}")
+                    continue
+                tot = bd["timings"]["train_total"]["median"] * 1e3
+                inf = bd["infer_share"]
+                ls = bd["loop_split"]
+
+                def pct(v):
+                    return "n/a" if v is None else f"{100 * v:.0f}%"
+                print(f"- {b} {name} ({tot:.3g} ms): {share_line(bd)}; inference: "
+                      f"loop {100 * inf['recurrent_fwd_infer']:.0f}%, proj "
+                      f"{100 * inf['projection_gemm']:.0f}%, other {100 * inf['other']:.0f}%; "
+                      f"BLAS share of the loops (est.): fwd "
+                      f"{pct(ls['recurrent_fwd']['gemm_share_est'])}, bwd "
+                      f"{pct(ls['recurrent_bwd']['gemm_share_est'])} (rest: gate math, glue)")
+    if targets:
+        print("\n### Targets\n")
+        for t in targets:
+            v = t["value"]
+            vs = "–" if v is None else (f"{v:.1f}%" if t["unit"] == "%" else f"{v:.2f}x")
+            s = t.get("value_same_threads")
+            extra = f" (torch at cyrnn's thread count: {s:.2f}x)" if (
+                s is not None and v is not None and abs(s - v) > 1e-12) else ""
+            print(f"- [{t['status']}] {t['backend']} {t['config']}: {t['target']}: {vs}{extra}")
+    print("\n### Notes\n")
+    for n in notes:
+        print(f"- {n}")
+    print(f"\nWrote {os.path.relpath(json_path)} and {os.path.relpath(png_path)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
