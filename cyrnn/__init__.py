@@ -30,6 +30,8 @@ _LAZY = {
     "CharLanguageModel": ("cyrnn.language_model", "CharLanguageModel"),
     "load": ("cyrnn.persistence", "load"),
     "plot_learning_curve": ("cyrnn.plotting", "plot_learning_curve"),
+    "set_num_threads": ("cyrnn.threads", "set_num_threads"),
+    "get_num_threads": ("cyrnn.threads", "get_num_threads"),
     "datasets": ("cyrnn.datasets", None),
     "estimators": ("cyrnn.estimators", None),
     "persistence": ("cyrnn.persistence", None),

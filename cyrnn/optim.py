@@ -125,7 +125,11 @@ def clip_by_value(grad, clip_value):
     """
     _check_grad_array("grad", grad)
     c = _check_range("clip_value", clip_value, low=0.0)
-    np.clip(grad, -c, c, out=grad)
+    kernel = _compiled("clip_by_value_flat", grad)
+    if kernel is not None:
+        kernel(grad.reshape(-1), c)
+    else:
+        np.clip(grad, -c, c, out=grad)
     return grad
 
 
@@ -158,6 +162,9 @@ def clip_by_global_norm(grad, max_norm):
     """
     _check_grad_array("grad", grad)
     max_norm = _check_range("max_norm", max_norm, low=0.0)
+    kernel = _compiled("clip_by_global_norm_flat", grad)
+    if kernel is not None:
+        return kernel(grad.reshape(-1), max_norm)
     flat = grad.reshape(-1)
     # einsum with dtype=float64 casts in small buffered chunks: no full-size copy.
     total_norm = math.sqrt(float(np.einsum("i,i->", flat, flat, dtype=np.float64)))
@@ -338,6 +345,54 @@ def _adam_update(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, work, step, l
     np.multiply(exp_avg, -step_size, out=upd)
     np.divide(upd, denom, out=upd)
     np.add(param, upd, out=param)
+
+
+# ---------------------------------------------------------------------------
+# compiled kernels
+# ---------------------------------------------------------------------------
+# The NumPy functions above are the reference. When numba is installed, the
+# update rules and the clipping passes run as fused compiled kernels
+# (cyrnn._optim_kernels: same signatures, same operations in the same order),
+# for float32/float64 C-contiguous arrays; numba is imported at the first use,
+# not with cyrnn. The reference stays available in _REFERENCE.
+
+_REFERENCE = {"_sgd_update": _sgd_update, "_rmsprop_update": _rmsprop_update,
+              "_adam_update": _adam_update}
+_kernels = None  # the cyrnn._optim_kernels module, False when it cannot be imported
+
+
+def _compiled(name, arr):
+    """The compiled kernel ``name`` for ``arr``, or None (no numba, other dtype/layout)."""
+    global _kernels
+    if _kernels is None:
+        try:
+            from . import _optim_kernels as module
+        except ImportError:
+            module = False
+        _kernels = module
+    if (_kernels and type(arr) is np.ndarray and arr.dtype.char in "fd"
+            and arr.flags.c_contiguous):
+        return getattr(_kernels, name)
+    return None
+
+
+def _dispatching(reference, name):
+    def update(param, grad, *args):
+        kernel = _compiled(name, param)
+        if kernel is None or grad.dtype != param.dtype or not grad.flags.c_contiguous:
+            kernel = reference
+        kernel(param, grad, *args)
+
+    update.__name__ = reference.__name__
+    update.__qualname__ = reference.__qualname__
+    update.__doc__ = reference.__doc__
+    update.__wrapped__ = reference
+    return update
+
+
+_sgd_update = _dispatching(_sgd_update, "sgd_update")
+_rmsprop_update = _dispatching(_rmsprop_update, "rmsprop_update")
+_adam_update = _dispatching(_adam_update, "adam_update")
 
 
 # ---------------------------------------------------------------------------

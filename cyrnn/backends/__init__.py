@@ -18,6 +18,8 @@ __all__ = ["Cell", "available", "get_backend", "BACKENDS"]
 # Preference order for backend="auto": first one that imports wins.
 BACKENDS = {
     "cython": "cyrnn.backends.cython_backend",
+    # Imports numba when first loaded; ImportError (numba missing) -> unavailable.
+    "numba": "cyrnn.backends.numba_backend",
     "numpy": "cyrnn.backends.numpy_backend",
 }
 _loaded = {}

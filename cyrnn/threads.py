@@ -1,0 +1,150 @@
+"""How many threads cyrnn's compiled kernels (and BLAS under them) may use.
+
+:func:`set_num_threads` sets one budget ``n`` for every thread pool cyrnn runs
+on, so that kernels and BLAS together do not oversubscribe the cores:
+
+* **Numba kernels** (``cyrnn.backends.numba_backend``): at most ``n`` row blocks
+  per call, process-wide, and ``numba.set_num_threads(n)`` for the calling
+  thread (Numba's own setting is per Python thread; the block cap is global).
+* **Cython kernels** (``cyrnn._cython_kernels``): ``n`` OpenMP threads, when the
+  extension exposes a ``set_num_threads(n)`` function (it would store ``n`` in
+  a module-level int used as the ``num_threads=`` of its ``prange`` loops:
+  ``omp_set_num_threads`` only affects the calling thread). It does not yet:
+  it uses the OpenMP defaults (``OMP_NUM_THREADS`` when the runtime loads,
+  else all cores); ``_status()`` reports whether the setting was taken.
+* **BLAS** (NumPy's and SciPy's OpenBLAS, which the kernels call for the
+  recurrent products): limited to ``blas_threads`` threads (default ``n``)
+  with threadpoolctl, when it is installed.
+
+The Numba backend's parallel kernels run one block of batch rows per thread
+and call BLAS from inside those blocks only when BLAS is single-threaded
+(otherwise they use their own loops, so that ``blocks x BLAS threads`` never
+oversubscribes the cores). ``set_num_threads(n, blas_threads=1)`` therefore
+suits the Numba backend best for large batches (its blocks then use BLAS),
+while the default ``blas_threads = n`` suits the Cython backend (its BLAS
+products and OpenMP gate loops alternate) and small batches, where the
+products are the only parallel work.
+
+Nothing is imported or changed until :func:`set_num_threads` is called.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import numbers
+import os
+import threading
+
+__all__ = ["set_num_threads", "get_num_threads"]
+
+_lock = threading.Lock()
+#: The budget set by set_num_threads (None: libraries' defaults). Read by the
+#: Numba backend at each call to cap its number of row blocks.
+_num_threads = None
+_blas_threads = None
+_blas_limiter = None  # threadpoolctl limiter holding the BLAS limit (restorable)
+_cython_set = None    # whether the Cython extension took the setting
+
+
+def _check_n(name, n):
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(n).__name__} {n!r}")
+    n = int(n)
+    if n < 1:
+        raise ValueError(f"{name} must be >= 1, got {n}")
+    return n
+
+
+def _numba():
+    """numba, or None. Imported through cyrnn's Numba backend, which picks a
+    thread-safe threading layer before Numba's thread pool first starts."""
+    if importlib.util.find_spec("numba") is None:
+        return None
+    try:
+        importlib.import_module("cyrnn.backends.numba_backend")
+        return importlib.import_module("numba")
+    except ImportError:
+        return None
+
+
+def set_num_threads(n, blas_threads=None):
+    """Use at most ``n`` threads in cyrnn's compiled kernels and ``blas_threads``
+    (default ``n``) in BLAS.
+
+    Parameters
+    ----------
+    n : int >= 1
+        Threads for the Numba kernels (row blocks per call; capped at Numba's
+        pool size, ``NUMBA_NUM_THREADS``) and the Cython kernels' OpenMP loops
+        (when the extension supports it).
+    blas_threads : int >= 1 or None
+        Threads for BLAS (NumPy's and SciPy's), via threadpoolctl. ``None``:
+        ``n``. ``1`` avoids BLAS threads nested under the Numba backend's
+        parallel row blocks.
+
+    Returns
+    -------
+    previous : int or None
+        The previous budget (None when it had not been set).
+    """
+    global _num_threads, _blas_threads, _blas_limiter, _cython_set
+    n = _check_n("n", n)
+    blas_threads = n if blas_threads is None else _check_n("blas_threads", blas_threads)
+    with _lock:
+        previous = _num_threads
+        numba = _numba()
+        if numba is not None:
+            numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+        try:  # through the backend module: it sets the OpenMP wait policy first
+            kernels = importlib.import_module("cyrnn.backends.cython_backend")._k
+        except ImportError:
+            kernels = None
+        setter = getattr(kernels, "set_num_threads", None)
+        if setter is not None:
+            setter(n)
+            _cython_set = True
+        else:
+            _cython_set = False
+        if importlib.util.find_spec("threadpoolctl") is not None:
+            from threadpoolctl import threadpool_limits
+
+            if _blas_limiter is not None:
+                _blas_limiter.restore_original_limits()
+            _blas_limiter = threadpool_limits(limits=blas_threads, user_api="blas")
+        _num_threads = n
+        _blas_threads = blas_threads
+        return previous
+
+
+def get_num_threads():
+    """The thread budget of the compiled kernels.
+
+    Returns
+    -------
+    n : int
+        The value given to :func:`set_num_threads`; before any call, Numba's
+        current thread count (its default is the number of cores), or
+        ``os.cpu_count()`` without Numba.
+    """
+    if _num_threads is not None:
+        return _num_threads
+    numba = _numba()
+    if numba is not None:
+        return int(numba.get_num_threads())
+    return os.cpu_count() or 1
+
+
+def _status():
+    """What the last :func:`set_num_threads` did, for diagnostics."""
+    return {"num_threads": _num_threads, "blas_threads": _blas_threads,
+            "cython_openmp_set": _cython_set,
+            "numba_threading_layer": _numba_layer()}
+
+
+def _numba_layer():
+    try:
+        from .backends import numba_backend
+    except ImportError:
+        return None
+    return numba_backend.THREADING_LAYER

@@ -1,0 +1,410 @@
+"""The Numba backend against the NumPy reference (the specification).
+
+Every cell variant x {float32, float64} x {no mask, random masks with fully
+masked rows} x {truncate None, 0, 2, T, T+3} x {N=1, N=5, N=16 on the parallel
+path} x {own-loop, BLAS recurrent products}: forward outputs, final states,
+the whole cache, inference, every backward output and ``step`` (float64 within
+1e-10 relative; float32 within 1e-5 of the array's scale). Also: strided,
+Fortran-ordered and read-only inputs, non-finite values, degenerate shapes, a
+problem big enough for the parallel path by default, two Python threads
+running parallel kernels at once, and a forked child.
+
+Compilation dominates the cost: every test shares the same compiled kernels
+(one per dtype for the serial entry points, one per dtype for the parallel
+ones), cached on disk after the first run.
+"""
+
+import os
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("numba")
+
+from cyrnn import threads  # noqa: E402
+from cyrnn.backends import Cell, available, get_backend  # noqa: E402
+from cyrnn.backends import numba_backend as nb  # noqa: E402
+from cyrnn.backends import numpy_backend as ref  # noqa: E402
+
+CELLS = {
+    "rnn-tanh": Cell("rnn", "tanh"),
+    "rnn-relu": Cell("rnn", "relu"),
+    "rnn-sigmoid": Cell("rnn", "sigmoid"),
+    "lstm": Cell("lstm"),
+    "gru-reset-after": Cell("gru", reset_after=True),
+    "gru-cho": Cell("gru", reset_after=False),
+}
+DTYPES = [np.float64, np.float32]
+T = 7
+H = 4
+TRUNCATIONS = [None, 0, 2, T, T + 3]
+PARALLEL_N = 16
+MULTICORE = nb._get_num_threads() >= 2
+
+
+def tol(dtype, scale=1.0):
+    """float64: rtol 1e-10, atol 1e-12. float32: rtol 1e-5, atol 1e-5 of the
+    array's scale (max(1, max|expected|))."""
+    if dtype == np.float64:
+        return {"rtol": 1e-10, "atol": 1e-12}
+    return {"rtol": 1e-5, "atol": 1e-5 * max(1.0, scale)}
+
+
+def make_problem(cell, dtype, N, masked, seed=0, T=T, H=H):
+    rng = np.random.default_rng(seed)
+    GH = cell.n_gates * H
+    p = {
+        "xp": rng.standard_normal((T, N, GH)),
+        "w_hh": rng.standard_normal((GH, H)) * 0.6 * min(1.0, 2 / np.sqrt(H)),
+        "b_hh": rng.standard_normal(GH) * 0.3,
+        "h0": rng.standard_normal((N, H)),
+        "c0": rng.standard_normal((N, H)) if cell.has_cell_state else None,
+        "dh_seq": rng.standard_normal((T, N, H)),
+        "dh_T": rng.standard_normal((N, H)),
+        "dc_T": rng.standard_normal((N, H)) if cell.has_cell_state else None,
+    }
+    p = {k: (None if v is None else v.astype(dtype)) for k, v in p.items()}
+    mask = None
+    if masked:
+        mask = rng.random((T, N)) > 0.3
+        mask[:2, 0] = False           # pre-padding: row 0 masked at the start
+        mask[-2:, N - 1] = False      # post-padding: last row masked at the end
+        mask[3, :] = False            # a step masked in every row
+        if N > 2:
+            mask[:, 2] = False        # a fully masked sequence
+    p["mask"] = mask
+    return p
+
+
+def assert_close(actual, expected, dtype, what=""):
+    if expected is None:
+        assert actual is None, what
+        return
+    assert actual is not None, what
+    assert actual.shape == expected.shape, what
+    assert actual.dtype == dtype, what
+    scale = float(np.abs(expected).max()) if expected.size else 1.0
+    np.testing.assert_allclose(actual, expected, err_msg=what, **tol(dtype, scale))
+
+
+def run_forward(backend, cell, p, keep_cache=True):
+    return backend.forward(cell, p["xp"], p["w_hh"], p["b_hh"], p["h0"], p["c0"],
+                           p["mask"], keep_cache)
+
+
+def compare_forward(cell, dtype, p):
+    expected = run_forward(ref, cell, p)
+    actual = run_forward(nb, cell, p)
+    for name, a, e in zip(("h_seq", "h_T", "c_T"), actual[:3], expected[:3]):
+        assert_close(a, e, dtype, name)
+    assert set(actual[3]) == set(expected[3])
+    for key in expected[3]:
+        assert_close(actual[3][key], expected[3][key], dtype, f"cache[{key!r}]")
+    inference = run_forward(nb, cell, p, keep_cache=False)
+    assert inference[3] is None
+    for name, a, e in zip(("h_seq", "h_T", "c_T"), inference[:3], expected[:3]):
+        assert_close(a, e, dtype, "inference " + name)
+    return actual[3], expected[3]
+
+
+def compare_backward(cell, dtype, p, cache_nb, cache_ref, truncate, **grads):
+    kw = {"dh_seq": p["dh_seq"], "dh_T": p["dh_T"], "dc_T": p["dc_T"]}
+    kw.update(grads)
+    expected = ref.backward(cell, cache_ref, p["w_hh"], p["mask"], truncate=truncate, **kw)
+    actual = nb.backward(cell, cache_nb, p["w_hh"], p["mask"], truncate=truncate, **kw)
+    for name, a, e in zip(("dxp", "dh0", "dc0", "dw_hh", "db_hh"), actual, expected):
+        assert_close(a, e, dtype, f"{name} (truncate={truncate})")
+
+
+def compare_step(cell, dtype, p):
+    expected = ref.step(cell, p["xp"][0], p["w_hh"], p["b_hh"], p["h0"], p["c0"])
+    actual = nb.step(cell, p["xp"][0], p["w_hh"], p["b_hh"], p["h0"], p["c0"])
+    for name, a, e in zip(("h", "c"), actual, expected):
+        assert_close(a, e, dtype, "step " + name)
+
+
+@pytest.fixture
+def force_parallel(monkeypatch):
+    """Send every call with N >= 8 to the parallel kernels (2+ row blocks)."""
+    monkeypatch.setattr(nb, "_PAR_MIN_WORK", 0)
+    monkeypatch.setattr(threads, "_num_threads", None)
+
+
+@pytest.fixture(params=["loops", "blas", "blas-rows"])
+def products(request, monkeypatch):
+    """How the recurrent products run: the own loops (the default for these
+    tiny shapes), one BLAS call each, or BLAS on single rows (the row blocks
+    of ``_blas_mode`` 1)."""
+    if request.param == "blas":
+        monkeypatch.setattr(nb, "_blas_mode", lambda N, GHH, blocks: 2)
+    elif request.param == "blas-rows":
+        monkeypatch.setattr(nb, "_blas_mode", lambda N, GHH, blocks: 1)
+        monkeypatch.setattr(nb, "_SERIAL_GEMM_MNK", 1)
+    return request.param
+
+
+@pytest.mark.parametrize("N", [1, 5, PARALLEL_N], ids=["N1", "N5", "Npar"])
+@pytest.mark.parametrize("masked", [False, True], ids=["nomask", "mask"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+@pytest.mark.parametrize("cell_name", list(CELLS))
+def test_matches_reference(cell_name, dtype, masked, N, products, request):
+    """Forward, cache, inference, backward for every truncation, and step; on
+    the serial and the parallel kernels, with every kind of recurrent product."""
+    if N == PARALLEL_N:
+        request.getfixturevalue("force_parallel")
+        if MULTICORE:
+            assert nb._blocks(T, N, H, H) >= 2
+    if products == "loops":
+        assert nb._blas_mode(N, H * H, 1) == 0
+    cell = CELLS[cell_name]
+    p = make_problem(cell, dtype, N, masked, seed=N + 10 * masked)
+    cache_nb, cache_ref = compare_forward(cell, dtype, p)
+    for truncate in TRUNCATIONS:
+        compare_backward(cell, dtype, p, cache_nb, cache_ref, truncate)
+    compare_step(cell, dtype, p)
+
+
+@pytest.mark.parametrize("cell_name", list(CELLS))
+def test_missing_gradients(cell_name):
+    cell = CELLS[cell_name]
+    dtype = np.float64
+    p = make_problem(cell, dtype, 3, True, seed=3)
+    cache_nb, cache_ref = compare_forward(cell, dtype, p)
+    for grads in ({"dh_seq": None}, {"dh_T": None, "dc_T": None},
+                  {"dh_seq": None, "dh_T": None},
+                  {"dh_seq": None, "dh_T": None, "dc_T": None}):
+        for truncate in (None, 1):
+            compare_backward(cell, dtype, p, cache_nb, cache_ref, truncate, **grads)
+
+
+def _odd_layouts(p):
+    """The same problem with strided, Fortran-ordered and read-only arrays."""
+    q = dict(p)
+    for key in ("xp", "dh_seq"):
+        wide = np.zeros(p[key].shape[:-1] + (2 * p[key].shape[-1],), p[key].dtype)
+        wide[..., ::2] = p[key]
+        q[key] = wide[..., ::2]
+        assert not q[key].flags.c_contiguous
+    for key in ("w_hh", "h0", "c0", "dh_T", "dc_T"):
+        if p[key] is not None:
+            q[key] = np.asfortranarray(p[key])
+    q["b_hh"] = np.repeat(p["b_hh"], 2)[::2]
+    q["mask"] = np.asfortranarray(p["mask"])
+    return q
+
+
+def _read_only(p):
+    q = {}
+    for key, value in p.items():
+        if value is not None:
+            value = value.copy()
+            value.flags.writeable = False
+        q[key] = value
+    return q
+
+
+@pytest.mark.parametrize("layout", ["strided-fortran", "read-only"])
+@pytest.mark.parametrize("cell_name", ["rnn-tanh", "lstm", "gru-cho"])
+def test_odd_input_layouts(cell_name, layout):
+    cell = CELLS[cell_name]
+    dtype = np.float64
+    p = make_problem(cell, dtype, 5, True, seed=7)
+    q = _odd_layouts(p) if layout == "strided-fortran" else _read_only(p)
+    expected = run_forward(ref, cell, p)
+    actual = run_forward(nb, cell, q)
+    for a, e in zip(actual[:3], expected[:3]):
+        assert_close(a, e, dtype)
+    cache = actual[3]
+    if layout == "strided-fortran":  # as another producer might hand over
+        cache = {k: np.asfortranarray(v) for k, v in cache.items()}
+    else:
+        cache = _read_only(cache)
+    for truncate in (None, 1):
+        exp = ref.backward(cell, expected[3], p["w_hh"], p["mask"], p["dh_seq"],
+                           p["dh_T"], p["dc_T"], truncate)
+        got = nb.backward(cell, cache, q["w_hh"], q["mask"], q["dh_seq"], q["dh_T"],
+                          q["dc_T"], truncate)
+        for a, e in zip(got, exp):
+            assert_close(a, e, dtype)
+    s_exp = ref.step(cell, p["xp"][0], p["w_hh"], p["b_hh"], p["h0"], p["c0"])
+    s_got = nb.step(cell, q["xp"][0], q["w_hh"], q["b_hh"], q["h0"], q["c0"])
+    for a, e in zip(s_got, s_exp):
+        assert_close(a, e, dtype)
+    if layout == "read-only":  # inputs untouched
+        for key in ("xp", "w_hh", "h0"):
+            np.testing.assert_array_equal(q[key], p[key])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+def test_saturated_and_nonfinite_values(dtype):
+    """Huge pre-activations saturate without overflow; NaN and inf propagate
+    as in the reference (no fastmath nnan/ninf)."""
+    for cell_name in ("rnn-relu", "lstm", "gru-reset-after", "gru-cho"):
+        cell = CELLS[cell_name]
+        p = make_problem(cell, dtype, 5, False, seed=5)
+        p["xp"] = (np.sign(p["xp"]) * 1e4).astype(dtype)
+        with np.errstate(over="ignore"):
+            cache_nb, cache_ref = compare_forward(cell, dtype, p)
+        assert all(np.isfinite(v).all() for v in cache_nb.values())
+        compare_backward(cell, dtype, p, cache_nb, cache_ref, None)
+        q = make_problem(cell, dtype, 5, False, seed=6)
+        q["xp"][2, 1, 0] = np.nan
+        q["xp"][4, 3, :] = np.inf
+        with np.errstate(invalid="ignore", over="ignore"):
+            expected = run_forward(ref, cell, q)
+            actual = run_forward(nb, cell, q)
+        for a, e in zip(actual[:2], expected[:2]):
+            np.testing.assert_array_equal(np.isnan(a), np.isnan(e))
+            ok = np.isfinite(e)
+            np.testing.assert_allclose(a[ok], e[ok], **tol(dtype))
+        assert np.isnan(actual[0][2:, 1]).any()
+
+
+def test_mask_dtypes_and_degenerate_shapes():
+    cell = CELLS["gru-reset-after"]
+    p = make_problem(cell, np.float64, 5, True, seed=2)
+    expected = run_forward(ref, cell, p)
+    q = dict(p, mask=p["mask"].astype(np.int32) * 3)   # non-bool, nonzero = valid
+    for a, e in zip(run_forward(nb, cell, q)[:2], expected[:2]):
+        assert_close(a, e, np.float64)
+    empty = dict(p, xp=p["xp"][:, :0], h0=p["h0"][:0], mask=None)
+    h_seq, h_T, c_T, _ = run_forward(nb, cell, empty)
+    assert h_seq.shape == (T, 0, H) and h_T.shape == (0, H) and c_T is None
+    no_steps = dict(p, xp=p["xp"][:0], mask=None)
+    h_seq, h_T, _, cache = run_forward(nb, cell, no_steps)
+    assert h_seq.shape == (0, 5, H)
+    np.testing.assert_array_equal(h_T, p["h0"])
+
+
+def test_registry_lists_numba():
+    names = available()
+    assert "numba" in names
+    assert names.index("numba") < names.index("numpy")
+    assert get_backend("numba") is nb
+    assert nb.NAME == "numba"
+    assert nb.THREADING_LAYER in ("omp", "tbb", "workqueue", "default", "safe",
+                                  "threadsafe", "forksafe")
+
+
+@pytest.mark.skipif(not MULTICORE, reason="Numba has a single thread here")
+def test_default_thresholds_take_the_parallel_path():
+    """A problem above the default thresholds runs on several row blocks and
+    agrees with the reference and with the serial kernels."""
+    cell = CELLS["lstm"]
+    dtype = np.float64
+    N, Hb, Tb = 64, 64, 10
+    assert nb._blocks(Tb, N, Hb, 4 * Hb) >= 2
+    p = make_problem(cell, dtype, N, True, seed=11, T=Tb, H=Hb)
+    cache_nb, cache_ref = compare_forward(cell, dtype, p)
+    compare_backward(cell, dtype, p, cache_nb, cache_ref, None)
+    compare_backward(cell, dtype, p, cache_nb, cache_ref, 1)
+    parallel = nb.backward(cell, cache_nb, p["w_hh"], p["mask"], p["dh_seq"], p["dh_T"],
+                           p["dc_T"])
+    previous = threads._num_threads
+    threads._num_threads = 1  # what set_num_threads(1) does for this backend
+    try:
+        assert nb._blocks(Tb, N, Hb, 4 * Hb) == 1
+        serial = nb.backward(cell, cache_nb, p["w_hh"], p["mask"], p["dh_seq"], p["dh_T"],
+                             p["dc_T"])
+    finally:
+        threads._num_threads = previous
+    for a, b in zip(parallel, serial):
+        assert_close(a, b, dtype)
+
+
+@pytest.mark.skipif(not MULTICORE, reason="Numba has a single thread here")
+def test_two_python_threads_run_parallel_kernels_at_once(force_parallel):
+    """Concurrent parallel kernels from two Python threads neither abort (the
+    threading layer is thread-safe, or calls are serialised) nor mix results."""
+    cell = CELLS["gru-cho"]
+    dtype = np.float64
+    problems = [make_problem(cell, dtype, PARALLEL_N, True, seed=s, T=20) for s in (21, 22)]
+    expected = []
+    for p in problems:
+        out = run_forward(ref, cell, p)
+        expected.append((out, ref.backward(cell, out[3], p["w_hh"], p["mask"], p["dh_seq"],
+                                           p["dh_T"], None, 2)))
+    errors = []
+    barrier = threading.Barrier(2)
+
+    def work(k):
+        try:
+            p = problems[k]
+            barrier.wait()
+            for _ in range(30):
+                out = run_forward(nb, cell, p)
+                grads = nb.backward(cell, out[3], p["w_hh"], p["mask"], p["dh_seq"],
+                                    p["dh_T"], None, 2)
+                exp_out, exp_grads = expected[k]
+                for a, e in zip(out[:2] + grads, exp_out[:2] + exp_grads):
+                    assert_close(a, e, dtype)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    workers = [threading.Thread(target=work, args=(k,)) for k in range(2)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert not errors, errors[0]
+
+
+def test_set_num_threads_caps_the_row_blocks(force_parallel):
+    previous = threads._num_threads
+    try:
+        threads._num_threads = 1
+        assert nb._blocks(T, 64, H, H) == 1
+        threads._num_threads = 64
+        assert nb._blocks(T, 64, H, H) == min(nb._get_num_threads(), 16)
+    finally:
+        threads._num_threads = previous
+
+
+def test_set_num_threads_public_api():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    import numba
+
+    with pytest.raises(TypeError):
+        threads.set_num_threads(1.5)
+    with pytest.raises(ValueError):
+        threads.set_num_threads(0)
+    with pytest.raises(ValueError):
+        threads.set_num_threads(2, blas_threads=0)
+    numba_before = numba.get_num_threads()
+    try:
+        threads.set_num_threads(1, blas_threads=1)
+        assert threads.get_num_threads() == 1
+        assert numba.get_num_threads() == 1
+        assert nb._blocks(T, 4096, 64, 256) == 1
+        assert all(info["num_threads"] == 1 for info in threadpoolctl.threadpool_info()
+                   if info["user_api"] == "blas")
+        assert nb._blas_single_threaded()
+        assert threads.set_num_threads(2, blas_threads=1) == 1  # returns the previous one
+        assert threads.get_num_threads() == 2
+    finally:
+        if threads._blas_limiter is not None:
+            threads._blas_limiter.restore_original_limits()
+        threads._blas_limiter = None
+        threads._num_threads = None
+        numba.set_num_threads(numba_before)
+
+
+def test_blas_mode(monkeypatch):
+    """Own loops for tiny products; inside parallel row blocks BLAS only when
+    it is single-threaded; serial mid-sized products in single-thread-sized
+    row blocks unless BLAS is single-threaded anyway."""
+    for single in (True, False):
+        monkeypatch.setattr(nb, "_blas_single_threaded", lambda s=single: s)
+        assert nb._blas_mode(1, 8 * 32, 1) == 0
+        assert nb._blas_mode(5, 4 * 16, 1) == 0
+        assert nb._blas_mode(64, 128 * 512, 2) == (2 if single else 0)
+        assert nb._blas_mode(64, 128 * 512, 1) == (2 if single else 1)
+        assert nb._blas_mode(4096, 512 * 2048, 1) == 2   # large: one threaded call
+        assert nb._blas_mode(2, 64 * 256, 1) == 2        # below OpenBLAS's threading
+
+
+def test_generate_delegates_to_the_reference():
+    assert nb.generate.__doc__ and "reference" in nb.generate.__doc__
