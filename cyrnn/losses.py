@@ -34,6 +34,13 @@ def _weights(pred_shape, sample_weight, mask, dtype):
 def mse(pred, target, sample_weight=None, mask=None):
     """Mean squared error, averaged over outputs. ``pred``, ``target``: (..., k)."""
     diff = pred - np.asarray(target, pred.dtype).reshape(pred.shape)
+    if sample_weight is None and mask is None:
+        # uniform weights 1/(items * outputs): a scalar instead of a weight array
+        if pred.size == 0:
+            raise ValueError("the loss has no valid item with positive weight")
+        w = pred.dtype.type(1.0 / pred.size)
+        wd = w * diff
+        return float((wd * diff).sum()), 2.0 * wd
     w = _weights(pred.shape[:-1], sample_weight, mask, pred.dtype)[..., None] / pred.shape[-1]
     return float((w * diff * diff).sum()), 2.0 * w * diff
 

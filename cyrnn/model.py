@@ -66,6 +66,7 @@ class Sequential:
         # Pickle/deepcopy turn the layers' views into separate arrays: re-home them into
         # this model's buffer so optimizers on model.params still reach every layer.
         self.__dict__.update(state)
+        self.__dict__.pop("_kinds_cache", None)
         start = 0
         for layer in self.layers:
             end = start + layer.params.size
@@ -106,7 +107,9 @@ class Sequential:
             n, T = ids.shape
             x = ids
         else:
-            x = V.check_array(x, "x", 3, self.dtype)
+            x = V.check_array(x, "x", 3, self.dtype,
+                              feature_size=(first.input_size if isinstance(first, RecurrentLayer)
+                                            else None))
             n, T = x.shape[:2]
         if lengths is not None and mask is not None:
             raise ValueError("give either lengths or mask, not both")
@@ -142,17 +145,20 @@ class Sequential:
         """
         training = self.training if training is None else bool(training)
         x, mask = self._input_mask(x, lengths, mask)
-        recurrent = self.recurrent_layers
+        return self._forward_checked(x, mask, initial_states, training, return_states)
+
+    def _forward_checked(self, x, mask, initial_states, training, return_states):
+        """``forward`` on input already validated by ``_input_mask``."""
+        recurrent = self._recurrent
         if initial_states is None:
             initial_states = [None] * len(recurrent)
         if len(initial_states) != len(recurrent):
             raise ValueError(f"initial_states needs {len(recurrent)} entries, "
                              f"got {len(initial_states)}")
         states, r = [], 0
-        for layer in self.layers:
-            if isinstance(layer, RecurrentLayer):
-                result = layer.forward(x, mask=mask, initial_state=initial_states[r],
-                                       training=training)
+        for layer, is_rnn in self._kinds:
+            if is_rnn:
+                result = layer._forward_checked(x, mask, initial_states[r], training)
                 x, state = result if layer.return_state else (result, None)
                 states.append(state)
                 r += 1
@@ -162,13 +168,31 @@ class Sequential:
                 x = layer.forward(x, training=training)
         return (x, states) if return_states else x
 
+    @property
+    def _kinds(self):
+        """(layer, is recurrent) pairs, computed once per layer list."""
+        cached = self.__dict__.get("_kinds_cache")
+        if cached is None or cached[0] is not self.layers or len(cached[1]) != len(self.layers):
+            kinds = [(layer, isinstance(layer, RecurrentLayer)) for layer in self.layers]
+            cached = (self.layers, kinds)
+            self._kinds_cache = cached
+        return cached[1]
+
+    @property
+    def _recurrent(self):
+        return [layer for layer, is_rnn in self._kinds if is_rnn]
+
+    def _output_mask_of(self, mask):
+        """The output mask for an input mask already validated by ``_input_mask``."""
+        for layer, is_rnn in self._kinds:
+            if is_rnn and not layer.return_sequences:
+                return None
+        return mask
+
     def output_mask(self, x, lengths=None, mask=None):
         """The (n, T) validity mask of the output steps (None: all valid or no time axis)."""
         x, mask = self._input_mask(x, lengths, mask)
-        for layer in self.layers:
-            if isinstance(layer, RecurrentLayer) and not layer.return_sequences:
-                return None
-        return mask
+        return self._output_mask_of(mask)
 
     def backward(self, d_output, d_states=None):
         """Backpropagate ``d_output`` (and optional final-state gradients) through the last
@@ -176,12 +200,13 @@ class Sequential:
 
         Returns the gradient on the input (None when the first layer is an Embedding).
         """
-        recurrent = self.recurrent_layers
-        d_states = [None] * len(recurrent) if d_states is None else list(d_states)
-        r = len(recurrent)
+        kinds = self._kinds
+        n_rec = sum(is_rnn for _, is_rnn in kinds)
+        d_states = [None] * n_rec if d_states is None else list(d_states)
+        r = n_rec
         d = d_output
-        for layer in reversed(self.layers):
-            if isinstance(layer, RecurrentLayer):
+        for layer, is_rnn in reversed(kinds):
+            if is_rnn:
                 r -= 1
                 d, _ = layer.backward(d, d_states[r])
             else:

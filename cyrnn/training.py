@@ -25,10 +25,18 @@ def train_step(model, optimizer, loss, x, y, lengths=None, mask=None, initial_st
     (and the final recurrent states if ``return_states``).
     """
     loss_fn = get_loss(loss) if isinstance(loss, str) else loss
-    out_mask = model.output_mask(x, lengths=lengths, mask=mask)
-    model.zero_grad()
-    out, states = model.forward(x, lengths=lengths, mask=mask, initial_states=initial_states,
-                                training=True, return_states=True)
+    if hasattr(model, "_forward_checked"):
+        # Validate once (x, lengths, mask), before any state changes.
+        x, in_mask = model._input_mask(x, lengths, mask)
+        out_mask = model._output_mask_of(in_mask)
+        model.zero_grad()
+        out, states = model._forward_checked(x, in_mask, initial_states, True, True)
+    else:  # a model-like object without the validated fast path
+        out_mask = model.output_mask(x, lengths=lengths, mask=mask)
+        model.zero_grad()
+        out, states = model.forward(x, lengths=lengths, mask=mask,
+                                    initial_states=initial_states, training=True,
+                                    return_states=True)
     value, grad = loss_fn(out, y, sample_weight=sample_weight, mask=out_mask)
     model.backward(grad)
     optimizer.step()

@@ -11,6 +11,12 @@ cell, in float32 and float64 (fused type ``floating``):
   (``_backward_sweep``) serve all cells; they dispatch on the cell kind per step;
 * the recurrent products (``h W_hh^T`` forward, ``dgh W_hh`` backward) and the
   final ``dW_hh`` contraction go through ``scipy.linalg.cython_blas`` GEMM;
+  mid-sized GEMMs are cut into blocks OpenBLAS runs on the calling thread
+  (``_gemm``), and the own small-GEMM kernels can take batches of at most
+  ``small_gemm_rows`` rows (off by default: OpenBLAS's small-matrix kernels were
+  faster at every batch size measured, see ``SMALL_GEMM_ROWS``);
+* float32 gate activations are vectorised polynomial approximations (a few
+  ulp; exact saturation; NaN propagates); float64 uses libm;
 * the row loops run in parallel over the batch (OpenMP ``prange``) when the
   step is large enough and the module was built with OpenMP, serially otherwise.
 
@@ -39,13 +45,38 @@ cdef enum:
     ACT_SIGMOID = 2
 
 # Row loops go parallel only when a step has at least this many hidden units in
-# all (N * H) and at least two rows. Below it, waking the OpenMP team costs more
-# than the gate math it shares out (measured on 2 cores with OpenMP's passive
-# wait policy, which the Python wrapper makes the default: with spinning OpenMP
-# threads competing with a multi-threaded BLAS, every size got slower).
+# all (N * H) and at least two rows. With the vectorised activations the gate
+# math of a step is small next to its recurrent GEMM (large: B=64, H=512, 32768
+# units, ~30 us vs ~1 ms), and an OpenMP region per step that alternates with
+# BLAS's threads stalled every step on the loaded 2-core machine (large config:
+# 6.4 s per inference with regions from 32768 units). So only wider steps
+# (twice the large config's) share out the gate math.
 cdef enum:
-    PARALLEL_MIN_WORK = 32768
+    PARALLEL_MIN_WORK = 65536
 PARALLEL_MIN = PARALLEL_MIN_WORK
+
+# Per-step recurrent products with at most this many rows (batch) use the own
+# small-GEMM kernels instead of BLAS (callers may pass another limit). Default 0:
+# on the 2-core AMD EPYC test machine (AVX-512, OpenBLAS 0.3.30 SkylakeX small
+# kernels; float32, T = 200, single thread) BLAS was faster at every batch:
+# N = 1: own/BLAS time 1.2 (forward) and 1.05 (backward) at H = 50 and 128;
+# N = 4..32: mostly 1.1 to 2.1 (loaded machine, medians). BLAS calls of these sizes stay on one thread, so the
+# own kernel saves no thread wake-ups either; it is kept, tested, for BLAS
+# builds without small-matrix kernels.
+cdef enum:
+    SMALL_GEMM_ROWS = 0
+SMALL_GEMM_N = SMALL_GEMM_ROWS
+
+# GEMMs with m*n*k in (SERIAL_GEMM_MNK, THREADED_GEMM_MNK) are split into
+# blocks OpenBLAS keeps on one thread (its own cut-off is m*n*k <= 65536 * 4,
+# interface/gemm.c); from THREADED_GEMM_MNK on, one (threaded) call.
+cdef extern from *:
+    """
+    #define CYRNN_SERIAL_GEMM_MNK 262144.0
+    #define CYRNN_THREADED_GEMM_MNK 16777216.0
+    """
+    const double SERIAL_GEMM_MNK "CYRNN_SERIAL_GEMM_MNK"
+    const double THREADED_GEMM_MNK "CYRNN_THREADED_GEMM_MNK"
 
 cdef extern from *:
     """
@@ -64,7 +95,183 @@ def openmp_enabled():
 
 
 # ----------------------------------------------------------------------------
-# Scalar helpers (float32 calls the float libm functions).
+# Vector primitives in C (float32 activations, small GEMMs).
+#
+# float32 sigmoid/tanh are inlined polynomial approximations (Cephes expf core,
+# ~1 ulp; tanh: odd Taylor polynomial below |x| < 0.4, 1 - 2/(exp(2|x|) + 1)
+# above; a few ulp overall) written without branches, so gcc vectorises the
+# array loops. Saturation is exact (sigmoid -> 0/1, tanh -> +-1 for large |x|)
+# and NaN propagates (clamps are compare-selects that keep NaN). The array
+# functions are compiled for AVX-512, AVX2 and baseline x86-64 and picked at
+# load time (gcc ``target_clones``; other compilers get the baseline only).
+# float64 keeps libm (the approximations are float32-accurate only).
+#
+# The small GEMMs serve the per-step recurrent products at small batch, where
+# a BLAS call costs more in overhead (and threading) than the arithmetic.
+# ----------------------------------------------------------------------------
+
+cdef extern from *:
+    """
+    #include <stdint.h>
+    #include <string.h>
+    #include <math.h>
+
+    #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+    #define CYRNN_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+    #else
+    #define CYRNN_CLONES
+    #endif
+
+    /* exp(x) for x already clamped to [-87, 88] (NaN passes through). */
+    static inline float cyrnn_expf_core(float x) {
+        float t = x * 1.44269504088896341f + 12582912.0f;  /* 1.5 * 2^23: round */
+        float n = t - 12582912.0f;
+        uint32_t ti, ei;
+        float s, r, z, y;
+        memcpy(&ti, &t, 4);
+        ei = (ti - 0x4B400000u + 127u) << 23;
+        memcpy(&s, &ei, 4);
+        r = x - n * 0.693359375f;
+        r = r - n * -2.12194440e-4f;
+        z = r * r;
+        y = ((((1.9875691500E-4f * r + 1.3981999507E-3f) * r + 8.3334519073E-3f) * r
+              + 4.1665795894E-2f) * r + 1.6666665459E-1f) * r + 5.0000001201E-1f;
+        y = y * z + r + 1.0f;
+        return y * s;
+    }
+
+    static inline float cyrnn_sigmoidf(float x) {
+        float m = -x, y;
+        m = m < -87.0f ? -87.0f : m;
+        m = m > 88.0f ? 88.0f : m;
+        y = 1.0f / (1.0f + cyrnn_expf_core(m));
+        return x < -88.0f ? 0.0f : y;
+    }
+
+    /* |x| < 0.4: odd Taylor series to x^15 (error < 1e-9 relative);
+       else 1 - 2 / (exp(2|x|) + 1). The sign is x's (tanh(-0) = -0). */
+    static inline float cyrnn_tanhf(float x) {
+        float ax = fabsf(x), a2, big, z, p;
+        a2 = 2.0f * ax;
+        a2 = a2 > 88.0f ? 88.0f : a2;
+        big = 1.0f - 2.0f / (cyrnn_expf_core(a2) + 1.0f);
+        z = ax * ax;
+        p = ((((((-1.4558343870e-3f * z + 3.5921280366e-3f) * z - 8.8632355299e-3f) * z
+               + 2.1869488536e-2f) * z - 5.3968253968e-2f) * z + 1.3333333333e-1f) * z
+             - 3.3333333333e-1f) * z;
+        return copysignf(ax < 0.4f ? ax + ax * p : big, x);
+    }
+
+    CYRNN_CLONES
+    static void cyrnn_vsigmoidf(float* y, const float* a, Py_ssize_t n) {
+        Py_ssize_t j;
+        for (j = 0; j < n; j++) y[j] = cyrnn_sigmoidf(a[j]);
+    }
+
+    CYRNN_CLONES
+    static void cyrnn_vtanhf(float* y, const float* a, Py_ssize_t n) {
+        Py_ssize_t j;
+        for (j = 0; j < n; j++) y[j] = cyrnn_tanhf(a[j]);
+    }
+
+    /* unaligned vector load; horizontal sum (in lane order) */
+    #define CYRNN_LD(V, p) ({ V v_; memcpy(&v_, (p), sizeof v_); v_; })
+    #define CYRNN_HSUM(W, v) ({ __typeof__((v)[0]) s_ = 0; int q_;                 \
+        for (q_ = 0; q_ < (W); q_++) s_ += (v)[q_]; s_; })
+
+    /* out[i*ldo + r] = sum_k x[i*K + k] * w[r*K + k]  (i < N, r < R): x W^T. */
+    #define CYRNN_GEMM_NT(NAME, T, W)                                              \
+    typedef T NAME##_vec __attribute__((vector_size(32)));                         \
+    CYRNN_CLONES                                                                   \
+    static void NAME(const T* x, const T* w, T* out, Py_ssize_t N, Py_ssize_t R,   \
+                     Py_ssize_t K, Py_ssize_t ldo) {                               \
+        Py_ssize_t r = 0, i, k, KV = K - K % W;                                    \
+        for (; r + 4 <= R; r += 4) {                                               \
+            const T* w0 = w + r * K; const T* w1 = w0 + K;                         \
+            const T* w2 = w1 + K; const T* w3 = w2 + K;                            \
+            for (i = 0; i < N; i++) {                                              \
+                const T* xi = x + i * K;                                           \
+                NAME##_vec a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, xv;             \
+                T s0, s1, s2, s3;                                                  \
+                for (k = 0; k < KV; k += W) {                                      \
+                    xv = CYRNN_LD(NAME##_vec, xi + k);                                        \
+                    a0 += xv * CYRNN_LD(NAME##_vec, w0 + k); a1 += xv * CYRNN_LD(NAME##_vec, w1 + k);    \
+                    a2 += xv * CYRNN_LD(NAME##_vec, w2 + k); a3 += xv * CYRNN_LD(NAME##_vec, w3 + k);    \
+                }                                                                  \
+                s0 = CYRNN_HSUM(W, a0); s1 = CYRNN_HSUM(W, a1);                        \
+                s2 = CYRNN_HSUM(W, a2); s3 = CYRNN_HSUM(W, a3);                        \
+                for (; k < K; k++) {                                               \
+                    s0 += xi[k] * w0[k]; s1 += xi[k] * w1[k];                      \
+                    s2 += xi[k] * w2[k]; s3 += xi[k] * w3[k];                      \
+                }                                                                  \
+                out[i * ldo + r] = s0; out[i * ldo + r + 1] = s1;                  \
+                out[i * ldo + r + 2] = s2; out[i * ldo + r + 3] = s3;              \
+            }                                                                      \
+        }                                                                          \
+        for (; r < R; r++) {                                                       \
+            const T* w0 = w + r * K;                                               \
+            for (i = 0; i < N; i++) {                                              \
+                const T* xi = x + i * K;                                           \
+                NAME##_vec a0 = {0};                                               \
+                T s0;                                                              \
+                for (k = 0; k < KV; k += W) a0 += CYRNN_LD(NAME##_vec, xi + k) * CYRNN_LD(NAME##_vec, w0 + k); \
+                s0 = CYRNN_HSUM(W, a0);                                              \
+                for (; k < K; k++) s0 += xi[k] * w0[k];                            \
+                out[i * ldo + r] = s0;                                             \
+            }                                                                      \
+        }                                                                          \
+    }
+    CYRNN_GEMM_NT(cyrnn_gemm_nt_f, float, 8)
+    CYRNN_GEMM_NT(cyrnn_gemm_nt_d, double, 4)
+
+    /* out[i*K + k] = beta*out + sum_r g[i*ldg + r] * w[r*K + k]  (beta 0 or 1). */
+    #define CYRNN_GEMM_NN(NAME, T)                                                 \
+    static inline void NAME##_axpy4(T* __restrict o, const T* __restrict w0,       \
+                                    const T* __restrict w1, const T* __restrict w2,\
+                                    const T* __restrict w3, T a0, T a1, T a2, T a3,\
+                                    Py_ssize_t K) {                                \
+        Py_ssize_t k;                                                              \
+        for (k = 0; k < K; k++)                                                    \
+            o[k] += (a0 * w0[k] + a1 * w1[k]) + (a2 * w2[k] + a3 * w3[k]);         \
+    }                                                                              \
+    CYRNN_CLONES                                                                   \
+    static void NAME(const T* g, Py_ssize_t ldg, const T* w, T* out, Py_ssize_t N, \
+                     Py_ssize_t R, Py_ssize_t K, int beta) {                       \
+        Py_ssize_t i, r, k;                                                        \
+        for (i = 0; i < N; i++) {                                                  \
+            T* o = out + i * K;                                                    \
+            const T* gi = g + i * ldg;                                             \
+            if (!beta) memset(o, 0, K * sizeof(T));                                \
+            for (r = 0; r + 4 <= R; r += 4)                                        \
+                NAME##_axpy4(o, w + r * K, w + (r + 1) * K, w + (r + 2) * K,       \
+                             w + (r + 3) * K, gi[r], gi[r + 1], gi[r + 2],         \
+                             gi[r + 3], K);                                        \
+            for (; r < R; r++) {                                                   \
+                const T* wr = w + r * K; T a = gi[r];                              \
+                for (k = 0; k < K; k++) o[k] += a * wr[k];                         \
+            }                                                                      \
+        }                                                                          \
+    }
+    CYRNN_GEMM_NN(cyrnn_gemm_nn_f, float)
+    CYRNN_GEMM_NN(cyrnn_gemm_nn_d, double)
+    """
+    void cyrnn_vsigmoidf(float* y, const float* a, Py_ssize_t n) nogil
+    void cyrnn_vtanhf(float* y, const float* a, Py_ssize_t n) nogil
+    void cyrnn_gemm_nt_f(const float* x, const float* w, float* out, Py_ssize_t N,
+                         Py_ssize_t R, Py_ssize_t K, Py_ssize_t ldo) nogil
+    void cyrnn_gemm_nt_d(const double* x, const double* w, double* out, Py_ssize_t N,
+                         Py_ssize_t R, Py_ssize_t K, Py_ssize_t ldo) nogil
+    void cyrnn_gemm_nn_f(const float* g, Py_ssize_t ldg, const float* w, float* out,
+                         Py_ssize_t N, Py_ssize_t R, Py_ssize_t K, int beta) nogil
+    void cyrnn_gemm_nn_d(const double* g, Py_ssize_t ldg, const double* w, double* out,
+                         Py_ssize_t N, Py_ssize_t R, Py_ssize_t K, int beta) nogil
+    float cyrnn_sigmoidf(float x) nogil
+    float cyrnn_tanhf(float x) nogil
+
+
+# ----------------------------------------------------------------------------
+# Scalar and array activations (float32: the approximations above; float64:
+# libm).
 # ----------------------------------------------------------------------------
 
 cdef inline floating _exp(floating x) noexcept nogil:
@@ -76,7 +283,7 @@ cdef inline floating _exp(floating x) noexcept nogil:
 
 cdef inline floating _tanh(floating x) noexcept nogil:
     if floating is float:
-        return tanhf(x)
+        return cyrnn_tanhf(x)
     else:
         return tanh(x)
 
@@ -84,20 +291,47 @@ cdef inline floating _tanh(floating x) noexcept nogil:
 cdef inline floating _sigmoid(floating x) noexcept nogil:
     """Logistic function without overflow for large ``|x|``.
 
-    x >= 0: 1 / (1 + exp(-x)); x < 0: exp(x) / (1 + exp(x)). Both use
-    e = exp(-|x|) <= 1, so one exp and one division, and no branch on the sign
-    (the select compiles to a conditional move).
+    float64: x >= 0: 1 / (1 + exp(-x)); x < 0: exp(x) / (1 + exp(x)), both with
+    e = exp(-|x|) <= 1 (one exp, one division, a conditional move).
     """
-    cdef floating e = _exp(-x if x >= 0 else x)
-    return (1 if x >= 0 else e) / (1 + e)
+    cdef floating e
+    if floating is float:
+        return cyrnn_sigmoidf(x)
+    else:
+        e = _exp(-x if x >= 0 else x)
+        return (1 if x >= 0 else e) / (1 + e)
 
 
-cdef inline floating _activate(int act, floating a) noexcept nogil:
+cdef inline void _vsigmoid(floating* y, const floating* a, Py_ssize_t n) noexcept nogil:
+    """y[j] = sigmoid(a[j]) (y == a allowed)."""
+    cdef Py_ssize_t j
+    if floating is float:
+        cyrnn_vsigmoidf(y, a, n)
+    else:
+        for j in range(n):
+            y[j] = _sigmoid(a[j])
+
+
+cdef inline void _vtanh(floating* y, const floating* a, Py_ssize_t n) noexcept nogil:
+    """y[j] = tanh(a[j]) (y == a allowed)."""
+    cdef Py_ssize_t j
+    if floating is float:
+        cyrnn_vtanhf(y, a, n)
+    else:
+        for j in range(n):
+            y[j] = tanh(a[j])
+
+
+cdef inline void _vactivate(int act, floating* y, Py_ssize_t n) noexcept nogil:
+    """In place: y = act(y)."""
+    cdef Py_ssize_t j
     if act == ACT_TANH:
-        return _tanh(a)
-    if act == ACT_RELU:
-        return 0 if a <= 0 else a  # NaN propagates, as with np.maximum
-    return _sigmoid(a)
+        _vtanh(y, y, n)
+    elif act == ACT_SIGMOID:
+        _vsigmoid(y, y, n)
+    else:
+        for j in range(n):
+            y[j] = 0 if y[j] <= 0 else y[j]  # NaN propagates, as with np.maximum
 
 
 cdef inline floating _activate_grad(int act, floating y) noexcept nogil:
@@ -113,11 +347,10 @@ cdef inline floating _activate_grad(int act, floating y) noexcept nogil:
 # GEMM through scipy's BLAS.
 # ----------------------------------------------------------------------------
 
-cdef inline void _gemm(char transa, char transb, int m, int n, int k,
-                       floating alpha, const floating* a, int lda,
-                       const floating* b, int ldb,
-                       floating beta, floating* c, int ldc) noexcept nogil:
-    """Column-major ``C = alpha op(A) op(B) + beta C`` (``C`` is m x n)."""
+cdef inline void _blas_gemm(char transa, char transb, int m, int n, int k,
+                            floating alpha, const floating* a, int lda,
+                            const floating* b, int ldb,
+                            floating beta, floating* c, int ldc) noexcept nogil:
     if floating is float:
         sgemm(&transa, &transb, &m, &n, &k, &alpha, <float*>a, &lda,
               <float*>b, &ldb, &beta, c, &ldc)
@@ -126,27 +359,87 @@ cdef inline void _gemm(char transa, char transb, int m, int n, int k,
               <double*>b, &ldb, &beta, c, &ldc)
 
 
-cdef inline void _gemm_hh(const floating* x, const floating* w, Py_ssize_t row0,
+cdef inline void _gemm(char transa, char transb, int m, int n, int k,
+                       floating alpha, const floating* a, int lda,
+                       const floating* b, int ldb,
+                       floating beta, floating* c, int ldc) noexcept nogil:
+    """Column-major ``C = alpha op(A) op(B) + beta C`` (``C`` is m x n).
+
+    Mid-sized products (SERIAL_GEMM_MNK < m n k < THREADED_GEMM_MNK) are cut
+    into column (or row) blocks of at most SERIAL_GEMM_MNK multiply-adds, which
+    OpenBLAS runs on the calling thread: waking its thread pool for them costs
+    more than it saves on 2 cores, and on a loaded machine a preempted worker
+    stalls every call by a scheduler slice (measured: 8 ms per call). The blocks
+    compute the same dot products as one call.
+    """
+    cdef double mnk = <double>m * n * k
+    cdef int j, step
+    if mnk <= SERIAL_GEMM_MNK or mnk >= THREADED_GEMM_MNK or k == 0:
+        _blas_gemm(transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+        return
+    if n >= m:
+        # column blocks: op(B)[:, j:j+step], C[:, j:j+step]
+        step = <int>(SERIAL_GEMM_MNK / (<double>m * k))
+        if step < 1:
+            step = 1
+        j = 0
+        while j < n:
+            if step > n - j:
+                step = n - j
+            _blas_gemm(transa, transb, m, step, k, alpha, a, lda,
+                       b + (<Py_ssize_t>j * ldb if transb == c'N' else j), ldb,
+                       beta, c + <Py_ssize_t>j * ldc, ldc)
+            j += step
+    else:
+        # row blocks: op(A)[j:j+step, :], C[j:j+step, :]
+        step = <int>(SERIAL_GEMM_MNK / (<double>n * k))
+        if step < 1:
+            step = 1
+        j = 0
+        while j < m:
+            if step > m - j:
+                step = m - j
+            _blas_gemm(transa, transb, step, n, k, alpha,
+                       a + (j if transa == c'N' else <Py_ssize_t>j * lda), lda,
+                       b, ldb, beta, c + j, ldc)
+            j += step
+
+
+cdef inline void _gemm_hh(bint own, const floating* x, const floating* w, Py_ssize_t row0,
                           Py_ssize_t rows, Py_ssize_t N, Py_ssize_t H,
                           Py_ssize_t GH, floating* out) noexcept nogil:
     """``out[:, row0:row0+rows] = x @ w[row0:row0+rows].T``.
 
     ``x`` (N, H) row-major, ``w`` (GH, H) row-major, ``out`` (N, GH) row-major.
-    Column-major: ``out^T (rows x N, ld GH) = W_blk (rows x H) . x^T (H x N)``,
-    and ``W_blk`` is stored as the column-major (H x rows) matrix: transa='T'.
+    ``own`` (small batches): the own register-blocked kernel; otherwise BLAS. Column-major: ``out^T (rows x N, ld GH) = W_blk (rows x H) .
+    x^T (H x N)``, and ``W_blk`` is stored as the column-major (H x rows)
+    matrix: transa='T'.
     """
+    if own:
+        if floating is float:
+            cyrnn_gemm_nt_f(x, w + row0 * H, out + row0, N, rows, H, GH)
+        else:
+            cyrnn_gemm_nt_d(x, w + row0 * H, out + row0, N, rows, H, GH)
+        return
     _gemm(c'T', c'N', <int>rows, <int>N, <int>H, 1, w + row0 * H, <int>H,
           x, <int>H, 0, out + row0, <int>GH)
 
 
-cdef inline void _gemm_dh(const floating* dg, const floating* w, Py_ssize_t row0,
+cdef inline void _gemm_dh(bint own, const floating* dg, const floating* w, Py_ssize_t row0,
                           Py_ssize_t rows, Py_ssize_t N, Py_ssize_t H,
                           Py_ssize_t GH, floating beta, floating* out) noexcept nogil:
-    """``out = dg[:, row0:row0+rows] @ w[row0:row0+rows] + beta * out``.
+    """``out = dg[:, row0:row0+rows] @ w[row0:row0+rows] + beta * out`` (beta 0/1).
 
-    ``dg`` (N, GH), ``w`` (GH, H), ``out`` (N, H), all row-major. Column-major:
-    ``out^T (H x N) = W_blk^T (H x rows, ld H) . dg_blk^T (rows x N, ld GH)``.
+    ``dg`` (N, GH), ``w`` (GH, H), ``out`` (N, H), all row-major. Small batches:
+    own kernel; otherwise BLAS, column-major: ``out^T (H x N) = W_blk^T (H x
+    rows, ld H) . dg_blk^T (rows x N, ld GH)``.
     """
+    if own:
+        if floating is float:
+            cyrnn_gemm_nn_f(dg + row0, GH, w + row0 * H, out, N, rows, H, beta != 0)
+        else:
+            cyrnn_gemm_nn_d(dg + row0, GH, w + row0 * H, out, N, rows, H, beta != 0)
+        return
     _gemm(c'N', c'N', <int>H, <int>N, <int>rows, 1, w + row0 * H, <int>H,
           dg + row0, <int>GH, beta, out, <int>H)
 
@@ -174,11 +467,10 @@ cdef inline void rnn_fwd(int act, const floating* xp, const floating* gh,
                          Py_ssize_t H) noexcept nogil:
     """h' = act(xp + gh + b); the gate value is h' itself."""
     cdef Py_ssize_t j
-    cdef floating y
     for j in range(H):
-        y = _activate(act, xp[j] + gh[j] + b[j])
-        hn[j] = y
-        gates[j] = y
+        gates[j] = xp[j] + gh[j] + b[j]
+    _vactivate(act, gates, H)
+    memcpy(hn, gates, H * sizeof(floating))
 
 
 cdef inline void rnn_bwd(int act, const floating* dh, const floating* gates,
@@ -198,36 +490,36 @@ cdef inline void lstm_fwd(const floating* xp, const floating* gh, const floating
                           const floating* cp, floating* cn, floating* hn,
                           floating* gates, Py_ssize_t H) noexcept nogil:
     """i, f, g, o = sig, sig, tanh, sig of (xp + gh + b); c' = f c + i g;
-    h' = o tanh(c')."""
+    h' = o tanh(c'). Pre-activations go to ``gates`` and are activated in place
+    (vectorised array activations)."""
     cdef Py_ssize_t j
-    cdef floating i, f, g, o, c
+    for j in range(4 * H):
+        gates[j] = xp[j] + gh[j] + b[j]
+    _vsigmoid(gates, gates, 2 * H)
+    _vtanh(gates + 2 * H, gates + 2 * H, H)
+    _vsigmoid(gates + 3 * H, gates + 3 * H, H)
     for j in range(H):
-        i = _sigmoid(xp[j] + gh[j] + b[j])
-        f = _sigmoid(xp[H + j] + gh[H + j] + b[H + j])
-        g = _tanh(xp[2 * H + j] + gh[2 * H + j] + b[2 * H + j])
-        o = _sigmoid(xp[3 * H + j] + gh[3 * H + j] + b[3 * H + j])
-        c = f * cp[j] + i * g
-        cn[j] = c
-        hn[j] = o * _tanh(c)
-        gates[j] = i
-        gates[H + j] = f
-        gates[2 * H + j] = g
-        gates[3 * H + j] = o
+        cn[j] = gates[H + j] * cp[j] + gates[j] * gates[2 * H + j]
+    _vtanh(hn, cn, H)
+    for j in range(H):
+        hn[j] = gates[3 * H + j] * hn[j]
 
 
 cdef inline void lstm_bwd(const floating* dh, const floating* dc, const floating* cp,
                           const floating* cn, const floating* gates,
                           floating* dg, floating* dx, floating* dhn, floating* dcn,
-                          Py_ssize_t H) noexcept nogil:
-    """Gradients of the four gate pre-activations; dc_prev = dc' f."""
+                          floating* tmp, Py_ssize_t H) noexcept nogil:
+    """Gradients of the four gate pre-activations; dc_prev = dc' f.
+    ``tmp`` (H,) scratch receives tanh(c')."""
     cdef Py_ssize_t j
     cdef floating i, f, g, o, tc, dct, di, df, dgg, do
+    _vtanh(tmp, cn, H)
     for j in range(H):
         i = gates[j]
         f = gates[H + j]
         g = gates[2 * H + j]
         o = gates[3 * H + j]
-        tc = _tanh(cn[j])
+        tc = tmp[j]
         dct = dc[j] + dh[j] * o * (1 - tc * tc)
         di = dct * g * i * (1 - i)
         df = dct * cp[j] * f * (1 - f)
@@ -258,27 +550,28 @@ cdef inline void gru_fwd(bint reset_after, int phase, const floating* xp,
     aux between them.
     """
     cdef Py_ssize_t j
-    cdef floating r, z, n
+    cdef floating z
     if phase <= 0:
-        for j in range(H):
-            r = _sigmoid(xp[j] + gh[j] + b[j])
-            z = _sigmoid(xp[H + j] + gh[H + j] + b[H + j])
-            gates[j] = r
-            gates[H + j] = z
-            if reset_after:
+        for j in range(2 * H):
+            gates[j] = xp[j] + gh[j] + b[j]
+        _vsigmoid(gates, gates, 2 * H)
+        if reset_after:
+            for j in range(H):
                 aux[j] = gh[2 * H + j] + b[2 * H + j]
-            else:
-                aux[j] = r * hp[j]
+        else:
+            for j in range(H):
+                aux[j] = gates[j] * hp[j]
     if phase != 0:
+        if reset_after:
+            for j in range(H):
+                gates[2 * H + j] = xp[2 * H + j] + gates[j] * aux[j]
+        else:
+            for j in range(H):
+                gates[2 * H + j] = xp[2 * H + j] + gh[2 * H + j] + b[2 * H + j]
+        _vtanh(gates + 2 * H, gates + 2 * H, H)
         for j in range(H):
-            r = gates[j]
             z = gates[H + j]
-            if reset_after:
-                n = _tanh(xp[2 * H + j] + r * aux[j])
-            else:
-                n = _tanh(xp[2 * H + j] + gh[2 * H + j] + b[2 * H + j])
-            gates[2 * H + j] = n
-            hn[j] = (1 - z) * n + z * hp[j]
+            hn[j] = (1 - z) * gates[2 * H + j] + z * hp[j]
 
 
 cdef inline void gru_bwd(bint reset_after, int phase, const floating* dh,
@@ -381,7 +674,7 @@ cdef inline void _bwd_row(int kind, int act, bint reset_after, int phase,
                           const floating* dhseq, floating* dh, const floating* dc,
                           const floating* hp, const floating* cp, const floating* cn,
                           const floating* gates, const floating* aux,
-                          const floating* drh, floating* dg, floating* dx,
+                          floating* drh, floating* dg, floating* dx,
                           floating* dhn, floating* dcn) noexcept nogil:
     """Phase 0 handles validity (output gradient, pass-through of masked rows);
     phase 1 (Cho's GRU only, after the drh GEMM) runs on valid rows."""
@@ -400,7 +693,7 @@ cdef inline void _bwd_row(int kind, int act, bint reset_after, int phase,
         rnn_bwd(act, dh + o, gates + og, dg + og, dx + og, dhn + o, H)
     elif kind == LSTM:
         lstm_bwd(dh + o, dc + o, cp + o, cn + o, gates + og, dg + og, dx + og,
-                 dhn + o, dcn + o, H)
+                 dhn + o, dcn + o, drh + o, H)
     else:
         gru_bwd(reset_after, phase, dh + o, hp + o, gates + og, aux + o,
                 drh + o, dg + og, dx + og, dhn + o, H)
@@ -411,7 +704,7 @@ cdef void _bwd_rows(bint par, Py_ssize_t N, int kind, int act, bint reset_after,
                     const uint8_t* mask, const int64_t* budget,
                     const floating* dhseq, floating* dh, const floating* dc,
                     const floating* hp, const floating* cp, const floating* cn,
-                    const floating* gates, const floating* aux, const floating* drh,
+                    const floating* gates, const floating* aux, floating* drh,
                     floating* dg, floating* dx, floating* dhn,
                     floating* dcn) noexcept nogil:
     cdef Py_ssize_t i
@@ -472,13 +765,15 @@ cdef void _forward_loop(int kind, int act, bint reset_after, Py_ssize_t T,
                         const floating* w, const floating* b, const uint8_t* mask,
                         floating* hbuf, floating* cbuf, Py_ssize_t S,
                         floating* gates, floating* aux, bint keep_cache,
-                        floating* hseq, floating* gh) noexcept nogil:
+                        floating* hseq, floating* gh, Py_ssize_t small) noexcept nogil:
     """``hbuf``/``cbuf`` hold S states: S = T+1 (cache) or 2 (ping-pong);
     state t lives in slot t % S, slot 0 preset to h0/c0 by the caller.
-    ``gates``/``aux`` hold T steps (cache) or one (scratch)."""
+    ``gates``/``aux`` hold T steps (cache) or one (scratch). Batches of at most
+    ``small`` rows use the own GEMM kernel for the recurrent products."""
     cdef Py_ssize_t GH = _n_gates(kind) * H, NH = N * H, t
     cdef bint cho = kind == GRU and not reset_after
     cdef bint par = N >= 2 and NH >= PARALLEL_MIN_WORK
+    cdef bint own = N <= small
     cdef const floating* hp
     cdef floating* hn
     cdef const floating* cp = NULL
@@ -496,14 +791,14 @@ cdef void _forward_loop(int kind, int act, bint reset_after, Py_ssize_t T,
             ax = aux + (t * NH if keep_cache else 0)
         if cho:
             # r, z from h; n from (r h) W_hn^T: two GEMMs around phase 0.
-            _gemm_hh(hp, w, 0, 2 * H, N, H, GH, gh)
+            _gemm_hh(own, hp, w, 0, 2 * H, N, H, GH, gh)
             _fwd_rows(par, N, kind, act, reset_after, 0, False, H, GH, xp + t * N * GH,
                       gh, b, hp, hn, cp, cn, gt, ax, mask + t * N, hseq + t * NH)
-            _gemm_hh(ax, w, 2 * H, H, N, H, GH, gh)
+            _gemm_hh(own, ax, w, 2 * H, H, N, H, GH, gh)
             _fwd_rows(par, N, kind, act, reset_after, 1, True, H, GH, xp + t * N * GH,
                       gh, b, hp, hn, cp, cn, gt, ax, mask + t * N, hseq + t * NH)
         else:
-            _gemm_hh(hp, w, 0, GH, N, H, GH, gh)
+            _gemm_hh(own, hp, w, 0, GH, N, H, GH, gh)
             _fwd_rows(par, N, kind, act, reset_after, -1, True, H, GH, xp + t * N * GH,
                       gh, b, hp, hn, cp, cn, gt, ax, mask + t * N, hseq + t * NH)
 
@@ -514,7 +809,8 @@ cdef void _backward_sweep(int kind, int act, bint reset_after, Py_ssize_t t0,
                           const floating* gates, const floating* aux,
                           const floating* dhseq, floating* dh, floating* dh_tmp,
                           floating* dc, floating* dc_tmp, floating* dg, floating* drh,
-                          int64_t* budget, floating* dxp, floating* dgh) noexcept nogil:
+                          int64_t* budget, floating* dxp, floating* dgh,
+                          Py_ssize_t small) noexcept nogil:
     """Backpropagate from step ``t0`` down to 0, adding into dxp/dgh.
 
     ``dh``/``dc`` (N, H) carry the incoming gradient and receive the gradient on
@@ -526,6 +822,7 @@ cdef void _backward_sweep(int kind, int act, bint reset_after, Py_ssize_t t0,
     cdef Py_ssize_t GH = _n_gates(kind) * H, NH = N * H, t, i
     cdef bint cho = kind == GRU and not reset_after
     cdef bint par = N >= 2 and NH >= PARALLEL_MIN_WORK
+    cdef bint own = N <= small
     cdef floating* dh_in = dh
     cdef floating* dc_in = dc
     cdef floating* swap
@@ -547,13 +844,13 @@ cdef void _backward_sweep(int kind, int act, bint reset_after, Py_ssize_t t0,
                   dg, dxp + t * N * GH, dh_tmp, dc_tmp)
         if cho:
             # drh = dn W_hn (the gradient on r h), then the r-gate phase.
-            _gemm_dh(dg, w, 2 * H, H, N, H, GH, 0, drh)
+            _gemm_dh(own, dg, w, 2 * H, H, N, H, GH, 0, drh)
             _bwd_rows(par, N, kind, act, reset_after, 1, H, GH, mask + t * N, budget,
                       seq, dh, dc, hc + t * NH, cp, cn, gates + t * N * GH, ax, drh,
                       dg, dxp + t * N * GH, dh_tmp, dc_tmp)
-            _gemm_dh(dg, w, 0, 2 * H, N, H, GH, 1, dh_tmp)
+            _gemm_dh(own, dg, w, 0, 2 * H, N, H, GH, 1, dh_tmp)
         else:
-            _gemm_dh(dg, w, 0, GH, N, H, GH, 1, dh_tmp)
+            _gemm_dh(own, dg, w, 0, GH, N, H, GH, 1, dh_tmp)
         _bwd_finish_rows(par, N, H, GH, mask + t * N, budget, dg, dgh + t * N * GH,
                          dh_tmp, dc_tmp)
         swap = dh
@@ -585,7 +882,7 @@ cdef void _backward_all(int kind, int act, bint reset_after, Py_ssize_t truncate
                         const floating* dc_T, floating* dh0, floating* dc0,
                         floating* work, floating* dg, int64_t* budget,
                         floating* dxp, floating* dgh, floating* dw,
-                        floating* db) noexcept nogil:
+                        floating* db, Py_ssize_t small) noexcept nogil:
     """Full BPTT (truncate < 0) or one budgeted sweep per gradient source, then
     dW_hh (GEMM over all T*N rows) and db_hh. ``work`` holds 5 (N, H) buffers."""
     cdef Py_ssize_t GH = _n_gates(kind) * H, NH = N * H, ts, i, j, k
@@ -610,7 +907,8 @@ cdef void _backward_all(int kind, int act, bint reset_after, Py_ssize_t truncate
             else:
                 memset(dc0, 0, NH * sizeof(floating))
         _backward_sweep(kind, act, reset_after, T - 1, N, H, w, mask, hc, cc, gates,
-                        aux, dhseq, dh0, dh_b, dc0, dc_b, dg, drh, NULL, dxp, dgh)
+                        aux, dhseq, dh0, dh_b, dc0, dc_b, dg, drh, NULL, dxp, dgh,
+                        small)
     else:
         # One budgeted sweep per gradient source, in time order: the (masked)
         # output gradient at each step, plus dh_T/dc_T at the last step.
@@ -645,7 +943,7 @@ cdef void _backward_all(int kind, int act, bint reset_after, Py_ssize_t truncate
                 budget[i] = truncate + 1
             _backward_sweep(kind, act, reset_after, ts, N, H, w, mask, hc, cc, gates,
                             aux, NULL, dh_a, dh_b, dc_a, dc_b, dg, drh, budget,
-                            dxp, dgh)
+                            dxp, dgh, small)
             for k in range(NH):
                 dh0[k] += dh_a[k]
             if lstm:
@@ -674,14 +972,17 @@ def forward(int kind, int act, bint reset_after, bint keep_cache,
             const floating[::1] b_hh, const uint8_t[:, ::1] mask,
             floating[:, :, ::1] h, floating[:, :, ::1] c,
             floating[:, :, ::1] gates, floating[:, :, ::1] aux,
-            floating[:, :, ::1] h_seq, floating[:, ::1] gh):
+            floating[:, :, ::1] h_seq, floating[:, ::1] gh,
+            Py_ssize_t small_gemm_rows=SMALL_GEMM_ROWS):
     """Run the forward time loop.
 
     xp (T, N, G*H); w_hh (G*H, H); b_hh (G*H,); mask (T, N) uint8;
     h, c: state slots (T+1 or 2, N, H) with slot 0 = h0/c0 (c None unless LSTM);
     gates (T or 1, N, G*H); aux (T or 1, N, H) or None (GRU only);
     h_seq (T, N, H) output; gh (N, G*H) scratch. All shapes are the caller's
-    responsibility (no checks).
+    responsibility (no checks). Batches of at most ``small_gemm_rows`` rows
+    compute the recurrent products with the own small-GEMM kernel, larger ones
+    with BLAS.
     """
     cdef Py_ssize_t T = xp.shape[0], N = xp.shape[1], H = w_hh.shape[1]
     cdef Py_ssize_t S = h.shape[0]
@@ -694,7 +995,8 @@ def forward(int kind, int act, bint reset_after, bint keep_cache,
     with nogil:
         _forward_loop(kind, act, reset_after, T, N, H, &xp[0, 0, 0], &w_hh[0, 0],
                       &b_hh[0], &mask[0, 0], &h[0, 0, 0], cptr, S, &gates[0, 0, 0],
-                      auxptr, keep_cache, &h_seq[0, 0, 0], &gh[0, 0])
+                      auxptr, keep_cache, &h_seq[0, 0, 0], &gh[0, 0],
+                      small_gemm_rows)
 
 
 def backward(int kind, int act, bint reset_after, Py_ssize_t truncate,
@@ -706,7 +1008,8 @@ def backward(int kind, int act, bint reset_after, Py_ssize_t truncate,
              floating[:, :, ::1] dxp, floating[:, :, ::1] dgh,
              floating[:, ::1] dh0, floating[:, ::1] dc0,
              floating[:, :, ::1] work, floating[:, ::1] dg, int64_t[::1] budget,
-             floating[:, ::1] dw_hh, floating[::1] db_hh):
+             floating[:, ::1] dw_hh, floating[::1] db_hh,
+             Py_ssize_t small_gemm_rows=SMALL_GEMM_ROWS):
     """Gradients through the forward pass.
 
     truncate: -1 for full BPTT, else k >= 0 (k < T). h (T+1, N, H) cache states;
@@ -714,6 +1017,7 @@ def backward(int kind, int act, bint reset_after, Py_ssize_t truncate,
     dh_seq/dh_T/dc_T or None; dxp, dgh (T, N, G*H) zero-filled outputs;
     dh0, dc0 (N, H) outputs (dc0 None unless LSTM); work (5, N, H) and
     dg (N, G*H), budget (N,) scratch; dw_hh (G*H, H), db_hh (G*H,) outputs.
+    small_gemm_rows: as in ``forward``.
     """
     cdef Py_ssize_t T = gates.shape[0], N = gates.shape[1], H = w_hh.shape[1]
     cdef const floating* cp = NULL
@@ -739,7 +1043,24 @@ def backward(int kind, int act, bint reset_after, Py_ssize_t truncate,
                       &mask[0, 0], &h[0, 0, 0], cp, &gates[0, 0, 0], ap, seqp,
                       dhTp, dcTp, &dh0[0, 0], dc0p, &work[0, 0, 0], &dg[0, 0],
                       &budget[0], &dxp[0, 0, 0], &dgh[0, 0, 0], &dw_hh[0, 0],
-                      &db_hh[0])
+                      &db_hh[0], small_gemm_rows)
+
+
+def matmul(const floating[:, ::1] a, bint trans_a, const floating[:, ::1] b,
+           bint trans_b, floating[:, ::1] out, double beta=0.0):
+    """``out = op(a) @ op(b) + beta * out`` (row-major; op = transpose if asked).
+
+    The layer-side GEMMs (input projection, dW_ih, dx) of the Cython backend,
+    through the same BLAS and blocking rule as the recurrent products. Shapes
+    are the caller's responsibility (no checks); no size may be 0.
+    """
+    cdef int m = out.shape[0], n = out.shape[1]
+    cdef int k = a.shape[0] if trans_a else a.shape[1]
+    # row-major C = op(A) op(B)  <=>  column-major C^T = op(B)^T op(A)^T
+    with nogil:
+        _gemm(c'T' if trans_b else c'N', c'T' if trans_a else c'N', n, m, k,
+              <floating>1, &b[0, 0], <int>b.shape[1], &a[0, 0], <int>a.shape[1],
+              <floating>beta, &out[0, 0], n)
 
 
 # ----------------------------------------------------------------------------
@@ -854,6 +1175,7 @@ cdef void _generate_loop(int kind, int act, bint reset_after, Py_ssize_t L,
     new one and is copied back. Everything else is caller-allocated scratch."""
     cdef Py_ssize_t GH = _n_gates(kind) * H, NH = N * H, t, l, i, j
     cdef Py_ssize_t n_active = N
+    cdef bint own = N <= SMALL_GEMM_ROWS
     cdef int64_t v
     cdef floating* hl
     cdef floating* cl = NULL
@@ -876,19 +1198,20 @@ cdef void _generate_loop(int kind, int act, bint reset_after, Py_ssize_t L,
                     memcpy(xp + i * GH, xp_table + tok[i] * GH, GH * sizeof(floating))
             else:
                 # xp = h_{l-1} W_ih^T + b_ih (layer l reads the state of l - 1)
-                _gemm_hh(hbuf + (l - 1) * 2 * NH, w_ih_rest + (l - 1) * GH * H,
+                _gemm_hh(own, hbuf + (l - 1) * 2 * NH, w_ih_rest + (l - 1) * GH * H,
                          0, GH, N, H, GH, xp)
                 bias = b_ih_rest + (l - 1) * GH
                 for i in range(N):
                     for j in range(GH):
                         xp[i * GH + j] += bias[j]
             _forward_loop(kind, act, reset_after, 1, N, H, xp, w_hh + l * GH * H,
-                          b_hh + l * GH, active, hl, cl, 2, gates, aux, False, hseq, gh)
+                          b_hh + l * GH, active, hl, cl, 2, gates, aux, False, hseq, gh,
+                          SMALL_GEMM_ROWS)
             memcpy(hl, hl + NH, NH * sizeof(floating))
             if kind == LSTM:
                 memcpy(cl, cl + NH, NH * sizeof(floating))
         # logits = h_top W_out^T + b_out
-        _gemm_hh(hbuf + (L - 1) * 2 * NH, w_out, 0, V, N, H, V, logits)
+        _gemm_hh(own, hbuf + (L - 1) * 2 * NH, w_out, 0, V, N, H, V, logits)
         for i in range(N):
             if not active[i]:
                 continue

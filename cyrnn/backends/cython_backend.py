@@ -7,8 +7,11 @@ allocates outputs and scratch, and calls the compiled time loops, which run
 without the GIL (recurrent products through BLAS, gate math in C, row loops
 parallel over the batch when OpenMP is available and the step is large).
 
-Threads: BLAS threads the recurrent GEMMs; OpenMP threads the gate math of big
-steps (N * H >= ``_cython_kernels.PARALLEL_MIN``). The two pools alternate every
+Threads: BLAS threads the big GEMMs (m*n*k >= 2**24); mid-sized ones are cut
+into blocks that OpenBLAS keeps on the calling thread (see ``_cython_kernels._gemm``),
+and :func:`matmul` gives the layer-side GEMMs the same BLAS and rule, so NumPy's
+and scipy's OpenBLAS pools never alternate within a step. OpenMP threads the gate
+math of big steps (N * H >= ``_cython_kernels.PARALLEL_MIN``). The two pools alternate every
 step, and OpenMP threads that spin-wait between regions (the default "active"
 policy of most runtimes) keep BLAS's threads off the cores: on 2 cores that made
 big steps 3 to 30 times slower. Unless the user chose otherwise, this module
@@ -37,6 +40,27 @@ _empty = np.empty
 _zeros = np.zeros
 _contig = np.ascontiguousarray
 _uint8 = np.uint8
+
+
+def matmul(a, trans_a, b, trans_b, out, beta=0.0):
+    """``out = op(a) @ op(b) + beta * out`` for C-contiguous 2-D arrays of one dtype
+    (the layer-side GEMMs: input projection, dW_ih, dx).
+
+    Optional backend function: ``cyrnn.layers.recurrent`` uses it when present, so
+    that every GEMM of a layer goes through one BLAS (scipy's) with one blocking
+    rule. Interleaving NumPy's and scipy's OpenBLAS thread pools made each call
+    wait for the other pool's spinning threads (dino-b32 inference: 3 ms instead
+    of 0.5 ms on 2 cores).
+    """
+    if 0 in out.shape or (a.shape[0] if trans_a else a.shape[1]) == 0:
+        res = (a.T if trans_a else a) @ (b.T if trans_b else b)
+        if beta == 0:
+            out[...] = res
+        else:
+            out *= beta
+            out += res
+        return
+    _k.matmul(a, bool(trans_a), b, bool(trans_b), out, float(beta))
 
 
 def _mask_u8(mask, T, N):

@@ -131,6 +131,32 @@ class RecurrentLayer(Layer):
                 if self.cell.kind == "lstm":
                     p[b_ih][H:2 * H] = forget_bias
 
+    # ------------------------------------------------------------ fast lookups
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_views", None)  # derived from params; rebuilt on first use
+        return state
+
+    def _backend(self):
+        return get_backend(self.backend)
+
+    def _tensor_views(self):
+        """Per (layer, direction): (w_ih, w_hh, b_ih, b_hh) value views and the same
+        four gradient views. Cached while ``params`` keeps its storage (optimizers and
+        ``load_state_dict`` write into it in place; ``rehome`` replaces it)."""
+        p = self.params
+        cached = self.__dict__.get("_views")
+        if cached is not None and cached[0] is p.data and cached[1] is p.grad:
+            return cached[2]
+        views = {}
+        for layer in range(self.num_layers):
+            for d in range(self.num_directions):
+                names = self._names(layer, d)
+                views[layer, d] = (tuple(p[n] for n in names),
+                                   tuple(p.grad_of(n) for n in names))
+        self._views = (p.data, p.grad, views)
+        return views
+
     # ------------------------------------------------------------ validation
     def _check_inputs(self, x, lengths, mask, initial_state):
         x = V.check_array(x, "x", 3, self.dtype, feature_size=self.input_size)
@@ -226,24 +252,44 @@ class RecurrentLayer(Layer):
         self._cache = cache
         return self._package(out, h_n, c_n, batch_first=self.batch_first)
 
+    def _forward_checked(self, x, mask, initial_state, training):
+        """``forward`` for :class:`cyrnn.Sequential`, which has already validated ``x``
+        (a finite (n, T, F) array of this dtype, batch-first) and ``mask`` ((n, T)
+        bool or None): only the feature count and the state are checked here."""
+        if x.shape[-1] != self.input_size:
+            raise ValueError(f"x has {x.shape[-1]} features per step, "
+                             f"expected {self.input_size}")
+        state = self._check_state(initial_state, x.shape[0])
+        x_tm = x.transpose(1, 0, 2)
+        if not x_tm.flags.c_contiguous:
+            x_tm = np.ascontiguousarray(x_tm)
+        mask_tm = None if mask is None or mask.all() else np.ascontiguousarray(mask.T)
+        out, h_n, c_n, cache = self._forward_tm(x_tm, mask_tm, state[0], state[1], training)
+        self._cache = cache
+        return self._package(out, h_n, c_n, batch_first=True)
+
     def _forward_tm(self, x_tm, mask_tm, h0, c0, training):
         """Time-major forward on validated input. Returns (out, h_n, c_n, cache)."""
-        backend = get_backend(self.backend)
-        cell, p = self.cell, self.params
+        backend = self._backend()
+        views = self._tensor_views()
+        mm = getattr(backend, "matmul", None)
+        cell = self.cell
         inp = x_tm
         h_n, c_n = np.empty_like(h0), (np.empty_like(c0) if c0 is not None else None)
         caches = []
         for layer in range(self.num_layers):
             outs, layer_caches = [], []
             for d in range(self.num_directions):
-                w_ih, w_hh, b_ih, b_hh = (p[n] for n in self._names(layer, d))
+                (w_ih, w_hh, b_ih, b_hh), _ = views[layer, d]
                 k = layer * self.num_directions + d
                 src = inp[::-1] if d else inp
                 m = None if mask_tm is None else (mask_tm[::-1] if d else mask_tm)
-                xp = project(src, w_ih, b_ih)
+                xp = project(src, w_ih, b_ih, mm)
+                if m is not None:
+                    m = np.ascontiguousarray(m)
                 h_seq, h_n[k], c_T, kcache = backend.forward(
                     cell, xp, w_hh, b_hh, h0[k], None if c0 is None else c0[k],
-                    None if m is None else np.ascontiguousarray(m), keep_cache=training)
+                    m, keep_cache=training)
                 if c_n is not None:
                     c_n[k] = c_T
                 outs.append(h_seq[::-1] if d else h_seq)
@@ -307,16 +353,18 @@ class RecurrentLayer(Layer):
         return dx, ((dh0, dc0) if self.cell.has_cell_state else dh0)
 
     def _backward_tm(self, cache, d_out, dh_n, dc_n):
-        backend = get_backend(self.backend)
-        cell, p, D = self.cell, self.params, self.num_directions
+        backend = self._backend()
+        views = self._tensor_views()
+        mm = getattr(backend, "matmul", None)
+        cell, D = self.cell, self.num_directions
         layers = cache["layers"]
         LD = self.num_layers * D
         n, H = cache["h_n"].shape[1], self.hidden_size
         dh_n = np.zeros((LD, n, H), self.dtype) if dh_n is None else np.array(dh_n, self.dtype)
         if cell.has_cell_state:
             dc_n = np.zeros((LD, n, H), self.dtype) if dc_n is None else np.asarray(dc_n, self.dtype)
-        dh0 = np.zeros((LD, n, H), self.dtype)
-        dc0 = np.zeros((LD, n, H), self.dtype) if cell.has_cell_state else None
+        dh0 = np.empty((LD, n, H), self.dtype)
+        dc0 = np.empty((LD, n, H), self.dtype) if cell.has_cell_state else None
         top = self.num_layers - 1
         d_seq = None
         if d_out is not None and not self.return_sequences:
@@ -333,8 +381,7 @@ class RecurrentLayer(Layer):
             d_inp = None
             for d in range(D):
                 src, m, kcache = layer_caches[d]
-                names = self._names(layer, d)
-                w_ih, w_hh = p[names[0]], p[names[1]]
+                (w_ih, w_hh, _, _), (g_wih, g_whh, g_bih, g_bhh) = views[layer, d]
                 k = layer * D + d
                 dh_seq = d_outs[d]
                 if dh_seq is not None:
@@ -346,11 +393,20 @@ class RecurrentLayer(Layer):
                     dc0[k] = dc0_k
                 GH = dxp.shape[-1]
                 dxp2 = dxp.reshape(-1, GH)
-                p.grad_of(names[0])[...] += dxp2.T @ src.reshape(-1, src.shape[-1])
-                p.grad_of(names[1])[...] += dw_hh
-                p.grad_of(names[2])[...] += dxp2.sum(axis=0)
-                p.grad_of(names[3])[...] += db_hh
-                dsrc = (dxp2 @ w_ih).reshape(src.shape)
+                src2 = src.reshape(-1, src.shape[-1])
+                if (mm is not None and dxp2.dtype == src2.dtype == g_wih.dtype
+                        and dxp2.flags.c_contiguous and g_wih.flags.c_contiguous
+                        and w_ih.flags.c_contiguous):
+                    mm(dxp2, True, np.ascontiguousarray(src2), False, g_wih, 1.0)
+                    dsrc = np.empty(src2.shape, self.dtype)
+                    mm(dxp2, False, w_ih, False, dsrc, 0.0)
+                    dsrc = dsrc.reshape(src.shape)
+                else:
+                    g_wih += dxp2.T @ src2
+                    dsrc = (dxp2 @ w_ih).reshape(src.shape)
+                g_whh += dw_hh
+                g_bih += dxp2.sum(axis=0)
+                g_bhh += db_hh
                 dsrc = dsrc[::-1] if d else dsrc
                 d_inp = dsrc if d_inp is None else d_inp + dsrc
             d_seq = d_inp
@@ -373,7 +429,7 @@ class RecurrentLayer(Layer):
         if self.bidirectional:
             raise ValueError("step() needs a unidirectional layer (the reverse direction "
                              "would need the future)")
-        backend = get_backend(self.backend)
+        backend = self._backend()
         h, c = state if self.cell.has_cell_state else (state, None)
         h_new, c_new = np.empty_like(h), (np.empty_like(c) if c is not None else None)
         inp = np.ascontiguousarray(x_t, dtype=self.dtype)
@@ -394,10 +450,19 @@ class RecurrentLayer(Layer):
                 f"num_layers={self.num_layers}{extra})")
 
 
-def project(x_tm, w_ih, b_ih):
-    """Input projection for all steps at once: (T, N, D) -> (T, N, G*H), one GEMM."""
+def project(x_tm, w_ih, b_ih, matmul=None):
+    """Input projection for all steps at once: (T, N, D) -> (T, N, G*H), one GEMM.
+
+    ``matmul``: a backend's ``matmul(a, trans_a, b, trans_b, out, beta)`` (the
+    Cython backend routes it through its own BLAS and blocking rule), else NumPy.
+    """
     T, N, D = x_tm.shape
-    xp = np.ascontiguousarray(x_tm).reshape(T * N, D) @ w_ih.T
+    x2 = np.ascontiguousarray(x_tm).reshape(T * N, D)
+    if matmul is not None and x2.dtype == w_ih.dtype and w_ih.flags.c_contiguous:
+        xp = np.empty((T * N, w_ih.shape[0]), x2.dtype)
+        matmul(x2, False, w_ih, True, xp, 0.0)
+    else:
+        xp = x2 @ w_ih.T
     xp += b_ih
     return xp.reshape(T, N, -1)
 

@@ -1,0 +1,130 @@
+"""Fast paths of the Cython backend: vectorised float32 activations, the own
+small-GEMM kernels, blocked BLAS calls, and the single-validation training step."""
+
+import numpy as np
+import pytest
+from scipy.special import expit
+
+from cyrnn.backends import Cell, available, get_backend
+
+pytestmark = pytest.mark.skipif("cython" not in available(), reason="Cython backend not built")
+
+
+def _activation(act, x):
+    """act(x) through the kernel: a SimpleRNN step with zero recurrent weights."""
+    cy = get_backend("cython")
+    H = 64
+    n = -(-x.size // H)
+    xx = np.zeros(n * H, np.float32)
+    xx[:x.size] = x
+    _, h_T, _, _ = cy.forward(Cell("rnn", activation=act), xx.reshape(1, n, H),
+                              np.zeros((H, H), np.float32), np.zeros(H, np.float32),
+                              np.zeros((n, H), np.float32))
+    return h_T.reshape(-1)[:x.size]
+
+
+@pytest.mark.parametrize("act, ref", [("tanh", np.tanh), ("sigmoid", expit)])
+def test_float32_activations_accurate_saturating_nan(act, ref):
+    x = np.concatenate([np.linspace(-100, 100, 200001, dtype=np.float32),
+                        np.float32([0.0, -0.0, 1e-30, -1e-30, 0.4, -0.4, 88.5, -88.5, 1e4,
+                                    -1e4, np.inf, -np.inf, np.nan])])
+    y = _activation(act, x).astype(np.float64)
+    exact = ref(x.astype(np.float64))
+    finite = np.isfinite(x)
+    err = np.abs(y - exact)[finite]
+    assert err.max() < 2e-7  # a few float32 ulp of values <= 1
+    normal = np.abs(exact[finite]) > 1e-30
+    assert (err[normal] / np.abs(exact[finite][normal])).max() < 1e-6
+    assert np.isnan(y[np.isnan(x)]).all()
+    big = np.abs(x) > 60
+    if act == "tanh":
+        assert np.array_equal(y[big], np.sign(x[big]))
+    else:
+        assert (y[x > 60] == 1).all() and (y[x < -90] == 0).all()
+
+
+CELLS = {"rnn": Cell("rnn"), "rnn-relu": Cell("rnn", activation="relu"),
+         "lstm": Cell("lstm"), "gru": Cell("gru"), "gru-cho": Cell("gru", reset_after=False)}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", sorted(CELLS))
+@pytest.mark.parametrize("N", [1, 3, 6])
+def test_small_gemm_kernels_match_blas(name, dtype, N):
+    """The own small-GEMM kernels (odd H, gate rows not a multiple of 4) give the
+    BLAS path's results."""
+    from cyrnn import _cython_kernels as k
+    cell = CELLS[name]
+    T, H = 5, 13
+    GH = cell.n_gates * H
+    rng = np.random.default_rng(N)
+    xp = rng.standard_normal((T, N, GH)).astype(dtype)
+    w = (rng.standard_normal((GH, H)) * 0.5).astype(dtype)
+    b = rng.standard_normal(GH).astype(dtype)
+    mask = np.ones((T, N), np.uint8)
+    mask[1, 0] = 0
+    lstm, gru = cell.kind == "lstm", cell.kind == "gru"
+    dh_T = rng.standard_normal((N, H)).astype(dtype)
+    dh_seq = rng.standard_normal((T, N, H)).astype(dtype)
+    results = []
+    for small in (0, 64):
+        h = np.zeros((T + 1, N, H), dtype)
+        h[0] = 0.3
+        c = np.full((T + 1, N, H), 0.2, dtype) if lstm else None
+        gates = np.empty((T, N, GH), dtype)
+        aux = np.empty((T, N, H), dtype) if gru else None
+        hs = np.empty((T, N, H), dtype)
+        k.forward(cell.kind_code, cell.activation_code, cell.reset_after, True, xp, w, b,
+                  mask, h, c, gates, aux, hs, np.empty((N, GH), dtype), small)
+        dxp, dgh = np.zeros((T, N, GH), dtype), np.zeros((T, N, GH), dtype)
+        dh0 = np.empty((N, H), dtype)
+        dc0 = np.empty((N, H), dtype) if lstm else None
+        dw, db = np.empty((GH, H), dtype), np.empty(GH, dtype)
+        k.backward(cell.kind_code, cell.activation_code, cell.reset_after, -1, h, c, gates,
+                   aux, w, mask, dh_seq, dh_T, dh_T if lstm else None, dxp, dgh, dh0, dc0,
+                   np.empty((5, N, H), dtype), np.empty((N, GH), dtype),
+                   np.empty(N, np.int64), dw, db, small)
+        results.append([hs, h, gates, dxp, dh0, dw, db] + ([dc0] if lstm else []))
+    tol = {"rtol": 1e-10, "atol": 1e-12} if dtype == np.float64 else {"rtol": 1e-5, "atol": 1e-5}
+    for a, b_ in zip(*results):
+        np.testing.assert_allclose(a, b_, **tol)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(3, 4, 5), (300, 200, 50), (2000, 64, 30), (64, 2000, 30),
+                                   (1, 3000, 300)])
+def test_blocked_matmul(dtype, shape):
+    """matmul splits mid-sized GEMMs into blocks; the result is one GEMM's."""
+    from cyrnn import _cython_kernels as k
+    M, N, K = shape
+    rng = np.random.default_rng(0)
+    for ta in (False, True):
+        for tb in (False, True):
+            a = rng.standard_normal((K, M) if ta else (M, K)).astype(dtype)
+            b = rng.standard_normal((N, K) if tb else (K, N)).astype(dtype)
+            out = rng.standard_normal((M, N)).astype(dtype)
+            expected = (a.T if ta else a) @ (b.T if tb else b) + 0.5 * out
+            k.matmul(a, ta, b, tb, out, 0.5)
+            np.testing.assert_allclose(out, expected, rtol=1e-4 if dtype == np.float32 else 1e-12,
+                                       atol=1e-3 if dtype == np.float32 else 1e-10)
+
+
+def test_train_step_validates_before_state_changes():
+    import cyrnn
+    from cyrnn.optim import RMSProp
+    from cyrnn.training import train_step
+    model = cyrnn.Sequential([cyrnn.LSTM(3, 5, return_sequences=False, random_state=0),
+                              cyrnn.Dense(5, 1, random_state=0)])
+    opt = RMSProp(model, lr=1e-3, clip_norm=1.0)
+    x = np.zeros((2, 4, 3), np.float32)
+    y = np.zeros((2, 1), np.float32)
+    train_step(model, opt, "mse", x, y)
+    model.params.grad[...] = 7.0
+    data = model.params.data.copy()
+    bad = x.copy()
+    bad[0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        train_step(model, opt, "mse", bad, y)
+    with pytest.raises(ValueError, match="features per step"):
+        train_step(model, opt, "mse", np.zeros((2, 4, 2), np.float32), y)
+    assert (model.params.grad == 7.0).all() and np.array_equal(model.params.data, data)
