@@ -16,93 +16,14 @@ from cyrnn import _cython_kernels as kernels
 from cyrnn.backends import Cell, available, get_backend
 from cyrnn.backends import numpy_backend as ref
 
-CELLS = {
-    "rnn-tanh": Cell("rnn", "tanh"),
-    "rnn-relu": Cell("rnn", "relu"),
-    "rnn-sigmoid": Cell("rnn", "sigmoid"),
-    "lstm": Cell("lstm"),
-    "gru-reset-after": Cell("gru", reset_after=True),
-    "gru-cho": Cell("gru", reset_after=False),
-}
-DTYPES = [np.float64, np.float32]
-T = 7
-H = 4
+from kernel_harness import CELLS, DTYPES, H, T, KernelHarness, make_problem, run_forward  # noqa: E402,F401
 
-
-def tol(dtype, scale=1.0):
-    """float64: rtol 1e-10, atol 1e-12. float32: rtol 1e-5 and atol 1e-6 taken
-    relative to the array's scale (max(1, max|expected|)): sums such as dW_hh
-    cancel, and both backends' float32 round-off is ~5e-7 of that scale."""
-    if dtype == np.float64:
-        return {"rtol": 1e-10, "atol": 1e-12}
-    return {"rtol": 1e-5, "atol": 1e-6 * max(1.0, scale)}
-
-
-def make_problem(cell, dtype, N, masked, seed=0, T=T, H=H):
-    rng = np.random.default_rng(seed)
-    GH = cell.n_gates * H
-    p = {
-        "xp": rng.standard_normal((T, N, GH)),
-        "w_hh": rng.standard_normal((GH, H)) * 0.6,
-        "b_hh": rng.standard_normal(GH) * 0.3,
-        "h0": rng.standard_normal((N, H)),
-        "c0": rng.standard_normal((N, H)) if cell.has_cell_state else None,
-        "dh_seq": rng.standard_normal((T, N, H)),
-        "dh_T": rng.standard_normal((N, H)),
-        "dc_T": rng.standard_normal((N, H)) if cell.has_cell_state else None,
-    }
-    p = {k: (None if v is None else v.astype(dtype)) for k, v in p.items()}
-    mask = None
-    if masked:
-        mask = rng.random((T, N)) > 0.3
-        mask[:2, 0] = False           # pre-padding: row 0 masked at the start
-        mask[-2:, N - 1] = False      # post-padding: last row masked at the end
-        mask[3, :] = False            # a step masked in every row
-        if N > 2:
-            mask[:, 2] = False        # a fully masked sequence
-    p["mask"] = mask
-    return p
-
-
-def assert_close(actual, expected, dtype, what=""):
-    if expected is None:
-        assert actual is None, what
-        return
-    assert actual is not None, what
-    assert actual.shape == expected.shape, what
-    assert actual.dtype == dtype, what
-    scale = float(np.abs(expected).max()) if expected.size else 1.0
-    np.testing.assert_allclose(actual, expected, err_msg=what, **tol(dtype, scale))
-
-
-def run_forward(backend, cell, p, keep_cache=True):
-    return backend.forward(cell, p["xp"], p["w_hh"], p["b_hh"], p["h0"], p["c0"],
-                           p["mask"], keep_cache)
-
-
-def compare_forward(cell, dtype, p):
-    expected = run_forward(ref, cell, p)
-    actual = run_forward(cy, cell, p)
-    for name, a, e in zip(("h_seq", "h_T", "c_T"), actual[:3], expected[:3]):
-        assert_close(a, e, dtype, name)
-    assert set(actual[3]) == set(expected[3])
-    for key in expected[3]:
-        assert_close(actual[3][key], expected[3][key], dtype, f"cache[{key!r}]")
-    # Inference keeps no cache and gives the same outputs.
-    inference = run_forward(cy, cell, p, keep_cache=False)
-    assert inference[3] is None
-    for name, a, e in zip(("h_seq", "h_T", "c_T"), inference[:3], expected[:3]):
-        assert_close(a, e, dtype, "inference " + name)
-    return actual[3], expected[3]
-
-
-def compare_backward(cell, dtype, p, cache_cy, cache_ref, truncate, **grads):
-    kw = {"dh_seq": p["dh_seq"], "dh_T": p["dh_T"], "dc_T": p["dc_T"]}
-    kw.update(grads)
-    expected = ref.backward(cell, cache_ref, p["w_hh"], p["mask"], truncate=truncate, **kw)
-    actual = cy.backward(cell, cache_cy, p["w_hh"], p["mask"], truncate=truncate, **kw)
-    for name, a, e in zip(("dxp", "dh0", "dc0", "dw_hh", "db_hh"), actual, expected):
-        assert_close(a, e, dtype, name)
+harness = KernelHarness(cy, f32_atol=1e-6)
+tol = harness.tol
+assert_close = harness.assert_close
+compare_forward = harness.compare_forward
+compare_backward = harness.compare_backward
+compare_step = harness.compare_step
 
 
 @pytest.mark.parametrize("N", [1, 5])
@@ -139,11 +60,7 @@ def test_missing_gradients(cell_name, which, truncate):
 def test_step(cell_name, dtype):
     cell = CELLS[cell_name]
     for N in (1, 5):
-        p = make_problem(cell, dtype, N, False, seed=N)
-        expected = ref.step(cell, p["xp"][0], p["w_hh"], p["b_hh"], p["h0"], p["c0"])
-        actual = cy.step(cell, p["xp"][0], p["w_hh"], p["b_hh"], p["h0"], p["c0"])
-        for name, a, e in zip(("h", "c"), actual, expected):
-            assert_close(a, e, dtype, name)
+        compare_step(cell, dtype, make_problem(cell, dtype, N, False, seed=N))
 
 
 @pytest.mark.parametrize("cell_name", list(CELLS))
