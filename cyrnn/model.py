@@ -194,21 +194,23 @@ class Sequential:
         x, mask = self._input_mask(x, lengths, mask)
         return self._output_mask_of(mask)
 
-    def backward(self, d_output, d_states=None):
+    def backward(self, d_output, d_states=None, input_grad=True):
         """Backpropagate ``d_output`` (and optional final-state gradients) through the last
         training-mode forward; adds parameter gradients into ``params.grad``.
 
-        Returns the gradient on the input (None when the first layer is an Embedding).
+        Returns the gradient on the input (None when the first layer is an Embedding, or
+        when ``input_grad`` is False: training skips that GEMM).
         """
         kinds = self._kinds
         n_rec = sum(is_rnn for _, is_rnn in kinds)
         d_states = [None] * n_rec if d_states is None else list(d_states)
         r = n_rec
         d = d_output
-        for layer, is_rnn in reversed(kinds):
+        for i in range(len(kinds) - 1, -1, -1):
+            layer, is_rnn = kinds[i]
             if is_rnn:
                 r -= 1
-                d, _ = layer.backward(d, d_states[r])
+                d, _ = layer.backward(d, d_states[r], input_grad=input_grad or i > 0)
             else:
                 d = layer.backward(d)
         return d

@@ -38,7 +38,7 @@ def train_step(model, optimizer, loss, x, y, lengths=None, mask=None, initial_st
                                     initial_states=initial_states, training=True,
                                     return_states=True)
     value, grad = loss_fn(out, y, sample_weight=sample_weight, mask=out_mask)
-    model.backward(grad)
+    model.backward(grad, input_grad=False)  # no gradient on the data itself
     optimizer.step()
     return (value, states) if return_states else value
 

@@ -51,3 +51,19 @@ def test_per_step_weights_equal_masking(rng):
 def test_values_too_large_for_float32_are_named():
     with pytest.raises(ValueError, match="too large for float32"):
         cyrnn.GRU(2, 3)(np.full((1, 2, 2), 1e300))
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_skipping_the_input_gradient_changes_no_parameter_gradient(bidirectional, backend, rng):
+    model = cyrnn.Sequential([cyrnn.GRU(2, 4, 2, bidirectional=bidirectional, backend=backend,
+                                        dtype=np.float64, random_state=0),
+                              cyrnn.Dense(8 if bidirectional else 4, 1, dtype=np.float64)])
+    x, g = rng.normal(size=(3, 5, 2)), rng.normal(size=(3, 5, 1))
+    grads = []
+    for input_grad in (True, False):
+        model.zero_grad()
+        model.forward(x, training=True)
+        dx = model.backward(g, input_grad=input_grad)
+        assert (dx is None) == (not input_grad)
+        grads.append(model.params.grad.copy())
+    np.testing.assert_array_equal(grads[0], grads[1])

@@ -319,17 +319,20 @@ class RecurrentLayer(Layer):
         return out, ((h_n, c_n) if self.cell.has_cell_state else h_n)
 
     # ------------------------------------------------------------ backward
-    def backward(self, d_output=None, d_state=None):
+    def backward(self, d_output=None, d_state=None, input_grad=True):
         """Backpropagate through the last training-mode forward.
 
         Parameters
         ----------
         d_output : array shaped like ``output``, or None
         d_state : gradient on ``state`` (h_n, or (h_n, c_n)), each entry may be None
+        input_grad : bool, default True
+            False skips the GEMM that computes ``dx`` (a model's first layer in
+            training needs no gradient on its input) and returns ``dx = None``.
 
         Returns
         -------
-        dx : array shaped like ``x``
+        dx : array shaped like ``x`` (None when ``input_grad`` is False)
         d_initial_state : dh0, or (dh0, dc0) for LSTM
 
         Parameter gradients are added to ``self.params.grad``.
@@ -346,13 +349,13 @@ class RecurrentLayer(Layer):
                 raise ValueError(f"d_output must have shape {expected}, got {d_output.shape}")
             if self.return_sequences and self.batch_first:
                 d_output = d_output.transpose(1, 0, 2)
-        dx, dh0, dc0 = self._backward_tm(cache, d_output, dh_n, dc_n)
+        dx, dh0, dc0 = self._backward_tm(cache, d_output, dh_n, dc_n, input_grad)
         self._cache = None  # one backward per training forward, as torch frees its graph
-        if self.batch_first:
+        if self.batch_first and dx is not None:
             dx = np.ascontiguousarray(dx.transpose(1, 0, 2))
         return dx, ((dh0, dc0) if self.cell.has_cell_state else dh0)
 
-    def _backward_tm(self, cache, d_out, dh_n, dc_n):
+    def _backward_tm(self, cache, d_out, dh_n, dc_n, input_grad=True):
         backend = self._backend()
         views = self._tensor_views()
         mm = getattr(backend, "matmul", None)
@@ -379,6 +382,7 @@ class RecurrentLayer(Layer):
                 d_seq = d_seq * drop
             d_outs = self._unmerge(d_seq, outs) if d_seq is not None else [None] * D
             d_inp = None
+            need_dsrc = layer > 0 or input_grad
             for d in range(D):
                 src, m, kcache = layer_caches[d]
                 (w_ih, w_hh, _, _), (g_wih, g_whh, g_bih, g_bhh) = views[layer, d]
@@ -398,15 +402,19 @@ class RecurrentLayer(Layer):
                         and dxp2.flags.c_contiguous and g_wih.flags.c_contiguous
                         and w_ih.flags.c_contiguous):
                     mm(dxp2, True, np.ascontiguousarray(src2), False, g_wih, 1.0)
-                    dsrc = np.empty(src2.shape, self.dtype)
-                    mm(dxp2, False, w_ih, False, dsrc, 0.0)
-                    dsrc = dsrc.reshape(src.shape)
+                    if need_dsrc:
+                        dsrc = np.empty(src2.shape, self.dtype)
+                        mm(dxp2, False, w_ih, False, dsrc, 0.0)
+                        dsrc = dsrc.reshape(src.shape)
                 else:
                     g_wih += dxp2.T @ src2
-                    dsrc = (dxp2 @ w_ih).reshape(src.shape)
+                    if need_dsrc:
+                        dsrc = (dxp2 @ w_ih).reshape(src.shape)
                 g_whh += dw_hh
                 g_bih += dxp2.sum(axis=0)
                 g_bhh += db_hh
+                if not need_dsrc:
+                    continue
                 dsrc = dsrc[::-1] if d else dsrc
                 d_inp = dsrc if d_inp is None else d_inp + dsrc
             d_seq = d_inp
