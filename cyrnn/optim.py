@@ -23,10 +23,10 @@ Arrays of state that a configuration does not use are passed as empty arrays
 from __future__ import annotations
 
 import math
-import numbers
 
 import numpy as np
 
+from . import _validation as V
 from .params import ParameterBuffer
 
 __all__ = [
@@ -44,31 +44,10 @@ __all__ = [
 # validation helpers
 # ---------------------------------------------------------------------------
 
-def _check_real(name, value):
-    """Return ``value`` as a Python float, or raise TypeError naming ``name``."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
-    return float(value)
-
-
 def _check_range(name, value, low=None, high=None, low_open=False, high_open=False):
-    """Check ``low <(=) value <(=) high`` and finiteness; return ``value`` as float."""
-    value = _check_real(name, value)
-    ok = math.isfinite(value)
-    if ok and low is not None:
-        ok = value > low if low_open else value >= low
-    if ok and high is not None:
-        ok = value < high if high_open else value <= high
-    if not ok:
-        parts = []
-        if low is not None:
-            parts.append(f"{'>' if low_open else '>='} {low}")
-        if high is not None:
-            parts.append(f"{'<' if high_open else '<='} {high}")
-        bound = " and ".join(parts)
-        raise ValueError(f"{name} must be a finite number{' ' + bound if bound else ''}, "
-                         f"got {value!r}")
-    return value
+    """``low <(=) value <(=) high`` and finite, as a float (the shared validation rule)."""
+    return V.check_float(value, name, minimum=low, maximum=high, include_min=not low_open,
+                         include_max=not high_open)
 
 
 def _check_bool(name, value):

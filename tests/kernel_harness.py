@@ -111,3 +111,16 @@ class KernelHarness:
         actual = self.backend.step(cell, p["xp"][0], p["w_hh"], p["b_hh"], p["h0"], p["c0"])
         for name, a, e in zip(("h", "c"), actual, expected):
             self.assert_close(a, e, dtype, "step " + name)
+
+    def check_mask_dtypes_and_empty_batch(self):
+        """A non-bool mask (nonzero = valid) and an empty batch work."""
+        cell = CELLS["gru-reset-after"]
+        p = make_problem(cell, np.float64, 5, True, seed=2)
+        expected = run_forward(ref, cell, p)
+        q = dict(p, mask=p["mask"].astype(np.int32) * 3)
+        for a, e in zip(run_forward(self.backend, cell, q)[:2], expected[:2]):
+            self.assert_close(a, e, np.float64)
+        empty = dict(p, xp=p["xp"][:, :0], h0=p["h0"][:0], mask=None)
+        h_seq, h_T, c_T, _ = run_forward(self.backend, cell, empty)
+        assert h_seq.shape == (T, 0, H) and h_T.shape == (0, H) and c_T is None
+        return p

@@ -127,16 +127,7 @@ def test_saturated_gates_stay_finite(cell_name, dtype):
 
 
 def test_mask_dtypes_and_degenerate_shapes():
-    cell = CELLS["gru-reset-after"]
-    p = make_problem(cell, np.float64, 5, True, seed=2)
-    expected = run_forward(ref, cell, p)
-    q = dict(p, mask=p["mask"].astype(np.int32) * 3)   # non-bool, nonzero = valid
-    for a, e in zip(run_forward(cy, cell, q)[:2], expected[:2]):
-        assert_close(a, e, np.float64)
-    # Empty batch: handled without touching BLAS.
-    empty = dict(p, xp=p["xp"][:, :0], h0=p["h0"][:0], mask=None)
-    h_seq, h_T, c_T, _ = run_forward(cy, cell, empty)
-    assert h_seq.shape == (T, 0, H) and h_T.shape == (0, H) and c_T is None
+    harness.check_mask_dtypes_and_empty_batch()
 
 
 def test_registry_lists_cython():

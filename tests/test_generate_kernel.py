@@ -10,14 +10,8 @@ import pytest
 from cyrnn.backends import Cell, available, get_backend
 from cyrnn.backends import numpy_backend as ref
 
-CELLS = {
-    "rnn-tanh": Cell("rnn", "tanh"),
-    "rnn-relu": Cell("rnn", "relu"),
-    "rnn-sigmoid": Cell("rnn", "sigmoid"),
-    "lstm": Cell("lstm"),
-    "gru-reset-after": Cell("gru", reset_after=True),
-    "gru-cho": Cell("gru", reset_after=False),
-}
+from kernel_harness import CELLS  # noqa: E402
+
 COMPILED = [name for name in available() if name != "numpy"]
 
 
