@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _validation as V
-from .layers import Embedding, Layer, RecurrentLayer
+from .layers import Dense, Embedding, Layer, RecurrentLayer
 from .params import ParameterBuffer
 
 
@@ -62,11 +62,17 @@ class Sequential:
             layer.rehome(self.params.data[start:end], self.params.grad[start:end])
             start = end
 
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_infer_cache", None)  # holds a backend function; rebuilt on demand
+        return state
+
     def __setstate__(self, state):
         # Pickle/deepcopy turn the layers' views into separate arrays: re-home them into
         # this model's buffer so optimizers on model.params still reach every layer.
         self.__dict__.update(state)
         self.__dict__.pop("_kinds_cache", None)
+        self.__dict__.pop("_infer_cache", None)
         start = 0
         for layer in self.layers:
             end = start + layer.params.size
@@ -144,8 +150,87 @@ class Sequential:
         output : (n, T, out) or (n, out) array;  states : list (if ``return_states``)
         """
         training = self.training if training is None else bool(training)
+        if (not training and lengths is None and mask is None and initial_states is None
+                and not return_states):
+            fused = self._fused_inference()
+            if fused is not None:
+                out = fused[0](fused[1], self.params.data, x)
+                if out is not None:
+                    return out
         x, mask = self._input_mask(x, lengths, mask)
         return self._forward_checked(x, mask, initial_states, training, return_states)
+
+    # ------------------------------------------------------------------
+    # Fused inference: one backend call for the whole model (docs/architecture.md).
+    INFER_SPEC_VERSION = 1
+    INFER_SPEC_WIDTH = 12
+
+    def _fused_inference(self):
+        """``(backend.infer, spec)`` when this model can run in one fused backend call,
+        else None. Cached per layer list and backend choice."""
+        layers = self.layers
+        backends = tuple(layer.backend for layer, is_rnn in self._kinds if is_rnn)
+        cached = self.__dict__.get("_infer_cache")
+        if cached is not None and cached[0] is layers and cached[1] == backends:
+            return cached[2]
+        plan = None
+        spec = self.inference_spec()
+        if spec is not None:
+            mods = {id(layer._backend()): layer._backend() for layer in self._recurrent}
+            infer = getattr(next(iter(mods.values())), "infer", None) if len(mods) == 1 else None
+            if infer is not None:
+                plan = (infer, spec)
+        self._infer_cache = (layers, backends, plan)
+        return plan
+
+    def inference_spec(self):
+        """The model as an int64 op list for a backend's fused ``infer``, or None when it
+        has a shape the fused path does not cover (bidirectional layers, a recurrent
+        layer that is not first after an optional Embedding, layers after a many-to-one
+        layer other than Dense).
+
+        Layout: ``[version, n_ops, width]`` then one ``width``-long record per op
+        (unused fields 0); offsets index ``params.data``:
+
+        * embedding: ``[0, vocab_size, dim, off_weight, mask_zero]``
+        * recurrent (one record per stacked layer): ``[1, kind_code, activation_code,
+          reset_after, input_size, hidden_size, off_w_ih, off_w_hh, off_b_ih, off_b_hh,
+          returns_sequence]``
+        * dense: ``[2, in_features, out_features, off_weight, off_bias]``
+        """
+        W = self.INFER_SPEC_WIDTH
+        records, seq, seen_rnn = [], True, False
+        offsets = self.params.offsets
+        for i, (layer, is_rnn) in enumerate(self._kinds):
+            if isinstance(layer, Embedding):
+                records.append([0, layer.vocab_size, layer.embedding_dim,
+                                offsets[f"{i}.weight"], int(layer.mask_zero)])
+            elif is_rnn:
+                if not seq or layer.num_directions != 1:
+                    return None
+                cell = layer.cell
+                for sub in range(layer.num_layers):
+                    w_ih, w_hh, b_ih, b_hh = layer._names(sub, 0)
+                    last = sub == layer.num_layers - 1
+                    records.append([1, cell.kind_code, cell.activation_code,
+                                    int(cell.reset_after), layer._layer_input_size(sub),
+                                    layer.hidden_size, offsets[f"{i}.{w_ih}"],
+                                    offsets[f"{i}.{w_hh}"], offsets[f"{i}.{b_ih}"],
+                                    offsets[f"{i}.{b_hh}"],
+                                    int(layer.return_sequences or not last)])
+                seq = layer.return_sequences
+                seen_rnn = True
+            elif isinstance(layer, Dense) and seen_rnn:
+                records.append([2, layer.in_features, layer.out_features,
+                                offsets[f"{i}.weight"], offsets[f"{i}.bias"]])
+            else:
+                return None
+        spec = np.zeros(3 + W * len(records), np.int64)
+        spec[:3] = (self.INFER_SPEC_VERSION, len(records), W)
+        for k, rec in enumerate(records):
+            spec[3 + k * W:3 + k * W + len(rec)] = rec
+        spec.setflags(write=False)
+        return spec
 
     def _forward_checked(self, x, mask, initial_states, training, return_states):
         """``forward`` on input already validated by ``_input_mask``."""

@@ -1274,3 +1274,295 @@ def generate(int kind, int act, bint reset_after,
                        &lengths[0], &tok[0], &active[0], &xp[0, 0], &gh[0, 0],
                        &gates[0, 0, 0], auxptr, &hseq[0, 0, 0], &logits[0, 0], &z[0],
                        &work[0])
+
+
+# ----------------------------------------------------------------------------
+# Fused inference: a whole Sequential ([Embedding] RNN+ Dense*) in one call.
+#
+# The spec is the int64 array built by ``cyrnn.model.Sequential`` (layout in
+# docs/architecture.md, "Fused inference"): a header (version, number of ops,
+# record width) and one fixed-width record per op; parameter offsets index the
+# model's flat buffer. Everything runs without the GIL on scratch allocated per
+# call, so concurrent calls on one model are safe; the plan holds no state.
+# ----------------------------------------------------------------------------
+
+cimport numpy as cnp
+from libc.stdlib cimport malloc, free
+from libc.math cimport isfinite
+
+cnp.import_array()
+
+cdef enum:
+    SPEC_VERSION = 1
+    SPEC_HEADER = 3
+    SPEC_WIDTH = 12
+    OP_EMBED = 0
+    OP_RNN = 1
+    OP_DENSE = 2
+
+INFER_SPEC_VERSION = SPEC_VERSION
+INFER_SPEC_WIDTH = SPEC_WIDTH
+INFER_SPEC_HEADER = SPEC_HEADER
+
+
+cdef inline void _add_bias(floating* y, const floating* b, Py_ssize_t rows,
+                           Py_ssize_t cols) noexcept nogil:
+    cdef Py_ssize_t i, j
+    for i in range(rows):
+        for j in range(cols):
+            y[i * cols + j] += b[j]
+
+
+cdef void _infer_ops(const int64_t* spec, Py_ssize_t n_ops, const floating* data,
+                     Py_ssize_t T, Py_ssize_t N, Py_ssize_t F0,
+                     floating* cur, floating* nxt, floating* xp, floating* hbuf,
+                     floating* cbuf, floating* gates, floating* aux, floating* gh,
+                     const uint8_t* mask, floating* out) noexcept nogil:
+    """Run every RNN/Dense op; ``cur`` holds the time-major (T, N, F0) input.
+    Writes the batch-first result to ``out``."""
+    cdef Py_ssize_t o, F = F0, H, GH, D, O, rows, t, i
+    cdef bint seq = True
+    cdef const int64_t* r
+    cdef floating* swap
+    cdef floating* hT
+    for o in range(n_ops):
+        r = spec + SPEC_HEADER + o * SPEC_WIDTH
+        if r[0] == OP_RNN:
+            D = r[4]
+            H = r[5]
+            GH = _n_gates(<int>r[1]) * H
+            # xp = x W_ih^T + b_ih over all T*N rows (as layers.recurrent.project)
+            _gemm(c'T', c'N', <int>GH, <int>(T * N), <int>D, <floating>1,
+                  data + r[6], <int>D, cur, <int>D, <floating>0, xp, <int>GH)
+            _add_bias(xp, data + r[8], T * N, GH)
+            memset(hbuf, 0, N * H * sizeof(floating))
+            if r[1] == LSTM:
+                memset(cbuf, 0, N * H * sizeof(floating))
+            _forward_loop(<int>r[1], <int>r[2], r[3] != 0, T, N, H, xp, data + r[7],
+                          data + r[9], mask, hbuf, cbuf, 2, gates, aux, False, nxt, gh,
+                          SMALL_GEMM_ROWS)
+            if not r[10]:  # many-to-one: the final state
+                hT = hbuf + (T % 2) * N * H
+                memcpy(nxt, hT, N * H * sizeof(floating))
+                seq = False
+            F = H
+        else:  # OP_DENSE on (T*N or N, F) rows
+            O = r[2]
+            rows = T * N if seq else N
+            _gemm(c'T', c'N', <int>O, <int>rows, <int>F, <floating>1, data + r[3],
+                  <int>F, cur, <int>F, <floating>0, nxt, <int>O)
+            _add_bias(nxt, data + r[4], rows, O)
+            F = O
+        swap = cur
+        cur = nxt
+        nxt = swap
+    if seq:  # time-major (T, N, F) -> batch-first (N, T, F)
+        for t in range(T):
+            for i in range(N):
+                memcpy(out + (i * T + t) * F, cur + (t * N + i) * F, F * sizeof(floating))
+    else:
+        memcpy(out, cur, N * F * sizeof(floating))
+
+
+cdef bint _all_finite(const floating* x, Py_ssize_t n) noexcept nogil:
+    """No NaN or infinity in ``x[:n]`` (x * 0 is NaN exactly for those); 16
+    independent lanes so the compiler vectorises the scan."""
+    cdef floating acc[16]
+    cdef Py_ssize_t i, l, n16 = n - n % 16
+    for l in range(16):
+        acc[l] = 0
+    i = 0
+    while i < n16:
+        for l in range(16):
+            acc[l] += x[i + l] * 0
+        i += 16
+    for i in range(n16, n):
+        acc[0] += x[i] * 0
+    for l in range(1, 16):
+        acc[0] += acc[l]
+    return acc[0] == 0
+
+
+def infer(const int64_t[::1] spec, cnp.ndarray data, object x):
+    """Fused inference of a ``Sequential`` (see the section comment above).
+
+    ``data``: the model's flat parameter buffer (float32/float64, C-contiguous).
+    ``x``: (N, T, D) floats of ``data``'s dtype, or (N, T) int64 token ids when
+    the first op is an embedding; C-contiguous. Returns the output array, or
+    None when ``x`` is not in that exact form or holds values the general path
+    must judge (NaN/inf, ids out of range, padding ids under ``mask_zero``):
+    the caller then takes the validating layer-by-layer path.
+    """
+    cdef Py_ssize_t n_ops, o, first = 0, N, T, F, Fmax, GHmax = 1, Hmax = 1
+    cdef Py_ssize_t k, E = 0, V = 0, i, t, G, size
+    cdef const int64_t* sp = &spec[0]
+    cdef const int64_t* r
+    cdef int typenum = cnp.PyArray_TYPE(data)
+    cdef cnp.ndarray xa, res
+    cdef bint ids, seq = True
+    cdef const int64_t* idp = NULL
+    cdef const int64_t* row
+    cdef Py_ssize_t isz = 4 if typenum == cnp.NPY_FLOAT32 else 8
+    cdef char* buf = NULL
+    cdef char* xin
+    cdef char* dptr
+    cdef uint8_t* mask = NULL
+    cdef size_t total
+    cdef cnp.npy_intp dims[3]
+    cdef double need
+    if (spec.shape[0] < SPEC_HEADER or spec[0] != SPEC_VERSION or spec[2] != SPEC_WIDTH
+            or spec[1] < 1 or spec.shape[0] != SPEC_HEADER + spec[1] * SPEC_WIDTH):
+        raise ValueError("unsupported inference spec")
+    n_ops = spec[1]
+    if typenum != cnp.NPY_FLOAT32 and typenum != cnp.NPY_FLOAT64:
+        raise TypeError("parameter buffer must be float32 or float64")
+    if not cnp.PyArray_IS_C_CONTIGUOUS(data):
+        raise ValueError("parameter buffer must be C-contiguous")
+    if not cnp.PyArray_Check(x):
+        return None
+    xa = <cnp.ndarray>x
+    if not cnp.PyArray_IS_C_CONTIGUOUS(xa) or not cnp.PyArray_ISALIGNED(xa):
+        return None
+    r = sp + SPEC_HEADER
+    ids = r[0] == OP_EMBED
+    if ids:
+        if cnp.PyArray_NDIM(xa) != 2 or cnp.PyArray_TYPE(xa) != cnp.NPY_INT64:
+            return None
+        V = r[1]
+        E = r[2]
+        first = 1
+        F = E
+    else:
+        if r[0] != OP_RNN:
+            raise ValueError("inference spec: the first op must be an embedding or recurrent")
+        if cnp.PyArray_NDIM(xa) != 3 or cnp.PyArray_TYPE(xa) != typenum:
+            return None
+        F = r[4]  # the first RNN's input size
+        if cnp.PyArray_DIM(xa, 2) != F:
+            return None
+    N = cnp.PyArray_DIM(xa, 0)
+    T = cnp.PyArray_DIM(xa, 1)
+    if N < 1 or T < 1:
+        return None
+    xin = <char*>cnp.PyArray_DATA(xa)
+    # Sizes of the scratch buffers; every record must chain (its input width is
+    # the previous output width) and its tensors must lie inside ``data``.
+    size = cnp.PyArray_SIZE(data)
+    if ids and (V < 1 or E < 1 or r[3] < 0 or r[3] + V * E > size):
+        raise ValueError("inference spec: embedding outside the parameter buffer")
+    Fmax = F
+    for o in range(first, n_ops):
+        r = sp + SPEC_HEADER + o * SPEC_WIDTH
+        if r[0] == OP_RNN:
+            if r[1] < RNN or r[1] > GRU or r[2] < ACT_TANH or r[2] > ACT_SIGMOID:
+                raise ValueError("inference spec: unknown cell")
+            if not seq:
+                raise ValueError("inference spec: recurrent op after a many-to-one op")
+            if r[4] != F:
+                return None  # widths do not chain: the general path explains
+            G = _n_gates(<int>r[1]) * r[5]
+            if (r[5] < 1 or r[6] < 0 or r[7] < 0 or r[8] < 0 or r[9] < 0
+                    or r[6] + G * F > size or r[7] + G * r[5] > size
+                    or r[8] + G > size or r[9] + G > size):
+                raise ValueError("inference spec: recurrent op outside the parameter buffer")
+            if G > GHmax:
+                GHmax = G
+            if r[5] > Hmax:
+                Hmax = r[5]
+            F = r[5]
+            seq = r[10] != 0
+        elif r[0] == OP_DENSE:
+            if r[1] != F:
+                return None
+            if (r[2] < 1 or r[3] < 0 or r[4] < 0 or r[3] + r[2] * F > size
+                    or r[4] + r[2] > size):
+                raise ValueError("inference spec: dense op outside the parameter buffer")
+            F = r[2]
+        else:
+            raise ValueError("inference spec: unknown op")
+        if F > Fmax:
+            Fmax = F
+    need = (2.0 * T * N * Fmax + <double>T * N * GHmax + 4.0 * N * Hmax
+            + 3.0 * N * GHmax + N * Hmax)
+    if need * isz > 1e15:
+        raise MemoryError("inference scratch too large")
+    if ids:
+        idp = <const int64_t*>xin
+        r = sp + SPEC_HEADER
+        for k in range(N * T):  # ids the general path must judge
+            if idp[k] < 0 or idp[k] >= V or (r[4] and idp[k] == 0):
+                return None
+    elif isz == 4:
+        if not _all_finite(<const float*>xin, N * T * F):
+            return None
+    else:
+        if not _all_finite(<const double*>xin, N * T * F):
+            return None
+    # Output (batch-first, in the parameters' dtype), F wide.
+    dims[0] = N
+    if seq:
+        dims[1] = T
+        dims[2] = F
+        res = cnp.PyArray_EMPTY(3, dims, typenum, 0)
+    else:
+        dims[1] = F
+        res = cnp.PyArray_EMPTY(2, dims, typenum, 0)
+    total = <size_t>need * isz + 64
+    buf = <char*>malloc(total)
+    mask = <uint8_t*>malloc(<size_t>(T * N))
+    if buf == NULL or mask == NULL:
+        free(buf)
+        free(mask)
+        raise MemoryError("inference scratch")
+    dptr = <char*>cnp.PyArray_DATA(data)
+    try:
+        with nogil:
+            memset(mask, 1, <size_t>(T * N))
+            if isz == 4:
+                _infer_entry(sp, n_ops, first, <const float*>dptr, xin, ids, E,
+                             T, N, Fmax, GHmax, Hmax, <float*>buf, mask,
+                             <float*>cnp.PyArray_DATA(res))
+            else:
+                _infer_entry(sp, n_ops, first, <const double*>dptr, xin, ids, E,
+                             T, N, Fmax, GHmax, Hmax, <double*>buf, mask,
+                             <double*>cnp.PyArray_DATA(res))
+    finally:
+        free(buf)
+        free(mask)
+    return res
+
+
+cdef void _infer_entry(const int64_t* sp, Py_ssize_t n_ops, Py_ssize_t first,
+                       const floating* data, const char* xin, bint ids, Py_ssize_t E,
+                       Py_ssize_t T, Py_ssize_t N, Py_ssize_t Fmax, Py_ssize_t GHmax,
+                       Py_ssize_t Hmax, floating* buf, const uint8_t* mask,
+                       floating* out) noexcept nogil:
+    """Carve the scratch, lay the input out time-major, run the ops."""
+    cdef floating* cur = buf
+    cdef floating* nxt = cur + T * N * Fmax
+    cdef floating* xp = nxt + T * N * Fmax
+    cdef floating* hbuf = xp + T * N * GHmax
+    cdef floating* cbuf = hbuf + 2 * N * Hmax
+    cdef floating* gates = cbuf + 2 * N * Hmax
+    cdef floating* gh = gates + N * GHmax
+    cdef floating* aux = gh + N * GHmax
+    cdef Py_ssize_t t, i, F
+    cdef const floating* table
+    cdef const int64_t* idp
+    cdef const floating* x
+    if ids:
+        table = data + sp[SPEC_HEADER + 3]
+        idp = <const int64_t*>xin
+        F = E
+        for t in range(T):
+            for i in range(N):
+                memcpy(cur + (t * N + i) * E, table + idp[i * T + t] * E,
+                       E * sizeof(floating))
+    else:
+        x = <const floating*>xin
+        F = sp[SPEC_HEADER + 4]
+        for t in range(T):
+            for i in range(N):
+                memcpy(cur + (t * N + i) * F, x + (i * T + t) * F, F * sizeof(floating))
+    _infer_ops(sp + first * SPEC_WIDTH, n_ops - first, data, T, N, F, cur, nxt, xp,
+               hbuf, cbuf, gates, aux, gh, mask, out)

@@ -63,6 +63,12 @@ def matmul(a, trans_a, b, trans_b, out, beta=0.0):
     _k.matmul(a, bool(trans_a), b, bool(trans_b), out, float(beta))
 
 
+# Fused inference of a whole Sequential (optional contract function; the spec layout
+# is documented in Sequential.inference_spec and docs/architecture.md): validates the
+# input's exact form in C and returns None for anything the general path must handle.
+infer = _k.infer
+
+
 def _mask_u8(mask, T, N):
     if mask is None:
         return np.ones((T, N), _uint8)

@@ -1,0 +1,246 @@
+"""Fused inference (``Sequential.forward`` in one backend ``infer`` call).
+
+The reference is the layer-by-layer path on the NumPy backend: a compiled backend's
+fused call must give the same outputs (float32 within 1e-5, float64 within 1e-10), and
+every input the fused path does not take in its exact form must go through the general
+path (same result, same errors).
+"""
+
+import copy
+import pickle
+import threading
+
+import numpy as np
+import pytest
+
+import cyrnn
+from cyrnn.backends import get_backend
+
+from conftest import BACKENDS
+
+FUSED = [b for b in BACKENDS if hasattr(get_backend(b), "infer")]
+STRICT = {np.float32: dict(rtol=1e-5, atol=1e-5), np.float64: dict(rtol=1e-10, atol=1e-10)}
+
+CELLS = [
+    ("lstm", cyrnn.LSTM, {}),
+    ("gru", cyrnn.GRU, {}),
+    ("gru_cho", cyrnn.GRU, {"reset_after": False}),
+    ("rnn_tanh", cyrnn.SimpleRNN, {}),
+    ("rnn_relu", cyrnn.SimpleRNN, {"activation": "relu"}),
+    ("rnn_sigmoid", cyrnn.SimpleRNN, {"activation": "sigmoid"}),
+]
+
+pytestmark = pytest.mark.skipif(not FUSED, reason="no backend with fused inference")
+
+
+@pytest.fixture(params=FUSED)
+def fused_backend(request):
+    return request.param
+
+
+def _build(backend, Cls, kw, dtype, *, num_layers=1, return_sequences=False, embed=None,
+           heads=(3,), stacked=1, D=5, H=7):
+    layers = []
+    if embed is not None:
+        vocab, mask_zero = embed
+        layers.append(cyrnn.Embedding(vocab, D, mask_zero=mask_zero, dtype=dtype,
+                                      random_state=3))
+    for s in range(stacked):
+        last = s == stacked - 1
+        layers.append(Cls(D if s == 0 else H, H, num_layers=num_layers,
+                          return_sequences=return_sequences or not last, backend=backend,
+                          dtype=dtype, random_state=10 + s, **kw))
+    width = H
+    for k, out in enumerate(heads):
+        layers.append(cyrnn.Dense(width, out, dtype=dtype, random_state=20 + k))
+        width = out
+    model = cyrnn.Sequential(layers)
+    # every parameter nonzero (biases start at 0): a term left out would show
+    model.params.data[...] = np.random.default_rng(7).uniform(-0.6, 0.6, model.params.size)
+    return model
+
+
+def _reference(model):
+    """The same model (same parameters) on the NumPy backend, layer by layer."""
+    ref = copy.deepcopy(model)
+    for layer in ref.recurrent_layers:
+        layer.backend = "numpy"
+    assert ref._fused_inference() is None
+    return ref
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name,Cls,kw", CELLS, ids=[c[0] for c in CELLS])
+@pytest.mark.parametrize("num_layers,return_sequences,stacked,heads", [
+    (1, False, 1, (1,)),
+    (2, False, 1, (4, 2)),
+    (1, True, 1, (3,)),
+    (1, True, 2, ()),
+    (2, False, 2, (3,)),
+])
+def test_fused_matches_reference(fused_backend, dtype, name, Cls, kw, num_layers,
+                                 return_sequences, stacked, heads, rng):
+    model = _build(fused_backend, Cls, kw, dtype, num_layers=num_layers,
+                   return_sequences=return_sequences, stacked=stacked, heads=heads)
+    assert model._fused_inference() is not None
+    ref = _reference(model)
+    for N, T in [(1, 1), (1, 12), (6, 9)]:
+        x = rng.standard_normal((N, T, 5)).astype(dtype)
+        out = model.forward(x)
+        expected = ref.forward(x)
+        assert out.dtype == dtype and out.shape == expected.shape
+        np.testing.assert_allclose(out, expected, **STRICT[dtype])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fused_embedding(fused_backend, dtype, rng):
+    model = _build(fused_backend, cyrnn.GRU, {}, dtype, embed=(11, False), heads=(2,))
+    ref = _reference(model)
+    ids = rng.integers(0, 11, size=(4, 8))
+    assert model._fused_inference() is not None
+    np.testing.assert_allclose(model.forward(ids), ref.forward(ids), **STRICT[dtype])
+    # int32 ids, lists: the general path converts them; same result
+    np.testing.assert_allclose(model.forward(ids.astype(np.int32)), ref.forward(ids),
+                               **STRICT[dtype])
+    np.testing.assert_allclose(model.forward(ids.tolist()), ref.forward(ids), **STRICT[dtype])
+
+
+def test_fused_mask_zero_falls_back(fused_backend, rng):
+    """Padding ids (0) under mask_zero need masks: the general path runs them."""
+    model = _build(fused_backend, cyrnn.LSTM, {}, np.float64, embed=(9, True))
+    ref = _reference(model)
+    ids = rng.integers(1, 9, size=(3, 6))
+    np.testing.assert_allclose(model.forward(ids), ref.forward(ids), **STRICT[np.float64])
+    ids[0, :2] = 0  # pre-padding
+    ids[2, 4:] = 0  # post-padding
+    got = model.forward(ids)
+    np.testing.assert_allclose(got, ref.forward(ids), **STRICT[np.float64])
+    # the padded rows equal the unpadded sequences run alone
+    np.testing.assert_allclose(got[2], model.forward(ids[2:3, :4])[0], **STRICT[np.float64])
+
+
+@pytest.mark.parametrize("make", [
+    lambda x: np.asfortranarray(x),
+    lambda x: np.ascontiguousarray(np.repeat(x, 2, axis=2))[:, :, ::2],
+    lambda x: x.astype(np.float64),
+    lambda x: x.tolist(),
+    "readonly",
+], ids=["fortran", "strided", "float64-input", "list", "readonly"])
+def test_fused_other_layouts(fused_backend, make, rng):
+    model = _build(fused_backend, cyrnn.LSTM, {}, np.float32)
+    ref = _reference(model)
+    x = rng.standard_normal((3, 7, 5)).astype(np.float32)
+    expected = ref.forward(x)
+    if make == "readonly":
+        xv = x.copy()
+        xv.setflags(write=False)
+    else:
+        xv = make(x)
+    np.testing.assert_allclose(model.forward(xv), expected, **STRICT[np.float32])
+
+
+@pytest.mark.parametrize("bad,match", [
+    (lambda x: np.where(np.arange(x.size).reshape(x.shape) == 7, np.nan, x), "NaN"),
+    (lambda x: np.where(np.arange(x.size).reshape(x.shape) == 3, np.inf, x), "NaN"),
+    (lambda x: x[:, :, :4], "features"),
+    (lambda x: x[0], "3-dimensional"),
+    (lambda x: x[:, :0], "empty"),
+])
+def test_fused_bad_input_same_errors(fused_backend, bad, match, rng):
+    model = _build(fused_backend, cyrnn.GRU, {}, np.float32)
+    ref = _reference(model)
+    x = bad(rng.standard_normal((2, 6, 5)).astype(np.float32))
+    with pytest.raises(ValueError, match=match):
+        model.forward(x)
+    with pytest.raises(ValueError, match=match):
+        ref.forward(x)
+
+
+def test_fused_bad_ids(fused_backend):
+    model = _build(fused_backend, cyrnn.GRU, {}, np.float32, embed=(5, False))
+    for ids in (np.array([[1, 5]]), np.array([[-1, 2]])):
+        with pytest.raises(ValueError, match="outside"):
+            model.forward(ids)
+
+
+def test_fused_not_used_where_unsupported(fused_backend, rng):
+    bi = cyrnn.Sequential([cyrnn.LSTM(5, 4, bidirectional=True, return_sequences=False,
+                                      backend=fused_backend, random_state=0),
+                           cyrnn.Dense(8, 1, random_state=1)])
+    assert bi._fused_inference() is None
+    # training mode, masks, lengths, initial states and return_states keep the general path
+    model = _build(fused_backend, cyrnn.LSTM, {}, np.float64)
+    ref = _reference(model)
+    x = rng.standard_normal((2, 5, 5))
+    lengths = np.array([5, 3])
+    np.testing.assert_allclose(model.forward(x, lengths=lengths),
+                               ref.forward(x, lengths=lengths), **STRICT[np.float64])
+    out, states = model.forward(x, return_states=True)
+    np.testing.assert_allclose(out, ref.forward(x), **STRICT[np.float64])
+    assert len(states) == 1
+
+
+def test_fused_follows_parameter_updates_and_pickle(fused_backend, rng):
+    model = _build(fused_backend, cyrnn.LSTM, {}, np.float64)
+    x = rng.standard_normal((2, 5, 5))
+    before = model.forward(x)
+    model.params.data[...] *= 0.5  # optimizers write in place
+    after = model.forward(x)
+    assert not np.allclose(before, after)
+    np.testing.assert_allclose(after, _reference(model).forward(x), **STRICT[np.float64])
+    clone = pickle.loads(pickle.dumps(model))
+    np.testing.assert_array_equal(clone.forward(x), after)
+    assert clone._fused_inference() is not None
+    # switching the backend afterwards drops the fused plan
+    for layer in clone.recurrent_layers:
+        layer.backend = "numpy"
+    assert clone._fused_inference() is None
+    np.testing.assert_allclose(clone.forward(x), after, **STRICT[np.float64])
+
+
+def test_fused_concurrent_calls(fused_backend, rng):
+    """No shared scratch: threads scoring at once get each their own exact result."""
+    model = _build(fused_backend, cyrnn.GRU, {}, np.float32, H=32)
+    xs = [rng.standard_normal((1, 20, 5)).astype(np.float32) for _ in range(8)]
+    expected = [model.forward(x) for x in xs]
+    errors = []
+
+    def work(k):
+        try:
+            for _ in range(50):
+                for j in range(k, k + len(xs)):
+                    got = model.forward(xs[j % len(xs)])
+                    if not np.array_equal(got, expected[j % len(xs)]):
+                        errors.append(j)
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+
+
+def test_infer_rejects_corrupt_spec(fused_backend):
+    """The kernel checks the spec against the buffer: a bad one raises, never reads
+    outside the parameters."""
+    infer = get_backend(fused_backend).infer
+    model = _build(fused_backend, cyrnn.LSTM, {}, np.float32)
+    spec = model.inference_spec().copy()
+    x = np.zeros((1, 3, 5), np.float32)
+    assert infer(spec, model.params.data, x).shape == (1, 3)
+    W = model.INFER_SPEC_WIDTH
+    for field, value in [(7, 10**9), (6, -1), (9, model.params.size)]:
+        bad = spec.copy()
+        bad[3 + field] = value
+        with pytest.raises(ValueError, match="outside the parameter buffer"):
+            infer(bad, model.params.data, x)
+    for bad in (spec[:5], np.concatenate([spec, np.zeros(W, np.int64)])):
+        with pytest.raises(ValueError, match="spec"):
+            infer(np.ascontiguousarray(bad), model.params.data, x)
+    bad = spec.copy()
+    bad[3 + 1] = 7  # unknown cell kind
+    with pytest.raises(ValueError, match="cell"):
+        infer(bad, model.params.data, x)
