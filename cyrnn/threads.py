@@ -6,12 +6,12 @@ on, so that kernels and BLAS together do not oversubscribe the cores:
 * **Numba kernels** (``cyrnn.backends.numba_backend``): at most ``n`` row blocks
   per call, process-wide, and ``numba.set_num_threads(n)`` for the calling
   thread (Numba's own setting is per Python thread; the block cap is global).
-* **Cython kernels** (``cyrnn._cython_kernels``): ``n`` OpenMP threads, when the
-  extension exposes a ``set_num_threads(n)`` function (it would store ``n`` in
-  a module-level int used as the ``num_threads=`` of its ``prange`` loops:
-  ``omp_set_num_threads`` only affects the calling thread). It does not yet:
-  it uses the OpenMP defaults (``OMP_NUM_THREADS`` when the runtime loads,
-  else all cores); ``_status()`` reports whether the setting was taken.
+* **Cython kernels** (``cyrnn._cython_kernels``): ``n`` OpenMP threads for the
+  parallel row loops: the extension's ``set_num_threads(n)`` stores ``n`` in a
+  module-level int used as the ``num_threads=`` of every ``prange``
+  (``omp_set_num_threads`` would only affect the calling thread). Before any
+  call the loops use OpenMP's default (``OMP_NUM_THREADS`` when the runtime
+  loads, else all cores); ``_status()`` reports whether the setting was taken.
 * **BLAS** (NumPy's and SciPy's OpenBLAS, which the kernels call for the
   recurrent products): limited to ``blas_threads`` threads (default ``n``)
   with threadpoolctl, when it is installed.

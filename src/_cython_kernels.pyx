@@ -89,9 +89,48 @@ cdef extern from *:
     int CYRNN_OPENMP
 
 
+cdef extern from *:
+    """
+    #ifdef _OPENMP
+    #include <omp.h>
+    static int cyrnn_omp_max_threads(void) { return omp_get_max_threads(); }
+    #else
+    static int cyrnn_omp_max_threads(void) { return 1; }
+    #endif
+    """
+    int cyrnn_omp_max_threads() nogil
+
+
 def openmp_enabled():
     """Whether this module was compiled with OpenMP (parallel row loops)."""
     return bool(CYRNN_OPENMP)
+
+
+# Threads of the parallel row loops: 0 = the OpenMP default (OMP_NUM_THREADS, else
+# all cores). A process-wide setting (``omp_set_num_threads`` would only affect the
+# calling thread), written by ``set_num_threads`` and read at each parallel loop.
+cdef int _row_threads = 0
+
+
+cdef inline int _nthreads() noexcept nogil:
+    cdef int n = _row_threads
+    return n if n > 0 else cyrnn_omp_max_threads()
+
+
+def set_num_threads(int n):
+    """Use at most ``n`` threads in the parallel row loops (0: OpenMP's default).
+    Called by ``cyrnn.set_num_threads``. Returns the previous setting."""
+    global _row_threads
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    previous = _row_threads
+    _row_threads = n
+    return previous
+
+
+def get_num_threads():
+    """The row-loop thread count in effect (the setting, else OpenMP's default)."""
+    return _nthreads()
 
 
 # ----------------------------------------------------------------------------
@@ -654,7 +693,7 @@ cdef void _fwd_rows(bint par, Py_ssize_t N, int kind, int act, bint reset_after,
                     floating* hseq) noexcept nogil:
     cdef Py_ssize_t i
     if par:
-        for i in prange(N, schedule='static'):
+        for i in prange(N, schedule='static', num_threads=_nthreads()):
             _fwd_row(kind, act, reset_after, phase, last, i, H, GH, xp, gh, b,
                      hp, hn, cp, cn, gates, aux, mask, hseq)
     else:
@@ -709,7 +748,7 @@ cdef void _bwd_rows(bint par, Py_ssize_t N, int kind, int act, bint reset_after,
                     floating* dcn) noexcept nogil:
     cdef Py_ssize_t i
     if par:
-        for i in prange(N, schedule='static'):
+        for i in prange(N, schedule='static', num_threads=_nthreads()):
             _bwd_row(kind, act, reset_after, phase, i, H, GH, mask, budget, dhseq,
                      dh, dc, hp, cp, cn, gates, aux, drh, dg, dx, dhn, dcn)
     else:
@@ -741,7 +780,7 @@ cdef void _bwd_finish_rows(bint par, Py_ssize_t N, Py_ssize_t H, Py_ssize_t GH,
                            floating* dhn, floating* dcn) noexcept nogil:
     cdef Py_ssize_t i
     if par:
-        for i in prange(N, schedule='static'):
+        for i in prange(N, schedule='static', num_threads=_nthreads()):
             _bwd_finish_row(i, H, GH, mask, budget, dg, dgh, dhn, dcn)
     else:
         for i in range(N):

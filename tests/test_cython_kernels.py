@@ -113,6 +113,34 @@ def test_parallel_row_loops(cell_name):
     compare_backward(cell, dtype, p, cache_cy, cache_ref, 1)
 
 
+def test_row_thread_setting():
+    """cyrnn.set_num_threads reaches the OpenMP row loops; results do not depend on it
+    (each row is computed by one thread, whatever the partition)."""
+    from cyrnn import threads
+
+    cell = CELLS["lstm"]
+    N, H_big = 256, kernels.PARALLEL_MIN // 256 + 8
+    p = make_problem(cell, np.float64, N, True, seed=5, T=5, H=H_big)
+    before = kernels.set_num_threads(0)
+    try:
+        outs = []
+        for n in (1, 2):
+            threads.set_num_threads(n)
+            assert kernels.get_num_threads() == n
+            assert threads._status()["cython_openmp_set"] is True
+            outs.append(run_forward(cy, cell, p))
+        for a, b in zip(outs[0][:3], outs[1][:3]):
+            np.testing.assert_array_equal(a, b)
+        with pytest.raises(ValueError):
+            kernels.set_num_threads(-1)
+    finally:
+        kernels.set_num_threads(before)
+        if threads._blas_limiter is not None:
+            threads._blas_limiter.restore_original_limits()
+        threads._blas_limiter = None
+        threads._num_threads = None
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
 @pytest.mark.parametrize("cell_name", list(CELLS))
 def test_saturated_gates_stay_finite(cell_name, dtype):
