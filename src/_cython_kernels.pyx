@@ -761,11 +761,12 @@ cdef inline void _bwd_finish_row(Py_ssize_t i, Py_ssize_t H, Py_ssize_t GH,
                                  const uint8_t* mask, int64_t* budget,
                                  const floating* dg, floating* dgh,
                                  floating* dhn, floating* dcn) noexcept nogil:
-    """dgh[t] += dg; spend one unit of budget on valid rows, dropping the
-    gradient of rows whose budget is used up."""
+    """dgh[t] += dg (dgh NULL: the cell's dxp already is dgh); spend one unit of
+    budget on valid rows, dropping the gradient of rows whose budget is used up."""
     cdef Py_ssize_t o = i * H, og = i * GH, j
-    for j in range(GH):
-        dgh[og + j] += dg[og + j]
+    if dgh != NULL:
+        for j in range(GH):
+            dgh[og + j] += dg[og + j]
     if budget != NULL and _valid(mask, budget, i):
         budget[i] -= 1
         if budget[i] == 0:
@@ -890,8 +891,8 @@ cdef void _backward_sweep(int kind, int act, bint reset_after, Py_ssize_t t0,
             _gemm_dh(own, dg, w, 0, 2 * H, N, H, GH, 1, dh_tmp)
         else:
             _gemm_dh(own, dg, w, 0, GH, N, H, GH, 1, dh_tmp)
-        _bwd_finish_rows(par, N, H, GH, mask + t * N, budget, dg, dgh + t * N * GH,
-                         dh_tmp, dc_tmp)
+        _bwd_finish_rows(par, N, H, GH, mask + t * N, budget, dg,
+                         dgh + t * N * GH if dgh != NULL else NULL, dh_tmp, dc_tmp)
         swap = dh
         dh = dh_tmp
         dh_tmp = swap
@@ -990,7 +991,10 @@ cdef void _backward_all(int kind, int act, bint reset_after, Py_ssize_t truncate
                     dc0[k] += dc_a[k]
 
     # dW_hh = sum_t dgh_t^T hin_t, one GEMM over all T*N rows (Cho's GRU: the n
-    # block against r*h); db_hh = sum of dgh.
+    # block against r*h); db_hh = sum of dgh. RNN and LSTM: the gradients on the
+    # input and the recurrent pre-activations are the same array (dgh NULL).
+    if dgh == NULL:
+        dgh = dxp
     if kind == GRU and not reset_after:
         _gemm_dw(dgh, hc, 0, 2 * H, T * N, H, GH, dw)
         _gemm_dw(dgh, aux, 2 * H, H, T * N, H, GH, dw)
@@ -1053,7 +1057,8 @@ def backward(int kind, int act, bint reset_after, Py_ssize_t truncate,
 
     truncate: -1 for full BPTT, else k >= 0 (k < T). h (T+1, N, H) cache states;
     c (T+1, N, H) or None; gates (T, N, G*H); aux (T, N, H) or None;
-    dh_seq/dh_T/dc_T or None; dxp, dgh (T, N, G*H) zero-filled outputs;
+    dh_seq/dh_T/dc_T or None; dxp, dgh (T, N, G*H) zero-filled outputs (dgh
+    None for RNN and LSTM, whose recurrent pre-activation gradient equals dxp);
     dh0, dc0 (N, H) outputs (dc0 None unless LSTM); work (5, N, H) and
     dg (N, G*H), budget (N,) scratch; dw_hh (G*H, H), db_hh (G*H,) outputs.
     small_gemm_rows: as in ``forward``.
@@ -1065,6 +1070,11 @@ def backward(int kind, int act, bint reset_after, Py_ssize_t truncate,
     cdef const floating* dhTp = NULL
     cdef const floating* dcTp = NULL
     cdef floating* dc0p = NULL
+    cdef floating* dghp = NULL
+    if dgh is not None:
+        dghp = &dgh[0, 0, 0]
+    elif kind == GRU:
+        raise ValueError("GRU needs its own dgh array")
     if c is not None:
         cp = &c[0, 0, 0]
     if aux is not None:
@@ -1081,7 +1091,7 @@ def backward(int kind, int act, bint reset_after, Py_ssize_t truncate,
         _backward_all(kind, act, reset_after, truncate, T, N, H, &w_hh[0, 0],
                       &mask[0, 0], &h[0, 0, 0], cp, &gates[0, 0, 0], ap, seqp,
                       dhTp, dcTp, &dh0[0, 0], dc0p, &work[0, 0, 0], &dg[0, 0],
-                      &budget[0], &dxp[0, 0, 0], &dgh[0, 0, 0], &dw_hh[0, 0],
+                      &budget[0], &dxp[0, 0, 0], dghp, &dw_hh[0, 0],
                       &db_hh[0], small_gemm_rows)
 
 

@@ -145,7 +145,8 @@ def backward(cell, cache, w_hh, mask=None, dh_seq=None, dh_T=None, dc_T=None, tr
         None if dh_seq is None else _contig(dh_seq, dt),
         None if dh_T is None else _contig(dh_T, dt),
         None if (dc_T is None or not lstm) else _contig(dc_T, dt),
-        dxp, _zeros((T, N, GH), dt), dh0, dc0,
+        # RNN/LSTM: the recurrent pre-activation gradient is dxp itself
+        dxp, _zeros((T, N, GH), dt) if kind == "gru" else None, dh0, dc0,
         _empty((5, N, H), dt), _empty((N, GH), dt), _empty(N, np.int64),
         dw_hh, db_hh)
     return dxp, dh0, dc0, dw_hh, db_hh
