@@ -9,6 +9,18 @@ from .layers import Dense, Embedding, Layer, RecurrentLayer
 from .params import ParameterBuffer
 
 
+class _FusedCalls:
+    """A backend's fused entry points bound to one model spec."""
+
+    __slots__ = ("spec", "infer", "train_forward", "train_backward")
+
+    def __init__(self, spec, infer, train_forward, train_backward):
+        self.spec = spec
+        self.infer = infer
+        self.train_forward = train_forward
+        self.train_backward = train_backward
+
+
 class Sequential:
     """A stack of layers with one flat parameter buffer.
 
@@ -152,9 +164,9 @@ class Sequential:
         training = self.training if training is None else bool(training)
         if (not training and lengths is None and mask is None and initial_states is None
                 and not return_states):
-            fused = self._fused_inference()
+            fused = self._fused()
             if fused is not None:
-                out = fused[0](fused[1], self.params.data, x)
+                out = fused.infer(fused.spec, self.params.data, x)
                 if out is not None:
                     return out
         x, mask = self._input_mask(x, lengths, mask)
@@ -165,9 +177,10 @@ class Sequential:
     INFER_SPEC_VERSION = 1
     INFER_SPEC_WIDTH = 12
 
-    def _fused_inference(self):
-        """``(backend.infer, spec)`` when this model can run in one fused backend call,
-        else None. Cached per layer list and backend choice."""
+    def _fused(self):
+        """The fused calls of this model's backend (``infer``, and ``train_forward`` /
+        ``train_backward`` or None) with the spec, when the whole model can run in one
+        backend call; else None. Cached per layer list and backend choice."""
         layers = self.layers
         backends = tuple(layer.backend for layer, is_rnn in self._kinds if is_rnn)
         cached = self.__dict__.get("_infer_cache")
@@ -177,11 +190,33 @@ class Sequential:
         spec = self.inference_spec()
         if spec is not None:
             mods = {id(layer._backend()): layer._backend() for layer in self._recurrent}
-            infer = getattr(next(iter(mods.values())), "infer", None) if len(mods) == 1 else None
-            if infer is not None:
-                plan = (infer, spec)
+            mod = next(iter(mods.values())) if len(mods) == 1 else None
+            if mod is not None and hasattr(mod, "infer"):
+                plan = _FusedCalls(spec, mod.infer, getattr(mod, "train_forward", None),
+                                   getattr(mod, "train_backward", None))
         self._infer_cache = (layers, backends, plan)
         return plan
+
+    def _fused_inference(self):
+        """The fused calls when inference can run in one backend call, else None."""
+        return self._fused()
+
+    def _fused_training(self):
+        """The fused calls when a training step can run in one forward and one backward
+        backend call (the backend has them; no dropout between stacked layers), else
+        None. Used by :func:`cyrnn.training.train_step`."""
+        plan = self._fused()
+        if plan is None or plan.train_forward is None:
+            return None
+        if any(layer.dropout > 0 and layer.num_layers > 1 for layer in self._recurrent):
+            return None
+        return plan
+
+    def _truncations(self):
+        """``bptt_truncate`` per recurrent op of the spec (-1: full BPTT), int64."""
+        return np.array([-1 if layer.bptt_truncate is None else layer.bptt_truncate
+                         for layer in self._recurrent for _ in range(layer.num_layers)],
+                        np.int64)
 
     def inference_spec(self):
         """The model as an int64 op list for a backend's fused ``infer``, or None when it

@@ -25,6 +25,22 @@ def train_step(model, optimizer, loss, x, y, lengths=None, mask=None, initial_st
     (and the final recurrent states if ``return_states``).
     """
     loss_fn = get_loss(loss) if isinstance(loss, str) else loss
+    fused = getattr(model, "_fused_training", None)
+    if (fused is not None and lengths is None and mask is None and initial_states is None
+            and not return_states):
+        plan = fused()
+        # x in the exact form the fused forward takes (else None: the layer path below
+        # validates, converts or rejects it)
+        res = None if plan is None else plan.train_forward(plan.spec, model.params.data, x)
+        if res is not None:
+            out, cache = res
+            model.zero_grad()
+            value, grad = loss_fn(out, y, sample_weight=sample_weight, mask=None)
+            plan.train_backward(plan.spec, model.params.data, model.params.grad, cache,
+                                np.ascontiguousarray(grad, dtype=model.dtype),
+                                model._truncations())
+            optimizer.step()
+            return value
     if hasattr(model, "_forward_checked"):
         # Validate once (x, lengths, mask), before any state changes.
         x, in_mask = model._input_mask(x, lengths, mask)

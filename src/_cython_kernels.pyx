@@ -1326,18 +1326,24 @@ def generate(int kind, int act, bint reset_after,
 
 
 # ----------------------------------------------------------------------------
-# Fused inference: a whole Sequential ([Embedding] RNN+ Dense*) in one call.
+# Fused model calls: a whole Sequential ([Embedding] RNN+ (Dense | RNN)*) in one
+# call, for inference (``infer``) and for a training step (``train_forward`` /
+# ``train_backward``).
 #
-# The spec is the int64 array built by ``cyrnn.model.Sequential`` (layout in
-# docs/architecture.md, "Fused inference"): a header (version, number of ops,
-# record width) and one fixed-width record per op; parameter offsets index the
-# model's flat buffer. Everything runs without the GIL on scratch allocated per
-# call, so concurrent calls on one model are safe; the plan holds no state.
+# The spec is the int64 array built by ``cyrnn.model.Sequential.inference_spec``
+# (layout in docs/architecture.md, "Fused model calls"): a header (version,
+# number of ops, record width) and one fixed-width record per op; parameter
+# offsets index the model's flat buffer. A planner (``_plan``) lays every op's
+# buffers out in one scratch block: per-op caches for training, ping-pong
+# buffers for inference; one forward runner and one backward runner walk the
+# ops over that plan, calling the same time loops and GEMM rule as the layer
+# path. Everything runs without the GIL on memory allocated per call, so
+# concurrent calls on one model are safe; nothing is kept between calls except
+# what ``train_forward`` hands back in its ``FusedCache``.
 # ----------------------------------------------------------------------------
 
 cimport numpy as cnp
 from libc.stdlib cimport malloc, free
-from libc.math cimport isfinite
 
 cnp.import_array()
 
@@ -1348,10 +1354,35 @@ cdef enum:
     OP_EMBED = 0
     OP_RNN = 1
     OP_DENSE = 2
+    # per-op plan slots: element offsets into the scratch block (-1: none)
+    P_IN = 0
+    P_OUT = 1
+    P_H = 2
+    P_C = 3
+    P_GATES = 4
+    P_AUX = 5
+    P_HSEQ = 6
+    P_INSEQ = 7      # 1 when the op's input is a (T, N, F) sequence
+    P_WIDTH = 8
 
 INFER_SPEC_VERSION = SPEC_VERSION
 INFER_SPEC_WIDTH = SPEC_WIDTH
 INFER_SPEC_HEADER = SPEC_HEADER
+
+
+cdef struct Dims:
+    Py_ssize_t n_ops, first, T, N, F0, F_out, Fmax, GHmax, Hmax
+    bint ids, seq_out
+    int typenum
+    Py_ssize_t isz
+
+
+cdef inline const int64_t* _rec(const int64_t* sp, Py_ssize_t o) noexcept nogil:
+    return sp + SPEC_HEADER + o * SPEC_WIDTH
+
+
+cdef inline Py_ssize_t _gates_of(const int64_t* r) noexcept nogil:
+    return _n_gates(<int>r[1]) * r[5]
 
 
 cdef inline void _add_bias(floating* y, const floating* b, Py_ssize_t rows,
@@ -1362,55 +1393,12 @@ cdef inline void _add_bias(floating* y, const floating* b, Py_ssize_t rows,
             y[i * cols + j] += b[j]
 
 
-cdef void _infer_ops(const int64_t* spec, Py_ssize_t n_ops, const floating* data,
-                     Py_ssize_t T, Py_ssize_t N, Py_ssize_t F0,
-                     floating* cur, floating* nxt, floating* xp, floating* hbuf,
-                     floating* cbuf, floating* gates, floating* aux, floating* gh,
-                     const uint8_t* mask, floating* out) noexcept nogil:
-    """Run every RNN/Dense op; ``cur`` holds the time-major (T, N, F0) input.
-    Writes the batch-first result to ``out``."""
-    cdef Py_ssize_t o, F = F0, H, GH, D, O, rows, t, i
-    cdef bint seq = True
-    cdef const int64_t* r
-    cdef floating* swap
-    cdef floating* hT
-    for o in range(n_ops):
-        r = spec + SPEC_HEADER + o * SPEC_WIDTH
-        if r[0] == OP_RNN:
-            D = r[4]
-            H = r[5]
-            GH = _n_gates(<int>r[1]) * H
-            # xp = x W_ih^T + b_ih over all T*N rows (as layers.recurrent.project)
-            _gemm(c'T', c'N', <int>GH, <int>(T * N), <int>D, <floating>1,
-                  data + r[6], <int>D, cur, <int>D, <floating>0, xp, <int>GH)
-            _add_bias(xp, data + r[8], T * N, GH)
-            memset(hbuf, 0, N * H * sizeof(floating))
-            if r[1] == LSTM:
-                memset(cbuf, 0, N * H * sizeof(floating))
-            _forward_loop(<int>r[1], <int>r[2], r[3] != 0, T, N, H, xp, data + r[7],
-                          data + r[9], mask, hbuf, cbuf, 2, gates, aux, False, nxt, gh,
-                          SMALL_GEMM_ROWS)
-            if not r[10]:  # many-to-one: the final state
-                hT = hbuf + (T % 2) * N * H
-                memcpy(nxt, hT, N * H * sizeof(floating))
-                seq = False
-            F = H
-        else:  # OP_DENSE on (T*N or N, F) rows
-            O = r[2]
-            rows = T * N if seq else N
-            _gemm(c'T', c'N', <int>O, <int>rows, <int>F, <floating>1, data + r[3],
-                  <int>F, cur, <int>F, <floating>0, nxt, <int>O)
-            _add_bias(nxt, data + r[4], rows, O)
-            F = O
-        swap = cur
-        cur = nxt
-        nxt = swap
-    if seq:  # time-major (T, N, F) -> batch-first (N, T, F)
-        for t in range(T):
-            for i in range(N):
-                memcpy(out + (i * T + t) * F, cur + (t * N + i) * F, F * sizeof(floating))
-    else:
-        memcpy(out, cur, N * F * sizeof(floating))
+cdef inline void _add_colsum(floating* acc, const floating* y, Py_ssize_t rows,
+                             Py_ssize_t cols) noexcept nogil:
+    cdef Py_ssize_t i, j
+    for i in range(rows):
+        for j in range(cols):
+            acc[j] += y[i * cols + j]
 
 
 cdef bint _all_finite(const floating* x, Py_ssize_t n) noexcept nogil:
@@ -1432,186 +1420,537 @@ cdef bint _all_finite(const floating* x, Py_ssize_t n) noexcept nogil:
     return acc[0] == 0
 
 
-def infer(const int64_t[::1] spec, cnp.ndarray data, object x):
-    """Fused inference of a ``Sequential`` (see the section comment above).
+cdef int _check_call(const int64_t[::1] spec, cnp.ndarray data, object x,
+                     Dims* d) except -1:
+    """Check the spec against ``data`` and ``x`` against the spec.
 
-    ``data``: the model's flat parameter buffer (float32/float64, C-contiguous).
-    ``x``: (N, T, D) floats of ``data``'s dtype, or (N, T) int64 token ids when
-    the first op is an embedding; C-contiguous. Returns the output array, or
-    None when ``x`` is not in that exact form or holds values the general path
-    must judge (NaN/inf, ids out of range, padding ids under ``mask_zero``):
-    the caller then takes the validating layer-by-layer path.
+    Returns 0 when the fused call can run, 1 when ``x`` is not in the exact form
+    it takes (the caller returns None and the layer path judges ``x``). A spec
+    that is malformed or reaches outside ``data`` raises ValueError.
     """
-    cdef Py_ssize_t n_ops, o, first = 0, N, T, F, Fmax, GHmax = 1, Hmax = 1
-    cdef Py_ssize_t k, E = 0, V = 0, i, t, G, size
-    cdef const int64_t* sp = &spec[0]
+    cdef const int64_t* sp
     cdef const int64_t* r
-    cdef int typenum = cnp.PyArray_TYPE(data)
-    cdef cnp.ndarray xa, res
-    cdef bint ids, seq = True
-    cdef const int64_t* idp = NULL
-    cdef const int64_t* row
-    cdef Py_ssize_t isz = 4 if typenum == cnp.NPY_FLOAT32 else 8
-    cdef char* buf = NULL
+    cdef cnp.ndarray xa
+    cdef Py_ssize_t o, F, G, size, k
+    cdef bint seq = True
+    cdef const int64_t* idp
     cdef char* xin
-    cdef char* dptr
-    cdef uint8_t* mask = NULL
-    cdef size_t total
-    cdef cnp.npy_intp dims[3]
-    cdef double need
     if (spec.shape[0] < SPEC_HEADER or spec[0] != SPEC_VERSION or spec[2] != SPEC_WIDTH
             or spec[1] < 1 or spec.shape[0] != SPEC_HEADER + spec[1] * SPEC_WIDTH):
         raise ValueError("unsupported inference spec")
-    n_ops = spec[1]
-    if typenum != cnp.NPY_FLOAT32 and typenum != cnp.NPY_FLOAT64:
+    sp = &spec[0]
+    d.n_ops = spec[1]
+    d.typenum = cnp.PyArray_TYPE(data)
+    if d.typenum != cnp.NPY_FLOAT32 and d.typenum != cnp.NPY_FLOAT64:
         raise TypeError("parameter buffer must be float32 or float64")
-    if not cnp.PyArray_IS_C_CONTIGUOUS(data):
-        raise ValueError("parameter buffer must be C-contiguous")
-    if not cnp.PyArray_Check(x):
-        return None
-    xa = <cnp.ndarray>x
-    if not cnp.PyArray_IS_C_CONTIGUOUS(xa) or not cnp.PyArray_ISALIGNED(xa):
-        return None
-    r = sp + SPEC_HEADER
-    ids = r[0] == OP_EMBED
-    if ids:
-        if cnp.PyArray_NDIM(xa) != 2 or cnp.PyArray_TYPE(xa) != cnp.NPY_INT64:
-            return None
-        V = r[1]
-        E = r[2]
-        first = 1
-        F = E
-    else:
-        if r[0] != OP_RNN:
-            raise ValueError("inference spec: the first op must be an embedding or recurrent")
-        if cnp.PyArray_NDIM(xa) != 3 or cnp.PyArray_TYPE(xa) != typenum:
-            return None
-        F = r[4]  # the first RNN's input size
-        if cnp.PyArray_DIM(xa, 2) != F:
-            return None
-    N = cnp.PyArray_DIM(xa, 0)
-    T = cnp.PyArray_DIM(xa, 1)
-    if N < 1 or T < 1:
-        return None
-    xin = <char*>cnp.PyArray_DATA(xa)
-    # Sizes of the scratch buffers; every record must chain (its input width is
-    # the previous output width) and its tensors must lie inside ``data``.
+    if not cnp.PyArray_IS_C_CONTIGUOUS(data) or cnp.PyArray_NDIM(data) != 1:
+        raise ValueError("parameter buffer must be a C-contiguous 1-D array")
+    d.isz = 4 if d.typenum == cnp.NPY_FLOAT32 else 8
     size = cnp.PyArray_SIZE(data)
-    if ids and (V < 1 or E < 1 or r[3] < 0 or r[3] + V * E > size):
-        raise ValueError("inference spec: embedding outside the parameter buffer")
-    Fmax = F
-    for o in range(first, n_ops):
-        r = sp + SPEC_HEADER + o * SPEC_WIDTH
+    r = _rec(sp, 0)
+    d.ids = r[0] == OP_EMBED
+    d.first = 1 if d.ids else 0
+    if d.ids:
+        if r[1] < 1 or r[2] < 1 or r[3] < 0 or r[3] + r[1] * r[2] > size:
+            raise ValueError("inference spec: embedding outside the parameter buffer")
+        F = r[2]
+    elif r[0] == OP_RNN:
+        F = r[4]
+    else:
+        raise ValueError("inference spec: the first op must be an embedding or recurrent")
+    d.F0 = F
+    d.Fmax = F
+    d.GHmax = 1
+    d.Hmax = 1
+    for o in range(d.first, d.n_ops):
+        r = _rec(sp, o)
         if r[0] == OP_RNN:
             if r[1] < RNN or r[1] > GRU or r[2] < ACT_TANH or r[2] > ACT_SIGMOID:
                 raise ValueError("inference spec: unknown cell")
             if not seq:
                 raise ValueError("inference spec: recurrent op after a many-to-one op")
-            if r[4] != F:
-                return None  # widths do not chain: the general path explains
-            G = _n_gates(<int>r[1]) * r[5]
-            if (r[5] < 1 or r[6] < 0 or r[7] < 0 or r[8] < 0 or r[9] < 0
-                    or r[6] + G * F > size or r[7] + G * r[5] > size
+            G = _gates_of(r)
+            if (r[5] < 1 or r[4] < 1 or r[6] < 0 or r[7] < 0 or r[8] < 0 or r[9] < 0
+                    or r[6] + G * r[4] > size or r[7] + G * r[5] > size
                     or r[8] + G > size or r[9] + G > size):
                 raise ValueError("inference spec: recurrent op outside the parameter buffer")
-            if G > GHmax:
-                GHmax = G
-            if r[5] > Hmax:
-                Hmax = r[5]
+            if r[4] != F:
+                return 1  # widths do not chain: the layer path explains
+            d.GHmax = max(d.GHmax, G)
+            d.Hmax = max(d.Hmax, r[5])
             F = r[5]
             seq = r[10] != 0
         elif r[0] == OP_DENSE:
-            if r[1] != F:
-                return None
-            if (r[2] < 1 or r[3] < 0 or r[4] < 0 or r[3] + r[2] * F > size
+            if (r[2] < 1 or r[1] < 1 or r[3] < 0 or r[4] < 0 or r[3] + r[2] * r[1] > size
                     or r[4] + r[2] > size):
                 raise ValueError("inference spec: dense op outside the parameter buffer")
+            if r[1] != F:
+                return 1
             F = r[2]
         else:
             raise ValueError("inference spec: unknown op")
-        if F > Fmax:
-            Fmax = F
-    need = (2.0 * T * N * Fmax + <double>T * N * GHmax + 4.0 * N * Hmax
-            + 3.0 * N * GHmax + N * Hmax)
-    if need * isz > 1e15:
-        raise MemoryError("inference scratch too large")
-    if ids:
+        d.Fmax = max(d.Fmax, F)
+    d.F_out = F
+    d.seq_out = seq
+    # x: exactly (N, T, F0) of the parameters' dtype, or (N, T) int64 ids; C order.
+    if not cnp.PyArray_Check(x):
+        return 1
+    xa = <cnp.ndarray>x
+    if not cnp.PyArray_IS_C_CONTIGUOUS(xa) or not cnp.PyArray_ISALIGNED(xa):
+        return 1
+    if d.ids:
+        if cnp.PyArray_NDIM(xa) != 2 or cnp.PyArray_TYPE(xa) != cnp.NPY_INT64:
+            return 1
+    elif (cnp.PyArray_NDIM(xa) != 3 or cnp.PyArray_TYPE(xa) != d.typenum
+            or cnp.PyArray_DIM(xa, 2) != d.F0):
+        return 1
+    d.N = cnp.PyArray_DIM(xa, 0)
+    d.T = cnp.PyArray_DIM(xa, 1)
+    if d.N < 1 or d.T < 1:
+        return 1
+    xin = <char*>cnp.PyArray_DATA(xa)
+    if d.ids:  # ids the layer path must judge: out of range, padding under mask_zero
         idp = <const int64_t*>xin
-        r = sp + SPEC_HEADER
-        for k in range(N * T):  # ids the general path must judge
-            if idp[k] < 0 or idp[k] >= V or (r[4] and idp[k] == 0):
-                return None
-    elif isz == 4:
-        if not _all_finite(<const float*>xin, N * T * F):
-            return None
-    else:
-        if not _all_finite(<const double*>xin, N * T * F):
-            return None
-    # Output (batch-first, in the parameters' dtype), F wide.
-    dims[0] = N
-    if seq:
-        dims[1] = T
-        dims[2] = F
-        res = cnp.PyArray_EMPTY(3, dims, typenum, 0)
-    else:
-        dims[1] = F
-        res = cnp.PyArray_EMPTY(2, dims, typenum, 0)
-    total = <size_t>need * isz + 64
-    buf = <char*>malloc(total)
-    mask = <uint8_t*>malloc(<size_t>(T * N))
-    if buf == NULL or mask == NULL:
-        free(buf)
-        free(mask)
-        raise MemoryError("inference scratch")
-    dptr = <char*>cnp.PyArray_DATA(data)
-    try:
-        with nogil:
-            memset(mask, 1, <size_t>(T * N))
-            if isz == 4:
-                _infer_entry(sp, n_ops, first, <const float*>dptr, xin, ids, E,
-                             T, N, Fmax, GHmax, Hmax, <float*>buf, mask,
-                             <float*>cnp.PyArray_DATA(res))
+        r = _rec(sp, 0)
+        for k in range(d.N * d.T):
+            if idp[k] < 0 or idp[k] >= r[1] or (r[4] and idp[k] == 0):
+                return 1
+    elif d.isz == 4:
+        if not _all_finite(<const float*>xin, d.N * d.T * d.F0):
+            return 1
+    elif not _all_finite(<const double*>xin, d.N * d.T * d.F0):
+        return 1
+    return 0
+
+
+cdef Py_ssize_t _plan(const int64_t* sp, const Dims* d, bint keep,
+                      int64_t* plan) noexcept nogil:
+    """Element offsets of every op's buffers in one scratch block (``plan``:
+    n_ops x P_WIDTH); returns the block's size in elements.
+
+    Always: [0] the time-major input (T, N, F0); [1] xp scratch (T, N, GHmax);
+    [2] gh scratch (N, GHmax). ``keep`` (training): every op gets its own output
+    and, for recurrent ops, its own cache (h, c: T+1 states; gates; aux); a
+    many-to-one op's output is its last state. Inference: recurrent ops share
+    one 2-slot state and one-step gate scratch, and sequence outputs alternate
+    between two buffers.
+    """
+    cdef Py_ssize_t T = d.T, N = d.N, TN = d.T * d.N, o, H, G, R, F = d.F0
+    cdef Py_ssize_t pos, cur, pingA, pingB, h_s, c_s, g_s, a_s, hs_s
+    cdef bint seq = True
+    cdef const int64_t* r
+    cdef int64_t* p
+    pos = TN * d.F0 + TN * d.GHmax + N * d.GHmax
+    cur = 0  # the input sits at offset 0
+    if not keep:
+        pingA = pos
+        pingB = pingA + TN * d.Fmax
+        h_s = pingB + TN * d.Fmax
+        c_s = h_s + 2 * N * d.Hmax
+        g_s = c_s + 2 * N * d.Hmax
+        a_s = g_s + N * d.GHmax
+        hs_s = a_s + N * d.Hmax
+        pos = hs_s + TN * d.Hmax
+    for o in range(d.n_ops):
+        p = plan + o * P_WIDTH
+        for R in range(P_WIDTH):
+            p[R] = -1
+        if o < d.first:
+            continue
+        r = _rec(sp, o)
+        p[P_IN] = cur
+        p[P_INSEQ] = seq
+        if r[0] == OP_RNN:
+            H = r[5]
+            G = _gates_of(r)
+            if keep:
+                p[P_H] = pos
+                pos += (T + 1) * N * H
+                if r[1] == LSTM:
+                    p[P_C] = pos
+                    pos += (T + 1) * N * H
+                p[P_GATES] = pos
+                pos += TN * G
+                if r[1] == GRU:
+                    p[P_AUX] = pos
+                    pos += TN * H
+                p[P_HSEQ] = pos
+                pos += TN * H
+                p[P_OUT] = p[P_HSEQ] if r[10] else p[P_H] + T * N * H
             else:
-                _infer_entry(sp, n_ops, first, <const double*>dptr, xin, ids, E,
-                             T, N, Fmax, GHmax, Hmax, <double*>buf, mask,
-                             <double*>cnp.PyArray_DATA(res))
+                p[P_H] = h_s
+                p[P_C] = c_s
+                p[P_GATES] = g_s
+                p[P_AUX] = a_s
+                if r[10]:
+                    p[P_HSEQ] = pingB if cur == pingA else pingA
+                    p[P_OUT] = p[P_HSEQ]
+                else:
+                    p[P_HSEQ] = hs_s
+                    p[P_OUT] = h_s + (T % 2) * N * H
+            seq = r[10] != 0
+        else:
+            R = TN if seq else N
+            if keep:
+                p[P_OUT] = pos
+                pos += R * r[2]
+            else:
+                p[P_OUT] = pingB if cur == pingA else pingA
+        cur = p[P_OUT]
+    return pos
+
+
+cdef void _fused_forward(const int64_t* sp, const Dims* d, bint keep, const int64_t* plan,
+                         const floating* data, const char* xin, floating* base,
+                         const uint8_t* mask, floating* out) noexcept nogil:
+    """Lay the input out time-major, run every op over the plan, write the
+    batch-first result to ``out``."""
+    cdef Py_ssize_t T = d.T, N = d.N, TN = d.T * d.N, o, t, i, H, G, D, O, R, F
+    cdef const int64_t* r
+    cdef const int64_t* p
+    cdef const int64_t* idp
+    cdef const floating* x
+    cdef const floating* table
+    cdef floating* x0 = base
+    cdef floating* xp = base + TN * d.F0
+    cdef floating* gh = xp + TN * d.GHmax
+    cdef floating* inp
+    cdef floating* cbuf
+    cdef floating* aux
+    F = d.F0
+    if d.ids:
+        r = _rec(sp, 0)
+        table = data + r[3]
+        idp = <const int64_t*>xin
+        for t in range(T):
+            for i in range(N):
+                memcpy(x0 + (t * N + i) * F, table + idp[i * T + t] * F, F * sizeof(floating))
+    else:
+        x = <const floating*>xin
+        for t in range(T):
+            for i in range(N):
+                memcpy(x0 + (t * N + i) * F, x + (i * T + t) * F, F * sizeof(floating))
+    for o in range(d.first, d.n_ops):
+        r = _rec(sp, o)
+        p = plan + o * P_WIDTH
+        inp = base + p[P_IN]
+        if r[0] == OP_RNN:
+            D = r[4]
+            H = r[5]
+            G = _gates_of(r)
+            # xp = x W_ih^T + b_ih over all T*N rows (as layers.recurrent.project)
+            _gemm(c'T', c'N', <int>G, <int>TN, <int>D, <floating>1, data + r[6], <int>D,
+                  inp, <int>D, <floating>0, xp, <int>G)
+            _add_bias(xp, data + r[8], TN, G)
+            memset(base + p[P_H], 0, N * H * sizeof(floating))
+            cbuf = NULL
+            aux = NULL
+            if r[1] == LSTM:
+                cbuf = base + p[P_C]
+                memset(cbuf, 0, N * H * sizeof(floating))
+            if r[1] == GRU:
+                aux = base + p[P_AUX]
+            _forward_loop(<int>r[1], <int>r[2], r[3] != 0, T, N, H, xp, data + r[7],
+                          data + r[9], mask, base + p[P_H], cbuf, T + 1 if keep else 2,
+                          base + p[P_GATES], aux, keep, base + p[P_HSEQ], gh,
+                          SMALL_GEMM_ROWS)
+            F = H
+        else:
+            O = r[2]
+            R = TN if p[P_INSEQ] else N
+            _gemm(c'T', c'N', <int>O, <int>R, <int>F, <floating>1, data + r[3], <int>F,
+                  inp, <int>F, <floating>0, base + p[P_OUT], <int>O)
+            _add_bias(base + p[P_OUT], data + r[4], R, O)
+            F = O
+    inp = base + plan[(d.n_ops - 1) * P_WIDTH + P_OUT] if d.n_ops > d.first else x0
+    if d.seq_out:  # time-major (T, N, F) -> batch-first (N, T, F)
+        for t in range(T):
+            for i in range(N):
+                memcpy(out + (i * T + t) * F, inp + (t * N + i) * F, F * sizeof(floating))
+    else:
+        memcpy(out, inp, N * F * sizeof(floating))
+
+
+cdef void _fused_backward(const int64_t* sp, const Dims* d, const int64_t* plan,
+                          const int64_t* trunc, const floating* data, floating* grad,
+                          const floating* base, const int64_t* ids, const uint8_t* mask,
+                          const floating* d_out, floating* ws) noexcept nogil:
+    """Gradients of a ``keep`` forward: every parameter gradient is added into
+    ``grad`` (same layout as ``data``). ``d_out`` is batch-first like the output.
+    ``ws`` is backward scratch (see ``_backward_scratch``)."""
+    cdef Py_ssize_t T = d.T, N = d.N, TN = d.T * d.N, o, t, i, j, H, G, D, O, R, F, E
+    cdef Py_ssize_t span = TN * d.Fmax, nrec = 0
+    cdef const int64_t* r
+    cdef const int64_t* p
+    cdef int64_t* budget = <int64_t*>ws  # first: 8-byte aligned
+    cdef floating* dcur = ws + N * (8 // sizeof(floating))
+    cdef floating* dnext = dcur + span
+    cdef floating* dxp = dnext + span
+    cdef floating* dgh = dxp + TN * d.GHmax
+    cdef floating* work = dgh + TN * d.GHmax
+    cdef floating* dg = work + 5 * N * d.Hmax
+    cdef floating* dh0 = dg + N * d.GHmax
+    cdef floating* dc0 = dh0 + N * d.Hmax
+    cdef floating* dw = dc0 + N * d.Hmax
+    cdef floating* db = dw + d.GHmax * d.Hmax
+    cdef floating* swap
+    cdef const floating* inp
+    cdef bint need_din
+    F = d.F_out
+    if d.seq_out:  # batch-first -> time-major
+        for t in range(T):
+            for i in range(N):
+                memcpy(dcur + (t * N + i) * F, d_out + (i * T + t) * F, F * sizeof(floating))
+    else:
+        memcpy(dcur, d_out, N * F * sizeof(floating))
+    for o in range(d.first, d.n_ops):
+        if _rec(sp, o)[0] == OP_RNN:
+            nrec += 1
+    for o in range(d.n_ops - 1, d.first - 1, -1):
+        r = _rec(sp, o)
+        p = plan + o * P_WIDTH
+        inp = base + p[P_IN]
+        need_din = o > 0  # the first op's input is data: no gradient needed
+        if r[0] == OP_DENSE:
+            D = r[1]
+            O = r[2]
+            R = TN if p[P_INSEQ] else N
+            # dW (O, D) += dcur^T inp; db += colsum(dcur); dinp = dcur W
+            _gemm(c'N', c'T', <int>D, <int>O, <int>R, <floating>1, inp, <int>D, dcur,
+                  <int>O, <floating>1, grad + r[3], <int>D)
+            _add_colsum(grad + r[4], dcur, R, O)
+            if need_din:
+                _gemm(c'N', c'N', <int>D, <int>R, <int>O, <floating>1, data + r[3], <int>D,
+                      dcur, <int>O, <floating>0, dnext, <int>D)
+        else:
+            nrec -= 1
+            D = r[4]
+            H = r[5]
+            G = _gates_of(r)
+            memset(dxp, 0, TN * G * sizeof(floating))
+            if r[1] == GRU:
+                memset(dgh, 0, TN * G * sizeof(floating))
+            _backward_all(<int>r[1], <int>r[2], r[3] != 0, trunc[nrec], T, N, H,
+                          data + r[7], mask, base + p[P_H],
+                          base + p[P_C] if r[1] == LSTM else NULL,
+                          base + p[P_GATES], base + p[P_AUX] if r[1] == GRU else NULL,
+                          dcur if r[10] else NULL, NULL if r[10] else dcur, NULL,
+                          dh0, dc0 if r[1] == LSTM else NULL, work, dg, budget, dxp,
+                          dgh if r[1] == GRU else NULL, dw, db, SMALL_GEMM_ROWS)
+            for j in range(G * H):
+                grad[r[7] + j] += dw[j]
+            for j in range(G):
+                grad[r[9] + j] += db[j]
+            # dW_ih (G, D) += dxp^T inp; db_ih += colsum(dxp); dinp = dxp W_ih
+            _gemm(c'N', c'T', <int>D, <int>G, <int>TN, <floating>1, inp, <int>D, dxp,
+                  <int>G, <floating>1, grad + r[6], <int>D)
+            _add_colsum(grad + r[8], dxp, TN, G)
+            if need_din:
+                _gemm(c'N', c'N', <int>D, <int>TN, <int>G, <floating>1, data + r[6], <int>D,
+                      dxp, <int>G, <floating>0, dnext, <int>D)
+        swap = dcur
+        dcur = dnext
+        dnext = swap
+    if d.ids:  # scatter-add into the embedding table
+        r = _rec(sp, 0)
+        E = r[2]
+        for t in range(T):
+            for i in range(N):
+                o = ids[i * T + t]
+                for j in range(E):
+                    grad[r[3] + o * E + j] += dcur[(t * N + i) * E + j]
+
+
+cdef inline Py_ssize_t _backward_scratch(const Dims* d) noexcept nogil:
+    """Elements of backward scratch (the layout ``_fused_backward`` carves)."""
+    cdef Py_ssize_t TN = d.T * d.N
+    return (2 * TN * d.Fmax + 2 * TN * d.GHmax + 5 * d.N * d.Hmax + d.N * d.GHmax
+            + 2 * d.N * d.Hmax + d.GHmax * d.Hmax + d.GHmax + 2 * d.N + 8)
+
+
+cdef object _new_output(const Dims* d):
+    cdef cnp.npy_intp dims[3]
+    dims[0] = d.N
+    if d.seq_out:
+        dims[1] = d.T
+        dims[2] = d.F_out
+        return cnp.PyArray_EMPTY(3, dims, d.typenum, 0)
+    dims[1] = d.F_out
+    return cnp.PyArray_EMPTY(2, dims, d.typenum, 0)
+
+
+cdef void* _alloc(double n_bytes) except NULL:
+    if n_bytes > 1e15:
+        raise MemoryError("fused call scratch too large")
+    cdef void* p = malloc(<size_t>n_bytes + 64)
+    if p == NULL:
+        raise MemoryError("fused call scratch")
+    return p
+
+
+cdef int _run_forward(const int64_t* sp, const Dims* d, bint keep, int64_t* plan,
+                      cnp.ndarray data, object x, char** buf_out, uint8_t** mask_out,
+                      object res) except -1:
+    """Plan, allocate, run. On success ``*buf_out``/``*mask_out`` own the memory."""
+    cdef Py_ssize_t n_el
+    cdef char* buf
+    cdef uint8_t* mask
+    cdef char* xin = <char*>cnp.PyArray_DATA(<cnp.ndarray>x)
+    cdef char* dptr = <char*>cnp.PyArray_DATA(data)
+    cdef char* optr = <char*>cnp.PyArray_DATA(<cnp.ndarray>res)
+    cdef double need
+    # sizes in double first: the planner's Py_ssize_t sums must not overflow
+    need = ((<double>d.T + 1) * d.N * (d.F0 + 3.0 * d.GHmax + 4.0 * d.Hmax + 2.0 * d.Fmax)
+            * max(1, d.n_ops))
+    if need * d.isz > 1e15:
+        raise MemoryError("fused call scratch too large")
+    n_el = _plan(sp, d, keep, plan)
+    buf = <char*>_alloc(<double>n_el * d.isz)
+    mask = <uint8_t*>malloc(<size_t>(d.T * d.N))
+    if mask == NULL:
+        free(buf)
+        raise MemoryError("fused call scratch")
+    with nogil:
+        memset(mask, 1, <size_t>(d.T * d.N))
+        if d.isz == 4:
+            _fused_forward(sp, d, keep, plan, <const float*>dptr, xin, <float*>buf, mask,
+                           <float*>optr)
+        else:
+            _fused_forward(sp, d, keep, plan, <const double*>dptr, xin, <double*>buf, mask,
+                           <double*>optr)
+    buf_out[0] = buf
+    mask_out[0] = mask
+    return 0
+
+
+def infer(const int64_t[::1] spec, cnp.ndarray data, object x):
+    """Fused inference of a ``Sequential``.
+
+    ``data``: the model's flat parameter buffer (float32/float64, C-contiguous).
+    ``x``: (N, T, D) floats of ``data``'s dtype, or (N, T) int64 token ids when
+    the first op is an embedding; C-contiguous. Returns the output array, or
+    None when ``x`` is not in that exact form or holds values the layer path
+    must judge (NaN/inf, ids out of range, padding ids under ``mask_zero``).
+    """
+    cdef Dims d
+    cdef char* buf = NULL
+    cdef uint8_t* mask = NULL
+    cdef int64_t* plan
+    if _check_call(spec, data, x, &d):
+        return None
+    res = _new_output(&d)
+    plan = <int64_t*>_alloc(<double>d.n_ops * P_WIDTH * 8)
+    try:
+        _run_forward(&spec[0], &d, False, plan, data, x, &buf, &mask, res)
     finally:
+        free(plan)
         free(buf)
         free(mask)
     return res
 
 
-cdef void _infer_entry(const int64_t* sp, Py_ssize_t n_ops, Py_ssize_t first,
-                       const floating* data, const char* xin, bint ids, Py_ssize_t E,
-                       Py_ssize_t T, Py_ssize_t N, Py_ssize_t Fmax, Py_ssize_t GHmax,
-                       Py_ssize_t Hmax, floating* buf, const uint8_t* mask,
-                       floating* out) noexcept nogil:
-    """Carve the scratch, lay the input out time-major, run the ops."""
-    cdef floating* cur = buf
-    cdef floating* nxt = cur + T * N * Fmax
-    cdef floating* xp = nxt + T * N * Fmax
-    cdef floating* hbuf = xp + T * N * GHmax
-    cdef floating* cbuf = hbuf + 2 * N * Hmax
-    cdef floating* gates = cbuf + 2 * N * Hmax
-    cdef floating* gh = gates + N * GHmax
-    cdef floating* aux = gh + N * GHmax
-    cdef Py_ssize_t t, i, F
-    cdef const floating* table
-    cdef const int64_t* idp
-    cdef const floating* x
-    if ids:
-        table = data + sp[SPEC_HEADER + 3]
-        idp = <const int64_t*>xin
-        F = E
-        for t in range(T):
-            for i in range(N):
-                memcpy(cur + (t * N + i) * E, table + idp[i * T + t] * E,
-                       E * sizeof(floating))
-    else:
-        x = <const floating*>xin
-        F = sp[SPEC_HEADER + 4]
-        for t in range(T):
-            for i in range(N):
-                memcpy(cur + (t * N + i) * F, x + (i * T + t) * F, F * sizeof(floating))
-    _infer_ops(sp + first * SPEC_WIDTH, n_ops - first, data, T, N, F, cur, nxt, xp,
-               hbuf, cbuf, gates, aux, gh, mask, out)
+cdef class FusedCache:
+    """What ``train_forward`` keeps for ``train_backward``: the per-op caches in
+    one block (freed after the backward or with this object)."""
+    cdef char* buf
+    cdef uint8_t* mask
+    cdef int64_t* plan
+    cdef int64_t* ids
+    cdef Dims d
+    cdef object spec
+    cdef object data
+
+    def __dealloc__(self):
+        self.release()
+
+    cdef void release(self) noexcept:
+        free(self.buf)
+        free(self.mask)
+        free(self.plan)
+        free(self.ids)
+        self.buf = NULL
+        self.mask = NULL
+        self.plan = NULL
+        self.ids = NULL
+
+
+def train_forward(const int64_t[::1] spec, cnp.ndarray data, object x):
+    """Training forward of a ``Sequential``: ``(output, cache)``, or None as in
+    :func:`infer`. The cache goes to :func:`train_backward` once."""
+    cdef Dims d
+    cdef FusedCache cache
+    if _check_call(spec, data, x, &d):
+        return None
+    res = _new_output(&d)
+    cache = FusedCache.__new__(FusedCache)
+    cache.d = d
+    cache.spec = spec.base if spec.base is not None else spec
+    cache.data = data
+    cache.plan = <int64_t*>_alloc(<double>d.n_ops * P_WIDTH * 8)
+    if d.ids:
+        cache.ids = <int64_t*>_alloc(<double>d.N * d.T * 8)
+        memcpy(cache.ids, cnp.PyArray_DATA(<cnp.ndarray>x), d.N * d.T * 8)
+    _run_forward(&spec[0], &cache.d, True, cache.plan, data, x, &cache.buf, &cache.mask,
+                 res)
+    return res, cache
+
+
+def train_backward(const int64_t[::1] spec, cnp.ndarray data, cnp.ndarray grad,
+                   FusedCache cache not None, object d_out, const int64_t[::1] truncate):
+    """Add the gradients of the forward that made ``cache`` into ``grad``.
+
+    ``d_out``: the loss gradient, shaped and typed like the output (C order).
+    ``truncate``: one entry per recurrent op, in op order: -1 for full BPTT, else
+    k (the gradient through at most k+1 cells, as the layers' ``bptt_truncate``).
+    """
+    cdef Dims d = cache.d
+    cdef cnp.ndarray g
+    cdef char* ws
+    cdef Py_ssize_t nrec = 0, o
+    cdef int64_t* tr
+    if cache.buf == NULL:
+        raise RuntimeError("this training forward was already backpropagated")
+    if data is not cache.data or (spec.base if spec.base is not None else spec) is not cache.spec:
+        raise ValueError("train_backward needs the spec and parameters of its forward")
+    if (cnp.PyArray_TYPE(grad) != d.typenum or not cnp.PyArray_IS_C_CONTIGUOUS(grad)
+            or cnp.PyArray_SIZE(grad) != cnp.PyArray_SIZE(data)):
+        raise ValueError("grad must be a C-contiguous array like the parameter buffer")
+    if not cnp.PyArray_Check(d_out):
+        raise TypeError("d_out must be a numpy array")
+    g = <cnp.ndarray>d_out
+    if (cnp.PyArray_TYPE(g) != d.typenum or not cnp.PyArray_IS_C_CONTIGUOUS(g)
+            or cnp.PyArray_NDIM(g) != (3 if d.seq_out else 2) or cnp.PyArray_DIM(g, 0) != d.N
+            or cnp.PyArray_DIM(g, cnp.PyArray_NDIM(g) - 1) != d.F_out
+            or (d.seq_out and cnp.PyArray_DIM(g, 1) != d.T)):
+        raise ValueError("d_out must be a C-contiguous array shaped and typed like the output")
+    for o in range(d.first, d.n_ops):
+        if spec[SPEC_HEADER + o * SPEC_WIDTH] == OP_RNN:
+            nrec += 1
+    if truncate.shape[0] != nrec:
+        raise ValueError(f"truncate needs {nrec} entries")
+    tr = <int64_t*>_alloc(<double>max(1, nrec) * 8)
+    for o in range(nrec):
+        tr[o] = -1 if truncate[o] < 0 or truncate[o] >= d.T else truncate[o]
+    try:
+        ws = <char*>_alloc(<double>_backward_scratch(&d) * d.isz)
+    except MemoryError:
+        free(tr)
+        raise
+    try:
+        with nogil:
+            if d.isz == 4:
+                _fused_backward(&spec[0], &d, cache.plan, tr,
+                                <const float*>cnp.PyArray_DATA(data),
+                                <float*>cnp.PyArray_DATA(grad), <const float*>cache.buf,
+                                cache.ids, cache.mask, <const float*>cnp.PyArray_DATA(g),
+                                <float*>ws)
+            else:
+                _fused_backward(&spec[0], &d, cache.plan, tr,
+                                <const double*>cnp.PyArray_DATA(data),
+                                <double*>cnp.PyArray_DATA(grad), <const double*>cache.buf,
+                                cache.ids, cache.mask, <const double*>cnp.PyArray_DATA(g),
+                                <double*>ws)
+    finally:
+        free(ws)
+        free(tr)
+        cache.release()

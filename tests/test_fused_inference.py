@@ -6,7 +6,6 @@ every input the fused path does not take in its exact form must go through the g
 path (same result, same errors).
 """
 
-import copy
 import pickle
 import threading
 
@@ -17,18 +16,10 @@ import cyrnn
 from cyrnn.backends import get_backend
 
 from conftest import BACKENDS
+from fused_harness import CELLS, build_model, reference
 
 FUSED = [b for b in BACKENDS if hasattr(get_backend(b), "infer")]
 STRICT = {np.float32: dict(rtol=1e-5, atol=1e-5), np.float64: dict(rtol=1e-10, atol=1e-10)}
-
-CELLS = [
-    ("lstm", cyrnn.LSTM, {}),
-    ("gru", cyrnn.GRU, {}),
-    ("gru_cho", cyrnn.GRU, {"reset_after": False}),
-    ("rnn_tanh", cyrnn.SimpleRNN, {}),
-    ("rnn_relu", cyrnn.SimpleRNN, {"activation": "relu"}),
-    ("rnn_sigmoid", cyrnn.SimpleRNN, {"activation": "sigmoid"}),
-]
 
 pytestmark = pytest.mark.skipif(not FUSED, reason="no backend with fused inference")
 
@@ -38,35 +29,13 @@ def fused_backend(request):
     return request.param
 
 
-def _build(backend, Cls, kw, dtype, *, num_layers=1, return_sequences=False, embed=None,
-           heads=(3,), stacked=1, D=5, H=7):
-    layers = []
-    if embed is not None:
-        vocab, mask_zero = embed
-        layers.append(cyrnn.Embedding(vocab, D, mask_zero=mask_zero, dtype=dtype,
-                                      random_state=3))
-    for s in range(stacked):
-        last = s == stacked - 1
-        layers.append(Cls(D if s == 0 else H, H, num_layers=num_layers,
-                          return_sequences=return_sequences or not last, backend=backend,
-                          dtype=dtype, random_state=10 + s, **kw))
-    width = H
-    for k, out in enumerate(heads):
-        layers.append(cyrnn.Dense(width, out, dtype=dtype, random_state=20 + k))
-        width = out
-    model = cyrnn.Sequential(layers)
-    # every parameter nonzero (biases start at 0): a term left out would show
-    model.params.data[...] = np.random.default_rng(7).uniform(-0.6, 0.6, model.params.size)
-    return model
+def _build(backend, Cls, kw, dtype, *, return_sequences=False, embed=None, **opts):
+    vocab, mask_zero = embed if embed is not None else (None, False)
+    return build_model(backend, Cls, kw, dtype, seq=return_sequences, embed=vocab,
+                       mask_zero=mask_zero, **opts)
 
 
-def _reference(model):
-    """The same model (same parameters) on the NumPy backend, layer by layer."""
-    ref = copy.deepcopy(model)
-    for layer in ref.recurrent_layers:
-        layer.backend = "numpy"
-    assert ref._fused_inference() is None
-    return ref
+_reference = reference
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

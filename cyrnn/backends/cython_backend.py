@@ -67,6 +67,10 @@ def matmul(a, trans_a, b, trans_b, out, beta=0.0):
 # is documented in Sequential.inference_spec and docs/architecture.md): validates the
 # input's exact form in C and returns None for anything the general path must handle.
 infer = _k.infer
+# Fused training step (optional): forward keeping per-op caches, then the backward
+# adding every parameter gradient into the flat gradient buffer.
+train_forward = _k.train_forward
+train_backward = _k.train_backward
 
 
 def _mask_u8(mask, T, N):
