@@ -1432,6 +1432,7 @@ cdef int _check_call(const int64_t[::1] spec, cnp.ndarray data, object x,
     cdef const int64_t* r
     cdef cnp.ndarray xa
     cdef Py_ssize_t o, F, G, size, k
+    cdef double Gd
     cdef bint seq = True
     cdef const int64_t* idp
     cdef char* xin
@@ -1451,7 +1452,7 @@ cdef int _check_call(const int64_t[::1] spec, cnp.ndarray data, object x,
     d.ids = r[0] == OP_EMBED
     d.first = 1 if d.ids else 0
     if d.ids:
-        if r[1] < 1 or r[2] < 1 or r[3] < 0 or r[3] + r[1] * r[2] > size:
+        if r[1] < 1 or r[2] < 1 or r[3] < 0 or <double>r[3] + <double>r[1] * r[2] > size:
             raise ValueError("inference spec: embedding outside the parameter buffer")
         F = r[2]
     elif r[0] == OP_RNN:
@@ -1469,11 +1470,13 @@ cdef int _check_call(const int64_t[::1] spec, cnp.ndarray data, object x,
                 raise ValueError("inference spec: unknown cell")
             if not seq:
                 raise ValueError("inference spec: recurrent op after a many-to-one op")
-            G = _gates_of(r)
+            # sizes in double: huge (corrupt) values must not overflow the checks
+            Gd = <double>_n_gates(<int>r[1]) * r[5]
             if (r[5] < 1 or r[4] < 1 or r[6] < 0 or r[7] < 0 or r[8] < 0 or r[9] < 0
-                    or r[6] + G * r[4] > size or r[7] + G * r[5] > size
-                    or r[8] + G > size or r[9] + G > size):
+                    or r[6] + Gd * r[4] > size or r[7] + Gd * r[5] > size
+                    or r[8] + Gd > size or r[9] + Gd > size):
                 raise ValueError("inference spec: recurrent op outside the parameter buffer")
+            G = _gates_of(r)
             if r[4] != F:
                 return 1  # widths do not chain: the layer path explains
             d.GHmax = max(d.GHmax, G)
@@ -1481,8 +1484,8 @@ cdef int _check_call(const int64_t[::1] spec, cnp.ndarray data, object x,
             F = r[5]
             seq = r[10] != 0
         elif r[0] == OP_DENSE:
-            if (r[2] < 1 or r[1] < 1 or r[3] < 0 or r[4] < 0 or r[3] + r[2] * r[1] > size
-                    or r[4] + r[2] > size):
+            if (r[2] < 1 or r[1] < 1 or r[3] < 0 or r[4] < 0
+                    or <double>r[3] + <double>r[2] * r[1] > size or r[4] + <double>r[2] > size):
                 raise ValueError("inference spec: dense op outside the parameter buffer")
             if r[1] != F:
                 return 1

@@ -201,7 +201,8 @@ def test_infer_rejects_corrupt_spec(fused_backend):
     x = np.zeros((1, 3, 5), np.float32)
     assert infer(spec, model.params.data, x).shape == (1, 3)
     W = model.INFER_SPEC_WIDTH
-    for field, value in [(7, 10**9), (6, -1), (9, model.params.size)]:
+    for field, value in [(7, 10**9), (6, -1), (9, model.params.size),
+                         (5, 2**62), (4, 2**62)]:  # huge sizes must not overflow the checks
         bad = spec.copy()
         bad[3 + field] = value
         with pytest.raises(ValueError, match="outside the parameter buffer"):

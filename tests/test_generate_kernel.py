@@ -18,10 +18,11 @@ COMPILED = [name for name in available() if name != "numpy"]
 def make_problem(cell, L=2, n=6, H=5, V=13, T=25, dtype=np.float64, seed=0):
     rng = np.random.default_rng(seed)
     GH = cell.n_gates * H
+    gain = 0.6 * min(1.0, np.sqrt(5 / H))  # wider layers: same gain (no chaotic drift)
     w = dict(xp_table=rng.standard_normal((V, GH)),
-             w_ih_rest=rng.standard_normal((L - 1, GH, H)) * 0.6,
+             w_ih_rest=rng.standard_normal((L - 1, GH, H)) * gain,
              b_ih_rest=rng.standard_normal((L - 1, GH)) * 0.2,
-             w_hh=rng.standard_normal((L, GH, H)) * 0.6,
+             w_hh=rng.standard_normal((L, GH, H)) * gain,
              b_hh=rng.standard_normal((L, GH)) * 0.2,
              w_out=rng.standard_normal((V, H)) * 1.5,
              b_out=rng.standard_normal(V) * 0.5 - 1.5 * (np.arange(V) == 2),  # rarer ends
@@ -60,6 +61,40 @@ def test_compiled_equals_reference(backend, cell, L):
     assert (expected[0][:, 4][lengths > 4] == 7).all()
     assert lengths[1] <= 10 and (lengths < 25).any()
     assert len(np.unique(expected[0])) > 3
+
+
+@pytest.mark.parametrize("backend", COMPILED)
+@pytest.mark.parametrize("cell", [CELLS["lstm"], CELLS["gru-cho"], CELLS["rnn-tanh"]],
+                         ids=["lstm", "gru-cho", "rnn-tanh"])
+def test_compiled_equals_reference_wide(backend, cell):
+    """Shapes whose products go through BLAS (many rows, wide layers, a larger
+    vocabulary), three layers: still token for token."""
+    be = get_backend(backend)
+    w, s = make_problem(cell, L=3, n=24, H=48, V=40, T=30, seed=4)
+    for top_k, temperature in [(0, 1.0), (4, 0.8)]:
+        expected = ref.generate(cell, **w, **s, temperature=temperature, top_k=top_k,
+                                end_token=2)
+        got = be.generate(cell, **w, **s, temperature=temperature, top_k=top_k, end_token=2)
+        np.testing.assert_array_equal(got[1], expected[1])
+        np.testing.assert_array_equal(got[0], expected[0])
+    assert len(np.unique(expected[0])) > 3
+
+
+@pytest.mark.parametrize("backend", COMPILED)
+def test_compiled_does_not_fall_back(backend, monkeypatch):
+    """A compiled backend runs the loop itself (the reference only for degenerate
+    shapes)."""
+    cell = Cell("gru")
+    w, s = make_problem(cell)
+    expected = ref.generate(cell, **w, **s, temperature=1.0, top_k=0, end_token=2)
+
+    def no_reference(*args, **kwargs):
+        raise AssertionError("fell back to the reference")
+
+    monkeypatch.setattr(ref, "generate", no_reference)
+    got = get_backend(backend).generate(cell, **w, **s, temperature=1.0, top_k=0,
+                                        end_token=2)
+    np.testing.assert_array_equal(got[0], expected[0])
 
 
 @pytest.mark.parametrize("backend", COMPILED)

@@ -315,5 +315,50 @@ def test_blas_mode(monkeypatch):
         assert nb._blas_mode(2, 64 * 256, 1) == 2        # below OpenBLAS's threading
 
 
-def test_generate_delegates_to_the_reference():
-    assert nb.generate.__doc__ and "reference" in nb.generate.__doc__
+@pytest.mark.parametrize("cell_name", ["lstm", "gru-cho", "rnn-relu"])
+def test_generate_products(cell_name, products, monkeypatch):
+    """The compiled ``generate`` with every recurrent/output product mode (own
+    loops, one BLAS call, BLAS row blocks) equals the reference token for token;
+    it never falls back to it for regular input."""
+    from test_generate_kernel import make_problem as make_gen_problem
+
+    cell = CELLS[cell_name]
+    w, s = make_gen_problem(cell, L=2, n=6, H=5, V=13, T=25, seed=3)
+    expected = ref.generate(cell, **w, **s, temperature=0.9, top_k=3, end_token=2)
+    monkeypatch.setattr(nb, "_reference", None)  # a fallback would fail
+    got = nb.generate(cell, **w, **s, temperature=0.9, top_k=3, end_token=2)
+    np.testing.assert_array_equal(got[1], expected[1])
+    np.testing.assert_array_equal(got[0], expected[0])
+
+
+def test_generate_odd_input_goes_to_the_reference():
+    """Token ids outside the table, or another dtype: the reference's behaviour."""
+    from test_generate_kernel import make_problem as make_gen_problem
+
+    cell = CELLS["lstm"]
+    w, s = make_gen_problem(cell, n=3)
+    s["start"] = np.array([3, 13, 4])  # 13 is outside the (13,)-row table
+    with pytest.raises(IndexError):
+        nb.generate(cell, **w, **s, temperature=1.0, top_k=0, end_token=2)
+    w16 = {k: (None if v is None else v.astype(np.float16)) for k, v in w.items()}
+    s["start"] = np.array([3, 5, 4])
+    got = nb.generate(cell, **w16, **s, temperature=1.0, top_k=0, end_token=2)
+    expected = ref.generate(cell, **w16, **s, temperature=1.0, top_k=0, end_token=2)
+    np.testing.assert_array_equal(got[0], expected[0])
+
+
+@pytest.mark.parametrize("name,kw", [("lstm", {}), ("gru-cho", {"reset_after": False})])
+def test_infer_product_modes(name, kw, products):
+    """The fused ``infer`` (which picks its own product modes) equals the layer
+    path (whose modes the fixture sets), for a batch big enough for BLAS."""
+    import cyrnn
+
+    Cls = cyrnn.LSTM if name == "lstm" else cyrnn.GRU
+    model = cyrnn.Sequential([Cls(6, 24, num_layers=2, return_sequences=False,
+                                  backend="numba", dtype=np.float64, random_state=0, **kw),
+                              cyrnn.Dense(24, 3, dtype=np.float64, random_state=1)])
+    x = np.random.default_rng(0).standard_normal((40, 9, 6))
+    fused = nb.infer(model.inference_spec(), model.params.data, x)
+    layered = model.forward(x, lengths=np.full(40, 9))  # lengths: the general path
+    assert fused is not None and fused.shape == (40, 3)
+    np.testing.assert_allclose(fused, layered, rtol=1e-10, atol=1e-12)

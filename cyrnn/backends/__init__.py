@@ -15,7 +15,14 @@ from ._cell import Cell
 
 __all__ = ["Cell", "available", "get_backend", "BACKENDS"]
 
-# Preference order for backend="auto": first one that imports wins.
+# backend="auto": the first of these that imports. The rule, from
+# benchmarks/bench_kernels.py (README, "Backends and threads"): the Cython backend
+# was at least as fast as the Numba backend in every configuration and mode measured
+# (batch 1 to 128, inference and training), compiles nothing at run time (Numba's
+# first call in a fresh process costs seconds to compile, or ~0.5 s to load from its
+# cache: benchmarks/bench_first_call.py) and has the fused whole-model calls; Numba
+# is the fallback where the extension is not built (it needs no compiler at install
+# time); the NumPy reference comes last.
 BACKENDS = {
     "cython": "cyrnn.backends.cython_backend",
     # Imports numba when first loaded; ImportError (numba missing) -> unavailable.

@@ -3,8 +3,9 @@
 Same signatures, results and cache layout as :mod:`cyrnn.backends.numpy_backend`
 (the specification, ``docs/architecture.md``), float32 and float64, every cell
 (rnn tanh/relu/sigmoid, lstm, gru with ``reset_after`` True/False), masks and
-truncated BPTT exactly as the reference defines them. ``generate`` is not
-compiled yet: it delegates to the reference.
+truncated BPTT exactly as the reference defines them; ``generate`` (the whole
+sampling loop, token for token as the reference) and the optional fused
+``infer`` (a whole ``Sequential`` in one call) are compiled too.
 
 Design
 ------
@@ -19,6 +20,15 @@ Design
   sweep serves full BPTT (one sweep from the last step, adding ``dh_seq``) and
   truncation (one budgeted sweep per gradient source, as the reference's
   ``_sweep``).
+* **Whole-model entry points** (``_infer_kernel``, ``_generate_kernel``) run
+  the same forward time loop (``_fwd_rows``, serial, on all rows) and the same
+  product routine (``_mm_nt``, for input projections, Dense heads and logits),
+  so the cell math still lives in one place. ``infer`` validates the spec
+  against the parameter buffer and the input (NaN/inf, ids) inside the
+  compiled call; its Python wrapper only checks the array's exact form, so a
+  batch-1 call costs about a microsecond more than the kernel. The sampling
+  rule (``_sample_token``) is compiled without fast-math flags, so its sums
+  and comparisons are the reference's, in the same order.
 * **Rows are independent through time**, so a block of rows can run the whole
   time loop alone. ``_forward_par``/``_backward_par`` (``parallel=True``) split
   the batch into one fixed block per thread (``prange`` over blocks): a single
@@ -739,12 +749,6 @@ def _fwd_rows(code, blas, keep, has_mask, xp, w, b, h0, c0, mask, h_seq, hT, cT,
                     cT[i, j] = csrc[i, j]
 
 
-def _fwd_scratch(code, H, GH, keep):
-    """Scratch values per batch row needed by ``_fwd_rows``."""
-    gw = 2 * H if code == GRU_CHO else GH
-    return gw + H + (0 if keep else GH + 3 * H)
-
-
 @njit(**_JIT_PAR)
 def _forward_par(nb, code, blas, keep, has_mask, xp, w, b, h0, c0, mask, h_seq, hT, cT,
                  ch, cc, cg, cax, scratch):
@@ -936,6 +940,501 @@ def _backward_par(nb, code, blas, trunc, has_mask, has_dhseq, ch, cc, cg, cax, w
 
 
 # ----------------------------------------------------------------------------
+# Products inside the compiled entry points (infer, generate).
+# ----------------------------------------------------------------------------
+
+def _use_blas(N, GHH):
+    """0: own loops; else BLAS (see ``_blas_mode``)."""
+    work = N * GHH
+    return 1 if (work > _BLAS_MIN_ROW or (N > 1 and work >= _BLAS_MIN)) else 0
+
+
+_use_blas_nb = njit(**_JIT)(_use_blas)  # the same rule, callable from compiled code
+
+
+@njit(**_JIT)
+def _gemm_mode(rows, mk):
+    """The ``blas`` flag of ``_mm_nt`` for a ``(rows, k) @ (m, k).T`` product
+    (``mk = m * k``) run inside a compiled entry point: ``_blas_mode`` for one
+    block, with BLAS taken to be multi-threaded (the threadpoolctl query is
+    Python): own loops for tiny products, single-thread-sized row blocks for
+    mid-sized ones (the same products in blocks), else one BLAS call."""
+    if not _use_blas_nb(rows, mk):
+        return 0
+    work = rows * mk
+    if _SERIAL_GEMM_MNK < work <= _THREADED_GEMM_MNK:
+        return 1
+    return 2
+
+
+@njit(**_JIT)
+def _add_rows(y, b):
+    """``y[i, :] += b`` for every row."""
+    for i in range(y.shape[0]):
+        yi = y[i]
+        for j in range(yi.shape[0]):
+            yi[j] += b[j]
+
+
+def _fwd_scratch(code, H, GH, keep):
+    """Scratch values per batch row needed by ``_fwd_rows``."""
+    gw = 2 * H if code == GRU_CHO else GH
+    return gw + H + (0 if keep else GH + 3 * H)
+
+
+_fwd_scratch_nb = njit(**_JIT)(_fwd_scratch)
+
+
+@njit(**_JIT)
+def _cell_code(kind, act, reset_after):
+    """The cell code of ``(Cell.kind_code, Cell.activation_code, reset_after)``
+    (as ``_code`` for a ``Cell``)."""
+    if kind == 0:
+        return RNN_TANH + act  # RNN_TANH, RNN_RELU, RNN_SIGMOID in activation order
+    if kind == 1:
+        return LSTM
+    return GRU if reset_after else GRU_CHO
+
+
+@njit(**_JIT)
+def _n_gates(code):
+    return 4 if code == LSTM else (3 if code >= GRU else 1)
+
+
+# ----------------------------------------------------------------------------
+# Fused inference: a whole Sequential ([Embedding] RNN+ Dense*) in one call.
+#
+# The spec is the int64 array built by ``cyrnn.model.Sequential`` (layout in
+# docs/architecture.md, "Fused inference"): a header (version, number of ops,
+# record width) and one fixed-width record per op; parameter offsets index the
+# model's flat buffer. The kernel validates the spec against the buffer, then
+# runs each op with the forward time loop (``_fwd_rows``) and ``_mm_nt`` on
+# scratch allocated per call, without the GIL: concurrent calls on one model are
+# safe, and nothing is kept between calls.
+# ----------------------------------------------------------------------------
+
+SPEC_VERSION, SPEC_HEADER, SPEC_WIDTH = 1, 3, 12
+OP_EMBED, OP_RNN, OP_DENSE = 0, 1, 2
+INFER_SPEC_VERSION, INFER_SPEC_HEADER, INFER_SPEC_WIDTH = SPEC_VERSION, SPEC_HEADER, SPEC_WIDTH
+# Status codes of _infer_kernel: 0 and -1 done, 1 not taken (the caller returns None
+# and the general path runs), others raise (as the Cython backend's ``infer``).
+_INFER_ERRORS = {
+    2: (ValueError, "unsupported inference spec"),
+    3: (ValueError, "inference spec: the first op must be an embedding or recurrent"),
+    4: (ValueError, "inference spec: embedding outside the parameter buffer"),
+    5: (ValueError, "inference spec: unknown cell"),
+    6: (ValueError, "inference spec: recurrent op after a many-to-one op"),
+    7: (ValueError, "inference spec: recurrent op outside the parameter buffer"),
+    8: (ValueError, "inference spec: dense op outside the parameter buffer"),
+    9: (ValueError, "inference spec: unknown op"),
+    10: (MemoryError, "inference scratch too large"),
+}
+
+
+@njit(**_JIT)
+def _all_finite(x):
+    """No NaN or infinity in ``x`` (``x * 0`` is NaN exactly for those; the sum
+    of those products vectorises, and without ``nnan`` it is not folded)."""
+    acc = x.dtype.type(0)
+    for k in range(x.shape[0]):
+        acc += x[k] * 0
+    return acc == 0
+
+
+@njit(**_JIT)
+def _outside(off, n, size):
+    """Whether ``[off, off + n)`` is not inside ``[0, size)`` (``0 <= n``; no
+    overflow for offsets near the int64 limit)."""
+    return off < 0 or n > size or off > size - n
+
+
+@njit(**_JIT)
+def _infer_kernel(spec, data, x, ids, is_ids):
+    """Validate ``spec`` against ``data`` and the input, then run the model.
+
+    ``x`` (N, T, D) floats (``is_ids`` 0), or ``ids`` (N, T) int64 (``is_ids``
+    1); ``is_ids`` -1: no input in a form the kernel takes, only check the spec.
+    Returns ``(status, out)``: status 0 and the output (N, T, F) of a sequence
+    model, or -1 and (N, 1, F) after a many-to-one op; 1 when the input is not
+    taken; >= 2 a corrupt spec (see ``_INFER_ERRORS``), with an empty ``out``.
+
+    The spec is checked whatever the input (as the Cython backend does): every
+    tensor of every record must lie inside ``data`` (else an error status), and
+    each record's input width must be the previous output width (else 1: the
+    general path explains).
+    """
+    dt = data.dtype
+    none = np.empty((0, 0, 0), dt)
+    S = spec.shape[0]
+    if (S < SPEC_HEADER or spec[0] != SPEC_VERSION or spec[2] != SPEC_WIDTH or spec[1] < 1
+            or S != SPEC_HEADER + spec[1] * SPEC_WIDTH):
+        return 2, none
+    n_ops = spec[1]
+    size = data.shape[0]
+    r = SPEC_HEADER
+    first = 0
+    V = spec[r + 1]
+    E = spec[r + 2]
+    if spec[r] == OP_EMBED:
+        if (V < 1 or E < 1 or V > size or E > size
+                or _outside(spec[r + 3], V * E, size)):
+            return 4, none
+        first = 1
+        F = E
+    elif spec[r] == OP_RNN:
+        F = spec[r + 4]
+    else:
+        return 3, none
+    F0 = F
+    Fmax = F
+    GHmax = 1
+    Hmax = 1
+    SCmax = 1
+    seq = True
+    for o in range(first, n_ops):
+        r = SPEC_HEADER + o * SPEC_WIDTH
+        op = spec[r]
+        if op == OP_RNN:
+            if spec[r + 1] < 0 or spec[r + 1] > 2 or spec[r + 2] < 0 or spec[r + 2] > 2:
+                return 5, none
+            if not seq:
+                return 6, none
+            D = spec[r + 4]
+            H = spec[r + 5]
+            code = _cell_code(spec[r + 1], spec[r + 2], spec[r + 3] != 0)
+            if D < 1 or H < 1 or D > size or H > size:
+                return 7, none
+            G = _n_gates(code) * H
+            if (_outside(spec[r + 6], G * D, size) or _outside(spec[r + 7], G * H, size)
+                    or _outside(spec[r + 8], G, size) or _outside(spec[r + 9], G, size)):
+                return 7, none
+            if D != F:
+                return 1, none  # widths do not chain: the general path explains
+            GHmax = max(GHmax, G)
+            Hmax = max(Hmax, H)
+            SCmax = max(SCmax, _fwd_scratch_nb(code, H, G, False))
+            F = H
+            seq = spec[r + 10] != 0
+        elif op == OP_DENSE:
+            D = spec[r + 1]
+            O = spec[r + 2]
+            if (D < 1 or O < 1 or D > size or O > size or _outside(spec[r + 3], O * D, size)
+                    or _outside(spec[r + 4], O, size)):
+                return 8, none
+            if D != F:
+                return 1, none
+            F = O
+        else:
+            return 9, none
+        Fmax = max(Fmax, F)
+    # The input: exactly (N, T, F0) floats, or (N, T) ids after an embedding.
+    if is_ids < 0 or (is_ids == 1) != (first == 1):
+        return 1, none
+    if first:
+        N, T = ids.shape
+    else:
+        N, T, D = x.shape
+        if D != F0:
+            return 1, none
+    if N < 1 or T < 1:
+        return 1, none
+    TN = T * N
+    need = (2.0 * TN * Fmax + float(TN) * GHmax + float(N) * SCmax + 4.0 * N * Hmax)
+    if need * data.itemsize > 1e15:
+        return 10, none
+    # Inputs the general path must judge: non-finite values; ids out of range
+    # or, under mask_zero, padding.
+    if first:
+        mask_zero = spec[SPEC_HEADER + 4] != 0
+        for i in range(N):
+            for t in range(T):
+                v = ids[i, t]
+                if v < 0 or v >= V or (mask_zero and v == 0):
+                    return 1, none
+    elif not _all_finite(x.reshape(TN * F0)):
+        return 1, none
+    # Scratch: cur/nxt (T*N*Fmax each, ping-pong), xp (T*N*GHmax), the time
+    # loop's scratch, h0/c0 (zero) and hT/cT.
+    buf = np.empty(2 * TN * Fmax + TN * GHmax + N * SCmax + 4 * N * Hmax, dt)
+    a = 0
+    b = TN * Fmax
+    o_xp = 2 * TN * Fmax
+    o_sc = o_xp + TN * GHmax
+    o_st = o_sc + N * SCmax
+    no_mask = np.ones((1, 1), np.bool_)
+    # The input, time-major (T, N, F0).
+    cur = buf[a:a + TN * F0]
+    if first:
+        o_e = spec[SPEC_HEADER + 3]
+        for t in range(T):
+            for i in range(N):
+                row = data[o_e + ids[i, t] * E:o_e + (ids[i, t] + 1) * E]
+                dst = cur[(t * N + i) * E:(t * N + i + 1) * E]
+                for j in range(E):
+                    dst[j] = row[j]
+    else:
+        for t in range(T):
+            for i in range(N):
+                src = x[i, t]
+                dst = cur[(t * N + i) * F0:(t * N + i + 1) * F0]
+                for j in range(F0):
+                    dst[j] = src[j]
+    F = F0
+    seq = True
+    for o in range(first, n_ops):
+        r = SPEC_HEADER + o * SPEC_WIDTH
+        rows = TN if seq else N
+        x2 = buf[a:a + rows * F].reshape((rows, F))
+        if spec[r] == OP_RNN:
+            H = spec[r + 5]
+            code = _cell_code(spec[r + 1], spec[r + 2], spec[r + 3] != 0)
+            GH = _n_gates(code) * H
+            w_ih = data[spec[r + 6]:spec[r + 6] + GH * F].reshape((GH, F))
+            w_hh = data[spec[r + 7]:spec[r + 7] + GH * H].reshape((GH, H))
+            b_ih = data[spec[r + 8]:spec[r + 8] + GH]
+            b_hh = data[spec[r + 9]:spec[r + 9] + GH]
+            # xp = x W_ih^T + b_ih over all T*N rows (as layers.recurrent.project)
+            xp = buf[o_xp:o_xp + TN * GH].reshape((TN, GH))
+            _mm_nt(x2, w_ih, xp, 0, TN, _gemm_mode(TN, GH * F))
+            _add_rows(xp, b_ih)
+            NH = N * H
+            st = buf[o_st:o_st + 4 * NH]
+            st[:2 * NH] = 0
+            h0 = st[:NH].reshape((N, H))
+            c0 = st[NH:2 * NH].reshape((N, H))
+            hT = st[2 * NH:3 * NH].reshape((N, H))
+            cT = st[3 * NH:].reshape((N, H))
+            h_seq = buf[b:b + TN * H].reshape((T, N, H))
+            _fwd_rows(code, _gemm_mode(N, GH * H), 0, 0, xp.reshape((T, N, GH)), w_hh, b_hh,
+                      h0, c0, no_mask, h_seq, hT, cT, none, none, none, none,
+                      buf[o_sc:o_sc + N * _fwd_scratch_nb(code, H, GH, False)], 0, N)
+            if spec[r + 10] == 0:  # many-to-one: the final state
+                dst = buf[b:b + NH]
+                src = st[2 * NH:3 * NH]
+                for k in range(NH):
+                    dst[k] = src[k]
+                seq = False
+            F = H
+        else:  # dense on (T*N or N, F) rows
+            O = spec[r + 2]
+            w = data[spec[r + 3]:spec[r + 3] + O * F].reshape((O, F))
+            y = buf[b:b + rows * O].reshape((rows, O))
+            _mm_nt(x2, w, y, 0, rows, _gemm_mode(rows, O * F))
+            _add_rows(y, data[spec[r + 4]:spec[r + 4] + O])
+            F = O
+        a, b = b, a
+    if seq:  # time-major (T, N, F) -> batch-first (N, T, F)
+        out = np.empty((N, T, F), dt)
+        for t in range(T):
+            for i in range(N):
+                src = buf[a + (t * N + i) * F:a + (t * N + i + 1) * F]
+                dst = out[i, t]
+                for j in range(F):
+                    dst[j] = src[j]
+    else:
+        out = np.empty((N, 1, F), dt)
+        for i in range(N):
+            src = buf[a + i * F:a + (i + 1) * F]
+            dst = out[i, 0]
+            for j in range(F):
+                dst[j] = src[j]
+    return (0 if seq else -1), out
+
+
+# ----------------------------------------------------------------------------
+# Generation: the whole sampling loop (one-to-many), reusing the forward loop.
+# ----------------------------------------------------------------------------
+
+# The sampling rule runs without fast-math: its sums and comparisons are those of
+# the reference, in the same order (a reassociated running sum could move a draw).
+_EXACT = dict(nogil=True, cache=True, error_model="numpy")
+
+
+@njit(**_EXACT)
+def _kth_largest(a, n, k):
+    """The k-th largest (1-based) of ``a[:n]`` (quickselect; reorders ``a``).
+
+    The value is unique whatever the pivots, so the result is deterministic.
+    """
+    lo = 0
+    hi = n - 1
+    target = k - 1
+    while lo < hi:
+        pivot = a[lo + (hi - lo) // 2]
+        i = lo
+        j = hi
+        while i <= j:  # descending order: larger values to the left
+            while a[i] > pivot:
+                i += 1
+            while a[j] < pivot:
+                j -= 1
+            if i <= j:
+                tmp = a[i]
+                a[i] = a[j]
+                a[j] = tmp
+                i += 1
+                j -= 1
+        if target <= j:
+            hi = j
+        elif target >= i:
+            lo = i
+        else:
+            return a[target]
+    return a[target]
+
+
+@njit(**_EXACT)
+def _sample_token(logits, banned, temperature, top_k, u, z, work):
+    """Draw one token by inverse CDF: the rule of ``numpy_backend.sample_token``.
+
+    ``z_v = logits_v / temperature`` (float64); candidates are the tokens not
+    banned; ``top_k > 0`` keeps the ``top_k`` largest ``z`` among them (ties:
+    lower ids first); ``p_v = exp(z_v - max)`` over the kept tokens, summed in
+    token order; the token is the first whose running sum exceeds ``u * sum``
+    (round-off fallback: the last kept token with ``p > 0``). -1 if every token
+    is banned (callers prevent it). ``z`` and ``work`` are (V,) float64 scratch.
+    """
+    V = logits.shape[0]
+    n = 0
+    m = 0.0
+    for v in range(V):
+        if not banned[v]:
+            zv = np.float64(logits[v]) / temperature
+            z[v] = zv
+            work[n] = zv
+            if n == 0 or zv > m:
+                m = zv
+            n += 1
+    if n == 0:
+        return -1
+    use_k = top_k > 0 and top_k < n
+    thr = 0.0
+    ties = 0
+    if use_k:
+        thr = _kth_largest(work, n, top_k)
+        ties = top_k
+        for v in range(V):  # how many ties at the threshold may stay
+            if not banned[v] and z[v] > thr:
+                ties -= 1
+    s = 0.0
+    for v in range(V):
+        if banned[v]:
+            z[v] = -1.0
+            continue
+        if use_k and not (z[v] > thr):
+            if z[v] == thr and ties > 0:
+                ties -= 1
+            else:
+                z[v] = -1.0
+                continue
+        p = np.exp(z[v] - m)
+        z[v] = p
+        s += p
+    target = u * s
+    cum = 0.0
+    last = -1
+    for v in range(V):
+        p = z[v]
+        if p < 0:
+            continue
+        cum += p
+        if p > 0:
+            last = v
+        if cum > target:
+            return v
+    return last
+
+
+@njit(**_JIT)
+def _generate_kernel(code, blas, blas_out, xp_table, w_ih_rest, b_ih_rest, w_hh, b_hh,
+                     w_out, b_out, h, c, start, forced, banned, uniforms, temperature,
+                     top_k, end_token, tokens, lengths):
+    """The generation loop (see ``numpy_backend.generate``): feed each row's token
+    through every layer (``_fwd_rows`` with T = 1, finished rows masked so their
+    state stays), project the top state to logits (``_mm_nt``), choose the next
+    token per row (forced, or ``_sample_token``), repeat.
+
+    ``h``/``c`` (L, N, H) are copied, not modified; ``tokens`` (N, T) and
+    ``lengths`` (N,) are written. Token ids were checked by the caller.
+    """
+    L, GH, H = w_hh.shape
+    N = h.shape[1]
+    V = w_out.shape[0]
+    T = forced.shape[1]
+    dt = xp_table.dtype
+    lstm = code == LSTM
+    NC = N if lstm else 0
+    HC = H if lstm else 0
+    hs = np.empty((L, N, H), dt)
+    cs = np.empty((L, NC, HC), dt)
+    for layer in range(L):
+        for i in range(N):
+            for j in range(H):
+                hs[layer, i, j] = h[layer, i, j]
+            for j in range(HC):
+                cs[layer, i, j] = c[layer, i, j]
+    tok = np.empty(N, np.int64)
+    active = np.ones((1, N), np.bool_)  # the time loop's mask (T = 1)
+    for i in range(N):
+        tok[i] = start[i]
+        lengths[i] = T
+        for t in range(T):
+            tokens[i, t] = end_token
+    xp = np.empty((1, N, GH), dt)
+    xp0 = xp[0]
+    hseq = np.empty((1, N, H), dt)
+    hT = np.empty((N, H), dt)
+    cT = np.empty((NC, HC), dt)
+    none3 = np.empty((0, 0, 0), dt)
+    scratch = np.empty(N * _fwd_scratch_nb(code, H, GH, False), dt)
+    logits = np.empty((N, V), dt)
+    z = np.empty(V, np.float64)
+    work = np.empty(V, np.float64)
+    n_active = N
+    for t in range(T):
+        if n_active == 0:
+            break
+        for layer in range(L):
+            if layer == 0:
+                for i in range(N):
+                    src = xp_table[tok[i]]
+                    dst = xp0[i]
+                    for j in range(GH):
+                        dst[j] = src[j]
+            else:
+                # xp = h_{l-1} W_ih^T + b_ih (layer l reads the new state of l - 1)
+                _mm_nt(hs[layer - 1], w_ih_rest[layer - 1], xp0, 0, N, blas)
+                _add_rows(xp0, b_ih_rest[layer - 1])
+            hl = hs[layer]
+            cl = cs[layer]
+            _fwd_rows(code, blas, 0, 1, xp, w_hh[layer], b_hh[layer], hl, cl, active, hseq,
+                      hT, cT, none3, none3, none3, none3, scratch, 0, N)
+            for i in range(N):
+                for j in range(H):
+                    hl[i, j] = hT[i, j]
+                for j in range(HC):
+                    cl[i, j] = cT[i, j]
+        # logits = h_top W_out^T + b_out (the bias only where a token is drawn)
+        _mm_nt(hs[L - 1], w_out, logits, 0, N, blas_out)
+        for i in range(N):
+            if not active[0, i]:
+                continue
+            v = forced[i, t]
+            if v < 0:
+                li = logits[i]
+                for j in range(V):
+                    li[j] += b_out[j]
+                v = _sample_token(li, banned, temperature, top_k, uniforms[i, t], z, work)
+            if v == end_token or v < 0:
+                lengths[i] = t
+                active[0, i] = False
+                n_active -= 1
+            else:
+                tokens[i, t] = v
+                tok[i] = v
+
+
+# ----------------------------------------------------------------------------
 # Compiled entry points, per dtype (lazy; explicit signatures).
 # ----------------------------------------------------------------------------
 
@@ -953,6 +1452,11 @@ def _signatures(F):
            ro(2, types.boolean), ro(3), ro(2), ro(2), rw(3), rw(3), rw(2), rw(2), rw(2), rw(1),
            rw(1))
     return {
+        "infer": types.Tuple((i64, rw(3)))(ro(1, i64), ro(1), ro(3), ro(2, i64), i64),
+        "generate": types.void(i64, i64, i64, ro(2), ro(3), ro(2), ro(3), ro(2), ro(2), ro(1),
+                               ro(3), ro(3), ro(1, i64), ro(2, i64), ro(1, types.boolean),
+                               ro(2, types.float64), types.float64, i64, i64,
+                               types.Array(i64, 2, "C"), types.Array(i64, 1, "C")),
         "fwd_rows": types.void(*fwd, i64, i64),
         "forward_par": types.void(i64, *fwd),
         "bwd_rows": types.void(*bwd, i64, i64),
@@ -960,8 +1464,9 @@ def _signatures(F):
     }
 
 
-_DISPATCHERS = {"fwd_rows": _fwd_rows, "forward_par": _forward_par,
-                "bwd_rows": _bwd_rows, "backward_par": _backward_par}
+_DISPATCHERS = {"infer": _infer_kernel, "generate": _generate_kernel, "fwd_rows": _fwd_rows,
+                "forward_par": _forward_par, "bwd_rows": _bwd_rows,
+                "backward_par": _backward_par}
 _entry = {}
 _compile_lock = threading.Lock()
 
@@ -993,12 +1498,6 @@ _empty = np.empty
 _zeros = np.zeros
 _contig = np.ascontiguousarray
 _get_num_threads = numba.get_num_threads
-
-
-def _use_blas(N, GHH):
-    """0: own loops; else BLAS (see ``_blas_mode``)."""
-    work = N * GHH
-    return 1 if (work > _BLAS_MIN_ROW or (N > 1 and work >= _BLAS_MIN)) else 0
 
 
 def _blas_mode(N, GHH, blocks):
@@ -1178,13 +1677,113 @@ def step(cell, xp_t, w_hh, b_hh, h, c=None):
     return hT, (cT if lstm else None)
 
 
+_ndarray = np.ndarray
+_I64 = np.dtype(np.int64)
+_NO_IDS = np.empty((0, 0), np.int64)
+
+
+def infer(spec, data, x):
+    """Fused inference of a ``Sequential`` (see ``docs/architecture.md``, "Fused
+    inference"): the whole model in one compiled call, without the GIL.
+
+    ``spec``: ``Sequential.inference_spec()`` (int64); ``data``: the model's flat
+    parameter buffer (float32/float64, C-contiguous). ``x``: (N, T, D) floats of
+    ``data``'s dtype, or (N, T) int64 token ids when the first op is an
+    embedding; C-contiguous and aligned. Returns the output array, or None when
+    ``x`` is not in that exact form or holds values the general path must judge
+    (NaN/inf, ids out of range, padding ids under ``mask_zero``): the caller then
+    takes the validating layer-by-layer path. A corrupt spec raises ``ValueError``.
+
+    Only the exact form of ``x`` is checked here (a few attribute reads); the
+    spec's checks (whatever ``x`` is), the scan of ``x`` and the model run in
+    ``_infer_kernel``.
+    """
+    dt = data.dtype
+    fn = _entry.get(("infer", dt))
+    if fn is None:
+        if dt not in _A1:
+            S = len(spec)
+            if (S < SPEC_HEADER or spec[0] != SPEC_VERSION or spec[2] != SPEC_WIDTH
+                    or spec[1] < 1 or S != SPEC_HEADER + spec[1] * SPEC_WIDTH):
+                raise ValueError("unsupported inference spec")  # checked first, as Cython
+            raise TypeError("parameter buffer must be float32 or float64")
+        fn = _kernel("infer", dt)
+    if (type(spec) is not _ndarray or spec.dtype is not _I64 or spec.ndim != 1
+            or not spec.flags.c_contiguous):
+        spec = np.ascontiguousarray(spec)  # a list, or strided: the kernel checks it
+        if spec.ndim != 1 or spec.dtype != _I64:
+            raise ValueError("unsupported inference spec")
+    if data.ndim != 1 or not data.flags.c_contiguous:
+        raise ValueError("parameter buffer must be a C-contiguous 1-D array")
+    if type(x) is not _ndarray:
+        status, out = fn(spec, data, _A3[dt], _NO_IDS, -1)  # checks the spec only
+    else:
+        flags = x.flags
+        xd = x.dtype
+        if not (flags.c_contiguous and flags.aligned):
+            status, out = fn(spec, data, _A3[dt], _NO_IDS, -1)
+        elif xd == dt and x.ndim == 3:
+            status, out = fn(spec, data, x, _NO_IDS, 0)
+        elif xd == _I64 and x.ndim == 2:
+            status, out = fn(spec, data, _A3[dt], x, 1)
+        else:
+            status, out = fn(spec, data, _A3[dt], _NO_IDS, -1)
+    if status <= 0:  # 0: a sequence (N, T, F); -1: after many-to-one, (N, 1, F)
+        return out if status == 0 else out[:, 0]
+    if status == 1:
+        return None
+    exc, msg = _INFER_ERRORS[status]
+    raise exc(msg)
+
+
 def generate(cell, xp_table, w_ih_rest, b_ih_rest, w_hh, b_hh, w_out, b_out, h, c,
              start, forced, banned, uniforms, temperature, top_k, end_token):
-    """Sampling loop; see ``numpy_backend.generate``. Not compiled yet: this
-    delegates to the NumPy reference (so results are identical to it)."""
-    return _reference().generate(cell, xp_table, w_ih_rest, b_ih_rest, w_hh, b_hh, w_out,
-                                 b_out, h, c, start, forced, banned, uniforms, temperature,
-                                 top_k, end_token)
+    """The whole sampling loop in compiled code; see ``numpy_backend.generate``.
+
+    Token-for-token equal to the reference for the same ``uniforms`` (up to
+    round-off landing exactly on a sampling boundary). Inputs the kernel does not
+    take as they are (degenerate or inconsistent shapes, another dtype, token ids
+    outside ``xp_table``) go to the reference, which gives its result or error.
+    """
+    xp_table = _contig(xp_table)
+    dt = xp_table.dtype
+    forced = _contig(forced, np.int64)
+    start = _contig(start, np.int64)
+    banned = _contig(banned, np.bool_)
+    uniforms = _contig(uniforms, np.float64)
+    w_hh = _contig(w_hh, dt)
+    w_out = _contig(w_out, dt)
+    n, T = forced.shape if forced.ndim == 2 else (0, 0)
+    L, GH, H = w_hh.shape if w_hh.ndim == 3 else (0, 0, 0)
+    V = w_out.shape[0] if w_out.ndim == 2 else 0
+    Vx = xp_table.shape[0] if xp_table.ndim == 2 else 0
+    lstm = cell.kind == "lstm"
+    h = _contig(h, dt)
+    c = _contig(c, dt) if lstm and c is not None else None
+    rest = L > 1
+    if rest:
+        w_ih_rest = _contig(w_ih_rest, dt)
+        b_ih_rest = _contig(b_ih_rest, dt)
+    b_out = _contig(b_out, dt)
+    b_hh = _contig(b_hh, dt)
+    if (dt not in _A1 or min(n, T, L, H, V, Vx) == 0 or GH != cell.n_gates * H
+            or xp_table.shape != (Vx, GH) or b_hh.shape != (L, GH) or w_out.shape != (V, H)
+            or b_out.shape != (V,) or h.shape != (L, n, H)
+            or (lstm and (c is None or c.shape != h.shape))
+            or (rest and (w_ih_rest.shape != (L - 1, GH, H) or b_ih_rest.shape != (L - 1, GH)))
+            or start.shape != (n,) or banned.shape != (V,) or uniforms.shape != (n, T)
+            or start.min() < 0 or start.max() >= Vx or forced.max() >= Vx):
+        return _reference().generate(cell, xp_table, w_ih_rest, b_ih_rest, w_hh, b_hh, w_out,
+                                     b_out, h, c, start, forced, banned, uniforms, temperature,
+                                     top_k, end_token)
+    tokens = _empty((n, T), np.int64)
+    lengths = _empty(n, np.int64)
+    fn = _entry.get(("generate", dt)) or _kernel("generate", dt)
+    fn(_code(cell), _blas_mode(n, GH * H, 1), _blas_mode(n, V * H, 1), xp_table,
+       w_ih_rest if rest else _A3[dt], b_ih_rest if rest else _A2[dt], w_hh, b_hh, w_out,
+       b_out, h, c if lstm else _A3[dt], start, forced, banned, uniforms, float(temperature),
+       int(top_k), int(end_token), tokens, lengths)
+    return tokens, lengths
 
 
 def _run_par(name, dt, nb, args):
