@@ -168,6 +168,7 @@ class Sequential:
             if fused is not None:
                 out = fused.infer(fused.spec, self.params.data, x)
                 if out is not None:
+                    self.clear_caches()  # as the layer path: inference keeps no cache
                     return out
         x, mask = self._input_mask(x, lengths, mask)
         return self._forward_checked(x, mask, initial_states, training, return_states)
@@ -182,9 +183,11 @@ class Sequential:
         ``train_backward`` or None) with the spec, when the whole model can run in one
         backend call; else None. Cached per layer list and backend choice."""
         layers = self.layers
-        backends = tuple(layer.backend for layer, is_rnn in self._kinds if is_rnn)
+        # what the spec depends on besides the layer list (attributes users may change)
+        key = tuple((layer.backend, layer.return_sequences) if is_rnn
+                    else getattr(layer, "mask_zero", None) for layer, is_rnn in self._kinds)
         cached = self.__dict__.get("_infer_cache")
-        if cached is not None and cached[0] is layers and cached[1] == backends:
+        if cached is not None and cached[0] is layers and cached[1] == key:
             return cached[2]
         plan = None
         spec = self.inference_spec()
@@ -194,7 +197,7 @@ class Sequential:
             if mod is not None and hasattr(mod, "infer"):
                 plan = _FusedCalls(spec, mod.infer, getattr(mod, "train_forward", None),
                                    getattr(mod, "train_backward", None))
-        self._infer_cache = (layers, backends, plan)
+        self._infer_cache = (layers, key, plan)
         return plan
 
     def _fused_inference(self):
@@ -222,7 +225,7 @@ class Sequential:
         """The model as an int64 op list for a backend's fused ``infer``, or None when it
         has a shape the fused path does not cover (bidirectional layers, a recurrent
         layer that is not first after an optional Embedding, layers after a many-to-one
-        layer other than Dense).
+        layer other than Dense, subclasses of Embedding or Dense).
 
         Layout: ``[version, n_ops, width]`` then one ``width``-long record per op
         (unused fields 0); offsets index ``params.data``:
@@ -237,7 +240,9 @@ class Sequential:
         records, seq, seen_rnn = [], True, False
         offsets = self.params.offsets
         for i, (layer, is_rnn) in enumerate(self._kinds):
-            if isinstance(layer, Embedding):
+            # exact types: a subclass may change forward/backward (e.g. the language
+            # model's frozen one-hot embedding), which the fused kernels would not know
+            if type(layer) is Embedding:
                 records.append([0, layer.vocab_size, layer.embedding_dim,
                                 offsets[f"{i}.weight"], int(layer.mask_zero)])
             elif is_rnn:
@@ -255,7 +260,7 @@ class Sequential:
                                     int(layer.return_sequences or not last)])
                 seq = layer.return_sequences
                 seen_rnn = True
-            elif isinstance(layer, Dense) and seen_rnn:
+            elif type(layer) is Dense and seen_rnn:
                 records.append([2, layer.in_features, layer.out_features,
                                 offsets[f"{i}.weight"], offsets[f"{i}.bias"]])
             else:

@@ -34,6 +34,7 @@ def train_step(model, optimizer, loss, x, y, lengths=None, mask=None, initial_st
         res = None if plan is None else plan.train_forward(plan.spec, model.params.data, x)
         if res is not None:
             out, cache = res
+            model.clear_caches()  # no stale layer cache next to the fused one
             model.zero_grad()
             value, grad = loss_fn(out, y, sample_weight=sample_weight, mask=None)
             plan.train_backward(plan.spec, model.params.data, model.params.grad, cache,

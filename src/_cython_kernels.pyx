@@ -20,8 +20,9 @@ cell, in float32 and float64 (fused type ``floating``):
 * the row loops run in parallel over the batch (OpenMP ``prange``) when the
   step is large enough and the module was built with OpenMP, serially otherwise.
 
-Everything below the ``def`` entry points runs without the GIL and allocates
-nothing: the Python wrapper allocates outputs and scratch buffers with NumPy.
+Everything below the ``def`` entry points runs without the GIL. The contract
+kernels allocate nothing (the Python wrapper allocates outputs and scratch with
+NumPy); the fused whole-model calls at the end allocate their scratch per call.
 
 Layout reminder: a C-contiguous ``(R, C)`` array is the column-major ``(C, R)``
 matrix with leading dimension ``C``; the GEMM calls below are written in those
@@ -32,7 +33,7 @@ from cython cimport floating
 from cython.parallel cimport prange
 from libc.math cimport exp, expf, tanh, tanhf
 from libc.stdint cimport int64_t, uint8_t
-from libc.string cimport memcpy, memset
+from libc.string cimport memcmp, memcpy, memset
 from scipy.linalg.cython_blas cimport dgemm, sgemm
 
 # Cell kind and activation codes: Cell.kind_code / Cell.activation_code.
@@ -1347,6 +1348,12 @@ from libc.stdlib cimport malloc, free
 
 cnp.import_array()
 
+cdef extern from *:
+    """
+    #define CYRNN_INT_LIMIT 2147483647.0
+    """
+    const double INT_LIMIT "CYRNN_INT_LIMIT"
+
 cdef enum:
     SPEC_VERSION = 1
     SPEC_HEADER = 3
@@ -1420,32 +1427,56 @@ cdef bint _all_finite(const floating* x, Py_ssize_t n) noexcept nogil:
     return acc[0] == 0
 
 
-cdef int _check_call(const int64_t[::1] spec, cnp.ndarray data, object x,
-                     Dims* d) except -1:
-    """Check the spec against ``data`` and ``x`` against the spec.
+cdef int64_t* _copy_spec(const int64_t[::1] spec) except NULL:
+    """A private copy of ``spec`` (malloc; the caller frees it) after checking its
+    header. The fused code reads only the copy, so a spec changed by another
+    thread, or between a training forward and its backward, cannot reach it."""
+    cdef Py_ssize_t n = spec.shape[0]
+    cdef int64_t* sp
+    # no multiplication: a huge op count must not wrap around to a valid length
+    if (n < SPEC_HEADER + SPEC_WIDTH or (n - SPEC_HEADER) % SPEC_WIDTH != 0
+            or spec[0] != SPEC_VERSION or spec[2] != SPEC_WIDTH
+            or spec[1] != (n - SPEC_HEADER) // SPEC_WIDTH):
+        raise ValueError("unsupported inference spec")
+    sp = <int64_t*>_alloc(<double>n * 8)
+    memcpy(sp, &spec[0], n * 8)
+    return sp
+
+
+cdef int _check_data(cnp.ndarray a, str name, int typenum, Py_ssize_t size,
+                     bint writable) except -1:
+    if (cnp.PyArray_TYPE(a) != typenum or cnp.PyArray_NDIM(a) != 1
+            or cnp.PyArray_SIZE(a) != size or not cnp.PyArray_IS_C_CONTIGUOUS(a)
+            or not cnp.PyArray_ISALIGNED(a) or not cnp.PyArray_ISNOTSWAPPED(a)
+            or (writable and not cnp.PyArray_ISWRITEABLE(a))):
+        raise ValueError(f"{name} must be an aligned, native-endian, C-contiguous 1-D "
+                         f"array like the parameter buffer" + (" (writable)" if writable else ""))
+    return 0
+
+
+cdef int _check_call(const int64_t* sp, cnp.ndarray data, object x, Dims* d,
+                     int64_t** ids_out) except -1:
+    """Check the (copied, header-checked) spec against ``data`` and ``x`` against
+    the spec.
 
     Returns 0 when the fused call can run, 1 when ``x`` is not in the exact form
     it takes (the caller returns None and the layer path judges ``x``). A spec
-    that is malformed or reaches outside ``data`` raises ValueError.
+    that is malformed or reaches outside ``data`` raises ValueError. Token ids
+    are copied to ``*ids_out`` (malloc; the caller frees it) and checked there,
+    so the run reads exactly the ids that were checked.
     """
-    cdef const int64_t* sp
     cdef const int64_t* r
     cdef cnp.ndarray xa
     cdef Py_ssize_t o, F, G, size, k
     cdef double Gd
     cdef bint seq = True
-    cdef const int64_t* idp
+    cdef int64_t* idp
     cdef char* xin
-    if (spec.shape[0] < SPEC_HEADER or spec[0] != SPEC_VERSION or spec[2] != SPEC_WIDTH
-            or spec[1] < 1 or spec.shape[0] != SPEC_HEADER + spec[1] * SPEC_WIDTH):
-        raise ValueError("unsupported inference spec")
-    sp = &spec[0]
-    d.n_ops = spec[1]
+    d.n_ops = sp[1]
     d.typenum = cnp.PyArray_TYPE(data)
     if d.typenum != cnp.NPY_FLOAT32 and d.typenum != cnp.NPY_FLOAT64:
         raise TypeError("parameter buffer must be float32 or float64")
-    if not cnp.PyArray_IS_C_CONTIGUOUS(data) or cnp.PyArray_NDIM(data) != 1:
-        raise ValueError("parameter buffer must be a C-contiguous 1-D array")
+    _check_data(data, "parameter buffer", d.typenum, cnp.PyArray_SIZE(data), False)
     d.isz = 4 if d.typenum == cnp.NPY_FLOAT32 else 8
     size = cnp.PyArray_SIZE(data)
     r = _rec(sp, 0)
@@ -1499,7 +1530,8 @@ cdef int _check_call(const int64_t[::1] spec, cnp.ndarray data, object x,
     if not cnp.PyArray_Check(x):
         return 1
     xa = <cnp.ndarray>x
-    if not cnp.PyArray_IS_C_CONTIGUOUS(xa) or not cnp.PyArray_ISALIGNED(xa):
+    if (not cnp.PyArray_IS_C_CONTIGUOUS(xa) or not cnp.PyArray_ISALIGNED(xa)
+            or not cnp.PyArray_ISNOTSWAPPED(xa)):
         return 1
     if d.ids:
         if cnp.PyArray_NDIM(xa) != 2 or cnp.PyArray_TYPE(xa) != cnp.NPY_INT64:
@@ -1511,13 +1543,19 @@ cdef int _check_call(const int64_t[::1] spec, cnp.ndarray data, object x,
     d.T = cnp.PyArray_DIM(xa, 1)
     if d.N < 1 or d.T < 1:
         return 1
+    if (<double>d.T * d.N > INT_LIMIT or d.GHmax > INT_LIMIT or d.Fmax > INT_LIMIT
+            or <double>d.GHmax * d.Hmax > INT_LIMIT):
+        return 1  # BLAS takes int dimensions: the layer path handles (or refuses) these
     xin = <char*>cnp.PyArray_DATA(xa)
     if d.ids:  # ids the layer path must judge: out of range, padding under mask_zero
-        idp = <const int64_t*>xin
+        idp = <int64_t*>_alloc(<double>d.N * d.T * 8)
+        memcpy(idp, xin, d.N * d.T * 8)
         r = _rec(sp, 0)
         for k in range(d.N * d.T):
             if idp[k] < 0 or idp[k] >= r[1] or (r[4] and idp[k] == 0):
+                free(idp)
                 return 1
+        ids_out[0] = idp
     elif d.isz == 4:
         if not _all_finite(<const float*>xin, d.N * d.T * d.F0):
             return 1
@@ -1839,13 +1877,15 @@ cdef void* _alloc(double n_bytes) except NULL:
 
 
 cdef int _run_forward(const int64_t* sp, const Dims* d, bint keep, int64_t* plan,
-                      cnp.ndarray data, object x, char** buf_out, uint8_t** mask_out,
-                      object res) except -1:
-    """Plan, allocate, run. On success ``*buf_out``/``*mask_out`` own the memory."""
+                      cnp.ndarray data, object x, const int64_t* ids, char** buf_out,
+                      uint8_t** mask_out, object res) except -1:
+    """Plan, allocate, run (``ids``: the checked copy of the token ids, else NULL).
+    On success ``*buf_out``/``*mask_out`` own the memory."""
     cdef Py_ssize_t n_el
     cdef char* buf
     cdef uint8_t* mask
-    cdef char* xin = <char*>cnp.PyArray_DATA(<cnp.ndarray>x)
+    cdef char* xin = (<char*>ids if ids != NULL
+                      else <char*>cnp.PyArray_DATA(<cnp.ndarray>x))
     cdef char* dptr = <char*>cnp.PyArray_DATA(data)
     cdef char* optr = <char*>cnp.PyArray_DATA(<cnp.ndarray>res)
     cdef double need
@@ -1873,7 +1913,7 @@ cdef int _run_forward(const int64_t* sp, const Dims* d, bint keep, int64_t* plan
     return 0
 
 
-def infer(const int64_t[::1] spec, cnp.ndarray data, object x):
+def infer(const int64_t[::1] spec not None, cnp.ndarray data not None, object x):
     """Fused inference of a ``Sequential``.
 
     ``data``: the model's flat parameter buffer (float32/float64, C-contiguous).
@@ -1885,14 +1925,18 @@ def infer(const int64_t[::1] spec, cnp.ndarray data, object x):
     cdef Dims d
     cdef char* buf = NULL
     cdef uint8_t* mask = NULL
-    cdef int64_t* plan
-    if _check_call(spec, data, x, &d):
-        return None
-    res = _new_output(&d)
-    plan = <int64_t*>_alloc(<double>d.n_ops * P_WIDTH * 8)
+    cdef int64_t* plan = NULL
+    cdef int64_t* ids = NULL
+    cdef int64_t* sp = _copy_spec(spec)
     try:
-        _run_forward(&spec[0], &d, False, plan, data, x, &buf, &mask, res)
+        if _check_call(sp, data, x, &d, &ids):
+            return None
+        res = _new_output(&d)
+        plan = <int64_t*>_alloc(<double>d.n_ops * P_WIDTH * 8)
+        _run_forward(sp, &d, False, plan, data, x, ids, &buf, &mask, res)
     finally:
+        free(sp)
+        free(ids)
         free(plan)
         free(buf)
         free(mask)
@@ -1906,101 +1950,109 @@ cdef class FusedCache:
     cdef uint8_t* mask
     cdef int64_t* plan
     cdef int64_t* ids
+    cdef int64_t* sp      # the private copy of the spec the forward ran
+    cdef Py_ssize_t sp_len
     cdef Dims d
-    cdef object spec
     cdef object data
 
     def __dealloc__(self):
-        self.release()
-
-    cdef void release(self) noexcept:
         free(self.buf)
         free(self.mask)
         free(self.plan)
         free(self.ids)
-        self.buf = NULL
-        self.mask = NULL
-        self.plan = NULL
-        self.ids = NULL
+        free(self.sp)
 
 
-def train_forward(const int64_t[::1] spec, cnp.ndarray data, object x):
+def train_forward(const int64_t[::1] spec not None, cnp.ndarray data not None, object x):
     """Training forward of a ``Sequential``: ``(output, cache)``, or None as in
     :func:`infer`. The cache goes to :func:`train_backward` once."""
     cdef Dims d
-    cdef FusedCache cache
-    if _check_call(spec, data, x, &d):
+    cdef FusedCache cache = FusedCache.__new__(FusedCache)
+    cache.sp = _copy_spec(spec)  # freed with the cache from here on
+    cache.sp_len = spec.shape[0]
+    if _check_call(cache.sp, data, x, &d, &cache.ids):
         return None
     res = _new_output(&d)
-    cache = FusedCache.__new__(FusedCache)
     cache.d = d
-    cache.spec = spec.base if spec.base is not None else spec
     cache.data = data
     cache.plan = <int64_t*>_alloc(<double>d.n_ops * P_WIDTH * 8)
-    if d.ids:
-        cache.ids = <int64_t*>_alloc(<double>d.N * d.T * 8)
-        memcpy(cache.ids, cnp.PyArray_DATA(<cnp.ndarray>x), d.N * d.T * 8)
-    _run_forward(&spec[0], &cache.d, True, cache.plan, data, x, &cache.buf, &cache.mask,
-                 res)
+    _run_forward(cache.sp, &cache.d, True, cache.plan, data, x, cache.ids, &cache.buf,
+                 &cache.mask, res)
     return res, cache
 
 
-def train_backward(const int64_t[::1] spec, cnp.ndarray data, cnp.ndarray grad,
-                   FusedCache cache not None, object d_out, const int64_t[::1] truncate):
+def train_backward(const int64_t[::1] spec not None, cnp.ndarray data not None,
+                   cnp.ndarray grad not None, FusedCache cache not None, object d_out,
+                   const int64_t[::1] truncate not None):
     """Add the gradients of the forward that made ``cache`` into ``grad``.
 
-    ``d_out``: the loss gradient, shaped and typed like the output (C order).
-    ``truncate``: one entry per recurrent op, in op order: -1 for full BPTT, else
-    k (the gradient through at most k+1 cells, as the layers' ``bptt_truncate``).
+    ``spec`` and ``data`` must be those of the forward (same spec values, same
+    buffer object). ``d_out``: the loss gradient, shaped and typed like the
+    output (C order). ``truncate``: one entry per recurrent op, in op order: -1
+    for full BPTT, else k (the gradient through at most k+1 cells, as the
+    layers' ``bptt_truncate``). Arguments are checked first (an error leaves the
+    cache usable); the run then spends the cache (a second call raises).
     """
     cdef Dims d = cache.d
     cdef cnp.ndarray g
-    cdef char* ws
+    cdef char* ws = NULL
     cdef Py_ssize_t nrec = 0, o
-    cdef int64_t* tr
+    cdef int64_t* tr = NULL
+    cdef char* buf
+    cdef uint8_t* mask
+    cdef int64_t* plan
+    cdef int64_t* ids
     if cache.buf == NULL:
         raise RuntimeError("this training forward was already backpropagated")
-    if data is not cache.data or (spec.base if spec.base is not None else spec) is not cache.spec:
+    if (data is not cache.data or spec.shape[0] != cache.sp_len
+            or memcmp(&spec[0], cache.sp, cache.sp_len * 8) != 0):
         raise ValueError("train_backward needs the spec and parameters of its forward")
-    if (cnp.PyArray_TYPE(grad) != d.typenum or not cnp.PyArray_IS_C_CONTIGUOUS(grad)
-            or cnp.PyArray_SIZE(grad) != cnp.PyArray_SIZE(data)):
-        raise ValueError("grad must be a C-contiguous array like the parameter buffer")
+    _check_data(grad, "grad", d.typenum, cnp.PyArray_SIZE(data), True)
     if not cnp.PyArray_Check(d_out):
         raise TypeError("d_out must be a numpy array")
     g = <cnp.ndarray>d_out
     if (cnp.PyArray_TYPE(g) != d.typenum or not cnp.PyArray_IS_C_CONTIGUOUS(g)
-            or cnp.PyArray_NDIM(g) != (3 if d.seq_out else 2) or cnp.PyArray_DIM(g, 0) != d.N
+            or not cnp.PyArray_ISALIGNED(g) or not cnp.PyArray_ISNOTSWAPPED(g)
+            or cnp.PyArray_NDIM(g) != (3 if d.seq_out else 2)
+            or cnp.PyArray_DIM(g, 0) != d.N
             or cnp.PyArray_DIM(g, cnp.PyArray_NDIM(g) - 1) != d.F_out
             or (d.seq_out and cnp.PyArray_DIM(g, 1) != d.T)):
         raise ValueError("d_out must be a C-contiguous array shaped and typed like the output")
     for o in range(d.first, d.n_ops):
-        if spec[SPEC_HEADER + o * SPEC_WIDTH] == OP_RNN:
+        if _rec(cache.sp, o)[0] == OP_RNN:
             nrec += 1
     if truncate.shape[0] != nrec:
         raise ValueError(f"truncate needs {nrec} entries")
     tr = <int64_t*>_alloc(<double>max(1, nrec) * 8)
     for o in range(nrec):
         tr[o] = -1 if truncate[o] < 0 or truncate[o] >= d.T else truncate[o]
+    # Take the cache's memory while holding the GIL (no other thread runs between
+    # the check above and here): a concurrent second call finds a spent cache.
+    buf = cache.buf
+    mask = cache.mask
+    plan = cache.plan
+    ids = cache.ids
+    cache.buf = NULL
+    cache.mask = NULL
+    cache.plan = NULL
+    cache.ids = NULL
     try:
         ws = <char*>_alloc(<double>_backward_scratch(&d) * d.isz)
-    except MemoryError:
-        free(tr)
-        raise
-    try:
         with nogil:
             if d.isz == 4:
-                _fused_backward(&spec[0], &d, cache.plan, tr,
+                _fused_backward(cache.sp, &d, plan, tr,
                                 <const float*>cnp.PyArray_DATA(data),
-                                <float*>cnp.PyArray_DATA(grad), <const float*>cache.buf,
-                                cache.ids, cache.mask, <const float*>cnp.PyArray_DATA(g),
-                                <float*>ws)
+                                <float*>cnp.PyArray_DATA(grad), <const float*>buf,
+                                ids, mask, <const float*>cnp.PyArray_DATA(g), <float*>ws)
             else:
-                _fused_backward(&spec[0], &d, cache.plan, tr,
+                _fused_backward(cache.sp, &d, plan, tr,
                                 <const double*>cnp.PyArray_DATA(data),
-                                <double*>cnp.PyArray_DATA(grad), <const double*>cache.buf,
-                                cache.ids, cache.mask, <const double*>cnp.PyArray_DATA(g),
-                                <double*>ws)
+                                <double*>cnp.PyArray_DATA(grad), <const double*>buf,
+                                ids, mask, <const double*>cnp.PyArray_DATA(g), <double*>ws)
     finally:
         free(ws)
         free(tr)
-        cache.release()
+        free(buf)
+        free(mask)
+        free(plan)
+        free(ids)

@@ -122,6 +122,8 @@ def test_row_thread_setting():
     N, H_big = 256, kernels.PARALLEL_MIN // 256 + 8
     p = make_problem(cell, np.float64, N, True, seed=5, T=5, H=H_big)
     before = kernels.set_num_threads(0)
+    numba = pytest.importorskip("numba") if "numba" in available() else None
+    numba_before = numba.get_num_threads() if numba is not None else None
     try:
         outs = []
         for n in (1, 2):
@@ -135,6 +137,8 @@ def test_row_thread_setting():
             kernels.set_num_threads(-1)
     finally:
         kernels.set_num_threads(before)
+        if numba is not None:  # threads.set_num_threads also set Numba's count
+            numba.set_num_threads(numba_before)
         if threads._blas_limiter is not None:
             threads._blas_limiter.restore_original_limits()
         threads._blas_limiter = None

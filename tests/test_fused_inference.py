@@ -93,8 +93,9 @@ def test_fused_mask_zero_falls_back(fused_backend, rng):
     lambda x: np.ascontiguousarray(np.repeat(x, 2, axis=2))[:, :, ::2],
     lambda x: x.astype(np.float64),
     lambda x: x.tolist(),
+    lambda x: x.astype(x.dtype.newbyteorder()),
     "readonly",
-], ids=["fortran", "strided", "float64-input", "list", "readonly"])
+], ids=["fortran", "strided", "float64-input", "list", "byteswapped", "readonly"])
 def test_fused_other_layouts(fused_backend, make, rng):
     model = _build(fused_backend, cyrnn.LSTM, {}, np.float32)
     ref = _reference(model)
@@ -207,10 +208,51 @@ def test_infer_rejects_corrupt_spec(fused_backend):
         bad[3 + field] = value
         with pytest.raises(ValueError, match="outside the parameter buffer"):
             infer(bad, model.params.data, x)
-    for bad in (spec[:5], np.concatenate([spec, np.zeros(W, np.int64)])):
+    wrapped = spec[:3 + W].copy()
+    wrapped[1] = (2**64 + W) // W  # n_ops whose length check would wrap in int64
+    for bad in (spec[:5], np.concatenate([spec, np.zeros(W, np.int64)]), wrapped):
         with pytest.raises(ValueError, match="spec"):
             infer(np.ascontiguousarray(bad), model.params.data, x)
+    with pytest.raises(TypeError):
+        infer(spec, None, x)
+    with pytest.raises(ValueError):  # a byte-swapped parameter buffer is refused
+        infer(spec, model.params.data.astype(model.params.data.dtype.newbyteorder()), x)
     bad = spec.copy()
     bad[3 + 1] = 7  # unknown cell kind
     with pytest.raises(ValueError, match="cell"):
         infer(bad, model.params.data, x)
+
+
+def test_fused_follows_layer_changes(fused_backend, rng):
+    """The cached spec is rebuilt when a layer's return_sequences or an embedding's
+    mask_zero changes; subclasses of Embedding/Dense never take the fused path."""
+    model = _build(fused_backend, cyrnn.GRU, {}, np.float64, embed=(6, False))
+    ids = rng.integers(0, 6, size=(2, 5))
+    ids[0, 0] = 0
+    assert model.forward(ids).shape == (2, 3)
+    model.layers[1].return_sequences = True
+    assert model.forward(ids).shape == (2, 5, 3)
+    model.layers[0].mask_zero = True
+    np.testing.assert_allclose(model.forward(ids), _reference(model).forward(ids),
+                               **STRICT[np.float64])
+
+    class MyDense(cyrnn.Dense):
+        pass
+
+    sub = cyrnn.Sequential([cyrnn.LSTM(3, 4, return_sequences=False, backend=fused_backend),
+                            MyDense(4, 1)])
+    assert sub.inference_spec() is None and sub._fused_inference() is None
+
+
+def test_fused_rnn_dense_rnn(fused_backend, rng):
+    """[RNN (sequences), Dense per step, RNN]: a Dense between recurrent layers."""
+    model = cyrnn.Sequential([
+        cyrnn.LSTM(5, 6, return_sequences=True, backend=fused_backend, random_state=0),
+        cyrnn.Dense(6, 4, random_state=1),
+        cyrnn.GRU(4, 3, return_sequences=False, backend=fused_backend, random_state=2),
+        cyrnn.Dense(3, 2, random_state=3)])
+    model.params.data[...] = rng.uniform(-0.6, 0.6, model.params.size)
+    assert model._fused_inference() is not None
+    x = rng.standard_normal((3, 7, 5)).astype(np.float32)
+    np.testing.assert_allclose(model.forward(x), _reference(model).forward(x),
+                               **STRICT[np.float32])

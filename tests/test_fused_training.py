@@ -37,12 +37,30 @@ def _reference(model):
     return ref
 
 
-def _check_step(model, x, y, loss="mse", opt_cls=SGD, **kw):
+def _spy(model):
+    """Record whether each train_step call ran the fused forward (True) or it declined
+    (False); no entry when the fused path was not tried."""
+    calls = []
+    plan = model._fused_training()
+    real = plan.train_forward
+
+    def spy(*args):
+        res = real(*args)
+        calls.append(res is not None)
+        return res
+
+    plan.train_forward = spy
+    return calls
+
+
+def _check_step(model, x, y, loss="mse", opt_cls=SGD, fused=True, **kw):
     dtype = model.dtype.type
     assert model._fused_training() is not None
     ref = _reference(model)
+    calls = _spy(model)
     opt, opt_ref = opt_cls(model, lr=0.05), opt_cls(ref, lr=0.05)
     v = train_step(model, opt, loss, x, y, **kw)
+    assert calls == ([True] if fused else calls) and (fused or calls != [True])
     v_ref = train_step(ref, opt_ref, loss, x, y, **kw)
     tol = dict(rtol=1e-5, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(v, v_ref, **tol)
@@ -57,13 +75,14 @@ def _check_step(model, x, y, loss="mse", opt_cls=SGD, **kw):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("name,Cls,kw", CELLS[:5], ids=[c[0] for c in CELLS[:5]])
+@pytest.mark.parametrize("name,Cls,kw", CELLS, ids=[c[0] for c in CELLS])
 @pytest.mark.parametrize("shape", ["many-to-one", "many-to-many", "2-layers", "stacked",
-                                   "truncated", "truncated-seq"])
+                                   "truncated", "truncated-seq", "truncated-2-layers"])
 def test_fused_step_matches_reference(fused_backend, dtype, name, Cls, kw, shape, rng):
     opts = {"many-to-one": {}, "many-to-many": {"seq": True},
             "2-layers": {"num_layers": 2, "heads": (3, 2)}, "stacked": {"stacked": 2},
-            "truncated": {"truncate": 2}, "truncated-seq": {"truncate": 1, "seq": True}}[shape]
+            "truncated": {"truncate": 2}, "truncated-seq": {"truncate": 1, "seq": True},
+            "truncated-2-layers": {"truncate": 1, "num_layers": 2, "seq": True}}[shape]
     model = _model(fused_backend, Cls, kw, dtype, **opts)
     N, T = 3, 7
     x = rng.standard_normal((N, T, 4)).astype(dtype)
@@ -97,26 +116,21 @@ def test_fused_step_falls_back(fused_backend, rng, monkeypatch):
     """Lengths, masks, initial states, returned states, dropout and inputs not in the
     exact form all take the layer path (same result)."""
     model = _model(fused_backend, cyrnn.LSTM, {}, np.float64, seq=True)
-    calls = []
-    plan = model._fused_training()
-    real = plan.train_forward
-
-    def spy(*args):
-        res = real(*args)
-        calls.append(res is not None)
-        return res
-
-    plan.train_forward = spy
+    calls = _spy(model)
     x = rng.standard_normal((2, 5, 4))
     y = rng.standard_normal((2, 5, 2))
     train_step(model, SGD(model, lr=1e-9), "mse", x, y, lengths=[5, 3])
+    train_step(model, SGD(model, lr=1e-9), "mse", x, y, mask=np.ones((2, 5), bool))
+    train_step(model, SGD(model, lr=1e-9), "mse", x, y, return_states=True)
+    h0 = np.zeros((1, 2, 6)), np.zeros((1, 2, 6))
+    train_step(model, SGD(model, lr=1e-9), "mse", x, y, initial_states=[h0])
     assert calls == []
     train_step(model, SGD(model, lr=1e-9), "mse", x.tolist(), y)
     train_step(model, SGD(model, lr=1e-9), "mse", np.asfortranarray(x), y)
     assert calls == [False, False]
     train_step(model, SGD(model, lr=1e-9), "mse", x, y)
     assert calls == [False, False, True]
-    _check_step(model, np.asfortranarray(x), y, lengths=[5, 3])
+    _check_step(model, np.asfortranarray(x), y, fused=False, lengths=[5, 3])
     drop = cyrnn.Sequential([cyrnn.LSTM(4, 5, num_layers=2, dropout=0.3, backend=fused_backend,
                                         random_state=0)])
     assert drop._fused_training() is None and drop._fused_inference() is not None
@@ -134,7 +148,9 @@ def test_fused_step_bad_input_changes_nothing(fused_backend, rng):
     np.testing.assert_array_equal(model.params.data, before)
 
 
-def test_tbptt_fused_matches_reference(fused_backend, rng):
+def test_tbptt_on_a_fused_model(fused_backend, rng):
+    """tbptt carries states (train_step(return_states=True)): the layer path, unchanged
+    for a model that could run fused."""
     model = _model(fused_backend, cyrnn.GRU, {}, np.float64, seq=True)
     ref = _reference(model)
     x = rng.standard_normal((2, 12, 4))
@@ -159,3 +175,54 @@ def test_train_backward_contract(fused_backend, rng):
     be.train_backward(spec, data, grad, cache, np.ones_like(out), tr)
     with pytest.raises(RuntimeError, match="already"):
         be.train_backward(spec, data, grad, cache, np.ones_like(out), tr)
+
+
+def test_fused_step_per_layer_truncation(fused_backend, rng):
+    """Different bptt_truncate per stacked layer: the truncations map to their own ops."""
+    model = cyrnn.Sequential([
+        cyrnn.GRU(4, 5, num_layers=2, return_sequences=True, bptt_truncate=1,
+                  backend=fused_backend, random_state=0, dtype=np.float64),
+        cyrnn.LSTM(5, 6, return_sequences=True, bptt_truncate=None, backend=fused_backend,
+                   random_state=1, dtype=np.float64),
+        cyrnn.SimpleRNN(6, 3, return_sequences=True, bptt_truncate=3, backend=fused_backend,
+                        random_state=2, dtype=np.float64),
+        cyrnn.Dense(3, 2, random_state=3, dtype=np.float64)])
+    model.params.data[...] = rng.uniform(-0.6, 0.6, model.params.size)
+    assert list(model._truncations()) == [1, 1, -1, 3]
+    x = rng.standard_normal((3, 8, 4))
+    _check_step(model, x, rng.standard_normal((3, 8, 2)))
+
+
+def test_train_backward_adds_into_grad(fused_backend, rng):
+    be = get_backend(fused_backend)
+    model = _model(fused_backend, cyrnn.LSTM, {}, np.float64, embed=7)
+    spec, data = model.inference_spec(), model.params.data
+    ids = rng.integers(0, 7, size=(2, 5))
+    out, cache = be.train_forward(spec, data, ids)
+    fresh = np.zeros_like(data)
+    be.train_backward(spec, data, fresh, cache, np.ones_like(out), model._truncations())
+    prefill = rng.standard_normal(data.shape)
+    out, cache = be.train_forward(spec, data, ids)
+    grad = prefill.copy()
+    be.train_backward(spec, data, grad, cache, np.ones_like(out), model._truncations())
+    np.testing.assert_allclose(grad, prefill + fresh, rtol=1e-12, atol=1e-12)
+    assert np.abs(fresh).max() > 0
+
+
+def test_train_backward_refuses_a_changed_spec(fused_backend, rng):
+    be = get_backend(fused_backend)
+    model = _model(fused_backend, cyrnn.GRU, {}, np.float32)
+    spec, data = model.inference_spec().copy(), model.params.data
+    x = rng.standard_normal((2, 5, 4)).astype(np.float32)
+    out, cache = be.train_forward(spec, data, x)
+    spec[3 + 5] += 100  # the hidden size, after the forward ran with the old one
+    with pytest.raises(ValueError, match="spec"):
+        be.train_backward(spec, data, model.params.grad, cache, np.ones_like(out),
+                          model._truncations())
+    with pytest.raises(ValueError, match="grad"):
+        be.train_backward(model.inference_spec(), data, model.params.grad[::-1].copy()[:3],
+                          cache, np.ones_like(out), model._truncations())
+    with pytest.raises(TypeError):
+        be.train_backward(model.inference_spec(), data, None, cache, np.ones_like(out),
+                          model._truncations())
+

@@ -1002,10 +1002,10 @@ def _n_gates(code):
 
 
 # ----------------------------------------------------------------------------
-# Fused inference: a whole Sequential ([Embedding] RNN+ Dense*) in one call.
+# Fused inference: a whole Sequential ([Embedding] RNN+ (Dense | RNN)*) in one call.
 #
 # The spec is the int64 array built by ``cyrnn.model.Sequential`` (layout in
-# docs/architecture.md, "Fused inference"): a header (version, number of ops,
+# docs/architecture.md, "Fused model calls"): a header (version, number of ops,
 # record width) and one fixed-width record per op; parameter offsets index the
 # model's flat buffer. The kernel validates the spec against the buffer, then
 # runs each op with the forward time loop (``_fwd_rows``) and ``_mm_nt`` on
@@ -1042,10 +1042,12 @@ def _all_finite(x):
 
 
 @njit(**_JIT)
-def _outside(off, n, size):
-    """Whether ``[off, off + n)`` is not inside ``[0, size)`` (``0 <= n``; no
-    overflow for offsets near the int64 limit)."""
-    return off < 0 or n > size or off > size - n
+def _outside(off, a, b, size):
+    """Whether ``[off, off + a*b)`` is not inside ``[0, size)`` (``0 <= a, b``; no
+    int64 overflow: the product is compared in floating point first)."""
+    if off < 0 or float(a) * float(b) > size:
+        return True
+    return off > size - a * b
 
 
 @njit(**_JIT)
@@ -1066,8 +1068,10 @@ def _infer_kernel(spec, data, x, ids, is_ids):
     dt = data.dtype
     none = np.empty((0, 0, 0), dt)
     S = spec.shape[0]
-    if (S < SPEC_HEADER or spec[0] != SPEC_VERSION or spec[2] != SPEC_WIDTH or spec[1] < 1
-            or S != SPEC_HEADER + spec[1] * SPEC_WIDTH):
+    # no multiplication: a huge op count must not wrap around to a valid length
+    if (S < SPEC_HEADER + SPEC_WIDTH or (S - SPEC_HEADER) % SPEC_WIDTH != 0
+            or spec[0] != SPEC_VERSION or spec[2] != SPEC_WIDTH
+            or spec[1] != (S - SPEC_HEADER) // SPEC_WIDTH):
         return 2, none
     n_ops = spec[1]
     size = data.shape[0]
@@ -1077,7 +1081,7 @@ def _infer_kernel(spec, data, x, ids, is_ids):
     E = spec[r + 2]
     if spec[r] == OP_EMBED:
         if (V < 1 or E < 1 or V > size or E > size
-                or _outside(spec[r + 3], V * E, size)):
+                or _outside(spec[r + 3], V, E, size)):
             return 4, none
         first = 1
         F = E
@@ -1105,8 +1109,8 @@ def _infer_kernel(spec, data, x, ids, is_ids):
             if D < 1 or H < 1 or D > size or H > size:
                 return 7, none
             G = _n_gates(code) * H
-            if (_outside(spec[r + 6], G * D, size) or _outside(spec[r + 7], G * H, size)
-                    or _outside(spec[r + 8], G, size) or _outside(spec[r + 9], G, size)):
+            if (_outside(spec[r + 6], G, D, size) or _outside(spec[r + 7], G, H, size)
+                    or _outside(spec[r + 8], G, 1, size) or _outside(spec[r + 9], G, 1, size)):
                 return 7, none
             if D != F:
                 return 1, none  # widths do not chain: the general path explains
@@ -1118,8 +1122,8 @@ def _infer_kernel(spec, data, x, ids, is_ids):
         elif op == OP_DENSE:
             D = spec[r + 1]
             O = spec[r + 2]
-            if (D < 1 or O < 1 or D > size or O > size or _outside(spec[r + 3], O * D, size)
-                    or _outside(spec[r + 4], O, size)):
+            if (D < 1 or O < 1 or D > size or O > size or _outside(spec[r + 3], O, D, size)
+                    or _outside(spec[r + 4], O, 1, size)):
                 return 8, none
             if D != F:
                 return 1, none
@@ -1684,7 +1688,7 @@ _NO_IDS = np.empty((0, 0), np.int64)
 
 def infer(spec, data, x):
     """Fused inference of a ``Sequential`` (see ``docs/architecture.md``, "Fused
-    inference"): the whole model in one compiled call, without the GIL.
+    model calls"): the whole model in one compiled call, without the GIL.
 
     ``spec``: ``Sequential.inference_spec()`` (int64); ``data``: the model's flat
     parameter buffer (float32/float64, C-contiguous). ``x``: (N, T, D) floats of
@@ -1698,13 +1702,18 @@ def infer(spec, data, x):
     spec's checks (whatever ``x`` is), the scan of ``x`` and the model run in
     ``_infer_kernel``.
     """
+    if type(data) is not _ndarray:
+        raise TypeError(f"parameter buffer must be a numpy array, got {type(data).__name__}")
     dt = data.dtype
+    if not dt.isnative:
+        raise ValueError("parameter buffer must be native-endian")
     fn = _entry.get(("infer", dt))
     if fn is None:
         if dt not in _A1:
             S = len(spec)
-            if (S < SPEC_HEADER or spec[0] != SPEC_VERSION or spec[2] != SPEC_WIDTH
-                    or spec[1] < 1 or S != SPEC_HEADER + spec[1] * SPEC_WIDTH):
+            if (S < SPEC_HEADER + SPEC_WIDTH or (S - SPEC_HEADER) % SPEC_WIDTH != 0
+                    or spec[0] != SPEC_VERSION or spec[2] != SPEC_WIDTH
+                    or spec[1] != (S - SPEC_HEADER) // SPEC_WIDTH):
                 raise ValueError("unsupported inference spec")  # checked first, as Cython
             raise TypeError("parameter buffer must be float32 or float64")
         fn = _kernel("infer", dt)
@@ -1772,7 +1781,8 @@ def generate(cell, xp_table, w_ih_rest, b_ih_rest, w_hh, b_hh, w_out, b_out, h, 
             or (lstm and (c is None or c.shape != h.shape))
             or (rest and (w_ih_rest.shape != (L - 1, GH, H) or b_ih_rest.shape != (L - 1, GH)))
             or start.shape != (n,) or banned.shape != (V,) or uniforms.shape != (n, T)
-            or start.min() < 0 or start.max() >= Vx or forced.max() >= Vx):
+            or start.min() < 0 or start.max() >= Vx or forced.max() >= Vx
+            or V > Vx):  # a sampled token indexes xp_table
         return _reference().generate(cell, xp_table, w_ih_rest, b_ih_rest, w_hh, b_hh, w_out,
                                      b_out, h, c, start, forced, banned, uniforms, temperature,
                                      top_k, end_token)
