@@ -16,13 +16,13 @@ from ._cell import Cell
 __all__ = ["Cell", "available", "get_backend", "BACKENDS"]
 
 # backend="auto": the first of these that imports. The rule, from
-# benchmarks/bench_kernels.py (README, "Backends and threads"): the Cython backend
-# was at least as fast as the Numba backend in every configuration and mode measured
-# (batch 1 to 128, inference and training), compiles nothing at run time (Numba's
-# first call in a fresh process costs seconds to compile, or ~0.5 s to load from its
-# cache: benchmarks/bench_first_call.py) and has the fused whole-model calls; Numba
-# is the fallback where the extension is not built (it needs no compiler at install
-# time); the NumPy reference comes last.
+# benchmarks/bench_kernels.py (README, "Backends and threads"): the Cython backend's
+# training step was faster than the Numba backend's in every configuration measured
+# (batch 1 to 128) and its inference in all but two (imdb, large: within 20%); it
+# compiles nothing at run time (Numba's first call in a fresh process costs ~11 s to
+# compile, 0.2-0.3 s to load from its cache: benchmarks/bench_first_call.py) and has
+# the fused training step. Numba is the fallback where the extension is not built;
+# the NumPy reference comes last.
 BACKENDS = {
     "cython": "cyrnn.backends.cython_backend",
     # Imports numba when first loaded; ImportError (numba missing) -> unavailable.
