@@ -138,6 +138,9 @@ class _OneHotEmbedding(Embedding):
     b_ih``, the one-hot model's projection.
     """
 
+    # The fused model calls may run it as a lookup table that gets no gradient.
+    _fused_frozen = True
+
     def __init__(self, vocab_size, *, dtype=np.float32):
         super().__init__(vocab_size, vocab_size, dtype=dtype)
 

@@ -9,16 +9,21 @@ from .layers import Dense, Embedding, Layer, RecurrentLayer
 from .params import ParameterBuffer
 
 
+_NO_FUSION = object()  # "take the layer path" (see Sequential._fused_mask)
+
+
 class _FusedCalls:
-    """A backend's fused entry points bound to one model spec."""
+    """A backend's fused entry points bound to one model spec; ``masks``: whether they
+    take a validity mask (the backend's ``FUSED_MASKS``)."""
 
-    __slots__ = ("spec", "infer", "train_forward", "train_backward")
+    __slots__ = ("spec", "infer", "train_forward", "train_backward", "masks")
 
-    def __init__(self, spec, infer, train_forward, train_backward):
+    def __init__(self, spec, infer, train_forward, train_backward, masks=False):
         self.spec = spec
         self.infer = infer
         self.train_forward = train_forward
         self.train_backward = train_backward
+        self.masks = masks
 
 
 class Sequential:
@@ -162,11 +167,12 @@ class Sequential:
         output : (n, T, out) or (n, out) array;  states : list (if ``return_states``)
         """
         training = self.training if training is None else bool(training)
-        if (not training and lengths is None and mask is None and initial_states is None
-                and not return_states):
+        if not training and initial_states is None and not return_states:
             fused = self._fused()
-            if fused is not None:
-                out = fused.infer(fused.spec, self.params.data, x)
+            valid = self._fused_mask(fused, x, lengths, mask)
+            if valid is not _NO_FUSION:
+                out = (fused.infer(fused.spec, self.params.data, x) if valid is None
+                       else fused.infer(fused.spec, self.params.data, x, valid))
                 if out is not None:
                     self.clear_caches()  # as the layer path: inference keeps no cache
                     return out
@@ -196,9 +202,30 @@ class Sequential:
             mod = next(iter(mods.values())) if len(mods) == 1 else None
             if mod is not None and hasattr(mod, "infer"):
                 plan = _FusedCalls(spec, mod.infer, getattr(mod, "train_forward", None),
-                                   getattr(mod, "train_backward", None))
+                                   getattr(mod, "train_backward", None),
+                                   bool(getattr(mod, "FUSED_MASKS", False)))
         self._infer_cache = (layers, key, plan)
         return plan
+
+    def _fused_mask(self, fused, x, lengths, mask):
+        """The validity mask a fused call takes for ``lengths``/``mask``: None (all
+        valid), an (n, T) bool array, or ``_NO_FUSION`` when the call must take the
+        layer path (no fused calls, a backend without masks, input the validators
+        should judge in the layer path's order)."""
+        if fused is None:
+            return _NO_FUSION
+        if lengths is None and mask is None:
+            return None
+        if (not fused.masks or (lengths is not None and mask is not None)
+                or type(x) is not np.ndarray or x.ndim < 2):
+            return _NO_FUSION
+        n, T = x.shape[:2]
+        try:
+            if lengths is not None:
+                return V.lengths_to_mask(V.check_lengths(lengths, n, T), T)
+            return np.ascontiguousarray(V.check_mask(mask, (n, T)))
+        except (TypeError, ValueError):
+            return _NO_FUSION  # the layer path raises, after checking x first
 
     def _fused_inference(self):
         """The fused calls when inference can run in one backend call, else None."""
@@ -230,7 +257,7 @@ class Sequential:
         Layout: ``[version, n_ops, width]`` then one ``width``-long record per op
         (unused fields 0); offsets index ``params.data``:
 
-        * embedding: ``[0, vocab_size, dim, off_weight, mask_zero]``
+        * embedding: ``[0, vocab_size, dim, off_weight, mask_zero, frozen]``
         * recurrent (one record per stacked layer): ``[1, kind_code, activation_code,
           reset_after, input_size, hidden_size, off_w_ih, off_w_hh, off_b_ih, off_b_hh,
           returns_sequence]``
@@ -240,11 +267,13 @@ class Sequential:
         records, seq, seen_rnn = [], True, False
         offsets = self.params.offsets
         for i, (layer, is_rnn) in enumerate(self._kinds):
-            # exact types: a subclass may change forward/backward (e.g. the language
-            # model's frozen one-hot embedding), which the fused kernels would not know
-            if type(layer) is Embedding:
+            # exact types: a subclass may change forward/backward, which the fused
+            # kernels would not know; a subclass can declare itself a frozen lookup
+            # table (``_fused_frozen``: forward unchanged, no gradient)
+            frozen = bool(getattr(type(layer), "_fused_frozen", False))
+            if type(layer) is Embedding or (isinstance(layer, Embedding) and frozen):
                 records.append([0, layer.vocab_size, layer.embedding_dim,
-                                offsets[f"{i}.weight"], int(layer.mask_zero)])
+                                offsets[f"{i}.weight"], int(layer.mask_zero), int(frozen)])
             elif is_rnn:
                 if not seq or layer.num_directions != 1:
                     return None

@@ -13,6 +13,7 @@ import numpy as np
 
 from . import _validation as V
 from .losses import get_loss
+from .model import _NO_FUSION
 
 
 def train_step(model, optimizer, loss, x, y, lengths=None, mask=None, initial_states=None,
@@ -26,17 +27,25 @@ def train_step(model, optimizer, loss, x, y, lengths=None, mask=None, initial_st
     """
     loss_fn = get_loss(loss) if isinstance(loss, str) else loss
     fused = getattr(model, "_fused_training", None)
-    if (fused is not None and lengths is None and mask is None and initial_states is None
-            and not return_states):
+    if fused is not None and initial_states is None and not return_states:
         plan = fused()
+        valid = model._fused_mask(plan, x, lengths, mask)
         # x in the exact form the fused forward takes (else None: the layer path below
         # validates, converts or rejects it)
-        res = None if plan is None else plan.train_forward(plan.spec, model.params.data, x)
+        res = None
+        if valid is None:
+            res = plan.train_forward(plan.spec, model.params.data, x)
+        elif valid is not _NO_FUSION:
+            res = plan.train_forward(plan.spec, model.params.data, x, valid)
         if res is not None:
             out, cache = res
             model.clear_caches()  # no stale layer cache next to the fused one
             model.zero_grad()
-            value, grad = loss_fn(out, y, sample_weight=sample_weight, mask=None)
+            first = model.layers[0]
+            if getattr(first, "mask_zero", False):  # as Sequential._input_mask
+                valid = (x != 0) if valid is None else (valid & (x != 0))
+            value, grad = loss_fn(out, y, sample_weight=sample_weight,
+                                  mask=model._output_mask_of(valid))
             plan.train_backward(plan.spec, model.params.data, model.params.grad, cache,
                                 np.ascontiguousarray(grad, dtype=model.dtype),
                                 model._truncations())

@@ -1454,8 +1454,8 @@ cdef int _check_data(cnp.ndarray a, str name, int typenum, Py_ssize_t size,
     return 0
 
 
-cdef int _check_call(const int64_t* sp, cnp.ndarray data, object x, Dims* d,
-                     int64_t** ids_out) except -1:
+cdef int _check_call(const int64_t* sp, cnp.ndarray data, object x, object mask, Dims* d,
+                     int64_t** ids_out, uint8_t** mask_out) except -1:
     """Check the (copied, header-checked) spec against ``data`` and ``x`` against
     the spec.
 
@@ -1464,6 +1464,11 @@ cdef int _check_call(const int64_t* sp, cnp.ndarray data, object x, Dims* d,
     that is malformed or reaches outside ``data`` raises ValueError. Token ids
     are copied to ``*ids_out`` (malloc; the caller frees it) and checked there,
     so the run reads exactly the ids that were checked.
+
+    ``mask``: None or an (N, T) bool/uint8 C-contiguous array of valid steps
+    (else 1). It is combined with ``ids != 0`` under ``mask_zero`` (a sequence
+    with no non-padding id: 1, the layer path raises) into a time-major copy at
+    ``*mask_out`` (malloc; NULL when every step is valid).
     """
     cdef const int64_t* r
     cdef cnp.ndarray xa
@@ -1472,6 +1477,11 @@ cdef int _check_call(const int64_t* sp, cnp.ndarray data, object x, Dims* d,
     cdef bint seq = True
     cdef int64_t* idp
     cdef char* xin
+    cdef cnp.ndarray ma
+    cdef const uint8_t* mp = NULL
+    cdef uint8_t* mtm
+    cdef Py_ssize_t t, i
+    cdef bint any_valid, mzero
     d.n_ops = sp[1]
     d.typenum = cnp.PyArray_TYPE(data)
     if d.typenum != cnp.NPY_FLOAT32 and d.typenum != cnp.NPY_FLOAT64:
@@ -1552,7 +1562,7 @@ cdef int _check_call(const int64_t* sp, cnp.ndarray data, object x, Dims* d,
         memcpy(idp, xin, d.N * d.T * 8)
         r = _rec(sp, 0)
         for k in range(d.N * d.T):
-            if idp[k] < 0 or idp[k] >= r[1] or (r[4] and idp[k] == 0):
+            if idp[k] < 0 or idp[k] >= r[1]:
                 free(idp)
                 return 1
         ids_out[0] = idp
@@ -1561,6 +1571,37 @@ cdef int _check_call(const int64_t* sp, cnp.ndarray data, object x, Dims* d,
             return 1
     elif not _all_finite(<const double*>xin, d.N * d.T * d.F0):
         return 1
+    # validity mask: the given one, and ids != 0 under mask_zero
+    mzero = d.ids and _rec(sp, 0)[4] != 0
+    if mask is not None:
+        if not cnp.PyArray_Check(mask):
+            return 1
+        ma = <cnp.ndarray>mask
+        if ((cnp.PyArray_TYPE(ma) != cnp.NPY_BOOL and cnp.PyArray_TYPE(ma) != cnp.NPY_UINT8)
+                or not cnp.PyArray_IS_C_CONTIGUOUS(ma) or cnp.PyArray_NDIM(ma) != 2
+                or cnp.PyArray_DIM(ma, 0) != d.N or cnp.PyArray_DIM(ma, 1) != d.T):
+            return 1
+        mp = <const uint8_t*>cnp.PyArray_DATA(ma)
+    if mp == NULL and mzero:
+        for k in range(d.N * d.T):
+            if ids_out[0][k] == 0:
+                break
+        else:
+            return 0  # no padding id: every step valid
+    elif mp == NULL:
+        return 0
+    mtm = <uint8_t*>_alloc(<double>d.N * d.T)
+    for i in range(d.N):
+        any_valid = False
+        for t in range(d.T):
+            k = i * d.T + t
+            mtm[t * d.N + i] = (mp == NULL or mp[k] != 0) and not (mzero and ids_out[0][k] == 0)
+            if mzero and ids_out[0][k] != 0:
+                any_valid = True
+        if mzero and not any_valid:
+            free(mtm)
+            return 1  # a sequence of padding only: the layer path raises
+    mask_out[0] = mtm
     return 0
 
 
@@ -1799,7 +1840,7 @@ cdef void _fused_backward(const int64_t* sp, const Dims* d, const int64_t* plan,
         swap = dcur
         dcur = dnext
         dnext = swap
-    if d.ids:  # scatter-add into the embedding table
+    if d.ids and not _rec(sp, 0)[5]:  # scatter-add into the (trainable) embedding table
         r = _rec(sp, 0)
         E = r[2]
         for t in range(T):
@@ -1877,9 +1918,11 @@ cdef void* _alloc(double n_bytes) except NULL:
 
 
 cdef int _run_forward(const int64_t* sp, const Dims* d, bint keep, int64_t* plan,
-                      cnp.ndarray data, object x, const int64_t* ids, char** buf_out,
-                      uint8_t** mask_out, object res) except -1:
-    """Plan, allocate, run (``ids``: the checked copy of the token ids, else NULL).
+                      cnp.ndarray data, object x, const int64_t* ids,
+                      const uint8_t* valid, char** buf_out, uint8_t** mask_out,
+                      object res) except -1:
+    """Plan, allocate, run (``ids``: the checked copy of the token ids, else NULL;
+    ``valid``: the time-major validity mask, NULL when every step is valid).
     On success ``*buf_out``/``*mask_out`` own the memory."""
     cdef Py_ssize_t n_el
     cdef char* buf
@@ -1901,7 +1944,10 @@ cdef int _run_forward(const int64_t* sp, const Dims* d, bint keep, int64_t* plan
         free(buf)
         raise MemoryError("fused call scratch")
     with nogil:
-        memset(mask, 1, <size_t>(d.T * d.N))
+        if valid != NULL:
+            memcpy(mask, valid, <size_t>(d.T * d.N))
+        else:
+            memset(mask, 1, <size_t>(d.T * d.N))
         if d.isz == 4:
             _fused_forward(sp, d, keep, plan, <const float*>dptr, xin, <float*>buf, mask,
                            <float*>optr)
@@ -1913,33 +1959,38 @@ cdef int _run_forward(const int64_t* sp, const Dims* d, bint keep, int64_t* plan
     return 0
 
 
-def infer(const int64_t[::1] spec not None, cnp.ndarray data not None, object x):
+def infer(const int64_t[::1] spec not None, cnp.ndarray data not None, object x,
+          object mask=None):
     """Fused inference of a ``Sequential``.
 
     ``data``: the model's flat parameter buffer (float32/float64, C-contiguous).
     ``x``: (N, T, D) floats of ``data``'s dtype, or (N, T) int64 token ids when
-    the first op is an embedding; C-contiguous. Returns the output array, or
-    None when ``x`` is not in that exact form or holds values the layer path
-    must judge (NaN/inf, ids out of range, padding ids under ``mask_zero``).
+    the first op is an embedding; C-contiguous. ``mask``: None or (N, T) bool or
+    uint8 valid steps (as ``lengths``/``mask`` of the layers). Returns the output
+    array, or None when ``x`` or ``mask`` is not in that exact form or holds
+    values the layer path must judge (NaN/inf, ids out of range, a sequence of
+    padding ids only under ``mask_zero``).
     """
     cdef Dims d
     cdef char* buf = NULL
-    cdef uint8_t* mask = NULL
+    cdef uint8_t* mbuf = NULL
     cdef int64_t* plan = NULL
     cdef int64_t* ids = NULL
+    cdef uint8_t* valid = NULL
     cdef int64_t* sp = _copy_spec(spec)
     try:
-        if _check_call(sp, data, x, &d, &ids):
+        if _check_call(sp, data, x, mask, &d, &ids, &valid):
             return None
         res = _new_output(&d)
         plan = <int64_t*>_alloc(<double>d.n_ops * P_WIDTH * 8)
-        _run_forward(sp, &d, False, plan, data, x, ids, &buf, &mask, res)
+        _run_forward(sp, &d, False, plan, data, x, ids, valid, &buf, &mbuf, res)
     finally:
         free(sp)
         free(ids)
+        free(valid)
         free(plan)
         free(buf)
-        free(mask)
+        free(mbuf)
     return res
 
 
@@ -1963,21 +2014,26 @@ cdef class FusedCache:
         free(self.sp)
 
 
-def train_forward(const int64_t[::1] spec not None, cnp.ndarray data not None, object x):
+def train_forward(const int64_t[::1] spec not None, cnp.ndarray data not None, object x,
+                  object mask=None):
     """Training forward of a ``Sequential``: ``(output, cache)``, or None as in
-    :func:`infer`. The cache goes to :func:`train_backward` once."""
+    :func:`infer` (same ``mask``). The cache goes to :func:`train_backward` once."""
     cdef Dims d
+    cdef uint8_t* valid = NULL
     cdef FusedCache cache = FusedCache.__new__(FusedCache)
     cache.sp = _copy_spec(spec)  # freed with the cache from here on
     cache.sp_len = spec.shape[0]
-    if _check_call(cache.sp, data, x, &d, &cache.ids):
+    if _check_call(cache.sp, data, x, mask, &d, &cache.ids, &valid):
         return None
-    res = _new_output(&d)
-    cache.d = d
-    cache.data = data
-    cache.plan = <int64_t*>_alloc(<double>d.n_ops * P_WIDTH * 8)
-    _run_forward(cache.sp, &cache.d, True, cache.plan, data, x, cache.ids, &cache.buf,
-                 &cache.mask, res)
+    try:
+        res = _new_output(&d)
+        cache.d = d
+        cache.data = data
+        cache.plan = <int64_t*>_alloc(<double>d.n_ops * P_WIDTH * 8)
+        _run_forward(cache.sp, &cache.d, True, cache.plan, data, x, cache.ids, valid,
+                     &cache.buf, &cache.mask, res)
+    finally:
+        free(valid)
     return res, cache
 
 

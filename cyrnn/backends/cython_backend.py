@@ -71,6 +71,8 @@ infer = _k.infer
 # adding every parameter gradient into the flat gradient buffer.
 train_forward = _k.train_forward
 train_backward = _k.train_backward
+# infer/train_forward take the (n, T) validity mask of lengths/mask (and mask_zero).
+FUSED_MASKS = True
 
 
 def _mask_u8(mask, T, N):
