@@ -5,7 +5,8 @@ Same signatures, results and cache layout as :mod:`cyrnn.backends.numpy_backend`
 (rnn tanh/relu/sigmoid, lstm, gru with ``reset_after`` True/False), masks and
 truncated BPTT exactly as the reference defines them; ``generate`` (the whole
 sampling loop, token for token as the reference) and the optional fused
-``infer`` (a whole ``Sequential`` in one call) are compiled too.
+calls ``infer``, ``train_forward`` / ``train_backward`` (a whole ``Sequential`` in
+one call, with validity masks: ``FUSED_MASKS``) are compiled too.
 
 Design
 ------
@@ -20,10 +21,13 @@ Design
   sweep serves full BPTT (one sweep from the last step, adding ``dh_seq``) and
   truncation (one budgeted sweep per gradient source, as the reference's
   ``_sweep``).
-* **Whole-model entry points** (``_infer_kernel``, ``_generate_kernel``) run
-  the same forward time loop (``_fwd_rows``, serial, on all rows) and the same
-  product routine (``_mm_nt``, for input projections, Dense heads and logits),
-  so the cell math still lives in one place. ``infer`` validates the spec
+* **Whole-model entry points** (``_infer_kernel`` and ``_train_fwd_kernel``,
+  both ``_fused_run`` without or with every op's cache; ``_train_bwd_kernel``;
+  ``_generate_kernel``) run the same forward time loop (``_fwd_rows``, serial,
+  on all rows), the same backward sweep (``_bwd_rows``, with truncation and the
+  mask) and the same product routines (``_mm_nt``/``_mm_nn``, for input
+  projections, Dense heads and logits), so the cell math still lives in one
+  place. ``infer`` validates the spec
   against the parameter buffer and the input (NaN/inf, ids) inside the
   compiled call; its Python wrapper only checks the array's exact form, so a
   batch-1 call costs about a microsecond more than the kernel. The sampling
@@ -1050,15 +1054,25 @@ def _outside(off, a, b, size):
     return off > size - a * b
 
 
+# Per-op plan slots of a training forward (element offsets into the cache block; -1: none).
+P_IN, P_OUT, P_H, P_C, P_GATES, P_AUX, P_HSEQ, P_INSEQ, P_WIDTH = range(9)
+_bwd_scratch_nb = njit(**_JIT)(_bwd_scratch)
+
+
 @njit(**_JIT)
-def _infer_kernel(spec, data, x, ids, is_ids):
+def _fused_run(spec, data, x, ids, is_ids, mask, has_mask, keep):
     """Validate ``spec`` against ``data`` and the input, then run the model.
 
     ``x`` (N, T, D) floats (``is_ids`` 0), or ``ids`` (N, T) int64 (``is_ids``
     1); ``is_ids`` -1: no input in a form the kernel takes, only check the spec.
-    Returns ``(status, out)``: status 0 and the output (N, T, F) of a sequence
-    model, or -1 and (N, 1, F) after a many-to-one op; 1 when the input is not
-    taken; >= 2 a corrupt spec (see ``_INFER_ERRORS``), with an empty ``out``.
+    ``mask`` (N, T) uint8 valid steps when ``has_mask`` (combined with
+    ``ids != 0`` under the embedding's ``mask_zero``).
+    Returns ``(status, masked, out, buf, plan, tmask, idc)``: status 0 and the
+    output (N, T, F) of a sequence model, or -1 and (N, 1, F) after a many-to-one
+    op; 1 when the input is not taken; >= 2 a corrupt spec (see
+    ``_INFER_ERRORS``), with empty arrays. ``keep`` (training): ``buf`` holds
+    every op's cache at the offsets of ``plan`` (n_ops x P_WIDTH), ``tmask`` the
+    time-major validity mask (``masked`` 1) and ``idc`` the checked copy of the ids.
 
     The spec is checked whatever the input (as the Cython backend does): every
     tensor of every record must lie inside ``data`` (else an error status), and
@@ -1067,12 +1081,16 @@ def _infer_kernel(spec, data, x, ids, is_ids):
     """
     dt = data.dtype
     none = np.empty((0, 0, 0), dt)
+    none1 = np.empty(0, dt)
+    no_plan = np.empty((0, 0), np.int64)
+    no_mask = np.ones((1, 1), np.bool_)
+    no_ids = np.empty((0, 0), np.int64)
     S = spec.shape[0]
     # no multiplication: a huge op count must not wrap around to a valid length
     if (S < SPEC_HEADER + SPEC_WIDTH or (S - SPEC_HEADER) % SPEC_WIDTH != 0
             or spec[0] != SPEC_VERSION or spec[2] != SPEC_WIDTH
             or spec[1] != (S - SPEC_HEADER) // SPEC_WIDTH):
-        return 2, none
+        return 2, 0, none, none1, no_plan, no_mask, no_ids
     n_ops = spec[1]
     size = data.shape[0]
     r = SPEC_HEADER
@@ -1082,13 +1100,13 @@ def _infer_kernel(spec, data, x, ids, is_ids):
     if spec[r] == OP_EMBED:
         if (V < 1 or E < 1 or V > size or E > size
                 or _outside(spec[r + 3], V, E, size)):
-            return 4, none
+            return 4, 0, none, none1, no_plan, no_mask, no_ids
         first = 1
         F = E
     elif spec[r] == OP_RNN:
         F = spec[r + 4]
     else:
-        return 3, none
+        return 3, 0, none, none1, no_plan, no_mask, no_ids
     F0 = F
     Fmax = F
     GHmax = 1
@@ -1100,20 +1118,20 @@ def _infer_kernel(spec, data, x, ids, is_ids):
         op = spec[r]
         if op == OP_RNN:
             if spec[r + 1] < 0 or spec[r + 1] > 2 or spec[r + 2] < 0 or spec[r + 2] > 2:
-                return 5, none
+                return 5, 0, none, none1, no_plan, no_mask, no_ids
             if not seq:
-                return 6, none
+                return 6, 0, none, none1, no_plan, no_mask, no_ids
             D = spec[r + 4]
             H = spec[r + 5]
             code = _cell_code(spec[r + 1], spec[r + 2], spec[r + 3] != 0)
             if D < 1 or H < 1 or D > size or H > size:
-                return 7, none
+                return 7, 0, none, none1, no_plan, no_mask, no_ids
             G = _n_gates(code) * H
             if (_outside(spec[r + 6], G, D, size) or _outside(spec[r + 7], G, H, size)
                     or _outside(spec[r + 8], G, 1, size) or _outside(spec[r + 9], G, 1, size)):
-                return 7, none
+                return 7, 0, none, none1, no_plan, no_mask, no_ids
             if D != F:
-                return 1, none  # widths do not chain: the general path explains
+                return 1, 0, none, none1, no_plan, no_mask, no_ids  # the general path explains
             GHmax = max(GHmax, G)
             Hmax = max(Hmax, H)
             SCmax = max(SCmax, _fwd_scratch_nb(code, H, G, False))
@@ -1124,55 +1142,114 @@ def _infer_kernel(spec, data, x, ids, is_ids):
             O = spec[r + 2]
             if (D < 1 or O < 1 or D > size or O > size or _outside(spec[r + 3], O, D, size)
                     or _outside(spec[r + 4], O, 1, size)):
-                return 8, none
+                return 8, 0, none, none1, no_plan, no_mask, no_ids
             if D != F:
-                return 1, none
+                return 1, 0, none, none1, no_plan, no_mask, no_ids
             F = O
         else:
-            return 9, none
+            return 9, 0, none, none1, no_plan, no_mask, no_ids
         Fmax = max(Fmax, F)
     # The input: exactly (N, T, F0) floats, or (N, T) ids after an embedding.
     if is_ids < 0 or (is_ids == 1) != (first == 1):
-        return 1, none
+        return 1, 0, none, none1, no_plan, no_mask, no_ids
     if first:
         N, T = ids.shape
     else:
         N, T, D = x.shape
         if D != F0:
-            return 1, none
+            return 1, 0, none, none1, no_plan, no_mask, no_ids
     if N < 1 or T < 1:
-        return 1, none
+        return 1, 0, none, none1, no_plan, no_mask, no_ids
     TN = T * N
     need = (2.0 * TN * Fmax + float(TN) * GHmax + float(N) * SCmax + 4.0 * N * Hmax)
+    if keep:
+        need += (T + 1.0) * N * (3.0 * GHmax + 4.0 * Hmax + 2.0 * Fmax) * n_ops
     if need * data.itemsize > 1e15:
-        return 10, none
-    # Inputs the general path must judge: non-finite values; ids out of range
-    # or, under mask_zero, padding.
+        return 10, 0, none, none1, no_plan, no_mask, no_ids
+    # Inputs the general path must judge: non-finite values, ids out of range
+    # (copied first: the run reads exactly the ids that were checked).
+    idc = ids.copy()
+    mzero = first == 1 and spec[SPEC_HEADER + 4] != 0
     if first:
-        mask_zero = spec[SPEC_HEADER + 4] != 0
         for i in range(N):
             for t in range(T):
-                v = ids[i, t]
-                if v < 0 or v >= V or (mask_zero and v == 0):
-                    return 1, none
+                v = idc[i, t]
+                if v < 0 or v >= V:
+                    return 1, 0, none, none1, no_plan, no_mask, no_ids
     elif not _all_finite(x.reshape(TN * F0)):
-        return 1, none
-    # Scratch: cur/nxt (T*N*Fmax each, ping-pong), xp (T*N*GHmax), the time
-    # loop's scratch, h0/c0 (zero) and hT/cT.
-    buf = np.empty(2 * TN * Fmax + TN * GHmax + N * SCmax + 4 * N * Hmax, dt)
-    a = 0
-    b = TN * Fmax
-    o_xp = 2 * TN * Fmax
+        return 1, 0, none, none1, no_plan, no_mask, no_ids
+    # The validity mask: the given one, and ids != 0 under mask_zero.
+    masked = has_mask != 0
+    if mzero and not masked:
+        for i in range(N):
+            for t in range(T):
+                if idc[i, t] == 0:
+                    masked = True
+    tmask = no_mask
+    if masked:
+        tmask = np.empty((T, N), np.bool_)
+        for i in range(N):
+            any_valid = False
+            for t in range(T):
+                pad = mzero and idc[i, t] == 0
+                tmask[t, i] = (has_mask == 0 or mask[i, t] != 0) and not pad
+                any_valid = any_valid or not pad
+            if mzero and not any_valid:
+                return 1, 0, none, none1, no_plan, no_mask, no_ids  # padding only: the layer path raises
+    hm = 1 if masked else 0
+    # Layout: [input (T, N, F0) | xp (T, N, GHmax) | time-loop scratch | h0, c0, hT, cT]
+    # then, inference: the ping-pong buffers (T*N*Fmax each); training: every op's
+    # own cache (h, c: T+1 states; gates; aux; the output sequence) and output.
+    o_xp = 2 * TN * Fmax if not keep else TN * F0
     o_sc = o_xp + TN * GHmax
     o_st = o_sc + N * SCmax
-    no_mask = np.ones((1, 1), np.bool_)
+    pos = o_st + 4 * N * Hmax
+    plan = no_plan
+    if keep:
+        plan = np.full((n_ops, P_WIDTH), -1, np.int64)
+        cur = 0
+        sq = True
+        for o in range(first, n_ops):
+            r = SPEC_HEADER + o * SPEC_WIDTH
+            p = plan[o]
+            p[P_IN] = cur
+            p[P_INSEQ] = 1 if sq else 0
+            if spec[r] == OP_RNN:
+                H = spec[r + 5]
+                code = _cell_code(spec[r + 1], spec[r + 2], spec[r + 3] != 0)
+                G = _n_gates(code) * H
+                p[P_H] = pos
+                pos += (T + 1) * N * H
+                if code == LSTM:
+                    p[P_C] = pos
+                    pos += (T + 1) * N * H
+                p[P_GATES] = pos
+                pos += TN * G
+                if code >= GRU:
+                    p[P_AUX] = pos
+                    pos += TN * H
+                p[P_HSEQ] = pos
+                pos += TN * H
+                sq = spec[r + 10] != 0
+                p[P_OUT] = p[P_HSEQ] if sq else p[P_H] + TN * H
+            else:
+                p[P_OUT] = pos
+                pos += (TN if sq else N) * spec[r + 2]
+            cur = p[P_OUT]
+        buf = np.empty(pos, dt)
+    else:
+        buf = np.empty(2 * TN * Fmax + TN * GHmax + N * SCmax + 4 * N * Hmax, dt)
+    a = 0
+    b = TN * Fmax
+    if keep:
+        b = 0
     # The input, time-major (T, N, F0).
-    cur = buf[a:a + TN * F0]
+    cur = buf[0:TN * F0]
     if first:
         o_e = spec[SPEC_HEADER + 3]
         for t in range(T):
             for i in range(N):
-                row = data[o_e + ids[i, t] * E:o_e + (ids[i, t] + 1) * E]
+                row = data[o_e + idc[i, t] * E:o_e + (idc[i, t] + 1) * E]
                 dst = cur[(t * N + i) * E:(t * N + i + 1) * E]
                 for j in range(E):
                     dst[j] = row[j]
@@ -1188,6 +1265,9 @@ def _infer_kernel(spec, data, x, ids, is_ids):
     for o in range(first, n_ops):
         r = SPEC_HEADER + o * SPEC_WIDTH
         rows = TN if seq else N
+        if keep:
+            a = plan[o, P_IN]
+            b = plan[o, P_OUT]
         x2 = buf[a:a + rows * F].reshape((rows, F))
         if spec[r] == OP_RNN:
             H = spec[r + 5]
@@ -1208,16 +1288,31 @@ def _infer_kernel(spec, data, x, ids, is_ids):
             c0 = st[NH:2 * NH].reshape((N, H))
             hT = st[2 * NH:3 * NH].reshape((N, H))
             cT = st[3 * NH:].reshape((N, H))
-            h_seq = buf[b:b + TN * H].reshape((T, N, H))
-            _fwd_rows(code, _gemm_mode(N, GH * H), 0, 0, xp.reshape((T, N, GH)), w_hh, b_hh,
-                      h0, c0, no_mask, h_seq, hT, cT, none, none, none, none,
-                      buf[o_sc:o_sc + N * _fwd_scratch_nb(code, H, GH, False)], 0, N)
-            if spec[r + 10] == 0:  # many-to-one: the final state
-                dst = buf[b:b + NH]
-                src = st[2 * NH:3 * NH]
-                for k in range(NH):
-                    dst[k] = src[k]
-                seq = False
+            sc = buf[o_sc:o_sc + N * _fwd_scratch_nb(code, H, GH, keep != 0)]
+            if keep:
+                p = plan[o]
+                ch = buf[p[P_H]:p[P_H] + (T + 1) * NH].reshape((T + 1, N, H))
+                cc = none
+                if code == LSTM:
+                    cc = buf[p[P_C]:p[P_C] + (T + 1) * NH].reshape((T + 1, N, H))
+                cg = buf[p[P_GATES]:p[P_GATES] + TN * GH].reshape((T, N, GH))
+                cax = none
+                if code >= GRU:
+                    cax = buf[p[P_AUX]:p[P_AUX] + TN * H].reshape((T, N, H))
+                h_seq = buf[p[P_HSEQ]:p[P_HSEQ] + TN * H].reshape((T, N, H))
+                _fwd_rows(code, _gemm_mode(N, GH * H), 1, hm, xp.reshape((T, N, GH)), w_hh,
+                          b_hh, h0, c0, tmask, h_seq, hT, cT, ch, cc, cg, cax, sc, 0, N)
+                seq = spec[r + 10] != 0
+            else:
+                h_seq = buf[b:b + TN * H].reshape((T, N, H))
+                _fwd_rows(code, _gemm_mode(N, GH * H), 0, hm, xp.reshape((T, N, GH)), w_hh,
+                          b_hh, h0, c0, tmask, h_seq, hT, cT, none, none, none, none, sc, 0, N)
+                if spec[r + 10] == 0:  # many-to-one: the final state
+                    dst = buf[b:b + NH]
+                    src = st[2 * NH:3 * NH]
+                    for k in range(NH):
+                        dst[k] = src[k]
+                    seq = False
             F = H
         else:  # dense on (T*N or N, F) rows
             O = spec[r + 2]
@@ -1226,7 +1321,10 @@ def _infer_kernel(spec, data, x, ids, is_ids):
             _mm_nt(x2, w, y, 0, rows, _gemm_mode(rows, O * F))
             _add_rows(y, data[spec[r + 4]:spec[r + 4] + O])
             F = O
-        a, b = b, a
+        if not keep:
+            a, b = b, a
+        else:
+            a = b
     if seq:  # time-major (T, N, F) -> batch-first (N, T, F)
         out = np.empty((N, T, F), dt)
         for t in range(T):
@@ -1242,7 +1340,187 @@ def _infer_kernel(spec, data, x, ids, is_ids):
             dst = out[i, 0]
             for j in range(F):
                 dst[j] = src[j]
-    return (0 if seq else -1), out
+    if not keep:
+        buf = none1
+    return (0 if seq else -1), hm, out, buf, plan, tmask, idc
+
+
+@njit(**_JIT)
+def _infer_kernel(spec, data, x, ids, is_ids, mask, has_mask):
+    """``_fused_run`` without a cache: ``(status, out)``."""
+    res = _fused_run(spec, data, x, ids, is_ids, mask, has_mask, 0)
+    return res[0], res[2]
+
+
+@njit(**_JIT)
+def _train_fwd_kernel(spec, data, x, ids, is_ids, mask, has_mask):
+    """``_fused_run`` keeping every op's cache."""
+    return _fused_run(spec, data, x, ids, is_ids, mask, has_mask, 1)
+
+
+@njit(**_JIT)
+def _acc_nt(grad, off, a, b):
+    """``grad[off:].reshape(M, K) += a^T b`` for ``a`` (R, M), ``b`` (R, K)."""
+    prod = np.dot(a.T, b)
+    M, K = prod.shape
+    g = grad[off:off + M * K]
+    p = prod.reshape(M * K)
+    for k in range(M * K):
+        g[k] += p[k]
+
+
+@njit(**_JIT)
+def _acc_colsum(grad, off, a):
+    """``grad[off:off + M] += a.sum(0)`` (float64 accumulation) for ``a`` (R, M)."""
+    R, M = a.shape
+    acc = np.zeros(M, np.float64)
+    for i in range(R):
+        ai = a[i]
+        for j in range(M):
+            acc[j] += ai[j]
+    for j in range(M):
+        grad[off + j] += acc[j]
+
+
+@njit(**_JIT)
+def _train_bwd_kernel(spec, data, grad, buf, plan, idc, tmask, has_mask, d_out, trunc, T):
+    """Gradients of a ``_train_fwd_kernel`` run (its spec, cache block ``buf`` at
+    ``plan``, ids, mask), added into ``grad``. ``d_out`` (N, T, F), or (N, 1, F)
+    after a many-to-one op; ``trunc`` one entry per recurrent op (-1 full BPTT)."""
+    dt = data.dtype
+    none = np.empty((0, 0, 0), dt)
+    none2 = np.empty((0, 0), dt)
+    n_ops = spec[1]
+    first = 1 if spec[SPEC_HEADER] == OP_EMBED else 0
+    N = d_out.shape[0]
+    F0 = spec[SPEC_HEADER + 2] if first else spec[SPEC_HEADER + 4]
+    Fmax = F0
+    GHmax = 1
+    Hmax = 1
+    nrec = 0
+    for o in range(first, n_ops):
+        r = SPEC_HEADER + o * SPEC_WIDTH
+        if spec[r] == OP_RNN:
+            nrec += 1
+            H = spec[r + 5]
+            G = _n_gates(_cell_code(spec[r + 1], spec[r + 2], spec[r + 3] != 0)) * H
+            GHmax = max(GHmax, G)
+            Hmax = max(Hmax, H)
+            Fmax = max(Fmax, H)
+        else:
+            Fmax = max(Fmax, spec[r + 2])
+    TN = T * N
+    dcur = np.empty(TN * Fmax, dt)
+    dnext = np.empty(TN * Fmax, dt)
+    F = d_out.shape[2]
+    seq_out = True
+    # the output is a sequence unless some recurrent op is many-to-one
+    for o in range(first, n_ops):
+        r = SPEC_HEADER + o * SPEC_WIDTH
+        if spec[r] == OP_RNN and spec[r + 10] == 0:
+            seq_out = False
+    if seq_out:  # batch-first -> time-major
+        for t in range(T):
+            for i in range(N):
+                src = d_out[i, t]
+                dst = dcur[(t * N + i) * F:(t * N + i + 1) * F]
+                for j in range(F):
+                    dst[j] = src[j]
+    else:
+        for i in range(N):
+            src = d_out[i, 0]
+            dst = dcur[i * F:(i + 1) * F]
+            for j in range(F):
+                dst[j] = src[j]
+    frozen = first == 1 and spec[SPEC_HEADER + 5] != 0
+    allv = np.ones(max(TN, 1), np.bool_)
+    dxp_buf = np.empty(TN * GHmax, dt)
+    dgh_buf = np.empty(TN * GHmax, dt)
+    for o in range(n_ops - 1, first - 1, -1):
+        r = SPEC_HEADER + o * SPEC_WIDTH
+        p = plan[o]
+        rows = TN if p[P_INSEQ] else N
+        # the first op's input is data; a frozen embedding needs no gradient
+        need_din = o > 0 and not (o == first and frozen)
+        if spec[r] == OP_DENSE:
+            D = spec[r + 1]
+            O = spec[r + 2]
+            inp = buf[p[P_IN]:p[P_IN] + rows * D].reshape((rows, D))
+            dc2 = dcur[:rows * O].reshape((rows, O))
+            _acc_nt(grad, spec[r + 3], dc2, inp)
+            _acc_colsum(grad, spec[r + 4], dc2)
+            if need_din:
+                w = data[spec[r + 3]:spec[r + 3] + O * D].reshape((O, D))
+                _mm_nn(dc2, w, dnext[:rows * D].reshape((rows, D)), 0, rows,
+                       _gemm_mode(rows, O * D), allv)
+        else:
+            nrec -= 1
+            D = spec[r + 4]
+            H = spec[r + 5]
+            code = _cell_code(spec[r + 1], spec[r + 2], spec[r + 3] != 0)
+            G = _n_gates(code) * H
+            NH = N * H
+            lstm = code == LSTM
+            ch = buf[p[P_H]:p[P_H] + (T + 1) * NH].reshape((T + 1, N, H))
+            cc = none
+            if lstm:
+                cc = buf[p[P_C]:p[P_C] + (T + 1) * NH].reshape((T + 1, N, H))
+            cg = buf[p[P_GATES]:p[P_GATES] + TN * G].reshape((T, N, G))
+            cax = none
+            if code >= GRU:
+                cax = buf[p[P_AUX]:p[P_AUX] + TN * H].reshape((T, N, H))
+            dxp = dxp_buf[:TN * G].reshape((T, N, G))
+            dxp[:] = 0
+            dgh = dxp
+            if code == GRU:
+                dgh = dgh_buf[:TN * G].reshape((T, N, G))
+                dgh[:] = 0
+            zs = np.zeros(2 * NH, dt)
+            dh0 = np.empty((N, H), dt)
+            dc0 = np.empty((N, H), dt) if lstm else none2
+            dw = np.empty((G, H), dt)
+            db = np.empty(G, dt)
+            if spec[r + 10] != 0:
+                dh_seq = dcur[:TN * H].reshape((T, N, H))
+                dh_T = zs[:NH].reshape((N, H))
+                has_dhseq = 1
+            else:
+                dh_seq = none
+                dh_T = dcur[:NH].reshape((N, H))
+                has_dhseq = 0
+            dc_T = zs[NH:].reshape((N, H)) if lstm else none2
+            w_hh = data[spec[r + 7]:spec[r + 7] + G * H].reshape((G, H))
+            tk = trunc[nrec]
+            if tk < 0 or tk >= T:  # full BPTT
+                tk = -1
+            _bwd_rows(code, _gemm_mode(N, G * H), tk, has_mask, has_dhseq, 1, ch, cc,
+                      cg, cax, w_hh, tmask, dh_seq, dh_T, dc_T, dxp, dgh, dh0, dc0, dw, db,
+                      np.empty(N * _bwd_scratch_nb(code, H, G), dt), 0, N)
+            gw = grad[spec[r + 7]:spec[r + 7] + G * H]
+            dwf = dw.reshape(G * H)
+            for k in range(G * H):
+                gw[k] += dwf[k]
+            gb = grad[spec[r + 9]:spec[r + 9] + G]
+            for k in range(G):
+                gb[k] += db[k]
+            inp = buf[p[P_IN]:p[P_IN] + TN * D].reshape((TN, D))
+            dx2 = dxp.reshape((TN, G))
+            _acc_nt(grad, spec[r + 6], dx2, inp)
+            _acc_colsum(grad, spec[r + 8], dx2)
+            if need_din:
+                w_ih = data[spec[r + 6]:spec[r + 6] + G * D].reshape((G, D))
+                _mm_nn(dx2, w_ih, dnext[:TN * D].reshape((TN, D)), 0, TN,
+                       _gemm_mode(TN, G * D), allv)
+        dcur, dnext = dnext, dcur
+    if first and not frozen:  # scatter-add into the (trainable) embedding table
+        E = spec[SPEC_HEADER + 2]
+        off = spec[SPEC_HEADER + 3]
+        for t in range(T):
+            for i in range(N):
+                g = grad[off + idc[i, t] * E:off + (idc[i, t] + 1) * E]
+                src = dcur[(t * N + i) * E:(t * N + i + 1) * E]
+                for j in range(E):
+                    g[j] += src[j]
 
 
 # ----------------------------------------------------------------------------
@@ -1455,8 +1733,14 @@ def _signatures(F):
     bwd = (i64, i64, i64, i64, i64, i64, ro(3), ro(3), ro(3), ro(3), ro(2),
            ro(2, types.boolean), ro(3), ro(2), ro(2), rw(3), rw(3), rw(2), rw(2), rw(2), rw(1),
            rw(1))
+    fused_in = (ro(1, i64), ro(1), ro(3), ro(2, i64), i64, ro(2, types.uint8), i64)
     return {
-        "infer": types.Tuple((i64, rw(3)))(ro(1, i64), ro(1), ro(3), ro(2, i64), i64),
+        "infer": types.Tuple((i64, rw(3)))(*fused_in),
+        "train_fwd": types.Tuple((i64, i64, rw(3), rw(1), types.Array(i64, 2, "C"),
+                                  types.Array(types.boolean, 2, "C"),
+                                  types.Array(i64, 2, "C")))(*fused_in),
+        "train_bwd": types.void(ro(1, i64), ro(1), rw(1), ro(1), ro(2, i64), ro(2, i64),
+                                ro(2, types.boolean), i64, ro(3), ro(1, i64), i64),
         "generate": types.void(i64, i64, i64, ro(2), ro(3), ro(2), ro(3), ro(2), ro(2), ro(1),
                                ro(3), ro(3), ro(1, i64), ro(2, i64), ro(1, types.boolean),
                                ro(2, types.float64), types.float64, i64, i64,
@@ -1468,7 +1752,8 @@ def _signatures(F):
     }
 
 
-_DISPATCHERS = {"infer": _infer_kernel, "generate": _generate_kernel, "fwd_rows": _fwd_rows,
+_DISPATCHERS = {"infer": _infer_kernel, "train_fwd": _train_fwd_kernel,
+                "train_bwd": _train_bwd_kernel, "generate": _generate_kernel, "fwd_rows": _fwd_rows,
                 "forward_par": _forward_par, "bwd_rows": _bwd_rows,
                 "backward_par": _backward_par}
 _entry = {}
@@ -1686,28 +1971,23 @@ _I64 = np.dtype(np.int64)
 _NO_IDS = np.empty((0, 0), np.int64)
 
 
-def infer(spec, data, x):
-    """Fused inference of a ``Sequential`` (see ``docs/architecture.md``, "Fused
-    model calls"): the whole model in one compiled call, without the GIL.
+_U8 = np.dtype(np.uint8)
+_BOOL = np.dtype(np.bool_)
+_NO_MASK_U8 = np.ones((1, 1), np.uint8)
+FUSED_MASKS = True  # infer / train_forward take the (N, T) validity mask
 
-    ``spec``: ``Sequential.inference_spec()`` (int64); ``data``: the model's flat
-    parameter buffer (float32/float64, C-contiguous). ``x``: (N, T, D) floats of
-    ``data``'s dtype, or (N, T) int64 token ids when the first op is an
-    embedding; C-contiguous and aligned. Returns the output array, or None when
-    ``x`` is not in that exact form or holds values the general path must judge
-    (NaN/inf, ids out of range, padding ids under ``mask_zero``): the caller then
-    takes the validating layer-by-layer path. A corrupt spec raises ``ValueError``.
 
-    Only the exact form of ``x`` is checked here (a few attribute reads); the
-    spec's checks (whatever ``x`` is), the scan of ``x`` and the model run in
-    ``_infer_kernel``.
-    """
+def _fused_args(name, spec, data, x, mask):
+    """The compiled entry point ``name`` and its arguments for ``spec``, ``data``,
+    ``x`` and ``mask`` (shared by ``infer`` and ``train_forward``): raises for a
+    parameter buffer of the wrong kind, passes ``x``/``mask`` on only in the
+    exact form the kernel takes (else only the spec is checked, status 1)."""
     if type(data) is not _ndarray:
         raise TypeError(f"parameter buffer must be a numpy array, got {type(data).__name__}")
     dt = data.dtype
     if not dt.isnative:
         raise ValueError("parameter buffer must be native-endian")
-    fn = _entry.get(("infer", dt))
+    fn = _entry.get((name, dt))
     if fn is None:
         if dt not in _A1:
             S = len(spec)
@@ -1716,33 +1996,169 @@ def infer(spec, data, x):
                     or spec[1] != (S - SPEC_HEADER) // SPEC_WIDTH):
                 raise ValueError("unsupported inference spec")  # checked first, as Cython
             raise TypeError("parameter buffer must be float32 or float64")
-        fn = _kernel("infer", dt)
+        fn = _kernel(name, dt)
     if (type(spec) is not _ndarray or spec.dtype is not _I64 or spec.ndim != 1
             or not spec.flags.c_contiguous):
         spec = np.ascontiguousarray(spec)  # a list, or strided: the kernel checks it
         if spec.ndim != 1 or spec.dtype != _I64:
             raise ValueError("unsupported inference spec")
-    if data.ndim != 1 or not data.flags.c_contiguous:
+    if data.ndim != 1 or not data.flags.c_contiguous or not data.flags.aligned:
         raise ValueError("parameter buffer must be a C-contiguous 1-D array")
+    spec_only = (fn, spec, data, _A3[dt], _NO_IDS, -1, _NO_MASK_U8, 0)
     if type(x) is not _ndarray:
-        status, out = fn(spec, data, _A3[dt], _NO_IDS, -1)  # checks the spec only
+        return spec_only
+    flags = x.flags
+    if not (flags.c_contiguous and flags.aligned):
+        return spec_only
+    xd = x.dtype
+    if xd == dt and x.ndim == 3:
+        xa, ids, is_ids = x, _NO_IDS, 0
+    elif xd == _I64 and x.ndim == 2 and xd.isnative:
+        xa, ids, is_ids = _A3[dt], x, 1
     else:
-        flags = x.flags
-        xd = x.dtype
-        if not (flags.c_contiguous and flags.aligned):
-            status, out = fn(spec, data, _A3[dt], _NO_IDS, -1)
-        elif xd == dt and x.ndim == 3:
-            status, out = fn(spec, data, x, _NO_IDS, 0)
-        elif xd == _I64 and x.ndim == 2:
-            status, out = fn(spec, data, _A3[dt], x, 1)
-        else:
-            status, out = fn(spec, data, _A3[dt], _NO_IDS, -1)
+        return spec_only
+    if mask is None:
+        return fn, spec, data, xa, ids, is_ids, _NO_MASK_U8, 0
+    if type(mask) is not _ndarray:
+        return spec_only
+    md = mask.dtype
+    if ((md is not _BOOL and md != _BOOL and md != _U8) or mask.ndim != 2
+            or not mask.flags.c_contiguous or mask.shape != x.shape[:2]):
+        return spec_only
+    return fn, spec, data, xa, ids, is_ids, (mask if md == _U8 else mask.view(_U8)), 1
+
+
+def infer(spec, data, x, mask=None):
+    """Fused inference of a ``Sequential`` (see ``docs/architecture.md``, "Fused
+    model calls"): the whole model in one compiled call, without the GIL.
+
+    ``spec``: ``Sequential.inference_spec()`` (int64); ``data``: the model's flat
+    parameter buffer (float32/float64, C-contiguous). ``x``: (N, T, D) floats of
+    ``data``'s dtype, or (N, T) int64 token ids when the first op is an
+    embedding; C-contiguous and aligned. ``mask``: None or an (N, T) bool/uint8
+    C-contiguous array of valid steps (combined with ``ids != 0`` under the
+    embedding's ``mask_zero``). Returns the output array, or None when ``x`` or
+    ``mask`` is not in that exact form or holds values the general path must
+    judge (NaN/inf, ids out of range, a sequence of padding ids only under
+    ``mask_zero``): the caller then takes the validating layer-by-layer path. A
+    corrupt spec raises ``ValueError``.
+
+    Only the exact form of ``x`` and ``mask`` is checked here (a few attribute
+    reads); the spec's checks (whatever ``x`` is), the scan of ``x`` and the model
+    run in the compiled ``_fused_run``.
+    """
+    fn, *args = _fused_args("infer", spec, data, x, mask)
+    status, out = fn(*args)
     if status <= 0:  # 0: a sequence (N, T, F); -1: after many-to-one, (N, 1, F)
         return out if status == 0 else out[:, 0]
     if status == 1:
         return None
     exc, msg = _INFER_ERRORS[status]
     raise exc(msg)
+
+
+_SPEND_LOCK = threading.Lock()  # guards FusedCache.buf hand-over in train_backward
+
+
+class FusedCache:
+    """What ``train_forward`` keeps for ``train_backward``: the private copy of the
+    spec it ran, the parameter buffer, every op's cache in one block (``buf`` at
+    the offsets of ``plan``), the checked ids and the time-major validity mask.
+    ``buf`` is None once the backward ran."""
+
+    __slots__ = ("spec", "spec_bytes", "data", "buf", "plan", "ids", "mask", "masked",
+                 "N", "T", "seq_out", "F_out", "nrec")
+
+
+def train_forward(spec, data, x, mask=None):
+    """Training forward of a ``Sequential``: ``(output, cache)``, or None as in
+    :func:`infer` (same ``x`` and ``mask``). The cache goes to
+    :func:`train_backward` once."""
+    if type(spec) is _ndarray and spec.dtype is _I64 and spec.ndim == 1:
+        spec = spec.copy()  # private: the backward refuses a spec changed since
+    else:
+        spec = np.array(spec, np.int64)
+        if spec.ndim != 1:
+            raise ValueError("unsupported inference spec")
+    fn, *args = _fused_args("train_fwd", spec, data, x, mask)
+    status, masked, out, buf, plan, tmask, ids = fn(*args)
+    if status > 1:
+        exc, msg = _INFER_ERRORS[status]
+        raise exc(msg)
+    if status == 1:
+        return None
+    cache = FusedCache()
+    cache.spec = spec
+    cache.spec_bytes = spec.tobytes()
+    cache.data = data
+    cache.buf = buf
+    cache.plan = plan
+    cache.ids = ids
+    cache.mask = tmask
+    cache.masked = masked
+    cache.N = out.shape[0]
+    cache.T = x.shape[1]
+    cache.F_out = out.shape[2]
+    cache.seq_out = status == 0
+    cache.nrec = spec[SPEC_HEADER::SPEC_WIDTH].tolist().count(OP_RNN)
+    return (out if status == 0 else out[:, 0]), cache
+
+
+def train_backward(spec, data, grad, cache, d_out, truncate):
+    """Add the gradients of the forward that made ``cache`` into ``grad``.
+
+    ``spec`` and ``data`` must be those of the forward (same spec values, same
+    buffer object). ``d_out``: the loss gradient, shaped and typed like the
+    output (C order). ``truncate``: one entry per recurrent op, in op order: -1
+    for full BPTT, else k (the gradient through at most k+1 cells, as the
+    layers' ``bptt_truncate``). Arguments are checked first (an error leaves the
+    cache usable); the run then spends the cache (a second call raises).
+    """
+    if type(cache) is not FusedCache:
+        raise TypeError("cache must be a FusedCache from train_forward")
+    buf = cache.buf
+    if buf is None:
+        raise RuntimeError("this training forward was already backpropagated")
+    if type(spec) is not _ndarray or spec.dtype is not _I64:
+        spec = np.asarray(spec)
+    if (data is not cache.data or spec.dtype != _I64 or spec.ndim != 1
+            or spec.tobytes() != cache.spec_bytes):
+        raise ValueError("train_backward needs the spec and parameters of its forward")
+    if type(grad) is not _ndarray:
+        raise TypeError(f"grad must be a numpy array, got {type(grad).__name__}")
+    dt = data.dtype
+    gf = grad.flags
+    if (grad.dtype != dt or not grad.dtype.isnative or grad.ndim != 1
+            or grad.size != data.size or not gf.c_contiguous or not gf.aligned
+            or not gf.writeable):
+        raise ValueError("grad must be an aligned, native-endian, C-contiguous 1-D array "
+                         "like the parameter buffer (writable)")
+    if type(d_out) is not _ndarray:
+        raise TypeError("d_out must be a numpy array")
+    N, T, F = cache.N, cache.T, cache.F_out
+    df = d_out.flags
+    if (d_out.dtype != dt or not d_out.dtype.isnative or not df.c_contiguous
+            or not df.aligned
+            or d_out.shape != ((N, T, F) if cache.seq_out else (N, F))):
+        raise ValueError("d_out must be a C-contiguous array shaped and typed like the output")
+    tr = truncate
+    if (type(tr) is not _ndarray or tr.dtype is not _I64 or tr.ndim != 1
+            or not tr.flags.c_contiguous):
+        tr = np.asarray(truncate)
+        if tr.dtype.kind not in "iu":
+            raise ValueError("truncate must hold one integer per recurrent op")
+        tr = np.ascontiguousarray(tr, np.int64)
+    nrec = cache.nrec
+    if tr.ndim != 1 or tr.shape[0] != nrec:
+        raise ValueError(f"truncate needs {nrec} entries")
+    with _SPEND_LOCK:  # check-and-spend at once: of two concurrent calls one runs
+        buf = cache.buf
+        if buf is None:
+            raise RuntimeError("this training forward was already backpropagated")
+        cache.buf = None  # spent from here on
+    fn = _entry.get(("train_bwd", dt)) or _kernel("train_bwd", dt)
+    fn(cache.spec, data, grad, buf, cache.plan, cache.ids, cache.mask, cache.masked,
+       d_out if cache.seq_out else d_out.reshape(N, 1, F), tr, T)
 
 
 def generate(cell, xp_table, w_ih_rest, b_ih_rest, w_hh, b_hh, w_out, b_out, h, c,
