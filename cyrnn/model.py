@@ -227,10 +227,6 @@ class Sequential:
         except (TypeError, ValueError):
             return _NO_FUSION  # the layer path raises, after checking x first
 
-    def _fused_inference(self):
-        """The fused calls when inference can run in one backend call, else None."""
-        return self._fused()
-
     def _fused_training(self):
         """The fused calls when a training step can run in one forward and one backward
         backend call (the backend has them; no dropout between stacked layers), else

@@ -1392,20 +1392,34 @@ cdef inline Py_ssize_t _gates_of(const int64_t* r) noexcept nogil:
     return _n_gates(<int>r[1]) * r[5]
 
 
-cdef inline void _add_bias(floating* y, const floating* b, Py_ssize_t rows,
-                           Py_ssize_t cols) noexcept nogil:
+cdef void _affine_fwd(const floating* x, Py_ssize_t rows, Py_ssize_t n_in,
+                      Py_ssize_t n_out, const floating* w, const floating* b,
+                      floating* y) noexcept nogil:
+    """``y = x w^T + b``: ``x`` (rows, n_in), ``w`` (n_out, n_in), ``y`` (rows, n_out),
+    row-major. The input projection of a recurrent op and a Dense op (the same
+    GEMM as ``layers.recurrent.project``)."""
     cdef Py_ssize_t i, j
+    _gemm(c'T', c'N', <int>n_out, <int>rows, <int>n_in, <floating>1, w, <int>n_in,
+          x, <int>n_in, <floating>0, y, <int>n_out)
     for i in range(rows):
-        for j in range(cols):
-            y[i * cols + j] += b[j]
+        for j in range(n_out):
+            y[i * n_out + j] += b[j]
 
 
-cdef inline void _add_colsum(floating* acc, const floating* y, Py_ssize_t rows,
-                             Py_ssize_t cols) noexcept nogil:
+cdef void _affine_bwd(const floating* dy, const floating* x, Py_ssize_t rows,
+                      Py_ssize_t n_in, Py_ssize_t n_out, const floating* w, floating* gw,
+                      floating* gb, floating* dx) noexcept nogil:
+    """Backward of :func:`_affine_fwd` given ``dy`` (rows, n_out): ``gw += dy^T x``,
+    ``gb += colsum(dy)`` and, unless ``dx`` is NULL, ``dx = dy w`` (rows, n_in)."""
     cdef Py_ssize_t i, j
+    _gemm(c'N', c'T', <int>n_in, <int>n_out, <int>rows, <floating>1, x, <int>n_in, dy,
+          <int>n_out, <floating>1, gw, <int>n_in)
     for i in range(rows):
-        for j in range(cols):
-            acc[j] += y[i * cols + j]
+        for j in range(n_out):
+            gb[j] += dy[i * n_out + j]
+    if dx != NULL:
+        _gemm(c'N', c'N', <int>n_in, <int>rows, <int>n_out, <floating>1, w, <int>n_in,
+              dy, <int>n_out, <floating>0, dx, <int>n_in)
 
 
 cdef bint _all_finite(const floating* x, Py_ssize_t n) noexcept nogil:
@@ -1726,10 +1740,7 @@ cdef void _fused_forward(const int64_t* sp, const Dims* d, bint keep, const int6
             D = r[4]
             H = r[5]
             G = _gates_of(r)
-            # xp = x W_ih^T + b_ih over all T*N rows (as layers.recurrent.project)
-            _gemm(c'T', c'N', <int>G, <int>TN, <int>D, <floating>1, data + r[6], <int>D,
-                  inp, <int>D, <floating>0, xp, <int>G)
-            _add_bias(xp, data + r[8], TN, G)
+            _affine_fwd(inp, TN, D, G, data + r[6], data + r[8], xp)  # xp, all steps
             memset(base + p[P_H], 0, N * H * sizeof(floating))
             cbuf = NULL
             aux = NULL
@@ -1746,9 +1757,7 @@ cdef void _fused_forward(const int64_t* sp, const Dims* d, bint keep, const int6
         else:
             O = r[2]
             R = TN if p[P_INSEQ] else N
-            _gemm(c'T', c'N', <int>O, <int>R, <int>F, <floating>1, data + r[3], <int>F,
-                  inp, <int>F, <floating>0, base + p[P_OUT], <int>O)
-            _add_bias(base + p[P_OUT], data + r[4], R, O)
+            _affine_fwd(inp, R, F, O, data + r[3], data + r[4], base + p[P_OUT])
             F = O
     inp = base + plan[(d.n_ops - 1) * P_WIDTH + P_OUT] if d.n_ops > d.first else x0
     if d.seq_out:  # time-major (T, N, F) -> batch-first (N, T, F)
@@ -1799,18 +1808,12 @@ cdef void _fused_backward(const int64_t* sp, const Dims* d, const int64_t* plan,
         r = _rec(sp, o)
         p = plan + o * P_WIDTH
         inp = base + p[P_IN]
-        need_din = o > 0  # the first op's input is data: no gradient needed
+        # the first op's input is data, and a frozen embedding takes no gradient
+        need_din = o > 0 and not (o == d.first and _rec(sp, 0)[5] != 0)
         if r[0] == OP_DENSE:
-            D = r[1]
-            O = r[2]
             R = TN if p[P_INSEQ] else N
-            # dW (O, D) += dcur^T inp; db += colsum(dcur); dinp = dcur W
-            _gemm(c'N', c'T', <int>D, <int>O, <int>R, <floating>1, inp, <int>D, dcur,
-                  <int>O, <floating>1, grad + r[3], <int>D)
-            _add_colsum(grad + r[4], dcur, R, O)
-            if need_din:
-                _gemm(c'N', c'N', <int>D, <int>R, <int>O, <floating>1, data + r[3], <int>D,
-                      dcur, <int>O, <floating>0, dnext, <int>D)
+            _affine_bwd(dcur, inp, R, r[1], r[2], data + r[3], grad + r[3], grad + r[4],
+                        dnext if need_din else NULL)
         else:
             nrec -= 1
             D = r[4]
@@ -1830,13 +1833,9 @@ cdef void _fused_backward(const int64_t* sp, const Dims* d, const int64_t* plan,
                 grad[r[7] + j] += dw[j]
             for j in range(G):
                 grad[r[9] + j] += db[j]
-            # dW_ih (G, D) += dxp^T inp; db_ih += colsum(dxp); dinp = dxp W_ih
-            _gemm(c'N', c'T', <int>D, <int>G, <int>TN, <floating>1, inp, <int>D, dxp,
-                  <int>G, <floating>1, grad + r[6], <int>D)
-            _add_colsum(grad + r[8], dxp, TN, G)
-            if need_din:
-                _gemm(c'N', c'N', <int>D, <int>TN, <int>G, <floating>1, data + r[6], <int>D,
-                      dxp, <int>G, <floating>0, dnext, <int>D)
+            # the input projection's gradients, from dxp
+            _affine_bwd(dxp, inp, TN, D, G, data + r[6], grad + r[6], grad + r[8],
+                        dnext if need_din else NULL)
         swap = dcur
         dcur = dnext
         dnext = swap

@@ -51,7 +51,7 @@ def test_fused_matches_reference(fused_backend, dtype, name, Cls, kw, num_layers
                                  return_sequences, stacked, heads, rng):
     model = _build(fused_backend, Cls, kw, dtype, num_layers=num_layers,
                    return_sequences=return_sequences, stacked=stacked, heads=heads)
-    assert model._fused_inference() is not None
+    assert model._fused() is not None
     ref = _reference(model)
     for N, T in [(1, 1), (1, 12), (6, 9)]:
         x = rng.standard_normal((N, T, 5)).astype(dtype)
@@ -66,7 +66,7 @@ def test_fused_embedding(fused_backend, dtype, rng):
     model = _build(fused_backend, cyrnn.GRU, {}, dtype, embed=(11, False), heads=(2,))
     ref = _reference(model)
     ids = rng.integers(0, 11, size=(4, 8))
-    assert model._fused_inference() is not None
+    assert model._fused() is not None
     np.testing.assert_allclose(model.forward(ids), ref.forward(ids), **STRICT[dtype])
     # int32 ids, lists: the general path converts them; same result
     np.testing.assert_allclose(model.forward(ids.astype(np.int32)), ref.forward(ids),
@@ -137,7 +137,7 @@ def test_fused_not_used_where_unsupported(fused_backend, rng):
     bi = cyrnn.Sequential([cyrnn.LSTM(5, 4, bidirectional=True, return_sequences=False,
                                       backend=fused_backend, random_state=0),
                            cyrnn.Dense(8, 1, random_state=1)])
-    assert bi._fused_inference() is None
+    assert bi._fused() is None
     # training mode, masks, lengths, initial states and return_states keep the general path
     model = _build(fused_backend, cyrnn.LSTM, {}, np.float64)
     ref = _reference(model)
@@ -160,11 +160,11 @@ def test_fused_follows_parameter_updates_and_pickle(fused_backend, rng):
     np.testing.assert_allclose(after, _reference(model).forward(x), **STRICT[np.float64])
     clone = pickle.loads(pickle.dumps(model))
     np.testing.assert_array_equal(clone.forward(x), after)
-    assert clone._fused_inference() is not None
+    assert clone._fused() is not None
     # switching the backend afterwards drops the fused plan
     for layer in clone.recurrent_layers:
         layer.backend = "numpy"
-    assert clone._fused_inference() is None
+    assert clone._fused() is None
     np.testing.assert_allclose(clone.forward(x), after, **STRICT[np.float64])
 
 
@@ -241,7 +241,7 @@ def test_fused_follows_layer_changes(fused_backend, rng):
 
     sub = cyrnn.Sequential([cyrnn.LSTM(3, 4, return_sequences=False, backend=fused_backend),
                             MyDense(4, 1)])
-    assert sub.inference_spec() is None and sub._fused_inference() is None
+    assert sub.inference_spec() is None and sub._fused() is None
 
 
 def test_fused_rnn_dense_rnn(fused_backend, rng):
@@ -252,7 +252,16 @@ def test_fused_rnn_dense_rnn(fused_backend, rng):
         cyrnn.GRU(4, 3, return_sequences=False, backend=fused_backend, random_state=2),
         cyrnn.Dense(3, 2, random_state=3)])
     model.params.data[...] = rng.uniform(-0.6, 0.6, model.params.size)
-    assert model._fused_inference() is not None
+    assert model._fused() is not None
     x = rng.standard_normal((3, 7, 5)).astype(np.float32)
     np.testing.assert_allclose(model.forward(x), _reference(model).forward(x),
                                **STRICT[np.float32])
+
+
+def test_spec_constants_agree(fused_backend):
+    """The spec layout Sequential writes is the one each backend reads."""
+    mod = (cyrnn._cython_kernels if fused_backend == "cython"
+           else get_backend(fused_backend))
+    assert mod.INFER_SPEC_VERSION == cyrnn.Sequential.INFER_SPEC_VERSION
+    assert mod.INFER_SPEC_WIDTH == cyrnn.Sequential.INFER_SPEC_WIDTH
+    assert mod.INFER_SPEC_HEADER == 3

@@ -135,7 +135,7 @@ def test_fused_step_falls_back(fused_backend, rng, monkeypatch):
     _check_step(model, np.asfortranarray(x), y, fused=False, lengths=[5, 3])
     drop = cyrnn.Sequential([cyrnn.LSTM(4, 5, num_layers=2, dropout=0.3, backend=fused_backend,
                                         random_state=0)])
-    assert drop._fused_training() is None and drop._fused_inference() is not None
+    assert drop._fused_training() is None and drop._fused() is not None
 
 
 def test_fused_step_bad_input_changes_nothing(fused_backend, rng):
