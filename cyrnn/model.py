@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _validation as V
+from .backends import spec as _spec
 from .layers import Dense, Embedding, Layer, RecurrentLayer
 from .params import ParameterBuffer
 
@@ -181,8 +182,6 @@ class Sequential:
 
     # ------------------------------------------------------------------
     # Fused inference: one backend call for the whole model (docs/architecture.md).
-    INFER_SPEC_VERSION = 1
-    INFER_SPEC_WIDTH = 12
 
     def _fused(self):
         """The fused calls of this model's backend (``infer``, and ``train_forward`` /
@@ -245,21 +244,14 @@ class Sequential:
                         np.int64)
 
     def inference_spec(self):
-        """The model as an int64 op list for a backend's fused ``infer``, or None when it
+        """The model as an int64 op list for a backend's fused calls, or None when it
         has a shape the fused path does not cover (bidirectional layers, a recurrent
         layer that is not first after an optional Embedding, layers after a many-to-one
         layer other than Dense, subclasses of Embedding or Dense).
 
-        Layout: ``[version, n_ops, width]`` then one ``width``-long record per op
-        (unused fields 0); offsets index ``params.data``:
-
-        * embedding: ``[0, vocab_size, dim, off_weight, mask_zero, frozen]``
-        * recurrent (one record per stacked layer): ``[1, kind_code, activation_code,
-          reset_after, input_size, hidden_size, off_w_ih, off_w_hh, off_b_ih, off_b_hh,
-          returns_sequence]``
-        * dense: ``[2, in_features, out_features, off_weight, off_bias]``
+        The layout (records for embedding, recurrent and dense ops; offsets index
+        ``params.data``) is defined once, in :mod:`cyrnn.backends.spec`.
         """
-        W = self.INFER_SPEC_WIDTH
         records, seq, seen_rnn = [], True, False
         offsets = self.params.offsets
         for i, (layer, is_rnn) in enumerate(self._kinds):
@@ -268,34 +260,29 @@ class Sequential:
             # table (``_fused_frozen``: forward unchanged, no gradient)
             frozen = bool(getattr(type(layer), "_fused_frozen", False))
             if type(layer) is Embedding or (isinstance(layer, Embedding) and frozen):
-                records.append([0, layer.vocab_size, layer.embedding_dim,
-                                offsets[f"{i}.weight"], int(layer.mask_zero), int(frozen)])
+                records.append(_spec.embed_record(layer.vocab_size, layer.embedding_dim,
+                                                  offsets[f"{i}.weight"], layer.mask_zero,
+                                                  frozen))
             elif is_rnn:
                 if not seq or layer.num_directions != 1:
                     return None
-                cell = layer.cell
                 for sub in range(layer.num_layers):
                     w_ih, w_hh, b_ih, b_hh = layer._names(sub, 0)
+                    peep = layer._peephole_name(sub, 0)
                     last = sub == layer.num_layers - 1
-                    records.append([1, cell.kind_code, cell.activation_code,
-                                    int(cell.reset_after), layer._layer_input_size(sub),
-                                    layer.hidden_size, offsets[f"{i}.{w_ih}"],
-                                    offsets[f"{i}.{w_hh}"], offsets[f"{i}.{b_ih}"],
-                                    offsets[f"{i}.{b_hh}"],
-                                    int(layer.return_sequences or not last)])
+                    records.append(_spec.rnn_record(
+                        layer.cell, layer._layer_input_size(sub), layer.hidden_size,
+                        offsets[f"{i}.{w_ih}"], offsets[f"{i}.{w_hh}"], offsets[f"{i}.{b_ih}"],
+                        offsets[f"{i}.{b_hh}"], 0 if peep is None else offsets[f"{i}.{peep}"],
+                        layer.return_sequences or not last))
                 seq = layer.return_sequences
                 seen_rnn = True
             elif type(layer) is Dense and seen_rnn:
-                records.append([2, layer.in_features, layer.out_features,
-                                offsets[f"{i}.weight"], offsets[f"{i}.bias"]])
+                records.append(_spec.dense_record(layer.in_features, layer.out_features,
+                                                  offsets[f"{i}.weight"], offsets[f"{i}.bias"]))
             else:
                 return None
-        spec = np.zeros(3 + W * len(records), np.int64)
-        spec[:3] = (self.INFER_SPEC_VERSION, len(records), W)
-        for k, rec in enumerate(records):
-            spec[3 + k * W:3 + k * W + len(rec)] = rec
-        spec.setflags(write=False)
-        return spec
+        return _spec.build(records)
 
     def _forward_checked(self, x, mask, initial_states, training, return_states):
         """``forward`` on input already validated by ``_input_mask``."""

@@ -7,17 +7,21 @@ cache, inference without cache, every backward output, ``step``).
 
 import numpy as np
 
-from cyrnn.backends import Cell
 from cyrnn.backends import numpy_backend as ref
+from cyrnn.cells import CELL_TABLE, Cell
 
-CELLS = {
-    "rnn-tanh": Cell("rnn", "tanh"),
-    "rnn-relu": Cell("rnn", "relu"),
-    "rnn-sigmoid": Cell("rnn", "sigmoid"),
-    "lstm": Cell("lstm"),
-    "gru-reset-after": Cell("gru", reset_after=True),
-    "gru-cho": Cell("gru", reset_after=False),
-}
+# Every row of the cell table with its default activations (keys: the row names,
+# with the historical aliases for the two GRU rows), SimpleRNN with each of its
+# activations, and the gated cells with non-default ones.
+_ALIAS = {"gru": "gru-reset-after", "gru_cho": "gru-cho", "rnn": "rnn-tanh"}
+CELLS = {_ALIAS.get(row.name, row.name): Cell(row.name) for row in CELL_TABLE}
+CELLS.update({f"rnn-{a}": Cell("rnn", a) for a in Cell("rnn").row.activations})
+CELLS.update({
+    "lstm-relu-hard": Cell("lstm", "relu", recurrent_activation="hard_sigmoid"),
+    "lstm_peephole-sigmoid": Cell("lstm", "sigmoid", peephole=True),
+    "gru-linear-hard": Cell("gru", "linear", recurrent_activation="hard_sigmoid"),
+    "gru-cho-relu": Cell("gru", "relu", reset_after=False),
+})
 DTYPES = [np.float64, np.float32]
 T = 7
 H = 4
@@ -37,6 +41,7 @@ def make_problem(cell, dtype, N, masked, seed=0, T=T, H=H):
         "dh_seq": rng.standard_normal((T, N, H)),
         "dh_T": rng.standard_normal((N, H)),
         "dc_T": rng.standard_normal((N, H)) if cell.has_cell_state else None,
+        "peep": rng.standard_normal((cell.n_peepholes, H)) * 0.5 if cell.n_peepholes else None,
     }
     p = {k: (None if v is None else v.astype(dtype)) for k, v in p.items()}
     mask = None
@@ -53,7 +58,7 @@ def make_problem(cell, dtype, N, masked, seed=0, T=T, H=H):
 
 def run_forward(backend, cell, p, keep_cache=True):
     return backend.forward(cell, p["xp"], p["w_hh"], p["b_hh"], p["h0"], p["c0"],
-                           p["mask"], keep_cache)
+                           p["mask"], keep_cache, peep=p.get("peep"))
 
 
 class KernelHarness:
@@ -98,17 +103,21 @@ class KernelHarness:
         return actual[3], expected[3]
 
     def compare_backward(self, cell, dtype, p, cache, cache_ref, truncate, **grads):
-        kw = {"dh_seq": p["dh_seq"], "dh_T": p["dh_T"], "dc_T": p["dc_T"]}
+        kw = {"dh_seq": p["dh_seq"], "dh_T": p["dh_T"], "dc_T": p["dc_T"],
+              "peep": p.get("peep")}
         kw.update(grads)
         expected = ref.backward(cell, cache_ref, p["w_hh"], p["mask"], truncate=truncate, **kw)
         actual = self.backend.backward(cell, cache, p["w_hh"], p["mask"], truncate=truncate,
                                        **kw)
-        for name, a, e in zip(("dxp", "dh0", "dc0", "dw_hh", "db_hh"), actual, expected):
+        assert len(actual) == len(expected) == 6
+        for name, a, e in zip(("dxp", "dh0", "dc0", "dw_hh", "db_hh", "dpeep"), actual,
+                              expected):
             self.assert_close(a, e, dtype, f"{name} (truncate={truncate})")
 
     def compare_step(self, cell, dtype, p):
-        expected = ref.step(cell, p["xp"][0], p["w_hh"], p["b_hh"], p["h0"], p["c0"])
-        actual = self.backend.step(cell, p["xp"][0], p["w_hh"], p["b_hh"], p["h0"], p["c0"])
+        args = (cell, p["xp"][0], p["w_hh"], p["b_hh"], p["h0"], p["c0"])
+        expected = ref.step(*args, peep=p.get("peep"))
+        actual = self.backend.step(*args, peep=p.get("peep"))
         for name, a, e in zip(("h", "c"), actual, expected):
             self.assert_close(a, e, dtype, "step " + name)
 

@@ -26,6 +26,11 @@ CELLS = [
     ("LSTM", {}),
     ("GRU", {"reset_after": True}),
     ("GRU", {"reset_after": False}),
+    ("LSTM", {"peephole": True}),
+    ("LSTM", {"activation": "relu", "recurrent_activation": "hard_sigmoid", "peephole": True}),
+    ("GRU", {"reset_after": False, "activation": "sigmoid",
+             "recurrent_activation": "hard_sigmoid"}),
+    ("GRU", {"activation": "linear"}),
 ]
 N, T, D, H = 3, 6, 3, 3
 EPS = 1e-6
@@ -46,9 +51,11 @@ class WindowedBackend:
         self.calls = 0
         self.record = True
 
-    def forward(self, cell, xp, w_hh, b_hh, h0, c0=None, mask=None, keep_cache=False):
+    def forward(self, cell, xp, w_hh, b_hh, h0, c0=None, mask=None, keep_cache=False,
+                peep=None):
         if self.record:
-            _, _, _, cache = ref.forward(cell, xp, w_hh, b_hh, h0, c0, mask, keep_cache=True)
+            _, _, _, cache = ref.forward(cell, xp, w_hh, b_hh, h0, c0, mask, keep_cache=True,
+                                         peep=peep)
             self.frozen.append(cache)
         cache = self.frozen[self.calls]
         self.calls += 1
@@ -60,7 +67,8 @@ class WindowedBackend:
         for i in range(n):
             for t in range(T_):
                 if valid[t, i] or t == T_ - 1:
-                    h, c = self._window(cell, xp, w_hh, b_hh, h0, c0, valid, cache, t, i)
+                    h, c = self._window(cell, xp, w_hh, b_hh, h0, c0, valid, cache, t, i,
+                                        peep)
                     if valid[t, i]:
                         h_seq[t, i] = h
                     if t == T_ - 1:
@@ -69,7 +77,7 @@ class WindowedBackend:
                             c_T[i] = c
         return h_seq, h_T, c_T, None
 
-    def _window(self, cell, xp, w_hh, b_hh, h0, c0, valid, cache, t, i):
+    def _window(self, cell, xp, w_hh, b_hh, h0, c0, valid, cache, t, i, peep):
         budget, s = self.k + 1, t
         while True:  # walk back over k + 1 valid cells (masked ones are free)
             budget -= int(valid[s, i])
@@ -84,7 +92,7 @@ class WindowedBackend:
             c = c0[i:i + 1] if c0 is not None else None
         for u in range(s, t + 1):
             if valid[u, i]:
-                h, c, _, _ = ref.cell_forward(cell, xp[u, i:i + 1], h, c, w_hh, b_hh)
+                h, c, _, _ = ref.cell_forward(cell, xp[u, i:i + 1], h, c, w_hh, b_hh, peep)
         return h[0], (c[0] if c is not None else None)
 
 

@@ -5,15 +5,19 @@ Every compiled backend must reproduce these three functions (``forward``,
 contract. Layout is time-major: ``xp[t]`` holds the projected inputs of all
 sequences at step ``t``.
 
-Cell equations (PyTorch gate order; ``a = xp_t + h W_hh^T + b_hh``)::
+Cell equations (PyTorch gate order; ``a = xp_t + h W_hh^T + b_hh``; ``act`` is
+the cell's ``activation`` (default tanh), ``sig`` its ``recurrent_activation``
+(default sigmoid); the kinds are the rows of :mod:`cyrnn.cells`)::
 
-    rnn   h' = act(a)
-    lstm  i, f, g, o = sig(a_i), sig(a_f), tanh(a_g), sig(a_o)
-          c' = f c + i g ;  h' = o tanh(c')
-    gru   r, z = sig(x_r + gh_r), sig(x_z + gh_z)           (gh = h W_hh^T + b_hh)
-          n = tanh(x_n + r gh_n)            reset_after=True  (PyTorch, cuDNN)
-          n = tanh(x_n + (r h) W_hn^T + b_hn)   reset_after=False (Cho et al.)
-          h' = (1 - z) n + z h
+    rnn            h' = act(a)
+    lstm           i, f, g, o = sig(a_i), sig(a_f), act(a_g), sig(a_o)
+                   c' = f c + i g ;  h' = o act(c')
+    lstm_peephole  i = sig(a_i + p_i c), f = sig(a_f + p_f c), g = act(a_g)
+                   c' = f c + i g ;  o = sig(a_o + p_o c') ;  h' = o act(c')
+    gru            r, z = sig(x_r + gh_r), sig(x_z + gh_z)    (gh = h W_hh^T + b_hh)
+                   n = act(x_n + r gh_n)                  (reset_after=True: PyTorch)
+    gru_cho        n = act(x_n + (r h) W_hn^T + b_hn)     (reset_after=False: Cho et al.)
+                   h' = (1 - z) n + z h
 
 Masking: at a step where ``mask[t, i]`` is False, sequence ``i`` keeps its state
 and outputs zero. Truncation: the gradient arriving at step ``t`` (from the
@@ -29,11 +33,17 @@ from scipy.special import expit as _sigmoid
 
 NAME = "numpy"
 
+def _hard_sigmoid(a):
+    return np.clip(a / 6 + 0.5, 0, 1)  # Keras 3's definition
+
+
 _ACTIVATIONS = {
-    # name: (f(a), f'(a) expressed through y = f(a))
+    # name: (f(a), f'(a) expressed through y = f(a)); the rows of cyrnn.cells.ACTIVATIONS
     "tanh": (np.tanh, lambda y: 1.0 - y * y),
     "relu": (lambda a: np.maximum(a, 0), lambda y: (y > 0).astype(y.dtype)),
     "sigmoid": (_sigmoid, lambda y: y * (1.0 - y)),
+    "linear": (lambda a: a, np.ones_like),
+    "hard_sigmoid": (_hard_sigmoid, lambda y: ((y > 0) & (y < 1)).astype(y.dtype) / 6),
 }
 
 
@@ -41,74 +51,88 @@ _ACTIVATIONS = {
 # One cell step: the only place where the cell math lives in this backend.
 # ----------------------------------------------------------------------------
 
-def cell_forward(cell, xp_t, h, c, w_hh, b_hh):
+def cell_forward(cell, xp_t, h, c, w_hh, b_hh, peep=None):
     """One step for a batch. Returns ``(h_new, c_new, gates, aux)``.
 
     ``gates`` are the post-activation gate values (rnn: ``h_new``; lstm: i,f,g,o;
     gru: r,z,n); ``aux`` is what GRU's backward needs besides them (``gh_n`` when
     ``reset_after`` else ``r * h``); ``c_new`` and ``aux`` are None where unused.
+    ``peep`` (3, H): the peephole LSTM's weights p_i, p_f, p_o.
     """
     H = h.shape[1]
+    act, _ = _ACTIVATIONS[cell.activation]
     if cell.kind == "rnn":
-        act, _ = _ACTIVATIONS[cell.activation]
         h_new = act(xp_t + h @ w_hh.T + b_hh)
         return h_new, None, h_new, None
+    ract, _ = _ACTIVATIONS[cell.recurrent_activation]
     if cell.kind == "lstm":
         a = xp_t + h @ w_hh.T + b_hh
-        i, f, o = _sigmoid(a[:, :H]), _sigmoid(a[:, H:2 * H]), _sigmoid(a[:, 3 * H:])
-        g = np.tanh(a[:, 2 * H:3 * H])
+        a_i, a_f, a_o = a[:, :H], a[:, H:2 * H], a[:, 3 * H:]
+        if peep is not None:
+            a_i, a_f = a_i + peep[0] * c, a_f + peep[1] * c
+        i, f, g = ract(a_i), ract(a_f), act(a[:, 2 * H:3 * H])
         c_new = f * c + i * g
-        h_new = o * np.tanh(c_new)
+        if peep is not None:
+            a_o = a_o + peep[2] * c_new
+        o = ract(a_o)
+        h_new = o * act(c_new)
         return h_new, c_new, np.concatenate([i, f, g, o], axis=1), None
     # gru
     if cell.reset_after:
         gh = h @ w_hh.T + b_hh
-        rz = _sigmoid(xp_t[:, :2 * H] + gh[:, :2 * H])
+        rz = ract(xp_t[:, :2 * H] + gh[:, :2 * H])
         r, z = rz[:, :H], rz[:, H:]
         aux = gh[:, 2 * H:]
-        n = np.tanh(xp_t[:, 2 * H:] + r * aux)
+        n = act(xp_t[:, 2 * H:] + r * aux)
     else:
-        rz = _sigmoid(xp_t[:, :2 * H] + h @ w_hh[:2 * H].T + b_hh[:2 * H])
+        rz = ract(xp_t[:, :2 * H] + h @ w_hh[:2 * H].T + b_hh[:2 * H])
         r, z = rz[:, :H], rz[:, H:]
         aux = r * h
-        n = np.tanh(xp_t[:, 2 * H:] + aux @ w_hh[2 * H:].T + b_hh[2 * H:])
+        n = act(xp_t[:, 2 * H:] + aux @ w_hh[2 * H:].T + b_hh[2 * H:])
     h_new = (1.0 - z) * n + z * h
     return h_new, None, np.concatenate([r, z, n], axis=1), aux
 
 
-def cell_backward(cell, dh, dc, h, c, c_new, gates, aux, w_hh):
+def cell_backward(cell, dh, dc, h, c, c_new, gates, aux, w_hh, peep=None):
     """Backward of one step given the gradient on its outputs.
 
     Returns ``(dxp, dgh, dh_prev, dc_prev)``: gradients on the projected input,
     on the recurrent pre-activation ``gh`` (whose outer product with the
     recurrent input gives ``dW_hh``), on the previous hidden and cell state.
+    The peephole weights' gradients follow from ``dgh`` and the cell states
+    (see :func:`backward`).
     """
     H = h.shape[1]
+    act, dact = _ACTIVATIONS[cell.activation]
     if cell.kind == "rnn":
-        _, dact = _ACTIVATIONS[cell.activation]
         da = dh * dact(gates)
         return da, da, da @ w_hh, None
+    _, dract = _ACTIVATIONS[cell.recurrent_activation]
     if cell.kind == "lstm":
         i, f, g, o = (gates[:, k * H:(k + 1) * H] for k in range(4))
-        tc = np.tanh(c_new)
-        dc = dc + dh * o * (1.0 - tc * tc)
-        da = np.concatenate([dc * g * i * (1.0 - i),
-                             dc * c * f * (1.0 - f),
-                             dc * i * (1.0 - g * g),
-                             dh * tc * o * (1.0 - o)], axis=1)
-        return da, da, da @ w_hh, dc * f
+        tc = act(c_new)
+        do = dh * tc * dract(o)
+        dc = dc + dh * o * dact(tc)
+        if peep is not None:
+            dc = dc + do * peep[2]
+        di, df = dc * g * dract(i), dc * c * dract(f)
+        da = np.concatenate([di, df, dc * i * dact(g), do], axis=1)
+        dc_prev = dc * f
+        if peep is not None:
+            dc_prev = dc_prev + di * peep[0] + df * peep[1]
+        return da, da, da @ w_hh, dc_prev
     # gru
     r, z, n = (gates[:, k * H:(k + 1) * H] for k in range(3))
-    dn_pre = dh * (1.0 - z) * (1.0 - n * n)
-    dz_pre = dh * (h - n) * z * (1.0 - z)
+    dn_pre = dh * (1.0 - z) * dact(n)
+    dz_pre = dh * (h - n) * dract(z)
     dh_prev = dh * z
     if cell.reset_after:
-        dr_pre = dn_pre * aux * r * (1.0 - r)
+        dr_pre = dn_pre * aux * dract(r)
         dgh = np.concatenate([dr_pre, dz_pre, dn_pre * r], axis=1)
         dh_prev = dh_prev + dgh @ w_hh
     else:
         drh = dn_pre @ w_hh[2 * H:]
-        dr_pre = drh * h * r * (1.0 - r)
+        dr_pre = drh * h * dract(r)
         dgh = np.concatenate([dr_pre, dz_pre, dn_pre], axis=1)
         dh_prev = dh_prev + drh * r + dgh[:, :2 * H] @ w_hh[:2 * H]
     dxp = np.concatenate([dr_pre, dz_pre, dn_pre], axis=1)
@@ -119,13 +143,13 @@ def cell_backward(cell, dh, dc, h, c, c_new, gates, aux, w_hh):
 # The kernel contract.
 # ----------------------------------------------------------------------------
 
-def step(cell, xp_t, w_hh, b_hh, h, c=None):
+def step(cell, xp_t, w_hh, b_hh, h, c=None, peep=None):
     """Single step used by generation. Returns ``(h_new, c_new)``."""
-    h_new, c_new, _, _ = cell_forward(cell, xp_t, h, c, w_hh, b_hh)
+    h_new, c_new, _, _ = cell_forward(cell, xp_t, h, c, w_hh, b_hh, peep)
     return h_new, c_new
 
 
-def forward(cell, xp, w_hh, b_hh, h0, c0=None, mask=None, keep_cache=False):
+def forward(cell, xp, w_hh, b_hh, h0, c0=None, mask=None, keep_cache=False, peep=None):
     """Run the cell over ``T`` steps.
 
     Parameters
@@ -137,6 +161,8 @@ def forward(cell, xp, w_hh, b_hh, h0, c0=None, mask=None, keep_cache=False):
     mask : (T, N) bool or None (all steps valid)
     keep_cache : bool
         Return what ``backward`` needs; inference passes False and keeps nothing.
+    peep : (3, H) or None
+        Peephole weights (p_i, p_f, p_o) of a peephole LSTM; None otherwise.
 
     Returns
     -------
@@ -160,7 +186,7 @@ def forward(cell, xp, w_hh, b_hh, h0, c0=None, mask=None, keep_cache=False):
         if cell.kind == "gru":
             cache["aux"] = np.zeros((T, N, H), xp.dtype)
     for t in range(T):
-        h_new, c_new, gates, aux = cell_forward(cell, xp[t], h, c, w_hh, b_hh)
+        h_new, c_new, gates, aux = cell_forward(cell, xp[t], h, c, w_hh, b_hh, peep)
         if mask is not None:
             m = mask[t][:, None]
             h_new = np.where(m, h_new, h)
@@ -179,7 +205,7 @@ def forward(cell, xp, w_hh, b_hh, h0, c0=None, mask=None, keep_cache=False):
     return h_seq, h, c, (cache if keep_cache else None)
 
 
-def _sweep(cell, cache, w_hh, mask, t0, dh, dc, dh_seq, budget, dxp, dgh):
+def _sweep(cell, cache, w_hh, mask, t0, dh, dc, dh_seq, budget, dxp, dgh, peep=None):
     """Backpropagate from step ``t0`` down to step 0 (or until ``budget`` runs out).
 
     Adds into ``dxp``/``dgh``; adds ``dh_seq[t]`` at every valid step when given
@@ -199,7 +225,7 @@ def _sweep(cell, cache, w_hh, mask, t0, dh, dc, dh_seq, budget, dxp, dgh):
         c_new = cache["c"][t + 1] if cell.has_cell_state else None
         aux = cache["aux"][t] if cell.kind == "gru" else None
         dxp_t, dgh_t, dh_prev, dc_prev = cell_backward(
-            cell, dh, dc, h, c, c_new, cache["gates"][t], aux, w_hh)
+            cell, dh, dc, h, c, c_new, cache["gates"][t], aux, w_hh, peep)
         dxp[t] += np.where(m, dxp_t, 0)
         dgh[t] += np.where(m, dgh_t, 0)
         dh = np.where(m, dh_prev, dh)
@@ -215,7 +241,8 @@ def _sweep(cell, cache, w_hh, mask, t0, dh, dc, dh_seq, budget, dxp, dgh):
     return dh, dc
 
 
-def backward(cell, cache, w_hh, mask=None, dh_seq=None, dh_T=None, dc_T=None, truncate=None):
+def backward(cell, cache, w_hh, mask=None, dh_seq=None, dh_T=None, dc_T=None, truncate=None,
+             peep=None):
     """Gradients of a scalar loss through ``forward``.
 
     Parameters
@@ -227,11 +254,13 @@ def backward(cell, cache, w_hh, mask=None, dh_seq=None, dh_T=None, dc_T=None, tr
     truncate : int >= 0 or None
         None: full BPTT. k: each gradient source passes through at most k + 1
         valid cells (its own step and k earlier ones).
+    peep : (3, H) or None, the peephole weights given to ``forward``
 
     Returns
     -------
     dxp : (T, N, G*H);  dh0, dc0 : (N, H) (``dc0`` None unless LSTM)
     dw_hh : (G*H, H);  db_hh : (G*H,)
+    dpeep : (3, H), or None without peepholes
     """
     T, N, GH = cache["gates"].shape
     H = GH // cell.n_gates
@@ -245,7 +274,8 @@ def backward(cell, cache, w_hh, mask=None, dh_seq=None, dh_T=None, dc_T=None, tr
     dxp = np.zeros((T, N, GH), dtype)
     dgh = np.zeros((T, N, GH), dtype)
     if truncate is None or truncate >= T:
-        dh0, dc0 = _sweep(cell, cache, w_hh, mask, T - 1, dh_T, dc_T, dh_seq, None, dxp, dgh)
+        dh0, dc0 = _sweep(cell, cache, w_hh, mask, T - 1, dh_T, dc_T, dh_seq, None, dxp,
+                          dgh, peep)
     else:
         dh0 = zeros.copy()
         dc0 = zeros.copy() if dc_T is not None else None
@@ -263,7 +293,7 @@ def backward(cell, cache, w_hh, mask=None, dh_seq=None, dh_T=None, dc_T=None, tr
                 sources.append((t, dh, dc))
         for t, dh, dc in sources:
             budget = np.full(N, truncate + 1, dtype=np.int64)
-            a, b = _sweep(cell, cache, w_hh, mask, t, dh, dc, None, budget, dxp, dgh)
+            a, b = _sweep(cell, cache, w_hh, mask, t, dh, dc, None, budget, dxp, dgh, peep)
             dh0 += a
             if dc0 is not None:
                 dc0 += b
@@ -276,7 +306,14 @@ def backward(cell, cache, w_hh, mask=None, dh_seq=None, dh_T=None, dc_T=None, tr
     else:
         dw_hh = np.einsum("tng,tnh->gh", dgh, h_in)
     db_hh = dgh.sum(axis=(0, 1))
-    return dxp, dh0, dc0, dw_hh.astype(dtype, copy=False), db_hh
+    dpeep = None
+    if peep is not None:
+        # p_i, p_f see c_{t-1}, p_o sees c_t: contractions of the gate gradients.
+        c = cache["c"]
+        dpeep = np.stack([np.einsum("tnh,tnh->h", dgh[:, :, :H], c[:-1]),
+                          np.einsum("tnh,tnh->h", dgh[:, :, H:2 * H], c[:-1]),
+                          np.einsum("tnh,tnh->h", dgh[:, :, 3 * H:], c[1:])]).astype(dtype)
+    return dxp, dh0, dc0, dw_hh.astype(dtype, copy=False), db_hh, dpeep
 
 
 # ----------------------------------------------------------------------------
@@ -320,7 +357,7 @@ def sample_token(logits, banned, temperature, top_k, u):
 
 
 def generate(cell, xp_table, w_ih_rest, b_ih_rest, w_hh, b_hh, w_out, b_out, h, c,
-             start, forced, banned, uniforms, temperature, top_k, end_token):
+             start, forced, banned, uniforms, temperature, top_k, end_token, peep=None):
     """Sample token sequences, feeding each output back as the next input.
 
     A unidirectional stack of ``L`` layers of one cell, topped by a linear
@@ -356,6 +393,8 @@ def generate(cell, xp_table, w_ih_rest, b_ih_rest, w_hh, b_hh, w_out, b_out, h, 
         Pre-drawn by the caller (the kernels hold no random state): sampling is
         reproducible and identical across backends.
     temperature : float > 0;  top_k : int (0 = off);  end_token : int
+    peep : (L, 3, H) or None
+        Peephole weights per layer (peephole LSTM only).
 
     Returns
     -------
@@ -380,8 +419,8 @@ def generate(cell, xp_table, w_ih_rest, b_ih_rest, w_hh, b_hh, w_out, b_out, h, 
         for layer in range(L):
             if layer > 0:
                 inp = h[layer - 1] @ w_ih_rest[layer - 1].T + b_ih_rest[layer - 1]
-            h_new, c_new, _, _ = cell_forward(cell, inp, h[layer], c[layer],
-                                              w_hh[layer], b_hh[layer])
+            h_new, c_new, _, _ = cell_forward(cell, inp, h[layer], c[layer], w_hh[layer],
+                                              b_hh[layer], None if peep is None else peep[layer])
             keep = active[:, None]  # finished rows keep their state
             h[layer] = np.where(keep, h_new, h[layer])
             if c_new is not None:

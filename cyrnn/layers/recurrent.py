@@ -13,7 +13,8 @@ import warnings
 import numpy as np
 
 from .. import _validation as V
-from ..backends import Cell, check_backend_name, get_backend
+from ..backends import check_backend_name, get_backend
+from ..cells import Cell
 from .base import Layer, glorot_uniform, orthogonal
 
 MERGE_MODES = ("concat", "sum", "mul", "ave")
@@ -56,10 +57,13 @@ class RecurrentLayer(Layer):
     params : ParameterBuffer
         PyTorch names and layout: ``weight_ih_l{k}[_reverse]`` (G*H, D_in),
         ``weight_hh_l{k}[_reverse]`` (G*H, H), ``bias_ih_l{k}[_reverse]``,
-        ``bias_hh_l{k}[_reverse]`` (G*H,), gates stacked i,f,g,o (LSTM), r,z,n (GRU).
+        ``bias_hh_l{k}[_reverse]`` (G*H,), gates stacked i,f,g,o (LSTM), r,z,n (GRU);
+        a peephole LSTM adds ``weight_peephole_l{k}[_reverse]`` (3, H), rows p_i, p_f, p_o.
+    cell : cyrnn.cells.Cell
+        The cell (its row of the cell table, activations).
     """
 
-    cell_kind = None  # set by subclasses
+    cell_kind = None  # the cell family (cyrnn.cells.FAMILIES), set by subclasses
 
     def __init__(self, input_size, hidden_size, num_layers=1, *, bidirectional=False,
                  merge_mode="concat", dropout=0.0, batch_first=True, return_sequences=True,
@@ -80,11 +84,28 @@ class RecurrentLayer(Layer):
         self.bptt_truncate = V.check_int(bptt_truncate, "bptt_truncate", minimum=0, allow_none=True)
         self.backend = check_backend_name(backend)
         self.dtype = V.check_dtype(dtype)
-        self.cell = Cell(self.cell_kind, **cell_options)
+        self.cell = self._make_cell(cell_options)
         self._rng = V.check_rng(random_state)
         self._cache = None
         self._build_params()
         self.reset_parameters(self._rng)
+
+    _CELL_OPTIONS = ("activation", "recurrent_activation", "reset_after", "peephole")
+
+    def _make_cell(self, options):
+        """The cell of this layer's family selected by ``options`` (its row of
+        :data:`cyrnn.cells.CELL_TABLE`), with errors naming this class."""
+        name = type(self).__name__
+        for key, value in options.items():
+            if key not in self._CELL_OPTIONS:
+                raise TypeError(f"{name} got an unexpected keyword argument {key!r}")
+            if key in ("activation", "recurrent_activation"):
+                if value is None and key == "activation":
+                    options[key] = value = "linear"  # Keras: None means no activation
+                if not isinstance(value, str):
+                    raise TypeError(f"{name} {key} must be a string, got "
+                                    f"{type(value).__name__}")
+        return Cell(self.cell_kind, **options)
 
     # ------------------------------------------------------------ parameters
     @property
@@ -105,6 +126,12 @@ class RecurrentLayer(Layer):
         sfx = f"_l{layer}" + ("_reverse" if direction else "")
         return (f"weight_ih{sfx}", f"weight_hh{sfx}", f"bias_ih{sfx}", f"bias_hh{sfx}")
 
+    def _peephole_name(self, layer, direction):
+        """The (3, H) peephole weights' name, or None for cells without them."""
+        if not self.cell.n_peepholes:
+            return None
+        return f"weight_peephole_l{layer}" + ("_reverse" if direction else "")
+
     def param_specs(self):
         GH, H = self.cell.n_gates * self.hidden_size, self.hidden_size
         specs = []
@@ -113,13 +140,18 @@ class RecurrentLayer(Layer):
                 w_ih, w_hh, b_ih, b_hh = self._names(layer, d)
                 specs += [(w_ih, (GH, self._layer_input_size(layer))), (w_hh, (GH, H)),
                           (b_ih, (GH,)), (b_hh, (GH,))]
+                peep = self._peephole_name(layer, d)
+                if peep is not None:
+                    specs.append((peep, (self.cell.n_peepholes, H)))
         return specs
 
     def reset_parameters(self, random_state=None, forget_bias=1.0):
-        """Keras defaults: Glorot-uniform ``weight_ih``, orthogonal ``weight_hh`` blocks,
-        zero biases, LSTM forget-gate bias ``forget_bias`` (in ``bias_ih``)."""
+        """The cell table's rule (Keras defaults): Glorot-uniform ``weight_ih``,
+        orthogonal ``weight_hh`` blocks, zero biases, the forget-gate bias
+        ``forget_bias`` (in ``bias_ih``) for cells with a forget gate, zero peepholes."""
         rng = V.check_rng(random_state)
         H, G = self.hidden_size, self.cell.n_gates
+        forget = self.cell.row.forget_gate
         for layer in range(self.num_layers):
             for d in range(self.num_directions):
                 w_ih, w_hh, b_ih, b_hh = self._names(layer, d)
@@ -128,8 +160,11 @@ class RecurrentLayer(Layer):
                 p[w_hh][...] = np.concatenate([orthogonal(rng, H, self.dtype) for _ in range(G)])
                 p[b_ih][...] = 0
                 p[b_hh][...] = 0
-                if self.cell.kind == "lstm":
-                    p[b_ih][H:2 * H] = forget_bias
+                if forget is not None:
+                    p[b_ih][forget * H:(forget + 1) * H] = forget_bias
+                peep = self._peephole_name(layer, d)
+                if peep is not None:
+                    p[peep][...] = 0
 
     # ------------------------------------------------------------ fast lookups
     def __getstate__(self):
@@ -141,9 +176,10 @@ class RecurrentLayer(Layer):
         return get_backend(self.backend)
 
     def _tensor_views(self):
-        """Per (layer, direction): (w_ih, w_hh, b_ih, b_hh) value views and the same
-        four gradient views. Cached while ``params`` keeps its storage (optimizers and
-        ``load_state_dict`` write into it in place; ``rehome`` replaces it)."""
+        """Per (layer, direction): (w_ih, w_hh, b_ih, b_hh, peep) value views and the
+        same five gradient views (``peep`` None without peepholes). Cached while
+        ``params`` keeps its storage (optimizers and ``load_state_dict`` write into it
+        in place; ``rehome`` replaces it)."""
         p = self.params
         cached = self.__dict__.get("_views")
         if cached is not None and cached[0] is p.data and cached[1] is p.grad:
@@ -151,9 +187,9 @@ class RecurrentLayer(Layer):
         views = {}
         for layer in range(self.num_layers):
             for d in range(self.num_directions):
-                names = self._names(layer, d)
-                views[layer, d] = (tuple(p[n] for n in names),
-                                   tuple(p.grad_of(n) for n in names))
+                names = self._names(layer, d) + (self._peephole_name(layer, d),)
+                views[layer, d] = (tuple(None if n is None else p[n] for n in names),
+                                   tuple(None if n is None else p.grad_of(n) for n in names))
         self._views = (p.data, p.grad, views)
         return views
 
@@ -280,7 +316,7 @@ class RecurrentLayer(Layer):
         for layer in range(self.num_layers):
             outs, layer_caches = [], []
             for d in range(self.num_directions):
-                (w_ih, w_hh, b_ih, b_hh), _ = views[layer, d]
+                (w_ih, w_hh, b_ih, b_hh, peep), _ = views[layer, d]
                 k = layer * self.num_directions + d
                 src = inp[::-1] if d else inp
                 m = None if mask_tm is None else (mask_tm[::-1] if d else mask_tm)
@@ -289,7 +325,7 @@ class RecurrentLayer(Layer):
                     m = np.ascontiguousarray(m)
                 h_seq, h_n[k], c_T, kcache = backend.forward(
                     cell, xp, w_hh, b_hh, h0[k], None if c0 is None else c0[k],
-                    m, keep_cache=training)
+                    m, keep_cache=training, peep=peep)
                 if c_n is not None:
                     c_n[k] = c_T
                 outs.append(h_seq[::-1] if d else h_seq)
@@ -385,14 +421,17 @@ class RecurrentLayer(Layer):
             need_dsrc = layer > 0 or input_grad
             for d in range(D):
                 src, m, kcache = layer_caches[d]
-                (w_ih, w_hh, _, _), (g_wih, g_whh, g_bih, g_bhh) = views[layer, d]
+                (w_ih, w_hh, _, _, peep), (g_wih, g_whh, g_bih, g_bhh, g_peep) = views[layer, d]
                 k = layer * D + d
                 dh_seq = d_outs[d]
                 if dh_seq is not None:
                     dh_seq = np.ascontiguousarray(dh_seq[::-1] if d else dh_seq)
-                dxp, dh0[k], dc0_k, dw_hh, db_hh = backend.backward(
+                dxp, dh0[k], dc0_k, dw_hh, db_hh, dpeep = backend.backward(
                     cell, kcache, w_hh, m, dh_seq, np.ascontiguousarray(dh_n[k]),
-                    None if dc0 is None else np.ascontiguousarray(dc_n[k]), self.bptt_truncate)
+                    None if dc0 is None else np.ascontiguousarray(dc_n[k]), self.bptt_truncate,
+                    peep=peep)
+                if g_peep is not None:
+                    g_peep += dpeep
                 if dc0 is not None:
                     dc0[k] = dc0_k
                 GH = dxp.shape[-1]
@@ -441,12 +480,12 @@ class RecurrentLayer(Layer):
         h, c = state if self.cell.has_cell_state else (state, None)
         h_new, c_new = np.empty_like(h), (np.empty_like(c) if c is not None else None)
         inp = np.ascontiguousarray(x_t, dtype=self.dtype)
-        p = self.params
+        views = self._tensor_views()
         for layer in range(self.num_layers):
-            w_ih, w_hh, b_ih, b_hh = (p[n] for n in self._names(layer, 0))
+            (w_ih, w_hh, b_ih, b_hh, peep), _ = views[layer, 0]
             xp = inp @ w_ih.T + b_ih
             h_new[layer], c_l = backend.step(self.cell, xp, w_hh, b_hh, h[layer],
-                                             None if c is None else c[layer])
+                                             None if c is None else c[layer], peep=peep)
             if c_new is not None:
                 c_new[layer] = c_l
             inp = h_new[layer]
@@ -478,7 +517,7 @@ def project(x_tm, w_ih, b_ih, matmul=None):
 class SimpleRNN(RecurrentLayer):
     """Elman RNN: ``h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)``.
 
-    Takes ``activation`` ('tanh' default, 'relu', 'sigmoid') besides the
+    Takes ``activation`` ('tanh' default, 'relu', 'sigmoid', 'linear') besides the
     :class:`RecurrentLayer` parameters.
     """
 
@@ -489,17 +528,36 @@ class SimpleRNN(RecurrentLayer):
 
 
 class LSTM(RecurrentLayer):
-    """Long short-term memory, PyTorch gate order i, f, g, o.
+    """Long short-term memory, PyTorch gate order i, f, g, o; state ``(h, c)``.
 
-    ``forget_bias`` (default 1.0, Keras's ``unit_forget_bias``) initialises the
-    forget-gate bias; state is ``(h, c)``.
+    Parameters (besides those of :class:`RecurrentLayer`)
+    ----------
+    forget_bias : float, default 1.0
+        Initial forget-gate bias (Keras's ``unit_forget_bias``).
+    peephole : bool, default False
+        Peephole connections (Gers & Schmidhuber): ``i = sig(a_i + p_i c_{t-1})``,
+        ``f = sig(a_f + p_f c_{t-1})``, ``o = sig(a_o + p_o c_t)``, with per-layer and
+        direction weights ``weight_peephole_l{k}`` (3, H), rows p_i, p_f, p_o,
+        initialised to zero. ONNX's ``P`` input holds the same vectors in the order
+        i, o, f. PyTorch has no peephole LSTM (``to_torch_state_dict`` refuses it).
+    activation : {'tanh', 'relu', 'sigmoid', 'linear'}, default 'tanh'
+        The candidate ``g`` and the output ``act(c_t)`` nonlinearity (Keras's).
+    recurrent_activation : {'sigmoid', 'hard_sigmoid'}, default 'sigmoid'
+        The gates' nonlinearity; hard_sigmoid is Keras 3's ``clip(x/6 + 1/2, 0, 1)``.
     """
 
     cell_kind = "lstm"
 
-    def __init__(self, input_size, hidden_size, num_layers=1, *, forget_bias=1.0, **kwargs):
+    def __init__(self, input_size, hidden_size, num_layers=1, *, forget_bias=1.0,
+                 peephole=False, activation="tanh", recurrent_activation="sigmoid", **kwargs):
         self.forget_bias = V.check_float(forget_bias, "forget_bias")
-        super().__init__(input_size, hidden_size, num_layers, **kwargs)
+        super().__init__(input_size, hidden_size, num_layers, peephole=bool(peephole),
+                         activation=activation, recurrent_activation=recurrent_activation,
+                         **kwargs)
+
+    @property
+    def peephole(self):
+        return self.cell.peephole
 
     def reset_parameters(self, random_state=None, forget_bias=None):
         super().reset_parameters(random_state,
@@ -511,10 +569,14 @@ class GRU(RecurrentLayer):
 
     ``reset_after=True`` (default) is PyTorch/cuDNN's form, ``False`` Cho et al.'s
     original: the reset gate multiplies the state before the recurrent product.
+    ``activation`` (the candidate ``n``; tanh, relu, sigmoid, linear) and
+    ``recurrent_activation`` (the r and z gates; sigmoid, hard_sigmoid) as Keras's.
     """
 
     cell_kind = "gru"
 
-    def __init__(self, input_size, hidden_size, num_layers=1, *, reset_after=True, **kwargs):
+    def __init__(self, input_size, hidden_size, num_layers=1, *, reset_after=True,
+                 activation="tanh", recurrent_activation="sigmoid", **kwargs):
         super().__init__(input_size, hidden_size, num_layers, reset_after=bool(reset_after),
+                         activation=activation, recurrent_activation=recurrent_activation,
                          **kwargs)
