@@ -36,10 +36,12 @@ import sys
 from contextlib import nullcontext
 from pathlib import Path
 
+from .cells import FAMILIES
+
 __all__ = ["main", "cache_dir"]
 
 PROG = "cyrnn"
-CELLS = ("lstm", "gru", "rnn")
+CELLS = FAMILIES  # the cell table's families
 FORMS = ("quatrain", "regulated")
 
 
@@ -116,6 +118,8 @@ def _build_parser():
     model = argparse.ArgumentParser(add_help=False)
     m = model.add_argument_group("model and training")
     m.add_argument("--cell", choices=CELLS, default=None, help="recurrent cell")
+    m.add_argument("--peephole", action="store_true", default=None,
+                   help="LSTM with peephole connections")
     m.add_argument("--hidden", type=_positive_int, default=None, help="hidden units")
     m.add_argument("--layers", type=_positive_int, default=None, help="stacked layers")
     m.add_argument("--embedding", type=_count, default=None,
@@ -216,6 +220,8 @@ def _settings(args, preset):
             s[key] = value
     if args.embedding is not None:
         s["embedding_dim"] = args.embedding or None
+    if args.peephole:
+        s["peephole"] = True
     return s
 
 
@@ -276,7 +282,8 @@ def _cmd_generate(args):
     if lm is None:
         texts = prepare_corpus(corpus, max_samples, max_vocab, random_state=args.train_seed)
         what = "dinosaur names" if corpus == "dinos" else "Tang poems"
-        cell = settings.get("cell", "lstm").upper()
+        cell = settings.get("cell", "lstm").upper() + (" (peephole)" if settings.get("peephole")
+                                                        else "")
         _say(args, f"training an {cell} model on {len(texts):,} {what} "
                    f"({settings.get('max_epochs')} epochs)"
                    + ("" if args.no_cache else "; cached afterwards"))

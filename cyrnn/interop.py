@@ -52,10 +52,15 @@ def to_torch_state_dict(layer):
     if layer.bidirectional and layer.merge_mode != "concat":
         raise ValueError("torch stacks bidirectional layers by concatenation; "
                          f"merge_mode={layer.merge_mode!r} has no torch equivalent")
-    if layer.cell.kind == "rnn" and layer.cell.activation == "sigmoid":
-        raise ValueError("torch.nn.RNN has no sigmoid activation")
-    if layer.cell.kind == "gru" and not layer.cell.reset_after:
-        raise ValueError("torch.nn.GRU implements reset_after=True only")
+    cell = layer.cell
+    if cell.row.torch is None:  # the cell table names each kind's torch module
+        raise ValueError(f"the {cell.name} cell has no torch equivalent")
+    if cell.kind == "rnn" and cell.activation not in ("tanh", "relu"):
+        raise ValueError(f"torch.nn.RNN has no {cell.activation} activation")
+    if cell.kind != "rnn" and not cell.is_default:
+        raise ValueError(f"torch.nn.{type(layer).__name__} computes tanh/sigmoid only, not "
+                         f"activation={cell.activation!r}, "
+                         f"recurrent_activation={cell.recurrent_activation!r}")
     return {name: torch.from_numpy(value) for name, value in layer.params.state_dict().items()}
 
 

@@ -33,7 +33,9 @@ from . import _validation as V
 from . import persistence
 from .backends import check_backend_name, get_backend
 from .backends import numpy_backend as _reference
-from .layers import GRU, LSTM, Dense, Embedding, SimpleRNN
+from . import layers as _layers
+from .cells import CELL_TABLE, FAMILIES
+from .layers import Dense, Embedding
 from .model import Sequential
 from .optim import get_optimizer
 from .training import tbptt, train_step
@@ -44,7 +46,8 @@ __all__ = ["CharLanguageModel", "PAD", "BOS", "EOS", "N_RESERVED", "is_cjk_ideog
 PAD, BOS, EOS = 0, 1, 2
 N_RESERVED = 3
 _RESERVED_NAMES = ("<pad>", "<s>", "</s>")
-_CELLS = {"lstm": LSTM, "gru": GRU, "rnn": SimpleRNN}
+# The layer class of each cell family, from the cell table.
+_CELLS = {row.family: getattr(_layers, row.layer) for row in CELL_TABLE}
 _OPTIMIZERS = ("adam", "rmsprop", "sgd")
 POEM_FORMS = {"quatrain": 4, "regulated": 8}
 COMMA, PERIOD = "，", "。"
@@ -164,6 +167,7 @@ class CharLanguageModel:
     Parameters
     ----------
     cell : {'lstm', 'gru', 'rnn'}, default 'lstm'
+        The cell family (:data:`cyrnn.cells.FAMILIES`).
     hidden_size : int, default 64
     num_layers : int, default 1
     embedding_dim : int or None, default 32
@@ -194,6 +198,8 @@ class CharLanguageModel:
         ``random_state`` of their own.
     verbose : bool, default False
         A tqdm progress bar on stderr while training.
+    peephole : bool, default False
+        LSTM only: peephole connections (see :class:`cyrnn.LSTM`).
 
     Attributes
     ----------
@@ -215,12 +221,12 @@ class CharLanguageModel:
 
     _param_names = ("cell", "hidden_size", "num_layers", "embedding_dim", "dropout",
                     "optimizer", "learning_rate", "batch_size", "max_epochs", "clip_norm",
-                    "bptt", "backend", "dtype", "random_state", "verbose")
+                    "bptt", "backend", "dtype", "random_state", "verbose", "peephole")
 
     def __init__(self, cell="lstm", hidden_size=64, num_layers=1, embedding_dim=32,
                  dropout=0.0, optimizer="adam", learning_rate=0.005, batch_size=32,
                  max_epochs=20, clip_norm=5.0, bptt=100, backend="auto", dtype=np.float32,
-                 random_state=None, verbose=False):
+                 random_state=None, verbose=False, peephole=False):
         self.cell = cell
         self.hidden_size = hidden_size
         self.num_layers = num_layers
@@ -236,6 +242,7 @@ class CharLanguageModel:
         self.dtype = dtype
         self.random_state = random_state
         self.verbose = verbose
+        self.peephole = peephole
         self._check_params()
 
     # ------------------------------------------------------------------ params
@@ -254,7 +261,11 @@ class CharLanguageModel:
         return f"CharLanguageModel({', '.join(changed)})"
 
     def _check_params(self):
-        V.check_choice(self.cell, "cell", tuple(_CELLS))
+        V.check_choice(self.cell, "cell", FAMILIES)
+        if not isinstance(self.peephole, (bool, np.bool_)):
+            raise TypeError(f"peephole must be a bool, got {type(self.peephole).__name__}")
+        if self.peephole and self.cell != "lstm":
+            raise ValueError(f"peephole=True needs cell='lstm', got cell={self.cell!r}")
         V.check_int(self.hidden_size, "hidden_size", minimum=1)
         V.check_int(self.num_layers, "num_layers", minimum=1)
         V.check_int(self.embedding_dim, "embedding_dim", minimum=1, allow_none=True)
@@ -318,9 +329,10 @@ class CharLanguageModel:
             emb = _OneHotEmbedding(Vsz, dtype=dtype)
         else:
             emb = Embedding(Vsz, self.embedding_dim, dtype=dtype, random_state=rng)
+        options = {"peephole": True} if self.peephole else {}
         rnn = _CELLS[self.cell](emb.output_size, self.hidden_size, self.num_layers,
                                 dropout=self.dropout, return_sequences=True, return_state=True,
-                                backend=self.backend, dtype=dtype, random_state=rng)
+                                backend=self.backend, dtype=dtype, random_state=rng, **options)
         dense = Dense(self.hidden_size, Vsz, dtype=dtype, random_state=rng)
         return Sequential([emb, rnn, dense])
 
@@ -581,8 +593,11 @@ class CharLanguageModel:
             b_ih_rest[layer - 1] = p[f"bias_ih_l{layer}"]
         w_hh = np.stack([p[f"weight_hh_l{layer}"] for layer in range(L)])
         b_hh = np.stack([p[f"bias_hh_l{layer}"] for layer in range(L)])
+        peep = None
+        if rnn.cell.n_peepholes:
+            peep = np.stack([p[rnn._peephole_name(layer, 0)] for layer in range(L)])
         return dict(xp_table=np.ascontiguousarray(xp_table, dt), w_ih_rest=w_ih_rest,
-                    b_ih_rest=b_ih_rest, w_hh=w_hh, b_hh=b_hh,
+                    b_ih_rest=b_ih_rest, w_hh=w_hh, b_hh=b_hh, peep=peep,
                     w_out=np.ascontiguousarray(dense.params["weight"]),
                     b_out=np.ascontiguousarray(dense.params["bias"]))
 
@@ -785,7 +800,7 @@ class CharLanguageModel:
         """A dict describing the fitted model (for ``cyrnn info``)."""
         self._require_fitted()
         rnn = self.model_.layers[1]
-        return {"cell": self.cell, "hidden_size": self.hidden_size,
+        return {"cell": rnn.cell.name, "hidden_size": self.hidden_size,
                 "num_layers": self.num_layers,
                 "input": "one-hot" if self.embedding_dim is None
                 else f"embedding ({self.embedding_dim})",

@@ -25,6 +25,7 @@
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 import numbers
 import os
@@ -44,8 +45,9 @@ from sklearn.utils.validation import _check_sample_weight, check_array, check_is
 from .. import _validation as V
 from .. import persistence
 from ..backends import BACKENDS, get_backend
-from ..backends._cell import N_GATES
-from ..layers import GRU, LSTM, Dense, Embedding, SimpleRNN
+from .. import layers as _layers
+from ..cells import ACTIVATIONS, CELL_TABLE, resolve
+from ..layers import Dense, Embedding
 from ..losses import get_loss
 from ..model import Sequential
 from ..optim import get_optimizer
@@ -54,7 +56,8 @@ from ..training import train_step
 __all__ = ["BaseSequenceModel", "SequenceData", "check_sequences", "check_fitted_input",
            "input_spec", "check_n_samples"]
 
-_CELLS = {"rnn": SimpleRNN, "lstm": LSTM, "gru": GRU}
+# The layer class of each cell family, from the cell table.
+_CELLS = {row.family: getattr(_layers, row.layer) for row in CELL_TABLE}
 _BUCKET_POOL = 50        # training batches are drawn from pools of this many batches
 _PREDICT_BATCH = 256     # at most this many rows per forward call at inference
 # Parameters that fix the shapes (or meaning) of the learned parameters: a warm
@@ -385,15 +388,16 @@ def _positive_int(value):
 def _n_params(spec):
     """Size of the parameter vector of ``spec``'s model, computed without building it
     (Python integers: no overflow, no allocation)."""
-    G, H, L = N_GATES[spec["cell"]], spec["hidden_size"], spec["num_layers"]
+    row = resolve(spec["cell"], **spec["cell_options"])
+    G, H, L = row.n_gates, spec["hidden_size"], spec["num_layers"]
     D = 2 if spec["bidirectional"] else 1
     if spec["vocab_size"] is not None:
         n, x = spec["vocab_size"] * spec["embedding_dim"], spec["embedding_dim"]
     else:
         n, x = 0, spec["input"]["step_features"]
 
-    def per_layer(x_in):  # per direction: W_ih, W_hh and two biases
-        return D * G * H * (x_in + H + 2)
+    def per_layer(x_in):  # per direction: W_ih, W_hh, two biases and the peepholes
+        return D * (G * H * (x_in + H + 2) + row.n_peepholes * H)
 
     n += per_layer(x) + (L - 1) * per_layer(D * H)
     return n + spec["n_outputs"] * (D * H + 1)  # Dense
@@ -542,8 +546,13 @@ best_validation_score_, n_iter_
         return None
 
     # ------------------------------------------------------------------ config
+    # The cell options a concrete estimator exposes as parameters (keywords of its
+    # family's layer class; their constraints derive from the cell table).
+    _cell_params = ()
+
     def _cell_options(self):
-        return {}
+        return {k: (bool(v) if isinstance(v, (bool, np.bool_)) else v)
+                for k, v in ((k, getattr(self, k)) for k in self._cell_params)}
 
     def _config(self):
         """Checks beyond ``_parameter_constraints``; returns the run configuration."""
@@ -977,8 +986,11 @@ or list of arrays of shape (n_steps_i, n_features) or (n_steps_i,)
             raise ValueError("the model spec does not have the expected keys")
         options = spec["cell_options"]
         if spec["cell"] != self._cell or not isinstance(options, dict) \
-                or set(options) != set(self._cell_options()):
+                or not set(options) <= set(self._cell_params):
             raise ValueError(f"the model spec is not a {type(self).__name__}'s")
+        # options added since the file was written take their defaults
+        defaults = inspect.signature(type(self)).parameters
+        options.update({k: defaults[k].default for k in self._cell_params if k not in options})
         arch = {k: spec[k] for k in ("hidden_size", "num_layers", "bidirectional",
                                      "return_sequences", "vocab_size", "embedding_dim")}
         validate_parameter_constraints(
@@ -1201,18 +1213,42 @@ _INPUT_DOC = """\
     other lengths than in fit.
 """
 
-_CELL_DOCS = {
-    "rnn": """\
-    activation : {'tanh', 'relu', 'sigmoid'}, default='tanh'
+def _choices(names):
+    return "{" + ", ".join(repr(n) for n in names) + "}"
+
+
+_CELL_DOCS = {  # the cell parameters of each family, from the cell table
+    "rnn": f"""\
+    activation : {_choices(resolve("rnn").activations)}, default='tanh'
         Nonlinearity of the Elman cell.
 """,
-    "lstm": "",
+    "lstm": """\
+    peephole : bool, default=False
+        Peephole connections: the input and forget gates see ``c_{t-1}``, the
+        output gate ``c_t`` (weights ``weight_peephole_l{k}``, zero-initialised).
+""",
     "gru": """\
     reset_after : bool, default=True
         True: PyTorch/cuDNN's GRU (reset gate applied after the recurrent
         product); False: Cho et al.'s original.
 """,
 }
+
+
+def cell_constraints(family, params):
+    """scikit-learn parameter constraints for the cell options ``params`` of
+    ``family``, from the cell table."""
+    rows = [row for row in CELL_TABLE if row.family == family]
+    out = {}
+    for name in params:
+        if name == "activation":
+            out[name] = [StrOptions(set(rows[0].activations))]
+        elif name == "recurrent_activation":
+            out[name] = [StrOptions(set(rows[0].recurrent_activations))]
+        else:
+            out[name] = ["boolean"]
+    assert all(a in ACTIVATIONS for r in rows for a in r.activations)
+    return out
 
 
 def compose_doc(summary, cell, *, task_params, score, task_attrs, notes, example):

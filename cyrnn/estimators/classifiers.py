@@ -15,7 +15,8 @@ from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.multiclass import check_classification_targets, unique_labels
 from sklearn.utils.validation import check_array, check_is_fitted
 
-from .base import BaseSequenceModel, check_n_samples, check_per_step_targets, compose_doc
+from .base import (BaseSequenceModel, cell_constraints, check_n_samples, check_per_step_targets,
+                   compose_doc)
 
 __all__ = ["BaseSequenceClassifier", "LSTMClassifier", "GRUClassifier", "SimpleRNNClassifier"]
 
@@ -330,9 +331,12 @@ def _example(cls):
 
 class LSTMClassifier(BaseSequenceClassifier):
     _cell = "lstm"
+    _cell_params = ("peephole",)
+    _parameter_constraints = {**BaseSequenceClassifier._parameter_constraints,
+                              **cell_constraints(_cell, _cell_params)}
 
     def __init__(self, *, hidden_size=32, num_layers=1, bidirectional=False, dropout=0.0,
-                 vocab_size=None, embedding_dim=None, return_sequences=False,
+                 peephole=False, vocab_size=None, embedding_dim=None, return_sequences=False,
                  optimizer="rmsprop", learning_rate=1e-3, batch_size=32, max_iter=100,
                  shuffle=True, random_state=None, tol=1e-4, n_iter_no_change=10,
                  early_stopping=False, validation_fraction=0.1, clip_norm=None,
@@ -342,6 +346,7 @@ class LSTMClassifier(BaseSequenceClassifier):
         self.num_layers = num_layers
         self.bidirectional = bidirectional
         self.dropout = dropout
+        self.peephole = peephole
         self.vocab_size = vocab_size
         self.embedding_dim = embedding_dim
         self.return_sequences = return_sequences
@@ -368,8 +373,9 @@ class LSTMClassifier(BaseSequenceClassifier):
 
 class GRUClassifier(BaseSequenceClassifier):
     _cell = "gru"
+    _cell_params = ("reset_after",)
     _parameter_constraints = {**BaseSequenceClassifier._parameter_constraints,
-                              "reset_after": ["boolean"]}
+                              **cell_constraints(_cell, _cell_params)}
 
     def __init__(self, *, hidden_size=32, num_layers=1, bidirectional=False, dropout=0.0,
                  reset_after=True, vocab_size=None, embedding_dim=None,
@@ -406,14 +412,12 @@ class GRUClassifier(BaseSequenceClassifier):
         self.warm_start = warm_start
         self.dtype = dtype
 
-    def _cell_options(self):
-        return {"reset_after": bool(self.reset_after)}
-
 
 class SimpleRNNClassifier(BaseSequenceClassifier):
     _cell = "rnn"
+    _cell_params = ("activation",)
     _parameter_constraints = {**BaseSequenceClassifier._parameter_constraints,
-                              "activation": [StrOptions({"tanh", "relu", "sigmoid"})]}
+                              **cell_constraints(_cell, _cell_params)}
 
     def __init__(self, *, hidden_size=32, num_layers=1, bidirectional=False, dropout=0.0,
                  activation="tanh", vocab_size=None, embedding_dim=None,
@@ -449,9 +453,6 @@ class SimpleRNNClassifier(BaseSequenceClassifier):
         self.verbose = verbose
         self.warm_start = warm_start
         self.dtype = dtype
-
-    def _cell_options(self):
-        return {"activation": self.activation}
 
 
 for _cls, _cell, _summary in [

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 from sklearn.base import RegressorMixin, _fit_context
 from sklearn.metrics import r2_score
-from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.validation import check_array, check_is_fitted
 
 from .. import _validation as V
-from .base import BaseSequenceModel, check_n_samples, check_per_step_targets, compose_doc
+from .base import (BaseSequenceModel, cell_constraints, check_n_samples, check_per_step_targets,
+                   compose_doc)
 
 __all__ = ["BaseSequenceRegressor", "LSTMRegressor", "GRURegressor", "SimpleRNNRegressor"]
 
@@ -187,9 +187,12 @@ def _example(cls):
 
 class LSTMRegressor(BaseSequenceRegressor):
     _cell = "lstm"
+    _cell_params = ("peephole",)
+    _parameter_constraints = {**BaseSequenceRegressor._parameter_constraints,
+                              **cell_constraints(_cell, _cell_params)}
 
     def __init__(self, *, hidden_size=32, num_layers=1, bidirectional=False, dropout=0.0,
-                 vocab_size=None, embedding_dim=None, return_sequences=False,
+                 peephole=False, vocab_size=None, embedding_dim=None, return_sequences=False,
                  optimizer="rmsprop", learning_rate=1e-3, batch_size=32, max_iter=100,
                  shuffle=True, random_state=None, tol=1e-4, n_iter_no_change=10,
                  early_stopping=False, validation_fraction=0.1, clip_norm=None,
@@ -199,6 +202,7 @@ class LSTMRegressor(BaseSequenceRegressor):
         self.num_layers = num_layers
         self.bidirectional = bidirectional
         self.dropout = dropout
+        self.peephole = peephole
         self.vocab_size = vocab_size
         self.embedding_dim = embedding_dim
         self.return_sequences = return_sequences
@@ -224,8 +228,9 @@ class LSTMRegressor(BaseSequenceRegressor):
 
 class GRURegressor(BaseSequenceRegressor):
     _cell = "gru"
+    _cell_params = ("reset_after",)
     _parameter_constraints = {**BaseSequenceRegressor._parameter_constraints,
-                              "reset_after": ["boolean"]}
+                              **cell_constraints(_cell, _cell_params)}
 
     def __init__(self, *, hidden_size=32, num_layers=1, bidirectional=False, dropout=0.0,
                  reset_after=True, vocab_size=None, embedding_dim=None,
@@ -261,14 +266,12 @@ class GRURegressor(BaseSequenceRegressor):
         self.warm_start = warm_start
         self.dtype = dtype
 
-    def _cell_options(self):
-        return {"reset_after": bool(self.reset_after)}
-
 
 class SimpleRNNRegressor(BaseSequenceRegressor):
     _cell = "rnn"
+    _cell_params = ("activation",)
     _parameter_constraints = {**BaseSequenceRegressor._parameter_constraints,
-                              "activation": [StrOptions({"tanh", "relu", "sigmoid"})]}
+                              **cell_constraints(_cell, _cell_params)}
 
     def __init__(self, *, hidden_size=32, num_layers=1, bidirectional=False, dropout=0.0,
                  activation="tanh", vocab_size=None, embedding_dim=None,
@@ -303,9 +306,6 @@ class SimpleRNNRegressor(BaseSequenceRegressor):
         self.verbose = verbose
         self.warm_start = warm_start
         self.dtype = dtype
-
-    def _cell_options(self):
-        return {"activation": self.activation}
 
 
 for _cls, _cell, _summary in [

@@ -14,7 +14,7 @@ import numpy as np
 
 from .. import _validation as V
 from ..backends import check_backend_name, get_backend
-from ..cells import Cell
+from ..cells import Cell, kinds_of
 from .base import Layer, glorot_uniform, orthogonal
 
 MERGE_MODES = ("concat", "sum", "mul", "ave")
@@ -90,14 +90,16 @@ class RecurrentLayer(Layer):
         self._build_params()
         self.reset_parameters(self._rng)
 
-    _CELL_OPTIONS = ("activation", "recurrent_activation", "reset_after", "peephole")
-
     def _make_cell(self, options):
         """The cell of this layer's family selected by ``options`` (its row of
         :data:`cyrnn.cells.CELL_TABLE`), with errors naming this class."""
         name = type(self).__name__
+        rows = kinds_of(self.cell_kind)
+        allowed = set().union(*(row.options for row in rows)) | {"activation"}
+        if rows[0].recurrent_activation is not None:
+            allowed.add("recurrent_activation")
         for key, value in options.items():
-            if key not in self._CELL_OPTIONS:
+            if key not in allowed:
                 raise TypeError(f"{name} got an unexpected keyword argument {key!r}")
             if key in ("activation", "recurrent_activation"):
                 if value is None and key == "activation":

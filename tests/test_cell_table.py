@@ -1,0 +1,145 @@
+"""The cell table (``cyrnn/cells.py``) and what derives from it: layer options and
+their errors, estimator and language-model parameters, the CLI's choices, the
+peephole LSTM through every public entry point, and Keras's activations."""
+
+import inspect
+
+import numpy as np
+import pytest
+
+import cyrnn
+from cyrnn import cells, cli, persistence
+from cyrnn.backends import spec
+from cyrnn.language_model import CharLanguageModel
+
+NAMES = ["Ada", "Alan", "Grace", "Edsger", "Barbara", "Donald", "John", "Ken", "Dennis"]
+
+
+def test_table_is_consistent():
+    assert [row.code for row in cells.CELL_TABLE] == list(range(cells.N_CELLS))
+    assert [a.code for a in cells.ACTIVATION_TABLE] == list(range(cells.N_ACTIVATIONS))
+    for row in cells.CELL_TABLE:
+        assert hasattr(cyrnn, row.layer), row
+        cell = cells.Cell(row.name)
+        assert cell.row is row and cell.code == row.code and cell.is_default
+        assert set(row.activations) <= set(cells.ACTIVATIONS)
+        assert set(row.recurrent_activations) <= set(cells.ACTIVATIONS)
+        assert cells.resolve(row.family, **row.options) is row
+        layer = getattr(cyrnn, row.layer)(2, 3, **row.options)
+        assert layer.cell.row is row
+        assert len(layer.params.names) == 4 + bool(row.peepholes)
+    assert cells.FAMILIES == ("rnn", "lstm", "gru")
+
+
+def test_spec_constants_are_defined_once():
+    consts = spec.constants()
+    assert consts["SPEC_VERSION"] == 2 and consts["SPEC_WIDTH"] >= consts["RNN_SEQ"] + 1
+    model = cyrnn.Sequential([cyrnn.LSTM(3, 4, peephole=True, activation="relu",
+                                         recurrent_activation="hard_sigmoid"),
+                              cyrnn.Dense(4, 2)])
+    s = model.inference_spec()
+    rec = s[spec.SPEC_HEADER:spec.SPEC_HEADER + spec.SPEC_WIDTH]
+    assert rec[0] == spec.OP_RNN
+    assert (rec[spec.RNN_CELL], rec[spec.RNN_ACT], rec[spec.RNN_RACT]) == (
+        cells.CELL_CODES["lstm_peephole"], cells.ACT_RELU, cells.ACT_HARD_SIGMOID)
+    assert rec[spec.RNN_PEEP] == model.params.offsets["0.weight_peephole_l0"]
+
+
+@pytest.mark.parametrize("cls,kwargs,error,match", [
+    (cyrnn.LSTM, dict(foo=1), TypeError, "LSTM got an unexpected keyword argument 'foo'"),
+    (cyrnn.GRU, dict(peephole=True), TypeError, "GRU got an unexpected keyword"),
+    (cyrnn.SimpleRNN, dict(reset_after=False), TypeError, "SimpleRNN got an unexpected"),
+    (cyrnn.LSTM, dict(activation="elu"), ValueError, "LSTM activation must be one of"),
+    (cyrnn.GRU, dict(recurrent_activation="tanh"), ValueError,
+     "GRU recurrent_activation must be one of"),
+    (cyrnn.SimpleRNN, dict(recurrent_activation="sigmoid"), TypeError, "unexpected keyword"),
+    (cyrnn.LSTM, dict(activation=3), TypeError, "activation must be a string"),
+])
+def test_layer_option_errors(cls, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        cls(2, 3, **kwargs)
+
+
+def test_activation_is_never_silently_ignored():
+    """The defect this table fixed: LSTM(activation='relu') used to compute tanh."""
+    x = np.random.default_rng(0).normal(size=(2, 5, 3)).astype(np.float32)
+    outs = {}
+    for act in cells.Cell("lstm").row.activations:
+        layer = cyrnn.LSTM(3, 4, activation=act, backend="numpy", random_state=0)
+        outs[act] = layer(x)[0]
+    for a in outs:
+        for b in outs:
+            if a < b:
+                assert np.abs(outs[a] - outs[b]).max() > 1e-3, (a, b)
+    assert cyrnn.GRU(3, 4, activation=None).cell.activation == "linear"  # Keras: None = linear
+
+
+@pytest.mark.parametrize("est_cls", cyrnn.estimators.ESTIMATORS, ids=lambda c: c.__name__)
+def test_estimator_cell_parameters_derive_from_the_table(est_cls):
+    params = inspect.signature(est_cls).parameters
+    family = est_cls._cell
+    rows = cells.kinds_of(family)
+    for name in est_cls._cell_params:
+        assert name in params
+        if name == "activation":
+            assert est_cls._parameter_constraints[name][0].options == set(rows[0].activations)
+        else:
+            assert name in set().union(*(r.options for r in rows))
+    assert "peephole" in params if family == "lstm" else "peephole" not in params
+
+
+@pytest.mark.parametrize("est_cls", [cyrnn.LSTMClassifier, cyrnn.LSTMRegressor],
+                         ids=lambda c: c.__name__)
+def test_peephole_estimators_fit_save_load(est_cls, backend, tmp_path):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, 6, 3))
+    y = (X[:, :, 0].sum(1) > 0).astype(int) if est_cls is cyrnn.LSTMClassifier \
+        else X[:, :, 0].sum(1)
+    est = est_cls(peephole=True, hidden_size=8, max_iter=3, backend=backend,
+                  random_state=0).fit(X, y)
+    assert "0.weight_peephole_l0" in est.model_.params.names
+    assert np.abs(est.model_.params["0.weight_peephole_l0"]).max() > 0  # it trained
+    path = est.save(tmp_path / "m.cyrnn")
+    loaded = cyrnn.load(path)
+    assert loaded.peephole is True
+    np.testing.assert_array_equal(loaded.predict(X), est.predict(X))
+    with pytest.raises(ValueError, match="peephole"):
+        est_cls(peephole="yes").fit(X, y)
+
+
+def test_files_written_before_the_peephole_option_still_load(tmp_path):
+    """An LSTM estimator file from before the table had no cell options at all."""
+    X = np.random.default_rng(0).normal(size=(30, 5, 2))
+    est = cyrnn.LSTMRegressor(hidden_size=4, max_iter=2, backend="numpy",
+                              random_state=0).fit(X, X[:, 0, 0])
+    kind, meta, arrays = persistence.load_archive(est.save(tmp_path / "new.cyrnn"))
+    assert meta["spec"]["cell_options"] == {"peephole": False}
+    meta["spec"]["cell_options"] = {}
+    old = persistence.save_archive(tmp_path / "old.cyrnn", kind, meta, arrays)
+    loaded = cyrnn.load(old)
+    assert loaded.peephole is False
+    np.testing.assert_array_equal(loaded.predict(X), est.predict(X))
+
+
+def test_language_model_peephole(backend, tmp_path):
+    lm = CharLanguageModel(cell="lstm", peephole=True, hidden_size=8, embedding_dim=4,
+                           max_epochs=2, backend=backend, random_state=0).fit(NAMES)
+    assert lm.info()["cell"] == "lstm_peephole"
+    samples = lm.sample(3, prefix="A", random_state=1)
+    assert all(s.startswith("A") for s in samples)
+    # the generate kernel and the model's own forward agree: the reference samples alike
+    lm.backend = "numpy"
+    assert lm.sample(3, prefix="A", random_state=1) == samples
+    lm.backend = backend
+    loaded = cyrnn.load(lm.save(tmp_path / "lm.cyrnn"))
+    assert loaded.peephole is True and loaded.sample(3, random_state=2) == lm.sample(
+        3, random_state=2)
+    with pytest.raises(ValueError, match="peephole=True needs cell='lstm'"):
+        CharLanguageModel(cell="gru", peephole=True)
+
+
+def test_cli_choices_come_from_the_table(capsys):
+    assert cli.CELLS == cells.FAMILIES
+    with pytest.raises(SystemExit):
+        cli.main(["train", "x.txt", "--cell", "peephole"])
+    assert "invalid choice" in capsys.readouterr().err
