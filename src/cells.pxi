@@ -1,158 +1,301 @@
-# Cell math (included by _cython_kernels.pyx).
+# Cell math: the only place it lives in this backend. Included by _cython_kernels.pyx.
+#
+# Two row functions serve every row of the cell table (cyrnn/cells.py), the same
+# pair as in the Numba backend:
+#
+#   cell_fwd(code, act, ract, phase, lo, hi, H, xp, gh, b, peep, hp, cp, hn, cn,
+#            gates, aux)
+#   cell_bwd(code, act, ract, phase, lo, hi, H, valid, dh, dc, hp, cp, cn, gates,
+#            aux, peep, drh, dg, dxp, dhn, dcn)
+#
+# They compute rows lo .. hi-1 of one step. Pointers are to the step's (N, .)
+# blocks: row i of an (N, H) block starts at i*H, of an (N, G*H) block at i*G*H;
+# ``H`` comes after ``hi`` because raw pointers carry no shape (the Numba
+# functions read it from their arrays). ``code``, ``act``, ``ract`` are
+# ``Cell.codes``; ``peep`` is the (3, H) peephole block (p_i, p_f, p_o) or NULL
+# (LSTM rows use it whenever it is given, as the reference does).
+#
+# Forward: given the recurrent product ``gh = h W_hh^T`` (without bias) and the
+# bias ``b = b_hh``, writes the post-activation gates, aux, and the new states
+# hn (and cn). phase -1: the whole step; Cho's GRU runs phase 0 (r, z, and
+# aux = r h, the input of the (r h) W_hn^T product the loop computes into
+# gh's n block) and then phase 1 (n and the new state). Masking is the time
+# loop's business: these functions compute every row.
+#
+# Backward: for rows with valid[i] != 0 writes dg (the gradient on the recurrent
+# pre-activation, whose product with W_hh the loop adds to dh_prev), ADDS the
+# gradient on the projected input into dxp, writes dhn (the part of dh_prev not
+# from dg W_hh) and dcn (dc_prev, peephole terms included). Rows with
+# valid[i] == 0: dg = 0, dhn = dh, dcn = dc. phase 0 runs first; Cho's GRU
+# runs phase 1 after the loop computed drh = dn W_hn (the gradient on r h).
+#
+# The activation codes never branch inside an element loop: array activations
+# take the code once per call, and the element loops of the backward pass call
+# ``_dact`` with the code fixed for the loop. The default cells call the same
+# bodies with constant codes, which the C compiler specialises (the branches
+# vanish and the loops vectorise as before the activations became choices).
 
-# ----------------------------------------------------------------------------
-# Cell math: one forward and one backward row function per cell.
-# Pointers are already offset to the row; gate blocks are H apart.
-# ----------------------------------------------------------------------------
-
-cdef inline void rnn_fwd(int act, const floating* xp, const floating* gh,
-                         const floating* b, floating* hn, floating* gates,
-                         Py_ssize_t H) noexcept nogil:
-    """h' = act(xp + gh + b); the gate value is h' itself."""
-    cdef Py_ssize_t j
-    for j in range(H):
-        gates[j] = xp[j] + gh[j] + b[j]
-    _vactivate(act, gates, H)
-    memcpy(hn, gates, H * sizeof(floating))
-
-
-cdef inline void rnn_bwd(int act, const floating* dh, const floating* gates,
-                         floating* dg, floating* dx, floating* dhn,
-                         Py_ssize_t H) noexcept nogil:
-    """da = dh * act'(y); dxp += da; dgh = da; dh_prev (before GEMM) = 0."""
-    cdef Py_ssize_t j
-    cdef floating d
-    for j in range(H):
-        d = dh[j] * _activate_grad(act, gates[j])
-        dg[j] = d
-        dx[j] += d
-        dhn[j] = 0
-
-
-cdef inline void lstm_fwd(const floating* xp, const floating* gh, const floating* b,
-                          const floating* cp, floating* cn, floating* hn,
-                          floating* gates, Py_ssize_t H) noexcept nogil:
-    """i, f, g, o = sig, sig, tanh, sig of (xp + gh + b); c' = f c + i g;
-    h' = o tanh(c'). Pre-activations go to ``gates`` and are activated in place
-    (vectorised array activations)."""
-    cdef Py_ssize_t j
-    for j in range(4 * H):
-        gates[j] = xp[j] + gh[j] + b[j]
-    _vsigmoid(gates, gates, 2 * H)
-    _vtanh(gates + 2 * H, gates + 2 * H, H)
-    _vsigmoid(gates + 3 * H, gates + 3 * H, H)
-    for j in range(H):
-        cn[j] = gates[H + j] * cp[j] + gates[j] * gates[2 * H + j]
-    _vtanh(hn, cn, H)
-    for j in range(H):
-        hn[j] = gates[3 * H + j] * hn[j]
-
-
-cdef inline void lstm_bwd(const floating* dh, const floating* dc, const floating* cp,
-                          const floating* cn, const floating* gates,
-                          floating* dg, floating* dx, floating* dhn, floating* dcn,
-                          floating* tmp, Py_ssize_t H) noexcept nogil:
-    """Gradients of the four gate pre-activations; dc_prev = dc' f.
-    ``tmp`` (H,) scratch receives tanh(c')."""
-    cdef Py_ssize_t j
-    cdef floating i, f, g, o, tc, dct, di, df, dgg, do
-    _vtanh(tmp, cn, H)
-    for j in range(H):
-        i = gates[j]
-        f = gates[H + j]
-        g = gates[2 * H + j]
-        o = gates[3 * H + j]
-        tc = tmp[j]
-        dct = dc[j] + dh[j] * o * (1 - tc * tc)
-        di = dct * g * i * (1 - i)
-        df = dct * cp[j] * f * (1 - f)
-        dgg = dct * i * (1 - g * g)
-        do = dh[j] * tc * o * (1 - o)
-        dg[j] = di
-        dg[H + j] = df
-        dg[2 * H + j] = dgg
-        dg[3 * H + j] = do
-        dx[j] += di
-        dx[H + j] += df
-        dx[2 * H + j] += dgg
-        dx[3 * H + j] += do
-        dhn[j] = 0
-        dcn[j] = dct * f
-
-
-cdef inline void gru_fwd(bint reset_after, int phase, const floating* xp,
-                         const floating* gh, const floating* b, const floating* hp,
-                         floating* hn, floating* gates, floating* aux,
-                         Py_ssize_t H) noexcept nogil:
-    """GRU step in two phases.
-
-    phase 0: r, z = sig(xp + gh + b) for the r, z blocks; aux = gh_n + b_n
-    (reset_after) or r h (Cho). phase 1: n = tanh(xp_n + r aux) (reset_after) or
-    tanh(xp_n + gh_n + b_n) where gh_n = (r h) W_hn^T (Cho); h' = (1-z) n + z h.
-    reset_after runs both phases in one call (phase -1); Cho needs the GEMM on
-    aux between them.
-    """
-    cdef Py_ssize_t j
-    cdef floating z
-    if phase <= 0:
-        for j in range(2 * H):
-            gates[j] = xp[j] + gh[j] + b[j]
-        _vsigmoid(gates, gates, 2 * H)
-        if reset_after:
-            for j in range(H):
-                aux[j] = gh[2 * H + j] + b[2 * H + j]
-        else:
-            for j in range(H):
-                aux[j] = gates[j] * hp[j]
-    if phase != 0:
-        if reset_after:
-            for j in range(H):
-                gates[2 * H + j] = xp[2 * H + j] + gates[j] * aux[j]
-        else:
-            for j in range(H):
-                gates[2 * H + j] = xp[2 * H + j] + gh[2 * H + j] + b[2 * H + j]
-        _vtanh(gates + 2 * H, gates + 2 * H, H)
-        for j in range(H):
-            z = gates[H + j]
-            hn[j] = (1 - z) * gates[2 * H + j] + z * hp[j]
-
-
-cdef inline void gru_bwd(bint reset_after, int phase, const floating* dh,
-                         const floating* hp, const floating* gates, const floating* aux,
-                         const floating* drh, floating* dg, floating* dx,
-                         floating* dhn, Py_ssize_t H) noexcept nogil:
-    """GRU backward in two phases.
-
-    phase 0: dn = dh (1-z)(1-n^2), dz = dh (h-n) z(1-z), dh_prev = dh z; with
-    reset_after also dr = dn aux r(1-r) and dgh = [dr, dz, dn r]. Cho: dgh =
-    [., dz, dn]; then (after drh = dn W_hn) phase 1: dr = drh h r(1-r),
-    dh_prev += drh r. dxp = [dr, dz, dn] in both variants.
-    """
-    cdef Py_ssize_t j
-    cdef floating r, z, n, dn, dz, dr
-    if phase == 0:
-        for j in range(H):
-            r = gates[j]
-            z = gates[H + j]
-            n = gates[2 * H + j]
-            dn = dh[j] * (1 - z) * (1 - n * n)
-            dz = dh[j] * (hp[j] - n) * z * (1 - z)
-            dhn[j] = dh[j] * z
-            dg[H + j] = dz
-            dx[H + j] += dz
-            dx[2 * H + j] += dn
-            if reset_after:
-                dr = dn * aux[j] * r * (1 - r)
-                dg[j] = dr
-                dx[j] += dr
-                dg[2 * H + j] = dn * r
-            else:
-                dg[j] = 0
-                dg[2 * H + j] = dn
+cdef inline void cell_fwd(int code, int act, int ract, int phase, Py_ssize_t lo,
+                          Py_ssize_t hi, Py_ssize_t H, const floating* xp,
+                          const floating* gh, const floating* b, const floating* peep,
+                          const floating* hp, const floating* cp, floating* hn,
+                          floating* cn, floating* gates, floating* aux) noexcept nogil:
+    """Forward cell math of rows lo .. hi-1 of one step (see the file's header)."""
+    if code == CELL_LSTM or code == CELL_LSTM_PEEPHOLE:
+        _lstm_fwd(act, ract, peep, lo, hi, H, xp, gh, b, cp, cn, hn, gates)
+    elif code == CELL_GRU:
+        _gru_fwd(act, ract, True, phase, lo, hi, H, xp, gh, b, hp, hn, gates, aux)
+    elif code == CELL_GRU_CHO:
+        _gru_fwd(act, ract, False, phase, lo, hi, H, xp, gh, b, hp, hn, gates, aux)
     else:
+        _rnn_fwd(act, lo, hi, H, xp, gh, b, hn, gates)
+
+
+cdef inline void cell_bwd(int code, int act, int ract, int phase, Py_ssize_t lo,
+                          Py_ssize_t hi, Py_ssize_t H, const uint8_t* valid,
+                          const floating* dh, const floating* dc, const floating* hp,
+                          const floating* cp, const floating* cn, const floating* gates,
+                          const floating* aux, const floating* peep, const floating* drh,
+                          floating* dg, floating* dxp, floating* dhn,
+                          floating* dcn) noexcept nogil:
+    """Backward cell math of rows lo .. hi-1 of one step (see the file's header)."""
+    if code == CELL_LSTM or code == CELL_LSTM_PEEPHOLE:
+        if act == ACT_TANH and ract == ACT_SIGMOID and peep == NULL:
+            _lstm_bwd(ACT_TANH, ACT_SIGMOID, <const floating*>NULL, lo, hi, H, valid,
+                      dh, dc, cp, cn, gates, dg, dxp, dhn, dcn)
+        else:
+            _lstm_bwd(act, ract, peep, lo, hi, H, valid, dh, dc, cp, cn, gates, dg, dxp,
+                      dhn, dcn)
+    elif code == CELL_GRU:
+        if act == ACT_TANH and ract == ACT_SIGMOID:
+            _gru_bwd(ACT_TANH, ACT_SIGMOID, True, phase, lo, hi, H, valid, dh, hp, gates,
+                     aux, drh, dg, dxp, dhn)
+        else:
+            _gru_bwd(act, ract, True, phase, lo, hi, H, valid, dh, hp, gates, aux, drh, dg,
+                     dxp, dhn)
+    elif code == CELL_GRU_CHO:
+        if act == ACT_TANH and ract == ACT_SIGMOID:
+            _gru_bwd(ACT_TANH, ACT_SIGMOID, False, phase, lo, hi, H, valid, dh, hp, gates,
+                     aux, drh, dg, dxp, dhn)
+        else:
+            _gru_bwd(act, ract, False, phase, lo, hi, H, valid, dh, hp, gates, aux, drh, dg,
+                     dxp, dhn)
+    elif act == ACT_TANH:
+        _rnn_bwd(ACT_TANH, lo, hi, H, valid, dh, gates, dg, dxp, dhn)
+    else:
+        _rnn_bwd(act, lo, hi, H, valid, dh, gates, dg, dxp, dhn)
+
+
+cdef inline void _skip_row(Py_ssize_t i, Py_ssize_t H, Py_ssize_t GH, const floating* dh,
+                           const floating* dc, floating* dg, floating* dhn,
+                           floating* dcn) noexcept nogil:
+    """A row that does not take part in the step: dg = 0, dhn = dh, dcn = dc."""
+    memset(dg + i * GH, 0, GH * sizeof(floating))
+    memcpy(dhn + i * H, dh + i * H, H * sizeof(floating))
+    if dcn != NULL:
+        memcpy(dcn + i * H, dc + i * H, H * sizeof(floating))
+
+
+# ----------------------------------------------------------------------------
+# SimpleRNN: h' = act(xp + gh + b); its gate value is h' itself.
+# ----------------------------------------------------------------------------
+
+cdef inline void _rnn_fwd(int act, Py_ssize_t lo, Py_ssize_t hi, Py_ssize_t H,
+                          const floating* xp, const floating* gh, const floating* b,
+                          floating* hn, floating* gates) noexcept nogil:
+    cdef Py_ssize_t i, j, o
+    for i in range(lo, hi):
+        o = i * H
         for j in range(H):
-            r = gates[j]
-            dr = drh[j] * hp[j] * r * (1 - r)
-            dg[j] = dr
-            dx[j] += dr
-            dhn[j] += drh[j] * r
+            gates[o + j] = xp[o + j] + gh[o + j] + b[j]
+    # the rows are contiguous (one gate block): one array activation for all
+    _vact(act, gates + lo * H, gates + lo * H, (hi - lo) * H)
+    memcpy(hn + lo * H, gates + lo * H, (hi - lo) * H * sizeof(floating))
+
+
+cdef inline void _rnn_bwd(int act, Py_ssize_t lo, Py_ssize_t hi, Py_ssize_t H,
+                          const uint8_t* valid, const floating* dh, const floating* gates,
+                          floating* dg, floating* dx, floating* dhn) noexcept nogil:
+    """da = dh act'(h'); dxp += da; dg = da; dhn = 0 (dh_prev = da W_hh)."""
+    cdef Py_ssize_t i, j, o
+    cdef floating d
+    for i in range(lo, hi):
+        o = i * H
+        if not valid[i]:
+            _skip_row(i, H, H, dh, <const floating*>NULL, dg, dhn, <floating*>NULL)
+            continue
+        for j in range(H):
+            d = dh[o + j] * _dact(act, gates[o + j])
+            dg[o + j] = d
+            dx[o + j] += d
+            dhn[o + j] = 0
+
+
+# ----------------------------------------------------------------------------
+# LSTM (gates i, f, g, o), with or without peepholes:
+#   i = ract(a_i + p_i c), f = ract(a_f + p_f c), g = act(a_g), c' = f c + i g,
+#   o = ract(a_o + p_o c'), h' = o act(c')      (p = 0 without peepholes)
+# ----------------------------------------------------------------------------
+
+cdef inline void _lstm_fwd(int act, int ract, const floating* peep, Py_ssize_t lo,
+                           Py_ssize_t hi, Py_ssize_t H, const floating* xp,
+                           const floating* gh, const floating* b, const floating* cp,
+                           floating* cn, floating* hn, floating* gates) noexcept nogil:
+    """Pre-activations go to ``gates`` and are activated in place (array
+    activations); act(c') is computed into hn, then scaled by o."""
+    cdef Py_ssize_t i, j, o, og
+    cdef floating* a
+    for i in range(lo, hi):
+        o = i * H
+        og = 4 * o
+        a = gates + og
+        for j in range(4 * H):
+            a[j] = xp[og + j] + gh[og + j] + b[j]
+        if peep != NULL:
+            for j in range(H):
+                a[j] += peep[j] * cp[o + j]
+                a[H + j] += peep[H + j] * cp[o + j]
+        _vact(ract, a, a, 2 * H)
+        _vact(act, a + 2 * H, a + 2 * H, H)
+        for j in range(H):
+            cn[o + j] = a[H + j] * cp[o + j] + a[j] * a[2 * H + j]
+        if peep != NULL:
+            for j in range(H):
+                a[3 * H + j] += peep[2 * H + j] * cn[o + j]
+        _vact(ract, a + 3 * H, a + 3 * H, H)
+        _vact(act, hn + o, cn + o, H)
+        for j in range(H):
+            hn[o + j] = a[3 * H + j] * hn[o + j]
+
+
+cdef inline void _lstm_bwd(int act, int ract, const floating* peep, Py_ssize_t lo,
+                           Py_ssize_t hi, Py_ssize_t H, const uint8_t* valid,
+                           const floating* dh, const floating* dc, const floating* cp,
+                           const floating* cn, const floating* gates, floating* dg,
+                           floating* dx, floating* dhn, floating* dcn) noexcept nogil:
+    """dc_t = dc + dh o act'(act(c')) (+ do p_o); dg = [di, df, dg, do]; dhn = 0;
+    dcn = dc_t f (+ di p_i + df p_f). act(c') is recomputed into dhn (scratch
+    until the row's element loop zeroes it)."""
+    cdef Py_ssize_t i, j, o, og
+    cdef floating ig, fg, gg, og_, tc, dct, di, df, dgg, do
+    for i in range(lo, hi):
+        o = i * H
+        og = 4 * o
+        if not valid[i]:
+            _skip_row(i, H, 4 * H, dh, dc, dg, dhn, dcn)
+            continue
+        _vact(act, dhn + o, cn + o, H)
+        for j in range(H):
+            ig = gates[og + j]
+            fg = gates[og + H + j]
+            gg = gates[og + 2 * H + j]
+            og_ = gates[og + 3 * H + j]
+            tc = dhn[o + j]
+            do = dh[o + j] * tc * _dact(ract, og_)
+            dct = dc[o + j] + dh[o + j] * og_ * _dact(act, tc)
+            if peep != NULL:
+                dct = dct + do * peep[2 * H + j]
+            di = dct * gg * _dact(ract, ig)
+            df = dct * cp[o + j] * _dact(ract, fg)
+            dgg = dct * ig * _dact(act, gg)
+            dg[og + j] = di
+            dg[og + H + j] = df
+            dg[og + 2 * H + j] = dgg
+            dg[og + 3 * H + j] = do
+            dx[og + j] += di
+            dx[og + H + j] += df
+            dx[og + 2 * H + j] += dgg
+            dx[og + 3 * H + j] += do
+            dhn[o + j] = 0
+            if peep != NULL:
+                dcn[o + j] = dct * fg + di * peep[j] + df * peep[H + j]
+            else:
+                dcn[o + j] = dct * fg
+
+
+# ----------------------------------------------------------------------------
+# GRU (gates r, z, n): r, z = ract(xp + gh + b); h' = (1 - z) n + z h, with
+#   reset_after (gru):     n = act(xp_n + r (gh_n + b_n)),    aux = gh_n + b_n
+#   Cho et al. (gru_cho):  n = act(xp_n + (r h) W_hn^T + b_n), aux = r h
+# ----------------------------------------------------------------------------
+
+cdef inline void _gru_fwd(int act, int ract, bint reset_after, int phase, Py_ssize_t lo,
+                          Py_ssize_t hi, Py_ssize_t H, const floating* xp,
+                          const floating* gh, const floating* b, const floating* hp,
+                          floating* hn, floating* gates, floating* aux) noexcept nogil:
+    """phase 0: r, z and aux; phase 1: n and h' (for Cho, gh's n block then holds
+    (r h) W_hn^T); phase -1: both (reset_after only)."""
+    cdef Py_ssize_t i, j, o, og
+    cdef floating z
+    cdef floating* g
+    for i in range(lo, hi):
+        o = i * H
+        og = 3 * o
+        g = gates + og
+        if phase <= 0:
+            for j in range(2 * H):
+                g[j] = xp[og + j] + gh[og + j] + b[j]
+            _vact(ract, g, g, 2 * H)
+            if reset_after:
+                for j in range(H):
+                    aux[o + j] = gh[og + 2 * H + j] + b[2 * H + j]
+            else:
+                for j in range(H):
+                    aux[o + j] = g[j] * hp[o + j]
+        if phase != 0:
+            if reset_after:
+                for j in range(H):
+                    g[2 * H + j] = xp[og + 2 * H + j] + g[j] * aux[o + j]
+            else:
+                for j in range(H):
+                    g[2 * H + j] = xp[og + 2 * H + j] + gh[og + 2 * H + j] + b[2 * H + j]
+            _vact(act, g + 2 * H, g + 2 * H, H)
+            for j in range(H):
+                z = g[H + j]
+                hn[o + j] = (1 - z) * g[2 * H + j] + z * hp[o + j]
+
+
+cdef inline void _gru_bwd(int act, int ract, bint reset_after, int phase, Py_ssize_t lo,
+                          Py_ssize_t hi, Py_ssize_t H, const uint8_t* valid,
+                          const floating* dh, const floating* hp, const floating* gates,
+                          const floating* aux, const floating* drh, floating* dg,
+                          floating* dx, floating* dhn) noexcept nogil:
+    """phase 0: dn = dh (1-z) act'(n), dz = dh (h-n) ract'(z), dhn = dh z; with
+    reset_after also dr = dn aux ract'(r) and dg = [dr, dz, dn r]; Cho: dg = [0,
+    dz, dn]. phase 1 (Cho, after drh = dn W_hn): dr = drh h ract'(r), dhn += drh r.
+    dxp += [dr, dz, dn] in both variants."""
+    cdef Py_ssize_t i, j, o, og
+    cdef floating r, z, n, dn, dz, dr
+    for i in range(lo, hi):
+        o = i * H
+        og = 3 * o
+        if not valid[i]:
+            if phase == 0:
+                _skip_row(i, H, 3 * H, dh, <const floating*>NULL, dg, dhn, <floating*>NULL)
+            continue
+        if phase == 0:
+            for j in range(H):
+                r = gates[og + j]
+                z = gates[og + H + j]
+                n = gates[og + 2 * H + j]
+                dn = dh[o + j] * (1 - z) * _dact(act, n)
+                dz = dh[o + j] * (hp[o + j] - n) * _dact(ract, z)
+                dhn[o + j] = dh[o + j] * z
+                dg[og + H + j] = dz
+                dx[og + H + j] += dz
+                dx[og + 2 * H + j] += dn
+                if reset_after:
+                    dr = dn * aux[o + j] * _dact(ract, r)
+                    dg[og + j] = dr
+                    dx[og + j] += dr
+                    dg[og + 2 * H + j] = dn * r
+                else:
+                    dg[og + j] = 0
+                    dg[og + 2 * H + j] = dn
+        else:
+            for j in range(H):
+                r = gates[og + j]
+                dr = drh[o + j] * hp[o + j] * _dact(ract, r)
+                dg[og + j] = dr
+                dx[og + j] += dr
+                dhn[o + j] += drh[o + j] * r

@@ -1,47 +1,36 @@
-# Configuration: OpenMP, row-loop threads, target clones (included by _cython_kernels.pyx).
-
+# Configuration and threads: OpenMP detection, the row-loop thread count, the
+# parallel-row threshold, and the CPU dispatch attribute of the C vector kernels.
+# Included by _cython_kernels.pyx.
 
 # Row loops go parallel only when a step has at least this many hidden units in
-# all (N * H) and at least two rows. With the vectorised activations the gate
-# math of a step is small next to its recurrent GEMM (large: B=64, H=512, 32768
-# units, ~30 us vs ~1 ms), and an OpenMP region per step that alternates with
-# BLAS's threads stalled every step on the loaded 2-core machine (large config:
-# 6.4 s per inference with regions from 32768 units). So only wider steps
-# (twice the large config's) share out the gate math.
+# all (N * H) and at least two rows. Why so high: the gate math of a step is
+# small next to its recurrent GEMM, and an OpenMP region per step that
+# alternates with BLAS's threads stalls every step on a loaded 2-core machine;
+# only steps wider than the largest benchmark configuration share it out.
 cdef enum:
     PARALLEL_MIN_WORK = 65536
 PARALLEL_MIN = PARALLEL_MIN_WORK
-
-# blocks OpenBLAS keeps on one thread (its own cut-off is m*n*k <= 65536 * 4,
-# interface/gemm.c); from THREADED_GEMM_MNK on, one (threaded) call.
-cdef extern from *:
-    """
-    #define CYRNN_SERIAL_GEMM_MNK 262144.0
-    #define CYRNN_THREADED_GEMM_MNK 16777216.0
-    """
-    const double SERIAL_GEMM_MNK "CYRNN_SERIAL_GEMM_MNK"
-    const double THREADED_GEMM_MNK "CYRNN_THREADED_GEMM_MNK"
-
-cdef extern from *:
-    """
-    #ifdef _OPENMP
-    #define CYRNN_OPENMP 1
-    #else
-    #define CYRNN_OPENMP 0
-    #endif
-    """
-    int CYRNN_OPENMP
-
 
 cdef extern from *:
     """
     #ifdef _OPENMP
     #include <omp.h>
+    #define CYRNN_OPENMP 1
     static int cyrnn_omp_max_threads(void) { return omp_get_max_threads(); }
     #else
+    #define CYRNN_OPENMP 0
     static int cyrnn_omp_max_threads(void) { return 1; }
     #endif
+
+    /* Array kernels compiled for AVX-512, AVX2 and baseline x86-64, picked at load
+       time (gcc target_clones); other compilers get the baseline only. */
+    #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+    #define CYRNN_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+    #else
+    #define CYRNN_CLONES
+    #endif
     """
+    int CYRNN_OPENMP
     int cyrnn_omp_max_threads() nogil
 
 
@@ -75,13 +64,3 @@ def set_num_threads(int n):
 def get_num_threads():
     """The row-loop thread count in effect (the setting, else OpenMP's default)."""
     return _nthreads()
-
-
-cdef extern from *:
-    """
-    #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-    #define CYRNN_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-    #else
-    #define CYRNN_CLONES
-    #endif
-    """

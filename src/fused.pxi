@@ -1,21 +1,18 @@
-# Fused model calls (included by _cython_kernels.pyx).
-
-# ----------------------------------------------------------------------------
 # Fused model calls: a whole Sequential ([Embedding] RNN+ (Dense | RNN)*) in one
 # call, for inference (``infer``) and for a training step (``train_forward`` /
-# ``train_backward``).
+# ``train_backward``): check the call, plan the scratch, run the forward, run
+# the backward. Included by _cython_kernels.pyx (which holds the entry points).
 #
-# The spec is the int64 array built by ``cyrnn.model.Sequential.inference_spec``
-# (layout in docs/architecture.md, "Fused model calls"): a header (version,
-# number of ops, record width) and one fixed-width record per op; parameter
-# offsets index the model's flat buffer. A planner (``_plan``) lays every op's
-# buffers out in one scratch block: per-op caches for training, ping-pong
-# buffers for inference; one forward runner and one backward runner walk the
-# ops over that plan, calling the same time loops and GEMM rule as the layer
-# path. Everything runs without the GIL on memory allocated per call, so
-# concurrent calls on one model are safe; nothing is kept between calls except
-# what ``train_forward`` hands back in its ``FusedCache``.
-# ----------------------------------------------------------------------------
+# The spec is the int64 array of ``cyrnn.backends.spec`` (built by
+# ``Sequential.inference_spec``): a header and one fixed-width record per op;
+# its constants, field indices and error messages reach this file through the
+# generated _constants.pxi. A planner (``_plan``) lays every op's buffers out
+# in one scratch block: per-op caches for training, ping-pong buffers for
+# inference; one forward runner and one backward runner walk the ops over that
+# plan, calling the same time loops and GEMM rule as the layer path. Everything
+# runs without the GIL on memory allocated per call, so concurrent calls on one
+# model are safe; nothing is kept between calls except what ``train_forward``
+# hands back in its ``FusedCache``.
 
 cdef extern from *:
     """
@@ -24,12 +21,6 @@ cdef extern from *:
     const double INT_LIMIT "CYRNN_INT_LIMIT"
 
 cdef enum:
-    SPEC_VERSION = 1
-    SPEC_HEADER = 3
-    SPEC_WIDTH = 12
-    OP_EMBED = 0
-    OP_RNN = 1
-    OP_DENSE = 2
     # per-op plan slots: element offsets into the scratch block (-1: none)
     P_IN = 0
     P_OUT = 1
@@ -40,7 +31,6 @@ cdef enum:
     P_HSEQ = 6
     P_INSEQ = 7      # 1 when the op's input is a (T, N, F) sequence
     P_WIDTH = 8
-
 
 
 cdef struct Dims:
@@ -55,7 +45,15 @@ cdef inline const int64_t* _rec(const int64_t* sp, Py_ssize_t o) noexcept nogil:
 
 
 cdef inline Py_ssize_t _gates_of(const int64_t* r) noexcept nogil:
-    return _n_gates(<int>r[1]) * r[5]
+    """G*H of a recurrent record."""
+    return n_gates_of(<int>r[RNN_CELL]) * r[RNN_HIDDEN]
+
+
+cdef inline const floating* _peep_of(const floating* data, const int64_t* r) noexcept nogil:
+    """The (3, H) peephole block of a recurrent record, NULL for cells without one."""
+    if n_peepholes_of(<int>r[RNN_CELL]) > 0:
+        return data + r[RNN_PEEP]
+    return NULL
 
 
 cdef void _affine_fwd(const floating* x, Py_ssize_t rows, Py_ssize_t n_in,
@@ -117,7 +115,7 @@ cdef int64_t* _copy_spec(const int64_t[::1] spec) except NULL:
     if (n < SPEC_HEADER + SPEC_WIDTH or (n - SPEC_HEADER) % SPEC_WIDTH != 0
             or spec[0] != SPEC_VERSION or spec[2] != SPEC_WIDTH
             or spec[1] != (n - SPEC_HEADER) // SPEC_WIDTH):
-        raise ValueError("unsupported inference spec")
+        raise ValueError(SPEC_ERRORS["header"])
     sp = <int64_t*>_alloc(<double>n * 8)
     memcpy(sp, &spec[0], n * 8)
     return sp
@@ -152,7 +150,7 @@ cdef int _check_call(const int64_t* sp, cnp.ndarray data, object x, object mask,
     """
     cdef const int64_t* r
     cdef cnp.ndarray xa
-    cdef Py_ssize_t o, F, G, size, k
+    cdef Py_ssize_t o, F, G, D, H, size, k
     cdef double Gd
     cdef bint seq = True
     cdef int64_t* idp
@@ -173,13 +171,14 @@ cdef int _check_call(const int64_t* sp, cnp.ndarray data, object x, object mask,
     d.ids = r[0] == OP_EMBED
     d.first = 1 if d.ids else 0
     if d.ids:
-        if r[1] < 1 or r[2] < 1 or r[3] < 0 or <double>r[3] + <double>r[1] * r[2] > size:
-            raise ValueError("inference spec: embedding outside the parameter buffer")
-        F = r[2]
+        if (r[EMB_VOCAB] < 1 or r[EMB_DIM] < 1 or r[EMB_W] < 0
+                or <double>r[EMB_W] + <double>r[EMB_VOCAB] * r[EMB_DIM] > size):
+            raise ValueError(SPEC_ERRORS["embed"])
+        F = r[EMB_DIM]
     elif r[0] == OP_RNN:
-        F = r[4]
+        F = r[RNN_IN]
     else:
-        raise ValueError("inference spec: the first op must be an embedding or recurrent")
+        raise ValueError(SPEC_ERRORS["first"])
     d.F0 = F
     d.Fmax = F
     d.GHmax = 1
@@ -187,32 +186,41 @@ cdef int _check_call(const int64_t* sp, cnp.ndarray data, object x, object mask,
     for o in range(d.first, d.n_ops):
         r = _rec(sp, o)
         if r[0] == OP_RNN:
-            if r[1] < RNN or r[1] > GRU or r[2] < ACT_TANH or r[2] > ACT_SIGMOID:
-                raise ValueError("inference spec: unknown cell")
+            if (r[RNN_CELL] < 0 or r[RNN_CELL] >= N_CELLS or r[RNN_ACT] < 0
+                    or r[RNN_ACT] >= N_ACTIVATIONS or r[RNN_RACT] < 0
+                    or r[RNN_RACT] >= N_ACTIVATIONS):
+                raise ValueError(SPEC_ERRORS["cell"])
             if not seq:
-                raise ValueError("inference spec: recurrent op after a many-to-one op")
+                raise ValueError(SPEC_ERRORS["order"])
             # sizes in double: huge (corrupt) values must not overflow the checks
-            Gd = <double>_n_gates(<int>r[1]) * r[5]
-            if (r[5] < 1 or r[4] < 1 or r[6] < 0 or r[7] < 0 or r[8] < 0 or r[9] < 0
-                    or r[6] + Gd * r[4] > size or r[7] + Gd * r[5] > size
-                    or r[8] + Gd > size or r[9] + Gd > size):
-                raise ValueError("inference spec: recurrent op outside the parameter buffer")
+            D = r[RNN_IN]
+            H = r[RNN_HIDDEN]
+            Gd = <double>n_gates_of(<int>r[RNN_CELL]) * H
+            if (H < 1 or D < 1 or r[RNN_W_IH] < 0 or r[RNN_W_HH] < 0 or r[RNN_B_IH] < 0
+                    or r[RNN_B_HH] < 0 or r[RNN_W_IH] + Gd * D > size
+                    or r[RNN_W_HH] + Gd * H > size or r[RNN_B_IH] + Gd > size
+                    or r[RNN_B_HH] + Gd > size
+                    or (n_peepholes_of(<int>r[RNN_CELL]) > 0
+                        and (r[RNN_PEEP] < 0 or r[RNN_PEEP]
+                             + <double>n_peepholes_of(<int>r[RNN_CELL]) * H > size))):
+                raise ValueError(SPEC_ERRORS["rnn"])
             G = _gates_of(r)
-            if r[4] != F:
+            if D != F:
                 return 1  # widths do not chain: the layer path explains
             d.GHmax = max(d.GHmax, G)
-            d.Hmax = max(d.Hmax, r[5])
-            F = r[5]
-            seq = r[10] != 0
+            d.Hmax = max(d.Hmax, H)
+            F = H
+            seq = r[RNN_SEQ] != 0
         elif r[0] == OP_DENSE:
-            if (r[2] < 1 or r[1] < 1 or r[3] < 0 or r[4] < 0
-                    or <double>r[3] + <double>r[2] * r[1] > size or r[4] + <double>r[2] > size):
-                raise ValueError("inference spec: dense op outside the parameter buffer")
-            if r[1] != F:
+            if (r[DENSE_OUT] < 1 or r[DENSE_IN] < 1 or r[DENSE_W] < 0 or r[DENSE_B] < 0
+                    or <double>r[DENSE_W] + <double>r[DENSE_OUT] * r[DENSE_IN] > size
+                    or r[DENSE_B] + <double>r[DENSE_OUT] > size):
+                raise ValueError(SPEC_ERRORS["dense"])
+            if r[DENSE_IN] != F:
                 return 1
-            F = r[2]
+            F = r[DENSE_OUT]
         else:
-            raise ValueError("inference spec: unknown op")
+            raise ValueError(SPEC_ERRORS["op"])
         d.Fmax = max(d.Fmax, F)
     d.F_out = F
     d.seq_out = seq
@@ -242,7 +250,7 @@ cdef int _check_call(const int64_t* sp, cnp.ndarray data, object x, object mask,
         memcpy(idp, xin, d.N * d.T * 8)
         r = _rec(sp, 0)
         for k in range(d.N * d.T):
-            if idp[k] < 0 or idp[k] >= r[1]:
+            if idp[k] < 0 or idp[k] >= r[EMB_VOCAB]:
                 free(idp)
                 return 1
         ids_out[0] = idp
@@ -252,7 +260,7 @@ cdef int _check_call(const int64_t* sp, cnp.ndarray data, object x, object mask,
     elif not _all_finite(<const double*>xin, d.N * d.T * d.F0):
         return 1
     # validity mask: the given one, and ids != 0 under mask_zero
-    mzero = d.ids and _rec(sp, 0)[4] != 0
+    mzero = d.ids and _rec(sp, 0)[EMB_MASK_ZERO] != 0
     if mask is not None:
         if not cnp.PyArray_Check(mask):
             return 1
@@ -329,39 +337,39 @@ cdef Py_ssize_t _plan(const int64_t* sp, const Dims* d, bint keep,
         p[P_IN] = cur
         p[P_INSEQ] = seq
         if r[0] == OP_RNN:
-            H = r[5]
+            H = r[RNN_HIDDEN]
             G = _gates_of(r)
             if keep:
                 p[P_H] = _al(pos)
                 pos = p[P_H] + (T + 1) * N * H
-                if r[1] == LSTM:
+                if has_cell_state_of(<int>r[RNN_CELL]):
                     p[P_C] = _al(pos)
                     pos = p[P_C] + (T + 1) * N * H
                 p[P_GATES] = _al(pos)
                 pos = p[P_GATES] + TN * G
-                if r[1] == GRU:
+                if has_aux_of(<int>r[RNN_CELL]):
                     p[P_AUX] = _al(pos)
                     pos = p[P_AUX] + TN * H
                 p[P_HSEQ] = _al(pos)
                 pos = p[P_HSEQ] + TN * H
-                p[P_OUT] = p[P_HSEQ] if r[10] else p[P_H] + T * N * H
+                p[P_OUT] = p[P_HSEQ] if r[RNN_SEQ] else p[P_H] + T * N * H
             else:
                 p[P_H] = h_s
                 p[P_C] = c_s
                 p[P_GATES] = g_s
                 p[P_AUX] = a_s
-                if r[10]:
+                if r[RNN_SEQ]:
                     p[P_HSEQ] = pingB if cur == pingA else pingA
                     p[P_OUT] = p[P_HSEQ]
                 else:
                     p[P_HSEQ] = hs_s
                     p[P_OUT] = h_s + (T % 2) * N * H
-            seq = r[10] != 0
+            seq = r[RNN_SEQ] != 0
         else:
             R = TN if seq else N
             if keep:
                 p[P_OUT] = _al(pos)
-                pos = p[P_OUT] + R * r[2]
+                pos = p[P_OUT] + R * r[DENSE_OUT]
             else:
                 p[P_OUT] = pingB if cur == pingA else pingA
         cur = p[P_OUT]
@@ -374,6 +382,7 @@ cdef void _fused_forward(const int64_t* sp, const Dims* d, bint keep, const int6
     """Lay the input out time-major, run every op over the plan, write the
     batch-first result to ``out``."""
     cdef Py_ssize_t T = d.T, N = d.N, TN = d.T * d.N, o, t, i, H, G, D, O, R, F
+    cdef int code
     cdef const int64_t* r
     cdef const int64_t* p
     cdef const int64_t* idp
@@ -388,7 +397,7 @@ cdef void _fused_forward(const int64_t* sp, const Dims* d, bint keep, const int6
     F = d.F0
     if d.ids:
         r = _rec(sp, 0)
-        table = data + r[3]
+        table = data + r[EMB_W]
         idp = <const int64_t*>xin
         for t in range(T):
             for i in range(N):
@@ -403,27 +412,28 @@ cdef void _fused_forward(const int64_t* sp, const Dims* d, bint keep, const int6
         p = plan + o * P_WIDTH
         inp = base + p[P_IN]
         if r[0] == OP_RNN:
-            D = r[4]
-            H = r[5]
+            code = <int>r[RNN_CELL]
+            D = r[RNN_IN]
+            H = r[RNN_HIDDEN]
             G = _gates_of(r)
-            _affine_fwd(inp, TN, D, G, data + r[6], data + r[8], xp)  # xp, all steps
+            _affine_fwd(inp, TN, D, G, data + r[RNN_W_IH], data + r[RNN_B_IH], xp)  # all steps
             memset(base + p[P_H], 0, N * H * sizeof(floating))
             cbuf = NULL
             aux = NULL
-            if r[1] == LSTM:
+            if has_cell_state_of(code):
                 cbuf = base + p[P_C]
                 memset(cbuf, 0, N * H * sizeof(floating))
-            if r[1] == GRU:
+            if has_aux_of(code):
                 aux = base + p[P_AUX]
-            _forward_loop(<int>r[1], <int>r[2], r[3] != 0, T, N, H, xp, data + r[7],
-                          data + r[9], mask, base + p[P_H], cbuf, T + 1 if keep else 2,
-                          base + p[P_GATES], aux, keep, base + p[P_HSEQ], gh,
-                          SMALL_GEMM_ROWS)
+            _forward_loop(code, <int>r[RNN_ACT], <int>r[RNN_RACT], T, N, H, xp,
+                          data + r[RNN_W_HH], data + r[RNN_B_HH], _peep_of(data, r), mask,
+                          base + p[P_H], cbuf, T + 1 if keep else 2, base + p[P_GATES], aux,
+                          keep, base + p[P_HSEQ], gh, SMALL_GEMM_ROWS)
             F = H
         else:
-            O = r[2]
+            O = r[DENSE_OUT]
             R = TN if p[P_INSEQ] else N
-            _affine_fwd(inp, R, F, O, data + r[3], data + r[4], base + p[P_OUT])
+            _affine_fwd(inp, R, F, O, data + r[DENSE_W], data + r[DENSE_B], base + p[P_OUT])
             F = O
     inp = base + plan[(d.n_ops - 1) * P_WIDTH + P_OUT] if d.n_ops > d.first else x0
     if d.seq_out:  # time-major (T, N, F) -> batch-first (N, T, F)
@@ -457,9 +467,13 @@ cdef void _fused_backward(const int64_t* sp, const Dims* d, const int64_t* plan,
     cdef floating* dc0 = dh0 + _al(N * d.Hmax)
     cdef floating* dw = dc0 + _al(N * d.Hmax)
     cdef floating* db = dw + _al(d.GHmax * d.Hmax)
+    cdef floating* dpeep = db + _al(d.GHmax)
+    cdef uint8_t* vbuf = <uint8_t*>(dpeep + _al(3 * d.Hmax))
+    cdef const floating* peep
+    cdef int code
     cdef floating* swap
     cdef const floating* inp
-    cdef bint need_din
+    cdef bint need_din, gru
     F = d.F_out
     if d.seq_out:  # batch-first -> time-major
         for t in range(T):
@@ -475,51 +489,59 @@ cdef void _fused_backward(const int64_t* sp, const Dims* d, const int64_t* plan,
         p = plan + o * P_WIDTH
         inp = base + p[P_IN]
         # the first op's input is data, and a frozen embedding takes no gradient
-        need_din = o > 0 and not (o == d.first and _rec(sp, 0)[5] != 0)
+        need_din = o > 0 and not (o == d.first and _rec(sp, 0)[EMB_FROZEN] != 0)
         if r[0] == OP_DENSE:
             R = TN if p[P_INSEQ] else N
-            _affine_bwd(dcur, inp, R, r[1], r[2], data + r[3], grad + r[3], grad + r[4],
-                        dnext if need_din else NULL)
+            _affine_bwd(dcur, inp, R, r[DENSE_IN], r[DENSE_OUT], data + r[DENSE_W],
+                        grad + r[DENSE_W], grad + r[DENSE_B], dnext if need_din else NULL)
         else:
             nrec -= 1
-            D = r[4]
-            H = r[5]
+            code = <int>r[RNN_CELL]
+            D = r[RNN_IN]
+            H = r[RNN_HIDDEN]
             G = _gates_of(r)
+            peep = _peep_of(data, r)
+            gru = code == CELL_GRU or code == CELL_GRU_CHO  # own dgh array, as the layer path
             memset(dxp, 0, TN * G * sizeof(floating))
-            if r[1] == GRU:
+            if gru:
                 memset(dgh, 0, TN * G * sizeof(floating))
-            _backward_all(<int>r[1], <int>r[2], r[3] != 0, trunc[nrec], T, N, H,
-                          data + r[7], mask, base + p[P_H],
-                          base + p[P_C] if r[1] == LSTM else NULL,
-                          base + p[P_GATES], base + p[P_AUX] if r[1] == GRU else NULL,
-                          dcur if r[10] else NULL, NULL if r[10] else dcur, NULL,
-                          dh0, dc0 if r[1] == LSTM else NULL, work, dg, budget, dxp,
-                          dgh if r[1] == GRU else NULL, dw, db, SMALL_GEMM_ROWS)
+            _backward_all(code, <int>r[RNN_ACT], <int>r[RNN_RACT], trunc[nrec], T, N, H,
+                          data + r[RNN_W_HH], peep, mask, base + p[P_H],
+                          base + p[P_C] if has_cell_state_of(code) else NULL,
+                          base + p[P_GATES], base + p[P_AUX] if has_aux_of(code) else NULL,
+                          dcur if r[RNN_SEQ] else NULL, NULL if r[RNN_SEQ] else dcur, NULL,
+                          dh0, dc0 if has_cell_state_of(code) else NULL, work, dg, budget,
+                          vbuf, dxp, dgh if gru else NULL, dw, db,
+                          dpeep if peep != NULL else NULL, SMALL_GEMM_ROWS)
             for j in range(G * H):
-                grad[r[7] + j] += dw[j]
+                grad[r[RNN_W_HH] + j] += dw[j]
             for j in range(G):
-                grad[r[9] + j] += db[j]
+                grad[r[RNN_B_HH] + j] += db[j]
+            if peep != NULL:
+                for j in range(3 * H):
+                    grad[r[RNN_PEEP] + j] += dpeep[j]
             # the input projection's gradients, from dxp
-            _affine_bwd(dxp, inp, TN, D, G, data + r[6], grad + r[6], grad + r[8],
-                        dnext if need_din else NULL)
+            _affine_bwd(dxp, inp, TN, D, G, data + r[RNN_W_IH], grad + r[RNN_W_IH],
+                        grad + r[RNN_B_IH], dnext if need_din else NULL)
         swap = dcur
         dcur = dnext
         dnext = swap
-    if d.ids and not _rec(sp, 0)[5]:  # scatter-add into the (trainable) embedding table
+    if d.ids and not _rec(sp, 0)[EMB_FROZEN]:  # scatter-add into the trainable table
         r = _rec(sp, 0)
-        E = r[2]
+        E = r[EMB_DIM]
         for t in range(T):
             for i in range(N):
                 o = ids[i * T + t]
                 for j in range(E):
-                    grad[r[3] + o * E + j] += dcur[(t * N + i) * E + j]
+                    grad[r[EMB_W] + o * E + j] += dcur[(t * N + i) * E + j]
 
 
 cdef inline Py_ssize_t _backward_scratch(const Dims* d) noexcept nogil:
     """Elements of backward scratch (the layout ``_fused_backward`` carves)."""
     cdef Py_ssize_t TN = d.T * d.N
     return (2 * TN * d.Fmax + 2 * TN * d.GHmax + 5 * d.N * d.Hmax + d.N * d.GHmax
-            + 2 * d.N * d.Hmax + d.GHmax * d.Hmax + d.GHmax + 2 * d.N + 8 + 11 * 16)
+            + 2 * d.N * d.Hmax + d.GHmax * d.Hmax + d.GHmax + 3 * d.Hmax + 3 * d.N + 8
+            + 13 * 16)
 
 
 cdef object _new_output(const Dims* d):
@@ -562,9 +584,10 @@ cdef void* _alloc(double n_bytes) except NULL:
     """``n_bytes`` (+64) aligned to 64 bytes (a cache line, an AVX-512 vector); free().
 
     Big blocks are fresh mmaps on every call (glibc), so their first touch costs a
-    page fault per 4 KiB page: the large config's training step took ~400k faults
-    and 20% longer than the layer path. They are therefore aligned to 2 MiB and
-    advised for transparent huge pages (one fault per 2 MiB where THP is enabled).
+    page fault per 4 KiB page, enough to make the large configurations' fused
+    training step slower than the layer path. They are therefore aligned to 2 MiB
+    and advised for transparent huge pages (one fault per 2 MiB where THP is
+    enabled).
     """
     cdef void* p = NULL
     cdef size_t n

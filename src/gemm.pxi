@@ -1,18 +1,34 @@
-# GEMM policy: BLAS through scipy, blocked mid-sized calls, own small GEMMs (included by _cython_kernels.pyx).
+# GEMM policy: every product goes through scipy's BLAS (``_gemm``), mid-sized ones
+# cut into blocks OpenBLAS runs on the calling thread; the own small-GEMM kernels
+# (C, below) serve batches of at most ``small_gemm_rows`` rows when asked.
+# Included by _cython_kernels.pyx.
+#
+# Layout reminder: a C-contiguous ``(R, C)`` array is the column-major ``(C, R)``
+# matrix with leading dimension ``C``; the GEMM calls below are written in those
+# column-major terms.
 
 # Per-step recurrent products with at most this many rows (batch) use the own
 # small-GEMM kernels instead of BLAS (callers may pass another limit). Default 0:
-# on the 2-core AMD EPYC test machine (AVX-512, OpenBLAS 0.3.30 SkylakeX small
-# kernels; float32, T = 200, single thread) BLAS was faster at every batch:
-# N = 1: own/BLAS time 1.2 (forward) and 1.05 (backward) at H = 50 and 128;
-# N = 4..32: mostly 1.1 to 2.1 (loaded machine, medians). BLAS calls of these sizes stay on one thread, so the
-# own kernel saves no thread wake-ups either; it is kept, tested, for BLAS
-# builds without small-matrix kernels.
+# OpenBLAS's small-matrix kernels were faster at every batch measured, and its
+# calls of these sizes stay on one thread anyway; the own kernels are kept,
+# tested, for BLAS builds without small-matrix kernels.
 cdef enum:
     SMALL_GEMM_ROWS = 0
 SMALL_GEMM_N = SMALL_GEMM_ROWS
 
 # GEMMs with m*n*k in (SERIAL_GEMM_MNK, THREADED_GEMM_MNK) are split into
+# blocks OpenBLAS keeps on one thread (its own cut-off is m*n*k <= 65536 * 4,
+# interface/gemm.c); from THREADED_GEMM_MNK on, one (threaded) call.
+cdef extern from *:
+    """
+    #define CYRNN_SERIAL_GEMM_MNK 262144.0
+    #define CYRNN_THREADED_GEMM_MNK 16777216.0
+    """
+    const double SERIAL_GEMM_MNK "CYRNN_SERIAL_GEMM_MNK"
+    const double THREADED_GEMM_MNK "CYRNN_THREADED_GEMM_MNK"
+
+
+# The own small GEMMs (the per-step recurrent products at small batch).
 cdef extern from *:
     """
     /* unaligned vector load; horizontal sum (in lane order) */
@@ -132,8 +148,8 @@ cdef inline void _gemm(char transa, char transb, int m, int n, int k,
     into column (or row) blocks of at most SERIAL_GEMM_MNK multiply-adds, which
     OpenBLAS runs on the calling thread: waking its thread pool for them costs
     more than it saves on 2 cores, and on a loaded machine a preempted worker
-    stalls every call by a scheduler slice (measured: 8 ms per call). The blocks
-    compute the same dot products as one call.
+    stalls every call by a scheduler slice. The blocks compute the same dot
+    products as one call.
     """
     cdef double mnk = <double>m * n * k
     cdef int j, step

@@ -1,8 +1,6 @@
-# Generation (included by _cython_kernels.pyx).
+# Generation (one-to-many): the sampling rule and the whole sampling loop, which
+# runs the forward time loop one step at a time. Included by _cython_kernels.pyx.
 
-# ----------------------------------------------------------------------------
-# Generation: the whole sampling loop (one-to-many), reusing the forward loop.
-# ----------------------------------------------------------------------------
 
 cdef double _kth_largest(double* a, Py_ssize_t n, Py_ssize_t k) noexcept nogil:
     """The k-th largest (1-based) of ``a[0:n]`` (quickselect; reorders ``a``).
@@ -92,11 +90,11 @@ cdef Py_ssize_t _sample_token(const floating* logits, const uint8_t* banned,
     return last
 
 
-cdef void _generate_loop(int kind, int act, bint reset_after, Py_ssize_t L,
+cdef void _generate_loop(int code, int act, int ract, Py_ssize_t L,
                          Py_ssize_t N, Py_ssize_t H, Py_ssize_t V, Py_ssize_t T,
                          const floating* xp_table, const floating* w_ih_rest,
                          const floating* b_ih_rest, const floating* w_hh,
-                         const floating* b_hh, const floating* w_out,
+                         const floating* b_hh, const floating* peep, const floating* w_out,
                          const floating* b_out, floating* hbuf, floating* cbuf,
                          const int64_t* start, const int64_t* forced,
                          const uint8_t* banned, const double* uniforms,
@@ -109,8 +107,10 @@ cdef void _generate_loop(int kind, int act, bint reset_after, Py_ssize_t L,
     math of the forward pass), project the top state to logits, choose the next
     token per row, repeat. Finished rows are masked (their state is kept).
     ``hbuf``/``cbuf`` (L, 2, N, H): slot 0 holds the state, slot 1 receives the
-    new one and is copied back. Everything else is caller-allocated scratch."""
-    cdef Py_ssize_t GH = _n_gates(kind) * H, NH = N * H, t, l, i, j
+    new one and is copied back (``cbuf`` NULL without a cell state). ``peep``
+    (L, 3, H) or NULL. Everything else is caller-allocated scratch (``aux`` NULL
+    for cells without one)."""
+    cdef Py_ssize_t GH = n_gates_of(code) * H, NH = N * H, t, l, i, j
     cdef Py_ssize_t n_active = N
     cdef bint own = N <= SMALL_GEMM_ROWS
     cdef int64_t v
@@ -128,7 +128,7 @@ cdef void _generate_loop(int kind, int act, bint reset_after, Py_ssize_t L,
             break
         for l in range(L):
             hl = hbuf + l * 2 * NH
-            if kind == LSTM:
+            if cbuf != NULL:
                 cl = cbuf + l * 2 * NH
             if l == 0:
                 for i in range(N):
@@ -141,11 +141,11 @@ cdef void _generate_loop(int kind, int act, bint reset_after, Py_ssize_t L,
                 for i in range(N):
                     for j in range(GH):
                         xp[i * GH + j] += bias[j]
-            _forward_loop(kind, act, reset_after, 1, N, H, xp, w_hh + l * GH * H,
-                          b_hh + l * GH, active, hl, cl, 2, gates, aux, False, hseq, gh,
-                          SMALL_GEMM_ROWS)
+            _forward_loop(code, act, ract, 1, N, H, xp, w_hh + l * GH * H, b_hh + l * GH,
+                          peep + l * 3 * H if peep != NULL else NULL, active, hl, cl, 2,
+                          gates, aux, False, hseq, gh, SMALL_GEMM_ROWS)
             memcpy(hl, hl + NH, NH * sizeof(floating))
-            if kind == LSTM:
+            if cbuf != NULL:
                 memcpy(cl, cl + NH, NH * sizeof(floating))
         # logits = h_top W_out^T + b_out
         _gemm_hh(own, hbuf + (L - 1) * 2 * NH, w_out, 0, V, N, H, V, logits)

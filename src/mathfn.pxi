@@ -1,27 +1,20 @@
-# Math functions: vector activations in C, activations by code (included by _cython_kernels.pyx).
-
-# ----------------------------------------------------------------------------
-# Vector primitives in C (float32 activations, small GEMMs).
+# Math functions: the activations of the cell table (by code, in place over
+# arrays, and their derivatives through the output), with float32 sigmoid/tanh in C.
+# Included by _cython_kernels.pyx.
 #
 # float32 sigmoid/tanh are inlined polynomial approximations (Cephes expf core,
 # ~1 ulp; tanh: odd Taylor polynomial below |x| < 0.4, 1 - 2/(exp(2|x|) + 1)
 # above; a few ulp overall) written without branches, so gcc vectorises the
 # array loops. Saturation is exact (sigmoid -> 0/1, tanh -> +-1 for large |x|)
 # and NaN propagates (clamps are compare-selects that keep NaN). The array
-# functions are compiled for AVX-512, AVX2 and baseline x86-64 and picked at
-# load time (gcc ``target_clones``; other compilers get the baseline only).
-# float64 keeps libm (the approximations are float32-accurate only).
-#
-# The small GEMMs serve the per-step recurrent products at small batch, where
-# a BLAS call costs more in overhead (and threading) than the arithmetic.
-# ----------------------------------------------------------------------------
+# functions are target clones (see config.pxi). float64 keeps libm (the
+# approximations are float32-accurate only).
 
 cdef extern from *:
     """
     #include <stdint.h>
     #include <string.h>
     #include <math.h>
-
 
     /* exp(x) for x already clamped to [-87, 88] (NaN passes through). */
     static inline float cyrnn_expf_core(float x) {
@@ -82,10 +75,8 @@ cdef extern from *:
     float cyrnn_tanhf(float x) nogil
 
 
-
 # ----------------------------------------------------------------------------
-# Scalar and array activations (float32: the approximations above; float64:
-# libm).
+# Scalar and array sigmoid/tanh (float32: the approximations above; float64: libm).
 # ----------------------------------------------------------------------------
 
 cdef inline floating _exp(floating x) noexcept nogil:
@@ -93,13 +84,6 @@ cdef inline floating _exp(floating x) noexcept nogil:
         return expf(x)
     else:
         return exp(x)
-
-
-cdef inline floating _tanh(floating x) noexcept nogil:
-    if floating is float:
-        return cyrnn_tanhf(x)
-    else:
-        return tanh(x)
 
 
 cdef inline floating _sigmoid(floating x) noexcept nogil:
@@ -136,22 +120,40 @@ cdef inline void _vtanh(floating* y, const floating* a, Py_ssize_t n) noexcept n
             y[j] = tanh(a[j])
 
 
-cdef inline void _vactivate(int act, floating* y, Py_ssize_t n) noexcept nogil:
-    """In place: y = act(y)."""
+# ----------------------------------------------------------------------------
+# Activations by code (cyrnn.cells.ACTIVATION_TABLE). The code is tested once per
+# array, never per element; NaN propagates through every one (as in NumPy).
+# ----------------------------------------------------------------------------
+
+cdef inline void _vact(int act, floating* y, const floating* a, Py_ssize_t n) noexcept nogil:
+    """y[j] = act(a[j]) for j < n (y == a allowed)."""
     cdef Py_ssize_t j
+    cdef floating v
     if act == ACT_TANH:
-        _vtanh(y, y, n)
+        _vtanh(y, a, n)
     elif act == ACT_SIGMOID:
-        _vsigmoid(y, y, n)
-    else:
+        _vsigmoid(y, a, n)
+    elif act == ACT_RELU:
         for j in range(n):
-            y[j] = 0 if y[j] <= 0 else y[j]  # NaN propagates, as with np.maximum
+            y[j] = 0 if a[j] <= 0 else a[j]  # keeps NaN, as np.maximum
+    elif act == ACT_HARD_SIGMOID:
+        for j in range(n):  # Keras 3: clip(a / 6 + 1/2, 0, 1), in the working precision
+            v = a[j] / (<floating>6) + (<floating>0.5)
+            v = 0 if v < 0 else v
+            y[j] = 1 if v > 1 else v
+    elif y != a:  # linear
+        memcpy(y, a, n * sizeof(floating))
 
 
-cdef inline floating _activate_grad(int act, floating y) noexcept nogil:
-    """Derivative of the activation expressed through its output ``y``."""
+cdef inline floating _dact(int act, floating y) noexcept nogil:
+    """The derivative of activation ``act`` expressed through its output ``y``.
+    Inlined into loops where ``act`` is fixed, the compiler hoists the branch."""
     if act == ACT_TANH:
         return 1 - y * y
+    if act == ACT_SIGMOID:
+        return y * (1 - y)
     if act == ACT_RELU:
         return 1 if y > 0 else 0
-    return y * (1 - y)
+    if act == ACT_LINEAR:
+        return 1
+    return (<floating>1) / 6 if (y > 0 and y < 1) else 0  # hard sigmoid

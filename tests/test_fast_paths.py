@@ -44,7 +44,10 @@ def test_float32_activations_accurate_saturating_nan(act, ref):
 
 
 CELLS = {"rnn": Cell("rnn"), "rnn-relu": Cell("rnn", activation="relu"),
-         "lstm": Cell("lstm"), "gru": Cell("gru"), "gru-cho": Cell("gru", reset_after=False)}
+         "lstm": Cell("lstm"), "gru": Cell("gru"), "gru-cho": Cell("gru", reset_after=False),
+         "lstm_peephole-hard": Cell("lstm", peephole=True,
+                                    recurrent_activation="hard_sigmoid"),
+         "gru-cho-linear": Cell("gru", "linear", reset_after=False)}
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -63,7 +66,8 @@ def test_small_gemm_kernels_match_blas(name, dtype, N):
     b = rng.standard_normal(GH).astype(dtype)
     mask = np.ones((T, N), np.uint8)
     mask[1, 0] = 0
-    lstm, gru = cell.kind == "lstm", cell.kind == "gru"
+    lstm, gru = cell.has_cell_state, cell.kind == "gru"
+    peep = (rng.standard_normal((3, H)) * 0.5).astype(dtype) if cell.peephole else None
     dh_T = rng.standard_normal((N, H)).astype(dtype)
     dh_seq = rng.standard_normal((T, N, H)).astype(dtype)
     results = []
@@ -74,17 +78,19 @@ def test_small_gemm_kernels_match_blas(name, dtype, N):
         gates = np.empty((T, N, GH), dtype)
         aux = np.empty((T, N, H), dtype) if gru else None
         hs = np.empty((T, N, H), dtype)
-        k.forward(cell.kind_code, cell.activation_code, cell.reset_after, True, xp, w, b,
-                  mask, h, c, gates, aux, hs, np.empty((N, GH), dtype), small)
+        k.forward(*cell.codes, True, xp, w, b, peep, mask, h, c, gates, aux, hs,
+                  np.empty((N, GH), dtype), small)
         dxp, dgh = np.zeros((T, N, GH), dtype), np.zeros((T, N, GH), dtype)
         dh0 = np.empty((N, H), dtype)
         dc0 = np.empty((N, H), dtype) if lstm else None
         dw, db = np.empty((GH, H), dtype), np.empty(GH, dtype)
-        k.backward(cell.kind_code, cell.activation_code, cell.reset_after, -1, h, c, gates,
-                   aux, w, mask, dh_seq, dh_T, dh_T if lstm else None, dxp, dgh, dh0, dc0,
-                   np.empty((5, N, H), dtype), np.empty((N, GH), dtype),
-                   np.empty(N, np.int64), dw, db, small)
-        results.append([hs, h, gates, dxp, dh0, dw, db] + ([dc0] if lstm else []))
+        dpeep = None if peep is None else np.empty((3, H), dtype)
+        k.backward(*cell.codes, -1, h, c, gates, aux, w, peep, mask, dh_seq, dh_T,
+                   dh_T if lstm else None, dxp, dgh, dh0, dc0, np.empty((5, N, H), dtype),
+                   np.empty((N, GH), dtype), np.empty(N, np.int64), np.empty(N, np.uint8),
+                   dw, db, dpeep, small)
+        results.append([hs, h, gates, dxp, dh0, dw, db] + ([dc0] if lstm else [])
+                       + ([dpeep] if peep is not None else []))
     tol = {"rtol": 1e-10, "atol": 1e-12} if dtype == np.float64 else {"rtol": 1e-5, "atol": 1e-5}
     for a, b_ in zip(*results):
         np.testing.assert_allclose(a, b_, **tol)
