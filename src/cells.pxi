@@ -41,12 +41,25 @@ cdef inline void cell_fwd(int code, int act, int ract, int phase, Py_ssize_t lo,
                           const floating* hp, const floating* cp, floating* hn,
                           floating* cn, floating* gates, floating* aux) noexcept nogil:
     """Forward cell math of rows lo .. hi-1 of one step (see the file's header)."""
+    cdef bint default = act == ACT_TANH and ract == ACT_SIGMOID
     if code == CELL_LSTM or code == CELL_LSTM_PEEPHOLE:
-        _lstm_fwd(act, ract, peep, lo, hi, H, xp, gh, b, cp, cn, hn, gates)
+        if default and peep == NULL:
+            _lstm_fwd(ACT_TANH, ACT_SIGMOID, <const floating*>NULL, lo, hi, H, xp, gh, b, cp,
+                      cn, hn, gates)
+        else:
+            _lstm_fwd(act, ract, peep, lo, hi, H, xp, gh, b, cp, cn, hn, gates)
     elif code == CELL_GRU:
-        _gru_fwd(act, ract, True, phase, lo, hi, H, xp, gh, b, hp, hn, gates, aux)
+        if default:
+            _gru_fwd(ACT_TANH, ACT_SIGMOID, True, phase, lo, hi, H, xp, gh, b, hp, hn, gates,
+                     aux)
+        else:
+            _gru_fwd(act, ract, True, phase, lo, hi, H, xp, gh, b, hp, hn, gates, aux)
     elif code == CELL_GRU_CHO:
-        _gru_fwd(act, ract, False, phase, lo, hi, H, xp, gh, b, hp, hn, gates, aux)
+        if default:
+            _gru_fwd(ACT_TANH, ACT_SIGMOID, False, phase, lo, hi, H, xp, gh, b, hp, hn, gates,
+                     aux)
+        else:
+            _gru_fwd(act, ract, False, phase, lo, hi, H, xp, gh, b, hp, hn, gates, aux)
     else:
         _rnn_fwd(act, lo, hi, H, xp, gh, b, hn, gates)
 
@@ -252,7 +265,7 @@ cdef inline void _gru_fwd(int act, int ract, bint reset_after, int phase, Py_ssi
             _vact(act, g + 2 * H, g + 2 * H, H)
             for j in range(H):
                 z = g[H + j]
-                hn[o + j] = (1 - z) * g[2 * H + j] + z * hp[o + j]
+                hn[o + j] = (<floating>1 - z) * g[2 * H + j] + z * hp[o + j]
 
 
 cdef inline void _gru_bwd(int act, int ract, bint reset_after, int phase, Py_ssize_t lo,
@@ -278,7 +291,7 @@ cdef inline void _gru_bwd(int act, int ract, bint reset_after, int phase, Py_ssi
                 r = gates[og + j]
                 z = gates[og + H + j]
                 n = gates[og + 2 * H + j]
-                dn = dh[o + j] * (1 - z) * _dact(act, n)
+                dn = dh[o + j] * (<floating>1 - z) * _dact(act, n)
                 dz = dh[o + j] * (hp[o + j] - n) * _dact(ract, z)
                 dhn[o + j] = dh[o + j] * z
                 dg[og + H + j] = dz

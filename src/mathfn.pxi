@@ -140,7 +140,7 @@ cdef inline void _vact(int act, floating* y, const floating* a, Py_ssize_t n) no
         for j in range(n):  # Keras 3: clip(a / 6 + 1/2, 0, 1), in the working precision
             v = a[j] / (<floating>6) + (<floating>0.5)
             v = 0 if v < 0 else v
-            y[j] = 1 if v > 1 else v
+            y[j] = <floating>1 if v > <floating>1 else v
     elif y != a:  # linear
         memcpy(y, a, n * sizeof(floating))
 
@@ -148,12 +148,14 @@ cdef inline void _vact(int act, floating* y, const floating* a, Py_ssize_t n) no
 cdef inline floating _dact(int act, floating y) noexcept nogil:
     """The derivative of activation ``act`` expressed through its output ``y``.
     Inlined into loops where ``act`` is fixed, the compiler hoists the branch."""
+    # <floating>1: a bare 1 becomes the C double 1.0, which would move float32
+    # arithmetic to double precision (conversions in every vector loop)
     if act == ACT_TANH:
-        return 1 - y * y
+        return <floating>1 - y * y
     if act == ACT_SIGMOID:
-        return y * (1 - y)
+        return y * (<floating>1 - y)
     if act == ACT_RELU:
-        return 1 if y > 0 else 0
+        return <floating>1 if y > 0 else 0
     if act == ACT_LINEAR:
-        return 1
-    return (<floating>1) / 6 if (y > 0 and y < 1) else 0  # hard sigmoid
+        return <floating>1
+    return <floating>1 / 6 if (y > 0 and y < <floating>1) else 0  # hard sigmoid
