@@ -10,16 +10,16 @@ from cyrnn.backends import Cell, available, get_backend
 pytestmark = pytest.mark.skipif("cython" not in available(), reason="Cython backend not built")
 
 
-def _activation(act, x):
+def _activation(act, x, dtype=np.float32):
     """act(x) through the kernel: a SimpleRNN step with zero recurrent weights."""
     cy = get_backend("cython")
     H = 64
     n = -(-x.size // H)
-    xx = np.zeros(n * H, np.float32)
+    xx = np.zeros(n * H, dtype)
     xx[:x.size] = x
     _, h_T, _, _ = cy.forward(Cell("rnn", activation=act), xx.reshape(1, n, H),
-                              np.zeros((H, H), np.float32), np.zeros(H, np.float32),
-                              np.zeros((n, H), np.float32))
+                              np.zeros((H, H), dtype), np.zeros(H, dtype),
+                              np.zeros((n, H), dtype))
     return h_T.reshape(-1)[:x.size]
 
 
@@ -41,6 +41,43 @@ def test_float32_activations_accurate_saturating_nan(act, ref):
         assert np.array_equal(y[big], np.sign(x[big]))
     else:
         assert (y[x > 60] == 1).all() and (y[x < -90] == 0).all()
+
+
+def _gate_activation(ract, x, dtype):
+    """ract(x) through the kernel: an LSTM step with gate activation ``ract``, linear
+    activation, zero state and weights, a_i = x, a_g = 1, a_o large: h = ract(x)."""
+    cy = get_backend("cython")
+    H = 64
+    n = -(-x.size // H)
+    xi = np.zeros(n * H, dtype)
+    xi[:x.size] = x
+    xp = np.zeros((1, n, 4 * H), dtype)
+    xp[0, :, :H] = xi.reshape(n, H)
+    xp[0, :, 2 * H:3 * H] = 1
+    xp[0, :, 3 * H:] = 1e4
+    cell = Cell("lstm", "linear", recurrent_activation=ract)
+    _, h_T, _, _ = cy.forward(cell, xp, np.zeros((4 * H, H), dtype), np.zeros(4 * H, dtype),
+                              np.zeros((n, H), dtype), np.zeros((n, H), dtype))
+    return h_T.reshape(-1)[:x.size]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("act", ["relu", "linear", "hard_sigmoid"])
+def test_other_activations_equal_the_reference(act, dtype):
+    """relu, linear and Keras 3's hard sigmoid in the kernels: the reference's values in
+    the working precision, NaN propagating."""
+    from cyrnn.backends.numpy_backend import _ACTIVATIONS
+
+    x = np.concatenate([np.linspace(-8, 8, 4001), [0.0, -0.0, -3.0, 3.0, 1e30, -1e30,
+                                                   np.inf, -np.inf, np.nan]]).astype(dtype)
+    y = (_gate_activation(act, x, dtype) if act == "hard_sigmoid"  # a gate activation
+         else _activation(act, x, dtype))
+    finite = np.isfinite(x)  # (inf + 0 * inf in the step's products is NaN)
+    with np.errstate(invalid="ignore"):
+        expected = _ACTIVATIONS[act][0](x)
+    assert y.dtype == dtype
+    np.testing.assert_array_equal(y[finite], expected[finite])
+    assert np.isnan(y[np.isnan(x)]).all()
 
 
 CELLS = {"rnn": Cell("rnn"), "rnn-relu": Cell("rnn", activation="relu"),
