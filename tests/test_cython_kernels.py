@@ -100,7 +100,8 @@ def test_noncontiguous_inputs(cell_name):
         assert_close(a, e, dtype)
 
 
-@pytest.mark.parametrize("cell_name", ["lstm", "gru-reset-after", "gru-cho"])
+@pytest.mark.parametrize("cell_name", ["lstm", "gru-reset-after", "gru-cho", "lstm_peephole",
+                                       "lstm-relu-hard", "gru-cho-relu", "rnn-linear"])
 def test_parallel_row_loops(cell_name):
     """A step big enough for the (OpenMP) parallel row loops, masked, truncated."""
     cell = CELLS[cell_name]
