@@ -13,17 +13,23 @@ cdef inline void _mask_rows(Py_ssize_t lo, Py_ssize_t hi, Py_ssize_t H,
                             const uint8_t* mask, const floating* hp, floating* hn,
                             const floating* cp, floating* cn,
                             floating* hseq) noexcept nogil:
-    """Output h' of valid rows; a masked row keeps its state and outputs zero."""
-    cdef Py_ssize_t i, o
-    for i in range(lo, hi):
+    """Output h' of valid rows (one copy per run of valid rows); a masked row keeps
+    its state and outputs zero."""
+    cdef Py_ssize_t i = lo, j, o
+    while i < hi:
         o = i * H
         if mask[i]:
-            memcpy(hseq + o, hn + o, H * sizeof(floating))
+            j = i + 1
+            while j < hi and mask[j]:
+                j += 1
+            memcpy(hseq + o, hn + o, (j - i) * H * sizeof(floating))
+            i = j
         else:
             memcpy(hn + o, hp + o, H * sizeof(floating))
             if cn != NULL:
                 memcpy(cn + o, cp + o, H * sizeof(floating))
             memset(hseq + o, 0, H * sizeof(floating))
+            i += 1
 
 
 cdef void _fwd_rows(bint par, Py_ssize_t N, int code, int act, int ract, int phase,
