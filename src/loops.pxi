@@ -5,9 +5,10 @@
 #
 # Row loops: steps with N * H >= PARALLEL_MIN_WORK (and N >= 2) run the row
 # functions in an OpenMP prange, one call per row (i, i + 1) under a static
-# schedule; smaller steps make one call for all rows (0, N). Blocks per thread
-# would save nothing measurable: the parallel loops only run for steps wider
-# than every benchmark configuration, where a row is already long work.
+# schedule; smaller steps make one call for all rows (0, N). One block of rows
+# per thread instead showed no consistent gain (2 threads, N = 256, H = 272:
+# within the run-to-run noise of a shared machine, either way), so the simpler
+# per-row form stays.
 
 cdef inline void _mask_rows(Py_ssize_t lo, Py_ssize_t hi, Py_ssize_t H,
                             const uint8_t* mask, const floating* hp, floating* hn,
