@@ -14,6 +14,16 @@ CELLS = [
     ("rnn_relu", cyrnn.SimpleRNN, {"activation": "relu"}),
     ("rnn_sigmoid", cyrnn.SimpleRNN, {"activation": "sigmoid"}),
 ]
+# The peephole LSTM and non-default activations / gate activations of the cell table.
+CELLS += [
+    ("lstm_peephole", cyrnn.LSTM, {"peephole": True}),
+    ("lstm_peephole_sigmoid_hard", cyrnn.LSTM,
+     {"peephole": True, "activation": "sigmoid", "recurrent_activation": "hard_sigmoid"}),
+    ("lstm_relu_hard", cyrnn.LSTM, {"activation": "relu", "recurrent_activation": "hard_sigmoid"}),
+    ("gru_linear_hard", cyrnn.GRU, {"activation": "linear", "recurrent_activation": "hard_sigmoid"}),
+    ("gru_cho_relu", cyrnn.GRU, {"reset_after": False, "activation": "relu"}),
+    ("rnn_linear", cyrnn.SimpleRNN, {"activation": "linear"}),
+]
 
 
 def build_model(backend, Cls, kw, dtype, *, num_layers=1, seq=False, stacked=1, embed=None,

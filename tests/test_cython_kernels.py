@@ -100,7 +100,8 @@ def test_noncontiguous_inputs(cell_name):
         assert_close(a, e, dtype)
 
 
-@pytest.mark.parametrize("cell_name", ["lstm", "gru-reset-after", "gru-cho"])
+@pytest.mark.parametrize("cell_name", ["lstm", "gru-reset-after", "gru-cho", "lstm_peephole",
+                                       "lstm-relu-hard", "gru-cho-relu", "rnn-linear"])
 def test_parallel_row_loops(cell_name):
     """A step big enough for the (OpenMP) parallel row loops, masked, truncated."""
     cell = CELLS[cell_name]
@@ -167,3 +168,25 @@ def test_registry_lists_cython():
     assert get_backend("cython") is cy
     assert cy.NAME == "cython"
     assert isinstance(kernels.openmp_enabled(), bool)
+
+
+def test_generated_constants_match_the_table():
+    """src/_constants.pxi is generated from cyrnn/cells.py and cyrnn/backends/spec.py:
+    the compiled module's codes, sizes, spec layout, messages and per-cell properties
+    are the table's."""
+    from cyrnn import cells
+    from cyrnn.backends import spec
+
+    g = kernels.GENERATED_CONSTANTS
+    for row in cells.CELL_TABLE:
+        assert g[f"CELL_{row.name.upper()}"] == row.code
+    for a in cells.ACTIVATION_TABLE:
+        assert g[f"ACT_{a.name.upper()}"] == a.code
+    assert (g["N_CELLS"], g["N_ACTIVATIONS"]) == (cells.N_CELLS, cells.N_ACTIVATIONS)
+    assert {k: g[k] for k in spec.constants()} == spec.constants()
+    assert kernels.GENERATED_CELLS == tuple(
+        (row.n_gates, int(row.has_cell_state), int(row.has_aux), row.n_peepholes)
+        for row in cells.CELL_TABLE)
+    assert kernels.SPEC_ERRORS == spec.ERRORS
+    for name in ("INFER_SPEC_VERSION", "INFER_SPEC_WIDTH", "INFER_SPEC_HEADER"):
+        assert not hasattr(kernels, name)  # the hand-written copies are gone

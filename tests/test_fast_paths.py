@@ -10,16 +10,16 @@ from cyrnn.backends import Cell, available, get_backend
 pytestmark = pytest.mark.skipif("cython" not in available(), reason="Cython backend not built")
 
 
-def _activation(act, x):
+def _activation(act, x, dtype=np.float32):
     """act(x) through the kernel: a SimpleRNN step with zero recurrent weights."""
     cy = get_backend("cython")
     H = 64
     n = -(-x.size // H)
-    xx = np.zeros(n * H, np.float32)
+    xx = np.zeros(n * H, dtype)
     xx[:x.size] = x
     _, h_T, _, _ = cy.forward(Cell("rnn", activation=act), xx.reshape(1, n, H),
-                              np.zeros((H, H), np.float32), np.zeros(H, np.float32),
-                              np.zeros((n, H), np.float32))
+                              np.zeros((H, H), dtype), np.zeros(H, dtype),
+                              np.zeros((n, H), dtype))
     return h_T.reshape(-1)[:x.size]
 
 
@@ -43,8 +43,48 @@ def test_float32_activations_accurate_saturating_nan(act, ref):
         assert (y[x > 60] == 1).all() and (y[x < -90] == 0).all()
 
 
+def _gate_activation(ract, x, dtype):
+    """ract(x) through the kernel: an LSTM step with gate activation ``ract``, linear
+    activation, zero state and weights, a_i = x, a_g = 1, a_o large: h = ract(x)."""
+    cy = get_backend("cython")
+    H = 64
+    n = -(-x.size // H)
+    xi = np.zeros(n * H, dtype)
+    xi[:x.size] = x
+    xp = np.zeros((1, n, 4 * H), dtype)
+    xp[0, :, :H] = xi.reshape(n, H)
+    xp[0, :, 2 * H:3 * H] = 1
+    xp[0, :, 3 * H:] = 1e4
+    cell = Cell("lstm", "linear", recurrent_activation=ract)
+    _, h_T, _, _ = cy.forward(cell, xp, np.zeros((4 * H, H), dtype), np.zeros(4 * H, dtype),
+                              np.zeros((n, H), dtype), np.zeros((n, H), dtype))
+    return h_T.reshape(-1)[:x.size]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("act", ["relu", "linear", "hard_sigmoid"])
+def test_other_activations_equal_the_reference(act, dtype):
+    """relu, linear and Keras 3's hard sigmoid in the kernels: the reference's values in
+    the working precision, NaN propagating."""
+    from cyrnn.backends.numpy_backend import _ACTIVATIONS
+
+    x = np.concatenate([np.linspace(-8, 8, 4001), [0.0, -0.0, -3.0, 3.0, 1e30, -1e30,
+                                                   np.inf, -np.inf, np.nan]]).astype(dtype)
+    y = (_gate_activation(act, x, dtype) if act == "hard_sigmoid"  # a gate activation
+         else _activation(act, x, dtype))
+    finite = np.isfinite(x)  # (inf + 0 * inf in the step's products is NaN)
+    with np.errstate(invalid="ignore"):
+        expected = _ACTIVATIONS[act][0](x)
+    assert y.dtype == dtype
+    np.testing.assert_array_equal(y[finite], expected[finite])
+    assert np.isnan(y[np.isnan(x)]).all()
+
+
 CELLS = {"rnn": Cell("rnn"), "rnn-relu": Cell("rnn", activation="relu"),
-         "lstm": Cell("lstm"), "gru": Cell("gru"), "gru-cho": Cell("gru", reset_after=False)}
+         "lstm": Cell("lstm"), "gru": Cell("gru"), "gru-cho": Cell("gru", reset_after=False),
+         "lstm_peephole-hard": Cell("lstm", peephole=True,
+                                    recurrent_activation="hard_sigmoid"),
+         "gru-cho-linear": Cell("gru", "linear", reset_after=False)}
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -63,7 +103,8 @@ def test_small_gemm_kernels_match_blas(name, dtype, N):
     b = rng.standard_normal(GH).astype(dtype)
     mask = np.ones((T, N), np.uint8)
     mask[1, 0] = 0
-    lstm, gru = cell.kind == "lstm", cell.kind == "gru"
+    lstm, gru = cell.has_cell_state, cell.kind == "gru"
+    peep = (rng.standard_normal((3, H)) * 0.5).astype(dtype) if cell.peephole else None
     dh_T = rng.standard_normal((N, H)).astype(dtype)
     dh_seq = rng.standard_normal((T, N, H)).astype(dtype)
     results = []
@@ -74,17 +115,19 @@ def test_small_gemm_kernels_match_blas(name, dtype, N):
         gates = np.empty((T, N, GH), dtype)
         aux = np.empty((T, N, H), dtype) if gru else None
         hs = np.empty((T, N, H), dtype)
-        k.forward(cell.kind_code, cell.activation_code, cell.reset_after, True, xp, w, b,
-                  mask, h, c, gates, aux, hs, np.empty((N, GH), dtype), small)
+        k.forward(*cell.codes, True, xp, w, b, peep, mask, h, c, gates, aux, hs,
+                  np.empty((N, GH), dtype), small)
         dxp, dgh = np.zeros((T, N, GH), dtype), np.zeros((T, N, GH), dtype)
         dh0 = np.empty((N, H), dtype)
         dc0 = np.empty((N, H), dtype) if lstm else None
         dw, db = np.empty((GH, H), dtype), np.empty(GH, dtype)
-        k.backward(cell.kind_code, cell.activation_code, cell.reset_after, -1, h, c, gates,
-                   aux, w, mask, dh_seq, dh_T, dh_T if lstm else None, dxp, dgh, dh0, dc0,
-                   np.empty((5, N, H), dtype), np.empty((N, GH), dtype),
-                   np.empty(N, np.int64), dw, db, small)
-        results.append([hs, h, gates, dxp, dh0, dw, db] + ([dc0] if lstm else []))
+        dpeep = None if peep is None else np.empty((3, H), dtype)
+        k.backward(*cell.codes, -1, h, c, gates, aux, w, peep, mask, dh_seq, dh_T,
+                   dh_T if lstm else None, dxp, dgh, dh0, dc0, np.empty((5, N, H), dtype),
+                   np.empty((N, GH), dtype), np.empty(N, np.int64), np.empty(N, np.uint8),
+                   dw, db, dpeep, small)
+        results.append([hs, h, gates, dxp, dh0, dw, db] + ([dc0] if lstm else [])
+                       + ([dpeep] if peep is not None else []))
     tol = {"rtol": 1e-10, "atol": 1e-12} if dtype == np.float64 else {"rtol": 1e-5, "atol": 1e-5}
     for a, b_ in zip(*results):
         np.testing.assert_allclose(a, b_, **tol)

@@ -14,6 +14,7 @@ import pytest
 
 import cyrnn
 from cyrnn.backends import get_backend
+from cyrnn.backends import spec as S
 
 from conftest import BACKENDS
 from fused_harness import CELLS, build_model, reference
@@ -201,12 +202,12 @@ def test_infer_rejects_corrupt_spec(fused_backend):
     spec = model.inference_spec().copy()
     x = np.zeros((1, 3, 5), np.float32)
     assert infer(spec, model.params.data, x).shape == (1, 3)
-    W = model.INFER_SPEC_WIDTH
-    for field, value in [(7, 10**9), (6, -1), (9, model.params.size),
-                         (5, 2**62), (4, 2**62)]:  # huge sizes must not overflow the checks
+    W = S.SPEC_WIDTH
+    for field, value in [(S.RNN_W_HH, 10**9), (S.RNN_W_IH, -1), (S.RNN_B_HH, model.params.size),
+                         (S.RNN_HIDDEN, 2**62), (S.RNN_IN, 2**62)]:  # huge sizes: no overflow
         bad = spec.copy()
-        bad[3 + field] = value
-        with pytest.raises(ValueError, match="outside the parameter buffer"):
+        bad[S.SPEC_HEADER + field] = value
+        with pytest.raises(ValueError, match=S.ERRORS["rnn"]):
             infer(bad, model.params.data, x)
     wrapped = spec[:3 + W].copy()
     wrapped[1] = (2**64 + W) // W  # n_ops whose length check would wrap in int64
@@ -217,10 +218,27 @@ def test_infer_rejects_corrupt_spec(fused_backend):
         infer(spec, None, x)
     with pytest.raises(ValueError):  # a byte-swapped parameter buffer is refused
         infer(spec, model.params.data.astype(model.params.data.dtype.newbyteorder()), x)
-    bad = spec.copy()
-    bad[3 + 1] = 7  # unknown cell kind
-    with pytest.raises(ValueError, match="cell"):
-        infer(bad, model.params.data, x)
+    for field, value in [(S.RNN_CELL, 7), (S.RNN_CELL, -1), (S.RNN_ACT, 99),
+                         (S.RNN_RACT, -1)]:  # codes outside the cell table
+        bad = spec.copy()
+        bad[S.SPEC_HEADER + field] = value
+        with pytest.raises(ValueError, match=S.ERRORS["cell"]):
+            infer(bad, model.params.data, x)
+
+
+def test_infer_checks_the_peephole_tensor(fused_backend):
+    """A peephole LSTM's (3, H) block must lie inside the parameter buffer."""
+    infer = get_backend(fused_backend).infer
+    model = _build(fused_backend, cyrnn.LSTM, {"peephole": True}, np.float32)
+    spec = model.inference_spec().copy()
+    x = np.zeros((1, 3, 5), np.float32)
+    assert infer(spec, model.params.data, x).shape == (1, 3)
+    H = spec[S.SPEC_HEADER + S.RNN_HIDDEN]
+    for value in (-1, model.params.size - 3 * H + 1, 2**62):
+        bad = spec.copy()
+        bad[S.SPEC_HEADER + S.RNN_PEEP] = value
+        with pytest.raises(ValueError, match=S.ERRORS["rnn"]):
+            infer(bad, model.params.data, x)
 
 
 def test_fused_follows_layer_changes(fused_backend, rng):
@@ -259,9 +277,17 @@ def test_fused_rnn_dense_rnn(fused_backend, rng):
 
 
 def test_spec_constants_agree(fused_backend):
-    """The spec layout Sequential writes is the one each backend reads."""
-    mod = (cyrnn._cython_kernels if fused_backend == "cython"
-           else get_backend(fused_backend))
-    assert mod.INFER_SPEC_VERSION == cyrnn.Sequential.INFER_SPEC_VERSION
-    assert mod.INFER_SPEC_WIDTH == cyrnn.Sequential.INFER_SPEC_WIDTH
-    assert mod.INFER_SPEC_HEADER == 3
+    """The spec layout Sequential writes (cyrnn.backends.spec's) is the one each backend
+    reads: another version or record width is refused with the spec's message."""
+    infer = get_backend(fused_backend).infer
+    model = _build(fused_backend, cyrnn.GRU, {}, np.float32)
+    spec = model.inference_spec()
+    assert tuple(spec[:S.SPEC_HEADER]) == (S.SPEC_VERSION, 2, S.SPEC_WIDTH)
+    x = np.zeros((1, 3, 5), np.float32)
+    assert infer(spec, model.params.data, x).shape == (1, 3)
+    for field, value in [(0, S.SPEC_VERSION - 1), (0, S.SPEC_VERSION + 1),
+                         (2, S.SPEC_WIDTH + 1)]:
+        bad = spec.copy()
+        bad[field] = value
+        with pytest.raises(ValueError, match=S.ERRORS["header"]):
+            infer(bad, model.params.data, x)

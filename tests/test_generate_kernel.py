@@ -81,6 +81,26 @@ def test_compiled_equals_reference_wide(backend, cell):
 
 
 @pytest.mark.parametrize("backend", COMPILED)
+@pytest.mark.parametrize("name", ["lstm_peephole", "lstm_peephole-sigmoid"])
+@pytest.mark.parametrize("L", [1, 2])
+def test_compiled_equals_reference_peephole(backend, name, L):
+    """Per-layer peephole weights (L, 3, H): token for token, and they matter."""
+    cell = CELLS[name]
+    be = get_backend(backend)
+    w, s = make_problem(cell, L=L, seed=L + 7)
+    w["peep"] = np.random.default_rng(L).standard_normal((L, 3, w["w_hh"].shape[2])) * 0.8
+    for top_k, temperature in [(0, 1.0), (3, 0.7)]:
+        expected = ref.generate(cell, **w, **s, temperature=temperature, top_k=top_k,
+                                end_token=2)
+        got = be.generate(cell, **w, **s, temperature=temperature, top_k=top_k, end_token=2)
+        np.testing.assert_array_equal(got[1], expected[1])
+        np.testing.assert_array_equal(got[0], expected[0])
+        without = ref.generate(cell, **dict(w, peep=None), **s, temperature=temperature,
+                               top_k=top_k, end_token=2)
+        assert not np.array_equal(without[0], expected[0])
+
+
+@pytest.mark.parametrize("backend", COMPILED)
 def test_compiled_does_not_fall_back(backend, monkeypatch):
     """A compiled backend runs the loop itself (the reference only for degenerate
     shapes)."""

@@ -3,9 +3,10 @@
 Same signatures, results and cache layout as :mod:`cyrnn.backends.numpy_backend`
 (the specification). This module only prepares arrays: it makes inputs
 C-contiguous in the working dtype, turns ``mask`` into a ``(T, N)`` uint8 array,
-allocates outputs and scratch, and calls the compiled time loops, which run
-without the GIL (recurrent products through BLAS, gate math in C, row loops
-parallel over the batch when OpenMP is available and the step is large).
+allocates outputs and scratch, and calls the compiled time loops with the cell's
+``Cell.codes``; they run without the GIL (recurrent products through BLAS, gate
+math in C, row loops parallel over the batch when OpenMP is available and the
+step is large).
 
 Threads: BLAS threads the big GEMMs (m*n*k >= 2**24); mid-sized ones are cut
 into blocks that OpenBLAS keeps on the calling thread (see ``_cython_kernels._gemm``),
@@ -13,8 +14,8 @@ and :func:`matmul` gives the layer-side GEMMs the same BLAS and rule, so NumPy's
 and scipy's OpenBLAS pools never alternate within a step. OpenMP threads the gate
 math of big steps (N * H >= ``_cython_kernels.PARALLEL_MIN``). The two pools alternate every
 step, and OpenMP threads that spin-wait between regions (the default "active"
-policy of most runtimes) keep BLAS's threads off the cores: on 2 cores that made
-big steps 3 to 30 times slower. Unless the user chose otherwise, this module
+policy of most runtimes) keep BLAS's threads off the cores, which made big steps
+several times slower on 2 cores. Unless the user chose otherwise, this module
 therefore sets ``OMP_WAIT_POLICY=PASSIVE`` before the extension (and with it
 the OpenMP runtime) is loaded; ``OMP_NUM_THREADS=1`` or threadpoolctl's
 ``threadpool_limits`` turn the row threads off.
@@ -49,8 +50,7 @@ def matmul(a, trans_a, b, trans_b, out, beta=0.0):
     Optional backend function: ``cyrnn.layers.recurrent`` uses it when present, so
     that every GEMM of a layer goes through one BLAS (scipy's) with one blocking
     rule. Interleaving NumPy's and scipy's OpenBLAS thread pools made each call
-    wait for the other pool's spinning threads (dino-b32 inference: 3 ms instead
-    of 0.5 ms on 2 cores).
+    wait for the other pool's spinning threads.
     """
     if 0 in out.shape or (a.shape[0] if trans_a else a.shape[1]) == 0:
         res = (a.T if trans_a else a) @ (b.T if trans_b else b)
@@ -64,8 +64,8 @@ def matmul(a, trans_a, b, trans_b, out, beta=0.0):
 
 
 # Fused inference of a whole Sequential (optional contract function; the spec layout
-# is documented in Sequential.inference_spec and docs/architecture.md): validates the
-# input's exact form in C and returns None for anything the general path must handle.
+# is cyrnn.backends.spec's): validates the input's exact form in C and returns None
+# for anything the general path must handle.
 infer = _k.infer
 # Fused training step (optional): forward keeping per-op caches, then the backward
 # adding every parameter gradient into the flat gradient buffer.
@@ -90,7 +90,7 @@ def _degenerate(*sizes):
     return 0 in sizes
 
 
-def forward(cell, xp, w_hh, b_hh, h0, c0=None, mask=None, keep_cache=False):
+def forward(cell, xp, w_hh, b_hh, h0, c0=None, mask=None, keep_cache=False, peep=None):
     """Run the cell over ``T`` steps; see ``numpy_backend.forward``."""
     xp = _contig(xp)
     dt = xp.dtype
@@ -98,35 +98,35 @@ def forward(cell, xp, w_hh, b_hh, h0, c0=None, mask=None, keep_cache=False):
     H = w_hh.shape[1]
     if _degenerate(T, N, H):
         from . import numpy_backend
-        return numpy_backend.forward(cell, xp, w_hh, b_hh, h0, c0, mask, keep_cache)
-    kind = cell.kind
-    lstm = kind == "lstm"
+        return numpy_backend.forward(cell, xp, w_hh, b_hh, h0, c0, mask, keep_cache, peep)
+    has_c, has_aux = cell.has_cell_state, cell.has_aux
     S = T + 1 if keep_cache else 2
     h = _empty((S, N, H), dt)
     h[0] = h0
     c = None
-    if lstm:
+    if has_c:
         c = _empty((S, N, H), dt)
         c[0] = c0
     G = T if keep_cache else 1
     gates = _empty((G, N, GH), dt)
-    aux = _empty((G, N, H), dt) if kind == "gru" else None
+    aux = _empty((G, N, H), dt) if has_aux else None
     h_seq = _empty((T, N, H), dt)
-    _k.forward(cell.kind_code, cell.activation_code, cell.reset_after, keep_cache,
-               xp, _contig(w_hh, dt), _contig(b_hh, dt), _mask_u8(mask, T, N),
+    _k.forward(*cell.codes, keep_cache, xp, _contig(w_hh, dt), _contig(b_hh, dt),
+               None if peep is None else _contig(peep, dt), _mask_u8(mask, T, N),
                h, c, gates, aux, h_seq, _empty((N, GH), dt))
     if keep_cache:
         cache = {"h": h, "gates": gates}
-        if lstm:
+        if has_c:
             cache["c"] = c
-        if aux is not None:
+        if has_aux:
             cache["aux"] = aux
-        return h_seq, h[T].copy(), (c[T].copy() if lstm else None), cache
+        return h_seq, h[T].copy(), (c[T].copy() if has_c else None), cache
     s = T % 2
-    return h_seq, h[s], (c[s] if lstm else None), None
+    return h_seq, h[s], (c[s] if has_c else None), None
 
 
-def backward(cell, cache, w_hh, mask=None, dh_seq=None, dh_T=None, dc_T=None, truncate=None):
+def backward(cell, cache, w_hh, mask=None, dh_seq=None, dh_T=None, dc_T=None, truncate=None,
+             peep=None):
     """Gradients through ``forward``; see ``numpy_backend.backward``."""
     gates = _contig(cache["gates"])
     dt = gates.dtype
@@ -134,31 +134,32 @@ def backward(cell, cache, w_hh, mask=None, dh_seq=None, dh_T=None, dc_T=None, tr
     H = GH // cell.n_gates
     if _degenerate(T, N, H):
         from . import numpy_backend
-        return numpy_backend.backward(cell, cache, w_hh, mask, dh_seq, dh_T, dc_T, truncate)
-    kind = cell.kind
-    lstm = kind == "lstm"
-    c = _contig(cache["c"], dt) if lstm else None
-    aux = _contig(cache["aux"], dt) if kind == "gru" else None
+        return numpy_backend.backward(cell, cache, w_hh, mask, dh_seq, dh_T, dc_T, truncate,
+                                      peep)
+    has_c = cell.has_cell_state
+    c = _contig(cache["c"], dt) if has_c else None
+    aux = _contig(cache["aux"], dt) if cell.has_aux else None
     trunc = -1 if truncate is None or truncate >= T else int(truncate)
     dxp = _zeros((T, N, GH), dt)
     dh0 = _empty((N, H), dt)
-    dc0 = _empty((N, H), dt) if lstm else None
+    dc0 = _empty((N, H), dt) if has_c else None
     dw_hh = _empty((GH, H), dt)
     db_hh = _empty(GH, dt)
+    dpeep = None if peep is None else _empty((3, H), dt)
     _k.backward(
-        cell.kind_code, cell.activation_code, cell.reset_after, trunc,
-        _contig(cache["h"], dt), c, gates, aux, _contig(w_hh, dt), _mask_u8(mask, T, N),
+        *cell.codes, trunc, _contig(cache["h"], dt), c, gates, aux, _contig(w_hh, dt),
+        None if peep is None else _contig(peep, dt), _mask_u8(mask, T, N),
         None if dh_seq is None else _contig(dh_seq, dt),
         None if dh_T is None else _contig(dh_T, dt),
-        None if (dc_T is None or not lstm) else _contig(dc_T, dt),
-        # RNN/LSTM: the recurrent pre-activation gradient is dxp itself
-        dxp, _zeros((T, N, GH), dt) if kind == "gru" else None, dh0, dc0,
-        _empty((5, N, H), dt), _empty((N, GH), dt), _empty(N, np.int64),
-        dw_hh, db_hh)
-    return dxp, dh0, dc0, dw_hh, db_hh
+        None if (dc_T is None or not has_c) else _contig(dc_T, dt),
+        # GRU: its own recurrent pre-activation gradient; the other cells' is dxp itself
+        dxp, _zeros((T, N, GH), dt) if cell.kind == "gru" else None, dh0, dc0,
+        _empty((5, N, H), dt), _empty((N, GH), dt), _empty(N, np.int64), _empty(N, _uint8),
+        dw_hh, db_hh, dpeep)
+    return dxp, dh0, dc0, dw_hh, db_hh, dpeep
 
 
-def step(cell, xp_t, w_hh, b_hh, h, c=None):
+def step(cell, xp_t, w_hh, b_hh, h, c=None, peep=None):
     """Single step used by generation. Returns ``(h_new, c_new)``."""
     xp_t = _contig(xp_t)
     dt = xp_t.dtype
@@ -166,24 +167,24 @@ def step(cell, xp_t, w_hh, b_hh, h, c=None):
     H = w_hh.shape[1]
     if _degenerate(N, H):
         from . import numpy_backend
-        return numpy_backend.step(cell, xp_t, w_hh, b_hh, h, c)
-    lstm = cell.kind == "lstm"
+        return numpy_backend.step(cell, xp_t, w_hh, b_hh, h, c, peep)
+    has_c = cell.has_cell_state
     hs = _empty((2, N, H), dt)
     hs[0] = h
     cs = None
-    if lstm:
+    if has_c:
         cs = _empty((2, N, H), dt)
         cs[0] = c
-    _k.forward(cell.kind_code, cell.activation_code, cell.reset_after, False,
-               xp_t.reshape(1, N, GH), _contig(w_hh, dt), _contig(b_hh, dt),
+    _k.forward(*cell.codes, False, xp_t.reshape(1, N, GH), _contig(w_hh, dt),
+               _contig(b_hh, dt), None if peep is None else _contig(peep, dt),
                np.ones((1, N), _uint8), hs, cs, _empty((1, N, GH), dt),
-               _empty((1, N, H), dt) if cell.kind == "gru" else None,
+               _empty((1, N, H), dt) if cell.has_aux else None,
                _empty((1, N, H), dt), _empty((N, GH), dt))
-    return hs[1], (cs[1] if lstm else None)
+    return hs[1], (cs[1] if has_c else None)
 
 
 def generate(cell, xp_table, w_ih_rest, b_ih_rest, w_hh, b_hh, w_out, b_out, h, c,
-             start, forced, banned, uniforms, temperature, top_k, end_token):
+             start, forced, banned, uniforms, temperature, top_k, end_token, peep=None):
     """The whole sampling loop in compiled code; see ``numpy_backend.generate``.
 
     Token-for-token equal to the reference for the same ``uniforms`` (up to
@@ -199,26 +200,26 @@ def generate(cell, xp_table, w_ih_rest, b_ih_rest, w_hh, b_hh, w_out, b_out, h, 
         from . import numpy_backend
         return numpy_backend.generate(cell, xp_table, w_ih_rest, b_ih_rest, w_hh, b_hh,
                                       w_out, b_out, h, c, start, forced, banned, uniforms,
-                                      temperature, top_k, end_token)
-    lstm = cell.kind == "lstm"
+                                      temperature, top_k, end_token, peep)
+    has_c = cell.has_cell_state
     hs = _empty((L, 2, n, H), dt)
     hs[:, 0] = h
     cs = None
-    if lstm:
+    if has_c:
         cs = _empty((L, 2, n, H), dt)
         cs[:, 0] = c
     rest = L > 1
     tokens = _empty((n, T), np.int64)
     lengths = _empty(n, np.int64)
     _k.generate(
-        cell.kind_code, cell.activation_code, cell.reset_after, xp_table,
+        *cell.codes, xp_table,
         _contig(w_ih_rest, dt) if rest else None, _contig(b_ih_rest, dt) if rest else None,
-        _contig(w_hh, dt), _contig(b_hh, dt), _contig(w_out, dt), _contig(b_out, dt),
-        hs, cs, _contig(start, np.int64), forced,
+        _contig(w_hh, dt), _contig(b_hh, dt), None if peep is None else _contig(peep, dt),
+        _contig(w_out, dt), _contig(b_out, dt), hs, cs, _contig(start, np.int64), forced,
         _contig(banned, np.bool_).view(_uint8), _contig(uniforms, np.float64),
         float(temperature), int(top_k), int(end_token), tokens, lengths,
         _empty(n, np.int64), _empty(n, _uint8), _empty((n, GH), dt), _empty((n, GH), dt),
-        _empty((1, n, GH), dt), _empty((1, n, H), dt) if cell.kind == "gru" else None,
+        _empty((1, n, GH), dt), _empty((1, n, H), dt) if cell.has_aux else None,
         _empty((1, n, H), dt), _empty((n, V), dt), _empty(V, np.float64),
         _empty(V, np.float64))
     return tokens, lengths

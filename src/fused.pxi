@@ -1,0 +1,647 @@
+# Fused model calls: a whole Sequential ([Embedding] RNN+ (Dense | RNN)*) in one
+# call, for inference (``infer``) and for a training step (``train_forward`` /
+# ``train_backward``): check the call, plan the scratch, run the forward, run
+# the backward. Included by _cython_kernels.pyx (which holds the entry points).
+#
+# The spec is the int64 array of ``cyrnn.backends.spec`` (built by
+# ``Sequential.inference_spec``): a header and one fixed-width record per op;
+# its constants, field indices and error messages reach this file through the
+# generated _constants.pxi. A planner (``_plan``) lays every op's buffers out
+# in one scratch block: per-op caches for training, ping-pong buffers for
+# inference; one forward runner and one backward runner walk the ops over that
+# plan, calling the same time loops and GEMM rule as the layer path. Everything
+# runs without the GIL on memory allocated per call, so concurrent calls on one
+# model are safe; nothing is kept between calls except what ``train_forward``
+# hands back in its ``FusedCache``.
+
+cdef extern from *:
+    """
+    #define CYRNN_INT_LIMIT 2147483647.0
+    """
+    const double INT_LIMIT "CYRNN_INT_LIMIT"
+
+cdef enum:
+    # per-op plan slots: element offsets into the scratch block (-1: none)
+    P_IN = 0
+    P_OUT = 1
+    P_H = 2
+    P_C = 3
+    P_GATES = 4
+    P_AUX = 5
+    P_HSEQ = 6
+    P_INSEQ = 7      # 1 when the op's input is a (T, N, F) sequence
+    P_WIDTH = 8
+
+
+cdef struct Dims:
+    Py_ssize_t n_ops, first, T, N, F0, F_out, Fmax, GHmax, Hmax
+    bint ids, seq_out
+    int typenum
+    Py_ssize_t isz
+
+
+cdef inline const int64_t* _rec(const int64_t* sp, Py_ssize_t o) noexcept nogil:
+    return sp + SPEC_HEADER + o * SPEC_WIDTH
+
+
+cdef inline Py_ssize_t _gates_of(const int64_t* r) noexcept nogil:
+    """G*H of a recurrent record."""
+    return n_gates_of(<int>r[RNN_CELL]) * r[RNN_HIDDEN]
+
+
+cdef inline const floating* _peep_of(const floating* data, const int64_t* r) noexcept nogil:
+    """The (3, H) peephole block of a recurrent record, NULL for cells without one."""
+    if n_peepholes_of(<int>r[RNN_CELL]) > 0:
+        return data + r[RNN_PEEP]
+    return NULL
+
+
+cdef void _affine_fwd(const floating* x, Py_ssize_t rows, Py_ssize_t n_in,
+                      Py_ssize_t n_out, const floating* w, const floating* b,
+                      floating* y) noexcept nogil:
+    """``y = x w^T + b``: ``x`` (rows, n_in), ``w`` (n_out, n_in), ``y`` (rows, n_out),
+    row-major. The input projection of a recurrent op and a Dense op (the same
+    GEMM as ``layers.recurrent.project``)."""
+    cdef Py_ssize_t i, j
+    _gemm(c'T', c'N', <int>n_out, <int>rows, <int>n_in, <floating>1, w, <int>n_in,
+          x, <int>n_in, <floating>0, y, <int>n_out)
+    for i in range(rows):
+        for j in range(n_out):
+            y[i * n_out + j] += b[j]
+
+
+cdef void _affine_bwd(const floating* dy, const floating* x, Py_ssize_t rows,
+                      Py_ssize_t n_in, Py_ssize_t n_out, const floating* w, floating* gw,
+                      floating* gb, floating* dx) noexcept nogil:
+    """Backward of :func:`_affine_fwd` given ``dy`` (rows, n_out): ``gw += dy^T x``,
+    ``gb += colsum(dy)`` and, unless ``dx`` is NULL, ``dx = dy w`` (rows, n_in)."""
+    cdef Py_ssize_t i, j
+    _gemm(c'N', c'T', <int>n_in, <int>n_out, <int>rows, <floating>1, x, <int>n_in, dy,
+          <int>n_out, <floating>1, gw, <int>n_in)
+    for i in range(rows):
+        for j in range(n_out):
+            gb[j] += dy[i * n_out + j]
+    if dx != NULL:
+        _gemm(c'N', c'N', <int>n_in, <int>rows, <int>n_out, <floating>1, w, <int>n_in,
+              dy, <int>n_out, <floating>0, dx, <int>n_in)
+
+
+cdef bint _all_finite(const floating* x, Py_ssize_t n) noexcept nogil:
+    """No NaN or infinity in ``x[:n]`` (x * 0 is NaN exactly for those); 16
+    independent lanes so the compiler vectorises the scan."""
+    cdef floating acc[16]
+    cdef Py_ssize_t i, l, n16 = n - n % 16
+    for l in range(16):
+        acc[l] = 0
+    i = 0
+    while i < n16:
+        for l in range(16):
+            acc[l] += x[i + l] * 0
+        i += 16
+    for i in range(n16, n):
+        acc[0] += x[i] * 0
+    for l in range(1, 16):
+        acc[0] += acc[l]
+    return acc[0] == 0
+
+
+cdef int64_t* _copy_spec(const int64_t[::1] spec) except NULL:
+    """A private copy of ``spec`` (malloc; the caller frees it) after checking its
+    header. The fused code reads only the copy, so a spec changed by another
+    thread, or between a training forward and its backward, cannot reach it."""
+    cdef Py_ssize_t n = spec.shape[0]
+    cdef int64_t* sp
+    # no multiplication: a huge op count must not wrap around to a valid length
+    if (n < SPEC_HEADER + SPEC_WIDTH or (n - SPEC_HEADER) % SPEC_WIDTH != 0
+            or spec[0] != SPEC_VERSION or spec[2] != SPEC_WIDTH
+            or spec[1] != (n - SPEC_HEADER) // SPEC_WIDTH):
+        raise ValueError(SPEC_ERRORS["header"])
+    sp = <int64_t*>_alloc(<double>n * 8)
+    memcpy(sp, &spec[0], n * 8)
+    return sp
+
+
+cdef int _check_data(cnp.ndarray a, str name, int typenum, Py_ssize_t size,
+                     bint writable) except -1:
+    if (cnp.PyArray_TYPE(a) != typenum or cnp.PyArray_NDIM(a) != 1
+            or cnp.PyArray_SIZE(a) != size or not cnp.PyArray_IS_C_CONTIGUOUS(a)
+            or not cnp.PyArray_ISALIGNED(a) or not cnp.PyArray_ISNOTSWAPPED(a)
+            or (writable and not cnp.PyArray_ISWRITEABLE(a))):
+        raise ValueError(f"{name} must be an aligned, native-endian, C-contiguous 1-D "
+                         f"array like the parameter buffer" + (" (writable)" if writable else ""))
+    return 0
+
+
+cdef int _check_call(const int64_t* sp, cnp.ndarray data, object x, object mask, Dims* d,
+                     int64_t** ids_out, uint8_t** mask_out) except -1:
+    """Check the (copied, header-checked) spec against ``data`` and ``x`` against
+    the spec.
+
+    Returns 0 when the fused call can run, 1 when ``x`` is not in the exact form
+    it takes (the caller returns None and the layer path judges ``x``). A spec
+    that is malformed or reaches outside ``data`` raises ValueError. Token ids
+    are copied to ``*ids_out`` (malloc; the caller frees it) and checked there,
+    so the run reads exactly the ids that were checked.
+
+    ``mask``: None or an (N, T) bool/uint8 C-contiguous array of valid steps
+    (else 1). It is combined with ``ids != 0`` under ``mask_zero`` (a sequence
+    with no non-padding id: 1, the layer path raises) into a time-major copy at
+    ``*mask_out`` (malloc; NULL when every step is valid).
+    """
+    cdef const int64_t* r
+    cdef cnp.ndarray xa
+    cdef Py_ssize_t o, F, G, D, H, size, k
+    cdef double Gd
+    cdef bint seq = True
+    cdef int64_t* idp
+    cdef char* xin
+    cdef cnp.ndarray ma
+    cdef const uint8_t* mp = NULL
+    cdef uint8_t* mtm
+    cdef Py_ssize_t t, i
+    cdef bint any_valid, mzero
+    d.n_ops = sp[1]
+    d.typenum = cnp.PyArray_TYPE(data)
+    if d.typenum != cnp.NPY_FLOAT32 and d.typenum != cnp.NPY_FLOAT64:
+        raise TypeError("parameter buffer must be float32 or float64")
+    _check_data(data, "parameter buffer", d.typenum, cnp.PyArray_SIZE(data), False)
+    d.isz = 4 if d.typenum == cnp.NPY_FLOAT32 else 8
+    size = cnp.PyArray_SIZE(data)
+    r = _rec(sp, 0)
+    d.ids = r[0] == OP_EMBED
+    d.first = 1 if d.ids else 0
+    if d.ids:
+        if (r[EMB_VOCAB] < 1 or r[EMB_DIM] < 1 or r[EMB_W] < 0
+                or <double>r[EMB_W] + <double>r[EMB_VOCAB] * r[EMB_DIM] > size):
+            raise ValueError(SPEC_ERRORS["embed"])
+        F = r[EMB_DIM]
+    elif r[0] == OP_RNN:
+        F = r[RNN_IN]
+    else:
+        raise ValueError(SPEC_ERRORS["first"])
+    d.F0 = F
+    d.Fmax = F
+    d.GHmax = 1
+    d.Hmax = 1
+    for o in range(d.first, d.n_ops):
+        r = _rec(sp, o)
+        if r[0] == OP_RNN:
+            if (r[RNN_CELL] < 0 or r[RNN_CELL] >= N_CELLS or r[RNN_ACT] < 0
+                    or r[RNN_ACT] >= N_ACTIVATIONS or r[RNN_RACT] < 0
+                    or r[RNN_RACT] >= N_ACTIVATIONS):
+                raise ValueError(SPEC_ERRORS["cell"])
+            if not seq:
+                raise ValueError(SPEC_ERRORS["order"])
+            # sizes in double: huge (corrupt) values must not overflow the checks
+            D = r[RNN_IN]
+            H = r[RNN_HIDDEN]
+            Gd = <double>n_gates_of(<int>r[RNN_CELL]) * H
+            if (H < 1 or D < 1 or r[RNN_W_IH] < 0 or r[RNN_W_HH] < 0 or r[RNN_B_IH] < 0
+                    or r[RNN_B_HH] < 0 or r[RNN_W_IH] + Gd * D > size
+                    or r[RNN_W_HH] + Gd * H > size or r[RNN_B_IH] + Gd > size
+                    or r[RNN_B_HH] + Gd > size
+                    or (n_peepholes_of(<int>r[RNN_CELL]) > 0
+                        and (r[RNN_PEEP] < 0 or r[RNN_PEEP]
+                             + <double>n_peepholes_of(<int>r[RNN_CELL]) * H > size))):
+                raise ValueError(SPEC_ERRORS["rnn"])
+            G = _gates_of(r)
+            if D != F:
+                return 1  # widths do not chain: the layer path explains
+            d.GHmax = max(d.GHmax, G)
+            d.Hmax = max(d.Hmax, H)
+            F = H
+            seq = r[RNN_SEQ] != 0
+        elif r[0] == OP_DENSE:
+            if (r[DENSE_OUT] < 1 or r[DENSE_IN] < 1 or r[DENSE_W] < 0 or r[DENSE_B] < 0
+                    or <double>r[DENSE_W] + <double>r[DENSE_OUT] * r[DENSE_IN] > size
+                    or r[DENSE_B] + <double>r[DENSE_OUT] > size):
+                raise ValueError(SPEC_ERRORS["dense"])
+            if r[DENSE_IN] != F:
+                return 1
+            F = r[DENSE_OUT]
+        else:
+            raise ValueError(SPEC_ERRORS["op"])
+        d.Fmax = max(d.Fmax, F)
+    d.F_out = F
+    d.seq_out = seq
+    # x: exactly (N, T, F0) of the parameters' dtype, or (N, T) int64 ids; C order.
+    if not cnp.PyArray_Check(x):
+        return 1
+    xa = <cnp.ndarray>x
+    if (not cnp.PyArray_IS_C_CONTIGUOUS(xa) or not cnp.PyArray_ISALIGNED(xa)
+            or not cnp.PyArray_ISNOTSWAPPED(xa)):
+        return 1
+    if d.ids:
+        if cnp.PyArray_NDIM(xa) != 2 or cnp.PyArray_TYPE(xa) != cnp.NPY_INT64:
+            return 1
+    elif (cnp.PyArray_NDIM(xa) != 3 or cnp.PyArray_TYPE(xa) != d.typenum
+            or cnp.PyArray_DIM(xa, 2) != d.F0):
+        return 1
+    d.N = cnp.PyArray_DIM(xa, 0)
+    d.T = cnp.PyArray_DIM(xa, 1)
+    if d.N < 1 or d.T < 1:
+        return 1
+    if (<double>d.T * d.N > INT_LIMIT or d.GHmax > INT_LIMIT or d.Fmax > INT_LIMIT
+            or <double>d.GHmax * d.Hmax > INT_LIMIT):
+        return 1  # BLAS takes int dimensions: the layer path handles (or refuses) these
+    xin = <char*>cnp.PyArray_DATA(xa)
+    if d.ids:  # ids the layer path must judge: out of range, padding under mask_zero
+        idp = <int64_t*>_alloc(<double>d.N * d.T * 8)
+        memcpy(idp, xin, d.N * d.T * 8)
+        r = _rec(sp, 0)
+        for k in range(d.N * d.T):
+            if idp[k] < 0 or idp[k] >= r[EMB_VOCAB]:
+                free(idp)
+                return 1
+        ids_out[0] = idp
+    elif d.isz == 4:
+        if not _all_finite(<const float*>xin, d.N * d.T * d.F0):
+            return 1
+    elif not _all_finite(<const double*>xin, d.N * d.T * d.F0):
+        return 1
+    # validity mask: the given one, and ids != 0 under mask_zero
+    mzero = d.ids and _rec(sp, 0)[EMB_MASK_ZERO] != 0
+    if mask is not None:
+        if not cnp.PyArray_Check(mask):
+            return 1
+        ma = <cnp.ndarray>mask
+        if ((cnp.PyArray_TYPE(ma) != cnp.NPY_BOOL and cnp.PyArray_TYPE(ma) != cnp.NPY_UINT8)
+                or not cnp.PyArray_IS_C_CONTIGUOUS(ma) or cnp.PyArray_NDIM(ma) != 2
+                or cnp.PyArray_DIM(ma, 0) != d.N or cnp.PyArray_DIM(ma, 1) != d.T):
+            return 1
+        mp = <const uint8_t*>cnp.PyArray_DATA(ma)
+    if mp == NULL and mzero:
+        for k in range(d.N * d.T):
+            if ids_out[0][k] == 0:
+                break
+        else:
+            return 0  # no padding id: every step valid
+    elif mp == NULL:
+        return 0
+    mtm = <uint8_t*>_alloc(<double>d.N * d.T)
+    for i in range(d.N):
+        any_valid = False
+        for t in range(d.T):
+            k = i * d.T + t
+            mtm[t * d.N + i] = (mp == NULL or mp[k] != 0) and not (mzero and ids_out[0][k] == 0)
+            if mzero and ids_out[0][k] != 0:
+                any_valid = True
+        if mzero and not any_valid:
+            free(mtm)
+            return 1  # a sequence of padding only: the layer path raises
+    mask_out[0] = mtm
+    return 0
+
+
+cdef inline Py_ssize_t _al(Py_ssize_t n) noexcept nogil:
+    """``n`` rounded up to 16 elements (64 bytes for float32)."""
+    return (n + 15) & ~(<Py_ssize_t>15)
+
+
+cdef Py_ssize_t _plan(const int64_t* sp, const Dims* d, bint keep,
+                      int64_t* plan) noexcept nogil:
+    """Element offsets of every op's buffers in one scratch block (``plan``:
+    n_ops x P_WIDTH); returns the block's size in elements.
+
+    Always: [0] the time-major input (T, N, F0); [1] xp scratch (T, N, GHmax);
+    [2] gh scratch (N, GHmax). ``keep`` (training): every op gets its own output
+    and, for recurrent ops, its own cache (h, c: T+1 states; gates; aux); a
+    many-to-one op's output is its last state. Inference: recurrent ops share
+    one 2-slot state and one-step gate scratch, and sequence outputs alternate
+    between two buffers.
+    """
+    cdef Py_ssize_t T = d.T, N = d.N, TN = d.T * d.N, o, H, G, R, F = d.F0
+    cdef Py_ssize_t pos, cur, pingA, pingB, h_s, c_s, g_s, a_s, hs_s
+    cdef bint seq = True
+    cdef const int64_t* r
+    cdef int64_t* p
+    # every buffer starts on a 64-byte boundary (the block is 64-byte aligned)
+    pos = _al(_al(TN * d.F0) + TN * d.GHmax) + N * d.GHmax
+    cur = 0  # the input sits at offset 0
+    if not keep:
+        pingA = _al(pos)
+        pingB = _al(pingA + TN * d.Fmax)
+        h_s = _al(pingB + TN * d.Fmax)
+        c_s = _al(h_s + 2 * N * d.Hmax)
+        g_s = _al(c_s + 2 * N * d.Hmax)
+        a_s = _al(g_s + N * d.GHmax)
+        hs_s = _al(a_s + N * d.Hmax)
+        pos = hs_s + TN * d.Hmax
+    for o in range(d.n_ops):
+        p = plan + o * P_WIDTH
+        for R in range(P_WIDTH):
+            p[R] = -1
+        if o < d.first:
+            continue
+        r = _rec(sp, o)
+        p[P_IN] = cur
+        p[P_INSEQ] = seq
+        if r[0] == OP_RNN:
+            H = r[RNN_HIDDEN]
+            G = _gates_of(r)
+            if keep:
+                p[P_H] = _al(pos)
+                pos = p[P_H] + (T + 1) * N * H
+                if has_cell_state_of(<int>r[RNN_CELL]):
+                    p[P_C] = _al(pos)
+                    pos = p[P_C] + (T + 1) * N * H
+                p[P_GATES] = _al(pos)
+                pos = p[P_GATES] + TN * G
+                if has_aux_of(<int>r[RNN_CELL]):
+                    p[P_AUX] = _al(pos)
+                    pos = p[P_AUX] + TN * H
+                p[P_HSEQ] = _al(pos)
+                pos = p[P_HSEQ] + TN * H
+                p[P_OUT] = p[P_HSEQ] if r[RNN_SEQ] else p[P_H] + T * N * H
+            else:
+                p[P_H] = h_s
+                p[P_C] = c_s
+                p[P_GATES] = g_s
+                p[P_AUX] = a_s
+                if r[RNN_SEQ]:
+                    p[P_HSEQ] = pingB if cur == pingA else pingA
+                    p[P_OUT] = p[P_HSEQ]
+                else:
+                    p[P_HSEQ] = hs_s
+                    p[P_OUT] = h_s + (T % 2) * N * H
+            seq = r[RNN_SEQ] != 0
+        else:
+            R = TN if seq else N
+            if keep:
+                p[P_OUT] = _al(pos)
+                pos = p[P_OUT] + R * r[DENSE_OUT]
+            else:
+                p[P_OUT] = pingB if cur == pingA else pingA
+        cur = p[P_OUT]
+    return pos
+
+
+cdef void _fused_forward(const int64_t* sp, const Dims* d, bint keep, const int64_t* plan,
+                         const floating* data, const char* xin, floating* base,
+                         const uint8_t* mask, floating* out) noexcept nogil:
+    """Lay the input out time-major, run every op over the plan, write the
+    batch-first result to ``out``."""
+    cdef Py_ssize_t T = d.T, N = d.N, TN = d.T * d.N, o, t, i, H, G, D, O, R, F
+    cdef int code
+    cdef const int64_t* r
+    cdef const int64_t* p
+    cdef const int64_t* idp
+    cdef const floating* x
+    cdef const floating* table
+    cdef floating* x0 = base
+    cdef floating* xp = base + _al(TN * d.F0)
+    cdef floating* gh = base + _al(_al(TN * d.F0) + TN * d.GHmax)
+    cdef floating* inp
+    cdef floating* cbuf
+    cdef floating* aux
+    F = d.F0
+    if d.ids:
+        r = _rec(sp, 0)
+        table = data + r[EMB_W]
+        idp = <const int64_t*>xin
+        for t in range(T):
+            for i in range(N):
+                memcpy(x0 + (t * N + i) * F, table + idp[i * T + t] * F, F * sizeof(floating))
+    else:
+        x = <const floating*>xin
+        for t in range(T):
+            for i in range(N):
+                memcpy(x0 + (t * N + i) * F, x + (i * T + t) * F, F * sizeof(floating))
+    for o in range(d.first, d.n_ops):
+        r = _rec(sp, o)
+        p = plan + o * P_WIDTH
+        inp = base + p[P_IN]
+        if r[0] == OP_RNN:
+            code = <int>r[RNN_CELL]
+            D = r[RNN_IN]
+            H = r[RNN_HIDDEN]
+            G = _gates_of(r)
+            _affine_fwd(inp, TN, D, G, data + r[RNN_W_IH], data + r[RNN_B_IH], xp)  # all steps
+            memset(base + p[P_H], 0, N * H * sizeof(floating))
+            cbuf = NULL
+            aux = NULL
+            if has_cell_state_of(code):
+                cbuf = base + p[P_C]
+                memset(cbuf, 0, N * H * sizeof(floating))
+            if has_aux_of(code):
+                aux = base + p[P_AUX]
+            _forward_loop(code, <int>r[RNN_ACT], <int>r[RNN_RACT], T, N, H, xp,
+                          data + r[RNN_W_HH], data + r[RNN_B_HH], _peep_of(data, r), mask,
+                          base + p[P_H], cbuf, T + 1 if keep else 2, base + p[P_GATES], aux,
+                          keep, base + p[P_HSEQ], gh, SMALL_GEMM_ROWS)
+            F = H
+        else:
+            O = r[DENSE_OUT]
+            R = TN if p[P_INSEQ] else N
+            _affine_fwd(inp, R, F, O, data + r[DENSE_W], data + r[DENSE_B], base + p[P_OUT])
+            F = O
+    inp = base + plan[(d.n_ops - 1) * P_WIDTH + P_OUT] if d.n_ops > d.first else x0
+    if d.seq_out:  # time-major (T, N, F) -> batch-first (N, T, F)
+        for t in range(T):
+            for i in range(N):
+                memcpy(out + (i * T + t) * F, inp + (t * N + i) * F, F * sizeof(floating))
+    else:
+        memcpy(out, inp, N * F * sizeof(floating))
+
+
+cdef void _fused_backward(const int64_t* sp, const Dims* d, const int64_t* plan,
+                          const int64_t* trunc, const floating* data, floating* grad,
+                          const floating* base, const int64_t* ids, const uint8_t* mask,
+                          const floating* d_out, floating* ws) noexcept nogil:
+    """Gradients of a ``keep`` forward: every parameter gradient is added into
+    ``grad`` (same layout as ``data``). ``d_out`` is batch-first like the output.
+    ``ws`` is backward scratch (see ``_backward_scratch``)."""
+    cdef Py_ssize_t T = d.T, N = d.N, TN = d.T * d.N, o, t, i, j, H, G, D, O, R, F, E
+    cdef Py_ssize_t span = TN * d.Fmax, nrec = 0
+    cdef const int64_t* r
+    cdef const int64_t* p
+    # every buffer on a 64-byte boundary (``ws`` is 64-byte aligned)
+    cdef int64_t* budget = <int64_t*>ws
+    cdef floating* dcur = ws + _al(N * (8 // sizeof(floating)))
+    cdef floating* dnext = dcur + _al(span)
+    cdef floating* dxp = dnext + _al(span)
+    cdef floating* dgh = dxp + _al(TN * d.GHmax)
+    cdef floating* work = dgh + _al(TN * d.GHmax)
+    cdef floating* dg = work + _al(5 * N * d.Hmax)
+    cdef floating* dh0 = dg + _al(N * d.GHmax)
+    cdef floating* dc0 = dh0 + _al(N * d.Hmax)
+    cdef floating* dw = dc0 + _al(N * d.Hmax)
+    cdef floating* db = dw + _al(d.GHmax * d.Hmax)
+    cdef floating* dpeep = db + _al(d.GHmax)
+    cdef uint8_t* vbuf = <uint8_t*>(dpeep + _al(3 * d.Hmax))
+    cdef const floating* peep
+    cdef int code
+    cdef floating* swap
+    cdef const floating* inp
+    cdef bint need_din, gru
+    F = d.F_out
+    if d.seq_out:  # batch-first -> time-major
+        for t in range(T):
+            for i in range(N):
+                memcpy(dcur + (t * N + i) * F, d_out + (i * T + t) * F, F * sizeof(floating))
+    else:
+        memcpy(dcur, d_out, N * F * sizeof(floating))
+    for o in range(d.first, d.n_ops):
+        if _rec(sp, o)[0] == OP_RNN:
+            nrec += 1
+    for o in range(d.n_ops - 1, d.first - 1, -1):
+        r = _rec(sp, o)
+        p = plan + o * P_WIDTH
+        inp = base + p[P_IN]
+        # the first op's input is data, and a frozen embedding takes no gradient
+        need_din = o > 0 and not (o == d.first and _rec(sp, 0)[EMB_FROZEN] != 0)
+        if r[0] == OP_DENSE:
+            R = TN if p[P_INSEQ] else N
+            _affine_bwd(dcur, inp, R, r[DENSE_IN], r[DENSE_OUT], data + r[DENSE_W],
+                        grad + r[DENSE_W], grad + r[DENSE_B], dnext if need_din else NULL)
+        else:
+            nrec -= 1
+            code = <int>r[RNN_CELL]
+            D = r[RNN_IN]
+            H = r[RNN_HIDDEN]
+            G = _gates_of(r)
+            peep = _peep_of(data, r)
+            gru = code == CELL_GRU or code == CELL_GRU_CHO  # own dgh array, as the layer path
+            memset(dxp, 0, TN * G * sizeof(floating))
+            if gru:
+                memset(dgh, 0, TN * G * sizeof(floating))
+            _backward_all(code, <int>r[RNN_ACT], <int>r[RNN_RACT], trunc[nrec], T, N, H,
+                          data + r[RNN_W_HH], peep, mask, base + p[P_H],
+                          base + p[P_C] if has_cell_state_of(code) else NULL,
+                          base + p[P_GATES], base + p[P_AUX] if has_aux_of(code) else NULL,
+                          dcur if r[RNN_SEQ] else NULL, NULL if r[RNN_SEQ] else dcur, NULL,
+                          dh0, dc0 if has_cell_state_of(code) else NULL, work, dg, budget,
+                          vbuf, dxp, dgh if gru else NULL, dw, db,
+                          dpeep if peep != NULL else NULL, SMALL_GEMM_ROWS)
+            for j in range(G * H):
+                grad[r[RNN_W_HH] + j] += dw[j]
+            for j in range(G):
+                grad[r[RNN_B_HH] + j] += db[j]
+            if peep != NULL:
+                for j in range(3 * H):
+                    grad[r[RNN_PEEP] + j] += dpeep[j]
+            # the input projection's gradients, from dxp
+            _affine_bwd(dxp, inp, TN, D, G, data + r[RNN_W_IH], grad + r[RNN_W_IH],
+                        grad + r[RNN_B_IH], dnext if need_din else NULL)
+        swap = dcur
+        dcur = dnext
+        dnext = swap
+    if d.ids and not _rec(sp, 0)[EMB_FROZEN]:  # scatter-add into the trainable table
+        r = _rec(sp, 0)
+        E = r[EMB_DIM]
+        for t in range(T):
+            for i in range(N):
+                o = ids[i * T + t]
+                for j in range(E):
+                    grad[r[EMB_W] + o * E + j] += dcur[(t * N + i) * E + j]
+
+
+cdef inline Py_ssize_t _backward_scratch(const Dims* d) noexcept nogil:
+    """Elements of backward scratch (the layout ``_fused_backward`` carves)."""
+    cdef Py_ssize_t TN = d.T * d.N
+    return (2 * TN * d.Fmax + 2 * TN * d.GHmax + 5 * d.N * d.Hmax + d.N * d.GHmax
+            + 2 * d.N * d.Hmax + d.GHmax * d.Hmax + d.GHmax + 3 * d.Hmax + 3 * d.N + 8
+            + 13 * 16)
+
+
+cdef object _new_output(const Dims* d):
+    cdef cnp.npy_intp dims[3]
+    dims[0] = d.N
+    if d.seq_out:
+        dims[1] = d.T
+        dims[2] = d.F_out
+        return cnp.PyArray_EMPTY(3, dims, d.typenum, 0)
+    dims[1] = d.F_out
+    return cnp.PyArray_EMPTY(2, dims, d.typenum, 0)
+
+
+cdef extern from "<stdlib.h>" nogil:
+    int posix_memalign(void** memptr, size_t alignment, size_t size)
+
+
+cdef extern from *:
+    """
+    #if defined(__linux__)
+    #include <sys/mman.h>
+    static void cyrnn_advise_huge(void* p, size_t n) {
+    #ifdef MADV_HUGEPAGE
+        (void)madvise(p, n, MADV_HUGEPAGE);
+    #endif
+    }
+    #else
+    static void cyrnn_advise_huge(void* p, size_t n) { (void)p; (void)n; }
+    #endif
+    """
+    void cyrnn_advise_huge(void* p, size_t n) nogil
+
+
+cdef enum:
+    HUGE_BLOCK = 4 << 20    # blocks from 4 MiB on: 2 MiB aligned, transparent huge pages
+    HUGE_ALIGN = 2 << 20
+
+
+cdef void* _alloc(double n_bytes) except NULL:
+    """``n_bytes`` (+64) aligned to 64 bytes (a cache line, an AVX-512 vector); free().
+
+    Big blocks are fresh mmaps on every call (glibc), so their first touch costs a
+    page fault per 4 KiB page, enough to make the large configurations' fused
+    training step slower than the layer path. They are therefore aligned to 2 MiB
+    and advised for transparent huge pages (one fault per 2 MiB where THP is
+    enabled).
+    """
+    cdef void* p = NULL
+    cdef size_t n
+    if n_bytes > 1e15:
+        raise MemoryError("fused call scratch too large")
+    n = <size_t>n_bytes + 64
+    if n >= HUGE_BLOCK:
+        n = (n + HUGE_ALIGN - 1) // HUGE_ALIGN * HUGE_ALIGN
+        if posix_memalign(&p, HUGE_ALIGN, n) != 0 or p == NULL:
+            raise MemoryError("fused call scratch")
+        cyrnn_advise_huge(p, n)
+        return p
+    if posix_memalign(&p, 64, n) != 0 or p == NULL:
+        raise MemoryError("fused call scratch")
+    return p
+
+
+cdef int _run_forward(const int64_t* sp, const Dims* d, bint keep, int64_t* plan,
+                      cnp.ndarray data, object x, const int64_t* ids,
+                      const uint8_t* valid, char** buf_out, uint8_t** mask_out,
+                      object res) except -1:
+    """Plan, allocate, run (``ids``: the checked copy of the token ids, else NULL;
+    ``valid``: the time-major validity mask, NULL when every step is valid).
+    On success ``*buf_out``/``*mask_out`` own the memory."""
+    cdef Py_ssize_t n_el
+    cdef char* buf
+    cdef uint8_t* mask
+    cdef char* xin = (<char*>ids if ids != NULL
+                      else <char*>cnp.PyArray_DATA(<cnp.ndarray>x))
+    cdef char* dptr = <char*>cnp.PyArray_DATA(data)
+    cdef char* optr = <char*>cnp.PyArray_DATA(<cnp.ndarray>res)
+    cdef double need
+    # sizes in double first: the planner's Py_ssize_t sums must not overflow
+    need = ((<double>d.T + 1) * d.N * (d.F0 + 3.0 * d.GHmax + 4.0 * d.Hmax + 2.0 * d.Fmax)
+            * max(1, d.n_ops))
+    if need * d.isz > 1e15:
+        raise MemoryError("fused call scratch too large")
+    n_el = _plan(sp, d, keep, plan)
+    buf = <char*>_alloc(<double>n_el * d.isz)
+    mask = <uint8_t*>malloc(<size_t>(d.T * d.N))
+    if mask == NULL:
+        free(buf)
+        raise MemoryError("fused call scratch")
+    with nogil:
+        if valid != NULL:
+            memcpy(mask, valid, <size_t>(d.T * d.N))
+        else:
+            memset(mask, 1, <size_t>(d.T * d.N))
+        if d.isz == 4:
+            _fused_forward(sp, d, keep, plan, <const float*>dptr, xin, <float*>buf, mask,
+                           <float*>optr)
+        else:
+            _fused_forward(sp, d, keep, plan, <const double*>dptr, xin, <double*>buf, mask,
+                           <double*>optr)
+    buf_out[0] = buf
+    mask_out[0] = mask
+    return 0

@@ -1,0 +1,236 @@
+# GEMM policy: every product goes through scipy's BLAS (``_gemm``), mid-sized ones
+# cut into blocks OpenBLAS runs on the calling thread; the own small-GEMM kernels
+# (C, below) serve batches of at most ``small_gemm_rows`` rows when asked.
+# Included by _cython_kernels.pyx.
+#
+# Layout reminder: a C-contiguous ``(R, C)`` array is the column-major ``(C, R)``
+# matrix with leading dimension ``C``; the GEMM calls below are written in those
+# column-major terms.
+
+# Per-step recurrent products with at most this many rows (batch) use the own
+# small-GEMM kernels instead of BLAS (callers may pass another limit). Default 0:
+# OpenBLAS's small-matrix kernels were faster at every batch measured, and its
+# calls of these sizes stay on one thread anyway; the own kernels are kept,
+# tested, for BLAS builds without small-matrix kernels.
+cdef enum:
+    SMALL_GEMM_ROWS = 0
+SMALL_GEMM_N = SMALL_GEMM_ROWS
+
+# GEMMs with m*n*k in (SERIAL_GEMM_MNK, THREADED_GEMM_MNK) are split into
+# blocks OpenBLAS keeps on one thread (its own cut-off is m*n*k <= 65536 * 4,
+# interface/gemm.c); from THREADED_GEMM_MNK on, one (threaded) call.
+cdef extern from *:
+    """
+    #define CYRNN_SERIAL_GEMM_MNK 262144.0
+    #define CYRNN_THREADED_GEMM_MNK 16777216.0
+    """
+    const double SERIAL_GEMM_MNK "CYRNN_SERIAL_GEMM_MNK"
+    const double THREADED_GEMM_MNK "CYRNN_THREADED_GEMM_MNK"
+
+
+# The own small GEMMs (the per-step recurrent products at small batch).
+cdef extern from *:
+    """
+    /* unaligned vector load; horizontal sum (in lane order) */
+    #define CYRNN_LD(V, p) ({ V v_; memcpy(&v_, (p), sizeof v_); v_; })
+    #define CYRNN_HSUM(W, v) ({ __typeof__((v)[0]) s_ = 0; int q_;                 \
+        for (q_ = 0; q_ < (W); q_++) s_ += (v)[q_]; s_; })
+
+    /* out[i*ldo + r] = sum_k x[i*K + k] * w[r*K + k]  (i < N, r < R): x W^T. */
+    #define CYRNN_GEMM_NT(NAME, T, W)                                              \
+    typedef T NAME##_vec __attribute__((vector_size(32)));                         \
+    CYRNN_CLONES                                                                   \
+    static void NAME(const T* x, const T* w, T* out, Py_ssize_t N, Py_ssize_t R,   \
+                     Py_ssize_t K, Py_ssize_t ldo) {                               \
+        Py_ssize_t r = 0, i, k, KV = K - K % W;                                    \
+        for (; r + 4 <= R; r += 4) {                                               \
+            const T* w0 = w + r * K; const T* w1 = w0 + K;                         \
+            const T* w2 = w1 + K; const T* w3 = w2 + K;                            \
+            for (i = 0; i < N; i++) {                                              \
+                const T* xi = x + i * K;                                           \
+                NAME##_vec a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, xv;             \
+                T s0, s1, s2, s3;                                                  \
+                for (k = 0; k < KV; k += W) {                                      \
+                    xv = CYRNN_LD(NAME##_vec, xi + k);                                        \
+                    a0 += xv * CYRNN_LD(NAME##_vec, w0 + k); a1 += xv * CYRNN_LD(NAME##_vec, w1 + k);    \
+                    a2 += xv * CYRNN_LD(NAME##_vec, w2 + k); a3 += xv * CYRNN_LD(NAME##_vec, w3 + k);    \
+                }                                                                  \
+                s0 = CYRNN_HSUM(W, a0); s1 = CYRNN_HSUM(W, a1);                        \
+                s2 = CYRNN_HSUM(W, a2); s3 = CYRNN_HSUM(W, a3);                        \
+                for (; k < K; k++) {                                               \
+                    s0 += xi[k] * w0[k]; s1 += xi[k] * w1[k];                      \
+                    s2 += xi[k] * w2[k]; s3 += xi[k] * w3[k];                      \
+                }                                                                  \
+                out[i * ldo + r] = s0; out[i * ldo + r + 1] = s1;                  \
+                out[i * ldo + r + 2] = s2; out[i * ldo + r + 3] = s3;              \
+            }                                                                      \
+        }                                                                          \
+        for (; r < R; r++) {                                                       \
+            const T* w0 = w + r * K;                                               \
+            for (i = 0; i < N; i++) {                                              \
+                const T* xi = x + i * K;                                           \
+                NAME##_vec a0 = {0};                                               \
+                T s0;                                                              \
+                for (k = 0; k < KV; k += W) a0 += CYRNN_LD(NAME##_vec, xi + k) * CYRNN_LD(NAME##_vec, w0 + k); \
+                s0 = CYRNN_HSUM(W, a0);                                              \
+                for (; k < K; k++) s0 += xi[k] * w0[k];                            \
+                out[i * ldo + r] = s0;                                             \
+            }                                                                      \
+        }                                                                          \
+    }
+    CYRNN_GEMM_NT(cyrnn_gemm_nt_f, float, 8)
+    CYRNN_GEMM_NT(cyrnn_gemm_nt_d, double, 4)
+
+    /* out[i*K + k] = beta*out + sum_r g[i*ldg + r] * w[r*K + k]  (beta 0 or 1). */
+    #define CYRNN_GEMM_NN(NAME, T)                                                 \
+    static inline void NAME##_axpy4(T* __restrict o, const T* __restrict w0,       \
+                                    const T* __restrict w1, const T* __restrict w2,\
+                                    const T* __restrict w3, T a0, T a1, T a2, T a3,\
+                                    Py_ssize_t K) {                                \
+        Py_ssize_t k;                                                              \
+        for (k = 0; k < K; k++)                                                    \
+            o[k] += (a0 * w0[k] + a1 * w1[k]) + (a2 * w2[k] + a3 * w3[k]);         \
+    }                                                                              \
+    CYRNN_CLONES                                                                   \
+    static void NAME(const T* g, Py_ssize_t ldg, const T* w, T* out, Py_ssize_t N, \
+                     Py_ssize_t R, Py_ssize_t K, int beta) {                       \
+        Py_ssize_t i, r, k;                                                        \
+        for (i = 0; i < N; i++) {                                                  \
+            T* o = out + i * K;                                                    \
+            const T* gi = g + i * ldg;                                             \
+            if (!beta) memset(o, 0, K * sizeof(T));                                \
+            for (r = 0; r + 4 <= R; r += 4)                                        \
+                NAME##_axpy4(o, w + r * K, w + (r + 1) * K, w + (r + 2) * K,       \
+                             w + (r + 3) * K, gi[r], gi[r + 1], gi[r + 2],         \
+                             gi[r + 3], K);                                        \
+            for (; r < R; r++) {                                                   \
+                const T* wr = w + r * K; T a = gi[r];                              \
+                for (k = 0; k < K; k++) o[k] += a * wr[k];                         \
+            }                                                                      \
+        }                                                                          \
+    }
+    CYRNN_GEMM_NN(cyrnn_gemm_nn_f, float)
+    CYRNN_GEMM_NN(cyrnn_gemm_nn_d, double)
+    """
+    void cyrnn_gemm_nt_f(const float* x, const float* w, float* out, Py_ssize_t N,
+                         Py_ssize_t R, Py_ssize_t K, Py_ssize_t ldo) nogil
+    void cyrnn_gemm_nt_d(const double* x, const double* w, double* out, Py_ssize_t N,
+                         Py_ssize_t R, Py_ssize_t K, Py_ssize_t ldo) nogil
+    void cyrnn_gemm_nn_f(const float* g, Py_ssize_t ldg, const float* w, float* out,
+                         Py_ssize_t N, Py_ssize_t R, Py_ssize_t K, int beta) nogil
+    void cyrnn_gemm_nn_d(const double* g, Py_ssize_t ldg, const double* w, double* out,
+                         Py_ssize_t N, Py_ssize_t R, Py_ssize_t K, int beta) nogil
+
+
+# ----------------------------------------------------------------------------
+# GEMM through scipy's BLAS.
+# ----------------------------------------------------------------------------
+
+cdef inline void _blas_gemm(char transa, char transb, int m, int n, int k,
+                            floating alpha, const floating* a, int lda,
+                            const floating* b, int ldb,
+                            floating beta, floating* c, int ldc) noexcept nogil:
+    if floating is float:
+        sgemm(&transa, &transb, &m, &n, &k, &alpha, <float*>a, &lda,
+              <float*>b, &ldb, &beta, c, &ldc)
+    else:
+        dgemm(&transa, &transb, &m, &n, &k, &alpha, <double*>a, &lda,
+              <double*>b, &ldb, &beta, c, &ldc)
+
+
+cdef inline void _gemm(char transa, char transb, int m, int n, int k,
+                       floating alpha, const floating* a, int lda,
+                       const floating* b, int ldb,
+                       floating beta, floating* c, int ldc) noexcept nogil:
+    """Column-major ``C = alpha op(A) op(B) + beta C`` (``C`` is m x n).
+
+    Mid-sized products (SERIAL_GEMM_MNK < m n k < THREADED_GEMM_MNK) are cut
+    into column (or row) blocks of at most SERIAL_GEMM_MNK multiply-adds, which
+    OpenBLAS runs on the calling thread: waking its thread pool for them costs
+    more than it saves on 2 cores, and on a loaded machine a preempted worker
+    stalls every call by a scheduler slice. The blocks compute the same dot
+    products as one call.
+    """
+    cdef double mnk = <double>m * n * k
+    cdef int j, step
+    if mnk <= SERIAL_GEMM_MNK or mnk >= THREADED_GEMM_MNK or k == 0:
+        _blas_gemm(transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+        return
+    if n >= m:
+        # column blocks: op(B)[:, j:j+step], C[:, j:j+step]
+        step = <int>(SERIAL_GEMM_MNK / (<double>m * k))
+        if step < 1:
+            step = 1
+        j = 0
+        while j < n:
+            if step > n - j:
+                step = n - j
+            _blas_gemm(transa, transb, m, step, k, alpha, a, lda,
+                       b + (<Py_ssize_t>j * ldb if transb == c'N' else j), ldb,
+                       beta, c + <Py_ssize_t>j * ldc, ldc)
+            j += step
+    else:
+        # row blocks: op(A)[j:j+step, :], C[j:j+step, :]
+        step = <int>(SERIAL_GEMM_MNK / (<double>n * k))
+        if step < 1:
+            step = 1
+        j = 0
+        while j < m:
+            if step > m - j:
+                step = m - j
+            _blas_gemm(transa, transb, step, n, k, alpha,
+                       a + (j if transa == c'N' else <Py_ssize_t>j * lda), lda,
+                       b, ldb, beta, c + j, ldc)
+            j += step
+
+
+cdef inline void _gemm_hh(bint own, const floating* x, const floating* w, Py_ssize_t row0,
+                          Py_ssize_t rows, Py_ssize_t N, Py_ssize_t H,
+                          Py_ssize_t GH, floating* out) noexcept nogil:
+    """``out[:, row0:row0+rows] = x @ w[row0:row0+rows].T``.
+
+    ``x`` (N, H) row-major, ``w`` (GH, H) row-major, ``out`` (N, GH) row-major.
+    ``own`` (small batches): the own register-blocked kernel; otherwise BLAS. Column-major: ``out^T (rows x N, ld GH) = W_blk (rows x H) .
+    x^T (H x N)``, and ``W_blk`` is stored as the column-major (H x rows)
+    matrix: transa='T'.
+    """
+    if own:
+        if floating is float:
+            cyrnn_gemm_nt_f(x, w + row0 * H, out + row0, N, rows, H, GH)
+        else:
+            cyrnn_gemm_nt_d(x, w + row0 * H, out + row0, N, rows, H, GH)
+        return
+    _gemm(c'T', c'N', <int>rows, <int>N, <int>H, 1, w + row0 * H, <int>H,
+          x, <int>H, 0, out + row0, <int>GH)
+
+
+cdef inline void _gemm_dh(bint own, const floating* dg, const floating* w, Py_ssize_t row0,
+                          Py_ssize_t rows, Py_ssize_t N, Py_ssize_t H,
+                          Py_ssize_t GH, floating beta, floating* out) noexcept nogil:
+    """``out = dg[:, row0:row0+rows] @ w[row0:row0+rows] + beta * out`` (beta 0/1).
+
+    ``dg`` (N, GH), ``w`` (GH, H), ``out`` (N, H), all row-major. Small batches:
+    own kernel; otherwise BLAS, column-major: ``out^T (H x N) = W_blk^T (H x
+    rows, ld H) . dg_blk^T (rows x N, ld GH)``.
+    """
+    if own:
+        if floating is float:
+            cyrnn_gemm_nn_f(dg + row0, GH, w + row0 * H, out, N, rows, H, beta != 0)
+        else:
+            cyrnn_gemm_nn_d(dg + row0, GH, w + row0 * H, out, N, rows, H, beta != 0)
+        return
+    _gemm(c'N', c'N', <int>H, <int>N, <int>rows, 1, w + row0 * H, <int>H,
+          dg + row0, <int>GH, beta, out, <int>H)
+
+
+cdef inline void _gemm_dw(const floating* dgh, const floating* hin, Py_ssize_t row0,
+                          Py_ssize_t rows, Py_ssize_t TN, Py_ssize_t H,
+                          Py_ssize_t GH, floating* dw) noexcept nogil:
+    """``dw[row0:row0+rows] = dgh[:, row0:row0+rows].T @ hin`` over all T*N rows.
+
+    Column-major: ``dw_blk^T (H x rows, ld H) = hin^T (H x TN, ld H) .
+    dgh_blk (TN x rows)``, where ``dgh_blk^T`` is stored (rows x TN, ld GH):
+    transb='T'.
+    """
+    _gemm(c'N', c'T', <int>H, <int>rows, <int>TN, 1, hin, <int>H,
+          dgh + row0, <int>GH, 0, dw + row0 * H, <int>H)

@@ -1,0 +1,161 @@
+# Math functions: the activations of the cell table (by code, in place over
+# arrays, and their derivatives through the output), with float32 sigmoid/tanh in C.
+# Included by _cython_kernels.pyx.
+#
+# float32 sigmoid/tanh are inlined polynomial approximations (Cephes expf core,
+# ~1 ulp; tanh: odd Taylor polynomial below |x| < 0.4, 1 - 2/(exp(2|x|) + 1)
+# above; a few ulp overall) written without branches, so gcc vectorises the
+# array loops. Saturation is exact (sigmoid -> 0/1, tanh -> +-1 for large |x|)
+# and NaN propagates (clamps are compare-selects that keep NaN). The array
+# functions are target clones (see config.pxi). float64 keeps libm (the
+# approximations are float32-accurate only).
+
+cdef extern from *:
+    """
+    #include <stdint.h>
+    #include <string.h>
+    #include <math.h>
+
+    /* exp(x) for x already clamped to [-87, 88] (NaN passes through). */
+    static inline float cyrnn_expf_core(float x) {
+        float t = x * 1.44269504088896341f + 12582912.0f;  /* 1.5 * 2^23: round */
+        float n = t - 12582912.0f;
+        uint32_t ti, ei;
+        float s, r, z, y;
+        memcpy(&ti, &t, 4);
+        ei = (ti - 0x4B400000u + 127u) << 23;
+        memcpy(&s, &ei, 4);
+        r = x - n * 0.693359375f;
+        r = r - n * -2.12194440e-4f;
+        z = r * r;
+        y = ((((1.9875691500E-4f * r + 1.3981999507E-3f) * r + 8.3334519073E-3f) * r
+              + 4.1665795894E-2f) * r + 1.6666665459E-1f) * r + 5.0000001201E-1f;
+        y = y * z + r + 1.0f;
+        return y * s;
+    }
+
+    static inline float cyrnn_sigmoidf(float x) {
+        float m = -x, y;
+        m = m < -87.0f ? -87.0f : m;
+        m = m > 88.0f ? 88.0f : m;
+        y = 1.0f / (1.0f + cyrnn_expf_core(m));
+        return x < -88.0f ? 0.0f : y;
+    }
+
+    /* |x| < 0.4: odd Taylor series to x^15 (error < 1e-9 relative);
+       else 1 - 2 / (exp(2|x|) + 1). The sign is x's (tanh(-0) = -0). */
+    static inline float cyrnn_tanhf(float x) {
+        float ax = fabsf(x), a2, big, z, p;
+        a2 = 2.0f * ax;
+        a2 = a2 > 88.0f ? 88.0f : a2;
+        big = 1.0f - 2.0f / (cyrnn_expf_core(a2) + 1.0f);
+        z = ax * ax;
+        p = ((((((-1.4558343870e-3f * z + 3.5921280366e-3f) * z - 8.8632355299e-3f) * z
+               + 2.1869488536e-2f) * z - 5.3968253968e-2f) * z + 1.3333333333e-1f) * z
+             - 3.3333333333e-1f) * z;
+        return copysignf(ax < 0.4f ? ax + ax * p : big, x);
+    }
+
+    CYRNN_CLONES
+    static void cyrnn_vsigmoidf(float* y, const float* a, Py_ssize_t n) {
+        Py_ssize_t j;
+        for (j = 0; j < n; j++) y[j] = cyrnn_sigmoidf(a[j]);
+    }
+
+    CYRNN_CLONES
+    static void cyrnn_vtanhf(float* y, const float* a, Py_ssize_t n) {
+        Py_ssize_t j;
+        for (j = 0; j < n; j++) y[j] = cyrnn_tanhf(a[j]);
+    }
+
+    """
+    void cyrnn_vsigmoidf(float* y, const float* a, Py_ssize_t n) nogil
+    void cyrnn_vtanhf(float* y, const float* a, Py_ssize_t n) nogil
+    float cyrnn_sigmoidf(float x) nogil
+    float cyrnn_tanhf(float x) nogil
+
+
+# ----------------------------------------------------------------------------
+# Scalar and array sigmoid/tanh (float32: the approximations above; float64: libm).
+# ----------------------------------------------------------------------------
+
+cdef inline floating _exp(floating x) noexcept nogil:
+    if floating is float:
+        return expf(x)
+    else:
+        return exp(x)
+
+
+cdef inline floating _sigmoid(floating x) noexcept nogil:
+    """Logistic function without overflow for large ``|x|``.
+
+    float64: x >= 0: 1 / (1 + exp(-x)); x < 0: exp(x) / (1 + exp(x)), both with
+    e = exp(-|x|) <= 1 (one exp, one division, a conditional move).
+    """
+    cdef floating e
+    if floating is float:
+        return cyrnn_sigmoidf(x)
+    else:
+        e = _exp(-x if x >= 0 else x)
+        return (1 if x >= 0 else e) / (1 + e)
+
+
+cdef inline void _vsigmoid(floating* y, const floating* a, Py_ssize_t n) noexcept nogil:
+    """y[j] = sigmoid(a[j]) (y == a allowed)."""
+    cdef Py_ssize_t j
+    if floating is float:
+        cyrnn_vsigmoidf(y, a, n)
+    else:
+        for j in range(n):
+            y[j] = _sigmoid(a[j])
+
+
+cdef inline void _vtanh(floating* y, const floating* a, Py_ssize_t n) noexcept nogil:
+    """y[j] = tanh(a[j]) (y == a allowed)."""
+    cdef Py_ssize_t j
+    if floating is float:
+        cyrnn_vtanhf(y, a, n)
+    else:
+        for j in range(n):
+            y[j] = tanh(a[j])
+
+
+# ----------------------------------------------------------------------------
+# Activations by code (cyrnn.cells.ACTIVATION_TABLE). The code is tested once per
+# array, never per element; NaN propagates through every one (as in NumPy).
+# ----------------------------------------------------------------------------
+
+cdef inline void _vact(int act, floating* y, const floating* a, Py_ssize_t n) noexcept nogil:
+    """y[j] = act(a[j]) for j < n (y == a allowed)."""
+    cdef Py_ssize_t j
+    cdef floating v
+    if act == ACT_TANH:
+        _vtanh(y, a, n)
+    elif act == ACT_SIGMOID:
+        _vsigmoid(y, a, n)
+    elif act == ACT_RELU:
+        for j in range(n):
+            y[j] = 0 if a[j] <= 0 else a[j]  # keeps NaN, as np.maximum
+    elif act == ACT_HARD_SIGMOID:
+        for j in range(n):  # Keras 3: clip(a / 6 + 1/2, 0, 1), in the working precision
+            v = a[j] / (<floating>6) + (<floating>0.5)
+            v = 0 if v < 0 else v
+            y[j] = <floating>1 if v > <floating>1 else v
+    elif y != a:  # linear
+        memcpy(y, a, n * sizeof(floating))
+
+
+cdef inline floating _dact(int act, floating y) noexcept nogil:
+    """The derivative of activation ``act`` expressed through its output ``y``.
+    Inlined into loops where ``act`` is fixed, the compiler hoists the branch."""
+    # <floating>1: a bare 1 becomes the C double 1.0, which would move float32
+    # arithmetic to double precision (conversions in every vector loop)
+    if act == ACT_TANH:
+        return <floating>1 - y * y
+    if act == ACT_SIGMOID:
+        return y * (<floating>1 - y)
+    if act == ACT_RELU:
+        return <floating>1 if y > 0 else 0
+    if act == ACT_LINEAR:
+        return <floating>1
+    return <floating>1 / 6 if (y > 0 and y < <floating>1) else 0  # hard sigmoid
