@@ -313,11 +313,15 @@ def _read_corpus(path, whole):
         raise CLIError(f"cannot read corpus {path!r}: no such file")
     if p.is_dir():
         raise CLIError(f"cannot read corpus {path!r}: it is a directory")
-    try:
-        text = p.read_text(encoding="utf-8")
+    from .persistence import _read_bytes
+    try:  # a regular file only (a FIFO would block, a device never end), up to its size
+        text = _read_bytes(p).decode("utf-8")
     except UnicodeDecodeError as exc:
         raise CLIError(f"cannot read corpus {path!r}: not UTF-8 text ({exc.reason} at byte "
                        f"{exc.start})") from None
+    except ValueError:
+        raise CLIError(f"cannot read corpus {path!r}: not a regular file (a device, FIFO "
+                       "or socket)") from None
     except OSError as exc:
         raise CLIError(f"cannot read corpus {path!r}: {exc.strerror or exc}") from None
     text = text.lstrip("\ufeff")
