@@ -29,6 +29,9 @@ def check_rng(random_state):
     """A ``numpy.random.Generator`` from None, an int seed or a Generator."""
     if isinstance(random_state, np.random.Generator):
         return random_state
+    if isinstance(random_state, numbers.Integral) and random_state < 0:
+        raise ValueError(f"random_state must be None, a non-negative int (a seed) or a numpy "
+                         f"Generator, got {random_state}")
     if random_state is None or isinstance(random_state, (numbers.Integral, np.random.SeedSequence)):
         return np.random.default_rng(random_state)
     if isinstance(random_state, np.random.RandomState):

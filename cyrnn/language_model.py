@@ -33,6 +33,7 @@ from . import _validation as V
 from . import persistence
 from .backends import check_backend_name, get_backend
 from .backends import numpy_backend as _reference
+from .backends._cell import N_GATES
 from .layers import GRU, LSTM, Dense, Embedding, SimpleRNN
 from .model import Sequential
 from .optim import get_optimizer
@@ -47,6 +48,9 @@ _RESERVED_NAMES = ("<pad>", "<s>", "</s>")
 _CELLS = {"lstm": LSTM, "gru": GRU, "rnn": SimpleRNN}
 _OPTIMIZERS = ("adam", "rmsprop", "sgd")
 POEM_FORMS = {"quatrain": 4, "regulated": 8}
+# The longest training sequence a saved model may declare (its default sample
+# length is twice that): a file cannot make ``sample()`` allocate without bound.
+_MAX_STORED_LENGTH = 1_000_000
 COMMA, PERIOD = "，", "。"
 KIND = "cyrnn.CharLanguageModel"
 
@@ -270,7 +274,7 @@ class CharLanguageModel:
         check_backend_name(self.backend)
         V.check_dtype(self.dtype)
         if not (self.random_state is None or isinstance(self.random_state, np.random.Generator)):
-            V.check_int(self.random_state, "random_state")
+            V.check_int(self.random_state, "random_state", minimum=0)
 
     # ------------------------------------------------------------------ vocabulary
     def _require_fitted(self):
@@ -323,6 +327,15 @@ class CharLanguageModel:
                                 backend=self.backend, dtype=dtype, random_state=rng)
         dense = Dense(self.hidden_size, Vsz, dtype=dtype, random_state=rng)
         return Sequential([emb, rnn, dense])
+
+    def _n_params(self):
+        """Size of the parameter vector of :meth:`_build_model`'s network, computed
+        without building it (Python integers: no overflow, no allocation)."""
+        Vsz, H, L = self.vocab_size_, int(self.hidden_size), int(self.num_layers)
+        E = Vsz if self.embedding_dim is None else int(self.embedding_dim)
+        G = N_GATES[self.cell]
+        rnn = G * H * (E + H + 2) + (L - 1) * G * H * (H + H + 2)
+        return Vsz * E + rnn + Vsz * (H + 1)
 
     def _make_optimizer(self):
         return get_optimizer(self.optimizer.lower(), self.model_, lr=float(self.learning_rate),
@@ -761,19 +774,30 @@ class CharLanguageModel:
                 raise ValueError(f"bad mode {meta['mode']!r}")
             lm._set_vocabulary(chars)
             lm.mode_ = meta["mode"]
-            lm.max_length_ = V.check_int(meta["max_length"], "max_length", minimum=0)
+            lm.max_length_ = V.check_int(meta["max_length"], "max_length", minimum=0,
+                                         maximum=_MAX_STORED_LENGTH)
+            # Everything is checked against the declared architecture before the
+            # network is built: the stored vector bounds what loading allocates.
+            data = arrays["params"]
+            n_params = lm._n_params()
+            if data.shape != (n_params,):
+                raise ValueError(f"parameter vector of shape {data.shape}, the architecture "
+                                 f"needs ({n_params},)")
+            if data.dtype != V.check_dtype(lm.dtype):
+                raise ValueError(f"parameter vector of dtype {data.dtype}, the model's dtype "
+                                 f"is {np.dtype(lm.dtype).name}")
+            if not np.isfinite(data).all():
+                raise ValueError("the parameter vector contains NaN or infinity")
+            loss_curve = [V.check_float(v, "loss_curve") for v in meta.get("loss_curve", [])]
+            train_time = V.check_float(meta.get("train_time", 0.0), "train_time", minimum=0.0)
             rng = V.check_rng(lm.random_state)
             lm.model_ = lm._build_model(rng)
-            data = arrays["params"]
-            if data.shape != lm.model_.params.data.shape:
-                raise ValueError(f"parameter vector of shape {data.shape}, the model needs "
-                                 f"{lm.model_.params.data.shape}")
             lm.model_.params.data[...] = data
             lm._optim = lm._make_optimizer()
             lm._rng = rng
             lm._sample_rng = np.random.default_rng(rng.integers(2**63))
-            lm.loss_curve_ = [float(v) for v in meta.get("loss_curve", [])]
-            lm.train_time_ = float(meta.get("train_time", 0.0))
+            lm.loss_curve_ = loss_curve
+            lm.train_time_ = train_time
         except ValueError as exc:
             raise ValueError(f"invalid CharLanguageModel archive: {exc}") from exc
         except (KeyError, TypeError, AttributeError) as exc:

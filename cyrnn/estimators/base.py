@@ -995,6 +995,17 @@ or list of arrays of shape (n_steps_i, n_features) or (n_steps_i,)
                 or not _positive_int(spec["n_outputs"])
                 or not isinstance(spec["target"], dict)):
             raise ValueError("the model spec is inconsistent")
+        # The constructor parameters must describe the stored model (a later warm
+        # start or partial_fit compares them with it).
+        fitted_input = SimpleNamespace(kind=inp["kind"], tokens=tokens,
+                                       n_features=inp["n_features_in"],
+                                       step_features=inp["step_features"])
+        cfg = {"dtype": V.check_dtype(self.dtype).name, "tokens": self.vocab_size is not None}
+        want = self._architecture(cfg, fitted_input, spec["n_outputs"])
+        disagree = sorted(k for k in want if want[k] != spec[k])
+        if disagree:
+            raise ValueError(f"the archive's parameters disagree with its model spec on "
+                             f"{disagree}")
         if _n_params(spec) != n_params:
             raise ValueError(f"the parameter vector has {n_params} values, the architecture "
                              f"needs {_n_params(spec)}")
