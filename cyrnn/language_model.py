@@ -37,7 +37,7 @@ from .backends._cell import N_GATES
 from .layers import GRU, LSTM, Dense, Embedding, SimpleRNN
 from .model import Sequential
 from .optim import get_optimizer
-from .training import tbptt, train_step
+from .training import check_divergence, tbptt, train_step
 
 __all__ = ["CharLanguageModel", "PAD", "BOS", "EOS", "N_RESERVED", "is_cjk_ideograph",
            "is_poem", "PRESETS", "prepare_corpus"]
@@ -370,6 +370,13 @@ class CharLanguageModel:
         Returns
         -------
         self
+
+        Raises
+        ------
+        ValueError
+            Bad input, or training diverged (:func:`cyrnn.training.check_divergence`).
+            The model is changed only by a fit that completes: after an error or an
+            interruption (Ctrl-C) it is as it was before the call.
         """
         if isinstance(texts, str):
             return self.fit_text(texts)
@@ -378,8 +385,9 @@ class CharLanguageModel:
         chars = sorted(set("".join(texts)))
         if not chars:
             raise ValueError("texts hold no characters to learn from")
-        rng = self._start_fit(chars, "sequences", max(len(t) for t in texts))
-        seqs = [np.concatenate([[BOS], self.encode(t), [EOS]]) for t in texts]
+        lm = self._new_fit()  # trained apart; self changes only when it succeeds
+        rng = lm._start_fit(chars, "sequences", max(len(t) for t in texts))
+        seqs = [np.concatenate([[BOS], lm.encode(t), [EOS]]) for t in texts]
         lens = np.array([len(s) - 1 for s in seqs])  # predictions per sequence
         batch = min(int(self.batch_size), len(seqs))
         n_batches = math.ceil(len(seqs) / batch)
@@ -397,11 +405,14 @@ class CharLanguageModel:
                 s = seqs[i]
                 x[r, :lens[i]] = s[:-1]
                 y[r, :lens[i]] = s[1:]
-            value = train_step(self.model_, self._optim, "softmax_cross_entropy", x, y,
+            value = train_step(lm.model_, lm._optim, "softmax_cross_entropy", x, y,
                                lengths=lens[idx])
             return value, float(lens[idx].sum())
 
-        return self._train_epochs(epoch_batches, run_batch, n_batches)
+        sample = [texts[i] for i in np.unique(np.linspace(0, len(texts) - 1,
+                                                          min(len(texts), 256)).astype(int))]
+        lm._train_epochs(epoch_batches, run_batch, n_batches, lm.per_char_loss(sample))
+        return self._commit(lm)
 
     def fit_text(self, text):
         """Learn one long text with truncated BPTT.
@@ -424,8 +435,9 @@ class CharLanguageModel:
         if len(text) < 2:
             raise ValueError("the text needs at least 2 characters")
         self._check_params()
-        self._start_fit(sorted(set(text)), "text", 200)
-        ids = np.concatenate([[BOS], self.encode(text)])
+        lm = self._new_fit()  # trained apart; self changes only when it succeeds
+        lm._start_fit(sorted(set(text)), "text", 200)
+        ids = np.concatenate([[BOS], lm.encode(text)])
         B = max(1, min(int(self.batch_size), (len(ids) - 1) // int(self.bptt)))
         L = (len(ids) - 1) // B
         x = ids[:B * L].reshape(B, L)
@@ -439,12 +451,26 @@ class CharLanguageModel:
             return starts
 
         def run_batch(s):
-            losses, state["states"] = tbptt(self.model_, self._optim, "softmax_cross_entropy",
+            losses, state["states"] = tbptt(lm.model_, lm._optim, "softmax_cross_entropy",
                                             x[:, s:s + k], y[:, s:s + k], k1=k,
                                             initial_states=state["states"])
             return losses[0], float(B * min(k, L - s))
 
-        return self._train_epochs(epoch_batches, run_batch, len(starts))
+        lm._train_epochs(epoch_batches, run_batch, len(starts), lm.per_char_loss(text[:1000]))
+        return self._commit(lm)
+
+    # The fitted state: set on a fresh twin by a fit, then copied at once (_commit).
+    _FITTED = ("chars_", "vocab_size_", "_index", "mode_", "max_length_", "model_", "_optim",
+               "_rng", "_sample_rng", "loss_curve_", "train_time_")
+
+    def _new_fit(self):
+        """An unfitted model with this one's parameters, to train without touching self
+        (an interrupted or failed fit leaves self as it was)."""
+        return type(self)(**self.get_params())
+
+    def _commit(self, lm):
+        self.__dict__.update({name: lm.__dict__[name] for name in self._FITTED})
+        return self
 
     def _start_fit(self, chars, mode, max_length):
         rng = V.check_rng(self.random_state)
@@ -458,7 +484,7 @@ class CharLanguageModel:
         self.loss_curve_ = []
         return rng
 
-    def _train_epochs(self, epoch_batches, run_batch, n_batches):
+    def _train_epochs(self, epoch_batches, run_batch, n_batches, start_loss=None):
         epochs = int(self.max_epochs)
         bar = None
         if self.verbose:
@@ -482,6 +508,7 @@ class CharLanguageModel:
                         bar.set_postfix_str(f"epoch {epoch + 1}/{epochs}, "
                                             f"loss {total / mass:.3f}", refresh=False)
                 self.loss_curve_.append(total / mass)
+                check_divergence(self.loss_curve_, self.model_.params.data, start_loss)
         finally:
             if bar is not None:
                 bar.close()

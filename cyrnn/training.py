@@ -4,7 +4,9 @@
 truncated BPTT, TBPTT(k1, k2), over long sequences: the sequence is cut into
 chunks of ``k1`` steps, the recurrent state is carried (detached) from one chunk
 to the next, parameters are updated after every chunk, and inside a chunk each
-loss term sends gradient back through at most ``k2`` steps.
+loss term sends gradient back through at most ``k2`` steps. ``check_divergence``
+is the divergence rule of every fit loop (the estimators' and
+``CharLanguageModel``'s), ``evaluate_loss`` a batch's loss in inference mode.
 """
 
 from __future__ import annotations
@@ -197,3 +199,59 @@ def tbptt(model, optimizer, loss, x, y, k1, k2=None, initial_states=None, sample
             layer.bptt_truncate = k
     return losses, states
 
+
+#: An epoch whose mean loss exceeds this many times the reference loss ends training
+#: with an error (see :func:`check_divergence`).
+DIVERGENCE_FACTOR = 10.0
+
+
+def check_divergence(loss_curve, params, start_loss=None):
+    """Raise ``ValueError`` if training has diverged; the rule of every fit loop.
+
+    Training has diverged when a parameter is NaN or infinite, or when the epoch
+    just finished, ``loss_curve[-1]``, has a mean loss above ``DIVERGENCE_FACTOR``
+    (10) times the *reference*: the larger of the first epoch's loss and the best
+    loss so far (``loss_curve[:-1]``, which continues across warm starts), and of
+    ``start_loss``. A learning rate far too large ruins the model within its first
+    updates, so the first epoch cannot be its own reference: fit loops pass the
+    untrained model's loss as ``start_loss`` when the curve starts empty.
+
+    With sane settings the loss never rises tenfold above its starting value (the
+    examples and the quality tests never come near it), while a diverged fit (e.g.
+    ``learning_rate=1e3``) reaches 100-10**6 times it within an epoch.
+
+    Parameters
+    ----------
+    loss_curve : list of float
+        Mean loss of every epoch so far, the last one being judged.
+    params : ndarray
+        The flat parameter vector.
+    start_loss : float, optional
+        The loss before training (inference mode).
+    """
+    if not np.isfinite(params).all():
+        raise ValueError(f"training diverged: the parameters became NaN or infinite in epoch "
+                         f"{len(loss_curve)}; lower learning_rate or set clip_norm")
+    earlier = list(loss_curve[:-1])
+    refs = ([start_loss] if start_loss is not None else []) + (
+        [earlier[0], min(earlier)] if earlier else [])
+    if not refs or not loss_curve:
+        return
+    reference = max(refs)
+    if reference > 0 and loss_curve[-1] > DIVERGENCE_FACTOR * reference:
+        raise ValueError(f"training diverged: the loss of epoch {len(loss_curve)} "
+                         f"({loss_curve[-1]:.4g}) is more than {DIVERGENCE_FACTOR:g} times "
+                         f"its reference {reference:.4g} (the loss at the start or of the first "
+                         "epoch); lower learning_rate, set clip_norm, or scale the inputs and "
+                         "targets")
+
+
+def evaluate_loss(model, loss, x, y, lengths=None, mask=None, sample_weight=None):
+    """The loss of ``model`` on one batch, in inference mode (no dropout, no update).
+
+    Used by the fit loops for the untrained model's loss (:func:`check_divergence`).
+    """
+    loss_fn = get_loss(loss) if isinstance(loss, str) else loss
+    out_mask = model.output_mask(x, lengths=lengths, mask=mask)
+    out = model.forward(x, lengths=lengths, mask=mask, training=False)
+    return float(loss_fn(out, y, sample_weight=sample_weight, mask=out_mask)[0])

@@ -15,7 +15,9 @@
   :class:`cyrnn.Sequential` of ``[Embedding] + recurrent layer + Dense``, with
   scikit-learn's stopping rules (``tol``/``n_iter_no_change`` on the training
   loss, or on a held-out score with ``early_stopping``, restoring the best
-  weights), ``warm_start``, ``partial_fit`` and a tqdm bar per epoch.
+  weights), ``warm_start``, ``partial_fit`` and a tqdm bar per epoch. A fit
+  that diverges (an epoch loss above 10 times its reference, or a non-finite
+  parameter: :func:`cyrnn.training.check_divergence`) raises ``ValueError``.
 * **State.** Everything is validated and the new model is trained in locals;
   attributes are assigned only at the end, so a failed ``fit``/``partial_fit``
   leaves a fitted estimator unchanged. Pickling and :meth:`save` both go
@@ -49,7 +51,7 @@ from ..layers import GRU, LSTM, Dense, Embedding, SimpleRNN
 from ..losses import get_loss
 from ..model import Sequential
 from ..optim import get_optimizer
-from ..training import train_step
+from ..training import check_divergence, evaluate_loss, train_step
 
 __all__ = ["BaseSequenceModel", "SequenceData", "check_sequences", "check_fitted_input",
            "input_spec", "check_n_samples"]
@@ -409,6 +411,16 @@ def _rng_from_state(state):
     except (KeyError, TypeError) as exc:
         raise ValueError(f"bad random generator state: {exc}") from exc
     return rng
+
+
+def _batch_targets(data, Y, W, idx, x, seqs):
+    """Targets and weights of the sequences ``idx`` batched as ``x``: padded to its
+    steps for ragged per-step targets."""
+    if seqs and not data.uniform:
+        T = x.shape[1]
+        return (_pad_items(Y, idx, data.lengths, T, np.asarray(Y[idx[0]]).dtype),
+                _pad_items(W, idx, data.lengths, T, np.float64))
+    return Y[idx], W[idx]
 
 
 def _pad_items(items, idx, lengths, T, fill_dtype):
@@ -795,6 +807,8 @@ or list of arrays of shape (n_steps_i, n_features) or (n_steps_i,)
             run.best_validation_score = -np.inf
             run.best_params = run.model.params.data.copy()
         run.no_improvement = 0
+        # Without a history, the untrained model's loss is the divergence reference.
+        start_loss = None if run.loss_curve else self._start_loss(run, data, Y, W, loss)
         batch_size = min(int(self.batch_size), len(data))
         epochs = 1 if incremental else int(self.max_iter)
         verbose = int(self.verbose)
@@ -810,12 +824,7 @@ or list of arrays of shape (n_steps_i, n_features) or (n_steps_i,)
             total, mass = 0.0, 0.0
             for idx in batches:
                 x, lengths = data.batch(idx, trim=not seqs)
-                if seqs and not data.uniform:
-                    T = x.shape[1]
-                    yb = _pad_items(Y, idx, data.lengths, T, np.asarray(Y[idx[0]]).dtype)
-                    wb = _pad_items(W, idx, data.lengths, T, np.float64)
-                else:
-                    yb, wb = Y[idx], W[idx]
+                yb, wb = _batch_targets(data, Y, W, idx, x, seqs)
                 m = float(np.sum(wb))
                 if m <= 0:
                     if bar is not None:
@@ -836,6 +845,12 @@ or list of arrays of shape (n_steps_i, n_features) or (n_steps_i,)
                     bar.set_postfix(loss=f"{total / mass:.4g}", refresh=False)
             epoch_loss = total / mass  # > 0: _fit checked that some weight is positive
             run.loss_curve.append(epoch_loss)
+            try:
+                check_divergence(run.loss_curve, run.model.params.data, start_loss)
+            except ValueError:
+                if bar is not None:
+                    bar.close()
+                raise
             stop = self._update_no_improvement(run, val, epoch_loss, target_spec)
             if bar is not None:
                 post = {"loss": f"{epoch_loss:.4g}"}
@@ -860,6 +875,18 @@ or list of arrays of shape (n_steps_i, n_features) or (n_steps_i,)
         if not np.isfinite(run.model.params.data).all():
             raise ValueError("training produced non-finite parameters; lower learning_rate "
                              "or set clip_norm")
+
+    def _start_loss(self, run, data, Y, W, loss):
+        """``run.model``'s loss before training (inference mode) on up to 256 evenly
+        spaced training sequences; None if they all have zero weight."""
+        seqs = run.spec["return_sequences"]
+        n = len(data)
+        idx = np.unique(np.linspace(0, n - 1, min(n, 256)).astype(np.intp))
+        x, lengths = data.batch(idx, trim=not seqs)
+        yb, wb = _batch_targets(data, Y, W, idx, x, seqs)
+        if not float(np.sum(wb)) > 0:
+            return None
+        return evaluate_loss(run.model, loss, x, yb, lengths=lengths, sample_weight=wb)
 
     def _update_no_improvement(self, run, val, epoch_loss, target_spec):
         if val is not None:
