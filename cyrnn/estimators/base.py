@@ -31,7 +31,9 @@ import math
 import numbers
 import os
 import sys
+import threading
 import warnings
+import weakref
 from contextlib import nullcontext
 from types import SimpleNamespace
 
@@ -51,6 +53,7 @@ from ..layers import GRU, LSTM, Dense, Embedding, SimpleRNN
 from ..losses import get_loss
 from ..model import Sequential
 from ..optim import get_optimizer
+from ..threads import call_threads
 from ..training import check_divergence, evaluate_loss, train_step
 
 __all__ = ["BaseSequenceModel", "SequenceData", "check_sequences", "check_fitted_input",
@@ -380,6 +383,20 @@ def _total_weight(W):
     return float(W.sum()) if isinstance(W, np.ndarray) else float(sum(w.sum() for w in W))
 
 
+_FIT_LOCKS = weakref.WeakKeyDictionary()  # estimator -> its fit lock
+_FIT_LOCKS_GUARD = threading.Lock()
+
+
+def _fit_lock(estimator):
+    """The lock that serialises ``estimator``'s fits (kept outside the estimator, so
+    that clones, pickles and copies get their own)."""
+    with _FIT_LOCKS_GUARD:
+        lock = _FIT_LOCKS.get(estimator)
+        if lock is None:
+            lock = _FIT_LOCKS[estimator] = threading.RLock()
+        return lock
+
+
 def _positive_int(value):
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
@@ -621,14 +638,14 @@ best_validation_score_, n_iter_
                              clip_norm=self.clip_norm, clip_value=self.clip_value)
 
     def _threads(self):
-        """``threadpool_limits`` for ``n_jobs`` (kernels' OpenMP and BLAS), or nothing."""
+        """Threads of the kernels for ``n_jobs``, for this call and thread only
+        (:func:`cyrnn.threads.call_threads`), or nothing."""
         n = self.n_jobs
         if n is None:
             return nullcontext()
-        from threadpoolctl import threadpool_limits
         if n < 0:
             n = max(1, (os.cpu_count() or 1) + 1 + n)
-        return threadpool_limits(limits=int(n))
+        return call_threads(int(n))
 
     # ------------------------------------------------------------------ input
     def _check_X(self, X, spec=None):
@@ -710,6 +727,13 @@ or list of arrays of shape (n_steps_i, n_features) or (n_steps_i,)
         return hasattr(self, "model_")
 
     def _fit(self, X, y, sample_weight, incremental, classes=None):
+        # One fit at a time per estimator: two warm starts from two threads would
+        # both continue the same history, and one's epochs would be lost.
+        # Predictions do not wait (they read the fitted state, replaced at the end).
+        with _fit_lock(self):
+            return self._fit_locked(X, y, sample_weight, incremental, classes)
+
+    def _fit_locked(self, X, y, sample_weight, incremental, classes=None):
         cfg = self._config()
         if incremental and self.early_stopping:
             raise ValueError("partial_fit does not support early_stopping=True")
@@ -1195,8 +1219,13 @@ _TRAIN_DOC = """\
     backend : str, default='auto'
         Kernel backend (``cyrnn.backends.available()``; 'auto' picks the fastest).
     n_jobs : int, default=None
-        Threads of the kernels and of BLAS during fit and predict (through
-        ``threadpoolctl``); None leaves them as they are, -1 uses all cores.
+        Threads of cyrnn's compiled kernels (Numba's and OpenMP's) during fit and
+        predict, set for the calling thread and call only: nothing process-wide
+        changes, so concurrent calls do not disturb each other (BLAS's threads are
+        the process's: see :func:`cyrnn.set_num_threads`). None leaves them as they
+        are, -1 uses all cores. An estimator runs one fit at a time (a second fit
+        from another thread waits for the first); predicting during a fit is
+        allowed.
     verbose : int, default=0
         1: a tqdm progress bar per epoch (on stderr) with the loss and the
         validation score. 0: silent.
