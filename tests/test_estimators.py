@@ -174,19 +174,29 @@ def test_predictions_depend_on_batching_only_by_rounding():
                                rtol=1e-12, atol=1e-12)
 
 
-def test_n_jobs_limits_threads_in_fit_and_predict(monkeypatch):
+def test_n_jobs_limits_the_kernels_threads_in_fit_and_predict(monkeypatch):
+    """n_jobs limits the compiled kernels' threads (OpenMP's, per thread) during fit and
+    predict, and leaves the process-wide BLAS pool alone (issue 15, item 7)."""
     from threadpoolctl import threadpool_info
 
     import cyrnn.estimators.base as base
+    if not any(i["user_api"] == "openmp" for i in threadpool_info()):
+        import cyrnn.backends.cython_backend  # noqa: F401 - loads OpenMP where built with it
+    blas_before = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
     seen = []
     real_step, real_raw = base.train_step, base.BaseSequenceModel._raw
 
+    def record():
+        info = threadpool_info()
+        seen.append(([i["num_threads"] for i in info if i["user_api"] == "openmp"],
+                     [i["num_threads"] for i in info if i["user_api"] == "blas"]))
+
     def step(*args, **kwargs):
-        seen.append(max(info["num_threads"] for info in threadpool_info()))
+        record()
         return real_step(*args, **kwargs)
 
     def raw(self, *args, **kwargs):
-        seen.append(max(info["num_threads"] for info in threadpool_info()))
+        record()
         return real_raw(self, *args, **kwargs)
 
     monkeypatch.setattr(base, "train_step", step)
@@ -194,7 +204,9 @@ def test_n_jobs_limits_threads_in_fit_and_predict(monkeypatch):
     X, y = make_fixed(20)
     est = LSTMRegressor(n_jobs=1, **SMALL).fit(X, y)
     est.predict(X)
-    assert seen and set(seen) == {1}
+    assert seen
+    for openmp, blas in seen:
+        assert set(openmp) <= {1} and blas == blas_before
 
 
 # ---------------------------------------------------------------------------
