@@ -344,6 +344,10 @@ class CharLanguageModel:
     def _check_texts(self, texts, what="texts"):
         if isinstance(texts, str):
             return [texts]
+        if isinstance(texts, bytes | bytearray | memoryview):
+            raise TypeError(f"{what} must be a str or a list of str, got "
+                            f"{type(texts).__name__}: decode it first, e.g. "
+                            "data.decode('utf-8')")
         try:
             texts = list(texts)
         except TypeError:
@@ -746,6 +750,10 @@ class CharLanguageModel:
             if len(head) != lines:
                 raise ValueError(f"head must have one character per line: {lines} for a "
                                  f"{form}, got {len(head)} ({head!r})")
+            bad = sorted({ch for ch in head if not is_cjk_ideograph(ch)})
+            if bad:  # a line starts with an ideograph: the form allows nothing else there
+                raise ValueError(f"head must be Chinese characters (CJK ideographs), one per "
+                                 f"line; {''.join(bad)!r} cannot start a line of a poem")
             head_ids = self.encode(head)
         banned = np.array([True] * N_RESERVED + [not is_cjk_ideograph(ch) for ch in self.chars_])
         if banned.all():

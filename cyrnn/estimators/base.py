@@ -43,7 +43,8 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
 from sklearn.utils._param_validation import (Interval, Options, StrOptions,
                                              validate_parameter_constraints)
-from sklearn.utils.validation import _check_sample_weight, check_array, check_is_fitted
+from sklearn.utils.validation import (_check_sample_weight, _num_samples, check_array,
+                                      check_is_fitted)
 
 from .. import _validation as V
 from .. import persistence
@@ -247,6 +248,7 @@ def check_sequences(X, *, tokens=False, vocab_size=None, dtype=np.float32, estim
     dtype = V.check_dtype(dtype)
     if is_ragged(X):
         return _check_ragged(X, tokens, vocab_size, dtype)
+    _refuse_strings(X)
     # scikit-learn's checks give the conventional messages (sparse, complex, 1-D,
     # empty, NaN); cyrnn's then convert to the compute dtype.
     arr = check_array(X, dtype="numeric" if tokens else (np.float64, np.float32),
@@ -278,6 +280,21 @@ def check_sequences(X, *, tokens=False, vocab_size=None, dtype=np.float32, estim
     T = arr.shape[1]
     return SequenceData(kind, False, arr, np.full(n, T, np.intp), np.zeros(n, np.intp),
                         n_features, arr.shape[2])
+
+
+def _refuse_strings(X):
+    """Values must be numbers: strings are refused even when they spell numbers, in
+    arrays as in lists of sequences (whose elements go through ``V.check_array``)."""
+    kind = getattr(getattr(X, "dtype", None), "kind", None)
+    if kind is None and isinstance(X, list | tuple):
+        try:
+            kind = np.asarray(X).dtype.kind
+        except (ValueError, TypeError):
+            return  # ragged or odd: the checks below judge it
+    if kind in ("U", "S") or (kind == "O" and any(
+            isinstance(v, str | bytes) for v in np.asarray(X, dtype=object).ravel())):
+        raise TypeError("X must hold numbers, got strings; convert them first (numeric "
+                        "strings are not read as numbers, in arrays or lists)")
 
 
 def _check_ragged(X, tokens, vocab_size, dtype):
@@ -664,6 +681,13 @@ best_validation_score_, n_iter_
             return np.ones(n, dtype=np.float64)
         return _check_sample_weight(sample_weight, np.empty(n), dtype=np.float64,
                                     ensure_non_negative=True)
+
+    def _check_score_weight(self, X, sample_weight):
+        """A many-to-one score's ``sample_weight``, checked as in fit (finite, not
+        negative, one per sequence), as the per-step score checks it."""
+        if sample_weight is None:
+            return None
+        return self._check_sample_weight(sample_weight, _num_samples(X))
 
     # ------------------------------------------------------------------ raw outputs
     def _raw(self, model, data, spec):
@@ -1261,7 +1285,8 @@ _INPUT_DOC = """\
     ``(n_samples, n_steps)`` (one feature per step, or token ids with
     ``vocab_size``); or a list (or 1-D object array) of arrays ``(n_steps_i,
     n_features)`` / ``(n_steps_i,)`` of different lengths, batched by length with
-    masks. Such lists work as-is with ``cross_val_score``, ``GridSearchCV`` and
+    masks. Values must be numbers: strings are refused (``TypeError``) even when
+    they spell numbers, in arrays and lists alike. Such lists work as-is with ``cross_val_score``, ``GridSearchCV`` and
     ``Pipeline`` (see :class:`cyrnn.preprocessing.SequenceStandardScaler`).
     A 2-D table's columns are its features in scikit-learn's sense: predicting
     needs as many columns as fitting did, while 3-D arrays and lists may have

@@ -153,7 +153,7 @@ class BaseSequenceRegressor(RegressorMixin, BaseSequenceModel):
         """
         check_is_fitted(self)
         if not self._spec["return_sequences"]:
-            return super().score(X, y, sample_weight=sample_weight)
+            return super().score(X, y, sample_weight=self._check_score_weight(X, sample_weight))
         return self._sequence_score(
             X, y, sample_weight, lambda yt, yp, w: r2_score(yt, yp, sample_weight=w))
 
