@@ -699,10 +699,12 @@ def test_sample_weight_equals_repetition_within_one_float64_batch(cls):
 # ---------------------------------------------------------------------------
 @pytest.mark.parametrize("cls", ESTIMATORS)
 def test_defaults_match_the_specification(cls):
+    # learning_rate was 1e-3 until issue 15 (item 13): LSTMRegressor did not fit
+    # scikit-learn's toy regression problem at its defaults.
     params = cls().get_params()
     expected = dict(hidden_size=32, num_layers=1, bidirectional=False, dropout=0,
                     vocab_size=None, embedding_dim=None, return_sequences=False,
-                    optimizer="rmsprop", learning_rate=1e-3, batch_size=32, max_iter=100,
+                    optimizer="rmsprop", learning_rate=3e-3, batch_size=32, max_iter=100,
                     shuffle=True, random_state=None, tol=1e-4, n_iter_no_change=10,
                     early_stopping=False, validation_fraction=0.1, clip_norm=None,
                     clip_value=None, bptt_truncate=None, backend="auto", n_jobs=None,

@@ -1209,7 +1209,11 @@ _ARCH_DOC = """\
 _TRAIN_DOC = """\
     optimizer : {'rmsprop', 'adam', 'sgd'}, default='rmsprop'
         Update rule (see :mod:`cyrnn.optim`).
-    learning_rate : float, default=1e-3
+    learning_rate : float, default=3e-3
+        Step size of the optimizer. The default was 1e-3, with which
+        LSTMRegressor did not fit scikit-learn's toy regression problem
+        (``check_estimator``) in its 100 epochs: training R^2 0.40-0.49 on seeds
+        0-2, against 0.71-0.81 at 3e-3.
     batch_size : int, default=32
         Sequences per update (capped at the number of samples). Variable-length
         input is batched by length so that padding stays small.

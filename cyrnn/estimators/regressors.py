@@ -190,7 +190,7 @@ class LSTMRegressor(BaseSequenceRegressor):
 
     def __init__(self, *, hidden_size=32, num_layers=1, bidirectional=False, dropout=0.0,
                  vocab_size=None, embedding_dim=None, return_sequences=False,
-                 optimizer="rmsprop", learning_rate=1e-3, batch_size=32, max_iter=100,
+                 optimizer="rmsprop", learning_rate=3e-3, batch_size=32, max_iter=100,
                  shuffle=True, random_state=None, tol=1e-4, n_iter_no_change=10,
                  early_stopping=False, validation_fraction=0.1, clip_norm=None,
                  clip_value=None, bptt_truncate=None, backend="auto", n_jobs=None, verbose=0,
@@ -229,7 +229,7 @@ class GRURegressor(BaseSequenceRegressor):
 
     def __init__(self, *, hidden_size=32, num_layers=1, bidirectional=False, dropout=0.0,
                  reset_after=True, vocab_size=None, embedding_dim=None,
-                 return_sequences=False, optimizer="rmsprop", learning_rate=1e-3,
+                 return_sequences=False, optimizer="rmsprop", learning_rate=3e-3,
                  batch_size=32, max_iter=100, shuffle=True, random_state=None, tol=1e-4,
                  n_iter_no_change=10, early_stopping=False, validation_fraction=0.1,
                  clip_norm=None, clip_value=None, bptt_truncate=None, backend="auto",
@@ -272,7 +272,7 @@ class SimpleRNNRegressor(BaseSequenceRegressor):
 
     def __init__(self, *, hidden_size=32, num_layers=1, bidirectional=False, dropout=0.0,
                  activation="tanh", vocab_size=None, embedding_dim=None,
-                 return_sequences=False, optimizer="rmsprop", learning_rate=1e-3,
+                 return_sequences=False, optimizer="rmsprop", learning_rate=3e-3,
                  batch_size=32, max_iter=100, shuffle=True, random_state=None, tol=1e-4,
                  n_iter_no_change=10, early_stopping=False, validation_fraction=0.1,
                  clip_norm=None, clip_value=None, bptt_truncate=None, backend="auto",
