@@ -117,3 +117,25 @@ def test_save_errors_name_the_target_not_the_temporary_file(tmp_path, monkeypatc
     assert info.value.errno == errno.ENOSPC
     assert str(target) in str(info.value) and ".cyrnn-" not in str(info.value)
     assert not target.exists() and not list(tmp_path.glob(".cyrnn-*"))  # cleaned up
+
+
+# --------------------------------------------------------------- found by the fuzz suite
+@pytest.mark.parametrize("state,match", [
+    (np.zeros((1, 1, 3), np.float32), r"state h must have shape \(1, 5, 3\)"),
+    (np.zeros((1, 5, 3), np.complex64), "numeric"),
+    (np.full((1, 5, 3), np.nan, np.float32), "NaN"),
+])
+def test_step_checks_its_state_before_the_kernels_read_it(backend, state, match):
+    """step() handed any state to the kernels, which read (n, H) rows of it: a state
+    for one sequence and an input of five read past the array (cython), complex states
+    were taken as real."""
+    layer = cyrnn.LSTM(2, 3, backend=backend, random_state=0)
+    x = np.ones((5, 2), np.float32)
+    with pytest.raises((ValueError, TypeError), match=match):
+        layer.step(x, (state, np.zeros((1, 5, 3), np.float32)))
+    with pytest.raises(TypeError, match="pair"):
+        layer.step(x, np.zeros((1, 5, 3), np.float32))
+    with pytest.raises(ValueError, match="x_t has 3 features"):
+        layer.step(np.ones((5, 3)), (np.zeros((1, 5, 3)), np.zeros((1, 5, 3))))
+    out, (h, c) = layer.step(x, (np.zeros((1, 5, 3)), np.zeros((1, 5, 3))))
+    assert out.shape == (5, 3) and h.dtype == np.float32
