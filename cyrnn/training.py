@@ -105,8 +105,8 @@ def check_loss_inputs(loss_fn, out_shape, y, sample_weight=None, mask=None):
     if sample_weight is not None:
         sw = V._numeric_array(sample_weight, "sample_weight")
         if sw.shape not in ((lead[0],), lead):
-            raise ValueError(f"sample_weight must have shape ({lead[0]},) or {lead}, got "
-                             f"{sw.shape}")
+            allowed = f"({lead[0]},)" + (f" or {lead}" if len(lead) > 1 else "")
+            raise ValueError(f"sample_weight must have shape {allowed}, got {sw.shape}")
         if sw.dtype.kind == "b":
             raise TypeError("sample_weight must hold numbers, got booleans")
         if not np.isfinite(sw).all() or (sw < 0).any():

@@ -21,7 +21,9 @@
 * **State.** Everything is validated and the new model is trained in locals;
   attributes are assigned only at the end, so a failed ``fit``/``partial_fit``
   leaves a fitted estimator unchanged. Pickling and :meth:`save` both go
-  through one portable state (JSON metadata + arrays).
+  through one portable state (JSON metadata + arrays). One estimator runs one
+  fit at a time (a lock; a fit from a second thread waits), while predictions
+  read the committed state and may run during a fit.
 """
 
 from __future__ import annotations
