@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 from threadpoolctl import threadpool_info
 
-import cyrnn
 from cyrnn.estimators import GRUClassifier, GRURegressor
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")

@@ -2,7 +2,6 @@
 fits, and targets or weights that train_step must refuse before any state changes."""
 
 import copy
-import warnings
 
 import numpy as np
 import pytest

@@ -1292,8 +1292,9 @@ _INPUT_DOC = """\
     ``vocab_size``); or a list (or 1-D object array) of arrays ``(n_steps_i,
     n_features)`` / ``(n_steps_i,)`` of different lengths, batched by length with
     masks. Values must be numbers: strings are refused (``TypeError``) even when
-    they spell numbers, in arrays and lists alike. Such lists work as-is with ``cross_val_score``, ``GridSearchCV`` and
-    ``Pipeline`` (see :class:`cyrnn.preprocessing.SequenceStandardScaler`).
+    they spell numbers, in arrays and lists alike. Such lists work as-is with
+    ``cross_val_score``, ``GridSearchCV`` and ``Pipeline`` (see
+    :class:`cyrnn.preprocessing.SequenceStandardScaler`).
     A 2-D table's columns are its features in scikit-learn's sense: predicting
     needs as many columns as fitting did, while 3-D arrays and lists may have
     other lengths than in fit.
