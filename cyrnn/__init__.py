@@ -3,24 +3,33 @@
 The NumPy reference backend is the specification; compiled backends
 (``cyrnn.backends.available()``) implement the same kernel contract.
 
-The core (layers, Sequential, optimizers, losses) is imported eagerly; the
-scikit-learn estimators, preprocessing, persistence, datasets, plotting and the
-language model are imported on first use, so ``import cyrnn`` (and the
-``cyrnn`` command) does not pay for scikit-learn unless it is used.
+Every name is imported on first use (``cyrnn.LSTM``, ``from cyrnn import
+LSTM``): ``import cyrnn`` itself loads nothing, so the ``cyrnn`` command starts
+at once and handles Ctrl-C from its first moments, and nothing pays for
+scikit-learn (the estimators) unless it is used.
 """
 
 import importlib
 
 __version__ = "0.1.0"
 
-from . import backends, losses, optim  # noqa: F401,E402
-from .interop import from_torch  # noqa: E402
-from .layers import GRU, LSTM, Dense, Embedding, SimpleRNN  # noqa: E402
-from .model import Sequential  # noqa: E402
-from .params import ParameterBuffer  # noqa: E402
-
 # name -> (module, attribute or None for the module itself)
 _LAZY = {
+    "SimpleRNN": ("cyrnn.layers", "SimpleRNN"),
+    "LSTM": ("cyrnn.layers", "LSTM"),
+    "GRU": ("cyrnn.layers", "GRU"),
+    "Embedding": ("cyrnn.layers", "Embedding"),
+    "Dense": ("cyrnn.layers", "Dense"),
+    "Sequential": ("cyrnn.model", "Sequential"),
+    "ParameterBuffer": ("cyrnn.params", "ParameterBuffer"),
+    "from_torch": ("cyrnn.interop", "from_torch"),
+    "backends": ("cyrnn.backends", None),
+    "losses": ("cyrnn.losses", None),
+    "optim": ("cyrnn.optim", None),
+    "layers": ("cyrnn.layers", None),
+    "model": ("cyrnn.model", None),
+    "params": ("cyrnn.params", None),
+    "interop": ("cyrnn.interop", None),
     "LSTMRegressor": ("cyrnn.estimators", "LSTMRegressor"),
     "LSTMClassifier": ("cyrnn.estimators", "LSTMClassifier"),
     "GRURegressor": ("cyrnn.estimators", "GRURegressor"),
@@ -39,8 +48,8 @@ _LAZY = {
     "training": ("cyrnn.training", None),
 }
 
-__all__ = ["SimpleRNN", "LSTM", "GRU", "Embedding", "Dense", "Sequential", "ParameterBuffer",
-           "from_torch", "backends", "losses", "optim", "__version__", *_LAZY]
+__all__ = ["__version__", *(name for name in _LAZY
+                             if name not in ("layers", "model", "params", "interop"))]
 
 
 def __getattr__(name):

@@ -20,7 +20,9 @@ vectorises into float64 lane accumulators), and the rescaling uses
 the same rule as :func:`cyrnn.optim.clip_by_global_norm`, NaN and inf included.
 
 All kernels are ``nogil`` and cached on disk (``cache=True``); they compile
-lazily per dtype on first use.
+lazily per dtype on first use. Where Numba has nowhere to cache (a read-only
+install with an unwritable cache directory) they compile without the cache, with
+one warning (:mod:`cyrnn._numba_util`).
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
+
+from ._numba_util import njit
 
 __all__ = ["sgd_update", "rmsprop_update", "adam_update", "clip_by_value_flat",
            "clip_by_global_norm_flat"]

@@ -29,6 +29,9 @@ def check_rng(random_state):
     """A ``numpy.random.Generator`` from None, an int seed or a Generator."""
     if isinstance(random_state, np.random.Generator):
         return random_state
+    if isinstance(random_state, numbers.Integral) and random_state < 0:
+        raise ValueError(f"random_state must be None, a non-negative int (a seed) or a numpy "
+                         f"Generator, got {random_state}")
     if random_state is None or isinstance(random_state, (numbers.Integral, np.random.SeedSequence)):
         return np.random.default_rng(random_state)
     if isinstance(random_state, np.random.RandomState):
@@ -134,15 +137,19 @@ def check_index_array(x, name, ndim, upper):
 def check_lengths(lengths, n, T):
     """Integer lengths of shape (n,) with 1 <= length <= T."""
     arr = _numeric_array(lengths, "lengths")
+    if arr.dtype.kind == "b":
+        raise TypeError("lengths must be integers (steps per sequence), got booleans")
     if arr.ndim != 1 or arr.shape[0] != n:
         raise ValueError(f"lengths must have shape ({n},), got {arr.shape}")
     if arr.dtype.kind == "f" and not (np.isfinite(arr).all() and (arr == np.round(arr)).all()):
         raise ValueError("lengths must be whole numbers")
-    arr = arr.astype(np.int64)
-    if arr.min() < 1 or arr.max() > T:
+    lo, hi = arr.min().item(), arr.max().item()  # before any cast: no wrap-around
+    if lo < 1 or hi > T:
         raise ValueError(f"lengths must be between 1 and {T} (the number of steps), "
-                         f"got min {arr.min()}, max {arr.max()}")
-    return arr
+                         f"got min {lo:g}, max {hi:g}" if arr.dtype.kind == "f" else
+                         f"lengths must be between 1 and {T} (the number of steps), "
+                         f"got min {lo}, max {hi}")
+    return arr.astype(np.int64)
 
 
 def check_mask(mask, shape):

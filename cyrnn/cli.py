@@ -10,14 +10,17 @@
 
 ``generate`` trains on a corpus bundled with cyrnn (with a progress bar), or
 reuses a model it trained before with the same settings: models are cached in
-``$CYRNN_CACHE_DIR`` (default ``~/.cache/cyrnn``), keyed by corpus, settings and
+``$CYRNN_CACHE_DIR`` (default ``$XDG_CACHE_HOME/cyrnn``, else ``~/.cache/cyrnn``),
+keyed by corpus, settings and
 cyrnn version; an unreadable cache file is ignored and rebuilt. The default
 settings (``cyrnn.language_model.PRESETS``) train in about 10 s (dinosaur names)
 and about a minute (Tang poems) on 2 cores.
 
 Samples go to stdout, one name or one poem per line; progress and messages go to
 stderr. Errors are one line on stderr and a non-zero exit status (1; 2 for
-command-line mistakes).
+command-line mistakes, such as numbers out of range; 130 after Ctrl-C). When the
+reader of stdout goes away (``cyrnn sample m | head -1``) the command stops quietly
+with status 141, as a Unix tool ended by SIGPIPE.
 
 Threads: ``--threads 1`` (the default) runs BLAS and OpenMP single-threaded. These
 models multiply small matrices, where extra threads cost more than they save, and
@@ -56,24 +59,28 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+# The largest value of every integer option: far beyond any sensible setting, and
+# small enough that nothing downstream overflows (a usage error instead).
+_INT_MAX = 1_000_000
 
 
-def _count(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
+def _bounded_int(minimum, maximum=_INT_MAX):
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        if value > maximum:
+            raise argparse.ArgumentTypeError(f"must be <= {maximum:,}, got {text}")
+        return value
+    return parse
+
+
+_positive_int = _bounded_int(1)
+_count = _bounded_int(0)
+_seed = _bounded_int(0, 2**63 - 1)
 
 
 def _positive_float(text):
@@ -112,7 +119,7 @@ def _build_parser():
                    help="below 1: safer, above 1: wilder (default 0.8 for generate, 1 for sample)")
     s.add_argument("--top-k", type=_positive_int, default=None,
                    help="sample among the K most likely characters only (1 = greedy)")
-    s.add_argument("--seed", type=int, default=None,
+    s.add_argument("--seed", type=_seed, default=None,
                    help="seed of the sampling (default: different samples every run)")
 
     model = argparse.ArgumentParser(add_help=False)
@@ -148,7 +155,8 @@ def _build_parser():
                    help="train on at most this many sequences of the corpus")
     p.add_argument("--max-vocab", type=_positive_int, default=None,
                    help="tang: keep only poems written with the N most frequent characters")
-    p.add_argument("--train-seed", type=int, default=0, help="seed of the training (default 0)")
+    p.add_argument("--train-seed", type=_seed, default=0,
+                   help="seed of the training (default 0)")
     p.add_argument("--no-cache", action="store_true",
                    help="train afresh and do not read or write the model cache")
     p.set_defaults(func=_cmd_generate)
@@ -163,7 +171,7 @@ def _build_parser():
                    help="learn the file as one long text (truncated BPTT) instead of lines")
     p.add_argument("--bptt", type=_positive_int, default=100,
                    help="--text: chunk length of truncated BPTT (default 100)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the training (default 0)")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the training (default 0)")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("sample", parents=[sampling, common], help="sample from a saved model",
@@ -191,10 +199,16 @@ def _version():
 
 # ---------------------------------------------------------------------------- helpers
 def cache_dir():
-    """Where ``cyrnn generate`` keeps trained models: ``$CYRNN_CACHE_DIR`` or
-    ``~/.cache/cyrnn``."""
+    """Where ``cyrnn generate`` keeps trained models: ``$CYRNN_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/cyrnn`` (an absolute ``XDG_CACHE_HOME``, as the XDG base
+    directory specification asks), else ``~/.cache/cyrnn``."""
     env = os.environ.get("CYRNN_CACHE_DIR")
-    return Path(env) if env else Path.home() / ".cache" / "cyrnn"
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    if xdg and os.path.isabs(xdg):
+        return Path(xdg) / "cyrnn"
+    return Path.home() / ".cache" / "cyrnn"
 
 
 def _say(args, message):
@@ -320,11 +334,15 @@ def _read_corpus(path, whole):
         raise CLIError(f"cannot read corpus {path!r}: no such file")
     if p.is_dir():
         raise CLIError(f"cannot read corpus {path!r}: it is a directory")
-    try:
-        text = p.read_text(encoding="utf-8")
+    from .persistence import _read_bytes
+    try:  # a regular file only (a FIFO would block, a device never end), up to its size
+        text = _read_bytes(p).decode("utf-8")
     except UnicodeDecodeError as exc:
         raise CLIError(f"cannot read corpus {path!r}: not UTF-8 text ({exc.reason} at byte "
                        f"{exc.start})") from None
+    except ValueError:
+        raise CLIError(f"cannot read corpus {path!r}: not a regular file (a device, FIFO "
+                       "or socket)") from None
     except OSError as exc:
         raise CLIError(f"cannot read corpus {path!r}: {exc.strerror or exc}") from None
     text = text.lstrip("\ufeff")
@@ -403,6 +421,17 @@ def _one_line(exc):
     return " ".join(str(exc).split())
 
 
+def _silence_stdout():
+    """After a closed pipe: point stdout at /dev/null so that the interpreter's final
+    flush does not report the broken pipe again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # no real file descriptor (tests)
+        pass
+
+
 def main(argv=None):
     """Run the ``cyrnn`` command; returns the exit status."""
     stdout = sys.stdout
@@ -412,12 +441,19 @@ def main(argv=None):
             stdout.reconfigure(errors="backslashreplace")
         except (AttributeError, ValueError):
             pass
-    parser = _build_parser()
-    args = parser.parse_args(argv)
-    try:
+    try:  # Ctrl-C while starting (parsing, importing) is an interruption too
+        parser = _build_parser()
+        args = parser.parse_args(argv)
         return args.func(args)
-    except (CLIError, ValueError, TypeError, OSError, RuntimeError) as exc:
+    except BrokenPipeError:  # e.g. 'cyrnn sample m | head -1': stop quietly, as Unix tools do
+        _silence_stdout()
+        return 128 + 13  # the status of a process ended by SIGPIPE
+    except (CLIError, ValueError, TypeError, OSError, RuntimeError, OverflowError) as exc:
         print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
+        return 1
+    except MemoryError as exc:
+        print(f"{PROG}: error: not enough memory ({_one_line(exc) or 'MemoryError'}); use a "
+              "smaller model or fewer samples", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)

@@ -30,15 +30,15 @@ import numpy as np
 from scipy.special import log_softmax
 
 from . import _validation as V
+from . import layers as _layers
 from . import persistence
 from .backends import check_backend_name, get_backend
 from .backends import numpy_backend as _reference
-from . import layers as _layers
-from .cells import CELL_TABLE, FAMILIES
+from .cells import CELL_TABLE, FAMILIES, resolve
 from .layers import Dense, Embedding
 from .model import Sequential
 from .optim import get_optimizer
-from .training import tbptt, train_step
+from .training import check_divergence, tbptt, train_step
 
 __all__ = ["CharLanguageModel", "PAD", "BOS", "EOS", "N_RESERVED", "is_cjk_ideograph",
            "is_poem", "PRESETS", "prepare_corpus"]
@@ -50,6 +50,9 @@ _RESERVED_NAMES = ("<pad>", "<s>", "</s>")
 _CELLS = {row.family: getattr(_layers, row.layer) for row in CELL_TABLE}
 _OPTIMIZERS = ("adam", "rmsprop", "sgd")
 POEM_FORMS = {"quatrain": 4, "regulated": 8}
+# The longest training sequence a saved model may declare (its default sample
+# length is twice that): a file cannot make ``sample()`` allocate without bound.
+_MAX_STORED_LENGTH = 1_000_000
 COMMA, PERIOD = "，", "。"
 KIND = "cyrnn.CharLanguageModel"
 
@@ -281,7 +284,7 @@ class CharLanguageModel:
         check_backend_name(self.backend)
         V.check_dtype(self.dtype)
         if not (self.random_state is None or isinstance(self.random_state, np.random.Generator)):
-            V.check_int(self.random_state, "random_state")
+            V.check_int(self.random_state, "random_state", minimum=0)
 
     # ------------------------------------------------------------------ vocabulary
     def _require_fitted(self):
@@ -336,6 +339,16 @@ class CharLanguageModel:
         dense = Dense(self.hidden_size, Vsz, dtype=dtype, random_state=rng)
         return Sequential([emb, rnn, dense])
 
+    def _n_params(self):
+        """Size of the parameter vector of :meth:`_build_model`'s network, computed
+        without building it (Python integers: no overflow, no allocation)."""
+        Vsz, H, L = self.vocab_size_, int(self.hidden_size), int(self.num_layers)
+        E = Vsz if self.embedding_dim is None else int(self.embedding_dim)
+        row = resolve(self.cell, **({"peephole": True} if self.peephole else {}))
+        G, P = row.n_gates, row.n_peepholes  # from the cell table
+        rnn = G * H * (E + H + 2) + (L - 1) * G * H * (H + H + 2) + L * P * H
+        return Vsz * E + rnn + Vsz * (H + 1)
+
     def _make_optimizer(self):
         return get_optimizer(self.optimizer.lower(), self.model_, lr=float(self.learning_rate),
                              clip_norm=None if self.clip_norm is None else float(self.clip_norm))
@@ -343,6 +356,10 @@ class CharLanguageModel:
     def _check_texts(self, texts, what="texts"):
         if isinstance(texts, str):
             return [texts]
+        if isinstance(texts, bytes | bytearray | memoryview):
+            raise TypeError(f"{what} must be a str or a list of str, got "
+                            f"{type(texts).__name__}: decode it first, e.g. "
+                            "data.decode('utf-8')")
         try:
             texts = list(texts)
         except TypeError:
@@ -369,6 +386,13 @@ class CharLanguageModel:
         Returns
         -------
         self
+
+        Raises
+        ------
+        ValueError
+            Bad input, or training diverged (:func:`cyrnn.training.check_divergence`).
+            The model is changed only by a fit that completes: after an error or an
+            interruption (Ctrl-C) it is as it was before the call.
         """
         if isinstance(texts, str):
             return self.fit_text(texts)
@@ -377,8 +401,9 @@ class CharLanguageModel:
         chars = sorted(set("".join(texts)))
         if not chars:
             raise ValueError("texts hold no characters to learn from")
-        rng = self._start_fit(chars, "sequences", max(len(t) for t in texts))
-        seqs = [np.concatenate([[BOS], self.encode(t), [EOS]]) for t in texts]
+        lm = self._new_fit()  # trained apart; self changes only when it succeeds
+        rng = lm._start_fit(chars, "sequences", max(len(t) for t in texts))
+        seqs = [np.concatenate([[BOS], lm.encode(t), [EOS]]) for t in texts]
         lens = np.array([len(s) - 1 for s in seqs])  # predictions per sequence
         batch = min(int(self.batch_size), len(seqs))
         n_batches = math.ceil(len(seqs) / batch)
@@ -396,11 +421,14 @@ class CharLanguageModel:
                 s = seqs[i]
                 x[r, :lens[i]] = s[:-1]
                 y[r, :lens[i]] = s[1:]
-            value = train_step(self.model_, self._optim, "softmax_cross_entropy", x, y,
+            value = train_step(lm.model_, lm._optim, "softmax_cross_entropy", x, y,
                                lengths=lens[idx])
             return value, float(lens[idx].sum())
 
-        return self._train_epochs(epoch_batches, run_batch, n_batches)
+        sample = [texts[i] for i in np.unique(np.linspace(0, len(texts) - 1,
+                                                          min(len(texts), 256)).astype(int))]
+        lm._train_epochs(epoch_batches, run_batch, n_batches, lm.per_char_loss(sample))
+        return self._commit(lm)
 
     def fit_text(self, text):
         """Learn one long text with truncated BPTT.
@@ -423,8 +451,9 @@ class CharLanguageModel:
         if len(text) < 2:
             raise ValueError("the text needs at least 2 characters")
         self._check_params()
-        self._start_fit(sorted(set(text)), "text", 200)
-        ids = np.concatenate([[BOS], self.encode(text)])
+        lm = self._new_fit()  # trained apart; self changes only when it succeeds
+        lm._start_fit(sorted(set(text)), "text", 200)
+        ids = np.concatenate([[BOS], lm.encode(text)])
         B = max(1, min(int(self.batch_size), (len(ids) - 1) // int(self.bptt)))
         L = (len(ids) - 1) // B
         x = ids[:B * L].reshape(B, L)
@@ -438,12 +467,26 @@ class CharLanguageModel:
             return starts
 
         def run_batch(s):
-            losses, state["states"] = tbptt(self.model_, self._optim, "softmax_cross_entropy",
+            losses, state["states"] = tbptt(lm.model_, lm._optim, "softmax_cross_entropy",
                                             x[:, s:s + k], y[:, s:s + k], k1=k,
                                             initial_states=state["states"])
             return losses[0], float(B * min(k, L - s))
 
-        return self._train_epochs(epoch_batches, run_batch, len(starts))
+        lm._train_epochs(epoch_batches, run_batch, len(starts), lm.per_char_loss(text[:1000]))
+        return self._commit(lm)
+
+    # The fitted state: set on a fresh twin by a fit, then copied at once (_commit).
+    _FITTED = ("chars_", "vocab_size_", "_index", "mode_", "max_length_", "model_", "_optim",
+               "_rng", "_sample_rng", "loss_curve_", "train_time_")
+
+    def _new_fit(self):
+        """An unfitted model with this one's parameters, to train without touching self
+        (an interrupted or failed fit leaves self as it was)."""
+        return type(self)(**self.get_params())
+
+    def _commit(self, lm):
+        self.__dict__.update({name: lm.__dict__[name] for name in self._FITTED})
+        return self
 
     def _start_fit(self, chars, mode, max_length):
         rng = V.check_rng(self.random_state)
@@ -457,7 +500,7 @@ class CharLanguageModel:
         self.loss_curve_ = []
         return rng
 
-    def _train_epochs(self, epoch_batches, run_batch, n_batches):
+    def _train_epochs(self, epoch_batches, run_batch, n_batches, start_loss=None):
         epochs = int(self.max_epochs)
         bar = None
         if self.verbose:
@@ -481,6 +524,7 @@ class CharLanguageModel:
                         bar.set_postfix_str(f"epoch {epoch + 1}/{epochs}, "
                                             f"loss {total / mass:.3f}", refresh=False)
                 self.loss_curve_.append(total / mass)
+                check_divergence(self.loss_curve_, self.model_.params.data, start_loss)
         finally:
             if bar is not None:
                 bar.close()
@@ -721,6 +765,10 @@ class CharLanguageModel:
             if len(head) != lines:
                 raise ValueError(f"head must have one character per line: {lines} for a "
                                  f"{form}, got {len(head)} ({head!r})")
+            bad = sorted({ch for ch in head if not is_cjk_ideograph(ch)})
+            if bad:  # a line starts with an ideograph: the form allows nothing else there
+                raise ValueError(f"head must be Chinese characters (CJK ideographs), one per "
+                                 f"line; {''.join(bad)!r} cannot start a line of a poem")
             head_ids = self.encode(head)
         banned = np.array([True] * N_RESERVED + [not is_cjk_ideograph(ch) for ch in self.chars_])
         if banned.all():
@@ -776,19 +824,30 @@ class CharLanguageModel:
                 raise ValueError(f"bad mode {meta['mode']!r}")
             lm._set_vocabulary(chars)
             lm.mode_ = meta["mode"]
-            lm.max_length_ = V.check_int(meta["max_length"], "max_length", minimum=0)
+            lm.max_length_ = V.check_int(meta["max_length"], "max_length", minimum=0,
+                                         maximum=_MAX_STORED_LENGTH)
+            # Everything is checked against the declared architecture before the
+            # network is built: the stored vector bounds what loading allocates.
+            data = arrays["params"]
+            n_params = lm._n_params()
+            if data.shape != (n_params,):
+                raise ValueError(f"parameter vector of shape {data.shape}, the architecture "
+                                 f"needs ({n_params},)")
+            if data.dtype != V.check_dtype(lm.dtype):
+                raise ValueError(f"parameter vector of dtype {data.dtype}, the model's dtype "
+                                 f"is {np.dtype(lm.dtype).name}")
+            if not np.isfinite(data).all():
+                raise ValueError("the parameter vector contains NaN or infinity")
+            loss_curve = [V.check_float(v, "loss_curve") for v in meta.get("loss_curve", [])]
+            train_time = V.check_float(meta.get("train_time", 0.0), "train_time", minimum=0.0)
             rng = V.check_rng(lm.random_state)
             lm.model_ = lm._build_model(rng)
-            data = arrays["params"]
-            if data.shape != lm.model_.params.data.shape:
-                raise ValueError(f"parameter vector of shape {data.shape}, the model needs "
-                                 f"{lm.model_.params.data.shape}")
             lm.model_.params.data[...] = data
             lm._optim = lm._make_optimizer()
             lm._rng = rng
             lm._sample_rng = np.random.default_rng(rng.integers(2**63))
-            lm.loss_curve_ = [float(v) for v in meta.get("loss_curve", [])]
-            lm.train_time_ = float(meta.get("train_time", 0.0))
+            lm.loss_curve_ = loss_curve
+            lm.train_time_ = train_time
         except ValueError as exc:
             raise ValueError(f"invalid CharLanguageModel archive: {exc}") from exc
         except (KeyError, TypeError, AttributeError) as exc:

@@ -348,6 +348,11 @@ def _compiled(name, arr):
             from . import _optim_kernels as module
         except ImportError:
             module = False
+        except Exception as exc:  # numba is there but cannot compile here: the reference
+            import warnings
+            warnings.warn(f"cyrnn's compiled optimizer kernels are unavailable ({exc}); "
+                          "using the NumPy reference", RuntimeWarning, stacklevel=3)
+            module = False
         _kernels = module
     if (_kernels and type(arr) is np.ndarray and arr.dtype.char in "fd"
             and arr.flags.c_contiguous):

@@ -40,13 +40,21 @@ tampering (it is a checksum, not a signature: whoever can write the file can
 recompute it). Non-finite floats in metadata are written as Python's ``json``
 writes them (``NaN``, ``Infinity``).
 
-Reading checks the zip structure (uncompressed entries no larger than the
-file: no zip bombs), the header, the version, that the entries match the
+Reading checks the zip structure (uncompressed entries that lie one after
+another without overlapping, so that at most the file's size is read in all:
+no zip bombs), the header, the version, that the entries match the
 manifest exactly (names, dtypes, shapes, checked in every ``.npy`` header
 before its data is read, so nothing larger than the file is allocated) and
 the digest; any failure raises ``ValueError`` (a missing file still raises
 ``FileNotFoundError``). A file from a newer ``format_version`` is refused
-with a message saying so.
+with a message saying so. Only regular files are read (after resolving
+links): a device, FIFO or socket is refused before it is opened for reading,
+and reading stops at the size the file had when it was opened.
+
+The SHA-256 detects corruption, not tampering: anyone who can write the file
+can recompute it. Loaders therefore treat every field as hostile: they check
+sizes against the declared architecture (and the stored arrays) before
+allocating anything, dtypes, finiteness and option ranges.
 """
 
 from __future__ import annotations
@@ -57,6 +65,8 @@ import json
 import math
 import os
 import re
+import stat
+import struct
 import tempfile
 import zipfile
 
@@ -71,6 +81,9 @@ _NAME = re.compile(rf"{_SEGMENT}(?:/{_SEGMENT})*")  # no "..", no leading "/"
 _DTYPE = re.compile(r"[<>|][biufcUS][0-9]+")
 _ALLOWED_KINDS = "biufcUS"  # bool, ints, floats, complex, fixed-width str/bytes
 _ZIP_MAGIC = b"PK\x03\x04"
+# The most bytes read from a file object that is not a regular file (a stream
+# whose size is unknown); regular files are read up to their size.
+MAX_STREAM_BYTES = 1 << 30
 
 _LOADERS = {}
 # cyrnn modules that register loaders when imported; load() imports them (and
@@ -155,16 +168,29 @@ def save_archive(path, kind, metadata, arrays):
         return path
     target = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(target))
-    fd, tmp = tempfile.mkstemp(prefix=".cyrnn-", suffix=".tmp", dir=folder)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".cyrnn-", suffix=".tmp", dir=folder)
+    except OSError as exc:
+        raise _naming(exc, target) from exc
     try:
         with os.fdopen(fd, "wb") as fh:
             np.savez(fh, **entries)
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError):  # name the target, not the temporary file
+            raise _naming(exc, target) from exc
         raise
     return path
+
+
+def _naming(exc, target):
+    """``exc`` (an OSError) about ``target``: same errno (and subclass), the path the
+    caller asked for instead of the temporary file."""
+    if exc.errno is None:
+        return OSError(f"cannot write {target!r}: {exc}")
+    return OSError(exc.errno, exc.strerror or str(exc), target)
 
 
 def _cyrnn_version():
@@ -173,10 +199,60 @@ def _cyrnn_version():
 
 
 def _read_bytes(path):
+    """The bytes of ``path``: a regular file (links resolved), read up to the size it
+    had when opened, or a binary file object, read up to :data:`MAX_STREAM_BYTES`.
+
+    Devices (``/dev/zero``), FIFOs and sockets are refused before they are opened for
+    reading (a FIFO would block, a device never end); a directory raises
+    ``IsADirectoryError`` and a missing file ``FileNotFoundError``, as ``open`` does.
+    """
     if hasattr(path, "read"):
-        return path.read()
-    with open(os.fspath(path), "rb") as fh:  # FileNotFoundError propagates as is
-        return fh.read()
+        return _read_stream(path)
+    name = os.fspath(path)
+    real = os.path.realpath(name)
+    _check_regular(os.stat(real), name)
+    # O_NONBLOCK: should a FIFO replace the file after the check, opening it does not
+    # block (and fstat below refuses it); regular files ignore the flag.
+    fd = os.open(real, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    with os.fdopen(fd, "rb") as fh:
+        size = _check_regular(os.fstat(fh.fileno()), name).st_size
+        data = fh.read(size + 1)
+    if len(data) > size:
+        raise ValueError(f"{name}: the file grew while it was being read")
+    return data
+
+
+def _check_regular(st, name):
+    if stat.S_ISDIR(st.st_mode):
+        raise IsADirectoryError(21, "Is a directory", name)
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError(f"{name}: not a regular file (a device, FIFO or socket), which "
+                         "cyrnn does not read")
+    return st
+
+
+def _read_stream(fh):
+    """Read a binary file object: refuse one on a device, FIFO or socket, and read at
+    most ``MAX_STREAM_BYTES`` of a stream of unknown size."""
+    try:
+        fileno = fh.fileno()
+    except (AttributeError, OSError, ValueError):  # io.BytesIO and the like
+        fileno = None
+    if fileno is not None:
+        _check_regular(os.fstat(fileno), getattr(fh, "name", "<file object>"))
+    chunks, total = [], 0
+    while True:  # in chunks: read(n) may allocate n bytes up front
+        chunk = fh.read(1 << 20)
+        if not isinstance(chunk, bytes | bytearray):
+            raise TypeError(f"the file object must be opened in binary mode (read() returned "
+                            f"{type(chunk).__name__})")
+        if not chunk:
+            return b"".join(chunks)
+        total += len(chunk)
+        if total > MAX_STREAM_BYTES:
+            raise ValueError(f"the stream holds more than {MAX_STREAM_BYTES} bytes, more "
+                             "than cyrnn reads from a file object; save to a regular file")
+        chunks.append(chunk)
 
 
 def load_archive(path):
@@ -211,7 +287,7 @@ def load_archive(path):
         raise ValueError(f"{where!s}: not a cyrnn archive (not a zip/npz file)")
     try:
         with zipfile.ZipFile(io.BytesIO(raw)) as zf:
-            entries = _zip_entries(zf, len(raw))
+            entries = _zip_entries(zf, raw)
             if HEADER not in entries:
                 raise ValueError("no cyrnn header entry")
             blob = _read_npy(zf, entries[HEADER], HEADER, "|u1", None)
@@ -220,6 +296,12 @@ def load_archive(path):
             if set(entries) - {HEADER} != set(manifest):
                 raise ValueError(f"entries {sorted(set(entries) - {HEADER})} do not match the "
                                  f"manifest {sorted(manifest)}")
+            for name, spec in manifest.items():  # cheap, before reading any array
+                nbytes = math.prod(spec["shape"]) * np.dtype(spec["dtype"]).itemsize
+                if nbytes > entries[name].file_size:
+                    raise ValueError(f"array {name!r}: the manifest describes {nbytes} bytes "
+                                     f"({spec['dtype']} {spec['shape']}), its entry holds "
+                                     f"only {entries[name].file_size}")
             arrays = {name: _read_npy(zf, entries[name], name, spec["dtype"], spec["shape"])
                       for name, spec in manifest.items()}
     except ValueError as exc:
@@ -232,20 +314,39 @@ def load_archive(path):
     return header["kind"], header["metadata"], arrays
 
 
-def _zip_entries(zf, file_size):
-    """``{array name: ZipInfo}``; refuses compressed, oversized and duplicate entries."""
-    entries = {}
+def _zip_entries(zf, raw):
+    """``{array name: ZipInfo}``; refuses compressed, oversized, duplicate and
+    overlapping entries, so that reading every entry reads at most ``len(raw)`` bytes."""
+    entries, spans = {}, []
     for info in zf.infolist():
         name = info.filename
         if not name.endswith(".npy"):
             raise ValueError(f"unexpected entry {name!r} (not .npy)")
         if (info.compress_type != zipfile.ZIP_STORED or info.compress_size != info.file_size
-                or info.file_size > file_size):
+                or info.file_size > len(raw)):
             raise ValueError(f"entry {name!r} is compressed or larger than the file")
         name = name[:-4]
         if name in entries:
             raise ValueError(f"duplicate entry {name!r}")
         entries[name] = info
+        # The entry's bytes: its local header (30 bytes, the name, an extra field) and
+        # its data. Where each one starts comes from the central directory; a crafted
+        # directory can point several entries into one region (each containing the
+        # next), which makes reading them all cost far more than the file's size.
+        start = info.header_offset
+        local = raw[start:start + 30]
+        if len(local) < 30 or local[:4] != _ZIP_MAGIC:
+            raise ValueError(f"entry {name!r}: no local header at offset {start}")
+        name_len, extra_len = struct.unpack("<HH", local[26:30])
+        spans.append((start, start + 30 + name_len + extra_len + info.compress_size, name))
+    spans.sort()
+    end = 0
+    for start, stop, name in spans:
+        if start < end:
+            raise ValueError(f"entry {name!r} overlaps the entry before it")
+        end = stop
+    if end > getattr(zf, "start_dir", len(raw)):
+        raise ValueError("the entries overlap the zip's central directory")
     return entries
 
 

@@ -26,14 +26,20 @@ products and OpenMP gate loops alternate) and small batches, where the
 products are the only parallel work.
 
 Nothing is imported or changed until :func:`set_num_threads` is called.
+
+:func:`call_threads` is the per-call limit behind the estimators' ``n_jobs``:
+thread-local settings only (Numba's and OpenMP's thread counts hold for the
+calling thread), so that concurrent calls never change process-wide settings.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import numbers
 import os
+import sys
 import threading
 
 __all__ = ["set_num_threads", "get_num_threads"]
@@ -64,7 +70,7 @@ def _numba():
     try:
         importlib.import_module("cyrnn.backends.numba_backend")
         return importlib.import_module("numba")
-    except ImportError:
+    except Exception:  # ImportError, or a backend that cannot load here (RuntimeError)
         return None
 
 
@@ -148,3 +154,43 @@ def _numba_layer():
     except ImportError:
         return None
     return numba_backend.THREADING_LAYER
+
+
+# ---------------------------------------------------------------- per call (n_jobs)
+_controller = None  # threadpoolctl's ThreadpoolController, made once
+
+
+def _openmp_pools():
+    global _controller
+    if _controller is None:
+        from threadpoolctl import ThreadpoolController
+        _controller = ThreadpoolController()
+    return _controller.select(user_api="openmp")
+
+
+@contextlib.contextmanager
+def call_threads(n):
+    """Use ``n`` threads in cyrnn's compiled kernels for the duration of one call.
+
+    Only thread-local settings change, and they are restored on exit: Numba's
+    thread count (``numba.set_num_threads`` holds for the calling thread; touched
+    only once cyrnn's Numba backend is loaded, which picks Numba's threading
+    layer) and OpenMP's default (``omp_set_num_threads`` sets the calling
+    thread's). Calls in other threads see nothing, and nothing process-wide (BLAS's
+    thread pool) changes: limit that with :func:`set_num_threads` or threadpoolctl.
+    """
+    numba = sys.modules.get("numba") if "cyrnn.backends.numba_backend" in sys.modules \
+        else None
+    previous = None
+    if numba is not None:
+        previous = numba.get_num_threads()
+        numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
+    openmp = _openmp_pools()
+    limiter = openmp.limit(limits=n) if openmp.lib_controllers else None
+    try:
+        yield
+    finally:
+        if limiter is not None:
+            limiter.restore_original_limits()
+        if numba is not None:
+            numba.set_num_threads(previous)

@@ -4,7 +4,9 @@
 truncated BPTT, TBPTT(k1, k2), over long sequences: the sequence is cut into
 chunks of ``k1`` steps, the recurrent state is carried (detached) from one chunk
 to the next, parameters are updated after every chunk, and inside a chunk each
-loss term sends gradient back through at most ``k2`` steps.
+loss term sends gradient back through at most ``k2`` steps. ``check_divergence``
+is the divergence rule of every fit loop (the estimators' and
+``CharLanguageModel``'s), ``evaluate_loss`` a batch's loss in inference mode.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from __future__ import annotations
 import numpy as np
 
 from . import _validation as V
-from .losses import get_loss
+from .layers import RecurrentLayer
+from .losses import LOSSES, get_loss
 from .model import _NO_FUSION
 
 
@@ -26,6 +29,8 @@ def train_step(model, optimizer, loss, x, y, lengths=None, mask=None, initial_st
     (and the final recurrent states if ``return_states``).
     """
     loss_fn = get_loss(loss) if isinstance(loss, str) else loss
+    if not callable(loss_fn):
+        raise TypeError(f"loss must be a loss name or a function, got {type(loss).__name__}")
     fused = getattr(model, "_fused_training", None)
     if fused is not None and initial_states is None and not return_states:
         plan = fused()
@@ -39,13 +44,14 @@ def train_step(model, optimizer, loss, x, y, lengths=None, mask=None, initial_st
             res = plan.train_forward(plan.spec, model.params.data, x, valid)
         if res is not None:
             out, cache = res
-            model.clear_caches()  # no stale layer cache next to the fused one
-            model.zero_grad()
             first = model.layers[0]
             if getattr(first, "mask_zero", False):  # as Sequential._input_mask
                 valid = (x != 0) if valid is None else (valid & (x != 0))
-            value, grad = loss_fn(out, y, sample_weight=sample_weight,
-                                  mask=model._output_mask_of(valid))
+            out_mask = model._output_mask_of(valid)
+            check_loss_inputs(loss_fn, out.shape, y, sample_weight, out_mask)
+            model.clear_caches()  # no stale layer cache next to the fused one
+            model.zero_grad()
+            value, grad = loss_fn(out, y, sample_weight=sample_weight, mask=out_mask)
             plan.train_backward(plan.spec, model.params.data, model.params.grad, cache,
                                 np.ascontiguousarray(grad, dtype=model.dtype),
                                 model._truncations())
@@ -55,18 +61,87 @@ def train_step(model, optimizer, loss, x, y, lengths=None, mask=None, initial_st
         # Validate once (x, lengths, mask), before any state changes.
         x, in_mask = model._input_mask(x, lengths, mask)
         out_mask = model._output_mask_of(in_mask)
+        check_loss_inputs(loss_fn, _output_shape(model, x.shape[:2]), y, sample_weight,
+                          out_mask)
         model.zero_grad()
         out, states = model._forward_checked(x, in_mask, initial_states, True, True)
     else:  # a model-like object without the validated fast path
         out_mask = model.output_mask(x, lengths=lengths, mask=mask)
-        model.zero_grad()
         out, states = model.forward(x, lengths=lengths, mask=mask,
                                     initial_states=initial_states, training=True,
                                     return_states=True)
+        check_loss_inputs(loss_fn, out.shape, y, sample_weight, out_mask)
+        model.zero_grad()
     value, grad = loss_fn(out, y, sample_weight=sample_weight, mask=out_mask)
     model.backward(grad, input_grad=False)  # no gradient on the data itself
     optimizer.step()
     return (value, states) if return_states else value
+
+
+def _output_shape(model, n_steps):
+    """The output shape of a :class:`~cyrnn.Sequential` for input of leading shape
+    ``(n, T)``, known before anything runs."""
+    n, T = n_steps
+    seq = True
+    for layer in model.layers:
+        if isinstance(layer, RecurrentLayer) and not layer.return_sequences:
+            seq = False
+    return (n, T, model.layers[-1].output_size) if seq else (n, model.layers[-1].output_size)
+
+
+def check_loss_inputs(loss_fn, out_shape, y, sample_weight=None, mask=None):
+    """Check the targets and weights of a training step against the output shape,
+    before any state changes.
+
+    Raises ``TypeError``/``ValueError`` naming the problem: targets of the wrong
+    shape (one per output, or one label per item for softmax: ``(n, T)`` targets for
+    an ``(n, T, 1)`` output, never its transpose), NaN or infinite targets, labels
+    that are not whole numbers in ``[0, n_classes)``, binary targets outside
+    ``[0, 1]``, sample weights that are negative, non-finite or of the wrong shape, or
+    no valid item with a positive weight. Targets of a custom loss function are its
+    own business; its sample weights are checked.
+    """
+    lead = tuple(out_shape[:-1])
+    if sample_weight is not None:
+        sw = V._numeric_array(sample_weight, "sample_weight")
+        if sw.shape not in ((lead[0],), lead):
+            allowed = f"({lead[0]},)" + (f" or {lead}" if len(lead) > 1 else "")
+            raise ValueError(f"sample_weight must have shape {allowed}, got {sw.shape}")
+        if sw.dtype.kind == "b":
+            raise TypeError("sample_weight must hold numbers, got booleans")
+        if not np.isfinite(sw).all() or (sw < 0).any():
+            raise ValueError("sample_weight must be finite and non-negative")
+        w = sw.reshape(sw.shape + (1,) * (len(lead) - sw.ndim)).astype(bool)
+        if mask is not None:
+            w = w & np.asarray(mask, bool)
+        if not w.any():
+            raise ValueError("no valid item has a positive sample_weight: nothing to learn")
+    name = getattr(loss_fn, "__name__", None)
+    if LOSSES.get(name) is not loss_fn:
+        return  # a custom loss: its targets are its own business
+    y = V._numeric_array(y, "y")
+    if y.dtype.kind == "b" and name != "sigmoid_binary_cross_entropy":
+        raise TypeError(f"y must hold numbers, got booleans (loss {name!r})")
+    if name == "softmax_cross_entropy":
+        if y.shape not in (lead, lead + (1,)):
+            raise ValueError(f"softmax labels must have shape {lead} (one class index per "
+                             f"output), got {y.shape}")
+        if y.dtype.kind == "f" and not (np.isfinite(y).all() and (y == np.round(y)).all()):
+            raise ValueError("softmax labels must be whole numbers (class indices), got "
+                             "fractions, NaN or infinity")
+        n_classes = out_shape[-1]
+        if y.size and (y.min() < 0 or y.max() >= n_classes):
+            raise ValueError(f"softmax labels must be class indices in [0, {n_classes}), got "
+                             f"min {y.min()}, max {y.max()}")
+        return
+    if y.shape != tuple(out_shape) and not (out_shape[-1] == 1 and y.shape == lead):
+        raise ValueError(f"y must have the output's shape {tuple(out_shape)}"
+                         + (f" (or {lead})" if out_shape[-1] == 1 else "")
+                         + f", got {y.shape}")
+    if not np.isfinite(y).all():
+        raise ValueError("y contains NaN or infinity")
+    if name == "sigmoid_binary_cross_entropy" and y.size and (y.min() < 0 or y.max() > 1):
+        raise ValueError(f"binary targets must lie in [0, 1], got min {y.min()}, max {y.max()}")
 
 
 def _detach(states):
@@ -123,3 +198,60 @@ def tbptt(model, optimizer, loss, x, y, k1, k2=None, initial_states=None, sample
         for layer, k in zip(recurrent, saved):
             layer.bptt_truncate = k
     return losses, states
+
+
+#: An epoch whose mean loss exceeds this many times the reference loss ends training
+#: with an error (see :func:`check_divergence`).
+DIVERGENCE_FACTOR = 10.0
+
+
+def check_divergence(loss_curve, params, start_loss=None):
+    """Raise ``ValueError`` if training has diverged; the rule of every fit loop.
+
+    Training has diverged when a parameter is NaN or infinite, or when the epoch
+    just finished, ``loss_curve[-1]``, has a mean loss above ``DIVERGENCE_FACTOR``
+    (10) times the *reference*: the larger of the first epoch's loss and the best
+    loss so far (``loss_curve[:-1]``, which continues across warm starts), and of
+    ``start_loss``. A learning rate far too large ruins the model within its first
+    updates, so the first epoch cannot be its own reference: fit loops pass the
+    untrained model's loss as ``start_loss`` when the curve starts empty.
+
+    With sane settings the loss never rises tenfold above its starting value (the
+    examples and the quality tests never come near it), while a diverged fit (e.g.
+    ``learning_rate=1e3``) reaches 100-10**6 times it within an epoch.
+
+    Parameters
+    ----------
+    loss_curve : list of float
+        Mean loss of every epoch so far, the last one being judged.
+    params : ndarray
+        The flat parameter vector.
+    start_loss : float, optional
+        The loss before training (inference mode).
+    """
+    if not np.isfinite(params).all():
+        raise ValueError(f"training diverged: the parameters became NaN or infinite in epoch "
+                         f"{len(loss_curve)}; lower learning_rate or set clip_norm")
+    earlier = list(loss_curve[:-1])
+    refs = ([start_loss] if start_loss is not None else []) + (
+        [earlier[0], min(earlier)] if earlier else [])
+    if not refs or not loss_curve:
+        return
+    reference = max(refs)
+    if reference > 0 and loss_curve[-1] > DIVERGENCE_FACTOR * reference:
+        raise ValueError(f"training diverged: the loss of epoch {len(loss_curve)} "
+                         f"({loss_curve[-1]:.4g}) is more than {DIVERGENCE_FACTOR:g} times "
+                         f"its reference {reference:.4g} (the loss at the start or of the first "
+                         "epoch); lower learning_rate, set clip_norm, or scale the inputs and "
+                         "targets")
+
+
+def evaluate_loss(model, loss, x, y, lengths=None, mask=None, sample_weight=None):
+    """The loss of ``model`` on one batch, in inference mode (no dropout, no update).
+
+    Used by the fit loops for the untrained model's loss (:func:`check_divergence`).
+    """
+    loss_fn = get_loss(loss) if isinstance(loss, str) else loss
+    out_mask = model.output_mask(x, lengths=lengths, mask=mask)
+    out = model.forward(x, lengths=lengths, mask=mask, training=False)
+    return float(loss_fn(out, y, sample_weight=sample_weight, mask=out_mask)[0])

@@ -189,3 +189,74 @@ def test_installed_console_script(tmp_path):
     result = subprocess.run([exe, "info", str(tmp_path / "missing.cyrnn")], capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 1 and "Traceback" not in result.stderr
+
+
+# ---------------------------------------------------------------------------- issue 15
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    path = tmp_path_factory.mktemp("model") / "tiny.cyrnn"
+    from cyrnn.language_model import CharLanguageModel
+    CharLanguageModel(hidden_size=8, embedding_dim=4, max_epochs=1,
+                      random_state=0).fit(["ada", "alan", "grace"]).save(path)
+    return path
+
+
+@pytest.mark.parametrize("option,value", [("--hidden", "99999999999999999999"),
+                                          ("--embedding", "1" * 30), ("--seed", "-1")])
+def test_huge_or_negative_numbers_are_usage_errors(capsys, tmp_path, option, value):
+    corpus = tmp_path / "names.txt"
+    corpus.write_text("ada\nalan\n")
+    status, out, err = in_process(capsys, "train", corpus, option, value)
+    assert status == 2 and option in err and "Traceback" not in err
+
+
+def test_interrupt_while_starting_is_not_a_traceback(capsys, monkeypatch):
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_build_parser", interrupted)
+    try:
+        status, out, err = in_process(capsys, "info", "x.cyrnn")
+    except KeyboardInterrupt:
+        pytest.fail("KeyboardInterrupt escaped main(): the user sees a traceback")
+    assert status == 130 and err.strip() == "cyrnn: interrupted"
+
+
+def test_the_command_starts_without_importing_numpy():
+    """``cyrnn`` handles Ctrl-C from main() on; importing it must cost next to nothing
+    (before, ``import cyrnn`` loaded numpy and scipy: 0.3 s of a traceback window)."""
+    code = "import sys, cyrnn.cli; print(sorted(m for m in ('numpy', 'scipy') if m in sys.modules))"
+    env = dict(os.environ, PYTHONPATH=PACKAGE_ROOT)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=60)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_closed_pipe_ends_quietly(tiny_model, tmp_path):
+    env = dict(os.environ, PYTHONPATH=PACKAGE_ROOT, CYRNN_CACHE_DIR=str(tmp_path))
+    proc = subprocess.Popen([sys.executable, "-m", "cyrnn", "sample", str(tiny_model), "-n",
+                             "2000"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # like 'head -1' having read its line and left
+    err = proc.stderr.read().decode()
+    proc.wait(timeout=120)
+    assert proc.returncode == 141 and err == "", err
+
+
+def test_cache_follows_xdg_cache_home(monkeypatch, tmp_path):
+    monkeypatch.delenv("CYRNN_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cli.cache_dir() == tmp_path / "xdg" / "cyrnn"
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/ignored")  # the spec: absolute only
+    assert cli.cache_dir() == Path.home() / ".cache" / "cyrnn"
+    monkeypatch.setenv("CYRNN_CACHE_DIR", str(tmp_path / "own"))
+    assert cli.cache_dir() == tmp_path / "own"
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+def test_fifo_corpus_or_model_is_an_error_not_a_hang(run, tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for args in (("train", fifo, "-o", tmp_path / "m.cyrnn"), ("sample", fifo),
+                 ("info", fifo)):
+        line = one_line_error(run(*args, timeout=60))
+        assert "not a regular file" in line

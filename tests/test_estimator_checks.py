@@ -1,8 +1,9 @@
 """scikit-learn's estimator checks on the six estimators.
 
-Small settings keep the run short and let the quality checks (training
-accuracy / R^2 on scikit-learn's toy data) pass; checks that cannot hold for a
-minibatch-trained sequence model are listed, with reasons, in
+They run twice: at the defaults (what users get, and what
+``check_estimator(cyrnn.LSTMRegressor())`` sees), and with small settings that
+keep the run short. Checks that cannot hold for a minibatch-trained sequence
+model are listed, with reasons, in
 ``cyrnn.estimator_checks.expected_failed_checks``.
 """
 
@@ -23,6 +24,14 @@ CHECK_SETTINGS = dict(hidden_size=16, optimizer="adam", learning_rate=1e-2, max_
 @parametrize_with_checks([cls(**CHECK_SETTINGS) for cls in ESTIMATORS],
                          expected_failed_checks=expected_failed_checks)
 def test_sklearn_compatible(estimator, check):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        check(estimator)
+
+
+@parametrize_with_checks([cls() for cls in ESTIMATORS],
+                         expected_failed_checks=expected_failed_checks)
+def test_sklearn_compatible_at_the_defaults(estimator, check):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         check(estimator)

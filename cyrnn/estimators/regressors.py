@@ -153,7 +153,7 @@ class BaseSequenceRegressor(RegressorMixin, BaseSequenceModel):
         """
         check_is_fitted(self)
         if not self._spec["return_sequences"]:
-            return super().score(X, y, sample_weight=sample_weight)
+            return super().score(X, y, sample_weight=self._check_score_weight(X, sample_weight))
         return self._sequence_score(
             X, y, sample_weight, lambda yt, yp, w: r2_score(yt, yp, sample_weight=w))
 
@@ -193,7 +193,7 @@ class LSTMRegressor(BaseSequenceRegressor):
 
     def __init__(self, *, hidden_size=32, num_layers=1, bidirectional=False, dropout=0.0,
                  peephole=False, vocab_size=None, embedding_dim=None, return_sequences=False,
-                 optimizer="rmsprop", learning_rate=1e-3, batch_size=32, max_iter=100,
+                 optimizer="rmsprop", learning_rate=3e-3, batch_size=32, max_iter=100,
                  shuffle=True, random_state=None, tol=1e-4, n_iter_no_change=10,
                  early_stopping=False, validation_fraction=0.1, clip_norm=None,
                  clip_value=None, bptt_truncate=None, backend="auto", n_jobs=None, verbose=0,
@@ -234,7 +234,7 @@ class GRURegressor(BaseSequenceRegressor):
 
     def __init__(self, *, hidden_size=32, num_layers=1, bidirectional=False, dropout=0.0,
                  reset_after=True, vocab_size=None, embedding_dim=None,
-                 return_sequences=False, optimizer="rmsprop", learning_rate=1e-3,
+                 return_sequences=False, optimizer="rmsprop", learning_rate=3e-3,
                  batch_size=32, max_iter=100, shuffle=True, random_state=None, tol=1e-4,
                  n_iter_no_change=10, early_stopping=False, validation_fraction=0.1,
                  clip_norm=None, clip_value=None, bptt_truncate=None, backend="auto",
@@ -275,7 +275,7 @@ class SimpleRNNRegressor(BaseSequenceRegressor):
 
     def __init__(self, *, hidden_size=32, num_layers=1, bidirectional=False, dropout=0.0,
                  activation="tanh", vocab_size=None, embedding_dim=None,
-                 return_sequences=False, optimizer="rmsprop", learning_rate=1e-3,
+                 return_sequences=False, optimizer="rmsprop", learning_rate=3e-3,
                  batch_size=32, max_iter=100, shuffle=True, random_state=None, tol=1e-4,
                  n_iter_no_change=10, early_stopping=False, validation_fraction=0.1,
                  clip_norm=None, clip_value=None, bptt_truncate=None, backend="auto",

@@ -462,6 +462,28 @@ class RecurrentLayer(Layer):
         return d_seq, dh0, dc0
 
     # ------------------------------------------------------------ generation
+    def _check_step_input(self, x_t, state):
+        """``x_t`` and the state of :meth:`step` as contiguous arrays of the layer's dtype,
+        the state of shape ``(num_layers, n, H)`` (the kernels read exactly that much)."""
+        x_t = np.ascontiguousarray(V.check_array(x_t, "x_t", 2, self.dtype,
+                                                 feature_size=self.input_size))
+        n = x_t.shape[0]
+        if self.cell.has_cell_state:
+            if not isinstance(state, (tuple, list)) or len(state) != 2:
+                raise TypeError(f"{type(self).__name__} step state must be a pair (h, c)")
+            parts = [("state h", state[0]), ("state c", state[1])]
+        else:
+            parts = [("state", state)]
+        shape = (self.num_layers, n, self.hidden_size)
+        arrays = []
+        for name, value in parts:
+            arr = V.check_array(value, name, 3, self.dtype)
+            if arr.shape != shape:
+                raise ValueError(f"{name} must have shape {shape} (layers, batch, hidden), "
+                                 f"got {arr.shape}")
+            arrays.append(np.ascontiguousarray(arr))
+        return (x_t, arrays[0], arrays[1]) if len(arrays) == 2 else (x_t, arrays[0], None)
+
     def step(self, x_t, state):
         """One time step for every stacked layer (inference, unidirectional only).
 
@@ -479,9 +501,8 @@ class RecurrentLayer(Layer):
             raise ValueError("step() needs a unidirectional layer (the reverse direction "
                              "would need the future)")
         backend = self._backend()
-        h, c = state if self.cell.has_cell_state else (state, None)
+        inp, h, c = self._check_step_input(x_t, state)
         h_new, c_new = np.empty_like(h), (np.empty_like(c) if c is not None else None)
-        inp = np.ascontiguousarray(x_t, dtype=self.dtype)
         views = self._tensor_views()
         for layer in range(self.num_layers):
             (w_ih, w_hh, b_ih, b_hh, peep), _ = views[layer, 0]

@@ -1,0 +1,286 @@
+"""Hostile model files are refused quickly, with bounded memory, and never run code.
+
+The SHA-256 in a cyrnn file detects corruption, not tampering: whoever writes a file
+can recompute it (``tampering.resave``). So besides damaged files (byte flips,
+truncation), the suite loads crafted files with a correct checksum: overlapping and
+compressed zip bombs, huge declared shapes, architectures far larger than the stored
+vector, non-finite or non-float parameters, absurd options, special files. Every load
+must end in ``ValueError`` (``IsADirectoryError`` for a folder) within ``SECONDS`` and
+below ``PEAK_BYTES`` of Python-tracked memory (NumPy reports its allocations to
+tracemalloc).
+"""
+
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+import tracemalloc
+import warnings
+import zipfile
+import zlib
+
+import numpy as np
+import pytest
+import tampering
+
+import cyrnn
+from cyrnn import persistence
+from cyrnn.estimators import GRUClassifier, LSTMRegressor
+from cyrnn.language_model import KIND as LM_KIND
+from cyrnn.language_model import CharLanguageModel
+
+SECONDS = 2.0              # per load, on a shared 2-core machine
+PEAK_BYTES = 32 << 20      # per load; every crafted file here is under 2 MiB
+
+
+@pytest.fixture(scope="module")
+def lm_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("lm") / "lm.cyrnn"
+    CharLanguageModel(hidden_size=8, embedding_dim=4, max_epochs=1,
+                      random_state=0).fit(["abc", "abd", "bcd"]).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def est_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("est") / "est.cyrnn"
+    X = np.random.default_rng(0).normal(size=(12, 4, 2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        LSTMRegressor(hidden_size=4, max_iter=2, random_state=0).fit(X, X[:, -1, 0]).save(path)
+    return path
+
+
+def refused(source, match=None, exc=ValueError):
+    """Load ``source`` (a path or bytes), expecting ``exc``, within the time and memory
+    budget; returns the message."""
+    if isinstance(source, bytes | bytearray):
+        source = io.BytesIO(source)
+    tracemalloc.start()
+    start = time.perf_counter()
+    try:
+        with pytest.raises(exc, match=match) as info:
+            cyrnn.load(source)
+    finally:
+        elapsed = time.perf_counter() - start
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert elapsed < SECONDS, f"refused only after {elapsed:.2f} s"
+    assert peak < PEAK_BYTES, f"peak memory {peak / 2**20:.1f} MiB while refusing"
+    return str(info.value)
+
+
+def crafted_lm(path, lm_file, meta_changes=(), params=None):
+    """``lm_file`` re-saved with changed metadata / parameter vector (valid SHA-256)."""
+    kind, meta, arrays = persistence.load_archive(lm_file)
+    for keys, value in dict(meta_changes).items():
+        target = meta
+        for k in keys[:-1]:
+            target = target[k]
+        target[keys[-1]] = value
+    if params is not None:
+        arrays = {"params": params}
+    return tampering.resave(path, kind, meta, arrays)
+
+
+# --------------------------------------------------------------- issue 15, item 1
+def test_overlapping_entry_bomb_is_refused_before_reading(tmp_path):
+    raw = tampering.overlapping_bomb(n_entries=300, payload_bytes=200_000)
+    assert len(raw) < 300_000  # reading every entry would read ~40 MB
+    assert "overlaps" in refused(raw)
+
+
+def test_compressed_bomb_is_refused_without_inflating():
+    raw = tampering.deflate_bomb(64 << 20)   # 64 MiB of zeros in ~70 KB
+    assert len(raw) < 1 << 20
+    assert "compressed" in refused(raw)
+
+
+def test_manifest_larger_than_its_entry_is_refused_before_reading(tmp_path, lm_file):
+    kind, meta, arrays = persistence.load_archive(lm_file)
+    path = tmp_path / "lie.cyrnn"
+    persistence.save_archive(path, kind, meta, arrays)
+    with zipfile.ZipFile(path) as zf:
+        entries = {i.filename: zf.read(i.filename) for i in zf.infolist()}
+    header = json.loads(np.load(path)["__cyrnn__"].tobytes())
+    header["arrays"]["params"]["shape"] = [10**12]
+    entries["__cyrnn__.npy"] = tampering.npy_bytes(
+        np.frombuffer(json.dumps(header).encode(), np.uint8))
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in entries.items():
+            zf.writestr(name, data)
+    assert "describes" in refused(path)
+
+
+# --------------------------------------------------------------- issue 15, item 2
+@pytest.mark.parametrize("hidden", [3000, 20000])
+def test_lm_loader_checks_the_architecture_before_building_it(tmp_path, lm_file, hidden):
+    path = crafted_lm(tmp_path / "big.cyrnn", lm_file,
+                      {("params", "hidden_size"): hidden, ("params", "embedding_dim"): hidden})
+    assert os.path.getsize(path) < 10_000
+    assert "architecture needs" in refused(path)
+
+
+@pytest.mark.parametrize("bad,match", [
+    (lambda p: np.full_like(p, np.nan), "NaN"),
+    (lambda p: p.astype(bool), "dtype bool"),
+    (lambda p: p.astype("U8"), "dtype <U8"),
+    (lambda p: p.astype(np.complex64), "dtype complex64"),
+    (lambda p: p.astype(np.float64), "dtype float64"),
+    (lambda p: p[:-1], "architecture needs"),
+])
+def test_lm_loader_refuses_bad_parameter_vectors(tmp_path, lm_file, bad, match):
+    params = persistence.load_archive(lm_file)[2]["params"]
+    path = crafted_lm(tmp_path / "bad.cyrnn", lm_file, params=bad(params))
+    refused(path, match)
+
+
+@pytest.mark.parametrize("key,value,match", [
+    (("max_length",), 10**12, "max_length"),
+    (("max_length",), -1, "max_length"),
+    (("loss_curve",), [float("nan")], "loss_curve"),
+    (("train_time",), float("inf"), "train_time"),
+    (("params", "dropout"), 2.0, "dropout"),
+    (("params", "learning_rate"), -1.0, "learning_rate"),
+    (("params", "cell"), "transformer", "cell"),
+    (("params", "random_state"), -5, "random_state"),
+    (("mode",), "poems", "mode"),
+    (("chars",), "ba", "vocabulary"),
+])
+def test_lm_loader_refuses_bad_options(tmp_path, lm_file, key, value, match):
+    path = crafted_lm(tmp_path / "bad.cyrnn", lm_file, {key: value})
+    refused(path, match)
+
+
+def test_estimator_loader_refuses_params_that_disagree_with_the_spec(tmp_path, est_file):
+    kind, meta, arrays = persistence.load_archive(est_file)
+    meta["params"]["hidden_size"] = 5  # the spec and the weights say 4
+    path = tampering.resave(tmp_path / "e.cyrnn", kind, meta, arrays)
+    assert "hidden_size" in refused(path, "disagree")
+
+
+# --------------------------------------------------------------- issue 15, item 3
+def test_devices_and_links_to_them_are_refused(tmp_path):
+    if not os.path.exists("/dev/zero"):
+        pytest.skip("no /dev/zero")
+    refused("/dev/zero", "not a regular file")
+    link = tmp_path / "model.cyrnn"
+    link.symlink_to("/dev/zero")
+    refused(link, "not a regular file")
+    with open("/dev/zero", "rb") as fh:
+        refused(fh, "not a regular file")
+
+
+def test_directory_is_refused(tmp_path):
+    refused(tmp_path, exc=IsADirectoryError)
+
+
+FIFO_SCRIPT = """
+import sys, cyrnn
+try:
+    cyrnn.load(sys.argv[1])
+except ValueError as exc:
+    print("refused:", exc)
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+def test_fifo_model_is_refused_without_blocking(tmp_path):
+    fifo = tmp_path / "model.cyrnn"
+    os.mkfifo(fifo)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = subprocess.run([sys.executable, "-c", FIFO_SCRIPT, str(fifo)], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert "refused:" in out.stdout and "not a regular file" in out.stdout, out
+
+
+# --------------------------------------------------------------- damaged files
+def _same_model(obj, reference_file):
+    ref = cyrnn.load(reference_file)
+    return np.array_equal(obj.model_.params.data, ref.model_.params.data)
+
+
+@pytest.mark.parametrize("which", ["lm", "est"])
+def test_byte_flips_are_refused_or_harmless(which, lm_file, est_file):
+    path = lm_file if which == "lm" else est_file
+    raw = path.read_bytes()
+    rng = np.random.default_rng(15)
+    positions = np.unique(rng.integers(0, len(raw), 150))
+    harmless = 0
+    for pos in positions:
+        flipped = bytearray(raw)
+        flipped[pos] ^= 1 << int(rng.integers(8))
+        start = time.perf_counter()
+        try:
+            obj = cyrnn.load(io.BytesIO(bytes(flipped)))
+        except ValueError:
+            pass
+        else:  # a flip in zip bookkeeping that does not reach the content
+            assert _same_model(obj, path), f"flip at {pos} changed the model silently"
+            harmless += 1
+        assert time.perf_counter() - start < SECONDS
+    assert harmless < len(positions) // 2
+
+
+@pytest.mark.parametrize("which", ["lm", "est"])
+def test_truncated_files_are_refused(which, lm_file, est_file):
+    raw = (lm_file if which == "lm" else est_file).read_bytes()
+    for cut in np.unique(np.linspace(0, len(raw) - 1, 60).astype(int)):
+        refused(raw[:cut])
+
+
+def test_huge_and_hostile_manifests_are_refused():
+    arrays = {"params": (np.float32, (10**15,))}
+    refused(tampering.zip_of([], []), "not a cyrnn archive")
+    raw = tampering.header_entry(LM_KIND, {}, arrays)
+    crc = zlib.crc32(raw)
+    head = tampering._local_header(b"__cyrnn__.npy", crc, len(raw)) + raw
+    refused(tampering.zip_of([head], [(b"__cyrnn__.npy", crc, len(raw), 0)]),
+            "do not match the manifest")
+
+
+def test_crafted_kinds_and_dtypes_never_run_code(tmp_path):
+    before = set(sys.modules)
+    for kind in ("os.system", "builtins.eval", "evil_module_that_does_not_exist.Thing"):
+        path = tampering.resave(tmp_path / "k.cyrnn", kind, {}, {"params": np.zeros(3)})
+        refused(path, "unknown archive kind")
+    assert not {m for m in set(sys.modules) - before if "evil" in m}
+    # an object (pickle) entry: the manifest may not list it, and numpy is never asked
+    # to unpickle it
+    blob = tampering.npy_header("|O", (1,)) + b"\x80\x04\x95"
+    header = tampering.header_entry(LM_KIND, {}, {})
+    head = json.loads(np.load(io.BytesIO(header)).tobytes())
+    head["arrays"] = {"p": {"dtype": "|O", "shape": [1]}}
+    header = tampering.npy_bytes(np.frombuffer(json.dumps(head).encode(), np.uint8))
+    parts, directory, offset = [], [], 0
+    for name, data in ((b"__cyrnn__.npy", header), (b"p.npy", blob)):
+        crc = zlib.crc32(data)
+        parts.append(tampering._local_header(name, crc, len(data)) + data)
+        directory.append((name, crc, len(data), offset))
+        offset += len(parts[-1])
+    refused(tampering.zip_of(parts, directory), "not allowed")
+
+
+def test_a_sound_file_still_loads_within_budget(lm_file, est_file):
+    for path in (lm_file, est_file):
+        tracemalloc.start()
+        start = time.perf_counter()
+        obj = cyrnn.load(path)
+        elapsed, peak = time.perf_counter() - start, tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert obj is not None and elapsed < SECONDS and peak < PEAK_BYTES
+
+
+def test_loaded_estimators_of_other_kinds_still_check_their_spec(tmp_path):
+    X = np.random.default_rng(0).integers(1, 9, size=(10, 5))
+    y = np.arange(10) % 2
+    path = tmp_path / "c.cyrnn"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        GRUClassifier(vocab_size=9, hidden_size=3, max_iter=1, random_state=0).fit(X, y).save(path)
+    kind, meta, arrays = persistence.load_archive(path)
+    meta["params"]["embedding_dim"] = 4  # the stored embedding is hidden_size (3) wide
+    refused(tampering.resave(tmp_path / "d.cyrnn", kind, meta, arrays), "embedding_dim")

@@ -1,0 +1,141 @@
+"""Smaller input rules and messages (issue 15, items 10 and 11)."""
+
+import errno
+
+import numpy as np
+import pytest
+
+import cyrnn
+from cyrnn import persistence
+from cyrnn.estimators import GRUClassifier, GRURegressor
+from cyrnn.language_model import CharLanguageModel, is_poem
+
+pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+
+
+def _xy(n=20, T=4, F=2):
+    X = np.random.default_rng(0).normal(size=(n, T, F))
+    return X, X[:, -1, 0]
+
+
+# --------------------------------------------------------------- item 10
+@pytest.mark.parametrize("lengths", [[True, True, False], np.array([1, 1, 0], bool)])
+def test_boolean_lengths_are_refused(backend, lengths):
+    layer = cyrnn.GRU(2, 3, backend=backend)
+    with pytest.raises(TypeError, match="booleans"):
+        layer(np.ones((3, 4, 2)), lengths=lengths)
+    model = cyrnn.Sequential([cyrnn.GRU(2, 3, backend=backend), cyrnn.Dense(3, 1)])
+    with pytest.raises(TypeError, match="booleans"):
+        model.forward(np.ones((3, 4, 2)), lengths=lengths)
+
+
+@pytest.fixture(scope="module")
+def poem_model():
+    poems = cyrnn.datasets.load_tang_poems()[:40]
+    return CharLanguageModel(hidden_size=8, embedding_dim=4, max_epochs=1,
+                             random_state=0).fit(poems)
+
+
+@pytest.mark.parametrize("head", ["，，，，", "。春夏秋", "春夏秋a"])
+def test_poem_head_must_be_characters_a_line_can_start_with(poem_model, head):
+    with pytest.raises(ValueError, match="head must be Chinese characters"):
+        poem_model.sample_poem(head=head)
+
+
+def test_a_good_head_still_writes_poems(poem_model):
+    head = [ch for ch in poem_model.chars_ if cyrnn.language_model.is_cjk_ideograph(ch)][:4]
+    poems = poem_model.sample_poem(2, head="".join(head), random_state=0)
+    assert all(is_poem(p, "quatrain", "".join(head)) for p in poems)
+
+
+@pytest.mark.parametrize("cls,y", [(GRURegressor, None), (GRUClassifier, "labels")])
+def test_many_to_one_score_refuses_negative_weights_like_the_per_step_score(cls, y):
+    X, target = _xy()
+    y = (target > 0).astype(int) if y else target
+    est = cls(hidden_size=4, max_iter=2, random_state=0).fit(X, y)
+    for bad in ([-1.0] + [1.0] * 19, [np.inf] + [1.0] * 19, [1.0] * 19):
+        with pytest.raises(ValueError):
+            est.score(X, y, sample_weight=bad)
+    assert np.isfinite(est.score(X, y, sample_weight=np.ones(20)))
+
+
+def test_numeric_strings_are_refused_in_arrays_and_lists_alike():
+    X, y = _xy()
+    est = GRURegressor(hidden_size=4, max_iter=1, random_state=0)
+    for bad in (X.astype(str), X[:, :, 0].astype(str), X.astype(str).astype(object),
+                [x.astype(str) for x in X], X.astype(str).tolist(),
+                [x[: 2 + i % 2].astype(str) for i, x in enumerate(X)]):
+        with pytest.raises(TypeError, match="numbers|numeric"):
+            est.fit(bad, y)
+    est.fit(X.astype(object), y)  # numbers in an object array are numbers
+    with pytest.raises(TypeError, match="numbers"):
+        est.predict(X.astype(str))
+
+
+# --------------------------------------------------------------- item 11
+def test_negative_random_state_names_the_parameter():
+    with pytest.raises(ValueError, match="random_state"):
+        cyrnn.LSTM(2, 3, random_state=-1)
+    with pytest.raises(ValueError, match="random_state"):
+        CharLanguageModel(random_state=-1)
+    with pytest.raises(ValueError, match="random_state"):
+        cyrnn.Dense(2, 3, random_state=-1)
+
+
+@pytest.mark.parametrize("data", [b"abcdef", bytearray(b"abcdef")])
+def test_fitting_bytes_says_bytes(data):
+    with pytest.raises(TypeError, match="(bytes|bytearray).*decode"):
+        CharLanguageModel(max_epochs=1).fit(data)
+
+
+def test_unsigned_lengths_at_their_maximum_are_reported_as_they_are():
+    layer = cyrnn.GRU(2, 3)
+    lengths = np.array([np.iinfo(np.uint64).max, 1, 2], np.uint64)
+    with pytest.raises(ValueError, match="max 18446744073709551615") as info:
+        layer(np.ones((3, 4, 2)), lengths=lengths)
+    assert "-1" not in str(info.value)
+    with pytest.raises(ValueError, match="max 1e"):
+        layer(np.ones((3, 4, 2)), lengths=[1e300, 1.0, 2.0])
+
+
+def test_save_errors_name_the_target_not_the_temporary_file(tmp_path, monkeypatch):
+    X, y = _xy()
+    est = GRURegressor(hidden_size=4, max_iter=1, random_state=0).fit(X, y)
+    target = tmp_path / "missing" / "model.cyrnn"
+    with pytest.raises(FileNotFoundError) as info:
+        est.save(target)
+    assert str(target) in str(info.value) and ".cyrnn-" not in str(info.value)
+
+    def full(*args, **kwargs):
+        fh = args[0]
+        raise OSError(errno.ENOSPC, "No space left on device", getattr(fh, "name", None))
+
+    monkeypatch.setattr(np, "savez", full)
+    target = tmp_path / "model.cyrnn"
+    with pytest.raises(OSError) as info:
+        persistence.save_archive(target, "k", {}, {"a": np.ones(2)})
+    assert info.value.errno == errno.ENOSPC
+    assert str(target) in str(info.value) and ".cyrnn-" not in str(info.value)
+    assert not target.exists() and not list(tmp_path.glob(".cyrnn-*"))  # cleaned up
+
+
+# --------------------------------------------------------------- found by the fuzz suite
+@pytest.mark.parametrize("state,match", [
+    (np.zeros((1, 1, 3), np.float32), r"state h must have shape \(1, 5, 3\)"),
+    (np.zeros((1, 5, 3), np.complex64), "numeric"),
+    (np.full((1, 5, 3), np.nan, np.float32), "NaN"),
+])
+def test_step_checks_its_state_before_the_kernels_read_it(backend, state, match):
+    """step() handed any state to the kernels, which read (n, H) rows of it: a state
+    for one sequence and an input of five read past the array (cython), complex states
+    were taken as real."""
+    layer = cyrnn.LSTM(2, 3, backend=backend, random_state=0)
+    x = np.ones((5, 2), np.float32)
+    with pytest.raises((ValueError, TypeError), match=match):
+        layer.step(x, (state, np.zeros((1, 5, 3), np.float32)))
+    with pytest.raises(TypeError, match="pair"):
+        layer.step(x, np.zeros((1, 5, 3), np.float32))
+    with pytest.raises(ValueError, match="x_t has 3 features"):
+        layer.step(np.ones((5, 3)), (np.zeros((1, 5, 3)), np.zeros((1, 5, 3))))
+    out, (h, c) = layer.step(x, (np.zeros((1, 5, 3)), np.zeros((1, 5, 3))))
+    assert out.shape == (5, 3) and h.dtype == np.float32
