@@ -24,6 +24,7 @@ _LAZY = {
     "ParameterBuffer": ("cyrnn.params", "ParameterBuffer"),
     "from_torch": ("cyrnn.interop", "from_torch"),
     "backends": ("cyrnn.backends", None),
+    "cells": ("cyrnn.cells", None),
     "losses": ("cyrnn.losses", None),
     "optim": ("cyrnn.optim", None),
     "layers": ("cyrnn.layers", None),
@@ -49,7 +50,7 @@ _LAZY = {
 }
 
 __all__ = ["__version__", *(name for name in _LAZY
-                             if name not in ("layers", "model", "params", "interop"))]
+                             if name not in ("layers", "model", "params", "interop", "cells"))]
 
 
 def __getattr__(name):

@@ -36,7 +36,7 @@ def _load(name):
     if name not in _loaded:
         try:
             _loaded[name] = importlib.import_module(BACKENDS[name])
-        except ImportError as exc:  # compiled extension not built
+        except Exception as exc:  # not built, numba missing, or unloadable here: unavailable
             _loaded[name] = exc
     return _loaded[name]
 
