@@ -34,7 +34,7 @@ from numba import types
 from .. import spec as _spec
 from . import config as _config
 from . import gemm as _gemm
-from .cells import DGH_IS_DXP, HAS_AUX, HAS_C, N_PEEP, PEEPHOLE
+from .cells import DGH_IS_DXP, HAS_AUX, HAS_C, N_PEEP, PEEP_ROWS, PEEPHOLE
 from .config import THREADING_LAYER  # noqa: F401 - reported by cyrnn.threads
 from .fused import (_E_HEADER, DECLINED, STATUS_ERRORS, _infer_kernel, _train_bwd_kernel,
                     _train_fwd_kernel, header_ok)
@@ -130,9 +130,11 @@ _A1 = {dt: np.empty(0, dt) for dt in (_F32, _F64)}
 _A2 = {dt: np.empty((0, 0), dt) for dt in (_F32, _F64)}
 _A3 = {dt: np.empty((0, 0, 0), dt) for dt in (_F32, _F64)}
 _NO_MASK = np.ones((1, 1), np.bool_)
+_NO_PEEP = {dt: np.empty((PEEP_ROWS, 0), dt) for dt in (_F32, _F64)}
 _empty = np.empty
 _zeros = np.zeros
 _contig = np.ascontiguousarray
+_blocks = _config._blocks
 
 
 def _mask(mask):
@@ -140,15 +142,27 @@ def _mask(mask):
     return m if m.dtype == np.bool_ else m != 0
 
 
-def _peep(code, peep, dt, H):
-    """The (3, H) peephole weights the kernels take: empty without peepholes,
-    zeros for a peephole cell given none (as the reference, which then skips
-    the terms)."""
-    if not PEEPHOLE[code]:
-        return _A2[dt]
+def _peep(peep, dt, H):
+    """A peephole cell's (3, H) weights for the kernels; zeros when none are given
+    (as the reference, which then skips the terms). Cells without peepholes pass
+    ``_NO_PEEP`` (3, 0)."""
     if peep is None:
-        return _zeros((N_PEEP[code], H), dt)
+        return _zeros((PEEP_ROWS, H), dt)
     return _contig(peep, dt)
+
+
+_INFO = {}  # Cell -> _info(cell): one dict lookup per call instead of several
+
+
+def _info(cell):
+    """``(code, act, ract, has_c, has_aux, peephole, dgh_is_dxp)`` of a Cell."""
+    try:
+        return _INFO[cell]
+    except KeyError:
+        code, act, ract = cell.codes
+        _INFO[cell] = info = (code, act, ract, HAS_C[code], HAS_AUX[code], PEEPHOLE[code],
+                              DGH_IS_DXP[code])
+        return info
 
 
 def _reference():
@@ -168,9 +182,7 @@ def forward(cell, xp, w_hh, b_hh, h0, c0=None, mask=None, keep_cache=False, peep
     H = w_hh.shape[1]
     if dt not in _A1 or T == 0 or N == 0 or H == 0:
         return _reference().forward(cell, xp, w_hh, b_hh, h0, c0, mask, keep_cache, peep)
-    code, act, ract = cell.codes
-    has_c = HAS_C[code]
-    has_aux = HAS_AUX[code]
+    code, act, ract, has_c, has_aux, peephole, _ = _info(cell)
     h_seq = _empty((T, N, H), dt)
     hT = _empty((N, H), dt)
     cT = _empty((N, H), dt) if has_c else _A2[dt]
@@ -181,10 +193,11 @@ def forward(cell, xp, w_hh, b_hh, h0, c0=None, mask=None, keep_cache=False, peep
         cax = _empty((T, N, H), dt) if has_aux else _A3[dt]
     else:
         ch = cc = cg = cax = _A3[dt]
-    nb = _config._blocks(T, N, H, GH)
+    nb = _blocks(T, N, H, GH)
     args = (code, act, ract, _gemm._blas_mode(N, GH * H, nb), 1 if keep_cache else 0,
             0 if mask is None else 1, xp, _contig(w_hh, dt), _contig(b_hh, dt),
-            _peep(code, peep, dt, H), _contig(h0, dt), _contig(c0, dt) if has_c else _A2[dt],
+            _peep(peep, dt, H) if peephole else _NO_PEEP[dt], _contig(h0, dt),
+            _contig(c0, dt) if has_c else _A2[dt],
             _NO_MASK if mask is None else _mask(mask), h_seq, hT, cT, ch, cc, cg, cax,
             _empty(N * _fwd_scratch(code, H, GH, keep_cache), dt))
     if nb <= 1:
@@ -212,22 +225,24 @@ def backward(cell, cache, w_hh, mask=None, dh_seq=None, dh_T=None, dc_T=None, tr
     if dt not in _A1 or T == 0 or N == 0 or H == 0:
         return _reference().backward(cell, cache, w_hh, mask, dh_seq, dh_T, dc_T, truncate,
                                      peep)
-    code, act, ract = cell.codes
-    has_c = HAS_C[code]
+    code, act, ract, has_c, has_aux, peephole, dgh_is_dxp = _info(cell)
     dxp = _zeros((T, N, GH), dt)
-    dgh = dxp if DGH_IS_DXP[code] else _zeros((T, N, GH), dt)
+    dgh = dxp if dgh_is_dxp else _zeros((T, N, GH), dt)
     dh0 = _empty((N, H), dt)
     dc0 = _empty((N, H), dt) if has_c else _A2[dt]
     dw = _empty((GH, H), dt)
     db = _empty(GH, dt)
-    pk = _peep(code, peep, dt, H)
-    dpeep = _empty(pk.shape, dt)
-    nb = _config._blocks(T, N, H, GH)
+    if peephole:
+        pk = _peep(peep, dt, H)
+        dpeep = _empty(pk.shape, dt)
+    else:
+        pk = dpeep = _NO_PEEP[dt]
+    nb = _blocks(T, N, H, GH)
     head = (code, act, ract, _gemm._blas_mode(N, GH * H, nb),
             -1 if truncate is None or truncate >= T else int(truncate),
             0 if mask is None else 1, 0 if dh_seq is None else 1)
     args = (_contig(cache["h"], dt), _contig(cache["c"], dt) if has_c else _A3[dt], cg,
-            _contig(cache["aux"], dt) if HAS_AUX[code] else _A3[dt], _contig(w_hh, dt), pk,
+            _contig(cache["aux"], dt) if has_aux else _A3[dt], _contig(w_hh, dt), pk,
             _NO_MASK if mask is None else _mask(mask),
             _A3[dt] if dh_seq is None else _contig(dh_seq, dt),
             _zeros((N, H), dt) if dh_T is None else _contig(dh_T, dt),
@@ -238,7 +253,7 @@ def backward(cell, cache, w_hh, mask=None, dh_seq=None, dh_T=None, dc_T=None, tr
     else:
         _run_par("backward_par", dt, nb, head + args)
     return (dxp, dh0, (dc0 if has_c else None), dw, db,
-            (dpeep if PEEPHOLE[code] and peep is not None else None))
+            (dpeep if peephole and peep is not None else None))
 
 
 def step(cell, xp_t, w_hh, b_hh, h, c=None, peep=None):
@@ -250,14 +265,14 @@ def step(cell, xp_t, w_hh, b_hh, h, c=None, peep=None):
     H = w_hh.shape[1]
     if dt not in _A1 or N == 0 or H == 0:
         return _reference().step(cell, xp_t, w_hh, b_hh, h, c, peep)
-    code, act, ract = cell.codes
-    has_c = HAS_C[code]
+    code, act, ract, has_c, _, peephole, _ = _info(cell)
     hT = _empty((N, H), dt)
     cT = _empty((N, H), dt) if has_c else _A2[dt]
     a3 = _A3[dt]
-    nb = _config._blocks(1, N, H, GH)
+    nb = _blocks(1, N, H, GH)
     args = (code, act, ract, _gemm._blas_mode(N, GH * H, nb), 0, 0, xp_t.reshape(1, N, GH),
-            _contig(w_hh, dt), _contig(b_hh, dt), _peep(code, peep, dt, H), _contig(h, dt),
+            _contig(w_hh, dt), _contig(b_hh, dt),
+            _peep(peep, dt, H) if peephole else _NO_PEEP[dt], _contig(h, dt),
             _contig(c, dt) if has_c else _A2[dt], _NO_MASK, _empty((1, N, H), dt), hT, cT,
             a3, a3, a3, a3, _empty(N * _fwd_scratch(code, H, GH, False), dt))
     if nb <= 1:
@@ -499,8 +514,7 @@ def generate(cell, xp_table, w_ih_rest, b_ih_rest, w_hh, b_hh, w_out, b_out, h, 
     L, GH, H = w_hh.shape if w_hh.ndim == 3 else (0, 0, 0)
     V = w_out.shape[0] if w_out.ndim == 2 else 0
     Vx = xp_table.shape[0] if xp_table.ndim == 2 else 0
-    code, act, ract = cell.codes
-    has_c = HAS_C[code]
+    code, act, ract, has_c, _, _, _ = _info(cell)
     h = _contig(h, dt)
     c = _contig(c, dt) if has_c and c is not None else None
     rest = L > 1
@@ -525,7 +539,7 @@ def generate(cell, xp_table, w_ih_rest, b_ih_rest, w_hh, b_hh, w_out, b_out, h, 
                                      b_out, h, c, start, forced, banned, uniforms, temperature,
                                      top_k, end_token, peep)
     if not P:
-        peep = _zeros((L, 0, 0), dt)
+        peep = _zeros((L, PEEP_ROWS, 0), dt)
     elif peep is None:  # as the reference: no peephole terms
         peep = _zeros((L, P, H), dt)
     tokens = _empty((n, T), np.int64)

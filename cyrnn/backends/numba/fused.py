@@ -20,7 +20,7 @@ from ..spec import (DENSE_B, DENSE_IN, DENSE_OUT, DENSE_W, EMB_DIM, EMB_FROZEN, 
                     EMB_VOCAB, EMB_W, ERRORS, OP_DENSE, OP_EMBED, OP_RNN, RNN_ACT, RNN_B_HH,
                     RNN_B_IH, RNN_CELL, RNN_HIDDEN, RNN_IN, RNN_PEEP, RNN_RACT, RNN_SEQ,
                     RNN_W_HH, RNN_W_IH, SPEC_HEADER, SPEC_VERSION, SPEC_WIDTH)
-from .cells import DGH_IS_DXP, HAS_AUX, HAS_C, N_GATES, N_PEEP, PEEPHOLE
+from .cells import DGH_IS_DXP, HAS_AUX, HAS_C, N_GATES, N_PEEP, PEEP_ROWS, PEEPHOLE
 from .config import _JIT
 from .gemm import _acc_colsum, _acc_nt, _add_rows, _gemm_mode, _mm_nn, _mm_nt
 from .loops import _bwd_rows, _bwd_scratch_nb, _fwd_rows, _fwd_scratch_nb
@@ -254,11 +254,11 @@ def _plan(spec, first, T, N, pos):
 
 @njit(**_JIT)
 def _peep_of(data, spec, r, code, H):
-    """The (3, H) peephole weights of the recurrent op at ``r`` ((0, 0) without)."""
+    """The (3, H) peephole weights of the recurrent op at ``r`` ((3, 0) without)."""
     if PEEPHOLE[code]:
         off = spec[r + RNN_PEEP]
-        return data[off:off + N_PEEP[code] * H].reshape((N_PEEP[code], H))
-    return data[0:0].reshape((0, 0))
+        return data[off:off + PEEP_ROWS * H].reshape((PEEP_ROWS, H))
+    return data[0:0].reshape((PEEP_ROWS, 0))
 
 
 @njit(**_JIT)

@@ -22,7 +22,7 @@ import numpy as np
 from numba import njit
 
 from .cells import PEEPHOLE, SPLIT_PRODUCT
-from .config import (_BLAS_MIN, _BLAS_MIN_ROW, _JIT, _SERIAL_GEMM_MNK,
+from .config import (_BLAS_MIN, _BLAS_MIN_ROW, _JIT, _JIT_ROWS, _SERIAL_GEMM_MNK,
                      _THREADED_GEMM_MNK)
 
 # ----------------------------------------------------------------------------
@@ -34,14 +34,20 @@ from .config import (_BLAS_MIN, _BLAS_MIN_ROW, _JIT, _SERIAL_GEMM_MNK,
 def _mm_nt(a, w, out, lo, hi, blas):
     """``out[lo:hi] = a[lo:hi] @ w.T`` (forward products): BLAS (``blas`` 2: one
     call; 1: row blocks small enough for OpenBLAS to keep on one thread, see
-    ``_blas_mode``), or (0) dot products four weight rows at a time (one pass over
-    ``a[i]`` feeds four vectorised accumulators)."""
+    ``_blas_mode``), or (0) the own loops."""
     if blas:
         step = hi - lo if blas == 2 else max(1, _SERIAL_GEMM_MNK // (w.shape[0] * w.shape[1]))
         for r in range(lo, hi, step):
             e = min(r + step, hi)
             np.dot(a[r:e], w.T, out[r:e])
-        return
+    else:
+        _mm_nt_loops(a, w, out, lo, hi)
+
+
+@njit(**_JIT_ROWS)
+def _mm_nt_loops(a, w, out, lo, hi):
+    """``out[lo:hi] = a[lo:hi] @ w.T`` by dot products four weight rows at a time
+    (one pass over ``a[i]`` feeds four vectorised accumulators)."""
     K = a.shape[1]
     M = w.shape[0]
     zero = out.dtype.type(0)
@@ -75,14 +81,20 @@ def _mm_nt(a, w, out, lo, hi, blas):
 @njit(**_JIT)
 def _mm_nn(a, w, out, lo, hi, blas, valid):
     """``out[lo:hi] = a[lo:hi] @ w`` (backward products): BLAS (``blas`` as in
-    ``_mm_nt``), or four scaled weight rows added at a time (each group of
-    weight rows reused across the block's rows); the loop skips invalid rows."""
+    ``_mm_nt``), or the own loops, which skip invalid rows."""
     if blas:
         step = hi - lo if blas == 2 else max(1, _SERIAL_GEMM_MNK // (w.shape[0] * w.shape[1]))
         for r in range(lo, hi, step):
             e = min(r + step, hi)
             np.dot(a[r:e], w, out[r:e])
-        return
+    else:
+        _mm_nn_loops(a, w, out, lo, hi, valid)
+
+
+@njit(**_JIT_ROWS)
+def _mm_nn_loops(a, w, out, lo, hi, valid):
+    """``out[lo:hi] = a[lo:hi] @ w`` for the valid rows, four scaled weight rows
+    added at a time (each group of weight rows reused across the block's rows)."""
     M = w.shape[0]
     K = w.shape[1]
     zero = out.dtype.type(0)
@@ -112,7 +124,7 @@ def _mm_nn(a, w, out, lo, hi, blas, valid):
                 oi[k] += aj * wj[k]
 
 
-@njit(**_JIT)
+@njit(**_JIT_ROWS)
 def _copy_cols(a, c0, c1, out, lo, hi):
     """``out[lo:hi] = a[lo:hi, c0:c1]``: a column block as a contiguous product
     operand (BLAS through ``np.dot`` would copy a strided one, allocating)."""
@@ -123,7 +135,7 @@ def _copy_cols(a, c0, c1, out, lo, hi):
             dst[j] = src[j]
 
 
-@njit(**_JIT)
+@njit(**_JIT_ROWS)
 def _add_rows(y, b):
     """``y[i, :] += b`` for every row."""
     for i in range(y.shape[0]):

@@ -124,7 +124,7 @@ def _generate_kernel(code, act, ract, blas, blas_out, xp_table, w_ih_rest, b_ih_
     token per row (forced, or ``_sample_token``), repeat.
 
     ``h``/``c`` (L, N, H) are copied, not modified; ``peep`` (L, 3, H) holds each
-    layer's peephole weights ((L, 0, 0) without peepholes); ``tokens`` (N, T) and
+    layer's peephole weights ((L, 3, 0) without peepholes); ``tokens`` (N, T) and
     ``lengths`` (N,) are written. Token ids were checked by the caller.
     """
     L, GH, H = w_hh.shape

@@ -17,7 +17,8 @@ row's arithmetic does not depend on the blocking.
 
 No allocation in the time loop: the callers pass outputs and one flat scratch
 array (``_fwd_scratch``/``_bwd_scratch`` values per row), of which the loops only
-take views; the sweep allocates per-row flags and budgets at its start.
+take views; the sweep allocates per-row flags and budgets at its start. The step
+functions, like the cells, run without reference counting (``config._JIT_ROWS``).
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .cells import DGH_IS_DXP, HAS_C, SPLIT_PRODUCT, cell_bwd, cell_fwd
-from .config import _JIT, _JIT_PAR
+from .cells import DGH_IS_DXP, HAS_C, PHASE_ALL, SPLIT_PRODUCT, cell_bwd, cell_fwd
+from .config import _JIT, _JIT_PAR, _JIT_ROWS
 from .gemm import _contract, _copy_cols, _mm_nn, _mm_nt
 
 
@@ -49,7 +50,7 @@ _bwd_scratch_nb = njit(**_JIT)(_bwd_scratch)
 # Forward.
 # ----------------------------------------------------------------------------
 
-@njit(**_JIT)
+@njit(**_JIT_ROWS)
 def _emit(lo, hi, has_mask, has_c, mt, hp, cp, hn, cn, hs):
     """After the cell wrote the new state of every row into ``hn`` (``cn``): the
     outputs ``hs`` (the new state, or zero where masked) and, where masked, the
@@ -73,7 +74,7 @@ def _emit(lo, hi, has_mask, has_c, mt, hp, cp, hn, cn, hs):
                     cni[j] = cpi[j]
 
 
-@njit(inline="always", **_JIT)
+@njit(**_JIT_ROWS)
 def _fwd_step(code, act, ract, blas, has_mask, mt, xt, w, b, peep, hp, hn, cp, cn, g, ax, hs,
               gh, ghn, lo, hi):
     """One step on rows ``lo:hi``: products, cell, mask (used by the time loop,
@@ -89,7 +90,8 @@ def _fwd_step(code, act, ract, blas, has_mask, mt, xt, w, b, peep, hp, hn, cp, c
         cell_fwd(code, act, ract, ph + 1, lo, hi, xt, ghn, b, peep, hp, cp, hn, cn, g, ax)
     else:
         _mm_nt(hp, w, gh, lo, hi, blas)
-        cell_fwd(code, act, ract, np.int64(-1), lo, hi, xt, gh, b, peep, hp, cp, hn, cn, g, ax)
+        cell_fwd(code, act, ract, np.int64(PHASE_ALL), lo, hi, xt, gh, b, peep, hp, cp, hn, cn,
+                 g, ax)
     _emit(lo, hi, has_mask, HAS_C[code], mt, hp, cp, hn, cn, hs)
 
 
@@ -162,7 +164,7 @@ def _forward_par(nb, code, act, ract, blas, keep, has_mask, xp, w, b, peep, h0, 
 # Backward.
 # ----------------------------------------------------------------------------
 
-@njit(inline="always", **_JIT)
+@njit(**_JIT_ROWS)
 def _bwd_step(code, act, ract, blas, valid, w, peep, hp, cp, cn, g, ax, dh, dc, dxp, dgh, dg,
               dhn, dcn, dhp, drh, tmp, lo, hi):
     """Backward through one step for the valid rows of ``lo:hi``: accumulates

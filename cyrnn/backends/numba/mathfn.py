@@ -7,8 +7,10 @@ scalar ``tanh``/``exp`` cost 5-17 ns per element, these about 1-2 ns). Max error
 vs NumPy about 3 ulp (float64) and 2 ulp (float32); NaN and inf propagate.
 
 The activations of :data:`cyrnn.cells.ACTIVATION_TABLE` are applied by code
-(:func:`activate`) and differentiated through their output (:func:`mul_dact`);
-both branch on the code outside their loops, so each loop still vectorises.
+(:func:`act_sum`, :func:`act_to`, :func:`activate`, :func:`act_mul`) and differentiated through
+their output (:func:`dact_to`) on a block of rows and columns per call (a call
+per row costs more than the work at small sizes); each branches on the code
+outside its loops over the columns, so every loop still vectorises.
 Loops run on 1-D views indexed from 0 (a loop index of unknown sign over a 2-D
 array makes Numba's negative-index handling block vectorisation).
 """
@@ -20,7 +22,7 @@ from numba import njit, types
 from numba.extending import overload
 
 from ...cells import ACT_HARD_SIGMOID, ACT_RELU, ACT_SIGMOID, ACT_TANH
-from .config import _FN_OPTS, _JIT
+from .config import _FN_OPTS, _JIT_ROWS
 
 # ----------------------------------------------------------------------------
 # exp(x) for x <= 0: x = n ln2 + r (ln 2 split in two constants), exp(r) by
@@ -117,62 +119,157 @@ def _tanh(x, one):
     return _tanh_taylor(x) if ax < 0.1 else t
 
 
+@njit(**_FN_OPTS)
+def _relu(x, zero):
+    return zero if x <= zero else x  # NaN passes, as np.maximum
+
+
+@njit(**_FN_OPTS)
+def _hard_sigmoid(x, one, zero):
+    """Keras 3's ``clip(x / 6 + 1/2, 0, 1)`` (in the dtype of ``one``); NaN passes,
+    as np.clip."""
+    three = one + one + one
+    a = x / (three + three) + one / (one + one)
+    a = zero if a < zero else a
+    return one if a > one else a
+
+
 # ----------------------------------------------------------------------------
-# Activations by code (the rows of cyrnn.cells.ACTIVATION_TABLE).
+# Activations by code (the rows of cyrnn.cells.ACTIVATION_TABLE) on the columns
+# c0:c1 of the rows lo:hi of 2-D arrays: one call per gate block and step, the
+# branch on the code outside the loops over the columns.
 # ----------------------------------------------------------------------------
 
-@njit(**_JIT)
-def activate(act, y):
-    """``y[j] = f(y[j])`` for activation code ``act`` (1-D ``y``, in place).
-
-    relu and hard_sigmoid use comparisons that let NaN through (as np.maximum
-    and np.clip); hard_sigmoid is Keras 3's ``clip(a / 6 + 1/2, 0, 1)``.
-    """
+@njit(**_JIT_ROWS)
+def act_sum(act, lo, hi, c0, c1, x, h, h0, b, y):
+    """``y[i, c0:c1] = f(x[i, c0:c1] + h[i, h0:h0 + c1 - c0] + b[c0:c1])``: gates from
+    the input projection, the recurrent product and the bias, in one pass."""
     one = y.dtype.type(1)
     zero = y.dtype.type(0)
-    n = y.shape[0]
-    if act == ACT_TANH:
-        for j in range(n):
-            y[j] = _tanh(y[j], one)
-    elif act == ACT_SIGMOID:
-        for j in range(n):
-            y[j] = _sigmoid(y[j], one)
-    elif act == ACT_RELU:
-        for j in range(n):
-            a = y[j]
-            y[j] = zero if a <= zero else a
-    elif act == ACT_HARD_SIGMOID:
-        six = y.dtype.type(6)
-        half = y.dtype.type(0.5)
-        for j in range(n):
-            a = y[j] / six + half
-            a = zero if a < zero else a
-            y[j] = one if a > one else a
-    # linear: the identity
+    n = c1 - c0
+    bs = b[c0:c1]
+    for i in range(lo, hi):
+        xs = x[i, c0:c1]
+        hs = h[i, h0:h0 + n]
+        ys = y[i, c0:c1]
+        if act == ACT_TANH:
+            for j in range(n):
+                ys[j] = _tanh(xs[j] + hs[j] + bs[j], one)
+        elif act == ACT_SIGMOID:
+            for j in range(n):
+                ys[j] = _sigmoid(xs[j] + hs[j] + bs[j], one)
+        elif act == ACT_RELU:
+            for j in range(n):
+                ys[j] = _relu(xs[j] + hs[j] + bs[j], zero)
+        elif act == ACT_HARD_SIGMOID:
+            for j in range(n):
+                ys[j] = _hard_sigmoid(xs[j] + hs[j] + bs[j], one, zero)
+        else:  # linear
+            for j in range(n):
+                ys[j] = xs[j] + hs[j] + bs[j]
 
 
-@njit(**_JIT)
-def mul_dact(act, y, d):
-    """``d[j] *= f'(a_j)`` expressed through the output ``y = f(a)`` (1-D arrays).
-
-    Products, not selections, as the reference (an infinite ``d`` times a zero
-    derivative stays NaN).
-    """
+@njit(**_JIT_ROWS)
+def act_to(act, lo, hi, c0, c1, x, y):
+    """``y[i, c0:c1] = f(x[i, c0:c1])`` (``x`` and ``y`` distinct)."""
     one = y.dtype.type(1)
     zero = y.dtype.type(0)
-    n = d.shape[0]
-    if act == ACT_TANH:
-        for j in range(n):
-            d[j] *= one - y[j] * y[j]
-    elif act == ACT_SIGMOID:
-        for j in range(n):
-            d[j] *= y[j] * (one - y[j])
-    elif act == ACT_RELU:
-        for j in range(n):
-            d[j] *= one if y[j] > zero else zero
-    elif act == ACT_HARD_SIGMOID:
-        sixth = one / y.dtype.type(6)
-        for j in range(n):
-            yj = y[j]
-            d[j] *= sixth if (yj > zero and yj < one) else zero
-    # linear: f' = 1
+    n = c1 - c0
+    for i in range(lo, hi):
+        xs = x[i, c0:c1]
+        ys = y[i, c0:c1]
+        if act == ACT_TANH:
+            for j in range(n):
+                ys[j] = _tanh(xs[j], one)
+        elif act == ACT_SIGMOID:
+            for j in range(n):
+                ys[j] = _sigmoid(xs[j], one)
+        elif act == ACT_RELU:
+            for j in range(n):
+                ys[j] = _relu(xs[j], zero)
+        elif act == ACT_HARD_SIGMOID:
+            for j in range(n):
+                ys[j] = _hard_sigmoid(xs[j], one, zero)
+        else:  # linear
+            for j in range(n):
+                ys[j] = xs[j]
+
+
+@njit(**_JIT_ROWS)
+def activate(act, lo, hi, c0, c1, y):
+    """``y[i, c0:c1] = f(y[i, c0:c1])`` in place (``act_to`` with ``x`` = ``y`` would
+    fail LLVM's runtime overlap check and run its scalar loop)."""
+    one = y.dtype.type(1)
+    zero = y.dtype.type(0)
+    n = c1 - c0
+    for i in range(lo, hi):
+        ys = y[i, c0:c1]
+        if act == ACT_TANH:
+            for j in range(n):
+                ys[j] = _tanh(ys[j], one)
+        elif act == ACT_SIGMOID:
+            for j in range(n):
+                ys[j] = _sigmoid(ys[j], one)
+        elif act == ACT_RELU:
+            for j in range(n):
+                ys[j] = _relu(ys[j], zero)
+        elif act == ACT_HARD_SIGMOID:
+            for j in range(n):
+                ys[j] = _hard_sigmoid(ys[j], one, zero)
+        # linear: the identity
+
+
+@njit(**_JIT_ROWS)
+def act_mul(act, lo, hi, x, m, m0, y):
+    """``y[i, :] = m[i, m0:m0 + n] * f(x[i, :])`` (n the width of ``x``, ``y``)."""
+    one = y.dtype.type(1)
+    zero = y.dtype.type(0)
+    n = y.shape[1]
+    for i in range(lo, hi):
+        xs = x[i]
+        ms = m[i, m0:m0 + n]
+        ys = y[i]
+        if act == ACT_TANH:
+            for j in range(n):
+                ys[j] = ms[j] * _tanh(xs[j], one)
+        elif act == ACT_SIGMOID:
+            for j in range(n):
+                ys[j] = ms[j] * _sigmoid(xs[j], one)
+        elif act == ACT_RELU:
+            for j in range(n):
+                ys[j] = ms[j] * _relu(xs[j], zero)
+        elif act == ACT_HARD_SIGMOID:
+            for j in range(n):
+                ys[j] = ms[j] * _hard_sigmoid(xs[j], one, zero)
+        else:  # linear
+            for j in range(n):
+                ys[j] = ms[j] * xs[j]
+
+
+@njit(**_JIT_ROWS)
+def dact_to(act, lo, hi, c0, c1, y, d):
+    """``d[i, c0:c1] = f'(a)`` expressed through the output ``y[i, c0:c1] = f(a)``.
+    The cells multiply it in (as the reference: an infinite gradient times a zero
+    derivative is NaN)."""
+    one = y.dtype.type(1)
+    zero = y.dtype.type(0)
+    sixth = one / y.dtype.type(6)
+    n = c1 - c0
+    for i in range(lo, hi):
+        ys = y[i, c0:c1]
+        ds = d[i, c0:c1]
+        if act == ACT_TANH:
+            for j in range(n):
+                ds[j] = one - ys[j] * ys[j]
+        elif act == ACT_SIGMOID:
+            for j in range(n):
+                ds[j] = ys[j] * (one - ys[j])
+        elif act == ACT_RELU:
+            for j in range(n):
+                ds[j] = one if ys[j] > zero else zero
+        elif act == ACT_HARD_SIGMOID:
+            for j in range(n):
+                ds[j] = sixth if (ys[j] > zero and ys[j] < one) else zero
+        else:  # linear
+            for j in range(n):
+                ds[j] = one
