@@ -107,7 +107,7 @@ _JIT_PAR = dict(_JIT, parallel=True)
 # time loops): they allocate nothing and no view they make outlives the call, so
 # they run without Numba's reference counting (``_nrt=False``, an internal but
 # long-standing Numba option); with it, every row view and array argument costs
-# atomic operations, which at batch 1 took a fifth of a step.
+# atomic operations, a large share of a small step.
 _JIT_ROWS = dict(_JIT, _nrt=False)
 # exp/sigmoid/tanh: no "reassoc" (it could merge the two-constant ln 2 reduction)
 # nor "arcp"; "contract" only makes them more accurate.
