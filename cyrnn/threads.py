@@ -3,7 +3,7 @@
 :func:`set_num_threads` sets one budget ``n`` for every thread pool cyrnn runs
 on, so that kernels and BLAS together do not oversubscribe the cores:
 
-* **Numba kernels** (``cyrnn.backends.numba_backend``): at most ``n`` row blocks
+* **Numba kernels** (``cyrnn.backends.numba``): at most ``n`` row blocks
   per call, process-wide, and ``numba.set_num_threads(n)`` for the calling
   thread (Numba's own setting is per Python thread; the block cap is global).
 * **Cython kernels** (``cyrnn._cython_kernels``): ``n`` OpenMP threads for the
@@ -68,7 +68,7 @@ def _numba():
     if importlib.util.find_spec("numba") is None:
         return None
     try:
-        importlib.import_module("cyrnn.backends.numba_backend")
+        importlib.import_module("cyrnn.backends.numba")
         return importlib.import_module("numba")
     except Exception:  # ImportError, or a backend that cannot load here (RuntimeError)
         return None
@@ -150,10 +150,10 @@ def _status():
 
 def _numba_layer():
     try:
-        from .backends import numba_backend
+        from .backends import numba as numba_kernels
     except ImportError:
         return None
-    return numba_backend.THREADING_LAYER
+    return numba_kernels.THREADING_LAYER
 
 
 # ---------------------------------------------------------------- per call (n_jobs)
@@ -179,7 +179,7 @@ def call_threads(n):
     thread's). Calls in other threads see nothing, and nothing process-wide (BLAS's
     thread pool) changes: limit that with :func:`set_num_threads` or threadpoolctl.
     """
-    numba = sys.modules.get("numba") if "cyrnn.backends.numba_backend" in sys.modules \
+    numba = sys.modules.get("numba") if "cyrnn.backends.numba" in sys.modules \
         else None
     previous = None
     if numba is not None:

@@ -13,6 +13,14 @@ CELLS = [
     ("rnn_tanh", cyrnn.SimpleRNN, {}),
     ("rnn_relu", cyrnn.SimpleRNN, {"activation": "relu"}),
     ("rnn_sigmoid", cyrnn.SimpleRNN, {"activation": "sigmoid"}),
+    ("rnn_linear", cyrnn.SimpleRNN, {"activation": "linear"}),
+    ("lstm_peephole", cyrnn.LSTM, {"peephole": True}),
+    ("lstm_peephole_relu_hard", cyrnn.LSTM, {"peephole": True, "activation": "relu",
+                                             "recurrent_activation": "hard_sigmoid"}),
+    ("gru_linear_hard", cyrnn.GRU, {"activation": "linear",
+                                    "recurrent_activation": "hard_sigmoid"}),
+    ("gru_cho_sigmoid_hard", cyrnn.GRU, {"reset_after": False, "activation": "sigmoid",
+                                         "recurrent_activation": "hard_sigmoid"}),
 ]
 # The peephole LSTM and non-default activations / gate activations of the cell table.
 CELLS += [

@@ -15,6 +15,7 @@ import pytest
 import cyrnn
 from cyrnn.backends import get_backend
 from cyrnn.backends import spec as S
+spec_layout = S  # the numba tests' name for it
 
 from conftest import BACKENDS
 from fused_harness import CELLS, build_model, reference
@@ -291,3 +292,33 @@ def test_spec_constants_agree(fused_backend):
         bad[field] = value
         with pytest.raises(ValueError, match=S.ERRORS["header"]):
             infer(bad, model.params.data, x)
+
+
+def test_infer_rejects_bad_codes_and_peepholes(fused_backend):
+    """The cell, activation and gate-activation codes lie in the table's ranges, and a
+    peephole LSTM's (3, H) weights inside the parameter buffer."""
+    from cyrnn.cells import N_ACTIVATIONS, N_CELLS
+
+    infer = get_backend(fused_backend).infer
+    model = _build(fused_backend, cyrnn.LSTM, {"peephole": True}, np.float32)
+    spec = model.inference_spec()
+    data = model.params.data
+    x = np.zeros((1, 3, 5), np.float32)
+    assert infer(spec, data, x).shape == (1, 3)
+    rec = spec_layout.SPEC_HEADER
+    for field, value in [(spec_layout.RNN_CELL, N_CELLS), (spec_layout.RNN_CELL, -1),
+                         (spec_layout.RNN_ACT, N_ACTIVATIONS), (spec_layout.RNN_ACT, -1),
+                         (spec_layout.RNN_RACT, N_ACTIVATIONS), (spec_layout.RNN_RACT, -1)]:
+        bad = spec.copy()
+        bad[rec + field] = value
+        with pytest.raises(ValueError, match="unknown cell"):
+            infer(bad, data, x)
+    H = spec[rec + spec_layout.RNN_HIDDEN]
+    for value in (-1, data.size - 3 * H + 1, 2**62):
+        bad = spec.copy()
+        bad[rec + spec_layout.RNN_PEEP] = value
+        with pytest.raises(ValueError, match="outside the parameter buffer"):
+            infer(bad, data, x)
+    bad = spec.copy()
+    bad[rec + spec_layout.RNN_PEEP] = data.size - 3 * H  # the last values: inside
+    assert infer(bad, data, x).shape == (1, 3)

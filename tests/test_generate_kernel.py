@@ -36,6 +36,9 @@ def make_problem(cell, L=2, n=6, H=5, V=13, T=25, dtype=np.float64, seed=0):
     banned[[0, 1, 9]] = True
     s = dict(start=rng.integers(3, V, n), forced=forced, banned=banned,
              uniforms=rng.random((n, T)))
+    # peephole LSTM: (L, 3, H) weights per layer (drawn last: other problems unchanged)
+    w["peep"] = ((rng.standard_normal((L, cell.n_peepholes, H)) * 0.5).astype(dtype)
+                 if cell.n_peepholes else None)
     return w, s
 
 
@@ -98,6 +101,26 @@ def test_compiled_equals_reference_peephole(backend, name, L):
         without = ref.generate(cell, **dict(w, peep=None), **s, temperature=temperature,
                                top_k=top_k, end_token=2)
         assert not np.array_equal(without[0], expected[0])
+
+
+@pytest.mark.parametrize("backend", COMPILED)
+def test_compiled_peepholes(backend):
+    """Each layer's peephole weights are used: zeroing them changes the tokens, and
+    zero weights equal none (the reference skips the terms); every run equals the
+    reference."""
+    cell = CELLS["lstm_peephole"]
+    w, s = make_problem(cell, L=2, seed=5)
+    be = get_backend(backend)
+    tokens = []
+    for peep in (w["peep"], np.zeros_like(w["peep"]), None):
+        kw = dict(w, peep=peep)
+        expected = ref.generate(cell, **kw, **s, temperature=1.0, top_k=0, end_token=2)
+        got = be.generate(cell, **kw, **s, temperature=1.0, top_k=0, end_token=2)
+        np.testing.assert_array_equal(got[1], expected[1])
+        np.testing.assert_array_equal(got[0], expected[0])
+        tokens.append(got[0])
+    assert not np.array_equal(tokens[0], tokens[1])
+    np.testing.assert_array_equal(tokens[1], tokens[2])
 
 
 @pytest.mark.parametrize("backend", COMPILED)

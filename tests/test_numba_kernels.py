@@ -26,14 +26,16 @@ pytest.importorskip("numba")
 
 from cyrnn import threads  # noqa: E402
 from cyrnn.backends import Cell, available, get_backend  # noqa: E402
-from cyrnn.backends import numba_backend as nb  # noqa: E402
+from cyrnn.backends import numba as nb  # noqa: E402
+from cyrnn.backends.numba import config as nb_config  # noqa: E402
+from cyrnn.backends.numba import gemm as nb_gemm  # noqa: E402
 from cyrnn.backends import numpy_backend as ref  # noqa: E402
 
 from kernel_harness import CELLS, DTYPES, H, T, KernelHarness, make_problem, run_forward  # noqa: E402,F401
 
 TRUNCATIONS = [None, 0, 2, T, T + 3]
 PARALLEL_N = 16
-MULTICORE = nb._get_num_threads() >= 2
+MULTICORE = nb_config._get_num_threads() >= 2
 harness = KernelHarness(nb, f32_atol=1e-5)
 tol = harness.tol
 assert_close = harness.assert_close
@@ -45,7 +47,7 @@ compare_step = harness.compare_step
 @pytest.fixture
 def force_parallel(monkeypatch):
     """Send every call with N >= 8 to the parallel kernels (2+ row blocks)."""
-    monkeypatch.setattr(nb, "_PAR_MIN_WORK", 0)
+    monkeypatch.setattr(nb_config, "_PAR_MIN_WORK", 0)
     monkeypatch.setattr(threads, "_num_threads", None)
 
 
@@ -55,10 +57,10 @@ def products(request, monkeypatch):
     tiny shapes), one BLAS call each, or BLAS on single rows (the row blocks
     of ``_blas_mode`` 1)."""
     if request.param == "blas":
-        monkeypatch.setattr(nb, "_blas_mode", lambda N, GHH, blocks: 2)
+        monkeypatch.setattr(nb_gemm, "_blas_mode", lambda N, GHH, blocks: 2)
     elif request.param == "blas-rows":
-        monkeypatch.setattr(nb, "_blas_mode", lambda N, GHH, blocks: 1)
-        monkeypatch.setattr(nb, "_SERIAL_GEMM_MNK", 1)
+        monkeypatch.setattr(nb_gemm, "_blas_mode", lambda N, GHH, blocks: 1)
+        monkeypatch.setattr(nb_gemm, "_SERIAL_GEMM_MNK", 1)
     return request.param
 
 
@@ -72,9 +74,9 @@ def test_matches_reference(cell_name, dtype, masked, N, products, request):
     if N == PARALLEL_N:
         request.getfixturevalue("force_parallel")
         if MULTICORE:
-            assert nb._blocks(T, N, H, H) >= 2
+            assert nb_config._blocks(T, N, H, H) >= 2
     if products == "loops":
-        assert nb._blas_mode(N, H * H, 1) == 0
+        assert nb_gemm._blas_mode(N, H * H, 1) == 0
     cell = CELLS[cell_name]
     p = make_problem(cell, dtype, N, masked, seed=N + 10 * masked)
     cache_nb, cache_ref = compare_forward(cell, dtype, p)
@@ -205,7 +207,7 @@ def test_default_thresholds_take_the_parallel_path():
     cell = CELLS["lstm"]
     dtype = np.float64
     N, Hb, Tb = 64, 64, 10
-    assert nb._blocks(Tb, N, Hb, 4 * Hb) >= 2
+    assert nb_config._blocks(Tb, N, Hb, 4 * Hb) >= 2
     p = make_problem(cell, dtype, N, True, seed=11, T=Tb, H=Hb)
     cache_nb, cache_ref = compare_forward(cell, dtype, p)
     compare_backward(cell, dtype, p, cache_nb, cache_ref, None)
@@ -215,7 +217,7 @@ def test_default_thresholds_take_the_parallel_path():
     previous = threads._num_threads
     threads._num_threads = 1  # what set_num_threads(1) does for this backend
     try:
-        assert nb._blocks(Tb, N, Hb, 4 * Hb) == 1
+        assert nb_config._blocks(Tb, N, Hb, 4 * Hb) == 1
         serial = nb.backward(cell, cache_nb, p["w_hh"], p["mask"], p["dh_seq"], p["dh_T"],
                              p["dc_T"])
     finally:
@@ -265,9 +267,9 @@ def test_set_num_threads_caps_the_row_blocks(force_parallel):
     previous = threads._num_threads
     try:
         threads._num_threads = 1
-        assert nb._blocks(T, 64, H, H) == 1
+        assert nb_config._blocks(T, 64, H, H) == 1
         threads._num_threads = 64
-        assert nb._blocks(T, 64, H, H) == min(nb._get_num_threads(), 16)
+        assert nb_config._blocks(T, 64, H, H) == min(nb_config._get_num_threads(), 16)
     finally:
         threads._num_threads = previous
 
@@ -287,10 +289,10 @@ def test_set_num_threads_public_api():
         threads.set_num_threads(1, blas_threads=1)
         assert threads.get_num_threads() == 1
         assert numba.get_num_threads() == 1
-        assert nb._blocks(T, 4096, 64, 256) == 1
+        assert nb_config._blocks(T, 4096, 64, 256) == 1
         assert all(info["num_threads"] == 1 for info in threadpoolctl.threadpool_info()
                    if info["user_api"] == "blas")
-        assert nb._blas_single_threaded()
+        assert nb_gemm._blas_single_threaded()
         assert threads.set_num_threads(2, blas_threads=1) == 1  # returns the previous one
         assert threads.get_num_threads() == 2
     finally:
@@ -306,13 +308,13 @@ def test_blas_mode(monkeypatch):
     it is single-threaded; serial mid-sized products in single-thread-sized
     row blocks unless BLAS is single-threaded anyway."""
     for single in (True, False):
-        monkeypatch.setattr(nb, "_blas_single_threaded", lambda s=single: s)
-        assert nb._blas_mode(1, 8 * 32, 1) == 0
-        assert nb._blas_mode(5, 4 * 16, 1) == 0
-        assert nb._blas_mode(64, 128 * 512, 2) == (2 if single else 0)
-        assert nb._blas_mode(64, 128 * 512, 1) == (2 if single else 1)
-        assert nb._blas_mode(4096, 512 * 2048, 1) == 2   # large: one threaded call
-        assert nb._blas_mode(2, 64 * 256, 1) == 2        # below OpenBLAS's threading
+        monkeypatch.setattr(nb_gemm, "_blas_single_threaded", lambda s=single: s)
+        assert nb_gemm._blas_mode(1, 8 * 32, 1) == 0
+        assert nb_gemm._blas_mode(5, 4 * 16, 1) == 0
+        assert nb_gemm._blas_mode(64, 128 * 512, 2) == (2 if single else 0)
+        assert nb_gemm._blas_mode(64, 128 * 512, 1) == (2 if single else 1)
+        assert nb_gemm._blas_mode(4096, 512 * 2048, 1) == 2   # large: one threaded call
+        assert nb_gemm._blas_mode(2, 64 * 256, 1) == 2        # below OpenBLAS's threading
 
 
 @pytest.mark.parametrize("cell_name", ["lstm", "gru-cho", "rnn-relu"])

@@ -26,7 +26,7 @@ __all__ = ["Cell", "available", "get_backend", "BACKENDS"]
 BACKENDS = {
     "cython": "cyrnn.backends.cython_backend",
     # Imports numba when first loaded; ImportError (numba missing) -> unavailable.
-    "numba": "cyrnn.backends.numba_backend",
+    "numba": "cyrnn.backends.numba",
     "numpy": "cyrnn.backends.numpy_backend",
 }
 _loaded = {}

@@ -1,0 +1,552 @@
+"""Numba backend: the kernel contract compiled with Numba.
+
+Same signatures, results and cache layout as :mod:`cyrnn.backends.numpy_backend`
+(the specification), float32 and float64, every row of the cell table with every
+activation, peepholes, masks and truncated BPTT exactly as the reference defines
+them; ``generate`` (the whole sampling loop, token for token as the reference) and
+the fused calls ``infer``, ``train_forward`` / ``train_backward`` (a whole
+``Sequential`` in one call, with validity masks: ``FUSED_MASKS``) are compiled too.
+
+Where things live: :mod:`.config` (threading layer, fork handling, JIT flags,
+tuning constants), :mod:`.mathfn` (exp/sigmoid/tanh, activations by code),
+:mod:`.gemm` (products, BLAS policy, weight-gradient contractions), :mod:`.cells`
+(the cell math, the only place it lives), :mod:`.loops` (forward time loop,
+backward sweep, parallel row blocks), :mod:`.fused` (the fused runner),
+:mod:`.generate` (sampling); this module holds the entry points.
+
+The entry points validate nothing beyond array forms: they make inputs
+C-contiguous in the working dtype, allocate outputs and one flat scratch array,
+and call a compiled kernel. Each kernel is compiled once per dtype for an explicit
+signature whose input arrays are typed read-only (writable and read-only inputs
+share one compiled version, nothing recompiles per call), and the wrappers call
+that compiled entry point directly, skipping the dispatcher's type resolution: a
+few microseconds per call.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numba
+import numpy as np
+from numba import types
+
+from .. import spec as _spec
+from . import config as _config
+from . import gemm as _gemm
+from .cells import DGH_IS_DXP, HAS_AUX, HAS_C, N_PEEP, PEEP_ROWS, PEEPHOLE
+from .config import THREADING_LAYER  # noqa: F401 - reported by cyrnn.threads
+from .fused import (_E_HEADER, DECLINED, STATUS_ERRORS, _infer_kernel, _train_bwd_kernel,
+                    _train_fwd_kernel, header_ok)
+from .generate import _generate_kernel
+from .loops import _backward_par, _bwd_rows, _bwd_scratch, _forward_par, _fwd_rows, _fwd_scratch
+
+NAME = "numba"
+FUSED_MASKS = True  # infer / train_forward take the (N, T) validity mask
+# The spec layout this backend reads (imported, for the conformance test).
+INFER_SPEC_VERSION = _spec.SPEC_VERSION
+INFER_SPEC_HEADER = _spec.SPEC_HEADER
+INFER_SPEC_WIDTH = _spec.SPEC_WIDTH
+
+# ----------------------------------------------------------------------------
+# Compiled entry points, per dtype (lazy; explicit signatures).
+# ----------------------------------------------------------------------------
+
+
+def _signatures(F):
+    def ro(nd, dtype=F):
+        return types.Array(dtype, nd, "C", readonly=True)
+
+    def rw(nd):
+        return types.Array(F, nd, "C")
+
+    i64 = types.int64
+    # code, act, ract, blas, keep, has_mask, xp, w, b, peep, h0, c0, mask, h_seq, hT, cT,
+    # ch, cc, cg, cax, scratch
+    fwd = (i64, i64, i64, i64, i64, i64, ro(3), ro(2), ro(1), ro(2), ro(2), ro(2),
+           ro(2, types.boolean), rw(3), rw(2), rw(2), rw(3), rw(3), rw(3), rw(3), rw(1))
+    # code, act, ract, blas, trunc, has_mask, has_dhseq, [contract], ch, cc, cg, cax, w, peep,
+    # mask, dh_seq, dh_T, dc_T, dxp, dgh, dh0, dc0, dw, db, dpeep, scratch
+    bwd_head = (i64,) * 7
+    bwd_tail = (ro(3), ro(3), ro(3), ro(3), ro(2), ro(2), ro(2, types.boolean), ro(3), ro(2),
+                ro(2), rw(3), rw(3), rw(2), rw(2), rw(2), rw(1), rw(2), rw(1))
+    fused_in = (ro(1, i64), ro(1), ro(3), ro(2, i64), i64, ro(2, types.uint8), i64)
+    return {
+        "infer": types.Tuple((i64, rw(3)))(*fused_in),
+        "train_fwd": types.Tuple((i64, i64, rw(3), rw(1), types.Array(i64, 2, "C"),
+                                  types.Array(types.boolean, 2, "C"),
+                                  types.Array(i64, 2, "C")))(*fused_in),
+        "train_bwd": types.void(ro(1, i64), ro(1), rw(1), ro(1), ro(2, i64), ro(2, i64),
+                                ro(2, types.boolean), i64, ro(3), ro(1, i64), i64),
+        "generate": types.void(i64, i64, i64, i64, i64, ro(2), ro(3), ro(2), ro(3), ro(2),
+                               ro(3), ro(2), ro(1), ro(3), ro(3), ro(1, i64), ro(2, i64),
+                               ro(1, types.boolean), ro(2, types.float64), types.float64, i64,
+                               i64, types.Array(i64, 2, "C"), types.Array(i64, 1, "C")),
+        "fwd_rows": types.void(*fwd, i64, i64),
+        "forward_par": types.void(i64, *fwd),
+        "bwd_rows": types.void(*bwd_head, i64, *bwd_tail, i64, i64),
+        "backward_par": types.void(i64, *bwd_head, *bwd_tail),
+    }
+
+
+_DISPATCHERS = {"infer": _infer_kernel, "train_fwd": _train_fwd_kernel,
+                "train_bwd": _train_bwd_kernel, "generate": _generate_kernel,
+                "fwd_rows": _fwd_rows, "forward_par": _forward_par, "bwd_rows": _bwd_rows,
+                "backward_par": _backward_par}
+_entry = {}
+_compile_lock = threading.Lock()
+
+
+def _kernel(name, dtype):
+    """The compiled entry point of kernel ``name`` for ``dtype``, compiled (or
+    loaded from the on-disk cache) on first use."""
+    key = (name, dtype)
+    fn = _entry.get(key)
+    if fn is None:
+        with _compile_lock:
+            fn = _entry.get(key)
+            if fn is None:
+                sig = _signatures(numba.from_dtype(dtype))[name]
+                disp = _DISPATCHERS[name]
+                disp.compile(sig)
+                # The compiled version itself: no type resolution per call.
+                fn = getattr(disp.overloads.get(sig.args), "entry_point", None) or disp
+                _entry[key] = fn
+    return fn
+
+
+def _run_par(name, dt, nb, args):
+    """The parallel kernel ``name`` on ``nb`` row blocks."""
+    fn = _entry.get((name, dt)) or _kernel(name, dt)
+    if _config._par_lock is not None:
+        with _config._par_lock:
+            fn(nb, *args)
+    else:
+        fn(nb, *args)
+
+
+_F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
+_A1 = {dt: np.empty(0, dt) for dt in (_F32, _F64)}
+_A2 = {dt: np.empty((0, 0), dt) for dt in (_F32, _F64)}
+_A3 = {dt: np.empty((0, 0, 0), dt) for dt in (_F32, _F64)}
+_NO_MASK = np.ones((1, 1), np.bool_)
+_NO_PEEP = {dt: np.empty((PEEP_ROWS, 0), dt) for dt in (_F32, _F64)}
+_empty = np.empty
+_zeros = np.zeros
+_contig = np.ascontiguousarray
+_blocks = _config._blocks
+
+
+def _mask(mask):
+    m = _contig(mask)
+    return m if m.dtype == np.bool_ else m != 0
+
+
+def _peep(peep, dt, H):
+    """A peephole cell's (3, H) weights for the kernels; zeros when none are given
+    (as the reference, which then skips the terms). Cells without peepholes pass
+    ``_NO_PEEP`` (3, 0)."""
+    if peep is None:
+        return _zeros((PEEP_ROWS, H), dt)
+    return _contig(peep, dt)
+
+
+_INFO = {}  # Cell -> _info(cell): one dict lookup per call instead of several
+
+
+def _info(cell):
+    """``(code, act, ract, has_c, has_aux, peephole, dgh_is_dxp)`` of a Cell."""
+    try:
+        return _INFO[cell]
+    except KeyError:
+        code, act, ract = cell.codes
+        _INFO[cell] = info = (code, act, ract, HAS_C[code], HAS_AUX[code], PEEPHOLE[code],
+                              DGH_IS_DXP[code])
+        return info
+
+
+def _reference():
+    from .. import numpy_backend
+    return numpy_backend
+
+
+# ----------------------------------------------------------------------------
+# The kernel contract.
+# ----------------------------------------------------------------------------
+
+def forward(cell, xp, w_hh, b_hh, h0, c0=None, mask=None, keep_cache=False, peep=None):
+    """Run the cell over ``T`` steps; see ``numpy_backend.forward``."""
+    xp = _contig(xp)
+    dt = xp.dtype
+    T, N, GH = xp.shape
+    H = w_hh.shape[1]
+    if dt not in _A1 or T == 0 or N == 0 or H == 0:
+        return _reference().forward(cell, xp, w_hh, b_hh, h0, c0, mask, keep_cache, peep)
+    code, act, ract, has_c, has_aux, peephole, _ = _info(cell)
+    h_seq = _empty((T, N, H), dt)
+    hT = _empty((N, H), dt)
+    cT = _empty((N, H), dt) if has_c else _A2[dt]
+    if keep_cache:
+        ch = _empty((T + 1, N, H), dt)
+        cc = _empty((T + 1, N, H), dt) if has_c else _A3[dt]
+        cg = _empty((T, N, GH), dt)
+        cax = _empty((T, N, H), dt) if has_aux else _A3[dt]
+    else:
+        ch = cc = cg = cax = _A3[dt]
+    nb = _blocks(T, N, H, GH)
+    args = (code, act, ract, _gemm._blas_mode(N, GH * H, nb), 1 if keep_cache else 0,
+            0 if mask is None else 1, xp, _contig(w_hh, dt), _contig(b_hh, dt),
+            _peep(peep, dt, H) if peephole else _NO_PEEP[dt], _contig(h0, dt),
+            _contig(c0, dt) if has_c else _A2[dt],
+            _NO_MASK if mask is None else _mask(mask), h_seq, hT, cT, ch, cc, cg, cax,
+            _empty(N * _fwd_scratch(code, H, GH, keep_cache), dt))
+    if nb <= 1:
+        (_entry.get(("fwd_rows", dt)) or _kernel("fwd_rows", dt))(*args, 0, N)
+    else:
+        _run_par("forward_par", dt, nb, args)
+    if not keep_cache:
+        return h_seq, hT, (cT if has_c else None), None
+    cache = {"h": ch, "gates": cg}
+    if has_c:
+        cache["c"] = cc
+    if has_aux:
+        cache["aux"] = cax
+    return h_seq, hT, (cT if has_c else None), cache
+
+
+def backward(cell, cache, w_hh, mask=None, dh_seq=None, dh_T=None, dc_T=None, truncate=None,
+             peep=None):
+    """Gradients through ``forward``; see ``numpy_backend.backward``. Returns
+    ``(dxp, dh0, dc0, dw_hh, db_hh, dpeep)``."""
+    cg = _contig(cache["gates"])
+    dt = cg.dtype
+    T, N, GH = cg.shape
+    H = w_hh.shape[1]
+    if dt not in _A1 or T == 0 or N == 0 or H == 0:
+        return _reference().backward(cell, cache, w_hh, mask, dh_seq, dh_T, dc_T, truncate,
+                                     peep)
+    code, act, ract, has_c, has_aux, peephole, dgh_is_dxp = _info(cell)
+    dxp = _zeros((T, N, GH), dt)
+    dgh = dxp if dgh_is_dxp else _zeros((T, N, GH), dt)
+    dh0 = _empty((N, H), dt)
+    dc0 = _empty((N, H), dt) if has_c else _A2[dt]
+    dw = _empty((GH, H), dt)
+    db = _empty(GH, dt)
+    if peephole:
+        pk = _peep(peep, dt, H)
+        dpeep = _empty(pk.shape, dt)
+    else:
+        pk = dpeep = _NO_PEEP[dt]
+    nb = _blocks(T, N, H, GH)
+    head = (code, act, ract, _gemm._blas_mode(N, GH * H, nb),
+            -1 if truncate is None or truncate >= T else int(truncate),
+            0 if mask is None else 1, 0 if dh_seq is None else 1)
+    args = (_contig(cache["h"], dt), _contig(cache["c"], dt) if has_c else _A3[dt], cg,
+            _contig(cache["aux"], dt) if has_aux else _A3[dt], _contig(w_hh, dt), pk,
+            _NO_MASK if mask is None else _mask(mask),
+            _A3[dt] if dh_seq is None else _contig(dh_seq, dt),
+            _zeros((N, H), dt) if dh_T is None else _contig(dh_T, dt),
+            (_zeros((N, H), dt) if dc_T is None else _contig(dc_T, dt)) if has_c else _A2[dt],
+            dxp, dgh, dh0, dc0, dw, db, dpeep, _empty(N * _bwd_scratch(code, H, GH), dt))
+    if nb <= 1:  # the serial entry point also contracts (1)
+        (_entry.get(("bwd_rows", dt)) or _kernel("bwd_rows", dt))(*head, 1, *args, 0, N)
+    else:
+        _run_par("backward_par", dt, nb, head + args)
+    return (dxp, dh0, (dc0 if has_c else None), dw, db,
+            (dpeep if peephole and peep is not None else None))
+
+
+def step(cell, xp_t, w_hh, b_hh, h, c=None, peep=None):
+    """Single step used by generation: the forward time loop's step with
+    ``T = 1`` and no cache. Returns ``(h_new, c_new)``."""
+    xp_t = _contig(xp_t)
+    dt = xp_t.dtype
+    N, GH = xp_t.shape
+    H = w_hh.shape[1]
+    if dt not in _A1 or N == 0 or H == 0:
+        return _reference().step(cell, xp_t, w_hh, b_hh, h, c, peep)
+    code, act, ract, has_c, _, peephole, _ = _info(cell)
+    hT = _empty((N, H), dt)
+    cT = _empty((N, H), dt) if has_c else _A2[dt]
+    a3 = _A3[dt]
+    nb = _blocks(1, N, H, GH)
+    args = (code, act, ract, _gemm._blas_mode(N, GH * H, nb), 0, 0, xp_t.reshape(1, N, GH),
+            _contig(w_hh, dt), _contig(b_hh, dt),
+            _peep(peep, dt, H) if peephole else _NO_PEEP[dt], _contig(h, dt),
+            _contig(c, dt) if has_c else _A2[dt], _NO_MASK, _empty((1, N, H), dt), hT, cT,
+            a3, a3, a3, a3, _empty(N * _fwd_scratch(code, H, GH, False), dt))
+    if nb <= 1:
+        (_entry.get(("fwd_rows", dt)) or _kernel("fwd_rows", dt))(*args, 0, N)
+    else:
+        _run_par("forward_par", dt, nb, args)
+    return hT, (cT if has_c else None)
+
+
+# ----------------------------------------------------------------------------
+# Fused calls (the compiled runner: .fused).
+# ----------------------------------------------------------------------------
+
+_ndarray = np.ndarray
+_I64 = np.dtype(np.int64)
+_U8 = np.dtype(np.uint8)
+_BOOL = np.dtype(np.bool_)
+_NO_IDS = np.empty((0, 0), np.int64)
+_NO_MASK_U8 = np.ones((1, 1), np.uint8)
+_SPEC_ERROR = _spec.ERRORS["header"]
+
+
+def _raise(status):
+    exc, msg = STATUS_ERRORS[status]
+    raise exc(msg)
+
+
+def _fused_args(name, spec, data, x, mask):
+    """The compiled entry point ``name`` and its arguments for ``spec``, ``data``,
+    ``x`` and ``mask`` (shared by ``infer`` and ``train_forward``): raises for a
+    parameter buffer of the wrong kind, passes ``x``/``mask`` on only in the
+    exact form the kernel takes (else only the spec is checked: declined)."""
+    if type(data) is not _ndarray:
+        raise TypeError(f"parameter buffer must be a numpy array, got {type(data).__name__}")
+    dt = data.dtype
+    if not dt.isnative:
+        raise ValueError("parameter buffer must be native-endian")
+    fn = _entry.get((name, dt))
+    if fn is None:
+        if dt not in _A1:
+            if not header_ok(spec):
+                _raise(_E_HEADER)  # checked first, as the Cython backend
+            raise TypeError("parameter buffer must be float32 or float64")
+        fn = _kernel(name, dt)
+    if (type(spec) is not _ndarray or spec.dtype is not _I64 or spec.ndim != 1
+            or not spec.flags.c_contiguous):
+        spec = np.ascontiguousarray(spec)  # a list, or strided: the kernel checks it
+        if spec.ndim != 1 or spec.dtype != _I64:
+            raise ValueError(_SPEC_ERROR)
+    if data.ndim != 1 or not data.flags.c_contiguous or not data.flags.aligned:
+        raise ValueError("parameter buffer must be a C-contiguous 1-D array")
+    spec_only = (fn, spec, data, _A3[dt], _NO_IDS, -1, _NO_MASK_U8, 0)
+    if type(x) is not _ndarray:
+        return spec_only
+    flags = x.flags
+    if not (flags.c_contiguous and flags.aligned):
+        return spec_only
+    xd = x.dtype
+    if xd == dt and x.ndim == 3:
+        xa, ids, is_ids = x, _NO_IDS, 0
+    elif xd == _I64 and x.ndim == 2 and xd.isnative:
+        xa, ids, is_ids = _A3[dt], x, 1
+    else:
+        return spec_only
+    if mask is None:
+        return fn, spec, data, xa, ids, is_ids, _NO_MASK_U8, 0
+    if type(mask) is not _ndarray:
+        return spec_only
+    md = mask.dtype
+    if ((md is not _BOOL and md != _BOOL and md != _U8) or mask.ndim != 2
+            or not mask.flags.c_contiguous or mask.shape != x.shape[:2]):
+        return spec_only
+    return fn, spec, data, xa, ids, is_ids, (mask if md == _U8 else mask.view(_U8)), 1
+
+
+def infer(spec, data, x, mask=None):
+    """Fused inference of a ``Sequential``: the whole model in one compiled call,
+    without the GIL.
+
+    ``spec``: ``Sequential.inference_spec()`` (int64, :mod:`cyrnn.backends.spec`);
+    ``data``: the model's flat parameter buffer (float32/float64, C-contiguous).
+    ``x``: (N, T, D) floats of ``data``'s dtype, or (N, T) int64 token ids when the
+    first op is an embedding; C-contiguous and aligned. ``mask``: None or an (N, T)
+    bool/uint8 C-contiguous array of valid steps (combined with ``ids != 0`` under
+    the embedding's ``mask_zero``). Returns the output array, or None when ``x`` or
+    ``mask`` is not in that exact form or holds values the general path must judge
+    (NaN/inf, ids out of range, a sequence of padding ids only under
+    ``mask_zero``): the caller then takes the validating layer-by-layer path. A
+    corrupt spec raises ``ValueError``.
+
+    Only the exact form of ``x`` and ``mask`` is checked here (a few attribute
+    reads); the spec's checks (whatever ``x`` is), the scan of ``x`` and the model
+    run in the compiled ``_fused_run``.
+    """
+    fn, *args = _fused_args("infer", spec, data, x, mask)
+    status, out = fn(*args)
+    if status <= 0:  # 0: a sequence (N, T, F); -1: after many-to-one, (N, 1, F)
+        return out if status == 0 else out[:, 0]
+    if status == DECLINED:
+        return None
+    _raise(status)
+
+
+# Largest T * N * 4 * max(hidden or width) the fused training step takes (see train_forward).
+_FUSED_TRAIN_MAX = 32768
+_SPEND_LOCK = threading.Lock()  # guards FusedCache.buf hand-over in train_backward
+
+
+class FusedCache:
+    """What ``train_forward`` keeps for ``train_backward``: the private copy of the
+    spec it ran, the parameter buffer, every op's cache in one block (``buf`` at
+    the offsets of ``plan``), the checked ids and the time-major validity mask.
+    ``buf`` is None once the backward ran."""
+
+    __slots__ = ("spec", "spec_bytes", "data", "buf", "plan", "ids", "mask", "masked",
+                 "N", "T", "seq_out", "F_out", "nrec")
+
+
+def train_forward(spec, data, x, mask=None):
+    """Training forward of a ``Sequential``: ``(output, cache)``, or None as in
+    :func:`infer` (same ``x`` and ``mask``). The cache goes to
+    :func:`train_backward` once."""
+    if type(spec) is _ndarray and spec.dtype is _I64 and spec.ndim == 1:
+        spec = spec.copy()  # private: the backward refuses a spec changed since
+    else:
+        spec = np.array(spec, np.int64)
+        if spec.ndim != 1:
+            raise ValueError(_SPEC_ERROR)
+    H0 = _spec.SPEC_HEADER
+    if type(x) is _ndarray and x.ndim >= 2 and spec.shape[0] > H0:
+        # Bigger steps take the layer path: the fused step's per-call arrays then
+        # come from fresh pages every call (glibc trims them between calls); at
+        # batch 1 fused is faster.
+        width = int(spec[H0 + _spec.RNN_HIDDEN::_spec.SPEC_WIDTH].max(initial=1)) * 4
+        if x.shape[0] * x.shape[1] * width > _FUSED_TRAIN_MAX:
+            return None
+    fn, *args = _fused_args("train_fwd", spec, data, x, mask)
+    status, masked, out, buf, plan, tmask, ids = fn(*args)
+    if status > DECLINED:
+        _raise(status)
+    if status == DECLINED:
+        return None
+    cache = FusedCache()
+    cache.spec = spec
+    cache.spec_bytes = spec.tobytes()
+    cache.data = data
+    cache.buf = buf
+    cache.plan = plan
+    cache.ids = ids
+    cache.mask = tmask
+    cache.masked = masked
+    cache.N = out.shape[0]
+    cache.T = x.shape[1]
+    cache.F_out = out.shape[2]
+    cache.seq_out = status == 0
+    cache.nrec = spec[H0::_spec.SPEC_WIDTH].tolist().count(_spec.OP_RNN)
+    return (out if status == 0 else out[:, 0]), cache
+
+
+def train_backward(spec, data, grad, cache, d_out, truncate):
+    """Add the gradients of the forward that made ``cache`` into ``grad``.
+
+    ``spec`` and ``data`` must be those of the forward (same spec values, same
+    buffer object). ``d_out``: the loss gradient, shaped and typed like the
+    output (C order). ``truncate``: one entry per recurrent op, in op order: -1
+    for full BPTT, else k (the gradient through at most k+1 cells, as the
+    layers' ``bptt_truncate``). Arguments are checked first (an error leaves the
+    cache usable); the run then spends the cache (a second call raises).
+    """
+    if type(cache) is not FusedCache:
+        raise TypeError("cache must be a FusedCache from train_forward")
+    buf = cache.buf
+    if buf is None:
+        raise RuntimeError("this training forward was already backpropagated")
+    if type(spec) is not _ndarray or spec.dtype is not _I64:
+        spec = np.asarray(spec)
+    if (data is not cache.data or spec.dtype != _I64 or spec.ndim != 1
+            or spec.tobytes() != cache.spec_bytes):
+        raise ValueError("train_backward needs the spec and parameters of its forward")
+    if type(grad) is not _ndarray:
+        raise TypeError(f"grad must be a numpy array, got {type(grad).__name__}")
+    dt = data.dtype
+    gf = grad.flags
+    if (grad.dtype != dt or not grad.dtype.isnative or grad.ndim != 1
+            or grad.size != data.size or not gf.c_contiguous or not gf.aligned
+            or not gf.writeable):
+        raise ValueError("grad must be an aligned, native-endian, C-contiguous 1-D array "
+                         "like the parameter buffer (writable)")
+    if type(d_out) is not _ndarray:
+        raise TypeError("d_out must be a numpy array")
+    N, T, F = cache.N, cache.T, cache.F_out
+    df = d_out.flags
+    if (d_out.dtype != dt or not d_out.dtype.isnative or not df.c_contiguous
+            or not df.aligned
+            or d_out.shape != ((N, T, F) if cache.seq_out else (N, F))):
+        raise ValueError("d_out must be a C-contiguous array shaped and typed like the output")
+    tr = truncate
+    if (type(tr) is not _ndarray or tr.dtype is not _I64 or tr.ndim != 1
+            or not tr.flags.c_contiguous):
+        tr = np.asarray(truncate)
+        if tr.dtype.kind not in "iu":
+            raise ValueError("truncate must hold one integer per recurrent op")
+        tr = np.ascontiguousarray(tr, np.int64)
+    nrec = cache.nrec
+    if tr.ndim != 1 or tr.shape[0] != nrec:
+        raise ValueError(f"truncate needs {nrec} entries")
+    with _SPEND_LOCK:  # check-and-spend at once: of two concurrent calls one runs
+        buf = cache.buf
+        if buf is None:
+            raise RuntimeError("this training forward was already backpropagated")
+        cache.buf = None  # spent from here on
+    fn = _entry.get(("train_bwd", dt)) or _kernel("train_bwd", dt)
+    fn(cache.spec, data, grad, buf, cache.plan, cache.ids, cache.mask, cache.masked,
+       d_out if cache.seq_out else d_out.reshape(N, 1, F), tr, T)
+
+
+# ----------------------------------------------------------------------------
+# Generation (the compiled sampling loop: .generate).
+# ----------------------------------------------------------------------------
+
+def generate(cell, xp_table, w_ih_rest, b_ih_rest, w_hh, b_hh, w_out, b_out, h, c,
+             start, forced, banned, uniforms, temperature, top_k, end_token, peep=None):
+    """The whole sampling loop in compiled code; see ``numpy_backend.generate``.
+
+    Token-for-token equal to the reference for the same ``uniforms`` (up to
+    round-off landing exactly on a sampling boundary). Inputs the kernel does not
+    take as they are (degenerate or inconsistent shapes, another dtype, token ids
+    outside ``xp_table``) go to the reference, which gives its result or error.
+    """
+    xp_table = _contig(xp_table)
+    dt = xp_table.dtype
+    forced = _contig(forced, np.int64)
+    start = _contig(start, np.int64)
+    banned = _contig(banned, np.bool_)
+    uniforms = _contig(uniforms, np.float64)
+    w_hh = _contig(w_hh, dt)
+    w_out = _contig(w_out, dt)
+    n, T = forced.shape if forced.ndim == 2 else (0, 0)
+    L, GH, H = w_hh.shape if w_hh.ndim == 3 else (0, 0, 0)
+    V = w_out.shape[0] if w_out.ndim == 2 else 0
+    Vx = xp_table.shape[0] if xp_table.ndim == 2 else 0
+    code, act, ract, has_c, _, _, _ = _info(cell)
+    h = _contig(h, dt)
+    c = _contig(c, dt) if has_c and c is not None else None
+    rest = L > 1
+    if rest:
+        w_ih_rest = _contig(w_ih_rest, dt)
+        b_ih_rest = _contig(b_ih_rest, dt)
+    b_out = _contig(b_out, dt)
+    b_hh = _contig(b_hh, dt)
+    P = N_PEEP[code]
+    if P and peep is not None:
+        peep = _contig(peep, dt)
+    if (dt not in _A1 or min(n, T, L, H, V, Vx) == 0 or GH != cell.n_gates * H
+            or xp_table.shape != (Vx, GH) or b_hh.shape != (L, GH) or w_out.shape != (V, H)
+            or b_out.shape != (V,) or h.shape != (L, n, H)
+            or (has_c and (c is None or c.shape != h.shape))
+            or (rest and (w_ih_rest.shape != (L - 1, GH, H) or b_ih_rest.shape != (L - 1, GH)))
+            or (P and peep is not None and peep.shape != (L, P, H))
+            or start.shape != (n,) or banned.shape != (V,) or uniforms.shape != (n, T)
+            or start.min() < 0 or start.max() >= Vx or forced.max() >= Vx
+            or V > Vx):  # a sampled token indexes xp_table
+        return _reference().generate(cell, xp_table, w_ih_rest, b_ih_rest, w_hh, b_hh, w_out,
+                                     b_out, h, c, start, forced, banned, uniforms, temperature,
+                                     top_k, end_token, peep)
+    if not P:
+        peep = _zeros((L, PEEP_ROWS, 0), dt)
+    elif peep is None:  # as the reference: no peephole terms
+        peep = _zeros((L, P, H), dt)
+    tokens = _empty((n, T), np.int64)
+    lengths = _empty(n, np.int64)
+    fn = _entry.get(("generate", dt)) or _kernel("generate", dt)
+    fn(code, act, ract, _gemm._blas_mode(n, GH * H, 1), _gemm._blas_mode(n, V * H, 1),
+       xp_table, w_ih_rest if rest else _A3[dt], b_ih_rest if rest else _A2[dt], w_hh, b_hh,
+       peep, w_out, b_out, h, c if has_c else _A3[dt], start, forced, banned, uniforms,
+       float(temperature), int(top_k), int(end_token), tokens, lengths)
+    return tokens, lengths
