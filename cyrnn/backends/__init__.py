@@ -11,21 +11,19 @@ from __future__ import annotations
 
 import importlib
 
-from ._cell import Cell
+from ..cells import Cell
 
 __all__ = ["Cell", "available", "get_backend", "BACKENDS"]
 
-# backend="auto": the first of these that imports. The rule, from
-# benchmarks/bench_kernels.py (README, "Backends and threads"): the Cython backend's
-# training step was faster than the Numba backend's in every configuration measured
-# (batch 1 to 128) and its inference in all but two (imdb, large: within 20%); it
-# compiles nothing at run time (Numba's first call in a fresh process costs ~11 s to
-# compile, 0.2-0.3 s to load from its cache: benchmarks/bench_first_call.py) and has
-# the fused training step. Numba is the fallback where the extension is not built;
-# the NumPy reference comes last.
+# backend="auto": the first of these that loads. Cython first: in the measurements
+# behind it (README, "Backends and threads"; benchmarks/bench_kernels.py) its training
+# step was faster than Numba's in every configuration and its inference in most, and it
+# compiles nothing at run time (Numba compiles on the first call in a fresh process, or
+# loads from its disk cache: benchmarks/bench_first_call.py). Numba is the fallback
+# where the extension is not built; the NumPy reference comes last.
 BACKENDS = {
     "cython": "cyrnn.backends.cython_backend",
-    # Imports numba when first loaded; ImportError (numba missing) -> unavailable.
+    # Imports numba when first loaded; any failure to load -> unavailable.
     "numba": "cyrnn.backends.numba",
     "numpy": "cyrnn.backends.numpy_backend",
 }
