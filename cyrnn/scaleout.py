@@ -18,8 +18,9 @@ What this module adds:
 * :func:`parallel_backend`: ``joblib.parallel_backend("dask")`` for searches,
   except that a task the scheduler gives up on (a worker killed while running
   it more often than ``distributed.scheduler.allowed-failures`` allows) makes
-  the search raise ``KilledWorker``; joblib 1.6's own Dask backend then waits
-  forever.
+  the search raise ``KilledWorker`` (joblib 1.6's own Dask backend then waits
+  forever), and that a cluster of one single-threaded worker is used (joblib
+  runs ``n_jobs == 1`` in the calling process).
 * :class:`ThreadBudget`, a worker plugin: every task's kernels, BLAS and
   OpenMP loops use ``threads_per_task`` threads (default 1), so a worker running
   ``nthreads`` tasks at once never puts more than ``nthreads`` threads on its
@@ -62,16 +63,37 @@ __all__ = ["parallel_backend", "ThreadBudget", "thread_report", "predict_blocks"
 # searches through joblib
 # ----------------------------------------------------------------------------
 class _DaskBackend(DaskDistributedBackend):
-    """joblib's Dask backend, with errors of the Dask futures themselves reported.
+    """joblib's Dask backend with two changes (joblib 1.6.0, and its main branch of
+    July 2026):
 
-    joblib calls a batch's completion callback only for futures that finished;
-    a future that errs at the Dask level (``KilledWorker``: not an exception of
-    the task, which joblib wraps and returns as a result) only gets its
-    exception set on a future nobody waits for, so ``Parallel`` -- and a
-    search -- wait forever (joblib 1.6.0 and its main branch of July 2026).
-    Passing the exception to the callback makes joblib record the batch as
-    failed and raise it.
+    * Errors of the Dask futures themselves are reported. joblib calls a batch's
+      completion callback only for futures that finished; a future that errs at
+      the Dask level (``KilledWorker``: not an exception of the task, which
+      joblib wraps and returns as a result) only gets its exception set on a
+      future nobody waits for, so ``Parallel`` -- and a search -- wait forever.
+      Passing the exception to the callback makes joblib record the batch as
+      failed and raise it.
+    * At least 2 jobs: the Dask backend reports the cluster's thread count as
+      ``n_jobs``, and joblib runs a call with ``n_jobs == 1`` sequentially in the
+      calling process, so a cluster of one 1-thread worker was never used.
+    * ``scatter`` data get fresh keys (``hash=False``). joblib scatters under
+      keys hashed from the data: scattering the same data again after tasks that
+      had it as an argument were released made the search fail with "lost
+      dependencies" (the worker: "Could not find data: ['list-...']").
     """
+
+    def __init__(self, scatter=None, **backend_args):
+        super().__init__(**backend_args)
+        if scatter is not None and not isinstance(scatter, (list, tuple)):
+            raise TypeError(f"scatter must be a list or tuple, got {type(scatter).__name__}")
+        if scatter:
+            self._scatter = list(scatter)  # joblib's attributes: keep the objects alive
+            futures = self.client.scatter(self._scatter, broadcast=True, hash=False)
+            self.data_futures = {id(x): f for x, f in zip(self._scatter, futures)}
+
+    def effective_n_jobs(self, n_jobs):
+        n = super().effective_n_jobs(n_jobs)
+        return 2 if n == 1 else n
 
     def submit(self, func, callback=None):
         future = super().submit(func, callback)
@@ -88,11 +110,14 @@ def parallel_backend(**backend_args):
     """Run joblib's work (scikit-learn's searches, ``cross_validate``) on Dask.
 
     ``with scaleout.parallel_backend(): search.fit(X, y)`` is
-    ``with joblib.parallel_backend("dask"): ...`` with one fix: when a worker
+    ``with joblib.parallel_backend("dask"): ...`` with two fixes: when a worker
     dies running a task more often than the scheduler allows
     (``distributed.scheduler.allowed-failures``, default 3; fewer deaths are
     retried on other workers), the search raises ``distributed.KilledWorker``
-    instead of waiting forever.
+    instead of waiting forever; and a cluster with a single worker thread runs
+    the work (joblib's own backend then runs it all in the calling process);
+    ``scatter`` data go under fresh keys (joblib's hashed keys can clash with
+    earlier tasks' and fail the search with "lost dependencies").
 
     Parameters
     ----------
@@ -393,7 +418,9 @@ def _predict_partition(sequences, model, method):
         return []
     if isinstance(model, str):
         model = load_cached(model)
-    return list(getattr(model, method)(sequences))
+    # An array partition (rows = predictions) travels as one buffer, not as
+    # one pickled NumPy scalar per sequence; ragged per-step outputs are a list.
+    return getattr(model, method)(sequences)
 
 
 def predict_bag(model, sequences, method="predict"):

@@ -166,6 +166,24 @@ def test_randomized_search_3d_regressor(client, workers):
     _assert_same_search(remote, local)
 
 
+def test_parallel_backend_uses_a_one_thread_cluster_and_fresh_scatter_keys(client, workers):
+    class OneThread:                                      # a client of a 1-thread cluster
+        def ncores(self):
+            return {"tcp://127.0.0.1:1": 1}
+
+    # joblib runs n_jobs == 1 in the calling process: the backend reports 2
+    backend = scaleout._DaskBackend(client=client)
+    assert backend.effective_n_jobs(-1) == 2
+    backend.client = OneThread()
+    assert backend.effective_n_jobs(-1) == 2
+    X = [np.arange(5)] * 3
+    a = scaleout._DaskBackend(client=client, scatter=[X])
+    b = scaleout._DaskBackend(client=client, scatter=[X])
+    assert a.data_futures[id(X)].key != b.data_futures[id(X)].key
+    with pytest.raises(TypeError):
+        scaleout._DaskBackend(client=client, scatter=X[0])
+
+
 # ----------------------------------------------------------------------------
 # 2. dask-ml wrappers (2-D) and cyrnn's helpers for 3-D arrays
 # ----------------------------------------------------------------------------
