@@ -19,8 +19,9 @@ What this module adds:
   except that a task the scheduler gives up on (a worker killed while running
   it more often than ``distributed.scheduler.allowed-failures`` allows) makes
   the search raise ``KilledWorker`` (joblib 1.6's own Dask backend then waits
-  forever), and that a cluster of one single-threaded worker is used (joblib
-  runs ``n_jobs == 1`` in the calling process).
+  forever), that a cluster of one single-threaded worker is used (joblib runs
+  ``n_jobs == 1`` in the calling process), and that scattered data get fresh
+  keys.
 * :class:`ThreadBudget`, a worker plugin: every task's kernels, BLAS and
   OpenMP loops use ``threads_per_task`` threads (default 1), so a worker running
   ``nthreads`` tasks at once never puts more than ``nthreads`` threads on its
@@ -63,8 +64,8 @@ __all__ = ["parallel_backend", "ThreadBudget", "thread_report", "predict_blocks"
 # searches through joblib
 # ----------------------------------------------------------------------------
 class _DaskBackend(DaskDistributedBackend):
-    """joblib's Dask backend with two changes (joblib 1.6.0, and its main branch of
-    July 2026):
+    """joblib's Dask backend with three changes (joblib 1.6.0, and its main branch
+    of July 2026):
 
     * Errors of the Dask futures themselves are reported. joblib calls a batch's
       completion callback only for futures that finished; a future that errs at
@@ -77,9 +78,10 @@ class _DaskBackend(DaskDistributedBackend):
       ``n_jobs``, and joblib runs a call with ``n_jobs == 1`` sequentially in the
       calling process, so a cluster of one 1-thread worker was never used.
     * ``scatter`` data get fresh keys (``hash=False``). joblib scatters under
-      keys hashed from the data: scattering the same data again after tasks that
-      had it as an argument were released made the search fail with "lost
-      dependencies" (the worker: "Could not find data: ['list-...']").
+      keys hashed from the data; searching again with the same data, after a
+      task that took them as an argument, failed with "lost dependencies" (a
+      worker: "Could not find data: ['list-...']") or hung, in 3 of 3 runs of
+      that sequence here, and passed with fresh keys.
     """
 
     def __init__(self, scatter=None, **backend_args):
@@ -110,14 +112,14 @@ def parallel_backend(**backend_args):
     """Run joblib's work (scikit-learn's searches, ``cross_validate``) on Dask.
 
     ``with scaleout.parallel_backend(): search.fit(X, y)`` is
-    ``with joblib.parallel_backend("dask"): ...`` with two fixes: when a worker
-    dies running a task more often than the scheduler allows
+    ``with joblib.parallel_backend("dask"): ...`` with three fixes: when a
+    worker dies running a task more often than the scheduler allows
     (``distributed.scheduler.allowed-failures``, default 3; fewer deaths are
     retried on other workers), the search raises ``distributed.KilledWorker``
-    instead of waiting forever; and a cluster with a single worker thread runs
-    the work (joblib's own backend then runs it all in the calling process);
-    ``scatter`` data go under fresh keys (joblib's hashed keys can clash with
-    earlier tasks' and fail the search with "lost dependencies").
+    instead of waiting forever; a cluster with a single worker thread runs the
+    work (joblib's own backend then runs it all in the calling process); and
+    ``scatter`` data go under fresh keys (with joblib's hashed keys a repeated
+    search failed with "lost dependencies").
 
     Parameters
     ----------

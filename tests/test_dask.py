@@ -7,6 +7,7 @@ The worker-killing tests come last: the module's later tests would otherwise
 wait for the restarted workers.
 """
 
+import logging
 import os
 import pickle
 import signal
@@ -50,11 +51,10 @@ def client():
         "distributed.scheduler.allowed-failures": 1,   # a task may kill 2 workers, then fails
         "distributed.comm.timeouts.connect": "30s",
         "distributed.comm.timeouts.tcp": "30s",
-        "distributed.worker.daemon": True,
     }
     with dask.config.set(config), \
             LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                         dashboard_address=None, silence_logs=50) as cluster, \
+                         dashboard_address=None, silence_logs=logging.CRITICAL) as cluster, \
             Client(cluster, timeout="60s") as c:
         c.register_plugin(scaleout.ThreadBudget(1))
         yield c
