@@ -53,7 +53,7 @@ from .. import _validation as V
 from .. import persistence
 from ..backends import BACKENDS, get_backend
 from .. import layers as _layers
-from ..cells import ACTIVATIONS, CELL_TABLE, resolve
+from ..cells import ACTIVATIONS, CELL_TABLE, Cell, resolve
 from ..layers import Dense, Embedding
 from ..losses import get_loss
 from ..model import Sequential
@@ -426,7 +426,7 @@ def _positive_int(value):
 def _n_params(spec):
     """Size of the parameter vector of ``spec``'s model, computed without building it
     (Python integers: no overflow, no allocation)."""
-    row = resolve(spec["cell"], **spec["cell_options"])
+    row = Cell(spec["cell"], **spec["cell_options"]).row  # the options are validated
     G, H, L = row.n_gates, spec["hidden_size"], spec["num_layers"]
     D = 2 if spec["bidirectional"] else 1
     if spec["vocab_size"] is not None:
