@@ -54,7 +54,9 @@ def to_torch_state_dict(layer):
                          f"merge_mode={layer.merge_mode!r} has no torch equivalent")
     cell = layer.cell
     if cell.row.torch is None:  # the cell table names each kind's torch module
-        raise ValueError(f"the {cell.name} cell has no torch equivalent")
+        options = ", ".join(f"{k}={v}" for k, v in cell.row.options.items())
+        raise ValueError(f"the {cell.name} cell ({type(layer).__name__} {options}) has no "
+                         f"torch equivalent")
     if cell.kind == "rnn" and cell.activation not in ("tanh", "relu"):
         raise ValueError(f"torch.nn.RNN has no {cell.activation} activation")
     if cell.kind != "rnn" and not cell.is_default:
@@ -63,5 +65,3 @@ def to_torch_state_dict(layer):
                          f"recurrent_activation={cell.recurrent_activation!r}")
     return {name: torch.from_numpy(value) for name, value in layer.params.state_dict().items()}
 
-
-RecurrentLayer.to_torch_state_dict = to_torch_state_dict

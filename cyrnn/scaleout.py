@@ -220,7 +220,7 @@ def thread_report():
     budget = get_num_threads()
     try:
         numba = importlib.import_module("numba")
-        importlib.import_module("cyrnn.backends.numba_backend")
+        importlib.import_module("cyrnn.backends.numba")
         numba_blocks = min(int(numba.get_num_threads()), budget)
     except ImportError:
         numba_blocks = None

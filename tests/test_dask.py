@@ -318,10 +318,15 @@ def test_predict_bag_ragged_in_order_saved_model_loaded_once(client, workers, tm
 def _numba_scoring_task(est, X):
     from numba.core.dispatcher import Dispatcher
 
-    from cyrnn.backends import numba_backend
+    import sys
+
+    import cyrnn.backends.numba  # noqa: F401  (the package and its modules)
 
     def counts():
-        found = [obj for obj in vars(numba_backend).values() if isinstance(obj, Dispatcher)]
+        mods = [m for name, m in list(sys.modules.items())
+                if name == "cyrnn.backends.numba" or name.startswith("cyrnn.backends.numba.")]
+        found = list({id(o): o for m in mods for o in vars(m).values()
+                      if isinstance(o, Dispatcher)}.values())
         return (sum(len(d.overloads) for d in found),
                 sum(sum(d.stats.cache_misses.values()) for d in found))
 

@@ -514,6 +514,12 @@ class RecurrentLayer(Layer):
             inp = h_new[layer]
         return inp, ((h_new, c_new) if c is not None else h_new)
 
+    def to_torch_state_dict(self):
+        """The parameters as a ``state_dict`` for the matching torch module (see
+        :func:`cyrnn.interop.to_torch_state_dict`; torch is imported only here)."""
+        from ..interop import to_torch_state_dict
+        return to_torch_state_dict(self)
+
     def __repr__(self):
         extra = f", bidirectional=True, merge_mode={self.merge_mode!r}" if self.bidirectional else ""
         return (f"{type(self).__name__}({self.input_size}, {self.hidden_size}, "
