@@ -46,7 +46,8 @@ def run_once(tree, extra, out_dir):
 
 
 def ratios(data):
-    """{(config, backend, kind, competitor): competitor time / backend time}."""
+    """{(config, backend, kind, competitor): competitor time / backend time}, and
+    {(config, backend, kind, "time"): backend time}."""
     out = {}
     for name, cfg in data["configs"].items():
         timings = cfg.get("timings", {})
@@ -54,6 +55,8 @@ def ratios(data):
             if backend in COMPETITORS or backend.startswith("torch"):
                 continue
             for kind, t in kinds.items():
+                if t and t.get("median"):
+                    out[name, backend, kind, "time"] = t["median"]  # seconds, for the record
                 for comp in COMPETITORS:
                     ref = timings.get(comp, {}).get(kind)
                     if ref and t and t.get("median"):
@@ -88,6 +91,10 @@ def main(argv=None):
     for key in keys:
         b = statistics.median(r[key] for r in runs["before"] if key in r)
         a = statistics.median(r[key] for r in runs["after"] if key in r)
+        if key[3] == "time":  # own time: after / before (smaller is faster), not a ratio
+            rows.append({"config": key[0], "backend": key[1], "kind": key[2], "vs": "time",
+                         "before": b, "after": a, "change": b / a - 1})
+            continue
         change = a / b - 1
         rows.append({"config": key[0], "backend": key[1], "kind": key[2], "vs": key[3],
                      "before": b, "after": a, "change": change})
@@ -95,6 +102,11 @@ def main(argv=None):
             worse.append(rows[-1])
     print(f"\n{'config':10} {'backend':7} {'kind':6} {'vs':5} {'before':>8} {'after':>8} change")
     for r in rows:
+        if r["vs"] == "time":
+            print(f"{r['config']:10} {r['backend']:7} {r['kind']:6} ms    "
+                  f"{r['before'] * 1e3:8.3f} {r['after'] * 1e3:8.3f} {r['change']:+6.1%} "
+                  f"(speed, medians of the runs' medians)")
+            continue
         flag = "  <-- worse" if r in worse else ""
         print(f"{r['config']:10} {r['backend']:7} {r['kind']:6} {r['vs']:5} "
               f"{r['before']:8.3f} {r['after']:8.3f} {r['change']:+6.1%}{flag}")
