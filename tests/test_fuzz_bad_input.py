@@ -18,6 +18,8 @@ import pytest
 import cyrnn
 
 ROOT = Path(__file__).resolve().parents[1]
+# The cyrnn under test (the installed package in CI, an in-place build in a checkout).
+PACKAGE_ROOT = Path(cyrnn.__file__).resolve().parent.parent
 SCRIPT = Path(__file__).with_name("fuzz_bad_input.py")
 SCALE = os.environ.get("CYRNN_FUZZ_SCALE", "3")
 TARGETS = ("layer", "layer.step", "sequential", "train_step", "estimator", "lm", "load")
@@ -33,7 +35,8 @@ def _limit_memory():  # pragma: no cover - runs in the child
 
 @pytest.mark.parametrize("backend", cyrnn.backends.available())
 def test_bad_input_never_crashes_and_matches_the_reference(backend):
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    env = dict(os.environ,
+               PYTHONPATH=str(PACKAGE_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
                OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, str(SCRIPT), backend, SCALE], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=170,

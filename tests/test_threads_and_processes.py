@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from threadpoolctl import threadpool_info
 
+import cyrnn
 from cyrnn.estimators import GRUClassifier, GRURegressor
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
@@ -119,7 +120,8 @@ def read_only_install(tmp_path_factory):
     file (so no in-tree cache) and XDG_CACHE_HOME lies under a file (no user cache)."""
     tmp = tmp_path_factory.mktemp("ro")
     pkg = tmp / "site" / "cyrnn"
-    shutil.copytree(ROOT / "cyrnn", pkg,
+    # the cyrnn under test (installed in CI, built in place in a checkout): with its extension
+    shutil.copytree(Path(cyrnn.__file__).resolve().parent, pkg,
                     ignore=shutil.ignore_patterns("__pycache__", "*.nbi", "*.nbc"))
     for folder in [pkg, *[p for p in pkg.rglob("*") if p.is_dir()]]:
         (folder / "__pycache__").write_text("not a folder")
