@@ -14,6 +14,13 @@ larger is faster), the median over the pairs, and reports the change::
 Everything after ``--`` goes to ``bench_kernels.py``. Results go to
 ``--out`` (JSON with every run's ratios and the summary). A change is flagged when the
 median ratio after is more than ``--tolerance`` (default 5%) below the median before.
+
+Caveat: the competitors' times are the ones ``bench_kernels.py`` takes inside its own
+process and are not checked here against the same competitor alone in a fresh process
+(PyTorch has been seen 7-9x slower inside that process). Each build's own median time
+(rows marked ``ms``) is therefore printed too: on a shared machine it is the steadier
+signal of a regression, and a ratio that falls while the build's own time does not
+points at the competitor.
 """
 
 from __future__ import annotations

@@ -265,6 +265,12 @@ class Cell:
     def n_peepholes(self) -> int:
         return self.row.n_peepholes
 
+    def peephole_weights(self, peep):
+        """The kernel contract's rule for ``peep``: a cell with peepholes uses the
+        weights given (None: no peephole terms, as zero weights); every other cell
+        ignores them. Every backend applies it at its entry points."""
+        return peep if self.n_peepholes else None
+
     @property
     def code(self) -> int:
         """The row code the compiled kernels dispatch on."""

@@ -60,13 +60,20 @@ def test_layer_option_errors(cls, kwargs, error, match):
         cls(2, 3, **kwargs)
 
 
-def test_activation_is_never_silently_ignored():
-    """The defect this table fixed: LSTM(activation='relu') used to compute tanh."""
+@pytest.mark.parametrize("cls", [cyrnn.LSTM, cyrnn.GRU], ids=["LSTM", "GRU"])
+def test_activation_is_never_silently_ignored(cls, backend):
+    """The defect this table fixed: LSTM(activation='relu') used to compute tanh. Every
+    (activation, recurrent_activation) pair gives its own output, equal to the reference's."""
     x = np.random.default_rng(0).normal(size=(2, 5, 3)).astype(np.float32)
+    row = cells.Cell(cls.cell_kind).row
     outs = {}
-    for act in cells.Cell("lstm").row.activations:
-        layer = cyrnn.LSTM(3, 4, activation=act, backend="numpy", random_state=0)
-        outs[act] = layer(x)[0]
+    for act in row.activations:
+        for ract in row.recurrent_activations:
+            kw = dict(activation=act, recurrent_activation=ract, random_state=0)
+            out = cls(3, 4, backend=backend, **kw)(x)[0]
+            np.testing.assert_allclose(out, cls(3, 4, backend="numpy", **kw)(x)[0],
+                                       rtol=1e-4, atol=1e-5)
+            outs[act, ract] = out
     for a in outs:
         for b in outs:
             if a < b:
@@ -119,6 +126,11 @@ def test_files_written_before_the_peephole_option_still_load(tmp_path):
     loaded = cyrnn.load(old)
     assert loaded.peephole is False
     np.testing.assert_array_equal(loaded.predict(X), est.predict(X))
+    # the missing option took its default, so the architecture still matches: training on
+    # (warm start, partial_fit) accepts the loaded model instead of refusing a changed one
+    assert loaded._spec["cell_options"] == {"peephole": False}
+    loaded.partial_fit(X, X[:, 0, 0])
+    loaded.set_params(warm_start=True, max_iter=1).fit(X, X[:, 0, 0])
 
 
 def test_language_model_peephole(backend, tmp_path):
@@ -143,3 +155,28 @@ def test_cli_choices_come_from_the_table(capsys):
     with pytest.raises(SystemExit):
         cli.main(["train", "x.txt", "--cell", "peephole"])
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_cells_without_peepholes_ignore_peep(backend):
+    """The contract's rule (``Cell.peephole_weights``), the same in every backend: only a
+    peephole cell reads ``peep``; a plain LSTM given weights computes a plain LSTM."""
+    from cyrnn.backends import get_backend
+
+    be = get_backend(backend)
+    cell, rng = cells.Cell("lstm"), np.random.default_rng(3)
+    T, N, H = 4, 2, 3
+    xp = rng.normal(size=(T, N, 4 * H))
+    w, b = rng.normal(size=(4 * H, H)), rng.normal(size=4 * H)
+    h0, c0, peep = rng.normal(size=(N, H)), rng.normal(size=(N, H)), rng.normal(size=(3, H))
+    plain = be.forward(cell, xp, w, b, h0, c0, None, True)
+    given = be.forward(cell, xp, w, b, h0, c0, None, True, peep=peep)
+    for a, e in zip(given[:3], plain[:3]):
+        np.testing.assert_array_equal(a, e)
+    grads = be.backward(cell, given[3], w, None, plain[0], None, None, None, peep=peep)
+    expected = be.backward(cell, plain[3], w, None, plain[0], None, None, None)
+    for a, e in zip(grads, expected):
+        assert (a is None) == (e is None)
+        if e is not None:
+            np.testing.assert_array_equal(a, e)
+    np.testing.assert_array_equal(be.step(cell, xp[0], w, b, h0, c0, peep=peep)[0],
+                                  be.step(cell, xp[0], w, b, h0, c0)[0])

@@ -92,6 +92,7 @@ def _degenerate(*sizes):
 
 def forward(cell, xp, w_hh, b_hh, h0, c0=None, mask=None, keep_cache=False, peep=None):
     """Run the cell over ``T`` steps; see ``numpy_backend.forward``."""
+    peep = cell.peephole_weights(peep)
     xp = _contig(xp)
     dt = xp.dtype
     T, N, GH = xp.shape
@@ -128,6 +129,7 @@ def forward(cell, xp, w_hh, b_hh, h0, c0=None, mask=None, keep_cache=False, peep
 def backward(cell, cache, w_hh, mask=None, dh_seq=None, dh_T=None, dc_T=None, truncate=None,
              peep=None):
     """Gradients through ``forward``; see ``numpy_backend.backward``."""
+    peep = cell.peephole_weights(peep)
     gates = _contig(cache["gates"])
     dt = gates.dtype
     T, N, GH = gates.shape
@@ -161,6 +163,7 @@ def backward(cell, cache, w_hh, mask=None, dh_seq=None, dh_T=None, dc_T=None, tr
 
 def step(cell, xp_t, w_hh, b_hh, h, c=None, peep=None):
     """Single step used by generation. Returns ``(h_new, c_new)``."""
+    peep = cell.peephole_weights(peep)
     xp_t = _contig(xp_t)
     dt = xp_t.dtype
     N, GH = xp_t.shape
@@ -190,6 +193,7 @@ def generate(cell, xp_table, w_ih_rest, b_ih_rest, w_hh, b_hh, w_out, b_out, h, 
     Token-for-token equal to the reference for the same ``uniforms`` (up to
     round-off landing exactly on a sampling boundary).
     """
+    peep = cell.peephole_weights(peep)
     xp_table = _contig(xp_table)
     dt = xp_table.dtype
     forced = _contig(forced, np.int64)

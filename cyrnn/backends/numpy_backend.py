@@ -145,6 +145,7 @@ def cell_backward(cell, dh, dc, h, c, c_new, gates, aux, w_hh, peep=None):
 
 def step(cell, xp_t, w_hh, b_hh, h, c=None, peep=None):
     """Single step used by generation. Returns ``(h_new, c_new)``."""
+    peep = cell.peephole_weights(peep)
     h_new, c_new, _, _ = cell_forward(cell, xp_t, h, c, w_hh, b_hh, peep)
     return h_new, c_new
 
@@ -174,6 +175,7 @@ def forward(cell, xp, w_hh, b_hh, h0, c0=None, mask=None, keep_cache=False, peep
     """
     T, N, _ = xp.shape
     H = w_hh.shape[1]
+    peep = cell.peephole_weights(peep)
     h, c = h0, c0
     h_seq = np.zeros((T, N, H), dtype=xp.dtype)
     if keep_cache:
@@ -212,7 +214,6 @@ def _sweep(cell, cache, w_hh, mask, t0, dh, dc, dh_seq, budget, dxp, dgh, peep=N
     (full BPTT); ``budget`` (N,) counts the valid cells each sequence may still
     pass through (None: unlimited). Returns the gradient on ``h0`` (and ``c0``).
     """
-    H = w_hh.shape[1]
     for t in range(t0, -1, -1):
         valid = np.ones(dh.shape[0], bool) if mask is None else mask[t]
         if budget is not None:
@@ -263,6 +264,7 @@ def backward(cell, cache, w_hh, mask=None, dh_seq=None, dh_T=None, dc_T=None, tr
     dpeep : (3, H), or None without peepholes
     """
     T, N, GH = cache["gates"].shape
+    peep = cell.peephole_weights(peep)
     H = GH // cell.n_gates
     dtype = cache["gates"].dtype
     zeros = np.zeros((N, H), dtype)
@@ -405,6 +407,7 @@ def generate(cell, xp_table, w_ih_rest, b_ih_rest, w_hh, b_hh, w_out, b_out, h, 
         The step at which row ``i`` emitted ``end_token``, or ``T`` if it never did.
     """
     n, T = forced.shape
+    peep = cell.peephole_weights(peep)
     L = w_hh.shape[0]
     h = [h[layer].copy() for layer in range(L)]
     c = [None] * L if c is None else [c[layer].copy() for layer in range(L)]
