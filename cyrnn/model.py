@@ -8,6 +8,7 @@ from . import _validation as V
 from .backends import spec as _spec
 from .layers import Dense, Embedding, Layer, RecurrentLayer
 from .params import ParameterBuffer
+from .plan import build_spec
 
 
 _NO_FUSION = object()  # "take the layer path" (see Sequential._fused_mask)
@@ -245,44 +246,12 @@ class Sequential:
 
     def inference_spec(self):
         """The model as an int64 op list for a backend's fused calls, or None when it
-        has a shape the fused path does not cover (bidirectional layers, a recurrent
-        layer that is not first after an optional Embedding, layers after a many-to-one
-        layer other than Dense, subclasses of Embedding or Dense).
+        has a shape the fused path does not cover (see :func:`cyrnn.plan.build_spec`).
 
         The layout (records for embedding, recurrent and dense ops; offsets index
         ``params.data``) is defined once, in :mod:`cyrnn.backends.spec`.
         """
-        records, seq, seen_rnn = [], True, False
-        offsets = self.params.offsets
-        for i, (layer, is_rnn) in enumerate(self._kinds):
-            # exact types: a subclass may change forward/backward, which the fused
-            # kernels would not know; a subclass can declare itself a frozen lookup
-            # table (``_fused_frozen``: forward unchanged, no gradient)
-            frozen = bool(getattr(type(layer), "_fused_frozen", False))
-            if type(layer) is Embedding or (isinstance(layer, Embedding) and frozen):
-                records.append(_spec.embed_record(layer.vocab_size, layer.embedding_dim,
-                                                  offsets[f"{i}.weight"], layer.mask_zero,
-                                                  frozen))
-            elif is_rnn:
-                if not seq or layer.num_directions != 1:
-                    return None
-                for sub in range(layer.num_layers):
-                    w_ih, w_hh, b_ih, b_hh = layer._names(sub, 0)
-                    peep = layer._peephole_name(sub, 0)
-                    last = sub == layer.num_layers - 1
-                    records.append(_spec.rnn_record(
-                        layer.cell, layer._layer_input_size(sub), layer.hidden_size,
-                        offsets[f"{i}.{w_ih}"], offsets[f"{i}.{w_hh}"], offsets[f"{i}.{b_ih}"],
-                        offsets[f"{i}.{b_hh}"], 0 if peep is None else offsets[f"{i}.{peep}"],
-                        layer.return_sequences or not last))
-                seq = layer.return_sequences
-                seen_rnn = True
-            elif type(layer) is Dense and seen_rnn:
-                records.append(_spec.dense_record(layer.in_features, layer.out_features,
-                                                  offsets[f"{i}.weight"], offsets[f"{i}.bias"]))
-            else:
-                return None
-        return _spec.build(records)
+        return build_spec(self.layers, self.params.offsets, lambda i: f"{i}.")
 
     def _forward_checked(self, x, mask, initial_states, training, return_states):
         """``forward`` on input already validated by ``_input_mask``."""

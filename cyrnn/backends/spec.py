@@ -17,14 +17,20 @@ Records
   (frozen: a lookup table without gradient, e.g. the language model's one-hot input)
 * recurrent, one per stacked layer ``[OP_RNN, cell_code, act_code, ract_code,
   input_size, hidden_size, off_w_ih, off_w_hh, off_b_ih, off_b_hh, off_peep,
-  returns_sequence]`` (codes from :mod:`cyrnn.cells`; ``off_peep`` indexes the
-  (3, H) peephole weights of a peephole LSTM, else 0)
+  returns_sequence, directions, merge, off_w_ih_r, off_w_hh_r, off_b_ih_r,
+  off_b_hh_r, off_peep_r, dropout]`` (codes from :mod:`cyrnn.cells`; ``off_peep``
+  indexes the (3, H) peephole weights of a peephole LSTM, else 0; ``directions``
+  1 or 2; ``merge`` one of the ``MERGE_*`` codes, how a bidirectional op combines
+  its two directions' outputs; the ``_r`` offsets are the reverse direction's
+  tensors (0 when ``directions`` is 1); ``dropout`` 1 when a training forward
+  multiplies this op's output by a caller-given dropout mask)
 * dense ``[OP_DENSE, in_features, out_features, off_weight, off_bias]``
 
 The checks every backend applies before touching memory (same rules, same
 messages): the header matches; codes lie in the table's ranges
 (``0 <= cell_code < N_CELLS``, ``0 <= act_code, ract_code < N_ACTIVATIONS``);
-sizes are positive; every tensor lies inside the parameter buffer (sums in
+sizes are positive; ``directions`` is 1 or 2 and ``merge`` a ``MERGE_*`` code;
+every tensor (both directions') lies inside the parameter buffer (sums in
 floating point, so corrupt huge values cannot wrap around); the first op is an
 embedding or recurrent op; no recurrent op follows a many-to-one op; widths
 chain (else the call declines and the layer path explains).
@@ -37,9 +43,9 @@ try:  # a package import normally; by path from setup.py
 except ImportError:  # pragma: no cover - setup.py loads cells.py itself first
     N_ACTIVATIONS = N_CELLS = None
 
-SPEC_VERSION = 2
+SPEC_VERSION = 3
 SPEC_HEADER = 3
-SPEC_WIDTH = 12
+SPEC_WIDTH = 20
 
 OP_EMBED = 0
 OP_RNN = 1
@@ -64,6 +70,21 @@ RNN_B_IH = 8
 RNN_B_HH = 9
 RNN_PEEP = 10
 RNN_SEQ = 11
+RNN_DIRS = 12
+RNN_MERGE = 13
+RNN_W_IH_R = 14
+RNN_W_HH_R = 15
+RNN_B_IH_R = 16
+RNN_B_HH_R = 17
+RNN_PEEP_R = 18
+RNN_DROP = 19
+
+# merge codes of a bidirectional op (RecurrentLayer.merge_mode)
+MERGE_CONCAT = 0
+MERGE_SUM = 1
+MERGE_MUL = 2
+MERGE_AVE = 3
+MERGE_CODES = {"concat": MERGE_CONCAT, "sum": MERGE_SUM, "mul": MERGE_MUL, "ave": MERGE_AVE}
 
 # dense record fields
 DENSE_IN = 1
@@ -81,6 +102,7 @@ ERRORS = {
     "rnn": "inference spec: recurrent op outside the parameter buffer",
     "dense": "inference spec: dense op outside the parameter buffer",
     "op": "inference spec: unknown op",
+    "dirs": "inference spec: directions must be 1 or 2 and merge a known mode",
 }
 
 
@@ -106,8 +128,10 @@ def build(records):
 
 
 def rnn_record(cell, input_size, hidden_size, off_w_ih, off_w_hh, off_b_ih, off_b_hh,
-               off_peep, returns_sequence):
-    """A recurrent op's record (``cell`` a :class:`cyrnn.cells.Cell`)."""
+               off_peep, returns_sequence, reverse=None, merge="concat", dropout=False):
+    """A recurrent op's record (``cell`` a :class:`cyrnn.cells.Cell`); ``reverse``:
+    the reverse direction's ``(off_w_ih, off_w_hh, off_b_ih, off_b_hh, off_peep)``
+    for a bidirectional op, else None."""
     rec = [0] * SPEC_WIDTH
     rec[0] = OP_RNN
     rec[RNN_CELL], rec[RNN_ACT], rec[RNN_RACT] = cell.codes
@@ -117,6 +141,12 @@ def rnn_record(cell, input_size, hidden_size, off_w_ih, off_w_hh, off_b_ih, off_
         off_w_ih, off_w_hh, off_b_ih, off_b_hh)
     rec[RNN_PEEP] = off_peep
     rec[RNN_SEQ] = int(returns_sequence)
+    rec[RNN_DIRS] = 1 if reverse is None else 2
+    rec[RNN_MERGE] = MERGE_CODES[merge]
+    if reverse is not None:
+        (rec[RNN_W_IH_R], rec[RNN_W_HH_R], rec[RNN_B_IH_R], rec[RNN_B_HH_R],
+         rec[RNN_PEEP_R]) = reverse
+    rec[RNN_DROP] = int(dropout)
     return rec
 
 
