@@ -5,27 +5,13 @@ from __future__ import annotations
 import numpy as np
 
 from . import _validation as V
-from .backends import spec as _spec
 from .layers import Dense, Embedding, Layer, RecurrentLayer
 from .params import ParameterBuffer
-from .plan import build_spec
+from .plan import backend_plan, build_spec, layer_plannable
 
 
-_NO_FUSION = object()  # "take the layer path" (see Sequential._fused_mask)
-
-
-class _FusedCalls:
-    """A backend's fused entry points bound to one model spec; ``masks``: whether they
-    take a validity mask (the backend's ``FUSED_MASKS``)."""
-
-    __slots__ = ("spec", "infer", "train_forward", "train_backward", "masks")
-
-    def __init__(self, spec, infer, train_forward, train_backward, masks=False):
-        self.spec = spec
-        self.infer = infer
-        self.train_forward = train_forward
-        self.train_backward = train_backward
-        self.masks = masks
+def _prefix(i):
+    return f"{i}."
 
 
 class Sequential:
@@ -83,7 +69,8 @@ class Sequential:
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        state.pop("_infer_cache", None)  # holds a backend function; rebuilt on demand
+        state.pop("_plan_cache", None)  # holds backend functions; rebuilt on demand
+        state.pop("_fused_cache", None)
         return state
 
     def __setstate__(self, state):
@@ -91,7 +78,7 @@ class Sequential:
         # this model's buffer so optimizers on model.params still reach every layer.
         self.__dict__.update(state)
         self.__dict__.pop("_kinds_cache", None)
-        self.__dict__.pop("_infer_cache", None)
+        self.__dict__.pop("_plan_cache", None)
         start = 0
         for layer in self.layers:
             end = start + layer.params.size
@@ -102,6 +89,7 @@ class Sequential:
         """Drop what the last training forward kept for backward (frees memory)."""
         for layer in self.layers:
             layer._cache = None
+        self._fused_cache = None
 
     @property
     def recurrent_layers(self):
@@ -169,74 +157,101 @@ class Sequential:
         output : (n, T, out) or (n, out) array;  states : list (if ``return_states``)
         """
         training = self.training if training is None else bool(training)
-        if not training and initial_states is None and not return_states:
-            fused = self._fused()
-            valid = self._fused_mask(fused, x, lengths, mask)
-            if valid is not _NO_FUSION:
-                out = (fused.infer(fused.spec, self.params.data, x) if valid is None
-                       else fused.infer(fused.spec, self.params.data, x, valid))
-                if out is not None:
-                    self.clear_caches()  # as the layer path: inference keeps no cache
-                    return out
+        plan = self._plan()
+        if plan is not None:
+            args = self._planned_inputs(plan, x, lengths, mask, initial_states, training)
+            if args is not None:
+                res = self._run_planned(plan, args, training, return_states)
+                if res is not None:
+                    return res
         x, mask = self._input_mask(x, lengths, mask)
         return self._forward_checked(x, mask, initial_states, training, return_states)
 
     # ------------------------------------------------------------------
-    # Fused inference: one backend call for the whole model (docs/architecture.md).
+    # The compiled plan: every call in one fused backend call (docs/architecture.md).
 
-    def _fused(self):
-        """The fused calls of this model's backend (``infer``, and ``train_forward`` /
-        ``train_backward`` or None) with the spec, when the whole model can run in one
-        backend call; else None. Cached per layer list and backend choice."""
-        layers = self.layers
-        # what the spec depends on besides the layer list (attributes users may change)
-        key = tuple((layer.backend, layer.return_sequences) if is_rnn
+    def _plan(self):
+        """This model's :class:`cyrnn.plan.CompiledPlan`, or None when a layer resolves
+        to the NumPy reference backend (or the layers have a shape the fused calls do
+        not cover). Cached per layer list and the layer options the spec depends on."""
+        key = tuple((layer.backend, layer.return_sequences, layer.merge_mode,
+                     layer.dropout > 0, layer_plannable(layer)) if is_rnn
                     else getattr(layer, "mask_zero", None) for layer, is_rnn in self._kinds)
-        cached = self.__dict__.get("_infer_cache")
-        if cached is not None and cached[0] is layers and cached[1] == key:
+        cached = self.__dict__.get("_plan_cache")
+        if cached is not None and cached[0] is self.layers and cached[1] == key:
             return cached[2]
-        plan = None
-        spec = self.inference_spec()
-        if spec is not None:
-            mods = {id(layer._backend()): layer._backend() for layer in self._recurrent}
-            mod = next(iter(mods.values())) if len(mods) == 1 else None
-            if mod is not None and hasattr(mod, "infer"):
-                plan = _FusedCalls(spec, mod.infer, getattr(mod, "train_forward", None),
-                                   getattr(mod, "train_backward", None),
-                                   bool(getattr(mod, "FUSED_MASKS", False)))
-        self._infer_cache = (layers, key, plan)
+        recurrent = self._recurrent
+        plan = (backend_plan(self.layers, self.params, _prefix, recurrent) if recurrent
+                else None)
+        self._plan_cache = (self.layers, key, plan)
         return plan
 
-    def _fused_mask(self, fused, x, lengths, mask):
-        """The validity mask a fused call takes for ``lengths``/``mask``: None (all
-        valid), an (n, T) bool array, or ``_NO_FUSION`` when the call must take the
-        layer path (no fused calls, a backend without masks, input the validators
-        should judge in the layer path's order)."""
-        if fused is None:
-            return _NO_FUSION
-        if lengths is None and mask is None:
-            return None
-        if (not fused.masks or (lengths is not None and mask is not None)
-                or type(x) is not np.ndarray or x.ndim < 2):
-            return _NO_FUSION
-        n, T = x.shape[:2]
+    def _planned_inputs(self, plan, x, lengths, mask, initial_states, training):
+        """``(x, valid, h0, c0)`` in the exact form of the fused calls, or None when an
+        argument is invalid (the layer path then raises its error, in its order) or the
+        input needs the layer path (a sequence of padding only under ``mask_zero``; for
+        training, non-finite input, judged before any dropout is drawn)."""
+        first = self.layers[0]
         try:
-            if lengths is not None:
-                return V.lengths_to_mask(V.check_lengths(lengths, n, T), T)
-            return np.ascontiguousarray(V.check_mask(mask, (n, T)))
+            if isinstance(first, Embedding):
+                if not (type(x) is np.ndarray and x.dtype == np.int64 and x.ndim == 2):
+                    x = first.check_ids(x)
+                if not x.flags.c_contiguous:
+                    x = np.ascontiguousarray(x)
+            else:
+                if not (type(x) is np.ndarray and x.dtype == self.dtype and x.ndim == 3):
+                    x = V.check_array(x, "x", 3, self.dtype, feature_size=(
+                        first.input_size if isinstance(first, RecurrentLayer) else None))
+                if not x.flags.c_contiguous:
+                    x = np.ascontiguousarray(x)
+                if training and not np.isfinite(x).all():
+                    return None
+            n, T = x.shape[0], x.shape[1]
+            valid = None
+            if lengths is not None or mask is not None:
+                if lengths is not None and mask is not None:
+                    return None
+                if lengths is not None:
+                    valid = V.lengths_to_mask(V.check_lengths(lengths, n, T), T)
+                else:
+                    valid = np.ascontiguousarray(V.check_mask(mask, (n, T)))
+            if getattr(first, "mask_zero", False):
+                nonzero = x != 0
+                if not nonzero.any(axis=1).all():
+                    return None  # the layer path raises
+                valid = nonzero if valid is None else (valid & nonzero)
+            h0 = c0 = None
+            if initial_states is not None:
+                recurrent = plan.recurrent
+                if len(initial_states) != len(recurrent):
+                    return None
+                h0, c0 = plan.flat_states([layer._check_state(state, n) for layer, state
+                                           in zip(recurrent, initial_states)])
         except (TypeError, ValueError):
-            return _NO_FUSION  # the layer path raises, after checking x first
+            return None
+        return x, valid, h0, c0
 
-    def _fused_training(self):
-        """The fused calls when a training step can run in one forward and one backward
-        backend call (the backend has them; no dropout between stacked layers), else
-        None. Used by :func:`cyrnn.training.train_step`."""
-        plan = self._fused()
-        if plan is None or plan.train_forward is None:
-            return None
-        if any(layer.dropout > 0 and layer.num_layers > 1 for layer in self._recurrent):
-            return None
-        return plan
+    def _run_planned(self, plan, args, training, return_states):
+        """Run the fused forward on checked ``args``; None if the backend declines."""
+        x, valid, h0, c0 = args
+        n, T = x.shape[0], x.shape[1]
+        if training:
+            res = plan.train_forward(plan.spec, self.params.data, x, valid, h0, c0,
+                                     plan.dropout(T, n, self.dtype))
+            if res is None:
+                return None
+            out, h_n, c_n, fused = res
+            self.clear_caches()
+            self._fused_cache = (plan, fused, n)
+        else:
+            res = plan.infer(plan.spec, self.params.data, x, valid, h0, c0, return_states)
+            if res is None:
+                return None
+            self.clear_caches()  # as the layer path: inference keeps no cache
+            if not return_states:
+                return res
+            out, h_n, c_n = res
+        return (out, plan.split_states(h_n, c_n, n)) if return_states else out
 
     def _truncations(self):
         """``bptt_truncate`` per recurrent op of the spec (-1: full BPTT), int64."""
@@ -254,7 +269,8 @@ class Sequential:
         return build_spec(self.layers, self.params.offsets, lambda i: f"{i}.")
 
     def _forward_checked(self, x, mask, initial_states, training, return_states):
-        """``forward`` on input already validated by ``_input_mask``."""
+        """``forward`` on input already validated by ``_input_mask`` (the layer path)."""
+        self._fused_cache = None
         recurrent = self._recurrent
         if initial_states is None:
             initial_states = [None] * len(recurrent)
@@ -307,6 +323,16 @@ class Sequential:
         Returns the gradient on the input (None when the first layer is an Embedding, or
         when ``input_grad`` is False: training skips that GEMM).
         """
+        fused = self.__dict__.get("_fused_cache")
+        if fused is not None:
+            plan, cache, n = fused
+            d_out = None if d_output is None else np.ascontiguousarray(d_output, self.dtype)
+            dh_n, dc_n = plan.flat_grads(d_states, n, self.dtype)
+            dx = plan.train_backward(plan.spec, self.params.data, self.params.grad, cache,
+                                     d_out, plan.truncations(), dh_n, dc_n,
+                                     bool(input_grad))[0]
+            self._fused_cache = None
+            return dx
         kinds = self._kinds
         n_rec = sum(is_rnn for _, is_rnn in kinds)
         d_states = [None] * n_rec if d_states is None else list(d_states)
@@ -325,8 +351,17 @@ class Sequential:
         """One generation step: ``x_t`` (n,) token ids or (n, features) -> (output, states).
 
         Every recurrent layer must be unidirectional; ``states`` as returned by
-        :meth:`initial_states` or a previous call.
+        :meth:`initial_states` or a previous call (None, or a None entry: zeros).
+        One fused backend call on compiled backends.
         """
+        recurrent = self._recurrent
+        if states is None:
+            states = [None] * len(recurrent)
+        plan = self._plan()
+        if plan is not None and len(states) == len(recurrent):
+            res = self._planned_step(plan, x_t, states)
+            if res is not None:
+                return res
         new_states, r = [], 0
         for layer in self.layers:
             if isinstance(layer, Embedding):
@@ -338,6 +373,35 @@ class Sequential:
             else:
                 x_t = layer.forward(x_t, training=False)
         return x_t, new_states
+
+    def _planned_step(self, plan, x_t, states):
+        """:meth:`step` as ``infer`` over one step, or None (the layer path runs, and
+        raises on bad input; it also runs padding ids under ``mask_zero``, which it
+        feeds as ordinary tokens while the fused call would mask them)."""
+        first = self.layers[0]
+        try:
+            if isinstance(first, Embedding):
+                ids = first.check_ids(x_t, ndim=1)
+                if first.mask_zero and not ids.all():
+                    return None
+                x = np.ascontiguousarray(ids, np.int64)[:, None]
+            else:
+                x = np.ascontiguousarray(V.check_array(x_t, "x_t", 2, self.dtype,
+                                                       feature_size=first.input_size))[:, None]
+            n = x.shape[0]
+            checked = []
+            for layer, state in zip(plan.recurrent, states):
+                if layer.bidirectional:
+                    return None
+                checked.append(layer._check_step_state(state, n))
+        except (TypeError, ValueError):
+            return None
+        h0, c0 = plan.flat_states(checked)
+        res = plan.infer(plan.spec, self.params.data, x, None, h0, c0, True)
+        if res is None:
+            return None
+        out, h_n, c_n = res
+        return (out[:, 0] if out.ndim == 3 else out), plan.split_states(h_n, c_n, n)
 
     def initial_states(self, n):
         """Zero states for ``n`` sequences, one entry per recurrent layer."""

@@ -9,8 +9,9 @@ the states, and draws the dropout masks exactly as the layer path draws them.
 
 from __future__ import annotations
 
+import numpy as np
+
 from .backends import spec as _spec
-from .layers import Dense, Embedding, RecurrentLayer
 
 
 def layer_plannable(layer):
@@ -34,6 +35,8 @@ def build_spec(layers, offsets, prefix):
     must be those exact classes (a subclass may change forward or backward), except an
     Embedding subclass that declares ``_fused_frozen = True`` (a frozen lookup table).
     """
+    from .layers import Dense, Embedding, RecurrentLayer  # the layers import this module
+
     records, seq, seen_rnn = [], True, False
     for i, layer in enumerate(layers):
         pre = prefix(i)
@@ -85,3 +88,99 @@ def draw_dropout(recurrent_layers, T, N, dtype):
                 shape = (T, N, layer.output_size)
                 out.append((layer._rng.random(shape) < keep).astype(dtype) / keep)
     return out
+
+
+class CompiledPlan:
+    """A model's spec bound to its backend's fused calls, with the state layout.
+
+    ``recurrent``: the model's recurrent layers in order (their states, one after the
+    other, are the flat state arrays of the calls)."""
+
+    __slots__ = ("spec", "infer", "train_forward", "train_backward", "recurrent",
+                 "has_c", "_blocks", "n_ops")
+
+    def __init__(self, spec, mod, recurrent):
+        self.spec = spec
+        self.infer = mod.infer
+        self.train_forward = mod.train_forward
+        self.train_backward = mod.train_backward
+        self.recurrent = tuple(recurrent)
+        self.has_c = any(layer.cell.has_cell_state for layer in recurrent)
+        # per layer: (rows of its state, hidden size, has a cell state)
+        self._blocks = tuple((layer.num_layers * layer.num_directions, layer.hidden_size,
+                              layer.cell.has_cell_state) for layer in recurrent)
+        self.n_ops = sum(layer.num_layers for layer in recurrent)
+
+    def truncations(self):
+        """``bptt_truncate`` per recurrent op (-1: full BPTT), int64."""
+        return np.array([-1 if layer.bptt_truncate is None else layer.bptt_truncate
+                         for layer in self.recurrent for _ in range(layer.num_layers)],
+                        np.int64)
+
+    def flat_states(self, checked):
+        """The flat ``(h0, c0)`` of checked per-layer ``(h, c-or-None)`` pairs (each
+        ``(L*D, n, H)`` of the dtype)."""
+        if len(checked) == 1:
+            h, c = checked[0]
+            return (np.ascontiguousarray(h),
+                    None if c is None else np.ascontiguousarray(c))
+        h0 = np.concatenate([h.ravel() for h, _ in checked])
+        c0 = None
+        if self.has_c:
+            c0 = np.concatenate([(np.zeros(h.size, h.dtype) if c is None else c.ravel())
+                                 for h, c in checked])
+        return h0, c0
+
+    def split_states(self, h_n, c_n, n):
+        """Per-layer state values (h, or (h, c)) of the flat ``h_n``/``c_n``."""
+        out, pos = [], 0
+        for rows, H, has_c in self._blocks:
+            size = rows * n * H
+            h = h_n[pos:pos + size].reshape(rows, n, H)
+            out.append((h, c_n[pos:pos + size].reshape(rows, n, H)) if has_c else h)
+            pos += size
+        return out
+
+    def flat_grads(self, d_states, n, dtype):
+        """Flat ``(dh_n, dc_n)`` for per-layer state gradients (entries may be None)."""
+        if d_states is None or all(d is None for d in d_states):
+            return None, None
+        hs, cs = [], []
+        for (rows, H, has_c), d in zip(self._blocks, d_states):
+            dh = dc = None
+            if isinstance(d, (tuple, list)):
+                dh, dc = d
+            else:
+                dh = d
+            shape = (rows, n, H)
+            hs.append(np.zeros(shape, dtype) if dh is None
+                      else np.broadcast_to(np.asarray(dh, dtype), shape))
+            cs.append(np.zeros(shape, dtype) if dc is None
+                      else np.broadcast_to(np.asarray(dc, dtype), shape))
+        dh_n = np.ascontiguousarray(np.concatenate([a.ravel() for a in hs]))
+        dc_n = np.ascontiguousarray(np.concatenate([a.ravel() for a in cs])) if self.has_c \
+            else None
+        return dh_n, dc_n
+
+    def dropout(self, T, n, dtype):
+        """The flat dropout multipliers of a training forward (None: no dropout)."""
+        drops = draw_dropout(self.recurrent, T, n, dtype)
+        if not drops:
+            return None
+        return drops[0].ravel() if len(drops) == 1 else np.concatenate(
+            [d.ravel() for d in drops])
+
+
+def backend_plan(layers, params, prefix, recurrent):
+    """The :class:`CompiledPlan` of a layer list whose recurrent layers all resolve to one
+    backend with fused calls, else None."""
+    mods = {id(mod): mod for mod in (layer._backend() for layer in recurrent)}
+    if len(mods) != 1:
+        return None
+    mod = next(iter(mods.values()))
+    if getattr(mod, "train_backward", None) is None or getattr(mod, "infer", None) is None:
+        return None
+    spec = build_spec(layers, params.offsets, prefix)
+    if spec is None:
+        return None
+    return CompiledPlan(spec, mod, recurrent)

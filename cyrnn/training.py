@@ -16,7 +16,6 @@ import numpy as np
 from . import _validation as V
 from .layers import RecurrentLayer
 from .losses import LOSSES, get_loss
-from .model import _NO_FUSION
 
 
 def train_step(model, optimizer, loss, x, y, lengths=None, mask=None, initial_states=None,
@@ -31,32 +30,26 @@ def train_step(model, optimizer, loss, x, y, lengths=None, mask=None, initial_st
     loss_fn = get_loss(loss) if isinstance(loss, str) else loss
     if not callable(loss_fn):
         raise TypeError(f"loss must be a loss name or a function, got {type(loss).__name__}")
-    fused = getattr(model, "_fused_training", None)
-    if fused is not None and initial_states is None and not return_states:
-        plan = fused()
-        valid = model._fused_mask(plan, x, lengths, mask)
-        # x in the exact form the fused forward takes (else None: the layer path below
-        # validates, converts or rejects it)
-        res = None
-        if valid is None:
-            res = plan.train_forward(plan.spec, model.params.data, x)
-        elif valid is not _NO_FUSION:
-            res = plan.train_forward(plan.spec, model.params.data, x, valid)
-        if res is not None:
-            out, cache = res
-            first = model.layers[0]
-            if getattr(first, "mask_zero", False):  # as Sequential._input_mask
-                valid = (x != 0) if valid is None else (valid & (x != 0))
+    plan = model._plan() if hasattr(model, "_planned_inputs") else None
+    if plan is not None:
+        # one fused forward and one fused backward (docs/architecture.md); arguments
+        # the fast checks do not take go to the layer path below, which judges them
+        args = model._planned_inputs(plan, x, lengths, mask, initial_states, True)
+        if args is not None:
+            xc, valid = args[0], args[1]
+            n, T = xc.shape[0], xc.shape[1]
             out_mask = model._output_mask_of(valid)
-            check_loss_inputs(loss_fn, out.shape, y, sample_weight, out_mask)
-            model.clear_caches()  # no stale layer cache next to the fused one
+            check_loss_inputs(loss_fn, _output_shape(model, (n, T)), y, sample_weight,
+                              out_mask)
             model.zero_grad()
-            value, grad = loss_fn(out, y, sample_weight=sample_weight, mask=out_mask)
-            plan.train_backward(plan.spec, model.params.data, model.params.grad, cache,
-                                np.ascontiguousarray(grad, dtype=model.dtype),
-                                model._truncations())
-            optimizer.step()
-            return value
+            res = model._run_planned(plan, args, True, True)
+            if res is not None:
+                out, states = res
+                value, grad = loss_fn(out, y, sample_weight=sample_weight, mask=out_mask)
+                model.backward(np.ascontiguousarray(grad, dtype=model.dtype),
+                               input_grad=False)
+                optimizer.step()
+                return (value, states) if return_states else value
     if hasattr(model, "_forward_checked"):
         # Validate once (x, lengths, mask), before any state changes.
         x, in_mask = model._input_mask(x, lengths, mask)

@@ -15,9 +15,23 @@ import numpy as np
 from .. import _validation as V
 from ..backends import check_backend_name, get_backend
 from ..cells import Cell, kinds_of
+from ..plan import backend_plan, layer_plannable
 from .base import Layer, glorot_uniform, orthogonal
 
 MERGE_MODES = ("concat", "sum", "mul", "ave")
+
+
+def _no_prefix(i):
+    return ""
+
+
+class PlannedCache:
+    """What a fused training forward of a layer keeps for its backward."""
+
+    __slots__ = ("plan", "fused", "n", "T")
+
+    def __init__(self, plan, fused, n, T):
+        self.plan, self.fused, self.n, self.T = plan, fused, n, T
 
 
 class RecurrentLayer(Layer):
@@ -172,6 +186,7 @@ class RecurrentLayer(Layer):
     def __getstate__(self):
         state = self.__dict__.copy()
         state.pop("_views", None)  # derived from params; rebuilt on first use
+        state.pop("_plan_cache", None)  # holds backend functions; rebuilt on first use
         return state
 
     def _backend(self):
@@ -285,10 +300,89 @@ class RecurrentLayer(Layer):
             (only when ``return_state``)
         """
         training = self._resolve_training(training)
+        plan = self._plan()
+        if plan is not None:
+            res = self._planned_forward(plan, x, lengths, mask, initial_state, training)
+            if res is not None:
+                return res
         x_tm, mask_tm, (h0, c0) = self._check_inputs(x, lengths, mask, initial_state)
         out, h_n, c_n, cache = self._forward_tm(x_tm, mask_tm, h0, c0, training)
         self._cache = cache
         return self._package(out, h_n, c_n, batch_first=self.batch_first)
+
+    # ------------------------------------------------------------ compiled plan
+    def _plan(self):
+        """This layer's :class:`cyrnn.plan.CompiledPlan` (one fused backend call per
+        forward, backward or step), or None on the NumPy reference backend. Cached;
+        rebuilt when an option the spec depends on changes."""
+        key = (self.backend, self.return_sequences, self.merge_mode, self.dropout > 0,
+               layer_plannable(self))
+        cached = self.__dict__.get("_plan_cache")
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        plan = backend_plan([self], self.params, _no_prefix, [self])
+        self._plan_cache = (key, plan)
+        return plan
+
+    def _planned_inputs(self, plan, x, lengths, mask, initial_state):
+        """``(x, valid, h0, c0)`` in the exact form of the fused calls (batch-first,
+        C-contiguous; ``valid`` an (n, T) bool mask or None; flat states or None), or
+        None when an argument is invalid: the layer path then raises its error, in its
+        order (x first)."""
+        try:
+            if not (type(x) is np.ndarray and x.dtype == self.dtype and x.ndim == 3):
+                x = V.check_array(x, "x", 3, self.dtype, feature_size=self.input_size)
+            if self.batch_first:
+                n, T = x.shape[0], x.shape[1]
+            else:
+                n, T = x.shape[1], x.shape[0]
+                x = x.transpose(1, 0, 2)
+            if not x.flags.c_contiguous:
+                x = np.ascontiguousarray(x)
+            valid = None
+            if lengths is not None or mask is not None:
+                if lengths is not None and mask is not None:
+                    return None
+                if lengths is not None:
+                    valid = V.lengths_to_mask(V.check_lengths(lengths, n, T), T)
+                else:
+                    valid = V.check_mask(mask, (n, T) if self.batch_first else (T, n))
+                    valid = np.ascontiguousarray(valid if self.batch_first else valid.T)
+            h0 = c0 = None
+            if initial_state is not None:
+                h0, c0 = plan.flat_states([self._check_state(initial_state, n)])
+        except (TypeError, ValueError):
+            return None
+        return x, valid, h0, c0
+
+    def _planned_forward(self, plan, x, lengths, mask, initial_state, training):
+        """``forward`` as one fused backend call, or None (the layer path runs)."""
+        args = self._planned_inputs(plan, x, lengths, mask, initial_state)
+        if args is None:
+            return None
+        x, valid, h0, c0 = args
+        n, T = x.shape[0], x.shape[1]
+        data = self.params.data
+        if training:
+            if not np.isfinite(x).all():  # the layer path raises, before dropout draws
+                return None
+            res = plan.train_forward(plan.spec, data, x, valid, h0, c0,
+                                     plan.dropout(T, n, self.dtype))
+            if res is None:
+                return None
+            out, h_n, c_n, fused = res
+            self._cache = PlannedCache(plan, fused, n, T)
+        else:
+            res = plan.infer(plan.spec, data, x, valid, h0, c0, self.return_state)
+            if res is None:
+                return None
+            self._cache = None
+            out, h_n, c_n = res if self.return_state else (res, None, None)
+        if self.return_sequences and not self.batch_first:
+            out = np.ascontiguousarray(out.transpose(1, 0, 2))
+        if not self.return_state:
+            return out
+        return out, plan.split_states(h_n, c_n, n)[0]
 
     def _forward_checked(self, x, mask, initial_state, training):
         """``forward`` for :class:`cyrnn.Sequential`, which has already validated ``x``
@@ -376,6 +470,8 @@ class RecurrentLayer(Layer):
         Parameter gradients are added to ``self.params.grad``.
         """
         cache = self._require_cache()
+        if isinstance(cache, PlannedCache):
+            return self._planned_backward(cache, d_output, d_state, input_grad)
         dh_n, dc_n = (d_state if isinstance(d_state, (tuple, list)) else (d_state, None))
         if d_output is not None:
             d_output = np.asarray(d_output, dtype=self.dtype)
@@ -392,6 +488,34 @@ class RecurrentLayer(Layer):
         if self.batch_first and dx is not None:
             dx = np.ascontiguousarray(dx.transpose(1, 0, 2))
         return dx, ((dh0, dc0) if self.cell.has_cell_state else dh0)
+
+    def _expected_d_output(self, n, T):
+        F = self.output_size
+        if not self.return_sequences:
+            return (n, F)
+        return (n, T, F) if self.batch_first else (T, n, F)
+
+    def _planned_backward(self, cache, d_output, d_state, input_grad):
+        """``backward`` of a fused training forward: one fused backend call."""
+        plan, n, T = cache.plan, cache.n, cache.T
+        if d_output is not None:
+            d_output = np.asarray(d_output, dtype=self.dtype)
+            expected = self._expected_d_output(n, T)
+            if d_output.shape != expected:
+                raise ValueError(f"d_output must have shape {expected}, got {d_output.shape}")
+            if self.return_sequences and not self.batch_first:
+                d_output = d_output.transpose(1, 0, 2)
+            d_output = np.ascontiguousarray(d_output)
+        dh_n, dc_n = plan.flat_grads([d_state], n, self.dtype)
+        dx, dh0, dc0 = plan.train_backward(plan.spec, self.params.data, self.params.grad,
+                                           cache.fused, d_output, plan.truncations(), dh_n,
+                                           dc_n, bool(input_grad))
+        self._cache = None
+        if dx is not None and not self.batch_first:
+            dx = np.ascontiguousarray(dx.transpose(1, 0, 2))
+        shape = (self.num_layers * self.num_directions, n, self.hidden_size)
+        dh0 = dh0.reshape(shape)
+        return dx, ((dh0, dc0.reshape(shape)) if self.cell.has_cell_state else dh0)
 
     def _backward_tm(self, cache, d_out, dh_n, dc_n, input_grad=True):
         backend = self._backend()
@@ -467,14 +591,22 @@ class RecurrentLayer(Layer):
         the state of shape ``(num_layers, n, H)`` (the kernels read exactly that much)."""
         x_t = np.ascontiguousarray(V.check_array(x_t, "x_t", 2, self.dtype,
                                                  feature_size=self.input_size))
-        n = x_t.shape[0]
+        h, c = self._check_step_state(state, x_t.shape[0])
+        return x_t, h, c
+
+    def _check_step_state(self, state, n):
+        """A :meth:`step` state as contiguous ``(num_layers, n, H)`` arrays ``(h, c)``
+        (``c`` None without a cell state); None means zeros."""
+        shape = (self.num_layers, n, self.hidden_size)
+        if state is None:
+            h = np.zeros(shape, self.dtype)
+            return h, (np.zeros(shape, self.dtype) if self.cell.has_cell_state else None)
         if self.cell.has_cell_state:
             if not isinstance(state, (tuple, list)) or len(state) != 2:
                 raise TypeError(f"{type(self).__name__} step state must be a pair (h, c)")
             parts = [("state h", state[0]), ("state c", state[1])]
         else:
             parts = [("state", state)]
-        shape = (self.num_layers, n, self.hidden_size)
         arrays = []
         for name, value in parts:
             arr = V.check_array(value, name, 3, self.dtype)
@@ -482,7 +614,7 @@ class RecurrentLayer(Layer):
                 raise ValueError(f"{name} must have shape {shape} (layers, batch, hidden), "
                                  f"got {arr.shape}")
             arrays.append(np.ascontiguousarray(arr))
-        return (x_t, arrays[0], arrays[1]) if len(arrays) == 2 else (x_t, arrays[0], None)
+        return (arrays[0], arrays[1]) if len(arrays) == 2 else (arrays[0], None)
 
     def step(self, x_t, state):
         """One time step for every stacked layer (inference, unidirectional only).
@@ -500,8 +632,16 @@ class RecurrentLayer(Layer):
         if self.bidirectional:
             raise ValueError("step() needs a unidirectional layer (the reverse direction "
                              "would need the future)")
-        backend = self._backend()
         inp, h, c = self._check_step_input(x_t, state)
+        plan = self._plan()
+        if plan is not None:  # one fused call: infer over one step, states in and out
+            res = plan.infer(plan.spec, self.params.data, inp[:, None, :], None, h, c, True)
+            if res is not None:
+                out, h_n, c_n = res
+                h_n = h_n.reshape(h.shape)
+                return (out[:, 0] if out.ndim == 3 else out,
+                        (h_n, c_n.reshape(h.shape)) if c is not None else h_n)
+        backend = self._backend()
         h_new, c_new = np.empty_like(h), (np.empty_like(c) if c is not None else None)
         views = self._tensor_views()
         for layer in range(self.num_layers):
