@@ -61,5 +61,5 @@ def reference(model):
     ref = copy.deepcopy(model)
     for layer in ref.recurrent_layers:
         layer.backend = "numpy"
-    assert ref._fused() is None
+    assert ref._plan() is None
     return ref

@@ -53,7 +53,7 @@ def test_fused_matches_reference(fused_backend, dtype, name, Cls, kw, num_layers
                                  return_sequences, stacked, heads, rng):
     model = _build(fused_backend, Cls, kw, dtype, num_layers=num_layers,
                    return_sequences=return_sequences, stacked=stacked, heads=heads)
-    assert model._fused() is not None
+    assert model._plan() is not None
     ref = _reference(model)
     for N, T in [(1, 1), (1, 12), (6, 9)]:
         x = rng.standard_normal((N, T, 5)).astype(dtype)
@@ -68,7 +68,7 @@ def test_fused_embedding(fused_backend, dtype, rng):
     model = _build(fused_backend, cyrnn.GRU, {}, dtype, embed=(11, False), heads=(2,))
     ref = _reference(model)
     ids = rng.integers(0, 11, size=(4, 8))
-    assert model._fused() is not None
+    assert model._plan() is not None
     np.testing.assert_allclose(model.forward(ids), ref.forward(ids), **STRICT[dtype])
     # int32 ids, lists: the general path converts them; same result
     np.testing.assert_allclose(model.forward(ids.astype(np.int32)), ref.forward(ids),
@@ -76,8 +76,8 @@ def test_fused_embedding(fused_backend, dtype, rng):
     np.testing.assert_allclose(model.forward(ids.tolist()), ref.forward(ids), **STRICT[dtype])
 
 
-def test_fused_mask_zero_falls_back(fused_backend, rng):
-    """Padding ids (0) under mask_zero need masks: the general path runs them."""
+def test_fused_mask_zero(fused_backend, rng):
+    """Padding ids (0) under mask_zero: masked steps, as the layer path."""
     model = _build(fused_backend, cyrnn.LSTM, {}, np.float64, embed=(9, True))
     ref = _reference(model)
     ids = rng.integers(1, 9, size=(3, 6))
@@ -135,12 +135,12 @@ def test_fused_bad_ids(fused_backend):
             model.forward(ids)
 
 
-def test_fused_not_used_where_unsupported(fused_backend, rng):
+def test_fused_covers_bidirectional_masks_and_states(fused_backend, rng):
     bi = cyrnn.Sequential([cyrnn.LSTM(5, 4, bidirectional=True, return_sequences=False,
                                       backend=fused_backend, random_state=0),
                            cyrnn.Dense(8, 1, random_state=1)])
-    assert bi._fused() is None
-    # training mode, masks, lengths, initial states and return_states keep the general path
+    assert bi._plan() is not None
+    # masks, lengths and return_states run fused too, with the layer path's results
     model = _build(fused_backend, cyrnn.LSTM, {}, np.float64)
     ref = _reference(model)
     x = rng.standard_normal((2, 5, 5))
@@ -162,11 +162,11 @@ def test_fused_follows_parameter_updates_and_pickle(fused_backend, rng):
     np.testing.assert_allclose(after, _reference(model).forward(x), **STRICT[np.float64])
     clone = pickle.loads(pickle.dumps(model))
     np.testing.assert_array_equal(clone.forward(x), after)
-    assert clone._fused() is not None
+    assert clone._plan() is not None
     # switching the backend afterwards drops the fused plan
     for layer in clone.recurrent_layers:
         layer.backend = "numpy"
-    assert clone._fused() is None
+    assert clone._plan() is None
     np.testing.assert_allclose(clone.forward(x), after, **STRICT[np.float64])
 
 
@@ -260,7 +260,7 @@ def test_fused_follows_layer_changes(fused_backend, rng):
 
     sub = cyrnn.Sequential([cyrnn.LSTM(3, 4, return_sequences=False, backend=fused_backend),
                             MyDense(4, 1)])
-    assert sub.inference_spec() is None and sub._fused() is None
+    assert sub.inference_spec() is None and sub._plan() is None
 
 
 def test_fused_rnn_dense_rnn(fused_backend, rng):
@@ -271,7 +271,7 @@ def test_fused_rnn_dense_rnn(fused_backend, rng):
         cyrnn.GRU(4, 3, return_sequences=False, backend=fused_backend, random_state=2),
         cyrnn.Dense(3, 2, random_state=3)])
     model.params.data[...] = rng.uniform(-0.6, 0.6, model.params.size)
-    assert model._fused() is not None
+    assert model._plan() is not None
     x = rng.standard_normal((3, 7, 5)).astype(np.float32)
     np.testing.assert_allclose(model.forward(x), _reference(model).forward(x),
                                **STRICT[np.float32])

@@ -33,7 +33,7 @@ def _model(backend, Cls, kw, dtype, *, heads=(2,), D=4, H=6, **opts):
 
 def _reference(model):
     ref = reference(model)
-    assert ref._fused_training() is None
+    assert ref._plan() is None
     return ref
 
 
@@ -41,7 +41,7 @@ def _spy(model):
     """Record whether each train_step call ran the fused forward (True) or it declined
     (False); no entry when the fused path was not tried."""
     calls = []
-    plan = model._fused_training()
+    plan = model._plan()
     real = plan.train_forward
 
     def spy(*args):
@@ -55,7 +55,7 @@ def _spy(model):
 
 def _check_step(model, x, y, loss="mse", opt_cls=SGD, fused=True, **kw):
     dtype = model.dtype.type
-    assert model._fused_training() is not None
+    assert model._plan() is not None
     ref = _reference(model)
     calls = _spy(model)
     opt, opt_ref = opt_cls(model, lr=0.05), opt_cls(ref, lr=0.05)
@@ -112,9 +112,10 @@ def test_fused_step_batch_one_rmsprop_several_steps(fused_backend, rng):
     np.testing.assert_allclose(model.params.data, ref.params.data, rtol=1e-10, atol=1e-12)
 
 
-def test_fused_step_falls_back(fused_backend, rng, monkeypatch):
-    """Initial states, returned states, dropout, bad lengths and inputs not in the
-    exact form take the layer path (same result, same errors)."""
+def test_fused_step_states_and_other_layouts(fused_backend, rng, monkeypatch):
+    """Initial states, returned states and dropout run fused; bad lengths raise the
+    layer path's errors before anything runs; inputs not in the exact form are
+    converted and then run fused."""
     model = _model(fused_backend, cyrnn.LSTM, {}, np.float64, seq=True)
     calls = _spy(model)
     x = rng.standard_normal((2, 5, 4))
@@ -122,20 +123,19 @@ def test_fused_step_falls_back(fused_backend, rng, monkeypatch):
     train_step(model, SGD(model, lr=1e-9), "mse", x, y, return_states=True)
     h0 = np.zeros((1, 2, 6)), np.zeros((1, 2, 6))
     train_step(model, SGD(model, lr=1e-9), "mse", x, y, initial_states=[h0])
+    assert calls == [True, True]
     with pytest.raises(ValueError, match="either lengths or mask"):
         train_step(model, SGD(model, lr=1e-9), "mse", x, y, lengths=[5, 3],
                    mask=np.ones((2, 5)))
     with pytest.raises(ValueError, match="lengths"):
         train_step(model, SGD(model, lr=1e-9), "mse", x, y, lengths=[6, 3])
-    assert calls == []
+    assert calls == [True, True]
     train_step(model, SGD(model, lr=1e-9), "mse", np.asfortranarray(x), y)
-    assert calls == [False]
-    train_step(model, SGD(model, lr=1e-9), "mse", x, y)
-    assert calls == [False, True]
-    _check_step(model, np.asfortranarray(x), y, fused=False, lengths=[5, 3])
+    assert calls == [True, True, True]
+    _check_step(model, np.asfortranarray(x), y, lengths=[5, 3])
     drop = cyrnn.Sequential([cyrnn.LSTM(4, 5, num_layers=2, dropout=0.3, backend=fused_backend,
                                         random_state=0)])
-    assert drop._fused_training() is None and drop._fused() is not None
+    assert drop._plan() is not None
 
 
 def test_fused_step_bad_input_changes_nothing(fused_backend, rng):
@@ -151,8 +151,7 @@ def test_fused_step_bad_input_changes_nothing(fused_backend, rng):
 
 
 def test_tbptt_on_a_fused_model(fused_backend, rng):
-    """tbptt carries states (train_step(return_states=True)): the layer path, unchanged
-    for a model that could run fused."""
+    """tbptt carries states between chunks through the fused calls."""
     model = _model(fused_backend, cyrnn.GRU, {}, np.float64, seq=True)
     ref = _reference(model)
     x = rng.standard_normal((2, 12, 4))
