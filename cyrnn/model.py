@@ -174,7 +174,7 @@ class Sequential:
         """This model's :class:`cyrnn.plan.CompiledPlan`, or None when a layer resolves
         to the NumPy reference backend (or the layers have a shape the fused calls do
         not cover). Cached per layer list and the layer options the spec depends on."""
-        key = tuple((layer.backend, layer.return_sequences, layer.merge_mode,
+        key = tuple((layer._backend(), layer.return_sequences, layer.merge_mode,
                      layer.dropout > 0, layer_plannable(layer)) if is_rnn
                     else getattr(layer, "mask_zero", None) for layer, is_rnn in self._kinds)
         cached = self.__dict__.get("_plan_cache")

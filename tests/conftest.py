@@ -20,3 +20,43 @@ def backend(request):
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)
+
+
+FUSED_CALLS = ("infer", "train_forward", "train_backward")
+
+
+def spy_fused_calls(backend, monkeypatch):
+    """Wrap a compiled backend's fused calls (``infer``, ``train_forward``,
+    ``train_backward``) to count those that ran (did not decline); plans built after
+    this bind the wrappers. Returns the counts, or None for the NumPy reference."""
+    from cyrnn.backends import get_backend
+
+    if backend == "numpy":
+        return None
+    mod = get_backend(backend)
+    counts = dict.fromkeys(FUSED_CALLS, 0)
+    for name in FUSED_CALLS:
+        real = getattr(mod, name)
+
+        def wrapped(*args, _real=real, _name=name):
+            res = _real(*args)
+            if res is not None:
+                counts[_name] += 1
+            return res
+        monkeypatch.setattr(mod, name, wrapped)
+    return counts
+
+
+@pytest.fixture
+def compiled_plan_ran(request, monkeypatch):
+    """For conformance modules (use as ``autouse``): a test that runs on a compiled
+    backend must have run it through the compiled plan (a fused call that did not
+    decline)."""
+    if "backend" not in request.fixturenames:
+        yield None
+        return
+    backend = request.getfixturevalue("backend")
+    counts = spy_fused_calls(backend, monkeypatch)
+    yield counts
+    if counts is not None:
+        assert sum(counts.values()) > 0, f"no fused call of the {backend} backend ran"

@@ -19,6 +19,12 @@ import cyrnn
 from cyrnn.backends import numpy_backend as ref
 from cyrnn.layers import recurrent as recurrent_module
 
+
+@pytest.fixture(autouse=True)
+def _through_the_compiled_plan(compiled_plan_ran):
+    """On compiled backends every test here must run the compiled plan (a spy counts)."""
+    return compiled_plan_ran
+
 CELLS = [
     ("SimpleRNN", {"activation": "tanh"}),
     ("SimpleRNN", {"activation": "sigmoid"}),

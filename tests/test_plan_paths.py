@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 
 import cyrnn
-from cyrnn.backends import get_backend
 from cyrnn.optim import SGD
 from cyrnn.training import tbptt, train_step
 
-from conftest import BACKENDS
+from conftest import BACKENDS, spy_fused_calls
 
 COMPILED = [b for b in BACKENDS if b != "numpy"]
 pytestmark = pytest.mark.skipif(not COMPILED, reason="no compiled backend")
@@ -28,20 +27,8 @@ def backend(request):
 
 @pytest.fixture
 def spy(backend, monkeypatch):
-    """Counts of the backend's fused calls made from here on (plans built later bind
-    the wrapped functions)."""
-    mod = get_backend(backend)
-    counts = {"infer": 0, "train_forward": 0, "train_backward": 0}
-    for name in counts:
-        real = getattr(mod, name)
-
-        def wrapped(*args, _real=real, _name=name):
-            res = _real(*args)
-            if res is not None:
-                counts[_name] += 1
-            return res
-        monkeypatch.setattr(mod, name, wrapped)
-    return counts
+    """Counts of the backend's fused calls made from here on."""
+    return spy_fused_calls(backend, monkeypatch)
 
 
 def _numpy_copy(obj):

@@ -36,6 +36,13 @@ KIND_IDS = list(KINDS)
 
 # ----------------------------------------------------------------------------- helpers
 
+
+@pytest.fixture(autouse=True)
+def _through_the_compiled_plan(compiled_plan_ran):
+    """On compiled backends every test here must run the compiled plan (a spy counts)."""
+    return compiled_plan_ran
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _single_threaded_torch():
     """Tiny shapes: torch's thread pool only adds overhead (and noise on a busy machine)."""

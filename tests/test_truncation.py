@@ -7,6 +7,12 @@ import cyrnn
 from cyrnn.training import tbptt, train_step
 
 
+@pytest.fixture(autouse=True)
+def _through_the_compiled_plan(compiled_plan_ran):
+    """On compiled backends every test here must run the compiled plan (a spy counts)."""
+    return compiled_plan_ran
+
+
 def tutorial_truncated_grads(layer, x, h0, g, k):
     """The classic tutorial's double loop for a tanh RNN with a loss at every step:
     the loss at step t sends gradient back through steps t, t-1, ..., t-k."""

@@ -315,7 +315,7 @@ class RecurrentLayer(Layer):
         """This layer's :class:`cyrnn.plan.CompiledPlan` (one fused backend call per
         forward, backward or step), or None on the NumPy reference backend. Cached;
         rebuilt when an option the spec depends on changes."""
-        key = (self.backend, self.return_sequences, self.merge_mode, self.dropout > 0,
+        key = (self._backend(), self.return_sequences, self.merge_mode, self.dropout > 0,
                layer_plannable(self))
         cached = self.__dict__.get("_plan_cache")
         if cached is not None and cached[0] == key:
