@@ -1,4 +1,4 @@
-"""The fit loops of the estimators and the language model.
+"""The one fit loop (cyrnn.fitting) and the one batcher (cyrnn.batching).
 
 ``test_fits_match_the_loops_they_replaced`` pins what the estimators' and the
 language model's own epoch loops did before they shared ``run_epochs``: a digest of
@@ -17,10 +17,15 @@ import pytest
 from threadpoolctl import threadpool_limits
 
 from cyrnn import training
+from cyrnn.batching import LengthBatcher, pad, sorted_batches
 from cyrnn.estimators import (GRUClassifier, GRURegressor, LSTMClassifier, LSTMRegressor,
                               SimpleRNNClassifier, SimpleRNNRegressor)
+from cyrnn.fitting import History, Progress, Stopping, run_epochs
 from cyrnn.language_model import CharLanguageModel
 from cyrnn.preprocessing import pad_sequences
+from test_estimators import make_fixed as _fixed
+from test_estimators import make_ragged as _ragged
+from test_estimators import make_tokens as _tokens
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 
@@ -32,23 +37,6 @@ NAMES = ["Aardonyx", "Abelisaurus", "Achelousaurus", "Acrocanthosaurus", "Aegypt
 def one_thread():
     with threadpool_limits(1):
         yield
-
-
-def _fixed(n=40, T=6, F=2, seed=0):
-    X = np.random.default_rng(seed).normal(size=(n, T, F))
-    return X, X[:, :, 0].sum(axis=1)
-
-
-def _ragged(n=40, F=2, seed=0, low=2, high=10):
-    rng = np.random.default_rng(seed)
-    X = [rng.normal(size=(int(rng.integers(low, high)), F)) for _ in range(n)]
-    return X, np.array([x[:, 0].sum() for x in X])
-
-
-def _tokens(n=60, vocab=20, seed=0):
-    rng = np.random.default_rng(seed)
-    seqs = [rng.integers(1, vocab, size=int(rng.integers(3, 12))) for _ in range(n)]
-    return seqs, np.array([int((s == 5).any()) for s in seqs])
 
 
 def _warm():
@@ -162,3 +150,123 @@ def test_fits_match_the_loops_they_replaced(monkeypatch, name):
     assert (calls, digest) == (n_calls, expected)
     # ... and the same seed fits the same parameters, bit for bit
     np.testing.assert_array_equal(fit().model_.params.data, est.model_.params.data)
+
+
+# ---------------------------------------------------------------- the batcher
+def test_length_batcher_groups_by_length_and_shuffles():
+    lengths = np.random.default_rng(1).integers(1, 30, size=103)
+    batcher = LengthBatcher(4, lengths, pool_batches=5)
+    rng = np.random.default_rng(0)
+    epochs = [batcher.epoch(rng) for _ in range(2)]
+    for batches in epochs:
+        assert sorted(np.concatenate(batches).tolist()) == list(range(103))  # each once
+        assert all(len(b) <= 4 for b in batches)
+        assert all((np.diff(lengths[b]) >= 0).all() for b in batches)  # sorted in a batch
+    assert [b.tolist() for b in epochs[0]] != [b.tolist() for b in epochs[1]]
+    # one pool: the tightest batches, the same multiset of lengths every epoch
+    tight = LengthBatcher(4, lengths, pool_batches=None).epoch(rng)
+    spans = sorted(int(np.ptp(lengths[b])) for b in tight)
+    assert sum(spans) <= 29 and sorted(np.concatenate(tight).tolist()) == list(range(103))
+    # shuffle=False draws nothing and keeps the order; no lengths: plain chunks
+    state = rng.bit_generator.state
+    fixed = LengthBatcher(4, lengths, pool_batches=None).epoch(rng, shuffle=False)
+    assert rng.bit_generator.state == state
+    assert [b.tolist() for b in fixed] == [b.tolist() for b in
+                                           sorted_batches(lengths, 4)]
+    plain = LengthBatcher(4, n=10).epoch(rng, shuffle=False)
+    assert [b.tolist() for b in plain] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    with pytest.raises(ValueError, match="draw"):
+        LengthBatcher(4, lengths, draw="sorted")
+
+
+def test_uniform_draw_is_the_language_models_old_order():
+    """draw='uniform' with one pool is what CharLanguageModel.fit computed inline."""
+    lengths = np.random.default_rng(2).integers(1, 6, size=37)
+    ours = LengthBatcher(5, lengths, pool_batches=None, draw="uniform").epoch(
+        np.random.default_rng(7))
+    rng = np.random.default_rng(7)
+    order = np.lexsort((rng.random(37), lengths))
+    chunks = [order[i:i + 5] for i in range(0, 37, 5)]
+    old = [chunks[i] for i in rng.permutation(len(chunks))]
+    assert [b.tolist() for b in ours] == [b.tolist() for b in old]
+
+
+def test_pad():
+    items = [np.ones((3, 2), np.float32), np.full((1, 2), 2, np.float32), np.zeros((2, 2))]
+    out = pad(items, [1, 0])
+    assert out.shape == (2, 3, 2) and out.dtype == np.float32
+    np.testing.assert_array_equal(out[0], [[2, 2], [0, 0], [0, 0]])
+    assert pad(items, [1], T=4, dtype=np.float64).shape == (1, 4, 2)
+    assert pad([np.array([5, 6]), np.array([7])], [0, 1], dtype=np.int64).tolist() == \
+        [[5, 6], [7, 0]]
+
+
+# ---------------------------------------------------------------- the loop
+class _Model:
+    """What run_epochs needs of a model: a flat parameter vector and clear_caches."""
+
+    def __init__(self):
+        self.params = type("P", (), {"data": np.zeros(3)})()
+        self.cleared = 0
+
+    def clear_caches(self):
+        self.cleared += 1
+
+
+def test_run_epochs_bookkeeping():
+    model, history = _Model(), History()
+    losses = iter([4.0, 2.0, None, 1.0, 1.0, 1.0])
+    calls = []
+
+    def step(batch):
+        value = next(losses)
+        model.params.data += 1
+        return None if value is None else (value, batch)
+
+    result = run_epochs(model, history, epochs=3, batches=lambda: [1, 3],
+                        step=step, start_loss=lambda: calls.append(1) or 5.0)
+    # weighted means: (4*1 + 2*3)/4, the skipped batch does not count, then 1
+    assert history.loss_curve == [2.5, 1.0, 1.0] and calls == [1]
+    assert not result.stopped and result.seconds >= 0 and model.cleared == 1
+    # a warm start continues the history and needs no start loss
+    run_epochs(model, history, epochs=1, batches=lambda: [1], step=lambda b: (1.5, 1),
+               start_loss=lambda: pytest.fail("the history is not empty"))
+    assert history.loss_curve == [2.5, 1.0, 1.0, 1.5]
+
+
+def test_run_epochs_divergence_and_stopping(capsys):
+    model = _Model()
+    with pytest.raises(ValueError, match=r"the loss became nan in epoch 1; do this"):
+        run_epochs(model, History(), epochs=2, batches=lambda: [0],
+                   step=lambda b: (float("nan"), 1), advice="do this")
+    with pytest.raises(ValueError, match="more than 10 times its reference 1"):
+        run_epochs(model, History(), epochs=1, batches=lambda: [0],
+                   step=lambda b: (11.0, 1), start_loss=lambda: 1.0)
+    # the training loss stops improving by tol: stop after n_iter_no_change + 1 epochs
+    history = History()
+    result = run_epochs(model, history, epochs=50, batches=lambda: [0],
+                        step=lambda b: (1.0, 1), stopping=Stopping(0.1, 2),
+                        progress=Progress(True, 50))
+    assert result.stopped and len(history.loss_curve) == 4 and history.best_loss == 1.0
+    err = capsys.readouterr().err
+    assert "epoch 4/50" in err and "Training loss did not improve more than tol=0.1" in err
+    # with a held-out score, its best weights come back
+    scores = iter([0.5, 0.9, 0.1, 0.2])
+
+    def step(batch):
+        model.params.data += 1
+        return 1.0, 1
+
+    history = History()
+    run_epochs(model, history, epochs=4, batches=lambda: [0], step=step,
+               stopping=Stopping(0.0, 10, score=lambda m: next(scores)))
+    assert history.validation_scores == [0.5, 0.9, 0.1, 0.2]
+    assert history.best_validation_score == 0.9
+    np.testing.assert_array_equal(model.params.data, np.full(3, 2.0))  # after epoch 2
+
+
+def test_language_model_progress_bar(capsys):
+    CharLanguageModel(hidden_size=4, embedding_dim=2, max_epochs=2, batch_size=3,
+                      verbose=True, random_state=0).fit(NAMES[:6])
+    err = capsys.readouterr().err
+    assert "training" in err and "epoch 2/2, loss" in err
