@@ -4,9 +4,8 @@
 dinosaur names, Tang poems, any Unicode text. Training runs the estimators' fit
 loop (:func:`cyrnn.fitting.run_epochs`) with :func:`cyrnn.training.train_step`
 (lists of strings, batched by length) or :func:`cyrnn.training.tbptt` (one long
-text); sampling runs the whole one-to-many
-loop inside the backend's ``generate`` kernel (compiled on the Cython backend;
-``docs/architecture.md``, "Generation").
+text); sampling runs the whole one-to-many loop inside the backend's ``generate``
+kernel (compiled on the Cython backend; ``docs/architecture.md``, "Generation").
 
 Token ids: 0 is padding, 1 the begin marker, 2 the end marker, and
 ``3 .. 3 + len(chars_) - 1`` the sorted characters of the training data.
@@ -37,9 +36,9 @@ from .backends import check_backend_name, get_backend
 from .backends import numpy_backend as _reference
 from .batching import LengthBatcher, pad, sorted_batches
 from .cells import CELL_TABLE, FAMILIES, resolve
+from .fitting import History, Progress, run_epochs
 from .layers import Dense, Embedding
 from .model import Sequential
-from .fitting import History, Progress, run_epochs
 from .optim import get_optimizer
 from .training import tbptt, train_step
 
