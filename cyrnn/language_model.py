@@ -1,11 +1,11 @@
 """Character-level language models: learn a corpus, then invent text one character at a time.
 
 :class:`CharLanguageModel` is the material's favourite demo made first-class:
-dinosaur names, Tang poems, any Unicode text. Training reuses
-:func:`cyrnn.training.train_step` (lists of strings) and
-:func:`cyrnn.training.tbptt` (one long text); sampling runs the whole one-to-many
-loop inside the backend's ``generate`` kernel (compiled on the Cython backend;
-``docs/architecture.md``, "Generation").
+dinosaur names, Tang poems, any Unicode text. Training runs the estimators' fit
+loop (:func:`cyrnn.fitting.run_epochs`) with :func:`cyrnn.training.train_step`
+(lists of strings, batched by length) or :func:`cyrnn.training.tbptt` (one long
+text); sampling runs the whole one-to-many loop inside the backend's ``generate``
+kernel (compiled on the Cython backend; ``docs/architecture.md``, "Generation").
 
 Token ids: 0 is padding, 1 the begin marker, 2 the end marker, and
 ``3 .. 3 + len(chars_) - 1`` the sorted characters of the training data.
@@ -21,24 +21,26 @@ Examples
 
 from __future__ import annotations
 
+import inspect
 import math
-import sys
-import time
 import unicodedata
 
 import numpy as np
 from scipy.special import log_softmax
+from sklearn.base import BaseEstimator
 
 from . import _validation as V
 from . import layers as _layers
 from . import persistence
 from .backends import check_backend_name, get_backend
 from .backends import numpy_backend as _reference
+from .batching import LengthBatcher, pad, sorted_batches
 from .cells import CELL_TABLE, FAMILIES, resolve
+from .fitting import History, Progress, run_epochs
 from .layers import Dense, Embedding
 from .model import Sequential
 from .optim import get_optimizer
-from .training import check_divergence, tbptt, train_step
+from .training import tbptt, train_step
 
 __all__ = ["CharLanguageModel", "PAD", "BOS", "EOS", "N_RESERVED", "is_cjk_ideograph",
            "is_poem", "PRESETS", "prepare_corpus"]
@@ -135,6 +137,13 @@ def prepare_corpus(name, max_samples=None, max_vocab=None, random_state=0):
     return texts
 
 
+def _shifted(seqs):
+    """Inputs ``s[:-1]``, targets ``s[1:]`` and their lengths, of token sequences ``s``
+    (next-token prediction)."""
+    return ([s[:-1] for s in seqs], [s[1:] for s in seqs],
+            np.array([len(s) - 1 for s in seqs]))
+
+
 class _OneHotEmbedding(Embedding):
     """One-hot input as a frozen identity embedding.
 
@@ -158,7 +167,7 @@ class _OneHotEmbedding(Embedding):
         return None
 
 
-class CharLanguageModel:
+class CharLanguageModel(BaseEstimator):
     """A character-level recurrent language model that writes new text.
 
     The network is ``Sequential([Embedding, LSTM/GRU/SimpleRNN (return_sequences),
@@ -166,6 +175,12 @@ class CharLanguageModel:
     every step. The defaults suit a small corpus such as the 1,543 dinosaur names
     (``PRESETS['dinos']``: about 10 s on 2 cores, held-out perplexity about 5.2);
     larger alphabets and corpora want more units (``PRESETS['tang']``).
+
+    It is a scikit-learn estimator: ``__init__`` stores the parameters as given,
+    :meth:`fit` validates them (``ValueError``/``TypeError``), ``get_params`` /
+    ``set_params`` and ``sklearn.base.clone`` work, and what fitting learns ends in
+    ``_``. Training runs the estimators' fit loop (:func:`cyrnn.fitting.run_epochs`)
+    over batches of similar length (:class:`cyrnn.batching.LengthBatcher`).
 
     Parameters
     ----------
@@ -222,10 +237,6 @@ class CharLanguageModel:
         Longest training sequence (characters), for the default sample length.
     """
 
-    _param_names = ("cell", "hidden_size", "num_layers", "embedding_dim", "dropout",
-                    "optimizer", "learning_rate", "batch_size", "max_epochs", "clip_norm",
-                    "bptt", "backend", "dtype", "random_state", "verbose", "peephole")
-
     def __init__(self, cell="lstm", hidden_size=64, num_layers=1, embedding_dim=32,
                  dropout=0.0, optimizer="adam", learning_rate=0.005, batch_size=32,
                  max_epochs=20, clip_norm=5.0, bptt=100, backend="auto", dtype=np.float32,
@@ -246,17 +257,13 @@ class CharLanguageModel:
         self.random_state = random_state
         self.verbose = verbose
         self.peephole = peephole
-        self._check_params()
 
     # ------------------------------------------------------------------ params
-    def get_params(self):
-        return {name: getattr(self, name) for name in self._param_names}
-
+    # get_params / set_params: scikit-learn's (BaseEstimator), from __init__'s signature.
     def __repr__(self):
-        defaults = CharLanguageModel.__init__.__defaults__
         changed = []
-        for name, default in zip(self._param_names, defaults):
-            value = getattr(self, name)
+        for name, param in inspect.signature(type(self)).parameters.items():
+            value, default = getattr(self, name), param.default
             if name == "dtype":
                 value, default = np.dtype(value).name, np.dtype(default).name
             if value != default or type(value) is not type(default):
@@ -264,6 +271,7 @@ class CharLanguageModel:
         return f"CharLanguageModel({', '.join(changed)})"
 
     def _check_params(self):
+        """Validate the parameters (in :meth:`fit`, as scikit-learn estimators do)."""
         V.check_choice(self.cell, "cell", FAMILIES)
         if not isinstance(self.peephole, (bool, np.bool_)):
             raise TypeError(f"peephole must be a bool, got {type(self.peephole).__name__}")
@@ -403,31 +411,21 @@ class CharLanguageModel:
             raise ValueError("texts hold no characters to learn from")
         lm = self._new_fit()  # trained apart; self changes only when it succeeds
         rng = lm._start_fit(chars, "sequences", max(len(t) for t in texts))
-        seqs = [np.concatenate([[BOS], lm.encode(t), [EOS]]) for t in texts]
-        lens = np.array([len(s) - 1 for s in seqs])  # predictions per sequence
-        batch = min(int(self.batch_size), len(seqs))
-        n_batches = math.ceil(len(seqs) / batch)
+        xs, ys, lens = _shifted([np.concatenate([[BOS], lm.encode(t), [EOS]]) for t in texts])
+        # Batches of similar length, the whole epoch sorted at once (one pool); the
+        # 'uniform' draw reproduces the fits of earlier versions for a given seed.
+        batcher = LengthBatcher(min(int(self.batch_size), len(xs)), lens, pool_batches=None,
+                                draw="uniform")
 
-        def epoch_batches():
-            order = np.lexsort((rng.random(len(seqs)), lens))  # by length, ties random
-            chunks = [order[i:i + batch] for i in range(0, len(order), batch)]
-            return [chunks[i] for i in rng.permutation(len(chunks))]
-
-        def run_batch(idx):
-            T = int(lens[idx].max())
-            x = np.zeros((len(idx), T), np.int64)
-            y = np.zeros((len(idx), T), np.int64)
-            for r, i in enumerate(idx):
-                s = seqs[i]
-                x[r, :lens[i]] = s[:-1]
-                y[r, :lens[i]] = s[1:]
-            value = train_step(lm.model_, lm._optim, "softmax_cross_entropy", x, y,
+        def step(idx):
+            value = train_step(lm.model_, lm._optim, "softmax_cross_entropy",
+                               pad(xs, idx, dtype=np.int64), pad(ys, idx, dtype=np.int64),
                                lengths=lens[idx])
-            return value, float(lens[idx].sum())
+            return value, float(lens[idx].sum())  # weight: the predictions of the batch
 
         sample = [texts[i] for i in np.unique(np.linspace(0, len(texts) - 1,
                                                           min(len(texts), 256)).astype(int))]
-        lm._train_epochs(epoch_batches, run_batch, n_batches, lm.per_char_loss(sample))
+        lm._train(lambda: batcher.epoch(rng), step, lambda: lm.per_char_loss(sample))
         return self._commit(lm)
 
     def fit_text(self, text):
@@ -462,17 +460,17 @@ class CharLanguageModel:
         starts = list(range(0, L, k))
         state = {"states": None}
 
-        def epoch_batches():
+        def chunks():
             state["states"] = None  # every epoch starts the streams afresh
             return starts
 
-        def run_batch(s):
+        def step(s):
             losses, state["states"] = tbptt(lm.model_, lm._optim, "softmax_cross_entropy",
                                             x[:, s:s + k], y[:, s:s + k], k1=k,
                                             initial_states=state["states"])
             return losses[0], float(B * min(k, L - s))
 
-        lm._train_epochs(epoch_batches, run_batch, len(starts), lm.per_char_loss(text[:1000]))
+        lm._train(chunks, step, lambda: lm.per_char_loss(text[:1000]))
         return self._commit(lm)
 
     # The fitted state: set on a fresh twin by a fit, then copied at once (_commit).
@@ -482,7 +480,7 @@ class CharLanguageModel:
     def _new_fit(self):
         """An unfitted model with this one's parameters, to train without touching self
         (an interrupted or failed fit leaves self as it was)."""
-        return type(self)(**self.get_params())
+        return type(self)(**self.get_params(deep=False))
 
     def _commit(self, lm):
         self.__dict__.update({name: lm.__dict__[name] for name in self._FITTED})
@@ -500,35 +498,14 @@ class CharLanguageModel:
         self.loss_curve_ = []
         return rng
 
-    def _train_epochs(self, epoch_batches, run_batch, n_batches, start_loss=None):
+    def _train(self, batches, step, start_loss):
+        """``max_epochs`` epochs of :func:`cyrnn.fitting.run_epochs` (the estimators' loop)."""
         epochs = int(self.max_epochs)
-        bar = None
-        if self.verbose:
-            from tqdm.auto import tqdm
-            bar = tqdm(total=epochs * n_batches, file=sys.stderr, unit="batch", leave=True,
-                       desc="training", dynamic_ncols=True)
-        start = time.perf_counter()
-        try:
-            for epoch in range(epochs):
-                total = mass = 0.0
-                for item in epoch_batches():
-                    value, weight = run_batch(item)
-                    if not math.isfinite(value):
-                        raise ValueError(f"training diverged: the loss became {value} in "
-                                         f"epoch {epoch + 1}; lower learning_rate or set "
-                                         "clip_norm")
-                    total += value * weight
-                    mass += weight
-                    if bar is not None:
-                        bar.update(1)
-                        bar.set_postfix_str(f"epoch {epoch + 1}/{epochs}, "
-                                            f"loss {total / mass:.3f}", refresh=False)
-                self.loss_curve_.append(total / mass)
-                check_divergence(self.loss_curve_, self.model_.params.data, start_loss)
-        finally:
-            if bar is not None:
-                bar.close()
-        self.train_time_ = time.perf_counter() - start
+        result = run_epochs(self.model_, History(loss_curve=self.loss_curve_), epochs=epochs,
+                            batches=batches, step=step, start_loss=start_loss,
+                            progress=Progress(self.verbose, epochs, per_epoch=False),
+                            advice="lower learning_rate or set clip_norm")
+        self.train_time_ = result.seconds
         return self
 
     # ------------------------------------------------------------------ evaluation
@@ -579,18 +556,11 @@ class CharLanguageModel:
                     total += self._nll(out, y, None)
                     count += y.size
             return total, count
-        lens = np.array([len(s) - 1 for s in seqs])
-        order = np.argsort(lens, kind="stable")  # sorted by length: little padding
+        xs, ys, lens = _shifted(seqs)
         batch = max(1, min(256, 2_000_000 // (int(lens.max()) * self.vocab_size_)))  # memory
-        for a in range(0, len(order), batch):
-            idx = order[a:a + batch]
-            T = int(lens[idx].max())
-            x = np.zeros((len(idx), T), np.int64)
-            y = np.zeros((len(idx), T), np.int64)
-            for r, i in enumerate(idx):
-                x[r, :lens[i]] = seqs[i][:-1]
-                y[r, :lens[i]] = seqs[i][1:]
-            mask = np.arange(T)[None, :] < lens[idx][:, None]
+        for idx in sorted_batches(lens, batch):  # sorted by length: little padding
+            x, y = pad(xs, idx, dtype=np.int64), pad(ys, idx, dtype=np.int64)
+            mask = np.arange(x.shape[1])[None, :] < lens[idx][:, None]
             out = self.model_.forward(x, lengths=lens[idx], training=False)
             total += self._nll(out, y, mask)
             count += int(mask.sum())
@@ -795,7 +765,7 @@ class CharLanguageModel:
         identically; fitting again starts afresh.
         """
         self._require_fitted()
-        params = self.get_params()
+        params = self.get_params(deep=False)
         params["dtype"] = np.dtype(self.dtype).name
         if not (params["random_state"] is None or isinstance(params["random_state"], int)):
             params["random_state"] = None  # a Generator cannot be stored
@@ -812,10 +782,11 @@ class CharLanguageModel:
             if meta.get("class") != "CharLanguageModel":
                 raise ValueError("the archive does not hold a CharLanguageModel")
             params = dict(meta["params"])
-            unknown = sorted(set(params) - set(cls._param_names))
+            unknown = sorted(set(params) - set(cls._get_param_names()))
             if unknown:
                 raise ValueError(f"unknown parameters {unknown}")
             lm = cls(**params)
+            lm._check_params()
             chars = meta["chars"]
             if not isinstance(chars, str) or len(set(chars)) != len(chars) \
                     or list(chars) != sorted(chars):

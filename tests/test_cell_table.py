@@ -147,7 +147,7 @@ def test_language_model_peephole(backend, tmp_path):
     assert loaded.peephole is True and loaded.sample(3, random_state=2) == lm.sample(
         3, random_state=2)
     with pytest.raises(ValueError, match="peephole=True needs cell='lstm'"):
-        CharLanguageModel(cell="gru", peephole=True)
+        CharLanguageModel(cell="gru", peephole=True).fit(NAMES)
 
 
 def test_cli_choices_come_from_the_table(capsys):

@@ -77,7 +77,7 @@ def test_negative_random_state_names_the_parameter():
     with pytest.raises(ValueError, match="random_state"):
         cyrnn.LSTM(2, 3, random_state=-1)
     with pytest.raises(ValueError, match="random_state"):
-        CharLanguageModel(random_state=-1)
+        CharLanguageModel(random_state=-1).fit(["ab"])
     with pytest.raises(ValueError, match="random_state"):
         cyrnn.Dense(2, 3, random_state=-1)
 

@@ -161,7 +161,7 @@ def test_perplexity_and_errors(names_model):
     with pytest.raises(TypeError):
         CharLanguageModel().fit(["ok", 3])
     with pytest.raises(ValueError, match="cell"):
-        CharLanguageModel(cell="transformer")
+        CharLanguageModel(cell="transformer").fit(NAMES20)
     with pytest.raises(ValueError, match="temperature"):
         lm.sample(1, temperature=0)
     with pytest.raises(ValueError, match="top_k"):
@@ -303,3 +303,64 @@ def test_prepare_corpus_and_is_poem():
     assert not is_poem(POEMS[0], head="床疑举高") and not is_poem(POEMS[0], "regulated")
     assert not is_poem(POEMS[0].replace("，", ",", 1))
     assert not is_poem("床前明月A，" + POEMS[0][6:])
+
+
+# ---------------------------------------------------------------- the estimator contract
+def test_init_only_stores_and_fit_validates():
+    gen = np.random.default_rng(0)
+    bad = CharLanguageModel(cell="transformer", hidden_size=0, random_state=gen)
+    assert bad.cell == "transformer" and bad.hidden_size == 0 and bad.random_state is gen
+    assert not any(k.endswith("_") for k in vars(bad))  # no learned state before fit
+    for params, error, match in [
+            (dict(cell="transformer"), ValueError, "cell"),
+            (dict(hidden_size=0), ValueError, "hidden_size"),
+            (dict(optimizer="adagrad"), ValueError, "optimizer must be one of"),
+            (dict(peephole="yes"), TypeError, "peephole must be a bool"),
+            (dict(cell="gru", peephole=True), ValueError, "peephole=True needs cell='lstm'"),
+            (dict(random_state=-1), ValueError, "random_state")]:
+        lm = CharLanguageModel(**params)  # accepted here ...
+        for fit, data in ((lm.fit, NAMES20[:3]), (lm.fit_text, "some text")):
+            with pytest.raises(error, match=match):  # ... refused by fit, with the old message
+                fit(data)
+        assert not hasattr(lm, "model_")
+
+
+def test_get_params_set_params_and_clone():
+    from sklearn.base import clone
+
+    lm = CharLanguageModel(cell="gru", hidden_size=12, embedding_dim=None, max_epochs=2,
+                           random_state=3)
+    params = lm.get_params()
+    assert list(params) == sorted(params) and params["hidden_size"] == 12
+    assert params["embedding_dim"] is None and params["dtype"] is np.float32
+    assert CharLanguageModel(**params).get_params() == params
+    assert lm.set_params(hidden_size=7, verbose=True) is lm
+    assert lm.get_params() == {**params, "hidden_size": 7, "verbose": True}
+    with pytest.raises(ValueError, match="Invalid parameter"):
+        lm.set_params(hidden=3)
+    lm.fit(NAMES20[:5])
+    twin = clone(lm)
+    assert type(twin) is CharLanguageModel and twin.get_params() == lm.get_params()
+    assert not hasattr(twin, "model_") and not hasattr(twin, "loss_curve_")
+    np.testing.assert_array_equal(twin.fit(NAMES20[:5]).model_.params.data,
+                                  lm.model_.params.data)  # same parameters, same fit
+    assert repr(lm) == ("CharLanguageModel(cell='gru', hidden_size=7, embedding_dim=None, "
+                        "max_epochs=2, random_state=3, verbose=True)")
+
+
+@pytest.mark.parametrize("data", [NAMES20[:6], "the quick brown fox " * 5])
+def test_learned_attributes_end_with_an_underscore(data):
+    from sklearn.utils.validation import check_is_fitted
+
+    lm = CharLanguageModel(hidden_size=8, embedding_dim=4, batch_size=2, bptt=10,
+                           max_epochs=2, random_state=0)
+    before = set(vars(lm))
+    lm.fit(data)
+    check_is_fitted(lm)
+    learned = {k for k in vars(lm) if k.endswith("_")}
+    assert learned == {"chars_", "vocab_size_", "mode_", "max_length_", "model_",
+                       "loss_curve_", "train_time_"}
+    assert set(vars(lm)) - before - learned == {"_index", "_optim", "_rng", "_sample_rng"}
+    assert len(lm.loss_curve_) == 2 and lm.train_time_ > 0
+    assert lm.mode_ == ("sequences" if isinstance(data, list) else "text")
+    assert lm.get_params() == CharLanguageModel(**lm.get_params()).get_params()

@@ -6,12 +6,14 @@
   embedding is configured); or a list / 1-D object array of per-sequence arrays
   of different lengths (``(T_i, n_features)``, or ``(T_i,)`` for one feature or
   token ids). A 2-D *object* array of numbers is a table, as scikit-learn expects.
-* **Batching by length.** Training batches come from pools of shuffled
-  sequences sorted by length, so a batch holds sequences of similar length and
-  padding stays small; the batch is post-padded and ``lengths`` are passed to
-  the model, whose masks make padded steps inert. Token tables (e.g. pre-padded
-  reviews) are trimmed to the span of non-padding ids of each batch.
-* **Training loop.** Epochs of :func:`cyrnn.training.train_step` on a
+* **Batching by length.** Training batches come from
+  :class:`cyrnn.batching.LengthBatcher`: pools of shuffled sequences sorted by
+  length, so a batch holds sequences of similar length and padding stays small;
+  the batch is post-padded and ``lengths`` are passed to the model, whose masks
+  make padded steps inert. Token tables (e.g. pre-padded reviews) are trimmed to
+  the span of non-padding ids of each batch.
+* **Training loop.** :func:`cyrnn.fitting.run_epochs` (the fit loop shared with
+  ``CharLanguageModel``) runs epochs of :func:`cyrnn.training.train_step` on a
   :class:`cyrnn.Sequential` of ``[Embedding] + recurrent layer + Dense``, with
   scikit-learn's stopping rules (``tol``/``n_iter_no_change`` on the training
   loss, or on a held-out score with ``early_stopping``, restoring the best
@@ -29,11 +31,10 @@
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
-import math
 import numbers
 import os
-import sys
 import threading
 import warnings
 import weakref
@@ -52,6 +53,7 @@ from sklearn.utils.validation import (_check_sample_weight, _num_samples, check_
 from .. import _validation as V
 from .. import persistence
 from ..backends import BACKENDS, get_backend
+from ..batching import LengthBatcher, pad, sorted_batches
 from .. import layers as _layers
 from ..cells import CELL_TABLE, Cell, resolve
 from ..layers import Dense, Embedding
@@ -59,14 +61,14 @@ from ..losses import get_loss
 from ..model import Sequential
 from ..optim import get_optimizer
 from ..threads import call_threads
-from ..training import check_divergence, evaluate_loss, train_step
+from ..fitting import History, Progress, Stopping, run_epochs
+from ..training import evaluate_loss, train_step
 
 __all__ = ["BaseSequenceModel", "SequenceData", "check_sequences", "check_fitted_input",
            "input_spec", "check_n_samples"]
 
 # The layer class of each cell family, from the cell table.
 _CELLS = {row.family: getattr(_layers, row.layer) for row in CELL_TABLE}
-_BUCKET_POOL = 50        # training batches are drawn from pools of this many batches
 _PREDICT_BATCH = 256     # at most this many rows per forward call at inference
 # Parameters that fix the shapes (or meaning) of the learned parameters: a warm
 # start or partial_fit needs them unchanged.
@@ -174,33 +176,14 @@ class SequenceData:
             return x, None
         lens = self.lengths[idx]
         T = int(lens.max())
-        if self.tokens:
-            x = np.zeros((len(idx), T), dtype=np.intp)
-        else:
-            x = np.zeros((len(idx), T, self.step_features), dtype=self.data[idx[0]].dtype)
-        for j, i in enumerate(idx):
-            x[j, :lens[j]] = self.data[i]
+        x = pad(self.data, idx, T, dtype=np.intp if self.tokens else None)
         return x, (None if (lens == T).all() else lens)
 
-    def epoch_batches(self, batch_size, rng, shuffle):
-        """Index arrays of one epoch's batches, bucketed by length for variable lengths."""
-        n = len(self)
-        order = rng.permutation(n) if shuffle else np.arange(n)
+    def batcher(self, batch_size):
+        """The training batches: by length, except for equal-length float arrays."""
         if self.uniform and not self.tokens:
-            return [order[i:i + batch_size] for i in range(0, n, batch_size)]
-        batches = []
-        pool = batch_size * _BUCKET_POOL
-        for s in range(0, n, pool):
-            chunk = order[s:s + pool]
-            chunk = chunk[np.argsort(self.lengths[chunk], kind="stable")]
-            batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
-        if shuffle:
-            batches = [batches[i] for i in rng.permutation(len(batches))]
-        return batches
-
-    def predict_batches(self, batch_size):
-        order = np.argsort(self.lengths, kind="stable")
-        return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+            return LengthBatcher(batch_size, n=len(self))
+        return LengthBatcher(batch_size, self.lengths)
 
 
 def _is_sequence_element(e):
@@ -458,18 +441,8 @@ def _batch_targets(data, Y, W, idx, x, seqs):
     steps for ragged per-step targets."""
     if seqs and not data.uniform:
         T = x.shape[1]
-        return (_pad_items(Y, idx, data.lengths, T, np.asarray(Y[idx[0]]).dtype),
-                _pad_items(W, idx, data.lengths, T, np.float64))
+        return pad(Y, idx, T), pad(W, idx, T, dtype=np.float64)
     return Y[idx], W[idx]
-
-
-def _pad_items(items, idx, lengths, T, fill_dtype):
-    """Stack per-sequence arrays ``items[i]`` (T_i, ...) into (b, T, ...), zero-padded."""
-    first = np.asarray(items[idx[0]])
-    out = np.zeros((len(idx), T) + first.shape[1:], dtype=fill_dtype)
-    for j, i in enumerate(idx):
-        out[j, :lengths[i]] = items[i]
-    return out
 
 
 def _encode_param(value):
@@ -717,7 +690,7 @@ best_validation_score_, n_iter_
             out = np.empty((n, data.n_steps, k), np.float64)
         else:
             out = [None] * n
-        for idx in data.predict_batches(G):
+        for idx in sorted_batches(data.lengths, G):
             b = len(idx)
             x, lengths = data.batch(idx, trim=not seqs)
             res = model.forward(x, lengths=lengths, training=False)[:b]
@@ -812,9 +785,7 @@ or list of arrays of shape (n_steps_i, n_features) or (n_steps_i,)
                 rng = np.random.default_rng(int(rng.integers(np.iinfo(np.int64).max)))
             model = self._build_model(spec, rng)
             return SimpleNamespace(spec=spec, rng=rng, model=model,
-                                   optimizer=self._make_optimizer(model), loss_curve=[],
-                                   validation_scores=None, best_loss=np.inf,
-                                   best_validation_score=None)
+                                   optimizer=self._make_optimizer(model), history=History())
         rng = copy.deepcopy(self._rng)
         model = self._rebuild_model(spec, rng, self.model_.params.data)
         optimizer = self._make_optimizer(model)
@@ -824,11 +795,12 @@ or list of arrays of shape (n_steps_i, n_features) or (n_steps_i,)
             state["lr"] = float(self.learning_rate)
             optimizer.load_state_dict(state)
         scores = self.validation_scores_
+        history = History(loss_curve=list(self.loss_curve_),
+                          validation_scores=None if scores is None else list(scores),
+                          best_loss=np.inf if self.best_loss_ is None else self.best_loss_,
+                          best_validation_score=self.best_validation_score_)
         return SimpleNamespace(spec=spec, rng=rng, model=model, optimizer=optimizer,
-                               loss_curve=list(self.loss_curve_),
-                               validation_scores=None if scores is None else list(scores),
-                               best_loss=np.inf if self.best_loss_ is None else self.best_loss_,
-                               best_validation_score=self.best_validation_score_)
+                               history=history)
 
     def _validation_split(self, run, data, Y, target_spec):
         n = len(data)
@@ -850,90 +822,43 @@ or list of arrays of shape (n_steps_i, n_features) or (n_steps_i,)
         return values[idx] if isinstance(values, np.ndarray) else [values[i] for i in idx]
 
     def _train(self, run, data, Y, W, sw, target_spec, incremental):
-        """Run epochs on ``run`` (never on the fitted state)."""
+        """Run epochs on ``run`` (never on the fitted state): :func:`cyrnn.fitting.run_epochs`
+        over length-bucketed batches (:class:`cyrnn.batching.LengthBatcher`)."""
         loss = get_loss(self._loss_name(target_spec))  # item-shaped weights
         seqs = run.spec["return_sequences"]
-        val = None
+        score = None  # the held-out score of early stopping
         if self.early_stopping:
             train, val_idx = self._validation_split(run, data, Y, target_spec)
-            val = (data.subset(val_idx), self._take(Y, val_idx), sw[val_idx])
+            vdata, vY, vsw = data.subset(val_idx), self._take(Y, val_idx), sw[val_idx]
             data, Y, W = data.subset(train), self._take(Y, train), self._take(W, train)
             if not _total_weight(W) > 0:
                 raise ValueError("all samples left for training after the validation split "
                                  "have zero sample_weight")
-            if run.validation_scores is None:
-                run.validation_scores = []
-            run.best_validation_score = -np.inf
-            run.best_params = run.model.params.data.copy()
-        run.no_improvement = 0
-        # Without a history, the untrained model's loss is the divergence reference.
-        start_loss = None if run.loss_curve else self._start_loss(run, data, Y, W, loss)
-        batch_size = min(int(self.batch_size), len(data))
+
+            score = functools.partial(self._score_encoded, spec=run.spec, data=vdata, Y=vY,
+                                      sw=vsw, target_spec=target_spec)
+
+        batcher = data.batcher(min(int(self.batch_size), len(data)))
+
+        def step(idx):
+            x, lengths = data.batch(idx, trim=not seqs)
+            yb, wb = _batch_targets(data, Y, W, idx, x, seqs)
+            m = float(np.sum(wb))
+            if m <= 0:
+                return None  # only zero-weight items: nothing to learn from
+            return train_step(run.model, run.optimizer, loss, x, yb, lengths=lengths,
+                              sample_weight=wb), m
+
         epochs = 1 if incremental else int(self.max_iter)
-        verbose = int(self.verbose)
-        for epoch in range(epochs):
-            batches = data.epoch_batches(batch_size, run.rng, self.shuffle)
-            bar = None
-            if verbose > 0:
-                from tqdm.auto import tqdm
-                done = len(run.loss_curve)
-                bar = tqdm(total=len(batches), file=sys.stderr, leave=True, unit="batch",
-                           desc=f"epoch {done + 1}" + ("" if incremental else
-                                                       f"/{done - epoch + epochs}"))
-            total, mass = 0.0, 0.0
-            for idx in batches:
-                x, lengths = data.batch(idx, trim=not seqs)
-                yb, wb = _batch_targets(data, Y, W, idx, x, seqs)
-                m = float(np.sum(wb))
-                if m <= 0:
-                    if bar is not None:
-                        bar.update(1)
-                    continue  # only zero-weight items: nothing to learn from
-                value = train_step(run.model, run.optimizer, loss, x, yb, lengths=lengths,
-                                   sample_weight=wb)
-                if not math.isfinite(value):
-                    if bar is not None:
-                        bar.close()
-                    raise ValueError(f"training diverged: the loss became {value} in epoch "
-                                     f"{len(run.loss_curve) + 1}; lower learning_rate, set "
-                                     "clip_norm, or scale the inputs and targets")
-                total += value * m
-                mass += m
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{total / mass:.4g}", refresh=False)
-            epoch_loss = total / mass  # > 0: _fit checked that some weight is positive
-            run.loss_curve.append(epoch_loss)
-            try:
-                check_divergence(run.loss_curve, run.model.params.data, start_loss)
-            except ValueError:
-                if bar is not None:
-                    bar.close()
-                raise
-            stop = self._update_no_improvement(run, val, epoch_loss, target_spec)
-            if bar is not None:
-                post = {"loss": f"{epoch_loss:.4g}"}
-                if val is not None:
-                    post["val_score"] = f"{run.validation_scores[-1]:.4g}"
-                bar.set_postfix(post, refresh=False)
-                bar.close()
-            if stop:
-                if verbose > 0:
-                    what = "Validation score" if val is not None else "Training loss"
-                    print(f"{what} did not improve more than tol={self.tol} for "
-                          f"{self.n_iter_no_change} consecutive epochs. Stopping.",
-                          file=sys.stderr)
-                break
-        else:
-            if not incremental:
-                warnings.warn(f"Stochastic Optimizer: Maximum iterations ({epochs}) reached "
-                              "and the optimization hasn't converged yet.", ConvergenceWarning)
-        if val is not None:
-            run.model.params.data[...] = run.best_params
-        run.model.clear_caches()
-        if not np.isfinite(run.model.params.data).all():
-            raise ValueError("training produced non-finite parameters; lower learning_rate "
-                             "or set clip_norm")
+        result = run_epochs(
+            run.model, run.history, epochs=epochs,
+            batches=lambda: batcher.epoch(run.rng, self.shuffle), step=step,
+            start_loss=lambda: self._start_loss(run, data, Y, W, loss),
+            stopping=Stopping(self.tol, self.n_iter_no_change, score),
+            progress=Progress(int(self.verbose) > 0, epochs, numbered=not incremental))
+        if not result.stopped and not incremental:
+            warnings.warn(f"Stochastic Optimizer: Maximum iterations ({epochs}) reached "
+                          "and the optimization hasn't converged yet.", ConvergenceWarning)
 
     def _start_loss(self, run, data, Y, W, loss):
         """``run.model``'s loss before training (inference mode) on up to 256 evenly
@@ -947,27 +872,6 @@ or list of arrays of shape (n_steps_i, n_features) or (n_steps_i,)
             return None
         return evaluate_loss(run.model, loss, x, yb, lengths=lengths, sample_weight=wb)
 
-    def _update_no_improvement(self, run, val, epoch_loss, target_spec):
-        if val is not None:
-            vdata, vY, vsw = val
-            score = self._score_encoded(run.model, run.spec, vdata, vY, vsw, target_spec)
-            run.validation_scores.append(score)
-            if score < run.best_validation_score + self.tol:
-                run.no_improvement += 1
-            else:
-                run.no_improvement = 0
-            if score > run.best_validation_score:
-                run.best_validation_score = score
-                run.best_params = run.model.params.data.copy()
-        else:
-            if epoch_loss > run.best_loss - self.tol:
-                run.no_improvement += 1
-            else:
-                run.no_improvement = 0
-            if epoch_loss < run.best_loss:
-                run.best_loss = epoch_loss
-        return run.no_improvement > self.n_iter_no_change
-
     def _score_encoded(self, model, spec, data, Y, sw, target_spec):
         raw = self._raw(model, data, spec)
         if spec["return_sequences"]:
@@ -978,14 +882,15 @@ or list of arrays of shape (n_steps_i, n_features) or (n_steps_i,)
 
     def _commit(self, run, attrs):
         """Assign the fitted state (the only place fit/partial_fit touch ``self``)."""
+        history = run.history
         state = {
             "model_": run.model,
             "n_features_in_": run.spec["input"]["n_features_in"],
-            "loss_curve_": run.loss_curve,
-            "n_iter_": len(run.loss_curve),
-            "validation_scores_": run.validation_scores,
-            "best_loss_": None if self.early_stopping else float(run.best_loss),
-            "best_validation_score_": (float(run.best_validation_score)
+            "loss_curve_": history.loss_curve,
+            "n_iter_": len(history.loss_curve),
+            "validation_scores_": history.validation_scores,
+            "best_loss_": None if self.early_stopping else float(history.best_loss),
+            "best_validation_score_": (float(history.best_validation_score)
                                        if self.early_stopping else None),
             "_spec": run.spec,
             "_rng": run.rng,
