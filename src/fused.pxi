@@ -7,9 +7,12 @@
 # ``Sequential.inference_spec``): a header and one fixed-width record per op;
 # its constants, field indices and error messages reach this file through the
 # generated _constants.pxi. A planner (``_plan``) lays every op's buffers out
-# in one scratch block: per-op caches for training, ping-pong buffers for
-# inference; one forward runner and one backward runner walk the ops over that
-# plan, calling the same time loops and GEMM rule as the layer path. Everything
+# in one scratch block: per-op (per-direction) caches for training, ping-pong
+# buffers for inference; one forward runner and one backward runner walk the ops
+# over that plan, calling the same time loops and GEMM rule as the layer path.
+# A bidirectional op's reverse direction runs those loops on its time-reversed
+# input projections and mask (``_reverse_time``; its caches stay in its own time
+# order) and ``_merge_fwd``/``_merge_bwd`` combine the directions. Everything
 # runs without the GIL on memory allocated per call, so concurrent calls on one
 # model are safe; nothing is kept between calls except what ``train_forward``
 # hands back in its ``FusedCache``.
