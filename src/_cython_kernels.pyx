@@ -382,20 +382,6 @@ def train_backward(const int64_t[::1] spec not None, cnp.ndarray data not None,
             nrec += 1
     if truncate.shape[0] != nrec:
         raise ValueError(f"truncate needs {nrec} entries")
-    dims[0] = d.N * d.SH
-    dh0 = cnp.PyArray_ZEROS(1, dims, d.typenum, 0)
-    dh0p = <char*>cnp.PyArray_DATA(dh0)
-    dc0 = None
-    if d.any_c:
-        dc0 = cnp.PyArray_ZEROS(1, dims, d.typenum, 0)
-        dc0p = <char*>cnp.PyArray_DATA(dc0)
-    dx = None
-    if input_grad and not d.ids:
-        dims[0] = d.N
-        dims[1] = d.T
-        dims[2] = d.F0
-        dx = cnp.PyArray_EMPTY(3, dims, d.typenum, 0)
-        dxp = <char*>cnp.PyArray_DATA(dx)
     tr = <int64_t*>_alloc(<double>max(1, nrec) * 8)
     for o in range(nrec):
         tr[o] = -1 if truncate[o] < 0 or truncate[o] >= d.T else truncate[o]
@@ -410,6 +396,21 @@ def train_backward(const int64_t[::1] spec not None, cnp.ndarray data not None,
     cache.plan = NULL
     cache.ids = NULL
     try:
+        # the results: NumPy may run Python code (GC) here, so only after the take
+        dims[0] = d.N * d.SH
+        dh0 = cnp.PyArray_ZEROS(1, dims, d.typenum, 0)
+        dh0p = <char*>cnp.PyArray_DATA(dh0)
+        dc0 = None
+        if d.any_c:
+            dc0 = cnp.PyArray_ZEROS(1, dims, d.typenum, 0)
+            dc0p = <char*>cnp.PyArray_DATA(dc0)
+        dx = None
+        if input_grad and not d.ids:
+            dims[0] = d.N
+            dims[1] = d.T
+            dims[2] = d.F0
+            dx = cnp.PyArray_EMPTY(3, dims, d.typenum, 0)
+            dxp = <char*>cnp.PyArray_DATA(dx)
         ws = <char*>_alloc(<double>_backward_scratch(&d) * d.isz)
         with nogil:
             if d.isz == 4:
