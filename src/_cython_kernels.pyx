@@ -223,16 +223,19 @@ def generate(int code, int act, int ract,
 # ----------------------------------------------------------------------------
 
 def infer(const int64_t[::1] spec not None, cnp.ndarray data not None, object x,
-          object mask=None):
-    """Fused inference of a ``Sequential``.
+          object mask=None, object h0=None, object c0=None, bint return_state=False):
+    """Fused inference of a ``Sequential`` (``docs/architecture.md``, the compiled plan).
 
     ``data``: the model's flat parameter buffer (float32/float64, C-contiguous).
     ``x``: (N, T, D) floats of ``data``'s dtype, or (N, T) int64 token ids when
     the first op is an embedding; C-contiguous. ``mask``: None or (N, T) bool or
-    uint8 valid steps (as ``lengths``/``mask`` of the layers). Returns the output
-    array, or None when ``x`` or ``mask`` is not in that exact form or holds
-    values the layer path must judge (NaN/inf, ids out of range, a sequence of
-    padding ids only under ``mask_zero``).
+    uint8 valid steps (as ``lengths``/``mask`` of the layers). ``h0``/``c0``: None
+    (zeros) or the flat initial states (every recurrent op, direction by
+    direction, (N, H) each). Returns the output array (with ``return_state``:
+    ``(output, h_n, c_n)``, ``c_n`` None when no op has a cell state), or None when
+    ``x`` or ``mask`` is not in that exact form or holds values the layer path must
+    judge (NaN/inf, ids out of range, a sequence of padding ids only under
+    ``mask_zero``). Bad states raise ValueError.
     """
     cdef Dims d
     cdef char* buf = NULL
@@ -240,13 +243,20 @@ def infer(const int64_t[::1] spec not None, cnp.ndarray data not None, object x,
     cdef int64_t* plan = NULL
     cdef int64_t* ids = NULL
     cdef uint8_t* valid = NULL
+    cdef const char* h0p
+    cdef const char* c0p
     cdef int64_t* sp = _copy_spec(spec)
     try:
         if _check_call(sp, data, x, mask, &d, &ids, &valid):
             return None
+        h0p = _check_arg(h0, "h0", &d, d.N * d.SH)
+        c0p = _check_arg(c0, "c0", &d, d.N * d.SH)
         res = _new_output(&d)
         plan = <int64_t*>_alloc(<double>d.n_ops * P_WIDTH * 8)
-        _run_forward(sp, &d, False, plan, data, x, ids, valid, &buf, &mbuf, res)
+        _run_forward(sp, &d, False, plan, data, x, ids, valid, h0p, c0p, NULL, &buf, &mbuf,
+                     res)
+        if return_state:
+            res = (res, _flat_out(&d, buf, d.hn), _flat_out(&d, buf, d.cn) if d.any_c else None)
     finally:
         free(sp)
         free(ids)
@@ -278,42 +288,61 @@ cdef class FusedCache:
 
 
 def train_forward(const int64_t[::1] spec not None, cnp.ndarray data not None, object x,
-                  object mask=None):
-    """Training forward of a ``Sequential``: ``(output, cache)``, or None as in
-    :func:`infer` (same ``mask``). The cache goes to :func:`train_backward` once."""
+                  object mask=None, object h0=None, object c0=None, object dropout=None):
+    """Training forward of a ``Sequential``: ``(output, h_n, c_n, cache)``, or None
+    as in :func:`infer` (same ``mask``, ``h0``, ``c0``). ``dropout``: None or the
+    concatenated time-major (T, N, width) multipliers of the ops with a dropout
+    flag (``cyrnn.plan.draw_dropout``). The cache goes to :func:`train_backward`
+    once."""
     cdef Dims d
     cdef uint8_t* valid = NULL
+    cdef const char* h0p
+    cdef const char* c0p
+    cdef const char* dp
     cdef FusedCache cache = FusedCache.__new__(FusedCache)
     cache.sp = _copy_spec(spec)  # freed with the cache from here on
     cache.sp_len = spec.shape[0]
     if _check_call(cache.sp, data, x, mask, &d, &cache.ids, &valid):
         return None
     try:
+        h0p = _check_arg(h0, "h0", &d, d.N * d.SH)
+        c0p = _check_arg(c0, "c0", &d, d.N * d.SH)
+        dp = _check_arg(dropout, "dropout", &d, d.T * d.N * d.drop_w)
+        d.drop = dp != NULL
         res = _new_output(&d)
         cache.d = d
         cache.data = data
         cache.plan = <int64_t*>_alloc(<double>d.n_ops * P_WIDTH * 8)
-        _run_forward(cache.sp, &cache.d, True, cache.plan, data, x, cache.ids, valid,
-                     &cache.buf, &cache.mask, res)
+        _run_forward(cache.sp, &cache.d, True, cache.plan, data, x, cache.ids, valid, h0p,
+                     c0p, dp, &cache.buf, &cache.mask, res)
     finally:
         free(valid)
-    return res, cache
+    d = cache.d
+    return (res, _flat_out(&d, cache.buf, d.hn),
+            _flat_out(&d, cache.buf, d.cn) if d.any_c else None, cache)
 
 
 def train_backward(const int64_t[::1] spec not None, cnp.ndarray data not None,
                    cnp.ndarray grad not None, FusedCache cache not None, object d_out,
-                   const int64_t[::1] truncate not None):
-    """Add the gradients of the forward that made ``cache`` into ``grad``.
+                   const int64_t[::1] truncate not None, object dh_n=None, object dc_n=None,
+                   bint input_grad=False):
+    """Add the gradients of the forward that made ``cache`` into ``grad``; return
+    ``(dx, dh0, dc0)``.
 
     ``spec`` and ``data`` must be those of the forward (same spec values, same
     buffer object). ``d_out``: the loss gradient, shaped and typed like the
-    output (C order). ``truncate``: one entry per recurrent op, in op order: -1
-    for full BPTT, else k (the gradient through at most k+1 cells, as the
-    layers' ``bptt_truncate``). Arguments are checked first (an error leaves the
-    cache usable); the run then spends the cache (a second call raises).
+    output (C order), or None (no output gradient). ``truncate``: one entry per
+    recurrent op, in op order: -1 for full BPTT, else k (the gradient through at
+    most k+1 cells, as the layers' ``bptt_truncate``). ``dh_n``/``dc_n``: None
+    (zeros) or the gradients on the flat final states. Returns ``dx`` (N, T, D)
+    when ``input_grad`` and the first op is recurrent (else None) and the flat
+    gradients on the initial states (``dc0`` None when no op has a cell state).
+    Arguments are checked first (an error leaves the cache usable); the run then
+    spends the cache (a second call raises).
     """
     cdef Dims d = cache.d
     cdef cnp.ndarray g
+    cdef cnp.npy_intp dims[3]
     cdef char* ws = NULL
     cdef Py_ssize_t nrec = 0, o
     cdef int64_t* tr = NULL
@@ -321,22 +350,33 @@ def train_backward(const int64_t[::1] spec not None, cnp.ndarray data not None,
     cdef uint8_t* mask
     cdef int64_t* plan
     cdef int64_t* ids
+    cdef const char* gp = NULL
+    cdef const char* dhp
+    cdef const char* dcp
+    cdef char* dh0p
+    cdef char* dc0p = NULL
+    cdef char* dxp = NULL
     if cache.buf == NULL:
         raise RuntimeError("this training forward was already backpropagated")
     if (data is not cache.data or spec.shape[0] != cache.sp_len
             or memcmp(&spec[0], cache.sp, cache.sp_len * 8) != 0):
         raise ValueError("train_backward needs the spec and parameters of its forward")
     _check_data(grad, "grad", d.typenum, cnp.PyArray_SIZE(data), True)
-    if not cnp.PyArray_Check(d_out):
-        raise TypeError("d_out must be a numpy array")
-    g = <cnp.ndarray>d_out
-    if (cnp.PyArray_TYPE(g) != d.typenum or not cnp.PyArray_IS_C_CONTIGUOUS(g)
-            or not cnp.PyArray_ISALIGNED(g) or not cnp.PyArray_ISNOTSWAPPED(g)
-            or cnp.PyArray_NDIM(g) != (3 if d.seq_out else 2)
-            or cnp.PyArray_DIM(g, 0) != d.N
-            or cnp.PyArray_DIM(g, cnp.PyArray_NDIM(g) - 1) != d.F_out
-            or (d.seq_out and cnp.PyArray_DIM(g, 1) != d.T)):
-        raise ValueError("d_out must be a C-contiguous array shaped and typed like the output")
+    if d_out is not None:
+        if not cnp.PyArray_Check(d_out):
+            raise TypeError("d_out must be a numpy array")
+        g = <cnp.ndarray>d_out
+        if (cnp.PyArray_TYPE(g) != d.typenum or not cnp.PyArray_IS_C_CONTIGUOUS(g)
+                or not cnp.PyArray_ISALIGNED(g) or not cnp.PyArray_ISNOTSWAPPED(g)
+                or cnp.PyArray_NDIM(g) != (3 if d.seq_out else 2)
+                or cnp.PyArray_DIM(g, 0) != d.N
+                or cnp.PyArray_DIM(g, cnp.PyArray_NDIM(g) - 1) != d.F_out
+                or (d.seq_out and cnp.PyArray_DIM(g, 1) != d.T)):
+            raise ValueError("d_out must be a C-contiguous array shaped and typed like the "
+                             "output")
+        gp = <const char*>cnp.PyArray_DATA(g)
+    dhp = _check_arg(dh_n, "dh_n", &d, d.N * d.SH)
+    dcp = _check_arg(dc_n, "dc_n", &d, d.N * d.SH)
     for o in range(d.first, d.n_ops):
         if _rec(cache.sp, o)[0] == OP_RNN:
             nrec += 1
@@ -356,18 +396,37 @@ def train_backward(const int64_t[::1] spec not None, cnp.ndarray data not None,
     cache.plan = NULL
     cache.ids = NULL
     try:
+        # the results: NumPy may run Python code (GC) here, so only after the take
+        dims[0] = d.N * d.SH
+        dh0 = cnp.PyArray_ZEROS(1, dims, d.typenum, 0)
+        dh0p = <char*>cnp.PyArray_DATA(dh0)
+        dc0 = None
+        if d.any_c:
+            dc0 = cnp.PyArray_ZEROS(1, dims, d.typenum, 0)
+            dc0p = <char*>cnp.PyArray_DATA(dc0)
+        dx = None
+        if input_grad and not d.ids:
+            dims[0] = d.N
+            dims[1] = d.T
+            dims[2] = d.F0
+            dx = cnp.PyArray_EMPTY(3, dims, d.typenum, 0)
+            dxp = <char*>cnp.PyArray_DATA(dx)
         ws = <char*>_alloc(<double>_backward_scratch(&d) * d.isz)
         with nogil:
             if d.isz == 4:
                 _fused_backward(cache.sp, &d, plan, tr,
                                 <const float*>cnp.PyArray_DATA(data),
                                 <float*>cnp.PyArray_DATA(grad), <const float*>buf,
-                                ids, mask, <const float*>cnp.PyArray_DATA(g), <float*>ws)
+                                ids, mask, <const float*>gp, <const float*>dhp,
+                                <const float*>dcp, <float*>dh0p, <float*>dc0p,
+                                <float*>dxp, <float*>ws)
             else:
                 _fused_backward(cache.sp, &d, plan, tr,
                                 <const double*>cnp.PyArray_DATA(data),
                                 <double*>cnp.PyArray_DATA(grad), <const double*>buf,
-                                ids, mask, <const double*>cnp.PyArray_DATA(g), <double*>ws)
+                                ids, mask, <const double*>gp, <const double*>dhp,
+                                <const double*>dcp, <double*>dh0p, <double*>dc0p,
+                                <double*>dxp, <double*>ws)
     finally:
         free(ws)
         free(tr)
@@ -375,3 +434,4 @@ def train_backward(const int64_t[::1] spec not None, cnp.ndarray data not None,
         free(mask)
         free(plan)
         free(ids)
+    return dx, dh0, dc0

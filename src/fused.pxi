@@ -7,9 +7,12 @@
 # ``Sequential.inference_spec``): a header and one fixed-width record per op;
 # its constants, field indices and error messages reach this file through the
 # generated _constants.pxi. A planner (``_plan``) lays every op's buffers out
-# in one scratch block: per-op caches for training, ping-pong buffers for
-# inference; one forward runner and one backward runner walk the ops over that
-# plan, calling the same time loops and GEMM rule as the layer path. Everything
+# in one scratch block: per-op (per-direction) caches for training, ping-pong
+# buffers for inference; one forward runner and one backward runner walk the ops
+# over that plan, calling the same time loops and GEMM rule as the layer path.
+# A bidirectional op's reverse direction runs those loops on its time-reversed
+# input projections and mask (``_reverse_time``; its caches stay in its own time
+# order) and ``_merge_fwd``/``_merge_bwd`` combine the directions. Everything
 # runs without the GIL on memory allocated per call, so concurrent calls on one
 # model are safe; nothing is kept between calls except what ``train_forward``
 # hands back in its ``FusedCache``.
@@ -24,13 +27,17 @@ cdef enum:
     # per-op plan slots: element offsets into the scratch block (-1: none)
     P_IN = 0
     P_OUT = 1
-    P_H = 2
-    P_C = 3
-    P_GATES = 4
-    P_AUX = 5
-    P_HSEQ = 6
-    P_INSEQ = 7      # 1 when the op's input is a (T, N, F) sequence
-    P_WIDTH = 8
+    P_INSEQ = 2      # 1 when the op's input is a (T, N, F) sequence
+    P_DROP = 3       # the op's copy of its dropout multiplier (T, N, width)
+    P_ST = 4         # the op's offset in the flat states (h0, h_n, ...; not scratch)
+    P_DIR = 5        # per direction (P_DIR + K_DIR * d): the slots below
+    K_H = 0
+    K_C = 1
+    K_GATES = 2
+    K_AUX = 3
+    K_HSEQ = 4       # the direction's outputs, in its own time order
+    K_DIR = 5
+    P_WIDTH = 15
 
 
 cdef struct Dims:
@@ -38,6 +45,11 @@ cdef struct Dims:
     bint ids, seq_out
     int typenum
     Py_ssize_t isz
+    Py_ssize_t SH        # sum over recurrent ops of directions * hidden (states: N * SH)
+    Py_ssize_t drop_w    # sum of the widths of the ops with a dropout flag
+    bint any_c, any_bi   # some op has a cell state / two directions
+    bint drop            # a training forward with dropout masks
+    Py_ssize_t hn, cn    # scratch offsets of h_n, c_n (set by ``_plan``)
 
 
 cdef inline const int64_t* _rec(const int64_t* sp, Py_ssize_t o) noexcept nogil:
@@ -49,11 +61,101 @@ cdef inline Py_ssize_t _gates_of(const int64_t* r) noexcept nogil:
     return n_gates_of(<int>r[RNN_CELL]) * r[RNN_HIDDEN]
 
 
-cdef inline const floating* _peep_of(const floating* data, const int64_t* r) noexcept nogil:
-    """The (3, H) peephole block of a recurrent record, NULL for cells without one."""
+cdef inline Py_ssize_t _width_of(const int64_t* r) noexcept nogil:
+    """The output width of a recurrent record (2 H for a bidirectional concat op)."""
+    if r[RNN_DIRS] == 2 and r[RNN_MERGE] == MERGE_CONCAT:
+        return 2 * r[RNN_HIDDEN]
+    return r[RNN_HIDDEN]
+
+
+cdef inline Py_ssize_t _tensors_of(const int64_t* r, Py_ssize_t dd) noexcept nogil:
+    """The record field of direction ``dd``'s first tensor offset (w_ih; then w_hh,
+    b_ih, b_hh, peep in the next fields, for both directions)."""
+    return RNN_W_IH if dd == 0 else RNN_W_IH_R
+
+
+cdef inline const floating* _peep_of(const floating* data, const int64_t* r,
+                                     Py_ssize_t k0) noexcept nogil:
+    """The (3, H) peephole block of a recurrent record's direction (``k0`` from
+    ``_tensors_of``), NULL for cells without one."""
     if n_peepholes_of(<int>r[RNN_CELL]) > 0:
-        return data + r[RNN_PEEP]
+        return data + r[k0 + 4]
     return NULL
+
+
+cdef void _reverse_time(floating* a, Py_ssize_t T, Py_ssize_t row) noexcept nogil:
+    """Reverse the time order of ``a`` (T, row) in place."""
+    cdef Py_ssize_t t, j
+    cdef floating* p
+    cdef floating* q
+    cdef floating v
+    for t in range(T // 2):
+        p = a + t * row
+        q = a + (T - 1 - t) * row
+        for j in range(row):
+            v = p[j]
+            p[j] = q[j]
+            q[j] = v
+
+
+cdef void _merge_fwd(int mode, Py_ssize_t T, Py_ssize_t N, Py_ssize_t H, const floating* a,
+                     const floating* b, floating* out) noexcept nogil:
+    """``out[t] = merge(a[t], b[T-1-t])`` (``layers.recurrent._merge``): ``a`` (T, N, H)
+    the forward direction's outputs, ``b`` the reverse direction's in its own
+    (reversed) time order; ``out`` (T, N, 2H) for concat, else (T, N, H). With
+    ``T = 1``: the final states of a many-to-one op."""
+    cdef Py_ssize_t t, i, j
+    cdef const floating* pa
+    cdef const floating* pb
+    cdef floating* po
+    for t in range(T):
+        for i in range(N):
+            pa = a + (t * N + i) * H
+            pb = b + ((T - 1 - t) * N + i) * H
+            if mode == MERGE_CONCAT:
+                po = out + (t * N + i) * 2 * H
+                memcpy(po, pa, H * sizeof(floating))
+                memcpy(po + H, pb, H * sizeof(floating))
+                continue
+            po = out + (t * N + i) * H
+            if mode == MERGE_SUM:
+                for j in range(H):
+                    po[j] = pa[j] + pb[j]
+            elif mode == MERGE_MUL:
+                for j in range(H):
+                    po[j] = pa[j] * pb[j]
+            else:
+                for j in range(H):
+                    po[j] = (pa[j] + pb[j]) * <floating>0.5
+
+
+cdef void _merge_bwd(int mode, Py_ssize_t dd, Py_ssize_t T, Py_ssize_t N, Py_ssize_t H,
+                     const floating* dy, const floating* a, const floating* b,
+                     floating* g) noexcept nogil:
+    """The gradient ``g`` (T, N, H) on direction ``dd``'s outputs, in that direction's
+    own time order, from ``dy``, the gradient on :func:`_merge_fwd`'s ``out`` (same
+    ``a``, ``b``; ``layers.recurrent._unmerge``)."""
+    cdef Py_ssize_t s, t, i, j
+    cdef const floating* py
+    cdef const floating* other
+    cdef floating* pg
+    for s in range(T):
+        t = s if dd == 0 else T - 1 - s  # the merged step of own step s
+        for i in range(N):
+            pg = g + (s * N + i) * H
+            if mode == MERGE_CONCAT:
+                memcpy(pg, dy + (t * N + i) * 2 * H + dd * H, H * sizeof(floating))
+                continue
+            py = dy + (t * N + i) * H
+            if mode == MERGE_SUM:
+                memcpy(pg, py, H * sizeof(floating))
+            elif mode == MERGE_MUL:
+                other = (b + ((T - 1 - t) * N + i) * H) if dd == 0 else (a + (t * N + i) * H)
+                for j in range(H):
+                    pg[j] = py[j] * other[j]
+            else:
+                for j in range(H):
+                    pg[j] = py[j] * <floating>0.5
 
 
 cdef void _affine_fwd(const floating* x, Py_ssize_t rows, Py_ssize_t n_in,
@@ -72,9 +174,10 @@ cdef void _affine_fwd(const floating* x, Py_ssize_t rows, Py_ssize_t n_in,
 
 cdef void _affine_bwd(const floating* dy, const floating* x, Py_ssize_t rows,
                       Py_ssize_t n_in, Py_ssize_t n_out, const floating* w, floating* gw,
-                      floating* gb, floating* dx) noexcept nogil:
+                      floating* gb, floating* dx, bint acc_dx) noexcept nogil:
     """Backward of :func:`_affine_fwd` given ``dy`` (rows, n_out): ``gw += dy^T x``,
-    ``gb += colsum(dy)`` and, unless ``dx`` is NULL, ``dx = dy w`` (rows, n_in)."""
+    ``gb += colsum(dy)`` and, unless ``dx`` is NULL, ``dx = dy w`` (rows, n_in;
+    ``acc_dx``: ``dx += dy w``)."""
     cdef Py_ssize_t i, j
     _gemm(c'N', c'T', <int>n_in, <int>n_out, <int>rows, <floating>1, x, <int>n_in, dy,
           <int>n_out, <floating>1, gw, <int>n_in)
@@ -83,7 +186,7 @@ cdef void _affine_bwd(const floating* dy, const floating* x, Py_ssize_t rows,
             gb[j] += dy[i * n_out + j]
     if dx != NULL:
         _gemm(c'N', c'N', <int>n_in, <int>rows, <int>n_out, <floating>1, w, <int>n_in,
-              dy, <int>n_out, <floating>0, dx, <int>n_in)
+              dy, <int>n_out, <floating>(1 if acc_dx else 0), dx, <int>n_in)
 
 
 cdef bint _all_finite(const floating* x, Py_ssize_t n) noexcept nogil:
@@ -132,6 +235,20 @@ cdef int _check_data(cnp.ndarray a, str name, int typenum, Py_ssize_t size,
     return 0
 
 
+cdef int _check_rnn_tensors(const int64_t* r, Py_ssize_t k0, Py_ssize_t size) except -1:
+    """Direction tensors (fields ``k0 ..``: w_ih, w_hh, b_ih, b_hh, peep) inside the
+    buffer; sums in double, so huge (corrupt) values cannot overflow the check."""
+    cdef double Gd = <double>n_gates_of(<int>r[RNN_CELL]) * r[RNN_HIDDEN]
+    cdef int npeep = n_peepholes_of(<int>r[RNN_CELL])
+    if (r[k0] < 0 or r[k0 + 1] < 0 or r[k0 + 2] < 0 or r[k0 + 3] < 0
+            or r[k0] + Gd * r[RNN_IN] > size or r[k0 + 1] + Gd * r[RNN_HIDDEN] > size
+            or r[k0 + 2] + Gd > size or r[k0 + 3] + Gd > size
+            or (npeep > 0 and (r[k0 + 4] < 0
+                               or r[k0 + 4] + <double>npeep * r[RNN_HIDDEN] > size))):
+        raise ValueError(SPEC_ERRORS["rnn"])
+    return 0
+
+
 cdef int _check_call(const int64_t* sp, cnp.ndarray data, object x, object mask, Dims* d,
                      int64_t** ids_out, uint8_t** mask_out) except -1:
     """Check the (copied, header-checked) spec against ``data`` and ``x`` against
@@ -151,7 +268,6 @@ cdef int _check_call(const int64_t* sp, cnp.ndarray data, object x, object mask,
     cdef const int64_t* r
     cdef cnp.ndarray xa
     cdef Py_ssize_t o, F, G, D, H, size, k
-    cdef double Gd
     cdef bint seq = True
     cdef int64_t* idp
     cdef char* xin
@@ -183,6 +299,11 @@ cdef int _check_call(const int64_t* sp, cnp.ndarray data, object x, object mask,
     d.Fmax = F
     d.GHmax = 1
     d.Hmax = 1
+    d.SH = 0
+    d.drop_w = 0
+    d.any_c = False
+    d.any_bi = False
+    d.drop = False
     for o in range(d.first, d.n_ops):
         r = _rec(sp, o)
         if r[0] == OP_RNN:
@@ -192,24 +313,25 @@ cdef int _check_call(const int64_t* sp, cnp.ndarray data, object x, object mask,
                 raise ValueError(SPEC_ERRORS["cell"])
             if not seq:
                 raise ValueError(SPEC_ERRORS["order"])
-            # sizes in double: huge (corrupt) values must not overflow the checks
+            if r[RNN_DIRS] < 1 or r[RNN_DIRS] > 2 or r[RNN_MERGE] < 0 or r[RNN_MERGE] > 3:
+                raise ValueError(SPEC_ERRORS["dirs"])
             D = r[RNN_IN]
             H = r[RNN_HIDDEN]
-            Gd = <double>n_gates_of(<int>r[RNN_CELL]) * H
-            if (H < 1 or D < 1 or r[RNN_W_IH] < 0 or r[RNN_W_HH] < 0 or r[RNN_B_IH] < 0
-                    or r[RNN_B_HH] < 0 or r[RNN_W_IH] + Gd * D > size
-                    or r[RNN_W_HH] + Gd * H > size or r[RNN_B_IH] + Gd > size
-                    or r[RNN_B_HH] + Gd > size
-                    or (n_peepholes_of(<int>r[RNN_CELL]) > 0
-                        and (r[RNN_PEEP] < 0 or r[RNN_PEEP]
-                             + <double>n_peepholes_of(<int>r[RNN_CELL]) * H > size))):
+            if H < 1 or D < 1:
                 raise ValueError(SPEC_ERRORS["rnn"])
+            for k in range(r[RNN_DIRS]):
+                _check_rnn_tensors(r, _tensors_of(r, k), size)
             G = _gates_of(r)
             if D != F:
                 return 1  # widths do not chain: the layer path explains
             d.GHmax = max(d.GHmax, G)
             d.Hmax = max(d.Hmax, H)
-            F = H
+            d.SH += r[RNN_DIRS] * H
+            d.any_c = d.any_c or has_cell_state_of(<int>r[RNN_CELL])
+            d.any_bi = d.any_bi or r[RNN_DIRS] == 2
+            F = _width_of(r)
+            if r[RNN_DROP]:
+                d.drop_w += F
             seq = r[RNN_SEQ] != 0
         elif r[0] == OP_DENSE:
             if (r[DENSE_OUT] < 1 or r[DENSE_IN] < 1 or r[DENSE_W] < 0 or r[DENSE_B] < 0
@@ -298,25 +420,34 @@ cdef inline Py_ssize_t _al(Py_ssize_t n) noexcept nogil:
     return (n + 15) & ~(<Py_ssize_t>15)
 
 
-cdef Py_ssize_t _plan(const int64_t* sp, const Dims* d, bint keep,
-                      int64_t* plan) noexcept nogil:
+cdef Py_ssize_t _plan(const int64_t* sp, Dims* d, bint keep, int64_t* plan) noexcept nogil:
     """Element offsets of every op's buffers in one scratch block (``plan``:
-    n_ops x P_WIDTH); returns the block's size in elements.
+    n_ops x P_WIDTH; sets ``d.hn``/``d.cn``); returns the block's size in elements.
 
     Always: [0] the time-major input (T, N, F0); [1] xp scratch (T, N, GHmax);
-    [2] gh scratch (N, GHmax). ``keep`` (training): every op gets its own output
-    and, for recurrent ops, its own cache (h, c: T+1 states; gates; aux); a
-    many-to-one op's output is its last state. Inference: recurrent ops share
-    one 2-slot state and one-step gate scratch, and sequence outputs alternate
-    between two buffers.
+    [2] gh scratch (N, GHmax); the final states h_n, c_n (flat). ``keep``
+    (training): every op gets its own output and, for recurrent ops, every
+    direction its own cache (h, c: T+1 states; gates; aux; outputs); a
+    many-to-one op's output is its last state (two directions: their merge), and
+    ``d.drop`` gives the dropout ops a copy of their multiplier. Inference:
+    recurrent ops share one 2-slot state and one-step gate scratch, sequence
+    outputs alternate between two buffers (two directions write theirs to two
+    more and merge into those).
     """
-    cdef Py_ssize_t T = d.T, N = d.N, TN = d.T * d.N, o, H, G, R, F = d.F0
-    cdef Py_ssize_t pos, cur, pingA, pingB, h_s, c_s, g_s, a_s, hs_s
+    cdef Py_ssize_t T = d.T, N = d.N, TN = d.T * d.N, o, H, G, R, F = d.F0, dd, st = 0
+    cdef Py_ssize_t pos, cur, pingA, pingB, h_s, c_s, g_s, a_s, hs_s, bi0 = 0, bi1 = 0
     cdef bint seq = True
     cdef const int64_t* r
     cdef int64_t* p
+    cdef int64_t* q
     # every buffer starts on a 64-byte boundary (the block is 64-byte aligned)
     pos = _al(_al(TN * d.F0) + TN * d.GHmax) + N * d.GHmax
+    d.hn = _al(pos)
+    pos = d.hn + N * d.SH
+    d.cn = -1
+    if d.any_c:
+        d.cn = _al(pos)
+        pos = d.cn + N * d.SH
     cur = 0  # the input sits at offset 0
     if not keep:
         pingA = _al(pos)
@@ -327,6 +458,10 @@ cdef Py_ssize_t _plan(const int64_t* sp, const Dims* d, bint keep,
         a_s = _al(g_s + N * d.GHmax)
         hs_s = _al(a_s + N * d.Hmax)
         pos = hs_s + TN * d.Hmax
+        if d.any_bi:
+            bi0 = _al(pos)
+            bi1 = _al(bi0 + TN * d.Hmax)
+            pos = bi1 + TN * d.Hmax
     for o in range(d.n_ops):
         p = plan + o * P_WIDTH
         for R in range(P_WIDTH):
@@ -339,31 +474,48 @@ cdef Py_ssize_t _plan(const int64_t* sp, const Dims* d, bint keep,
         if r[0] == OP_RNN:
             H = r[RNN_HIDDEN]
             G = _gates_of(r)
-            if keep:
-                p[P_H] = _al(pos)
-                pos = p[P_H] + (T + 1) * N * H
-                if has_cell_state_of(<int>r[RNN_CELL]):
-                    p[P_C] = _al(pos)
-                    pos = p[P_C] + (T + 1) * N * H
-                p[P_GATES] = _al(pos)
-                pos = p[P_GATES] + TN * G
-                if has_aux_of(<int>r[RNN_CELL]):
-                    p[P_AUX] = _al(pos)
-                    pos = p[P_AUX] + TN * H
-                p[P_HSEQ] = _al(pos)
-                pos = p[P_HSEQ] + TN * H
-                p[P_OUT] = p[P_HSEQ] if r[RNN_SEQ] else p[P_H] + T * N * H
-            else:
-                p[P_H] = h_s
-                p[P_C] = c_s
-                p[P_GATES] = g_s
-                p[P_AUX] = a_s
-                if r[RNN_SEQ]:
-                    p[P_HSEQ] = pingB if cur == pingA else pingA
-                    p[P_OUT] = p[P_HSEQ]
+            F = _width_of(r)
+            p[P_ST] = st
+            st += r[RNN_DIRS] * N * H
+            for dd in range(r[RNN_DIRS]):
+                q = p + P_DIR + K_DIR * dd
+                if keep:
+                    q[K_H] = _al(pos)
+                    pos = q[K_H] + (T + 1) * N * H
+                    if has_cell_state_of(<int>r[RNN_CELL]):
+                        q[K_C] = _al(pos)
+                        pos = q[K_C] + (T + 1) * N * H
+                    q[K_GATES] = _al(pos)
+                    pos = q[K_GATES] + TN * G
+                    if has_aux_of(<int>r[RNN_CELL]):
+                        q[K_AUX] = _al(pos)
+                        pos = q[K_AUX] + TN * H
+                    q[K_HSEQ] = _al(pos)
+                    pos = q[K_HSEQ] + TN * H
                 else:
-                    p[P_HSEQ] = hs_s
-                    p[P_OUT] = h_s + (T % 2) * N * H
+                    q[K_H] = h_s
+                    q[K_C] = c_s
+                    q[K_GATES] = g_s
+                    q[K_AUX] = a_s
+                    if not r[RNN_SEQ]:
+                        q[K_HSEQ] = hs_s
+                    elif r[RNN_DIRS] == 2:
+                        q[K_HSEQ] = bi0 if dd == 0 else bi1
+                    else:
+                        q[K_HSEQ] = pingB if cur == pingA else pingA
+            q = p + P_DIR
+            if r[RNN_DIRS] == 1 and r[RNN_SEQ]:
+                p[P_OUT] = q[K_HSEQ]
+            elif r[RNN_DIRS] == 1:
+                p[P_OUT] = q[K_H] + (T if keep else T % 2) * N * H
+            elif keep:
+                p[P_OUT] = _al(pos)
+                pos = p[P_OUT] + (TN if r[RNN_SEQ] else N) * F
+            else:
+                p[P_OUT] = pingB if cur == pingA else pingA
+            if keep and d.drop and r[RNN_DROP] and r[RNN_SEQ]:
+                p[P_DROP] = _al(pos)
+                pos = p[P_DROP] + TN * F
             seq = r[RNN_SEQ] != 0
         else:
             R = TN if seq else N
@@ -378,13 +530,19 @@ cdef Py_ssize_t _plan(const int64_t* sp, const Dims* d, bint keep,
 
 cdef void _fused_forward(const int64_t* sp, const Dims* d, bint keep, const int64_t* plan,
                          const floating* data, const char* xin, floating* base,
-                         const uint8_t* mask, floating* out) noexcept nogil:
+                         const uint8_t* mask, const floating* h0, const floating* c0,
+                         const floating* drop, floating* out) noexcept nogil:
     """Lay the input out time-major, run every op over the plan, write the
-    batch-first result to ``out``."""
-    cdef Py_ssize_t T = d.T, N = d.N, TN = d.T * d.N, o, t, i, H, G, D, O, R, F
+    batch-first result to ``out`` and the final states to the scratch's h_n/c_n.
+    ``mask`` (T, N), followed by its time reversal when an op has two directions;
+    ``h0``/``c0`` the flat initial states or NULL (zeros); ``drop`` the
+    concatenated dropout multipliers or NULL (used when ``keep``)."""
+    cdef Py_ssize_t T = d.T, N = d.N, TN = d.T * d.N, NH, o, t, i, j, H, G, D, O, R, F
+    cdef Py_ssize_t dd, k0, S = d.T + 1 if keep else 2
     cdef int code
     cdef const int64_t* r
     cdef const int64_t* p
+    cdef const int64_t* q
     cdef const int64_t* idp
     cdef const floating* x
     cdef const floating* table
@@ -392,8 +550,11 @@ cdef void _fused_forward(const int64_t* sp, const Dims* d, bint keep, const int6
     cdef floating* xp = base + _al(TN * d.F0)
     cdef floating* gh = base + _al(_al(TN * d.F0) + TN * d.GHmax)
     cdef floating* inp
+    cdef floating* hbuf
     cdef floating* cbuf
     cdef floating* aux
+    cdef floating* y
+    cdef floating* hn = base + d.hn
     F = d.F0
     if d.ids:
         r = _rec(sp, 0)
@@ -407,6 +568,8 @@ cdef void _fused_forward(const int64_t* sp, const Dims* d, bint keep, const int6
         for t in range(T):
             for i in range(N):
                 memcpy(x0 + (t * N + i) * F, x + (i * T + t) * F, F * sizeof(floating))
+    if d.any_c:
+        memset(base + d.cn, 0, N * d.SH * sizeof(floating))
     for o in range(d.first, d.n_ops):
         r = _rec(sp, o)
         p = plan + o * P_WIDTH
@@ -415,21 +578,45 @@ cdef void _fused_forward(const int64_t* sp, const Dims* d, bint keep, const int6
             code = <int>r[RNN_CELL]
             D = r[RNN_IN]
             H = r[RNN_HIDDEN]
+            NH = N * H
             G = _gates_of(r)
-            _affine_fwd(inp, TN, D, G, data + r[RNN_W_IH], data + r[RNN_B_IH], xp)  # all steps
-            memset(base + p[P_H], 0, N * H * sizeof(floating))
-            cbuf = NULL
-            aux = NULL
-            if has_cell_state_of(code):
-                cbuf = base + p[P_C]
-                memset(cbuf, 0, N * H * sizeof(floating))
-            if has_aux_of(code):
-                aux = base + p[P_AUX]
-            _forward_loop(code, <int>r[RNN_ACT], <int>r[RNN_RACT], T, N, H, xp,
-                          data + r[RNN_W_HH], data + r[RNN_B_HH], _peep_of(data, r), mask,
-                          base + p[P_H], cbuf, T + 1 if keep else 2, base + p[P_GATES], aux,
-                          keep, base + p[P_HSEQ], gh, SMALL_GEMM_ROWS)
-            F = H
+            for dd in range(r[RNN_DIRS]):
+                q = p + P_DIR + K_DIR * dd
+                k0 = _tensors_of(r, dd)
+                # all steps' input projections; the reverse direction runs on them reversed
+                _affine_fwd(inp, TN, D, G, data + r[k0], data + r[k0 + 2], xp)
+                if dd:
+                    _reverse_time(xp, T, N * G)
+                hbuf = base + q[K_H]
+                _set_state(hbuf, h0, p[P_ST] + dd * NH, NH)
+                cbuf = NULL
+                aux = NULL
+                if has_cell_state_of(code):
+                    cbuf = base + q[K_C]
+                    _set_state(cbuf, c0, p[P_ST] + dd * NH, NH)
+                if has_aux_of(code):
+                    aux = base + q[K_AUX]
+                _forward_loop(code, <int>r[RNN_ACT], <int>r[RNN_RACT], T, N, H, xp,
+                              data + r[k0 + 1], data + r[k0 + 3], _peep_of(data, r, k0),
+                              mask + dd * TN, hbuf, cbuf, S, base + q[K_GATES], aux, keep,
+                              base + q[K_HSEQ], gh, SMALL_GEMM_ROWS)
+                memcpy(hn + p[P_ST] + dd * NH, hbuf + (T % S) * NH, NH * sizeof(floating))
+                if cbuf != NULL:
+                    memcpy(base + d.cn + p[P_ST] + dd * NH, cbuf + (T % S) * NH,
+                           NH * sizeof(floating))
+            F = _width_of(r)
+            y = base + p[P_OUT]
+            if r[RNN_DIRS] == 2 and r[RNN_SEQ]:
+                _merge_fwd(<int>r[RNN_MERGE], T, N, H, base + p[P_DIR + K_HSEQ],
+                           base + p[P_DIR + K_DIR + K_HSEQ], y)
+            elif r[RNN_DIRS] == 2:
+                _merge_fwd(<int>r[RNN_MERGE], 1, N, H, hn + p[P_ST], hn + p[P_ST] + NH, y)
+            if r[RNN_DROP] and keep and drop != NULL:
+                if r[RNN_SEQ]:  # the op's multiplier, kept for the backward
+                    memcpy(base + p[P_DROP], drop, TN * F * sizeof(floating))
+                    for j in range(TN * F):
+                        y[j] *= drop[j]
+                drop += TN * F
         else:
             O = r[DENSE_OUT]
             R = TN if p[P_INSEQ] else N
@@ -444,17 +631,33 @@ cdef void _fused_forward(const int64_t* sp, const Dims* d, bint keep, const int6
         memcpy(out, inp, N * F * sizeof(floating))
 
 
+cdef inline void _set_state(floating* slot0, const floating* s0, Py_ssize_t off,
+                            Py_ssize_t n) noexcept nogil:
+    """A direction's initial state: ``s0[off:off+n]``, zeros when ``s0`` is NULL."""
+    if s0 != NULL:
+        memcpy(slot0, s0 + off, n * sizeof(floating))
+    else:
+        memset(slot0, 0, n * sizeof(floating))
+
+
 cdef void _fused_backward(const int64_t* sp, const Dims* d, const int64_t* plan,
                           const int64_t* trunc, const floating* data, floating* grad,
                           const floating* base, const int64_t* ids, const uint8_t* mask,
-                          const floating* d_out, floating* ws) noexcept nogil:
+                          const floating* d_out, const floating* dh_n, const floating* dc_n,
+                          floating* dh0, floating* dc0, floating* dx,
+                          floating* ws) noexcept nogil:
     """Gradients of a ``keep`` forward: every parameter gradient is added into
-    ``grad`` (same layout as ``data``). ``d_out`` is batch-first like the output.
-    ``ws`` is backward scratch (see ``_backward_scratch``)."""
-    cdef Py_ssize_t T = d.T, N = d.N, TN = d.T * d.N, o, t, i, j, H, G, D, O, R, F, E
-    cdef Py_ssize_t span = TN * d.Fmax, nrec = 0
+    ``grad`` (same layout as ``data``). ``d_out`` is batch-first like the output
+    (NULL: none); ``dh_n``/``dc_n`` the flat final-state gradients or NULL;
+    ``dh0``/``dc0`` (flat, ``dc0`` NULL without cell states, else zero-filled)
+    receive the initial-state gradients; ``dx`` (N, T, F0) the input gradient, or
+    NULL. ``mask`` as in ``_fused_forward``. ``ws`` is backward scratch (see
+    ``_backward_scratch``)."""
+    cdef Py_ssize_t T = d.T, N = d.N, TN = d.T * d.N, NH, o, t, i, j, H, G, D, O, R, F, E
+    cdef Py_ssize_t span = TN * d.Fmax, nrec = 0, dd, k0, off
     cdef const int64_t* r
     cdef const int64_t* p
+    cdef const int64_t* q
     # every buffer on a 64-byte boundary (``ws`` is 64-byte aligned)
     cdef int64_t* budget = <int64_t*>ws
     cdef floating* dcur = ws + _al(N * (8 // sizeof(floating)))
@@ -463,19 +666,24 @@ cdef void _fused_backward(const int64_t* sp, const Dims* d, const int64_t* plan,
     cdef floating* dgh = dxp + _al(TN * d.GHmax)
     cdef floating* work = dgh + _al(TN * d.GHmax)
     cdef floating* dg = work + _al(5 * N * d.Hmax)
-    cdef floating* dh0 = dg + _al(N * d.GHmax)
-    cdef floating* dc0 = dh0 + _al(N * d.Hmax)
-    cdef floating* dw = dc0 + _al(N * d.Hmax)
+    cdef floating* dsq = dg + _al(N * d.GHmax)
+    cdef floating* dw = dsq + _al(TN * d.Hmax)
     cdef floating* db = dw + _al(d.GHmax * d.Hmax)
     cdef floating* dpeep = db + _al(d.GHmax)
     cdef uint8_t* vbuf = <uint8_t*>(dpeep + _al(3 * d.Hmax))
     cdef const floating* peep
+    cdef const floating* hn = base + d.hn
+    cdef const floating* dseq
+    cdef const floating* dhT
+    cdef const floating* dmask
     cdef int code
     cdef floating* swap
     cdef const floating* inp
-    cdef bint need_din, gru
+    cdef bint need_din, gru, cell
     F = d.F_out
-    if d.seq_out:  # batch-first -> time-major
+    if d_out == NULL:
+        memset(dcur, 0, (TN if d.seq_out else N) * F * sizeof(floating))
+    elif d.seq_out:  # batch-first -> time-major
         for t in range(T):
             for i in range(N):
                 memcpy(dcur + (t * N + i) * F, d_out + (i * T + t) * F, F * sizeof(floating))
@@ -488,41 +696,77 @@ cdef void _fused_backward(const int64_t* sp, const Dims* d, const int64_t* plan,
         r = _rec(sp, o)
         p = plan + o * P_WIDTH
         inp = base + p[P_IN]
-        # the first op's input is data, and a frozen embedding takes no gradient
-        need_din = o > 0 and not (o == d.first and _rec(sp, 0)[EMB_FROZEN] != 0)
+        # the first op's input is data (its gradient only when asked for), and a
+        # frozen embedding takes no gradient
+        need_din = ((o > 0 and not (o == d.first and _rec(sp, 0)[EMB_FROZEN] != 0))
+                    or (o == 0 and dx != NULL))
         if r[0] == OP_DENSE:
             R = TN if p[P_INSEQ] else N
             _affine_bwd(dcur, inp, R, r[DENSE_IN], r[DENSE_OUT], data + r[DENSE_W],
-                        grad + r[DENSE_W], grad + r[DENSE_B], dnext if need_din else NULL)
+                        grad + r[DENSE_W], grad + r[DENSE_B], dnext if need_din else NULL,
+                        False)
         else:
             nrec -= 1
             code = <int>r[RNN_CELL]
             D = r[RNN_IN]
             H = r[RNN_HIDDEN]
+            NH = N * H
             G = _gates_of(r)
-            peep = _peep_of(data, r)
+            cell = has_cell_state_of(code)
             gru = code == CELL_GRU or code == CELL_GRU_CHO  # own dgh array, as the layer path
-            memset(dxp, 0, TN * G * sizeof(floating))
-            if gru:
-                memset(dgh, 0, TN * G * sizeof(floating))
-            _backward_all(code, <int>r[RNN_ACT], <int>r[RNN_RACT], trunc[nrec], T, N, H,
-                          data + r[RNN_W_HH], peep, mask, base + p[P_H],
-                          base + p[P_C] if has_cell_state_of(code) else NULL,
-                          base + p[P_GATES], base + p[P_AUX] if has_aux_of(code) else NULL,
-                          dcur if r[RNN_SEQ] else NULL, NULL if r[RNN_SEQ] else dcur, NULL,
-                          dh0, dc0 if has_cell_state_of(code) else NULL, work, dg, budget,
-                          vbuf, dxp, dgh if gru else NULL, dw, db,
-                          dpeep if peep != NULL else NULL, SMALL_GEMM_ROWS)
-            for j in range(G * H):
-                grad[r[RNN_W_HH] + j] += dw[j]
-            for j in range(G):
-                grad[r[RNN_B_HH] + j] += db[j]
-            if peep != NULL:
-                for j in range(3 * H):
-                    grad[r[RNN_PEEP] + j] += dpeep[j]
-            # the input projection's gradients, from dxp
-            _affine_bwd(dxp, inp, TN, D, G, data + r[RNN_W_IH], grad + r[RNN_W_IH],
-                        grad + r[RNN_B_IH], dnext if need_din else NULL)
+            if p[P_DROP] >= 0:  # the gradient on the output before dropout
+                dmask = base + p[P_DROP]
+                for j in range(TN * _width_of(r)):
+                    dcur[j] *= dmask[j]
+            for dd in range(r[RNN_DIRS]):
+                q = p + P_DIR + K_DIR * dd
+                k0 = _tensors_of(r, dd)
+                off = p[P_ST] + dd * NH
+                peep = _peep_of(data, r, k0)
+                # this direction's share of the output gradient, in its own time order
+                dseq = NULL
+                dhT = NULL
+                if dh_n != NULL:
+                    dhT = dh_n + off
+                if r[RNN_SEQ] and r[RNN_DIRS] == 1:
+                    dseq = dcur
+                elif r[RNN_SEQ]:
+                    _merge_bwd(<int>r[RNN_MERGE], dd, T, N, H, dcur, base + p[P_DIR + K_HSEQ],
+                               base + p[P_DIR + K_DIR + K_HSEQ], dsq)
+                    dseq = dsq
+                else:  # many-to-one: the output gradient joins dh_n's
+                    if r[RNN_DIRS] == 1:
+                        memcpy(dsq, dcur, NH * sizeof(floating))
+                    else:
+                        _merge_bwd(<int>r[RNN_MERGE], dd, 1, N, H, dcur, hn + p[P_ST],
+                                   hn + p[P_ST] + NH, dsq)
+                    if dhT != NULL:
+                        for j in range(NH):
+                            dsq[j] += dhT[j]
+                    dhT = dsq
+                memset(dxp, 0, TN * G * sizeof(floating))
+                if gru:
+                    memset(dgh, 0, TN * G * sizeof(floating))
+                _backward_all(code, <int>r[RNN_ACT], <int>r[RNN_RACT], trunc[nrec], T, N, H,
+                              data + r[k0 + 1], peep, mask + dd * TN, base + q[K_H],
+                              base + q[K_C] if cell else NULL, base + q[K_GATES],
+                              base + q[K_AUX] if has_aux_of(code) else NULL, dseq, dhT,
+                              dc_n + off if cell and dc_n != NULL else NULL, dh0 + off,
+                              dc0 + off if cell else NULL, work, dg, budget, vbuf, dxp,
+                              dgh if gru else NULL, dw, db, dpeep if peep != NULL else NULL,
+                              SMALL_GEMM_ROWS)
+                for j in range(G * H):
+                    grad[r[k0 + 1] + j] += dw[j]
+                for j in range(G):
+                    grad[r[k0 + 3] + j] += db[j]
+                if peep != NULL:
+                    for j in range(3 * H):
+                        grad[r[k0 + 4] + j] += dpeep[j]
+                # the input projection's gradients, from dxp (back in input time order)
+                if dd:
+                    _reverse_time(dxp, T, N * G)
+                _affine_bwd(dxp, inp, TN, D, G, data + r[k0], grad + r[k0], grad + r[k0 + 2],
+                            dnext if need_din else NULL, dd > 0)
         swap = dcur
         dcur = dnext
         dnext = swap
@@ -534,13 +778,18 @@ cdef void _fused_backward(const int64_t* sp, const Dims* d, const int64_t* plan,
                 o = ids[i * T + t]
                 for j in range(E):
                     grad[r[EMB_W] + o * E + j] += dcur[(t * N + i) * E + j]
+    elif dx != NULL:  # time-major -> batch-first
+        for t in range(T):
+            for i in range(N):
+                memcpy(dx + (i * T + t) * d.F0, dcur + (t * N + i) * d.F0,
+                       d.F0 * sizeof(floating))
 
 
 cdef inline Py_ssize_t _backward_scratch(const Dims* d) noexcept nogil:
     """Elements of backward scratch (the layout ``_fused_backward`` carves)."""
     cdef Py_ssize_t TN = d.T * d.N
     return (2 * TN * d.Fmax + 2 * TN * d.GHmax + 5 * d.N * d.Hmax + d.N * d.GHmax
-            + 2 * d.N * d.Hmax + d.GHmax * d.Hmax + d.GHmax + 3 * d.Hmax + 3 * d.N + 8
+            + TN * d.Hmax + d.GHmax * d.Hmax + d.GHmax + 3 * d.Hmax + 3 * d.N + 8
             + 13 * 16)
 
 
@@ -605,14 +854,16 @@ cdef void* _alloc(double n_bytes) except NULL:
     return p
 
 
-cdef int _run_forward(const int64_t* sp, const Dims* d, bint keep, int64_t* plan,
+cdef int _run_forward(const int64_t* sp, Dims* d, bint keep, int64_t* plan,
                       cnp.ndarray data, object x, const int64_t* ids,
-                      const uint8_t* valid, char** buf_out, uint8_t** mask_out,
-                      object res) except -1:
+                      const uint8_t* valid, const char* h0, const char* c0, const char* drop,
+                      char** buf_out, uint8_t** mask_out, object res) except -1:
     """Plan, allocate, run (``ids``: the checked copy of the token ids, else NULL;
-    ``valid``: the time-major validity mask, NULL when every step is valid).
-    On success ``*buf_out``/``*mask_out`` own the memory."""
-    cdef Py_ssize_t n_el
+    ``valid``: the time-major validity mask, NULL when every step is valid;
+    ``h0``/``c0``/``drop``: the checked state and dropout arrays' data or NULL).
+    On success ``*buf_out``/``*mask_out`` own the memory (the mask followed by its
+    time reversal when an op has two directions)."""
+    cdef Py_ssize_t n_el, TN = d.T * d.N, t
     cdef char* buf
     cdef uint8_t* mask
     cdef char* xin = (<char*>ids if ids != NULL
@@ -622,26 +873,55 @@ cdef int _run_forward(const int64_t* sp, const Dims* d, bint keep, int64_t* plan
     cdef double need
     # sizes in double first: the planner's Py_ssize_t sums must not overflow
     need = ((<double>d.T + 1) * d.N * (d.F0 + 3.0 * d.GHmax + 4.0 * d.Hmax + 2.0 * d.Fmax)
-            * max(1, d.n_ops))
+            * max(1, d.n_ops) * (2 if d.any_bi else 1) + <double>d.N * d.SH * 2)
     if need * d.isz > 1e15:
         raise MemoryError("fused call scratch too large")
     n_el = _plan(sp, d, keep, plan)
     buf = <char*>_alloc(<double>n_el * d.isz)
-    mask = <uint8_t*>malloc(<size_t>(d.T * d.N))
+    mask = <uint8_t*>malloc(<size_t>(TN * (2 if d.any_bi else 1)))
     if mask == NULL:
         free(buf)
         raise MemoryError("fused call scratch")
     with nogil:
         if valid != NULL:
-            memcpy(mask, valid, <size_t>(d.T * d.N))
+            memcpy(mask, valid, <size_t>TN)
         else:
-            memset(mask, 1, <size_t>(d.T * d.N))
+            memset(mask, 1, <size_t>TN)
+        if d.any_bi:
+            for t in range(d.T):
+                memcpy(mask + TN + t * d.N, mask + (d.T - 1 - t) * d.N, <size_t>d.N)
         if d.isz == 4:
             _fused_forward(sp, d, keep, plan, <const float*>dptr, xin, <float*>buf, mask,
+                           <const float*>h0, <const float*>c0, <const float*>drop,
                            <float*>optr)
         else:
             _fused_forward(sp, d, keep, plan, <const double*>dptr, xin, <double*>buf, mask,
+                           <const double*>h0, <const double*>c0, <const double*>drop,
                            <double*>optr)
     buf_out[0] = buf
     mask_out[0] = mask
     return 0
+
+
+cdef const char* _check_arg(object a, str name, const Dims* d, Py_ssize_t size) except? NULL:
+    """The data of a state, dropout or gradient argument: None (NULL) or a C-contiguous,
+    aligned, native-endian array of the parameters' dtype and ``size`` elements (any
+    shape); anything else raises ValueError."""
+    if a is None:
+        return NULL
+    if (not cnp.PyArray_Check(a) or cnp.PyArray_TYPE(<cnp.ndarray>a) != d.typenum
+            or cnp.PyArray_SIZE(<cnp.ndarray>a) != size
+            or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>a)
+            or not cnp.PyArray_ISALIGNED(<cnp.ndarray>a)
+            or not cnp.PyArray_ISNOTSWAPPED(<cnp.ndarray>a)):
+        raise ValueError(f"{name} must be a C-contiguous array of the parameters' dtype "
+                         f"with {size} elements")
+    return <const char*>cnp.PyArray_DATA(<cnp.ndarray>a)
+
+
+cdef object _flat_out(const Dims* d, const char* base, Py_ssize_t off):
+    """A new 1-D array of the flat states' size holding the scratch's ``base[off:]``."""
+    cdef cnp.npy_intp n = d.N * d.SH
+    cdef cnp.ndarray a = cnp.PyArray_EMPTY(1, &n, d.typenum, 0)
+    memcpy(cnp.PyArray_DATA(a), base + off * d.isz, n * d.isz)
+    return a

@@ -136,10 +136,17 @@ def test_fused_bad_ids(fused_backend):
 
 
 def test_fused_covers_bidirectional_masks_and_states(fused_backend, rng):
+    dense_first = cyrnn.Sequential([cyrnn.Dense(5, 5, random_state=1),
+                                    cyrnn.LSTM(5, 4, backend=fused_backend, random_state=0)])
+    assert dense_first._plan() is None
+    # spec v3 covers bidirectional layers: fused, with the layer path's values
     bi = cyrnn.Sequential([cyrnn.LSTM(5, 4, bidirectional=True, return_sequences=False,
-                                      backend=fused_backend, random_state=0),
-                           cyrnn.Dense(8, 1, random_state=1)])
+                                      backend=fused_backend, random_state=0,
+                                      dtype=np.float64),
+                           cyrnn.Dense(8, 1, random_state=1, dtype=np.float64)])
     assert bi._plan() is not None
+    xb = rng.standard_normal((2, 5, 5))
+    np.testing.assert_allclose(bi.forward(xb), _reference(bi).forward(xb), **STRICT[np.float64])
     # masks, lengths and return_states run fused too, with the layer path's results
     model = _build(fused_backend, cyrnn.LSTM, {}, np.float64)
     ref = _reference(model)

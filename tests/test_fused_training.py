@@ -167,7 +167,7 @@ def test_train_backward_contract(fused_backend, rng):
     model = _model(fused_backend, cyrnn.LSTM, {}, np.float32)
     spec, data, grad = model.inference_spec(), model.params.data, model.params.grad
     x = rng.standard_normal((2, 5, 4)).astype(np.float32)
-    out, cache = be.train_forward(spec, data, x)
+    out, _, _, cache = be.train_forward(spec, data, x)
     tr = model._truncations()
     with pytest.raises(ValueError, match="d_out"):
         be.train_backward(spec, data, grad, cache, np.ones((2, 3), np.float32), tr)
@@ -199,11 +199,11 @@ def test_train_backward_adds_into_grad(fused_backend, rng):
     model = _model(fused_backend, cyrnn.LSTM, {}, np.float64, embed=7)
     spec, data = model.inference_spec(), model.params.data
     ids = rng.integers(0, 7, size=(2, 5))
-    out, cache = be.train_forward(spec, data, ids)
+    out, _, _, cache = be.train_forward(spec, data, ids)
     fresh = np.zeros_like(data)
     be.train_backward(spec, data, fresh, cache, np.ones_like(out), model._truncations())
     prefill = rng.standard_normal(data.shape)
-    out, cache = be.train_forward(spec, data, ids)
+    out, _, _, cache = be.train_forward(spec, data, ids)
     grad = prefill.copy()
     be.train_backward(spec, data, grad, cache, np.ones_like(out), model._truncations())
     np.testing.assert_allclose(grad, prefill + fresh, rtol=1e-12, atol=1e-12)
@@ -215,7 +215,7 @@ def test_train_backward_refuses_a_changed_spec(fused_backend, rng):
     model = _model(fused_backend, cyrnn.GRU, {}, np.float32)
     spec, data = model.inference_spec().copy(), model.params.data
     x = rng.standard_normal((2, 5, 4)).astype(np.float32)
-    out, cache = be.train_forward(spec, data, x)
+    out, _, _, cache = be.train_forward(spec, data, x)
     spec[3 + 5] += 100  # the hidden size, after the forward ran with the old one
     with pytest.raises(ValueError, match="spec"):
         be.train_backward(spec, data, model.params.grad, cache, np.ones_like(out),

@@ -327,3 +327,47 @@ def test_bad_state_and_dropout_arguments_raise(backend, rng):
     # an error leaves the cache usable
     be.train_backward(spec, data, layer.params.grad, cache, np.ones_like(out),
                       np.full(2, -1, np.int64))
+
+
+def test_spec_checks_of_the_v3_fields(backend, rng):
+    """directions, merge codes and the reverse direction's tensors are checked before the
+    kernel touches memory (spec.ERRORS messages)."""
+    from cyrnn.backends import spec as S
+    layer = _layer(backend, cyrnn.LSTM, {"peephole": True}, np.float64, bidirectional=True)
+    be = get_backend(backend)
+    spec = _lone_spec(layer)
+    data = layer.params.data
+    x = rng.standard_normal((2, 3, 4))
+    cases = [(S.RNN_DIRS, 0, "dirs"), (S.RNN_DIRS, 3, "dirs"), (S.RNN_MERGE, -1, "dirs"),
+             (S.RNN_MERGE, 4, "dirs")]
+    for field in (S.RNN_W_IH_R, S.RNN_W_HH_R, S.RNN_B_IH_R, S.RNN_B_HH_R, S.RNN_PEEP_R):
+        cases += [(field, data.size, "rnn"), (field, -1, "rnn"), (field, 2 ** 62, "rnn")]
+    for field, value, key in cases:
+        bad = spec.copy()
+        bad[S.SPEC_HEADER + field] = value
+        for call in (be.infer, be.train_forward):
+            with pytest.raises(ValueError, match=S.ERRORS[key]):
+                call(bad, data, x)
+
+
+@pytest.mark.parametrize("seq", [True, False], ids=["seq", "last"])
+def test_backward_without_output_gradient(backend, seq, rng):
+    """d_out None: only the final-state gradients flow (the layer path's d_output=None)."""
+    layer = _layer(backend, cyrnn.GRU, {}, np.float64, num_layers=2, bidirectional=True,
+                   merge_mode="mul", return_sequences=seq)
+    be = get_backend(backend)
+    spec = _lone_spec(layer)
+    ref = _reference_layer(layer)
+    x = rng.standard_normal((3, 5, 4))
+    out, h_n, c_n, cache = be.train_forward(spec, layer.params.data, x)
+    ref.forward(x, training=True)
+    dh_n = rng.standard_normal(h_n.shape)
+    layer.params.zero_grad()
+    ref.params.zero_grad()
+    dx, dh0, dc0 = be.train_backward(spec, layer.params.data, layer.params.grad, cache, None,
+                                     np.full(2, -1, np.int64), dh_n, None, True)
+    dx_ref, dh0_ref = ref.backward(None, dh_n.reshape(4, 3, 5))
+    np.testing.assert_allclose(layer.params.grad, ref.params.grad, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(dh0, dh0_ref.ravel(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(dx, dx_ref, rtol=1e-10, atol=1e-12)
+    assert dc0 is None
