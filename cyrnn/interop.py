@@ -22,8 +22,10 @@ def from_torch(module, backend="auto"):
 
     Copies ``num_layers``, ``bidirectional``, ``batch_first``, ``dropout`` and every
     weight (biases are zero if the module has ``bias=False``); dtype follows the
-    module's weights (float64 for ``.double()`` modules, else float32). The result
-    returns ``(output, state)`` exactly as the torch module does.
+    module's weights (float64 for ``.double()`` modules, else float32), and so does the
+    training flag (a module in ``eval()`` mode gives a layer in eval mode, whose calls
+    keep no backward cache). The result returns ``(output, state)`` exactly as the
+    torch module does.
     """
     mode = getattr(module, "mode", None)
     if mode not in _MODES:
@@ -39,6 +41,7 @@ def from_torch(module, backend="auto"):
     state = {name: np.zeros(shape, dtype) for name, shape in layer.params.shapes.items()}
     state.update(weights)
     layer.params.load_state_dict(state)
+    layer.train(bool(getattr(module, "training", True)))  # eval modules give eval layers
     return layer
 
 
