@@ -189,23 +189,21 @@ class Sequential:
     def _planned_inputs(self, plan, x, lengths, mask, initial_states, training):
         """``(x, valid, h0, c0)`` in the exact form of the fused calls, or None when an
         argument is invalid (the layer path then raises its error, in its order) or the
-        input needs the layer path (a sequence of padding only under ``mask_zero``; for
-        training, non-finite input, judged before any dropout is drawn)."""
+        input needs the layer path (a sequence of padding only under ``mask_zero``)."""
         first = self.layers[0]
         try:
+            # inference: an exact-form x goes straight to the kernel, which checks its
+            # values; training validates fully first (nothing may change on bad input)
             if isinstance(first, Embedding):
-                if not (type(x) is np.ndarray and x.dtype == np.int64 and x.ndim == 2):
+                if training or not (type(x) is np.ndarray and x.dtype == np.int64
+                                    and x.ndim == 2):
                     x = first.check_ids(x)
-                if not x.flags.c_contiguous:
-                    x = np.ascontiguousarray(x)
-            else:
-                if not (type(x) is np.ndarray and x.dtype == self.dtype and x.ndim == 3):
-                    x = V.check_array(x, "x", 3, self.dtype, feature_size=(
-                        first.input_size if isinstance(first, RecurrentLayer) else None))
-                if not x.flags.c_contiguous:
-                    x = np.ascontiguousarray(x)
-                if training and not np.isfinite(x).all():
-                    return None
+            elif training or not (type(x) is np.ndarray and x.dtype == self.dtype
+                                  and x.ndim == 3 and x.shape[2] == first.input_size):
+                x = V.check_array(x, "x", 3, self.dtype, feature_size=(
+                    first.input_size if isinstance(first, RecurrentLayer) else None))
+            if not x.flags.c_contiguous:
+                x = np.ascontiguousarray(x)
             n, T = x.shape[0], x.shape[1]
             valid = None
             if lengths is not None or mask is not None:

@@ -272,6 +272,7 @@ def test_to_torch_state_dict_round_trip_reproduces_outputs(backend, kind, bidire
     np.testing.assert_array_equal(again.params.data, layer.params.data)
 
 
+@pytest.mark.no_fused_call  # computes nothing: a rejection
 @pytest.mark.parametrize("make_layer, match", [
     (lambda b: cyrnn.LSTM(D, H, bidirectional=True, merge_mode="sum", backend=b), "merge_mode"),
     (lambda b: cyrnn.SimpleRNN(D, H, activation="sigmoid", backend=b), "sigmoid"),
@@ -282,11 +283,13 @@ def test_to_torch_state_dict_rejects_layers_torch_cannot_express(backend, make_l
         make_layer(backend).to_torch_state_dict()
 
 
+@pytest.mark.no_fused_call  # computes nothing: a rejection
 def test_from_torch_rejects_non_recurrent_module(backend):
     with pytest.raises(TypeError):
         cyrnn.from_torch(torch.nn.Linear(D, H), backend=backend)
 
 
+@pytest.mark.no_fused_call  # computes nothing: a rejection
 def test_from_torch_rejects_lstm_with_projection(backend):
     with pytest.raises(ValueError, match="proj_size"):
         cyrnn.from_torch(torch.nn.LSTM(D, H, proj_size=2), backend=backend)

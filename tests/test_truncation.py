@@ -112,6 +112,7 @@ def test_k2_shorter_than_chunk_truncates_inside_the_chunk(backend, rng):
     assert a.layers[0].bptt_truncate is None  # restored
 
 
+@pytest.mark.no_fused_call  # computes nothing: a rejection
 def test_tbptt_rejects_k2_beyond_chunk(backend, rng):
     model = make_model(backend)
     with pytest.raises(ValueError, match="k2"):

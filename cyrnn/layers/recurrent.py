@@ -324,13 +324,16 @@ class RecurrentLayer(Layer):
         self._plan_cache = (key, plan)
         return plan
 
-    def _planned_inputs(self, plan, x, lengths, mask, initial_state):
+    def _planned_inputs(self, plan, x, lengths, mask, initial_state, training):
         """``(x, valid, h0, c0)`` in the exact form of the fused calls (batch-first,
         C-contiguous; ``valid`` an (n, T) bool mask or None; flat states or None), or
         None when an argument is invalid: the layer path then raises its error, in its
         order (x first)."""
         try:
-            if not (type(x) is np.ndarray and x.dtype == self.dtype and x.ndim == 3):
+            # inference: an exact-form x goes straight to the kernel, which checks its
+            # values; training validates fully first (nothing may change on bad input)
+            if training or not (type(x) is np.ndarray and x.dtype == self.dtype
+                                and x.ndim == 3 and x.shape[2] == self.input_size):
                 x = V.check_array(x, "x", 3, self.dtype, feature_size=self.input_size)
             if self.batch_first:
                 n, T = x.shape[0], x.shape[1]
@@ -357,15 +360,13 @@ class RecurrentLayer(Layer):
 
     def _planned_forward(self, plan, x, lengths, mask, initial_state, training):
         """``forward`` as one fused backend call, or None (the layer path runs)."""
-        args = self._planned_inputs(plan, x, lengths, mask, initial_state)
+        args = self._planned_inputs(plan, x, lengths, mask, initial_state, training)
         if args is None:
             return None
         x, valid, h0, c0 = args
         n, T = x.shape[0], x.shape[1]
         data = self.params.data
         if training:
-            if not np.isfinite(x).all():  # the layer path raises, before dropout draws
-                return None
             res = plan.train_forward(plan.spec, data, x, valid, h0, c0,
                                      plan.dropout(T, n, self.dtype))
             if res is None:
