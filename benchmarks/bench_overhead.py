@@ -26,7 +26,7 @@ def cases(backend, B=1, T=12, D=27, H=50):
     import cyrnn
 
     rng = np.random.default_rng(0)
-    layer = cyrnn.LSTM(D, H, backend=backend, random_state=0)
+    layer = cyrnn.LSTM(D, H, backend=backend, random_state=0).eval()
     model = cyrnn.Sequential([cyrnn.LSTM(D, H, return_state=False, backend=backend,
                                          random_state=0)])
     x = rng.standard_normal((B, T, D)).astype(np.float32)

@@ -6,6 +6,7 @@ import numpy as np
 
 from . import _validation as V
 from .layers import Dense, Embedding, Layer, RecurrentLayer
+from .layers.recurrent import _exact, _surely_finite
 from .params import ParameterBuffer
 from .plan import backend_plan, build_spec, layer_plannable
 
@@ -383,6 +384,8 @@ class Sequential:
                 if first.mask_zero and not ids.all():
                     return None
                 x = np.ascontiguousarray(ids, np.int64)[:, None]
+            elif _exact(x_t, self.dtype, 2, first.input_size) and _surely_finite(x_t):
+                x = x_t[:, None]
             else:
                 x = np.ascontiguousarray(V.check_array(x_t, "x_t", 2, self.dtype,
                                                        feature_size=first.input_size))[:, None]

@@ -8,6 +8,7 @@ dropout and the input-side gradients. The time loop is the backend's
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
@@ -23,6 +24,19 @@ MERGE_MODES = ("concat", "sum", "mul", "ave")
 
 def _no_prefix(i):
     return ""
+
+
+def _exact(a, dtype, ndim, features):
+    """``a`` is already in the form the kernels take: a C-contiguous ndarray of ``dtype``
+    with ``ndim`` dimensions and ``features`` in the last one."""
+    return (type(a) is np.ndarray and a.dtype == dtype and a.ndim == ndim
+            and a.shape[-1] == features and a.flags.c_contiguous)
+
+
+def _surely_finite(a):
+    """True when every value of ``a`` is finite, decided with one dot product (a sum of
+    squares that overflows, or NaN, answers False: callers then run the full check)."""
+    return math.isfinite(np.vdot(a, a)) if a.size else True
 
 
 class PlannedCache:
@@ -590,8 +604,11 @@ class RecurrentLayer(Layer):
     def _check_step_input(self, x_t, state):
         """``x_t`` and the state of :meth:`step` as contiguous arrays of the layer's dtype,
         the state of shape ``(num_layers, n, H)`` (the kernels read exactly that much)."""
-        x_t = np.ascontiguousarray(V.check_array(x_t, "x_t", 2, self.dtype,
-                                                 feature_size=self.input_size))
+        if not _exact(x_t, self.dtype, 2, self.input_size):
+            x_t = np.ascontiguousarray(V.check_array(x_t, "x_t", 2, self.dtype,
+                                                     feature_size=self.input_size))
+        elif not _surely_finite(x_t):
+            V.check_array(x_t, "x_t", 2, self.dtype)  # raises, naming the problem
         h, c = self._check_step_state(state, x_t.shape[0])
         return x_t, h, c
 
@@ -610,6 +627,10 @@ class RecurrentLayer(Layer):
             parts = [("state", state)]
         arrays = []
         for name, value in parts:
+            if (type(value) is np.ndarray and value.shape == shape and value.dtype == self.dtype
+                    and value.flags.c_contiguous and _surely_finite(value)):
+                arrays.append(value)  # the common case, checked cheaply
+                continue
             arr = V.check_array(value, name, 3, self.dtype)
             if arr.shape != shape:
                 raise ValueError(f"{name} must have shape {shape} (layers, batch, hidden), "
