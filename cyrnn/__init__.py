@@ -20,6 +20,7 @@ _LAZY = {
     "GRU": ("cyrnn.layers", "GRU"),
     "Embedding": ("cyrnn.layers", "Embedding"),
     "Dense": ("cyrnn.layers", "Dense"),
+    "Masking": ("cyrnn.layers", "Masking"),
     "Sequential": ("cyrnn.model", "Sequential"),
     "ParameterBuffer": ("cyrnn.params", "ParameterBuffer"),
     "from_torch": ("cyrnn.interop", "from_torch"),

@@ -6,7 +6,7 @@ import numpy as np
 
 from . import _validation as V
 from .backends import spec as _spec
-from .layers import Dense, Embedding, Layer, RecurrentLayer
+from .layers import Dense, Embedding, Layer, Masking, RecurrentLayer
 from .params import ParameterBuffer
 
 
@@ -66,8 +66,12 @@ class Sequential:
         for i, layer in enumerate(layers):
             if isinstance(layer, RecurrentLayer) and not layer.batch_first:
                 raise ValueError(f"layer {i}: recurrent layers in a Sequential must be batch_first")
-            if isinstance(layer, Embedding) and i != 0:
-                raise ValueError("an Embedding can only be the first layer")
+            if isinstance(layer, (Embedding, Masking)) and i != 0:
+                raise ValueError(f"{type(layer).__name__} can only be the first layer")
+            if (isinstance(layer, RecurrentLayer) and layer._separate_outputs
+                    and i != len(layers) - 1):
+                raise ValueError(f"layer {i}: a layer with merge_mode=None returns two outputs, "
+                                 "so it can only be the last layer")
         self.layers = layers
         self.dtype = layers[0].dtype
         self.training = False
@@ -141,12 +145,11 @@ class Sequential:
             mask = V.lengths_to_mask(V.check_lengths(lengths, n, T), T)
         elif mask is not None:
             mask = V.check_mask(mask, (n, T))
-        if isinstance(first, Embedding):
-            zero_mask = first.compute_mask(x)
-            if zero_mask is not None:
-                if not zero_mask.any(axis=1).all():
-                    raise ValueError("a sequence has no non-padding token (all ids are 0)")
-                mask = zero_mask if mask is None else (mask & zero_mask)
+        if isinstance(first, (Embedding, Masking)):
+            # a sequence of padding only is all masked: zero outputs, as in Keras
+            data_mask = first.compute_mask(x)
+            if data_mask is not None:
+                mask = data_mask if mask is None else (mask & data_mask)
         return x, mask
 
     def forward(self, x, lengths=None, mask=None, initial_states=None, training=None,
@@ -166,6 +169,10 @@ class Sequential:
         Returns
         -------
         output : (n, T, out) or (n, out) array;  states : list (if ``return_states``)
+
+        A sequence with no valid step (all padding under ``mask_zero`` or
+        :class:`~cyrnn.layers.Masking`, or an all-False mask row) keeps its initial
+        state: its recurrent outputs are zeros, as in Keras.
         """
         training = self.training if training is None else bool(training)
         if not training and initial_states is None and not return_states:
@@ -233,8 +240,9 @@ class Sequential:
         plan = self._fused()
         if plan is None or plan.train_forward is None:
             return None
-        if any(layer.dropout > 0 and layer.num_layers > 1 for layer in self._recurrent):
-            return None
+        if any((layer.dropout > 0 and layer.num_layers > 1) or not layer.use_bias
+                   for layer in self._recurrent):
+            return None  # dropout between layers; biases held at zero (use_bias=False)
         return plan
 
     def _truncations(self):
@@ -264,7 +272,7 @@ class Sequential:
                                                   offsets[f"{i}.weight"], layer.mask_zero,
                                                   frozen))
             elif is_rnn:
-                if not seq or layer.num_directions != 1:
+                if not seq or layer.num_directions != 1 or layer.go_backwards:
                     return None
                 for sub in range(layer.num_layers):
                     w_ih, w_hh, b_ih, b_hh = layer._names(sub, 0)

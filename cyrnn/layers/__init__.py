@@ -3,6 +3,7 @@
 from .base import Layer
 from .dense import Dense
 from .embedding import Embedding
+from .masking import Masking
 from .recurrent import GRU, LSTM, RecurrentLayer, SimpleRNN
 
-__all__ = ["Layer", "Dense", "Embedding", "RecurrentLayer", "SimpleRNN", "LSTM", "GRU"]
+__all__ = ["Layer", "Dense", "Embedding", "Masking", "RecurrentLayer", "SimpleRNN", "LSTM", "GRU"]
