@@ -21,6 +21,7 @@ _LAZY = {
     "Embedding": ("cyrnn.layers", "Embedding"),
     "Dense": ("cyrnn.layers", "Dense"),
     "Masking": ("cyrnn.layers", "Masking"),
+    "Activation": ("cyrnn.layers", "Activation"),
     "Sequential": ("cyrnn.model", "Sequential"),
     "ParameterBuffer": ("cyrnn.params", "ParameterBuffer"),
     "from_torch": ("cyrnn.interop", "from_torch"),

@@ -45,7 +45,7 @@ OTHER_OPS = frozenset({
     "Add", "And", "ArgMax", "Cast", "Concat", "Equal", "Gather", "GatherND", "Identity",
     "Less", "MatMul", "Gemm", "Mul", "Not", "Range", "ReduceMax", "ReduceMean", "ReduceProd",
     "ReduceSum", "Reshape", "Shape", "Sigmoid", "Slice", "Softmax", "Squeeze", "Sub", "TopK",
-    "Transpose", "Unsqueeze", "ReverseSequence"})
+    "Transpose", "Unsqueeze", "ReverseSequence", "Tanh", "Relu"})
 SUPPORTED_OPS = frozenset(FAMILIES) | OTHER_OPS
 
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 
 from .cells import ACTIVATIONS
-from .layers import Dense, Embedding, Masking, RecurrentLayer
+from .layers import Activation, Dense, Embedding, Masking, RecurrentLayer
 from .model import Sequential
 
 OPSET = 18
@@ -277,10 +277,14 @@ def _sequential_body(g, layers, x_name, lengths_name):
             is_seq = layer.return_sequences
         elif type(layer) is Dense:
             seq = _dense(g, layer, seq)
+        elif type(layer) is Activation:
+            op = {"linear": "Identity", "tanh": "Tanh", "relu": "Relu", "sigmoid": "Sigmoid",
+                  "softmax": "Softmax"}[layer.activation]
+            seq = g.op(op, [seq], **({"axis": -1} if op == "Softmax" else {}))
         else:
             raise ValueError(f"to_onnx cannot export a {type(layer).__name__} layer "
                              "(exported: Embedding or Masking first, SimpleRNN, LSTM, GRU, "
-                             "Dense)")
+                             "Dense, Activation)")
     if is_seq:
         if isinstance(seq, list):
             seq = [g.op("Transpose", [s], perm=[1, 0, 2]) for s in seq]

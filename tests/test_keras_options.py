@@ -164,3 +164,23 @@ def test_use_bias_round_trips_through_torch():
     x = np.random.default_rng(0).normal(size=(N, T, D)).astype(np.float32)
     np.testing.assert_allclose(layer(x)[0], module2(torch.from_numpy(x))[0].detach().numpy(),
                                rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["linear", "tanh", "relu", "sigmoid", "softmax"])
+def test_activation_layer_gradient(name, rng):
+    """The Activation layer (Keras's Dense(activation=...)) against finite differences."""
+    layer = cyrnn.Activation(name, dtype=np.float64)
+    x = rng.normal(size=(2, 3, 4))
+    w = rng.normal(size=x.shape)
+    layer.forward(x, training=True)
+    grad = layer.backward(w)
+    eps = 1e-6
+    num = np.zeros_like(x)
+    for i in np.ndindex(x.shape):
+        xp, xm = x.copy(), x.copy()
+        xp[i] += eps
+        xm[i] -= eps
+        num[i] = ((layer.forward(xp) * w).sum() - (layer.forward(xm) * w).sum()) / (2 * eps)
+    np.testing.assert_allclose(grad, num, rtol=1e-6, atol=1e-8)
+    with pytest.raises(ValueError, match="activation must be one of"):
+        cyrnn.Activation("gelu")
