@@ -55,7 +55,8 @@ _LAZY = {
 }
 
 __all__ = ["__version__", *(name for name in _LAZY
-                             if name not in ("layers", "model", "params", "interop", "cells"))]
+                             if name not in ("layers", "model", "params", "interop", "cells",
+                                           "onnx_backend"))]  # needs onnx: explicit import
 
 
 def __getattr__(name):
