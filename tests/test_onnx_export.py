@@ -104,7 +104,8 @@ def test_sequential_with_masks_matches_onnx_runtime(first, seed, backend):
         layers.append(layer)
         if rng.random() < 0.5:
             layers.append(cyrnn.Dense(layer.output_size, 3, random_state=i))
-    last = next(layer for layer in reversed(layers) if isinstance(layer, cyrnn.layers.RecurrentLayer))
+    last = next(layer for layer in reversed(layers)
+                if isinstance(layer, cyrnn.layers.RecurrentLayer))
     last.return_sequences = bool(rng.random() < 0.5)
     if not last.return_sequences:
         layers = layers[:layers.index(last) + 1]

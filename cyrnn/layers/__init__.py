@@ -7,4 +7,5 @@ from .embedding import Embedding
 from .masking import Masking
 from .recurrent import GRU, LSTM, RecurrentLayer, SimpleRNN
 
-__all__ = ["Activation", "Layer", "Dense", "Embedding", "Masking", "RecurrentLayer", "SimpleRNN", "LSTM", "GRU"]
+__all__ = ["Activation", "Layer", "Dense", "Embedding", "Masking", "RecurrentLayer", "SimpleRNN",
+           "LSTM", "GRU"]
