@@ -14,7 +14,8 @@ times, in one process:
 * **inference**: a many-to-one model ``Sequential([LSTM/GRU(D, H, return_sequences=False),
   Dense(H, 1)])`` called with ``training=False`` (torch: ``nn.LSTM/GRU(batch_first=True)`` +
   ``nn.Linear`` on the last step under ``torch.inference_mode()``; ONNX Runtime: that torch
-  model exported to ONNX);
+  model exported to ONNX; "ort-cyrnn": ONNX Runtime on ``cyrnn.to_onnx`` of the cyrnn model,
+  so the two exports are compared too);
 * **training step**: ``cyrnn.training.train_step`` (zero grads, forward, MSE loss on the last
   step, backward, clip by global norm 1.0, RMSProp lr=1e-3) with
   ``cyrnn.optim.RMSProp(model, lr=1e-3, clip_norm=1.0)``; torch: ``zero_grad(set_to_none=True)``,
@@ -130,7 +131,8 @@ VS_NUMPY = {"dino-b1": 10.0, "dino-b32": 10.0, "score-b1": 10.0, "medium": 3.0}
 LARGE_PCT_PEAK = 60.0
 
 TORCH = "torch"          # torch at its default thread count
-ORT = "ort"              # ONNX Runtime (inference only)
+ORT = "ort"              # ONNX Runtime on PyTorch's export (inference only)
+ORT_CYRNN = "ort-cyrnn"  # ONNX Runtime on cyrnn.to_onnx's export of the same model
 
 
 def log(msg):
@@ -297,6 +299,26 @@ def ort_case(net, x, threads):
                    "providers": sess.get_providers()}
 
 
+def ort_cyrnn_case(model, x, threads):
+    """ONNX Runtime on the model cyrnn exported (``cyrnn.to_onnx``)."""
+    import onnxruntime as ort
+
+    exported = cyrnn.to_onnx(model)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = int(threads)
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(exported.SerializeToString(), so,
+                                providers=["CPUExecutionProvider"])
+    feed = {"x": x}
+
+    def infer():
+        return sess.run(None, feed)[0]
+
+    ops = sorted({n.op_type for n in exported.graph.node})
+    return infer, {"exporter": "cyrnn.to_onnx", "onnx_ops": ops,
+                   "intra_op_num_threads": int(threads)}
+
+
 # ----------------------------------------------------------------------------- breakdown
 def breakdown(cfg, backend, dtype, x, y, repeats, warmup, max_seconds):
     """Where one training step (and one inference) of ``backend`` spends its time.
@@ -440,6 +462,15 @@ def run_config(name, cfg, args, dtype, cy_backends, threads, torch_default_threa
     elif args.use_ort:
         res["errors"][ORT] = "ONNX Runtime is measured on the exported torch model; torch is " \
                              "not available/selected"
+    if args.use_ort and ref_model is not None and dtype == np.float32:
+        try:  # ORT's recurrent kernels are float32 only
+            inf_c, info = ort_cyrnn_case(ref_model, x, threads)
+            res["check"]["ort_cyrnn_max_abs_diff"] = float(np.max(np.abs(inf_c() - ref_out)))
+            infer_cases[ORT_CYRNN] = inf_c
+            res["info"][ORT_CYRNN] = info
+        except Exception as exc:
+            res["errors"][ORT_CYRNN] = f"{type(exc).__name__}: {exc}"
+            log(f"  ort-cyrnn: unavailable ({res['errors'][ORT_CYRNN][:300]})")
 
     caps = {}
     if name in HEAVY and "numpy" in infer_cases:
@@ -811,7 +842,7 @@ def main(argv=None):
     if args.use_torch and threads != torch_default_threads:
         order.append(f"torch@{threads}t")
     if args.use_ort:
-        order.append(ORT)
+        order += [ORT, ORT_CYRNN]
     md = table(results, order)
 
     # ---- write

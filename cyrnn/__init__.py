@@ -20,9 +20,14 @@ _LAZY = {
     "GRU": ("cyrnn.layers", "GRU"),
     "Embedding": ("cyrnn.layers", "Embedding"),
     "Dense": ("cyrnn.layers", "Dense"),
+    "Masking": ("cyrnn.layers", "Masking"),
+    "Activation": ("cyrnn.layers", "Activation"),
     "Sequential": ("cyrnn.model", "Sequential"),
     "ParameterBuffer": ("cyrnn.params", "ParameterBuffer"),
     "from_torch": ("cyrnn.interop", "from_torch"),
+    "from_keras": ("cyrnn.keras_interop", "from_keras"),
+    "to_onnx": ("cyrnn.onnx_export", "to_onnx"),
+    "onnx_backend": ("cyrnn.onnx_backend", None),
     "backends": ("cyrnn.backends", None),
     "cells": ("cyrnn.cells", None),
     "losses": ("cyrnn.losses", None),
@@ -50,7 +55,8 @@ _LAZY = {
 }
 
 __all__ = ["__version__", *(name for name in _LAZY
-                             if name not in ("layers", "model", "params", "interop", "cells"))]
+                             if name not in ("layers", "model", "params", "interop", "cells",
+                                           "onnx_backend"))]  # needs onnx: explicit import
 
 
 def __getattr__(name):

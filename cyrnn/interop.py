@@ -20,12 +20,12 @@ _MODES = {"RNN_TANH": (SimpleRNN, {"activation": "tanh"}),
 def from_torch(module, backend="auto"):
     """An equivalent cyrnn layer for a ``torch.nn.RNN``, ``LSTM`` or ``GRU``.
 
-    Copies ``num_layers``, ``bidirectional``, ``batch_first``, ``dropout`` and every
-    weight (biases are zero if the module has ``bias=False``); dtype follows the
-    module's weights (float64 for ``.double()`` modules, else float32), and so does the
-    training flag (a module in ``eval()`` mode gives a layer in eval mode, whose calls
-    keep no backward cache). The result returns ``(output, state)`` exactly as the
-    torch module does.
+    Copies ``num_layers``, ``bidirectional``, ``batch_first``, ``dropout``, ``bias``
+    (``bias=False``: ``use_bias=False``, biases held at zero) and every weight; dtype
+    follows the module's weights (float64 for ``.double()`` modules, else float32), and
+    so does the training flag (a module in ``eval()`` mode gives a layer in eval mode,
+    whose calls keep no backward cache). The result returns ``(output, state)`` exactly
+    as the torch module does.
     """
     mode = getattr(module, "mode", None)
     if mode not in _MODES:
@@ -37,7 +37,8 @@ def from_torch(module, backend="auto"):
     dtype = np.float64 if next(iter(weights.values())).dtype == np.float64 else np.float32
     layer = cls(module.input_size, module.hidden_size, module.num_layers,
                 bidirectional=module.bidirectional, batch_first=module.batch_first,
-                dropout=float(module.dropout), backend=backend, dtype=dtype, **options)
+                dropout=float(module.dropout), use_bias=bool(module.bias), backend=backend,
+                dtype=dtype, **options)
     state = {name: np.zeros(shape, dtype) for name, shape in layer.params.shapes.items()}
     state.update(weights)
     layer.params.load_state_dict(state)
@@ -47,7 +48,8 @@ def from_torch(module, backend="auto"):
 
 def to_torch_state_dict(layer):
     """The layer's parameters as a ``state_dict`` for the matching torch module
-    (``torch.Tensor`` values; load with ``module.load_state_dict``)."""
+    (``torch.Tensor`` values; load with ``module.load_state_dict``; no biases for a
+    layer with ``use_bias=False``, whose module has ``bias=False``)."""
     import torch
 
     if not isinstance(layer, RecurrentLayer):
@@ -66,5 +68,8 @@ def to_torch_state_dict(layer):
         raise ValueError(f"torch.nn.{type(layer).__name__} computes tanh/sigmoid only, not "
                          f"activation={cell.activation!r}, "
                          f"recurrent_activation={cell.recurrent_activation!r}")
-    return {name: torch.from_numpy(value) for name, value in layer.params.state_dict().items()}
+    if layer.go_backwards:
+        raise ValueError("torch modules have no go_backwards; reverse the input instead")
+    return {name: torch.from_numpy(value) for name, value in layer.params.state_dict().items()
+            if layer.use_bias or not name.startswith("bias_")}  # torch bias=False: none
 

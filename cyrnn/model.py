@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _validation as V
-from .layers import Dense, Embedding, Layer, RecurrentLayer
+from .layers import Dense, Embedding, Layer, Masking, RecurrentLayer
 from .layers.recurrent import _exact, _surely_finite
 from .params import ParameterBuffer
 from .plan import backend_plan, build_spec, layer_plannable
@@ -54,8 +54,12 @@ class Sequential:
         for i, layer in enumerate(layers):
             if isinstance(layer, RecurrentLayer) and not layer.batch_first:
                 raise ValueError(f"layer {i}: recurrent layers in a Sequential must be batch_first")
-            if isinstance(layer, Embedding) and i != 0:
-                raise ValueError("an Embedding can only be the first layer")
+            if isinstance(layer, (Embedding, Masking)) and i != 0:
+                raise ValueError(f"{type(layer).__name__} can only be the first layer")
+            if (isinstance(layer, RecurrentLayer) and layer._separate_outputs
+                    and i != len(layers) - 1):
+                raise ValueError(f"layer {i}: a layer with merge_mode=None returns two outputs, "
+                                 "so it can only be the last layer")
         self.layers = layers
         self.dtype = layers[0].dtype
         self.training = False
@@ -131,12 +135,11 @@ class Sequential:
             mask = V.lengths_to_mask(V.check_lengths(lengths, n, T), T)
         elif mask is not None:
             mask = V.check_mask(mask, (n, T))
-        if isinstance(first, Embedding):
-            zero_mask = first.compute_mask(x)
-            if zero_mask is not None:
-                if not zero_mask.any(axis=1).all():
-                    raise ValueError("a sequence has no non-padding token (all ids are 0)")
-                mask = zero_mask if mask is None else (mask & zero_mask)
+        if isinstance(first, (Embedding, Masking)):
+            # a sequence of padding only is all masked: zero outputs, as in Keras
+            data_mask = first.compute_mask(x)
+            if data_mask is not None:
+                mask = data_mask if mask is None else (mask & data_mask)
         return x, mask
 
     def forward(self, x, lengths=None, mask=None, initial_states=None, training=None,
@@ -156,6 +159,10 @@ class Sequential:
         Returns
         -------
         output : (n, T, out) or (n, out) array;  states : list (if ``return_states``)
+
+        A sequence with no valid step (all padding under ``mask_zero`` or
+        :class:`~cyrnn.layers.Masking`, or an all-False mask row) keeps its initial
+        state: its recurrent outputs are zeros, as in Keras.
         """
         training = self.training if training is None else bool(training)
         plan = self._plan()
@@ -327,9 +334,8 @@ class Sequential:
             plan, cache, n = fused
             d_out = None if d_output is None else np.ascontiguousarray(d_output, self.dtype)
             dh_n, dc_n = plan.flat_grads(d_states, n, self.dtype)
-            dx = plan.train_backward(plan.spec, self.params.data, self.params.grad, cache,
-                                     d_out, plan.truncations(), dh_n, dc_n,
-                                     bool(input_grad))[0]
+            dx = plan.backward(self.params.data, self.params.grad, cache, d_out, dh_n, dc_n,
+                               bool(input_grad))[0]
             self._fused_cache = None
             return dx
         kinds = self._kinds

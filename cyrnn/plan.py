@@ -62,7 +62,8 @@ def build_spec(layers, offsets, prefix):
                 records.append(_spec.rnn_record(
                     layer.cell, layer._layer_input_size(sub), layer.hidden_size, *dirs[0],
                     layer.return_sequences or not last,
-                    reverse=dirs[1] if len(dirs) == 2 else None, merge=layer.merge_mode,
+                    reverse=dirs[1] if len(dirs) == 2 else None,
+                    merge=layer.merge_mode or "concat",
                     dropout=layer.dropout > 0 and not last))
             seq = layer.return_sequences
             seen_rnn = True
@@ -97,7 +98,7 @@ class CompiledPlan:
     other, are the flat state arrays of the calls)."""
 
     __slots__ = ("spec", "infer", "train_forward", "train_backward", "recurrent",
-                 "has_c", "_blocks", "n_ops")
+                 "has_c", "_blocks", "n_ops", "_no_bias")
 
     def __init__(self, spec, mod, recurrent):
         self.spec = spec
@@ -110,6 +111,19 @@ class CompiledPlan:
         self._blocks = tuple((layer.num_layers * layer.num_directions, layer.hidden_size,
                               layer.cell.has_cell_state) for layer in recurrent)
         self.n_ops = sum(layer.num_layers for layer in recurrent)
+        # use_bias=False: biases held at zero, so their gradients must stay untouched
+        self._no_bias = tuple(layer for layer in recurrent if not getattr(layer, "use_bias", True))
+
+    def backward(self, data, grad, cache, d_out, dh_n=None, dc_n=None, input_grad=False):
+        """``train_backward`` with the layers' truncations; returns ``(dx, dh0, dc0)``.
+        The bias gradients of ``use_bias=False`` layers are left as they were."""
+        held = [(g, g.copy()) for layer in self._no_bias
+                for (_, grads) in layer._tensor_views().values() for g in grads[2:4]]
+        res = self.train_backward(self.spec, data, grad, cache, d_out, self.truncations(),
+                                  dh_n, dc_n, input_grad)
+        for g, saved in held:
+            g[...] = saved
+        return res
 
     def truncations(self):
         """``bptt_truncate`` per recurrent op (-1: full BPTT), int64."""

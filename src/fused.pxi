@@ -262,7 +262,7 @@ cdef int _check_call(const int64_t* sp, cnp.ndarray data, object x, object mask,
 
     ``mask``: None or an (N, T) bool/uint8 C-contiguous array of valid steps
     (else 1). It is combined with ``ids != 0`` under ``mask_zero`` (a sequence
-    with no non-padding id: 1, the layer path raises) into a time-major copy at
+    with no non-padding id: 1, the layer path gives zeros) into a time-major copy at
     ``*mask_out`` (malloc; NULL when every step is valid).
     """
     cdef const int64_t* r
@@ -410,7 +410,7 @@ cdef int _check_call(const int64_t* sp, cnp.ndarray data, object x, object mask,
                 any_valid = True
         if mzero and not any_valid:
             free(mtm)
-            return 1  # a sequence of padding only: the layer path raises
+            return 1  # a sequence of padding only: the layer path (zero outputs)
     mask_out[0] = mtm
     return 0
 

@@ -107,8 +107,11 @@ def test_object_arrays_of_numbers_are_accepted(backend):
     np.testing.assert_array_equal(out_obj, out)
 
 
-def test_sequential_rejects_all_padding_sequence():
+def test_sequential_all_padding_sequence_gives_zeros():
+    """As Keras: a sequence of padding only keeps its zero state (tests/test_keras_options.py
+    covers every backend and path)."""
     model = cyrnn.Sequential([cyrnn.Embedding(5, 3, mask_zero=True),
                               cyrnn.GRU(3, 4, return_sequences=False)])
-    with pytest.raises(ValueError, match="no non-padding token"):
-        model.forward(np.array([[0, 0, 0], [1, 2, 0]]))
+    out = model.forward(np.array([[0, 0, 0], [1, 2, 0]]))
+    np.testing.assert_array_equal(out[0], 0)
+    assert np.abs(out[1]).max() > 0

@@ -19,7 +19,16 @@ from ..cells import Cell, kinds_of
 from ..plan import backend_plan, layer_plannable
 from .base import Layer, glorot_uniform, orthogonal
 
-MERGE_MODES = ("concat", "sum", "mul", "ave")
+MERGE_MODES = ("concat", "sum", "mul", "ave", None)
+# Keras options cyrnn has no equivalent of: the option, the value that is accepted
+# (Keras's default), and what to use instead.
+_KERAS_REFUSED = {
+    "stateful": (False, "carry state explicitly: pass initial_state and keep the returned "
+                        "state (return_state=True), or train long sequences with "
+                        "cyrnn.training.tbptt"),
+    "recurrent_dropout": (0.0, "use dropout (between stacked layers); for long sequences "
+                               "cyrnn.training.tbptt"),
+}
 
 
 def _no_prefix(i):
@@ -59,9 +68,17 @@ class RecurrentLayer(Layer):
     num_layers : int, default 1
         Stacked layers; layer ``l > 0`` reads the merged output of layer ``l - 1``.
     bidirectional : bool, default False
-    merge_mode : {'concat', 'sum', 'mul', 'ave'}, default 'concat'
+    merge_mode : {'concat', 'sum', 'mul', 'ave', None}, default 'concat'
         How the two directions' outputs are combined (at every stacked layer, as
         when stacking Keras ``Bidirectional`` layers; 'concat' is PyTorch's rule).
+        None (Keras): ``output`` is the list ``[forward, backward]`` (one layer
+        only, since a stacked layer needs one input).
+    go_backwards : bool, default False
+        Keras's option: process the (padded) sequence from its last step to its
+        first; outputs are in processing order (reversed time), masks too.
+    use_bias : bool, default True
+        False: the bias tensors stay in the layout (PyTorch's names and offsets) but
+        are held at zero: initialised to zero and never given a gradient.
     dropout : float, default 0
         Dropout on the outputs of every stacked layer but the last, training only.
     batch_first : bool, default True
@@ -95,13 +112,26 @@ class RecurrentLayer(Layer):
 
     def __init__(self, input_size, hidden_size, num_layers=1, *, bidirectional=False,
                  merge_mode="concat", dropout=0.0, batch_first=True, return_sequences=True,
-                 return_state=True, bptt_truncate=None, backend="auto", dtype=np.float32,
-                 random_state=None, **cell_options):
+                 return_state=True, bptt_truncate=None, go_backwards=False, use_bias=True,
+                 backend="auto", dtype=np.float32, random_state=None, **cell_options):
+        name = type(self).__name__
+        for key, (accepted, instead) in _KERAS_REFUSED.items():
+            if key in cell_options:
+                value = cell_options.pop(key)
+                if value != accepted:
+                    raise TypeError(f"{name} has no {key}={value!r} (Keras's option): "
+                                    f"{instead}")
         self.input_size = V.check_int(input_size, "input_size", minimum=1)
         self.hidden_size = V.check_int(hidden_size, "hidden_size", minimum=1)
         self.num_layers = V.check_int(num_layers, "num_layers", minimum=1)
         self.bidirectional = bool(bidirectional)
-        self.merge_mode = V.check_choice(merge_mode, "merge_mode", MERGE_MODES)
+        self.merge_mode = (None if merge_mode is None
+                           else V.check_choice(merge_mode, "merge_mode", MERGE_MODES[:-1]))
+        if self.merge_mode is None and self.bidirectional and self.num_layers > 1:
+            raise ValueError("merge_mode=None returns the two directions separately, so it "
+                             "needs num_layers=1 (stack layers instead)")
+        self.go_backwards = bool(go_backwards)
+        self.use_bias = bool(use_bias)
         self.dropout = V.check_float(dropout, "dropout", 0.0, 1.0, include_max=False)
         if self.dropout > 0 and self.num_layers == 1:
             warnings.warn("dropout acts between stacked layers only; with num_layers=1 it "
@@ -178,7 +208,8 @@ class RecurrentLayer(Layer):
     def reset_parameters(self, random_state=None, forget_bias=1.0):
         """The cell table's rule (Keras defaults): Glorot-uniform ``weight_ih``,
         orthogonal ``weight_hh`` blocks, zero biases, the forget-gate bias
-        ``forget_bias`` (in ``bias_ih``) for cells with a forget gate, zero peepholes."""
+        ``forget_bias`` (in ``bias_ih``) for cells with a forget gate (none when
+        ``use_bias`` is False), zero peepholes."""
         rng = V.check_rng(random_state)
         H, G = self.hidden_size, self.cell.n_gates
         forget = self.cell.row.forget_gate
@@ -190,7 +221,7 @@ class RecurrentLayer(Layer):
                 p[w_hh][...] = np.concatenate([orthogonal(rng, H, self.dtype) for _ in range(G)])
                 p[b_ih][...] = 0
                 p[b_hh][...] = 0
-                if forget is not None:
+                if forget is not None and self.use_bias:
                     p[b_ih][forget * H:(forget + 1) * H] = forget_bias
                 peep = self._peephole_name(layer, d)
                 if peep is not None:
@@ -262,11 +293,18 @@ class RecurrentLayer(Layer):
                 raise ValueError(f"initial_state c0 must have shape {(LD, n, H)}, got {c0.shape}")
         return h0, c0
 
+    @property
+    def _separate_outputs(self):
+        """merge_mode=None on a bidirectional layer: output is [forward, backward]."""
+        return self.bidirectional and self.merge_mode is None
+
     # ------------------------------------------------------------ merge
     def _merge(self, outs):
         if len(outs) == 1:
             return outs[0]
         a, b = outs
+        if self.merge_mode is None:
+            return [a, b]
         if self.merge_mode == "concat":
             return np.concatenate([a, b], axis=-1)
         if self.merge_mode == "sum":
@@ -280,6 +318,8 @@ class RecurrentLayer(Layer):
         if len(outs) == 1:
             return [d]
         H = self.hidden_size
+        if self.merge_mode is None:
+            return list(d)
         if self.merge_mode == "concat":
             return [d[..., :H], d[..., H:]]
         if self.merge_mode == "sum":
@@ -337,6 +377,11 @@ class RecurrentLayer(Layer):
         plan = backend_plan([self], self.params, _no_prefix, [self])
         self._plan_cache = (key, plan)
         return plan
+
+    def _plan_supported(self):
+        """Whether the fused calls implement this layer's options: not Keras's
+        ``go_backwards`` or ``merge_mode=None`` (two outputs) yet."""
+        return not (self.go_backwards or self._separate_outputs)
 
     def _planned_inputs(self, plan, x, lengths, mask, initial_state, training):
         """``(x, valid, h0, c0)`` in the exact form of the fused calls (batch-first,
@@ -421,6 +466,9 @@ class RecurrentLayer(Layer):
         views = self._tensor_views()
         mm = getattr(backend, "matmul", None)
         cell = self.cell
+        if self.go_backwards:  # Keras: the padded sequence and its mask, last step first
+            x_tm = x_tm[::-1]
+            mask_tm = None if mask_tm is None else mask_tm[::-1]
         inp = x_tm
         h_n, c_n = np.empty_like(h0), (np.empty_like(c0) if c0 is not None else None)
         caches = []
@@ -460,7 +508,10 @@ class RecurrentLayer(Layer):
 
     def _package(self, out, h_n, c_n, batch_first):
         if self.return_sequences and batch_first:
-            out = np.ascontiguousarray(out.transpose(1, 0, 2))
+            if isinstance(out, list):  # merge_mode=None
+                out = [np.ascontiguousarray(o.transpose(1, 0, 2)) for o in out]
+            else:
+                out = np.ascontiguousarray(out.transpose(1, 0, 2))
         if not self.return_state:
             return out
         return out, ((h_n, c_n) if self.cell.has_cell_state else h_n)
@@ -489,16 +540,21 @@ class RecurrentLayer(Layer):
             return self._planned_backward(cache, d_output, d_state, input_grad)
         dh_n, dc_n = (d_state if isinstance(d_state, (tuple, list)) else (d_state, None))
         if d_output is not None:
+            # merge_mode=None: one gradient per direction, stacked on a leading axis
             d_output = np.asarray(d_output, dtype=self.dtype)
             T, n = cache["steps"], cache["h_n"].shape[1]
             F = self.output_size
             expected = ((n, T, F) if self.batch_first else (T, n, F)) \
                 if self.return_sequences else (n, F)
+            if self._separate_outputs:
+                expected = (2,) + expected
             if d_output.shape != expected:
                 raise ValueError(f"d_output must have shape {expected}, got {d_output.shape}")
             if self.return_sequences and self.batch_first:
-                d_output = d_output.transpose(1, 0, 2)
+                d_output = np.swapaxes(d_output, -3, -2)
         dx, dh0, dc0 = self._backward_tm(cache, d_output, dh_n, dc_n, input_grad)
+        if self.go_backwards and dx is not None:
+            dx = dx[::-1]
         self._cache = None  # one backward per training forward, as torch frees its graph
         if self.batch_first and dx is not None:
             dx = np.ascontiguousarray(dx.transpose(1, 0, 2))
@@ -522,9 +578,8 @@ class RecurrentLayer(Layer):
                 d_output = d_output.transpose(1, 0, 2)
             d_output = np.ascontiguousarray(d_output)
         dh_n, dc_n = plan.flat_grads([d_state], n, self.dtype)
-        dx, dh0, dc0 = plan.train_backward(plan.spec, self.params.data, self.params.grad,
-                                           cache.fused, d_output, plan.truncations(), dh_n,
-                                           dc_n, bool(input_grad))
+        dx, dh0, dc0 = plan.backward(self.params.data, self.params.grad, cache.fused,
+                                     d_output, dh_n, dc_n, bool(input_grad))
         self._cache = None
         if dx is not None and not self.batch_first:
             dx = np.ascontiguousarray(dx.transpose(1, 0, 2))
@@ -591,8 +646,9 @@ class RecurrentLayer(Layer):
                     if need_dsrc:
                         dsrc = (dxp2 @ w_ih).reshape(src.shape)
                 g_whh += dw_hh
-                g_bih += dxp2.sum(axis=0)
-                g_bhh += db_hh
+                if self.use_bias:
+                    g_bih += dxp2.sum(axis=0)
+                    g_bhh += db_hh
                 if not need_dsrc:
                     continue
                 dsrc = dsrc[::-1] if d else dsrc
@@ -684,6 +740,8 @@ class RecurrentLayer(Layer):
 
     def __repr__(self):
         extra = f", bidirectional=True, merge_mode={self.merge_mode!r}" if self.bidirectional else ""
+        extra += ", go_backwards=True" if self.go_backwards else ""
+        extra += ", use_bias=False" if not self.use_bias else ""
         return (f"{type(self).__name__}({self.input_size}, {self.hidden_size}, "
                 f"num_layers={self.num_layers}{extra})")
 

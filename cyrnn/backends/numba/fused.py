@@ -209,7 +209,7 @@ def _check_input(spec, first, F0, x, ids, is_ids, mask, has_mask):
                 pad = mzero and idc[i, t] == 0
                 tmask[t, i] = (has_mask == 0 or mask[i, t] != 0) and not pad
                 any_valid = any_valid or not pad
-            if mzero and not any_valid:  # padding only: the layer path raises
+            if mzero and not any_valid:  # padding only: the layer path (zero outputs)
                 return DECLINED, 0, 0, False, no_mask, no_ids
     return 0, N, T, masked, tmask, idc
 

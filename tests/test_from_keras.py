@@ -1,0 +1,145 @@
+"""``cyrnn.from_keras`` against Keras 3 (on its torch backend): Sequential models of
+Embedding, Masking, SimpleRNN, LSTM, GRU, Bidirectional and Dense give Keras's outputs
+on every backend, including masks and all-padding sequences; options cyrnn has no
+equivalent of raise, naming the option."""
+
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("KERAS_BACKEND", "torch")
+keras = pytest.importorskip("keras", reason="the test extra installs keras (torch backend)")
+if keras.backend.backend() != "torch":  # pragma: no cover
+    pytest.skip("these tests run Keras on its torch backend (KERAS_BACKEND=torch)",
+                allow_module_level=True)
+
+import cyrnn  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # keras's torch core
+L = keras.layers
+TOL = dict(rtol=1e-5, atol=1e-5)
+
+
+def keras_out(model, x):
+    return keras.ops.convert_to_numpy(model(x))
+
+
+def _randomise(model, seed):
+    """Nonzero biases (Keras initialises them to zero)."""
+    rng = np.random.default_rng(seed)
+    for w in model.weights:
+        w.assign(keras.ops.convert_to_numpy(w) + rng.normal(scale=0.2, size=w.shape))
+
+
+RECURRENT = [
+    lambda rs: L.SimpleRNN(4, return_sequences=rs),
+    lambda rs: L.SimpleRNN(4, activation="relu", return_sequences=rs, go_backwards=True),
+    lambda rs: L.SimpleRNN(3, activation="linear", use_bias=False, return_sequences=rs),
+    lambda rs: L.LSTM(4, return_sequences=rs),
+    lambda rs: L.LSTM(3, activation="relu", recurrent_activation="hard_sigmoid",
+                      return_sequences=rs, go_backwards=True),
+    lambda rs: L.LSTM(4, use_bias=False, return_sequences=rs),
+    lambda rs: L.GRU(4, return_sequences=rs),
+    lambda rs: L.GRU(3, reset_after=False, activation="sigmoid", return_sequences=rs),
+    lambda rs: L.GRU(4, recurrent_activation="hard_sigmoid", go_backwards=True,
+                     use_bias=False, return_sequences=rs),
+    lambda rs: L.Bidirectional(L.LSTM(3, return_sequences=rs)),
+    lambda rs: L.Bidirectional(L.GRU(3, reset_after=False, return_sequences=rs),
+                               merge_mode="sum"),
+    lambda rs: L.Bidirectional(L.SimpleRNN(3, return_sequences=rs), merge_mode="mul"),
+    lambda rs: L.Bidirectional(L.GRU(2, return_sequences=rs), merge_mode="ave"),
+]
+
+
+@pytest.mark.parametrize("make", range(len(RECURRENT)))
+@pytest.mark.parametrize("return_sequences", [True, False])
+def test_recurrent_models_match_keras(make, return_sequences, backend):
+    kmodel = keras.Sequential([keras.Input((6, 3)), RECURRENT[make](return_sequences),
+                               L.Dense(2, activation="softmax")])
+    _randomise(kmodel, make)
+    x = np.random.default_rng(make).normal(size=(4, 6, 3)).astype(np.float32)
+    model = cyrnn.from_keras(kmodel, backend=backend)
+    np.testing.assert_allclose(model.forward(x), keras_out(kmodel, x), **TOL)
+
+
+@pytest.mark.parametrize("backend_layer", ["lstm", "gru", "bidirectional"])
+def test_embedding_mask_zero_stacked(backend_layer, backend):
+    """Pre-padding, padding at the end and a sequence of padding only (zeros in both)."""
+    second = {"lstm": L.LSTM(3, go_backwards=True), "gru": L.GRU(3, reset_after=False),
+              "bidirectional": L.Bidirectional(L.GRU(3))}[backend_layer]
+    kmodel = keras.Sequential([keras.Input((7,), dtype="int32"),
+                               L.Embedding(12, 4, mask_zero=True),
+                               L.LSTM(5, return_sequences=True), second,
+                               L.Dense(1, activation="sigmoid")])
+    _randomise(kmodel, 3)
+    ids = np.random.default_rng(0).integers(1, 12, size=(5, 7))
+    ids[0, :3] = 0
+    ids[1, 5:] = 0
+    ids[2] = 0
+    model = cyrnn.from_keras(kmodel, backend=backend)
+    np.testing.assert_allclose(model.forward(ids), keras_out(kmodel, ids), **TOL)
+
+
+def test_masking_and_valid_steps_of_sequences(backend):
+    """At masked steps cyrnn outputs zeros where Keras repeats the last output: valid
+    steps agree, and the all-padding sequence is zero in both."""
+    kmodel = keras.Sequential([keras.Input((6, 2)), L.Masking(0.0),
+                               L.GRU(3, return_sequences=True)])
+    _randomise(kmodel, 1)
+    x = np.random.default_rng(1).normal(size=(3, 6, 2)).astype(np.float32)
+    x[0, 4:] = 0
+    x[1] = 0
+    model = cyrnn.from_keras(kmodel, backend=backend)
+    ours, theirs = model.forward(x), keras_out(kmodel, x)
+    valid = np.any(x != 0, axis=-1)
+    np.testing.assert_allclose(ours[valid], theirs[valid], **TOL)
+    np.testing.assert_array_equal(ours[1], 0)
+    np.testing.assert_allclose(theirs[1], 0, atol=1e-7)
+
+
+def test_single_layers_and_merge_mode_none(backend):
+    x = np.random.default_rng(2).normal(size=(2, 5, 3)).astype(np.float32)
+    klstm = L.LSTM(4, return_sequences=True)
+    klstm.build((None, 5, 3))
+    lstm = cyrnn.from_keras(klstm, backend=backend)
+    assert isinstance(lstm, cyrnn.LSTM)
+    np.testing.assert_allclose(lstm(x), keras_out(klstm, x), **TOL)
+    kbi = L.Bidirectional(L.GRU(3, return_sequences=True), merge_mode=None)
+    kbi.build((None, 5, 3))
+    bi = cyrnn.from_keras(kbi, backend=backend)
+    for ours, theirs in zip(bi(x), kbi(x), strict=True):
+        np.testing.assert_allclose(ours, keras.ops.convert_to_numpy(theirs), **TOL)
+
+
+def test_refusals():
+    def model(layer):
+        return keras.Sequential([keras.Input((5, 3), batch_size=2), layer])
+
+    with pytest.raises(TypeError, match="LSTM has no stateful=True.*initial_state"):
+        cyrnn.from_keras(model(L.LSTM(3, stateful=True)))
+    with pytest.raises(TypeError, match="GRU has no recurrent_dropout=0.5.*tbptt"):
+        cyrnn.from_keras(model(L.GRU(3, recurrent_dropout=0.5)))
+    with pytest.raises(ValueError, match="activation must be one of.*'softsign'"):
+        cyrnn.from_keras(model(L.SimpleRNN(3, activation="softsign")))
+    with pytest.raises(TypeError, match="not Conv1D"):
+        cyrnn.from_keras(model(L.Conv1D(2, 2)))
+    with pytest.warns(UserWarning, match="no input dropout"):
+        cyrnn.from_keras(model(L.GRU(3, dropout=0.2)))
+
+
+def test_keras_to_cyrnn_to_onnx_runtime():
+    """Keras -> cyrnn -> ONNX: ONNX Runtime reproduces Keras (the Dense's softmax is
+    an Activation layer, exported as Softmax)."""
+    ort = pytest.importorskip("onnxruntime")
+    kmodel = keras.Sequential([keras.Input((7,), dtype="int32"),
+                               L.Embedding(12, 4, mask_zero=True),
+                               L.Bidirectional(L.LSTM(3, return_sequences=True)),
+                               L.GRU(3, go_backwards=True), L.Dense(3, activation="softmax")])
+    _randomise(kmodel, 5)
+    ids = np.random.default_rng(5).integers(0, 12, size=(4, 7))
+    ids[0] = 0
+    exported = cyrnn.to_onnx(cyrnn.from_keras(kmodel))
+    session = ort.InferenceSession(exported.SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {"x": ids})[0], keras_out(kmodel, ids), **TOL)
