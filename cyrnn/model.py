@@ -8,7 +8,7 @@ from . import _validation as V
 from .layers import Dense, Embedding, Layer, Masking, RecurrentLayer
 from .layers.recurrent import _exact, _surely_finite
 from .params import ParameterBuffer
-from .plan import backend_plan, build_spec, layer_plannable
+from .plan import backend_plan, build_spec, layer_plannable, validity_mask
 
 
 def _prefix(i):
@@ -213,14 +213,7 @@ class Sequential:
             if not x.flags.c_contiguous:
                 x = np.ascontiguousarray(x)
             n, T = x.shape[0], x.shape[1]
-            valid = None
-            if lengths is not None or mask is not None:
-                if lengths is not None and mask is not None:
-                    return None
-                if lengths is not None:
-                    valid = V.lengths_to_mask(V.check_lengths(lengths, n, T), T)
-                else:
-                    valid = np.ascontiguousarray(V.check_mask(mask, (n, T)))
+            valid = validity_mask(lengths, mask, n, T)
             if getattr(first, "mask_zero", False):
                 nonzero = x != 0
                 if not nonzero.any(axis=1).all():

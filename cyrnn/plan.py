@@ -75,6 +75,21 @@ def build_spec(layers, offsets, prefix):
     return _spec.build(records)
 
 
+def validity_mask(lengths, mask, n, T, batch_first=True):
+    """The (n, T) C-contiguous bool mask of valid steps for ``lengths`` or ``mask`` (None
+    when neither is given), checked by the layer path's validators (which raise)."""
+    from . import _validation as V
+
+    if lengths is None and mask is None:
+        return None
+    if lengths is not None and mask is not None:
+        raise ValueError("give either lengths or mask, not both")
+    if lengths is not None:
+        return V.lengths_to_mask(V.check_lengths(lengths, n, T), T)
+    valid = V.check_mask(mask, (n, T) if batch_first else (T, n))
+    return np.ascontiguousarray(valid if batch_first else valid.T)
+
+
 def draw_dropout(recurrent_layers, T, N, dtype):
     """The dropout multipliers of a training forward, drawn from each layer's generator
     in the order and shapes the layer path draws them (so both paths make the same

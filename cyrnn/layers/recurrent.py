@@ -16,7 +16,7 @@ import numpy as np
 from .. import _validation as V
 from ..backends import check_backend_name, get_backend
 from ..cells import Cell, kinds_of
-from ..plan import backend_plan, layer_plannable
+from ..plan import backend_plan, layer_plannable, validity_mask
 from .base import Layer, glorot_uniform, orthogonal
 
 MERGE_MODES = ("concat", "sum", "mul", "ave", None)
@@ -401,15 +401,7 @@ class RecurrentLayer(Layer):
                 x = x.transpose(1, 0, 2)
             if not x.flags.c_contiguous:
                 x = np.ascontiguousarray(x)
-            valid = None
-            if lengths is not None or mask is not None:
-                if lengths is not None and mask is not None:
-                    return None
-                if lengths is not None:
-                    valid = V.lengths_to_mask(V.check_lengths(lengths, n, T), T)
-                else:
-                    valid = V.check_mask(mask, (n, T) if self.batch_first else (T, n))
-                    valid = np.ascontiguousarray(valid if self.batch_first else valid.T)
+            valid = validity_mask(lengths, mask, n, T, self.batch_first)
             h0 = c0 = None
             if initial_state is not None:
                 h0, c0 = plan.flat_states([self._check_state(initial_state, n)])
