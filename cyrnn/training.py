@@ -43,7 +43,7 @@ def train_step(model, optimizer, loss, x, y, lengths=None, mask=None, initial_st
         elif valid is not _NO_FUSION:
             res = plan.train_forward(plan.spec, model.params.data, x, valid)
         if res is not None:
-            out, cache = res
+            out, cache = res[0], res[-1]  # (out, cache) or (out, h_n, c_n, cache)
             first = model.layers[0]
             if getattr(first, "mask_zero", False):  # as Sequential._input_mask
                 valid = (x != 0) if valid is None else (valid & (x != 0))

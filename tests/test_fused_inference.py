@@ -139,7 +139,11 @@ def test_fused_not_used_where_unsupported(fused_backend, rng):
     bi = cyrnn.Sequential([cyrnn.LSTM(5, 4, bidirectional=True, return_sequences=False,
                                       backend=fused_backend, random_state=0),
                            cyrnn.Dense(8, 1, random_state=1)])
-    assert bi._fused() is None
+    # spec v3 covers bidirectional layers: fused, and equal to the layer path
+    assert bi._fused() is not None
+    xb = rng.standard_normal((2, 5, 5)).astype(np.float32)
+    np.testing.assert_allclose(bi.forward(xb), _reference(bi).forward(xb),
+                               **STRICT[np.float32])
     # training mode, masks, lengths, initial states and return_states keep the general path
     model = _build(fused_backend, cyrnn.LSTM, {}, np.float64)
     ref = _reference(model)

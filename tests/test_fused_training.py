@@ -168,7 +168,8 @@ def test_train_backward_contract(fused_backend, rng):
     model = _model(fused_backend, cyrnn.LSTM, {}, np.float32)
     spec, data, grad = model.inference_spec(), model.params.data, model.params.grad
     x = rng.standard_normal((2, 5, 4)).astype(np.float32)
-    out, cache = be.train_forward(spec, data, x)
+    res = be.train_forward(spec, data, x)
+    out, cache = res[0], res[-1]  # spec v3: (out, h_n, c_n, cache)
     tr = model._truncations()
     with pytest.raises(ValueError, match="d_out"):
         be.train_backward(spec, data, grad, cache, np.ones((2, 3), np.float32), tr)
@@ -200,11 +201,13 @@ def test_train_backward_adds_into_grad(fused_backend, rng):
     model = _model(fused_backend, cyrnn.LSTM, {}, np.float64, embed=7)
     spec, data = model.inference_spec(), model.params.data
     ids = rng.integers(0, 7, size=(2, 5))
-    out, cache = be.train_forward(spec, data, ids)
+    res = be.train_forward(spec, data, ids)
+    out, cache = res[0], res[-1]  # spec v3: (out, h_n, c_n, cache)
     fresh = np.zeros_like(data)
     be.train_backward(spec, data, fresh, cache, np.ones_like(out), model._truncations())
     prefill = rng.standard_normal(data.shape)
-    out, cache = be.train_forward(spec, data, ids)
+    res = be.train_forward(spec, data, ids)
+    out, cache = res[0], res[-1]  # spec v3: (out, h_n, c_n, cache)
     grad = prefill.copy()
     be.train_backward(spec, data, grad, cache, np.ones_like(out), model._truncations())
     np.testing.assert_allclose(grad, prefill + fresh, rtol=1e-12, atol=1e-12)
@@ -216,7 +219,8 @@ def test_train_backward_refuses_a_changed_spec(fused_backend, rng):
     model = _model(fused_backend, cyrnn.GRU, {}, np.float32)
     spec, data = model.inference_spec().copy(), model.params.data
     x = rng.standard_normal((2, 5, 4)).astype(np.float32)
-    out, cache = be.train_forward(spec, data, x)
+    res = be.train_forward(spec, data, x)
+    out, cache = res[0], res[-1]  # spec v3: (out, h_n, c_n, cache)
     spec[3 + 5] += 100  # the hidden size, after the forward ran with the old one
     with pytest.raises(ValueError, match="spec"):
         be.train_backward(spec, data, model.params.grad, cache, np.ones_like(out),

@@ -70,14 +70,18 @@ def _signatures(F):
     bwd_head = (i64,) * 7
     bwd_tail = (ro(3), ro(3), ro(3), ro(3), ro(2), ro(2), ro(2, types.boolean), ro(3), ro(2),
                 ro(2), rw(3), rw(3), rw(2), rw(2), rw(2), rw(1), rw(2), rw(1))
-    fused_in = (ro(1, i64), ro(1), ro(3), ro(2, i64), i64, ro(2, types.uint8), i64)
+    # spec, data, x, ids, is_ids, mask, has_mask, h0, has_h0, c0, has_c0
+    fused_in = (ro(1, i64), ro(1), ro(3), ro(2, i64), i64, ro(2, types.uint8), i64,
+                ro(1), i64, ro(1), i64)
     return {
-        "infer": types.Tuple((i64, rw(3)))(*fused_in),
+        "infer": types.Tuple((i64, rw(3), rw(1), rw(1)))(*fused_in),
         "train_fwd": types.Tuple((i64, i64, rw(3), rw(1), types.Array(i64, 2, "C"),
                                   types.Array(types.boolean, 2, "C"),
-                                  types.Array(i64, 2, "C")))(*fused_in),
-        "train_bwd": types.void(ro(1, i64), ro(1), rw(1), ro(1), ro(2, i64), ro(2, i64),
-                                ro(2, types.boolean), i64, ro(3), ro(1, i64), i64),
+                                  types.Array(i64, 2, "C"), rw(1), rw(1)))(
+                                      *fused_in, ro(1), i64),
+        "train_bwd": types.Tuple((rw(3), rw(1), rw(1)))(
+            ro(1, i64), ro(1), rw(1), ro(1), ro(2, i64), ro(2, i64), ro(2, types.boolean), i64,
+            ro(3), ro(1, i64), i64, ro(1), i64, ro(1), i64, i64),
         "generate": types.void(i64, i64, i64, i64, i64, ro(2), ro(3), ro(2), ro(3), ro(2),
                                ro(3), ro(2), ro(1), ro(3), ro(3), ro(1, i64), ro(2, i64),
                                ro(1, types.boolean), ro(2, types.float64), types.float64, i64,
@@ -348,29 +352,50 @@ def _fused_args(name, spec, data, x, mask):
     return fn, spec, data, xa, ids, is_ids, (mask if md == _U8 else mask.view(_U8)), 1
 
 
-def infer(spec, data, x, mask=None):
-    """Fused inference of a ``Sequential``: the whole model in one compiled call,
-    without the GIL.
+def _flat_arg(a, dt, name):
+    """A state, dropout or gradient argument as the kernels take it: ``(array, 1)``,
+    or ``(empty, 0)`` for None. Raises ``ValueError`` for anything but a
+    C-contiguous, aligned, native array of the parameters' dtype (its size is
+    checked against the call's shapes later, before any memory is touched)."""
+    if a is None:
+        return _A1[dt], 0
+    if type(a) is not _ndarray or a.dtype != dt or not a.dtype.isnative:
+        raise ValueError(f"{name} must be a numpy array of the parameters' dtype ({dt})")
+    fl = a.flags
+    if not (fl.c_contiguous and fl.aligned):
+        raise ValueError(f"{name} must be a C-contiguous, aligned array")
+    return a.reshape(-1), 1
 
-    ``spec``: ``Sequential.inference_spec()`` (int64, :mod:`cyrnn.backends.spec`);
+
+def infer(spec, data, x, mask=None, h0=None, c0=None, return_state=False):
+    """Fused inference of a model: the whole model in one compiled call, without
+    the GIL (the contract: docs/architecture.md, "Fused model calls").
+
+    ``spec``: :func:`cyrnn.plan.build_spec`'s int64 array (:mod:`cyrnn.backends.spec`);
     ``data``: the model's flat parameter buffer (float32/float64, C-contiguous).
     ``x``: (N, T, D) floats of ``data``'s dtype, or (N, T) int64 token ids when the
     first op is an embedding; C-contiguous and aligned. ``mask``: None or an (N, T)
     bool/uint8 C-contiguous array of valid steps (combined with ``ids != 0`` under
-    the embedding's ``mask_zero``). Returns the output array, or None when ``x`` or
-    ``mask`` is not in that exact form or holds values the general path must judge
-    (NaN/inf, ids out of range, a sequence of padding ids only under
+    the embedding's ``mask_zero``). ``h0``/``c0``: None (zeros) or the initial
+    states in the flat layout. Returns the output array, or ``(output, h_n, c_n)``
+    with ``return_state`` (``c_n`` None when no op has a cell state), or None when
+    ``x`` or ``mask`` is not in that exact form or holds values the general path
+    must judge (NaN/inf, ids out of range, a sequence of padding ids only under
     ``mask_zero``): the caller then takes the validating layer-by-layer path. A
-    corrupt spec raises ``ValueError``.
+    corrupt spec, or a state of the wrong dtype, size or layout, raises
+    ``ValueError``.
 
-    Only the exact form of ``x`` and ``mask`` is checked here (a few attribute
-    reads); the spec's checks (whatever ``x`` is), the scan of ``x`` and the model
-    run in the compiled ``_fused_run``.
+    Only the exact form of the arguments is checked here (a few attribute reads);
+    the spec's checks (whatever ``x`` is), the scan of ``x``, the states' sizes and
+    the model run in the compiled ``_fused_run``.
     """
     fn, *args = _fused_args("infer", spec, data, x, mask)
-    status, out = fn(*args)
+    dt = data.dtype
+    status, out, h_n, c_n = fn(*args, *_flat_arg(h0, dt, "h0"), *_flat_arg(c0, dt, "c0"))
     if status <= 0:  # 0: a sequence (N, T, F); -1: after many-to-one, (N, 1, F)
-        return out if status == 0 else out[:, 0]
+        if status:
+            out = out[:, 0]
+        return (out, h_n, c_n if c_n.size else None) if return_state else out
     if status == DECLINED:
         return None
     _raise(status)
@@ -384,16 +409,17 @@ _SPEND_LOCK = threading.Lock()  # guards FusedCache.buf hand-over in train_backw
 class FusedCache:
     """What ``train_forward`` keeps for ``train_backward``: the private copy of the
     spec it ran, the parameter buffer, every op's cache in one block (``buf`` at
-    the offsets of ``plan``), the checked ids and the time-major validity mask.
-    ``buf`` is None once the backward ran."""
+    the offsets of ``plan``), the checked ids, the time-major validity mask and
+    the sizes of the states. ``buf`` is None once the backward ran."""
 
     __slots__ = ("spec", "spec_bytes", "data", "buf", "plan", "ids", "mask", "masked",
-                 "N", "T", "seq_out", "F_out", "nrec")
+                 "N", "T", "seq_out", "F_out", "nrec", "n_state")
 
 
-def train_forward(spec, data, x, mask=None):
-    """Training forward of a ``Sequential``: ``(output, cache)``, or None as in
-    :func:`infer` (same ``x`` and ``mask``). The cache goes to
+def train_forward(spec, data, x, mask=None, h0=None, c0=None, dropout=None):
+    """Training forward of a model: ``(output, h_n, c_n, cache)``, or None as in
+    :func:`infer` (same ``x``, ``mask``, ``h0`` and ``c0``). ``dropout``: None or the
+    masks of the ops with dropout (the contract's layout). The cache goes to
     :func:`train_backward` once."""
     if type(spec) is _ndarray and spec.dtype is _I64 and spec.ndim == 1:
         spec = spec.copy()  # private: the backward refuses a spec changed since
@@ -410,7 +436,10 @@ def train_forward(spec, data, x, mask=None):
         if x.shape[0] * x.shape[1] * width > _FUSED_TRAIN_MAX:
             return None
     fn, *args = _fused_args("train_fwd", spec, data, x, mask)
-    status, masked, out, buf, plan, tmask, ids = fn(*args)
+    dt = data.dtype
+    status, masked, out, buf, plan, tmask, ids, h_n, c_n = fn(
+        *args, *_flat_arg(h0, dt, "h0"), *_flat_arg(c0, dt, "c0"),
+        *_flat_arg(dropout, dt, "dropout"))
     if status > DECLINED:
         _raise(status)
     if status == DECLINED:
@@ -429,18 +458,25 @@ def train_forward(spec, data, x, mask=None):
     cache.F_out = out.shape[2]
     cache.seq_out = status == 0
     cache.nrec = spec[H0::_spec.SPEC_WIDTH].tolist().count(_spec.OP_RNN)
-    return (out if status == 0 else out[:, 0]), cache
+    cache.n_state = h_n.size
+    return (out if status == 0 else out[:, 0]), h_n, (c_n if c_n.size else None), cache
 
 
-def train_backward(spec, data, grad, cache, d_out, truncate):
-    """Add the gradients of the forward that made ``cache`` into ``grad``.
+def train_backward(spec, data, grad, cache, d_out, truncate, dh_n=None, dc_n=None,
+                   input_grad=False):
+    """Add the gradients of the forward that made ``cache`` into ``grad``; return
+    ``(dx, dh0, dc0)``.
 
     ``spec`` and ``data`` must be those of the forward (same spec values, same
     buffer object). ``d_out``: the loss gradient, shaped and typed like the
-    output (C order). ``truncate``: one entry per recurrent op, in op order: -1
-    for full BPTT, else k (the gradient through at most k+1 cells, as the
-    layers' ``bptt_truncate``). Arguments are checked first (an error leaves the
-    cache usable); the run then spends the cache (a second call raises).
+    output (C order), or None (no output gradient). ``truncate``: one entry per
+    recurrent op, in op order: -1 for full BPTT, else k (the gradient through at
+    most k+1 cells, as the layers' ``bptt_truncate``). ``dh_n``/``dc_n``: None
+    (zero) or the gradients on the final states (flat layout). ``dx``: the
+    gradient on ``x``, (N, T, D), when ``input_grad`` and the first op is
+    recurrent, else None; ``dh0``/``dc0`` those on the initial states (``dc0``
+    None when no op has a cell state). Arguments are checked first (an error
+    leaves the cache usable); the run then spends the cache (a second call raises).
     """
     if type(cache) is not FusedCache:
         raise TypeError("cache must be a FusedCache from train_forward")
@@ -461,14 +497,21 @@ def train_backward(spec, data, grad, cache, d_out, truncate):
             or not gf.writeable):
         raise ValueError("grad must be an aligned, native-endian, C-contiguous 1-D array "
                          "like the parameter buffer (writable)")
-    if type(d_out) is not _ndarray:
-        raise TypeError("d_out must be a numpy array")
     N, T, F = cache.N, cache.T, cache.F_out
+    shape = (N, T, F) if cache.seq_out else (N, F)
+    if d_out is None:
+        d_out = _zeros(shape, dt)
+    elif type(d_out) is not _ndarray:
+        raise TypeError("d_out must be a numpy array")
     df = d_out.flags
     if (d_out.dtype != dt or not d_out.dtype.isnative or not df.c_contiguous
-            or not df.aligned
-            or d_out.shape != ((N, T, F) if cache.seq_out else (N, F))):
+            or not df.aligned or d_out.shape != shape):
         raise ValueError("d_out must be a C-contiguous array shaped and typed like the output")
+    dh, has_dh = _flat_arg(dh_n, dt, "dh_n")
+    dc, has_dc = _flat_arg(dc_n, dt, "dc_n")
+    if (has_dh and dh.size != cache.n_state) or (has_dc and dc.size != cache.n_state):
+        raise ValueError(f"dh_n and dc_n must hold {cache.n_state} values (the flat state "
+                         "layout)")
     tr = truncate
     if (type(tr) is not _ndarray or tr.dtype is not _I64 or tr.ndim != 1
             or not tr.flags.c_contiguous):
@@ -485,8 +528,10 @@ def train_backward(spec, data, grad, cache, d_out, truncate):
             raise RuntimeError("this training forward was already backpropagated")
         cache.buf = None  # spent from here on
     fn = _entry.get(("train_bwd", dt)) or _kernel("train_bwd", dt)
-    fn(cache.spec, data, grad, buf, cache.plan, cache.ids, cache.mask, cache.masked,
-       d_out if cache.seq_out else d_out.reshape(N, 1, F), tr, T)
+    dx, dh0, dc0 = fn(cache.spec, data, grad, buf, cache.plan, cache.ids, cache.mask,
+                      cache.masked, d_out if cache.seq_out else d_out.reshape(N, 1, F), tr, T,
+                      dh, has_dh, dc, has_dc, 1 if input_grad else 0)
+    return (dx if dx.size else None), dh0, (dc0 if dc0.size else None)
 
 
 # ----------------------------------------------------------------------------
