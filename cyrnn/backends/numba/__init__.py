@@ -35,9 +35,10 @@ from .. import spec as _spec
 from . import config as _config
 from . import gemm as _gemm
 from .cells import DGH_IS_DXP, HAS_AUX, HAS_C, N_PEEP, PEEP_ROWS, PEEPHOLE
+from .cells import N_GATES as N_GATES_TABLE
 from .config import THREADING_LAYER  # noqa: F401 - reported by cyrnn.threads
-from .fused import (_E_HEADER, DECLINED, STATUS_ERRORS, _infer_kernel, _train_bwd_kernel,
-                    _train_fwd_kernel, header_ok)
+from .fused import (_E_HEADER, DECLINED, STATUS_ERRORS, _infer_kernel, _infer_state_kernel,
+                    _train_bwd_kernel, _train_fwd_kernel, header_ok)
 from .generate import _generate_kernel
 from .loops import _backward_par, _bwd_rows, _bwd_scratch, _forward_par, _fwd_rows, _fwd_scratch
 
@@ -74,7 +75,8 @@ def _signatures(F):
     fused_in = (ro(1, i64), ro(1), ro(3), ro(2, i64), i64, ro(2, types.uint8), i64,
                 ro(1), i64, ro(1), i64)
     return {
-        "infer": types.Tuple((i64, rw(3), rw(1), rw(1)))(*fused_in),
+        "infer": types.Tuple((i64, rw(3)))(*fused_in),
+        "infer_state": types.Tuple((i64, rw(3), rw(1), rw(1)))(*fused_in),
         "train_fwd": types.Tuple((i64, i64, rw(3), rw(1), types.Array(i64, 2, "C"),
                                   types.Array(types.boolean, 2, "C"),
                                   types.Array(i64, 2, "C"), rw(1), rw(1)))(
@@ -93,7 +95,7 @@ def _signatures(F):
     }
 
 
-_DISPATCHERS = {"infer": _infer_kernel, "train_fwd": _train_fwd_kernel,
+_DISPATCHERS = {"infer": _infer_kernel, "infer_state": _infer_state_kernel, "train_fwd": _train_fwd_kernel,
                 "train_bwd": _train_bwd_kernel, "generate": _generate_kernel,
                 "fwd_rows": _fwd_rows, "forward_par": _forward_par, "bwd_rows": _bwd_rows,
                 "backward_par": _backward_par}
@@ -389,21 +391,54 @@ def infer(spec, data, x, mask=None, h0=None, c0=None, return_state=False):
     the spec's checks (whatever ``x`` is), the scan of ``x``, the states' sizes and
     the model run in the compiled ``_fused_run``.
     """
-    fn, *args = _fused_args("infer", spec, data, x, mask)
+    fn, *args = _fused_args("infer_state" if return_state else "infer", spec, data, x, mask)
     dt = data.dtype
-    status, out, h_n, c_n = fn(*args, *_flat_arg(h0, dt, "h0"), *_flat_arg(c0, dt, "c0"))
+    if h0 is None and c0 is None:
+        args += (_A1[dt], 0, _A1[dt], 0)
+    else:
+        args += (*_flat_arg(h0, dt, "h0"), *_flat_arg(c0, dt, "c0"))
+    res = fn(*args)
+    status = res[0]
     if status <= 0:  # 0: a sequence (N, T, F); -1: after many-to-one, (N, 1, F)
-        if status:
-            out = out[:, 0]
-        return (out, h_n, c_n if c_n.size else None) if return_state else out
+        out = res[1] if status == 0 else res[1][:, 0]
+        if return_state:
+            return out, res[2], (res[3] if res[3].size else None)
+        return out
     if status == DECLINED:
         return None
     _raise(status)
 
 
-# Largest T * N * 4 * max(hidden or width) the fused training step takes (see train_forward).
-_FUSED_TRAIN_MAX = 32768
+# The fused training step takes a call only when the layer path would run each of its
+# recurrent ops in at most FUSED_TRAIN_MAX_BLOCKS parallel row blocks (config._blocks:
+# 1 below T*N*G*H = 2**23 multiply-adds or 8 rows, else one block per thread), i.e.
+# serially: the fused kernels run one thread with the same product choices as the
+# serial layer path (gemm._gemm_mode), so bigger steps take the threaded layer path
+# (train_forward returns None). Measured (docs/architecture.md, "Fused model calls"):
+# fused faster up to (16, 50, 32) -> 128 LSTM, level or slower at (64, 50, 32) -> 128.
+# It replaces the older T*N*4H <= 32,768 limit (page faults of the per-call arrays,
+# which no longer made the fused step slower: dino-b32 fused 0.60x the layer path).
+FUSED_TRAIN_MAX_BLOCKS = 1
+_PAR_MIN_ROWS2 = 2 * _config._PAR_MIN_ROWS
+_N_GATES = np.array(N_GATES_TABLE, np.int64)
 _SPEND_LOCK = threading.Lock()  # guards FusedCache.buf hand-over in train_backward
+
+
+def _layer_path_parallel(spec, N, T):
+    """Whether the layer path would run some recurrent op of ``spec`` in more than
+    ``FUSED_TRAIN_MAX_BLOCKS`` row blocks for an (N, T) input (an unchecked spec
+    counts as serial: the kernel checks it)."""
+    W = _spec.SPEC_WIDTH
+    if not header_ok(spec):
+        return False
+    ops = spec[_spec.SPEC_HEADER::W]
+    rnn = ops == _spec.OP_RNN
+    codes = spec[_spec.SPEC_HEADER + _spec.RNN_CELL::W][rnn]
+    H = spec[_spec.SPEC_HEADER + _spec.RNN_HIDDEN::W][rnn]
+    if not codes.size or codes.min() < 0 or codes.max() >= _N_GATES.size or H.min() < 1:
+        return False
+    ghh = int((_N_GATES[codes] * H * H).max())
+    return _blocks(T, N, 1, ghh) > FUSED_TRAIN_MAX_BLOCKS
 
 
 class FusedCache:
@@ -428,13 +463,9 @@ def train_forward(spec, data, x, mask=None, h0=None, c0=None, dropout=None):
         if spec.ndim != 1:
             raise ValueError(_SPEC_ERROR)
     H0 = _spec.SPEC_HEADER
-    if type(x) is _ndarray and x.ndim >= 2 and spec.shape[0] > H0:
-        # Bigger steps take the layer path: the fused step's per-call arrays then
-        # come from fresh pages every call (glibc trims them between calls); at
-        # batch 1 fused is faster.
-        width = int(spec[H0 + _spec.RNN_HIDDEN::_spec.SPEC_WIDTH].max(initial=1)) * 4
-        if x.shape[0] * x.shape[1] * width > _FUSED_TRAIN_MAX:
-            return None
+    if (type(x) is _ndarray and x.ndim >= 2 and x.shape[0] >= _PAR_MIN_ROWS2
+            and _layer_path_parallel(spec, x.shape[0], x.shape[1])):
+        return None  # the layer path's threaded row blocks (FUSED_TRAIN_MAX_BLOCKS)
     fn, *args = _fused_args("train_fwd", spec, data, x, mask)
     dt = data.dtype
     status, masked, out, buf, plan, tmask, ids, h_n, c_n = fn(

@@ -474,7 +474,7 @@ def _fused_run(spec, data, x, ids, is_ids, mask, has_mask, keep, h0, has_h0, c0,
     if need * data.itemsize > 1e15:
         return _E_MEMORY, 0, none, none1, no_plan, no_mask, no_ids, none1, none1
     hm = 1 if masked else 0
-    tmask_r = _reversed_mask(tmask, masked)
+    tmask_r = tmask if Hbi == 0 else _reversed_mask(tmask, masked)
     h_n = np.empty(N * SH, dt)
     c_n = np.zeros(N * SH if anyc else 0, dt)
     # Layout: [input (T, N, F0) | xp (T, N, GHmax) | time-loop scratch | h0, c0, hT, cT]
@@ -621,6 +621,14 @@ def _fused_run(spec, data, x, ids, is_ids, mask, has_mask, keep, h0, has_h0, c0,
 
 @njit(**_JIT)
 def _infer_kernel(spec, data, x, ids, is_ids, mask, has_mask, h0, has_h0, c0, has_c0):
+    """``_fused_run`` without a cache: ``(status, out)`` (no final states to box)."""
+    res = _fused_run(spec, data, x, ids, is_ids, mask, has_mask, 0, h0, has_h0, c0, has_c0,
+                     data[:0], 0)
+    return res[0], res[2]
+
+
+@njit(**_JIT)
+def _infer_state_kernel(spec, data, x, ids, is_ids, mask, has_mask, h0, has_h0, c0, has_c0):
     """``_fused_run`` without a cache: ``(status, out, h_n, c_n)``."""
     res = _fused_run(spec, data, x, ids, is_ids, mask, has_mask, 0, h0, has_h0, c0, has_c0,
                      data[:0], 0)
