@@ -342,6 +342,28 @@ def _rnn_tensors(data, spec, r, d, F):
 
 
 @njit(**_JIT)
+def _dir_cache(buf, p, d, code, T, N, H):
+    """Direction ``d``'s cache in ``buf`` at the plan row ``p`` of its op:
+    ``(h (T+1, N, H), c (T+1, N, H), gates (T, N, G), aux (T, N, H), h_seq (T, N, H))``
+    (``c``, ``aux`` empty for cells without them)."""
+    none = buf[:0].reshape((0, 0, 0))
+    k = d * P_DIR
+    NH = N * H
+    TN = T * N
+    GH = N_GATES[code] * H
+    ch = buf[p[P_H + k]:p[P_H + k] + (T + 1) * NH].reshape((T + 1, N, H))
+    cc = none
+    if HAS_C[code]:
+        cc = buf[p[P_C + k]:p[P_C + k] + (T + 1) * NH].reshape((T + 1, N, H))
+    cg = buf[p[P_GATES + k]:p[P_GATES + k] + TN * GH].reshape((T, N, GH))
+    cax = none
+    if HAS_AUX[code]:
+        cax = buf[p[P_AUX + k]:p[P_AUX + k] + TN * H].reshape((T, N, H))
+    h_seq = buf[p[P_HSEQ + k]:p[P_HSEQ + k] + TN * H].reshape((T, N, H))
+    return ch, cc, cg, cax, h_seq
+
+
+@njit(**_JIT)
 def _reverse_time(a):
     """Reverse the rows of ``a`` (T, M) in place: a sequence to reversed time and back."""
     T, M = a.shape
@@ -555,17 +577,7 @@ def _fused_run(spec, data, x, ids, is_ids, mask, has_mask, keep, h0, has_h0, c0,
                 hT = h_n[s0:s0 + NH].reshape((N, H))
                 cT = (c_n[s0:s0 + NH] if has_c else st[3 * NH:]).reshape((N, H))
                 if keep:
-                    p = plan[o]
-                    k = d * P_DIR
-                    ch = buf[p[P_H + k]:p[P_H + k] + (T + 1) * NH].reshape((T + 1, N, H))
-                    cc = none
-                    if has_c:
-                        cc = buf[p[P_C + k]:p[P_C + k] + (T + 1) * NH].reshape((T + 1, N, H))
-                    cg = buf[p[P_GATES + k]:p[P_GATES + k] + TN * GH].reshape((T, N, GH))
-                    cax = none
-                    if HAS_AUX[code]:
-                        cax = buf[p[P_AUX + k]:p[P_AUX + k] + TN * H].reshape((T, N, H))
-                    h_seq = buf[p[P_HSEQ + k]:p[P_HSEQ + k] + TN * H].reshape((T, N, H))
+                    ch, cc, cg, cax, h_seq = _dir_cache(buf, plan[o], d, code, T, N, H)
                     _fwd_rows(code, act, ract, mode, 1, hm, xp.reshape((T, N, GH)), w_hh, b_hh,
                               peep, h0d, c0d, mk, h_seq, hT, cT, ch, cc, cg, cax, sc, 0, N)
                 else:
@@ -754,17 +766,9 @@ def _train_bwd_kernel(spec, data, grad, buf, plan, idc, tmask, has_mask, d_out, 
                 fin_r = buf[p[P_H + P_DIR] + TN * H:p[P_H + P_DIR] + TN * H + NH].reshape(
                     (1, N, H))
             for d in range(dirs):
-                k = d * P_DIR
                 s0 = soffs[o] + d * NH
                 w_ih, w_hh, _, _, peep = _rnn_tensors(data, spec, r, d, D)
-                ch = buf[p[P_H + k]:p[P_H + k] + (T + 1) * NH].reshape((T + 1, N, H))
-                cc = none
-                if has_c:
-                    cc = buf[p[P_C + k]:p[P_C + k] + (T + 1) * NH].reshape((T + 1, N, H))
-                cg = buf[p[P_GATES + k]:p[P_GATES + k] + TN * G].reshape((T, N, G))
-                cax = none
-                if HAS_AUX[code]:
-                    cax = buf[p[P_AUX + k]:p[P_AUX + k] + TN * H].reshape((T, N, H))
+                ch, cc, cg, cax, _ = _dir_cache(buf, p, d, code, T, N, H)
                 dxp = dxp_buf[:TN * G].reshape((T, N, G))
                 dxp[:] = 0
                 dgh = dxp
