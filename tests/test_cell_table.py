@@ -33,7 +33,7 @@ def test_table_is_consistent():
 
 def test_spec_constants_are_defined_once():
     consts = spec.constants()
-    assert consts["SPEC_VERSION"] == 2 and consts["SPEC_WIDTH"] >= consts["RNN_SEQ"] + 1
+    assert consts["SPEC_VERSION"] == 3 and consts["SPEC_WIDTH"] >= consts["RNN_DROP"] + 1
     model = cyrnn.Sequential([cyrnn.LSTM(3, 4, peephole=True, activation="relu",
                                          recurrent_activation="hard_sigmoid"),
                               cyrnn.Dense(4, 2)])
