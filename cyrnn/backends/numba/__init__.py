@@ -71,9 +71,9 @@ def _signatures(F):
     bwd_head = (i64,) * 7
     bwd_tail = (ro(3), ro(3), ro(3), ro(3), ro(2), ro(2), ro(2, types.boolean), ro(3), ro(2),
                 ro(2), rw(3), rw(3), rw(2), rw(2), rw(2), rw(1), rw(2), rw(1))
-    # spec, data, x, ids, is_ids, mask, has_mask, h0, has_h0, c0, has_c0
+    # spec, data, x, ids, is_ids, mask, has_mask, h0, has_h0, c0, has_c0, nthr, blas_par
     fused_in = (ro(1, i64), ro(1), ro(3), ro(2, i64), i64, ro(2, types.uint8), i64,
-                ro(1), i64, ro(1), i64)
+                ro(1), i64, ro(1), i64, i64, i64)
     return {
         "infer": types.Tuple((i64, rw(3)))(*fused_in),
         "infer_state": types.Tuple((i64, rw(3), rw(1), rw(1)))(*fused_in),
@@ -83,7 +83,7 @@ def _signatures(F):
                                       *fused_in, ro(1), i64),
         "train_bwd": types.Tuple((rw(3), rw(1), rw(1)))(
             ro(1, i64), ro(1), rw(1), ro(1), ro(2, i64), ro(2, i64), ro(2, types.boolean), i64,
-            ro(3), ro(1, i64), i64, ro(1), i64, ro(1), i64, i64),
+            ro(3), ro(1, i64), i64, ro(1), i64, ro(1), i64, i64, i64, i64),
         "generate": types.void(i64, i64, i64, i64, i64, ro(2), ro(3), ro(2), ro(3), ro(2),
                                ro(3), ro(2), ro(1), ro(3), ro(3), ro(1, i64), ro(2, i64),
                                ro(1, types.boolean), ro(2, types.float64), types.float64, i64,
@@ -354,6 +354,30 @@ def _fused_args(name, spec, data, x, mask):
     return fn, spec, data, xa, ids, is_ids, (mask if md == _U8 else mask.view(_U8)), 1
 
 
+def _split_args(x_or_n):
+    """``(nthr, blas_par)`` of a fused call on ``x`` (or ``N`` rows): the threads its
+    ops may split their rows over, as the layer path would (``config._blocks``), and
+    the product flag inside those blocks (``gemm._blas_mode``)."""
+    N = x_or_n if type(x_or_n) is int else (
+        x_or_n.shape[0] if type(x_or_n) is _ndarray and x_or_n.ndim >= 2 else 1)
+    if N < _PAR_MIN_ROWS2:
+        return 1, 0
+    n = _config._block_threads()
+    if n <= 1:
+        return 1, 0
+    return n, (2 if _gemm._blas_single_threaded() else 0)
+
+
+def _call(fn, args, nthr, spec, N, T):
+    """``fn(*args)``, holding the parallel-launch lock where the threading layer needs
+    one (workqueue) and some op of ``spec`` may split its rows."""
+    lock = _config._par_lock
+    if lock is not None and nthr > 1 and _may_split(spec, N, T):
+        with lock:
+            return fn(*args)
+    return fn(*args)
+
+
 def _flat_arg(a, dt, name):
     """A state, dropout or gradient argument as the kernels take it: ``(array, 1)``,
     or ``(empty, 0)`` for None. Raises ``ValueError`` for anything but a
@@ -394,10 +418,14 @@ def infer(spec, data, x, mask=None, h0=None, c0=None, return_state=False):
     fn, *args = _fused_args("infer_state" if return_state else "infer", spec, data, x, mask)
     dt = data.dtype
     if h0 is None and c0 is None:
-        args += (_A1[dt], 0, _A1[dt], 0)
+        args += _NO_STATES[dt]
     else:
         args += (*_flat_arg(h0, dt, "h0"), *_flat_arg(c0, dt, "c0"))
-    res = fn(*args)
+    if args[4] < 0 or x.shape[0] < _PAR_MIN_ROWS2:  # declined, or too few rows to split
+        res = fn(*args, 1, 0)
+    else:
+        nthr, blas_par = _split_args(x)
+        res = _call(fn, (*args, nthr, blas_par), nthr, spec, x.shape[0], x.shape[1])
     status = res[0]
     if status <= 0:  # 0: a sequence (N, T, F); -1: after many-to-one, (N, 1, F)
         out = res[1] if status == 0 else res[1][:, 0]
@@ -409,24 +437,24 @@ def infer(spec, data, x, mask=None, h0=None, c0=None, return_state=False):
     _raise(status)
 
 
-# The fused training step takes a call only when the layer path would run each of its
-# recurrent ops in at most FUSED_TRAIN_MAX_BLOCKS parallel row blocks (config._blocks:
-# 1 below T*N*G*H = 2**23 multiply-adds or 8 rows, else one block per thread), i.e.
-# serially: the fused kernels run one thread with the same product choices as the
-# serial layer path (gemm._gemm_mode), so bigger steps take the threaded layer path
-# (train_forward returns None). Measured (docs/architecture.md, "Fused model calls"):
-# fused faster up to (16, 50, 32) -> 128 LSTM, level or slower at (64, 50, 32) -> 128.
-# It replaces the older T*N*4H <= 32,768 limit (page faults of the per-call arrays,
-# which no longer made the fused step slower: dino-b32 fused 0.60x the layer path).
-FUSED_TRAIN_MAX_BLOCKS = 1
+# The largest T * N * 4 * max(hidden size) the fused training step takes (None: any);
+# train_forward returns None above it and the layer path runs. The fused step runs
+# the layer path's row blocks and product choices (config._blocks, gemm._blas_mode),
+# but allocates its cache and scratch per call in a few large blocks, which some
+# allocation histories fault in afresh every call. Measured (docs/architecture.md,
+# "Fused model calls"): faster than the layer path at dino-b32 (76,800) in every run;
+# above, faster in most runs but 1.1-1.5x slower at (8, 50, 32) -> 64 (102,400)
+# after other sizes ran in the process (450 page faults per step against 40).
+FUSED_TRAIN_MAX = 76800
+_NO_STATES = {dt: (_A1[dt], 0, _A1[dt], 0) for dt in (_F32, _F64)}
 _PAR_MIN_ROWS2 = 2 * _config._PAR_MIN_ROWS
 _N_GATES = np.array(N_GATES_TABLE, np.int64)
 _SPEND_LOCK = threading.Lock()  # guards FusedCache.buf hand-over in train_backward
 
 
-def _layer_path_parallel(spec, N, T):
-    """Whether the layer path would run some recurrent op of ``spec`` in more than
-    ``FUSED_TRAIN_MAX_BLOCKS`` row blocks for an (N, T) input (an unchecked spec
+def _may_split(spec, N, T):
+    """Whether some recurrent op of ``spec`` runs in more than one row block for an
+    (N, T) input (``config._blocks``, the layer path's rule; an unchecked spec
     counts as serial: the kernel checks it)."""
     W = _spec.SPEC_WIDTH
     if not header_ok(spec):
@@ -438,7 +466,7 @@ def _layer_path_parallel(spec, N, T):
     if not codes.size or codes.min() < 0 or codes.max() >= _N_GATES.size or H.min() < 1:
         return False
     ghh = int((_N_GATES[codes] * H * H).max())
-    return _blocks(T, N, 1, ghh) > FUSED_TRAIN_MAX_BLOCKS
+    return _blocks(T, N, 1, ghh) > 1
 
 
 class FusedCache:
@@ -463,14 +491,18 @@ def train_forward(spec, data, x, mask=None, h0=None, c0=None, dropout=None):
         if spec.ndim != 1:
             raise ValueError(_SPEC_ERROR)
     H0 = _spec.SPEC_HEADER
-    if (type(x) is _ndarray and x.ndim >= 2 and x.shape[0] >= _PAR_MIN_ROWS2
-            and _layer_path_parallel(spec, x.shape[0], x.shape[1])):
-        return None  # the layer path's threaded row blocks (FUSED_TRAIN_MAX_BLOCKS)
+    limit = FUSED_TRAIN_MAX
+    if limit is not None and type(x) is _ndarray and x.ndim >= 2 and spec.shape[0] > H0:
+        width = int(spec[H0 + _spec.RNN_HIDDEN::_spec.SPEC_WIDTH].max(initial=1)) * 4
+        if x.shape[0] * x.shape[1] * width > limit:
+            return None  # the layer path (FUSED_TRAIN_MAX)
     fn, *args = _fused_args("train_fwd", spec, data, x, mask)
     dt = data.dtype
-    status, masked, out, buf, plan, tmask, ids, h_n, c_n = fn(
-        *args, *_flat_arg(h0, dt, "h0"), *_flat_arg(c0, dt, "c0"),
-        *_flat_arg(dropout, dt, "dropout"))
+    nthr, blas_par = _split_args(x)
+    args += (*_flat_arg(h0, dt, "h0"), *_flat_arg(c0, dt, "c0"), nthr, blas_par,
+             *_flat_arg(dropout, dt, "dropout"))
+    status, masked, out, buf, plan, tmask, ids, h_n, c_n = (
+        fn(*args) if nthr == 1 else _call(fn, args, nthr, spec, x.shape[0], x.shape[1]))
     if status > DECLINED:
         _raise(status)
     if status == DECLINED:
@@ -559,9 +591,11 @@ def train_backward(spec, data, grad, cache, d_out, truncate, dh_n=None, dc_n=Non
             raise RuntimeError("this training forward was already backpropagated")
         cache.buf = None  # spent from here on
     fn = _entry.get(("train_bwd", dt)) or _kernel("train_bwd", dt)
-    dx, dh0, dc0 = fn(cache.spec, data, grad, buf, cache.plan, cache.ids, cache.mask,
-                      cache.masked, d_out if cache.seq_out else d_out.reshape(N, 1, F), tr, T,
-                      dh, has_dh, dc, has_dc, 1 if input_grad else 0)
+    nthr, blas_par = _split_args(N)
+    dx, dh0, dc0 = _call(fn, (cache.spec, data, grad, buf, cache.plan, cache.ids, cache.mask,
+                              cache.masked, d_out if cache.seq_out else d_out.reshape(N, 1, F),
+                              tr, T, dh, has_dh, dc, has_dc, 1 if input_grad else 0, nthr,
+                              blas_par), nthr, cache.spec, N, T)
     return (dx if dx.size else None), dh0, (dc0 if dc0.size else None)
 
 

@@ -30,9 +30,10 @@ from ..spec import (DENSE_B, DENSE_IN, DENSE_OUT, DENSE_W, EMB_DIM, EMB_FROZEN, 
                     RNN_DROP, RNN_HIDDEN, RNN_IN, RNN_MERGE, RNN_PEEP, RNN_RACT, RNN_SEQ,
                     RNN_W_HH, RNN_W_IH, RNN_W_IH_R, SPEC_HEADER, SPEC_VERSION, SPEC_WIDTH)
 from .cells import DGH_IS_DXP, HAS_AUX, HAS_C, N_GATES, N_PEEP, PEEP_ROWS, PEEPHOLE
-from .config import _JIT
+from .config import _JIT, _blocks_of
 from .gemm import _acc_colsum, _acc_nt, _add_rows, _gemm_mode, _mm_nn, _mm_nt
-from .loops import _bwd_rows, _bwd_scratch_nb, _fwd_rows, _fwd_scratch_nb
+from .loops import (_backward_par, _bwd_rows, _bwd_scratch_nb, _forward_par, _fwd_rows,
+                    _fwd_scratch_nb)
 
 # Status of a fused call: 0 a sequence output, -1 the output after a many-to-one
 # op, 1 declined (the caller returns None and the general path runs); the others
@@ -341,6 +342,22 @@ def _rnn_tensors(data, spec, r, d, F):
     return w_ih, w_hh, b_ih, b_hh, peep
 
 
+_blocks_nb = njit(**_JIT)(_blocks_of)
+
+
+@njit(**_JIT)
+def _fwd_call(nb, code, act, ract, blas, keep, has_mask, xp, w, b, peep, h0, c0, mask, h_seq,
+              hT, cT, ch, cc, cg, cax, scratch):
+    """The forward time loop on ``nb`` row blocks (as the layer path: ``_forward_par``)
+    or, for one block, serially."""
+    if nb > 1:
+        _forward_par(nb, code, act, ract, blas, keep, has_mask, xp, w, b, peep, h0, c0, mask,
+                     h_seq, hT, cT, ch, cc, cg, cax, scratch)
+    else:
+        _fwd_rows(code, act, ract, blas, keep, has_mask, xp, w, b, peep, h0, c0, mask, h_seq,
+                  hT, cT, ch, cc, cg, cax, scratch, 0, xp.shape[1])
+
+
 @njit(**_JIT)
 def _dir_cache(buf, p, d, code, T, N, H):
     """Direction ``d``'s cache in ``buf`` at the plan row ``p`` of its op:
@@ -454,7 +471,7 @@ def _transpose_tn(src, out):
 
 @njit(**_JIT)
 def _fused_run(spec, data, x, ids, is_ids, mask, has_mask, keep, h0, has_h0, c0, has_c0,
-               dropout, has_drop):
+               dropout, has_drop, nthr, blas_par):
     """Check ``spec`` against ``data``, the input and the states, then run the model.
 
     Returns ``(status, masked, out, buf, plan, tmask, idc, h_n, c_n)``: status 0
@@ -466,6 +483,8 @@ def _fused_run(spec, data, x, ids, is_ids, mask, has_mask, keep, h0, has_h0, c0,
     the offsets of ``plan`` (n_ops x P_WIDTH), ``tmask`` the time-major validity
     mask (``masked`` 1) and ``idc`` the checked copy of the ids; ``dropout``
     (``has_drop``) the masks of the ops with dropout, applied to their outputs.
+    ``nthr``: threads for row blocks (``config._block_threads``; 1: serial), with
+    ``blas_par`` the product flag inside blocks (as ``gemm._blas_mode``).
 
     The spec is checked whatever the input (as the Cython backend does).
     """
@@ -556,7 +575,9 @@ def _fused_run(spec, data, x, ids, is_ids, mask, has_mask, keep, h0, has_h0, c0,
             xp = buf[o_xp:o_xp + TN * GH].reshape((TN, GH))
             st = buf[o_st:o_st + 4 * NH]
             sc = buf[o_sc:o_sc + N * _fwd_scratch_nb(code, H, GH, keep != 0)]
-            mode = _gemm_mode(N, GH * H)
+            # row blocks and product routines as the layer path chooses them
+            nb = _blocks_nb(T, N, H, GH, nthr)
+            mode = blas_par if nb > 1 else _gemm_mode(N, GH * H)
             seq = spec[r + RNN_SEQ] != 0
             hs = none
             for d in range(dirs):
@@ -578,15 +599,13 @@ def _fused_run(spec, data, x, ids, is_ids, mask, has_mask, keep, h0, has_h0, c0,
                 cT = (c_n[s0:s0 + NH] if has_c else st[3 * NH:]).reshape((N, H))
                 if keep:
                     ch, cc, cg, cax, h_seq = _dir_cache(buf, plan[o], d, code, T, N, H)
-                    _fwd_rows(code, act, ract, mode, 1, hm, xp.reshape((T, N, GH)), w_hh, b_hh,
-                              peep, h0d, c0d, mk, h_seq, hT, cT, ch, cc, cg, cax, sc, 0, N)
                 else:
                     # unidirectional: straight into the output buffer
                     o_h = b if dirs == 1 else o_hs + d * TN * H
                     h_seq = buf[o_h:o_h + TN * H].reshape((T, N, H))
-                    _fwd_rows(code, act, ract, mode, 0, hm, xp.reshape((T, N, GH)), w_hh, b_hh,
-                              peep, h0d, c0d, mk, h_seq, hT, cT, none, none, none, none, sc,
-                              0, N)
+                    ch = cc = cg = cax = none
+                _fwd_call(nb, code, act, ract, mode, keep, hm, xp.reshape((T, N, GH)), w_hh,
+                          b_hh, peep, h0d, c0d, mk, h_seq, hT, cT, ch, cc, cg, cax, sc)
                 if d == 0:
                     hs = h_seq
             if seq:
@@ -632,32 +651,34 @@ def _fused_run(spec, data, x, ids, is_ids, mask, has_mask, keep, h0, has_h0, c0,
 
 
 @njit(**_JIT)
-def _infer_kernel(spec, data, x, ids, is_ids, mask, has_mask, h0, has_h0, c0, has_c0):
+def _infer_kernel(spec, data, x, ids, is_ids, mask, has_mask, h0, has_h0, c0, has_c0,
+                  nthr, blas_par):
     """``_fused_run`` without a cache: ``(status, out)`` (no final states to box)."""
     res = _fused_run(spec, data, x, ids, is_ids, mask, has_mask, 0, h0, has_h0, c0, has_c0,
-                     data[:0], 0)
+                     data[:0], 0, nthr, blas_par)
     return res[0], res[2]
 
 
 @njit(**_JIT)
-def _infer_state_kernel(spec, data, x, ids, is_ids, mask, has_mask, h0, has_h0, c0, has_c0):
+def _infer_state_kernel(spec, data, x, ids, is_ids, mask, has_mask, h0, has_h0, c0, has_c0,
+                        nthr, blas_par):
     """``_fused_run`` without a cache: ``(status, out, h_n, c_n)``."""
     res = _fused_run(spec, data, x, ids, is_ids, mask, has_mask, 0, h0, has_h0, c0, has_c0,
-                     data[:0], 0)
+                     data[:0], 0, nthr, blas_par)
     return res[0], res[2], res[7], res[8]
 
 
 @njit(**_JIT)
 def _train_fwd_kernel(spec, data, x, ids, is_ids, mask, has_mask, h0, has_h0, c0, has_c0,
-                      dropout, has_drop):
+                      nthr, blas_par, dropout, has_drop):
     """``_fused_run`` keeping every op's cache."""
     return _fused_run(spec, data, x, ids, is_ids, mask, has_mask, 1, h0, has_h0, c0, has_c0,
-                      dropout, has_drop)
+                      dropout, has_drop, nthr, blas_par)
 
 
 @njit(**_JIT)
 def _train_bwd_kernel(spec, data, grad, buf, plan, idc, tmask, has_mask, d_out, trunc, T,
-                      dh_n, has_dhn, dc_n, has_dcn, input_grad):
+                      dh_n, has_dhn, dc_n, has_dcn, input_grad, nthr, blas_par):
     """Gradients of a ``_train_fwd_kernel`` run (its spec, cache block ``buf`` at
     ``plan``, ids, mask), added into ``grad``. ``d_out`` (N, T, F), or (N, 1, F)
     after a many-to-one op; ``trunc`` one entry per recurrent op (-1 full BPTT);
@@ -801,10 +822,19 @@ def _train_bwd_kernel(spec, data, grad, buf, plan, idc, tmask, has_mask, d_out, 
                 dw = np.empty((G, H), dt)
                 db = np.empty(G, dt)
                 dpeep = np.empty(peep.shape, dt)
-                _bwd_rows(code, spec[r + RNN_ACT], spec[r + RNN_RACT], _gemm_mode(N, G * H),
-                          tk, has_mask, 1 if seqop else 0, 1, ch, cc, cg, cax, w_hh, peep,
-                          tmask_r if d == 1 else tmask_f, dh_seq, dh_T, dc_T, dxp, dgh, dh0, dc0,
-                          dw, db, dpeep, np.empty(N * _bwd_scratch_nb(code, H, G), dt), 0, N)
+                # row blocks and product routines as the layer path chooses them
+                nb = _blocks_nb(T, N, H, G, nthr)
+                args = (code, spec[r + RNN_ACT], spec[r + RNN_RACT],
+                        blas_par if nb > 1 else _gemm_mode(N, G * H), tk, has_mask,
+                        1 if seqop else 0)
+                mk = tmask_r if d == 1 else tmask_f
+                sc = np.empty(N * _bwd_scratch_nb(code, H, G), dt)
+                if nb > 1:
+                    _backward_par(nb, *args, ch, cc, cg, cax, w_hh, peep, mk, dh_seq, dh_T,
+                                  dc_T, dxp, dgh, dh0, dc0, dw, db, dpeep, sc)
+                else:
+                    _bwd_rows(*args, 1, ch, cc, cg, cax, w_hh, peep, mk, dh_seq, dh_T, dc_T,
+                              dxp, dgh, dh0, dc0, dw, db, dpeep, sc, 0, N)
                 kr = r + d * _R
                 gw = grad[spec[kr + RNN_W_HH]:spec[kr + RNN_W_HH] + G * H]
                 dwf = dw.reshape(G * H)
