@@ -233,10 +233,9 @@ class Sequential:
     def _run_planned(self, plan, args, training, return_states):
         """Run the fused forward on checked ``args``; None if the backend declines."""
         x, valid, h0, c0 = args
-        n, T = x.shape[0], x.shape[1]
+        n = x.shape[0]
         if training:
-            res = plan.train_forward(plan.spec, self.params.data, x, valid, h0, c0,
-                                     plan.dropout(T, n, self.dtype))
+            res = plan.forward_train(self.params.data, x, valid, h0, c0, self.dtype)
             if res is None:
                 return None
             out, h_n, c_n, fused = res

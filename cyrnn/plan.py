@@ -191,6 +191,20 @@ class CompiledPlan:
             else None
         return dh_n, dc_n
 
+    def forward_train(self, data, x, valid, h0, c0, dtype):
+        """``train_forward`` with dropout masks drawn from the layers' generators; when
+        the backend declines (None) the generators are put back, so the layer path that
+        runs instead draws the same masks."""
+        dropping = [layer for layer in self.recurrent
+                    if layer.dropout > 0 and layer.num_layers > 1]
+        saved = [layer._rng.bit_generator.state for layer in dropping]
+        res = self.train_forward(self.spec, data, x, valid, h0, c0,
+                                 self.dropout(x.shape[1], x.shape[0], dtype))
+        if res is None:
+            for layer, state in zip(dropping, saved):
+                layer._rng.bit_generator.state = state
+        return res
+
     def dropout(self, T, n, dtype):
         """The flat dropout multipliers of a training forward (None: no dropout)."""
         drops = draw_dropout(self.recurrent, T, n, dtype)

@@ -418,8 +418,7 @@ class RecurrentLayer(Layer):
         n, T = x.shape[0], x.shape[1]
         data = self.params.data
         if training:
-            res = plan.train_forward(plan.spec, data, x, valid, h0, c0,
-                                     plan.dropout(T, n, self.dtype))
+            res = plan.forward_train(data, x, valid, h0, c0, self.dtype)
             if res is None:
                 return None
             out, h_n, c_n, fused = res

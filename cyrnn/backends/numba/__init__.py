@@ -35,9 +35,10 @@ from .. import spec as _spec
 from . import config as _config
 from . import gemm as _gemm
 from .cells import DGH_IS_DXP, HAS_AUX, HAS_C, N_PEEP, PEEP_ROWS, PEEPHOLE
+from .cells import N_GATES as N_GATES_TABLE
 from .config import THREADING_LAYER  # noqa: F401 - reported by cyrnn.threads
-from .fused import (_E_HEADER, DECLINED, STATUS_ERRORS, _infer_kernel, _train_bwd_kernel,
-                    _train_fwd_kernel, header_ok)
+from .fused import (_E_HEADER, DECLINED, STATUS_ERRORS, _infer_kernel, _infer_state_kernel,
+                    _train_bwd_kernel, _train_fwd_kernel, header_ok)
 from .generate import _generate_kernel
 from .loops import _backward_par, _bwd_rows, _bwd_scratch, _forward_par, _fwd_rows, _fwd_scratch
 
@@ -70,14 +71,19 @@ def _signatures(F):
     bwd_head = (i64,) * 7
     bwd_tail = (ro(3), ro(3), ro(3), ro(3), ro(2), ro(2), ro(2, types.boolean), ro(3), ro(2),
                 ro(2), rw(3), rw(3), rw(2), rw(2), rw(2), rw(1), rw(2), rw(1))
-    fused_in = (ro(1, i64), ro(1), ro(3), ro(2, i64), i64, ro(2, types.uint8), i64)
+    # spec, data, x, ids, is_ids, mask, has_mask, h0, has_h0, c0, has_c0, nthr, blas_par
+    fused_in = (ro(1, i64), ro(1), ro(3), ro(2, i64), i64, ro(2, types.uint8), i64,
+                ro(1), i64, ro(1), i64, i64, i64)
     return {
         "infer": types.Tuple((i64, rw(3)))(*fused_in),
+        "infer_state": types.Tuple((i64, rw(3), rw(1), rw(1)))(*fused_in),
         "train_fwd": types.Tuple((i64, i64, rw(3), rw(1), types.Array(i64, 2, "C"),
                                   types.Array(types.boolean, 2, "C"),
-                                  types.Array(i64, 2, "C")))(*fused_in),
-        "train_bwd": types.void(ro(1, i64), ro(1), rw(1), ro(1), ro(2, i64), ro(2, i64),
-                                ro(2, types.boolean), i64, ro(3), ro(1, i64), i64),
+                                  types.Array(i64, 2, "C"), rw(1), rw(1)))(
+                                      *fused_in, ro(1), i64),
+        "train_bwd": types.Tuple((rw(3), rw(1), rw(1)))(
+            ro(1, i64), ro(1), rw(1), ro(1), ro(2, i64), ro(2, i64), ro(2, types.boolean), i64,
+            ro(3), ro(1, i64), i64, ro(1), i64, ro(1), i64, i64, i64, i64),
         "generate": types.void(i64, i64, i64, i64, i64, ro(2), ro(3), ro(2), ro(3), ro(2),
                                ro(3), ro(2), ro(1), ro(3), ro(3), ro(1, i64), ro(2, i64),
                                ro(1, types.boolean), ro(2, types.float64), types.float64, i64,
@@ -89,7 +95,7 @@ def _signatures(F):
     }
 
 
-_DISPATCHERS = {"infer": _infer_kernel, "train_fwd": _train_fwd_kernel,
+_DISPATCHERS = {"infer": _infer_kernel, "infer_state": _infer_state_kernel, "train_fwd": _train_fwd_kernel,
                 "train_bwd": _train_bwd_kernel, "generate": _generate_kernel,
                 "fwd_rows": _fwd_rows, "forward_par": _forward_par, "bwd_rows": _bwd_rows,
                 "backward_par": _backward_par}
@@ -348,52 +354,135 @@ def _fused_args(name, spec, data, x, mask):
     return fn, spec, data, xa, ids, is_ids, (mask if md == _U8 else mask.view(_U8)), 1
 
 
-def infer(spec, data, x, mask=None):
-    """Fused inference of a ``Sequential``: the whole model in one compiled call,
-    without the GIL.
+def _split_args(x_or_n):
+    """``(nthr, blas_par)`` of a fused call on ``x`` (or ``N`` rows): the threads its
+    ops may split their rows over, as the layer path would (``config._blocks``), and
+    the product flag inside those blocks (``gemm._blas_mode``)."""
+    N = x_or_n if type(x_or_n) is int else (
+        x_or_n.shape[0] if type(x_or_n) is _ndarray and x_or_n.ndim >= 2 else 1)
+    if N < _PAR_MIN_ROWS2:
+        return 1, 0
+    n = _config._block_threads()
+    if n <= 1:
+        return 1, 0
+    return n, (2 if _gemm._blas_single_threaded() else 0)
 
-    ``spec``: ``Sequential.inference_spec()`` (int64, :mod:`cyrnn.backends.spec`);
+
+def _call(fn, args, nthr, spec, N, T):
+    """``fn(*args)``, holding the parallel-launch lock where the threading layer needs
+    one (workqueue) and some op of ``spec`` may split its rows."""
+    lock = _config._par_lock
+    if lock is not None and nthr > 1 and _may_split(spec, N, T):
+        with lock:
+            return fn(*args)
+    return fn(*args)
+
+
+def _flat_arg(a, dt, name):
+    """A state, dropout or gradient argument as the kernels take it: ``(array, 1)``,
+    or ``(empty, 0)`` for None. Raises ``ValueError`` for anything but a
+    C-contiguous, aligned, native array of the parameters' dtype (its size is
+    checked against the call's shapes later, before any memory is touched)."""
+    if a is None:
+        return _A1[dt], 0
+    if type(a) is not _ndarray or a.dtype != dt or not a.dtype.isnative:
+        raise ValueError(f"{name} must be a numpy array of the parameters' dtype ({dt})")
+    fl = a.flags
+    if not (fl.c_contiguous and fl.aligned):
+        raise ValueError(f"{name} must be a C-contiguous, aligned array")
+    return a.reshape(-1), 1
+
+
+def infer(spec, data, x, mask=None, h0=None, c0=None, return_state=False):
+    """Fused inference of a model: the whole model in one compiled call, without
+    the GIL (the contract: docs/architecture.md, "Fused model calls").
+
+    ``spec``: :func:`cyrnn.plan.build_spec`'s int64 array (:mod:`cyrnn.backends.spec`);
     ``data``: the model's flat parameter buffer (float32/float64, C-contiguous).
     ``x``: (N, T, D) floats of ``data``'s dtype, or (N, T) int64 token ids when the
     first op is an embedding; C-contiguous and aligned. ``mask``: None or an (N, T)
     bool/uint8 C-contiguous array of valid steps (combined with ``ids != 0`` under
-    the embedding's ``mask_zero``). Returns the output array, or None when ``x`` or
-    ``mask`` is not in that exact form or holds values the general path must judge
-    (NaN/inf, ids out of range, a sequence of padding ids only under
+    the embedding's ``mask_zero``). ``h0``/``c0``: None (zeros) or the initial
+    states in the flat layout. Returns the output array, or ``(output, h_n, c_n)``
+    with ``return_state`` (``c_n`` None when no op has a cell state), or None when
+    ``x`` or ``mask`` is not in that exact form or holds values the general path
+    must judge (NaN/inf, ids out of range, a sequence of padding ids only under
     ``mask_zero``): the caller then takes the validating layer-by-layer path. A
-    corrupt spec raises ``ValueError``.
+    corrupt spec, or a state of the wrong dtype, size or layout, raises
+    ``ValueError``.
 
-    Only the exact form of ``x`` and ``mask`` is checked here (a few attribute
-    reads); the spec's checks (whatever ``x`` is), the scan of ``x`` and the model
-    run in the compiled ``_fused_run``.
+    Only the exact form of the arguments is checked here (a few attribute reads);
+    the spec's checks (whatever ``x`` is), the scan of ``x``, the states' sizes and
+    the model run in the compiled ``_fused_run``.
     """
-    fn, *args = _fused_args("infer", spec, data, x, mask)
-    status, out = fn(*args)
+    fn, *args = _fused_args("infer_state" if return_state else "infer", spec, data, x, mask)
+    dt = data.dtype
+    if h0 is None and c0 is None:
+        args += _NO_STATES[dt]
+    else:
+        args += (*_flat_arg(h0, dt, "h0"), *_flat_arg(c0, dt, "c0"))
+    if args[4] < 0 or x.shape[0] < _PAR_MIN_ROWS2:  # declined, or too few rows to split
+        res = fn(*args, 1, 0)
+    else:
+        nthr, blas_par = _split_args(x)
+        res = _call(fn, (*args, nthr, blas_par), nthr, spec, x.shape[0], x.shape[1])
+    status = res[0]
     if status <= 0:  # 0: a sequence (N, T, F); -1: after many-to-one, (N, 1, F)
-        return out if status == 0 else out[:, 0]
+        out = res[1] if status == 0 else res[1][:, 0]
+        if return_state:
+            return out, res[2], (res[3] if res[3].size else None)
+        return out
     if status == DECLINED:
         return None
     _raise(status)
 
 
-# Largest T * N * 4 * max(hidden or width) the fused training step takes (see train_forward).
-_FUSED_TRAIN_MAX = 32768
+# The largest T * N * 4 * max(hidden size) the fused training step takes (None: any);
+# train_forward returns None above it and the layer path runs. The fused step runs
+# the layer path's row blocks and product choices (config._blocks, gemm._blas_mode),
+# but allocates its cache and scratch per call in a few large blocks, which some
+# allocation histories fault in afresh every call. Measured (docs/architecture.md,
+# "Fused model calls"): faster than the layer path at dino-b32 (76,800) in every run;
+# above, faster in most runs but 1.1-1.5x slower at (8, 50, 32) -> 64 (102,400)
+# after other sizes ran in the process (450 page faults per step against 40).
+FUSED_TRAIN_MAX = 76800
+_NO_STATES = {dt: (_A1[dt], 0, _A1[dt], 0) for dt in (_F32, _F64)}
+_PAR_MIN_ROWS2 = 2 * _config._PAR_MIN_ROWS
+_N_GATES = np.array(N_GATES_TABLE, np.int64)
 _SPEND_LOCK = threading.Lock()  # guards FusedCache.buf hand-over in train_backward
+
+
+def _may_split(spec, N, T):
+    """Whether some recurrent op of ``spec`` runs in more than one row block for an
+    (N, T) input (``config._blocks``, the layer path's rule; an unchecked spec
+    counts as serial: the kernel checks it)."""
+    W = _spec.SPEC_WIDTH
+    if not header_ok(spec):
+        return False
+    ops = spec[_spec.SPEC_HEADER::W]
+    rnn = ops == _spec.OP_RNN
+    codes = spec[_spec.SPEC_HEADER + _spec.RNN_CELL::W][rnn]
+    H = spec[_spec.SPEC_HEADER + _spec.RNN_HIDDEN::W][rnn]
+    if not codes.size or codes.min() < 0 or codes.max() >= _N_GATES.size or H.min() < 1:
+        return False
+    ghh = int((_N_GATES[codes] * H * H).max())
+    return _blocks(T, N, 1, ghh) > 1
 
 
 class FusedCache:
     """What ``train_forward`` keeps for ``train_backward``: the private copy of the
     spec it ran, the parameter buffer, every op's cache in one block (``buf`` at
-    the offsets of ``plan``), the checked ids and the time-major validity mask.
-    ``buf`` is None once the backward ran."""
+    the offsets of ``plan``), the checked ids, the time-major validity mask and
+    the sizes of the states. ``buf`` is None once the backward ran."""
 
     __slots__ = ("spec", "spec_bytes", "data", "buf", "plan", "ids", "mask", "masked",
-                 "N", "T", "seq_out", "F_out", "nrec")
+                 "N", "T", "seq_out", "F_out", "nrec", "n_state")
 
 
-def train_forward(spec, data, x, mask=None):
-    """Training forward of a ``Sequential``: ``(output, cache)``, or None as in
-    :func:`infer` (same ``x`` and ``mask``). The cache goes to
+def train_forward(spec, data, x, mask=None, h0=None, c0=None, dropout=None):
+    """Training forward of a model: ``(output, h_n, c_n, cache)``, or None as in
+    :func:`infer` (same ``x``, ``mask``, ``h0`` and ``c0``). ``dropout``: None or the
+    masks of the ops with dropout (the contract's layout). The cache goes to
     :func:`train_backward` once."""
     if type(spec) is _ndarray and spec.dtype is _I64 and spec.ndim == 1:
         spec = spec.copy()  # private: the backward refuses a spec changed since
@@ -402,15 +491,18 @@ def train_forward(spec, data, x, mask=None):
         if spec.ndim != 1:
             raise ValueError(_SPEC_ERROR)
     H0 = _spec.SPEC_HEADER
-    if type(x) is _ndarray and x.ndim >= 2 and spec.shape[0] > H0:
-        # Bigger steps take the layer path: the fused step's per-call arrays then
-        # come from fresh pages every call (glibc trims them between calls); at
-        # batch 1 fused is faster.
+    limit = FUSED_TRAIN_MAX
+    if limit is not None and type(x) is _ndarray and x.ndim >= 2 and spec.shape[0] > H0:
         width = int(spec[H0 + _spec.RNN_HIDDEN::_spec.SPEC_WIDTH].max(initial=1)) * 4
-        if x.shape[0] * x.shape[1] * width > _FUSED_TRAIN_MAX:
-            return None
+        if x.shape[0] * x.shape[1] * width > limit:
+            return None  # the layer path (FUSED_TRAIN_MAX)
     fn, *args = _fused_args("train_fwd", spec, data, x, mask)
-    status, masked, out, buf, plan, tmask, ids = fn(*args)
+    dt = data.dtype
+    nthr, blas_par = _split_args(x)
+    args += (*_flat_arg(h0, dt, "h0"), *_flat_arg(c0, dt, "c0"), nthr, blas_par,
+             *_flat_arg(dropout, dt, "dropout"))
+    status, masked, out, buf, plan, tmask, ids, h_n, c_n = (
+        fn(*args) if nthr == 1 else _call(fn, args, nthr, spec, x.shape[0], x.shape[1]))
     if status > DECLINED:
         _raise(status)
     if status == DECLINED:
@@ -429,18 +521,25 @@ def train_forward(spec, data, x, mask=None):
     cache.F_out = out.shape[2]
     cache.seq_out = status == 0
     cache.nrec = spec[H0::_spec.SPEC_WIDTH].tolist().count(_spec.OP_RNN)
-    return (out if status == 0 else out[:, 0]), cache
+    cache.n_state = h_n.size
+    return (out if status == 0 else out[:, 0]), h_n, (c_n if c_n.size else None), cache
 
 
-def train_backward(spec, data, grad, cache, d_out, truncate):
-    """Add the gradients of the forward that made ``cache`` into ``grad``.
+def train_backward(spec, data, grad, cache, d_out, truncate, dh_n=None, dc_n=None,
+                   input_grad=False):
+    """Add the gradients of the forward that made ``cache`` into ``grad``; return
+    ``(dx, dh0, dc0)``.
 
     ``spec`` and ``data`` must be those of the forward (same spec values, same
     buffer object). ``d_out``: the loss gradient, shaped and typed like the
-    output (C order). ``truncate``: one entry per recurrent op, in op order: -1
-    for full BPTT, else k (the gradient through at most k+1 cells, as the
-    layers' ``bptt_truncate``). Arguments are checked first (an error leaves the
-    cache usable); the run then spends the cache (a second call raises).
+    output (C order), or None (no output gradient). ``truncate``: one entry per
+    recurrent op, in op order: -1 for full BPTT, else k (the gradient through at
+    most k+1 cells, as the layers' ``bptt_truncate``). ``dh_n``/``dc_n``: None
+    (zero) or the gradients on the final states (flat layout). ``dx``: the
+    gradient on ``x``, (N, T, D), when ``input_grad`` and the first op is
+    recurrent, else None; ``dh0``/``dc0`` those on the initial states (``dc0``
+    None when no op has a cell state). Arguments are checked first (an error
+    leaves the cache usable); the run then spends the cache (a second call raises).
     """
     if type(cache) is not FusedCache:
         raise TypeError("cache must be a FusedCache from train_forward")
@@ -461,14 +560,21 @@ def train_backward(spec, data, grad, cache, d_out, truncate):
             or not gf.writeable):
         raise ValueError("grad must be an aligned, native-endian, C-contiguous 1-D array "
                          "like the parameter buffer (writable)")
-    if type(d_out) is not _ndarray:
-        raise TypeError("d_out must be a numpy array")
     N, T, F = cache.N, cache.T, cache.F_out
+    shape = (N, T, F) if cache.seq_out else (N, F)
+    if d_out is None:
+        d_out = _zeros(shape, dt)
+    elif type(d_out) is not _ndarray:
+        raise TypeError("d_out must be a numpy array")
     df = d_out.flags
     if (d_out.dtype != dt or not d_out.dtype.isnative or not df.c_contiguous
-            or not df.aligned
-            or d_out.shape != ((N, T, F) if cache.seq_out else (N, F))):
+            or not df.aligned or d_out.shape != shape):
         raise ValueError("d_out must be a C-contiguous array shaped and typed like the output")
+    dh, has_dh = _flat_arg(dh_n, dt, "dh_n")
+    dc, has_dc = _flat_arg(dc_n, dt, "dc_n")
+    if (has_dh and dh.size != cache.n_state) or (has_dc and dc.size != cache.n_state):
+        raise ValueError(f"dh_n and dc_n must hold {cache.n_state} values (the flat state "
+                         "layout)")
     tr = truncate
     if (type(tr) is not _ndarray or tr.dtype is not _I64 or tr.ndim != 1
             or not tr.flags.c_contiguous):
@@ -485,8 +591,12 @@ def train_backward(spec, data, grad, cache, d_out, truncate):
             raise RuntimeError("this training forward was already backpropagated")
         cache.buf = None  # spent from here on
     fn = _entry.get(("train_bwd", dt)) or _kernel("train_bwd", dt)
-    fn(cache.spec, data, grad, buf, cache.plan, cache.ids, cache.mask, cache.masked,
-       d_out if cache.seq_out else d_out.reshape(N, 1, F), tr, T)
+    nthr, blas_par = _split_args(N)
+    dx, dh0, dc0 = _call(fn, (cache.spec, data, grad, buf, cache.plan, cache.ids, cache.mask,
+                              cache.masked, d_out if cache.seq_out else d_out.reshape(N, 1, F),
+                              tr, T, dh, has_dh, dc, has_dc, 1 if input_grad else 0, nthr,
+                              blas_par), nthr, cache.spec, N, T)
+    return (dx if dx.size else None), dh0, (dc0 if dc0.size else None)
 
 
 # ----------------------------------------------------------------------------

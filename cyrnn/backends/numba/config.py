@@ -138,15 +138,29 @@ _THREADED_GEMM_MNK = 16777216
 _get_num_threads = numba.get_num_threads
 
 
+def _blocks_of(T, N, H, GH, n):
+    """The rule of :func:`_blocks` for ``n`` usable threads (also compiled into the
+    fused runner, which gets ``n`` from :func:`_block_threads`)."""
+    if N < 2 * _PAR_MIN_ROWS or T * N * GH * H < _PAR_MIN_WORK or n <= 1:
+        return 1
+    return min(n, N // _PAR_MIN_ROWS)
+
+
+def _block_threads():
+    """Threads row blocks may use: Numba's, capped by ``cyrnn.set_num_threads``
+    (1 where parallel regions are off, e.g. in a forked child)."""
+    if not _parallel_ok:
+        return 1
+    n = _get_num_threads()
+    cap = _threads._num_threads
+    return cap if cap is not None and cap < n else n
+
+
 def _blocks(T, N, H, GH):
     """Row blocks for a problem: 1 (the serial entry point) or one per thread
     (capped by ``cyrnn.set_num_threads``), each of at least ``_PAR_MIN_ROWS``
     rows, when the whole call has at least ``_PAR_MIN_WORK`` multiply-adds
     (one parallel region per call, so its cost is paid once, not per step)."""
-    if N < 2 * _PAR_MIN_ROWS or T * N * GH * H < _PAR_MIN_WORK or not _parallel_ok:
+    if _blocks_of(T, N, H, GH, 2) == 1:  # too small to split: no thread query
         return 1
-    n = _get_num_threads()
-    cap = _threads._num_threads
-    if cap is not None and cap < n:
-        n = cap
-    return min(n, N // _PAR_MIN_ROWS)
+    return _blocks_of(T, N, H, GH, _block_threads())
