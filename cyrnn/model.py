@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _validation as V
-from .layers import Dense, Embedding, Layer, Masking, RecurrentLayer
+from .layers import Embedding, Layer, Masking, RecurrentLayer
 from .layers.recurrent import _exact, _surely_finite
 from .params import ParameterBuffer
 from .plan import backend_plan, build_spec, layer_plannable, validity_mask
