@@ -12,8 +12,9 @@ of at least 5 samples each):
 * ``ort``: ONNX Runtime (default session options) on ``torch.onnx.export`` of the module.
 
 Each competitor's in-run median is checked against its median measured alone in a
-fresh process (same weights, same input); a difference over 15 % is flagged, and the
-alone figure is the one the ratios use in that case.
+fresh process (same weights, same input, the environment the script started with); a
+difference over 15 % is flagged, and the alone figure is the one the ratios use in that
+case.
 
 Run from a checkout (unset the OpenBLAS tuning variables some machines set):
 
@@ -47,6 +48,11 @@ CONFIGS = {
     "medium": (64, 50, 32, 128, "LSTM", 1, False),
 }
 TOLERANCE = 0.15
+# The environment before anything is imported: cyrnn's backends set OMP_WAIT_POLICY=PASSIVE
+# in os.environ when they load (unless it is set), which a child process would inherit and
+# which makes PyTorch's two-thread calls about 10x slower there. The "alone" processes get
+# the environment a fresh shell would give them.
+START_ENV = dict(os.environ)
 
 
 def torch_module(name):
@@ -145,7 +151,7 @@ def run_config(name, args):
     for which in ("torch", "ort"):
         out = subprocess.run([sys.executable, os.path.abspath(__file__), "--alone", which,
                               "--configs", name, "--repeats", str(args.repeats)],
-                             capture_output=True, text=True, check=True)
+                             capture_output=True, text=True, check=True, env=START_ENV)
         t_alone = json.loads(out.stdout.strip().splitlines()[-1])["median"]
         diff = res[which] / t_alone - 1
         checks[which] = {"in_run": res[which], "alone": t_alone, "diff": diff,
