@@ -182,9 +182,9 @@ class Sequential:
         """This model's :class:`cyrnn.plan.CompiledPlan`, or None when a layer resolves
         to the NumPy reference backend (or the layers have a shape the fused calls do
         not cover). Cached per layer list and the layer options the spec depends on."""
-        key = tuple((layer._backend(), layer.return_sequences, layer.merge_mode,
-                     layer.dropout > 0, layer_plannable(layer)) if is_rnn
-                    else getattr(layer, "mask_zero", None) for layer, is_rnn in self._kinds)
+        key = [(layer._backend(), layer.return_sequences, layer.merge_mode,
+                layer.dropout > 0, layer_plannable(layer)) if is_rnn
+               else getattr(layer, "mask_zero", None) for layer, is_rnn in self._kinds]
         cached = self.__dict__.get("_plan_cache")
         if cached is not None and cached[0] is self.layers and cached[1] == key:
             return cached[2]
@@ -200,14 +200,14 @@ class Sequential:
         input needs the layer path (a sequence of padding only under ``mask_zero``)."""
         first = self.layers[0]
         try:
-            # inference: an exact-form x goes straight to the kernel, which checks its
-            # values; training validates fully first (nothing may change on bad input)
+            # an exact-form x goes straight to the kernel, which checks its values (NaN,
+            # ids out of range) before anything changes and declines: the layer path then
+            # raises the validators' error
             if isinstance(first, Embedding):
-                if training or not (type(x) is np.ndarray and x.dtype == np.int64
-                                    and x.ndim == 2):
+                if not (type(x) is np.ndarray and x.dtype == np.int64 and x.ndim == 2):
                     x = first.check_ids(x)
-            elif training or not (type(x) is np.ndarray and x.dtype == self.dtype
-                                  and x.ndim == 3 and x.shape[2] == first.input_size):
+            elif not (type(x) is np.ndarray and x.dtype == self.dtype and x.ndim == 3
+                      and x.shape[2] == first.input_size):
                 x = V.check_array(x, "x", 3, self.dtype, feature_size=(
                     first.input_size if isinstance(first, RecurrentLayer) else None))
             if not x.flags.c_contiguous:

@@ -113,7 +113,7 @@ class CompiledPlan:
     other, are the flat state arrays of the calls)."""
 
     __slots__ = ("spec", "infer", "train_forward", "train_backward", "recurrent",
-                 "has_c", "_blocks", "n_ops", "_no_bias")
+                 "has_c", "_blocks", "n_ops", "_no_bias", "_dropping", "_trunc")
 
     def __init__(self, spec, mod, recurrent):
         self.spec = spec
@@ -128,6 +128,10 @@ class CompiledPlan:
         self.n_ops = sum(layer.num_layers for layer in recurrent)
         # use_bias=False: biases held at zero, so their gradients must stay untouched
         self._no_bias = tuple(layer for layer in recurrent if not getattr(layer, "use_bias", True))
+        # layers drawing dropout masks (dropout > 0 is part of every plan's cache key)
+        self._dropping = tuple(layer for layer in recurrent
+                               if layer.dropout > 0 and layer.num_layers > 1)
+        self._trunc = (None, None)
 
     def backward(self, data, grad, cache, d_out, dh_n=None, dc_n=None, input_grad=False):
         """``train_backward`` with the layers' truncations; returns ``(dx, dh0, dc0)``.
@@ -141,10 +145,15 @@ class CompiledPlan:
         return res
 
     def truncations(self):
-        """``bptt_truncate`` per recurrent op (-1: full BPTT), int64."""
-        return np.array([-1 if layer.bptt_truncate is None else layer.bptt_truncate
-                         for layer in self.recurrent for _ in range(layer.num_layers)],
-                        np.int64)
+        """``bptt_truncate`` per recurrent op (-1: full BPTT), int64 (read-only; cached
+        while the layers' values stay the same)."""
+        key = [layer.bptt_truncate for layer in self.recurrent]
+        if self._trunc[0] != key:
+            arr = np.array([-1 if k is None else k for layer, k in zip(self.recurrent, key)
+                            for _ in range(layer.num_layers)], np.int64)
+            arr.setflags(write=False)
+            self._trunc = (key, arr)
+        return self._trunc[1]
 
     def flat_states(self, checked):
         """The flat ``(h0, c0)`` of checked per-layer ``(h, c-or-None)`` pairs (each
@@ -195,13 +204,13 @@ class CompiledPlan:
         """``train_forward`` with dropout masks drawn from the layers' generators; when
         the backend declines (None) the generators are put back, so the layer path that
         runs instead draws the same masks."""
-        dropping = [layer for layer in self.recurrent
-                    if layer.dropout > 0 and layer.num_layers > 1]
-        saved = [layer._rng.bit_generator.state for layer in dropping]
+        if not self._dropping:
+            return self.train_forward(self.spec, data, x, valid, h0, c0, None)
+        saved = [layer._rng.bit_generator.state for layer in self._dropping]
         res = self.train_forward(self.spec, data, x, valid, h0, c0,
                                  self.dropout(x.shape[1], x.shape[0], dtype))
         if res is None:
-            for layer, state in zip(dropping, saved):
+            for layer, state in zip(self._dropping, saved):
                 layer._rng.bit_generator.state = state
         return res
 

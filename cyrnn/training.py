@@ -41,10 +41,12 @@ def train_step(model, optimizer, loss, x, y, lengths=None, mask=None, initial_st
             out_mask = model._output_mask_of(valid)
             check_loss_inputs(loss_fn, _output_shape(model, (n, T)), y, sample_weight,
                               out_mask)
-            model.zero_grad()
-            res = model._run_planned(plan, args, True, True)
+            # the fused forward changes nothing when it declines (e.g. NaN in x: the
+            # layer path below raises); gradients are zeroed once it has run
+            res = model._run_planned(plan, args, True, return_states)
             if res is not None:
-                out, states = res
+                out, states = res if return_states else (res, None)
+                model.zero_grad()
                 value, grad = loss_fn(out, y, sample_weight=sample_weight, mask=out_mask)
                 model.backward(np.ascontiguousarray(grad, dtype=model.dtype),
                                input_grad=False)

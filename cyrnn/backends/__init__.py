@@ -40,7 +40,8 @@ def _load(name):
 
 
 def available():
-    """Names of the backends that can be used here, in ``auto`` preference order."""
+    """Names of the backends that can be used here, in ``auto`` preference order (this
+    loads every backend; ``get_backend("auto")`` loads only up to the one it picks)."""
     return [name for name in BACKENDS if not isinstance(_load(name), Exception)]
 
 
@@ -49,7 +50,11 @@ def get_backend(name="auto"):
     if not isinstance(name, str):
         raise TypeError(f"backend must be a string, got {type(name).__name__}")
     if name == "auto":
-        return _load(available()[0])
+        auto = _loaded.get("auto")
+        if auto is None:  # the first backend that loads; the ones after it stay unloaded
+            auto = next(m for m in map(_load, BACKENDS) if not isinstance(m, Exception))
+            _loaded["auto"] = auto
+        return auto
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}; choose from {['auto', *BACKENDS]}")
     module = _load(name)

@@ -389,10 +389,11 @@ class RecurrentLayer(Layer):
         None when an argument is invalid: the layer path then raises its error, in its
         order (x first)."""
         try:
-            # inference: an exact-form x goes straight to the kernel, which checks its
-            # values; training validates fully first (nothing may change on bad input)
-            if training or not (type(x) is np.ndarray and x.dtype == self.dtype
-                                and x.ndim == 3 and x.shape[2] == self.input_size):
+            # an exact-form x goes straight to the kernel, which checks its values before
+            # anything changes and declines: the layer path then raises the validators'
+            # error
+            if not (type(x) is np.ndarray and x.dtype == self.dtype and x.ndim == 3
+                    and x.shape[2] == self.input_size):
                 x = V.check_array(x, "x", 3, self.dtype, feature_size=self.input_size)
             if self.batch_first:
                 n, T = x.shape[0], x.shape[1]
