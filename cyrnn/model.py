@@ -190,7 +190,7 @@ class Sequential:
         to the NumPy reference backend (or the layers have a shape the fused calls do
         not cover). Cached per layer list and the layer options the spec depends on."""
         key = [(layer._backend(), layer.return_sequences, layer.merge_mode,
-                layer.dropout > 0, layer_plannable(layer)) if is_rnn
+                layer.dropout > 0, layer.use_bias, layer_plannable(layer)) if is_rnn
                else getattr(layer, "mask_zero", None) for layer, is_rnn in self._kinds]
         cached = self.__dict__.get("_plan_cache")
         if cached is not None and cached[0] is self.layers and cached[1] == key:
@@ -224,7 +224,7 @@ class Sequential:
             if getattr(first, "mask_zero", False):
                 nonzero = x != 0
                 if not nonzero.any(axis=1).all():
-                    return None  # the layer path raises
+                    return None  # padding only: the layer path (zero outputs)
                 valid = nonzero if valid is None else (valid & nonzero)
             h0 = c0 = None
             if initial_states is not None:
@@ -256,7 +256,7 @@ class Sequential:
             if not return_states:
                 return res
             out, h_n, c_n = res
-        return (out, plan.split_states(h_n, c_n, n)) if return_states else out
+        return (out, plan.split_states(h_n, c_n, n, True)) if return_states else out
 
     def _truncations(self):
         """``bptt_truncate`` per recurrent op of the spec (-1: full BPTT), int64."""
@@ -275,13 +275,13 @@ class Sequential:
 
     def _forward_checked(self, x, mask, initial_states, training, return_states):
         """``forward`` on input already validated by ``_input_mask`` (the layer path)."""
-        self._fused_cache = None
         recurrent = self._recurrent
         if initial_states is None:
             initial_states = [None] * len(recurrent)
         if len(initial_states) != len(recurrent):
             raise ValueError(f"initial_states needs {len(recurrent)} entries, "
                              f"got {len(initial_states)}")
+        self._fused_cache = None
         states, r = [], 0
         for layer, is_rnn in self._kinds:
             if is_rnn:
@@ -331,7 +331,8 @@ class Sequential:
         fused = self.__dict__.get("_fused_cache")
         if fused is not None:
             plan, cache, n = fused
-            d_out = None if d_output is None else np.ascontiguousarray(d_output, self.dtype)
+            d_out = (None if d_output is None
+                     else np.require(np.asarray(d_output, self.dtype), requirements="CA"))
             dh_n, dc_n = plan.flat_grads(d_states, n, self.dtype)
             dx = plan.backward(self.params.data, self.params.grad, cache, d_out, dh_n, dc_n,
                                bool(input_grad))[0]

@@ -158,10 +158,10 @@ class CompiledPlan:
     def flat_states(self, checked):
         """The flat ``(h0, c0)`` of checked per-layer ``(h, c-or-None)`` pairs (each
         ``(L*D, n, H)`` of the dtype)."""
-        if len(checked) == 1:
+        if len(checked) == 1:  # the kernels take aligned, C-contiguous arrays
             h, c = checked[0]
-            return (np.ascontiguousarray(h),
-                    None if c is None else np.ascontiguousarray(c))
+            return (np.require(h, requirements="CA"),
+                    None if c is None else np.require(c, requirements="CA"))
         h0 = np.concatenate([h.ravel() for h, _ in checked])
         c0 = None
         if self.has_c:
@@ -169,13 +169,18 @@ class CompiledPlan:
                                  for h, c in checked])
         return h0, c0
 
-    def split_states(self, h_n, c_n, n):
-        """Per-layer state values (h, or (h, c)) of the flat ``h_n``/``c_n``."""
+    def split_states(self, h_n, c_n, n, returned_only=False):
+        """Per-layer state values (h, or (h, c)) of the flat ``h_n``/``c_n``;
+        ``returned_only``: None for layers built with ``return_state=False`` (as the
+        layer path of ``Sequential.forward(return_states=True)`` gives them)."""
         out, pos = [], 0
-        for rows, H, has_c in self._blocks:
+        for layer, (rows, H, has_c) in zip(self.recurrent, self._blocks):
             size = rows * n * H
-            h = h_n[pos:pos + size].reshape(rows, n, H)
-            out.append((h, c_n[pos:pos + size].reshape(rows, n, H)) if has_c else h)
+            if returned_only and not layer.return_state:
+                out.append(None)
+            else:
+                h = h_n[pos:pos + size].reshape(rows, n, H)
+                out.append((h, c_n[pos:pos + size].reshape(rows, n, H)) if has_c else h)
             pos += size
         return out
 
@@ -191,10 +196,13 @@ class CompiledPlan:
             else:
                 dh = d
             shape = (rows, n, H)
-            hs.append(np.zeros(shape, dtype) if dh is None
-                      else np.broadcast_to(np.asarray(dh, dtype), shape))
-            cs.append(np.zeros(shape, dtype) if dc is None
-                      else np.broadcast_to(np.asarray(dc, dtype), shape))
+            for name, value, parts in (("h", dh, hs), ("c", dc, cs)):
+                value = np.zeros(shape, dtype) if value is None else np.asarray(value, dtype)
+                if value.shape != shape:
+                    raise ValueError(f"the gradient on the final state {name} must have shape "
+                                     f"{shape} (layers * directions, batch, hidden), got "
+                                     f"{value.shape}")
+                parts.append(value)
         dh_n = np.ascontiguousarray(np.concatenate([a.ravel() for a in hs]))
         dc_n = np.ascontiguousarray(np.concatenate([a.ravel() for a in cs])) if self.has_c \
             else None

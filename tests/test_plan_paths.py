@@ -243,3 +243,76 @@ def test_bad_input_still_raises_the_layer_paths_errors(backend, spy):
     with pytest.raises(ValueError, match="h0"):
         layer(np.zeros((2, 3, 4)), initial_state=(np.zeros((3, 2, 5)), np.zeros((1, 2, 5))))
     assert sum(spy.values()) == 0
+
+
+def test_layers_without_return_state_give_no_state_and_tbptt_restarts(backend, spy, rng):
+    """A layer built with return_state=False reports None in return_states (as the layer
+    path), so tbptt restarts it from zeros every chunk on every backend."""
+    def make(be):
+        m = cyrnn.Sequential([cyrnn.LSTM(3, 4, return_state=False, backend=be,
+                                         dtype=np.float64, random_state=0),
+                              cyrnn.Dense(4, 2, dtype=np.float64, random_state=1)])
+        m.params.data[...] = np.random.default_rng(2).uniform(-0.5, 0.5, m.params.size)
+        return m
+    model, ref = make(backend), make("numpy")
+    x = rng.standard_normal((2, 12, 3))
+    y = rng.standard_normal((2, 12, 2))
+    _, states = model.forward(x, return_states=True)
+    _, states_r = ref.forward(x, return_states=True)
+    assert states == [None] and states_r == [None]
+    losses, _ = tbptt(model, SGD(model, lr=0.05), "mse", x, y, k1=4)
+    losses_r, _ = tbptt(ref, SGD(ref, lr=0.05), "mse", x, y, k1=4)
+    np.testing.assert_allclose(losses, losses_r, rtol=1e-10)
+
+
+def test_rejected_call_keeps_the_training_cache(backend, spy, rng):
+    model = _seq_model(backend)
+    x = rng.standard_normal((2, 5, 4))
+    out = model.forward(x, training=True)
+    with pytest.raises(ValueError, match="initial_states"):
+        model.forward(x, initial_states=[None], training=True)
+    model.backward(np.ones_like(out))  # the first forward's cache is still there
+    assert np.abs(model.params.grad).max() > 0
+
+
+def test_copying_a_layer_after_a_training_call(backend, spy, rng):
+    layer = _layer(backend)
+    layer.forward(rng.standard_normal((2, 3, 4)))  # training mode: keeps a fused cache
+    clone = copy.deepcopy(layer)
+    np.testing.assert_array_equal(clone.params.data, layer.params.data)
+    with pytest.raises(RuntimeError, match="preceding forward"):
+        clone.backward(np.ones((2, 3, 5)))
+
+
+def test_wrong_state_gradient_shapes_raise(backend, spy, rng):
+    layer = _layer(backend, cyrnn.GRU, num_layers=2)
+    x = rng.standard_normal((2, 3, 4))
+    out, st = layer.forward(x, training=True)
+    for bad in (np.ones((1, 2, 5)), np.ones((2, 5))):
+        with pytest.raises(ValueError, match="final state"):
+            layer.backward(np.ones_like(out), bad)
+
+
+def test_use_bias_changed_after_a_call_rebuilds_the_plan(backend, spy, rng):
+    layer = _layer(backend, cyrnn.GRU)
+    x = rng.standard_normal((2, 3, 4))
+    layer.forward(x, training=False)
+    layer.use_bias = False
+    out, _ = layer.forward(x, training=True)
+    layer.params.zero_grad()
+    layer.backward(np.ones_like(out))
+    assert not layer.params.grad_of("bias_ih_l0").any()
+    assert not layer.params.grad_of("bias_hh_l0").any()
+
+
+def test_misaligned_states_are_copied_not_refused(backend, spy, rng):
+    layer = _layer(backend, cyrnn.GRU).eval()
+    ref = _numpy_copy(layer)
+    buf = np.zeros(2 * 5 * 8 + 1, np.uint8)
+    h0 = np.frombuffer(buf.data, np.float64, 10, offset=1).reshape(1, 2, 5)
+    assert not h0.flags.aligned
+    x = rng.standard_normal((2, 3, 4))
+    np.testing.assert_allclose(layer(x, initial_state=h0)[0], ref(x, initial_state=h0)[0],
+                               **TOL[np.float64])
+    y, _ = layer.step(x[:, 0], h0)
+    np.testing.assert_allclose(y, ref.step(x[:, 0], h0)[0], **TOL[np.float64])

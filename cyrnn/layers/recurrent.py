@@ -232,6 +232,8 @@ class RecurrentLayer(Layer):
         state = self.__dict__.copy()
         state.pop("_views", None)  # derived from params; rebuilt on first use
         state.pop("_plan_cache", None)  # holds backend functions; rebuilt on first use
+        if isinstance(state.get("_cache"), PlannedCache):
+            state["_cache"] = None  # a compiled backend's cache block does not copy
         return state
 
     def _backend(self):
@@ -370,7 +372,7 @@ class RecurrentLayer(Layer):
         forward, backward or step), or None on the NumPy reference backend. Cached;
         rebuilt when an option the spec depends on changes."""
         key = (self._backend(), self.return_sequences, self.merge_mode, self.dropout > 0,
-               layer_plannable(self))
+               self.use_bias, layer_plannable(self))
         cached = self.__dict__.get("_plan_cache")
         if cached is not None and cached[0] == key:
             return cached[1]
@@ -568,7 +570,7 @@ class RecurrentLayer(Layer):
                 raise ValueError(f"d_output must have shape {expected}, got {d_output.shape}")
             if self.return_sequences and not self.batch_first:
                 d_output = d_output.transpose(1, 0, 2)
-            d_output = np.ascontiguousarray(d_output)
+            d_output = np.require(d_output, requirements="CA")
         dh_n, dc_n = plan.flat_grads([d_state], n, self.dtype)
         dx, dh0, dc0 = plan.backward(self.params.data, self.params.grad, cache.fused,
                                      d_output, dh_n, dc_n, bool(input_grad))
@@ -676,14 +678,15 @@ class RecurrentLayer(Layer):
         arrays = []
         for name, value in parts:
             if (type(value) is np.ndarray and value.shape == shape and value.dtype == self.dtype
-                    and value.flags.c_contiguous and _surely_finite(value)):
+                    and value.flags.c_contiguous and value.flags.aligned
+                    and _surely_finite(value)):
                 arrays.append(value)  # the common case, checked cheaply
                 continue
             arr = V.check_array(value, name, 3, self.dtype)
             if arr.shape != shape:
                 raise ValueError(f"{name} must have shape {shape} (layers, batch, hidden), "
                                  f"got {arr.shape}")
-            arrays.append(np.ascontiguousarray(arr))
+            arrays.append(np.require(arr, requirements="CA"))
         return (arrays[0], arrays[1]) if len(arrays) == 2 else (arrays[0], None)
 
     def step(self, x_t, state):
