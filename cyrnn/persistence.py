@@ -89,7 +89,7 @@ _LOADERS = {}
 # cyrnn modules that register loaders when imported; load() imports them (and
 # nothing else: never a name read from a file) when a file's kind is not
 # registered yet.
-_PROVIDERS = ("cyrnn.estimators", "cyrnn.language_model")
+_PROVIDERS = ("cyrnn.model_io", "cyrnn.estimators", "cyrnn.language_model")
 
 
 def _canonical(obj):

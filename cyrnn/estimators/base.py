@@ -150,6 +150,9 @@ def _total_weight(W):
 
 
 _FIT_LOCKS = weakref.WeakKeyDictionary()  # estimator -> its fit lock
+# fitted model_ -> the cyrnn.scoring scorer on it (the fast path of predict; kept outside
+# the estimator, whose __dict__ predictions must not change)
+_SCORERS = weakref.WeakKeyDictionary()
 _FIT_LOCKS_GUARD = threading.Lock()
 
 
@@ -402,6 +405,21 @@ best_validation_score_, n_iter_
     def _raw(self, model, data, spec):
         """Float64 model outputs (:func:`cyrnn.sequences.raw_outputs`)."""
         return raw_outputs(model, data, spec)
+
+    def _predict_raw(self, X):
+        """Float64 outputs for ``predict``/``predict_proba``: one fused call for exact
+        input (a 3-D float array of at most 256 rows, ``n_jobs=None``: the scorer's fast
+        path, :meth:`cyrnn.scoring.EstimatorScorer._fast_raw`), else :meth:`_raw_predict`."""
+        model = self.__dict__.get("model_")
+        if model is not None and self.n_jobs is None:
+            scorer = _SCORERS.get(model)
+            if scorer is None:
+                from ..scoring import from_estimator
+                scorer = _SCORERS[model] = from_estimator(self)
+            raw = scorer._fast_raw(X)
+            if raw is not None:
+                return raw
+        return self._raw_predict(X)[1]
 
     def _raw_predict(self, X):
         check_is_fitted(self)

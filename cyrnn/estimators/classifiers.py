@@ -234,8 +234,7 @@ class BaseSequenceClassifier(ClassifierMixin, BaseSequenceModel):
             (n_samples, n_steps, n_classes), or a list of per-sequence arrays
             for ragged ``X``.
         """
-        _, raw = self._raw_predict(X)
-        return self._proba(raw)
+        return self._proba(self._predict_raw(X))
 
     def predict(self, X):
         """Predicted labels (the most probable class).
@@ -250,8 +249,7 @@ class BaseSequenceClassifier(ClassifierMixin, BaseSequenceModel):
             With ``return_sequences``: (n_samples, n_steps), or a list of
             per-sequence arrays for ragged ``X``.
         """
-        _, raw = self._raw_predict(X)
-        return self._decode(raw)
+        return self._decode(self._predict_raw(X))
 
     def score(self, X, y, sample_weight=None):
         """Accuracy (over all valid steps with ``return_sequences``).

@@ -124,8 +124,7 @@ class BaseSequenceRegressor(RegressorMixin, BaseSequenceModel):
             (n_samples, n_steps[, n_outputs]), or a list of per-sequence arrays
             for ragged ``X``.
         """
-        _, raw = self._raw_predict(X)
-        return self._decode(raw)
+        return self._decode(self._predict_raw(X))
 
     def score(self, X, y, sample_weight=None):
         """Coefficient of determination R^2 (over all valid steps with
