@@ -20,6 +20,8 @@ Example::
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from . import _validation as V
@@ -60,6 +62,16 @@ class Scorer:
         self.kind = kind
         self.streamable = not any(layer.bidirectional for layer in model.recurrent_layers)
         self._plan = model._plan()  # None on the NumPy reference backend
+        # what the one-call path of step() checks: a single recurrent layer's state,
+        # float rows of the input size or (without mask_zero) token ids
+        first, recurrent = model.layers[0], model.recurrent_layers
+        self._step_fast = None
+        if self._plan is not None and self.streamable and len(recurrent) == 1:
+            rnn = recurrent[0]
+            ids = hasattr(first, "vocab_size")
+            if not (ids and first.mask_zero):
+                self._step_fast = (ids, None if ids else first.input_size,
+                                   (rnn.num_layers, rnn.hidden_size), rnn.cell.has_cell_state)
 
     def __repr__(self):
         return f"<{type(self).__name__} of a {self.kind}>"
@@ -95,9 +107,54 @@ class Scorer:
             raise ValueError(f"{self.kind} has a bidirectional layer, which cannot stream: "
                              "its reverse direction needs the steps still to come; use "
                              "predict on whole sequences")
-        self._check_step_input(x_t)
-        y, state = self.model.step(x_t, state)
+        res = self._fast_step(x_t, state)
+        if res is not None:
+            y, state = res
+        else:
+            self._check_step_input(x_t)
+            y, state = self.model.step(x_t, state)
         return self._step_output(y), state
+
+    def _fast_step(self, x_t, state):
+        """``Sequential.step`` without its general checks, for exact arguments (one
+        recurrent layer; ``x_t`` C-contiguous of the model's dtype, or int64 ids; the
+        state None or as step returned it); None for anything else and for values the
+        kernel declines (``step`` then takes the checked path, which raises)."""
+        fast = self._step_fast
+        if fast is None or type(x_t) is not np.ndarray or not x_t.flags.c_contiguous:
+            return None
+        ids, features, (L, H), has_c = fast
+        if ids:
+            if x_t.dtype != np.int64 or x_t.ndim != 1:
+                return None
+        elif x_t.dtype != self.model.dtype or x_t.ndim != 2 or x_t.shape[1] != features:
+            return None
+        n = x_t.shape[0]
+        shape = (L, n, H)
+        h = c = None
+        if state is not None:
+            if type(state) is not list or len(state) != 1:
+                return None
+            st = state[0]
+            if has_c:
+                if type(st) is not tuple or len(st) != 2:
+                    return None
+                h, c = st
+            else:
+                h = st
+            dtype = self.model.dtype
+            for a in ((h, c) if has_c else (h,)):
+                if (type(a) is not np.ndarray or a.shape != shape or a.dtype != dtype
+                        or not a.flags.c_contiguous or not math.isfinite(np.vdot(a, a))):
+                    return None
+        plan = self._plan
+        res = plan.infer(plan.spec, self.model.params.data, x_t[:, None], None, h, c, True)
+        if res is None:
+            return None
+        out, h_n, c_n = res
+        h_n = h_n.reshape(shape)
+        return (out[:, 0] if out.ndim == 3 else out), [(h_n, c_n.reshape(shape)) if has_c
+                                                        else h_n]
 
     def _check_step_input(self, x_t):
         pass

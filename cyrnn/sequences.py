@@ -376,10 +376,14 @@ def _each(fn, raw):
 
 
 def _sigmoid_pair(r):
-    """``[1 - p, p]`` along a new last axis, ``p = 1 / (1 + exp(-r[..., 0]))``."""
-    p = 1.0 / (1.0 + np.exp(-r[..., 0]))
-    out = np.empty(p.shape + (2,), np.float64)
-    out[..., 1] = p
+    """``[1 - p, p]`` along a new last axis, ``p = 1 / (1 + exp(-r[..., 0]))`` (few
+    NumPy calls: at batch 1 each costs as much as the arithmetic)."""
+    e = np.negative(r[..., 0])
+    np.exp(e, out=e)
+    e += 1.0
+    out = np.empty(e.shape + (2,), np.float64)
+    p = out[..., 1]
+    np.divide(1.0, e, out=p)
     np.subtract(1.0, p, out=out[..., 0])
     return out
 

@@ -213,6 +213,29 @@ def test_bidirectional_and_padding_steps_are_refused(tmp_path, rng):
         sc.step(np.array([3, 0]))
 
 
+def test_step_checks_its_arguments(tmp_path, rng):
+    """The one-call path of step takes exact arguments only; anything else gets the
+    checked path and its errors (or its conversions)."""
+    model = cyrnn.Sequential([cyrnn.LSTM(3, 4, num_layers=2, random_state=0),
+                              cyrnn.Dense(4, 2, random_state=1)])
+    sc = scoring.Scorer(model)
+    x = rng.normal(size=(2, 3)).astype(np.float32)
+    y, state = sc.step(x)
+    y64, state64 = sc.step(x.astype(np.float64))  # converted
+    np.testing.assert_array_equal(y, y64)
+    y2, _ = sc.step(x, [list(state[0])])  # a list pair: the checked path, same result
+    np.testing.assert_array_equal(y2, sc.step(x, state)[0])
+    bad = x.copy()
+    bad[1, 2] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        sc.step(bad, state)
+    h, c = state[0]
+    with pytest.raises(ValueError):
+        sc.step(x, [(h, np.full_like(c, np.inf))])
+    with pytest.raises(ValueError, match="shape"):
+        sc.step(x, [(h[:, :1], c[:, :1])])
+
+
 # ----------------------------------------------------------------------------
 # threads, the language model, Sequential files
 # ----------------------------------------------------------------------------
