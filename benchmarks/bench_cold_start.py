@@ -26,12 +26,12 @@ import sys
 import tempfile
 import textwrap
 import time
-import warnings
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import load_average, machine_info, markdown_table, write_json  # noqa: E402
+from _common import (load_average, machine_info, markdown_table,  # noqa: E402
+                     score_b1_classifier, write_json)
 
 START_ENV = dict(os.environ)  # before cyrnn sets OMP_WAIT_POLICY (see bench_layers.py)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -72,12 +72,7 @@ def prepare(folder):
     sys.path.insert(0, ROOT)
     import cyrnn
 
-    rng = np.random.default_rng(0)
-    X = rng.standard_normal((16, 50, 8)).astype(np.float32)
-    est = cyrnn.LSTMClassifier(hidden_size=64, max_iter=1, random_state=0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        est.fit(X, rng.integers(0, 2, 16))
+    est, X = score_b1_classifier()
     paths = {"model": os.path.join(folder, "clf.cyrnn"), "onnx": os.path.join(folder, "clf.onnx"),
              "x": os.path.join(folder, "x.npy")}
     est.save(paths["model"])

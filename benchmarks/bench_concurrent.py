@@ -17,12 +17,12 @@ import sys
 import tempfile
 import threading
 import time
-import warnings
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import cpu_share, load_average, machine_info, markdown_table  # noqa: E402
+from _common import (cpu_share, load_average, machine_info, markdown_table,  # noqa: E402
+                     score_b1_classifier)
 
 TARGET = 1.8
 
@@ -37,12 +37,8 @@ def main(argv=None):
     from cyrnn import scoring
 
     cyrnn.set_num_threads(1)
-    rng = np.random.default_rng(0)
-    X = rng.standard_normal((16, 50, 8)).astype(np.float32)
-    est = cyrnn.LSTMClassifier(hidden_size=64, max_iter=1, random_state=0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        est.fit(X, rng.integers(0, 2, 16))
+    est, _ = score_b1_classifier()
+    rng = np.random.default_rng(1)
     with tempfile.TemporaryDirectory() as folder:
         est.save(os.path.join(folder, "m.cyrnn"))
         sc = scoring.load(os.path.join(folder, "m.cyrnn"))

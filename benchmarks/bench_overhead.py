@@ -25,7 +25,8 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import interleaved_times, load_average, markdown_table  # noqa: E402
+from _common import (interleaved_times, load_average, markdown_table,  # noqa: E402
+                     score_b1_classifier)
 
 
 def cases(backend, B=1, T=12, D=27, H=50):
@@ -54,18 +55,11 @@ def cases(backend, B=1, T=12, D=27, H=50):
     }
 
 
-def scoring_cases(backend, T=50, D=8, H=64):
-    import warnings
-
-    import cyrnn
+def scoring_cases(backend):
     from cyrnn import scoring
 
-    rng = np.random.default_rng(0)
-    X = rng.standard_normal((16, T, D)).astype(np.float32)
-    est = cyrnn.LSTMClassifier(hidden_size=H, max_iter=1, backend=backend, random_state=0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        est.fit(X, rng.integers(0, 2, 16))
+    est, X = score_b1_classifier()
+    est.model_.recurrent_layers[0].backend = backend
     sc = scoring.from_estimator(est)
     x32, x64 = X[:1].copy(), X[:1].astype(np.float64)
     plan, data = sc._plan, est.model_.params.data

@@ -4,8 +4,8 @@ little, streams exactly, and serves threads."""
 import subprocess
 import sys
 import textwrap
-import threading
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -250,27 +250,19 @@ def test_concurrent_calls_equal_sequential(tmp_path, rng):
     inputs = [rng.normal(size=(1 + i % 3, 20, 8)) for i in range(40)]
     expected = [sc.predict_proba(x) for x in inputs]
     streams = rng.normal(size=(4, 20, 8))
-    results, errors = {}, []
 
     def work(k):
-        try:
-            for _ in range(5):
-                for i in range(k, len(inputs), 4):
-                    np.testing.assert_array_equal(sc.predict_proba(inputs[i]), expected[i])
-                    np.testing.assert_array_equal(est.predict_proba(inputs[i]), expected[i])
-            state = None
-            for t in range(20):
-                y, state = sc.step(streams[k:k + 1, t], state)
-            results[k] = y
-        except Exception as exc:  # noqa: BLE001
-            errors.append(exc)
+        for _ in range(5):
+            for i in range(k, len(inputs), 4):
+                np.testing.assert_array_equal(sc.predict_proba(inputs[i]), expected[i])
+                np.testing.assert_array_equal(est.predict_proba(inputs[i]), expected[i])
+        state = None
+        for t in range(20):
+            y, state = sc.step(streams[k:k + 1, t], state)
+        return y
 
-    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(work, range(4)))  # re-raises a thread's failure
     for k in range(4):
         np.testing.assert_array_equal(results[k], sc.predict_proba(streams[k:k + 1])[0:1])
 
