@@ -376,16 +376,10 @@ def _each(fn, raw):
 
 
 def _sigmoid_pair(r):
-    """``[1 - p, p]`` along a new last axis, ``p = 1 / (1 + exp(-r[..., 0]))`` (few
-    NumPy calls: at batch 1 each costs as much as the arithmetic)."""
-    e = np.negative(r[..., 0])
-    np.exp(e, out=e)
-    e += 1.0
-    out = np.empty(e.shape + (2,), np.float64)
-    p = out[..., 1]
-    np.divide(1.0, e, out=p)
-    np.subtract(1.0, p, out=out[..., 0])
-    return out
+    """``[1 - p, p]`` along the last axis, ``p = 1 / (1 + exp(-r))`` of the one logit
+    ``r[..., :1]`` (few NumPy calls: at batch 1 each costs as much as the arithmetic)."""
+    p = 1.0 / (1.0 + np.exp(-r))
+    return np.concatenate([1.0 - p, p], axis=-1)
 
 
 def _softmax(r):
