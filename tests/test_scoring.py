@@ -132,6 +132,11 @@ def test_scoring_imports_little(tmp_path, rng):
         bad = [m for m in sys.modules if m.split('.')[0] in ('sklearn', 'numba', 'llvmlite')
                or m.startswith(('scipy.stats', 'scipy.special'))]
         print(sorted(bad))
+        # the Cython backend loaded scipy's cython_blas alone: scipy.linalg still imports
+        import scipy.linalg
+        from scipy.linalg import cython_blas
+        assert scipy.linalg.cython_blas is cython_blas
+        assert np.allclose(scipy.linalg.solve(np.eye(3) * 2, np.ones(3)), 0.5)
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
