@@ -458,3 +458,21 @@ def write_json(path, obj):
     with open(path, "w") as f:
         json.dump(obj, f, indent=1, default=_json_default, allow_nan=True)
         f.write("\n")
+
+
+# ----------------------------------------------------------------------------- scoring
+def score_b1_classifier(seed=0):
+    """The score-b1 model of the scoring benchmarks: an ``LSTMClassifier`` with hidden 64
+    on (50, 8) float32 sequences, fitted for one epoch on 16 random ones; returns
+    ``(estimator, X)``."""
+    import warnings
+
+    import cyrnn
+
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((16, 50, 8)).astype(np.float32)
+    est = cyrnn.LSTMClassifier(hidden_size=64, max_iter=1, random_state=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        est.fit(X, rng.integers(0, 2, 16))
+    return est, X

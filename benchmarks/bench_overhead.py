@@ -6,8 +6,15 @@ backend call it makes (``infer`` with the same arguments), interleaved, medians 
 repeated samples. The difference is validation, plan lookup, output allocation and
 packaging.
 
+With ``--scoring``: the same for production scoring at score-b1 (a fitted
+``LSTMClassifier``, hidden 64, one (50, 8) sequence): ``Scorer.predict_proba``,
+``Scorer.predict``, the estimator's ``predict_proba``/``predict`` (float32 input, and
+float64 input, which is converted), ``Scorer.step``, each against the bare ``infer`` call
+(all interleaved: the median over rounds of the best of 3 samples, which holds up on a
+shared machine); then the breakdown of the scorer's glue, each piece timed alone.
+
     python benchmarks/bench_overhead.py                 # cython and numba
-    python benchmarks/bench_overhead.py --backends cython
+    python benchmarks/bench_overhead.py --backends cython --scoring
 """
 
 from __future__ import annotations
@@ -19,7 +26,8 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import interleaved_times, load_average, markdown_table  # noqa: E402
+from _common import (interleaved_times, load_average, markdown_table,  # noqa: E402
+                     score_b1_classifier)
 
 
 def cases(backend, B=1, T=12, D=27, H=50):
@@ -48,11 +56,73 @@ def cases(backend, B=1, T=12, D=27, H=50):
     }
 
 
+def scoring_cases(backend):
+    from cyrnn import scoring
+
+    est, X = score_b1_classifier()
+    est.model_.recurrent_layers[0].backend = backend
+    sc = scoring.from_estimator(est)
+    x32, x64 = X[:1].copy(), X[:1].astype(np.float64)
+    plan, data = sc._plan, est.model_.params.data
+    x_t = x32[:, 0]
+    state = sc.initial_state(1)
+    h, c = state[0]
+    x1 = np.ascontiguousarray(x_t[:, None, :])
+
+    def bare():
+        return plan.infer(plan.spec, data, x32, None, None, None, False)
+
+    def bare_step():
+        return plan.infer(plan.spec, data, x1, None, h, c, True)
+    return {
+        "Scorer.predict_proba(x32)": (lambda: sc.predict_proba(x32), bare),
+        "Scorer.predict_proba(x64)": (lambda: sc.predict_proba(x64), bare),
+        "Scorer.predict(x32)": (lambda: sc.predict(x32), bare),
+        "LSTMClassifier.predict_proba(x32)": (lambda: est.predict_proba(x32), bare),
+        "LSTMClassifier.predict_proba(x64)": (lambda: est.predict_proba(x64), bare),
+        "LSTMClassifier.predict(x32)": (lambda: est.predict(x32), bare),
+        "Scorer.step(x_t, state)": (lambda: sc.step(x_t, state), bare_step),
+    }, (sc, est, x32, x64, bare)
+
+
+def breakdown(sc, est, x32, x64, bare, repeats):
+    """The scorer's glue piece by piece (each timed alone, interleaved)."""
+    from cyrnn import sequences as S
+    from cyrnn.estimators.base import _SCORERS
+
+    raw32 = bare()
+    raw = raw32.astype(np.float64)
+    proba = S.class_probabilities(raw, True)
+    model = est.model_
+    pieces = {
+        "input checks (_fast_raw without the call)": lambda: (
+            type(x32) is not np.ndarray or x32.ndim != 3 or x32.shape[2] != 8
+            or not 0 < x32.shape[0] <= 256 or x32.shape[1] == 0 or x32.dtype.kind != "f"
+            or x32.dtype != model.dtype or not x32.flags.c_contiguous),
+        "float64 -> float32 input (errstate + astype)": lambda: _cast(x64, model.dtype),
+        "output to float64": lambda: raw32.astype(np.float64),
+        "probabilities (sigmoid pair)": lambda: S.class_probabilities(raw, True),
+        "labels (argmax, classes_)": lambda: S.class_labels(proba, sc.classes_),
+        "estimator: scorer lookup (WeakKeyDictionary)": lambda: _SCORERS.get(model),
+        "bare fused call": bare,
+    }
+    t = interleaved_times(pieces, repeats=repeats, warmup=5)
+    return [[name, f"{t[name].median * 1e6:.2f}"] for name in pieces]
+
+
+def _cast(x, dtype):
+    with np.errstate(over="ignore"):
+        return x.astype(dtype)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--backends", nargs="+", default=["cython", "numba"])
     ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--scoring", action="store_true", help="score-b1 scoring calls only")
     args = ap.parse_args(argv)
+    if args.scoring:
+        return main_scoring(args)
     rows = []
     for be in args.backends:
         for name, (public, bare) in cases(be).items():
@@ -64,6 +134,44 @@ def main(argv=None):
           f"{load_average()}")
     print(markdown_table(["backend", "call", "public us", "bare fused call us",
                           "overhead us"], rows))
+    return 0
+
+
+def rounds_of_minima(cases, rounds, number=300, best_of=3):
+    """Per case: the median over ``rounds`` interleaved rounds of the best of ``best_of``
+    samples of ``number`` calls (s per call). On a shared machine the best of a few
+    samples drops the ones another process preempted; the median over rounds keeps a
+    slow phase of the machine from favouring one case."""
+    import timeit
+
+    per = {k: [] for k in cases}
+    for _ in range(rounds):
+        for k, fn in cases.items():
+            per[k].append(min(timeit.repeat(fn, number=number, repeat=best_of)) / number)
+    return {k: float(np.median(v)) for k, v in per.items()}
+
+
+def main_scoring(args):
+    rows, pieces = [], None
+    for be in args.backends:
+        cs, extra = scoring_cases(be)
+        bare = next(iter(cs.values()))[1]
+        cases = {"bare infer": bare, **{name: public for name, (public, _) in cs.items()},
+                 "bare infer (one step)": cs["Scorer.step(x_t, state)"][1]}
+        t = rounds_of_minima(cases, args.repeats)
+        for name in cs:
+            b = t["bare infer (one step)" if "step" in name else "bare infer"]
+            p = t[name]
+            rows.append([be, name, f"{p * 1e6:.1f}", f"{b * 1e6:.1f}", f"{(p - b) * 1e6:.1f}"])
+        if pieces is None:
+            pieces = breakdown(*extra, args.repeats)
+    print(f"# bench_overhead --scoring: LSTMClassifier 8 -> 64, one (50, 8) sequence "
+          f"(step: one time step); median over {args.repeats} interleaved rounds of the best "
+          f"of 3 samples of 300 calls; load {load_average()}")
+    print(markdown_table(["backend", "call", "public us", "bare fused call us",
+                          "overhead us"], rows))
+    print(f"\n# the glue piece by piece ({args.backends[0]})")
+    print(markdown_table(["piece", "us"], pieces))
     return 0
 
 

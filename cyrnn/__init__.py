@@ -50,6 +50,7 @@ _LAZY = {
     "datasets": ("cyrnn.datasets", None),
     "estimators": ("cyrnn.estimators", None),
     "persistence": ("cyrnn.persistence", None),
+    "scoring": ("cyrnn.scoring", None),
     "preprocessing": ("cyrnn.preprocessing", None),
     "training": ("cyrnn.training", None),
 }

@@ -410,6 +410,13 @@ class Sequential:
         out, h_n, c_n = res
         return (out[:, 0] if out.ndim == 3 else out), plan.split_states(h_n, c_n, n)
 
+    def save(self, path):
+        """Save the model (layers and weights) to one file in cyrnn's safe format (no
+        pickle; :mod:`cyrnn.model_io`). Load it with :func:`cyrnn.load` or, for scoring,
+        :func:`cyrnn.scoring.load`. Returns ``path``."""
+        from .model_io import save_sequential
+        return save_sequential(self, path)
+
     def initial_states(self, n):
         """Zero states for ``n`` sequences, one entry per recurrent layer."""
         out = []

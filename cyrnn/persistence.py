@@ -4,8 +4,9 @@
 :func:`load_archive` reads it back, checking everything before returning.
 :func:`load` reads a file and hands it to the loader registered for its
 ``kind`` (:func:`register_loader`), so every saveable cyrnn object (the
-scikit-learn estimators, and later language models) shares one format.
-Loading never executes code: there is no pickle anywhere, the loaders come
+scikit-learn estimators, ``CharLanguageModel``, ``Sequential``) shares one format;
+:func:`cyrnn.scoring.load` reads the same files for scoring, without the objects'
+modules. Loading never executes code: there is no pickle anywhere, the loaders come
 from a fixed registry filled by cyrnn's own modules, and nothing named in a
 file is imported.
 
@@ -89,7 +90,7 @@ _LOADERS = {}
 # cyrnn modules that register loaders when imported; load() imports them (and
 # nothing else: never a name read from a file) when a file's kind is not
 # registered yet.
-_PROVIDERS = ("cyrnn.estimators", "cyrnn.language_model")
+_PROVIDERS = ("cyrnn.model_io", "cyrnn.estimators", "cyrnn.language_model")
 
 
 def _canonical(obj):

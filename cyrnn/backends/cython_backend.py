@@ -33,7 +33,42 @@ import numpy as np
 # Must precede the extension import: the OpenMP runtime reads it when loaded.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from .. import _cython_kernels as _k  # noqa: E402
+
+def _import_kernels():
+    """Import the extension. It takes its BLAS from ``scipy.linalg.cython_blas``, whose
+    import would first run ``scipy.linalg``'s package ``__init__`` (0.1-0.2 s of modules
+    the kernels never use: a third of a scoring process's cold start). When
+    ``scipy.linalg`` is not imported yet, the ``cython_blas`` module alone is loaded for
+    the extension and then dropped from ``sys.modules``: the extension keeps the BLAS
+    functions it read, and a later ``import scipy.linalg`` loads the package as usual
+    (getting the same module object back). Any failure: the ordinary import."""
+    import sys
+    name = "scipy.linalg.cython_blas"
+    if "scipy.linalg" not in sys.modules and name not in sys.modules:
+        try:
+            import importlib.machinery
+            import importlib.util
+            folder = os.path.join(importlib.util.find_spec("scipy").submodule_search_locations[0],
+                                  "linalg")
+            path = next(os.path.join(folder, f) for f in sorted(os.listdir(folder))
+                        if f.startswith("cython_blas.") and f.endswith(
+                            tuple(importlib.machinery.EXTENSION_SUFFIXES)))
+            loader = importlib.machinery.ExtensionFileLoader(name, path)
+            module = importlib.util.module_from_spec(importlib.util.spec_from_loader(name, loader))
+            sys.modules[name] = module
+            try:
+                loader.exec_module(module)
+                from .. import _cython_kernels
+                return _cython_kernels
+            finally:
+                sys.modules.pop(name, None)
+        except Exception:  # noqa: BLE001 - any trouble: the ordinary import below
+            pass
+    from .. import _cython_kernels
+    return _cython_kernels
+
+
+_k = _import_kernels()
 
 NAME = "cython"
 

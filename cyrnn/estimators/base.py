@@ -53,168 +53,30 @@ from sklearn.utils.validation import (_check_sample_weight, _num_samples, check_
 from .. import _validation as V
 from .. import persistence
 from ..backends import BACKENDS, get_backend
-from ..batching import LengthBatcher, pad, sorted_batches
-from .. import layers as _layers
-from ..cells import CELL_TABLE, Cell, resolve
-from ..layers import Dense, Embedding
+from ..batching import pad
+from ..cells import CELL_TABLE, resolve
 from ..losses import get_loss
-from ..model import Sequential
 from ..optim import get_optimizer
 from ..threads import call_threads
 from ..fitting import History, Progress, Stopping, run_epochs
 from ..training import evaluate_loss, train_step
+from ..sequences import (ARCH_KEYS, SPEC_KEYS, SequenceData, _check_ragged,  # noqa: F401
+                         _refuse_strings,
+                         build_model, check_fitted_input, input_spec, is_ragged, n_params,
+                         positive_int, raw_outputs, sequence_table)
+_n_params = n_params  # the name tests use
 
 __all__ = ["BaseSequenceModel", "SequenceData", "check_sequences", "check_fitted_input",
            "input_spec", "check_n_samples"]
 
 # The layer class of each cell family, from the cell table.
-_CELLS = {row.family: getattr(_layers, row.layer) for row in CELL_TABLE}
-_PREDICT_BATCH = 256     # at most this many rows per forward call at inference
-# Parameters that fix the shapes (or meaning) of the learned parameters: a warm
-# start or partial_fit needs them unchanged.
-_ARCH_KEYS = ("cell", "cell_options", "hidden_size", "num_layers", "bidirectional",
-              "vocab_size", "embedding_dim", "return_sequences")
 _BIT_GENERATORS = ("PCG64", "PCG64DXSM", "MT19937", "Philox", "SFC64")
-# The keys of a fitted model's spec (see BaseSequenceModel._architecture).
-_SPEC_KEYS = frozenset(_ARCH_KEYS + ("dtype", "input", "n_outputs", "target"))
+_ARCH_KEYS, _SPEC_KEYS = ARCH_KEYS, SPEC_KEYS
 
 
 # ----------------------------------------------------------------------------
-# sequence input
+# sequence input (SequenceData and the checks without scikit-learn: cyrnn.sequences)
 # ----------------------------------------------------------------------------
-class SequenceData:
-    """Validated sequence input (internal).
-
-    Attributes
-    ----------
-    kind : {'table', 'array', 'ragged'}
-        A 2-D table, a 3-D array or a list of per-sequence arrays.
-    tokens : bool
-        Integer token ids (for an embedding) instead of float features.
-    data : ndarray or list of ndarray
-        ``(n, T, F)`` floats or ``(n, T)`` ids; for 'ragged', arrays ``(T_i, F)``
-        or ``(T_i,)`` ids.
-    lengths : ndarray of int, shape (n,)
-        Valid steps per sequence (for token tables: the span from the first to the
-        last non-padding id).
-    starts : ndarray of int, shape (n,)
-        Where that span starts (0 except for token tables).
-    n_features : int
-        scikit-learn's ``n_features_in_``: the columns of a table, else the
-        features per step (1 for univariate or token sequences).
-    step_features : int or None
-        Features per step fed to the recurrent layer (None for tokens).
-    """
-
-    def __init__(self, kind, tokens, data, lengths, starts, n_features, step_features):
-        self.kind, self.tokens, self.data = kind, tokens, data
-        self.lengths, self.starts = lengths, starts
-        self.n_features, self.step_features = n_features, step_features
-
-    def __len__(self):
-        return len(self.lengths)
-
-    @property
-    def uniform(self):
-        return self.kind != "ragged"
-
-    @property
-    def n_steps(self):
-        """Steps of a table or 3-D array (None for ragged input)."""
-        return self.data.shape[1] if self.uniform else None
-
-    def subset(self, idx):
-        idx = np.asarray(idx, dtype=np.intp)
-        data = self.data[idx] if self.uniform else [self.data[i] for i in idx]
-        return SequenceData(self.kind, self.tokens, data, self.lengths[idx], self.starts[idx],
-                            self.n_features, self.step_features)
-
-    def valid_masks(self):
-        """Valid steps: (n, T) bool (None: all valid) or, for ragged, a list of bool arrays.
-
-        Padding ids (0) of token input are not valid steps.
-        """
-        if self.uniform:
-            return (self.data != 0) if self.tokens else None
-        if self.tokens:
-            return [seq != 0 for seq in self.data]
-        return [np.ones(len(seq), bool) for seq in self.data]
-
-    def step_counts(self):
-        """Number of valid steps of every sequence."""
-        masks = self.valid_masks()
-        if masks is None:
-            return np.full(len(self), self.n_steps, dtype=np.intp)
-        if self.uniform:
-            return masks.sum(axis=1)
-        return np.array([m.sum() for m in masks], dtype=np.intp)
-
-    def flat_steps(self, values):
-        """Concatenate per-step ``values`` (shaped like the sequences) over valid steps."""
-        masks = self.valid_masks()
-        if self.uniform:
-            values = np.asarray(values)
-            if masks is None:
-                return values.reshape((-1,) + values.shape[2:])
-            return values[masks]
-        return np.concatenate([np.asarray(v)[m] for v, m in zip(values, masks)])
-
-    def batch(self, idx, trim=False):
-        """Model input for sequences ``idx``: ``(x, lengths or None)``.
-
-        Ragged sequences are post-padded (zeros) and come with their lengths;
-        ``trim`` cuts token tables to the columns holding any non-padding id.
-        """
-        idx = np.asarray(idx, dtype=np.intp)
-        if self.uniform:
-            x = self.data[idx]
-            if self.tokens and trim:
-                lo = int(self.starts[idx].min())
-                hi = int((self.starts[idx] + self.lengths[idx]).max())
-                if lo > 0 or hi < x.shape[1]:
-                    x = x[:, lo:hi]
-            return x, None
-        lens = self.lengths[idx]
-        T = int(lens.max())
-        x = pad(self.data, idx, T, dtype=np.intp if self.tokens else None)
-        return x, (None if (lens == T).all() else lens)
-
-    def batcher(self, batch_size):
-        """The training batches: by length, except for equal-length float arrays."""
-        if self.uniform and not self.tokens:
-            return LengthBatcher(batch_size, n=len(self))
-        return LengthBatcher(batch_size, self.lengths)
-
-
-def _is_sequence_element(e):
-    try:
-        return np.ndim(e) >= 1 and not isinstance(e, (str, bytes))
-    except ValueError:  # an inhomogeneous nested list: still meant as a sequence
-        return True
-
-
-def is_ragged(X):
-    """True when ``X`` is a list (or 1-D object array) of sequences of unequal shapes.
-
-    A 1-D object array of arrays is always read as ragged; a list of equal-shape
-    arrays is an ordinary 2-D table or 3-D array.
-    """
-    if isinstance(X, np.ndarray):
-        return (X.dtype == object and X.ndim == 1 and X.size > 0
-                and all(_is_sequence_element(e) for e in X))
-    if isinstance(X, (list, tuple)) and len(X) > 0:
-        shapes = set()
-        for e in X:
-            if not _is_sequence_element(e):
-                return False
-            try:
-                shapes.add(np.shape(e))
-            except ValueError:
-                return True
-        return len(shapes) > 1
-    return False
-
-
 def check_sequences(X, *, tokens=False, vocab_size=None, dtype=np.float32, estimator=None):
     """Validate sequence input and convert it to a :class:`SequenceData`.
 
@@ -242,108 +104,7 @@ def check_sequences(X, *, tokens=False, vocab_size=None, dtype=np.float32, estim
     arr = check_array(X, dtype="numeric" if tokens else (np.float64, np.float32),
                       allow_nd=True, ensure_all_finite=True, input_name="X",
                       estimator=estimator)
-    if arr.ndim not in (2, 3):
-        raise ValueError(f"X must be 2-D (n_samples, n_steps) or 3-D (n_samples, n_steps, "
-                         f"n_features), got shape {arr.shape}")
-    n = arr.shape[0]
-    if tokens:
-        if arr.ndim != 2:
-            raise ValueError(f"token ids must be a 2-D array (n_samples, n_steps) or a list of "
-                             f"1-D arrays, got shape {arr.shape}")
-        ids = V.check_index_array(arr, "X (token ids)", 2, vocab_size)
-        nonzero = ids != 0
-        has = nonzero.any(axis=1)
-        if not has.all():
-            raise ValueError(f"X[{int(np.argmin(has))}] has no non-padding token (all ids are 0)")
-        T = ids.shape[1]
-        starts = nonzero.argmax(axis=1)
-        ends = T - nonzero[:, ::-1].argmax(axis=1)
-        return SequenceData("table", True, ids, (ends - starts).astype(np.intp),
-                            starts.astype(np.intp), T, None)
-    kind = "table" if arr.ndim == 2 else "array"
-    n_features = arr.shape[1] if arr.ndim == 2 else arr.shape[2]
-    arr = arr[:, :, None] if arr.ndim == 2 else arr
-    with np.errstate(over="ignore"):
-        arr = V.check_array(arr, "X", 3, dtype)
-    T = arr.shape[1]
-    return SequenceData(kind, False, arr, np.full(n, T, np.intp), np.zeros(n, np.intp),
-                        n_features, arr.shape[2])
-
-
-def _refuse_strings(X):
-    """Values must be numbers: strings are refused even when they spell numbers, in
-    arrays as in lists of sequences (whose elements go through ``V.check_array``)."""
-    kind = getattr(getattr(X, "dtype", None), "kind", None)
-    if kind is None and isinstance(X, list | tuple):
-        try:
-            kind = np.asarray(X).dtype.kind
-        except (ValueError, TypeError):
-            return  # ragged or odd: the checks below judge it
-    if kind in ("U", "S") or (kind == "O" and any(
-            isinstance(v, str | bytes) for v in np.asarray(X, dtype=object).ravel())):
-        raise TypeError("X must hold numbers, got strings; convert them first (numeric "
-                        "strings are not read as numbers, in arrays or lists)")
-
-
-def _check_ragged(X, tokens, vocab_size, dtype):
-    seqs, F = [], None
-    for i, seq in enumerate(X):
-        name = f"X[{i}]"
-        if tokens:
-            ids = V.check_index_array(seq, f"{name} (token ids)", 1, vocab_size)
-            if not ids.any():
-                raise ValueError(f"{name} has no non-padding token (all ids are 0)")
-            seqs.append(ids)
-            continue
-        try:
-            ndim = np.ndim(seq)
-        except ValueError as exc:
-            raise ValueError(f"{name} could not be read as an array ({exc})") from exc
-        if ndim not in (1, 2):
-            raise ValueError(f"{name} must be a 2-D array (n_steps, n_features) or 1-D "
-                             f"(n_steps,), got {ndim} dimensions")
-        arr = np.asarray(seq)
-        if arr.ndim == 1:
-            arr = arr[:, None]
-        if F is None:
-            F = arr.shape[1]
-        elif arr.shape[1] != F:
-            raise ValueError(f"ragged X has mismatched feature counts: {name} has "
-                             f"{arr.shape[1]} features per step, X[0] has {F}")
-        with np.errstate(over="ignore"):
-            seqs.append(V.check_array(arr, name, 2, dtype))
-    lengths = np.array([len(s) for s in seqs], dtype=np.intp)
-    starts = np.zeros(len(seqs), np.intp)
-    if tokens:
-        return SequenceData("ragged", True, seqs, lengths, starts, 1, None)
-    return SequenceData("ragged", False, seqs, lengths, starts, F, F)
-
-
-def input_spec(data):
-    """What :func:`check_fitted_input` needs to know about the fitted input."""
-    return {"kind": data.kind, "tokens": data.tokens, "step_features": data.step_features,
-            "n_features_in": data.n_features}
-
-
-def check_fitted_input(data, inp, name):
-    """Check new input ``data`` against the input seen in fit (:func:`input_spec`).
-
-    A 2-D float table fitted on must come back with as many columns
-    (scikit-learn's ``n_features_in_`` contract); otherwise the features per step
-    must match, and the sequences may have any length. Token ids are padded
-    sequences: tables of them may be padded to any width.
-    """
-    if data.kind == "table" and inp["kind"] == "table" and not inp["tokens"]:
-        if data.n_features != inp["n_features_in"]:
-            raise ValueError(f"X has {data.n_features} features, but {name} is expecting "
-                             f"{inp['n_features_in']} features as input.")
-    elif data.kind == "table" and not inp["tokens"] and inp["step_features"] != 1:
-        raise ValueError(f"X is a 2-D table, read as one feature per step, but {name} was "
-                         f"fitted on sequences of {inp['step_features']} features per step; "
-                         "pass a 3-D array or a list of 2-D arrays")
-    elif not data.tokens and data.step_features != inp["step_features"]:
-        raise ValueError(f"X has {data.step_features} features per step, but {name} is "
-                         f"expecting {inp['step_features']} features per step as input.")
+    return sequence_table(arr, tokens, vocab_size, dtype)
 
 
 def check_per_step_targets(data, y, name="y"):
@@ -389,6 +150,9 @@ def _total_weight(W):
 
 
 _FIT_LOCKS = weakref.WeakKeyDictionary()  # estimator -> its fit lock
+# fitted model_ -> the cyrnn.scoring scorer on it (the fast path of predict; kept outside
+# the estimator, whose __dict__ predictions must not change)
+_SCORERS = weakref.WeakKeyDictionary()
 _FIT_LOCKS_GUARD = threading.Lock()
 
 
@@ -400,28 +164,6 @@ def _fit_lock(estimator):
         if lock is None:
             lock = _FIT_LOCKS[estimator] = threading.RLock()
         return lock
-
-
-def _positive_int(value):
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
-
-
-def _n_params(spec):
-    """Size of the parameter vector of ``spec``'s model, computed without building it
-    (Python integers: no overflow, no allocation)."""
-    row = Cell(spec["cell"], **spec["cell_options"]).row  # the options are validated
-    G, H, L = row.n_gates, spec["hidden_size"], spec["num_layers"]
-    D = 2 if spec["bidirectional"] else 1
-    if spec["vocab_size"] is not None:
-        n, x = spec["vocab_size"] * spec["embedding_dim"], spec["embedding_dim"]
-    else:
-        n, x = 0, spec["input"]["step_features"]
-
-    def per_layer(x_in):  # per direction: W_ih, W_hh, two biases and the peepholes
-        return D * (G * H * (x_in + H + 2) + row.n_peepholes * H)
-
-    n += per_layer(x) + (L - 1) * per_layer(D * H)
-    return n + spec["n_outputs"] * (D * H + 1)  # Dense
 
 
 def _rng_from_state(state):
@@ -602,22 +344,8 @@ best_validation_score_, n_iter_
 
     def _build_model(self, spec, rng):
         """``[Embedding] + recurrent layer + Dense`` for ``spec``, drawing from ``rng``."""
-        dtype = np.dtype(spec["dtype"])
-        layers = []
-        if spec["vocab_size"] is not None:
-            layers.append(Embedding(spec["vocab_size"], spec["embedding_dim"], mask_zero=True,
-                                    dtype=dtype, random_state=rng))
-            in_size = spec["embedding_dim"]
-        else:
-            in_size = spec["input"]["step_features"]
-        rnn = _CELLS[spec["cell"]](
-            in_size, spec["hidden_size"], spec["num_layers"],
-            bidirectional=spec["bidirectional"], dropout=float(self.dropout),
-            return_sequences=spec["return_sequences"], bptt_truncate=self.bptt_truncate,
-            backend=self.backend, dtype=dtype, random_state=rng, **spec["cell_options"])
-        layers.append(rnn)
-        layers.append(Dense(rnn.output_size, spec["n_outputs"], dtype=dtype, random_state=rng))
-        return Sequential(layers)
+        return build_model(spec, rng, dropout=self.dropout, bptt_truncate=self.bptt_truncate,
+                           backend=self.backend)
 
     def _rebuild_model(self, spec, rng, params):
         """The model of ``spec`` holding ``params``; ``rng`` (kept for dropout) ends in
@@ -675,31 +403,23 @@ best_validation_score_, n_iter_
 
     # ------------------------------------------------------------------ raw outputs
     def _raw(self, model, data, spec):
-        """Float64 model outputs: (n, k), (n, T, k) or a list of (T_i, k).
+        """Float64 model outputs (:func:`cyrnn.sequences.raw_outputs`)."""
+        return raw_outputs(model, data, spec)
 
-        Rows are run in groups of at most ``_PREDICT_BATCH`` (bounded memory); a
-        single sequence is run alone, so batch-1 scoring costs one sequence.
-        """
-        G = _PREDICT_BATCH
-        seqs = spec["return_sequences"]
-        k = spec["n_outputs"]
-        n = len(data)
-        if not seqs:
-            out = np.empty((n, k), np.float64)
-        elif data.uniform:
-            out = np.empty((n, data.n_steps, k), np.float64)
-        else:
-            out = [None] * n
-        for idx in sorted_batches(data.lengths, G):
-            b = len(idx)
-            x, lengths = data.batch(idx, trim=not seqs)
-            res = model.forward(x, lengths=lengths, training=False)[:b]
-            if not seqs or data.uniform:
-                out[idx] = res
-            else:
-                for j, i in enumerate(idx):
-                    out[i] = res[j, :data.lengths[i]].astype(np.float64)
-        return out
+    def _predict_raw(self, X):
+        """Float64 outputs for ``predict``/``predict_proba``: one fused call for exact
+        input (a 3-D float array of at most 256 rows, ``n_jobs=None``: the scorer's fast
+        path, :meth:`cyrnn.scoring.EstimatorScorer._fast_raw`), else :meth:`_raw_predict`."""
+        model = self.__dict__.get("model_")
+        if model is not None and self.n_jobs is None:
+            scorer = _SCORERS.get(model)
+            if scorer is None:
+                from ..scoring import from_estimator
+                scorer = _SCORERS[model] = from_estimator(self)
+            raw = scorer._fast_raw(X)
+            if raw is not None:
+                return raw
+        return self._raw_predict(X)[1]
 
     def _raw_predict(self, X):
         check_is_fitted(self)
@@ -959,10 +679,10 @@ or list of arrays of shape (n_steps_i, n_features) or (n_steps_i,)
         arrays.update({f"task/{k}": v for k, v in task_arrays.items()})
         return meta, arrays
 
-    def _check_spec(self, spec, n_params):
+    def _check_spec(self, spec, size):
         """Check a model spec read from a file before anything is built from it:
         the keys and value types that :meth:`_architecture` produces, and a
-        parameter count equal to ``n_params`` (the size of the stored vector, so
+        parameter count equal to ``size`` (the size of the stored vector, so
         a crafted architecture cannot make loading allocate more than the file)."""
         if not isinstance(spec, dict) or set(spec) != _SPEC_KEYS:
             raise ValueError("the model spec does not have the expected keys")
@@ -983,10 +703,10 @@ or list of arrays of shape (n_steps_i, n_features) or (n_steps_i,)
                 or (spec["embedding_dim"] is None) == tokens
                 or inp.get("kind") not in ("table", "array", "ragged")
                 or inp.get("tokens") is not tokens
-                or not _positive_int(inp.get("n_features_in"))
+                or not positive_int(inp.get("n_features_in"))
                 or not (inp.get("step_features") is None if tokens
-                        else _positive_int(inp.get("step_features")))
-                or not _positive_int(spec["n_outputs"])
+                        else positive_int(inp.get("step_features")))
+                or not positive_int(spec["n_outputs"])
                 or not isinstance(spec["target"], dict)):
             raise ValueError("the model spec is inconsistent")
         # The constructor parameters must describe the stored model (a later warm
@@ -1000,9 +720,9 @@ or list of arrays of shape (n_steps_i, n_features) or (n_steps_i,)
         if disagree:
             raise ValueError(f"the archive's parameters disagree with its model spec on "
                              f"{disagree}")
-        if _n_params(spec) != n_params:
-            raise ValueError(f"the parameter vector has {n_params} values, the architecture "
-                             f"needs {_n_params(spec)}")
+        if n_params(spec) != size:
+            raise ValueError(f"the parameter vector has {size} values, the architecture "
+                             f"needs {n_params(spec)}")
 
     def _import_state(self, meta, arrays):
         """Rebuild the fitted state from :meth:`_export_state`'s output, checking it."""

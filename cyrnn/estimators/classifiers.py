@@ -6,7 +6,6 @@ import numbers
 import warnings
 
 import numpy as np
-from scipy.special import expit, softmax
 from sklearn.base import ClassifierMixin, _fit_context
 from sklearn.exceptions import DataConversionWarning
 from sklearn.metrics import accuracy_score
@@ -15,6 +14,7 @@ from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.multiclass import check_classification_targets, unique_labels
 from sklearn.utils.validation import check_array, check_is_fitted
 
+from ..sequences import class_labels, class_probabilities, classes_from_archive
 from .base import (BaseSequenceModel, cell_constraints, check_n_samples, check_per_step_targets,
                    compose_doc)
 
@@ -179,21 +179,10 @@ class BaseSequenceClassifier(ClassifierMixin, BaseSequenceModel):
 
     # ------------------------------------------------------------------ decoding
     def _proba(self, raw):
-        binary = self._spec["target"]["binary"]
-
-        def one(r):
-            if binary:
-                p = expit(r[..., 0])
-                return np.stack([1.0 - p, p], axis=-1)
-            return softmax(r, axis=-1)
-
-        return [one(r) for r in raw] if isinstance(raw, list) else one(raw)
+        return class_probabilities(raw, self._spec["target"]["binary"])
 
     def _decode(self, raw):
-        proba = self._proba(raw)
-        if isinstance(proba, list):
-            return [self.classes_[p.argmax(axis=-1)] for p in proba]
-        return self.classes_[proba.argmax(axis=-1)]
+        return class_labels(self._proba(raw), self.classes_)
 
     def _export_task(self):
         classes = self.classes_
@@ -209,19 +198,7 @@ class BaseSequenceClassifier(ClassifierMixin, BaseSequenceModel):
                         "pickle; use pickle or joblib")
 
     def _import_task(self, meta, arrays, spec):
-        if meta.get("classes") == "array":
-            classes = np.asarray(arrays["classes"])
-        elif meta.get("classes") == "json":
-            classes = np.empty(len(meta["values"]), dtype=object)
-            classes[:] = meta["values"]
-        else:
-            raise ValueError("the archive has no classes")
-        target, C = spec["target"], len(classes)
-        if classes.ndim != 1 or C < 2 or C != target["n_classes"] \
-                or target["binary"] is not (C == 2) or spec["n_outputs"] != (1 if C == 2 else C) \
-                or not all(a < b for a, b in zip(classes[:-1], classes[1:])):
-            raise ValueError(f"classes_ in the archive do not fit the model: {classes!r}")
-        return {"classes_": classes}
+        return {"classes_": classes_from_archive(meta, arrays, spec)}
 
     # ------------------------------------------------------------------ API
     @_fit_context(prefer_skip_nested_validation=True)
@@ -257,8 +234,7 @@ class BaseSequenceClassifier(ClassifierMixin, BaseSequenceModel):
             (n_samples, n_steps, n_classes), or a list of per-sequence arrays
             for ragged ``X``.
         """
-        _, raw = self._raw_predict(X)
-        return self._proba(raw)
+        return self._proba(self._predict_raw(X))
 
     def predict(self, X):
         """Predicted labels (the most probable class).
@@ -273,8 +249,7 @@ class BaseSequenceClassifier(ClassifierMixin, BaseSequenceModel):
             With ``return_sequences``: (n_samples, n_steps), or a list of
             per-sequence arrays for ragged ``X``.
         """
-        _, raw = self._raw_predict(X)
-        return self._decode(raw)
+        return self._decode(self._predict_raw(X))
 
     def score(self, X, y, sample_weight=None):
         """Accuracy (over all valid steps with ``return_sequences``).

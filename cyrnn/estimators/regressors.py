@@ -7,7 +7,7 @@ from sklearn.base import RegressorMixin, _fit_context
 from sklearn.metrics import r2_score
 from sklearn.utils.validation import check_array, check_is_fitted
 
-from .. import _validation as V
+from ..sequences import n_outputs_from_archive, regression_output
 from .base import (BaseSequenceModel, cell_constraints, check_n_samples, check_per_step_targets,
                    compose_doc)
 
@@ -85,23 +85,13 @@ class BaseSequenceRegressor(RegressorMixin, BaseSequenceModel):
         return r2_score(y, raw, sample_weight=weights)
 
     def _decode(self, raw):
-        spec = self._spec
-        scalar = spec["target"]["y_ndim"] == (2 if spec["return_sequences"] else 1)
-        if isinstance(raw, list):
-            return [r[:, 0] if scalar else r for r in raw]
-        return raw[..., 0] if scalar else raw
+        return regression_output(raw, self._spec)
 
     def _export_task(self):
         return {"n_outputs_": int(self.n_outputs_)}, {}
 
     def _import_task(self, meta, arrays, spec):
-        k = V.check_int(meta["n_outputs_"], "n_outputs_", minimum=1)
-        target = spec["target"]
-        y_ndims = (2, 3) if spec["return_sequences"] else (1, 2)
-        if k != target["n_outputs"] or k != spec["n_outputs"] or target["y_ndim"] not in y_ndims \
-                or (k > 1 and target["y_ndim"] == y_ndims[0]):
-            raise ValueError("n_outputs_ in the archive does not fit the model")
-        return {"n_outputs_": k}
+        return {"n_outputs_": n_outputs_from_archive(meta, spec)}
 
     # ------------------------------------------------------------------ API
     @_fit_context(prefer_skip_nested_validation=True)
@@ -134,8 +124,7 @@ class BaseSequenceRegressor(RegressorMixin, BaseSequenceModel):
             (n_samples, n_steps[, n_outputs]), or a list of per-sequence arrays
             for ragged ``X``.
         """
-        _, raw = self._raw_predict(X)
-        return self._decode(raw)
+        return self._decode(self._predict_raw(X))
 
     def score(self, X, y, sample_weight=None):
         """Coefficient of determination R^2 (over all valid steps with

@@ -1,0 +1,244 @@
+"""Streaming latency: one time step, batch 1, carried state, against ONNX Runtime.
+
+Stacked LSTMs with 32 input features and no head, at the layer and hidden sizes of
+Myrtle.ai Vollo's published LSTM benchmarks: ``lstm_tiny`` (2 x 128), ``lstm_med``
+(3 x 480), ``lstm_large`` (3 x 960). On the weights of one ``torch.nn.LSTM``:
+
+* ``layer.step``: ``cyrnn.from_torch(module).step(x_t, state)``;
+* ``Scorer.step``: the same layer in a ``Sequential``, saved and loaded with
+  ``cyrnn.scoring.load``, ``scorer.step(x_t, state)``;
+* ``ort-1t``: ONNX Runtime, one intra-op (and inter-op) thread, the module exported
+  with the states as inputs and outputs (``x, h0, c0 -> y, hn, cn``);
+* ``ort``: the same session with default options;
+* ``torch``: the module under ``torch.inference_mode()``, ``module(x, (h, c))``.
+
+Every case feeds back the state it returned (carried state). Calls are timed one by
+one (``perf_counter_ns``) in interleaved rounds; p50 and p99 are over all calls of all
+rounds. The competitors are also measured alone in a fresh process with the
+environment the script started with (cyrnn sets ``OMP_WAIT_POLICY=PASSIVE`` when it
+loads, which slows a child's PyTorch); the ratios use the alone figure when the in-run
+one differs by more than 15 %.
+
+cyrnn's kernels run with their default threads (OpenMP over the cores, passive
+waiting); ``--threads 1`` calls ``cyrnn.set_num_threads(1)`` first (one kernel and
+BLAS thread: no thread wake-ups in a step).
+
+    python benchmarks/bench_stream.py [--configs lstm_tiny lstm_med] [--rounds 20]
+    python benchmarks/bench_stream.py --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import cpu_share, load_average, machine_info, markdown_table, write_json  # noqa
+
+START_ENV = dict(os.environ)
+CONFIGS = {"lstm_tiny": (2, 128), "lstm_med": (3, 480), "lstm_large": (3, 960)}
+FEATURES = 32
+TARGETS = {"lstm_tiny": 2.0, "lstm_med": 1.5, "lstm_large": 1.5}
+COMPETITORS = ("ort-1t", "ort", "torch")
+TOLERANCE = 0.15
+
+
+def torch_module(name):
+    import torch
+
+    L, H = CONFIGS[name]
+    torch.manual_seed(0)
+    return torch.nn.LSTM(FEATURES, H, num_layers=L, batch_first=True).eval()
+
+
+def inputs(name, steps=64):
+    return np.random.default_rng(1).standard_normal((steps, 1, FEATURES)).astype(np.float32)
+
+
+def _cycle(xs):
+    i = [0]
+
+    def nxt():
+        i[0] = (i[0] + 1) % len(xs)
+        return xs[i[0]]
+    return nxt
+
+
+def ort_case(module, name, threads):
+    import onnxruntime as ort
+    import torch
+
+    L, H = CONFIGS[name]
+    buf = io.BytesIO()
+    z = torch.zeros(L, 1, H)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (torch.zeros(1, 1, FEATURES), (z, z)), buf, dynamo=False,
+                          input_names=["x", "h0", "c0"], output_names=["y", "hn", "cn"])
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = threads
+    sess = ort.InferenceSession(buf.getvalue(), so, providers=["CPUExecutionProvider"])
+    xs = [x[:, None, :] for x in inputs(name)]
+    nxt = _cycle(xs)
+    st = {"h0": np.zeros((L, 1, H), np.float32), "c0": np.zeros((L, 1, H), np.float32)}
+
+    def run():
+        y, st["h0"], st["c0"] = sess.run(None, {"x": nxt(), **st})
+        return y
+    return run
+
+
+def torch_case(module, name):
+    import torch
+
+    nxt = _cycle([torch.from_numpy(x[:, None, :]) for x in inputs(name)])
+    st = [None]
+
+    def run():
+        with torch.inference_mode():
+            y, st[0] = module(nxt(), st[0])
+        return y
+    return run
+
+
+def competitor(which, name):
+    module = torch_module(name)
+    if which == "torch":
+        return torch_case(module, name)
+    return ort_case(module, name, 1 if which == "ort-1t" else None)
+
+
+def cyrnn_cases(name, folder):
+    import cyrnn
+    from cyrnn import scoring
+
+    module = torch_module(name)
+    layer = cyrnn.from_torch(module)
+    path = os.path.join(folder, f"{name}.cyrnn")
+    cyrnn.Sequential([cyrnn.from_torch(module)]).save(path)
+    sc = scoring.load(path)
+    xs = list(inputs(name))
+    # both equal PyTorch on a few steps (same weights, carried state)
+    import torch
+    with torch.inference_mode():
+        ref = module(torch.from_numpy(np.stack(xs[:5], 1)))[0].numpy()
+    s1 = s2 = None
+    for t in range(5):
+        y1, s1 = layer.step(xs[t], s1)
+        y2, s2 = sc.step(xs[t], s2)
+        np.testing.assert_allclose(y1, ref[:, t], rtol=1e-4, atol=1e-5)
+        np.testing.assert_array_equal(y1, y2)
+    nxt_a, nxt_b = _cycle(xs), _cycle(xs)
+    sa, sb = [None], [None]
+
+    def layer_step():
+        y, sa[0] = layer.step(nxt_a(), sa[0])
+        return y
+
+    def scorer_step():
+        y, sb[0] = sc.step(nxt_b(), sb[0])
+        return y
+    return {"layer.step": layer_step, "Scorer.step": scorer_step}
+
+
+def latencies(cases, rounds, calls):
+    """Per-call times (s) of each case: ``rounds`` interleaved rounds of ``calls`` calls
+    (after a warm-up round)."""
+    times = {k: [] for k in cases}
+    for r in range(rounds + 1):
+        for k, fn in cases.items():
+            out = times[k] if r else []
+            for _ in range(calls):
+                t0 = time.perf_counter_ns()
+                fn()
+                out.append(time.perf_counter_ns() - t0)
+    return {k: np.asarray(v) * 1e-9 for k, v in times.items()}
+
+
+def pct(t):
+    return float(np.percentile(t, 50)), float(np.percentile(t, 99))
+
+
+def alone(which, name, rounds, calls):
+    t = latencies({which: competitor(which, name)}, rounds, calls)[which]
+    return pct(t)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    ap.add_argument("--rounds", type=int, default=20)
+    ap.add_argument("--calls", type=int, default=50)
+    ap.add_argument("--alone", choices=COMPETITORS, help=argparse.SUPPRESS)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="cyrnn.set_num_threads(n) for the cyrnn cases")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    if args.alone:
+        print(json.dumps(alone(args.alone, args.configs[0], args.rounds, args.calls)))
+        return 0
+    info = machine_info(env_snapshot={k: START_ENV.get(k) for k in ("OMP_NUM_THREADS",
+                                                                  "OMP_WAIT_POLICY")})
+    if args.threads:
+        import cyrnn
+        cyrnn.set_num_threads(args.threads)
+    print(f"# bench_stream {time.strftime('%Y-%m-%d %H:%M')}  {info['cpu_model']}, "
+          f"{info['cores']} cores, load {load_average()}, cpu share {cpu_share()}, "
+          f"cyrnn threads {args.threads or 'default'}")
+    rows, results = [], {}
+    with tempfile.TemporaryDirectory() as folder:
+        for name in args.configs:
+            cases = cyrnn_cases(name, folder)
+            cases.update({w: competitor(w, name) for w in COMPETITORS})
+            t = latencies(cases, args.rounds, args.calls)
+            res = {k: pct(v) for k, v in t.items()}
+            checks = {}
+            for w in COMPETITORS:
+                out = subprocess.run(
+                    [sys.executable, os.path.abspath(__file__), "--alone", w, "--configs", name,
+                     "--rounds", str(args.rounds), "--calls", str(args.calls)],
+                    capture_output=True, text=True, check=True, env=START_ENV)
+                a = json.loads(out.stdout.strip().splitlines()[-1])
+                diff = res[w][0] / a[0] - 1
+                checks[w] = {"in_run": res[w], "alone": a, "diff": diff,
+                             "ok": abs(diff) <= TOLERANCE}
+            comp = {w: (checks[w]["in_run"] if checks[w]["ok"] else checks[w]["alone"])
+                    for w in COMPETITORS}
+            results[name] = {"in_run": res, "checks": checks, "used": comp}
+            ref50, ref99 = comp["ort-1t"]
+            for k in ("layer.step", "Scorer.step"):
+                p50, p99 = res[k]
+                met = ref50 / p50 >= TARGETS[name] and ref99 / p99 >= TARGETS[name]
+                rows.append([name, k, f"{p50 * 1e6:.1f}", f"{p99 * 1e6:.1f}",
+                             f"{ref50 / p50:.2f}x / {ref99 / p99:.2f}x",
+                             f">= {TARGETS[name]}x: {'met' if met else 'MISSED'}"])
+            for w in COMPETITORS:
+                p50, p99 = comp[w]
+                c = checks[w]
+                rows.append([name, w + ("" if c["ok"] else " (alone)"), f"{p50 * 1e6:.1f}",
+                             f"{p99 * 1e6:.1f}", f"{ref50 / p50:.2f}x / {ref99 / p99:.2f}x",
+                             f"in-run p50 {c['in_run'][0] * 1e6:.1f}, alone "
+                             f"{c['alone'][0] * 1e6:.1f} ({c['diff']:+.0%})"])
+            print(f"  {name} done", file=sys.stderr)
+    print(markdown_table(["config", "case", "p50 us", "p99 us", "ort-1t / case (p50 / p99)",
+                          "target / note"], rows))
+    print(f"(load after: {load_average()})")
+    if args.json:
+        write_json(args.json, {"machine": info, "results": results})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

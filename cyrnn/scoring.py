@@ -1,0 +1,461 @@
+"""Production scoring: a saved model in a fresh process, called once per request.
+
+:func:`load` reads any file cyrnn saves (the six estimators, ``CharLanguageModel``,
+``Sequential``) into a :class:`Scorer`, importing only NumPy, the compiled backend it
+picks and cyrnn's model code: never scikit-learn, SciPy's statistics, Numba or llvmlite
+(unless the file asks for the Numba backend). A scorer predicts exactly what the saved
+object predicts, and streams: :meth:`Scorer.step` runs one new time step of the whole
+model in one compiled call, with the state as a value the caller keeps, so one scorer
+serves many streams from many threads (the compiled calls release the GIL and keep no
+state).
+
+Example::
+
+    scorer = cyrnn.scoring.load("model.cyrnn")
+    proba = scorer.predict_proba(x)            # as the estimator's predict_proba
+    state = None
+    for x_t in stream:                         # x_t: (n, features), one row per stream
+        y_t, state = scorer.step(x_t, state)   # y_t: the output after this step
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import _validation as V
+from . import persistence
+from . import sequences as S
+
+__all__ = ["Scorer", "EstimatorScorer", "ClassifierScorer", "LanguageModelScorer", "load",
+           "from_estimator"]
+
+# estimator kinds -> (cell family, is a classifier)
+ESTIMATORS = {f"cyrnn.{name}{task}": (family, task == "Classifier")
+              for name, family in (("LSTM", "lstm"), ("GRU", "gru"), ("SimpleRNN", "rnn"))
+              for task in ("Classifier", "Regressor")}
+_CELL_PARAMS = {"lstm": ("peephole",), "gru": ("reset_after",), "rnn": ("activation",)}
+
+
+class Scorer:
+    """A model ready for scoring: :meth:`predict` and :meth:`step`.
+
+    This base class serves a saved :class:`cyrnn.Sequential` (``kind``
+    ``"cyrnn.Sequential"``): :meth:`predict` is the model's inference forward. The
+    subclasses add the estimators' input handling and output post-processing
+    (:class:`EstimatorScorer`, :class:`ClassifierScorer`) and the language model's
+    vocabulary (:class:`LanguageModelScorer`).
+
+    Attributes
+    ----------
+    kind : str
+        What the file held, e.g. ``"cyrnn.LSTMClassifier"``.
+    model : cyrnn.Sequential
+        The network (do not change it while the scorer is in use).
+    streamable : bool
+        Whether :meth:`step` works (no bidirectional layer).
+    """
+
+    def __init__(self, model, kind="cyrnn.Sequential"):
+        self.model = model
+        self.kind = kind
+        self.streamable = not any(layer.bidirectional for layer in model.recurrent_layers)
+        self._plan = model._plan()  # None on the NumPy reference backend
+        # what the one-call path of step() checks: a single recurrent layer's state,
+        # float rows of the input size or (without mask_zero) token ids
+        first, recurrent = model.layers[0], model.recurrent_layers
+        self._step_fast = None
+        if self._plan is not None and self.streamable and len(recurrent) == 1:
+            rnn = recurrent[0]
+            ids = hasattr(first, "vocab_size")
+            if not (ids and first.mask_zero):
+                self._step_fast = (ids, None if ids else first.input_size,
+                                   (rnn.num_layers, rnn.hidden_size), rnn.cell.has_cell_state)
+
+    def __repr__(self):
+        return f"<{type(self).__name__} of a {self.kind}>"
+
+    def predict(self, X, lengths=None):
+        """The model's output for ``X`` (inference), as :meth:`Sequential.forward`."""
+        return self.model.forward(X, lengths=lengths, training=False)
+
+    def initial_state(self, n=1):
+        """Zero states for ``n`` streams (``step`` also takes None for zeros)."""
+        return self.model.initial_states(n)
+
+    def step(self, x_t, state=None):
+        """One new time step of every layer, in one compiled call.
+
+        Parameters
+        ----------
+        x_t : (n, features) floats, or (n,) token ids when the model starts with an
+            embedding: one row per stream.
+        state : list, or None for zeros
+            What the previous call returned (or :meth:`initial_state`): one entry per
+            recurrent layer, ``h`` or ``(h, c)``, each ``(num_layers, n, hidden)``.
+
+        Returns
+        -------
+        y_t : the output after this step (post-processed as :meth:`predict`'s, per row)
+        state : the new state (new arrays; the one passed in is not modified)
+
+        Stepping through a sequence gives exactly the outputs of running it whole.
+        Bidirectional models cannot stream (``ValueError``).
+        """
+        if not self.streamable:
+            raise ValueError(f"{self.kind} has a bidirectional layer, which cannot stream: "
+                             "its reverse direction needs the steps still to come; use "
+                             "predict on whole sequences")
+        res = self._fast_step(x_t, state)
+        if res is not None:
+            y, state = res
+        else:
+            self._check_step_input(x_t)
+            y, state = self.model.step(x_t, state)
+        return self._step_output(y), state
+
+    def _fast_step(self, x_t, state):
+        """``Sequential.step`` without its general checks, for exact arguments (one
+        recurrent layer; ``x_t`` C-contiguous of the model's dtype, or int64 ids; the
+        state None or as step returned it); None for anything else and for values the
+        kernel declines (``step`` then takes the checked path, which raises)."""
+        fast = self._step_fast
+        if fast is None or type(x_t) is not np.ndarray or not x_t.flags.c_contiguous:
+            return None
+        ids, features, (L, H), has_c = fast
+        if ids:
+            if x_t.dtype != np.int64 or x_t.ndim != 1:
+                return None
+        elif x_t.dtype != self.model.dtype or x_t.ndim != 2 or x_t.shape[1] != features:
+            return None
+        n = x_t.shape[0]
+        shape = (L, n, H)
+        h = c = None
+        if state is not None:
+            if type(state) is not list or len(state) != 1:
+                return None
+            st = state[0]
+            if has_c:
+                if type(st) is not tuple or len(st) != 2:
+                    return None
+                h, c = st
+            else:
+                h = st
+            dtype = self.model.dtype
+            for a in ((h, c) if has_c else (h,)):
+                if (type(a) is not np.ndarray or a.shape != shape or a.dtype != dtype
+                        or not a.flags.c_contiguous or not math.isfinite(np.vdot(a, a))):
+                    return None
+        plan = self._plan
+        res = plan.infer(plan.spec, self.model.params.data, x_t[:, None], None, h, c, True)
+        if res is None:
+            return None
+        out, h_n, c_n = res
+        h_n = h_n.reshape(shape)
+        return (out[:, 0] if out.ndim == 3 else out), [(h_n, c_n.reshape(shape)) if has_c
+                                                        else h_n]
+
+    def _check_step_input(self, x_t):
+        pass
+
+    def _step_output(self, y):
+        return y
+
+
+def _ids_without_padding(x_t):
+    """Refuse padding ids (0) in a step of a model that masks them: whole sequences
+    skip padding, so a padding step would not equal any whole-sequence run."""
+    ids = np.asarray(x_t)
+    if ids.dtype.kind in "iu" and ids.size and not ids.all():
+        raise ValueError("x_t holds the padding id 0, which is not a step (whole sequences "
+                         "skip it): leave those streams out of this call")
+
+
+class EstimatorScorer(Scorer):
+    """A saved regressor (``LSTMRegressor``, ``GRURegressor``, ``SimpleRNNRegressor``):
+    :meth:`predict` returns what the estimator's ``predict`` returns, for the same input
+    (3-D arrays, 2-D tables, ragged lists), and :meth:`step` the prediction for every
+    stream's sequence so far (many-to-one) or for this step (``return_sequences``).
+
+    Attributes
+    ----------
+    n_features_in_ : int
+        As the estimator's.
+    """
+
+    def __init__(self, model, kind, spec):
+        super().__init__(model, kind)
+        self._spec = spec
+        self._name = kind.split(".")[-1]
+        self.n_features_in_ = spec["input"]["n_features_in"]
+        inp = spec["input"]
+        # exact 3-D float input of at most PREDICT_BATCH rows: one fused call, no batching
+        self._fast_features = None if inp["tokens"] else inp["step_features"]
+
+    def _raw(self, X):
+        """Float64 outputs of the model for ``X``, as the estimator computes them."""
+        raw = self._fast_raw(X)
+        if raw is not None:
+            return raw
+        spec = self._spec
+        data = S.as_sequences(X, tokens=spec["input"]["tokens"], vocab_size=spec["vocab_size"],
+                              dtype=spec["dtype"])
+        S.check_fitted_input(data, spec["input"], self._name)
+        return S.raw_outputs(self.model, data, spec)
+
+    def _fast_raw(self, X):
+        """One fused call for a 3-D float array of the fitted features and at most
+        ``PREDICT_BATCH`` rows (what the batched path would run in one call too); None
+        for anything else, and for values the kernel declines (the full path then
+        raises the validators' error)."""
+        plan = self._plan
+        if (plan is None or type(X) is not np.ndarray or X.ndim != 3
+                or X.shape[2] != self._fast_features or not 0 < X.shape[0] <= S.PREDICT_BATCH
+                or X.shape[1] == 0 or X.dtype.kind != "f"):
+            return None
+        dtype = self.model.dtype
+        if X.dtype != dtype:
+            with np.errstate(over="ignore"):
+                X = X.astype(dtype)  # too large: inf, which the kernel declines
+        elif not X.flags.c_contiguous:
+            X = np.ascontiguousarray(X)
+        out = plan.infer(plan.spec, self.model.params.data, X, None, None, None, False)
+        return None if out is None else out.astype(np.float64)
+
+    def predict(self, X):
+        """The estimator's ``predict`` of ``X``."""
+        return S.regression_output(self._raw(X), self._spec)
+
+    def _check_step_input(self, x_t):
+        if self._spec["vocab_size"] is not None:
+            _ids_without_padding(x_t)
+
+    def _step_output(self, y):
+        return S.regression_output(y.astype(np.float64), self._spec)
+
+
+class ClassifierScorer(EstimatorScorer):
+    """A saved classifier: :meth:`predict_proba` and :meth:`predict` return what the
+    estimator's return; :meth:`step` returns class probabilities.
+
+    Attributes
+    ----------
+    classes_ : ndarray
+        As the estimator's.
+    """
+
+    def __init__(self, model, kind, spec, classes):
+        super().__init__(model, kind, spec)
+        self.classes_ = classes
+        self._binary = spec["target"]["binary"]
+
+    def predict_proba(self, X):
+        """The estimator's ``predict_proba`` of ``X``."""
+        return S.class_probabilities(self._raw(X), self._binary)
+
+    def predict(self, X):
+        """The estimator's ``predict`` of ``X`` (the most probable class)."""
+        return S.class_labels(self.predict_proba(X), self.classes_)
+
+    def _step_output(self, y):
+        return S.class_probabilities(y.astype(np.float64), self._binary)
+
+
+class LanguageModelScorer(Scorer):
+    """A saved ``CharLanguageModel``: next-character probabilities.
+
+    :meth:`predict_proba` takes token ids ``(n, T)`` (see :meth:`encode`; the model
+    was trained on sequences that start with the begin marker ``1``) and returns, for
+    every step, the probabilities of the next token ``(n, T, vocab)``; :meth:`predict`
+    the most probable next token ids; :meth:`step` the probabilities after one more id
+    per stream.
+
+    Attributes
+    ----------
+    chars_ : list of str
+        The vocabulary's characters; character ``chars_[k]`` has id ``k + 3``
+        (0 padding, 1 begin, 2 end).
+    """
+
+    def __init__(self, model, kind, chars):
+        super().__init__(model, kind)
+        self.chars_ = list(chars)
+        self._index = {ch: i + 3 for i, ch in enumerate(self.chars_)}
+
+    def encode(self, text):
+        """Token ids of ``text`` (no markers); unknown characters raise ValueError."""
+        try:
+            return np.array([self._index[ch] for ch in text], dtype=np.int64)
+        except KeyError:
+            raise ValueError(f"unknown characters in {text!r}") from None
+
+    def decode(self, ids):
+        """The characters of token ids (markers and padding skipped)."""
+        return "".join(self.chars_[i - 3] for i in np.asarray(ids).tolist() if i >= 3)
+
+    def predict_proba(self, X, lengths=None):
+        """Next-token probabilities ``(n, T, vocab)`` (float64) after every step."""
+        logits = self.model.forward(X, lengths=lengths, training=False)
+        return S.class_probabilities(logits.astype(np.float64), False)
+
+    def predict(self, X, lengths=None):
+        """The most probable next token id after every step ``(n, T)``."""
+        return self.predict_proba(X, lengths).argmax(axis=-1)
+
+    def _step_output(self, y):
+        return S.class_probabilities(y.astype(np.float64), False)
+
+
+# ----------------------------------------------------------------------------
+# loading
+# ----------------------------------------------------------------------------
+def load(path, *, backend=None):
+    """A :class:`Scorer` for a file saved by cyrnn (an estimator's, a
+    ``CharLanguageModel``'s or a ``Sequential``'s ``save``).
+
+    Parameters
+    ----------
+    path : str, os.PathLike or binary file object
+    backend : str, optional
+        Kernel backend of the scorer's layers (default: the one the file names,
+        usually ``'auto'``).
+
+    Returns
+    -------
+    Scorer
+        :class:`ClassifierScorer`, :class:`EstimatorScorer` (regressors),
+        :class:`LanguageModelScorer` or :class:`Scorer` (``Sequential``).
+
+    Raises
+    ------
+    ValueError
+        Invalid, tampered or truncated file, or a kind cyrnn does not save.
+    """
+    kind, meta, arrays = persistence.load_archive(path)
+    if backend is not None:
+        from .backends import check_backend_name
+        check_backend_name(backend)
+    try:
+        if kind in ESTIMATORS:
+            return _estimator_scorer(kind, meta, arrays, backend)
+        if kind == "cyrnn.CharLanguageModel":
+            return _language_model_scorer(kind, meta, arrays, backend)
+        if kind == "cyrnn.Sequential":
+            from .model_io import sequential_from_archive
+            model = sequential_from_archive(meta, arrays)
+            if backend is not None:
+                for layer in model.recurrent_layers:
+                    layer.backend = backend
+            return Scorer(model, kind)
+    except (KeyError, TypeError, AttributeError, IndexError) as exc:
+        raise ValueError(f"invalid {kind} archive: {type(exc).__name__}: {exc}") from exc
+    raise ValueError(f"{kind!r} is not a kind cyrnn.scoring loads")
+
+
+def from_estimator(estimator):
+    """A :class:`Scorer` sharing a fitted estimator's network (no copy, no file)."""
+    kind = f"cyrnn.{type(estimator).__name__}"
+    if kind not in ESTIMATORS or not hasattr(estimator, "model_"):
+        raise TypeError(f"from_estimator needs a fitted cyrnn estimator, got {kind}")
+    if ESTIMATORS[kind][1]:
+        return ClassifierScorer(estimator.model_, kind, estimator._spec, estimator.classes_)
+    return EstimatorScorer(estimator.model_, kind, estimator._spec)
+
+
+def _params_vector(arrays, dtype, size):
+    """The stored parameter vector, checked: ``dtype``, ``(size,)``, finite."""
+    params = arrays["params"]
+    if params.shape != (size,) or params.dtype != dtype:
+        raise ValueError(f"the parameter vector is {params.dtype} {params.shape}, the "
+                         f"architecture needs {np.dtype(dtype).name} ({size},)")
+    if not np.isfinite(params).all():
+        raise ValueError("the parameter vector contains NaN or infinity")
+    return params
+
+
+def _check_estimator_spec(spec, family):
+    """The checks of the estimators' loader that the model needs, without
+    scikit-learn: keys, types, ranges, the cell options."""
+    if not isinstance(spec, dict) or set(spec) != S.SPEC_KEYS:
+        raise ValueError("the model spec does not have the expected keys")
+    options = spec["cell_options"]
+    if spec["cell"] != family or not isinstance(options, dict) \
+            or not set(options) <= set(_CELL_PARAMS[family]):
+        raise ValueError("the model spec does not match the estimator")
+    from .cells import Cell
+    Cell(family, **options)  # ValueError for bad option values
+    tokens = spec["vocab_size"] is not None
+    inp = spec["input"]
+    ok = (S.positive_int(spec["hidden_size"]) and S.positive_int(spec["num_layers"])
+          and isinstance(spec["bidirectional"], bool)
+          and isinstance(spec["return_sequences"], bool)
+          and spec["dtype"] in ("float32", "float64") and isinstance(inp, dict)
+          and (not tokens or (S.positive_int(spec["vocab_size"]) and spec["vocab_size"] >= 2
+                              and S.positive_int(spec["embedding_dim"])))
+          and (spec["embedding_dim"] is None) != tokens
+          and inp.get("kind") in ("table", "array", "ragged") and inp.get("tokens") is tokens
+          and S.positive_int(inp.get("n_features_in"))
+          and (inp.get("step_features") is None if tokens
+               else S.positive_int(inp.get("step_features")))
+          and S.positive_int(spec["n_outputs"]) and isinstance(spec["target"], dict))
+    if not ok:
+        raise ValueError("the model spec is inconsistent")
+
+
+def _estimator_scorer(kind, meta, arrays, backend):
+    family, classifier = ESTIMATORS[kind]
+    if meta.get("class") != kind.split(".")[-1]:
+        raise ValueError(f"the archive does not hold a {kind}")
+    spec = meta["spec"]
+    _check_estimator_spec(spec, family)
+    params = _params_vector(arrays, np.dtype(spec["dtype"]), S.n_params(spec))
+    saved = meta["params"]
+    if backend is None:
+        backend = saved.get("backend", "auto")
+        if not isinstance(backend, str):
+            raise ValueError(f"bad backend {backend!r}")
+    model = S.build_model(spec, np.random.default_rng(0), backend=backend)
+    model.params.data[...] = params
+    if not classifier:
+        S.n_outputs_from_archive(meta["task"], spec)
+        return EstimatorScorer(model, kind, spec)
+    task = {k[5:]: v for k, v in arrays.items() if k.startswith("task/")}
+    return ClassifierScorer(model, kind, spec, S.classes_from_archive(meta["task"], task, spec))
+
+
+def _language_model_scorer(kind, meta, arrays, backend):
+    from . import layers
+
+    if meta.get("class") != "CharLanguageModel":
+        raise ValueError("the archive does not hold a CharLanguageModel")
+    p = meta["params"]
+    chars = meta["chars"]
+    if not isinstance(chars, str) or len(set(chars)) != len(chars) \
+            or list(chars) != sorted(chars):
+        raise ValueError("bad vocabulary")
+    family = p.get("cell", "lstm")
+    if family not in _CELL_PARAMS:
+        raise ValueError(f"bad cell {family!r}")
+    vocab = len(chars) + 3
+    H = V.check_int(p.get("hidden_size", 64), "hidden_size", minimum=1)
+    L = V.check_int(p.get("num_layers", 1), "num_layers", minimum=1)
+    E = V.check_int(p.get("embedding_dim", 32), "embedding_dim", minimum=1, allow_none=True)
+    options = {"peephole": True} if p.get("peephole") is True else {}
+    dtype = V.check_dtype(p.get("dtype", "float32"))
+    # the count as an estimator spec of the same network (one-hot input: E = vocab)
+    size = S.n_params({"cell": family, "cell_options": options, "hidden_size": H,
+                       "num_layers": L, "bidirectional": False, "vocab_size": vocab,
+                       "embedding_dim": vocab if E is None else E, "n_outputs": vocab,
+                       "input": None})
+    params = _params_vector(arrays, dtype, size)
+    if backend is None:
+        backend = p.get("backend", "auto")
+    cls = getattr(layers, {"lstm": "LSTM", "gru": "GRU", "rnn": "SimpleRNN"}[family])
+    emb = layers.Embedding(vocab, vocab if E is None else E, dtype=dtype)
+    rnn = cls(emb.output_size, H, L, return_sequences=True, backend=backend, dtype=dtype,
+              **options)
+    from .model import Sequential
+    model = Sequential([emb, rnn, layers.Dense(H, vocab, dtype=dtype)])
+    model.params.data[...] = params
+    return LanguageModelScorer(model, kind, chars)

@@ -1,0 +1,319 @@
+"""cyrnn.scoring: a saved model scores exactly as the object that saved it, imports
+little, streams exactly, and serves threads."""
+
+import subprocess
+import sys
+import textwrap
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+import cyrnn
+from cyrnn import scoring
+
+ESTIMATORS = ["LSTMClassifier", "GRUClassifier", "SimpleRNNClassifier",
+              "LSTMRegressor", "GRURegressor", "SimpleRNNRegressor"]
+
+
+def _fit(name, X, n, seqs=False, labels=None, **kw):
+    cls = getattr(cyrnn, name)
+    rng = np.random.default_rng(1)
+    if seqs:
+        steps = [len(x) for x in X] if isinstance(X, list) else [np.shape(X)[1]] * n
+        if name.endswith("Classifier"):
+            y = [rng.integers(0, 3, size=t) for t in steps]
+        else:
+            y = [rng.normal(size=t) for t in steps]
+        if not isinstance(X, list):
+            y = np.array(y)
+    elif name.endswith("Classifier"):
+        y = rng.integers(0, 3, size=n) if labels is None else labels
+    else:
+        y = rng.normal(size=n)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return cls(hidden_size=6, max_iter=2, random_state=0, return_sequences=seqs,
+                   **kw).fit(X, y)
+
+
+def _same(a, b):
+    if isinstance(a, list):
+        assert len(a) == len(b)
+        for u, v in zip(a, b):
+            np.testing.assert_array_equal(u, v)
+    else:
+        assert a.dtype == b.dtype
+        np.testing.assert_array_equal(a, b)
+
+
+def _check_scorer(est, tmp_path, inputs):
+    path = tmp_path / "model.cyrnn"
+    est.save(path)
+    sc = scoring.load(path)
+    assert sc.kind == f"cyrnn.{type(est).__name__}"
+    assert sc.n_features_in_ == est.n_features_in_
+    for X in inputs:
+        _same(sc.predict(X), est.predict(X))
+        if hasattr(est, "predict_proba"):
+            _same(sc.predict_proba(X), est.predict_proba(X))
+            np.testing.assert_array_equal(sc.classes_, est.classes_)
+    return sc
+
+
+@pytest.mark.parametrize("name", ESTIMATORS)
+def test_scorer_equals_estimator_every_kind(name, tmp_path, rng):
+    X = rng.normal(size=(30, 9, 2))
+    ragged = [rng.normal(size=(3 + i % 6, 2)) for i in range(30)]
+    est = _fit(name, X, 30)
+    _check_scorer(est, tmp_path, [X, X[:1], X[:1, :4], ragged, ragged[:1],
+                                  X.astype(np.float32), X[:, :, :].transpose(0, 1, 2)[::2]])
+
+
+@pytest.mark.parametrize("name", ["GRUClassifier", "LSTMRegressor"])
+def test_scorer_sequences_bidirectional_tables_tokens_float64(name, tmp_path, rng):
+    ragged = [rng.normal(size=(3 + i % 6, 2)) for i in range(30)]
+    est = _fit(name, ragged, 30, seqs=True, bidirectional=True, num_layers=2,
+               dtype="float64")
+    _check_scorer(est, tmp_path, [ragged, ragged[:1], rng.normal(size=(4, 7, 2))])
+    table = rng.normal(size=(30, 8))
+    _check_scorer(_fit(name, table, 30), tmp_path, [table, table[:1]])
+    ids = rng.integers(0, 12, size=(30, 10))
+    ids[:, 0] = 1 + ids[:, 0] % 11
+    ids[::3, :4] = 0  # pre-padding
+    est = _fit(name, ids, 30, vocab_size=12, embedding_dim=4)
+    ragged_ids = [rng.integers(1, 12, size=2 + i % 5) for i in range(30)]
+    _check_scorer(est, tmp_path, [ids, ids[:1], ragged_ids])
+
+
+def test_scorer_string_classes_and_binary(tmp_path, rng):
+    X = rng.normal(size=(20, 5, 3))
+    labels = np.where(X[:, -1, 0] > 0, "yes", "no")
+    sc = _check_scorer(_fit("LSTMClassifier", X, 20, labels=labels), tmp_path, [X, X[:1]])
+    assert list(sc.classes_) == ["no", "yes"]
+    assert sc.predict_proba(X).shape == (20, 2)
+
+
+def test_scorer_rejects_bad_input_like_the_estimator(tmp_path, rng):
+    X = rng.normal(size=(5, 6, 2))
+    est = _fit("LSTMClassifier", X, 5)
+    est.save(tmp_path / "m.cyrnn")
+    sc = scoring.load(tmp_path / "m.cyrnn")
+    bad = X.copy()
+    bad[0, 2, 1] = np.nan
+    for f in (sc.predict_proba, est.predict_proba):
+        with pytest.raises(ValueError, match="NaN"):
+            f(bad)
+        with pytest.raises(ValueError, match="features"):
+            f(X[:, :, :1])
+    with pytest.raises(ValueError, match="too large"):
+        sc.predict_proba(np.full((1, 3, 2), 1e300))
+
+
+def test_scoring_imports_little(tmp_path, rng):
+    """Importing cyrnn.scoring, loading and predicting imports no scikit-learn, SciPy
+    statistics, Numba or llvmlite."""
+    X = rng.normal(size=(10, 6, 3))
+    est = _fit("LSTMClassifier", X, 10)
+    est.save(tmp_path / "clf.cyrnn")
+    lm = cyrnn.CharLanguageModel(hidden_size=8, embedding_dim=4, max_epochs=1, random_state=0)
+    lm.fit(["abc", "bcd", "cab"]).save(tmp_path / "lm.cyrnn")
+    seq = cyrnn.Sequential([cyrnn.GRU(3, 5), cyrnn.Dense(5, 2)])
+    seq.save(tmp_path / "seq.cyrnn")
+    code = textwrap.dedent(f"""
+        import sys
+        import numpy as np
+        import cyrnn.scoring as s
+        x = np.zeros((1, 6, 3))
+        a = s.load({str(tmp_path / 'clf.cyrnn')!r}); a.predict_proba(x); a.step(x[:, 0])
+        b = s.load({str(tmp_path / 'lm.cyrnn')!r}); b.predict_proba(np.ones((1, 3), np.int64))
+        c = s.load({str(tmp_path / 'seq.cyrnn')!r}); c.predict(x); c.step(x[:, 0])
+        bad = [m for m in sys.modules if m.split('.')[0] in ('sklearn', 'numba', 'llvmlite')
+               or m.startswith(('scipy.stats', 'scipy.special'))]
+        print(sorted(bad))
+        # the Cython backend loaded scipy's cython_blas alone: scipy.linalg still imports
+        import scipy.linalg
+        from scipy.linalg import cython_blas
+        assert scipy.linalg.cython_blas is cython_blas
+        assert np.allclose(scipy.linalg.solve(np.eye(3) * 2, np.ones(3)), 0.5)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+# ----------------------------------------------------------------------------
+# streaming
+# ----------------------------------------------------------------------------
+CELLS = [("SimpleRNN", {}), ("SimpleRNN", {"activation": "relu"}), ("LSTM", {}),
+         ("LSTM", {"peephole": True}), ("GRU", {}), ("GRU", {"reset_after": False})]
+
+
+@pytest.mark.parametrize("backend", ["auto", "numpy"])
+@pytest.mark.parametrize("cls, kw", CELLS)
+def test_step_equals_whole_sequence(cls, kw, backend, tmp_path, rng):
+    """Every cell, an Embedding, stacked and chained recurrent layers and a Dense:
+    stepping a batch of streams equals the whole-sequence run, exactly."""
+    Cell = getattr(cyrnn, cls)
+    model = cyrnn.Sequential([
+        cyrnn.Embedding(11, 4, random_state=0),
+        Cell(4, 6, num_layers=2, backend=backend, random_state=1, **kw),
+        cyrnn.GRU(6, 5, backend=backend, random_state=2),
+        cyrnn.Dense(5, 3, random_state=3)])
+    model.save(tmp_path / "seq.cyrnn")
+    sc = scoring.load(tmp_path / "seq.cyrnn")
+    ids = rng.integers(1, 11, size=(3, 7))
+    whole = model.forward(ids)
+    np.testing.assert_array_equal(sc.predict(ids), whole)
+    state = None
+    for t in range(ids.shape[1]):
+        y1, _ = model.step(ids[:, t], state)  # Sequential.step agrees
+        y, state = sc.step(ids[:, t], state)
+        np.testing.assert_array_equal(y, whole[:, t])
+        np.testing.assert_array_equal(y1, whole[:, t])
+    # one stream alone, then the float-input model of the same cell (layer.step too)
+    layer = Cell(3, 4, num_layers=2, backend=backend, random_state=4, **kw)
+    x = rng.normal(size=(2, 6, 3)).astype(np.float32)
+    out, _ = layer(x)
+    st = None
+    for t in range(6):
+        h, st = layer.step(x[:, t], st)
+        np.testing.assert_array_equal(h, out[:, t])
+
+
+@pytest.mark.parametrize("name", ["LSTMClassifier", "GRURegressor"])
+def test_estimator_scorer_streams(name, tmp_path, rng):
+    """Many-to-one: the step output is the prediction for the sequence so far;
+    return_sequences: the prediction at this step."""
+    X = rng.normal(size=(8, 6, 2))
+    for seqs in (False, True):
+        est = _fit(name, X, 8, seqs=seqs)
+        est.save(tmp_path / "m.cyrnn")
+        sc = scoring.load(tmp_path / "m.cyrnn")
+        whole = sc.predict_proba(X) if hasattr(sc, "predict_proba") else sc.predict(X)
+        state = None
+        for t in range(6):
+            y, state = sc.step(X[:, t], state)
+            if seqs:
+                np.testing.assert_array_equal(y, whole[:, t])
+            else:
+                f = est.predict_proba if hasattr(est, "predict_proba") else est.predict
+                np.testing.assert_array_equal(y, f(X[:, :t + 1]))
+
+
+def test_bidirectional_and_padding_steps_are_refused(tmp_path, rng):
+    X = rng.normal(size=(10, 5, 2))
+    est = _fit("LSTMRegressor", X, 10, bidirectional=True)
+    est.save(tmp_path / "b.cyrnn")
+    sc = scoring.load(tmp_path / "b.cyrnn")
+    assert not sc.streamable
+    with pytest.raises(ValueError, match="bidirectional"):
+        sc.step(X[:, 0])
+    ids = rng.integers(1, 9, size=(10, 5))
+    est = _fit("GRUClassifier", ids, 10, vocab_size=9)
+    est.save(tmp_path / "t.cyrnn")
+    sc = scoring.load(tmp_path / "t.cyrnn")
+    with pytest.raises(ValueError, match="padding"):
+        sc.step(np.array([3, 0]))
+
+
+def test_step_checks_its_arguments(tmp_path, rng):
+    """The one-call path of step takes exact arguments only; anything else gets the
+    checked path and its errors (or its conversions)."""
+    model = cyrnn.Sequential([cyrnn.LSTM(3, 4, num_layers=2, random_state=0),
+                              cyrnn.Dense(4, 2, random_state=1)])
+    sc = scoring.Scorer(model)
+    x = rng.normal(size=(2, 3)).astype(np.float32)
+    y, state = sc.step(x)
+    y64, state64 = sc.step(x.astype(np.float64))  # converted
+    np.testing.assert_array_equal(y, y64)
+    y2, _ = sc.step(x, [list(state[0])])  # a list pair: the checked path, same result
+    np.testing.assert_array_equal(y2, sc.step(x, state)[0])
+    bad = x.copy()
+    bad[1, 2] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        sc.step(bad, state)
+    h, c = state[0]
+    with pytest.raises(ValueError):
+        sc.step(x, [(h, np.full_like(c, np.inf))])
+    with pytest.raises(ValueError, match="shape"):
+        sc.step(x, [(h[:, :1], c[:, :1])])
+
+
+# ----------------------------------------------------------------------------
+# threads, the language model, Sequential files
+# ----------------------------------------------------------------------------
+def test_concurrent_calls_equal_sequential(tmp_path, rng):
+    X = rng.normal(size=(10, 20, 8))
+    est = cyrnn.LSTMClassifier(hidden_size=16, max_iter=1, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        est.fit(X, rng.integers(0, 2, 10))
+    est.save(tmp_path / "m.cyrnn")
+    sc = scoring.load(tmp_path / "m.cyrnn")
+    inputs = [rng.normal(size=(1 + i % 3, 20, 8)) for i in range(40)]
+    expected = [sc.predict_proba(x) for x in inputs]
+    streams = rng.normal(size=(4, 20, 8))
+
+    def work(k):
+        for _ in range(5):
+            for i in range(k, len(inputs), 4):
+                np.testing.assert_array_equal(sc.predict_proba(inputs[i]), expected[i])
+                np.testing.assert_array_equal(est.predict_proba(inputs[i]), expected[i])
+        state = None
+        for t in range(20):
+            y, state = sc.step(streams[k:k + 1, t], state)
+        return y
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(work, range(4)))  # re-raises a thread's failure
+    for k in range(4):
+        np.testing.assert_array_equal(results[k], sc.predict_proba(streams[k:k + 1])[0:1])
+
+
+def test_language_model_scorer(tmp_path):
+    lm = cyrnn.CharLanguageModel(cell="gru", hidden_size=8, embedding_dim=None, max_epochs=1,
+                                 random_state=0)
+    lm.fit(["abcab", "bcda", "cabd"]).save(tmp_path / "lm.cyrnn")
+    sc = scoring.load(tmp_path / "lm.cyrnn")
+    assert isinstance(sc, scoring.LanguageModelScorer)
+    ids = np.concatenate([[1], sc.encode("abcd")])[None]
+    logits = lm.model_.forward(ids).astype(np.float64)
+    expected = np.exp(logits - logits.max(-1, keepdims=True))
+    expected /= expected.sum(-1, keepdims=True)
+    np.testing.assert_array_equal(sc.predict_proba(ids), expected)
+    assert sc.decode(sc.predict(ids)[0]) == lm.decode(logits.argmax(-1)[0])
+    state = None
+    for t in range(ids.shape[1]):
+        p, state = sc.step(ids[:, t], state)
+        np.testing.assert_array_equal(p, expected[:, t])
+    # the language model's own loss: the 4 characters, then the end marker (id 2)
+    logp = np.log(np.append(expected[0, np.arange(4), ids[0, 1:]], expected[0, 4, 2]))
+    assert abs(-logp.mean() - lm.per_char_loss(["abcd"])) < 1e-5
+
+
+def test_sequential_save_and_load(tmp_path, rng):
+    model = cyrnn.Sequential([
+        cyrnn.LSTM(3, 5, bidirectional=True, merge_mode="sum", num_layers=2, random_state=0),
+        cyrnn.SimpleRNN(5, 4, activation="relu", return_sequences=False, use_bias=False,
+                        random_state=1),
+        cyrnn.Dense(4, 2, random_state=2), cyrnn.Activation("sigmoid")])
+    path = model.save(tmp_path / "s.cyrnn")
+    x = rng.normal(size=(2, 5, 3)).astype(np.float32)
+    back = cyrnn.load(path)
+    assert isinstance(back, cyrnn.Sequential)
+    np.testing.assert_array_equal(back.forward(x), model.forward(x))
+    np.testing.assert_array_equal(scoring.load(path).predict(x), model.forward(x))
+
+    class Custom(cyrnn.Dense):
+        pass
+    with pytest.raises(TypeError, match="cannot save"):
+        cyrnn.Sequential([cyrnn.GRU(3, 4), Custom(4, 1)]).save(tmp_path / "c.cyrnn")
+    # a crafted size is refused before anything is built
+    from cyrnn import persistence
+    kind, meta, arrays = persistence.load_archive(path)
+    meta["layers"][0]["hidden_size"] = 10**9
+    persistence.save_archive(tmp_path / "bad.cyrnn", kind, meta, arrays)
+    with pytest.raises(ValueError, match="parameter vector"):
+        scoring.load(tmp_path / "bad.cyrnn")
