@@ -98,16 +98,13 @@ def matmul(a, trans_a, b, trans_b, out, beta=0.0):
     _k.matmul(a, bool(trans_a), b, bool(trans_b), out, float(beta))
 
 
-# Fused inference of a whole Sequential (optional contract function; the spec layout
-# is cyrnn.backends.spec's): validates the input's exact form in C and returns None
-# for anything the general path must handle.
+# The compiled plan's calls (docs/architecture.md; the spec layout is
+# cyrnn.backends.spec's): inference with states in and out, and the training forward /
+# backward pair, for any layer or Sequential the spec describes. They validate the
+# input's exact form in C and return None for anything the layer path must handle.
 infer = _k.infer
-# Fused training step (optional): forward keeping per-op caches, then the backward
-# adding every parameter gradient into the flat gradient buffer.
 train_forward = _k.train_forward
 train_backward = _k.train_backward
-# infer/train_forward take the (n, T) validity mask of lengths/mask (and mask_zero).
-FUSED_MASKS = True
 
 
 def _mask_u8(mask, T, N):

@@ -4,8 +4,8 @@ Same signatures, results and cache layout as :mod:`cyrnn.backends.numpy_backend`
 (the specification), float32 and float64, every row of the cell table with every
 activation, peepholes, masks and truncated BPTT exactly as the reference defines
 them; ``generate`` (the whole sampling loop, token for token as the reference) and
-the fused calls ``infer``, ``train_forward`` / ``train_backward`` (a whole
-``Sequential`` in one call, with validity masks: ``FUSED_MASKS``) are compiled too.
+the compiled plan's calls ``infer``, ``train_forward`` / ``train_backward`` (a whole
+layer or ``Sequential`` in one call: spec v3, docs/architecture.md) are compiled too.
 
 Where things live: :mod:`.config` (threading layer, fork handling, JIT flags,
 tuning constants), :mod:`.mathfn` (exp/sigmoid/tanh, activations by code),
@@ -43,7 +43,6 @@ from .generate import _generate_kernel
 from .loops import _backward_par, _bwd_rows, _bwd_scratch, _forward_par, _fwd_rows, _fwd_scratch
 
 NAME = "numba"
-FUSED_MASKS = True  # infer / train_forward take the (N, T) validity mask
 # The spec layout this backend reads (imported, for the conformance test).
 INFER_SPEC_VERSION = _spec.SPEC_VERSION
 INFER_SPEC_HEADER = _spec.SPEC_HEADER
