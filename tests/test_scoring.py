@@ -1,11 +1,13 @@
 """cyrnn.scoring: a saved model scores exactly as the object that saved it, imports
 little, streams exactly, and serves threads."""
 
+import os
 import subprocess
 import sys
 import textwrap
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -138,8 +140,11 @@ def test_scoring_imports_little(tmp_path, rng):
         assert scipy.linalg.cython_blas is cython_blas
         assert np.allclose(scipy.linalg.solve(np.eye(3) * 2, np.ones(3)), 0.5)
     """)
+    # the cyrnn under test (the installed package in CI), not a source tree in the
+    # working directory, which a clean clone has not built
+    env = dict(os.environ, PYTHONPATH=str(Path(cyrnn.__file__).resolve().parent.parent))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True)
+                         check=True, cwd=tmp_path, env=env)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
 
 
