@@ -175,7 +175,7 @@ def _extensions():
         Extension(
             f"cyrnn.{path.stem}",
             [str(path.relative_to(HERE))],
-            include_dirs=[np.get_include()],
+            include_dirs=[np.get_include(), "src"],
             define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         )
         for path in sources

@@ -145,7 +145,7 @@ def backward(int code, int act, int ract, Py_ssize_t truncate,
     if dc0 is not None:
         dc0p = &dc0[0, 0]
     with nogil:
-        _backward_all(code, act, ract, truncate, T, N, H, &w_hh[0, 0], pp, &mask[0, 0],
+        _backward_all(code, act, ract, truncate, T, N, H, &w_hh[0, 0], NULL, pp, &mask[0, 0],
                       &h[0, 0, 0], cp, &gates[0, 0, 0], ap, seqp, dhTp, dcTp, &dh0[0, 0],
                       dc0p, &work[0, 0, 0], &dg[0, 0], &budget[0], &valid[0],
                       &dxp[0, 0, 0], dghp, &dw_hh[0, 0], &db_hh[0], dpp, small_gemm_rows)
@@ -356,6 +356,9 @@ def train_backward(const int64_t[::1] spec not None, cnp.ndarray data not None,
     cdef char* dh0p
     cdef char* dc0p = NULL
     cdef char* dxp = NULL
+    cdef char* packed = NULL
+    cdef int64_t* pk = NULL
+    cdef int isa = cyrnn_pgemm_isa()
     if cache.buf == NULL:
         raise RuntimeError("this training forward was already backpropagated")
     if (data is not cache.data or spec.shape[0] != cache.sp_len
@@ -412,22 +415,33 @@ def train_backward(const int64_t[::1] spec not None, cnp.ndarray data not None,
             dx = cnp.PyArray_EMPTY(3, dims, d.typenum, 0)
             dxp = <char*>cnp.PyArray_DATA(dx)
         ws = <char*>_alloc(<double>_backward_scratch(&d) * d.isz)
+        if d.N >= PACK_MIN_ROWS and d.T * d.N >= PACK_MIN_STEPS:
+            pk = <int64_t*>_alloc(<double>d.n_ops * PK_WIDTH * 8)
+            packed = <char*>_alloc(<double>_pack_plan(cache.sp, &d, isa, True, pk) * d.isz)
         with nogil:
             if d.isz == 4:
+                if packed != NULL:
+                    _pack_weights(cache.sp, &d, isa, True, pk,
+                                  <const float*>cnp.PyArray_DATA(data), <float*>packed)
                 _fused_backward(cache.sp, &d, plan, tr,
                                 <const float*>cnp.PyArray_DATA(data),
                                 <float*>cnp.PyArray_DATA(grad), <const float*>buf,
                                 ids, mask, <const float*>gp, <const float*>dhp,
                                 <const float*>dcp, <float*>dh0p, <float*>dc0p,
-                                <float*>dxp, <float*>ws)
+                                <float*>dxp, <float*>ws, pk, <const float*>packed, isa)
             else:
+                if packed != NULL:
+                    _pack_weights(cache.sp, &d, isa, True, pk,
+                                  <const double*>cnp.PyArray_DATA(data), <double*>packed)
                 _fused_backward(cache.sp, &d, plan, tr,
                                 <const double*>cnp.PyArray_DATA(data),
                                 <double*>cnp.PyArray_DATA(grad), <const double*>buf,
                                 ids, mask, <const double*>gp, <const double*>dhp,
                                 <const double*>dcp, <double*>dh0p, <double*>dc0p,
-                                <double*>dxp, <double*>ws)
+                                <double*>dxp, <double*>ws, pk, <const double*>packed, isa)
     finally:
+        free(packed)
+        free(pk)
         free(ws)
         free(tr)
         free(buf)

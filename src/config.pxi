@@ -1,15 +1,6 @@
-# Configuration and threads: OpenMP detection, the row-loop thread count, the
-# parallel-row threshold, and the CPU dispatch attribute of the C vector kernels.
+# Configuration and threads: OpenMP detection, the thread count of the row-chunked
+# loops, and the CPU dispatch attribute of the C vector kernels.
 # Included by _cython_kernels.pyx.
-
-# Row loops go parallel only when a step has at least this many hidden units in
-# all (N * H) and at least two rows. Why so high: the gate math of a step is
-# small next to its recurrent GEMM, and an OpenMP region per step that
-# alternates with BLAS's threads stalls every step on a loaded 2-core machine;
-# only steps wider than the largest benchmark configuration share it out.
-cdef enum:
-    PARALLEL_MIN_WORK = 65536
-PARALLEL_MIN = PARALLEL_MIN_WORK
 
 cdef extern from *:
     """

@@ -49,6 +49,7 @@ cdef struct Dims:
     Py_ssize_t drop_w    # sum of the widths of the ops with a dropout flag
     bint any_c, any_bi   # some op has a cell state / two directions
     bint drop            # a training forward with dropout masks
+    bint packed          # the row-chunked forward (packed weights; set before ``_plan``)
     Py_ssize_t hn, cn    # scratch offsets of h_n, c_n (set by ``_plan``)
 
 
@@ -98,9 +99,10 @@ cdef void _reverse_time(floating* a, Py_ssize_t T, Py_ssize_t row) noexcept nogi
             q[j] = v
 
 
-cdef void _merge_fwd(int mode, Py_ssize_t T, Py_ssize_t N, Py_ssize_t H, const floating* a,
-                     const floating* b, floating* out) noexcept nogil:
-    """``out[t] = merge(a[t], b[T-1-t])`` (``layers.recurrent._merge``): ``a`` (T, N, H)
+cdef void _merge_fwd(int mode, Py_ssize_t T, Py_ssize_t N, Py_ssize_t r0, Py_ssize_t r1,
+                     Py_ssize_t H, const floating* a, const floating* b,
+                     floating* out) noexcept nogil:
+    """Rows r0 .. r1-1 of ``out[t] = merge(a[t], b[T-1-t])`` (``layers.recurrent._merge``): ``a`` (T, N, H)
     the forward direction's outputs, ``b`` the reverse direction's in its own
     (reversed) time order; ``out`` (T, N, 2H) for concat, else (T, N, H). With
     ``T = 1``: the final states of a many-to-one op."""
@@ -109,7 +111,7 @@ cdef void _merge_fwd(int mode, Py_ssize_t T, Py_ssize_t N, Py_ssize_t H, const f
     cdef const floating* pb
     cdef floating* po
     for t in range(T):
-        for i in range(N):
+        for i in range(r0, r1):
             pa = a + (t * N + i) * H
             pb = b + ((T - 1 - t) * N + i) * H
             if mode == MERGE_CONCAT:
@@ -304,6 +306,7 @@ cdef int _check_call(const int64_t* sp, cnp.ndarray data, object x, object mask,
     d.any_c = False
     d.any_bi = False
     d.drop = False
+    d.packed = False
     for o in range(d.first, d.n_ops):
         r = _rec(sp, o)
         if r[0] == OP_RNN:
@@ -420,11 +423,18 @@ cdef inline Py_ssize_t _al(Py_ssize_t n) noexcept nogil:
     return (n + 15) & ~(<Py_ssize_t>15)
 
 
+cdef inline Py_ssize_t _gh_off(const Dims* d) noexcept nogil:
+    """The scratch offset of gh, after the input (T, N, F0) and xp: every step's
+    input projections (T, N, GHmax), or one step's on the packed path."""
+    return _al(_al(d.T * d.N * d.F0) + (1 if d.packed else d.T) * d.N * d.GHmax)
+
+
 cdef Py_ssize_t _plan(const int64_t* sp, Dims* d, bint keep, int64_t* plan) noexcept nogil:
     """Element offsets of every op's buffers in one scratch block (``plan``:
     n_ops x P_WIDTH; sets ``d.hn``/``d.cn``); returns the block's size in elements.
 
-    Always: [0] the time-major input (T, N, F0); [1] xp scratch (T, N, GHmax);
+    Always: [0] the time-major input (T, N, F0); [1] xp scratch (T, N, GHmax),
+    one step of it when ``d.packed``;
     [2] gh scratch (N, GHmax); the final states h_n, c_n (flat). ``keep``
     (training): every op gets its own output and, for recurrent ops, every
     direction its own cache (h, c: T+1 states; gates; aux; outputs); a
@@ -441,7 +451,7 @@ cdef Py_ssize_t _plan(const int64_t* sp, Dims* d, bint keep, int64_t* plan) noex
     cdef int64_t* p
     cdef int64_t* q
     # every buffer starts on a 64-byte boundary (the block is 64-byte aligned)
-    pos = _al(_al(TN * d.F0) + TN * d.GHmax) + N * d.GHmax
+    pos = _gh_off(d) + N * d.GHmax
     d.hn = _al(pos)
     pos = d.hn + N * d.SH
     d.cn = -1
@@ -528,34 +538,118 @@ cdef Py_ssize_t _plan(const int64_t* sp, Dims* d, bint keep, int64_t* plan) noex
     return pos
 
 
+cdef enum:
+    # packed-weight offsets per op: per direction (PK_DIR * d +) W_ih, W_hh and Cho's
+    # second W_hh part; a Dense op's weight
+    PK_IH = 0
+    PK_HH = 1
+    PK_HH_N = 2
+    PK_DIR = 3
+    PK_DENSE = 6
+    PK_WIDTH = 7
+    # Row-chunked (packed) forwards: batches of at least PACK_MIN_ROWS rows with at
+    # least PACK_MIN_STEPS row-steps (T * N; packing copies every weight once per
+    # call: a single step of a few streams would pay it for one product).
+    PACK_MIN_ROWS = 4
+    PACK_MIN_STEPS = 32
+
+
+cdef Py_ssize_t _pack_plan(const int64_t* sp, const Dims* d, int isa, bint bwd,
+                           int64_t* pk) noexcept nogil:
+    """Offsets (elements) of every packed weight in one block (``pk``: n_ops x
+    PK_WIDTH, -1 where none); returns the block's size. Forward (``bwd`` false):
+    W_ih and W_hh of every direction (Cho's GRU: W_hh as two parts, gates r, z
+    and gate n) and every Dense weight. Backward: W_hh of every direction for
+    the transposed product ``dg W_hh`` (Cho's GRU: two parts)."""
+    cdef Py_ssize_t o, dd, pos = 0, G, H, R
+    cdef int64_t* q
+    cdef const int64_t* r
+    for o in range(d.n_ops * PK_WIDTH):
+        pk[o] = -1
+    for o in range(d.first, d.n_ops):
+        r = _rec(sp, o)
+        if r[0] == OP_RNN:
+            H = r[RNN_HIDDEN]
+            G = _gates_of(r)
+            for dd in range(r[RNN_DIRS]):
+                q = pk + o * PK_WIDTH + PK_DIR * dd
+                if not bwd:
+                    q[PK_IH] = pos
+                    pos = _al(pos + cyrnn_pgemm_size(isa, d.isz, G, r[RNN_IN]))
+                q[PK_HH] = pos
+                # the first part's rows: all G (Cho's GRU: 2H); the product's (C, K)
+                # is (rows, H) forward, (H, rows) backward
+                R = 2 * H if r[RNN_CELL] == CELL_GRU_CHO else G
+                pos = _al(pos + (cyrnn_pgemm_size(isa, d.isz, H, R) if bwd
+                                 else cyrnn_pgemm_size(isa, d.isz, R, H)))
+                if r[RNN_CELL] == CELL_GRU_CHO:
+                    q[PK_HH_N] = pos
+                    pos = _al(pos + cyrnn_pgemm_size(isa, d.isz, H, H))
+        elif not bwd:
+            pk[o * PK_WIDTH + PK_DENSE] = pos
+            pos = _al(pos + cyrnn_pgemm_size(isa, d.isz, r[DENSE_OUT], r[DENSE_IN]))
+    return pos
+
+
+cdef void _pack_weights(const int64_t* sp, const Dims* d, int isa, bint bwd,
+                        const int64_t* pk, const floating* data,
+                        floating* packed) noexcept nogil:
+    """Pack every weight ``_pack_plan`` placed (``bwd``: W_hh transposed)."""
+    cdef Py_ssize_t o, dd, k0, G, H
+    cdef const int64_t* r
+    cdef const int64_t* q
+    cdef const floating* whh
+    cdef bint cho
+    for o in range(d.first, d.n_ops):
+        r = _rec(sp, o)
+        if r[0] == OP_RNN:
+            H = r[RNN_HIDDEN]
+            cho = r[RNN_CELL] == CELL_GRU_CHO
+            G = 2 * H if cho else _gates_of(r)  # rows of W_hh in the first part
+            for dd in range(r[RNN_DIRS]):
+                q = pk + o * PK_WIDTH + PK_DIR * dd
+                k0 = _tensors_of(r, dd)
+                whh = data + r[k0 + 1]
+                if bwd:
+                    _pack_t(isa, whh, G, H, packed + q[PK_HH])
+                    if cho:
+                        _pack_t(isa, whh + G * H, H, H, packed + q[PK_HH_N])
+                    continue
+                _pack(isa, data + r[k0], _gates_of(r), r[RNN_IN], packed + q[PK_IH])
+                _pack(isa, whh, G, H, packed + q[PK_HH])
+                if cho:
+                    _pack(isa, whh + G * H, H, H, packed + q[PK_HH_N])
+        elif not bwd:
+            _pack(isa, data + r[DENSE_W], r[DENSE_OUT], r[DENSE_IN],
+                  packed + pk[o * PK_WIDTH + PK_DENSE])
+
+
 cdef void _fused_forward(const int64_t* sp, const Dims* d, bint keep, const int64_t* plan,
                          const floating* data, const char* xin, floating* base,
                          const uint8_t* mask, const floating* h0, const floating* c0,
-                         const floating* drop, floating* out) noexcept nogil:
+                         const floating* drop, floating* out, const int64_t* pk,
+                         const floating* packed, int isa) noexcept nogil:
     """Lay the input out time-major, run every op over the plan, write the
     batch-first result to ``out`` and the final states to the scratch's h_n/c_n.
     ``mask`` (T, N), followed by its time reversal when an op has two directions;
     ``h0``/``c0`` the flat initial states or NULL (zeros); ``drop`` the
-    concatenated dropout multipliers or NULL (used when ``keep``)."""
-    cdef Py_ssize_t T = d.T, N = d.N, TN = d.T * d.N, NH, o, t, i, j, H, G, D, O, R, F
-    cdef Py_ssize_t dd, k0, S = d.T + 1 if keep else 2
-    cdef int code
+    concatenated dropout multipliers or NULL (used when ``keep``).
+
+    ``packed`` NULL: one pass over all rows, input projections as one GEMM per
+    op, products through BLAS. Else (weights packed by ``_pack_weights``, offsets
+    ``pk``): each op's rows are cut into chunks that threads take dynamically,
+    each running the op's whole time loop on its rows (rows never interact: no
+    step barrier; ops follow one another, as their step scratch is shared)."""
+    cdef Py_ssize_t T = d.T, N = d.N, TN = d.T * d.N, F = d.F0, rows = N, nch = 1, ci
+    cdef Py_ssize_t nt = 1, r0, o, t, i
     cdef const int64_t* r
-    cdef const int64_t* p
-    cdef const int64_t* q
     cdef const int64_t* idp
     cdef const floating* x
     cdef const floating* table
+    cdef const floating* inp
     cdef floating* x0 = base
-    cdef floating* xp = base + _al(TN * d.F0)
-    cdef floating* gh = base + _al(_al(TN * d.F0) + TN * d.GHmax)
-    cdef floating* inp
-    cdef floating* hbuf
-    cdef floating* cbuf
-    cdef floating* aux
-    cdef floating* y
-    cdef floating* hn = base + d.hn
-    F = d.F0
+    if d.any_c:
+        memset(base + d.cn, 0, N * d.SH * sizeof(floating))
     if d.ids:
         r = _rec(sp, 0)
         table = data + r[EMB_W]
@@ -568,60 +662,21 @@ cdef void _fused_forward(const int64_t* sp, const Dims* d, bint keep, const int6
         for t in range(T):
             for i in range(N):
                 memcpy(x0 + (t * N + i) * F, x + (i * T + t) * F, F * sizeof(floating))
-    if d.any_c:
-        memset(base + d.cn, 0, N * d.SH * sizeof(floating))
+    if packed != NULL:
+        nt = _chunking(N, &rows, &nch)
     for o in range(d.first, d.n_ops):
-        r = _rec(sp, o)
-        p = plan + o * P_WIDTH
-        inp = base + p[P_IN]
-        if r[0] == OP_RNN:
-            code = <int>r[RNN_CELL]
-            D = r[RNN_IN]
-            H = r[RNN_HIDDEN]
-            NH = N * H
-            G = _gates_of(r)
-            for dd in range(r[RNN_DIRS]):
-                q = p + P_DIR + K_DIR * dd
-                k0 = _tensors_of(r, dd)
-                # all steps' input projections; the reverse direction runs on them reversed
-                _affine_fwd(inp, TN, D, G, data + r[k0], data + r[k0 + 2], xp)
-                if dd:
-                    _reverse_time(xp, T, N * G)
-                hbuf = base + q[K_H]
-                _set_state(hbuf, h0, p[P_ST] + dd * NH, NH)
-                cbuf = NULL
-                aux = NULL
-                if has_cell_state_of(code):
-                    cbuf = base + q[K_C]
-                    _set_state(cbuf, c0, p[P_ST] + dd * NH, NH)
-                if has_aux_of(code):
-                    aux = base + q[K_AUX]
-                _forward_loop(code, <int>r[RNN_ACT], <int>r[RNN_RACT], T, N, H, xp,
-                              data + r[k0 + 1], data + r[k0 + 3], _peep_of(data, r, k0),
-                              mask + dd * TN, hbuf, cbuf, S, base + q[K_GATES], aux, keep,
-                              base + q[K_HSEQ], gh, SMALL_GEMM_ROWS)
-                memcpy(hn + p[P_ST] + dd * NH, hbuf + (T % S) * NH, NH * sizeof(floating))
-                if cbuf != NULL:
-                    memcpy(base + d.cn + p[P_ST] + dd * NH, cbuf + (T % S) * NH,
-                           NH * sizeof(floating))
-            F = _width_of(r)
-            y = base + p[P_OUT]
-            if r[RNN_DIRS] == 2 and r[RNN_SEQ]:
-                _merge_fwd(<int>r[RNN_MERGE], T, N, H, base + p[P_DIR + K_HSEQ],
-                           base + p[P_DIR + K_DIR + K_HSEQ], y)
-            elif r[RNN_DIRS] == 2:
-                _merge_fwd(<int>r[RNN_MERGE], 1, N, H, hn + p[P_ST], hn + p[P_ST] + NH, y)
-            if r[RNN_DROP] and keep and drop != NULL:
-                if r[RNN_SEQ]:  # the op's multiplier, kept for the backward
-                    memcpy(base + p[P_DROP], drop, TN * F * sizeof(floating))
-                    for j in range(TN * F):
-                        y[j] *= drop[j]
-                drop += TN * F
+        if nt <= 1:
+            _forward_op(sp, d, o, keep, plan, data, base, mask, h0, c0, drop, 0, N, pk,
+                        packed, isa)
         else:
-            O = r[DENSE_OUT]
-            R = TN if p[P_INSEQ] else N
-            _affine_fwd(inp, R, F, O, data + r[DENSE_W], data + r[DENSE_B], base + p[P_OUT])
-            F = O
+            for ci in prange(nch, schedule='dynamic', chunksize=1, num_threads=nt):
+                r0 = ci * rows
+                _forward_op(sp, d, o, keep, plan, data, base, mask, h0, c0, drop, r0,
+                            min(r0 + rows, N), pk, packed, isa)
+        r = _rec(sp, o)
+        if r[0] == OP_RNN and r[RNN_DROP] and keep and drop != NULL:
+            drop += TN * _width_of(r)
+    F = d.F_out
     inp = base + plan[(d.n_ops - 1) * P_WIDTH + P_OUT] if d.n_ops > d.first else x0
     if d.seq_out:  # time-major (T, N, F) -> batch-first (N, T, F)
         for t in range(T):
@@ -631,13 +686,118 @@ cdef void _fused_forward(const int64_t* sp, const Dims* d, bint keep, const int6
         memcpy(out, inp, N * F * sizeof(floating))
 
 
+cdef void _forward_op(const int64_t* sp, const Dims* d, Py_ssize_t o, bint keep,
+                      const int64_t* plan, const floating* data, floating* base,
+                      const uint8_t* mask, const floating* h0, const floating* c0,
+                      const floating* drop, Py_ssize_t r0, Py_ssize_t r1,
+                      const int64_t* pk, const floating* packed, int isa) noexcept nogil:
+    """Op ``o`` of ``_fused_forward`` on rows r0 .. r1-1 (``packed`` NULL: all
+    rows); ``drop`` points at this op's dropout multiplier."""
+    cdef Py_ssize_t T = d.T, N = d.N, TN = d.T * d.N, NH, t, i, j, H, G, D, O, F
+    cdef Py_ssize_t dd, k0, S = d.T + 1 if keep else 2, n = r1 - r0, nF
+    cdef int code
+    cdef const int64_t* r = _rec(sp, o)
+    cdef const int64_t* p = plan + o * P_WIDTH
+    cdef const int64_t* q
+    cdef const floating* bo
+    cdef floating* xp = base + _al(TN * d.F0)
+    cdef floating* gh = base + _gh_off(d)
+    cdef floating* inp = base + p[P_IN]
+    cdef floating* hbuf
+    cdef floating* cbuf
+    cdef floating* aux
+    cdef floating* hseq
+    cdef floating* y
+    cdef floating* yr
+    cdef floating* hn = base + d.hn
+    cdef StepInput si
+    cdef StepInput* sip = NULL
+    if packed != NULL:
+        si.isa = isa
+        sip = &si
+    if r[0] == OP_RNN:
+        code = <int>r[RNN_CELL]
+        D = r[RNN_IN]
+        H = r[RNN_HIDDEN]
+        NH = N * H
+        G = _gates_of(r)
+        for dd in range(r[RNN_DIRS]):
+            q = p + P_DIR + K_DIR * dd
+            k0 = _tensors_of(r, dd)
+            if packed == NULL:
+                # all steps' input projections; the reverse direction runs on them reversed
+                _affine_fwd(inp, TN, D, G, data + r[k0], data + r[k0 + 2], xp)
+                if dd:
+                    _reverse_time(xp, T, N * G)
+            else:
+                si.x = inp
+                si.D = D
+                si.rev = dd > 0
+                si.wih = packed + pk[o * PK_WIDTH + PK_DIR * dd + PK_IH]
+                si.bih = data + r[k0 + 2]
+                si.whh = packed + pk[o * PK_WIDTH + PK_DIR * dd + PK_HH]
+                si.whh_n = packed + pk[o * PK_WIDTH + PK_DIR * dd + PK_HH_N]
+            hbuf = base + q[K_H]
+            _set_state(hbuf, h0, p[P_ST] + dd * NH, r0 * H, n * H)
+            cbuf = NULL
+            aux = NULL
+            if has_cell_state_of(code):
+                cbuf = base + q[K_C]
+                _set_state(cbuf, c0, p[P_ST] + dd * NH, r0 * H, n * H)
+            if has_aux_of(code):
+                aux = base + q[K_AUX]
+            # a many-to-one op keeps no per-step outputs (its output is the final state)
+            hseq = base + q[K_HSEQ] if r[RNN_SEQ] else NULL
+            _forward_rows(code, <int>r[RNN_ACT], <int>r[RNN_RACT], T, N, r0, r1, H, xp, sip,
+                          data + r[k0 + 1], data + r[k0 + 3], _peep_of(data, r, k0),
+                          mask + dd * TN, hbuf, cbuf, S, base + q[K_GATES], aux, keep, hseq,
+                          gh, SMALL_GEMM_ROWS)
+            memcpy(hn + p[P_ST] + dd * NH + r0 * H, hbuf + (T % S) * NH + r0 * H,
+                   n * H * sizeof(floating))
+            if cbuf != NULL:
+                memcpy(base + d.cn + p[P_ST] + dd * NH + r0 * H,
+                       cbuf + (T % S) * NH + r0 * H, n * H * sizeof(floating))
+        F = _width_of(r)
+        y = base + p[P_OUT]
+        if r[RNN_DIRS] == 2 and r[RNN_SEQ]:
+            _merge_fwd(<int>r[RNN_MERGE], T, N, r0, r1, H, base + p[P_DIR + K_HSEQ],
+                       base + p[P_DIR + K_DIR + K_HSEQ], y)
+        elif r[RNN_DIRS] == 2:
+            _merge_fwd(<int>r[RNN_MERGE], 1, N, r0, r1, H, hn + p[P_ST], hn + p[P_ST] + NH, y)
+        if r[RNN_DROP] and keep and drop != NULL and r[RNN_SEQ]:
+            # the op's multiplier, kept for the backward
+            nF = n * F
+            for t in range(T):
+                k0 = (t * N + r0) * F
+                memcpy(base + p[P_DROP] + k0, drop + k0, nF * sizeof(floating))
+                for j in range(k0, k0 + nF):
+                    y[j] *= drop[j]
+        return
+    O = r[DENSE_OUT]
+    F = r[DENSE_IN]
+    if packed == NULL:
+        _affine_fwd(inp, TN if p[P_INSEQ] else N, F, O, data + r[DENSE_W], data + r[DENSE_B],
+                    base + p[P_OUT])
+        return
+    bo = data + r[DENSE_B]
+    for t in range(T if p[P_INSEQ] else 1):
+        k0 = t * N + r0
+        _pg(isa, inp + k0 * F, F, n, F, packed + pk[o * PK_WIDTH + PK_DENSE], O,
+            base + p[P_OUT] + k0 * O, O)
+        for i in range(n):
+            yr = base + p[P_OUT] + (k0 + i) * O
+            for j in range(O):
+                yr[j] += bo[j]
+
+
 cdef inline void _set_state(floating* slot0, const floating* s0, Py_ssize_t off,
-                            Py_ssize_t n) noexcept nogil:
-    """A direction's initial state: ``s0[off:off+n]``, zeros when ``s0`` is NULL."""
+                            Py_ssize_t rows_off, Py_ssize_t n) noexcept nogil:
+    """Rows of a direction's initial state: ``s0[off + rows_off:][:n]`` into
+    ``slot0[rows_off:]``, zeros when ``s0`` is NULL."""
     if s0 != NULL:
-        memcpy(slot0, s0 + off, n * sizeof(floating))
+        memcpy(slot0 + rows_off, s0 + off + rows_off, n * sizeof(floating))
     else:
-        memset(slot0, 0, n * sizeof(floating))
+        memset(slot0 + rows_off, 0, n * sizeof(floating))
 
 
 cdef void _fused_backward(const int64_t* sp, const Dims* d, const int64_t* plan,
@@ -645,14 +805,17 @@ cdef void _fused_backward(const int64_t* sp, const Dims* d, const int64_t* plan,
                           const floating* base, const int64_t* ids, const uint8_t* mask,
                           const floating* d_out, const floating* dh_n, const floating* dc_n,
                           floating* dh0, floating* dc0, floating* dx,
-                          floating* ws) noexcept nogil:
+                          floating* ws, const int64_t* pk, const floating* packed,
+                          int isa) noexcept nogil:
     """Gradients of a ``keep`` forward: every parameter gradient is added into
     ``grad`` (same layout as ``data``). ``d_out`` is batch-first like the output
     (NULL: none); ``dh_n``/``dc_n`` the flat final-state gradients or NULL;
     ``dh0``/``dc0`` (flat, ``dc0`` NULL without cell states, else zero-filled)
     receive the initial-state gradients; ``dx`` (N, T, F0) the input gradient, or
     NULL. ``mask`` as in ``_fused_forward``. ``ws`` is backward scratch (see
-    ``_backward_scratch``)."""
+    ``_backward_scratch``). ``packed`` (NULL: none): every W_hh packed by
+    ``_pack_weights`` for the backward, offsets ``pk``: the sweeps then run on row
+    chunks on several threads."""
     cdef Py_ssize_t T = d.T, N = d.N, TN = d.T * d.N, NH, o, t, i, j, H, G, D, O, R, F, E
     cdef Py_ssize_t span = TN * d.Fmax, nrec = 0, dd, k0, off
     cdef const int64_t* r
@@ -680,6 +843,9 @@ cdef void _fused_backward(const int64_t* sp, const Dims* d, const int64_t* plan,
     cdef floating* swap
     cdef const floating* inp
     cdef bint need_din, gru, cell
+    cdef StepWeights sw
+    cdef StepWeights* swp = NULL
+    sw.isa = isa
     F = d.F_out
     if d_out == NULL:
         memset(dcur, 0, (TN if d.seq_out else N) * F * sizeof(floating))
@@ -744,11 +910,15 @@ cdef void _fused_backward(const int64_t* sp, const Dims* d, const int64_t* plan,
                         for j in range(NH):
                             dsq[j] += dhT[j]
                     dhT = dsq
+                if packed != NULL:
+                    sw.wt = packed + pk[o * PK_WIDTH + PK_DIR * dd + PK_HH]
+                    sw.wt_n = packed + pk[o * PK_WIDTH + PK_DIR * dd + PK_HH_N]
+                    swp = &sw
                 memset(dxp, 0, TN * G * sizeof(floating))
                 if gru:
                     memset(dgh, 0, TN * G * sizeof(floating))
                 _backward_all(code, <int>r[RNN_ACT], <int>r[RNN_RACT], trunc[nrec], T, N, H,
-                              data + r[k0 + 1], peep, mask + dd * TN, base + q[K_H],
+                              data + r[k0 + 1], swp, peep, mask + dd * TN, base + q[K_H],
                               base + q[K_C] if cell else NULL, base + q[K_GATES],
                               base + q[K_AUX] if has_aux_of(code) else NULL, dseq, dhT,
                               dc_n + off if cell and dc_n != NULL else NULL, dh0 + off,
@@ -870,18 +1040,36 @@ cdef int _run_forward(const int64_t* sp, Dims* d, bint keep, int64_t* plan,
                       else <char*>cnp.PyArray_DATA(<cnp.ndarray>x))
     cdef char* dptr = <char*>cnp.PyArray_DATA(data)
     cdef char* optr = <char*>cnp.PyArray_DATA(<cnp.ndarray>res)
+    cdef char* packed = NULL
+    cdef int64_t* pk = NULL
+    cdef int isa
     cdef double need
     # sizes in double first: the planner's Py_ssize_t sums must not overflow
     need = ((<double>d.T + 1) * d.N * (d.F0 + 3.0 * d.GHmax + 4.0 * d.Hmax + 2.0 * d.Fmax)
             * max(1, d.n_ops) * (2 if d.any_bi else 1) + <double>d.N * d.SH * 2)
     if need * d.isz > 1e15:
         raise MemoryError("fused call scratch too large")
+    d.packed = d.N >= PACK_MIN_ROWS and TN >= PACK_MIN_STEPS
     n_el = _plan(sp, d, keep, plan)
     buf = <char*>_alloc(<double>n_el * d.isz)
     mask = <uint8_t*>malloc(<size_t>(TN * (2 if d.any_bi else 1)))
     if mask == NULL:
         free(buf)
         raise MemoryError("fused call scratch")
+    isa = cyrnn_pgemm_isa()
+    if d.packed:
+        pk = <int64_t*>malloc(<size_t>(d.n_ops * PK_WIDTH * 8))
+        if pk == NULL:
+            free(buf)
+            free(mask)
+            raise MemoryError("fused call scratch")
+        try:
+            packed = <char*>_alloc(<double>_pack_plan(sp, d, isa, False, pk) * d.isz)
+        except MemoryError:
+            free(pk)
+            free(buf)
+            free(mask)
+            raise
     with nogil:
         if valid != NULL:
             memcpy(mask, valid, <size_t>TN)
@@ -891,13 +1079,19 @@ cdef int _run_forward(const int64_t* sp, Dims* d, bint keep, int64_t* plan,
             for t in range(d.T):
                 memcpy(mask + TN + t * d.N, mask + (d.T - 1 - t) * d.N, <size_t>d.N)
         if d.isz == 4:
+            if packed != NULL:
+                _pack_weights(sp, d, isa, False, pk, <const float*>dptr, <float*>packed)
             _fused_forward(sp, d, keep, plan, <const float*>dptr, xin, <float*>buf, mask,
                            <const float*>h0, <const float*>c0, <const float*>drop,
-                           <float*>optr)
+                           <float*>optr, pk, <const float*>packed, isa)
         else:
+            if packed != NULL:
+                _pack_weights(sp, d, isa, False, pk, <const double*>dptr, <double*>packed)
             _fused_forward(sp, d, keep, plan, <const double*>dptr, xin, <double*>buf, mask,
                            <const double*>h0, <const double*>c0, <const double*>drop,
-                           <double*>optr)
+                           <double*>optr, pk, <const double*>packed, isa)
+    free(packed)
+    free(pk)
     buf_out[0] = buf
     mask_out[0] = mask
     return 0

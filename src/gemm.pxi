@@ -234,3 +234,68 @@ cdef inline void _gemm_dw(const floating* dgh, const floating* hin, Py_ssize_t r
     """
     _gemm(c'N', c'T', <int>H, <int>rows, <int>TN, 1, hin, <int>H,
           dgh + row0, <int>GH, 0, dw + row0 * H, <int>H)
+
+
+# ----------------------------------------------------------------------------
+# Packed GEMM (src/pgemm.h): the per-step products of the row-chunked time loops,
+# on the calling thread, from weights packed once per call.
+# ----------------------------------------------------------------------------
+
+cdef extern from "pgemm.h" nogil:
+    int cyrnn_pgemm_isa()
+    Py_ssize_t cyrnn_pgemm_size(int isa, size_t esize, Py_ssize_t C, Py_ssize_t K)
+    void cyrnn_pack_f(int isa, const float* W, Py_ssize_t C, Py_ssize_t K, Py_ssize_t sc,
+                      Py_ssize_t sk, float* P)
+    void cyrnn_pack_d(int isa, const double* W, Py_ssize_t C, Py_ssize_t K, Py_ssize_t sc,
+                      Py_ssize_t sk, double* P)
+    void cyrnn_pgemm_f(int isa, const float* x, Py_ssize_t ldx, Py_ssize_t n, Py_ssize_t K,
+                       const float* P, Py_ssize_t C, float* out, Py_ssize_t ldo, int beta)
+    void cyrnn_pgemm_d(int isa, const double* x, Py_ssize_t ldx, Py_ssize_t n, Py_ssize_t K,
+                       const double* P, Py_ssize_t C, double* out, Py_ssize_t ldo, int beta)
+
+
+cdef inline void _pack(int isa, const floating* w, Py_ssize_t C, Py_ssize_t K,
+                       floating* P) noexcept nogil:
+    """Pack the (C, K) row-major weight ``w`` for ``_pg`` (``cyrnn_pgemm_size`` elements)."""
+    if floating is float:
+        cyrnn_pack_f(isa, w, C, K, K, 1, P)
+    else:
+        cyrnn_pack_d(isa, w, C, K, K, 1, P)
+
+
+cdef inline void _pack_t(int isa, const floating* a, Py_ssize_t K, Py_ssize_t C,
+                         floating* P) noexcept nogil:
+    """Pack the (K, C) row-major ``a`` for ``_pg`` as the operand ``W = a^T`` (C, K):
+    the product then is ``x a``."""
+    if floating is float:
+        cyrnn_pack_f(isa, a, C, K, 1, C, P)
+    else:
+        cyrnn_pack_d(isa, a, C, K, 1, C, P)
+
+
+cdef inline void _pg(int isa, const floating* x, Py_ssize_t ldx, Py_ssize_t n, Py_ssize_t K,
+                     const floating* P, Py_ssize_t C, floating* out,
+                     Py_ssize_t ldo) noexcept nogil:
+    """``out[i, :C] = x[i, :K] W^T`` for ``n`` rows (strides ``ldx``, ``ldo``), ``W``
+    packed by ``_pack``. Each element is one k-ascending sum, whatever ``n``: a row's
+    result does not depend on the rows computed with it."""
+    if floating is float:
+        cyrnn_pgemm_f(isa, x, ldx, n, K, P, C, out, ldo, 0)
+    else:
+        cyrnn_pgemm_d(isa, x, ldx, n, K, P, C, out, ldo, 0)
+
+
+cdef inline void _pg_acc(int isa, const floating* x, Py_ssize_t ldx, Py_ssize_t n,
+                         Py_ssize_t K, const floating* P, Py_ssize_t C, floating* out,
+                         Py_ssize_t ldo, int beta) noexcept nogil:
+    """``_pg`` that adds into ``out`` when ``beta`` (else overwrites)."""
+    if floating is float:
+        cyrnn_pgemm_f(isa, x, ldx, n, K, P, C, out, ldo, beta)
+    else:
+        cyrnn_pgemm_d(isa, x, ldx, n, K, P, C, out, ldo, beta)
+
+
+def pgemm_isa():
+    """The instruction set the packed GEMM picked on this CPU at run time:
+    ``"avx512f"``, ``"avx2"`` or ``"baseline"``."""
+    return ("baseline", "avx2", "avx512f")[cyrnn_pgemm_isa()]

@@ -15,7 +15,7 @@ cdef inline void _mask_rows(Py_ssize_t lo, Py_ssize_t hi, Py_ssize_t H,
                             const floating* cp, floating* cn,
                             floating* hseq) noexcept nogil:
     """Output h' of valid rows (one copy per run of valid rows); a masked row keeps
-    its state and outputs zero."""
+    its state and outputs zero. ``hseq`` NULL: no per-step output (many-to-one)."""
     cdef Py_ssize_t i = lo, j, o
     while i < hi:
         o = i * H
@@ -23,35 +23,29 @@ cdef inline void _mask_rows(Py_ssize_t lo, Py_ssize_t hi, Py_ssize_t H,
             j = i + 1
             while j < hi and mask[j]:
                 j += 1
-            memcpy(hseq + o, hn + o, (j - i) * H * sizeof(floating))
+            if hseq != NULL:
+                memcpy(hseq + o, hn + o, (j - i) * H * sizeof(floating))
             i = j
         else:
             memcpy(hn + o, hp + o, H * sizeof(floating))
             if cn != NULL:
                 memcpy(cn + o, cp + o, H * sizeof(floating))
-            memset(hseq + o, 0, H * sizeof(floating))
+            if hseq != NULL:
+                memset(hseq + o, 0, H * sizeof(floating))
             i += 1
 
 
-cdef void _fwd_rows(bint par, Py_ssize_t N, int code, int act, int ract, int phase,
-                    bint last, Py_ssize_t H, const floating* xp, const floating* gh,
-                    const floating* b, const floating* peep, const floating* hp,
-                    floating* hn, const floating* cp, floating* cn, floating* gates,
-                    floating* aux, const uint8_t* mask, floating* hseq) noexcept nogil:
-    """One phase of one step for every row; ``last``: the step's final phase
+cdef inline void _fwd_rows(Py_ssize_t lo, Py_ssize_t hi, int code, int act, int ract,
+                           int phase, bint last, Py_ssize_t H, const floating* xp,
+                           const floating* gh, const floating* b, const floating* peep,
+                           const floating* hp, floating* hn, const floating* cp, floating* cn,
+                           floating* gates, floating* aux, const uint8_t* mask,
+                           floating* hseq) noexcept nogil:
+    """One phase of one step for rows lo .. hi-1; ``last``: the step's final phase
     (then masking and the output)."""
-    cdef Py_ssize_t i
-    if par:
-        for i in prange(N, schedule='static', num_threads=_nthreads()):
-            cell_fwd(code, act, ract, phase, i, i + 1, H, xp, gh, b, peep, hp, cp, hn, cn,
-                     gates, aux)
-            if last:
-                _mask_rows(i, i + 1, H, mask, hp, hn, cp, cn, hseq)
-    else:
-        cell_fwd(code, act, ract, phase, 0, N, H, xp, gh, b, peep, hp, cp, hn, cn, gates,
-                 aux)
-        if last:
-            _mask_rows(0, N, H, mask, hp, hn, cp, cn, hseq)
+    cell_fwd(code, act, ract, phase, lo, hi, H, xp, gh, b, peep, hp, cp, hn, cn, gates, aux)
+    if last:
+        _mask_rows(lo, hi, H, mask, hp, hn, cp, cn, hseq)
 
 
 cdef inline void _add_output_grad(Py_ssize_t lo, Py_ssize_t hi, Py_ssize_t H,
@@ -66,63 +60,79 @@ cdef inline void _add_output_grad(Py_ssize_t lo, Py_ssize_t hi, Py_ssize_t H,
                 dh[o + j] += dhseq[o + j]
 
 
-cdef void _bwd_rows(bint par, Py_ssize_t N, int code, int act, int ract, int phase,
-                    Py_ssize_t H, const uint8_t* valid, const floating* dhseq,
-                    floating* dh, const floating* dc, const floating* hp,
-                    const floating* cp, const floating* cn, const floating* gates,
-                    const floating* aux, const floating* peep, const floating* drh,
-                    floating* dg, floating* dx, floating* dhn,
-                    floating* dcn) noexcept nogil:
-    """One backward phase of one step for every row (phase 0 first adds the
+cdef inline void _bwd_rows(Py_ssize_t lo, Py_ssize_t hi, int code, int act, int ract,
+                           int phase, Py_ssize_t H, const uint8_t* valid,
+                           const floating* dhseq, floating* dh, const floating* dc,
+                           const floating* hp, const floating* cp, const floating* cn,
+                           const floating* gates, const floating* aux, const floating* peep,
+                           const floating* drh, floating* dg, floating* dx, floating* dhn,
+                           floating* dcn) noexcept nogil:
+    """One backward phase of one step for rows lo .. hi-1 (phase 0 first adds the
     output gradient ``dhseq``, when given, into ``dh``)."""
-    cdef Py_ssize_t i
-    if par:
-        for i in prange(N, schedule='static', num_threads=_nthreads()):
-            if phase == 0 and dhseq != NULL:
-                _add_output_grad(i, i + 1, H, valid, dhseq, dh)
-            cell_bwd(code, act, ract, phase, i, i + 1, H, valid, dh, dc, hp, cp, cn, gates,
-                     aux, peep, drh, dg, dx, dhn, dcn)
-    else:
-        if phase == 0 and dhseq != NULL:
-            _add_output_grad(0, N, H, valid, dhseq, dh)
-        cell_bwd(code, act, ract, phase, 0, N, H, valid, dh, dc, hp, cp, cn, gates, aux,
-                 peep, drh, dg, dx, dhn, dcn)
+    if phase == 0 and dhseq != NULL:
+        _add_output_grad(lo, hi, H, valid, dhseq, dh)
+    cell_bwd(code, act, ract, phase, lo, hi, H, valid, dh, dc, hp, cp, cn, gates, aux, peep,
+             drh, dg, dx, dhn, dcn)
 
 
-cdef inline void _bwd_finish_row(Py_ssize_t i, Py_ssize_t H, Py_ssize_t GH,
-                                 const uint8_t* valid, int64_t* budget,
-                                 const floating* dg, floating* dgh,
-                                 floating* dhn, floating* dcn) noexcept nogil:
+cdef inline void _bwd_finish_rows(Py_ssize_t lo, Py_ssize_t hi, Py_ssize_t H, Py_ssize_t GH,
+                                  const uint8_t* valid, int64_t* budget,
+                                  const floating* dg, floating* dgh,
+                                  floating* dhn, floating* dcn) noexcept nogil:
     """dgh[t] += dg (dgh NULL: the cell's dxp already is dgh); spend one unit of
     budget on valid rows, dropping the gradient of rows whose budget is used up."""
-    cdef Py_ssize_t o = i * H, og = i * GH, j
-    if dgh != NULL:
-        for j in range(GH):
-            dgh[og + j] += dg[og + j]
-    if budget != NULL and valid[i]:
-        budget[i] -= 1
-        if budget[i] == 0:
-            memset(dhn + o, 0, H * sizeof(floating))
-            if dcn != NULL:
-                memset(dcn + o, 0, H * sizeof(floating))
-
-
-cdef void _bwd_finish_rows(bint par, Py_ssize_t N, Py_ssize_t H, Py_ssize_t GH,
-                           const uint8_t* valid, int64_t* budget,
-                           const floating* dg, floating* dgh,
-                           floating* dhn, floating* dcn) noexcept nogil:
-    cdef Py_ssize_t i
-    if par:
-        for i in prange(N, schedule='static', num_threads=_nthreads()):
-            _bwd_finish_row(i, H, GH, valid, budget, dg, dgh, dhn, dcn)
-    else:
-        for i in range(N):
-            _bwd_finish_row(i, H, GH, valid, budget, dg, dgh, dhn, dcn)
+    cdef Py_ssize_t i, o, og, j
+    for i in range(lo, hi):
+        o = i * H
+        og = i * GH
+        if dgh != NULL:
+            for j in range(GH):
+                dgh[og + j] += dg[og + j]
+        if budget != NULL and valid[i]:
+            budget[i] -= 1
+            if budget[i] == 0:
+                memset(dhn + o, 0, H * sizeof(floating))
+                if dcn != NULL:
+                    memset(dcn + o, 0, H * sizeof(floating))
 
 
 # ----------------------------------------------------------------------------
 # The time loops.
 # ----------------------------------------------------------------------------
+
+cdef enum:
+    # Row chunks of the packed path: at least CHUNK_MIN_ROWS rows, about two per
+    # thread, handed out dynamically, so that a thread preempted by another
+    # process delays only the chunk it holds.
+    CHUNK_MIN_ROWS = 8
+
+
+cdef inline Py_ssize_t _chunking(Py_ssize_t N, Py_ssize_t* rows,
+                                 Py_ssize_t* nch) noexcept nogil:
+    """Cut N rows into chunks (``rows`` each, the last one shorter; ``nch`` of
+    them); returns the threads to run them on (1: run them serially)."""
+    cdef Py_ssize_t nt = _nthreads()
+    rows[0] = (N + 2 * nt - 1) // (2 * nt)
+    if rows[0] < CHUNK_MIN_ROWS:
+        rows[0] = CHUNK_MIN_ROWS
+    nch[0] = (N + rows[0] - 1) // rows[0]
+    return min(nt, nch[0])
+
+
+cdef struct StepInput:
+    # The packed path's per-step input (``_forward_rows``): the op's time-major
+    # input (T, N, D), read in reverse time order when ``rev``; its packed W_ih and
+    # b_ih; the packed W_hh (Cho's GRU: rows [0, 2H) in ``whh``, [2H, 3H) in
+    # ``whh_n``). Pointers to the call's dtype, cast where used.
+    const void* x
+    Py_ssize_t D
+    bint rev
+    const void* wih
+    const void* bih
+    const void* whh
+    const void* whh_n
+    int isa
+
 
 cdef void _forward_loop(int code, int act, int ract, Py_ssize_t T, Py_ssize_t N,
                         Py_ssize_t H, const floating* xp, const floating* w,
@@ -130,15 +140,35 @@ cdef void _forward_loop(int code, int act, int ract, Py_ssize_t T, Py_ssize_t N,
                         floating* hbuf, floating* cbuf, Py_ssize_t S,
                         floating* gates, floating* aux, bint keep_cache,
                         floating* hseq, floating* gh, Py_ssize_t small) noexcept nogil:
-    """``hbuf``/``cbuf`` hold S states: S = T+1 (cache) or 2 (ping-pong);
+    """The forward loop over every row from precomputed input projections ``xp``
+    (T, N, G*H): ``_forward_rows`` without a ``StepInput``."""
+    _forward_rows(code, act, ract, T, N, 0, N, H, <floating*>xp, NULL, w, b, peep, mask,
+                  hbuf, cbuf, S, gates, aux, keep_cache, hseq, gh, small)
+
+
+cdef void _forward_rows(int code, int act, int ract, Py_ssize_t T, Py_ssize_t N,
+                        Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t H, floating* xp,
+                        const StepInput* si, const floating* w, const floating* b,
+                        const floating* peep, const uint8_t* mask, floating* hbuf,
+                        floating* cbuf, Py_ssize_t S, floating* gates, floating* aux,
+                        bint keep_cache, floating* hseq, floating* gh,
+                        Py_ssize_t small) noexcept nogil:
+    """Rows r0 .. r1-1 of the forward time loop (rows are independent sequences,
+    so row chunks run on separate threads with no step barrier).
+
+    ``hbuf``/``cbuf`` hold S states: S = T+1 (cache) or 2 (ping-pong);
     state t lives in slot t % S, slot 0 preset to h0/c0 by the caller (``cbuf``
     NULL without a cell state). ``gates``/``aux`` hold T steps (cache) or one
     (scratch); ``aux`` NULL for cells without one. ``peep`` (3, H) or NULL.
-    Batches of at most ``small`` rows use the own GEMM kernel for the recurrent
-    products."""
-    cdef Py_ssize_t GH = n_gates_of(code) * H, NH = N * H, t
+    ``hseq`` (T, N, H) or NULL (no per-step outputs kept).
+
+    ``si`` NULL: ``xp`` (T, N, G*H) holds every step's input projection, and the
+    recurrent products use BLAS (own kernel for batches of at most ``small``
+    rows); rows must be all of them. ``si`` given: each step's projection is
+    computed into ``xp`` (one (N, G*H) slot; these rows) and every product uses
+    the packed kernels."""
+    cdef Py_ssize_t GH = n_gates_of(code) * H, NH = N * H, t, i, j, n = r1 - r0, D
     cdef bint cho = code == CELL_GRU_CHO
-    cdef bint par = N >= 2 and NH >= PARALLEL_MIN_WORK
     cdef bint own = N <= small
     cdef const floating* hp
     cdef floating* hn
@@ -146,7 +176,10 @@ cdef void _forward_loop(int code, int act, int ract, Py_ssize_t T, Py_ssize_t N,
     cdef floating* cn = NULL
     cdef floating* gt
     cdef floating* ax = NULL
+    cdef floating* hs = NULL
     cdef const floating* x
+    cdef const floating* bih
+    cdef floating* xr
     for t in range(T):
         hp = hbuf + (t % S) * NH
         hn = hbuf + ((t + 1) % S) * NH
@@ -156,30 +189,65 @@ cdef void _forward_loop(int code, int act, int ract, Py_ssize_t T, Py_ssize_t N,
         gt = gates + (t * N * GH if keep_cache else 0)
         if aux != NULL:
             ax = aux + (t * NH if keep_cache else 0)
-        x = xp + t * N * GH
+        if hseq != NULL:
+            hs = hseq + t * NH
+        if si == NULL:
+            x = xp + t * N * GH
+            if cho:
+                # r, z from h; n from (r h) W_hn^T: two GEMMs around phase 0.
+                _gemm_hh(own, hp, w, 0, 2 * H, N, H, GH, gh)
+                _fwd_rows(r0, r1, code, act, ract, 0, False, H, x, gh, b, peep, hp, hn, cp,
+                          cn, gt, ax, mask + t * N, hs)
+                _gemm_hh(own, ax, w, 2 * H, H, N, H, GH, gh)
+                _fwd_rows(r0, r1, code, act, ract, 1, True, H, x, gh, b, peep, hp, hn, cp,
+                          cn, gt, ax, mask + t * N, hs)
+            else:
+                _gemm_hh(own, hp, w, 0, GH, N, H, GH, gh)
+                _fwd_rows(r0, r1, code, act, ract, -1, True, H, x, gh, b, peep, hp, hn, cp,
+                          cn, gt, ax, mask + t * N, hs)
+            continue
+        # the packed path: this step's input projection, then the products, rows r0..r1
+        D = si.D
+        _pg(si.isa, <const floating*>si.x + ((T - 1 - t) if si.rev else t) * N * D + r0 * D,
+            D, n, D, <const floating*>si.wih, GH, xp + r0 * GH, GH)
+        bih = <const floating*>si.bih
+        for i in range(n):
+            xr = xp + (r0 + i) * GH
+            for j in range(GH):
+                xr[j] += bih[j]
         if cho:
-            # r, z from h; n from (r h) W_hn^T: two GEMMs around phase 0.
-            _gemm_hh(own, hp, w, 0, 2 * H, N, H, GH, gh)
-            _fwd_rows(par, N, code, act, ract, 0, False, H, x, gh, b, peep, hp, hn, cp, cn,
-                      gt, ax, mask + t * N, hseq + t * NH)
-            _gemm_hh(own, ax, w, 2 * H, H, N, H, GH, gh)
-            _fwd_rows(par, N, code, act, ract, 1, True, H, x, gh, b, peep, hp, hn, cp, cn,
-                      gt, ax, mask + t * N, hseq + t * NH)
+            _pg(si.isa, hp + r0 * H, H, n, H, <const floating*>si.whh, 2 * H, gh + r0 * GH, GH)
+            _fwd_rows(r0, r1, code, act, ract, 0, False, H, xp, gh, b, peep, hp, hn, cp, cn,
+                      gt, ax, mask + t * N, hs)
+            _pg(si.isa, ax + r0 * H, H, n, H, <const floating*>si.whh_n, H,
+                gh + r0 * GH + 2 * H, GH)
+            _fwd_rows(r0, r1, code, act, ract, 1, True, H, xp, gh, b, peep, hp, hn, cp, cn,
+                      gt, ax, mask + t * N, hs)
         else:
-            _gemm_hh(own, hp, w, 0, GH, N, H, GH, gh)
-            _fwd_rows(par, N, code, act, ract, -1, True, H, x, gh, b, peep, hp, hn, cp, cn,
-                      gt, ax, mask + t * N, hseq + t * NH)
+            _pg(si.isa, hp + r0 * H, H, n, H, <const floating*>si.whh, GH, gh + r0 * GH, GH)
+            _fwd_rows(r0, r1, code, act, ract, -1, True, H, xp, gh, b, peep, hp, hn, cp, cn,
+                      gt, ax, mask + t * N, hs)
+
+
+cdef struct StepWeights:
+    # The packed path's recurrent weights for the backward (``_backward_sweep``):
+    # W_hh packed for ``dg W_hh`` (the transposed product; Cho's GRU: rows
+    # [0, 2H) in ``wt``, [2H, 3H) in ``wt_n``). Pointers to the call's dtype.
+    const void* wt
+    const void* wt_n
+    int isa
 
 
 cdef void _backward_sweep(int code, int act, int ract, Py_ssize_t t0, Py_ssize_t N,
-                          Py_ssize_t H, const floating* w, const floating* peep,
+                          Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t H, const floating* w,
+                          const StepWeights* sw, const floating* peep,
                           const uint8_t* mask, const floating* hc, const floating* cc,
                           const floating* gates, const floating* aux,
                           const floating* dhseq, floating* dh, floating* dh_tmp,
                           floating* dc, floating* dc_tmp, floating* dg, floating* drh,
                           int64_t* budget, uint8_t* vbuf, floating* dxp, floating* dgh,
                           Py_ssize_t small) noexcept nogil:
-    """Backpropagate from step ``t0`` down to 0, adding into dxp/dgh.
+    """Backpropagate rows r0 .. r1-1 from step ``t0`` down to 0, adding into dxp/dgh.
 
     ``dh``/``dc`` (N, H) carry the incoming gradient and receive the gradient on
     the state before step 0 (``dh_tmp``/``dc_tmp`` are ping-pong scratch; the
@@ -187,11 +255,11 @@ cdef void _backward_sweep(int code, int act, int ract, Py_ssize_t t0, Py_ssize_t
     gradients added at valid steps. ``budget`` (N,) or NULL: valid cells each
     row may still pass through; a row whose budget runs out drops its gradient.
     Stops early once all are spent. ``vbuf`` (N,) scratch: the rows valid at a
-    step (mask and budget).
+    step (mask and budget). ``sw`` NULL: the products ``dg W_hh`` through BLAS
+    (rows must be all of them); else the packed kernels on these rows.
     """
-    cdef Py_ssize_t GH = n_gates_of(code) * H, NH = N * H, t, i
+    cdef Py_ssize_t GH = n_gates_of(code) * H, NH = N * H, t, i, n = r1 - r0
     cdef bint cho = code == CELL_GRU_CHO
-    cdef bint par = N >= 2 and NH >= PARALLEL_MIN_WORK
     cdef bint own = N <= small
     cdef floating* dh_in = dh
     cdef floating* dc_in = dc
@@ -214,7 +282,7 @@ cdef void _backward_sweep(int code, int act, int ract, Py_ssize_t t0, Py_ssize_t
         if dhseq != NULL:
             seq = dhseq + t * NH
         if budget != NULL:
-            for i in range(N):
+            for i in range(r0, r1):
                 vbuf[i] = mask[t * N + i] != 0 and budget[i] > 0
             valid = vbuf
         else:
@@ -222,17 +290,28 @@ cdef void _backward_sweep(int code, int act, int ract, Py_ssize_t t0, Py_ssize_t
         gt = gates + t * N * GH
         hp = hc + t * NH
         dx = dxp + t * N * GH
-        _bwd_rows(par, N, code, act, ract, 0, H, valid, seq, dh, dc, hp, cp, cn, gt, ax,
+        _bwd_rows(r0, r1, code, act, ract, 0, H, valid, seq, dh, dc, hp, cp, cn, gt, ax,
                   peep, drh, dg, dx, dh_tmp, dc_tmp)
-        if cho:
-            # drh = dn W_hn (the gradient on r h), then the r-gate phase.
-            _gemm_dh(own, dg, w, 2 * H, H, N, H, GH, 0, drh)
-            _bwd_rows(par, N, code, act, ract, 1, H, valid, seq, dh, dc, hp, cp, cn, gt,
+        if sw == NULL:
+            if cho:
+                # drh = dn W_hn (the gradient on r h), then the r-gate phase.
+                _gemm_dh(own, dg, w, 2 * H, H, N, H, GH, 0, drh)
+                _bwd_rows(r0, r1, code, act, ract, 1, H, valid, seq, dh, dc, hp, cp, cn, gt,
+                          ax, peep, drh, dg, dx, dh_tmp, dc_tmp)
+                _gemm_dh(own, dg, w, 0, 2 * H, N, H, GH, 1, dh_tmp)
+            else:
+                _gemm_dh(own, dg, w, 0, GH, N, H, GH, 1, dh_tmp)
+        elif cho:
+            _pg_acc(sw.isa, dg + r0 * GH + 2 * H, GH, n, H, <const floating*>sw.wt_n, H,
+                    drh + r0 * H, H, 0)
+            _bwd_rows(r0, r1, code, act, ract, 1, H, valid, seq, dh, dc, hp, cp, cn, gt,
                       ax, peep, drh, dg, dx, dh_tmp, dc_tmp)
-            _gemm_dh(own, dg, w, 0, 2 * H, N, H, GH, 1, dh_tmp)
+            _pg_acc(sw.isa, dg + r0 * GH, GH, n, 2 * H, <const floating*>sw.wt, H,
+                    dh_tmp + r0 * H, H, 1)
         else:
-            _gemm_dh(own, dg, w, 0, GH, N, H, GH, 1, dh_tmp)
-        _bwd_finish_rows(par, N, H, GH, valid, budget, dg,
+            _pg_acc(sw.isa, dg + r0 * GH, GH, n, GH, <const floating*>sw.wt, H,
+                    dh_tmp + r0 * H, H, 1)
+        _bwd_finish_rows(r0, r1, H, GH, valid, budget, dg,
                          dgh + t * N * GH if dgh != NULL else NULL, dh_tmp, dc_tmp)
         swap = dh
         dh = dh_tmp
@@ -243,20 +322,95 @@ cdef void _backward_sweep(int code, int act, int ract, Py_ssize_t t0, Py_ssize_t
             dc_tmp = swap
         if budget != NULL:
             alive = False
-            for i in range(N):
+            for i in range(r0, r1):
                 if budget[i] > 0:
                     alive = True
                     break
             if not alive:
                 break
     if dh != dh_in:
-        memcpy(dh_in, dh, NH * sizeof(floating))
+        memcpy(dh_in + r0 * H, dh + r0 * H, n * H * sizeof(floating))
     if dc != NULL and dc != dc_in:
-        memcpy(dc_in, dc, NH * sizeof(floating))
+        memcpy(dc_in + r0 * H, dc + r0 * H, n * H * sizeof(floating))
+
+
+cdef void _backward_rows(int code, int act, int ract, Py_ssize_t truncate, Py_ssize_t T,
+                         Py_ssize_t N, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t H,
+                         const floating* w, const StepWeights* sw, const floating* peep,
+                         const uint8_t* mask, const floating* hc, const floating* cc,
+                         const floating* gates, const floating* aux,
+                         const floating* dhseq, const floating* dh_T,
+                         const floating* dc_T, floating* dh0, floating* dc0,
+                         floating* work, floating* dg, int64_t* budget, uint8_t* vbuf,
+                         floating* dxp, floating* dgh, Py_ssize_t small) noexcept nogil:
+    """The sweeps of ``_backward_all`` on rows r0 .. r1-1."""
+    cdef Py_ssize_t NH = N * H, ts, i, j, k, o = r0 * H, nH = (r1 - r0) * H
+    cdef bint lstm = cc != NULL
+    cdef floating* dh_a = work
+    cdef floating* dh_b = work + NH
+    cdef floating* dc_a = work + 2 * NH if lstm else NULL
+    cdef floating* dc_b = work + 3 * NH if lstm else NULL
+    cdef floating* drh = work + 4 * NH
+    cdef bint nonzero
+    cdef floating s
+    if truncate < 0:
+        # One sweep from the last step, starting from dh_T/dc_T (zero if None).
+        if dh_T != NULL:
+            memcpy(dh0 + o, dh_T + o, nH * sizeof(floating))
+        else:
+            memset(dh0 + o, 0, nH * sizeof(floating))
+        if lstm:
+            if dc_T != NULL:
+                memcpy(dc0 + o, dc_T + o, nH * sizeof(floating))
+            else:
+                memset(dc0 + o, 0, nH * sizeof(floating))
+        _backward_sweep(code, act, ract, T - 1, N, r0, r1, H, w, sw, peep, mask, hc, cc,
+                        gates, aux, dhseq, dh0, dh_b, dc0 if lstm else NULL, dc_b, dg, drh,
+                        NULL, vbuf, dxp, dgh, small)
+        return
+    # One budgeted sweep per gradient source, in time order: the (masked)
+    # output gradient at each step, plus dh_T/dc_T at the last step.
+    memset(dh0 + o, 0, nH * sizeof(floating))
+    if lstm:
+        memset(dc0 + o, 0, nH * sizeof(floating))
+    for ts in range(T):
+        nonzero = False
+        for i in range(r0, r1):
+            for j in range(H):
+                k = i * H + j
+                s = 0
+                if dhseq != NULL and mask[ts * N + i]:
+                    s = dhseq[ts * NH + k]
+                if ts == T - 1 and dh_T != NULL:
+                    s = s + dh_T[k]
+                dh_a[k] = s
+                if s != 0:
+                    nonzero = True
+        if lstm:
+            if ts == T - 1 and dc_T != NULL:
+                memcpy(dc_a + o, dc_T + o, nH * sizeof(floating))
+                for k in range(o, o + nH):
+                    if dc_a[k] != 0:
+                        nonzero = True
+                        break
+            else:
+                memset(dc_a + o, 0, nH * sizeof(floating))
+        if not nonzero:
+            continue  # a zero source contributes nothing (to these rows)
+        for i in range(r0, r1):
+            budget[i] = truncate + 1
+        _backward_sweep(code, act, ract, ts, N, r0, r1, H, w, sw, peep, mask, hc, cc, gates,
+                        aux, NULL, dh_a, dh_b, dc_a, dc_b, dg, drh, budget, vbuf, dxp, dgh,
+                        small)
+        for k in range(o, o + nH):
+            dh0[k] += dh_a[k]
+        if lstm:
+            for k in range(o, o + nH):
+                dc0[k] += dc_a[k]
 
 
 cdef void _backward_all(int code, int act, int ract, Py_ssize_t truncate, Py_ssize_t T,
-                        Py_ssize_t N, Py_ssize_t H, const floating* w,
+                        Py_ssize_t N, Py_ssize_t H, const floating* w, const StepWeights* sw,
                         const floating* peep, const uint8_t* mask, const floating* hc,
                         const floating* cc, const floating* gates, const floating* aux,
                         const floating* dhseq, const floating* dh_T,
@@ -268,73 +422,29 @@ cdef void _backward_all(int code, int act, int ract, Py_ssize_t truncate, Py_ssi
     dW_hh (GEMM over all T*N rows), db_hh and, when ``dpeep`` (3, H) is given,
     the peephole gradients. ``cc``/``dc0`` NULL without a cell state, ``aux``
     NULL without aux; ``work`` holds 5 (N, H) buffers; ``dgh`` NULL when the
-    recurrent pre-activation gradient equals dxp (every cell but ``gru``)."""
-    cdef Py_ssize_t GH = n_gates_of(code) * H, NH = N * H, ts, i, j, k
-    cdef bint lstm = cc != NULL
-    cdef floating* dh_a = work
-    cdef floating* dh_b = work + NH
-    cdef floating* dc_a = work + 2 * NH if lstm else NULL
-    cdef floating* dc_b = work + 3 * NH if lstm else NULL
-    cdef floating* drh = work + 4 * NH
+    recurrent pre-activation gradient equals dxp (every cell but ``gru``).
+
+    ``sw`` NULL: one pass over all rows. Else the sweeps run on row chunks that
+    threads take dynamically (rows never interact until the weight gradients)."""
+    cdef Py_ssize_t GH = n_gates_of(code) * H, NH = N * H, k, j, rows, nch, nt, ci, r0
     cdef const floating* g
     cdef const floating* c_prev
-    cdef bint nonzero
-    cdef floating s
-
-    if truncate < 0:
-        # One sweep from the last step, starting from dh_T/dc_T (zero if None).
-        if dh_T != NULL:
-            memcpy(dh0, dh_T, NH * sizeof(floating))
-        else:
-            memset(dh0, 0, NH * sizeof(floating))
-        if lstm:
-            if dc_T != NULL:
-                memcpy(dc0, dc_T, NH * sizeof(floating))
-            else:
-                memset(dc0, 0, NH * sizeof(floating))
-        _backward_sweep(code, act, ract, T - 1, N, H, w, peep, mask, hc, cc, gates, aux,
-                        dhseq, dh0, dh_b, dc0 if lstm else NULL, dc_b, dg, drh, NULL, vbuf,
-                        dxp, dgh, small)
+    if sw == NULL:
+        _backward_rows(code, act, ract, truncate, T, N, 0, N, H, w, NULL, peep, mask, hc, cc,
+                       gates, aux, dhseq, dh_T, dc_T, dh0, dc0, work, dg, budget, vbuf, dxp,
+                       dgh, small)
     else:
-        # One budgeted sweep per gradient source, in time order: the (masked)
-        # output gradient at each step, plus dh_T/dc_T at the last step.
-        memset(dh0, 0, NH * sizeof(floating))
-        if lstm:
-            memset(dc0, 0, NH * sizeof(floating))
-        for ts in range(T):
-            nonzero = False
-            for i in range(N):
-                for j in range(H):
-                    k = i * H + j
-                    s = 0
-                    if dhseq != NULL and mask[ts * N + i]:
-                        s = dhseq[ts * NH + k]
-                    if ts == T - 1 and dh_T != NULL:
-                        s = s + dh_T[k]
-                    dh_a[k] = s
-                    if s != 0:
-                        nonzero = True
-            if lstm:
-                if ts == T - 1 and dc_T != NULL:
-                    memcpy(dc_a, dc_T, NH * sizeof(floating))
-                    for k in range(NH):
-                        if dc_a[k] != 0:
-                            nonzero = True
-                            break
-                else:
-                    memset(dc_a, 0, NH * sizeof(floating))
-            if not nonzero:
-                continue  # a zero source contributes nothing
-            for i in range(N):
-                budget[i] = truncate + 1
-            _backward_sweep(code, act, ract, ts, N, H, w, peep, mask, hc, cc, gates, aux,
-                            NULL, dh_a, dh_b, dc_a, dc_b, dg, drh, budget, vbuf, dxp, dgh,
-                            small)
-            for k in range(NH):
-                dh0[k] += dh_a[k]
-            if lstm:
-                for k in range(NH):
-                    dc0[k] += dc_a[k]
+        nt = _chunking(N, &rows, &nch)
+        if nt <= 1:
+            _backward_rows(code, act, ract, truncate, T, N, 0, N, H, w, sw, peep, mask, hc,
+                           cc, gates, aux, dhseq, dh_T, dc_T, dh0, dc0, work, dg, budget,
+                           vbuf, dxp, dgh, small)
+        else:
+            for ci in prange(nch, schedule='dynamic', chunksize=1, num_threads=nt):
+                r0 = ci * rows
+                _backward_rows(code, act, ract, truncate, T, N, r0, min(r0 + rows, N), H, w,
+                               sw, peep, mask, hc, cc, gates, aux, dhseq, dh_T, dc_T, dh0,
+                               dc0, work, dg, budget, vbuf, dxp, dgh, small)
 
     # dW_hh = sum_t dgh_t^T hin_t, one GEMM over all T*N rows (Cho's GRU: the n
     # block against r*h); db_hh = sum of dgh. Every cell but ``gru``: the

@@ -100,40 +100,97 @@ def test_noncontiguous_inputs(cell_name):
         assert_close(a, e, dtype)
 
 
-@pytest.mark.parametrize("cell_name", ["lstm", "gru-reset-after", "gru-cho", "lstm_peephole",
-                                       "lstm-relu-hard", "gru-cho-relu", "rnn-linear"])
-def test_parallel_row_loops(cell_name):
-    """A step big enough for the (OpenMP) parallel row loops, masked, truncated."""
-    cell = CELLS[cell_name]
-    dtype = np.float64
-    N, H_big = 256, kernels.PARALLEL_MIN // 256 + 8
-    assert N * H_big >= kernels.PARALLEL_MIN
-    p = make_problem(cell, dtype, N, True, seed=11, T=4, H=H_big)
-    cache_cy, cache_ref = compare_forward(cell, dtype, p)
-    compare_backward(cell, dtype, p, cache_cy, cache_ref, None)
-    compare_backward(cell, dtype, p, cache_cy, cache_ref, 1)
+_CHUNKED_CHECK = r"""
+import copy, sys
+import numpy as np
+import cyrnn
+from cyrnn import _cython_kernels as kernels
+from cyrnn.backends import get_backend
+
+assert kernels.pgemm_isa() == sys.argv[1], (kernels.pgemm_isa(), sys.argv[1])
+be = get_backend("cython")
+for dtype, tol in ((np.float32, 2e-5), (np.float64, 1e-10)):
+    for Cls, kw in ((cyrnn.LSTM, {}), (cyrnn.LSTM, {"peephole": True}), (cyrnn.GRU, {}),
+                    (cyrnn.GRU, {"reset_after": False}), (cyrnn.SimpleRNN, {})):
+        model = cyrnn.Sequential([
+            Cls(5, 19, num_layers=2, bidirectional=True, backend="cython", dtype=dtype,
+                random_state=0, **kw),
+            cyrnn.Dense(38, 3, dtype=dtype, random_state=1)])
+        ref = copy.deepcopy(model)
+        for layer in ref.recurrent_layers:
+            layer.backend = "numpy"
+        rng = np.random.default_rng(2)
+        x = rng.standard_normal((37, 9, 5)).astype(dtype)
+        out = be.infer(model.inference_spec(), model.params.data, x)
+        np.testing.assert_allclose(out, ref.forward(x, training=False), rtol=tol, atol=tol)
+        out, _, _, cache = be.train_forward(model.inference_spec(), model.params.data, x)
+        d_out = rng.standard_normal(out.shape).astype(dtype)
+        model.zero_grad()
+        dx, _, _ = be.train_backward(model.inference_spec(), model.params.data,
+                                     model.params.grad, cache, d_out,
+                                     model._truncations(), None, None, True)
+        ref.forward(x, training=True)
+        ref.zero_grad()
+        dx_ref = ref.backward(d_out)
+        np.testing.assert_allclose(dx, dx_ref, rtol=tol, atol=tol)
+        np.testing.assert_allclose(model.params.grad, ref.params.grad, rtol=tol,
+                                   atol=tol * max(1.0, float(np.abs(ref.params.grad).max())))
+print("ok")
+"""
+
+
+def test_packed_kernels_every_instruction_set(tmp_path):
+    """The packed GEMM's instruction sets (AVX-512, AVX2, baseline: picked at run time,
+    lowered by CYRNN_PGEMM_ISA) each give the reference's results on the row-chunked
+    path, forward and backward, float32 and float64."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import cyrnn
+
+    isas = ["baseline", "avx2", "avx512f"]
+    best = isas.index(kernels.pgemm_isa())
+    root = str(Path(cyrnn.__file__).resolve().parent.parent)
+    for level in range(best + 1):
+        env = dict(os.environ, CYRNN_PGEMM_ISA=str(level),
+                   PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        res = subprocess.run([sys.executable, "-c", _CHUNKED_CHECK, isas[level]], env=env,
+                             cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0 and res.stdout.strip() == "ok", (isas[level], res.stderr)
 
 
 def test_row_thread_setting():
-    """cyrnn.set_num_threads reaches the OpenMP row loops; results do not depend on it
-    (each row is computed by one thread, whatever the partition)."""
+    """cyrnn.set_num_threads reaches the row-chunked path; results do not depend on it
+    (each row is computed by one thread, in the same order, whatever the partition)."""
+    import cyrnn
     from cyrnn import threads
 
-    cell = CELLS["lstm"]
-    N, H_big = 256, kernels.PARALLEL_MIN // 256 + 8
-    p = make_problem(cell, np.float64, N, True, seed=5, T=5, H=H_big)
+    be = get_backend("cython")
+    model = cyrnn.Sequential([cyrnn.GRU(6, 24, num_layers=2, backend="cython",
+                                        dtype=np.float64, random_state=3)])
+    x = np.random.default_rng(4).standard_normal((41, 7, 6))
     before = kernels.set_num_threads(0)
     numba = pytest.importorskip("numba") if "numba" in available() else None
     numba_before = numba.get_num_threads() if numba is not None else None
     try:
         outs = []
-        for n in (1, 2):
+        for n in (1, 2, 3):
             threads.set_num_threads(n)
             assert kernels.get_num_threads() == n
             assert threads._status()["cython_openmp_set"] is True
-            outs.append(run_forward(cy, cell, p))
-        for a, b in zip(outs[0][:3], outs[1][:3]):
-            np.testing.assert_array_equal(a, b)
+            spec = model.inference_spec()
+            out, h_n, c_n, cache = be.train_forward(spec, model.params.data, x)
+            model.zero_grad()
+            dx, dh0, _ = be.train_backward(spec, model.params.data, model.params.grad,
+                                           cache, np.ones_like(out), model._truncations(),
+                                           None, None, True)
+            outs.append((out, h_n, dx, dh0, model.params.grad.copy(),
+                         be.infer(spec, model.params.data, x)))
+        for other in outs[1:]:
+            for a, b in zip(outs[0], other):
+                np.testing.assert_array_equal(a, b)
         with pytest.raises(ValueError):
             kernels.set_num_threads(-1)
     finally:

@@ -27,6 +27,12 @@ CELLS_SMALL = [c for c in CELLS if c[0] in ("lstm", "gru", "gru_cho", "rnn_tanh"
 CELLS_SMALL = list({c[0]: c for c in CELLS_SMALL}.values())
 
 
+# A batch the Cython backend cuts into row chunks that threads run concurrently
+# (packed weights; at least 4 rows and 32 row-steps, chunks of 8 rows): several
+# chunks and a short last one.
+ROWS_CHUNKED = 37
+
+
 def _tol(dtype):
     return dict(rtol=2e-5, atol=2e-6) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-12)
 
@@ -152,10 +158,11 @@ def backend(request):
 @pytest.mark.parametrize("name,Cls,kw", CELLS_SMALL, ids=[c[0] for c in CELLS_SMALL])
 @pytest.mark.parametrize("merge", ["concat", "sum", "mul", "ave"])
 @pytest.mark.parametrize("training", [False, True], ids=["infer", "train"])
-def test_bidirectional_every_merge(backend, dtype, name, Cls, kw, merge, training, rng):
+@pytest.mark.parametrize("n", [3, ROWS_CHUNKED])
+def test_bidirectional_every_merge(backend, dtype, name, Cls, kw, merge, training, n, rng):
     layer = _layer(backend, Cls, kw, dtype, num_layers=2, bidirectional=True,
                    merge_mode=merge)
-    x = rng.standard_normal((3, 6, 4)).astype(dtype)
+    x = rng.standard_normal((n, 6, 4)).astype(dtype)
     _run_lone(backend, layer, x, None, None, rng, training)
 
 
@@ -164,12 +171,13 @@ def test_bidirectional_every_merge(backend, dtype, name, Cls, kw, merge, trainin
 @pytest.mark.parametrize("seq", [True, False], ids=["seq", "last"])
 @pytest.mark.parametrize("mask_kind", [None, "post", "pre", "gaps"])
 @pytest.mark.parametrize("training", [False, True], ids=["infer", "train"])
+@pytest.mark.parametrize("n", [4, ROWS_CHUNKED])
 def test_states_in_and_out_with_masks(backend, name, Cls, kw, bidirectional, seq, mask_kind,
-                                      training, rng):
+                                      training, n, rng):
     dtype = np.float64
     layer = _layer(backend, Cls, kw, dtype, num_layers=2, bidirectional=bidirectional,
                    return_sequences=seq)
-    n, T = 4, 7
+    T = 7
     x = rng.standard_normal((n, T, 4)).astype(dtype)
     shape = (2 * layer.num_directions, n, layer.hidden_size)
     h0 = rng.standard_normal(shape)
@@ -181,20 +189,22 @@ def test_states_in_and_out_with_masks(backend, name, Cls, kw, bidirectional, seq
 @pytest.mark.parametrize("name,Cls,kw", CELLS_SMALL, ids=[c[0] for c in CELLS_SMALL])
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_dropout_with_a_fixed_mask(backend, name, Cls, kw, bidirectional, dtype, rng):
+@pytest.mark.parametrize("n", [3, ROWS_CHUNKED])
+def test_dropout_with_a_fixed_mask(backend, name, Cls, kw, bidirectional, dtype, n, rng):
     layer = _layer(backend, Cls, kw, dtype, num_layers=3, bidirectional=bidirectional,
                    dropout=0.4)
-    x = rng.standard_normal((3, 5, 4)).astype(dtype)
-    _run_lone(backend, layer, x, _random_mask(rng, 3, 5, "gaps"), None, rng, True)
+    x = rng.standard_normal((n, 5, 4)).astype(dtype)
+    _run_lone(backend, layer, x, _random_mask(rng, n, 5, "gaps"), None, rng, True)
 
 
 @pytest.mark.parametrize("name,Cls,kw", CELLS_SMALL, ids=[c[0] for c in CELLS_SMALL])
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
 @pytest.mark.parametrize("truncate", [0, 2, 50])
-def test_truncation_with_states(backend, name, Cls, kw, bidirectional, truncate, rng):
+@pytest.mark.parametrize("n", [3, ROWS_CHUNKED])
+def test_truncation_with_states(backend, name, Cls, kw, bidirectional, truncate, n, rng):
     layer = _layer(backend, Cls, kw, np.float64, num_layers=2, bidirectional=bidirectional,
                    truncate=truncate)
-    n, T = 3, 8
+    T = 8
     x = rng.standard_normal((n, T, 4))
     shape = (2 * layer.num_directions, n, layer.hidden_size)
     state = ((rng.standard_normal(shape), rng.standard_normal(shape))
@@ -229,7 +239,8 @@ def _sequential(backend, dtype, *, embed=False, mask_zero=False):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("embed", [False, True], ids=["features", "embedding"])
-def test_sequential_states_dropout_and_gradients(backend, dtype, embed, rng):
+@pytest.mark.parametrize("n", [3, ROWS_CHUNKED])
+def test_sequential_states_dropout_and_gradients(backend, dtype, embed, n, rng):
     """A whole Sequential with mixed cells, bidirectional layers, dropout, a Dense between
     recurrent layers and a many-to-one top: output, final states, parameter gradients
     and the input gradient."""
@@ -241,7 +252,7 @@ def test_sequential_states_dropout_and_gradients(backend, dtype, embed, rng):
         layer.backend = "numpy"
     spec = model.inference_spec()
     assert spec is not None
-    n, T = 3, 6
+    T = 6
     if embed:
         x = rng.integers(1, 9, (n, T)).astype(np.int64)
         x[1, 4:] = 0
