@@ -462,8 +462,8 @@ def check_alone(timings, alone, args):
                 except Exception as exc:
                     f = {"error": f"{type(exc).__name__}: {exc}"[:2000], "ok": False}
                 out.setdefault(impl, {})[kind] = f
-                log(f"  {impl} {kind}: in-run {1e3 * t.median:.3g} ms, alone " +
-                    (f"{1e3 * f['alone']:.3g} ms ({100 * f['diff']:+.0f}%)" if "alone" in f
+                log(f"  {impl} {kind}: in-run {_ms(t.median)} ms, alone " +
+                    (f"{_ms(f['alone'])} ms ({100 * f['diff']:+.0f}%)" if "alone" in f
                      else f"FAILED: {f['error'][:300]}"))
     return out
 
@@ -477,13 +477,18 @@ def run_config(name, cfg, args, dtype, cy_backends, threads, torch_default_threa
 
 
 # ----------------------------------------------------------------------------- derived
+def _ms(seconds):
+    ms = 1e3 * seconds
+    return f"{ms:.3g}" if ms < 100 else f"{ms:.0f}"
+
+
 def unfair_note(f):
     """'unfair: in-run X ms vs alone Y ms' for a failed fairness entry, else None."""
     if f is None or f.get("ok"):
         return None
     if "alone" not in f:
         return f"unchecked: alone run failed ({f.get('error', '?')[:80]})"
-    return f"unfair: in-run {1e3 * f['in_run']:.3g} ms vs alone {1e3 * f['alone']:.3g} ms"
+    return f"unfair: in-run {_ms(f['in_run'])} ms vs alone {_ms(f['alone'])} ms"
 
 
 def derive(results, peak_gflops):
