@@ -17,6 +17,18 @@ sample of each case per round). On a shared, noisy machine the load drifts over
 seconds; interleaving exposes every case to the same drift, so ratios between cases
 are much more stable than when each case is timed in its own block.
 :func:`median_time` is the one-case form.
+
+Libraries with thread pools (OpenBLAS, OpenMP, ONNX Runtime) keep their worker threads
+spinning for a while after each call (OpenBLAS: about 2**28 cycles, ~0.1 s). Sampled one
+call at a time, the next case then runs against the previous library's spinning threads.
+``interleaved_times(..., block=k, settle_seconds=s)`` visits the cases round-robin but
+takes ``k`` samples per visit, after at least ``s`` seconds of untimed calls of the case
+itself (never a sleep: a sample right after an idle pause ran up to 8x slower here, with
+every thread of every pool asleep).
+
+Fairness of a comparison: :func:`run_alone` times a case in a fresh process started with
+:data:`START_ENV` (the environment before any benchmarked library was imported) and
+:func:`fairness` compares it with the in-run figure (:data:`FAIR_TOLERANCE`).
 """
 
 from __future__ import annotations
@@ -27,11 +39,21 @@ import json
 import math
 import os
 import platform
+import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+
+# The environment as it was before cyrnn, torch or ONNX Runtime were imported (scripts
+# import this module first). cyrnn's Cython and Numba backends set OMP_WAIT_POLICY=PASSIVE
+# in os.environ when they load (unless it is set); a child process given os.environ would
+# inherit it, and PyTorch's libgomp, loading under PASSIVE, ran its 2-thread medium LSTM
+# 3-4x slower here. Child processes that stand for "a fresh process" get this copy.
+START_ENV = dict(os.environ)
+FAIR_TOLERANCE = 0.15     # in-run vs alone: larger relative differences make a ratio unfair
 
 __all__ = [
     "Timing",
@@ -49,6 +71,13 @@ __all__ = [
     "fmt_time_ms",
     "fmt_ratio",
     "write_json",
+    "START_ENV",
+    "FAIR_TOLERANCE",
+    "run_alone",
+    "fairness",
+    "busy_loop",
+    "memory_status",
+    "reset_peak_rss",
 ]
 
 
@@ -139,6 +168,18 @@ def _sample(fn, number, disable_gc):
         _hook(fn, "after_sample")
 
 
+def _settle(fn, seconds):
+    """Untimed calls of ``fn`` (at least one) for about ``seconds``."""
+    _hook(fn, "before_sample")
+    try:
+        t0 = time.perf_counter()
+        fn()
+        while time.perf_counter() - t0 < seconds:
+            fn()
+    finally:
+        _hook(fn, "after_sample")
+
+
 class Case:
     """A callable with untimed ``before_sample`` / ``after_sample`` hooks."""
 
@@ -155,7 +196,8 @@ class Case:
 
 def interleaved_times(cases, repeats=20, warmup=2, max_seconds=None, min_repeats=3,
                       min_sample_seconds=0.002, max_number=10000, disable_gc=True,
-                      repeats_per_case=None, on_warmup=None, max_warmup_seconds=None):
+                      repeats_per_case=None, on_warmup=None, max_warmup_seconds=None,
+                      block=1, settle_seconds=0.0):
     """Time several cases round-robin; return ``{name: Timing}``.
 
     Parameters
@@ -182,6 +224,12 @@ def interleaved_times(cases, repeats=20, warmup=2, max_seconds=None, min_repeats
     max_warmup_seconds : float, optional
         Stop a case's warm-up early once it has taken this long (default: ``max_seconds / 4``
         when ``max_seconds`` is given). The first call always runs, whatever it costs (JIT).
+    block : int
+        Samples per visit of a case (1: strict round-robin, one sample per case per round).
+    settle_seconds : float
+        On every visit, untimed calls of the case (at least one) until this long has passed,
+        so that the thread pools of the case visited before have gone idle and this case's
+        have woken up. 0 (default): none.
     """
     cap = {name: int(repeats) for name in cases}
     for name, r in (repeats_per_case or {}).items():
@@ -201,15 +249,20 @@ def interleaved_times(cases, repeats=20, warmup=2, max_seconds=None, min_repeats
     active = list(cases)
     while active:
         for name in list(active):
-            t = _sample(cases[name], numbers[name], disable_gc)
-            times[name].append(t)
-            spent[name] += t * numbers[name]
-            n = len(times[name])
-            if n >= cap[name]:
-                active.remove(name)
-            elif max_seconds is not None and spent[name] >= max_seconds and n >= min_repeats:
-                stopped[name] = "max_seconds"
-                active.remove(name)
+            if settle_seconds > 0 and len(cases) > 1:
+                _settle(cases[name], settle_seconds)
+            for _ in range(max(1, int(block))):
+                t = _sample(cases[name], numbers[name], disable_gc)
+                times[name].append(t)
+                spent[name] += t * numbers[name]
+                n = len(times[name])
+                if n >= cap[name]:
+                    active.remove(name)
+                    break
+                if max_seconds is not None and spent[name] >= max_seconds and n >= min_repeats:
+                    stopped[name] = "max_seconds"
+                    active.remove(name)
+                    break
     return {name: Timing.from_times(times[name], numbers[name], warmed[name], stopped[name])
             for name in cases}
 
@@ -458,6 +511,73 @@ def write_json(path, obj):
     with open(path, "w") as f:
         json.dump(obj, f, indent=1, default=_json_default, allow_nan=True)
         f.write("\n")
+
+
+# ----------------------------------------------------------------------------- fairness
+def run_alone(argv, env=None, timeout=None):
+    """Run ``[sys.executable, *argv]`` in a fresh process with :data:`START_ENV` (or ``env``)
+    and return the JSON object on the last line of its stdout."""
+    out = subprocess.run([sys.executable, *argv], capture_output=True, text=True,
+                         env=START_ENV if env is None else env, timeout=timeout)
+    if out.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed ({out.returncode}): {out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def fairness(in_run, alone, tolerance=FAIR_TOLERANCE):
+    """Compare an in-run median with the same case's median alone in a fresh process."""
+    diff = in_run / alone - 1
+    return {"in_run": in_run, "alone": alone, "diff": diff, "tolerance": tolerance,
+            "ok": abs(diff) <= tolerance}
+
+
+# ----------------------------------------------------------------------------- contention
+@contextmanager
+def busy_loop(n=1):
+    """``n`` pure-Python busy-loop processes (``while True: pass``, unpinned) for the duration
+    of the ``with`` block; killed on exit, also on errors and KeyboardInterrupt. Yields their
+    pids."""
+    procs = []
+    try:
+        for _ in range(n):
+            procs.append(subprocess.Popen([sys.executable, "-c", "while True: pass"],
+                                          stdin=subprocess.DEVNULL, env=START_ENV))
+        time.sleep(0.2)             # let them get going
+        yield [p.pid for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+        for p in procs:
+            p.wait()
+
+
+# ----------------------------------------------------------------------------- memory
+def memory_status():
+    """``{"VmRSS": bytes, "VmHWM": bytes}`` of this process (Linux ``/proc/self/status``;
+    falls back to ``ru_maxrss`` for the peak, with VmRSS None)."""
+    try:
+        out = {}
+        with open("/proc/self/status") as f:
+            for line in f:
+                key = line.split(":", 1)[0]
+                if key in ("VmRSS", "VmHWM"):
+                    out[key] = int(line.split()[1]) * 1024
+        return out
+    except OSError:
+        import resource
+        return {"VmRSS": None,
+                "VmHWM": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+
+
+def reset_peak_rss():
+    """Reset this process's peak resident set size (VmHWM) to its current RSS (writes 5 to
+    ``/proc/self/clear_refs``, Linux >= 4.0). Returns whether it worked."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
 
 
 # ----------------------------------------------------------------------------- scoring

@@ -7,6 +7,10 @@ Run from the repository root::
     PYTHONPATH=. python benchmarks/bench_kernels.py --quick    # smoke run (no imdb/large)
     PYTHONPATH=. python benchmarks/bench_kernels.py --configs dino-b1,medium \
         --backends cython,torch
+    PYTHONPATH=. python benchmarks/bench_kernels.py --contention --configs medium,large
+    PYTHONPATH=. python benchmarks/bench_kernels.py --memory       # bench_memory.py: large, imdb
+
+Smoke runs: pass ``--out-dir /tmp/somewhere`` so that benchmarks/results/kernels.json stays.
 
 For every configuration (cell, batch B, steps T, input D, hidden H) and implementation it
 times, in one process:
@@ -23,8 +27,42 @@ times, in one process:
   ``torch.optim.RMSprop(lr=1e-3, alpha=0.9, eps=1e-6)`` (the same rule as cyrnn's RMSProp).
 
 Timing: medians of repeated samples after untimed warm-up, with the IQR as spread; the cases of
-one configuration are sampled round-robin so that load drift on a shared machine hits all of
-them alike (see ``benchmarks/_common.py``).
+one configuration are visited round-robin (``--block`` samples per visit, default a third of
+``--repeats``, after ``--settle-seconds`` of untimed calls, default 0.3 s) so that load drift on
+a shared machine hits all of them alike (see ``benchmarks/_common.py``).
+
+Fairness
+--------
+Every competitor case (torch inference and training step at its default threads, ``torch@Nt``
+where that differs, ORT and ORT on cyrnn's export) is timed again *alone*: in a fresh process
+(``_kernel_cases.py`` run as a script) started with the environment this script started with
+(``_common.START_ENV``, read before cyrnn is imported), importing only that library, with the
+same thread count, data, weights (or ONNX model) and timing settings. Both medians go to the
+JSON (``fairness``); when they differ by more than 15 % no ratio against that competitor is
+reported (the table says "unfair: in-run X ms vs alone Y ms", ``evaluate_targets`` reports the
+target as UNFAIR, never MET).
+
+Why PyTorch looked slow here before (2-core Xeon, medium, 2 threads, quiet moments of a shared
+machine; torch 2.13, OpenBLAS 0.3.30/0.3.31): alone in a fresh process torch took 3.6-4.0 ms per
+inference and 12.9-14.8 ms per training step. In this process, sampled strictly round-robin
+with cyrnn's cases (one sample of each case in turn), 9.3-86 ms and 36-73 ms. The cause is the
+thread pools of the case run just before: OpenBLAS's worker threads keep spinning (a
+``sched_yield`` loop of about 2**28 cycles, ~0.1 s) after every cyrnn call, ORT's spin too, and
+torch's two OpenMP threads, which synchronise at every time step, then share the two cores
+with them. With the OpenBLAS workers made to sleep at once (``OPENBLAS_THREAD_TIMEOUT=4``)
+torch took 7.7-9.3 / 19-21 ms, with ``OPENBLAS_NUM_THREADS=1`` 6.1 / 19.5 ms; visited in blocks
+of 3 samples after 0.3 s of untimed calls of its own, 3.6-5.0 / 13.2 ms, the alone figures
+(cyrnn's cases also became steadier: medium cython train 21-24 ms instead of 23-30 ms).
+Sleeping instead of settling is worse: 0.3 s of sleep before each sample made torch *alone*
+8x slower (29.6 / 75.5 ms), every pool's threads asleep.
+
+Import order is the second trap: libgomp reads ``OMP_WAIT_POLICY`` once, when it loads, and
+cyrnn's Cython and Numba backends ``os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")`` when
+they load. With ``--import-order cyrnn-first`` torch's libgomp loads under PASSIVE and torch ran
+3.5-4x slower (14.2 / 46.5 ms); a child process started with ``os.environ`` after cyrnn's
+import inherits PASSIVE (torch alone 6.4-12.3 / 24.7-40.5 ms). torch-first (the default) with
+cyrnn merely loaded: 4.2 / 14.0-14.9 ms. Hence the default import order, and alone processes
+started with the start environment, not ``os.environ``.
 
 FLOP count (analytic, GEMM work only)
 -------------------------------------
@@ -43,6 +81,15 @@ comparable across implementations. "% of peak" divides it by this machine's best
 square GEMM throughput (the better of NumPy's BLAS and torch on 4096 x 4096, same dtype and
 thread count as cyrnn; medians).
 
+Contention (``--contention``): every case of the selected configurations is timed quiet, then
+one pure-Python busy-loop process (``while True: pass``, unpinned, killed at the end also on
+errors and Ctrl-C) is started and everything is timed again, in one invocation (each phase
+with its own alone checks); slowdown = busy median / quiet median; target: cyrnn's inference
+slowdown at medium and large no worse than ORT's. Writes ``kernels_contention.json``.
+
+Memory (``--memory``): ``bench_memory.py`` (its docstring says exactly what is measured);
+writes ``kernels_memory.json``.
+
 Outputs ``benchmarks/results/kernels.json`` (machine info, every median/IQR/sample) and
 ``benchmarks/results/kernels.png`` (speedup vs PyTorch per configuration, log scale), and
 prints a Markdown table ready to paste into the README.
@@ -51,18 +98,21 @@ prints a Markdown table ready to paste into the README.
 from __future__ import annotations
 
 import argparse
-import io
+import math
 import os
 import sys
+import tempfile
 import time
 import traceback
-import warnings
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
 import _common as C  # noqa: E402
+from _kernel_cases import (CONFIGS, alone_argv, build_cyrnn, export_onnx,  # noqa: E402
+                           make_data, ort_session_case, save_inputs, torch_cases, torch_net,
+                           torch_threads_hooks)
 
 # The environment as the user gave it: cyrnn's Cython backend sets OMP_WAIT_POLICY=PASSIVE
 # (setdefault) when imported, so read it before importing anything.
@@ -101,7 +151,6 @@ except ImportError:
     import cyrnn  # noqa: E402
 from cyrnn.backends import available as available_backends, get_backend  # noqa: E402
 from cyrnn.layers.recurrent import project  # noqa: E402
-from cyrnn.optim import RMSProp  # noqa: E402
 from cyrnn.training import train_step  # noqa: E402
 
 if IMPORT_ORDER == "cyrnn-first":
@@ -109,15 +158,6 @@ if IMPORT_ORDER == "cyrnn-first":
         get_backend(_b)
     _import_torch()
 
-# name: (cell, B, T, D, H)
-CONFIGS = {
-    "dino-b1": ("lstm", 1, 12, 27, 50),
-    "dino-b32": ("lstm", 32, 12, 27, 50),
-    "imdb": ("gru", 128, 500, 32, 32),
-    "medium": ("lstm", 64, 50, 32, 128),
-    "large": ("lstm", 64, 100, 256, 512),
-    "score-b1": ("lstm", 1, 50, 8, 64),
-}
 HEAVY = ("imdb", "large")          # skipped by --quick; the numpy backend's repeats are capped
 SMALL = ("dino-b1", "dino-b32", "score-b1")
 GATES = {"lstm": 4, "gru": 3}
@@ -148,25 +188,6 @@ def flops(cell, B, T, D, H):
 
 
 # ----------------------------------------------------------------------------- builders
-def build_cyrnn(cfg, backend, dtype, seed=0):
-    cell, B, T, D, H = cfg
-    Layer = cyrnn.LSTM if cell == "lstm" else cyrnn.GRU
-    rnn = Layer(D, H, return_sequences=False, return_state=False, backend=backend, dtype=dtype,
-                random_state=seed)
-    head = cyrnn.Dense(H, 1, dtype=dtype, random_state=seed + 1)
-    model = cyrnn.Sequential([rnn, head])
-    opt = RMSProp(model, lr=1e-3, clip_norm=1.0)
-    return model, opt
-
-
-def make_data(cfg, dtype, seed=1234):
-    cell, B, T, D, H = cfg
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((B, T, D)).astype(dtype)
-    y = rng.standard_normal((B, 1)).astype(dtype)
-    return x, y
-
-
 def cyrnn_cases(cfg, backend, dtype, x, y):
     model, opt = build_cyrnn(cfg, backend, dtype)
 
@@ -179,29 +200,10 @@ def cyrnn_cases(cfg, backend, dtype, x, y):
     return model, infer, train
 
 
-def _torch_net_class():
-    class TorchNet(torch.nn.Module):
-        """nn.LSTM/GRU(batch_first) + nn.Linear on the last step (many-to-one)."""
-
-        def __init__(self, cell, D, H):
-            super().__init__()
-            rnn = torch.nn.LSTM if cell == "lstm" else torch.nn.GRU
-            self.rnn = rnn(D, H, batch_first=True)
-            self.head = torch.nn.Linear(H, 1)
-
-        def forward(self, x):
-            out, _ = self.rnn(x)
-            return self.head(out[:, -1])
-
-    return TorchNet
-
-
 def build_torch(cfg, dtype, cy_model):
     """The torch twin of ``cy_model`` (same weights)."""
     cell, B, T, D, H = cfg
-    net = _torch_net_class()(cell, D, H)
-    if np.dtype(dtype) == np.float64:
-        net = net.double()
+    net = torch_net(cell, D, H, dtype)
     rnn, head = cy_model.layers
     with torch.no_grad():
         net.rnn.load_state_dict({k: v.clone() for k, v in rnn.to_torch_state_dict().items()})
@@ -210,113 +212,28 @@ def build_torch(cfg, dtype, cy_model):
     return net
 
 
-def torch_threads_hooks(n):
-    """before/after hooks that run a torch case at ``n`` threads."""
-    saved = []
-
-    def before():
-        saved.append(torch.get_num_threads())
-        if saved[-1] != n:
-            torch.set_num_threads(n)
-
-    def after():
-        prev = saved.pop()
-        if torch.get_num_threads() != prev:
-            torch.set_num_threads(prev)
-
-    return before, after
-
-
-def torch_cases(net, x, y):
-    tx, ty = torch.from_numpy(x), torch.from_numpy(y)
-    opt = torch.optim.RMSprop(net.parameters(), lr=1e-3, alpha=0.9, eps=1e-6)
-    lossf = torch.nn.MSELoss()
-    params = list(net.parameters())
-
-    def infer():
-        with torch.inference_mode():
-            return net(tx)
-
-    def train():
-        opt.zero_grad(set_to_none=True)
-        loss = lossf(net(tx), ty)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        return loss
-
-    return infer, train
-
-
-def export_onnx(net, x):
-    """Export ``net`` for input ``x``; returns (model bytes, exporter description)."""
-    import inspect
-
-    tx = torch.from_numpy(x)
-    net.eval()
-    params = inspect.signature(torch.onnx.export).parameters
-    errors = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if "dynamo" in params:
-            try:
-                buf = io.BytesIO()
-                torch.onnx.export(net, (tx,), buf, dynamo=False, input_names=["x"],
-                                  output_names=["y"])
-                return buf.getvalue(), ("torch.onnx.export(dynamo=False) "
-                                        "(legacy TorchScript exporter)")
-            except Exception as exc:
-                errors.append(f"legacy exporter (dynamo=False): {type(exc).__name__}: {exc}")
-        try:
-            prog = torch.onnx.export(net, (tx,), dynamo=True, input_names=["x"],
-                                     output_names=["y"])
-            return prog.model_proto.SerializeToString(), "torch.onnx.export (default exporter)"
-        except Exception as exc:
-            errors.append(f"default exporter: {type(exc).__name__}: {exc}")
-    raise RuntimeError("ONNX export impossible: " + " | ".join(errors))
-
-
 def ort_case(net, x, threads):
-    import onnxruntime as ort
-
+    """ONNX Runtime on PyTorch's export of ``net``; returns (infer, info, model bytes)."""
     model_bytes, exporter = export_onnx(net, x)
     try:
         import onnx
         ops = sorted({n.op_type for n in onnx.load_from_string(model_bytes).graph.node})
     except Exception:
         ops = None
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = int(threads)
-    so.log_severity_level = 3          # errors are reported by the script, not ORT's logger
-    sess = ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
-    feed = {name: x}
-
-    def infer():
-        return sess.run(None, feed)[0]
-
+    infer, sess = ort_session_case(model_bytes, x, threads)
     return infer, {"exporter": exporter, "onnx_ops": ops, "intra_op_num_threads": int(threads),
-                   "providers": sess.get_providers()}
+                   "providers": sess.get_providers()}, model_bytes
 
 
 def ort_cyrnn_case(model, x, threads):
-    """ONNX Runtime on the model cyrnn exported (``cyrnn.to_onnx``)."""
-    import onnxruntime as ort
-
+    """ONNX Runtime on the model cyrnn exported (``cyrnn.to_onnx``); returns (infer, info,
+    model bytes)."""
     exported = cyrnn.to_onnx(model)
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = int(threads)
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(exported.SerializeToString(), so,
-                                providers=["CPUExecutionProvider"])
-    feed = {"x": x}
-
-    def infer():
-        return sess.run(None, feed)[0]
-
+    model_bytes = exported.SerializeToString()
+    infer, _ = ort_session_case(model_bytes, x, threads)
     ops = sorted({n.op_type for n in exported.graph.node})
     return infer, {"exporter": "cyrnn.to_onnx", "onnx_ops": ops,
-                   "intra_op_num_threads": int(threads)}
+                   "intra_op_num_threads": int(threads)}, model_bytes
 
 
 # ----------------------------------------------------------------------------- breakdown
@@ -407,12 +324,18 @@ def breakdown(cfg, backend, dtype, x, y, repeats, warmup, max_seconds):
 
 
 # ----------------------------------------------------------------------------- one config
-def run_config(name, cfg, args, dtype, cy_backends, threads, torch_default_threads):
+def build_cases(name, cfg, args, dtype, cy_backends, threads, torch_default_threads):
+    """Models, callables and output checks of one configuration.
+
+    Returns ``(res, infer_cases, train_cases, alone)``: ``res`` holds spec, FLOPs, errors,
+    export info and output checks; ``alone`` what the fresh-process runs of the competitor
+    cases need (data, torch weights, ONNX models, each case's thread count)."""
     cell, B, T, D, H = cfg
     x, y = make_data(cfg, dtype)
     fl = flops(*cfg)
     res = {"spec": {"cell": cell, "B": B, "T": T, "D": D, "H": H, "gates": GATES[cell]},
            "flops": fl, "errors": {}, "info": {}, "check": {}}
+    alone = {"cell": cell, "x": x, "y": y, "torch_state": None, "onnx": {}, "threads": {}}
     infer_cases, train_cases = {}, {}
     cy_models = {}
     for b in cy_backends:
@@ -436,6 +359,7 @@ def run_config(name, cfg, args, dtype, cy_backends, threads, torch_default_threa
             ref_model = build_cyrnn(cfg, "numpy", dtype)[0]
             ref_out = ref_model.forward(x, training=False)
         net = build_torch(cfg, dtype, ref_model)
+        alone["torch_state"] = {k: v.detach().numpy().copy() for k, v in net.state_dict().items()}
         with torch.inference_mode():
             res["check"]["torch_max_abs_diff"] = float(
                 np.max(np.abs(net(torch.from_numpy(x)).numpy() - ref_out)))
@@ -443,6 +367,7 @@ def run_config(name, cfg, args, dtype, cy_backends, threads, torch_default_threa
         before, after = torch_threads_hooks(torch_default_threads)
         infer_cases[TORCH] = C.Case(inf, before, after)
         train_cases[TORCH] = C.Case(tr, before, after)
+        alone["threads"][TORCH] = torch_default_threads
         if threads != torch_default_threads:
             torch_same = f"torch@{threads}t"
             net2 = build_torch(cfg, dtype, ref_model)
@@ -450,12 +375,15 @@ def run_config(name, cfg, args, dtype, cy_backends, threads, torch_default_threa
             before2, after2 = torch_threads_hooks(threads)
             infer_cases[torch_same] = C.Case(inf2, before2, after2)
             train_cases[torch_same] = C.Case(tr2, before2, after2)
+            alone["threads"][torch_same] = threads
         if args.use_ort:
             try:
-                inf_o, info = ort_case(build_torch(cfg, dtype, ref_model), x, threads)
+                inf_o, info, alone["onnx"][ORT] = ort_case(build_torch(cfg, dtype, ref_model),
+                                                           x, threads)
                 res["check"]["ort_max_abs_diff"] = float(np.max(np.abs(inf_o() - ref_out)))
                 infer_cases[ORT] = inf_o
                 res["info"][ORT] = info
+                alone["threads"][ORT] = threads
             except Exception as exc:
                 res["errors"][ORT] = f"{type(exc).__name__}: {exc}"
                 log(f"  ort: unavailable ({res['errors'][ORT][:300]})")
@@ -464,46 +392,114 @@ def run_config(name, cfg, args, dtype, cy_backends, threads, torch_default_threa
                              "not available/selected"
     if args.use_ort and ref_model is not None and dtype == np.float32:
         try:  # ORT's recurrent kernels are float32 only
-            inf_c, info = ort_cyrnn_case(ref_model, x, threads)
+            inf_c, info, alone["onnx"][ORT_CYRNN] = ort_cyrnn_case(ref_model, x, threads)
             res["check"]["ort_cyrnn_max_abs_diff"] = float(np.max(np.abs(inf_c() - ref_out)))
             infer_cases[ORT_CYRNN] = inf_c
             res["info"][ORT_CYRNN] = info
+            alone["threads"][ORT_CYRNN] = threads
         except Exception as exc:
             res["errors"][ORT_CYRNN] = f"{type(exc).__name__}: {exc}"
             log(f"  ort-cyrnn: unavailable ({res['errors'][ORT_CYRNN][:300]})")
+    res["torch_same_threads_key"] = torch_same or (TORCH if args.use_torch else None)
+    return res, infer_cases, train_cases, alone
 
+
+def timing_kw(args):
+    return dict(repeats=args.repeats, warmup=args.warmup, max_seconds=args.max_seconds_per_case,
+                min_sample_seconds=args.min_sample_ms / 1e3)
+
+
+def time_cases(name, res, infer_cases, train_cases, args):
+    """In-run medians of every case: round-robin visits of ``args.block`` samples, each after
+    ``args.settle_seconds`` of untimed calls (see the module docstring, "Fairness")."""
     caps = {}
     if name in HEAVY and "numpy" in infer_cases:
         caps["numpy"] = args.numpy_repeats
-    kw = dict(repeats=args.repeats, warmup=args.warmup, max_seconds=args.max_seconds_per_case,
-              repeats_per_case=caps, min_sample_seconds=args.min_sample_ms / 1e3)
-    res["timings"] = {}
+    kw = dict(timing_kw(args), repeats_per_case=caps, block=args.block,
+              settle_seconds=args.settle_seconds)
+    timings = {}
     for kind, cases in (("infer", infer_cases), ("train", train_cases)):
         log(f"  {kind}: {', '.join(cases)}")
         t0 = time.perf_counter()
         try:
-            timings = C.interleaved_times(cases, **kw)
+            got = C.interleaved_times(cases, **kw)
         except Exception as exc:
             # one broken backend must not lose the others: time them one by one
             log(f"  {kind}: interleaved timing failed ({exc}); timing cases separately")
-            timings = {}
+            got = {}
             for cname, fn in cases.items():
                 try:
-                    timings[cname] = C.interleaved_times({cname: fn}, **kw)[cname]
+                    got[cname] = C.interleaved_times({cname: fn}, **kw)[cname]
                 except Exception as exc2:
                     res["errors"][f"{cname}/{kind}"] = f"{type(exc2).__name__}: {exc2}"
-        for cname, t in timings.items():
-            res["timings"].setdefault(cname, {})[kind] = t
+        for cname, t in got.items():
+            timings.setdefault(cname, {})[kind] = t
         log(f"  {kind}: done in {time.perf_counter() - t0:.1f}s")
-    res["torch_same_threads_key"] = torch_same or (TORCH if args.use_torch else None)
+    return timings
+
+
+def check_alone(timings, alone, args):
+    """Every competitor case (torch, torch@Nt, ort, ort-cyrnn) timed again alone, each in a
+    fresh process with the environment the script started with, the same thread count,
+    data, weights (or ONNX model) and timing settings; ``{impl: {kind: C.fairness(...)}}``
+    (``{"error": ...}`` where the alone run failed)."""
+    out = {}
+    with tempfile.TemporaryDirectory(prefix="bench_kernels_") as tmp:
+        path = os.path.join(tmp, "inputs.npz")
+        save_inputs(path, alone["cell"], alone["x"], alone["y"], alone["torch_state"],
+                    alone["onnx"])
+        for impl, n_threads in alone["threads"].items():
+            for kind, t in timings.get(impl, {}).items():
+                argv = alone_argv(f"{impl}/{kind}", path, n_threads, dict(
+                    repeats=args.repeats, warmup=args.warmup,
+                    max_seconds=args.max_seconds_per_case, min_sample_ms=args.min_sample_ms))
+                share = C.cpu_share(seconds=0.2, threads=max(1, n_threads))
+                try:
+                    got = C.run_alone(argv, timeout=600)
+                    f = C.fairness(t.median, got["median"])
+                    f["alone_timing"] = got["timing"]
+                    f["cpu_share_before_alone"] = share
+                except Exception as exc:
+                    f = {"error": f"{type(exc).__name__}: {exc}"[:2000], "ok": False}
+                out.setdefault(impl, {})[kind] = f
+                log(f"  {impl} {kind}: in-run {_ms(t.median)} ms, alone " +
+                    (f"{_ms(f['alone'])} ms ({100 * f['diff']:+.0f}%)" if "alone" in f
+                     else f"FAILED: {f['error'][:300]}"))
+    return out
+
+
+def run_config(name, cfg, args, dtype, cy_backends, threads, torch_default_threads):
+    res, infer_cases, train_cases, alone = build_cases(name, cfg, args, dtype, cy_backends,
+                                                       threads, torch_default_threads)
+    res["timings"] = time_cases(name, res, infer_cases, train_cases, args)
+    res["fairness"] = check_alone(res["timings"], alone, args)
     return res
 
 
 # ----------------------------------------------------------------------------- derived
+def _ms(seconds):
+    ms = 1e3 * seconds
+    return f"{ms:.3g}" if ms < 100 else f"{ms:.0f}"
+
+
+def unfair_note(f):
+    """'unfair: in-run X ms vs alone Y ms' for a failed fairness entry, else None."""
+    if f is None or f.get("ok"):
+        return None
+    if "alone" not in f:
+        return f"unchecked: alone run failed ({f.get('error', '?')[:80]})"
+    return f"unfair: in-run {_ms(f['in_run'])} ms vs alone {_ms(f['alone'])} ms"
+
+
 def derive(results, peak_gflops):
-    """Add GFLOP/s, % of peak and ratios to every configuration's results."""
+    """Add GFLOP/s, % of peak and ratios to every configuration's results.
+
+    A ratio against a competitor (torch, torch@Nt, ORT) is stored only when that competitor's
+    in-run median is within ``C.FAIR_TOLERANCE`` of its median alone in a fresh process;
+    otherwise ``<label>`` is None and ``<label>_unfair`` says why."""
     for name, r in results.items():
         tm = r["timings"]
+        fair = r.get("fairness", {})
         r["derived"] = {}
         same = r.get("torch_same_threads_key")
         for impl, kinds in tm.items():
@@ -512,28 +508,47 @@ def derive(results, peak_gflops):
                 g = r["flops"][kind] / t.median / 1e9
                 d[kind] = {"median_ms": t.median * 1e3, "iqr_ms": t.iqr * 1e3,
                            "gflops": g, "pct_peak": 100 * g / peak_gflops if peak_gflops else None}
+                f = fair.get(impl, {}).get(kind)
+                if f is not None:
+                    d[kind]["alone_ms"] = 1e3 * f["alone"] if "alone" in f else None
+                    d[kind]["fair"] = bool(f.get("ok"))
                 for ref_key, label in ((TORCH, "speedup_vs_torch"),
                                        (same, "speedup_vs_torch_same_threads"),
                                        ("numpy", "speedup_vs_numpy"), (ORT, "speedup_vs_ort")):
-                    if ref_key and ref_key in tm and kind in tm[ref_key]:
+                    if not (ref_key and ref_key in tm and kind in tm[ref_key]):
+                        continue
+                    note = None
+                    if ref_key not in (impl, "numpy"):
+                        note = unfair_note(fair.get(ref_key, {}).get(
+                            kind, {"ok": False, "error": "not measured"}))
+                    if note is None:
                         d[kind][label] = tm[ref_key][kind].median / t.median
+                    else:
+                        d[kind][label] = None
+                        d[kind][label + "_unfair"] = note
             r["derived"][impl] = d
 
 
 def evaluate_targets(results, compiled, peak):
     out = []
 
+    unfair = {}
+
     def get(cfg, impl, kind, key):
-        try:
-            return results[cfg]["derived"][impl][kind][key]
-        except KeyError:
-            return None
+        d = results.get(cfg, {}).get("derived", {}).get(impl, {}).get(kind, {})
+        if d.get(key + "_unfair"):
+            unfair[(cfg, impl, kind, key)] = d[key + "_unfair"]
+        return d.get(key)
 
     def add(desc, cfg, impl, value, threshold, unit="x", same=None):
-        status = "n/a" if value is None else ("MET" if value >= threshold else "MISSED")
+        why = next((v for (c, i, _, _), v in unfair.items() if (c, i) == (cfg, impl)
+                    and value is None), None)
+        status = ("UNFAIR" if why else "n/a") if value is None else (
+            "MET" if value >= threshold else "MISSED")
         out.append({"target": desc, "config": cfg, "backend": impl, "value": value,
                     "threshold": threshold, "unit": unit, "status": status,
-                    "value_same_threads": same})
+                    "value_same_threads": same, "unfair": why})
+        unfair.clear()
 
     for b in compiled:
         for cfg, thr in TRAIN_VS_TORCH.items():
@@ -562,10 +577,15 @@ def evaluate_targets(results, compiled, peak):
 
 
 # ----------------------------------------------------------------------------- output
+def ratio_cell(d, key):
+    """A ratio, or the reason it is not reported ('unfair: in-run X ms vs alone Y ms')."""
+    return d.get(key + "_unfair") or C.fmt_ratio(d.get(key))
+
+
 def table(results, order):
-    headers = ["config", "backend", "infer ms", "train ms", "vs torch infer",
-               "vs torch train", "vs numpy infer/train", "GFLOP/s infer/train",
-               "% peak infer/train"]
+    headers = ["config", "backend", "infer ms", "train ms", "alone ms infer/train",
+               "vs torch infer", "vs torch train", "vs ORT infer", "vs numpy infer/train",
+               "GFLOP/s infer/train", "% peak infer/train"]
     rows = []
     for name, r in results.items():
         tm, dv = r["timings"], r["derived"]
@@ -579,11 +599,19 @@ def table(results, order):
                 fb = "–" if b is None else fmt(b)
                 return f"{fa} / {fb}"
 
-            ref = impl in (TORCH,)
+            def alone_cell(d):
+                if "fair" not in d:
+                    return "–"
+                a = d.get("alone_ms")
+                return ("failed" if a is None else f"{a:.3g}") + ("" if d["fair"] else " (!)")
+
+            alone = "–" if not ("fair" in d_i or "fair" in d_t) else \
+                f"{alone_cell(d_i)} / {alone_cell(d_t)}"
             rows.append([
-                name, impl, C.fmt_time_ms(t_i), C.fmt_time_ms(t_t),
-                "1x" if ref else C.fmt_ratio(d_i.get("speedup_vs_torch")),
-                "1x" if ref else C.fmt_ratio(d_t.get("speedup_vs_torch")),
+                name, impl, C.fmt_time_ms(t_i), C.fmt_time_ms(t_t), alone,
+                "1x" if impl == TORCH else ratio_cell(d_i, "speedup_vs_torch"),
+                "1x" if impl == TORCH else ratio_cell(d_t, "speedup_vs_torch"),
+                "1x" if impl == ORT else ratio_cell(d_i, "speedup_vs_ort"),
                 pair("speedup_vs_numpy", C.fmt_ratio),
                 pair("gflops", lambda v: f"{v:.2f}" if v < 10 else f"{v:.1f}"),
                 pair("pct_peak", lambda v: f"{v:.1f}" if v < 10 else f"{v:.0f}"),
@@ -642,6 +670,106 @@ def share_line(bd):
     return ", ".join(f"{names.get(k, k)} {100 * v:.0f}%" for k, v in parts if v >= 0.005)
 
 
+# ----------------------------------------------------------------------------- contention
+def contention_report(phases, compiled):
+    """Slowdowns (busy / quiet medians), the targets and the Markdown table."""
+    slow, rows, targets = {}, [], []
+    for name in phases["quiet"]:
+        q, b = phases["quiet"][name], phases["busy"].get(name)
+        if b is None:
+            continue
+        for impl, kinds in q["timings"].items():
+            row = [name, impl]
+            for kind in ("infer", "train"):
+                tq, tb = kinds.get(kind), b["timings"].get(impl, {}).get(kind)
+                if tq is None or tb is None:
+                    row += ["–", "–", "–"]
+                    continue
+                notes = [unfair_note(ph["fairness"].get(impl, {}).get(kind))
+                         for ph in (q, b) if impl in ph["fairness"]]
+                notes = [n for n in notes if n]
+                entry = {"quiet_ms": 1e3 * tq.median, "busy_ms": 1e3 * tb.median,
+                         "slowdown": tb.median / tq.median, "unfair": notes or None}
+                slow.setdefault(name, {}).setdefault(impl, {})[kind] = entry
+                row += [C.fmt_time_ms(tq), C.fmt_time_ms(tb),
+                        f"{entry['slowdown']:.2f}x" + (f" ({'; '.join(notes)})" if notes else "")]
+            rows.append(row)
+    for b in compiled:
+        for name in ("medium", "large"):
+            mine = slow.get(name, {}).get(b, {}).get("infer")
+            ort = slow.get(name, {}).get(ORT, {}).get("infer")
+            if mine is None or ort is None:
+                continue
+            status = "UNFAIR" if ort["unfair"] else (
+                "MET" if mine["slowdown"] <= ort["slowdown"] else "MISSED")
+            targets.append({"target": "inference slowdown under contention <= ONNX Runtime's",
+                            "config": name, "backend": b, "value": mine["slowdown"],
+                            "threshold": ort["slowdown"], "status": status,
+                            "unfair": ort["unfair"]})
+    md = C.markdown_table(["config", "impl", "infer quiet ms", "infer busy ms", "infer slowdown",
+                           "train quiet ms", "train busy ms", "train slowdown"], rows)
+    return slow, targets, md
+
+
+def run_contention(cfg_names, args, dtype, cy_backends, threads, torch_default_threads, info,
+                   notes):
+    """--contention: every case quiet, then with one busy-loop process (same invocation)."""
+    compiled = [b for b in cy_backends if b != "numpy"]
+    built = {}
+    for name in cfg_names:
+        log(f"[{name}] building")
+        built[name] = build_cases(name, CONFIGS[name], args, dtype, cy_backends, threads,
+                                  torch_default_threads)
+    phases = {"quiet": {}, "busy": {}}
+
+    def measure(phase):
+        info[f"cpu_share_per_thread_{phase}"] = C.cpu_share(threads=max(threads, 1))
+        info[f"load_average_{phase}"] = C.load_average()
+        for name, (res, inf, tr, alone) in built.items():
+            log(f"[{name}] {phase}")
+            timings = time_cases(name, res, inf, tr, args)
+            phases[phase][name] = {"timings": timings, "fairness": check_alone(timings, alone,
+                                                                               args)}
+
+    t0 = time.perf_counter()
+    measure("quiet")
+    with C.busy_loop() as pids:
+        log(f"busy-loop process {pids[0]} started")
+        measure("busy")
+    slow, targets, md = contention_report(phases, compiled)
+    info["elapsed_seconds"] = time.perf_counter() - t0
+    path = os.path.join(args.out_dir, (args.out_name or "kernels_contention") + ".json")
+    C.write_json(path, {
+        "benchmark": "bench_kernels --contention", "args": vars(args), "machine": info,
+        "busy_process": "python -c 'while True: pass' (one, unpinned, started after the quiet "
+                        "phase, killed at the end)",
+        "configs": {n: {"spec": built[n][0]["spec"], "errors": built[n][0]["errors"],
+                        "check": built[n][0]["check"],
+                        **{ph: {"timings": {i: {k: t.to_dict() for k, t in kinds.items()}
+                                            for i, kinds in phases[ph][n]["timings"].items()},
+                                "fairness": phases[ph][n]["fairness"]}
+                           for ph in phases if n in phases[ph]}}
+                    for n in built},
+        "slowdown": slow, "targets": targets, "notes": notes, "markdown_table": md})
+    print(f"## cyrnn under contention (one busy-loop process; {np.dtype(dtype).name}, "
+          f"{threads} threads)\n")
+    print(f"{info['cpu_model']}, {info['cores']['usable']} cores usable; CPU share per "
+          f"thread quiet {info['cpu_share_per_thread_quiet']:.2f}, busy "
+          f"{info['cpu_share_per_thread_busy']:.2f}; {info['date']}.\n")
+    print(md)
+    print("\nslowdown = busy median / quiet median, same invocation; competitors' in-run "
+          "medians are checked against fresh-process medians in each phase.\n\n### Targets\n")
+    for t in targets:
+        print(f"- [{t['status']}] {t['backend']} {t['config']}: {t['target']}: "
+              f"{t['value']:.2f}x vs ORT {t['threshold']:.2f}x"
+              + (f" ({'; '.join(t['unfair'])})" if t["unfair"] else ""))
+    print("\n### Notes\n")
+    for n in notes:
+        print(f"- {n}")
+    print(f"\nWrote {os.path.relpath(path)}")
+    return 0
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -671,9 +799,34 @@ def main(argv=None):
                     help="skip the per-component profile (breakdown) of a training step")
     ap.add_argument("--breakdown-backends", default="cython",
                     help="compiled backends to profile (comma list, or 'all'; default cython)")
+    ap.add_argument("--settle-seconds", type=float, default=0.3,
+                    help="untimed calls of a case before each visit's samples, so that the "
+                         "previous case's thread pools have gone idle (default 0.3 s; 0 with "
+                         "--block 1: the old strict round-robin)")
+    ap.add_argument("--block", type=int, default=None,
+                    help="samples per visit of a case (default: repeats / 3, rounded up)")
+    ap.add_argument("--contention", action="store_true",
+                    help="time the configs quiet, then again with one pure-Python busy-loop "
+                         "process running; report each implementation's slowdown (writes "
+                         "kernels_contention.json)")
+    ap.add_argument("--memory", action="store_true",
+                    help="peak memory added by 20 calls, fresh process each (runs "
+                         "bench_memory.py; default configs large,imdb; writes "
+                         "kernels_memory.json)")
     ap.add_argument("--out-dir", default=os.path.join(HERE, "results"),
                     help="where kernels.json and kernels.png go (default benchmarks/results)")
+    ap.add_argument("--out-name", default=None,
+                    help="output file name without extension (default kernels, "
+                         "kernels_contention or kernels_memory)")
     args = ap.parse_args(argv)
+    if args.memory:
+        import bench_memory
+        mem_argv = ["--out-dir", args.out_dir, "--out-name", args.out_name or "kernels_memory"]
+        if args.configs:
+            mem_argv += ["--configs", args.configs]
+        if args.threads:
+            mem_argv += ["--threads", str(args.threads)]
+        return bench_memory.main(mem_argv)
 
     t_start = time.perf_counter()
     load_start = C.load_average()
@@ -682,6 +835,8 @@ def main(argv=None):
     args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)
     if args.max_seconds_per_case is None:
         args.max_seconds_per_case = 3.0 if args.quick else 8.0
+    if args.block is None:
+        args.block = max(1, math.ceil(args.repeats / 3))
     if args.configs:
         cfg_names = [c.strip() for c in args.configs.split(",") if c.strip()]
         bad = [c for c in cfg_names if c not in CONFIGS]
@@ -789,6 +944,10 @@ def main(argv=None):
         f"threads: cyrnn {threads}, torch default {torch_default_threads}; load {load_start}; "
         f"cpu share per thread {share_start}")
 
+    if args.contention:
+        return run_contention(cfg_names, args, dtype, cy_backends, threads,
+                              torch_default_threads, info, notes)
+
     # ---- GEMM peak
     log(f"GEMM peak ({args.gemm_n}^2, {np.dtype(dtype).name}) ...")
     peak = C.gemm_gflops(n=args.gemm_n, dtype=dtype, repeats=3 if args.quick else 7,
@@ -847,8 +1006,8 @@ def main(argv=None):
 
     # ---- write
     os.makedirs(args.out_dir, exist_ok=True)
-    json_path = os.path.join(args.out_dir, "kernels.json")
-    png_path = os.path.join(args.out_dir, "kernels.png")
+    json_path = os.path.join(args.out_dir, (args.out_name or "kernels") + ".json")
+    png_path = os.path.join(args.out_dir, (args.out_name or "kernels") + ".png")
     load_desc = f"load avg {load_start[0] if load_start else '?'} -> " \
                 f"{load_end[0] if load_end else '?'} on {cores} cores, CPU share per thread " \
                 f"{share_start:.2f} -> {share_end:.2f}"
@@ -862,6 +1021,7 @@ def main(argv=None):
         "configs": {n: {"spec": r["spec"], "flops": r["flops"], "errors": r["errors"],
                         "info": r["info"], "check": r["check"],
                         "torch_same_threads_key": r["torch_same_threads_key"],
+                        "fairness": r["fairness"],
                         "timings": {i: {k: t.to_dict() for k, t in kinds.items()}
                                     for i, kinds in r["timings"].items()},
                         "derived": r["derived"]}
@@ -931,7 +1091,9 @@ def main(argv=None):
             s = t.get("value_same_threads")
             extra = f" (torch at cyrnn's thread count: {s:.2f}x)" if (
                 s is not None and v is not None and abs(s - v) > 1e-12) else ""
-            print(f"- [{t['status']}] {t['backend']} {t['config']}: {t['target']}: {vs}{extra}")
+            why = f" ({t['unfair']})" if t.get("unfair") else ""
+            print(f"- [{t['status']}] {t['backend']} {t['config']}: {t['target']}: {vs}{extra}"
+                  f"{why}")
     print("\n### Notes\n")
     for n in notes:
         print(f"- {n}")

@@ -28,7 +28,6 @@ import argparse
 import io
 import json
 import os
-import subprocess
 import sys
 import time
 import warnings
@@ -36,8 +35,9 @@ import warnings
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import (cpu_share, interleaved_times, load_average, machine_info,  # noqa: E402
-                     markdown_table, write_json)
+from _common import (FAIR_TOLERANCE, START_ENV, cpu_share, fairness,  # noqa: E402
+                     interleaved_times, load_average, machine_info, markdown_table, run_alone,
+                     write_json)
 
 CONFIGS = {
     # name: (batch, steps, features, hidden, kind, num_layers, bidirectional)
@@ -47,12 +47,9 @@ CONFIGS = {
     "gru2-b1": (1, 100, 16, 64, "GRU", 2, False),
     "medium": (64, 50, 32, 128, "LSTM", 1, False),
 }
-TOLERANCE = 0.15
-# The environment before anything is imported: cyrnn's backends set OMP_WAIT_POLICY=PASSIVE
-# in os.environ when they load (unless it is set), which a child process would inherit and
-# which makes PyTorch's two-thread calls about 10x slower there. The "alone" processes get
-# the environment a fresh shell would give them.
-START_ENV = dict(os.environ)
+# The "alone" processes get _common.START_ENV, the environment before cyrnn was imported:
+# cyrnn's backends set OMP_WAIT_POLICY=PASSIVE in os.environ when they load (unless it is
+# set), which a child would inherit and which makes PyTorch's two-thread calls 3-10x slower.
 
 
 def torch_module(name):
@@ -149,13 +146,9 @@ def run_config(name, args):
     res = {k: t.median for k, t in times.items()}
     checks = {}
     for which in ("torch", "ort"):
-        out = subprocess.run([sys.executable, os.path.abspath(__file__), "--alone", which,
-                              "--configs", name, "--repeats", str(args.repeats)],
-                             capture_output=True, text=True, check=True, env=START_ENV)
-        t_alone = json.loads(out.stdout.strip().splitlines()[-1])["median"]
-        diff = res[which] / t_alone - 1
-        checks[which] = {"in_run": res[which], "alone": t_alone, "diff": diff,
-                         "ok": abs(diff) <= TOLERANCE}
+        t_alone = run_alone([os.path.abspath(__file__), "--alone", which, "--configs", name,
+                             "--repeats", str(args.repeats)], env=START_ENV)["median"]
+        checks[which] = fairness(res[which], t_alone)
     return {"times": res, "checks": checks, "cpu_share": share}
 
 
@@ -196,7 +189,7 @@ def main(argv=None):
     print(markdown_table(["config", "backend", "layer ms", "Sequential ms", "estimator ms",
                           "layer/Seq", "ORT/layer", "torch/layer", "cpu share"], rows))
     print("\n(torch / ort rows: in-run medians, alone medians, and in-run vs alone; '!' = "
-          f"over {TOLERANCE:.0%}: ratios then use the alone figure)")
+          f"over {FAIR_TOLERANCE:.0%}: ratios then use the alone figure)")
     if args.json:
         write_json(args.json, {"benchmark": "bench_layers", "machine": info,
                                "results": results})
