@@ -359,6 +359,7 @@ def train_backward(const int64_t[::1] spec not None, cnp.ndarray data not None,
     cdef char* packed = NULL
     cdef int64_t* pk = NULL
     cdef int isa = cyrnn_pgemm_isa()
+    cdef unsigned int csr
     if cache.buf == NULL:
         raise RuntimeError("this training forward was already backpropagated")
     if (data is not cache.data or spec.shape[0] != cache.sp_len
@@ -419,6 +420,7 @@ def train_backward(const int64_t[::1] spec not None, cnp.ndarray data not None,
             pk = <int64_t*>_alloc(<double>d.n_ops * PK_WIDTH * 8)
             packed = <char*>_alloc(<double>_pack_plan(cache.sp, &d, isa, True, pk) * d.isz)
         with nogil:
+            csr = cyrnn_fp_flush()  # denormals to zero in this call (every thread of it)
             if d.isz == 4:
                 if packed != NULL:
                     _pack_weights(cache.sp, &d, isa, True, pk,
@@ -439,6 +441,7 @@ def train_backward(const int64_t[::1] spec not None, cnp.ndarray data not None,
                                 ids, mask, <const double*>gp, <const double*>dhp,
                                 <const double*>dcp, <double*>dh0p, <double*>dc0p,
                                 <double*>dxp, <double*>ws, pk, <const double*>packed, isa)
+            cyrnn_fp_restore(csr)
     finally:
         free(packed)
         free(pk)

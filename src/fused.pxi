@@ -191,6 +191,21 @@ cdef void _affine_bwd(const floating* dy, const floating* x, Py_ssize_t rows,
               dy, <int>n_out, <floating>(1 if acc_dx else 0), dx, <int>n_in)
 
 
+cdef void _affine_bwd_packed(int isa, const floating* dy, const floating* x, Py_ssize_t rows,
+                             Py_ssize_t n_in, Py_ssize_t n_out, const floating* wt,
+                             floating* gw, floating* gb, floating* dx,
+                             bint acc_dx) noexcept nogil:
+    """:func:`_affine_bwd` on cyrnn's threads: ``wt`` is ``w`` packed for the
+    transposed product (``_pack_t``)."""
+    cdef Py_ssize_t i, j
+    _wgrad(isa, dy, n_out, x, n_in, rows, n_out, n_in, gw)
+    for i in range(rows):
+        for j in range(n_out):
+            gb[j] += dy[i * n_out + j]
+    if dx != NULL:
+        _rows_product(isa, dy, n_out, rows, n_out, wt, n_in, dx, n_in, acc_dx)
+
+
 cdef bint _all_finite(const floating* x, Py_ssize_t n) noexcept nogil:
     """No NaN or infinity in ``x[:n]`` (x * 0 is NaN exactly for those); 16
     independent lanes so the compiler vectorises the scan."""
@@ -559,8 +574,8 @@ cdef Py_ssize_t _pack_plan(const int64_t* sp, const Dims* d, int isa, bint bwd,
     """Offsets (elements) of every packed weight in one block (``pk``: n_ops x
     PK_WIDTH, -1 where none); returns the block's size. Forward (``bwd`` false):
     W_ih and W_hh of every direction (Cho's GRU: W_hh as two parts, gates r, z
-    and gate n) and every Dense weight. Backward: W_hh of every direction for
-    the transposed product ``dg W_hh`` (Cho's GRU: two parts)."""
+    and gate n) and every Dense weight. Backward: the same weights for the
+    transposed products (``dg W_hh``, ``dxp W_ih``, ``dy W``)."""
     cdef Py_ssize_t o, dd, pos = 0, G, H, R
     cdef int64_t* q
     cdef const int64_t* r
@@ -573,9 +588,9 @@ cdef Py_ssize_t _pack_plan(const int64_t* sp, const Dims* d, int isa, bint bwd,
             G = _gates_of(r)
             for dd in range(r[RNN_DIRS]):
                 q = pk + o * PK_WIDTH + PK_DIR * dd
-                if not bwd:
-                    q[PK_IH] = pos
-                    pos = _al(pos + cyrnn_pgemm_size(isa, d.isz, G, r[RNN_IN]))
+                q[PK_IH] = pos  # (C, K): (G, D) forward, (D, G) backward
+                pos = _al(pos + (cyrnn_pgemm_size(isa, d.isz, r[RNN_IN], G) if bwd
+                                 else cyrnn_pgemm_size(isa, d.isz, G, r[RNN_IN])))
                 q[PK_HH] = pos
                 # the first part's rows: all G (Cho's GRU: 2H); the product's (C, K)
                 # is (rows, H) forward, (H, rows) backward
@@ -585,9 +600,10 @@ cdef Py_ssize_t _pack_plan(const int64_t* sp, const Dims* d, int isa, bint bwd,
                 if r[RNN_CELL] == CELL_GRU_CHO:
                     q[PK_HH_N] = pos
                     pos = _al(pos + cyrnn_pgemm_size(isa, d.isz, H, H))
-        elif not bwd:
+        else:
             pk[o * PK_WIDTH + PK_DENSE] = pos
-            pos = _al(pos + cyrnn_pgemm_size(isa, d.isz, r[DENSE_OUT], r[DENSE_IN]))
+            pos = _al(pos + (cyrnn_pgemm_size(isa, d.isz, r[DENSE_IN], r[DENSE_OUT]) if bwd
+                             else cyrnn_pgemm_size(isa, d.isz, r[DENSE_OUT], r[DENSE_IN])))
     return pos
 
 
@@ -611,6 +627,7 @@ cdef void _pack_weights(const int64_t* sp, const Dims* d, int isa, bint bwd,
                 k0 = _tensors_of(r, dd)
                 whh = data + r[k0 + 1]
                 if bwd:
+                    _pack_t(isa, data + r[k0], _gates_of(r), r[RNN_IN], packed + q[PK_IH])
                     _pack_t(isa, whh, G, H, packed + q[PK_HH])
                     if cho:
                         _pack_t(isa, whh + G * H, H, H, packed + q[PK_HH_N])
@@ -619,7 +636,10 @@ cdef void _pack_weights(const int64_t* sp, const Dims* d, int isa, bint bwd,
                 _pack(isa, whh, G, H, packed + q[PK_HH])
                 if cho:
                     _pack(isa, whh + G * H, H, H, packed + q[PK_HH_N])
-        elif not bwd:
+        elif bwd:
+            _pack_t(isa, data + r[DENSE_W], r[DENSE_OUT], r[DENSE_IN],
+                    packed + pk[o * PK_WIDTH + PK_DENSE])
+        else:
             _pack(isa, data + r[DENSE_W], r[DENSE_OUT], r[DENSE_IN],
                   packed + pk[o * PK_WIDTH + PK_DENSE])
 
@@ -642,6 +662,7 @@ cdef void _fused_forward(const int64_t* sp, const Dims* d, bint keep, const int6
     step barrier; ops follow one another, as their step scratch is shared)."""
     cdef Py_ssize_t T = d.T, N = d.N, TN = d.T * d.N, F = d.F0, rows = N, nch = 1, ci
     cdef Py_ssize_t nt = 1, r0, o, t, i
+    cdef unsigned int csr
     cdef const int64_t* r
     cdef const int64_t* idp
     cdef const floating* x
@@ -671,8 +692,10 @@ cdef void _fused_forward(const int64_t* sp, const Dims* d, bint keep, const int6
         else:
             for ci in prange(nch, schedule='dynamic', chunksize=1, num_threads=nt):
                 r0 = ci * rows
+                csr = cyrnn_fp_flush()
                 _forward_op(sp, d, o, keep, plan, data, base, mask, h0, c0, drop, r0,
                             min(r0 + rows, N), pk, packed, isa)
+                cyrnn_fp_restore(csr)
         r = _rec(sp, o)
         if r[0] == OP_RNN and r[RNN_DROP] and keep and drop != NULL:
             drop += TN * _width_of(r)
@@ -868,9 +891,14 @@ cdef void _fused_backward(const int64_t* sp, const Dims* d, const int64_t* plan,
                     or (o == 0 and dx != NULL))
         if r[0] == OP_DENSE:
             R = TN if p[P_INSEQ] else N
-            _affine_bwd(dcur, inp, R, r[DENSE_IN], r[DENSE_OUT], data + r[DENSE_W],
-                        grad + r[DENSE_W], grad + r[DENSE_B], dnext if need_din else NULL,
-                        False)
+            if packed != NULL:
+                _affine_bwd_packed(isa, dcur, inp, R, r[DENSE_IN], r[DENSE_OUT],
+                                   packed + pk[o * PK_WIDTH + PK_DENSE], grad + r[DENSE_W],
+                                   grad + r[DENSE_B], dnext if need_din else NULL, False)
+            else:
+                _affine_bwd(dcur, inp, R, r[DENSE_IN], r[DENSE_OUT], data + r[DENSE_W],
+                            grad + r[DENSE_W], grad + r[DENSE_B], dnext if need_din else NULL,
+                            False)
         else:
             nrec -= 1
             code = <int>r[RNN_CELL]
@@ -935,8 +963,14 @@ cdef void _fused_backward(const int64_t* sp, const Dims* d, const int64_t* plan,
                 # the input projection's gradients, from dxp (back in input time order)
                 if dd:
                     _reverse_time(dxp, T, N * G)
-                _affine_bwd(dxp, inp, TN, D, G, data + r[k0], grad + r[k0], grad + r[k0 + 2],
-                            dnext if need_din else NULL, dd > 0)
+                if packed != NULL:
+                    _affine_bwd_packed(isa, dxp, inp, TN, D, G,
+                                       packed + pk[o * PK_WIDTH + PK_DIR * dd + PK_IH],
+                                       grad + r[k0], grad + r[k0 + 2],
+                                       dnext if need_din else NULL, dd > 0)
+                else:
+                    _affine_bwd(dxp, inp, TN, D, G, data + r[k0], grad + r[k0],
+                                grad + r[k0 + 2], dnext if need_din else NULL, dd > 0)
         swap = dcur
         dcur = dnext
         dnext = swap
@@ -1043,6 +1077,7 @@ cdef int _run_forward(const int64_t* sp, Dims* d, bint keep, int64_t* plan,
     cdef char* packed = NULL
     cdef int64_t* pk = NULL
     cdef int isa
+    cdef unsigned int csr
     cdef double need
     # sizes in double first: the planner's Py_ssize_t sums must not overflow
     need = ((<double>d.T + 1) * d.N * (d.F0 + 3.0 * d.GHmax + 4.0 * d.Hmax + 2.0 * d.Fmax)
@@ -1071,6 +1106,7 @@ cdef int _run_forward(const int64_t* sp, Dims* d, bint keep, int64_t* plan,
             free(mask)
             raise
     with nogil:
+        csr = cyrnn_fp_flush()  # denormals to zero in this call (every thread of it)
         if valid != NULL:
             memcpy(mask, valid, <size_t>TN)
         else:
@@ -1090,6 +1126,7 @@ cdef int _run_forward(const int64_t* sp, Dims* d, bint keep, int64_t* plan,
             _fused_forward(sp, d, keep, plan, <const double*>dptr, xin, <double*>buf, mask,
                            <const double*>h0, <const double*>c0, <const double*>drop,
                            <double*>optr, pk, <const double*>packed, isa)
+        cyrnn_fp_restore(csr)
     free(packed)
     free(pk)
     buf_out[0] = buf

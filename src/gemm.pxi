@@ -243,6 +243,8 @@ cdef inline void _gemm_dw(const floating* dgh, const floating* hin, Py_ssize_t r
 
 cdef extern from "pgemm.h" nogil:
     int cyrnn_pgemm_isa()
+    unsigned int cyrnn_fp_flush()
+    void cyrnn_fp_restore(unsigned int old)
     Py_ssize_t cyrnn_pgemm_size(int isa, size_t esize, Py_ssize_t C, Py_ssize_t K)
     void cyrnn_pack_f(int isa, const float* W, Py_ssize_t C, Py_ssize_t K, Py_ssize_t sc,
                       Py_ssize_t sk, float* P)
@@ -252,6 +254,10 @@ cdef extern from "pgemm.h" nogil:
                        const float* P, Py_ssize_t C, float* out, Py_ssize_t ldo, int beta)
     void cyrnn_pgemm_d(int isa, const double* x, Py_ssize_t ldx, Py_ssize_t n, Py_ssize_t K,
                        const double* P, Py_ssize_t C, double* out, Py_ssize_t ldo, int beta)
+    void cyrnn_pgemm_tf(int isa, const float* x, Py_ssize_t ldx, Py_ssize_t n, Py_ssize_t K,
+                        const float* P, Py_ssize_t C, float* out, Py_ssize_t ldo, int beta)
+    void cyrnn_pgemm_td(int isa, const double* x, Py_ssize_t ldx, Py_ssize_t n, Py_ssize_t K,
+                        const double* P, Py_ssize_t C, double* out, Py_ssize_t ldo, int beta)
 
 
 cdef inline void _pack(int isa, const floating* w, Py_ssize_t C, Py_ssize_t K,
@@ -261,6 +267,15 @@ cdef inline void _pack(int isa, const floating* w, Py_ssize_t C, Py_ssize_t K,
         cyrnn_pack_f(isa, w, C, K, K, 1, P)
     else:
         cyrnn_pack_d(isa, w, C, K, K, 1, P)
+
+
+cdef inline void _pack_strided(int isa, const floating* w, Py_ssize_t C, Py_ssize_t K,
+                               Py_ssize_t sc, Py_ssize_t sk, floating* P) noexcept nogil:
+    """Pack the operand whose element (c, k) is ``w[c*sc + k*sk]``."""
+    if floating is float:
+        cyrnn_pack_f(isa, w, C, K, sc, sk, P)
+    else:
+        cyrnn_pack_d(isa, w, C, K, sc, sk, P)
 
 
 cdef inline void _pack_t(int isa, const floating* a, Py_ssize_t K, Py_ssize_t C,
@@ -293,6 +308,17 @@ cdef inline void _pg_acc(int isa, const floating* x, Py_ssize_t ldx, Py_ssize_t 
         cyrnn_pgemm_f(isa, x, ldx, n, K, P, C, out, ldo, beta)
     else:
         cyrnn_pgemm_d(isa, x, ldx, n, K, P, C, out, ldo, beta)
+
+
+cdef inline void _pg_xt(int isa, const floating* x, Py_ssize_t ldx, Py_ssize_t n,
+                        Py_ssize_t K, const floating* P, Py_ssize_t C, floating* out,
+                        Py_ssize_t ldo) noexcept nogil:
+    """``out[i, :C] += sum_k x[k*ldx + i] W[:, k]`` for ``n`` rows: ``_pg`` (adding)
+    with ``x`` stored transposed."""
+    if floating is float:
+        cyrnn_pgemm_tf(isa, x, ldx, n, K, P, C, out, ldo, 1)
+    else:
+        cyrnn_pgemm_td(isa, x, ldx, n, K, P, C, out, ldo, 1)
 
 
 def pgemm_isa():

@@ -427,6 +427,7 @@ cdef void _backward_all(int code, int act, int ract, Py_ssize_t truncate, Py_ssi
     ``sw`` NULL: one pass over all rows. Else the sweeps run on row chunks that
     threads take dynamically (rows never interact until the weight gradients)."""
     cdef Py_ssize_t GH = n_gates_of(code) * H, NH = N * H, k, j, rows, nch, nt, ci, r0
+    cdef unsigned int csr
     cdef const floating* g
     cdef const floating* c_prev
     if sw == NULL:
@@ -442,16 +443,25 @@ cdef void _backward_all(int code, int act, int ract, Py_ssize_t truncate, Py_ssi
         else:
             for ci in prange(nch, schedule='dynamic', chunksize=1, num_threads=nt):
                 r0 = ci * rows
+                csr = cyrnn_fp_flush()
                 _backward_rows(code, act, ract, truncate, T, N, r0, min(r0 + rows, N), H, w,
                                sw, peep, mask, hc, cc, gates, aux, dhseq, dh_T, dc_T, dh0,
                                dc0, work, dg, budget, vbuf, dxp, dgh, small)
+                cyrnn_fp_restore(csr)
 
     # dW_hh = sum_t dgh_t^T hin_t, one GEMM over all T*N rows (Cho's GRU: the n
     # block against r*h); db_hh = sum of dgh. Every cell but ``gru``: the
     # gradients on the input and the recurrent pre-activations are the same array.
     if dgh == NULL:
         dgh = dxp
-    if code == CELL_GRU_CHO:
+    if sw != NULL:  # on cyrnn's threads
+        memset(dw, 0, GH * H * sizeof(floating))
+        if code == CELL_GRU_CHO:
+            _wgrad(sw.isa, dgh, GH, hc, H, T * N, 2 * H, H, dw)
+            _wgrad(sw.isa, dgh + 2 * H, GH, aux, H, T * N, H, H, dw + 2 * H * H)
+        else:
+            _wgrad(sw.isa, dgh, GH, hc, H, T * N, GH, H, dw)
+    elif code == CELL_GRU_CHO:
         _gemm_dw(dgh, hc, 0, 2 * H, T * N, H, GH, dw)
         _gemm_dw(dgh, aux, 2 * H, H, T * N, H, GH, dw)
     else:
@@ -471,3 +481,86 @@ cdef void _backward_all(int code, int act, int ract, Py_ssize_t truncate, Py_ssi
                 dpeep[j] += g[j] * c_prev[j]
                 dpeep[H + j] += g[H + j] * c_prev[j]
                 dpeep[2 * H + j] += g[3 * H + j] * c_prev[NH + j]
+
+
+# ----------------------------------------------------------------------------
+# The whole-sequence products of the packed path's backward, on cyrnn's threads
+# (no BLAS thread pool alternating with the row-chunk threads).
+# ----------------------------------------------------------------------------
+
+cdef extern from "<stdlib.h>" nogil:
+    void* aligned_alloc(size_t alignment, size_t size)
+
+
+cdef enum:
+    WG_ROWS = 256        # rows of one reduction block of ``_wgrad``
+    WG_GROUPS = 4        # partial sums of ``_wgrad`` (fixed: results do not depend
+                         # on the thread count)
+
+
+cdef void _wgrad(int isa, const floating* dg, Py_ssize_t ldg, const floating* x,
+                 Py_ssize_t ldx, Py_ssize_t rows, Py_ssize_t C, Py_ssize_t K,
+                 floating* out) noexcept nogil:
+    """``out (C, K) += dg[:rows, :C]^T x[:rows, :K]`` (row strides ``ldg``, ``ldx``):
+    a weight gradient summed over every row of every step.
+
+    The rows are cut into blocks of WG_ROWS; WG_GROUPS groups of consecutive blocks
+    are summed into their own (K, C) partials by the threads that take them, then
+    added, transposed, in group order. Per block the dg block is packed and the
+    kernel reads x as it lies (``_pg_xt``). Falls back to one BLAS GEMM when the
+    scratch cannot be allocated."""
+    cdef Py_ssize_t nblk = (rows + WG_ROWS - 1) // WG_ROWS, ng, per, g, b, r0, R, i, j
+    cdef Py_ssize_t nt, psz = cyrnn_pgemm_size(isa, sizeof(floating), C, WG_ROWS)
+    cdef unsigned int csr
+    cdef Py_ssize_t slot = _al(C * K) + _al(psz)
+    cdef floating* ws
+    cdef floating* acc
+    cdef floating* P
+    if rows <= 0:
+        return
+    ng = min(<Py_ssize_t>WG_GROUPS, nblk)
+    per = (nblk + ng - 1) // ng
+    ng = (nblk + per - 1) // per
+    # 64-byte aligned: the packed kernel loads whole vectors from P
+    ws = <floating*>aligned_alloc(64, <size_t>((ng * slot * sizeof(floating) + 63) // 64 * 64))
+    if ws == NULL:
+        _gemm(c'N', c'T', <int>K, <int>C, <int>rows, <floating>1, x, <int>ldx, dg, <int>ldg,
+              <floating>1, out, <int>K)
+        return
+    nt = min(<Py_ssize_t>_nthreads(), ng)
+    for g in prange(ng, schedule='dynamic', chunksize=1, num_threads=nt):
+        csr = cyrnn_fp_flush()
+        acc = ws + g * slot
+        P = acc + _al(C * K)
+        memset(acc, 0, C * K * sizeof(floating))
+        for b in range(g * per, min((g + 1) * per, nblk)):
+            r0 = b * WG_ROWS
+            R = min(<Py_ssize_t>WG_ROWS, rows - r0)
+            _pack_strided(isa, dg + r0 * ldg, C, R, 1, ldg, P)
+            _pg_xt(isa, x + r0 * ldx, ldx, K, R, P, C, acc, C)
+        cyrnn_fp_restore(csr)
+    for g in range(ng):
+        acc = ws + g * slot
+        for i in range(C):
+            for j in range(K):
+                out[i * K + j] += acc[j * C + i]
+    free(ws)
+
+
+cdef void _rows_product(int isa, const floating* a, Py_ssize_t lda, Py_ssize_t rows,
+                        Py_ssize_t K, const floating* P, Py_ssize_t C, floating* out,
+                        Py_ssize_t ldo, int beta) noexcept nogil:
+    """``out[:rows, :C] (+)= a[:rows, :K] W^T`` with ``W`` packed (``P``), on row
+    chunks of WG_ROWS that the threads take dynamically."""
+    cdef Py_ssize_t nch = (rows + WG_ROWS - 1) // WG_ROWS, ci, r0
+    cdef Py_ssize_t nt = min(<Py_ssize_t>_nthreads(), nch)
+    cdef unsigned int csr
+    if nt <= 1:
+        _pg_acc(isa, a, lda, rows, K, P, C, out, ldo, beta)
+        return
+    for ci in prange(nch, schedule='dynamic', chunksize=1, num_threads=nt):
+        r0 = ci * WG_ROWS
+        csr = cyrnn_fp_flush()
+        _pg_acc(isa, a + r0 * lda, lda, min(<Py_ssize_t>WG_ROWS, rows - r0), K, P, C,
+                out + r0 * ldo, ldo, beta)
+        cyrnn_fp_restore(csr)

@@ -76,25 +76,33 @@ static inline ptrdiff_t cyrnn_pgemm_size(int isa, size_t esize, ptrdiff_t C, ptr
 #define CYRNN_PACK(NAME, T)                                                           \
 static void NAME(int isa, const T* W, ptrdiff_t C, ptrdiff_t K, ptrdiff_t sc,          \
                  ptrdiff_t sk, T* P) {                                                \
-    ptrdiff_t nr = cyrnn_pgemm_nr(isa, sizeof(T)), p, k, j, c;                        \
+    ptrdiff_t nr = cyrnn_pgemm_nr(isa, sizeof(T)), p, k, j, c, nc;                    \
     for (p = 0; p * nr < C; p++) {                                                    \
         T* pp = P + p * nr * K;                                                       \
-        for (k = 0; k < K; k++)                                                       \
-            for (j = 0; j < nr; j++) {                                                \
-                c = p * nr + j;                                                       \
-                pp[k * nr + j] = c < C ? W[c * sc + k * sk] : (T)0;                   \
-            }                                                                         \
+        nc = C - p * nr < nr ? C - p * nr : nr;                                       \
+        for (k = 0; k < K; k++) {                                                     \
+            const T* src = W + p * nr * sc + k * sk;                                  \
+            T* dst = pp + k * nr;                                                     \
+            if (sc == 1)                                                              \
+                memcpy(dst, src, nc * sizeof(T));                                     \
+            else                                                                      \
+                for (j = 0; j < nc; j++) dst[j] = src[j * sc];                        \
+            for (c = nc; c < nr; c++) dst[c] = (T)0;                                  \
+        }                                                                             \
     }                                                                                 \
 }
 CYRNN_PACK(cyrnn_pack_f, float)
 CYRNN_PACK(cyrnn_pack_d, double)
 
-/* One kernel body per (type, vector bytes, MR, target). */
-#define CYRNN_PGEMM_KERNEL(NAME, T, VB, MR, TARGET)                                   \
+/* One kernel body per (type, vector bytes, MR, target, x layout). XT 0: element
+   (i, k) of x at x[i*ldx + k]; XT 1: at x[k*ldx + i] (x stored transposed: the
+   weight-gradient sums over rows read the activations as they lie). */
+#define CYRNN_PGEMM_KERNEL(NAME, T, VB, MR, TARGET, XT)                               \
 typedef T NAME##_v __attribute__((vector_size(VB)));                                  \
 TARGET static void NAME(const T* x, ptrdiff_t ldx, ptrdiff_t n, ptrdiff_t K,          \
                         const T* P, ptrdiff_t C, T* out, ptrdiff_t ldo, int beta) {   \
     enum { V = VB / sizeof(T), NR = 2 * V };                                          \
+    const ptrdiff_t si = XT ? 1 : ldx, sk = XT ? ldx : 1;                             \
     ptrdiff_t p, i0, k, r, j;                                                         \
     for (p = 0; p * NR < C; p++) {                                                    \
         const T* pp = P + p * NR * K;                                                 \
@@ -105,7 +113,7 @@ TARGET static void NAME(const T* x, ptrdiff_t ldx, ptrdiff_t n, ptrdiff_t K,    
             ptrdiff_t m = n - i0 < MR ? n - i0 : MR;                                  \
             _Pragma("GCC unroll 16")                                                  \
             for (r = 0; r < MR; r++) {                                                \
-                xr[r] = x + (i0 + (r < m ? r : m - 1)) * ldx;                         \
+                xr[r] = x + (i0 + (r < m ? r : m - 1)) * si;                          \
                 a0[r] = (NAME##_v){0};                                                \
                 a1[r] = (NAME##_v){0};                                                \
             }                                                                         \
@@ -114,7 +122,7 @@ TARGET static void NAME(const T* x, ptrdiff_t ldx, ptrdiff_t n, ptrdiff_t K,    
                 NAME##_v w1 = *(const NAME##_v*)(pp + k * NR + V);                    \
                 _Pragma("GCC unroll 16")                                              \
                 for (r = 0; r < MR; r++) {                                            \
-                    T s = xr[r][k];                                                   \
+                    T s = xr[r][k * sk];                                              \
                     a0[r] += s * w0;                                                  \
                     a1[r] += s * w1;                                                  \
                 }                                                                     \
@@ -133,13 +141,17 @@ TARGET static void NAME(const T* x, ptrdiff_t ldx, ptrdiff_t n, ptrdiff_t K,    
     }                                                                                 \
 }
 
-CYRNN_PGEMM_KERNEL(cyrnn_pgemm_f512, float, 64, 8, CYRNN_T512)
-CYRNN_PGEMM_KERNEL(cyrnn_pgemm_d512, double, 64, 8, CYRNN_T512)
-CYRNN_PGEMM_KERNEL(cyrnn_pgemm_f256, float, 32, 4, CYRNN_T256)
-CYRNN_PGEMM_KERNEL(cyrnn_pgemm_d256, double, 32, 4, CYRNN_T256)
-CYRNN_PGEMM_KERNEL(cyrnn_pgemm_f128, float, 16, 4, )
-CYRNN_PGEMM_KERNEL(cyrnn_pgemm_d128, double, 16, 4, )
+#define CYRNN_PGEMM_KERNELS(SUF, XT)                                                  \
+CYRNN_PGEMM_KERNEL(cyrnn_pgemm_f512##SUF, float, 64, 8, CYRNN_T512, XT)                \
+CYRNN_PGEMM_KERNEL(cyrnn_pgemm_d512##SUF, double, 64, 8, CYRNN_T512, XT)               \
+CYRNN_PGEMM_KERNEL(cyrnn_pgemm_f256##SUF, float, 32, 4, CYRNN_T256, XT)                \
+CYRNN_PGEMM_KERNEL(cyrnn_pgemm_d256##SUF, double, 32, 4, CYRNN_T256, XT)               \
+CYRNN_PGEMM_KERNEL(cyrnn_pgemm_f128##SUF, float, 16, 4, , XT)                          \
+CYRNN_PGEMM_KERNEL(cyrnn_pgemm_d128##SUF, double, 16, 4, , XT)
+CYRNN_PGEMM_KERNELS(, 0)
+CYRNN_PGEMM_KERNELS(t, 1)
 
+/* cyrnn_pgemm_f/d: x row-major; cyrnn_pgemm_tf/td: x stored transposed (XT 1). */
 #define CYRNN_PGEMM_DISPATCH(NAME, T, K512, K256, K128)                               \
 static void NAME(int isa, const T* x, ptrdiff_t ldx, ptrdiff_t n, ptrdiff_t K,          \
                  const T* P, ptrdiff_t C, T* out, ptrdiff_t ldo, int beta) {           \
@@ -152,5 +164,27 @@ CYRNN_PGEMM_DISPATCH(cyrnn_pgemm_f, float, cyrnn_pgemm_f512, cyrnn_pgemm_f256,
                      cyrnn_pgemm_f128)
 CYRNN_PGEMM_DISPATCH(cyrnn_pgemm_d, double, cyrnn_pgemm_d512, cyrnn_pgemm_d256,
                      cyrnn_pgemm_d128)
+CYRNN_PGEMM_DISPATCH(cyrnn_pgemm_tf, float, cyrnn_pgemm_f512t, cyrnn_pgemm_f256t,
+                     cyrnn_pgemm_f128t)
+CYRNN_PGEMM_DISPATCH(cyrnn_pgemm_td, double, cyrnn_pgemm_d512t, cyrnn_pgemm_d256t,
+                     cyrnn_pgemm_d128t)
+
+/* Flush denormal numbers to zero (FTZ, DAZ) in the calling thread while cyrnn's
+   loops run; returns the previous mode for cyrnn_fp_restore. Gradients that
+   decay through hundreds of steps reach the denormal range, where every
+   multiply-add takes a microcode assist (the IMDB GRU's training step ran 4x
+   slower). Elsewhere than x86 with SSE: no-ops. */
+#if defined(__SSE__) || defined(__x86_64__)
+#include <xmmintrin.h>
+static inline unsigned int cyrnn_fp_flush(void) {
+    unsigned int old = _mm_getcsr();
+    _mm_setcsr(old | 0x8040u);
+    return old;
+}
+static inline void cyrnn_fp_restore(unsigned int old) { _mm_setcsr(old); }
+#else
+static inline unsigned int cyrnn_fp_flush(void) { return 0; }
+static inline void cyrnn_fp_restore(unsigned int old) { (void)old; }
+#endif
 
 #endif

@@ -247,3 +247,25 @@ def test_generated_constants_match_the_table():
     assert kernels.SPEC_ERRORS == spec.ERRORS
     for name in ("INFER_SPEC_VERSION", "INFER_SPEC_WIDTH", "INFER_SPEC_HEADER"):
         assert not hasattr(kernels, name)  # the hand-written copies are gone
+
+
+def test_denormals_flushed_inside_calls_only():
+    """The compiled calls flush denormal numbers to zero (a gradient decaying through
+    many steps would otherwise slow every multiply-add) and put the caller's
+    floating-point mode back: NumPy still produces denormals afterwards."""
+    import cyrnn
+
+    tiny = np.float32(1e-38)
+    assert tiny / np.float32(10) > 0  # a denormal, before
+    model = cyrnn.Sequential([cyrnn.LSTM(3, 8, backend="cython", dtype=np.float32,
+                                         random_state=0)])
+    x = np.random.default_rng(0).standard_normal((40, 5, 3)).astype(np.float32)
+    out = model.forward(x, training=True)
+    model.backward(np.ones_like(out))
+    model.forward(x[:2], training=False)
+    assert tiny / np.float32(10) > 0  # and after
+    # a denormal input state gives the same result as zeros inside the call
+    be = get_backend("cython")
+    h0 = np.full(40 * 8, 1e-39, np.float32)
+    np.testing.assert_array_equal(be.infer(model.inference_spec(), model.params.data, x, None, h0),
+                                  be.infer(model.inference_spec(), model.params.data, x))

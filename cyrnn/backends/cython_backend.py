@@ -4,21 +4,23 @@ Same signatures, results and cache layout as :mod:`cyrnn.backends.numpy_backend`
 (the specification). This module only prepares arrays: it makes inputs
 C-contiguous in the working dtype, turns ``mask`` into a ``(T, N)`` uint8 array,
 allocates outputs and scratch, and calls the compiled time loops with the cell's
-``Cell.codes``; they run without the GIL (recurrent products through BLAS, gate
-math in C, row loops parallel over the batch when OpenMP is available and the
-step is large).
+``Cell.codes``; they run without the GIL.
 
-Threads: BLAS threads the big GEMMs (m*n*k >= 2**24); mid-sized ones are cut
-into blocks that OpenBLAS keeps on the calling thread (see ``_cython_kernels._gemm``),
-and :func:`matmul` gives the layer-side GEMMs the same BLAS and rule, so NumPy's
-and scipy's OpenBLAS pools never alternate within a step. OpenMP threads the gate
-math of big steps (N * H >= ``_cython_kernels.PARALLEL_MIN``). The two pools alternate every
-step, and OpenMP threads that spin-wait between regions (the default "active"
-policy of most runtimes) keep BLAS's threads off the cores, which made big steps
-several times slower on 2 cores. Unless the user chose otherwise, this module
-therefore sets ``OMP_WAIT_POLICY=PASSIVE`` before the extension (and with it
-the OpenMP runtime) is loaded; ``OMP_NUM_THREADS=1`` or threadpoolctl's
-``threadpool_limits`` turn the row threads off.
+Threads: batches of at least 4 rows and 32 row-steps run each op's time loop on row
+chunks that OpenMP threads take dynamically, with the per-step products in the
+extension's packed GEMM (no BLAS inside the loop, no barrier per step: rows never
+interact); one parallel region per op and call. Smaller batches run on the calling
+thread, products through BLAS (mid-sized GEMMs cut into blocks that OpenBLAS keeps
+on the calling thread, see ``_cython_kernels._gemm``). The whole-sequence GEMMs of
+the backward (weight gradients, input gradients) are BLAS's, threaded by it.
+``cyrnn.set_num_threads``, ``OMP_NUM_THREADS=1`` or threadpoolctl limit the threads.
+
+The OpenMP runtime keeps its default wait policy (threads spin briefly, then
+sleep). This module used to set ``OMP_WAIT_POLICY=PASSIVE`` for the per-step
+parallel regions it no longer has; with one region per call a sleeping team is
+woken onto the busy core and the second thread found no chunk left (medium
+inference: 6.96 ms with PASSIVE, 4.50 ms without, 2 threads), and the variable
+leaked into other libraries (PyTorch imported afterwards, child processes).
 
 Importing this module raises ImportError when the extension is not built; the
 backend registry then reports the backend as unavailable.
@@ -29,9 +31,6 @@ from __future__ import annotations
 import os
 
 import numpy as np
-
-# Must precede the extension import: the OpenMP runtime reads it when loaded.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def _import_kernels():
