@@ -51,6 +51,7 @@ cdef struct Dims:
     bint drop            # a training forward with dropout masks
     bint packed          # the row-chunked forward (packed weights; set before ``_plan``)
     Py_ssize_t hn, cn    # scratch offsets of h_n, c_n (set by ``_plan``)
+    Py_ssize_t xg        # packed path: the scratch offset of the input gather block
 
 
 cdef inline const int64_t* _rec(const int64_t* sp, Py_ssize_t o) noexcept nogil:
@@ -440,8 +441,8 @@ cdef inline Py_ssize_t _al(Py_ssize_t n) noexcept nogil:
 
 cdef inline Py_ssize_t _gh_off(const Dims* d) noexcept nogil:
     """The scratch offset of gh, after the input (T, N, F0) and xp: every step's
-    input projections (T, N, GHmax), or one step's on the packed path."""
-    return _al(_al(d.T * d.N * d.F0) + (1 if d.packed else d.T) * d.N * d.GHmax)
+    input projections (T, N, GHmax), or STEP_BLOCK steps' on the packed path."""
+    return _al(_al(d.T * d.N * d.F0) + (STEP_BLOCK if d.packed else d.T) * d.N * d.GHmax)
 
 
 cdef Py_ssize_t _plan(const int64_t* sp, Dims* d, bint keep, int64_t* plan) noexcept nogil:
@@ -449,7 +450,8 @@ cdef Py_ssize_t _plan(const int64_t* sp, Dims* d, bint keep, int64_t* plan) noex
     n_ops x P_WIDTH; sets ``d.hn``/``d.cn``); returns the block's size in elements.
 
     Always: [0] the time-major input (T, N, F0); [1] xp scratch (T, N, GHmax),
-    one step of it when ``d.packed``;
+    STEP_BLOCK steps of it when ``d.packed`` (then also a gather block of
+    STEP_BLOCK steps of op inputs, ``d.xg``);
     [2] gh scratch (N, GHmax); the final states h_n, c_n (flat). ``keep``
     (training): every op gets its own output and, for recurrent ops, every
     direction its own cache (h, c: T+1 states; gates; aux; outputs); a
@@ -467,6 +469,10 @@ cdef Py_ssize_t _plan(const int64_t* sp, Dims* d, bint keep, int64_t* plan) noex
     cdef int64_t* q
     # every buffer starts on a 64-byte boundary (the block is 64-byte aligned)
     pos = _gh_off(d) + N * d.GHmax
+    d.xg = -1
+    if d.packed:
+        d.xg = _al(pos)
+        pos = d.xg + STEP_BLOCK * N * d.Fmax
     d.hn = _al(pos)
     pos = d.hn + N * d.SH
     d.cn = -1
@@ -644,6 +650,13 @@ cdef void _pack_weights(const int64_t* sp, const Dims* d, int isa, bint bwd,
                   packed + pk[o * PK_WIDTH + PK_DENSE])
 
 
+cdef inline double _op_weights(const int64_t* r) noexcept nogil:
+    """Elements of the weights one step of an op reads (every direction)."""
+    if r[0] == OP_RNN:
+        return <double>r[RNN_DIRS] * _gates_of(r) * (r[RNN_IN] + r[RNN_HIDDEN])
+    return <double>r[DENSE_OUT] * r[DENSE_IN]
+
+
 cdef void _fused_forward(const int64_t* sp, const Dims* d, bint keep, const int64_t* plan,
                          const floating* data, const char* xin, floating* base,
                          const uint8_t* mask, const floating* h0, const floating* c0,
@@ -683,9 +696,9 @@ cdef void _fused_forward(const int64_t* sp, const Dims* d, bint keep, const int6
         for t in range(T):
             for i in range(N):
                 memcpy(x0 + (t * N + i) * F, x + (i * T + t) * F, F * sizeof(floating))
-    if packed != NULL:
-        nt = _chunking(N, &rows, &nch)
     for o in range(d.first, d.n_ops):
+        if packed != NULL:
+            nt = _chunking(N, T, _op_weights(_rec(sp, o)), d.isz, &rows, &nch)
         if nt <= 1:
             _forward_op(sp, d, o, keep, plan, data, base, mask, h0, c0, drop, 0, N, pk,
                         packed, isa)
@@ -754,6 +767,7 @@ cdef void _forward_op(const int64_t* sp, const Dims* d, Py_ssize_t o, bint keep,
                     _reverse_time(xp, T, N * G)
             else:
                 si.x = inp
+                si.xg = base + d.xg
                 si.D = D
                 si.rev = dd > 0
                 si.wih = packed + pk[o * PK_WIDTH + PK_DIR * dd + PK_IH]

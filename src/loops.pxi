@@ -103,28 +103,60 @@ cdef inline void _bwd_finish_rows(Py_ssize_t lo, Py_ssize_t hi, Py_ssize_t H, Py
 cdef enum:
     # Row chunks of the packed path: at least CHUNK_MIN_ROWS rows, about two per
     # thread, handed out dynamically, so that a thread preempted by another
-    # process delays only the chunk it holds.
+    # process delays only the chunk it holds. Every chunk streams the op's weights
+    # once per step: when they exceed CHUNK_BIG_WEIGHTS bytes (more than half of a
+    # typical server core's L2), one chunk per thread instead. Ops with fewer than
+    # PARALLEL_MIN_MACS multiply-adds (T * N * weights) run on the calling thread:
+    # waking a sleeping OpenMP team costs more than they take (dino-b32, 6e6: 0.22
+    # ms on one thread, 0.40 ms on two with the runtime's default wait policy).
     CHUNK_MIN_ROWS = 8
+    CHUNK_BIG_WEIGHTS = 1 << 20
 
 
-cdef inline Py_ssize_t _chunking(Py_ssize_t N, Py_ssize_t* rows,
+cdef double PARALLEL_MIN_MACS = 2e7
+
+
+def _set_parallel_min_macs(double value):
+    """Set the multiply-add count from which an op's rows go to several threads
+    (tests set 0, so that small problems take the threaded path); returns the
+    previous value."""
+    global PARALLEL_MIN_MACS
+    previous = PARALLEL_MIN_MACS
+    PARALLEL_MIN_MACS = value
+    return previous
+
+
+cdef inline Py_ssize_t _chunking(Py_ssize_t N, Py_ssize_t T, double weight_elems,
+                                 Py_ssize_t isz, Py_ssize_t* rows,
                                  Py_ssize_t* nch) noexcept nogil:
     """Cut N rows into chunks (``rows`` each, the last one shorter; ``nch`` of
-    them); returns the threads to run them on (1: run them serially)."""
+    them) for an op of T steps whose per-step weights have ``weight_elems``
+    elements of ``isz`` bytes; returns the threads to run them on (1: serially)."""
     cdef Py_ssize_t nt = _nthreads()
-    rows[0] = (N + 2 * nt - 1) // (2 * nt)
+    cdef Py_ssize_t per = nt if weight_elems * isz > CHUNK_BIG_WEIGHTS else 2 * nt
+    rows[0] = (N + per - 1) // per
     if rows[0] < CHUNK_MIN_ROWS:
         rows[0] = CHUNK_MIN_ROWS
     nch[0] = (N + rows[0] - 1) // rows[0]
+    if <double>T * N * weight_elems < PARALLEL_MIN_MACS:
+        return 1
     return min(nt, nch[0])
 
 
+cdef enum:
+    # The packed path projects the input of STEP_BLOCK steps at once (one product
+    # per block, W_ih streamed once per block instead of once per step).
+    STEP_BLOCK = 8
+
+
 cdef struct StepInput:
-    # The packed path's per-step input (``_forward_rows``): the op's time-major
-    # input (T, N, D), read in reverse time order when ``rev``; its packed W_ih and
-    # b_ih; the packed W_hh (Cho's GRU: rows [0, 2H) in ``whh``, [2H, 3H) in
-    # ``whh_n``). Pointers to the call's dtype, cast where used.
+    # The packed path's input (``_forward_rows``): the op's time-major input
+    # (T, N, D), read in reverse time order when ``rev``; a gather block
+    # (STEP_BLOCK * N * D elements, each row chunk using its own rows); its packed
+    # W_ih and b_ih; the packed W_hh (Cho's GRU: rows [0, 2H) in ``whh``,
+    # [2H, 3H) in ``whh_n``). Pointers to the call's dtype, cast where used.
     const void* x
+    void* xg
     Py_ssize_t D
     bint rev
     const void* wih
@@ -164,9 +196,10 @@ cdef void _forward_rows(int code, int act, int ract, Py_ssize_t T, Py_ssize_t N,
 
     ``si`` NULL: ``xp`` (T, N, G*H) holds every step's input projection, and the
     recurrent products use BLAS (own kernel for batches of at most ``small``
-    rows); rows must be all of them. ``si`` given: each step's projection is
-    computed into ``xp`` (one (N, G*H) slot; these rows) and every product uses
-    the packed kernels."""
+    rows); rows must be all of them. ``si`` given: every STEP_BLOCK steps, these
+    rows' inputs of the next steps are gathered and projected by one product
+    into ``xp`` (STEP_BLOCK * N * G*H elements; this chunk's part, laid out
+    (step, row)), and every product uses the packed kernels."""
     cdef Py_ssize_t GH = n_gates_of(code) * H, NH = N * H, t, i, j, n = r1 - r0, D
     cdef bint cho = code == CELL_GRU_CHO
     cdef bint own = N <= small
@@ -180,6 +213,9 @@ cdef void _forward_rows(int code, int act, int ract, Py_ssize_t T, Py_ssize_t N,
     cdef const floating* x
     cdef const floating* bih
     cdef floating* xr
+    cdef floating* xb
+    cdef floating* xg
+    cdef Py_ssize_t sb, s
     for t in range(T):
         hp = hbuf + (t % S) * NH
         hn = hbuf + ((t + 1) % S) * NH
@@ -206,26 +242,36 @@ cdef void _forward_rows(int code, int act, int ract, Py_ssize_t T, Py_ssize_t N,
                 _fwd_rows(r0, r1, code, act, ract, -1, True, H, x, gh, b, peep, hp, hn, cp,
                           cn, gt, ax, mask + t * N, hs)
             continue
-        # the packed path: this step's input projection, then the products, rows r0..r1
+        # the packed path, rows r0..r1: the input projections of the next block of
+        # steps, then this step's products
         D = si.D
-        _pg(si.isa, <const floating*>si.x + ((T - 1 - t) if si.rev else t) * N * D + r0 * D,
-            D, n, D, <const floating*>si.wih, GH, xp + r0 * GH, GH)
-        bih = <const floating*>si.bih
-        for i in range(n):
-            xr = xp + (r0 + i) * GH
-            for j in range(GH):
-                xr[j] += bih[j]
+        xb = xp + r0 * STEP_BLOCK * GH  # this chunk's (step, row) projections
+        if t % STEP_BLOCK == 0:
+            sb = min(<Py_ssize_t>STEP_BLOCK, T - t)
+            xg = <floating*>si.xg + r0 * STEP_BLOCK * D
+            for s in range(sb):
+                memcpy(xg + s * n * D, <const floating*>si.x
+                       + ((T - 1 - t - s) if si.rev else t + s) * N * D + r0 * D,
+                       n * D * sizeof(floating))
+            _pg(si.isa, xg, D, sb * n, D, <const floating*>si.wih, GH, xb, GH)
+            bih = <const floating*>si.bih
+            for i in range(sb * n):
+                xr = xb + i * GH
+                for j in range(GH):
+                    xr[j] += bih[j]
+        # step t's rows, indexed like the step's (N, G*H) block from row r0 on
+        x = xb + ((t % STEP_BLOCK) * n - r0) * GH
         if cho:
             _pg(si.isa, hp + r0 * H, H, n, H, <const floating*>si.whh, 2 * H, gh + r0 * GH, GH)
-            _fwd_rows(r0, r1, code, act, ract, 0, False, H, xp, gh, b, peep, hp, hn, cp, cn,
+            _fwd_rows(r0, r1, code, act, ract, 0, False, H, x, gh, b, peep, hp, hn, cp, cn,
                       gt, ax, mask + t * N, hs)
             _pg(si.isa, ax + r0 * H, H, n, H, <const floating*>si.whh_n, H,
                 gh + r0 * GH + 2 * H, GH)
-            _fwd_rows(r0, r1, code, act, ract, 1, True, H, xp, gh, b, peep, hp, hn, cp, cn,
+            _fwd_rows(r0, r1, code, act, ract, 1, True, H, x, gh, b, peep, hp, hn, cp, cn,
                       gt, ax, mask + t * N, hs)
         else:
             _pg(si.isa, hp + r0 * H, H, n, H, <const floating*>si.whh, GH, gh + r0 * GH, GH)
-            _fwd_rows(r0, r1, code, act, ract, -1, True, H, xp, gh, b, peep, hp, hn, cp, cn,
+            _fwd_rows(r0, r1, code, act, ract, -1, True, H, x, gh, b, peep, hp, hn, cp, cn,
                       gt, ax, mask + t * N, hs)
 
 
@@ -435,7 +481,7 @@ cdef void _backward_all(int code, int act, int ract, Py_ssize_t truncate, Py_ssi
                        gates, aux, dhseq, dh_T, dc_T, dh0, dc0, work, dg, budget, vbuf, dxp,
                        dgh, small)
     else:
-        nt = _chunking(N, &rows, &nch)
+        nt = _chunking(N, T, <double>GH * H, sizeof(floating), &rows, &nch)
         if nt <= 1:
             _backward_rows(code, act, ract, truncate, T, N, 0, N, H, w, sw, peep, mask, hc,
                            cc, gates, aux, dhseq, dh_T, dc_T, dh0, dc0, work, dg, budget,
@@ -528,6 +574,8 @@ cdef void _wgrad(int isa, const floating* dg, Py_ssize_t ldg, const floating* x,
               <floating>1, out, <int>K)
         return
     nt = min(<Py_ssize_t>_nthreads(), ng)
+    if <double>rows * C * K < PARALLEL_MIN_MACS:
+        nt = 1
     for g in prange(ng, schedule='dynamic', chunksize=1, num_threads=nt):
         csr = cyrnn_fp_flush()
         acc = ws + g * slot
@@ -555,7 +603,7 @@ cdef void _rows_product(int isa, const floating* a, Py_ssize_t lda, Py_ssize_t r
     cdef Py_ssize_t nch = (rows + WG_ROWS - 1) // WG_ROWS, ci, r0
     cdef Py_ssize_t nt = min(<Py_ssize_t>_nthreads(), nch)
     cdef unsigned int csr
-    if nt <= 1:
+    if nt <= 1 or <double>rows * C * K < PARALLEL_MIN_MACS:
         _pg_acc(isa, a, lda, rows, K, P, C, out, ldo, beta)
         return
     for ci in prange(nch, schedule='dynamic', chunksize=1, num_threads=nt):

@@ -108,6 +108,7 @@ from cyrnn import _cython_kernels as kernels
 from cyrnn.backends import get_backend
 
 assert kernels.pgemm_isa() == sys.argv[1], (kernels.pgemm_isa(), sys.argv[1])
+kernels._set_parallel_min_macs(0)  # the threaded row chunks, as for large problems
 be = get_backend("cython")
 for dtype, tol in ((np.float32, 2e-5), (np.float64, 1e-10)):
     for Cls, kw in ((cyrnn.LSTM, {}), (cyrnn.LSTM, {"peephole": True}), (cyrnn.GRU, {}),
@@ -172,6 +173,7 @@ def test_row_thread_setting():
                                         dtype=np.float64, random_state=3)])
     x = np.random.default_rng(4).standard_normal((41, 7, 6))
     before = kernels.set_num_threads(0)
+    min_macs = kernels._set_parallel_min_macs(0)
     numba = pytest.importorskip("numba") if "numba" in available() else None
     numba_before = numba.get_num_threads() if numba is not None else None
     try:
@@ -195,6 +197,7 @@ def test_row_thread_setting():
             kernels.set_num_threads(-1)
     finally:
         kernels.set_num_threads(before)
+        kernels._set_parallel_min_macs(min_macs)
         if numba is not None:  # threads.set_num_threads also set Numba's count
             numba.set_num_threads(numba_before)
         if threads._blas_limiter is not None:

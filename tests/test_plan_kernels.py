@@ -154,6 +154,20 @@ def backend(request):
     return request.param
 
 
+@pytest.fixture(autouse=True)
+def threaded_row_chunks():
+    """The Cython backend runs small problems on the calling thread; here every
+    chunked batch goes to the threads, as large ones do."""
+    try:
+        from cyrnn import _cython_kernels as kernels
+    except ImportError:
+        yield
+        return
+    previous = kernels._set_parallel_min_macs(0)
+    yield
+    kernels._set_parallel_min_macs(previous)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("name,Cls,kw", CELLS_SMALL, ids=[c[0] for c in CELLS_SMALL])
 @pytest.mark.parametrize("merge", ["concat", "sum", "mul", "ave"])
