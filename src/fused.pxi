@@ -682,9 +682,16 @@ cdef void _fused_forward(const int64_t* sp, const Dims* d, bint keep, const int6
     cdef const floating* table
     cdef const floating* inp
     cdef floating* x0 = base
+    # the packed inference reads a features input where it lies (the first op's
+    # gather), so the time-major copy is skipped; training keeps it (dW_ih reads it)
+    cdef bint direct = (packed != NULL and not keep and not d.ids and d.n_ops > d.first
+                        and _rec(sp, d.first)[0] == OP_RNN)
+    cdef const floating* xdirect = <const floating*>xin if direct else NULL
     if d.any_c:
         memset(base + d.cn, 0, N * d.SH * sizeof(floating))
-    if d.ids:
+    if direct:
+        pass
+    elif d.ids:
         r = _rec(sp, 0)
         table = data + r[EMB_W]
         idp = <const int64_t*>xin
@@ -700,13 +707,13 @@ cdef void _fused_forward(const int64_t* sp, const Dims* d, bint keep, const int6
         if packed != NULL:
             nt = _chunking(N, T, _op_weights(_rec(sp, o)), d.isz, &rows, &nch)
         if nt <= 1:
-            _forward_op(sp, d, o, keep, plan, data, base, mask, h0, c0, drop, 0, N, pk,
+            _forward_op(sp, d, o, keep, plan, data, base, xdirect, mask, h0, c0, drop, 0, N, pk,
                         packed, isa)
         else:
             for ci in prange(nch, schedule='dynamic', chunksize=1, num_threads=nt):
                 r0 = ci * rows
                 csr = cyrnn_fp_flush()
-                _forward_op(sp, d, o, keep, plan, data, base, mask, h0, c0, drop, r0,
+                _forward_op(sp, d, o, keep, plan, data, base, xdirect, mask, h0, c0, drop, r0,
                             min(r0 + rows, N), pk, packed, isa)
                 cyrnn_fp_restore(csr)
         r = _rec(sp, o)
@@ -724,11 +731,14 @@ cdef void _fused_forward(const int64_t* sp, const Dims* d, bint keep, const int6
 
 cdef void _forward_op(const int64_t* sp, const Dims* d, Py_ssize_t o, bint keep,
                       const int64_t* plan, const floating* data, floating* base,
-                      const uint8_t* mask, const floating* h0, const floating* c0,
-                      const floating* drop, Py_ssize_t r0, Py_ssize_t r1,
-                      const int64_t* pk, const floating* packed, int isa) noexcept nogil:
+                      const floating* xdirect, const uint8_t* mask, const floating* h0,
+                      const floating* c0, const floating* drop, Py_ssize_t r0,
+                      Py_ssize_t r1, const int64_t* pk, const floating* packed,
+                      int isa) noexcept nogil:
     """Op ``o`` of ``_fused_forward`` on rows r0 .. r1-1 (``packed`` NULL: all
-    rows); ``drop`` points at this op's dropout multiplier."""
+    rows); ``drop`` points at this op's dropout multiplier; ``xdirect`` (or NULL):
+    the call's batch-first input, which the first op then reads instead of the
+    time-major copy."""
     cdef Py_ssize_t T = d.T, N = d.N, TN = d.T * d.N, NH, t, i, j, H, G, D, O, F
     cdef Py_ssize_t dd, k0, S = d.T + 1 if keep else 2, n = r1 - r0, nF
     cdef int code
@@ -767,6 +777,12 @@ cdef void _forward_op(const int64_t* sp, const Dims* d, Py_ssize_t o, bint keep,
                     _reverse_time(xp, T, N * G)
             else:
                 si.x = inp
+                si.xs_t = N * D  # time-major: step, row strides
+                si.xs_n = D
+                if o == d.first and xdirect != NULL:
+                    si.x = xdirect
+                    si.xs_t = D
+                    si.xs_n = T * D
                 si.xg = base + d.xg
                 si.D = D
                 si.rev = dd > 0

@@ -107,13 +107,14 @@ cdef enum:
     # once per step: when they exceed CHUNK_BIG_WEIGHTS bytes (more than half of a
     # typical server core's L2), one chunk per thread instead. Ops with fewer than
     # PARALLEL_MIN_MACS multiply-adds (T * N * weights) run on the calling thread:
-    # waking a sleeping OpenMP team costs more than they take (dino-b32, 6e6: 0.22
-    # ms on one thread, 0.40 ms on two with the runtime's default wait policy).
+    # the team's start costs more than they take. dino-b32 (6e6) gains from two
+    # threads when calls follow each other (0.145 vs 0.20 ms: the team is still
+    # spinning), not when the team has gone to sleep (0.40 ms on the first calls).
     CHUNK_MIN_ROWS = 8
     CHUNK_BIG_WEIGHTS = 1 << 20
 
 
-cdef double PARALLEL_MIN_MACS = 2e7
+cdef double PARALLEL_MIN_MACS = 2e6
 
 
 def _set_parallel_min_macs(double value):
@@ -150,12 +151,14 @@ cdef enum:
 
 
 cdef struct StepInput:
-    # The packed path's input (``_forward_rows``): the op's time-major input
-    # (T, N, D), read in reverse time order when ``rev``; a gather block
+    # The packed path's input (``_forward_rows``): the op's input (T steps of N
+    # rows of D, strides ``xs_t``, ``xs_n``: time-major or the call's batch-first
+    # input), read in reverse time order when ``rev``; a gather block
     # (STEP_BLOCK * N * D elements, each row chunk using its own rows); its packed
     # W_ih and b_ih; the packed W_hh (Cho's GRU: rows [0, 2H) in ``whh``,
     # [2H, 3H) in ``whh_n``). Pointers to the call's dtype, cast where used.
     const void* x
+    Py_ssize_t xs_t, xs_n  # element strides of x's steps and rows
     void* xg
     Py_ssize_t D
     bint rev
@@ -215,6 +218,7 @@ cdef void _forward_rows(int code, int act, int ract, Py_ssize_t T, Py_ssize_t N,
     cdef floating* xr
     cdef floating* xb
     cdef floating* xg
+    cdef const floating* xsrc
     cdef Py_ssize_t sb, s
     for t in range(T):
         hp = hbuf + (t % S) * NH
@@ -250,9 +254,13 @@ cdef void _forward_rows(int code, int act, int ract, Py_ssize_t T, Py_ssize_t N,
             sb = min(<Py_ssize_t>STEP_BLOCK, T - t)
             xg = <floating*>si.xg + r0 * STEP_BLOCK * D
             for s in range(sb):
-                memcpy(xg + s * n * D, <const floating*>si.x
-                       + ((T - 1 - t - s) if si.rev else t + s) * N * D + r0 * D,
-                       n * D * sizeof(floating))
+                xsrc = (<const floating*>si.x + ((T - 1 - t - s) if si.rev else t + s) * si.xs_t
+                        + r0 * si.xs_n)
+                if si.xs_n == D:
+                    memcpy(xg + s * n * D, xsrc, n * D * sizeof(floating))
+                else:
+                    for i in range(n):
+                        memcpy(xg + (s * n + i) * D, xsrc + i * si.xs_n, D * sizeof(floating))
             _pg(si.isa, xg, D, sb * n, D, <const floating*>si.wih, GH, xb, GH)
             bih = <const floating*>si.bih
             for i in range(sb * n):
