@@ -548,7 +548,7 @@ cdef extern from "<stdlib.h>" nogil:
 
 cdef enum:
     WG_ROWS = 256        # rows of one reduction block of ``_wgrad``
-    WG_GROUPS = 4        # partial sums of ``_wgrad`` (fixed: results do not depend
+    WG_GROUPS = 2        # partial sums of ``_wgrad`` (fixed: results do not depend
                          # on the thread count)
 
 
