@@ -110,12 +110,18 @@ def run_torch(X_train, y_train, X_test, y_test):
     return accuracy, seconds
 
 
-def main():
-    if not DATA.exists():
-        sys.exit(f"data file not found: {DATA}")
+def prepare():
+    """(X_train, y_train, X_test, y_test): the reviews pre-padded/truncated to MAXLEN."""
     train_reviews, y_train, test_reviews, y_test = load_imdb()
     X_train = pad_sequences(train_reviews, maxlen=MAXLEN)  # pre-padding, pre-truncation
     X_test = pad_sequences(test_reviews, maxlen=MAXLEN)
+    return X_train, y_train, X_test, y_test
+
+
+def main():
+    if not DATA.exists():
+        sys.exit(f"data file not found: {DATA}")
+    X_train, y_train, X_test, y_test = prepare()
     print(f"{len(X_train)} training and {len(X_test)} test reviews, padded to {MAXLEN} ids")
 
     acc, seconds = run_cyrnn(X_train, y_train, X_test, y_test)

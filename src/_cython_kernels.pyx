@@ -240,6 +240,7 @@ def infer(const int64_t[::1] spec not None, cnp.ndarray data not None, object x,
     cdef Dims d
     cdef char* buf = NULL
     cdef uint8_t* mbuf = NULL
+    d.buf_bytes = 0
     cdef int64_t* plan = NULL
     cdef int64_t* ids = NULL
     cdef uint8_t* valid = NULL
@@ -262,7 +263,7 @@ def infer(const int64_t[::1] spec not None, cnp.ndarray data not None, object x,
         free(ids)
         free(valid)
         free(plan)
-        free(buf)
+        _scratch_put(buf, d.buf_bytes)
         free(mbuf)
     return res
 
@@ -280,7 +281,7 @@ cdef class FusedCache:
     cdef object data
 
     def __dealloc__(self):
-        free(self.buf)
+        _scratch_put(self.buf, self.d.buf_bytes)
         free(self.mask)
         free(self.plan)
         free(self.ids)
@@ -357,6 +358,7 @@ def train_backward(const int64_t[::1] spec not None, cnp.ndarray data not None,
     cdef char* dc0p = NULL
     cdef char* dxp = NULL
     cdef char* packed = NULL
+    cdef double packed_bytes = 0, ws_bytes = 0
     cdef int64_t* pk = NULL
     cdef int isa = cyrnn_pgemm_isa()
     cdef unsigned int csr
@@ -415,10 +417,12 @@ def train_backward(const int64_t[::1] spec not None, cnp.ndarray data not None,
             dims[2] = d.F0
             dx = cnp.PyArray_EMPTY(3, dims, d.typenum, 0)
             dxp = <char*>cnp.PyArray_DATA(dx)
-        ws = <char*>_alloc(<double>_backward_scratch(&d) * d.isz)
+        ws_bytes = <double>_backward_scratch(&d) * d.isz
+        ws = <char*>_scratch_get(ws_bytes)
         if d.N >= PACK_MIN_ROWS and d.T * d.N >= PACK_MIN_STEPS:
             pk = <int64_t*>_alloc(<double>d.n_ops * PK_WIDTH * 8)
-            packed = <char*>_alloc(<double>_pack_plan(cache.sp, &d, isa, True, pk) * d.isz)
+            packed_bytes = <double>_pack_plan(cache.sp, &d, isa, True, pk) * d.isz
+            packed = <char*>_scratch_get(packed_bytes)
         with nogil:
             csr = cyrnn_fp_flush()  # denormals to zero in this call (every thread of it)
             if d.isz == 4:
@@ -443,11 +447,11 @@ def train_backward(const int64_t[::1] spec not None, cnp.ndarray data not None,
                                 <double*>dxp, <double*>ws, pk, <const double*>packed, isa)
             cyrnn_fp_restore(csr)
     finally:
-        free(packed)
+        _scratch_put(packed, packed_bytes)
         free(pk)
-        free(ws)
+        _scratch_put(ws, ws_bytes)
         free(tr)
-        free(buf)
+        _scratch_put(buf, d.buf_bytes)
         free(mask)
         free(plan)
         free(ids)

@@ -3,12 +3,10 @@
 # peephole gradients). They own masking, truncation budgets and the recurrent
 # GEMMs; the cell math is cells.pxi's. Included by _cython_kernels.pyx.
 #
-# Row loops: steps with N * H >= PARALLEL_MIN_WORK (and N >= 2) run the row
-# functions in an OpenMP prange, one call per row (i, i + 1) under a static
-# schedule; smaller steps make one call for all rows (0, N). One block of rows
-# per thread instead showed no consistent gain (2 threads, N = 256, H = 272:
-# within the run-to-run noise of a shared machine, either way), so the simpler
-# per-row form stays.
+# Rows: the loops compute a range of rows r0 .. r1-1. The packed path cuts a
+# batch into row chunks that OpenMP threads take (one parallel region per op,
+# no barrier per step: rows never interact until the weight gradients); the
+# other path runs every row on the calling thread.
 
 cdef inline void _mask_rows(Py_ssize_t lo, Py_ssize_t hi, Py_ssize_t H,
                             const uint8_t* mask, const floating* hp, floating* hn,
@@ -396,8 +394,12 @@ cdef void _backward_rows(int code, int act, int ract, Py_ssize_t truncate, Py_ss
                          const floating* dhseq, const floating* dh_T,
                          const floating* dc_T, floating* dh0, floating* dc0,
                          floating* work, floating* dg, int64_t* budget, uint8_t* vbuf,
-                         floating* dxp, floating* dgh, Py_ssize_t small) noexcept nogil:
-    """The sweeps of ``_backward_all`` on rows r0 .. r1-1."""
+                         floating* dxp, floating* dgh, const uint8_t* sources,
+                         Py_ssize_t small) noexcept nogil:
+    """The sweeps of ``_backward_all`` on rows r0 .. r1-1. ``sources`` (T,):
+    truncated BPTT's gradient sources that are nonzero somewhere in the batch
+    (decided for the whole batch, so that every row chunk sweeps the same ones;
+    NULL: every source)."""
     cdef Py_ssize_t NH = N * H, ts, i, j, k, o = r0 * H, nH = (r1 - r0) * H
     cdef bint lstm = cc != NULL
     cdef floating* dh_a = work
@@ -405,7 +407,6 @@ cdef void _backward_rows(int code, int act, int ract, Py_ssize_t truncate, Py_ss
     cdef floating* dc_a = work + 2 * NH if lstm else NULL
     cdef floating* dc_b = work + 3 * NH if lstm else NULL
     cdef floating* drh = work + 4 * NH
-    cdef bint nonzero
     cdef floating s
     if truncate < 0:
         # One sweep from the last step, starting from dh_T/dc_T (zero if None).
@@ -428,7 +429,8 @@ cdef void _backward_rows(int code, int act, int ract, Py_ssize_t truncate, Py_ss
     if lstm:
         memset(dc0 + o, 0, nH * sizeof(floating))
     for ts in range(T):
-        nonzero = False
+        if sources != NULL and not sources[ts]:
+            continue  # a zero source contributes nothing
         for i in range(r0, r1):
             for j in range(H):
                 k = i * H + j
@@ -438,19 +440,11 @@ cdef void _backward_rows(int code, int act, int ract, Py_ssize_t truncate, Py_ss
                 if ts == T - 1 and dh_T != NULL:
                     s = s + dh_T[k]
                 dh_a[k] = s
-                if s != 0:
-                    nonzero = True
         if lstm:
             if ts == T - 1 and dc_T != NULL:
                 memcpy(dc_a + o, dc_T + o, nH * sizeof(floating))
-                for k in range(o, o + nH):
-                    if dc_a[k] != 0:
-                        nonzero = True
-                        break
             else:
                 memset(dc_a + o, 0, nH * sizeof(floating))
-        if not nonzero:
-            continue  # a zero source contributes nothing (to these rows)
         for i in range(r0, r1):
             budget[i] = truncate + 1
         _backward_sweep(code, act, ract, ts, N, r0, r1, H, w, sw, peep, mask, hc, cc, gates,
@@ -480,28 +474,51 @@ cdef void _backward_all(int code, int act, int ract, Py_ssize_t truncate, Py_ssi
 
     ``sw`` NULL: one pass over all rows. Else the sweeps run on row chunks that
     threads take dynamically (rows never interact until the weight gradients)."""
-    cdef Py_ssize_t GH = n_gates_of(code) * H, NH = N * H, k, j, rows, nch, nt, ci, r0
+    cdef Py_ssize_t GH = n_gates_of(code) * H, NH = N * H, k, j, rows, nch, nt, ci, r0, ts, i
     cdef unsigned int csr
     cdef const floating* g
     cdef const floating* c_prev
+    # truncated BPTT: the sources (output gradients at each step, plus dh_T/dc_T at
+    # the last) that are nonzero somewhere in the batch (without memory for the
+    # flags: every source, which sweeps zeros for nothing but gives the same sums)
+    cdef uint8_t* sources = NULL
+    if truncate >= 0:
+        sources = <uint8_t*>malloc(<size_t>T)
+    if sources != NULL:
+        for ts in range(T):
+            sources[ts] = 0
+            if dhseq != NULL:
+                for i in range(N):
+                    if mask[ts * N + i]:
+                        for j in range(H):
+                            if dhseq[ts * NH + i * H + j] != 0:
+                                sources[ts] = 1
+                                break
+                    if sources[ts]:
+                        break
+        for k in range(NH):
+            if (dh_T != NULL and dh_T[k] != 0) or (dc_T != NULL and dc_T[k] != 0):
+                sources[T - 1] = 1
+                break
     if sw == NULL:
         _backward_rows(code, act, ract, truncate, T, N, 0, N, H, w, NULL, peep, mask, hc, cc,
                        gates, aux, dhseq, dh_T, dc_T, dh0, dc0, work, dg, budget, vbuf, dxp,
-                       dgh, small)
+                       dgh, sources, small)
     else:
         nt = _chunking(N, T, <double>GH * H, sizeof(floating), &rows, &nch)
         if nt <= 1:
             _backward_rows(code, act, ract, truncate, T, N, 0, N, H, w, sw, peep, mask, hc,
                            cc, gates, aux, dhseq, dh_T, dc_T, dh0, dc0, work, dg, budget,
-                           vbuf, dxp, dgh, small)
+                           vbuf, dxp, dgh, sources, small)
         else:
             for ci in prange(nch, schedule='dynamic', chunksize=1, num_threads=nt):
                 r0 = ci * rows
                 csr = cyrnn_fp_flush()
                 _backward_rows(code, act, ract, truncate, T, N, r0, min(r0 + rows, N), H, w,
                                sw, peep, mask, hc, cc, gates, aux, dhseq, dh_T, dc_T, dh0,
-                               dc0, work, dg, budget, vbuf, dxp, dgh, small)
+                               dc0, work, dg, budget, vbuf, dxp, dgh, sources, small)
                 cyrnn_fp_restore(csr)
+    free(sources)
 
     # dW_hh = sum_t dgh_t^T hin_t, one GEMM over all T*N rows (Cho's GRU: the n
     # block against r*h); db_hh = sum of dgh. Every cell but ``gru``: the
@@ -548,6 +565,7 @@ cdef extern from "<stdlib.h>" nogil:
 
 cdef enum:
     WG_ROWS = 256        # rows of one reduction block of ``_wgrad``
+    WG_MAX_PARTIALS = 64 << 20  # bytes of partials beyond which ``_wgrad`` uses BLAS
     WG_GROUPS = 2        # partial sums of ``_wgrad`` (fixed: results do not depend
                          # on the thread count)
 
@@ -562,7 +580,8 @@ cdef void _wgrad(int isa, const floating* dg, Py_ssize_t ldg, const floating* x,
     are summed into their own (K, C) partials by the threads that take them, then
     added, transposed, in group order. Per block the dg block is packed and the
     kernel reads x as it lies (``_pg_xt``). Falls back to one BLAS GEMM when the
-    scratch cannot be allocated."""
+    partials would pass WG_MAX_PARTIALS bytes (a large Dense head) or the scratch
+    cannot be allocated."""
     cdef Py_ssize_t nblk = (rows + WG_ROWS - 1) // WG_ROWS, ng, per, g, b, r0, R, i, j
     cdef Py_ssize_t nt, psz = cyrnn_pgemm_size(isa, sizeof(floating), C, WG_ROWS)
     cdef unsigned int csr
@@ -573,10 +592,14 @@ cdef void _wgrad(int isa, const floating* dg, Py_ssize_t ldg, const floating* x,
     if rows <= 0:
         return
     ng = min(<Py_ssize_t>WG_GROUPS, nblk)
+    if <double>ng * C * K * sizeof(floating) > WG_MAX_PARTIALS:
+        ws = NULL  # partials too big (a large Dense head): one BLAS GEMM
+    else:
+        # 64-byte aligned: the packed kernel loads whole vectors from P
+        ws = <floating*>aligned_alloc(64, <size_t>((ng * slot * sizeof(floating) + 63)
+                                                   // 64 * 64))
     per = (nblk + ng - 1) // ng
     ng = (nblk + per - 1) // per
-    # 64-byte aligned: the packed kernel loads whole vectors from P
-    ws = <floating*>aligned_alloc(64, <size_t>((ng * slot * sizeof(floating) + 63) // 64 * 64))
     if ws == NULL:
         _gemm(c'N', c'T', <int>K, <int>C, <int>rows, <floating>1, x, <int>ldx, dg, <int>ldg,
               <floating>1, out, <int>K)
