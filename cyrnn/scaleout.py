@@ -149,7 +149,7 @@ class ThreadBudget(WorkerPlugin):
     worker starts (and on every worker that joins or is restarted later):
 
     * cyrnn's Numba kernels: at most ``threads_per_task`` row blocks per call;
-    * cyrnn's Cython kernels: ``threads_per_task`` OpenMP threads in the row loops;
+    * cyrnn's Cython kernels: ``threads_per_task`` OpenMP threads for the row chunks;
     * BLAS (NumPy's and SciPy's OpenBLAS / MKL): ``threads_per_task`` threads,
       through threadpoolctl.
 
@@ -206,7 +206,7 @@ def thread_report():
         ``cyrnn`` (the budget, :func:`cyrnn.get_num_threads`), ``numba_blocks``
         (row blocks the Numba kernels may use: Numba's thread count capped by
         the budget; None without Numba), ``cython_openmp`` (OpenMP threads of
-        the Cython kernels' row loops; None without the extension), ``blas``
+        the Cython kernels' row chunks; None without the extension), ``blas``
         (the largest thread count of the loaded BLAS libraries) and ``openmp``
         (the largest of the loaded OpenMP runtimes, for the calling thread),
         both from threadpoolctl (None when none is loaded).

@@ -7,7 +7,7 @@ on, so that kernels and BLAS together do not oversubscribe the cores:
   per call, process-wide, and ``numba.set_num_threads(n)`` for the calling
   thread (Numba's own setting is per Python thread; the block cap is global).
 * **Cython kernels** (``cyrnn._cython_kernels``): ``n`` OpenMP threads for the
-  parallel row loops: the extension's ``set_num_threads(n)`` stores ``n`` in a
+  row chunks of a call: the extension's ``set_num_threads(n)`` stores ``n`` in a
   module-level int used as the ``num_threads=`` of every ``prange``
   (``omp_set_num_threads`` would only affect the calling thread). Before any
   call the loops use OpenMP's default (``OMP_NUM_THREADS`` when the runtime
@@ -21,9 +21,9 @@ and call BLAS from inside those blocks only when BLAS is single-threaded
 (otherwise they use their own loops, so that ``blocks x BLAS threads`` never
 oversubscribes the cores). ``set_num_threads(n, blas_threads=1)`` therefore
 suits the Numba backend best for large batches (its blocks then use BLAS),
-while the default ``blas_threads = n`` suits the Cython backend (its BLAS
-products and OpenMP gate loops alternate) and small batches, where the
-products are the only parallel work.
+while the default ``blas_threads = n`` suits the Cython backend (batches of
+4+ rows run on its own threads and packed kernels without BLAS; smaller ones
+use BLAS on the calling thread) and small batches.
 
 Nothing is imported or changed until :func:`set_num_threads` is called.
 
