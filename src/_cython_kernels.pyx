@@ -425,6 +425,8 @@ def train_backward(const int64_t[::1] spec not None, cnp.ndarray data not None,
             packed = <char*>_scratch_get(packed_bytes)
         with nogil:
             csr = cyrnn_fp_flush()  # denormals to zero in this call (every thread of it)
+            if packed != NULL:
+                cyrnn_count_path(1)
             if d.isz == 4:
                 if packed != NULL:
                     _pack_weights(cache.sp, &d, isa, True, pk,

@@ -711,6 +711,7 @@ cdef void _fused_forward(const int64_t* sp, const Dims* d, bint keep, const int6
             _forward_op(sp, d, o, keep, plan, data, base, xdirect, mask, h0, c0, drop, 0, N, pk,
                         packed, isa)
         else:
+            cyrnn_count_path(2)
             for ci in prange(nch, schedule='dynamic', chunksize=1, num_threads=nt):
                 r0 = ci * rows
                 csr = cyrnn_fp_flush()
@@ -1212,12 +1213,14 @@ cdef int _run_forward(const int64_t* sp, Dims* d, bint keep, int64_t* plan,
                 memcpy(mask + TN + t * d.N, mask + (d.T - 1 - t) * d.N, <size_t>d.N)
         if d.isz == 4:
             if packed != NULL:
+                cyrnn_count_path(0)
                 _pack_weights(sp, d, isa, False, pk, <const float*>dptr, <float*>packed)
             _fused_forward(sp, d, keep, plan, <const float*>dptr, xin, <float*>buf, mask,
                            <const float*>h0, <const float*>c0, <const float*>drop,
                            <float*>optr, pk, <const float*>packed, isa)
         else:
             if packed != NULL:
+                cyrnn_count_path(0)
                 _pack_weights(sp, d, isa, False, pk, <const double*>dptr, <double*>packed)
             _fused_forward(sp, d, keep, plan, <const double*>dptr, xin, <double*>buf, mask,
                            <const double*>h0, <const double*>c0, <const double*>drop,

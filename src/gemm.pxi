@@ -245,6 +245,8 @@ cdef extern from "pgemm.h" nogil:
     int cyrnn_pgemm_isa()
     unsigned int cyrnn_fp_flush()
     void cyrnn_fp_restore(unsigned int old)
+    void cyrnn_count_path(int k)
+    long cyrnn_path_read(int k)
     Py_ssize_t cyrnn_pgemm_size(int isa, size_t esize, Py_ssize_t C, Py_ssize_t K)
     void cyrnn_pack_f(int isa, const float* W, Py_ssize_t C, Py_ssize_t K, Py_ssize_t sc,
                       Py_ssize_t sk, float* P)
@@ -319,6 +321,13 @@ cdef inline void _pg_xt(int isa, const floating* x, Py_ssize_t ldx, Py_ssize_t n
         cyrnn_pgemm_tf(isa, x, ldx, n, K, P, C, out, ldo, 1)
     else:
         cyrnn_pgemm_td(isa, x, ldx, n, K, P, C, out, ldo, 1)
+
+
+def _path_counts():
+    """``{"packed_forward": n, "packed_backward": n, "threaded_regions": n}``: how
+    often the row-chunked paths ran in this process (for tests)."""
+    return {"packed_forward": cyrnn_path_read(0), "packed_backward": cyrnn_path_read(1),
+            "threaded_regions": cyrnn_path_read(2)}
 
 
 def pgemm_isa():

@@ -511,6 +511,7 @@ cdef void _backward_all(int code, int act, int ract, Py_ssize_t truncate, Py_ssi
                            cc, gates, aux, dhseq, dh_T, dc_T, dh0, dc0, work, dg, budget,
                            vbuf, dxp, dgh, sources, small)
         else:
+            cyrnn_count_path(2)
             for ci in prange(nch, schedule='dynamic', chunksize=1, num_threads=nt):
                 r0 = ci * rows
                 csr = cyrnn_fp_flush()

@@ -136,6 +136,8 @@ for dtype, tol in ((np.float32, 2e-5), (np.float64, 1e-10)):
         np.testing.assert_allclose(dx, dx_ref, rtol=tol, atol=tol)
         np.testing.assert_allclose(model.params.grad, ref.params.grad, rtol=tol,
                                    atol=tol * max(1.0, float(np.abs(ref.params.grad).max())))
+counts = kernels._path_counts()
+assert counts["packed_forward"] >= 20 and counts["packed_backward"] >= 10, counts
 print("ok")
 """
 

@@ -400,3 +400,32 @@ def test_backward_without_output_gradient(backend, seq, rng):
     np.testing.assert_allclose(dh0, dh0_ref.ravel(), rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(dx, dx_ref, rtol=1e-10, atol=1e-12)
     assert dc0 is None
+
+
+def test_chunked_batches_take_the_packed_threaded_path(rng):
+    """The cases above compare results; this checks that the Cython backend's row-chunked
+    path (packed weights, row chunks on several threads) is what ran for the chunked
+    batch, and the plain path for the small one."""
+    kernels = pytest.importorskip("cyrnn._cython_kernels")
+    if "cython" not in COMPILED:
+        pytest.skip("no Cython backend")
+    before_threads = kernels.set_num_threads(2)
+    try:
+        counts = []
+        for n in (3, ROWS_CHUNKED):
+            start = kernels._path_counts()
+            layer = _layer("cython", cyrnn.LSTM, {}, np.float32, num_layers=2,
+                           bidirectional=True)
+            x = rng.standard_normal((n, 6, 4)).astype(np.float32)
+            _run_lone("cython", layer, x, None, None, rng, True)
+            _run_lone("cython", layer, x, None, None, rng, False)
+            end = kernels._path_counts()
+            counts.append({k: end[k] - start[k] for k in end})
+    finally:
+        kernels.set_num_threads(before_threads)
+    small, chunked = counts
+    assert small == {"packed_forward": 0, "packed_backward": 0, "threaded_regions": 0}
+    # a training forward and two inference calls; one backward; every op's forward and
+    # backward sweep on several threads
+    assert chunked["packed_forward"] == 3 and chunked["packed_backward"] == 1
+    assert chunked["threaded_regions"] >= 2 * 2 + 2 * 2
