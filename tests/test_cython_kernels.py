@@ -279,3 +279,28 @@ def test_denormals_flushed_inside_calls_only():
     h0 = np.full(40 * 8, 1e-39, np.float32)
     np.testing.assert_array_equal(be.infer(model.inference_spec(), model.params.data, x, None, h0),
                                   be.infer(model.inference_spec(), model.params.data, x))
+
+
+def test_scratch_blocks_reused_and_released():
+    """Calls reuse freed scratch blocks (uninitialised memory: nothing may depend on
+    its contents); results are the same with the cache emptied between calls."""
+    import cyrnn
+
+    be = get_backend("cython")
+    model = cyrnn.Sequential([cyrnn.LSTM(16, 300, backend="cython", dtype=np.float32,
+                                         random_state=0, return_sequences=False)])
+    x = np.random.default_rng(0).standard_normal((64, 20, 16)).astype(np.float32)
+    spec = model.inference_spec()
+    outs = []
+    for release in (True, False, False):
+        if release:
+            kernels._release_scratch()
+        out, _, _, cache = be.train_forward(spec, model.params.data, x)
+        model.zero_grad()
+        be.train_backward(spec, model.params.data, model.params.grad, cache,
+                          np.ones_like(out), model._truncations(), None, None, False)
+        outs.append((out, model.params.grad.copy(), be.infer(spec, model.params.data, x)))
+    kernels._release_scratch()
+    for other in outs[1:]:
+        for a, b in zip(outs[0], other):
+            np.testing.assert_array_equal(a, b)
