@@ -455,7 +455,8 @@ cdef Py_ssize_t _plan(const int64_t* sp, Dims* d, bint keep, int64_t* plan) noex
     STEP_BLOCK steps of op inputs, ``d.xg``);
     [2] gh scratch (N, GHmax); the final states h_n, c_n (flat). ``keep``
     (training): every op gets its own output and, for recurrent ops, every
-    direction its own cache (h, c: T+1 states; gates; aux; outputs); a
+    direction its own cache (h, c: T+1 states; gates; aux; a many-to-many op's
+    outputs); a
     many-to-one op's output is its last state (two directions: their merge), and
     ``d.drop`` gives the dropout ops a copy of their multiplier. Inference:
     recurrent ops share one 2-slot state and one-step gate scratch, sequence
@@ -463,7 +464,7 @@ cdef Py_ssize_t _plan(const int64_t* sp, Dims* d, bint keep, int64_t* plan) noex
     more and merge into those).
     """
     cdef Py_ssize_t T = d.T, N = d.N, TN = d.T * d.N, o, H, G, R, F = d.F0, dd, st = 0
-    cdef Py_ssize_t pos, cur, pingA, pingB, h_s, c_s, g_s, a_s, hs_s, bi0 = 0, bi1 = 0
+    cdef Py_ssize_t pos, cur, pingA, pingB, h_s, c_s, g_s, a_s, bi0 = 0, bi1 = 0
     cdef bint seq = True
     cdef const int64_t* r
     cdef int64_t* p
@@ -488,8 +489,7 @@ cdef Py_ssize_t _plan(const int64_t* sp, Dims* d, bint keep, int64_t* plan) noex
         c_s = _al(h_s + 2 * N * d.Hmax)
         g_s = _al(c_s + 2 * N * d.Hmax)
         a_s = _al(g_s + N * d.GHmax)
-        hs_s = _al(a_s + N * d.Hmax)
-        pos = hs_s + TN * d.Hmax
+        pos = a_s + N * d.Hmax
         if d.any_bi:
             bi0 = _al(pos)
             bi1 = _al(bi0 + TN * d.Hmax)
@@ -522,15 +522,16 @@ cdef Py_ssize_t _plan(const int64_t* sp, Dims* d, bint keep, int64_t* plan) noex
                     if has_aux_of(<int>r[RNN_CELL]):
                         q[K_AUX] = _al(pos)
                         pos = q[K_AUX] + TN * H
-                    q[K_HSEQ] = _al(pos)
-                    pos = q[K_HSEQ] + TN * H
+                    if r[RNN_SEQ]:  # a many-to-one op keeps no per-step outputs
+                        q[K_HSEQ] = _al(pos)
+                        pos = q[K_HSEQ] + TN * H
                 else:
                     q[K_H] = h_s
                     q[K_C] = c_s
                     q[K_GATES] = g_s
                     q[K_AUX] = a_s
                     if not r[RNN_SEQ]:
-                        q[K_HSEQ] = hs_s
+                        pass  # no per-step outputs (K_HSEQ stays -1)
                     elif r[RNN_DIRS] == 2:
                         q[K_HSEQ] = bi0 if dd == 0 else bi1
                     else:

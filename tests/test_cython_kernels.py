@@ -259,7 +259,8 @@ def test_generated_constants_match_the_table():
         assert not hasattr(kernels, name)  # the hand-written copies are gone
 
 
-def test_denormals_flushed_inside_calls_only():
+@pytest.mark.parametrize("n", [1, 40], ids=["one-row", "row-chunks"])
+def test_denormals_flushed_inside_calls_only(n):
     """The compiled calls flush denormal numbers to zero (a gradient decaying through
     many steps would otherwise slow every multiply-add) and put the caller's
     floating-point mode back: NumPy still produces denormals afterwards."""
@@ -267,18 +268,24 @@ def test_denormals_flushed_inside_calls_only():
 
     tiny = np.float32(1e-38)
     assert tiny / np.float32(10) > 0  # a denormal, before
-    model = cyrnn.Sequential([cyrnn.LSTM(3, 8, backend="cython", dtype=np.float32,
-                                         random_state=0)])
-    x = np.random.default_rng(0).standard_normal((40, 5, 3)).astype(np.float32)
-    out = model.forward(x, training=True)
-    model.backward(np.ones_like(out))
-    model.forward(x[:2], training=False)
-    assert tiny / np.float32(10) > 0  # and after
-    # a denormal input state gives the same result as zeros inside the call
+    # a linear SimpleRNN whose every output is 1e-20 * 1e-20 = 1e-40, a float32 denormal
+    layer = cyrnn.SimpleRNN(2, 3, activation="linear", backend="cython", dtype=np.float32,
+                            random_state=0)
+    layer.params.data[...] = 0
+    layer.params["weight_ih_l0"][...] = 1e-20
+    model = cyrnn.Sequential([layer])
+    x = np.full((n, 10, 2), 1e-20, np.float32)
+    ref = cyrnn.SimpleRNN(2, 3, activation="linear", backend="numpy", dtype=np.float32)
+    ref.params.data[...] = layer.params.data
+    assert np.all(ref.forward(x, training=False)[0] > 0)  # the reference keeps denormals
     be = get_backend("cython")
-    h0 = np.full(40 * 8, 1e-39, np.float32)
-    np.testing.assert_array_equal(be.infer(model.inference_spec(), model.params.data, x, None, h0),
-                                  be.infer(model.inference_spec(), model.params.data, x))
+    out = be.infer(model.inference_spec(), model.params.data, x)
+    np.testing.assert_array_equal(out, 0)  # flushed inside the call
+    out, _, _, cache = be.train_forward(model.inference_spec(), model.params.data, x)
+    np.testing.assert_array_equal(out, 0)
+    be.train_backward(model.inference_spec(), model.params.data, model.params.grad, cache,
+                      np.ones_like(out), model._truncations(), None, None, False)
+    assert tiny / np.float32(10) > 0  # and after
 
 
 def test_scratch_blocks_reused_and_released():
