@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from .backends import spec as _spec
+from .cells import CELL_TABLE
 
 
 def layer_plannable(layer):
@@ -113,10 +114,13 @@ class CompiledPlan:
     other, are the flat state arrays of the calls)."""
 
     __slots__ = ("spec", "infer", "train_forward", "train_backward", "recurrent",
-                 "has_c", "_blocks", "n_ops", "_no_bias", "_dropping", "_trunc")
+                 "has_c", "_blocks", "n_ops", "_no_bias", "_dropping", "_trunc", "_mod",
+                 "weights")
 
     def __init__(self, spec, mod, recurrent):
         self.spec = spec
+        self._mod = mod
+        self.weights = None  # the format of weights packed once (use_packed_weights)
         self.infer = mod.infer
         self.train_forward = mod.train_forward
         self.train_backward = mod.train_backward
@@ -143,6 +147,41 @@ class CompiledPlan:
         for g, saved in held:
             g[...] = saved
         return res
+
+    def use_packed_weights(self, fmt):
+        """Make every ``infer`` of this plan use weights packed once, in ``fmt``
+        (``"native"`` or ``"bfloat16"``), on the first call, from the parameter
+        buffer that call passes (the Cython backend's ``PackedWeights``; the buffer
+        must not change afterwards). ``"bfloat16"`` packs the weights
+        :meth:`packed_weight_ranges` lists, rounded to nearest even."""
+        packer = getattr(self._mod, "PackedWeights", None)
+        if packer is None:
+            raise ValueError("packed weights need the Cython backend (this model's "
+                             f"layers run on {self._mod.__name__.rsplit('.', 1)[-1]})")
+        weights, infer = packer(fmt), self._mod.infer
+
+        def packed_infer(spec, data, x, mask=None, h0=None, c0=None, return_state=False):
+            return infer(spec, data, x, mask, h0, c0, return_state, weights)
+        self.infer = packed_infer
+        self.weights = fmt
+
+    def packed_weight_ranges(self):
+        """``(offset, size)`` in the parameter buffer of every weight the packed
+        kernels read (each recurrent op's ``W_ih`` and ``W_hh``, both directions, and
+        each Dense weight; not biases, peepholes or embedding tables)."""
+        sp, S = self.spec, _spec
+        out = []
+        for o in range(int(sp[1])):
+            rec = sp[S.SPEC_HEADER + o * S.SPEC_WIDTH:][:S.SPEC_WIDTH]
+            if rec[0] == S.OP_RNN:
+                D, H = int(rec[S.RNN_IN]), int(rec[S.RNN_HIDDEN])
+                G = CELL_TABLE[int(rec[S.RNN_CELL])].n_gates * H
+                for k_ih, k_hh in ((S.RNN_W_IH, S.RNN_W_HH), (S.RNN_W_IH_R, S.RNN_W_HH_R))[
+                        :int(rec[S.RNN_DIRS])]:
+                    out += [(int(rec[k_ih]), G * D), (int(rec[k_hh]), G * H)]
+            elif rec[0] == S.OP_DENSE:
+                out.append((int(rec[S.DENSE_W]), int(rec[S.DENSE_IN] * rec[S.DENSE_OUT])))
+        return out
 
     def truncations(self):
         """``bptt_truncate`` per recurrent op (-1: full BPTT), int64 (read-only; cached

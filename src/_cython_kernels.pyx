@@ -223,7 +223,8 @@ def generate(int code, int act, int ract,
 # ----------------------------------------------------------------------------
 
 def infer(const int64_t[::1] spec not None, cnp.ndarray data not None, object x,
-          object mask=None, object h0=None, object c0=None, bint return_state=False):
+          object mask=None, object h0=None, object c0=None, bint return_state=False,
+          PackedWeights weights=None):
     """Fused inference of a ``Sequential`` (``docs/architecture.md``, the compiled plan).
 
     ``data``: the model's flat parameter buffer (float32/float64, C-contiguous).
@@ -235,7 +236,9 @@ def infer(const int64_t[::1] spec not None, cnp.ndarray data not None, object x,
     ``(output, h_n, c_n)``, ``c_n`` None when no op has a cell state), or None when
     ``x`` or ``mask`` is not in that exact form or holds values the layer path must
     judge (NaN/inf, ids out of range, a sequence of padding ids only under
-    ``mask_zero``). Bad states raise ValueError.
+    ``mask_zero``). Bad states raise ValueError. ``weights``: a
+    :class:`PackedWeights` the call packs on first use and reuses (None: packed per
+    call when the batch pays for it).
     """
     cdef Dims d
     cdef char* buf = NULL
@@ -255,7 +258,7 @@ def infer(const int64_t[::1] spec not None, cnp.ndarray data not None, object x,
         res = _new_output(&d)
         plan = <int64_t*>_alloc(<double>d.n_ops * P_WIDTH * 8)
         _run_forward(sp, &d, False, plan, data, x, ids, valid, h0p, c0p, NULL, &buf, &mbuf,
-                     res)
+                     res, weights)
         if return_state:
             res = (res, _flat_out(&d, buf, d.hn), _flat_out(&d, buf, d.cn) if d.any_c else None)
     finally:
@@ -421,7 +424,7 @@ def train_backward(const int64_t[::1] spec not None, cnp.ndarray data not None,
         ws = <char*>_scratch_get(ws_bytes)
         if d.N >= PACK_MIN_ROWS and d.T * d.N >= PACK_MIN_STEPS:
             pk = <int64_t*>_alloc(<double>d.n_ops * PK_WIDTH * 8)
-            packed_bytes = <double>_pack_plan(cache.sp, &d, isa, True, pk) * d.isz
+            packed_bytes = <double>_pack_plan(cache.sp, &d, isa, True, WF_NATIVE, pk) * d.isz
             packed = <char*>_scratch_get(packed_bytes)
         with nogil:
             csr = cyrnn_fp_flush()  # denormals to zero in this call (every thread of it)
@@ -429,7 +432,7 @@ def train_backward(const int64_t[::1] spec not None, cnp.ndarray data not None,
                 cyrnn_count_path(1)
             if d.isz == 4:
                 if packed != NULL:
-                    _pack_weights(cache.sp, &d, isa, True, pk,
+                    _pack_weights(cache.sp, &d, isa, True, WF_NATIVE, pk,
                                   <const float*>cnp.PyArray_DATA(data), <float*>packed)
                 _fused_backward(cache.sp, &d, plan, tr,
                                 <const float*>cnp.PyArray_DATA(data),
@@ -439,7 +442,7 @@ def train_backward(const int64_t[::1] spec not None, cnp.ndarray data not None,
                                 <float*>dxp, <float*>ws, pk, <const float*>packed, isa)
             else:
                 if packed != NULL:
-                    _pack_weights(cache.sp, &d, isa, True, pk,
+                    _pack_weights(cache.sp, &d, isa, True, WF_NATIVE, pk,
                                   <const double*>cnp.PyArray_DATA(data), <double*>packed)
                 _fused_backward(cache.sp, &d, plan, tr,
                                 <const double*>cnp.PyArray_DATA(data),

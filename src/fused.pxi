@@ -577,13 +577,22 @@ cdef enum:
     PACK_MIN_STEPS = 32
 
 
-cdef Py_ssize_t _pack_plan(const int64_t* sp, const Dims* d, int isa, bint bwd,
+cdef inline Py_ssize_t _pk_size(int isa, int wfmt, Py_ssize_t isz, Py_ssize_t C,
+                                Py_ssize_t K) noexcept nogil:
+    """Units (elements, or words for bfloat16) of a packed (C, K) weight."""
+    if wfmt == WF_BF16:
+        return cyrnn_pgemm_bsize(isa, C, K)
+    return cyrnn_pgemm_size(isa, isz, C, K)
+
+
+cdef Py_ssize_t _pack_plan(const int64_t* sp, const Dims* d, int isa, bint bwd, int wfmt,
                            int64_t* pk) noexcept nogil:
     """Offsets (elements) of every packed weight in one block (``pk``: n_ops x
     PK_WIDTH, -1 where none); returns the block's size. Forward (``bwd`` false):
     W_ih and W_hh of every direction (Cho's GRU: W_hh as two parts, gates r, z
     and gate n) and every Dense weight. Backward: the same weights for the
-    transposed products (``dg W_hh``, ``dxp W_ih``, ``dy W``)."""
+    transposed products (``dg W_hh``, ``dxp W_ih``, ``dy W``), always in the call's
+    dtype; the forward's in format ``wfmt``."""
     cdef Py_ssize_t o, dd, pos = 0, G, H, R
     cdef int64_t* q
     cdef const int64_t* r
@@ -598,27 +607,28 @@ cdef Py_ssize_t _pack_plan(const int64_t* sp, const Dims* d, int isa, bint bwd,
                 q = pk + o * PK_WIDTH + PK_DIR * dd
                 q[PK_IH] = pos  # (C, K): (G, D) forward, (D, G) backward
                 pos = _al(pos + (cyrnn_pgemm_size(isa, d.isz, r[RNN_IN], G) if bwd
-                                 else cyrnn_pgemm_size(isa, d.isz, G, r[RNN_IN])))
+                                 else _pk_size(isa, wfmt, d.isz, G, r[RNN_IN])))
                 q[PK_HH] = pos
                 # the first part's rows: all G (Cho's GRU: 2H); the product's (C, K)
                 # is (rows, H) forward, (H, rows) backward
                 R = 2 * H if r[RNN_CELL] == CELL_GRU_CHO else G
                 pos = _al(pos + (cyrnn_pgemm_size(isa, d.isz, H, R) if bwd
-                                 else cyrnn_pgemm_size(isa, d.isz, R, H)))
+                                 else _pk_size(isa, wfmt, d.isz, R, H)))
                 if r[RNN_CELL] == CELL_GRU_CHO:
                     q[PK_HH_N] = pos
-                    pos = _al(pos + cyrnn_pgemm_size(isa, d.isz, H, H))
+                    pos = _al(pos + _pk_size(isa, wfmt, d.isz, H, H))
         else:
             pk[o * PK_WIDTH + PK_DENSE] = pos
             pos = _al(pos + (cyrnn_pgemm_size(isa, d.isz, r[DENSE_IN], r[DENSE_OUT]) if bwd
-                             else cyrnn_pgemm_size(isa, d.isz, r[DENSE_OUT], r[DENSE_IN])))
+                             else _pk_size(isa, wfmt, d.isz, r[DENSE_OUT], r[DENSE_IN])))
     return pos
 
 
-cdef void _pack_weights(const int64_t* sp, const Dims* d, int isa, bint bwd,
+cdef void _pack_weights(const int64_t* sp, const Dims* d, int isa, bint bwd, int wfmt,
                         const int64_t* pk, const floating* data,
                         floating* packed) noexcept nogil:
-    """Pack every weight ``_pack_plan`` placed (``bwd``: W_hh transposed)."""
+    """Pack every weight ``_pack_plan`` placed (``bwd``: transposed; else in format
+    ``wfmt``)."""
     cdef Py_ssize_t o, dd, k0, G, H
     cdef const int64_t* r
     cdef const int64_t* q
@@ -640,16 +650,24 @@ cdef void _pack_weights(const int64_t* sp, const Dims* d, int isa, bint bwd,
                     if cho:
                         _pack_t(isa, whh + G * H, H, H, packed + q[PK_HH_N])
                     continue
-                _pack(isa, data + r[k0], _gates_of(r), r[RNN_IN], packed + q[PK_IH])
-                _pack(isa, whh, G, H, packed + q[PK_HH])
+                _pack_fmt(isa, wfmt, data + r[k0], _gates_of(r), r[RNN_IN], packed + q[PK_IH])
+                _pack_fmt(isa, wfmt, whh, G, H, packed + q[PK_HH])
                 if cho:
-                    _pack(isa, whh + G * H, H, H, packed + q[PK_HH_N])
+                    _pack_fmt(isa, wfmt, whh + G * H, H, H, packed + q[PK_HH_N])
         elif bwd:
             _pack_t(isa, data + r[DENSE_W], r[DENSE_OUT], r[DENSE_IN],
                     packed + pk[o * PK_WIDTH + PK_DENSE])
         else:
-            _pack(isa, data + r[DENSE_W], r[DENSE_OUT], r[DENSE_IN],
-                  packed + pk[o * PK_WIDTH + PK_DENSE])
+            _pack_fmt(isa, wfmt, data + r[DENSE_W], r[DENSE_OUT], r[DENSE_IN],
+                      packed + pk[o * PK_WIDTH + PK_DENSE])
+
+
+cdef inline void _pack_fmt(int isa, int wfmt, const floating* w, Py_ssize_t C, Py_ssize_t K,
+                           floating* P) noexcept nogil:
+    if wfmt == WF_BF16:
+        _pack_bf(isa, w, C, K, P)
+    else:
+        _pack(isa, w, C, K, P)
 
 
 cdef inline double _op_weights(const int64_t* r) noexcept nogil:
@@ -663,7 +681,7 @@ cdef void _fused_forward(const int64_t* sp, const Dims* d, bint keep, const int6
                          const floating* data, const char* xin, floating* base,
                          const uint8_t* mask, const floating* h0, const floating* c0,
                          const floating* drop, floating* out, const int64_t* pk,
-                         const floating* packed, int isa) noexcept nogil:
+                         const floating* packed, int isa, int wfmt) noexcept nogil:
     """Lay the input out time-major, run every op over the plan, write the
     batch-first result to ``out`` and the final states to the scratch's h_n/c_n.
     ``mask`` (T, N), followed by its time reversal when an op has two directions;
@@ -671,8 +689,8 @@ cdef void _fused_forward(const int64_t* sp, const Dims* d, bint keep, const int6
     concatenated dropout multipliers or NULL (used when ``keep``).
 
     ``packed`` NULL: one pass over all rows, input projections as one GEMM per
-    op, products through BLAS. Else (weights packed by ``_pack_weights``, offsets
-    ``pk``): each op's rows are cut into chunks that threads take dynamically,
+    op, products through BLAS. Else (weights packed by ``_pack_weights`` in format
+    ``wfmt``, offsets ``pk``): each op's rows are cut into chunks that threads take dynamically,
     each running the op's whole time loop on its rows (rows never interact: no
     step barrier; ops follow one another, as their step scratch is shared)."""
     cdef Py_ssize_t T = d.T, N = d.N, TN = d.T * d.N, F = d.F0, rows = N, nch = 1, ci
@@ -710,14 +728,14 @@ cdef void _fused_forward(const int64_t* sp, const Dims* d, bint keep, const int6
             nt = _chunking(N, T, _op_weights(_rec(sp, o)), d.isz, &rows, &nch)
         if nt <= 1:
             _forward_op(sp, d, o, keep, plan, data, base, xdirect, mask, h0, c0, drop, 0, N, pk,
-                        packed, isa)
+                        packed, isa, wfmt)
         else:
             cyrnn_count_path(2)
             for ci in prange(nch, schedule='dynamic', chunksize=1, num_threads=nt):
                 r0 = ci * rows
                 csr = cyrnn_fp_flush()
                 _forward_op(sp, d, o, keep, plan, data, base, xdirect, mask, h0, c0, drop, r0,
-                            min(r0 + rows, N), pk, packed, isa)
+                            min(r0 + rows, N), pk, packed, isa, wfmt)
                 cyrnn_fp_restore(csr)
         r = _rec(sp, o)
         if r[0] == OP_RNN and r[RNN_DROP] and keep and drop != NULL:
@@ -737,7 +755,7 @@ cdef void _forward_op(const int64_t* sp, const Dims* d, Py_ssize_t o, bint keep,
                       const floating* xdirect, const uint8_t* mask, const floating* h0,
                       const floating* c0, const floating* drop, Py_ssize_t r0,
                       Py_ssize_t r1, const int64_t* pk, const floating* packed,
-                      int isa) noexcept nogil:
+                      int isa, int wfmt) noexcept nogil:
     """Op ``o`` of ``_fused_forward`` on rows r0 .. r1-1 (``packed`` NULL: all
     rows); ``drop`` points at this op's dropout multiplier; ``xdirect`` (or NULL):
     the call's batch-first input, which the first op then reads instead of the
@@ -763,6 +781,7 @@ cdef void _forward_op(const int64_t* sp, const Dims* d, Py_ssize_t o, bint keep,
     cdef StepInput* sip = NULL
     if packed != NULL:
         si.isa = isa
+        si.wfmt = wfmt
         sip = &si
     if r[0] == OP_RNN:
         code = <int>r[RNN_CELL]
@@ -840,8 +859,8 @@ cdef void _forward_op(const int64_t* sp, const Dims* d, Py_ssize_t o, bint keep,
     bo = data + r[DENSE_B]
     for t in range(T if p[P_INSEQ] else 1):
         k0 = t * N + r0
-        _pg(isa, inp + k0 * F, F, n, F, packed + pk[o * PK_WIDTH + PK_DENSE], O,
-            base + p[P_OUT] + k0 * O, O)
+        _pgw(isa, wfmt, inp + k0 * F, F, n, F, packed + pk[o * PK_WIDTH + PK_DENSE], O,
+             base + p[P_OUT] + k0 * O, O)
         for i in range(n):
             yr = base + p[P_OUT] + (k0 + i) * O
             for j in range(O):
@@ -1153,15 +1172,82 @@ def _release_scratch():
         _scratch_ptr[k] = NULL
 
 
+cdef class PackedWeights:
+    """A model's forward weights packed once, for repeated ``infer`` calls
+    (``weights=``): a scorer's calls then skip the per-call packing, which takes
+    the packed kernels even for one row and one step, and ``"bfloat16"`` keeps
+    them as bfloat16 (half the bytes per product; float32 arithmetic, see
+    src/pgemm.h). Filled by the first call, from that call's checked spec and
+    parameter buffer; a later call with another spec or buffer raises
+    ValueError. The parameters must not change while it is in use."""
+    cdef char* block
+    cdef double nbytes
+    cdef int64_t* pk
+    cdef int64_t* sp
+    cdef Py_ssize_t sp_len
+    cdef int isa
+    cdef int wfmt
+    cdef object data
+    cdef readonly str format
+
+    def __cinit__(self, str format="native"):
+        if format not in ("native", "bfloat16"):
+            raise ValueError(f"packed weights format must be 'native' or 'bfloat16', "
+                             f"got {format!r}")
+        self.format = format
+        self.wfmt = WF_BF16 if format == "bfloat16" else WF_NATIVE
+
+    def __dealloc__(self):
+        free(self.block)
+        free(self.pk)
+        free(self.sp)
+
+    @property
+    def nbytes(self):
+        """Bytes of the packed block (0 before the first call)."""
+        return int(self.nbytes)
+
+    cdef int bind(self, const int64_t* sp, const Dims* d, cnp.ndarray data) except -1:
+        """Pack on the first call (the GIL held throughout, so concurrent first calls
+        pack once); check later calls' spec and buffer against the first's."""
+        cdef Py_ssize_t n = SPEC_HEADER + sp[1] * SPEC_WIDTH, units
+        if self.block != NULL:
+            if (data is not self.data or n != self.sp_len
+                    or memcmp(sp, self.sp, <size_t>(n * 8)) != 0):
+                raise ValueError("packed weights were made for another model or "
+                                 "parameter buffer")
+            return 0
+        if self.wfmt == WF_BF16 and d.isz != 4:
+            raise ValueError("bfloat16 weights need a float32 model")
+        self.isa = cyrnn_pgemm_isa()
+        self.pk = <int64_t*>_alloc(<double>d.n_ops * PK_WIDTH * 8)
+        units = _pack_plan(sp, d, self.isa, False, self.wfmt, self.pk)
+        self.sp = <int64_t*>_alloc(<double>n * 8)
+        memcpy(self.sp, sp, <size_t>(n * 8))
+        self.sp_len = n
+        self.block = <char*>_alloc(<double>units * d.isz)
+        self.nbytes = <double>units * d.isz
+        if d.isz == 4:
+            _pack_weights(sp, d, self.isa, False, self.wfmt, self.pk,
+                          <const float*>cnp.PyArray_DATA(data), <float*>self.block)
+        else:
+            _pack_weights(sp, d, self.isa, False, self.wfmt, self.pk,
+                          <const double*>cnp.PyArray_DATA(data), <double*>self.block)
+        self.data = data
+        return 0
+
+
 cdef int _run_forward(const int64_t* sp, Dims* d, bint keep, int64_t* plan,
                       cnp.ndarray data, object x, const int64_t* ids,
                       const uint8_t* valid, const char* h0, const char* c0, const char* drop,
-                      char** buf_out, uint8_t** mask_out, object res) except -1:
+                      char** buf_out, uint8_t** mask_out, object res,
+                      PackedWeights pw=None) except -1:
     """Plan, allocate, run (``ids``: the checked copy of the token ids, else NULL;
     ``valid``: the time-major validity mask, NULL when every step is valid;
-    ``h0``/``c0``/``drop``: the checked state and dropout arrays' data or NULL).
-    On success ``*buf_out``/``*mask_out`` own the memory (the mask followed by its
-    time reversal when an op has two directions)."""
+    ``h0``/``c0``/``drop``: the checked state and dropout arrays' data or NULL;
+    ``pw``: weights packed once, or None to pack per call when the batch pays for
+    it). On success ``*buf_out``/``*mask_out`` own the memory (the mask followed by
+    its time reversal when an op has two directions)."""
     cdef Py_ssize_t n_el, TN = d.T * d.N, t
     cdef char* buf
     cdef uint8_t* mask
@@ -1172,7 +1258,7 @@ cdef int _run_forward(const int64_t* sp, Dims* d, bint keep, int64_t* plan,
     cdef char* packed = NULL
     cdef double packed_bytes = 0
     cdef int64_t* pk = NULL
-    cdef int isa
+    cdef int isa, wfmt = WF_NATIVE
     cdef unsigned int csr
     cdef double need
     # sizes in double first: the planner's Py_ssize_t sums must not overflow
@@ -1180,7 +1266,9 @@ cdef int _run_forward(const int64_t* sp, Dims* d, bint keep, int64_t* plan,
             * max(1, d.n_ops) * (2 if d.any_bi else 1) + <double>d.N * d.SH * 2)
     if need * d.isz > 1e15:
         raise MemoryError("fused call scratch too large")
-    d.packed = d.N >= PACK_MIN_ROWS and TN >= PACK_MIN_STEPS
+    d.packed = pw is not None or (d.N >= PACK_MIN_ROWS and TN >= PACK_MIN_STEPS)
+    if pw is not None:
+        pw.bind(sp, d, data)
     n_el = _plan(sp, d, keep, plan)
     d.buf_bytes = <double>n_el * d.isz
     buf = <char*>_scratch_get(d.buf_bytes)
@@ -1189,13 +1277,18 @@ cdef int _run_forward(const int64_t* sp, Dims* d, bint keep, int64_t* plan,
         _scratch_put(buf, d.buf_bytes)
         raise MemoryError("fused call scratch")
     isa = cyrnn_pgemm_isa()
-    if d.packed:
+    if pw is not None:
+        pk = pw.pk
+        packed = pw.block
+        isa = pw.isa
+        wfmt = pw.wfmt
+    elif d.packed:
         pk = <int64_t*>malloc(<size_t>(d.n_ops * PK_WIDTH * 8))
         if pk == NULL:
             _scratch_put(buf, d.buf_bytes)
             free(mask)
             raise MemoryError("fused call scratch")
-        packed_bytes = <double>_pack_plan(sp, d, isa, False, pk) * d.isz
+        packed_bytes = <double>_pack_plan(sp, d, isa, False, WF_NATIVE, pk) * d.isz
         try:
             packed = <char*>_scratch_get(packed_bytes)
         except MemoryError:
@@ -1215,20 +1308,25 @@ cdef int _run_forward(const int64_t* sp, Dims* d, bint keep, int64_t* plan,
         if d.isz == 4:
             if packed != NULL:
                 cyrnn_count_path(0)
-                _pack_weights(sp, d, isa, False, pk, <const float*>dptr, <float*>packed)
+                if pw is None:
+                    _pack_weights(sp, d, isa, False, WF_NATIVE, pk, <const float*>dptr,
+                                  <float*>packed)
             _fused_forward(sp, d, keep, plan, <const float*>dptr, xin, <float*>buf, mask,
                            <const float*>h0, <const float*>c0, <const float*>drop,
-                           <float*>optr, pk, <const float*>packed, isa)
+                           <float*>optr, pk, <const float*>packed, isa, wfmt)
         else:
             if packed != NULL:
                 cyrnn_count_path(0)
-                _pack_weights(sp, d, isa, False, pk, <const double*>dptr, <double*>packed)
+                if pw is None:
+                    _pack_weights(sp, d, isa, False, WF_NATIVE, pk, <const double*>dptr,
+                                  <double*>packed)
             _fused_forward(sp, d, keep, plan, <const double*>dptr, xin, <double*>buf, mask,
                            <const double*>h0, <const double*>c0, <const double*>drop,
-                           <double*>optr, pk, <const double*>packed, isa)
+                           <double*>optr, pk, <const double*>packed, isa, wfmt)
         cyrnn_fp_restore(csr)
-    _scratch_put(packed, packed_bytes)
-    free(pk)
+    if pw is None:
+        _scratch_put(packed, packed_bytes)
+        free(pk)
     buf_out[0] = buf
     mask_out[0] = mask
     return 0

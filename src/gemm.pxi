@@ -260,6 +260,21 @@ cdef extern from "pgemm.h" nogil:
                         const float* P, Py_ssize_t C, float* out, Py_ssize_t ldo, int beta)
     void cyrnn_pgemm_td(int isa, const double* x, Py_ssize_t ldx, Py_ssize_t n, Py_ssize_t K,
                         const double* P, Py_ssize_t C, double* out, Py_ssize_t ldo, int beta)
+    Py_ssize_t cyrnn_pgemm_bsize(int isa, Py_ssize_t C, Py_ssize_t K)
+    void cyrnn_pack_bf(int isa, const float* W, Py_ssize_t C, Py_ssize_t K, Py_ssize_t sc,
+                       Py_ssize_t sk, unsigned int* P)
+    void cyrnn_pgemm_bf(int isa, const float* x, Py_ssize_t ldx, Py_ssize_t n, Py_ssize_t K,
+                        const unsigned int* P, Py_ssize_t C, float* out, Py_ssize_t ldo,
+                        int beta)
+    unsigned int cyrnn_bf16(float f)
+
+
+# Formats of packed forward weights: the call's dtype, or bfloat16 (float32 calls
+# only; see pgemm.h). A bfloat16 block is counted in 32-bit words (a k-pair of
+# weights each), so its offsets index a float32 pointer like a native block's.
+cdef enum:
+    WF_NATIVE = 0
+    WF_BF16 = 1
 
 
 cdef inline void _pack(int isa, const floating* w, Py_ssize_t C, Py_ssize_t K,
@@ -300,6 +315,25 @@ cdef inline void _pg(int isa, const floating* x, Py_ssize_t ldx, Py_ssize_t n, P
         cyrnn_pgemm_f(isa, x, ldx, n, K, P, C, out, ldo, 0)
     else:
         cyrnn_pgemm_d(isa, x, ldx, n, K, P, C, out, ldo, 0)
+
+
+cdef inline void _pgw(int isa, int wfmt, const floating* x, Py_ssize_t ldx, Py_ssize_t n,
+                      Py_ssize_t K, const floating* P, Py_ssize_t C, floating* out,
+                      Py_ssize_t ldo) noexcept nogil:
+    """``_pg`` on a weight packed in format ``wfmt`` (``WF_BF16``: by ``_pack_bf``)."""
+    if floating is float:
+        if wfmt == WF_BF16:
+            cyrnn_pgemm_bf(isa, x, ldx, n, K, <const unsigned int*>P, C, out, ldo, 0)
+            return
+    _pg(isa, x, ldx, n, K, P, C, out, ldo)
+
+
+cdef inline void _pack_bf(int isa, const floating* w, Py_ssize_t C, Py_ssize_t K,
+                          floating* P) noexcept nogil:
+    """Pack the (C, K) row-major float32 weight ``w`` as bfloat16 for ``_pgw``
+    (``cyrnn_pgemm_bsize`` words; float64 never asks for it)."""
+    if floating is float:
+        cyrnn_pack_bf(isa, w, C, K, K, 1, <unsigned int*>P)
 
 
 cdef inline void _pg_acc(int isa, const floating* x, Py_ssize_t ldx, Py_ssize_t n,

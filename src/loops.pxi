@@ -165,6 +165,7 @@ cdef struct StepInput:
     const void* whh
     const void* whh_n
     int isa
+    int wfmt  # the packed weights' format (WF_*)
 
 
 cdef void _forward_loop(int code, int act, int ract, Py_ssize_t T, Py_ssize_t N,
@@ -259,7 +260,7 @@ cdef void _forward_rows(int code, int act, int ract, Py_ssize_t T, Py_ssize_t N,
                 else:
                     for i in range(n):
                         memcpy(xg + (s * n + i) * D, xsrc + i * si.xs_n, D * sizeof(floating))
-            _pg(si.isa, xg, D, sb * n, D, <const floating*>si.wih, GH, xb, GH)
+            _pgw(si.isa, si.wfmt, xg, D, sb * n, D, <const floating*>si.wih, GH, xb, GH)
             bih = <const floating*>si.bih
             for i in range(sb * n):
                 xr = xb + i * GH
@@ -268,15 +269,15 @@ cdef void _forward_rows(int code, int act, int ract, Py_ssize_t T, Py_ssize_t N,
         # step t's rows, indexed like the step's (N, G*H) block from row r0 on
         x = xb + ((t % STEP_BLOCK) * n - r0) * GH
         if cho:
-            _pg(si.isa, hp + r0 * H, H, n, H, <const floating*>si.whh, 2 * H, gh + r0 * GH, GH)
+            _pgw(si.isa, si.wfmt, hp + r0 * H, H, n, H, <const floating*>si.whh, 2 * H, gh + r0 * GH, GH)
             _fwd_rows(r0, r1, code, act, ract, 0, False, H, x, gh, b, peep, hp, hn, cp, cn,
                       gt, ax, mask + t * N, hs)
-            _pg(si.isa, ax + r0 * H, H, n, H, <const floating*>si.whh_n, H,
+            _pgw(si.isa, si.wfmt, ax + r0 * H, H, n, H, <const floating*>si.whh_n, H,
                 gh + r0 * GH + 2 * H, GH)
             _fwd_rows(r0, r1, code, act, ract, 1, True, H, x, gh, b, peep, hp, hn, cp, cn,
                       gt, ax, mask + t * N, hs)
         else:
-            _pg(si.isa, hp + r0 * H, H, n, H, <const floating*>si.whh, GH, gh + r0 * GH, GH)
+            _pgw(si.isa, si.wfmt, hp + r0 * H, H, n, H, <const floating*>si.whh, GH, gh + r0 * GH, GH)
             _fwd_rows(r0, r1, code, act, ract, -1, True, H, x, gh, b, peep, hp, hn, cp, cn,
                       gt, ax, mask + t * N, hs)
 

@@ -36,6 +36,16 @@
 #define CYRNN_T256
 #endif
 
+/* Write (beta 0) or add (beta 1) the m values of a finished tile row t to o. */
+#define CYRNN_PUT(o, t, m, beta)                                                      \
+    do {                                                                              \
+        ptrdiff_t j_;                                                                 \
+        if (beta)                                                                     \
+            for (j_ = 0; j_ < (m); j_++) (o)[j_] += (t)[j_];                          \
+        else                                                                          \
+            for (j_ = 0; j_ < (m); j_++) (o)[j_] = (t)[j_];                           \
+    } while (0)
+
 /* 0: baseline, 1: AVX2 + FMA, 2: AVX-512F. The environment variable
    CYRNN_PGEMM_ISA (0, 1 or 2), read once, can lower the pick (tests run every
    path on one machine); it never raises it above what the CPU reports. */
@@ -94,18 +104,49 @@ static void NAME(int isa, const T* W, ptrdiff_t C, ptrdiff_t K, ptrdiff_t sc,   
 CYRNN_PACK(cyrnn_pack_f, float)
 CYRNN_PACK(cyrnn_pack_d, double)
 
-/* One kernel body per (type, vector bytes, MR, target, x layout). XT 0: element
-   (i, k) of x at x[i*ldx + k]; XT 1: at x[k*ldx + i] (x stored transposed: the
-   weight-gradient sums over rows read the activations as they lie). */
-#define CYRNN_PGEMM_KERNEL(NAME, T, VB, MR, TARGET, XT)                               \
+/* The k loops of the kernels below, per weight format: KLOOP runs the MR-row
+   tile (accumulators a0, a1 over rows xr), GLOOP the PG-panel single row
+   (accumulators a[2q], a[2q+1] over the row x). The native panels hold K
+   steps of NR weights; the bfloat16 ones (see below) K/2 rounded up. Every
+   accumulator is one k-ascending multiply-add chain in both, so a result does
+   not depend on the kernel that computed it. */
+#define CYRNN_KSTEPS_NATIVE(K) (K)
+#define CYRNN_KLOOP_NATIVE(VT, UT, T)                                                 \
+    for (k = 0; k < K; k++) {                                                         \
+        VT w0 = *(const VT*)(pp + k * NR);                                            \
+        VT w1 = *(const VT*)(pp + k * NR + V);                                        \
+        _Pragma("GCC unroll 16")                                                      \
+        for (r = 0; r < MRS; r++) {                                                    \
+            T s = xr[r][k * sk];                                                      \
+            a0[r] += s * w0;                                                          \
+            a1[r] += s * w1;                                                          \
+        }                                                                             \
+    }
+#define CYRNN_GLOOP_NATIVE(VT, UT, T)                                                 \
+    for (k = 0; k < K; k++) {                                                         \
+        T s = x[k];                                                                   \
+        _Pragma("GCC unroll 8")                                                       \
+        for (q = 0; q < PGS; q++) {                                                    \
+            a[2 * q] += s * *(const VT*)(pp + q * pstride + k * NR);                  \
+            a[2 * q + 1] += s * *(const VT*)(pp + q * pstride + k * NR + V);          \
+        }                                                                             \
+    }
+
+/* One kernel body per (type, weight format, vector bytes, MR, target, x layout).
+   XT 0: element (i, k) of x at x[i*ldx + k]; XT 1: at x[k*ldx + i] (x stored
+   transposed: the weight-gradient sums over rows read the activations as they
+   lie). WT: the packed weights' element type. */
+#define CYRNN_PGEMM_BODY(NAME, T, WT, FMT, VB, MR, TARGET, XT)                        \
 typedef T NAME##_v __attribute__((vector_size(VB)));                                  \
+typedef unsigned int NAME##_u __attribute__((vector_size(VB), unused));               \
 TARGET static void NAME(const T* x, ptrdiff_t ldx, ptrdiff_t n, ptrdiff_t K,          \
-                        const T* P, ptrdiff_t C, T* out, ptrdiff_t ldo, int beta) {   \
-    enum { V = VB / sizeof(T), NR = 2 * V };                                          \
+                        const WT* P, ptrdiff_t C, T* out, ptrdiff_t ldo, int beta) {  \
+    enum { V = VB / sizeof(T), NR = 2 * V, MRS = MR };                                \
     const ptrdiff_t si = XT ? 1 : ldx, sk = XT ? ldx : 1;                             \
-    ptrdiff_t p, i0, k, r, j;                                                         \
+    ptrdiff_t p, i0, k, r;                                                            \
+    (void)sk;                                                                         \
     for (p = 0; p * NR < C; p++) {                                                    \
-        const T* pp = P + p * NR * K;                                                 \
+        const WT* pp = P + p * NR * CYRNN_KSTEPS_##FMT(K);                            \
         ptrdiff_t c0 = p * NR, nc = C - c0 < NR ? C - c0 : NR;                        \
         for (i0 = 0; i0 < n; i0 += MR) {                                              \
             const T* xr[MR];                                                          \
@@ -117,29 +158,19 @@ TARGET static void NAME(const T* x, ptrdiff_t ldx, ptrdiff_t n, ptrdiff_t K,    
                 a0[r] = (NAME##_v){0};                                                \
                 a1[r] = (NAME##_v){0};                                                \
             }                                                                         \
-            for (k = 0; k < K; k++) {                                                 \
-                NAME##_v w0 = *(const NAME##_v*)(pp + k * NR);                        \
-                NAME##_v w1 = *(const NAME##_v*)(pp + k * NR + V);                    \
-                _Pragma("GCC unroll 16")                                              \
-                for (r = 0; r < MR; r++) {                                            \
-                    T s = xr[r][k * sk];                                              \
-                    a0[r] += s * w0;                                                  \
-                    a1[r] += s * w1;                                                  \
-                }                                                                     \
-            }                                                                         \
+            CYRNN_KLOOP_##FMT(NAME##_v, NAME##_u, T)                                  \
             for (r = 0; r < m; r++) {                                                 \
                 T* o = out + (i0 + r) * ldo + c0;                                     \
                 T t[NR];                                                              \
                 memcpy(t, &a0[r], sizeof a0[r]);                                      \
                 memcpy(t + V, &a1[r], sizeof a1[r]);                                  \
-                if (beta)                                                             \
-                    for (j = 0; j < nc; j++) o[j] += t[j];                            \
-                else                                                                  \
-                    for (j = 0; j < nc; j++) o[j] = t[j];                             \
+                CYRNN_PUT(o, t, nc, beta);                                            \
             }                                                                         \
         }                                                                             \
     }                                                                                 \
 }
+#define CYRNN_PGEMM_KERNEL(NAME, T, VB, MR, TARGET, XT)                               \
+    CYRNN_PGEMM_BODY(NAME, T, T, NATIVE, VB, MR, TARGET, XT)
 
 #define CYRNN_PGEMM_KERNELS(SUF, XT)                                                  \
 CYRNN_PGEMM_KERNEL(cyrnn_pgemm_f512##SUF, float, 64, 8, CYRNN_T512, XT)                \
@@ -151,8 +182,71 @@ CYRNN_PGEMM_KERNEL(cyrnn_pgemm_d128##SUF, double, 16, 4, , XT)
 CYRNN_PGEMM_KERNELS(, 0)
 CYRNN_PGEMM_KERNELS(t, 1)
 
+/* Single rows (n <= CYRNN_GEMV_ROWS): the MR-row kernels above would compute MR
+   copies of the row, so rows go one at a time through kernels that run PG panels
+   at once instead (2 * PG independent accumulators). Each element is the same
+   k-ascending multiply-add chain as in the MR-row kernels: a row's result does
+   not depend on the path that computed it. */
+#define CYRNN_GEMV_ROWS 2
+#define CYRNN_GEMV_PANELS(NAME, T, WT, FMT, VB, PG, TARGET)                           \
+TARGET static inline void NAME(const T* x, ptrdiff_t K, const WT* pp, ptrdiff_t pstride, \
+                               T* o, ptrdiff_t nc, int beta) {                        \
+    typedef T v_t __attribute__((vector_size(VB)));                                   \
+    typedef unsigned int u_t __attribute__((vector_size(VB), unused));                \
+    enum { V = VB / sizeof(T), NR = 2 * V, PGS = PG };                                \
+    v_t a[2 * PG];                                                                    \
+    ptrdiff_t k, q;                                                                   \
+    _Pragma("GCC unroll 16")                                                          \
+    for (q = 0; q < 2 * PG; q++) a[q] = (v_t){0};                                     \
+    CYRNN_GLOOP_##FMT(v_t, u_t, T)                                                    \
+    for (q = 0; q < PG; q++) {                                                        \
+        T t[NR];                                                                      \
+        ptrdiff_t m = nc - q * NR < NR ? nc - q * NR : NR;                            \
+        memcpy(t, &a[2 * q], sizeof a[0]);                                            \
+        memcpy(t + V, &a[2 * q + 1], sizeof a[0]);                                    \
+        CYRNN_PUT(o + q * NR, t, m, beta);                                            \
+    }                                                                                 \
+}
+#define CYRNN_GEMV_BODY(NAME, T, WT, FMT, VB, TARGET)                                 \
+CYRNN_GEMV_PANELS(NAME##_4, T, WT, FMT, VB, 4, TARGET)                                \
+CYRNN_GEMV_PANELS(NAME##_1, T, WT, FMT, VB, 1, TARGET)                                \
+TARGET static void NAME(const T* x, ptrdiff_t K, const WT* P, ptrdiff_t C, T* out,     \
+                        int beta) {                                                   \
+    enum { NR = 2 * VB / sizeof(T) };                                                 \
+    const ptrdiff_t ps = NR * CYRNN_KSTEPS_##FMT(K);                                  \
+    ptrdiff_t p = 0, np = (C + NR - 1) / NR;                                          \
+    for (; p + 4 <= np; p += 4)                                                       \
+        NAME##_4(x, K, P + p * ps, ps, out + p * NR, C - p * NR, beta);               \
+    for (; p < np; p++)                                                               \
+        NAME##_1(x, K, P + p * ps, ps, out + p * NR, C - p * NR, beta);               \
+}
+#define CYRNN_GEMV_KERNEL(NAME, T, VB, TARGET) CYRNN_GEMV_BODY(NAME, T, T, NATIVE, VB, TARGET)
+CYRNN_GEMV_KERNEL(cyrnn_gemv_f512, float, 64, CYRNN_T512)
+CYRNN_GEMV_KERNEL(cyrnn_gemv_d512, double, 64, CYRNN_T512)
+CYRNN_GEMV_KERNEL(cyrnn_gemv_f256, float, 32, CYRNN_T256)
+CYRNN_GEMV_KERNEL(cyrnn_gemv_d256, double, 32, CYRNN_T256)
+CYRNN_GEMV_KERNEL(cyrnn_gemv_f128, float, 16, )
+CYRNN_GEMV_KERNEL(cyrnn_gemv_d128, double, 16, )
+
 /* cyrnn_pgemm_f/d: x row-major; cyrnn_pgemm_tf/td: x stored transposed (XT 1). */
-#define CYRNN_PGEMM_DISPATCH(NAME, T, K512, K256, K128)                               \
+#define CYRNN_PGEMM_DISPATCH(NAME, T, K512, K256, K128, V512, V256, V128)             \
+static void NAME(int isa, const T* x, ptrdiff_t ldx, ptrdiff_t n, ptrdiff_t K,          \
+                 const T* P, ptrdiff_t C, T* out, ptrdiff_t ldo, int beta) {           \
+    ptrdiff_t i;                                                                      \
+    if (n <= 0 || C <= 0) return;                                                     \
+    if (n <= CYRNN_GEMV_ROWS) {                                       \
+        for (i = 0; i < n; i++) {                                                     \
+            if (isa == 2) V512(x + i * ldx, K, P, C, out + i * ldo, beta);            \
+            else if (isa == 1) V256(x + i * ldx, K, P, C, out + i * ldo, beta);       \
+            else V128(x + i * ldx, K, P, C, out + i * ldo, beta);                     \
+        }                                                                             \
+        return;                                                                       \
+    }                                                                                 \
+    if (isa == 2) K512(x, ldx, n, K, P, C, out, ldo, beta);                           \
+    else if (isa == 1) K256(x, ldx, n, K, P, C, out, ldo, beta);                      \
+    else K128(x, ldx, n, K, P, C, out, ldo, beta);                                    \
+}
+#define CYRNN_PGEMM_DISPATCH_T(NAME, T, K512, K256, K128)                             \
 static void NAME(int isa, const T* x, ptrdiff_t ldx, ptrdiff_t n, ptrdiff_t K,          \
                  const T* P, ptrdiff_t C, T* out, ptrdiff_t ldo, int beta) {           \
     if (n <= 0 || C <= 0) return;                                                     \
@@ -161,13 +255,127 @@ static void NAME(int isa, const T* x, ptrdiff_t ldx, ptrdiff_t n, ptrdiff_t K,  
     else K128(x, ldx, n, K, P, C, out, ldo, beta);                                    \
 }
 CYRNN_PGEMM_DISPATCH(cyrnn_pgemm_f, float, cyrnn_pgemm_f512, cyrnn_pgemm_f256,
-                     cyrnn_pgemm_f128)
+                     cyrnn_pgemm_f128, cyrnn_gemv_f512, cyrnn_gemv_f256, cyrnn_gemv_f128)
 CYRNN_PGEMM_DISPATCH(cyrnn_pgemm_d, double, cyrnn_pgemm_d512, cyrnn_pgemm_d256,
-                     cyrnn_pgemm_d128)
-CYRNN_PGEMM_DISPATCH(cyrnn_pgemm_tf, float, cyrnn_pgemm_f512t, cyrnn_pgemm_f256t,
-                     cyrnn_pgemm_f128t)
-CYRNN_PGEMM_DISPATCH(cyrnn_pgemm_td, double, cyrnn_pgemm_d512t, cyrnn_pgemm_d256t,
-                     cyrnn_pgemm_d128t)
+                     cyrnn_pgemm_d128, cyrnn_gemv_d512, cyrnn_gemv_d256, cyrnn_gemv_d128)
+CYRNN_PGEMM_DISPATCH_T(cyrnn_pgemm_tf, float, cyrnn_pgemm_f512t, cyrnn_pgemm_f256t,
+                       cyrnn_pgemm_f128t)
+CYRNN_PGEMM_DISPATCH_T(cyrnn_pgemm_td, double, cyrnn_pgemm_d512t, cyrnn_pgemm_d256t,
+                       cyrnn_pgemm_d128t)
+
+/* ---- bfloat16 weights, float32 arithmetic ----
+   A weight packed as bfloat16 halves the bytes every product streams (a step
+   of a stacked LSTM at batch 1 reads its whole weight set from L2/L3 for a
+   few flops per byte). The kernels widen each weight to float32 with an
+   integer shift or mask, which is exact, and multiply-add in float32 as the
+   kernels above, in the same order: the result equals the float32 kernels'
+   on the bfloat16-rounded weights. No bfloat16 instruction is needed, so
+   every instruction-set path serves them (AVX-512 BF16's VDPBF16PS, which
+   would also round the activations, measured at half the float32 FMA rate
+   on the Xeon these kernels were tuned on).
+
+   Layout: the float32 panel layout with k taken in pairs; a 32-bit word
+   holds the bfloat16 weights (c, 2kk) (low half) and (c, 2kk + 1) (high
+   half, 0 past an odd K): P[p][kk][j] for panels of NR columns. */
+static inline unsigned int cyrnn_bf16(float f) {
+    unsigned int u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u)            /* NaN: stays a (quiet) NaN */
+        return (u >> 16) | 0x40u;
+    return (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;  /* round to nearest even */
+}
+
+/* Words of the packed bfloat16 copy of a (C, K) weight. */
+static inline ptrdiff_t cyrnn_pgemm_bsize(int isa, ptrdiff_t C, ptrdiff_t K) {
+    ptrdiff_t nr = cyrnn_pgemm_nr(isa, 4);
+    return (C + nr - 1) / nr * nr * ((K + 1) / 2);
+}
+
+static void cyrnn_pack_bf(int isa, const float* W, ptrdiff_t C, ptrdiff_t K, ptrdiff_t sc,
+                          ptrdiff_t sk, unsigned int* P) {
+    ptrdiff_t nr = cyrnn_pgemm_nr(isa, 4), K2 = (K + 1) / 2, p, kk, j, c;
+    for (p = 0; p * nr < C; p++)
+        for (kk = 0; kk < K2; kk++) {
+            unsigned int* dst = P + (p * K2 + kk) * nr;
+            for (j = 0; j < nr; j++) {
+                c = p * nr + j;
+                if (c >= C) {
+                    dst[j] = 0;
+                    continue;
+                }
+                dst[j] = cyrnn_bf16(W[c * sc + 2 * kk * sk]);
+                if (2 * kk + 1 < K)
+                    dst[j] |= cyrnn_bf16(W[c * sc + (2 * kk + 1) * sk]) << 16;
+            }
+        }
+}
+
+/* the k-pair's two weight vectors, widened: (c, 2kk) and (c, 2kk + 1) */
+#define CYRNN_BF_LO(VT, u) ((VT)((u) << 16))
+#define CYRNN_BF_HI(VT, u) ((VT)((u) & 0xffff0000u))
+#define CYRNN_KSTEPS_BF16(K) (((K) + 1) / 2)
+#define CYRNN_KLOOP_BF16(VT, UT, T)                                                   \
+    for (k = 0; k < K; k += 2) {                                                      \
+        UT u0 = *(const UT*)(pp + k / 2 * NR);                                        \
+        UT u1 = *(const UT*)(pp + k / 2 * NR + V);                                    \
+        VT w0 = CYRNN_BF_LO(VT, u0), w1 = CYRNN_BF_LO(VT, u1);                        \
+        VT v0 = CYRNN_BF_HI(VT, u0), v1 = CYRNN_BF_HI(VT, u1);                        \
+        if (k + 1 < K) {                                                              \
+            _Pragma("GCC unroll 16")                                                  \
+            for (r = 0; r < MRS; r++) {                                                \
+                T s = xr[r][k], t = xr[r][k + 1];                                     \
+                a0[r] += s * w0;                                                      \
+                a1[r] += s * w1;                                                      \
+                a0[r] += t * v0;                                                      \
+                a1[r] += t * v1;                                                      \
+            }                                                                         \
+        } else {                                                                      \
+            _Pragma("GCC unroll 16")                                                  \
+            for (r = 0; r < MRS; r++) {                                                \
+                a0[r] += xr[r][k] * w0;                                               \
+                a1[r] += xr[r][k] * w1;                                               \
+            }                                                                         \
+        }                                                                             \
+    }
+#define CYRNN_GLOOP_BF16(VT, UT, T)                                                   \
+    for (k = 0; k < K; k += 2) {                                                      \
+        T s = x[k], t = k + 1 < K ? x[k + 1] : 0;                                     \
+        _Pragma("GCC unroll 8")                                                       \
+        for (q = 0; q < PGS; q++) {                                                    \
+            UT u0 = *(const UT*)(pp + q * pstride + k / 2 * NR);                      \
+            UT u1 = *(const UT*)(pp + q * pstride + k / 2 * NR + V);                  \
+            a[2 * q] += s * CYRNN_BF_LO(VT, u0);                                      \
+            a[2 * q + 1] += s * CYRNN_BF_LO(VT, u1);                                  \
+            if (k + 1 < K) {                                                          \
+                a[2 * q] += t * CYRNN_BF_HI(VT, u0);                                  \
+                a[2 * q + 1] += t * CYRNN_BF_HI(VT, u1);                              \
+            }                                                                         \
+        }                                                                             \
+    }
+CYRNN_PGEMM_BODY(cyrnn_pgemm_bf512, float, unsigned int, BF16, 64, 8, CYRNN_T512, 0)
+CYRNN_PGEMM_BODY(cyrnn_pgemm_bf256, float, unsigned int, BF16, 32, 4, CYRNN_T256, 0)
+CYRNN_PGEMM_BODY(cyrnn_pgemm_bf128, float, unsigned int, BF16, 16, 4, , 0)
+CYRNN_GEMV_BODY(cyrnn_gemv_bf512, float, unsigned int, BF16, 64, CYRNN_T512)
+CYRNN_GEMV_BODY(cyrnn_gemv_bf256, float, unsigned int, BF16, 32, CYRNN_T256)
+CYRNN_GEMV_BODY(cyrnn_gemv_bf128, float, unsigned int, BF16, 16, )
+
+static void cyrnn_pgemm_bf(int isa, const float* x, ptrdiff_t ldx, ptrdiff_t n, ptrdiff_t K,
+                           const unsigned int* P, ptrdiff_t C, float* out, ptrdiff_t ldo,
+                           int beta) {
+    ptrdiff_t i;
+    if (n <= 0 || C <= 0) return;
+    if (n <= CYRNN_GEMV_ROWS) {
+        for (i = 0; i < n; i++) {
+            if (isa == 2) cyrnn_gemv_bf512(x + i * ldx, K, P, C, out + i * ldo, beta);
+            else if (isa == 1) cyrnn_gemv_bf256(x + i * ldx, K, P, C, out + i * ldo, beta);
+            else cyrnn_gemv_bf128(x + i * ldx, K, P, C, out + i * ldo, beta);
+        }
+        return;
+    }
+    if (isa == 2) cyrnn_pgemm_bf512(x, ldx, n, K, P, C, out, ldo, beta);
+    else if (isa == 1) cyrnn_pgemm_bf256(x, ldx, n, K, P, C, out, ldo, beta);
+    else cyrnn_pgemm_bf128(x, ldx, n, K, P, C, out, ldo, beta);
+}
 
 /* Flush denormal numbers to zero (FTZ, DAZ) in the calling thread while cyrnn's
    loops run; returns the previous mode for cyrnn_fp_restore. Gradients that

@@ -136,16 +136,48 @@ for dtype, tol in ((np.float32, 2e-5), (np.float64, 1e-10)):
         np.testing.assert_allclose(dx, dx_ref, rtol=tol, atol=tol)
         np.testing.assert_allclose(model.params.grad, ref.params.grad, rtol=tol,
                                    atol=tol * max(1.0, float(np.abs(ref.params.grad).max())))
+        if dtype == np.float32:
+            check_packed_weights(model, ref, x, tol)
 counts = kernels._path_counts()
 assert counts["packed_forward"] >= 20 and counts["packed_backward"] >= 10, counts
 print("ok")
 """
 
 
+# Weights packed once (cyrnn.scoring's weights="packed"/"bfloat16"): single rows (the
+# one-row kernels), a few rows and a chunked batch, one step and a sequence. bfloat16
+# weights must equal the native kernels on the bfloat16-rounded weights bit for bit
+# (float32 arithmetic in the same order); native packed ones the reference.
+_PACKED_WEIGHTS_CHECK = r"""
+from cyrnn.scoring import bfloat16_round
+
+def check_packed_weights(model, ref, x, tol):
+    plan = model._plan()
+    spec, data = plan.spec, model.params.data
+    rounded = data.copy()
+    for off, size in plan.packed_weight_ranges():
+        rounded[off:off + size] = bfloat16_round(data[off:off + size])
+    native, bf16, on_rounded = (kernels.PackedWeights(), kernels.PackedWeights("bfloat16"),
+                                kernels.PackedWeights())
+    for n, T in ((1, 1), (1, 9), (2, 3), (37, 9)):
+        xs = np.ascontiguousarray(x[:n, :T])
+        out = kernels.infer(spec, data, xs, weights=native)
+        np.testing.assert_allclose(out, ref.forward(xs, training=False), rtol=tol, atol=tol)
+        a = kernels.infer(spec, data, xs, None, None, None, True, bf16)
+        b = kernels.infer(spec, rounded, xs, None, None, None, True, on_rounded)
+        for u, v in zip(a, b):
+            np.testing.assert_array_equal(u, v)
+    assert 0.45 < bf16.nbytes / native.nbytes < 0.55, (bf16.nbytes, native.nbytes)
+"""
+_CHUNKED_CHECK = _CHUNKED_CHECK.replace("be = get_backend(\"cython\")\n",
+                                        "be = get_backend(\"cython\")\n" + _PACKED_WEIGHTS_CHECK, 1)
+
+
 def test_packed_kernels_every_instruction_set(tmp_path):
     """The packed GEMM's instruction sets (AVX-512, AVX2, baseline: picked at run time,
     lowered by CYRNN_PGEMM_ISA) each give the reference's results on the row-chunked
-    path, forward and backward, float32 and float64."""
+    path, forward and backward, float32 and float64, and on weights packed once
+    (native and bfloat16, one row included)."""
     import os
     import subprocess
     import sys

@@ -322,3 +322,129 @@ def test_sequential_save_and_load(tmp_path, rng):
     persistence.save_archive(tmp_path / "bad.cyrnn", kind, meta, arrays)
     with pytest.raises(ValueError, match="parameter vector"):
         scoring.load(tmp_path / "bad.cyrnn")
+
+
+# ----------------------------------------------------------------------------
+# weights packed once (weights="packed" / "bfloat16")
+# ----------------------------------------------------------------------------
+def _bf16_model(model):
+    """A copy of ``model`` whose packed weights are rounded to bfloat16 by torch (an
+    implementation nobody here wrote), biases and embeddings left as they are."""
+    torch = pytest.importorskip("torch")
+    import copy
+    ref = copy.deepcopy(model)
+    data = ref.params.data
+    for off, size in model._plan().packed_weight_ranges():
+        w = torch.from_numpy(data[off:off + size].copy())
+        data[off:off + size] = w.to(torch.bfloat16).to(torch.float32).numpy()
+    return ref
+
+
+def test_bfloat16_round_matches_torch():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    special = np.array([0.0, -0.0, 1.0, np.inf, -np.inf, np.nan, 3.4028235e38, -3.4028235e38,
+                        1e-45, -1e-40, 1.00390625, 1.01171875, 65504.0, 2.0 ** -126],
+                       np.float32)
+    # ties: the 16 dropped bits exactly 0x8000, odd and even kept halves
+    ties = (np.arange(1 << 14, dtype=np.uint32) << 17 | 0x8000).view(np.float32)
+    ties = ties[np.isfinite(ties)]
+    a = np.concatenate([special, ties, rng.standard_normal(10000).astype(np.float32) * 1e3])
+    ours = scoring.bfloat16_round(a)
+    theirs = torch.from_numpy(a).to(torch.bfloat16).to(torch.float32).numpy()
+    np.testing.assert_array_equal(ours, theirs)  # NaN == NaN in assert_array_equal
+
+
+@pytest.mark.parametrize("cls, kw", CELLS)
+def test_packed_and_bfloat16_weights(cls, kw, tmp_path, rng):
+    """weights='packed' equals the model up to rounding; 'bfloat16' equals (to float32
+    rounding) the model with its weights rounded to bfloat16 by torch, whole sequences
+    and steps alike; stepping equals the whole sequence exactly."""
+    if "cython" not in cyrnn.backends.available():
+        pytest.skip("Cython backend not built")
+    Cell = getattr(cyrnn, cls)
+    model = cyrnn.Sequential([
+        cyrnn.Embedding(11, 5, random_state=0),
+        Cell(5, 9, num_layers=2, random_state=1, **kw),
+        Cell(9, 7, random_state=2, **kw),
+        cyrnn.Dense(7, 3, random_state=3)])
+    model.save(tmp_path / "seq.cyrnn")
+    ids = rng.integers(1, 11, size=(3, 8))
+    rounded = _bf16_model(model)
+    for weights, ref in (("packed", model), ("bfloat16", rounded)):
+        sc = scoring.load(tmp_path / "seq.cyrnn", weights=weights)
+        whole = sc.predict(ids)
+        np.testing.assert_allclose(whole, ref.forward(ids), rtol=2e-5, atol=2e-6)
+        state = None
+        for t in range(ids.shape[1]):
+            y, state = sc.step(ids[:, t], state)
+            np.testing.assert_array_equal(y, whole[:, t])
+        for k in range(3):  # one stream alone: the one-row kernels
+            np.testing.assert_array_equal(sc.predict(ids[k:k + 1]), whole[k:k + 1])
+    assert not np.array_equal(rounded.params.data, model.params.data)
+
+
+def test_bfloat16_weights_estimators_and_language_model(tmp_path, rng):
+    if "cython" not in cyrnn.backends.available():
+        pytest.skip("Cython backend not built")
+    X = rng.normal(size=(12, 6, 3))
+    est = _fit("LSTMClassifier", X, 12)
+    est.save(tmp_path / "c.cyrnn")
+    sc = scoring.load(tmp_path / "c.cyrnn", weights="bfloat16")
+    ref = _bf16_model(est.model_)
+    raw = ref.forward(X.astype(np.float32)).astype(np.float64)
+    p = np.exp(raw - raw.max(-1, keepdims=True))
+    np.testing.assert_allclose(sc.predict_proba(X), p / p.sum(-1, keepdims=True),
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(sc.classes_, est.classes_)
+    lm = cyrnn.CharLanguageModel(cell="lstm", hidden_size=8, embedding_dim=4, max_epochs=1,
+                                 random_state=0)
+    lm.fit(["abcab", "bcda", "cabd"]).save(tmp_path / "lm.cyrnn")
+    lsc = scoring.load(tmp_path / "lm.cyrnn", weights="bfloat16")
+    ids = np.concatenate([[1], lsc.encode("abcd")])[None]
+    logits = _bf16_model(lm.model_).forward(ids).astype(np.float64)
+    np.testing.assert_allclose(lsc.predict_proba(ids).sum(-1), 1.0, rtol=1e-12)
+    assert lsc.decode(lsc.predict(ids)[0]) == lm.decode(logits.argmax(-1)[0])
+
+
+def test_packed_weights_refused_where_they_cannot_apply(tmp_path, rng):
+    model = cyrnn.Sequential([cyrnn.GRU(3, 4, random_state=0, dtype=np.float64)])
+    model.save(tmp_path / "f64.cyrnn")
+    with pytest.raises(ValueError, match="weights must be one of"):
+        scoring.load(tmp_path / "f64.cyrnn", weights="float16")
+    with pytest.raises(ValueError, match="float32 model"):
+        scoring.load(tmp_path / "f64.cyrnn", weights="bfloat16")
+    with pytest.raises(ValueError, match="Cython backend"):
+        scoring.load(tmp_path / "f64.cyrnn", backend="numpy", weights="packed")
+    if "cython" not in cyrnn.backends.available():
+        return
+    from cyrnn import _cython_kernels as kernels
+    sc = scoring.load(tmp_path / "f64.cyrnn", weights="packed")
+    x = rng.normal(size=(2, 5, 3))
+    np.testing.assert_allclose(sc.predict(x), model.forward(x), rtol=1e-12, atol=1e-12)
+    # a packed block serves the buffer it was made from only
+    pw = kernels.PackedWeights()
+    plan = model._plan()
+    kernels.infer(plan.spec, model.params.data, x, weights=pw)
+    with pytest.raises(ValueError, match="another model"):
+        kernels.infer(plan.spec, model.params.data.copy(), x, weights=pw)
+    with pytest.raises(ValueError, match="'native' or 'bfloat16'"):
+        kernels.PackedWeights("int8")
+
+
+def test_bfloat16_weights_serve_threads(tmp_path, rng):
+    if "cython" not in cyrnn.backends.available():
+        pytest.skip("Cython backend not built")
+    model = cyrnn.Sequential([cyrnn.LSTM(8, 32, num_layers=2, random_state=0)])
+    model.save(tmp_path / "m.cyrnn")
+    sc = scoring.load(tmp_path / "m.cyrnn", weights="bfloat16")
+    inputs = [rng.normal(size=(1 + i % 5, 12, 8)).astype(np.float32) for i in range(24)]
+    expected = [sc.predict(x) for x in inputs]
+
+    def work(k):
+        for i in range(k, len(inputs), 4):
+            np.testing.assert_array_equal(sc.predict(inputs[i]), expected[i])
+        return True
+
+    with ThreadPoolExecutor(4) as pool:
+        assert all(pool.map(work, range(4)))

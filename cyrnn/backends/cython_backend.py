@@ -104,6 +104,8 @@ def matmul(a, trans_a, b, trans_b, out, beta=0.0):
 infer = _k.infer
 train_forward = _k.train_forward
 train_backward = _k.train_backward
+# weights packed once for a scorer's repeated ``infer`` calls (``infer(..., weights)``)
+PackedWeights = _k.PackedWeights
 
 
 def _mask_u8(mask, T, N):
