@@ -7,6 +7,10 @@ Myrtle.ai Vollo's published LSTM benchmarks: ``lstm_tiny`` (2 x 128), ``lstm_med
 * ``layer.step``: ``cyrnn.from_torch(module).step(x_t, state)``;
 * ``Scorer.step``: the same layer in a ``Sequential``, saved and loaded with
   ``cyrnn.scoring.load``, ``scorer.step(x_t, state)``;
+* ``Scorer.step packed`` / ``Scorer.step bf16``: loaded with ``weights="packed"``
+  (weights packed once, float32) / ``weights="bfloat16"`` (packed once as bfloat16;
+  float32 arithmetic on the rounded weights, so its outputs differ from PyTorch's by
+  the rounding: checked to 2e-2 on the first steps, the others to 1e-4);
 * ``ort-1t``: ONNX Runtime, one intra-op (and inter-op) thread, the module exported
   with the states as inputs and outputs (``x, h0, c0 -> y, hn, cn``);
 * ``ort``: the same session with default options;
@@ -129,19 +133,34 @@ def cyrnn_cases(name, folder):
     path = os.path.join(folder, f"{name}.cyrnn")
     cyrnn.Sequential([cyrnn.from_torch(module)]).save(path)
     sc = scoring.load(path)
+    variants = {"packed": scoring.load(path, weights="packed"),
+                "bf16": scoring.load(path, weights="bfloat16")}
     xs = list(inputs(name))
     # both equal PyTorch on a few steps (same weights, carried state)
     import torch
     with torch.inference_mode():
         ref = module(torch.from_numpy(np.stack(xs[:5], 1)))[0].numpy()
     s1 = s2 = None
+    sv = dict.fromkeys(variants)
     for t in range(5):
         y1, s1 = layer.step(xs[t], s1)
         y2, s2 = sc.step(xs[t], s2)
         np.testing.assert_allclose(y1, ref[:, t], rtol=1e-4, atol=1e-5)
         np.testing.assert_array_equal(y1, y2)
+        for k, v in variants.items():
+            y3, sv[k] = v.step(xs[t], sv[k])
+            tol = 2e-2 if k == "bf16" else 1e-4
+            np.testing.assert_allclose(y3, ref[:, t], rtol=tol, atol=tol)
     nxt_a, nxt_b = _cycle(xs), _cycle(xs)
     sa, sb = [None], [None]
+
+    def variant_step(v):
+        nxt, st = _cycle(xs), [None]
+
+        def run():
+            y, st[0] = v.step(nxt(), st[0])
+            return y
+        return run
 
     def layer_step():
         y, sa[0] = layer.step(nxt_a(), sa[0])
@@ -150,7 +169,8 @@ def cyrnn_cases(name, folder):
     def scorer_step():
         y, sb[0] = sc.step(nxt_b(), sb[0])
         return y
-    return {"layer.step": layer_step, "Scorer.step": scorer_step}
+    return {"layer.step": layer_step, "Scorer.step": scorer_step,
+            **{f"Scorer.step {k}": variant_step(v) for k, v in variants.items()}}
 
 
 def latencies(cases, rounds, calls):
@@ -218,7 +238,7 @@ def main(argv=None):
                     for w in COMPETITORS}
             results[name] = {"in_run": res, "checks": checks, "used": comp}
             ref50, ref99 = comp["ort-1t"]
-            for k in ("layer.step", "Scorer.step"):
+            for k in ("layer.step", "Scorer.step", "Scorer.step packed", "Scorer.step bf16"):
                 p50, p99 = res[k]
                 met = ref50 / p50 >= TARGETS[name] and ref99 / p99 >= TARGETS[name]
                 rows.append([name, k, f"{p50 * 1e6:.1f}", f"{p99 * 1e6:.1f}",
