@@ -236,7 +236,8 @@ def infer(const int64_t[::1] spec not None, cnp.ndarray data not None, object x,
     ``(output, h_n, c_n)``, ``c_n`` None when no op has a cell state), or None when
     ``x`` or ``mask`` is not in that exact form or holds values the layer path must
     judge (NaN/inf, ids out of range, a sequence of padding ids only under
-    ``mask_zero``). Bad states raise ValueError. ``weights``: a
+    ``mask_zero``), and when a state holds NaN/inf. States of the wrong dtype, size
+    or layout raise ValueError. ``weights``: a
     :class:`PackedWeights` the call packs on first use and reuses (None: packed per
     call when the batch pays for it).
     """
@@ -255,6 +256,8 @@ def infer(const int64_t[::1] spec not None, cnp.ndarray data not None, object x,
             return None
         h0p = _check_arg(h0, "h0", &d, d.N * d.SH)
         c0p = _check_arg(c0, "c0", &d, d.N * d.SH)
+        if not (_finite_arg(&d, h0p, d.N * d.SH) and _finite_arg(&d, c0p, d.N * d.SH)):
+            return None  # the layer path's state checks name the problem
         res = _new_output(&d)
         plan = <int64_t*>_alloc(<double>d.n_ops * P_WIDTH * 8)
         _run_forward(sp, &d, False, plan, data, x, ids, valid, h0p, c0p, NULL, &buf, &mbuf,

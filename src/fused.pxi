@@ -1332,6 +1332,15 @@ cdef int _run_forward(const int64_t* sp, Dims* d, bint keep, int64_t* plan,
     return 0
 
 
+cdef bint _finite_arg(const Dims* d, const char* a, Py_ssize_t n) noexcept nogil:
+    """Whether the checked argument ``a`` (NULL: none) of ``n`` elements is all finite."""
+    if a == NULL:
+        return True
+    if d.isz == 4:
+        return _all_finite(<const float*>a, n)
+    return _all_finite(<const double*>a, n)
+
+
 cdef const char* _check_arg(object a, str name, const Dims* d, Py_ssize_t size) except? NULL:
     """The data of a state, dropout or gradient argument: None (NULL) or a C-contiguous,
     aligned, native-endian array of the parameters' dtype and ``size`` elements (any

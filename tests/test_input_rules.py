@@ -139,3 +139,12 @@ def test_step_checks_its_state_before_the_kernels_read_it(backend, state, match)
         layer.step(np.ones((5, 3)), (np.zeros((1, 5, 3)), np.zeros((1, 5, 3))))
     out, (h, c) = layer.step(x, (np.zeros((1, 5, 3)), np.zeros((1, 5, 3))))
     assert out.shape == (5, 3) and h.dtype == np.float32
+    # exact-form states go straight to the fused call, which declines non-finite values:
+    # the checks then name them (cell state and a stateless cell's h included)
+    bad = np.zeros((1, 5, 3), np.float32)
+    bad[0, 4, 2] = np.inf
+    with pytest.raises(ValueError, match="inf"):
+        layer.step(x, (np.zeros((1, 5, 3), np.float32), bad))
+    gru = cyrnn.GRU(2, 3, backend=backend, random_state=0)
+    with pytest.raises(ValueError, match="NaN"):
+        gru.step(x, np.where(bad == np.inf, np.nan, bad).astype(np.float32))

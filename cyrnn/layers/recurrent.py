@@ -662,6 +662,31 @@ class RecurrentLayer(Layer):
         h, c = self._check_step_state(state, x_t.shape[0])
         return x_t, h, c
 
+    def _exact_step_args(self, x_t, state):
+        """``(x_t, h, c)`` when :meth:`step`'s arguments are already in the kernel's form
+        (C-contiguous arrays of the layer's dtype and shapes; the state None or as
+        ``step`` returned it), else None. Values are not looked at: the fused call
+        declines non-finite ``x_t`` or states, and :meth:`step` then runs the checks."""
+        if (type(x_t) is not np.ndarray or x_t.dtype != self.dtype or x_t.ndim != 2
+                or x_t.shape[1] != self.input_size or not x_t.flags.c_contiguous):
+            return None
+        shape = (self.num_layers, x_t.shape[0], self.hidden_size)
+        cell = self.cell.has_cell_state
+        if state is None:
+            return (x_t, np.zeros(shape, self.dtype),
+                    np.zeros(shape, self.dtype) if cell else None)
+        if cell:
+            if type(state) is not tuple or len(state) != 2:
+                return None
+            h, c = state
+        else:
+            h, c = state, None
+        for a in ((h, c) if cell else (h,)):
+            if (type(a) is not np.ndarray or a.shape != shape or a.dtype != self.dtype
+                    or not a.flags.c_contiguous):
+                return None
+        return x_t, h, c
+
     def _check_step_state(self, state, n):
         """A :meth:`step` state as contiguous ``(num_layers, n, H)`` arrays ``(h, c)``
         (``c`` None without a cell state); None means zeros."""
@@ -705,15 +730,19 @@ class RecurrentLayer(Layer):
         if self.bidirectional:
             raise ValueError("step() needs a unidirectional layer (the reverse direction "
                              "would need the future)")
-        inp, h, c = self._check_step_input(x_t, state)
         plan = self._plan()
         if plan is not None:  # one fused call: infer over one step, states in and out
+            args = self._exact_step_args(x_t, state)
+            if args is None:  # the checks, then the same call
+                args = self._check_step_input(x_t, state)
+            inp, h, c = args
             res = plan.infer(plan.spec, self.params.data, inp[:, None, :], None, h, c, True)
             if res is not None:
                 out, h_n, c_n = res
                 h_n = h_n.reshape(h.shape)
                 return (out[:, 0] if out.ndim == 3 else out,
                         (h_n, c_n.reshape(h.shape)) if c is not None else h_n)
+        inp, h, c = self._check_step_input(x_t, state)
         backend = self._backend()
         h_new, c_new = np.empty_like(h), (np.empty_like(c) if c is not None else None)
         views = self._tensor_views()

@@ -406,7 +406,8 @@ def infer(spec, data, x, mask=None, h0=None, c0=None, return_state=False):
     with ``return_state`` (``c_n`` None when no op has a cell state), or None when
     ``x`` or ``mask`` is not in that exact form or holds values the general path
     must judge (NaN/inf, ids out of range, a sequence of padding ids only under
-    ``mask_zero``): the caller then takes the validating layer-by-layer path. A
+    ``mask_zero``), or a state holds NaN/inf: the caller then takes the validating
+    layer-by-layer path. A
     corrupt spec, or a state of the wrong dtype, size or layout, raises
     ``ValueError``.
 
@@ -420,6 +421,8 @@ def infer(spec, data, x, mask=None, h0=None, c0=None, return_state=False):
         args += _NO_STATES[dt]
     else:
         args += (*_flat_arg(h0, dt, "h0"), *_flat_arg(c0, dt, "c0"))
+        if not all(np.isfinite(a).all() for a in (h0, c0) if a is not None):
+            return None  # the layer path's state checks name the problem
     if args[4] < 0 or x.shape[0] < _PAR_MIN_ROWS2:  # declined, or too few rows to split
         res = fn(*args, 1, 0)
     else:
