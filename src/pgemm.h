@@ -93,7 +93,10 @@ static void NAME(int isa, const T* W, ptrdiff_t C, ptrdiff_t K, ptrdiff_t sc,   
         for (k = 0; k < K; k++) {                                                     \
             const T* src = W + p * nr * sc + k * sk;                                  \
             T* dst = pp + k * nr;                                                     \
-            if (sc == 1)                                                              \
+            if (sc == 1 && nc == nr)  /* whole panel rows: 16-byte moves, inlined */  \
+                for (j = 0; j < nr; j += 16 / (ptrdiff_t)sizeof(T))                   \
+                    memcpy(dst + j, src + j, 16);                                     \
+            else if (sc == 1)                                                         \
                 memcpy(dst, src, nc * sizeof(T));                                     \
             else                                                                      \
                 for (j = 0; j < nc; j++) dst[j] = src[j * sc];                        \
