@@ -181,6 +181,50 @@ cdef inline void _lstm_fwd(int act, int ract, const floating* peep, Py_ssize_t l
             hn[o + j] = a[3 * H + j] * hn[o + j]
 
 
+# The default LSTM's backward element loop (tanh, sigmoid, no peepholes) as a C row
+# function: ``restrict`` pointers and target clones, so it vectorises with the
+# widest vectors the CPU has (the Cython loop below, with its eight pointers, ran as
+# scalar SSE code: 11% of a medium training step). Same expressions as that loop.
+cdef extern from *:
+    """
+    #define CYRNN_LSTM_BWD_ROW(NAME, T)                                                \
+    CYRNN_CLONES static void NAME(Py_ssize_t H, const T* __restrict dh,                \
+                                  const T* __restrict dc, const T* __restrict cp,      \
+                                  const T* __restrict g, T* __restrict dhn,            \
+                                  T* __restrict dg, T* __restrict dx,                  \
+                                  T* __restrict dcn) {                                 \
+        Py_ssize_t j;                                                                  \
+        for (j = 0; j < H; j++) {                                                      \
+            T ig = g[j], fg = g[H + j], gg = g[2 * H + j], og = g[3 * H + j];          \
+            T tc = dhn[j];                                                             \
+            T d_o = dh[j] * tc * (og * ((T)1 - og));                                   \
+            T dct = dc[j] + dh[j] * og * ((T)1 - tc * tc);                             \
+            T di = dct * gg * (ig * ((T)1 - ig));                                      \
+            T df = dct * cp[j] * (fg * ((T)1 - fg));                                   \
+            T dgg = dct * ig * ((T)1 - gg * gg);                                       \
+            dg[j] = di;                                                                \
+            dg[H + j] = df;                                                            \
+            dg[2 * H + j] = dgg;                                                       \
+            dg[3 * H + j] = d_o;                                                       \
+            dx[j] += di;                                                               \
+            dx[H + j] += df;                                                           \
+            dx[2 * H + j] += dgg;                                                      \
+            dx[3 * H + j] += d_o;                                                      \
+            dhn[j] = 0;                                                                \
+            dcn[j] = dct * fg;                                                         \
+        }                                                                              \
+    }
+    CYRNN_LSTM_BWD_ROW(cyrnn_lstm_bwd_row_f, float)
+    CYRNN_LSTM_BWD_ROW(cyrnn_lstm_bwd_row_d, double)
+    """
+    void cyrnn_lstm_bwd_row_f(Py_ssize_t H, const float* dh, const float* dc, const float* cp,
+                              const float* g, float* dhn, float* dg, float* dx,
+                              float* dcn) nogil
+    void cyrnn_lstm_bwd_row_d(Py_ssize_t H, const double* dh, const double* dc,
+                              const double* cp, const double* g, double* dhn, double* dg,
+                              double* dx, double* dcn) nogil
+
+
 cdef inline void _lstm_bwd(int act, int ract, const floating* peep, Py_ssize_t lo,
                            Py_ssize_t hi, Py_ssize_t H, const uint8_t* valid,
                            const floating* dh, const floating* dc, const floating* cp,
@@ -198,6 +242,14 @@ cdef inline void _lstm_bwd(int act, int ract, const floating* peep, Py_ssize_t l
             _skip_row(i, H, 4 * H, dh, dc, dg, dhn, dcn)
             continue
         _vact(act, dhn + o, cn + o, H)
+        if act == ACT_TANH and ract == ACT_SIGMOID and peep == NULL:
+            if floating is float:
+                cyrnn_lstm_bwd_row_f(H, dh + o, dc + o, cp + o, gates + og, dhn + o, dg + og,
+                                     dx + og, dcn + o)
+            else:
+                cyrnn_lstm_bwd_row_d(H, dh + o, dc + o, cp + o, gates + og, dhn + o, dg + og,
+                                     dx + og, dcn + o)
+            continue
         for j in range(H):
             ig = gates[og + j]
             fg = gates[og + H + j]
