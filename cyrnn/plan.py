@@ -115,12 +115,12 @@ class CompiledPlan:
 
     __slots__ = ("spec", "infer", "train_forward", "train_backward", "recurrent",
                  "has_c", "_blocks", "n_ops", "_no_bias", "_dropping", "_trunc", "_mod",
-                 "weights")
+                 "packed")
 
     def __init__(self, spec, mod, recurrent):
         self.spec = spec
         self._mod = mod
-        self.weights = None  # the format of weights packed once (use_packed_weights)
+        self.packed = None  # the PackedWeights every infer uses (use_packed_weights)
         self.infer = mod.infer
         self.train_forward = mod.train_forward
         self.train_backward = mod.train_backward
@@ -163,7 +163,7 @@ class CompiledPlan:
         def packed_infer(spec, data, x, mask=None, h0=None, c0=None, return_state=False):
             return infer(spec, data, x, mask, h0, c0, return_state, weights)
         self.infer = packed_infer
-        self.weights = fmt
+        self.packed = weights
 
     def packed_weight_ranges(self):
         """``(offset, size)`` in the parameter buffer of every weight the packed

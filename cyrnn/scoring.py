@@ -145,7 +145,8 @@ class Scorer:
             dtype = self.model.dtype
             for a in ((h, c) if has_c else (h,)):
                 if (type(a) is not np.ndarray or a.shape != shape or a.dtype != dtype
-                        or not a.flags.c_contiguous or not math.isfinite(np.vdot(a, a))):
+                        or not (a.flags.c_contiguous and a.flags.aligned)
+                        or not math.isfinite(np.vdot(a, a))):
                     return None
         plan = self._plan
         res = plan.infer(plan.spec, self.model.params.data, x_t[:, None], None, h, c, True)
@@ -330,7 +331,8 @@ def load(path, *, backend=None, weights=None):
         (nearest even; biases, peepholes and embeddings stay float32) and kept in
         half the memory; the arithmetic stays float32, so results equal a float32
         model holding the rounded weights. Both need the Cython backend; bfloat16 a
-        float32 model. See README, "bfloat16 weights", for the accuracy measured.
+        float32 model. README, "Weights packed once, bfloat16 weights", gives the
+        speed and the accuracy measured.
 
     Returns
     -------

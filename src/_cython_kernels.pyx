@@ -287,7 +287,7 @@ cdef class FusedCache:
     cdef object data
 
     def __dealloc__(self):
-        _scratch_put(self.buf, self.d.buf_bytes)
+        _scratch_put(self.buf, self.d.buf_bytes, True)
         free(self.mask)
         free(self.plan)
         free(self.ids)
@@ -455,11 +455,11 @@ def train_backward(const int64_t[::1] spec not None, cnp.ndarray data not None,
                                 <double*>dxp, <double*>ws, pk, <const double*>packed, isa)
             cyrnn_fp_restore(csr)
     finally:
-        _scratch_put(packed, packed_bytes)
+        _scratch_put(packed, packed_bytes, True)
         free(pk)
-        _scratch_put(ws, ws_bytes)
+        _scratch_put(ws, ws_bytes, True)
         free(tr)
-        _scratch_put(buf, d.buf_bytes)
+        _scratch_put(buf, d.buf_bytes, True)
         free(mask)
         free(plan)
         free(ids)

@@ -184,7 +184,9 @@ cdef inline void _lstm_fwd(int act, int ract, const floating* peep, Py_ssize_t l
 # The default LSTM's backward element loop (tanh, sigmoid, no peepholes) as a C row
 # function: ``restrict`` pointers and target clones, so it vectorises with the
 # widest vectors the CPU has (the Cython loop below, with its eight pointers, ran as
-# scalar SSE code: 11% of a medium training step). Same expressions as that loop.
+# scalar SSE code: 11% of a medium training step). Same expressions as that loop; the
+# AVX-512 clone contracts some into FMAs, so the last bits can differ from the
+# generic loop and between CPUs (never between rows, threads or calls on one CPU).
 cdef extern from *:
     """
     #define CYRNN_LSTM_BWD_ROW(NAME, T)                                                \

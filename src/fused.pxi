@@ -1118,49 +1118,72 @@ cdef void* _alloc(double n_bytes) except NULL:
 # every time, and fresh memory costs a zero-filled page fault per page (5-8% of a
 # medium training step; at large, whose forward cache and backward scratch are
 # about 90 and 140 MB, the kernel's page clearing was 8.6% of the step's cycles
-# while only 64 MiB were kept). Up to SCRATCH_SLOTS blocks of 1 MiB to SCRATCH_KEEP
-# bytes in all are kept (a step's peak memory is unchanged: the same blocks are
-# reused rather than freed and mapped again; _release_scratch() gives them back); a request takes the smallest kept block that fits and
-# is at most twice its size. Every get and put runs with the GIL held (the
-# blocks are taken and given back outside the nogil sections), which serialises
-# them.
+# while only 64 MiB were kept). Up to SCRATCH_SLOTS blocks of at least 1 MiB are
+# kept: SCRATCH_KEEP bytes in all, or SCRATCH_KEEP_TRAIN when the block being
+# given back served a training call (a training loop reuses its blocks every
+# step; a scorer that once took a huge batch should not hold its memory). Sizes
+# are the blocks' real capacities (a block lent for a smaller request keeps its
+# size). A request takes the smallest kept block that fits and is at most twice
+# its size. A step's peak memory is unchanged (the same blocks are reused rather
+# than freed and mapped again); _release_scratch() gives them back. Every get and
+# put runs with the GIL held (the blocks are taken and given back outside the
+# nogil sections), which serialises them.
 cdef enum:
     SCRATCH_SLOTS = 4
+    SCRATCH_LENT = 16
     SCRATCH_MIN = 1 << 20
-    SCRATCH_KEEP = 512 << 20
+    SCRATCH_KEEP = 64 << 20
+    SCRATCH_KEEP_TRAIN = 512 << 20
 
 cdef void* _scratch_ptr[SCRATCH_SLOTS]
 cdef double _scratch_bytes[SCRATCH_SLOTS]
+# blocks lent out of the cache, with their capacities (for _scratch_put)
+cdef void* _lent_ptr[SCRATCH_LENT]
+cdef double _lent_bytes[SCRATCH_LENT]
 
 
 cdef void* _scratch_get(double n_bytes) except NULL:
     """A block of at least ``n_bytes`` (64-byte aligned): a kept one, else new."""
     cdef int k, best = -1
+    cdef void* p
     for k in range(SCRATCH_SLOTS):
         if (_scratch_ptr[k] != NULL and _scratch_bytes[k] >= n_bytes
                 and _scratch_bytes[k] <= 2 * n_bytes
                 and (best < 0 or _scratch_bytes[k] < _scratch_bytes[best])):
             best = k
-    if best >= 0:
-        p = _scratch_ptr[best]
-        _scratch_ptr[best] = NULL
-        return p
-    return _alloc(n_bytes)
+    if best < 0:
+        return _alloc(n_bytes)
+    p = _scratch_ptr[best]
+    _scratch_ptr[best] = NULL
+    for k in range(SCRATCH_LENT):
+        if _lent_ptr[k] == NULL:
+            _lent_ptr[k] = p
+            _lent_bytes[k] = _scratch_bytes[best]
+            return p
+    # no record left: the block is given back as if it were the size asked for
+    return p
 
 
-cdef void _scratch_put(void* p, double n_bytes) noexcept:
-    """Give back a block from ``_scratch_get`` (``n_bytes``: the size asked for);
-    kept when it is big enough to matter and the cache has room, else freed."""
+cdef void _scratch_put(void* p, double n_bytes, bint train=False) noexcept:
+    """Give back a block from ``_scratch_get`` (``n_bytes``: the size asked for;
+    ``train``: it served a training call); kept when it is big enough to matter and
+    the cache has room, else freed."""
     cdef int k, free_slot = -1
     cdef double total = 0
     if p == NULL:
         return
+    for k in range(SCRATCH_LENT):
+        if _lent_ptr[k] == p:
+            n_bytes = _lent_bytes[k]
+            _lent_ptr[k] = NULL
+            break
     for k in range(SCRATCH_SLOTS):
         if _scratch_ptr[k] == NULL:
             free_slot = k
         else:
             total += _scratch_bytes[k]
-    if n_bytes < SCRATCH_MIN or free_slot < 0 or total + n_bytes > SCRATCH_KEEP:
+    if (n_bytes < SCRATCH_MIN or free_slot < 0
+            or total + n_bytes > (SCRATCH_KEEP_TRAIN if train else SCRATCH_KEEP)):
         free(p)
         return
     _scratch_ptr[free_slot] = p
@@ -1222,21 +1245,30 @@ cdef class PackedWeights:
             return 0
         if self.wfmt == WF_BF16 and d.isz != 4:
             raise ValueError("bfloat16 weights need a float32 model")
-        self.isa = cyrnn_pgemm_isa()
-        self.pk = <int64_t*>_alloc(<double>d.n_ops * PK_WIDTH * 8)
-        units = _pack_plan(sp, d, self.isa, False, self.wfmt, self.pk)
-        self.sp = <int64_t*>_alloc(<double>n * 8)
-        memcpy(self.sp, sp, <size_t>(n * 8))
-        self.sp_len = n
-        self.block = <char*>_alloc(<double>units * d.isz)
-        self.nbytes = <double>units * d.isz
+        cdef int isa = cyrnn_pgemm_isa()
+        cdef int64_t* pk = <int64_t*>_alloc(<double>d.n_ops * PK_WIDTH * 8)
+        cdef int64_t* spc = NULL
+        cdef char* block = NULL
+        units = _pack_plan(sp, d, isa, False, self.wfmt, pk)
+        try:
+            spc = <int64_t*>_alloc(<double>n * 8)
+            block = <char*>_alloc(<double>units * d.isz)
+        except MemoryError:
+            free(pk)
+            free(spc)
+            raise
+        memcpy(spc, sp, <size_t>(n * 8))
         if d.isz == 4:
-            _pack_weights(sp, d, self.isa, False, self.wfmt, self.pk,
-                          <const float*>cnp.PyArray_DATA(data), <float*>self.block)
+            _pack_weights(sp, d, isa, False, self.wfmt, pk,
+                          <const float*>cnp.PyArray_DATA(data), <float*>block)
         else:
-            _pack_weights(sp, d, self.isa, False, self.wfmt, self.pk,
-                          <const double*>cnp.PyArray_DATA(data), <double*>self.block)
+            _pack_weights(sp, d, isa, False, self.wfmt, pk,
+                          <const double*>cnp.PyArray_DATA(data), <double*>block)
+        # bound only now that everything is in place
+        self.isa, self.pk, self.sp, self.sp_len = isa, pk, spc, n
+        self.nbytes = <double>units * d.isz
         self.data = data
+        self.block = block
         return 0
 
 
@@ -1277,7 +1309,7 @@ cdef int _run_forward(const int64_t* sp, Dims* d, bint keep, int64_t* plan,
     buf = <char*>_scratch_get(d.buf_bytes)
     mask = <uint8_t*>malloc(<size_t>(TN * (2 if d.any_bi else 1)))
     if mask == NULL:
-        _scratch_put(buf, d.buf_bytes)
+        _scratch_put(buf, d.buf_bytes, keep)
         raise MemoryError("fused call scratch")
     isa = cyrnn_pgemm_isa()
     if pw is not None:
@@ -1288,7 +1320,7 @@ cdef int _run_forward(const int64_t* sp, Dims* d, bint keep, int64_t* plan,
     elif d.packed:
         pk = <int64_t*>malloc(<size_t>(d.n_ops * PK_WIDTH * 8))
         if pk == NULL:
-            _scratch_put(buf, d.buf_bytes)
+            _scratch_put(buf, d.buf_bytes, keep)
             free(mask)
             raise MemoryError("fused call scratch")
         packed_bytes = <double>_pack_plan(sp, d, isa, False, WF_NATIVE, pk) * d.isz
@@ -1296,7 +1328,7 @@ cdef int _run_forward(const int64_t* sp, Dims* d, bint keep, int64_t* plan,
             packed = <char*>_scratch_get(packed_bytes)
         except MemoryError:
             free(pk)
-            _scratch_put(buf, d.buf_bytes)
+            _scratch_put(buf, d.buf_bytes, keep)
             free(mask)
             raise
     with nogil:
@@ -1328,7 +1360,7 @@ cdef int _run_forward(const int64_t* sp, Dims* d, bint keep, int64_t* plan,
                            <double*>optr, pk, <const double*>packed, isa, wfmt)
         cyrnn_fp_restore(csr)
     if pw is None:
-        _scratch_put(packed, packed_bytes)
+        _scratch_put(packed, packed_bytes, keep)
         free(pk)
     buf_out[0] = buf
     mask_out[0] = mask

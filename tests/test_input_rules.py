@@ -148,3 +148,9 @@ def test_step_checks_its_state_before_the_kernels_read_it(backend, state, match)
     gru = cyrnn.GRU(2, 3, backend=backend, random_state=0)
     with pytest.raises(ValueError, match="NaN"):
         gru.step(x, np.where(bad == np.inf, np.nan, bad).astype(np.float32))
+    # an unaligned (but C-contiguous) state is copied by the checks, as before
+    raw = np.zeros(15 * 4 + 1, np.uint8)
+    odd = np.frombuffer(raw.data, np.float32, count=15, offset=1).reshape(1, 5, 3)
+    assert not odd.flags.aligned and odd.flags.c_contiguous
+    h_ref, _ = gru.step(x, np.zeros((1, 5, 3), np.float32))
+    np.testing.assert_array_equal(gru.step(x, odd)[0], h_ref)

@@ -347,7 +347,7 @@ def test_bfloat16_round_matches_torch():
                         1e-45, -1e-40, 1.00390625, 1.01171875, 65504.0, 2.0 ** -126],
                        np.float32)
     # ties: the 16 dropped bits exactly 0x8000, odd and even kept halves
-    ties = (np.arange(1 << 14, dtype=np.uint32) << 17 | 0x8000).view(np.float32)
+    ties = (np.arange(1 << 15, dtype=np.uint32) << 16 | 0x8000).view(np.float32)
     ties = ties[np.isfinite(ties)]
     a = np.concatenate([special, ties, rng.standard_normal(10000).astype(np.float32) * 1e3])
     ours = scoring.bfloat16_round(a)
@@ -374,6 +374,10 @@ def test_packed_and_bfloat16_weights(cls, kw, tmp_path, rng):
     for weights, ref in (("packed", model), ("bfloat16", rounded)):
         sc = scoring.load(tmp_path / "seq.cyrnn", weights=weights)
         whole = sc.predict(ids)
+        # the calls went through the block packed once, in the format asked for
+        packed = sc._plan.packed
+        assert packed.format == ("bfloat16" if weights == "bfloat16" else "native")
+        assert packed.nbytes > 0
         np.testing.assert_allclose(whole, ref.forward(ids), rtol=2e-5, atol=2e-6)
         state = None
         for t in range(ids.shape[1]):
@@ -437,14 +441,16 @@ def test_bfloat16_weights_serve_threads(tmp_path, rng):
         pytest.skip("Cython backend not built")
     model = cyrnn.Sequential([cyrnn.LSTM(8, 32, num_layers=2, random_state=0)])
     model.save(tmp_path / "m.cyrnn")
-    sc = scoring.load(tmp_path / "m.cyrnn", weights="bfloat16")
     inputs = [rng.normal(size=(1 + i % 5, 12, 8)).astype(np.float32) for i in range(24)]
-    expected = [sc.predict(x) for x in inputs]
+    expected = [scoring.load(tmp_path / "m.cyrnn", weights="bfloat16").predict(x)
+                for x in inputs]
+    sc = scoring.load(tmp_path / "m.cyrnn", weights="bfloat16")  # packs on its first call
 
     def work(k):
         for i in range(k, len(inputs), 4):
             np.testing.assert_array_equal(sc.predict(inputs[i]), expected[i])
         return True
 
-    with ThreadPoolExecutor(4) as pool:
+    with ThreadPoolExecutor(4) as pool:  # the first calls race to pack
         assert all(pool.map(work, range(4)))
+    assert sc._plan.packed.nbytes > 0

@@ -683,7 +683,7 @@ class RecurrentLayer(Layer):
             h, c = state, None
         for a in ((h, c) if cell else (h,)):
             if (type(a) is not np.ndarray or a.shape != shape or a.dtype != self.dtype
-                    or not a.flags.c_contiguous):
+                    or not (a.flags.c_contiguous and a.flags.aligned)):
                 return None
         return x_t, h, c
 

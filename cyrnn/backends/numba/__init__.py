@@ -421,14 +421,16 @@ def infer(spec, data, x, mask=None, h0=None, c0=None, return_state=False):
         args += _NO_STATES[dt]
     else:
         args += (*_flat_arg(h0, dt, "h0"), *_flat_arg(c0, dt, "c0"))
-        if not all(np.isfinite(a).all() for a in (h0, c0) if a is not None):
-            return None  # the layer path's state checks name the problem
     if args[4] < 0 or x.shape[0] < _PAR_MIN_ROWS2:  # declined, or too few rows to split
         res = fn(*args, 1, 0)
     else:
         nthr, blas_par = _split_args(x)
         res = _call(fn, (*args, nthr, blas_par), nthr, spec, x.shape[0], x.shape[1])
     status = res[0]
+    if status <= 0 and not all(np.isfinite(a).all() for a in (h0, c0) if a is not None):
+        # decided after the compiled call checked the states' sizes (which raises first,
+        # as the Cython backend does): the layer path's state checks name the problem
+        return None
     if status <= 0:  # 0: a sequence (N, T, F); -1: after many-to-one, (N, 1, F)
         out = res[1] if status == 0 else res[1][:, 0]
         if return_state:
