@@ -340,20 +340,35 @@ _REFERENCE = {"_sgd_update": _sgd_update, "_rmsprop_update": _rmsprop_update,
 _kernels = None  # the cyrnn._optim_kernels module, False when it cannot be imported
 
 
+def _load_kernels():
+    """The module of the compiled kernels: the Cython extension's (through its backend
+    module, which loads it without scipy.linalg's package), else Numba's
+    ``_optim_kernels``, else False (the NumPy reference). The extension comes first:
+    it compiles nothing at run time, and a training loop on the Cython backend then
+    never imports Numba (about 100 MB of resident memory and a second of import)."""
+    try:
+        from .backends import cython_backend as module
+        return module
+    except Exception:  # not built here: Numba's
+        pass
+    try:
+        from . import _optim_kernels as module
+    except ImportError:
+        return False
+    except Exception as exc:  # numba is there but cannot compile here: the reference
+        import warnings
+        warnings.warn(f"cyrnn's compiled optimizer kernels are unavailable ({exc}); "
+                      "using the NumPy reference", RuntimeWarning, stacklevel=4)
+        return False
+    return module
+
+
 def _compiled(name, arr):
-    """The compiled kernel ``name`` for ``arr``, or None (no numba, other dtype/layout)."""
+    """The compiled kernel ``name`` for ``arr``, or None (no compiled kernels, other
+    dtype/layout)."""
     global _kernels
     if _kernels is None:
-        try:
-            from . import _optim_kernels as module
-        except ImportError:
-            module = False
-        except Exception as exc:  # numba is there but cannot compile here: the reference
-            import warnings
-            warnings.warn(f"cyrnn's compiled optimizer kernels are unavailable ({exc}); "
-                          "using the NumPy reference", RuntimeWarning, stacklevel=3)
-            module = False
-        _kernels = module
+        _kernels = _load_kernels()
     if (_kernels and type(arr) is np.ndarray and arr.dtype.char in "fd"
             and arr.flags.c_contiguous):
         return getattr(_kernels, name)

@@ -20,6 +20,8 @@ row of the cell table (``cyrnn/cells.py``), in float32 and float64 (fused type
   backward pass (masks, truncation, dW_hh, db_hh, peephole gradients);
 * ``fused.pxi``: whole-model calls (check, plan, forward, backward);
 * ``generate.pxi``: the sampling rule and the generation loop;
+* ``optim.pxi``: the optimizer updates and gradient clipping (``cyrnn.optim``'s
+  compiled kernels);
 * this file: the Python entry points.
 
 The kernels take a cell as ``Cell.codes`` = ``(code, act, ract)``. One
@@ -50,6 +52,7 @@ include "cells.pxi"
 include "loops.pxi"
 include "fused.pxi"
 include "generate.pxi"
+include "optim.pxi"
 
 
 # ----------------------------------------------------------------------------

@@ -1,22 +1,39 @@
-"""The Numba optimizer/clipping kernels against the NumPy reference of cyrnn.optim.
+"""The compiled optimizer/clipping kernels (the Cython extension's and Numba's)
+against the NumPy reference of cyrnn.optim.
 
 Every optimizer configuration runs 20 steps twice from the same state, once with
 the reference update function and once with the compiled kernel (float64 within
 rtol 1e-12, float32 within 1e-6; the kernels aim at bit-for-bit equality). NaN
 gradients must propagate. Clipping kernels match the NumPy passes, non-finite
-norms included, and the optimizers dispatch to the kernels.
+norms included, and the optimizers dispatch to the kernels (the extension's first,
+so a Cython training loop never imports Numba).
 """
 
+import importlib
 import math
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-pytest.importorskip("numba")
+from cyrnn import optim
+from cyrnn.params import ParameterBuffer
 
-from cyrnn import _optim_kernels as kernels  # noqa: E402
-from cyrnn import optim  # noqa: E402
-from cyrnn.params import ParameterBuffer  # noqa: E402
+MODULES = {"cython": "cyrnn.backends.cython_backend", "numba": "cyrnn._optim_kernels"}
+
+
+@pytest.fixture(params=list(MODULES))
+def kernels(request):
+    """The module holding one implementation's five kernels (skipped where absent)."""
+    if request.param == "numba":
+        pytest.importorskip("numba")
+    try:
+        return importlib.import_module(MODULES[request.param])
+    except ImportError as exc:
+        pytest.skip(f"{request.param} kernels unavailable: {exc}")
 
 N_STEPS = 20
 RTOL = {np.float64: 1e-12, np.float32: 1e-6}
@@ -106,7 +123,7 @@ class Run:
         self.n += 1
 
 
-def _functions(kind):
+def _functions(kernels, kind):
     reference = optim._REFERENCE[f"_{kind}_update"]
     compiled = getattr(kernels, f"{kind}_update")
     return reference, compiled
@@ -114,8 +131,8 @@ def _functions(kind):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
 @pytest.mark.parametrize("kind, hp", CONFIGS, ids=IDS)
-def test_update_matches_reference_over_20_steps(kind, hp, dtype):
-    reference, compiled = _functions(kind)
+def test_update_matches_reference_over_20_steps(kernels, kind, hp, dtype):
+    reference, compiled = _functions(kernels, kind)
     ref, got = Run(kind, hp, dtype), Run(kind, hp, dtype)
     for _ in range(N_STEPS):
         ref.step(reference)
@@ -130,10 +147,10 @@ def test_update_matches_reference_over_20_steps(kind, hp, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
 @pytest.mark.parametrize("kind, hp", CONFIGS, ids=IDS)
-def test_nan_gradient_propagates(kind, hp, dtype):
+def test_nan_gradient_propagates(kernels, kind, hp, dtype):
     """A NaN gradient entry makes that parameter NaN, as in the reference; the
     other entries are unaffected."""
-    reference, compiled = _functions(kind)
+    reference, compiled = _functions(kernels, kind)
     ref, got = Run(kind, hp, dtype), Run(kind, hp, dtype)
     for run, fn in ((ref, reference), (got, compiled)):
         run.step(fn)
@@ -149,7 +166,7 @@ def test_nan_gradient_propagates(kind, hp, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
-def test_clip_by_value_kernel(dtype):
+def test_clip_by_value_kernel(kernels, dtype):
     rng = np.random.default_rng(1)
     g = (3 * rng.normal(size=1001)).astype(dtype)
     g[[5, 17]] = [np.nan, np.inf]
@@ -162,7 +179,7 @@ def test_clip_by_value_kernel(dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
 @pytest.mark.parametrize("max_norm", [0.5, 3.0, 1e9])
-def test_clip_by_global_norm_kernel(dtype, max_norm):
+def test_clip_by_global_norm_kernel(kernels, dtype, max_norm):
     rng = np.random.default_rng(2)
     g = rng.normal(size=5000).astype(dtype)
     expected = g.copy()
@@ -176,14 +193,14 @@ def test_clip_by_global_norm_kernel(dtype, max_norm):
     np.testing.assert_allclose(g, expected, rtol=RTOL[dtype], atol=0)
 
 
-def test_clip_by_global_norm_kernel_accumulates_in_float64():
+def test_clip_by_global_norm_kernel_accumulates_in_float64(kernels):
     g = np.full(10 ** 6, 0.1, dtype=np.float32)
     total = kernels.clip_by_global_norm_flat(g, 1e9)
     np.testing.assert_allclose(total, math.sqrt(10 ** 6 * float(np.float32(0.1)) ** 2),
                                rtol=1e-12)
 
 
-def test_clip_by_global_norm_kernel_nonfinite():
+def test_clip_by_global_norm_kernel_nonfinite(kernels):
     """As the reference (and torch): a NaN norm makes every entry NaN, an
     infinite one sets finite entries to 0 and infinite ones to NaN."""
     for bad in (np.nan, np.inf):
@@ -199,7 +216,16 @@ def test_clip_by_global_norm_kernel_nonfinite():
 
 def test_optimizers_dispatch_to_the_kernels(monkeypatch):
     """The optimizers and clipping functions use the compiled kernels for
-    float32/float64 buffers, and give the reference's results."""
+    float32/float64 buffers (the extension's where it is built), and give the
+    reference's results."""
+    kernels = optim._load_kernels()
+    if not kernels:
+        pytest.skip("no compiled optimizer kernels here")
+    try:
+        from cyrnn.backends import cython_backend
+        assert kernels is cython_backend
+    except ImportError:
+        pass
     data = np.zeros(42)
     assert optim._compiled("adam_update", data) is kernels.adam_update
     assert optim._compiled("adam_update", data.astype(np.float16)) is None
@@ -227,3 +253,43 @@ def test_optimizers_dispatch_to_the_kernels(monkeypatch):
     slow, slow_norm = trajectory()
     np.testing.assert_allclose(fast, slow, rtol=1e-12, atol=0)
     np.testing.assert_allclose(fast_norm, slow_norm, rtol=1e-12)
+
+
+def test_kernels_check_state_sizes(kernels):
+    """A state array shorter than the parameters raises (the extension's kernels) or is
+    at least never written past (Numba's bounds checks are off: skipped there)."""
+    if kernels.__name__.endswith("_optim_kernels"):
+        pytest.skip("Numba's kernels take the arrays as the optimizers size them")
+    p, g = np.zeros(10), np.ones(10)
+    with pytest.raises(ValueError, match="square_avg has 3 elements"):
+        kernels.rmsprop_update(p, g, np.zeros(3), np.zeros(0), np.zeros(0), None, 0.1, 0.9,
+                               1e-6, 0.0, False, 0.0)
+    with pytest.raises(ValueError, match="grad has 9 elements"):
+        kernels.clip_by_value_flat(p, 1.0) or kernels.sgd_update(
+            p, g[:9], np.zeros(0), None, 0.1, 0.0, 0.0, False, 0.0, True)
+
+
+def test_cython_training_never_imports_numba():
+    """A training loop on the Cython backend (RMSProp with both clippings) runs on the
+    extension's kernels: Numba is never imported."""
+    pytest.importorskip("cyrnn.backends.cython_backend")
+    code = textwrap.dedent("""
+        import sys
+        import numpy as np
+        import cyrnn
+        from cyrnn.training import train_step
+        model = cyrnn.Sequential([cyrnn.LSTM(3, 8, return_sequences=False, backend="cython",
+                                             random_state=0),
+                                  cyrnn.Dense(8, 1, random_state=1)])
+        opt = cyrnn.optim.RMSProp(model, lr=1e-2, clip_norm=1.0, clip_value=0.5)
+        x = np.random.default_rng(0).normal(size=(6, 5, 3)).astype(np.float32)
+        y = np.ones((6, 1), np.float32)
+        losses = [train_step(model, opt, "mse", x, y) for _ in range(5)]
+        assert losses[-1] < losses[0], losses
+        print("numba" in sys.modules)
+    """)
+    root = str(Path(__file__).resolve().parents[1])
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=root, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "False"

@@ -94,6 +94,8 @@ def test_fit_with_n_jobs_does_not_change_process_wide_blas_threads(monkeypatch,
 
 
 # --------------------------------------------------------------- item 8
+# Numba compiles here: the Numba backend's training step (the optimizers run on the
+# Cython extension's kernels where it is built, Numba's otherwise)
 READ_ONLY_SCRIPT = r"""
 import sys, warnings
 import numpy as np
@@ -101,7 +103,7 @@ warnings.simplefilter("always")
 with warnings.catch_warnings(record=True) as caught:
     import cyrnn
     from cyrnn.training import train_step
-    model = cyrnn.Sequential([cyrnn.LSTM(2, 3, return_sequences=False, backend="cython"),
+    model = cyrnn.Sequential([cyrnn.LSTM(2, 3, return_sequences=False, backend="numba"),
                               cyrnn.Dense(3, 1)])
     for opt in (cyrnn.optim.Adam(model, lr=1e-3, clip_norm=1.0),
                 cyrnn.optim.RMSProp(model, lr=1e-3), cyrnn.optim.SGD(model, lr=1e-3)):

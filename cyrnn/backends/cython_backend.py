@@ -106,6 +106,12 @@ train_forward = _k.train_forward
 train_backward = _k.train_backward
 # weights packed once for a scorer's repeated ``infer`` calls (``infer(..., weights)``)
 PackedWeights = _k.PackedWeights
+# cyrnn.optim's compiled kernels (the Numba module cyrnn._optim_kernels has the same five)
+sgd_update = _k.sgd_update
+rmsprop_update = _k.rmsprop_update
+adam_update = _k.adam_update
+clip_by_value_flat = _k.clip_by_value_flat
+clip_by_global_norm_flat = _k.clip_by_global_norm_flat
 
 
 def _mask_u8(mask, T, N):
