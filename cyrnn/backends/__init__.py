@@ -26,6 +26,10 @@ BACKENDS = {
     # Imports numba when first loaded; any failure to load -> unavailable.
     "numba": "cyrnn.backends.numba",
     "numpy": "cyrnn.backends.numpy_backend",
+    # Never reached by "auto" (the NumPy reference above always loads): the GPU is
+    # used only when asked for by name. Loading it imports numba.cuda and probes for a
+    # device (or the simulator); without either it is unavailable, with the reason.
+    "cuda": "cyrnn.backends.cuda",
 }
 _loaded = {}
 

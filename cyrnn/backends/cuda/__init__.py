@@ -1,0 +1,212 @@
+"""CUDA backend: the kernel contract on an NVIDIA GPU, compiled with Numba CUDA.
+
+Optional (``pip install "cyrnn[cuda]"``: numba-cuda with its CUDA 12 toolkit
+wheels) and never chosen by ``backend="auto"``: ask for ``backend="cuda"``.
+Importing this package is the availability check (:mod:`.config`): without
+numba-cuda, or without a usable device, it raises ``ImportError`` and
+``get_backend("cuda")`` raises ``ValueError`` with the reason. Numba's CUDA
+simulator (``NUMBA_ENABLE_CUDASIM=1``) counts as a device; the tests run there.
+
+Same signatures, results and cache layout as
+:mod:`cyrnn.backends.numpy_backend` (the specification): ``forward``,
+``backward`` and ``step``, float32 and float64, every row of the cell table with
+every activation, peepholes, masks and truncated BPTT. Host NumPy arrays in, host
+NumPy arrays out (the cache too); the fused plan calls (``infer``,
+``train_forward``, ``train_backward``) and ``generate`` are not implemented, so
+layers and models on this backend run the layer path (docs/architecture.md), with
+every recurrent time loop on the device and the input projections in NumPy.
+
+Where things live: :mod:`.config` (availability, threads, shared-memory limit,
+cooperative grid sizes), :mod:`.mathfn` (activations), :mod:`.cells` (the cell
+math, the only place it lives), :mod:`.loops` (the persistent forward and backward
+kernels), :mod:`.gemm` (the tiled GEMM of ``dW_hh``, bias and peephole sums).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import config  # first: the availability check, with its messages
+from numba import cuda  # noqa: E402 - after the check
+from .cells import GRU_CHO, HAS_C
+from .gemm import colsum, peep_grad, weight_grad
+from .loops import KERNELS
+
+NAME = "cuda"
+
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _reference():
+    from .. import numpy_backend
+    return numpy_backend
+
+
+def _dev(a, dt, shape=None):
+    """A device copy of ``a`` in ``dt`` (zeros of ``shape`` when ``a`` is None)."""
+    if a is None:
+        return cuda.to_device(np.zeros(shape, dt))
+    return cuda.to_device(np.ascontiguousarray(a, dt))
+
+
+def _mask(mask, T, N):
+    """The (T, N) uint8 mask on the device and ``has_mask`` (nonzero = valid)."""
+    if mask is None:
+        return cuda.to_device(np.ones((1, 1), np.uint8)), 0
+    return cuda.to_device(np.ascontiguousarray(np.asarray(mask) != 0, np.uint8)), 1
+
+
+def _peep(cell, peep, dt, H):
+    """The peephole weights the kernels read ((3, H); zeros when a peephole cell gets
+    None, as the reference skips the terms; a (3, 1) placeholder otherwise)."""
+    if cell.n_peepholes:
+        return _dev(cell.peephole_weights(peep), dt, (3, H))
+    return cuda.to_device(np.zeros((3, 1), dt))
+
+
+# Both recurrent kernels take ``use_shared`` and ``U`` at these positions.
+_SHARED_ARG = 6
+
+
+def _launch(kernel, args, G, H, itemsize):
+    """Launch a cooperative recurrent kernel sized by ``config.launch_plan`` (``args``
+    hold placeholders for ``use_shared`` and ``U``)."""
+    blocks, U, use_shared, shared_bytes = config.launch_plan(kernel, args, G, H, itemsize)
+    k = _SHARED_ARG
+    kernel[blocks, config.THREADS, 0, shared_bytes](*args[:k], use_shared, U, *args[k + 2:])
+
+
+def forward(cell, xp, w_hh, b_hh, h0, c0=None, mask=None, keep_cache=False, peep=None):
+    """Run the cell over ``T`` steps in one cooperative launch; see
+    ``numpy_backend.forward``."""
+    xp = np.ascontiguousarray(xp)
+    dt = xp.dtype
+    T, N, GH = xp.shape
+    H = w_hh.shape[1]
+    if dt not in _FLOATS or T == 0 or N == 0 or H == 0:
+        return _reference().forward(cell, xp, w_hh, b_hh, h0, c0, mask, keep_cache, peep)
+    code, act, ract = cell.codes
+    has_c = HAS_C[code]
+    keep = 1 if keep_cache else 0
+    S = T + 1 if keep else 2
+    hs = np.empty((S, N, H), dt)
+    hs[0] = h0
+    d_hs = cuda.to_device(hs)
+    if has_c:
+        cs = np.empty((S, N, H), dt)
+        cs[0] = c0
+        d_cs = cuda.to_device(cs)
+    else:
+        d_cs = cuda.device_array((1, 1, 1), dt)
+    d_mask, has_mask = _mask(mask, T, N)
+    d_hseq = cuda.device_array((T, N, H), dt)
+    d_gates = cuda.device_array((T if keep else 1, N, GH), dt)
+    d_aux = cuda.device_array((T if keep else 1, N, H), dt)
+    args = (code, act, ract, keep, int(has_c), has_mask, 0, 1, _dev(xp, dt),
+            _dev(w_hh, dt), _dev(b_hh, dt), _peep(cell, peep, dt, H), d_mask, d_hs, d_cs,
+            d_hseq, d_gates, d_aux, cuda.device_array((N, GH), dt))
+    _launch(KERNELS[dt.name][0], args, cell.n_gates, H, dt.itemsize)
+    h_seq = d_hseq.copy_to_host()
+    last = T if keep else T & 1
+    hs = d_hs.copy_to_host()
+    cs = d_cs.copy_to_host() if has_c else None
+    h_T = hs[last].copy()
+    c_T = cs[last].copy() if has_c else None
+    if not keep:
+        return h_seq, h_T, c_T, None
+    cache = {"h": hs, "gates": d_gates.copy_to_host()}
+    if has_c:
+        cache["c"] = cs
+    if cell.kind == "gru":
+        cache["aux"] = d_aux.copy_to_host()
+    return h_seq, h_T, c_T, cache
+
+
+def _sources(mask, T, N, truncate, dh_seq, dh_T, dc_T):
+    """``(full, budget, src_t, src_lo)`` of the backward sweeps: full BPTT is one
+    sweep from ``T - 1``; truncation ``k`` one sweep per step with a nonzero output
+    gradient (and ``T - 1``), each down to the lowest step where some row still has
+    budget left (its ``k + 1``-th valid step counted back from the source)."""
+    if truncate is None or truncate >= T:
+        return 1, T + 1, np.array([T - 1], np.int64), np.zeros(1, np.int64)
+    valid = np.ones((T, N), bool) if mask is None else np.asarray(mask) != 0
+    count = np.cumsum(valid, axis=0)            # valid steps in [0, t]
+    before = count - valid                      # valid steps in [0, t)
+    src_t, src_lo = [], []
+    for t0 in range(T - 1, -1, -1):
+        live = dh_seq is not None and bool((np.asarray(dh_seq[t0]) * valid[t0][:, None]).any())
+        if t0 == T - 1:
+            live = live or bool(np.any(dh_T)) or (dc_T is not None and bool(np.any(dc_T)))
+        if not live:
+            continue
+        reach = count[t0][None, :] - before[:t0 + 1] >= truncate + 1  # (t0 + 1, N)
+        stop = np.where(reach.any(axis=0), (t0 - np.argmax(reach[::-1], axis=0)), 0)
+        src_t.append(t0)
+        src_lo.append(int(stop.min()))
+    return 0, truncate + 1, np.array(src_t, np.int64), np.array(src_lo, np.int64)
+
+
+def backward(cell, cache, w_hh, mask=None, dh_seq=None, dh_T=None, dc_T=None, truncate=None,
+             peep=None):
+    """Gradients through ``forward`` (one cooperative launch for the sweeps, then the
+    whole-sequence contractions); see ``numpy_backend.backward``. Returns
+    ``(dxp, dh0, dc0, dw_hh, db_hh, dpeep)``."""
+    gates = np.ascontiguousarray(cache["gates"])
+    dt = gates.dtype
+    T, N, GH = gates.shape
+    H = w_hh.shape[1]
+    if dt not in _FLOATS or T == 0 or N == 0 or H == 0:
+        return _reference().backward(cell, cache, w_hh, mask, dh_seq, dh_T, dc_T, truncate,
+                                     peep)
+    code, act, ract = cell.codes
+    has_c = HAS_C[code]
+    full, budget, src_t, src_lo = _sources(mask, T, N, truncate, dh_seq, dh_T, dc_T)
+    d_hs = _dev(cache["h"], dt)
+    d_cs = _dev(cache["c"], dt) if has_c else cuda.device_array((1, 1, 1), dt)
+    d_aux = _dev(cache["aux"], dt) if cell.kind == "gru" else cuda.device_array((1, 1, 1), dt)
+    d_mask, has_mask = _mask(mask, T, N)
+    d_dxp = cuda.to_device(np.zeros((T, N, GH), dt))
+    d_dgh = cuda.to_device(np.zeros((T, N, GH), dt))
+    d_dh0 = cuda.to_device(np.zeros((N, H), dt))
+    d_dc0 = cuda.to_device(np.zeros((N, H), dt))
+    if src_t.size:
+        args = (code, act, ract, int(has_c), has_mask, int(dh_seq is not None), 0, 1,
+                full, budget, cuda.to_device(src_t), cuda.to_device(src_lo), d_hs, d_cs,
+                _dev(gates, dt), d_aux, _dev(w_hh, dt), _peep(cell, peep, dt, H), d_mask,
+                _dev(dh_seq, dt, (1, 1, 1)), _dev(dh_T, dt, (N, H)),
+                _dev(dc_T if has_c else None, dt, (N, H)), d_dxp, d_dgh,
+                cuda.device_array((N, GH), dt), cuda.device_array((N, H), dt),
+                cuda.device_array((N, H), dt), cuda.device_array((N, H), dt),
+                cuda.device_array((N, H), np.int64), d_dh0, d_dc0)
+        _launch(KERNELS[dt.name][1], args, cell.n_gates, H, dt.itemsize)
+    # dW_hh, db_hh, dpeep: contractions over all T * N rows
+    dgh2 = d_dgh.reshape(T * N, GH)
+    d_dw = cuda.device_array((GH, H), dt)
+    h_in = d_hs[:T].reshape(T * N, H)
+    if code == GRU_CHO:
+        weight_grad(dgh2, h_in, d_dw, 0, 0, 2 * H)
+        weight_grad(dgh2, d_aux.reshape(T * N, H), d_dw, 2 * H, 2 * H, H)
+    else:
+        weight_grad(dgh2, h_in, d_dw, 0, 0, GH)
+    d_db = cuda.device_array(GH, dt)
+    threads = config.THREADS
+    colsum[math.ceil(GH / threads), threads](dgh2, d_db)
+    dpeep = None
+    if cell.n_peepholes and peep is not None:
+        d_dp = cuda.device_array((3, H), dt)
+        peep_grad[math.ceil(3 * H / threads), threads](dgh2, d_cs.reshape((T + 1) * N, H), N,
+                                                        d_dp)
+        dpeep = d_dp.copy_to_host()
+    return (d_dxp.copy_to_host(), d_dh0.copy_to_host(),
+            d_dc0.copy_to_host() if has_c else None, d_dw.copy_to_host(),
+            d_db.copy_to_host(), dpeep)
+
+
+def step(cell, xp_t, w_hh, b_hh, h, c=None, peep=None):
+    """Single step used by generation: ``forward`` over ``T = 1`` without a cache.
+    Returns ``(h_new, c_new)``."""
+    xp_t = np.ascontiguousarray(xp_t)
+    _, h_T, c_T, _ = forward(cell, xp_t[None], w_hh, b_hh, h, c, None, False, peep)
+    return h_T, c_T

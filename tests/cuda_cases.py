@@ -1,0 +1,200 @@
+"""The CUDA backend's conformance cases (run by tests/test_cuda_backend.py).
+
+Not collected by a plain ``pytest tests`` (the file name does not start with
+``test_``): ``test_cuda_backend.py`` runs this module in a subprocess, under Numba's
+CUDA simulator (``NUMBA_ENABLE_CUDASIM=1`` must be set before Numba is imported) on
+tiny shapes, and, with ``pytest -m gpu`` on a machine with an NVIDIA GPU, on the
+device at realistic shapes (``CYRNN_CUDA_SHAPES=realistic``).
+
+The simulator runs a cooperative grid as one block (``max_cooperative_grid_blocks``
+is 1 there and its grid sync is a block barrier), so the multi-block persistent path
+is exercised only on a real GPU.
+"""
+
+import os
+
+import numpy as np
+import pytest
+
+import cyrnn
+from cyrnn.backends import available, get_backend
+from cyrnn.backends import numpy_backend as ref
+from kernel_harness import CELLS, KernelHarness, make_problem, run_forward
+
+if "cuda" not in available():
+    pytest.skip("no CUDA device or simulator", allow_module_level=True)
+
+from cyrnn.backends.cuda import config  # noqa: E402
+
+cu = get_backend("cuda")
+REALISTIC = os.environ.get("CYRNN_CUDA_SHAPES") == "realistic"
+# (N, T, H) of the kernel comparisons
+SHAPE = (32, 50, 128) if REALISTIC else (3, 4, 3)
+harness = KernelHarness(cu, 1e-4 if REALISTIC else 2e-5)
+
+
+def _problem(cell, dtype, masked, seed=0):
+    N, T, H = SHAPE
+    return make_problem(cell, dtype, N, masked, seed=seed, T=T, H=H)
+
+
+def _check(cell, dtype, masked, truncations):
+    p = _problem(cell, dtype, masked)
+    cache, cache_ref = harness.compare_forward(cell, dtype, p)
+    for k in truncations:
+        harness.compare_backward(cell, dtype, p, cache, cache_ref, k)
+    harness.compare_step(cell, dtype, p)
+
+
+@pytest.mark.parametrize("cell_name", list(CELLS))
+def test_float64_masked_full_and_truncated(cell_name):
+    """forward (outputs, states, the whole cache, inference), backward with full BPTT
+    and truncation 1, step: equal to the reference, masks with pre-/post-padding, a
+    step masked in every row and a fully masked row."""
+    _check(CELLS[cell_name], np.float64, True, (None, 1))
+
+
+@pytest.mark.parametrize("cell_name", list(CELLS))
+def test_float32_unmasked(cell_name):
+    _check(CELLS[cell_name], np.float32, False, (None, 2))
+
+
+@pytest.mark.parametrize("cell_name", ["lstm_peephole", "gru-cho", "rnn-tanh"])
+def test_global_memory_path(cell_name, monkeypatch):
+    """With no shared memory allowed the kernels read W_hh from global memory."""
+    monkeypatch.setattr(config, "SHARED_BYTES", 0)
+    _check(CELLS[cell_name], np.float64, True, (None, 1))
+
+
+def test_mask_dtypes_empty_batch_and_no_steps():
+    p = harness.check_mask_dtypes_and_empty_batch()
+    cell = CELLS["gru-reset-after"]
+    h_seq, h_T, _, _ = run_forward(cu, cell, dict(p, xp=p["xp"][:0], mask=None))
+    assert h_seq.shape[0] == 0
+    np.testing.assert_array_equal(h_T, p["h0"])
+
+
+def test_missing_gradients_and_peepholes():
+    """None for dh_seq, dh_T, dc_T, and a peephole cell without its weights."""
+    cell = CELLS["lstm_peephole"]
+    p = _problem(cell, np.float64, True, seed=3)
+    q = dict(p, peep=None)
+    cache, cache_ref = harness.compare_forward(cell, np.float64, q)
+    harness.compare_backward(cell, np.float64, q, cache, cache_ref, None, dh_seq=None,
+                             dc_T=None)
+    harness.compare_backward(cell, np.float64, q, cache, cache_ref, 1, dh_T=None)
+
+
+def _loss(cell, p, R):
+    h_seq, h_T, c_T, _ = run_forward(cu, cell, p, keep_cache=False)
+    val = (R["dh_seq"] * h_seq).sum() + (R["dh_T"] * h_T).sum()
+    return val + ((R["dc_T"] * c_T).sum() if c_T is not None else 0.0)
+
+
+@pytest.mark.parametrize("cell_name", ["lstm_peephole", "gru-cho", "gru-reset-after",
+                                       "rnn-tanh"])
+def test_finite_differences(cell_name):
+    """The analytic gradients of the device backward against central differences of
+    the device forward along a random direction per tensor (float64, masked)."""
+    cell = CELLS[cell_name]
+    N, T, H = (3, 4, 3) if not REALISTIC else (4, 6, 5)
+    p = make_problem(cell, np.float64, N, True, seed=5, T=T, H=H)
+    R = {k: p[k] for k in ("dh_seq", "dh_T", "dc_T")}
+    _, _, _, cache = run_forward(cu, cell, p)
+    dxp, dh0, dc0, dw, db, dpeep = cu.backward(cell, cache, p["w_hh"], p["mask"],
+                                               truncate=None, peep=p["peep"], **R)
+    grads = {"xp": dxp, "h0": dh0, "c0": dc0, "w_hh": dw, "b_hh": db, "peep": dpeep}
+    rng = np.random.default_rng(11)
+    eps = 1e-6
+    for name, g in grads.items():
+        if p[name] is None:
+            assert g is None, name
+            continue
+        v = rng.standard_normal(p[name].shape)
+        up = _loss(cell, dict(p, **{name: p[name] + eps * v}), R)
+        down = _loss(cell, dict(p, **{name: p[name] - eps * v}), R)
+        np.testing.assert_allclose((g * v).sum(), (up - down) / (2 * eps), rtol=1e-5,
+                                   atol=1e-7, err_msg=name)
+
+
+def test_cooperative_grid_size():
+    """The grid comes from max_cooperative_grid_blocks: one block in the simulator
+    (its grid sync is a block barrier), several blocks on a GPU for a large layer."""
+    from cyrnn.backends.cuda.loops import KERNELS
+
+    N, T, H = SHAPE
+    kernel = KERNELS["float32"][0]
+    args = (0,) * 8 + (np.zeros((T, N, 4 * H), np.float32),) * 11
+    blocks, U, use_shared, shared = config.launch_plan(kernel, args, 4, H, 4)
+    assert blocks * U >= H and (blocks - 1) * U < H
+    assert use_shared == (shared > 0) and shared <= config.SHARED_BYTES
+    if config.SIMULATOR:
+        assert blocks == 1
+    else:
+        assert blocks > 1
+
+
+def _layers(backend, dtype):
+    return [cyrnn.Embedding(9, 4, mask_zero=True, dtype=dtype, random_state=0),
+            cyrnn.LSTM(4, 3, num_layers=2, bidirectional=True, merge_mode="sum",
+                       return_sequences=True, backend=backend, dtype=dtype, random_state=1),
+            cyrnn.GRU(3, 3, reset_after=False, return_sequences=False, backend=backend, dtype=dtype, random_state=2),
+            cyrnn.Dense(3, 2, dtype=dtype, random_state=3)]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_sequential_training_step_matches_reference(dtype):
+    """A Sequential on backend="cuda" (embedding with mask_zero, stacked bidirectional
+    LSTM, Cho GRU, Dense): one training step (forward, loss, backward, Adam) equals
+    the NumPy backend's. The recurrent time loops run on the device (layer path)."""
+    tol = dict(rtol=1e-9, atol=1e-11) if dtype == np.float64 else dict(rtol=2e-4, atol=2e-5)
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 9, size=(3, 5))
+    x[0, 3:] = 0
+    y = rng.standard_normal((3, 2)).astype(dtype)
+    models = [cyrnn.Sequential(_layers(b, dtype)) for b in ("cuda", "numpy")]
+    models[1].load_state_dict(models[0].state_dict())
+    losses = []
+    for m in models:
+        opt = cyrnn.optim.Adam(m.params, lr=0.01)
+        losses.append(cyrnn.training.train_step(m, opt, "mse", x, y))
+    np.testing.assert_allclose(losses[0], losses[1], **tol)
+    np.testing.assert_allclose(models[0].params.grad, models[1].params.grad, **tol)
+    np.testing.assert_allclose(models[0].params.data, models[1].params.data, **tol)
+    out = [m.forward(x) for m in models]
+    np.testing.assert_allclose(out[0], out[1], **tol)
+
+
+def test_layer_step_and_states():
+    """layer.step and initial states through the device kernels."""
+    kw = dict(num_layers=2, dtype=np.float64, random_state=4, peephole=True)
+    lstm = cyrnn.LSTM(3, 4, backend="cuda", **kw)
+    ref_lstm = cyrnn.LSTM(3, 4, backend="numpy", **kw)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 3))
+    state = (rng.standard_normal((2, 2, 4)), rng.standard_normal((2, 2, 4)))
+    for a, b in zip(lstm.step(x, state), ref_lstm.step(x, state)):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_estimator_fits_on_cuda():
+    """An estimator fits and predicts with backend="cuda", as with the NumPy backend."""
+    from cyrnn.estimators import GRURegressor
+
+    rng = np.random.default_rng(2)
+    X = rng.standard_normal((6, 4, 2))
+    y = X.sum(axis=(1, 2))
+    kw = dict(hidden_size=3, max_iter=2, batch_size=3, random_state=0, dtype=np.float64)
+    fits = [GRURegressor(backend=b, **kw).fit(X, y) for b in ("cuda", "numpy")]
+    np.testing.assert_allclose(fits[0].loss_curve_, fits[1].loss_curve_, rtol=1e-9)
+    np.testing.assert_allclose(fits[0].predict(X), fits[1].predict(X), rtol=1e-9, atol=1e-12)
+
+
+def test_reference_used_for_other_dtypes():
+    """float16 input goes to the reference, as in the other compiled backends."""
+    cell = CELLS["rnn-tanh"]
+    p = {k: (v.astype(np.float16) if isinstance(v, np.ndarray) and v.dtype.kind == "f" else v)
+         for k, v in _problem(cell, np.float64, False).items()}
+    a = run_forward(cu, cell, p)
+    e = run_forward(ref, cell, p)
+    np.testing.assert_array_equal(a[0], e[0])
