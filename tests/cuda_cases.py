@@ -177,6 +177,7 @@ def test_layer_step_and_states():
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.filterwarnings("ignore:Stochastic Optimizer")
 def test_estimator_fits_on_cuda():
     """An estimator fits and predicts with backend="cuda", as with the NumPy backend."""
     from cyrnn.estimators import GRURegressor

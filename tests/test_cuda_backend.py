@@ -83,6 +83,24 @@ def test_simulator_suite():
     _run_cases({"NUMBA_ENABLE_CUDASIM": "1", "CYRNN_CUDA_SHAPES": "tiny"}, timeout=600)
 
 
+def _has_nvvm():
+    probe = "from numba.cuda.cudadrv import nvvm; nvvm.NVVM()"
+    return HAS_NUMBA_CUDA and subprocess.run([sys.executable, "-c", probe],
+                                             capture_output=True).returncode == 0
+
+
+@pytest.mark.skipif(not _has_nvvm(), reason="no NVVM (the CUDA toolkit of cyrnn[cuda])")
+def test_kernels_compile_to_ptx():
+    """Every kernel compiles to PTX for sm_90, the persistent loops with their grid
+    sync (the simulator never compiles; this is the check that the kernels type)."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("NUMBA_ENABLE_CUDASIM", None)
+    proc = subprocess.run([sys.executable, str(HERE / "cuda_ptx_check.py")], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count(" ok") == 10, proc.stdout
+
+
 @pytest.mark.gpu
 def test_gpu_suite():
     """tests/cuda_cases.py on the GPU at realistic shapes (pytest -m gpu)."""

@@ -31,7 +31,8 @@ import numpy as np
 from . import config  # first: the availability check, with its messages
 from numba import cuda  # noqa: E402 - after the check
 from .cells import GRU_CHO, HAS_C
-from .gemm import colsum, peep_grad, weight_grad
+from .gemm import KERNELS as GEMM_KERNELS
+from .gemm import weight_grad
 from .loops import KERNELS
 
 NAME = "cuda"
@@ -192,6 +193,7 @@ def backward(cell, cache, w_hh, mask=None, dh_seq=None, dh_T=None, dc_T=None, tr
         weight_grad(dgh2, h_in, d_dw, 0, 0, GH)
     d_db = cuda.device_array(GH, dt)
     threads = config.THREADS
+    _, colsum, peep_grad = GEMM_KERNELS[dt.name]
     colsum[math.ceil(GH / threads), threads](dgh2, d_db)
     dpeep = None
     if cell.n_peepholes and peep is not None:

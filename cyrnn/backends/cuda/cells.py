@@ -30,7 +30,7 @@ from __future__ import annotations
 from numba import cuda
 
 from ...cells import CELLS
-from .mathfn import activate, derivative
+from . import mathfn
 
 RNN = CELLS["rnn"].code
 LSTM = CELLS["lstm"].code
@@ -41,109 +41,116 @@ N_GATES = tuple(k.n_gates for k in sorted(CELLS.values(), key=lambda k: k.code))
 HAS_C = tuple(k.has_cell_state for k in sorted(CELLS.values(), key=lambda k: k.code))
 
 
-@cuda.jit(device=True)
-def cell_fwd(code, act, ract, phase, j, H, xr, gr, peep, hp, cp, gates):
-    if code == RNN:
-        y = activate(act, xr[j] + gr[j])
-        gates[j] = y
-        return y, cp, 0.0
-    if code == LSTM or code == LSTM_PEEP:
-        a_i = xr[j] + gr[j]
-        a_f = xr[H + j] + gr[H + j]
-        if code == LSTM_PEEP:
-            a_i += peep[0, j] * cp
-            a_f += peep[1, j] * cp
-        i = activate(ract, a_i)
-        f = activate(ract, a_f)
-        g = activate(act, xr[2 * H + j] + gr[2 * H + j])
-        c = f * cp + i * g
-        a_o = xr[3 * H + j] + gr[3 * H + j]
-        if code == LSTM_PEEP:
-            a_o += peep[2, j] * c
-        o = activate(ract, a_o)
-        gates[j] = i
-        gates[H + j] = f
-        gates[2 * H + j] = g
-        gates[3 * H + j] = o
-        return o * activate(act, c), c, 0.0
-    if code == GRU:
-        r = activate(ract, xr[j] + gr[j])
-        z = activate(ract, xr[H + j] + gr[H + j])
-        aux = gr[2 * H + j]
-        n = activate(act, xr[2 * H + j] + r * aux)
-        gates[j] = r
-        gates[H + j] = z
+def make(F):
+    """``(cell_fwd, cell_bwd)`` for floats of type ``F`` (constants of that type)."""
+    ZERO, ONE = F(0), F(1)
+    activate, derivative = mathfn.make(F)
+
+    @cuda.jit(device=True)
+    def cell_fwd(code, act, ract, phase, j, H, xr, gr, peep, hp, cp, gates):
+        if code == RNN:
+            y = activate(act, xr[j] + gr[j])
+            gates[j] = y
+            return y, cp, ZERO
+        if code == LSTM or code == LSTM_PEEP:
+            a_i = xr[j] + gr[j]
+            a_f = xr[H + j] + gr[H + j]
+            if code == LSTM_PEEP:
+                a_i += peep[0, j] * cp
+                a_f += peep[1, j] * cp
+            i = activate(ract, a_i)
+            f = activate(ract, a_f)
+            g = activate(act, xr[2 * H + j] + gr[2 * H + j])
+            c = f * cp + i * g
+            a_o = xr[3 * H + j] + gr[3 * H + j]
+            if code == LSTM_PEEP:
+                a_o += peep[2, j] * c
+            o = activate(ract, a_o)
+            gates[j] = i
+            gates[H + j] = f
+            gates[2 * H + j] = g
+            gates[3 * H + j] = o
+            return o * activate(act, c), c, ZERO
+        if code == GRU:
+            r = activate(ract, xr[j] + gr[j])
+            z = activate(ract, xr[H + j] + gr[H + j])
+            aux = gr[2 * H + j]
+            n = activate(act, xr[2 * H + j] + r * aux)
+            gates[j] = r
+            gates[H + j] = z
+            gates[2 * H + j] = n
+            return (ONE - z) * n + z * hp, cp, aux
+        # GRU_CHO
+        if phase == 0:
+            r = activate(ract, xr[j] + gr[j])
+            gates[j] = r
+            gates[H + j] = activate(ract, xr[H + j] + gr[H + j])
+            return hp, cp, r * hp
+        z = gates[H + j]
+        n = activate(act, xr[2 * H + j] + gr[2 * H + j])
         gates[2 * H + j] = n
-        return (1.0 - z) * n + z * hp, cp, aux
-    # GRU_CHO
-    if phase == 0:
-        r = activate(ract, xr[j] + gr[j])
-        gates[j] = r
-        gates[H + j] = activate(ract, xr[H + j] + gr[H + j])
-        return hp, cp, r * hp
-    z = gates[H + j]
-    n = activate(act, xr[2 * H + j] + gr[2 * H + j])
-    gates[2 * H + j] = n
-    return (1.0 - z) * n + z * hp, cp, 0.0
+        return (ONE - z) * n + z * hp, cp, ZERO
 
 
-@cuda.jit(device=True)
-def cell_bwd(code, act, ract, phase, j, H, dh, dc, hp, cp, cn, gates, aux, peep, drh, dg,
-             dxp, dgh):
-    if code == RNN:
-        da = dh * derivative(act, gates[j])
-        dg[j] = da
-        dxp[j] += da
-        dgh[j] += da
-        return 0.0, dc
-    if code == LSTM or code == LSTM_PEEP:
-        i = gates[j]
-        f = gates[H + j]
-        g = gates[2 * H + j]
-        o = gates[3 * H + j]
-        tc = activate(act, cn)
-        do = dh * tc * derivative(ract, o)
-        dc = dc + dh * o * derivative(act, tc)
-        if code == LSTM_PEEP:
-            dc += do * peep[2, j]
-        di = dc * g * derivative(ract, i)
-        df = dc * cp * derivative(ract, f)
-        dgg = dc * i * derivative(act, g)
-        dcn = dc * f
-        if code == LSTM_PEEP:
-            dcn += di * peep[0, j] + df * peep[1, j]
-        dg[j] = di
-        dg[H + j] = df
-        dg[2 * H + j] = dgg
-        dg[3 * H + j] = do
-        for k in range(4):
+    @cuda.jit(device=True)
+    def cell_bwd(code, act, ract, phase, j, H, dh, dc, hp, cp, cn, gates, aux, peep, drh, dg,
+                 dxp, dgh):
+        if code == RNN:
+            da = dh * derivative(act, gates[j])
+            dg[j] = da
+            dxp[j] += da
+            dgh[j] += da
+            return ZERO, dc
+        if code == LSTM or code == LSTM_PEEP:
+            i = gates[j]
+            f = gates[H + j]
+            g = gates[2 * H + j]
+            o = gates[3 * H + j]
+            tc = activate(act, cn)
+            do = dh * tc * derivative(ract, o)
+            dc = dc + dh * o * derivative(act, tc)
+            if code == LSTM_PEEP:
+                dc += do * peep[2, j]
+            di = dc * g * derivative(ract, i)
+            df = dc * cp * derivative(ract, f)
+            dgg = dc * i * derivative(act, g)
+            dcn = dc * f
+            if code == LSTM_PEEP:
+                dcn += di * peep[0, j] + df * peep[1, j]
+            dg[j] = di
+            dg[H + j] = df
+            dg[2 * H + j] = dgg
+            dg[3 * H + j] = do
+            for k in range(4):
+                dxp[k * H + j] += dg[k * H + j]
+                dgh[k * H + j] += dg[k * H + j]
+            return ZERO, dcn
+        r = gates[j]
+        z = gates[H + j]
+        n = gates[2 * H + j]
+        if phase != 1:
+            dn = dh * (ONE - z) * derivative(act, n)
+            dz = dh * (hp - n) * derivative(ract, z)
+            dg[H + j] = dz
+            if code == GRU:
+                dr = dn * aux * derivative(ract, r)
+                dg[j] = dr
+                dg[2 * H + j] = dn * r
+                dxp[j] += dr
+                dxp[H + j] += dz
+                dxp[2 * H + j] += dn
+                dgh[j] += dr
+                dgh[H + j] += dz
+                dgh[2 * H + j] += dn * r
+            else:
+                dg[2 * H + j] = dn
+            return dh * z, dc
+        # Cho's phase 1: drh = (dn W_hn)_j is known
+        dr = drh * hp * derivative(ract, r)
+        dg[j] = dr
+        for k in range(3):
             dxp[k * H + j] += dg[k * H + j]
             dgh[k * H + j] += dg[k * H + j]
-        return 0.0, dcn
-    r = gates[j]
-    z = gates[H + j]
-    n = gates[2 * H + j]
-    if phase != 1:
-        dn = dh * (1.0 - z) * derivative(act, n)
-        dz = dh * (hp - n) * derivative(ract, z)
-        dg[H + j] = dz
-        if code == GRU:
-            dr = dn * aux * derivative(ract, r)
-            dg[j] = dr
-            dg[2 * H + j] = dn * r
-            dxp[j] += dr
-            dxp[H + j] += dz
-            dxp[2 * H + j] += dn
-            dgh[j] += dr
-            dgh[H + j] += dz
-            dgh[2 * H + j] += dn * r
-        else:
-            dg[2 * H + j] = dn
-        return dh * z, dc
-    # Cho's phase 1: drh = (dn W_hn)_j is known
-    dr = drh * hp * derivative(ract, r)
-    dg[j] = dr
-    for k in range(3):
-        dxp[k * H + j] += dg[k * H + j]
-        dgh[k * H + j] += dg[k * H + j]
-    return drh * r, dc
+        return drh * r, dc
+
+    return cell_fwd, cell_bwd

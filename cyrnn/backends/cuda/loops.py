@@ -23,59 +23,62 @@ step any row's budget reaches (``src_lo``), so a sweep stops there.
 from __future__ import annotations
 
 import numba
+import numpy as np
 from numba import cuda
 
-from .cells import GRU, GRU_CHO, cell_bwd, cell_fwd
+from . import cells
+from .cells import GRU, GRU_CHO
 
 
-@cuda.jit(device=True)
-def _dot_row(v, sw, w, use_shared, nu, g, jj, j, H, b):
-    """``b[g H + j] + v . W_hh[g H + j, :]`` (forward: the block holds rows
-    ``g H + u0 + jj`` at ``sw[(g nu + jj) H:]``)."""
-    acc = b[g * H + j]
-    if use_shared:
-        base = (g * nu + jj) * H
-        for k in range(H):
-            acc += v[k] * sw[base + k]
-    else:
-        for k in range(H):
-            acc += v[k] * w[g * H + j, k]
-    return acc
+def _make(F, NF):
+    """The kernels of one float type (``F`` its NumPy scalar type, for constants;
+    ``NF`` its Numba type, for shared memory)."""
+    ZERO = F(0)
+    cell_fwd, cell_bwd = cells.make(F)
 
+    @cuda.jit(device=True)
+    def _dot_row(v, sw, w, use_shared, nu, g, jj, j, H, b):
+        """``b[g H + j] + v . W_hh[g H + j, :]`` (forward: the block holds rows
+        ``g H + u0 + jj`` at ``sw[(g nu + jj) H:]``)."""
+        acc = b[g * H + j]
+        if use_shared:
+            base = (g * nu + jj) * H
+            for k in range(H):
+                acc += v[k] * sw[base + k]
+        else:
+            for k in range(H):
+                acc += v[k] * w[g * H + j, k]
+        return acc
 
-@cuda.jit(device=True)
-def _dot_col(v, sw, w, use_shared, nu, r0, r1, kk, k):
-    """``sum_{r0 <= r < r1} v[r] W_hh[r, k]`` (backward: the block holds columns
-    ``u0 + kk`` at ``sw[r nu + kk]``)."""
-    acc = v[r0] * 0
-    if use_shared:
-        for r in range(r0, r1):
-            acc += v[r] * sw[r * nu + kk]
-    else:
-        for r in range(r0, r1):
-            acc += v[r] * w[r, k]
-    return acc
+    @cuda.jit(device=True)
+    def _dot_col(v, sw, w, use_shared, nu, r0, r1, kk, k):
+        """``sum_{r0 <= r < r1} v[r] W_hh[r, k]`` (backward: the block holds columns
+        ``u0 + kk`` at ``sw[r nu + kk]``)."""
+        acc = ZERO
+        if use_shared:
+            for r in range(r0, r1):
+                acc += v[r] * sw[r * nu + kk]
+        else:
+            for r in range(r0, r1):
+                acc += v[r] * w[r, k]
+        return acc
 
-
-@cuda.jit(device=True)
-def _fwd_unit(code, act, ract, phase, t, n, j, H, has_c, has_mask, mask, xt, gh, peep, hp,
-              cp, hn, cn, gt, at, h_seq):
-    """One (row, unit) of step ``t``: the cell, then the masking rule."""
-    cpv = cp[n, j] if has_c else hp[n, j] * 0
-    h, c, a = cell_fwd(code, act, ract, phase, j, H, xt[n], gh[n], peep, hp[n, j], cpv, gt[n])
-    if code == GRU or phase == 0:
-        at[n, j] = a
-    if phase == 0:
-        return
-    valid = has_mask == 0 or mask[t, n] != 0
-    hn[n, j] = h if valid else hp[n, j]
-    if has_c:
-        cn[n, j] = c if valid else cp[n, j]
-    h_seq[t, n, j] = h if valid else 0
-
-
-def _make(F):
-    """The kernels of one dtype (``F``: the Numba type of shared memory)."""
+    @cuda.jit(device=True)
+    def _fwd_unit(code, act, ract, phase, t, n, j, H, has_c, has_mask, mask, xt, gh, peep, hp,
+                  cp, hn, cn, gt, at, h_seq):
+        """One (row, unit) of step ``t``: the cell, then the masking rule."""
+        cpv = cp[n, j] if has_c else ZERO
+        h, c, a = cell_fwd(code, act, ract, phase, j, H, xt[n], gh[n], peep, hp[n, j], cpv,
+                           gt[n])
+        if code == GRU or phase == 0:
+            at[n, j] = a
+        if phase == 0:
+            return
+        valid = has_mask == 0 or mask[t, n] != 0
+        hn[n, j] = h if valid else hp[n, j]
+        if has_c:
+            cn[n, j] = c if valid else cp[n, j]
+        h_seq[t, n, j] = h if valid else ZERO
 
     @cuda.jit
     def forward_kernel(code, act, ract, keep, has_c, has_mask, use_shared, U, xp, w, b, peep,
@@ -91,7 +94,7 @@ def _make(F):
         nu = min(H, u0 + U) - u0  # <= 0 for a trailing block: it only meets the barriers
         tid = cuda.threadIdx.x
         nt = cuda.blockDim.x
-        sw = cuda.shared.array(0, F)
+        sw = cuda.shared.array(0, NF)
         if use_shared:
             for idx in range(tid, G * nu * H, nt):
                 row = idx // H
@@ -145,7 +148,7 @@ def _make(F):
         nu = min(H, u0 + U) - u0
         tid = cuda.threadIdx.x
         nt = cuda.blockDim.x
-        sw = cuda.shared.array(0, F)
+        sw = cuda.shared.array(0, NF)
         if use_shared:
             for idx in range(tid, GH * nu, nt):
                 sw[idx] = w[idx // nu, u0 + idx % nu]
@@ -158,12 +161,12 @@ def _make(F):
             for p in range(tid, npairs, nt):
                 n = p // nu
                 j = u0 + p - n * nu
-                v = dh_T[n, j] if full or t0 == T - 1 else dh_T[n, j] * 0
+                v = dh_T[n, j] if full or t0 == T - 1 else ZERO
                 if not full and has_dhseq and (has_mask == 0 or mask[t0, n] != 0):
                     v += dh_seq[t0, n, j]
                 dh[n, j] = v
                 if has_c:
-                    dc[n, j] = dc_T[n, j] if full or t0 == T - 1 else dc_T[n, j] * 0
+                    dc[n, j] = dc_T[n, j] if full or t0 == T - 1 else ZERO
                 bud[n, j] = budget0
             for t in range(t0, src_lo[s] - 1, -1):
                 for p in range(tid, npairs, nt):
@@ -172,7 +175,7 @@ def _make(F):
                     if (has_mask == 0 or mask[t, n] != 0) and bud[n, j] > 0:
                         if full and has_dhseq:
                             dh[n, j] += dh_seq[t, n, j]
-                        cpv = cs[t, n, j] if has_c else dh[n, j] * 0
+                        cpv = cs[t, n, j] if has_c else ZERO
                         cnv = cs[t + 1, n, j] if has_c else cpv
                         dcv = dc[n, j] if has_c else cpv
                         a = aux[t, n, j] if code == GRU else cpv
@@ -221,4 +224,5 @@ def _make(F):
     return forward_kernel, backward_kernel
 
 
-KERNELS = {"float32": _make(numba.float32), "float64": _make(numba.float64)}
+KERNELS = {"float32": _make(np.float32, numba.float32),
+           "float64": _make(np.float64, numba.float64)}
