@@ -199,3 +199,18 @@ def test_reference_used_for_other_dtypes():
     a = run_forward(cu, cell, p)
     e = run_forward(ref, cell, p)
     np.testing.assert_array_equal(a[0], e[0])
+
+
+def test_language_model_on_cuda():
+    """CharLanguageModel fits, scores and samples with backend="cuda" (sampling runs the
+    reference's generate loop: the backend has no generate), as on the NumPy backend."""
+    from cyrnn.language_model import CharLanguageModel
+
+    names = ["abc", "bca", "cab", "ab"]
+    kw = dict(cell="gru", hidden_size=3, embedding_dim=2, batch_size=2, max_epochs=1,
+              dtype=np.float64, random_state=0)
+    lms = [CharLanguageModel(backend=b, **kw).fit(names) for b in ("cuda", "numpy")]
+    np.testing.assert_allclose(lms[0].loss_curve_, lms[1].loss_curve_, rtol=1e-9)
+    np.testing.assert_allclose(lms[0].perplexity(names), lms[1].perplexity(names), rtol=1e-9)
+    assert lms[0].sample(2, max_length=4, random_state=1) == lms[1].sample(
+        2, max_length=4, random_state=1)
