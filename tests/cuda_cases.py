@@ -59,11 +59,15 @@ def test_float32_unmasked(cell_name):
     _check(CELLS[cell_name], np.float32, False, (None, 2))
 
 
-@pytest.mark.parametrize("cell_name", ["lstm_peephole", "gru-cho", "rnn-tanh"])
-def test_global_memory_path(cell_name, monkeypatch):
-    """With no shared memory allowed the kernels read W_hh from global memory."""
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("cell_name", ["lstm_peephole", "gru-cho", "gru-reset-after",
+                                       "rnn-relu"])
+def test_per_step_path(cell_name, dtype, monkeypatch):
+    """With no shared memory allowed, layers take the per-step path (a tiled GEMM and a
+    cell launch per step): the same results."""
     monkeypatch.setattr(config, "SHARED_BYTES", 0)
-    _check(CELLS[cell_name], np.float64, True, (None, 1))
+    assert config.launch_plan(None, (), 4, SHAPE[2], 8) is None
+    _check(CELLS[cell_name], dtype, dtype == np.float64, (None, 1))
 
 
 def test_mask_dtypes_empty_batch_and_no_steps():
@@ -124,10 +128,14 @@ def test_cooperative_grid_size():
 
     N, T, H = SHAPE
     kernel = KERNELS["float32"][0]
-    args = (0,) * 8 + (np.zeros((T, N, 4 * H), np.float32),) * 11
-    blocks, U, use_shared, shared = config.launch_plan(kernel, args, 4, H, 4)
+    f32 = np.float32
+    args = ((0,) * 7 + (np.zeros((T, N, 4 * H), f32), np.zeros((4 * H, H), f32),
+                        np.zeros(4 * H, f32), np.zeros((3, 1), f32), np.ones((1, 1), np.uint8))
+            + tuple(np.zeros(s, f32) for s in ((2, N, H), (2, N, H), (T, N, H), (1, N, 4 * H),
+                                               (1, N, H), (N, 4 * H))))
+    blocks, U, shared = config.launch_plan(kernel, args, 4, H, 4)
     assert blocks * U >= H and (blocks - 1) * U < H
-    assert use_shared == (shared > 0) and shared <= config.SHARED_BYTES
+    assert shared == 4 * U * H * 4 <= config.SHARED_BYTES
     if config.SIMULATOR:
         assert blocks == 1
     else:

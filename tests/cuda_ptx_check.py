@@ -28,15 +28,22 @@ def signatures(F):
         return types.Array(dt, nd, "C")
 
     u8 = A(2, types.uint8)
-    fk, bk = KERNELS[str(F)]
+    fk, bk, fsk, bsk = KERNELS[str(F)]
     gemm, colsum, peep_grad = GEMM[str(F)]
-    fwd = (i64,) * 8 + (A(3), A(2), A(1), A(2), u8, A(3), A(3), A(3), A(3), A(3), A(2))
-    bwd = ((i64,) * 10 + (A(1, i64), A(1, i64), A(3), A(3), A(3), A(3), A(2), A(2), u8, A(3),
-                          A(2), A(2), A(3), A(3), A(2), A(2), A(2), A(2), A(2, i64), A(2),
-                          A(2)))
-    return {"forward_kernel": (fk, fwd), "backward_kernel": (bk, bwd),
-            "gemm_tn": (gemm, (A(2), i64, i64, A(2), A(2), i64)),
-            "colsum": (colsum, (A(2), A(1))), "peep_grad": (peep_grad, (A(2), A(2), i64, A(2)))}
+    fwd_arrays = (A(3), A(2), A(1), A(2), u8, A(3), A(3), A(3), A(3), A(3), A(2))
+    # hs, cs, gates, aux, peep, mask, dh_seq, dh_T, dc_T, dxp, dgh, dg, dhn, dh, dc, bud
+    bwd_arrays = (A(3), A(3), A(3), A(3), A(2), u8, A(3), A(2), A(2), A(3), A(3), A(2), A(2),
+                  A(2), A(2), A(2, i64))
+    return {
+        "forward_kernel": (fk, (i64,) * 7 + fwd_arrays),
+        "backward_kernel": (bk, (i64,) * 9 + (A(1, i64), A(1, i64)) + bwd_arrays[:4]
+                            + (A(2),) + bwd_arrays[4:] + (A(2), A(2))),
+        "fwd_step_kernel": (fsk, (i64,) * 8 + fwd_arrays[:1] + fwd_arrays[3:]),
+        "bwd_step_kernel": (bsk, (i64,) * 10 + bwd_arrays + (A(2), A(2), A(2))),
+        "gemm": (gemm, (i64,) * 3 + (A(1), i64, i64, i64) * 2 + (A(1), i64, i64) * 2),
+        "colsum": (colsum, (A(2), A(1))),
+        "peep_grad": (peep_grad, (A(2), A(2), i64, A(2))),
+    }
 
 
 def main():
@@ -46,7 +53,7 @@ def main():
             assert ".entry" in ptx, name
             if F == types.float32:  # float32 kernels compute in float32
                 assert ".f64" not in ptx, f"{name}: float64 operations in the float32 kernel"
-            if name.endswith("_kernel"):  # the persistent loops: a grid-wide barrier
+            if name in ("forward_kernel", "backward_kernel"):  # persistent: a grid barrier
                 assert "cudaCGSynchronize" in ptx, name
             print(F, name, "ok")
     return 0

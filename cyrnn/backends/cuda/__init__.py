@@ -33,7 +33,8 @@ from numba import cuda  # noqa: E402 - after the check
 from .cells import GRU_CHO, HAS_C
 from .gemm import KERNELS as GEMM_KERNELS
 from .gemm import weight_grad
-from .loops import KERNELS
+from .gemm import matmul as _matmul  # private: a public ``matmul`` is the layer path's hook
+from .loops import BWD_CELL, BWD_CHO, BWD_END, BWD_PREV, BWD_START, KERNELS
 
 NAME = "cuda"
 
@@ -67,21 +68,51 @@ def _peep(cell, peep, dt, H):
     return cuda.to_device(np.zeros((3, 1), dt))
 
 
-# Both recurrent kernels take ``use_shared`` and ``U`` at these positions.
-_SHARED_ARG = 6
+# Both persistent kernels take ``U`` at this position.
+_U_ARG = 6
 
 
-def _launch(kernel, args, G, H, itemsize):
-    """Launch a cooperative recurrent kernel sized by ``config.launch_plan`` (``args``
-    hold placeholders for ``use_shared`` and ``U``)."""
-    blocks, U, use_shared, shared_bytes = config.launch_plan(kernel, args, G, H, itemsize)
-    k = _SHARED_ARG
-    kernel[blocks, config.THREADS, 0, shared_bytes](*args[:k], use_shared, U, *args[k + 2:])
+def _persistent(kernel, args, G, H, itemsize):
+    """Launch a persistent kernel sized by ``config.launch_plan`` (``args`` hold a
+    placeholder for ``U``); False when the layer must take the per-step path."""
+    plan = config.launch_plan(kernel, args, G, H, itemsize)
+    if plan is None:
+        return False
+    blocks, U, shared_bytes = plan
+    kernel[blocks, config.THREADS, 0, shared_bytes](*args[:_U_ARG], U, *args[_U_ARG + 1:])
+    return True
+
+
+def _grid(N, H):
+    """Blocks of a per-step launch: one thread per (row, unit)."""
+    return math.ceil(N * H / config.THREADS)
+
+
+def _forward_steps(step_kernel, args, T, N, H, keep, cho):
+    """The per-step path of ``forward``: per step the tiled GEMM ``gh = h W_hh^T + b_hh``
+    (Cho's GRU: the r, z blocks, then ``(r h) W_hn^T + b_hn`` between its phases) and one
+    launch of ``fwd_step_kernel`` (``args`` as ``forward_kernel``'s)."""
+    code, act, ract, _, has_c, has_mask, _, d_xp, d_w, d_b, d_peep, d_mask, d_hs, d_cs, \
+        d_hseq, d_gates, d_aux, d_gh = args
+    GH = d_gh.shape[1]
+    NH = N * H
+    grid = _grid(N, H)
+    for t in range(T):
+        s0 = t if keep else t & 1
+        tail = (keep, has_c, has_mask, d_xp, d_peep, d_mask, d_hs, d_cs, d_hseq, d_gates,
+                d_aux, d_gh)
+        _matmul(N, 2 * H if cho else GH, H, d_hs, (s0 * NH, H, 1), d_w, (0, 1, H), d_gh,
+               (0, GH), bias=d_b)
+        step_kernel[grid, config.THREADS](code, act, ract, 0 if cho else -1, t, *tail)
+        if cho:
+            _matmul(N, H, H, d_aux, ((t if keep else 0) * NH, H, 1), d_w, (2 * H * H, 1, H),
+                   d_gh, (2 * H, GH), bias=d_b, bias0=2 * H)
+            step_kernel[grid, config.THREADS](code, act, ract, 1, t, *tail)
 
 
 def forward(cell, xp, w_hh, b_hh, h0, c0=None, mask=None, keep_cache=False, peep=None):
-    """Run the cell over ``T`` steps in one cooperative launch; see
-    ``numpy_backend.forward``."""
+    """Run the cell over ``T`` steps (one cooperative launch, or the per-step path for
+    large layers); see ``numpy_backend.forward``."""
     xp = np.ascontiguousarray(xp)
     dt = xp.dtype
     T, N, GH = xp.shape
@@ -105,10 +136,12 @@ def forward(cell, xp, w_hh, b_hh, h0, c0=None, mask=None, keep_cache=False, peep
     d_hseq = cuda.device_array((T, N, H), dt)
     d_gates = cuda.device_array((T if keep else 1, N, GH), dt)
     d_aux = cuda.device_array((T if keep else 1, N, H), dt)
-    args = (code, act, ract, keep, int(has_c), has_mask, 0, 1, _dev(xp, dt),
-            _dev(w_hh, dt), _dev(b_hh, dt), _peep(cell, peep, dt, H), d_mask, d_hs, d_cs,
-            d_hseq, d_gates, d_aux, cuda.device_array((N, GH), dt))
-    _launch(KERNELS[dt.name][0], args, cell.n_gates, H, dt.itemsize)
+    args = (code, act, ract, keep, int(has_c), has_mask, 1, _dev(xp, dt), _dev(w_hh, dt),
+            _dev(b_hh, dt), _peep(cell, peep, dt, H), d_mask, d_hs, d_cs, d_hseq, d_gates,
+            d_aux, cuda.device_array((N, GH), dt))
+    kernels = KERNELS[dt.name]
+    if not _persistent(kernels[0], args, cell.n_gates, H, dt.itemsize):
+        _forward_steps(kernels[2], args, T, N, H, keep, code == GRU_CHO)
     h_seq = d_hseq.copy_to_host()
     last = T if keep else T & 1
     hs = d_hs.copy_to_host()
@@ -149,11 +182,36 @@ def _sources(mask, T, N, truncate, dh_seq, dh_T, dc_T):
     return 0, truncate + 1, np.array(src_t, np.int64), np.array(src_lo, np.int64)
 
 
+def _backward_steps(step_kernel, head, tail, src_t, src_lo, d_w, d_dg, d_prod, cho):
+    """The per-step path of ``backward``: the sweeps of ``src_t`` on the host, per step
+    the cell gradients, (Cho's GRU: the GEMM ``dn W_hn`` and its phase,) the GEMM
+    ``dg W_hh`` and ``dh_prev`` (``bwd_step_kernel``'s arguments ``head`` + phase, step
+    + ``tail``; ``d_dg`` and ``d_prod`` its step gradients and product buffers)."""
+    GH, H = d_w.shape
+    N = d_dg.shape[0]
+    grid = _grid(N, H)
+
+    def launch(phase, t):
+        step_kernel[grid, config.THREADS](*head, phase, t, *tail)
+
+    for t0, lo in zip(src_t.tolist(), src_lo.tolist()):
+        launch(BWD_START, t0)
+        for t in range(t0, lo - 1, -1):
+            launch(BWD_CELL, t)
+            if cho:
+                _matmul(N, H, H, d_dg, (2 * H, GH, 1), d_w, (2 * H * H, H, 1), d_prod, (0, H))
+                launch(BWD_CHO, t)
+            _matmul(N, H, 2 * H if cho else GH, d_dg, (0, GH, 1), d_w, (0, H, 1), d_prod,
+                   (0, H))
+            launch(BWD_PREV, t)
+        launch(BWD_END, t0)
+
+
 def backward(cell, cache, w_hh, mask=None, dh_seq=None, dh_T=None, dc_T=None, truncate=None,
              peep=None):
-    """Gradients through ``forward`` (one cooperative launch for the sweeps, then the
-    whole-sequence contractions); see ``numpy_backend.backward``. Returns
-    ``(dxp, dh0, dc0, dw_hh, db_hh, dpeep)``."""
+    """Gradients through ``forward`` (the sweeps in one cooperative launch, or the
+    per-step path, then the whole-sequence contractions); see
+    ``numpy_backend.backward``. Returns ``(dxp, dh0, dc0, dw_hh, db_hh, dpeep)``."""
     gates = np.ascontiguousarray(cache["gates"])
     dt = gates.dtype
     T, N, GH = gates.shape
@@ -173,15 +231,22 @@ def backward(cell, cache, w_hh, mask=None, dh_seq=None, dh_T=None, dc_T=None, tr
     d_dh0 = cuda.to_device(np.zeros((N, H), dt))
     d_dc0 = cuda.to_device(np.zeros((N, H), dt))
     if src_t.size:
-        args = (code, act, ract, int(has_c), has_mask, int(dh_seq is not None), 0, 1,
-                full, budget, cuda.to_device(src_t), cuda.to_device(src_lo), d_hs, d_cs,
-                _dev(gates, dt), d_aux, _dev(w_hh, dt), _peep(cell, peep, dt, H), d_mask,
-                _dev(dh_seq, dt, (1, 1, 1)), _dev(dh_T, dt, (N, H)),
-                _dev(dc_T if has_c else None, dt, (N, H)), d_dxp, d_dgh,
-                cuda.device_array((N, GH), dt), cuda.device_array((N, H), dt),
-                cuda.device_array((N, H), dt), cuda.device_array((N, H), dt),
-                cuda.device_array((N, H), np.int64), d_dh0, d_dc0)
-        _launch(KERNELS[dt.name][1], args, cell.n_gates, H, dt.itemsize)
+        d_w = _dev(w_hh, dt)
+        state = (d_hs, d_cs, _dev(gates, dt), d_aux)
+        d_dg = cuda.device_array((N, GH), dt)
+        grads = (_peep(cell, peep, dt, H), d_mask, _dev(dh_seq, dt, (1, 1, 1)),
+                 _dev(dh_T, dt, (N, H)), _dev(dc_T if has_c else None, dt, (N, H)), d_dxp,
+                 d_dgh, d_dg, cuda.device_array((N, H), dt), cuda.device_array((N, H), dt),
+                 cuda.device_array((N, H), dt), cuda.device_array((N, H), np.int64))
+        flags = (int(has_c), has_mask, int(dh_seq is not None))
+        kernels = KERNELS[dt.name]
+        args = (code, act, ract, *flags, 1, full, budget, cuda.to_device(src_t),
+                cuda.to_device(src_lo), *state, d_w, *grads, d_dh0, d_dc0)
+        if not _persistent(kernels[1], args, cell.n_gates, H, dt.itemsize):
+            d_prod = cuda.device_array((N, H), dt)
+            tail = (full, *flags, budget, *state, *grads, d_prod, d_dh0, d_dc0)
+            _backward_steps(kernels[3], (code, act, ract), tail, src_t, src_lo, d_w, d_dg,
+                            d_prod, code == GRU_CHO)
     # dW_hh, db_hh, dpeep: contractions over all T * N rows
     dgh2 = d_dgh.reshape(T * N, GH)
     d_dw = cuda.device_array((GH, H), dt)

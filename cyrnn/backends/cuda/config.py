@@ -17,8 +17,8 @@ and the blocks meet at a grid-wide barrier (``cuda.cg.this_grid().sync()``) afte
 every phase of a step. :func:`launch_plan` sizes the grid from the compiled kernel's
 ``max_cooperative_grid_blocks`` (every block of a cooperative grid must be resident
 at once). A block keeps its slice of ``W_hh`` (``G * U * H`` values) in shared
-memory when it fits in ``SHARED_BYTES``; otherwise the same kernel reads ``W_hh``
-from global memory (L2) every step.
+memory when it fits in ``SHARED_BYTES``; otherwise the layer takes the per-step path
+(:mod:`.loops`: a tiled GEMM and a cell launch per step).
 """
 
 from __future__ import annotations
@@ -44,10 +44,10 @@ if not cuda.is_available():
 THREADS = 16 if SIMULATOR else 256
 # Shared memory a block may use for its slice of W_hh without opting in to more than
 # the default 48 KiB per block (numba-cuda has no call to raise the limit). Tests set
-# it to 0 to run the global-memory path.
+# it to 0 to run the per-step path.
 SHARED_BYTES = 48 * 1024
 # Tile edge of the tiled GEMM kernel (.gemm).
-TILE = 16
+TILE = 4 if SIMULATOR else 16  # the simulator runs TILE**2 Python threads per block
 
 _coop_cache = {}
 
@@ -69,23 +69,20 @@ def max_coop_blocks(kernel, args, threads, shared_bytes):
 
 
 def launch_plan(kernel, args, G, H, itemsize):
-    """``(blocks, U, use_shared, shared_bytes)`` of a cooperative recurrent kernel:
-    ``blocks`` blocks of ``U`` hidden units each (``blocks * U >= H``), the slice of
-    ``W_hh`` in shared memory (``use_shared``) when ``G * U * H`` values fit in
-    ``SHARED_BYTES``."""
+    """``(blocks, U, shared_bytes)`` of a persistent kernel: ``blocks`` cooperative blocks
+    of ``U`` hidden units each (``blocks * U >= H``), each holding ``G * U * H`` values
+    of ``W_hh`` in shared memory; None when a slice cannot fit in ``SHARED_BYTES`` on
+    a grid whose blocks are all resident (the layer then takes the per-step path)."""
     per_unit = G * H * itemsize
+    if per_unit > SHARED_BYTES:  # not even one unit's slice
+        return None
     blocks = min(H, max(1, max_coop_blocks(kernel, args, THREADS, 0)))
     U = math.ceil(H / blocks)
     while U * per_unit <= SHARED_BYTES:
         fit = max_coop_blocks(kernel, args, THREADS, U * per_unit)
         if fit >= math.ceil(H / U):
-            return math.ceil(H / U), U, 1, U * per_unit
-        U = math.ceil(H / max(1, fit))  # fewer resident blocks: wider slices
-    return blocks, math.ceil(H / blocks), 0, 0
-
-
-def path(G, H, itemsize, blocks):
-    """Which path a layer of ``G`` gates and ``H`` units takes on a grid of at most
-    ``blocks`` cooperative blocks: ``"shared"`` (W_hh on chip) or ``"global"``."""
-    U = math.ceil(H / min(H, blocks))
-    return "shared" if G * U * H * itemsize <= SHARED_BYTES else "global"
+            return math.ceil(H / U), U, U * per_unit
+        if fit < 1:
+            return None
+        U = max(U + 1, math.ceil(H / fit))  # fewer resident blocks: wider slices
+    return None

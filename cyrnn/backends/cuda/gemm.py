@@ -1,11 +1,12 @@
-"""Whole-sequence products of the CUDA backend: a tiled GEMM kernel and the
-column sums and peephole contractions of the weight gradients.
+"""Products of the CUDA backend: one tiled GEMM kernel, the column sums and the
+peephole contractions of the weight gradients.
 
-Built per float type (``KERNELS[dtype name]``). ``gemm_tn`` computes ``C[c0 + m, p] = sum_k A[k, a0 + m] B[k, p]`` for ``m < M``:
-with ``A`` the ``(T N, G H)`` gate gradients and ``B`` the ``(T N, H)`` recurrent
-inputs it is ``dW_hh`` (one contraction after the sweep, as the contract says).
-Each block computes a ``TILE x TILE`` tile of ``C``, staging tiles of ``A`` and ``B``
-through shared memory.
+``gemm`` computes ``C[m, p] = sum_k A(m, k) B(k, p) (+ bias[p])`` for operands
+given as flat arrays with an offset and a stride per index, so one kernel serves
+every layout: the per-step products of the tiled path (``h W_hh^T``, ``dg W_hh``) and
+``dW_hh``, one contraction over all ``T N`` rows after the sweep (as the contract
+says). Each block computes a ``TILE x TILE`` tile of ``C``, staging tiles of ``A``
+and ``B`` through (dynamic) shared memory. Built per float type (``KERNELS[dtype name]``).
 """
 
 from __future__ import annotations
@@ -20,33 +21,36 @@ from .config import TILE
 
 
 def _make(F, NF):
-    """``(gemm_tn, colsum, peep_grad)`` for one float type (``F`` its NumPy scalar
-    type, ``NF`` its Numba type)."""
+    """``(gemm, colsum, peep_grad)`` for one float type (``F`` its NumPy scalar type,
+    ``NF`` its Numba type)."""
     ZERO = F(0)
 
     @cuda.jit
-    def gemm_tn(A, a0, M, B, C, c0):
-        As = cuda.shared.array((TILE, TILE), NF)
-        Bs = cuda.shared.array((TILE, TILE), NF)
+    def gemm(M, P, K, A, a0, sam, sak, B, b0, sbk, sbp, C, c0, scm, bias, bias0, has_bias):
+        """``C[c0 + m scm + p] = sum_k A[a0 + m sam + k sak] B[b0 + k sbk + p sbp]
+        [+ bias[bias0 + p]]`` for ``m < M``, ``p < P``."""
+        # the two tiles in dynamic shared memory (2 TILE^2 values, sized at launch); the
+        # simulator allocates a static shared array per thread on a racy first touch
+        tiles = cuda.shared.array(0, NF)
+        B0 = TILE * TILE
         tx = cuda.threadIdx.x
         ty = cuda.threadIdx.y
-        p = cuda.blockIdx.x * TILE + tx
         m = cuda.blockIdx.y * TILE + ty
-        K = A.shape[0]
-        P = B.shape[1]
+        p = cuda.blockIdx.x * TILE + tx
         acc = ZERO
         for k0 in range(0, K, TILE):
-            # As[kk, mm] = A[k0 + kk, a0 + m-tile + mm]; Bs[kk, pp] = B[k0 + kk, p-tile + pp]
-            ka = k0 + ty
-            ma = cuda.blockIdx.y * TILE + tx
-            As[ty, tx] = A[ka, a0 + ma] if ka < K and ma < M else ZERO
-            Bs[ty, tx] = B[ka, p] if ka < K and p < P else ZERO
+            k = k0 + tx
+            tiles[ty * TILE + tx] = A[a0 + m * sam + k * sak] if m < M and k < K else ZERO
+            k = k0 + ty
+            tiles[B0 + ty * TILE + tx] = B[b0 + k * sbk + p * sbp] if k < K and p < P else ZERO
             cuda.syncthreads()
             for kk in range(TILE):
-                acc += As[kk, ty] * Bs[kk, tx]
+                acc += tiles[ty * TILE + kk] * tiles[B0 + kk * TILE + tx]
             cuda.syncthreads()
         if m < M and p < P:
-            C[c0 + m, p] = acc
+            if has_bias:
+                acc += bias[bias0 + p]
+            C[c0 + m * scm + p] = acc
 
     @cuda.jit
     def colsum(A, out):
@@ -76,15 +80,30 @@ def _make(F, NF):
                 acc += dgh[k, col] * c[k + shift, j]
             out[q, j] = acc
 
-    return gemm_tn, colsum, peep_grad
+    return gemm, colsum, peep_grad
 
 
 KERNELS = {"float32": _make(np.float32, numba.float32),
            "float64": _make(np.float64, numba.float64)}
 
 
+def _flat(a):
+    return a.reshape(a.size)
+
+
+def matmul(M, P, K, A, a, B, b, C, c, bias=None, bias0=0):
+    """Launch ``gemm`` on device arrays: ``a = (offset, stride_m, stride_k)`` of ``A``,
+    ``b = (offset, stride_k, stride_p)`` of ``B``, ``c = (offset, stride_m)`` of ``C``."""
+    kernel = KERNELS[str(C.dtype)][0]
+    grid = (math.ceil(P / TILE), math.ceil(M / TILE))
+    fc = _flat(C)
+    kernel[grid, (TILE, TILE), 0, 2 * TILE * TILE * C.dtype.itemsize](
+        M, P, K, _flat(A), *a, _flat(B), *b, fc, *c, fc if bias is None else _flat(bias), bias0,
+        int(bias is not None))
+
+
 def weight_grad(dgh, hin, dw, row0, col0, rows):
-    """``dw[row0:row0 + rows] = dgh[:, col0:col0 + rows]^T hin`` (device arrays)."""
-    kernel = KERNELS[str(dgh.dtype)][0]
-    grid = (math.ceil(hin.shape[1] / TILE), math.ceil(rows / TILE))
-    kernel[grid, (TILE, TILE)](dgh, col0, rows, hin, dw, row0)
+    """``dw[row0:row0 + rows] = dgh[:, col0:col0 + rows]^T hin`` (device arrays, ``dgh``
+    (T N, G H), ``hin`` (T N, H), ``dw`` (G H, H))."""
+    GH, H = dgh.shape[1], hin.shape[1]
+    matmul(rows, H, dgh.shape[0], dgh, (col0, 1, GH), hin, (0, H, 1), dw, (row0 * H, H))
