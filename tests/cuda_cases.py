@@ -89,6 +89,24 @@ def test_missing_gradients_and_peepholes():
     harness.compare_backward(cell, np.float64, q, cache, cache_ref, 1, dh_T=None)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_matmul_hook(dtype):
+    """``matmul(a, trans_a, b, trans_b, out, beta)``, the layer path's GEMM hook (input
+    projection, dW_ih, dx), on the device's tiled GEMM: every transpose, beta 0 and 1."""
+    rng = np.random.default_rng(4)
+    M, K, P = (37, 19, 23) if REALISTIC else (5, 6, 7)
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == np.float64 else dict(rtol=1e-5, atol=1e-5)
+    for trans_a in (False, True):
+        for trans_b in (False, True):
+            for beta in (0.0, 1.0):
+                a = rng.standard_normal((K, M) if trans_a else (M, K)).astype(dtype)
+                b = rng.standard_normal((P, K) if trans_b else (K, P)).astype(dtype)
+                out = rng.standard_normal((M, P)).astype(dtype)
+                expected = (a.T if trans_a else a) @ (b.T if trans_b else b) + beta * out
+                cu.matmul(a, trans_a, b, trans_b, out, beta)
+                np.testing.assert_allclose(out, expected, **tol)
+
+
 def _loss(cell, p, R):
     h_seq, h_T, c_T, _ = run_forward(cu, cell, p, keep_cache=False)
     val = (R["dh_seq"] * h_seq).sum() + (R["dh_T"] * h_T).sum()
@@ -151,10 +169,14 @@ def _layers(backend, dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_sequential_training_step_matches_reference(dtype):
+def test_sequential_training_step_matches_reference(dtype, monkeypatch):
     """A Sequential on backend="cuda" (embedding with mask_zero, stacked bidirectional
     LSTM, Cho GRU, Dense): one training step (forward, loss, backward, Adam) equals
-    the NumPy backend's. The recurrent time loops run on the device (layer path)."""
+    the NumPy backend's. The recurrent time loops and the layers' GEMMs (the ``matmul``
+    hook) run on the device (layer path)."""
+    calls = []
+    real = cu.matmul
+    monkeypatch.setattr(cu, "matmul", lambda *a: calls.append(1) or real(*a))
     tol = dict(rtol=1e-9, atol=1e-11) if dtype == np.float64 else dict(rtol=2e-4, atol=2e-5)
     rng = np.random.default_rng(0)
     x = rng.integers(0, 9, size=(3, 5))
@@ -171,6 +193,7 @@ def test_sequential_training_step_matches_reference(dtype):
     np.testing.assert_allclose(models[0].params.data, models[1].params.data, **tol)
     out = [m.forward(x) for m in models]
     np.testing.assert_allclose(out[0], out[1], **tol)
+    assert len(calls) >= 10  # projections, dW_ih and dx of 5 recurrent layer-directions
 
 
 def test_layer_step_and_states():

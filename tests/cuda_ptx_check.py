@@ -40,7 +40,8 @@ def signatures(F):
                             + (A(2),) + bwd_arrays[4:] + (A(2), A(2))),
         "fwd_step_kernel": (fsk, (i64,) * 8 + fwd_arrays[:1] + fwd_arrays[3:]),
         "bwd_step_kernel": (bsk, (i64,) * 10 + bwd_arrays + (A(2), A(2), A(2))),
-        "gemm": (gemm, (i64,) * 3 + (A(1), i64, i64, i64) * 2 + (A(1), i64, i64) * 2),
+        "gemm": (gemm, (i64,) * 3 + (A(1), i64, i64, i64) * 2 + (A(1), i64, i64, F, A(1), i64,
+                                                                i64)),
         "colsum": (colsum, (A(2), A(1))),
         "peep_grad": (peep_grad, (A(2), A(2), i64, A(2))),
     }

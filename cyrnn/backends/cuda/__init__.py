@@ -14,7 +14,9 @@ every activation, peepholes, masks and truncated BPTT. Host NumPy arrays in, hos
 NumPy arrays out (the cache too); the fused plan calls (``infer``,
 ``train_forward``, ``train_backward``) and ``generate`` are not implemented, so
 layers and models on this backend run the layer path (docs/architecture.md), with
-every recurrent time loop on the device and the input projections in NumPy.
+every recurrent time loop on the device and the layer path's GEMMs (the input
+projection of all steps, ``dW_ih``, ``dx``) through ``matmul``, the device's tiled
+GEMM.
 
 Where things live: :mod:`.config` (availability, threads, shared-memory limit,
 cooperative grid sizes), :mod:`.mathfn` (activations), :mod:`.cells` (the cell
@@ -33,7 +35,7 @@ from numba import cuda  # noqa: E402 - after the check
 from .cells import GRU_CHO, HAS_C
 from .gemm import KERNELS as GEMM_KERNELS
 from .gemm import weight_grad
-from .gemm import matmul as _matmul  # private: a public ``matmul`` is the layer path's hook
+from .gemm import matmul as _matmul
 from .loops import BWD_CELL, BWD_CHO, BWD_END, BWD_PREV, BWD_START, KERNELS
 
 NAME = "cuda"
@@ -269,6 +271,23 @@ def backward(cell, cache, w_hh, mask=None, dh_seq=None, dh_T=None, dc_T=None, tr
     return (d_dxp.copy_to_host(), d_dh0.copy_to_host(),
             d_dc0.copy_to_host() if has_c else None, d_dw.copy_to_host(),
             d_db.copy_to_host(), dpeep)
+
+
+def matmul(a, trans_a, b, trans_b, out, beta=0.0):
+    """``out = op(a) @ op(b) + beta * out`` on the device, one tiled GEMM, for C-contiguous
+    2-D host arrays of one float dtype: the layer path's hook (``layers.recurrent``) for
+    the input projection of all steps, ``dW_ih`` and ``dx``."""
+    M, K = a.shape[::-1] if trans_a else a.shape
+    P = b.shape[0] if trans_b else b.shape[1]
+    if out.dtype not in _FLOATS or 0 in (M, K, P):
+        res = (a.T if trans_a else a) @ (b.T if trans_b else b)
+        out[...] = res if beta == 0 else beta * out + res
+        return
+    dt = out.dtype
+    d_out = cuda.to_device(out) if beta != 0 else cuda.device_array(out.shape, dt)
+    _matmul(M, P, K, _dev(a, dt), (0, 1, M) if trans_a else (0, K, 1), _dev(b, dt),
+            (0, 1, K) if trans_b else (0, P, 1), d_out, (0, P), beta=beta)
+    d_out.copy_to_host(out)
 
 
 def step(cell, xp_t, w_hh, b_hh, h, c=None, peep=None):

@@ -1,11 +1,12 @@
 """Products of the CUDA backend: one tiled GEMM kernel, the column sums and the
 peephole contractions of the weight gradients.
 
-``gemm`` computes ``C[m, p] = sum_k A(m, k) B(k, p) (+ bias[p])`` for operands
-given as flat arrays with an offset and a stride per index, so one kernel serves
-every layout: the per-step products of the tiled path (``h W_hh^T``, ``dg W_hh``) and
-``dW_hh``, one contraction over all ``T N`` rows after the sweep (as the contract
-says). Each block computes a ``TILE x TILE`` tile of ``C``, staging tiles of ``A``
+``gemm`` computes ``C[m, p] = sum_k A(m, k) B(k, p) (+ bias[p]) (+ beta C[m, p])`` for
+operands given as flat arrays with an offset and a stride per index, so one kernel
+serves every layout: the per-step products of the tiled path (``h W_hh^T``,
+``dg W_hh``), ``dW_hh`` (one contraction over all ``T N`` rows after the sweep, as the
+contract says) and, through the backend's ``matmul`` hook, the layer path's input
+projection of all steps, ``dW_ih`` and ``dx``. Each block computes a ``TILE x TILE`` tile of ``C``, staging tiles of ``A``
 and ``B`` through (dynamic) shared memory. Built per float type (``KERNELS[dtype name]``).
 """
 
@@ -26,9 +27,11 @@ def _make(F, NF):
     ZERO = F(0)
 
     @cuda.jit
-    def gemm(M, P, K, A, a0, sam, sak, B, b0, sbk, sbp, C, c0, scm, bias, bias0, has_bias):
+    def gemm(M, P, K, A, a0, sam, sak, B, b0, sbk, sbp, C, c0, scm, beta, bias, bias0,
+             has_bias):
         """``C[c0 + m scm + p] = sum_k A[a0 + m sam + k sak] B[b0 + k sbk + p sbp]
-        [+ bias[bias0 + p]]`` for ``m < M``, ``p < P``."""
+        [+ bias[bias0 + p]] [+ beta C[...]]`` for ``m < M``, ``p < P`` (``C`` is read
+        only when ``beta != 0``)."""
         # the two tiles in dynamic shared memory (2 TILE^2 values, sized at launch); the
         # simulator allocates a static shared array per thread on a racy first touch
         tiles = cuda.shared.array(0, NF)
@@ -50,6 +53,8 @@ def _make(F, NF):
         if m < M and p < P:
             if has_bias:
                 acc += bias[bias0 + p]
+            if beta != ZERO:
+                acc += beta * C[c0 + m * scm + p]
             C[c0 + m * scm + p] = acc
 
     @cuda.jit
@@ -91,15 +96,15 @@ def _flat(a):
     return a.reshape(a.size)
 
 
-def matmul(M, P, K, A, a, B, b, C, c, bias=None, bias0=0):
+def matmul(M, P, K, A, a, B, b, C, c, bias=None, bias0=0, beta=0.0):
     """Launch ``gemm`` on device arrays: ``a = (offset, stride_m, stride_k)`` of ``A``,
     ``b = (offset, stride_k, stride_p)`` of ``B``, ``c = (offset, stride_m)`` of ``C``."""
     kernel = KERNELS[str(C.dtype)][0]
     grid = (math.ceil(P / TILE), math.ceil(M / TILE))
     fc = _flat(C)
     kernel[grid, (TILE, TILE), 0, 2 * TILE * TILE * C.dtype.itemsize](
-        M, P, K, _flat(A), *a, _flat(B), *b, fc, *c, fc if bias is None else _flat(bias), bias0,
-        int(bias is not None))
+        M, P, K, _flat(A), *a, _flat(B), *b, fc, *c, C.dtype.type(beta),
+        fc if bias is None else _flat(bias), bias0, int(bias is not None))
 
 
 def weight_grad(dgh, hin, dw, row0, col0, rows):
