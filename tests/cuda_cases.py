@@ -209,8 +209,10 @@ def test_layer_step_and_states():
 
 
 @pytest.mark.filterwarnings("ignore:Stochastic Optimizer")
-def test_estimator_fits_on_cuda():
-    """An estimator fits and predicts with backend="cuda", as with the NumPy backend."""
+def test_estimator_fits_on_cuda(tmp_path):
+    """An estimator fits and predicts with backend="cuda", as with the NumPy backend, and
+    its saved file scores on the CPU (``scoring.load(path, backend=...)``: the file names
+    the backend it was fitted with)."""
     from cyrnn.estimators import GRURegressor
 
     rng = np.random.default_rng(2)
@@ -220,6 +222,13 @@ def test_estimator_fits_on_cuda():
     fits = [GRURegressor(backend=b, **kw).fit(X, y) for b in ("cuda", "numpy")]
     np.testing.assert_allclose(fits[0].loss_curve_, fits[1].loss_curve_, rtol=1e-9)
     np.testing.assert_allclose(fits[0].predict(X), fits[1].predict(X), rtol=1e-9, atol=1e-12)
+    # an ordinary cyrnn model afterwards: saved, then scored on the CPU
+    import cyrnn.scoring
+
+    path = tmp_path / "gru.cyrnn"
+    fits[0].save(path)
+    scorer = cyrnn.scoring.load(path, backend="numpy")
+    np.testing.assert_allclose(scorer.predict(X), fits[0].predict(X), rtol=1e-9, atol=1e-12)
 
 
 def test_reference_used_for_other_dtypes():
@@ -245,3 +254,29 @@ def test_language_model_on_cuda():
     np.testing.assert_allclose(lms[0].perplexity(names), lms[1].perplexity(names), rtol=1e-9)
     assert lms[0].sample(2, max_length=4, random_state=1) == lms[1].sample(
         2, max_length=4, random_state=1)
+
+
+@pytest.mark.parametrize("bad", ["nan", "ndim", "features", "lengths"])
+def test_bad_input_errors_as_the_reference(bad):
+    """Invalid input raises the layer path's error before any device work, as on the
+    NumPy backend, and changes no parameter."""
+    layers = {b: cyrnn.LSTM(3, 2, backend=b, dtype=np.float64, random_state=0)
+              for b in ("cuda", "numpy")}
+    x = np.zeros((2, 4, 3))
+    kw = {}
+    if bad == "nan":
+        x[0, 1, 2] = np.nan
+    elif bad == "ndim":
+        x = x[0, 0]
+    elif bad == "features":
+        x = np.zeros((2, 4, 5))
+    else:
+        kw = {"lengths": np.array([5, 1])}
+    errors = []
+    for b, layer in layers.items():
+        before = layer.params.data.copy()
+        with pytest.raises((ValueError, TypeError)) as info:
+            layer.forward(x, training=True, **kw)
+        errors.append((info.type, str(info.value)))
+        np.testing.assert_array_equal(layer.params.data, before)
+    assert errors[0] == errors[1]
