@@ -20,8 +20,10 @@ GEMM.
 
 Where things live: :mod:`.config` (availability, threads, shared-memory limit,
 cooperative grid sizes), :mod:`.mathfn` (activations), :mod:`.cells` (the cell
-math, the only place it lives), :mod:`.loops` (the persistent forward and backward
-kernels), :mod:`.gemm` (the tiled GEMM of ``dW_hh``, bias and peephole sums).
+math, the only place it lives), :mod:`.loops` (the per-(row, unit) step bodies, the
+persistent kernels and the per-step kernels), :mod:`.gemm` (the tiled GEMM: per-step
+products, ``dW_hh``, ``matmul``; bias and peephole sums); this module holds the entry
+points, the choice of path and the per-step path's host loops.
 """
 
 from __future__ import annotations
@@ -34,8 +36,8 @@ from . import config  # first: the availability check, with its messages
 from numba import cuda  # noqa: E402 - after the check
 from .cells import GRU_CHO, HAS_C
 from .gemm import KERNELS as GEMM_KERNELS
-from .gemm import weight_grad
 from .gemm import matmul as _matmul
+from .gemm import weight_grad
 from .loops import BWD_CELL, BWD_CHO, BWD_END, BWD_PREV, BWD_START, KERNELS
 
 NAME = "cuda"
@@ -55,7 +57,7 @@ def _dev(a, dt, shape=None):
     return cuda.to_device(np.ascontiguousarray(a, dt))
 
 
-def _mask(mask, T, N):
+def _mask(mask):
     """The (T, N) uint8 mask on the device and ``has_mask`` (nonzero = valid)."""
     if mask is None:
         return cuda.to_device(np.ones((1, 1), np.uint8)), 0
@@ -134,7 +136,7 @@ def forward(cell, xp, w_hh, b_hh, h0, c0=None, mask=None, keep_cache=False, peep
         d_cs = cuda.to_device(cs)
     else:
         d_cs = cuda.device_array((1, 1, 1), dt)
-    d_mask, has_mask = _mask(mask, T, N)
+    d_mask, has_mask = _mask(mask)
     d_hseq = cuda.device_array((T, N, H), dt)
     d_gates = cuda.device_array((T if keep else 1, N, GH), dt)
     d_aux = cuda.device_array((T if keep else 1, N, H), dt)
@@ -227,7 +229,7 @@ def backward(cell, cache, w_hh, mask=None, dh_seq=None, dh_T=None, dc_T=None, tr
     d_hs = _dev(cache["h"], dt)
     d_cs = _dev(cache["c"], dt) if has_c else cuda.device_array((1, 1, 1), dt)
     d_aux = _dev(cache["aux"], dt) if cell.kind == "gru" else cuda.device_array((1, 1, 1), dt)
-    d_mask, has_mask = _mask(mask, T, N)
+    d_mask, has_mask = _mask(mask)
     d_dxp = cuda.to_device(np.zeros((T, N, GH), dt))
     d_dgh = cuda.to_device(np.zeros((T, N, GH), dt))
     d_dh0 = cuda.to_device(np.zeros((N, H), dt))
