@@ -4,7 +4,8 @@ A backend is a module implementing the kernel contract of
 ``docs/architecture.md``: ``forward``, ``backward`` and ``step`` over a
 :class:`Cell`, on time-major arrays. ``numpy`` is the reference; compiled
 backends are imported lazily and listed by :func:`available` only when they
-import.
+import (``cuda`` only with numba-cuda and a device or the simulator, and never
+chosen by ``auto``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,10 @@ BACKENDS = {
     # Imports numba when first loaded; any failure to load -> unavailable.
     "numba": "cyrnn.backends.numba",
     "numpy": "cyrnn.backends.numpy_backend",
+    # Never reached by "auto" (the NumPy reference above always loads): the GPU is
+    # used only when asked for by name. Loading it imports numba.cuda and probes for a
+    # device (or the simulator); without either it is unavailable, with the reason.
+    "cuda": "cyrnn.backends.cuda",
 }
 _loaded = {}
 
@@ -41,7 +46,8 @@ def _load(name):
 
 def available():
     """Names of the backends that can be used here, in ``auto`` preference order (this
-    loads every backend; ``get_backend("auto")`` loads only up to the one it picks)."""
+    loads every backend, which for ``cuda`` means importing numba.cuda and probing for a
+    device; ``get_backend("auto")`` loads only up to the one it picks)."""
     return [name for name in BACKENDS if not isinstance(_load(name), Exception)]
 
 

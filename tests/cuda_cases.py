@@ -1,0 +1,282 @@
+"""The CUDA backend's conformance cases (run by tests/test_cuda_backend.py).
+
+Not collected by a plain ``pytest tests`` (the file name does not start with
+``test_``): ``test_cuda_backend.py`` runs this module in a subprocess, under Numba's
+CUDA simulator (``NUMBA_ENABLE_CUDASIM=1`` must be set before Numba is imported) on
+tiny shapes, and, with ``pytest -m gpu`` on a machine with an NVIDIA GPU, on the
+device at realistic shapes (``CYRNN_CUDA_SHAPES=realistic``).
+
+The simulator runs a cooperative grid as one block (``max_cooperative_grid_blocks``
+is 1 there and its grid sync is a block barrier), so the multi-block persistent path
+is exercised only on a real GPU.
+"""
+
+import os
+
+import numpy as np
+import pytest
+
+import cyrnn
+from cyrnn.backends import available, get_backend
+from cyrnn.backends import numpy_backend as ref
+from kernel_harness import CELLS, KernelHarness, make_problem, run_forward
+
+if "cuda" not in available():
+    pytest.skip("no CUDA device or simulator", allow_module_level=True)
+
+from cyrnn.backends.cuda import config  # noqa: E402
+
+cu = get_backend("cuda")
+REALISTIC = os.environ.get("CYRNN_CUDA_SHAPES") == "realistic"
+# (N, T, H) of the kernel comparisons
+SHAPE = (32, 50, 128) if REALISTIC else (3, 4, 3)
+harness = KernelHarness(cu, 1e-4 if REALISTIC else 2e-5)
+
+
+def _problem(cell, dtype, masked, seed=0):
+    N, T, H = SHAPE
+    return make_problem(cell, dtype, N, masked, seed=seed, T=T, H=H)
+
+
+def _check(cell, dtype, masked, truncations):
+    p = _problem(cell, dtype, masked)
+    cache, cache_ref = harness.compare_forward(cell, dtype, p)
+    for k in truncations:
+        harness.compare_backward(cell, dtype, p, cache, cache_ref, k)
+    harness.compare_step(cell, dtype, p)
+
+
+@pytest.mark.parametrize("cell_name", list(CELLS))
+def test_float64_masked_full_and_truncated(cell_name):
+    """forward (outputs, states, the whole cache, inference), backward with full BPTT
+    and truncation 1, step: equal to the reference, masks with pre-/post-padding, a
+    step masked in every row and a fully masked row."""
+    _check(CELLS[cell_name], np.float64, True, (None, 1))
+
+
+@pytest.mark.parametrize("cell_name", list(CELLS))
+def test_float32_unmasked(cell_name):
+    _check(CELLS[cell_name], np.float32, False, (None, 2))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("cell_name", ["lstm_peephole", "gru-cho", "gru-reset-after",
+                                       "rnn-relu"])
+def test_per_step_path(cell_name, dtype, monkeypatch):
+    """With no shared memory allowed, layers take the per-step path (a tiled GEMM and a
+    cell launch per step): the same results."""
+    monkeypatch.setattr(config, "SHARED_BYTES", 0)
+    assert config.launch_plan(None, (), 4, SHAPE[2], 8) is None
+    _check(CELLS[cell_name], dtype, dtype == np.float64, (None, 1))
+
+
+def test_mask_dtypes_empty_batch_and_no_steps():
+    p = harness.check_mask_dtypes_and_empty_batch()
+    cell = CELLS["gru-reset-after"]
+    h_seq, h_T, _, _ = run_forward(cu, cell, dict(p, xp=p["xp"][:0], mask=None))
+    assert h_seq.shape[0] == 0
+    np.testing.assert_array_equal(h_T, p["h0"])
+
+
+def test_missing_gradients_and_peepholes():
+    """None for dh_seq, dh_T, dc_T, and a peephole cell without its weights."""
+    cell = CELLS["lstm_peephole"]
+    p = _problem(cell, np.float64, True, seed=3)
+    q = dict(p, peep=None)
+    cache, cache_ref = harness.compare_forward(cell, np.float64, q)
+    harness.compare_backward(cell, np.float64, q, cache, cache_ref, None, dh_seq=None,
+                             dc_T=None)
+    harness.compare_backward(cell, np.float64, q, cache, cache_ref, 1, dh_T=None)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_matmul_hook(dtype):
+    """``matmul(a, trans_a, b, trans_b, out, beta)``, the layer path's GEMM hook (input
+    projection, dW_ih, dx), on the device's tiled GEMM: every transpose, beta 0 and 1."""
+    rng = np.random.default_rng(4)
+    M, K, P = (37, 19, 23) if REALISTIC else (5, 6, 7)
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == np.float64 else dict(rtol=1e-5, atol=1e-5)
+    for trans_a in (False, True):
+        for trans_b in (False, True):
+            for beta in (0.0, 1.0):
+                a = rng.standard_normal((K, M) if trans_a else (M, K)).astype(dtype)
+                b = rng.standard_normal((P, K) if trans_b else (K, P)).astype(dtype)
+                out = rng.standard_normal((M, P)).astype(dtype)
+                expected = (a.T if trans_a else a) @ (b.T if trans_b else b) + beta * out
+                cu.matmul(a, trans_a, b, trans_b, out, beta)
+                np.testing.assert_allclose(out, expected, **tol)
+
+
+def _loss(cell, p, R):
+    h_seq, h_T, c_T, _ = run_forward(cu, cell, p, keep_cache=False)
+    val = (R["dh_seq"] * h_seq).sum() + (R["dh_T"] * h_T).sum()
+    return val + ((R["dc_T"] * c_T).sum() if c_T is not None else 0.0)
+
+
+@pytest.mark.parametrize("cell_name", ["lstm_peephole", "gru-cho", "gru-reset-after",
+                                       "rnn-tanh"])
+def test_finite_differences(cell_name):
+    """The analytic gradients of the device backward against central differences of
+    the device forward along a random direction per tensor (float64, masked)."""
+    cell = CELLS[cell_name]
+    N, T, H = (3, 4, 3) if not REALISTIC else (4, 6, 5)
+    p = make_problem(cell, np.float64, N, True, seed=5, T=T, H=H)
+    R = {k: p[k] for k in ("dh_seq", "dh_T", "dc_T")}
+    _, _, _, cache = run_forward(cu, cell, p)
+    dxp, dh0, dc0, dw, db, dpeep = cu.backward(cell, cache, p["w_hh"], p["mask"],
+                                               truncate=None, peep=p["peep"], **R)
+    grads = {"xp": dxp, "h0": dh0, "c0": dc0, "w_hh": dw, "b_hh": db, "peep": dpeep}
+    rng = np.random.default_rng(11)
+    eps = 1e-6
+    for name, g in grads.items():
+        if p[name] is None:
+            assert g is None, name
+            continue
+        v = rng.standard_normal(p[name].shape)
+        up = _loss(cell, dict(p, **{name: p[name] + eps * v}), R)
+        down = _loss(cell, dict(p, **{name: p[name] - eps * v}), R)
+        np.testing.assert_allclose((g * v).sum(), (up - down) / (2 * eps), rtol=1e-5,
+                                   atol=1e-7, err_msg=name)
+
+
+def test_cooperative_grid_size():
+    """The grid comes from max_cooperative_grid_blocks: one block in the simulator
+    (its grid sync is a block barrier), several blocks on a GPU for a large layer."""
+    from cyrnn.backends.cuda.loops import KERNELS
+
+    N, T, H = SHAPE
+    kernel = KERNELS["float32"][0]
+    f32 = np.float32
+    args = ((0,) * 7 + (np.zeros((T, N, 4 * H), f32), np.zeros((4 * H, H), f32),
+                        np.zeros(4 * H, f32), np.zeros((3, 1), f32), np.ones((1, 1), np.uint8))
+            + tuple(np.zeros(s, f32) for s in ((2, N, H), (2, N, H), (T, N, H), (1, N, 4 * H),
+                                               (1, N, H), (N, 4 * H))))
+    blocks, U, shared = config.launch_plan(kernel, args, 4, H, 4)
+    assert blocks * U >= H and (blocks - 1) * U < H
+    assert shared == 4 * U * H * 4 <= config.SHARED_BYTES
+    if config.SIMULATOR:
+        assert blocks == 1
+    else:
+        assert blocks > 1
+
+
+def _layers(backend, dtype):
+    return [cyrnn.Embedding(9, 4, mask_zero=True, dtype=dtype, random_state=0),
+            cyrnn.LSTM(4, 3, num_layers=2, bidirectional=True, merge_mode="sum",
+                       return_sequences=True, backend=backend, dtype=dtype, random_state=1),
+            cyrnn.GRU(3, 3, reset_after=False, return_sequences=False, backend=backend, dtype=dtype, random_state=2),
+            cyrnn.Dense(3, 2, dtype=dtype, random_state=3)]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_sequential_training_step_matches_reference(dtype, monkeypatch):
+    """A Sequential on backend="cuda" (embedding with mask_zero, stacked bidirectional
+    LSTM, Cho GRU, Dense): one training step (forward, loss, backward, Adam) equals
+    the NumPy backend's. The recurrent time loops and the layers' GEMMs (the ``matmul``
+    hook) run on the device (layer path)."""
+    calls = []
+    real = cu.matmul
+    monkeypatch.setattr(cu, "matmul", lambda *a: calls.append(1) or real(*a))
+    tol = dict(rtol=1e-9, atol=1e-11) if dtype == np.float64 else dict(rtol=2e-4, atol=2e-5)
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 9, size=(3, 5))
+    x[0, 3:] = 0
+    y = rng.standard_normal((3, 2)).astype(dtype)
+    models = [cyrnn.Sequential(_layers(b, dtype)) for b in ("cuda", "numpy")]
+    models[1].load_state_dict(models[0].state_dict())
+    losses = []
+    for m in models:
+        opt = cyrnn.optim.Adam(m.params, lr=0.01)
+        losses.append(cyrnn.training.train_step(m, opt, "mse", x, y))
+    np.testing.assert_allclose(losses[0], losses[1], **tol)
+    np.testing.assert_allclose(models[0].params.grad, models[1].params.grad, **tol)
+    np.testing.assert_allclose(models[0].params.data, models[1].params.data, **tol)
+    out = [m.forward(x) for m in models]
+    np.testing.assert_allclose(out[0], out[1], **tol)
+    assert len(calls) >= 10  # projections, dW_ih and dx of 5 recurrent layer-directions
+
+
+def test_layer_step_and_states():
+    """layer.step and initial states through the device kernels."""
+    kw = dict(num_layers=2, dtype=np.float64, random_state=4, peephole=True)
+    lstm = cyrnn.LSTM(3, 4, backend="cuda", **kw)
+    ref_lstm = cyrnn.LSTM(3, 4, backend="numpy", **kw)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 3))
+    state = (rng.standard_normal((2, 2, 4)), rng.standard_normal((2, 2, 4)))
+    for a, b in zip(lstm.step(x, state), ref_lstm.step(x, state)):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.filterwarnings("ignore:Stochastic Optimizer")
+def test_estimator_fits_on_cuda(tmp_path):
+    """An estimator fits and predicts with backend="cuda", as with the NumPy backend, and
+    its saved file scores on the CPU (``scoring.load(path, backend=...)``: the file names
+    the backend it was fitted with)."""
+    from cyrnn.estimators import GRURegressor
+
+    rng = np.random.default_rng(2)
+    X = rng.standard_normal((6, 4, 2))
+    y = X.sum(axis=(1, 2))
+    kw = dict(hidden_size=3, max_iter=2, batch_size=3, random_state=0, dtype=np.float64)
+    fits = [GRURegressor(backend=b, **kw).fit(X, y) for b in ("cuda", "numpy")]
+    np.testing.assert_allclose(fits[0].loss_curve_, fits[1].loss_curve_, rtol=1e-9)
+    np.testing.assert_allclose(fits[0].predict(X), fits[1].predict(X), rtol=1e-9, atol=1e-12)
+    # an ordinary cyrnn model afterwards: saved, then scored on the CPU
+    import cyrnn.scoring
+
+    path = tmp_path / "gru.cyrnn"
+    fits[0].save(path)
+    scorer = cyrnn.scoring.load(path, backend="numpy")
+    np.testing.assert_allclose(scorer.predict(X), fits[0].predict(X), rtol=1e-9, atol=1e-12)
+
+
+def test_reference_used_for_other_dtypes():
+    """float16 input goes to the reference, as in the other compiled backends."""
+    cell = CELLS["rnn-tanh"]
+    p = {k: (v.astype(np.float16) if isinstance(v, np.ndarray) and v.dtype.kind == "f" else v)
+         for k, v in _problem(cell, np.float64, False).items()}
+    a = run_forward(cu, cell, p)
+    e = run_forward(ref, cell, p)
+    np.testing.assert_array_equal(a[0], e[0])
+
+
+def test_language_model_on_cuda():
+    """CharLanguageModel fits, scores and samples with backend="cuda" (sampling runs the
+    reference's generate loop: the backend has no generate), as on the NumPy backend."""
+    from cyrnn.language_model import CharLanguageModel
+
+    names = ["abc", "bca", "cab", "ab"]
+    kw = dict(cell="gru", hidden_size=3, embedding_dim=2, batch_size=2, max_epochs=1,
+              dtype=np.float64, random_state=0)
+    lms = [CharLanguageModel(backend=b, **kw).fit(names) for b in ("cuda", "numpy")]
+    np.testing.assert_allclose(lms[0].loss_curve_, lms[1].loss_curve_, rtol=1e-9)
+    np.testing.assert_allclose(lms[0].perplexity(names), lms[1].perplexity(names), rtol=1e-9)
+    assert lms[0].sample(2, max_length=4, random_state=1) == lms[1].sample(
+        2, max_length=4, random_state=1)
+
+
+@pytest.mark.parametrize("bad", ["nan", "ndim", "features", "lengths"])
+def test_bad_input_errors_as_the_reference(bad):
+    """Invalid input raises the layer path's error before any device work, as on the
+    NumPy backend, and changes no parameter."""
+    layers = {b: cyrnn.LSTM(3, 2, backend=b, dtype=np.float64, random_state=0)
+              for b in ("cuda", "numpy")}
+    x = np.zeros((2, 4, 3))
+    kw = {}
+    if bad == "nan":
+        x[0, 1, 2] = np.nan
+    elif bad == "ndim":
+        x = x[0, 0]
+    elif bad == "features":
+        x = np.zeros((2, 4, 5))
+    else:
+        kw = {"lengths": np.array([5, 1])}
+    errors = []
+    for b, layer in layers.items():
+        before = layer.params.data.copy()
+        with pytest.raises((ValueError, TypeError)) as info:
+            layer.forward(x, training=True, **kw)
+        errors.append((info.type, str(info.value)))
+        np.testing.assert_array_equal(layer.params.data, before)
+    assert errors[0] == errors[1]
