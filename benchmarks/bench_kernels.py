@@ -155,6 +155,8 @@ from cyrnn.training import train_step  # noqa: E402
 
 if IMPORT_ORDER == "cyrnn-first":
     for _b in available_backends():     # loads the Cython extension (and its OpenMP runtime)
+        if _b == "cuda":  # a GPU backend: not a CPU competitor
+            continue
         get_backend(_b)
     _import_torch()
 
@@ -845,7 +847,7 @@ def main(argv=None):
     else:
         cfg_names = [c for c in CONFIGS if not (args.quick and c in HEAVY)]
 
-    avail = available_backends()
+    avail = [b for b in available_backends() if b != "cuda"]  # the CPU backends
     if args.backends:
         wanted = [b.strip() for b in args.backends.split(",") if b.strip()]
         unknown = [b for b in wanted if b not in avail and b not in (TORCH, ORT)]

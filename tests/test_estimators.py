@@ -14,6 +14,7 @@ from sklearn.model_selection import GridSearchCV, cross_val_score
 from sklearn.pipeline import make_pipeline
 
 import cyrnn
+from conftest import BACKENDS  # the CPU backends
 from cyrnn.estimators import (ESTIMATORS, GRUClassifier, GRURegressor, LSTMClassifier,
                               LSTMRegressor, SimpleRNNClassifier, SimpleRNNRegressor)
 from cyrnn.preprocessing import SequenceStandardScaler, pad_sequences
@@ -147,7 +148,7 @@ def test_cross_val_score_ragged_lists_and_object_arrays():
 
 
 @pytest.mark.parametrize("cls", ESTIMATORS)
-@pytest.mark.parametrize("backend", cyrnn.backends.available())
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_same_seed_same_backend_identical_predictions(cls, backend):
     X, y = make_ragged(30, seed=1)
     y = y if cls in REGRESSORS else (y > 0).astype(int)

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 import cyrnn
+from conftest import BACKENDS  # the CPU backends
 
 ROOT = Path(__file__).resolve().parents[1]
 # The cyrnn under test (the installed package in CI, an in-place build in a checkout).
@@ -33,7 +34,7 @@ def _limit_memory():  # pragma: no cover - runs in the child
         pass
 
 
-@pytest.mark.parametrize("backend", cyrnn.backends.available())
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_bad_input_never_crashes_and_matches_the_reference(backend):
     env = dict(os.environ,
                PYTHONPATH=str(PACKAGE_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),

@@ -9,7 +9,7 @@ import pytest
 from threadpoolctl import threadpool_limits
 
 from cyrnn import persistence
-from cyrnn.backends import available
+from conftest import BACKENDS  # the CPU backends
 from cyrnn.datasets import load_dinos
 from cyrnn.language_model import (BOS, EOS, PRESETS, CharLanguageModel, is_cjk_ideograph,
                                   is_poem, prepare_corpus)
@@ -120,7 +120,7 @@ def test_prefix(names_model):
     assert all(len(s) <= 4 + 3 for s in names_model.sample(5, prefix="Allo", max_length=3))
 
 
-@pytest.mark.parametrize("backend", [b for b in available() if b != "numpy"])
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "numpy"])
 def test_backends_sample_identically(backend):
     lm = CharLanguageModel(cell="gru", hidden_size=16, num_layers=2, max_epochs=3,
                            dtype=np.float64, random_state=0).fit(NAMES20)

@@ -94,20 +94,26 @@ def test_fit_with_n_jobs_does_not_change_process_wide_blas_threads(monkeypatch,
 
 
 # --------------------------------------------------------------- item 8
-# Numba compiles here: the Numba backend's training step (the optimizers run on the
-# Cython extension's kernels where it is built, Numba's otherwise)
+# Numba compiles here: its optimizer and clipping kernels (cyrnn.optim takes the Cython
+# extension's where it is built, so they are called directly), in a process whose Numba
+# has nowhere to cache
 READ_ONLY_SCRIPT = r"""
 import sys, warnings
 import numpy as np
 warnings.simplefilter("always")
 with warnings.catch_warnings(record=True) as caught:
     import cyrnn
+    from cyrnn import _optim_kernels as numba_kernels
     from cyrnn.training import train_step
-    model = cyrnn.Sequential([cyrnn.LSTM(2, 3, return_sequences=False, backend="numba"),
+    model = cyrnn.Sequential([cyrnn.LSTM(2, 3, return_sequences=False, backend="cython"),
                               cyrnn.Dense(3, 1)])
     for opt in (cyrnn.optim.Adam(model, lr=1e-3, clip_norm=1.0),
                 cyrnn.optim.RMSProp(model, lr=1e-3), cyrnn.optim.SGD(model, lr=1e-3)):
         train_step(model, opt, "mse", np.zeros((2, 4, 2)), np.zeros((2, 1)))
+    g = np.linspace(-2, 2, 11)
+    numba_kernels.clip_by_value_flat(g, 1.0)
+    norm = float(np.linalg.norm(g))
+    assert abs(numba_kernels.clip_by_global_norm_flat(g, 0.5) - norm) < 1e-12
 cache = [w for w in caught if "cannot cache" in str(w.message)]
 print("warnings:", len(cache))
 if sys.argv[1:] == ["auto"]:

@@ -32,6 +32,9 @@ BACKENDS = {
     # device (or the simulator); without either it is unavailable, with the reason.
     "cuda": "cyrnn.backends.cuda",
 }
+# backend="auto" considers these, in this order; never "cuda" (the GPU is used only when
+# asked for by name, and probing for it costs a driver initialisation)
+AUTO = ("cython", "numba", "numpy")
 _loaded = {}
 
 
@@ -58,7 +61,7 @@ def get_backend(name="auto"):
     if name == "auto":
         auto = _loaded.get("auto")
         if auto is None:  # the first backend that loads; the ones after it stay unloaded
-            auto = next(m for m in map(_load, BACKENDS) if not isinstance(m, Exception))
+            auto = next(m for m in map(_load, AUTO) if not isinstance(m, Exception))
             _loaded["auto"] = auto
         return auto
     if name not in BACKENDS:

@@ -79,12 +79,36 @@ _U_ARG = 6
 def _persistent(kernel, args, G, H, itemsize):
     """Launch a persistent kernel sized by ``config.launch_plan`` (``args`` hold a
     placeholder for ``U``); False when the layer must take the per-step path."""
+    global _COOPERATIVE
+    if not _COOPERATIVE:
+        return False
     plan = config.launch_plan(kernel, args, G, H, itemsize)
     if plan is None:
         return False
     blocks, U, shared_bytes = plan
-    kernel[blocks, config.THREADS, 0, shared_bytes](*args[:_U_ARG], U, *args[_U_ARG + 1:])
+    try:
+        kernel[blocks, config.THREADS, 0, shared_bytes](*args[:_U_ARG], U,
+                                                        *args[_U_ARG + 1:])
+    except _LAUNCH_ERRORS:
+        # a device or setup that refuses cooperative launches (an old GPU, some MPS or
+        # virtualised setups): nothing ran; this process uses the per-step path from now
+        if config.SIMULATOR:
+            raise
+        _COOPERATIVE = False
+        return False
     return True
+
+
+def _launch_errors():
+    try:
+        from numba.cuda.cudadrv.driver import CudaAPIError, CudaDriverError
+        return (CudaAPIError, CudaDriverError)
+    except ImportError:  # pragma: no cover - another numba-cuda layout
+        return ()
+
+
+_LAUNCH_ERRORS = _launch_errors()
+_COOPERATIVE = True  # False once a cooperative launch was refused
 
 
 def _grid(N, H):

@@ -32,7 +32,21 @@ except Exception as exc:  # numba-cuda missing or broken
     raise ImportError("the cuda backend needs numba-cuda: pip install \"cyrnn[cuda]\" "
                       f"(importing numba.cuda failed: {exc})") from exc
 
-SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") == "1"
+
+def _simulating():
+    """Whether numba-cuda runs its simulator: its own setting, read once when it was
+    imported (the environment variable may have changed since, or hold another true
+    value)."""
+    for path in ("numba.cuda.core.config", "numba.core.config"):
+        try:
+            module = __import__(path, fromlist=["ENABLE_CUDASIM"])
+            return bool(int(module.ENABLE_CUDASIM))
+        except (ImportError, AttributeError, TypeError, ValueError):
+            continue
+    return os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
+
+
+SIMULATOR = _simulating()
 
 if not cuda.is_available():
     raise ImportError("the cuda backend found no CUDA device (numba.cuda.is_available() "

@@ -38,8 +38,10 @@ def _make(F, NF):
         B0 = TILE * TILE
         tx = cuda.threadIdx.x
         ty = cuda.threadIdx.y
-        m = cuda.blockIdx.y * TILE + ty
-        p = cuda.blockIdx.x * TILE + tx
+        # rows on grid x (up to 2^31 - 1 blocks; grid y stops at 65,535, which the
+        # layer path's T * N rows would pass), columns on grid y
+        m = cuda.blockIdx.x * TILE + ty
+        p = cuda.blockIdx.y * TILE + tx
         acc = ZERO
         for k0 in range(0, K, TILE):
             k = k0 + tx
@@ -100,7 +102,7 @@ def matmul(M, P, K, A, a, B, b, C, c, bias=None, bias0=0, beta=0.0):
     """Launch ``gemm`` on device arrays: ``a = (offset, stride_m, stride_k)`` of ``A``,
     ``b = (offset, stride_k, stride_p)`` of ``B``, ``c = (offset, stride_m)`` of ``C``."""
     kernel = KERNELS[str(C.dtype)][0]
-    grid = (math.ceil(P / TILE), math.ceil(M / TILE))
+    grid = (math.ceil(M / TILE), math.ceil(P / TILE))
     fc = _flat(C)
     kernel[grid, (TILE, TILE), 0, 2 * TILE * TILE * C.dtype.itemsize](
         M, P, K, _flat(A), *a, _flat(B), *b, fc, *c, C.dtype.type(beta),
