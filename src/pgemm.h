@@ -275,7 +275,7 @@ CYRNN_PGEMM_DISPATCH_T(cyrnn_pgemm_td, double, cyrnn_pgemm_d512t, cyrnn_pgemm_d2
    on the bfloat16-rounded weights. No bfloat16 instruction is needed, so
    every instruction-set path serves them (AVX-512 BF16's VDPBF16PS, which
    would also round the activations, measured at half the float32 FMA rate
-   on the Xeon these kernels were tuned on).
+   on the Xeon these kernels were tuned on: benchmarks/bf16_dot_rate.c).
 
    Layout: the float32 panel layout with k taken in pairs; a 32-bit word
    holds the bfloat16 weights (c, 2kk) (low half) and (c, 2kk + 1) (high
