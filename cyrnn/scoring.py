@@ -382,15 +382,15 @@ def _pack_weights(scorer, weights):
         raise ValueError(f"weights={weights!r} needs the Cython backend; this model's "
                          "layers run on the NumPy reference")
     model = scorer.model
+    if weights == "bfloat16" and model.dtype != np.float32:
+        raise ValueError(f"weights='bfloat16' needs a float32 model, got {model.dtype}")
+    # raises for a backend without packed weights; packing happens on the first call,
+    # so the weights rounded below are the ones packed
+    plan.use_packed_weights("bfloat16" if weights == "bfloat16" else "native")
     if weights == "bfloat16":
-        if model.dtype != np.float32:
-            raise ValueError(f"weights='bfloat16' needs a float32 model, got {model.dtype}")
-        if getattr(plan._mod, "PackedWeights", None) is None:
-            plan.use_packed_weights("bfloat16")  # raises: not the Cython backend
         data = model.params.data
         for off, size in plan.packed_weight_ranges():
             data[off:off + size] = bfloat16_round(data[off:off + size])
-    plan.use_packed_weights("bfloat16" if weights == "bfloat16" else "native")
 
 
 def bfloat16_round(a):
