@@ -115,12 +115,14 @@ class CompiledPlan:
 
     __slots__ = ("spec", "infer", "train_forward", "train_backward", "recurrent",
                  "has_c", "_blocks", "n_ops", "_no_bias", "_dropping", "_trunc", "_mod",
-                 "packed")
+                 "packed", "takes_float64")
 
     def __init__(self, spec, mod, recurrent):
         self.spec = spec
         self._mod = mod
         self.packed = None  # the PackedWeights every infer uses (use_packed_weights)
+        # infer converts float64 features of a float32 model itself
+        self.takes_float64 = getattr(mod, "INFER_TAKES_FLOAT64", False)
         self.infer = mod.infer
         self.train_forward = mod.train_forward
         self.train_backward = mod.train_backward

@@ -20,8 +20,6 @@ Example::
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from . import _validation as V
@@ -144,9 +142,9 @@ class Scorer:
                 h = st
             dtype = self.model.dtype
             for a in ((h, c) if has_c else (h,)):
+                # NaN/inf states: the compiled call declines them (both backends)
                 if (type(a) is not np.ndarray or a.shape != shape or a.dtype != dtype
-                        or not (a.flags.c_contiguous and a.flags.aligned)
-                        or not math.isfinite(np.vdot(a, a))):
+                        or not (a.flags.c_contiguous and a.flags.aligned)):
                     return None
         plan = self._plan
         res = plan.infer(plan.spec, self.model.params.data, x_t[:, None], None, h, c, True)
@@ -195,7 +193,8 @@ class EstimatorScorer(Scorer):
         self._fast_features = None if inp["tokens"] else inp["step_features"]
 
     def _raw(self, X):
-        """Float64 outputs of the model for ``X``, as the estimator computes them."""
+        """The model's outputs for ``X``, as the estimator computes them (the model's
+        dtype on the one-call path, else float64; the post-processing converts)."""
         raw = self._fast_raw(X)
         if raw is not None:
             return raw
@@ -216,13 +215,14 @@ class EstimatorScorer(Scorer):
                 or X.shape[1] == 0 or X.dtype.kind != "f"):
             return None
         dtype = self.model.dtype
-        if X.dtype != dtype:
+        if X.dtype != dtype and not (plan.takes_float64 and X.dtype == np.float64
+                                     and dtype == np.float32 and X.flags.c_contiguous):
             with np.errstate(over="ignore"):
                 X = X.astype(dtype)  # too large: inf, which the kernel declines
         elif not X.flags.c_contiguous:
             X = np.ascontiguousarray(X)
         out = plan.infer(plan.spec, self.model.params.data, X, None, None, None, False)
-        return None if out is None else out.astype(np.float64)
+        return out  # the model's dtype: the post-processing converts to float64
 
     def predict(self, X):
         """The estimator's ``predict`` of ``X``."""
@@ -233,7 +233,7 @@ class EstimatorScorer(Scorer):
             _ids_without_padding(x_t)
 
     def _step_output(self, y):
-        return S.regression_output(y.astype(np.float64), self._spec)
+        return S.regression_output(y, self._spec)
 
 
 class ClassifierScorer(EstimatorScorer):
@@ -260,7 +260,7 @@ class ClassifierScorer(EstimatorScorer):
         return S.class_labels(self.predict_proba(X), self.classes_)
 
     def _step_output(self, y):
-        return S.class_probabilities(y.astype(np.float64), self._binary)
+        return S.class_probabilities(y, self._binary)
 
 
 class LanguageModelScorer(Scorer):
@@ -298,14 +298,14 @@ class LanguageModelScorer(Scorer):
     def predict_proba(self, X, lengths=None):
         """Next-token probabilities ``(n, T, vocab)`` (float64) after every step."""
         logits = self.model.forward(X, lengths=lengths, training=False)
-        return S.class_probabilities(logits.astype(np.float64), False)
+        return S.class_probabilities(logits, False)
 
     def predict(self, X, lengths=None):
         """The most probable next token id after every step ``(n, T)``."""
         return self.predict_proba(X, lengths).argmax(axis=-1)
 
     def _step_output(self, y):
-        return S.class_probabilities(y.astype(np.float64), False)
+        return S.class_probabilities(y, False)
 
 
 # ----------------------------------------------------------------------------

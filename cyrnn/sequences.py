@@ -377,7 +377,7 @@ def _each(fn, raw):
 
 def _sigmoid_pair(r):
     """``[1 - p, p]`` along the last axis, ``p = 1 / (1 + exp(-r))`` of the one logit
-    ``r[..., :1]`` (few NumPy calls: at batch 1 each costs as much as the arithmetic)."""
+    ``r[..., :1]``."""
     p = 1.0 / (1.0 + np.exp(-r))
     return np.concatenate([1.0 - p, p], axis=-1)
 
@@ -387,10 +387,37 @@ def _softmax(r):
     return e / e.sum(axis=-1, keepdims=True)
 
 
+def _compiled_probabilities():
+    """The compiled extension's ``probabilities`` (one call instead of five NumPy
+    calls, which at batch 1 cost more than the arithmetic), or None without it."""
+    global _PROBABILITIES
+    if _PROBABILITIES is None:
+        try:
+            from ._cython_kernels import probabilities
+        except ImportError:  # pragma: no cover - a build without the extension
+            probabilities = False
+        _PROBABILITIES = probabilities
+    return _PROBABILITIES or None
+
+
+_PROBABILITIES = None
+
+
+def _probabilities(r, binary):
+    compiled = _compiled_probabilities()
+    out = None if compiled is None else compiled(r, binary)
+    if out is None:  # the same rule in NumPy (any other array form)
+        r = np.asarray(r, np.float64)
+        out = _sigmoid_pair(r) if binary else _softmax(r)
+    return out
+
+
 def class_probabilities(raw, binary):
-    """Class probabilities of float64 logits ``raw`` (an array or a list of them):
-    one sigmoid logit for two classes, softmax for more."""
-    return _each(_sigmoid_pair if binary else _softmax, raw)
+    """Class probabilities (float64) of logits ``raw`` (float32 or float64; an array
+    or a list of them): one sigmoid logit for two classes, softmax for more. Every
+    path (estimators, scorers, fast or batched) computes them here, so they agree
+    exactly."""
+    return _each(lambda r: _probabilities(r, binary), raw)
 
 
 def class_labels(proba, classes):
@@ -399,9 +426,10 @@ def class_labels(proba, classes):
 
 
 def regression_output(raw, spec):
-    """The regressors' predictions of float64 outputs ``raw``: one target drops its axis."""
+    """The regressors' predictions (float64) of outputs ``raw`` (float32 or float64):
+    one target drops its axis."""
     scalar = spec["target"]["y_ndim"] == (2 if spec["return_sequences"] else 1)
-    return _each(lambda r: r[..., 0] if scalar else r, raw)
+    return _each(lambda r: np.asarray(r[..., 0] if scalar else r, np.float64), raw)
 
 
 def classes_from_archive(meta, arrays, spec):

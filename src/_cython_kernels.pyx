@@ -231,7 +231,8 @@ def infer(const int64_t[::1] spec not None, cnp.ndarray data not None, object x,
     """Fused inference of a ``Sequential`` (``docs/architecture.md``, the compiled plan).
 
     ``data``: the model's flat parameter buffer (float32/float64, C-contiguous).
-    ``x``: (N, T, D) floats of ``data``'s dtype, or (N, T) int64 token ids when
+    ``x``: (N, T, D) floats of ``data``'s dtype (or float64 for a float32 model,
+    converted as NumPy's ``astype`` converts), or (N, T) int64 token ids when
     the first op is an embedding; C-contiguous. ``mask``: None or (N, T) bool or
     uint8 valid steps (as ``lengths``/``mask`` of the layers). ``h0``/``c0``: None
     (zeros) or the flat initial states (every recurrent op, direction by
@@ -250,12 +251,13 @@ def infer(const int64_t[::1] spec not None, cnp.ndarray data not None, object x,
     d.buf_bytes = 0
     cdef int64_t* plan = NULL
     cdef int64_t* ids = NULL
+    cdef float* xconv = NULL
     cdef uint8_t* valid = NULL
     cdef const char* h0p
     cdef const char* c0p
     cdef int64_t* sp = _copy_spec(spec)
     try:
-        if _check_call(sp, data, x, mask, &d, &ids, &valid):
+        if _check_call(sp, data, x, mask, &d, &ids, &valid, &xconv):
             return None
         h0p = _check_arg(h0, "h0", &d, d.N * d.SH)
         c0p = _check_arg(c0, "c0", &d, d.N * d.SH)
@@ -263,13 +265,15 @@ def infer(const int64_t[::1] spec not None, cnp.ndarray data not None, object x,
             return None  # the layer path's state checks name the problem
         res = _new_output(&d)
         plan = <int64_t*>_alloc(<double>d.n_ops * P_WIDTH * 8)
-        _run_forward(sp, &d, False, plan, data, x, ids, valid, h0p, c0p, NULL, &buf, &mbuf,
-                     res, weights)
+        _run_forward(sp, &d, False, plan, data, x,
+                     <const char*>ids if ids != NULL else <const char*>xconv, valid, h0p, c0p,
+                     NULL, &buf, &mbuf, res, weights)
         if return_state:
             res = (res, _flat_out(&d, buf, d.hn), _flat_out(&d, buf, d.cn) if d.any_c else None)
     finally:
         free(sp)
         free(ids)
+        free(xconv)
         free(valid)
         free(plan)
         _scratch_put(buf, d.buf_bytes)
@@ -323,8 +327,8 @@ def train_forward(const int64_t[::1] spec not None, cnp.ndarray data not None, o
         cache.d = d
         cache.data = data
         cache.plan = <int64_t*>_alloc(<double>d.n_ops * P_WIDTH * 8)
-        _run_forward(cache.sp, &cache.d, True, cache.plan, data, x, cache.ids, valid, h0p,
-                     c0p, dp, &cache.buf, &cache.mask, res)
+        _run_forward(cache.sp, &cache.d, True, cache.plan, data, x, <const char*>cache.ids,
+                     valid, h0p, c0p, dp, &cache.buf, &cache.mask, res)
     finally:
         free(valid)
     d = cache.d
@@ -467,3 +471,75 @@ def train_backward(const int64_t[::1] spec not None, cnp.ndarray data not None,
         free(plan)
         free(ids)
     return dx, dh0, dc0
+
+
+# ----------------------------------------------------------------------------
+# Output post-processing: the classifiers' probabilities in one call (at batch 1,
+# each NumPy call after a model call costs as much as the arithmetic).
+# ----------------------------------------------------------------------------
+
+cdef inline double _raw_at(const char* p, bint f32, Py_ssize_t k) noexcept nogil:
+    return <double>(<const float*>p)[k] if f32 else (<const double*>p)[k]
+
+
+def probabilities(object raw, bint binary):
+    """Float64 class probabilities of the logits ``raw`` (float32 or float64,
+    C-contiguous, the model's outputs on the last axis), the rule of
+    ``cyrnn.sequences.class_probabilities``: one logit (``binary``) gives
+    ``[1 - p, p]`` with ``p = 1 / (1 + exp(-r))``; several give their softmax,
+    ``exp(r - max) / sum`` (the sum in order; NaN propagates). Returns None when
+    ``raw`` is not in that form (the caller's NumPy rule then runs)."""
+    cdef cnp.ndarray a
+    cdef int typ, nd
+    cdef Py_ssize_t O, rows, i, j
+    cdef const char* src
+    cdef double* dst
+    cdef double m, v, s, p
+    cdef bint f32
+    cdef cnp.npy_intp dims[64]
+    if not cnp.PyArray_Check(raw):
+        return None
+    a = <cnp.ndarray>raw
+    typ = cnp.PyArray_TYPE(a)
+    nd = cnp.PyArray_NDIM(a)
+    if ((typ != cnp.NPY_FLOAT32 and typ != cnp.NPY_FLOAT64) or nd < 1
+            or not cnp.PyArray_IS_C_CONTIGUOUS(a) or not cnp.PyArray_ISALIGNED(a)
+            or not cnp.PyArray_ISNOTSWAPPED(a)):
+        return None
+    O = cnp.PyArray_DIM(a, nd - 1)
+    if O < 1 or (binary and O != 1):
+        return None
+    f32 = typ == cnp.NPY_FLOAT32
+    rows = cnp.PyArray_SIZE(a) // O
+    if nd > 64:
+        return None
+    for i in range(nd):
+        dims[i] = cnp.PyArray_DIM(a, i)
+    if binary:
+        dims[nd - 1] = 2
+    out = cnp.PyArray_EMPTY(nd, dims, cnp.NPY_FLOAT64, 0)
+    src = <const char*>cnp.PyArray_DATA(a)
+    dst = <double*>cnp.PyArray_DATA(<cnp.ndarray>out)
+    with nogil:
+        if binary:
+            for i in range(rows):
+                p = 1.0 / (1.0 + exp(-_raw_at(src, f32, i)))
+                dst[2 * i] = 1.0 - p
+                dst[2 * i + 1] = p
+        else:
+            for i in range(rows):
+                m = _raw_at(src, f32, i * O)
+                for j in range(1, O):
+                    v = _raw_at(src, f32, i * O + j)
+                    if v > m or v != v:
+                        m = v
+                    if m != m:
+                        break
+                s = 0.0
+                for j in range(O):
+                    v = exp(_raw_at(src, f32, i * O + j) - m)
+                    dst[i * O + j] = v
+                    s += v
+                for j in range(O):
+                    dst[i * O + j] = dst[i * O + j] / s
+    return out

@@ -269,7 +269,7 @@ cdef int _check_rnn_tensors(const int64_t* r, Py_ssize_t k0, Py_ssize_t size) ex
 
 
 cdef int _check_call(const int64_t* sp, cnp.ndarray data, object x, object mask, Dims* d,
-                     int64_t** ids_out, uint8_t** mask_out) except -1:
+                     int64_t** ids_out, uint8_t** mask_out, float** conv_out=NULL) except -1:
     """Check the (copied, header-checked) spec against ``data`` and ``x`` against
     the spec.
 
@@ -277,7 +277,11 @@ cdef int _check_call(const int64_t* sp, cnp.ndarray data, object x, object mask,
     it takes (the caller returns None and the layer path judges ``x``). A spec
     that is malformed or reaches outside ``data`` raises ValueError. Token ids
     are copied to ``*ids_out`` (malloc; the caller frees it) and checked there,
-    so the run reads exactly the ids that were checked.
+    so the run reads exactly the ids that were checked. ``conv_out`` (inference
+    only; NULL: the features must have the parameters' dtype): float64 features of
+    a float32 model are converted into ``*conv_out`` (malloc; the caller frees it)
+    as NumPy's ``astype`` converts them (beyond float32's range: inf, which declines
+    like any non-finite value), so a caller need not convert first.
 
     ``mask``: None or an (N, T) bool/uint8 C-contiguous array of valid steps
     (else 1). It is combined with ``ids != 0`` under ``mask_zero`` (a sequence
@@ -376,8 +380,10 @@ cdef int _check_call(const int64_t* sp, cnp.ndarray data, object x, object mask,
     if d.ids:
         if cnp.PyArray_NDIM(xa) != 2 or cnp.PyArray_TYPE(xa) != cnp.NPY_INT64:
             return 1
-    elif (cnp.PyArray_NDIM(xa) != 3 or cnp.PyArray_TYPE(xa) != d.typenum
-            or cnp.PyArray_DIM(xa, 2) != d.F0):
+    elif cnp.PyArray_NDIM(xa) != 3 or cnp.PyArray_DIM(xa, 2) != d.F0:
+        return 1
+    elif cnp.PyArray_TYPE(xa) != d.typenum and not (
+            conv_out != NULL and d.isz == 4 and cnp.PyArray_TYPE(xa) == cnp.NPY_FLOAT64):
         return 1
     d.N = cnp.PyArray_DIM(xa, 0)
     d.T = cnp.PyArray_DIM(xa, 1)
@@ -396,6 +402,12 @@ cdef int _check_call(const int64_t* sp, cnp.ndarray data, object x, object mask,
                 free(idp)
                 return 1
         ids_out[0] = idp
+    elif cnp.PyArray_TYPE(xa) != d.typenum:  # float64 features of a float32 model
+        conv_out[0] = <float*>_alloc(<double>d.N * d.T * d.F0 * 4)
+        for k in range(d.N * d.T * d.F0):
+            conv_out[0][k] = <float>(<const double*>xin)[k]
+        if not _all_finite(<const float*>conv_out[0], d.N * d.T * d.F0):
+            return 1
     elif d.isz == 4:
         if not _all_finite(<const float*>xin, d.N * d.T * d.F0):
             return 1
@@ -570,11 +582,14 @@ cdef enum:
     PK_DIR = 3
     PK_DENSE = 6
     PK_WIDTH = 7
-    # Row-chunked (packed) forwards: batches of at least PACK_MIN_ROWS rows with at
-    # least PACK_MIN_STEPS row-steps (T * N; packing copies every weight once per
-    # call: a single step of a few streams would pay it for one product).
-    PACK_MIN_ROWS = 4
+    # Row-chunked (packed) forwards: at least PACK_MIN_STEPS row-steps (T * N;
+    # packing copies every weight once per call: a single step of a few streams
+    # would pay it for one product). One row included: from 32 steps its one-row
+    # kernels beat OpenBLAS's small GEMM per step (score-b1, (1, 50, 8) into an
+    # LSTM of 64: 75 -> 65 us, benchmarks/compare_builds.py, 2026-11-30). The
+    # backward packs from PACK_MIN_ROWS rows (its one-row case is not measured).
     PACK_MIN_STEPS = 32
+    PACK_MIN_ROWS = 4
 
 
 cdef inline Py_ssize_t _pk_size(int isa, int wfmt, Py_ssize_t isz, Py_ssize_t C,
@@ -1273,11 +1288,12 @@ cdef class PackedWeights:
 
 
 cdef int _run_forward(const int64_t* sp, Dims* d, bint keep, int64_t* plan,
-                      cnp.ndarray data, object x, const int64_t* ids,
+                      cnp.ndarray data, object x, const char* xcopy,
                       const uint8_t* valid, const char* h0, const char* c0, const char* drop,
                       char** buf_out, uint8_t** mask_out, object res,
                       PackedWeights pw=None) except -1:
-    """Plan, allocate, run (``ids``: the checked copy of the token ids, else NULL;
+    """Plan, allocate, run (``xcopy``: the checked copy of the input the run reads,
+    token ids or converted features, else NULL: ``x``'s own data;
     ``valid``: the time-major validity mask, NULL when every step is valid;
     ``h0``/``c0``/``drop``: the checked state and dropout arrays' data or NULL;
     ``pw``: weights packed once, or None to pack per call when the batch pays for
@@ -1286,8 +1302,8 @@ cdef int _run_forward(const int64_t* sp, Dims* d, bint keep, int64_t* plan,
     cdef Py_ssize_t n_el, TN = d.T * d.N, t
     cdef char* buf
     cdef uint8_t* mask
-    cdef char* xin = (<char*>ids if ids != NULL
-                      else <char*>cnp.PyArray_DATA(<cnp.ndarray>x))
+    cdef const char* xin = (xcopy if xcopy != NULL
+                            else <const char*>cnp.PyArray_DATA(<cnp.ndarray>x))
     cdef char* dptr = <char*>cnp.PyArray_DATA(data)
     cdef char* optr = <char*>cnp.PyArray_DATA(<cnp.ndarray>res)
     cdef char* packed = NULL
@@ -1301,7 +1317,7 @@ cdef int _run_forward(const int64_t* sp, Dims* d, bint keep, int64_t* plan,
             * max(1, d.n_ops) * (2 if d.any_bi else 1) + <double>d.N * d.SH * 2)
     if need * d.isz > 1e15:
         raise MemoryError("fused call scratch too large")
-    d.packed = pw is not None or (d.N >= PACK_MIN_ROWS and TN >= PACK_MIN_STEPS)
+    d.packed = pw is not None or TN >= PACK_MIN_STEPS
     if pw is not None:
         pw.bind(sp, d, data)
     n_el = _plan(sp, d, keep, plan)

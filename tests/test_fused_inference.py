@@ -55,7 +55,7 @@ def test_fused_matches_reference(fused_backend, dtype, name, Cls, kw, num_layers
                    return_sequences=return_sequences, stacked=stacked, heads=heads)
     assert model._plan() is not None
     ref = _reference(model)
-    for N, T in [(1, 1), (1, 12), (6, 9)]:
+    for N, T in [(1, 1), (1, 12), (1, 40), (6, 9)]:  # (1, 40): one packed row
         x = rng.standard_normal((N, T, 5)).astype(dtype)
         out = model.forward(x)
         expected = ref.forward(x)
@@ -329,3 +329,31 @@ def test_infer_rejects_bad_codes_and_peepholes(fused_backend):
     bad = spec.copy()
     bad[rec + spec_layout.RNN_PEEP] = data.size - 3 * H  # the last values: inside
     assert infer(bad, data, x).shape == (1, 3)
+
+
+@pytest.mark.parametrize("T", [3, 40])  # the BLAS and the packed path at batch 2
+def test_infer_converts_float64_features_of_a_float32_model(fused_backend, T, rng):
+    """A backend whose ``infer`` takes float64 features of a float32 model converts them
+    as NumPy's ``astype`` does: the same result bit for bit; values beyond float32's
+    range become inf and decline; training calls still take the model's dtype only."""
+    model = build_model(fused_backend, cyrnn.LSTM, {}, np.float32, heads=(2,))
+    plan, data = model._plan(), model.params.data
+    if not plan.takes_float64:
+        pytest.skip(f"{fused_backend}'s infer takes the model's dtype only")
+    x64 = rng.standard_normal((2, T, 5)) * 3
+    x64[0, 0, 0] = 1e-42  # a float32 denormal after conversion
+    expected = plan.infer(plan.spec, data, x64.astype(np.float32))
+    got = plan.infer(plan.spec, data, x64)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, expected)
+    out, h, c = plan.infer(plan.spec, data, x64, None, None, None, True)
+    np.testing.assert_array_equal(out, expected)
+    x64[1, -1, 4] = 1e39  # inf in float32: declined, as any non-finite input
+    assert plan.infer(plan.spec, data, x64) is None
+    assert plan.infer(plan.spec, data, np.asfortranarray(x64[:, :, :])) is None
+    zeros = np.zeros_like(x64)
+    assert plan.train_forward(plan.spec, data, zeros.astype(np.float32)) is not None
+    assert plan.train_forward(plan.spec, data, zeros) is None  # exact dtype only
+    model64 = build_model(fused_backend, cyrnn.LSTM, {}, np.float64, heads=(2,))
+    p64 = model64._plan()
+    assert p64.infer(p64.spec, model64.params.data, x64.astype(np.float32)) is None

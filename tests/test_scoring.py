@@ -287,12 +287,13 @@ def test_language_model_scorer(tmp_path):
     logits = lm.model_.forward(ids).astype(np.float64)
     expected = np.exp(logits - logits.max(-1, keepdims=True))
     expected /= expected.sum(-1, keepdims=True)
-    np.testing.assert_array_equal(sc.predict_proba(ids), expected)
+    proba = sc.predict_proba(ids)  # the compiled softmax: NumPy's formula to rounding
+    np.testing.assert_allclose(proba, expected, rtol=1e-14, atol=0)
     assert sc.decode(sc.predict(ids)[0]) == lm.decode(logits.argmax(-1)[0])
     state = None
     for t in range(ids.shape[1]):
         p, state = sc.step(ids[:, t], state)
-        np.testing.assert_array_equal(p, expected[:, t])
+        np.testing.assert_array_equal(p, proba[:, t])
     # the language model's own loss: the 4 characters, then the end marker (id 2)
     logp = np.log(np.append(expected[0, np.arange(4), ids[0, 1:]], expected[0, 4, 2]))
     assert abs(-logp.mean() - lm.per_char_loss(["abcd"])) < 1e-5
@@ -454,3 +455,52 @@ def test_bfloat16_weights_serve_threads(tmp_path, rng):
     with ThreadPoolExecutor(4) as pool:  # the first calls race to pack
         assert all(pool.map(work, range(4)))
     assert sc._plan.packed.nbytes > 0
+
+
+@pytest.mark.parametrize("binary", [True, False])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_compiled_probabilities_follow_the_numpy_rule(binary, dtype, rng):
+    """The extension's probabilities (one call after the model call) are NumPy's
+    formula to rounding, NaN/inf included, and every path takes them."""
+    from cyrnn import sequences as S
+    from cyrnn._cython_kernels import probabilities
+    O = 1 if binary else 5
+    rule = S._sigmoid_pair if binary else S._softmax
+    for shape in [(O,), (1, O), (9, O), (2, 3, O)]:
+        r = (rng.normal(size=shape) * 40).astype(dtype)
+        r.flat[0] = np.nan
+        if r.size > 2:
+            r.flat[-1] = np.inf
+            r.flat[-2] = -np.inf
+        got = probabilities(r, binary)
+        with np.errstate(all="ignore"):
+            expected = rule(r.astype(np.float64))
+        assert got.dtype == np.float64 and got.shape == expected.shape
+        np.testing.assert_allclose(got, expected, rtol=1e-14, atol=1e-300)
+        np.testing.assert_array_equal(S.class_probabilities(r, binary), got)
+    r = rng.normal(size=(6, O)).astype(dtype)
+    assert probabilities(r[::2], binary) is None  # not contiguous: NumPy's rule runs
+    np.testing.assert_allclose(S.class_probabilities(r[::2], binary),
+                               rule(r[::2].astype(np.float64)), rtol=1e-14)
+    assert probabilities(r.astype(np.int64), binary) is None
+    assert probabilities([0.5], binary) is None
+    if binary:
+        assert probabilities(np.zeros((3, 2), dtype), True) is None  # one logit only
+
+
+def test_float64_input_scores_as_converted_float32(tmp_path, rng):
+    """A float32 model's fast path converts float64 input inside the compiled call:
+    the same predictions as converting first."""
+    X = rng.normal(size=(12, 7, 2))
+    for name in ("LSTMClassifier", "GRURegressor"):
+        est = _fit(name, X, 12, dtype="float32")
+        sc = _check_scorer(est, tmp_path, [X, X[:1]])
+        _same(sc.predict(X), sc.predict(X.astype(np.float32)))
+        if hasattr(sc, "predict_proba"):
+            _same(sc.predict_proba(X[:1]), est.predict_proba(X[:1].astype(np.float32)))
+        big = X[:1].copy()
+        big[0, 0, 0] = 1e39  # inf in float32: refused with the estimator's error
+        with pytest.raises(ValueError):
+            sc.predict(big)
+        with pytest.raises(ValueError):
+            est.predict(big)

@@ -102,6 +102,8 @@ def matmul(a, trans_a, b, trans_b, out, beta=0.0):
 # backward pair, for any layer or Sequential the spec describes. They validate the
 # input's exact form in C and return None for anything the layer path must handle.
 infer = _k.infer
+# infer converts float64 features of a float32 model itself (as NumPy's astype would)
+INFER_TAKES_FLOAT64 = True
 train_forward = _k.train_forward
 train_backward = _k.train_backward
 # weights packed once for a scorer's repeated ``infer`` calls (``infer(..., weights)``)

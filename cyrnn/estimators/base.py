@@ -407,9 +407,10 @@ best_validation_score_, n_iter_
         return raw_outputs(model, data, spec)
 
     def _predict_raw(self, X):
-        """Float64 outputs for ``predict``/``predict_proba``: one fused call for exact
-        input (a 3-D float array of at most 256 rows, ``n_jobs=None``: the scorer's fast
-        path, :meth:`cyrnn.scoring.EstimatorScorer._fast_raw`), else :meth:`_raw_predict`."""
+        """Outputs for ``predict``/``predict_proba`` (the decoding converts them to
+        float64): one fused call for exact input (a 3-D float array of at most 256 rows,
+        ``n_jobs=None``: the scorer's fast path,
+        :meth:`cyrnn.scoring.EstimatorScorer._fast_raw`), else :meth:`_raw_predict`."""
         model = self.__dict__.get("model_")
         if model is not None and self.n_jobs is None:
             scorer = _SCORERS.get(model)
