@@ -389,12 +389,12 @@ class Sequential:
                 ids = first.check_ids(x_t, ndim=1)
                 if first.mask_zero and not ids.all():
                     return None
-                x = np.ascontiguousarray(ids, np.int64)[:, None]
+                x = np.ascontiguousarray(ids, np.int64)
             elif _exact(x_t, self.dtype, 2, first.input_size) and _surely_finite(x_t):
-                x = x_t[:, None]
+                x = x_t
             else:
                 x = np.ascontiguousarray(V.check_array(x_t, "x_t", 2, self.dtype,
-                                                       feature_size=first.input_size))[:, None]
+                                                       feature_size=first.input_size))
             n = x.shape[0]
             checked = []
             for layer, state in zip(plan.recurrent, states):
@@ -404,11 +404,11 @@ class Sequential:
         except (TypeError, ValueError):
             return None
         h0, c0 = plan.flat_states(checked)
-        res = plan.infer(plan.spec, self.params.data, x, None, h0, c0, True)
+        res = plan.step(self.params.data, x, h0, c0)
         if res is None:
             return None
         out, h_n, c_n = res
-        return (out[:, 0] if out.ndim == 3 else out), plan.split_states(h_n, c_n, n)
+        return out, plan.split_states(h_n, c_n, n)
 
     def save(self, path):
         """Save the model (layers and weights) to one file in cyrnn's safe format (no

@@ -115,7 +115,7 @@ class CompiledPlan:
 
     __slots__ = ("spec", "infer", "train_forward", "train_backward", "recurrent",
                  "has_c", "_blocks", "n_ops", "_no_bias", "_dropping", "_trunc", "_mod",
-                 "packed", "takes_float64")
+                 "packed", "takes_float64", "takes_steps")
 
     def __init__(self, spec, mod, recurrent):
         self.spec = spec
@@ -123,6 +123,8 @@ class CompiledPlan:
         self.packed = None  # the PackedWeights every infer uses (use_packed_weights)
         # infer converts float64 features of a float32 model itself
         self.takes_float64 = getattr(mod, "INFER_TAKES_FLOAT64", False)
+        # infer takes one step in step form and shapes the states it returns (step())
+        self.takes_steps = getattr(mod, "INFER_TAKES_STEPS", False)
         self.infer = mod.infer
         self.train_forward = mod.train_forward
         self.train_backward = mod.train_backward
@@ -162,10 +164,31 @@ class CompiledPlan:
                              f"layers run on {self._mod.__name__.rsplit('.', 1)[-1]})")
         weights, infer = packer(fmt), self._mod.infer
 
-        def packed_infer(spec, data, x, mask=None, h0=None, c0=None, return_state=False):
-            return infer(spec, data, x, mask, h0, c0, return_state, weights)
+        def packed_infer(spec, data, x, mask=None, h0=None, c0=None, return_state=False,
+                         _weights=None, state_shape=None, step=False):
+            # infer's signature; the weights are always this plan's
+            return infer(spec, data, x, mask, h0, c0, return_state, weights, state_shape, step)
         self.infer = packed_infer
         self.packed = weights
+
+    def step(self, data, x_t, h0=None, c0=None, state_shape=None):
+        """One time step of every op in one ``infer`` call. ``x_t``: (n, F) features or
+        (n,) int64 ids, in the exact form ``infer`` takes; ``h0``/``c0``: the flat (or
+        any-shaped) states or None (zeros). Returns ``(y_t, h_n, c_n)``, ``y_t`` (n,
+        F_out) and the states of ``state_shape`` (None: flat), or None when ``infer``
+        declines. Backends whose ``infer`` takes the step form do the shaping in the
+        compiled call (at batch 1 each NumPy call after it costs 0.3-1 us)."""
+        if self.takes_steps:
+            # positional: keyword parsing costs a compiled call about 0.3 us
+            return self.infer(self.spec, data, x_t, None, h0, c0, True, None, state_shape, True)
+        res = self.infer(self.spec, data, x_t[:, None], None, h0, c0, True)
+        if res is None:
+            return None
+        out, h_n, c_n = res
+        if state_shape is not None:
+            h_n = h_n.reshape(state_shape)
+            c_n = None if c_n is None else c_n.reshape(state_shape)
+        return (out[:, 0] if out.ndim == 3 else out), h_n, c_n
 
     def packed_weight_ranges(self):
         """``(offset, size)`` in the parameter buffer of every weight the packed

@@ -146,14 +146,11 @@ class Scorer:
                 if (type(a) is not np.ndarray or a.shape != shape or a.dtype != dtype
                         or not (a.flags.c_contiguous and a.flags.aligned)):
                     return None
-        plan = self._plan
-        res = plan.infer(plan.spec, self.model.params.data, x_t[:, None], None, h, c, True)
+        res = self._plan.step(self.model.params.data, x_t, h, c, shape)
         if res is None:
             return None
         out, h_n, c_n = res
-        h_n = h_n.reshape(shape)
-        return (out[:, 0] if out.ndim == 3 else out), [(h_n, c_n.reshape(shape)) if has_c
-                                                        else h_n]
+        return out, [(h_n, c_n) if has_c else h_n]
 
     def _check_step_input(self, x_t):
         pass

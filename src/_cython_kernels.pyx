@@ -227,13 +227,15 @@ def generate(int code, int act, int ract,
 
 def infer(const int64_t[::1] spec not None, cnp.ndarray data not None, object x,
           object mask=None, object h0=None, object c0=None, bint return_state=False,
-          PackedWeights weights=None):
+          PackedWeights weights=None, object state_shape=None, bint step=False):
     """Fused inference of a ``Sequential`` (``docs/architecture.md``, the compiled plan).
 
     ``data``: the model's flat parameter buffer (float32/float64, C-contiguous).
     ``x``: (N, T, D) floats of ``data``'s dtype (or float64 for a float32 model,
     converted as NumPy's ``astype`` converts), or (N, T) int64 token ids when
-    the first op is an embedding; C-contiguous. ``mask``: None or (N, T) bool or
+    the first op is an embedding; C-contiguous. ``step``: ``x`` is one time step
+    in step form instead, (N, D) features or (N,) ids (T = 1; a sequence output is
+    then (N, F_out) instead of (N, 1, F_out)). ``mask``: None or (N, T) bool or
     uint8 valid steps (as ``lengths``/``mask`` of the layers). ``h0``/``c0``: None
     (zeros) or the flat initial states (every recurrent op, direction by
     direction, (N, H) each). Returns the output array (with ``return_state``:
@@ -243,7 +245,8 @@ def infer(const int64_t[::1] spec not None, cnp.ndarray data not None, object x,
     ``mask_zero``), and when a state holds NaN/inf. States of the wrong dtype, size
     or layout raise ValueError. ``weights``: a
     :class:`PackedWeights` the call packs on first use and reuses (None: packed per
-    call when the batch pays for it).
+    call when the batch pays for it). ``state_shape``: with ``return_state``, the
+    shape ``h_n``/``c_n`` get (a tuple whose product is their size; None: flat).
     """
     cdef Dims d
     cdef char* buf = NULL
@@ -257,7 +260,7 @@ def infer(const int64_t[::1] spec not None, cnp.ndarray data not None, object x,
     cdef const char* c0p
     cdef int64_t* sp = _copy_spec(spec)
     try:
-        if _check_call(sp, data, x, mask, &d, &ids, &valid, &xconv):
+        if _check_call(sp, data, x, mask, &d, &ids, &valid, &xconv, step):
             return None
         h0p = _check_arg(h0, "h0", &d, d.N * d.SH)
         c0p = _check_arg(c0, "c0", &d, d.N * d.SH)
@@ -269,7 +272,8 @@ def infer(const int64_t[::1] spec not None, cnp.ndarray data not None, object x,
                      <const char*>ids if ids != NULL else <const char*>xconv, valid, h0p, c0p,
                      NULL, &buf, &mbuf, res, weights)
         if return_state:
-            res = (res, _flat_out(&d, buf, d.hn), _flat_out(&d, buf, d.cn) if d.any_c else None)
+            res = (res, _flat_out(&d, buf, d.hn, state_shape),
+                   _flat_out(&d, buf, d.cn, state_shape) if d.any_c else None)
     finally:
         free(sp)
         free(ids)

@@ -43,6 +43,7 @@ cdef enum:
 cdef struct Dims:
     Py_ssize_t n_ops, first, T, N, F0, F_out, Fmax, GHmax, Hmax
     bint ids, seq_out
+    bint step            # x in step form: (N, F) features or (N,) ids, T = 1
     int typenum
     Py_ssize_t isz
     Py_ssize_t SH        # sum over recurrent ops of directions * hidden (states: N * SH)
@@ -269,7 +270,8 @@ cdef int _check_rnn_tensors(const int64_t* r, Py_ssize_t k0, Py_ssize_t size) ex
 
 
 cdef int _check_call(const int64_t* sp, cnp.ndarray data, object x, object mask, Dims* d,
-                     int64_t** ids_out, uint8_t** mask_out, float** conv_out=NULL) except -1:
+                     int64_t** ids_out, uint8_t** mask_out, float** conv_out=NULL,
+                     bint step=False) except -1:
     """Check the (copied, header-checked) spec against ``data`` and ``x`` against
     the spec.
 
@@ -281,7 +283,9 @@ cdef int _check_call(const int64_t* sp, cnp.ndarray data, object x, object mask,
     only; NULL: the features must have the parameters' dtype): float64 features of
     a float32 model are converted into ``*conv_out`` (malloc; the caller frees it)
     as NumPy's ``astype`` converts them (beyond float32's range: inf, which declines
-    like any non-finite value), so a caller need not convert first.
+    like any non-finite value), so a caller need not convert first. ``step``
+    (inference only): ``x`` is one time step in step form, (N, F) features or (N,)
+    ids (``d.step``; T = 1, and a sequence output is (N, F)).
 
     ``mask``: None or an (N, T) bool/uint8 C-contiguous array of valid steps
     (else 1). It is combined with ``ids != 0`` under ``mask_zero`` (a sequence
@@ -298,6 +302,7 @@ cdef int _check_call(const int64_t* sp, cnp.ndarray data, object x, object mask,
     cdef const uint8_t* mp = NULL
     cdef uint8_t* mtm
     cdef Py_ssize_t t, i
+    cdef int nd
     cdef bint any_valid, mzero
     d.n_ops = sp[1]
     d.typenum = cnp.PyArray_TYPE(data)
@@ -328,6 +333,7 @@ cdef int _check_call(const int64_t* sp, cnp.ndarray data, object x, object mask,
     d.any_bi = False
     d.drop = False
     d.packed = False
+    d.step = False
     for o in range(d.first, d.n_ops):
         r = _rec(sp, o)
         if r[0] == OP_RNN:
@@ -370,23 +376,28 @@ cdef int _check_call(const int64_t* sp, cnp.ndarray data, object x, object mask,
         d.Fmax = max(d.Fmax, F)
     d.F_out = F
     d.seq_out = seq
-    # x: exactly (N, T, F0) of the parameters' dtype, or (N, T) int64 ids; C order.
+    # x: exactly (N, T, F0) of the parameters' dtype, or (N, T) int64 ids; C order
+    # (step form: without the T axis)
     if not cnp.PyArray_Check(x):
         return 1
     xa = <cnp.ndarray>x
     if (not cnp.PyArray_IS_C_CONTIGUOUS(xa) or not cnp.PyArray_ISALIGNED(xa)
             or not cnp.PyArray_ISNOTSWAPPED(xa)):
         return 1
+    nd = cnp.PyArray_NDIM(xa)
+    d.step = step
+    if nd != (2 if d.ids else 3) - (1 if step else 0):
+        return 1
     if d.ids:
-        if cnp.PyArray_NDIM(xa) != 2 or cnp.PyArray_TYPE(xa) != cnp.NPY_INT64:
+        if cnp.PyArray_TYPE(xa) != cnp.NPY_INT64:
             return 1
-    elif cnp.PyArray_NDIM(xa) != 3 or cnp.PyArray_DIM(xa, 2) != d.F0:
+    elif cnp.PyArray_DIM(xa, nd - 1) != d.F0:
         return 1
     elif cnp.PyArray_TYPE(xa) != d.typenum and not (
             conv_out != NULL and d.isz == 4 and cnp.PyArray_TYPE(xa) == cnp.NPY_FLOAT64):
         return 1
     d.N = cnp.PyArray_DIM(xa, 0)
-    d.T = cnp.PyArray_DIM(xa, 1)
+    d.T = 1 if d.step else cnp.PyArray_DIM(xa, 1)
     if d.N < 1 or d.T < 1:
         return 1
     if (<double>d.T * d.N > INT_LIMIT or d.GHmax > INT_LIMIT or d.Fmax > INT_LIMIT
@@ -1071,7 +1082,7 @@ cdef inline Py_ssize_t _backward_scratch(const Dims* d) noexcept nogil:
 cdef object _new_output(const Dims* d):
     cdef cnp.npy_intp dims[3]
     dims[0] = d.N
-    if d.seq_out:
+    if d.seq_out and not d.step:
         dims[1] = d.T
         dims[2] = d.F_out
         return cnp.PyArray_EMPTY(3, dims, d.typenum, 0)
@@ -1408,9 +1419,23 @@ cdef const char* _check_arg(object a, str name, const Dims* d, Py_ssize_t size) 
     return <const char*>cnp.PyArray_DATA(<cnp.ndarray>a)
 
 
-cdef object _flat_out(const Dims* d, const char* base, Py_ssize_t off):
-    """A new 1-D array of the flat states' size holding the scratch's ``base[off:]``."""
-    cdef cnp.npy_intp n = d.N * d.SH
-    cdef cnp.ndarray a = cnp.PyArray_EMPTY(1, &n, d.typenum, 0)
-    memcpy(cnp.PyArray_DATA(a), base + off * d.isz, n * d.isz)
+cdef object _flat_out(const Dims* d, const char* base, Py_ssize_t off, object shape=None):
+    """A new array of the flat states' size holding the scratch's ``base[off:]``:
+    1-D, or of ``shape`` (a tuple of at most 8 sizes whose product is that size)."""
+    cdef cnp.npy_intp dims[8]
+    cdef int nd = 1, k
+    cdef double size = 1
+    dims[0] = d.N * d.SH
+    if shape is not None:
+        if type(shape) is not tuple or not 1 <= len(shape) <= 8:
+            raise ValueError("state_shape must be a tuple of 1 to 8 sizes")
+        nd = len(shape)
+        for k in range(nd):
+            dims[k] = shape[k]
+            size *= dims[k]
+        if size != d.N * d.SH or any(s < 0 for s in shape):
+            raise ValueError(f"state_shape {shape} does not hold the {d.N * d.SH} state "
+                             "values")
+    cdef cnp.ndarray a = cnp.PyArray_EMPTY(nd, dims, d.typenum, 0)
+    memcpy(cnp.PyArray_DATA(a), base + off * d.isz, d.N * d.SH * d.isz)
     return a

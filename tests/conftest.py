@@ -40,8 +40,8 @@ def spy_fused_calls(backend, monkeypatch):
     for name in FUSED_CALLS:
         real = getattr(mod, name)
 
-        def wrapped(*args, _real=real, _name=name):
-            res = _real(*args)
+        def wrapped(*args, _real=real, _name=name, **kwargs):
+            res = _real(*args, **kwargs)
             if res is not None:
                 counts[_name] += 1
             return res

@@ -357,3 +357,40 @@ def test_infer_converts_float64_features_of_a_float32_model(fused_backend, T, rn
     model64 = build_model(fused_backend, cyrnn.LSTM, {}, np.float64, heads=(2,))
     p64 = model64._plan()
     assert p64.infer(p64.spec, model64.params.data, x64.astype(np.float32)) is None
+
+
+@pytest.mark.parametrize("seq", [False, True])
+def test_step_form_and_state_shape(fused_backend, seq, rng):
+    """``CompiledPlan.step``: one time step, (n, F) features or (n,) ids, states shaped
+    as asked; the same values as the (n, 1, F) call. A backend whose ``infer`` takes the
+    step form itself declines any other form under ``step=True``."""
+    model = build_model(fused_backend, cyrnn.LSTM, {}, np.float32, num_layers=2, seq=seq,
+                        heads=(3,))
+    plan, data = model._plan(), model.params.data
+    x_t = rng.standard_normal((4, 5)).astype(np.float32)
+    h = rng.standard_normal((2, 4, 7)).astype(np.float32)
+    c = rng.standard_normal((2, 4, 7)).astype(np.float32)
+    out, h_n, c_n = plan.infer(plan.spec, data, x_t[:, None], None, h, c, True)
+    y, h2, c2 = plan.step(data, x_t, h, c, (2, 4, 7))
+    np.testing.assert_array_equal(y, out[:, 0] if seq else out)
+    assert y.shape == (4, 3) and h2.shape == c2.shape == (2, 4, 7)
+    np.testing.assert_array_equal(h2, h_n.reshape(2, 4, 7))
+    np.testing.assert_array_equal(c2, c_n.reshape(2, 4, 7))
+    y0, hf, cf = plan.step(data, x_t)  # zero states, flat
+    assert hf.shape == cf.shape == (2 * 4 * 7,)
+    np.testing.assert_array_equal(y0, plan.step(data, x_t, h * 0, c * 0)[0])
+    if plan.takes_steps:
+        for bad in [(2, 4, 6), [2, 4, 7], (56, -1)]:
+            with pytest.raises(ValueError, match="state_shape"):
+                plan.infer(plan.spec, data, x_t, None, h, c, True, None, bad, True)
+        assert plan.infer(plan.spec, data, x_t[:, None], None, h, c, True, None, None,
+                          True) is None  # step=True takes the step form only
+        assert plan.infer(plan.spec, data, x_t, None, h, c, True) is None
+    emb = build_model(fused_backend, cyrnn.GRU, {}, np.float32, embed=6)
+    p2, d2 = emb._plan(), emb.params.data
+    ids = np.array([1, 5, 0], np.int64)
+    expected = p2.infer(p2.spec, d2, ids[:, None], None, None, None, True)
+    got = p2.step(d2, ids, None, None, (1, 3, 7))
+    np.testing.assert_array_equal(got[0], expected[0])
+    np.testing.assert_array_equal(got[1], expected[1].reshape(1, 3, 7))
+    assert got[2] is None

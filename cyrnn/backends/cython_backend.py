@@ -104,6 +104,9 @@ def matmul(a, trans_a, b, trans_b, out, beta=0.0):
 infer = _k.infer
 # infer converts float64 features of a float32 model itself (as NumPy's astype would)
 INFER_TAKES_FLOAT64 = True
+# infer takes one time step in step form (step=True: (n, F) or (n,) ids) and a
+# state_shape for the states it returns (CompiledPlan.step)
+INFER_TAKES_STEPS = True
 train_forward = _k.train_forward
 train_backward = _k.train_backward
 # weights packed once for a scorer's repeated ``infer`` calls (``infer(..., weights)``)

@@ -736,12 +736,10 @@ class RecurrentLayer(Layer):
             if args is None:  # the checks, then the same call
                 args = self._check_step_input(x_t, state)
             inp, h, c = args
-            res = plan.infer(plan.spec, self.params.data, inp[:, None, :], None, h, c, True)
+            res = plan.step(self.params.data, inp, h, c, h.shape)
             if res is not None:
                 out, h_n, c_n = res
-                h_n = h_n.reshape(h.shape)
-                return (out[:, 0] if out.ndim == 3 else out,
-                        (h_n, c_n.reshape(h.shape)) if c is not None else h_n)
+                return out, ((h_n, c_n) if c is not None else h_n)
         inp, h, c = self._check_step_input(x_t, state)
         backend = self._backend()
         h_new, c_new = np.empty_like(h), (np.empty_like(c) if c is not None else None)
