@@ -486,6 +486,33 @@ cdef inline double _raw_at(const char* p, bint f32, Py_ssize_t k) noexcept nogil
     return <double>(<const float*>p)[k] if f32 else (<const double*>p)[k]
 
 
+cdef void _probabilities(const char* src, bint f32, bint binary, Py_ssize_t rows,
+                         Py_ssize_t O, double* dst) noexcept nogil:
+    cdef Py_ssize_t i, j
+    cdef double m, v, s, p
+    if binary:
+        for i in range(rows):
+            p = 1.0 / (1.0 + exp(-_raw_at(src, f32, i)))
+            dst[2 * i] = 1.0 - p
+            dst[2 * i + 1] = p
+    else:
+        for i in range(rows):
+            m = _raw_at(src, f32, i * O)
+            for j in range(1, O):
+                v = _raw_at(src, f32, i * O + j)
+                if v > m or v != v:
+                    m = v
+                if m != m:
+                    break
+            s = 0.0
+            for j in range(O):
+                v = exp(_raw_at(src, f32, i * O + j) - m)
+                dst[i * O + j] = v
+                s += v
+            for j in range(O):
+                dst[i * O + j] = dst[i * O + j] / s
+
+
 def probabilities(object raw, bint binary):
     """Float64 class probabilities of the logits ``raw`` (float32 or float64,
     C-contiguous, the model's outputs on the last axis), the rule of
@@ -495,10 +522,9 @@ def probabilities(object raw, bint binary):
     ``raw`` is not in that form (the caller's NumPy rule then runs)."""
     cdef cnp.ndarray a
     cdef int typ, nd
-    cdef Py_ssize_t O, rows, i, j
+    cdef Py_ssize_t O, rows, i
     cdef const char* src
     cdef double* dst
-    cdef double m, v, s, p
     cdef bint f32
     cdef cnp.npy_intp dims[64]
     if not cnp.PyArray_Check(raw):
@@ -524,26 +550,9 @@ def probabilities(object raw, bint binary):
     out = cnp.PyArray_EMPTY(nd, dims, cnp.NPY_FLOAT64, 0)
     src = <const char*>cnp.PyArray_DATA(a)
     dst = <double*>cnp.PyArray_DATA(<cnp.ndarray>out)
-    with nogil:
-        if binary:
-            for i in range(rows):
-                p = 1.0 / (1.0 + exp(-_raw_at(src, f32, i)))
-                dst[2 * i] = 1.0 - p
-                dst[2 * i + 1] = p
-        else:
-            for i in range(rows):
-                m = _raw_at(src, f32, i * O)
-                for j in range(1, O):
-                    v = _raw_at(src, f32, i * O + j)
-                    if v > m or v != v:
-                        m = v
-                    if m != m:
-                        break
-                s = 0.0
-                for j in range(O):
-                    v = exp(_raw_at(src, f32, i * O + j) - m)
-                    dst[i * O + j] = v
-                    s += v
-                for j in range(O):
-                    dst[i * O + j] = dst[i * O + j] / s
+    if rows * O > 4096:
+        with nogil:
+            _probabilities(src, f32, binary, rows, O, dst)
+    else:  # at batch 1 a GIL release would add a thread switch point per call
+        _probabilities(src, f32, binary, rows, O, dst)
     return out

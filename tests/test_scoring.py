@@ -466,7 +466,7 @@ def test_compiled_probabilities_follow_the_numpy_rule(binary, dtype, rng):
     from cyrnn._cython_kernels import probabilities
     O = 1 if binary else 5
     rule = S._sigmoid_pair if binary else S._softmax
-    for shape in [(O,), (1, O), (9, O), (2, 3, O)]:
+    for shape in [(O,), (1, O), (9, O), (2, 3, O), (5000, O)]:  # the last without the GIL
         r = (rng.normal(size=shape) * 40).astype(dtype)
         r.flat[0] = np.nan
         if r.size > 2:
