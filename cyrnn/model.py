@@ -6,7 +6,7 @@ import numpy as np
 
 from . import _validation as V
 from .layers import Embedding, Layer, Masking, RecurrentLayer
-from .layers.recurrent import _exact, _surely_finite
+from .layers.recurrent import _exact
 from .params import ParameterBuffer
 from .plan import backend_plan, build_spec, layer_plannable, validity_mask
 
@@ -390,8 +390,8 @@ class Sequential:
                 if first.mask_zero and not ids.all():
                     return None
                 x = np.ascontiguousarray(ids, np.int64)
-            elif _exact(x_t, self.dtype, 2, first.input_size) and _surely_finite(x_t):
-                x = x_t
+            elif _exact(x_t, self.dtype, 2, first.input_size):
+                x = x_t  # NaN/inf: the fused call declines, and the layer path raises
             else:
                 x = np.ascontiguousarray(V.check_array(x_t, "x_t", 2, self.dtype,
                                                        feature_size=first.input_size))
@@ -400,7 +400,8 @@ class Sequential:
             for layer, state in zip(plan.recurrent, states):
                 if layer.bidirectional:
                     return None
-                checked.append(layer._check_step_state(state, n))
+                exact = layer._exact_state(state, n)  # values: as x_t's
+                checked.append(exact if exact is not None else layer._check_step_state(state, n))
         except (TypeError, ValueError):
             return None
         h0, c0 = plan.flat_states(checked)

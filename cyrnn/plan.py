@@ -223,9 +223,8 @@ class CompiledPlan:
         """The flat ``(h0, c0)`` of checked per-layer ``(h, c-or-None)`` pairs (each
         ``(L*D, n, H)`` of the dtype)."""
         if len(checked) == 1:  # the kernels take aligned, C-contiguous arrays
-            h, c = checked[0]
-            return (np.require(h, requirements="CA"),
-                    None if c is None else np.require(c, requirements="CA"))
+            return tuple(a if a is None or (a.flags.c_contiguous and a.flags.aligned)
+                         else np.require(a, requirements="CA") for a in checked[0])
         h0 = np.concatenate([h.ravel() for h, _ in checked])
         c0 = None
         if self.has_c:

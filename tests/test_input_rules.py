@@ -154,3 +154,14 @@ def test_step_checks_its_state_before_the_kernels_read_it(backend, state, match)
     assert not odd.flags.aligned and odd.flags.c_contiguous
     h_ref, _ = gru.step(x, np.zeros((1, 5, 3), np.float32))
     np.testing.assert_array_equal(gru.step(x, odd)[0], h_ref)
+    # Sequential.step hands exact-form x_t and states over unread too
+    model = cyrnn.Sequential([cyrnn.LSTM(2, 3, backend=backend, random_state=0),
+                              cyrnn.Dense(3, 1)])
+    y, states = model.step(x, None)
+    for bad_x, bad_states, match in [
+            (np.where(x == x[2, 1], np.nan, x), states, "NaN"),
+            (x, [(states[0][0], np.where(states[0][1] == states[0][1][0, 0, 0], np.inf,
+                                         states[0][1]))], "inf")]:
+        with pytest.raises(ValueError, match=match):
+            model.step(bad_x, bad_states)
+    np.testing.assert_array_equal(model.step(x, states)[0], model.step(x, states)[0])

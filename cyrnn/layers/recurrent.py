@@ -670,11 +670,18 @@ class RecurrentLayer(Layer):
         if (type(x_t) is not np.ndarray or x_t.dtype != self.dtype or x_t.ndim != 2
                 or x_t.shape[1] != self.input_size or not x_t.flags.c_contiguous):
             return None
-        shape = (self.num_layers, x_t.shape[0], self.hidden_size)
+        hc = self._exact_state(state, x_t.shape[0])
+        return None if hc is None else (x_t, hc[0], hc[1])
+
+    def _exact_state(self, state, n):
+        """``(h, c)`` (``c`` None without a cell state) when a :meth:`step` state for
+        ``n`` rows is already in the kernel's form: None (new zeros), or C-contiguous
+        aligned arrays of the layer's dtype and shape as ``step`` returned them; else
+        None. Values are not looked at: the fused call declines non-finite states."""
+        shape = (self.num_layers, n, self.hidden_size)
         cell = self.cell.has_cell_state
         if state is None:
-            return (x_t, np.zeros(shape, self.dtype),
-                    np.zeros(shape, self.dtype) if cell else None)
+            return np.zeros(shape, self.dtype), (np.zeros(shape, self.dtype) if cell else None)
         if cell:
             if type(state) is not tuple or len(state) != 2:
                 return None
@@ -685,7 +692,7 @@ class RecurrentLayer(Layer):
             if (type(a) is not np.ndarray or a.shape != shape or a.dtype != self.dtype
                     or not (a.flags.c_contiguous and a.flags.aligned)):
                 return None
-        return x_t, h, c
+        return h, c
 
     def _check_step_state(self, state, n):
         """A :meth:`step` state as contiguous ``(num_layers, n, H)`` arrays ``(h, c)``
