@@ -721,6 +721,7 @@ cdef void _fused_forward(const int64_t* sp, const Dims* d, bint keep, const int6
     step barrier; ops follow one another, as their step scratch is shared)."""
     cdef Py_ssize_t T = d.T, N = d.N, TN = d.T * d.N, F = d.F0, rows = N, nch = 1, ci
     cdef Py_ssize_t nt = 1, r0, o, t, i
+    cdef double t0, cpu, cs
     cdef unsigned int csr
     cdef const int64_t* r
     cdef const int64_t* idp
@@ -757,12 +758,17 @@ cdef void _fused_forward(const int64_t* sp, const Dims* d, bint keep, const int6
                         packed, isa, wfmt)
         else:
             cyrnn_count_path(2)
+            t0 = cyrnn_wall()
+            cpu = 0
             for ci in prange(nch, schedule='dynamic', chunksize=1, num_threads=nt):
                 r0 = ci * rows
+                cs = cyrnn_cpu()
                 csr = cyrnn_fp_flush()
                 _forward_op(sp, d, o, keep, plan, data, base, xdirect, mask, h0, c0, drop, r0,
                             min(r0 + rows, N), pk, packed, isa, wfmt)
                 cyrnn_fp_restore(csr)
+                cpu += cyrnn_cpu() - cs
+            _judge(t0, cpu, nt)
         r = _rec(sp, o)
         if r[0] == OP_RNN and r[RNN_DROP] and keep and drop != NULL:
             drop += TN * _width_of(r)

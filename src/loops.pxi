@@ -139,7 +139,7 @@ cdef inline Py_ssize_t _chunking(Py_ssize_t N, Py_ssize_t T, double weight_elems
     nch[0] = (N + rows[0] - 1) // rows[0]
     if <double>T * N * weight_elems < PARALLEL_MIN_MACS:
         return 1
-    return min(nt, nch[0])
+    return _team(min(nt, nch[0]))
 
 
 cdef enum:
@@ -477,6 +477,7 @@ cdef void _backward_all(int code, int act, int ract, Py_ssize_t truncate, Py_ssi
     threads take dynamically (rows never interact until the weight gradients)."""
     cdef Py_ssize_t GH = n_gates_of(code) * H, NH = N * H, k, j, rows, nch, nt, ci, r0, ts, i
     cdef unsigned int csr
+    cdef double t0, cpu, c0
     cdef const floating* g
     cdef const floating* c_prev
     # truncated BPTT: the sources (output gradients at each step, plus dh_T/dc_T at
@@ -513,13 +514,18 @@ cdef void _backward_all(int code, int act, int ract, Py_ssize_t truncate, Py_ssi
                            vbuf, dxp, dgh, sources, small)
         else:
             cyrnn_count_path(2)
+            t0 = cyrnn_wall()
+            cpu = 0
             for ci in prange(nch, schedule='dynamic', chunksize=1, num_threads=nt):
                 r0 = ci * rows
+                c0 = cyrnn_cpu()
                 csr = cyrnn_fp_flush()
                 _backward_rows(code, act, ract, truncate, T, N, r0, min(r0 + rows, N), H, w,
                                sw, peep, mask, hc, cc, gates, aux, dhseq, dh_T, dc_T, dh0,
                                dc0, work, dg, budget, vbuf, dxp, dgh, sources, small)
                 cyrnn_fp_restore(csr)
+                cpu += cyrnn_cpu() - c0
+            _judge(t0, cpu, nt)
     free(sources)
 
     # dW_hh = sum_t dgh_t^T hin_t, one GEMM over all T*N rows (Cho's GRU: the n
@@ -587,6 +593,7 @@ cdef void _wgrad(int isa, const floating* dg, Py_ssize_t ldg, const floating* x,
     cdef Py_ssize_t nblk = (rows + WG_ROWS - 1) // WG_ROWS, ng, per, g, b, r0, R, i, j
     cdef Py_ssize_t nt, psz = cyrnn_pgemm_size(isa, sizeof(floating), C, WG_ROWS)
     cdef unsigned int csr
+    cdef double t0, cpu, c0
     cdef Py_ssize_t slot = _al(C * K) + _al(psz)
     cdef floating* ws
     cdef floating* acc
@@ -606,10 +613,13 @@ cdef void _wgrad(int isa, const floating* dg, Py_ssize_t ldg, const floating* x,
         _gemm(c'N', c'T', <int>K, <int>C, <int>rows, <floating>1, x, <int>ldx, dg, <int>ldg,
               <floating>1, out, <int>K)
         return
-    nt = min(<Py_ssize_t>_nthreads(), ng)
+    nt = _team(min(<Py_ssize_t>_nthreads(), ng))
     if <double>rows * C * K < PARALLEL_MIN_MACS:
         nt = 1
+    t0 = cyrnn_wall()
+    cpu = 0
     for g in prange(ng, schedule='dynamic', chunksize=1, num_threads=nt):
+        c0 = cyrnn_cpu()
         csr = cyrnn_fp_flush()
         acc = ws + g * slot
         P = acc + _al(C * K)
@@ -620,6 +630,8 @@ cdef void _wgrad(int isa, const floating* dg, Py_ssize_t ldg, const floating* x,
             _pack_strided(isa, dg + r0 * ldg, C, R, 1, ldg, P)
             _pg_xt(isa, x + r0 * ldx, ldx, K, R, P, C, acc, C)
         cyrnn_fp_restore(csr)
+        cpu += cyrnn_cpu() - c0
+    _judge(t0, cpu, nt)
     for g in range(ng):
         acc = ws + g * slot
         for i in range(C):
@@ -634,14 +646,19 @@ cdef void _rows_product(int isa, const floating* a, Py_ssize_t lda, Py_ssize_t r
     """``out[:rows, :C] (+)= a[:rows, :K] W^T`` with ``W`` packed (``P``), on row
     chunks of WG_ROWS that the threads take dynamically."""
     cdef Py_ssize_t nch = (rows + WG_ROWS - 1) // WG_ROWS, ci, r0
-    cdef Py_ssize_t nt = min(<Py_ssize_t>_nthreads(), nch)
+    cdef Py_ssize_t nt = _team(min(<Py_ssize_t>_nthreads(), nch))
     cdef unsigned int csr
+    cdef double t0, cpu = 0, c0
     if nt <= 1 or <double>rows * C * K < PARALLEL_MIN_MACS:
         _pg_acc(isa, a, lda, rows, K, P, C, out, ldo, beta)
         return
+    t0 = cyrnn_wall()
     for ci in prange(nch, schedule='dynamic', chunksize=1, num_threads=nt):
         r0 = ci * WG_ROWS
+        c0 = cyrnn_cpu()
         csr = cyrnn_fp_flush()
         _pg_acc(isa, a + r0 * lda, lda, min(<Py_ssize_t>WG_ROWS, rows - r0), K, P, C,
                 out + r0 * ldo, ldo, beta)
         cyrnn_fp_restore(csr)
+        cpu += cyrnn_cpu() - c0
+    _judge(t0, cpu, nt)

@@ -356,7 +356,7 @@ def test_infer_converts_float64_features_of_a_float32_model(fused_backend, T, rn
     assert plan.train_forward(plan.spec, data, zeros) is None  # exact dtype only
     model64 = build_model(fused_backend, cyrnn.LSTM, {}, np.float64, heads=(2,))
     p64 = model64._plan()
-    assert p64.infer(p64.spec, model64.params.data, x64.astype(np.float32)) is None
+    assert p64.infer(p64.spec, model64.params.data, zeros.astype(np.float32)) is None
 
 
 @pytest.mark.parametrize("seq", [False, True])

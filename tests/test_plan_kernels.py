@@ -410,6 +410,7 @@ def test_chunked_batches_take_the_packed_threaded_path(rng):
     if "cython" not in COMPILED:
         pytest.skip("no Cython backend")
     before_threads = kernels.set_num_threads(2)
+    before_hold = kernels.set_contention_hold(0)  # a busy machine must not make it serial
     try:
         counts = []
         for n in (3, ROWS_CHUNKED):
@@ -423,9 +424,46 @@ def test_chunked_batches_take_the_packed_threaded_path(rng):
             counts.append({k: end[k] - start[k] for k in end})
     finally:
         kernels.set_num_threads(before_threads)
+        kernels.set_contention_hold(before_hold)
     small, chunked = counts
     assert small == {"packed_forward": 0, "packed_backward": 0, "threaded_regions": 0}
     # a training forward and two inference calls; one backward; every op's forward and
     # backward sweep on several threads
     assert chunked["packed_forward"] == 3 and chunked["packed_backward"] == 1
     assert chunked["threaded_regions"] >= 2 * 2 + 2 * 2
+
+
+def test_contention_governor_holds_regions_serial(rng):
+    """A region whose team did not get its cores (chunk CPU time under 1.25 x its wall
+    time, judged from 1 ms) makes the regions serial for the hold; the results stay
+    the same (they never depend on the thread count)."""
+    kernels = pytest.importorskip("cyrnn._cython_kernels")
+    if "cython" not in COMPILED:
+        pytest.skip("no Cython backend")
+    before_threads = kernels.set_num_threads(2)
+    before_hold = kernels.set_contention_hold(60.0)
+    try:
+        assert kernels._contention_judge(0.010, 0.019) == 2  # got its cores
+        assert kernels._contention_judge(0.0005, 0.0001) == 2  # too short to judge
+        layer = _layer("cython", cyrnn.LSTM, {}, np.float32, num_layers=2)
+        x = rng.standard_normal((ROWS_CHUNKED, 6, 4)).astype(np.float32)
+        plan = layer._plan()
+        start = kernels._path_counts()
+        threaded = plan.infer(plan.spec, layer.params.data, x)
+        mid = kernels._path_counts()
+        assert kernels._contention_judge(0.010, 0.011) == 1  # did not: held serial
+        held = plan.infer(plan.spec, layer.params.data, x)
+        end = kernels._path_counts()
+        assert mid["threaded_regions"] > start["threaded_regions"]
+        assert end["threaded_regions"] == mid["threaded_regions"]
+        assert end["packed_forward"] == mid["packed_forward"] + 1  # same path, one thread
+        np.testing.assert_array_equal(held, threaded)
+        kernels.set_contention_hold(60.0)  # ends the hold
+        assert kernels._contention_judge(0.010, 0.020) == 2
+        assert kernels.set_contention_hold(0) == 60.0
+        assert kernels._contention_judge(0.010, 0.001) == 2  # 0: never held
+        with pytest.raises(ValueError, match=">= 0"):
+            kernels.set_contention_hold(-1.0)
+    finally:
+        kernels.set_num_threads(before_threads)
+        kernels.set_contention_hold(before_hold)
