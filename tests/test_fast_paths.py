@@ -10,10 +10,9 @@ from cyrnn.backends import Cell, available, get_backend
 pytestmark = pytest.mark.skipif("cython" not in available(), reason="Cython backend not built")
 
 
-def _activation(act, x, dtype=np.float32):
+def _activation(act, x, dtype=np.float32, H=64):
     """act(x) through the kernel: a SimpleRNN step with zero recurrent weights."""
     cy = get_backend("cython")
-    H = 64
     n = -(-x.size // H)
     xx = np.zeros(n * H, dtype)
     xx[:x.size] = x
@@ -23,12 +22,17 @@ def _activation(act, x, dtype=np.float32):
     return h_T.reshape(-1)[:x.size]
 
 
+@pytest.mark.parametrize("H", [64, 37])  # 37: rows end inside a 16-lane vector
 @pytest.mark.parametrize("act, ref", [("tanh", np.tanh), ("sigmoid", expit)])
-def test_float32_activations_accurate_saturating_nan(act, ref):
+def test_float32_activations_accurate_saturating_nan(act, ref, H):
+    _check_float32_activation(act, ref, H)
+
+
+def _check_float32_activation(act, ref, H):
     x = np.concatenate([np.linspace(-100, 100, 200001, dtype=np.float32),
                         np.float32([0.0, -0.0, 1e-30, -1e-30, 0.4, -0.4, 88.5, -88.5, 1e4,
                                     -1e4, np.inf, -np.inf, np.nan])])
-    y = _activation(act, x).astype(np.float64)
+    y = _activation(act, x, H=H).astype(np.float64)
     exact = ref(x.astype(np.float64))
     finite = np.isfinite(x)
     err = np.abs(y - exact)[finite]
@@ -41,6 +45,29 @@ def test_float32_activations_accurate_saturating_nan(act, ref):
         assert np.array_equal(y[big], np.sign(x[big]))
     else:
         assert (y[x > 60] == 1).all() and (y[x < -90] == 0).all()
+
+
+def test_float32_activations_below_avx512(tmp_path):
+    """The same checks on the portable array functions (the AVX-512 ones take the
+    division as a reciprocal and a Newton step), with CYRNN_PGEMM_ISA lowering the
+    pick in a fresh process."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import cyrnn
+
+    root = str(Path(cyrnn.__file__).resolve().parent.parent)
+    tests = str(Path(__file__).resolve().parent)
+    code = ("from test_fast_paths import _check_float32_activation as c\n"
+            "import numpy as np\nfrom scipy.special import expit\n"
+            "c('tanh', np.tanh, 37); c('sigmoid', expit, 37); print('ok')")
+    env = dict(os.environ, CYRNN_PGEMM_ISA="1",
+               PYTHONPATH=os.pathsep.join([root, tests, os.environ.get("PYTHONPATH", "")]))
+    res = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr
 
 
 def _gate_activation(ract, x, dtype):
