@@ -213,8 +213,6 @@ cdef void _forward_rows(int code, int act, int ract, Py_ssize_t T, Py_ssize_t N,
     cdef floating* ax = NULL
     cdef floating* hs = NULL
     cdef const floating* x
-    cdef const floating* bih
-    cdef floating* xr
     cdef floating* xb
     cdef floating* xg
     cdef const floating* xsrc
@@ -261,11 +259,7 @@ cdef void _forward_rows(int code, int act, int ract, Py_ssize_t T, Py_ssize_t N,
                     for i in range(n):
                         memcpy(xg + (s * n + i) * D, xsrc + i * si.xs_n, D * sizeof(floating))
             _pgw(si.isa, si.wfmt, xg, D, sb * n, D, <const floating*>si.wih, GH, xb, GH)
-            bih = <const floating*>si.bih
-            for i in range(sb * n):
-                xr = xb + i * GH
-                for j in range(GH):
-                    xr[j] += bih[j]
+            _add_rows(sb * n, GH, <const floating*>si.bih, xb)
         # step t's rows, indexed like the step's (N, G*H) block from row r0 on
         x = xb + ((t % STEP_BLOCK) * n - r0) * GH
         if cho:
