@@ -248,6 +248,7 @@ cdef extern from "pgemm.h" nogil:
     void cyrnn_count_path(int k)
     long cyrnn_path_read(int k)
     Py_ssize_t cyrnn_pgemm_size(int isa, size_t esize, Py_ssize_t C, Py_ssize_t K)
+    Py_ssize_t cyrnn_pgemm_nr(int isa, size_t esize)
     void cyrnn_pack_f(int isa, const float* W, Py_ssize_t C, Py_ssize_t K, Py_ssize_t sc,
                       Py_ssize_t sk, float* P)
     void cyrnn_pack_d(int isa, const double* W, Py_ssize_t C, Py_ssize_t K, Py_ssize_t sc,

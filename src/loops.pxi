@@ -579,13 +579,20 @@ cdef void _wgrad(int isa, const floating* dg, Py_ssize_t ldg, const floating* x,
     a weight gradient summed over every row of every step.
 
     The rows are cut into blocks of WG_ROWS; WG_GROUPS groups of consecutive blocks
-    are summed into their own (K, C) partials by the threads that take them, then
-    added, transposed, in group order. Per block the dg block is packed and the
-    kernel reads x as it lies (``_pg_xt``). Falls back to one BLAS GEMM when the
-    partials would pass WG_MAX_PARTIALS bytes (a large Dense head) or the scratch
-    cannot be allocated."""
+    are summed into their own partials by the threads that take them, then added in
+    group order. Per block one operand's block is packed and the kernel reads the
+    other as it lies (``_pg_xt``). The packed one is x's (partials (C, K)) when its
+    panels pad K by at most a quarter (the copy is K wide instead of C: a quarter of
+    it for an LSTM's dW_hh), else dg's (partials (K, C), added transposed). Every
+    element is the same chain of multiply-adds either way (the products commute), so
+    the choice never changes a result. Falls back to one BLAS GEMM when the partials
+    would pass WG_MAX_PARTIALS bytes (a large Dense head) or the scratch cannot be
+    allocated."""
     cdef Py_ssize_t nblk = (rows + WG_ROWS - 1) // WG_ROWS, ng, per, g, b, r0, R, i, j
-    cdef Py_ssize_t nt, psz = cyrnn_pgemm_size(isa, sizeof(floating), C, WG_ROWS)
+    cdef Py_ssize_t nr = cyrnn_pgemm_nr(isa, sizeof(floating))
+    cdef bint pack_x = (K + nr - 1) // nr * nr * 4 <= 5 * K
+    cdef Py_ssize_t nt, psz = cyrnn_pgemm_size(isa, sizeof(floating), K if pack_x else C,
+                                               WG_ROWS)
     cdef unsigned int csr
     cdef double t0, cpu, c0
     cdef Py_ssize_t slot = _al(C * K) + _al(psz)
@@ -621,16 +628,23 @@ cdef void _wgrad(int isa, const floating* dg, Py_ssize_t ldg, const floating* x,
         for b in range(g * per, min((g + 1) * per, nblk)):
             r0 = b * WG_ROWS
             R = min(<Py_ssize_t>WG_ROWS, rows - r0)
-            _pack_strided(isa, dg + r0 * ldg, C, R, 1, ldg, P)
-            _pg_xt(isa, x + r0 * ldx, ldx, K, R, P, C, acc, C)
+            if pack_x:
+                _pack_strided(isa, x + r0 * ldx, K, R, 1, ldx, P)
+                _pg_xt(isa, dg + r0 * ldg, ldg, C, R, P, K, acc, K)
+            else:
+                _pack_strided(isa, dg + r0 * ldg, C, R, 1, ldg, P)
+                _pg_xt(isa, x + r0 * ldx, ldx, K, R, P, C, acc, C)
         cyrnn_fp_restore(csr)
         cpu += cyrnn_cpu() - c0
     _judge(t0, cpu, nt)
     for g in range(ng):
         acc = ws + g * slot
-        for i in range(C):
-            for j in range(K):
-                out[i * K + j] += acc[j * C + i]
+        if pack_x:
+            _add_rows(1, C * K, acc, out)
+        else:
+            for i in range(C):
+                for j in range(K):
+                    out[i * K + j] += acc[j * C + i]
     free(ws)
 
 
