@@ -168,48 +168,125 @@ def _layers(backend, dtype):
             cyrnn.Dense(3, 2, dtype=dtype, random_state=3)]
 
 
+@pytest.fixture
+def spy(monkeypatch):
+    """Counts of the CUDA backend's fused calls that ran (did not decline)."""
+    from conftest import spy_fused_calls
+    return spy_fused_calls("cuda", monkeypatch)
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_sequential_training_step_matches_reference(dtype, monkeypatch):
+def test_sequential_training_step_matches_reference(dtype, spy):
     """A Sequential on backend="cuda" (embedding with mask_zero, stacked bidirectional
     LSTM, Cho GRU, Dense): one training step (forward, loss, backward, Adam) equals
-    the NumPy backend's. The recurrent time loops and the layers' GEMMs (the ``matmul``
-    hook) run on the device (layer path)."""
-    calls = []
-    real = cu.matmul
-    monkeypatch.setattr(cu, "matmul", lambda *a: calls.append(1) or real(*a))
+    the NumPy backend's, through the fused calls (plan path: every op on the device in
+    one call), and so does inference afterwards."""
     tol = dict(rtol=1e-9, atol=1e-11) if dtype == np.float64 else dict(rtol=2e-4, atol=2e-5)
     rng = np.random.default_rng(0)
-    x = rng.integers(0, 9, size=(3, 5))
-    x[0, 3:] = 0
-    y = rng.standard_normal((3, 2)).astype(dtype)
+    x = rng.integers(0, 9, size=(2, 4))
+    x[0, 2:] = 0
+    y = rng.standard_normal((2, 2)).astype(dtype)
     models = [cyrnn.Sequential(_layers(b, dtype)) for b in ("cuda", "numpy")]
     models[1].load_state_dict(models[0].state_dict())
+    assert models[0]._plan()._mod is cu and models[1]._plan() is None
     losses = []
     for m in models:
         opt = cyrnn.optim.Adam(m.params, lr=0.01)
         losses.append(cyrnn.training.train_step(m, opt, "mse", x, y))
+    assert spy["train_forward"] == 1 and spy["train_backward"] == 1
     np.testing.assert_allclose(losses[0], losses[1], **tol)
     np.testing.assert_allclose(models[0].params.grad, models[1].params.grad, **tol)
     np.testing.assert_allclose(models[0].params.data, models[1].params.data, **tol)
     out = [m.forward(x) for m in models]
+    assert spy["infer"] == 1
     np.testing.assert_allclose(out[0], out[1], **tol)
-    assert len(calls) >= 10  # projections, dW_ih and dx of 5 recurrent layer-directions
 
 
-def test_layer_step_and_states():
-    """layer.step and initial states through the device kernels."""
+def _fused_model(backend):
+    model = cyrnn.Sequential([
+        cyrnn.LSTM(2, 3, num_layers=2, bidirectional=True, peephole=True, dropout=0.25,
+                   bptt_truncate=1, backend=backend, dtype=np.float64, random_state=0),
+        cyrnn.GRU(6, 2, bidirectional=True, merge_mode="mul", return_sequences=False,
+                  backend=backend, dtype=np.float64, random_state=1),
+        cyrnn.Dense(2, 2, dtype=np.float64, random_state=2)])
+    model.params.data[...] = np.random.default_rng(5).uniform(-0.6, 0.6, model.params.size)
+    return model
+
+
+def test_fused_calls_states_dropout_truncation(spy):
+    """The fused calls against the NumPy layer path on what the first test leaves out:
+    float input with lengths, initial states and their gradients, dropout between
+    stacked layers, truncated BPTT, peepholes, a concat and a mul merge (the latter
+    many-to-one), the input gradient; then inference with states."""
+    tol = dict(rtol=1e-9, atol=1e-11)
+    model, ref = _fused_model("cuda"), _fused_model("numpy")
+    rng = np.random.default_rng(3)
+    n, T = 2, 4
+    x = rng.standard_normal((n, T, 2))
+    init = [(rng.standard_normal((4, n, 3)), rng.standard_normal((4, n, 3))),
+            rng.standard_normal((2, n, 2))]
+    kw = dict(lengths=[4, 2], initial_states=init, return_states=True)
+    res = [m.forward(x, training=True, **kw) for m in (model, ref)]
+    np.testing.assert_allclose(res[0][0], res[1][0], **tol)
+    for a, b in zip(res[0][1][0] + (res[0][1][1],), res[1][1][0] + (res[1][1][1],)):
+        np.testing.assert_allclose(a, b, **tol)
+    d_out = rng.standard_normal(res[0][0].shape)
+    d_states = [(rng.standard_normal((4, n, 3)), None), rng.standard_normal((2, n, 2))]
+    dx = [m.backward(d_out, d_states) for m in (model, ref)]
+    assert spy["train_forward"] == 1 and spy["train_backward"] == 1
+    np.testing.assert_allclose(dx[0], dx[1], **tol)
+    np.testing.assert_allclose(model.params.grad, ref.params.grad, **tol)
+    res = [m.forward(x, **kw) for m in (model, ref)]
+    np.testing.assert_allclose(res[0][0], res[1][0], **tol)
+    np.testing.assert_allclose(res[0][1][1], res[1][1][1], **tol)
+    assert spy["infer"] == 1
+
+
+def test_fused_calls_decline_and_raise_as_numba():
+    """Declines (ids out of range, non-finite states) and errors (a corrupt spec, a wrong
+    state size, a wrong dtype, a bad output gradient, a spent cache) follow the Numba
+    backend's checks (shared code), before any device work."""
+    model = cyrnn.Sequential(_layers("cuda", np.float64))
+    plan = model._plan()
+    data = model.params.data
+    ids = np.array([[1, 2, 3]])
+    assert cu.infer(plan.spec, data, np.array([[1, 9, 3]])) is None
+    assert cu.train_forward(plan.spec, data, np.array([[-1, 2, 3]])) is None
+    n_state = 1 * (4 * 3 + 3)
+    assert cu.infer(plan.spec, data, ids, None, np.full(n_state, np.nan)) is None
+    with pytest.raises(ValueError, match="unsupported inference spec"):
+        cu.infer(plan.spec[:-1], data, ids)
+    with pytest.raises(ValueError, match="initial states"):
+        cu.infer(plan.spec, data, ids, None, np.zeros(5))
+    with pytest.raises(TypeError, match="float32 or float64"):
+        cu.infer(plan.spec, data.astype(np.float16), ids)
+    _, _, _, cache = cu.train_forward(plan.spec, data, ids)
+    grad = np.zeros_like(data)
+    with pytest.raises(ValueError, match="d_out must be"):
+        cu.train_backward(plan.spec, data, grad, cache, np.zeros((1, 3)), plan.truncations())
+    cu.train_backward(plan.spec, data, grad, cache, np.ones((1, 2)), plan.truncations())
+    assert np.abs(grad).sum() > 0
+    with pytest.raises(RuntimeError, match="already backpropagated"):
+        cu.train_backward(plan.spec, data, grad, cache, np.ones((1, 2)), plan.truncations())
+
+
+def test_layer_step_and_states(spy):
+    """layer.step and initial states through the fused inference (one step)."""
     kw = dict(num_layers=2, dtype=np.float64, random_state=4, peephole=True)
     lstm = cyrnn.LSTM(3, 4, backend="cuda", **kw)
     ref_lstm = cyrnn.LSTM(3, 4, backend="numpy", **kw)
     rng = np.random.default_rng(1)
     x = rng.standard_normal((2, 3))
     state = (rng.standard_normal((2, 2, 4)), rng.standard_normal((2, 2, 4)))
-    for a, b in zip(lstm.step(x, state), ref_lstm.step(x, state)):
+    out, (h, c) = lstm.step(x, state)
+    out_r, (h_r, c_r) = ref_lstm.step(x, state)
+    assert spy["infer"] == 1
+    for a, b in ((out, out_r), (h, h_r), (c, c_r)):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.filterwarnings("ignore:Stochastic Optimizer")
-def test_estimator_fits_on_cuda(tmp_path):
+def test_estimator_fits_on_cuda(tmp_path, spy):
     """An estimator fits and predicts with backend="cuda", as with the NumPy backend, and
     its saved file scores on the CPU (``scoring.load(path, backend=...)``: the file names
     the backend it was fitted with)."""
@@ -220,6 +297,7 @@ def test_estimator_fits_on_cuda(tmp_path):
     y = X.sum(axis=(1, 2))
     kw = dict(hidden_size=3, max_iter=2, batch_size=3, random_state=0, dtype=np.float64)
     fits = [GRURegressor(backend=b, **kw).fit(X, y) for b in ("cuda", "numpy")]
+    assert spy["train_forward"] == spy["train_backward"] == 4  # 2 epochs of 2 batches
     np.testing.assert_allclose(fits[0].loss_curve_, fits[1].loss_curve_, rtol=1e-9)
     np.testing.assert_allclose(fits[0].predict(X), fits[1].predict(X), rtol=1e-9, atol=1e-12)
     # an ordinary cyrnn model afterwards: saved, then scored on the CPU
@@ -241,7 +319,7 @@ def test_reference_used_for_other_dtypes():
     np.testing.assert_array_equal(a[0], e[0])
 
 
-def test_language_model_on_cuda():
+def test_language_model_on_cuda(spy):
     """CharLanguageModel fits, scores and samples with backend="cuda" (sampling runs the
     reference's generate loop: the backend has no generate), as on the NumPy backend."""
     from cyrnn.language_model import CharLanguageModel
@@ -250,6 +328,7 @@ def test_language_model_on_cuda():
     kw = dict(cell="gru", hidden_size=3, embedding_dim=2, batch_size=2, max_epochs=1,
               dtype=np.float64, random_state=0)
     lms = [CharLanguageModel(backend=b, **kw).fit(names) for b in ("cuda", "numpy")]
+    assert spy["train_forward"] > 0 and spy["train_forward"] == spy["train_backward"]
     np.testing.assert_allclose(lms[0].loss_curve_, lms[1].loss_curve_, rtol=1e-9)
     np.testing.assert_allclose(lms[0].perplexity(names), lms[1].perplexity(names), rtol=1e-9)
     assert lms[0].sample(2, max_length=4, random_state=1) == lms[1].sample(

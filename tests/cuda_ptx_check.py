@@ -19,6 +19,7 @@ _dispatcher.get_current_device = lambda: pytypes.SimpleNamespace(compute_capabil
 
 from cyrnn.backends.cuda.gemm import KERNELS as GEMM  # noqa: E402
 from cyrnn.backends.cuda.loops import KERNELS  # noqa: E402
+from cyrnn.backends.cuda.ops import KERNELS as OPS  # noqa: E402
 
 
 def signatures(F):
@@ -44,6 +45,17 @@ def signatures(F):
                                                                 i64)),
         "colsum": (colsum, (A(2), A(1))),
         "peep_grad": (peep_grad, (A(2), A(2), i64, A(2))),
+        **{name: (OPS[str(F)][name], sig) for name, sig in {
+            "fill": (A(1), F),
+            "reverse_time": (A(2), A(2)),
+            "merge": (i64, A(3), A(3), A(3)),
+            "unmerge": (i64, i64, A(3), A(3), A(3), A(3), i64),
+            "mul_into": (A(1), A(1)),
+            "add_into": (A(1), i64, A(1)),
+            "colsum_into": (A(2), A(1), i64),
+            "gather": (A(1), i64, A(2, i64), A(2)),
+            "scatter_add": (A(1), i64, A(2, i64), A(2)),
+        }.items()},
     }
 
 
