@@ -270,6 +270,86 @@ def test_fused_calls_decline_and_raise_as_numba():
         cu.train_backward(plan.spec, data, grad, cache, np.ones((1, 2)), plan.truncations())
 
 
+def _resident_model(backend, dtype):
+    return cyrnn.Sequential([
+        cyrnn.GRU(2, 3, return_sequences=True, backend=backend, dtype=dtype, random_state=0),
+        cyrnn.Dense(3, 2, dtype=dtype, random_state=1)])
+
+
+@pytest.mark.parametrize("name,kw,dtype", [
+    ("sgd", dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01, clip_value=0.5),
+     np.float64),
+    ("rmsprop", dict(lr=0.01, centered=True, momentum=0.5, clip_norm=0.1), np.float32),
+    ("adam", dict(lr=0.01, amsgrad=True, weight_decay=0.1, clip_norm=0.3), np.float64)])
+def test_device_resident_training_matches_reference(name, kw, dtype):
+    """Inside ``device_training`` the parameters, gradients and optimizer state stay on
+    the device (the host arrays do not change until it ends) and clipping and the
+    update run there; the losses, parameters, optimizer state and gradient norm equal
+    the NumPy backend's."""
+    from cyrnn.fitting import device_training
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 2)).astype(dtype)
+    y = rng.standard_normal((2, 3, 2)).astype(dtype)
+    # float32: the centered RMSProp's sqrt(v - m^2) magnifies the gradients' round-off
+    tol = dict(rtol=1e-10, atol=1e-12) if dtype == np.float64 else dict(rtol=1e-4, atol=1e-5)
+    res = []
+    for backend in ("cuda", "numpy"):
+        model = _resident_model(backend, dtype)
+        start = model.params.data.copy()
+        opt = cyrnn.optim.get_optimizer(name, model.params, **kw)
+        with device_training(model) as device:
+            losses = [cyrnn.training.train_step(model, opt, "mse", x, y) for _ in range(2)]
+            if backend == "cuda":
+                assert device is not None and model.params.device is device
+                np.testing.assert_array_equal(model.params.data, start)  # still on the device
+            else:
+                assert device is None
+        assert model.params.device is None
+        res.append((losses, model.params.data, opt.state_dict(), opt.last_grad_norm))
+    np.testing.assert_allclose(res[0][0], res[1][0], **tol)
+    np.testing.assert_allclose(res[0][1], res[1][1], **tol)
+    for key, value in res[1][2].items():
+        np.testing.assert_allclose(res[0][2][key], value, **tol)
+    if "clip_norm" in kw:
+        np.testing.assert_allclose(res[0][3], res[1][3], rtol=1e-6)
+
+
+def test_declined_call_ends_residency(spy):
+    """A batch the plan path does not take (a row of padding ids only under mask_zero:
+    the layer path runs) first brings the device's values back to the host; training
+    goes on there and equals the NumPy backend's."""
+    from cyrnn.fitting import device_training
+
+    x = np.array([[1, 2, 3], [4, 5, 0]])
+    pad = np.array([[1, 2, 3], [0, 0, 0]])
+    y = np.ones((2, 2))
+    models = []
+    for backend in ("cuda", "numpy"):
+        model = cyrnn.Sequential([
+            cyrnn.Embedding(6, 2, mask_zero=True, dtype=np.float64, random_state=0),
+            cyrnn.GRU(2, 2, return_sequences=False, backend=backend, dtype=np.float64,
+                      random_state=1),
+            cyrnn.Dense(2, 2, dtype=np.float64, random_state=2)])
+        opt = cyrnn.optim.Adam(model.params, lr=0.05)
+        with device_training(model):
+            cyrnn.training.train_step(model, opt, "mse", x, y)
+            if backend == "cuda":  # a declined fused call ends residency too
+                before = model.params.data.copy()
+                plan = model._plan()
+                assert plan.infer(plan.spec, model.params.data, np.array([[9, 1, 1]])) is None
+                assert model.params.device is None
+                assert not np.array_equal(model.params.data, before)  # the device's values
+                plan.device_session(model.params)  # resident again
+            for batch in (pad, x):
+                cyrnn.training.train_step(model, opt, "mse", batch, y)
+            assert model.params.device is None  # ended by the padding-only batch
+        models.append(model)
+    assert spy["train_forward"] == 2
+    np.testing.assert_allclose(models[0].params.data, models[1].params.data, rtol=1e-10,
+                               atol=1e-12)
+
+
 def test_layer_step_and_states(spy):
     """layer.step and initial states through the fused inference (one step)."""
     kw = dict(num_layers=2, dtype=np.float64, random_state=4, peephole=True)
@@ -286,9 +366,9 @@ def test_layer_step_and_states(spy):
 
 
 @pytest.mark.filterwarnings("ignore:Stochastic Optimizer")
-def test_estimator_fits_on_cuda(tmp_path, spy):
-    """An estimator fits and predicts with backend="cuda", as with the NumPy backend, and
-    its saved file scores on the CPU (``scoring.load(path, backend=...)``: the file names
+def test_estimator_fits_on_cuda(tmp_path, spy, monkeypatch):
+    """An estimator fits (device-resident) and predicts with backend="cuda", as with the
+    NumPy backend, and its saved file scores on the CPU (``scoring.load(path, backend=...)``: the file names
     the backend it was fitted with)."""
     from cyrnn.estimators import GRURegressor
 
@@ -296,8 +376,14 @@ def test_estimator_fits_on_cuda(tmp_path, spy):
     X = rng.standard_normal((6, 4, 2))
     y = X.sum(axis=(1, 2))
     kw = dict(hidden_size=3, max_iter=2, batch_size=3, random_state=0, dtype=np.float64)
+    from cyrnn.backends.cuda.resident import Session
+
+    steps = []
+    real_step = Session.step
+    monkeypatch.setattr(Session, "step", lambda self, opt: steps.append(1) or real_step(self, opt))
     fits = [GRURegressor(backend=b, **kw).fit(X, y) for b in ("cuda", "numpy")]
-    assert spy["train_forward"] == spy["train_backward"] == 4  # 2 epochs of 2 batches
+    # 2 epochs of 2 batches, fused and device-resident (the Adam steps ran on the device)
+    assert spy["train_forward"] == spy["train_backward"] == 4 and len(steps) == 4
     np.testing.assert_allclose(fits[0].loss_curve_, fits[1].loss_curve_, rtol=1e-9)
     np.testing.assert_allclose(fits[0].predict(X), fits[1].predict(X), rtol=1e-9, atol=1e-12)
     # an ordinary cyrnn model afterwards: saved, then scored on the CPU

@@ -20,6 +20,8 @@ _dispatcher.get_current_device = lambda: pytypes.SimpleNamespace(compute_capabil
 from cyrnn.backends.cuda.gemm import KERNELS as GEMM  # noqa: E402
 from cyrnn.backends.cuda.loops import KERNELS  # noqa: E402
 from cyrnn.backends.cuda.ops import KERNELS as OPS  # noqa: E402
+from cyrnn.backends.cuda.update import KERNELS as UPDATE  # noqa: E402
+from cyrnn.backends.cuda.update import sumsq  # noqa: E402
 
 
 def signatures(F):
@@ -56,6 +58,15 @@ def signatures(F):
             "gather": (A(1), i64, A(2, i64), A(2)),
             "scatter_add": (A(1), i64, A(2, i64), A(2)),
         }.items()},
+        **{name: (UPDATE[str(F)][name], sig) for name, sig in {
+            "sgd": (A(1), A(1), A(1), F, F, F, i64, i64, F, i64),
+            "rmsprop": (A(1),) * 5 + (F,) * 4 + (i64, F, F, i64, F),
+            "adam": (A(1),) * 5 + (F, F, i64, F, F, F, F, F, F, i64),
+            "clip_value": (A(1), F),
+            "scale": (A(1), F),
+        }.items()},
+        # float64 sums of squares whatever the gradient's type, as the reference's norm
+        "sumsq": (sumsq, (A(1), A(1, types.float64))),
     }
 
 
@@ -64,7 +75,7 @@ def main():
         for name, (kernel, sig) in signatures(F).items():
             ptx, _ = cuda.compile_ptx(kernel.py_func, sig, cc=(9, 0))
             assert ".entry" in ptx, name
-            if F == types.float32:  # float32 kernels compute in float32
+            if F == types.float32 and name != "sumsq":  # float32 kernels compute in float32
                 assert ".f64" not in ptx, f"{name}: float64 operations in the float32 kernel"
             if name in ("forward_kernel", "backward_kernel"):  # persistent: a grid barrier
                 assert "cudaCGSynchronize" in ptx, name

@@ -370,3 +370,4 @@ def step(cell, xp_t, w_hh, b_hh, h, c=None, peep=None):
 
 
 from .fused import infer, train_backward, train_forward  # noqa: E402 - needs the above
+from .resident import resident_session  # noqa: E402

@@ -249,6 +249,7 @@ def infer(spec, data, x, mask=None, h0=None, c0=None, return_state=False):
     arguments, results, declines and errors)."""
     c = _checks(spec, data, x, mask, h0, c0)
     if c is None:
+        resident.release(data)  # the layer path that runs instead reads the host arrays
         return None
     out, h_n, c_n, *_ = _run(c, 0)
     return (out, h_n, c_n) if return_state else out
@@ -265,6 +266,7 @@ def train_forward(spec, data, x, mask=None, h0=None, c0=None, dropout=None):
             raise ValueError(_spec.ERRORS["header"])
     c = _checks(spec, data, x, mask, h0, c0, dropout)
     if c is None:
+        resident.release(data)
         return None
     out, h_n, c_n, kept, d_data, d_ids, d_masks, seq = _run(c, 1)
     cache = DeviceCache()
