@@ -368,8 +368,8 @@ def test_layer_step_and_states(spy):
 @pytest.mark.filterwarnings("ignore:Stochastic Optimizer")
 def test_estimator_fits_on_cuda(tmp_path, spy, monkeypatch):
     """An estimator fits (device-resident) and predicts with backend="cuda", as with the
-    NumPy backend, and its saved file scores on the CPU (``scoring.load(path, backend=...)``: the file names
-    the backend it was fitted with)."""
+    NumPy backend, and its saved file scores on the CPU (``scoring.load(path,
+    backend=...)``: the file names the backend it was fitted with)."""
     from cyrnn.estimators import GRURegressor
 
     rng = np.random.default_rng(2)
@@ -406,8 +406,8 @@ def test_reference_used_for_other_dtypes():
 
 
 def test_language_model_on_cuda(spy):
-    """CharLanguageModel fits, scores and samples with backend="cuda" (sampling runs the
-    reference's generate loop: the backend has no generate), as on the NumPy backend."""
+    """CharLanguageModel fits, scores and samples with backend="cuda" (sampling through
+    the device's generate), as on the NumPy backend."""
     from cyrnn.language_model import CharLanguageModel
 
     names = ["abc", "bca", "cab", "ab"]
@@ -419,6 +419,28 @@ def test_language_model_on_cuda(spy):
     np.testing.assert_allclose(lms[0].perplexity(names), lms[1].perplexity(names), rtol=1e-9)
     assert lms[0].sample(2, max_length=4, random_state=1) == lms[1].sample(
         2, max_length=4, random_state=1)
+
+
+@pytest.mark.parametrize("cell_name", ["lstm_peephole", "gru-cho"])
+def test_generate_matches_reference(cell_name, monkeypatch):
+    """``generate`` on the device: two stacked layers, forced and banned tokens, top-k and
+    temperature, rows ending early; token for token the reference's (same uniforms)."""
+    from test_generate_kernel import make_problem as generate_problem
+
+    cell = CELLS[cell_name]
+    for top_k, temperature in [(0, 1.0), (3, 0.7)]:
+        w, s = generate_problem(cell, L=2, n=2, H=3, T=11, seed=1)
+        s["forced"], s["uniforms"] = s["forced"][:, :6].copy(), s["uniforms"][:, :6].copy()
+        s["forced"][0, 5] = 2  # row 0 ends at step 5
+        with monkeypatch.context() as m:
+            m.setattr(ref, "generate", None)  # the device loop ran, not the reference's
+            got = cu.generate(cell, **w, **s, temperature=temperature, top_k=top_k,
+                              end_token=2)
+        expected = ref.generate(cell, **w, **s, temperature=temperature, top_k=top_k,
+                                end_token=2)
+        np.testing.assert_array_equal(got[1], expected[1])
+        np.testing.assert_array_equal(got[0], expected[0])
+        assert got[1].tolist() == [5, 6] and len(set(got[0][1].tolist())) > 2
 
 
 @pytest.mark.parametrize("bad", ["nan", "ndim", "features", "lengths"])

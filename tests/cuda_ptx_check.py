@@ -21,6 +21,7 @@ from cyrnn.backends.cuda.gemm import KERNELS as GEMM  # noqa: E402
 from cyrnn.backends.cuda.loops import KERNELS  # noqa: E402
 from cyrnn.backends.cuda.ops import KERNELS as OPS  # noqa: E402
 from cyrnn.backends.cuda.update import KERNELS as UPDATE  # noqa: E402
+from cyrnn.backends.cuda.sampling import sample_step  # noqa: E402
 from cyrnn.backends.cuda.update import sumsq  # noqa: E402
 
 
@@ -67,6 +68,11 @@ def signatures(F):
         }.items()},
         # float64 sums of squares whatever the gradient's type, as the reference's norm
         "sumsq": (sumsq, (A(1), A(1, types.float64))),
+        # float64 sampling whatever the logits' type, as the reference's sample_token
+        "sample_step": (sample_step, (i64, A(2), A(2, i64), A(1, types.uint8),
+                                      A(2, types.float64), types.float64, i64, i64, i64,
+                                      A(2, types.uint8), A(2, types.uint8), A(2, i64),
+                                      A(2, i64), A(1, i64))),
     }
 
 
@@ -75,7 +81,7 @@ def main():
         for name, (kernel, sig) in signatures(F).items():
             ptx, _ = cuda.compile_ptx(kernel.py_func, sig, cc=(9, 0))
             assert ".entry" in ptx, name
-            if F == types.float32 and name != "sumsq":  # float32 kernels compute in float32
+            if F == types.float32 and name not in ("sumsq", "sample_step"):  # float32 math
                 assert ".f64" not in ptx, f"{name}: float64 operations in the float32 kernel"
             if name in ("forward_kernel", "backward_kernel"):  # persistent: a grid barrier
                 assert "cudaCGSynchronize" in ptx, name

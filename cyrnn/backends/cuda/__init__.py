@@ -15,8 +15,9 @@ NumPy arrays out (the cache too). The fused plan calls ``infer``,
 ``train_forward`` and ``train_backward`` (:mod:`.fused`) run a whole layer or
 ``Sequential`` on the device with the Numba backend's signatures and checks, so
 layers, models, ``train_step``, the estimators and the language model on this
-backend take the plan path. ``generate`` is not implemented (the NumPy reference's
-sampling loop runs). The layer path's GEMMs (the input
+backend take the plan path; during training they keep the parameters, gradients and
+optimizer state on the device (:mod:`.resident`). ``generate`` runs the whole sampling
+loop on the device (:mod:`.sampling`). The layer path's GEMMs (the input
 projection of all steps, ``dW_ih``, ``dx``) go through ``matmul``, the device's
 tiled GEMM.
 
@@ -27,9 +28,10 @@ persistent kernels and the per-step kernels), :mod:`.gemm` (the tiled GEMM: per-
 products, ``dW_hh``, ``matmul``; bias and peephole sums), :mod:`.ops` (the
 elementwise, gather and scatter kernels between the ops of a fused call),
 :mod:`.fused` (the fused calls), :mod:`.resident` (where they find the parameters
-and gradients on the device); this module holds the per-layer entry points, the
-time loops on device arrays (``_run_forward``, ``_run_backward``), the choice of
-path and the per-step path's host loops.
+and gradients on the device; device-resident training), :mod:`.update` (optimizer and
+clipping kernels), :mod:`.sampling` (``generate``); this module holds the per-layer
+entry points, the time loops on device arrays (``_run_forward``, ``_run_backward``),
+the choice of path and the per-step path's host loops.
 """
 
 from __future__ import annotations
@@ -369,5 +371,6 @@ def step(cell, xp_t, w_hh, b_hh, h, c=None, peep=None):
     return h_T, c_T
 
 
-from .fused import infer, train_backward, train_forward  # noqa: E402 - needs the above
-from .resident import resident_session  # noqa: E402
+from .fused import infer, train_backward, train_forward  # noqa: E402,F401 - needs the above
+from .resident import resident_session  # noqa: E402,F401
+from .sampling import generate  # noqa: E402,F401

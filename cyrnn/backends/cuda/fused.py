@@ -29,7 +29,7 @@ from .. import spec as _spec
 from ..numba import _flat_arg, _raise, backward_args, fused_forms
 from ..numba.fused import _E_DROP, _E_MEMORY, _E_STATE, DECLINED, _check_input, _check_spec
 from ..spec import (DENSE_B, DENSE_OUT, DENSE_W, EMB_DIM, EMB_FROZEN, EMB_W, MERGE_CONCAT,
-                    OP_EMBED, OP_RNN, RNN_ACT, RNN_B_HH, RNN_B_IH, RNN_CELL, RNN_DIRS,
+                    OP_RNN, RNN_ACT, RNN_B_HH, RNN_B_IH, RNN_CELL, RNN_DIRS,
                     RNN_DROP, RNN_HIDDEN, RNN_IN, RNN_MERGE, RNN_PEEP, RNN_RACT, RNN_SEQ,
                     RNN_W_HH, RNN_W_IH, RNN_W_IH_R, SPEC_HEADER, SPEC_WIDTH)
 from . import ops
@@ -315,7 +315,6 @@ def train_backward(spec, data, grad, cache, d_out, truncate, dh_n=None, dc_n=Non
     d_data = cache.d_data
     d_grad, to_host = resident.device_grad(data, grad)
     F = cache.F_out
-    rows_out = TN if cache.seq_out else N
     dcur = cuda.to_device(np.ascontiguousarray(d_out.transpose(1, 0, 2)).reshape(TN, F)
                           if cache.seq_out else d_out.reshape(N, F))
     n_state = cache.n_state
@@ -327,7 +326,6 @@ def train_backward(spec, data, grad, cache, d_out, truncate, dh_n=None, dc_n=Non
     frozen = first and spec[SPEC_HEADER + EMB_FROZEN] != 0
     valid_r = cache.valid[::-1]
     nrec = cache.nrec
-    assert rows_out == kept[-1].out.shape[0]
     for idx in range(len(kept) - 1, -1, -1):
         op = kept[idx]
         o = idx + first

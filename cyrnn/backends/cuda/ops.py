@@ -144,8 +144,8 @@ def _make(F):
                 for i in range(N):
                     grad[off + ids[i, t] * E + j] += src[t * N + i, j]
 
-    return dict(fill=fill, reverse_time=reverse_time, merge=merge, unmerge=unmerge, mul_into=mul_into,
-                add_into=add_into, colsum_into=colsum_into, gather=gather,
+    return dict(fill=fill, reverse_time=reverse_time, merge=merge, unmerge=unmerge,
+                mul_into=mul_into, add_into=add_into, colsum_into=colsum_into, gather=gather,
                 scatter_add=scatter_add)
 
 

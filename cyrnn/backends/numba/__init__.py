@@ -630,8 +630,8 @@ def backward_args(spec, data, grad, cache, d_out, truncate, dh_n, dc_n):
 # Generation (the compiled sampling loop: .generate).
 # ----------------------------------------------------------------------------
 
-def generate(cell, xp_table, w_ih_rest, b_ih_rest, w_hh, b_hh, w_out, b_out, h, c,
-             start, forced, banned, uniforms, temperature, top_k, end_token, peep=None):
+def _generate_loop(cell, xp_table, w_ih_rest, b_ih_rest, w_hh, b_hh, w_out, b_out, h, c,
+                   start, forced, banned, uniforms, peep, temperature, top_k, end_token):
     """The whole sampling loop in compiled code; see ``numpy_backend.generate``.
 
     Token-for-token equal to the reference for the same ``uniforms`` (up to
@@ -639,6 +639,50 @@ def generate(cell, xp_table, w_ih_rest, b_ih_rest, w_hh, b_hh, w_out, b_out, h, 
     take as they are (degenerate or inconsistent shapes, another dtype, token ids
     outside ``xp_table``) go to the reference, which gives its result or error.
     """
+    dt = xp_table.dtype
+    n, T = forced.shape
+    L, GH, H = w_hh.shape
+    V = w_out.shape[0]
+    code, act, ract = cell.codes
+    tokens = _empty((n, T), np.int64)
+    lengths = _empty(n, np.int64)
+    fn = _entry.get(("generate", dt)) or _kernel("generate", dt)
+    fn(code, act, ract, _gemm._blas_mode(n, GH * H, 1), _gemm._blas_mode(n, V * H, 1),
+       xp_table, w_ih_rest, b_ih_rest, w_hh, b_hh, peep, w_out, b_out, h,
+       _A3[dt] if c is None else c, start, forced, banned, uniforms, float(temperature),
+       int(top_k), int(end_token), tokens, lengths)
+    return tokens, lengths
+
+
+def checked_generate(loop):
+    """``generate`` (``numpy_backend.generate``'s signature) for a sampling ``loop``
+    that takes :func:`generate_args`'s arrays, then ``temperature``, ``top_k`` and
+    ``end_token``; what those checks do not take goes to the reference. Shared with
+    the CUDA backend."""
+    def generate(cell, xp_table, w_ih_rest, b_ih_rest, w_hh, b_hh, w_out, b_out, h, c,
+                 start, forced, banned, uniforms, temperature, top_k, end_token, peep=None):
+        args = generate_args(cell, xp_table, w_ih_rest, b_ih_rest, w_hh, b_hh, w_out, b_out,
+                             h, c, start, forced, banned, uniforms, peep)
+        if args is None:
+            return _reference().generate(cell, xp_table, w_ih_rest, b_ih_rest, w_hh, b_hh,
+                                         w_out, b_out, h, c, start, forced, banned, uniforms,
+                                         temperature, top_k, end_token, peep)
+        return loop(cell, *args, temperature, top_k, end_token)
+
+    generate.__doc__ = loop.__doc__
+    return generate
+
+
+generate = checked_generate(_generate_loop)
+
+
+def generate_args(cell, xp_table, w_ih_rest, b_ih_rest, w_hh, b_hh, w_out, b_out, h, c,
+                  start, forced, banned, uniforms, peep):
+    """The arrays of ``generate`` as the compiled loops take them (C-contiguous, the
+    table's float dtype; ``c`` None without a cell state, ``peep`` (L, 3, H) or
+    (L, 3, 0)), or None for inputs they do not take as they are (degenerate or
+    inconsistent shapes, another dtype, token ids outside ``xp_table``): the
+    reference then gives its result or error. Shared with the CUDA backend."""
     xp_table = _contig(xp_table)
     dt = xp_table.dtype
     forced = _contig(forced, np.int64)
@@ -672,18 +716,10 @@ def generate(cell, xp_table, w_ih_rest, b_ih_rest, w_hh, b_hh, w_out, b_out, h, 
             or start.shape != (n,) or banned.shape != (V,) or uniforms.shape != (n, T)
             or start.min() < 0 or start.max() >= Vx or forced.max() >= Vx
             or V > Vx):  # a sampled token indexes xp_table
-        return _reference().generate(cell, xp_table, w_ih_rest, b_ih_rest, w_hh, b_hh, w_out,
-                                     b_out, h, c, start, forced, banned, uniforms, temperature,
-                                     top_k, end_token, peep)
+        return None
     if not P:
         peep = _zeros((L, PEEP_ROWS, 0), dt)
     elif peep is None:  # as the reference: no peephole terms
         peep = _zeros((L, P, H), dt)
-    tokens = _empty((n, T), np.int64)
-    lengths = _empty(n, np.int64)
-    fn = _entry.get(("generate", dt)) or _kernel("generate", dt)
-    fn(code, act, ract, _gemm._blas_mode(n, GH * H, 1), _gemm._blas_mode(n, V * H, 1),
-       xp_table, w_ih_rest if rest else _A3[dt], b_ih_rest if rest else _A2[dt], w_hh, b_hh,
-       peep, w_out, b_out, h, c if has_c else _A3[dt], start, forced, banned, uniforms,
-       float(temperature), int(top_k), int(end_token), tokens, lengths)
-    return tokens, lengths
+    return (xp_table, w_ih_rest if rest else _A3[dt], b_ih_rest if rest else _A2[dt], w_hh,
+            b_hh, w_out, b_out, h, c if has_c else None, start, forced, banned, uniforms, peep)
