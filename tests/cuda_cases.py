@@ -385,6 +385,9 @@ def test_estimator_fits_on_cuda(tmp_path, spy, monkeypatch):
     # 2 epochs of 2 batches, fused and device-resident (the Adam steps ran on the device)
     assert spy["train_forward"] == spy["train_backward"] == 4 and len(steps) == 4
     np.testing.assert_allclose(fits[0].loss_curve_, fits[1].loss_curve_, rtol=1e-9)
+    np.testing.assert_allclose(fits[0].model_.params.data, fits[1].model_.params.data,
+                               rtol=1e-9, atol=1e-12)
+    assert fits[0].model_.params.device is None  # back on the host
     np.testing.assert_allclose(fits[0].predict(X), fits[1].predict(X), rtol=1e-9, atol=1e-12)
     # an ordinary cyrnn model afterwards: saved, then scored on the CPU
     import cyrnn.scoring

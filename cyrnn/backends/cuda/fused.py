@@ -131,8 +131,10 @@ def _mask_pair(c):
 
 def _run(c, keep):
     """Run the checked call ``c`` on the device. Returns ``(out, h_n, c_n, ops, d_data,
-    d_ids, d_masks, seq)``: host output (time-major rows), final states (host), and,
-    with ``keep``, every op's :class:`_Op`."""
+    d_ids, d_masks, seq)``: the output ((N, T, F), or (N, F) after a many-to-one op)
+    and the final states on the host; with ``keep``, every op's :class:`_Op`; the
+    device parameters, ids and masks the backward reuses; whether the output is a
+    sequence."""
     from . import _run_forward, _state_slots  # the package's time-loop entry
 
     spec, dt, N, T = c.spec, c.data.dtype, c.N, c.T
