@@ -16,6 +16,7 @@ optimizer and history it is given, which the caller commits only when it returns
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
@@ -25,7 +26,7 @@ import numpy as np
 
 from .training import check_divergence
 
-__all__ = ["History", "Stopping", "Progress", "FitResult", "run_epochs"]
+__all__ = ["History", "Stopping", "Progress", "FitResult", "run_epochs", "device_training"]
 
 
 @dataclass
@@ -229,6 +230,7 @@ def run_epochs(model, history, *, epochs, batches, step, start_loss=None, stoppi
         stopping.start(model, history)
     stopped = False
     began = time.perf_counter()
+    device = _device_session(model)  # None unless the model trains on a device
     try:
         for _ in range(epochs):
             items = batches()
@@ -248,6 +250,8 @@ def run_epochs(model, history, *, epochs, batches, step, start_loss=None, stoppi
                 progress.batch(total / mass)
             epoch_loss = total / mass
             history.loss_curve.append(epoch_loss)
+            if device is not None:
+                device.sync()  # the checks and the validation read the host arrays
             check_divergence(history.loss_curve, model.params.data, reference)
             if stopping is not None:
                 stopped = stopping.update(model, history, epoch_loss)
@@ -259,9 +263,36 @@ def run_epochs(model, history, *, epochs, batches, step, start_loss=None, stoppi
                 progress.say(stopping.message())
                 break
     finally:
+        if device is not None:
+            device.close()  # the host arrays are the model's values again
         progress.close()
     seconds = time.perf_counter() - began
     if stopping is not None:
         stopping.finish(model)
     model.clear_caches()
     return FitResult(stopped, seconds)
+
+
+def _device_session(model):
+    """The device-resident training session of ``model`` (its plan's backend keeps the
+    parameters, gradients and optimizer state on the device: ``backend="cuda"``), or
+    None."""
+    plan = model._plan() if hasattr(model, "_plan") else None
+    return plan.device_session(model.params) if plan is not None else None
+
+
+@contextlib.contextmanager
+def device_training(model):
+    """Keep ``model``'s parameters, gradients and optimizer state on the device for the
+    training steps inside (:func:`cyrnn.training.train_step`, ``tbptt``, a model's
+    ``forward``/``backward`` with ``Optimizer.step``) when its layers run on a backend
+    that can (``backend="cuda"``; docs/architecture.md, "The CUDA backend"); elsewhere
+    nothing changes. Yields the session (None when there is none), whose ``sync()``
+    makes the host arrays current; they are current again on exit. :func:`run_epochs`
+    trains this way."""
+    session = _device_session(model)
+    try:
+        yield session
+    finally:
+        if session is not None:
+            session.close()

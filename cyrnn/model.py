@@ -179,6 +179,7 @@ class Sequential:
                 res = self._run_planned(plan, args, training, return_states)
                 if res is not None:
                     return res
+        self.params.to_host()  # the layer path reads the host arrays
         x, mask = self._input_mask(x, lengths, mask)
         return self._forward_checked(x, mask, initial_states, training, return_states)
 

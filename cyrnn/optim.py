@@ -465,7 +465,12 @@ class Optimizer:
         return self._state.get(name, self._empty)
 
     def step(self):
-        """Clip ``params.grad`` (if configured) and update ``params.data`` in place."""
+        """Clip ``params.grad`` (if configured) and update ``params.data`` in place
+        (during device-resident training, the device's arrays: ``params.device``)."""
+        device = self.params.device
+        if device is not None and device.step(self):
+            self.n_steps += 1
+            return
         grad = self.params.grad
         if self.clip_value is not None:
             clip_by_value(grad, self.clip_value)

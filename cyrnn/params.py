@@ -76,8 +76,22 @@ class ParameterBuffer:
     def __len__(self):
         return len(self.names)
 
+    #: The device session holding this buffer's values, gradients and optimizer state
+    #: during device-resident training (:func:`cyrnn.fitting.device_training`); None
+    #: when the arrays here are the values.
+    device = None
+
     def zero_grad(self):
         self.grad[...] = 0
+        if self.device is not None:
+            self.device.zero_grad()
+
+    def to_host(self):
+        """End device residency, if any: the device's values, gradients and optimizer
+        state are copied into the host arrays first (a layer path is about to read
+        them)."""
+        if self.device is not None:
+            self.device.close(force=True)
 
     def state_dict(self):
         """A dict of copies ``{name: array}``."""

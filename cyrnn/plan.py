@@ -152,6 +152,14 @@ class CompiledPlan:
             g[...] = saved
         return res
 
+    def device_session(self, params):
+        """A session keeping ``params`` (this model's buffer) on the device while it
+        trains, from a backend that has them (the CUDA backend's
+        ``resident_session``), else None; None too when a layer has
+        ``use_bias=False`` (:meth:`backward` restores those gradients on the host)."""
+        begin = getattr(self._mod, "resident_session", None)
+        return None if begin is None or self._no_bias else begin(params)
+
     def use_packed_weights(self, fmt):
         """Make every ``infer`` of this plan use weights packed once, in ``fmt``
         (``"native"`` or ``"bfloat16"``), on the first call, from the parameter

@@ -53,6 +53,7 @@ def train_step(model, optimizer, loss, x, y, lengths=None, mask=None, initial_st
                 optimizer.step()
                 return (value, states) if return_states else value
     if hasattr(model, "_forward_checked"):
+        model.params.to_host()  # the layer path reads the host arrays
         # Validate once (x, lengths, mask), before any state changes.
         x, in_mask = model._input_mask(x, lengths, mask)
         out_mask = model._output_mask_of(in_mask)

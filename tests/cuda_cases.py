@@ -168,59 +168,226 @@ def _layers(backend, dtype):
             cyrnn.Dense(3, 2, dtype=dtype, random_state=3)]
 
 
+@pytest.fixture
+def spy(monkeypatch):
+    """Counts of the CUDA backend's fused calls that ran (did not decline)."""
+    from conftest import spy_fused_calls
+    return spy_fused_calls("cuda", monkeypatch)
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_sequential_training_step_matches_reference(dtype, monkeypatch):
+def test_sequential_training_step_matches_reference(dtype, spy):
     """A Sequential on backend="cuda" (embedding with mask_zero, stacked bidirectional
     LSTM, Cho GRU, Dense): one training step (forward, loss, backward, Adam) equals
-    the NumPy backend's. The recurrent time loops and the layers' GEMMs (the ``matmul``
-    hook) run on the device (layer path)."""
-    calls = []
-    real = cu.matmul
-    monkeypatch.setattr(cu, "matmul", lambda *a: calls.append(1) or real(*a))
+    the NumPy backend's, through the fused calls (plan path: every op on the device in
+    one call), and so does inference afterwards."""
     tol = dict(rtol=1e-9, atol=1e-11) if dtype == np.float64 else dict(rtol=2e-4, atol=2e-5)
     rng = np.random.default_rng(0)
-    x = rng.integers(0, 9, size=(3, 5))
-    x[0, 3:] = 0
-    y = rng.standard_normal((3, 2)).astype(dtype)
+    x = rng.integers(0, 9, size=(2, 4))
+    x[0, 2:] = 0
+    y = rng.standard_normal((2, 2)).astype(dtype)
     models = [cyrnn.Sequential(_layers(b, dtype)) for b in ("cuda", "numpy")]
     models[1].load_state_dict(models[0].state_dict())
+    assert models[0]._plan()._mod is cu and models[1]._plan() is None
     losses = []
     for m in models:
         opt = cyrnn.optim.Adam(m.params, lr=0.01)
         losses.append(cyrnn.training.train_step(m, opt, "mse", x, y))
+    assert spy["train_forward"] == 1 and spy["train_backward"] == 1
     np.testing.assert_allclose(losses[0], losses[1], **tol)
     np.testing.assert_allclose(models[0].params.grad, models[1].params.grad, **tol)
     np.testing.assert_allclose(models[0].params.data, models[1].params.data, **tol)
     out = [m.forward(x) for m in models]
+    assert spy["infer"] == 1
     np.testing.assert_allclose(out[0], out[1], **tol)
-    assert len(calls) >= 10  # projections, dW_ih and dx of 5 recurrent layer-directions
 
 
-def test_layer_step_and_states():
-    """layer.step and initial states through the device kernels."""
+def _fused_model(backend):
+    model = cyrnn.Sequential([
+        cyrnn.LSTM(2, 3, num_layers=2, bidirectional=True, peephole=True, dropout=0.25,
+                   bptt_truncate=1, backend=backend, dtype=np.float64, random_state=0),
+        cyrnn.GRU(6, 2, bidirectional=True, merge_mode="mul", return_sequences=False,
+                  backend=backend, dtype=np.float64, random_state=1),
+        cyrnn.Dense(2, 2, dtype=np.float64, random_state=2)])
+    model.params.data[...] = np.random.default_rng(5).uniform(-0.6, 0.6, model.params.size)
+    return model
+
+
+def test_fused_calls_states_dropout_truncation(spy):
+    """The fused calls against the NumPy layer path on what the first test leaves out:
+    float input with lengths, initial states and their gradients, dropout between
+    stacked layers, truncated BPTT, peepholes, a concat and a mul merge (the latter
+    many-to-one), the input gradient; then inference with states."""
+    tol = dict(rtol=1e-9, atol=1e-11)
+    model, ref = _fused_model("cuda"), _fused_model("numpy")
+    rng = np.random.default_rng(3)
+    n, T = 2, 4
+    x = rng.standard_normal((n, T, 2))
+    init = [(rng.standard_normal((4, n, 3)), rng.standard_normal((4, n, 3))),
+            rng.standard_normal((2, n, 2))]
+    kw = dict(lengths=[4, 2], initial_states=init, return_states=True)
+    res = [m.forward(x, training=True, **kw) for m in (model, ref)]
+    np.testing.assert_allclose(res[0][0], res[1][0], **tol)
+    for a, b in zip(res[0][1][0] + (res[0][1][1],), res[1][1][0] + (res[1][1][1],)):
+        np.testing.assert_allclose(a, b, **tol)
+    d_out = rng.standard_normal(res[0][0].shape)
+    d_states = [(rng.standard_normal((4, n, 3)), None), rng.standard_normal((2, n, 2))]
+    dx = [m.backward(d_out, d_states) for m in (model, ref)]
+    assert spy["train_forward"] == 1 and spy["train_backward"] == 1
+    np.testing.assert_allclose(dx[0], dx[1], **tol)
+    np.testing.assert_allclose(model.params.grad, ref.params.grad, **tol)
+    res = [m.forward(x, **kw) for m in (model, ref)]
+    np.testing.assert_allclose(res[0][0], res[1][0], **tol)
+    np.testing.assert_allclose(res[0][1][1], res[1][1][1], **tol)
+    assert spy["infer"] == 1
+
+
+def test_fused_calls_decline_and_raise_as_numba():
+    """Declines (ids out of range, non-finite states) and errors (a corrupt spec, a wrong
+    state size, a wrong dtype, a bad output gradient, a spent cache) follow the Numba
+    backend's checks (shared code), before any device work."""
+    model = cyrnn.Sequential(_layers("cuda", np.float64))
+    plan = model._plan()
+    data = model.params.data
+    ids = np.array([[1, 2, 3]])
+    assert cu.infer(plan.spec, data, np.array([[1, 9, 3]])) is None
+    assert cu.train_forward(plan.spec, data, np.array([[-1, 2, 3]])) is None
+    n_state = 1 * (4 * 3 + 3)
+    assert cu.infer(plan.spec, data, ids, None, np.full(n_state, np.nan)) is None
+    with pytest.raises(ValueError, match="unsupported inference spec"):
+        cu.infer(plan.spec[:-1], data, ids)
+    with pytest.raises(ValueError, match="initial states"):
+        cu.infer(plan.spec, data, ids, None, np.zeros(5))
+    with pytest.raises(TypeError, match="float32 or float64"):
+        cu.infer(plan.spec, data.astype(np.float16), ids)
+    _, _, _, cache = cu.train_forward(plan.spec, data, ids)
+    grad = np.zeros_like(data)
+    with pytest.raises(ValueError, match="d_out must be"):
+        cu.train_backward(plan.spec, data, grad, cache, np.zeros((1, 3)), plan.truncations())
+    cu.train_backward(plan.spec, data, grad, cache, np.ones((1, 2)), plan.truncations())
+    assert np.abs(grad).sum() > 0
+    with pytest.raises(RuntimeError, match="already backpropagated"):
+        cu.train_backward(plan.spec, data, grad, cache, np.ones((1, 2)), plan.truncations())
+
+
+def _resident_model(backend, dtype):
+    return cyrnn.Sequential([
+        cyrnn.GRU(2, 3, return_sequences=True, backend=backend, dtype=dtype, random_state=0),
+        cyrnn.Dense(3, 2, dtype=dtype, random_state=1)])
+
+
+@pytest.mark.parametrize("name,kw,dtype", [
+    ("sgd", dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01, clip_value=0.5),
+     np.float64),
+    ("rmsprop", dict(lr=0.01, centered=True, momentum=0.5, clip_norm=0.1), np.float32),
+    ("adam", dict(lr=0.01, amsgrad=True, weight_decay=0.1, clip_norm=0.3), np.float64)])
+def test_device_resident_training_matches_reference(name, kw, dtype):
+    """Inside ``device_training`` the parameters, gradients and optimizer state stay on
+    the device (the host arrays do not change until it ends) and clipping and the
+    update run there; the losses, parameters, optimizer state and gradient norm equal
+    the NumPy backend's."""
+    from cyrnn.fitting import device_training
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 2)).astype(dtype)
+    y = rng.standard_normal((2, 3, 2)).astype(dtype)
+    # float32: the centered RMSProp's sqrt(v - m^2) magnifies the gradients' round-off
+    tol = dict(rtol=1e-10, atol=1e-12) if dtype == np.float64 else dict(rtol=1e-4, atol=1e-5)
+    res = []
+    for backend in ("cuda", "numpy"):
+        model = _resident_model(backend, dtype)
+        start = model.params.data.copy()
+        opt = cyrnn.optim.get_optimizer(name, model.params, **kw)
+        with device_training(model) as device:
+            losses = [cyrnn.training.train_step(model, opt, "mse", x, y) for _ in range(2)]
+            if backend == "cuda":
+                assert device is not None and model.params.device is device
+                np.testing.assert_array_equal(model.params.data, start)  # still on the device
+            else:
+                assert device is None
+        assert model.params.device is None
+        res.append((losses, model.params.data, opt.state_dict(), opt.last_grad_norm))
+    np.testing.assert_allclose(res[0][0], res[1][0], **tol)
+    np.testing.assert_allclose(res[0][1], res[1][1], **tol)
+    for key, value in res[1][2].items():
+        np.testing.assert_allclose(res[0][2][key], value, **tol)
+    if "clip_norm" in kw:
+        np.testing.assert_allclose(res[0][3], res[1][3], rtol=1e-6)
+
+
+def test_declined_call_ends_residency(spy):
+    """A batch the plan path does not take (a row of padding ids only under mask_zero:
+    the layer path runs) first brings the device's values back to the host; training
+    goes on there and equals the NumPy backend's."""
+    from cyrnn.fitting import device_training
+
+    x = np.array([[1, 2, 3], [4, 5, 0]])
+    pad = np.array([[1, 2, 3], [0, 0, 0]])
+    y = np.ones((2, 2))
+    models = []
+    for backend in ("cuda", "numpy"):
+        model = cyrnn.Sequential([
+            cyrnn.Embedding(6, 2, mask_zero=True, dtype=np.float64, random_state=0),
+            cyrnn.GRU(2, 2, return_sequences=False, backend=backend, dtype=np.float64,
+                      random_state=1),
+            cyrnn.Dense(2, 2, dtype=np.float64, random_state=2)])
+        opt = cyrnn.optim.Adam(model.params, lr=0.05)
+        with device_training(model):
+            cyrnn.training.train_step(model, opt, "mse", x, y)
+            if backend == "cuda":  # a declined fused call ends residency too
+                before = model.params.data.copy()
+                plan = model._plan()
+                assert plan.infer(plan.spec, model.params.data, np.array([[9, 1, 1]])) is None
+                assert model.params.device is None
+                assert not np.array_equal(model.params.data, before)  # the device's values
+                plan.device_session(model.params)  # resident again
+            for batch in (pad, x):
+                cyrnn.training.train_step(model, opt, "mse", batch, y)
+            assert model.params.device is None  # ended by the padding-only batch
+        models.append(model)
+    assert spy["train_forward"] == 2
+    np.testing.assert_allclose(models[0].params.data, models[1].params.data, rtol=1e-10,
+                               atol=1e-12)
+
+
+def test_layer_step_and_states(spy):
+    """layer.step and initial states through the fused inference (one step)."""
     kw = dict(num_layers=2, dtype=np.float64, random_state=4, peephole=True)
     lstm = cyrnn.LSTM(3, 4, backend="cuda", **kw)
     ref_lstm = cyrnn.LSTM(3, 4, backend="numpy", **kw)
     rng = np.random.default_rng(1)
     x = rng.standard_normal((2, 3))
     state = (rng.standard_normal((2, 2, 4)), rng.standard_normal((2, 2, 4)))
-    for a, b in zip(lstm.step(x, state), ref_lstm.step(x, state)):
+    out, (h, c) = lstm.step(x, state)
+    out_r, (h_r, c_r) = ref_lstm.step(x, state)
+    assert spy["infer"] == 1
+    for a, b in ((out, out_r), (h, h_r), (c, c_r)):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.filterwarnings("ignore:Stochastic Optimizer")
-def test_estimator_fits_on_cuda(tmp_path):
-    """An estimator fits and predicts with backend="cuda", as with the NumPy backend, and
-    its saved file scores on the CPU (``scoring.load(path, backend=...)``: the file names
-    the backend it was fitted with)."""
+def test_estimator_fits_on_cuda(tmp_path, spy, monkeypatch):
+    """An estimator fits (device-resident) and predicts with backend="cuda", as with the
+    NumPy backend, and its saved file scores on the CPU (``scoring.load(path,
+    backend=...)``: the file names the backend it was fitted with)."""
     from cyrnn.estimators import GRURegressor
 
     rng = np.random.default_rng(2)
     X = rng.standard_normal((6, 4, 2))
     y = X.sum(axis=(1, 2))
     kw = dict(hidden_size=3, max_iter=2, batch_size=3, random_state=0, dtype=np.float64)
+    from cyrnn.backends.cuda.resident import Session
+
+    steps = []
+    real_step = Session.step
+    monkeypatch.setattr(Session, "step", lambda self, opt: steps.append(1) or real_step(self, opt))
     fits = [GRURegressor(backend=b, **kw).fit(X, y) for b in ("cuda", "numpy")]
+    # 2 epochs of 2 batches, fused and device-resident (the Adam steps ran on the device)
+    assert spy["train_forward"] == spy["train_backward"] == 4 and len(steps) == 4
     np.testing.assert_allclose(fits[0].loss_curve_, fits[1].loss_curve_, rtol=1e-9)
+    np.testing.assert_allclose(fits[0].model_.params.data, fits[1].model_.params.data,
+                               rtol=1e-9, atol=1e-12)
+    assert fits[0].model_.params.device is None  # back on the host
     np.testing.assert_allclose(fits[0].predict(X), fits[1].predict(X), rtol=1e-9, atol=1e-12)
     # an ordinary cyrnn model afterwards: saved, then scored on the CPU
     import cyrnn.scoring
@@ -241,19 +408,42 @@ def test_reference_used_for_other_dtypes():
     np.testing.assert_array_equal(a[0], e[0])
 
 
-def test_language_model_on_cuda():
-    """CharLanguageModel fits, scores and samples with backend="cuda" (sampling runs the
-    reference's generate loop: the backend has no generate), as on the NumPy backend."""
+def test_language_model_on_cuda(spy):
+    """CharLanguageModel fits, scores and samples with backend="cuda" (sampling through
+    the device's generate), as on the NumPy backend."""
     from cyrnn.language_model import CharLanguageModel
 
     names = ["abc", "bca", "cab", "ab"]
     kw = dict(cell="gru", hidden_size=3, embedding_dim=2, batch_size=2, max_epochs=1,
               dtype=np.float64, random_state=0)
     lms = [CharLanguageModel(backend=b, **kw).fit(names) for b in ("cuda", "numpy")]
+    assert spy["train_forward"] > 0 and spy["train_forward"] == spy["train_backward"]
     np.testing.assert_allclose(lms[0].loss_curve_, lms[1].loss_curve_, rtol=1e-9)
     np.testing.assert_allclose(lms[0].perplexity(names), lms[1].perplexity(names), rtol=1e-9)
     assert lms[0].sample(2, max_length=4, random_state=1) == lms[1].sample(
         2, max_length=4, random_state=1)
+
+
+@pytest.mark.parametrize("cell_name", ["lstm_peephole", "gru-cho"])
+def test_generate_matches_reference(cell_name, monkeypatch):
+    """``generate`` on the device: two stacked layers, forced and banned tokens, top-k and
+    temperature, rows ending early; token for token the reference's (same uniforms)."""
+    from test_generate_kernel import make_problem as generate_problem
+
+    cell = CELLS[cell_name]
+    for top_k, temperature in [(0, 1.0), (3, 0.7)]:
+        w, s = generate_problem(cell, L=2, n=2, H=3, T=11, seed=1)
+        s["forced"], s["uniforms"] = s["forced"][:, :6].copy(), s["uniforms"][:, :6].copy()
+        s["forced"][0, 5] = 2  # row 0 ends at step 5
+        with monkeypatch.context() as m:
+            m.setattr(ref, "generate", None)  # the device loop ran, not the reference's
+            got = cu.generate(cell, **w, **s, temperature=temperature, top_k=top_k,
+                              end_token=2)
+        expected = ref.generate(cell, **w, **s, temperature=temperature, top_k=top_k,
+                                end_token=2)
+        np.testing.assert_array_equal(got[1], expected[1])
+        np.testing.assert_array_equal(got[0], expected[0])
+        assert got[1].tolist() == [5, 6] and len(set(got[0][1].tolist())) > 2
 
 
 @pytest.mark.parametrize("bad", ["nan", "ndim", "features", "lengths"])

@@ -361,6 +361,7 @@ class RecurrentLayer(Layer):
             res = self._planned_forward(plan, x, lengths, mask, initial_state, training)
             if res is not None:
                 return res
+        self.params.to_host()  # the layer path reads the host arrays
         x_tm, mask_tm, (h0, c0) = self._check_inputs(x, lengths, mask, initial_state)
         out, h_n, c_n, cache = self._forward_tm(x_tm, mask_tm, h0, c0, training)
         self._cache = cache

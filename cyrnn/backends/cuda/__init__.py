@@ -11,19 +11,27 @@ Same signatures, results and cache layout as
 :mod:`cyrnn.backends.numpy_backend` (the specification): ``forward``,
 ``backward`` and ``step``, float32 and float64, every row of the cell table with
 every activation, peepholes, masks and truncated BPTT. Host NumPy arrays in, host
-NumPy arrays out (the cache too); the fused plan calls (``infer``,
-``train_forward``, ``train_backward``) and ``generate`` are not implemented, so
-layers and models on this backend run the layer path (docs/architecture.md), with
-every recurrent time loop on the device and the layer path's GEMMs (the input
-projection of all steps, ``dW_ih``, ``dx``) through ``matmul``, the device's tiled
-GEMM.
+NumPy arrays out (the cache too). The fused plan calls ``infer``,
+``train_forward`` and ``train_backward`` (:mod:`.fused`) run a whole layer or
+``Sequential`` on the device with the Numba backend's signatures and checks, so
+layers, models, ``train_step``, the estimators and the language model on this
+backend take the plan path; during training they keep the parameters, gradients and
+optimizer state on the device (:mod:`.resident`). ``generate`` runs the whole sampling
+loop on the device (:mod:`.sampling`). The layer path's GEMMs (the input
+projection of all steps, ``dW_ih``, ``dx``) go through ``matmul``, the device's
+tiled GEMM.
 
 Where things live: :mod:`.config` (availability, threads, shared-memory limit,
 cooperative grid sizes), :mod:`.mathfn` (activations), :mod:`.cells` (the cell
 math, the only place it lives), :mod:`.loops` (the per-(row, unit) step bodies, the
 persistent kernels and the per-step kernels), :mod:`.gemm` (the tiled GEMM: per-step
-products, ``dW_hh``, ``matmul``; bias and peephole sums); this module holds the entry
-points, the choice of path and the per-step path's host loops.
+products, ``dW_hh``, ``matmul``; bias and peephole sums), :mod:`.ops` (the
+elementwise, gather and scatter kernels between the ops of a fused call),
+:mod:`.fused` (the fused calls), :mod:`.resident` (where they find the parameters
+and gradients on the device; device-resident training), :mod:`.update` (optimizer and
+clipping kernels), :mod:`.sampling` (``generate``); this module holds the per-layer
+entry points, the time loops on device arrays (``_run_forward``, ``_run_backward``),
+the choice of path and the per-step path's host loops.
 """
 
 from __future__ import annotations
@@ -34,7 +42,7 @@ import numpy as np
 
 from . import config  # first: the availability check, with its messages
 from numba import cuda  # noqa: E402 - after the check
-from .cells import GRU_CHO, HAS_C
+from .cells import GRU_CHO, HAS_C, N_GATES
 from .gemm import KERNELS as GEMM_KERNELS
 from .gemm import matmul as _matmul
 from .gemm import weight_grad
@@ -138,6 +146,32 @@ def _forward_steps(step_kernel, args, T, N, H, keep, cho):
             step_kernel[grid, config.THREADS](code, act, ract, 1, t, *tail)
 
 
+def _run_forward(codes, d_xp, d_w, d_b, d_peep, d_mask, has_mask, d_hs, d_cs, d_hseq,
+                 d_gates, d_aux, keep):
+    """The time loop of ``forward`` on device arrays (one cooperative launch, or the
+    per-step path for large layers): ``d_hs[0]`` (``d_cs[0]``) hold the initial state;
+    ``d_hs``, ``d_cs`` hold ``T + 1`` slots with ``keep`` (training), else 2
+    (alternating; the final state in slot ``T & 1``); ``d_gates``, ``d_aux`` the
+    cache (``T`` steps with ``keep``, else 1)."""
+    code, act, ract = codes
+    dt = np.dtype(d_xp.dtype)
+    T, N, GH = d_xp.shape
+    H = d_w.shape[1]
+    args = (code, act, ract, keep, int(HAS_C[code]), has_mask, 1, d_xp, d_w, d_b, d_peep,
+            d_mask, d_hs, d_cs, d_hseq, d_gates, d_aux, cuda.device_array((N, GH), dt))
+    kernels = KERNELS[dt.name]
+    if not _persistent(kernels[0], args, N_GATES[code], H, dt.itemsize):
+        _forward_steps(kernels[2], args, T, N, H, keep, code == GRU_CHO)
+
+
+def _state_slots(dt, S, N, H, has_c):
+    """``(d_hs, d_cs)``: ``S`` state slots (a (1, 1, 1) placeholder for ``c`` when the
+    cell has none)."""
+    d_hs = cuda.device_array((S, N, H), dt)
+    return d_hs, (cuda.device_array((S, N, H), dt) if has_c
+                  else cuda.device_array((1, 1, 1), dt))
+
+
 def forward(cell, xp, w_hh, b_hh, h0, c0=None, mask=None, keep_cache=False, peep=None):
     """Run the cell over ``T`` steps (one cooperative launch, or the per-step path for
     large layers); see ``numpy_backend.forward``."""
@@ -147,29 +181,20 @@ def forward(cell, xp, w_hh, b_hh, h0, c0=None, mask=None, keep_cache=False, peep
     H = w_hh.shape[1]
     if dt not in _FLOATS or T == 0 or N == 0 or H == 0:
         return _reference().forward(cell, xp, w_hh, b_hh, h0, c0, mask, keep_cache, peep)
-    code, act, ract = cell.codes
+    code = cell.code
     has_c = HAS_C[code]
     keep = 1 if keep_cache else 0
-    S = T + 1 if keep else 2
-    hs = np.empty((S, N, H), dt)
-    hs[0] = h0
-    d_hs = cuda.to_device(hs)
+    d_hs, d_cs = _state_slots(dt, T + 1 if keep else 2, N, H, has_c)
+    d_hs[0].copy_to_device(np.ascontiguousarray(h0, dt))
     if has_c:
-        cs = np.empty((S, N, H), dt)
-        cs[0] = c0
-        d_cs = cuda.to_device(cs)
-    else:
-        d_cs = cuda.device_array((1, 1, 1), dt)
+        d_cs[0].copy_to_device(np.ascontiguousarray(c0, dt))
     d_mask, has_mask = _mask(mask)
     d_hseq = cuda.device_array((T, N, H), dt)
     d_gates = cuda.device_array((T if keep else 1, N, GH), dt)
     d_aux = cuda.device_array((T if keep else 1, N, H), dt)
-    args = (code, act, ract, keep, int(has_c), has_mask, 1, _dev(xp, dt), _dev(w_hh, dt),
-            _dev(b_hh, dt), _peep(cell, peep, dt, H), d_mask, d_hs, d_cs, d_hseq, d_gates,
-            d_aux, cuda.device_array((N, GH), dt))
-    kernels = KERNELS[dt.name]
-    if not _persistent(kernels[0], args, cell.n_gates, H, dt.itemsize):
-        _forward_steps(kernels[2], args, T, N, H, keep, code == GRU_CHO)
+    _run_forward(cell.codes, _dev(xp, dt), _dev(w_hh, dt), _dev(b_hh, dt),
+                 _peep(cell, peep, dt, H), d_mask, has_mask, d_hs, d_cs, d_hseq, d_gates,
+                 d_aux, keep)
     h_seq = d_hseq.copy_to_host()
     last = T if keep else T & 1
     hs = d_hs.copy_to_host()
@@ -186,22 +211,20 @@ def forward(cell, xp, w_hh, b_hh, h0, c0=None, mask=None, keep_cache=False, peep
     return h_seq, h_T, c_T, cache
 
 
-def _sources(mask, T, N, truncate, dh_seq, dh_T, dc_T):
+def _sources(valid, T, truncate, live):
     """``(full, budget, src_t, src_lo)`` of the backward sweeps: full BPTT is one
-    sweep from ``T - 1``; truncation ``k`` one sweep per step with a nonzero output
-    gradient (and ``T - 1``), each down to the lowest step where some row still has
-    budget left (its ``k + 1``-th valid step counted back from the source)."""
-    if truncate is None or truncate >= T:
+    sweep from ``T - 1``; truncation ``k`` one sweep per step ``t0`` with ``live(t0)``
+    (a nonzero output gradient at a valid step; ``T - 1`` also with a final-state
+    gradient), each down to the lowest step where some row still has budget left (its
+    ``k + 1``-th valid step counted back from the source). ``valid``: the (T, N) bool
+    mask of valid steps."""
+    if truncate is None or truncate < 0 or truncate >= T:
         return 1, T + 1, np.array([T - 1], np.int64), np.zeros(1, np.int64)
-    valid = np.ones((T, N), bool) if mask is None else np.asarray(mask) != 0
     count = np.cumsum(valid, axis=0)            # valid steps in [0, t]
     before = count - valid                      # valid steps in [0, t)
     src_t, src_lo = [], []
     for t0 in range(T - 1, -1, -1):
-        live = dh_seq is not None and bool((np.asarray(dh_seq[t0]) * valid[t0][:, None]).any())
-        if t0 == T - 1:
-            live = live or bool(np.any(dh_T)) or (dc_T is not None and bool(np.any(dc_T)))
-        if not live:
+        if not live(t0):
             continue
         reach = count[t0][None, :] - before[:t0 + 1] >= truncate + 1  # (t0 + 1, N)
         stop = np.where(reach.any(axis=0), (t0 - np.argmax(reach[::-1], axis=0)), 0)
@@ -235,6 +258,51 @@ def _backward_steps(step_kernel, head, tail, src_t, src_lo, d_w, d_dg, d_prod, c
         launch(BWD_END, t0)
 
 
+def _run_backward(codes, sweeps, d_hs, d_cs, d_gates, d_aux, d_w, d_peep, d_mask, has_mask,
+                  d_dhseq, d_dhT, d_dcT, d_dxp, d_dgh, d_dh0, d_dc0, d_dw, d_db, d_dp):
+    """The backward sweeps and contractions on device arrays: ``sweeps`` as
+    ``_sources`` gives them; ``d_dhseq`` None without sequence gradients; ``d_dxp``,
+    ``d_dgh`` (T, N, G H) and ``d_dh0``, ``d_dc0`` (N, H) accumulate from zero (the
+    caller zeroes them); ``d_dw`` (G H, H), ``d_db`` (G H,) and ``d_dp`` ((3, H), or
+    None: no peephole gradient) are written."""
+    code, act, ract = codes
+    full, budget, src_t, src_lo = sweeps
+    dt = np.dtype(d_gates.dtype)
+    T, N, GH = d_gates.shape
+    H = d_w.shape[1]
+    has_c = HAS_C[code]
+    if src_t.size:
+        state = (d_hs, d_cs, d_gates, d_aux)
+        d_dg = cuda.device_array((N, GH), dt)
+        grads = (d_peep, d_mask, cuda.device_array((1, 1, 1), dt) if d_dhseq is None
+                 else d_dhseq, d_dhT, d_dcT, d_dxp, d_dgh, d_dg,
+                 cuda.device_array((N, H), dt), cuda.device_array((N, H), dt),
+                 cuda.device_array((N, H), dt), cuda.device_array((N, H), np.int64))
+        flags = (int(has_c), has_mask, int(d_dhseq is not None))
+        kernels = KERNELS[dt.name]
+        args = (code, act, ract, *flags, 1, full, budget, cuda.to_device(src_t),
+                cuda.to_device(src_lo), *state, d_w, *grads, d_dh0, d_dc0)
+        if not _persistent(kernels[1], args, N_GATES[code], H, dt.itemsize):
+            d_prod = cuda.device_array((N, H), dt)
+            tail = (full, *flags, budget, *state, *grads, d_prod, d_dh0, d_dc0)
+            _backward_steps(kernels[3], (code, act, ract), tail, src_t, src_lo, d_w, d_dg,
+                            d_prod, code == GRU_CHO)
+    # dW_hh, db_hh, dpeep: contractions over all T * N rows
+    dgh2 = d_dgh.reshape(T * N, GH)
+    h_in = d_hs[:T].reshape(T * N, H)
+    if code == GRU_CHO:
+        weight_grad(dgh2, h_in, d_dw, 0, 0, 2 * H)
+        weight_grad(dgh2, d_aux.reshape(T * N, H), d_dw, 2 * H, 2 * H, H)
+    else:
+        weight_grad(dgh2, h_in, d_dw, 0, 0, GH)
+    threads = config.THREADS
+    _, colsum, peep_grad = GEMM_KERNELS[dt.name]
+    colsum[math.ceil(GH / threads), threads](dgh2, d_db)
+    if d_dp is not None:
+        peep_grad[math.ceil(3 * H / threads), threads](dgh2, d_cs.reshape((T + 1) * N, H), N,
+                                                        d_dp)
+
+
 def backward(cell, cache, w_hh, mask=None, dh_seq=None, dh_T=None, dc_T=None, truncate=None,
              peep=None):
     """Gradients through ``forward`` (the sweeps in one cooperative launch, or the
@@ -247,56 +315,35 @@ def backward(cell, cache, w_hh, mask=None, dh_seq=None, dh_T=None, dc_T=None, tr
     if dt not in _FLOATS or T == 0 or N == 0 or H == 0:
         return _reference().backward(cell, cache, w_hh, mask, dh_seq, dh_T, dc_T, truncate,
                                      peep)
-    code, act, ract = cell.codes
-    has_c = HAS_C[code]
-    full, budget, src_t, src_lo = _sources(mask, T, N, truncate, dh_seq, dh_T, dc_T)
-    d_hs = _dev(cache["h"], dt)
-    d_cs = _dev(cache["c"], dt) if has_c else cuda.device_array((1, 1, 1), dt)
-    d_aux = _dev(cache["aux"], dt) if cell.kind == "gru" else cuda.device_array((1, 1, 1), dt)
+    has_c = HAS_C[cell.code]
+    valid = np.ones((T, N), bool) if mask is None else np.asarray(mask) != 0
+
+    def live(t0):
+        out = dh_seq is not None and bool((np.asarray(dh_seq[t0]) * valid[t0][:, None]).any())
+        if t0 == T - 1:
+            out = out or bool(np.any(dh_T)) or (dc_T is not None and bool(np.any(dc_T)))
+        return out
+
     d_mask, has_mask = _mask(mask)
     d_dxp = cuda.to_device(np.zeros((T, N, GH), dt))
     d_dgh = cuda.to_device(np.zeros((T, N, GH), dt))
     d_dh0 = cuda.to_device(np.zeros((N, H), dt))
     d_dc0 = cuda.to_device(np.zeros((N, H), dt))
-    if src_t.size:
-        d_w = _dev(w_hh, dt)
-        state = (d_hs, d_cs, _dev(gates, dt), d_aux)
-        d_dg = cuda.device_array((N, GH), dt)
-        grads = (_peep(cell, peep, dt, H), d_mask, _dev(dh_seq, dt, (1, 1, 1)),
-                 _dev(dh_T, dt, (N, H)), _dev(dc_T if has_c else None, dt, (N, H)), d_dxp,
-                 d_dgh, d_dg, cuda.device_array((N, H), dt), cuda.device_array((N, H), dt),
-                 cuda.device_array((N, H), dt), cuda.device_array((N, H), np.int64))
-        flags = (int(has_c), has_mask, int(dh_seq is not None))
-        kernels = KERNELS[dt.name]
-        args = (code, act, ract, *flags, 1, full, budget, cuda.to_device(src_t),
-                cuda.to_device(src_lo), *state, d_w, *grads, d_dh0, d_dc0)
-        if not _persistent(kernels[1], args, cell.n_gates, H, dt.itemsize):
-            d_prod = cuda.device_array((N, H), dt)
-            tail = (full, *flags, budget, *state, *grads, d_prod, d_dh0, d_dc0)
-            _backward_steps(kernels[3], (code, act, ract), tail, src_t, src_lo, d_w, d_dg,
-                            d_prod, code == GRU_CHO)
-    # dW_hh, db_hh, dpeep: contractions over all T * N rows
-    dgh2 = d_dgh.reshape(T * N, GH)
     d_dw = cuda.device_array((GH, H), dt)
-    h_in = d_hs[:T].reshape(T * N, H)
-    if code == GRU_CHO:
-        weight_grad(dgh2, h_in, d_dw, 0, 0, 2 * H)
-        weight_grad(dgh2, d_aux.reshape(T * N, H), d_dw, 2 * H, 2 * H, H)
-    else:
-        weight_grad(dgh2, h_in, d_dw, 0, 0, GH)
     d_db = cuda.device_array(GH, dt)
-    threads = config.THREADS
-    _, colsum, peep_grad = GEMM_KERNELS[dt.name]
-    colsum[math.ceil(GH / threads), threads](dgh2, d_db)
-    dpeep = None
-    if cell.n_peepholes and peep is not None:
-        d_dp = cuda.device_array((3, H), dt)
-        peep_grad[math.ceil(3 * H / threads), threads](dgh2, d_cs.reshape((T + 1) * N, H), N,
-                                                        d_dp)
-        dpeep = d_dp.copy_to_host()
+    d_dp = cuda.device_array((3, H), dt) if cell.n_peepholes and peep is not None else None
+    _run_backward(cell.codes, _sources(valid, T, truncate, live), _dev(cache["h"], dt),
+                  _dev(cache["c"], dt) if has_c else cuda.device_array((1, 1, 1), dt),
+                  _dev(gates, dt),
+                  _dev(cache["aux"], dt) if cell.kind == "gru"
+                  else cuda.device_array((1, 1, 1), dt),
+                  _dev(w_hh, dt), _peep(cell, peep, dt, H), d_mask, has_mask,
+                  None if dh_seq is None else _dev(dh_seq, dt), _dev(dh_T, dt, (N, H)),
+                  _dev(dc_T if has_c else None, dt, (N, H)), d_dxp, d_dgh, d_dh0, d_dc0,
+                  d_dw, d_db, d_dp)
     return (d_dxp.copy_to_host(), d_dh0.copy_to_host(),
             d_dc0.copy_to_host() if has_c else None, d_dw.copy_to_host(),
-            d_db.copy_to_host(), dpeep)
+            d_db.copy_to_host(), None if d_dp is None else d_dp.copy_to_host())
 
 
 def matmul(a, trans_a, b, trans_b, out, beta=0.0):
@@ -322,3 +369,8 @@ def step(cell, xp_t, w_hh, b_hh, h, c=None, peep=None):
     xp_t = np.ascontiguousarray(xp_t)
     _, h_T, c_T, _ = forward(cell, xp_t[None], w_hh, b_hh, h, c, None, False, peep)
     return h_T, c_T
+
+
+from .fused import infer, train_backward, train_forward  # noqa: E402,F401 - needs the above
+from .resident import resident_session  # noqa: E402,F401
+from .sampling import generate  # noqa: E402,F401

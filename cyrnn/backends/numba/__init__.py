@@ -310,18 +310,28 @@ def _fused_args(name, spec, data, x, mask):
     ``x`` and ``mask`` (shared by ``infer`` and ``train_forward``): raises for a
     parameter buffer of the wrong kind, passes ``x``/``mask`` on only in the
     exact form the kernel takes (else only the spec is checked: declined)."""
+    if type(data) is _ndarray:
+        fn = _entry.get((name, data.dtype))
+        if fn is not None and data.dtype.isnative:
+            return (fn, *fused_forms(spec, data, x, mask))
+    forms = fused_forms(spec, data, x, mask)  # raises for a buffer of the wrong kind
+    return (_kernel(name, data.dtype), *forms)
+
+
+def fused_forms(spec, data, x, mask):
+    """``(spec, data, x, ids, is_ids, mask, has_mask)`` as the fused kernels take them
+    (``is_ids`` -1: ``x`` or ``mask`` not in the exact form they take, so only the
+    spec is checked and the call declines); raises for a parameter buffer of the
+    wrong kind. Shared with the CUDA backend's fused calls (same rules)."""
     if type(data) is not _ndarray:
         raise TypeError(f"parameter buffer must be a numpy array, got {type(data).__name__}")
     dt = data.dtype
     if not dt.isnative:
         raise ValueError("parameter buffer must be native-endian")
-    fn = _entry.get((name, dt))
-    if fn is None:
-        if dt not in _A1:
-            if not header_ok(spec):
-                _raise(_E_HEADER)  # checked first, as the Cython backend
-            raise TypeError("parameter buffer must be float32 or float64")
-        fn = _kernel(name, dt)
+    if dt not in _A1:
+        if not header_ok(spec):
+            _raise(_E_HEADER)  # checked first, as the Cython backend
+        raise TypeError("parameter buffer must be float32 or float64")
     if (type(spec) is not _ndarray or spec.dtype is not _I64 or spec.ndim != 1
             or not spec.flags.c_contiguous):
         spec = np.ascontiguousarray(spec)  # a list, or strided: the kernel checks it
@@ -329,7 +339,7 @@ def _fused_args(name, spec, data, x, mask):
             raise ValueError(_SPEC_ERROR)
     if data.ndim != 1 or not data.flags.c_contiguous or not data.flags.aligned:
         raise ValueError("parameter buffer must be a C-contiguous 1-D array")
-    spec_only = (fn, spec, data, _A3[dt], _NO_IDS, -1, _NO_MASK_U8, 0)
+    spec_only = (spec, data, _A3[dt], _NO_IDS, -1, _NO_MASK_U8, 0)
     if type(x) is not _ndarray:
         return spec_only
     flags = x.flags
@@ -343,14 +353,14 @@ def _fused_args(name, spec, data, x, mask):
     else:
         return spec_only
     if mask is None:
-        return fn, spec, data, xa, ids, is_ids, _NO_MASK_U8, 0
+        return spec, data, xa, ids, is_ids, _NO_MASK_U8, 0
     if type(mask) is not _ndarray:
         return spec_only
     md = mask.dtype
     if ((md is not _BOOL and md != _BOOL and md != _U8) or mask.ndim != 2
             or not mask.flags.c_contiguous or mask.shape != x.shape[:2]):
         return spec_only
-    return fn, spec, data, xa, ids, is_ids, (mask if md == _U8 else mask.view(_U8)), 1
+    return spec, data, xa, ids, is_ids, (mask if md == _U8 else mask.view(_U8)), 1
 
 
 def _split_args(x_or_n):
@@ -547,8 +557,32 @@ def train_backward(spec, data, grad, cache, d_out, truncate, dh_n=None, dc_n=Non
     """
     if type(cache) is not FusedCache:
         raise TypeError("cache must be a FusedCache from train_forward")
-    buf = cache.buf
-    if buf is None:
+    d_out, dh, has_dh, dc, has_dc, tr = backward_args(spec, data, grad, cache, d_out, truncate,
+                                                      dh_n, dc_n)
+    with _SPEND_LOCK:  # check-and-spend at once: of two concurrent calls one runs
+        buf = cache.buf
+        if buf is None:
+            raise RuntimeError("this training forward was already backpropagated")
+        cache.buf = None  # spent from here on
+    dt = data.dtype
+    N, T, F = cache.N, cache.T, cache.F_out
+    fn = _entry.get(("train_bwd", dt)) or _kernel("train_bwd", dt)
+    nthr, blas_par = _split_args(N)
+    dx, dh0, dc0 = _call(fn, (cache.spec, data, grad, buf, cache.plan, cache.ids, cache.mask,
+                              cache.masked, d_out if cache.seq_out else d_out.reshape(N, 1, F),
+                              tr, T, dh, has_dh, dc, has_dc, 1 if input_grad else 0, nthr,
+                              blas_par), nthr, cache.spec, N, T)
+    return (dx if dx.size else None), dh0, (dc0 if dc0.size else None)
+
+
+def backward_args(spec, data, grad, cache, d_out, truncate, dh_n, dc_n):
+    """The checks of ``train_backward`` before it spends ``cache`` (any object with the
+    fields of :class:`FusedCache` that the checks read: ``buf`` (None once spent),
+    ``data``, ``spec_bytes``, ``N``, ``T``, ``F_out``, ``seq_out``, ``n_state``,
+    ``nrec``); returns ``(d_out, dh, has_dh, dc, has_dc, truncate)`` as the kernels
+    take them. Shared with the CUDA backend's fused calls (same rules, same
+    messages)."""
+    if cache.buf is None:
         raise RuntimeError("this training forward was already backpropagated")
     if type(spec) is not _ndarray or spec.dtype is not _I64:
         spec = np.asarray(spec)
@@ -589,26 +623,15 @@ def train_backward(spec, data, grad, cache, d_out, truncate, dh_n=None, dc_n=Non
     nrec = cache.nrec
     if tr.ndim != 1 or tr.shape[0] != nrec:
         raise ValueError(f"truncate needs {nrec} entries")
-    with _SPEND_LOCK:  # check-and-spend at once: of two concurrent calls one runs
-        buf = cache.buf
-        if buf is None:
-            raise RuntimeError("this training forward was already backpropagated")
-        cache.buf = None  # spent from here on
-    fn = _entry.get(("train_bwd", dt)) or _kernel("train_bwd", dt)
-    nthr, blas_par = _split_args(N)
-    dx, dh0, dc0 = _call(fn, (cache.spec, data, grad, buf, cache.plan, cache.ids, cache.mask,
-                              cache.masked, d_out if cache.seq_out else d_out.reshape(N, 1, F),
-                              tr, T, dh, has_dh, dc, has_dc, 1 if input_grad else 0, nthr,
-                              blas_par), nthr, cache.spec, N, T)
-    return (dx if dx.size else None), dh0, (dc0 if dc0.size else None)
+    return d_out, dh, has_dh, dc, has_dc, tr
 
 
 # ----------------------------------------------------------------------------
 # Generation (the compiled sampling loop: .generate).
 # ----------------------------------------------------------------------------
 
-def generate(cell, xp_table, w_ih_rest, b_ih_rest, w_hh, b_hh, w_out, b_out, h, c,
-             start, forced, banned, uniforms, temperature, top_k, end_token, peep=None):
+def _generate_loop(cell, xp_table, w_ih_rest, b_ih_rest, w_hh, b_hh, w_out, b_out, h, c,
+                   start, forced, banned, uniforms, peep, temperature, top_k, end_token):
     """The whole sampling loop in compiled code; see ``numpy_backend.generate``.
 
     Token-for-token equal to the reference for the same ``uniforms`` (up to
@@ -616,6 +639,50 @@ def generate(cell, xp_table, w_ih_rest, b_ih_rest, w_hh, b_hh, w_out, b_out, h, 
     take as they are (degenerate or inconsistent shapes, another dtype, token ids
     outside ``xp_table``) go to the reference, which gives its result or error.
     """
+    dt = xp_table.dtype
+    n, T = forced.shape
+    L, GH, H = w_hh.shape
+    V = w_out.shape[0]
+    code, act, ract = cell.codes
+    tokens = _empty((n, T), np.int64)
+    lengths = _empty(n, np.int64)
+    fn = _entry.get(("generate", dt)) or _kernel("generate", dt)
+    fn(code, act, ract, _gemm._blas_mode(n, GH * H, 1), _gemm._blas_mode(n, V * H, 1),
+       xp_table, w_ih_rest, b_ih_rest, w_hh, b_hh, peep, w_out, b_out, h,
+       _A3[dt] if c is None else c, start, forced, banned, uniforms, float(temperature),
+       int(top_k), int(end_token), tokens, lengths)
+    return tokens, lengths
+
+
+def checked_generate(loop):
+    """``generate`` (``numpy_backend.generate``'s signature) for a sampling ``loop``
+    that takes :func:`generate_args`'s arrays, then ``temperature``, ``top_k`` and
+    ``end_token``; what those checks do not take goes to the reference. Shared with
+    the CUDA backend."""
+    def generate(cell, xp_table, w_ih_rest, b_ih_rest, w_hh, b_hh, w_out, b_out, h, c,
+                 start, forced, banned, uniforms, temperature, top_k, end_token, peep=None):
+        args = generate_args(cell, xp_table, w_ih_rest, b_ih_rest, w_hh, b_hh, w_out, b_out,
+                             h, c, start, forced, banned, uniforms, peep)
+        if args is None:
+            return _reference().generate(cell, xp_table, w_ih_rest, b_ih_rest, w_hh, b_hh,
+                                         w_out, b_out, h, c, start, forced, banned, uniforms,
+                                         temperature, top_k, end_token, peep)
+        return loop(cell, *args, temperature, top_k, end_token)
+
+    generate.__doc__ = loop.__doc__
+    return generate
+
+
+generate = checked_generate(_generate_loop)
+
+
+def generate_args(cell, xp_table, w_ih_rest, b_ih_rest, w_hh, b_hh, w_out, b_out, h, c,
+                  start, forced, banned, uniforms, peep):
+    """The arrays of ``generate`` as the compiled loops take them (C-contiguous, the
+    table's float dtype; ``c`` None without a cell state, ``peep`` (L, 3, H) or
+    (L, 3, 0)), or None for inputs they do not take as they are (degenerate or
+    inconsistent shapes, another dtype, token ids outside ``xp_table``): the
+    reference then gives its result or error. Shared with the CUDA backend."""
     xp_table = _contig(xp_table)
     dt = xp_table.dtype
     forced = _contig(forced, np.int64)
@@ -649,18 +716,10 @@ def generate(cell, xp_table, w_ih_rest, b_ih_rest, w_hh, b_hh, w_out, b_out, h, 
             or start.shape != (n,) or banned.shape != (V,) or uniforms.shape != (n, T)
             or start.min() < 0 or start.max() >= Vx or forced.max() >= Vx
             or V > Vx):  # a sampled token indexes xp_table
-        return _reference().generate(cell, xp_table, w_ih_rest, b_ih_rest, w_hh, b_hh, w_out,
-                                     b_out, h, c, start, forced, banned, uniforms, temperature,
-                                     top_k, end_token, peep)
+        return None
     if not P:
         peep = _zeros((L, PEEP_ROWS, 0), dt)
     elif peep is None:  # as the reference: no peephole terms
         peep = _zeros((L, P, H), dt)
-    tokens = _empty((n, T), np.int64)
-    lengths = _empty(n, np.int64)
-    fn = _entry.get(("generate", dt)) or _kernel("generate", dt)
-    fn(code, act, ract, _gemm._blas_mode(n, GH * H, 1), _gemm._blas_mode(n, V * H, 1),
-       xp_table, w_ih_rest if rest else _A3[dt], b_ih_rest if rest else _A2[dt], w_hh, b_hh,
-       peep, w_out, b_out, h, c if has_c else _A3[dt], start, forced, banned, uniforms,
-       float(temperature), int(top_k), int(end_token), tokens, lengths)
-    return tokens, lengths
+    return (xp_table, w_ih_rest if rest else _A3[dt], b_ih_rest if rest else _A2[dt], w_hh,
+            b_hh, w_out, b_out, h, c if has_c else None, start, forced, banned, uniforms, peep)
