@@ -86,9 +86,9 @@ def test_simulator_suite():
 def _has_nvvm():
     """Whether this environment can compile a kernel to PTX (NVVM and the toolkit's
     libraries of cyrnn[cuda]; plain numba-cuda has neither)."""
-    probe = ("from numba import cuda\n"
+    probe = ("from numba import cuda, types\n"
              "def k(a):\n    a[0] = 1.0\n"
-             "cuda.compile_ptx(k, 'float32[::1]', cc=(9, 0))")
+             "cuda.compile_ptx(k, (types.float32[::1],), cc=(9, 0))")
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
     return HAS_NUMBA_CUDA and subprocess.run([sys.executable, "-c", probe], env=env,
                                              capture_output=True).returncode == 0
