@@ -28,13 +28,14 @@ use BLAS on the calling thread) and small batches.
 Nothing is imported or changed until :func:`set_num_threads` is called.
 
 **When the cores are busy.** The Cython kernels judge every parallel region of at
-least 1 ms by the CPU time its chunks got: below 1.25 times the region's wall time,
-the team did not get its cores (another process holds one), and the regions run on
-the calling thread for the next half second, then try the team again. On the 2-core
-test machine with other processes busy, the medium inference took 15.8 ms on two
-threads without this and 5.8 ms with it (one thread: 5.6 ms; quiet, two threads:
-2.8 ms). Results do not depend on the thread count. ``cyrnn._cython_kernels.
-set_contention_hold(seconds)`` changes the half second (0: never hold).
+least 1 ms by the CPU time its chunks got: less than the region's wall time means the
+team was slower than its calling thread alone would have been (another process holds
+a core). After three such regions in a row the regions run on the calling thread for
+the next 0.25 s, then try the team again. On the 2-core test machine with other
+processes busy, the medium inference took 15.8 ms on two threads without this and 5.8
+ms with it (one thread: 5.6 ms; quiet, two threads: 2.5 ms). Results do not depend on
+the thread count. ``cyrnn._cython_kernels.set_contention_hold(seconds)`` changes the
+0.25 s (0: never hold); ``contention_state()`` shows the state.
 
 :func:`call_threads` is the per-call limit behind the estimators' ``n_jobs``:
 thread-local settings only (Numba's and OpenMP's thread counts hold for the

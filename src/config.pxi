@@ -60,16 +60,23 @@ cdef int _row_threads = 0
 # (64 rows, 4 chunks) took 15.8 ms on 2 threads and 5.6 ms on 1 (quiet: 2.8 ms on
 # 2), because a worker that the scheduler keeps off a core holds up the region's
 # end. So every region of at least JUDGED_MIN seconds is judged by the CPU time its
-# chunks got: below CONTENDED_SPEEDUP times the region's wall time, the team did not
-# get its cores, and every parallel region runs on the calling thread for the next
-# _serial_hold seconds; then the next region tries the team again. Results do not
-# depend on the thread count, so the switch changes speed only. The state is two
-# doubles read and written without a lock by concurrent calls (a lost update only
-# shifts when the next try happens).
-cdef double _serial_hold = 0.5
+# chunks got: below CONTENDED_SPEEDUP times the region's wall time (the team was
+# slower than its calling thread alone would have been), the team did not get its
+# cores. CONTENDED_REGIONS such regions in a row (fewer are often a passing spin: ONNX
+# Runtime's threads spin after each of its runs in the same process, and the first
+# calls after importing torch start its OpenMP team; a hold triggered by those cost
+# the interleaved benchmark 2x) make every parallel region run on the calling thread
+# for the next _serial_hold seconds; then the regions try the team again (a good one
+# clears the count). Results do not depend on the thread count,
+# so the switch changes speed only. The state is read and written without a lock by
+# concurrent calls (a lost update only shifts when the next try happens).
+cdef double _serial_hold = 0.25
 cdef double _serial_until = 0.0
+cdef int _strikes = 0
+cdef double _last_wall = 0.0, _last_cpu = 0.0  # the last judged region
 cdef double JUDGED_MIN = 1e-3
-cdef double CONTENDED_SPEEDUP = 1.25
+cdef double CONTENDED_SPEEDUP = 1.0
+cdef int CONTENDED_REGIONS = 3
 
 
 cdef inline Py_ssize_t _team(Py_ssize_t nt) noexcept nogil:
@@ -82,27 +89,45 @@ cdef inline Py_ssize_t _team(Py_ssize_t nt) noexcept nogil:
 cdef inline void _judge(double t0, double cpu, Py_ssize_t nt) noexcept nogil:
     """After a region of ``nt`` threads that started at wall time ``t0`` and whose
     chunks used ``cpu`` seconds of thread CPU time: hold regions serial when the team
-    did not get its cores."""
-    global _serial_until
+    did not get its cores twice in a row."""
+    global _serial_until, _strikes, _last_wall, _last_cpu
     cdef double wall
     if nt <= 1 or _serial_hold <= 0:
         return
     wall = cyrnn_wall() - t0
-    if wall >= JUDGED_MIN and cpu < CONTENDED_SPEEDUP * wall:
+    if wall < JUDGED_MIN:
+        return
+    _last_wall = wall
+    _last_cpu = cpu
+    if cpu >= CONTENDED_SPEEDUP * wall:
+        _strikes = 0
+        return
+    _strikes += 1
+    if _strikes >= CONTENDED_REGIONS:
+        _strikes = 0
         _serial_until = cyrnn_wall() + _serial_hold
 
 
 def set_contention_hold(double seconds):
-    """Seconds the parallel regions run on one thread after a region whose team did
-    not get its cores (0: never; the default 0.5); returns the previous value and
+    """Seconds the parallel regions run on one thread after regions whose team did
+    not get its cores (0: never; the default 0.25); returns the previous value and
     ends a hold in progress."""
-    global _serial_hold, _serial_until
+    global _serial_hold, _serial_until, _strikes
     if not seconds >= 0:
         raise ValueError(f"seconds must be >= 0, got {seconds}")
     previous = _serial_hold
     _serial_hold = seconds
     _serial_until = 0.0
+    _strikes = 0
     return previous
+
+
+def contention_state():
+    """The contention governor's state: ``hold`` (seconds a hold lasts), ``held``
+    (seconds left of the current hold, 0 when none), ``strikes`` and the last judged
+    region's ``wall`` and ``cpu`` seconds."""
+    return {"hold": _serial_hold, "held": max(0.0, _serial_until - cyrnn_wall()),
+            "strikes": _strikes, "wall": _last_wall, "cpu": _last_cpu}
 
 
 def _contention_judge(double wall, double cpu, Py_ssize_t nt=2):

@@ -434,9 +434,9 @@ def test_chunked_batches_take_the_packed_threaded_path(rng):
 
 
 def test_contention_governor_holds_regions_serial(rng):
-    """A region whose team did not get its cores (chunk CPU time under 1.25 x its wall
-    time, judged from 1 ms) makes the regions serial for the hold; the results stay
-    the same (they never depend on the thread count)."""
+    """Three regions in a row whose team did not get its cores (chunk CPU time under
+    the wall time: slower than one thread; judged from 1 ms) make the regions serial
+    for the hold; the results stay the same (they never depend on the thread count)."""
     kernels = pytest.importorskip("cyrnn._cython_kernels")
     if "cython" not in COMPILED:
         pytest.skip("no Cython backend")
@@ -451,7 +451,9 @@ def test_contention_governor_holds_regions_serial(rng):
         start = kernels._path_counts()
         threaded = plan.infer(plan.spec, layer.params.data, x)
         mid = kernels._path_counts()
-        assert kernels._contention_judge(0.010, 0.011) == 1  # did not: held serial
+        assert kernels._contention_judge(0.010, 0.009) == 2  # slower than one thread
+        assert kernels._contention_judge(0.010, 0.009) == 2
+        assert kernels._contention_judge(0.010, 0.009) == 1  # three in a row: held
         held = plan.infer(plan.spec, layer.params.data, x)
         end = kernels._path_counts()
         assert mid["threaded_regions"] > start["threaded_regions"]
@@ -459,7 +461,13 @@ def test_contention_governor_holds_regions_serial(rng):
         assert end["packed_forward"] == mid["packed_forward"] + 1  # same path, one thread
         np.testing.assert_array_equal(held, threaded)
         kernels.set_contention_hold(60.0)  # ends the hold
-        assert kernels._contention_judge(0.010, 0.020) == 2
+        assert kernels._contention_judge(0.010, 0.009) == 2
+        assert kernels._contention_judge(0.010, 0.009) == 2
+        assert kernels._contention_judge(0.010, 0.011) == 2  # a good one clears the count
+        assert kernels._contention_judge(0.010, 0.009) == 2
+        assert kernels._contention_judge(0.010, 0.009) == 2
+        state = kernels.contention_state()
+        assert state["strikes"] == 2 and state["held"] == 0 and state["hold"] == 60.0
         assert kernels.set_contention_hold(0) == 60.0
         assert kernels._contention_judge(0.010, 0.001) == 2  # 0: never held
         with pytest.raises(ValueError, match=">= 0"):
