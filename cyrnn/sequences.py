@@ -392,8 +392,8 @@ def _compiled_probabilities():
     calls, which at batch 1 cost more than the arithmetic), or None without it."""
     global _PROBABILITIES
     if _PROBABILITIES is None:
-        try:
-            from ._cython_kernels import probabilities
+        try:  # through the backend module: it loads the extension without scipy.linalg
+            from .backends.cython_backend import probabilities
         except ImportError:  # pragma: no cover - a build without the extension
             probabilities = False
         _PROBABILITIES = probabilities

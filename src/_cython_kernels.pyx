@@ -34,6 +34,7 @@ NumPy); the fused whole-model calls allocate their scratch per call.
 """
 
 cimport numpy as cnp
+import operator
 from cython cimport floating
 from cython.parallel cimport prange
 from libc.math cimport exp, expf, tanh
@@ -235,7 +236,7 @@ def infer(const int64_t[::1] spec not None, cnp.ndarray data not None, object x,
     converted as NumPy's ``astype`` converts), or (N, T) int64 token ids when
     the first op is an embedding; C-contiguous. ``step``: ``x`` is one time step
     in step form instead, (N, D) features or (N,) ids (T = 1; a sequence output is
-    then (N, F_out) instead of (N, 1, F_out)). ``mask``: None or (N, T) bool or
+    then (N, F_out) instead of (N, 1, F_out); a ``mask`` is then (N, 1)). ``mask``: None or (N, T) bool or
     uint8 valid steps (as ``lengths``/``mask`` of the layers). ``h0``/``c0``: None
     (zeros) or the flat initial states (every recurrent op, direction by
     direction, (N, H) each). Returns the output array (with ``return_state``:
@@ -255,6 +256,8 @@ def infer(const int64_t[::1] spec not None, cnp.ndarray data not None, object x,
     cdef int64_t* plan = NULL
     cdef int64_t* ids = NULL
     cdef float* xconv = NULL
+    cdef cnp.npy_intp sdims[8]
+    cdef int snd
     cdef uint8_t* valid = NULL
     cdef const char* h0p
     cdef const char* c0p
@@ -266,14 +269,15 @@ def infer(const int64_t[::1] spec not None, cnp.ndarray data not None, object x,
         c0p = _check_arg(c0, "c0", &d, d.N * d.SH)
         if not (_finite_arg(&d, h0p, d.N * d.SH) and _finite_arg(&d, c0p, d.N * d.SH)):
             return None  # the layer path's state checks name the problem
+        snd = _state_dims(state_shape, &d, sdims)  # checked before anything runs
         res = _new_output(&d)
         plan = <int64_t*>_alloc(<double>d.n_ops * P_WIDTH * 8)
         _run_forward(sp, &d, False, plan, data, x,
                      <const char*>ids if ids != NULL else <const char*>xconv, valid, h0p, c0p,
                      NULL, &buf, &mbuf, res, weights)
         if return_state:
-            res = (res, _flat_out(&d, buf, d.hn, state_shape),
-                   _flat_out(&d, buf, d.cn, state_shape) if d.any_c else None)
+            res = (res, _flat_out(&d, buf, d.hn, snd, sdims),
+                   _flat_out(&d, buf, d.cn, snd, sdims) if d.any_c else None)
     finally:
         free(sp)
         free(ids)

@@ -153,9 +153,8 @@ cdef inline void _rnn_bwd(int act, Py_ssize_t lo, Py_ssize_t hi, Py_ssize_t H,
 # The LSTM forward's element loops as C functions (``restrict`` pointers, target
 # clones): the Cython loops ran as SSE code reloading their pointers from the stack
 # every iteration (the forward rows were 11% of the medium inference's cycles).
-# Used by every forward path (one place), so steps, sequences, threads and packed
-# or BLAS products keep giving identical rows; the clones contract ``f c + i g``
-# into an FMA where the CPU has one, as the backward's row function does.
+# Used by every forward path (one place), so the cell math of a row is the same
+# whatever path or thread computes it (the products feeding it are the paths' own).
 cdef extern from *:
     """
     #define CYRNN_LSTM_FWD_ELEMENTS(SUF, T)                                            \

@@ -89,7 +89,7 @@ cdef inline Py_ssize_t _team(Py_ssize_t nt) noexcept nogil:
 cdef inline void _judge(double t0, double cpu, Py_ssize_t nt) noexcept nogil:
     """After a region of ``nt`` threads that started at wall time ``t0`` and whose
     chunks used ``cpu`` seconds of thread CPU time: hold regions serial when the team
-    did not get its cores twice in a row."""
+    did not get its cores CONTENDED_REGIONS times in a row."""
     global _serial_until, _strikes, _last_wall, _last_cpu
     cdef double wall
     if nt <= 1 or _serial_hold <= 0:

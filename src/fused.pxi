@@ -269,6 +269,13 @@ cdef int _check_rnn_tensors(const int64_t* r, Py_ssize_t k0, Py_ssize_t size) ex
     return 0
 
 
+cdef void _to_float(const double* a, float* y, Py_ssize_t n) noexcept nogil:
+    """y = a converted to float32 (round to nearest, beyond the range: inf)."""
+    cdef Py_ssize_t k
+    for k in range(n):
+        y[k] = <float>a[k]
+
+
 cdef int _check_call(const int64_t* sp, cnp.ndarray data, object x, object mask, Dims* d,
                      int64_t** ids_out, uint8_t** mask_out, float** conv_out=NULL,
                      bint step=False) except -1:
@@ -301,7 +308,7 @@ cdef int _check_call(const int64_t* sp, cnp.ndarray data, object x, object mask,
     cdef cnp.ndarray ma
     cdef const uint8_t* mp = NULL
     cdef uint8_t* mtm
-    cdef Py_ssize_t t, i
+    cdef Py_ssize_t t, i, nx
     cdef int nd
     cdef bint any_valid, mzero
     d.n_ops = sp[1]
@@ -414,10 +421,14 @@ cdef int _check_call(const int64_t* sp, cnp.ndarray data, object x, object mask,
                 return 1
         ids_out[0] = idp
     elif cnp.PyArray_TYPE(xa) != d.typenum:  # float64 features of a float32 model
-        conv_out[0] = <float*>_alloc(<double>d.N * d.T * d.F0 * 4)
-        for k in range(d.N * d.T * d.F0):
-            conv_out[0][k] = <float>(<const double*>xin)[k]
-        if not _all_finite(<const float*>conv_out[0], d.N * d.T * d.F0):
+        nx = d.N * d.T * d.F0
+        conv_out[0] = <float*>_alloc(<double>nx * 4)
+        if nx > 65536:  # large: without the GIL (at batch 1 a release costs more)
+            with nogil:
+                _to_float(<const double*>xin, conv_out[0], nx)
+        else:
+            _to_float(<const double*>xin, conv_out[0], nx)
+        if not _all_finite(<const float*>conv_out[0], nx):
             return 1
     elif d.isz == 4:
         if not _all_finite(<const float*>xin, d.N * d.T * d.F0):
@@ -593,14 +604,16 @@ cdef enum:
     PK_DIR = 3
     PK_DENSE = 6
     PK_WIDTH = 7
-    # Row-chunked (packed) forwards: at least PACK_MIN_STEPS row-steps (T * N;
-    # packing copies every weight once per call: a single step of a few streams
-    # would pay it for one product). One row included: from 32 steps its one-row
-    # kernels beat OpenBLAS's small GEMM per step (score-b1, (1, 50, 8) into an
-    # LSTM of 64: 75 -> 65 us, benchmarks/compare_builds.py, 2026-11-30). The
-    # backward packs from PACK_MIN_ROWS rows (its one-row case is not measured).
-    PACK_MIN_STEPS = 32
+    # Row-chunked (packed) forwards and backwards: batches of at least
+    # PACK_MIN_ROWS rows with at least PACK_MIN_STEPS row-steps (T * N; packing
+    # copies every weight once per call: a single step of a few streams would pay
+    # it for one product). Batches under 4 rows stay on the unpacked path even for
+    # long sequences, although the one-row kernels would be faster there (score-b1:
+    # 75 -> 65 us): a step (T = 1) of the same rows runs unpacked, and stepping
+    # through a sequence must give exactly the whole sequence's outputs. Weights
+    # packed once (PackedWeights) take the packed path for every call instead.
     PACK_MIN_ROWS = 4
+    PACK_MIN_STEPS = 32
 
 
 cdef inline Py_ssize_t _pk_size(int isa, int wfmt, Py_ssize_t isz, Py_ssize_t C,
@@ -1334,7 +1347,7 @@ cdef int _run_forward(const int64_t* sp, Dims* d, bint keep, int64_t* plan,
             * max(1, d.n_ops) * (2 if d.any_bi else 1) + <double>d.N * d.SH * 2)
     if need * d.isz > 1e15:
         raise MemoryError("fused call scratch too large")
-    d.packed = pw is not None or TN >= PACK_MIN_STEPS
+    d.packed = pw is not None or (d.N >= PACK_MIN_ROWS and TN >= PACK_MIN_STEPS)
     if pw is not None:
         pw.bind(sp, d, data)
     n_el = _plan(sp, d, keep, plan)
@@ -1425,23 +1438,42 @@ cdef const char* _check_arg(object a, str name, const Dims* d, Py_ssize_t size) 
     return <const char*>cnp.PyArray_DATA(<cnp.ndarray>a)
 
 
-cdef object _flat_out(const Dims* d, const char* base, Py_ssize_t off, object shape=None):
-    """A new array of the flat states' size holding the scratch's ``base[off:]``:
-    1-D, or of ``shape`` (a tuple of at most 8 sizes whose product is that size)."""
-    cdef cnp.npy_intp dims[8]
-    cdef int nd = 1, k
+cdef int _state_dims(object shape, const Dims* d, cnp.npy_intp* dims) except -1:
+    """The dimensions (at most 8, in ``dims``) of the flat states reshaped to
+    ``shape``, a tuple of non-negative integers whose product is their size (None:
+    1-D); returns their number. Anything else raises ValueError."""
+    cdef int nd, k
     cdef double size = 1
     dims[0] = d.N * d.SH
-    if shape is not None:
-        if type(shape) is not tuple or not 1 <= len(shape) <= 8:
-            raise ValueError("state_shape must be a tuple of 1 to 8 sizes")
-        nd = len(shape)
-        for k in range(nd):
-            dims[k] = shape[k]
-            size *= dims[k]
-        if size != d.N * d.SH or any(s < 0 for s in shape):
+    if shape is None:
+        return 1
+    if type(shape) is not tuple or not 1 <= len(shape) <= 8:
+        raise ValueError("state_shape must be a tuple of 1 to 8 sizes")
+    nd = len(shape)
+    for k in range(nd):
+        v = shape[k]
+        try:
+            if isinstance(v, bool):
+                raise TypeError
+            v = operator.index(v)
+        except TypeError:
+            raise ValueError(f"state_shape {shape} must hold integers") from None
+        if v < 0 or v > d.N * d.SH:
             raise ValueError(f"state_shape {shape} does not hold the {d.N * d.SH} state "
                              "values")
-    cdef cnp.ndarray a = cnp.PyArray_EMPTY(nd, dims, d.typenum, 0)
+        dims[k] = v
+        size *= dims[k]
+    if size != d.N * d.SH:
+        raise ValueError(f"state_shape {shape} does not hold the {d.N * d.SH} state values")
+    return nd
+
+
+cdef object _flat_out(const Dims* d, const char* base, Py_ssize_t off, int nd=1,
+                      const cnp.npy_intp* dims=NULL):
+    """A new array of the flat states' size holding the scratch's ``base[off:]``:
+    1-D, or of the ``nd`` dimensions ``dims`` (``_state_dims``)."""
+    cdef cnp.npy_intp n = d.N * d.SH
+    cdef cnp.ndarray a = cnp.PyArray_EMPTY(nd, <cnp.npy_intp*>dims if dims != NULL else &n,
+                                           d.typenum, 0)
     memcpy(cnp.PyArray_DATA(a), base + off * d.isz, d.N * d.SH * d.isz)
     return a

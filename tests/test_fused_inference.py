@@ -380,9 +380,13 @@ def test_step_form_and_state_shape(fused_backend, seq, rng):
     assert hf.shape == cf.shape == (2 * 4 * 7,)
     np.testing.assert_array_equal(y0, plan.step(data, x_t, h * 0, c * 0)[0])
     if plan.takes_steps:
-        for bad in [(2, 4, 6), [2, 4, 7], (56, -1)]:
+        for bad in [(2, 4, 6), [2, 4, 7], (56, -1), (2.9, 4, 7), (2, 4, 7.0), (True, 56),
+                    (2 ** 70, 1), (np.array([56]),)]:
             with pytest.raises(ValueError, match="state_shape"):
                 plan.infer(plan.spec, data, x_t, None, h, c, True, None, bad, True)
+        y3, h3, _ = plan.infer(plan.spec, data, x_t, None, h, c, True, None,
+                               (np.int64(2), 4, 7), True)  # any integer type
+        assert h3.shape == (2, 4, 7)
         assert plan.infer(plan.spec, data, x_t[:, None], None, h, c, True, None, None,
                           True) is None  # step=True takes the step form only
         assert plan.infer(plan.spec, data, x_t, None, h, c, True) is None

@@ -164,4 +164,7 @@ def test_step_checks_its_state_before_the_kernels_read_it(backend, state, match)
                                          states[0][1]))], "inf")]:
         with pytest.raises(ValueError, match=match):
             model.step(bad_x, bad_states)
-    np.testing.assert_array_equal(model.step(x, states)[0], model.step(x, states)[0])
+    # the same values through the checked path (states as lists, x_t as float64)
+    checked = [list(s) for s in states]
+    np.testing.assert_array_equal(model.step(x, states)[0],
+                                  model.step(x.astype(np.float64), checked)[0])

@@ -443,15 +443,17 @@ def test_contention_governor_holds_regions_serial(rng):
     before_threads = kernels.set_num_threads(2)
     before_hold = kernels.set_contention_hold(60.0)
     try:
-        assert kernels._contention_judge(0.010, 0.019) == 2  # got its cores
-        assert kernels._contention_judge(0.0005, 0.0001) == 2  # too short to judge
         layer = _layer("cython", cyrnn.LSTM, {}, np.float32, num_layers=2)
         x = rng.standard_normal((ROWS_CHUNKED, 6, 4)).astype(np.float32)
         plan = layer._plan()
         start = kernels._path_counts()
         threaded = plan.infer(plan.spec, layer.params.data, x)
         mid = kernels._path_counts()
+        kernels.set_contention_hold(60.0)  # a clean count: the real call was judged too
         assert kernels._contention_judge(0.010, 0.009) == 2  # slower than one thread
+        assert kernels.contention_state()["strikes"] == 1
+        assert kernels._contention_judge(0.0005, 0.0001) == 2  # too short: not judged
+        assert kernels.contention_state()["strikes"] == 1
         assert kernels._contention_judge(0.010, 0.009) == 2
         assert kernels._contention_judge(0.010, 0.009) == 1  # three in a row: held
         held = plan.infer(plan.spec, layer.params.data, x)

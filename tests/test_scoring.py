@@ -187,6 +187,25 @@ def test_step_equals_whole_sequence(cls, kw, backend, tmp_path, rng):
         np.testing.assert_array_equal(h, out[:, t])
 
 
+@pytest.mark.parametrize("cls, kw", CELLS[2:4] + CELLS[4:5])
+def test_step_equals_long_sequences(cls, kw, tmp_path, rng):
+    """Sequences long enough for the batch kernels' thresholds (32 row-steps): one
+    to three streams step exactly as they run whole; with weights packed once, any
+    batch does (every call then takes the packed kernels)."""
+    Cell = getattr(cyrnn, cls)
+    model = cyrnn.Sequential([Cell(3, 16, random_state=1, return_sequences=True, **kw),
+                              cyrnn.Dense(16, 2, random_state=2)])
+    model.save(tmp_path / "long.cyrnn")
+    for n, weights in [(1, None), (3, None), (6, "packed")]:
+        sc = scoring.load(tmp_path / "long.cyrnn", weights=weights)
+        x = rng.normal(size=(n, 40, 3)).astype(np.float32)
+        whole = sc.predict(x)
+        state = None
+        for t in range(40):
+            y, state = sc.step(x[:, t], state)
+            np.testing.assert_array_equal(y, whole[:, t], err_msg=f"n={n} t={t}")
+
+
 @pytest.mark.parametrize("name", ["LSTMClassifier", "GRURegressor"])
 def test_estimator_scorer_streams(name, tmp_path, rng):
     """Many-to-one: the step output is the prediction for the sequence so far;

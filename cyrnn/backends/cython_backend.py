@@ -109,6 +109,8 @@ INFER_TAKES_FLOAT64 = True
 INFER_TAKES_STEPS = True
 train_forward = _k.train_forward
 train_backward = _k.train_backward
+# the classifiers' probabilities from the model's outputs (cyrnn.sequences)
+probabilities = _k.probabilities
 # weights packed once for a scorer's repeated ``infer`` calls (``infer(..., weights)``)
 PackedWeights = _k.PackedWeights
 # cyrnn.optim's compiled kernels (the Numba module cyrnn._optim_kernels has the same five)
