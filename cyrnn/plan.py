@@ -160,17 +160,24 @@ class CompiledPlan:
         begin = getattr(self._mod, "resident_session", None)
         return None if begin is None or self._no_bias else begin(params)
 
-    def use_packed_weights(self, fmt):
+    @property
+    def can_pack(self):
+        """Whether the backend keeps packed weights (:meth:`use_packed_weights`)."""
+        return hasattr(self._mod, "PackedWeights")
+
+    def use_packed_weights(self, fmt, auto=False):
         """Make every ``infer`` of this plan use weights packed once, in ``fmt``
         (``"native"`` or ``"bfloat16"``), on the first call, from the parameter
         buffer that call passes (the Cython backend's ``PackedWeights``; the buffer
         must not change afterwards). ``"bfloat16"`` packs the weights
-        :meth:`packed_weight_ranges` lists, rounded to nearest even."""
+        :meth:`packed_weight_ranges` lists, rounded to nearest even. ``auto``
+        (native only): only the calls that would pack per call use them, so results
+        stay exactly those of the unpacked plan."""
         packer = getattr(self._mod, "PackedWeights", None)
         if packer is None:
             raise ValueError("packed weights need the Cython backend (this model's "
                              f"layers run on {self._mod.__name__.rsplit('.', 1)[-1]})")
-        weights, infer = packer(fmt), self._mod.infer
+        weights, infer = packer(fmt, auto), self._mod.infer
 
         def packed_infer(spec, data, x, mask=None, h0=None, c0=None, return_state=False,
                          _weights=None, state_shape=None, step=False):

@@ -319,8 +319,11 @@ def load(path, *, backend=None, weights=None):
         Kernel backend of the scorer's layers (default: the one the file names,
         usually ``'auto'``).
     weights : None, ``"packed"`` or ``"bfloat16"``
-        None: every call packs what it needs, as the estimators do (predictions
-        identical to the estimator's). ``"packed"``: the weights are packed once,
+        None: predictions identical to the estimator's. Calls of four rows or
+        more take the packed kernels, as the estimators' calls do; a scorer
+        packs its weights for them once, on the first such call (the Cython
+        backend; the estimators pack per call), so streaming a batch of streams
+        does not repack the model at every step. ``"packed"``: the weights are packed once,
         on the first call, into the layout of the Cython backend's kernels, which
         then serve every call, one row and one step included (faster steps; results
         equal to the estimator's up to float rounding). ``"bfloat16"``: as
@@ -366,6 +369,9 @@ def load(path, *, backend=None, weights=None):
         raise ValueError(f"invalid {kind} archive: {type(exc).__name__}: {exc}") from exc
     if weights is not None:
         _pack_weights(scorer, weights)
+    elif scorer._plan is not None and scorer._plan.can_pack:
+        # the scorer owns its model: the calls that pack per call pack once instead
+        scorer._plan.use_packed_weights("native", auto=True)
     return scorer
 
 

@@ -172,6 +172,38 @@ def matmul(const floating[:, ::1] a, bint trans_a, const floating[:, ::1] b,
               <floating>beta, &out[0, 0], n)
 
 
+def projection(const floating[:, ::1] x, const floating[:, ::1] w, const floating[::1] b,
+               int kernel=-1):
+    """``x @ w.T + b`` as the unpacked path's input projections compute it
+    (``_affine_fwd``): ``kernel`` -1 picks by row count as they do; 0 forces the
+    vector-lane-over-k kernel, 1 the transposed one (tests: both sum in the same
+    order, so every choice gives the same bits)."""
+    cdef Py_ssize_t N = x.shape[0], K = x.shape[1], R = w.shape[0]
+    if w.shape[1] != K or b.shape[0] != R or N == 0 or K == 0 or R == 0:
+        raise ValueError("projection: x (N, K), w (R, K), b (R,), none empty")
+    cdef cnp.npy_intp dims[2]
+    dims[0] = N
+    dims[1] = R
+    out = cnp.PyArray_EMPTY(2, dims, cnp.NPY_FLOAT32 if floating is float else cnp.NPY_FLOAT64, 0)
+    cdef floating[:, ::1] y = out
+    cdef int rc = 0
+    with nogil:
+        if kernel == -1:
+            _affine_fwd(&x[0, 0], N, K, R, &w[0, 0], &b[0], &y[0, 0])
+        elif kernel == 1:
+            if floating is float:
+                rc = cyrnn_projt_f(&x[0, 0], &w[0, 0], &b[0], &y[0, 0], N, R, K)
+            else:
+                rc = cyrnn_projt_d(&x[0, 0], &w[0, 0], &b[0], &y[0, 0], N, R, K)
+        elif floating is float:
+            cyrnn_proj_f(&x[0, 0], &w[0, 0], &b[0], &y[0, 0], N, R, K)
+        else:
+            cyrnn_proj_d(&x[0, 0], &w[0, 0], &b[0], &y[0, 0], N, R, K)
+    if rc != 0:
+        raise MemoryError("projection: transposed weight block")
+    return out
+
+
 def generate(int code, int act, int ract,
              const floating[:, ::1] xp_table, const floating[:, :, ::1] w_ih_rest,
              const floating[:, ::1] b_ih_rest, const floating[:, :, ::1] w_hh,
@@ -246,7 +278,7 @@ def infer(const int64_t[::1] spec not None, cnp.ndarray data not None, object x,
     ``mask_zero``), and when a state holds NaN/inf. States of the wrong dtype, size
     or layout raise ValueError. ``weights``: a
     :class:`PackedWeights` the call packs on first use and reuses (None: packed per
-    call when the batch pays for it). ``state_shape``: with ``return_state``, the
+    call from 4 rows on, whatever the length). ``state_shape``: with ``return_state``, the
     shape ``h_n``/``c_n`` get (a tuple whose product is their size; None: flat).
     """
     cdef Dims d

@@ -167,14 +167,20 @@ cdef void _affine_fwd(const floating* x, Py_ssize_t rows, Py_ssize_t n_in,
                       Py_ssize_t n_out, const floating* w, const floating* b,
                       floating* y) noexcept nogil:
     """``y = x w^T + b``: ``x`` (rows, n_in), ``w`` (n_out, n_in), ``y`` (rows, n_out),
-    row-major. The input projection of a recurrent op and a Dense op (the same
-    GEMM as ``layers.recurrent.project``)."""
-    cdef Py_ssize_t i, j
-    _gemm(c'T', c'N', <int>n_out, <int>rows, <int>n_in, <floating>1, w, <int>n_in,
-          x, <int>n_in, <floating>0, y, <int>n_out)
-    for i in range(rows):
-        for j in range(n_out):
-            y[i * n_out + j] += b[j]
+    row-major. The input projection of a recurrent op and a Dense op on the
+    unpacked path (batches under PACK_MIN_ROWS rows), by the own kernel
+    ``cyrnn_proj``: a row's result does not depend on how many rows one call
+    projects (a BLAS GEMM's does: its kernels and small-matrix paths follow the
+    shape), so a step (N rows) projects exactly as its whole sequence (T * N rows)
+    and a sequence's first steps as a shorter sequence. From PROJ_T_MIN_ROWS rows
+    on, ``cyrnn_projt`` computes the same sums with outputs in the vector lanes
+    (src/gemm.pxi)."""
+    if floating is float:
+        if rows < PROJ_T_MIN_ROWS or cyrnn_projt_f(x, w, b, y, rows, n_out, n_in) != 0:
+            cyrnn_proj_f(x, w, b, y, rows, n_out, n_in)
+    else:
+        if rows < PROJ_T_MIN_ROWS or cyrnn_projt_d(x, w, b, y, rows, n_out, n_in) != 0:
+            cyrnn_proj_d(x, w, b, y, rows, n_out, n_in)
 
 
 cdef void _affine_bwd(const floating* dy, const floating* x, Py_ssize_t rows,
@@ -207,6 +213,12 @@ cdef void _affine_bwd_packed(int isa, const floating* dy, const floating* x, Py_
             gb[j] += dy[i * n_out + j]
     if dx != NULL:
         _rows_product(isa, dy, n_out, rows, n_out, wt, n_in, dx, n_in, acc_dx)
+
+
+cdef enum:
+    # rows from which the projections transpose each block of weight rows once and
+    # keep outputs in the vector lanes (the same sums, faster for many rows)
+    PROJ_T_MIN_ROWS = 16
 
 
 cdef bint _all_finite(const floating* x, Py_ssize_t n) noexcept nogil:
@@ -604,14 +616,18 @@ cdef enum:
     PK_DIR = 3
     PK_DENSE = 6
     PK_WIDTH = 7
-    # Row-chunked (packed) forwards and backwards: batches of at least
-    # PACK_MIN_ROWS rows with at least PACK_MIN_STEPS row-steps (T * N; packing
-    # copies every weight once per call: a single step of a few streams would pay
-    # it for one product). Batches under 4 rows stay on the unpacked path even for
-    # long sequences, although the one-row kernels would be faster there (score-b1:
-    # 75 -> 65 us): a step (T = 1) of the same rows runs unpacked, and stepping
-    # through a sequence must give exactly the whole sequence's outputs. Weights
-    # packed once (PackedWeights) take the packed path for every call instead.
+    # Row-chunked (packed) forwards: batches of at least PACK_MIN_ROWS rows, whatever
+    # their length. The choice depends on the rows only, never on T: the packed and
+    # unpacked kernels sum their products in different orders, and a step (T = 1)
+    # of a batch must give exactly what the whole sequence gives at that step (and
+    # a sequence's first steps what a longer one gives; the unpacked path's input
+    # projections are row-count independent too, see _affine_fwd). Packing copies
+    # every weight once per call, which a short call of a large model pays for (a
+    # scorer keeps weights packed once instead: PackedWeights(auto=True)). Batches
+    # under 4 rows stay unpacked even for long sequences, although the one-row
+    # kernels would be faster there (score-b1: 75 -> 65 us); weights packed with
+    # auto=False take the packed path for every call. Backwards (which no step has
+    # to equal) pack from PACK_MIN_STEPS row-steps (T * N) on.
     PACK_MIN_ROWS = 4
     PACK_MIN_STEPS = 32
 
@@ -1250,7 +1266,11 @@ cdef class PackedWeights:
     them as bfloat16 (half the bytes per product; float32 arithmetic, see
     src/pgemm.h). Filled by the first call, from that call's checked spec and
     parameter buffer; a later call with another spec or buffer raises
-    ValueError. The parameters must not change while it is in use."""
+    ValueError. The parameters must not change while it is in use.
+
+    ``auto=True``: used only by the calls that would pack per call anyway
+    (PACK_MIN_ROWS rows or more), so every result equals the unpacked plan's
+    exactly; smaller calls run unpacked and pack nothing."""
     cdef char* block
     cdef double nbytes
     cdef int64_t* pk
@@ -1260,13 +1280,17 @@ cdef class PackedWeights:
     cdef int wfmt
     cdef object data
     cdef readonly str format
+    cdef readonly Py_ssize_t min_rows
 
-    def __cinit__(self, str format="native"):
+    def __cinit__(self, str format="native", bint auto=False):
         if format not in ("native", "bfloat16"):
             raise ValueError(f"packed weights format must be 'native' or 'bfloat16', "
                              f"got {format!r}")
+        if auto and format != "native":
+            raise ValueError("auto packed weights are native (bfloat16 changes results)")
         self.format = format
         self.wfmt = WF_BF16 if format == "bfloat16" else WF_NATIVE
+        self.min_rows = PACK_MIN_ROWS if auto else 0
 
     def __dealloc__(self):
         free(self.block)
@@ -1326,8 +1350,8 @@ cdef int _run_forward(const int64_t* sp, Dims* d, bint keep, int64_t* plan,
     token ids or converted features, else NULL: ``x``'s own data;
     ``valid``: the time-major validity mask, NULL when every step is valid;
     ``h0``/``c0``/``drop``: the checked state and dropout arrays' data or NULL;
-    ``pw``: weights packed once, or None to pack per call when the batch pays for
-    it). On success ``*buf_out``/``*mask_out`` own the memory (the mask followed by
+    ``pw``: weights packed once, or None to pack per call from PACK_MIN_ROWS rows
+    on). On success ``*buf_out``/``*mask_out`` own the memory (the mask followed by
     its time reversal when an op has two directions)."""
     cdef Py_ssize_t n_el, TN = d.T * d.N, t
     cdef char* buf
@@ -1347,7 +1371,9 @@ cdef int _run_forward(const int64_t* sp, Dims* d, bint keep, int64_t* plan,
             * max(1, d.n_ops) * (2 if d.any_bi else 1) + <double>d.N * d.SH * 2)
     if need * d.isz > 1e15:
         raise MemoryError("fused call scratch too large")
-    d.packed = pw is not None or (d.N >= PACK_MIN_ROWS and TN >= PACK_MIN_STEPS)
+    if pw is not None and d.N < pw.min_rows:
+        pw = None  # auto: a call the per-call rule leaves unpacked
+    d.packed = pw is not None or d.N >= PACK_MIN_ROWS
     if pw is not None:
         pw.bind(sp, d, data)
     n_el = _plan(sp, d, keep, plan)

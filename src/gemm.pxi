@@ -111,7 +111,201 @@ cdef extern from *:
     }
     CYRNN_GEMM_NN(cyrnn_gemm_nn_f, float)
     CYRNN_GEMM_NN(cyrnn_gemm_nn_d, double)
+
+    /* The input projections of the unpacked path: y[i*R + r] = sum_k x[i*K + k]
+       w[r*K + k] + b[r] (i < N, r < R), x W^T + b, each element summed in one
+       fixed order that depends on K only, never on N (so a step's rows project
+       exactly as the same rows of a whole sequence):
+         lane q (q < L; L = 8 for float, 4 for double) sums x[k] w[k] over
+         k = q, q + L, q + 2L, ... below K - K % L, in that order, from +0; float
+         with K >= 8 adds the tail k = K - 8 + q to lane q for q >= 8 - K % 8;
+         then the lanes as a halving tree (float: ((l0 + l4) + (l2 + l6)) +
+         ((l1 + l5) + (l3 + l7)); double: (l0 + l2) + (l1 + l3)); then any k left
+         (float K < 8, double's K % 4) one by one; then the bias.
+       Two kernels compute that order: cyrnn_proj_* with k in vector lanes and
+       the lanes reduced together per block of outputs (few rows: a step reads
+       each weight once, as a GEMV), cyrnn_projt_* with outputs in vector lanes
+       from a per-call transposed copy of each block of weight rows (many rows:
+       the copy is made once for all of them). Both are compiled without
+       contracting a * b + c into one rounding (CYRNN_EXACT), so they agree to
+       the bit on every target. */
+    #if defined(__GNUC__) && !defined(__clang__)
+    #define CYRNN_EXACT __attribute__((optimize("fp-contract=off")))
+    #else
+    #define CYRNN_EXACT
+    #endif
+    #define CYRNN_PROJ_FINISH(T, L, s, xi, wr, K, KV, b, r, nr, yi)                  \
+        do {                                                                          \
+            T o_[L]; Py_ssize_t j_, k_;                                               \
+            memcpy(o_, &(s), sizeof o_);                                              \
+            for (j_ = 0; j_ < (nr); j_++) {                                           \
+                for (k_ = (KV); k_ < (K); k_++) o_[j_] += (xi)[k_] * (wr)[j_][k_];    \
+                (yi)[(r) + j_] = o_[j_] + (b)[(r) + j_];                              \
+            }                                                                         \
+        } while (0)
+    typedef float cyrnn_v8f __attribute__((vector_size(32)));
+    typedef int cyrnn_v8i __attribute__((vector_size(32)));
+    typedef float cyrnn_v16f __attribute__((vector_size(64)));
+    typedef double cyrnn_v4d __attribute__((vector_size(32)));
+    typedef double cyrnn_v8d __attribute__((vector_size(64)));
+    CYRNN_CLONES CYRNN_EXACT
+    static void cyrnn_proj_f(const float* x, const float* w, const float* b, float* y,
+                             Py_ssize_t N, Py_ssize_t R, Py_ssize_t K) {
+        Py_ssize_t i, r, j, k, nr, KV = K - K % 8;
+        const float* wr[8];
+        /* K >= 8: the tail as one more lane vector, the last 8 k of the row with
+           the lanes already counted masked to zero (bitwise, so no inf * 0) */
+        cyrnn_v8i tm;
+        int tail = K >= 8 && KV < K;
+        for (j = 0; j < 8; j++) tm[j] = j >= 8 - (K - KV) ? -1 : 0;
+        if (tail) KV = K;
+        for (r = 0; r < R; r += 8) {
+            nr = R - r < 8 ? R - r : 8;
+            /* a last, smaller block repeats its first weight row in the missing
+               places and stores only its own outputs */
+            for (j = 0; j < 8; j++) wr[j] = w + (r + (j < nr ? j : 0)) * K;
+            for (i = 0; i < N; i++) {
+                const float* xi = x + i * K;
+                cyrnn_v8f a[8], xv, wv, s, p0, p1, p2, p3, q0, q1;
+                for (j = 0; j < 8; j++) a[j] = (cyrnn_v8f){0};
+                for (k = 0; k + 8 <= K; k += 8) {
+                    xv = CYRNN_LD(cyrnn_v8f, xi + k);
+                    for (j = 0; j < 8; j++) a[j] += xv * CYRNN_LD(cyrnn_v8f, wr[j] + k);
+                }
+                if (tail) {
+                    xv = (cyrnn_v8f)((cyrnn_v8i)CYRNN_LD(cyrnn_v8f, xi + K - 8) & tm);
+                    for (j = 0; j < 8; j++) {
+                        wv = (cyrnn_v8f)((cyrnn_v8i)CYRNN_LD(cyrnn_v8f, wr[j] + K - 8) & tm);
+                        a[j] += xv * wv;
+                    }
+                }
+                /* the 8 accumulators' halving trees at once (a transposed tree: per
+                   element the same additions as one accumulator's) */
+                p0 = __builtin_shufflevector(a[0], a[1], 0, 1, 2, 3, 8, 9, 10, 11)
+                   + __builtin_shufflevector(a[0], a[1], 4, 5, 6, 7, 12, 13, 14, 15);
+                p1 = __builtin_shufflevector(a[2], a[3], 0, 1, 2, 3, 8, 9, 10, 11)
+                   + __builtin_shufflevector(a[2], a[3], 4, 5, 6, 7, 12, 13, 14, 15);
+                p2 = __builtin_shufflevector(a[4], a[5], 0, 1, 2, 3, 8, 9, 10, 11)
+                   + __builtin_shufflevector(a[4], a[5], 4, 5, 6, 7, 12, 13, 14, 15);
+                p3 = __builtin_shufflevector(a[6], a[7], 0, 1, 2, 3, 8, 9, 10, 11)
+                   + __builtin_shufflevector(a[6], a[7], 4, 5, 6, 7, 12, 13, 14, 15);
+                q0 = __builtin_shufflevector(p0, p1, 0, 1, 4, 5, 8, 9, 12, 13)
+                   + __builtin_shufflevector(p0, p1, 2, 3, 6, 7, 10, 11, 14, 15);
+                q1 = __builtin_shufflevector(p2, p3, 0, 1, 4, 5, 8, 9, 12, 13)
+                   + __builtin_shufflevector(p2, p3, 2, 3, 6, 7, 10, 11, 14, 15);
+                s = __builtin_shufflevector(q0, q1, 0, 2, 4, 6, 8, 10, 12, 14)
+                  + __builtin_shufflevector(q0, q1, 1, 3, 5, 7, 9, 11, 13, 15);
+                if (nr == 8 && KV == K) {
+                    s += CYRNN_LD(cyrnn_v8f, b + r);
+                    memcpy(y + i * R + r, &s, sizeof s);
+                } else {
+                    CYRNN_PROJ_FINISH(float, 8, s, xi, wr, K, KV, b, r, nr, y + i * R);
+                }
+            }
+        }
+    }
+    CYRNN_CLONES CYRNN_EXACT
+    static void cyrnn_proj_d(const double* x, const double* w, const double* b, double* y,
+                             Py_ssize_t N, Py_ssize_t R, Py_ssize_t K) {
+        Py_ssize_t i, r, j, k, nr, KV = K - K % 4;
+        const double* wr[4];
+        for (r = 0; r < R; r += 4) {
+            nr = R - r < 4 ? R - r : 4;
+            for (j = 0; j < 4; j++) wr[j] = w + (r + (j < nr ? j : 0)) * K;
+            for (i = 0; i < N; i++) {
+                const double* xi = x + i * K;
+                cyrnn_v4d a[4], xv, s, p0, p1;
+                for (j = 0; j < 4; j++) a[j] = (cyrnn_v4d){0};
+                for (k = 0; k < KV; k += 4) {
+                    xv = CYRNN_LD(cyrnn_v4d, xi + k);
+                    for (j = 0; j < 4; j++) a[j] += xv * CYRNN_LD(cyrnn_v4d, wr[j] + k);
+                }
+                p0 = __builtin_shufflevector(a[0], a[1], 0, 1, 4, 5)
+                   + __builtin_shufflevector(a[0], a[1], 2, 3, 6, 7);
+                p1 = __builtin_shufflevector(a[2], a[3], 0, 1, 4, 5)
+                   + __builtin_shufflevector(a[2], a[3], 2, 3, 6, 7);
+                s = __builtin_shufflevector(p0, p1, 0, 2, 4, 6)
+                  + __builtin_shufflevector(p0, p1, 1, 3, 5, 7);
+                if (nr == 4 && KV == K) {
+                    s += CYRNN_LD(cyrnn_v4d, b + r);
+                    memcpy(y + i * R + r, &s, sizeof s);
+                } else {
+                    CYRNN_PROJ_FINISH(double, 4, s, xi, wr, K, KV, b, r, nr, y + i * R);
+                }
+            }
+        }
+    }
+    /* The same order with 16 (float) or 8 (double) outputs in the vector lanes:
+       `wt` holds one block of weight rows transposed (K vectors); returns -1
+       (nothing written) when that copy cannot be allocated. */
+    CYRNN_CLONES CYRNN_EXACT
+    static int cyrnn_projt_f(const float* x, const float* w, const float* b, float* y,
+                             Py_ssize_t N, Py_ssize_t R, Py_ssize_t K) {
+        Py_ssize_t i, r, j, k, q, nr, rem = K % 8, KV = K - rem;
+        cyrnn_v16f* wt = (cyrnn_v16f*)aligned_alloc(64, (size_t)K * sizeof(cyrnn_v16f));
+        cyrnn_v16f a[8], s, bv;
+        if (wt == NULL) return -1;
+        for (r = 0; r < R; r += 16) {
+            nr = R - r < 16 ? R - r : 16;
+            for (k = 0; k < K; k++)
+                for (j = 0; j < 16; j++) wt[k][j] = j < nr ? w[(r + j) * K + k] : 0.0f;
+            for (j = 0; j < 16; j++) bv[j] = j < nr ? b[r + j] : 0.0f;
+            for (i = 0; i < N; i++) {
+                const float* xi = x + i * K;
+                for (q = 0; q < 8; q++) a[q] = (cyrnn_v16f){0};
+                if (K >= 8) {
+                    for (k = 0; k < KV; k += 8)
+                        for (q = 0; q < 8; q++) a[q] = a[q] + xi[k + q] * wt[k + q];
+                    for (q = 8 - rem; q < 8 && rem; q++)
+                        a[q] = a[q] + xi[K - 8 + q] * wt[K - 8 + q];
+                }
+                s = ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]));
+                if (K < 8)
+                    for (k = 0; k < K; k++) s = s + xi[k] * wt[k];
+                s = s + bv;
+                if (nr == 16) memcpy(y + i * R + r, &s, sizeof s);
+                else memcpy(y + i * R + r, &s, (size_t)nr * sizeof(float));
+            }
+        }
+        free(wt);
+        return 0;
+    }
+    CYRNN_CLONES CYRNN_EXACT
+    static int cyrnn_projt_d(const double* x, const double* w, const double* b, double* y,
+                             Py_ssize_t N, Py_ssize_t R, Py_ssize_t K) {
+        Py_ssize_t i, r, j, k, q, nr, KV = K - K % 4;
+        cyrnn_v8d* wt = (cyrnn_v8d*)aligned_alloc(64, (size_t)K * sizeof(cyrnn_v8d));
+        cyrnn_v8d a[4], s, bv;
+        if (wt == NULL) return -1;
+        for (r = 0; r < R; r += 8) {
+            nr = R - r < 8 ? R - r : 8;
+            for (k = 0; k < K; k++)
+                for (j = 0; j < 8; j++) wt[k][j] = j < nr ? w[(r + j) * K + k] : 0.0;
+            for (j = 0; j < 8; j++) bv[j] = j < nr ? b[r + j] : 0.0;
+            for (i = 0; i < N; i++) {
+                const double* xi = x + i * K;
+                for (q = 0; q < 4; q++) a[q] = (cyrnn_v8d){0};
+                for (k = 0; k < KV; k += 4)
+                    for (q = 0; q < 4; q++) a[q] = a[q] + xi[k + q] * wt[k + q];
+                s = (a[0] + a[2]) + (a[1] + a[3]);
+                for (k = KV; k < K; k++) s = s + xi[k] * wt[k];
+                s = s + bv;
+                if (nr == 8) memcpy(y + i * R + r, &s, sizeof s);
+                else memcpy(y + i * R + r, &s, (size_t)nr * sizeof(double));
+            }
+        }
+        free(wt);
+        return 0;
+    }
     """
+    void cyrnn_proj_f(const float* x, const float* w, const float* b, float* y,
+                      Py_ssize_t N, Py_ssize_t R, Py_ssize_t K) nogil
+    void cyrnn_proj_d(const double* x, const double* w, const double* b, double* y,
+                      Py_ssize_t N, Py_ssize_t R, Py_ssize_t K) nogil
+    int cyrnn_projt_f(const float* x, const float* w, const float* b, float* y,
+                      Py_ssize_t N, Py_ssize_t R, Py_ssize_t K) nogil
+    int cyrnn_projt_d(const double* x, const double* w, const double* b, double* y,
+                      Py_ssize_t N, Py_ssize_t R, Py_ssize_t K) nogil
     void cyrnn_gemm_nt_f(const float* x, const float* w, float* out, Py_ssize_t N,
                          Py_ssize_t R, Py_ssize_t K, Py_ssize_t ldo) nogil
     void cyrnn_gemm_nt_d(const double* x, const double* w, double* out, Py_ssize_t N,

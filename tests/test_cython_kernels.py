@@ -196,6 +196,30 @@ def test_packed_kernels_every_instruction_set(tmp_path):
         assert res.returncode == 0 and res.stdout.strip() == "ok", (isas[level], res.stderr)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+def test_projection_kernels_agree_to_the_bit(dtype, rng=np.random.default_rng(7)):
+    """The unpacked path's input projections: the lane-over-k kernel (steps) and the
+    transposed one (whole sequences) sum in the same order, so every row gives the
+    same bits whichever kernel and however many rows a call holds (stepping then
+    equals the whole sequence); both are within rounding of float64 products."""
+    for K in [*range(1, 20), 23, 24, 25, 31, 32, 33, 63, 64, 65, 129]:
+        for R in (1, 3, 7, 8, 9, 16, 17, 33):
+            x = rng.normal(size=(19, K)).astype(dtype)
+            w = rng.normal(size=(R, K)).astype(dtype)
+            b = rng.normal(size=R).astype(dtype)
+            lanes, transposed, picked = (kernels.projection(x, w, b, kern)
+                                         for kern in (0, 1, -1))
+            np.testing.assert_array_equal(lanes, transposed, err_msg=f"K={K} R={R}")
+            np.testing.assert_array_equal(lanes, picked)
+            for i in (0, 5, 18):
+                np.testing.assert_array_equal(kernels.projection(x[i:i + 3], w, b),
+                                              lanes[i:i + 3])
+            ref_ = x.astype(np.float64) @ w.T.astype(np.float64) + b
+            assert_close(lanes, ref_, dtype)
+    with pytest.raises(ValueError, match="none empty"):
+        kernels.projection(np.ones((2, 3), dtype), np.ones((4, 2), dtype), np.ones(4, dtype))
+
+
 def test_row_thread_setting():
     """cyrnn.set_num_threads reaches the row-chunked path; results do not depend on it
     (each row is computed by one thread, in the same order, whatever the partition)."""

@@ -187,23 +187,39 @@ def test_step_equals_whole_sequence(cls, kw, backend, tmp_path, rng):
         np.testing.assert_array_equal(h, out[:, t])
 
 
-@pytest.mark.parametrize("cls, kw", CELLS[2:4] + CELLS[4:5])
+@pytest.mark.parametrize("cls, kw", CELLS)
 def test_step_equals_long_sequences(cls, kw, tmp_path, rng):
-    """Sequences long enough for the batch kernels' thresholds (32 row-steps): one
-    to three streams step exactly as they run whole; with weights packed once, any
-    batch does (every call then takes the packed kernels)."""
+    """Hidden sizes and sequences where the packed (4+ rows) and unpacked kernels'
+    sums differ in the last bit: every batch size steps exactly as it runs whole, a
+    sequence's first steps equal a shorter sequence's, the scorer (which packs its
+    weights once for 4+ rows) equals the model (which packs per call) and the
+    model's own layer.step, and weights packed for every call step exactly too."""
     Cell = getattr(cyrnn, cls)
-    model = cyrnn.Sequential([Cell(3, 16, random_state=1, return_sequences=True, **kw),
-                              cyrnn.Dense(16, 2, random_state=2)])
+    layer = Cell(3, 48, num_layers=2, random_state=1, return_sequences=True, **kw)
+    model = cyrnn.Sequential([layer, cyrnn.Dense(48, 2, random_state=2)])
     model.save(tmp_path / "long.cyrnn")
-    for n, weights in [(1, None), (3, None), (6, "packed")]:
+    T = 40
+    for n, weights in [(1, None), (3, None), (4, None), (6, None), (9, None), (33, None),
+                       (6, "packed")]:
         sc = scoring.load(tmp_path / "long.cyrnn", weights=weights)
-        x = rng.normal(size=(n, 40, 3)).astype(np.float32)
+        x = rng.normal(size=(n, T, 3)).astype(np.float32)
         whole = sc.predict(x)
-        state = None
-        for t in range(40):
+        if weights is None:
+            np.testing.assert_array_equal(whole, model.forward(x))
+            np.testing.assert_array_equal(sc.predict(x[:, :5]), whole[:, :5])
+            if sc._plan is not None and sc._plan.can_pack:
+                # packed once, by the first call of 4+ rows only
+                assert sc._plan.packed.nbytes == (0 if n < 4 else sc._plan.packed.nbytes)
+                assert (sc._plan.packed.nbytes > 0) == (n >= 4)
+        state = st = None
+        for t in range(T):
             y, state = sc.step(x[:, t], state)
             np.testing.assert_array_equal(y, whole[:, t], err_msg=f"n={n} t={t}")
+        if weights is None and n in (3, 6):
+            seq, _ = layer(x)
+            for t in range(T):
+                h, st = layer.step(x[:, t], st)
+                np.testing.assert_array_equal(h, seq[:, t], err_msg=f"layer n={n} t={t}")
 
 
 @pytest.mark.parametrize("name", ["LSTMClassifier", "GRURegressor"])
