@@ -630,6 +630,9 @@ cdef enum:
     # to equal) pack from PACK_MIN_STEPS row-steps (T * N) on.
     PACK_MIN_ROWS = 4
     PACK_MIN_STEPS = 32
+    # Packed-path forwards of at most this many steps read the weights as stored
+    # (WF_RAW: the same sums, rows in the vector lanes) instead of packing them
+    RAW_MAX_STEPS = 4
 
 
 cdef inline Py_ssize_t _pk_size(int isa, int wfmt, Py_ssize_t isz, Py_ssize_t C,
@@ -677,6 +680,29 @@ cdef Py_ssize_t _pack_plan(const int64_t* sp, const Dims* d, int isa, bint bwd, 
             pos = _al(pos + (cyrnn_pgemm_size(isa, d.isz, r[DENSE_IN], r[DENSE_OUT]) if bwd
                              else _pk_size(isa, wfmt, d.isz, r[DENSE_OUT], r[DENSE_IN])))
     return pos
+
+
+cdef void _raw_plan(const int64_t* sp, const Dims* d, int64_t* pk) noexcept nogil:
+    """``_pack_plan``'s offsets for weights read as stored (``WF_RAW``): each weight's
+    own offset in the parameter buffer (Cho's gate-n part: its rows of W_hh)."""
+    cdef Py_ssize_t o, dd, k0, H
+    cdef int64_t* q
+    cdef const int64_t* r
+    for o in range(d.n_ops * PK_WIDTH):
+        pk[o] = -1
+    for o in range(d.first, d.n_ops):
+        r = _rec(sp, o)
+        if r[0] == OP_RNN:
+            H = r[RNN_HIDDEN]
+            for dd in range(r[RNN_DIRS]):
+                q = pk + o * PK_WIDTH + PK_DIR * dd
+                k0 = _tensors_of(r, dd)
+                q[PK_IH] = r[k0]
+                q[PK_HH] = r[k0 + 1]
+                if r[RNN_CELL] == CELL_GRU_CHO:
+                    q[PK_HH_N] = r[k0 + 1] + 2 * H * H
+        else:
+            pk[o * PK_WIDTH + PK_DENSE] = r[DENSE_W]
 
 
 cdef void _pack_weights(const int64_t* sp, const Dims* d, int isa, bint bwd, int wfmt,
@@ -1395,14 +1421,21 @@ cdef int _run_forward(const int64_t* sp, Dims* d, bint keep, int64_t* plan,
             _scratch_put(buf, d.buf_bytes, keep)
             free(mask)
             raise MemoryError("fused call scratch")
-        packed_bytes = <double>_pack_plan(sp, d, isa, False, WF_NATIVE, pk) * d.isz
-        try:
-            packed = <char*>_scratch_get(packed_bytes)
-        except MemoryError:
-            free(pk)
-            _scratch_put(buf, d.buf_bytes, keep)
-            free(mask)
-            raise
+        if d.T <= RAW_MAX_STEPS:
+            # too few steps to repay packing: the packed path's sums on the weights
+            # as stored
+            _raw_plan(sp, d, pk)
+            packed = dptr
+            wfmt = WF_RAW
+        else:
+            packed_bytes = <double>_pack_plan(sp, d, isa, False, WF_NATIVE, pk) * d.isz
+            try:
+                packed = <char*>_scratch_get(packed_bytes)
+            except MemoryError:
+                free(pk)
+                _scratch_put(buf, d.buf_bytes, keep)
+                free(mask)
+                raise
     with nogil:
         csr = cyrnn_fp_flush()  # denormals to zero in this call (every thread of it)
         if valid != NULL:
@@ -1415,7 +1448,7 @@ cdef int _run_forward(const int64_t* sp, Dims* d, bint keep, int64_t* plan,
         if d.isz == 4:
             if packed != NULL:
                 cyrnn_count_path(0)
-                if pw is None:
+                if pw is None and wfmt != WF_RAW:
                     _pack_weights(sp, d, isa, False, WF_NATIVE, pk, <const float*>dptr,
                                   <float*>packed)
             _fused_forward(sp, d, keep, plan, <const float*>dptr, xin, <float*>buf, mask,
@@ -1424,7 +1457,7 @@ cdef int _run_forward(const int64_t* sp, Dims* d, bint keep, int64_t* plan,
         else:
             if packed != NULL:
                 cyrnn_count_path(0)
-                if pw is None:
+                if pw is None and wfmt != WF_RAW:
                     _pack_weights(sp, d, isa, False, WF_NATIVE, pk, <const double*>dptr,
                                   <double*>packed)
             _fused_forward(sp, d, keep, plan, <const double*>dptr, xin, <double*>buf, mask,
@@ -1432,7 +1465,8 @@ cdef int _run_forward(const int64_t* sp, Dims* d, bint keep, int64_t* plan,
                            <double*>optr, pk, <const double*>packed, isa, wfmt)
         cyrnn_fp_restore(csr)
     if pw is None:
-        _scratch_put(packed, packed_bytes, keep)
+        if wfmt != WF_RAW:
+            _scratch_put(packed, packed_bytes, keep)
         free(pk)
     buf_out[0] = buf
     mask_out[0] = mask

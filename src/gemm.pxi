@@ -462,6 +462,10 @@ cdef extern from "pgemm.h" nogil:
                         const unsigned int* P, Py_ssize_t C, float* out, Py_ssize_t ldo,
                         int beta)
     unsigned int cyrnn_bf16(float f)
+    void cyrnn_rgemm_f(int isa, const float* x, Py_ssize_t ldx, Py_ssize_t n, Py_ssize_t K,
+                       const float* W, Py_ssize_t C, float* out, Py_ssize_t ldo)
+    void cyrnn_rgemm_d(int isa, const double* x, Py_ssize_t ldx, Py_ssize_t n, Py_ssize_t K,
+                       const double* W, Py_ssize_t C, double* out, Py_ssize_t ldo)
 
 
 # Formats of packed forward weights: the call's dtype, or bfloat16 (float32 calls
@@ -470,6 +474,7 @@ cdef extern from "pgemm.h" nogil:
 cdef enum:
     WF_NATIVE = 0
     WF_BF16 = 1
+    WF_RAW = 2  # not packed: the weights as stored, read by cyrnn_rgemm (src/pgemm.h)
 
 
 cdef inline void _pack(int isa, const floating* w, Py_ssize_t C, Py_ssize_t K,
@@ -515,7 +520,14 @@ cdef inline void _pg(int isa, const floating* x, Py_ssize_t ldx, Py_ssize_t n, P
 cdef inline void _pgw(int isa, int wfmt, const floating* x, Py_ssize_t ldx, Py_ssize_t n,
                       Py_ssize_t K, const floating* P, Py_ssize_t C, floating* out,
                       Py_ssize_t ldo) noexcept nogil:
-    """``_pg`` on a weight packed in format ``wfmt`` (``WF_BF16``: by ``_pack_bf``)."""
+    """``_pg`` on a weight packed in format ``wfmt`` (``WF_BF16``: by ``_pack_bf``;
+    ``WF_RAW``: ``P`` is the (C, K) weight as stored, the same sums)."""
+    if wfmt == WF_RAW:
+        if floating is float:
+            cyrnn_rgemm_f(isa, x, ldx, n, K, P, C, out, ldo)
+        else:
+            cyrnn_rgemm_d(isa, x, ldx, n, K, P, C, out, ldo)
+        return
     if floating is float:
         if wfmt == WF_BF16:
             cyrnn_pgemm_bf(isa, x, ldx, n, K, <const unsigned int*>P, C, out, ldo, 0)

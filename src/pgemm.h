@@ -231,6 +231,67 @@ CYRNN_GEMV_KERNEL(cyrnn_gemv_d256, double, 32, CYRNN_T256)
 CYRNN_GEMV_KERNEL(cyrnn_gemv_f128, float, 16, )
 CYRNN_GEMV_KERNEL(cyrnn_gemv_d128, double, 16, )
 
+/* Rows in the vector lanes, the weight as stored, nothing packed:
+ *   out[i*ldo + c] = sum_k x[i*ldx + k] * W[c*K + k]   (i < n, c < C; W (C, K) row-major)
+ * each element the same k-ascending multiply-add chain from 0 as in the packed
+ * kernels above, under the same target (so the same contraction): a short call of
+ * a few rows gets the packed path's results without packing its weights (a step
+ * of 4+ streams on weights that may change between calls). V rows at a time are
+ * gathered into a transposed block ``xt`` (K vectors; NULL: gathered per k). */
+#define CYRNN_RGEMM_BODY(NAME, T, VB, TARGET)                                         \
+TARGET static void NAME(const T* x, ptrdiff_t ldx, ptrdiff_t n, ptrdiff_t K,          \
+                        const T* W, ptrdiff_t C, T* out, ptrdiff_t ldo, T* xt) {      \
+    typedef T v_t __attribute__((vector_size(VB)));                                   \
+    enum { V = VB / sizeof(T), CB = 8 };                                              \
+    ptrdiff_t i0, c, k, l, j, m, cb;                                                  \
+    for (i0 = 0; i0 < n; i0 += V) {                                                   \
+        m = n - i0 < V ? n - i0 : V;                                                  \
+        if (xt != NULL)                                                               \
+            for (k = 0; k < K; k++)                                                   \
+                for (l = 0; l < V; l++) xt[k * V + l] = l < m ? x[(i0 + l) * ldx + k] : 0; \
+        for (c = 0; c < C; c += CB) {                                                 \
+            v_t a[CB], xv;                                                            \
+            const T* wr[CB];                                                          \
+            cb = C - c < CB ? C - c : CB;                                             \
+            _Pragma("GCC unroll 8")                                                   \
+            for (j = 0; j < CB; j++) {                                                \
+                a[j] = (v_t){0};                                                      \
+                wr[j] = W + (c + (j < cb ? j : 0)) * K;                               \
+            }                                                                         \
+            for (k = 0; k < K; k++) {                                                 \
+                if (xt != NULL) xv = *(const v_t*)(xt + k * V);                       \
+                else for (l = 0; l < V; l++) xv[l] = l < m ? x[(i0 + l) * ldx + k] : 0; \
+                _Pragma("GCC unroll 8")                                               \
+                for (j = 0; j < CB; j++) a[j] += xv * wr[j][k];                       \
+            }                                                                         \
+            for (j = 0; j < cb; j++) {                                                \
+                T t[V];                                                               \
+                memcpy(t, &a[j], sizeof t);                                           \
+                for (l = 0; l < m; l++) out[(i0 + l) * ldo + c + j] = t[l];           \
+            }                                                                         \
+        }                                                                             \
+    }                                                                                 \
+}
+CYRNN_RGEMM_BODY(cyrnn_rgemm_f512, float, 64, CYRNN_T512)
+CYRNN_RGEMM_BODY(cyrnn_rgemm_d512, double, 64, CYRNN_T512)
+CYRNN_RGEMM_BODY(cyrnn_rgemm_f256, float, 32, CYRNN_T256)
+CYRNN_RGEMM_BODY(cyrnn_rgemm_d256, double, 32, CYRNN_T256)
+CYRNN_RGEMM_BODY(cyrnn_rgemm_f128, float, 16, )
+CYRNN_RGEMM_BODY(cyrnn_rgemm_d128, double, 16, )
+#define CYRNN_RGEMM_DISPATCH(NAME, T, K512, K256, K128)                               \
+static void NAME(int isa, const T* x, ptrdiff_t ldx, ptrdiff_t n, ptrdiff_t K,          \
+                 const T* W, ptrdiff_t C, T* out, ptrdiff_t ldo) {                     \
+    T* xt;                                                                            \
+    if (n <= 0 || C <= 0) return;                                                     \
+    xt = (T*)aligned_alloc(64, (size_t)K * 64);  /* K vectors of the widest kind */   \
+    if (isa == 2) K512(x, ldx, n, K, W, C, out, ldo, xt);                             \
+    else if (isa == 1) K256(x, ldx, n, K, W, C, out, ldo, xt);                        \
+    else K128(x, ldx, n, K, W, C, out, ldo, xt);                                      \
+    free(xt);                                                                         \
+}
+CYRNN_RGEMM_DISPATCH(cyrnn_rgemm_f, float, cyrnn_rgemm_f512, cyrnn_rgemm_f256, cyrnn_rgemm_f128)
+CYRNN_RGEMM_DISPATCH(cyrnn_rgemm_d, double, cyrnn_rgemm_d512, cyrnn_rgemm_d256, cyrnn_rgemm_d128)
+
 /* cyrnn_pgemm_f/d: x row-major; cyrnn_pgemm_tf/td: x stored transposed (XT 1). */
 #define CYRNN_PGEMM_DISPATCH(NAME, T, K512, K256, K128, V512, V256, V128)             \
 static void NAME(int isa, const T* x, ptrdiff_t ldx, ptrdiff_t n, ptrdiff_t K,          \

@@ -138,6 +138,21 @@ for dtype, tol in ((np.float32, 2e-5), (np.float64, 1e-10)):
                                    atol=tol * max(1.0, float(np.abs(ref.params.grad).max())))
         if dtype == np.float32:
             check_packed_weights(model, ref, x, tol)
+# a step of 4+ rows reads the weights as stored (rows in the vector lanes), a whole
+# sequence packs them: the same sums on every instruction set
+rng = np.random.default_rng(3)
+for dtype in (np.float32, np.float64):
+    for Cls, kw in ((cyrnn.LSTM, {"peephole": True}), (cyrnn.GRU, {}),
+                    (cyrnn.GRU, {"reset_after": False}), (cyrnn.SimpleRNN, {})):
+        uni = cyrnn.Sequential([Cls(5, 19, num_layers=2, dtype=dtype, random_state=0,
+                                    return_sequences=True, **kw),
+                                cyrnn.Dense(19, 3, dtype=dtype, random_state=1)])
+        for n in (6, 37):
+            x = rng.standard_normal((n, 9, 5)).astype(dtype)
+            whole, state = uni.forward(x), None
+            for t in range(9):
+                y, state = uni.step(x[:, t], state)
+                np.testing.assert_array_equal(y, whole[:, t], err_msg=f"{Cls.__name__} {n} {t}")
 counts = kernels._path_counts()
 assert counts["packed_forward"] >= 20 and counts["packed_backward"] >= 10, counts
 print("ok")
