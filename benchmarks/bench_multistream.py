@@ -12,8 +12,10 @@ Run (quiet machine, from the repository root)::
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE PYTHONPATH=. \\
         python benchmarks/bench_multistream.py
 
-Writes ``benchmarks/results/multistream.json`` and prints a table (median and IQR of
-interleaved samples, microseconds per call, with the load average seen).
+Writes ``benchmarks/results/multistream.json`` and prints two tables (median and IQR
+of interleaved samples, microseconds per call, with the load average seen): the steps,
+and whole sequences of a few rows and steps (``model.forward``), where a forward of 4+
+rows either packs its weights per call or, for a few steps, reads them as stored.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ def main(argv=None):
     ap.add_argument("--models", default="lstm_tiny,lstm_med")
     ap.add_argument("--streams", default="1,4,8,16")
     ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--whole", default="4x1,4x6,8x3,64x1,256x1",
+                    help="rows x steps of the whole-sequence cases ('' for none)")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                                   "results", "multistream.json"))
     args = ap.parse_args(argv)
@@ -73,9 +77,29 @@ def main(argv=None):
                                 "layer_step_us": lt.median * 1e6,
                                 "scorer_step_us": st.median * 1e6,
                                 "layer_step": lt, "scorer_step": st})
+        whole_rows, whole = [], []
+        for name in args.models.split(","):
+            layers, hidden = MODELS[name]
+            model = cyrnn.Sequential([cyrnn.LSTM(FEATURES, hidden, num_layers=layers,
+                                                 random_state=1)])
+            cases = {}
+            for spec in filter(None, args.whole.split(",")):
+                n, T = (int(v) for v in spec.split("x"))
+                x = rng.normal(size=(n, T, FEATURES)).astype(np.float32)
+                cases[spec] = (lambda x=x: model.forward(x))
+            times = interleaved_times(cases, repeats=args.repeats, warmup=3, block=3,
+                                      settle_seconds=0.05)
+            for spec, t in times.items():
+                whole_rows.append([name, spec, f"{t.median * 1e6:.0f} (±{t.rel_iqr:.0%})"])
+                whole.append({"model": name, "rows_x_steps": spec, "forward_us": t.median * 1e6,
+                              "timing": t})
     table = markdown_table(["model", "streams", "layer.step us", "Scorer.step us",
                             "layer / scorer"], rows)
     print(table)
+    whole_table = markdown_table(["model", "rows x steps", "model.forward us"], whole_rows)
+    print(whole_table)
+    table += "\n\n" + whole_table
+    results.append({"whole_sequences": whole})
     print(f"load average: {load_start} at start, {load_average()} at end")
     write_json(args.out, {"benchmark": "multistream", "args": vars(args),
                           "machine": dict(machine_info(), load_average_start=load_start,

@@ -323,7 +323,9 @@ def load(path, *, backend=None, weights=None):
         more take the packed kernels, as the estimators' calls do; a scorer
         packs its weights for them once, on the first such call (the Cython
         backend; the estimators pack per call), so streaming a batch of streams
-        does not repack the model at every step. ``"packed"``: the weights are packed once,
+        does not repack the model at every step. With every setting, the
+        scorer's weights must not change once it is in use (calls of 4+ rows
+        would keep the packed copy): load a new scorer instead. ``"packed"``: the weights are packed once,
         on the first call, into the layout of the Cython backend's kernels, which
         then serve every call, one row and one step included (faster steps; results
         equal to the estimator's up to float rounding). ``"bfloat16"``: as

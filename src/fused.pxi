@@ -630,9 +630,14 @@ cdef enum:
     # to equal) pack from PACK_MIN_STEPS row-steps (T * N) on.
     PACK_MIN_ROWS = 4
     PACK_MIN_STEPS = 32
-    # Packed-path forwards of at most this many steps read the weights as stored
-    # (WF_RAW: the same sums, rows in the vector lanes) instead of packing them
+    # Packed-path forwards of at most RAW_MAX_STEPS steps and RAW_MAX_GROUP_STEPS
+    # (steps x groups of 16 rows) read the weights as stored (WF_RAW: the same sums,
+    # rows in the vector lanes, each weight broadcast) instead of packing them:
+    # packing costs a pass over every weight, which a few steps of a few rows do not
+    # repay (lstm_med, 64 rows, one step: 11 ms packed, 3.6 ms as stored), while
+    # many rows do (lstm_tiny, 256 rows, one step: 1.3 ms packed, 1.7 ms as stored)
     RAW_MAX_STEPS = 4
+    RAW_MAX_GROUP_STEPS = 8
 
 
 cdef inline Py_ssize_t _pk_size(int isa, int wfmt, Py_ssize_t isz, Py_ssize_t C,
@@ -1421,7 +1426,7 @@ cdef int _run_forward(const int64_t* sp, Dims* d, bint keep, int64_t* plan,
             _scratch_put(buf, d.buf_bytes, keep)
             free(mask)
             raise MemoryError("fused call scratch")
-        if d.T <= RAW_MAX_STEPS:
+        if d.T <= RAW_MAX_STEPS and d.T * ((d.N + 15) // 16) <= RAW_MAX_GROUP_STEPS:
             # too few steps to repay packing: the packed path's sums on the weights
             # as stored
             _raw_plan(sp, d, pk)

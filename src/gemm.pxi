@@ -1,6 +1,9 @@
-# GEMM policy: every product goes through scipy's BLAS (``_gemm``), mid-sized ones
-# cut into blocks OpenBLAS runs on the calling thread; the own small-GEMM kernels
-# (C, below) serve batches of at most ``small_gemm_rows`` rows when asked.
+# GEMM policy of the unpacked path and the per-op contract kernels: products go
+# through scipy's BLAS (``_gemm``), mid-sized ones cut into blocks OpenBLAS runs on
+# the calling thread; the own small-GEMM kernels (C, below) serve batches of at most
+# ``small_gemm_rows`` rows when asked; the fused calls' input projections under
+# PACK_MIN_ROWS rows use the own ``cyrnn_proj`` kernels (row-count independent
+# sums, below); the packed path's products are in pgemm.h.
 # Included by _cython_kernels.pyx.
 #
 # Layout reminder: a C-contiguous ``(R, C)`` array is the column-major ``(C, R)``
@@ -132,7 +135,7 @@ cdef extern from *:
     #if defined(__GNUC__) && !defined(__clang__)
     #define CYRNN_EXACT __attribute__((optimize("fp-contract=off")))
     #else
-    #define CYRNN_EXACT
+    #define CYRNN_EXACT  /* clang: contracts both kernels alike (tested where built) */
     #endif
     #define CYRNN_PROJ_FINISH(T, L, s, xi, wr, K, KV, b, r, nr, yi)                  \
         do {                                                                          \
@@ -147,7 +150,17 @@ cdef extern from *:
     typedef int cyrnn_v8i __attribute__((vector_size(32)));
     typedef float cyrnn_v16f __attribute__((vector_size(64)));
     typedef double cyrnn_v4d __attribute__((vector_size(32)));
+    typedef long long cyrnn_v4l __attribute__((vector_size(32)));
     typedef double cyrnn_v8d __attribute__((vector_size(64)));
+    /* two-vector lane selection: __builtin_shufflevector from GCC 12 (and clang),
+       __builtin_shuffle before */
+    #if defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12)
+    #define CYRNN_SHUF8(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+    #define CYRNN_SHUF4(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+    #else
+    #define CYRNN_SHUF8(a, b, ...) __builtin_shuffle(a, b, (cyrnn_v8i){__VA_ARGS__})
+    #define CYRNN_SHUF4(a, b, ...) __builtin_shuffle(a, b, (cyrnn_v4l){__VA_ARGS__})
+    #endif
     CYRNN_CLONES CYRNN_EXACT
     static void cyrnn_proj_f(const float* x, const float* w, const float* b, float* y,
                              Py_ssize_t N, Py_ssize_t R, Py_ssize_t K) {
@@ -181,20 +194,20 @@ cdef extern from *:
                 }
                 /* the 8 accumulators' halving trees at once (a transposed tree: per
                    element the same additions as one accumulator's) */
-                p0 = __builtin_shufflevector(a[0], a[1], 0, 1, 2, 3, 8, 9, 10, 11)
-                   + __builtin_shufflevector(a[0], a[1], 4, 5, 6, 7, 12, 13, 14, 15);
-                p1 = __builtin_shufflevector(a[2], a[3], 0, 1, 2, 3, 8, 9, 10, 11)
-                   + __builtin_shufflevector(a[2], a[3], 4, 5, 6, 7, 12, 13, 14, 15);
-                p2 = __builtin_shufflevector(a[4], a[5], 0, 1, 2, 3, 8, 9, 10, 11)
-                   + __builtin_shufflevector(a[4], a[5], 4, 5, 6, 7, 12, 13, 14, 15);
-                p3 = __builtin_shufflevector(a[6], a[7], 0, 1, 2, 3, 8, 9, 10, 11)
-                   + __builtin_shufflevector(a[6], a[7], 4, 5, 6, 7, 12, 13, 14, 15);
-                q0 = __builtin_shufflevector(p0, p1, 0, 1, 4, 5, 8, 9, 12, 13)
-                   + __builtin_shufflevector(p0, p1, 2, 3, 6, 7, 10, 11, 14, 15);
-                q1 = __builtin_shufflevector(p2, p3, 0, 1, 4, 5, 8, 9, 12, 13)
-                   + __builtin_shufflevector(p2, p3, 2, 3, 6, 7, 10, 11, 14, 15);
-                s = __builtin_shufflevector(q0, q1, 0, 2, 4, 6, 8, 10, 12, 14)
-                  + __builtin_shufflevector(q0, q1, 1, 3, 5, 7, 9, 11, 13, 15);
+                p0 = CYRNN_SHUF8(a[0], a[1], 0, 1, 2, 3, 8, 9, 10, 11)
+                   + CYRNN_SHUF8(a[0], a[1], 4, 5, 6, 7, 12, 13, 14, 15);
+                p1 = CYRNN_SHUF8(a[2], a[3], 0, 1, 2, 3, 8, 9, 10, 11)
+                   + CYRNN_SHUF8(a[2], a[3], 4, 5, 6, 7, 12, 13, 14, 15);
+                p2 = CYRNN_SHUF8(a[4], a[5], 0, 1, 2, 3, 8, 9, 10, 11)
+                   + CYRNN_SHUF8(a[4], a[5], 4, 5, 6, 7, 12, 13, 14, 15);
+                p3 = CYRNN_SHUF8(a[6], a[7], 0, 1, 2, 3, 8, 9, 10, 11)
+                   + CYRNN_SHUF8(a[6], a[7], 4, 5, 6, 7, 12, 13, 14, 15);
+                q0 = CYRNN_SHUF8(p0, p1, 0, 1, 4, 5, 8, 9, 12, 13)
+                   + CYRNN_SHUF8(p0, p1, 2, 3, 6, 7, 10, 11, 14, 15);
+                q1 = CYRNN_SHUF8(p2, p3, 0, 1, 4, 5, 8, 9, 12, 13)
+                   + CYRNN_SHUF8(p2, p3, 2, 3, 6, 7, 10, 11, 14, 15);
+                s = CYRNN_SHUF8(q0, q1, 0, 2, 4, 6, 8, 10, 12, 14)
+                  + CYRNN_SHUF8(q0, q1, 1, 3, 5, 7, 9, 11, 13, 15);
                 if (nr == 8 && KV == K) {
                     s += CYRNN_LD(cyrnn_v8f, b + r);
                     memcpy(y + i * R + r, &s, sizeof s);
@@ -220,12 +233,12 @@ cdef extern from *:
                     xv = CYRNN_LD(cyrnn_v4d, xi + k);
                     for (j = 0; j < 4; j++) a[j] += xv * CYRNN_LD(cyrnn_v4d, wr[j] + k);
                 }
-                p0 = __builtin_shufflevector(a[0], a[1], 0, 1, 4, 5)
-                   + __builtin_shufflevector(a[0], a[1], 2, 3, 6, 7);
-                p1 = __builtin_shufflevector(a[2], a[3], 0, 1, 4, 5)
-                   + __builtin_shufflevector(a[2], a[3], 2, 3, 6, 7);
-                s = __builtin_shufflevector(p0, p1, 0, 2, 4, 6)
-                  + __builtin_shufflevector(p0, p1, 1, 3, 5, 7);
+                p0 = CYRNN_SHUF4(a[0], a[1], 0, 1, 4, 5)
+                   + CYRNN_SHUF4(a[0], a[1], 2, 3, 6, 7);
+                p1 = CYRNN_SHUF4(a[2], a[3], 0, 1, 4, 5)
+                   + CYRNN_SHUF4(a[2], a[3], 2, 3, 6, 7);
+                s = CYRNN_SHUF4(p0, p1, 0, 2, 4, 6)
+                  + CYRNN_SHUF4(p0, p1, 1, 3, 5, 7);
                 if (nr == 4 && KV == K) {
                     s += CYRNN_LD(cyrnn_v4d, b + r);
                     memcpy(y + i * R + r, &s, sizeof s);

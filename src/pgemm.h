@@ -236,30 +236,35 @@ CYRNN_GEMV_KERNEL(cyrnn_gemv_d128, double, 16, )
  * each element the same k-ascending multiply-add chain from 0 as in the packed
  * kernels above, under the same target (so the same contraction): a short call of
  * a few rows gets the packed path's results without packing its weights (a step
- * of 4+ streams on weights that may change between calls). V rows at a time are
- * gathered into a transposed block ``xt`` (K vectors; NULL: gathered per k). */
+ * of 4+ streams on weights that may change between calls). x's rows are first
+ * gathered V at a time into a transposed block ``xt`` (G groups of K vectors;
+ * NULL: gathered per k instead); then each block of CB weight rows serves every
+ * group while it is in cache. */
 #define CYRNN_RGEMM_BODY(NAME, T, VB, TARGET)                                         \
 TARGET static void NAME(const T* x, ptrdiff_t ldx, ptrdiff_t n, ptrdiff_t K,          \
                         const T* W, ptrdiff_t C, T* out, ptrdiff_t ldo, T* xt) {      \
     typedef T v_t __attribute__((vector_size(VB)));                                   \
     enum { V = VB / sizeof(T), CB = 8 };                                              \
-    ptrdiff_t i0, c, k, l, j, m, cb;                                                  \
-    for (i0 = 0; i0 < n; i0 += V) {                                                   \
-        m = n - i0 < V ? n - i0 : V;                                                  \
-        if (xt != NULL)                                                               \
+    ptrdiff_t g, i0, c, k, l, j, m, cb;                                               \
+    if (xt != NULL)                                                                   \
+        for (i0 = 0; i0 < n; i0 += V) {                                               \
+            T* xg = xt + (i0 / V) * K * V;                                            \
+            m = n - i0 < V ? n - i0 : V;                                              \
             for (k = 0; k < K; k++)                                                   \
-                for (l = 0; l < V; l++) xt[k * V + l] = l < m ? x[(i0 + l) * ldx + k] : 0; \
-        for (c = 0; c < C; c += CB) {                                                 \
+                for (l = 0; l < V; l++) xg[k * V + l] = l < m ? x[(i0 + l) * ldx + k] : 0; \
+        }                                                                             \
+    for (c = 0; c < C; c += CB) {                                                     \
+        const T* wr[CB];                                                              \
+        cb = C - c < CB ? C - c : CB;                                                 \
+        for (j = 0; j < CB; j++) wr[j] = W + (c + (j < cb ? j : 0)) * K;              \
+        for (g = 0, i0 = 0; i0 < n; g++, i0 += V) {                                   \
+            const T* xg = xt != NULL ? xt + g * K * V : NULL;                         \
             v_t a[CB], xv;                                                            \
-            const T* wr[CB];                                                          \
-            cb = C - c < CB ? C - c : CB;                                             \
+            m = n - i0 < V ? n - i0 : V;                                              \
             _Pragma("GCC unroll 8")                                                   \
-            for (j = 0; j < CB; j++) {                                                \
-                a[j] = (v_t){0};                                                      \
-                wr[j] = W + (c + (j < cb ? j : 0)) * K;                               \
-            }                                                                         \
+            for (j = 0; j < CB; j++) a[j] = (v_t){0};                                 \
             for (k = 0; k < K; k++) {                                                 \
-                if (xt != NULL) xv = *(const v_t*)(xt + k * V);                       \
+                if (xg != NULL) xv = *(const v_t*)(xg + k * V);                       \
                 else for (l = 0; l < V; l++) xv[l] = l < m ? x[(i0 + l) * ldx + k] : 0; \
                 _Pragma("GCC unroll 8")                                               \
                 for (j = 0; j < CB; j++) a[j] += xv * wr[j][k];                       \
@@ -283,7 +288,9 @@ static void NAME(int isa, const T* x, ptrdiff_t ldx, ptrdiff_t n, ptrdiff_t K,  
                  const T* W, ptrdiff_t C, T* out, ptrdiff_t ldo) {                     \
     T* xt;                                                                            \
     if (n <= 0 || C <= 0) return;                                                     \
-    xt = (T*)aligned_alloc(64, (size_t)K * 64);  /* K vectors of the widest kind */   \
+    /* ceil(n / V) groups of K vectors, sized for the widest kind (64 bytes) */      \
+    xt = (T*)aligned_alloc(64, (size_t)((n + 64 / sizeof(T) - 1) / (64 / sizeof(T))) \
+                               * (size_t)K * 64);                                     \
     if (isa == 2) K512(x, ldx, n, K, W, C, out, ldo, xt);                             \
     else if (isa == 1) K256(x, ldx, n, K, W, C, out, ldo, xt);                        \
     else K128(x, ldx, n, K, W, C, out, ldo, xt);                                      \

@@ -28,7 +28,8 @@ CELLS_SMALL = list({c[0]: c for c in CELLS_SMALL}.values())
 
 
 # A batch the Cython backend cuts into row chunks that threads run concurrently
-# (packed weights; at least 4 rows and 32 row-steps, chunks of 8 rows): several
+# (packed weights; forwards from 4 rows, backwards from 4 rows and 32 row-steps,
+# chunks of 8 rows): several
 # chunks and a short last one.
 ROWS_CHUNKED = 37
 

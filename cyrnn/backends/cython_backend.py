@@ -6,12 +6,14 @@ C-contiguous in the working dtype, turns ``mask`` into a ``(T, N)`` uint8 array,
 allocates outputs and scratch, and calls the compiled time loops with the cell's
 ``Cell.codes``; they run without the GIL.
 
-Threads: batches of at least 4 rows and 32 row-steps run each op's time loop on row
-chunks that OpenMP threads take dynamically, with the per-step products in the
-extension's packed GEMM (no BLAS inside the loop, no barrier per step: rows never
-interact); one parallel region per op and call. Smaller batches run on the calling
-thread, products through BLAS (mid-sized GEMMs cut into blocks that OpenBLAS keeps
-on the calling thread, see ``_cython_kernels._gemm``). The whole-sequence GEMMs of
+Threads: fused forwards of at least 4 rows (backwards: 4 rows and 32 row-steps) run
+each op's time loop on row chunks that OpenMP threads take dynamically, with the
+per-step products in the extension's packed GEMM, or for a few steps on the weights
+as stored with the same sums (no BLAS inside the loop, no barrier per step: rows
+never interact); one parallel region per op and call. Smaller batches run on the
+calling thread, recurrent products through BLAS (mid-sized GEMMs cut into blocks that
+OpenBLAS keeps on the calling thread, see ``_cython_kernels._gemm``), input
+projections through the extension's own row-count independent kernels. The whole-sequence GEMMs of
 the backward (weight gradients, input gradients) are BLAS's, threaded by it.
 ``cyrnn.set_num_threads``, ``OMP_NUM_THREADS=1`` or threadpoolctl limit the threads.
 
