@@ -1432,6 +1432,7 @@ cdef int _run_forward(const int64_t* sp, Dims* d, bint keep, int64_t* plan,
             _raw_plan(sp, d, pk)
             packed = dptr
             wfmt = WF_RAW
+            cyrnn_count_path(3)
         else:
             packed_bytes = <double>_pack_plan(sp, d, isa, False, WF_NATIVE, pk) * d.isz
             try:

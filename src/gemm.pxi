@@ -578,10 +578,11 @@ cdef inline void _pg_xt(int isa, const floating* x, Py_ssize_t ldx, Py_ssize_t n
 
 
 def _path_counts():
-    """``{"packed_forward": n, "packed_backward": n, "threaded_regions": n}``: how
-    often the row-chunked paths ran in this process (for tests)."""
+    """``{"packed_forward": n, "packed_backward": n, "threaded_regions": n,
+    "raw_forward": n}``: how often the row-chunked paths ran in this process (for
+    tests; ``raw_forward``: packed-path forwards on the weights as stored)."""
     return {"packed_forward": cyrnn_path_read(0), "packed_backward": cyrnn_path_read(1),
-            "threaded_regions": cyrnn_path_read(2)}
+            "threaded_regions": cyrnn_path_read(2), "raw_forward": cyrnn_path_read(3)}
 
 
 def pgemm_isa():

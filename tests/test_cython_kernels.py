@@ -149,10 +149,13 @@ for dtype in (np.float32, np.float64):
                                 cyrnn.Dense(19, 3, dtype=dtype, random_state=1)])
         for n in (6, 37):
             x = rng.standard_normal((n, 9, 5)).astype(dtype)
+            raw0 = kernels._path_counts()["raw_forward"]
             whole, state = uni.forward(x), None
+            assert kernels._path_counts()["raw_forward"] == raw0  # 9 steps: packed
             for t in range(9):
                 y, state = uni.step(x[:, t], state)
                 np.testing.assert_array_equal(y, whole[:, t], err_msg=f"{Cls.__name__} {n} {t}")
+            assert kernels._path_counts()["raw_forward"] == raw0 + 9  # steps: as stored
 counts = kernels._path_counts()
 assert counts["packed_forward"] >= 20 and counts["packed_backward"] >= 10, counts
 print("ok")
