@@ -109,7 +109,7 @@ def backward(int code, int act, int ract, Py_ssize_t truncate,
 
     truncate: -1 for full BPTT, else k >= 0 (k < T). h (T+1, N, H) cache states;
     c (T+1, N, H) or None; gates (T, N, G*H); aux (T, N, H) or None; peep (3, H)
-    or None; dh_seq/dh_T/dc_T or None; dxp, dgh (T, N, G*H) zero-filled outputs
+    or None; dh_seq/dh_T/dc_T or None; dxp, dgh (T, N, G*H) outputs (zeroed here)
     (dgh None where the recurrent pre-activation gradient equals dxp: required
     for the GRU rows); dh0, dc0 (N, H) outputs (dc0 None without a cell state);
     work (5, N, H), dg (N, G*H), budget (N,) and valid (N,) scratch; dw_hh
@@ -202,6 +202,28 @@ def projection(const floating[:, ::1] x, const floating[:, ::1] w, const floatin
     if rc != 0:
         raise MemoryError("projection: transposed weight block")
     return out
+
+
+def wgrad(const floating[:, ::1] dg, const floating[:, ::1] x, int mode=-1):
+    """``(dg.T @ x, dg.sum(0))`` as the packed path's weight gradients compute them
+    (``_wgrad``, on cyrnn's threads): ``mode`` -1 picks the layout as they do, 0
+    forces the row strips, 1 x packed, 2 dg packed (tests: every choice sums in
+    the same order, so all give the same bits)."""
+    cdef Py_ssize_t rows = dg.shape[0], C = dg.shape[1], K = x.shape[1]
+    if x.shape[0] != rows or rows == 0 or C == 0 or K == 0 or not -1 <= mode <= 2:
+        raise ValueError("wgrad: dg (rows, C), x (rows, K), none empty, mode -1..2")
+    cdef cnp.npy_intp dims[2]
+    dims[0] = C
+    dims[1] = K
+    typenum = cnp.NPY_FLOAT32 if floating is float else cnp.NPY_FLOAT64
+    out = cnp.PyArray_ZEROS(2, dims, typenum, 0)
+    bsum = cnp.PyArray_ZEROS(1, dims, typenum, 0)
+    cdef floating[:, ::1] o = out
+    cdef floating[::1] bs = bsum
+    with nogil:
+        _wgrad_by(cyrnn_pgemm_isa(), &dg[0, 0], C, &x[0, 0], K, rows, C, K, &o[0, 0],
+                  &bs[0], mode)
+    return out, bsum
 
 
 def generate(int code, int act, int ract,

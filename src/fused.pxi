@@ -206,11 +206,7 @@ cdef void _affine_bwd_packed(int isa, const floating* dy, const floating* x, Py_
                              bint acc_dx) noexcept nogil:
     """:func:`_affine_bwd` on cyrnn's threads: ``wt`` is ``w`` packed for the
     transposed product (``_pack_t``)."""
-    cdef Py_ssize_t i, j
-    _wgrad(isa, dy, n_out, x, n_in, rows, n_out, n_in, gw)
-    for i in range(rows):
-        for j in range(n_out):
-            gb[j] += dy[i * n_out + j]
+    _wgrad(isa, dy, n_out, x, n_in, rows, n_out, n_in, gw, gb)
     if dx != NULL:
         _rows_product(isa, dy, n_out, rows, n_out, wt, n_in, dx, n_in, acc_dx)
 
@@ -1090,9 +1086,6 @@ cdef void _fused_backward(const int64_t* sp, const Dims* d, const int64_t* plan,
                     if code == CELL_GRU_CHO:
                         sw.wt_n = packed + pk[o * PK_WIDTH + PK_DIR * dd + PK_HH_N]
                     swp = &sw
-                memset(dxp, 0, TN * G * sizeof(floating))
-                if gru:
-                    memset(dgh, 0, TN * G * sizeof(floating))
                 _backward_all(code, <int>r[RNN_ACT], <int>r[RNN_RACT], trunc[nrec], T, N, H,
                               data + r[k0 + 1], swp, peep, mask + dd * TN, base + q[K_H],
                               base + q[K_C] if cell else NULL, base + q[K_GATES],

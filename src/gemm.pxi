@@ -468,6 +468,16 @@ cdef extern from "pgemm.h" nogil:
                         const float* P, Py_ssize_t C, float* out, Py_ssize_t ldo, int beta)
     void cyrnn_pgemm_td(int isa, const double* x, Py_ssize_t ldx, Py_ssize_t n, Py_ssize_t K,
                         const double* P, Py_ssize_t C, double* out, Py_ssize_t ldo, int beta)
+    void cyrnn_pgemm_sf(int isa, const float* x, Py_ssize_t ldx, Py_ssize_t n, Py_ssize_t K,
+                        const float* P, Py_ssize_t C, float* out, Py_ssize_t ldo, int beta)
+    void cyrnn_pgemm_sd(int isa, const double* x, Py_ssize_t ldx, Py_ssize_t n, Py_ssize_t K,
+                        const double* P, Py_ssize_t C, double* out, Py_ssize_t ldo, int beta)
+    Py_ssize_t cyrnn_pgemm_mr(int isa)
+    Py_ssize_t cyrnn_strip_stride(int isa, size_t esize, Py_ssize_t K)
+    void cyrnn_strips_f(int isa, const float* g, Py_ssize_t ldg, Py_ssize_t R, Py_ssize_t C,
+                        float* S, Py_ssize_t lds, float* sum)
+    void cyrnn_strips_d(int isa, const double* g, Py_ssize_t ldg, Py_ssize_t R, Py_ssize_t C,
+                        double* S, Py_ssize_t lds, double* sum)
     Py_ssize_t cyrnn_pgemm_bsize(int isa, Py_ssize_t C, Py_ssize_t K)
     void cyrnn_pack_bf(int isa, const float* W, Py_ssize_t C, Py_ssize_t K, Py_ssize_t sc,
                        Py_ssize_t sk, unsigned int* P)
@@ -564,6 +574,27 @@ cdef inline void _pg_acc(int isa, const floating* x, Py_ssize_t ldx, Py_ssize_t 
         cyrnn_pgemm_f(isa, x, ldx, n, K, P, C, out, ldo, beta)
     else:
         cyrnn_pgemm_d(isa, x, ldx, n, K, P, C, out, ldo, beta)
+
+
+cdef inline void _strips(int isa, const floating* g, Py_ssize_t ldg, Py_ssize_t R,
+                         Py_ssize_t C, floating* S, Py_ssize_t lds,
+                         floating* colsum) noexcept nogil:
+    """Copy R rows of C columns of ``g`` into the strips ``_pg_s`` reads; add the
+    column sums into ``colsum`` unless NULL."""
+    if floating is float:
+        cyrnn_strips_f(isa, g, ldg, R, C, S, lds, colsum)
+    else:
+        cyrnn_strips_d(isa, g, ldg, R, C, S, lds, colsum)
+
+
+cdef inline void _pg_s(int isa, const floating* S, Py_ssize_t lds, Py_ssize_t n,
+                       Py_ssize_t K, const floating* P, Py_ssize_t C, floating* out,
+                       Py_ssize_t ldo) noexcept nogil:
+    """``_pg_xt`` with the rows in strips (``_strips``, stride ``lds``)."""
+    if floating is float:
+        cyrnn_pgemm_sf(isa, S, lds, n, K, P, C, out, ldo, 1)
+    else:
+        cyrnn_pgemm_sd(isa, S, lds, n, K, P, C, out, ldo, 1)
 
 
 cdef inline void _pg_xt(int isa, const floating* x, Py_ssize_t ldx, Py_ssize_t n,

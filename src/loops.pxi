@@ -391,7 +391,8 @@ cdef void _backward_rows(int code, int act, int ract, Py_ssize_t truncate, Py_ss
                          floating* work, floating* dg, int64_t* budget, uint8_t* vbuf,
                          floating* dxp, floating* dgh, const uint8_t* sources,
                          Py_ssize_t small) noexcept nogil:
-    """The sweeps of ``_backward_all`` on rows r0 .. r1-1. ``sources`` (T,):
+    """The sweeps of ``_backward_all`` on rows r0 .. r1-1 (their rows of dxp and
+    dgh zeroed first). ``sources`` (T,):
     truncated BPTT's gradient sources that are nonzero somewhere in the batch
     (decided for the whole batch, so that every row chunk sweeps the same ones;
     NULL: every source)."""
@@ -403,6 +404,13 @@ cdef void _backward_rows(int code, int act, int ract, Py_ssize_t truncate, Py_ss
     cdef floating* dc_b = work + 3 * NH if lstm else NULL
     cdef floating* drh = work + 4 * NH
     cdef floating s
+    cdef Py_ssize_t GH = n_gates_of(code) * H
+    # the sweeps add into dxp/dgh: these rows start from zero (here, on the
+    # chunk's own thread, rather than the whole arrays on one thread first)
+    for ts in range(T):
+        memset(dxp + (ts * N + r0) * GH, 0, (r1 - r0) * GH * sizeof(floating))
+        if dgh != NULL:
+            memset(dgh + (ts * N + r0) * GH, 0, (r1 - r0) * GH * sizeof(floating))
     if truncate < 0:
         # One sweep from the last step, starting from dh_T/dc_T (zero if None).
         if dh_T != NULL:
@@ -527,22 +535,23 @@ cdef void _backward_all(int code, int act, int ract, Py_ssize_t truncate, Py_ssi
     # gradients on the input and the recurrent pre-activations are the same array.
     if dgh == NULL:
         dgh = dxp
-    if sw != NULL:  # on cyrnn's threads
+    memset(db, 0, GH * sizeof(floating))
+    if sw != NULL:  # on cyrnn's threads, db summed from the same blocks
         memset(dw, 0, GH * H * sizeof(floating))
         if code == CELL_GRU_CHO:
-            _wgrad(sw.isa, dgh, GH, hc, H, T * N, 2 * H, H, dw)
-            _wgrad(sw.isa, dgh + 2 * H, GH, aux, H, T * N, H, H, dw + 2 * H * H)
+            _wgrad(sw.isa, dgh, GH, hc, H, T * N, 2 * H, H, dw, db)
+            _wgrad(sw.isa, dgh + 2 * H, GH, aux, H, T * N, H, H, dw + 2 * H * H, db + 2 * H)
         else:
-            _wgrad(sw.isa, dgh, GH, hc, H, T * N, GH, H, dw)
-    elif code == CELL_GRU_CHO:
-        _gemm_dw(dgh, hc, 0, 2 * H, T * N, H, GH, dw)
-        _gemm_dw(dgh, aux, 2 * H, H, T * N, H, GH, dw)
+            _wgrad(sw.isa, dgh, GH, hc, H, T * N, GH, H, dw, db)
     else:
-        _gemm_dw(dgh, hc, 0, GH, T * N, H, GH, dw)
-    memset(db, 0, GH * sizeof(floating))
-    for k in range(T * N):
-        for j in range(GH):
-            db[j] += dgh[k * GH + j]
+        if code == CELL_GRU_CHO:
+            _gemm_dw(dgh, hc, 0, 2 * H, T * N, H, GH, dw)
+            _gemm_dw(dgh, aux, 2 * H, H, T * N, H, GH, dw)
+        else:
+            _gemm_dw(dgh, hc, 0, GH, T * N, H, GH, dw)
+        for k in range(T * N):
+            for j in range(GH):
+                db[j] += dgh[k * GH + j]
     if dpeep != NULL:
         # p_i, p_f see c_{t-1}, p_o sees c_t: contractions of the gate gradients
         # (row k = t*N + n: c_{t-1} at cc + k*H, c_t one step later).
@@ -570,37 +579,62 @@ cdef enum:
     WG_MAX_PARTIALS = 64 << 20  # bytes of partials beyond which ``_wgrad`` uses BLAS
     WG_GROUPS = 2        # partial sums of ``_wgrad`` (fixed: results do not depend
                          # on the thread count)
+    WG_STRIP_BYTES = 512 << 10  # bytes of one block's strips (stays in a core's L2)
 
 
-cdef void _wgrad(int isa, const floating* dg, Py_ssize_t ldg, const floating* x,
-                 Py_ssize_t ldx, Py_ssize_t rows, Py_ssize_t C, Py_ssize_t K,
-                 floating* out) noexcept nogil:
+cdef inline void _wgrad(int isa, const floating* dg, Py_ssize_t ldg, const floating* x,
+                        Py_ssize_t ldx, Py_ssize_t rows, Py_ssize_t C, Py_ssize_t K,
+                        floating* out, floating* bsum) noexcept nogil:
+    _wgrad_by(isa, dg, ldg, x, ldx, rows, C, K, out, bsum, -1)
+
+
+cdef void _wgrad_by(int isa, const floating* dg, Py_ssize_t ldg, const floating* x,
+                    Py_ssize_t ldx, Py_ssize_t rows, Py_ssize_t C, Py_ssize_t K,
+                    floating* out, floating* bsum, int mode) noexcept nogil:
     """``out (C, K) += dg[:rows, :C]^T x[:rows, :K]`` (row strides ``ldg``, ``ldx``):
-    a weight gradient summed over every row of every step.
+    a weight gradient summed over every row of every step; ``bsum`` (C,), unless
+    NULL, gets the column sums of dg added (the bias gradient).
 
     The rows are cut into blocks of WG_ROWS; WG_GROUPS groups of consecutive blocks
     are summed into their own partials by the threads that take them, then added in
-    group order. Per block one operand's block is packed and the kernel reads the
-    other as it lies (``_pg_xt``). The packed one is x's (partials (C, K)) when its
-    panels pad K by at most a quarter (the copy is K wide instead of C: a quarter of
-    it for an LSTM's dW_hh), else dg's (partials (K, C), added transposed). Every
-    element is the same chain of multiply-adds either way (the products commute), so
-    the choice never changes a result. Falls back to one BLAS GEMM when the partials
-    would pass WG_MAX_PARTIALS bytes (a large Dense head) or the scratch cannot be
-    allocated."""
+    group order. Per block x's block is packed into panels (``_pack_strided``) and
+    dg's block, MC columns at a time, copied into row strips (``_strips``, which
+    also sums the columns) that the kernel reads in order; the strips and x's
+    panels stay in L2 while the kernel runs over them. Two cases skip the strips:
+    x one panel wide (the copy would cost more than it saves; the kernel reads dg
+    as it lies) and x's panels padding K by more than a quarter (dg's block is
+    packed instead, partials (K, C), added transposed). Every element is the same
+    chain of multiply-adds in all three (the products commute), so the choice
+    never changes a result. Falls back to one BLAS GEMM when the partials would
+    pass WG_MAX_PARTIALS bytes (a large Dense head) or the scratch cannot be
+    allocated. ``mode`` (tests; -1: the choice above) forces the strips (0), x
+    packed with dg read as it lies (1) or dg packed (2)."""
     cdef Py_ssize_t nblk = (rows + WG_ROWS - 1) // WG_ROWS, ng, per, g, b, r0, R, i, j
-    cdef Py_ssize_t nr = cyrnn_pgemm_nr(isa, sizeof(floating))
+    cdef Py_ssize_t nr = cyrnn_pgemm_nr(isa, sizeof(floating)), mr = cyrnn_pgemm_mr(isa)
     cdef bint pack_x = (K + nr - 1) // nr * nr * 4 <= 5 * K
-    cdef Py_ssize_t nt, psz = cyrnn_pgemm_size(isa, sizeof(floating), K if pack_x else C,
-                                               WG_ROWS)
+    cdef bint strips = pack_x and K > nr
+    if mode >= 0:
+        pack_x = mode != 2
+        strips = mode == 0
+    cdef Py_ssize_t MC = max(mr, WG_STRIP_BYTES // (WG_ROWS * <Py_ssize_t>sizeof(floating))
+                             // mr * mr)
+    cdef Py_ssize_t nt, c0, mc, lds
+    cdef Py_ssize_t psz = cyrnn_pgemm_size(isa, sizeof(floating), K if pack_x else C,
+                                           WG_ROWS)
+    cdef Py_ssize_t ssz = 0
     cdef unsigned int csr
-    cdef double t0, cpu, c0
-    cdef Py_ssize_t slot = _al(C * K) + _al(psz)
+    cdef double t0, cpu, c0t
+    cdef Py_ssize_t slot
     cdef floating* ws
     cdef floating* acc
     cdef floating* P
+    cdef floating* S
+    cdef floating* cs
     if rows <= 0:
         return
+    if strips:
+        ssz = (min(MC, C) + mr - 1) // mr * cyrnn_strip_stride(isa, sizeof(floating), WG_ROWS)
+    slot = _al(C * K) + _al(psz) + _al(ssz) + _al(C)
     ng = min(<Py_ssize_t>WG_GROUPS, nblk)
     if <double>ng * C * K * sizeof(floating) > WG_MAX_PARTIALS:
         ws = NULL  # partials too big (a large Dense head): one BLAS GEMM
@@ -613,6 +647,8 @@ cdef void _wgrad(int isa, const floating* dg, Py_ssize_t ldg, const floating* x,
     if ws == NULL:
         _gemm(c'N', c'T', <int>K, <int>C, <int>rows, <floating>1, x, <int>ldx, dg, <int>ldg,
               <floating>1, out, <int>K)
+        if bsum != NULL:
+            _strips(isa, dg, ldg, rows, C, NULL, 0, bsum)
         return
     nt = _team(min(<Py_ssize_t>_nthreads(), ng))
     if <double>rows * C * K < PARALLEL_MIN_MACS:
@@ -620,22 +656,38 @@ cdef void _wgrad(int isa, const floating* dg, Py_ssize_t ldg, const floating* x,
     t0 = cyrnn_wall()
     cpu = 0
     for g in prange(ng, schedule='dynamic', chunksize=1, num_threads=nt):
-        c0 = cyrnn_cpu()
+        c0t = cyrnn_cpu()
         csr = cyrnn_fp_flush()
         acc = ws + g * slot
         P = acc + _al(C * K)
+        S = P + _al(psz)
+        cs = S + _al(ssz)
         memset(acc, 0, C * K * sizeof(floating))
+        memset(cs, 0, C * sizeof(floating))
         for b in range(g * per, min((g + 1) * per, nblk)):
             r0 = b * WG_ROWS
             R = min(<Py_ssize_t>WG_ROWS, rows - r0)
-            if pack_x:
+            if strips:
                 _pack_strided(isa, x + r0 * ldx, K, R, 1, ldx, P)
-                _pg_xt(isa, dg + r0 * ldg, ldg, C, R, P, K, acc, K)
+                lds = cyrnn_strip_stride(isa, sizeof(floating), R)
+                c0 = 0
+                while c0 < C:
+                    mc = min(MC, C - c0)
+                    _strips(isa, dg + r0 * ldg + c0, ldg, R, mc, S, lds,
+                            cs + c0 if bsum != NULL else NULL)
+                    _pg_s(isa, S, lds, mc, R, P, K, acc + c0 * K, K)
+                    c0 = c0 + MC
             else:
-                _pack_strided(isa, dg + r0 * ldg, C, R, 1, ldg, P)
-                _pg_xt(isa, x + r0 * ldx, ldx, K, R, P, C, acc, C)
+                if bsum != NULL:
+                    _strips(isa, dg + r0 * ldg, ldg, R, C, NULL, 0, cs)
+                if pack_x:
+                    _pack_strided(isa, x + r0 * ldx, K, R, 1, ldx, P)
+                    _pg_xt(isa, dg + r0 * ldg, ldg, C, R, P, K, acc, K)
+                else:
+                    _pack_strided(isa, dg + r0 * ldg, C, R, 1, ldg, P)
+                    _pg_xt(isa, x + r0 * ldx, ldx, K, R, P, C, acc, C)
         cyrnn_fp_restore(csr)
-        cpu += cyrnn_cpu() - c0
+        cpu += cyrnn_cpu() - c0t
     _judge(t0, cpu, nt)
     for g in range(ng):
         acc = ws + g * slot
@@ -645,6 +697,8 @@ cdef void _wgrad(int isa, const floating* dg, Py_ssize_t ldg, const floating* x,
             for i in range(C):
                 for j in range(K):
                     out[i * K + j] += acc[j * C + i]
+        if bsum != NULL:
+            _add_rows(1, C, acc + slot - _al(C), bsum)
     free(ws)
 
 

@@ -74,6 +74,16 @@ static inline ptrdiff_t cyrnn_pgemm_nr(int isa, size_t esize) {
     return 2 * bytes / (ptrdiff_t)esize;
 }
 
+/* Rows of the kernels' register tile per isa (the MR of CYRNN_PGEMM_KERNELS). */
+static inline ptrdiff_t cyrnn_pgemm_mr(int isa) { return isa == 2 ? 8 : 4; }
+
+/* Element stride between the MR-row strips of a K-step operand
+   (``cyrnn_strips_*``): one cache line more than the strip, so that the strips'
+   first lines do not all fall into one L1 set. */
+static inline ptrdiff_t cyrnn_strip_stride(int isa, size_t esize, ptrdiff_t K) {
+    return cyrnn_pgemm_mr(isa) * K + 64 / (ptrdiff_t)esize;
+}
+
 /* Elements of the packed copy of a (C, K) weight. */
 static inline ptrdiff_t cyrnn_pgemm_size(int isa, size_t esize, ptrdiff_t C, ptrdiff_t K) {
     ptrdiff_t nr = cyrnn_pgemm_nr(isa, esize);
@@ -107,6 +117,36 @@ static void NAME(int isa, const T* W, ptrdiff_t C, ptrdiff_t K, ptrdiff_t sc,   
 CYRNN_PACK(cyrnn_pack_f, float)
 CYRNN_PACK(cyrnn_pack_d, double)
 
+/* The operand of the weight-gradient sums, R rows of C gate gradients g (row
+ * stride ldg), copied into MR-column strips for the XT 2 kernels:
+ * S[(c/MR)*lds + k*MR + c%MR] = g[k*ldg + c] (zero beyond C). Rows are read
+ * whole, in order; ``sum`` (NULL: none) gets each column's sum added, the rows
+ * taken in order (a bias gradient, while the rows are in cache anyway). S NULL:
+ * the sums only. */
+#define CYRNN_STRIPS(NAME, T)                                                         \
+static void NAME(int isa, const T* g, ptrdiff_t ldg, ptrdiff_t R, ptrdiff_t C,         \
+                 T* S, ptrdiff_t lds, T* __restrict sum) {                            \
+    ptrdiff_t mr = cyrnn_pgemm_mr(isa), k, c, j;                                      \
+    for (k = 0; k < R; k++) {                                                         \
+        const T* __restrict src = g + k * ldg;                                        \
+        T* dst = S + k * mr;                                                          \
+        if (S == NULL)                                                                \
+            ;                                                                         \
+        else if (mr == 8)                                                             \
+            for (c = 0; c + 8 <= C; c += 8) memcpy(dst + (c / 8) * lds, src + c, 8 * sizeof(T)); \
+        else                                                                          \
+            for (c = 0; c + 4 <= C; c += 4) memcpy(dst + (c / 4) * lds, src + c, 4 * sizeof(T)); \
+        if (S != NULL && c < C) {                                                     \
+            T* d = dst + (c / mr) * lds;                                              \
+            for (j = 0; j < mr; j++) d[j] = c + j < C ? src[c + j] : (T)0;            \
+        }                                                                             \
+        if (sum != NULL)                                                              \
+            for (c = 0; c < C; c++) sum[c] += src[c];                                 \
+    }                                                                                 \
+}
+CYRNN_STRIPS(cyrnn_strips_f, float)
+CYRNN_STRIPS(cyrnn_strips_d, double)
+
 /* The k loops of the kernels below, per weight format: KLOOP runs the MR-row
    tile (accumulators a0, a1 over rows xr), GLOOP the PG-panel single row
    (accumulators a[2q], a[2q+1] over the row x). The native panels hold K
@@ -138,14 +178,17 @@ CYRNN_PACK(cyrnn_pack_d, double)
 /* One kernel body per (type, weight format, vector bytes, MR, target, x layout).
    XT 0: element (i, k) of x at x[i*ldx + k]; XT 1: at x[k*ldx + i] (x stored
    transposed: the weight-gradient sums over rows read the activations as they
-   lie). WT: the packed weights' element type. */
+   lie); XT 2: at x[(i/MR)*ldx + k*MR + i%MR] (MR-row strips, ``cyrnn_strips_*``:
+   read in order, where XT 1 reads a short piece of a long row per k, at strides
+   that put a whole tile's k loop into a few L1 sets). WT: the packed weights'
+   element type. */
 #define CYRNN_PGEMM_BODY(NAME, T, WT, FMT, VB, MR, TARGET, XT)                        \
 typedef T NAME##_v __attribute__((vector_size(VB)));                                  \
 typedef unsigned int NAME##_u __attribute__((vector_size(VB), unused));               \
 TARGET static void NAME(const T* x, ptrdiff_t ldx, ptrdiff_t n, ptrdiff_t K,          \
                         const WT* P, ptrdiff_t C, T* out, ptrdiff_t ldo, int beta) {  \
     enum { V = VB / sizeof(T), NR = 2 * V, MRS = MR };                                \
-    const ptrdiff_t si = XT ? 1 : ldx, sk = XT ? ldx : 1;                             \
+    const ptrdiff_t si = XT ? 1 : ldx, sk = XT == 2 ? MR : XT ? ldx : 1;              \
     ptrdiff_t p, i0, k, r;                                                            \
     (void)sk;                                                                         \
     for (p = 0; p * NR < C; p++) {                                                    \
@@ -157,7 +200,8 @@ TARGET static void NAME(const T* x, ptrdiff_t ldx, ptrdiff_t n, ptrdiff_t K,    
             ptrdiff_t m = n - i0 < MR ? n - i0 : MR;                                  \
             _Pragma("GCC unroll 16")                                                  \
             for (r = 0; r < MR; r++) {                                                \
-                xr[r] = x + (i0 + (r < m ? r : m - 1)) * si;                          \
+                xr[r] = XT == 2 ? x + (i0 / MR) * ldx + (r < m ? r : m - 1)           \
+                                : x + (i0 + (r < m ? r : m - 1)) * si;                \
                 a0[r] = (NAME##_v){0};                                                \
                 a1[r] = (NAME##_v){0};                                                \
             }                                                                         \
@@ -184,6 +228,7 @@ CYRNN_PGEMM_KERNEL(cyrnn_pgemm_f128##SUF, float, 16, 4, , XT)                   
 CYRNN_PGEMM_KERNEL(cyrnn_pgemm_d128##SUF, double, 16, 4, , XT)
 CYRNN_PGEMM_KERNELS(, 0)
 CYRNN_PGEMM_KERNELS(t, 1)
+CYRNN_PGEMM_KERNELS(s, 2)
 
 /* Single rows (n <= CYRNN_GEMV_ROWS): the MR-row kernels above would compute MR
    copies of the row, so rows go one at a time through kernels that run PG panels
@@ -299,7 +344,8 @@ static void NAME(int isa, const T* x, ptrdiff_t ldx, ptrdiff_t n, ptrdiff_t K,  
 CYRNN_RGEMM_DISPATCH(cyrnn_rgemm_f, float, cyrnn_rgemm_f512, cyrnn_rgemm_f256, cyrnn_rgemm_f128)
 CYRNN_RGEMM_DISPATCH(cyrnn_rgemm_d, double, cyrnn_rgemm_d512, cyrnn_rgemm_d256, cyrnn_rgemm_d128)
 
-/* cyrnn_pgemm_f/d: x row-major; cyrnn_pgemm_tf/td: x stored transposed (XT 1). */
+/* cyrnn_pgemm_f/d: x row-major; cyrnn_pgemm_tf/td: x stored transposed (XT 1);
+   cyrnn_pgemm_sf/sd: x in strips (XT 2). */
 #define CYRNN_PGEMM_DISPATCH(NAME, T, K512, K256, K128, V512, V256, V128)             \
 static void NAME(int isa, const T* x, ptrdiff_t ldx, ptrdiff_t n, ptrdiff_t K,          \
                  const T* P, ptrdiff_t C, T* out, ptrdiff_t ldo, int beta) {           \
@@ -331,6 +377,10 @@ CYRNN_PGEMM_DISPATCH(cyrnn_pgemm_d, double, cyrnn_pgemm_d512, cyrnn_pgemm_d256,
                      cyrnn_pgemm_d128, cyrnn_gemv_d512, cyrnn_gemv_d256, cyrnn_gemv_d128)
 CYRNN_PGEMM_DISPATCH_T(cyrnn_pgemm_tf, float, cyrnn_pgemm_f512t, cyrnn_pgemm_f256t,
                        cyrnn_pgemm_f128t)
+CYRNN_PGEMM_DISPATCH_T(cyrnn_pgemm_sf, float, cyrnn_pgemm_f512s, cyrnn_pgemm_f256s,
+                       cyrnn_pgemm_f128s)
+CYRNN_PGEMM_DISPATCH_T(cyrnn_pgemm_sd, double, cyrnn_pgemm_d512s, cyrnn_pgemm_d256s,
+                       cyrnn_pgemm_d128s)
 CYRNN_PGEMM_DISPATCH_T(cyrnn_pgemm_td, double, cyrnn_pgemm_d512t, cyrnn_pgemm_d256t,
                        cyrnn_pgemm_d128t)
 

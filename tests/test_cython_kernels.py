@@ -156,6 +156,17 @@ for dtype in (np.float32, np.float64):
                 y, state = uni.step(x[:, t], state)
                 np.testing.assert_array_equal(y, whole[:, t], err_msg=f"{Cls.__name__} {n} {t}")
             assert kernels._path_counts()["raw_forward"] == raw0 + 9  # steps: as stored
+# the weight gradients' three layouts give the same bits on every instruction set
+for dtype in (np.float32, np.float64):
+    for rows, C, K in ((700, 520, 33), (300, 13, 70), (257, 1040, 5)):
+        dg = rng.standard_normal((rows, C)).astype(dtype)
+        xs = rng.standard_normal((rows, K)).astype(dtype)
+        res = [kernels.wgrad(dg, xs, mode) for mode in (0, 1, 2)]
+        for out, bsum in res[1:]:
+            np.testing.assert_array_equal(out, res[0][0])
+            np.testing.assert_array_equal(bsum, res[0][1])
+        np.testing.assert_allclose(res[0][0], dg.astype(np.float64).T @ xs, rtol=1e-4,
+                                   atol=1e-3)
 counts = kernels._path_counts()
 assert counts["packed_forward"] >= 20 and counts["packed_backward"] >= 10, counts
 print("ok")
@@ -236,6 +247,28 @@ def test_projection_kernels_agree_to_the_bit(dtype, rng=np.random.default_rng(7)
             assert_close(lanes, ref_, dtype)
     with pytest.raises(ValueError, match="none empty"):
         kernels.projection(np.ones((2, 3), dtype), np.ones((4, 2), dtype), np.ones(4, dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+def test_weight_gradient_layouts_agree_to_the_bit(dtype, rng=np.random.default_rng(8)):
+    """The packed path's weight gradients (dg^T x over every row, and dg's column
+    sums for the bias): the row strips, x packed and dg packed sum every element in
+    the same order, so the three layouts give the same bits; each within rounding
+    of float64 products. Shapes cover partial tiles, partial reduction blocks,
+    strips split into several column blocks and one-panel x."""
+    for rows, C, K in [(5, 3, 1), (300, 13, 17), (700, 520, 33), (257, 64, 130),
+                       (1000, 1040, 64), (600, 76, 19), (300, 2, 200), (513, 9, 40)]:
+        dg = rng.normal(size=(rows, C)).astype(dtype)
+        x = rng.normal(size=(rows, K)).astype(dtype)
+        picked = kernels.wgrad(dg, x)
+        for mode in (0, 1, 2):
+            out, bsum = kernels.wgrad(dg, x, mode)
+            np.testing.assert_array_equal(out, picked[0], err_msg=f"{rows} {C} {K} {mode}")
+            np.testing.assert_array_equal(bsum, picked[1], err_msg=f"{rows} {C} {K} {mode}")
+        assert_close(picked[0], dg.astype(np.float64).T @ x.astype(np.float64), dtype)
+        assert_close(picked[1], dg.astype(np.float64).sum(axis=0), dtype)
+    with pytest.raises(ValueError, match="none empty"):
+        kernels.wgrad(np.ones((2, 3), dtype), np.ones((3, 2), dtype))
 
 
 def test_row_thread_setting():
