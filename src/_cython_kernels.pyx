@@ -204,14 +204,19 @@ def projection(const floating[:, ::1] x, const floating[:, ::1] w, const floatin
     return out
 
 
-def wgrad(const floating[:, ::1] dg, const floating[:, ::1] x, int mode=-1):
+def wgrad(const floating[:, ::1] dg, const floating[:, ::1] x, int mode=-1,
+          const floating[:, ::1] x2=None):
     """``(dg.T @ x, dg.sum(0))`` as the packed path's weight gradients compute them
     (``_wgrad``, on cyrnn's threads): ``mode`` -1 picks the layout as they do, 0
     forces the row strips, 1 x packed, 2 dg packed (tests: every choice sums in
-    the same order, so all give the same bits)."""
+    the same order, so all give the same bits). With ``x2`` also ``dg.T @ x2``,
+    from the same pass (a third item)."""
     cdef Py_ssize_t rows = dg.shape[0], C = dg.shape[1], K = x.shape[1]
-    if x.shape[0] != rows or rows == 0 or C == 0 or K == 0 or not -1 <= mode <= 2:
-        raise ValueError("wgrad: dg (rows, C), x (rows, K), none empty, mode -1..2")
+    cdef Py_ssize_t K2 = x2.shape[1] if x2 is not None else 0
+    if x.shape[0] != rows or rows == 0 or C == 0 or K == 0 or not -1 <= mode <= 2 or (
+            x2 is not None and (x2.shape[0] != rows or K2 == 0)):
+        raise ValueError("wgrad: dg (rows, C), x (rows, K), x2 (rows, K2), none empty, "
+                         "mode -1..2")
     cdef cnp.npy_intp dims[2]
     dims[0] = C
     dims[1] = K
@@ -220,9 +225,20 @@ def wgrad(const floating[:, ::1] dg, const floating[:, ::1] x, int mode=-1):
     bsum = cnp.PyArray_ZEROS(1, dims, typenum, 0)
     cdef floating[:, ::1] o = out
     cdef floating[::1] bs = bsum
+    cdef floating[:, ::1] o2
+    cdef const floating* x2p = NULL
+    cdef floating* o2p = NULL
+    if x2 is not None:
+        dims[1] = K2
+        out2 = cnp.PyArray_ZEROS(2, dims, typenum, 0)
+        o2 = out2
+        x2p = &x2[0, 0]
+        o2p = &o2[0, 0]
     with nogil:
         _wgrad_by(cyrnn_pgemm_isa(), &dg[0, 0], C, &x[0, 0], K, rows, C, K, &o[0, 0],
-                  &bs[0], mode)
+                  &bs[0], mode, x2p, K2, K2, o2p)
+    if x2 is not None:
+        return out, bsum, out2
     return out, bsum
 
 

@@ -205,7 +205,7 @@ cdef void _affine_bwd_packed(int isa, const floating* dy, const floating* x, Py_
                              floating* gw, floating* gb, floating* dx,
                              bint acc_dx) noexcept nogil:
     """:func:`_affine_bwd` on cyrnn's threads: ``wt`` is ``w`` packed for the
-    transposed product (``_pack_t``)."""
+    transposed product (``_pack_t``); ``gb`` NULL: no bias gradient."""
     _wgrad(isa, dy, n_out, x, n_in, rows, n_out, n_in, gw, gb)
     if dx != NULL:
         _rows_product(isa, dy, n_out, rows, n_out, wt, n_in, dx, n_in, acc_dx)
@@ -1007,7 +1007,7 @@ cdef void _fused_backward(const int64_t* sp, const Dims* d, const int64_t* plan,
     cdef int code
     cdef floating* swap
     cdef const floating* inp
-    cdef bint need_din, gru, cell
+    cdef bint need_din, gru, cell, fuse_ih
     cdef StepWeights sw
     cdef StepWeights* swp = NULL
     sw.isa = isa
@@ -1058,6 +1058,8 @@ cdef void _fused_backward(const int64_t* sp, const Dims* d, const int64_t* plan,
                 q = p + P_DIR + K_DIR * dd
                 k0 = _tensors_of(r, dd)
                 off = p[P_ST] + dd * NH
+                # dW_ih in the pass that gives dW_hh (same dxp rows, input time order)
+                fuse_ih = packed != NULL and not gru and dd == 0
                 peep = _peep_of(data, r, k0)
                 # this direction's share of the output gradient, in its own time order
                 dseq = NULL
@@ -1093,7 +1095,8 @@ cdef void _fused_backward(const int64_t* sp, const Dims* d, const int64_t* plan,
                               dc_n + off if cell and dc_n != NULL else NULL, dh0 + off,
                               dc0 + off if cell else NULL, work, dg, budget, vbuf, dxp,
                               dgh if gru else NULL, dw, db, dpeep if peep != NULL else NULL,
-                              SMALL_GEMM_ROWS)
+                              SMALL_GEMM_ROWS, inp if fuse_ih else NULL, D,
+                              grad + r[k0] if fuse_ih else NULL)
                 for j in range(G * H):
                     grad[r[k0 + 1] + j] += dw[j]
                 for j in range(G):
@@ -1104,11 +1107,23 @@ cdef void _fused_backward(const int64_t* sp, const Dims* d, const int64_t* plan,
                 # the input projection's gradients, from dxp (back in input time order)
                 if dd:
                     _reverse_time(dxp, T, N * G)
-                if packed != NULL:
+                if fuse_ih:  # dW_ih came with dW_hh; db_ih is db_hh's sum of dxp
+                    for j in range(G):
+                        grad[r[k0 + 2] + j] += db[j]
+                    if need_din:
+                        _rows_product(isa, dxp, G, TN, G,
+                                      packed + pk[o * PK_WIDTH + PK_DIR * dd + PK_IH], D,
+                                      dnext, D, 0)
+                elif packed != NULL:
+                    # db_ih is the sum of dxp that db_hh already is, but for the GRUs
+                    # (their recurrent pre-activation gradients differ)
                     _affine_bwd_packed(isa, dxp, inp, TN, D, G,
                                        packed + pk[o * PK_WIDTH + PK_DIR * dd + PK_IH],
-                                       grad + r[k0], grad + r[k0 + 2],
+                                       grad + r[k0], grad + r[k0 + 2] if gru else NULL,
                                        dnext if need_din else NULL, dd > 0)
+                    if not gru:
+                        for j in range(G):
+                            grad[r[k0 + 2] + j] += db[j]
                 else:
                     _affine_bwd(dxp, inp, TN, D, G, data + r[k0], grad + r[k0],
                                 grad + r[k0 + 2], dnext if need_din else NULL, dd > 0)

@@ -468,10 +468,13 @@ cdef void _backward_all(int code, int act, int ract, Py_ssize_t truncate, Py_ssi
                         const floating* dc_T, floating* dh0, floating* dc0,
                         floating* work, floating* dg, int64_t* budget, uint8_t* vbuf,
                         floating* dxp, floating* dgh, floating* dw, floating* db,
-                        floating* dpeep, Py_ssize_t small) noexcept nogil:
+                        floating* dpeep, Py_ssize_t small, const floating* xin=NULL,
+                        Py_ssize_t D=0, floating* dw_ih=NULL) noexcept nogil:
     """Full BPTT (truncate < 0) or one budgeted sweep per gradient source, then
     dW_hh (GEMM over all T*N rows), db_hh and, when ``dpeep`` (3, H) is given,
-    the peephole gradients. ``cc``/``dc0`` NULL without a cell state, ``aux``
+    the peephole gradients. ``xin`` (T*N, D) (a cell whose dgh is dxp, on cyrnn's
+    threads): the inputs, whose weight gradient is then added into ``dw_ih`` in
+    the same pass over dxp. ``cc``/``dc0`` NULL without a cell state, ``aux``
     NULL without aux; ``work`` holds 5 (N, H) buffers; ``dgh`` NULL when the
     recurrent pre-activation gradient equals dxp (every cell but ``gru``).
 
@@ -542,7 +545,7 @@ cdef void _backward_all(int code, int act, int ract, Py_ssize_t truncate, Py_ssi
             _wgrad(sw.isa, dgh, GH, hc, H, T * N, 2 * H, H, dw, db)
             _wgrad(sw.isa, dgh + 2 * H, GH, aux, H, T * N, H, H, dw + 2 * H * H, db + 2 * H)
         else:
-            _wgrad(sw.isa, dgh, GH, hc, H, T * N, GH, H, dw, db)
+            _wgrad_by(sw.isa, dgh, GH, hc, H, T * N, GH, H, dw, db, -1, xin, D, D, dw_ih)
     else:
         if code == CELL_GRU_CHO:
             _gemm_dw(dgh, hc, 0, 2 * H, T * N, H, GH, dw)
@@ -585,15 +588,18 @@ cdef enum:
 cdef inline void _wgrad(int isa, const floating* dg, Py_ssize_t ldg, const floating* x,
                         Py_ssize_t ldx, Py_ssize_t rows, Py_ssize_t C, Py_ssize_t K,
                         floating* out, floating* bsum) noexcept nogil:
-    _wgrad_by(isa, dg, ldg, x, ldx, rows, C, K, out, bsum, -1)
+    _wgrad_by(isa, dg, ldg, x, ldx, rows, C, K, out, bsum, -1, NULL, 0, 0, NULL)
 
 
 cdef void _wgrad_by(int isa, const floating* dg, Py_ssize_t ldg, const floating* x,
                     Py_ssize_t ldx, Py_ssize_t rows, Py_ssize_t C, Py_ssize_t K,
-                    floating* out, floating* bsum, int mode) noexcept nogil:
+                    floating* out, floating* bsum, int mode, const floating* x2,
+                    Py_ssize_t ldx2, Py_ssize_t K2, floating* out2) noexcept nogil:
     """``out (C, K) += dg[:rows, :C]^T x[:rows, :K]`` (row strides ``ldg``, ``ldx``):
     a weight gradient summed over every row of every step; ``bsum`` (C,), unless
-    NULL, gets the column sums of dg added (the bias gradient).
+    NULL, gets the column sums of dg added (the bias gradient). ``x2`` (NULL: none):
+    a second operand against the same dg, ``out2 (C, K2) += dg^T x2`` (an LSTM's
+    dW_ih next to its dW_hh), from the same strips when both take them.
 
     The rows are cut into blocks of WG_ROWS; WG_GROUPS groups of consecutive blocks
     are summed into their own partials by the threads that take them, then added in
@@ -616,6 +622,13 @@ cdef void _wgrad_by(int isa, const floating* dg, Py_ssize_t ldg, const floating*
     if mode >= 0:
         pack_x = mode != 2
         strips = mode == 0
+    if x2 != NULL and not (strips and (K2 + nr - 1) // nr * nr * 4 <= 5 * K2):
+        # no shared strips (or x2's panels would pad it much): one at a time
+        _wgrad_by(isa, dg, ldg, x, ldx, rows, C, K, out, bsum, mode, NULL, 0, 0, NULL)
+        _wgrad_by(isa, dg, ldg, x2, ldx2, rows, C, K2, out2, NULL, mode, NULL, 0, 0, NULL)
+        return
+    if x2 == NULL:
+        K2 = 0
     cdef Py_ssize_t MC = max(mr, WG_STRIP_BYTES // (WG_ROWS * <Py_ssize_t>sizeof(floating))
                              // mr * mr)
     cdef Py_ssize_t nt, c0, mc, lds
@@ -630,13 +643,16 @@ cdef void _wgrad_by(int isa, const floating* dg, Py_ssize_t ldg, const floating*
     cdef floating* P
     cdef floating* S
     cdef floating* cs
+    cdef floating* acc2
+    cdef floating* P2
     if rows <= 0:
         return
     if strips:
         ssz = (min(MC, C) + mr - 1) // mr * cyrnn_strip_stride(isa, sizeof(floating), WG_ROWS)
-    slot = _al(C * K) + _al(psz) + _al(ssz) + _al(C)
+    slot = _al(C * K) + _al(psz) + _al(ssz) + _al(C) + _al(C * K2) + _al(
+        cyrnn_pgemm_size(isa, sizeof(floating), K2, WG_ROWS))
     ng = min(<Py_ssize_t>WG_GROUPS, nblk)
-    if <double>ng * C * K * sizeof(floating) > WG_MAX_PARTIALS:
+    if <double>ng * C * (K + K2) * sizeof(floating) > WG_MAX_PARTIALS:
         ws = NULL  # partials too big (a large Dense head): one BLAS GEMM
     else:
         # 64-byte aligned: the packed kernel loads whole vectors from P
@@ -649,6 +665,9 @@ cdef void _wgrad_by(int isa, const floating* dg, Py_ssize_t ldg, const floating*
               <floating>1, out, <int>K)
         if bsum != NULL:
             _strips(isa, dg, ldg, rows, C, NULL, 0, bsum)
+        if x2 != NULL:
+            _gemm(c'N', c'T', <int>K2, <int>C, <int>rows, <floating>1, x2, <int>ldx2, dg,
+                  <int>ldg, <floating>1, out2, <int>K2)
         return
     nt = _team(min(<Py_ssize_t>_nthreads(), ng))
     if <double>rows * C * K < PARALLEL_MIN_MACS:
@@ -662,13 +681,18 @@ cdef void _wgrad_by(int isa, const floating* dg, Py_ssize_t ldg, const floating*
         P = acc + _al(C * K)
         S = P + _al(psz)
         cs = S + _al(ssz)
+        acc2 = cs + _al(C)
+        P2 = acc2 + _al(C * K2)
         memset(acc, 0, C * K * sizeof(floating))
         memset(cs, 0, C * sizeof(floating))
+        memset(acc2, 0, C * K2 * sizeof(floating))
         for b in range(g * per, min((g + 1) * per, nblk)):
             r0 = b * WG_ROWS
             R = min(<Py_ssize_t>WG_ROWS, rows - r0)
             if strips:
                 _pack_strided(isa, x + r0 * ldx, K, R, 1, ldx, P)
+                if K2:
+                    _pack_strided(isa, x2 + r0 * ldx2, K2, R, 1, ldx2, P2)
                 lds = cyrnn_strip_stride(isa, sizeof(floating), R)
                 c0 = 0
                 while c0 < C:
@@ -676,6 +700,8 @@ cdef void _wgrad_by(int isa, const floating* dg, Py_ssize_t ldg, const floating*
                     _strips(isa, dg + r0 * ldg + c0, ldg, R, mc, S, lds,
                             cs + c0 if bsum != NULL else NULL)
                     _pg_s(isa, S, lds, mc, R, P, K, acc + c0 * K, K)
+                    if K2:
+                        _pg_s(isa, S, lds, mc, R, P2, K2, acc2 + c0 * K2, K2)
                     c0 = c0 + MC
             else:
                 if bsum != NULL:
@@ -697,8 +723,11 @@ cdef void _wgrad_by(int isa, const floating* dg, Py_ssize_t ldg, const floating*
             for i in range(C):
                 for j in range(K):
                     out[i * K + j] += acc[j * C + i]
+        cs = acc + _al(C * K) + _al(psz) + _al(ssz)
         if bsum != NULL:
-            _add_rows(1, C, acc + slot - _al(C), bsum)
+            _add_rows(1, C, cs, bsum)
+        if K2:
+            _add_rows(1, C * K2, cs + _al(C), out2)
     free(ws)
 
 

@@ -122,20 +122,19 @@ CYRNN_PACK(cyrnn_pack_d, double)
  * S[(c/MR)*lds + k*MR + c%MR] = g[k*ldg + c] (zero beyond C). Rows are read
  * whole, in order; ``sum`` (NULL: none) gets each column's sum added, the rows
  * taken in order (a bias gradient, while the rows are in cache anyway). S NULL:
- * the sums only. */
-#define CYRNN_STRIPS(NAME, T)                                                         \
-static void NAME(int isa, const T* g, ptrdiff_t ldg, ptrdiff_t R, ptrdiff_t C,         \
-                 T* S, ptrdiff_t lds, T* __restrict sum) {                            \
-    ptrdiff_t mr = cyrnn_pgemm_mr(isa), k, c, j;                                      \
+ * the sums only. One copy per instruction set (the MR of its kernels; wider
+ * moves and adds, the same sums). */
+#define CYRNN_STRIPS_BODY(NAME, T, MRV, TARGET)                                       \
+TARGET static void NAME(const T* g, ptrdiff_t ldg, ptrdiff_t R, ptrdiff_t C,           \
+                        T* S, ptrdiff_t lds, T* __restrict sum) {                     \
+    enum { mr = MRV };                                                                \
+    ptrdiff_t k, c, j;                                                                \
     for (k = 0; k < R; k++) {                                                         \
         const T* __restrict src = g + k * ldg;                                        \
         T* dst = S + k * mr;                                                          \
-        if (S == NULL)                                                                \
-            ;                                                                         \
-        else if (mr == 8)                                                             \
-            for (c = 0; c + 8 <= C; c += 8) memcpy(dst + (c / 8) * lds, src + c, 8 * sizeof(T)); \
-        else                                                                          \
-            for (c = 0; c + 4 <= C; c += 4) memcpy(dst + (c / 4) * lds, src + c, 4 * sizeof(T)); \
+        c = 0;                                                                        \
+        if (S != NULL)                                                                \
+            for (; c + mr <= C; c += mr) memcpy(dst + (c / mr) * lds, src + c, mr * sizeof(T)); \
         if (S != NULL && c < C) {                                                     \
             T* d = dst + (c / mr) * lds;                                              \
             for (j = 0; j < mr; j++) d[j] = c + j < C ? src[c + j] : (T)0;            \
@@ -143,6 +142,16 @@ static void NAME(int isa, const T* g, ptrdiff_t ldg, ptrdiff_t R, ptrdiff_t C,  
         if (sum != NULL)                                                              \
             for (c = 0; c < C; c++) sum[c] += src[c];                                 \
     }                                                                                 \
+}
+#define CYRNN_STRIPS(NAME, T)                                                         \
+CYRNN_STRIPS_BODY(NAME##512, T, 8, CYRNN_T512)                                        \
+CYRNN_STRIPS_BODY(NAME##256, T, 4, CYRNN_T256)                                        \
+CYRNN_STRIPS_BODY(NAME##128, T, 4, )                                                  \
+static void NAME(int isa, const T* g, ptrdiff_t ldg, ptrdiff_t R, ptrdiff_t C,         \
+                 T* S, ptrdiff_t lds, T* sum) {                                       \
+    if (isa == 2) NAME##512(g, ldg, R, C, S, lds, sum);                               \
+    else if (isa == 1) NAME##256(g, ldg, R, C, S, lds, sum);                          \
+    else NAME##128(g, ldg, R, C, S, lds, sum);                                        \
 }
 CYRNN_STRIPS(cyrnn_strips_f, float)
 CYRNN_STRIPS(cyrnn_strips_d, double)

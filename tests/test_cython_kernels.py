@@ -110,18 +110,21 @@ from cyrnn.backends import get_backend
 assert kernels.pgemm_isa() == sys.argv[1], (kernels.pgemm_isa(), sys.argv[1])
 kernels._set_parallel_min_macs(0)  # the threaded row chunks, as for large problems
 be = get_backend("cython")
-for dtype, tol in ((np.float32, 2e-5), (np.float64, 1e-10)):
+# hidden 19: the weight gradients read dg as it lies or pack it; hidden 64 (inputs 40):
+# from row strips, dW_ih in dW_hh's pass (the forward direction of the LSTMs)
+for dtype, tol, D, H in ((np.float32, 2e-5, 5, 19), (np.float64, 1e-10, 5, 19),
+                         (np.float32, 2e-5, 40, 64), (np.float64, 1e-10, 40, 64)):
     for Cls, kw in ((cyrnn.LSTM, {}), (cyrnn.LSTM, {"peephole": True}), (cyrnn.GRU, {}),
                     (cyrnn.GRU, {"reset_after": False}), (cyrnn.SimpleRNN, {})):
         model = cyrnn.Sequential([
-            Cls(5, 19, num_layers=2, bidirectional=True, backend="cython", dtype=dtype,
+            Cls(D, H, num_layers=2, bidirectional=True, backend="cython", dtype=dtype,
                 random_state=0, **kw),
-            cyrnn.Dense(38, 3, dtype=dtype, random_state=1)])
+            cyrnn.Dense(2 * H, 3, dtype=dtype, random_state=1)])
         ref = copy.deepcopy(model)
         for layer in ref.recurrent_layers:
             layer.backend = "numpy"
         rng = np.random.default_rng(2)
-        x = rng.standard_normal((37, 9, 5)).astype(dtype)
+        x = rng.standard_normal((37, 9, D)).astype(dtype)
         out = be.infer(model.inference_spec(), model.params.data, x)
         np.testing.assert_allclose(out, ref.forward(x, training=False), rtol=tol, atol=tol)
         out, _, _, cache = be.train_forward(model.inference_spec(), model.params.data, x)
@@ -267,6 +270,14 @@ def test_weight_gradient_layouts_agree_to_the_bit(dtype, rng=np.random.default_r
             np.testing.assert_array_equal(bsum, picked[1], err_msg=f"{rows} {C} {K} {mode}")
         assert_close(picked[0], dg.astype(np.float64).T @ x.astype(np.float64), dtype)
         assert_close(picked[1], dg.astype(np.float64).sum(axis=0), dtype)
+        # a second operand in the same pass (an LSTM's dW_ih with its dW_hh): the
+        # bits of each operand alone
+        x2 = rng.normal(size=(rows, 32)).astype(dtype)
+        for mode in (-1, 0, 1, 2):
+            both = kernels.wgrad(dg, x, mode, x2)
+            np.testing.assert_array_equal(both[0], picked[0])
+            np.testing.assert_array_equal(both[1], picked[1])
+            np.testing.assert_array_equal(both[2], kernels.wgrad(dg, x2)[0])
     with pytest.raises(ValueError, match="none empty"):
         kernels.wgrad(np.ones((2, 3), dtype), np.ones((3, 2), dtype))
 
