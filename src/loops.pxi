@@ -472,9 +472,10 @@ cdef void _backward_all(int code, int act, int ract, Py_ssize_t truncate, Py_ssi
                         Py_ssize_t D=0, floating* dw_ih=NULL) noexcept nogil:
     """Full BPTT (truncate < 0) or one budgeted sweep per gradient source, then
     dW_hh (GEMM over all T*N rows), db_hh and, when ``dpeep`` (3, H) is given,
-    the peephole gradients. ``xin`` (T*N, D) (a cell whose dgh is dxp, on cyrnn's
-    threads): the inputs, whose weight gradient is then added into ``dw_ih`` in
-    the same pass over dxp. ``cc``/``dc0`` NULL without a cell state, ``aux``
+    the peephole gradients. ``xin`` (T*N, D, rows in dxp's order): the inputs,
+    whose weight gradient is then added into ``dw_ih`` in the same pass over dxp;
+    only with ``sw`` and a cell whose dgh is dxp (every cell but the GRUs: the
+    caller's ``fuse_ih``), else ignored. ``cc``/``dc0`` NULL without a cell state, ``aux``
     NULL without aux; ``work`` holds 5 (N, H) buffers; ``dgh`` NULL when the
     recurrent pre-activation gradient equals dxp (every cell but ``gru``).
 
@@ -545,7 +546,8 @@ cdef void _backward_all(int code, int act, int ract, Py_ssize_t truncate, Py_ssi
             _wgrad(sw.isa, dgh, GH, hc, H, T * N, 2 * H, H, dw, db)
             _wgrad(sw.isa, dgh + 2 * H, GH, aux, H, T * N, H, H, dw + 2 * H * H, db + 2 * H)
         else:
-            _wgrad_by(sw.isa, dgh, GH, hc, H, T * N, GH, H, dw, db, -1, xin, D, D, dw_ih)
+            _wgrad_by(sw.isa, dgh, GH, hc, H, T * N, GH, H, dw, db, -1,
+                      xin if dgh == dxp else NULL, D, D, dw_ih)
     else:
         if code == CELL_GRU_CHO:
             _gemm_dw(dgh, hc, 0, 2 * H, T * N, H, GH, dw)
@@ -622,8 +624,11 @@ cdef void _wgrad_by(int isa, const floating* dg, Py_ssize_t ldg, const floating*
     if mode >= 0:
         pack_x = mode != 2
         strips = mode == 0
-    if x2 != NULL and not (strips and (K2 + nr - 1) // nr * nr * 4 <= 5 * K2):
-        # no shared strips (or x2's panels would pad it much): one at a time
+    if x2 != NULL and (not (strips and (K2 + nr - 1) // nr * nr * 4 <= 5 * K2) or
+                       <double>min(<Py_ssize_t>WG_GROUPS, nblk) * C * (K + K2)
+                       * sizeof(floating) > WG_MAX_PARTIALS):
+        # no shared strips (or x2's panels would pad it much, or the two operands'
+        # partials together would send both to BLAS): one at a time
         _wgrad_by(isa, dg, ldg, x, ldx, rows, C, K, out, bsum, mode, NULL, 0, 0, NULL)
         _wgrad_by(isa, dg, ldg, x2, ldx2, rows, C, K2, out2, NULL, mode, NULL, 0, 0, NULL)
         return
@@ -670,7 +675,7 @@ cdef void _wgrad_by(int isa, const floating* dg, Py_ssize_t ldg, const floating*
                   <int>ldg, <floating>1, out2, <int>K2)
         return
     nt = _team(min(<Py_ssize_t>_nthreads(), ng))
-    if <double>rows * C * K < PARALLEL_MIN_MACS:
+    if <double>rows * C * (K + K2) < PARALLEL_MIN_MACS:
         nt = 1
     t0 = cyrnn_wall()
     cpu = 0
