@@ -36,6 +36,16 @@
 #define CYRNN_T256
 #endif
 
+/* M(NAME_<type><bits>, T, vector bytes, target) for each element type and
+   instruction set: the per-ISA copies of a kernel body. */
+#define CYRNN_EACH_ISA(M, NAME)                                                       \
+M(NAME##_f512, float, 64, CYRNN_T512)                                                 \
+M(NAME##_d512, double, 64, CYRNN_T512)                                                \
+M(NAME##_f256, float, 32, CYRNN_T256)                                                 \
+M(NAME##_d256, double, 32, CYRNN_T256)                                                \
+M(NAME##_f128, float, 16, )                                                           \
+M(NAME##_d128, double, 16, )
+
 /* Write (beta 0) or add (beta 1) the m values of a finished tile row t to o. */
 #define CYRNN_PUT(o, t, m, beta)                                                      \
     do {                                                                              \
@@ -278,12 +288,7 @@ TARGET static void NAME(const T* x, ptrdiff_t K, const WT* P, ptrdiff_t C, T* ou
         NAME##_1(x, K, P + p * ps, ps, out + p * NR, C - p * NR, beta);               \
 }
 #define CYRNN_GEMV_KERNEL(NAME, T, VB, TARGET) CYRNN_GEMV_BODY(NAME, T, T, NATIVE, VB, TARGET)
-CYRNN_GEMV_KERNEL(cyrnn_gemv_f512, float, 64, CYRNN_T512)
-CYRNN_GEMV_KERNEL(cyrnn_gemv_d512, double, 64, CYRNN_T512)
-CYRNN_GEMV_KERNEL(cyrnn_gemv_f256, float, 32, CYRNN_T256)
-CYRNN_GEMV_KERNEL(cyrnn_gemv_d256, double, 32, CYRNN_T256)
-CYRNN_GEMV_KERNEL(cyrnn_gemv_f128, float, 16, )
-CYRNN_GEMV_KERNEL(cyrnn_gemv_d128, double, 16, )
+CYRNN_EACH_ISA(CYRNN_GEMV_KERNEL, cyrnn_gemv)
 
 /* Rows in the vector lanes, the weight as stored, nothing packed:
  *   out[i*ldo + c] = sum_k x[i*ldx + k] * W[c*K + k]   (i < n, c < C; W (C, K) row-major)
@@ -331,12 +336,7 @@ TARGET static void NAME(const T* x, ptrdiff_t ldx, ptrdiff_t n, ptrdiff_t K,    
         }                                                                             \
     }                                                                                 \
 }
-CYRNN_RGEMM_BODY(cyrnn_rgemm_f512, float, 64, CYRNN_T512)
-CYRNN_RGEMM_BODY(cyrnn_rgemm_d512, double, 64, CYRNN_T512)
-CYRNN_RGEMM_BODY(cyrnn_rgemm_f256, float, 32, CYRNN_T256)
-CYRNN_RGEMM_BODY(cyrnn_rgemm_d256, double, 32, CYRNN_T256)
-CYRNN_RGEMM_BODY(cyrnn_rgemm_f128, float, 16, )
-CYRNN_RGEMM_BODY(cyrnn_rgemm_d128, double, 16, )
+CYRNN_EACH_ISA(CYRNN_RGEMM_BODY, cyrnn_rgemm)
 #define CYRNN_RGEMM_DISPATCH(NAME, T, K512, K256, K128)                               \
 static void NAME(int isa, const T* x, ptrdiff_t ldx, ptrdiff_t n, ptrdiff_t K,          \
                  const T* W, ptrdiff_t C, T* out, ptrdiff_t ldo) {                     \
