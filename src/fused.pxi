@@ -205,8 +205,10 @@ cdef void _affine_bwd_packed(int isa, const floating* dy, const floating* x, Py_
                              floating* gw, floating* gb, floating* dx,
                              bint acc_dx) noexcept nogil:
     """:func:`_affine_bwd` on cyrnn's threads: ``wt`` is ``w`` packed for the
-    transposed product (``_pack_t``); ``gb`` NULL: no bias gradient."""
-    _wgrad(isa, dy, n_out, x, n_in, rows, n_out, n_in, gw, gb)
+    transposed product (``_pack_t``); ``gw`` NULL: only ``dx`` (the weight and bias
+    gradients come from elsewhere); ``gb`` NULL: no bias gradient."""
+    if gw != NULL:
+        _wgrad(isa, dy, n_out, x, n_in, rows, n_out, n_in, gw, gb)
     if dx != NULL:
         _rows_product(isa, dy, n_out, rows, n_out, wt, n_in, dx, n_in, acc_dx)
 
@@ -1107,19 +1109,14 @@ cdef void _fused_backward(const int64_t* sp, const Dims* d, const int64_t* plan,
                 # the input projection's gradients, from dxp (back in input time order)
                 if dd:
                     _reverse_time(dxp, T, N * G)
-                if fuse_ih:  # dW_ih came with dW_hh; db_ih is db_hh's sum of dxp
-                    for j in range(G):
-                        grad[r[k0 + 2] + j] += db[j]
-                    if need_din:
-                        _rows_product(isa, dxp, G, TN, G,
-                                      packed + pk[o * PK_WIDTH + PK_DIR * dd + PK_IH], D,
-                                      dnext, D, 0)
-                elif packed != NULL:
-                    # db_ih is the sum of dxp that db_hh already is, but for the GRUs
-                    # (their recurrent pre-activation gradients differ)
+                if packed != NULL:
+                    # dW_ih came with dW_hh when fused; db_ih is the sum of dxp that
+                    # db_hh already is, but for the GRUs (their recurrent
+                    # pre-activation gradients differ)
                     _affine_bwd_packed(isa, dxp, inp, TN, D, G,
                                        packed + pk[o * PK_WIDTH + PK_DIR * dd + PK_IH],
-                                       grad + r[k0], grad + r[k0 + 2] if gru else NULL,
+                                       NULL if fuse_ih else grad + r[k0],
+                                       grad + r[k0 + 2] if gru else NULL,
                                        dnext if need_din else NULL, dd > 0)
                     if not gru:
                         for j in range(G):

@@ -554,9 +554,7 @@ cdef void _backward_all(int code, int act, int ract, Py_ssize_t truncate, Py_ssi
             _gemm_dw(dgh, aux, 2 * H, H, T * N, H, GH, dw)
         else:
             _gemm_dw(dgh, hc, 0, GH, T * N, H, GH, dw)
-        for k in range(T * N):
-            for j in range(GH):
-                db[j] += dgh[k * GH + j]
+        _strips(cyrnn_pgemm_isa(), dgh, GH, T * N, GH, NULL, 0, db)  # column sums
     if dpeep != NULL:
         # p_i, p_f see c_{t-1}, p_o sees c_t: contractions of the gate gradients
         # (row k = t*N + n: c_{t-1} at cc + k*H, c_t one step later).
@@ -674,6 +672,10 @@ cdef void _wgrad_by(int isa, const floating* dg, Py_ssize_t ldg, const floating*
             _gemm(c'N', c'T', <int>K2, <int>C, <int>rows, <floating>1, x2, <int>ldx2, dg,
                   <int>ldg, <floating>1, out2, <int>K2)
         return
+    if strips:
+        cyrnn_count_path(4)
+        if K2:
+            cyrnn_count_path(5)
     nt = _team(min(<Py_ssize_t>_nthreads(), ng))
     if <double>rows * C * (K + K2) < PARALLEL_MIN_MACS:
         nt = 1

@@ -141,6 +141,9 @@ for dtype, tol, D, H in ((np.float32, 2e-5, 5, 19), (np.float64, 1e-10, 5, 19),
                                    atol=tol * max(1.0, float(np.abs(ref.params.grad).max())))
         if dtype == np.float32:
             check_packed_weights(model, ref, x, tol)
+    if H == 64:  # the gradients of these models took the strips, dW_ih in dW_hh's pass
+        assert kernels._path_counts()["wgrad_strips"] > 0
+        assert kernels._path_counts()["wgrad_pair"] > 0
 # a step of 4+ rows reads the weights as stored (rows in the vector lanes), a whole
 # sequence packs them: the same sums on every instruction set
 rng = np.random.default_rng(3)
