@@ -219,23 +219,46 @@ cdef enum:
     PROJ_T_MIN_ROWS = 16
 
 
-cdef bint _all_finite(const floating* x, Py_ssize_t n) noexcept nogil:
-    """No NaN or infinity in ``x[:n]`` (x * 0 is NaN exactly for those); 16
-    independent lanes so the compiler vectorises the scan."""
-    cdef floating acc[16]
-    cdef Py_ssize_t i, l, n16 = n - n % 16
-    for l in range(16):
-        acc[l] = 0
-    i = 0
-    while i < n16:
-        for l in range(16):
-            acc[l] += x[i + l] * 0
-        i += 16
-    for i in range(n16, n):
-        acc[0] += x[i] * 0
-    for l in range(1, 16):
-        acc[0] += acc[l]
-    return acc[0] == 0
+# The finiteness scan of the inputs as C with target clones: a float is NaN or infinite
+# exactly when its exponent bits are all ones, and adding one to the exponent field then
+# carries into the sign bit, so an OR of ``(bits & exponent) + exponent_one`` over a
+# block has its top bit set iff the block holds one (integer operations only, which
+# vectorise on every instruction set). The Cython version (``x * 0`` summed in 16
+# lanes) compiled to scalar float-double conversions: 3.9 ms of the large inference's
+# 90, serial.
+cdef extern from *:
+    """
+    #include <stdint.h>
+    #include <string.h>
+    #define CYRNN_FINITE(SUF, T, U, EXP, ONE, TOP)                                    \
+    CYRNN_CLONES static int cyrnn_finite_##SUF(Py_ssize_t n, const T* __restrict x) {  \
+        Py_ssize_t i = 0, j, m;                                                        \
+        while (i < n) {                                                                \
+            U acc = 0;                                                                 \
+            m = n - i < 8192 ? n - i : 8192;                                           \
+            for (j = 0; j < m; j++) {                                                  \
+                U b;                                                                   \
+                memcpy(&b, x + i + j, sizeof(U));                                      \
+                acc |= (b & EXP) + ONE;                                                \
+            }                                                                          \
+            if (acc & TOP) return 0;                                                   \
+            i += m;                                                                    \
+        }                                                                              \
+        return 1;                                                                      \
+    }
+    CYRNN_FINITE(f, float, uint32_t, 0x7f800000u, 0x00800000u, 0x80000000u)
+    CYRNN_FINITE(d, double, uint64_t, 0x7ff0000000000000ull, 0x0010000000000000ull,
+                 0x8000000000000000ull)
+    """
+    int cyrnn_finite_f(Py_ssize_t n, const float* x) nogil
+    int cyrnn_finite_d(Py_ssize_t n, const double* x) nogil
+
+
+cdef inline bint _all_finite(const floating* x, Py_ssize_t n) noexcept nogil:
+    """No NaN or infinity in ``x[:n]``."""
+    if floating is float:
+        return cyrnn_finite_f(n, x) != 0
+    return cyrnn_finite_d(n, x) != 0
 
 
 cdef int64_t* _copy_spec(const int64_t[::1] spec) except NULL:

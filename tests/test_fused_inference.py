@@ -128,6 +128,24 @@ def test_fused_bad_input_same_errors(fused_backend, bad, match, rng):
         ref.forward(x)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fused_finiteness_scan_finds_every_position(fused_backend, dtype):
+    """The compiled scan of the features checks them in blocks and vector lanes: a NaN or
+    infinity at any lane, block edge or tail position is found; the largest finite values
+    and subnormals are not mistaken for one."""
+    model = _build(fused_backend, cyrnn.GRU, {}, dtype)
+    x = np.linspace(-1, 1, 3 * 700 * 5).astype(dtype).reshape(3, 700, 5)  # 10,500 values
+    big = np.finfo(dtype).max
+    x.flat[:4] = [big, -big, np.finfo(dtype).smallest_subnormal, -0.0]
+    model.forward(x)
+    for pos in (0, 1, 15, 16, 8191, 8192, 8193, x.size - 17, x.size - 2, x.size - 1):
+        for bad in (np.nan, -np.nan, np.inf, -np.inf):
+            xb = x.copy()
+            xb.flat[pos] = bad
+            with pytest.raises(ValueError, match="NaN"):
+                model.forward(xb)
+
+
 def test_fused_bad_ids(fused_backend):
     model = _build(fused_backend, cyrnn.GRU, {}, np.float32, embed=(5, False))
     for ids in (np.array([[1, 5]]), np.array([[-1, 2]])):
