@@ -257,7 +257,7 @@ cdef inline void _lstm_fwd(int act, int ract, const floating* peep, Py_ssize_t l
 # generic loop and between CPUs (never between rows, threads or calls on one CPU).
 cdef extern from *:
     """
-    #define CYRNN_LSTM_BWD_ROW(NAME, T)                                                \
+    #define CYRNN_LSTM_BWD_ROW(NAME, T, ACC)                                           \
     CYRNN_CLONES static void NAME(Py_ssize_t H, const T* __restrict dh,                \
                                   const T* __restrict dc, const T* __restrict cp,      \
                                   const T* __restrict g, T* __restrict dhn,            \
@@ -276,16 +276,20 @@ cdef extern from *:
             dg[H + j] = df;                                                            \
             dg[2 * H + j] = dgg;                                                       \
             dg[3 * H + j] = d_o;                                                       \
-            dx[j] += di;                                                               \
-            dx[H + j] += df;                                                           \
-            dx[2 * H + j] += dgg;                                                      \
-            dx[3 * H + j] += d_o;                                                      \
+            if (ACC) {                                                                 \
+                dx[j] += di;                                                           \
+                dx[H + j] += df;                                                       \
+                dx[2 * H + j] += dgg;                                                  \
+                dx[3 * H + j] += d_o;                                                  \
+            }                                                                          \
             dhn[j] = 0;                                                                \
             dcn[j] = dct * fg;                                                         \
         }                                                                              \
     }
-    CYRNN_LSTM_BWD_ROW(cyrnn_lstm_bwd_row_f, float)
-    CYRNN_LSTM_BWD_ROW(cyrnn_lstm_bwd_row_d, double)
+    CYRNN_LSTM_BWD_ROW(cyrnn_lstm_bwd_row_f, float, 1)
+    CYRNN_LSTM_BWD_ROW(cyrnn_lstm_bwd_row_d, double, 1)
+    CYRNN_LSTM_BWD_ROW(cyrnn_lstm_bwd_row1_f, float, 0)
+    CYRNN_LSTM_BWD_ROW(cyrnn_lstm_bwd_row1_d, double, 0)
     """
     void cyrnn_lstm_bwd_row_f(Py_ssize_t H, const float* dh, const float* dc, const float* cp,
                               const float* g, float* dhn, float* dg, float* dx,
@@ -293,6 +297,12 @@ cdef extern from *:
     void cyrnn_lstm_bwd_row_d(Py_ssize_t H, const double* dh, const double* dc,
                               const double* cp, const double* g, double* dhn, double* dg,
                               double* dx, double* dcn) nogil
+    void cyrnn_lstm_bwd_row1_f(Py_ssize_t H, const float* dh, const float* dc, const float* cp,
+                               const float* g, float* dhn, float* dg, float* dx,
+                               float* dcn) nogil
+    void cyrnn_lstm_bwd_row1_d(Py_ssize_t H, const double* dh, const double* dc,
+                               const double* cp, const double* g, double* dhn, double* dg,
+                               double* dx, double* dcn) nogil
 
 
 cdef inline void _lstm_bwd(int act, int ract, const floating* peep, Py_ssize_t lo,
@@ -302,8 +312,10 @@ cdef inline void _lstm_bwd(int act, int ract, const floating* peep, Py_ssize_t l
                            floating* dx, floating* dhn, floating* dcn) noexcept nogil:
     """dc_t = dc + dh o act'(act(c')) (+ do p_o); dg = [di, df, dg, do]; dhn = 0;
     dcn = dc_t f (+ di p_i + df p_f). act(c') is recomputed into dhn (scratch
-    until the row's element loop zeroes it)."""
+    until the row's element loop zeroes it). ``dx`` may be ``dg`` itself (a full
+    sweep writes the step's gate gradients straight into dxp): then written once."""
     cdef Py_ssize_t i, j, o, og
+    cdef bint acc = dx != dg
     cdef floating ig, fg, gg, og_, tc, dct, di, df, dgg, do
     for i in range(lo, hi):
         o = i * H
@@ -314,11 +326,19 @@ cdef inline void _lstm_bwd(int act, int ract, const floating* peep, Py_ssize_t l
         _vact(act, dhn + o, cn + o, H)
         if act == ACT_TANH and ract == ACT_SIGMOID and peep == NULL:
             if floating is float:
-                cyrnn_lstm_bwd_row_f(H, dh + o, dc + o, cp + o, gates + og, dhn + o, dg + og,
-                                     dx + og, dcn + o)
+                if acc:
+                    cyrnn_lstm_bwd_row_f(H, dh + o, dc + o, cp + o, gates + og, dhn + o,
+                                         dg + og, dx + og, dcn + o)
+                else:
+                    cyrnn_lstm_bwd_row1_f(H, dh + o, dc + o, cp + o, gates + og, dhn + o,
+                                          dg + og, NULL, dcn + o)
             else:
-                cyrnn_lstm_bwd_row_d(H, dh + o, dc + o, cp + o, gates + og, dhn + o, dg + og,
-                                     dx + og, dcn + o)
+                if acc:
+                    cyrnn_lstm_bwd_row_d(H, dh + o, dc + o, cp + o, gates + og, dhn + o,
+                                         dg + og, dx + og, dcn + o)
+                else:
+                    cyrnn_lstm_bwd_row1_d(H, dh + o, dc + o, cp + o, gates + og, dhn + o,
+                                          dg + og, NULL, dcn + o)
             continue
         for j in range(H):
             ig = gates[og + j]
@@ -337,10 +357,11 @@ cdef inline void _lstm_bwd(int act, int ract, const floating* peep, Py_ssize_t l
             dg[og + H + j] = df
             dg[og + 2 * H + j] = dgg
             dg[og + 3 * H + j] = do
-            dx[og + j] += di
-            dx[og + H + j] += df
-            dx[og + 2 * H + j] += dgg
-            dx[og + 3 * H + j] += do
+            if acc:
+                dx[og + j] += di
+                dx[og + H + j] += df
+                dx[og + 2 * H + j] += dgg
+                dx[og + 3 * H + j] += do
             dhn[o + j] = 0
             if peep != NULL:
                 dcn[o + j] = dct * fg + di * peep[j] + df * peep[H + j]

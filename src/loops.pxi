@@ -320,6 +320,10 @@ cdef void _backward_sweep(int code, int act, int ract, Py_ssize_t t0, Py_ssize_t
     cdef floating* dx
     cdef const uint8_t* valid
     cdef bint alive
+    # A full sweep of an LSTM writes each step's gate gradients once, straight into
+    # dxp's step (its rows are in dg's layout and nothing else adds there), instead
+    # of into dg and then adding dg into zeroed dxp rows: the products read them there.
+    cdef bint direct = budget == NULL and (code == CELL_LSTM or code == CELL_LSTM_PEEPHOLE)
     for t in range(t0, -1, -1):
         if cc != NULL:
             cp = cc + t * NH
@@ -337,6 +341,8 @@ cdef void _backward_sweep(int code, int act, int ract, Py_ssize_t t0, Py_ssize_t
         gt = gates + t * N * GH
         hp = hc + t * NH
         dx = dxp + t * N * GH
+        if direct:
+            dg = dx
         _bwd_rows(r0, r1, code, act, ract, 0, H, valid, seq, dh, dc, hp, cp, cn, gt, ax,
                   peep, drh, dg, dx, dh_tmp, dc_tmp)
         if sw == NULL:
@@ -406,8 +412,10 @@ cdef void _backward_rows(int code, int act, int ract, Py_ssize_t truncate, Py_ss
     cdef floating s
     cdef Py_ssize_t GH = n_gates_of(code) * H
     # the sweeps add into dxp/dgh: these rows start from zero (here, on the
-    # chunk's own thread, rather than the whole arrays on one thread first)
-    for ts in range(T):
+    # chunk's own thread, rather than the whole arrays on one thread first); a full
+    # LSTM sweep writes every step's rows itself (``_backward_sweep``'s ``direct``)
+    for ts in range(T if truncate >= 0 or not (code == CELL_LSTM
+                                               or code == CELL_LSTM_PEEPHOLE) else 0):
         memset(dxp + (ts * N + r0) * GH, 0, (r1 - r0) * GH * sizeof(floating))
         if dgh != NULL:
             memset(dgh + (ts * N + r0) * GH, 0, (r1 - r0) * GH * sizeof(floating))
