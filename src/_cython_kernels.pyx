@@ -36,7 +36,7 @@ NumPy); the fused whole-model calls allocate their scratch per call.
 cimport numpy as cnp
 import operator
 from cython cimport floating
-from cython.parallel cimport prange
+from cython.parallel cimport parallel, prange
 from libc.math cimport exp, expf, tanh
 from libc.stdint cimport int64_t, uint8_t
 from libc.stdlib cimport free, malloc

@@ -8,9 +8,20 @@ cdef extern from *:
     #include <omp.h>
     #define CYRNN_OPENMP 1
     static int cyrnn_omp_max_threads(void) { return omp_get_max_threads(); }
+    /* inside a parallel region: this thread's number, the team's size, and a
+       barrier of the whole team (an orphaned directive: it binds to the region
+       that calls it, which every thread of the team must reach equally often) */
+    static int cyrnn_omp_thread(void) { return omp_get_thread_num(); }
+    static int cyrnn_omp_team(void) { return omp_get_num_threads(); }
+    static void cyrnn_omp_barrier(void) {
+        #pragma omp barrier
+    }
     #else
     #define CYRNN_OPENMP 0
     static int cyrnn_omp_max_threads(void) { return 1; }
+    static int cyrnn_omp_thread(void) { return 0; }
+    static int cyrnn_omp_team(void) { return 1; }
+    static void cyrnn_omp_barrier(void) { }
     #endif
 
     /* Array kernels compiled for AVX-512, AVX2 and baseline x86-64, picked at load
@@ -40,6 +51,9 @@ cdef extern from *:
     """
     int CYRNN_OPENMP
     int cyrnn_omp_max_threads() nogil
+    int cyrnn_omp_thread() nogil
+    int cyrnn_omp_team() nogil
+    void cyrnn_omp_barrier() nogil
     double cyrnn_wall() nogil
     double cyrnn_cpu() nogil
 

@@ -258,7 +258,8 @@ cdef inline bint _all_finite(const floating* x, Py_ssize_t n) noexcept nogil:
     """No NaN or infinity in ``x[:n]``."""
     if floating is float:
         return cyrnn_finite_f(n, x) != 0
-    return cyrnn_finite_d(n, x) != 0
+    else:
+        return cyrnn_finite_d(n, x) != 0
 
 
 cdef int64_t* _copy_spec(const int64_t[::1] spec) except NULL:
@@ -784,6 +785,40 @@ cdef inline double _op_weights(const int64_t* r) noexcept nogil:
     return <double>r[DENSE_OUT] * r[DENSE_IN]
 
 
+# Team mode of the packed forward (``_forward_rows``): an op whose W_hh is at
+# least TEAM_MIN_BYTES (a core's L2 holds about 2 MiB) runs on one thread per
+# row half with the recurrent products split by columns: each thread streams half
+# of W_hh per step and multiplies it with all rows (the large LSTM's W_hh is 4
+# MiB: with the rows split, each thread read all of it from L3 every step and its
+# products ran at 150-160 GFLOP/s per core against 175-190 with half of it on 64
+# rows, in a standalone run of the kernel). Two barriers per step, so only for
+# products of at least TEAM_MIN_MACS multiply-adds per thread and step.
+cdef double TEAM_MIN_BYTES = 2 * 1024 * 1024
+cdef double TEAM_MIN_MACS = 4e6
+
+
+def _set_team_min_bytes(double value):
+    """Set the W_hh size (bytes) from which the packed forward shares its products
+    by columns (tests set 0 together with ``_set_parallel_min_macs(0)``; the
+    per-thread product size limit is then lifted too); returns the previous value."""
+    global TEAM_MIN_BYTES
+    previous = TEAM_MIN_BYTES
+    TEAM_MIN_BYTES = value
+    return previous
+
+
+cdef inline bint _team_op(const int64_t* r, Py_ssize_t N, Py_ssize_t nt, Py_ssize_t isz,
+                          int wfmt) noexcept nogil:
+    """Whether op ``r`` takes the team mode on ``nt`` threads."""
+    cdef double gh_h
+    if r[0] != OP_RNN or r[RNN_CELL] == CELL_GRU_CHO or wfmt != WF_NATIVE or nt < 2:
+        return False
+    gh_h = <double>_gates_of(r) * r[RNN_HIDDEN]  # W_hh's elements (_gates_of: G*H)
+    if gh_h * isz < TEAM_MIN_BYTES:
+        return False
+    return TEAM_MIN_BYTES <= 0 or N * gh_h / nt >= TEAM_MIN_MACS
+
+
 cdef void _fused_forward(const int64_t* sp, const Dims* d, bint keep, const int64_t* plan,
                          const floating* data, const char* xin, floating* base,
                          const uint8_t* mask, const floating* h0, const floating* c0,
@@ -801,8 +836,10 @@ cdef void _fused_forward(const int64_t* sp, const Dims* d, bint keep, const int6
     each running the op's whole time loop on its rows (rows never interact: no
     step barrier; ops follow one another, as their step scratch is shared)."""
     cdef Py_ssize_t T = d.T, N = d.N, TN = d.T * d.N, F = d.F0, rows = N, nch = 1, ci
-    cdef Py_ssize_t nt = 1, r0, o, t, i
-    cdef double t0, cpu, cs
+    cdef Py_ssize_t nt = 1, r0, o, t, i, tid, tn, trows
+    cdef double t0, cpu, cs, wait
+    cdef double tcpu[64]
+    cdef double* tc = tcpu
     cdef unsigned int csr
     cdef const int64_t* r
     cdef const int64_t* idp
@@ -837,6 +874,30 @@ cdef void _fused_forward(const int64_t* sp, const Dims* d, bint keep, const int6
         if nt <= 1:
             _forward_op(sp, d, o, keep, plan, data, base, xdirect, mask, h0, c0, drop, 0, N, pk,
                         packed, isa, wfmt)
+        elif _team_op(_rec(sp, o), N, min(nt, 64), d.isz, wfmt):
+            # one row half per thread, products shared by columns; the governor
+            # judges the threads' CPU time outside the barriers
+            cyrnn_count_path(2)
+            cyrnn_count_path(6)
+            t0 = cyrnn_wall()
+            for tid in range(64):
+                tc[tid] = 0
+            with parallel(num_threads=min(nt, 64)):
+                tid = cyrnn_omp_thread()
+                tn = cyrnn_omp_team()
+                trows = (N + tn - 1) // tn
+                r0 = min(N, tid * trows)
+                wait = 0
+                cs = cyrnn_cpu()
+                csr = cyrnn_fp_flush()
+                _forward_op(sp, d, o, keep, plan, data, base, xdirect, mask, h0, c0, drop, r0,
+                            min(r0 + trows, N), pk, packed, isa, wfmt, tid, tn, &wait)
+                cyrnn_fp_restore(csr)
+                tc[tid] = cyrnn_cpu() - cs - wait
+            cpu = 0
+            for tid in range(64):
+                cpu += tc[tid]
+            _judge(t0, cpu, min(nt, 64))
         else:
             cyrnn_count_path(2)
             t0 = cyrnn_wall()
@@ -868,11 +929,13 @@ cdef void _forward_op(const int64_t* sp, const Dims* d, Py_ssize_t o, bint keep,
                       const floating* xdirect, const uint8_t* mask, const floating* h0,
                       const floating* c0, const floating* drop, Py_ssize_t r0,
                       Py_ssize_t r1, const int64_t* pk, const floating* packed,
-                      int isa, int wfmt) noexcept nogil:
+                      int isa, int wfmt, Py_ssize_t tid=0, Py_ssize_t team=0,
+                      double* wait=NULL) noexcept nogil:
     """Op ``o`` of ``_fused_forward`` on rows r0 .. r1-1 (``packed`` NULL: all
     rows); ``drop`` points at this op's dropout multiplier; ``xdirect`` (or NULL):
     the call's batch-first input, which the first op then reads instead of the
-    time-major copy."""
+    time-major copy. ``team`` > 1: thread ``tid`` of a team sharing the recurrent
+    products by columns (``_team_op``; see ``_forward_rows``)."""
     cdef Py_ssize_t T = d.T, N = d.N, TN = d.T * d.N, NH, t, i, j, H, G, D, O, F
     cdef Py_ssize_t dd, k0, S = d.T + 1 if keep else 2, n = r1 - r0, nF
     cdef int code
@@ -941,7 +1004,7 @@ cdef void _forward_op(const int64_t* sp, const Dims* d, Py_ssize_t o, bint keep,
             _forward_rows(code, <int>r[RNN_ACT], <int>r[RNN_RACT], T, N, r0, r1, H, xp, sip,
                           data + r[k0 + 1], data + r[k0 + 3], _peep_of(data, r, k0),
                           mask + dd * TN, hbuf, cbuf, S, base + q[K_GATES], aux, keep, hseq,
-                          gh, SMALL_GEMM_ROWS)
+                          gh, SMALL_GEMM_ROWS, tid, team, wait)
             memcpy(hn + p[P_ST] + dd * NH + r0 * H, hbuf + (T % S) * NH + r0 * H,
                    n * H * sizeof(floating))
             if cbuf != NULL:

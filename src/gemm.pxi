@@ -610,13 +610,15 @@ cdef inline void _pg_xt(int isa, const floating* x, Py_ssize_t ldx, Py_ssize_t n
 
 def _path_counts():
     """``{"packed_forward": n, "packed_backward": n, "threaded_regions": n,
-    "raw_forward": n, "wgrad_strips": n, "wgrad_pair": n}``: how often the
+    "raw_forward": n, "wgrad_strips": n, "wgrad_pair": n, "team_forward": n}``: how often the
     row-chunked paths ran in this process (for tests; ``raw_forward``: packed-path
     forwards on the weights as stored; ``wgrad_strips``: weight gradients from row
-    strips; ``wgrad_pair``: of those, two operands (dW_hh, dW_ih) in one pass)."""
+    strips; ``wgrad_pair``: of those, two operands (dW_hh, dW_ih) in one pass;
+    ``team_forward``: forward ops whose threads shared the products by columns)."""
     return {"packed_forward": cyrnn_path_read(0), "packed_backward": cyrnn_path_read(1),
             "threaded_regions": cyrnn_path_read(2), "raw_forward": cyrnn_path_read(3),
-            "wgrad_strips": cyrnn_path_read(4), "wgrad_pair": cyrnn_path_read(5)}
+            "wgrad_strips": cyrnn_path_read(4), "wgrad_pair": cyrnn_path_read(5),
+            "team_forward": cyrnn_path_read(6)}
 
 
 def pgemm_isa():

@@ -180,13 +180,21 @@ cdef void _forward_loop(int code, int act, int ract, Py_ssize_t T, Py_ssize_t N,
                   hbuf, cbuf, S, gates, aux, keep_cache, hseq, gh, small)
 
 
+cdef inline void _team_wait(double* wait) noexcept nogil:
+    """A barrier of the calling region's team; its wall time goes to ``wait``."""
+    cdef double w0 = cyrnn_wall()
+    cyrnn_omp_barrier()
+    wait[0] += cyrnn_wall() - w0
+
+
 cdef void _forward_rows(int code, int act, int ract, Py_ssize_t T, Py_ssize_t N,
                         Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t H, floating* xp,
                         const StepInput* si, const floating* w, const floating* b,
                         const floating* peep, const uint8_t* mask, floating* hbuf,
                         floating* cbuf, Py_ssize_t S, floating* gates, floating* aux,
                         bint keep_cache, floating* hseq, floating* gh,
-                        Py_ssize_t small) noexcept nogil:
+                        Py_ssize_t small, Py_ssize_t tid=0, Py_ssize_t team=0,
+                        double* wait=NULL) noexcept nogil:
     """Rows r0 .. r1-1 of the forward time loop (rows are independent sequences,
     so row chunks run on separate threads with no step barrier).
 
@@ -201,8 +209,17 @@ cdef void _forward_rows(int code, int act, int ract, Py_ssize_t T, Py_ssize_t N,
     rows); rows must be all of them. ``si`` given: every STEP_BLOCK steps, these
     rows' inputs of the next steps are gathered and projected by one product
     into ``xp`` (STEP_BLOCK * N * G*H elements; this chunk's part, laid out
-    (step, row)), and every product uses the packed kernels."""
+    (step, row)), and every product uses the packed kernels.
+
+    ``team`` > 1 (packed, not Cho's GRU; called by thread ``tid`` of a region of
+    ``team`` threads, each with its own rows): the recurrent product is split by
+    columns instead, each thread computing its panels of ``gh`` for all N rows
+    (half of W_hh each, read once per step by one thread), with a team barrier
+    after the products and after the cell math of every step (``wait``: the
+    barriers' wall time). The sums are the same: each element is one k-ascending
+    chain whichever thread computes it."""
     cdef Py_ssize_t GH = n_gates_of(code) * H, NH = N * H, t, i, j, n = r1 - r0, D
+    cdef Py_ssize_t nr, npn, c0 = 0, c1 = 0
     cdef bint cho = code == CELL_GRU_CHO
     cdef bint own = N <= small
     cdef const floating* hp
@@ -217,6 +234,12 @@ cdef void _forward_rows(int code, int act, int ract, Py_ssize_t T, Py_ssize_t N,
     cdef floating* xg
     cdef const floating* xsrc
     cdef Py_ssize_t sb, s
+    if team > 1:
+        nr = cyrnn_pgemm_nr(si.isa, sizeof(floating))
+        npn = (GH + nr - 1) // nr
+        c0 = min(GH, (tid * npn // team) * nr)
+        c1 = min(GH, ((tid + 1) * npn // team) * nr)
+        _team_wait(wait)  # every thread's rows of the initial state are set
     for t in range(T):
         hp = hbuf + (t % S) * NH
         hn = hbuf + ((t + 1) % S) * NH
@@ -270,6 +293,14 @@ cdef void _forward_rows(int code, int act, int ract, Py_ssize_t T, Py_ssize_t N,
                 gh + r0 * GH + 2 * H, GH)
             _fwd_rows(r0, r1, code, act, ract, 1, True, H, x, gh, b, peep, hp, hn, cp, cn,
                       gt, ax, mask + t * N, hs)
+        elif team > 1:
+            if c1 > c0:
+                _pgw(si.isa, si.wfmt, hp, H, N, H, <const floating*>si.whh + c0 * H, c1 - c0,
+                     gh + c0, GH)
+            _team_wait(wait)
+            _fwd_rows(r0, r1, code, act, ract, -1, True, H, x, gh, b, peep, hp, hn, cp, cn,
+                      gt, ax, mask + t * N, hs)
+            _team_wait(wait)
         else:
             _pgw(si.isa, si.wfmt, hp + r0 * H, H, n, H, <const floating*>si.whh, GH, gh + r0 * GH, GH)
             _fwd_rows(r0, r1, code, act, ract, -1, True, H, x, gh, b, peep, hp, hn, cp, cn,

@@ -285,6 +285,57 @@ def test_weight_gradient_layouts_agree_to_the_bit(dtype, rng=np.random.default_r
         kernels.wgrad(np.ones((2, 3), dtype), np.ones((3, 2), dtype))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", ["lstm", "gru", "gru_cho", "rnn_tanh", "lstm_peephole",
+                                  "gru_linear_hard"])
+def test_team_forward_equals_row_chunks_to_the_bit(name, dtype):
+    """The team mode (recurrent products shared by columns, a barrier per step) gives
+    the row-chunked path's outputs, states and gradients bit for bit, on 2 and 3
+    threads, with masks, initial states and both directions; Cho's GRU keeps the row
+    chunks (its two products per step)."""
+    import cyrnn
+    from fused_harness import CELLS
+
+    Cls, kw = {c[0]: (c[1], c[2]) for c in CELLS}[name]
+    be = get_backend("cython")
+    model = cyrnn.Sequential([Cls(6, 40, num_layers=2, bidirectional=True, backend="cython",
+                                  dtype=dtype, random_state=3, return_sequences=True, **kw)])
+    rng = np.random.default_rng(5)
+    N, T = 37, 9
+    x = rng.standard_normal((N, T, 6)).astype(dtype)
+    lengths = rng.integers(1, T + 1, N)
+    d_out = rng.standard_normal((N, T, 80)).astype(dtype)
+    before = kernels.set_num_threads(2)
+    min_macs = kernels._set_parallel_min_macs(0)
+    hold = kernels.set_contention_hold(0)  # a busy machine must not make a call serial
+    team_bytes = kernels._set_team_min_bytes(1e18)
+    runs, teams = {}, {}
+    try:
+        for mode, nthreads in (("rows", 2), ("team", 2), ("team", 3)):
+            kernels.set_num_threads(nthreads)
+            kernels._set_team_min_bytes(0 if mode == "team" else 1e18)
+            start = kernels._path_counts()["team_forward"]
+            mask = np.arange(T)[None, :] < lengths[:, None]
+            spec = model.inference_spec()
+            out, h_n, c_n, cache = be.train_forward(spec, model.params.data, x, mask=mask)
+            model.zero_grad()
+            dx, dh0, _ = be.train_backward(spec, model.params.data, model.params.grad, cache,
+                                           d_out, model._truncations(), None, None, True)
+            runs[(mode, nthreads)] = (out, h_n, dx, dh0, model.params.grad.copy(),
+                                      be.infer(spec, model.params.data, x, mask=mask))
+            teams[(mode, nthreads)] = kernels._path_counts()["team_forward"] - start
+    finally:
+        kernels.set_num_threads(before)
+        kernels._set_parallel_min_macs(min_macs)
+        kernels.set_contention_hold(hold)
+        kernels._set_team_min_bytes(team_bytes)
+    assert teams[("rows", 2)] == 0
+    assert teams[("team", 2)] == teams[("team", 3)] == (0 if name == "gru_cho" else 2 * 2)
+    for key in (("team", 2), ("team", 3)):
+        for a, b in zip(runs[("rows", 2)], runs[key]):
+            np.testing.assert_array_equal(a, b)
+
+
 def test_row_thread_setting():
     """cyrnn.set_num_threads reaches the row-chunked path; results do not depend on it
     (each row is computed by one thread, in the same order, whatever the partition)."""

@@ -155,18 +155,22 @@ def backend(request):
     return request.param
 
 
-@pytest.fixture(autouse=True)
-def threaded_row_chunks():
+@pytest.fixture(autouse=True, params=["rows", "team"])
+def threaded_row_chunks(request):
     """The Cython backend runs small problems on the calling thread; here every
-    chunked batch goes to the threads, as large ones do."""
+    chunked batch goes to the threads, as large ones do: each thread on its own rows
+    ("rows"), or, as ops with a W_hh of 2 MiB or more, with the recurrent products
+    shared by columns and a barrier per step ("team", every op but Cho's GRU)."""
     try:
         from cyrnn import _cython_kernels as kernels
     except ImportError:
-        yield
+        yield request.param
         return
     previous = kernels._set_parallel_min_macs(0)
-    yield
+    team = kernels._set_team_min_bytes(0 if request.param == "team" else 1e18)
+    yield request.param
     kernels._set_parallel_min_macs(previous)
+    kernels._set_team_min_bytes(team)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -403,7 +407,7 @@ def test_backward_without_output_gradient(backend, seq, rng):
     assert dc0 is None
 
 
-def test_chunked_batches_take_the_packed_threaded_path(rng):
+def test_chunked_batches_take_the_packed_threaded_path(rng, threaded_row_chunks):
     """The cases above compare results; this checks that the Cython backend's row-chunked
     path (packed weights, row chunks on several threads) is what ran for the chunked
     batch, and the plain path for the small one."""
@@ -428,11 +432,14 @@ def test_chunked_batches_take_the_packed_threaded_path(rng):
         kernels.set_contention_hold(before_hold)
     small, chunked = counts
     assert small == {"packed_forward": 0, "packed_backward": 0, "threaded_regions": 0,
-                     "raw_forward": 0, "wgrad_strips": 0, "wgrad_pair": 0}
+                     "raw_forward": 0, "wgrad_strips": 0, "wgrad_pair": 0,
+                     "team_forward": 0}
     # a training forward and two inference calls; one backward; every op's forward and
     # backward sweep on several threads
     assert chunked["packed_forward"] == 3 and chunked["packed_backward"] == 1
     assert chunked["threaded_regions"] >= 2 * 2 + 2 * 2
+    # the team mode: each of the 3 forward calls' 2 ops
+    assert chunked["team_forward"] == (6 if threaded_row_chunks == "team" else 0)
 
 
 def test_contention_governor_holds_regions_serial(rng):
