@@ -136,12 +136,54 @@ def set_contention_hold(double seconds):
     return previous
 
 
+# The team mode's own hold (src/fused.pxi, ``_team_op``). Its threads meet at two
+# barriers per step, so one thread kept off its core stops the other at every step:
+# with one busy-loop process on the 2-core machine the large inference took 223 ms
+# in team mode against 134 ms with the rows split (same process, alternating), and
+# its regions, 70+ ms each, are too long for the strikes above to act in time. A
+# team region whose threads spent less than TEAM_SHARE of their time working
+# (CPU time outside the barriers, against the region's wall time times the team
+# size) turns the team mode off for TEAM_HOLD seconds: under lasting contention one
+# call in every TEAM_HOLD seconds pays for the try. Quiet runs measured 0.98.
+# Regions under JUDGED_MIN are not judged (as above).
+cdef double TEAM_HOLD = 2.0
+cdef double TEAM_SHARE = 0.75
+cdef double _team_until = 0
+
+
+cdef inline bint _team_allowed() noexcept nogil:
+    return cyrnn_wall() >= _team_until
+
+
+cdef inline void _team_judge(double t0, double cpu, Py_ssize_t nt) noexcept nogil:
+    """After a team region of ``nt`` threads that started at wall time ``t0`` and
+    whose threads worked ``cpu`` seconds outside the barriers."""
+    global _team_until
+    cdef double wall = cyrnn_wall() - t0
+    if TEAM_SHARE > 0 and wall >= JUDGED_MIN and cpu < TEAM_SHARE * nt * wall:
+        _team_until = cyrnn_wall() + TEAM_HOLD
+
+
+def _set_team_share(double value):
+    """Set TEAM_SHARE (tests: above 1 makes every team region end the team mode for
+    TEAM_HOLD seconds; 0 ends a hold in progress and never starts one); returns the
+    previous value."""
+    global TEAM_SHARE, _team_until
+    previous = TEAM_SHARE
+    TEAM_SHARE = value
+    if value <= 0:
+        _team_until = 0
+    return previous
+
+
 def contention_state():
     """The contention governor's state: ``hold`` (seconds a hold lasts), ``held``
     (seconds left of the current hold, 0 when none), ``strikes`` and the last judged
-    region's ``wall`` and ``cpu`` seconds."""
+    region's ``wall`` and ``cpu`` seconds; ``team_held``: seconds left in which the
+    forward's team mode is off (a team region whose threads waited at its barriers)."""
     return {"hold": _serial_hold, "held": max(0.0, _serial_until - cyrnn_wall()),
-            "strikes": _strikes, "wall": _last_wall, "cpu": _last_cpu}
+            "strikes": _strikes, "wall": _last_wall, "cpu": _last_cpu,
+            "team_held": max(0.0, _team_until - cyrnn_wall())}
 
 
 def _contention_judge(double wall, double cpu, Py_ssize_t nt=2):

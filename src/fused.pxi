@@ -792,7 +792,10 @@ cdef inline double _op_weights(const int64_t* r) noexcept nogil:
 # MiB: with the rows split, each thread read all of it from L3 every step and its
 # products ran at 150-160 GFLOP/s per core against 175-190 with half of it on 64
 # rows, in a standalone run of the kernel). Two barriers per step, so only for
-# products of at least TEAM_MIN_MACS multiply-adds per thread and step.
+# products of at least TEAM_MIN_MACS multiply-adds per thread and step (forced at
+# medium, 1e6 per thread and step, it took 2.6 ms against 2.3), and not while the
+# team mode's own hold is on (``_team_judge`` in src/config.pxi: the barriers make a
+# team stall whenever one of its threads is kept off its core).
 cdef double TEAM_MIN_BYTES = 2 * 1024 * 1024
 cdef double TEAM_MIN_MACS = 4e6
 
@@ -811,7 +814,8 @@ cdef inline bint _team_op(const int64_t* r, Py_ssize_t N, Py_ssize_t nt, Py_ssiz
                           int wfmt) noexcept nogil:
     """Whether op ``r`` takes the team mode on ``nt`` threads."""
     cdef double gh_h
-    if r[0] != OP_RNN or r[RNN_CELL] == CELL_GRU_CHO or wfmt != WF_NATIVE or nt < 2:
+    if (r[0] != OP_RNN or r[RNN_CELL] == CELL_GRU_CHO or wfmt != WF_NATIVE or nt < 2
+            or not _team_allowed()):
         return False
     gh_h = <double>_gates_of(r) * r[RNN_HIDDEN]  # W_hh's elements (_gates_of: G*H)
     if gh_h * isz < TEAM_MIN_BYTES:
@@ -897,6 +901,7 @@ cdef void _fused_forward(const int64_t* sp, const Dims* d, bint keep, const int6
             cpu = 0
             for tid in range(64):
                 cpu += tc[tid]
+            _team_judge(t0, cpu, min(nt, 64))
             _judge(t0, cpu, min(nt, 64))
         else:
             cyrnn_count_path(2)

@@ -309,6 +309,7 @@ def test_team_forward_equals_row_chunks_to_the_bit(name, dtype):
     min_macs = kernels._set_parallel_min_macs(0)
     hold = kernels.set_contention_hold(0)  # a busy machine must not make a call serial
     team_bytes = kernels._set_team_min_bytes(1e18)
+    share = kernels._set_team_share(0)  # nor turn the team mode off
     runs, teams = {}, {}
     try:
         for mode, nthreads in (("rows", 2), ("team", 2), ("team", 3)):
@@ -329,11 +330,53 @@ def test_team_forward_equals_row_chunks_to_the_bit(name, dtype):
         kernels._set_parallel_min_macs(min_macs)
         kernels.set_contention_hold(hold)
         kernels._set_team_min_bytes(team_bytes)
+        kernels._set_team_share(share)
     assert teams[("rows", 2)] == 0
     assert teams[("team", 2)] == teams[("team", 3)] == (0 if name == "gru_cho" else 2 * 2)
     for key in (("team", 2), ("team", 3)):
         for a, b in zip(runs[("rows", 2)], runs[key]):
             np.testing.assert_array_equal(a, b)
+
+
+def test_team_mode_steps_aside_after_a_stalled_region():
+    """A team region whose threads worked less than TEAM_SHARE of their time (here
+    impossible to reach: share 100) turns the team mode off for its hold; the next
+    calls take the row chunks, with the same results; share 0 ends the hold."""
+    import cyrnn
+
+    be = get_backend("cython")
+    # regions of a few ms (only those of 1 ms or more are judged)
+    model = cyrnn.Sequential([cyrnn.LSTM(16, 256, backend="cython", random_state=3)])
+    x = np.random.default_rng(5).standard_normal((64, 40, 16)).astype(np.float32)
+    spec = model.inference_spec()
+    before = kernels.set_num_threads(2)
+    min_macs = kernels._set_parallel_min_macs(0)
+    hold = kernels.set_contention_hold(0)
+    team_bytes = kernels._set_team_min_bytes(0)
+    share = kernels._set_team_share(0)  # no hold in progress
+    kernels._set_team_share(100.0)
+    try:
+        counts, outs = [], []
+        for _ in range(3):
+            start = kernels._path_counts()["team_forward"]
+            outs.append(be.infer(spec, model.params.data, x))
+            counts.append(kernels._path_counts()["team_forward"] - start)
+        held = kernels.contention_state()["team_held"]
+        kernels._set_team_share(0.0)
+        assert kernels.contention_state()["team_held"] == 0
+        start = kernels._path_counts()["team_forward"]
+        outs.append(be.infer(spec, model.params.data, x))
+        counts.append(kernels._path_counts()["team_forward"] - start)
+    finally:
+        kernels.set_num_threads(before)
+        kernels._set_parallel_min_macs(min_macs)
+        kernels.set_contention_hold(hold)
+        kernels._set_team_min_bytes(team_bytes)
+        kernels._set_team_share(share)
+    assert counts == [1, 0, 0, 1]
+    assert 0 < held <= 2.0
+    for out in outs[1:]:
+        np.testing.assert_array_equal(out, outs[0])
 
 
 def test_row_thread_setting():

@@ -168,9 +168,11 @@ def threaded_row_chunks(request):
         return
     previous = kernels._set_parallel_min_macs(0)
     team = kernels._set_team_min_bytes(0 if request.param == "team" else 1e18)
+    share = kernels._set_team_share(0)  # a busy machine must not turn the team mode off
     yield request.param
     kernels._set_parallel_min_macs(previous)
     kernels._set_team_min_bytes(team)
+    kernels._set_team_share(share)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
