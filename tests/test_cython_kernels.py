@@ -6,6 +6,7 @@ and 5: forward outputs, final states, the whole cache, every backward output,
 and ``step``.
 """
 
+import contextlib
 import itertools
 
 import numpy as np
@@ -285,6 +286,24 @@ def test_weight_gradient_layouts_agree_to_the_bit(dtype, rng=np.random.default_r
         kernels.wgrad(np.ones((2, 3), dtype), np.ones((3, 2), dtype))
 
 
+@contextlib.contextmanager
+def _threaded_settings(team_bytes, team_share):
+    """Two threads, every batch on them (a busy machine holding nothing serial), the
+    team mode's W_hh threshold and share as given; restores everything."""
+    saved = (kernels.set_num_threads(2), kernels._set_parallel_min_macs(0),
+             kernels.set_contention_hold(0), kernels._set_team_min_bytes(team_bytes),
+             kernels._set_team_share(0))  # share 0 first: ends a hold in progress
+    kernels._set_team_share(team_share)
+    try:
+        yield
+    finally:
+        kernels.set_num_threads(saved[0])
+        kernels._set_parallel_min_macs(saved[1])
+        kernels.set_contention_hold(saved[2])
+        kernels._set_team_min_bytes(saved[3])
+        kernels._set_team_share(saved[4])
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("name", ["lstm", "gru", "gru_cho", "rnn_tanh", "lstm_peephole",
                                   "gru_linear_hard"])
@@ -305,13 +324,8 @@ def test_team_forward_equals_row_chunks_to_the_bit(name, dtype):
     x = rng.standard_normal((N, T, 6)).astype(dtype)
     lengths = rng.integers(1, T + 1, N)
     d_out = rng.standard_normal((N, T, 80)).astype(dtype)
-    before = kernels.set_num_threads(2)
-    min_macs = kernels._set_parallel_min_macs(0)
-    hold = kernels.set_contention_hold(0)  # a busy machine must not make a call serial
-    team_bytes = kernels._set_team_min_bytes(1e18)
-    share = kernels._set_team_share(0)  # nor turn the team mode off
     runs, teams = {}, {}
-    try:
+    with _threaded_settings(1e18, 0):  # share 0: a busy machine turns nothing off
         for mode, nthreads in (("rows", 2), ("team", 2), ("team", 3)):
             kernels.set_num_threads(nthreads)
             kernels._set_team_min_bytes(0 if mode == "team" else 1e18)
@@ -325,12 +339,6 @@ def test_team_forward_equals_row_chunks_to_the_bit(name, dtype):
             runs[(mode, nthreads)] = (out, h_n, dx, dh0, model.params.grad.copy(),
                                       be.infer(spec, model.params.data, x, mask=mask))
             teams[(mode, nthreads)] = kernels._path_counts()["team_forward"] - start
-    finally:
-        kernels.set_num_threads(before)
-        kernels._set_parallel_min_macs(min_macs)
-        kernels.set_contention_hold(hold)
-        kernels._set_team_min_bytes(team_bytes)
-        kernels._set_team_share(share)
     assert teams[("rows", 2)] == 0
     assert teams[("team", 2)] == teams[("team", 3)] == (0 if name == "gru_cho" else 2 * 2)
     for key in (("team", 2), ("team", 3)):
@@ -349,13 +357,7 @@ def test_team_mode_steps_aside_after_a_stalled_region():
     model = cyrnn.Sequential([cyrnn.LSTM(16, 256, backend="cython", random_state=3)])
     x = np.random.default_rng(5).standard_normal((64, 40, 16)).astype(np.float32)
     spec = model.inference_spec()
-    before = kernels.set_num_threads(2)
-    min_macs = kernels._set_parallel_min_macs(0)
-    hold = kernels.set_contention_hold(0)
-    team_bytes = kernels._set_team_min_bytes(0)
-    share = kernels._set_team_share(0)  # no hold in progress
-    kernels._set_team_share(100.0)
-    try:
+    with _threaded_settings(0, 100.0):
         counts, outs = [], []
         for _ in range(3):
             start = kernels._path_counts()["team_forward"]
@@ -367,12 +369,6 @@ def test_team_mode_steps_aside_after_a_stalled_region():
         start = kernels._path_counts()["team_forward"]
         outs.append(be.infer(spec, model.params.data, x))
         counts.append(kernels._path_counts()["team_forward"] - start)
-    finally:
-        kernels.set_num_threads(before)
-        kernels._set_parallel_min_macs(min_macs)
-        kernels.set_contention_hold(hold)
-        kernels._set_team_min_bytes(team_bytes)
-        kernels._set_team_share(share)
     assert counts == [1, 0, 0, 1]
     assert 0 < held <= 2.0
     for out in outs[1:]:
