@@ -844,6 +844,8 @@ cdef void _fused_forward(const int64_t* sp, const Dims* d, bint keep, const int6
     cdef double t0, cpu, cs, wait
     cdef double tcpu[64]
     cdef double* tc = tcpu
+    cdef Py_ssize_t tsize[1]
+    cdef Py_ssize_t* ts = tsize
     cdef unsigned int csr
     cdef const int64_t* r
     cdef const int64_t* idp
@@ -886,9 +888,12 @@ cdef void _fused_forward(const int64_t* sp, const Dims* d, bint keep, const int6
             t0 = cyrnn_wall()
             for tid in range(64):
                 tc[tid] = 0
+            ts[0] = 1
             with parallel(num_threads=min(nt, 64)):
                 tid = cyrnn_omp_thread()
                 tn = cyrnn_omp_team()
+                if tid == 0:
+                    ts[0] = tn  # the team OpenMP gave, which may be smaller
                 trows = (N + tn - 1) // tn
                 r0 = min(N, tid * trows)
                 wait = 0
@@ -901,8 +906,8 @@ cdef void _fused_forward(const int64_t* sp, const Dims* d, bint keep, const int6
             cpu = 0
             for tid in range(64):
                 cpu += tc[tid]
-            _team_judge(t0, cpu, min(nt, 64))
-            _judge(t0, cpu, min(nt, 64))
+            _team_judge(t0, cpu, ts[0])
+            _judge(t0, cpu, ts[0])
         else:
             cyrnn_count_path(2)
             t0 = cyrnn_wall()

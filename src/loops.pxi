@@ -354,7 +354,8 @@ cdef void _backward_sweep(int code, int act, int ract, Py_ssize_t t0, Py_ssize_t
     # A full sweep of an LSTM writes each step's gate gradients once, straight into
     # dxp's step (its rows are in dg's layout and nothing else adds there), instead
     # of into dg and then adding dg into zeroed dxp rows: the products read them there.
-    cdef bint direct = budget == NULL and (code == CELL_LSTM or code == CELL_LSTM_PEEPHOLE)
+    cdef bint direct = (budget == NULL and dgh == NULL
+                        and (code == CELL_LSTM or code == CELL_LSTM_PEEPHOLE))
     for t in range(t0, -1, -1):
         if cc != NULL:
             cp = cc + t * NH
@@ -445,8 +446,8 @@ cdef void _backward_rows(int code, int act, int ract, Py_ssize_t truncate, Py_ss
     # the sweeps add into dxp/dgh: these rows start from zero (here, on the
     # chunk's own thread, rather than the whole arrays on one thread first); a full
     # LSTM sweep writes every step's rows itself (``_backward_sweep``'s ``direct``)
-    for ts in range(T if truncate >= 0 or not (code == CELL_LSTM
-                                               or code == CELL_LSTM_PEEPHOLE) else 0):
+    for ts in range(T if truncate >= 0 or dgh != NULL
+                    or not (code == CELL_LSTM or code == CELL_LSTM_PEEPHOLE) else 0):
         memset(dxp + (ts * N + r0) * GH, 0, (r1 - r0) * GH * sizeof(floating))
         if dgh != NULL:
             memset(dgh + (ts * N + r0) * GH, 0, (r1 - r0) * GH * sizeof(floating))
