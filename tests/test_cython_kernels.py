@@ -375,6 +375,41 @@ def test_team_mode_steps_aside_after_a_stalled_region():
         np.testing.assert_array_equal(out, outs[0])
 
 
+@pytest.mark.parametrize("peephole", [False, True], ids=["lstm", "peephole"])
+def test_lstm_backward_with_its_own_dgh_zeroes_it(monkeypatch, peephole):
+    """The full LSTM sweep writes its gate gradients straight into dxp only when no dgh
+    is given; a caller that passes one for an LSTM (the kernel allows it) gets dxp and
+    dgh zeroed first and the same gradients, whatever the arrays held before."""
+    cell = Cell("lstm", peephole=peephole)
+    p = make_problem(cell, np.float64, 5, True, T=6, H=7)
+    if peephole:
+        p["peep"] = np.random.default_rng(2).standard_normal((3, 7))
+    cache = run_forward(cy, cell, p)[3]
+    plain = cy.backward(cell, cache, p["w_hh"], p["mask"], p["dh_seq"], p["dh_T"],
+                        p["dc_T"], None, peep=p.get("peep"))
+    real = kernels.backward
+    seen = {}
+
+    def with_garbage_dgh(*args):
+        args = list(args)
+        dxp = args[-11]  # dxp, dgh, dh0, dc0, work, dg, budget, valid, dw_hh, db_hh, dpeep
+        assert args[-10] is None and dxp.ndim == 3
+        dxp[...] = np.nan
+        seen["dgh"] = np.full_like(dxp, np.nan)
+        args[-10] = seen["dgh"]
+        return real(*args)
+
+    monkeypatch.setattr(cy._k, "backward", with_garbage_dgh)
+    got = cy.backward(cell, cache, p["w_hh"], p["mask"], p["dh_seq"], p["dh_T"],
+                      p["dc_T"], None, peep=p.get("peep"))
+    for a, b in zip(got, plain):
+        if b is None:
+            assert a is None
+        else:
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(seen["dgh"], plain[0], rtol=1e-12, atol=1e-12)
+
+
 def test_row_thread_setting():
     """cyrnn.set_num_threads reaches the row-chunked path; results do not depend on it
     (each row is computed by one thread, in the same order, whatever the partition)."""
