@@ -790,10 +790,11 @@ cdef inline double _op_weights(const int64_t* r) noexcept nogil:
 # row half with the recurrent products split by columns: each thread streams half
 # of W_hh per step and multiplies it with all rows (the large LSTM's W_hh is 4
 # MiB: with the rows split, each thread read all of it from L3 every step and its
-# products ran at 150-160 GFLOP/s per core against 175-190 with half of it on 64
-# rows, in a standalone run of the kernel). Two barriers per step, so only for
+# products ran at 148-170 GFLOP/s per core against 172-189 with half of it on 64
+# rows, benchmarks/pgemm_rows.c). Two barriers per step, so only for
 # products of at least TEAM_MIN_MACS multiply-adds per thread and step (forced at
-# medium, 1e6 per thread and step, it took 2.6 ms against 2.3), and not while the
+# medium, 1e6 per thread and step, its inference took 2.6 ms against 2.3 in one
+# process, 300 calls each way), and not while the
 # team mode's own hold is on (``_team_judge`` in src/config.pxi: the barriers make a
 # team stall whenever one of its threads is kept off its core).
 cdef double TEAM_MIN_BYTES = 2 * 1024 * 1024
