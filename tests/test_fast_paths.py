@@ -47,23 +47,27 @@ def _check_float32_activation(act, ref, H):
         assert (y[x > 60] == 1).all() and (y[x < -90] == 0).all()
 
 
-def test_float32_activations_below_avx512(tmp_path):
-    """The same checks on the portable array functions (the AVX-512 ones take the
-    division as a reciprocal and a Newton step), with CYRNN_PGEMM_ISA lowering the
-    pick in a fresh process."""
+@pytest.mark.parametrize("level", ["0", "1"], ids=["baseline", "avx2"])
+def test_float32_activations_below_avx512(tmp_path, level):
+    """The same checks on the AVX2 array functions and the portable ones (the
+    AVX-512 ones take the division as a reciprocal and a Newton step), with
+    CYRNN_PGEMM_ISA lowering the pick in a fresh process."""
     import os
     import subprocess
     import sys
     from pathlib import Path
 
     import cyrnn
+    from cyrnn import _cython_kernels as kernels
 
+    if level == "1" and kernels.pgemm_isa() == "baseline":
+        pytest.skip("this CPU has no AVX2 + FMA")
     root = str(Path(cyrnn.__file__).resolve().parent.parent)
     tests = str(Path(__file__).resolve().parent)
     code = ("from test_fast_paths import _check_float32_activation as c\n"
             "import numpy as np\nfrom scipy.special import expit\n"
             "c('tanh', np.tanh, 37); c('sigmoid', expit, 37); print('ok')")
-    env = dict(os.environ, CYRNN_PGEMM_ISA="1",
+    env = dict(os.environ, CYRNN_PGEMM_ISA=level,
                PYTHONPATH=os.pathsep.join([root, tests, os.environ.get("PYTHONPATH", "")]))
     res = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path,
                          capture_output=True, text=True, timeout=300)
