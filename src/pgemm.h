@@ -85,7 +85,7 @@ static inline ptrdiff_t cyrnn_pgemm_nr(int isa, size_t esize) {
 }
 
 /* Rows of the kernels' register tile per isa (the MR of CYRNN_PGEMM_KERNELS). */
-static inline ptrdiff_t cyrnn_pgemm_mr(int isa) { return isa == 2 ? 8 : 4; }
+static inline ptrdiff_t cyrnn_pgemm_mr(int isa) { return isa == 2 ? 8 : isa == 1 ? 6 : 4; }
 
 /* Element stride between the MR-row strips of a K-step operand
    (``cyrnn_strips_*``): one cache line more than the strip, so that the strips'
@@ -155,7 +155,7 @@ TARGET static void NAME(const T* g, ptrdiff_t ldg, ptrdiff_t R, ptrdiff_t C,    
 }
 #define CYRNN_STRIPS(NAME, T)                                                         \
 CYRNN_STRIPS_BODY(NAME##512, T, 8, CYRNN_T512)                                        \
-CYRNN_STRIPS_BODY(NAME##256, T, 4, CYRNN_T256)                                        \
+CYRNN_STRIPS_BODY(NAME##256, T, 6, CYRNN_T256)                                        \
 CYRNN_STRIPS_BODY(NAME##128, T, 4, )                                                  \
 static void NAME(int isa, const T* g, ptrdiff_t ldg, ptrdiff_t R, ptrdiff_t C,         \
                  T* S, ptrdiff_t lds, T* sum) {                                       \
@@ -241,8 +241,8 @@ TARGET static void NAME(const T* x, ptrdiff_t ldx, ptrdiff_t n, ptrdiff_t K,    
 #define CYRNN_PGEMM_KERNELS(SUF, XT)                                                  \
 CYRNN_PGEMM_KERNEL(cyrnn_pgemm_f512##SUF, float, 64, 8, CYRNN_T512, XT)                \
 CYRNN_PGEMM_KERNEL(cyrnn_pgemm_d512##SUF, double, 64, 8, CYRNN_T512, XT)               \
-CYRNN_PGEMM_KERNEL(cyrnn_pgemm_f256##SUF, float, 32, 4, CYRNN_T256, XT)                \
-CYRNN_PGEMM_KERNEL(cyrnn_pgemm_d256##SUF, double, 32, 4, CYRNN_T256, XT)               \
+CYRNN_PGEMM_KERNEL(cyrnn_pgemm_f256##SUF, float, 32, 6, CYRNN_T256, XT)                \
+CYRNN_PGEMM_KERNEL(cyrnn_pgemm_d256##SUF, double, 32, 6, CYRNN_T256, XT)               \
 CYRNN_PGEMM_KERNEL(cyrnn_pgemm_f128##SUF, float, 16, 4, , XT)                          \
 CYRNN_PGEMM_KERNEL(cyrnn_pgemm_d128##SUF, double, 16, 4, , XT)
 CYRNN_PGEMM_KERNELS(, 0)
