@@ -67,7 +67,7 @@ def forward(int code, int act, int ract, bint keep_cache,
             const uint8_t[:, ::1] mask, floating[:, :, ::1] h, floating[:, :, ::1] c,
             floating[:, :, ::1] gates, floating[:, :, ::1] aux,
             floating[:, :, ::1] h_seq, floating[:, ::1] gh,
-            Py_ssize_t small_gemm_rows=SMALL_GEMM_ROWS):
+            Py_ssize_t small_gemm_rows=-1):
     """Run the forward time loop.
 
     xp (T, N, G*H); w_hh (G*H, H); b_hh (G*H,); peep (3, H) or None; mask (T, N)
@@ -75,7 +75,8 @@ def forward(int code, int act, int ract, bint keep_cache,
     without a cell state); gates (T or 1, N, G*H); aux (T or 1, N, H) or None
     (GRU rows only); h_seq (T, N, H) output; gh (N, G*H) scratch. Batches of at
     most ``small_gemm_rows`` rows compute the recurrent products with the own
-    small-GEMM kernel, larger ones with BLAS.
+    small-GEMM kernel, larger ones with BLAS (-1: the CPU's policy,
+    ``_small_gemm_rows``).
     """
     cdef Py_ssize_t T = xp.shape[0], N = xp.shape[1], H = w_hh.shape[1]
     cdef Py_ssize_t S = h.shape[0]
@@ -88,6 +89,8 @@ def forward(int code, int act, int ract, bint keep_cache,
         auxptr = &aux[0, 0, 0]
     if peep is not None:
         pp = &peep[0, 0]
+    if small_gemm_rows < 0:
+        small_gemm_rows = _small_gemm_rows()
     with nogil:
         _forward_loop(code, act, ract, T, N, H, &xp[0, 0, 0], &w_hh[0, 0], &b_hh[0], pp,
                       &mask[0, 0], &h[0, 0, 0], cptr, S, &gates[0, 0, 0], auxptr,
@@ -104,7 +107,7 @@ def backward(int code, int act, int ract, Py_ssize_t truncate,
              floating[:, ::1] dh0, floating[:, ::1] dc0,
              floating[:, :, ::1] work, floating[:, ::1] dg, int64_t[::1] budget,
              uint8_t[::1] valid, floating[:, ::1] dw_hh, floating[::1] db_hh,
-             floating[:, ::1] dpeep, Py_ssize_t small_gemm_rows=SMALL_GEMM_ROWS):
+             floating[:, ::1] dpeep, Py_ssize_t small_gemm_rows=-1):
     """Gradients through the forward pass.
 
     truncate: -1 for full BPTT, else k >= 0 (k < T). h (T+1, N, H) cache states;
@@ -148,6 +151,8 @@ def backward(int code, int act, int ract, Py_ssize_t truncate,
         dcTp = &dc_T[0, 0]
     if dc0 is not None:
         dc0p = &dc0[0, 0]
+    if small_gemm_rows < 0:
+        small_gemm_rows = _small_gemm_rows()
     with nogil:
         _backward_all(code, act, ract, truncate, T, N, H, &w_hh[0, 0], NULL, pp, &mask[0, 0],
                       &h[0, 0, 0], cp, &gates[0, 0, 0], ap, seqp, dhTp, dcTp, &dh0[0, 0],
@@ -176,8 +181,10 @@ def projection(const floating[:, ::1] x, const floating[:, ::1] w, const floatin
                int kernel=-1):
     """``x @ w.T + b`` as the unpacked path's input projections compute it
     (``_affine_fwd``): ``kernel`` -1 picks by row count as they do; 0 forces the
-    vector-lane-over-k kernel, 1 the transposed one (tests: both sum in the same
-    order, so every choice gives the same bits)."""
+    vector-lane-over-k kernel, 1 the transposed one (its block width picked by
+    the CPU), 2 and 3 the transposed one with wide (AVX-512) and narrow blocks
+    whatever the CPU (tests: all sum in the same order, so every choice gives
+    the same bits)."""
     cdef Py_ssize_t N = x.shape[0], K = x.shape[1], R = w.shape[0]
     if w.shape[1] != K or b.shape[0] != R or N == 0 or K == 0 or R == 0:
         raise ValueError("projection: x (N, K), w (R, K), b (R,), none empty")
@@ -195,6 +202,13 @@ def projection(const floating[:, ::1] x, const floating[:, ::1] w, const floatin
                 rc = cyrnn_projt_f(&x[0, 0], &w[0, 0], &b[0], &y[0, 0], N, R, K)
             else:
                 rc = cyrnn_projt_d(&x[0, 0], &w[0, 0], &b[0], &y[0, 0], N, R, K)
+        elif kernel == 2 or kernel == 3:
+            if floating is float:
+                rc = (cyrnn_projt16_f if kernel == 2 else cyrnn_projt8_f)(
+                    &x[0, 0], &w[0, 0], &b[0], &y[0, 0], N, R, K)
+            else:
+                rc = (cyrnn_projt8_d if kernel == 2 else cyrnn_projt4_d)(
+                    &x[0, 0], &w[0, 0], &b[0], &y[0, 0], N, R, K)
         elif floating is float:
             cyrnn_proj_f(&x[0, 0], &w[0, 0], &b[0], &y[0, 0], N, R, K)
         else:

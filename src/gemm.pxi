@@ -10,14 +10,18 @@
 # matrix with leading dimension ``C``; the GEMM calls below are written in those
 # column-major terms.
 
-# Per-step recurrent products with at most this many rows (batch) use the own
-# small-GEMM kernels instead of BLAS (callers may pass another limit). Default 0:
-# OpenBLAS's small-matrix kernels were faster at every batch measured, and its
-# calls of these sizes stay on one thread anyway; the own kernels are kept,
-# tested, for BLAS builds without small-matrix kernels.
+# Per-step recurrent products of the unpacked path (batches under PACK_MIN_ROWS
+# rows, or short sequences) with at most ``_small_gemm_rows()`` rows use the own
+# small-GEMM kernels instead of BLAS (the contract kernels take another limit as
+# an argument; -1: this policy). The policy follows the CPU, because OpenBLAS's
+# does: its DYNAMIC_ARCH build has small-matrix kernels only for its AVX-512
+# cores (SKYLAKEX and later), which were faster than the own kernels at every
+# batch measured on such a Xeon; elsewhere (HASWELL/ZEN kernels) every call
+# packs its whole weight operand and a one-row step took 10x the own kernel's
+# time (13.5 against 2.2 us at H = 64, 832 against 86 us at H = 512, a Zen 3),
+# so the own kernels take batches of up to SMALL_GEMM_ROWS rows there.
 cdef enum:
-    SMALL_GEMM_ROWS = 0
-SMALL_GEMM_N = SMALL_GEMM_ROWS
+    SMALL_GEMM_ROWS = 7
 
 # GEMMs with m*n*k in (SERIAL_GEMM_MNK, THREADED_GEMM_MNK) are split into
 # blocks OpenBLAS keeps on one thread (its own cut-off is m*n*k <= 65536 * 4,
@@ -31,58 +35,13 @@ cdef extern from *:
     const double THREADED_GEMM_MNK "CYRNN_THREADED_GEMM_MNK"
 
 
-# The own small GEMMs (the per-step recurrent products at small batch).
+# The own small GEMMs of the unpacked path: the per-step recurrent products at
+# small batch (``cyrnn_proj_ld_*`` without bias; forward), ``dg W`` (backward),
+# and the input projections of few rows.
 cdef extern from *:
     """
-    /* unaligned vector load; horizontal sum (in lane order) */
+    /* unaligned vector load */
     #define CYRNN_LD(V, p) ({ V v_; memcpy(&v_, (p), sizeof v_); v_; })
-    #define CYRNN_HSUM(W, v) ({ __typeof__((v)[0]) s_ = 0; int q_;                 \
-        for (q_ = 0; q_ < (W); q_++) s_ += (v)[q_]; s_; })
-
-    /* out[i*ldo + r] = sum_k x[i*K + k] * w[r*K + k]  (i < N, r < R): x W^T. */
-    #define CYRNN_GEMM_NT(NAME, T, W)                                              \
-    typedef T NAME##_vec __attribute__((vector_size(32)));                         \
-    CYRNN_CLONES                                                                   \
-    static void NAME(const T* x, const T* w, T* out, Py_ssize_t N, Py_ssize_t R,   \
-                     Py_ssize_t K, Py_ssize_t ldo) {                               \
-        Py_ssize_t r = 0, i, k, KV = K - K % W;                                    \
-        for (; r + 4 <= R; r += 4) {                                               \
-            const T* w0 = w + r * K; const T* w1 = w0 + K;                         \
-            const T* w2 = w1 + K; const T* w3 = w2 + K;                            \
-            for (i = 0; i < N; i++) {                                              \
-                const T* xi = x + i * K;                                           \
-                NAME##_vec a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, xv;             \
-                T s0, s1, s2, s3;                                                  \
-                for (k = 0; k < KV; k += W) {                                      \
-                    xv = CYRNN_LD(NAME##_vec, xi + k);                                        \
-                    a0 += xv * CYRNN_LD(NAME##_vec, w0 + k); a1 += xv * CYRNN_LD(NAME##_vec, w1 + k);    \
-                    a2 += xv * CYRNN_LD(NAME##_vec, w2 + k); a3 += xv * CYRNN_LD(NAME##_vec, w3 + k);    \
-                }                                                                  \
-                s0 = CYRNN_HSUM(W, a0); s1 = CYRNN_HSUM(W, a1);                        \
-                s2 = CYRNN_HSUM(W, a2); s3 = CYRNN_HSUM(W, a3);                        \
-                for (; k < K; k++) {                                               \
-                    s0 += xi[k] * w0[k]; s1 += xi[k] * w1[k];                      \
-                    s2 += xi[k] * w2[k]; s3 += xi[k] * w3[k];                      \
-                }                                                                  \
-                out[i * ldo + r] = s0; out[i * ldo + r + 1] = s1;                  \
-                out[i * ldo + r + 2] = s2; out[i * ldo + r + 3] = s3;              \
-            }                                                                      \
-        }                                                                          \
-        for (; r < R; r++) {                                                       \
-            const T* w0 = w + r * K;                                               \
-            for (i = 0; i < N; i++) {                                              \
-                const T* xi = x + i * K;                                           \
-                NAME##_vec a0 = {0};                                               \
-                T s0;                                                              \
-                for (k = 0; k < KV; k += W) a0 += CYRNN_LD(NAME##_vec, xi + k) * CYRNN_LD(NAME##_vec, w0 + k); \
-                s0 = CYRNN_HSUM(W, a0);                                              \
-                for (; k < K; k++) s0 += xi[k] * w0[k];                            \
-                out[i * ldo + r] = s0;                                             \
-            }                                                                      \
-        }                                                                          \
-    }
-    CYRNN_GEMM_NT(cyrnn_gemm_nt_f, float, 8)
-    CYRNN_GEMM_NT(cyrnn_gemm_nt_d, double, 4)
 
     /* out[i*K + k] = beta*out + sum_r g[i*ldg + r] * w[r*K + k]  (beta 0 or 1). */
     #define CYRNN_GEMM_NN(NAME, T)                                                 \
@@ -143,7 +102,7 @@ cdef extern from *:
             memcpy(o_, &(s), sizeof o_);                                              \
             for (j_ = 0; j_ < (nr); j_++) {                                           \
                 for (k_ = (KV); k_ < (K); k_++) o_[j_] += (xi)[k_] * (wr)[j_][k_];    \
-                (yi)[(r) + j_] = o_[j_] + (b)[(r) + j_];                              \
+                (yi)[(r) + j_] = (b) != NULL ? o_[j_] + (b)[(r) + j_] : o_[j_];       \
             }                                                                         \
         } while (0)
     typedef float cyrnn_v8f __attribute__((vector_size(32)));
@@ -162,8 +121,8 @@ cdef extern from *:
     #define CYRNN_SHUF4(a, b, ...) __builtin_shuffle(a, b, (cyrnn_v4l){__VA_ARGS__})
     #endif
     CYRNN_CLONES CYRNN_EXACT
-    static void cyrnn_proj_f(const float* x, const float* w, const float* b, float* y,
-                             Py_ssize_t N, Py_ssize_t R, Py_ssize_t K) {
+    static void cyrnn_proj_ld_f(const float* x, const float* w, const float* b, float* y,
+                                Py_ssize_t N, Py_ssize_t R, Py_ssize_t K, Py_ssize_t ldy) {
         Py_ssize_t i, r, j, k, nr, KV = K - K % 8;
         const float* wr[8];
         /* K >= 8: the tail as one more lane vector, the last 8 k of the row with
@@ -209,17 +168,17 @@ cdef extern from *:
                 s = CYRNN_SHUF8(q0, q1, 0, 2, 4, 6, 8, 10, 12, 14)
                   + CYRNN_SHUF8(q0, q1, 1, 3, 5, 7, 9, 11, 13, 15);
                 if (nr == 8 && KV == K) {
-                    s += CYRNN_LD(cyrnn_v8f, b + r);
-                    memcpy(y + i * R + r, &s, sizeof s);
+                    if (b != NULL) s += CYRNN_LD(cyrnn_v8f, b + r);
+                    memcpy(y + i * ldy + r, &s, sizeof s);
                 } else {
-                    CYRNN_PROJ_FINISH(float, 8, s, xi, wr, K, KV, b, r, nr, y + i * R);
+                    CYRNN_PROJ_FINISH(float, 8, s, xi, wr, K, KV, b, r, nr, y + i * ldy);
                 }
             }
         }
     }
     CYRNN_CLONES CYRNN_EXACT
-    static void cyrnn_proj_d(const double* x, const double* w, const double* b, double* y,
-                             Py_ssize_t N, Py_ssize_t R, Py_ssize_t K) {
+    static void cyrnn_proj_ld_d(const double* x, const double* w, const double* b, double* y,
+                                Py_ssize_t N, Py_ssize_t R, Py_ssize_t K, Py_ssize_t ldy) {
         Py_ssize_t i, r, j, k, nr, KV = K - K % 4;
         const double* wr[4];
         for (r = 0; r < R; r += 4) {
@@ -240,75 +199,86 @@ cdef extern from *:
                 s = CYRNN_SHUF4(p0, p1, 0, 2, 4, 6)
                   + CYRNN_SHUF4(p0, p1, 1, 3, 5, 7);
                 if (nr == 4 && KV == K) {
-                    s += CYRNN_LD(cyrnn_v4d, b + r);
-                    memcpy(y + i * R + r, &s, sizeof s);
+                    if (b != NULL) s += CYRNN_LD(cyrnn_v4d, b + r);
+                    memcpy(y + i * ldy + r, &s, sizeof s);
                 } else {
-                    CYRNN_PROJ_FINISH(double, 4, s, xi, wr, K, KV, b, r, nr, y + i * R);
+                    CYRNN_PROJ_FINISH(double, 4, s, xi, wr, K, KV, b, r, nr, y + i * ldy);
                 }
             }
         }
     }
-    /* The same order with 16 (float) or 8 (double) outputs in the vector lanes:
-       `wt` holds one block of weight rows transposed (K vectors); returns -1
-       (nothing written) when that copy cannot be allocated. */
-    CYRNN_CLONES CYRNN_EXACT
+    /* y (N, R) with row stride R; b NULL: no bias (the recurrent products) */
+    static void cyrnn_proj_f(const float* x, const float* w, const float* b, float* y,
+                             Py_ssize_t N, Py_ssize_t R, Py_ssize_t K) {
+        cyrnn_proj_ld_f(x, w, b, y, N, R, K, R);
+    }
+    static void cyrnn_proj_d(const double* x, const double* w, const double* b, double* y,
+                             Py_ssize_t N, Py_ssize_t R, Py_ssize_t K) {
+        cyrnn_proj_ld_d(x, w, b, y, N, R, K, R);
+    }
+    /* The same order with LW outputs in the vector lanes: `wt` holds one block
+       of weight rows transposed (K vectors); returns -1 (nothing written) when
+       that copy cannot be allocated. Two widths (the same sums per output, so
+       the same bits): 16 float / 8 double outputs (two ymm or one zmm per
+       accumulator) for AVX-512, 8 / 4 (one ymm) elsewhere, where the wide
+       blocks' eight accumulators took 16 ymm registers and spilled (the
+       projection was 30% of a batch-1 inference on a Zen 3). */
+    #define CYRNN_PROJT(NAME, T, LW, Q)                                               \
+    CYRNN_CLONES CYRNN_EXACT                                                          \
+    static int NAME(const T* x, const T* w, const T* b, T* y,                         \
+                    Py_ssize_t N, Py_ssize_t R, Py_ssize_t K) {                       \
+        typedef T v_t __attribute__((vector_size(LW * sizeof(T))));                   \
+        Py_ssize_t i, r, j, k, q, nr, rem = K % Q, KV = K - rem;                      \
+        v_t* wt = (v_t*)aligned_alloc(64, ((size_t)K * sizeof(v_t) + 63) / 64 * 64); \
+        v_t a[Q], s, bv;                                                              \
+        if (wt == NULL) return -1;                                                    \
+        for (r = 0; r < R; r += LW) {                                                 \
+            nr = R - r < LW ? R - r : LW;                                             \
+            for (k = 0; k < K; k++)                                                   \
+                for (j = 0; j < LW; j++) wt[k][j] = j < nr ? w[(r + j) * K + k] : (T)0; \
+            for (j = 0; j < LW; j++) bv[j] = j < nr ? b[r + j] : (T)0;                \
+            for (i = 0; i < N; i++) {                                                 \
+                const T* xi = x + i * K;                                              \
+                for (q = 0; q < Q; q++) a[q] = (v_t){0};                              \
+                CYRNN_PROJT_SUM_##Q(T)                                                \
+                s = s + bv;                                                           \
+                if (nr == LW) memcpy(y + i * R + r, &s, sizeof s);                    \
+                else memcpy(y + i * R + r, &s, (size_t)nr * sizeof(T));               \
+            }                                                                         \
+        }                                                                             \
+        free(wt);                                                                     \
+        return 0;                                                                     \
+    }
+    /* float: lanes of 8 k, the tail k = K - 8 + q into lanes q >= 8 - K % 8 */
+    #define CYRNN_PROJT_SUM_8(T)                                                      \
+        if (K >= 8) {                                                                 \
+            for (k = 0; k < KV; k += 8)                                               \
+                for (q = 0; q < 8; q++) a[q] = a[q] + xi[k + q] * wt[k + q];          \
+            for (q = 8 - rem; q < 8 && rem; q++)                                      \
+                a[q] = a[q] + xi[K - 8 + q] * wt[K - 8 + q];                          \
+        }                                                                             \
+        s = ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]));        \
+        if (K < 8)                                                                    \
+            for (k = 0; k < K; k++) s = s + xi[k] * wt[k];
+    /* double: lanes of 4 k, then K % 4 one by one */
+    #define CYRNN_PROJT_SUM_4(T)                                                      \
+        for (k = 0; k < KV; k += 4)                                                   \
+            for (q = 0; q < 4; q++) a[q] = a[q] + xi[k + q] * wt[k + q];              \
+        s = (a[0] + a[2]) + (a[1] + a[3]);                                            \
+        for (k = KV; k < K; k++) s = s + xi[k] * wt[k];
+    CYRNN_PROJT(cyrnn_projt16_f, float, 16, 8)
+    CYRNN_PROJT(cyrnn_projt8_f, float, 8, 8)
+    CYRNN_PROJT(cyrnn_projt8_d, double, 8, 4)
+    CYRNN_PROJT(cyrnn_projt4_d, double, 4, 4)
     static int cyrnn_projt_f(const float* x, const float* w, const float* b, float* y,
                              Py_ssize_t N, Py_ssize_t R, Py_ssize_t K) {
-        Py_ssize_t i, r, j, k, q, nr, rem = K % 8, KV = K - rem;
-        cyrnn_v16f* wt = (cyrnn_v16f*)aligned_alloc(64, (size_t)K * sizeof(cyrnn_v16f));
-        cyrnn_v16f a[8], s, bv;
-        if (wt == NULL) return -1;
-        for (r = 0; r < R; r += 16) {
-            nr = R - r < 16 ? R - r : 16;
-            for (k = 0; k < K; k++)
-                for (j = 0; j < 16; j++) wt[k][j] = j < nr ? w[(r + j) * K + k] : 0.0f;
-            for (j = 0; j < 16; j++) bv[j] = j < nr ? b[r + j] : 0.0f;
-            for (i = 0; i < N; i++) {
-                const float* xi = x + i * K;
-                for (q = 0; q < 8; q++) a[q] = (cyrnn_v16f){0};
-                if (K >= 8) {
-                    for (k = 0; k < KV; k += 8)
-                        for (q = 0; q < 8; q++) a[q] = a[q] + xi[k + q] * wt[k + q];
-                    for (q = 8 - rem; q < 8 && rem; q++)
-                        a[q] = a[q] + xi[K - 8 + q] * wt[K - 8 + q];
-                }
-                s = ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]));
-                if (K < 8)
-                    for (k = 0; k < K; k++) s = s + xi[k] * wt[k];
-                s = s + bv;
-                if (nr == 16) memcpy(y + i * R + r, &s, sizeof s);
-                else memcpy(y + i * R + r, &s, (size_t)nr * sizeof(float));
-            }
-        }
-        free(wt);
-        return 0;
+        return cyrnn_pgemm_isa() == 2 ? cyrnn_projt16_f(x, w, b, y, N, R, K)
+                                      : cyrnn_projt8_f(x, w, b, y, N, R, K);
     }
-    CYRNN_CLONES CYRNN_EXACT
     static int cyrnn_projt_d(const double* x, const double* w, const double* b, double* y,
                              Py_ssize_t N, Py_ssize_t R, Py_ssize_t K) {
-        Py_ssize_t i, r, j, k, q, nr, KV = K - K % 4;
-        cyrnn_v8d* wt = (cyrnn_v8d*)aligned_alloc(64, (size_t)K * sizeof(cyrnn_v8d));
-        cyrnn_v8d a[4], s, bv;
-        if (wt == NULL) return -1;
-        for (r = 0; r < R; r += 8) {
-            nr = R - r < 8 ? R - r : 8;
-            for (k = 0; k < K; k++)
-                for (j = 0; j < 8; j++) wt[k][j] = j < nr ? w[(r + j) * K + k] : 0.0;
-            for (j = 0; j < 8; j++) bv[j] = j < nr ? b[r + j] : 0.0;
-            for (i = 0; i < N; i++) {
-                const double* xi = x + i * K;
-                for (q = 0; q < 4; q++) a[q] = (cyrnn_v8d){0};
-                for (k = 0; k < KV; k += 4)
-                    for (q = 0; q < 4; q++) a[q] = a[q] + xi[k + q] * wt[k + q];
-                s = (a[0] + a[2]) + (a[1] + a[3]);
-                for (k = KV; k < K; k++) s = s + xi[k] * wt[k];
-                s = s + bv;
-                if (nr == 8) memcpy(y + i * R + r, &s, sizeof s);
-                else memcpy(y + i * R + r, &s, (size_t)nr * sizeof(double));
-            }
-        }
-        free(wt);
-        return 0;
+        return cyrnn_pgemm_isa() == 2 ? cyrnn_projt8_d(x, w, b, y, N, R, K)
+                                      : cyrnn_projt4_d(x, w, b, y, N, R, K);
     }
     """
     void cyrnn_proj_f(const float* x, const float* w, const float* b, float* y,
@@ -319,10 +289,18 @@ cdef extern from *:
                       Py_ssize_t N, Py_ssize_t R, Py_ssize_t K) nogil
     int cyrnn_projt_d(const double* x, const double* w, const double* b, double* y,
                       Py_ssize_t N, Py_ssize_t R, Py_ssize_t K) nogil
-    void cyrnn_gemm_nt_f(const float* x, const float* w, float* out, Py_ssize_t N,
-                         Py_ssize_t R, Py_ssize_t K, Py_ssize_t ldo) nogil
-    void cyrnn_gemm_nt_d(const double* x, const double* w, double* out, Py_ssize_t N,
-                         Py_ssize_t R, Py_ssize_t K, Py_ssize_t ldo) nogil
+    void cyrnn_proj_ld_f(const float* x, const float* w, const float* b, float* y,
+                         Py_ssize_t N, Py_ssize_t R, Py_ssize_t K, Py_ssize_t ldy) nogil
+    void cyrnn_proj_ld_d(const double* x, const double* w, const double* b, double* y,
+                         Py_ssize_t N, Py_ssize_t R, Py_ssize_t K, Py_ssize_t ldy) nogil
+    int cyrnn_projt16_f(const float* x, const float* w, const float* b, float* y,
+                        Py_ssize_t N, Py_ssize_t R, Py_ssize_t K) nogil
+    int cyrnn_projt8_f(const float* x, const float* w, const float* b, float* y,
+                       Py_ssize_t N, Py_ssize_t R, Py_ssize_t K) nogil
+    int cyrnn_projt8_d(const double* x, const double* w, const double* b, double* y,
+                       Py_ssize_t N, Py_ssize_t R, Py_ssize_t K) nogil
+    int cyrnn_projt4_d(const double* x, const double* w, const double* b, double* y,
+                       Py_ssize_t N, Py_ssize_t R, Py_ssize_t K) nogil
     void cyrnn_gemm_nn_f(const float* g, Py_ssize_t ldg, const float* w, float* out,
                          Py_ssize_t N, Py_ssize_t R, Py_ssize_t K, int beta) nogil
     void cyrnn_gemm_nn_d(const double* g, Py_ssize_t ldg, const double* w, double* out,
@@ -397,15 +375,15 @@ cdef inline void _gemm_hh(bint own, const floating* x, const floating* w, Py_ssi
     """``out[:, row0:row0+rows] = x @ w[row0:row0+rows].T``.
 
     ``x`` (N, H) row-major, ``w`` (GH, H) row-major, ``out`` (N, GH) row-major.
-    ``own`` (small batches): the own register-blocked kernel; otherwise BLAS. Column-major: ``out^T (rows x N, ld GH) = W_blk (rows x H) .
+    ``own`` (small batches): the own GEMV kernel (``cyrnn_proj_ld_*``, no bias); otherwise BLAS. Column-major: ``out^T (rows x N, ld GH) = W_blk (rows x H) .
     x^T (H x N)``, and ``W_blk`` is stored as the column-major (H x rows)
     matrix: transa='T'.
     """
     if own:
         if floating is float:
-            cyrnn_gemm_nt_f(x, w + row0 * H, out + row0, N, rows, H, GH)
+            cyrnn_proj_ld_f(x, w + row0 * H, NULL, out + row0, N, rows, H, GH)
         else:
-            cyrnn_gemm_nt_d(x, w + row0 * H, out + row0, N, rows, H, GH)
+            cyrnn_proj_ld_d(x, w + row0 * H, NULL, out + row0, N, rows, H, GH)
         return
     _gemm(c'T', c'N', <int>rows, <int>N, <int>H, 1, w + row0 * H, <int>H,
           x, <int>H, 0, out + row0, <int>GH)
@@ -489,6 +467,11 @@ cdef extern from "pgemm.h" nogil:
                        const float* W, Py_ssize_t C, float* out, Py_ssize_t ldo)
     void cyrnn_rgemm_d(int isa, const double* x, Py_ssize_t ldx, Py_ssize_t n, Py_ssize_t K,
                        const double* W, Py_ssize_t C, double* out, Py_ssize_t ldo)
+
+
+cdef inline Py_ssize_t _small_gemm_rows() noexcept nogil:
+    """The row limit of the own small-GEMM kernels on this CPU (see SMALL_GEMM_ROWS)."""
+    return 0 if cyrnn_pgemm_isa() == 2 else SMALL_GEMM_ROWS
 
 
 # Formats of packed forward weights: the call's dtype, or bfloat16 (float32 calls
