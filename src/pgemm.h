@@ -194,44 +194,82 @@ CYRNN_STRIPS(cyrnn_strips_d, double)
         }                                                                             \
     }
 
+/* One MR-row tile of one panel: the k loop over the rows xr (element k of row r
+   at xr[r][k*sk]), then the m <= MR rows' NR values stored (beta: added) to
+   out, row stride ldo, nc <= NR columns. Full panels store the accumulators
+   directly (unaligned vector stores; the earlier copy through a stack buffer
+   cost about a tenth of a short k loop). */
+#define CYRNN_PGEMM_TILE(NAME, T, WT, FMT, VB, MR, TARGET)                           \
+TARGET static inline __attribute__((always_inline)) void NAME(                        \
+        const T* const* xr, ptrdiff_t sk, ptrdiff_t K, const WT* pp, T* out,          \
+        ptrdiff_t ldo, ptrdiff_t m, ptrdiff_t nc, int beta) {                         \
+    typedef T v_t __attribute__((vector_size(VB)));                                   \
+    typedef T vu_t __attribute__((vector_size(VB), aligned(sizeof(T)), may_alias));   \
+    typedef unsigned int u_t __attribute__((vector_size(VB), unused));                \
+    enum { V = VB / sizeof(T), NR = 2 * V, MRS = MR };                                \
+    v_t a0[MR], a1[MR];                                                               \
+    ptrdiff_t k, r;                                                                   \
+    (void)sk;                                                                         \
+    _Pragma("GCC unroll 16")                                                          \
+    for (r = 0; r < MR; r++) {                                                        \
+        a0[r] = (v_t){0};                                                             \
+        a1[r] = (v_t){0};                                                             \
+    }                                                                                 \
+    CYRNN_KLOOP_##FMT(v_t, u_t, T)                                                    \
+    _Pragma("GCC unroll 16")                                                          \
+    for (r = 0; r < MR; r++) {                                                        \
+        T* o = out + r * ldo;                                                         \
+        if (r >= m) break;                                                            \
+        if (nc == NR) {                                                               \
+            vu_t* o0 = (vu_t*)o;                                                      \
+            vu_t* o1 = (vu_t*)(o + V);                                                \
+            if (beta) {                                                               \
+                *o0 = *o0 + a0[r];                                                    \
+                *o1 = *o1 + a1[r];                                                    \
+            } else {                                                                  \
+                *o0 = a0[r];                                                          \
+                *o1 = a1[r];                                                          \
+            }                                                                         \
+        } else {                                                                      \
+            T t[NR];                                                                  \
+            memcpy(t, &a0[r], sizeof a0[r]);                                          \
+            memcpy(t + V, &a1[r], sizeof a1[r]);                                      \
+            CYRNN_PUT(o, t, nc, beta);                                                \
+        }                                                                             \
+    }                                                                                 \
+}
+
 /* One kernel body per (type, weight format, vector bytes, MR, target, x layout).
    XT 0: element (i, k) of x at x[i*ldx + k]; XT 1: at x[k*ldx + i] (x stored
    transposed: the weight-gradient sums over rows read the activations as they
    lie); XT 2: at x[(i/MR)*ldx + k*MR + i%MR] (MR-row strips, ``cyrnn_strips_*``:
    read in order, where XT 1 reads a short piece of a long row per k, at strides
    that put a whole tile's k loop into a few L1 sets). WT: the packed weights'
-   element type. */
+   element type. A last tile of at most 4 rows (MR 6 or 8) runs as a 4-row tile
+   instead of computing copies of its last row (16-row chunks on AVX2: 6 + 6 +
+   4); every element is the same k-ascending chain in either. */
 #define CYRNN_PGEMM_BODY(NAME, T, WT, FMT, VB, MR, TARGET, XT)                        \
-typedef T NAME##_v __attribute__((vector_size(VB)));                                  \
-typedef unsigned int NAME##_u __attribute__((vector_size(VB), unused));               \
+CYRNN_PGEMM_TILE(NAME##_tm, T, WT, FMT, VB, MR, TARGET)                               \
+CYRNN_PGEMM_TILE(NAME##_t4, T, WT, FMT, VB, 4, TARGET)                                \
 TARGET static void NAME(const T* x, ptrdiff_t ldx, ptrdiff_t n, ptrdiff_t K,          \
                         const WT* P, ptrdiff_t C, T* out, ptrdiff_t ldo, int beta) {  \
-    enum { V = VB / sizeof(T), NR = 2 * V, MRS = MR };                                \
+    enum { V = VB / sizeof(T), NR = 2 * V };                                          \
     const ptrdiff_t si = XT ? 1 : ldx, sk = XT == 2 ? MR : XT ? ldx : 1;              \
-    ptrdiff_t p, i0, k, r;                                                            \
-    (void)sk;                                                                         \
+    ptrdiff_t p, i0, r;                                                               \
     for (p = 0; p * NR < C; p++) {                                                    \
         const WT* pp = P + p * NR * CYRNN_KSTEPS_##FMT(K);                            \
         ptrdiff_t c0 = p * NR, nc = C - c0 < NR ? C - c0 : NR;                        \
         for (i0 = 0; i0 < n; i0 += MR) {                                              \
             const T* xr[MR];                                                          \
-            NAME##_v a0[MR], a1[MR];                                                  \
             ptrdiff_t m = n - i0 < MR ? n - i0 : MR;                                  \
             _Pragma("GCC unroll 16")                                                  \
-            for (r = 0; r < MR; r++) {                                                \
+            for (r = 0; r < MR; r++)                                                  \
                 xr[r] = XT == 2 ? x + (i0 / MR) * ldx + (r < m ? r : m - 1)           \
                                 : x + (i0 + (r < m ? r : m - 1)) * si;                \
-                a0[r] = (NAME##_v){0};                                                \
-                a1[r] = (NAME##_v){0};                                                \
-            }                                                                         \
-            CYRNN_KLOOP_##FMT(NAME##_v, NAME##_u, T)                                  \
-            for (r = 0; r < m; r++) {                                                 \
-                T* o = out + (i0 + r) * ldo + c0;                                     \
-                T t[NR];                                                              \
-                memcpy(t, &a0[r], sizeof a0[r]);                                      \
-                memcpy(t + V, &a1[r], sizeof a1[r]);                                  \
-                CYRNN_PUT(o, t, nc, beta);                                            \
-            }                                                                         \
+            if (MR > 4 && m <= 4)                                                     \
+                NAME##_t4(xr, sk, K, pp, out + i0 * ldo + c0, ldo, m, nc, beta);      \
+            else                                                                      \
+                NAME##_tm(xr, sk, K, pp, out + i0 * ldo + c0, ldo, m, nc, beta);      \
         }                                                                             \
     }                                                                                 \
 }
