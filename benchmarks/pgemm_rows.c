@@ -1,4 +1,5 @@
-/* The packed GEMM kernel (src/pgemm.h, AVX-512 float32, XT 0) on one core, at the
+/* The packed GEMM kernel (src/pgemm.h, float32, XT 0; AVX-512 or AVX2, as the CPU
+ * has them) on one core, at the
  * shapes of the per-step recurrent product, and a k-blocked variant of it (partial
  * tiles kept in a scratch, the same k-ascending chains: checked bit for bit here).
  * The measurement behind the team mode (docs/architecture.md, "Team mode") and
@@ -10,65 +11,72 @@
  *     /tmp/pgemm_rows 32 512 512 80    # W fits L2
  *
  * Prints GFLOP/s (best of 7 samples) of the kernel and of k blocks of 64, 128, 256.
- * Needs AVX-512F. On the Intel Xeon of 2026-12-01, 03:06-03:10 (the other core idle):
+ * Needs AVX2 + FMA. On the Intel Xeon of 2026-12-01, 03:06-03:10 (the other core idle):
  * 32 x 512 x 2048: 148-170; 64 x 512 x 1024: 172-189; 32 x 512 x 512: 196; k
  * blocking within -7% .. +3% at 32 rows (+10% at 64 rows on all of W). At 04:40
  * (load average 0.0 just after): 121, 138 and 141 (k blocking -2% .. +2%): the
- * absolute rates move between runs, the order of the shapes has not. */
+ * absolute rates move between runs, the order of the shapes has not. On an AMD EPYC
+ * (Zen 3, AVX2 kernels: 6 x 16 tiles), 2026-12-01 06:40, load about 1: 64 x 512 x
+ * 1024: 96.0 (k blocks 80-89); 32 x 512 x 2048: 73.1 (58-61); 16 x 128 x 512: 82.9
+ * (57-74); 64 x 256 x 2048: 83.6 (65-75). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include "../src/pgemm.h"
 
-typedef float v16 __attribute__((vector_size(64)));
-/* K-blocked variant of the XT0 f512 kernel: same chains, partial tiles kept in tmp. */
-__attribute__((target("avx512f,fma")))
-static void kblk(const float* x, ptrdiff_t ldx, ptrdiff_t n, ptrdiff_t K, const float* P,
-                 ptrdiff_t C, float* out, ptrdiff_t ldo, int beta, ptrdiff_t KC, float* tmp) {
-    enum { V = 16, NR = 32, MR = 8 };
-    ptrdiff_t p, i0, k, r, k0;
-    for (p = 0; p * NR < C; p++) {
-        const float* pp = P + p * NR * K;
-        ptrdiff_t c0 = p * NR, nc = C - c0 < NR ? C - c0 : NR;
-        for (k0 = 0; k0 < K; k0 += KC) {
-            ptrdiff_t k1 = k0 + KC < K ? k0 + KC : K;
-            for (i0 = 0; i0 < n; i0 += MR) {
-                const float* xr[MR];
-                v16 a0[MR], a1[MR];
-                ptrdiff_t m = n - i0 < MR ? n - i0 : MR;
-                float* tt = tmp + i0 * NR;
-                _Pragma("GCC unroll 16")
-                for (r = 0; r < MR; r++) {
-                    xr[r] = x + (i0 + (r < m ? r : m - 1)) * ldx;
-                    if (k0 == 0) { a0[r] = (v16){0}; a1[r] = (v16){0}; }
-                    else { memcpy(&a0[r], tt + r * NR, 64); memcpy(&a1[r], tt + r * NR + V, 64); }
-                }
-                for (k = k0; k < k1; k++) {
-                    v16 w0 = *(const v16*)(pp + k * NR);
-                    v16 w1 = *(const v16*)(pp + k * NR + V);
-                    _Pragma("GCC unroll 16")
-                    for (r = 0; r < MR; r++) {
-                        float s = xr[r][k];
-                        a0[r] += s * w0;
-                        a1[r] += s * w1;
-                    }
-                }
-                if (k1 < K) {
-                    _Pragma("GCC unroll 16")
-                    for (r = 0; r < MR; r++) { memcpy(tt + r * NR, &a0[r], 64); memcpy(tt + r * NR + V, &a1[r], 64); }
-                } else {
-                    for (r = 0; r < m; r++) {
-                        float* o = out + (i0 + r) * ldo + c0;
-                        float t[NR];
-                        memcpy(t, &a0[r], 64); memcpy(t + V, &a1[r], 64);
-                        CYRNN_PUT(o, t, nc, beta);
-                    }
-                }
-            }
-        }
-    }
+/* K-blocked variant of the XT0 kernels: same chains, partial tiles kept in tmp.
+   One copy per instruction set: AVX-512 (MR 8, NR 32) and AVX2 (MR 6, NR 16). */
+#define KBLK(NAME, VB, MR, TARGET)                                                     \
+TARGET static void NAME(const float* x, ptrdiff_t ldx, ptrdiff_t n, ptrdiff_t K,        \
+                        const float* P, ptrdiff_t C, float* out, ptrdiff_t ldo, int beta, \
+                        ptrdiff_t KC, float* tmp) {                                    \
+    typedef float vt __attribute__((vector_size(VB)));                                 \
+    enum { V = VB / 4, NR = 2 * V };                                                   \
+    ptrdiff_t p, i0, k, r, k0;                                                         \
+    for (p = 0; p * NR < C; p++) {                                                     \
+        const float* pp = P + p * NR * K;                                              \
+        ptrdiff_t c0 = p * NR, nc = C - c0 < NR ? C - c0 : NR;                         \
+        for (k0 = 0; k0 < K; k0 += KC) {                                               \
+            ptrdiff_t k1 = k0 + KC < K ? k0 + KC : K;                                  \
+            for (i0 = 0; i0 < n; i0 += MR) {                                           \
+                const float* xr[MR];                                                   \
+                vt a0[MR], a1[MR];                                                     \
+                ptrdiff_t m = n - i0 < MR ? n - i0 : MR;                               \
+                float* tt = tmp + i0 * NR;                                             \
+                _Pragma("GCC unroll 16")                                               \
+                for (r = 0; r < MR; r++) {                                             \
+                    xr[r] = x + (i0 + (r < m ? r : m - 1)) * ldx;                      \
+                    if (k0 == 0) { a0[r] = (vt){0}; a1[r] = (vt){0}; }                 \
+                    else { memcpy(&a0[r], tt + r * NR, VB); memcpy(&a1[r], tt + r * NR + V, VB); } \
+                }                                                                      \
+                for (k = k0; k < k1; k++) {                                            \
+                    vt w0 = *(const vt*)(pp + k * NR);                                 \
+                    vt w1 = *(const vt*)(pp + k * NR + V);                             \
+                    _Pragma("GCC unroll 16")                                           \
+                    for (r = 0; r < MR; r++) {                                         \
+                        float s = xr[r][k];                                            \
+                        a0[r] += s * w0;                                               \
+                        a1[r] += s * w1;                                               \
+                    }                                                                  \
+                }                                                                      \
+                if (k1 < K) {                                                          \
+                    _Pragma("GCC unroll 16")                                           \
+                    for (r = 0; r < MR; r++) { memcpy(tt + r * NR, &a0[r], VB); memcpy(tt + r * NR + V, &a1[r], VB); } \
+                } else {                                                               \
+                    for (r = 0; r < m; r++) {                                          \
+                        float* o = out + (i0 + r) * ldo + c0;                          \
+                        float t[NR];                                                   \
+                        memcpy(t, &a0[r], VB); memcpy(t + V, &a1[r], VB);              \
+                        CYRNN_PUT(o, t, nc, beta);                                     \
+                    }                                                                  \
+                }                                                                      \
+            }                                                                          \
+        }                                                                              \
+    }                                                                                  \
 }
+KBLK(kblk512, 64, 8, CYRNN_T512)
+KBLK(kblk256, 32, 6, CYRNN_T256)
 
 static double now(void){struct timespec t;clock_gettime(CLOCK_MONOTONIC,&t);return t.tv_sec+1e-9*t.tv_nsec;}
 
@@ -83,10 +91,15 @@ int main(int argc, char** argv) {
     for (ptrdiff_t i = 0; i < C * K; i++) W[i] = (float)((i * 7919) % 1000) / 1000.f - 0.5f;
     for (ptrdiff_t i = 0; i < n * K; i++) x[i] = (float)((i * 104729) % 997) / 997.f - 0.5f;
     for (size_t i = 0; i < EV; i++) ev[i] = 1;
-    cyrnn_pack_f(2, W, C, K, K, 1, P);
-    cyrnn_pgemm_f512(x, K, n, K, P, C, o1, C, 0);
+    int isa = cyrnn_pgemm_isa();
+    if (isa < 1) { printf("needs AVX2 + FMA\n"); return 1; }
+    printf("%s kernels\n", isa == 2 ? "AVX-512" : "AVX2");
+    cyrnn_pack_f(isa, W, C, K, K, 1, P);
+    cyrnn_pgemm_f(isa, x, K, n, K, P, C, o1, C, 0);
     ptrdiff_t kcs[] = {K, 64, 128, 256};
-    for (int q = 1; q < 4; q++) { kblk(x, K, n, K, P, C, o2, C, 0, kcs[q], tmp);
+    for (int q = 1; q < 4; q++) {
+        if (isa == 2) kblk512(x, K, n, K, P, C, o2, C, 0, kcs[q], tmp);
+        else kblk256(x, K, n, K, P, C, o2, C, 0, kcs[q], tmp);
         if (memcmp(o1, o2, n * C * 4)) { printf("MISMATCH KC %ld\n", kcs[q]); } }
     double best[4] = {1e9, 1e9, 1e9, 1e9};
     for (int rr = 0; rr < 7; rr++)
@@ -94,8 +107,9 @@ int main(int argc, char** argv) {
         double t = 0;
         for (int it = 0; it < reps; it++) {
             double t0 = now();
-            if (q == 0) cyrnn_pgemm_f512(x, K, n, K, P, C, o1, C, 0);
-            else kblk(x, K, n, K, P, C, o2, C, 0, kcs[q], tmp);
+            if (q == 0) cyrnn_pgemm_f(isa, x, K, n, K, P, C, o1, C, 0);
+            else if (isa == 2) kblk512(x, K, n, K, P, C, o2, C, 0, kcs[q], tmp);
+            else kblk256(x, K, n, K, P, C, o2, C, 0, kcs[q], tmp);
             t += now() - t0;
         }
         if (t < best[q]) best[q] = t;
