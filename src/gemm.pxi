@@ -10,8 +10,9 @@
 # matrix with leading dimension ``C``; the GEMM calls below are written in those
 # column-major terms.
 
-# Per-step recurrent products of the unpacked path (batches under PACK_MIN_ROWS
-# rows, or short sequences) with at most ``_small_gemm_rows()`` rows use the own
+# Per-step recurrent products of the unpacked path (forwards of batches under
+# PACK_MIN_ROWS rows; backwards also of short sequences, under PACK_MIN_STEPS
+# row-steps) with at most ``_small_gemm_rows()`` rows use the own
 # small-GEMM kernels instead of BLAS (the contract kernels take another limit as
 # an argument; -1: this policy). The policy follows the CPU, because OpenBLAS's
 # does: its DYNAMIC_ARCH build has small-matrix kernels only for its AVX-512
@@ -19,7 +20,9 @@
 # batch measured on such a Xeon; elsewhere (HASWELL/ZEN kernels) every call
 # packs its whole weight operand and a one-row step took 10x the own kernel's
 # time (13.5 against 2.2 us at H = 64, 832 against 86 us at H = 512, a Zen 3),
-# so the own kernels take batches of up to SMALL_GEMM_ROWS rows there.
+# so the own kernels take batches of up to SMALL_GEMM_ROWS rows on every CPU
+# without AVX-512 (and wherever CYRNN_PGEMM_ISA lowers the pick). The rule
+# assumes scipy's OpenBLAS; with another BLAS only the speed changes.
 cdef enum:
     SMALL_GEMM_ROWS = 7
 
@@ -207,7 +210,8 @@ cdef extern from *:
             }
         }
     }
-    /* y (N, R) with row stride R; b NULL: no bias (the recurrent products) */
+    /* y (N, R) with row stride R (cyrnn_proj_ld_*: row stride ldy, and b NULL for
+       no bias: the unpacked path's recurrent products) */
     static void cyrnn_proj_f(const float* x, const float* w, const float* b, float* y,
                              Py_ssize_t N, Py_ssize_t R, Py_ssize_t K) {
         cyrnn_proj_ld_f(x, w, b, y, N, R, K, R);
