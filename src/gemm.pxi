@@ -19,7 +19,8 @@
 # cores (SKYLAKEX and later), which were faster than the own kernels at every
 # batch measured on such a Xeon; elsewhere (HASWELL/ZEN kernels) every call
 # packs its whole weight operand and a one-row step took 10x the own kernel's
-# time (13.5 against 2.2 us at H = 64, 832 against 86 us at H = 512, a Zen 3),
+# time (11.5 against 1.5 us at H = 64, 797 against 79 us at H = 512, a Zen 3:
+# benchmarks/bench_small_gemm.py),
 # so the own kernels take batches of up to SMALL_GEMM_ROWS rows on every CPU
 # without AVX-512 (and wherever CYRNN_PGEMM_ISA lowers the pick). The rule
 # assumes scipy's OpenBLAS; with another BLAS only the speed changes.
