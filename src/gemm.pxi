@@ -111,10 +111,8 @@ cdef extern from *:
         } while (0)
     typedef float cyrnn_v8f __attribute__((vector_size(32)));
     typedef int cyrnn_v8i __attribute__((vector_size(32)));
-    typedef float cyrnn_v16f __attribute__((vector_size(64)));
     typedef double cyrnn_v4d __attribute__((vector_size(32)));
     typedef long long cyrnn_v4l __attribute__((vector_size(32)));
-    typedef double cyrnn_v8d __attribute__((vector_size(64)));
     /* two-vector lane selection: __builtin_shufflevector from GCC 12 (and clang),
        __builtin_shuffle before */
     #if defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12)
