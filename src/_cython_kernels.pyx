@@ -75,8 +75,8 @@ def forward(int code, int act, int ract, bint keep_cache,
     without a cell state); gates (T or 1, N, G*H); aux (T or 1, N, H) or None
     (GRU rows only); h_seq (T, N, H) output; gh (N, G*H) scratch. Batches of at
     most ``small_gemm_rows`` rows compute the recurrent products with the own
-    small-GEMM kernel, larger ones with BLAS (-1: the CPU's policy,
-    ``_small_gemm_rows``).
+    small-GEMM kernel, larger ones with BLAS (-1: the CPU's rule, which also
+    looks at the weight's size: ``_own_small_gemm`` in src/gemm.pxi).
     """
     cdef Py_ssize_t T = xp.shape[0], N = xp.shape[1], H = w_hh.shape[1]
     cdef Py_ssize_t S = h.shape[0]
@@ -89,8 +89,6 @@ def forward(int code, int act, int ract, bint keep_cache,
         auxptr = &aux[0, 0, 0]
     if peep is not None:
         pp = &peep[0, 0]
-    if small_gemm_rows < 0:
-        small_gemm_rows = _small_gemm_rows()
     with nogil:
         _forward_loop(code, act, ract, T, N, H, &xp[0, 0, 0], &w_hh[0, 0], &b_hh[0], pp,
                       &mask[0, 0], &h[0, 0, 0], cptr, S, &gates[0, 0, 0], auxptr,
@@ -151,8 +149,6 @@ def backward(int code, int act, int ract, Py_ssize_t truncate,
         dcTp = &dc_T[0, 0]
     if dc0 is not None:
         dc0p = &dc0[0, 0]
-    if small_gemm_rows < 0:
-        small_gemm_rows = _small_gemm_rows()
     with nogil:
         _backward_all(code, act, ract, truncate, T, N, H, &w_hh[0, 0], NULL, pp, &mask[0, 0],
                       &h[0, 0, 0], cp, &gates[0, 0, 0], ap, seqp, dhTp, dcTp, &dh0[0, 0],

@@ -1015,7 +1015,7 @@ cdef void _forward_op(const int64_t* sp, const Dims* d, Py_ssize_t o, bint keep,
             _forward_rows(code, <int>r[RNN_ACT], <int>r[RNN_RACT], T, N, r0, r1, H, xp, sip,
                           data + r[k0 + 1], data + r[k0 + 3], _peep_of(data, r, k0),
                           mask + dd * TN, hbuf, cbuf, S, base + q[K_GATES], aux, keep, hseq,
-                          gh, _small_gemm_rows(), tid, team, wait)
+                          gh, -1, tid, team, wait)
             memcpy(hn + p[P_ST] + dd * NH + r0 * H, hbuf + (T % S) * NH + r0 * H,
                    n * H * sizeof(floating))
             if cbuf != NULL:
@@ -1194,7 +1194,7 @@ cdef void _fused_backward(const int64_t* sp, const Dims* d, const int64_t* plan,
                               dc_n + off if cell and dc_n != NULL else NULL, dh0 + off,
                               dc0 + off if cell else NULL, work, dg, budget, vbuf, dxp,
                               dgh if gru else NULL, dw, db, dpeep if peep != NULL else NULL,
-                              _small_gemm_rows(), inp if fuse_ih else NULL, D,
+                              -1, inp if fuse_ih else NULL, D,
                               grad + r[k0] if fuse_ih else NULL)
                 for j in range(G * H):
                     grad[r[k0 + 1] + j] += dw[j]

@@ -12,18 +12,27 @@
 
 # Per-step recurrent products of the unpacked path (forwards of batches under
 # PACK_MIN_ROWS rows; backwards also of short sequences, under PACK_MIN_STEPS
-# row-steps) with at most ``_small_gemm_rows()`` rows use the own
-# small-GEMM kernels instead of BLAS (the contract kernels take another limit as
-# an argument; -1: this policy). The policy follows the CPU, because OpenBLAS's
-# does: its DYNAMIC_ARCH build has small-matrix kernels only for its AVX-512
-# cores (SKYLAKEX and later), which were faster than the own kernels at every
-# batch measured on such a Xeon; elsewhere (HASWELL/ZEN kernels) every call
-# packs its whole weight operand and a one-row step took 10x the own kernel's
-# time (11.5 against 1.5 us at H = 64, 797 against 79 us at H = 512, a Zen 3:
-# benchmarks/bench_small_gemm.py),
-# so the own kernels take batches of up to SMALL_GEMM_ROWS rows on every CPU
-# without AVX-512 (and wherever CYRNN_PGEMM_ISA lowers the pick). The rule
-# assumes scipy's OpenBLAS; with another BLAS only the speed changes.
+# row-steps) of at most SMALL_GEMM_ROWS rows may use the own small-GEMM kernels
+# instead of BLAS (``_own_small_gemm``; the contract kernels take a plain row
+# limit as an argument, -1: this rule). The rule follows the CPU, because
+# OpenBLAS's kernels do (benchmarks/bench_small_gemm.py times both):
+# - without AVX-512 (HASWELL/ZEN kernels) every BLAS call packs its whole weight
+#   operand and a one-row step took 10x the own kernel's time (11.5 against 1.5
+#   us at H = 64, 797 against 79 us at H = 512, a Zen 3): own kernels;
+# - with AVX-512 (OpenBLAS's SKYLAKEX kernels, small-matrix paths included) BLAS
+#   was faster at every batch against the own kernels of the time (an AMD EPYC,
+#   benchmarks/README.md). On a Zen 4 (2026-12-01, bench_small_gemm.py --grid,
+#   T = 50, one LSTM weight, H 64..512, N 1..7) the current own kernels took
+#   1.1-1.7x BLAS's time at most points, less at some (N = 3..7 at H = 128, N >= 3
+#   in the backward at H = 512: BLAS's small-matrix cut-offs); one row on a weight
+#   of 1 MB or more took 0.83-1.08x BLAS's time alone (warm in L3) and 0.7-0.82x inside a
+#   stacked LSTM's step (3 x 480, 3 x 960: the weights stream from memory, and the
+#   own kernel prefetches the next block of weight rows): BLAS, except one row on
+#   a weight of CYRNN_OWN_GEMV_BYTES (1 MB) or more.
+# CYRNN_PGEMM_ISA lowering the pick lowers this rule with it. The rule assumes
+# scipy's OpenBLAS; with another BLAS only the speed changes. Each product's
+# path is the same for a step and for a whole sequence (it depends on N and the
+# weight only), so stepping equals running whole, bit for bit.
 cdef enum:
     SMALL_GEMM_ROWS = 7
 
@@ -95,6 +104,8 @@ cdef extern from *:
        the copy is made once for all of them). Both are compiled without
        contracting a * b + c into one rounding (CYRNN_EXACT), so they agree to
        the bit on every target. */
+    /* weights of this size or more stream from L3 or memory on every step */
+    #define CYRNN_OWN_GEMV_BYTES (1 << 20)
     #if defined(__GNUC__) && !defined(__clang__)
     #define CYRNN_EXACT __attribute__((optimize("fp-contract=off")))
     #else
@@ -127,6 +138,8 @@ cdef extern from *:
                                 Py_ssize_t N, Py_ssize_t R, Py_ssize_t K, Py_ssize_t ldy) {
         Py_ssize_t i, r, j, k, nr, KV = K - K % 8;
         const float* wr[8];
+        const char* nxt;
+        int big = R * K * (Py_ssize_t)sizeof(float) >= CYRNN_OWN_GEMV_BYTES;
         /* K >= 8: the tail as one more lane vector, the last 8 k of the row with
            the lanes already counted masked to zero (bitwise, so no inf * 0) */
         cyrnn_v8i tm;
@@ -138,11 +151,25 @@ cdef extern from *:
             /* a last, smaller block repeats its first weight row in the missing
                places and stores only its own outputs */
             for (j = 0; j < 8; j++) wr[j] = w + (r + (j < nr ? j : 0)) * K;
+            /* a weight of 1 MB or more (which streams from L3 or memory, a block
+               of rows too short for the hardware prefetchers to follow):
+               the next block's rows (contiguous: 32 K bytes) are prefetched to L2
+               while this block is summed, 256 bytes per k step, on the first row
+               of x (smaller weights stay in cache, where the prefetches cost
+               15% of a 2 x 128 stacked LSTM's step) */
+            nxt = big && r + 8 < R ? (const char*)(w + (r + 8) * K) : NULL;
             for (i = 0; i < N; i++) {
                 const float* xi = x + i * K;
                 cyrnn_v8f a[8], xv, wv, s, p0, p1, p2, p3, q0, q1;
                 for (j = 0; j < 8; j++) a[j] = (cyrnn_v8f){0};
                 for (k = 0; k + 8 <= K; k += 8) {
+                    if (nxt != NULL && i == 0) {
+                        const char* pf = nxt + k * 32;
+                        __builtin_prefetch(pf, 0, 2);
+                        __builtin_prefetch(pf + 64, 0, 2);
+                        __builtin_prefetch(pf + 128, 0, 2);
+                        __builtin_prefetch(pf + 192, 0, 2);
+                    }
                     xv = CYRNN_LD(cyrnn_v8f, xi + k);
                     for (j = 0; j < 8; j++) a[j] += xv * CYRNN_LD(cyrnn_v8f, wr[j] + k);
                 }
@@ -183,14 +210,21 @@ cdef extern from *:
                                 Py_ssize_t N, Py_ssize_t R, Py_ssize_t K, Py_ssize_t ldy) {
         Py_ssize_t i, r, j, k, nr, KV = K - K % 4;
         const double* wr[4];
+        const char* nxt;
+        int big = R * K * (Py_ssize_t)sizeof(double) >= CYRNN_OWN_GEMV_BYTES;
         for (r = 0; r < R; r += 4) {
             nr = R - r < 4 ? R - r : 4;
             for (j = 0; j < 4; j++) wr[j] = w + (r + (j < nr ? j : 0)) * K;
+            nxt = big && r + 4 < R ? (const char*)(w + (r + 4) * K) : NULL;  /* as above */
             for (i = 0; i < N; i++) {
                 const double* xi = x + i * K;
                 cyrnn_v4d a[4], xv, s, p0, p1;
                 for (j = 0; j < 4; j++) a[j] = (cyrnn_v4d){0};
                 for (k = 0; k < KV; k += 4) {
+                    if (nxt != NULL && i == 0) {
+                        __builtin_prefetch(nxt + k * 32, 0, 2);
+                        __builtin_prefetch(nxt + k * 32 + 64, 0, 2);
+                    }
                     xv = CYRNN_LD(cyrnn_v4d, xi + k);
                     for (j = 0; j < 4; j++) a[j] += xv * CYRNN_LD(cyrnn_v4d, wr[j] + k);
                 }
@@ -472,9 +506,42 @@ cdef extern from "pgemm.h" nogil:
                        const double* W, Py_ssize_t C, double* out, Py_ssize_t ldo)
 
 
-cdef inline Py_ssize_t _small_gemm_rows() noexcept nogil:
-    """The row limit of the own small-GEMM kernels on this CPU (see SMALL_GEMM_ROWS)."""
-    return 0 if cyrnn_pgemm_isa() == 2 else SMALL_GEMM_ROWS
+cdef extern from *:
+    """
+    /* Own kernel or BLAS for a per-step recurrent product of N rows on a weight
+       of wbytes bytes (the rule in the comment above SMALL_GEMM_ROWS). The
+       environment variable CYRNN_SMALL_GEMM_ROWS (an integer 0..64), read once,
+       replaces the rule by a plain row limit (tests and benchmarks run both
+       paths on one machine). */
+    static int cyrnn_small_gemm_env(void) {
+        static volatile int v = -2;
+        if (v == -2) {
+            const char* e = getenv("CYRNN_SMALL_GEMM_ROWS");
+            char* end;
+            long r = e != NULL && e[0] ? strtol(e, &end, 10) : -1;
+            v = e != NULL && e[0] && *end == 0 && r >= 0 && r <= 64 ? (int)r : -1;
+        }
+        return v;
+    }
+    static int cyrnn_own_small_gemm(Py_ssize_t N, Py_ssize_t wbytes, Py_ssize_t limit) {
+        int env = cyrnn_small_gemm_env();
+        if (env >= 0) return N <= env;
+        if (N > limit) return 0;
+        if (cyrnn_pgemm_isa() < 2) return 1;
+        return N == 1 && wbytes >= CYRNN_OWN_GEMV_BYTES;
+    }
+    """
+    int cyrnn_own_small_gemm(Py_ssize_t N, Py_ssize_t wbytes, Py_ssize_t limit) nogil
+
+
+cdef inline bint _own_small_gemm(Py_ssize_t N, Py_ssize_t wbytes,
+                                 Py_ssize_t small) noexcept nogil:
+    """Whether a per-step product of ``N`` rows on a ``wbytes``-byte weight takes the
+    own small-GEMM kernels: ``small`` >= 0 is a row limit given by the caller (the
+    contract kernels' ``small_gemm_rows``), -1 the CPU's rule (SMALL_GEMM_ROWS)."""
+    if small >= 0:
+        return N <= small
+    return cyrnn_own_small_gemm(N, wbytes, SMALL_GEMM_ROWS)
 
 
 # Formats of packed forward weights: the call's dtype, or bfloat16 (float32 calls
@@ -605,6 +672,13 @@ def _path_counts():
             "threaded_regions": cyrnn_path_read(2), "raw_forward": cyrnn_path_read(3),
             "wgrad_strips": cyrnn_path_read(4), "wgrad_pair": cyrnn_path_read(5),
             "team_forward": cyrnn_path_read(6)}
+
+
+def own_small_gemm(Py_ssize_t n, Py_ssize_t wbytes):
+    """Whether this CPU's rule (src/gemm.pxi, SMALL_GEMM_ROWS) sends a per-step
+    recurrent product of ``n`` rows on a ``wbytes``-byte weight to the own kernels
+    (True) or to BLAS (False); CYRNN_SMALL_GEMM_ROWS, where set, replaces it."""
+    return bool(_own_small_gemm(n, wbytes, -1))
 
 
 def pgemm_isa():

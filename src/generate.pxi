@@ -112,7 +112,7 @@ cdef void _generate_loop(int code, int act, int ract, Py_ssize_t L,
     for cells without one)."""
     cdef Py_ssize_t GH = n_gates_of(code) * H, NH = N * H, t, l, i, j
     cdef Py_ssize_t n_active = N
-    cdef bint own = N <= _small_gemm_rows()
+    cdef bint own = _own_small_gemm(N, GH * H * <Py_ssize_t>sizeof(floating), -1)
     cdef int64_t v
     cdef floating* hl
     cdef floating* cl = NULL
@@ -143,7 +143,7 @@ cdef void _generate_loop(int code, int act, int ract, Py_ssize_t L,
                         xp[i * GH + j] += bias[j]
             _forward_loop(code, act, ract, 1, N, H, xp, w_hh + l * GH * H, b_hh + l * GH,
                           peep + l * 3 * H if peep != NULL else NULL, active, hl, cl, 2,
-                          gates, aux, False, hseq, gh, _small_gemm_rows())
+                          gates, aux, False, hseq, gh, -1)
             memcpy(hl, hl + NH, NH * sizeof(floating))
             if cbuf != NULL:
                 memcpy(cl, cl + NH, NH * sizeof(floating))

@@ -221,7 +221,7 @@ cdef void _forward_rows(int code, int act, int ract, Py_ssize_t T, Py_ssize_t N,
     cdef Py_ssize_t GH = n_gates_of(code) * H, NH = N * H, t, i, j, n = r1 - r0, D
     cdef Py_ssize_t nr, npn, c0 = 0, c1 = 0
     cdef bint cho = code == CELL_GRU_CHO
-    cdef bint own = N <= small
+    cdef bint own = _own_small_gemm(N, GH * H * <Py_ssize_t>sizeof(floating), small)
     cdef const floating* hp
     cdef floating* hn
     cdef const floating* cp = NULL
@@ -338,7 +338,7 @@ cdef void _backward_sweep(int code, int act, int ract, Py_ssize_t t0, Py_ssize_t
     """
     cdef Py_ssize_t GH = n_gates_of(code) * H, NH = N * H, t, i, n = r1 - r0
     cdef bint cho = code == CELL_GRU_CHO
-    cdef bint own = N <= small
+    cdef bint own = _own_small_gemm(N, GH * H * <Py_ssize_t>sizeof(floating), small)
     cdef floating* dh_in = dh
     cdef floating* dc_in = dc
     cdef floating* swap

@@ -204,13 +204,16 @@ def test_train_step_validates_before_state_changes():
     assert (model.params.grad == 7.0).all() and np.array_equal(model.params.data, data)
 
 
-@pytest.mark.parametrize("level", [0, 1], ids=["baseline", "avx2"])
-def test_bit_exact_paths_below_the_native_instruction_set(tmp_path, level):
+@pytest.mark.parametrize("level, small", [(0, None), (1, None), (None, "0"), (None, "7")],
+                         ids=["baseline", "avx2", "blas-small-gemm", "own-small-gemm"])
+def test_bit_exact_paths_below_the_native_instruction_set(tmp_path, level, small):
     """Below AVX-512 the unpacked path's recurrent products take the own kernels (not
     BLAS) and the packed kernels other tiles (AVX2: 6 rows, a last tile of 4): stepping
     must still equal the whole sequence at every batch size, and the weight-gradient
     layouts must still agree, bit for bit. The suite runs those tests on the CPU's own
-    pick; here they run again in a fresh process with CYRNN_PGEMM_ISA lowering it."""
+    pick; here they run again in a fresh process with CYRNN_PGEMM_ISA lowering it, and
+    with CYRNN_SMALL_GEMM_ROWS sending every small product to BLAS (0) or to the own
+    kernels (7) instead of the CPU's rule."""
     import os
     import subprocess
     import sys
@@ -220,13 +223,17 @@ def test_bit_exact_paths_below_the_native_instruction_set(tmp_path, level):
     from cyrnn import _cython_kernels as kernels
 
     best = ["baseline", "avx2", "avx512f"].index(kernels.pgemm_isa())
-    if level >= best:
+    if level is not None and level >= best:
         pytest.skip("the CPU's own pick: the suite covers it")
     here = Path(__file__).resolve().parent
     tests = [f"{here / 'test_scoring.py'}::test_step_equals_long_sequences",
+             f"{here / 'test_scoring.py'}::test_step_equals_whole_on_weights_that_stream",
              f"{here / 'test_cython_kernels.py'}::test_weight_gradient_layouts_agree_to_the_bit"]
-    env = dict(os.environ, CYRNN_PGEMM_ISA=str(level),
-               PYTHONPATH=str(Path(cyrnn.__file__).resolve().parent.parent))
+    env = dict(os.environ, PYTHONPATH=str(Path(cyrnn.__file__).resolve().parent.parent))
+    if level is not None:
+        env["CYRNN_PGEMM_ISA"] = str(level)
+    else:
+        env["CYRNN_SMALL_GEMM_ROWS"] = small
     res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests],
                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]

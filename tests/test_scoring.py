@@ -221,6 +221,52 @@ def test_step_equals_long_sequences(cls, kw, tmp_path, rng):
                 np.testing.assert_array_equal(h, seq[:, t], err_msg=f"layer n={n} t={t}")
 
 
+@pytest.mark.parametrize("cls, H", [("LSTM", 256), ("GRU", 296)])
+def test_step_equals_whole_on_weights_that_stream(cls, H, tmp_path, rng):
+    """One-row products on a recurrent weight of 1 MB or more take the own kernel on
+    every CPU (it prefetches the weight rows as they stream from memory; the rule in
+    src/gemm.pxi), the input projections of a stacked layer on such weights
+    prefetch too: stepping still equals running whole, bit for bit, at 1 and 2
+    rows, for the scorer and for layer.step."""
+    from cyrnn import _cython_kernels as kernels
+
+    gates = 4 if cls == "LSTM" else 3
+    if "CYRNN_SMALL_GEMM_ROWS" not in os.environ:
+        assert kernels.own_small_gemm(1, gates * H * H * 4)
+    layer = getattr(cyrnn, cls)(5, H, num_layers=2, random_state=1, return_sequences=True)
+    model = cyrnn.Sequential([layer, cyrnn.Dense(H, 3, random_state=2)])
+    model.save(tmp_path / "big.cyrnn")
+    sc = scoring.load(tmp_path / "big.cyrnn")
+    for n in (1, 2):
+        x = rng.normal(size=(n, 9, 5)).astype(np.float32)
+        whole = sc.predict(x)
+        np.testing.assert_array_equal(whole, model.forward(x))
+        state = st = None
+        seq, _ = layer(x)
+        for t in range(x.shape[1]):
+            y, state = sc.step(x[:, t], state)
+            np.testing.assert_array_equal(y, whole[:, t], err_msg=f"n={n} t={t}")
+            h, st = layer.step(x[:, t], st)
+            np.testing.assert_array_equal(h, seq[:, t], err_msg=f"layer n={n} t={t}")
+
+
+def test_small_gemm_rule():
+    """The documented rule (src/gemm.pxi, SMALL_GEMM_ROWS): own kernels for up to 7
+    rows without AVX-512; with it BLAS, except one row on a weight of 1 MB or more."""
+    from cyrnn import _cython_kernels as kernels
+
+    if "CYRNN_SMALL_GEMM_ROWS" in os.environ:
+        pytest.skip("CYRNN_SMALL_GEMM_ROWS replaces the rule")
+    mb = 1 << 20
+    own = kernels.own_small_gemm
+    assert not own(8, 4 * mb) and not own(8, 1000)
+    if kernels.pgemm_isa() == "avx512f":
+        assert own(1, mb) and own(1, 64 * mb)
+        assert not own(1, mb - 1) and not own(2, 64 * mb) and not own(7, 1000)
+    else:
+        assert all(own(n, b) for n in range(1, 8) for b in (1000, mb, 64 * mb))
+
+
 @pytest.mark.parametrize("name", ["LSTMClassifier", "GRURegressor"])
 def test_estimator_scorer_streams(name, tmp_path, rng):
     """Many-to-one: the step output is the prediction for the sequence so far;
