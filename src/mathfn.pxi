@@ -4,8 +4,9 @@
 #
 # float32 sigmoid/tanh are inlined polynomial approximations (Cephes expf core,
 # ~1 ulp; tanh: odd Taylor polynomial below |x| < 0.4, 1 - 2/(exp(2|x|) + 1)
-# above; a few ulp overall) written without branches, so gcc vectorises the
-# array loops. Saturation is exact (sigmoid -> 0/1, tanh -> +-1 for large |x|)
+# above, in the portable code; the AVX-512 and AVX2 versions take both sides
+# from one e^(-2|x|) - 1, see cyrnn_vtanhf_512; a few ulp overall) written
+# without branches, so gcc vectorises the array loops. Saturation is exact (sigmoid -> 0/1, tanh -> +-1 for large |x|)
 # and NaN propagates (clamps are compare-selects that keep NaN). The array
 # functions are explicit 16-lane versions on AVX-512 (each division taken as a
 # reciprocal and a Newton step), 8-lane ones on AVX2 + FMA, and portable loops
