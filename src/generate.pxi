@@ -113,6 +113,7 @@ cdef void _generate_loop(int code, int act, int ract, Py_ssize_t L,
     cdef Py_ssize_t GH = n_gates_of(code) * H, NH = N * H, t, l, i, j
     cdef Py_ssize_t n_active = N
     cdef bint own = _own_small_gemm(N, GH * H * <Py_ssize_t>sizeof(floating), -1)
+    cdef bint own_out = _own_small_gemm(N, V * H * <Py_ssize_t>sizeof(floating), -1)
     cdef int64_t v
     cdef floating* hl
     cdef floating* cl = NULL
@@ -148,7 +149,7 @@ cdef void _generate_loop(int code, int act, int ract, Py_ssize_t L,
             if cbuf != NULL:
                 memcpy(cl, cl + NH, NH * sizeof(floating))
         # logits = h_top W_out^T + b_out
-        _gemm_hh(own, hbuf + (L - 1) * 2 * NH, w_out, 0, V, N, H, V, logits)
+        _gemm_hh(own_out, hbuf + (L - 1) * 2 * NH, w_out, 0, V, N, H, V, logits)
         for i in range(N):
             if not active[i]:
                 continue

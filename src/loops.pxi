@@ -205,8 +205,8 @@ cdef void _forward_rows(int code, int act, int ract, Py_ssize_t T, Py_ssize_t N,
     ``hseq`` (T, N, H) or NULL (no per-step outputs kept).
 
     ``si`` NULL: ``xp`` (T, N, G*H) holds every step's input projection, and the
-    recurrent products use BLAS (own kernel for batches of at most ``small``
-    rows); rows must be all of them. ``si`` given: every STEP_BLOCK steps, these
+    recurrent products use BLAS or the own small-GEMM kernel (``_own_small_gemm``:
+    ``small`` >= 0 a row limit, -1 the CPU's rule); rows must be all of them. ``si`` given: every STEP_BLOCK steps, these
     rows' inputs of the next steps are gathered and projected by one product
     into ``xp`` (STEP_BLOCK * N * G*H elements; this chunk's part, laid out
     (step, row)), and every product uses the packed kernels.

@@ -225,6 +225,8 @@ def test_bit_exact_paths_below_the_native_instruction_set(tmp_path, level, small
     best = ["baseline", "avx2", "avx512f"].index(kernels.pgemm_isa())
     if level is not None and level >= best:
         pytest.skip("the CPU's own pick: the suite covers it")
+    if small == "7" and best < 2:
+        pytest.skip("without AVX-512 the rule is this limit: the suite covers it")
     here = Path(__file__).resolve().parent
     tests = [f"{here / 'test_scoring.py'}::test_step_equals_long_sequences",
              f"{here / 'test_scoring.py'}::test_step_equals_whole_on_weights_that_stream",
