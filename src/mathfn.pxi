@@ -80,14 +80,17 @@ cdef extern from *:
        VDIVPS has a throughput of one per 10 cycles and was 60% of the sigmoid's
        samples in the medium training step. Chosen at run time with the packed
        GEMM's instruction set (CYRNN_PGEMM_ISA lowers both). */
-    CYRNN_T512 static inline __m512 cyrnn_expf_core16(__m512 x) {
+    /* e^x = s e^r: s = 2^n (returned in *s), n = round(x / ln 2), r = x - n ln 2
+       (two-part ln 2); returns e^r - 1 from the Cephes polynomial (r + r^2 P(r)).
+       Both exp forms below are built on it. */
+    CYRNN_T512 static inline __m512 cyrnn_exp_reduce16(__m512 x, __m512* s) {
         const __m512 big = _mm512_set1_ps(12582912.0f);
         __m512 t = _mm512_fmadd_ps(x, _mm512_set1_ps(1.44269504088896341f), big);
         __m512 n = _mm512_sub_ps(t, big);
-        __m512i ei = _mm512_slli_epi32(
-            _mm512_add_epi32(_mm512_castps_si512(t), _mm512_set1_epi32(127 - 0x4B400000)), 23);
         __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
         __m512 z, y;
+        *s = _mm512_castsi512_ps(_mm512_slli_epi32(
+            _mm512_add_epi32(_mm512_castps_si512(t), _mm512_set1_epi32(127 - 0x4B400000)), 23));
         r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
         z = _mm512_mul_ps(r, r);
         y = _mm512_fmadd_ps(_mm512_set1_ps(1.9875691500E-4f), r, _mm512_set1_ps(1.3981999507E-3f));
@@ -95,8 +98,13 @@ cdef extern from *:
         y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(4.1665795894E-2f));
         y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.6666665459E-1f));
         y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(5.0000001201E-1f));
-        y = _mm512_add_ps(_mm512_fmadd_ps(y, z, r), _mm512_set1_ps(1.0f));
-        return _mm512_mul_ps(y, _mm512_castsi512_ps(ei));
+        return _mm512_fmadd_ps(y, z, r);
+    }
+
+    /* exp(x) for x already clamped to [-87, 88] (NaN passes through). */
+    CYRNN_T512 static inline __m512 cyrnn_expf_core16(__m512 x) {
+        __m512 s, p = cyrnn_exp_reduce16(x, &s);
+        return _mm512_mul_ps(_mm512_add_ps(p, _mm512_set1_ps(1.0f)), s);
     }
 
     /* 1 / d: VRCP14PS and one Newton step (NaN stays NaN). */
@@ -125,27 +133,13 @@ cdef extern from *:
     }
 
     /* e^x - 1 for x in [-87, 0] (NaN passes through), and e^x in *v: the same
-       reduction and polynomial as cyrnn_expf_core16, e^x = s e^r with s = 2^n,
-       e^x - 1 taken as s (e^r - 1) + (s - 1), so that no cancellation happens
+       reduction as cyrnn_expf_core16, e^x = s e^r with s = 2^n, e^x - 1 taken
+       as s (e^r - 1) + (s - 1), so that no cancellation happens
        near 0 (n = 0: s - 1 = 0 and the result is the polynomial's e^r - 1). */
     CYRNN_T512 static inline __m512 cyrnn_expm1f_core16(__m512 x, __m512* v) {
-        const __m512 big = _mm512_set1_ps(12582912.0f);
-        __m512 t = _mm512_fmadd_ps(x, _mm512_set1_ps(1.44269504088896341f), big);
-        __m512 n = _mm512_sub_ps(t, big);
-        __m512 s = _mm512_castsi512_ps(_mm512_slli_epi32(
-            _mm512_add_epi32(_mm512_castps_si512(t), _mm512_set1_epi32(127 - 0x4B400000)), 23));
-        __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-        __m512 z, y;
-        r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-        z = _mm512_mul_ps(r, r);
-        y = _mm512_fmadd_ps(_mm512_set1_ps(1.9875691500E-4f), r, _mm512_set1_ps(1.3981999507E-3f));
-        y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(8.3334519073E-3f));
-        y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(4.1665795894E-2f));
-        y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.6666665459E-1f));
-        y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(5.0000001201E-1f));
-        y = _mm512_fmadd_ps(y, z, r);  /* e^r - 1 */
-        *v = _mm512_fmadd_ps(s, y, s);
-        return _mm512_fmadd_ps(s, y, _mm512_sub_ps(s, _mm512_set1_ps(1.0f)));
+        __m512 s, p = cyrnn_exp_reduce16(x, &s);
+        *v = _mm512_fmadd_ps(s, p, s);
+        return _mm512_fmadd_ps(s, p, _mm512_sub_ps(s, _mm512_set1_ps(1.0f)));
     }
 
     /* With v = e^(-2|x|) and u = v - 1 from one evaluation (above) and one
@@ -189,14 +183,14 @@ cdef extern from *:
        The division stays a VDIVPS (the same quotient as the portable code; its
        throughput hides behind the polynomial's FMAs on 8 lanes). Tails use
        masked loads and stores (the lanes beyond n are neither read nor written). */
-    CYRNN_T256 static inline __m256 cyrnn_expf_core8(__m256 x) {
+    CYRNN_T256 static inline __m256 cyrnn_exp_reduce8(__m256 x, __m256* s) {  /* as 16 */
         const __m256 big = _mm256_set1_ps(12582912.0f);
         __m256 t = _mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), big);
         __m256 n = _mm256_sub_ps(t, big);
-        __m256i ei = _mm256_slli_epi32(
-            _mm256_add_epi32(_mm256_castps_si256(t), _mm256_set1_epi32(127 - 0x4B400000)), 23);
         __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
         __m256 z, y;
+        *s = _mm256_castsi256_ps(_mm256_slli_epi32(
+            _mm256_add_epi32(_mm256_castps_si256(t), _mm256_set1_epi32(127 - 0x4B400000)), 23));
         r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
         z = _mm256_mul_ps(r, r);
         y = _mm256_fmadd_ps(_mm256_set1_ps(1.9875691500E-4f), r, _mm256_set1_ps(1.3981999507E-3f));
@@ -204,8 +198,12 @@ cdef extern from *:
         y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(4.1665795894E-2f));
         y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.6666665459E-1f));
         y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(5.0000001201E-1f));
-        y = _mm256_add_ps(_mm256_fmadd_ps(y, z, r), _mm256_set1_ps(1.0f));
-        return _mm256_mul_ps(y, _mm256_castsi256_ps(ei));
+        return _mm256_fmadd_ps(y, z, r);
+    }
+
+    CYRNN_T256 static inline __m256 cyrnn_expf_core8(__m256 x) {
+        __m256 s, p = cyrnn_exp_reduce8(x, &s);
+        return _mm256_mul_ps(_mm256_add_ps(p, _mm256_set1_ps(1.0f)), s);
     }
 
     /* lanes j < left set (left may exceed 8) */
@@ -234,23 +232,9 @@ cdef extern from *:
 
     /* e^x - 1 for x in [-87, 0] and e^x in *v, as cyrnn_expm1f_core16 */
     CYRNN_T256 static inline __m256 cyrnn_expm1f_core8(__m256 x, __m256* v) {
-        const __m256 big = _mm256_set1_ps(12582912.0f);
-        __m256 t = _mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), big);
-        __m256 n = _mm256_sub_ps(t, big);
-        __m256 s = _mm256_castsi256_ps(_mm256_slli_epi32(
-            _mm256_add_epi32(_mm256_castps_si256(t), _mm256_set1_epi32(127 - 0x4B400000)), 23));
-        __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-        __m256 z, y;
-        r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-        z = _mm256_mul_ps(r, r);
-        y = _mm256_fmadd_ps(_mm256_set1_ps(1.9875691500E-4f), r, _mm256_set1_ps(1.3981999507E-3f));
-        y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(8.3334519073E-3f));
-        y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(4.1665795894E-2f));
-        y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.6666665459E-1f));
-        y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(5.0000001201E-1f));
-        y = _mm256_fmadd_ps(y, z, r);
-        *v = _mm256_fmadd_ps(s, y, s);
-        return _mm256_fmadd_ps(s, y, _mm256_sub_ps(s, _mm256_set1_ps(1.0f)));
+        __m256 s, p = cyrnn_exp_reduce8(x, &s);
+        *v = _mm256_fmadd_ps(s, p, s);
+        return _mm256_fmadd_ps(s, p, _mm256_sub_ps(s, _mm256_set1_ps(1.0f)));
     }
 
     /* tanh as cyrnn_vtanhf_512, the division a VDIVPS */
