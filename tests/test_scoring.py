@@ -221,8 +221,9 @@ def test_step_equals_long_sequences(cls, kw, tmp_path, rng):
                 np.testing.assert_array_equal(h, seq[:, t], err_msg=f"layer n={n} t={t}")
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("cls, H", [("LSTM", 256), ("GRU", 296)])
-def test_step_equals_whole_on_weights_that_stream(cls, H, tmp_path, rng):
+def test_step_equals_whole_on_weights_that_stream(cls, H, dtype, tmp_path, rng):
     """One-row products on a recurrent weight of 1 MB or more take the own kernel on
     every CPU (it prefetches the weight rows as they stream from memory; the rule in
     src/gemm.pxi), the input projections of a stacked layer on such weights
@@ -232,13 +233,14 @@ def test_step_equals_whole_on_weights_that_stream(cls, H, tmp_path, rng):
 
     gates = 4 if cls == "LSTM" else 3
     if "CYRNN_SMALL_GEMM_ROWS" not in os.environ:
-        assert kernels.own_small_gemm(1, gates * H * H * 4)
-    layer = getattr(cyrnn, cls)(5, H, num_layers=2, random_state=1, return_sequences=True)
-    model = cyrnn.Sequential([layer, cyrnn.Dense(H, 3, random_state=2)])
+        assert kernels.own_small_gemm(1, gates * H * H * np.dtype(dtype).itemsize)
+    layer = getattr(cyrnn, cls)(5, H, num_layers=2, random_state=1, return_sequences=True,
+                                dtype=dtype)
+    model = cyrnn.Sequential([layer, cyrnn.Dense(H, 3, random_state=2, dtype=dtype)])
     model.save(tmp_path / "big.cyrnn")
     sc = scoring.load(tmp_path / "big.cyrnn")
     for n in (1, 2):
-        x = rng.normal(size=(n, 9, 5)).astype(np.float32)
+        x = rng.normal(size=(n, 9, 5)).astype(dtype)
         whole = sc.predict(x)
         np.testing.assert_array_equal(whole, model.forward(x))
         state = st = None
