@@ -25,8 +25,9 @@
 #   T = 50, one LSTM weight, H 64..512, N 1..7) the current own kernels took
 #   1.1-1.7x BLAS's time at most points, less at some (N = 3..7 at H = 128, N >= 3
 #   in the backward at H = 512: BLAS's small-matrix cut-offs); one row on a weight
-#   of 1 MB or more took 0.83-1.08x BLAS's time alone (warm in L3) and 0.7-0.82x inside a
-#   stacked LSTM's step (3 x 480, 3 x 960: the weights stream from memory, and the
+#   of 1 MB or more took 0.83-1.08x BLAS's time alone (warm in L3) and 0.72-0.82x inside a
+#   stacked LSTM's step (3 x 960, 3 x 480; benchmarks/probe_step.py and
+#   bench_stream.py, see benchmarks/README.md: the weights stream from memory, and the
 #   own kernel prefetches the next block of weight rows): BLAS, except one row on
 #   a weight of CYRNN_OWN_GEMV_BYTES (1 MB) or more.
 # CYRNN_PGEMM_ISA lowering the pick lowers this rule with it. The rule assumes
@@ -155,8 +156,9 @@ cdef extern from *:
                of rows too short for the hardware prefetchers to follow):
                the next block's rows (contiguous: 32 K bytes) are prefetched to L2
                while this block is summed, 256 bytes per k step, on the first row
-               of x (smaller weights stay in cache, where the prefetches cost
-               15% of a 2 x 128 stacked LSTM's step) */
+               of x (smaller weights stay in cache, where prefetching every
+               weight made a 2 x 128 stacked LSTM's step slower in a trial:
+               16.6-18.0 against 18.4-19.9 us per step, not kept) */
             nxt = big && r + 8 < R ? (const char*)(w + (r + 8) * K) : NULL;
             for (i = 0; i < N; i++) {
                 const float* xi = x + i * K;
