@@ -26,9 +26,13 @@ find the caches holding another case's weights, which sets the p99 of every case
 ratio is in-run against in-run when the competitor's in-run p50 is within 15 % of its
 alone one, else alone against alone (marked); both are reported.
 
-cyrnn's kernels run with their default threads (OpenMP over the cores, passive
-waiting); ``--threads 1`` calls ``cyrnn.set_num_threads(1)`` first (one kernel and
-BLAS thread: no thread wake-ups in a step).
+cyrnn's kernels run with their default threads (OpenMP over the cores: the step of
+an op whose W_hh has 2 MiB or more, lstm_med's and lstm_large's, is shared by columns
+between them, the small-batch team of docs/architecture.md; lstm_tiny's runs on the
+calling thread); ``--threads 1`` calls ``cyrnn.set_num_threads(1)`` first (one
+kernel and BLAS thread: no thread wake-ups in a step). The team steps aside for 0.5 s
+when its threads do not get their cores, as after PyTorch's calls in the same
+process, whose OpenMP threads spin for a while.
 
     python benchmarks/bench_stream.py [--configs lstm_tiny lstm_med] [--rounds 20]
     python benchmarks/bench_stream.py --threads 1
@@ -177,17 +181,25 @@ def cyrnn_cases(name, folder):
             **{f"Scorer.step {k}": variant_step(v) for k, v in variants.items()}}
 
 
+WARMUP_S = 0.5
+
+
 def latencies(cases, rounds, calls):
     """Per-call times (s) of each case: ``rounds`` interleaved rounds of ``calls`` calls
-    (after a warm-up round)."""
+    (after a warm-up round of ``calls`` calls and at least WARMUP_S seconds per case:
+    the set-up's PyTorch calls leave its OpenMP threads spinning for a while, which
+    made cyrnn's team step aside for the first half second of a fresh process)."""
     times = {k: [] for k in cases}
     for r in range(rounds + 1):
         for k, fn in cases.items():
             out = times[k] if r else []
-            for _ in range(calls):
+            end = time.perf_counter() + (0 if r else WARMUP_S)
+            i = 0
+            while i < calls or time.perf_counter() < end:
                 t0 = time.perf_counter_ns()
                 fn()
                 out.append(time.perf_counter_ns() - t0)
+                i += 1
     return {k: np.asarray(v) * 1e-9 for k, v in times.items()}
 
 

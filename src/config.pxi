@@ -144,9 +144,16 @@ def set_contention_hold(double seconds):
 # team region whose threads spent less than TEAM_SHARE of their time working
 # (CPU time outside the barriers, against the region's wall time times the team
 # size) turns the team mode off for TEAM_HOLD seconds: under lasting contention one
-# call in every TEAM_HOLD seconds pays for the try. Quiet runs measured 0.98.
-# Regions under JUDGED_MIN are not judged (as above).
+# call in every TEAM_HOLD seconds pays for the try. Quiet runs measured 0.98 (the
+# packed team), 0.89-0.91 (a 3 x 480 LSTM's streaming step, whose thread 0 does the
+# cell math alone) and 0.95-0.98 (3 x 960).
 cdef double TEAM_HOLD = 2.0
+# The small-batch team's (``_small_team_op``) hold is shorter: under lasting
+# contention its tries cost less (a 3 x 480 step took 400-520 us on the team against
+# 345-400 on one thread, with a busy-loop process on the other core), and spinning
+# threads of another library in the process (PyTorch's OpenMP team spins for a
+# while after each of its calls) should not keep it off for long.
+cdef double SMALL_TEAM_HOLD = 0.5
 cdef double TEAM_SHARE = 0.75
 cdef double _team_until = 0
 
@@ -155,24 +162,63 @@ cdef inline bint _team_allowed() noexcept nogil:
     return cyrnn_wall() >= _team_until
 
 
-cdef inline void _team_judge(double t0, double cpu, Py_ssize_t nt) noexcept nogil:
+# Team regions are judged together: their wall, capacity (threads x wall) and CPU
+# seconds add up until the wall time reaches TEAM_JUDGED_MIN, so that a streaming
+# step's short regions (an op of a 3 x 480 LSTM step: about 80 us on two threads)
+# are judged too; TEAM_STRIKES such windows in a row below TEAM_SHARE start the hold
+# (one is often a passing blip: a 3 x 960 step that took 4.2 ms among steps of 2.0-2.7,
+# share 0.59 among 0.92-0.98, on a quiet machine). The process's first team region
+# (the threads' creation, which its first barrier waits for) is not judged.
+cdef double TEAM_JUDGED_MIN = 20e-3
+cdef double _team_acc_wall = 0, _team_acc_cap = 0, _team_acc_cpu = 0
+cdef double _team_last_share = -1  # the last judgement's CPU share (-1: none yet)
+cdef bint _team_started = False  # a team region has run (and created the threads)
+cdef int _team_strikes = 0  # windows in a row below TEAM_SHARE
+cdef int TEAM_STRIKES = 2
+
+
+cdef inline void _team_judge(double t0, double cpu, Py_ssize_t nt,
+                             double hold) noexcept nogil:
     """After a team region of ``nt`` threads that started at wall time ``t0`` and
-    whose threads worked ``cpu`` seconds outside the barriers."""
-    global _team_until
+    whose threads worked ``cpu`` seconds outside the barriers; ``hold``: the
+    seconds a hold this region completes lasts (TEAM_HOLD, SMALL_TEAM_HOLD)."""
+    global _team_until, _team_acc_wall, _team_acc_cap, _team_acc_cpu, _team_last_share
+    global _team_started, _team_strikes
     cdef double wall = cyrnn_wall() - t0
-    if TEAM_SHARE > 0 and wall >= JUDGED_MIN and cpu < TEAM_SHARE * nt * wall:
-        _team_until = cyrnn_wall() + TEAM_HOLD
+    if TEAM_SHARE <= 0 or not _team_started:
+        _team_started = True
+        return
+    _team_acc_wall += wall
+    _team_acc_cap += nt * wall
+    _team_acc_cpu += cpu
+    if _team_acc_wall >= TEAM_JUDGED_MIN:
+        _team_last_share = _team_acc_cpu / _team_acc_cap
+        if _team_acc_cpu >= TEAM_SHARE * _team_acc_cap:
+            _team_strikes = 0
+        else:
+            _team_strikes += 1
+            if _team_strikes >= TEAM_STRIKES:
+                _team_strikes = 0
+                _team_until = cyrnn_wall() + hold
+        _team_acc_wall = 0
+        _team_acc_cap = 0
+        _team_acc_cpu = 0
 
 
 def _set_team_share(double value):
-    """Set TEAM_SHARE (tests: above 1 makes every team region end the team mode for
-    TEAM_HOLD seconds; 0 ends a hold in progress and never starts one); returns the
-    previous value."""
-    global TEAM_SHARE, _team_until
+    """Set TEAM_SHARE (tests: above 1 makes the team regions end the team mode for
+    TEAM_HOLD seconds after TEAM_STRIKES judging windows; 0 ends a hold in progress
+    and never starts one); returns the previous value. Starts a new window."""
+    global TEAM_SHARE, _team_until, _team_acc_wall, _team_acc_cap, _team_acc_cpu
+    global _team_strikes
     previous = TEAM_SHARE
     TEAM_SHARE = value
     if value <= 0:
         _team_until = 0
+    _team_acc_wall = 0
+    _team_acc_cap = 0
+    _team_acc_cpu = 0
+    _team_strikes = 0
     return previous
 
 
@@ -180,10 +226,13 @@ def contention_state():
     """The contention governor's state: ``hold`` (seconds a hold lasts), ``held``
     (seconds left of the current hold, 0 when none), ``strikes`` and the last judged
     region's ``wall`` and ``cpu`` seconds; ``team_held``: seconds left in which the
-    forward's team mode is off (a team region whose threads waited at its barriers)."""
+    forward's team mode is off (a team region whose threads waited at its barriers);
+    ``team_share``: the share of their time the team regions' threads last spent
+    working, outside the barriers (-1: none judged yet)."""
     return {"hold": _serial_hold, "held": max(0.0, _serial_until - cyrnn_wall()),
             "strikes": _strikes, "wall": _last_wall, "cpu": _last_cpu,
-            "team_held": max(0.0, _team_until - cyrnn_wall())}
+            "team_held": max(0.0, _team_until - cyrnn_wall()),
+            "team_share": _team_last_share}
 
 
 def _contention_judge(double wall, double cpu, Py_ssize_t nt=2):

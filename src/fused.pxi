@@ -175,12 +175,25 @@ cdef void _affine_fwd(const floating* x, Py_ssize_t rows, Py_ssize_t n_in,
     and a sequence's first steps as a shorter sequence. From PROJ_T_MIN_ROWS rows
     on, ``cyrnn_projt`` computes the same sums with outputs in the vector lanes
     (src/gemm.pxi)."""
+    _affine_fwd_cols(x, rows, n_in, n_out, w, b, y, 0, n_out)
+
+
+cdef void _affine_fwd_cols(const floating* x, Py_ssize_t rows, Py_ssize_t n_in,
+                           Py_ssize_t n_out, const floating* w, const floating* b,
+                           floating* y, Py_ssize_t c0, Py_ssize_t c1) noexcept nogil:
+    """Output columns c0 .. c1-1 of :func:`_affine_fwd` (a thread's share in the
+    small-batch team, ``_small_team_op``): the same bits, as each output is its own
+    sum whichever block of weight rows the kernels compute it in."""
+    if c1 <= c0:
+        return
     if floating is float:
-        if rows < PROJ_T_MIN_ROWS or cyrnn_projt_f(x, w, b, y, rows, n_out, n_in) != 0:
-            cyrnn_proj_f(x, w, b, y, rows, n_out, n_in)
+        if rows < PROJ_T_MIN_ROWS or cyrnn_projt_ld_f(x, w + c0 * n_in, b + c0, y + c0, rows,
+                                                      c1 - c0, n_in, n_out) != 0:
+            cyrnn_proj_ld_f(x, w + c0 * n_in, b + c0, y + c0, rows, c1 - c0, n_in, n_out)
     else:
-        if rows < PROJ_T_MIN_ROWS or cyrnn_projt_d(x, w, b, y, rows, n_out, n_in) != 0:
-            cyrnn_proj_d(x, w, b, y, rows, n_out, n_in)
+        if rows < PROJ_T_MIN_ROWS or cyrnn_projt_ld_d(x, w + c0 * n_in, b + c0, y + c0, rows,
+                                                      c1 - c0, n_in, n_out) != 0:
+            cyrnn_proj_ld_d(x, w + c0 * n_in, b + c0, y + c0, rows, c1 - c0, n_in, n_out)
 
 
 cdef void _affine_bwd(const floating* dy, const floating* x, Py_ssize_t rows,
@@ -824,6 +837,55 @@ cdef inline bint _team_op(const int64_t* r, Py_ssize_t N, Py_ssize_t nt, Py_ssiz
     return TEAM_MIN_BYTES <= 0 or N * gh_h / nt >= TEAM_MIN_MACS
 
 
+# The small-batch team (the unpacked path, ``packed`` NULL: batches of 1-3 rows,
+# a scoring call or a stream's step): an inference op whose W_hh has at least
+# SMALL_TEAM_MIN_BYTES, and whose products take the own one-row kernels
+# (``_own_small_gemm``: their sums do not depend on the block of weight rows an
+# output is computed in), runs on a team that splits the input projections and
+# the recurrent products by columns: each thread streams its share of W_ih and
+# W_hh. A step of a stacked LSTM with big weights is bound by the memory traffic
+# of one core (lstm_med, 3 x 480: 18.7 MB of weights per step; one core reads that
+# much in 250-290 us here, two in 100), so two cores take about half the time.
+# Two barriers per step (after the products, after the cell math, which the
+# threads do on their own rows: for one row, thread 0), one region per op and call;
+# the team mode's hold (``_team_judge``) turns it off when the threads do not get
+# their cores. Results equal the one-thread path to the bit (tested).
+cdef double SMALL_TEAM_MIN_BYTES = 2 * 1024 * 1024
+
+
+def _set_small_team_min_bytes(double value):
+    """Set the W_hh size (bytes) from which the unpacked forward of a small batch
+    shares its products between threads (-1: never; tests set 0); returns the
+    previous value."""
+    global SMALL_TEAM_MIN_BYTES
+    previous = SMALL_TEAM_MIN_BYTES
+    SMALL_TEAM_MIN_BYTES = value
+    return previous
+
+
+cdef inline Py_ssize_t _small_team_op(const int64_t* r, Py_ssize_t N,
+                                      Py_ssize_t isz) noexcept nogil:
+    """The threads op ``r`` of an unpacked inference of ``N`` rows runs on (1: the
+    calling thread alone)."""
+    cdef double whh
+    if r[0] != OP_RNN or r[RNN_CELL] == CELL_GRU_CHO or SMALL_TEAM_MIN_BYTES < 0:
+        return 1
+    whh = <double>_gates_of(r) * r[RNN_HIDDEN] * isz  # W_hh's bytes (_gates_of: G*H)
+    if whh < SMALL_TEAM_MIN_BYTES or not _own_small_gemm(N, <Py_ssize_t>whh, -1):
+        return 1
+    if _nthreads() < 2 or not _team_allowed():
+        return 1
+    return _team(min(_nthreads(), 64))
+
+
+cdef inline void _col_share(Py_ssize_t n, Py_ssize_t tid, Py_ssize_t team, Py_ssize_t* c0,
+                            Py_ssize_t* c1) noexcept nogil:
+    """Thread ``tid``'s columns c0 .. c1-1 of ``n``, in blocks of 16."""
+    cdef Py_ssize_t nb = (n + 15) // 16
+    c0[0] = min(n, (tid * nb // team) * 16)
+    c1[0] = min(n, ((tid + 1) * nb // team) * 16)
+
+
 cdef void _fused_forward(const int64_t* sp, const Dims* d, bint keep, const int64_t* plan,
                          const floating* data, const char* xin, floating* base,
                          const uint8_t* mask, const floating* h0, const floating* c0,
@@ -878,14 +940,18 @@ cdef void _fused_forward(const int64_t* sp, const Dims* d, bint keep, const int6
     for o in range(d.first, d.n_ops):
         if packed != NULL:
             nt = _chunking(N, T, _op_weights(_rec(sp, o)), d.isz, &rows, &nch)
+        elif not keep:
+            nt = _small_team_op(_rec(sp, o), N, d.isz)
         if nt <= 1:
             _forward_op(sp, d, o, keep, plan, data, base, xdirect, mask, h0, c0, drop, 0, N, pk,
                         packed, isa, wfmt)
-        elif _team_op(_rec(sp, o), N, min(nt, 64), d.isz, wfmt):
+        elif packed == NULL or _team_op(_rec(sp, o), N, min(nt, 64), d.isz, wfmt):
             # one row half per thread, products shared by columns; the governor
             # judges the threads' CPU time outside the barriers
             cyrnn_count_path(2)
             cyrnn_count_path(6)
+            if packed == NULL:
+                cyrnn_count_path(7)
             t0 = cyrnn_wall()
             for tid in range(64):
                 tc[tid] = 0
@@ -907,8 +973,11 @@ cdef void _fused_forward(const int64_t* sp, const Dims* d, bint keep, const int6
             cpu = 0
             for tid in range(64):
                 cpu += tc[tid]
-            _team_judge(t0, cpu, ts[0])
-            _judge(t0, cpu, ts[0])
+            _team_judge(t0, cpu, ts[0], TEAM_HOLD if packed != NULL else SMALL_TEAM_HOLD)
+            if packed != NULL:
+                # (the small team's regions are judged by the team mode's hold only:
+                # it falls back to one thread, never to row chunks)
+                _judge(t0, cpu, ts[0])
         else:
             cyrnn_count_path(2)
             t0 = cyrnn_wall()
@@ -946,9 +1015,10 @@ cdef void _forward_op(const int64_t* sp, const Dims* d, Py_ssize_t o, bint keep,
     rows); ``drop`` points at this op's dropout multiplier; ``xdirect`` (or NULL):
     the call's batch-first input, which the first op then reads instead of the
     time-major copy. ``team`` > 1: thread ``tid`` of a team sharing the recurrent
-    products by columns (``_team_op``; see ``_forward_rows``)."""
+    products by columns (``_team_op``; see ``_forward_rows``), and on the unpacked
+    path the input projections too (``_small_team_op``)."""
     cdef Py_ssize_t T = d.T, N = d.N, TN = d.T * d.N, NH, t, i, j, H, G, D, O, F
-    cdef Py_ssize_t dd, k0, S = d.T + 1 if keep else 2, n = r1 - r0, nF
+    cdef Py_ssize_t dd, k0, S = d.T + 1 if keep else 2, n = r1 - r0, nF, ca, cb
     cdef int code
     cdef const int64_t* r = _rec(sp, o)
     cdef const int64_t* p = plan + o * P_WIDTH
@@ -979,7 +1049,15 @@ cdef void _forward_op(const int64_t* sp, const Dims* d, Py_ssize_t o, bint keep,
         for dd in range(r[RNN_DIRS]):
             q = p + P_DIR + K_DIR * dd
             k0 = _tensors_of(r, dd)
-            if packed == NULL:
+            if packed == NULL and team > 1:
+                # this thread's columns of all steps' input projections
+                _col_share(G, tid, team, &ca, &cb)
+                _affine_fwd_cols(inp, TN, D, G, data + r[k0], data + r[k0 + 2], xp, ca, cb)
+                if dd:
+                    _team_wait(wait)
+                    if tid == 0:
+                        _reverse_time(xp, T, N * G)
+            elif packed == NULL:
                 # all steps' input projections; the reverse direction runs on them reversed
                 _affine_fwd(inp, TN, D, G, data + r[k0], data + r[k0 + 2], xp)
                 if dd:

@@ -264,8 +264,8 @@ cdef extern from *:
        projection was 30% of a batch-1 inference on a Zen 3). */
     #define CYRNN_PROJT(NAME, T, LW, Q)                                               \
     CYRNN_CLONES CYRNN_EXACT                                                          \
-    static int NAME(const T* x, const T* w, const T* b, T* y,                         \
-                    Py_ssize_t N, Py_ssize_t R, Py_ssize_t K) {                       \
+    static int NAME##_ld(const T* x, const T* w, const T* b, T* y,                    \
+                         Py_ssize_t N, Py_ssize_t R, Py_ssize_t K, Py_ssize_t ldy) {  \
         typedef T v_t __attribute__((vector_size(LW * sizeof(T))));                   \
         Py_ssize_t i, r, j, k, q, nr, rem = K % Q, KV = K - rem;                      \
         v_t* wt = (v_t*)aligned_alloc(64, ((size_t)K * sizeof(v_t) + 63) / 64 * 64); \
@@ -281,12 +281,16 @@ cdef extern from *:
                 for (q = 0; q < Q; q++) a[q] = (v_t){0};                              \
                 CYRNN_PROJT_SUM_##Q(T)                                                \
                 s = s + bv;                                                           \
-                if (nr == LW) memcpy(y + i * R + r, &s, sizeof s);                    \
-                else memcpy(y + i * R + r, &s, (size_t)nr * sizeof(T));               \
+                if (nr == LW) memcpy(y + i * ldy + r, &s, sizeof s);                  \
+                else memcpy(y + i * ldy + r, &s, (size_t)nr * sizeof(T));             \
             }                                                                         \
         }                                                                             \
         free(wt);                                                                     \
         return 0;                                                                     \
+    }                                                                                 \
+    static int NAME(const T* x, const T* w, const T* b, T* y,                         \
+                    Py_ssize_t N, Py_ssize_t R, Py_ssize_t K) {                       \
+        return NAME##_ld(x, w, b, y, N, R, K, R);                                     \
     }
     /* float: lanes of 8 k, the tail k = K - 8 + q into lanes q >= 8 - K % 8 */
     #define CYRNN_PROJT_SUM_8(T)                                                      \
@@ -309,15 +313,25 @@ cdef extern from *:
     CYRNN_PROJT(cyrnn_projt8_f, float, 8, 8)
     CYRNN_PROJT(cyrnn_projt8_d, double, 8, 4)
     CYRNN_PROJT(cyrnn_projt4_d, double, 4, 4)
+    /* ldy: the row stride of y (outputs r .. r+R-1 of wider rows: a thread's
+       columns of a shared projection) */
+    static int cyrnn_projt_ld_f(const float* x, const float* w, const float* b, float* y,
+                                Py_ssize_t N, Py_ssize_t R, Py_ssize_t K, Py_ssize_t ldy) {
+        return cyrnn_pgemm_isa() == 2 ? cyrnn_projt16_f_ld(x, w, b, y, N, R, K, ldy)
+                                      : cyrnn_projt8_f_ld(x, w, b, y, N, R, K, ldy);
+    }
+    static int cyrnn_projt_ld_d(const double* x, const double* w, const double* b, double* y,
+                                Py_ssize_t N, Py_ssize_t R, Py_ssize_t K, Py_ssize_t ldy) {
+        return cyrnn_pgemm_isa() == 2 ? cyrnn_projt8_d_ld(x, w, b, y, N, R, K, ldy)
+                                      : cyrnn_projt4_d_ld(x, w, b, y, N, R, K, ldy);
+    }
     static int cyrnn_projt_f(const float* x, const float* w, const float* b, float* y,
                              Py_ssize_t N, Py_ssize_t R, Py_ssize_t K) {
-        return cyrnn_pgemm_isa() == 2 ? cyrnn_projt16_f(x, w, b, y, N, R, K)
-                                      : cyrnn_projt8_f(x, w, b, y, N, R, K);
+        return cyrnn_projt_ld_f(x, w, b, y, N, R, K, R);
     }
     static int cyrnn_projt_d(const double* x, const double* w, const double* b, double* y,
                              Py_ssize_t N, Py_ssize_t R, Py_ssize_t K) {
-        return cyrnn_pgemm_isa() == 2 ? cyrnn_projt8_d(x, w, b, y, N, R, K)
-                                      : cyrnn_projt4_d(x, w, b, y, N, R, K);
+        return cyrnn_projt_ld_d(x, w, b, y, N, R, K, R);
     }
     """
     void cyrnn_proj_f(const float* x, const float* w, const float* b, float* y,
@@ -328,6 +342,10 @@ cdef extern from *:
                       Py_ssize_t N, Py_ssize_t R, Py_ssize_t K) nogil
     int cyrnn_projt_d(const double* x, const double* w, const double* b, double* y,
                       Py_ssize_t N, Py_ssize_t R, Py_ssize_t K) nogil
+    int cyrnn_projt_ld_f(const float* x, const float* w, const float* b, float* y,
+                         Py_ssize_t N, Py_ssize_t R, Py_ssize_t K, Py_ssize_t ldy) nogil
+    int cyrnn_projt_ld_d(const double* x, const double* w, const double* b, double* y,
+                         Py_ssize_t N, Py_ssize_t R, Py_ssize_t K, Py_ssize_t ldy) nogil
     void cyrnn_proj_ld_f(const float* x, const float* w, const float* b, float* y,
                          Py_ssize_t N, Py_ssize_t R, Py_ssize_t K, Py_ssize_t ldy) nogil
     void cyrnn_proj_ld_d(const double* x, const double* w, const double* b, double* y,
@@ -665,15 +683,17 @@ cdef inline void _pg_xt(int isa, const floating* x, Py_ssize_t ldx, Py_ssize_t n
 
 def _path_counts():
     """``{"packed_forward": n, "packed_backward": n, "threaded_regions": n,
-    "raw_forward": n, "wgrad_strips": n, "wgrad_pair": n, "team_forward": n}``: how often the
+    "raw_forward": n, "wgrad_strips": n, "wgrad_pair": n, "team_forward": n,
+    "small_team_forward": n}``: how often the
     row-chunked paths ran in this process (for tests; ``raw_forward``: packed-path
     forwards on the weights as stored; ``wgrad_strips``: weight gradients from row
     strips; ``wgrad_pair``: of those, two operands (dW_hh, dW_ih) in one pass;
-    ``team_forward``: forward ops whose threads shared the products by columns)."""
+    ``team_forward``: forward ops whose threads shared the products by columns;
+    ``small_team_forward``: of those, unpacked small-batch ones, ``_small_team_op``)."""
     return {"packed_forward": cyrnn_path_read(0), "packed_backward": cyrnn_path_read(1),
             "threaded_regions": cyrnn_path_read(2), "raw_forward": cyrnn_path_read(3),
             "wgrad_strips": cyrnn_path_read(4), "wgrad_pair": cyrnn_path_read(5),
-            "team_forward": cyrnn_path_read(6)}
+            "team_forward": cyrnn_path_read(6), "small_team_forward": cyrnn_path_read(7)}
 
 
 def own_small_gemm(Py_ssize_t n, Py_ssize_t wbytes):

@@ -211,8 +211,9 @@ cdef void _forward_rows(int code, int act, int ract, Py_ssize_t T, Py_ssize_t N,
     into ``xp`` (STEP_BLOCK * N * G*H elements; this chunk's part, laid out
     (step, row)), and every product uses the packed kernels.
 
-    ``team`` > 1 (packed, not Cho's GRU; called by thread ``tid`` of a region of
-    ``team`` threads, each with its own rows): the recurrent product is split by
+    ``team`` > 1 (not Cho's GRU; called by thread ``tid`` of a region of ``team``
+    threads, each with its own rows; without ``si`` only with the own small-GEMM
+    kernel, ``_small_team_op``): the recurrent product is split by
     columns instead, each thread computing its panels of ``gh`` for all N rows
     (half of W_hh each, read once per step by one thread), with a team barrier
     after the products and after the cell math of every step (``wait``: the
@@ -235,7 +236,8 @@ cdef void _forward_rows(int code, int act, int ract, Py_ssize_t T, Py_ssize_t N,
     cdef const floating* xsrc
     cdef Py_ssize_t sb, s
     if team > 1:
-        nr = cyrnn_pgemm_nr(si.isa, sizeof(floating))
+        # the packed kernels' panels, or blocks of 16 rows of the own kernel
+        nr = cyrnn_pgemm_nr(si.isa, sizeof(floating)) if si != NULL else 16
         npn = (GH + nr - 1) // nr
         c0 = min(GH, (tid * npn // team) * nr)
         c1 = min(GH, ((tid + 1) * npn // team) * nr)
@@ -253,7 +255,16 @@ cdef void _forward_rows(int code, int act, int ract, Py_ssize_t T, Py_ssize_t N,
             hs = hseq + t * NH
         if si == NULL:
             x = xp + t * N * GH
-            if cho:
+            if team > 1:
+                # the small-batch team (``_small_team_op``, not Cho's GRU): this
+                # thread's columns of the product for all rows, on the own kernel
+                if c1 > c0:
+                    _gemm_hh(own, hp, w, c0, c1 - c0, N, H, GH, gh)
+                _team_wait(wait)
+                _fwd_rows(r0, r1, code, act, ract, -1, True, H, x, gh, b, peep, hp, hn, cp,
+                          cn, gt, ax, mask + t * N, hs)
+                _team_wait(wait)
+            elif cho:
                 # r, z from h; n from (r h) W_hn^T: two GEMMs around phase 0.
                 _gemm_hh(own, hp, w, 0, 2 * H, N, H, GH, gh)
                 _fwd_rows(r0, r1, code, act, ract, 0, False, H, x, gh, b, peep, hp, hn, cp,

@@ -435,7 +435,7 @@ def test_chunked_batches_take_the_packed_threaded_path(rng, threaded_row_chunks)
     small, chunked = counts
     assert small == {"packed_forward": 0, "packed_backward": 0, "threaded_regions": 0,
                      "raw_forward": 0, "wgrad_strips": 0, "wgrad_pair": 0,
-                     "team_forward": 0}
+                     "team_forward": 0, "small_team_forward": 0}
     # a training forward and two inference calls; one backward; every op's forward and
     # backward sweep on several threads
     assert chunked["packed_forward"] == 3 and chunked["packed_backward"] == 1

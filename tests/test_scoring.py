@@ -252,6 +252,101 @@ def test_step_equals_whole_on_weights_that_stream(cls, H, dtype, tmp_path, rng):
             np.testing.assert_array_equal(h, seq[:, t], err_msg=f"layer n={n} t={t}")
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", ["lstm", "lstm_peephole_relu_hard", "gru", "gru_linear_hard",
+                                  "gru_cho", "rnn_tanh"])
+def test_small_team_equals_one_thread_to_the_bit(name, dtype, rng):
+    """The small-batch team (src/fused.pxi, ``_small_team_op``: an unpacked inference
+    whose one-row products take the own kernel, input projections and recurrent
+    products split by columns between the threads, two barriers per step) gives the
+    one-thread results bit for bit, on 2 and 3 threads: whole sequences with a mask
+    and initial states, both directions, and steps of a stacked layer. Cho's GRU (two
+    products per step) stays on one thread."""
+    from fused_harness import CELLS
+    from cyrnn import _cython_kernels as kernels
+
+    Cls, kw = {c[0]: (c[1], c[2]) for c in CELLS}[name]
+    H = {cyrnn.LSTM: 256, cyrnn.GRU: 296, cyrnn.SimpleRNN: 512}[Cls]  # W_hh of 1 MB or more
+    G = {cyrnn.LSTM: 4, cyrnn.GRU: 3, cyrnn.SimpleRNN: 1}[Cls]
+    wbytes = G * H * H * np.dtype(dtype).itemsize
+    rows = [n for n in (1, 2) if kernels.own_small_gemm(n, wbytes)]
+    if not rows:
+        pytest.skip("CYRNN_SMALL_GEMM_ROWS sends one-row products to BLAS")
+    bidir = Cls(5, H, num_layers=2, bidirectional=True, return_sequences=True, dtype=dtype,
+                random_state=1, **kw)
+    stacked = Cls(5, H, num_layers=2, return_sequences=True, dtype=dtype, random_state=2, **kw)
+    T = 6
+    inputs = {n: (rng.normal(size=(n, T, 5)).astype(dtype),
+                  rng.normal(size=(4, n, H)).astype(dtype)) for n in rows}
+    runs, counts = {}, {}
+    saved = (kernels.set_num_threads(1), kernels._set_small_team_min_bytes(0),
+             kernels._set_team_share(0))  # a busy machine must not turn the team off
+    try:
+        for threads in (1, 2, 3):
+            kernels.set_num_threads(threads)
+            start = kernels._path_counts()["small_team_forward"]
+            out = []
+            for n, (x, h0) in inputs.items():
+                state = (h0, h0[::-1].copy()) if Cls is cyrnn.LSTM else h0
+                seq, hn = bidir.forward(x, lengths=np.arange(T, T - n, -1),
+                                        initial_state=state, training=False)
+                out += [seq, *(hn if isinstance(hn, tuple) else (hn,))]
+                st = None
+                for t in range(T):
+                    h, st = stacked.step(x[:, t], st)
+                    out += [h, *(st if isinstance(st, tuple) else (st,))]
+            runs[threads] = out
+            counts[threads] = kernels._path_counts()["small_team_forward"] - start
+    finally:
+        kernels.set_num_threads(saved[0])
+        kernels._set_small_team_min_bytes(saved[1])
+        kernels._set_team_share(saved[2])
+    assert counts[1] == 0
+    # per row count: the bidirectional call's 2 ops (one region each, both directions
+    # in it) and T steps of the stacked layer's 2 ops
+    assert counts[2] == counts[3] == (0 if name == "gru_cho" else len(rows) * (2 + 2 * T))
+    for threads in (2, 3):
+        assert len(runs[threads]) == len(runs[1])
+        for i, (a, b) in enumerate(zip(runs[1], runs[threads])):
+            np.testing.assert_array_equal(a, b, err_msg=f"{threads} threads, output {i}")
+
+
+def test_small_team_under_concurrent_streams(rng):
+    """Several Python threads stepping their own streams through one stacked layer, each
+    call on a small-batch team of its own (so more threads than cores, whose barriers
+    stall and whose hold may step in): every stream equals its sequential run."""
+    from cyrnn import _cython_kernels as kernels
+
+    if not kernels.own_small_gemm(1, 4 * 256 * 256 * 4):
+        pytest.skip("CYRNN_SMALL_GEMM_ROWS sends one-row products to BLAS")
+    layer = cyrnn.LSTM(8, 256, num_layers=2, return_sequences=True, random_state=4)
+    streams = rng.normal(size=(4, 12, 8)).astype(np.float32)
+    saved = (kernels.set_num_threads(2), kernels._set_small_team_min_bytes(0))
+    try:
+        start = kernels._path_counts()["small_team_forward"]
+        expected = [layer.forward(streams[k:k + 1], training=False) for k in range(4)]
+        assert kernels._path_counts()["small_team_forward"] > start or \
+            kernels.contention_state()["team_held"] > 0
+
+        def work(k):
+            state, ys = None, []
+            for t in range(12):
+                y, state = layer.step(streams[k:k + 1, t], state)
+                ys.append(y)
+            return np.stack(ys, 1), state
+
+        with ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(work, [k for _ in range(3) for k in range(4)]))
+    finally:
+        kernels.set_num_threads(saved[0])
+        kernels._set_small_team_min_bytes(saved[1])
+    for i, (seq, (h, c)) in enumerate(results):
+        k = i % 4
+        np.testing.assert_array_equal(seq, expected[k][0], err_msg=f"stream {k}")
+        np.testing.assert_array_equal(h, expected[k][1][0], err_msg=f"stream {k}")
+        np.testing.assert_array_equal(c, expected[k][1][1], err_msg=f"stream {k}")
+
+
 def test_small_gemm_rule():
     """The documented rule (src/gemm.pxi, SMALL_GEMM_ROWS): own kernels for up to 7
     rows without AVX-512; with it BLAS, except one row on a weight of 1 MB or more."""
