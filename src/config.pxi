@@ -143,10 +143,14 @@ def set_contention_hold(double seconds):
 # its regions, 70+ ms each, are too long for the strikes above to act in time. A
 # team region whose threads spent less than TEAM_SHARE of their time working
 # (CPU time outside the barriers, against the region's wall time times the team
-# size) turns the team mode off for TEAM_HOLD seconds: under lasting contention one
-# call in every TEAM_HOLD seconds pays for the try. Quiet runs measured 0.98 (the
-# packed team), 0.89-0.91 (a 3 x 480 LSTM's streaming step, whose thread 0 does the
-# cell math alone) and 0.95-0.98 (3 x 960).
+# size; judged in windows of TEAM_JUDGED_MIN, below) turns the team mode off for
+# TEAM_HOLD seconds: under lasting contention two windows in every TEAM_HOLD seconds
+# pay for the try. Quiet runs measured 0.98 (the packed team), 0.89-0.91 (a 3 x 480
+# LSTM's streaming step, whose thread 0 does the cell math alone) and 0.95-0.98
+# (3 x 960). The threads' work is their CPU time minus the wall time they spent at
+# the barriers, clamped at 0: where a barrier sleeps instead of spinning
+# (OMP_WAIT_POLICY=PASSIVE, an oversubscribed team) it reads low, and the team,
+# whose barriers then cost a wake-up each, tends to step aside.
 cdef double TEAM_HOLD = 2.0
 # The small-batch team's (``_small_team_op``) hold is shorter: under lasting
 # contention its tries cost less (a 3 x 480 step took 400-520 us on the team against
@@ -175,6 +179,8 @@ cdef double _team_last_share = -1  # the last judgement's CPU share (-1: none ye
 cdef bint _team_started = False  # a team region has run (and created the threads)
 cdef int _team_strikes = 0  # windows in a row below TEAM_SHARE
 cdef int TEAM_STRIKES = 2
+cdef double _team_acc_end = 0  # when the last judged region ended (wall seconds)
+cdef double TEAM_WINDOW_GAP = 1.0  # a window (and the strikes) older than this: dropped
 
 
 cdef inline void _team_judge(double t0, double cpu, Py_ssize_t nt,
@@ -183,11 +189,19 @@ cdef inline void _team_judge(double t0, double cpu, Py_ssize_t nt,
     whose threads worked ``cpu`` seconds outside the barriers; ``hold``: the
     seconds a hold this region completes lasts (TEAM_HOLD, SMALL_TEAM_HOLD)."""
     global _team_until, _team_acc_wall, _team_acc_cap, _team_acc_cpu, _team_last_share
-    global _team_started, _team_strikes
-    cdef double wall = cyrnn_wall() - t0
+    global _team_started, _team_strikes, _team_acc_end
+    cdef double now = cyrnn_wall()
+    cdef double wall = now - t0
     if TEAM_SHARE <= 0 or not _team_started:
         _team_started = True
         return
+    if t0 - _team_acc_end > TEAM_WINDOW_GAP:
+        # calls far apart: the partial window and the strikes describe another time
+        _team_acc_wall = 0
+        _team_acc_cap = 0
+        _team_acc_cpu = 0
+        _team_strikes = 0
+    _team_acc_end = now
     _team_acc_wall += wall
     _team_acc_cap += nt * wall
     _team_acc_cpu += cpu
@@ -207,8 +221,9 @@ cdef inline void _team_judge(double t0, double cpu, Py_ssize_t nt,
 
 def _set_team_share(double value):
     """Set TEAM_SHARE (tests: above 1 makes the team regions end the team mode for
-    TEAM_HOLD seconds after TEAM_STRIKES judging windows; 0 ends a hold in progress
-    and never starts one); returns the previous value. Starts a new window."""
+    TEAM_HOLD seconds, SMALL_TEAM_HOLD after small-batch teams, after TEAM_STRIKES
+    judging windows; 0 ends a hold in progress and never starts one); returns the
+    previous value. Starts a new window."""
     global TEAM_SHARE, _team_until, _team_acc_wall, _team_acc_cap, _team_acc_cpu
     global _team_strikes
     previous = TEAM_SHARE
@@ -243,8 +258,22 @@ def _contention_judge(double wall, double cpu, Py_ssize_t nt=2):
     return _team(nt)
 
 
+# A process forked from this one runs every loop on its calling thread: GNU OpenMP's
+# thread pool does not survive fork, and a parallel region in the child of a parent
+# that had started one hangs (a multiprocessing pool or a pre-forking server after a
+# warm-up call). Processes started with spawn or forkserver are not affected.
+cdef bint _forked_child = False
+
+
+def _after_fork_in_child():
+    global _forked_child
+    _forked_child = True
+
+
 cdef inline int _nthreads() noexcept nogil:
     cdef int n = _row_threads
+    if _forked_child:
+        return 1
     return n if n > 0 else cyrnn_omp_max_threads()
 
 

@@ -837,13 +837,14 @@ cdef inline bint _team_op(const int64_t* r, Py_ssize_t N, Py_ssize_t nt, Py_ssiz
     return TEAM_MIN_BYTES <= 0 or N * gh_h / nt >= TEAM_MIN_MACS
 
 
-# The small-batch team (the unpacked path, ``packed`` NULL: batches of 1-3 rows,
-# a scoring call or a stream's step): an inference op whose W_hh has at least
-# SMALL_TEAM_MIN_BYTES, and whose products take the own one-row kernels
+# The small-batch team (batches of 1-3 rows, a scoring call or a stream's step): an
+# inference op whose W_hh has at least SMALL_TEAM_MIN_BYTES (as the kernels read it:
+# bfloat16 counts 2 bytes a weight) and whose products take the own one-row kernels
 # (``_own_small_gemm``: their sums do not depend on the block of weight rows an
-# output is computed in), runs on a team that splits the input projections and
-# the recurrent products by columns: each thread streams its share of W_ih and
-# W_hh. A step of a stacked LSTM with big weights is bound by the memory traffic
+# output is computed in) or the packed kernels (weights packed once: the same holds
+# for their panels), runs on a team that splits the input projections and the
+# recurrent products by columns: each thread streams its share of W_ih and W_hh;
+# at most one thread per SMALL_TEAM_THREAD_BYTES of W_hh. A step of a stacked LSTM with big weights is bound by the memory traffic
 # of one core (lstm_med, 3 x 480: 18.7 MB of weights per step; one core reads that
 # much in 250-290 us here, two in 100), so two cores take about half the time.
 # Two barriers per step (after the products, after the cell math, which the
@@ -851,6 +852,7 @@ cdef inline bint _team_op(const int64_t* r, Py_ssize_t N, Py_ssize_t nt, Py_ssiz
 # the team mode's hold (``_team_judge``) turns it off when the threads do not get
 # their cores. Results equal the one-thread path to the bit (tested).
 cdef double SMALL_TEAM_MIN_BYTES = 2 * 1024 * 1024
+cdef double SMALL_TEAM_THREAD_BYTES = 1024 * 1024
 
 
 def _set_small_team_min_bytes(double value):
@@ -863,19 +865,26 @@ def _set_small_team_min_bytes(double value):
     return previous
 
 
-cdef inline Py_ssize_t _small_team_op(const int64_t* r, Py_ssize_t N,
-                                      Py_ssize_t isz) noexcept nogil:
-    """The threads op ``r`` of an unpacked inference of ``N`` rows runs on (1: the
-    calling thread alone)."""
+cdef inline Py_ssize_t _small_team_op(const int64_t* r, Py_ssize_t N, Py_ssize_t isz,
+                                      bint packed, int wfmt) noexcept nogil:
+    """The threads op ``r`` of an inference of ``N`` (<= SMALL_TEAM_ROWS) rows runs on
+    (1: the calling thread alone); ``packed``: on weights packed once in format
+    ``wfmt`` (whose kernels sum every element in one order whatever its columns)."""
     cdef double whh
-    if r[0] != OP_RNN or r[RNN_CELL] == CELL_GRU_CHO or SMALL_TEAM_MIN_BYTES < 0:
+    if (r[0] != OP_RNN or r[RNN_CELL] == CELL_GRU_CHO or SMALL_TEAM_MIN_BYTES < 0
+            or (packed and wfmt == WF_RAW)):
         return 1
-    whh = <double>_gates_of(r) * r[RNN_HIDDEN] * isz  # W_hh's bytes (_gates_of: G*H)
-    if whh < SMALL_TEAM_MIN_BYTES or not _own_small_gemm(N, <Py_ssize_t>whh, -1):
+    # W_hh's bytes as the kernels read them (_gates_of: G*H; bfloat16: 2 per weight)
+    whh = <double>_gates_of(r) * r[RNN_HIDDEN] * (2 if packed and wfmt == WF_BF16 else isz)
+    if whh < SMALL_TEAM_MIN_BYTES:
+        return 1
+    if not packed and not _own_small_gemm(N, <Py_ssize_t>whh, -1):
         return 1
     if _nthreads() < 2 or not _team_allowed():
         return 1
-    return _team(min(_nthreads(), 64))
+    # at least SMALL_TEAM_THREAD_BYTES of W_hh per thread (many-core hosts: a team
+    # as wide as the machine would meet at every barrier for a few columns each)
+    return _team(min(_nthreads(), 64, max(2, <Py_ssize_t>(whh / SMALL_TEAM_THREAD_BYTES))))
 
 
 cdef inline void _col_share(Py_ssize_t n, Py_ssize_t tid, Py_ssize_t team, Py_ssize_t* c0,
@@ -897,13 +906,16 @@ cdef void _fused_forward(const int64_t* sp, const Dims* d, bint keep, const int6
     ``h0``/``c0`` the flat initial states or NULL (zeros); ``drop`` the
     concatenated dropout multipliers or NULL (used when ``keep``).
 
-    ``packed`` NULL: one pass over all rows, input projections as one GEMM per
-    op, products through BLAS. Else (weights packed by ``_pack_weights`` in format
+    ``packed`` NULL: one pass over all rows, input projections as one product per
+    op (``_affine_fwd``), recurrent products through BLAS or the own small-GEMM
+    kernel; an inference op of at most SMALL_TEAM_ROWS rows with a big W_hh runs on
+    a small-batch team (``_small_team_op``, also on packed weights). Else (weights packed by ``_pack_weights`` in format
     ``wfmt``, offsets ``pk``): each op's rows are cut into chunks that threads take dynamically,
     each running the op's whole time loop on its rows (rows never interact: no
     step barrier; ops follow one another, as their step scratch is shared)."""
     cdef Py_ssize_t T = d.T, N = d.N, TN = d.T * d.N, F = d.F0, rows = N, nch = 1, ci
     cdef Py_ssize_t nt = 1, r0, o, t, i, tid, tn, trows
+    cdef bint small_team
     cdef double t0, cpu, cs, wait
     cdef double tcpu[64]
     cdef double* tc = tcpu
@@ -938,19 +950,20 @@ cdef void _fused_forward(const int64_t* sp, const Dims* d, bint keep, const int6
             for i in range(N):
                 memcpy(x0 + (t * N + i) * F, x + (i * T + t) * F, F * sizeof(floating))
     for o in range(d.first, d.n_ops):
-        if packed != NULL:
+        small_team = not keep and N <= SMALL_TEAM_ROWS
+        if small_team:
+            nt = _small_team_op(_rec(sp, o), N, d.isz, packed != NULL, wfmt)
+        elif packed != NULL:
             nt = _chunking(N, T, _op_weights(_rec(sp, o)), d.isz, &rows, &nch)
-        elif not keep:
-            nt = _small_team_op(_rec(sp, o), N, d.isz)
         if nt <= 1:
             _forward_op(sp, d, o, keep, plan, data, base, xdirect, mask, h0, c0, drop, 0, N, pk,
                         packed, isa, wfmt)
-        elif packed == NULL or _team_op(_rec(sp, o), N, min(nt, 64), d.isz, wfmt):
+        elif small_team or _team_op(_rec(sp, o), N, min(nt, 64), d.isz, wfmt):
             # one row half per thread, products shared by columns; the governor
             # judges the threads' CPU time outside the barriers
             cyrnn_count_path(2)
             cyrnn_count_path(6)
-            if packed == NULL:
+            if small_team:
                 cyrnn_count_path(7)
             t0 = cyrnn_wall()
             for tid in range(64):
@@ -969,12 +982,12 @@ cdef void _fused_forward(const int64_t* sp, const Dims* d, bint keep, const int6
                 _forward_op(sp, d, o, keep, plan, data, base, xdirect, mask, h0, c0, drop, r0,
                             min(r0 + trows, N), pk, packed, isa, wfmt, tid, tn, &wait)
                 cyrnn_fp_restore(csr)
-                tc[tid] = cyrnn_cpu() - cs - wait
+                tc[tid] = max(0.0, cyrnn_cpu() - cs - wait)
             cpu = 0
             for tid in range(64):
                 cpu += tc[tid]
-            _team_judge(t0, cpu, ts[0], TEAM_HOLD if packed != NULL else SMALL_TEAM_HOLD)
-            if packed != NULL:
+            _team_judge(t0, cpu, ts[0], SMALL_TEAM_HOLD if small_team else TEAM_HOLD)
+            if not small_team:
                 # (the small team's regions are judged by the team mode's hold only:
                 # it falls back to one thread, never to row chunks)
                 _judge(t0, cpu, ts[0])

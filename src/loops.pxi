@@ -146,6 +146,19 @@ cdef enum:
     # The packed path projects the input of STEP_BLOCK steps at once (one product
     # per block, W_ih streamed once per block instead of once per step).
     STEP_BLOCK = 8
+    # A team of a call of at most SMALL_TEAM_ROWS rows is a small-batch team
+    # (``_small_team_op`` in src/fused.pxi): the input projections too are split by
+    # columns (a row-half team would leave them to one thread).
+    SMALL_TEAM_ROWS = 3
+
+
+cdef inline Py_ssize_t _panel_off(int wfmt, Py_ssize_t c0, Py_ssize_t K) noexcept nogil:
+    """Offset (elements of the call's dtype; 32-bit words for bfloat16) of the panel
+    that starts at column ``c0`` (a multiple of the panel width) of a weight of K
+    rows packed in format ``wfmt`` (src/pgemm.h: bfloat16 packs k in pairs)."""
+    if wfmt == WF_BF16:
+        return c0 * ((K + 1) // 2)
+    return c0 * K
 
 
 cdef struct StepInput:
@@ -206,10 +219,13 @@ cdef void _forward_rows(int code, int act, int ract, Py_ssize_t T, Py_ssize_t N,
 
     ``si`` NULL: ``xp`` (T, N, G*H) holds every step's input projection, and the
     recurrent products use BLAS or the own small-GEMM kernel (``_own_small_gemm``:
-    ``small`` >= 0 a row limit, -1 the CPU's rule); rows must be all of them. ``si`` given: every STEP_BLOCK steps, these
+    ``small`` >= 0 a row limit, -1 the CPU's rule); rows must be all of them
+    (a small-batch team: the cell rows are this thread's, the products all rows').
+    ``si`` given: every STEP_BLOCK steps, these
     rows' inputs of the next steps are gathered and projected by one product
     into ``xp`` (STEP_BLOCK * N * G*H elements; this chunk's part, laid out
-    (step, row)), and every product uses the packed kernels.
+    (step, row); a small-batch team: thread 0 gathers all rows' inputs and each
+    thread projects its columns of them), and every product uses the packed kernels.
 
     ``team`` > 1 (not Cho's GRU; called by thread ``tid`` of a region of ``team``
     threads, each with its own rows; without ``si`` only with the own small-GEMM
@@ -220,7 +236,9 @@ cdef void _forward_rows(int code, int act, int ract, Py_ssize_t T, Py_ssize_t N,
     barriers' wall time). The sums are the same: each element is one k-ascending
     chain whichever thread computes it."""
     cdef Py_ssize_t GH = n_gates_of(code) * H, NH = N * H, t, i, j, n = r1 - r0, D
-    cdef Py_ssize_t nr, npn, c0 = 0, c1 = 0
+    cdef Py_ssize_t nr, npn, c0 = 0, c1 = 0, lr0 = r0, ln = n
+    # a small-batch team's packed path: every thread projects its columns of all rows
+    cdef bint small_team = team > 1 and N <= SMALL_TEAM_ROWS
     cdef bint cho = code == CELL_GRU_CHO
     cdef bint own = _own_small_gemm(N, GH * H * <Py_ssize_t>sizeof(floating), small)
     cdef const floating* hp
@@ -278,24 +296,39 @@ cdef void _forward_rows(int code, int act, int ract, Py_ssize_t T, Py_ssize_t N,
                           cn, gt, ax, mask + t * N, hs)
             continue
         # the packed path, rows r0..r1: the input projections of the next block of
-        # steps, then this step's products
+        # steps, then this step's products (a small-batch team: the projections of
+        # all rows, lr0 = 0 and ln = N, each thread its columns)
         D = si.D
-        xb = xp + r0 * STEP_BLOCK * GH  # this chunk's (step, row) projections
+        if small_team:
+            lr0 = 0
+            ln = N
+        xb = xp + lr0 * STEP_BLOCK * GH  # this chunk's (step, row) projections
         if t % STEP_BLOCK == 0:
             sb = min(<Py_ssize_t>STEP_BLOCK, T - t)
-            xg = <floating*>si.xg + r0 * STEP_BLOCK * D
-            for s in range(sb):
-                xsrc = (<const floating*>si.x + ((T - 1 - t - s) if si.rev else t + s) * si.xs_t
-                        + r0 * si.xs_n)
-                if si.xs_n == D:
-                    memcpy(xg + s * n * D, xsrc, n * D * sizeof(floating))
-                else:
-                    for i in range(n):
-                        memcpy(xg + (s * n + i) * D, xsrc + i * si.xs_n, D * sizeof(floating))
-            _pgw(si.isa, si.wfmt, xg, D, sb * n, D, <const floating*>si.wih, GH, xb, GH)
-            _add_rows(sb * n, GH, <const floating*>si.bih, xb)
+            xg = <floating*>si.xg + lr0 * STEP_BLOCK * D
+            if not small_team or tid == 0:
+                for s in range(sb):
+                    xsrc = (<const floating*>si.x + ((T - 1 - t - s) if si.rev else t + s)
+                            * si.xs_t + lr0 * si.xs_n)
+                    if si.xs_n == D:
+                        memcpy(xg + s * ln * D, xsrc, ln * D * sizeof(floating))
+                    else:
+                        for i in range(ln):
+                            memcpy(xg + (s * ln + i) * D, xsrc + i * si.xs_n,
+                                   D * sizeof(floating))
+            if not small_team:
+                _pgw(si.isa, si.wfmt, xg, D, sb * n, D, <const floating*>si.wih, GH, xb, GH)
+                _add_rows(sb * n, GH, <const floating*>si.bih, xb)
+            else:
+                _team_wait(wait)  # the gathered inputs
+                if c1 > c0:
+                    _pgw(si.isa, si.wfmt, xg, D, sb * N, D,
+                         <const floating*>si.wih + _panel_off(si.wfmt, c0, D), c1 - c0,
+                         xb + c0, GH)
+                    for i in range(sb * N):
+                        _add_rows(1, c1 - c0, <const floating*>si.bih + c0, xb + i * GH + c0)
         # step t's rows, indexed like the step's (N, G*H) block from row r0 on
-        x = xb + ((t % STEP_BLOCK) * n - r0) * GH
+        x = xb + ((t % STEP_BLOCK) * ln - lr0) * GH
         if cho:
             _pgw(si.isa, si.wfmt, hp + r0 * H, H, n, H, <const floating*>si.whh, 2 * H, gh + r0 * GH, GH)
             _fwd_rows(r0, r1, code, act, ract, 0, False, H, x, gh, b, peep, hp, hn, cp, cn,
@@ -306,8 +339,8 @@ cdef void _forward_rows(int code, int act, int ract, Py_ssize_t T, Py_ssize_t N,
                       gt, ax, mask + t * N, hs)
         elif team > 1:
             if c1 > c0:
-                _pgw(si.isa, si.wfmt, hp, H, N, H, <const floating*>si.whh + c0 * H, c1 - c0,
-                     gh + c0, GH)
+                _pgw(si.isa, si.wfmt, hp, H, N, H,
+                     <const floating*>si.whh + _panel_off(si.wfmt, c0, H), c1 - c0, gh + c0, GH)
             _team_wait(wait)
             _fwd_rows(r0, r1, code, act, ract, -1, True, H, x, gh, b, peep, hp, hn, cp, cn,
                       gt, ax, mask + t * N, hs)

@@ -565,7 +565,9 @@ static inline void cyrnn_fp_restore(unsigned int old) { (void)old; }
 
 /* How often each path ran (tests check that the path they mean to exercise did):
    [0] packed forwards, [1] packed backwards, [2] op regions run on several threads,
-   [3] packed-path forwards on the weights as stored (WF_RAW). */
+   [3] packed-path forwards on the weights as stored (WF_RAW), [4] weight gradients
+   from row strips, [5] of those, two operands in one pass, [6] team-mode forward
+   ops, [7] of those, small-batch teams (src/gemm.pxi, _path_counts). */
 static long cyrnn_path_count[8];
 static inline void cyrnn_count_path(int k) { __atomic_fetch_add(&cyrnn_path_count[k], 1, __ATOMIC_RELAXED); }
 static inline long cyrnn_path_read(int k) { return __atomic_load_n(&cyrnn_path_count[k], __ATOMIC_RELAXED); }

@@ -275,12 +275,13 @@ def test_small_team_equals_one_thread_to_the_bit(name, dtype, rng):
     bidir = Cls(5, H, num_layers=2, bidirectional=True, return_sequences=True, dtype=dtype,
                 random_state=1, **kw)
     stacked = Cls(5, H, num_layers=2, return_sequences=True, dtype=dtype, random_state=2, **kw)
-    T = 6
+    T = 17  # from 16 rows the input projections take the transposed kernel (cyrnn_projt_ld)
     inputs = {n: (rng.normal(size=(n, T, 5)).astype(dtype),
                   rng.normal(size=(4, n, H)).astype(dtype)) for n in rows}
     runs, counts = {}, {}
+    # a busy machine must not turn the team off (nor make the regions serial)
     saved = (kernels.set_num_threads(1), kernels._set_small_team_min_bytes(0),
-             kernels._set_team_share(0))  # a busy machine must not turn the team off
+             kernels._set_team_share(0), kernels.set_contention_hold(0))
     try:
         for threads in (1, 2, 3):
             kernels.set_num_threads(threads)
@@ -301,12 +302,64 @@ def test_small_team_equals_one_thread_to_the_bit(name, dtype, rng):
         kernels.set_num_threads(saved[0])
         kernels._set_small_team_min_bytes(saved[1])
         kernels._set_team_share(saved[2])
+        kernels.set_contention_hold(saved[3])
     assert counts[1] == 0
     # per row count: the bidirectional call's 2 ops (one region each, both directions
     # in it) and T steps of the stacked layer's 2 ops
     assert counts[2] == counts[3] == (0 if name == "gru_cho" else len(rows) * (2 + 2 * T))
     for threads in (2, 3):
         assert len(runs[threads]) == len(runs[1])
+        for i, (a, b) in enumerate(zip(runs[1], runs[threads])):
+            np.testing.assert_array_equal(a, b, err_msg=f"{threads} threads, output {i}")
+
+
+@pytest.mark.parametrize("weights", ["packed", "bfloat16"])
+@pytest.mark.parametrize("name", ["lstm", "lstm_peephole", "gru", "gru_cho", "rnn_tanh"])
+def test_small_team_on_weights_packed_once(name, weights, tmp_path, rng):
+    """The small-batch team on a scorer's weights packed once (float32 or bfloat16):
+    each thread projects its columns of every row's inputs (both directions, two blocks
+    of steps) and computes its panels of each step's product; predictions and steps
+    equal one thread's bit for bit, on 2 and 3 threads."""
+    from fused_harness import CELLS
+    from cyrnn import _cython_kernels as kernels
+
+    Cls, kw = {c[0]: (c[1], c[2]) for c in CELLS}[name]
+    H = 40
+    T = 11  # two blocks of steps (STEP_BLOCK = 8)
+    bidir = cyrnn.Sequential([Cls(5, H, num_layers=2, bidirectional=True, random_state=1,
+                                  return_sequences=True, **kw), cyrnn.Dense(2 * H, 3)])
+    stacked = cyrnn.Sequential([Cls(5, H, num_layers=2, random_state=2,
+                                    return_sequences=True, **kw), cyrnn.Dense(H, 3)])
+    bidir.save(tmp_path / "b.cyrnn")
+    stacked.save(tmp_path / "s.cyrnn")
+    sb = scoring.load(tmp_path / "b.cyrnn", weights=weights)
+    ss = scoring.load(tmp_path / "s.cyrnn", weights=weights)
+    xs = {n: rng.normal(size=(n, T, 5)).astype(np.float32) for n in (1, 2, 3)}
+    runs, counts = {}, {}
+    saved = (kernels.set_num_threads(1), kernels._set_small_team_min_bytes(0),
+             kernels._set_team_share(0), kernels.set_contention_hold(0))
+    try:
+        for threads in (1, 2, 3):
+            kernels.set_num_threads(threads)
+            start = kernels._path_counts()["small_team_forward"]
+            out = []
+            for n, x in xs.items():
+                out.append(sb.predict(x))
+                state = None
+                for t in range(T):
+                    y, state = ss.step(x[:, t], state)
+                    out += [y, *(state if isinstance(state, tuple) else (state,))]
+            runs[threads] = out
+            counts[threads] = kernels._path_counts()["small_team_forward"] - start
+    finally:
+        kernels.set_num_threads(saved[0])
+        kernels._set_small_team_min_bytes(saved[1])
+        kernels._set_team_share(saved[2])
+        kernels.set_contention_hold(saved[3])
+    # per row count: the bidirectional predict's 2 ops and T steps of 2 ops
+    assert counts[1] == 0
+    assert counts[2] == counts[3] == (0 if name == "gru_cho" else 3 * (2 + 2 * T))
+    for threads in (2, 3):
         for i, (a, b) in enumerate(zip(runs[1], runs[threads])):
             np.testing.assert_array_equal(a, b, err_msg=f"{threads} threads, output {i}")
 
@@ -321,7 +374,8 @@ def test_small_team_under_concurrent_streams(rng):
         pytest.skip("CYRNN_SMALL_GEMM_ROWS sends one-row products to BLAS")
     layer = cyrnn.LSTM(8, 256, num_layers=2, return_sequences=True, random_state=4)
     streams = rng.normal(size=(4, 12, 8)).astype(np.float32)
-    saved = (kernels.set_num_threads(2), kernels._set_small_team_min_bytes(0))
+    saved = (kernels.set_num_threads(2), kernels._set_small_team_min_bytes(0),
+             kernels.set_contention_hold(0))
     try:
         start = kernels._path_counts()["small_team_forward"]
         expected = [layer.forward(streams[k:k + 1], training=False) for k in range(4)]
@@ -340,6 +394,7 @@ def test_small_team_under_concurrent_streams(rng):
     finally:
         kernels.set_num_threads(saved[0])
         kernels._set_small_team_min_bytes(saved[1])
+        kernels.set_contention_hold(saved[2])
     for i, (seq, (h, c)) in enumerate(results):
         k = i % 4
         np.testing.assert_array_equal(seq, expected[k][0], err_msg=f"stream {k}")
