@@ -404,41 +404,36 @@ def test_forked_child_runs_on_one_thread():
     rng = np.random.default_rng(3)
     x64 = rng.standard_normal((64, 30, 8)).astype(np.float32)
     x1 = rng.standard_normal((1, 5, 8)).astype(np.float32)
-    saved = (kernels.set_num_threads(2), kernels._set_parallel_min_macs(0),
-             kernels._set_small_team_min_bytes(0), kernels.set_contention_hold(0),
-             kernels._set_team_share(0))
-    try:
-        start = kernels._path_counts()["threaded_regions"]
-        y64 = chunked.forward(x64)
-        y1 = big.forward(x1, training=False)[0]
-        assert kernels._path_counts()["threaded_regions"] > start  # the parent's pool runs
-        pid = os.fork()
-        if pid == 0:  # the child: no pytest machinery, exit status only
-            code = 1
-            try:
-                ok = (kernels.get_num_threads() == 1
-                      and np.array_equal(chunked.forward(x64), y64)
-                      and np.array_equal(big.forward(x1, training=False)[0], y1))
-                code = 0 if ok else 2
-            finally:
-                os._exit(code)
-        deadline = time.monotonic() + 60
-        while True:
-            done, status = os.waitpid(pid, os.WNOHANG)
-            if done:
-                break
-            if time.monotonic() > deadline:
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-                pytest.fail("the forked child hung")
-            time.sleep(0.05)
-        assert os.waitstatus_to_exitcode(status) == 0
-    finally:
-        kernels.set_num_threads(saved[0])
-        kernels._set_parallel_min_macs(saved[1])
-        kernels._set_small_team_min_bytes(saved[2])
-        kernels.set_contention_hold(saved[3])
-        kernels._set_team_share(saved[4])
+    with _threaded_settings(2 * 1024 * 1024, 0):
+        small = kernels._set_small_team_min_bytes(0)
+        try:
+            start = kernels._path_counts()["threaded_regions"]
+            y64 = chunked.forward(x64)
+            y1 = big.forward(x1, training=False)[0]
+            assert kernels._path_counts()["threaded_regions"] > start  # the parent's pool ran
+            pid = os.fork()
+            if pid == 0:  # the child: no pytest machinery, exit status only
+                code = 1
+                try:
+                    ok = (kernels.get_num_threads() == 1
+                          and np.array_equal(chunked.forward(x64), y64)
+                          and np.array_equal(big.forward(x1, training=False)[0], y1))
+                    code = 0 if ok else 2
+                finally:
+                    os._exit(code)
+        finally:
+            kernels._set_small_team_min_bytes(small)
+    deadline = time.monotonic() + 60
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child hung")
+        time.sleep(0.05)
+    assert os.waitstatus_to_exitcode(status) == 0
 
 
 @pytest.mark.parametrize("peephole", [False, True], ids=["lstm", "peephole"])

@@ -252,6 +252,34 @@ def test_step_equals_whole_on_weights_that_stream(cls, H, dtype, tmp_path, rng):
             np.testing.assert_array_equal(h, seq[:, t], err_msg=f"layer n={n} t={t}")
 
 
+def _small_team_runs(run):
+    """``run()`` (a list of arrays) on 1, 2 and 3 threads with the small-batch team on
+    from 0 bytes and nothing held off (a busy machine must not turn the team off nor
+    make the regions serial): ``{threads: outputs}``, ``{threads: team regions}``;
+    asserts that 2 and 3 threads give one thread's outputs bit for bit."""
+    from cyrnn import _cython_kernels as kernels
+
+    runs, counts = {}, {}
+    saved = (kernels.set_num_threads(1), kernels._set_small_team_min_bytes(0),
+             kernels._set_team_share(0), kernels.set_contention_hold(0))
+    try:
+        for threads in (1, 2, 3):
+            kernels.set_num_threads(threads)
+            start = kernels._path_counts()["small_team_forward"]
+            runs[threads] = run()
+            counts[threads] = kernels._path_counts()["small_team_forward"] - start
+    finally:
+        kernels.set_num_threads(saved[0])
+        kernels._set_small_team_min_bytes(saved[1])
+        kernels._set_team_share(saved[2])
+        kernels.set_contention_hold(saved[3])
+    for threads in (2, 3):
+        assert len(runs[threads]) == len(runs[1])
+        for i, (a, b) in enumerate(zip(runs[1], runs[threads])):
+            np.testing.assert_array_equal(a, b, err_msg=f"{threads} threads, output {i}")
+    return runs, counts
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("name", ["lstm", "lstm_peephole_relu_hard", "gru", "gru_linear_hard",
                                   "gru_cho", "rnn_tanh"])
@@ -278,39 +306,25 @@ def test_small_team_equals_one_thread_to_the_bit(name, dtype, rng):
     T = 17  # from 16 rows the input projections take the transposed kernel (cyrnn_projt_ld)
     inputs = {n: (rng.normal(size=(n, T, 5)).astype(dtype),
                   rng.normal(size=(4, n, H)).astype(dtype)) for n in rows}
-    runs, counts = {}, {}
-    # a busy machine must not turn the team off (nor make the regions serial)
-    saved = (kernels.set_num_threads(1), kernels._set_small_team_min_bytes(0),
-             kernels._set_team_share(0), kernels.set_contention_hold(0))
-    try:
-        for threads in (1, 2, 3):
-            kernels.set_num_threads(threads)
-            start = kernels._path_counts()["small_team_forward"]
-            out = []
-            for n, (x, h0) in inputs.items():
-                state = (h0, h0[::-1].copy()) if Cls is cyrnn.LSTM else h0
-                seq, hn = bidir.forward(x, lengths=np.arange(T, T - n, -1),
-                                        initial_state=state, training=False)
-                out += [seq, *(hn if isinstance(hn, tuple) else (hn,))]
-                st = None
-                for t in range(T):
-                    h, st = stacked.step(x[:, t], st)
-                    out += [h, *(st if isinstance(st, tuple) else (st,))]
-            runs[threads] = out
-            counts[threads] = kernels._path_counts()["small_team_forward"] - start
-    finally:
-        kernels.set_num_threads(saved[0])
-        kernels._set_small_team_min_bytes(saved[1])
-        kernels._set_team_share(saved[2])
-        kernels.set_contention_hold(saved[3])
+
+    def run():
+        out = []
+        for n, (x, h0) in inputs.items():
+            state = (h0, h0[::-1].copy()) if Cls is cyrnn.LSTM else h0
+            seq, hn = bidir.forward(x, lengths=np.arange(T, T - n, -1), initial_state=state,
+                                    training=False)
+            out += [seq, *(hn if isinstance(hn, tuple) else (hn,))]
+            st = None
+            for t in range(T):
+                h, st = stacked.step(x[:, t], st)
+                out += [h, *(st if isinstance(st, tuple) else (st,))]
+        return out
+
+    _, counts = _small_team_runs(run)
     assert counts[1] == 0
     # per row count: the bidirectional call's 2 ops (one region each, both directions
     # in it) and T steps of the stacked layer's 2 ops
     assert counts[2] == counts[3] == (0 if name == "gru_cho" else len(rows) * (2 + 2 * T))
-    for threads in (2, 3):
-        assert len(runs[threads]) == len(runs[1])
-        for i, (a, b) in enumerate(zip(runs[1], runs[threads])):
-            np.testing.assert_array_equal(a, b, err_msg=f"{threads} threads, output {i}")
 
 
 @pytest.mark.parametrize("weights", ["packed", "bfloat16"])
@@ -321,7 +335,6 @@ def test_small_team_on_weights_packed_once(name, weights, tmp_path, rng):
     of steps) and computes its panels of each step's product; predictions and steps
     equal one thread's bit for bit, on 2 and 3 threads."""
     from fused_harness import CELLS
-    from cyrnn import _cython_kernels as kernels
 
     Cls, kw = {c[0]: (c[1], c[2]) for c in CELLS}[name]
     H = 40
@@ -335,33 +348,21 @@ def test_small_team_on_weights_packed_once(name, weights, tmp_path, rng):
     sb = scoring.load(tmp_path / "b.cyrnn", weights=weights)
     ss = scoring.load(tmp_path / "s.cyrnn", weights=weights)
     xs = {n: rng.normal(size=(n, T, 5)).astype(np.float32) for n in (1, 2, 3)}
-    runs, counts = {}, {}
-    saved = (kernels.set_num_threads(1), kernels._set_small_team_min_bytes(0),
-             kernels._set_team_share(0), kernels.set_contention_hold(0))
-    try:
-        for threads in (1, 2, 3):
-            kernels.set_num_threads(threads)
-            start = kernels._path_counts()["small_team_forward"]
-            out = []
-            for n, x in xs.items():
-                out.append(sb.predict(x))
-                state = None
-                for t in range(T):
-                    y, state = ss.step(x[:, t], state)
-                    out += [y, *(state if isinstance(state, tuple) else (state,))]
-            runs[threads] = out
-            counts[threads] = kernels._path_counts()["small_team_forward"] - start
-    finally:
-        kernels.set_num_threads(saved[0])
-        kernels._set_small_team_min_bytes(saved[1])
-        kernels._set_team_share(saved[2])
-        kernels.set_contention_hold(saved[3])
+
+    def run():
+        out = []
+        for x in xs.values():
+            out.append(sb.predict(x))
+            state = None
+            for t in range(T):
+                y, state = ss.step(x[:, t], state)
+                out += [y, *(state if isinstance(state, tuple) else (state,))]
+        return out
+
+    _, counts = _small_team_runs(run)
     # per row count: the bidirectional predict's 2 ops and T steps of 2 ops
     assert counts[1] == 0
     assert counts[2] == counts[3] == (0 if name == "gru_cho" else 3 * (2 + 2 * T))
-    for threads in (2, 3):
-        for i, (a, b) in enumerate(zip(runs[1], runs[threads])):
-            np.testing.assert_array_equal(a, b, err_msg=f"{threads} threads, output {i}")
 
 
 def test_small_team_under_concurrent_streams(rng):
