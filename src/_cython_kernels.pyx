@@ -55,10 +55,6 @@ include "fused.pxi"
 include "generate.pxi"
 include "optim.pxi"
 
-import os as _os
-if hasattr(_os, "register_at_fork"):
-    _os.register_at_fork(after_in_child=_after_fork_in_child)  # config.pxi
-
 
 # ----------------------------------------------------------------------------
 # The kernel contract (called by cyrnn.backends.cython_backend). Shapes are the

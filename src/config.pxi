@@ -32,6 +32,20 @@ cdef extern from *:
     #define CYRNN_CLONES
     #endif
 
+    /* Fork: GNU OpenMP's thread pool does not survive fork(), and a parallel region
+       in the child of a parent that had started one hangs. cyrnn_omp_ran: a region
+       of several threads was asked for in this process (set by _team); the
+       pthread_atfork child handler, which runs for every fork() of the process,
+       Python's os.fork or a C server's alike, then makes the child's loops run on
+       their calling thread (cyrnn_forked). */
+    #include <pthread.h>
+    static volatile int cyrnn_omp_ran = 0;
+    static volatile int cyrnn_forked = 0;
+    static void cyrnn_atfork_child(void) { if (cyrnn_omp_ran) cyrnn_forked = 1; }
+    static int cyrnn_atfork_register(void) {
+        return pthread_atfork(NULL, NULL, cyrnn_atfork_child);
+    }
+
     /* Seconds of wall time and of the calling thread's CPU time. */
     #include <time.h>
     static double cyrnn_wall(void) {
@@ -56,6 +70,9 @@ cdef extern from *:
     void cyrnn_omp_barrier() nogil
     double cyrnn_wall() nogil
     double cyrnn_cpu() nogil
+    int cyrnn_omp_ran
+    int cyrnn_forked
+    int cyrnn_atfork_register()
 
 
 def openmp_enabled():
@@ -95,8 +112,11 @@ cdef int CONTENDED_REGIONS = 3
 
 cdef inline Py_ssize_t _team(Py_ssize_t nt) noexcept nogil:
     """The threads a parallel region that wants ``nt`` gets now (1 while held)."""
+    global cyrnn_omp_ran
     if nt > 1 and _serial_hold > 0 and cyrnn_wall() < _serial_until:
         return 1
+    if nt > 1:
+        cyrnn_omp_ran = 1  # a fork from now on leaves the child on one thread
     return nt
 
 
@@ -258,21 +278,18 @@ def _contention_judge(double wall, double cpu, Py_ssize_t nt=2):
     return _team(nt)
 
 
-# A process forked from this one runs every loop on its calling thread: GNU OpenMP's
-# thread pool does not survive fork, and a parallel region in the child of a parent
-# that had started one hangs (a multiprocessing pool or a pre-forking server after a
-# warm-up call). Processes started with spawn or forkserver are not affected.
-cdef bint _forked_child = False
-
-
-def _after_fork_in_child():
-    global _forked_child
-    _forked_child = True
+# A process forked from this one after it ran a parallel region of several threads
+# runs every loop of this module on its calling thread (``cyrnn_forked``, set by a
+# pthread_atfork handler, see above): a multiprocessing pool or a pre-forking server
+# after a warm-up call hung there. ``set_num_threads`` in such a child changes
+# nothing; processes started with spawn or forkserver are not affected.
+if cyrnn_atfork_register() != 0:
+    raise ImportError("pthread_atfork failed")
 
 
 cdef inline int _nthreads() noexcept nogil:
     cdef int n = _row_threads
-    if _forked_child:
+    if cyrnn_forked:
         return 1
     return n if n > 0 else cyrnn_omp_max_threads()
 

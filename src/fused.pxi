@@ -856,9 +856,10 @@ cdef double SMALL_TEAM_THREAD_BYTES = 1024 * 1024
 
 
 def _set_small_team_min_bytes(double value):
-    """Set the W_hh size (bytes) from which the unpacked forward of a small batch
-    shares its products between threads (-1: never; tests set 0); returns the
-    previous value."""
+    """Set the W_hh size (bytes) from which the forward of a small batch shares its
+    products between threads (the small-batch team; -1: never; 0, for tests, also
+    lifts the limit of one thread per SMALL_TEAM_THREAD_BYTES); returns the previous
+    value."""
     global SMALL_TEAM_MIN_BYTES
     previous = SMALL_TEAM_MIN_BYTES
     SMALL_TEAM_MIN_BYTES = value
@@ -883,7 +884,10 @@ cdef inline Py_ssize_t _small_team_op(const int64_t* r, Py_ssize_t N, Py_ssize_t
     if _nthreads() < 2 or not _team_allowed():
         return 1
     # at least SMALL_TEAM_THREAD_BYTES of W_hh per thread (many-core hosts: a team
-    # as wide as the machine would meet at every barrier for a few columns each)
+    # as wide as the machine would meet at every barrier for a few columns each);
+    # lifted with the size limit (tests: _set_small_team_min_bytes(0))
+    if SMALL_TEAM_MIN_BYTES <= 0:
+        return _team(min(_nthreads(), 64))
     return _team(min(_nthreads(), 64, max(2, <Py_ssize_t>(whh / SMALL_TEAM_THREAD_BYTES))))
 
 
@@ -1028,8 +1032,8 @@ cdef void _forward_op(const int64_t* sp, const Dims* d, Py_ssize_t o, bint keep,
     rows); ``drop`` points at this op's dropout multiplier; ``xdirect`` (or NULL):
     the call's batch-first input, which the first op then reads instead of the
     time-major copy. ``team`` > 1: thread ``tid`` of a team sharing the recurrent
-    products by columns (``_team_op``; see ``_forward_rows``), and on the unpacked
-    path the input projections too (``_small_team_op``)."""
+    products by columns (``_team_op``; see ``_forward_rows``), and for a small batch
+    the input projections too (``_small_team_op``)."""
     cdef Py_ssize_t T = d.T, N = d.N, TN = d.T * d.N, NH, t, i, j, H, G, D, O, F
     cdef Py_ssize_t dd, k0, S = d.T + 1 if keep else 2, n = r1 - r0, nF, ca, cb
     cdef int code

@@ -165,9 +165,10 @@ cdef struct StepInput:
     # The packed path's input (``_forward_rows``): the op's input (T steps of N
     # rows of D, strides ``xs_t``, ``xs_n``: time-major or the call's batch-first
     # input), read in reverse time order when ``rev``; a gather block
-    # (STEP_BLOCK * N * D elements, each row chunk using its own rows); its packed
-    # W_ih and b_ih; the packed W_hh (Cho's GRU: rows [0, 2H) in ``whh``,
-    # [2H, 3H) in ``whh_n``). Pointers to the call's dtype, cast where used.
+    # (STEP_BLOCK * N * D elements, each row chunk using its own rows; a small-batch
+    # team's thread 0 gathers all rows); its packed W_ih and b_ih; the packed W_hh
+    # (Cho's GRU: rows [0, 2H) in ``whh``, [2H, 3H) in ``whh_n``). Pointers to the
+    # call's dtype, cast where used.
     const void* x
     Py_ssize_t xs_t, xs_n  # element strides of x's steps and rows
     void* xg

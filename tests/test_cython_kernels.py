@@ -391,11 +391,12 @@ def test_team_mode_steps_aside_after_a_stalled_region():
 def test_forked_child_runs_on_one_thread():
     """GNU OpenMP's thread pool does not survive fork: a parallel region in the child
     of a parent that ran one hung (a multiprocessing pool, a pre-forking server after
-    a warm-up call). A forked child runs every loop on its calling thread: row chunks
-    (64 rows) and the small-batch team (one row, a 1 MB W_hh) give the parent's
-    results there, and the child reports one thread."""
+    a warm-up call). A child forked after the parent ran one runs every loop on its
+    calling thread: row chunks (64 rows) and the small-batch team (one row, a 1 MB
+    W_hh) give the parent's results there, and the child reports one thread."""
     import signal
     import time
+    import warnings
 
     import cyrnn
 
@@ -407,11 +408,16 @@ def test_forked_child_runs_on_one_thread():
     with _threaded_settings(2 * 1024 * 1024, 0):
         small = kernels._set_small_team_min_bytes(0)
         try:
-            start = kernels._path_counts()["threaded_regions"]
+            start = kernels._path_counts()
             y64 = chunked.forward(x64)
             y1 = big.forward(x1, training=False)[0]
-            assert kernels._path_counts()["threaded_regions"] > start  # the parent's pool ran
-            pid = os.fork()
+            end = kernels._path_counts()
+            assert end["threaded_regions"] > start["threaded_regions"]  # the parent's pool ran
+            if kernels.own_small_gemm(1, 4 * 256 * 256 * 4):
+                assert end["small_team_forward"] > start["small_team_forward"]
+            with warnings.catch_warnings():  # Python 3.12+: fork of a threaded process
+                warnings.simplefilter("ignore", DeprecationWarning)
+                pid = os.fork()
             if pid == 0:  # the child: no pytest machinery, exit status only
                 code = 1
                 try:

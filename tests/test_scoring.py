@@ -327,27 +327,30 @@ def test_small_team_equals_one_thread_to_the_bit(name, dtype, rng):
     assert counts[2] == counts[3] == (0 if name == "gru_cho" else len(rows) * (2 + 2 * T))
 
 
-@pytest.mark.parametrize("weights", ["packed", "bfloat16"])
+@pytest.mark.parametrize("weights, dtype", [("packed", np.float32), ("packed", np.float64),
+                                           ("bfloat16", np.float32)])
 @pytest.mark.parametrize("name", ["lstm", "lstm_peephole", "gru", "gru_cho", "rnn_tanh"])
-def test_small_team_on_weights_packed_once(name, weights, tmp_path, rng):
-    """The small-batch team on a scorer's weights packed once (float32 or bfloat16):
-    each thread projects its columns of every row's inputs (both directions, two blocks
-    of steps) and computes its panels of each step's product; predictions and steps
-    equal one thread's bit for bit, on 2 and 3 threads."""
+def test_small_team_on_weights_packed_once(name, weights, dtype, tmp_path, rng):
+    """The small-batch team on a scorer's weights packed once (float32, float64 or
+    bfloat16, whose panels pack k in pairs: odd sizes here): each thread projects its
+    columns of every row's inputs (both directions, two blocks of steps) and computes
+    its panels of each step's product; predictions and steps equal one thread's bit
+    for bit, on 2 and 3 threads."""
     from fused_harness import CELLS
 
     Cls, kw = {c[0]: (c[1], c[2]) for c in CELLS}[name]
-    H = 40
+    H = 41
     T = 11  # two blocks of steps (STEP_BLOCK = 8)
     bidir = cyrnn.Sequential([Cls(5, H, num_layers=2, bidirectional=True, random_state=1,
-                                  return_sequences=True, **kw), cyrnn.Dense(2 * H, 3)])
-    stacked = cyrnn.Sequential([Cls(5, H, num_layers=2, random_state=2,
-                                    return_sequences=True, **kw), cyrnn.Dense(H, 3)])
+                                  return_sequences=True, dtype=dtype, **kw),
+                              cyrnn.Dense(2 * H, 3, dtype=dtype)])
+    stacked = cyrnn.Sequential([Cls(5, H, num_layers=2, random_state=2, dtype=dtype,
+                                    return_sequences=True, **kw), cyrnn.Dense(H, 3, dtype=dtype)])
     bidir.save(tmp_path / "b.cyrnn")
     stacked.save(tmp_path / "s.cyrnn")
     sb = scoring.load(tmp_path / "b.cyrnn", weights=weights)
     ss = scoring.load(tmp_path / "s.cyrnn", weights=weights)
-    xs = {n: rng.normal(size=(n, T, 5)).astype(np.float32) for n in (1, 2, 3)}
+    xs = {n: rng.normal(size=(n, T, 5)).astype(dtype) for n in (1, 2, 3)}
 
     def run():
         out = []
