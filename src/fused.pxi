@@ -837,7 +837,8 @@ cdef inline bint _team_op(const int64_t* r, Py_ssize_t N, Py_ssize_t nt, Py_ssiz
     return TEAM_MIN_BYTES <= 0 or N * gh_h / nt >= TEAM_MIN_MACS
 
 
-# The small-batch team (batches of 1-3 rows, a scoring call or a stream's step): an
+# The small-batch team (batches of up to SMALL_TEAM_ROWS = 15 rows: a scoring call,
+# a stream's step, a step of a few streams): an
 # inference op whose W_hh has at least SMALL_TEAM_MIN_BYTES (as the kernels read it:
 # bfloat16 counts 2 bytes a weight) and whose products take the own one-row kernels
 # (``_own_small_gemm``: their sums do not depend on the block of weight rows an
@@ -869,11 +870,11 @@ def _set_small_team_min_bytes(double value):
 cdef inline Py_ssize_t _small_team_op(const int64_t* r, Py_ssize_t N, Py_ssize_t isz,
                                       bint packed, int wfmt) noexcept nogil:
     """The threads op ``r`` of an inference of ``N`` (<= SMALL_TEAM_ROWS) rows runs on
-    (1: the calling thread alone); ``packed``: on weights packed once in format
-    ``wfmt`` (whose kernels sum every element in one order whatever its columns)."""
+    as a small-batch team (1: none; packed calls then take the row chunks); ``packed``:
+    on weights in format ``wfmt`` (packed, or as stored for a short call of 4+ rows:
+    their kernels sum every element in one order whatever its columns)."""
     cdef double whh
-    if (r[0] != OP_RNN or r[RNN_CELL] == CELL_GRU_CHO or SMALL_TEAM_MIN_BYTES < 0
-            or (packed and wfmt == WF_RAW)):
+    if r[0] != OP_RNN or r[RNN_CELL] == CELL_GRU_CHO or SMALL_TEAM_MIN_BYTES < 0:
         return 1
     # W_hh's bytes as the kernels read them (_gates_of: G*H; bfloat16: 2 per weight)
     whh = <double>_gates_of(r) * r[RNN_HIDDEN] * (2 if packed and wfmt == WF_BF16 else isz)
@@ -954,10 +955,12 @@ cdef void _fused_forward(const int64_t* sp, const Dims* d, bint keep, const int6
             for i in range(N):
                 memcpy(x0 + (t * N + i) * F, x + (i * T + t) * F, F * sizeof(floating))
     for o in range(d.first, d.n_ops):
-        small_team = not keep and N <= SMALL_TEAM_ROWS
-        if small_team:
+        nt = 1
+        small_team = False
+        if not keep and N <= SMALL_TEAM_ROWS:
             nt = _small_team_op(_rec(sp, o), N, d.isz, packed != NULL, wfmt)
-        elif packed != NULL:
+            small_team = nt > 1
+        if packed != NULL and not small_team:
             nt = _chunking(N, T, _op_weights(_rec(sp, o)), d.isz, &rows, &nch)
         if nt <= 1:
             _forward_op(sp, d, o, keep, plan, data, base, xdirect, mask, h0, c0, drop, 0, N, pk,

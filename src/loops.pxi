@@ -146,10 +146,10 @@ cdef enum:
     # The packed path projects the input of STEP_BLOCK steps at once (one product
     # per block, W_ih streamed once per block instead of once per step).
     STEP_BLOCK = 8
-    # A team of a call of at most SMALL_TEAM_ROWS rows is a small-batch team
-    # (``_small_team_op`` in src/fused.pxi): the input projections too are split by
-    # columns (a row-half team would leave them to one thread).
-    SMALL_TEAM_ROWS = 3
+    # A team of a call of at most SMALL_TEAM_ROWS rows (under two row chunks) is a
+    # small-batch team (``_small_team_op`` in src/fused.pxi): the input projections
+    # too are split by columns (a row-half team would leave them to a thread's rows).
+    SMALL_TEAM_ROWS = 15
 
 
 cdef inline Py_ssize_t _panel_off(int wfmt, Py_ssize_t c0, Py_ssize_t K) noexcept nogil:

@@ -284,12 +284,12 @@ def _small_team_runs(run):
 @pytest.mark.parametrize("name", ["lstm", "lstm_peephole_relu_hard", "gru", "gru_linear_hard",
                                   "gru_cho", "rnn_tanh"])
 def test_small_team_equals_one_thread_to_the_bit(name, dtype, rng):
-    """The small-batch team (src/fused.pxi, ``_small_team_op``: an unpacked inference
-    whose one-row products take the own kernel, input projections and recurrent
-    products split by columns between the threads, two barriers per step) gives the
-    one-thread results bit for bit, on 2 and 3 threads: whole sequences with a mask
-    and initial states, both directions, and steps of a stacked layer. Cho's GRU (two
-    products per step) stays on one thread."""
+    """The small-batch team (src/fused.pxi, ``_small_team_op``: an inference of up to
+    15 rows whose products take the own kernel or the packed kernels, input projections
+    and recurrent products split by columns between the threads, two barriers per step)
+    gives the one-thread results bit for bit, on 2 and 3 threads: whole sequences with
+    a mask and initial states, both directions, and steps of a stacked layer. Cho's GRU
+    (two products per step) stays on one thread."""
     from fused_harness import CELLS
     from cyrnn import _cython_kernels as kernels
 
@@ -304,8 +304,10 @@ def test_small_team_equals_one_thread_to_the_bit(name, dtype, rng):
                 random_state=1, **kw)
     stacked = Cls(5, H, num_layers=2, return_sequences=True, dtype=dtype, random_state=2, **kw)
     T = 17  # from 16 rows the input projections take the transposed kernel (cyrnn_projt_ld)
+    # 4 and 5 rows: the packed path (weights packed per call; a step of 4 streams reads
+    # them as stored, WF_RAW), whose kernels' sums do not depend on the columns either
     inputs = {n: (rng.normal(size=(n, T, 5)).astype(dtype),
-                  rng.normal(size=(4, n, H)).astype(dtype)) for n in rows}
+                  rng.normal(size=(4, n, H)).astype(dtype)) for n in rows + [4, 5]}
 
     def run():
         out = []
@@ -324,7 +326,7 @@ def test_small_team_equals_one_thread_to_the_bit(name, dtype, rng):
     assert counts[1] == 0
     # per row count: the bidirectional call's 2 ops (one region each, both directions
     # in it) and T steps of the stacked layer's 2 ops
-    assert counts[2] == counts[3] == (0 if name == "gru_cho" else len(rows) * (2 + 2 * T))
+    assert counts[2] == counts[3] == (0 if name == "gru_cho" else len(inputs) * (2 + 2 * T))
 
 
 @pytest.mark.parametrize("weights, dtype", [("packed", np.float32), ("packed", np.float64),
