@@ -191,12 +191,16 @@ cdef inline bint _team_allowed() noexcept nogil:
 # step's short regions (an op of a 3 x 480 LSTM step: about 80 us on two threads)
 # are judged too; TEAM_STRIKES such windows in a row below TEAM_SHARE start the hold
 # (one is often a passing blip: a 3 x 960 step that took 4.2 ms among steps of 2.0-2.7,
-# share 0.59 among 0.92-0.98, on a quiet machine). The process's first team region
-# (the threads' creation, which its first barrier waits for) is not judged.
+# share 0.59 among 0.92-0.98, on a quiet machine). Regions in the first TEAM_WARMUP
+# seconds after the process's first team region are not judged: the threads' creation,
+# and the scheduler moving a new thread off its parent's core at its next balancing
+# tick, made steps of a 3 x 480 LSTM take 4-9 ms instead of 0.2 in the first 15 ms
+# (shares of 0.41 that held the team off at the start of every process).
 cdef double TEAM_JUDGED_MIN = 20e-3
 cdef double _team_acc_wall = 0, _team_acc_cap = 0, _team_acc_cpu = 0
 cdef double _team_last_share = -1  # the last judgement's CPU share (-1: none yet)
-cdef bint _team_started = False  # a team region has run (and created the threads)
+cdef double _team_since = 0  # when the process's first team region ran (wall seconds)
+cdef double TEAM_WARMUP = 0.1  # seconds after it in which no region is judged
 cdef int _team_strikes = 0  # windows in a row below TEAM_SHARE
 cdef int TEAM_STRIKES = 2
 cdef double _team_acc_end = 0  # when the last judged region ended (wall seconds)
@@ -209,11 +213,12 @@ cdef inline void _team_judge(double t0, double cpu, Py_ssize_t nt,
     whose threads worked ``cpu`` seconds outside the barriers; ``hold``: the
     seconds a hold this region completes lasts (TEAM_HOLD, SMALL_TEAM_HOLD)."""
     global _team_until, _team_acc_wall, _team_acc_cap, _team_acc_cpu, _team_last_share
-    global _team_started, _team_strikes, _team_acc_end
+    global _team_since, _team_strikes, _team_acc_end
     cdef double now = cyrnn_wall()
     cdef double wall = now - t0
-    if TEAM_SHARE <= 0 or not _team_started:
-        _team_started = True
+    if _team_since == 0:
+        _team_since = t0
+    if TEAM_SHARE <= 0 or now - _team_since < TEAM_WARMUP:
         return
     if t0 - _team_acc_end > TEAM_WINDOW_GAP:
         # calls far apart: the partial window and the strikes describe another time
