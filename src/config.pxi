@@ -163,9 +163,9 @@ def set_contention_hold(double seconds):
 # its regions, 70+ ms each, are too long for the strikes above to act in time. A
 # team region whose threads spent less than TEAM_SHARE of their time working
 # (CPU time outside the barriers, against the region's wall time times the team
-# size; judged in windows of TEAM_JUDGED_MIN, below) turns the team mode off for
-# TEAM_HOLD seconds: under lasting contention two windows in every TEAM_HOLD seconds
-# pay for the try. Quiet runs measured 0.98 (the packed team), 0.89-0.91 (a 3 x 480
+# size) turns the team mode off for TEAM_HOLD seconds: under lasting contention one
+# call in every TEAM_HOLD seconds pays for the try (the small-batch team: windows,
+# below). Quiet runs measured 0.98 (the packed team), 0.89-0.91 (a 3 x 480
 # LSTM's streaming step, whose thread 0 does the cell math alone) and 0.95-0.98
 # (3 x 960). The threads' work is their CPU time minus the wall time they spent at
 # the barriers, clamped at 0: where a barrier sleeps instead of spinning
@@ -186,10 +186,11 @@ cdef inline bint _team_allowed() noexcept nogil:
     return cyrnn_wall() >= _team_until
 
 
-# Team regions are judged together: their wall, capacity (threads x wall) and CPU
-# seconds add up until the wall time reaches TEAM_JUDGED_MIN, so that a streaming
-# step's short regions (an op of a 3 x 480 LSTM step: about 80 us on two threads)
-# are judged too; TEAM_STRIKES such windows in a row below TEAM_SHARE start the hold
+# The small-batch team's regions are judged together: their wall, capacity (threads x
+# wall) and CPU seconds add up until the wall time reaches TEAM_JUDGED_MIN, so that a
+# streaming step's short regions (an op of a 3 x 480 LSTM step: about 80 us on two
+# threads) are judged at all; TEAM_STRIKES such windows in a row below TEAM_SHARE start
+# the hold
 # (one is often a passing blip: a 3 x 960 step that took 4.2 ms among steps of 2.0-2.7,
 # share 0.59 among 0.92-0.98, on a quiet machine). Regions in the first TEAM_WARMUP
 # seconds after the process's first team region are not judged: the threads' creation,
@@ -208,10 +209,12 @@ cdef double TEAM_WINDOW_GAP = 1.0  # a window (and the strikes) older than this:
 
 
 cdef inline void _team_judge(double t0, double cpu, Py_ssize_t nt,
-                             double hold) noexcept nogil:
+                             bint small) noexcept nogil:
     """After a team region of ``nt`` threads that started at wall time ``t0`` and
-    whose threads worked ``cpu`` seconds outside the barriers; ``hold``: the
-    seconds a hold this region completes lasts (TEAM_HOLD, SMALL_TEAM_HOLD)."""
+    whose threads worked ``cpu`` seconds outside the barriers. ``small``: a
+    small-batch team's region (judged in windows, SMALL_TEAM_HOLD); else the packed
+    team mode's, judged alone when it lasted JUDGED_MIN or more (TEAM_HOLD), as
+    before the windows existed."""
     global _team_until, _team_acc_wall, _team_acc_cap, _team_acc_cpu, _team_last_share
     global _team_since, _team_strikes, _team_acc_end
     cdef double now = cyrnn_wall()
@@ -219,6 +222,12 @@ cdef inline void _team_judge(double t0, double cpu, Py_ssize_t nt,
     if _team_since == 0:
         _team_since = t0
     if TEAM_SHARE <= 0 or now - _team_since < TEAM_WARMUP:
+        return
+    if not small:
+        if wall >= JUDGED_MIN:
+            _team_last_share = cpu / (nt * wall)
+            if cpu < TEAM_SHARE * nt * wall:
+                _team_until = now + TEAM_HOLD
         return
     if t0 - _team_acc_end > TEAM_WINDOW_GAP:
         # calls far apart: the partial window and the strikes describe another time
@@ -238,17 +247,17 @@ cdef inline void _team_judge(double t0, double cpu, Py_ssize_t nt,
             _team_strikes += 1
             if _team_strikes >= TEAM_STRIKES:
                 _team_strikes = 0
-                _team_until = cyrnn_wall() + hold
+                _team_until = cyrnn_wall() + SMALL_TEAM_HOLD
         _team_acc_wall = 0
         _team_acc_cap = 0
         _team_acc_cpu = 0
 
 
 def _set_team_share(double value):
-    """Set TEAM_SHARE (tests: above 1 makes the team regions end the team mode for
-    TEAM_HOLD seconds, SMALL_TEAM_HOLD after small-batch teams, after TEAM_STRIKES
-    judging windows; 0 ends a hold in progress and never starts one); returns the
-    previous value. Starts a new window."""
+    """Set TEAM_SHARE (tests: above 1 makes a packed team-mode region of JUDGED_MIN or
+    more end the team mode for TEAM_HOLD seconds, and small-batch teams for
+    SMALL_TEAM_HOLD after TEAM_STRIKES judging windows; 0 ends a hold in progress and
+    never starts one); returns the previous value. Starts a new window."""
     global TEAM_SHARE, _team_until, _team_acc_wall, _team_acc_cap, _team_acc_cpu
     global _team_strikes
     previous = TEAM_SHARE

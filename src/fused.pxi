@@ -993,7 +993,7 @@ cdef void _fused_forward(const int64_t* sp, const Dims* d, bint keep, const int6
             cpu = 0
             for tid in range(64):
                 cpu += tc[tid]
-            _team_judge(t0, cpu, ts[0], SMALL_TEAM_HOLD if small_team else TEAM_HOLD)
+            _team_judge(t0, cpu, ts[0], small_team)
             if not small_team:
                 # (the small team's regions are judged by the team mode's hold only:
                 # it falls back to one thread, never to row chunks)

@@ -350,10 +350,11 @@ def test_team_forward_equals_row_chunks_to_the_bit(name, dtype):
 
 
 def test_team_mode_steps_aside_after_a_stalled_region():
-    """Team regions whose threads worked less than TEAM_SHARE of their time (here
-    impossible to reach: share 100) turn the team mode off for its hold once their
-    wall time fills two judging windows (20 ms each); the next calls take the row
-    chunks, with the same results; share 0 ends the hold."""
+    """A team region of 1 ms or more whose threads worked less than TEAM_SHARE of
+    their time (here impossible to reach: share 100) turns the team mode off for its
+    hold (after the first 0.1 s of the process's team regions, which are not judged);
+    the next calls take the row chunks, with the same results; share 0 ends the
+    hold."""
     import cyrnn
 
     be = get_backend("cython")
