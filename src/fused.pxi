@@ -892,14 +892,6 @@ cdef inline Py_ssize_t _small_team_op(const int64_t* r, Py_ssize_t N, Py_ssize_t
     return _team(min(_nthreads(), 64, max(2, <Py_ssize_t>(whh / SMALL_TEAM_THREAD_BYTES))))
 
 
-cdef inline void _col_share(Py_ssize_t n, Py_ssize_t tid, Py_ssize_t team, Py_ssize_t* c0,
-                            Py_ssize_t* c1) noexcept nogil:
-    """Thread ``tid``'s columns c0 .. c1-1 of ``n``, in blocks of 16."""
-    cdef Py_ssize_t nb = (n + 15) // 16
-    c0[0] = min(n, (tid * nb // team) * 16)
-    c1[0] = min(n, ((tid + 1) * nb // team) * 16)
-
-
 cdef void _fused_forward(const int64_t* sp, const Dims* d, bint keep, const int64_t* plan,
                          const floating* data, const char* xin, floating* base,
                          const uint8_t* mask, const floating* h0, const floating* c0,
@@ -1071,7 +1063,7 @@ cdef void _forward_op(const int64_t* sp, const Dims* d, Py_ssize_t o, bint keep,
             k0 = _tensors_of(r, dd)
             if packed == NULL and team > 1:
                 # this thread's columns of all steps' input projections
-                _col_share(G, tid, team, &ca, &cb)
+                _col_share(G, tid, team, 16, &ca, &cb)
                 _affine_fwd_cols(inp, TN, D, G, data + r[k0], data + r[k0 + 2], xp, ca, cb)
                 if dd:
                     _team_wait(wait)

@@ -152,6 +152,15 @@ cdef enum:
     SMALL_TEAM_ROWS = 15
 
 
+cdef inline void _col_share(Py_ssize_t n, Py_ssize_t tid, Py_ssize_t team, Py_ssize_t block,
+                            Py_ssize_t* c0, Py_ssize_t* c1) noexcept nogil:
+    """Thread ``tid``'s columns c0 .. c1-1 of ``n`` shared by a team of ``team``, in
+    whole blocks of ``block`` (a packed panel, or 16 outputs of the own kernels)."""
+    cdef Py_ssize_t nb = (n + block - 1) // block
+    c0[0] = min(n, (tid * nb // team) * block)
+    c1[0] = min(n, ((tid + 1) * nb // team) * block)
+
+
 cdef inline Py_ssize_t _panel_off(int wfmt, Py_ssize_t c0, Py_ssize_t K) noexcept nogil:
     """Offset (elements of the call's dtype; 32-bit words for bfloat16) of the panel
     that starts at column ``c0`` (a multiple of the panel width) of a weight of K
@@ -237,7 +246,7 @@ cdef void _forward_rows(int code, int act, int ract, Py_ssize_t T, Py_ssize_t N,
     barriers' wall time). The sums are the same: each element is one k-ascending
     chain whichever thread computes it."""
     cdef Py_ssize_t GH = n_gates_of(code) * H, NH = N * H, t, i, j, n = r1 - r0, D
-    cdef Py_ssize_t nr, npn, c0 = 0, c1 = 0, lr0 = r0, ln = n
+    cdef Py_ssize_t c0 = 0, c1 = 0, lr0 = r0, ln = n
     # a small-batch team's packed path: every thread projects its columns of all rows
     cdef bint small_team = team > 1 and N <= SMALL_TEAM_ROWS
     cdef bint cho = code == CELL_GRU_CHO
@@ -256,10 +265,8 @@ cdef void _forward_rows(int code, int act, int ract, Py_ssize_t T, Py_ssize_t N,
     cdef Py_ssize_t sb, s
     if team > 1:
         # the packed kernels' panels, or blocks of 16 rows of the own kernel
-        nr = cyrnn_pgemm_nr(si.isa, sizeof(floating)) if si != NULL else 16
-        npn = (GH + nr - 1) // nr
-        c0 = min(GH, (tid * npn // team) * nr)
-        c1 = min(GH, ((tid + 1) * npn // team) * nr)
+        _col_share(GH, tid, team, cyrnn_pgemm_nr(si.isa, sizeof(floating))
+                   if si != NULL else 16, &c0, &c1)
         _team_wait(wait)  # every thread's rows of the initial state are set
     for t in range(T):
         hp = hbuf + (t % S) * NH
