@@ -1,8 +1,10 @@
-"""Accuracy of bfloat16 weights (``cyrnn.scoring.load(path, weights="bfloat16")``).
+"""Accuracy of bfloat16 weights (``cyrnn.scoring.load(path, weights="bfloat16")``) and
+of bfloat16 arithmetic (``compute="bfloat16"``).
 
-Each model is trained in float32, saved, and scored twice from the file: with its
-float32 weights and with the recurrent and Dense weights rounded to bfloat16 (the
-arithmetic stays float32). Reported per task:
+Each model is trained in float32, saved, and scored from the file: with its float32
+weights, with the recurrent and Dense weights rounded to bfloat16 (the arithmetic
+stays float32), and, where the CPU has AVX-512 BF16, in bfloat16 arithmetic (the
+products' inputs rounded to bfloat16 too, float32 accumulation). Reported per task:
 
 * **IMDB** (the course model of ``examples/imdb_sentiment.py``: Embedding 500x32,
   GRU 32, 10 epochs of RMSProp on the 5,000-review subset): test accuracy of both,
@@ -34,12 +36,26 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import machine_info, markdown_table, write_json  # noqa: E402
 
 
-def both(est, folder, name):
+ARITHMETIC = False  # set by main: whether this CPU has AVX-512 BF16
+
+
+def variants(est, folder, name):
+    """``{variant: scorer}`` of ``est``'s file: "float32", "bfloat16" (weights) and,
+    where available, "bfloat16_arithmetic"."""
     from cyrnn import scoring
 
     path = os.path.join(folder, f"{name}.cyrnn")
     est.save(path)
-    return scoring.load(path), scoring.load(path, weights="bfloat16")
+    out = {"float32": scoring.load(path), "bfloat16": scoring.load(path, weights="bfloat16")}
+    if ARITHMETIC:
+        out["bfloat16_arithmetic"] = scoring.load(path, compute="bfloat16")
+    return out
+
+
+def _arithmetic_available():
+    from cyrnn.backends import get_backend
+
+    return bool(get_backend("cython").bf16_arithmetic_available())
 
 
 def imdb(folder):
@@ -50,13 +66,16 @@ def imdb(folder):
     clf = GRUClassifier(vocab_size=ex.VOCAB, embedding_dim=ex.EMBED, hidden_size=ex.HIDDEN,
                         optimizer="rmsprop", learning_rate=ex.LR, batch_size=ex.BATCH,
                         max_iter=ex.EPOCHS, random_state=ex.SEED).fit(X_train, y_train)
-    f32, bf16 = both(clf, folder, "imdb")
-    p32, p16 = f32.predict_proba(X_test), bf16.predict_proba(X_test)
-    c32, c16 = f32.classes_[p32.argmax(1)], bf16.classes_[p16.argmax(1)]
-    return {"accuracy_float32": float((c32 == y_test).mean()),
-            "accuracy_bfloat16": float((c16 == y_test).mean()),
-            "predictions_changed": int((c32 != c16).sum()), "n_test": int(len(y_test)),
-            "max_abs_probability_change": float(np.abs(p32 - p16).max())}
+    scorers = variants(clf, folder, "imdb")
+    p = {k: sc.predict_proba(X_test) for k, sc in scorers.items()}
+    c = {k: scorers[k].classes_[v.argmax(1)] for k, v in p.items()}
+    out = {"n_test": int(len(y_test))}
+    for k in p:
+        out[f"accuracy_{k}"] = float((c[k] == y_test).mean())
+        if k != "float32":
+            out[f"predictions_changed_{k}"] = int((c[k] != c["float32"]).sum())
+            out[f"max_abs_probability_change_{k}"] = float(np.abs(p[k] - p["float32"]).max())
+    return out
 
 
 def cosine(folder):
@@ -68,12 +87,15 @@ def cosine(folder):
         warnings.simplefilter("ignore")
         reg = LSTMRegressor(hidden_size=32, max_iter=60, learning_rate=1e-2,
                             random_state=0).fit(X[:100], y[:100])
-    f32, bf16 = both(reg, folder, "cosine")
+    scorers = variants(reg, folder, "cosine")
     Xv, yv = X[100:], y[100:]
-    r32, r16 = f32.predict(Xv), bf16.predict(Xv)
-    return {"rmse_float32": float(np.sqrt(np.mean((r32 - yv) ** 2))),
-            "rmse_bfloat16": float(np.sqrt(np.mean((r16 - yv) ** 2))),
-            "max_abs_prediction_change": float(np.abs(r32 - r16).max())}
+    r = {k: sc.predict(Xv) for k, sc in scorers.items()}
+    out = {}
+    for k in r:
+        out[f"rmse_{k}"] = float(np.sqrt(np.mean((r[k] - yv) ** 2)))
+        if k != "float32":
+            out[f"max_abs_prediction_change_{k}"] = float(np.abs(r[k] - r["float32"]).max())
+    return out
 
 
 def drift(folder, steps=200):
@@ -86,37 +108,56 @@ def drift(folder, steps=200):
     module = torch.nn.LSTM(32, 480, num_layers=3, batch_first=True).eval()
     path = os.path.join(folder, "lstm_med.cyrnn")
     cyrnn.Sequential([cyrnn.from_torch(module)]).save(path)
-    f32, bf16 = scoring.load(path), scoring.load(path, weights="bfloat16")
+    scorers = {"float32": scoring.load(path), "bfloat16": scoring.load(path, weights="bfloat16")}
+    if ARITHMETIC:
+        scorers["bfloat16_arithmetic"] = scoring.load(path, compute="bfloat16")
     xs = np.random.default_rng(0).standard_normal((steps, 1, 32)).astype(np.float32)
-    s32 = s16 = None
-    diffs = []
+    states = dict.fromkeys(scorers)
+    diffs = {k: [] for k in scorers if k != "float32"}
     for t in range(steps):
-        y32, s32 = f32.step(xs[t], s32)
-        y16, s16 = bf16.step(xs[t], s16)
-        diffs.append(float(np.abs(y32 - y16).max()))
-    return {"steps": steps, "max_abs_diff_first_step": diffs[0],
-            "max_abs_diff_last_step": diffs[-1], "max_abs_diff_any_step": max(diffs),
-            "output_scale": float(np.abs(y32).max())}
+        ys = {}
+        for k, sc in scorers.items():
+            ys[k], states[k] = sc.step(xs[t], states[k])
+        for k in diffs:
+            diffs[k].append(float(np.abs(ys[k] - ys["float32"]).max()))
+    out = {"steps": steps, "output_scale": float(np.abs(ys["float32"]).max())}
+    for k, d in diffs.items():
+        sfx = "" if k == "bfloat16" else f"_{k}"
+        out.update({f"max_abs_diff_first_step{sfx}": d[0], f"max_abs_diff_last_step{sfx}": d[-1],
+                    f"max_abs_diff_any_step{sfx}": max(d)})
+    return out
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
+    global ARITHMETIC
+    ARITHMETIC = _arithmetic_available()
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as folder:
         res = {"imdb": imdb(folder), "cosine": cosine(folder), "drift": drift(folder)}
     i, c, d = res["imdb"], res["cosine"], res["drift"]
-    print(markdown_table(["task", "float32", "bfloat16 weights", "change"], [
-        ["IMDB test accuracy", f"{i['accuracy_float32']:.4f}", f"{i['accuracy_bfloat16']:.4f}",
-         f"{i['predictions_changed']} of {i['n_test']} predictions; largest probability "
-         f"change {i['max_abs_probability_change']:.2e}"],
-        ["cosine validation RMSE", f"{c['rmse_float32']:.5f}", f"{c['rmse_bfloat16']:.5f}",
-         f"largest prediction change {c['max_abs_prediction_change']:.2e}"],
-        ["lstm_med stream, 200 steps", "", "",
-         f"largest output difference: step 1 {d['max_abs_diff_first_step']:.2e}, step "
-         f"{d['steps']} {d['max_abs_diff_last_step']:.2e}, any {d['max_abs_diff_any_step']:.2e}"
-         f" (outputs up to {d['output_scale']:.2f})"]]))
+    rows = []
+    for k, label in (("bfloat16", "bfloat16 weights"),
+                     ("bfloat16_arithmetic", "bfloat16 arithmetic")):
+        if f"accuracy_{k}" not in i:
+            rows.append([label, "not available on this CPU", "", ""])
+            continue
+        sfx = "" if k == "bfloat16" else f"_{k}"
+        rows.append([
+            label,
+            f"{i['accuracy_float32']:.4f} -> {i[f'accuracy_{k}']:.4f} "
+            f"({i[f'predictions_changed_{k}']} of {i['n_test']} predictions changed; "
+            f"probabilities by up to {i[f'max_abs_probability_change_{k}']:.2e})",
+            f"{c['rmse_float32']:.5f} -> {c[f'rmse_{k}']:.5f} (predictions by up to "
+            f"{c[f'max_abs_prediction_change_{k}']:.2e})",
+            f"step 1 {d[f'max_abs_diff_first_step{sfx}']:.2e}, step {d['steps']} "
+            f"{d[f'max_abs_diff_last_step{sfx}']:.2e}, any {d[f'max_abs_diff_any_step{sfx}']:.2e} "
+            f"(outputs up to {d['output_scale']:.2f})"])
+    print(markdown_table(["variant", "IMDB test accuracy (float32 -> variant)",
+                          "cosine validation RMSE", "lstm_med stream, largest output difference"],
+                         rows))
     print(f"({time.perf_counter() - start:.0f} s)")
     if args.json:
         write_json(args.json, {"machine": machine_info(), "results": res})

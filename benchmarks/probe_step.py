@@ -9,7 +9,7 @@ one-row kernel's prefetch trial. Run it on two builds in alternating fresh proce
 
 Arguments: layers, hidden size, optionally ``--weights packed|bfloat16`` (a
 ``cyrnn.scoring`` scorer of the same weights; default: ``layer.step`` on a
-``from_torch`` layer). 32 input features, one kernel thread, a carried state, 7
+``from_torch`` layer) or ``--compute bfloat16`` (a scorer in bfloat16 arithmetic). 32 input features, one kernel thread, a carried state, 7
 samples of ``--calls`` steps; prints the median microseconds per step. Needs torch
 (the layer is built from ``torch.nn.LSTM`` as in bench_stream.py).
 """
@@ -27,6 +27,7 @@ def main(argv=None):
     ap.add_argument("layers", type=int)
     ap.add_argument("hidden", type=int)
     ap.add_argument("--weights", choices=["packed", "bfloat16"], default=None)
+    ap.add_argument("--compute", choices=["bfloat16"], default=None)
     ap.add_argument("--calls", type=int, default=None,
                     help="steps per sample (default: about 0.3 s worth)")
     args = ap.parse_args(argv)
@@ -39,11 +40,11 @@ def main(argv=None):
     module = torch.nn.LSTM(32, args.hidden, num_layers=args.layers, batch_first=True).eval()
     cyrnn.set_num_threads(1)
     layer = cyrnn.from_torch(module)
-    if args.weights:
+    if args.weights or args.compute:
         with tempfile.TemporaryDirectory() as folder:
             path = os.path.join(folder, "m.cyrnn")
             cyrnn.Sequential([layer]).save(path)
-            step = scoring.load(path, weights=args.weights).step
+            step = scoring.load(path, weights=args.weights, compute=args.compute).step
     else:
         step = layer.step
     xs = list(np.random.default_rng(1).standard_normal((64, 1, 32)).astype(np.float32))
@@ -58,7 +59,8 @@ def main(argv=None):
         for i in range(calls):
             _, state = step(xs[i % 64], state)
         samples.append((time.perf_counter() - t0) / calls * 1e6)
-    print(f"{args.layers} x {args.hidden} {args.weights or 'layer.step'}: "
+    what = f"compute={args.compute}" if args.compute else args.weights or "layer.step"
+    print(f"{args.layers} x {args.hidden} {what}: "
           f"{np.median(samples):.1f} us per step (median of 7 x {calls})")
 
 

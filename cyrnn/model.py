@@ -205,7 +205,8 @@ class Sequential:
     def _planned_inputs(self, plan, x, lengths, mask, initial_states, training):
         """``(x, valid, h0, c0)`` in the exact form of the fused calls, or None when an
         argument is invalid (the layer path then raises its error, in its order) or the
-        input needs the layer path (a sequence of padding only under ``mask_zero``)."""
+        input needs the layer path (a sequence of padding only under ``mask_zero``, on a
+        backend whose fused calls do not take one)."""
         first = self.layers[0]
         try:
             # an exact-form x goes straight to the kernel, which checks its values (NaN,
@@ -224,7 +225,7 @@ class Sequential:
             valid = validity_mask(lengths, mask, n, T)
             if getattr(first, "mask_zero", False):
                 nonzero = x != 0
-                if not nonzero.any(axis=1).all():
+                if not plan.empty_rows and not nonzero.any(axis=1).all():
                     return None  # padding only: the layer path (zero outputs)
                 valid = nonzero if valid is None else (valid & nonzero)
             h0 = c0 = None

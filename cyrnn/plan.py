@@ -115,7 +115,7 @@ class CompiledPlan:
 
     __slots__ = ("spec", "infer", "train_forward", "train_backward", "recurrent",
                  "has_c", "_blocks", "n_ops", "_no_bias", "_dropping", "_trunc", "_mod",
-                 "packed", "takes_float64", "takes_steps")
+                 "packed", "takes_float64", "takes_steps", "empty_rows")
 
     def __init__(self, spec, mod, recurrent):
         self.spec = spec
@@ -125,6 +125,9 @@ class CompiledPlan:
         self.takes_float64 = getattr(mod, "INFER_TAKES_FLOAT64", False)
         # infer takes one step in step form and shapes the states it returns (step())
         self.takes_steps = getattr(mod, "INFER_TAKES_STEPS", False)
+        # the fused calls take sequences with no valid step (padding only under
+        # mask_zero: zero outputs, the state carried), so such a batch runs fused too
+        self.empty_rows = getattr(mod, "FUSED_EMPTY_ROWS", False)
         self.infer = mod.infer
         self.train_forward = mod.train_forward
         self.train_backward = mod.train_backward
@@ -165,19 +168,21 @@ class CompiledPlan:
         """Whether the backend keeps packed weights (:meth:`use_packed_weights`)."""
         return hasattr(self._mod, "PackedWeights")
 
-    def use_packed_weights(self, fmt, auto=False):
+    def use_packed_weights(self, fmt, auto=False, arithmetic="float32"):
         """Make every ``infer`` of this plan use weights packed once, in ``fmt``
         (``"native"`` or ``"bfloat16"``), on the first call, from the parameter
         buffer that call passes (the Cython backend's ``PackedWeights``; the buffer
         must not change afterwards). ``"bfloat16"`` packs the weights
         :meth:`packed_weight_ranges` lists, rounded to nearest even. ``auto``
         (native only): only the calls that would pack per call use them, so results
-        stay exactly those of the unpacked plan."""
+        stay exactly those of the unpacked plan. ``arithmetic="bfloat16"``
+        (``"bfloat16"`` weights, a CPU with AVX-512 BF16): the products round the
+        activations to bfloat16 too (``PackedWeights``)."""
         packer = getattr(self._mod, "PackedWeights", None)
         if packer is None:
             raise ValueError("packed weights need the Cython backend (this model's "
                              f"layers run on {self._mod.__name__.rsplit('.', 1)[-1]})")
-        weights, infer = packer(fmt, auto), self._mod.infer
+        weights, infer = packer(fmt, auto, arithmetic), self._mod.infer
 
         def packed_infer(spec, data, x, mask=None, h0=None, c0=None, return_state=False,
                          _weights=None, state_shape=None, step=False):

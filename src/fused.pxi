@@ -357,7 +357,7 @@ cdef int _check_call(const int64_t* sp, cnp.ndarray data, object x, object mask,
     cdef uint8_t* mtm
     cdef Py_ssize_t t, i, nx
     cdef int nd
-    cdef bint any_valid, mzero
+    cdef bint mzero
     d.n_ops = sp[1]
     d.typenum = cnp.PyArray_TYPE(data)
     if d.typenum != cnp.NPY_FLOAT32 and d.typenum != cnp.NPY_FLOAT64:
@@ -502,16 +502,12 @@ cdef int _check_call(const int64_t* sp, cnp.ndarray data, object x, object mask,
     elif mp == NULL:
         return 0
     mtm = <uint8_t*>_alloc(<double>d.N * d.T)
+    # a sequence of padding only gets no valid step: zero outputs, its state carried
+    # (the layer path's rule; cython_backend.FUSED_EMPTY_ROWS)
     for i in range(d.N):
-        any_valid = False
         for t in range(d.T):
             k = i * d.T + t
             mtm[t * d.N + i] = (mp == NULL or mp[k] != 0) and not (mzero and ids_out[0][k] == 0)
-            if mzero and ids_out[0][k] != 0:
-                any_valid = True
-        if mzero and not any_valid:
-            free(mtm)
-            return 1  # a sequence of padding only: the layer path (zero outputs)
     mask_out[0] = mtm
     return 0
 
@@ -678,7 +674,7 @@ cdef enum:
 cdef inline Py_ssize_t _pk_size(int isa, int wfmt, Py_ssize_t isz, Py_ssize_t C,
                                 Py_ssize_t K) noexcept nogil:
     """Units (elements, or words for bfloat16) of a packed (C, K) weight."""
-    if wfmt == WF_BF16:
+    if _is_bf16(wfmt):
         return cyrnn_pgemm_bsize(isa, C, K)
     return cyrnn_pgemm_size(isa, isz, C, K)
 
@@ -785,7 +781,7 @@ cdef void _pack_weights(const int64_t* sp, const Dims* d, int isa, bint bwd, int
 
 cdef inline void _pack_fmt(int isa, int wfmt, const floating* w, Py_ssize_t C, Py_ssize_t K,
                            floating* P) noexcept nogil:
-    if wfmt == WF_BF16:
+    if _is_bf16(wfmt):
         _pack_bf(isa, w, C, K, P)
     else:
         _pack(isa, w, C, K, P)
@@ -877,7 +873,7 @@ cdef inline Py_ssize_t _small_team_op(const int64_t* r, Py_ssize_t N, Py_ssize_t
     if r[0] != OP_RNN or r[RNN_CELL] == CELL_GRU_CHO or SMALL_TEAM_MIN_BYTES < 0:
         return 1
     # W_hh's bytes as the kernels read them (_gates_of: G*H; bfloat16: 2 per weight)
-    whh = <double>_gates_of(r) * r[RNN_HIDDEN] * (2 if packed and wfmt == WF_BF16 else isz)
+    whh = <double>_gates_of(r) * r[RNN_HIDDEN] * (2 if packed and _is_bf16(wfmt) else isz)
     if whh < SMALL_TEAM_MIN_BYTES:
         return 1
     if not packed and not _own_small_gemm(N, <Py_ssize_t>whh, -1):
@@ -1493,7 +1489,12 @@ cdef class PackedWeights:
 
     ``auto=True``: used only by the calls that would pack per call anyway
     (PACK_MIN_ROWS rows or more), so every result equals the unpacked plan's
-    exactly; smaller calls run unpacked and pack nothing."""
+    exactly; smaller calls run unpacked and pack nothing.
+
+    ``arithmetic="bfloat16"`` (bfloat16 weights only): the products also round
+    the activations to bfloat16 and multiply-add k-pairs with AVX-512 BF16's
+    VDPBF16PS, accumulating in float32 (src/pgemm.h); ValueError where
+    ``bf16_arithmetic_available()`` is False."""
     cdef char* block
     cdef double nbytes
     cdef int64_t* pk
@@ -1503,16 +1504,28 @@ cdef class PackedWeights:
     cdef int wfmt
     cdef object data
     cdef readonly str format
+    cdef readonly str arithmetic
     cdef readonly Py_ssize_t min_rows
 
-    def __cinit__(self, str format="native", bint auto=False):
+    def __cinit__(self, str format="native", bint auto=False, str arithmetic="float32"):
         if format not in ("native", "bfloat16"):
             raise ValueError(f"packed weights format must be 'native' or 'bfloat16', "
                              f"got {format!r}")
+        if arithmetic not in ("float32", "bfloat16"):
+            raise ValueError(f"packed weights arithmetic must be 'float32' or 'bfloat16', "
+                             f"got {arithmetic!r}")
         if auto and format != "native":
             raise ValueError("auto packed weights are native (bfloat16 changes results)")
+        if arithmetic == "bfloat16":
+            if format != "bfloat16":
+                raise ValueError("bfloat16 arithmetic needs bfloat16 weights")
+            if not cyrnn_bf16dot_ok():
+                raise ValueError("bfloat16 arithmetic needs a CPU with AVX-512 BF16 "
+                                 "(bf16_arithmetic_available() is False here)")
         self.format = format
-        self.wfmt = WF_BF16 if format == "bfloat16" else WF_NATIVE
+        self.arithmetic = arithmetic
+        self.wfmt = (WF_BF16D if arithmetic == "bfloat16" else
+                     WF_BF16 if format == "bfloat16" else WF_NATIVE)
         self.min_rows = PACK_MIN_ROWS if auto else 0
 
     def __dealloc__(self):
@@ -1535,7 +1548,7 @@ cdef class PackedWeights:
                 raise ValueError("packed weights were made for another model or "
                                  "parameter buffer")
             return 0
-        if self.wfmt == WF_BF16 and d.isz != 4:
+        if _is_bf16(self.wfmt) and d.isz != 4:
             raise ValueError("bfloat16 weights need a float32 model")
         cdef int isa = cyrnn_pgemm_isa()
         cdef int64_t* pk = <int64_t*>_alloc(<double>d.n_ops * PK_WIDTH * 8)

@@ -520,6 +520,10 @@ cdef extern from "pgemm.h" nogil:
                         const unsigned int* P, Py_ssize_t C, float* out, Py_ssize_t ldo,
                         int beta)
     unsigned int cyrnn_bf16(float f)
+    int cyrnn_bf16dot_ok()
+    void cyrnn_pgemm_bd(int isa, const float* x, Py_ssize_t ldx, Py_ssize_t n, Py_ssize_t K,
+                        const unsigned int* P, Py_ssize_t C, float* out, Py_ssize_t ldo,
+                        int beta)
     void cyrnn_rgemm_f(int isa, const float* x, Py_ssize_t ldx, Py_ssize_t n, Py_ssize_t K,
                        const float* W, Py_ssize_t C, float* out, Py_ssize_t ldo)
     void cyrnn_rgemm_d(int isa, const double* x, Py_ssize_t ldx, Py_ssize_t n, Py_ssize_t K,
@@ -567,10 +571,19 @@ cdef inline bint _own_small_gemm(Py_ssize_t N, Py_ssize_t wbytes,
 # Formats of packed forward weights: the call's dtype, or bfloat16 (float32 calls
 # only; see pgemm.h). A bfloat16 block is counted in 32-bit words (a k-pair of
 # weights each), so its offsets index a float32 pointer like a native block's.
+# WF_BF16D: the same bfloat16 block, multiplied in bfloat16 arithmetic (the
+# activations rounded too, AVX-512 BF16's VDPBF16PS; only where
+# cyrnn_bf16dot_ok()); WF_BF16 widens the weights and keeps float32 arithmetic.
 cdef enum:
     WF_NATIVE = 0
     WF_BF16 = 1
     WF_RAW = 2  # not packed: the weights as stored, read by cyrnn_rgemm (src/pgemm.h)
+    WF_BF16D = 3
+
+
+cdef inline bint _is_bf16(int wfmt) noexcept nogil:
+    """Whether weights in format ``wfmt`` are packed as bfloat16 words."""
+    return wfmt == WF_BF16 or wfmt == WF_BF16D
 
 
 cdef inline void _pack(int isa, const floating* w, Py_ssize_t C, Py_ssize_t K,
@@ -617,7 +630,8 @@ cdef inline void _pgw(int isa, int wfmt, const floating* x, Py_ssize_t ldx, Py_s
                       Py_ssize_t K, const floating* P, Py_ssize_t C, floating* out,
                       Py_ssize_t ldo) noexcept nogil:
     """``_pg`` on a weight packed in format ``wfmt`` (``WF_BF16``: by ``_pack_bf``;
-    ``WF_RAW``: ``P`` is the (C, K) weight as stored, the same sums)."""
+    ``WF_BF16D``: the same, in bfloat16 arithmetic; ``WF_RAW``: ``P`` is the (C, K)
+    weight as stored, the same sums)."""
     if wfmt == WF_RAW:
         if floating is float:
             cyrnn_rgemm_f(isa, x, ldx, n, K, P, C, out, ldo)
@@ -627,6 +641,9 @@ cdef inline void _pgw(int isa, int wfmt, const floating* x, Py_ssize_t ldx, Py_s
     if floating is float:
         if wfmt == WF_BF16:
             cyrnn_pgemm_bf(isa, x, ldx, n, K, <const unsigned int*>P, C, out, ldo, 0)
+            return
+        if wfmt == WF_BF16D:
+            cyrnn_pgemm_bd(isa, x, ldx, n, K, <const unsigned int*>P, C, out, ldo, 0)
             return
     _pg(isa, x, ldx, n, K, P, C, out, ldo)
 
@@ -679,6 +696,50 @@ cdef inline void _pg_xt(int isa, const floating* x, Py_ssize_t ldx, Py_ssize_t n
         cyrnn_pgemm_tf(isa, x, ldx, n, K, P, C, out, ldo, 1)
     else:
         cyrnn_pgemm_td(isa, x, ldx, n, K, P, C, out, ldo, 1)
+
+
+def bf16_arithmetic_available():
+    """Whether this process can multiply in bfloat16 arithmetic (``PackedWeights(...,
+    arithmetic="bfloat16")``): the CPU reports AVX-512F and AVX-512 BF16 and the
+    packed kernels run their AVX-512 path (``CYRNN_PGEMM_ISA`` may lower it)."""
+    return bool(cyrnn_bf16dot_ok())
+
+
+def _packed_product(const float[:, ::1] x not None, const float[:, ::1] w not None,
+                    str format="native"):
+    """``x @ w.T`` (float32) through the packed kernels, ``w`` packed in ``format``
+    (``"native"``, ``"bfloat16"``, ``"bfloat16_dot"``: bfloat16 arithmetic, where
+    available): for tests of the kernels themselves."""
+    cdef int isa = cyrnn_pgemm_isa()
+    cdef int wfmt = (WF_NATIVE if format == "native" else WF_BF16 if format == "bfloat16"
+                     else WF_BF16D if format == "bfloat16_dot" else -1)
+    cdef Py_ssize_t n = x.shape[0], K = x.shape[1], C = w.shape[0]
+    if wfmt < 0:
+        raise ValueError(f"unknown format {format!r}")
+    if wfmt == WF_BF16D and not cyrnn_bf16dot_ok():
+        raise ValueError("bfloat16 arithmetic is not available on this CPU")
+    if w.shape[1] != K or n == 0 or K == 0 or C == 0:
+        raise ValueError("x (n, K) and w (C, K), none empty")
+    cdef cnp.npy_intp dims[2]
+    dims[0] = (cyrnn_pgemm_bsize(isa, C, K) if wfmt != WF_NATIVE
+               else cyrnn_pgemm_size(isa, 4, C, K)) + 16
+    cdef cnp.ndarray packed = cnp.PyArray_EMPTY(1, dims, cnp.NPY_FLOAT32, 0)
+    dims[0] = n
+    dims[1] = C
+    cdef cnp.ndarray out = cnp.PyArray_EMPTY(2, dims, cnp.NPY_FLOAT32, 0)
+    # 64-byte aligned start (the kernels load whole panels as aligned vectors)
+    cdef Py_ssize_t shift = ((64 - (<size_t>cnp.PyArray_DATA(packed)) % 64) % 64) // 4
+    cdef float* P = <float*>cnp.PyArray_DATA(packed) + shift
+    cdef unsigned int csr
+    with nogil:
+        csr = cyrnn_fp_flush()
+        if wfmt == WF_NATIVE:
+            _pack(isa, &w[0, 0], C, K, P)
+        else:
+            _pack_bf(isa, &w[0, 0], C, K, P)
+        _pgw(isa, wfmt, &x[0, 0], K, n, K, P, C, <float*>cnp.PyArray_DATA(out), C)
+        cyrnn_fp_restore(csr)
+    return out
 
 
 def _path_counts():

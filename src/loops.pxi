@@ -165,7 +165,7 @@ cdef inline Py_ssize_t _panel_off(int wfmt, Py_ssize_t c0, Py_ssize_t K) noexcep
     """Offset (elements of the call's dtype; 32-bit words for bfloat16) of the panel
     that starts at column ``c0`` (a multiple of the panel width) of a weight of K
     rows packed in format ``wfmt`` (src/pgemm.h: bfloat16 packs k in pairs)."""
-    if wfmt == WF_BF16:
+    if _is_bf16(wfmt):
         return c0 * ((K + 1) // 2)
     return c0 * K
 

@@ -545,6 +545,152 @@ static void cyrnn_pgemm_bf(int isa, const float* x, ptrdiff_t ldx, ptrdiff_t n, 
     else cyrnn_pgemm_bf128(x, ldx, n, K, P, C, out, ldo, beta);
 }
 
+/* ---- bfloat16 weights, bfloat16 arithmetic (opt-in; AVX-512 BF16) ----
+   VDPBF16PS multiplies k-pairs of bfloat16 values and adds both products to a
+   float32 accumulator: twice the multiply-adds of a float32 FMA per instruction.
+   Its rate depends on the CPU (benchmarks/bf16_dot_rate.c, one core: 116
+   against 58 GMAC/s for float32 FMAs on a Zen 4, 54 against 107 on the Xeon of
+   2026-11-30), so it is never taken by default. The activations have to be
+   bfloat16 too: each product first rounds its rows of x (nearest even, as
+   VCVTNE2PS2BF16 does) into 32-bit words of k-pairs, the layout of the packed
+   bfloat16 weights' words; then every output element is one chain of
+   VDPBF16PS over the k-pairs in ascending order, in the tile kernel and the
+   one-row kernel alike, so a row's result does not depend on the rows or the
+   kernel it was computed with (a stream's steps equal its whole sequence).
+   Only with AVX-512F and AVX-512 BF16 at run time (cyrnn_bf16dot_ok). The
+   weights are ``cyrnn_pack_bf``'s (isa 2: panels of 32 columns). */
+#if CYRNN_PGEMM_X86 && __GNUC__ >= 11
+#include <immintrin.h>
+#define CYRNN_BF16DOT 1
+#define CYRNN_TBF __attribute__((target("avx512f,avx512bf16,avx512bw,avx512vl,fma")))
+#else
+#define CYRNN_BF16DOT 0
+#endif
+
+/* Whether this process may take the bfloat16-arithmetic kernels: the CPU has
+   AVX-512 BF16 and the packed kernels' pick is AVX-512 (CYRNN_PGEMM_ISA may
+   lower it). */
+static int cyrnn_bf16dot_ok(void) {
+#if CYRNN_BF16DOT
+    static volatile int ok = -1;
+    if (ok < 0) {
+        __builtin_cpu_init();
+        ok = cyrnn_pgemm_isa() == 2 && __builtin_cpu_supports("avx512bf16")
+             && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") ? 1 : 0;
+    }
+    return ok;
+#else
+    return 0;
+#endif
+}
+
+#if CYRNN_BF16DOT
+typedef int cyrnn_word_t __attribute__((may_alias));
+/* A word of k-pair bfloat16 values broadcast to every lane; ``p`` points at it
+   (the kernels' x pointers are float-typed: the words' bits are read as they are). */
+#define CYRNN_BD_BCAST(p) ((__m512bh)_mm512_set1_epi32(*(const cyrnn_word_t*)(p)))
+#define CYRNN_KSTEPS_BF16D(K) (((K) + 1) / 2)
+#define CYRNN_KLOOP_BF16D(VT, UT, T)                                                  \
+    for (k = 0; k < (K + 1) / 2; k++) {                                               \
+        __m512bh w0 = (__m512bh)*(const UT*)(pp + k * NR);                            \
+        __m512bh w1 = (__m512bh)*(const UT*)(pp + k * NR + V);                        \
+        _Pragma("GCC unroll 16")                                                      \
+        for (r = 0; r < MRS; r++) {                                                    \
+            __m512bh s = CYRNN_BD_BCAST(xr[r] + k);                                   \
+            a0[r] = (VT)_mm512_dpbf16_ps((__m512)a0[r], s, w0);                       \
+            a1[r] = (VT)_mm512_dpbf16_ps((__m512)a1[r], s, w1);                       \
+        }                                                                             \
+    }
+#define CYRNN_GLOOP_BF16D(VT, UT, T)                                                  \
+    for (k = 0; k < (K + 1) / 2; k++) {                                               \
+        __m512bh s = CYRNN_BD_BCAST(x + k);                                           \
+        _Pragma("GCC unroll 8")                                                       \
+        for (q = 0; q < PGS; q++) {                                                    \
+            a[2 * q] = (VT)_mm512_dpbf16_ps((__m512)a[2 * q], s,                       \
+                (__m512bh)*(const UT*)(pp + q * pstride + k * NR));                   \
+            a[2 * q + 1] = (VT)_mm512_dpbf16_ps((__m512)a[2 * q + 1], s,               \
+                (__m512bh)*(const UT*)(pp + q * pstride + k * NR + V));               \
+        }                                                                             \
+    }
+/* x here: rows of (K+1)/2 words (stride ldx words), read through float pointers */
+CYRNN_PGEMM_BODY(cyrnn_pgemm_bd512, float, unsigned int, BF16D, 64, 8, CYRNN_TBF, 0)
+CYRNN_GEMV_BODY(cyrnn_gemv_bd512, float, unsigned int, BF16D, 64, CYRNN_TBF)
+
+/* Round n rows of K floats (row stride ldx) to bfloat16 k-pair words, (K+1)/2 a
+   row (0 in the high half past an odd K), row after row at w. A value beyond
+   bfloat16's range (|x| > 3.39e38) rounds to inf, so a zero weight then gives
+   NaN where float32 arithmetic gives 0. */
+CYRNN_TBF static void cyrnn_bf16_pairs(const float* x, ptrdiff_t ldx, ptrdiff_t n,
+                                       ptrdiff_t K, unsigned int* w) {
+    ptrdiff_t KK = (K + 1) / 2, i, k, r;
+    for (i = 0; i < n; i++) {
+        const float* xi = x + i * ldx;
+        unsigned int* wi = w + i * KK;
+        for (k = 0; k + 32 <= K; k += 32) {
+            __m512bh b = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(xi + k + 16),
+                                             _mm512_loadu_ps(xi + k));
+            _mm512_storeu_si512((void*)(wi + k / 2), (__m512i)b);
+        }
+        if (k < K) {
+            r = K - k;  /* 1 .. 31 */
+            __mmask16 m0 = r >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << r) - 1);
+            __mmask16 m1 = r > 16 ? (__mmask16)((1u << (r - 16)) - 1) : (__mmask16)0;
+            __m512bh b = _mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(m1, xi + k + 16),
+                                             _mm512_maskz_loadu_ps(m0, xi + k));
+            _mm512_mask_storeu_epi32((void*)(wi + k / 2),
+                                     (__mmask16)((1u << ((r + 1) / 2)) - 1), (__m512i)b);
+        }
+    }
+}
+#endif
+
+/* out = (beta ? out : 0) + x W^T in bfloat16 arithmetic, W packed by
+   cyrnn_pack_bf for isa 2: x's rows are rounded, in blocks of up to BD_ROWS rows,
+   into a scratch of k-pair words (on the stack when a block fits 16 KiB, else on
+   the heap; without heap, blocks of what the stack holds), and each block is
+   multiplied while its words are in cache. Rows never interact, so the blocking
+   changes no result. Callers check cyrnn_bf16dot_ok() first; without it (or another
+   isa), or in the one case nothing holds a row (more than 8192 features and no
+   heap), this is the float32-arithmetic cyrnn_pgemm_bf. */
+#define CYRNN_BD_ROWS 256
+static void cyrnn_pgemm_bd(int isa, const float* x, ptrdiff_t ldx, ptrdiff_t n, ptrdiff_t K,
+                           const unsigned int* P, ptrdiff_t C, float* out, ptrdiff_t ldo,
+                           int beta) {
+#if CYRNN_BF16DOT
+    enum { SBUF = 4096 };
+    unsigned int sbuf[SBUF] __attribute__((aligned(64)));
+    unsigned int* w = sbuf;
+    ptrdiff_t KK = (K + 1) / 2, rows = n < CYRNN_BD_ROWS ? n : CYRNN_BD_ROWS, i0, i, m;
+    if (n <= 0 || C <= 0) return;
+    if (isa == 2 && cyrnn_bf16dot_ok()) {
+        if (rows * KK > SBUF) {
+            w = (unsigned int*)malloc((size_t)(rows * KK) * sizeof(unsigned int));
+            if (w == NULL) {
+                w = sbuf;
+                rows = SBUF / KK >= 8 ? SBUF / KK / 8 * 8 : SBUF / KK;
+            }
+        }
+        if (rows >= 1) {
+            for (i0 = 0; i0 < n; i0 += rows) {
+                m = n - i0 < rows ? n - i0 : rows;
+                cyrnn_bf16_pairs(x + i0 * ldx, ldx, m, K, w);
+                if (m <= CYRNN_GEMV_ROWS)
+                    for (i = 0; i < m; i++)
+                        cyrnn_gemv_bd512((const float*)(w + i * KK), K, P, C,
+                                         out + (i0 + i) * ldo, beta);
+                else
+                    cyrnn_pgemm_bd512((const float*)w, KK, m, K, P, C, out + i0 * ldo,
+                                      ldo, beta);
+            }
+            if (w != sbuf) free(w);
+            return;
+        }
+        /* a row of more than 2 * SBUF features and no heap: float32 arithmetic */
+    }
+#endif
+    cyrnn_pgemm_bf(isa, x, ldx, n, K, P, C, out, ldo, beta);
+}
+
 /* Flush denormal numbers to zero (FTZ, DAZ) in the calling thread while cyrnn's
    loops run; returns the previous mode for cyrnn_fp_restore. Gradients that
    decay through hundreds of steps reach the denormal range, where every

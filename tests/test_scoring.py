@@ -695,6 +695,170 @@ def test_bfloat16_weights_serve_threads(tmp_path, rng):
     assert sc._plan.packed.nbytes > 0
 
 
+# ----------------------------------------------------------------------------
+# bfloat16 arithmetic (compute="bfloat16": AVX-512 BF16's VDPBF16PS)
+# ----------------------------------------------------------------------------
+def _bf16_dot_or_skip():
+    if "cython" not in cyrnn.backends.available():
+        pytest.skip("Cython backend not built")
+    from cyrnn import _cython_kernels as kernels
+    if not kernels.bf16_arithmetic_available():
+        pytest.skip("this CPU has no AVX-512 BF16 (or CYRNN_PGEMM_ISA lowers the kernels)")
+    return kernels
+
+
+@pytest.mark.parametrize("n, K, C", [(1, 1, 1), (1, 33, 70), (2, 31, 5), (3, 64, 33),
+                                     (9, 17, 100), (17, 96, 64), (40, 257, 40),
+                                     (5, 9001, 3)])
+def test_bf16_dot_kernel_rounds_both_operands(n, K, C, rng):
+    """The bfloat16-arithmetic product equals x @ w.T computed in float64 on both
+    operands rounded to bfloat16 (nearest even, by torch's rule: bfloat16_round) up to
+    float32 accumulation, for one and two rows (the one-row kernel), tiles with
+    partial rows and panels, odd K (a zero high half in the last pair) and a row too
+    long for the stack scratch (K 9001); each row alone gives the batch's bits; the
+    widening bfloat16 kernel keeps x unrounded."""
+    kernels = _bf16_dot_or_skip()
+    x = (rng.standard_normal((n, K)) * 3).astype(np.float32)
+    w = rng.standard_normal((C, K)).astype(np.float32)
+    xr, wr = (scoring.bfloat16_round(a).astype(np.float64) for a in (x, w))
+    y = kernels._packed_product(x, w, "bfloat16_dot")
+    scale = np.abs(xr) @ np.abs(wr).T
+    tol = 4 * K * np.finfo(np.float32).eps * scale + 1e-30
+    assert np.all(np.abs(y - xr @ wr.T) <= tol)
+    for i in range(n):
+        np.testing.assert_array_equal(kernels._packed_product(x[i:i + 1], w, "bfloat16_dot"),
+                                      y[i:i + 1])
+    widened = kernels._packed_product(x, w, "bfloat16")
+    assert np.all(np.abs(widened - x.astype(np.float64) @ wr.T) <= tol)
+    if K > 1:  # x's rounding shows
+        assert not np.array_equal(widened, y)
+
+
+@pytest.mark.parametrize("cls, kw", CELLS)
+def test_bf16_arithmetic_scorer(cls, kw, tmp_path, rng):
+    """compute='bfloat16': every cell kind, stacked and chained layers, an Embedding
+    (mask_zero, a sequence of padding only in the batch) and a Dense head: stepping
+    equals the whole sequence exactly, a row alone equals its batch, and whole
+    sequences stay near the float32 model (the rounded activations move them, so they
+    differ from weights='bfloat16' alone). One step from a given state whose values
+    (and the inputs) are bfloat16 numbers equals the float32 model on bfloat16-rounded
+    weights (the products then multiply exact values; only the order of the float32
+    sums differs)."""
+    _bf16_dot_or_skip()
+    Cell = getattr(cyrnn, cls)
+    big = cyrnn.Sequential([cyrnn.Embedding(11, 5, mask_zero=True, random_state=0),
+                            Cell(5, 9, num_layers=2, random_state=1, **kw),
+                            Cell(9, 7, random_state=2, **kw), cyrnn.Dense(7, 3, random_state=3)])
+    big.save(tmp_path / "seq.cyrnn")
+    sc = scoring.load(tmp_path / "seq.cyrnn", compute="bfloat16")
+    assert (sc.weights, sc.compute) == ("bfloat16", "bfloat16")
+    assert sc._plan.packed.arithmetic == "bfloat16"
+    ids = rng.integers(1, 11, size=(5, 8))
+    ids[1, :3] = 0  # pre-padding
+    whole = sc.predict(ids)
+    state = None
+    full = [0, 2, 3, 4]  # the streams without padding (a step refuses id 0)
+    for t in range(ids.shape[1]):
+        y, state = sc.step(ids[full, t], state)
+        np.testing.assert_array_equal(y, whole[full, t])
+    for k in range(5):
+        np.testing.assert_array_equal(sc.predict(ids[k:k + 1]), whole[k:k + 1])
+    # a sequence of padding only beside them: zeros, and the other rows unchanged
+    padded = sc.predict(np.concatenate([ids, np.zeros((1, 8), np.int64)]))
+    np.testing.assert_array_equal(padded[:5], whole)
+    np.testing.assert_array_equal(padded[5], 0)
+    np.testing.assert_allclose(whole, big.forward(ids), rtol=0, atol=3e-2)
+    widened = scoring.load(tmp_path / "seq.cyrnn", weights="bfloat16").predict(ids)
+    assert not np.array_equal(widened, whole)
+
+    model = cyrnn.Sequential([Cell(5, 9, num_layers=2, random_state=1, **kw)])
+    model.save(tmp_path / "one.cyrnn")
+    sc = scoring.load(tmp_path / "one.cyrnn", compute="bfloat16")
+    ref = _bf16_model(model)
+    x = scoring.bfloat16_round(rng.normal(size=(3, 5)).astype(np.float32))
+    h0 = scoring.bfloat16_round(rng.normal(size=(2, 3, 9)).astype(np.float32) * 0.5)
+    state = (h0, rng.normal(size=(2, 3, 9)).astype(np.float32)) if cls == "LSTM" else h0
+    y, (st,) = sc.step(x, [state])
+    y_ref, st_ref = ref.recurrent_layers[0].step(x, state)
+    # the stacked layer's second layer multiplies the first's output, which the
+    # reference does not round: the first layer's new state is compared tightly, the
+    # second's (and the output, its h) loosely
+    np.testing.assert_allclose(y, y_ref, rtol=0, atol=2e-2)
+    for a, b in zip(st if isinstance(st, tuple) else (st,),
+                    st_ref if isinstance(st_ref, tuple) else (st_ref,)):
+        if kw.get("reset_after", True):  # Cho's GRU multiplies r * h, rounded too
+            np.testing.assert_allclose(a[0], b[0], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(a, b, rtol=0, atol=2e-2)
+
+
+def test_bf16_arithmetic_small_team(tmp_path, rng):
+    """The small-batch team on weights multiplied in bfloat16 arithmetic: each thread
+    rounds the rows it multiplies itself; predictions and steps equal one thread's bit
+    for bit."""
+    _bf16_dot_or_skip()
+    stacked = cyrnn.Sequential([cyrnn.LSTM(5, 41, num_layers=2, random_state=2,
+                                           return_sequences=True), cyrnn.Dense(41, 3)])
+    stacked.save(tmp_path / "s.cyrnn")
+    sc = scoring.load(tmp_path / "s.cyrnn", compute="bfloat16")
+    xs = [rng.normal(size=(n, 11, 5)).astype(np.float32) for n in (1, 2, 3)]
+
+    def run():
+        out = []
+        for x in xs:
+            out.append(sc.predict(x))
+            state = None
+            for t in range(x.shape[1]):
+                y, state = sc.step(x[:, t], state)
+                out += [y, *state]
+        return out
+
+    _, counts = _small_team_runs(run)
+    assert counts[1] == 0
+    assert counts[2] == counts[3] == 3 * (2 + 2 * 11)
+
+
+def test_bf16_arithmetic_falls_back_and_refuses(tmp_path, rng, monkeypatch):
+    """Without AVX-512 BF16, compute='bfloat16' warns and keeps float32 arithmetic on
+    the bfloat16 weights (the results of weights='bfloat16'); bad combinations raise
+    before anything is loaded."""
+    if "cython" not in cyrnn.backends.available():
+        pytest.skip("Cython backend not built")
+    from cyrnn.backends import cython_backend
+    from cyrnn import _cython_kernels as kernels
+    model = cyrnn.Sequential([cyrnn.GRU(4, 6, random_state=0), cyrnn.Dense(6, 2)])
+    model.save(tmp_path / "m.cyrnn")
+    x = rng.normal(size=(3, 7, 4)).astype(np.float32)
+    with pytest.raises(ValueError, match="compute must be one of"):
+        scoring.load(tmp_path / "m.cyrnn", compute="float16")
+    with pytest.raises(ValueError, match="weights='bfloat16'"):
+        scoring.load(tmp_path / "m.cyrnn", weights="packed", compute="bfloat16")
+    with pytest.raises(ValueError, match="compute='bfloat16'.*Cython backend"):
+        scoring.load(tmp_path / "m.cyrnn", backend="numpy", compute="bfloat16")
+    if "numba" in cyrnn.backends.available():
+        with pytest.raises(ValueError, match="compute='bfloat16'.*Cython backend"):
+            scoring.load(tmp_path / "m.cyrnn", backend="numba", compute="bfloat16")
+    cyrnn.Sequential([cyrnn.GRU(4, 6, dtype=np.float64)]).save(tmp_path / "f64.cyrnn")
+    with pytest.raises(ValueError, match="compute='bfloat16'.*float32 model"):
+        scoring.load(tmp_path / "f64.cyrnn", compute="bfloat16")
+    with pytest.raises(ValueError, match="bfloat16 weights"):
+        kernels.PackedWeights("native", False, "bfloat16")
+    with pytest.raises(ValueError, match="'float32' or 'bfloat16'"):
+        kernels.PackedWeights("bfloat16", False, "int8")
+    f32 = scoring.load(tmp_path / "m.cyrnn", compute="float32")
+    assert (f32.weights, f32.compute) == (None, "float32")
+    np.testing.assert_array_equal(f32.predict(x), scoring.load(tmp_path / "m.cyrnn").predict(x))
+    monkeypatch.setattr(cython_backend, "bf16_arithmetic_available", lambda: False)
+    with pytest.warns(RuntimeWarning, match="AVX-512 BF16"):
+        sc = scoring.load(tmp_path / "m.cyrnn", compute="bfloat16")
+    assert (sc.weights, sc.compute) == ("bfloat16", "float32")
+    assert sc._plan.packed.arithmetic == "float32"
+    np.testing.assert_array_equal(
+        sc.predict(x), scoring.load(tmp_path / "m.cyrnn", weights="bfloat16").predict(x))
+    if not kernels.bf16_arithmetic_available():
+        with pytest.raises(ValueError, match="AVX-512 BF16"):
+            kernels.PackedWeights("bfloat16", False, "bfloat16")
+
+
 @pytest.mark.parametrize("binary", [True, False])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_compiled_probabilities_follow_the_numpy_rule(binary, dtype, rng):

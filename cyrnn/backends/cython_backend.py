@@ -109,12 +109,18 @@ INFER_TAKES_FLOAT64 = True
 # infer takes one time step in step form (step=True: (n, F) or (n,) ids) and a
 # state_shape for the states it returns (CompiledPlan.step)
 INFER_TAKES_STEPS = True
+# the fused calls take sequences of padding only (mask_zero): all their steps masked,
+# zero outputs and the initial state carried, as on the layer path; a scorer's batch
+# with an empty review then runs fused like any other (its rows do not depend on it)
+FUSED_EMPTY_ROWS = True
 train_forward = _k.train_forward
 train_backward = _k.train_backward
 # the classifiers' probabilities from the model's outputs (cyrnn.sequences)
 probabilities = _k.probabilities
 # weights packed once for a scorer's repeated ``infer`` calls (``infer(..., weights)``)
 PackedWeights = _k.PackedWeights
+# whether PackedWeights(..., arithmetic="bfloat16") can run here (AVX-512 BF16)
+bf16_arithmetic_available = _k.bf16_arithmetic_available
 # cyrnn.optim's compiled kernels (the Numba module cyrnn._optim_kernels has the same five)
 sgd_update = _k.sgd_update
 rmsprop_update = _k.rmsprop_update
