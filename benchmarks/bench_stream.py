@@ -27,7 +27,7 @@ ratio is in-run against in-run when the competitor's in-run p50 is within 15 % o
 alone one, else alone against alone (marked); both are reported.
 
 cyrnn's kernels run with their default threads (OpenMP over the cores: the step of
-an op whose W_hh has 2 MiB or more, lstm_med's and lstm_large's, is shared by columns
+an op whose W_hh has 1.5 MiB or more, lstm_med's and lstm_large's, is shared by columns
 between them, the small-batch team of docs/architecture.md; lstm_tiny's runs on the
 calling thread); ``--threads 1`` calls ``cyrnn.set_num_threads(1)`` first (one
 kernel and BLAS thread: no thread wake-ups in a step). The team steps aside for 0.5 s

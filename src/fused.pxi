@@ -848,7 +848,11 @@ cdef inline bint _team_op(const int64_t* r, Py_ssize_t N, Py_ssize_t nt, Py_ssiz
 # threads do on their own rows: for one row, thread 0), one region per op and call;
 # the team mode's hold (``_team_judge``) turns it off when the threads do not get
 # their cores. Results equal the one-thread path to the bit (tested).
-cdef double SMALL_TEAM_MIN_BYTES = 2 * 1024 * 1024
+# 1.5 MiB: on the Zen 4 of 2026-12-01 (benchmarks/probe_team.py, team against one
+# thread) 3 x 320 float32 (1.56 MiB) 111 against 161 us per step, 3 x 480 bfloat16
+# (1.76 MiB) 104-109 against 145-155 us, 3 x 256 packed (1.00 MiB) 81 against 83 us
+# with its work share at the hold's 0.75 (held 4 of 7 blocks)
+cdef double SMALL_TEAM_MIN_BYTES = 1.5 * 1024 * 1024
 cdef double SMALL_TEAM_THREAD_BYTES = 1024 * 1024
 
 
