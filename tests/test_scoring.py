@@ -791,6 +791,40 @@ def test_bf16_arithmetic_scorer(cls, kw, tmp_path, rng):
         np.testing.assert_allclose(a, b, rtol=0, atol=2e-2)
 
 
+def test_bf16_arithmetic_estimators_and_language_model(tmp_path, rng):
+    """compute='bfloat16' through an estimator's and a language model's scorer: the
+    estimator's labels and post-processing, probabilities near the float32 scorer's,
+    streamed steps equal to the whole sequences."""
+    _bf16_dot_or_skip()
+    X = rng.normal(size=(12, 6, 3))
+    est = _fit("LSTMClassifier", X, 12)
+    est.save(tmp_path / "c.cyrnn")
+    sc = scoring.load(tmp_path / "c.cyrnn", compute="bfloat16")
+    assert sc.compute == "bfloat16"
+    p = sc.predict_proba(X)
+    np.testing.assert_allclose(p.sum(-1), 1.0, rtol=1e-12)
+    np.testing.assert_allclose(p, est.predict_proba(X), rtol=0, atol=2e-2)
+    np.testing.assert_array_equal(sc.classes_, est.classes_)
+    np.testing.assert_array_equal(sc.predict(X), sc.classes_[p.argmax(-1)])
+    state = None
+    for t in range(X.shape[1]):
+        p_t, state = sc.step(X[:, t], state)
+    np.testing.assert_array_equal(p_t, p)
+    lm = cyrnn.CharLanguageModel(cell="gru", hidden_size=8, embedding_dim=4, max_epochs=1,
+                                 random_state=0)
+    lm.fit(["abcab", "bcda", "cabd"]).save(tmp_path / "lm.cyrnn")
+    lsc = scoring.load(tmp_path / "lm.cyrnn", compute="bfloat16")
+    ids = np.concatenate([[1], lsc.encode("abcd")])[None]
+    whole = lsc.predict_proba(ids)
+    np.testing.assert_allclose(whole.sum(-1), 1.0, rtol=1e-12)
+    np.testing.assert_allclose(whole, scoring.load(tmp_path / "lm.cyrnn").predict_proba(ids),
+                               rtol=0, atol=2e-2)
+    state = None
+    for t in range(ids.shape[1]):
+        q, state = lsc.step(ids[:, t], state)
+        np.testing.assert_array_equal(q, whole[:, t])
+
+
 def test_bf16_arithmetic_small_team(tmp_path, rng):
     """The small-batch team on weights multiplied in bfloat16 arithmetic: each thread
     rounds the rows it multiplies itself; predictions and steps equal one thread's bit
