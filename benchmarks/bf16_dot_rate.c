@@ -1,13 +1,16 @@
-/* Throughput of AVX-512 BF16's VDPBF16PS against float32 FMA on one core: the
- * measurement behind the choice (src/pgemm.h) to widen bfloat16 weights to float32
- * and multiply-add in float32 instead of using bfloat16 arithmetic.
+/* Throughput of AVX-512 BF16's VDPBF16PS against float32 FMA on one core: whether
+ * bfloat16 arithmetic pays on this CPU (src/pgemm.h: bfloat16 weights are widened to
+ * float32 by default; bfloat16 arithmetic is opt-in).
  *
  *     gcc -O3 benchmarks/bf16_dot_rate.c -o /tmp/bf16_dot_rate && /tmp/bf16_dot_rate
  *
  * Each loop runs 12 independent accumulator chains (enough to hide either
  * instruction's latency); a VDPBF16PS does 32 multiply-adds (16 lanes x 2 pairs),
  * an FMA 16. Needs a CPU with AVX-512 BF16 (the Intel Xeon of 2026-11-30 measured
- * 54 vs 107 GMAC/s per core: README, "Backends and threads"). */
+ * 54 vs 107 GMAC/s per core; the AMD Zen 4 of 2026-12-01 110-113 vs 55-56 with
+ * the command above, 115-116 vs 58 built with -march=native: README, "Backends and
+ * threads"). On the second the scorer's bfloat16 arithmetic pays
+ * (cyrnn.scoring.load(path, compute="bfloat16")). */
 #include <immintrin.h>
 #include <stdio.h>
 #include <time.h>

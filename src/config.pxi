@@ -195,8 +195,9 @@ cdef inline bint _team_allowed() noexcept nogil:
 # share 0.59 among 0.92-0.98, on a quiet machine). Regions in the first TEAM_WARMUP
 # seconds after the process's first team region are not judged: the threads' creation,
 # and the scheduler moving a new thread off its parent's core at its next balancing
-# tick, made steps of a 3 x 480 LSTM take 4-9 ms instead of 0.2 in the first 15 ms
-# (shares of 0.41 that held the team off at the start of every process).
+# tick, give a fresh process's first steps of a 3 x 480 LSTM spikes of 2.0-2.5 ms
+# every 8-10 steps of 0.2 ms over its first few ms (``benchmarks/probe_team.py 3 480
+# --trace 40``), which held the team off at the start of every process.
 cdef double TEAM_JUDGED_MIN = 20e-3
 cdef double _team_acc_wall = 0, _team_acc_cap = 0, _team_acc_cpu = 0
 cdef double _team_last_share = -1  # the last judgement's CPU share (-1: none yet)
@@ -247,7 +248,7 @@ cdef inline void _team_judge(double t0, double cpu, Py_ssize_t nt,
             _team_strikes += 1
             if _team_strikes >= TEAM_STRIKES:
                 _team_strikes = 0
-                _team_until = cyrnn_wall() + SMALL_TEAM_HOLD
+                _team_until = now + SMALL_TEAM_HOLD
         _team_acc_wall = 0
         _team_acc_cap = 0
         _team_acc_cpu = 0

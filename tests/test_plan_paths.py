@@ -316,3 +316,36 @@ def test_misaligned_states_are_copied_not_refused(backend, spy, rng):
                                **TOL[np.float64])
     y, _ = layer.step(x[:, 0], h0)
     np.testing.assert_allclose(y, ref.step(x[:, 0], h0)[0], **TOL[np.float64])
+
+
+def test_sequence_of_padding_only_runs_fused_where_the_backend_takes_it(backend, spy, rng):
+    """A batch with a sequence of padding only (mask_zero) beside others, with initial
+    states, forward and backward: the backends whose fused calls take such rows
+    (FUSED_EMPTY_ROWS: Cython) run it fused, the others on the layer path; both equal
+    the NumPy reference (zero outputs, the initial state carried, no gradient from it)."""
+    model = cyrnn.Sequential([cyrnn.Embedding(7, 4, mask_zero=True, dtype=np.float64,
+                                              random_state=0),
+                              cyrnn.GRU(4, 5, backend=backend, dtype=np.float64,
+                                        return_sequences=True, random_state=1),
+                              cyrnn.Dense(5, 2, dtype=np.float64, random_state=2)])
+    ref = _numpy_copy(model)
+    ids = rng.integers(1, 7, size=(4, 6))
+    ids[1] = 0          # padding only
+    ids[2, :2] = 0      # pre-padding
+    init = [rng.standard_normal((1, 4, 5))]
+    out, states = model.forward(ids, initial_states=init, training=True, return_states=True)
+    out_r, states_r = ref.forward(ids, initial_states=init, training=True, return_states=True)
+    fused = backend == "cython"  # the backend whose kernels take such rows
+    assert getattr(cyrnn.backends.get_backend(backend), "FUSED_EMPTY_ROWS", False) == fused
+    assert spy["train_forward"] == (1 if fused else 0)
+    np.testing.assert_allclose(out, out_r, **TOL[np.float64])
+    np.testing.assert_array_equal(out[1], 0)
+    np.testing.assert_allclose(states[0], states_r[0], **TOL[np.float64])
+    np.testing.assert_allclose(states[0][:, 1], init[0][:, 1], **TOL[np.float64])
+    d = rng.standard_normal(out.shape)
+    model.backward(d)
+    ref.backward(d)
+    np.testing.assert_allclose(model.params.grad, ref.params.grad, rtol=1e-9, atol=1e-11)
+    before = spy["infer"]
+    np.testing.assert_allclose(model.forward(ids), ref.forward(ids), **TOL[np.float64])
+    assert spy["infer"] == before + (1 if fused else 0)

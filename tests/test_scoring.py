@@ -834,6 +834,7 @@ def test_bf16_arithmetic_small_team(tmp_path, rng):
                                            return_sequences=True), cyrnn.Dense(41, 3)])
     stacked.save(tmp_path / "s.cyrnn")
     sc = scoring.load(tmp_path / "s.cyrnn", compute="bfloat16")
+    assert sc._plan.packed.arithmetic == "bfloat16"
     xs = [rng.normal(size=(n, 11, 5)).astype(np.float32) for n in (1, 2, 3)]
 
     def run():
