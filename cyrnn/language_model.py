@@ -38,7 +38,7 @@ from .batching import LengthBatcher, pad, sorted_batches
 from .cells import CELL_TABLE, FAMILIES, resolve
 from .fitting import History, Progress, run_epochs
 from .layers import Dense, Embedding
-from .model import Sequential
+from .model import TRAIN_COMPUTE, Sequential
 from .optim import get_optimizer
 from .training import tbptt, train_step
 
@@ -218,6 +218,10 @@ class CharLanguageModel(BaseEstimator):
         A tqdm progress bar on stderr while training.
     peephole : bool, default False
         LSTM only: peephole connections (see :class:`cyrnn.LSTM`).
+    train_compute : {'float32', 'bfloat16'}, default 'float32'
+        Arithmetic of the training steps' weight products (see the estimators'
+        parameter and :attr:`cyrnn.Sequential.train_compute`; float32 and the
+        Cython backend; sampling runs float32).
 
     Attributes
     ----------
@@ -240,7 +244,7 @@ class CharLanguageModel(BaseEstimator):
     def __init__(self, cell="lstm", hidden_size=64, num_layers=1, embedding_dim=32,
                  dropout=0.0, optimizer="adam", learning_rate=0.005, batch_size=32,
                  max_epochs=20, clip_norm=5.0, bptt=100, backend="auto", dtype=np.float32,
-                 random_state=None, verbose=False, peephole=False):
+                 random_state=None, verbose=False, peephole=False, train_compute="float32"):
         self.cell = cell
         self.hidden_size = hidden_size
         self.num_layers = num_layers
@@ -257,6 +261,7 @@ class CharLanguageModel(BaseEstimator):
         self.random_state = random_state
         self.verbose = verbose
         self.peephole = peephole
+        self.train_compute = train_compute
 
     # ------------------------------------------------------------------ params
     # get_params / set_params: scikit-learn's (BaseEstimator), from __init__'s signature.
@@ -291,6 +296,13 @@ class CharLanguageModel(BaseEstimator):
         V.check_int(self.bptt, "bptt", minimum=1)
         check_backend_name(self.backend)
         V.check_dtype(self.dtype)
+        V.check_choice(self.train_compute, "train_compute", TRAIN_COMPUTE)
+        if self.train_compute == "bfloat16":
+            if V.check_dtype(self.dtype) != np.float32:
+                raise ValueError("train_compute='bfloat16' needs dtype=float32")
+            if self.backend not in ("auto", "cython"):
+                raise ValueError("train_compute='bfloat16' needs the Cython backend "
+                                 f"(backend='cython' or 'auto'), got backend={self.backend!r}")
         if not (self.random_state is None or isinstance(self.random_state, np.random.Generator)):
             V.check_int(self.random_state, "random_state", minimum=0)
 
@@ -345,7 +357,9 @@ class CharLanguageModel(BaseEstimator):
                                 dropout=self.dropout, return_sequences=True, return_state=True,
                                 backend=self.backend, dtype=dtype, random_state=rng, **options)
         dense = Dense(self.hidden_size, Vsz, dtype=dtype, random_state=rng)
-        return Sequential([emb, rnn, dense])
+        model = Sequential([emb, rnn, dense])
+        model.train_compute = self.train_compute
+        return model
 
     def _n_params(self):
         """Size of the parameter vector of :meth:`_build_model`'s network, computed

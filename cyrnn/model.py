@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from . import _validation as V
@@ -13,6 +15,10 @@ from .plan import backend_plan, build_spec, layer_plannable, validity_mask
 
 def _prefix(i):
     return f"{i}."
+
+
+#: The arithmetic of a training step's weight products (:attr:`Sequential.train_compute`).
+TRAIN_COMPUTE = ("float32", "bfloat16")
 
 
 class Sequential:
@@ -33,6 +39,17 @@ class Sequential:
         it, so an optimizer built on ``model.params`` updates every layer in one pass.
     training : bool
         Default mode for :meth:`forward` (False: inference, no caches, no dropout).
+    train_compute : ``"float32"`` (default) or ``"bfloat16"``
+        The arithmetic of the training forward's and backward's weight products
+        (``x W_ih^T``, ``h W_hh^T``, the Dense products and their transposes in the
+        backward). ``"bfloat16"`` (float32 models on the Cython backend; opt-in) rounds
+        both operands of those products to bfloat16 and accumulates in float32, with
+        AVX-512 BF16's ``VDPBF16PS``; the weight gradients, the cell math, the loss
+        and the optimizer stay float32, and inference (``training=False``) is not
+        affected (serve with ``cyrnn.scoring.load(path, compute="bfloat16")`` for the
+        same products). A training forward in bfloat16 equals that scorer's output
+        bit for bit. On a CPU without AVX-512 BF16 the steps warn once
+        (RuntimeWarning) and run float32; on another backend they raise ValueError.
 
     Examples
     --------
@@ -63,6 +80,7 @@ class Sequential:
         self.layers = layers
         self.dtype = layers[0].dtype
         self.training = False
+        self._train_compute = "float32"
         specs = [(f"{i}.{name}", shape) for i, layer in enumerate(layers)
                  for name, shape in layer.param_specs()]
         self.params = ParameterBuffer(specs, dtype=self.dtype)
@@ -89,6 +107,41 @@ class Sequential:
             end = start + layer.params.size
             layer.rehome(self.params.data[start:end], self.params.grad[start:end])
             start = end
+
+    @property
+    def train_compute(self):
+        return self.__dict__.get("_train_compute", "float32")  # (pickles of older versions)
+
+    @train_compute.setter
+    def train_compute(self, value):
+        if not isinstance(value, str) or value not in TRAIN_COMPUTE:
+            raise ValueError(f"train_compute must be one of {TRAIN_COMPUTE}, got {value!r}")
+        if value == "bfloat16" and self.dtype != np.float32:
+            raise ValueError("train_compute='bfloat16' needs a float32 model, this one is "
+                             f"{np.dtype(self.dtype).name}")
+        self._train_compute = value
+        self.__dict__.pop("_bf16_fallback", None)
+
+    def _train_arithmetic(self, plan):
+        """The ``arithmetic`` of this model's training forwards on ``plan`` (None: the
+        layer path): ``"float32"`` or ``"bfloat16"`` (:attr:`train_compute`); raises
+        ValueError where the backend has no bfloat16 products, warns once and gives
+        ``"float32"`` where the CPU has none."""
+        if self.train_compute == "float32":
+            return "float32"
+        if plan is None or not plan.can_pack:
+            names = sorted({layer._backend().__name__.rsplit(".", 1)[-1]
+                            for layer in self._recurrent} or {"no recurrent layer"})
+            raise ValueError("train_compute='bfloat16' needs the Cython backend (this "
+                             f"model's recurrent layers run on {', '.join(names)})")
+        if not plan._mod.bf16_arithmetic_available():
+            if not self.__dict__.get("_bf16_fallback"):
+                self._bf16_fallback = True
+                warnings.warn("train_compute='bfloat16' needs a CPU with AVX-512 BF16 (and "
+                              "the Cython backend); this one has none, so training runs in "
+                              "float32 arithmetic", RuntimeWarning, stacklevel=4)
+            return "float32"
+        return "bfloat16"
 
     def clear_caches(self):
         """Drop what the last training forward kept for backward (frees memory)."""
@@ -166,6 +219,8 @@ class Sequential:
         """
         training = self.training if training is None else bool(training)
         plan = self._plan()
+        if training and self.train_compute != "float32":
+            self._train_arithmetic(plan)  # raises before anything runs where it cannot
         if plan is not None:
             if (not training and lengths is None and mask is None and initial_states is None
                     and not return_states and type(x) is np.ndarray):
@@ -244,7 +299,8 @@ class Sequential:
         x, valid, h0, c0 = args
         n = x.shape[0]
         if training:
-            res = plan.forward_train(self.params.data, x, valid, h0, c0, self.dtype)
+            res = plan.forward_train(self.params.data, x, valid, h0, c0, self.dtype,
+                                     self._train_arithmetic(plan))
             if res is None:
                 return None
             out, h_n, c_n, fused = res

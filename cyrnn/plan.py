@@ -291,15 +291,17 @@ class CompiledPlan:
             else None
         return dh_n, dc_n
 
-    def forward_train(self, data, x, valid, h0, c0, dtype):
+    def forward_train(self, data, x, valid, h0, c0, dtype, arithmetic="float32"):
         """``train_forward`` with dropout masks drawn from the layers' generators; when
         the backend declines (None) the generators are put back, so the layer path that
-        runs instead draws the same masks."""
+        runs instead draws the same masks. ``arithmetic="bfloat16"``: the Cython
+        backend's bfloat16 products (:attr:`cyrnn.Sequential.train_compute`)."""
+        extra = () if arithmetic == "float32" else (arithmetic,)
         if not self._dropping:
-            return self.train_forward(self.spec, data, x, valid, h0, c0, None)
+            return self.train_forward(self.spec, data, x, valid, h0, c0, None, *extra)
         saved = [layer._rng.bit_generator.state for layer in self._dropping]
         res = self.train_forward(self.spec, data, x, valid, h0, c0,
-                                 self.dropout(x.shape[1], x.shape[0], dtype))
+                                 self.dropout(x.shape[1], x.shape[0], dtype), *extra)
         if res is None:
             for layer, state in zip(self._dropping, saved):
                 layer._rng.bit_generator.state = state

@@ -31,6 +31,8 @@ def train_step(model, optimizer, loss, x, y, lengths=None, mask=None, initial_st
     if not callable(loss_fn):
         raise TypeError(f"loss must be a loss name or a function, got {type(loss).__name__}")
     plan = model._plan() if hasattr(model, "_planned_inputs") else None
+    if getattr(model, "train_compute", "float32") != "float32":
+        model._train_arithmetic(plan)  # raises before anything runs where it cannot
     if plan is not None:
         # one fused forward and one fused backward (docs/architecture.md); arguments
         # the fast checks do not take go to the layer path below, which judges them

@@ -380,6 +380,7 @@ cdef class FusedCache:
     cdef Py_ssize_t sp_len
     cdef Dims d
     cdef object data
+    cdef int wfmt         # the products' format (WF_NATIVE, or WF_BF16D: bfloat16)
 
     def __dealloc__(self):
         _scratch_put(self.buf, self.d.buf_bytes, True)
@@ -390,12 +391,19 @@ cdef class FusedCache:
 
 
 def train_forward(const int64_t[::1] spec not None, cnp.ndarray data not None, object x,
-                  object mask=None, object h0=None, object c0=None, object dropout=None):
+                  object mask=None, object h0=None, object c0=None, object dropout=None,
+                  str arithmetic="float32"):
     """Training forward of a ``Sequential``: ``(output, h_n, c_n, cache)``, or None
     as in :func:`infer` (same ``mask``, ``h0``, ``c0``). ``dropout``: None or the
     concatenated time-major (T, N, width) multipliers of the ops with a dropout
     flag (``cyrnn.plan.draw_dropout``). The cache goes to :func:`train_backward`
-    once."""
+    once. ``arithmetic="bfloat16"`` (float32 parameters, a CPU where
+    :func:`bf16_arithmetic_available`): every weight product of this forward and
+    of its backward (``x W_ih^T``, ``h W_hh^T``, ``dg W_hh``, ``dg W_ih``, the Dense
+    products) rounds both operands to bfloat16 and accumulates in float32, on the
+    packed path whatever the batch (the forward's products are those of a
+    ``PackedWeights(arithmetic="bfloat16")`` inference, bit for bit); the weight
+    gradients, the cell math and the optimizer stay float32."""
     cdef Dims d
     cdef uint8_t* valid = NULL
     cdef const char* h0p
@@ -404,6 +412,17 @@ def train_forward(const int64_t[::1] spec not None, cnp.ndarray data not None, o
     cdef FusedCache cache = FusedCache.__new__(FusedCache)
     cache.sp = _copy_spec(spec)  # freed with the cache from here on
     cache.sp_len = spec.shape[0]
+    if arithmetic == "float32":
+        cache.wfmt = WF_NATIVE
+    elif arithmetic == "bfloat16":
+        if cnp.PyArray_TYPE(data) != cnp.NPY_FLOAT32:
+            raise ValueError("bfloat16 arithmetic needs float32 parameters")
+        if not cyrnn_bf16dot_ok():
+            raise ValueError("bfloat16 arithmetic needs a CPU with AVX-512 BF16 "
+                             "(bf16_arithmetic_available() is False here)")
+        cache.wfmt = WF_BF16D
+    else:
+        raise ValueError(f"arithmetic must be 'float32' or 'bfloat16', got {arithmetic!r}")
     if _check_call(cache.sp, data, x, mask, &d, &cache.ids, &valid):
         return None
     try:
@@ -416,7 +435,7 @@ def train_forward(const int64_t[::1] spec not None, cnp.ndarray data not None, o
         cache.data = data
         cache.plan = <int64_t*>_alloc(<double>d.n_ops * P_WIDTH * 8)
         _run_forward(cache.sp, &cache.d, True, cache.plan, data, x, <const char*>cache.ids,
-                     valid, h0p, c0p, dp, &cache.buf, &cache.mask, res)
+                     valid, h0p, c0p, dp, &cache.buf, &cache.mask, res, None, cache.wfmt)
     finally:
         free(valid)
     d = cache.d
@@ -520,9 +539,10 @@ def train_backward(const int64_t[::1] spec not None, cnp.ndarray data not None,
             dxp = <char*>cnp.PyArray_DATA(dx)
         ws_bytes = <double>_backward_scratch(&d) * d.isz
         ws = <char*>_scratch_get(ws_bytes)
-        if d.N >= PACK_MIN_ROWS and d.T * d.N >= PACK_MIN_STEPS:
+        if (d.N >= PACK_MIN_ROWS and d.T * d.N >= PACK_MIN_STEPS) or cache.wfmt != WF_NATIVE:
+            # (bfloat16 arithmetic: packed whatever the batch, as its forward)
             pk = <int64_t*>_alloc(<double>d.n_ops * PK_WIDTH * 8)
-            packed_bytes = <double>_pack_plan(cache.sp, &d, isa, True, WF_NATIVE, pk) * d.isz
+            packed_bytes = <double>_pack_plan(cache.sp, &d, isa, True, cache.wfmt, pk) * d.isz
             packed = <char*>_scratch_get(packed_bytes)
         with nogil:
             csr = cyrnn_fp_flush()  # denormals to zero in this call (every thread of it)
@@ -530,14 +550,15 @@ def train_backward(const int64_t[::1] spec not None, cnp.ndarray data not None,
                 cyrnn_count_path(1)
             if d.isz == 4:
                 if packed != NULL:
-                    _pack_weights(cache.sp, &d, isa, True, WF_NATIVE, pk,
+                    _pack_weights(cache.sp, &d, isa, True, cache.wfmt, pk,
                                   <const float*>cnp.PyArray_DATA(data), <float*>packed)
                 _fused_backward(cache.sp, &d, plan, tr,
                                 <const float*>cnp.PyArray_DATA(data),
                                 <float*>cnp.PyArray_DATA(grad), <const float*>buf,
                                 ids, mask, <const float*>gp, <const float*>dhp,
                                 <const float*>dcp, <float*>dh0p, <float*>dc0p,
-                                <float*>dxp, <float*>ws, pk, <const float*>packed, isa)
+                                <float*>dxp, <float*>ws, pk, <const float*>packed, isa,
+                                cache.wfmt)
             else:
                 if packed != NULL:
                     _pack_weights(cache.sp, &d, isa, True, WF_NATIVE, pk,

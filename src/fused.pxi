@@ -213,17 +213,18 @@ cdef void _affine_bwd(const floating* dy, const floating* x, Py_ssize_t rows,
               dy, <int>n_out, <floating>(1 if acc_dx else 0), dx, <int>n_in)
 
 
-cdef void _affine_bwd_packed(int isa, const floating* dy, const floating* x, Py_ssize_t rows,
-                             Py_ssize_t n_in, Py_ssize_t n_out, const floating* wt,
-                             floating* gw, floating* gb, floating* dx,
+cdef void _affine_bwd_packed(int isa, int wfmt, const floating* dy, const floating* x,
+                             Py_ssize_t rows, Py_ssize_t n_in, Py_ssize_t n_out,
+                             const floating* wt, floating* gw, floating* gb, floating* dx,
                              bint acc_dx) noexcept nogil:
     """:func:`_affine_bwd` on cyrnn's threads: ``wt`` is ``w`` packed for the
-    transposed product (``_pack_t``); ``gw`` NULL: only ``dx`` (the weight and bias
-    gradients come from elsewhere); ``gb`` NULL: no bias gradient."""
+    transposed product in format ``wfmt`` (``_pack_t_fmt``); ``gw`` NULL: only ``dx``
+    (the weight and bias gradients come from elsewhere); ``gb`` NULL: no bias
+    gradient. The weight gradient is float32 arithmetic whatever ``wfmt``."""
     if gw != NULL:
         _wgrad(isa, dy, n_out, x, n_in, rows, n_out, n_in, gw, gb)
     if dx != NULL:
-        _rows_product(isa, dy, n_out, rows, n_out, wt, n_in, dx, n_in, acc_dx)
+        _rows_product(isa, wfmt, dy, n_out, rows, n_out, wt, n_in, dx, n_in, acc_dx)
 
 
 cdef enum:
@@ -685,8 +686,8 @@ cdef Py_ssize_t _pack_plan(const int64_t* sp, const Dims* d, int isa, bint bwd, 
     PK_WIDTH, -1 where none); returns the block's size. Forward (``bwd`` false):
     W_ih and W_hh of every direction (Cho's GRU: W_hh as two parts, gates r, z
     and gate n) and every Dense weight. Backward: the same weights for the
-    transposed products (``dg W_hh``, ``dxp W_ih``, ``dy W``), always in the call's
-    dtype; the forward's in format ``wfmt``."""
+    transposed products (``dg W_hh``, ``dxp W_ih``, ``dy W``). Both in format
+    ``wfmt`` (the backward's: WF_NATIVE, or WF_BF16D for bfloat16 arithmetic)."""
     cdef Py_ssize_t o, dd, pos = 0, G, H, R
     cdef int64_t* q
     cdef const int64_t* r
@@ -700,20 +701,20 @@ cdef Py_ssize_t _pack_plan(const int64_t* sp, const Dims* d, int isa, bint bwd, 
             for dd in range(r[RNN_DIRS]):
                 q = pk + o * PK_WIDTH + PK_DIR * dd
                 q[PK_IH] = pos  # (C, K): (G, D) forward, (D, G) backward
-                pos = _al(pos + (cyrnn_pgemm_size(isa, d.isz, r[RNN_IN], G) if bwd
+                pos = _al(pos + (_pk_size(isa, wfmt, d.isz, r[RNN_IN], G) if bwd
                                  else _pk_size(isa, wfmt, d.isz, G, r[RNN_IN])))
                 q[PK_HH] = pos
                 # the first part's rows: all G (Cho's GRU: 2H); the product's (C, K)
                 # is (rows, H) forward, (H, rows) backward
                 R = 2 * H if r[RNN_CELL] == CELL_GRU_CHO else G
-                pos = _al(pos + (cyrnn_pgemm_size(isa, d.isz, H, R) if bwd
+                pos = _al(pos + (_pk_size(isa, wfmt, d.isz, H, R) if bwd
                                  else _pk_size(isa, wfmt, d.isz, R, H)))
                 if r[RNN_CELL] == CELL_GRU_CHO:
                     q[PK_HH_N] = pos
                     pos = _al(pos + _pk_size(isa, wfmt, d.isz, H, H))
         else:
             pk[o * PK_WIDTH + PK_DENSE] = pos
-            pos = _al(pos + (cyrnn_pgemm_size(isa, d.isz, r[DENSE_IN], r[DENSE_OUT]) if bwd
+            pos = _al(pos + (_pk_size(isa, wfmt, d.isz, r[DENSE_IN], r[DENSE_OUT]) if bwd
                              else _pk_size(isa, wfmt, d.isz, r[DENSE_OUT], r[DENSE_IN])))
     return pos
 
@@ -744,8 +745,8 @@ cdef void _raw_plan(const int64_t* sp, const Dims* d, int64_t* pk) noexcept nogi
 cdef void _pack_weights(const int64_t* sp, const Dims* d, int isa, bint bwd, int wfmt,
                         const int64_t* pk, const floating* data,
                         floating* packed) noexcept nogil:
-    """Pack every weight ``_pack_plan`` placed (``bwd``: transposed; else in format
-    ``wfmt``)."""
+    """Pack every weight ``_pack_plan`` placed (``bwd``: transposed), in format
+    ``wfmt``."""
     cdef Py_ssize_t o, dd, k0, G, H
     cdef const int64_t* r
     cdef const int64_t* q
@@ -762,18 +763,19 @@ cdef void _pack_weights(const int64_t* sp, const Dims* d, int isa, bint bwd, int
                 k0 = _tensors_of(r, dd)
                 whh = data + r[k0 + 1]
                 if bwd:
-                    _pack_t(isa, data + r[k0], _gates_of(r), r[RNN_IN], packed + q[PK_IH])
-                    _pack_t(isa, whh, G, H, packed + q[PK_HH])
+                    _pack_t_fmt(isa, wfmt, data + r[k0], _gates_of(r), r[RNN_IN],
+                                packed + q[PK_IH])
+                    _pack_t_fmt(isa, wfmt, whh, G, H, packed + q[PK_HH])
                     if cho:
-                        _pack_t(isa, whh + G * H, H, H, packed + q[PK_HH_N])
+                        _pack_t_fmt(isa, wfmt, whh + G * H, H, H, packed + q[PK_HH_N])
                     continue
                 _pack_fmt(isa, wfmt, data + r[k0], _gates_of(r), r[RNN_IN], packed + q[PK_IH])
                 _pack_fmt(isa, wfmt, whh, G, H, packed + q[PK_HH])
                 if cho:
                     _pack_fmt(isa, wfmt, whh + G * H, H, H, packed + q[PK_HH_N])
         elif bwd:
-            _pack_t(isa, data + r[DENSE_W], r[DENSE_OUT], r[DENSE_IN],
-                    packed + pk[o * PK_WIDTH + PK_DENSE])
+            _pack_t_fmt(isa, wfmt, data + r[DENSE_W], r[DENSE_OUT], r[DENSE_IN],
+                        packed + pk[o * PK_WIDTH + PK_DENSE])
         else:
             _pack_fmt(isa, wfmt, data + r[DENSE_W], r[DENSE_OUT], r[DENSE_IN],
                       packed + pk[o * PK_WIDTH + PK_DENSE])
@@ -824,7 +826,8 @@ cdef inline bint _team_op(const int64_t* r, Py_ssize_t N, Py_ssize_t nt, Py_ssiz
                           int wfmt) noexcept nogil:
     """Whether op ``r`` takes the team mode on ``nt`` threads."""
     cdef double gh_h
-    if (r[0] != OP_RNN or r[RNN_CELL] == CELL_GRU_CHO or wfmt != WF_NATIVE or nt < 2
+    if (r[0] != OP_RNN or r[RNN_CELL] == CELL_GRU_CHO or nt < 2
+            or (wfmt != WF_NATIVE and wfmt != WF_BF16D)
             or not _team_allowed()):
         return False
     gh_h = <double>_gates_of(r) * r[RNN_HIDDEN]  # W_hh's elements (_gates_of: G*H)
@@ -1160,7 +1163,7 @@ cdef void _fused_backward(const int64_t* sp, const Dims* d, const int64_t* plan,
                           const floating* d_out, const floating* dh_n, const floating* dc_n,
                           floating* dh0, floating* dc0, floating* dx,
                           floating* ws, const int64_t* pk, const floating* packed,
-                          int isa) noexcept nogil:
+                          int isa, int wfmt=WF_NATIVE) noexcept nogil:
     """Gradients of a ``keep`` forward: every parameter gradient is added into
     ``grad`` (same layout as ``data``). ``d_out`` is batch-first like the output
     (NULL: none); ``dh_n``/``dc_n`` the flat final-state gradients or NULL;
@@ -1168,8 +1171,9 @@ cdef void _fused_backward(const int64_t* sp, const Dims* d, const int64_t* plan,
     receive the initial-state gradients; ``dx`` (N, T, F0) the input gradient, or
     NULL. ``mask`` as in ``_fused_forward``. ``ws`` is backward scratch (see
     ``_backward_scratch``). ``packed`` (NULL: none): every W_hh packed by
-    ``_pack_weights`` for the backward, offsets ``pk``: the sweeps then run on row
-    chunks on several threads."""
+    ``_pack_weights`` for the backward in format ``wfmt``, offsets ``pk``: the sweeps
+    then run on row chunks on several threads (WF_BF16D: the transposed products in
+    bfloat16 arithmetic, the weight gradients in float32)."""
     cdef Py_ssize_t T = d.T, N = d.N, TN = d.T * d.N, NH, o, t, i, j, H, G, D, O, R, F, E
     cdef Py_ssize_t span = TN * d.Fmax, nrec = 0, dd, k0, off
     cdef const int64_t* r
@@ -1200,6 +1204,7 @@ cdef void _fused_backward(const int64_t* sp, const Dims* d, const int64_t* plan,
     cdef StepWeights sw
     cdef StepWeights* swp = NULL
     sw.isa = isa
+    sw.wfmt = wfmt
     F = d.F_out
     if d_out == NULL:
         memset(dcur, 0, (TN if d.seq_out else N) * F * sizeof(floating))
@@ -1223,7 +1228,7 @@ cdef void _fused_backward(const int64_t* sp, const Dims* d, const int64_t* plan,
         if r[0] == OP_DENSE:
             R = TN if p[P_INSEQ] else N
             if packed != NULL:
-                _affine_bwd_packed(isa, dcur, inp, R, r[DENSE_IN], r[DENSE_OUT],
+                _affine_bwd_packed(isa, wfmt, dcur, inp, R, r[DENSE_IN], r[DENSE_OUT],
                                    packed + pk[o * PK_WIDTH + PK_DENSE], grad + r[DENSE_W],
                                    grad + r[DENSE_B], dnext if need_din else NULL, False)
             else:
@@ -1300,7 +1305,7 @@ cdef void _fused_backward(const int64_t* sp, const Dims* d, const int64_t* plan,
                     # dW_ih came with dW_hh when fused; db_ih is the sum of dxp that
                     # db_hh already is, but for the GRUs (their recurrent
                     # pre-activation gradients differ)
-                    _affine_bwd_packed(isa, dxp, inp, TN, D, G,
+                    _affine_bwd_packed(isa, wfmt, dxp, inp, TN, D, G,
                                        packed + pk[o * PK_WIDTH + PK_DIR * dd + PK_IH],
                                        NULL if fuse_ih else grad + r[k0],
                                        grad + r[k0 + 2] if gru else NULL,
@@ -1585,13 +1590,16 @@ cdef int _run_forward(const int64_t* sp, Dims* d, bint keep, int64_t* plan,
                       cnp.ndarray data, object x, const char* xcopy,
                       const uint8_t* valid, const char* h0, const char* c0, const char* drop,
                       char** buf_out, uint8_t** mask_out, object res,
-                      PackedWeights pw=None) except -1:
+                      PackedWeights pw=None, int train_wfmt=WF_NATIVE) except -1:
     """Plan, allocate, run (``xcopy``: the checked copy of the input the run reads,
     token ids or converted features, else NULL: ``x``'s own data;
     ``valid``: the time-major validity mask, NULL when every step is valid;
     ``h0``/``c0``/``drop``: the checked state and dropout arrays' data or NULL;
     ``pw``: weights packed once, or None to pack per call from PACK_MIN_ROWS rows
-    on). On success ``*buf_out``/``*mask_out`` own the memory (the mask followed by
+    on). ``train_wfmt`` (no ``pw``): WF_BF16D packs per call in that format whatever
+    the rows and steps (a training forward in bfloat16 arithmetic, whose products
+    then equal those of a ``PackedWeights(arithmetic="bfloat16")`` inference).
+    On success ``*buf_out``/``*mask_out`` own the memory (the mask followed by
     its time reversal when an op has two directions)."""
     cdef Py_ssize_t n_el, TN = d.T * d.N, t
     cdef char* buf
@@ -1613,7 +1621,7 @@ cdef int _run_forward(const int64_t* sp, Dims* d, bint keep, int64_t* plan,
         raise MemoryError("fused call scratch too large")
     if pw is not None and d.N < pw.min_rows:
         pw = None  # auto: a call the per-call rule leaves unpacked
-    d.packed = pw is not None or d.N >= PACK_MIN_ROWS
+    d.packed = pw is not None or d.N >= PACK_MIN_ROWS or train_wfmt != WF_NATIVE
     if pw is not None:
         pw.bind(sp, d, data)
     n_el = _plan(sp, d, keep, plan)
@@ -1635,7 +1643,8 @@ cdef int _run_forward(const int64_t* sp, Dims* d, bint keep, int64_t* plan,
             _scratch_put(buf, d.buf_bytes, keep)
             free(mask)
             raise MemoryError("fused call scratch")
-        if d.T <= RAW_MAX_STEPS and d.T * ((d.N + 15) // 16) <= RAW_MAX_GROUP_STEPS:
+        if (train_wfmt == WF_NATIVE and d.T <= RAW_MAX_STEPS
+                and d.T * ((d.N + 15) // 16) <= RAW_MAX_GROUP_STEPS):
             # too few steps to repay packing: the packed path's sums on the weights
             # as stored
             _raw_plan(sp, d, pk)
@@ -1643,7 +1652,8 @@ cdef int _run_forward(const int64_t* sp, Dims* d, bint keep, int64_t* plan,
             wfmt = WF_RAW
             cyrnn_count_path(3)
         else:
-            packed_bytes = <double>_pack_plan(sp, d, isa, False, WF_NATIVE, pk) * d.isz
+            wfmt = train_wfmt
+            packed_bytes = <double>_pack_plan(sp, d, isa, False, wfmt, pk) * d.isz
             try:
                 packed = <char*>_scratch_get(packed_bytes)
             except MemoryError:
@@ -1664,7 +1674,7 @@ cdef int _run_forward(const int64_t* sp, Dims* d, bint keep, int64_t* plan,
             if packed != NULL:
                 cyrnn_count_path(0)
                 if pw is None and wfmt != WF_RAW:
-                    _pack_weights(sp, d, isa, False, WF_NATIVE, pk, <const float*>dptr,
+                    _pack_weights(sp, d, isa, False, wfmt, pk, <const float*>dptr,
                                   <float*>packed)
             _fused_forward(sp, d, keep, plan, <const float*>dptr, xin, <float*>buf, mask,
                            <const float*>h0, <const float*>c0, <const float*>drop,
@@ -1673,7 +1683,7 @@ cdef int _run_forward(const int64_t* sp, Dims* d, bint keep, int64_t* plan,
             if packed != NULL:
                 cyrnn_count_path(0)
                 if pw is None and wfmt != WF_RAW:
-                    _pack_weights(sp, d, isa, False, WF_NATIVE, pk, <const double*>dptr,
+                    _pack_weights(sp, d, isa, False, wfmt, pk, <const double*>dptr,
                                   <double*>packed)
             _fused_forward(sp, d, keep, plan, <const double*>dptr, xin, <double*>buf, mask,
                            <const double*>h0, <const double*>c0, <const double*>drop,

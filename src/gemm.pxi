@@ -666,6 +666,29 @@ cdef inline void _pg_acc(int isa, const floating* x, Py_ssize_t ldx, Py_ssize_t 
         cyrnn_pgemm_d(isa, x, ldx, n, K, P, C, out, ldo, beta)
 
 
+cdef inline void _pgw_acc(int isa, int wfmt, const floating* x, Py_ssize_t ldx, Py_ssize_t n,
+                          Py_ssize_t K, const floating* P, Py_ssize_t C, floating* out,
+                          Py_ssize_t ldo, int beta) noexcept nogil:
+    """``_pg_acc`` on a weight packed in format ``wfmt`` (WF_NATIVE or WF_BF16D: the
+    backward's transposed weights, ``_pack_t_fmt``)."""
+    if floating is float:
+        if wfmt == WF_BF16D:
+            cyrnn_pgemm_bd(isa, x, ldx, n, K, <const unsigned int*>P, C, out, ldo, beta)
+            return
+    _pg_acc(isa, x, ldx, n, K, P, C, out, ldo, beta)
+
+
+cdef inline void _pack_t_fmt(int isa, int wfmt, const floating* a, Py_ssize_t K,
+                             Py_ssize_t C, floating* P) noexcept nogil:
+    """``_pack_t`` in format ``wfmt`` (WF_BF16D: as bfloat16 k-pairs for
+    ``_pgw_acc``; ``cyrnn_pgemm_bsize`` words)."""
+    if floating is float:
+        if wfmt == WF_BF16D:
+            cyrnn_pack_bf(isa, a, C, K, 1, C, <unsigned int*>P)
+            return
+    _pack_t(isa, a, K, C, P)
+
+
 cdef inline void _strips(int isa, const floating* g, Py_ssize_t ldg, Py_ssize_t R,
                          Py_ssize_t C, floating* S, Py_ssize_t lds,
                          floating* colsum) noexcept nogil:

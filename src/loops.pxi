@@ -362,10 +362,12 @@ cdef void _forward_rows(int code, int act, int ract, Py_ssize_t T, Py_ssize_t N,
 cdef struct StepWeights:
     # The packed path's recurrent weights for the backward (``_backward_sweep``):
     # W_hh packed for ``dg W_hh`` (the transposed product; Cho's GRU: rows
-    # [0, 2H) in ``wt``, [2H, 3H) in ``wt_n``). Pointers to the call's dtype.
+    # [0, 2H) in ``wt``, [2H, 3H) in ``wt_n``), in format ``wfmt`` (WF_NATIVE, or
+    # WF_BF16D: bfloat16 arithmetic). Pointers to the call's dtype.
     const void* wt
     const void* wt_n
     int isa
+    int wfmt
 
 
 cdef void _backward_sweep(int code, int act, int ract, Py_ssize_t t0, Py_ssize_t N,
@@ -439,14 +441,14 @@ cdef void _backward_sweep(int code, int act, int ract, Py_ssize_t t0, Py_ssize_t
             else:
                 _gemm_dh(own, dg, w, 0, GH, N, H, GH, 1, dh_tmp)
         elif cho:
-            _pg_acc(sw.isa, dg + r0 * GH + 2 * H, GH, n, H, <const floating*>sw.wt_n, H,
+            _pgw_acc(sw.isa, sw.wfmt, dg + r0 * GH + 2 * H, GH, n, H, <const floating*>sw.wt_n, H,
                     drh + r0 * H, H, 0)
             _bwd_rows(r0, r1, code, act, ract, 1, H, valid, seq, dh, dc, hp, cp, cn, gt,
                       ax, peep, drh, dg, dx, dh_tmp, dc_tmp)
-            _pg_acc(sw.isa, dg + r0 * GH, GH, n, 2 * H, <const floating*>sw.wt, H,
+            _pgw_acc(sw.isa, sw.wfmt, dg + r0 * GH, GH, n, 2 * H, <const floating*>sw.wt, H,
                     dh_tmp + r0 * H, H, 1)
         else:
-            _pg_acc(sw.isa, dg + r0 * GH, GH, n, GH, <const floating*>sw.wt, H,
+            _pgw_acc(sw.isa, sw.wfmt, dg + r0 * GH, GH, n, GH, <const floating*>sw.wt, H,
                     dh_tmp + r0 * H, H, 1)
         _bwd_finish_rows(r0, r1, H, GH, valid, budget, dg,
                          dgh + t * N * GH if dgh != NULL else NULL, dh_tmp, dc_tmp)
@@ -830,24 +832,25 @@ cdef void _wgrad_by(int isa, const floating* dg, Py_ssize_t ldg, const floating*
     free(ws)
 
 
-cdef void _rows_product(int isa, const floating* a, Py_ssize_t lda, Py_ssize_t rows,
-                        Py_ssize_t K, const floating* P, Py_ssize_t C, floating* out,
-                        Py_ssize_t ldo, int beta) noexcept nogil:
-    """``out[:rows, :C] (+)= a[:rows, :K] W^T`` with ``W`` packed (``P``), on row
-    chunks of WG_ROWS that the threads take dynamically."""
+cdef void _rows_product(int isa, int wfmt, const floating* a, Py_ssize_t lda,
+                        Py_ssize_t rows, Py_ssize_t K, const floating* P, Py_ssize_t C,
+                        floating* out, Py_ssize_t ldo, int beta) noexcept nogil:
+    """``out[:rows, :C] (+)= a[:rows, :K] W^T`` with ``W`` packed (``P``, format
+    ``wfmt``: ``_pgw_acc``), on row chunks of WG_ROWS that the threads take
+    dynamically."""
     cdef Py_ssize_t nch = (rows + WG_ROWS - 1) // WG_ROWS, ci, r0
     cdef Py_ssize_t nt = _team(min(<Py_ssize_t>_nthreads(), nch))
     cdef unsigned int csr
     cdef double t0, cpu = 0, c0
     if nt <= 1 or <double>rows * C * K < PARALLEL_MIN_MACS:
-        _pg_acc(isa, a, lda, rows, K, P, C, out, ldo, beta)
+        _pgw_acc(isa, wfmt, a, lda, rows, K, P, C, out, ldo, beta)
         return
     t0 = cyrnn_wall()
     for ci in prange(nch, schedule='dynamic', chunksize=1, num_threads=nt):
         r0 = ci * WG_ROWS
         c0 = cyrnn_cpu()
         csr = cyrnn_fp_flush()
-        _pg_acc(isa, a + r0 * lda, lda, min(<Py_ssize_t>WG_ROWS, rows - r0), K, P, C,
+        _pgw_acc(isa, wfmt, a + r0 * lda, lda, min(<Py_ssize_t>WG_ROWS, rows - r0), K, P, C,
                 out + r0 * ldo, ldo, beta)
         cyrnn_fp_restore(csr)
         cpu += cyrnn_cpu() - c0

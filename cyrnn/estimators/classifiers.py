@@ -316,7 +316,8 @@ class LSTMClassifier(BaseSequenceClassifier):
                  shuffle=True, random_state=None, tol=1e-4, n_iter_no_change=10,
                  early_stopping=False, validation_fraction=0.1, clip_norm=None,
                  clip_value=None, bptt_truncate=None, class_weight=None, backend="auto",
-                 n_jobs=None, verbose=0, warm_start=False, dtype="float32"):
+                 n_jobs=None, verbose=0, warm_start=False, dtype="float32",
+                 train_compute="float32"):
         self.hidden_size = hidden_size
         self.num_layers = num_layers
         self.bidirectional = bidirectional
@@ -344,6 +345,7 @@ class LSTMClassifier(BaseSequenceClassifier):
         self.verbose = verbose
         self.warm_start = warm_start
         self.dtype = dtype
+        self.train_compute = train_compute
 
 
 class GRUClassifier(BaseSequenceClassifier):
@@ -358,7 +360,8 @@ class GRUClassifier(BaseSequenceClassifier):
                  batch_size=32, max_iter=100, shuffle=True, random_state=None, tol=1e-4,
                  n_iter_no_change=10, early_stopping=False, validation_fraction=0.1,
                  clip_norm=None, clip_value=None, bptt_truncate=None, class_weight=None,
-                 backend="auto", n_jobs=None, verbose=0, warm_start=False, dtype="float32"):
+                 backend="auto", n_jobs=None, verbose=0, warm_start=False, dtype="float32",
+                 train_compute="float32"):
         self.hidden_size = hidden_size
         self.num_layers = num_layers
         self.bidirectional = bidirectional
@@ -386,6 +389,7 @@ class GRUClassifier(BaseSequenceClassifier):
         self.verbose = verbose
         self.warm_start = warm_start
         self.dtype = dtype
+        self.train_compute = train_compute
 
 
 class SimpleRNNClassifier(BaseSequenceClassifier):
@@ -400,7 +404,8 @@ class SimpleRNNClassifier(BaseSequenceClassifier):
                  batch_size=32, max_iter=100, shuffle=True, random_state=None, tol=1e-4,
                  n_iter_no_change=10, early_stopping=False, validation_fraction=0.1,
                  clip_norm=None, clip_value=None, bptt_truncate=None, class_weight=None,
-                 backend="auto", n_jobs=None, verbose=0, warm_start=False, dtype="float32"):
+                 backend="auto", n_jobs=None, verbose=0, warm_start=False, dtype="float32",
+                 train_compute="float32"):
         self.hidden_size = hidden_size
         self.num_layers = num_layers
         self.bidirectional = bidirectional
@@ -428,6 +433,7 @@ class SimpleRNNClassifier(BaseSequenceClassifier):
         self.verbose = verbose
         self.warm_start = warm_start
         self.dtype = dtype
+        self.train_compute = train_compute
 
 
 for _cls, _cell, _summary in [

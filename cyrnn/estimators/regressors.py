@@ -186,7 +186,8 @@ class LSTMRegressor(BaseSequenceRegressor):
                  shuffle=True, random_state=None, tol=1e-4, n_iter_no_change=10,
                  early_stopping=False, validation_fraction=0.1, clip_norm=None,
                  clip_value=None, bptt_truncate=None, backend="auto", n_jobs=None, verbose=0,
-                 warm_start=False, dtype="float32"):
+                 warm_start=False, dtype="float32",
+                 train_compute="float32"):
         self.hidden_size = hidden_size
         self.num_layers = num_layers
         self.bidirectional = bidirectional
@@ -213,6 +214,7 @@ class LSTMRegressor(BaseSequenceRegressor):
         self.verbose = verbose
         self.warm_start = warm_start
         self.dtype = dtype
+        self.train_compute = train_compute
 
 
 class GRURegressor(BaseSequenceRegressor):
@@ -227,7 +229,8 @@ class GRURegressor(BaseSequenceRegressor):
                  batch_size=32, max_iter=100, shuffle=True, random_state=None, tol=1e-4,
                  n_iter_no_change=10, early_stopping=False, validation_fraction=0.1,
                  clip_norm=None, clip_value=None, bptt_truncate=None, backend="auto",
-                 n_jobs=None, verbose=0, warm_start=False, dtype="float32"):
+                 n_jobs=None, verbose=0, warm_start=False, dtype="float32",
+                 train_compute="float32"):
         self.hidden_size = hidden_size
         self.num_layers = num_layers
         self.bidirectional = bidirectional
@@ -254,6 +257,7 @@ class GRURegressor(BaseSequenceRegressor):
         self.verbose = verbose
         self.warm_start = warm_start
         self.dtype = dtype
+        self.train_compute = train_compute
 
 
 class SimpleRNNRegressor(BaseSequenceRegressor):
@@ -268,7 +272,8 @@ class SimpleRNNRegressor(BaseSequenceRegressor):
                  batch_size=32, max_iter=100, shuffle=True, random_state=None, tol=1e-4,
                  n_iter_no_change=10, early_stopping=False, validation_fraction=0.1,
                  clip_norm=None, clip_value=None, bptt_truncate=None, backend="auto",
-                 n_jobs=None, verbose=0, warm_start=False, dtype="float32"):
+                 n_jobs=None, verbose=0, warm_start=False, dtype="float32",
+                 train_compute="float32"):
         self.hidden_size = hidden_size
         self.num_layers = num_layers
         self.bidirectional = bidirectional
@@ -295,6 +300,7 @@ class SimpleRNNRegressor(BaseSequenceRegressor):
         self.verbose = verbose
         self.warm_start = warm_start
         self.dtype = dtype
+        self.train_compute = train_compute
 
 
 for _cls, _cell, _summary in [
