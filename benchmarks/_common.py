@@ -596,3 +596,28 @@ def score_b1_classifier(seed=0):
         warnings.simplefilter("ignore")
         est.fit(X, rng.integers(0, 2, 16))
     return est, X
+
+
+def run_configs(names, run_one, threads):
+    """``run_one(name, folder)`` for every configuration name (one temporary folder for
+    all), with the machine's load and CPU share per thread before and after:
+    ``(results, meta)``, ``meta`` holding ``machine``, ``threads``, ``load``,
+    ``cpu_share``, ``seconds`` and ``line`` (a one-line summary of them to print)."""
+    import tempfile
+
+    info = machine_info()
+    start, load0 = time.perf_counter(), load_average()
+    share0 = cpu_share(threads=threads)
+    results = {}
+    with tempfile.TemporaryDirectory() as folder:
+        for name in names:
+            print(f"[{name}] ...", flush=True)
+            results[name] = run_one(name, folder)
+    load1, share1 = load_average(), cpu_share(threads=threads)
+    seconds = time.perf_counter() - start
+    line = (f"{info['cpu_model']} ({', '.join(info['cpu_simd'])}); threads {threads}; "
+            f"load {load0} -> {load1}, CPU share per thread {share0:.2f} -> {share1:.2f}; "
+            f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')}; {seconds:.0f} s")
+    return results, {"machine": info, "threads": threads, "load": [load0, load1],
+                     "cpu_share": [share0, share1], "seconds": seconds, "line": line}
+

@@ -93,10 +93,14 @@ def load_weights(net, state):
     return net
 
 
-def torch_cases(net, x, y):
+def torch_cases(net, x, y, autocast=False):
     """``(infer, train)`` callables: inference under ``torch.inference_mode()``; a training
     step (zero_grad, forward, MSELoss, backward, clip_grad_norm_ 1.0, RMSprop lr=1e-3,
-    alpha=0.9, eps=1e-6: the rule of cyrnn's RMSProp)."""
+    alpha=0.9, eps=1e-6: the rule of cyrnn's RMSProp). ``autocast``: both under
+    ``torch.autocast("cpu", dtype=torch.bfloat16)`` (PyTorch's mixed precision: its
+    products in bfloat16, float32 parameters; the loss in float32)."""
+    import contextlib
+
     import torch
 
     tx, ty = torch.from_numpy(x), torch.from_numpy(y)
@@ -104,13 +108,19 @@ def torch_cases(net, x, y):
     lossf = torch.nn.MSELoss()
     params = list(net.parameters())
 
+    def mixed():
+        return (torch.autocast("cpu", dtype=torch.bfloat16) if autocast
+                else contextlib.nullcontext())
+
     def infer():
-        with torch.inference_mode():
+        with torch.inference_mode(), mixed():
             return net(tx)
 
     def train():
         opt.zero_grad(set_to_none=True)
-        loss = lossf(net(tx), ty)
+        with mixed():
+            out = net(tx)
+        loss = lossf(out.float(), ty)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
@@ -199,7 +209,8 @@ def save_inputs(path, cell, x, y, torch_state=None, onnx_models=None):
 
 def alone_argv(case, inputs, threads, timing):
     """argv (after the interpreter) of an alone run of ``case`` ("torch/infer",
-    "torch/train", "ort/infer", "ort-cyrnn/infer"); ``timing``: repeats, warmup,
+    "torch/train", "torch-bf16/train" (autocast), "ort/infer", "ort-cyrnn/infer");
+    ``timing``: repeats, warmup,
     max_seconds, min_sample_ms."""
     return [os.path.abspath(__file__), "--case", case, "--inputs", inputs,
             "--threads", str(threads)] + [
@@ -228,7 +239,8 @@ def _alone_main(argv=None):
         state = {k[6:]: v for k, v in data.items() if k.startswith("torch:")}
         D, H = x.shape[2], state["rnn.weight_hh_l0"].shape[1]
         net = load_weights(torch_net(str(data["cell"]), D, H, x.dtype), state)
-        fn = dict(zip(("infer", "train"), torch_cases(net, x, y)))[kind]
+        fn = dict(zip(("infer", "train"),
+                      torch_cases(net, x, y, autocast=impl == "torch-bf16")))[kind]
         info["torch_threads"] = torch.get_num_threads()
     else:
         fn, _ = ort_session_case(data["onnx:" + impl].tobytes(), x, args.threads)

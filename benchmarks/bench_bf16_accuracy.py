@@ -17,6 +17,14 @@ products' inputs rounded to bfloat16 too, float32 accumulation). Reported per ta
   grow along the stream?).
 
     python benchmarks/bench_bf16_accuracy.py [--json benchmarks/results/bf16_accuracy.json]
+
+``--train`` measures training in bfloat16 arithmetic instead (``train_compute="bfloat16"``,
+where the CPU has AVX-512 BF16): the same IMDB and cosine models fitted with float32
+and with bfloat16 products from the same seed, each scored in float32: IMDB test
+accuracy, cosine validation RMSE, the final training loss, and each fit's wall time
+(one fit each: indicative only; speed claims come from ``bench_bf16_training.py``).
+
+    python benchmarks/bench_bf16_accuracy.py --train [--json benchmarks/results/bf16_training_accuracy.json]
 """
 
 from __future__ import annotations
@@ -128,12 +136,70 @@ def drift(folder, steps=200):
     return out
 
 
+def _timed_fit(est, X, y):
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        est.fit(X, y)
+    return est, time.perf_counter() - t0
+
+
+def train_variants():
+    """IMDB and cosine fitted with float32 and with bfloat16 products (``--train``)."""
+    import imdb_sentiment as ex
+    from cyrnn.datasets import make_cosine
+    from cyrnn.estimators import GRUClassifier, LSTMRegressor
+
+    X_train, y_train, X_test, y_test = ex.prepare()
+    Xc, yc = make_cosine()
+    out = {"imdb": {"n_test": int(len(y_test))}, "cosine": {}}
+    for tc in ("float32", "bfloat16"):
+        clf, secs = _timed_fit(GRUClassifier(
+            vocab_size=ex.VOCAB, embedding_dim=ex.EMBED, hidden_size=ex.HIDDEN,
+            optimizer="rmsprop", learning_rate=ex.LR, batch_size=ex.BATCH,
+            max_iter=ex.EPOCHS, random_state=ex.SEED, train_compute=tc), X_train, y_train)
+        out["imdb"][tc] = {"accuracy": float((clf.predict(X_test) == y_test).mean()),
+                           "final_loss": float(clf.loss_curve_[-1]), "fit_seconds": secs}
+        reg, secs = _timed_fit(LSTMRegressor(hidden_size=32, max_iter=60, learning_rate=1e-2,
+                                             random_state=0, train_compute=tc),
+                               Xc[:100], yc[:100])
+        out["cosine"][tc] = {
+            "rmse": float(np.sqrt(np.mean((reg.predict(Xc[100:]) - yc[100:]) ** 2))),
+            "final_loss": float(reg.loss_curve_[-1]), "fit_seconds": secs}
+        print(f"  {tc}: imdb {out['imdb'][tc]}, cosine {out['cosine'][tc]}", flush=True)
+    return out
+
+
+def main_train(args):
+    if not ARITHMETIC:
+        print("this CPU has no AVX-512 BF16: nothing to measure")
+        return 0
+    start = time.perf_counter()
+    res = train_variants()
+    rows = []
+    for task, metric in (("imdb", "accuracy"), ("cosine", "rmse")):
+        a, b = res[task]["float32"], res[task]["bfloat16"]
+        rows.append([task, f"{a[metric]:.4f} -> {b[metric]:.4f}",
+                     f"{a['final_loss']:.4g} -> {b['final_loss']:.4g}",
+                     f"{a['fit_seconds']:.1f} -> {b['fit_seconds']:.1f}"])
+    print(markdown_table(["task", "test metric (float32 -> bfloat16 training)",
+                          "final training loss", "fit seconds (one each)"], rows))
+    print(f"({time.perf_counter() - start:.0f} s)")
+    if args.json:
+        write_json(args.json, {"machine": machine_info(), "results": res})
+    return 0
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--json", default=None)
+    ap.add_argument("--train", action="store_true",
+                    help="training in bfloat16 arithmetic instead of bfloat16 scoring")
     args = ap.parse_args(argv)
     global ARITHMETIC
     ARITHMETIC = _arithmetic_available()
+    if args.train:
+        return main_train(args)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as folder:
         res = {"imdb": imdb(folder), "cosine": cosine(folder), "drift": drift(folder)}

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -102,18 +101,10 @@ def main(argv=None):
     import cyrnn
 
     threads = cyrnn.get_num_threads()
-    info = C.machine_info()
-    start, load0 = time.perf_counter(), C.load_average()
-    share0 = C.cpu_share(threads=threads)
-    results = {}
-    with tempfile.TemporaryDirectory() as folder:
-        for name in args.configs.split(","):
-            print(f"[{name}] ...", flush=True)
-            results[name] = run_config(name, args, threads, folder)
-    load1, share1 = C.load_average(), C.cpu_share(threads=threads)
-    print(f"\n{info['cpu_model']} ({', '.join(info['cpu_simd'])}); cyrnn and ORT threads {threads}; load {load0} -> {load1}, "
-          f"CPU share per thread {share0:.2f} -> {share1:.2f}; "
-          f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')}; {time.perf_counter() - start:.0f} s\n")
+    results, meta = C.run_configs(args.configs.split(","),
+                                  lambda name, folder: run_config(name, args, threads, folder),
+                                  threads)
+    print(f"\n{meta.pop('line')} (cyrnn and ORT)\n")
     table = []
     for name, r in results.items():
         f = r["ort_fairness"]
@@ -127,8 +118,7 @@ def main(argv=None):
     print(C.markdown_table(["config", "scorer", "ms", "GFLOP/s", "vs float32 scorer",
                             "vs ORT", "max |diff| vs float32"], table))
     if args.json:
-        C.write_json(args.json, {"machine": info, "threads": threads, "load": [load0, load1],
-                                 "cpu_share": [share0, share1], "results": results})
+        C.write_json(args.json, {**meta, "results": results})
     return 0
 
 
