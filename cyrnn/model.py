@@ -40,12 +40,14 @@ class Sequential:
     training : bool
         Default mode for :meth:`forward` (False: inference, no caches, no dropout).
     train_compute : ``"float32"`` (default) or ``"bfloat16"``
-        The arithmetic of the training forward's and backward's weight products
-        (``x W_ih^T``, ``h W_hh^T``, the Dense products and their transposes in the
-        backward). ``"bfloat16"`` (float32 models on the Cython backend; opt-in) rounds
-        both operands of those products to bfloat16 and accumulates in float32, with
-        AVX-512 BF16's ``VDPBF16PS``; the weight gradients, the cell math, the loss
-        and the optimizer stay float32, and inference (``training=False``) is not
+        The arithmetic of a training step's matrix products (forward ``x W_ih^T``,
+        ``h W_hh^T`` and the Dense products; backward their transposes ``dg W`` and the
+        weight gradients ``dg^T x``, ``dg^T h``). ``"bfloat16"`` (float32 models on the
+        Cython backend; opt-in) rounds both operands of those products to bfloat16 and
+        accumulates in float32, with AVX-512 BF16's ``VDPBF16PS`` (PyTorch's CPU
+        autocast does the same to its matrix products); the cell math, the bias,
+        peephole and embedding gradients, the loss and the optimizer stay float32
+        (parameters are float32 throughout), and inference (``training=False``) is not
         affected (serve with ``cyrnn.scoring.load(path, compute="bfloat16")`` for the
         same products). A training forward in bfloat16 equals that scorer's output
         bit for bit. On a CPU without AVX-512 BF16 the steps warn once

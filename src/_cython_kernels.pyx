@@ -215,13 +215,20 @@ def projection(const floating[:, ::1] x, const floating[:, ::1] w, const floatin
 
 
 def wgrad(const floating[:, ::1] dg, const floating[:, ::1] x, int mode=-1,
-          const floating[:, ::1] x2=None):
+          const floating[:, ::1] x2=None, bint bf16=False):
     """``(dg.T @ x, dg.sum(0))`` as the packed path's weight gradients compute them
     (``_wgrad``, on cyrnn's threads): ``mode`` -1 picks the layout as they do, 0
     forces the row strips, 1 x packed, 2 dg packed (tests: every choice sums in
     the same order, so all give the same bits). With ``x2`` also ``dg.T @ x2``,
-    from the same pass (a third item)."""
+    from the same pass (a third item). ``bf16``: in bfloat16 arithmetic (float32,
+    where :func:`bf16_arithmetic_available`), as a training step with bfloat16
+    products computes them."""
     cdef Py_ssize_t rows = dg.shape[0], C = dg.shape[1], K = x.shape[1]
+    cdef int wfmt = WF_NATIVE
+    if bf16:
+        if sizeof(floating) != 4 or not cyrnn_bf16dot_ok():
+            raise ValueError("wgrad: bf16 needs float32 and AVX-512 BF16")
+        wfmt = WF_BF16D
     cdef Py_ssize_t K2 = x2.shape[1] if x2 is not None else 0
     if x.shape[0] != rows or rows == 0 or C == 0 or K == 0 or not -1 <= mode <= 2 or (
             x2 is not None and (x2.shape[0] != rows or K2 == 0)):
@@ -246,7 +253,7 @@ def wgrad(const floating[:, ::1] dg, const floating[:, ::1] x, int mode=-1,
         o2p = &o2[0, 0]
     with nogil:
         _wgrad_by(cyrnn_pgemm_isa(), &dg[0, 0], C, &x[0, 0], K, rows, C, K, &o[0, 0],
-                  &bs[0], mode, x2p, K2, K2, o2p)
+                  &bs[0], mode, x2p, K2, K2, o2p, wfmt)
     if x2 is not None:
         return out, bsum, out2
     return out, bsum
@@ -398,12 +405,13 @@ def train_forward(const int64_t[::1] spec not None, cnp.ndarray data not None, o
     concatenated time-major (T, N, width) multipliers of the ops with a dropout
     flag (``cyrnn.plan.draw_dropout``). The cache goes to :func:`train_backward`
     once. ``arithmetic="bfloat16"`` (float32 parameters, a CPU where
-    :func:`bf16_arithmetic_available`): every weight product of this forward and
+    :func:`bf16_arithmetic_available`): every matrix product of this forward and
     of its backward (``x W_ih^T``, ``h W_hh^T``, ``dg W_hh``, ``dg W_ih``, the Dense
-    products) rounds both operands to bfloat16 and accumulates in float32, on the
-    packed path whatever the batch (the forward's products are those of a
-    ``PackedWeights(arithmetic="bfloat16")`` inference, bit for bit); the weight
-    gradients, the cell math and the optimizer stay float32."""
+    products, the weight gradients ``dg^T x`` and ``dg^T h``) rounds both operands to
+    bfloat16 and accumulates in float32, on the packed path whatever the batch (the
+    forward's products are those of a ``PackedWeights(arithmetic="bfloat16")``
+    inference, bit for bit); the cell math and the bias, peephole and embedding
+    gradients stay float32."""
     cdef Dims d
     cdef uint8_t* valid = NULL
     cdef const char* h0p

@@ -218,11 +218,11 @@ cdef void _affine_bwd_packed(int isa, int wfmt, const floating* dy, const floati
                              const floating* wt, floating* gw, floating* gb, floating* dx,
                              bint acc_dx) noexcept nogil:
     """:func:`_affine_bwd` on cyrnn's threads: ``wt`` is ``w`` packed for the
-    transposed product in format ``wfmt`` (``_pack_t_fmt``); ``gw`` NULL: only ``dx``
-    (the weight and bias gradients come from elsewhere); ``gb`` NULL: no bias
-    gradient. The weight gradient is float32 arithmetic whatever ``wfmt``."""
+    transposed product in format ``wfmt`` (``_pack_t_fmt``; the weight gradient in
+    that arithmetic too); ``gw`` NULL: only ``dx`` (the weight and bias gradients
+    come from elsewhere); ``gb`` NULL: no bias gradient."""
     if gw != NULL:
-        _wgrad(isa, dy, n_out, x, n_in, rows, n_out, n_in, gw, gb)
+        _wgrad(isa, dy, n_out, x, n_in, rows, n_out, n_in, gw, gb, wfmt)
     if dx != NULL:
         _rows_product(isa, wfmt, dy, n_out, rows, n_out, wt, n_in, dx, n_in, acc_dx)
 
@@ -1173,7 +1173,7 @@ cdef void _fused_backward(const int64_t* sp, const Dims* d, const int64_t* plan,
     ``_backward_scratch``). ``packed`` (NULL: none): every W_hh packed by
     ``_pack_weights`` for the backward in format ``wfmt``, offsets ``pk``: the sweeps
     then run on row chunks on several threads (WF_BF16D: the transposed products in
-    bfloat16 arithmetic, the weight gradients in float32)."""
+    bfloat16 arithmetic, the weight gradients too: ``_wgrad_bd``)."""
     cdef Py_ssize_t T = d.T, N = d.N, TN = d.T * d.N, NH, o, t, i, j, H, G, D, O, R, F, E
     cdef Py_ssize_t span = TN * d.Fmax, nrec = 0, dd, k0, off
     cdef const int64_t* r

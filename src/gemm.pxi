@@ -524,6 +524,10 @@ cdef extern from "pgemm.h" nogil:
     void cyrnn_pgemm_bd(int isa, const float* x, Py_ssize_t ldx, Py_ssize_t n, Py_ssize_t K,
                         const unsigned int* P, Py_ssize_t C, float* out, Py_ssize_t ldo,
                         int beta)
+    void cyrnn_pgemm_bds(const unsigned int* S, Py_ssize_t lds, Py_ssize_t n, Py_ssize_t K,
+                         const unsigned int* P, Py_ssize_t C, float* out, Py_ssize_t ldo)
+    void cyrnn_bf16_strips_any(const float* g, Py_ssize_t ldg, Py_ssize_t R, Py_ssize_t C,
+                               unsigned int* S, Py_ssize_t lds, float* sum)
     void cyrnn_rgemm_f(int isa, const float* x, Py_ssize_t ldx, Py_ssize_t n, Py_ssize_t K,
                        const float* W, Py_ssize_t C, float* out, Py_ssize_t ldo)
     void cyrnn_rgemm_d(int isa, const double* x, Py_ssize_t ldx, Py_ssize_t n, Py_ssize_t K,

@@ -637,11 +637,12 @@ cdef void _backward_all(int code, int act, int ract, Py_ssize_t truncate, Py_ssi
     if sw != NULL:  # on cyrnn's threads, db summed from the same blocks
         memset(dw, 0, GH * H * sizeof(floating))
         if code == CELL_GRU_CHO:
-            _wgrad(sw.isa, dgh, GH, hc, H, T * N, 2 * H, H, dw, db)
-            _wgrad(sw.isa, dgh + 2 * H, GH, aux, H, T * N, H, H, dw + 2 * H * H, db + 2 * H)
+            _wgrad(sw.isa, dgh, GH, hc, H, T * N, 2 * H, H, dw, db, sw.wfmt)
+            _wgrad(sw.isa, dgh + 2 * H, GH, aux, H, T * N, H, H, dw + 2 * H * H, db + 2 * H,
+                   sw.wfmt)
         else:
             _wgrad_by(sw.isa, dgh, GH, hc, H, T * N, GH, H, dw, db, -1,
-                      xin if dgh == dxp else NULL, D, D, dw_ih)
+                      xin if dgh == dxp else NULL, D, D, dw_ih, sw.wfmt)
     else:
         if code == CELL_GRU_CHO:
             _gemm_dw(dgh, hc, 0, 2 * H, T * N, H, GH, dw)
@@ -681,14 +682,15 @@ cdef enum:
 
 cdef inline void _wgrad(int isa, const floating* dg, Py_ssize_t ldg, const floating* x,
                         Py_ssize_t ldx, Py_ssize_t rows, Py_ssize_t C, Py_ssize_t K,
-                        floating* out, floating* bsum) noexcept nogil:
-    _wgrad_by(isa, dg, ldg, x, ldx, rows, C, K, out, bsum, -1, NULL, 0, 0, NULL)
+                        floating* out, floating* bsum, int wfmt=WF_NATIVE) noexcept nogil:
+    _wgrad_by(isa, dg, ldg, x, ldx, rows, C, K, out, bsum, -1, NULL, 0, 0, NULL, wfmt)
 
 
 cdef void _wgrad_by(int isa, const floating* dg, Py_ssize_t ldg, const floating* x,
                     Py_ssize_t ldx, Py_ssize_t rows, Py_ssize_t C, Py_ssize_t K,
                     floating* out, floating* bsum, int mode, const floating* x2,
-                    Py_ssize_t ldx2, Py_ssize_t K2, floating* out2) noexcept nogil:
+                    Py_ssize_t ldx2, Py_ssize_t K2, floating* out2,
+                    int wfmt=WF_NATIVE) noexcept nogil:
     """``out (C, K) += dg[:rows, :C]^T x[:rows, :K]`` (row strides ``ldg``, ``ldx``):
     a weight gradient summed over every row of every step; ``bsum`` (C,), unless
     NULL, gets the column sums of dg added (the bias gradient). ``x2`` (NULL: none):
@@ -708,7 +710,12 @@ cdef void _wgrad_by(int isa, const floating* dg, Py_ssize_t ldg, const floating*
     never changes a result. Falls back to one BLAS GEMM when the partials would
     pass WG_MAX_PARTIALS bytes (a large Dense head) or the scratch cannot be
     allocated. ``mode`` (tests; -1: the choice above) forces the strips (0), x
-    packed with dg read as it lies (1) or dg packed (2)."""
+    packed with dg read as it lies (1) or dg packed (2). ``wfmt`` WF_BF16D (float32,
+    where ``cyrnn_bf16dot_ok``): in bfloat16 arithmetic instead (``_wgrad_bd``)."""
+    if floating is float:
+        if wfmt == WF_BF16D and isa == 2 and cyrnn_bf16dot_ok():
+            if _wgrad_bd(isa, dg, ldg, x, ldx, rows, C, K, out, bsum, x2, ldx2, K2, out2):
+                return
     cdef Py_ssize_t nblk = (rows + WG_ROWS - 1) // WG_ROWS, ng, per, g, b, r0, R, i, j
     cdef Py_ssize_t nr = cyrnn_pgemm_nr(isa, sizeof(floating)), mr = cyrnn_pgemm_mr(isa)
     cdef bint pack_x = (K + nr - 1) // nr * nr * 4 <= 5 * K
@@ -830,6 +837,99 @@ cdef void _wgrad_by(int isa, const floating* dg, Py_ssize_t ldg, const floating*
         if K2:
             _add_rows(1, C * K2, cs + _al(C), out2)
     free(ws)
+
+
+cdef bint _wgrad_bd(int isa, const float* dg, Py_ssize_t ldg, const float* x, Py_ssize_t ldx,
+                    Py_ssize_t rows, Py_ssize_t C, Py_ssize_t K, float* out, float* bsum,
+                    const float* x2, Py_ssize_t ldx2, Py_ssize_t K2,
+                    float* out2) noexcept nogil:
+    """``_wgrad_by`` in bfloat16 arithmetic: the same blocks of WG_ROWS rows and
+    WG_GROUPS partial sums, each block's x (and x2) packed as bfloat16 k-pair panels
+    (``cyrnn_pack_bf``, k running over the block's rows) and dg's block, MC columns at
+    a time, rounded into strips of k-pair words (``cyrnn_bf16_strips``, which also
+    adds the unrounded float32 column sums into the bias gradient), multiplied with
+    ``VDPBF16PS`` (``cyrnn_pgemm_bds``) into float32 partials. Each element is one
+    chain over the block's row pairs, then the blocks and groups added in order, so
+    the thread count changes no result. Returns False (nothing done) where the
+    partials would pass WG_MAX_PARTIALS bytes or the scratch cannot be had: the
+    caller's float32 path then runs."""
+    cdef Py_ssize_t nblk = (rows + WG_ROWS - 1) // WG_ROWS, ng, per, g, b, r0, R
+    cdef Py_ssize_t lds = _al(8 * ((WG_ROWS + 1) // 2))  # words per 8-column strip
+    cdef Py_ssize_t MC = max(8, WG_STRIP_BYTES // (lds * 4) // 8 * 8)
+    cdef Py_ssize_t psz = cyrnn_pgemm_bsize(isa, K, WG_ROWS)
+    cdef Py_ssize_t psz2 = cyrnn_pgemm_bsize(isa, K2, WG_ROWS) if x2 != NULL else 0
+    cdef Py_ssize_t ssz = (min(MC, C) + 7) // 8 * lds
+    cdef Py_ssize_t slot, nt, c0, mc
+    cdef unsigned int csr
+    cdef double t0, cpu, c0t
+    cdef float* ws
+    cdef float* acc
+    cdef float* P
+    cdef float* S
+    cdef float* cs
+    cdef float* acc2
+    cdef float* P2
+    if rows <= 0:
+        return True
+    if x2 == NULL:
+        K2 = 0
+    slot = _al(C * K) + _al(psz) + _al(ssz) + _al(C) + _al(C * K2) + _al(psz2)
+    ng = min(<Py_ssize_t>WG_GROUPS, nblk)
+    if <double>ng * C * (K + K2) * 4 > WG_MAX_PARTIALS:
+        return False
+    ws = <float*>aligned_alloc(64, <size_t>((ng * slot * 4 + 63) // 64 * 64))
+    if ws == NULL:
+        return False
+    per = (nblk + ng - 1) // ng
+    ng = (nblk + per - 1) // per
+    cyrnn_count_path(4)
+    nt = _team(min(<Py_ssize_t>_nthreads(), ng))
+    if <double>rows * C * (K + K2) < PARALLEL_MIN_MACS:
+        nt = 1
+    t0 = cyrnn_wall()
+    cpu = 0
+    for g in prange(ng, schedule='dynamic', chunksize=1, num_threads=nt):
+        c0t = cyrnn_cpu()
+        csr = cyrnn_fp_flush()
+        acc = ws + g * slot
+        P = acc + _al(C * K)
+        S = P + _al(psz)
+        cs = S + _al(ssz)
+        acc2 = cs + _al(C)
+        P2 = acc2 + _al(C * K2)
+        memset(acc, 0, C * K * 4)
+        memset(cs, 0, C * 4)
+        memset(acc2, 0, C * K2 * 4)
+        for b in range(g * per, min((g + 1) * per, nblk)):
+            r0 = b * WG_ROWS
+            R = min(<Py_ssize_t>WG_ROWS, rows - r0)
+            cyrnn_pack_bf(isa, x + r0 * ldx, K, R, 1, ldx, <unsigned int*>P)
+            if K2:
+                cyrnn_pack_bf(isa, x2 + r0 * ldx2, K2, R, 1, ldx2, <unsigned int*>P2)
+            c0 = 0
+            while c0 < C:
+                mc = min(MC, C - c0)
+                cyrnn_bf16_strips_any(dg + r0 * ldg + c0, ldg, R, mc, <unsigned int*>S, lds,
+                                      cs + c0 if bsum != NULL else NULL)
+                cyrnn_pgemm_bds(<const unsigned int*>S, lds, mc, R, <const unsigned int*>P, K,
+                                acc + c0 * K, K)
+                if K2:
+                    cyrnn_pgemm_bds(<const unsigned int*>S, lds, mc, R,
+                                    <const unsigned int*>P2, K2, acc2 + c0 * K2, K2)
+                c0 = c0 + MC
+        cyrnn_fp_restore(csr)
+        cpu += cyrnn_cpu() - c0t
+    _judge(t0, cpu, nt)
+    for g in range(ng):
+        acc = ws + g * slot
+        _add_rows(1, C * K, acc, out)
+        cs = acc + _al(C * K) + _al(psz) + _al(ssz)
+        if bsum != NULL:
+            _add_rows(1, C, cs, bsum)
+        if K2:
+            _add_rows(1, C * K2, cs + _al(C), out2)
+    free(ws)
+    return True
 
 
 cdef void _rows_product(int isa, int wfmt, const floating* a, Py_ssize_t lda,

@@ -596,7 +596,7 @@ typedef int cyrnn_word_t __attribute__((may_alias));
         __m512bh w1 = (__m512bh)*(const UT*)(pp + k * NR + V);                        \
         _Pragma("GCC unroll 16")                                                      \
         for (r = 0; r < MRS; r++) {                                                    \
-            __m512bh s = CYRNN_BD_BCAST(xr[r] + k);                                   \
+            __m512bh s = CYRNN_BD_BCAST(xr[r] + k * sk);                              \
             a0[r] = (VT)_mm512_dpbf16_ps((__m512)a0[r], s, w0);                       \
             a1[r] = (VT)_mm512_dpbf16_ps((__m512)a1[r], s, w1);                       \
         }                                                                             \
@@ -612,8 +612,10 @@ typedef int cyrnn_word_t __attribute__((may_alias));
                 (__m512bh)*(const UT*)(pp + q * pstride + k * NR + V));               \
         }                                                                             \
     }
-/* x here: rows of (K+1)/2 words (stride ldx words), read through float pointers */
+/* x here: rows of (K+1)/2 words (stride ldx words), read through float pointers;
+   the s(trips) body: MR-row strips of words (cyrnn_bf16_strips) */
 CYRNN_PGEMM_BODY(cyrnn_pgemm_bd512, float, unsigned int, BF16D, 64, 8, CYRNN_TBF, 0)
+CYRNN_PGEMM_BODY(cyrnn_pgemm_bds512, float, unsigned int, BF16D, 64, 8, CYRNN_TBF, 2)
 CYRNN_GEMV_BODY(cyrnn_gemv_bd512, float, unsigned int, BF16D, 64, CYRNN_TBF)
 
 /* Round n rows of K floats (row stride ldx) to bfloat16 k-pair words, (K+1)/2 a
@@ -642,7 +644,69 @@ CYRNN_TBF static void cyrnn_bf16_pairs(const float* x, ptrdiff_t ldx, ptrdiff_t 
         }
     }
 }
+
+/* The weight-gradient sums in bfloat16 arithmetic (training with bfloat16
+   products): R rows of C gate gradients g (row stride ldg) rounded into
+   8-column strips of k-pair words for cyrnn_pgemm_bds:
+   S[(c/8)*lds + kk*8 + c%8] = bf16(g[2kk][c]) | bf16(g[2kk+1][c]) << 16
+   (0 past R or C; lds >= 8 * ((R+1)/2) words). Sixteen columns of two rows
+   at a time: VCVTNE2PS2BF16, then VPERMW interleaves the two rows' values
+   into words. ``sum`` (NULL: none) gets each column's float32 sum added, the
+   rows taken in order (the bias gradient, unrounded). */
+CYRNN_TBF static void cyrnn_bf16_strips(const float* g, ptrdiff_t ldg, ptrdiff_t R,
+                                        ptrdiff_t C, unsigned int* S, ptrdiff_t lds,
+                                        float* __restrict sum) {
+    static const short order[32] = {0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23,
+                                     8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30,
+                                     15, 31};
+    const __m512i idx = _mm512_loadu_si512((const void*)order);
+    ptrdiff_t kk, c, k, KK = (R + 1) / 2;
+    for (kk = 0; kk < KK; kk++) {
+        const float* e = g + 2 * kk * ldg;
+        const float* o = 2 * kk + 1 < R ? e + ldg : NULL;
+        unsigned int* dst = S + kk * 8;
+        for (c = 0; c < C; c += 16) {
+            ptrdiff_t r = C - c;
+            __mmask16 m = r >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << r) - 1);
+            __m512 ve = _mm512_maskz_loadu_ps(m, e + c);
+            __m512 vo = o != NULL ? _mm512_maskz_loadu_ps(m, o + c) : _mm512_setzero_ps();
+            __m512i w = _mm512_permutexvar_epi16(idx, (__m512i)_mm512_cvtne2ps_pbh(vo, ve));
+            _mm256_storeu_si256((__m256i*)(dst + (c / 8) * lds), _mm512_castsi512_si256(w));
+            if (r > 8)
+                _mm256_storeu_si256((__m256i*)(dst + (c / 8 + 1) * lds),
+                                    _mm512_extracti64x4_epi64(w, 1));
+        }
+    }
+    if (sum != NULL)
+        for (k = 0; k < R; k++)
+            for (c = 0; c < C; c++) sum[c] += g[k * ldg + c];
+}
 #endif
+
+/* out[:n, :C] += S^T-strips x W^T in bfloat16 arithmetic: n rows held as
+   cyrnn_bf16_strips' strips (stride lds words), K elements each (K+1)/2 words;
+   W packed by cyrnn_pack_bf for isa 2. Only where cyrnn_bf16dot_ok() (callers
+   check; elsewhere nothing is computed). */
+static void cyrnn_pgemm_bds(const unsigned int* S, ptrdiff_t lds, ptrdiff_t n, ptrdiff_t K,
+                            const unsigned int* P, ptrdiff_t C, float* out, ptrdiff_t ldo) {
+#if CYRNN_BF16DOT
+    if (n > 0 && C > 0 && cyrnn_bf16dot_ok())
+        cyrnn_pgemm_bds512((const float*)S, lds, n, K, P, C, out, ldo, 1);
+#else
+    (void)S; (void)lds; (void)n; (void)K; (void)P; (void)C; (void)out; (void)ldo;
+#endif
+}
+
+/* cyrnn_bf16_strips where the bfloat16 kernels exist (callers check
+   cyrnn_bf16dot_ok(); elsewhere nothing is written). */
+static void cyrnn_bf16_strips_any(const float* g, ptrdiff_t ldg, ptrdiff_t R, ptrdiff_t C,
+                                  unsigned int* S, ptrdiff_t lds, float* sum) {
+#if CYRNN_BF16DOT
+    cyrnn_bf16_strips(g, ldg, R, C, S, lds, sum);
+#else
+    (void)g; (void)ldg; (void)R; (void)C; (void)S; (void)lds; (void)sum;
+#endif
+}
 
 /* out = (beta ? out : 0) + x W^T in bfloat16 arithmetic, W packed by
    cyrnn_pack_bf for isa 2: x's rows are rounded, in blocks of up to BD_ROWS rows,

@@ -1,7 +1,7 @@
 """Opt-in bfloat16 arithmetic in training (``Sequential.train_compute``, the estimators'
 ``train_compute``): the forward's products are those of the bfloat16 scorer, the
-backward's transposed products round both operands, the weight gradients stay float32,
-and models still learn; elsewhere a clear error or a warning and float32."""
+backward's products (weight gradients included) round both operands, bias gradients stay
+float32, and models still learn; elsewhere a clear error or a warning and float32."""
 
 import warnings
 
@@ -68,10 +68,11 @@ def test_training_forward_equals_bf16_scorer(cls, kw, n, tmp_path, rng):
     np.testing.assert_allclose(dx16, dx32, rtol=0, atol=5e-2 * np.abs(dx32).max())
 
 
-def test_backward_products_round_both_operands_and_weight_gradients_do_not(rng):
-    """One step of an Elman cell from a zero state: ``dx = dg W_ih`` equals the product
-    of the bfloat16-rounded ``dg`` and ``W_ih`` (float64 reference), far closer than
-    the float32 product; the weight gradient ``dW_ih = dg^T x`` is float32 arithmetic."""
+def test_backward_products_round_both_operands(rng):
+    """One step of an Elman cell from a zero state: ``dx = dg W_ih`` and the weight
+    gradient ``dW_ih = dg^T x`` equal the products of the bfloat16-rounded operands
+    (float64 reference), far closer than the float32 products; the bias gradient is
+    the float32 sum of ``dg``."""
     _kernels_or_skip()
     D, H, n = 96, 64, 8
     model = cyrnn.Sequential([cyrnn.SimpleRNN(D, H, return_sequences=False, random_state=0)])
@@ -89,8 +90,38 @@ def test_backward_products_round_both_operands_and_weight_gradients_do_not(rng):
     err_f32 = np.abs(dx[:, 0] - dg.astype(np.float64) @ w_ih).max()
     assert err_bf16 < err_f32 / 20, (err_bf16, err_f32)
     view = model.params._view(grad, "0.weight_ih_l0")
-    np.testing.assert_allclose(view, dg.astype(np.float64).T @ x[:, 0], rtol=1e-5,
-                               atol=1e-6)
+    err_bf16 = np.abs(view - _bf16(dg).T @ _bf16(x[:, 0])).max()
+    err_f32 = np.abs(view - dg.astype(np.float64).T @ x[:, 0]).max()
+    assert err_bf16 < err_f32 / 20, (err_bf16, err_f32)
+    np.testing.assert_allclose(model.params._view(grad, "0.bias_ih_l0"),
+                               dg.astype(np.float64).sum(0), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("rows, C, K, K2", [(3, 5, 7, 0), (257, 33, 20, 9), (600, 512, 128, 32),
+                                            (513, 17, 1, 3)])
+def test_weight_gradient_kernel_in_bf16(rows, C, K, K2, rng):
+    """``wgrad(..., bf16=True)``: ``dg^T x`` (and ``dg^T x2`` from the same strips) equal
+    float64 products of the rounded operands to float32 accumulation error, at odd row
+    counts (a last row pair of one), strip and panel tails; the column sums are
+    float32's; the thread count changes nothing."""
+    kernels = _kernels_or_skip()
+    dg = rng.normal(size=(rows, C)).astype(np.float32)
+    x = rng.normal(size=(rows, K)).astype(np.float32)
+    x2 = rng.normal(size=(rows, K2)).astype(np.float32) if K2 else None
+    got = kernels.wgrad(dg, x, -1, x2, True)
+    tol = 1e-5 * np.sqrt(rows)  # float32 sums; the float32 products are ~1e-2 sqrt(rows) off
+    np.testing.assert_allclose(got[0], _bf16(dg).T @ _bf16(x), rtol=1e-5, atol=tol)
+    np.testing.assert_allclose(got[1], dg.astype(np.float64).sum(0), rtol=1e-5, atol=tol)
+    assert np.abs(got[0] - dg.astype(np.float64).T @ x).max() > 20 * tol
+    if K2:
+        np.testing.assert_allclose(got[2], _bf16(dg).T @ _bf16(x2), rtol=1e-5, atol=tol)
+        assert np.abs(got[2] - dg.astype(np.float64).T @ x2).max() > 20 * tol
+    with cyrnn.threads.call_threads(1):
+        one = kernels.wgrad(dg, x, -1, x2, True)
+    for a, b in zip(got, one):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="bf16"):
+        kernels.wgrad(dg.astype(np.float64), x.astype(np.float64), -1, None, True)
 
 
 def test_sequential_train_compute(rng):

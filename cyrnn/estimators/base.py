@@ -914,12 +914,13 @@ _TRAIN_DOC = """\
     dtype : {'float32', 'float64'}, default='float32'
         Precision of the computation. Predictions are float64 either way.
     train_compute : {'float32', 'bfloat16'}, default='float32'
-        Arithmetic of the training steps' weight products (opt-in; float32
+        Arithmetic of the training steps' matrix products (opt-in; float32
         models on the Cython backend): 'bfloat16' rounds both operands of the
-        forward's and backward's products to bfloat16 and accumulates in float32
-        (AVX-512 BF16), faster at medium and large shapes on CPUs whose
-        ``VDPBF16PS`` outruns float32 FMA (:attr:`cyrnn.Sequential.train_compute`).
-        Gradients on the weights, cell math, loss and optimizer stay float32;
+        forward's and backward's products (weight gradients included) to bfloat16
+        and accumulates in float32 (AVX-512 BF16), faster at medium and large
+        shapes on CPUs whose ``VDPBF16PS`` outruns float32 FMA
+        (:attr:`cyrnn.Sequential.train_compute`). Parameters, cell math, loss and
+        optimizer stay float32;
         ``predict`` runs float32 (serve with ``cyrnn.scoring.load(path,
         compute='bfloat16')`` for the same products). Without AVX-512 BF16 fit
         warns (RuntimeWarning) and trains in float32.
