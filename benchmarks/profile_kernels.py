@@ -6,7 +6,8 @@
 
 ``infer`` loops the Cython backend's fused inference (``backend.infer``), ``train`` the
 whole ``train_step`` (forward, backward, clipping, RMSProp), for ``--seconds`` (default 8)
-after one untimed call; the model and data are ``bench_kernels.py``'s.
+after one untimed call; the model and data are ``bench_kernels.py``'s
+(``--train-compute bfloat16``: the training step in bfloat16 arithmetic).
 """
 
 import argparse
@@ -27,6 +28,8 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--backend", default="cython")
+    ap.add_argument("--train-compute", default="float32", choices=["float32", "bfloat16"],
+                    help="the model's train_compute (train only)")
     args = ap.parse_args(argv)
 
     import numpy as np
@@ -38,6 +41,7 @@ def main(argv=None):
         cyrnn.set_num_threads(args.threads)
     cfg = CONFIGS[args.config]
     model, opt = build_cyrnn(cfg, args.backend, np.float32)
+    model.train_compute = args.train_compute
     x, y = make_data(cfg, np.float32)
     if args.kind == "infer":
         be, spec = get_backend(args.backend), model.inference_spec()

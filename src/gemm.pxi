@@ -526,6 +526,8 @@ cdef extern from "pgemm.h" nogil:
                         int beta)
     void cyrnn_pgemm_bds(const unsigned int* S, Py_ssize_t lds, Py_ssize_t n, Py_ssize_t K,
                          const unsigned int* P, Py_ssize_t C, float* out, Py_ssize_t ldo)
+    void cyrnn_pack_bf_cols(int isa, const float* W, Py_ssize_t C, Py_ssize_t K, Py_ssize_t sk,
+                            unsigned int* P)
     void cyrnn_bf16_strips_any(const float* g, Py_ssize_t ldg, Py_ssize_t R, Py_ssize_t C,
                                unsigned int* S, Py_ssize_t lds, float* sum)
     void cyrnn_rgemm_f(int isa, const float* x, Py_ssize_t ldx, Py_ssize_t n, Py_ssize_t K,

@@ -845,7 +845,7 @@ cdef bint _wgrad_bd(int isa, const float* dg, Py_ssize_t ldg, const float* x, Py
                     float* out2) noexcept nogil:
     """``_wgrad_by`` in bfloat16 arithmetic: the same blocks of WG_ROWS rows and
     WG_GROUPS partial sums, each block's x (and x2) packed as bfloat16 k-pair panels
-    (``cyrnn_pack_bf``, k running over the block's rows) and dg's block, MC columns at
+    (``cyrnn_pack_bf_cols``, k running over the block's rows) and dg's block, MC columns at
     a time, rounded into strips of k-pair words (``cyrnn_bf16_strips``, which also
     adds the unrounded float32 column sums into the bias gradient), multiplied with
     ``VDPBF16PS`` (``cyrnn_pgemm_bds``) into float32 partials. Each element is one
@@ -903,9 +903,9 @@ cdef bint _wgrad_bd(int isa, const float* dg, Py_ssize_t ldg, const float* x, Py
         for b in range(g * per, min((g + 1) * per, nblk)):
             r0 = b * WG_ROWS
             R = min(<Py_ssize_t>WG_ROWS, rows - r0)
-            cyrnn_pack_bf(isa, x + r0 * ldx, K, R, 1, ldx, <unsigned int*>P)
+            cyrnn_pack_bf_cols(isa, x + r0 * ldx, K, R, ldx, <unsigned int*>P)
             if K2:
-                cyrnn_pack_bf(isa, x2 + r0 * ldx2, K2, R, 1, ldx2, <unsigned int*>P2)
+                cyrnn_pack_bf_cols(isa, x2 + r0 * ldx2, K2, R, ldx2, <unsigned int*>P2)
             c0 = 0
             while c0 < C:
                 mc = min(MC, C - c0)

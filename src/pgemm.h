@@ -681,6 +681,37 @@ CYRNN_TBF static void cyrnn_bf16_strips(const float* g, ptrdiff_t ldg, ptrdiff_t
         for (k = 0; k < R; k++)
             for (c = 0; c < C; c++) sum[c] += g[k * ldg + c];
 }
+
+/* cyrnn_pack_bf (isa 2: panels of 32 columns) of the operand whose element (c, k)
+   is W[c + k*sk] (columns contiguous: a block of activations, k running over its
+   rows), sixteen columns of two rows at a time as in cyrnn_bf16_strips. Rounds as
+   VCVTNE2PS2BF16 does (nearest even; denormal inputs as zero, which the calls'
+   DAZ mode makes them anyway). */
+CYRNN_TBF static void cyrnn_pack_bf_c1(const float* W, ptrdiff_t C, ptrdiff_t K, ptrdiff_t sk,
+                                       unsigned int* P) {
+    static const short order[32] = {0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23,
+                                     8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30,
+                                     15, 31};
+    const __m512i idx = _mm512_loadu_si512((const void*)order);
+    ptrdiff_t K2 = (K + 1) / 2, p, kk, h, c, r;
+    for (p = 0; p * 32 < C; p++)
+        for (kk = 0; kk < K2; kk++) {
+            const float* e = W + 2 * kk * sk;
+            const float* o = 2 * kk + 1 < K ? e + sk : NULL;
+            unsigned int* dst = P + (p * K2 + kk) * 32;
+            for (h = 0; h < 2; h++) {
+                c = p * 32 + h * 16;
+                r = C - c;
+                __mmask16 m = r >= 16 ? (__mmask16)0xffff
+                              : r > 0 ? (__mmask16)((1u << r) - 1) : (__mmask16)0;
+                __m512 ve = _mm512_maskz_loadu_ps(m, e + c);
+                __m512 vo = o != NULL ? _mm512_maskz_loadu_ps(m, o + c) : _mm512_setzero_ps();
+                _mm512_storeu_si512((void*)(dst + h * 16),
+                                    _mm512_permutexvar_epi16(
+                                        idx, (__m512i)_mm512_cvtne2ps_pbh(vo, ve)));
+            }
+        }
+}
 #endif
 
 /* out[:n, :C] += S^T-strips x W^T in bfloat16 arithmetic: n rows held as
@@ -695,6 +726,20 @@ static void cyrnn_pgemm_bds(const unsigned int* S, ptrdiff_t lds, ptrdiff_t n, p
 #else
     (void)S; (void)lds; (void)n; (void)K; (void)P; (void)C; (void)out; (void)ldo;
 #endif
+}
+
+/* cyrnn_pack_bf of a column-contiguous operand (element (c, k) at W[c + k*sk]):
+   the vector cyrnn_pack_bf_c1 where the bfloat16 kernels run (isa 2 and
+   cyrnn_bf16dot_ok()), else cyrnn_pack_bf. */
+static void cyrnn_pack_bf_cols(int isa, const float* W, ptrdiff_t C, ptrdiff_t K,
+                               ptrdiff_t sk, unsigned int* P) {
+#if CYRNN_BF16DOT
+    if (isa == 2 && cyrnn_bf16dot_ok()) {
+        cyrnn_pack_bf_c1(W, C, K, sk, P);
+        return;
+    }
+#endif
+    cyrnn_pack_bf(isa, W, C, K, 1, sk, P);
 }
 
 /* cyrnn_bf16_strips where the bfloat16 kernels exist (callers check
