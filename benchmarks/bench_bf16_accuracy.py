@@ -20,9 +20,10 @@ products' inputs rounded to bfloat16 too, float32 accumulation). Reported per ta
 
 ``--train`` measures training in bfloat16 arithmetic instead (``train_compute="bfloat16"``,
 where the CPU has AVX-512 BF16): the same IMDB and cosine models fitted with float32
-and with bfloat16 products from the same seed, each scored in float32: IMDB test
-accuracy, cosine validation RMSE, the final training loss, and each fit's wall time
-(one fit each: indicative only; speed claims come from ``bench_bf16_training.py``).
+and with bfloat16 products from the same seeds (IMDB 3, cosine 6), each scored in
+float32: IMDB test accuracy, cosine validation RMSE, the final training loss and each
+fit's wall time (indicative only; speed claims come from ``bench_bf16_training.py``),
+per seed and their medians.
 
     python benchmarks/bench_bf16_accuracy.py --train [--json benchmarks/results/bf16_training_accuracy.json]
 """
@@ -144,28 +145,36 @@ def _timed_fit(est, X, y):
     return est, time.perf_counter() - t0
 
 
-def train_variants():
-    """IMDB and cosine fitted with float32 and with bfloat16 products (``--train``)."""
+def train_variants(seeds=3, cosine_seeds=6):
+    """IMDB and cosine fitted with float32 and with bfloat16 products (``--train``), from
+    the same seeds: per seed and the median."""
     import imdb_sentiment as ex
     from cyrnn.datasets import make_cosine
     from cyrnn.estimators import GRUClassifier, LSTMRegressor
 
     X_train, y_train, X_test, y_test = ex.prepare()
     Xc, yc = make_cosine()
-    out = {"imdb": {"n_test": int(len(y_test))}, "cosine": {}}
+    out = {"imdb": {"n_test": int(len(y_test)), "seeds": [ex.SEED + k for k in range(seeds)]},
+           "cosine": {"seeds": list(range(cosine_seeds))}}
     for tc in ("float32", "bfloat16"):
-        clf, secs = _timed_fit(GRUClassifier(
-            vocab_size=ex.VOCAB, embedding_dim=ex.EMBED, hidden_size=ex.HIDDEN,
-            optimizer="rmsprop", learning_rate=ex.LR, batch_size=ex.BATCH,
-            max_iter=ex.EPOCHS, random_state=ex.SEED, train_compute=tc), X_train, y_train)
-        out["imdb"][tc] = {"accuracy": float((clf.predict(X_test) == y_test).mean()),
-                           "final_loss": float(clf.loss_curve_[-1]), "fit_seconds": secs}
-        reg, secs = _timed_fit(LSTMRegressor(hidden_size=32, max_iter=60, learning_rate=1e-2,
-                                             random_state=0, train_compute=tc),
-                               Xc[:100], yc[:100])
-        out["cosine"][tc] = {
-            "rmse": float(np.sqrt(np.mean((reg.predict(Xc[100:]) - yc[100:]) ** 2))),
-            "final_loss": float(reg.loss_curve_[-1]), "fit_seconds": secs}
+        runs = []
+        for seed in out["imdb"]["seeds"]:
+            clf, secs = _timed_fit(GRUClassifier(
+                vocab_size=ex.VOCAB, embedding_dim=ex.EMBED, hidden_size=ex.HIDDEN,
+                optimizer="rmsprop", learning_rate=ex.LR, batch_size=ex.BATCH,
+                max_iter=ex.EPOCHS, random_state=seed, train_compute=tc), X_train, y_train)
+            runs.append({"accuracy": float((clf.predict(X_test) == y_test).mean()),
+                         "final_loss": float(clf.loss_curve_[-1]), "fit_seconds": secs})
+        out["imdb"][tc] = runs
+        runs = []
+        for seed in out["cosine"]["seeds"]:
+            reg, secs = _timed_fit(LSTMRegressor(hidden_size=32, max_iter=60,
+                                                 learning_rate=1e-2, random_state=seed,
+                                                 train_compute=tc), Xc[:100], yc[:100])
+            runs.append({
+                "rmse": float(np.sqrt(np.mean((reg.predict(Xc[100:]) - yc[100:]) ** 2))),
+                "final_loss": float(reg.loss_curve_[-1]), "fit_seconds": secs})
+        out["cosine"][tc] = runs
         print(f"  {tc}: imdb {out['imdb'][tc]}, cosine {out['cosine'][tc]}", flush=True)
     return out
 
@@ -178,12 +187,15 @@ def main_train(args):
     res = train_variants()
     rows = []
     for task, metric in (("imdb", "accuracy"), ("cosine", "rmse")):
-        a, b = res[task]["float32"], res[task]["bfloat16"]
-        rows.append([task, f"{a[metric]:.4f} -> {b[metric]:.4f}",
-                     f"{a['final_loss']:.4g} -> {b['final_loss']:.4g}",
-                     f"{a['fit_seconds']:.1f} -> {b['fit_seconds']:.1f}"])
-    print(markdown_table(["task", "test metric (float32 -> bfloat16 training)",
-                          "final training loss", "fit seconds (one each)"], rows))
+        cells = []
+        for key in (metric, "final_loss", "fit_seconds"):
+            a = [r[key] for r in res[task]["float32"]]
+            b = [r[key] for r in res[task]["bfloat16"]]
+            cells.append(f"{np.median(a):.4g} -> {np.median(b):.4g} "
+                         f"({', '.join(f'{u:.4g}/{v:.4g}' for u, v in zip(a, b))})")
+        rows.append([f"{task} ({len(res[task]['seeds'])} seeds)", *cells])
+    print(markdown_table(["task", "test metric, median (per seed float32/bfloat16)",
+                          "final training loss", "fit seconds"], rows))
     print(f"({time.perf_counter() - start:.0f} s)")
     if args.json:
         write_json(args.json, {"machine": machine_info(), "results": res})

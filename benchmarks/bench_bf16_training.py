@@ -79,7 +79,7 @@ def run_config(name, args, threads, folder):
     for k, autocast in zip(TORCH_CASES, (False, True)):
         net = load_weights(torch_net(cell, D, H, np.float32), state)
         _, tr = torch_cases(net, x, y, autocast=autocast)
-        cases[k] = C.Case(lambda tr=tr: float(tr()), before, after)
+        cases[k] = C.Case(tr, before, after)  # as the alone run times it
     # warm-up of at least WARMUP_S per case (thread creation, first page faults, the
     # kernel governor's first judgements)
     for f in cases.values():
@@ -109,7 +109,7 @@ def run_config(name, args, threads, folder):
         _, tr = torch_cases(net, x, y, autocast=autocast)
         before()
         try:
-            losses[k] = [float(tr()) for _ in range(args.steps)]
+            losses[k] = [tr().item() for _ in range(args.steps)]
         finally:
             after()
     fl = train_flops(*cfg)
