@@ -49,9 +49,11 @@ class Sequential:
         peephole and embedding gradients, the loss and the optimizer stay float32
         (parameters are float32 throughout), and inference (``training=False``) is not
         affected (serve with ``cyrnn.scoring.load(path, compute="bfloat16")`` for the
-        same products). A training forward in bfloat16 equals that scorer's output
-        bit for bit. On a CPU without AVX-512 BF16 the steps warn once
-        (RuntimeWarning) and run float32; on another backend they raise ValueError.
+        same products). A training forward in bfloat16 (without dropout) equals that
+        scorer's output bit for bit. On a CPU without AVX-512 BF16 the steps warn once
+        (RuntimeWarning) and run float32; on another backend, or for layers the compiled
+        plan does not take, they raise ValueError. A training setting: :meth:`save`
+        does not store it (estimators keep theirs as a parameter).
 
     Examples
     --------
@@ -96,6 +98,7 @@ class Sequential:
         state = self.__dict__.copy()
         state.pop("_plan_cache", None)  # holds backend functions; rebuilt on demand
         state.pop("_fused_cache", None)
+        state.pop("_bf16_fallback", None)  # whether this process has warned
         return state
 
     def __setstate__(self, state):
@@ -131,17 +134,22 @@ class Sequential:
         ``"float32"`` where the CPU has none."""
         if self.train_compute == "float32":
             return "float32"
-        if plan is None or not plan.can_pack:
-            names = sorted({layer._backend().__name__.rsplit(".", 1)[-1]
-                            for layer in self._recurrent} or {"no recurrent layer"})
-            raise ValueError("train_compute='bfloat16' needs the Cython backend (this "
-                             f"model's recurrent layers run on {', '.join(names)})")
+        names = sorted({layer._backend().__name__.rsplit(".", 1)[-1].replace("_backend", "")
+                        for layer in self._recurrent})
+        if plan is not None and not plan.can_pack or plan is None and names != ["cython"]:
+            raise ValueError("train_compute='bfloat16' needs the Cython backend (this model's "
+                             "recurrent layers run on "
+                             f"{', '.join(names) or 'nothing: it has none'})")
+        if plan is None:
+            raise ValueError("train_compute='bfloat16' runs on the compiled plan, which this "
+                             "model's layers do not take (Masking, Activation, go_backwards "
+                             "or merge_mode=None take the layer path; docs/architecture.md)")
         if not plan._mod.bf16_arithmetic_available():
             if not self.__dict__.get("_bf16_fallback"):
                 self._bf16_fallback = True
                 warnings.warn("train_compute='bfloat16' needs a CPU with AVX-512 BF16 (and "
                               "the Cython backend); this one has none, so training runs in "
-                              "float32 arithmetic", RuntimeWarning, stacklevel=4)
+                              "float32 arithmetic", RuntimeWarning, stacklevel=3)
             return "float32"
         return "bfloat16"
 

@@ -690,7 +690,7 @@ cdef inline void _pack_t_fmt(int isa, int wfmt, const floating* a, Py_ssize_t K,
     ``_pgw_acc``; ``cyrnn_pgemm_bsize`` words)."""
     if floating is float:
         if wfmt == WF_BF16D:
-            cyrnn_pack_bf(isa, a, C, K, 1, C, <unsigned int*>P)
+            cyrnn_pack_bf_cols(isa, a, C, K, C, <unsigned int*>P)
             return
     _pack_t(isa, a, K, C, P)
 

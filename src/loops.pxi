@@ -852,9 +852,14 @@ cdef bint _wgrad_bd(int isa, const float* dg, Py_ssize_t ldg, const float* x, Py
     chain over the block's row pairs, then the blocks and groups added in order, so
     the thread count changes no result. Returns False (nothing done) where the
     partials would pass WG_MAX_PARTIALS bytes or the scratch cannot be had: the
-    caller's float32 path then runs."""
+    caller's float32 path then runs. Partials beyond WG_MAX_PARTIALS bytes (a large
+    layer or Dense head): the two operands one at a time, then blocks of dg's
+    columns (each a whole chain per element: the same sums); False only where even
+    8 columns would pass it, or memory runs out."""
     cdef Py_ssize_t nblk = (rows + WG_ROWS - 1) // WG_ROWS, ng, per, g, b, r0, R
-    cdef Py_ssize_t lds = _al(8 * ((WG_ROWS + 1) // 2))  # words per 8-column strip
+    # words per 8-column strip, padded by 64 bytes off a multiple of 4 KiB (the strips
+    # of one row pair would otherwise share an L1 set, as cyrnn_strip_stride avoids)
+    cdef Py_ssize_t lds = _al(8 * ((WG_ROWS + 1) // 2)) + 16
     cdef Py_ssize_t MC = max(8, WG_STRIP_BYTES // (lds * 4) // 8 * 8)
     cdef Py_ssize_t psz = cyrnn_pgemm_bsize(isa, K, WG_ROWS)
     cdef Py_ssize_t psz2 = cyrnn_pgemm_bsize(isa, K2, WG_ROWS) if x2 != NULL else 0
@@ -873,10 +878,26 @@ cdef bint _wgrad_bd(int isa, const float* dg, Py_ssize_t ldg, const float* x, Py
         return True
     if x2 == NULL:
         K2 = 0
-    slot = _al(C * K) + _al(psz) + _al(ssz) + _al(C) + _al(C * K2) + _al(psz2)
     ng = min(<Py_ssize_t>WG_GROUPS, nblk)
     if <double>ng * C * (K + K2) * 4 > WG_MAX_PARTIALS:
-        return False
+        # (pieces through _wgrad_by: each is done once, in bfloat16 or, where its
+        # scratch cannot be had, float32; never both)
+        if K2:  # one operand at a time (each may then split its columns)
+            _wgrad_by(isa, dg, ldg, x, ldx, rows, C, K, out, bsum, -1, NULL, 0, 0, NULL,
+                      WF_BF16D)
+            _wgrad_by(isa, dg, ldg, x2, ldx2, rows, C, K2, out2, NULL, -1, NULL, 0, 0, NULL,
+                      WF_BF16D)
+            return True
+        mc = WG_MAX_PARTIALS // (ng * K * 4) // 8 * 8
+        if mc < 8:
+            return False
+        c0 = 0
+        while c0 < C:
+            _wgrad_by(isa, dg + c0, ldg, x, ldx, rows, min(mc, C - c0), K, out + c0 * K,
+                      bsum + c0 if bsum != NULL else NULL, -1, NULL, 0, 0, NULL, WF_BF16D)
+            c0 = c0 + mc
+        return True
+    slot = _al(C * K) + _al(psz) + _al(ssz) + _al(C) + _al(C * K2) + _al(psz2)
     ws = <float*>aligned_alloc(64, <size_t>((ng * slot * 4 + 63) // 64 * 64))
     if ws == NULL:
         return False

@@ -63,8 +63,12 @@ def test_training_forward_equals_bf16_scorer(cls, kw, n, tmp_path, rng):
     out32, g32, dx32 = _fused(model, x, "float32")
     np.testing.assert_allclose(out16, out32, rtol=0, atol=5e-2)
     assert not np.array_equal(g16, g32)
-    scale = np.abs(g32).max()
-    np.testing.assert_allclose(g16, g32, rtol=0, atol=5e-2 * scale)
+    # each tensor against its own size (relu's kinks, which a rounding can move, and its
+    # unbounded recurrence let the Elman relu cell drift further)
+    rel = 0.1 if kw.get("activation") == "relu" else 0.05
+    for name in model.params:
+        a, b = model.params._view(g16, name), model.params._view(g32, name)
+        assert np.linalg.norm(a - b) <= rel * np.linalg.norm(b) + 1e-6, name
     np.testing.assert_allclose(dx16, dx32, rtol=0, atol=5e-2 * np.abs(dx32).max())
 
 
@@ -270,3 +274,73 @@ def test_language_model_trains_in_bf16(tmp_path):
     with pytest.raises(ValueError, match="dtype=float32"):
         cyrnn.CharLanguageModel(train_compute="bfloat16", dtype=np.float64,
                                 max_epochs=1).fit(names)
+
+
+def test_team_mode_takes_bf16_with_the_same_results(rng):
+    """The team mode of big ops (forced here) runs the bfloat16 training forward and
+    gives what the row chunks give, bit for bit, and so does the backward."""
+    kernels = _kernels_or_skip()
+    model = cyrnn.Sequential([cyrnn.LSTM(6, 40, num_layers=2, random_state=0),
+                              cyrnn.Dense(40, 2, random_state=1)])
+    x = rng.normal(size=(64, 7, 6)).astype(np.float32)
+    ref = _fused(model, x, "bfloat16")
+    # two threads, and no hold on a busy machine (which would make the ops serial)
+    saved = (kernels._set_team_min_bytes(0), kernels.set_num_threads(2),
+             kernels.set_contention_hold(0))
+    try:
+        before = kernels._path_counts()["team_forward"]
+        got = _fused(model, x, "bfloat16")
+        assert kernels._path_counts()["team_forward"] > before  # the team mode ran
+    finally:
+        kernels._set_team_min_bytes(saved[0])
+        kernels.set_num_threads(saved[1])
+        kernels.set_contention_hold(saved[2])
+    for a, b in zip(ref, got):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("C, K, K2", [(4096, 1100, 1100), (4096, 2100, 0)])
+def test_weight_gradient_partials_too_big_split_and_stay_bf16(C, K, K2, rng):
+    """Partials over 64 MiB (two blocks of rows, C x (K + K2) floats each): the pair is
+    split, then dg's columns; every piece is still bfloat16 arithmetic."""
+    kernels = _kernels_or_skip()
+    rows = 300
+    dg = rng.normal(size=(rows, C)).astype(np.float32)
+    x = rng.normal(size=(rows, K)).astype(np.float32)
+    x2 = rng.normal(size=(rows, K2)).astype(np.float32) if K2 else None
+    got = kernels.wgrad(dg, x, -1, x2, True)
+    bdg = _bf16(dg).T
+    tol = 1e-5 * np.sqrt(rows)
+    np.testing.assert_allclose(got[0], bdg @ _bf16(x), rtol=1e-5, atol=tol)
+    np.testing.assert_allclose(got[1], dg.astype(np.float64).sum(0), rtol=1e-5, atol=tol)
+    if K2:
+        np.testing.assert_allclose(got[2], bdg @ _bf16(x2), rtol=1e-5, atol=tol)
+
+
+def test_layers_off_the_compiled_plan_refuse_bf16(rng):
+    _kernels_or_skip()
+    model = cyrnn.Sequential([cyrnn.Masking(0.0), cyrnn.LSTM(3, 4, random_state=0)])
+    model.train_compute = "bfloat16"
+    if model._plan() is not None:
+        pytest.skip("Masking takes the compiled plan now")
+    with pytest.raises(ValueError, match="compiled plan"):
+        model.forward(rng.normal(size=(2, 3, 3)).astype(np.float32), training=True)
+
+
+def test_train_compute_survives_pickling_and_files(tmp_path):
+    """An estimator's fitted model keeps train_compute through pickle and save/load (a
+    warm start goes on in bfloat16); a Sequential's pickle does not carry the
+    process's fallback warning."""
+    import pickle
+    _kernels_or_skip()
+    X, y = _cosine(60, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        est = cyrnn.LSTMRegressor(hidden_size=8, max_iter=2, random_state=0,
+                                  train_compute="bfloat16").fit(X, y)
+    assert pickle.loads(pickle.dumps(est)).model_.train_compute == "bfloat16"
+    est.save(tmp_path / "e.cyrnn")
+    assert cyrnn.load(tmp_path / "e.cyrnn").model_.train_compute == "bfloat16"
+    model = est.model_
+    model._bf16_fallback = True
+    assert "_bf16_fallback" not in pickle.loads(pickle.dumps(model)).__dict__

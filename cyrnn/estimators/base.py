@@ -353,8 +353,11 @@ best_validation_score_, n_iter_
 
     def _build_model(self, spec, rng):
         """``[Embedding] + recurrent layer + Dense`` for ``spec``, drawing from ``rng``."""
-        return build_model(spec, rng, dropout=self.dropout, bptt_truncate=self.bptt_truncate,
-                           backend=self.backend)
+        model = build_model(spec, rng, dropout=self.dropout, bptt_truncate=self.bptt_truncate,
+                            backend=self.backend)
+        if self.train_compute == "bfloat16" and model.dtype == np.float32:
+            model.train_compute = "bfloat16"  # (fit checked the pair; a loaded file may not)
+        return model
 
     def _rebuild_model(self, spec, rng, params):
         """The model of ``spec`` holding ``params``; ``rng`` (kept for dropout) ends in
@@ -514,12 +517,10 @@ or list of arrays of shape (n_steps_i, n_features) or (n_steps_i,)
                 # never kept: the fitted model must not share a mutable object with it.
                 rng = np.random.default_rng(int(rng.integers(np.iinfo(np.int64).max)))
             model = self._build_model(spec, rng)
-            model.train_compute = self.train_compute
             return SimpleNamespace(spec=spec, rng=rng, model=model,
                                    optimizer=self._make_optimizer(model), history=History())
         rng = copy.deepcopy(self._rng)
         model = self._rebuild_model(spec, rng, self.model_.params.data)
-        model.train_compute = self.train_compute
         optimizer = self._make_optimizer(model)
         if incremental and self._optimizer_state is not None \
                 and self._optimizer_state[0] == self.optimizer:
