@@ -344,3 +344,19 @@ def test_train_compute_survives_pickling_and_files(tmp_path):
     model = est.model_
     model._bf16_fallback = True
     assert "_bf16_fallback" not in pickle.loads(pickle.dumps(model)).__dict__
+
+
+@pytest.mark.parametrize("cls", ["GRUClassifier", "LSTMRegressor"])
+def test_check_estimator_with_bf16_training(cls):
+    """scikit-learn's conformance checks hold with train_compute='bfloat16' too."""
+    _kernels_or_skip()
+    from sklearn.utils.estimator_checks import check_estimator
+
+    from cyrnn.estimator_checks import expected_failed_checks
+    est = getattr(cyrnn, cls)(train_compute="bfloat16", random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = check_estimator(est, expected_failed_checks=expected_failed_checks(est),
+                              on_fail=None)
+    assert len(res) > 50
+    assert [r["check_name"] for r in res if r["status"] == "failed"] == []
