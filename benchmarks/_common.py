@@ -621,3 +621,25 @@ def run_configs(names, run_one, threads):
     return results, {"machine": info, "threads": threads, "load": [load0, load1],
                      "cpu_share": [share0, share1], "seconds": seconds, "line": line}
 
+
+def config_parser(description, configs, max_seconds):
+    """The options the per-configuration scripts share: ``--configs`` (default
+    ``configs``), ``--repeats`` (15), ``--max-seconds`` (``max_seconds``), ``--json``."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--configs", default=configs)
+    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--max-seconds", type=float, default=max_seconds)
+    ap.add_argument("--json", default=None)
+    return ap
+
+
+def ratio_cell(ratio, fair, name):
+    """A table cell: ``ratio`` ("1.23x"), or why there is none (``fair``: the
+    competitor's :func:`fairness` record; ``name``: the competitor)."""
+    if ratio:
+        return f"{ratio:.2f}x"
+    return (f"no ratio ({name} in-run {fair['in_run'] * 1e3:.3g} ms, alone "
+            f"{fair['alone'] * 1e3:.3g})")
+

@@ -19,7 +19,6 @@ each variant's outputs from the float32 scorer's (outputs of order 0.1-1).
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -91,11 +90,7 @@ def run_config(name, args, threads, folder):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--configs", default="dino-b32,medium,imdb,large")
-    ap.add_argument("--repeats", type=int, default=15)
-    ap.add_argument("--max-seconds", type=float, default=6.0)
-    ap.add_argument("--json", default=None)
+    ap = C.config_parser(__doc__.split("\n")[0], "dino-b32,medium,imdb,large", 6.0)
     args = ap.parse_args(argv)
 
     import cyrnn
@@ -109,9 +104,7 @@ def main(argv=None):
     for name, r in results.items():
         f = r["ort_fairness"]
         for k, row in r["rows"].items():
-            vs = ("–" if k == "ort" else
-                  f"{row['vs_ort']:.2f}x" if row.get("vs_ort") else
-                  f"no ratio (ORT in-run {f['in_run'] * 1e3:.3g} ms, alone {f['alone'] * 1e3:.3g})")
+            vs = "–" if k == "ort" else C.ratio_cell(row.get("vs_ort"), f, "ORT")
             table.append([name, k, f"{row['ms']:.3f}", f"{row['gflops']:.1f}",
                           f"{row['speedup_vs_float32']:.2f}x", vs,
                           f"{row['max_abs_diff_vs_float32']:.1e}"])

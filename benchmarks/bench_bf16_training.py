@@ -22,7 +22,6 @@ steps train like the float32 ones, not a convergence study: see
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -128,12 +127,8 @@ def run_config(name, args, threads, folder):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--configs", default="medium,imdb,large")
-    ap.add_argument("--repeats", type=int, default=15)
-    ap.add_argument("--max-seconds", type=float, default=8.0)
+    ap = C.config_parser(__doc__.split("\n")[0], "medium,imdb,large", 8.0)
     ap.add_argument("--steps", type=int, default=20, help="steps of the loss check (20)")
-    ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
 
     import cyrnn
@@ -150,9 +145,7 @@ def main(argv=None):
             for c in TORCH_CASES:
                 f = r["torch_fairness"][c]
                 cols.append("–" if not k.startswith("cyrnn") else
-                            f"{row[f'vs {c}']:.2f}x" if row.get(f"vs {c}") else
-                            f"no ratio ({c} in-run {f['in_run'] * 1e3:.3g} ms, alone "
-                            f"{f['alone'] * 1e3:.3g})")
+                            C.ratio_cell(row.get(f"vs {c}"), f, c))
             vs32 = row.get("vs cyrnn float32")
             table.append([name, k, f"{row['ms']:.2f}", f"{row['gflops']:.1f}",
                           f"{vs32:.2f}x" if vs32 else "–", *cols,
