@@ -63,3 +63,15 @@ def compiled_plan_ran(request, monkeypatch):
     yield counts
     if counts is not None:
         assert sum(counts.values()) > 0, f"no fused call of the {backend} backend ran"
+
+
+def bf16_kernels_or_skip():
+    """The Cython kernels where bfloat16 arithmetic runs here (AVX-512 BF16), else skip."""
+    import cyrnn
+    if "cython" not in cyrnn.backends.available():
+        pytest.skip("Cython backend not built")
+    from cyrnn import _cython_kernels as kernels
+    if not kernels.bf16_arithmetic_available():
+        pytest.skip("this CPU has no AVX-512 BF16 (or CYRNN_PGEMM_ISA lowers the kernels)")
+    return kernels
+

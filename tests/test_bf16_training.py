@@ -11,18 +11,10 @@ import pytest
 import cyrnn
 from cyrnn import scoring
 from cyrnn.training import train_step
+from conftest import bf16_kernels_or_skip as _kernels_or_skip
 
 CELLS = [("SimpleRNN", {}), ("SimpleRNN", {"activation": "relu"}), ("LSTM", {}),
          ("LSTM", {"peephole": True}), ("GRU", {}), ("GRU", {"reset_after": False})]
-
-
-def _kernels_or_skip():
-    if "cython" not in cyrnn.backends.available():
-        pytest.skip("Cython backend not built")
-    from cyrnn import _cython_kernels as kernels
-    if not kernels.bf16_arithmetic_available():
-        pytest.skip("this CPU has no AVX-512 BF16 (or CYRNN_PGEMM_ISA lowers the kernels)")
-    return kernels
 
 
 def _bf16(a):

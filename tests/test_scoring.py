@@ -14,6 +14,7 @@ import pytest
 
 import cyrnn
 from cyrnn import scoring
+from conftest import bf16_kernels_or_skip as _bf16_dot_or_skip
 
 ESTIMATORS = ["LSTMClassifier", "GRUClassifier", "SimpleRNNClassifier",
               "LSTMRegressor", "GRURegressor", "SimpleRNNRegressor"]
@@ -698,15 +699,6 @@ def test_bfloat16_weights_serve_threads(tmp_path, rng):
 # ----------------------------------------------------------------------------
 # bfloat16 arithmetic (compute="bfloat16": AVX-512 BF16's VDPBF16PS)
 # ----------------------------------------------------------------------------
-def _bf16_dot_or_skip():
-    if "cython" not in cyrnn.backends.available():
-        pytest.skip("Cython backend not built")
-    from cyrnn import _cython_kernels as kernels
-    if not kernels.bf16_arithmetic_available():
-        pytest.skip("this CPU has no AVX-512 BF16 (or CYRNN_PGEMM_ISA lowers the kernels)")
-    return kernels
-
-
 @pytest.mark.parametrize("n, K, C", [(1, 1, 1), (1, 33, 70), (2, 31, 5), (3, 64, 33),
                                      (9, 17, 100), (17, 96, 64), (40, 257, 40),
                                      (5, 9001, 3)])
