@@ -1173,7 +1173,7 @@ cdef void _fused_backward(const int64_t* sp, const Dims* d, const int64_t* plan,
     ``_backward_scratch``). ``packed`` (NULL: none): every W_hh packed by
     ``_pack_weights`` for the backward in format ``wfmt``, offsets ``pk``: the sweeps
     then run on row chunks on several threads (WF_BF16D: the transposed products in
-    bfloat16 arithmetic, the weight gradients too: ``_wgrad_bd``)."""
+    bfloat16 arithmetic, the weight gradients too: ``_wgrad_by``)."""
     cdef Py_ssize_t T = d.T, N = d.N, TN = d.T * d.N, NH, o, t, i, j, H, G, D, O, R, F, E
     cdef Py_ssize_t span = TN * d.Fmax, nrec = 0, dd, k0, off
     cdef const int64_t* r

@@ -710,34 +710,59 @@ cdef void _wgrad_by(int isa, const floating* dg, Py_ssize_t ldg, const floating*
     never changes a result. Falls back to one BLAS GEMM when the partials would
     pass WG_MAX_PARTIALS bytes (a large Dense head) or the scratch cannot be
     allocated. ``mode`` (tests; -1: the choice above) forces the strips (0), x
-    packed with dg read as it lies (1) or dg packed (2). ``wfmt`` WF_BF16D (float32,
-    where ``cyrnn_bf16dot_ok``): in bfloat16 arithmetic instead (``_wgrad_bd``)."""
-    if floating is float:
-        if wfmt == WF_BF16D and isa == 2 and cyrnn_bf16dot_ok():
-            if _wgrad_bd(isa, dg, ldg, x, ldx, rows, C, K, out, bsum, x2, ldx2, K2, out2):
-                return
+    packed with dg read as it lies (1) or dg packed (2).
+
+    ``wfmt`` WF_BF16D (float32, where ``cyrnn_bf16dot_ok``): in bfloat16 arithmetic,
+    always the strips: x's block packed as bfloat16 k-pair panels
+    (``cyrnn_pack_bf_cols``, k running over the block's rows), dg's block rounded into
+    8-column strips of k-pair words (``cyrnn_bf16_strips``, which adds the unrounded
+    float32 column sums), multiplied with ``VDPBF16PS`` (``cyrnn_pgemm_bds``) into
+    float32 partials. Partials beyond WG_MAX_PARTIALS split into one operand at a
+    time, then blocks of dg's columns (the same sums), still bfloat16; float32 only
+    where even 8 columns would pass it or the scratch cannot be had."""
     cdef Py_ssize_t nblk = (rows + WG_ROWS - 1) // WG_ROWS, ng, per, g, b, r0, R, i, j
     cdef Py_ssize_t nr = cyrnn_pgemm_nr(isa, sizeof(floating)), mr = cyrnn_pgemm_mr(isa)
-    cdef bint pack_x = (K + nr - 1) // nr * nr * 4 <= 5 * K
-    cdef bint strips = pack_x and K > nr
-    if mode >= 0:
+    cdef bint bd = False
+    if floating is float:
+        bd = wfmt == WF_BF16D and isa == 2 and cyrnn_bf16dot_ok()
+    cdef bint pack_x = bd or (K + nr - 1) // nr * nr * 4 <= 5 * K
+    cdef bint strips = bd or (pack_x and K > nr)
+    if mode >= 0 and not bd:
         pack_x = mode != 2
         strips = mode == 0
-    if x2 != NULL and (not (strips and (K2 + nr - 1) // nr * nr * 4 <= 5 * K2) or
-                       <double>min(<Py_ssize_t>WG_GROUPS, nblk) * C * (K + K2)
-                       * sizeof(floating) > WG_MAX_PARTIALS):
+    cdef double partials = <double>min(<Py_ssize_t>WG_GROUPS, nblk) * C * sizeof(floating)
+    if x2 != NULL and (partials * (K + K2) > WG_MAX_PARTIALS or not bd and not (
+            strips and (K2 + nr - 1) // nr * nr * 4 <= 5 * K2)):
         # no shared strips (or x2's panels would pad it much, or the two operands'
         # partials together would send both to BLAS): one at a time
-        _wgrad_by(isa, dg, ldg, x, ldx, rows, C, K, out, bsum, mode, NULL, 0, 0, NULL)
-        _wgrad_by(isa, dg, ldg, x2, ldx2, rows, C, K2, out2, NULL, mode, NULL, 0, 0, NULL)
+        _wgrad_by(isa, dg, ldg, x, ldx, rows, C, K, out, bsum, mode, NULL, 0, 0, NULL, wfmt)
+        _wgrad_by(isa, dg, ldg, x2, ldx2, rows, C, K2, out2, NULL, mode, NULL, 0, 0, NULL,
+                  wfmt)
         return
     if x2 == NULL:
         K2 = 0
-    cdef Py_ssize_t MC = max(mr, WG_STRIP_BYTES // (WG_ROWS * <Py_ssize_t>sizeof(floating))
-                             // mr * mr)
+    cdef Py_ssize_t mcs
+    if bd and partials * K > WG_MAX_PARTIALS:
+        # bfloat16: blocks of dg's columns (each element's chain as whole), not BLAS
+        mcs = <Py_ssize_t>(WG_MAX_PARTIALS / (partials / C * K)) // 8 * 8
+        if mcs >= 8:
+            j = 0
+            while j < C:
+                _wgrad_by(isa, dg + j, ldg, x, ldx, rows, min(mcs, C - j), K, out + j * K,
+                          bsum + j if bsum != NULL else NULL, mode, NULL, 0, 0, NULL, wfmt)
+                j = j + mcs
+            return
+    # words of an 8-column bfloat16 strip, padded by 64 bytes off a multiple of 4 KiB
+    # (the strips of one row pair would otherwise share an L1 set, as
+    # cyrnn_strip_stride avoids)
+    cdef Py_ssize_t blds = _al(8 * ((WG_ROWS + 1) // 2)) + 16
+    cdef Py_ssize_t MC = (max(8, WG_STRIP_BYTES // (blds * 4) // 8 * 8) if bd else
+                          max(mr, WG_STRIP_BYTES // (WG_ROWS * <Py_ssize_t>sizeof(floating))
+                              // mr * mr))
     cdef Py_ssize_t nt, c0, mc, lds
-    cdef Py_ssize_t psz = cyrnn_pgemm_size(isa, sizeof(floating), K if pack_x else C,
-                                           WG_ROWS)
+    cdef Py_ssize_t psz = (cyrnn_pgemm_bsize(isa, K, WG_ROWS) if bd else
+                           cyrnn_pgemm_size(isa, sizeof(floating), K if pack_x else C,
+                                            WG_ROWS))
     cdef Py_ssize_t ssz = 0
     cdef unsigned int csr
     cdef double t0, cpu, c0t
@@ -751,9 +776,12 @@ cdef void _wgrad_by(int isa, const floating* dg, Py_ssize_t ldg, const floating*
     cdef floating* P2
     if rows <= 0:
         return
-    if strips:
+    if bd:
+        ssz = (min(MC, C) + 7) // 8 * blds
+    elif strips:
         ssz = (min(MC, C) + mr - 1) // mr * cyrnn_strip_stride(isa, sizeof(floating), WG_ROWS)
     slot = _al(C * K) + _al(psz) + _al(ssz) + _al(C) + _al(C * K2) + _al(
+        cyrnn_pgemm_bsize(isa, K2, WG_ROWS) if bd else
         cyrnn_pgemm_size(isa, sizeof(floating), K2, WG_ROWS))
     ng = min(<Py_ssize_t>WG_GROUPS, nblk)
     if <double>ng * C * (K + K2) * sizeof(floating) > WG_MAX_PARTIALS:
@@ -797,7 +825,14 @@ cdef void _wgrad_by(int isa, const floating* dg, Py_ssize_t ldg, const floating*
         for b in range(g * per, min((g + 1) * per, nblk)):
             r0 = b * WG_ROWS
             R = min(<Py_ssize_t>WG_ROWS, rows - r0)
-            if strips:
+            if bd:
+                _wgrad_block_bd(isa, <const float*>dg + r0 * ldg, ldg,
+                                <const float*>x + r0 * ldx, ldx, R, C, K, MC, blds,
+                                <float*>acc, <float*>cs if bsum != NULL else NULL,
+                                <float*>P, <float*>S,
+                                <const float*>x2 + r0 * ldx2 if K2 else NULL, ldx2, K2,
+                                <float*>acc2, <float*>P2)
+            elif strips:
                 _pack_strided(isa, x + r0 * ldx, K, R, 1, ldx, P)
                 if K2:
                     _pack_strided(isa, x2 + r0 * ldx2, K2, R, 1, ldx2, P2)
@@ -839,118 +874,27 @@ cdef void _wgrad_by(int isa, const floating* dg, Py_ssize_t ldg, const floating*
     free(ws)
 
 
-cdef bint _wgrad_bd(int isa, const float* dg, Py_ssize_t ldg, const float* x, Py_ssize_t ldx,
-                    Py_ssize_t rows, Py_ssize_t C, Py_ssize_t K, float* out, float* bsum,
-                    const float* x2, Py_ssize_t ldx2, Py_ssize_t K2,
-                    float* out2) noexcept nogil:
-    """``_wgrad_by`` in bfloat16 arithmetic: the same blocks of WG_ROWS rows and
-    WG_GROUPS partial sums, each block's x (and x2) packed as bfloat16 k-pair panels
-    (``cyrnn_pack_bf_cols``, k running over the block's rows) and dg's block, MC columns at
-    a time, rounded into strips of k-pair words (``cyrnn_bf16_strips``, which also
-    adds the unrounded float32 column sums into the bias gradient), multiplied with
-    ``VDPBF16PS`` (``cyrnn_pgemm_bds``) into float32 partials. Each element is one
-    chain over the block's row pairs, then the blocks and groups added in order, so
-    the thread count changes no result. Returns False (nothing done) where the
-    partials would pass WG_MAX_PARTIALS bytes or the scratch cannot be had: the
-    caller's float32 path then runs. Partials beyond WG_MAX_PARTIALS bytes (a large
-    layer or Dense head): the two operands one at a time, then blocks of dg's
-    columns (each a whole chain per element: the same sums); False only where even
-    8 columns would pass it, or memory runs out."""
-    cdef Py_ssize_t nblk = (rows + WG_ROWS - 1) // WG_ROWS, ng, per, g, b, r0, R
-    # words per 8-column strip, padded by 64 bytes off a multiple of 4 KiB (the strips
-    # of one row pair would otherwise share an L1 set, as cyrnn_strip_stride avoids)
-    cdef Py_ssize_t lds = _al(8 * ((WG_ROWS + 1) // 2)) + 16
-    cdef Py_ssize_t MC = max(8, WG_STRIP_BYTES // (lds * 4) // 8 * 8)
-    cdef Py_ssize_t psz = cyrnn_pgemm_bsize(isa, K, WG_ROWS)
-    cdef Py_ssize_t psz2 = cyrnn_pgemm_bsize(isa, K2, WG_ROWS) if x2 != NULL else 0
-    cdef Py_ssize_t ssz = (min(MC, C) + 7) // 8 * lds
-    cdef Py_ssize_t slot, nt, c0, mc
-    cdef unsigned int csr
-    cdef double t0, cpu, c0t
-    cdef float* ws
-    cdef float* acc
-    cdef float* P
-    cdef float* S
-    cdef float* cs
-    cdef float* acc2
-    cdef float* P2
-    if rows <= 0:
-        return True
-    if x2 == NULL:
-        K2 = 0
-    ng = min(<Py_ssize_t>WG_GROUPS, nblk)
-    if <double>ng * C * (K + K2) * 4 > WG_MAX_PARTIALS:
-        # (pieces through _wgrad_by: each is done once, in bfloat16 or, where its
-        # scratch cannot be had, float32; never both)
-        if K2:  # one operand at a time (each may then split its columns)
-            _wgrad_by(isa, dg, ldg, x, ldx, rows, C, K, out, bsum, -1, NULL, 0, 0, NULL,
-                      WF_BF16D)
-            _wgrad_by(isa, dg, ldg, x2, ldx2, rows, C, K2, out2, NULL, -1, NULL, 0, 0, NULL,
-                      WF_BF16D)
-            return True
-        mc = WG_MAX_PARTIALS // (ng * K * 4) // 8 * 8
-        if mc < 8:
-            return False
-        c0 = 0
-        while c0 < C:
-            _wgrad_by(isa, dg + c0, ldg, x, ldx, rows, min(mc, C - c0), K, out + c0 * K,
-                      bsum + c0 if bsum != NULL else NULL, -1, NULL, 0, 0, NULL, WF_BF16D)
-            c0 = c0 + mc
-        return True
-    slot = _al(C * K) + _al(psz) + _al(ssz) + _al(C) + _al(C * K2) + _al(psz2)
-    ws = <float*>aligned_alloc(64, <size_t>((ng * slot * 4 + 63) // 64 * 64))
-    if ws == NULL:
-        return False
-    per = (nblk + ng - 1) // ng
-    ng = (nblk + per - 1) // per
-    cyrnn_count_path(4)
-    nt = _team(min(<Py_ssize_t>_nthreads(), ng))
-    if <double>rows * C * (K + K2) < PARALLEL_MIN_MACS:
-        nt = 1
-    t0 = cyrnn_wall()
-    cpu = 0
-    for g in prange(ng, schedule='dynamic', chunksize=1, num_threads=nt):
-        c0t = cyrnn_cpu()
-        csr = cyrnn_fp_flush()
-        acc = ws + g * slot
-        P = acc + _al(C * K)
-        S = P + _al(psz)
-        cs = S + _al(ssz)
-        acc2 = cs + _al(C)
-        P2 = acc2 + _al(C * K2)
-        memset(acc, 0, C * K * 4)
-        memset(cs, 0, C * 4)
-        memset(acc2, 0, C * K2 * 4)
-        for b in range(g * per, min((g + 1) * per, nblk)):
-            r0 = b * WG_ROWS
-            R = min(<Py_ssize_t>WG_ROWS, rows - r0)
-            cyrnn_pack_bf_cols(isa, x + r0 * ldx, K, R, ldx, <unsigned int*>P)
-            if K2:
-                cyrnn_pack_bf_cols(isa, x2 + r0 * ldx2, K2, R, ldx2, <unsigned int*>P2)
-            c0 = 0
-            while c0 < C:
-                mc = min(MC, C - c0)
-                cyrnn_bf16_strips_any(dg + r0 * ldg + c0, ldg, R, mc, <unsigned int*>S, lds,
-                                      cs + c0 if bsum != NULL else NULL)
-                cyrnn_pgemm_bds(<const unsigned int*>S, lds, mc, R, <const unsigned int*>P, K,
-                                acc + c0 * K, K)
-                if K2:
-                    cyrnn_pgemm_bds(<const unsigned int*>S, lds, mc, R,
-                                    <const unsigned int*>P2, K2, acc2 + c0 * K2, K2)
-                c0 = c0 + MC
-        cyrnn_fp_restore(csr)
-        cpu += cyrnn_cpu() - c0t
-    _judge(t0, cpu, nt)
-    for g in range(ng):
-        acc = ws + g * slot
-        _add_rows(1, C * K, acc, out)
-        cs = acc + _al(C * K) + _al(psz) + _al(ssz)
-        if bsum != NULL:
-            _add_rows(1, C, cs, bsum)
+cdef inline void _wgrad_block_bd(int isa, const float* dg, Py_ssize_t ldg, const float* x,
+                                 Py_ssize_t ldx, Py_ssize_t R, Py_ssize_t C, Py_ssize_t K,
+                                 Py_ssize_t MC, Py_ssize_t lds, float* acc, float* cs,
+                                 float* P, float* S, const float* x2, Py_ssize_t ldx2,
+                                 Py_ssize_t K2, float* acc2, float* P2) noexcept nogil:
+    """One block of R rows of ``_wgrad_by``'s bfloat16 strips (``acc += dg^T x``, and
+    ``acc2 += dg^T x2`` when K2; ``cs`` NULL: no column sums)."""
+    cdef Py_ssize_t c0 = 0, mc
+    cyrnn_pack_bf_cols(isa, x, K, R, ldx, <unsigned int*>P)
+    if K2:
+        cyrnn_pack_bf_cols(isa, x2, K2, R, ldx2, <unsigned int*>P2)
+    while c0 < C:
+        mc = min(MC, C - c0)
+        cyrnn_bf16_strips_any(dg + c0, ldg, R, mc, <unsigned int*>S, lds,
+                              cs + c0 if cs != NULL else NULL)
+        cyrnn_pgemm_bds(<const unsigned int*>S, lds, mc, R, <const unsigned int*>P, K,
+                        acc + c0 * K, K)
         if K2:
-            _add_rows(1, C * K2, cs + _al(C), out2)
-    free(ws)
-    return True
+            cyrnn_pgemm_bds(<const unsigned int*>S, lds, mc, R, <const unsigned int*>P2, K2,
+                            acc2 + c0 * K2, K2)
+        c0 = c0 + MC
 
 
 cdef void _rows_product(int isa, int wfmt, const floating* a, Py_ssize_t lda,

@@ -645,21 +645,31 @@ CYRNN_TBF static void cyrnn_bf16_pairs(const float* x, ptrdiff_t ldx, ptrdiff_t 
     }
 }
 
+/* Sixteen columns (mask m) of two rows e, o (o NULL: zeros) rounded to bfloat16 and
+   interleaved into 16 k-pair words, word j = bf16(e[j]) | bf16(o[j]) << 16:
+   VCVTNE2PS2BF16 (nearest even; denormal inputs as zero, which the calls' DAZ mode
+   makes them anyway), then VPERMW. */
+CYRNN_TBF static inline __m512i cyrnn_bf16_pair16(const float* e, const float* o,
+                                                  __mmask16 m) {
+    static const short order[32] = {0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23,
+                                     8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30,
+                                     15, 31};
+    __m512 ve = _mm512_maskz_loadu_ps(m, e);
+    __m512 vo = o != NULL ? _mm512_maskz_loadu_ps(m, o) : _mm512_setzero_ps();
+    return _mm512_permutexvar_epi16(_mm512_loadu_si512((const void*)order),
+                                    (__m512i)_mm512_cvtne2ps_pbh(vo, ve));
+}
+
 /* The weight-gradient sums in bfloat16 arithmetic (training with bfloat16
    products): R rows of C gate gradients g (row stride ldg) rounded into
    8-column strips of k-pair words for cyrnn_pgemm_bds:
    S[(c/8)*lds + kk*8 + c%8] = bf16(g[2kk][c]) | bf16(g[2kk+1][c]) << 16
    (0 past R or C; lds >= 8 * ((R+1)/2) words). Sixteen columns of two rows
-   at a time: VCVTNE2PS2BF16, then VPERMW interleaves the two rows' values
-   into words. ``sum`` (NULL: none) gets each column's float32 sum added, the
+   at a time (cyrnn_bf16_pair16). ``sum`` (NULL: none) gets each column's float32 sum added, the
    rows taken in order (the bias gradient, unrounded). */
 CYRNN_TBF static void cyrnn_bf16_strips(const float* g, ptrdiff_t ldg, ptrdiff_t R,
                                         ptrdiff_t C, unsigned int* S, ptrdiff_t lds,
                                         float* __restrict sum) {
-    static const short order[32] = {0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23,
-                                     8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30,
-                                     15, 31};
-    const __m512i idx = _mm512_loadu_si512((const void*)order);
     ptrdiff_t kk, c, k, KK = (R + 1) / 2;
     for (kk = 0; kk < KK; kk++) {
         const float* e = g + 2 * kk * ldg;
@@ -668,9 +678,7 @@ CYRNN_TBF static void cyrnn_bf16_strips(const float* g, ptrdiff_t ldg, ptrdiff_t
         for (c = 0; c < C; c += 16) {
             ptrdiff_t r = C - c;
             __mmask16 m = r >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << r) - 1);
-            __m512 ve = _mm512_maskz_loadu_ps(m, e + c);
-            __m512 vo = o != NULL ? _mm512_maskz_loadu_ps(m, o + c) : _mm512_setzero_ps();
-            __m512i w = _mm512_permutexvar_epi16(idx, (__m512i)_mm512_cvtne2ps_pbh(vo, ve));
+            __m512i w = cyrnn_bf16_pair16(e + c, o != NULL ? o + c : NULL, m);
             _mm256_storeu_si256((__m256i*)(dst + (c / 8) * lds), _mm512_castsi512_si256(w));
             if (r > 8)
                 _mm256_storeu_si256((__m256i*)(dst + (c / 8 + 1) * lds),
@@ -684,15 +692,9 @@ CYRNN_TBF static void cyrnn_bf16_strips(const float* g, ptrdiff_t ldg, ptrdiff_t
 
 /* cyrnn_pack_bf (isa 2: panels of 32 columns) of the operand whose element (c, k)
    is W[c + k*sk] (columns contiguous: a block of activations, k running over its
-   rows), sixteen columns of two rows at a time as in cyrnn_bf16_strips. Rounds as
-   VCVTNE2PS2BF16 does (nearest even; denormal inputs as zero, which the calls'
-   DAZ mode makes them anyway). */
+   rows), sixteen columns of two rows at a time (cyrnn_bf16_pair16). */
 CYRNN_TBF static void cyrnn_pack_bf_c1(const float* W, ptrdiff_t C, ptrdiff_t K, ptrdiff_t sk,
                                        unsigned int* P) {
-    static const short order[32] = {0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23,
-                                     8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30,
-                                     15, 31};
-    const __m512i idx = _mm512_loadu_si512((const void*)order);
     ptrdiff_t K2 = (K + 1) / 2, p, kk, h, c, r;
     for (p = 0; p * 32 < C; p++)
         for (kk = 0; kk < K2; kk++) {
@@ -704,11 +706,8 @@ CYRNN_TBF static void cyrnn_pack_bf_c1(const float* W, ptrdiff_t C, ptrdiff_t K,
                 r = C - c;
                 __mmask16 m = r >= 16 ? (__mmask16)0xffff
                               : r > 0 ? (__mmask16)((1u << r) - 1) : (__mmask16)0;
-                __m512 ve = _mm512_maskz_loadu_ps(m, e + c);
-                __m512 vo = o != NULL ? _mm512_maskz_loadu_ps(m, o + c) : _mm512_setzero_ps();
                 _mm512_storeu_si512((void*)(dst + h * 16),
-                                    _mm512_permutexvar_epi16(
-                                        idx, (__m512i)_mm512_cvtne2ps_pbh(vo, ve)));
+                                    cyrnn_bf16_pair16(e + c, o != NULL ? o + c : NULL, m));
             }
         }
 }
@@ -757,8 +756,11 @@ static void cyrnn_bf16_strips_any(const float* g, ptrdiff_t ldg, ptrdiff_t R, pt
    cyrnn_pack_bf for isa 2: x's rows are rounded, in blocks of up to BD_ROWS rows,
    into a scratch of k-pair words (on the stack when a block fits 16 KiB, else on
    the heap; without heap, blocks of what the stack holds), and each block is
-   multiplied while its words are in cache. Rows never interact, so the blocking
-   changes no result. Callers check cyrnn_bf16dot_ok() first; without it (or another
+   multiplied while its words are in cache. Where the stack holds at least 8 rows
+   (K <= 1024) the blocks are whole 8-row tiles of what it holds, which costs
+   nothing (the tile kernel reads the weights once per 8 rows anyway) and keeps the
+   per-step products of a training step off the heap. Rows never interact, so the
+   blocking changes no result. Callers check cyrnn_bf16dot_ok() first; without it (or another
    isa), or in the one case nothing holds a row (more than 8192 features and no
    heap), this is the float32-arithmetic cyrnn_pgemm_bf. */
 #define CYRNN_BD_ROWS 256
@@ -772,7 +774,9 @@ static void cyrnn_pgemm_bd(int isa, const float* x, ptrdiff_t ldx, ptrdiff_t n, 
     ptrdiff_t KK = (K + 1) / 2, rows = n < CYRNN_BD_ROWS ? n : CYRNN_BD_ROWS, i0, i, m;
     if (n <= 0 || C <= 0) return;
     if (isa == 2 && cyrnn_bf16dot_ok()) {
-        if (rows * KK > SBUF) {
+        if (rows * KK > SBUF && SBUF / KK >= 8) {
+            rows = SBUF / KK / 8 * 8;
+        } else if (rows * KK > SBUF) {
             w = (unsigned int*)malloc((size_t)(rows * KK) * sizeof(unsigned int));
             if (w == NULL) {
                 w = sbuf;
