@@ -134,22 +134,23 @@ class Sequential:
         ``"float32"`` where the CPU has none."""
         if self.train_compute == "float32":
             return "float32"
-        names = sorted({layer._backend().__name__.rsplit(".", 1)[-1].replace("_backend", "")
-                        for layer in self._recurrent})
-        if plan is not None and not plan.can_pack or plan is None and names != ["cython"]:
+        if plan is None or not plan.can_pack:  # (the names only to say why)
+            names = sorted({layer._backend().__name__.rsplit(".", 1)[-1].replace("_backend", "")
+                            for layer in self._recurrent})
+            if plan is None and names == ["cython"]:
+                raise ValueError("train_compute='bfloat16' runs on the compiled plan, which "
+                                 "this model's layers do not take (Masking, Activation, "
+                                 "go_backwards or merge_mode=None take the layer path; "
+                                 "docs/architecture.md)")
             raise ValueError("train_compute='bfloat16' needs the Cython backend (this model's "
                              "recurrent layers run on "
                              f"{', '.join(names) or 'nothing: it has none'})")
-        if plan is None:
-            raise ValueError("train_compute='bfloat16' runs on the compiled plan, which this "
-                             "model's layers do not take (Masking, Activation, go_backwards "
-                             "or merge_mode=None take the layer path; docs/architecture.md)")
         if not plan._mod.bf16_arithmetic_available():
             if not self.__dict__.get("_bf16_fallback"):
                 self._bf16_fallback = True
-                warnings.warn("train_compute='bfloat16' needs a CPU with AVX-512 BF16 (and "
-                              "the Cython backend); this one has none, so training runs in "
-                              "float32 arithmetic", RuntimeWarning, stacklevel=3)
+                warnings.warn("train_compute='bfloat16' needs a CPU with AVX-512 BF16; this "
+                              "one has none, so training runs in float32 arithmetic",
+                              RuntimeWarning, stacklevel=3)
             return "float32"
         return "bfloat16"
 
