@@ -200,6 +200,37 @@ def test_registry_lists_numba():
                                   "threadsafe", "forksafe")
 
 
+def test_one_compiled_loop_per_dtype():
+    """Every entry point (fused calls, layer contract, generation) shares one compiled
+    version per dtype of each loop: Numba compiles a function again for each argument
+    type, and a constant argument is typed as a literal and a read-only array as a type
+    of its own; every such copy compiles the loop and all it calls again (the first
+    fused inference compiled in twice the time)."""
+    from numba import types
+
+    from cyrnn.backends.numba import cells, fused, loops
+    from cyrnn.backends.numba.generate import _generate_kernel
+
+    def float32(sig):
+        return any(isinstance(a, types.Array) and a.dtype == types.float32 for a in sig)
+
+    for name in nb._DISPATCHERS:
+        nb._kernel(name, np.float32)
+    if not any(float32(s) for s in fused._fused_run.signatures):
+        # an entry point loaded from the on-disk cache brings none of its callees:
+        # there is nothing compiled in this process to inspect (CI starts cold)
+        pytest.skip("the kernels came from Numba's on-disk cache")
+    shared = [fused._fused_run, fused._fwd_call, loops._fwd_rows, loops._forward_par,
+              loops._fwd_step, loops._bwd_rows, loops._backward_par, loops._bwd_step,
+              cells.cell_fwd, cells.cell_bwd, _generate_kernel]
+
+    for disp in shared:
+        sigs = [s for s in disp.signatures if float32(s)]
+        assert len(sigs) == 1, (disp.py_func.__name__, sigs)
+        assert not any(isinstance(a, types.Literal) for a in sigs[0]), (
+            disp.py_func.__name__, sigs[0])
+
+
 @pytest.mark.skipif(not MULTICORE, reason="Numba has a single thread here")
 def test_default_thresholds_take_the_parallel_path():
     """A problem above the default thresholds runs on several row blocks and

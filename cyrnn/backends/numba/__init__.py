@@ -60,16 +60,23 @@ def _signatures(F):
     def rw(nd):
         return types.Array(F, nd, "C")
 
+    def rw_in(nd, dtype=F):
+        # An input the loops only read, typed writable as the fused runner's views of
+        # its scratch are: one compiled loop serves both callers (Numba compiles a
+        # function once per argument type, readonly being part of the type). The
+        # entry points do not check the flag, so read-only arrays pass.
+        return types.Array(dtype, nd, "C")
+
     i64 = types.int64
     # code, act, ract, blas, keep, has_mask, xp, w, b, peep, h0, c0, mask, h_seq, hT, cT,
     # ch, cc, cg, cax, scratch
-    fwd = (i64, i64, i64, i64, i64, i64, ro(3), ro(2), ro(1), ro(2), ro(2), ro(2),
-           ro(2, types.boolean), rw(3), rw(2), rw(2), rw(3), rw(3), rw(3), rw(3), rw(1))
+    fwd = (i64, i64, i64, i64, i64, i64, rw_in(3), ro(2), ro(1), ro(2), rw_in(2), rw_in(2),
+           rw_in(2, types.boolean), rw(3), rw(2), rw(2), rw(3), rw(3), rw(3), rw(3), rw(1))
     # code, act, ract, blas, trunc, has_mask, has_dhseq, [contract], ch, cc, cg, cax, w, peep,
     # mask, dh_seq, dh_T, dc_T, dxp, dgh, dh0, dc0, dw, db, dpeep, scratch
     bwd_head = (i64,) * 7
-    bwd_tail = (ro(3), ro(3), ro(3), ro(3), ro(2), ro(2), ro(2, types.boolean), ro(3), ro(2),
-                ro(2), rw(3), rw(3), rw(2), rw(2), rw(2), rw(1), rw(2), rw(1))
+    bwd_tail = (ro(3), ro(3), ro(3), ro(3), ro(2), ro(2), rw_in(2, types.boolean), rw_in(3),
+                rw_in(2), rw_in(2), rw(3), rw(3), rw(2), rw(2), rw(2), rw(1), rw(2), rw(1))
     # spec, data, x, ids, is_ids, mask, has_mask, h0, has_h0, c0, has_c0, nthr, blas_par
     fused_in = (ro(1, i64), ro(1), ro(3), ro(2, i64), i64, ro(2, types.uint8), i64,
                 ro(1), i64, ro(1), i64, i64, i64)

@@ -355,7 +355,7 @@ def _fwd_call(nb, code, act, ract, blas, keep, has_mask, xp, w, b, peep, h0, c0,
                      h_seq, hT, cT, ch, cc, cg, cax, scratch)
     else:
         _fwd_rows(code, act, ract, blas, keep, has_mask, xp, w, b, peep, h0, c0, mask, h_seq,
-                  hT, cT, ch, cc, cg, cax, scratch, 0, xp.shape[1])
+                  hT, cT, ch, cc, cg, cax, scratch, np.int64(0), xp.shape[1])
 
 
 @njit(**_JIT)
@@ -584,7 +584,7 @@ def _fused_run(spec, data, x, ids, is_ids, mask, has_mask, keep, h0, has_h0, c0,
                 w_ih, w_hh, b_ih, b_hh, peep = _rnn_tensors(data, spec, r, d, F)
                 # xp = x W_ih^T + b_ih over all T*N rows (as layers.recurrent.project),
                 # time-reversed for the reverse direction
-                _mm_nt(x2, w_ih, xp, 0, TN, _gemm_mode(TN, GH * F))
+                _mm_nt(x2, w_ih, xp, np.int64(0), TN, _gemm_mode(TN, GH * F))
                 _add_rows(xp, b_ih)
                 if d == 1:
                     _reverse_time(xp.reshape((T, N * GH)))
@@ -636,7 +636,7 @@ def _fused_run(spec, data, x, ids, is_ids, mask, has_mask, keep, h0, has_h0, c0,
             O = spec[r + DENSE_OUT]
             w = data[spec[r + DENSE_W]:spec[r + DENSE_W] + O * F].reshape((O, F))
             y = buf[b:b + rows * O].reshape((rows, O))
-            _mm_nt(x2, w, y, 0, rows, _gemm_mode(rows, O * F))
+            _mm_nt(x2, w, y, np.int64(0), rows, _gemm_mode(rows, O * F))
             _add_rows(y, data[spec[r + DENSE_B]:spec[r + DENSE_B] + O])
             F = O
         if not keep:
@@ -654,8 +654,8 @@ def _fused_run(spec, data, x, ids, is_ids, mask, has_mask, keep, h0, has_h0, c0,
 def _infer_kernel(spec, data, x, ids, is_ids, mask, has_mask, h0, has_h0, c0, has_c0,
                   nthr, blas_par):
     """``_fused_run`` without a cache: ``(status, out)`` (no final states to box)."""
-    res = _fused_run(spec, data, x, ids, is_ids, mask, has_mask, 0, h0, has_h0, c0, has_c0,
-                     data[:0], 0, nthr, blas_par)
+    res = _fused_run(spec, data, x, ids, is_ids, mask, has_mask, np.int64(0), h0, has_h0, c0,
+                     has_c0, data[:0], np.int64(0), nthr, blas_par)
     return res[0], res[2]
 
 
@@ -663,8 +663,8 @@ def _infer_kernel(spec, data, x, ids, is_ids, mask, has_mask, h0, has_h0, c0, ha
 def _infer_state_kernel(spec, data, x, ids, is_ids, mask, has_mask, h0, has_h0, c0, has_c0,
                         nthr, blas_par):
     """``_fused_run`` without a cache: ``(status, out, h_n, c_n)``."""
-    res = _fused_run(spec, data, x, ids, is_ids, mask, has_mask, 0, h0, has_h0, c0, has_c0,
-                     data[:0], 0, nthr, blas_par)
+    res = _fused_run(spec, data, x, ids, is_ids, mask, has_mask, np.int64(0), h0, has_h0, c0,
+                     has_c0, data[:0], np.int64(0), nthr, blas_par)
     return res[0], res[2], res[7], res[8]
 
 
@@ -672,8 +672,8 @@ def _infer_state_kernel(spec, data, x, ids, is_ids, mask, has_mask, h0, has_h0, 
 def _train_fwd_kernel(spec, data, x, ids, is_ids, mask, has_mask, h0, has_h0, c0, has_c0,
                       nthr, blas_par, dropout, has_drop):
     """``_fused_run`` keeping every op's cache."""
-    return _fused_run(spec, data, x, ids, is_ids, mask, has_mask, 1, h0, has_h0, c0, has_c0,
-                      dropout, has_drop, nthr, blas_par)
+    return _fused_run(spec, data, x, ids, is_ids, mask, has_mask, np.int64(1), h0, has_h0, c0,
+                      has_c0, dropout, has_drop, nthr, blas_par)
 
 
 @njit(**_JIT)
@@ -755,7 +755,7 @@ def _train_bwd_kernel(spec, data, grad, buf, plan, idc, tmask, has_mask, d_out, 
             _acc_colsum(grad, spec[r + DENSE_B], dc2)
             if need_din:
                 w = data[spec[r + DENSE_W]:spec[r + DENSE_W] + O * D].reshape((O, D))
-                _mm_nn(dc2, w, dnext[:rows * D].reshape((rows, D)), 0, rows,
+                _mm_nn(dc2, w, dnext[:rows * D].reshape((rows, D)), np.int64(0), rows,
                        _gemm_mode(rows, O * D), allv)
         else:
             nrec -= 1
@@ -813,10 +813,10 @@ def _train_bwd_kernel(spec, data, grad, buf, plan, idc, tmask, has_mask, d_out, 
                     else:
                         dh_seq = dhs_buf[:TN * H].reshape((T, N, H))
                         _unmerge(merge, d, dcur[:TN * W].reshape((T, N, W)), hsq, hsq_r,
-                                 dh_seq, 0)
+                                 dh_seq, np.int64(0))
                 else:
                     _unmerge(merge, d, dcur[:N * W].reshape((1, N, W)), fin, fin_r,
-                             dh_T.reshape((1, N, H)), 1)
+                             dh_T.reshape((1, N, H)), np.int64(1))
                 dh0 = dh0o[s0:s0 + NH].reshape((N, H))
                 dc0 = dc0o[s0:s0 + NH].reshape((N, H)) if has_c else none2
                 dw = np.empty((G, H), dt)
@@ -833,8 +833,8 @@ def _train_bwd_kernel(spec, data, grad, buf, plan, idc, tmask, has_mask, d_out, 
                     _backward_par(nb, *args, ch, cc, cg, cax, w_hh, peep, mk, dh_seq, dh_T,
                                   dc_T, dxp, dgh, dh0, dc0, dw, db, dpeep, sc)
                 else:
-                    _bwd_rows(*args, 1, ch, cc, cg, cax, w_hh, peep, mk, dh_seq, dh_T, dc_T,
-                              dxp, dgh, dh0, dc0, dw, db, dpeep, sc, 0, N)
+                    _bwd_rows(*args, np.int64(1), ch, cc, cg, cax, w_hh, peep, mk, dh_seq, dh_T,
+                              dc_T, dxp, dgh, dh0, dc0, dw, db, dpeep, sc, np.int64(0), N)
                 kr = r + d * _R
                 gw = grad[spec[kr + RNN_W_HH]:spec[kr + RNN_W_HH] + G * H]
                 dwf = dw.reshape(G * H)
@@ -856,7 +856,7 @@ def _train_bwd_kernel(spec, data, grad, buf, plan, idc, tmask, has_mask, d_out, 
                 _acc_colsum(grad, spec[kr + RNN_B_IH], dx2)
                 if need_din:
                     dst = dnext if d == 0 else dtmp
-                    _mm_nn(dx2, w_ih, dst[:TN * D].reshape((TN, D)), 0, TN,
+                    _mm_nn(dx2, w_ih, dst[:TN * D].reshape((TN, D)), np.int64(0), TN,
                            _gemm_mode(TN, G * D), allv)
                     if d == 1:
                         for j in range(TN * D):

@@ -157,6 +157,8 @@ def _generate_kernel(code, act, ract, blas, blas_out, xp_table, w_ih_rest, b_ih_
     hT = np.empty((N, H), dt)
     cT = np.empty((NC, HC), dt)
     none3 = np.empty((0, 0, 0), dt)
+    # runtime values, not literals: the callees are the ones the fused runner compiled
+    zero, one = np.int64(0), np.int64(1)
     scratch = np.empty(N * _fwd_scratch_nb(code, H, GH, False), dt)
     logits = np.empty((N, V), dt)
     z = np.empty(V, np.float64)
@@ -174,19 +176,19 @@ def _generate_kernel(code, act, ract, blas, blas_out, xp_table, w_ih_rest, b_ih_
                         dst[j] = src[j]
             else:
                 # xp = h_{l-1} W_ih^T + b_ih (layer l reads the new state of l - 1)
-                _mm_nt(hs[layer - 1], w_ih_rest[layer - 1], xp0, 0, N, blas)
+                _mm_nt(hs[layer - 1], w_ih_rest[layer - 1], xp0, zero, N, blas)
                 _add_rows(xp0, b_ih_rest[layer - 1])
             hl = hs[layer]
             cl = cs[layer]
-            _fwd_rows(code, act, ract, blas, 0, 1, xp, w_hh[layer], b_hh[layer], peep[layer],
-                      hl, cl, active, hseq, hT, cT, none3, none3, none3, none3, scratch, 0, N)
+            _fwd_rows(code, act, ract, blas, zero, one, xp, w_hh[layer], b_hh[layer], peep[layer],
+                      hl, cl, active, hseq, hT, cT, none3, none3, none3, none3, scratch, zero, N)
             for i in range(N):
                 for j in range(H):
                     hl[i, j] = hT[i, j]
                 for j in range(HC):
                     cl[i, j] = cT[i, j]
         # logits = h_top W_out^T + b_out (the bias only where a token is drawn)
-        _mm_nt(hs[L - 1], w_out, logits, 0, N, blas_out)
+        _mm_nt(hs[L - 1], w_out, logits, zero, N, blas_out)
         for i in range(N):
             if not active[0, i]:
                 continue

@@ -187,7 +187,7 @@ def _bwd_step(code, act, ract, blas, valid, w, peep, hp, cp, cn, g, ax, dh, dc, 
         _mm_nn(dn, w[2 * H:], drh, lo, hi, blas, valid)
         cell_bwd(code, act, ract, ph + 1, lo, hi, valid, dh, dc, hp, cp, cn, g, ax, peep, drh,
                  dg, dxp, dhn, dcn)
-        _copy_cols(dg, 0, 2 * H, drz, lo, hi)
+        _copy_cols(dg, np.int64(0), 2 * H, drz, lo, hi)
         _mm_nn(drz, w[:2 * H], dhp, lo, hi, blas, valid)
     else:
         _mm_nn(dg, w, dhp, lo, hi, blas, valid)
@@ -307,7 +307,7 @@ def _backward_par(nb, code, act, ract, blas, trunc, has_mask, has_dhseq, ch, cc,
     ``dw``/``db``/``dpeep`` contraction (one GEMM, BLAS-threaded)."""
     N = cg.shape[1]
     for k in prange(nb):
-        _bwd_rows(code, act, ract, blas, trunc, has_mask, has_dhseq, 0, ch, cc, cg, cax, w,
+        _bwd_rows(code, act, ract, blas, trunc, has_mask, has_dhseq, np.int64(0), ch, cc, cg, cax, w,
                   peep, mask, dh_seq, dh_T, dc_T, dxp, dgh, dh0, dc0, dw, db, dpeep, scratch,
                   k * N // nb, (k + 1) * N // nb)
     _contract(code, ch, cc, cax, dxp, dgh, dw, db, dpeep)
