@@ -15,6 +15,7 @@ ones), cached on disk after the first run.
 """
 
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -151,9 +152,12 @@ def test_odd_input_layouts(cell_name, layout):
     s_got = nb.step(cell, q["xp"][0], q["w_hh"], q["b_hh"], q["h0"], q["c0"])
     for a, e in zip(s_got, s_exp):
         assert_close(a, e, dtype)
-    if layout == "read-only":  # inputs untouched
-        for key in ("xp", "w_hh", "h0"):
-            np.testing.assert_array_equal(q[key], p[key])
+    if layout == "read-only":  # inputs untouched (several are typed writable)
+        for key, value in q.items():
+            if isinstance(value, np.ndarray):
+                np.testing.assert_array_equal(value, p[key], err_msg=key)
+        for key, value in cache.items():
+            np.testing.assert_array_equal(value, actual[3][key], err_msg=key)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
@@ -200,35 +204,52 @@ def test_registry_lists_numba():
                                   "threadsafe", "forksafe")
 
 
-def test_one_compiled_loop_per_dtype():
+_ONE_VERSION_CHECK = r"""
+import inspect, sys
+import numpy as np
+from numba import types
+from numba.core.registry import CPUDispatcher
+from cyrnn.backends import numba as nb
+from cyrnn.backends.numba import cells, fused, gemm, loops, mathfn
+from cyrnn.backends.numba import generate as _  # noqa: F401 (the package's generate is a function)
+gen = sys.modules["cyrnn.backends.numba.generate"]
+for name in nb._DISPATCHERS:
+    nb._kernel(name, np.float32)
+bad = []
+for mod in (fused, loops, cells, mathfn, gemm, gen):
+    for fname, disp in vars(mod).items():
+        if not isinstance(disp, CPUDispatcher) or inspect.getmodule(disp.py_func) is not mod:
+            continue
+        sigs = disp.signatures
+        if len(sigs) > 1 or any(isinstance(a, types.Literal) for s in sigs for a in s):
+            bad.append((mod.__name__ + "." + fname, [str(s) for s in sigs]))
+print(len(bad), "functions compiled more than once:")
+for b in bad:
+    print(b)
+# the inputs typed writable to share the fused runner's versions are only read: the
+# loops compile with them read-only (Numba refuses a write into a read-only array)
+ro = nb._signatures(types.float32, readonly_inputs=True)
+for name in ("fwd_rows", "bwd_rows", "train_bwd"):
+    nb._DISPATCHERS[name].compile(ro[name])
+print("read-only inputs compile")
+"""
+
+
+def test_one_compiled_version_per_dtype(tmp_path):
     """Every entry point (fused calls, layer contract, generation) shares one compiled
-    version per dtype of each loop: Numba compiles a function again for each argument
-    type, and a constant argument is typed as a literal and a read-only array as a type
-    of its own; every such copy compiles the loop and all it calls again (the first
-    fused inference compiled in twice the time)."""
-    from numba import types
-
-    from cyrnn.backends.numba import cells, fused, loops
-    from cyrnn.backends.numba.generate import _generate_kernel
-
-    def float32(sig):
-        return any(isinstance(a, types.Array) and a.dtype == types.float32 for a in sig)
-
-    for name in nb._DISPATCHERS:
-        nb._kernel(name, np.float32)
-    if not any(float32(s) for s in fused._fused_run.signatures):
-        # an entry point loaded from the on-disk cache brings none of its callees:
-        # there is nothing compiled in this process to inspect (CI starts cold)
-        pytest.skip("the kernels came from Numba's on-disk cache")
-    shared = [fused._fused_run, fused._fwd_call, loops._fwd_rows, loops._forward_par,
-              loops._fwd_step, loops._bwd_rows, loops._backward_par, loops._bwd_step,
-              cells.cell_fwd, cells.cell_bwd, _generate_kernel]
-
-    for disp in shared:
-        sigs = [s for s in disp.signatures if float32(s)]
-        assert len(sigs) == 1, (disp.py_func.__name__, sigs)
-        assert not any(isinstance(a, types.Literal) for a in sigs[0]), (
-            disp.py_func.__name__, sigs[0])
+    version of each function per dtype: Numba compiles a function again for each
+    signature of argument types, where a constant argument is typed as a literal and a
+    read-only array as a type of its own, and each such copy compiles everything it
+    calls again (the first fused inference compiled in twice the time). Run in a fresh
+    process with an empty cache (an entry point loaded from the cache brings none of
+    its callees), float32, at LLVM's -O0 (the signatures do not depend on it). Also:
+    the inputs the entry points type writable for that are never written."""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path), NUMBA_OPT="0")
+    proc = subprocess.run([sys.executable, "-c", _ONE_VERSION_CHECK], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.startswith("0 functions"), proc.stdout
+    assert "read-only inputs compile" in proc.stdout
 
 
 @pytest.mark.skipif(not MULTICORE, reason="Numba has a single thread here")

@@ -17,10 +17,15 @@ backward sweep, parallel row blocks), :mod:`.fused` (the fused runner),
 The entry points validate nothing beyond array forms: they make inputs
 C-contiguous in the working dtype, allocate outputs and one flat scratch array,
 and call a compiled kernel. Each kernel is compiled once per dtype for an explicit
-signature whose input arrays are typed read-only (writable and read-only inputs
-share one compiled version, nothing recompiles per call), and the wrappers call
-that compiled entry point directly, skipping the dispatcher's type resolution: a
-few microseconds per call.
+signature, and the wrappers call that compiled entry point directly, skipping the
+dispatcher's type resolution (a few microseconds per call); the entry point does
+not check the writeable flag, so writable and read-only inputs share the one
+compiled version. Inputs are typed read-only, except those the fused runner passes
+to the same loops as writable arrays of its own (``xp``, the states, the mask,
+``dh_seq``, ``dh_T``, ``dc_T``, the cache and its plan): typed writable, as there,
+so the loops compile once (``config``, "Compile time"); the loops only read them (a
+test compiles them with those inputs read-only, which Numba refuses for an array
+written to).
 """
 
 from __future__ import annotations
@@ -53,7 +58,9 @@ INFER_SPEC_WIDTH = _spec.SPEC_WIDTH
 # ----------------------------------------------------------------------------
 
 
-def _signatures(F):
+def _signatures(F, readonly_inputs=False):
+    """The entry points' signatures for float type ``F`` (``readonly_inputs``: with
+    every input read-only, which compiles only if no loop writes one: a test)."""
     def ro(nd, dtype=F):
         return types.Array(dtype, nd, "C", readonly=True)
 
@@ -61,11 +68,11 @@ def _signatures(F):
         return types.Array(F, nd, "C")
 
     def rw_in(nd, dtype=F):
-        # An input the loops only read, typed writable as the fused runner's views of
-        # its scratch are: one compiled loop serves both callers (Numba compiles a
-        # function once per argument type, readonly being part of the type). The
-        # entry points do not check the flag, so read-only arrays pass.
-        return types.Array(dtype, nd, "C")
+        # An input the loops only read, typed writable as the arrays the fused runner
+        # passes to the same loops are: one compiled loop serves both callers (Numba
+        # compiles a function once per argument type, read-only being part of the
+        # type). The entry points do not check the flag, so read-only arrays pass.
+        return types.Array(dtype, nd, "C", readonly=readonly_inputs)
 
     i64 = types.int64
     # code, act, ract, blas, keep, has_mask, xp, w, b, peep, h0, c0, mask, h_seq, hT, cT,
@@ -75,8 +82,9 @@ def _signatures(F):
     # code, act, ract, blas, trunc, has_mask, has_dhseq, [contract], ch, cc, cg, cax, w, peep,
     # mask, dh_seq, dh_T, dc_T, dxp, dgh, dh0, dc0, dw, db, dpeep, scratch
     bwd_head = (i64,) * 7
-    bwd_tail = (ro(3), ro(3), ro(3), ro(3), ro(2), ro(2), rw_in(2, types.boolean), rw_in(3),
-                rw_in(2), rw_in(2), rw(3), rw(3), rw(2), rw(2), rw(2), rw(1), rw(2), rw(1))
+    bwd_tail = (rw_in(3), rw_in(3), rw_in(3), rw_in(3), ro(2), ro(2), rw_in(2, types.boolean),
+                rw_in(3), rw_in(2), rw_in(2), rw(3), rw(3), rw(2), rw(2), rw(2), rw(1), rw(2),
+                rw(1))
     # spec, data, x, ids, is_ids, mask, has_mask, h0, has_h0, c0, has_c0, nthr, blas_par
     fused_in = (ro(1, i64), ro(1), ro(3), ro(2, i64), i64, ro(2, types.uint8), i64,
                 ro(1), i64, ro(1), i64, i64, i64)
@@ -88,8 +96,8 @@ def _signatures(F):
                                   types.Array(i64, 2, "C"), rw(1), rw(1)))(
                                       *fused_in, ro(1), i64),
         "train_bwd": types.Tuple((rw(3), rw(1), rw(1)))(
-            ro(1, i64), ro(1), rw(1), ro(1), ro(2, i64), ro(2, i64), ro(2, types.boolean), i64,
-            ro(3), ro(1, i64), i64, ro(1), i64, ro(1), i64, i64, i64, i64),
+            ro(1, i64), ro(1), rw(1), rw_in(1), rw_in(2, i64), ro(2, i64), ro(2, types.boolean),
+            i64, ro(3), ro(1, i64), i64, ro(1), i64, ro(1), i64, i64, i64, i64),
         "generate": types.void(i64, i64, i64, i64, i64, ro(2), ro(3), ro(2), ro(3), ro(2),
                                ro(3), ro(2), ro(1), ro(3), ro(3), ro(1, i64), ro(2, i64),
                                ro(1, types.boolean), ro(2, types.float64), types.float64, i64,

@@ -34,6 +34,8 @@ as constants.
 
 from __future__ import annotations
 
+import numpy as np
+
 from ..._numba_util import njit
 
 from ...cells import CELL_TABLE, CELLS, FAMILIES
@@ -63,6 +65,9 @@ SPLIT_PRODUCT = tuple(row.options.get("reset_after") is False for row in CELL_TA
 DGH_IS_DXP = tuple(not (row.family == "gru" and row.options.get("reset_after"))
                    for row in CELL_TABLE)
 PHASE_ALL = -1
+# Column 0 as a runtime value: a literal 0 would make Numba compile the activation
+# functions once more (a global NumPy scalar is typed int64, a Python 0 a literal).
+_C0 = np.int64(0)
 
 # Performance notes. The row functions run without reference counting
 # (config._JIT_ROWS): with it, the views below cost atomic operations each.
@@ -78,7 +83,7 @@ PHASE_ALL = -1
 @njit(**_JIT_ROWS)
 def _rnn_fwd(act, lo, hi, xp_t, gh, b, hn, gates):
     H = hn.shape[1]
-    act_sum(act, lo, hi, 0, H, xp_t, gh, 0, b, gates)
+    act_sum(act, lo, hi, _C0, H, xp_t, gh, _C0, b, gates)
     for i in range(lo, hi):
         gi = gates[i]
         hni = hn[i]
@@ -100,9 +105,9 @@ def _lstm_fwd(act, ract, peephole, lo, hi, xp_t, gh, b, peep, cp, hn, cn, gates)
                 g_i[j] = x_i[j] + a_i[j] + b_i[j] + p_i[j] * cpi[j]
             for j in range(H):
                 g_f[j] = x_f[j] + a_f[j] + b_f[j] + p_f[j] * cpi[j]
-        activate(ract, lo, hi, 0, 2 * H, gates)
+        activate(ract, lo, hi, _C0, 2 * H, gates)
     else:
-        act_sum(ract, lo, hi, 0, 2 * H, xp_t, gh, 0, b, gates)
+        act_sum(ract, lo, hi, _C0, 2 * H, xp_t, gh, _C0, b, gates)
     act_sum(act, lo, hi, 2 * H, 3 * H, xp_t, gh, 2 * H, b, gates)
     for i in range(lo, hi):
         gi, gf, gg = gates[i, :H], gates[i, H:2 * H], gates[i, 2 * H:3 * H]
@@ -128,7 +133,7 @@ def _gru_fwd(act, ract, split, phase, lo, hi, xp_t, gh, b, hp, hn, gates, aux):
     H = hn.shape[1]
     one = gates.dtype.type(1)
     if phase <= 0:  # r, z (reset_after: the whole step; Cho: before (r h) W_hn)
-        act_sum(ract, lo, hi, 0, 2 * H, xp_t, gh, 0, b, gates)
+        act_sum(ract, lo, hi, _C0, 2 * H, xp_t, gh, _C0, b, gates)
         if split:  # aux = r h, the input of the n block's product
             for i in range(lo, hi):
                 gr, hpi, axi = gates[i, :H], hp[i], aux[i]
@@ -145,7 +150,7 @@ def _gru_fwd(act, ract, split, phase, lo, hi, xp_t, gh, b, hp, hn, gates, aux):
                 gn[j] = x_n[j] + gr[j] * axi[j]
         activate(act, lo, hi, 2 * H, 3 * H, gates)
     else:  # Cho, phase 1: gh = (r h) W_hn^T
-        act_sum(act, lo, hi, 2 * H, 3 * H, xp_t, gh, 0, b, gates)
+        act_sum(act, lo, hi, 2 * H, 3 * H, xp_t, gh, _C0, b, gates)
     for i in range(lo, hi):
         gz, gn, hpi, hni = gates[i, H:2 * H], gates[i, 2 * H:], hp[i], hn[i]
         for j in range(H):
@@ -175,7 +180,7 @@ def cell_fwd(code, act, ract, phase, lo, hi, xp_t, gh, b, peep, hp, cp, hn, cn, 
 def _rnn_bwd(act, lo, hi, valid, dh, gates, dg, dxp, dhn):
     zero = dg.dtype.type(0)
     H = dh.shape[1]
-    dact_to(act, lo, hi, 0, H, gates, dg)
+    dact_to(act, lo, hi, _C0, H, gates, dg)
     for i in range(lo, hi):
         if not valid[i]:
             continue
@@ -193,10 +198,10 @@ def _lstm_bwd(act, ract, peephole, lo, hi, valid, dh, dc, cp, cn, gates, peep, d
     zero = dg.dtype.type(0)
     H = dh.shape[1]
     p_i, p_f, p_o = peep[0], peep[1], peep[2]
-    dact_to(ract, lo, hi, 0, 4 * H, gates, dg)  # i, f, o (g's block next)
+    dact_to(ract, lo, hi, _C0, 4 * H, gates, dg)  # i, f, o (g's block next)
     dact_to(act, lo, hi, 2 * H, 3 * H, gates, dg)
-    act_to(act, lo, hi, 0, H, cn, dhn)  # dhn: act(c_t), dcn: its derivative, until the end
-    dact_to(act, lo, hi, 0, H, dhn, dcn)
+    act_to(act, lo, hi, _C0, H, cn, dhn)  # dhn: act(c_t), dcn: its derivative, until the end
+    dact_to(act, lo, hi, _C0, H, dhn, dcn)
     for i in range(lo, hi):
         if not valid[i]:
             continue
@@ -230,7 +235,7 @@ def _gru_bwd(act, ract, split, phase, lo, hi, valid, dh, hp, gates, aux, drh, dg
     one = dg.dtype.type(1)
     H = dh.shape[1]
     if phase == 0:
-        dact_to(ract, lo, hi, 0, 2 * H, gates, dg)  # r (Cho: used in phase 1), z
+        dact_to(ract, lo, hi, _C0, 2 * H, gates, dg)  # r (Cho: used in phase 1), z
         dact_to(act, lo, hi, 2 * H, 3 * H, gates, dg)
         for i in range(lo, hi):  # z, n
             if not valid[i]:

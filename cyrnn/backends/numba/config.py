@@ -33,12 +33,15 @@ each compiled version together with everything it calls. A constant argument at
 a call site is typed as a literal (``Literal[int](0)``, a signature of its own)
 and a read-only array is a type of its own, so each would compile the whole
 loop below it again. The calls between kernels therefore pass runtime values
-(``np.int64(0)``), and the entry points type the inputs the fused runner passes
-as views of its scratch (``xp``, the states, the mask) as writable, as the
-runner's views are (the loops only read them): one compiled copy of each loop
-per dtype (``tests/test_numba_kernels.py::test_one_compiled_loop_per_dtype``).
-That halved the cold compile of the nine entry points (245 to 119 CPU-seconds
-per dtype on the 2-core EPYC, 2026-12-01).
+(``np.int64(0)``, or a global NumPy scalar, which is typed int64), and the entry
+points type as writable the inputs the fused runner passes to the same loops as
+writable arrays of its own (``xp``, the states, the mask, ``dh_seq``, ``dh_T``,
+``dc_T``, the cache and its plan; the loops only read them): one compiled copy of
+each function per dtype. ``tests/test_numba_kernels.py::
+test_one_compiled_version_per_dtype`` checks both (it compiles the loops with those
+inputs read-only too, which Numba refuses for an array written to).
+The nine entry points compile in 110 CPU-seconds per dtype instead of 246
+(``benchmarks/bench_cold_compile.py --entry-points``, 2-core EPYC, 2026-12-01).
 
 The on-disk cache
 -----------------

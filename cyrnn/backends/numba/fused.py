@@ -169,8 +169,8 @@ def _check_spec(spec, size):
                 k = r + d * _R
                 if (_outside(spec[k + RNN_W_IH], G, D, size)
                         or _outside(spec[k + RNN_W_HH], G, H, size)
-                        or _outside(spec[k + RNN_B_IH], G, 1, size)
-                        or _outside(spec[k + RNN_B_HH], G, 1, size)
+                        or _outside(spec[k + RNN_B_IH], G, np.int64(1), size)
+                        or _outside(spec[k + RNN_B_HH], G, np.int64(1), size)
                         or (PEEPHOLE[code]
                             and _outside(spec[k + RNN_PEEP], N_PEEP[code], H, size))):
                     return (_E_RNN,) + bad[1:]
@@ -178,7 +178,7 @@ def _check_spec(spec, size):
                 return (DECLINED,) + bad[1:]  # the general path explains
             GHmax = max(GHmax, G)
             Hmax = max(Hmax, H)
-            SCmax = max(SCmax, _fwd_scratch_nb(code, H, G, False))
+            SCmax = max(SCmax, _fwd_scratch_nb(code, H, G, np.int64(0)))
             if dirs == 2:
                 Hbi = max(Hbi, H)
             SH += dirs * H
@@ -193,7 +193,7 @@ def _check_spec(spec, size):
             O = spec[r + DENSE_OUT]
             if (D < 1 or O < 1 or D > size or O > size
                     or _outside(spec[r + DENSE_W], O, D, size)
-                    or _outside(spec[r + DENSE_B], O, 1, size)):
+                    or _outside(spec[r + DENSE_B], O, np.int64(1), size)):
                 return (_E_DENSE,) + bad[1:]
             if D != F:
                 return (DECLINED,) + bad[1:]
@@ -574,7 +574,7 @@ def _fused_run(spec, data, x, ids, is_ids, mask, has_mask, keep, h0, has_h0, c0,
             has_c = HAS_C[code]
             xp = buf[o_xp:o_xp + TN * GH].reshape((TN, GH))
             st = buf[o_st:o_st + 4 * NH]
-            sc = buf[o_sc:o_sc + N * _fwd_scratch_nb(code, H, GH, keep != 0)]
+            sc = buf[o_sc:o_sc + N * _fwd_scratch_nb(code, H, GH, keep)]
             # row blocks and product routines as the layer path chooses them
             nb = _blocks_nb(T, N, H, GH, nthr)
             mode = blas_par if nb > 1 else _gemm_mode(N, GH * H)

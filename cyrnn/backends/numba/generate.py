@@ -65,7 +65,7 @@ def _sample_token(logits, banned, temperature, top_k, u, z, work):
     is banned (callers prevent it). ``z`` and ``work`` are (V,) float64 scratch.
     """
     V = logits.shape[0]
-    n = 0
+    n = np.int64(0)  # not a literal 0 (Numba would compile _kth_largest for it too)
     m = 0.0
     for v in range(V):
         if not banned[v]:
@@ -159,7 +159,7 @@ def _generate_kernel(code, act, ract, blas, blas_out, xp_table, w_ih_rest, b_ih_
     none3 = np.empty((0, 0, 0), dt)
     # runtime values, not literals: the callees are the ones the fused runner compiled
     zero, one = np.int64(0), np.int64(1)
-    scratch = np.empty(N * _fwd_scratch_nb(code, H, GH, False), dt)
+    scratch = np.empty(N * _fwd_scratch_nb(code, H, GH, zero), dt)
     logits = np.empty((N, V), dt)
     z = np.empty(V, np.float64)
     work = np.empty(V, np.float64)

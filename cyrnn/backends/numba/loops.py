@@ -307,7 +307,7 @@ def _backward_par(nb, code, act, ract, blas, trunc, has_mask, has_dhseq, ch, cc,
     ``dw``/``db``/``dpeep`` contraction (one GEMM, BLAS-threaded)."""
     N = cg.shape[1]
     for k in prange(nb):
-        _bwd_rows(code, act, ract, blas, trunc, has_mask, has_dhseq, np.int64(0), ch, cc, cg, cax, w,
-                  peep, mask, dh_seq, dh_T, dc_T, dxp, dgh, dh0, dc0, dw, db, dpeep, scratch,
-                  k * N // nb, (k + 1) * N // nb)
+        _bwd_rows(code, act, ract, blas, trunc, has_mask, has_dhseq, np.int64(0), ch, cc, cg,
+                  cax, w, peep, mask, dh_seq, dh_T, dc_T, dxp, dgh, dh0, dc0, dw, db, dpeep,
+                  scratch, k * N // nb, (k + 1) * N // nb)
     _contract(code, ch, cc, cax, dxp, dgh, dw, db, dpeep)
