@@ -8,7 +8,7 @@ import numpy as np
 
 from . import _validation as V
 from .layers import Embedding, Layer, Masking, RecurrentLayer
-from .layers.recurrent import _exact
+from .layers.recurrent import PlannedCache, _exact
 from .params import ParameterBuffer
 from .plan import backend_plan, build_spec, layer_plannable, validity_mask
 
@@ -362,6 +362,7 @@ class Sequential:
                     mask = None
             else:
                 x = layer.forward(x, training=training)
+        self._out_shape = x.shape  # backward's d_output shape
         return (x, states) if return_states else x
 
     @property
@@ -410,6 +411,17 @@ class Sequential:
         kinds = self._kinds
         n_rec = sum(is_rnn for _, is_rnn in kinds)
         d_states = [None] * n_rec if d_states is None else list(d_states)
+        if len(d_states) != n_rec:
+            raise ValueError(f"d_states needs {n_rec} entries (one per recurrent layer), got "
+                             f"{len(d_states)}")
+        # every argument checked before the first layer's backward adds gradients
+        kinds[-1][0]._require_cache()
+        if d_output is not None:
+            kinds[-1][0]._check_d_output(d_output, self.__dict__.get("_out_shape", ()))
+        for layer, d_state in zip(self._recurrent, d_states):
+            cache = layer._require_cache()
+            layer._check_state_grads(d_state, cache.n if isinstance(cache, PlannedCache)
+                                     else cache["h_n"].shape[1])
         r = n_rec
         d = d_output
         for i in range(len(kinds) - 1, -1, -1):

@@ -269,13 +269,22 @@ class CompiledPlan:
 
     def flat_grads(self, d_states, n, dtype):
         """Flat ``(dh_n, dc_n)`` for per-layer state gradients (entries may be None)."""
+        if d_states is not None and len(d_states) != len(self._blocks):
+            raise ValueError(f"d_states needs {len(self._blocks)} entries (one per recurrent "
+                             f"layer), got {len(d_states)}")
         if d_states is None or all(d is None for d in d_states):
             return None, None
         hs, cs = [], []
         for (rows, H, has_c), d in zip(self._blocks, d_states):
             dh = dc = None
             if isinstance(d, (tuple, list)):
+                if len(d) != 2:
+                    raise ValueError("a state gradient must be the gradient on h_n, or a pair "
+                                     f"(on h_n, on c_n), got a sequence of {len(d)}")
                 dh, dc = d
+                if dc is not None and not has_c:
+                    raise ValueError("a state gradient has a gradient on c_n, but the layer "
+                                     "has no cell state")
             else:
                 dh = d
             shape = (rows, n, H)

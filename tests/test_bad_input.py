@@ -75,6 +75,63 @@ def test_backward_checks_gradient_shape_and_needs_training_forward(backend):
         layer.backward(np.ones((N, T, H + 1)))
 
 
+# go_backwards and merge_mode=None take the layer path on every backend; the default
+# options take the fused call on the compiled ones
+@pytest.mark.parametrize("options", [{}, {"go_backwards": True},
+                                     {"bidirectional": True, "merge_mode": None}])
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_backward_checks_state_gradients_before_anything_runs(backend, cell, options):
+    # a wrongly shaped final-state gradient was read by the kernels past its end
+    layer = getattr(cyrnn, cell)(D, H, backend=backend, random_state=0, **options)
+    out, _ = layer.forward(np.ones((N, T, D), np.float32), training=True)
+    rows = 2 if options.get("bidirectional") else 1
+    good = np.ones((rows, N, H), np.float32)
+    bad = [np.ones((1, 1, H)), np.ones((rows, N, H + 1)), np.ones((rows + 1, N, H))]
+    cases = [(b, "final state h") for b in bad]
+    if cell == "LSTM":
+        cases += [((good, b), "final state c") for b in bad]
+    else:
+        cases += [((good, good), "no cell state")]
+    cases += [((good, good, good), "pair")]
+    for d_state, message in cases:
+        with pytest.raises(ValueError, match=message):
+            layer.backward(out, d_state)
+        assert not layer.params.grad.any()
+    layer.backward(out, (good, good) if cell == "LSTM" else good)  # the cache is intact
+    assert layer.params.grad.any()
+
+
+@pytest.mark.parametrize("options", [{}, {"go_backwards": True}])
+def test_sequential_backward_checks_everything_before_any_layer_runs(backend, options):
+    model = cyrnn.Sequential([cyrnn.GRU(D, H, backend=backend, random_state=0, **options),
+                              cyrnn.Activation("tanh"), cyrnn.Dense(H, 2, random_state=0)])
+    out = model.forward(np.ones((N, T, D), np.float32), training=True)
+    for d_output, d_states, message in [
+            (np.ones((T, N, 2)), None, "shape"),
+            (np.ones(out.shape), [np.ones((1, 1, H))], "final state h"),
+            (np.ones(out.shape), [None, None], "d_states needs 1 entries")]:
+        with pytest.raises(ValueError, match=message):
+            model.backward(d_output, d_states)
+        assert not model.params.grad.any()
+    model.backward(np.ones(out.shape))
+    assert model.params.grad.any()
+
+
+@pytest.mark.parametrize("layer,x,d_shape", [
+    (cyrnn.Dense(D, 2), np.ones((N, T, D)), (N, T, 3)),
+    (cyrnn.Activation("relu"), np.ones((N, T, D)), (N, 1, D)),
+    (cyrnn.Masking(), np.ones((N, T, D)), (N, T + 1, D)),
+    (cyrnn.Embedding(9, 4), np.ones((N, T), np.int64), (N, T)),
+])
+def test_other_layers_check_d_output_before_changing_anything(layer, x, d_shape):
+    layer.forward(x, training=True)
+    with pytest.raises(ValueError, match="d_output must have the forward output's shape"):
+        layer.backward(np.ones(d_shape))
+    if layer.params.size:
+        assert not layer.params.grad.any()
+    layer.backward(np.ones(layer.forward(x, training=True).shape))  # still usable
+
+
 @pytest.mark.parametrize("kwargs,exc", [
     (dict(hidden_size=0), ValueError), (dict(hidden_size=2.5), TypeError),
     (dict(num_layers=0), ValueError), (dict(dropout=1.0), ValueError),

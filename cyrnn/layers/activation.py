@@ -55,8 +55,9 @@ class Activation(Layer):
 
     def backward(self, d_output):
         y = self._require_cache()
+        d = self._check_d_output(d_output, y.shape)
         self._cache = None
-        return ACTIVATIONS[self.activation][1](y, np.asarray(d_output, self.dtype))
+        return ACTIVATIONS[self.activation][1](y, d)
 
     def __repr__(self):
         return f"Activation({self.activation!r})"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import _validation as V
 from ..params import ParameterBuffer
 
 
@@ -72,3 +73,15 @@ class Layer:
             raise RuntimeError(f"{type(self).__name__}.backward needs a preceding forward in "
                                "training mode (inference keeps no backward caches)")
         return cache
+
+    def _check_d_output(self, d_output, shape):
+        """``d_output`` as an array of this layer's dtype, checked to have the shape of
+        the forward's output (``shape``; a None entry: any size) before ``backward``
+        changes anything."""
+        d = V._numeric_array(d_output, "d_output")
+        if d.ndim != len(shape) or any(s is not None and a != s for a, s in zip(d.shape, shape)):
+            want = "(" + ", ".join("*" if s is None else str(s) for s in shape) + \
+                ("," if len(shape) == 1 else "") + ")"
+            raise ValueError(f"{type(self).__name__}.backward: d_output must have the "
+                             f"forward output's shape {want}, got {d.shape}")
+        return d.astype(self.dtype, copy=False)

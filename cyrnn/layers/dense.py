@@ -56,7 +56,7 @@ class Dense(Layer):
 
     def backward(self, d_output):
         x = self._require_cache()
-        d = np.asarray(d_output, self.dtype)
+        d = self._check_d_output(d_output, x.shape[:-1] + (self.out_features,))
         self._cache = None
         d2, x2 = d.reshape(-1, self.out_features), x.reshape(-1, self.in_features)
         self.params.grad_of("weight")[...] += d2.T @ x2

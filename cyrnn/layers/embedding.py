@@ -67,7 +67,8 @@ class Embedding(Layer):
     def backward(self, d_output):
         """Adds the gradient to ``weight``; ids have no gradient (returns None)."""
         ids = self._require_cache()
+        d = self._check_d_output(d_output, ids.shape + (self.embedding_dim,))
         self._cache = None
-        d = np.asarray(d_output, self.dtype).reshape(-1, self.embedding_dim)
+        d = d.reshape(-1, self.embedding_dim)
         np.add.at(self.params.grad_of("weight"), ids.reshape(-1), d)
         return None

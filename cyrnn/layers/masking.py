@@ -46,8 +46,9 @@ class Masking(Layer):
 
     def backward(self, d_output):
         keep = self._require_cache()
+        d = self._check_d_output(d_output, keep.shape[:-1] + (None,))
         self._cache = None
-        return np.asarray(d_output, self.dtype) * keep
+        return d * keep
 
     def __repr__(self):
         return f"Masking(mask_value={self.mask_value!r})"

@@ -533,7 +533,7 @@ class RecurrentLayer(Layer):
         cache = self._require_cache()
         if isinstance(cache, PlannedCache):
             return self._planned_backward(cache, d_output, d_state, input_grad)
-        dh_n, dc_n = (d_state if isinstance(d_state, (tuple, list)) else (d_state, None))
+        dh_n, dc_n = self._check_state_grads(d_state, cache["h_n"].shape[1])
         if d_output is not None:
             # merge_mode=None: one gradient per direction, stacked on a leading axis
             d_output = np.asarray(d_output, dtype=self.dtype)
@@ -554,6 +554,32 @@ class RecurrentLayer(Layer):
         if self.batch_first and dx is not None:
             dx = np.ascontiguousarray(dx.transpose(1, 0, 2))
         return dx, ((dh0, dc0) if self.cell.has_cell_state else dh0)
+
+    def _check_state_grads(self, d_state, n):
+        """``(dh_n, dc_n)`` of ``d_state`` (h_n's gradient, or (h_n's, c_n's); entries
+        may be None), each checked to be ``(layers * directions, n, hidden)``, before
+        anything runs (the kernels read that many values)."""
+        if isinstance(d_state, (tuple, list)):
+            if len(d_state) != 2:
+                raise ValueError("d_state must be the gradient on h_n, or a pair (on h_n, "
+                                 f"on c_n), got a sequence of {len(d_state)}")
+            dh_n, dc_n = d_state
+        else:
+            dh_n, dc_n = d_state, None
+        if dc_n is not None and not self.cell.has_cell_state:
+            raise ValueError(f"d_state has a gradient on c_n, but a {type(self).__name__} "
+                             "has no cell state")
+        shape = (self.num_layers * self.num_directions, n, self.hidden_size)
+        out = []
+        for name, value in (("h", dh_n), ("c", dc_n)):
+            if value is not None:
+                value = V._numeric_array(value, f"the gradient on the final state {name}")
+                if value.shape != shape:
+                    raise ValueError(f"the gradient on the final state {name} must have "
+                                     f"shape {shape} (layers * directions, batch, hidden), "
+                                     f"got {value.shape}")
+            out.append(value)
+        return out
 
     def _expected_d_output(self, n, T):
         F = self.output_size
