@@ -154,11 +154,25 @@ def test_lm_loader_refuses_bad_options(tmp_path, lm_file, key, value, match):
     refused(path, match)
 
 
-def test_estimator_loader_refuses_params_that_disagree_with_the_spec(tmp_path, est_file):
+def test_estimator_loader_keeps_params_changed_after_fit(tmp_path, est_file):
+    # set_params after fit changes the parameters, not the fitted model (scikit-learn,
+    # pickle): such a file loads, and a later partial_fit refuses the changed
+    # architecture as the pickled estimator's does
     kind, meta, arrays = persistence.load_archive(est_file)
     meta["params"]["hidden_size"] = 5  # the spec and the weights say 4
     path = tampering.resave(tmp_path / "e.cyrnn", kind, meta, arrays)
-    assert "hidden_size" in refused(path, "disagree")
+    est = cyrnn.load(path)
+    assert est.hidden_size == 5 and est.model_.layers[0].hidden_size == 4
+    X = np.random.default_rng(0).normal(size=(12, 4, 2))
+    with pytest.raises(ValueError, match=r"partial_fit needs the fitted architecture.*hidden_size"):
+        est.partial_fit(X, X[:, -1, 0])
+
+
+def test_estimator_loader_refuses_a_spec_fit_cannot_build(tmp_path, est_file):
+    kind, meta, arrays = persistence.load_archive(est_file)
+    meta["spec"]["input"]["extra"] = 1
+    path = tampering.resave(tmp_path / "e.cyrnn", kind, meta, arrays)
+    assert "input" in refused(path, "inconsistent")
 
 
 # --------------------------------------------------------------- issue 15, item 3
@@ -282,5 +296,10 @@ def test_loaded_estimators_of_other_kinds_still_check_their_spec(tmp_path):
         warnings.simplefilter("ignore")
         GRUClassifier(vocab_size=9, hidden_size=3, max_iter=1, random_state=0).fit(X, y).save(path)
     kind, meta, arrays = persistence.load_archive(path)
-    meta["params"]["embedding_dim"] = 4  # the stored embedding is hidden_size (3) wide
-    refused(tampering.resave(tmp_path / "d.cyrnn", kind, meta, arrays), "embedding_dim")
+    spec = meta["spec"]
+    spec["embedding_dim"] = 4  # the stored embedding is hidden_size (3) wide
+    refused(tampering.resave(tmp_path / "d.cyrnn", kind, meta, arrays), "parameter vector")
+    spec["embedding_dim"] = 3
+    meta["params"]["embedding_dim"] = 4  # as set_params(embedding_dim=4) after fit
+    est = cyrnn.load(tampering.resave(tmp_path / "e.cyrnn", kind, meta, arrays))
+    assert est.embedding_dim == 4 and est.model_.layers[0].embedding_dim == 3

@@ -206,6 +206,32 @@ def test_estimator_save_load(cls, tmp_path):
     np.testing.assert_array_equal(est.model_.params.data, loaded.model_.params.data)
 
 
+@pytest.mark.parametrize("change", [{"hidden_size": 8}, {"dtype": "float64"},
+                                    {"bidirectional": True}, {"reset_after": False},
+                                    {"num_layers": 2, "dropout": 0.5}])
+def test_save_after_set_params_loads_as_a_pickle_does(change, tmp_path):
+    # set_params after fit changes the parameters, not the fitted model: the file
+    # loads with the new parameters and the fitted model, as a pickle round trip
+    X, y = data(GRUClassifier)
+    est = GRUClassifier(hidden_size=4, max_iter=2, random_state=0).fit(X, y)
+    est.set_params(**change)
+    loaded = load(est.save(tmp_path / "m.cyrnn"))
+    unpickled = pickle.loads(pickle.dumps(est))
+    assert loaded.get_params() == unpickled.get_params() == est.get_params()
+    np.testing.assert_array_equal(loaded.predict_proba(X), unpickled.predict_proba(X))
+    np.testing.assert_array_equal(loaded.predict_proba(X), est.predict_proba(X))
+    for obj in (loaded, unpickled):  # a changed architecture cannot continue
+        with pytest.raises(ValueError, match="partial_fit needs the fitted architecture"):
+            obj.partial_fit(X, y)
+    loaded.fit(X, y)  # a new fit takes the new parameters
+    np.testing.assert_array_equal(loaded.predict_proba(X), clone_fit(est, X, y))
+
+
+def clone_fit(est, X, y):
+    from sklearn.base import clone
+    return clone(est).fit(X, y).predict_proba(X)
+
+
 def test_estimator_save_load_tokens_string_classes_and_params(tmp_path):
     rng = np.random.default_rng(0)
     seqs = [rng.integers(1, 30, size=int(rng.integers(2, 9))) for _ in range(40)]

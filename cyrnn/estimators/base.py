@@ -722,17 +722,24 @@ or list of arrays of shape (n_steps_i, n_features) or (n_steps_i,)
                 or not positive_int(spec["n_outputs"])
                 or not isinstance(spec["target"], dict)):
             raise ValueError("the model spec is inconsistent")
-        # The constructor parameters must describe the stored model (a later warm
-        # start or partial_fit compares them with it).
+        # The spec must be one that fit builds: the architecture of an estimator with
+        # the spec's own settings. The constructor parameters may differ from it
+        # (``set_params`` after fit changes them, not the fitted model, as in
+        # scikit-learn and a pickle); a later warm start or partial_fit compares
+        # them with the spec and refuses a changed architecture.
         fitted_input = SimpleNamespace(kind=inp["kind"], tokens=tokens,
                                        n_features=inp["n_features_in"],
                                        step_features=inp["step_features"])
-        cfg = {"dtype": V.check_dtype(self.dtype).name, "tokens": self.vocab_size is not None}
-        want = self._architecture(cfg, fitted_input, spec["n_outputs"])
+        as_fitted = copy.copy(self)
+        as_fitted.__dict__.update(
+            {k: spec[k] for k in ("hidden_size", "num_layers", "bidirectional",
+                                  "return_sequences", "vocab_size", "embedding_dim")},
+            **options)
+        cfg = {"dtype": spec["dtype"], "tokens": tokens}
+        want = as_fitted._architecture(cfg, fitted_input, spec["n_outputs"])
         disagree = sorted(k for k in want if want[k] != spec[k])
         if disagree:
-            raise ValueError(f"the archive's parameters disagree with its model spec on "
-                             f"{disagree}")
+            raise ValueError(f"the model spec is inconsistent on {disagree}")
         if n_params(spec) != size:
             raise ValueError(f"the parameter vector has {size} values, the architecture "
                              f"needs {n_params(spec)}")
