@@ -20,6 +20,8 @@ Example::
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from . import _validation as V
@@ -167,6 +169,32 @@ class Scorer:
         return y
 
 
+def _column_names(X):
+    """A DataFrame's column names when they are all strings (scikit-learn's rule), else
+    None."""
+    columns = getattr(X, "columns", None)
+    if columns is None or isinstance(X, np.ndarray):
+        return None
+    names = list(columns)
+    return names if names and all(isinstance(v, str) for v in names) else None
+
+
+def _check_column_names(fitted, X, name):
+    """scikit-learn's feature-name check without scikit-learn: other column names than
+    ``fitted`` raise ``ValueError``; names on one side only warn."""
+    names = _column_names(X)
+    if fitted is None:
+        if names is not None:
+            warnings.warn(f"X has feature names, but {name} was fitted without feature names",
+                          UserWarning, stacklevel=4)
+    elif names is None:
+        warnings.warn(f"X does not have valid feature names, but {name} was fitted with "
+                      "feature names", UserWarning, stacklevel=4)
+    elif names != list(fitted):
+        raise ValueError("The feature names should match those that were passed during fit "
+                         f"(in order): fitted with {list(fitted)}, got {names}")
+
+
 def _ids_without_padding(x_t):
     """Refuse padding ids (0) in a step of a model that masks them: whole sequences
     skip padding, so a padding step would not equal any whole-sequence run."""
@@ -186,10 +214,16 @@ class EstimatorScorer(Scorer):
     ----------
     n_features_in_ : int
         As the estimator's.
+    feature_names_in_ : ndarray of str or None
+        The column names of the DataFrame the estimator was fitted on (None: it was
+        not); a DataFrame given to :meth:`predict` must have the same columns in the
+        same order (else ``ValueError``), as for the estimator.
     """
 
-    def __init__(self, model, kind, spec):
+    def __init__(self, model, kind, spec, feature_names=None):
         super().__init__(model, kind)
+        self.feature_names_in_ = (None if feature_names is None
+                                  else np.asarray(feature_names, dtype=object))
         self._spec = spec
         self._name = kind.split(".")[-1]
         self.n_features_in_ = spec["input"]["n_features_in"]
@@ -200,6 +234,8 @@ class EstimatorScorer(Scorer):
     def _raw(self, X):
         """The model's outputs for ``X``, as the estimator computes them (the model's
         dtype on the one-call path, else float64; the post-processing converts)."""
+        if self.feature_names_in_ is not None or hasattr(X, "columns"):
+            _check_column_names(self.feature_names_in_, X, self._name)
         raw = self._fast_raw(X)
         if raw is not None:
             return raw
@@ -251,8 +287,8 @@ class ClassifierScorer(EstimatorScorer):
         As the estimator's.
     """
 
-    def __init__(self, model, kind, spec, classes):
-        super().__init__(model, kind, spec)
+    def __init__(self, model, kind, spec, classes, feature_names=None):
+        super().__init__(model, kind, spec, feature_names)
         self.classes_ = classes
         self._binary = spec["target"]["binary"]
 
@@ -458,9 +494,11 @@ def from_estimator(estimator):
     kind = f"cyrnn.{type(estimator).__name__}"
     if kind not in ESTIMATORS or not hasattr(estimator, "model_"):
         raise TypeError(f"from_estimator needs a fitted cyrnn estimator, got {kind}")
+    names = estimator.__dict__.get("feature_names_in_")
     if ESTIMATORS[kind][1]:
-        return ClassifierScorer(estimator.model_, kind, estimator._spec, estimator.classes_)
-    return EstimatorScorer(estimator.model_, kind, estimator._spec)
+        return ClassifierScorer(estimator.model_, kind, estimator._spec, estimator.classes_,
+                                names)
+    return EstimatorScorer(estimator.model_, kind, estimator._spec, names)
 
 
 def _params_vector(arrays, dtype, size):
@@ -515,13 +553,21 @@ def _estimator_scorer(kind, meta, arrays, backend):
         backend = saved.get("backend", "auto")
         if not isinstance(backend, str):
             raise ValueError(f"bad backend {backend!r}")
+    fitted = meta.get("fitted")
+    # absent in files before 2026-12-02
+    names = fitted.get("feature_names_in_") if isinstance(fitted, dict) else None
+    if names is not None and (not isinstance(names, list)
+                              or len(names) != spec["input"]["n_features_in"]
+                              or not all(isinstance(v, str) for v in names)):
+        raise ValueError("feature_names_in_ must be n_features_in_ strings")
     model = S.build_model(spec, np.random.default_rng(0), backend=backend)
     model.params.data[...] = params
     if not classifier:
         S.n_outputs_from_archive(meta["task"], spec)
-        return EstimatorScorer(model, kind, spec)
+        return EstimatorScorer(model, kind, spec, names)
     task = {k[5:]: v for k, v in arrays.items() if k.startswith("task/")}
-    return ClassifierScorer(model, kind, spec, S.classes_from_archive(meta["task"], task, spec))
+    return ClassifierScorer(model, kind, spec, S.classes_from_archive(meta["task"], task, spec),
+                            names)
 
 
 def _language_model_scorer(kind, meta, arrays, backend):

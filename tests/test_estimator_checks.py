@@ -73,3 +73,16 @@ def test_tags_are_truthful(cls):
 @parametrize_with_checks([SequenceStandardScaler()])
 def test_scaler_sklearn_compatible(estimator, check):
     check(estimator)
+
+
+@pytest.mark.parametrize("cls", ESTIMATORS)
+def test_dataframe_column_names(cls):
+    # feature_names_in_ as scikit-learn's own estimators keep it (a check that
+    # check_estimator does not run in scikit-learn 1.9)
+    pytest.importorskip("pandas")
+    from sklearn.utils.estimator_checks import check_dataframe_column_names_consistency
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        check_dataframe_column_names_consistency(
+            cls.__name__, cls(hidden_size=4, max_iter=2, random_state=0))

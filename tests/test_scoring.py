@@ -98,6 +98,31 @@ def test_scorer_string_classes_and_binary(tmp_path, rng):
     assert sc.predict_proba(X).shape == (20, 2)
 
 
+@pytest.mark.parametrize("name", ["GRUClassifier", "LSTMRegressor"])
+def test_dataframe_column_names_survive_save_and_are_checked(name, tmp_path, rng):
+    pd = pytest.importorskip("pandas")
+    table = pd.DataFrame(rng.normal(size=(30, 6)), columns=[f"t{i}" for i in range(6)])
+    est = _fit(name, table, 30)
+    assert list(est.feature_names_in_) == list(table.columns)
+    reordered = table[table.columns[::-1]]
+    sc = _check_scorer(est, tmp_path, [table, table[:1]])
+    loaded = cyrnn.load(tmp_path / "model.cyrnn")
+    for obj in (est, sc, loaded):  # (check_scorer saved the file)
+        assert list(obj.feature_names_in_) == list(table.columns)
+        with pytest.raises(ValueError, match="feature names should match"):
+            obj.predict(reordered)
+        with pytest.warns(UserWarning, match="fitted with feature names"):
+            obj.predict(table.to_numpy())
+    plain = _fit(name, table.to_numpy(), 30)  # fitted without names: a DataFrame warns
+    assert not hasattr(plain, "feature_names_in_")
+    plain.save(tmp_path / "plain.cyrnn")
+    sc = scoring.load(tmp_path / "plain.cyrnn")
+    assert sc.feature_names_in_ is None
+    for obj in (plain, sc):
+        with pytest.warns(UserWarning, match="fitted without feature names"):
+            obj.predict(table)
+
+
 def test_scorer_rejects_bad_input_like_the_estimator(tmp_path, rng):
     X = rng.normal(size=(5, 6, 2))
     est = _fit("LSTMClassifier", X, 5)

@@ -47,7 +47,8 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
 from sklearn.utils._param_validation import (Interval, Options, StrOptions,
                                              validate_parameter_constraints)
-from sklearn.utils.validation import (_check_sample_weight, _num_samples, check_array,
+from sklearn.utils.validation import (_check_feature_names, _check_sample_weight,
+                                      _get_feature_names, _num_samples, check_array,
                                       check_is_fitted)
 
 from .. import _validation as V
@@ -394,6 +395,9 @@ best_validation_score_, n_iter_
         if spec is None:
             return check_sequences(X, tokens=self.vocab_size is not None,
                                    vocab_size=self.vocab_size, dtype=self.dtype, estimator=self)
+        # scikit-learn's rule for a DataFrame's column names (feature_names_in_): other
+        # names than in fit raise, names on one side only warn
+        _check_feature_names(self, X, reset=False)
         inp = spec["input"]
         data = check_sequences(X, tokens=inp["tokens"], vocab_size=spec["vocab_size"],
                                dtype=spec["dtype"], estimator=self)
@@ -424,7 +428,9 @@ best_validation_score_, n_iter_
         ``n_jobs=None``: the scorer's fast path,
         :meth:`cyrnn.scoring.EstimatorScorer._fast_raw`), else :meth:`_raw_predict`."""
         model = self.__dict__.get("model_")
-        if model is not None and self.n_jobs is None:
+        # (fitted on a DataFrame: _raw_predict checks the column names)
+        if model is not None and self.n_jobs is None \
+                and "feature_names_in_" not in self.__dict__:
             scorer = _SCORERS.get(model)
             if scorer is None:
                 from ..scoring import from_estimator
@@ -484,6 +490,7 @@ or list of arrays of shape (n_steps_i, n_features) or (n_steps_i,)
             raise ValueError(f"{type(self).__name__} requires y to be passed, but the target y "
                              "is None")
         data = self._check_X(X, previous)
+        names = self.__dict__.get("feature_names_in_") if warm else _get_feature_names(X)
         sw = self._check_sample_weight(sample_weight, len(data))
         Y, W, target_spec, attrs = self._check_targets(
             data, y, sw, incremental=incremental, previous=self if warm else None,
@@ -505,7 +512,7 @@ or list of arrays of shape (n_steps_i, n_features) or (n_steps_i,)
         run = self._start_run(spec, warm, incremental)
         with self._threads():
             self._train(run, data, Y, W, sw, target_spec, incremental)
-        self._commit(run, attrs)
+        self._commit(run, dict(attrs, feature_names_in_=names))
         return self
 
     def _start_run(self, spec, warm, incremental):
@@ -630,6 +637,9 @@ or list of arrays of shape (n_steps_i, n_features) or (n_steps_i,)
             "_optimizer_state": (self.optimizer, run.optimizer.state_dict()),
         }
         state.update(attrs)
+        if state.get("feature_names_in_", 0) is None:  # fitted without column names
+            del state["feature_names_in_"]
+            self.__dict__.pop("feature_names_in_", None)
         self.__dict__.update(state)
 
     # ------------------------------------------------------------------ partial_fit
@@ -682,6 +692,8 @@ or list of arrays of shape (n_steps_i, n_features) or (n_steps_i,)
                 "best_validation_score_": (None if self.best_validation_score_ is None
                                            else float(self.best_validation_score_)),
                 "rng_state": self._rng.bit_generator.state,
+                "feature_names_in_": (None if "feature_names_in_" not in self.__dict__
+                                      else [str(v) for v in self.feature_names_in_]),
             },
             "optimizer": {"name": opt_name, "step": int(opt_state["step"]),
                           "lr": float(opt_state["lr"]), "arrays": opt_arrays},
@@ -766,6 +778,12 @@ or list of arrays of shape (n_steps_i, n_features) or (n_steps_i,)
                                                     if k.startswith("task/")}, spec)
             scores = fitted["validation_scores_"]
             best_loss, best_score = fitted["best_loss_"], fitted["best_validation_score_"]
+            names = fitted.get("feature_names_in_")  # absent in files before 2026-12-02
+            if names is not None:
+                if (not isinstance(names, list) or len(names) != fitted["n_features_in_"]
+                        or not all(isinstance(v, str) for v in names)):
+                    raise ValueError("feature_names_in_ must be n_features_in_ strings")
+                task["feature_names_in_"] = np.asarray(names, dtype=object)
             attrs = dict(
                 model_=model, _spec=spec, _rng=rng,
                 _optimizer_state=(str(opt["name"]), opt_state),
@@ -941,6 +959,10 @@ _ATTRS_DOC = """\
     n_features_in_ : int
         Number of features seen during fit: the columns of a 2-D table, else
         the features per step.
+    feature_names_in_ : ndarray of str
+        The column names of ``X`` when fit was given a DataFrame with string
+        column names (absent otherwise); ``predict`` and ``score`` then require the
+        same columns in the same order, as scikit-learn's estimators do.
     loss_curve_ : list of float
         Training loss (sample-weighted mean over the epoch) of every epoch.
     validation_scores_ : list of float or None
