@@ -187,8 +187,8 @@ class FitResult:
 ADVICE = "lower learning_rate, set clip_norm, or scale the inputs and targets"
 
 
-def run_epochs(model, history, *, epochs, batches, step, start_loss=None, stopping=None,
-               progress=None, advice=ADVICE):
+def run_epochs(model, history, *, epochs, batches, step, start_loss=None, baseline=None,
+               stopping=None, progress=None, advice=ADVICE):
     """Train ``model`` for up to ``epochs`` epochs; the one fit loop.
 
     Parameters
@@ -208,6 +208,11 @@ def run_epochs(model, history, *, epochs, batches, step, start_loss=None, stoppi
     start_loss : callable ``() -> float or None``, optional
         The untrained model's loss, the divergence reference of the first epoch;
         called only when the history is empty.
+    baseline : callable ``() -> float or None``, optional
+        The loss of an all-zero output on this call's data, a divergence reference
+        of every call: the scale of a regressor's targets may grow between warm
+        starts or ``partial_fit`` calls, and the loss with them, while a diverged
+        model's loss is far above what predicting zero costs.
     stopping : Stopping, optional
         Without it, all ``epochs`` run.
     progress : Progress, optional
@@ -226,6 +231,7 @@ def run_epochs(model, history, *, epochs, batches, step, start_loss=None, stoppi
     """
     progress = progress or Progress(False, epochs)
     reference = start_loss() if start_loss is not None and not history.loss_curve else None
+    scale = baseline() if baseline is not None else None
     if stopping is not None:
         stopping.start(model, history)
     stopped = False
@@ -252,7 +258,7 @@ def run_epochs(model, history, *, epochs, batches, step, start_loss=None, stoppi
             history.loss_curve.append(epoch_loss)
             if device is not None:
                 device.sync()  # the checks and the validation read the host arrays
-            check_divergence(history.loss_curve, model.params.data, reference)
+            check_divergence(history.loss_curve, model.params.data, reference, scale)
             if stopping is not None:
                 stopped = stopping.update(model, history, epoch_loss)
             scores = history.validation_scores

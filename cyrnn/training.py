@@ -203,16 +203,20 @@ def tbptt(model, optimizer, loss, x, y, k1, k2=None, initial_states=None, sample
 DIVERGENCE_FACTOR = 10.0
 
 
-def check_divergence(loss_curve, params, start_loss=None):
+def check_divergence(loss_curve, params, start_loss=None, baseline=None):
     """Raise ``ValueError`` if training has diverged; the rule of every fit loop.
 
     Training has diverged when a parameter is NaN or infinite, or when the epoch
     just finished, ``loss_curve[-1]``, has a mean loss above ``DIVERGENCE_FACTOR``
-    (10) times the *reference*: the larger of the first epoch's loss and the best
-    loss so far (``loss_curve[:-1]``, which continues across warm starts), and of
-    ``start_loss``. A learning rate far too large ruins the model within its first
-    updates, so the first epoch cannot be its own reference: fit loops pass the
-    untrained model's loss as ``start_loss`` when the curve starts empty.
+    (10) times the *reference*: the largest of the first epoch's loss and the best
+    loss so far (``loss_curve[:-1]``, which continues across warm starts), of
+    ``start_loss`` and of ``baseline``. A learning rate far too large ruins the model
+    within its first updates, so the first epoch cannot be its own reference: fit
+    loops pass the untrained model's loss as ``start_loss`` when the curve starts
+    empty. ``baseline``, the loss of an all-zero output on the current call's data,
+    keeps a warm start or ``partial_fit`` on data with larger targets (a loss larger
+    than the earlier epochs', but near what predicting zero costs) from counting as
+    diverged; a diverged model's loss is far above it.
 
     With sane settings the loss never rises tenfold above its starting value (the
     examples and the quality tests never come near it), while a diverged fit (e.g.
@@ -226,6 +230,8 @@ def check_divergence(loss_curve, params, start_loss=None):
         The flat parameter vector.
     start_loss : float, optional
         The loss before training (inference mode).
+    baseline : float, optional
+        The loss of an all-zero output on the data of the current call.
     """
     if not np.isfinite(params).all():
         raise ValueError(f"training diverged: the parameters became NaN or infinite in epoch "
@@ -233,6 +239,8 @@ def check_divergence(loss_curve, params, start_loss=None):
     earlier = list(loss_curve[:-1])
     refs = ([start_loss] if start_loss is not None else []) + (
         [earlier[0], min(earlier)] if earlier else [])
+    if refs and baseline is not None:
+        refs.append(baseline)
     if not refs or not loss_curve:
         return
     reference = max(refs)
@@ -240,8 +248,18 @@ def check_divergence(loss_curve, params, start_loss=None):
         raise ValueError(f"training diverged: the loss of epoch {len(loss_curve)} "
                          f"({loss_curve[-1]:.4g}) is more than {DIVERGENCE_FACTOR:g} times "
                          f"its reference {reference:.4g} (the loss at the start or of the first "
-                         "epoch); lower learning_rate, set clip_norm, or scale the inputs and "
-                         "targets")
+                         "epoch, or of predicting zero); lower learning_rate, set clip_norm, "
+                         "or scale the inputs and targets")
+
+
+def zero_output_loss(model, loss, x, y, lengths=None, mask=None, sample_weight=None):
+    """The loss of an all-zero output of ``model``'s shape on one batch (no forward):
+    the scale of the targets, a reference of :func:`check_divergence`."""
+    loss_fn = get_loss(loss) if isinstance(loss, str) else loss
+    out_mask = model.output_mask(x, lengths=lengths, mask=mask)
+    n_steps = np.shape(x)[:2]
+    out = np.zeros(_output_shape(model, n_steps), model.dtype)
+    return float(loss_fn(out, y, sample_weight=sample_weight, mask=out_mask)[0])
 
 
 def evaluate_loss(model, loss, x, y, lengths=None, mask=None, sample_weight=None):

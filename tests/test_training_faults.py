@@ -2,9 +2,11 @@
 fits, and targets or weights that train_step must refuse before any state changes."""
 
 import copy
+import warnings
 
 import numpy as np
 import pytest
+from sklearn.exceptions import ConvergenceWarning
 
 import cyrnn
 from cyrnn.estimators import (GRUClassifier, GRURegressor, LSTMClassifier, LSTMRegressor,
@@ -57,6 +59,26 @@ def test_the_rule():
     with pytest.raises(ValueError, match="NaN or infinite"):
         check_divergence([1.0], np.array([0.0, np.inf]))
     assert "10" in check_divergence.__doc__
+    # the loss of predicting zero on the current data is a reference too (a warm start
+    # on larger targets), but not alone
+    check_divergence([0.1, 0.08, 19.9], p, baseline=20.0)
+    with pytest.raises(ValueError, match="diverged"):
+        check_divergence([0.1, 0.08, 201.0], p, baseline=20.0)
+    check_divergence([50.0], p, baseline=1.0)
+
+
+@pytest.mark.parametrize("cls", [GRURegressor, LSTMRegressor])
+def test_continued_fits_on_larger_targets_are_not_divergence(cls):
+    # a stream whose targets grow: the loss grows with them (as MLPRegressor's would)
+    X, y = _data("reg")
+    est = cls(hidden_size=4, max_iter=3, random_state=0).partial_fit(X[:30], 0.1 * y[:30])
+    est.partial_fit(X[30:], 20 * y[30:])
+    assert est.loss_curve_[1] > 100 * est.loss_curve_[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est = cls(hidden_size=4, max_iter=3, random_state=0).fit(X[:30], 0.1 * y[:30])
+        est.set_params(warm_start=True).fit(X[30:], 20 * y[30:])
+    assert len(est.loss_curve_) == 6
 
 
 CASES = [(GRURegressor, "reg", "rmsprop"), (LSTMRegressor, "reg", "adam"),

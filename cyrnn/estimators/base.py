@@ -61,7 +61,7 @@ from ..model import TRAIN_COMPUTE
 from ..optim import get_optimizer
 from ..threads import call_threads
 from ..fitting import History, Progress, Stopping, run_epochs
-from ..training import evaluate_loss, train_step
+from ..training import evaluate_loss, train_step, zero_output_loss
 from ..sequences import (ARCH_KEYS, SPEC_KEYS, SequenceData, _check_ragged,  # noqa: F401
                          _refuse_strings,
                          build_model, check_fitted_input, input_spec, is_ragged, n_params,
@@ -594,15 +594,17 @@ or list of arrays of shape (n_steps_i, n_features) or (n_steps_i,)
             run.model, run.history, epochs=epochs,
             batches=lambda: batcher.epoch(run.rng, self.shuffle), step=step,
             start_loss=lambda: self._start_loss(run, data, Y, W, loss),
+            baseline=lambda: self._start_loss(run, data, Y, W, loss, zero_output_loss),
             stopping=Stopping(self.tol, self.n_iter_no_change, score),
             progress=Progress(int(self.verbose) > 0, epochs, numbered=not incremental))
         if not result.stopped and not incremental:
             warnings.warn(f"Stochastic Optimizer: Maximum iterations ({epochs}) reached "
                           "and the optimization hasn't converged yet.", ConvergenceWarning)
 
-    def _start_loss(self, run, data, Y, W, loss):
+    def _start_loss(self, run, data, Y, W, loss, evaluate=evaluate_loss):
         """``run.model``'s loss before training (inference mode) on up to 256 evenly
-        spaced training sequences; None if they all have zero weight."""
+        spaced training sequences (``evaluate=zero_output_loss``: the loss of an
+        all-zero output on them); None if they all have zero weight."""
         seqs = run.spec["return_sequences"]
         n = len(data)
         idx = np.unique(np.linspace(0, n - 1, min(n, 256)).astype(np.intp))
@@ -610,7 +612,7 @@ or list of arrays of shape (n_steps_i, n_features) or (n_steps_i,)
         yb, wb = _batch_targets(data, Y, W, idx, x, seqs)
         if not float(np.sum(wb)) > 0:
             return None
-        return evaluate_loss(run.model, loss, x, yb, lengths=lengths, sample_weight=wb)
+        return evaluate(run.model, loss, x, yb, lengths=lengths, sample_weight=wb)
 
     def _score_encoded(self, model, spec, data, Y, sw, target_spec):
         raw = self._raw(model, data, spec)
