@@ -170,7 +170,6 @@ def tbptt(model, optimizer, loss, x, y, k1, k2=None, initial_states=None, sample
     losses : list of float, one per chunk
     states : the final (detached) states, to carry into the next call
     """
-    T = np.shape(x)[1] if np.ndim(x) >= 2 else 0
     k1 = V.check_int(k1, "k1", minimum=1)
     k2 = k1 if k2 is None else V.check_int(k2, "k2", minimum=1)
     if k2 > k1:
@@ -179,6 +178,16 @@ def tbptt(model, optimizer, loss, x, y, k1, k2=None, initial_states=None, sample
     recurrent = model.recurrent_layers
     if any(not layer.return_sequences for layer in recurrent):
         raise ValueError("tbptt needs recurrent layers with return_sequences=True")
+    loss_fn = get_loss(loss) if isinstance(loss, str) else loss
+    if not callable(loss_fn):
+        raise TypeError(f"loss must be a loss name or a function, got {type(loss).__name__}")
+    # The whole sequence's inputs and targets are checked before the first chunk trains
+    # (each chunk's train_step checks its own again): a bad late chunk changes nothing.
+    x, in_mask = model._input_mask(x, None, None)
+    check_loss_inputs(loss_fn, _output_shape(model, x.shape[:2]), y, sample_weight,
+                      model._output_mask_of(in_mask))
+    y = np.asarray(y)
+    T = x.shape[1]
     saved = [layer.bptt_truncate for layer in recurrent]
     states = initial_states
     losses = []
@@ -187,7 +196,8 @@ def tbptt(model, optimizer, loss, x, y, k1, k2=None, initial_states=None, sample
             layer.bptt_truncate = None if k2 >= k1 else k2 - 1
         for start in range(0, T, k1):
             stop = min(start + k1, T)
-            value, states = train_step(model, optimizer, loss, x[:, start:stop], y[:, start:stop],
+            value, states = train_step(model, optimizer, loss_fn, x[:, start:stop],
+                                       y[:, start:stop],
                                        initial_states=states, sample_weight=sample_weight,
                                        return_states=True)
             states = _detach(states)

@@ -121,3 +121,22 @@ def test_tbptt_rejects_k2_beyond_chunk(backend, rng):
     with pytest.raises(ValueError, match="k2"):
         tbptt(model, cyrnn.optim.SGD(model, lr=0.1), "mse", np.zeros((1, 4, 2)),
               np.zeros((1, 4, 1)), k1=2, k2=3)
+
+
+@pytest.mark.no_fused_call  # computes nothing: rejections
+def test_tbptt_checks_the_whole_sequence_before_the_first_chunk_trains(backend, rng):
+    # a bad late chunk used to be found after the earlier chunks had updated the model
+    model = make_model(backend)
+    opt = cyrnn.optim.Adam(model, lr=0.1)
+    x, y = rng.normal(size=(2, 9, 2)), rng.normal(size=(2, 9, 1))
+    x_nan, y_nan = x.copy(), y.copy()
+    x_nan[1, 8, 0] = np.nan
+    y_nan[0, 7, 0] = np.inf
+    before = model.params.data.copy()
+    for xb, yb, message in [(x_nan, y, "NaN"), (x, y_nan, "y contains NaN"),
+                            (x, np.concatenate([y, y], axis=1), r"\(2, 9, 1\)"),
+                            (x, y[:, :5], r"\(2, 9, 1\)")]:
+        with pytest.raises(ValueError, match=message):
+            tbptt(model, opt, "mse", xb, yb, k1=3)
+        np.testing.assert_array_equal(model.params.data, before)
+        assert opt.state_dict()["step"] == 0
