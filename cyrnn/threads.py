@@ -6,6 +6,8 @@ on, so that kernels and BLAS together do not oversubscribe the cores:
 * **Numba kernels** (``cyrnn.backends.numba``): at most ``n`` row blocks
   per call, process-wide, and ``numba.set_num_threads(n)`` for the calling
   thread (Numba's own setting is per Python thread; the block cap is global).
+  Numba is not imported for it: where the backend is not loaded yet, it applies
+  the budget when it loads.
 * **Cython kernels** (``cyrnn._cython_kernels``): ``n`` OpenMP threads for the
   row chunks of a call: the extension's ``set_num_threads(n)`` stores ``n`` in a
   module-level int used as the ``num_threads=`` of every ``prange``
@@ -72,16 +74,13 @@ def _check_n(name, n):
     return n
 
 
-def _numba():
-    """numba, or None. Imported through cyrnn's Numba backend, which picks a
-    thread-safe threading layer before Numba's thread pool first starts."""
-    if importlib.util.find_spec("numba") is None:
+def _numba_if_loaded():
+    """numba, where cyrnn's Numba backend has been imported, else None: setting a
+    thread budget imports nothing (a scoring process on the Cython backend never
+    loads Numba); the backend applies the budget when it loads."""
+    if "cyrnn.backends.numba" not in sys.modules:
         return None
-    try:
-        importlib.import_module("cyrnn.backends.numba")
-        return importlib.import_module("numba")
-    except Exception:  # ImportError, or a backend that cannot load here (RuntimeError)
-        return None
+    return sys.modules.get("numba")
 
 
 def set_num_threads(n, blas_threads=None):
@@ -109,7 +108,7 @@ def set_num_threads(n, blas_threads=None):
     blas_threads = n if blas_threads is None else _check_n("blas_threads", blas_threads)
     with _lock:
         previous = _num_threads
-        numba = _numba()
+        numba = _numba_if_loaded()
         if numba is not None:
             numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
         try:  # through the backend module: it sets the OpenMP wait policy first
@@ -140,12 +139,12 @@ def get_num_threads():
     -------
     n : int
         The value given to :func:`set_num_threads`; before any call, Numba's
-        current thread count (its default is the number of cores), or
-        ``os.cpu_count()`` without Numba.
+        current thread count where the Numba backend is loaded (its default is the
+        number of cores), else ``os.cpu_count()``.
     """
     if _num_threads is not None:
         return _num_threads
-    numba = _numba()
+    numba = _numba_if_loaded()
     if numba is not None:
         return int(numba.get_num_threads())
     return os.cpu_count() or 1
@@ -159,11 +158,8 @@ def _status():
 
 
 def _numba_layer():
-    try:
-        from .backends import numba as numba_kernels
-    except ImportError:
-        return None
-    return numba_kernels.THREADING_LAYER
+    numba_kernels = sys.modules.get("cyrnn.backends.numba")  # None: not loaded
+    return None if numba_kernels is None else numba_kernels.THREADING_LAYER
 
 
 # ---------------------------------------------------------------- per call (n_jobs)

@@ -140,8 +140,9 @@ def test_scorer_rejects_bad_input_like_the_estimator(tmp_path, rng):
 
 
 def test_scoring_imports_little(tmp_path, rng):
-    """Importing cyrnn.scoring, loading and predicting imports no scikit-learn, SciPy
-    statistics, Numba or llvmlite."""
+    """Importing cyrnn.scoring, loading, predicting and setting the thread budget (as
+    the README recommends for scoring) imports no scikit-learn, SciPy statistics,
+    Numba or llvmlite; the budget reaches Numba when its backend loads later."""
     X = rng.normal(size=(10, 6, 3))
     est = _fit("LSTMClassifier", X, 10)
     est.save(tmp_path / "clf.cyrnn")
@@ -153,6 +154,8 @@ def test_scoring_imports_little(tmp_path, rng):
         import sys
         import numpy as np
         import cyrnn.scoring as s
+        import cyrnn
+        cyrnn.set_num_threads(1)
         x = np.zeros((1, 6, 3))
         a = s.load({str(tmp_path / 'clf.cyrnn')!r}); a.predict_proba(x); a.step(x[:, 0])
         b = s.load({str(tmp_path / 'lm.cyrnn')!r}); b.predict_proba(np.ones((1, 3), np.int64))
@@ -160,6 +163,8 @@ def test_scoring_imports_little(tmp_path, rng):
         bad = [m for m in sys.modules if m.split('.')[0] in ('sklearn', 'numba', 'llvmlite')
                or m.startswith(('scipy.stats', 'scipy.special'))]
         print(sorted(bad))
+        import cyrnn.backends.numba, numba
+        assert numba.get_num_threads() == 1 and cyrnn.get_num_threads() == 1
         # the Cython backend loaded scipy's cython_blas alone: scipy.linalg still imports
         import scipy.linalg
         from scipy.linalg import cython_blas

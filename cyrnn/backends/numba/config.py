@@ -98,6 +98,10 @@ THREADING_LAYER = _select_threading_layer()
 # Parallel launches are serialised only when the layer may be workqueue.
 _par_lock = None if THREADING_LAYER in _THREADSAFE_LAYERS else threading.Lock()
 _parallel_ok = True
+# A budget set before this backend loaded (cyrnn.set_num_threads imports no Numba):
+# Numba's count for the importing thread, as set_num_threads sets it once loaded.
+if _threads._num_threads is not None:
+    numba.set_num_threads(min(_threads._num_threads, numba.config.NUMBA_NUM_THREADS))
 
 
 def _after_fork_in_child():
