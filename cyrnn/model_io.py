@@ -65,9 +65,19 @@ def save_sequential(model, path):
     return path
 
 
+# options saved as JSON booleans (the constructors take any truthy value; a file must
+# say true or false, so that the count below and the layer built agree)
+_FLAGS = ("bidirectional", "return_sequences", "return_state", "go_backwards", "use_bias",
+          "peephole", "reset_after", "mask_zero")
+
+
 def _count(cfg):
     """Parameters of the layer ``cfg`` describes, from its (checked) sizes alone."""
     name = cfg["class"]
+    for flag in _FLAGS:
+        if flag in cfg and not isinstance(cfg[flag], bool):
+            raise ValueError(f"{name} option {flag} must be true or false, got "
+                             f"{cfg[flag]!r}")
     if name == "Embedding":
         return V.check_int(cfg["vocab_size"], "vocab_size", minimum=1) * \
             V.check_int(cfg["embedding_dim"], "embedding_dim", minimum=1)
@@ -81,7 +91,7 @@ def _count(cfg):
     options = {k: cfg[k] for k in ("activation", "recurrent_activation", "peephole",
                                    "reset_after") if k in cfg}
     row = Cell(_FAMILY[name], **options).row
-    D = 2 if cfg["bidirectional"] is True else 1
+    D = 2 if cfg["bidirectional"] else 1
     H = V.check_int(cfg["hidden_size"], "hidden_size", minimum=1)
     layers = V.check_int(cfg["num_layers"], "num_layers", minimum=1)
     width = H if cfg["merge_mode"] in ("sum", "mul", "ave") else D * H

@@ -154,6 +154,20 @@ def test_lm_loader_refuses_bad_options(tmp_path, lm_file, key, value, match):
     refused(path, match)
 
 
+@pytest.mark.parametrize("path,value", [
+    (("fitted", "n_iter_"), float("inf")), (("fitted", "n_features_in_"), float("inf")),
+    (("optimizer", "step"), float("inf")), (("fitted", "rng_state", "state", "state"), 2**200),
+    (("fitted", "rng_state", "state", "state"), -5)])
+def test_estimator_loader_refuses_numbers_out_of_range(tmp_path, est_file, path, value):
+    # (an OverflowError escaped from int() and the generator's state setter)
+    kind, meta, arrays = persistence.load_archive(est_file)
+    entry = meta
+    for key in path[:-1]:
+        entry = entry[key]
+    entry[path[-1]] = value
+    refused(tampering.resave(tmp_path / "e.cyrnn", kind, meta, arrays))
+
+
 def test_estimator_loader_keeps_params_changed_after_fit(tmp_path, est_file):
     # set_params after fit changes the parameters, not the fitted model (scikit-learn,
     # pickle): such a file loads, and a later partial_fit refuses the changed

@@ -592,6 +592,16 @@ def test_sequential_save_and_load(tmp_path, rng):
     persistence.save_archive(tmp_path / "bad.cyrnn", kind, meta, arrays)
     with pytest.raises(ValueError, match="parameter vector"):
         scoring.load(tmp_path / "bad.cyrnn")
+    # flags must be booleans: a truthy 1 was counted as one direction and built as two
+    meta["layers"][0]["hidden_size"] = 5
+    for key, value in [("bidirectional", 1), ("use_bias", "no"), ("go_backwards", "yes")]:
+        layer = dict(meta["layers"][0])
+        layer[key] = value
+        persistence.save_archive(tmp_path / "bad.cyrnn", kind,
+                                 dict(meta, layers=[layer] + meta["layers"][1:]), arrays)
+        for load in (cyrnn.load, scoring.load):
+            with pytest.raises(ValueError, match=f"{key} must be true or false"):
+                load(tmp_path / "bad.cyrnn")
 
 
 # ----------------------------------------------------------------------------

@@ -175,7 +175,7 @@ def _rng_from_state(state):
             raise ValueError(f"unknown bit generator {name!r}")
         rng = np.random.Generator(getattr(np.random, name)())
         rng.bit_generator.state = state
-    except (KeyError, TypeError) as exc:
+    except (KeyError, TypeError, OverflowError) as exc:
         raise ValueError(f"bad random generator state: {exc}") from exc
     return rng
 
@@ -798,7 +798,7 @@ or list of arrays of shape (n_steps_i, n_features) or (n_steps_i,)
                 **task)
         except ValueError:
             raise
-        except (KeyError, TypeError, IndexError, AttributeError) as exc:
+        except (KeyError, TypeError, IndexError, AttributeError, OverflowError) as exc:
             raise ValueError(f"inconsistent estimator state: {type(exc).__name__}: {exc}") \
                 from exc
         self.__dict__.update(attrs)
