@@ -72,7 +72,14 @@ class Sequential:
         dtypes = {layer.dtype for layer in layers}
         if len(dtypes) != 1:
             raise ValueError(f"all layers must share one dtype, got {sorted(map(str, dtypes))}")
+        many_to_one = None  # the last recurrent layer so far, when it drops the time axis
         for i, layer in enumerate(layers):
+            if isinstance(layer, RecurrentLayer) and many_to_one is not None:
+                raise ValueError(f"layer {i}: a recurrent layer needs sequences, but layer "
+                                 f"{many_to_one} (return_sequences=False) gives one vector "
+                                 "per sequence")
+            if isinstance(layer, RecurrentLayer) and not layer.return_sequences:
+                many_to_one = i
             if isinstance(layer, RecurrentLayer) and not layer.batch_first:
                 raise ValueError(f"layer {i}: recurrent layers in a Sequential must be batch_first")
             if isinstance(layer, (Embedding, Masking)) and i != 0:

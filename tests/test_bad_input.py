@@ -172,3 +172,13 @@ def test_sequential_all_padding_sequence_gives_zeros():
     out = model.forward(np.array([[0, 0, 0], [1, 2, 0]]))
     np.testing.assert_array_equal(out[0], 0)
     assert np.abs(out[1]).max() > 0
+
+
+def test_sequential_refuses_a_recurrent_layer_after_a_many_to_one_layer():
+    # it had no sequence to read: forward failed with numpy's 'axes don't match array'
+    with pytest.raises(ValueError, match="layer 2: a recurrent layer needs sequences, but "
+                                         r"layer 0 \(return_sequences=False\)"):
+        cyrnn.Sequential([cyrnn.LSTM(D, H, return_sequences=False), cyrnn.Dense(H, H),
+                          cyrnn.GRU(H, H)])
+    cyrnn.Sequential([cyrnn.LSTM(D, H), cyrnn.GRU(H, H, return_sequences=False),
+                      cyrnn.Dense(H, 1)])  # many-to-one last: fine
