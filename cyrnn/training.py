@@ -4,7 +4,8 @@
 truncated BPTT, TBPTT(k1, k2), over long sequences: the sequence is cut into
 chunks of ``k1`` steps, the recurrent state is carried (detached) from one chunk
 to the next, parameters are updated after every chunk, and inside a chunk each
-loss term sends gradient back through at most ``k2`` steps. ``check_divergence``
+gradient a recurrent layer receives goes back through at most ``k2`` of its steps
+(per layer: see :func:`tbptt`). ``check_divergence``
 is the divergence rule of every fit loop (the estimators' and
 ``CharLanguageModel``'s), ``evaluate_loss`` a batch's loss in inference mode.
 """
@@ -159,9 +160,15 @@ def tbptt(model, optimizer, loss, x, y, k1, k2=None, initial_states=None, sample
     k1 : int
         Chunk length: parameters are updated every ``k1`` steps.
     k2 : int, optional (default ``k1``)
-        Gradient depth: each loss term's gradient flows through at most ``k2`` steps
-        (its own and ``k2 - 1`` before it), never across a chunk boundary, so
-        ``k2 <= k1``. ``k1 = k2 = T`` is full BPTT.
+        Gradient depth: each gradient a recurrent layer receives flows through at most
+        ``k2`` of its steps (its own and ``k2 - 1`` before it), never across a chunk
+        boundary, so ``k2 <= k1``. ``k1 = k2 = T`` is full BPTT. ``k2 = k1`` (the
+        usual TBPTT: full BPTT inside each chunk) equals PyTorch's detach-per-chunk
+        training for any model; ``k2 < k1`` truncates per layer (the layer's
+        ``bptt_truncate``), which equals truncating each loss term through the
+        whole model for one recurrent layer, while in a stack the gradients a
+        lower layer receives at steps ``t-k2+1 .. t`` each go ``k2 - 1`` steps
+        further back.
     initial_states : list, optional
         States to start from (e.g. the end of the previous batch).
 

@@ -140,3 +140,17 @@ def test_tbptt_checks_the_whole_sequence_before_the_first_chunk_trains(backend, 
             tbptt(model, opt, "mse", xb, yb, k1=3)
         np.testing.assert_array_equal(model.params.data, before)
         assert opt.state_dict()["step"] == 0
+
+
+@pytest.mark.parametrize("num_layers, reach", [(1, [7, 8, 9]), (2, [5, 6, 7, 8, 9]),
+                                               (3, [3, 4, 5, 6, 7, 8, 9])])
+def test_truncation_is_per_layer_in_stacks(num_layers, reach, backend, rng):
+    # the documented rule: a gradient a layer receives at step t goes back k of its steps,
+    # so a loss at the last step reaches num_layers * k steps back in the bottom layer
+    layer = cyrnn.LSTM(2, 3, num_layers=num_layers, bptt_truncate=2, dtype=np.float64,
+                       backend=backend, random_state=0)
+    out, _ = layer.forward(rng.normal(size=(1, 10, 2)), training=True)
+    d_out = np.zeros_like(out)
+    d_out[:, -1] = 1
+    dx, _ = layer.backward(d_out)
+    assert list(np.nonzero(np.abs(dx[0]).sum(axis=1))[0]) == reach

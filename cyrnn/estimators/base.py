@@ -920,8 +920,10 @@ _TRAIN_DOC = """\
     clip_value : float, default=None
         Clip every gradient entry to ``[-clip_value, clip_value]``.
     bptt_truncate : int, default=None
-        Truncated backpropagation through time: gradients flow back at most this
-        many steps. None: full BPTT.
+        Truncated backpropagation through time: a gradient a recurrent layer
+        receives at a step flows back at most this many earlier steps of that
+        layer (per layer: with ``num_layers`` > 1 the layers below take the
+        truncated gradients as new sources). None: full BPTT.
 {task}\
     backend : str, default='auto'
         Kernel backend (``cyrnn.backends.available()``; 'auto' picks the fastest).

@@ -89,8 +89,13 @@ class RecurrentLayer(Layer):
     return_state : bool, default True
         True: calls return ``(output, state)``; False: ``output`` only.
     bptt_truncate : int or None, default None
-        Truncated BPTT depth ``k``: the loss at step ``t`` sends gradient back
-        through at most ``k`` earlier steps. None: full BPTT.
+        Truncated BPTT depth ``k``: a gradient this layer receives at step ``t``
+        (from the loss, or from the layer above) flows back through at most ``k``
+        earlier valid steps of each of its stacked layers. Truncation is per layer:
+        with ``num_layers`` = L, a loss term at step ``t`` reaches steps down to
+        ``t - L*k`` in the bottom layer (the layer below takes the gradients at steps
+        ``t-k .. t`` as new sources); for one layer it equals truncating each loss
+        term separately (PyTorch's detach recipe). None: full BPTT.
     backend : str, default 'auto'
         See :func:`cyrnn.backends.available`.
     dtype : {float32, float64}, default float32
