@@ -17,12 +17,24 @@ _MODES = {"RNN_TANH": (SimpleRNN, {"activation": "tanh"}),
           "GRU": (GRU, {"reset_after": True})}
 
 
+def _host_array(param):
+    """A torch parameter as a float32 or float64 NumPy array (float16 and bfloat16
+    weights widen to float32 exactly; NumPy has no bfloat16)."""
+    t = param.detach().cpu()
+    if str(t.dtype) not in ("torch.float32", "torch.float64"):
+        if not t.dtype.is_floating_point:
+            raise TypeError(f"from_torch needs floating-point weights, got {t.dtype}")
+        t = t.float()
+    return t.numpy()
+
+
 def from_torch(module, backend="auto"):
     """An equivalent cyrnn layer for a ``torch.nn.RNN``, ``LSTM`` or ``GRU``.
 
     Copies ``num_layers``, ``bidirectional``, ``batch_first``, ``dropout``, ``bias``
     (``bias=False``: ``use_bias=False``, biases held at zero) and every weight; dtype
-    follows the module's weights (float64 for ``.double()`` modules, else float32), and
+    follows the module's weights (float64 for ``.double()`` modules, else float32:
+    float16 and bfloat16 weights widen exactly), and
     so does the training flag (a module in ``eval()`` mode gives a layer in eval mode,
     whose calls keep no backward cache). The result returns ``(output, state)`` exactly
     as the torch module does.
@@ -33,7 +45,7 @@ def from_torch(module, backend="auto"):
     if getattr(module, "proj_size", 0):
         raise ValueError("LSTM with proj_size > 0 has no cyrnn equivalent")
     cls, options = _MODES[mode]
-    weights = {name: param.detach().cpu().numpy() for name, param in module.named_parameters()}
+    weights = {name: _host_array(param) for name, param in module.named_parameters()}
     dtype = np.float64 if next(iter(weights.values())).dtype == np.float64 else np.float32
     layer = cls(module.input_size, module.hidden_size, module.num_layers,
                 bidirectional=module.bidirectional, batch_first=module.batch_first,

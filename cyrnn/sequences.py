@@ -222,6 +222,9 @@ def sequence_table(arr, tokens, vocab_size, dtype):
 def _refuse_strings(X):
     """Values must be numbers: strings are refused even when they spell numbers, in
     arrays as in lists of sequences (whose elements go through ``V.check_array``)."""
+    if isinstance(X, str | bytes):
+        raise TypeError("X must be an array of numbers or a list of sequences, got a "
+                        f"{type(X).__name__}")
     kind = getattr(getattr(X, "dtype", None), "kind", None)
     if kind is None and isinstance(X, list | tuple):
         try:

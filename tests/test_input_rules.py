@@ -70,6 +70,19 @@ def test_numeric_strings_are_refused_in_arrays_and_lists_alike():
     est.fit(X.astype(object), y)  # numbers in an object array are numbers
     with pytest.raises(TypeError, match="numbers"):
         est.predict(X.astype(str))
+    for bad in ("1.5", b"1.5"):  # a bare string was read as one number by check_array
+        with pytest.raises(TypeError, match="numbers"):
+            est.predict(bad)
+
+
+def test_dtype_may_be_a_numpy_dtype(tmp_path):
+    X, y = _xy()
+    est = GRURegressor(hidden_size=4, max_iter=1, random_state=0, dtype=np.dtype("float64"))
+    est.fit(X, y)
+    assert est.model_.dtype == np.float64
+    loaded = cyrnn.load(est.save(tmp_path / "m.cyrnn"))
+    assert loaded.get_params() == est.get_params()
+    np.testing.assert_array_equal(loaded.predict(X), est.predict(X))
 
 
 # --------------------------------------------------------------- item 11

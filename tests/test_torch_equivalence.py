@@ -289,6 +289,17 @@ def test_from_torch_rejects_non_recurrent_module(backend):
         cyrnn.from_torch(torch.nn.Linear(D, H), backend=backend)
 
 
+def test_from_torch_widens_half_precision_weights(backend):
+    # numpy has no bfloat16: .numpy() raised torch's 'unsupported ScalarType BFloat16'
+    for dtype in (torch.bfloat16, torch.float16):
+        module = torch.nn.GRU(D, H, batch_first=True).to(dtype)
+        layer = cyrnn.from_torch(module, backend=backend)
+        assert layer.dtype == np.float32
+        x = torch.randn(2, 5, D)
+        expected = module.float()(x)[0].detach().numpy()
+        np.testing.assert_allclose(layer(x.numpy())[0], expected, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.no_fused_call  # computes nothing: a rejection
 def test_from_torch_rejects_lstm_with_projection(backend):
     with pytest.raises(ValueError, match="proj_size"):

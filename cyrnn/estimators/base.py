@@ -201,6 +201,8 @@ def _encode_param(value):
         return float(value)
     if isinstance(value, type) and value in (np.float32, np.float64):
         return {"__dtype__": np.dtype(value).name}
+    if isinstance(value, np.dtype) and value in (np.float32, np.float64):
+        return {"__np_dtype__": value.name}
     if isinstance(value, dict):
         return {"__items__": [[_encode_param(k), _encode_param(v)] for k, v in value.items()]}
     if isinstance(value, (np.random.Generator, np.random.RandomState)):
@@ -212,6 +214,8 @@ def _decode_param(value):
     if isinstance(value, dict):
         if "__dtype__" in value:
             return {"float32": np.float32, "float64": np.float64}[value["__dtype__"]]
+        if "__np_dtype__" in value:
+            return np.dtype({"float32": np.float32, "float64": np.float64}[value["__np_dtype__"]])
         if "__items__" in value:
             return {_decode_param(k): _decode_param(v) for k, v in value["__items__"]}
         raise ValueError(f"bad parameter encoding {value!r}")
@@ -285,7 +289,8 @@ best_validation_score_, n_iter_
                    Interval(numbers.Integral, None, -1, closed="right")],
         "verbose": ["verbose"],
         "warm_start": ["boolean"],
-        "dtype": [StrOptions({"float32", "float64"}), Options(type, {np.float32, np.float64})],
+        "dtype": [StrOptions({"float32", "float64"}), Options(type, {np.float32, np.float64}),
+                  Options(np.dtype, {np.dtype(np.float32), np.dtype(np.float64)})],
         "train_compute": [StrOptions(set(TRAIN_COMPUTE))],
     }
 
