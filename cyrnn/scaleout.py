@@ -154,7 +154,10 @@ class ThreadBudget(WorkerPlugin):
       through threadpoolctl.
 
     These three settings are process-wide (see :mod:`cyrnn.threads`), so they
-    hold in the worker's task threads. Dask's nanny already starts workers with
+    hold in the worker's task threads. Where Numba is installed the plugin loads
+    cyrnn's Numba backend, so that Numba's thread pool starts in the plugin's
+    thread: its OpenMP layer sets the OpenMP thread count of the thread that
+    starts it to the pool's size, which in a task thread would undo the 1 below. Dask's nanny already starts workers with
     ``OMP_NUM_THREADS=MKL_NUM_THREADS=OPENBLAS_NUM_THREADS=1``
     (``distributed.nanny.pre-spawn-environ``), but Numba's pool defaults to all
     cores; the plugin covers all of them, also for workers started without a
@@ -189,8 +192,18 @@ class ThreadBudget(WorkerPlugin):
         self.threads_per_task = int(threads_per_task)
 
     def setup(self, worker):
+        import importlib.util
+
         from .threads import set_num_threads
 
+        # Numba's OpenMP pool sets the OpenMP thread count of the thread that starts
+        # it to the pool's size: started here (set_num_threads starts it where the
+        # backend is loaded), task threads keep the nanny's OMP_NUM_THREADS=1.
+        if importlib.util.find_spec("numba") is not None:
+            try:
+                importlib.import_module("cyrnn.backends.numba")
+            except Exception:  # a backend that cannot load here: nothing to start
+                pass
         set_num_threads(self.threads_per_task)
 
 
