@@ -296,6 +296,10 @@ class ClassifierScorer(EstimatorScorer):
         """The estimator's ``predict_proba`` of ``X``."""
         return S.class_probabilities(self._raw(X), self._binary)
 
+    def predict_log_proba(self, X):
+        """The estimator's ``predict_log_proba`` of ``X``."""
+        return S.class_log_probabilities(self._raw(X), self._binary)
+
     def predict(self, X):
         """The estimator's ``predict`` of ``X`` (the most probable class)."""
         return S.class_labels(self.predict_proba(X), self.classes_)

@@ -423,6 +423,20 @@ def class_probabilities(raw, binary):
     return _each(lambda r: _probabilities(r, binary), raw)
 
 
+def _log_probabilities(r, binary):
+    r = np.asarray(r, np.float64)
+    if binary:  # log(1 - p), log p of p = sigmoid(r), without forming p
+        return np.concatenate([-np.logaddexp(0.0, r), -np.logaddexp(0.0, -r)], axis=-1)
+    shifted = r - r.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def class_log_probabilities(raw, binary):
+    """The logarithms of :func:`class_probabilities` (float64), from the logits: finite
+    where a probability rounds to 0 (log-sigmoid, log-softmax)."""
+    return _each(lambda r: _log_probabilities(r, binary), raw)
+
+
 def class_labels(proba, classes):
     """The most probable class of every row of ``proba`` (an array or a list)."""
     return _each(lambda p: classes[p.argmax(axis=-1)], proba)

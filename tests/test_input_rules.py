@@ -181,3 +181,22 @@ def test_step_checks_its_state_before_the_kernels_read_it(backend, state, match)
     checked = [list(s) for s in states]
     np.testing.assert_array_equal(model.step(x, states)[0],
                                   model.step(x.astype(np.float64), checked)[0])
+
+
+def test_log_probabilities_come_from_the_logits():
+    from cyrnn.sequences import class_log_probabilities, class_probabilities
+
+    rng = np.random.default_rng(0)
+    for binary, width in ((True, 1), (False, 4)):
+        logits = rng.normal(size=(6, width)) * 3
+        np.testing.assert_allclose(np.exp(class_log_probabilities(logits, binary)),
+                                   class_probabilities(logits, binary), rtol=1e-13, atol=0)
+    # where a probability rounds to 0, its logarithm stays finite and exact
+    np.testing.assert_array_equal(class_log_probabilities(np.array([[800.0, 0.0, -800.0]]),
+                                                          False), [[0.0, -800.0, -1600.0]])
+    np.testing.assert_array_equal(class_log_probabilities(np.array([[-800.0]]), True),
+                                  [[0.0, -800.0]])
+    X, y = _xy()
+    clf = cyrnn.GRUClassifier(hidden_size=4, max_iter=1, random_state=0).fit(X, y > 0)
+    np.testing.assert_allclose(np.exp(clf.predict_log_proba(X)), clf.predict_proba(X),
+                               rtol=1e-12)

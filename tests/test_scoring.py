@@ -61,6 +61,7 @@ def _check_scorer(est, tmp_path, inputs):
         _same(sc.predict(X), est.predict(X))
         if hasattr(est, "predict_proba"):
             _same(sc.predict_proba(X), est.predict_proba(X))
+            _same(sc.predict_log_proba(X), est.predict_log_proba(X))
             np.testing.assert_array_equal(sc.classes_, est.classes_)
     return sc
 

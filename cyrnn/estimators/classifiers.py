@@ -14,7 +14,8 @@ from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.multiclass import check_classification_targets, unique_labels
 from sklearn.utils.validation import check_array, check_is_fitted
 
-from ..sequences import class_labels, class_probabilities, classes_from_archive
+from ..sequences import (class_labels, class_log_probabilities, class_probabilities,
+                         classes_from_archive)
 from .base import (BaseSequenceModel, cell_constraints, check_n_samples, check_per_step_targets,
                    compose_doc)
 
@@ -235,6 +236,20 @@ class BaseSequenceClassifier(ClassifierMixin, BaseSequenceModel):
             for ragged ``X``.
         """
         return self._proba(self._predict_raw(X))
+
+    def predict_log_proba(self, X):
+        """Logarithms of the class probabilities, computed from the logits (finite
+        where :meth:`predict_proba` rounds a probability to 0).
+
+        Parameters
+        ----------
+        X : sequences, as in :meth:`fit`
+
+        Returns
+        -------
+        log_proba : ndarray of float64, shaped as :meth:`predict_proba`'s output
+        """
+        return class_log_probabilities(self._predict_raw(X), self._spec["target"]["binary"])
 
     def predict(self, X):
         """Predicted labels (the most probable class).
