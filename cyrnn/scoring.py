@@ -170,13 +170,22 @@ class Scorer:
 
 
 def _column_names(X):
-    """A DataFrame's column names when they are all strings (scikit-learn's rule), else
-    None."""
+    """A DataFrame's column names when they are all strings, None when none is, and
+    ``TypeError`` for a mix (scikit-learn's ``_get_feature_names``)."""
     columns = getattr(X, "columns", None)
     if columns is None or isinstance(X, np.ndarray):
         return None
     names = list(columns)
-    return names if names and all(isinstance(v, str) for v in names) else None
+    kinds = sorted({"str" if isinstance(v, str) else type(v).__name__ for v in names})
+    if len(kinds) > 1 and "str" in kinds:
+        raise TypeError("Feature names are only supported if all input features have string "
+                        f"names, but your input has {kinds} as feature name / column name "
+                        "types. If you want feature names to be stored and validated, you must "
+                        "convert them all to strings, by using X.columns = "
+                        "X.columns.astype(str) for example. Otherwise you can remove feature / "
+                        "column names from your input data, or convert them all to a "
+                        "non-string data type.")
+    return names if names and kinds == ["str"] else None
 
 
 def _check_column_names(fitted, X, name):
@@ -190,9 +199,18 @@ def _check_column_names(fitted, X, name):
     elif names is None:
         warnings.warn(f"X does not have valid feature names, but {name} was fitted with "
                       "feature names", UserWarning, stacklevel=4)
-    elif names != list(fitted):
-        raise ValueError("The feature names should match those that were passed during fit "
-                         f"(in order): fitted with {list(fitted)}, got {names}")
+    elif names != list(fitted):  # scikit-learn's message
+        unseen = [v for v in names if v not in set(fitted)]
+        missing = [v for v in fitted if v not in set(names)]
+        message = "The feature names should match those that were passed during fit.\n"
+        for title, items in (("Feature names unseen at fit time:", unseen),
+                             ("Feature names seen at fit time, yet now missing:", missing)):
+            if items:
+                message += title + "\n" + "".join(f"- {v}\n" for v in items[:5]) + (
+                    "- ...\n" if len(items) > 5 else "")
+        if not unseen and not missing:
+            message += "Feature names must be in the same order as they were in fit.\n"
+        raise ValueError(message)
 
 
 def _ids_without_padding(x_t):
@@ -536,6 +554,7 @@ def _check_estimator_spec(spec, family):
           and (not tokens or (S.positive_int(spec["vocab_size"]) and spec["vocab_size"] >= 2
                               and S.positive_int(spec["embedding_dim"])))
           and (spec["embedding_dim"] is None) != tokens
+          and set(inp) == S.INPUT_KEYS
           and inp.get("kind") in ("table", "array", "ragged") and inp.get("tokens") is tokens
           and S.positive_int(inp.get("n_features_in"))
           and (inp.get("step_features") is None if tokens
@@ -591,7 +610,10 @@ def _language_model_scorer(kind, meta, arrays, backend):
     H = V.check_int(p.get("hidden_size", 64), "hidden_size", minimum=1)
     L = V.check_int(p.get("num_layers", 1), "num_layers", minimum=1)
     E = V.check_int(p.get("embedding_dim", 32), "embedding_dim", minimum=1, allow_none=True)
-    options = {"peephole": True} if p.get("peephole") is True else {}
+    peephole = p.get("peephole", False)
+    if not isinstance(peephole, bool) or (peephole and family != "lstm"):
+        raise ValueError(f"bad peephole option {peephole!r} for cell {family!r}")
+    options = {"peephole": True} if peephole else {}
     dtype = V.check_dtype(p.get("dtype", "float32"))
     # the count as an estimator spec of the same network (one-hot input: E = vocab)
     size = S.n_params({"cell": family, "cell_options": options, "hidden_size": H,

@@ -271,6 +271,10 @@ def _check_ragged(X, tokens, vocab_size, dtype):
     return SequenceData("ragged", False, seqs, lengths, starts, F, F)
 
 
+#: The keys of :func:`input_spec`.
+INPUT_KEYS = frozenset({"kind", "tokens", "step_features", "n_features_in"})
+
+
 def input_spec(data):
     """What :func:`check_fitted_input` needs to know about the fitted input."""
     return {"kind": data.kind, "tokens": data.tokens, "step_features": data.step_features,

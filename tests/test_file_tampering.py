@@ -187,6 +187,21 @@ def test_estimator_loader_refuses_a_spec_fit_cannot_build(tmp_path, est_file):
     meta["spec"]["input"]["extra"] = 1
     path = tampering.resave(tmp_path / "e.cyrnn", kind, meta, arrays)
     assert "input" in refused(path, "inconsistent")
+    with pytest.raises(ValueError, match="inconsistent"):
+        cyrnn.scoring.load(path)
+
+
+def test_estimator_loaders_check_n_features_in_and_the_column_names(tmp_path, est_file):
+    kind, meta, arrays = persistence.load_archive(est_file)
+    n = meta["spec"]["input"]["n_features_in"]
+    for fitted in ({"n_features_in_": n + 1}, {"feature_names_in_": ["a"] * (n + 1)},
+                   {"feature_names_in_": [1] * n}, {"feature_names_in_": "ab"}):
+        path = tampering.resave(tmp_path / "e.cyrnn", kind,
+                                dict(meta, fitted=dict(meta["fitted"], **fitted)), arrays)
+        refused(path)
+        if "feature_names_in_" in fitted:  # the scorer does not read n_features_in_
+            with pytest.raises(ValueError, match="feature_names_in_"):
+                cyrnn.scoring.load(path)
 
 
 # --------------------------------------------------------------- issue 15, item 3
@@ -317,3 +332,14 @@ def test_loaded_estimators_of_other_kinds_still_check_their_spec(tmp_path):
     meta["params"]["embedding_dim"] = 4  # as set_params(embedding_dim=4) after fit
     est = cyrnn.load(tampering.resave(tmp_path / "e.cyrnn", kind, meta, arrays))
     assert est.embedding_dim == 4 and est.model_.layers[0].embedding_dim == 3
+
+
+@pytest.mark.parametrize("params", [{"peephole": 1}, {"peephole": "yes"},
+                                    {"peephole": True, "cell": "gru"}])
+def test_language_model_loaders_refuse_a_bad_peephole_option(tmp_path, lm_file, params):
+    # the scorer read peephole=1 as no peepholes, where cyrnn.load refused it
+    path = crafted_lm(tmp_path / "bad.cyrnn", lm_file,
+                      {("params", k): v for k, v in params.items()})
+    refused(path, "peephole")
+    with pytest.raises(ValueError, match="peephole"):
+        cyrnn.scoring.load(path)

@@ -108,12 +108,18 @@ def test_dataframe_column_names_survive_save_and_are_checked(name, tmp_path, rng
     reordered = table[table.columns[::-1]]
     sc = _check_scorer(est, tmp_path, [table, table[:1]])
     loaded = cyrnn.load(tmp_path / "model.cyrnn")
+    mixed = table.set_axis(["t0", "t1", "t2", "t3", "t4", 5], axis=1)
+    messages = set()
     for obj in (est, sc, loaded):  # (check_scorer saved the file)
         assert list(obj.feature_names_in_) == list(table.columns)
-        with pytest.raises(ValueError, match="feature names should match"):
+        with pytest.raises(ValueError, match="feature names should match") as info:
             obj.predict(reordered)
+        messages.add(str(info.value))
         with pytest.warns(UserWarning, match="fitted with feature names"):
             obj.predict(table.to_numpy())
+        with pytest.raises(TypeError, match="all input features have string names"):
+            obj.predict(mixed)
+    assert len(messages) == 1  # scikit-learn's message, from the scorer too
     plain = _fit(name, table.to_numpy(), 30)  # fitted without names: a DataFrame warns
     assert not hasattr(plain, "feature_names_in_")
     plain.save(tmp_path / "plain.cyrnn")

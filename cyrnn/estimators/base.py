@@ -785,9 +785,11 @@ or list of arrays of shape (n_steps_i, n_features) or (n_steps_i,)
                                                     if k.startswith("task/")}, spec)
             scores = fitted["validation_scores_"]
             best_loss, best_score = fitted["best_loss_"], fitted["best_validation_score_"]
+            if fitted["n_features_in_"] != spec["input"]["n_features_in"]:
+                raise ValueError("n_features_in_ disagrees with the model spec")
             names = fitted.get("feature_names_in_")  # absent in files before 2026-12-02
             if names is not None:
-                if (not isinstance(names, list) or len(names) != fitted["n_features_in_"]
+                if (not isinstance(names, list) or len(names) != spec["input"]["n_features_in"]
                         or not all(isinstance(v, str) for v in names)):
                     raise ValueError("feature_names_in_ must be n_features_in_ strings")
                 task["feature_names_in_"] = np.asarray(names, dtype=object)
