@@ -121,6 +121,7 @@ def test_sequential_backward_checks_everything_before_any_layer_runs(backend, op
     (cyrnn.Dense(D, 2), np.ones((N, T, D)), (N, T, 3)),
     (cyrnn.Activation("relu"), np.ones((N, T, D)), (N, 1, D)),
     (cyrnn.Masking(), np.ones((N, T, D)), (N, T + 1, D)),
+    (cyrnn.Masking(), np.ones((N, T, D)), (N, T, 1)),  # broadcast before
     (cyrnn.Embedding(9, 4), np.ones((N, T), np.int64), (N, T)),
 ])
 def test_other_layers_check_d_output_before_changing_anything(layer, x, d_shape):

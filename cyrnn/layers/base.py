@@ -76,12 +76,10 @@ class Layer:
 
     def _check_d_output(self, d_output, shape):
         """``d_output`` as an array of this layer's dtype, checked to have the shape of
-        the forward's output (``shape``; a None entry: any size) before ``backward``
-        changes anything."""
+        the forward's output (``shape``) before ``backward`` changes anything."""
         d = V._numeric_array(d_output, "d_output")
-        if d.ndim != len(shape) or any(s is not None and a != s for a, s in zip(d.shape, shape)):
-            want = "(" + ", ".join("*" if s is None else str(s) for s in shape) + \
-                ("," if len(shape) == 1 else "") + ")"
+        if d.shape != tuple(shape):
+            want = tuple(shape)
             raise ValueError(f"{type(self).__name__}.backward: d_output must have the "
                              f"forward output's shape {want}, got {d.shape}")
         return d.astype(self.dtype, copy=False)

@@ -39,14 +39,14 @@ class Masking(Layer):
     def forward(self, x, training=None):
         x = np.asarray(x, self.dtype)
         keep = self.compute_mask(x)[..., None].astype(self.dtype)
-        self._cache = keep if self._resolve_training(training) else None
+        self._cache = (keep, x.shape) if self._resolve_training(training) else None
         return x * keep
 
     __call__ = forward
 
     def backward(self, d_output):
-        keep = self._require_cache()
-        d = self._check_d_output(d_output, keep.shape[:-1] + (None,))
+        keep, shape = self._require_cache()
+        d = self._check_d_output(d_output, shape)
         self._cache = None
         return d * keep
 
