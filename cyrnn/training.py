@@ -174,7 +174,7 @@ def tbptt(model, optimizer, loss, x, y, k1, k2=None, initial_states=None, sample
 
     Returns
     -------
-    losses : list of float, one per chunk
+    losses : list of float, one per chunk (chunks of padding only are skipped)
     states : the final (detached) states, to carry into the next call
     """
     k1 = V.check_int(k1, "k1", minimum=1)
@@ -191,18 +191,18 @@ def tbptt(model, optimizer, loss, x, y, k1, k2=None, initial_states=None, sample
     # The whole sequence's inputs and targets are checked before the first chunk trains
     # (each chunk's train_step checks its own again): a bad late chunk changes nothing.
     x, in_mask = model._input_mask(x, None, None)
-    check_loss_inputs(loss_fn, _output_shape(model, x.shape[:2]), y, sample_weight,
-                      model._output_mask_of(in_mask))
+    out_mask = model._output_mask_of(in_mask)
+    check_loss_inputs(loss_fn, _output_shape(model, x.shape[:2]), y, sample_weight, out_mask)
     y = np.asarray(y)
     T = x.shape[1]
+    chunks = _tbptt_chunks(T, k1, out_mask, sample_weight)
     saved = [layer.bptt_truncate for layer in recurrent]
     states = initial_states
     losses = []
     try:
         for layer in recurrent:
             layer.bptt_truncate = None if k2 >= k1 else k2 - 1
-        for start in range(0, T, k1):
-            stop = min(start + k1, T)
+        for start, stop in chunks:
             value, states = train_step(model, optimizer, loss_fn, x[:, start:stop],
                                        y[:, start:stop],
                                        initial_states=states, sample_weight=sample_weight,
@@ -213,6 +213,27 @@ def tbptt(model, optimizer, loss, x, y, k1, k2=None, initial_states=None, sample
         for layer, k in zip(recurrent, saved):
             layer.bptt_truncate = k
     return losses, states
+
+
+def _tbptt_chunks(T, k1, out_mask, sample_weight):
+    """The ``(start, stop)`` chunks :func:`tbptt` trains on: chunks where every step is
+    padding are left out (no update; padded steps carry the state unchanged, so the
+    next chunk starts from the same state), and a chunk whose valid steps all have
+    zero weight raises ``ValueError`` before anything trains."""
+    chunks = []
+    sw = None if sample_weight is None else np.asarray(sample_weight, np.float64)
+    for start in range(0, T, k1):
+        stop = min(start + k1, T)
+        valid = None if out_mask is None else np.asarray(out_mask[:, start:stop], bool)
+        if valid is not None and not valid.any():
+            continue
+        if sw is not None:
+            w = sw[:, None] if sw.ndim == 1 else sw[:, start:stop]
+            if not ((w > 0) & (True if valid is None else valid)).any():
+                raise ValueError(f"steps {start} to {stop - 1} (a chunk of k1 = {k1}) have no "
+                                 "valid step with a positive sample_weight: nothing to learn")
+        chunks.append((start, stop))
+    return chunks
 
 
 #: An epoch whose mean loss exceeds this many times the reference loss ends training

@@ -154,3 +154,34 @@ def test_truncation_is_per_layer_in_stacks(num_layers, reach, backend, rng):
     d_out[:, -1] = 1
     dx, _ = layer.backward(d_out)
     assert list(np.nonzero(np.abs(dx[0]).sum(axis=1))[0]) == reach
+
+
+def test_tbptt_skips_chunks_of_padding_only(backend, rng):
+    # the chunk's train_step refused it ('no valid item') after earlier chunks had trained
+    def model():
+        return cyrnn.Sequential([cyrnn.Embedding(6, 3, mask_zero=True, random_state=0),
+                                 cyrnn.GRU(3, 4, backend=backend, random_state=1),
+                                 cyrnn.Dense(4, 2, random_state=2)])
+    ids = rng.integers(1, 6, size=(2, 9))
+    ids[:, 3:] = 0  # padding after the first chunk
+    y = rng.normal(size=(2, 9, 2))
+    a, b = model(), model()
+    losses, states = tbptt(a, cyrnn.optim.SGD(a, lr=0.1), "mse", ids, y, k1=3,
+                           sample_weight=np.ones(2))
+    ref, ref_states = tbptt(b, cyrnn.optim.SGD(b, lr=0.1), "mse", ids[:, :3], y[:, :3], k1=3,
+                            sample_weight=np.ones(2))
+    assert len(losses) == 1 and losses == ref
+    np.testing.assert_array_equal(a.params.data, b.params.data)
+    np.testing.assert_array_equal(states[0], ref_states[0])
+
+
+@pytest.mark.no_fused_call  # computes nothing: a rejection
+def test_tbptt_refuses_a_chunk_without_weight_before_training(backend, rng):
+    model = make_model(backend)
+    x, y = rng.normal(size=(2, 6, 2)), rng.normal(size=(2, 6, 1))
+    weights = np.ones((2, 6))
+    weights[:, 3:] = 0
+    before = model.params.data.copy()
+    with pytest.raises(ValueError, match="steps 3 to 5 .* no valid step with a positive"):
+        tbptt(model, cyrnn.optim.SGD(model, lr=0.1), "mse", x, y, k1=3, sample_weight=weights)
+    np.testing.assert_array_equal(model.params.data, before)
