@@ -74,13 +74,16 @@ def _check_n(name, n):
     return n
 
 
+#: Set (under ``_lock``) by cyrnn's Numba backend once it has picked Numba's threading
+#: layer and applied the budget: from then on set_num_threads sets Numba's count too.
+_numba_ready = False
+
+
 def _numba_if_loaded():
-    """numba, where cyrnn's Numba backend has been imported, else None: setting a
-    thread budget imports nothing (a scoring process on the Cython backend never
-    loads Numba); the backend applies the budget when it loads."""
-    if "cyrnn.backends.numba" not in sys.modules:
-        return None
-    return sys.modules.get("numba")
+    """numba, where cyrnn's Numba backend has loaded (``_numba_ready``), else None:
+    setting a thread budget imports nothing (a scoring process on the Cython backend
+    never loads Numba); the backend applies the budget when it loads."""
+    return sys.modules.get("numba") if _numba_ready else None
 
 
 def set_num_threads(n, blas_threads=None):
@@ -158,8 +161,8 @@ def _status():
 
 
 def _numba_layer():
-    numba_kernels = sys.modules.get("cyrnn.backends.numba")  # None: not loaded
-    return None if numba_kernels is None else numba_kernels.THREADING_LAYER
+    config = sys.modules.get("cyrnn.backends.numba.config")
+    return config.THREADING_LAYER if _numba_ready and config is not None else None
 
 
 # ---------------------------------------------------------------- per call (n_jobs)

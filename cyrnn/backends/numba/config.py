@@ -99,9 +99,13 @@ THREADING_LAYER = _select_threading_layer()
 _par_lock = None if THREADING_LAYER in _THREADSAFE_LAYERS else threading.Lock()
 _parallel_ok = True
 # A budget set before this backend loaded (cyrnn.set_num_threads imports no Numba):
-# Numba's count for the importing thread, as set_num_threads sets it once loaded.
-if _threads._num_threads is not None:
-    numba.set_num_threads(min(_threads._num_threads, numba.config.NUMBA_NUM_THREADS))
+# Numba's count for the importing thread, as set_num_threads sets it once loaded
+# (under its lock: a concurrent set_num_threads either comes first and is applied
+# here, or comes after and sets Numba's count itself).
+with _threads._lock:
+    if _threads._num_threads is not None:
+        numba.set_num_threads(min(_threads._num_threads, numba.config.NUMBA_NUM_THREADS))
+    _threads._numba_ready = True
 
 
 def _after_fork_in_child():
