@@ -369,7 +369,10 @@ class Sequential:
                     mask = None
             else:
                 x = layer.forward(x, training=training)
-        self._out_shape = x.shape  # backward's d_output shape
+        # backward's d_output shape (merge_mode=None last: both directions' outputs,
+        # stacked on a leading axis as the layer's backward takes them)
+        self._out_shape = ((len(x),) + x[0].shape if isinstance(x, (list, tuple))
+                           else x.shape)
         return (x, states) if return_states else x
 
     @property

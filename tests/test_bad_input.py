@@ -183,3 +183,16 @@ def test_sequential_refuses_a_recurrent_layer_after_a_many_to_one_layer():
                           cyrnn.GRU(H, H)])
     cyrnn.Sequential([cyrnn.LSTM(D, H), cyrnn.GRU(H, H, return_sequences=False),
                       cyrnn.Dense(H, 1)])  # many-to-one last: fine
+
+
+def test_sequential_ending_in_merge_mode_none_runs_and_checks_its_gradient(backend):
+    # the output is one array per direction: the shape kept for backward's check
+    # failed on the list (AttributeError, in forward)
+    model = cyrnn.Sequential([cyrnn.GRU(D, H, bidirectional=True, merge_mode=None,
+                                        backend=backend, random_state=0)])
+    out = model.forward(np.ones((N, T, D), np.float32), training=True)
+    assert len(out) == 2 and out[0].shape == (N, T, H)
+    with pytest.raises(ValueError, match="shape"):
+        model.backward(np.ones((N, T, H)))
+    model.backward(np.ones((2, N, T, H)))
+    assert model.params.grad.any()
