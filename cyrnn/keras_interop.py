@@ -46,6 +46,20 @@ def _blocks(w, order, H):
     return np.concatenate([w[:, k * H:(k + 1) * H] for k in order], axis=1).T
 
 
+def _direction_options(klayer):
+    """The options of a Keras recurrent layer that a cyrnn layer shares between its
+    directions."""
+    cell = klayer.cell
+    return {"units": int(cell.units), "activation": _act_name(cell.activation),
+            "recurrent_activation": (_act_name(cell.recurrent_activation)
+                                     if hasattr(cell, "recurrent_activation") else None),
+            "reset_after": bool(getattr(cell, "reset_after", False)),
+            "use_bias": bool(cell.use_bias), "stateful": bool(klayer.stateful),
+            "dropout": float(getattr(cell, "dropout", 0.0)),
+            "recurrent_dropout": float(getattr(cell, "recurrent_dropout", 0.0)),
+            "dtype": _dtype(klayer)}
+
+
 def _recurrent(klayer, backend, bidirectional=None):
     """A cyrnn recurrent layer for a Keras SimpleRNN/LSTM/GRU (or a Bidirectional's
     pair of them)."""
@@ -74,6 +88,13 @@ def _recurrent(klayer, backend, bidirectional=None):
         if fwd.go_backwards or not bwd.go_backwards or type(bwd) is not type(fwd):
             raise ValueError("from_keras converts Bidirectional layers whose backward layer "
                              "is the forward layer's type with go_backwards=True")
+        # one cyrnn layer holds both directions with one set of options: a custom
+        # backward_layer must match the forward one
+        differ = sorted(k for k, v in _direction_options(fwd).items()
+                        if _direction_options(bwd)[k] != v)
+        if differ:
+            raise ValueError(f"from_keras converts Bidirectional layers whose two directions "
+                             f"have the same options; the backward layer differs in {differ}")
         options.update(bidirectional=True, merge_mode=bidirectional.merge_mode,
                        return_sequences=bool(bidirectional.return_sequences), go_backwards=False)
         cells = [fwd.cell, bwd.cell]

@@ -126,6 +126,24 @@ def test_refusals():
         cyrnn.from_keras(model(L.Conv1D(2, 2)))
     with pytest.warns(UserWarning, match="no input dropout"):
         cyrnn.from_keras(model(L.GRU(3, dropout=0.2)))
+    # a backward_layer with other options than the forward one was converted with the
+    # forward one's options (outputs off by up to 2)
+    for backward in (L.GRU(3, activation="relu", go_backwards=True),
+                     L.GRU(3, reset_after=False, go_backwards=True),
+                     L.GRU(3, recurrent_activation="hard_sigmoid", go_backwards=True)):
+        with pytest.raises(ValueError, match="backward layer differs in"):
+            cyrnn.from_keras(model(L.Bidirectional(L.GRU(3), backward_layer=backward)))
+
+
+def test_bidirectional_with_a_matching_backward_layer(backend):
+    x = np.random.default_rng(3).normal(size=(2, 5, 3)).astype(np.float32)
+    k = keras.Sequential([keras.Input((5, 3)), L.Bidirectional(
+        L.LSTM(4, return_sequences=True), backward_layer=L.LSTM(4, return_sequences=True,
+                                                                go_backwards=True)),
+        L.Bidirectional(L.GRU(2, return_sequences=True), merge_mode=None)])
+    ours = cyrnn.from_keras(k, backend=backend).forward(x)
+    for a, b in zip(ours, k(x), strict=True):
+        np.testing.assert_allclose(a, keras.ops.convert_to_numpy(b), **TOL)
 
 
 def test_keras_to_cyrnn_to_onnx_runtime():
