@@ -55,6 +55,9 @@ POEM_FORMS = {"quatrain": 4, "regulated": 8}
 # The longest training sequence a saved model may declare (its default sample
 # length is twice that): a file cannot make ``sample()`` allocate without bound.
 _MAX_STORED_LENGTH = 1_000_000
+# The parameters that shape the network: saved as fitted (``set_params`` after a fit
+# changes the parameters, not the fitted network, as in scikit-learn and a pickle).
+_ARCH = ("cell", "hidden_size", "num_layers", "embedding_dim", "peephole", "dtype")
 COMMA, PERIOD = "，", "。"
 KIND = "cyrnn.CharLanguageModel"
 
@@ -361,6 +364,13 @@ class CharLanguageModel(BaseEstimator):
         model.train_compute = self.train_compute
         return model
 
+    def _architecture(self):
+        """The parameters that shape the network, in JSON form (:data:`_ARCH`)."""
+        return {"cell": self.cell, "hidden_size": int(self.hidden_size),
+                "num_layers": int(self.num_layers),
+                "embedding_dim": None if self.embedding_dim is None else int(self.embedding_dim),
+                "peephole": bool(self.peephole), "dtype": np.dtype(V.check_dtype(self.dtype)).name}
+
     def _n_params(self):
         """Size of the parameter vector of :meth:`_build_model`'s network, computed
         without building it (Python integers: no overflow, no allocation)."""
@@ -489,7 +499,7 @@ class CharLanguageModel(BaseEstimator):
 
     # The fitted state: set on a fresh twin by a fit, then copied at once (_commit).
     _FITTED = ("chars_", "vocab_size_", "_index", "mode_", "max_length_", "model_", "_optim",
-               "_rng", "_sample_rng", "loss_curve_", "train_time_")
+               "_rng", "_sample_rng", "loss_curve_", "train_time_", "_arch")
 
     def _new_fit(self):
         """An unfitted model with this one's parameters, to train without touching self
@@ -504,7 +514,9 @@ class CharLanguageModel(BaseEstimator):
         rng = V.check_rng(self.random_state)
         self._set_vocabulary(chars)
         self.mode_ = mode
-        self.max_length_ = int(max_length)
+        # (the default sampling length is twice it; a file stores at most this many)
+        self.max_length_ = min(int(max_length), _MAX_STORED_LENGTH)
+        self._arch = self._architecture()
         self.model_ = self._build_model(rng)
         self._optim = self._make_optimizer()
         self._rng = rng
@@ -781,9 +793,13 @@ class CharLanguageModel(BaseEstimator):
         self._require_fitted()
         params = self.get_params(deep=False)
         params["dtype"] = np.dtype(self.dtype).name
-        if not (params["random_state"] is None or isinstance(params["random_state"], int)):
+        seed = params["random_state"]
+        if isinstance(seed, (int, np.integer)) and not isinstance(seed, (bool, np.bool_)):
+            params["random_state"] = int(seed)
+        elif seed is not None:
             params["random_state"] = None  # a Generator cannot be stored
-        meta = {"class": "CharLanguageModel", "params": params, "chars": "".join(self.chars_),
+        meta = {"class": "CharLanguageModel", "params": params, "architecture": self._arch,
+                "chars": "".join(self.chars_),
                 "mode": self.mode_, "max_length": self.max_length_,
                 "loss_curve": [float(v) for v in self.loss_curve_],
                 "train_time": float(getattr(self, "train_time_", 0.0))}
@@ -799,7 +815,12 @@ class CharLanguageModel(BaseEstimator):
             unknown = sorted(set(params) - set(cls._get_param_names()))
             if unknown:
                 raise ValueError(f"unknown parameters {unknown}")
-            lm = cls(**params)
+            cls(**params)._check_params()
+            # the network as fitted (files before 2026-12-02: as the parameters say)
+            arch = meta.get("architecture", {k: params[k] for k in _ARCH if k in params})
+            if not isinstance(arch, dict) or not set(arch) <= set(_ARCH):
+                raise ValueError("bad architecture entry")
+            lm = cls(**{**params, **arch})
             lm._check_params()
             chars = meta["chars"]
             if not isinstance(chars, str) or len(set(chars)) != len(chars) \
@@ -833,6 +854,8 @@ class CharLanguageModel(BaseEstimator):
             lm._sample_rng = np.random.default_rng(rng.integers(2**63))
             lm.loss_curve_ = loss_curve
             lm.train_time_ = train_time
+            lm._arch = lm._architecture()
+            lm.set_params(**params)  # the parameters as saved (a later fit uses them)
         except ValueError as exc:
             raise ValueError(f"invalid CharLanguageModel archive: {exc}") from exc
         except (KeyError, TypeError, AttributeError) as exc:
@@ -844,10 +867,11 @@ class CharLanguageModel(BaseEstimator):
         """A dict describing the fitted model (for ``cyrnn info``)."""
         self._require_fitted()
         rnn = self.model_.layers[1]
-        return {"cell": rnn.cell.name, "hidden_size": self.hidden_size,
-                "num_layers": self.num_layers,
-                "input": "one-hot" if self.embedding_dim is None
-                else f"embedding ({self.embedding_dim})",
+        arch = self.__dict__.get("_arch") or self._architecture()  # the fitted network's
+        return {"cell": rnn.cell.name, "hidden_size": arch["hidden_size"],
+                "num_layers": arch["num_layers"],
+                "input": "one-hot" if arch["embedding_dim"] is None
+                else f"embedding ({arch['embedding_dim']})",
                 "mode": self.mode_, "vocab_size": self.vocab_size_,
                 "parameters": int(self.model_.params.size), "dtype": np.dtype(rnn.dtype).name,
                 "epochs": len(self.loss_curve_),

@@ -598,23 +598,35 @@ def _language_model_scorer(kind, meta, arrays, backend):
 
     if meta.get("class") != "CharLanguageModel":
         raise ValueError("the archive does not hold a CharLanguageModel")
+    def network(p):
+        """The checked network options of the parameters ``p``."""
+        family = p.get("cell", "lstm")
+        if family not in _CELL_PARAMS:
+            raise ValueError(f"bad cell {family!r}")
+        H = V.check_int(p.get("hidden_size", 64), "hidden_size", minimum=1)
+        L = V.check_int(p.get("num_layers", 1), "num_layers", minimum=1)
+        E = V.check_int(p.get("embedding_dim", 32), "embedding_dim", minimum=1,
+                        allow_none=True)
+        peephole = p.get("peephole", False)
+        if not isinstance(peephole, bool) or (peephole and family != "lstm"):
+            raise ValueError(f"bad peephole option {peephole!r} for cell {family!r}")
+        return family, H, L, E, peephole, V.check_dtype(p.get("dtype", "float32"))
+
     p = meta["params"]
+    network(p)  # the parameters are checked as cyrnn.load checks them
+    arch = meta.get("architecture")  # the network as fitted (absent before 2026-12-02)
+    if arch is not None:
+        if not isinstance(arch, dict) or not set(arch) <= {
+                "cell", "hidden_size", "num_layers", "embedding_dim", "peephole", "dtype"}:
+            raise ValueError("bad architecture entry")
+        p = {**p, **arch}
     chars = meta["chars"]
     if not isinstance(chars, str) or len(set(chars)) != len(chars) \
             or list(chars) != sorted(chars):
         raise ValueError("bad vocabulary")
-    family = p.get("cell", "lstm")
-    if family not in _CELL_PARAMS:
-        raise ValueError(f"bad cell {family!r}")
     vocab = len(chars) + 3
-    H = V.check_int(p.get("hidden_size", 64), "hidden_size", minimum=1)
-    L = V.check_int(p.get("num_layers", 1), "num_layers", minimum=1)
-    E = V.check_int(p.get("embedding_dim", 32), "embedding_dim", minimum=1, allow_none=True)
-    peephole = p.get("peephole", False)
-    if not isinstance(peephole, bool) or (peephole and family != "lstm"):
-        raise ValueError(f"bad peephole option {peephole!r} for cell {family!r}")
+    family, H, L, E, peephole, dtype = network(p)
     options = {"peephole": True} if peephole else {}
-    dtype = V.check_dtype(p.get("dtype", "float32"))
     # the count as an estimator spec of the same network (one-hot input: E = vocab)
     size = S.n_params({"cell": family, "cell_options": options, "hidden_size": H,
                        "num_layers": L, "bidirectional": False, "vocab_size": vocab,

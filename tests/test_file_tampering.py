@@ -117,8 +117,9 @@ def test_manifest_larger_than_its_entry_is_refused_before_reading(tmp_path, lm_f
 # --------------------------------------------------------------- issue 15, item 2
 @pytest.mark.parametrize("hidden", [3000, 20000])
 def test_lm_loader_checks_the_architecture_before_building_it(tmp_path, lm_file, hidden):
-    path = crafted_lm(tmp_path / "big.cyrnn", lm_file,
-                      {("params", "hidden_size"): hidden, ("params", "embedding_dim"): hidden})
+    path = crafted_lm(tmp_path / "big.cyrnn", lm_file,  # the network is built as fitted
+                      {("architecture", "hidden_size"): hidden,
+                       ("architecture", "embedding_dim"): hidden})
     assert os.path.getsize(path) < 10_000
     assert "architecture needs" in refused(path)
 

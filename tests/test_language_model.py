@@ -360,7 +360,39 @@ def test_learned_attributes_end_with_an_underscore(data):
     learned = {k for k in vars(lm) if k.endswith("_")}
     assert learned == {"chars_", "vocab_size_", "mode_", "max_length_", "model_",
                        "loss_curve_", "train_time_"}
-    assert set(vars(lm)) - before - learned == {"_index", "_optim", "_rng", "_sample_rng"}
+    assert set(vars(lm)) - before - learned == {"_index", "_optim", "_rng", "_sample_rng",
+                                                "_arch"}
     assert len(lm.loss_curve_) == 2 and lm.train_time_ > 0
     assert lm.mode_ == ("sequences" if isinstance(data, list) else "text")
     assert lm.get_params() == CharLanguageModel(**lm.get_params()).get_params()
+
+
+@pytest.mark.parametrize("change", [{"hidden_size": 32}, {"cell": "gru"}, {"dtype": "float64"},
+                                    {"embedding_dim": None}, {"num_layers": 2}])
+def test_save_after_set_params_keeps_the_fitted_network(change, tmp_path, monkeypatch):
+    # set_params after fit changes the parameters, not the network: the file stores the
+    # network as fitted (it was written with the new parameters and refused on load)
+    from cyrnn import scoring
+    from cyrnn import language_model as lm_module
+
+    lm = CharLanguageModel(hidden_size=16, embedding_dim=4, max_epochs=2,
+                           random_state=np.int64(3)).fit(NAMES20[:6])
+    lm.set_params(**change)
+    path = lm.save(tmp_path / "lm.cyrnn")
+    loaded = persistence.load(path)
+    assert {k: v for k, v in loaded.get_params().items() if k != "dtype"} == \
+        {k: v for k, v in lm.get_params().items() if k != "dtype"}
+    assert loaded.random_state == 3  # a NumPy integer seed is kept (it was dropped)
+    assert loaded.sample(3, random_state=1) == lm.sample(3, random_state=1)
+    assert loaded.info()["hidden_size"] == lm.info()["hidden_size"] == 16
+    assert loaded.info()["input"] == "embedding (4)"
+    ids = np.array([[1, 4, 5, 6]])
+    logits = lm.model_.forward(ids).astype(np.float64)  # the fitted network's
+    expected = np.exp(logits - logits.max(-1, keepdims=True))
+    np.testing.assert_allclose(scoring.load(path).predict_proba(ids),
+                               expected / expected.sum(-1, keepdims=True), rtol=1e-6)
+    # the longest training sequence is stored up to the loader's bound
+    monkeypatch.setattr(lm_module, "_MAX_STORED_LENGTH", 5)
+    long = CharLanguageModel(hidden_size=4, embedding_dim=2, max_epochs=1,
+                             random_state=0).fit(["abcdefgh"])
+    assert long.max_length_ == 5
