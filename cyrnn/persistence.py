@@ -168,15 +168,30 @@ def save_archive(path, kind, metadata, arrays):
         np.savez(path, **entries)
         return path
     target = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(target))
+    # A link is followed (its target file is replaced, the link kept); an existing
+    # target that is not a regular file (a FIFO, a device) is refused, since the file
+    # is written atomically (a temporary file renamed over it), which would replace it.
+    real = os.path.realpath(target)
+    try:
+        st = os.stat(real)
+    except OSError:
+        st = None
+    if st is not None and not stat.S_ISREG(st.st_mode) and not stat.S_ISDIR(st.st_mode):
+        raise ValueError(f"cannot save to {target!r}: it exists and is not a regular file "
+                         "(model files are written to a temporary file, then renamed)")
+    # the permissions a plain open() would give: the existing file's, else umask's
+    mode = stat.S_IMODE(st.st_mode) if st is not None and stat.S_ISREG(st.st_mode) \
+        else 0o666 & ~_umask()
+    folder = os.path.dirname(real)
     try:
         fd, tmp = tempfile.mkstemp(prefix=".cyrnn-", suffix=".tmp", dir=folder)
     except OSError as exc:
         raise _naming(exc, target) from exc
     try:
         with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), mode)
             np.savez(fh, **entries)
-        os.replace(tmp, target)
+        os.replace(tmp, real)
     except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -184,6 +199,21 @@ def save_archive(path, kind, metadata, arrays):
             raise _naming(exc, target) from exc
         raise
     return path
+
+
+def _umask():
+    """The process's umask, read without changing it where the system says it (Linux),
+    else by setting and restoring it."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _naming(exc, target):

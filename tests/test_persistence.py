@@ -438,3 +438,31 @@ def test_numpy_scalar_params_are_saved(tmp_path):
     loaded = load(tmp_path / "m.cyrnn")
     assert loaded.bidirectional is True and loaded.hidden_size == 4
     np.testing.assert_array_equal(loaded.predict(X), est.predict(X))
+
+
+def test_saved_files_get_plain_permissions_and_special_targets_are_refused(tmp_path):
+    # files came out 0600 (the temporary file's mode), and a FIFO or device named as the
+    # target was replaced by a regular file
+    import os
+    import stat
+
+    arrays = {"a": np.arange(3)}
+    old = os.umask(0o022)
+    try:
+        save_archive(tmp_path / "new.cyrnn", "k", {}, arrays)
+        assert stat.S_IMODE(os.stat(tmp_path / "new.cyrnn").st_mode) == 0o644
+        (tmp_path / "old.cyrnn").write_bytes(b"")
+        os.chmod(tmp_path / "old.cyrnn", 0o664)
+        save_archive(tmp_path / "old.cyrnn", "k", {}, arrays)
+        assert stat.S_IMODE(os.stat(tmp_path / "old.cyrnn").st_mode) == 0o664
+    finally:
+        os.umask(old)
+    link = tmp_path / "link.cyrnn"
+    link.symlink_to(tmp_path / "old.cyrnn")
+    save_archive(link, "k", {"via": "link"}, arrays)
+    assert link.is_symlink() and load_archive(tmp_path / "old.cyrnn")[1] == {"via": "link"}
+    os.mkfifo(tmp_path / "fifo")
+    with pytest.raises(ValueError, match="not a regular file"):
+        save_archive(tmp_path / "fifo", "k", {}, arrays)
+    assert stat.S_ISFIFO(os.stat(tmp_path / "fifo").st_mode)
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".cyrnn-")]
