@@ -3,9 +3,11 @@
 ``prepare(model) -> rep`` and ``rep.run(inputs)``, as ONNX's backend API defines them.
 ``RNN``, ``LSTM`` and ``GRU`` nodes run on cyrnn's kernels (the backend chosen by
 ``backend=``, default 'auto': the compiled ones where built); the other operators that
-:func:`cyrnn.to_onnx` emits (``Gather``, ``MatMul``, ``Transpose``, ``TopK``...) run
-on ``onnx.reference``, which this module extends with the three recurrent operators.
-Graphs with any other operator are refused at ``prepare``.
+:func:`cyrnn.to_onnx` emits (``Gather``, ``MatMul``, ``Transpose``, ``TopK``...), and
+those ``torch.onnx.export`` puts around an exported ``nn.RNN``/``LSTM``/``GRU``
+(``Constant``, ``ConstantOfShape``, ``Expand``), run on ``onnx.reference``, which this
+module extends with the three recurrent operators. Graphs with any other operator are
+refused at ``prepare``. ``run_node`` runs one node (checked as ``prepare`` checks it).
 
 Every attribute of the three operators is honoured or refused with an error naming it:
 ``direction`` (forward, reverse, bidirectional), ``layout`` (0 and 1), ``hidden_size``,
@@ -40,12 +42,15 @@ _TAKES_ALPHA = {"affine", "leakyrelu", "thresholdedrelu", "scaledtanh", "hardsig
                 "softplus"}
 _TAKES_BETA = {"affine", "scaledtanh", "hardsigmoid"}
 _DEFAULTS = {"rnn": ["Tanh"], "lstm": ["Sigmoid", "Tanh", "Tanh"], "gru": ["Sigmoid", "Tanh"]}
-# Operators that cyrnn.to_onnx emits besides the recurrent ones (run by onnx.reference).
+# Operators that cyrnn.to_onnx emits besides the recurrent ones, and those that
+# torch.onnx.export puts around an exported RNN/LSTM/GRU (Constant, ConstantOfShape,
+# Expand: its zero initial states); run by onnx.reference.
 OTHER_OPS = frozenset({
     "Add", "And", "ArgMax", "Cast", "Concat", "Equal", "Gather", "GatherND", "Identity",
     "Less", "MatMul", "Gemm", "Mul", "Not", "Range", "ReduceMax", "ReduceMean", "ReduceProd",
     "ReduceSum", "Reshape", "Shape", "Sigmoid", "Slice", "Softmax", "Squeeze", "Sub", "TopK",
-    "Transpose", "Unsqueeze", "ReverseSequence", "Tanh", "Relu"})
+    "Transpose", "Unsqueeze", "ReverseSequence", "Tanh", "Relu", "Constant",
+    "ConstantOfShape", "Expand"})
 SUPPORTED_OPS = frozenset(FAMILIES) | OTHER_OPS
 
 
@@ -256,6 +261,30 @@ class CyrnnBackend(Backend):
                 has_p = len(node.input) > 7 and node.input[7] != ""
                 _cells(node.op_type, attrs, 2 if direction == "bidirectional" else 1, has_p)
         return CyrnnRep(model, backend)
+
+    @classmethod
+    def run_node(cls, node, inputs, device="CPU", outputs_info=None, **kwargs):
+        """Run one node on ``inputs`` (arrays, in the order of ``node.input``, empty
+        names skipped) and return its outputs (a tuple), as ONNX's backend API
+        defines it; the node is checked as :meth:`prepare` checks it."""
+        names = [name for name in node.input if name]
+        arrays = [np.asarray(a) for a in inputs]
+        if len(arrays) != len(names):
+            raise ValueError(f"{node.op_type} node has {len(names)} inputs, got "
+                             f"{len(arrays)} arrays")
+        info = onnx.helper.make_tensor_value_info
+        elem = [onnx.helper.np_dtype_to_tensor_dtype(a.dtype) for a in arrays]
+        graph = onnx.helper.make_graph(
+            [node], "run_node", [info(n, e, a.shape) for n, e, a in zip(names, elem, arrays)],
+            # typed as the first input (the recurrent operators' outputs are); shape
+            # inference below gives other operators' types
+            [info(n, elem[0] if elem else onnx.TensorProto.FLOAT, None)
+             for n in node.output if n])
+        opset = kwargs.pop("opset_version", None) or onnx.defs.onnx_opset_version()
+        model = onnx.helper.make_model(
+            graph, opset_imports=[onnx.helper.make_opsetid("", opset)])
+        model = onnx.shape_inference.infer_shapes(model)
+        return cls.prepare(model, device, **kwargs).run(dict(zip(names, arrays)))
 
 
 prepare = CyrnnBackend.prepare

@@ -172,3 +172,45 @@ def test_other_operators_and_devices_are_refused():
                  "R": np.ones((1, 3, 1), np.float32),
                  "sequence_lens": np.array([3], np.int32)}
         onnx_backend.prepare(_model(node, feeds)).run(feeds)
+
+
+@pytest.mark.parametrize("make", [
+    lambda torch: torch.nn.GRU(3, 4, batch_first=True),
+    lambda torch: torch.nn.LSTM(3, 4, num_layers=2, bidirectional=True, batch_first=True),
+    lambda torch: torch.nn.RNN(3, 4, nonlinearity="relu")])
+def test_torch_exports_run(make, backend):
+    # torch.onnx.export puts Constant / ConstantOfShape / Expand around its recurrent
+    # nodes (the zero initial states): every such export was refused
+    torch = pytest.importorskip("torch")
+    import io
+
+    module = make(torch).eval()
+    x = torch.randn(2, 5, 3)
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (x,), buf, dynamo=False, opset_version=18)
+    rep = onnx_backend.prepare(onnx.load_from_string(buf.getvalue()), backend=backend)
+    with torch.no_grad():
+        expected = [t.numpy() for t in (module(x)[0],)]
+    np.testing.assert_allclose(rep.run([x.numpy()])[0], expected[0], rtol=1e-5, atol=1e-6)
+
+
+def test_run_node_runs_one_node_and_checks_it():
+    # run_node was the base class's, which returns None
+    rng = np.random.default_rng(0)
+    X, W, R = (rng.normal(size=s).astype(np.float32) for s in [(5, 2, 3), (1, 12, 3), (1, 12, 4)])
+    node = helper.make_node("GRU", ["X", "W", "R"], ["Y", "Y_h"], hidden_size=4)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info(n, TensorProto.FLOAT,
+                                                                          a.shape)
+                                            for n, a in zip("XWR", (X, W, R))],
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, None)
+                               for n in ("Y", "Y_h")])
+    expected = ReferenceEvaluator(helper.make_model(graph)).run(None, {"X": X, "W": W, "R": R})
+    out = onnx_backend.run_node(node, [X, W, R])
+    assert len(out) == 2
+    for a, b in zip(out, expected):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="clip"):
+        onnx_backend.run_node(helper.make_node("GRU", ["X", "W", "R"], ["Y"], hidden_size=4,
+                                               clip=1.0), [X, W, R])
