@@ -85,7 +85,12 @@ def is_poem(text, form="quatrain", head=None):
     """Whether ``text`` is a five-character poem of ``form`` ('quatrain': 4 lines,
     'regulated': 8), each line five CJK ideographs followed by ``，`` (odd lines)
     or ``。`` (even lines), and, with ``head``, line ``k`` starting with ``head[k]``."""
+    if form not in POEM_FORMS:
+        raise ValueError(f"form must be one of {sorted(POEM_FORMS)}, got {form!r}")
     lines = POEM_FORMS[form]
+    if head is not None and (not isinstance(head, str) or len(head) != lines):
+        raise ValueError(f"head must be a string of {lines} characters (one per line of a "
+                         f"{form}), got {head!r}")
     if not isinstance(text, str) or len(text) != 6 * lines:
         return False
     for k in range(lines):
@@ -332,9 +337,17 @@ class CharLanguageModel(BaseEstimator):
     def decode(self, ids):
         """The string of token ids (markers and padding are skipped)."""
         self._require_fitted()
+        ids = np.asarray(ids)
+        if ids.ndim == 1 and ids.size == 0:
+            return ""
+        if ids.ndim != 1 or ids.dtype.kind not in "iu":
+            raise ValueError(f"ids must be a 1-D sequence of integer token ids, got dtype "
+                             f"{ids.dtype} shape {ids.shape}")
+        if ids.min() < 0 or ids.max() >= self.vocab_size_:
+            raise ValueError(f"token ids must be in [0, {self.vocab_size_}), got "
+                             f"{int(ids.min())} .. {int(ids.max())}")
         chars = self.chars_
-        return "".join(chars[i - N_RESERVED] for i in np.asarray(ids).tolist()
-                       if i >= N_RESERVED)
+        return "".join(chars[i - N_RESERVED] for i in ids.tolist() if i >= N_RESERVED)
 
     @property
     def vocabulary_(self):

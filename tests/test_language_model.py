@@ -303,6 +303,20 @@ def test_prepare_corpus_and_is_poem():
     assert not is_poem(POEMS[0], head="床疑举高") and not is_poem(POEMS[0], "regulated")
     assert not is_poem(POEMS[0].replace("，", ",", 1))
     assert not is_poem("床前明月A，" + POEMS[0][6:])
+    # bad arguments are ValueErrors naming them (were KeyError / IndexError)
+    with pytest.raises(ValueError, match="form must be one of"):
+        is_poem(POEMS[0], "sonnet")
+    with pytest.raises(ValueError, match="head must be a string of 4 characters"):
+        is_poem(POEMS[0], head="床")
+
+
+def test_decode_checks_the_ids(names_model):
+    lm = names_model
+    assert lm.decode([]) == "" and lm.decode(np.array([0, 1, 2])) == ""
+    for bad, message in [([lm.vocab_size_], "token ids must be in"), ([-1], "must be in"),
+                         ([1.5], "integer token ids"), ([[3]], "1-D")]:
+        with pytest.raises(ValueError, match=message):
+            lm.decode(bad)
 
 
 # ---------------------------------------------------------------- the estimator contract
