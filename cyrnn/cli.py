@@ -146,7 +146,7 @@ def _build_parser():
                        "run) and print samples: dinosaur names or Tang poems.")
     p.add_argument("corpus", choices=("dinos", "tang"),
                    help="dinos: 1,543 dinosaur names; tang: five-character Tang poems")
-    p.add_argument("--form", choices=FORMS, default="quatrain",
+    p.add_argument("--form", choices=FORMS, default=None,
                    help="tang: 4 lines (quatrain, default) or 8 lines (regulated)")
     p.add_argument("--head", default=None,
                    help="tang: acrostic, the first character of every line (e.g. 春夏秋冬)")
@@ -272,6 +272,10 @@ def _cmd_generate(args):
     corpus = args.corpus
     if corpus == "dinos" and (args.head is not None):
         raise CLIError("--head is for 'generate tang' (acrostic poems)")
+    if corpus == "dinos" and args.form is not None:
+        raise CLIError("--form is for 'generate tang' (poems)")
+    if corpus == "dinos" and args.max_vocab is not None:
+        raise CLIError("--max-vocab is for 'generate tang' (the poems' characters)")
     if corpus == "tang" and args.prefix:
         raise CLIError("--prefix is for 'generate dinos'; use --head for acrostic poems")
     preset = dict(PRESETS[corpus])
@@ -295,6 +299,9 @@ def _cmd_generate(args):
             lm = None
     if lm is None:
         texts = prepare_corpus(corpus, max_samples, max_vocab, random_state=args.train_seed)
+        if not texts:
+            raise CLIError(f"no poem of the corpus is written with the {max_vocab} most "
+                           "frequent characters alone; raise --max-vocab")
         what = "dinosaur names" if corpus == "dinos" else "Tang poems"
         cell = settings.get("cell", "lstm").upper() + (" (peephole)" if settings.get("peephole")
                                                         else "")
@@ -318,7 +325,7 @@ def _cmd_generate(args):
     temperature = 0.8 if args.temperature is None else args.temperature
     with _threads(args):
         if corpus == "tang":
-            out = lm.sample_poem(args.n, form=args.form, head=args.head,
+            out = lm.sample_poem(args.n, form=args.form or "quatrain", head=args.head,
                                  temperature=temperature, top_k=args.top_k,
                                  random_state=args.seed)
         else:
@@ -347,8 +354,11 @@ def _read_corpus(path, whole):
         raise CLIError(f"cannot read corpus {path!r}: {exc.strerror or exc}") from None
     text = text.lstrip("\ufeff")
     if whole:
-        if len(text.strip()) < 2:
+        if not text.strip():
             raise CLIError(f"corpus {path!r} is empty")
+        if len(text) < 2:
+            raise CLIError(f"corpus {path!r} is too short: --text needs at least 2 "
+                           "characters (one to predict from, one to predict)")
         return text
     lines = [line.rstrip("\r") for line in text.split("\n")]
     lines = [line for line in lines if line.strip()]
@@ -366,6 +376,8 @@ def _cmd_train(args):
         raise CLIError(f"cannot write {args.out!r}: it is a directory")
     if not out.absolute().parent.is_dir():
         raise CLIError(f"cannot write {args.out!r}: folder {str(out.parent)!r} does not exist")
+    if out.exists() and not out.resolve().is_file():  # before training, not after
+        raise CLIError(f"cannot write {args.out!r}: it exists and is not a regular file")
     settings = _settings(args, {})
     lm = CharLanguageModel(**settings, bptt=args.bptt, backend=args.backend,
                            random_state=args.seed, verbose=not args.quiet)
@@ -379,6 +391,8 @@ def _cmd_train(args):
         lm.save(out)
     except OSError as exc:
         raise CLIError(f"cannot write {args.out!r}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
     loss = f", final loss {lm.loss_curve_[-1]:.3f} nats/char" if lm.loss_curve_ else ""
     _say(args, f"trained in {lm.train_time_:.1f} s{loss}; saved to {out}")
     return 0
@@ -392,6 +406,9 @@ def _cmd_sample(args):
         if args.form is not None:
             if args.prefix:
                 raise CLIError("--prefix does not apply to poems (--form); use --head")
+            if args.max_length is not None:
+                raise CLIError("--max-length does not apply to poems (--form): their length "
+                               "is the form's")
             out = lm.sample_poem(args.n, form=args.form, head=args.head,
                                  temperature=temperature, top_k=args.top_k,
                                  random_state=args.seed)
@@ -410,6 +427,9 @@ def _cmd_info(args):
     info = lm.info()
     chars = "".join(lm.chars_)
     shown = chars if len(chars) <= 60 else chars[:60] + "..."
+    # one line per field: control characters (a text's line breaks) escaped
+    shown = "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii")
+                    for ch in shown)
     rows = [("file", args.model), ("kind", "CharLanguageModel"),
             *((k, v) for k, v in info.items()), ("characters", shown)]
     _print_lines(f"{k}: {v}" for k, v in rows)

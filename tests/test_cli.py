@@ -178,6 +178,23 @@ def test_errors_are_one_line(run, tmp_path, capsys):
                                      tmp_path / "no" / "such" / "dir" / "m.cyrnn")
     status, out, err = in_process(capsys, "info", model)
     assert status == 0 and "vocab_size: 7" in out
+    # options that do not apply are refused, not ignored; checks before training
+    assert "--form is for" in error("generate", "dinos", "--form", "regulated")
+    assert "--max-vocab is for" in error("generate", "dinos", "--max-vocab", "30")
+    assert "--max-length" in error("sample", model, "--form", "quatrain", "--max-length", "3")
+    one = tmp_path / "one.txt"
+    one.write_text("a", encoding="utf-8")
+    assert "too short" in error("train", one, "--text")
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(tmp_path / "fifo.cyrnn")
+        assert "not a regular file" in error("train", corpus, "--out", tmp_path / "fifo.cyrnn")
+    text = tmp_path / "crlf.txt"
+    text.write_bytes(b"ab\r\nba\r\n")
+    assert run("train", text, "--text", "--epochs", "1", "--hidden", "4", "--out", model,
+               "-q").returncode == 0
+    status, out, err = in_process(capsys, "info", model)
+    line = [row for row in out.splitlines() if row.startswith("characters:")]
+    assert status == 0 and line == ["characters: \\n\\rab"]  # escaped, one line
 
 
 def test_installed_console_script(tmp_path):
