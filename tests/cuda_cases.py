@@ -315,6 +315,33 @@ def test_device_resident_training_matches_reference(name, kw, dtype):
         np.testing.assert_allclose(res[0][3], res[1][3], rtol=1e-6)
 
 
+def test_a_layers_own_calls_and_optimizer_end_residency():
+    """Inside ``device_training``, an optimizer over one layer's buffer, and a layer's
+    own call (its buffer a view of the model's), first bring the device's values back
+    and end the session: the optimizer updated the stale host arrays with zero host
+    gradients (nothing trained), the layer's step read the stale host weights."""
+    from cyrnn.fitting import device_training
+
+    rng = np.random.default_rng(3)
+    x, y = rng.standard_normal((2, 3, 2)), rng.standard_normal((2, 3, 2))
+    res = []
+    for backend in ("cuda", "numpy"):
+        model = _resident_model(backend, np.float64)
+        layer_opt = cyrnn.optim.SGD(model.layers[0], lr=0.1)
+        opt = cyrnn.optim.SGD(model, lr=0.1, momentum=0.9)
+        with device_training(model):
+            cyrnn.training.train_step(model, layer_opt, "mse", x, y)
+            assert model.params.device is None  # ended by the layer's optimizer
+        with device_training(model):
+            cyrnn.training.train_step(model, opt, "mse", x, y)
+            step = model.layers[0].step(x[:, 0], None)[0]
+            assert model.params.device is None  # ended by the layer's own call
+            cyrnn.training.train_step(model, opt, "mse", x, y)
+        res.append((model.params.data.copy(), step))
+    np.testing.assert_allclose(res[0][0], res[1][0], rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(res[0][1], res[1][1], rtol=1e-10, atol=1e-12)
+
+
 def test_declined_call_ends_residency(spy):
     """A batch the plan path does not take (a row of padding ids only under mask_zero:
     the layer path runs) first brings the device's values back to the host; training

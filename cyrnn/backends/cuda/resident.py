@@ -21,13 +21,15 @@ on the device across training steps.
 host arrays (the fit loop calls it after every epoch, before its divergence check and
 validation); :meth:`Session.close` syncs and unregisters, after which the model is an
 ordinary host model. A session ends early (synced, then closed) when a fused call on
-its buffer declines (the layer path that runs instead reads the host arrays) or when
-the optimizer is not exactly SGD, RMSProp or Adam over the same buffer; training then
-goes on with host parameters.
+its buffer declines (the layer path that runs instead reads the host arrays), when
+the optimizer is not exactly SGD, RMSProp or Adam over the same buffer, or when a call
+or an optimizer uses a part of the buffer on its own (a layer's view of the model's:
+:func:`release_overlapping`); training then goes on with host parameters.
 """
 
 from __future__ import annotations
 
+import numpy as np
 from numba import cuda
 
 from . import ops, update
@@ -40,11 +42,24 @@ def _session(data):
     return s if s is not None and s.params.data is data else None
 
 
+def release_overlapping(data):
+    """End (after syncing) every session whose buffer ``data`` is part of without being
+    it: a layer's own view of a model's buffer, read or updated on the host (a layer's
+    call, an optimizer over one layer). Training then goes on with host parameters,
+    as after a declined call."""
+    for s in list(_SESSIONS.values()):
+        if s.params.data is not data and np.may_share_memory(s.params.data, data):
+            s.close(force=True)
+
+
 def device_data(data):
     """The device parameters for host buffer ``data``: the session's, else a copy made
-    for this call."""
+    for this call (of host values made current first: see :func:`release_overlapping`)."""
     s = _session(data)
-    return s.d_data if s is not None else cuda.to_device(data)
+    if s is None:
+        release_overlapping(data)
+        return cuda.to_device(data)
+    return s.d_data
 
 
 def device_grad(data, grad):
@@ -54,6 +69,7 @@ def device_grad(data, grad):
     s = _session(data)
     if s is not None and grad is s.params.grad:
         return s.d_grad, False
+    release_overlapping(data)
     return cuda.to_device(grad), True
 
 
