@@ -322,6 +322,7 @@ class Sequential:
             if res is None:
                 return None
             out, h_n, c_n, fused = res
+            self._out_shape = out.shape  # backward's d_output shape
             self.clear_caches()
             self._fused_cache = (plan, fused, n)
         else:
@@ -411,8 +412,10 @@ class Sequential:
         fused = self.__dict__.get("_fused_cache")
         if fused is not None:
             plan, cache, n = fused
+            if d_output is not None:  # the layer path's check and message
+                d_output = self.layers[-1]._check_d_output(d_output, self._out_shape)
             d_out = (None if d_output is None
-                     else np.require(np.asarray(d_output, self.dtype), requirements="CA"))
+                     else np.require(d_output, requirements="CA"))
             dh_n, dc_n = plan.flat_grads(d_states, n, self.dtype)
             dx = plan.backward(self.params.data, self.params.grad, cache, d_out, dh_n, dc_n,
                                bool(input_grad))[0]

@@ -107,7 +107,10 @@ def test_sequential_backward_checks_everything_before_any_layer_runs(backend, op
                               cyrnn.Activation("tanh"), cyrnn.Dense(H, 2, random_state=0)])
     out = model.forward(np.ones((N, T, D), np.float32), training=True)
     for d_output, d_states, message in [
-            (np.ones((T, N, 2)), None, "shape"),
+            # the same message on the fused path as on the layer path
+            (np.ones((T, N, 2)), None, r"Dense.backward: d_output must have the forward "
+                                       r"output's shape \(3, 5, 2\), got \(5, 3, 2\)"),
+            (np.ones((1, T, 2)), None, "forward output's shape"),  # broadcastable
             (np.ones(out.shape), [np.ones((1, 1, H))], "final state h"),
             (np.ones(out.shape), [None, None], "d_states needs 1 entries")]:
         with pytest.raises(ValueError, match=message):
