@@ -442,6 +442,9 @@ class Sequential:
             if is_rnn:
                 r -= 1
                 d, _ = layer.backward(d, d_states[r], input_grad=input_grad or i > 0)
+            elif d is None:  # no output gradient (as the fused call takes it): nothing to
+                layer._require_cache()  # add here; the layer's cache is used up
+                layer._cache = None
             else:
                 d = layer.backward(d)
         return d

@@ -199,3 +199,18 @@ def test_sequential_ending_in_merge_mode_none_runs_and_checks_its_gradient(backe
         model.backward(np.ones((N, T, H)))
     model.backward(np.ones((2, N, T, H)))
     assert model.params.grad.any()
+
+
+def test_sequential_backward_without_output_gradient(backend):
+    # d_output None (only final-state gradients): the fused call took it, the layer path
+    # (NumPy's) failed in Dense.backward
+    model = cyrnn.Sequential([cyrnn.LSTM(D, H, backend=backend, random_state=0),
+                              cyrnn.Dense(H, 2, random_state=1)])
+    ref = cyrnn.Sequential([cyrnn.LSTM(D, H, backend="numpy", random_state=0),
+                            cyrnn.Dense(H, 2, random_state=1)])
+    d_state = (np.ones((1, N, H)), None)
+    for m in (model, ref):
+        m.forward(np.ones((N, T, D), np.float32), training=True)
+        m.backward(None, [d_state])
+    np.testing.assert_allclose(model.params.grad, ref.params.grad, rtol=1e-5, atol=1e-6)
+    assert model.params.grad.any() and not model.params.grad[-2 * H - 2:].any()  # Dense: 0
