@@ -93,6 +93,19 @@ def _positive_float(text):
     return value
 
 
+# CharLanguageModel's lowest temperature (language_model.MIN_TEMPERATURE; the CLI
+# starts without importing it, so that --help stays fast: tests/test_cli.py checks both)
+_MIN_TEMPERATURE = 1e-4
+
+
+def _temperature(text):
+    value = _positive_float(text)
+    if value < _MIN_TEMPERATURE:
+        raise argparse.ArgumentTypeError(f"must be >= {_MIN_TEMPERATURE:g}, got {text} "
+                                         "(use --top-k 1 for greedy sampling)")
+    return value
+
+
 def _backend_name(text):
     from .backends import BACKENDS
     if text != "auto" and text not in BACKENDS:
@@ -115,7 +128,7 @@ def _build_parser():
     sampling = argparse.ArgumentParser(add_help=False)
     s = sampling.add_argument_group("sampling")
     s.add_argument("-n", type=_count, default=5, help="how many samples (default 5)")
-    s.add_argument("--temperature", type=_positive_float, default=None,
+    s.add_argument("--temperature", type=_temperature, default=None,
                    help="below 1: safer, above 1: wilder (default 0.8 for generate, 1 for sample)")
     s.add_argument("--top-k", type=_positive_int, default=None,
                    help="sample among the K most likely characters only (1 = greedy)")

@@ -55,6 +55,8 @@ POEM_FORMS = {"quatrain": 4, "regulated": 8}
 # The longest training sequence a saved model may declare (its default sample
 # length is twice that): a file cannot make ``sample()`` allocate without bound.
 _MAX_STORED_LENGTH = 1_000_000
+#: The lowest sampling temperature (below, logits / temperature lose all precision).
+MIN_TEMPERATURE = 1e-4
 # The parameters that shape the network: saved as fitted (``set_params`` after a fit
 # changes the parameters, not the fitted network, as in scikit-learn and a pickle).
 _ARCH = ("cell", "hidden_size", "num_layers", "embedding_dim", "peephole", "dtype")
@@ -622,8 +624,8 @@ class CharLanguageModel(BaseEstimator):
     @staticmethod
     def _check_sampling(temperature, top_k):
         temperature = V.check_float(temperature, "temperature", 0.0, include_min=False)
-        if temperature < 1e-4:  # logits / temperature would lose all precision
-            raise ValueError(f"temperature must be >= 0.0001, got {temperature}; "
+        if temperature < MIN_TEMPERATURE:  # logits / temperature would lose all precision
+            raise ValueError(f"temperature must be >= {MIN_TEMPERATURE:g}, got {temperature}; "
                              "use top_k=1 for greedy sampling")
         top_k = V.check_int(top_k, "top_k", minimum=0, allow_none=True)
         return temperature, (top_k or 0)

@@ -168,6 +168,11 @@ def test_errors_are_one_line(run, tmp_path, capsys):
         return err
 
     assert "temperature" in error("sample", model, "--temperature", "0", code=2)
+    # the language model's lower bound is a usage error too (it exited with 1)
+    assert "must be >= 0.0001" in error("sample", model, "--temperature", "1e-5", code=2)
+    from cyrnn import cli
+    from cyrnn.language_model import MIN_TEMPERATURE
+    assert cli._MIN_TEMPERATURE == MIN_TEMPERATURE
     assert "invalid choice" in error("frobnicate", code=2)
     assert "cannot load" in error("info", garbage)
     assert "poems" in error("sample", model, "--form", "quatrain")
