@@ -276,10 +276,8 @@ class CyrnnBackend(Backend):
         elem = [onnx.helper.np_dtype_to_tensor_dtype(a.dtype) for a in arrays]
         graph = onnx.helper.make_graph(
             [node], "run_node", [info(n, e, a.shape) for n, e, a in zip(names, elem, arrays)],
-            # typed as the first input (the recurrent operators' outputs are); shape
-            # inference below gives other operators' types
-            [info(n, elem[0] if elem else onnx.TensorProto.FLOAT, None)
-             for n in node.output if n])
+            # typed by ONNX's shape inference below
+            [onnx.helper.make_empty_tensor_value_info(n) for n in node.output if n])
         opset = kwargs.pop("opset_version", None) or onnx.defs.onnx_opset_version()
         model = onnx.helper.make_model(
             graph, opset_imports=[onnx.helper.make_opsetid("", opset)])

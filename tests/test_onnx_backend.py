@@ -214,3 +214,9 @@ def test_run_node_runs_one_node_and_checks_it():
     with pytest.raises(ValueError, match="clip"):
         onnx_backend.run_node(helper.make_node("GRU", ["X", "W", "R"], ["Y"], hidden_size=4,
                                                clip=1.0), [X, W, R])
+    # outputs of another type than the first input (typed by shape inference)
+    shape, = onnx_backend.run_node(helper.make_node("Shape", ["X"], ["S"]), [X])
+    np.testing.assert_array_equal(shape, X.shape)
+    cast, = onnx_backend.run_node(helper.make_node("Cast", ["X"], ["C"], to=TensorProto.INT64),
+                                  [np.full((2, 2), 2.7, np.float32)])
+    assert cast.dtype == np.int64 and (cast == 2).all()
