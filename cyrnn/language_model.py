@@ -59,7 +59,8 @@ _MAX_STORED_LENGTH = 1_000_000
 MIN_TEMPERATURE = 1e-4
 # The parameters that shape the network: saved as fitted (``set_params`` after a fit
 # changes the parameters, not the fitted network, as in scikit-learn and a pickle).
-_ARCH = ("cell", "hidden_size", "num_layers", "embedding_dim", "peephole", "dtype")
+_ARCH = ("cell", "hidden_size", "num_layers", "embedding_dim", "peephole", "dtype",
+         "train_compute")
 COMMA, PERIOD = "，", "。"
 KIND = "cyrnn.CharLanguageModel"
 
@@ -384,7 +385,8 @@ class CharLanguageModel(BaseEstimator):
         return {"cell": self.cell, "hidden_size": int(self.hidden_size),
                 "num_layers": int(self.num_layers),
                 "embedding_dim": None if self.embedding_dim is None else int(self.embedding_dim),
-                "peephole": bool(self.peephole), "dtype": np.dtype(V.check_dtype(self.dtype)).name}
+                "peephole": bool(self.peephole), "dtype": np.dtype(V.check_dtype(self.dtype)).name,
+                "train_compute": self.train_compute}
 
     def _n_params(self):
         """Size of the parameter vector of :meth:`_build_model`'s network, computed
@@ -813,7 +815,8 @@ class CharLanguageModel(BaseEstimator):
             params["random_state"] = int(seed)
         elif seed is not None:
             params["random_state"] = None  # a Generator cannot be stored
-        meta = {"class": "CharLanguageModel", "params": params, "architecture": self._arch,
+        arch = self.__dict__.get("_arch") or self._architecture()  # (older pickles: none)
+        meta = {"class": "CharLanguageModel", "params": params, "architecture": arch,
                 "chars": "".join(self.chars_),
                 "mode": self.mode_, "max_length": self.max_length_,
                 "loss_curve": [float(v) for v in self.loss_curve_],

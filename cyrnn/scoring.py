@@ -617,7 +617,8 @@ def _language_model_scorer(kind, meta, arrays, backend):
     arch = meta.get("architecture")  # the network as fitted (absent before 2026-12-02)
     if arch is not None:
         if not isinstance(arch, dict) or not set(arch) <= {
-                "cell", "hidden_size", "num_layers", "embedding_dim", "peephole", "dtype"}:
+                "cell", "hidden_size", "num_layers", "embedding_dim", "peephole", "dtype",
+                "train_compute"}:
             raise ValueError("bad architecture entry")
         p = {**p, **arch}
     chars = meta["chars"]

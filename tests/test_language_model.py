@@ -382,7 +382,8 @@ def test_learned_attributes_end_with_an_underscore(data):
 
 
 @pytest.mark.parametrize("change", [{"hidden_size": 32}, {"cell": "gru"}, {"dtype": "float64"},
-                                    {"embedding_dim": None}, {"num_layers": 2}])
+                                    {"embedding_dim": None}, {"num_layers": 2},
+                                    {"train_compute": "bfloat16"}])
 def test_save_after_set_params_keeps_the_fitted_network(change, tmp_path, monkeypatch):
     # set_params after fit changes the parameters, not the network: the file stores the
     # network as fitted (it was written with the new parameters and refused on load)
@@ -405,6 +406,13 @@ def test_save_after_set_params_keeps_the_fitted_network(change, tmp_path, monkey
     expected = np.exp(logits - logits.max(-1, keepdims=True))
     np.testing.assert_allclose(scoring.load(path).predict_proba(ids),
                                expected / expected.sum(-1, keepdims=True), rtol=1e-6)
+    # parameters valid together but not with the fitted network (float64 weights)
+    lm64 = CharLanguageModel(hidden_size=8, embedding_dim=4, max_epochs=1, dtype="float64",
+                             random_state=0).fit(NAMES20[:4])
+    lm64.set_params(dtype="float32", train_compute="bfloat16")
+    back = persistence.load(lm64.save(tmp_path / "lm64.cyrnn"))
+    assert back.train_compute == "bfloat16" and back.model_.dtype == np.float64
+    assert back.sample(2, random_state=1) == lm64.sample(2, random_state=1)
     # the longest training sequence is stored up to the loader's bound
     monkeypatch.setattr(lm_module, "_MAX_STORED_LENGTH", 5)
     long = CharLanguageModel(hidden_size=4, embedding_dim=2, max_epochs=1,
