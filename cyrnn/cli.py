@@ -332,7 +332,7 @@ def _cmd_generate(args):
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 lm.save(path)
-            except OSError as exc:
+            except (OSError, ValueError) as exc:  # ValueError: not a regular file
                 _say(args, f"could not write the cache file {path}: {exc}")
     lm.backend = args.backend
     temperature = 0.8 if args.temperature is None else args.temperature
