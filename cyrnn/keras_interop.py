@@ -55,7 +55,6 @@ def _direction_options(klayer):
                                      if hasattr(cell, "recurrent_activation") else None),
             "reset_after": bool(getattr(cell, "reset_after", False)),
             "use_bias": bool(cell.use_bias), "stateful": bool(klayer.stateful),
-            "dropout": float(getattr(cell, "dropout", 0.0)),
             "recurrent_dropout": float(getattr(cell, "recurrent_dropout", 0.0)),
             "dtype": _dtype(klayer)}
 
@@ -78,10 +77,6 @@ def _recurrent(klayer, backend, bidirectional=None):
         options["recurrent_activation"] = _act_name(cell.recurrent_activation)
     if kind == "GRU":
         options["reset_after"] = bool(cell.reset_after)
-    if float(getattr(cell, "dropout", 0.0)) > 0:
-        warnings.warn(f"{kind}(dropout={cell.dropout}) drops inputs in training; cyrnn has "
-                      "no input dropout, so the converted layer has none (outputs at "
-                      "inference are the same)", UserWarning, stacklevel=3)
     cells = [cell]
     if bidirectional is not None:
         fwd, bwd = bidirectional.forward_layer, bidirectional.backward_layer
@@ -98,6 +93,11 @@ def _recurrent(klayer, backend, bidirectional=None):
         options.update(bidirectional=True, merge_mode=bidirectional.merge_mode,
                        return_sequences=bool(bidirectional.return_sequences), go_backwards=False)
         cells = [fwd.cell, bwd.cell]
+    dropout = max(float(getattr(c, "dropout", 0.0)) for c in cells)
+    if dropout > 0:
+        warnings.warn(f"{kind}(dropout={dropout}) drops inputs in training; cyrnn has "
+                      "no input dropout, so the converted layer has none (outputs at "
+                      "inference are the same)", UserWarning, stacklevel=3)
     owner = bidirectional if bidirectional is not None else klayer
     layer = cls(D, H, return_state=bool(getattr(owner, "return_state", False)), **options)
     state = {}
@@ -175,7 +175,9 @@ def from_keras(model_or_layer, backend="auto"):
     dropped with a warning (it acts in training only). At masked steps a cyrnn layer
     outputs zeros where Keras repeats the last valid output (outside
     ``Bidirectional``); valid steps, final states and everything a following
-    recurrent layer computes agree.
+    recurrent layer computes agree, except after a ``go_backwards`` layer with a
+    mask (Keras hands the next layer the reversed outputs with the mask unreversed,
+    so it reads padded positions, which differ).
     """
     kind = type(model_or_layer).__name__
     if kind == "Sequential":

@@ -133,6 +133,10 @@ def test_refusals():
                      L.GRU(3, recurrent_activation="hard_sigmoid", go_backwards=True)):
         with pytest.raises(ValueError, match="backward layer differs in"):
             cyrnn.from_keras(model(L.Bidirectional(L.GRU(3), backward_layer=backward)))
+    # input dropout is dropped with a warning anyway: a difference in it is no reason
+    with pytest.warns(UserWarning, match="no input dropout"):
+        cyrnn.from_keras(model(L.Bidirectional(
+            L.GRU(3), backward_layer=L.GRU(3, dropout=0.2, go_backwards=True))))
 
 
 def test_bidirectional_with_a_matching_backward_layer(backend):
