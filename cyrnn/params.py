@@ -8,6 +8,8 @@ compiled backend can fuse them without knowing anything about layers.
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
 __all__ = ["ParameterBuffer"]
@@ -85,6 +87,11 @@ class ParameterBuffer:
         self.grad[...] = 0
         if self.device is not None:
             self.device.zero_grad()
+        else:  # part of a buffer trained on the device (a layer's): that session ends
+            resident = sys.modules.get("cyrnn.backends.cuda.resident")
+            if resident is not None:
+                resident.release_overlapping(self.data)
+                self.grad[...] = 0  # (the session's gradients came back over the zeros)
 
     def to_host(self):
         """End device residency, if any: the device's values, gradients and optimizer

@@ -337,6 +337,11 @@ def test_a_layers_own_calls_and_optimizer_end_residency():
             step = model.layers[0].step(x[:, 0], None)[0]
             assert model.params.device is None  # ended by the layer's own call
             cyrnn.training.train_step(model, opt, "mse", x, y)
+        with device_training(model):  # a layer's own zero_grad ends it too
+            model.forward(x, training=True)
+            model.backward(np.ones((2, 3, 2)))
+            model.layers[0].zero_grad()
+            assert model.params.device is None and not model.layers[0].params.grad.any()
         res.append((model.params.data.copy(), step))
     np.testing.assert_allclose(res[0][0], res[1][0], rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(res[0][1], res[1][1], rtol=1e-10, atol=1e-12)
