@@ -203,10 +203,12 @@ def tbptt(model, optimizer, loss, x, y, k1, k2=None, initial_states=None, sample
         for layer in recurrent:
             layer.bptt_truncate = None if k2 >= k1 else k2 - 1
         for start, stop in chunks:
+            # per-step weights (n, T): the chunk's steps
+            sw = (sample_weight if sample_weight is None or np.ndim(sample_weight) < 2
+                  else np.asarray(sample_weight)[:, start:stop])
             value, states = train_step(model, optimizer, loss_fn, x[:, start:stop],
-                                       y[:, start:stop],
-                                       initial_states=states, sample_weight=sample_weight,
-                                       return_states=True)
+                                       y[:, start:stop], initial_states=states,
+                                       sample_weight=sw, return_states=True)
             states = _detach(states)
             losses.append(value)
     finally:

@@ -185,3 +185,18 @@ def test_tbptt_refuses_a_chunk_without_weight_before_training(backend, rng):
     with pytest.raises(ValueError, match="steps 3 to 5 .* no valid step with a positive"):
         tbptt(model, cyrnn.optim.SGD(model, lr=0.1), "mse", x, y, k1=3, sample_weight=weights)
     np.testing.assert_array_equal(model.params.data, before)
+
+
+def test_tbptt_takes_per_step_weights_chunk_by_chunk(backend, rng):
+    # an (n, T) sample_weight was passed whole to every chunk's train_step, which
+    # refused it for the chunk's (n, k1) output
+    x, y = rng.normal(size=(2, 6, 2)), rng.normal(size=(2, 6, 1))
+    w = rng.uniform(0.5, 2.0, size=(2, 6))
+    a, b = make_model(backend), make_model(backend)
+    tbptt(a, cyrnn.optim.SGD(a, lr=0.1), "mse", x, y, k1=3, sample_weight=w)
+    carried, opt = None, cyrnn.optim.SGD(b, lr=0.1)
+    for start in (0, 3):
+        _, carried = train_step(b, opt, "mse", x[:, start:start + 3], y[:, start:start + 3],
+                                initial_states=carried, sample_weight=w[:, start:start + 3],
+                                return_states=True)
+    np.testing.assert_allclose(a.params.data, b.params.data, rtol=1e-12, atol=1e-14)
