@@ -16,7 +16,7 @@ from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.utils.validation import check_is_fitted
 
 from . import _validation as V
-from .estimators.base import check_fitted_input, check_sequences, input_spec, is_ragged
+from .estimators.base import check_fitted_input, check_sequences, input_spec, is_sequence_list
 
 __all__ = ["pad_sequences", "SequenceStandardScaler"]
 
@@ -99,7 +99,7 @@ def pad_sequences(sequences, maxlen=None, dtype="int32", padding="pre", truncati
 
 def _float_dtype(X):
     """float32 when every given array is float32, else float64."""
-    if is_ragged(X):
+    if is_sequence_list(X):
         return np.float32 if all(getattr(np.asarray(s), "dtype", None) == np.float32
                                  for s in X) else np.float64
     return np.float32 if getattr(X, "dtype", None) == np.float32 else np.float64

@@ -169,11 +169,26 @@ def is_ragged(X):
     return False
 
 
+def is_sequence_list(X, tokens=False):
+    """True when ``X`` is read as a list of sequences rather than as one array.
+
+    Ragged input (:func:`is_ragged`) always is. So is a list or tuple of NumPy
+    float-feature arrays of equal shapes: each array is one sequence, so a model
+    fitted on such a list takes sequences of other lengths later, and a list of one
+    sequence is never read as a one-row table. Nested Python lists, and token ids,
+    are read as one array (a table of token ids keeps its padding rules).
+    """
+    if is_ragged(X):
+        return True
+    return (not tokens and isinstance(X, (list, tuple)) and len(X) > 0
+            and all(isinstance(e, np.ndarray) and e.ndim in (1, 2) for e in X))
+
+
 def as_sequences(X, *, tokens=False, vocab_size=None, dtype=np.float32):
     """Validate sequence input without scikit-learn (:mod:`cyrnn.scoring`): the same
     conversion as the estimators' ``check_sequences``, with cyrnn's own messages."""
     dtype = V.check_dtype(dtype)
-    if is_ragged(X):
+    if is_sequence_list(X, tokens):
         return _check_ragged(X, tokens, vocab_size, dtype)
     _refuse_strings(X)
     arr = np.asarray(X)

@@ -200,3 +200,33 @@ def test_log_probabilities_come_from_the_logits():
     clf = cyrnn.GRUClassifier(hidden_size=4, max_iter=1, random_state=0).fit(X, y > 0)
     np.testing.assert_allclose(np.exp(clf.predict_log_proba(X)), clf.predict_proba(X),
                                rtol=1e-12)
+
+
+def test_a_list_of_arrays_is_a_list_of_sequences_even_when_their_lengths_agree():
+    # univariate windows of one length, then one sequence at a time at predict: never
+    # read as a table whose width fit fixed (the scorer reads input the same way)
+    from cyrnn.preprocessing import SequenceStandardScaler
+    from cyrnn.scoring import from_estimator
+
+    rng = np.random.default_rng(0)
+    train = [rng.normal(size=12) for _ in range(16)]
+    y = np.array([s[-1] for s in train])
+    est = cyrnn.GRURegressor(hidden_size=3, max_iter=1, random_state=0).fit(train, y)
+    assert est.n_features_in_ == 1
+    one = rng.normal(size=20)
+    np.testing.assert_array_equal(est.predict([one]), est.predict([one[:, None]]))
+    np.testing.assert_array_equal(est.predict([one]), est.predict(one[None, :, None]))
+    np.testing.assert_array_equal(from_estimator(est).predict([one]), est.predict([one]))
+    # a 2-D table fitted on still needs its width back; a list of arrays does not
+    table = cyrnn.GRURegressor(hidden_size=3, max_iter=1, random_state=0).fit(
+        np.stack(train), y)
+    assert table.n_features_in_ == 12
+    with pytest.raises(ValueError, match="12 features"):
+        table.predict(one[None, :])
+    assert table.predict([one]).shape == (1,)
+    # nested Python lists stay one array (a table)
+    assert cyrnn.GRURegressor(hidden_size=3, max_iter=1, random_state=0).fit(
+        [list(s) for s in train], y).n_features_in_ == 12
+    # the scaler gives back the kind it got
+    scaled = SequenceStandardScaler().fit_transform([np.ones(3), np.zeros(3)])
+    assert isinstance(scaled, list) and scaled[0].shape == (3,)

@@ -64,8 +64,9 @@ from ..fitting import History, Progress, Stopping, run_epochs
 from ..training import evaluate_loss, train_step, zero_output_loss
 from ..sequences import (ARCH_KEYS, SPEC_KEYS, SequenceData, _check_ragged,  # noqa: F401
                          _refuse_strings,
-                         build_model, check_fitted_input, input_spec, is_ragged, n_params,
-                         positive_int, raw_outputs, sequence_table)
+                         build_model, check_fitted_input, input_spec, is_ragged,
+                         is_sequence_list, n_params, positive_int, raw_outputs,
+                         sequence_table)
 _n_params = n_params  # the name tests use
 
 __all__ = ["BaseSequenceModel", "SequenceData", "check_sequences", "check_fitted_input",
@@ -98,7 +99,7 @@ def check_sequences(X, *, tokens=False, vocab_size=None, dtype=np.float32, estim
         a token sequence without any non-padding id.
     """
     dtype = V.check_dtype(dtype)
-    if is_ragged(X):
+    if is_sequence_list(X, tokens):
         return _check_ragged(X, tokens, vocab_size, dtype)
     _refuse_strings(X)
     # scikit-learn's checks give the conventional messages (sparse, complex, 1-D,
@@ -991,14 +992,15 @@ _INPUT_DOC = """\
     Input ``X`` is a 3-D array ``(n_samples, n_steps, n_features)``; a 2-D array
     ``(n_samples, n_steps)`` (one feature per step, or token ids with
     ``vocab_size``); or a list (or 1-D object array) of arrays ``(n_steps_i,
-    n_features)`` / ``(n_steps_i,)`` of different lengths, batched by length with
-    masks. Values must be numbers: strings are refused (``TypeError``) even when
+    n_features)`` / ``(n_steps_i,)``, batched by length with masks (a list of
+    NumPy arrays is a list of sequences even when their lengths are equal; a
+    nested Python list is read as one array). Values must be numbers: strings are refused (``TypeError``) even when
     they spell numbers, in arrays and lists alike. Such lists work as-is with
     ``cross_val_score``, ``GridSearchCV`` and ``Pipeline`` (see
     :class:`cyrnn.preprocessing.SequenceStandardScaler`).
     A 2-D table's columns are its features in scikit-learn's sense: predicting
-    needs as many columns as fitting did, while 3-D arrays and lists may have
-    other lengths than in fit.
+    needs as many columns as fitting did, while 3-D arrays and lists of arrays
+    may have other lengths than in fit.
 """
 
 def _choices(names):
