@@ -214,3 +214,38 @@ def test_sequential_backward_without_output_gradient(backend):
         m.backward(None, [d_state])
     np.testing.assert_allclose(model.params.grad, ref.params.grad, rtol=1e-5, atol=1e-6)
     assert model.params.grad.any() and not model.params.grad[-2 * H - 2:].any()  # Dense: 0
+
+
+@pytest.mark.parametrize("backend", ["numpy", "cython", "numba"])
+def test_changing_inputs_or_outputs_after_a_training_forward_leaves_the_gradients(backend):
+    # backward reads what forward saw: the layer path, Dense, Embedding and Activation
+    # keep their own copy where the caller's array (or the returned output) could
+    # change in between, as the fused calls always did
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(1, 5, 3)).astype(np.float32)
+    ids = rng.integers(1, 6, size=(2, 5))
+    builds = [
+        (lambda: cyrnn.LSTM(3, 4, backend=backend, random_state=0), x),
+        (lambda: cyrnn.GRU(3, 4, backend=backend, go_backwards=True, random_state=0), x),
+        (lambda: cyrnn.LSTM(3, 4, backend=backend, batch_first=False, random_state=0),
+         x.transpose(1, 0, 2).copy()),
+        (lambda: cyrnn.Dense(3, 2, random_state=0), x),
+        (lambda: cyrnn.Sequential([cyrnn.Embedding(6, 3, random_state=0),
+                                   cyrnn.GRU(3, 4, backend=backend, random_state=0)]), ids),
+    ]
+    for build, given in builds:
+        grads = []
+        for change in (False, True):
+            layer, inp = build(), given.copy()
+            out = layer.forward(inp, training=True)
+            out = out[0] if isinstance(out, tuple) else out
+            if change:
+                inp[...] = 5 if inp.dtype.kind == "f" else 1
+            layer.backward(np.ones_like(out))
+            grads.append(layer.params.grad.copy())
+        np.testing.assert_array_equal(grads[0], grads[1])
+    act = cyrnn.Activation("sigmoid")
+    y = act.forward(x, training=True)
+    expected = y * (1 - y)
+    y -= 1.0  # a custom loss working in place on the prediction
+    np.testing.assert_allclose(act.backward(np.ones_like(x)), expected, rtol=1e-6)

@@ -48,7 +48,8 @@ class Activation(Layer):
     def forward(self, x, training=None):
         y = ACTIVATIONS[self.activation][0](np.asarray(x, self.dtype)).astype(self.dtype,
                                                                              copy=False)
-        self._cache = y if self._resolve_training(training) else None
+        # backward reads a copy: the caller may change the returned output in place
+        self._cache = y.copy() if self._resolve_training(training) else None
         return y
 
     __call__ = forward

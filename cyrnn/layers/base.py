@@ -21,6 +21,16 @@ def orthogonal(rng, n, dtype):
     return (q * np.sign(np.diag(r))).astype(dtype)
 
 
+def kept_for_backward(a, given, training):
+    """``a`` (an input converted from the caller's ``given``) as a training forward
+    keeps it for backward: a copy where it shares the caller's memory, so that a
+    caller who changes its array between forward and backward does not change the
+    gradients (the fused compiled calls copy their input too)."""
+    if training and isinstance(given, np.ndarray) and np.may_share_memory(a, given):
+        return a.copy()
+    return a
+
+
 class Layer:
     """Base class: parameters live in ``self.params`` (a :class:`ParameterBuffer`).
 

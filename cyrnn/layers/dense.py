@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _validation as V
-from .base import Layer, glorot_uniform
+from .base import Layer, glorot_uniform, kept_for_backward
 
 
 class Dense(Layer):
@@ -46,11 +46,13 @@ class Dense(Layer):
         self.params["bias"][...] = 0
 
     def forward(self, x, training=None):
-        x = np.asarray(x, self.dtype)
-        if x.shape[-1] != self.in_features:
-            raise ValueError(f"Dense expects {self.in_features} input features, got {x.shape[-1]}")
-        self._cache = x if self._resolve_training(training) else None
-        return x @ self.params["weight"].T + self.params["bias"]
+        xa = np.asarray(x, self.dtype)
+        if xa.shape[-1] != self.in_features:
+            raise ValueError(f"Dense expects {self.in_features} input features, "
+                             f"got {xa.shape[-1]}")
+        training = self._resolve_training(training)
+        self._cache = kept_for_backward(xa, x, training) if training else None
+        return xa @ self.params["weight"].T + self.params["bias"]
 
     __call__ = forward
 

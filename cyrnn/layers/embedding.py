@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _validation as V
-from .base import Layer
+from .base import Layer, kept_for_backward
 
 
 class Embedding(Layer):
@@ -58,8 +58,9 @@ class Embedding(Layer):
 
     def forward(self, ids, training=None):
         """(n, T) int ids -> (n, T, embedding_dim)."""
-        ids = self.check_ids(ids)
-        self._cache = ids if self._resolve_training(training) else None
+        given, ids = ids, self.check_ids(ids)
+        training = self._resolve_training(training)
+        self._cache = kept_for_backward(ids, given, training) if training else None
         return self.params["weight"][ids]
 
     __call__ = forward

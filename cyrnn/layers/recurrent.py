@@ -17,7 +17,7 @@ from .. import _validation as V
 from ..backends import check_backend_name, get_backend
 from ..cells import Cell, kinds_of
 from ..plan import backend_plan, layer_plannable, validity_mask
-from .base import Layer, glorot_uniform, orthogonal
+from .base import Layer, glorot_uniform, kept_for_backward, orthogonal
 
 MERGE_MODES = ("concat", "sum", "mul", "ave", None)
 # Keras options cyrnn has no equivalent of: the option, the value that is accepted
@@ -368,6 +368,7 @@ class RecurrentLayer(Layer):
                 return res
         self.params.to_host()  # the layer path reads the host arrays
         x_tm, mask_tm, (h0, c0) = self._check_inputs(x, lengths, mask, initial_state)
+        x_tm = kept_for_backward(x_tm, x, training)
         out, h_n, c_n, cache = self._forward_tm(x_tm, mask_tm, h0, c0, training)
         self._cache = cache
         return self._package(out, h_n, c_n, batch_first=self.batch_first)
@@ -455,6 +456,7 @@ class RecurrentLayer(Layer):
         x_tm = x.transpose(1, 0, 2)
         if not x_tm.flags.c_contiguous:
             x_tm = np.ascontiguousarray(x_tm)
+        x_tm = kept_for_backward(x_tm, x, training)
         mask_tm = None if mask is None or mask.all() else np.ascontiguousarray(mask.T)
         out, h_n, c_n, cache = self._forward_tm(x_tm, mask_tm, state[0], state[1], training)
         self._cache = cache
