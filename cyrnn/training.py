@@ -40,9 +40,8 @@ def train_step(model, optimizer, loss, x, y, lengths=None, mask=None, initial_st
         args = model._planned_inputs(plan, x, lengths, mask, initial_states, True)
         if args is not None:
             xc, valid = args[0], args[1]
-            n, T = xc.shape[0], xc.shape[1]
             out_mask = model._output_mask_of(valid)
-            check_loss_inputs(loss_fn, _output_shape(model, (n, T)), y, sample_weight,
+            check_loss_inputs(loss_fn, _output_shape(model, xc.shape), y, sample_weight,
                               out_mask)
             # the fused forward changes nothing when it declines (e.g. NaN in x: the
             # layer path below raises); gradients are zeroed once it has run
@@ -60,7 +59,7 @@ def train_step(model, optimizer, loss, x, y, lengths=None, mask=None, initial_st
         # Validate once (x, lengths, mask), before any state changes.
         x, in_mask = model._input_mask(x, lengths, mask)
         out_mask = model._output_mask_of(in_mask)
-        check_loss_inputs(loss_fn, _output_shape(model, x.shape[:2]), y, sample_weight,
+        check_loss_inputs(loss_fn, _output_shape(model, x.shape), y, sample_weight,
                           out_mask)
         model.zero_grad()
         out, states = model._forward_checked(x, in_mask, initial_states, True, True)
@@ -77,15 +76,25 @@ def train_step(model, optimizer, loss, x, y, lengths=None, mask=None, initial_st
     return (value, states) if return_states else value
 
 
-def _output_shape(model, n_steps):
-    """The output shape of a :class:`~cyrnn.Sequential` for input of leading shape
-    ``(n, T)``, known before anything runs."""
-    n, T = n_steps
-    seq = True
+def _output_shape(model, x_shape):
+    """The output shape of a :class:`~cyrnn.Sequential` for input of shape ``x_shape``
+    (``(n, T, features)``, or ``(n, T)`` token ids), known before anything runs.
+
+    Raises ``ValueError`` for a last layer with ``merge_mode=None``: its two outputs
+    are no loss's prediction.
+    """
+    n, T = x_shape[0], x_shape[1]
+    seq, width = True, (x_shape[2] if len(x_shape) > 2 else None)
     for layer in model.layers:
         if isinstance(layer, RecurrentLayer) and not layer.return_sequences:
             seq = False
-    return (n, T, model.layers[-1].output_size) if seq else (n, model.layers[-1].output_size)
+        width = getattr(layer, "output_size", width)  # Activation keeps the width
+    last = model.layers[-1]
+    if isinstance(last, RecurrentLayer) and last._separate_outputs:
+        raise ValueError("the last layer has merge_mode=None, which returns two outputs (one "
+                         "per direction); training needs one output: give it a merge mode "
+                         "or add a layer after it")
+    return (n, T, width) if seq else (n, width)
 
 
 def check_loss_inputs(loss_fn, out_shape, y, sample_weight=None, mask=None):
@@ -192,7 +201,7 @@ def tbptt(model, optimizer, loss, x, y, k1, k2=None, initial_states=None, sample
     # (each chunk's train_step checks its own again): a bad late chunk changes nothing.
     x, in_mask = model._input_mask(x, None, None)
     out_mask = model._output_mask_of(in_mask)
-    check_loss_inputs(loss_fn, _output_shape(model, x.shape[:2]), y, sample_weight, out_mask)
+    check_loss_inputs(loss_fn, _output_shape(model, x.shape), y, sample_weight, out_mask)
     y = np.asarray(y)
     T = x.shape[1]
     chunks = _tbptt_chunks(T, k1, out_mask, sample_weight)
@@ -297,8 +306,7 @@ def zero_output_loss(model, loss, x, y, lengths=None, mask=None, sample_weight=N
     the scale of the targets, a reference of :func:`check_divergence`."""
     loss_fn = get_loss(loss) if isinstance(loss, str) else loss
     out_mask = model.output_mask(x, lengths=lengths, mask=mask)
-    n_steps = np.shape(x)[:2]
-    out = np.zeros(_output_shape(model, n_steps), model.dtype)
+    out = np.zeros(_output_shape(model, np.shape(x)), model.dtype)
     return float(loss_fn(out, y, sample_weight=sample_weight, mask=out_mask)[0])
 
 

@@ -249,3 +249,29 @@ def test_changing_inputs_or_outputs_after_a_training_forward_leaves_the_gradient
     expected = y * (1 - y)
     y -= 1.0  # a custom loss working in place on the prediction
     np.testing.assert_allclose(act.backward(np.ones_like(x)), expected, rtol=1e-6)
+
+
+def test_train_step_takes_a_model_ending_in_activation_and_refuses_two_outputs():
+    from cyrnn.optim import SGD
+    from cyrnn.training import tbptt, train_step
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 4, 3)).astype(np.float32)
+    y = rng.uniform(size=(2, 2)).astype(np.float32)
+    # what from_keras makes of Dense(activation=...)
+    m = cyrnn.Sequential([cyrnn.LSTM(3, 4, return_sequences=False, random_state=0),
+                          cyrnn.Dense(4, 2, random_state=0),
+                          cyrnn.Activation("sigmoid")])
+    assert np.isfinite(train_step(m, SGD(m, lr=0.1), "mse", x, y))
+    seq = cyrnn.Sequential([cyrnn.GRU(3, 4, return_sequences=True, random_state=0),
+                            cyrnn.Activation("tanh")])
+    losses, _ = tbptt(seq, SGD(seq, lr=0.1), "mse", x, np.zeros((2, 4, 4)), k1=2)
+    assert len(losses) == 2 and np.isfinite(losses).all()
+    two = cyrnn.Sequential([cyrnn.GRU(3, 4, bidirectional=True, merge_mode=None,
+                                      random_state=0)])
+    two.params.grad[...] = 7.0
+    before = two.params.data.copy()
+    with pytest.raises(ValueError, match="merge_mode=None"):
+        train_step(two, SGD(two, lr=0.1), "mse", x, np.zeros((2, 4)))
+    np.testing.assert_array_equal(two.params.data, before)
+    assert (two.params.grad == 7.0).all()
