@@ -12,6 +12,8 @@ import sys
 
 import numpy as np
 
+from . import _validation as V
+
 __all__ = ["ParameterBuffer"]
 
 
@@ -100,8 +102,17 @@ class ParameterBuffer:
         if self.device is not None:
             self.device.close(force=True)
 
+    def _end_device_sessions(self):
+        """Make the host arrays the values: end this buffer's device session, or the
+        session of a buffer it is part of (a layer's, inside a model's)."""
+        self.to_host()
+        resident = sys.modules.get("cyrnn.backends.cuda.resident")
+        if resident is not None:
+            resident.release_overlapping(self.data)
+
     def state_dict(self):
         """A dict of copies ``{name: array}``."""
+        self._end_device_sessions()
         return {name: self[name].copy() for name in self.names}
 
     def load_state_dict(self, state, strict=True):
@@ -110,15 +121,24 @@ class ParameterBuffer:
         unexpected = [n for n in state if n not in self.offsets]
         if strict and (missing or unexpected):
             raise ValueError(f"state dict mismatch: missing {missing}, unexpected {unexpected}")
-        arrays = {}
+        arrays = {}  # every tensor is checked before any is written
         for name in self.names:
             if name not in state:
                 continue
-            value = np.asarray(state[name])
+            value = V._numeric_array(state[name], f"parameter {name!r}")
             if value.shape != self.shapes[name]:
                 raise ValueError(
                     f"parameter {name!r}: expected shape {self.shapes[name]}, got {value.shape}")
-            arrays[name] = value
+            if value.dtype.kind == "b":
+                raise TypeError(f"parameter {name!r} must hold numbers, got booleans")
+            with np.errstate(over="ignore", invalid="ignore"):
+                converted = value.astype(self.dtype)
+            if not np.isfinite(converted).all():
+                why = ("" if not np.isfinite(value).all()
+                       else f" (values too large for {self.dtype.name})")
+                raise ValueError(f"parameter {name!r} holds NaN or infinity{why}")
+            arrays[name] = converted
+        self._end_device_sessions()
         for name, value in arrays.items():
             self[name][...] = value
 

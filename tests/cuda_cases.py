@@ -317,8 +317,8 @@ def test_device_resident_training_matches_reference(name, kw, dtype):
 
 def test_a_layers_own_calls_and_optimizer_end_residency():
     """Inside ``device_training``, an optimizer over one layer's buffer, and a layer's
-    own call (its buffer a view of the model's), first bring the device's values back
-    and end the session: the optimizer updated the stale host arrays with zero host
+    own call (its buffer a view of the model's), and reading or loading a state dict
+    first bring the device's values back and end the session: the optimizer updated the stale host arrays with zero host
     gradients (nothing trained), the layer's step read the stale host weights."""
     from cyrnn.fitting import device_training
 
@@ -342,9 +342,19 @@ def test_a_layers_own_calls_and_optimizer_end_residency():
             model.backward(np.ones((2, 3, 2)))
             model.layers[0].zero_grad()
             assert model.params.device is None and not model.layers[0].params.grad.any()
-        res.append((model.params.data.copy(), step))
+        with device_training(model):  # a state dict reads the trained values
+            cyrnn.training.train_step(model, opt, "mse", x, y)
+            saved = model.layers[0].state_dict()
+            assert model.params.device is None
+        with device_training(model):  # and one loaded is what training goes on from
+            cyrnn.training.train_step(model, opt, "mse", x, y)
+            model.load_state_dict({k: v * 0.5 for k, v in model.state_dict().items()})
+            cyrnn.training.train_step(model, opt, "mse", x, y)
+        res.append((model.params.data.copy(), step, saved))
     np.testing.assert_allclose(res[0][0], res[1][0], rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(res[0][1], res[1][1], rtol=1e-10, atol=1e-12)
+    for key, value in res[1][2].items():
+        np.testing.assert_allclose(res[0][2][key], value, rtol=1e-10, atol=1e-12)
 
 
 def test_declined_call_ends_residency(spy):

@@ -275,3 +275,21 @@ def test_train_step_takes_a_model_ending_in_activation_and_refuses_two_outputs()
         train_step(two, SGD(two, lr=0.1), "mse", x, np.zeros((2, 4)))
     np.testing.assert_array_equal(two.params.data, before)
     assert (two.params.grad == 7.0).all()
+
+
+def test_load_state_dict_checks_every_tensor_before_writing_any():
+    m = cyrnn.Sequential([cyrnn.LSTM(3, 4, random_state=0), cyrnn.Dense(4, 2, random_state=0)])
+    before = m.params.data.copy()
+    good = {k: v + 1 for k, v in m.state_dict().items()}
+    for value, error, match in [
+            (np.array(["a", "b"]), TypeError, "'1.bias'"),
+            (np.array([1 + 2j, 0]), TypeError, "'1.bias'.*complex"),
+            (np.array([None, 1.0], dtype=object), ValueError, "'1.bias' holds NaN"),
+            (np.array([1e300, 0.0]), ValueError, "too large for float32"),
+            (np.array([True, False]), TypeError, "booleans"),
+            (np.zeros(3), ValueError, r"'1.bias': expected shape \(2,\)")]:
+        with pytest.raises(error, match=match):
+            m.load_state_dict(dict(good, **{"1.bias": value}))
+        np.testing.assert_array_equal(m.params.data, before)
+    m.load_state_dict(good)  # float64 values into a float32 model
+    np.testing.assert_allclose(m.params.data, before + 1, rtol=1e-6)
