@@ -95,11 +95,13 @@ def set_num_threads(n, blas_threads=None):
     n : int >= 1
         Threads for the Numba kernels (row blocks per call; capped at Numba's
         pool size, ``NUMBA_NUM_THREADS``) and the Cython kernels' OpenMP loops
-        (when the extension supports it).
+        (when the extension supports it; capped at the number of CPUs,
+        ``os.cpu_count()``: more threads than CPUs only wait for each other, and
+        thousands of them can fail to start).
     blas_threads : int >= 1 or None
-        Threads for BLAS (NumPy's and SciPy's), via threadpoolctl. ``None``:
-        ``n``. ``1`` avoids BLAS threads nested under the Numba backend's
-        parallel row blocks.
+        Threads for BLAS (NumPy's and SciPy's), via threadpoolctl, capped at the
+        number of CPUs too. ``None``: ``n``. ``1`` avoids BLAS threads nested under
+        the Numba backend's parallel row blocks.
 
     Returns
     -------
@@ -119,8 +121,9 @@ def set_num_threads(n, blas_threads=None):
         except ImportError:
             kernels = None
         setter = getattr(kernels, "set_num_threads", None)
+        cpus = os.cpu_count() or 1
         if setter is not None:
-            setter(n)
+            setter(min(n, cpus))
             _cython_set = True
         else:
             _cython_set = False
@@ -129,7 +132,8 @@ def set_num_threads(n, blas_threads=None):
 
             if _blas_limiter is not None:
                 _blas_limiter.restore_original_limits()
-            _blas_limiter = threadpool_limits(limits=blas_threads, user_api="blas")
+            _blas_limiter = threadpool_limits(limits=min(blas_threads, cpus),
+                                              user_api="blas")
         _num_threads = n
         _blas_threads = blas_threads
         return previous

@@ -501,8 +501,9 @@ def test_row_thread_setting():
         outs = []
         for n in (1, 2, 3):
             threads.set_num_threads(n)
-            assert kernels.get_num_threads() == n
+            assert kernels.get_num_threads() == min(n, os.cpu_count())  # capped there
             assert threads._status()["cython_openmp_set"] is True
+            kernels.set_num_threads(n)  # n threads even on fewer cores: results agree
             spec = model.inference_spec()
             out, h_n, c_n, cache = be.train_forward(spec, model.params.data, x)
             model.zero_grad()

@@ -356,6 +356,18 @@ def test_set_num_threads_public_api():
         assert nb_gemm._blas_single_threaded()
         assert threads.set_num_threads(2, blas_threads=1) == 1  # returns the previous one
         assert threads.get_num_threads() == 2
+        # far more threads than CPUs: the pools are capped at the CPU count (thousands
+        # of OpenMP threads can fail to start, which ends the process); the budget is kept
+        cpus = os.cpu_count()
+        threads.set_num_threads(2**40)
+        assert threads.get_num_threads() == 2**40
+        assert numba.get_num_threads() == min(cpus, numba.config.NUMBA_NUM_THREADS)
+        assert all(info["num_threads"] <= cpus for info in threadpoolctl.threadpool_info()
+                   if info["user_api"] == "blas")
+        if "cython" in available():
+            from cyrnn.backends.cython_backend import _k
+
+            assert _k.get_num_threads() == cpus
     finally:
         if threads._blas_limiter is not None:
             threads._blas_limiter.restore_original_limits()
