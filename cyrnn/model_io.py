@@ -96,9 +96,11 @@ def _count(cfg):
     layers = V.check_int(cfg["num_layers"], "num_layers", minimum=1)
     width = H if cfg["merge_mode"] in ("sum", "mul", "ave") else D * H
     x = V.check_int(cfg["input_size"], "input_size", minimum=1)
-    per = [D * (row.n_gates * H * (x_in + H + 2) + row.n_peepholes * H)
-           for x_in in [x] + [width] * (layers - 1)]
-    return sum(per)
+    def per_layer(x_in):
+        return D * (row.n_gates * H * (x_in + H + 2) + row.n_peepholes * H)
+
+    # arithmetic, not a list per layer: the count is checked before anything is built
+    return per_layer(x) + (layers - 1) * per_layer(width)
 
 
 def build_layer(cfg, dtype):

@@ -599,6 +599,14 @@ def test_sequential_save_and_load(tmp_path, rng):
     persistence.save_archive(tmp_path / "bad.cyrnn", kind, meta, arrays)
     with pytest.raises(ValueError, match="parameter vector"):
         scoring.load(tmp_path / "bad.cyrnn")
+    # so is a crafted depth: counted, not listed (2**40 layers was a MemoryError)
+    meta["layers"][0]["hidden_size"] = 5
+    meta["layers"][0]["num_layers"] = 2**40
+    persistence.save_archive(tmp_path / "bad.cyrnn", kind, meta, arrays)
+    for load in (cyrnn.load, scoring.load):
+        with pytest.raises(ValueError, match="parameter vector"):
+            load(tmp_path / "bad.cyrnn")
+    meta["layers"][0]["num_layers"] = 2
     # flags must be booleans: a truthy 1 was counted as one direction and built as two
     meta["layers"][0]["hidden_size"] = 5
     for key, value in [("bidirectional", 1), ("use_bias", "no"), ("go_backwards", "yes")]:
