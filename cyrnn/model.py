@@ -352,12 +352,7 @@ class Sequential:
 
     def _forward_checked(self, x, mask, initial_states, training, return_states):
         """``forward`` on input already validated by ``_input_mask`` (the layer path)."""
-        recurrent = self._recurrent
-        if initial_states is None:
-            initial_states = [None] * len(recurrent)
-        if len(initial_states) != len(recurrent):
-            raise ValueError(f"initial_states needs {len(recurrent)} entries, "
-                             f"got {len(initial_states)}")
+        initial_states = self._per_recurrent_layer(initial_states, "initial_states")
         self._fused_cache = None
         states, r = [], 0
         for layer, is_rnn in self._kinds:
@@ -416,17 +411,15 @@ class Sequential:
                 d_output = self.layers[-1]._check_d_output(d_output, self._out_shape)
             d_out = (None if d_output is None
                      else np.require(d_output, requirements="CA"))
-            dh_n, dc_n = plan.flat_grads(d_states, n, self.dtype)
+            dh_n, dc_n = plan.flat_grads(self._per_recurrent_layer(d_states, "d_states"), n,
+                                         self.dtype)
             dx = plan.backward(self.params.data, self.params.grad, cache, d_out, dh_n, dc_n,
                                bool(input_grad))[0]
             self._fused_cache = None
             return dx
         kinds = self._kinds
-        n_rec = sum(is_rnn for _, is_rnn in kinds)
-        d_states = [None] * n_rec if d_states is None else list(d_states)
-        if len(d_states) != n_rec:
-            raise ValueError(f"d_states needs {n_rec} entries (one per recurrent layer), got "
-                             f"{len(d_states)}")
+        d_states = self._per_recurrent_layer(d_states, "d_states")
+        n_rec = len(d_states)
         # every argument checked before the first layer's backward adds gradients
         kinds[-1][0]._require_cache()
         if d_output is not None:
@@ -449,6 +442,20 @@ class Sequential:
                 d = layer.backward(d)
         return d
 
+    def _per_recurrent_layer(self, value, name):
+        """``value`` (None, or a list or tuple with one entry per recurrent layer) as a
+        list, checked before anything runs."""
+        n = len(self._recurrent)
+        if value is None:
+            return [None] * n
+        if not isinstance(value, (list, tuple)):
+            raise TypeError(f"{name} must be a list with one entry per recurrent layer "
+                            f"({n}), or None, got {type(value).__name__}")
+        if len(value) != n:
+            raise ValueError(f"{name} needs {n} entries (one per recurrent layer), got "
+                             f"{len(value)}")
+        return list(value)
+
     def step(self, x_t, states):
         """One generation step: ``x_t`` (n,) token ids or (n, features) -> (output, states).
 
@@ -456,11 +463,9 @@ class Sequential:
         :meth:`initial_states` or a previous call (None, or a None entry: zeros).
         One fused backend call on compiled backends.
         """
-        recurrent = self._recurrent
-        if states is None:
-            states = [None] * len(recurrent)
+        states = self._per_recurrent_layer(states, "states")
         plan = self._plan()
-        if plan is not None and len(states) == len(recurrent):
+        if plan is not None:
             res = self._planned_step(plan, x_t, states)
             if res is not None:
                 return res

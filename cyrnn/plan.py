@@ -268,33 +268,19 @@ class CompiledPlan:
         return out
 
     def flat_grads(self, d_states, n, dtype):
-        """Flat ``(dh_n, dc_n)`` for per-layer state gradients (entries may be None)."""
+        """Flat ``(dh_n, dc_n)`` for per-layer state gradients (entries may be None),
+        each checked by its layer as on the layer path."""
         if d_states is not None and len(d_states) != len(self._blocks):
             raise ValueError(f"d_states needs {len(self._blocks)} entries (one per recurrent "
                              f"layer), got {len(d_states)}")
         if d_states is None or all(d is None for d in d_states):
             return None, None
         hs, cs = [], []
-        for (rows, H, has_c), d in zip(self._blocks, d_states):
-            dh = dc = None
-            if isinstance(d, (tuple, list)):
-                if len(d) != 2:
-                    raise ValueError("a state gradient must be the gradient on h_n, or a pair "
-                                     f"(on h_n, on c_n), got a sequence of {len(d)}")
-                dh, dc = d
-                if dc is not None and not has_c:
-                    raise ValueError("a state gradient has a gradient on c_n, but the layer "
-                                     "has no cell state")
-            else:
-                dh = d
-            shape = (rows, n, H)
-            for name, value, parts in (("h", dh, hs), ("c", dc, cs)):
-                value = np.zeros(shape, dtype) if value is None else np.asarray(value, dtype)
-                if value.shape != shape:
-                    raise ValueError(f"the gradient on the final state {name} must have shape "
-                                     f"{shape} (layers * directions, batch, hidden), got "
-                                     f"{value.shape}")
-                parts.append(value)
+        for layer, (rows, H, has_c), d in zip(self.recurrent, self._blocks, d_states):
+            dh, dc = layer._check_state_grads(d, n)
+            for value, parts in ((dh, hs), (dc, cs)):
+                parts.append(np.zeros((rows, n, H), dtype) if value is None
+                             else np.asarray(value, dtype))
         dh_n = np.ascontiguousarray(np.concatenate([a.ravel() for a in hs]))
         dc_n = np.ascontiguousarray(np.concatenate([a.ravel() for a in cs])) if self.has_c \
             else None

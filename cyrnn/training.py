@@ -50,8 +50,7 @@ def train_step(model, optimizer, loss, x, y, lengths=None, mask=None, initial_st
                 out, states = res if return_states else (res, None)
                 model.zero_grad()
                 value, grad = loss_fn(out, y, sample_weight=sample_weight, mask=out_mask)
-                model.backward(np.ascontiguousarray(grad, dtype=model.dtype),
-                               input_grad=False)
+                model.backward(grad, input_grad=False)  # checked there, as below
                 optimizer.step()
                 return (value, states) if return_states else value
     if hasattr(model, "_forward_checked"):

@@ -293,3 +293,45 @@ def test_load_state_dict_checks_every_tensor_before_writing_any():
         np.testing.assert_array_equal(m.params.data, before)
     m.load_state_dict(good)  # float64 values into a float32 model
     np.testing.assert_allclose(m.params.data, before + 1, rtol=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "cython", "numba"])
+def test_state_arguments_and_loss_gradients_are_checked_alike_on_every_path(backend):
+    from cyrnn.optim import SGD
+    from cyrnn.training import train_step
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 4, 3)).astype(np.float32)
+    layer = cyrnn.LSTM(3, 4, backend=backend, return_state=True, random_state=0)
+    out, (h, c) = layer.forward(x, training=True)
+    for bad, error in [(np.ones(h.shape, complex), TypeError),
+                       (np.full(h.shape, "a"), TypeError)]:
+        with pytest.raises(error, match="final state h"):
+            layer.backward(np.ones_like(out), (bad, None))
+    m = cyrnn.Sequential([cyrnn.LSTM(3, 4, backend=backend, random_state=0),
+                          cyrnn.Dense(4, 2, random_state=0)])
+    states = m.initial_states(2)
+    for bad, error, match in [([], ValueError, "needs 1 entries"),
+                              (states * 3, ValueError, "needs 1 entries"),
+                              ({}, TypeError, "got dict"), (3, TypeError, "got int"),
+                              ("ab", TypeError, "got str")]:
+        with pytest.raises(error, match=match):
+            m.step(x[:, 0], bad)
+        with pytest.raises(error, match=match):
+            m.forward(x, initial_states=bad)
+    m.forward(x, training=True)
+    with pytest.raises(TypeError, match="d_states must be a list"):
+        m.backward(np.ones((2, 4, 2)), d_states="ab")
+    # a custom loss's gradient: numbers of the output's shape, or None for none
+    before = m.params.data.copy()
+    for grad, error in [(lambda p: (p - 1).astype(complex), TypeError),
+                        (lambda p: "abc", TypeError),
+                        (lambda p: np.ones(3), ValueError)]:
+        def loss(pred, target, sample_weight=None, mask=None, grad=grad):
+            return 0.0, grad(pred)
+        with pytest.raises(error, match="d_output"):
+            train_step(m, SGD(m, lr=0.1), loss, x, np.zeros((2, 4, 2)))
+        np.testing.assert_array_equal(m.params.data, before)
+    train_step(m, SGD(m, lr=0.1), lambda p, t, sample_weight=None, mask=None: (0.0, None),
+               x, np.zeros((2, 4, 2)))
+    np.testing.assert_array_equal(m.params.data, before)  # no gradient: nothing moves
