@@ -427,12 +427,32 @@ def cache_info():
         return {"loads": _cache_loads, "paths": sorted(k[0] for k in _cache)}
 
 
+def _empty_output(model, method):
+    """What ``model.<method>`` gives for no sequences: a zero-row array of its output's
+    shape and dtype (labels keep the classes' dtype), so that the partitions of a bag
+    concatenate; an empty list where outputs are per-sequence arrays (per step)."""
+    steps = getattr(model, "steps", None)
+    est = steps[-1][1] if steps else model
+    spec = getattr(est, "_spec", None)
+    if spec is None or spec["return_sequences"]:
+        return []
+    raw = np.zeros((0, spec["n_outputs"]))
+    if method == "predict":
+        return est._decode(raw)
+    if method == "predict_proba":
+        return est._proba(raw)
+    if method == "predict_log_proba":
+        from .sequences import class_log_probabilities
+        return class_log_probabilities(raw, spec["target"]["binary"])
+    return []
+
+
 def _predict_partition(sequences, model, method):
     sequences = list(sequences)
-    if not sequences:
-        return []
     if isinstance(model, str):
         model = load_cached(model)
+    if not sequences:
+        return _empty_output(model, method)
     # An array partition (rows = predictions) travels as one buffer, not as
     # one pickled NumPy scalar per sequence; ragged per-step outputs are a list.
     return getattr(model, method)(sequences)
@@ -472,9 +492,14 @@ def predict_bag(model, sequences, method="predict"):
     >>> bag = db.from_sequence(reviews, npartitions=16)                     # doctest: +SKIP
     >>> predict_bag("imdb.cyrnn", bag, "predict_proba").compute()           # doctest: +SKIP
     """
+    if not hasattr(sequences, "map_partitions"):
+        raise TypeError(f"sequences must be a dask.bag.Bag, got {type(sequences).__name__} "
+                        "(dask.bag.from_sequence makes one)")
     if isinstance(model, (str, os.PathLike)):
         target = os.path.abspath(os.fspath(model))
     else:
-        getattr(model, method)  # AttributeError now, not on the workers
+        getattr(model, method)  # errors now, not on the workers
+        from sklearn.utils.validation import check_is_fitted
+        check_is_fitted(model)
         target = _delayed_model(model)
     return sequences.map_partitions(_predict_partition, target, method)
