@@ -3,8 +3,8 @@
 The material's architecture: embedding 500 x 32 -> GRU 32 -> one sigmoid
 output; RMSProp (lr 1e-3), batch 128, 10 epochs; reviews pre-padded or
 truncated to 500 word ids, id 0 (padding) masked. Data: the 5,000 / 1,000
-review subset in ``../shared/data/imdb_subset.npz`` (vocabulary 500, id 1 =
-start, 2 = out-of-vocabulary).
+review subset that ships with cyrnn (``cyrnn.datasets.load_imdb_subset``;
+vocabulary 500, id 1 = start, 2 = out-of-vocabulary).
 
 The PyTorch model has the same shape, the same initialisation scheme (Keras's:
 uniform embedding, Glorot input weights, orthogonal recurrent blocks, zero
@@ -19,26 +19,15 @@ Run from the repository root::
 
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
+from cyrnn.datasets import load_imdb_subset
 from cyrnn.estimators import GRUClassifier
 from cyrnn.preprocessing import pad_sequences
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "imdb_subset.npz"
 VOCAB, EMBED, HIDDEN, MAXLEN = 500, 32, 32, 500
 LR, BATCH, EPOCHS, SEED = 1e-3, 128, 10, 0
-
-
-def load_imdb(path=DATA):
-    """(train_reviews, train_labels, test_reviews, test_labels); reviews are id arrays."""
-    with np.load(path, allow_pickle=False) as d:
-        def split(part):
-            tokens, offsets = d[f"{part}_tokens"], d[f"{part}_offsets"]
-            reviews = [tokens[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)]
-            return reviews, d[f"{part}_labels"].astype(np.int64)
-        return (*split("train"), *split("test"))
 
 
 def run_cyrnn(X_train, y_train, X_test, y_test):
@@ -112,15 +101,13 @@ def run_torch(X_train, y_train, X_test, y_test):
 
 def prepare():
     """(X_train, y_train, X_test, y_test): the reviews pre-padded/truncated to MAXLEN."""
-    train_reviews, y_train, test_reviews, y_test = load_imdb()
+    train_reviews, y_train, test_reviews, y_test = load_imdb_subset()
     X_train = pad_sequences(train_reviews, maxlen=MAXLEN)  # pre-padding, pre-truncation
     X_test = pad_sequences(test_reviews, maxlen=MAXLEN)
-    return X_train, y_train, X_test, y_test
+    return X_train, y_train.astype(np.int64), X_test, y_test.astype(np.int64)
 
 
 def main():
-    if not DATA.exists():
-        sys.exit(f"data file not found: {DATA}")
     X_train, y_train, X_test, y_test = prepare()
     print(f"{len(X_train)} training and {len(X_test)} test reviews, padded to {MAXLEN} ids")
 

@@ -62,6 +62,20 @@ def test_imdb_subset():
     assert X_train[0][0] == 1  # the start marker
 
 
+def test_the_imdb_example_reads_the_packaged_data():
+    # examples/imdb_sentiment.py once read a folder beside the repository
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "imdb_sentiment.py"
+    spec = importlib.util.spec_from_file_location("imdb_sentiment_example", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    X_train, y_train, X_test, y_test = example.prepare()
+    assert X_train.shape == (5000, example.MAXLEN) and X_test.shape == (1000, example.MAXLEN)
+    assert y_train.dtype == np.int64 and set(np.unique(y_test)) == {0, 1}
+
+
 def test_digits_sequences():
     X, y = datasets.load_digits_sequences()
     assert X.shape == (1797, 8, 8) and X.dtype == np.float32 and y.shape == (1797,)
