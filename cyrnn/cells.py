@@ -127,8 +127,8 @@ class CellKind:
         return len(self.peepholes)
 
 
-_KERAS_INIT = ("Keras: Glorot-uniform weight_ih, orthogonal weight_hh (per gate block), "
-               "zero biases")
+_KERAS_INIT = ("Keras's scheme: Glorot-uniform weight_ih, zero biases, orthogonal weight_hh "
+               "per gate block (Keras: the whole kernel semi-orthogonal)")
 _RNN_ACTS = ("tanh", "relu", "sigmoid", "linear")
 _GATE_ACTS = ("sigmoid", "hard_sigmoid")
 

@@ -6,9 +6,9 @@ truncated to 500 word ids, id 0 (padding) masked. Data: the 5,000 / 1,000
 review subset that ships with cyrnn (``cyrnn.datasets.load_imdb_subset``;
 vocabulary 500, id 1 = start, 2 = out-of-vocabulary).
 
-The PyTorch model has the same shape, the same initialisation scheme (Keras's:
-uniform embedding, Glorot input weights, orthogonal recurrent blocks, zero
-biases), the same RMSProp constants (decay 0.9, eps 1e-6), batch size and
+The PyTorch model has the same shape, the same initialisation scheme as cyrnn's
+(Keras's, with orthogonal recurrent blocks: uniform embedding, Glorot input
+weights, each recurrent gate block orthogonal, zero biases), the same RMSProp constants (decay 0.9, eps 1e-6), batch size and
 epochs; padding is skipped with packed sequences, which is what cyrnn's mask
 does. torch is optional: without it that part is skipped.
 

@@ -1,7 +1,7 @@
 """NumPy reference backend: the readable specification of the kernel contract.
 
-Every compiled backend must reproduce these three functions (``forward``,
-``backward``, ``step``) to tight tolerances; ``docs/architecture.md`` states the
+Every compiled backend must reproduce these four functions (``forward``,
+``backward``, ``step``, ``generate``) to tight tolerances; ``docs/architecture.md`` states the
 contract. Layout is time-major: ``xp[t]`` holds the projected inputs of all
 sequences at step ``t``.
 

@@ -84,8 +84,10 @@ class RecurrentLayer(Layer):
     batch_first : bool, default True
         Input and output are (batch, time, features); False: (time, batch, features).
     return_sequences : bool, default True
-        False: ``output`` is the last valid output (n, H * directions), the merged
-        final hidden states of the top layer (many-to-one).
+        False: ``output`` is the merged final hidden states of the top layer
+        (many-to-one), (n, H * directions) with ``merge_mode='concat'``, else (n, H):
+        the forward direction's last valid output and, bidirectional, the reverse
+        direction's final state (its output at the first step), as in PyTorch/Keras.
     return_state : bool, default True
         True: calls return ``(output, state)``; False: ``output`` only.
     bptt_truncate : int or None, default None
