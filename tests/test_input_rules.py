@@ -230,3 +230,17 @@ def test_a_list_of_arrays_is_a_list_of_sequences_even_when_their_lengths_agree()
     # the scaler gives back the kind it got
     scaled = SequenceStandardScaler().fit_transform([np.ones(3), np.zeros(3)])
     assert isinstance(scaled, list) and scaled[0].shape == (3,)
+
+
+def test_regression_targets_beyond_the_dtype_are_refused_by_name():
+    # 1e300 in float32 overflowed in the loss and was reported as divergence
+    X, y = _xy()
+    for dtype, scale in ((np.float32, 1e300), (np.float64, np.inf)):
+        est = GRURegressor(hidden_size=3, max_iter=1, random_state=0, dtype=dtype)
+        if np.isfinite(scale):
+            with pytest.raises(ValueError, match="too large for float32"):
+                est.fit(X, y * scale)
+        else:
+            with pytest.raises(ValueError, match="NaN|infinity"):
+                est.fit(X, np.where(y > 0, scale, y))
+        assert not hasattr(est, "model_")

@@ -7,6 +7,7 @@ from sklearn.base import RegressorMixin, _fit_context
 from sklearn.metrics import r2_score
 from sklearn.utils.validation import check_array, check_is_fitted
 
+from .. import _validation as V
 from ..sequences import n_outputs_from_archive, regression_output
 from .base import (BaseSequenceModel, cell_constraints, check_n_samples, check_per_step_targets,
                    compose_doc)
@@ -73,6 +74,11 @@ class BaseSequenceRegressor(RegressorMixin, BaseSequenceModel):
                 Y.append(arr2)
                 W.append(sw[i] * masks[i])
         k = (Y[0] if isinstance(Y, list) else Y).shape[-1]
+        limit = float(np.finfo(V.check_dtype(self.dtype)).max)
+        largest = max(float(np.abs(a).max()) for a in (Y if isinstance(Y, list) else [Y]))
+        if largest > limit:  # the loss would overflow and read as divergence
+            raise ValueError(f"y holds values too large for {np.dtype(self.dtype)} (largest "
+                             f"magnitude {largest:.3g}); scale the targets")
         if previous is not None:
             fitted = previous._spec["target"]
             if fitted["n_outputs"] != k or fitted["y_ndim"] != y_ndim:
