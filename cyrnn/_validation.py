@@ -128,10 +128,10 @@ def check_index_array(x, name, ndim, upper):
             raise ValueError(f"{name} contains NaN or infinity")
         if not (arr == np.round(arr)).all():
             raise ValueError(f"{name} must hold integer token ids")
-    arr = arr.astype(np.intp, copy=False)
-    if arr.min() < 0 or arr.max() >= upper:
-        raise ValueError(f"{name} holds ids outside [0, {upper}): min {arr.min()}, max {arr.max()}")
-    return arr
+    low, high = arr.min(), arr.max()  # in the given dtype: nothing wrapped yet
+    if low < 0 or high >= upper:
+        raise ValueError(f"{name} holds ids outside [0, {upper}): min {low}, max {high}")
+    return arr.astype(np.intp, copy=False)
 
 
 def check_lengths(lengths, n, T):

@@ -18,6 +18,8 @@ does. NumPy only: importing this module imports neither scikit-learn nor SciPy.
 
 from __future__ import annotations
 
+import collections.abc
+
 import numpy as np
 
 from . import _validation as V
@@ -240,6 +242,9 @@ def _refuse_strings(X):
     if isinstance(X, str | bytes):
         raise TypeError("X must be an array of numbers or a list of sequences, got a "
                         f"{type(X).__name__}")
+    if isinstance(X, dict | set | frozenset | collections.abc.Iterator):
+        raise TypeError("X must be an array of numbers or a list of sequences, got "
+                        f"{type(X).__name__} (make a list of it first)")
     kind = getattr(getattr(X, "dtype", None), "kind", None)
     if kind is None and isinstance(X, list | tuple):
         try:

@@ -244,3 +244,16 @@ def test_regression_targets_beyond_the_dtype_are_refused_by_name():
             with pytest.raises(ValueError, match="NaN|infinity"):
                 est.fit(X, np.where(y > 0, scale, y))
         assert not hasattr(est, "model_")
+
+
+def test_odd_containers_and_huge_ids_are_named_as_given():
+    X, y = _xy()
+    est = GRURegressor(hidden_size=3, max_iter=1, random_state=0).fit(X, y)
+    for bad in ((x for x in X), {"a": X}, {1, 2}):
+        with pytest.raises(TypeError, match=f"got {type(bad).__name__}"):
+            est.predict(bad)
+    emb = cyrnn.Embedding(10, 3)
+    for ids, shown in ((np.array([[1, 2**64 - 1]], np.uint64), "max 18446744073709551615"),
+                       (np.array([[1.0, 1e20]]), r"max 1e\+20")):
+        with pytest.raises(ValueError, match=shown):
+            emb.forward(ids)
