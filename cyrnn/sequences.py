@@ -152,9 +152,13 @@ def _is_sequence_element(e):
 def is_ragged(X):
     """True when ``X`` is a list (or 1-D object array) of sequences of unequal shapes.
 
-    A 1-D object array of arrays is always read as ragged; a list of equal-shape
-    arrays is an ordinary 2-D table or 3-D array.
+    A 1-D object array of arrays (or a pandas Series of them, a DataFrame column) is
+    always read as ragged; a list of equal-shape arrays is an ordinary 2-D table or
+    3-D array.
     """
+    if (not isinstance(X, np.ndarray) and getattr(X, "ndim", None) == 1
+            and getattr(X, "dtype", None) == object and hasattr(X, "to_numpy")):
+        X = X.to_numpy()
     if isinstance(X, np.ndarray):
         return (X.dtype == object and X.ndim == 1 and X.size > 0
                 and all(_is_sequence_element(e) for e in X))

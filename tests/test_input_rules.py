@@ -257,3 +257,16 @@ def test_odd_containers_and_huge_ids_are_named_as_given():
                        (np.array([[1.0, 1e20]]), r"max 1e\+20")):
         with pytest.raises(ValueError, match=shown):
             emb.forward(ids)
+
+
+def test_a_dataframe_column_of_sequences_is_a_list_of_sequences():
+    pd = pytest.importorskip("pandas")
+    rng = np.random.default_rng(0)
+    seqs = [rng.normal(size=(n, 2)) for n in (3, 5, 4, 6)] * 3
+    y = np.array([s[-1, 0] for s in seqs])
+    column = pd.DataFrame({"seq": seqs})["seq"]
+    est = GRURegressor(hidden_size=3, max_iter=1, random_state=0).fit(column, y)
+    np.testing.assert_array_equal(est.predict(column), est.predict(seqs))
+    from cyrnn.preprocessing import SequenceStandardScaler
+    out = SequenceStandardScaler().fit_transform(column)
+    assert len(out) == len(seqs) and out[1].shape == (5, 2)
