@@ -662,6 +662,10 @@ class CharLanguageModel(BaseEstimator):
         """Run the prefix through the model, then the backend's generate kernel."""
         self._sync_backend()
         rnn = self.model_.layers[1]
+        if not np.isfinite(self.model_.params.data).all():
+            # (the backends would sample from NaN probabilities each in its own way)
+            raise ValueError("the model's parameters hold NaN or infinity: it cannot "
+                             "sample; refit it or load a sound copy")
         weights = self._kernel_weights()
         L, H = rnn.num_layers, rnn.hidden_size
         dt = rnn.dtype

@@ -130,6 +130,13 @@ def test_backends_sample_identically(backend):
         out[name] = (lm.sample(20, temperature=1.2, random_state=3),
                      lm.sample(10, top_k=4, prefix="Al", random_state=4))
     assert out["numpy"] == out[backend]
+    # parameters gone non-finite: one clear error on every backend (the reference
+    # raised IndexError inside sampling, the compiled kernels returned empty strings)
+    lm.model_.params.data[3] = np.nan
+    for name in ("numpy", backend):
+        lm.backend = name
+        with pytest.raises(ValueError, match="NaN or infinity"):
+            lm.sample(2, random_state=0)
 
 
 def test_one_hot_input_is_a_frozen_identity():
