@@ -246,7 +246,9 @@ def _refuse_strings(X):
     if isinstance(X, str | bytes):
         raise TypeError("X must be an array of numbers or a list of sequences, got a "
                         f"{type(X).__name__}")
-    if isinstance(X, dict | set | frozenset | collections.abc.Iterator):
+    if (isinstance(X, dict | set | frozenset | collections.abc.Iterator)
+            and not hasattr(X, "tocoo")):  # (SciPy's dok_matrix is a dict: sparse input
+        # gets scikit-learn's message)
         raise TypeError("X must be an array of numbers or a list of sequences, got "
                         f"{type(X).__name__} (make a list of it first)")
     kind = getattr(getattr(X, "dtype", None), "kind", None)
