@@ -169,6 +169,19 @@ def test_estimator_loader_refuses_numbers_out_of_range(tmp_path, est_file, path,
     refused(tampering.resave(tmp_path / "e.cyrnn", kind, meta, arrays))
 
 
+@pytest.mark.parametrize("state", [
+    {"bit_generator": "MT19937", "state": {"key": [0] * 624, "pos": 2**31 - 1}},
+    {"bit_generator": "MT19937", "state": {"key": [0] * 624, "pos": -10**8}},
+    {"bit_generator": "MT19937", "state": {"key": [0] * 624, "pos": 625}}])
+def test_estimator_loader_refuses_a_generator_position_outside_its_buffer(tmp_path, est_file,
+                                                                         state):
+    # NumPy takes any position and the first draw read out of bounds: a crash in load
+    kind, meta, arrays = persistence.load_archive(est_file)
+    meta["fitted"]["rng_state"] = state
+    assert "buffer position" in refused(tampering.resave(tmp_path / "e.cyrnn", kind, meta,
+                                                         arrays))
+
+
 def test_estimator_loader_keeps_params_changed_after_fit(tmp_path, est_file):
     # set_params after fit changes the parameters, not the fitted model (scikit-learn,
     # pickle): such a file loads, and a later partial_fit refuses the changed

@@ -176,6 +176,17 @@ def _rng_from_state(state):
             raise ValueError(f"unknown bit generator {name!r}")
         rng = np.random.Generator(getattr(np.random, name)())
         rng.bit_generator.state = state
+        # NumPy does not range-check the position in the state's buffer, and a draw
+        # from a crafted one reads out of bounds (a crash): checked before any draw
+        stored = rng.bit_generator.state
+        if name == "MT19937":
+            position, limit = stored["state"]["pos"], 624
+        elif name == "Philox":
+            position, limit = stored["buffer_pos"], 4
+        else:
+            position, limit = 0, 0
+        if not 0 <= int(position) <= limit:
+            raise ValueError(f"the {name} buffer position {position} is outside [0, {limit}]")
     except (KeyError, TypeError, OverflowError) as exc:
         raise ValueError(f"bad random generator state: {exc}") from exc
     return rng
