@@ -93,6 +93,23 @@ _LOADERS = {}
 _PROVIDERS = ("cyrnn.model_io", "cyrnn.estimators", "cyrnn.language_model")
 
 
+#: Containers nested deeper than this in a header are refused (cyrnn writes about 6):
+#: the digest and the loaders walk the metadata recursively.
+MAX_NESTING = 32
+
+
+def _check_nesting(obj):
+    """Refuse JSON nested deeper than :data:`MAX_NESTING` (walked without recursion)."""
+    stack = [(obj, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict | list):
+            if depth >= MAX_NESTING:
+                raise ValueError(f"the header nests containers deeper than {MAX_NESTING}")
+            stack.extend((v, depth + 1) for v in (value.values() if isinstance(value, dict)
+                                                  else value))
+
+
 def _canonical(obj):
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
 
@@ -323,6 +340,7 @@ def load_archive(path):
                 raise ValueError("no cyrnn header entry")
             blob = _read_npy(zf, entries[HEADER], HEADER, "|u1", None)
             header = json.loads(blob.tobytes().decode("utf-8"))
+            _check_nesting(header)
             manifest = _check_header(header)
             if set(entries) - {HEADER} != set(manifest):
                 raise ValueError(f"entries {sorted(set(entries) - {HEADER})} do not match the "

@@ -299,6 +299,24 @@ def test_huge_and_hostile_manifests_are_refused():
             "do not match the manifest")
 
 
+@pytest.mark.parametrize("depth", [40, 900])
+def test_deeply_nested_headers_are_refused(tmp_path, depth):
+    # json.loads took nesting that the digest's json.dumps then hit the recursion
+    # limit on (a RecursionError escaped both loaders)
+    header = {"format_version": 1, "cyrnn_version": "0.1.0", "kind": LM_KIND,
+              "metadata": {"deep": "X"}, "arrays": {}, "sha256": "0" * 64}
+    text = json.dumps(header).replace('"X"', "[" * depth + "]" * depth)
+    entry = tampering.npy_bytes(np.frombuffer(text.encode(), np.uint8))
+    crc = zlib.crc32(entry)
+    head = tampering._local_header(b"__cyrnn__.npy", crc, len(entry)) + entry
+    data = tampering.zip_of([head], [(b"__cyrnn__.npy", crc, len(entry), 0)])
+    path = tmp_path / "deep.cyrnn"
+    path.write_bytes(data)
+    for load in (cyrnn.load, cyrnn.scoring.load):
+        with pytest.raises(ValueError, match="nests containers deeper"):
+            load(path)
+
+
 def test_crafted_kinds_and_dtypes_never_run_code(tmp_path):
     before = set(sys.modules)
     for kind in ("os.system", "builtins.eval", "evil_module_that_does_not_exist.Thing"):
