@@ -214,7 +214,7 @@ class SequenceStandardScaler(TransformerMixin, BaseEstimator):
 
         if data.kind == "table":
             return f(data.data)[:, :, 0]
-        if data.kind == "array":
+        if data.kind == "array" and not is_sequence_list(X):
             return f(data.data)
         out = [f(seq) if np.ndim(orig) == 2 else f(seq)[:, 0]
                for seq, orig in zip(data.data, X)]

@@ -181,8 +181,9 @@ def is_sequence_list(X, tokens=False):
     Ragged input (:func:`is_ragged`) always is. So is a list or tuple of NumPy
     float-feature arrays of equal shapes: each array is one sequence, so a model
     fitted on such a list takes sequences of other lengths later, and a list of one
-    sequence is never read as a one-row table. Nested Python lists, and token ids,
-    are read as one array (a table of token ids keeps its padding rules).
+    sequence is never read as a one-row table (such a list then runs as the 3-D
+    array it stacks into). Nested Python lists, and token ids, of equal lengths are
+    read as one array (a table of token ids keeps its padding rules).
     """
     if is_ragged(X):
         return True
@@ -294,6 +295,10 @@ def _check_ragged(X, tokens, vocab_size, dtype):
     starts = np.zeros(len(seqs), np.intp)
     if tokens:
         return SequenceData("ragged", True, seqs, lengths, starts, 1, None)
+    if (lengths == lengths[0]).all():
+        # sequences of one length: one 3-D array (as np.stack would give; the same
+        # batches, fits and outputs), still read as sequences, not as a table
+        return SequenceData("array", False, np.stack(seqs), lengths, starts, F, F)
     return SequenceData("ragged", False, seqs, lengths, starts, F, F)
 
 

@@ -224,6 +224,12 @@ def test_a_list_of_arrays_is_a_list_of_sequences_even_when_their_lengths_agree()
     with pytest.raises(ValueError, match="12 features"):
         table.predict(one[None, :])
     assert table.predict([one]).shape == (1,)
+    # such a list runs as the 3-D array it stacks into: the same fit, array outputs
+    X3 = rng.normal(size=(16, 6, 2))
+    fits = [cyrnn.GRURegressor(hidden_size=3, max_iter=2, random_state=0,
+                               return_sequences=True).fit(X, X3[:, :, 0])
+            for X in (X3, list(X3))]
+    np.testing.assert_array_equal(fits[1].predict(list(X3)), fits[0].predict(X3))
     # nested Python lists stay one array (a table)
     assert cyrnn.GRURegressor(hidden_size=3, max_iter=1, random_state=0).fit(
         [list(s) for s in train], y).n_features_in_ == 12

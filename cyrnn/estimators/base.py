@@ -1004,8 +1004,10 @@ _INPUT_DOC = """\
     ``(n_samples, n_steps)`` (one feature per step, or token ids with
     ``vocab_size``); or a list (or 1-D object array) of arrays ``(n_steps_i,
     n_features)`` / ``(n_steps_i,)``, batched by length with masks (a list of
-    NumPy arrays is a list of sequences even when their lengths are equal; a
-    nested Python list is read as one array). Values must be numbers: strings are refused (``TypeError``) even when
+    NumPy arrays of features is a list of sequences even when their lengths are
+    equal, then run as the 3-D array they stack into; a nested Python list of
+    equal lengths, and a list of token-id arrays of equal lengths, is read as one
+    2-D table). Values must be numbers: strings are refused (``TypeError``) even when
     they spell numbers, in arrays and lists alike. Such lists work as-is with
     ``cross_val_score``, ``GridSearchCV`` and ``Pipeline`` (see
     :class:`cyrnn.preprocessing.SequenceStandardScaler`).
