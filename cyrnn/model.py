@@ -303,11 +303,9 @@ class Sequential:
                 valid = nonzero if valid is None else (valid & nonzero)
             h0 = c0 = None
             if initial_states is not None:
-                recurrent = plan.recurrent
-                if len(initial_states) != len(recurrent):
-                    return None
+                states = self._per_recurrent_layer(initial_states, "initial_states")
                 h0, c0 = plan.flat_states([layer._check_state(state, n) for layer, state
-                                           in zip(recurrent, initial_states)])
+                                           in zip(plan.recurrent, states)])
         except (TypeError, ValueError):
             return None
         return x, valid, h0, c0
@@ -443,16 +441,16 @@ class Sequential:
         return d
 
     def _per_recurrent_layer(self, value, name):
-        """``value`` (None, or a list or tuple with one entry per recurrent layer) as a
-        list, checked before anything runs."""
+        """``value`` (None, or a list, tuple or array with one entry per recurrent
+        layer) as a list, checked before anything runs."""
         n = len(self._recurrent)
         if value is None:
             return [None] * n
-        if not isinstance(value, (list, tuple)):
+        if not isinstance(value, (list, tuple, np.ndarray)) or getattr(value, "ndim", 1) == 0:
             raise TypeError(f"{name} must be a list with one entry per recurrent layer "
                             f"({n}), or None, got {type(value).__name__}")
         if len(value) != n:
-            raise ValueError(f"{name} needs {n} entries (one per recurrent layer), got "
+            raise ValueError(f"{name} needs one entry per recurrent layer ({n}), got "
                              f"{len(value)}")
         return list(value)
 

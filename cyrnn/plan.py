@@ -271,8 +271,8 @@ class CompiledPlan:
         """Flat ``(dh_n, dc_n)`` for per-layer state gradients (entries may be None),
         each checked by its layer as on the layer path."""
         if d_states is not None and len(d_states) != len(self._blocks):
-            raise ValueError(f"d_states needs {len(self._blocks)} entries (one per recurrent "
-                             f"layer), got {len(d_states)}")
+            raise ValueError(f"d_states needs one entry per recurrent layer "
+                             f"({len(self._blocks)}), got {len(d_states)}")
         if d_states is None or all(d is None for d in d_states):
             return None, None
         hs, cs = [], []

@@ -112,7 +112,7 @@ def test_sequential_backward_checks_everything_before_any_layer_runs(backend, op
                                        r"output's shape \(3, 5, 2\), got \(5, 3, 2\)"),
             (np.ones((1, T, 2)), None, "forward output's shape"),  # broadcastable
             (np.ones(out.shape), [np.ones((1, 1, H))], "final state h"),
-            (np.ones(out.shape), [None, None], "d_states needs 1 entries")]:
+            (np.ones(out.shape), [None, None], r"d_states needs one entry per recurrent layer \(1\)")]:
         with pytest.raises(ValueError, match=message):
             model.backward(d_output, d_states)
         assert not model.params.grad.any()
@@ -311,14 +311,20 @@ def test_state_arguments_and_loss_gradients_are_checked_alike_on_every_path(back
     m = cyrnn.Sequential([cyrnn.LSTM(3, 4, backend=backend, random_state=0),
                           cyrnn.Dense(4, 2, random_state=0)])
     states = m.initial_states(2)
-    for bad, error, match in [([], ValueError, "needs 1 entries"),
-                              (states * 3, ValueError, "needs 1 entries"),
+    for bad, error, match in [([], ValueError, "one entry per recurrent layer"),
+                              (states * 3, ValueError, "one entry per recurrent layer"),
                               ({}, TypeError, "got dict"), (3, TypeError, "got int"),
                               ("ab", TypeError, "got str")]:
         with pytest.raises(error, match=match):
             m.step(x[:, 0], bad)
         with pytest.raises(error, match=match):
             m.forward(x, initial_states=bad)
+    # an array with one entry per layer works as a list does, on every backend
+    gru = cyrnn.Sequential([cyrnn.GRU(3, 4, backend=backend, random_state=0)])
+    h = [np.full((1, 2, 4), 0.5, np.float32)]
+    np.testing.assert_array_equal(gru.forward(x, initial_states=np.stack(h)),
+                                  gru.forward(x, initial_states=h))
+    np.testing.assert_array_equal(gru.step(x[:, 0], np.stack(h))[0], gru.step(x[:, 0], h)[0])
     m.forward(x, training=True)
     with pytest.raises(TypeError, match="d_states must be a list"):
         m.backward(np.ones((2, 4, 2)), d_states="ab")
@@ -335,3 +341,9 @@ def test_state_arguments_and_loss_gradients_are_checked_alike_on_every_path(back
     train_step(m, SGD(m, lr=0.1), lambda p, t, sample_weight=None, mask=None: (0.0, None),
                x, np.zeros((2, 4, 2)))
     np.testing.assert_array_equal(m.params.data, before)  # no gradient: nothing moves
+    # bad initial states are refused before the gradients are zeroed
+    m.params.grad[...] = 7.0
+    for bad in (3, {}, "ab", [], [np.zeros((1, 3, 4))]):
+        with pytest.raises((TypeError, ValueError)):
+            train_step(m, SGD(m, lr=0.1), "mse", x, np.zeros((2, 4, 2)), initial_states=bad)
+        assert (m.params.grad == 7.0).all() and (m.params.data == before).all()
