@@ -74,11 +74,14 @@ class BaseSequenceRegressor(RegressorMixin, BaseSequenceModel):
                 Y.append(arr2)
                 W.append(sw[i] * masks[i])
         k = (Y[0] if isinstance(Y, list) else Y).shape[-1]
-        limit = float(np.finfo(V.check_dtype(self.dtype)).max)
+        # the squared error, computed in the model's dtype, overflows above the square
+        # root of its largest value, and would read as divergence
+        limit = float(np.sqrt(np.finfo(V.check_dtype(self.dtype)).max))
         largest = max(float(np.abs(a).max()) for a in (Y if isinstance(Y, list) else [Y]))
-        if largest > limit:  # the loss would overflow and read as divergence
-            raise ValueError(f"y holds values too large for {np.dtype(self.dtype)} (largest "
-                             f"magnitude {largest:.3g}); scale the targets")
+        if largest > limit:
+            raise ValueError(f"y holds values too large for a {np.dtype(self.dtype)} model "
+                             f"(largest magnitude {largest:.3g}; the squared error overflows "
+                             f"above {limit:.3g}); scale the targets")
         if previous is not None:
             fitted = previous._spec["target"]
             if fitted["n_outputs"] != k or fitted["y_ndim"] != y_ndim:
