@@ -116,6 +116,24 @@ def check_array(x, name, ndim, dtype, feature_size=None, feature_name="features"
     return arr.astype(dtype, copy=False)
 
 
+def check_values(value, name, shape, dtype):
+    """``value`` (a tensor to load into a model or an optimizer) converted to
+    ``dtype``, checked first: a real numeric array, not booleans, of ``shape``, finite
+    after the conversion (1e300 would become inf in float32)."""
+    arr = _numeric_array(value, name)
+    if arr.shape != tuple(shape):
+        raise ValueError(f"{name}: expected shape {tuple(shape)}, got {arr.shape}")
+    if arr.dtype.kind == "b":
+        raise TypeError(f"{name} must hold numbers, got booleans")
+    with np.errstate(over="ignore", invalid="ignore"):
+        converted = arr.astype(dtype)
+    if not np.isfinite(converted).all():
+        why = ("" if not np.isfinite(arr).all()
+               else f" (values too large for {np.dtype(dtype).name})")
+        raise ValueError(f"{name} holds NaN or infinity{why}")
+    return converted
+
+
 def check_index_array(x, name, ndim, upper):
     """An integer array of token ids in ``[0, upper)``."""
     arr = _numeric_array(x, name)

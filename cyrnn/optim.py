@@ -336,6 +336,9 @@ def _adam_update(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, work, step, l
 # for float32/float64 C-contiguous arrays; numba is imported at the first use,
 # not with cyrnn. The reference stays available in _REFERENCE.
 
+#: Optimizer states that average squared gradients (never negative).
+_SECOND_MOMENTS = frozenset({"square_avg", "exp_avg_sq", "max_exp_avg_sq"})
+
 _REFERENCE = {"_sgd_update": _sgd_update, "_rmsprop_update": _rmsprop_update,
               "_adam_update": _adam_update}
 _kernels = None  # the cyrnn._optim_kernels module, False when it cannot be imported
@@ -503,6 +506,7 @@ class Optimizer:
             hyperparameters are not included: construct the optimizer with
             the same configuration before loading.
         """
+        self.params._end_device_sessions()  # the device holds the state until then
         state = {"step": int(self.n_steps), "lr": float(self.lr)}
         for name, arr in self._state.items():
             state[name] = arr.copy()
@@ -527,20 +531,20 @@ class Optimizer:
         step = np.asarray(state["step"])
         if step.shape != () or not np.issubdtype(step.dtype, np.integer) or int(step) < 0:
             raise ValueError(f"state 'step' must be a non-negative integer, got {state['step']!r}")
-        lr = np.asarray(state["lr"])
-        if lr.shape != ():
-            raise ValueError(f"state 'lr' must be a number, got {state['lr']!r}")
-        arrays = {}
+        lr = _check_range("lr", float(V.check_values(state["lr"], "state 'lr'", (), np.float64)),
+                          low=0.0, low_open=True)
+        arrays = {}  # every value checked before any is written
         for name in self._state:
-            value = np.asarray(state[name])
-            if value.shape != (self.params.size,):
-                raise ValueError(f"state {name!r}: expected shape ({self.params.size},), "
-                                 f"got {value.shape}")
-            arrays[name] = value
-        self.lr = float(lr)
+            arrays[name] = V.check_values(state[name], f"state {name!r}", (self.params.size,),
+                                          self._state[name].dtype)
+            if name in _SECOND_MOMENTS and (arrays[name] < 0).any():
+                raise ValueError(f"state {name!r} holds negative values (it averages "
+                                 "squares)")
+        self.params._end_device_sessions()  # the device's state would overwrite this
+        self.lr = lr
         self.n_steps = int(step)
         for name, value in arrays.items():
-            np.copyto(self._state[name], value, casting="unsafe")
+            self._state[name][...] = value
 
     def _hyperparameters(self):
         return {"lr": self.lr}

@@ -125,19 +125,8 @@ class ParameterBuffer:
         for name in self.names:
             if name not in state:
                 continue
-            value = V._numeric_array(state[name], f"parameter {name!r}")
-            if value.shape != self.shapes[name]:
-                raise ValueError(
-                    f"parameter {name!r}: expected shape {self.shapes[name]}, got {value.shape}")
-            if value.dtype.kind == "b":
-                raise TypeError(f"parameter {name!r} must hold numbers, got booleans")
-            with np.errstate(over="ignore", invalid="ignore"):
-                converted = value.astype(self.dtype)
-            if not np.isfinite(converted).all():
-                why = ("" if not np.isfinite(value).all()
-                       else f" (values too large for {self.dtype.name})")
-                raise ValueError(f"parameter {name!r} holds NaN or infinity{why}")
-            arrays[name] = converted
+            arrays[name] = V.check_values(state[name], f"parameter {name!r}",
+                                          self.shapes[name], self.dtype)
         self._end_device_sessions()
         for name, value in arrays.items():
             self[name][...] = value

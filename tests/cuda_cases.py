@@ -318,7 +318,8 @@ def test_device_resident_training_matches_reference(name, kw, dtype):
 def test_a_layers_own_calls_and_optimizer_end_residency():
     """Inside ``device_training``, an optimizer over one layer's buffer, and a layer's
     own call (its buffer a view of the model's), and reading or loading a state dict
-    first bring the device's values back and end the session: the optimizer updated the stale host arrays with zero host
+    (the model's, a layer's, the optimizer's) first bring the device's values back and
+    end the session: the optimizer updated the stale host arrays with zero host
     gradients (nothing trained), the layer's step read the stale host weights."""
     from cyrnn.fitting import device_training
 
@@ -350,6 +351,16 @@ def test_a_layers_own_calls_and_optimizer_end_residency():
             cyrnn.training.train_step(model, opt, "mse", x, y)
             model.load_state_dict({k: v * 0.5 for k, v in model.state_dict().items()})
             cyrnn.training.train_step(model, opt, "mse", x, y)
+        with device_training(model):  # the optimizer's state dicts alike
+            cyrnn.training.train_step(model, opt, "mse", x, y)
+            moments = opt.state_dict()
+            assert model.params.device is None
+        with device_training(model):
+            cyrnn.training.train_step(model, opt, "mse", x, y)
+            opt.load_state_dict({k: (v * 0.5 if k != "step" else v)
+                                 for k, v in opt.state_dict().items()})
+            cyrnn.training.train_step(model, opt, "mse", x, y)
+        saved.update({f"opt.{k}": v for k, v in moments.items()})
         res.append((model.params.data.copy(), step, saved))
     np.testing.assert_allclose(res[0][0], res[1][0], rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(res[0][1], res[1][1], rtol=1e-10, atol=1e-12)

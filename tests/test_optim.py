@@ -406,6 +406,24 @@ def test_load_state_dict_validates():
         opt.load_state_dict(dict(state, lr=0.0))
     opt.load_state_dict(dict(state, lr=0.25, step=7))
     assert opt.lr == 0.25 and opt.n_steps == 7
+    # every value checked before any is written (a bad array after lr changed lr)
+    opt.load_state_dict(dict(state, lr=0.25, step=7, exp_avg=np.full(buf.size, 0.5)))
+    saved = opt.state_dict()
+    for key, value, error, match in [
+            ("exp_avg", np.array(["a"] * buf.size), TypeError, "'exp_avg'"),
+            ("exp_avg", np.full(buf.size, 1 + 2j), TypeError, "complex"),
+            ("exp_avg", np.full(buf.size, np.nan), ValueError, "NaN"),
+            ("exp_avg_sq", -np.ones(buf.size), ValueError, "negative"),
+            ("lr", "0.5", TypeError, "'lr'"), ("lr", np.inf, ValueError, "'lr'")]:
+        with pytest.raises(error, match=match):
+            opt.load_state_dict({**state, "lr": 0.5, "step": 3, key: value})
+        after = opt.state_dict()
+        assert after["lr"] == 0.25 and after["step"] == 7
+        for name in saved:
+            np.testing.assert_array_equal(after[name], saved[name])
+    f32 = Adam(make_buffer(np.float32))
+    with pytest.raises(ValueError, match="too large for float32"):
+        f32.load_state_dict(dict(f32.state_dict(), exp_avg=np.full(buf.size, 1e300)))
 
 
 def test_update_functions_are_looked_up_at_call_time(monkeypatch):
