@@ -233,7 +233,9 @@ class CompiledPlan:
         while the layers' values stay the same)."""
         key = [layer.bptt_truncate for layer in self.recurrent]
         if self._trunc[0] != key:
-            arr = np.array([-1 if k is None else k for layer, k in zip(self.recurrent, key)
+            # (k at least the sequence length is full BPTT: a k beyond int64 is capped)
+            arr = np.array([-1 if k is None else min(k, 2**62)
+                            for layer, k in zip(self.recurrent, key)
                             for _ in range(layer.num_layers)], np.int64)
             arr.setflags(write=False)
             self._trunc = (key, arr)

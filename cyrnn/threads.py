@@ -86,6 +86,15 @@ def _numba_if_loaded():
     return sys.modules.get("numba") if _numba_ready else None
 
 
+def _cpu_limit():
+    """The CPUs this process may run on (its affinity where the OS tells it): the cap
+    of the OpenMP and BLAS thread counts."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def set_num_threads(n, blas_threads=None):
     """Use at most ``n`` threads in cyrnn's compiled kernels and ``blas_threads``
     (default ``n``) in BLAS.
@@ -95,9 +104,9 @@ def set_num_threads(n, blas_threads=None):
     n : int >= 1
         Threads for the Numba kernels (row blocks per call; capped at Numba's
         pool size, ``NUMBA_NUM_THREADS``) and the Cython kernels' OpenMP loops
-        (when the extension supports it; capped at the number of CPUs,
-        ``os.cpu_count()``: more threads than CPUs only wait for each other, and
-        thousands of them can fail to start).
+        (when the extension supports it; capped at the CPUs the process may run
+        on: more threads than CPUs only wait for each other, and thousands of them
+        can fail to start).
     blas_threads : int >= 1 or None
         Threads for BLAS (NumPy's and SciPy's), via threadpoolctl, capped at the
         number of CPUs too. ``None``: ``n``. ``1`` avoids BLAS threads nested under
@@ -121,7 +130,7 @@ def set_num_threads(n, blas_threads=None):
         except ImportError:
             kernels = None
         setter = getattr(kernels, "set_num_threads", None)
-        cpus = os.cpu_count() or 1
+        cpus = _cpu_limit()
         if setter is not None:
             setter(min(n, cpus))
             _cython_set = True
@@ -199,7 +208,8 @@ def call_threads(n):
         previous = numba.get_num_threads()
         numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
     openmp = _openmp_pools()
-    limiter = openmp.limit(limits=n) if openmp.lib_controllers else None
+    limiter = (openmp.limit(limits=max(1, min(n, _cpu_limit())))  # as set_num_threads
+               if openmp.lib_controllers else None)
     try:
         yield
     finally:

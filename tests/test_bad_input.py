@@ -347,3 +347,18 @@ def test_state_arguments_and_loss_gradients_are_checked_alike_on_every_path(back
         with pytest.raises((TypeError, ValueError)):
             train_step(m, SGD(m, lr=0.1), "mse", x, np.zeros((2, 4, 2)), initial_states=bad)
         assert (m.params.grad == 7.0).all() and (m.params.data == before).all()
+
+
+def test_huge_n_jobs_and_truncation_depths_behave_as_large_ones():
+    # n_jobs=10**30 reached threadpoolctl's ctypes call and bptt_truncate=2**63 an int64
+    # array: both are now capped (more threads than CPUs, or steps than T, change nothing)
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(8, 4, 2))
+    y = X[:, -1, 0]
+    preds = []
+    for n_jobs, k in ((None, None), (10**30, 2**63), (1, 4)):
+        est = cyrnn.GRURegressor(hidden_size=3, max_iter=2, random_state=0, n_jobs=n_jobs,
+                                 bptt_truncate=k).fit(X, y)
+        preds.append(est.predict(X))
+    np.testing.assert_allclose(preds[1], preds[0], rtol=1e-6)
+    np.testing.assert_allclose(preds[2], preds[0], rtol=1e-6)
