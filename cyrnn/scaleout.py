@@ -431,19 +431,24 @@ def _empty_output(model, method):
     """What ``model.<method>`` gives for no sequences: a zero-row array of its output's
     shape and dtype (labels keep the classes' dtype), so that the partitions of a bag
     concatenate; an empty list where outputs are per-sequence arrays (per step)."""
+    from . import sequences as S
+
     steps = getattr(model, "steps", None)
-    est = steps[-1][1] if steps else model
+    est = steps[-1][1] if steps else model  # an estimator or a cyrnn.scoring scorer
     spec = getattr(est, "_spec", None)
     if spec is None or spec["return_sequences"]:
         return []
-    raw = np.zeros((0, spec["n_outputs"]))
+    raw = np.zeros((0, spec["n_outputs"]))  # the model's outputs for no rows
+    classes = getattr(est, "classes_", None)
+    if classes is None:
+        return S.regression_output(raw, spec) if method == "predict" else []
+    binary = spec["target"]["binary"]
     if method == "predict":
-        return est._decode(raw)
+        return S.class_labels(S.class_probabilities(raw, binary), classes)
     if method == "predict_proba":
-        return est._proba(raw)
+        return S.class_probabilities(raw, binary)
     if method == "predict_log_proba":
-        from .sequences import class_log_probabilities
-        return class_log_probabilities(raw, spec["target"]["binary"])
+        return S.class_log_probabilities(raw, binary)
     return []
 
 
@@ -499,7 +504,8 @@ def predict_bag(model, sequences, method="predict"):
         target = os.path.abspath(os.fspath(model))
     else:
         getattr(model, method)  # errors now, not on the workers
-        from sklearn.utils.validation import check_is_fitted
-        check_is_fitted(model)
+        if hasattr(model, "fit"):  # (a cyrnn.scoring scorer is fitted by construction)
+            from sklearn.utils.validation import check_is_fitted
+            check_is_fitted(model)
         target = _delayed_model(model)
     return sequences.map_partitions(_predict_partition, target, method)

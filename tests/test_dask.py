@@ -328,7 +328,8 @@ def test_predict_bag_partitions_concatenate_when_some_are_empty(tmp_path):
     bag = db.from_sequence(X, npartitions=6).filter(lambda s: len(s) > 12)
     for model, method in [(clf, "predict"), (clf, "predict_proba"),
                           (clf, "predict_log_proba"), (reg, "predict"),
-                          (pipe, "predict")]:
+                          (pipe, "predict"), (cyrnn.scoring.from_estimator(clf), "predict"),
+                          (cyrnn.scoring.from_estimator(reg), "predict")]:
         parts = dask.compute(*scaleout.predict_bag(model, bag, method).to_delayed(),
                              scheduler="sync")
         assert any(len(p) == 0 for p in parts) and any(len(p) for p in parts)
