@@ -126,6 +126,12 @@ class CellKind:
     def n_peepholes(self) -> int:
         return len(self.peepholes)
 
+    def n_params(self, input_size, hidden_size, directions=1) -> int:
+        """Parameters of one layer of this cell (per direction: W_ih, W_hh, two biases,
+        the peepholes), from the sizes alone (Python integers: no overflow)."""
+        G, H = self.n_gates, hidden_size
+        return directions * (G * H * (input_size + H + 2) + self.n_peepholes * H)
+
 
 _KERAS_INIT = ("Keras's scheme: Glorot-uniform weight_ih, zero biases, orthogonal weight_hh "
                "per gate block (Keras: the whole kernel semi-orthogonal)")

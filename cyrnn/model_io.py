@@ -96,11 +96,8 @@ def _count(cfg):
     layers = V.check_int(cfg["num_layers"], "num_layers", minimum=1)
     width = H if cfg["merge_mode"] in ("sum", "mul", "ave") else D * H
     x = V.check_int(cfg["input_size"], "input_size", minimum=1)
-    def per_layer(x_in):
-        return D * (row.n_gates * H * (x_in + H + 2) + row.n_peepholes * H)
-
     # arithmetic, not a list per layer: the count is checked before anything is built
-    return per_layer(x) + (layers - 1) * per_layer(width)
+    return row.n_params(x, H, D) + (layers - 1) * row.n_params(width, H, D)
 
 
 def build_layer(cfg, dtype):

@@ -341,17 +341,13 @@ def n_params(spec):
     """Size of the parameter vector of ``spec``'s model, computed without building it
     (Python integers: no overflow, no allocation)."""
     row = Cell(spec["cell"], **spec["cell_options"]).row  # the options are validated
-    G, H, L = row.n_gates, spec["hidden_size"], spec["num_layers"]
+    H, L = spec["hidden_size"], spec["num_layers"]
     D = 2 if spec["bidirectional"] else 1
     if spec["vocab_size"] is not None:
         n, x = spec["vocab_size"] * spec["embedding_dim"], spec["embedding_dim"]
     else:
         n, x = 0, spec["input"]["step_features"]
-
-    def per_layer(x_in):  # per direction: W_ih, W_hh, two biases and the peepholes
-        return D * (G * H * (x_in + H + 2) + row.n_peepholes * H)
-
-    n += per_layer(x) + (L - 1) * per_layer(D * H)
+    n += row.n_params(x, H, D) + (L - 1) * row.n_params(D * H, H, D)
     return n + spec["n_outputs"] * (D * H + 1)  # Dense
 
 

@@ -97,6 +97,8 @@ def check_sequences(X, *, tokens=False, vocab_size=None, dtype=np.float32, estim
     ValueError
         Empty input, NaN/inf, bad shapes, ragged feature counts, ids out of range,
         a token sequence without any non-padding id.
+    TypeError
+        Strings (even numeric ones), or ``X`` given as a dict, a set or an iterator.
     """
     dtype = V.check_dtype(dtype)
     if is_sequence_list(X, tokens):
