@@ -158,7 +158,10 @@ def test_lm_loader_refuses_bad_options(tmp_path, lm_file, key, value, match):
 @pytest.mark.parametrize("path,value", [
     (("fitted", "n_iter_"), float("inf")), (("fitted", "n_features_in_"), float("inf")),
     (("optimizer", "step"), float("inf")), (("fitted", "rng_state", "state", "state"), 2**200),
-    (("fitted", "rng_state", "state", "state"), -5)])
+    (("fitted", "rng_state", "state", "state"), -5),
+    (("fitted", "best_loss_"), -1e300), (("fitted", "loss_curve_"), "111"),
+    (("fitted", "loss_curve_"), [0.5, float("nan")]), (("fitted", "n_iter_"), 10**6),
+    (("fitted", "validation_scores_"), [float("inf")])])
 def test_estimator_loader_refuses_numbers_out_of_range(tmp_path, est_file, path, value):
     # (an OverflowError escaped from int() and the generator's state setter)
     kind, meta, arrays = persistence.load_archive(est_file)
@@ -180,6 +183,17 @@ def test_estimator_loader_refuses_a_generator_position_outside_its_buffer(tmp_pa
     meta["fitted"]["rng_state"] = state
     assert "buffer position" in refused(tampering.resave(tmp_path / "e.cyrnn", kind, meta,
                                                          arrays))
+
+
+def test_estimator_loader_refuses_optimizer_state_no_fit_could_leave(tmp_path, est_file):
+    kind, meta, arrays = persistence.load_archive(est_file)
+    names = [k for k in arrays if k.startswith("optimizer/")]
+    second = [k for k in names if k.split("/", 1)[1] in ("square_avg", "exp_avg_sq")]
+    assert names and second
+    for name, value, match in [(names[0], np.nan, "NaN"), (second[0], -1.0, "negative")]:
+        bad = dict(arrays)
+        bad[name] = np.full_like(arrays[name], value)
+        assert match in refused(tampering.resave(tmp_path / "e.cyrnn", kind, meta, bad))
 
 
 def test_estimator_loader_keeps_params_changed_after_fit(tmp_path, est_file):

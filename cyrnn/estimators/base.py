@@ -33,6 +33,7 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
+import math
 import numbers
 import os
 import threading
@@ -58,7 +59,7 @@ from ..batching import pad
 from ..cells import CELL_TABLE, resolve
 from ..losses import get_loss
 from ..model import TRAIN_COMPUTE
-from ..optim import get_optimizer
+from ..optim import _SECOND_MOMENTS, get_optimizer
 from ..threads import call_threads
 from ..fitting import History, Progress, Stopping, run_epochs
 from ..training import evaluate_loss, train_step, zero_output_loss
@@ -169,6 +170,25 @@ def _fit_lock(estimator):
         if lock is None:
             lock = _FIT_LOCKS[estimator] = threading.RLock()
         return lock
+
+
+def _finite(value, name, loss=False):
+    """A saved number of the fitted state, as a float: finite, and not negative for a
+    loss (a crafted -inf or -1e300 best loss would stop every later fit at once)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value) or (loss and value < 0):
+        raise ValueError(f"{name} must be a finite{' non-negative' if loss else ''} "
+                         f"number, got {value}")
+    return value
+
+
+def _finite_list(values, name, loss=False):
+    """A saved list of such numbers (a string would be read one digit per entry)."""
+    if not isinstance(values, list):
+        raise ValueError(f"{name} must be a list of numbers, got {type(values).__name__}")
+    return [_finite(v, name, loss) for v in values]
 
 
 def _rng_from_state(state):
@@ -794,13 +814,18 @@ or list of arrays of shape (n_steps_i, n_features) or (n_steps_i,)
                 if arr.shape != (size,) or arr.dtype != model.params.dtype:
                     raise ValueError(f"optimizer state {k!r} is {arr.dtype} {arr.shape}, "
                                      f"expected {model.params.dtype} ({size},)")
-                opt_state[k] = arr
+                opt_state[k] = V.check_values(arr, f"optimizer state {k!r}", (size,),
+                                              arr.dtype)
+                if k in _SECOND_MOMENTS and (arr < 0).any():
+                    raise ValueError(f"optimizer state {k!r} holds negative values")
             task = self._import_task(meta["task"], {k[5:]: v for k, v in arrays.items()
                                                     if k.startswith("task/")}, spec)
             scores = fitted["validation_scores_"]
             best_loss, best_score = fitted["best_loss_"], fitted["best_validation_score_"]
             if fitted["n_features_in_"] != spec["input"]["n_features_in"]:
                 raise ValueError("n_features_in_ disagrees with the model spec")
+            if fitted["n_iter_"] != len(fitted["loss_curve_"]):
+                raise ValueError("n_iter_ disagrees with the length of loss_curve_")
             names = fitted.get("feature_names_in_")  # absent in files before 2026-12-02
             if names is not None:
                 if (not isinstance(names, list) or len(names) != spec["input"]["n_features_in"]
@@ -812,10 +837,13 @@ or list of arrays of shape (n_steps_i, n_features) or (n_steps_i,)
                 _optimizer_state=(str(opt["name"]), opt_state),
                 n_features_in_=int(fitted["n_features_in_"]),
                 n_iter_=int(fitted["n_iter_"]),
-                loss_curve_=[float(v) for v in fitted["loss_curve_"]],
-                validation_scores_=None if scores is None else [float(v) for v in scores],
-                best_loss_=None if best_loss is None else float(best_loss),
-                best_validation_score_=None if best_score is None else float(best_score),
+                loss_curve_=_finite_list(fitted["loss_curve_"], "loss_curve_", loss=True),
+                validation_scores_=(None if scores is None
+                                    else _finite_list(scores, "validation_scores_")),
+                best_loss_=(None if best_loss is None
+                            else _finite(best_loss, "best_loss_", loss=True)),
+                best_validation_score_=(None if best_score is None
+                                        else _finite(best_score, "best_validation_score_")),
                 **task)
         except ValueError:
             raise
