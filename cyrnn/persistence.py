@@ -264,7 +264,10 @@ def _read_bytes(path):
     fd = os.open(real, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
     with os.fdopen(fd, "rb") as fh:
         size = _check_regular(os.fstat(fh.fileno()), name).st_size
-        data = fh.read(size + 1)
+        data = fh.read(4)
+        if data != _ZIP_MAGIC:
+            return data  # not a zip: refused from its first bytes, not read whole
+        data += fh.read(size + 1 - len(data))
     if len(data) > size:
         raise ValueError(f"{name}: the file grew while it was being read")
     return data
@@ -296,6 +299,8 @@ def _read_stream(fh):
                             f"{type(chunk).__name__})")
         if not chunk:
             return b"".join(chunks)
+        if not chunks and chunk[:4] != _ZIP_MAGIC:
+            return chunk  # not a zip: refused from its first bytes, not read whole
         total += len(chunk)
         if total > MAX_STREAM_BYTES:
             raise ValueError(f"the stream holds more than {MAX_STREAM_BYTES} bytes, more "

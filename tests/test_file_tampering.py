@@ -389,3 +389,20 @@ def test_language_model_loaders_refuse_a_bad_peephole_option(tmp_path, lm_file, 
     refused(path, "peephole")
     with pytest.raises(ValueError, match="peephole"):
         cyrnn.scoring.load(path)
+
+
+def test_a_large_file_that_is_not_a_zip_is_refused_from_its_first_bytes(tmp_path):
+    # a 1.5 GB non-model file was read whole (1.5 GB resident) before the zip check
+    path = tmp_path / "big.bin"
+    with open(path, "wb") as fh:  # sparse: no disk used
+        fh.truncate(3 << 30)
+    tracemalloc.start()
+    try:
+        for source in (path, open(path, "rb")):
+            with pytest.raises(ValueError, match="not a cyrnn archive"):
+                cyrnn.load(source)
+            if hasattr(source, "close"):
+                source.close()
+        assert tracemalloc.get_traced_memory()[1] < 16 << 20
+    finally:
+        tracemalloc.stop()
