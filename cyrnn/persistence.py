@@ -246,16 +246,18 @@ def _cyrnn_version():
     return __version__
 
 
-def _read_bytes(path):
+def _read_bytes(path, archive=False):
     """The bytes of ``path``: a regular file (links resolved), read up to the size it
     had when opened, or a binary file object, read up to :data:`MAX_STREAM_BYTES`.
 
     Devices (``/dev/zero``), FIFOs and sockets are refused before they are opened for
     reading (a FIFO would block, a device never end); a directory raises
     ``IsADirectoryError`` and a missing file ``FileNotFoundError``, as ``open`` does.
+    ``archive``: stop after the first bytes when they are not a zip's signature (what
+    the archive loader then refuses), instead of reading a large other file whole.
     """
     if hasattr(path, "read"):
-        return _read_stream(path)
+        return _read_stream(path, archive)
     name = os.fspath(path)
     real = os.path.realpath(name)
     _check_regular(os.stat(real), name)
@@ -264,10 +266,11 @@ def _read_bytes(path):
     fd = os.open(real, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
     with os.fdopen(fd, "rb") as fh:
         size = _check_regular(os.fstat(fh.fileno()), name).st_size
-        data = fh.read(4)
-        if data != _ZIP_MAGIC:
-            return data  # not a zip: refused from its first bytes, not read whole
-        data += fh.read(size + 1 - len(data))
+        data = fh.read(4 if archive else size + 1)
+        if archive:
+            if data != _ZIP_MAGIC:
+                return data  # not a zip: refused from its first bytes, not read whole
+            data += fh.read(size + 1 - len(data))
     if len(data) > size:
         raise ValueError(f"{name}: the file grew while it was being read")
     return data
@@ -282,7 +285,7 @@ def _check_regular(st, name):
     return st
 
 
-def _read_stream(fh):
+def _read_stream(fh, archive=False):
     """Read a binary file object: refuse one on a device, FIFO or socket, and read at
     most ``MAX_STREAM_BYTES`` of a stream of unknown size."""
     try:
@@ -299,7 +302,7 @@ def _read_stream(fh):
                             f"{type(chunk).__name__})")
         if not chunk:
             return b"".join(chunks)
-        if not chunks and chunk[:4] != _ZIP_MAGIC:
+        if archive and not chunks and chunk[:4] != _ZIP_MAGIC:
             return chunk  # not a zip: refused from its first bytes, not read whole
         total += len(chunk)
         if total > MAX_STREAM_BYTES:
@@ -334,7 +337,7 @@ def load_archive(path):
     (no zip bomb), and every ``.npy`` header is checked against the manifest
     and the entry's size before its data is read.
     """
-    raw = _read_bytes(path)
+    raw = _read_bytes(path, archive=True)
     where = getattr(path, "name", path)
     if not isinstance(raw, bytes | bytearray) or raw[:4] != _ZIP_MAGIC:
         raise ValueError(f"{where!s}: not a cyrnn archive (not a zip/npz file)")
