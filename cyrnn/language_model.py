@@ -852,7 +852,8 @@ class CharLanguageModel(BaseEstimator):
                 raise ValueError(f"bad mode {meta['mode']!r}")
             lm._set_vocabulary(chars)
             lm.mode_ = meta["mode"]
-            lm.max_length_ = V.check_int(meta["max_length"], "max_length", minimum=0,
+            # (a fit stores the longest text, or 200: sample's default reads it)
+            lm.max_length_ = V.check_int(meta["max_length"], "max_length", minimum=1,
                                          maximum=_MAX_STORED_LENGTH)
             # Everything is checked against the declared architecture before the
             # network is built: the stored vector bounds what loading allocates.

@@ -140,7 +140,7 @@ def test_lm_loader_refuses_bad_parameter_vectors(tmp_path, lm_file, bad, match):
 
 @pytest.mark.parametrize("key,value,match", [
     (("max_length",), 10**12, "max_length"),
-    (("max_length",), -1, "max_length"),
+    (("max_length",), -1, "max_length"), (("max_length",), 0, "max_length"),
     (("loss_curve",), [float("nan")], "loss_curve"),
     (("train_time",), float("inf"), "train_time"),
     (("params", "dropout"), 2.0, "dropout"),
