@@ -41,9 +41,11 @@ tampering (it is a checksum, not a signature: whoever can write the file can
 recompute it). Non-finite floats in metadata are written as Python's ``json``
 writes them (``NaN``, ``Infinity``).
 
-Reading checks the zip structure (uncompressed entries that lie one after
-another without overlapping, so that at most the file's size is read in all:
-no zip bombs), the header, the version, that the entries match the
+Reading checks the zip signature first (a file without it is refused from its
+first bytes, not read whole), the zip structure (uncompressed entries that lie
+one after another without overlapping, so that at most the file's size is read
+in all: no zip bombs), the header (JSON nested at most :data:`MAX_NESTING` deep,
+which writing checks too), the version, that the entries match the
 manifest exactly (names, dtypes, shapes, checked in every ``.npy`` header
 before its data is read, so nothing larger than the file is allocated) and
 the digest; any failure raises ``ValueError`` (a missing file still raises
@@ -99,15 +101,18 @@ MAX_NESTING = 32
 
 
 def _check_nesting(obj):
-    """Refuse JSON nested deeper than :data:`MAX_NESTING` (walked without recursion)."""
-    stack = [(obj, 0)]
+    """Refuse JSON nested deeper than :data:`MAX_NESTING`: walked without recursion, with
+    one iterator per open container (memory bounded by the depth, not the size)."""
+    stack = [iter((obj,))]
     while stack:
-        value, depth = stack.pop()
-        if isinstance(value, dict | list):
-            if depth >= MAX_NESTING:
-                raise ValueError(f"the header nests containers deeper than {MAX_NESTING}")
-            stack.extend((v, depth + 1) for v in (value.values() if isinstance(value, dict)
-                                                  else value))
+        for value in stack[-1]:
+            if isinstance(value, dict | list):
+                if len(stack) > MAX_NESTING:
+                    raise ValueError(f"the header nests containers deeper than {MAX_NESTING}")
+                stack.append(iter(value.values() if isinstance(value, dict) else value))
+                break
+        else:
+            stack.pop()
 
 
 def _canonical(obj):
@@ -178,6 +183,7 @@ def save_archive(path, kind, metadata, arrays):
         _canonical(header)
     except (TypeError, ValueError) as exc:
         raise TypeError(f"metadata is not JSON-serialisable: {exc}") from exc
+    _check_nesting(header)  # what load_archive refuses is not written
     header["sha256"] = _digest(header, clean)
     blob = np.frombuffer(_canonical(header).encode("utf-8"), dtype=np.uint8)
     entries = {HEADER: blob, **clean}
@@ -270,7 +276,7 @@ def _read_bytes(path, archive=False):
         if archive:
             if data != _ZIP_MAGIC:
                 return data  # not a zip: refused from its first bytes, not read whole
-            data += fh.read(size + 1 - len(data))
+            data += fh.read(max(0, size + 1 - len(data)))
     if len(data) > size:
         raise ValueError(f"{name}: the file grew while it was being read")
     return data
@@ -294,7 +300,7 @@ def _read_stream(fh, archive=False):
         fileno = None
     if fileno is not None:
         _check_regular(os.fstat(fileno), getattr(fh, "name", "<file object>"))
-    chunks, total = [], 0
+    chunks, total, head = [], 0, b""
     while True:  # in chunks: read(n) may allocate n bytes up front
         chunk = fh.read(1 << 20)
         if not isinstance(chunk, bytes | bytearray):
@@ -302,8 +308,10 @@ def _read_stream(fh, archive=False):
                             f"{type(chunk).__name__})")
         if not chunk:
             return b"".join(chunks)
-        if archive and not chunks and chunk[:4] != _ZIP_MAGIC:
-            return chunk  # not a zip: refused from its first bytes, not read whole
+        if archive and len(head) < 4:  # (a read may return fewer bytes than asked)
+            head = (head + bytes(chunk))[:4]
+            if not _ZIP_MAGIC.startswith(head):
+                return head  # not a zip: refused from its first bytes, not read whole
         total += len(chunk)
         if total > MAX_STREAM_BYTES:
             raise ValueError(f"the stream holds more than {MAX_STREAM_BYTES} bytes, more "

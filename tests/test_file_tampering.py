@@ -406,3 +406,29 @@ def test_a_large_file_that_is_not_a_zip_is_refused_from_its_first_bytes(tmp_path
         assert tracemalloc.get_traced_memory()[1] < 16 << 20
     finally:
         tracemalloc.stop()
+
+
+def test_a_stream_that_trickles_still_loads_and_deep_metadata_is_not_written(tmp_path,
+                                                                           est_file):
+    class Trickle(io.RawIOBase):  # read(n) may return fewer bytes than asked
+        def __init__(self, data):
+            self._data, self._pos = data, 0
+
+        def readable(self):
+            return True
+
+        def readinto(self, buf):
+            n = min(2, len(buf), len(self._data) - self._pos)
+            buf[:n] = self._data[self._pos:self._pos + n]
+            self._pos += n
+            return n
+
+    est = cyrnn.load(Trickle(est_file.read_bytes()))
+    assert est.n_features_in_ == cyrnn.load(est_file).n_features_in_
+    with pytest.raises(ValueError, match="not a cyrnn archive"):
+        cyrnn.load(Trickle(b"P" + b"x" * 100))
+    deep = []
+    for _ in range(persistence.MAX_NESTING):
+        deep = [deep]
+    with pytest.raises(ValueError, match="nests containers deeper"):
+        persistence.save_archive(tmp_path / "deep.cyrnn", "k", {"d": deep}, {})
