@@ -447,8 +447,8 @@ class Sequential:
         if value is None:
             return [None] * n
         if not isinstance(value, (list, tuple, np.ndarray)) or getattr(value, "ndim", 1) == 0:
-            raise TypeError(f"{name} must be a list with one entry per recurrent layer "
-                            f"({n}), or None, got {type(value).__name__}")
+            raise TypeError(f"{name} must be a list (or tuple, or array) with one entry per "
+                            f"recurrent layer ({n}), or None, got {type(value).__name__}")
         if len(value) != n:
             raise ValueError(f"{name} needs one entry per recurrent layer ({n}), got "
                              f"{len(value)}")

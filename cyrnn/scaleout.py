@@ -472,7 +472,7 @@ def predict_bag(model, sequences, method="predict"):
 
     Parameters
     ----------
-    model : fitted estimator or pipeline, or str / os.PathLike
+    model : fitted estimator or pipeline, a ``cyrnn.scoring`` scorer, or str / os.PathLike
         An object becomes one graph key, sent once to each worker that needs it.
         A path to a file written by ``estimator.save`` is loaded on the workers
         with :func:`load_cached`: once per worker process, not once per task.

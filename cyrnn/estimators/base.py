@@ -33,9 +33,7 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
-import math
 import numbers
-import os
 import threading
 import warnings
 import weakref
@@ -60,7 +58,7 @@ from ..cells import CELL_TABLE, resolve
 from ..losses import get_loss
 from ..model import TRAIN_COMPUTE
 from ..optim import _SECOND_MOMENTS, get_optimizer
-from ..threads import call_threads
+from ..threads import _cpu_limit, call_threads
 from ..fitting import History, Progress, Stopping, run_epochs
 from ..training import evaluate_loss, train_step, zero_output_loss
 from ..sequences import (ARCH_KEYS, SPEC_KEYS, SequenceData, _check_ragged,  # noqa: F401
@@ -175,13 +173,7 @@ def _fit_lock(estimator):
 def _finite(value, name, loss=False):
     """A saved number of the fitted state, as a float: finite, and not negative for a
     loss (a crafted -inf or -1e300 best loss would stop every later fit at once)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{name} must be a number, got {type(value).__name__}")
-    value = float(value)
-    if not math.isfinite(value) or (loss and value < 0):
-        raise ValueError(f"{name} must be a finite{' non-negative' if loss else ''} "
-                         f"number, got {value}")
-    return value
+    return V.check_float(value, name, minimum=0.0 if loss else None)
 
 
 def _finite_list(values, name, loss=False):
@@ -424,8 +416,8 @@ best_validation_score_, n_iter_
         n = self.n_jobs
         if n is None:
             return nullcontext()
-        if n < 0:
-            n = max(1, (os.cpu_count() or 1) + 1 + n)
+        if n < 0:  # joblib's rule, counted on the CPUs this process may run on
+            n = max(1, _cpu_limit() + 1 + n)
         return call_threads(int(n))
 
     # ------------------------------------------------------------------ input
