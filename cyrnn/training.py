@@ -60,11 +60,9 @@ def train_step(model, optimizer, loss, x, y, lengths=None, mask=None, initial_st
         out_mask = model._output_mask_of(in_mask)
         check_loss_inputs(loss_fn, _output_shape(model, x.shape), y, sample_weight,
                           out_mask)
-        initial_states = model._per_recurrent_layer(initial_states, "initial_states")
-        for layer, state in zip(model._recurrent, initial_states):
-            layer._check_state(state, x.shape[0])  # (forward checks again: cheap)
-        model.zero_grad()
+        # the forward checks the initial states; gradients are zeroed once it has run
         out, states = model._forward_checked(x, in_mask, initial_states, True, True)
+        model.zero_grad()
     else:  # a model-like object without the validated fast path
         out_mask = model.output_mask(x, lengths=lengths, mask=mask)
         out, states = model.forward(x, lengths=lengths, mask=mask,
