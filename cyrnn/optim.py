@@ -23,7 +23,6 @@ Arrays of state that a configuration does not use are passed as empty arrays
 from __future__ import annotations
 
 import math
-import sys
 
 import numpy as np
 
@@ -475,11 +474,10 @@ class Optimizer:
         if device is not None and device.step(self):
             self.n_steps += 1
             return
-        resident = sys.modules.get("cyrnn.backends.cuda.resident")
-        if device is None and resident is not None:
+        if device is None:
             # an optimizer over part of a model trained on the device (one layer's
             # buffer): the host arrays are made current and the session ends
-            resident.release_overlapping(self.params.data)
+            self.params._end_device_sessions()
         grad = self.params.grad
         if self.clip_value is not None:
             clip_by_value(grad, self.clip_value)

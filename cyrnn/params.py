@@ -86,14 +86,14 @@ class ParameterBuffer:
     device = None
 
     def zero_grad(self):
-        self.grad[...] = 0
         if self.device is not None:
+            self.grad[...] = 0
             self.device.zero_grad()
-        else:  # part of a buffer trained on the device (a layer's): that session ends
-            resident = sys.modules.get("cyrnn.backends.cuda.resident")
-            if resident is not None:
-                resident.release_overlapping(self.data)
-                self.grad[...] = 0  # (the session's gradients came back over the zeros)
+            return
+        # part of a buffer trained on the device (a layer's): that session ends first,
+        # its gradients coming back, and then they are zeroed
+        self._end_device_sessions()
+        self.grad[...] = 0
 
     def to_host(self):
         """End device residency, if any: the device's values, gradients and optimizer
