@@ -697,9 +697,10 @@ cdef void _wgrad_by(int isa, const floating* dg, Py_ssize_t ldg, const floating*
     a second operand against the same dg, ``out2 (C, K2) += dg^T x2`` (an LSTM's
     dW_ih next to its dW_hh), from the same strips when both take them.
 
-    The rows are cut into blocks of WG_ROWS; WG_GROUPS groups of consecutive blocks
-    are summed into their own partials by the threads that take them, then added in
-    group order. Per block x's block is packed into panels (``_pack_strided``) and
+    The rows are cut into WG_GROUPS groups of equal size (to a row), each into
+    blocks of about equal size (at most WG_ROWS rows); each group is summed into its
+    own partials by the thread that takes it, then the partials are added in group
+    order (a result depends on the row count, never on the thread count). Per block x's block is packed into panels (``_pack_strided``) and
     dg's block, MC columns at a time, copied into row strips (``_strips``, which
     also sums the columns) that the kernel reads in order; the strips and x's
     panels stay in L2 while the kernel runs over them. Two cases skip the strips:
@@ -721,6 +722,7 @@ cdef void _wgrad_by(int isa, const floating* dg, Py_ssize_t ldg, const floating*
     time, then blocks of dg's columns (the same sums), still bfloat16; float32 only
     where even 8 columns would pass it or the scratch cannot be had."""
     cdef Py_ssize_t nblk = (rows + WG_ROWS - 1) // WG_ROWS, ng, per, g, b, r0, R, i, j
+    cdef Py_ssize_t g0, gr, blk
     cdef Py_ssize_t nr = cyrnn_pgemm_nr(isa, sizeof(floating)), mr = cyrnn_pgemm_mr(isa)
     cdef bint bd = False
     if floating is float:
@@ -790,8 +792,6 @@ cdef void _wgrad_by(int isa, const floating* dg, Py_ssize_t ldg, const floating*
         # 64-byte aligned: the packed kernel loads whole vectors from P
         ws = <floating*>aligned_alloc(64, <size_t>((ng * slot * sizeof(floating) + 63)
                                                    // 64 * 64))
-    per = (nblk + ng - 1) // ng
-    ng = (nblk + per - 1) // per
     if ws == NULL:
         _gemm(c'N', c'T', <int>K, <int>C, <int>rows, <floating>1, x, <int>ldx, dg, <int>ldg,
               <floating>1, out, <int>K)
@@ -822,9 +822,16 @@ cdef void _wgrad_by(int isa, const floating* dg, Py_ssize_t ldg, const floating*
         memset(acc, 0, C * K * sizeof(floating))
         memset(cs, 0, C * sizeof(floating))
         memset(acc2, 0, C * K2 * sizeof(floating))
-        for b in range(g * per, min((g + 1) * per, nblk)):
-            r0 = b * WG_ROWS
-            R = min(<Py_ssize_t>WG_ROWS, rows - r0)
+        # the group's rows: an equal share of all (two groups of 7 blocks of 256 rows
+        # would leave one thread 1,792 of 3,200 rows), cut into blocks of about equal
+        # size, a multiple of 8 rows, at most WG_ROWS
+        g0 = g * rows // ng
+        gr = (g + 1) * rows // ng - g0
+        per = (gr + WG_ROWS - 1) // WG_ROWS
+        blk = min(<Py_ssize_t>WG_ROWS, ((gr + per - 1) // per + 7) // 8 * 8)
+        for b in range(per):
+            r0 = g0 + b * blk
+            R = min(blk, g0 + gr - r0)
             if bd:
                 _wgrad_block_bd(isa, <const float*>dg + r0 * ldg, ldg,
                                 <const float*>x + r0 * ldx, ldx, R, C, K, MC, blds,
