@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 
 from . import _validation as V
-from .layers import Embedding, Layer, Masking, RecurrentLayer
+from .layers import Dense, Embedding, Layer, Masking, RecurrentLayer
 from .layers.recurrent import PlannedCache, _exact
 from .params import ParameterBuffer
 from .plan import backend_plan, build_spec, layer_plannable, validity_mask
@@ -29,7 +29,8 @@ class Sequential:
     layers : list of Layer
         Typically ``[Embedding?] + recurrent layers + [Dense]``. Recurrent layers
         must be ``batch_first``; a recurrent layer with ``return_sequences=False``
-        turns the sequence into one vector per sample (many-to-one).
+        turns the sequence into one vector per sample (many-to-one). Each layer's input
+        size must be the width the layers before it give (``ValueError`` otherwise).
 
     Attributes
     ----------
@@ -73,7 +74,14 @@ class Sequential:
         if len(dtypes) != 1:
             raise ValueError(f"all layers must share one dtype, got {sorted(map(str, dtypes))}")
         many_to_one = None  # the last recurrent layer so far, when it drops the time axis
+        width = None  # features per step (or per item) after the layers so far
         for i, layer in enumerate(layers):
+            need = (layer.input_size if isinstance(layer, RecurrentLayer)
+                    else layer.in_features if isinstance(layer, Dense) else None)
+            if need is not None and width is not None and need != width:
+                raise ValueError(f"layer {i} ({type(layer).__name__}) expects {need} input "
+                                 f"features per step, but the layers before it give {width}")
+            width = getattr(layer, "output_size", width)  # Masking, Activation keep it
             if isinstance(layer, RecurrentLayer) and many_to_one is not None:
                 raise ValueError(f"layer {i}: a recurrent layer needs sequences, but layer "
                                  f"{many_to_one} (return_sequences=False) gives one vector "

@@ -188,6 +188,20 @@ def test_sequential_refuses_a_recurrent_layer_after_a_many_to_one_layer():
                       cyrnn.Dense(H, 1)])  # many-to-one last: fine
 
 
+def test_sequential_refuses_layers_whose_sizes_do_not_chain():
+    # built, saved and loaded before; every call then raised
+    with pytest.raises(ValueError, match=r"layer 1 \(Dense\) expects 5 input features per "
+                                         "step, but the layers before it give 8"):
+        cyrnn.Sequential([cyrnn.LSTM(3, 8), cyrnn.Dense(5, 1)])
+    with pytest.raises(ValueError, match=r"layer 1 \(LSTM\) expects 8 .* give 16"):
+        cyrnn.Sequential([cyrnn.LSTM(3, 8, bidirectional=True), cyrnn.LSTM(8, 4)])
+    with pytest.raises(ValueError, match=r"layer 2 \(GRU\) expects 4 .* give 3"):
+        cyrnn.Sequential([cyrnn.Embedding(10, 3), cyrnn.Activation("tanh"), cyrnn.GRU(4, 2)])
+    # widths that chain, through Masking, Activation and a summing merge: fine
+    cyrnn.Sequential([cyrnn.Masking(), cyrnn.LSTM(3, 8, bidirectional=True, merge_mode="sum"),
+                      cyrnn.Activation("relu"), cyrnn.Dense(8, 2)])
+
+
 def test_sequential_ending_in_merge_mode_none_runs_and_checks_its_gradient(backend):
     # the output is one array per direction: the shape kept for backward's check
     # failed on the list (AttributeError, in forward)
