@@ -46,6 +46,10 @@ def from_torch(module, backend="auto"):
         raise ValueError("LSTM with proj_size > 0 has no cyrnn equivalent")
     cls, options = _MODES[mode]
     weights = {name: _host_array(param) for name, param in module.named_parameters()}
+    if not weights:  # torch.ao's dynamically quantized RNNs keep packed weights instead
+        raise TypeError(f"from_torch needs a float torch.nn.RNN, LSTM or GRU; "
+                        f"{type(module).__module__}.{type(module).__name__} has no float "
+                        "parameters (a quantized module?): convert the float module")
     dtype = np.float64 if next(iter(weights.values())).dtype == np.float64 else np.float32
     layer = cls(module.input_size, module.hidden_size, module.num_layers,
                 bidirectional=module.bidirectional, batch_first=module.batch_first,

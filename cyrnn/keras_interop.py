@@ -130,6 +130,20 @@ def _dense(klayer, backend):
 
 def _convert(klayer, backend):
     kind = type(klayer).__name__
+    if kind != "InputLayer":
+        name = getattr(klayer, "name", kind)
+        inner = [klayer] + [getattr(klayer, a) for a in ("forward_layer", "backward_layer")
+                            if getattr(klayer, a, None) is not None]
+        if not all(getattr(k, "built", True) for k in inner):
+            raise ValueError(f"the Keras layer {name!r} ({kind}) is not built, so it has no "
+                             "weights yet: give the model a keras.Input or call it on data "
+                             "first")
+        mode = next((m for m in (getattr(k, "quantization_mode", None) for k in inner) if m),
+                    None)
+        if mode:  # integer weights with separate scales: read as floats they are wrong
+            raise ValueError(f"the Keras layer {name!r} ({kind}) is quantized "
+                             f"({mode!r}); from_keras converts float weights: convert the "
+                             "model before model.quantize()")
     if kind in _RECURRENT:
         return [_recurrent(klayer, backend)]
     if kind == "Bidirectional":
@@ -171,7 +185,8 @@ def from_keras(model_or_layer, backend="auto"):
     ``[Dense, Activation]``, a Sequential for a single Dense layer).
 
     Keras options cyrnn has no equivalent of raise (``stateful=True``,
-    ``recurrent_dropout > 0``, other activations); Keras's input ``dropout`` is
+    ``recurrent_dropout > 0``, other activations), as do layers that are not built yet
+    (no weights) or quantized (``model.quantize``); Keras's input ``dropout`` is
     dropped with a warning (it acts in training only). At masked steps a cyrnn layer
     outputs zeros where Keras repeats the last valid output (outside
     ``Bidirectional``); valid steps, final states and everything a following

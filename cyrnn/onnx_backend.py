@@ -118,6 +118,21 @@ def _unblock(w, order, H):
     return np.concatenate([w[k * H:(k + 1) * H] for k in inv], axis=0)
 
 
+def _tensor(op_type, name, a, ndim):
+    """Input ``name`` as a float array of ``ndim`` dimensions (ValueError otherwise)."""
+    arr = np.asarray(a)
+    if arr.ndim != ndim or arr.dtype.kind != "f":
+        raise ValueError(f"cyrnn.onnx_backend: {op_type} input {name} must be a {ndim}-D "
+                         f"float tensor, got shape {arr.shape} of {arr.dtype}")
+    return arr
+
+
+def _expect(op_type, name, shape, expected):
+    if tuple(shape) != tuple(expected):
+        raise ValueError(f"cyrnn.onnx_backend: {op_type} input {name} has shape "
+                         f"{tuple(shape)}, expected {tuple(expected)} (from X and R)")
+
+
 def run_recurrent(op_type, attrs, X, W, R, B=None, sequence_lens=None, initial_h=None,
                   initial_c=None, P=None, backend="auto"):
     """One ``RNN``/``LSTM``/``GRU`` node on cyrnn's kernels. Returns (Y, Y_h[, Y_c])."""
@@ -138,7 +153,8 @@ def run_recurrent(op_type, attrs, X, W, R, B=None, sequence_lens=None, initial_h
         X = np.swapaxes(X, 0, 1)
         initial_h = None if initial_h is None else np.swapaxes(initial_h, 0, 1)
         initial_c = None if initial_c is None else np.swapaxes(initial_c, 0, 1)
-    T, N, _ = X.shape
+    X, W, R = (_tensor(op_type, name, a, 3) for name, a in (("X", X), ("W", W), ("R", R)))
+    T, N, D = X.shape
     H = R.shape[-1]
     if attrs.get("hidden_size") not in (None, H):
         raise ValueError(f"cyrnn.onnx_backend: {op_type} hidden_size={attrs['hidden_size']} "
@@ -148,6 +164,25 @@ def run_recurrent(op_type, attrs, X, W, R, B=None, sequence_lens=None, initial_h
                          f"with {dirs} directions, got {W.shape[0]}")
     cells = _cells(op_type, attrs, dirs, P is not None)
     G = cells[0].n_gates
+    # every shape against X's and R's before a kernel reads them (the compiled kernels
+    # trust them: a wrong one read past the arrays), as ONNX Runtime refuses them
+    if T == 0 or N == 0 or D == 0 or H == 0:
+        raise ValueError(f"cyrnn.onnx_backend: {op_type} needs non-empty X and R, got X "
+                         f"{X.shape} and R {R.shape}")
+    if W.shape[2] != D:
+        raise ValueError(f"cyrnn.onnx_backend: {op_type} input X has {D} features per step, "
+                         f"but W takes {W.shape[2]}")
+    _expect(op_type, "W", W.shape, (dirs, G * H, D))
+    _expect(op_type, "R", R.shape, (dirs, G * H, H))
+    if B is not None:
+        B = _tensor(op_type, "B", B, 2)
+        _expect(op_type, "B", B.shape, (dirs, 2 * G * H))
+    if P is not None:
+        P = _tensor(op_type, "P", P, 2)
+        _expect(op_type, "P", P.shape, (dirs, 3 * H))
+    for name, a in (("initial_h", initial_h), ("initial_c", initial_c)):
+        if a is not None:
+            _expect(op_type, name, _tensor(op_type, name, a, 3).shape, (dirs, N, H))
     mask = None
     if sequence_lens is not None:
         lens = np.asarray(sequence_lens).astype(np.int64)

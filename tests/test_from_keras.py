@@ -165,3 +165,16 @@ def test_keras_to_cyrnn_to_onnx_runtime():
     session = ort.InferenceSession(exported.SerializeToString(),
                                    providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(session.run(None, {"x": ids})[0], keras_out(kmodel, ids), **TOL)
+
+
+def test_unbuilt_and_quantized_layers_are_refused():
+    """An unbuilt layer raised AttributeError ('LSTMCell' has no 'kernel'); a quantized
+    Dense gave numbers off by 16 (its int8 kernel read as floats, its scales ignored)."""
+    with pytest.raises(ValueError, match="not built"):
+        cyrnn.from_keras(keras.layers.LSTM(4))
+    with pytest.raises(ValueError, match="not built"):
+        cyrnn.from_keras(keras.Sequential([keras.layers.LSTM(4)]))
+    k = keras.Sequential([keras.Input((5, 3)), keras.layers.LSTM(4), keras.layers.Dense(2)])
+    k.quantize("int8")
+    with pytest.raises(ValueError, match="quantized .*int8"):
+        cyrnn.from_keras(k)

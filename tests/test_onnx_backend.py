@@ -220,3 +220,28 @@ def test_run_node_runs_one_node_and_checks_it():
     cast, = onnx_backend.run_node(helper.make_node("Cast", ["X"], ["C"], to=TensorProto.INT64),
                                   [np.full((2, 2), 2.7, np.float32)])
     assert cast.dtype == np.int64 and (cast == 2).all()
+
+
+@pytest.mark.parametrize("backend", ["cython", "numpy"])
+def test_input_shapes_are_checked_before_the_kernels(backend):
+    """X of the wrong width ran: the Cython kernels read past W (SGEMM's 'illegal value'
+    and garbage, or plausible wrong numbers), a short B past b_hh (NaN)."""
+    T, N, D, H = 4, 2, 3, 5
+    rng = np.random.default_rng(0)
+    feeds = {"X": rng.normal(size=(T, N, D)).astype(np.float32),
+             "W": rng.normal(size=(1, 3 * H, D)).astype(np.float32),
+             "R": rng.normal(size=(1, 3 * H, H)).astype(np.float32),
+             "B": rng.normal(size=(1, 6 * H)).astype(np.float32),
+             "initial_h": rng.normal(size=(1, N, H)).astype(np.float32)}
+    node = _node("GRU", {"hidden_size": H}, ["X", "W", "R", "B", "", "initial_h"])
+    rep = onnx_backend.prepare(_model(node, feeds), backend=backend)
+    rep.run(feeds)
+    bad = [("X", rng.normal(size=(T, N, 6)), "X has 6 features per step, but W takes 3"),
+           ("X", rng.normal(size=(T, N, 2)), "X has 2 features"),
+           ("X", rng.normal(size=(T, N)), "X must be a 3-D float tensor"),
+           ("B", rng.normal(size=(1, 3 * H)), r"B has shape \(1, 15\), expected \(1, 30\)"),
+           ("R", rng.normal(size=(1, 3 * H, H + 1)), "R"),
+           ("initial_h", rng.normal(size=(1, N + 1, H)), "initial_h has shape")]
+    for name, value, message in bad:
+        with pytest.raises(ValueError, match=message):
+            rep.run([value.astype(np.float32) if k == name else v for k, v in feeds.items()])

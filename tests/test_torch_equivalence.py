@@ -365,3 +365,13 @@ def test_masked_embedding_gru_dense_matches_torch_on_unpadded_sequences(
     for cy, tm in ((emb, t_emb), (gru, t_gru), (dense, t_dense)):
         assert_param_grads_match({n: cy.params.grad_of(n) for n in cy.params.names},
                                  {n: npy(p.grad) for n, p in tm.named_parameters()}, dtype)
+
+
+def test_quantized_modules_are_refused_by_name():
+    """torch.ao's dynamically quantized LSTM has no named parameters: from_torch raised
+    a bare StopIteration."""
+    float_lstm = torch.nn.Sequential(torch.nn.LSTM(3, 4))
+    q = torch.ao.quantization.quantize_dynamic(float_lstm, {torch.nn.LSTM},
+                                               dtype=torch.qint8)[0]
+    with pytest.raises(TypeError, match="no float parameters"):
+        cyrnn.from_torch(q)
