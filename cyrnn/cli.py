@@ -236,6 +236,20 @@ def _threads(args):
     return threadpool_limits(limits=args.threads)
 
 
+def _a(word):
+    """The indefinite article of an upper-case abbreviation: 'an LSTM', 'a GRU'."""
+    return "an" if word[:1] in "AEFHILMNORSX" else "a"
+
+
+def _sampling_seed(args):
+    """``--seed``, or fresh entropy when it is not given (different samples every run,
+    as the option's help says; the model's own generator would repeat them)."""
+    if args.seed is not None:
+        return args.seed
+    import numpy as np
+    return np.random.default_rng()
+
+
 def _settings(args, preset):
     """Model settings: the preset, overridden by the command-line options given."""
     s = dict(preset)
@@ -256,6 +270,7 @@ def _load_model(path):
     from . import persistence
     from .language_model import CharLanguageModel
     p = Path(path)
+    path = str(path)  # shown as the user wrote it, not as a PosixPath repr
     if not p.exists():
         raise CLIError(f"cannot read model {path!r}: no such file")
     if p.is_dir():
@@ -280,7 +295,7 @@ def _print_lines(lines):
 
 # ---------------------------------------------------------------------------- commands
 def _cmd_generate(args):
-    from .language_model import PRESETS, CharLanguageModel, prepare_corpus
+    from .language_model import PRESETS, CharLanguageModel, check_poem_head, prepare_corpus
 
     corpus = args.corpus
     if corpus == "dinos" and (args.head is not None):
@@ -297,6 +312,11 @@ def _cmd_generate(args):
     preset.pop("max_samples", None)
     preset.pop("max_vocab", None)
     settings = _settings(args, preset)
+    # the options training cannot change, checked before it runs (a minute for tang)
+    CharLanguageModel(**settings, backend=args.backend,
+                      random_state=args.train_seed)._check_params()
+    if args.head is not None:
+        check_poem_head(args.head, args.form or "quatrain")
     key = {"corpus": corpus, "settings": settings, "max_samples": max_samples,
            "max_vocab": max_vocab, "train_seed": args.train_seed, "cyrnn": _version()}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
@@ -315,10 +335,15 @@ def _cmd_generate(args):
         if not texts:
             raise CLIError(f"no poem of the corpus is written with the {max_vocab} most "
                            "frequent characters alone; raise --max-vocab")
+        wanted = args.head if corpus == "tang" else args.prefix
+        unknown = sorted(set(wanted or "") - set("".join(texts)))
+        if unknown:  # the vocabulary is the corpus's characters: known before training
+            raise CLIError(f"{'--head' if corpus == 'tang' else '--prefix'} has characters "
+                           f"the training corpus lacks: {''.join(unknown)!r}")
         what = "dinosaur names" if corpus == "dinos" else "Tang poems"
         cell = settings.get("cell", "lstm").upper() + (" (peephole)" if settings.get("peephole")
                                                         else "")
-        _say(args, f"training an {cell} model on {len(texts):,} {what} "
+        _say(args, f"training {_a(cell)} {cell} model on {len(texts):,} {what} "
                    f"({settings.get('max_epochs')} epochs)"
                    + ("" if args.no_cache else "; cached afterwards"))
         lm = CharLanguageModel(**settings, backend=args.backend, random_state=args.train_seed,
@@ -340,10 +365,10 @@ def _cmd_generate(args):
         if corpus == "tang":
             out = lm.sample_poem(args.n, form=args.form or "quatrain", head=args.head,
                                  temperature=temperature, top_k=args.top_k,
-                                 random_state=args.seed)
+                                 random_state=_sampling_seed(args))
         else:
             out = lm.sample(args.n, temperature=temperature, top_k=args.top_k,
-                            prefix=args.prefix, random_state=args.seed)
+                            prefix=args.prefix, random_state=_sampling_seed(args))
     _print_lines(out)
     return 0
 
@@ -394,9 +419,11 @@ def _cmd_train(args):
     settings = _settings(args, {})
     lm = CharLanguageModel(**settings, bptt=args.bptt, backend=args.backend,
                            random_state=args.seed, verbose=not args.quiet)
+    lm._check_params()  # before the message below and the training
     what = (f"a text of {len(data):,} characters" if args.text
             else f"{len(data):,} sequences")
-    _say(args, f"training an {lm.cell.upper()} model (hidden {lm.hidden_size}, "
+    _say(args, f"training {_a(lm.cell.upper())} {lm.cell.upper()} model (hidden "
+               f"{lm.hidden_size}, "
                f"{lm.max_epochs} epochs) on {what}")
     with _threads(args):
         lm.fit(data)
@@ -424,13 +451,13 @@ def _cmd_sample(args):
                                "is the form's")
             out = lm.sample_poem(args.n, form=args.form, head=args.head,
                                  temperature=temperature, top_k=args.top_k,
-                                 random_state=args.seed)
+                                 random_state=_sampling_seed(args))
         else:
             if args.head is not None:
                 raise CLIError("--head needs --form quatrain or --form regulated")
             out = lm.sample(args.n, temperature=temperature, top_k=args.top_k,
                             prefix=args.prefix, max_length=args.max_length,
-                            random_state=args.seed)
+                            random_state=_sampling_seed(args))
     _print_lines(out)
     return 0
 

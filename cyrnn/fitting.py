@@ -258,7 +258,7 @@ def run_epochs(model, history, *, epochs, batches, step, start_loss=None, baseli
             history.loss_curve.append(epoch_loss)
             if device is not None:
                 device.sync()  # the checks and the validation read the host arrays
-            check_divergence(history.loss_curve, model.params.data, reference, scale)
+            check_divergence(history.loss_curve, model.params.data, reference, scale, advice)
             if stopping is not None:
                 stopped = stopping.update(model, history, epoch_loss)
             scores = history.validation_scores

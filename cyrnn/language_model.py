@@ -28,6 +28,7 @@ import unicodedata
 import numpy as np
 from scipy.special import log_softmax
 from sklearn.base import BaseEstimator
+from sklearn.exceptions import NotFittedError
 
 from . import _validation as V
 from . import layers as _layers
@@ -82,6 +83,25 @@ def is_cjk_ideograph(char):
     character rather than punctuation, a letter or a digit."""
     return len(char) == 1 and unicodedata.name(char, "").startswith(
         ("CJK UNIFIED IDEOGRAPH", "CJK COMPATIBILITY IDEOGRAPH"))
+
+
+# Cells (rows x steps) of one block of :meth:`CharLanguageModel.sample`'s generation
+SAMPLE_CELLS = 1 << 22
+
+
+def check_poem_head(head, form="quatrain"):
+    """Check an acrostic ``head`` for a poem of ``form`` (before any model is needed):
+    a str of one CJK ideograph per line (``TypeError``/``ValueError`` otherwise)."""
+    lines = POEM_FORMS[form]
+    if not isinstance(head, str):
+        raise TypeError(f"head must be a str, got {type(head).__name__}")
+    if len(head) != lines:
+        raise ValueError(f"head must have one character per line: {lines} for a "
+                         f"{form}, got {len(head)} ({head!r})")
+    bad = sorted({ch for ch in head if not is_cjk_ideograph(ch)})
+    if bad:  # a line starts with an ideograph: the form allows nothing else there
+        raise ValueError(f"head must be Chinese characters (CJK ideographs), one per "
+                         f"line; {''.join(bad)!r} cannot start a line of a poem")
 
 
 def is_poem(text, form="quatrain", head=None):
@@ -217,6 +237,10 @@ class CharLanguageModel(BaseEstimator):
     max_epochs : int, default 20
     clip_norm : float or None, default 5
         Gradient clipping by global norm.
+    clip_value : float or None, default None
+        Gradient clipping by value: every gradient entry into ``[-clip_value,
+        clip_value]`` (the course's dinosaur model clips at 5), before ``clip_norm``
+        when both are set (as :class:`cyrnn.optim.Optimizer` applies them).
     bptt : int, default 100
         Chunk length of truncated BPTT for one long text (:meth:`fit_text`); the
         state is carried across chunks.
@@ -255,7 +279,8 @@ class CharLanguageModel(BaseEstimator):
     def __init__(self, cell="lstm", hidden_size=64, num_layers=1, embedding_dim=32,
                  dropout=0.0, optimizer="adam", learning_rate=0.005, batch_size=32,
                  max_epochs=20, clip_norm=5.0, bptt=100, backend="auto", dtype=np.float32,
-                 random_state=None, verbose=False, peephole=False, train_compute="float32"):
+                 random_state=None, verbose=False, peephole=False, train_compute="float32",
+                 clip_value=None):
         self.cell = cell
         self.hidden_size = hidden_size
         self.num_layers = num_layers
@@ -266,6 +291,7 @@ class CharLanguageModel(BaseEstimator):
         self.batch_size = batch_size
         self.max_epochs = max_epochs
         self.clip_norm = clip_norm
+        self.clip_value = clip_value
         self.bptt = bptt
         self.backend = backend
         self.dtype = dtype
@@ -304,6 +330,7 @@ class CharLanguageModel(BaseEstimator):
         V.check_int(self.batch_size, "batch_size", minimum=1)
         V.check_int(self.max_epochs, "max_epochs", minimum=0)
         V.check_float(self.clip_norm, "clip_norm", 0.0, include_min=False, allow_none=True)
+        V.check_float(self.clip_value, "clip_value", 0.0, include_min=False, allow_none=True)
         V.check_int(self.bptt, "bptt", minimum=1)
         check_backend_name(self.backend)
         V.check_dtype(self.dtype)
@@ -320,7 +347,10 @@ class CharLanguageModel(BaseEstimator):
     # ------------------------------------------------------------------ vocabulary
     def _require_fitted(self):
         if not hasattr(self, "model_"):
-            raise RuntimeError("this CharLanguageModel is not fitted yet: call fit() first")
+            # scikit-learn's NotFittedError (a ValueError and AttributeError), as the
+            # estimators raise
+            raise NotFittedError("this CharLanguageModel is not fitted yet: call fit() "
+                                 "first")
 
     def encode(self, text):
         """Token ids of the characters of ``text`` (no markers).
@@ -400,7 +430,9 @@ class CharLanguageModel(BaseEstimator):
 
     def _make_optimizer(self):
         return get_optimizer(self.optimizer.lower(), self.model_, lr=float(self.learning_rate),
-                             clip_norm=None if self.clip_norm is None else float(self.clip_norm))
+                             clip_norm=None if self.clip_norm is None else float(self.clip_norm),
+                             clip_value=None if self.clip_value is None
+                             else float(self.clip_value))
 
     def _check_texts(self, texts, what="texts"):
         if isinstance(texts, str):
@@ -547,7 +579,7 @@ class CharLanguageModel(BaseEstimator):
         result = run_epochs(self.model_, History(loss_curve=self.loss_curve_), epochs=epochs,
                             batches=batches, step=step, start_loss=start_loss,
                             progress=Progress(self.verbose, epochs, per_epoch=False),
-                            advice="lower learning_rate or set clip_norm")
+                            advice="lower learning_rate, or set clip_norm or clip_value")
         self.train_time_ = result.seconds
         return self
 
@@ -734,9 +766,18 @@ class CharLanguageModel(BaseEstimator):
         banned[[PAD, BOS]] = True
         if self.mode_ == "text":
             banned[EOS] = True
-        forced = np.full((n, max_length), -1, np.int64)
-        tokens, lengths = self._generate(n, prefix_ids, forced, banned, rng, temperature, top_k)
-        return [prefix + self.decode(tokens[i, :lengths[i]]) for i in range(n)]
+        # in blocks of rows: the kernels' buffers (draws, tokens) take n x max_length
+        # cells, which a long max_length made gigabytes for names of 20 characters. The
+        # draws are taken row by row in the same order, so the samples do not change.
+        rows = max(1, min(n, SAMPLE_CELLS // max_length))
+        out = []
+        for r0 in range(0, n, rows):
+            k = min(rows, n - r0)
+            forced = np.full((k, max_length), -1, np.int64)
+            tokens, lengths = self._generate(k, prefix_ids, forced, banned, rng, temperature,
+                                             top_k)
+            out += [prefix + self.decode(tokens[i, :lengths[i]]) for i in range(k)]
+        return out
 
     def sample_poem(self, n=1, form="quatrain", head=None, temperature=1.0, top_k=None,
                     random_state=None):
@@ -777,15 +818,7 @@ class CharLanguageModel(BaseEstimator):
                              "poems (e.g. cyrnn.datasets.load_tang_poems()) first")
         head_ids = None
         if head is not None:
-            if not isinstance(head, str):
-                raise TypeError(f"head must be a str, got {type(head).__name__}")
-            if len(head) != lines:
-                raise ValueError(f"head must have one character per line: {lines} for a "
-                                 f"{form}, got {len(head)} ({head!r})")
-            bad = sorted({ch for ch in head if not is_cjk_ideograph(ch)})
-            if bad:  # a line starts with an ideograph: the form allows nothing else there
-                raise ValueError(f"head must be Chinese characters (CJK ideographs), one per "
-                                 f"line; {''.join(bad)!r} cannot start a line of a poem")
+            check_poem_head(head, form)
             head_ids = self.encode(head)
         banned = np.array([True] * N_RESERVED + [not is_cjk_ideograph(ch) for ch in self.chars_])
         if banned.all():

@@ -252,7 +252,9 @@ def _tbptt_chunks(T, k1, out_mask, sample_weight):
 DIVERGENCE_FACTOR = 10.0
 
 
-def check_divergence(loss_curve, params, start_loss=None, baseline=None):
+def check_divergence(loss_curve, params, start_loss=None, baseline=None,
+                     advice="lower learning_rate, set clip_norm, or scale the inputs and "
+                            "targets"):
     """Raise ``ValueError`` if training has diverged; the rule of every fit loop.
 
     Training has diverged when a parameter is NaN or infinite, or when the epoch
@@ -284,7 +286,7 @@ def check_divergence(loss_curve, params, start_loss=None, baseline=None):
     """
     if not np.isfinite(params).all():
         raise ValueError(f"training diverged: the parameters became NaN or infinite in epoch "
-                         f"{len(loss_curve)}; lower learning_rate or set clip_norm")
+                         f"{len(loss_curve)}; {advice}")
     earlier = list(loss_curve[:-1])
     refs = ([start_loss] if start_loss is not None else []) + (
         [earlier[0], min(earlier)] if earlier else [])
@@ -297,8 +299,7 @@ def check_divergence(loss_curve, params, start_loss=None, baseline=None):
         raise ValueError(f"training diverged: the loss of epoch {len(loss_curve)} "
                          f"({loss_curve[-1]:.4g}) is more than {DIVERGENCE_FACTOR:g} times "
                          f"its reference {reference:.4g} (the loss at the start or of the first "
-                         "epoch, or of predicting zero); lower learning_rate, set clip_norm, "
-                         "or scale the inputs and targets")
+                         f"epoch, or of predicting zero); {advice}")
 
 
 def zero_output_loss(model, loss, x, y, lengths=None, mask=None, sample_weight=None):

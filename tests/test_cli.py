@@ -282,3 +282,33 @@ def test_fifo_corpus_or_model_is_an_error_not_a_hang(run, tmp_path):
                  ("info", fifo)):
         line = one_line_error(run(*args, timeout=60))
         assert "not a regular file" in line
+
+
+def test_options_are_checked_before_training(capsys, monkeypatch):
+    """A bad --head, a --prefix outside the corpus or --peephole with a GRU failed only
+    after training (a minute for the Tang preset): now before fit runs."""
+    from cyrnn.language_model import CharLanguageModel
+
+    def no_training(self, *args, **kwargs):
+        raise AssertionError("fit ran")
+
+    monkeypatch.setattr(CharLanguageModel, "fit", no_training)
+    for args, message in ((["tang", "--head", "ABCD"], "CJK"),
+                          (["tang", "--head", "春"], "one character per line"),
+                          (["dinos", "--prefix", "123"], "corpus lacks: '123'"),
+                          (["dinos", "--cell", "gru", "--peephole"], "peephole")):
+        status, out, err = in_process(capsys, "generate", *args, "--no-cache", "-q",
+                                      "--max-samples", "50")
+        assert status == 1 and out == "" and message in err, err
+
+
+def test_samples_differ_between_runs_without_a_seed(tiny_model, capsys):
+    """--seed's help promises different samples every run without it; the model's own
+    generator (seeded by its training seed) gave the same ones every time."""
+    runs = [in_process(capsys, "sample", tiny_model, "-n", "20", "--temperature", "2")
+            for _ in range(2)]
+    assert all(status == 0 for status, _, _ in runs)
+    assert runs[0][1] != runs[1][1]
+    seeded = [in_process(capsys, "sample", tiny_model, "-n", "20", "--seed", "4")[1]
+              for _ in range(2)]
+    assert seeded[0] == seeded[1]

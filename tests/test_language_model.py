@@ -161,7 +161,8 @@ def test_perplexity_and_errors(names_model):
     assert 0.6 < untrained.perplexity(NAMES20) / untrained.vocab_size_ < 1.5
     with pytest.raises(ValueError, match=r"unknown characters '#\?'"):
         lm.perplexity(["Allo#saurus?"])
-    with pytest.raises(RuntimeError, match="not fitted"):
+    from sklearn.exceptions import NotFittedError
+    with pytest.raises(NotFittedError, match="not fitted"):
         CharLanguageModel().sample(1)
     with pytest.raises(ValueError, match="empty"):
         CharLanguageModel().fit([])
@@ -425,3 +426,48 @@ def test_save_after_set_params_keeps_the_fitted_network(change, tmp_path, monkey
     long = CharLanguageModel(hidden_size=4, embedding_dim=2, max_epochs=1,
                              random_state=0).fit(["abcdefgh"])
     assert long.max_length_ == 5
+
+
+def test_sampling_runs_in_blocks_of_rows_with_the_same_samples(monkeypatch):
+    """A long max_length made every row's buffers that long (-n 100 --max-length 1e6:
+    2.5 GB for names of 20 characters); rows now run in blocks, drawing in the same
+    order, so the samples are those of one block."""
+    from cyrnn import language_model
+
+    lm = CharLanguageModel(hidden_size=8, max_epochs=1, random_state=0).fit(NAMES20)
+    whole = lm.sample(30, max_length=25, random_state=5)
+    monkeypatch.setattr(language_model, "SAMPLE_CELLS", 25 * 7)
+    assert lm.sample(30, max_length=25, random_state=5) == whole
+    monkeypatch.setattr(language_model, "SAMPLE_CELLS", 1)  # one row per block
+    assert lm.sample(30, max_length=25, random_state=5) == whole
+
+
+def test_clip_value_clips_every_gradient_entry(tmp_path):
+    """The course clips the dinosaur model's gradients by value; the language model
+    took clip_norm only."""
+    from cyrnn import optim
+
+    lm = CharLanguageModel(hidden_size=8, max_epochs=1, random_state=0, clip_value=0.5,
+                           clip_norm=None, optimizer="sgd", learning_rate=0.1)
+    assert lm._check_params() is None
+    seen = []
+    real = optim.clip_by_value
+
+    def spy(grad, value):
+        seen.append(value)
+        out = real(grad, value)
+        assert np.abs(grad).max() <= value
+        return out
+
+    import unittest.mock
+    with unittest.mock.patch.object(optim, "clip_by_value", spy):
+        lm.fit(NAMES20)
+    assert seen and set(seen) == {0.5}
+    lm.save(tmp_path / "lm.cyrnn")
+    assert persistence.load(tmp_path / "lm.cyrnn").clip_value == 0.5
+    for bad in (-1.0, 0.0, float("nan")):
+        with pytest.raises(ValueError, match="clip_value"):
+            CharLanguageModel(clip_value=bad).fit(NAMES20)
+    with pytest.raises(ValueError, match="set clip_norm or clip_value$"):
+        CharLanguageModel(hidden_size=8, optimizer="sgd", learning_rate=1e6, clip_norm=None,
+                          max_epochs=3, random_state=0).fit(NAMES20)

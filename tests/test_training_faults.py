@@ -6,7 +6,7 @@ import warnings
 
 import numpy as np
 import pytest
-from sklearn.exceptions import ConvergenceWarning
+from sklearn.exceptions import ConvergenceWarning, NotFittedError
 
 import cyrnn
 from cyrnn.estimators import (GRUClassifier, GRURegressor, LSTMClassifier, LSTMRegressor,
@@ -157,7 +157,7 @@ def test_interrupted_fit_leaves_the_model_as_it_was(monkeypatch, mode):
     with pytest.raises(KeyboardInterrupt):
         fresh.fit(data)
     assert not hasattr(fresh, "model_") and not hasattr(fresh, "loss_curve_")
-    with pytest.raises(RuntimeError, match="not fitted"):
+    with pytest.raises(NotFittedError, match="not fitted"):
         fresh.save("never-written.cyrnn")
 
     monkeypatch.setattr(lm_module, name, real)
