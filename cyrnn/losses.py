@@ -25,6 +25,8 @@ def _weights(pred_shape, sample_weight, mask, dtype):
         w = w * sw
     if mask is not None:
         w = w * np.asarray(mask, bool)
+    if w.size and w.max() > np.finfo(np.float64).max / w.size:
+        w = w / w.max()  # finite weights whose sum would overflow: the same ratios
     total = w.sum()
     if total <= 0:
         raise ValueError("the loss has no valid item with positive weight")

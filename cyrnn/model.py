@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+import weakref
 
 import numpy as np
 
@@ -11,6 +12,9 @@ from .layers import Dense, Embedding, Layer, Masking, RecurrentLayer
 from .layers.recurrent import PlannedCache, _exact
 from .params import ParameterBuffer
 from .plan import backend_plan, build_spec, layer_plannable, validity_mask
+
+# layer -> weak reference to the Sequential whose buffer holds its parameters
+_OWNERS = weakref.WeakKeyDictionary()
 
 
 def _prefix(i):
@@ -73,6 +77,18 @@ class Sequential:
         dtypes = {layer.dtype for layer in layers}
         if len(dtypes) != 1:
             raise ValueError(f"all layers must share one dtype, got {sorted(map(str, dtypes))}")
+        for i, layer in enumerate(layers):
+            owner = _OWNERS.get(layer)
+            owner = owner() if owner is not None else None
+            if owner is not None:  # its parameters live in that model's buffer
+                raise ValueError(
+                    f"layer {i} ({type(layer).__name__}) already belongs to another "
+                    "Sequential, whose buffer holds its parameters (cyrnn layers cannot be "
+                    "shared between models): give this model copy.deepcopy(layer), or "
+                    "build it from the other model's layers once that model is gone")
+        if len({id(layer) for layer in layers}) != len(layers):
+            raise ValueError("a layer appears twice in the list (cyrnn layers cannot be "
+                             "shared): use copy.deepcopy(layer) for a second copy")
         many_to_one = None  # the last recurrent layer so far, when it drops the time axis
         width = None  # features per step (or per item) after the layers so far
         for i, layer in enumerate(layers):
@@ -103,10 +119,16 @@ class Sequential:
         specs = [(f"{i}.{name}", shape) for i, layer in enumerate(layers)
                  for name, shape in layer.param_specs()]
         self.params = ParameterBuffer(specs, dtype=self.dtype)
+        self._home_layers()
+
+    def _home_layers(self):
+        """Move every layer's parameters into this model's buffer and make the model
+        their owner."""
         start = 0
-        for layer in layers:
+        for layer in self.layers:
             end = start + layer.params.size
             layer.rehome(self.params.data[start:end], self.params.grad[start:end])
+            _OWNERS[layer] = weakref.ref(self)
             start = end
 
     def __getstate__(self):
@@ -122,11 +144,7 @@ class Sequential:
         self.__dict__.update(state)
         self.__dict__.pop("_kinds_cache", None)
         self.__dict__.pop("_plan_cache", None)
-        start = 0
-        for layer in self.layers:
-            end = start + layer.params.size
-            layer.rehome(self.params.data[start:end], self.params.grad[start:end])
-            start = end
+        self._home_layers()
 
     @property
     def train_compute(self):
@@ -359,6 +377,11 @@ class Sequential:
     def _forward_checked(self, x, mask, initial_states, training, return_states):
         """``forward`` on input already validated by ``_input_mask`` (the layer path)."""
         initial_states = self._per_recurrent_layer(initial_states, "initial_states")
+        # every given state checked before any layer runs (a layer's dropout draws
+        # would otherwise advance its generator before a later state's error)
+        for layer, state in zip(self._recurrent, initial_states):
+            if state is not None:
+                layer._check_state(state, len(x))
         self._fused_cache = None
         states, r = [], 0
         for layer, is_rnn in self._kinds:

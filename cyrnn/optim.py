@@ -409,7 +409,8 @@ class Optimizer:
     params : ParameterBuffer or object with a ``.params`` ParameterBuffer
         The parameters to optimize (a buffer, or a model/layer owning one).
     lr : float
-        Learning rate, finite and > 0.
+        Learning rate, finite and >= 0 (0, as in torch.optim: a scheduler's
+        warm-up may start there).
     clip_value : float or None, default None
         If set (> 0), gradients are clipped to ``[-clip_value, clip_value]``
         at each step (see :func:`clip_by_value`).
@@ -457,7 +458,8 @@ class Optimizer:
 
     @lr.setter
     def lr(self, value):
-        self._lr = _check_range("lr", value, low=0.0, low_open=True)
+        # 0 allowed, as in torch.optim: a scheduler's warm-up may start there
+        self._lr = _check_range("lr", value, low=0.0)
 
     def _add_state(self, name):
         arr = np.zeros(self.params.size, dtype=self.params.dtype)
@@ -530,7 +532,7 @@ class Optimizer:
         if step.shape != () or not np.issubdtype(step.dtype, np.integer) or int(step) < 0:
             raise ValueError(f"state 'step' must be a non-negative integer, got {state['step']!r}")
         lr = _check_range("lr", float(V.check_values(state["lr"], "state 'lr'", (), np.float64)),
-                          low=0.0, low_open=True)
+                          low=0.0)
         arrays = {}  # every value checked before any is written
         for name in self._state:
             arrays[name] = V.check_values(state[name], f"state {name!r}", (self.params.size,),
@@ -570,7 +572,7 @@ class SGD(Optimizer):
     ----------
     params : ParameterBuffer or object with a ``.params`` ParameterBuffer
     lr : float, default 0.01
-        Learning rate, > 0.
+        Learning rate, >= 0.
     momentum : float, default 0.0
         Momentum factor, >= 0.
     dampening : float, default 0.0
@@ -619,7 +621,7 @@ class RMSProp(Optimizer):
     ----------
     params : ParameterBuffer or object with a ``.params`` ParameterBuffer
     lr : float, default 1e-3
-        Learning rate, > 0.
+        Learning rate, >= 0.
     decay : float, default 0.9
         Smoothing constant of the running averages, in (0, 1). Note that
         torch's default ``alpha`` is 0.99.
@@ -671,7 +673,7 @@ class Adam(Optimizer):
     ----------
     params : ParameterBuffer or object with a ``.params`` ParameterBuffer
     lr : float, default 1e-3
-        Learning rate, > 0.
+        Learning rate, >= 0.
     betas : (float, float), default (0.9, 0.999)
         Decay rates of the moment estimates, each in [0, 1).
     eps : float, default 1e-8

@@ -58,6 +58,19 @@ class ParameterBuffer:
                 raise ValueError(f"storage must be a ({self.size},) {self.dtype} array, "
                                  f"got {arr.shape} {arr.dtype}")
 
+    def _rebind(self, data, grad):
+        """Use ``data``/``grad`` (same size and dtype; the current values copied in) as
+        storage from now on. In place, so every holder of this buffer (an optimizer
+        built on a layer before the layer joined a model) follows it."""
+        for arr in (data, grad):
+            if arr.shape != (self.size,) or arr.dtype != self.dtype:
+                raise ValueError(f"storage must be a ({self.size},) {self.dtype} array, "
+                                 f"got {arr.shape} {arr.dtype}")
+        self._end_device_sessions()
+        data[...] = self.data
+        grad[...] = self.grad
+        self.data, self.grad = data, grad
+
     def _view(self, flat, name):
         start = self.offsets[name]
         shape = self.shapes[name]

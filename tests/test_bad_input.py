@@ -4,6 +4,8 @@ import numpy as np
 import pytest
 
 import cyrnn
+from cyrnn.optim import SGD
+from cyrnn.training import train_step
 
 N, T, D, H = 3, 5, 4, 6
 
@@ -376,3 +378,76 @@ def test_huge_n_jobs_and_truncation_depths_behave_as_large_ones():
         preds.append(est.predict(X))
     np.testing.assert_allclose(preds[1], preds[0], rtol=1e-6)
     np.testing.assert_allclose(preds[2], preds[0], rtol=1e-6)
+
+
+def test_a_layer_belongs_to_one_sequential():
+    """Each Sequential moves its layers' weights into its own buffer: a layer put in a
+    second model left the first reading a stale copy on the compiled backends, and
+    never training on the NumPy one."""
+    import copy
+
+    rnn = cyrnn.GRU(D, H, return_sequences=False, random_state=0)
+    first = cyrnn.Sequential([rnn, cyrnn.Dense(H, 1, random_state=1)])
+    with pytest.raises(ValueError, match="already belongs to another Sequential"):
+        cyrnn.Sequential([rnn, cyrnn.Dense(H, 1, random_state=2)])
+    with pytest.raises(ValueError, match="appears twice"):
+        d = cyrnn.Dense(H, H)
+        cyrnn.Sequential([cyrnn.GRU(D, H), d, d])
+    second = cyrnn.Sequential([copy.deepcopy(rnn), cyrnn.Dense(H, 1, random_state=2)])
+    np.testing.assert_array_equal(second.layers[0].params.data, rnn.params.data)
+    copy.deepcopy(first)  # a copied model owns copied layers
+    del first
+    cyrnn.Sequential([rnn, cyrnn.Dense(H, 1)])  # its model is gone: it may join another
+
+
+def test_an_optimizer_built_on_a_layer_follows_it_into_a_sequential():
+    """The layer's parameter buffer was replaced when it joined a model: an optimizer
+    made on the layer before then updated a detached copy (the loss never moved)."""
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(3, 5, D)), rng.normal(size=(3, 1))
+    rnn = cyrnn.GRU(D, H, return_sequences=False, dtype=np.float64, random_state=0)
+    opt = cyrnn.optim.Adam(rnn, lr=0.1)
+    model = cyrnn.Sequential([rnn, cyrnn.Dense(H, 1, dtype=np.float64, random_state=1)])
+    losses = [train_step(model, opt, "mse", x, y) for _ in range(4)]
+    assert losses[-1] < losses[0]
+    assert np.shares_memory(rnn.params.data, model.params.data)
+
+
+def test_a_rejected_training_step_draws_no_dropout_mask():
+    """A bad initial state of a later layer raised after the first layer had run (and
+    drawn its dropout masks): the seeded run then differed from one without the call."""
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(2, 4, 3)), rng.normal(size=(2, 4, 1))
+
+    def make():
+        m = cyrnn.Sequential([cyrnn.GRU(3, 4, 2, dropout=0.5, dtype=np.float64,
+                                        random_state=0),
+                              cyrnn.LSTM(4, 3, dtype=np.float64, random_state=1),
+                              cyrnn.Dense(3, 1, dtype=np.float64, random_state=2)])
+        return m, SGD(m, lr=0.1)
+
+    a, oa = make()
+    b, ob = make()
+    for bad in (np.zeros((1, 2, 3)), (np.zeros((1, 2, 3)), np.full((1, 2, 3), np.nan))):
+        with pytest.raises((TypeError, ValueError)):
+            train_step(a, oa, "mse", x, y, initial_states=[None, bad])
+    assert train_step(a, oa, "mse", x, y) == train_step(b, ob, "mse", x, y)
+    np.testing.assert_array_equal(a.params.data, b.params.data)
+
+
+def test_huge_finite_sample_weights_keep_their_ratios():
+    """Weights of 1e308 each overflowed their sum to inf: every normalised weight became
+    0, a loss of 0 and no update."""
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(3, 4, D)).astype(np.float32), rng.normal(size=(3, 1))
+    m = cyrnn.Sequential([cyrnn.GRU(D, H, return_sequences=False, random_state=0),
+                          cyrnn.Dense(H, 1, random_state=1)])
+    out = m.forward(x)
+    for name in ("mse", "sigmoid_binary_cross_entropy"):
+        loss = cyrnn.losses.get_loss(name)
+        target = (y > 0).astype(np.float32) if "binary" in name else y
+        ones = loss(out, target, sample_weight=np.ones(3))
+        with np.errstate(over="raise"):
+            huge = loss(out, target, sample_weight=np.full(3, 1e308))
+        assert huge[0] == pytest.approx(ones[0], rel=1e-6) and huge[0] > 0
+        np.testing.assert_allclose(huge[1], ones[1], rtol=1e-6)

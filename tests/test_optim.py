@@ -233,7 +233,7 @@ def test_clip_functions_validate():
 # ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("cls, kwargs, name", [
-    (SGD, dict(lr=0.0), "lr"),
+    (SGD, dict(lr=-1e-9), "lr"),
     (SGD, dict(lr=-1.0), "lr"),
     (SGD, dict(lr=float("inf")), "lr"),
     (SGD, dict(lr=float("nan")), "lr"),
@@ -252,7 +252,7 @@ def test_clip_functions_validate():
     (Adam, dict(betas=(1.0, 0.999)), r"betas\[0\]"),
     (Adam, dict(betas=(0.9, -0.1)), r"betas\[1\]"),
     (Adam, dict(eps=-1.0), "eps"),
-    (Adam, dict(lr=0.0), "lr"),
+    (Adam, dict(lr=-0.5), "lr"),
     (Adam, dict(weight_decay=-0.5), "weight_decay"),
 ])
 def test_bad_hyperparameters_raise_value_error(cls, kwargs, name):
@@ -280,6 +280,8 @@ def test_lr_assignment_is_validated():
     assert opt.lr == 0.5
     with pytest.raises(ValueError, match="lr"):
         opt.lr = -0.5
+    opt.lr = 0.0  # as torch.optim: a warm-up schedule may start at 0
+    assert opt.lr == 0.0
 
 
 def test_params_may_be_object_with_params_attribute():
@@ -403,7 +405,7 @@ def test_load_state_dict_validates():
     with pytest.raises(ValueError, match="step"):
         opt.load_state_dict(dict(state, step=-1))
     with pytest.raises(ValueError, match="lr"):
-        opt.load_state_dict(dict(state, lr=0.0))
+        opt.load_state_dict(dict(state, lr=-1.0))
     opt.load_state_dict(dict(state, lr=0.25, step=7))
     assert opt.lr == 0.25 and opt.n_steps == 7
     # every value checked before any is written (a bad array after lr changed lr)

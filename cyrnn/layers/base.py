@@ -52,11 +52,9 @@ class Layer:
         self.params = ParameterBuffer(self.param_specs(), dtype=self.dtype)
 
     def rehome(self, data, grad):
-        """Move the parameters into ``data``/``grad`` (slices of a model's buffer)."""
-        new = ParameterBuffer(self.param_specs(), dtype=self.dtype, data=data, grad=grad)
-        new.data[...] = self.params.data
-        new.grad[...] = self.params.grad
-        self.params = new
+        """Move the parameters into ``data``/``grad`` (slices of a model's buffer). The
+        layer keeps its ``params`` object (an optimizer built on it follows)."""
+        self.params._rebind(data, grad)
 
     def train(self, mode=True):
         self.training = bool(mode)
