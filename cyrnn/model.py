@@ -393,7 +393,7 @@ class Sequential:
                 if not layer.return_sequences:
                     mask = None
             else:
-                x = layer.forward(x, training=training)
+                x = self._other_layer(layer, x, training)
         # backward's d_output shape (merge_mode=None last: both directions' outputs,
         # stacked on a leading axis as the layer's backward takes them)
         self._out_shape = ((len(x),) + x[0].shape if isinstance(x, (list, tuple))
@@ -488,9 +488,12 @@ class Sequential:
     def step(self, x_t, states):
         """One generation step: ``x_t`` (n,) token ids or (n, features) -> (output, states).
 
-        Every recurrent layer must be unidirectional; ``states`` as returned by
-        :meth:`initial_states` or a previous call (None, or a None entry: zeros).
-        One fused backend call on compiled backends.
+        No recurrent layer may be bidirectional or ``go_backwards`` (ValueError);
+        ``states`` as returned by :meth:`initial_states` or a previous call (None, or a
+        None entry: zeros). One fused backend call on compiled backends. A padding row
+        (an all-``mask_value`` row under a first ``Masking`` layer, id 0 under
+        ``mask_zero``) is a masked step, as in :meth:`forward`: its states stay as they
+        were and its recurrent outputs are zero (a many-to-one layer's: the state kept).
         """
         states = self._per_recurrent_layer(states, "states")
         plan = self._plan()
@@ -498,17 +501,49 @@ class Sequential:
             res = self._planned_step(plan, x_t, states)
             if res is not None:
                 return res
-        new_states, r = [], 0
+        for layer in self._recurrent:  # before anything runs
+            why = layer._stream_refusal()
+            if why is not None:
+                raise ValueError(f"step() cannot run this model: {why}")
+        new_states, r, valid = [], 0, None
+        first = self.layers[0]
+        if isinstance(first, Masking):
+            x_t = V.check_array(x_t, "x_t", 2, self.dtype)
+            valid = first.compute_mask(x_t)
         for layer in self.layers:
             if isinstance(layer, Embedding):
-                x_t = layer.params["weight"][layer.check_ids(x_t, ndim=1)]
+                ids = layer.check_ids(x_t, ndim=1)
+                if layer.mask_zero:
+                    valid = ids != 0
+                x_t = layer.params["weight"][ids]
             elif isinstance(layer, RecurrentLayer):
-                x_t, st = layer.step(x_t, states[r])
+                out, st = layer.step(x_t, states[r])
+                if valid is not None and not valid.all():
+                    out, st = _hold_masked_rows(layer, ~valid, out, st, states[r])
+                x_t = out
                 new_states.append(st)
                 r += 1
             else:
-                x_t = layer.forward(x_t, training=False)
+                x_t = self._other_layer(layer, x_t, False)
         return x_t, new_states
+
+    def _other_layer(self, layer, x, training):
+        """A non-recurrent layer's forward on the layer path. In inference, a Dense layer
+        of a model whose recurrent layers run on a backend with a ``projection`` (the
+        Cython backend's, whose sums do not depend on the rows beside each row) uses it,
+        so that :meth:`step` gives the bits of the whole sequence (BLAS's sums depend on
+        the row count)."""
+        if not training and type(layer) is Dense:
+            recurrent = self._recurrent
+            project = getattr(recurrent[0]._backend(), "projection", None) if recurrent \
+                else None
+            xa = np.asarray(x)
+            if (project is not None and xa.dtype == self.dtype and xa.size
+                    and xa.shape[-1] == layer.in_features):
+                x2 = np.ascontiguousarray(xa.reshape(-1, layer.in_features))
+                y = project(x2, layer.params["weight"], layer.params["bias"])
+                return y.reshape(xa.shape[:-1] + (layer.out_features,))
+        return layer.forward(x, training=training)
 
     def _planned_step(self, plan, x_t, states):
         """:meth:`step` as ``infer`` over one step, or None (the layer path runs, and
@@ -564,3 +599,19 @@ class Sequential:
 
 
 __all__ = ["Sequential"]
+
+
+def _hold_masked_rows(layer, masked, out, state, before):
+    """A step's result with the ``masked`` rows (bool, (n,)) made masked steps, as the
+    whole-sequence loops make them: ``state`` (new arrays, changed in place) back to
+    ``before`` (None: zeros), ``out`` (n, H) zero, or the kept top-layer ``h`` for a
+    many-to-one layer (whose output is its final state)."""
+    h0, c0 = layer._check_step_state(before, len(masked))
+    h, c = state if isinstance(state, tuple) else (state, None)
+    h[:, masked] = h0[:, masked]
+    if c is not None:
+        c[:, masked] = c0[:, masked]
+    out = np.array(out, copy=True)
+    out[masked] = h0[-1, masked] if not layer.return_sequences else 0
+    return out, state
+

@@ -54,7 +54,8 @@ class Scorer:
     model : cyrnn.Sequential
         The network (do not change it while the scorer is in use).
     streamable : bool
-        Whether :meth:`step` works (no bidirectional layer).
+        Whether :meth:`step` works (no bidirectional or ``go_backwards`` layer, which
+        read a sequence from its end).
     weights : None, ``"packed"`` or ``"bfloat16"``
         The weights setting of :func:`load` (None: as saved).
     compute : ``"float32"`` or ``"bfloat16"``
@@ -68,7 +69,9 @@ class Scorer:
     def __init__(self, model, kind="cyrnn.Sequential"):
         self.model = model
         self.kind = kind
-        self.streamable = not any(layer.bidirectional for layer in model.recurrent_layers)
+        refusals = [layer._stream_refusal() for layer in model.recurrent_layers]
+        self._no_stream = next((why for why in refusals if why is not None), None)
+        self.streamable = self._no_stream is None
         self._plan = model._plan()  # None on the NumPy reference backend
         # what the one-call path of step() checks: a single recurrent layer's state,
         # float rows of the input size or (without mask_zero) token ids
@@ -83,6 +86,13 @@ class Scorer:
 
     def __repr__(self):
         return f"<{type(self).__name__} of a {self.kind}>"
+
+    def __reduce_ex__(self, protocol):
+        # it holds compiled call tables and packed weights; a clear error instead of
+        # "can't pickle local object" (or "cannot pickle 'module' object")
+        raise TypeError(f"a {type(self).__name__} cannot be pickled or copied: load the "
+                        "model file in each process with cyrnn.scoring.load(path) (with "
+                        "multiprocessing, in the pool's initializer)")
 
     def predict(self, X, lengths=None):
         """The model's output for ``X`` (inference), as :meth:`Sequential.forward`."""
@@ -109,12 +119,12 @@ class Scorer:
         state : the new state (new arrays; the one passed in is not modified)
 
         Stepping through a sequence gives exactly the outputs of running it whole.
-        Bidirectional models cannot stream (``ValueError``).
+        Bidirectional models and ``go_backwards`` layers cannot stream (``ValueError``).
         """
         if not self.streamable:
-            raise ValueError(f"{self.kind} has a bidirectional layer, which cannot stream: "
-                             "its reverse direction needs the steps still to come; use "
-                             "predict on whole sequences")
+            raise ValueError(f"{self.kind} cannot stream: a recurrent layer of it "
+                             f"cannot step ({self._no_stream}); use predict on whole "
+                             "sequences")
         res = self._fast_step(x_t, state)
         if res is not None:
             y, state = res

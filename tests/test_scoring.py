@@ -988,3 +988,92 @@ def test_float64_input_scores_as_converted_float32(tmp_path, rng):
             sc.predict(big)
         with pytest.raises(ValueError):
             est.predict(big)
+
+
+def _steps(model, x):
+    state, out = None, []
+    for t in range(x.shape[1]):
+        y, state = model.step(x[:, t], state)
+        out.append(y)
+    return np.stack(out, 1)
+
+
+@pytest.mark.parametrize("rnn", [cyrnn.LSTM, cyrnn.GRU, cyrnn.SimpleRNN])
+@pytest.mark.parametrize("many_to_one", [False, True])
+def test_masked_steps_equal_the_whole_sequence(rnn, many_to_one, tmp_path, rng):
+    """A padding row under a first Masking layer (or id 0 under mask_zero) is a masked
+    step, as in the whole sequence: states kept, recurrent output zero (a many-to-one
+    layer's: its kept state). Stepping fed it as ordinary input before."""
+    def head(layers):
+        if many_to_one:
+            layers.append(rnn(layers[-1].output_size, 5, random_state=1,
+                              return_sequences=False))
+        dense = cyrnn.Dense(layers[-1].output_size, 2, random_state=0)
+        dense.params["bias"][...] = 0.25  # the Dense of a zero output is not zero
+        return cyrnn.Sequential(layers + [dense])
+
+    x = rng.normal(size=(3, 6, 3)).astype(np.float32)
+    x[0, 2] = x[1, 5] = x[2, 0] = 0.0
+    model = head([cyrnn.Masking(0.0), rnn(3, 4, num_layers=2, random_state=0)])
+    ids = rng.integers(1, 6, size=(3, 6))
+    ids[0, 2] = ids[1, 0] = 0
+    tokens = head([cyrnn.Embedding(6, 3, mask_zero=True, random_state=0),
+                   rnn(3, 4, random_state=0)])
+    for m, inp in ((model, x), (tokens, ids)):
+        got = _steps(m, inp)
+        if many_to_one:
+            for t in range(inp.shape[1]):
+                np.testing.assert_array_equal(got[:, t], m.forward(inp[:, :t + 1]))
+        else:
+            np.testing.assert_array_equal(got, m.forward(inp))
+        m.save(tmp_path / "m.cyrnn")
+        np.testing.assert_array_equal(_steps(scoring.load(tmp_path / "m.cyrnn"), inp), got)
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh", "sigmoid", "softmax"])
+@pytest.mark.parametrize("n", [1, 2, 3, 5])
+def test_layer_path_models_step_exactly(activation, n, rng):
+    """Models the fused plan does not take (Activation, a Dense before the recurrent
+    layer) step bit for bit as they run whole, at any row count: the layer path's
+    inference runs each recurrent layer's fused call and its Dense layers through the
+    extension's row-independent product (BLAS's sums follow the row count: 3e-8 before)."""
+    x = rng.normal(size=(n, 12, 3)).astype(np.float32)
+    for layers in ([cyrnn.LSTM(3, 8, random_state=0), cyrnn.Activation(activation),
+                    cyrnn.Dense(8, 2, random_state=0)],
+                   [cyrnn.Dense(3, 8, random_state=0), cyrnn.GRU(8, 8, random_state=0),
+                    cyrnn.Dense(8, 2, random_state=0), cyrnn.Activation(activation)]):
+        model = cyrnn.Sequential(layers)
+        assert model._plan() is None
+        np.testing.assert_array_equal(_steps(model, x), model.forward(x))
+
+
+def test_go_backwards_layers_are_refused_in_steps(tmp_path, rng):
+    """A go_backwards layer reads the sequence from its end: stepping it ran it
+    forwards, silently (0.4 off)."""
+    layer = cyrnn.LSTM(3, 8, go_backwards=True, random_state=0)
+    model = cyrnn.Sequential([layer, cyrnn.Dense(8, 2, random_state=0)])
+    x_t = rng.normal(size=(1, 3)).astype(np.float32)
+    with pytest.raises(ValueError, match="go_backwards"):
+        layer.step(x_t, None)
+    with pytest.raises(ValueError, match="go_backwards"):
+        model.step(x_t, None)
+    model.save(tmp_path / "gb.cyrnn")
+    sc = scoring.load(tmp_path / "gb.cyrnn")
+    assert not sc.streamable
+    with pytest.raises(ValueError, match="go_backwards"):
+        sc.step(x_t)
+
+
+def test_scorers_refuse_pickling_with_a_clear_error(tmp_path, rng):
+    import copy
+    import pickle
+
+    X = rng.normal(size=(10, 5, 2))
+    est = _fit("LSTMRegressor", X, 10)
+    est.save(tmp_path / "m.cyrnn")
+    for sc in (scoring.load(tmp_path / "m.cyrnn"), scoring.from_estimator(est)):
+        with pytest.raises(TypeError, match="cannot be pickled .* cyrnn.scoring.load"):
+            pickle.dumps(sc)
+        with pytest.raises(TypeError, match="cannot be pickled"):
+            copy.deepcopy(sc)
+    pickle.loads(pickle.dumps(est))  # the estimator itself pickles

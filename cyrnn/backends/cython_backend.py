@@ -117,6 +117,10 @@ train_forward = _k.train_forward
 train_backward = _k.train_backward
 # the classifiers' probabilities from the model's outputs (cyrnn.sequences)
 probabilities = _k.probabilities
+# x @ w.T + b summed in an order that depends on the input size only (so a row's
+# result does not depend on the rows beside it): Sequential's layer path runs
+# its Dense layers through it in inference, where steps must equal whole sequences
+projection = _k.projection
 # weights packed once for a scorer's repeated ``infer`` calls (``infer(..., weights)``)
 PackedWeights = _k.PackedWeights
 # whether PackedWeights(..., arithmetic="bfloat16") can run here (AVX-512 BF16)

@@ -454,6 +454,14 @@ class RecurrentLayer(Layer):
         if x.shape[-1] != self.input_size:
             raise ValueError(f"x has {x.shape[-1]} features per step, "
                              f"expected {self.input_size}")
+        if not training:
+            # inference: the fused call layer(x) makes (the one step() makes too, so a
+            # Sequential's layer path steps exactly as it runs whole sequences)
+            plan = self._plan()
+            if plan is not None:
+                res = self._planned_forward(plan, x, None, mask, initial_state, False)
+                if res is not None:
+                    return res
         state = self._check_state(initial_state, x.shape[0])
         x_tm = x.transpose(1, 0, 2)
         if not x_tm.flags.c_contiguous:
@@ -757,8 +765,19 @@ class RecurrentLayer(Layer):
             arrays.append(np.require(arr, requirements="CA"))
         return (arrays[0], arrays[1]) if len(arrays) == 2 else (arrays[0], None)
 
+    def _stream_refusal(self):
+        """Why :meth:`step` cannot run this layer, or None: a layer that reads a
+        sequence from its end needs the steps still to come."""
+        if self.bidirectional:
+            return ("it is bidirectional, and its reverse direction needs the steps still "
+                    "to come")
+        if self.go_backwards:
+            return "it reads the sequence from its last step (go_backwards=True)"
+        return None
+
     def step(self, x_t, state):
-        """One time step for every stacked layer (inference, unidirectional only).
+        """One time step for every stacked layer (inference; not bidirectional or
+        ``go_backwards`` layers, which read the sequence from its end: ValueError).
 
         Parameters
         ----------
@@ -770,9 +789,9 @@ class RecurrentLayer(Layer):
         output : (n, H) the top layer's new hidden state
         state : the new state, same structure
         """
-        if self.bidirectional:
-            raise ValueError("step() needs a unidirectional layer (the reverse direction "
-                             "would need the future)")
+        why = self._stream_refusal()
+        if why is not None:
+            raise ValueError(f"step() cannot run this layer: {why}")
         plan = self._plan()
         if plan is not None:  # one fused call: infer over one step, states in and out
             args = self._exact_step_args(x_t, state)
