@@ -4,6 +4,7 @@
 
     cyrnn generate dinos -n 10                  # invent dinosaur names
     cyrnn generate tang -n 4 --head 春夏秋冬     # acrostic Tang quatrains
+    cyrnn generate tang -n 2 --start 春          # quatrains that begin with 春
     cyrnn train names.txt --cell gru --hidden 128 --epochs 30 --out names.cyrnn
     cyrnn sample names.cyrnn -n 5 --temperature 0.7 --prefix Ma
     cyrnn info names.cyrnn
@@ -163,6 +164,8 @@ def _build_parser():
                    help="tang: 4 lines (quatrain, default) or 8 lines (regulated)")
     p.add_argument("--head", default=None,
                    help="tang: acrostic, the first character of every line (e.g. 春夏秋冬)")
+    p.add_argument("--start", default=None,
+                   help="tang: the poem's first characters (1 to 5, e.g. 春)")
     p.add_argument("--prefix", default="", help="dinos: every name starts with it")
     p.add_argument("--max-samples", type=_positive_int, default=None,
                    help="train on at most this many sequences of the corpus")
@@ -196,6 +199,8 @@ def _build_parser():
     p.add_argument("--form", choices=FORMS, default=None,
                    help="write five-character poems of this form (model trained on poems)")
     p.add_argument("--head", default=None, help="with --form: acrostic first characters")
+    p.add_argument("--start", default=None,
+                   help="with --form: the poem's first characters (1 to 5)")
     p.set_defaults(func=_cmd_sample)
 
     p = sub.add_parser("info", help="describe a saved model",
@@ -295,17 +300,20 @@ def _print_lines(lines):
 
 # ---------------------------------------------------------------------------- commands
 def _cmd_generate(args):
-    from .language_model import PRESETS, CharLanguageModel, check_poem_head, prepare_corpus
+    from .language_model import (PRESETS, CharLanguageModel, check_poem_head, check_poem_start,
+                                 prepare_corpus)
 
     corpus = args.corpus
     if corpus == "dinos" and (args.head is not None):
         raise CLIError("--head is for 'generate tang' (acrostic poems)")
+    if corpus == "dinos" and (args.start is not None):
+        raise CLIError("--start is for 'generate tang' (poems); use --prefix for names")
     if corpus == "dinos" and args.form is not None:
         raise CLIError("--form is for 'generate tang' (poems)")
     if corpus == "dinos" and args.max_vocab is not None:
         raise CLIError("--max-vocab is for 'generate tang' (the poems' characters)")
     if corpus == "tang" and args.prefix:
-        raise CLIError("--prefix is for 'generate dinos'; use --head for acrostic poems")
+        raise CLIError("--prefix is for 'generate dinos'; use --start or --head (acrostic) for poems")
     preset = dict(PRESETS[corpus])
     max_samples = args.max_samples or preset.pop("max_samples", None)
     max_vocab = args.max_vocab or preset.pop("max_vocab", None)
@@ -317,6 +325,10 @@ def _cmd_generate(args):
                       random_state=args.train_seed)._check_params()
     if args.head is not None:
         check_poem_head(args.head, args.form or "quatrain")
+    if args.start is not None:
+        if args.head is not None:
+            raise CLIError("give --head (an acrostic) or --start, not both")
+        check_poem_start(args.start)
     key = {"corpus": corpus, "settings": settings, "max_samples": max_samples,
            "max_vocab": max_vocab, "train_seed": args.train_seed, "cyrnn": _version()}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
@@ -335,11 +347,12 @@ def _cmd_generate(args):
         if not texts:
             raise CLIError(f"no poem of the corpus is written with the {max_vocab} most "
                            "frequent characters alone; raise --max-vocab")
-        wanted = args.head if corpus == "tang" else args.prefix
+        option, wanted = (("--start", args.start) if args.start else ("--head", args.head)) \
+            if corpus == "tang" else ("--prefix", args.prefix)
         unknown = sorted(set(wanted or "") - set("".join(texts)))
         if unknown:  # the vocabulary is the corpus's characters: known before training
-            raise CLIError(f"{'--head' if corpus == 'tang' else '--prefix'} has characters "
-                           f"the training corpus lacks: {''.join(unknown)!r}")
+            raise CLIError(f"{option} has characters the training corpus lacks: "
+                           f"{''.join(unknown)!r}")
         what = "dinosaur names" if corpus == "dinos" else "Tang poems"
         cell = settings.get("cell", "lstm").upper() + (" (peephole)" if settings.get("peephole")
                                                         else "")
@@ -365,7 +378,7 @@ def _cmd_generate(args):
         if corpus == "tang":
             out = lm.sample_poem(args.n, form=args.form or "quatrain", head=args.head,
                                  temperature=temperature, top_k=args.top_k,
-                                 random_state=_sampling_seed(args))
+                                 random_state=_sampling_seed(args), start=args.start)
         else:
             out = lm.sample(args.n, temperature=temperature, top_k=args.top_k,
                             prefix=args.prefix, random_state=_sampling_seed(args))
@@ -451,10 +464,11 @@ def _cmd_sample(args):
                                "is the form's")
             out = lm.sample_poem(args.n, form=args.form, head=args.head,
                                  temperature=temperature, top_k=args.top_k,
-                                 random_state=_sampling_seed(args))
+                                 random_state=_sampling_seed(args), start=args.start)
         else:
-            if args.head is not None:
-                raise CLIError("--head needs --form quatrain or --form regulated")
+            if args.head is not None or args.start is not None:
+                raise CLIError(f"{'--head' if args.head is not None else '--start'} needs "
+                               "--form quatrain or --form regulated")
             out = lm.sample(args.n, temperature=temperature, top_k=args.top_k,
                             prefix=args.prefix, max_length=args.max_length,
                             random_state=_sampling_seed(args))

@@ -104,6 +104,20 @@ def check_poem_head(head, form="quatrain"):
                          f"line; {''.join(bad)!r} cannot start a line of a poem")
 
 
+def check_poem_start(start):
+    """Check the beginning ``start`` of a poem's first line: a str of 1 to 5 CJK
+    ideographs (``TypeError``/``ValueError`` otherwise)."""
+    if not isinstance(start, str):
+        raise TypeError(f"start must be a str, got {type(start).__name__}")
+    if not 1 <= len(start) <= 5:
+        raise ValueError(f"start must be 1 to 5 characters (the beginning of the first "
+                         f"line of five), got {len(start)} ({start!r})")
+    bad = sorted({ch for ch in start if not is_cjk_ideograph(ch)})
+    if bad:
+        raise ValueError(f"start must be Chinese characters (CJK ideographs); {''.join(bad)!r} "
+                         "cannot stand in a line of a poem")
+
+
 def is_poem(text, form="quatrain", head=None):
     """Whether ``text`` is a five-character poem of ``form`` ('quatrain': 4 lines,
     'regulated': 8), each line five CJK ideographs followed by ``，`` (odd lines)
@@ -780,7 +794,7 @@ class CharLanguageModel(BaseEstimator):
         return out
 
     def sample_poem(self, n=1, form="quatrain", head=None, temperature=1.0, top_k=None,
-                    random_state=None):
+                    random_state=None, start=None):
         """Write ``n`` five-character poems in a fixed form.
 
         The generation is constrained: every line has five Chinese characters
@@ -799,6 +813,10 @@ class CharLanguageModel(BaseEstimator):
             (4 or 8 characters).
         temperature, top_k, random_state
             As in :meth:`sample`.
+        start : str, optional
+            The poem's first characters: 1 to 5 Chinese characters that begin its first
+            line (the classic exercise: a poem starting with a given character, e.g.
+            ``'春'``). Not with ``head``.
 
         Returns
         -------
@@ -816,10 +834,16 @@ class CharLanguageModel(BaseEstimator):
         if missing:
             raise ValueError(f"the model's vocabulary lacks {''.join(missing)!r}: train it on "
                              "poems (e.g. cyrnn.datasets.load_tang_poems()) first")
-        head_ids = None
+        head_ids = start_ids = None
         if head is not None:
             check_poem_head(head, form)
             head_ids = self.encode(head)
+        if start is not None:
+            if head is not None:
+                raise ValueError("give head (an acrostic) or start (the first line's "
+                                 "beginning), not both")
+            check_poem_start(start)
+            start_ids = self.encode(start)
         banned = np.array([True] * N_RESERVED + [not is_cjk_ideograph(ch) for ch in self.chars_])
         if banned.all():
             raise ValueError("the model's vocabulary has no Chinese characters")
@@ -832,6 +856,8 @@ class CharLanguageModel(BaseEstimator):
             forced[:, 6 * k + 5] = self._index[COMMA if k % 2 == 0 else PERIOD]
             if head_ids is not None:
                 forced[:, 6 * k] = head_ids[k]
+        if start_ids is not None:
+            forced[:, :len(start_ids)] = start_ids
         tokens, lengths = self._generate(n, np.zeros(0, np.int64), forced, banned, rng,
                                          temperature, top_k)
         return [self.decode(tokens[i, :lengths[i]]) for i in range(n)]

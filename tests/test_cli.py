@@ -102,6 +102,9 @@ def test_generate_tang_forms_and_acrostic(run):
     assert all(is_poem(p, "regulated") for p in result.stdout.splitlines())
     line = one_line_error(run("generate", "tang", "--head", "春风", *tiny))
     assert "one character per line" in line
+    result = run("generate", "tang", "-n", "2", "--start", "春", "--seed", "0", *tiny)
+    assert result.returncode == 0, result.stderr
+    assert all(is_poem(p) and p.startswith("春") for p in result.stdout.splitlines())
 
 
 def test_train_sample_info(run, tmp_path):
@@ -296,7 +299,10 @@ def test_options_are_checked_before_training(capsys, monkeypatch):
     for args, message in ((["tang", "--head", "ABCD"], "CJK"),
                           (["tang", "--head", "春"], "one character per line"),
                           (["dinos", "--prefix", "123"], "corpus lacks: '123'"),
-                          (["dinos", "--cell", "gru", "--peephole"], "peephole")):
+                          (["dinos", "--cell", "gru", "--peephole"], "peephole"),
+                          (["tang", "--start", "ab"], "CJK"),
+                          (["tang", "--start", "春", "--head", "春夏秋冬"], "not both"),
+                          (["dinos", "--start", "春"], "--start is for")):
         status, out, err = in_process(capsys, "generate", *args, "--no-cache", "-q",
                                       "--max-samples", "50")
         assert status == 1 and out == "" and message in err, err

@@ -471,3 +471,26 @@ def test_clip_value_clips_every_gradient_entry(tmp_path):
     with pytest.raises(ValueError, match="set clip_norm or clip_value$"):
         CharLanguageModel(hidden_size=8, optimizer="sgd", learning_rate=1e6, clip_norm=None,
                           max_epochs=3, random_state=0).fit(NAMES20)
+
+
+def test_poems_that_begin_with_given_characters():
+    """The classic exercise: a poem starting with a given character (sample_poem's
+    acrostic head fixed every line's first character only)."""
+    from cyrnn.datasets import load_tang_poems
+    from cyrnn.language_model import is_poem
+
+    poems = load_tang_poems()[:300]
+    lm = CharLanguageModel(hidden_size=16, embedding_dim=8, max_epochs=1,
+                           random_state=0).fit(poems)
+    first = poems[0][0]
+    for start in (first, poems[0][:3]):
+        out = lm.sample_poem(5, start=start, random_state=1)
+        assert all(p.startswith(start) and is_poem(p) for p in out)
+    assert lm.sample_poem(3, start=first, random_state=2) == \
+        lm.sample_poem(3, start=first, random_state=2)
+    for bad, err in (("", ValueError), ("春夏秋冬春夏", ValueError), ("ab", ValueError),
+                     (3, TypeError)):
+        with pytest.raises(err, match="start"):
+            lm.sample_poem(1, start=bad)
+    with pytest.raises(ValueError, match="not both"):
+        lm.sample_poem(1, start=first, head=poems[0][0] * 4)
