@@ -8,7 +8,7 @@ import weakref
 import numpy as np
 
 from . import _validation as V
-from .layers import Dense, Embedding, Layer, Masking, RecurrentLayer
+from .layers import Activation, Dense, Embedding, Layer, Masking, RecurrentLayer
 from .layers.recurrent import PlannedCache, _exact
 from .params import ParameterBuffer
 from .plan import backend_plan, build_spec, layer_plannable, validity_mask
@@ -80,13 +80,14 @@ class Sequential:
         for i, layer in enumerate(layers):
             owner = _OWNERS.get(layer)
             owner = owner() if owner is not None else None
-            if owner is not None:  # its parameters live in that model's buffer
+            if owner is not None and layer.params.size:  # they live in that model's buffer
                 raise ValueError(
                     f"layer {i} ({type(layer).__name__}) already belongs to another "
                     "Sequential, whose buffer holds its parameters (cyrnn layers cannot be "
                     "shared between models): give this model copy.deepcopy(layer), or "
                     "build it from the other model's layers once that model is gone")
-        if len({id(layer) for layer in layers}) != len(layers):
+        with_params = [id(layer) for layer in layers if layer.params.size]
+        if len(set(with_params)) != len(with_params):
             raise ValueError("a layer appears twice in the list (cyrnn layers cannot be "
                              "shared): use copy.deepcopy(layer) for a second copy")
         many_to_one = None  # the last recurrent layer so far, when it drops the time axis
@@ -97,7 +98,10 @@ class Sequential:
             if need is not None and width is not None and need != width:
                 raise ValueError(f"layer {i} ({type(layer).__name__}) expects {need} input "
                                  f"features per step, but the layers before it give {width}")
-            width = getattr(layer, "output_size", width)  # Masking, Activation keep it
+            if isinstance(layer, (RecurrentLayer, Dense, Embedding)):
+                width = layer.output_size
+            elif not isinstance(layer, (Masking, Activation)):  # (these keep the width)
+                width = None  # a custom layer: its width is its own business
             if isinstance(layer, RecurrentLayer) and many_to_one is not None:
                 raise ValueError(f"layer {i}: a recurrent layer needs sequences, but layer "
                                  f"{many_to_one} (return_sequences=False) gives one vector "
@@ -128,7 +132,8 @@ class Sequential:
         for layer in self.layers:
             end = start + layer.params.size
             layer.rehome(self.params.data[start:end], self.params.grad[start:end])
-            _OWNERS[layer] = weakref.ref(self)
+            if layer.params.size:  # (parameterless layers may serve several models)
+                _OWNERS[layer] = weakref.ref(self)
             start = end
 
     def __getstate__(self):
@@ -547,14 +552,15 @@ class Sequential:
 
     def _planned_step(self, plan, x_t, states):
         """:meth:`step` as ``infer`` over one step, or None (the layer path runs, and
-        raises on bad input; it also runs padding ids under ``mask_zero``, which it
-        feeds as ordinary tokens while the fused call would mask them)."""
+        raises on bad input). Padding ids under ``mask_zero`` go to the fused call as
+        masked rows, the kernels and masking of the whole sequence."""
         first = self.layers[0]
+        mask = None
         try:
             if isinstance(first, Embedding):
                 ids = first.check_ids(x_t, ndim=1)
                 if first.mask_zero and not ids.all():
-                    return None
+                    mask = np.ascontiguousarray((ids != 0)[:, None])
                 x = np.ascontiguousarray(ids, np.int64)
             elif _exact(x_t, self.dtype, 2, first.input_size):
                 x = x_t  # NaN/inf: the fused call declines, and the layer path raises
@@ -571,7 +577,7 @@ class Sequential:
         except (TypeError, ValueError):
             return None
         h0, c0 = plan.flat_states(checked)
-        res = plan.step(self.params.data, x, h0, c0)
+        res = plan.step(self.params.data, x, h0, c0, None, mask)
         if res is None:
             return None
         out, h_n, c_n = res

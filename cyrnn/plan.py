@@ -191,17 +191,19 @@ class CompiledPlan:
         self.infer = packed_infer
         self.packed = weights
 
-    def step(self, data, x_t, h0=None, c0=None, state_shape=None):
+    def step(self, data, x_t, h0=None, c0=None, state_shape=None, mask=None):
         """One time step of every op in one ``infer`` call. ``x_t``: (n, F) features or
         (n,) int64 ids, in the exact form ``infer`` takes; ``h0``/``c0``: the flat (or
-        any-shaped) states or None (zeros). Returns ``(y_t, h_n, c_n)``, ``y_t`` (n,
-        F_out) and the states of ``state_shape`` (None: flat), or None when ``infer``
-        declines. Backends whose ``infer`` takes the step form do the shaping in the
-        compiled call (at batch 1 each NumPy call after it costs 0.3-1 us)."""
+        any-shaped) states or None (zeros); ``mask``: None or the (n, 1) bool valid
+        rows (a masked row keeps its state, as in a whole sequence). Returns ``(y_t,
+        h_n, c_n)``, ``y_t`` (n, F_out) and the states of ``state_shape`` (None: flat),
+        or None when ``infer`` declines. Backends whose ``infer`` takes the step form do
+        the shaping in the compiled call (at batch 1 each NumPy call after it costs
+        0.3-1 us)."""
         if self.takes_steps:
             # positional: keyword parsing costs a compiled call about 0.3 us
-            return self.infer(self.spec, data, x_t, None, h0, c0, True, None, state_shape, True)
-        res = self.infer(self.spec, data, x_t[:, None], None, h0, c0, True)
+            return self.infer(self.spec, data, x_t, mask, h0, c0, True, None, state_shape, True)
+        res = self.infer(self.spec, data, x_t[:, None], mask, h0, c0, True)
         if res is None:
             return None
         out, h_n, c_n = res

@@ -87,6 +87,11 @@ class Scorer:
     def __repr__(self):
         return f"<{type(self).__name__} of a {self.kind}>"
 
+    def __copy__(self):  # a shallow copy shares the model, as it always did
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        return new
+
     def __reduce_ex__(self, protocol):
         # it holds compiled call tables and packed weights; a clear error instead of
         # "can't pickle local object" (or "cannot pickle 'module' object")

@@ -203,6 +203,20 @@ def test_sequential_refuses_layers_whose_sizes_do_not_chain():
     cyrnn.Sequential([cyrnn.Masking(), cyrnn.LSTM(3, 8, bidirectional=True, merge_mode="sum"),
                       cyrnn.Activation("relu"), cyrnn.Dense(8, 2)])
 
+    class Doubler(cyrnn.layers.Layer):  # a custom layer: its width is not followed
+        def __init__(self):
+            self.dtype = np.dtype(np.float32)
+            self._build_params()
+
+        def param_specs(self):
+            return []
+
+        def forward(self, x, training=None):
+            return np.concatenate([x, x], -1)
+
+    model = cyrnn.Sequential([cyrnn.LSTM(3, 4), Doubler(), cyrnn.Dense(8, 1)])
+    assert model.forward(np.ones((2, 5, 3), np.float32)).shape == (2, 5, 1)
+
 
 def test_sequential_ending_in_merge_mode_none_runs_and_checks_its_gradient(backend):
     # the output is one array per direction: the shape kept for backward's check
@@ -396,6 +410,9 @@ def test_a_layer_belongs_to_one_sequential():
     second = cyrnn.Sequential([copy.deepcopy(rnn), cyrnn.Dense(H, 1, random_state=2)])
     np.testing.assert_array_equal(second.layers[0].params.data, rnn.params.data)
     copy.deepcopy(first)  # a copied model owns copied layers
+    act = cyrnn.Activation("tanh")  # no parameters: may serve several models
+    cyrnn.Sequential([cyrnn.GRU(D, H), act, act, cyrnn.Dense(H, 1)])
+    cyrnn.Sequential([cyrnn.GRU(D, H), act])
     del first
     cyrnn.Sequential([rnn, cyrnn.Dense(H, 1)])  # its model is gone: it may join another
 

@@ -348,6 +348,6 @@ def test_sequence_of_padding_only_runs_fused_where_the_backend_takes_it(backend,
     np.testing.assert_allclose(model.params.grad, ref.params.grad, rtol=1e-9, atol=1e-11)
     before = spy["infer"]
     np.testing.assert_allclose(model.forward(ids), ref.forward(ids), **TOL[np.float64])
-    # one fused call: the model's (Cython), or the layer path's try of the recurrent
-    # layer's own, which the others decline (their layer loop then runs)
+    # one fused call: the model's (Cython), or on the layer path (the others decline
+    # the model's call) the recurrent layer's own, which runs there
     assert spy["infer"] == before + 1

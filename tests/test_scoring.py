@@ -1015,8 +1015,9 @@ def test_masked_steps_equal_the_whole_sequence(rnn, many_to_one, tmp_path, rng):
     x = rng.normal(size=(3, 6, 3)).astype(np.float32)
     x[0, 2] = x[1, 5] = x[2, 0] = 0.0
     model = head([cyrnn.Masking(0.0), rnn(3, 4, num_layers=2, random_state=0)])
-    ids = rng.integers(1, 6, size=(3, 6))
-    ids[0, 2] = ids[1, 0] = 0
+    ids = rng.integers(1, 6, size=(5, 6))  # 4+ rows: the packed kernels
+    ids[0, 2] = ids[1, 0] = ids[4, 5] = 0
+    ids[3] = 0  # padding only
     tokens = head([cyrnn.Embedding(6, 3, mask_zero=True, random_state=0),
                    rnn(3, 4, random_state=0)])
     for m, inp in ((model, x), (tokens, ids)):
@@ -1076,4 +1077,6 @@ def test_scorers_refuse_pickling_with_a_clear_error(tmp_path, rng):
             pickle.dumps(sc)
         with pytest.raises(TypeError, match="cannot be pickled"):
             copy.deepcopy(sc)
+        shallow = copy.copy(sc)  # shares the model, as before
+        assert shallow.model is sc.model
     pickle.loads(pickle.dumps(est))  # the estimator itself pickles
