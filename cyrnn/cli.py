@@ -313,7 +313,8 @@ def _cmd_generate(args):
     if corpus == "dinos" and args.max_vocab is not None:
         raise CLIError("--max-vocab is for 'generate tang' (the poems' characters)")
     if corpus == "tang" and args.prefix:
-        raise CLIError("--prefix is for 'generate dinos'; use --start or --head (acrostic) for poems")
+        raise CLIError("--prefix is for 'generate dinos'; use --start or --head (acrostic) "
+                       "for poems")
     preset = dict(PRESETS[corpus])
     max_samples = args.max_samples or preset.pop("max_samples", None)
     max_vocab = args.max_vocab or preset.pop("max_vocab", None)

@@ -49,7 +49,8 @@ which writing checks too), the version, that the entries match the
 manifest exactly (names, dtypes, shapes, checked in every ``.npy`` header
 before its data is read, so nothing larger than the file is allocated) and
 the digest; any failure raises ``ValueError`` (a missing file still raises
-``FileNotFoundError`` and a directory ``IsADirectoryError``, as ``open`` does). A file from a newer ``format_version`` is refused
+``FileNotFoundError`` and a directory ``IsADirectoryError``, as ``open`` does).
+A file from a newer ``format_version`` is refused
 with a message saying so. Only regular files are read (after resolving
 links): a device, FIFO or socket is refused before it is opened for reading,
 and reading stops at the size the file had when it was opened.

@@ -700,7 +700,8 @@ cdef void _wgrad_by(int isa, const floating* dg, Py_ssize_t ldg, const floating*
     The rows are cut into WG_GROUPS groups of equal size (to a row), each into
     blocks of about equal size (at most WG_ROWS rows); each group is summed into its
     own partials by the thread that takes it, then the partials are added in group
-    order (a result depends on the row count, never on the thread count). Per block x's block is packed into panels (``_pack_strided``) and
+    order (a result depends on the row count, never on the thread count). Per block
+    x's block is packed into panels (``_pack_strided``) and
     dg's block, MC columns at a time, copied into row strips (``_strips``, which
     also sums the columns) that the kernel reads in order; the strips and x's
     panels stay in L2 while the kernel runs over them. Two cases skip the strips:
