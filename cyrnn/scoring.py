@@ -95,8 +95,8 @@ class Scorer:
     def __reduce_ex__(self, protocol):
         # it holds compiled call tables and packed weights; a clear error instead of
         # "can't pickle local object" (or "cannot pickle 'module' object")
-        raise TypeError(f"a {type(self).__name__} cannot be pickled or copied: load the "
-                        "model file in each process with cyrnn.scoring.load(path) (with "
+        raise TypeError(f"a {type(self).__name__} cannot be pickled or deep-copied: load "
+                        "the model file in each process with cyrnn.scoring.load(path) (with "
                         "multiprocessing, in the pool's initializer)")
 
     def predict(self, X, lengths=None):
