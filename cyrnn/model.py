@@ -13,7 +13,8 @@ from .layers.recurrent import PlannedCache, _exact
 from .params import ParameterBuffer
 from .plan import backend_plan, build_spec, layer_plannable, validity_mask
 
-# layer -> weak reference to the Sequential whose buffer holds its parameters
+# layer -> weak references to the Sequentials whose buffer holds its parameters (one
+# model, and its shallow copies, which share the buffer)
 _OWNERS = weakref.WeakKeyDictionary()
 
 
@@ -78,9 +79,8 @@ class Sequential:
         if len(dtypes) != 1:
             raise ValueError(f"all layers must share one dtype, got {sorted(map(str, dtypes))}")
         for i, layer in enumerate(layers):
-            owner = _OWNERS.get(layer)
-            owner = owner() if owner is not None else None
-            if owner is not None and layer.params.size:  # they live in that model's buffer
+            owned = any(ref() is not None for ref in _OWNERS.get(layer, ()))
+            if owned and layer.params.size:  # they live in that model's buffer
                 raise ValueError(
                     f"layer {i} ({type(layer).__name__}) already belongs to another "
                     "Sequential, whose buffer holds its parameters (cyrnn layers cannot be "
@@ -133,7 +133,10 @@ class Sequential:
             end = start + layer.params.size
             layer.rehome(self.params.data[start:end], self.params.grad[start:end])
             if layer.params.size:  # (parameterless layers may serve several models)
-                _OWNERS[layer] = weakref.ref(self)
+                # every live model sharing this buffer (a shallow copy shares it too)
+                _OWNERS[layer] = [ref for ref in _OWNERS.get(layer, ())
+                                  if ref() is not None and ref() is not self] + [
+                    weakref.ref(self)]
             start = end
 
     def __getstate__(self):

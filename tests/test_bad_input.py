@@ -410,6 +410,12 @@ def test_a_layer_belongs_to_one_sequential():
     second = cyrnn.Sequential([copy.deepcopy(rnn), cyrnn.Dense(H, 1, random_state=2)])
     np.testing.assert_array_equal(second.layers[0].params.data, rnn.params.data)
     copy.deepcopy(first)  # a copied model owns copied layers
+    shallow = copy.copy(first)  # shares the layers and their buffer
+    del first
+    with pytest.raises(ValueError, match="already belongs"):  # the copy still holds them
+        cyrnn.Sequential([rnn, cyrnn.Dense(H, 1)])
+    first = shallow
+    del shallow
     act = cyrnn.Activation("tanh")  # no parameters: may serve several models
     cyrnn.Sequential([cyrnn.GRU(D, H), act, act, cyrnn.Dense(H, 1)])
     cyrnn.Sequential([cyrnn.GRU(D, H), act])
