@@ -6,7 +6,7 @@
  *
  * Argument: kilobytes touched (one float per 64-byte line). On the Zen 4 VM of 2026-12-02,
  * 06:55 (other processes busy): 64 KB 0.9 us back to back, 6.3 us after 4 ms, 7.0 after 10
- * ms; 512 KB 6.7 -> 46-50 us. At 07:53 (a test run on the other core): 64 KB 0.9 -> 1.2
+ * ms; 512 KB 6.7 -> 46-50 us. At 07:51 (a test run on the other core): 64 KB 0.9 -> 1.2
  * (4 ms), 1.6-2.3 (10 ms), 2.5-3.3 us (50 ms). */
 #include <stdio.h>
 #include <stdlib.h>
