@@ -789,3 +789,21 @@ def test_shuffle_controls_the_batch_order(monkeypatch, shuffle):
                  random_state=0).fit(X, y)
     in_order = list(X[::10, 0, 0].astype(np.float32)) * 2
     assert (firsts == in_order) is (not shuffle)
+
+
+@pytest.mark.parametrize("name", ["LSTMRegressor", "GRUClassifier"])
+def test_huge_sample_weights_count_by_their_ratios(name):
+    """sample_weight of 1e308 each passed the checks (finite) and overflowed the batch
+    sums: a NaN loss curve. Only the ratios of the weights count."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(12, 5, 2))
+    y = rng.normal(size=12) if name.endswith("Regressor") else rng.integers(0, 2, 12)
+    w = rng.uniform(0.5, 2.0, 12)
+    kw = dict(hidden_size=4, max_iter=2, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        small = getattr(cyrnn, name)(**kw).fit(X, y, sample_weight=w)
+        huge = getattr(cyrnn, name)(**kw).fit(X, y, sample_weight=w * (1e308 / w.max()))
+    np.testing.assert_allclose(huge.loss_curve_, small.loss_curve_, rtol=1e-6)
+    assert huge.score(X, y, sample_weight=w * 1e307) == pytest.approx(
+        small.score(X, y, sample_weight=w), rel=1e-6)

@@ -438,8 +438,13 @@ best_validation_score_, n_iter_
     def _check_sample_weight(self, sample_weight, n):
         if sample_weight is None:
             return np.ones(n, dtype=np.float64)
-        return _check_sample_weight(sample_weight, np.empty(n), dtype=np.float64,
-                                    ensure_non_negative=True)
+        sw = _check_sample_weight(sample_weight, np.empty(n), dtype=np.float64,
+                                  ensure_non_negative=True)
+        if sw.size and sw.max() > np.finfo(np.float64).max / (4.0 * sw.size):
+            # finite weights whose sums would overflow (1e308 each gave a NaN loss
+            # curve): only their ratios count, in the losses and the scores alike
+            sw = sw / sw.max()
+        return sw
 
     def _check_score_weight(self, X, sample_weight):
         """A many-to-one score's ``sample_weight``, checked as in fit (finite, not
