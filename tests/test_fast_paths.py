@@ -32,8 +32,16 @@ def _check_float32_activation(act, ref, H):
     x = np.concatenate([np.linspace(-100, 100, 200001, dtype=np.float32),
                         np.float32([0.0, -0.0, 1e-30, -1e-30, 0.4, -0.4, 88.5, -88.5, 1e4,
                                     -1e4, np.inf, -np.inf, np.nan])])
-    y = _activation(act, x, H=H).astype(np.float64)
+    y32 = _activation(act, x, H=H)
+    y = y32.astype(np.float64)
     exact = ref(x.astype(np.float64))
+    # a value's bits do not depend on where it lies: the array functions take several
+    # vectors at once, then one at a time, the last one masked
+    part = np.concatenate([x[:4099], x[-13:]])
+    ref32 = np.concatenate([y32[:4099], y32[-13:]])
+    for k in (1, 8, 29):
+        moved = _activation(act, np.concatenate([np.zeros(k, np.float32), part]), H=H)
+        assert np.array_equal(moved[k:], ref32, equal_nan=True)
     finite = np.isfinite(x)
     err = np.abs(y - exact)[finite]
     assert err.max() < 2e-7  # a few float32 ulp of values <= 1
