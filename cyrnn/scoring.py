@@ -526,11 +526,24 @@ def bfloat16_round(a):
     return r.view(np.float32).reshape(a.shape)
 
 
+def estimator_kind(cls):
+    """The archive kind (``"cyrnn.GRURegressor"``, ...) of cyrnn's estimator class
+    ``cls`` or the nearest one it derives from (a user's subclass), else None."""
+    for base in getattr(cls, "__mro__", ()):
+        kind = f"cyrnn.{base.__name__}"
+        if kind in ESTIMATORS and base.__module__.startswith("cyrnn."):
+            return kind
+    return None
+
+
 def from_estimator(estimator):
-    """A :class:`Scorer` sharing a fitted estimator's network (no copy, no file)."""
-    kind = f"cyrnn.{type(estimator).__name__}"
-    if kind not in ESTIMATORS or not hasattr(estimator, "model_"):
-        raise TypeError(f"from_estimator needs a fitted cyrnn estimator, got {kind}")
+    """A :class:`Scorer` sharing a fitted estimator's network (no copy, no file); a
+    subclass of a cyrnn estimator is scored as that estimator."""
+    kind = estimator_kind(type(estimator))
+    if kind is None or not hasattr(estimator, "model_"):
+        name = type(estimator)
+        raise TypeError("from_estimator needs a fitted cyrnn estimator, got "
+                        f"{name.__module__}.{name.__qualname__}")
     names = estimator.__dict__.get("feature_names_in_")
     if ESTIMATORS[kind][1]:
         return ClassifierScorer(estimator.model_, kind, estimator._spec, estimator.classes_,

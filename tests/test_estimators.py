@@ -117,6 +117,42 @@ def test_unfitted_raises_not_fitted(cls):
         cls().predict(X)
 
 
+class MyGRURegressor(GRURegressor):
+    """A user's subclass (module level: pickle finds it)."""
+
+
+class MyLSTMClassifier(LSTMClassifier):
+    pass
+
+
+@pytest.mark.parametrize("Mine", [MyGRURegressor, MyLSTMClassifier])
+def test_a_subclass_predicts_as_its_base_and_save_refuses_it(Mine, tmp_path):
+    """A user's subclass scores as the estimator it derives from (the fast path
+    included); save() refuses it before writing, since the file cannot restore it."""
+    from cyrnn.scoring import from_estimator
+
+    base = Mine.__mro__[1]
+    X, y = make_fixed()
+    if base is LSTMClassifier:
+        y = (y > 0).astype(int)
+    mine, ref = Mine(**SMALL).fit(X, y), base(**SMALL).fit(X, y)
+    np.testing.assert_array_equal(mine.predict(X), ref.predict(X))
+    assert mine.score(X, y) == ref.score(X, y)
+    if base is LSTMClassifier:
+        np.testing.assert_array_equal(mine.predict_proba(X), ref.predict_proba(X))
+    np.testing.assert_array_equal(from_estimator(mine).predict(X), ref.predict(X))
+    assert np.isfinite(cross_val_score(Mine(**SMALL), X, y, cv=2)).all()
+    path = tmp_path / "mine.cyrnn"
+    with pytest.raises(TypeError, match=f"{Mine.__name__} derives from cyrnn.{base.__name__}"):
+        mine.save(path)
+    assert not path.exists()
+    again = pickle.loads(pickle.dumps(mine))
+    assert type(again) is Mine
+    np.testing.assert_array_equal(again.predict(X), ref.predict(X))
+    with pytest.raises(TypeError, match="needs a fitted cyrnn estimator"):
+        from_estimator(object())
+
+
 def test_pipeline_with_scaler_fixed_and_ragged():
     for X, y in (make_fixed(30), make_ragged(30)):
         X = X * 50 + 7 if isinstance(X, np.ndarray) else [x * 50 + 7 for x in X]

@@ -858,6 +858,10 @@ or list of arrays of shape (n_steps_i, n_features) or (n_steps_i,)
         optimizer state and the random generator's state are stored, so a loaded
         estimator predicts identically and can go on with ``partial_fit``.
 
+        A subclass of a cyrnn estimator is refused (``TypeError``, nothing written):
+        the file holds no code, so :func:`cyrnn.load` could only give back the base
+        class; pickle and joblib keep the subclass.
+
         Parameters
         ----------
         path : str, os.PathLike or binary file object
@@ -866,8 +870,18 @@ or list of arrays of shape (n_steps_i, n_features) or (n_steps_i,)
         -------
         path
         """
+        from ..scoring import estimator_kind
+        kind = estimator_kind(type(self))
+        if kind != f"cyrnn.{type(self).__name__}":
+            # a subclass: the file holds no code, and cyrnn.load would give back the
+            # base class without the subclass's methods
+            raise TypeError(f"save() stores cyrnn's own estimator classes; "
+                            f"{type(self).__qualname__} derives from {kind}, whose file "
+                            "cyrnn.load could not turn back into it: use pickle or joblib "
+                            "(which keep the class), or save an estimator of the base "
+                            "class")
         meta, arrays = self._export_state()
-        persistence.save_archive(path, f"cyrnn.{type(self).__name__}", meta, arrays)
+        persistence.save_archive(path, kind, meta, arrays)
         return path
 
     @classmethod
