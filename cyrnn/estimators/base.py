@@ -630,17 +630,16 @@ or list of arrays of shape (n_steps_i, n_features) or (n_steps_i,)
             run.model, run.history, epochs=epochs,
             batches=lambda: batcher.epoch(run.rng, self.shuffle), step=step,
             start_loss=lambda: self._start_loss(run, data, Y, W, loss),
-            baseline=lambda: self._start_loss(run, data, Y, W, loss, zero_output_loss),
+            baseline=lambda: self._zero_loss(run, data, Y, W, loss),
             stopping=Stopping(self.tol, self.n_iter_no_change, score),
             progress=Progress(int(self.verbose) > 0, epochs, numbered=not incremental))
         if not result.stopped and not incremental:
             warnings.warn(f"Stochastic Optimizer: Maximum iterations ({epochs}) reached "
                           "and the optimization hasn't converged yet.", ConvergenceWarning)
 
-    def _start_loss(self, run, data, Y, W, loss, evaluate=evaluate_loss):
+    def _start_loss(self, run, data, Y, W, loss):
         """``run.model``'s loss before training (inference mode) on up to 256 evenly
-        spaced training sequences (``evaluate=zero_output_loss``: the loss of an
-        all-zero output on them); None if they all have zero weight."""
+        spaced training sequences; None if they all have zero weight."""
         seqs = run.spec["return_sequences"]
         n = len(data)
         idx = np.unique(np.linspace(0, n - 1, min(n, 256)).astype(np.intp))
@@ -648,7 +647,26 @@ or list of arrays of shape (n_steps_i, n_features) or (n_steps_i,)
         yb, wb = _batch_targets(data, Y, W, idx, x, seqs)
         if not float(np.sum(wb)) > 0:
             return None
-        return evaluate(run.model, loss, x, yb, lengths=lengths, sample_weight=wb)
+        return evaluate_loss(run.model, loss, x, yb, lengths=lengths, sample_weight=wb)
+
+    def _zero_loss(self, run, data, Y, W, loss):
+        """The loss of an all-zero output on every training sequence (no forward),
+        in blocks of 256 combined by their weight as an epoch combines its batches'
+        losses: the scale of the targets, :func:`check_divergence`'s baseline (on a
+        sample of rows, one large target outside it made a sound fit look diverged);
+        None if all have zero weight."""
+        seqs = run.spec["return_sequences"]
+        total = mass = 0.0
+        for i0 in range(0, len(data), 256):
+            idx = np.arange(i0, min(i0 + 256, len(data)))
+            x, lengths = data.batch(idx, trim=not seqs)
+            yb, wb = _batch_targets(data, Y, W, idx, x, seqs)
+            m = float(np.sum(wb))
+            if m > 0:
+                total += zero_output_loss(run.model, loss, x, yb, lengths=lengths,
+                                          sample_weight=wb) * m
+                mass += m
+        return total / mass if mass > 0 else None
 
     def _score_encoded(self, model, spec, data, Y, sw, target_spec):
         raw = self._raw(model, data, spec)
