@@ -153,6 +153,20 @@ def test_a_subclass_predicts_as_its_base_and_save_refuses_it(Mine, tmp_path):
         from_estimator(object())
 
 
+@pytest.mark.parametrize("cls", [GRURegressor, GRUClassifier])
+def test_early_stopping_with_a_zero_weight_validation_split(cls):
+    """Most weights zero: some seeds hold out only zero-weighted rows, which are
+    scored unweighted (the regressor raised scikit-learn's r2_score error)."""
+    X, y = make_fixed(n=100, T=4)
+    if cls is GRUClassifier:
+        y = (y > 0).astype(int)
+    sw = np.r_[np.zeros(90), np.ones(10)]
+    for seed in (6, 7, 11):  # seeds whose split holds out zero weights only
+        est = cls(hidden_size=4, max_iter=2, random_state=seed, early_stopping=True)
+        est.fit(X, y, sample_weight=sw)
+        assert np.isfinite(est.validation_scores_).all()
+
+
 def test_pipeline_with_scaler_fixed_and_ragged():
     for X, y in (make_fixed(30), make_ragged(30)):
         X = X * 50 + 7 if isinstance(X, np.ndarray) else [x * 50 + 7 for x in X]

@@ -991,7 +991,9 @@ _TRAIN_DOC = """\
     n_iter_no_change : int, default=10
     early_stopping : bool, default=False
         Hold out ``validation_fraction`` of the training data, stop when its score
-        ({score}) stops improving, and keep the best weights.
+        ({score}) stops improving, and keep the best weights. The score is weighted
+        by ``sample_weight``; a held-out part whose weights are all zero is scored
+        unweighted.
     validation_fraction : float, default=0.1
     clip_norm : float, default=None
         Rescale the gradient to at most this global L2 norm before each update.

@@ -174,7 +174,7 @@ class BaseSequenceClassifier(ClassifierMixin, BaseSequenceModel):
             correct = (raw[:, 0] > 0) == (np.asarray(y).reshape(-1) > 0.5)
         else:
             correct = raw.argmax(axis=1) == np.asarray(y).reshape(-1)
-        if weights.sum() <= 0:
+        if weights.sum() <= 0:  # a validation split of zero-weighted items only
             return float(correct.mean())
         return float(np.average(correct, weights=weights))
 

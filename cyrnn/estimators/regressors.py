@@ -91,7 +91,9 @@ class BaseSequenceRegressor(RegressorMixin, BaseSequenceModel):
         return Y, W, target_spec, {"n_outputs_": int(k), "_n_model_outputs": int(k)}
 
     def _score_flat(self, raw, y, weights, target_spec):
-        return r2_score(y, raw, sample_weight=weights)
+        # a validation split whose sample weights are all zero (early stopping on
+        # mostly zero-weighted data) is scored unweighted, as the classifiers do
+        return r2_score(y, raw, sample_weight=weights if weights.sum() > 0 else None)
 
     def _decode(self, raw):
         return regression_output(raw, self._spec)
