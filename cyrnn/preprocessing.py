@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils._set_output import ADAPTERS_MANAGER, _get_output_config
+from sklearn.utils.validation import (_check_feature_names, _check_feature_names_in,
+                                      check_is_fitted)
 
 from . import _validation as V
 from .estimators.base import check_fitted_input, check_sequences, input_spec, is_sequence_list
@@ -105,7 +107,7 @@ def _float_dtype(X):
     return np.float32 if getattr(X, "dtype", None) == np.float32 else np.float64
 
 
-class SequenceStandardScaler(TransformerMixin, BaseEstimator):
+class SequenceStandardScaler(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
     """Standardise every feature over all valid steps of all sequences.
 
     ``z = (x - mean_) / scale_`` per feature, with statistics over every step of
@@ -137,6 +139,9 @@ class SequenceStandardScaler(TransformerMixin, BaseEstimator):
     n_features_in_ : int
         The columns of a 2-D table, else the features per step (as for the
         estimators).
+    feature_names_in_ : ndarray of str
+        The column names of a DataFrame given to ``fit`` (only then); ``transform``
+        checks them as scikit-learn's transformers do.
 
     Examples
     --------
@@ -168,7 +173,45 @@ class SequenceStandardScaler(TransformerMixin, BaseEstimator):
         data = check_sequences(X, dtype=_float_dtype(X), estimator=self)
         if fitted:
             check_fitted_input(data, self._input, type(self).__name__)
+        # a DataFrame's column names: kept by fit, checked by transform
+        _check_feature_names(self, X, reset=not fitted)
         return data
+
+    def get_feature_names_out(self, input_features=None):
+        """The output's feature names: the input's (``feature_names_in_``, or
+        ``x0 .. x{n_features_in_ - 1}``), a table's columns or a step's features.
+
+        Parameters
+        ----------
+        input_features : array-like of str or None
+
+        Returns
+        -------
+        feature_names_out : ndarray of str objects
+        """
+        check_is_fitted(self)
+        return _check_feature_names_in(self, input_features)
+
+    def set_output(self, *, transform=None):
+        """Set the container of ``transform``'s output, as scikit-learn's
+        transformers do: ``"default"`` (the kind ``transform`` got), ``"pandas"`` or
+        ``"polars"`` (a DataFrame with :meth:`get_feature_names_out` as columns: 2-D
+        tables only; a 3-D array or a list of sequences has no DataFrame form, and
+        ``transform`` then raises ValueError), None (unchanged). scikit-learn's
+        global ``transform_output`` applies to tables and leaves sequences as they
+        are.
+
+        Returns
+        -------
+        self : object
+        """
+        if transform is None:
+            return self
+        if transform not in ("default", "pandas", "polars"):
+            raise ValueError("transform must be 'default', 'pandas', 'polars' or None, got "
+                             f"{transform!r}")
+        self.__dict__.setdefault("_sklearn_output_config", {})["transform"] = transform
+        return self
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
@@ -233,9 +276,38 @@ class SequenceStandardScaler(TransformerMixin, BaseEstimator):
 
         Returns
         -------
-        X_scaled : same kind and shapes as ``X``
+        X_scaled : same kind and shapes as ``X`` (a DataFrame for a table under
+            :meth:`set_output` ``"pandas"``/``"polars"``)
         """
-        return self._apply(X, forward=True)
+        dense = _get_output_config("transform", self)["dense"]
+        if dense == "default":
+            return self._apply(X, forward=True)
+        table = not is_sequence_list(X) and np.ndim(np.asarray(X, dtype=object)) == 2
+        if not table and self.__dict__.get(
+                "_sklearn_output_config", {}).get("transform", "default") != "default":
+            raise ValueError(f"set_output(transform={dense!r}) needs 2-D tables; a 3-D "
+                             "array or a list of sequences has no DataFrame form: use "
+                             "'default'")
+        out = self._apply(X, forward=True)
+        if not table:  # scikit-learn's global transform_output leaves sequences be
+            return out
+        # scikit-learn's container (its index kept from a DataFrame input)
+        return ADAPTERS_MANAGER.adapters[dense].create_container(
+            out, X, columns=self.get_feature_names_out)
+
+    def fit_transform(self, X, y=None):
+        """:meth:`fit`, then :meth:`transform` (the same result).
+
+        Parameters
+        ----------
+        X : 3-D array, 2-D array, or list of per-sequence arrays
+        y : ignored
+
+        Returns
+        -------
+        X_scaled : as :meth:`transform`
+        """
+        return self.fit(X, y).transform(X)
 
     def inverse_transform(self, X):
         """Undo :meth:`transform`.

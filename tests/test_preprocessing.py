@@ -147,3 +147,67 @@ def test_scaler_options_constant_features_and_errors():
     with pytest.raises(ValueError, match="with_mean"):
         SequenceStandardScaler(with_mean="yes").fit(X)
     assert clone(scaler).get_params() == {"with_mean": True, "with_std": True}
+
+
+def test_scaler_keeps_and_checks_dataframe_column_names():
+    """A DataFrame's column names: kept as feature_names_in_ and checked by transform
+    (a pipeline ending in an estimator refuses reordered columns, as with
+    StandardScaler), and the output's names."""
+    pd = pytest.importorskip("pandas")
+    import warnings
+
+    from sklearn.pipeline import make_pipeline
+
+    import cyrnn
+
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame(rng.normal(size=(30, 5)), columns=[f"t{i}" for i in range(5)])
+    scaler = SequenceStandardScaler().fit(df)
+    assert list(scaler.feature_names_in_) == list(df.columns)
+    assert list(scaler.get_feature_names_out()) == list(df.columns)
+    with pytest.raises(ValueError, match="feature names should match"):
+        scaler.transform(df[df.columns[::-1]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pipe = make_pipeline(SequenceStandardScaler(),
+                             cyrnn.GRURegressor(hidden_size=4, max_iter=2, random_state=0))
+        pipe.fit(df, df["t4"].to_numpy())
+    assert list(pipe.feature_names_in_) == list(df.columns)
+    with pytest.raises(ValueError, match="feature names should match"):
+        pipe.predict(df[df.columns[::-1]])
+    assert not hasattr(SequenceStandardScaler().fit(df.to_numpy()), "feature_names_in_")
+    X3 = rng.normal(size=(4, 3, 2))
+    assert list(SequenceStandardScaler().fit(X3).get_feature_names_out()) == ["x0", "x1"]
+
+
+def test_scaler_set_output():
+    """set_output as scikit-learn's transformers have it: 'default' in a pipeline,
+    DataFrames for tables, a clear error for sequences asked to be DataFrames; the
+    global transform_output leaves sequences as they are."""
+    pd = pytest.importorskip("pandas")
+    import sklearn
+    from sklearn.pipeline import make_pipeline
+
+    import cyrnn
+
+    rng = np.random.default_rng(1)
+    df = pd.DataFrame(rng.normal(size=(20, 4)), columns=list("abcd"),
+                      index=np.arange(100, 120))
+    make_pipeline(SequenceStandardScaler(), cyrnn.GRURegressor()).set_output(
+        transform="default")
+    plain = SequenceStandardScaler().fit_transform(df.to_numpy())
+    out = SequenceStandardScaler().set_output(transform="pandas").fit_transform(df)
+    assert isinstance(out, pd.DataFrame) and list(out.columns) == list("abcd")
+    assert list(out.index) == list(df.index)
+    np.testing.assert_array_equal(out.to_numpy(), plain)
+    X3 = rng.normal(size=(4, 3, 2))
+    with pytest.raises(ValueError, match="no DataFrame form"):
+        SequenceStandardScaler().set_output(transform="pandas").fit_transform(X3)
+    with pytest.raises(ValueError, match="transform must be"):
+        SequenceStandardScaler().set_output(transform="xml")
+    with sklearn.config_context(transform_output="pandas"):
+        assert isinstance(SequenceStandardScaler().fit_transform(df), pd.DataFrame)
+        assert SequenceStandardScaler().fit_transform(X3).shape == (4, 3, 2)
+    np.testing.assert_array_equal(
+        SequenceStandardScaler().set_output(transform="default").fit_transform(X3),
+        SequenceStandardScaler().fit_transform(X3))
