@@ -520,6 +520,11 @@ def test_partial_fit_classifier_rules():
         est.partial_fit(X, np.full(20, 3))
     with pytest.raises(ValueError, match="early_stopping"):
         GRUClassifier(early_stopping=True).partial_fit(X, labels, classes=[0, 1])
+    # one class in classes= is the argument's fault, named as such
+    with pytest.raises(ValueError, match=r"classes must list at least 2 classes, got \['a'\]"):
+        GRUClassifier(**SMALL).partial_fit(X, np.where(labels, "a", "b"), classes=["a"])
+    with pytest.raises(ValueError, match="contains only 1 class: 'a'$"):
+        GRUClassifier(**SMALL).fit(X, np.full(20, "a"))
 
 
 def test_verbose_progress_bar(capsys):

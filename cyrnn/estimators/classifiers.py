@@ -98,9 +98,12 @@ class BaseSequenceClassifier(ClassifierMixin, BaseSequenceModel):
                 classes_ = unique_labels(np.asarray(classes))
             else:
                 classes_ = unique_labels(flat)
+            if len(classes_) < 2 and incremental:
+                raise ValueError(f"classes must list at least 2 classes, got "
+                                 f"{classes_.tolist()}")
             if len(classes_) < 2:
                 raise ValueError(f"{name} needs samples of at least 2 classes in the data, but "
-                                 f"the data contains only 1 class: {classes_[0]!r}")
+                                 f"the data contains only 1 class: {classes_.tolist()[0]!r}")
         else:
             classes_ = previous.classes_
             if classes is not None and not np.array_equal(unique_labels(np.asarray(classes)),
