@@ -191,7 +191,8 @@ cdef extern from *:
        to overlap whole iterations of one vector each. Four at once (32 lanes per
        iteration, one vector at a time for the rest) ran tanh 28% faster in a
        standalone loop on a Zen 3 (0.60-0.63 against 0.82-0.88 ns per element,
-       the best of 40 rounds; three at once the same, two 0.68-0.83), with the
+       the best of 40 rounds, a throwaway harness; three at once the same, two
+       0.68-0.83; benchmarks/results/compare_avx2_interleave.json for the models), with the
        same bits in every lane: each lane's operations are unchanged. */
     #define CYRNN_Q8(NQ) _Pragma("GCC unroll 4") for (int q = 0; q < (NQ); q++)
 
