@@ -261,6 +261,46 @@ def test_one_compiled_version_per_dtype(tmp_path):
     assert "read-only inputs compile" in proc.stdout
 
 
+_CACHE_STEP = r"""
+import sys
+import numpy as np
+import cyrnn
+dt = np.float32
+if sys.argv[1] == "sequential":  # the fused inference without states: _infer_kernel
+    m = cyrnn.Sequential([cyrnn.LSTM(3, 4, dtype=dt, backend="numba", random_state=0),
+                          cyrnn.Dense(4, 5, dtype=dt, random_state=0)])
+    out = m.forward(np.ones((1, 2, 3), dt))
+else:  # a layer's call returns its final states: _infer_state_kernel
+    lay = cyrnn.LSTM(3, 4, dtype=dt, backend="numba", random_state=0).eval()
+    out = lay(np.ones((1, 2, 3), dt))[0]
+ref = cyrnn.LSTM(3, 4, dtype=dt, backend="numpy", random_state=0).eval()(np.ones((1, 2, 3), dt))[0]
+ok = sys.argv[1] == "sequential" or np.allclose(out, ref, rtol=1e-5, atol=1e-6)
+print(sys.argv[1], out.shape, "ok" if ok else "MISMATCH")
+"""
+
+
+def test_cache_entries_load_in_any_order(tmp_path):
+    """Entry points cached in any order of processes load and run: an entry point
+    compiled where its parallel callees came from the cache (``_infer_state_kernel``
+    after an ``_infer_kernel`` process cached ``_fused_run``) is cached without
+    Numba's note to start the parallel runtime first, and loading it in a fresh
+    process crashed the interpreter (SIGSEGV) before ``_start_parallel_runtime``.
+    Three processes on one empty cache (float32, LLVM -O1 to compile sooner; at -O0
+    Numba cannot cache the kernels at all); the third must load the entry from the
+    cache."""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path), NUMBA_OPT="1")
+    outs = []
+    for step, debug in (("sequential", "0"), ("layer", "0"), ("layer", "1")):
+        proc = subprocess.run([sys.executable, "-c", _CACHE_STEP, step],
+                              env=dict(env, NUMBA_DEBUG_CACHE=debug),
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, (step, proc.returncode, proc.stderr[-3000:])
+        assert proc.stdout.strip().endswith("ok"), proc.stdout[-2000:]
+        outs.append(proc.stdout)
+    # not vacuous: the last process ran the entry point loaded from the cache
+    assert "data loaded from" in outs[2] and "_infer_state_kernel" in outs[2], outs[2][-2000:]
+
+
 @pytest.mark.skipif(not MULTICORE, reason="Numba has a single thread here")
 def test_default_thresholds_take_the_parallel_path():
     """A problem above the default thresholds runs on several row blocks and

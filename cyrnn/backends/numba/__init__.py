@@ -113,6 +113,9 @@ _DISPATCHERS = {"infer": _infer_kernel, "infer_state": _infer_state_kernel, "tra
                 "train_bwd": _train_bwd_kernel, "generate": _generate_kernel,
                 "fwd_rows": _fwd_rows, "forward_par": _forward_par, "bwd_rows": _bwd_rows,
                 "backward_par": _backward_par}
+# The entry points that contain the parallel loops (the others run serially).
+_PARALLEL_ENTRIES = frozenset(("infer", "infer_state", "train_fwd", "train_bwd", "forward_par",
+                               "backward_par"))
 _entry = {}
 _compile_lock = threading.Lock()
 
@@ -128,6 +131,8 @@ def _kernel(name, dtype):
             if fn is None:
                 sig = _signatures(numba.from_dtype(dtype))[name]
                 disp = _DISPATCHERS[name]
+                if name in _PARALLEL_ENTRIES:  # before loading one from the cache
+                    _config._start_parallel_runtime()
                 disp.compile(sig)
                 # The compiled version itself: no type resolution per call.
                 fn = getattr(disp.overloads.get(sig.args), "entry_point", None) or disp

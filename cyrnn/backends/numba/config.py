@@ -53,6 +53,20 @@ files of the functions it calls and compiles in: after editing ``mathfn.py``,
 ``gemm.py``, ``cells.py`` or ``loops.py`` in place, delete
 ``cyrnn/backends/numba/__pycache__/*.nb[ic]`` (an installed upgrade rewrites
 every file, so it is not affected).
+
+Numba records, with a cached kernel that contains a parallel loop, that the
+parallel runtime must be started before the kernel's code is loaded (the code
+calls ``numba_parallel_for`` and the pool's other entry points, which Numba
+registers only then). It records that only for a kernel whose parallel callees
+were compiled in the same process: a kernel compiled where its callees came
+from the cache (``_infer_state_kernel`` after ``_fused_run`` was cached by an
+``_infer_kernel`` compile) is cached without it, and loading that entry in a
+fresh process left those symbols, and every one after them in the object, at
+address 0 (a segmentation fault on the first call; reproduced with Numba
+0.68.1). :func:`_start_parallel_runtime` starts the runtime before any entry
+point is compiled or loaded (``cyrnn.backends.numba._kernel``);
+``tests/test_numba_kernels.py::test_cache_entries_load_in_any_order`` runs
+that sequence of processes.
 """
 
 from __future__ import annotations
@@ -161,6 +175,16 @@ _SERIAL_GEMM_MNK = 262144
 _THREADED_GEMM_MNK = 16777216
 
 _get_num_threads = numba.get_num_threads
+
+
+def _start_parallel_runtime():
+    """Start Numba's parallel runtime (the threading layer chosen above), so that
+    the symbols of its pool are registered before a kernel is loaded from the
+    cache (see "The on-disk cache" above); a no-op once started. What Numba runs
+    itself when it loads a cached kernel it knows to be parallel."""
+    from numba.np.ufunc.parallel import _launch_threads
+
+    _launch_threads()
 
 
 def _blocks_of(T, N, H, GH, n):
