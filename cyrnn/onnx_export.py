@@ -278,9 +278,7 @@ def _sequential_body(g, layers, x_name, lengths_name):
         elif type(layer) is Dense:
             seq = _dense(g, layer, seq)
         elif type(layer) is Activation:
-            op = {"linear": "Identity", "tanh": "Tanh", "relu": "Relu", "sigmoid": "Sigmoid",
-                  "softmax": "Softmax"}[layer.activation]
-            seq = g.op(op, [seq], **({"axis": -1} if op == "Softmax" else {}))
+            seq = _activation_nodes(g, layer.activation, seq)
         else:
             raise ValueError(f"to_onnx cannot export a {type(layer).__name__} layer "
                              "(exported: Embedding or Masking first, SimpleRNN, LSTM, GRU, "
@@ -291,6 +289,30 @@ def _sequential_body(g, layers, x_name, lengths_name):
         else:
             seq = g.op("Transpose", [seq], perm=[1, 0, 2])
     return seq, is_seq
+
+
+# The Activation layer's functions as one ONNX node each (op, attributes); silu and
+# relu6 are built below. Keras 3's constants, rounded to float32 where ONNX stores them.
+_ACTIVATION_OPS = {
+    "linear": ("Identity", {}), "tanh": ("Tanh", {}), "relu": ("Relu", {}),
+    "sigmoid": ("Sigmoid", {}), "softmax": ("Softmax", {"axis": -1}),
+    "log_softmax": ("LogSoftmax", {"axis": -1}),
+    "hard_sigmoid": ("HardSigmoid", {"alpha": 1 / 6, "beta": 0.5}),
+    "hard_silu": ("HardSwish", {}), "softplus": ("Softplus", {}), "softsign": ("Softsign", {}),
+    "elu": ("Elu", {"alpha": 1.0}),
+    "selu": ("Selu", {"alpha": 1.6732632423543772, "gamma": 1.0507009873554805}),
+    "leaky_relu": ("LeakyRelu", {"alpha": 0.2}), "exponential": ("Exp", {}),
+}
+
+
+def _activation_nodes(g, name, x):
+    """The Activation layer ``name`` applied to ``x``."""
+    if name == "silu":
+        return g.op("Mul", [x, g.op("Sigmoid", [x])])
+    if name == "relu6":
+        return g.op("Clip", [x, g.const(0.0), g.const(6.0)])
+    op, attrs = _ACTIVATION_OPS[name]
+    return g.op(op, [x], **attrs)
 
 
 def _model(g, inputs, outputs, doc):

@@ -172,11 +172,20 @@ def test_use_bias_round_trips_through_torch():
                                rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["linear", "tanh", "relu", "sigmoid", "softmax"])
+ACTIVATION_NAMES = ["linear", "tanh", "relu", "sigmoid", "softmax", "hard_sigmoid", "softplus",
+                    "softsign", "elu", "selu", "silu", "hard_silu", "relu6", "leaky_relu",
+                    "exponential", "log_softmax"]
+
+
+@pytest.mark.parametrize("name", ACTIVATION_NAMES)
 def test_activation_layer_gradient(name, rng):
-    """The Activation layer (Keras's Dense(activation=...)) against finite differences."""
+    """The Activation layer (Keras's Dense(activation=...)) against finite differences
+    (inputs kept off the kinks of relu, relu6, hard_sigmoid, hard_silu)."""
     layer = cyrnn.Activation(name, dtype=np.float64)
-    x = rng.normal(size=(2, 3, 4))
+    x = rng.normal(size=(2, 3, 4)) * (1 if name == "exponential" else 4)
+    x[np.abs(x) < 0.01] += 0.1
+    for kink in (-3.0, 3.0, 6.0):
+        x[np.abs(x - kink) < 0.01] += 0.1
     w = rng.normal(size=x.shape)
     layer.forward(x, training=True)
     grad = layer.backward(w)
@@ -190,3 +199,23 @@ def test_activation_layer_gradient(name, rng):
     np.testing.assert_allclose(grad, num, rtol=1e-6, atol=1e-8)
     with pytest.raises(ValueError, match="activation must be one of"):
         cyrnn.Activation("gelu")
+
+
+@pytest.mark.parametrize("name", ACTIVATION_NAMES + ["swish", "hard_swish"])
+def test_activation_layer_matches_keras_and_onnx_runtime(name, rng):
+    """Every Activation layer function is Keras 3's ``keras.activations.<name>`` (its
+    names for Dense(activation=...)), forward, and exports to an ONNX graph that ONNX
+    Runtime runs to the same values; it survives save/load."""
+    import os
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    keras = pytest.importorskip("keras")
+    x = (rng.normal(size=(3, 5, 4)) * 4).astype(np.float32)
+    layer = cyrnn.Activation(name)
+    want = keras.ops.convert_to_numpy(getattr(keras.activations, name)(x))
+    np.testing.assert_allclose(layer(x), want, rtol=2e-6, atol=2e-6)
+    ort = pytest.importorskip("onnxruntime")
+    model = cyrnn.Sequential([cyrnn.LSTM(4, 4, random_state=0), layer])
+    sess = ort.InferenceSession(cyrnn.to_onnx(model).SerializeToString(),
+                                providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(sess.run(None, {"x": x})[0], model.forward(x), rtol=1e-5,
+                               atol=1e-5)

@@ -1031,7 +1031,8 @@ def test_masked_steps_equal_the_whole_sequence(rnn, many_to_one, tmp_path, rng):
         np.testing.assert_array_equal(_steps(scoring.load(tmp_path / "m.cyrnn"), inp), got)
 
 
-@pytest.mark.parametrize("activation", ["relu", "tanh", "sigmoid", "softmax"])
+@pytest.mark.parametrize("activation", ["relu", "tanh", "sigmoid", "softmax", "selu",
+                                        "log_softmax"])
 @pytest.mark.parametrize("n", [1, 2, 3, 5])
 def test_layer_path_models_step_exactly(activation, n, rng):
     """Models the fused plan does not take (Activation, a Dense before the recurrent
