@@ -462,6 +462,43 @@ def test_many_to_many_token_padding_steps_are_ignored():
     assert 0 <= clf.score(padded, labels) <= 1
 
 
+
+def test_many_to_many_regressor_ignores_nan_targets_at_padding_steps():
+    """Targets at padding steps are ignored (as score and the classifiers do), so NaN
+    may mark them: fit gave "Input y contains NaN" where score took the same y. NaN/inf
+    at a valid step is still refused, naming the step; float features have no padding."""
+    seqs, _ = make_tokens(30)
+    padded = pad_sequences(seqs, maxlen=10)
+    y = np.random.default_rng(0).normal(size=padded.shape)
+    y_nan, y_zero = y.copy(), y.copy()
+    y_nan[padded == 0], y_zero[padded == 0] = np.nan, 0.0
+    assert np.isnan(y_nan).any()
+    est = GRURegressor(vocab_size=20, return_sequences=True, **SMALL).fit(padded, y_nan)
+    ref = GRURegressor(vocab_size=20, return_sequences=True, **SMALL).fit(padded, y_zero)
+    np.testing.assert_array_equal(est.predict(padded), ref.predict(padded))
+    assert est.score(padded, y_nan) == ref.score(padded, y_zero)
+    est.partial_fit(padded, y_nan)
+    i, t = np.argwhere(padded != 0)[3]
+    y_bad = y_nan.copy()
+    y_bad[i, t] = np.nan
+    with pytest.raises(ValueError, match=f"NaN or infinity at a valid step \\(sequence {i}, "
+                                         f"step {t}\\)"):
+        est.fit(padded, y_bad)
+    ragged = [s[s != 0] for s in padded[:4]]
+    ragged[0] = np.concatenate([[0], ragged[0]])  # a padding id in a ragged sequence
+    y_ragged = [np.random.default_rng(1).normal(size=len(s)) for s in ragged]
+    y_ragged[0][0] = np.nan
+    GRURegressor(vocab_size=20, return_sequences=True, **SMALL).fit(ragged, y_ragged)
+    y_ragged[1][1] = np.inf
+    with pytest.raises(ValueError, match=r"y\[1\] contains NaN or infinity at a valid step "
+                                         r"\(step 1\)"):
+        GRURegressor(vocab_size=20, return_sequences=True, **SMALL).fit(ragged, y_ragged)
+    X = np.random.default_rng(2).normal(size=(8, 5, 2))
+    y_float = np.random.default_rng(3).normal(size=(8, 5))
+    y_float[0, 0] = np.nan
+    with pytest.raises(ValueError, match="y contains NaN"):
+        GRURegressor(return_sequences=True, **SMALL).fit(X, y_float)
+
 # ---------------------------------------------------------------------------
 # training options
 # ---------------------------------------------------------------------------

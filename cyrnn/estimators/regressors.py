@@ -15,6 +15,17 @@ from .base import (BaseSequenceModel, cell_constraints, check_n_samples, check_p
 __all__ = ["BaseSequenceRegressor", "LSTMRegressor", "GRURegressor", "SimpleRNNRegressor"]
 
 
+def _padding_ignored(Y, masks, name):
+    """``Y`` (n, T, k) with its padding steps (``masks`` False) set to 0, after checking
+    that every valid step is finite (NaN/inf are allowed at padding steps only)."""
+    bad = masks & ~np.isfinite(Y).all(axis=-1)
+    if bad.any():
+        i, t = (int(v) for v in np.argwhere(bad)[0])
+        where = f"sequence {i}, step {t}" if name == "y" else f"step {t}"
+        raise ValueError(f"{name} contains NaN or infinity at a valid step ({where}); only "
+                         "padding steps may hold them")
+    return np.where(masks[..., None], Y, 0.0)
+
 class BaseSequenceRegressor(RegressorMixin, BaseSequenceModel):
     """Regression on sequences: mean squared error, single or multi-output.
 
@@ -45,14 +56,18 @@ class BaseSequenceRegressor(RegressorMixin, BaseSequenceModel):
             y_ndim = y.ndim
         elif data.uniform:
             check_per_step_targets(data, y)
+            masks = data.valid_masks()
+            # targets at padding steps are ignored (as score and the classifiers do), so
+            # they may be NaN; valid steps are checked below
             y = check_array(y, ensure_2d=False, allow_nd=True, dtype=np.float64,
-                            input_name="y", estimator=self)
+                            input_name="y", estimator=self, ensure_all_finite=masks is None)
             check_n_samples(n, len(y))
             if y.ndim not in (2, 3):
                 raise ValueError(f"per-step y must be (n_samples, n_steps) or (n_samples, "
                                  f"n_steps, n_outputs), got shape {y.shape}")
             Y = y.reshape(n, y.shape[1], -1)
-            masks = data.valid_masks()
+            if masks is not None:
+                Y = _padding_ignored(Y, masks, "y")
             W = np.broadcast_to(sw[:, None], Y.shape[:2]) * (1 if masks is None else masks)
             y_ndim = y.ndim
         else:
@@ -61,11 +76,14 @@ class BaseSequenceRegressor(RegressorMixin, BaseSequenceModel):
             masks = data.valid_masks()
             for i, item in enumerate(items):
                 arr = check_array(item, ensure_2d=False, dtype=np.float64,
-                                  input_name=f"y[{i}]", estimator=self)
+                                  input_name=f"y[{i}]", estimator=self,
+                                  ensure_all_finite=not data.tokens)
                 if arr.ndim not in (1, 2):
                     raise ValueError(f"y[{i}] must be (n_steps,) or (n_steps, n_outputs), got "
                                      f"shape {arr.shape}")
                 arr2 = arr.reshape(len(arr), -1)
+                if data.tokens:
+                    arr2 = _padding_ignored(arr2[None], masks[i][None], f"y[{i}]")[0]
                 if y_ndim is None:
                     y_ndim, k = arr.ndim + 1, arr2.shape[1]
                 elif arr.ndim + 1 != y_ndim or arr2.shape[1] != k:
@@ -165,8 +183,9 @@ _REG_ATTRS = """\
 _REG_NOTES = """\
     Targets ``y``: (n_samples,) or (n_samples, n_outputs); with
     ``return_sequences=True``, (n_samples, n_steps[, n_outputs]) or a list of
-    per-sequence arrays for ragged ``X``. The loss is the (sample-weighted) mean
-    squared error; :meth:`score` is R^2.
+    per-sequence arrays for ragged ``X``. Targets at padding steps (token id 0) are
+    ignored and may be NaN. The loss is the (sample-weighted) mean squared error over
+    the valid steps; :meth:`score` is R^2.
 
 """
 
