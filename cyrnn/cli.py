@@ -404,7 +404,9 @@ def _read_corpus(path, whole):
                        "or socket)") from None
     except OSError as exc:
         raise CLIError(f"cannot read corpus {path!r}: {exc.strerror or exc}") from None
-    text = text.lstrip("\ufeff")
+    # universal newlines, as Python's text files read them: a Windows file's "\r\n"
+    # (or an old Mac's "\r") is one "\n", not a character of the vocabulary
+    text = text.lstrip("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
     if whole:
         if not text.strip():
             raise CLIError(f"corpus {path!r} is empty")
@@ -412,8 +414,7 @@ def _read_corpus(path, whole):
             raise CLIError(f"corpus {path!r} is too short: --text needs at least 2 "
                            "characters (one to predict from, one to predict)")
         return text
-    lines = [line.rstrip("\r") for line in text.split("\n")]
-    lines = [line for line in lines if line.strip()]
+    lines = [line for line in text.split("\n") if line.strip()]
     if not lines:
         raise CLIError(f"corpus {path!r} is empty (no non-blank line)")
     return lines
