@@ -37,7 +37,9 @@ def from_torch(module, backend="auto"):
     float16 and bfloat16 weights widen exactly), and
     so does the training flag (a module in ``eval()`` mode gives a layer in eval mode,
     whose calls keep no backward cache). The result returns ``(output, state)`` exactly
-    as the torch module does.
+    as the torch module does. The weights are those the module's forward uses (a
+    pruned or weight-normed module's computed weights); a subclass that overrides
+    ``forward``, or weights of mixed dtypes, raise ``ValueError``.
     """
     mode = getattr(module, "mode", None)
     if mode not in _MODES:
@@ -45,11 +47,16 @@ def from_torch(module, backend="auto"):
     if getattr(module, "proj_size", 0):
         raise ValueError("LSTM with proj_size > 0 has no cyrnn equivalent")
     cls, options = _MODES[mode]
-    weights = {name: _host_array(param) for name, param in module.named_parameters()}
+    _check_standard_forward(module)
+    weights = _effective_weights(module)
     if not weights:  # torch.ao's dynamically quantized RNNs keep packed weights instead
         raise TypeError(f"from_torch needs a float torch.nn.RNN, LSTM or GRU; "
                         f"{type(module).__module__}.{type(module).__name__} has no float "
                         "parameters (a quantized module?): convert the float module")
+    dtypes = sorted({str(w.dtype) for w in weights.values()})
+    if len(dtypes) > 1:  # torch's own forward refuses such a module
+        raise ValueError(f"the module's weights have mixed dtypes ({', '.join(dtypes)}); "
+                         "convert it to one dtype first (module.float() or module.double())")
     dtype = np.float64 if next(iter(weights.values())).dtype == np.float64 else np.float32
     layer = cls(module.input_size, module.hidden_size, module.num_layers,
                 bidirectional=module.bidirectional, batch_first=module.batch_first,
@@ -60,6 +67,38 @@ def from_torch(module, backend="auto"):
     layer.params.load_state_dict(state)
     layer.train(bool(getattr(module, "training", True)))  # eval modules give eval layers
     return layer
+
+
+def _check_standard_forward(module):
+    """A subclass that overrides ``forward`` computes something else than the weights
+    say: converting it would silently drop its changes."""
+    import torch
+
+    base = next((c for c in (torch.nn.LSTM, torch.nn.GRU, torch.nn.RNN, torch.nn.RNNBase)
+                 if isinstance(module, c)), None)
+    if base is not None and type(module).forward is not base.forward:
+        raise ValueError(f"{type(module).__name__} overrides {base.__name__}.forward; "
+                         f"from_torch converts only torch.nn.{base.__name__}'s own "
+                         "computation (convert a plain module holding the same weights)")
+
+
+def _effective_weights(module):
+    """The weights the module's forward uses, by torch's names (``weight_ih_l0``, ...):
+    for a pruned or parametrized module (``torch.nn.utils.prune``, ``weight_norm``,
+    ``parametrize``) the computed weights, not their stored factors."""
+    names = getattr(module, "_flat_weights_names", None)
+    if not names:
+        return {name: _host_array(p) for name, p in module.named_parameters()}
+    weights = {}
+    for name in names:
+        value = getattr(module, name, None)
+        if value is None:  # e.g. no biases (bias=False)
+            continue
+        if not hasattr(value, "detach"):
+            raise TypeError(f"from_torch could not read the module's {name} "
+                            f"(a {type(value).__name__}, not a tensor)")
+        weights[name] = _host_array(value)
+    return weights
 
 
 def to_torch_state_dict(layer):

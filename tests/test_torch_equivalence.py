@@ -306,6 +306,44 @@ def test_from_torch_rejects_lstm_with_projection(backend):
         cyrnn.from_torch(torch.nn.LSTM(D, H, proj_size=2), backend=backend)
 
 
+
+def test_from_torch_reads_the_weights_forward_uses(backend):
+    """A pruned or weight-normed module's forward uses computed weights; from_torch
+    read the stored factors (weight_hh_l0_orig, parametrizations...) and failed with
+    'state dict mismatch'. bias=False modules have no bias names to read."""
+    from torch.nn.utils import prune
+    torch.manual_seed(3)
+    pruned = torch.nn.LSTM(D, H, num_layers=2, batch_first=True)
+    prune.l1_unstructured(pruned, "weight_hh_l1", amount=0.5)
+    normed = torch.nn.utils.parametrizations.weight_norm(
+        torch.nn.GRU(D, H, batch_first=True, bias=False), "weight_ih_l0")
+    x = torch.randn(2, 5, D)
+    for module in (pruned, normed):
+        layer = cyrnn.from_torch(module, backend=backend)
+        np.testing.assert_allclose(layer(x.numpy())[0], module(x)[0].detach().numpy(),
+                                   rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.no_fused_call  # computes nothing: rejections
+def test_from_torch_refuses_what_it_would_convert_wrongly(backend):
+    """A subclass overriding forward converted silently to the plain computation (0.2
+    off); mixed weight dtypes were rounded to the first one's (torch refuses them)."""
+    class Doubled(torch.nn.LSTM):
+        def forward(self, x, hx=None):
+            out, state = super().forward(x, hx)
+            return 2 * out, state
+
+    class Plain(torch.nn.GRU):  # a subclass that keeps forward converts
+        pass
+
+    with pytest.raises(ValueError, match="Doubled overrides LSTM.forward"):
+        cyrnn.from_torch(Doubled(D, H), backend=backend)
+    assert isinstance(cyrnn.from_torch(Plain(D, H), backend=backend), cyrnn.GRU)
+    mixed = torch.nn.LSTM(D, H)
+    mixed.weight_hh_l0.data = mixed.weight_hh_l0.data.double()
+    with pytest.raises(ValueError, match=r"mixed dtypes \(float32, float64\)"):
+        cyrnn.from_torch(mixed, backend=backend)
+
 # ----------------------------------------------------------------------------- 4. embedding model
 
 @pytest.mark.parametrize("return_sequences", [True, False], ids=["sequences", "many_to_one"])
