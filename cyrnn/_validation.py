@@ -158,7 +158,9 @@ def check_lengths(lengths, n, T):
     if arr.dtype.kind == "b":
         raise TypeError("lengths must be integers (steps per sequence), got booleans")
     if arr.ndim != 1 or arr.shape[0] != n:
-        raise ValueError(f"lengths must have shape ({n},), got {arr.shape}")
+        hint = ("; initial states go in initial_state= (a torch module's second argument "
+                "is its state, a cyrnn layer's is lengths)" if arr.ndim >= 2 else "")
+        raise ValueError(f"lengths must have shape ({n},), got {arr.shape}{hint}")
     if arr.dtype.kind == "f" and not (np.isfinite(arr).all() and (arr == np.round(arr)).all()):
         raise ValueError("lengths must be whole numbers")
     lo, hi = arr.min().item(), arr.max().item()  # before any cast: no wrap-around

@@ -30,8 +30,24 @@ def _numpy(w):
         return np.asarray(w)
 
 
+def _is_keras(obj):
+    """Whether ``obj`` is a Keras object (its class defined in a Keras package)."""
+    return type(obj).__module__.split(".")[0] in ("keras", "tf_keras")
+
+
 def _act_name(fn):
-    name = fn if isinstance(fn, str) else getattr(fn, "__name__", repr(fn))
+    """cyrnn's name for a Keras activation: Keras's own functions (``keras.activations``
+    or ``keras.ops``) by name; any other function is refused, whatever its name (a
+    user's ``def sigmoid`` converted as the built-in computed something else)."""
+    if fn is None or isinstance(fn, str):
+        name = fn
+    else:
+        name = getattr(fn, "__name__", None)
+        module = getattr(fn, "__module__", None) or ""
+        if name is None or module.split(".")[0] not in ("keras", "tf_keras"):
+            raise TypeError(f"from_keras converts Keras's own activation functions; "
+                            f"{name or repr(fn)!s} (from {module or 'unknown module'}) is not "
+                            "one of them")
     return "linear" if name in (None, "linear", "identity") else name
 
 
@@ -161,10 +177,19 @@ def _convert(klayer, backend):
         return [Masking(float(klayer.mask_value), dtype=_dtype(klayer))]
     if kind == "Dense":
         return _dense(klayer, backend)
+    if kind == "TimeDistributed" and type(klayer.layer).__name__ == "Dense":
+        return _dense(klayer.layer, backend)  # cyrnn's Dense acts on every step already
+    if kind == "Activation":
+        act = _act_name(klayer.activation)
+        return [] if act == "linear" else [Activation(act, dtype=_dtype(klayer))]
+    if kind in ("Dropout", "SpatialDropout1D", "GaussianDropout", "GaussianNoise",
+                "AlphaDropout"):
+        return []  # identity at inference (documented in from_keras)
     if kind == "InputLayer":
         return []
     raise TypeError(f"from_keras converts Embedding, Masking, SimpleRNN, LSTM, GRU, "
-                    f"Bidirectional and Dense layers, not {kind}")
+                    f"Bidirectional, Dense (or TimeDistributed Dense), Activation and "
+                    f"Dropout layers, not {kind}")
 
 
 def from_keras(model_or_layer, backend="auto"):
@@ -173,8 +198,8 @@ def from_keras(model_or_layer, backend="auto"):
     Parameters
     ----------
     model_or_layer : keras.Sequential or keras layer
-        A Sequential of Embedding, Masking, SimpleRNN, LSTM, GRU, Bidirectional and Dense
-        layers, or one such layer.
+        A Sequential of Embedding, Masking, SimpleRNN, LSTM, GRU, Bidirectional, Dense
+        (or TimeDistributed Dense), Activation and Dropout layers, or one such layer.
     backend : str, default 'auto'
         The cyrnn backend of the recurrent layers.
 
@@ -185,9 +210,15 @@ def from_keras(model_or_layer, backend="auto"):
     ``[Dense, Activation]``, a Sequential for a single Dense layer).
 
     Keras options cyrnn has no equivalent of raise (``stateful=True``,
-    ``recurrent_dropout > 0``, other activations), as do layers that are not built yet
-    (no weights) or quantized (``model.quantize``); Keras's input ``dropout`` is
-    dropped with a warning (it acts in training only). At masked steps a cyrnn layer
+    ``recurrent_dropout > 0``, other activations, functions of one's own as
+    activations), as do layers that are not built yet (no weights) or quantized
+    (``model.quantize``); Keras's input ``dropout`` is dropped with a warning (it acts
+    in training only), and so are ``Dropout`` layers (and Keras's other noise layers),
+    silently: the converted model computes Keras's inference. ``TimeDistributed(Dense)``
+    becomes ``Dense`` and ``Activation`` ``cyrnn.Activation``. A single recurrent layer
+    with ``return_state=True`` returns cyrnn's ``(output, state)``, the states shaped
+    ``(num_directions, n, units)`` as PyTorch's, where Keras returns
+    ``[output, *states]`` shaped ``(n, units)``. At masked steps a cyrnn layer
     outputs zeros where Keras repeats the last valid output (outside
     ``Bidirectional``); valid steps, final states and everything a following
     recurrent layer computes agree, except after a ``go_backwards`` layer with a
@@ -195,6 +226,9 @@ def from_keras(model_or_layer, backend="auto"):
     so it reads padded positions, which differ).
     """
     kind = type(model_or_layer).__name__
+    if not _is_keras(model_or_layer):  # a cyrnn or torch LSTM failed on missing attributes
+        raise TypeError(f"from_keras needs a Keras model or layer, got "
+                        f"{type(model_or_layer).__module__}.{kind}")
     if kind == "Sequential":
         layers = [c for klayer in model_or_layer.layers for c in _convert(klayer, backend)]
         if not layers:

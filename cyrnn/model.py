@@ -290,6 +290,8 @@ class Sequential:
         x, mask = self._input_mask(x, lengths, mask)
         return self._forward_checked(x, mask, initial_states, training, return_states)
 
+    __call__ = forward  # model(x), as a torch or Keras model is called
+
     # ------------------------------------------------------------------
     # The compiled plan: every call in one fused backend call (docs/architecture.md).
 

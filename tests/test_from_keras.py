@@ -167,6 +167,42 @@ def test_keras_to_cyrnn_to_onnx_runtime():
     np.testing.assert_allclose(session.run(None, {"x": ids})[0], keras_out(kmodel, ids), **TOL)
 
 
+def test_dropout_activation_and_time_distributed_dense_convert(backend):
+    """Dropout (identity at inference), Activation and TimeDistributed(Dense) layers were
+    refused; they convert to nothing, cyrnn.Activation and Dense."""
+    kmodel = keras.Sequential([keras.Input((6, 3)), L.LSTM(4, return_sequences=True),
+                               L.Dropout(0.5), L.TimeDistributed(L.Dense(5)),
+                               L.Activation("selu"), L.GRU(3), L.Dropout(0.2),
+                               L.Dense(2), L.Activation("softmax")])
+    _randomise(kmodel, 7)
+    x = np.random.default_rng(7).normal(size=(4, 6, 3)).astype(np.float32)
+    model = cyrnn.from_keras(kmodel, backend=backend)
+    assert [type(layer).__name__ for layer in model.layers] == [
+        "LSTM", "Dense", "Activation", "GRU", "Dense", "Activation"]
+    np.testing.assert_allclose(model.forward(x), keras_out(kmodel, x), **TOL)
+
+
+@pytest.mark.no_fused_call  # computes nothing: rejections
+def test_non_keras_objects_and_own_activation_functions_are_refused():
+    """A cyrnn or torch LSTM raised AttributeError deep inside; a function of one's own
+    named like a built-in ('sigmoid') converted as the built-in (0.22 off)."""
+    torch = pytest.importorskip("torch")
+    for obj in (cyrnn.LSTM(3, 4), cyrnn.Sequential([cyrnn.GRU(3, 4)]), torch.nn.LSTM(3, 4)):
+        with pytest.raises(TypeError, match="needs a Keras model or layer, got"):
+            cyrnn.from_keras(obj)
+
+    def sigmoid(x):
+        return keras.ops.sigmoid(4.0 * x)
+
+    kmodel = keras.Sequential([keras.Input((5, 3)), L.LSTM(4), L.Dense(2, activation=sigmoid)])
+    with pytest.raises(TypeError, match="Keras's own activation functions; sigmoid"):
+        cyrnn.from_keras(kmodel)
+    ops_model = keras.Sequential([keras.Input((5, 3)), L.LSTM(4),
+                                  L.Dense(2, activation=keras.ops.sigmoid)])
+    x = np.random.default_rng(0).normal(size=(2, 5, 3)).astype(np.float32)
+    np.testing.assert_allclose(cyrnn.from_keras(ops_model).forward(x),
+                               keras_out(ops_model, x), **TOL)
+
 def test_unbuilt_and_quantized_layers_are_refused():
     """An unbuilt layer raised AttributeError ('LSTMCell' has no 'kernel'); a quantized
     Dense gave numbers off by 16 (its int8 kernel read as floats, its scales ignored)."""

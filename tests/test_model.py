@@ -67,3 +67,20 @@ def test_skipping_the_input_gradient_changes_no_parameter_gradient(bidirectional
         assert (dx is None) == (not input_grad)
         grads.append(model.params.grad.copy())
     np.testing.assert_array_equal(grads[0], grads[1])
+
+
+def test_calls_as_the_readme_says(rng):
+    """``layer(x, training=False)`` raised TypeError (only forward took it) and a
+    Sequential was not callable; a torch-style ``layer(x, state)`` names where states go."""
+    x = rng.normal(size=(2, 5, 3)).astype(np.float32)
+    layer = cyrnn.LSTM(3, 4, random_state=0)
+    out, _ = layer(x, training=False)
+    assert layer._cache is None  # inference: no backward cache
+    np.testing.assert_array_equal(out, layer.forward(x, training=False)[0])
+    layer(x, training=True)
+    assert layer._cache is not None
+    model = cyrnn.Sequential([cyrnn.GRU(3, 4, random_state=0), cyrnn.Dense(4, 2, random_state=0)])
+    np.testing.assert_array_equal(model(x), model.forward(x))
+    state = (np.zeros((1, 2, 4), np.float32), np.zeros((1, 2, 4), np.float32))
+    with pytest.raises(ValueError, match="initial states go in initial_state="):
+        layer(x, state)

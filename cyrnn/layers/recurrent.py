@@ -338,8 +338,9 @@ class RecurrentLayer(Layer):
         return [d * 0.5, d * 0.5]
 
     # ------------------------------------------------------------ forward
-    def __call__(self, x, lengths=None, mask=None, initial_state=None):
-        return self.forward(x, lengths=lengths, mask=mask, initial_state=initial_state)
+    def __call__(self, x, lengths=None, mask=None, initial_state=None, training=None):
+        return self.forward(x, lengths=lengths, mask=mask, initial_state=initial_state,
+                            training=training)
 
     def forward(self, x, lengths=None, mask=None, initial_state=None, training=None):
         """Run the layer.
