@@ -77,6 +77,10 @@ def _check_n(name, n):
 #: Set (under ``_lock``) by cyrnn's Numba backend once it has picked Numba's threading
 #: layer and applied the budget: from then on set_num_threads sets Numba's count too.
 _numba_ready = False
+# Set in a process forked after the Numba backend's OpenMP pool started (by its fork
+# handler): the Cython extension, which loads the same GNU OpenMP library, then runs
+# its loops on the calling thread, also when this process imports it only later.
+_gomp_pool_forked = False
 
 
 def _numba_if_loaded():

@@ -302,6 +302,21 @@ if cyrnn_atfork_register() != 0:
     raise ImportError("pthread_atfork failed")
 
 
+def _forked():
+    """Whether this process was forked after its parent ran a parallel region here
+    (its loops then run on the calling thread): the Numba backend, whose OpenMP pool
+    is the same GNU OpenMP library, then keeps its own regions off too."""
+    return bool(cyrnn_forked)
+
+
+def _forked_serial():
+    """Run every loop of this module on its calling thread from now on (as in a child
+    forked after a parallel region): the Numba backend's fork handler calls it in a
+    child forked after Numba's OpenMP pool started, whose regions here would hang."""
+    global cyrnn_forked
+    cyrnn_forked = 1
+
+
 cdef inline int _nthreads() noexcept nogil:
     cdef int n = _row_threads
     if cyrnn_forked:

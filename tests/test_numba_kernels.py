@@ -301,6 +301,70 @@ def test_cache_entries_load_in_any_order(tmp_path):
     assert "data loaded from" in outs[2] and "_infer_state_kernel" in outs[2], outs[2][-2000:]
 
 
+_FORK_CROSS = r"""
+import os, sys, time, signal
+import numpy as np
+import cyrnn
+parent, child = sys.argv[1], sys.argv[2]
+
+def run(backend):
+    m = cyrnn.Sequential([cyrnn.LSTM(3, 64, backend=backend, random_state=0),
+                          cyrnn.Dense(64, 5, random_state=1)])
+    return m.forward(np.random.default_rng(0).normal(size=(16, 40, 3)).astype(np.float32))
+
+ref = run("numpy")
+if parent == "cython":
+    from cyrnn import _cython_kernels as k
+    before = k._path_counts()["threaded_regions"]
+    run("cython")
+    assert k._path_counts()["threaded_regions"] > before, "the parent ran no team"
+    import cyrnn.backends.numba  # loaded, its pool not started
+else:
+    from numba.np.ufunc import parallel
+    from cyrnn.backends import numba as nb
+    assert nb._split_args(16)[0] > 1
+    run("numba")
+    assert parallel._is_initialized
+    if parent == "numba+ext":
+        from cyrnn import _cython_kernels  # noqa: F401 (loaded before the fork)
+    else:
+        assert "cyrnn._cython_kernels" not in sys.modules
+pid = os.fork()
+if pid == 0:
+    signal.alarm(120)  # a hung region: killed, reported below
+    os._exit(0 if float(np.abs(run(child) - ref).max()) < 1e-5 else 1)
+t = time.time()
+while time.time() - t < 150:
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        code = os.waitstatus_to_exitcode(status)
+        print("child", "hung" if code == -signal.SIGALRM else code)
+        sys.exit(0 if code == 0 else 3)
+    time.sleep(0.1)
+os.kill(pid, signal.SIGKILL)
+print("child hung")
+sys.exit(3)
+"""
+
+
+@pytest.mark.skipif(not MULTICORE or not hasattr(os, "fork"),
+                    reason="needs os.fork and 2+ threads")
+@pytest.mark.parametrize("parent, child", [("cython", "numba"), ("numba+ext", "cython"),
+                                           ("numba", "cython")])
+def test_forked_child_of_the_other_backend_does_not_hang(parent, child):
+    """Both backends load the same GNU OpenMP library, whose pool does not survive
+    fork, and each backend's fork guard saw its own regions only: a child forked after
+    one backend's team ran hung in the other's first parallel region (both ways, also
+    when the child imports the Cython extension only after the fork). In a fresh
+    process: the parent runs one backend on 2 threads, the child the other backend at
+    the same size, which must finish with the reference's results."""
+    env = dict(os.environ)
+    proc = subprocess.run([sys.executable, "-c", _FORK_CROSS, parent, child], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, (proc.returncode, proc.stdout[-2000:], proc.stderr[-3000:])
+    assert "child 0" in proc.stdout
+
+
 @pytest.mark.skipif(not MULTICORE, reason="Numba has a single thread here")
 def test_default_thresholds_take_the_parallel_path():
     """A problem above the default thresholds runs on several row blocks and

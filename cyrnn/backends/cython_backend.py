@@ -34,6 +34,8 @@ import os
 
 import numpy as np
 
+from .. import threads as _threads
+
 
 def _import_kernels():
     """Import the extension. It takes its BLAS from ``scipy.linalg.cython_blas``, whose
@@ -70,6 +72,8 @@ def _import_kernels():
 
 
 _k = _import_kernels()
+if _threads._gomp_pool_forked:  # forked after the Numba backend's OpenMP pool started
+    _k._forked_serial()
 
 NAME = "cython"
 

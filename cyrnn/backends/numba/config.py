@@ -13,8 +13,10 @@ parallel kernels are serialised with a lock (serial calls never take it).
 Like the Cython backend, it sets ``OMP_WAIT_POLICY=PASSIVE`` unless the user
 chose a policy, so that idle OpenMP threads do not spin against BLAS.
 GNU OpenMP cannot be used in a process forked after its parent used it (Numba
-terminates such a child): in a child forked while the pool was running, the
-backend runs everything on the serial entry points (``os.register_at_fork``).
+terminates such a child): in a child forked while the pool was running, or after
+the Cython extension (the same ``libgomp``) ran a parallel region, the backend runs
+everything on the serial entry points, and the extension's loops run on their
+calling thread where Numba's pool had started (``os.register_at_fork``).
 ``cyrnn.set_num_threads`` caps the number of row blocks (:func:`_blocks`).
 
 Flags
@@ -73,6 +75,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 import threading
 
 # Before any OpenMP runtime is loaded (same policy as the Cython backend).
@@ -123,15 +126,29 @@ with _threads._lock:
 
 
 def _after_fork_in_child():
+    """In a child of ``os.fork``: parallel regions off where GNU OpenMP's pool ran in
+    the parent. The Cython extension loads the same ``libgomp``, so each backend's
+    regions hang in a child forked after the other one's ran: the extension's record
+    of its regions turns this backend's off, and Numba's started pool turns the
+    extension's off (its own pthread_atfork handler sees its regions only)."""
     global _parallel_ok
     from numba.np.ufunc import parallel as _npar
 
-    if getattr(_npar, "_is_initialized", False) and THREADING_LAYER != "tbb":
+    numba_pool = getattr(_npar, "_is_initialized", False) and THREADING_LAYER != "tbb"
+    ext = sys.modules.get("cyrnn._cython_kernels")
+    if numba_pool or (ext is not None and ext._forked()):
         _parallel_ok = False
+    if numba_pool:  # the extension's loops too, now or when this child imports it
+        _threads._gomp_pool_forked = True
+        if ext is not None:
+            ext._forked_serial()
 
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
+# Imported first in a child forked after the extension's regions ran in the parent.
+if getattr(sys.modules.get("cyrnn._cython_kernels"), "_forked", lambda: False)():
+    _parallel_ok = False
 
 # ----------------------------------------------------------------------------
 # JIT flags.
