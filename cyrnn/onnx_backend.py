@@ -183,6 +183,14 @@ def run_recurrent(op_type, attrs, X, W, R, B=None, sequence_lens=None, initial_h
     for name, a in (("initial_h", initial_h), ("initial_c", initial_c)):
         if a is not None:
             _expect(op_type, name, _tensor(op_type, name, a, 3).shape, (dirs, N, H))
+    # one type T for X, W, R, B, P and the initial states (ONNX's type constraint, which
+    # ONNX Runtime enforces); a float32 W under a float64 X was run in float64
+    for name, a in (("W", W), ("R", R), ("B", B), ("P", P), ("initial_h", initial_h),
+                    ("initial_c", initial_c)):
+        if a is not None and np.asarray(a).dtype != dt:
+            raise ValueError(f"cyrnn.onnx_backend: {op_type} input {name} is "
+                             f"{np.asarray(a).dtype} but X is {dt}: ONNX requires one type "
+                             "for X, W, R, B, P and the initial states")
     mask = None
     if sequence_lens is not None:
         lens = np.asarray(sequence_lens).astype(np.int64)

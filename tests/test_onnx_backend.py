@@ -245,3 +245,17 @@ def test_input_shapes_are_checked_before_the_kernels(backend):
     for name, value, message in bad:
         with pytest.raises(ValueError, match=message):
             rep.run([value.astype(np.float32) if k == name else v for k, v in feeds.items()])
+
+
+def test_mixed_float_types_are_refused():
+    """ONNX's type constraint: X, W, R (and B, P, the states) share one type T, as ONNX
+    Runtime enforces; a float32 W under a float64 X ran in float64."""
+    H = 2
+    X = np.ones((2, 1, 2), np.float64)
+    W, R = np.ones((1, 4 * H, 2), np.float32), np.ones((1, 4 * H, H), np.float64)
+    with pytest.raises(ValueError, match="input W is float32 but X is float64"):
+        onnx_backend.run_recurrent("LSTM", {"hidden_size": H}, X, W, R)
+    h0 = np.zeros((1, 1, H), np.float32)
+    with pytest.raises(ValueError, match="input initial_h is float32 but X is float64"):
+        onnx_backend.run_recurrent("LSTM", {"hidden_size": H}, X, W.astype(np.float64), R,
+                                   initial_h=h0)
