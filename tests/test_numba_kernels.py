@@ -279,6 +279,15 @@ print(sys.argv[1], out.shape, "ok" if ok else "MISMATCH")
 """
 
 
+def _installed_env(**extra):
+    """The environment of a subprocess that imports the cyrnn these tests import (the
+    installed package with its extension, not a source tree in the working folder)."""
+    import cyrnn
+    root = os.path.dirname(os.path.dirname(os.path.abspath(cyrnn.__file__)))
+    return dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""),
+                **extra)
+
+
 def test_cache_entries_load_in_any_order(tmp_path):
     """Entry points cached in any order of processes load and run: an entry point
     compiled where its parallel callees came from the cache (``_infer_state_kernel``
@@ -288,11 +297,11 @@ def test_cache_entries_load_in_any_order(tmp_path):
     Three processes on one empty cache (float32, LLVM -O1 to compile sooner; at -O0
     Numba cannot cache the kernels at all); the third must load the entry from the
     cache."""
-    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path), NUMBA_OPT="1")
+    env = _installed_env(NUMBA_CACHE_DIR=str(tmp_path / "cache"), NUMBA_OPT="1")
     outs = []
     for step, debug in (("sequential", "0"), ("layer", "0"), ("layer", "1")):
         proc = subprocess.run([sys.executable, "-c", _CACHE_STEP, step],
-                              env=dict(env, NUMBA_DEBUG_CACHE=debug),
+                              env=dict(env, NUMBA_DEBUG_CACHE=debug), cwd=tmp_path,
                               capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, (step, proc.returncode, proc.stderr[-3000:])
         assert proc.stdout.strip().endswith("ok"), proc.stdout[-2000:]
@@ -351,16 +360,16 @@ sys.exit(3)
                     reason="needs os.fork and 2+ threads")
 @pytest.mark.parametrize("parent, child", [("cython", "numba"), ("numba+ext", "cython"),
                                            ("numba", "cython")])
-def test_forked_child_of_the_other_backend_does_not_hang(parent, child):
+def test_forked_child_of_the_other_backend_does_not_hang(parent, child, tmp_path):
     """Both backends load the same GNU OpenMP library, whose pool does not survive
     fork, and each backend's fork guard saw its own regions only: a child forked after
     one backend's team ran hung in the other's first parallel region (both ways, also
     when the child imports the Cython extension only after the fork). In a fresh
     process: the parent runs one backend on 2 threads, the child the other backend at
     the same size, which must finish with the reference's results."""
-    env = dict(os.environ)
-    proc = subprocess.run([sys.executable, "-c", _FORK_CROSS, parent, child], env=env,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, "-c", _FORK_CROSS, parent, child],
+                          env=_installed_env(), cwd=tmp_path, capture_output=True, text=True,
+                          timeout=600)
     assert proc.returncode == 0, (proc.returncode, proc.stdout[-2000:], proc.stderr[-3000:])
     assert "child 0" in proc.stdout
 
