@@ -65,8 +65,8 @@ from the cache (``_infer_state_kernel`` after ``_fused_run`` was cached by an
 ``_infer_kernel`` compile) is cached without it, and loading that entry in a
 fresh process left those symbols, and every one after them in the object, at
 address 0 (a segmentation fault on the first call; reproduced with Numba
-0.68.1). :func:`_start_parallel_runtime` starts the runtime before any entry
-point is compiled or loaded (``cyrnn.backends.numba._kernel``);
+0.68.1). :func:`_start_parallel_runtime` starts the runtime before an entry
+point with parallel loops is compiled or loaded (``cyrnn.backends.numba._kernel``);
 ``tests/test_numba_kernels.py::test_cache_entries_load_in_any_order`` runs
 that sequence of processes.
 """
