@@ -48,6 +48,18 @@ DASK_ML_1016 = ("dask-ml issue 1016: 'Attempting to use an asynchronous Client i
 
 @pytest.fixture(scope="module")
 def client():
+    # distributed's Nanny writes its pre-spawn environment (OMP_NUM_THREADS=1, ...)
+    # into this process's os.environ for good: every later subprocess of the test run
+    # inherited one OpenMP thread
+    saved = dict(os.environ)
+    try:
+        yield from _client()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def _client():
     config = {
         "distributed.scheduler.allowed-failures": 1,   # a task may kill 2 workers, then fails
         "distributed.comm.timeouts.connect": "30s",
