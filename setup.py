@@ -45,6 +45,22 @@ int main(void) {
 """
 
 
+# AMX tiles (src/pgemm.h): GCC 11+ compiles the intrinsics to inline assembly that the
+# assembler must know (binutils 2.36+); without it the build leaves the tiles out
+_AMX_PROBE = r"""
+#include <immintrin.h>
+__attribute__((target("amx-tile,amx-bf16"))) void f(const void* cfg, const void* p, float* o) {
+    _tile_loadconfig(cfg);
+    _tile_loadd(4, p, 64);
+    _tile_loadd(6, p, 64);
+    _tile_zero(0);
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_stored(0, o, 64);
+    _tile_release();
+}
+"""
+
+
 def _compiler_flags(compiler_type):
     """Optimisation and OpenMP flags for the compiler family."""
     if compiler_type == "msvc":
@@ -60,18 +76,25 @@ def _compiler_flags(compiler_type):
 
 def _has_openmp(compiler, compile_flags, link_flags):
     """Whether ``compiler`` can compile and link a small OpenMP program."""
-    tmp = tempfile.mkdtemp(prefix="cyrnn-omp-")
+    return _compiles(compiler, _OPENMP_PROBE, compile_flags, link_flags)
+
+
+def _compiles(compiler, source, compile_flags, link_flags=None):
+    """Whether ``compiler`` compiles ``source`` (and links it unless ``link_flags`` is
+    None)."""
+    tmp = tempfile.mkdtemp(prefix="cyrnn-probe-")
     try:
-        src = os.path.join(tmp, "omp_probe.c")
+        src = os.path.join(tmp, "probe.c")
         with open(src, "w") as f:
-            f.write(_OPENMP_PROBE)
+            f.write(source)
         devnull = open(os.devnull, "w")
         saved = os.dup(2)
         try:  # keep a failing probe's compiler errors out of the build log
             os.dup2(devnull.fileno(), 2)
             objects = compiler.compile([src], output_dir=tmp, extra_postargs=compile_flags)
-            compiler.link_executable(objects, "omp_probe", output_dir=tmp,
-                                     extra_postargs=link_flags)
+            if link_flags is not None:
+                compiler.link_executable(objects, "probe", output_dir=tmp,
+                                         extra_postargs=link_flags)
         finally:
             os.dup2(saved, 2)
             os.close(saved)
@@ -163,8 +186,14 @@ class BuildExt(build_ext):
         openmp = _has_openmp(self.compiler, omp_compile, omp_link)
         print(f"cyrnn: OpenMP {'enabled' if openmp else 'not available; serial loops'}",
               file=sys.stderr)
+        amx = (self.compiler.compiler_type != "msvc"
+               and _compiles(self.compiler, _AMX_PROBE, ["-O2"]))
+        print(f"cyrnn: AMX tiles {'compiled' if amx else 'not compiled (assembler or compiler)'}",
+              file=sys.stderr)
         for ext in self.extensions:
             ext.extra_compile_args = list(ext.extra_compile_args or []) + opt
+            if not amx:
+                ext.define_macros = list(ext.define_macros or []) + [("CYRNN_NO_AMX", "1")]
             if openmp:
                 ext.extra_compile_args += omp_compile
                 ext.extra_link_args = list(ext.extra_link_args or []) + omp_link

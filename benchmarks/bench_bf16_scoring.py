@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Batch scoring in bfloat16: a scorer's float32 weights, bfloat16 weights (float32
 arithmetic) and bfloat16 arithmetic (``cyrnn.scoring.load(path, compute="bfloat16")``,
-AVX-512 BF16's VDPBF16PS), against ONNX Runtime on the same model.
+AVX-512 BF16's VDPBF16PS, or AMX tiles where the CPU has them; ``CYRNN_AMX=0`` keeps
+VDPBF16PS), against ONNX Runtime on the same model.
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE PYTHONPATH=. python benchmarks/bench_bf16_scoring.py \\
         [--configs dino-b32,medium,imdb,large] [--json benchmarks/results/bf16_scoring.json]

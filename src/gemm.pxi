@@ -521,6 +521,11 @@ cdef extern from "pgemm.h" nogil:
                         int beta)
     unsigned int cyrnn_bf16(float f)
     int cyrnn_bf16dot_ok()
+    int cyrnn_amx_ok()
+    void cyrnn_bf16_rows_t_any(const float* g, Py_ssize_t ldg, Py_ssize_t R, Py_ssize_t C,
+                               unsigned int* A, Py_ssize_t KP, float* sum)
+    void cyrnn_pgemm_bdt(const unsigned int* A, Py_ssize_t KP, Py_ssize_t n, Py_ssize_t K,
+                         const unsigned int* P, Py_ssize_t C, float* out, Py_ssize_t ldo)
     void cyrnn_pgemm_bd(int isa, const float* x, Py_ssize_t ldx, Py_ssize_t n, Py_ssize_t K,
                         const unsigned int* P, Py_ssize_t C, float* out, Py_ssize_t ldo,
                         int beta)
@@ -734,11 +739,21 @@ def bf16_arithmetic_available():
     return bool(cyrnn_bf16dot_ok())
 
 
+def bf16_tiles_in_use():
+    """Whether this process's bfloat16-arithmetic products run on AMX tiles
+    (TDPBF16PS): the CPU has AMX-TILE and AMX-BF16, Linux granted the tile state,
+    and ``CYRNN_AMX`` is not ``0``. Their sums then differ in the last bits from
+    VDPBF16PS's (src/pgemm.h); every such product of the process takes the tiles."""
+    return bool(cyrnn_amx_ok())
+
+
 def _packed_product(const float[:, ::1] x not None, const float[:, ::1] w not None,
-                    str format="native"):
+                    str format="native", add_to=None):
     """``x @ w.T`` (float32) through the packed kernels, ``w`` packed in ``format``
     (``"native"``, ``"bfloat16"``, ``"bfloat16_dot"``: bfloat16 arithmetic, where
-    available): for tests of the kernels themselves."""
+    available): for tests of the kernels themselves. ``add_to`` (``"bfloat16_dot"``
+    only): an (n, C) float32 array the product is added to, as the recurrent
+    products add into the input projection; the sum is returned, ``add_to`` kept."""
     cdef int isa = cyrnn_pgemm_isa()
     cdef int wfmt = (WF_NATIVE if format == "native" else WF_BF16 if format == "bfloat16"
                      else WF_BF16D if format == "bfloat16_dot" else -1)
@@ -756,6 +771,13 @@ def _packed_product(const float[:, ::1] x not None, const float[:, ::1] w not No
     dims[0] = n
     dims[1] = C
     cdef cnp.ndarray out = cnp.PyArray_EMPTY(2, dims, cnp.NPY_FLOAT32, 0)
+    cdef int beta = add_to is not None
+    if beta:
+        if wfmt != WF_BF16D:
+            raise ValueError("add_to is for format 'bfloat16_dot'")
+        if tuple(getattr(add_to, "shape", ())) != (n, C):
+            raise ValueError(f"add_to must be an ({n}, {C}) array")
+        out[...] = add_to
     # 64-byte aligned start (the kernels load whole panels as aligned vectors)
     cdef Py_ssize_t shift = ((64 - (<size_t>cnp.PyArray_DATA(packed)) % 64) % 64) // 4
     cdef float* P = <float*>cnp.PyArray_DATA(packed) + shift
@@ -766,7 +788,10 @@ def _packed_product(const float[:, ::1] x not None, const float[:, ::1] w not No
             _pack(isa, &w[0, 0], C, K, P)
         else:
             _pack_bf(isa, &w[0, 0], C, K, P)
-        _pgw(isa, wfmt, &x[0, 0], K, n, K, P, C, <float*>cnp.PyArray_DATA(out), C)
+        if beta:
+            _pgw_acc(isa, wfmt, &x[0, 0], K, n, K, P, C, <float*>cnp.PyArray_DATA(out), C, 1)
+        else:
+            _pgw(isa, wfmt, &x[0, 0], K, n, K, P, C, <float*>cnp.PyArray_DATA(out), C)
         cyrnn_fp_restore(csr)
     return out
 

@@ -781,6 +781,11 @@ cdef void _wgrad_by(int isa, const floating* dg, Py_ssize_t ldg, const floating*
         return
     if bd:
         ssz = (min(MC, C) + 7) // 8 * blds
+        if cyrnn_amx_ok():
+            # the tiles' rows instead (_wgrad_block_bd): blocks of MC // 16 * 16 columns
+            # padded to 16 rows of whole tiles of 16 k-pairs
+            ssz = max(ssz, (min(max(16, MC // 16 * 16), C) + 15) // 16 * 16
+                      * (((WG_ROWS + 1) // 2 + 15) // 16 * 16))
     elif strips:
         ssz = (min(MC, C) + mr - 1) // mr * cyrnn_strip_stride(isa, sizeof(floating), WG_ROWS)
     slot = _al(C * K) + _al(psz) + _al(ssz) + _al(C) + _al(C * K2) + _al(
@@ -888,11 +893,26 @@ cdef inline void _wgrad_block_bd(int isa, const float* dg, Py_ssize_t ldg, const
                                  float* P, float* S, const float* x2, Py_ssize_t ldx2,
                                  Py_ssize_t K2, float* acc2, float* P2) noexcept nogil:
     """One block of R rows of ``_wgrad_by``'s bfloat16 strips (``acc += dg^T x``, and
-    ``acc2 += dg^T x2`` when K2; ``cs`` NULL: no column sums)."""
-    cdef Py_ssize_t c0 = 0, mc
+    ``acc2 += dg^T x2`` when K2; ``cs`` NULL: no column sums). On AMX tiles
+    (``cyrnn_amx_ok``) dg's block goes into the tiles' rows, one per column
+    (``cyrnn_bf16_rows_t``), MC // 16 * 16 columns at a time."""
+    cdef Py_ssize_t c0 = 0, mc, KP = ((R + 1) // 2 + 15) // 16 * 16
     cyrnn_pack_bf_cols(isa, x, K, R, ldx, <unsigned int*>P)
     if K2:
         cyrnn_pack_bf_cols(isa, x2, K2, R, ldx2, <unsigned int*>P2)
+    if cyrnn_amx_ok():
+        MC = max(16, MC // 16 * 16)
+        while c0 < C:
+            mc = min(MC, C - c0)
+            cyrnn_bf16_rows_t_any(dg + c0, ldg, R, mc, <unsigned int*>S, KP,
+                                  cs + c0 if cs != NULL else NULL)
+            cyrnn_pgemm_bdt(<const unsigned int*>S, KP, mc, R, <const unsigned int*>P, K,
+                            acc + c0 * K, K)
+            if K2:
+                cyrnn_pgemm_bdt(<const unsigned int*>S, KP, mc, R, <const unsigned int*>P2,
+                                K2, acc2 + c0 * K2, K2)
+            c0 = c0 + MC
+        return
     while c0 < C:
         mc = min(MC, C - c0)
         cyrnn_bf16_strips_any(dg + c0, ldg, R, mc, <unsigned int*>S, lds,

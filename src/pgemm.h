@@ -619,15 +619,16 @@ CYRNN_PGEMM_BODY(cyrnn_pgemm_bds512, float, unsigned int, BF16D, 64, 8, CYRNN_TB
 CYRNN_GEMV_BODY(cyrnn_gemv_bd512, float, unsigned int, BF16D, 64, CYRNN_TBF)
 
 /* Round n rows of K floats (row stride ldx) to bfloat16 k-pair words, (K+1)/2 a
-   row (0 in the high half past an odd K), row after row at w. A value beyond
-   bfloat16's range (|x| > 3.39e38) rounds to inf, so a zero weight then gives
-   NaN where float32 arithmetic gives 0. */
+   row (0 in the high half past an odd K), row i at w + i*ldw, zero words from
+   (K+1)/2 to ldw. A value beyond bfloat16's range (|x| > 3.39e38) rounds to inf,
+   so a zero weight then gives NaN where float32 arithmetic gives 0. */
 CYRNN_TBF static void cyrnn_bf16_pairs(const float* x, ptrdiff_t ldx, ptrdiff_t n,
-                                       ptrdiff_t K, unsigned int* w) {
+                                       ptrdiff_t K, unsigned int* w, ptrdiff_t ldw) {
     ptrdiff_t KK = (K + 1) / 2, i, k, r;
     for (i = 0; i < n; i++) {
         const float* xi = x + i * ldx;
-        unsigned int* wi = w + i * KK;
+        unsigned int* wi = w + i * ldw;
+        for (k = KK; k < ldw; k++) wi[k] = 0;
         for (k = 0; k + 32 <= K; k += 32) {
             __m512bh b = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(xi + k + 16),
                                              _mm512_loadu_ps(xi + k));
@@ -711,7 +712,211 @@ CYRNN_TBF static void cyrnn_pack_bf_c1(const float* W, ptrdiff_t C, ptrdiff_t K,
             }
         }
 }
+
+/* ---- bfloat16 arithmetic on AMX tiles (Intel AMX-BF16) ----
+   Where the CPU has AMX-TILE and AMX-BF16 and Linux grants the process the tile
+   state (arch_prctl ARCH_REQ_XCOMP_PERM; inherited by fork, so a forked child
+   may use it too), the bfloat16-arithmetic products (cyrnn_pgemm_bd) run on the
+   tile unit: TDPBF16PS multiplies a 16 x 32 tile of bfloat16 activations by a
+   32 x 16 tile of weights into 16 x 16 float32 sums, 16 times the multiply-adds
+   of a VDPBF16PS. The operands are the same words: the activations' rows of
+   k-pairs (cyrnn_bf16_pairs, rows padded with zero words to a multiple of 16
+   k-pairs) and the packed weights' panels, whose rows of 32 words are two B
+   tiles side by side (stride 128 bytes). TDPBF16PS sums a tile's 16 k-pairs in
+   its own order, so its results differ in the last bits from a VDPBF16PS chain:
+   a process uses one or the other for every product of that kind and every
+   number of rows (one row included), so a row's result still does not depend
+   on the rows or the call it came with. CYRNN_AMX=0 in the environment (read
+   once) keeps the VDPBF16PS kernels. */
+#if defined(__x86_64__) && defined(__linux__) && !defined(CYRNN_NO_AMX)
+#define CYRNN_AMX 1
+#include <sys/syscall.h>
+#include <unistd.h>
+#else
+#define CYRNN_AMX 0
 #endif
+#if CYRNN_AMX
+#define CYRNN_TAMX __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bf16,avx512bw,avx512vl,fma")))
+
+static int cyrnn_amx_ok(void) {
+    static volatile int ok = -1;
+    if (ok < 0) {
+        int v = 0;
+        const char* e = getenv("CYRNN_AMX");
+#if defined(SYS_arch_prctl)
+        if (!(e != NULL && e[0] == '0' && e[1] == 0) && cyrnn_bf16dot_ok()
+            && __builtin_cpu_supports("amx-tile") && __builtin_cpu_supports("amx-bf16"))
+            /* ARCH_REQ_XCOMP_PERM (0x1023) for XFEATURE_XTILEDATA (18) */
+            v = syscall(SYS_arch_prctl, 0x1023, 18) == 0;
+#else
+        (void)e;
+#endif
+        ok = v;
+    }
+    return ok;
+}
+
+typedef struct {
+    unsigned char palette, start_row, reserved[14];
+    unsigned short colsb[16];
+    unsigned char rows[16];
+} cyrnn_tilecfg_t;
+
+/* out[:n, :C] = (beta ? out : 0) + A W^T on the tiles. A: n rows of KP words (KP
+   a multiple of 16, zero words past (K+1)/2), readable up to the next multiple of
+   16 rows (those rows' results are dropped); W: cyrnn_pack_bf's panels (isa 2:
+   32 columns, KK = (K+1)/2 rows of words). Tiles 0-3 hold a 32 x 32 block of
+   sums (two row tiles by the panel's two column halves), 4-5 the activations,
+   6-7 the weights; a panel's last partial 16 k-pairs are read from a
+   zero-padded copy. A block of fewer than 32 rows or columns goes through a
+   32 x 32 scratch; with ``beta`` the sums start from ``out``. */
+CYRNN_TAMX static void cyrnn_amx_bd(const unsigned int* A, ptrdiff_t KP, ptrdiff_t n,
+                                    ptrdiff_t KK, const unsigned int* P, ptrdiff_t C,
+                                    float* out, ptrdiff_t ldo, int beta) {
+    cyrnn_tilecfg_t cfg;
+    unsigned int tail[16 * 32] __attribute__((aligned(64)));
+    float tmp[32 * 32] __attribute__((aligned(64)));
+    const ptrdiff_t kfull = KK / 16 * 16, lda = KP * 4, ldb = ldo * 4;
+    ptrdiff_t p, i0, k, r, c, t;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.palette = 1;
+    for (t = 0; t < 8; t++) {
+        cfg.rows[t] = 16;
+        cfg.colsb[t] = 64;
+    }
+    _tile_loadconfig(&cfg);
+    /* GCC's tile-load intrinsics do not tell the compiler they read memory: a barrier
+       after each write of what they read (A, tail, tmp) keeps those writes before them */
+    __asm__ volatile("" ::: "memory");
+    for (p = 0; p * 32 < C; p++) {
+        const unsigned int* pp = P + p * 32 * KK;
+        const ptrdiff_t c0 = p * 32, nc = C - c0 < 32 ? C - c0 : 32;
+        if (kfull < KK) {
+            memset(tail, 0, sizeof tail);
+            memcpy(tail, pp + kfull * 32, (size_t)(KK - kfull) * 32 * sizeof(unsigned int));
+            __asm__ volatile("" ::: "memory");
+        }
+        for (i0 = 0; i0 < n; i0 += 32) {
+            const ptrdiff_t m = n - i0 < 32 ? n - i0 : 32;
+            const int two = m > 16, whole = m == 32 && nc == 32;
+            const unsigned int* a = A + i0 * KP;
+            float* o = out + i0 * ldo + c0;
+            if (!beta) {
+                _tile_zero(0);
+                _tile_zero(1);
+                _tile_zero(2);
+                _tile_zero(3);
+            } else if (whole) {
+                _tile_loadd(0, o, ldb);
+                _tile_loadd(1, o + 16, ldb);
+                _tile_loadd(2, o + 16 * ldo, ldb);
+                _tile_loadd(3, o + 16 * ldo + 16, ldb);
+            } else {
+                memset(tmp, 0, sizeof tmp);
+                for (r = 0; r < m; r++) memcpy(tmp + r * 32, o + r * ldo, (size_t)nc * sizeof(float));
+                __asm__ volatile("" ::: "memory");
+                _tile_loadd(0, tmp, 128);
+                _tile_loadd(1, tmp + 16, 128);
+                _tile_loadd(2, tmp + 512, 128);
+                _tile_loadd(3, tmp + 528, 128);
+            }
+            for (k = 0; k < KK; k += 16) {
+                const unsigned int* b = k < kfull ? pp + k * 32 : tail;
+                if (i0 == 0) {
+                    /* the weights' next 2 KiB (the next 16 k-pairs, or the next panel's
+                       first), first touched here: tile loads alone keep too few
+                       cache-line reads in flight to stream weights from L3 or memory */
+                    const char* ahead = (const char*)(pp + k * 32) + 2048;
+                    for (t = 0; t < 32; t++) _mm_prefetch(ahead + 64 * t, _MM_HINT_T0);
+                }
+                _tile_loadd(4, a + k, lda);
+                _tile_loadd(6, b, 128);
+                _tile_loadd(7, b + 16, 128);
+                _tile_dpbf16ps(0, 4, 6);
+                _tile_dpbf16ps(1, 4, 7);
+                if (two) {
+                    _tile_loadd(5, a + 16 * KP + k, lda);
+                    _tile_dpbf16ps(2, 5, 6);
+                    _tile_dpbf16ps(3, 5, 7);
+                }
+            }
+            if (whole) {
+                _tile_stored(0, o, ldb);
+                _tile_stored(1, o + 16, ldb);
+                _tile_stored(2, o + 16 * ldo, ldb);
+                _tile_stored(3, o + 16 * ldo + 16, ldb);
+            } else {
+                _tile_stored(0, tmp, 128);
+                _tile_stored(1, tmp + 16, 128);
+                if (two) {
+                    _tile_stored(2, tmp + 512, 128);
+                    _tile_stored(3, tmp + 528, 128);
+                }
+                for (r = 0; r < m; r++) memcpy(o + r * ldo, tmp + r * 32, (size_t)nc * sizeof(float));
+            }
+        }
+    }
+    _tile_release();
+}
+#else
+static int cyrnn_amx_ok(void) { return 0; }
+#endif /* CYRNN_AMX */
+#endif
+
+#if CYRNN_BF16DOT
+/* The weight-gradient sums on the tiles: R rows of C gate gradients g (row stride
+   ldg) rounded into the tiles' activation rows, one per column,
+   A[c*KP + kk] = bf16(g[2kk][c]) | bf16(g[2kk+1][c]) << 16 (0 past R or KP; KP a
+   multiple of 16 of at least (R+1)/2; rows C to the next multiple of 16 zero),
+   sixteen columns of two rows at a time (cyrnn_bf16_pair16). ``sum`` (NULL: none)
+   gets each column's float32 sum added, the rows taken in order (as
+   cyrnn_bf16_strips). */
+CYRNN_TBF static void cyrnn_bf16_rows_t(const float* g, ptrdiff_t ldg, ptrdiff_t R,
+                                        ptrdiff_t C, unsigned int* A, ptrdiff_t KP,
+                                        float* __restrict sum) {
+    const ptrdiff_t KK = (R + 1) / 2, CP = (C + 15) / 16 * 16;
+    unsigned int wv[16] __attribute__((aligned(64)));
+    ptrdiff_t kk, c, j, k;
+    for (c = 0; c < C; c++) memset(A + c * KP + KK, 0, (size_t)(KP - KK) * sizeof(unsigned int));
+    if (CP > C) memset(A + C * KP, 0, (size_t)((CP - C) * KP) * sizeof(unsigned int));
+    for (kk = 0; kk < KK; kk++) {
+        const float* e = g + 2 * kk * ldg;
+        const float* o = 2 * kk + 1 < R ? e + ldg : NULL;
+        for (c = 0; c < C; c += 16) {
+            ptrdiff_t r = C - c;
+            __mmask16 m = r >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << r) - 1);
+            _mm512_store_si512((void*)wv, cyrnn_bf16_pair16(e + c, o != NULL ? o + c : NULL, m));
+            for (j = 0; j < 16 && j < r; j++) A[(c + j) * KP + kk] = wv[j];
+        }
+    }
+    if (sum != NULL)
+        for (k = 0; k < R; k++)
+            for (c = 0; c < C; c++) sum[c] += g[k * ldg + c];
+}
+#else
+static int cyrnn_amx_ok(void) { return 0; }
+#endif
+
+/* The weight-gradient product on the tiles (callers check cyrnn_amx_ok(); elsewhere
+   nothing is computed): out[:n, :C] += A W^T, A as cyrnn_bf16_rows_t wrote it (n
+   rows of KP words for K = R elements), W packed by cyrnn_pack_bf_cols for isa 2. */
+static void cyrnn_bf16_rows_t_any(const float* g, ptrdiff_t ldg, ptrdiff_t R, ptrdiff_t C,
+                                  unsigned int* A, ptrdiff_t KP, float* sum) {
+#if CYRNN_BF16DOT
+    cyrnn_bf16_rows_t(g, ldg, R, C, A, KP, sum);
+#else
+    (void)g; (void)ldg; (void)R; (void)C; (void)A; (void)KP; (void)sum;
+#endif
+}
+static void cyrnn_pgemm_bdt(const unsigned int* A, ptrdiff_t KP, ptrdiff_t n, ptrdiff_t K,
+                            const unsigned int* P, ptrdiff_t C, float* out, ptrdiff_t ldo) {
+#if CYRNN_BF16DOT && CYRNN_AMX
+    if (n > 0 && C > 0 && cyrnn_amx_ok())
+        cyrnn_amx_bd(A, KP, n, (K + 1) / 2, P, C, out, ldo, 1);
+#else
+    (void)A; (void)KP; (void)n; (void)K; (void)P; (void)C; (void)out; (void)ldo;
+#endif
+}
 
 /* out[:n, :C] += S^T-strips x W^T in bfloat16 arithmetic: n rows held as
    cyrnn_bf16_strips' strips (stride lds words), K elements each (K+1)/2 words;
@@ -773,6 +978,34 @@ static void cyrnn_pgemm_bd(int isa, const float* x, ptrdiff_t ldx, ptrdiff_t n, 
     unsigned int* w = sbuf;
     ptrdiff_t KK = (K + 1) / 2, rows = n < CYRNN_BD_ROWS ? n : CYRNN_BD_ROWS, i0, i, m;
     if (n <= 0 || C <= 0) return;
+#if CYRNN_AMX
+    if (isa == 2 && cyrnn_amx_ok()) {
+        /* the tiles: blocks of whole 16-row tiles, at least 32 rows where n has them
+           (the stack's scratch, else the heap's) */
+        const ptrdiff_t KP = (KK + 15) / 16 * 16, want = (rows + 15) / 16 * 16;
+        ptrdiff_t cap = want, h;
+        if (want * KP > SBUF) {
+            cap = SBUF / KP / 16 * 16;
+            if (cap < 32) {
+                w = (unsigned int*)malloc((size_t)(want * KP) * sizeof(unsigned int));
+                if (w != NULL) cap = want;
+                else w = sbuf;
+            }
+        }
+        if (cap >= 16) {
+            for (i0 = 0; i0 < n; i0 += cap) {
+                m = n - i0 < cap ? n - i0 : cap;
+                h = (m + 15) / 16 * 16;
+                cyrnn_bf16_pairs(x + i0 * ldx, ldx, m, K, w, KP);
+                if (h > m) memset(w + m * KP, 0, (size_t)((h - m) * KP) * sizeof(unsigned int));
+                cyrnn_amx_bd(w, KP, m, KK, P, C, out + i0 * ldo, ldo, beta);
+            }
+            if (w != sbuf) free(w);
+            return;
+        }
+        /* more than 512 features and no heap: VDPBF16PS below */
+    }
+#endif
     if (isa == 2 && cyrnn_bf16dot_ok()) {
         if (rows * KK > SBUF && SBUF / KK >= 8) {
             rows = SBUF / KK / 8 * 8;
@@ -786,7 +1019,7 @@ static void cyrnn_pgemm_bd(int isa, const float* x, ptrdiff_t ldx, ptrdiff_t n, 
         if (rows >= 1) {
             for (i0 = 0; i0 < n; i0 += rows) {
                 m = n - i0 < rows ? n - i0 : rows;
-                cyrnn_bf16_pairs(x + i0 * ldx, ldx, m, K, w);
+                cyrnn_bf16_pairs(x + i0 * ldx, ldx, m, K, w, KK);
                 if (m <= CYRNN_GEMV_ROWS)
                     for (i = 0; i < m; i++)
                         cyrnn_gemv_bd512((const float*)(w + i * KK), K, P, C,

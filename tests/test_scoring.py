@@ -756,7 +756,7 @@ def test_bfloat16_weights_serve_threads(tmp_path, rng):
 # ----------------------------------------------------------------------------
 @pytest.mark.parametrize("n, K, C", [(1, 1, 1), (1, 33, 70), (2, 31, 5), (3, 64, 33),
                                      (9, 17, 100), (17, 96, 64), (40, 257, 40),
-                                     (5, 9001, 3)])
+                                     (5, 9001, 3), (64, 100, 64), (33, 1024, 96)])
 def test_bf16_dot_kernel_rounds_both_operands(n, K, C, rng):
     """The bfloat16-arithmetic product equals x @ w.T computed in float64 on both
     operands rounded to bfloat16 (nearest even, by torch's rule: bfloat16_round) up to
@@ -779,6 +779,89 @@ def test_bf16_dot_kernel_rounds_both_operands(n, K, C, rng):
     assert np.all(np.abs(widened - x.astype(np.float64) @ wr.T) <= tol)
     if K > 1:  # x's rounding shows
         assert not np.array_equal(widened, y)
+    # adding into an output (the recurrent product onto the input projection): each
+    # row alone again gives the batch's bits
+    base = rng.standard_normal((n, C)).astype(np.float32)
+    acc = kernels._packed_product(x, w, "bfloat16_dot", add_to=base)
+    tol2 = 4 * (K + 2) * np.finfo(np.float32).eps * (scale + np.abs(base))
+    assert np.all(np.abs(acc - (base + xr @ wr.T)) <= tol2)
+    for i in (0, n - 1):
+        np.testing.assert_array_equal(
+            kernels._packed_product(x[i:i + 1], w, "bfloat16_dot", add_to=base[i:i + 1]),
+            acc[i:i + 1])
+
+
+_KERNEL_PATH_SCRIPT = """
+import sys
+import numpy as np
+from cyrnn import _cython_kernels as k
+from cyrnn.scoring import bfloat16_round
+rng = np.random.default_rng(0)
+eps = np.finfo(np.float32).eps
+x = (rng.standard_normal((40, 300)) * 3).astype(np.float32)
+w = rng.standard_normal((70, 300)).astype(np.float32)
+xr, wr = (bfloat16_round(a).astype(np.float64) for a in (x, w))
+scale = np.abs(xr) @ np.abs(wr).T
+y = k._packed_product(x, w, "bfloat16_dot")
+checks = [bool(np.all(np.abs(y - xr @ wr.T) <= 4 * 300 * eps * scale))]
+checks.append(all(np.array_equal(k._packed_product(x[i:i + 1], w, "bfloat16_dot"), y[i:i + 1])
+                  for i in range(40)))
+# adding into an output, as the recurrent products do
+base = rng.standard_normal((40, 70)).astype(np.float32)
+acc = k._packed_product(x, w, "bfloat16_dot", add_to=base)
+checks.append(bool(np.all(np.abs(acc - (base + xr @ wr.T))
+                          <= 4 * 302 * eps * (scale + np.abs(base)))))
+checks.append(np.array_equal(k._packed_product(x[:1], w, "bfloat16_dot", add_to=base[:1]),
+                             acc[:1]))
+# the weight gradients (dg^T x and dg^T x2 from one rounding of dg; column sums)
+dg = rng.standard_normal((600, 200)).astype(np.float32)
+a = rng.standard_normal((600, 48)).astype(np.float32)
+a2 = rng.standard_normal((600, 40)).astype(np.float32)
+got = k.wgrad(dg, a, -1, a2, True)
+dgr = bfloat16_round(dg).astype(np.float64)
+for g, o in ((got[0], a), (got[2], a2)):
+    ref = dgr.T @ bfloat16_round(o).astype(np.float64)
+    checks.append(bool(np.allclose(g, ref, rtol=1e-5, atol=1e-5 * np.sqrt(600))))
+checks.append(bool(np.allclose(got[1], dg.astype(np.float64).sum(0), rtol=1e-5, atol=1e-4)))
+np.save(sys.argv[1], np.concatenate([y.ravel(), got[0].ravel()]))
+print(k.bf16_tiles_in_use(), all(checks), checks)
+"""
+
+
+def test_bf16_dot_kernels_with_and_without_amx_tiles(tmp_path):
+    """On a CPU with AMX-BF16 the bfloat16-arithmetic products (the forward and
+    backward products, with and without adding into their output, and the weight
+    gradients) run on the tiles (TDPBF16PS) unless CYRNN_AMX=0, which keeps the
+    VDPBF16PS kernels: both rounded correctly and row-independent, each in its own
+    process (the pick is made once per process), so an AMX machine still tests the
+    VDPBF16PS kernels. Elsewhere the tiles are never in use."""
+    _bf16_dot_or_skip()
+    from test_numba_kernels import _installed_env
+    flags = set()
+    if sys.platform.startswith("linux"):
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    has_amx = {"amx_tile", "amx_bf16"} <= flags
+    seen = {}
+    for amx in ("1", "0"):
+        env = _installed_env(CYRNN_AMX=amx)
+        out = subprocess.run([sys.executable, "-c", _KERNEL_PATH_SCRIPT, str(tmp_path / amx)],
+                             capture_output=True, text=True, cwd=tmp_path, env=env,
+                             timeout=300)
+        assert out.returncode == 0, out.stderr
+        seen[amx] = out.stdout.split(None, 2)
+    assert seen["0"][:2] == ["False", "True"], seen["0"]
+    assert seen["1"][1] == "True", seen["1"]
+    if has_amx and seen["1"][0] == "False":
+        # the CPU lists AMX but the kernel refused the tile state (Linux before 5.16,
+        # a seccomp filter): the VDPBF16PS kernels ran in both processes
+        pytest.skip("AMX listed but the OS did not grant the tile state")
+    assert seen["1"][0] == str(has_amx)
+    if has_amx:  # the two instruction sets sum a tile's k-pairs in different orders
+        assert not np.array_equal(np.load(tmp_path / "1.npy"), np.load(tmp_path / "0.npy"))
 
 
 @pytest.mark.parametrize("cls, kw", CELLS)

@@ -129,6 +129,8 @@ projection = _k.projection
 PackedWeights = _k.PackedWeights
 # whether PackedWeights(..., arithmetic="bfloat16") can run here (AVX-512 BF16)
 bf16_arithmetic_available = _k.bf16_arithmetic_available
+# whether that arithmetic runs on AMX tiles here (AMX-BF16; CYRNN_AMX=0 keeps VDPBF16PS)
+bf16_tiles_in_use = _k.bf16_tiles_in_use
 # cyrnn.optim's compiled kernels (the Numba module cyrnn._optim_kernels has the same five)
 sgd_update = _k.sgd_update
 rmsprop_update = _k.rmsprop_update
