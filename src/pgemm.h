@@ -897,9 +897,8 @@ CYRNN_TBF static void cyrnn_bf16_rows_t(const float* g, ptrdiff_t ldg, ptrdiff_t
 static int cyrnn_amx_ok(void) { return 0; }
 #endif
 
-/* The weight-gradient product on the tiles (callers check cyrnn_amx_ok(); elsewhere
-   nothing is computed): out[:n, :C] += A W^T, A as cyrnn_bf16_rows_t wrote it (n
-   rows of KP words for K = R elements), W packed by cyrnn_pack_bf_cols for isa 2. */
+/* cyrnn_bf16_rows_t where the bfloat16 kernels exist (callers check cyrnn_amx_ok();
+   elsewhere nothing is written). */
 static void cyrnn_bf16_rows_t_any(const float* g, ptrdiff_t ldg, ptrdiff_t R, ptrdiff_t C,
                                   unsigned int* A, ptrdiff_t KP, float* sum) {
 #if CYRNN_BF16DOT
@@ -908,6 +907,9 @@ static void cyrnn_bf16_rows_t_any(const float* g, ptrdiff_t ldg, ptrdiff_t R, pt
     (void)g; (void)ldg; (void)R; (void)C; (void)A; (void)KP; (void)sum;
 #endif
 }
+/* The weight-gradient product on the tiles (callers check cyrnn_amx_ok(); elsewhere
+   nothing is computed): out[:n, :C] += A W^T, A as cyrnn_bf16_rows_t wrote it (n
+   rows of KP words for K = R elements), W packed by cyrnn_pack_bf_cols for isa 2. */
 static void cyrnn_pgemm_bdt(const unsigned int* A, ptrdiff_t KP, ptrdiff_t n, ptrdiff_t K,
                             const unsigned int* P, ptrdiff_t C, float* out, ptrdiff_t ldo) {
 #if CYRNN_BF16DOT && CYRNN_AMX
