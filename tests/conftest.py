@@ -1,5 +1,8 @@
 """Shared fixtures: every conformance test runs once per available backend."""
 
+import os
+import subprocess
+
 import numpy as np
 import pytest
 
@@ -11,6 +14,36 @@ BACKENDS = [name for name in cyrnn.backends.available() if name != "cuda"]
 
 # Tolerances against the NumPy reference and PyTorch, by dtype.
 TOL = {np.float32: dict(rtol=1e-4, atol=1e-5), np.float64: dict(rtol=1e-7, atol=1e-9)}
+
+
+class BackgroundRun:
+    """A subprocess started now and waited for later (``result``), its output in files
+    under ``folder`` (no pipe to fill while nobody reads it): a test that only waits on
+    a subprocess lets it run while other tests run (the slow compile and fuzz runs)."""
+
+    def __init__(self, argv, folder, **kwargs):
+        self.out = open(os.path.join(folder, "out"), "w+", encoding="utf-8")
+        self.err = open(os.path.join(folder, "err"), "w+", encoding="utf-8")
+        self.proc = subprocess.Popen(argv, stdout=self.out, stderr=self.err, text=True,
+                                     **kwargs)
+
+    def result(self, timeout):
+        """``(returncode, stdout, stderr)``; killed and TimeoutExpired after ``timeout`` s."""
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.stop()
+            raise
+        self.out.seek(0)
+        self.err.seek(0)
+        return self.proc.returncode, self.out.read(), self.err.read()
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.out.close()
+        self.err.close()
 
 
 @pytest.fixture(params=BACKENDS)

@@ -12,6 +12,7 @@ is exercised only on a real GPU.
 """
 
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -25,6 +26,13 @@ if "cuda" not in available():
     pytest.skip("no CUDA device or simulator", allow_module_level=True)
 
 from cyrnn.backends.cuda import config  # noqa: E402
+
+if config.SIMULATOR:
+    # The simulator runs each block's threads as Python threads, and its block manager
+    # polls them holding the GIL: at Python's default switch interval (5 ms) every
+    # barrier waits that long for the GIL to come round. At 0.2 ms this module ran in
+    # 130 instead of 224 s on 2 cores (2026-12-03); results do not depend on it.
+    sys.setswitchinterval(2e-4)
 
 cu = get_backend("cuda")
 REALISTIC = os.environ.get("CYRNN_CUDA_SHAPES") == "realistic"

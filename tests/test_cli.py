@@ -107,7 +107,7 @@ def test_generate_tang_forms_and_acrostic(run):
     assert all(is_poem(p) and p.startswith("春") for p in result.stdout.splitlines())
 
 
-def test_train_sample_info(run, tmp_path):
+def test_train_sample_info(run, tmp_path, capsys):
     corpus = tmp_path / "names.txt"
     corpus.write_text("Ada\nAlan\n\nGrace\nEdsger\r\nBarbara\nDonald\nJohn\nBarbara\n",
                       encoding="utf-8")
@@ -121,54 +121,59 @@ def test_train_sample_info(run, tmp_path):
     assert result.returncode == 0, result.stderr
     samples = result.stdout.splitlines()
     assert len(samples) == 5 and all(s.startswith("Ba") for s in samples)
-    result = run("info", model)
-    assert result.returncode == 0
-    assert "cell: gru" in result.stdout and "hidden_size: 16" in result.stdout
-    assert "epochs: 3" in result.stdout
+
+    # the rest in process (each subprocess imports scikit-learn: seconds)
+    status, out, _ = in_process(capsys, "info", model)
+    assert status == 0
+    assert "cell: gru" in out and "hidden_size: 16" in out and "epochs: 3" in out
 
     # a long text, a Chinese corpus, poems from a saved model
     text = tmp_path / "text.txt"
     text.write_text("to be or not to be, that is the question. " * 30, encoding="utf-8")
-    result = run("train", text, "--text", "--bptt", "20", "--epochs", "1", "--hidden", "8",
-                 "--out", tmp_path / "text.cyrnn", "-q")
-    assert result.returncode == 0 and result.stderr == ""
-    result = run("sample", tmp_path / "text.cyrnn", "-n", "2", "--max-length", "15",
-                 "--prefix", "to be")
-    assert [len(s) for s in result.stdout.splitlines()] == [20, 20]
+    status, out, err = in_process(capsys, "train", text, "--text", "--bptt", "20", "--epochs",
+                                  "1", "--hidden", "8", "--out", tmp_path / "text.cyrnn", "-q")
+    assert status == 0 and err == ""
+    status, out, _ = in_process(capsys, "sample", tmp_path / "text.cyrnn", "-n", "2",
+                                "--max-length", "15", "--prefix", "to be")
+    assert [len(s) for s in out.splitlines()] == [20, 20]
     poems = tmp_path / "poems.txt"
     poems.write_text("床前明月光，疑是地上霜。举头望明月，低头思故乡。\n"
                      "春眠不觉晓，处处闻啼鸟。夜来风雨声，花落知多少。\n", encoding="utf-8")
-    assert run("train", poems, "--epochs", "2", "--hidden", "8", "--out",
-               tmp_path / "p.cyrnn", "-q").returncode == 0
-    result = run("sample", tmp_path / "p.cyrnn", "--form", "quatrain", "--head", "春夜明花",
-                 "-n", "2")
-    assert result.returncode == 0, result.stderr
-    assert all(is_poem(p, head="春夜明花") for p in result.stdout.splitlines())
+    assert in_process(capsys, "train", poems, "--epochs", "2", "--hidden", "8", "--out",
+                      tmp_path / "p.cyrnn", "-q")[0] == 0
+    status, out, err = in_process(capsys, "sample", tmp_path / "p.cyrnn", "--form", "quatrain",
+                                  "--head", "春夜明花", "-n", "2")
+    assert status == 0, err
+    poems_out = out.splitlines()
+    assert len(poems_out) == 2 and all(is_poem(p, head="春夜明花") for p in poems_out)
 
 
 def test_errors_are_one_line(run, tmp_path, capsys):
+    # through the real entry point (python -m cyrnn): a run-time error and a usage error
     line = one_line_error(run("train", tmp_path / "missing.txt"))
     assert "no such file" in line
-    empty = tmp_path / "empty.txt"
-    empty.write_text("\n  \n", encoding="utf-8")
-    assert "empty" in one_line_error(run("train", empty))
     corpus = tmp_path / "c.txt"
     corpus.write_text("abc\nabd\n", encoding="utf-8")
     assert "invalid choice" in one_line_error(run("train", corpus, "--cell", "transformer"), 2)
-    garbage = tmp_path / "garbage.cyrnn"
-    garbage.write_bytes(b"not a model at all")
-    assert "cannot load" in one_line_error(run("sample", garbage))
-    assert "no such file" in one_line_error(run("info", tmp_path / "nope.cyrnn"))
-    model = tmp_path / "m.cyrnn"
-    assert run("train", corpus, "--epochs", "1", "--hidden", "4", "--out", model,
-               "-q").returncode == 0
-    assert "unknown characters" in one_line_error(run("sample", model, "--prefix", "xyz"))
 
-    # the same error paths in process (cheaper)
+    # the other error paths in process (cheaper: each subprocess imports scikit-learn)
     def error(*args, code=1):
         status, out, err = in_process(capsys, *args)
         assert status == code and out == "" and len(err.strip().splitlines()) == 1, err
+        assert "Traceback" not in err and "error" in err, err
         return err
+
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n  \n", encoding="utf-8")
+    assert "empty" in error("train", empty)
+    garbage = tmp_path / "garbage.cyrnn"
+    garbage.write_bytes(b"not a model at all")
+    assert "cannot load" in error("sample", garbage)
+    assert "no such file" in error("info", tmp_path / "nope.cyrnn")
+    model = tmp_path / "m.cyrnn"
+    assert in_process(capsys, "train", corpus, "--epochs", "1", "--hidden", "4", "--out", model,
+                      "-q")[0] == 0
+    assert "unknown characters" in error("sample", model, "--prefix", "xyz")
 
     assert "temperature" in error("sample", model, "--temperature", "0", code=2)
     # the language model's lower bound is a usage error too (it exited with 1)

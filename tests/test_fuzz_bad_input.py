@@ -2,9 +2,12 @@
 backend: a crash of the interpreter, a hang or a violated property fails the test.
 
 Hypothesis runs with a fixed seed (``derandomize``); the examples per target are
-scaled by ``CYRNN_FUZZ_SCALE`` (default 3: about 15-25 s per backend on 2 cores).
-Each subprocess may use at most 8 GiB of address space, so a runaway allocation
-ends in MemoryError (a failure) instead of the machine's OOM killer.
+scaled by ``CYRNN_FUZZ_SCALE`` (default 3: about 15-50 s per backend on 2 cores).
+The backends' subprocesses start together when the first of these tests runs (each
+is one thread: on 2 cores three at once end in about half the time one after the
+other); each test then waits for its own. Each subprocess may use at most 8 GiB of
+address space, so a runaway allocation ends in MemoryError (a failure) instead of
+the machine's OOM killer.
 """
 
 import os
@@ -16,7 +19,7 @@ from pathlib import Path
 import pytest
 
 import cyrnn
-from conftest import BACKENDS  # the CPU backends
+from conftest import BACKENDS, BackgroundRun  # the CPU backends
 
 ROOT = Path(__file__).resolve().parents[1]
 # The cyrnn under test (the installed package in CI, an in-place build in a checkout).
@@ -34,14 +37,26 @@ def _limit_memory():  # pragma: no cover - runs in the child
         pass
 
 
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    started = {}
+    for backend in BACKENDS:
+        env = dict(os.environ,
+                   PYTHONPATH=str(PACKAGE_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+                   OMP_NUM_THREADS="1")
+        started[backend] = BackgroundRun(
+            [sys.executable, str(SCRIPT), backend, SCALE], tmp_path_factory.mktemp("fuzz"),
+            cwd=ROOT, env=env, preexec_fn=_limit_memory if os.name == "posix" else None)
+    yield started
+    for run in started.values():
+        run.stop()
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_bad_input_never_crashes_and_matches_the_reference(backend):
-    env = dict(os.environ,
-               PYTHONPATH=str(PACKAGE_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, str(SCRIPT), backend, SCALE], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=170,
-                          preexec_fn=_limit_memory if os.name == "posix" else None)
+def test_bad_input_never_crashes_and_matches_the_reference(backend, runs):
+    # 170 s for one subprocess alone; the three share the cores
+    returncode, stdout, stderr = runs[backend].result(timeout=360)
+    proc = subprocess.CompletedProcess([], returncode, stdout, stderr)
     report = proc.stdout + proc.stderr[-6000:]
     assert proc.returncode == 0, f"exit status {proc.returncode}\n{report}"
     summary = proc.stdout.strip().splitlines()[-1]

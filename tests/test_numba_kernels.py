@@ -32,6 +32,7 @@ from cyrnn.backends.numba import config as nb_config  # noqa: E402
 from cyrnn.backends.numba import gemm as nb_gemm  # noqa: E402
 from cyrnn.backends import numpy_backend as ref  # noqa: E402
 
+from conftest import BackgroundRun  # noqa: E402
 from kernel_harness import CELLS, DTYPES, H, T, KernelHarness, make_problem, run_forward  # noqa: E402,F401
 
 TRUNCATIONS = [None, 0, 2, T, T + 3]
@@ -242,25 +243,6 @@ print("read-only inputs compile")
 """
 
 
-def test_one_compiled_version_per_dtype(tmp_path):
-    """Every entry point (fused calls, layer contract, generation) shares one compiled
-    version of each function per dtype: Numba compiles a function again for each
-    signature of argument types, where a constant argument is typed as a literal and a
-    read-only array as a type of its own, and each such copy compiles everything it
-    calls again (the first fused inference compiled in twice the time). Run in a fresh
-    process with an empty cache (an entry point loaded from the cache brings none of
-    its callees), float32, at LLVM's -O0 (the signatures do not depend on it). Also:
-    the inputs the entry points type writable for that are never written."""
-    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path), NUMBA_OPT="0")
-    proc = subprocess.run([sys.executable, "-c", _ONE_VERSION_CHECK], env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.startswith("0 functions"), proc.stdout
-    # not vacuous: the loops and their helpers compiled in that process (61 functions)
-    assert int(proc.stdout.split("compiled functions:")[1].split()[0]) >= 50, proc.stdout
-    assert "read-only inputs compile" in proc.stdout
-
-
 _CACHE_STEP = r"""
 import sys
 import numpy as np
@@ -288,7 +270,7 @@ def _installed_env(**extra):
                 **extra)
 
 
-def test_cache_entries_load_in_any_order(tmp_path):
+def test_cache_entries_load_in_any_order(tmp_path, one_version_run):
     """Entry points cached in any order of processes load and run: an entry point
     compiled where its parallel callees came from the cache (``_infer_state_kernel``
     after an ``_infer_kernel`` process cached ``_fused_run``) is cached without
@@ -296,7 +278,7 @@ def test_cache_entries_load_in_any_order(tmp_path):
     process crashed the interpreter (SIGSEGV) before ``_start_parallel_runtime``.
     Three processes on one empty cache (float32, LLVM -O1 to compile sooner; at -O0
     Numba cannot cache the kernels at all); the third must load the entry from the
-    cache."""
+    cache. (Asks for ``one_version_run`` only to start it: it compiles meanwhile.)"""
     env = _installed_env(NUMBA_CACHE_DIR=str(tmp_path / "cache"), NUMBA_OPT="1")
     outs = []
     for step, debug in (("sequential", "0"), ("layer", "0"), ("layer", "1")):
@@ -308,6 +290,36 @@ def test_cache_entries_load_in_any_order(tmp_path):
         outs.append(proc.stdout)
     # not vacuous: the last process ran the entry point loaded from the cache
     assert "data loaded from" in outs[2] and "_infer_state_kernel" in outs[2], outs[2][-2000:]
+
+
+@pytest.fixture(scope="module")
+def one_version_run(tmp_path_factory):
+    """The subprocess of :func:`test_one_compiled_version_per_dtype`, started when the
+    first test asking for it runs: :func:`test_cache_entries_load_in_any_order`,
+    just before it, asks too, so that the two compile at once (each compiles on one
+    core; on 2 cores the pair took 197 s one after the other, 2026-12-03)."""
+    folder = tmp_path_factory.mktemp("one-version")
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(folder / "cache"), NUMBA_OPT="0")
+    run = BackgroundRun([sys.executable, "-c", _ONE_VERSION_CHECK], folder, env=env)
+    yield run
+    run.stop()
+
+
+def test_one_compiled_version_per_dtype(one_version_run):
+    """Every entry point (fused calls, layer contract, generation) shares one compiled
+    version of each function per dtype: Numba compiles a function again for each
+    signature of argument types, where a constant argument is typed as a literal and a
+    read-only array as a type of its own, and each such copy compiles everything it
+    calls again (the first fused inference compiled in twice the time). Run in a fresh
+    process with an empty cache (an entry point loaded from the cache brings none of
+    its callees), float32, at LLVM's -O0 (the signatures do not depend on it). Also:
+    the inputs the entry points type writable for that are never written."""
+    returncode, stdout, stderr = one_version_run.result(timeout=600)
+    assert returncode == 0, stderr[-3000:]
+    assert stdout.startswith("0 functions"), stdout
+    # not vacuous: the loops and their helpers compiled in that process (61 functions)
+    assert int(stdout.split("compiled functions:")[1].split()[0]) >= 50, stdout
+    assert "read-only inputs compile" in stdout
 
 
 _FORK_CROSS = r"""
