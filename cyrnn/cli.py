@@ -14,8 +14,12 @@ reuses a model it trained before with the same settings: models are cached in
 ``$CYRNN_CACHE_DIR`` (default ``$XDG_CACHE_HOME/cyrnn``, else ``~/.cache/cyrnn``),
 keyed by corpus, settings and
 cyrnn version; an unreadable cache file is ignored and rebuilt. The default
-settings (``cyrnn.language_model.PRESETS``) train in about 10 s (dinosaur names)
-and about a minute (Tang poems) on 2 cores.
+settings (``cyrnn.generation.PRESETS``) train in about 10 s (dinosaur names)
+and about a minute (Tang poems) on 2 cores. ``sample`` and a ``generate`` that finds
+its cached model load it with :func:`cyrnn.scoring.load` and write with the scorer
+(the same code and draws as ``CharLanguageModel.sample``), so they start without
+importing scikit-learn; training (``train``, a first ``generate``) and ``info``
+import it.
 
 Samples go to stdout, one name or one poem per line; progress and messages go to
 stderr. Errors are one line on stderr and a non-zero exit status (1; 2 for
@@ -94,7 +98,7 @@ def _positive_float(text):
     return value
 
 
-# CharLanguageModel's lowest temperature (language_model.MIN_TEMPERATURE; the CLI
+# CharLanguageModel's lowest temperature (generation.MIN_TEMPERATURE; the CLI
 # starts without importing it, so that --help stays fast: tests/test_cli.py checks both)
 _MIN_TEMPERATURE = 1e-4
 
@@ -271,9 +275,11 @@ def _settings(args, preset):
     return s
 
 
-def _load_model(path):
-    from . import persistence
-    from .language_model import CharLanguageModel
+def _load_model(path, backend="auto", sampler=True):
+    """The language model in ``path``: a :class:`cyrnn.scoring.LanguageModelScorer`
+    (``sample`` and ``generate``: writing text needs no scikit-learn, whose import takes
+    seconds on a busy machine) or, with ``sampler=False``, the ``CharLanguageModel``
+    (``info`` shows what only the estimator keeps: its loss curve)."""
     p = Path(path)
     path = str(path)  # shown as the user wrote it, not as a PosixPath repr
     if not p.exists():
@@ -281,13 +287,22 @@ def _load_model(path):
     if p.is_dir():
         raise CLIError(f"cannot read model {path!r}: it is a directory")
     try:
-        obj = persistence.load(p)
+        if sampler:
+            from . import scoring
+            obj = scoring.load(p, backend=backend)
+            ok, name = isinstance(obj, scoring.LanguageModelScorer), obj.kind
+        else:
+            from . import persistence
+            from .language_model import CharLanguageModel
+            obj = persistence.load(p)
+            ok, name = isinstance(obj, CharLanguageModel), type(obj).__name__
     except ValueError as exc:
         raise CLIError(f"cannot load model {path!r}: {exc}") from None
     except OSError as exc:
         raise CLIError(f"cannot read model {path!r}: {exc.strerror or exc}") from None
-    if not isinstance(obj, CharLanguageModel):
-        raise CLIError(f"{path!r} holds a {type(obj).__name__}, not a CharLanguageModel")
+    if not ok:
+        raise CLIError(f"{path!r} holds a {name.removeprefix('cyrnn.')}, not a "
+                       "CharLanguageModel")
     return obj
 
 
@@ -300,8 +315,7 @@ def _print_lines(lines):
 
 # ---------------------------------------------------------------------------- commands
 def _cmd_generate(args):
-    from .language_model import (PRESETS, CharLanguageModel, check_poem_head, check_poem_start,
-                                 prepare_corpus)
+    from .generation import PRESETS, check_poem_head, check_poem_start
 
     corpus = args.corpus
     if corpus == "dinos" and (args.head is not None):
@@ -321,9 +335,6 @@ def _cmd_generate(args):
     preset.pop("max_samples", None)
     preset.pop("max_vocab", None)
     settings = _settings(args, preset)
-    # the options training cannot change, checked before it runs (a minute for tang)
-    CharLanguageModel(**settings, backend=args.backend,
-                      random_state=args.train_seed)._check_params()
     if args.head is not None:
         check_poem_head(args.head, args.form or "quatrain")
     if args.start is not None:
@@ -336,14 +347,18 @@ def _cmd_generate(args):
     path = cache_dir() / f"{corpus}-{digest}.cyrnn"
 
     lm = None
-    if not args.no_cache and path.exists():
+    if not args.no_cache and path.exists():  # (a scorer: no scikit-learn to import)
         try:
-            lm = _load_model(path)
+            lm = _load_model(path, args.backend)
             _say(args, f"using the cached model {path}")
         except CLIError as exc:
             _say(args, f"ignoring the unusable cache file ({exc}); training again")
             lm = None
     if lm is None:
+        from .language_model import CharLanguageModel, prepare_corpus
+        # the options training cannot change, checked before it runs (a minute for tang)
+        CharLanguageModel(**settings, backend=args.backend,
+                          random_state=args.train_seed)._check_params()
         texts = prepare_corpus(corpus, max_samples, max_vocab, random_state=args.train_seed)
         if not texts:
             raise CLIError(f"no poem of the corpus is written with the {max_vocab} most "
@@ -373,7 +388,6 @@ def _cmd_generate(args):
                 lm.save(path)
             except (OSError, ValueError) as exc:  # ValueError: not a regular file
                 _say(args, f"could not write the cache file {path}: {exc}")
-    lm.backend = args.backend
     temperature = 0.8 if args.temperature is None else args.temperature
     with _threads(args):
         if corpus == "tang":
@@ -454,8 +468,7 @@ def _cmd_train(args):
 
 
 def _cmd_sample(args):
-    lm = _load_model(args.model)
-    lm.backend = args.backend
+    lm = _load_model(args.model, args.backend)
     temperature = 1.0 if args.temperature is None else args.temperature
     with _threads(args):
         if args.form is not None:
@@ -479,7 +492,7 @@ def _cmd_sample(args):
 
 
 def _cmd_info(args):
-    lm = _load_model(args.model)
+    lm = _load_model(args.model, sampler=False)
     info = lm.info()
     chars = "".join(lm.chars_)
     shown = chars if len(chars) <= 60 else chars[:60] + "..."

@@ -4,8 +4,9 @@
 dinosaur names, Tang poems, any Unicode text. Training runs the estimators' fit
 loop (:func:`cyrnn.fitting.run_epochs`) with :func:`cyrnn.training.train_step`
 (lists of strings, batched by length) or :func:`cyrnn.training.tbptt` (one long
-text); sampling runs the whole one-to-many loop inside the backend's ``generate``
-kernel (compiled on the Cython backend; ``docs/architecture.md``, "Generation").
+text); sampling (:class:`cyrnn.generation.CharSampler`, which a saved model's scorer
+shares) runs the whole one-to-many loop inside the backend's ``generate`` kernel
+(compiled on the Cython backend; ``docs/architecture.md``, "Generation").
 
 Token ids: 0 is padding, 1 the begin marker, 2 the end marker, and
 ``3 .. 3 + len(chars_) - 1`` the sorted characters of the training data.
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import inspect
 import math
-import unicodedata
 
 import numpy as np
 from scipy.special import log_softmax
@@ -33,113 +33,31 @@ from sklearn.exceptions import NotFittedError
 from . import _validation as V
 from . import layers as _layers
 from . import persistence
-from .backends import check_backend_name, get_backend
-from .backends import numpy_backend as _reference
+from .backends import check_backend_name
 from .batching import LengthBatcher, pad, sorted_batches
 from .cells import CELL_TABLE, FAMILIES, resolve
 from .fitting import History, Progress, run_epochs
+from .generation import (BOS, EOS, MAX_STORED_LENGTH, MIN_TEMPERATURE, N_RESERVED, PAD,
+                         POEM_FORMS, PRESETS, CharSampler, check_poem_head, check_poem_start,
+                         check_stored_text_model, is_cjk_ideograph, is_poem)
 from .layers import Dense, Embedding
 from .model import TRAIN_COMPUTE, Sequential
 from .optim import get_optimizer
 from .training import tbptt, train_step
 
-__all__ = ["CharLanguageModel", "PAD", "BOS", "EOS", "N_RESERVED", "is_cjk_ideograph",
+# (the vocabulary and sampling names live in cyrnn.generation; kept importable here)
+__all__ = ["CharLanguageModel", "PAD", "BOS", "EOS", "N_RESERVED", "POEM_FORMS",
+           "MIN_TEMPERATURE", "is_cjk_ideograph", "check_poem_head", "check_poem_start",
            "is_poem", "PRESETS", "prepare_corpus"]
 
-PAD, BOS, EOS = 0, 1, 2
-N_RESERVED = 3
-_RESERVED_NAMES = ("<pad>", "<s>", "</s>")
 # The layer class of each cell family, from the cell table.
 _CELLS = {row.family: getattr(_layers, row.layer) for row in CELL_TABLE}
 _OPTIMIZERS = ("adam", "rmsprop", "sgd")
-POEM_FORMS = {"quatrain": 4, "regulated": 8}
-# The longest training sequence a saved model may declare (its default sample
-# length is twice that): a file cannot make ``sample()`` allocate without bound.
-_MAX_STORED_LENGTH = 1_000_000
-#: The lowest sampling temperature (below, logits / temperature lose all precision).
-MIN_TEMPERATURE = 1e-4
 # The parameters that shape the network: saved as fitted (``set_params`` after a fit
 # changes the parameters, not the fitted network, as in scikit-learn and a pickle).
 _ARCH = ("cell", "hidden_size", "num_layers", "embedding_dim", "peephole", "dtype",
          "train_compute")
-COMMA, PERIOD = "，", "。"
 KIND = "cyrnn.CharLanguageModel"
-
-# Default settings for the bundled corpora, used by ``cyrnn generate`` and the
-# examples. "dinos" is exactly the class defaults. "tang" trains on 4,000 poems
-# (a seeded subset of the 5,733 written with the 2,000 most frequent characters)
-# for 3 epochs. Measured with one BLAS thread on a shared 2-core machine: dinos
-# 5 to 13 s, tang 45 to 67 s, depending on the other load.
-PRESETS = {
-    "dinos": dict(cell="lstm", hidden_size=64, embedding_dim=32, learning_rate=0.005,
-                  batch_size=32, max_epochs=20),
-    "tang": dict(cell="lstm", hidden_size=128, embedding_dim=64, learning_rate=0.01,
-                 batch_size=32, max_epochs=3, max_samples=4000, max_vocab=2000),
-}
-
-
-def is_cjk_ideograph(char):
-    """Whether ``char`` is a CJK (unified or compatibility) ideograph, i.e. a Chinese
-    character rather than punctuation, a letter or a digit."""
-    return len(char) == 1 and unicodedata.name(char, "").startswith(
-        ("CJK UNIFIED IDEOGRAPH", "CJK COMPATIBILITY IDEOGRAPH"))
-
-
-# Cells (rows x steps) of one block of :meth:`CharLanguageModel.sample`'s generation
-SAMPLE_CELLS = 1 << 22
-
-
-def check_poem_head(head, form="quatrain"):
-    """Check an acrostic ``head`` for a poem of ``form`` (before any model is needed):
-    a str of one CJK ideograph per line (``TypeError``/``ValueError`` otherwise)."""
-    lines = POEM_FORMS[form]
-    if not isinstance(head, str):
-        raise TypeError(f"head must be a str, got {type(head).__name__}")
-    if len(head) != lines:
-        raise ValueError(f"head must have one character per line: {lines} for a "
-                         f"{form}, got {len(head)} ({head!r})")
-    bad = sorted({ch for ch in head if not is_cjk_ideograph(ch)})
-    if bad:  # a line starts with an ideograph: the form allows nothing else there
-        raise ValueError(f"head must be Chinese characters (CJK ideographs), one per "
-                         f"line; {''.join(bad)!r} cannot start a line of a poem")
-
-
-def check_poem_start(start):
-    """Check the beginning ``start`` of a poem's first line: a str of 1 to 5 CJK
-    ideographs (``TypeError``/``ValueError`` otherwise)."""
-    if not isinstance(start, str):
-        raise TypeError(f"start must be a str, got {type(start).__name__}")
-    if not 1 <= len(start) <= 5:
-        raise ValueError(f"start must be 1 to 5 characters (the beginning of the first "
-                         f"line of five), got {len(start)} ({start!r})")
-    bad = sorted({ch for ch in start if not is_cjk_ideograph(ch)})
-    if bad:
-        raise ValueError(f"start must be Chinese characters (CJK ideographs); {''.join(bad)!r} "
-                         "cannot stand in a line of a poem")
-
-
-def is_poem(text, form="quatrain", head=None):
-    """Whether ``text`` is a five-character poem of ``form`` ('quatrain': 4 lines,
-    'regulated': 8), each line five CJK ideographs followed by ``，`` (odd lines)
-    or ``。`` (even lines), and, with ``head``, line ``k`` starting with ``head[k]``."""
-    if form not in POEM_FORMS:
-        raise ValueError(f"form must be one of {sorted(POEM_FORMS)}, got {form!r}")
-    lines = POEM_FORMS[form]
-    if head is not None and (not isinstance(head, str) or len(head) != lines):
-        raise ValueError(f"head must be a string of {lines} characters (one per line of a "
-                         f"{form}), got {head!r}")
-    if not isinstance(text, str) or len(text) != 6 * lines:
-        return False
-    for k in range(lines):
-        line = text[6 * k:6 * k + 6]
-        if not all(is_cjk_ideograph(ch) for ch in line[:5]):
-            return False
-        if line[5] != (COMMA if k % 2 == 0 else PERIOD):
-            return False
-        if head is not None and line[0] != head[k]:
-            return False
-    return True
-
 
 def prepare_corpus(name, max_samples=None, max_vocab=None, random_state=0):
     """A bundled corpus as training strings, optionally reduced to fit a time budget.
@@ -212,7 +130,7 @@ class _OneHotEmbedding(Embedding):
         return None
 
 
-class CharLanguageModel(BaseEstimator):
+class CharLanguageModel(CharSampler, BaseEstimator):
     """A character-level recurrent language model that writes new text.
 
     The network is ``Sequential([Embedding, LSTM/GRU/SimpleRNN (return_sequences),
@@ -365,47 +283,6 @@ class CharLanguageModel(BaseEstimator):
             # estimators raise
             raise NotFittedError("this CharLanguageModel is not fitted yet: call fit() "
                                  "first")
-
-    def encode(self, text):
-        """Token ids of the characters of ``text`` (no markers).
-
-        Raises ValueError naming the characters that are not in the vocabulary.
-        """
-        self._require_fitted()
-        if not isinstance(text, str):
-            raise TypeError(f"text must be a str, got {type(text).__name__}")
-        try:
-            return np.array([self._index[ch] for ch in text], dtype=np.int64)
-        except KeyError:
-            unknown = sorted({ch for ch in text if ch not in self._index})
-            raise ValueError(f"unknown characters {''.join(unknown)!r} ({unknown}): "
-                             "not in the training data's vocabulary") from None
-
-    def decode(self, ids):
-        """The string of token ids (markers and padding are skipped)."""
-        self._require_fitted()
-        ids = np.asarray(ids)
-        if ids.ndim == 1 and ids.size == 0:
-            return ""
-        if ids.ndim != 1 or ids.dtype.kind not in "iu":
-            raise ValueError(f"ids must be a 1-D sequence of integer token ids, got dtype "
-                             f"{ids.dtype} shape {ids.shape}")
-        if ids.min() < 0 or ids.max() >= self.vocab_size_:
-            raise ValueError(f"token ids must be in [0, {self.vocab_size_}), got "
-                             f"{int(ids.min())} .. {int(ids.max())}")
-        chars = self.chars_
-        return "".join(chars[i - N_RESERVED] for i in ids.tolist() if i >= N_RESERVED)
-
-    @property
-    def vocabulary_(self):
-        """Every token, by id: the three reserved markers, then the characters."""
-        self._require_fitted()
-        return list(_RESERVED_NAMES) + list(self.chars_)
-
-    def _set_vocabulary(self, chars):
-        self.chars_ = list(chars)
-        self.vocab_size_ = len(self.chars_) + N_RESERVED
-        self._index = {ch: i + N_RESERVED for i, ch in enumerate(self.chars_)}
 
     # ------------------------------------------------------------------ model
     def _build_model(self, rng):
@@ -578,7 +455,7 @@ class CharLanguageModel(BaseEstimator):
         self._set_vocabulary(chars)
         self.mode_ = mode
         # (the default sampling length is twice it; a file stores at most this many)
-        self.max_length_ = min(int(max_length), _MAX_STORED_LENGTH)
+        self.max_length_ = min(int(max_length), MAX_STORED_LENGTH)
         self._arch = self._architecture()
         self.model_ = self._build_model(rng)
         self._optim = self._make_optimizer()
@@ -624,6 +501,12 @@ class CharLanguageModel(BaseEstimator):
         """Layers run on ``self.backend`` (which may change after fitting)."""
         self.model_.layers[1].backend = check_backend_name(self.backend)
 
+    def _sampling_network(self):
+        """For :class:`cyrnn.generation.CharSampler`: the network, whether its input is
+        one-hot, and the backend to sample on."""
+        self._sync_backend()
+        return self.model_, isinstance(self.model_.layers[0], _OneHotEmbedding), self.backend
+
     def _total_nll(self, texts):
         self._require_fitted()
         self._sync_backend()
@@ -662,205 +545,6 @@ class CharLanguageModel(BaseEstimator):
         if mask is not None:
             picked = picked[mask]
         return float(-picked.sum())
-
-    # ------------------------------------------------------------------ sampling
-    def _sampling_rng(self, random_state):
-        if random_state is None:
-            return self._sample_rng
-        return V.check_rng(random_state)
-
-    @staticmethod
-    def _check_sampling(temperature, top_k):
-        temperature = V.check_float(temperature, "temperature", 0.0, include_min=False)
-        if temperature < MIN_TEMPERATURE:  # logits / temperature would lose all precision
-            raise ValueError(f"temperature must be >= {MIN_TEMPERATURE:g}, got {temperature}; "
-                             "use top_k=1 for greedy sampling")
-        top_k = V.check_int(top_k, "top_k", minimum=0, allow_none=True)
-        return temperature, (top_k or 0)
-
-    def _kernel_weights(self):
-        """The arrays of the ``generate`` kernel contract (model dtype, contiguous)."""
-        emb, rnn, dense = self.model_.layers
-        p, L, H = rnn.params, rnn.num_layers, rnn.hidden_size
-        GH = rnn.cell.n_gates * H
-        w_ih0, b_ih0 = p["weight_ih_l0"], p["bias_ih_l0"]
-        if isinstance(emb, _OneHotEmbedding):
-            xp_table = w_ih0.T + b_ih0  # one-hot: the columns of W_ih
-        else:
-            xp_table = emb.params["weight"] @ w_ih0.T + b_ih0
-        dt = rnn.dtype
-        w_ih_rest = np.zeros((L - 1, GH, H), dt)
-        b_ih_rest = np.zeros((L - 1, GH), dt)
-        for layer in range(1, L):
-            w_ih_rest[layer - 1] = p[f"weight_ih_l{layer}"]
-            b_ih_rest[layer - 1] = p[f"bias_ih_l{layer}"]
-        w_hh = np.stack([p[f"weight_hh_l{layer}"] for layer in range(L)])
-        b_hh = np.stack([p[f"bias_hh_l{layer}"] for layer in range(L)])
-        peep = None
-        if rnn.cell.n_peepholes:
-            peep = np.stack([p[rnn._peephole_name(layer, 0)] for layer in range(L)])
-        return dict(xp_table=np.ascontiguousarray(xp_table, dt), w_ih_rest=w_ih_rest,
-                    b_ih_rest=b_ih_rest, w_hh=w_hh, b_hh=b_hh, peep=peep,
-                    w_out=np.ascontiguousarray(dense.params["weight"]),
-                    b_out=np.ascontiguousarray(dense.params["bias"]))
-
-    def _generate(self, n, prefix_ids, forced, banned, rng, temperature, top_k):
-        """Run the prefix through the model, then the backend's generate kernel."""
-        self._sync_backend()
-        rnn = self.model_.layers[1]
-        if not np.isfinite(self.model_.params.data).all():
-            # (the backends would sample from NaN probabilities each in its own way)
-            raise ValueError("the model's parameters hold NaN or infinity: it cannot "
-                             "sample; refit it or load a sound copy")
-        weights = self._kernel_weights()
-        L, H = rnn.num_layers, rnn.hidden_size
-        dt = rnn.dtype
-        seq = np.concatenate([[BOS], prefix_ids]).astype(np.int64)
-        h = np.zeros((L, n, H), dt)
-        c = np.zeros((L, n, H), dt) if rnn.cell.has_cell_state else None
-        if len(seq) > 1:  # the prefix: an ordinary forward pass, all but its last token
-            _, (state,) = self.model_.forward(seq[None, :-1], training=False,
-                                              return_states=True)
-            if c is not None:
-                h[...], c[...] = state[0], state[1]
-            else:
-                h[...] = state
-        start = np.full(n, seq[-1], np.int64)
-        uniforms = rng.random(forced.shape)
-        backend = get_backend(self.backend)
-        generate = getattr(backend, "generate", _reference.generate)
-        tokens, lengths = generate(rnn.cell, **weights, h=h, c=c, start=start,
-                                   forced=np.ascontiguousarray(forced, np.int64),
-                                   banned=banned, uniforms=uniforms, temperature=temperature,
-                                   top_k=top_k, end_token=EOS)
-        return tokens, lengths
-
-    def sample(self, n=1, temperature=1.0, top_k=None, prefix="", max_length=None,
-               random_state=None):
-        """Invent ``n`` texts, one character at a time.
-
-        Parameters
-        ----------
-        n : int, default 1
-        temperature : float >= 0.0001, default 1
-            Divides the logits: below 1 sharpens the distribution towards the most
-            likely characters (-> 0: greedy), above 1 flattens it (more surprising,
-            more errors).
-        top_k : int, optional
-            Sample only among the ``top_k`` most likely characters (``1``: greedy,
-            deterministic; ties go to the lower id).
-        prefix : str, default ''
-            Every sample starts with it (it is run through the model first).
-        max_length : int, optional
-            Most characters generated after the prefix. Default: twice the longest
-            training sequence (``'sequences'``), 200 (``'text'``).
-        random_state : None, int or numpy Generator
-            Seeds the draws (same seed, same samples, on every backend); None uses
-            the model's own generator (seeded by the model's ``random_state``).
-
-        Returns
-        -------
-        list of str
-            Each starts with ``prefix``. A ``'sequences'`` model stops at its end
-            marker; a ``'text'`` model always writes ``max_length`` characters.
-        """
-        self._require_fitted()
-        n = V.check_int(n, "n", minimum=0)
-        temperature, top_k = self._check_sampling(temperature, top_k)
-        if not isinstance(prefix, str):
-            raise TypeError(f"prefix must be a str, got {type(prefix).__name__}")
-        prefix_ids = self.encode(prefix)
-        if max_length is None:
-            max_length = 2 * self.max_length_ if self.mode_ == "sequences" else 200
-        max_length = V.check_int(max_length, "max_length", minimum=1)
-        rng = self._sampling_rng(random_state)
-        if n == 0:
-            return []
-        banned = np.zeros(self.vocab_size_, bool)
-        banned[[PAD, BOS]] = True
-        if self.mode_ == "text":
-            banned[EOS] = True
-        # in blocks of rows: the kernels' buffers (draws, tokens) take n x max_length
-        # cells, which a long max_length made gigabytes for names of 20 characters. The
-        # draws are taken row by row in the same order, so the samples do not change.
-        rows = max(1, min(n, SAMPLE_CELLS // max_length))
-        out = []
-        for r0 in range(0, n, rows):
-            k = min(rows, n - r0)
-            forced = np.full((k, max_length), -1, np.int64)
-            tokens, lengths = self._generate(k, prefix_ids, forced, banned, rng, temperature,
-                                             top_k)
-            out += [prefix + self.decode(tokens[i, :lengths[i]]) for i in range(k)]
-        return out
-
-    def sample_poem(self, n=1, form="quatrain", head=None, temperature=1.0, top_k=None,
-                    random_state=None, start=None):
-        """Write ``n`` five-character poems in a fixed form.
-
-        The generation is constrained: every line has five Chinese characters
-        (anything that is not a CJK ideograph, and the end marker, is excluded
-        there), ``，`` is forced after lines 1, 3, 5, 7 and ``。`` after lines
-        2, 4, 6, 8. Train on all five-character poems (4- and 8-line): the form
-        comes from the constraint.
-
-        Parameters
-        ----------
-        n : int, default 1
-        form : {'quatrain', 'regulated'}, default 'quatrain'
-            4 lines (绝句) or 8 lines (律诗) of five characters.
-        head : str, optional
-            Acrostic (藏头诗): the first character of each line, one per line
-            (4 or 8 characters).
-        temperature, top_k, random_state
-            As in :meth:`sample`.
-        start : str, optional
-            The poem's first characters: 1 to 5 Chinese characters that begin its first
-            line (the classic exercise: a poem starting with a given character, e.g.
-            ``'春'``). Not with ``head``.
-
-        Returns
-        -------
-        list of str
-            Each poem as one string, e.g. ``'春眠不觉晓，处处闻啼鸟。...'``
-            (24 characters for a quatrain, 48 for a regulated poem).
-        """
-        self._require_fitted()
-        n = V.check_int(n, "n", minimum=0)
-        lines = POEM_FORMS.get(form) if isinstance(form, str) else None
-        if lines is None:
-            raise ValueError(f"form must be one of {list(POEM_FORMS)}, got {form!r}")
-        temperature, top_k = self._check_sampling(temperature, top_k)
-        missing = [p for p in (COMMA, PERIOD) if p not in self._index]
-        if missing:
-            raise ValueError(f"the model's vocabulary lacks {''.join(missing)!r}: train it on "
-                             "poems (e.g. cyrnn.datasets.load_tang_poems()) first")
-        head_ids = start_ids = None
-        if head is not None:
-            check_poem_head(head, form)
-            head_ids = self.encode(head)
-        if start is not None:
-            if head is not None:
-                raise ValueError("give head (an acrostic) or start (the first line's "
-                                 "beginning), not both")
-            check_poem_start(start)
-            start_ids = self.encode(start)
-        banned = np.array([True] * N_RESERVED + [not is_cjk_ideograph(ch) for ch in self.chars_])
-        if banned.all():
-            raise ValueError("the model's vocabulary has no Chinese characters")
-        rng = self._sampling_rng(random_state)
-        if n == 0:
-            return []
-        T = 6 * lines
-        forced = np.full((n, T), -1, np.int64)
-        for k in range(lines):
-            forced[:, 6 * k + 5] = self._index[COMMA if k % 2 == 0 else PERIOD]
-            if head_ids is not None:
-                forced[:, 6 * k] = head_ids[k]
-        if start_ids is not None:
-            forced[:, :len(start_ids)] = start_ids
-        tokens, lengths = self._generate(n, np.zeros(0, np.int64), forced, banned, rng,
-                                         temperature, top_k)
-        return [self.decode(tokens[i, :lengths[i]]) for i in range(n)]
 
     # ------------------------------------------------------------------ persistence
     def save(self, path):
@@ -907,13 +591,9 @@ class CharLanguageModel(BaseEstimator):
             if not isinstance(chars, str) or len(set(chars)) != len(chars) \
                     or list(chars) != sorted(chars):
                 raise ValueError("bad vocabulary")
-            if meta["mode"] not in ("sequences", "text"):
-                raise ValueError(f"bad mode {meta['mode']!r}")
-            lm._set_vocabulary(chars)
-            lm.mode_ = meta["mode"]
             # (a fit stores the longest text, or 200: sample's default reads it)
-            lm.max_length_ = V.check_int(meta["max_length"], "max_length", minimum=1,
-                                         maximum=_MAX_STORED_LENGTH)
+            lm.mode_, lm.max_length_ = check_stored_text_model(meta["mode"], meta["max_length"])
+            lm._set_vocabulary(chars)
             # Everything is checked against the declared architecture before the
             # network is built: the stored vector bounds what loading allocates.
             data = arrays["params"]
@@ -959,7 +639,7 @@ class CharLanguageModel(BaseEstimator):
                 "epochs": len(self.loss_curve_),
                 "final_loss": self.loss_curve_[-1] if self.loss_curve_ else None,
                 "train_time_s": round(float(getattr(self, "train_time_", 0.0)), 2),
-                "poems": COMMA in self._index and PERIOD in self._index}
+                "poems": self.writes_poems}
 
 
 persistence.register_loader(KIND, CharLanguageModel._from_archive)

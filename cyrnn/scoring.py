@@ -27,6 +27,7 @@ import numpy as np
 from . import _validation as V
 from . import persistence
 from . import sequences as S
+from .generation import CharSampler, check_stored_text_model
 
 __all__ = ["Scorer", "EstimatorScorer", "ClassifierScorer", "LanguageModelScorer", "load",
            "from_estimator"]
@@ -341,37 +342,44 @@ class ClassifierScorer(EstimatorScorer):
         return S.class_probabilities(y, self._binary)
 
 
-class LanguageModelScorer(Scorer):
-    """A saved ``CharLanguageModel``: next-character probabilities.
+class LanguageModelScorer(Scorer, CharSampler):
+    """A saved ``CharLanguageModel``: next-character probabilities, and new text.
 
     :meth:`predict_proba` takes token ids ``(n, T)`` (see :meth:`encode`; the model
     was trained on sequences that start with the begin marker ``1``) and returns, for
     every step, the probabilities of the next token ``(n, T, vocab)``; :meth:`predict`
     the most probable next token ids; :meth:`step` the probabilities after one more id
-    per stream.
+    per stream. :meth:`sample` and :meth:`sample_poem` write text as the model's own
+    methods do (the same code, :class:`cyrnn.generation.CharSampler`): with the same
+    ``random_state``, the same texts. They run the generation kernel on the weights as
+    saved, whatever ``weights=`` :func:`load` was given.
 
     Attributes
     ----------
     chars_ : list of str
         The vocabulary's characters; character ``chars_[k]`` has id ``k + 3``
         (0 padding, 1 begin, 2 end).
+    vocab_size_ : int
+    mode_ : {'sequences', 'text'}
+        What the model was trained on (as ``CharLanguageModel.mode_``).
+    max_length_ : int
+        Its longest training sequence (:meth:`sample`'s default length is twice it).
     """
 
-    def __init__(self, model, kind, chars):
+    def __init__(self, model, kind, chars, one_hot=False, mode="sequences", max_length=100):
         super().__init__(model, kind)
-        self.chars_ = list(chars)
-        self._index = {ch: i + 3 for i, ch in enumerate(self.chars_)}
+        self._set_vocabulary(chars)
+        self._one_hot = one_hot
+        self.mode_, self.max_length_ = mode, max_length
+        # draws of sample() calls without random_state: fresh entropy (a scorer has
+        # no seed of its own)
+        self._sample_rng = np.random.default_rng()
 
-    def encode(self, text):
-        """Token ids of ``text`` (no markers); unknown characters raise ValueError."""
-        try:
-            return np.array([self._index[ch] for ch in text], dtype=np.int64)
-        except KeyError:
-            raise ValueError(f"unknown characters in {text!r}") from None
+    def _require_fitted(self):  # (loaded from a fitted model's file)
+        pass
 
-    def decode(self, ids):
-        """The characters of token ids (markers and padding skipped)."""
-        return "".join(self.chars_[i - 3] for i in np.asarray(ids).tolist() if i >= 3)
+    def _sampling_network(self):
+        return self.model, self._one_hot, self.model.layers[1].backend
 
     def predict_proba(self, X, lengths=None):
         """Next-token probabilities ``(n, T, vocab)`` (float64) after every step."""
@@ -671,4 +679,6 @@ def _language_model_scorer(kind, meta, arrays, backend):
     from .model import Sequential
     model = Sequential([emb, rnn, layers.Dense(H, vocab, dtype=dtype)])
     model.params.data[...] = params
-    return LanguageModelScorer(model, kind, chars)
+    mode, max_length = check_stored_text_model(meta["mode"], meta["max_length"])
+    return LanguageModelScorer(model, kind, chars, one_hot=E is None, mode=mode,
+                               max_length=max_length)

@@ -422,7 +422,7 @@ def test_save_after_set_params_keeps_the_fitted_network(change, tmp_path, monkey
     assert back.train_compute == "bfloat16" and back.model_.dtype == np.float64
     assert back.sample(2, random_state=1) == lm64.sample(2, random_state=1)
     # the longest training sequence is stored up to the loader's bound
-    monkeypatch.setattr(lm_module, "_MAX_STORED_LENGTH", 5)
+    monkeypatch.setattr(lm_module, "MAX_STORED_LENGTH", 5)
     long = CharLanguageModel(hidden_size=4, embedding_dim=2, max_epochs=1,
                              random_state=0).fit(["abcdefgh"])
     assert long.max_length_ == 5
@@ -432,13 +432,13 @@ def test_sampling_runs_in_blocks_of_rows_with_the_same_samples(monkeypatch):
     """A long max_length made every row's buffers that long (-n 100 --max-length 1e6:
     2.5 GB for names of 20 characters); rows now run in blocks, drawing in the same
     order, so the samples are those of one block."""
-    from cyrnn import language_model
+    from cyrnn import generation
 
     lm = CharLanguageModel(hidden_size=8, max_epochs=1, random_state=0).fit(NAMES20)
     whole = lm.sample(30, max_length=25, random_state=5)
-    monkeypatch.setattr(language_model, "SAMPLE_CELLS", 25 * 7)
+    monkeypatch.setattr(generation, "SAMPLE_CELLS", 25 * 7)
     assert lm.sample(30, max_length=25, random_state=5) == whole
-    monkeypatch.setattr(language_model, "SAMPLE_CELLS", 1)  # one row per block
+    monkeypatch.setattr(generation, "SAMPLE_CELLS", 1)  # one row per block
     assert lm.sample(30, max_length=25, random_state=5) == whole
 
 

@@ -147,9 +147,10 @@ def test_scorer_rejects_bad_input_like_the_estimator(tmp_path, rng):
 
 
 def test_scoring_imports_little(tmp_path, rng):
-    """Importing cyrnn.scoring, loading, predicting and setting the thread budget (as
-    the README recommends for scoring) imports no scikit-learn, SciPy statistics,
-    Numba or llvmlite; the budget reaches Numba when its backend loads later."""
+    """Importing cyrnn.scoring, loading, predicting, sampling text (the scorer's and the
+    ``cyrnn sample`` command's) and setting the thread budget (as the README recommends
+    for scoring) imports no scikit-learn, SciPy statistics, Numba or llvmlite; the
+    budget reaches Numba when its backend loads later."""
     X = rng.normal(size=(10, 6, 3))
     est = _fit("LSTMClassifier", X, 10)
     est.save(tmp_path / "clf.cyrnn")
@@ -166,6 +167,13 @@ def test_scoring_imports_little(tmp_path, rng):
         x = np.zeros((1, 6, 3))
         a = s.load({str(tmp_path / 'clf.cyrnn')!r}); a.predict_proba(x); a.step(x[:, 0])
         b = s.load({str(tmp_path / 'lm.cyrnn')!r}); b.predict_proba(np.ones((1, 3), np.int64))
+        b.sample(2, random_state=0)
+        # the command line writes with the scorer too: `cyrnn sample` imports no more
+        import contextlib, io
+        from cyrnn.cli import main
+        with contextlib.redirect_stdout(io.StringIO()) as written:
+            assert main(["sample", {str(tmp_path / 'lm.cyrnn')!r}, "-n", "2"]) == 0
+        assert len(written.getvalue().splitlines()) == 2
         c = s.load({str(tmp_path / 'seq.cyrnn')!r}); c.predict(x); c.step(x[:, 0])
         bad = [m for m in sys.modules if m.split('.')[0] in ('sklearn', 'numba', 'llvmlite')
                or m.startswith(('scipy.stats', 'scipy.special'))]
@@ -573,6 +581,55 @@ def test_language_model_scorer(tmp_path):
     # the language model's own loss: the 4 characters, then the end marker (id 2)
     logp = np.log(np.append(expected[0, np.arange(4), ids[0, 1:]], expected[0, 4, 2]))
     assert abs(-logp.mean() - lm.per_char_loss(["abcd"])) < 1e-5
+
+
+NAMES = ["Aardonyx", "Abelisaurus", "Allosaurus", "Brachiosaurus", "Diplodocus",
+         "Stegosaurus", "Triceratops", "Velociraptor"]
+POEMS = ["床前明月光，疑是地上霜。举头望明月，低头思故乡。",
+         "春眠不觉晓，处处闻啼鸟。夜来风雨声，花落知多少。",
+         "白日依山尽，黄河入海流。欲穷千里目，更上一层楼。"]
+
+
+@pytest.mark.parametrize("options", [
+    dict(cell="lstm", embedding_dim=6),
+    dict(cell="gru", embedding_dim=None, num_layers=2, dtype=np.float64),
+    dict(cell="lstm", embedding_dim=4, peephole=True, backend="numpy"),
+    dict(cell="rnn", embedding_dim=5, text=True)])
+def test_language_model_scorer_writes_what_the_model_writes(options, tmp_path):
+    """The scorer samples with the model's code (cyrnn.generation.CharSampler): the same
+    random_state gives the same texts, one-hot and embedded inputs, stacked layers,
+    peepholes, prefixes, top-k, a 'text' model's default length, poems."""
+    options = dict(options)
+    text = options.pop("text", False)
+    lm = cyrnn.CharLanguageModel(hidden_size=12, max_epochs=2, batch_size=4, random_state=0,
+                                 **options)
+    lm.fit_text(" ".join(NAMES)) if text else lm.fit(NAMES + POEMS)
+    lm.save(tmp_path / "lm.cyrnn")
+    sc = scoring.load(tmp_path / "lm.cyrnn")
+    assert (sc.mode_, sc.max_length_, sc.vocab_size_) == (lm.mode_, lm.max_length_,
+                                                          lm.vocab_size_)
+    assert sc.vocabulary_ == lm.vocabulary_
+    for kwargs in (dict(n=6, random_state=3), dict(n=4, temperature=0.6, top_k=3, prefix="Ste",
+                                                  random_state=9),
+                   dict(n=3, max_length=7, temperature=1.7, random_state=1)):
+        assert sc.sample(**kwargs) == lm.sample(**kwargs), kwargs
+    assert sc.sample(5, random_state=np.random.default_rng(2)) == \
+        lm.sample(5, random_state=np.random.default_rng(2))
+    if not text:
+        for kwargs in (dict(n=2, head="春白千床", random_state=0),
+                       dict(n=2, form="regulated", start="春眠", top_k=5, random_state=4)):
+            assert sc.sample_poem(**kwargs) == lm.sample_poem(**kwargs), kwargs
+    # without random_state: fresh entropy, not the training seed
+    draws = [sc.sample(8, temperature=3.0) for _ in range(2)]
+    assert draws[0] != draws[1]
+    with pytest.raises(ValueError, match="unknown characters '#Z'"):
+        sc.sample(1, prefix="Z#")
+    with pytest.raises(TypeError, match="text must be a str"):
+        sc.encode(b"Ab")
+    with pytest.raises(ValueError, match="token ids must be in"):
+        sc.decode([0, sc.vocab_size_])
+    with pytest.raises(ValueError, match="temperature"):
+        sc.sample(1, temperature=0)
 
 
 def test_sequential_save_and_load(tmp_path, rng):
