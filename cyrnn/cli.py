@@ -17,9 +17,9 @@ cyrnn version; an unreadable cache file is ignored and rebuilt. The default
 settings (``cyrnn.generation.PRESETS``) train in about 10 s (dinosaur names)
 and about a minute (Tang poems) on 2 cores. ``sample`` and a ``generate`` that finds
 its cached model load it with :func:`cyrnn.scoring.load` and write with the scorer
-(the same code and draws as ``CharLanguageModel.sample``), so they start without
-importing scikit-learn; training (``train``, a first ``generate``) and ``info``
-import it.
+(the same code and draws as ``CharLanguageModel.sample``), and so does ``info``:
+they start without importing scikit-learn, which only training (``train``, a first
+``generate``) imports.
 
 Samples go to stdout, one name or one poem per line; progress and messages go to
 stderr. Errors are one line on stderr and a non-zero exit status (1; 2 for
@@ -275,33 +275,25 @@ def _settings(args, preset):
     return s
 
 
-def _load_model(path, backend="auto", sampler=True):
-    """The language model in ``path``: a :class:`cyrnn.scoring.LanguageModelScorer`
-    (``sample`` and ``generate``: writing text needs no scikit-learn, whose import takes
-    seconds on a busy machine) or, with ``sampler=False``, the ``CharLanguageModel``
-    (``info`` shows what only the estimator keeps: its loss curve)."""
+def _load_model(path, backend="auto"):
+    """The language model in ``path`` as a :class:`cyrnn.scoring.LanguageModelScorer`:
+    writing text and describing the model need no scikit-learn, whose import takes
+    seconds on a busy machine."""
     p = Path(path)
     path = str(path)  # shown as the user wrote it, not as a PosixPath repr
     if not p.exists():
         raise CLIError(f"cannot read model {path!r}: no such file")
     if p.is_dir():
         raise CLIError(f"cannot read model {path!r}: it is a directory")
+    from . import scoring
     try:
-        if sampler:
-            from . import scoring
-            obj = scoring.load(p, backend=backend)
-            ok, name = isinstance(obj, scoring.LanguageModelScorer), obj.kind
-        else:
-            from . import persistence
-            from .language_model import CharLanguageModel
-            obj = persistence.load(p)
-            ok, name = isinstance(obj, CharLanguageModel), type(obj).__name__
+        obj = scoring.load(p, backend=backend)
     except ValueError as exc:
         raise CLIError(f"cannot load model {path!r}: {exc}") from None
     except OSError as exc:
         raise CLIError(f"cannot read model {path!r}: {exc.strerror or exc}") from None
-    if not ok:
-        raise CLIError(f"{path!r} holds a {name.removeprefix('cyrnn.')}, not a "
+    if not isinstance(obj, scoring.LanguageModelScorer):
+        raise CLIError(f"{path!r} holds a {obj.kind.removeprefix('cyrnn.')}, not a "
                        "CharLanguageModel")
     return obj
 
@@ -492,7 +484,7 @@ def _cmd_sample(args):
 
 
 def _cmd_info(args):
-    lm = _load_model(args.model, sampler=False)
+    lm = _load_model(args.model)
     info = lm.info()
     chars = "".join(lm.chars_)
     shown = chars if len(chars) <= 60 else chars[:60] + "..."

@@ -123,9 +123,10 @@ class CharSampler:
 
     The class that mixes it in provides ``_require_fitted()``, ``mode_``
     (``'sequences'`` or ``'text'``), ``max_length_`` (the longest training sequence),
-    ``_sample_rng`` (the generator of calls without ``random_state``) and
-    ``_sampling_network()``: the ``Sequential([Embedding, recurrent layer, Dense])``,
-    whether its embedding is the one-hot identity, and the backend name to sample on.
+    ``loss_curve_`` and ``train_time_`` (the training history), ``_sample_rng`` (the
+    generator of calls without ``random_state``), ``_network()``: the
+    ``Sequential([Embedding, recurrent layer, Dense])`` and whether its embedding is
+    the one-hot identity, and ``_sampling_backend()``: the backend name to sample on.
     """
 
     # ------------------------------------------------------------------ vocabulary
@@ -176,6 +177,21 @@ class CharSampler:
         self._require_fitted()
         return COMMA in self._index and PERIOD in self._index
 
+    def info(self):
+        """A dict describing the fitted model (for ``cyrnn info``)."""
+        self._require_fitted()
+        model, one_hot = self._network()
+        emb, rnn = model.layers[0], model.layers[1]
+        curve = self.loss_curve_
+        return {"cell": rnn.cell.name, "hidden_size": rnn.hidden_size,
+                "num_layers": rnn.num_layers,
+                "input": "one-hot" if one_hot else f"embedding ({emb.embedding_dim})",
+                "mode": self.mode_, "vocab_size": self.vocab_size_,
+                "parameters": int(model.params.size), "dtype": np.dtype(rnn.dtype).name,
+                "epochs": len(curve), "final_loss": curve[-1] if curve else None,
+                "train_time_s": round(float(getattr(self, "train_time_", 0.0)), 2),
+                "poems": self.writes_poems}
+
     # ------------------------------------------------------------------ sampling
     def _sampling_rng(self, random_state):
         if random_state is None:
@@ -193,7 +209,7 @@ class CharSampler:
 
     def _kernel_weights(self):
         """The arrays of the ``generate`` kernel contract (model dtype, contiguous)."""
-        model, one_hot, _ = self._sampling_network()
+        model, one_hot = self._network()
         emb, rnn, dense = model.layers
         p, L, H = rnn.params, rnn.num_layers, rnn.hidden_size
         GH = rnn.cell.n_gates * H
@@ -220,7 +236,8 @@ class CharSampler:
 
     def _generate(self, n, prefix_ids, forced, banned, rng, temperature, top_k):
         """Run the prefix through the model, then the backend's generate kernel."""
-        model, _, backend_name = self._sampling_network()
+        backend_name = self._sampling_backend()
+        model = self._network()[0]
         rnn = model.layers[1]
         if not np.isfinite(model.params.data).all():
             # (the backends would sample from NaN probabilities each in its own way)

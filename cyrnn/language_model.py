@@ -501,11 +501,13 @@ class CharLanguageModel(CharSampler, BaseEstimator):
         """Layers run on ``self.backend`` (which may change after fitting)."""
         self.model_.layers[1].backend = check_backend_name(self.backend)
 
-    def _sampling_network(self):
-        """For :class:`cyrnn.generation.CharSampler`: the network, whether its input is
-        one-hot, and the backend to sample on."""
+    # (for cyrnn.generation.CharSampler)
+    def _network(self):
+        return self.model_, isinstance(self.model_.layers[0], _OneHotEmbedding)
+
+    def _sampling_backend(self):
         self._sync_backend()
-        return self.model_, isinstance(self.model_.layers[0], _OneHotEmbedding), self.backend
+        return self.backend
 
     def _total_nll(self, texts):
         self._require_fitted()
@@ -624,22 +626,6 @@ class CharLanguageModel(CharSampler, BaseEstimator):
             raise ValueError(f"invalid CharLanguageModel archive: {type(exc).__name__}: {exc}") \
                 from exc
         return lm
-
-    def info(self):
-        """A dict describing the fitted model (for ``cyrnn info``)."""
-        self._require_fitted()
-        rnn = self.model_.layers[1]
-        arch = self.__dict__.get("_arch") or self._architecture()  # the fitted network's
-        return {"cell": rnn.cell.name, "hidden_size": arch["hidden_size"],
-                "num_layers": arch["num_layers"],
-                "input": "one-hot" if arch["embedding_dim"] is None
-                else f"embedding ({arch['embedding_dim']})",
-                "mode": self.mode_, "vocab_size": self.vocab_size_,
-                "parameters": int(self.model_.params.size), "dtype": np.dtype(rnn.dtype).name,
-                "epochs": len(self.loss_curve_),
-                "final_loss": self.loss_curve_[-1] if self.loss_curve_ else None,
-                "train_time_s": round(float(getattr(self, "train_time_", 0.0)), 2),
-                "poems": self.writes_poems}
 
 
 persistence.register_loader(KIND, CharLanguageModel._from_archive)

@@ -364,13 +364,17 @@ class LanguageModelScorer(Scorer, CharSampler):
         What the model was trained on (as ``CharLanguageModel.mode_``).
     max_length_ : int
         Its longest training sequence (:meth:`sample`'s default length is twice it).
+    loss_curve_, train_time_
+        Its training history, as saved (:meth:`info` reports them).
     """
 
-    def __init__(self, model, kind, chars, one_hot=False, mode="sequences", max_length=100):
+    def __init__(self, model, kind, chars, one_hot=False, mode="sequences", max_length=100,
+                 loss_curve=(), train_time=0.0):
         super().__init__(model, kind)
         self._set_vocabulary(chars)
         self._one_hot = one_hot
         self.mode_, self.max_length_ = mode, max_length
+        self.loss_curve_, self.train_time_ = list(loss_curve), float(train_time)
         # draws of sample() calls without random_state: fresh entropy (a scorer has
         # no seed of its own)
         self._sample_rng = np.random.default_rng()
@@ -378,8 +382,11 @@ class LanguageModelScorer(Scorer, CharSampler):
     def _require_fitted(self):  # (loaded from a fitted model's file)
         pass
 
-    def _sampling_network(self):
-        return self.model, self._one_hot, self.model.layers[1].backend
+    def _network(self):
+        return self.model, self._one_hot
+
+    def _sampling_backend(self):
+        return self.model.layers[1].backend
 
     def predict_proba(self, X, lengths=None):
         """Next-token probabilities ``(n, T, vocab)`` (float64) after every step."""
@@ -680,5 +687,7 @@ def _language_model_scorer(kind, meta, arrays, backend):
     model = Sequential([emb, rnn, layers.Dense(H, vocab, dtype=dtype)])
     model.params.data[...] = params
     mode, max_length = check_stored_text_model(meta["mode"], meta["max_length"])
-    return LanguageModelScorer(model, kind, chars, one_hot=E is None, mode=mode,
-                               max_length=max_length)
+    return LanguageModelScorer(
+        model, kind, chars, one_hot=E is None, mode=mode, max_length=max_length,
+        loss_curve=[V.check_float(v, "loss_curve") for v in meta.get("loss_curve", [])],
+        train_time=V.check_float(meta.get("train_time", 0.0), "train_time", minimum=0.0))

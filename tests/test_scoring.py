@@ -148,7 +148,7 @@ def test_scorer_rejects_bad_input_like_the_estimator(tmp_path, rng):
 
 def test_scoring_imports_little(tmp_path, rng):
     """Importing cyrnn.scoring, loading, predicting, sampling text (the scorer's and the
-    ``cyrnn sample`` command's) and setting the thread budget (as the README recommends
+    ``cyrnn sample`` command's), ``cyrnn info`` and setting the thread budget (as the README recommends
     for scoring) imports no scikit-learn, SciPy statistics, Numba or llvmlite; the
     budget reaches Numba when its backend loads later."""
     X = rng.normal(size=(10, 6, 3))
@@ -173,7 +173,8 @@ def test_scoring_imports_little(tmp_path, rng):
         from cyrnn.cli import main
         with contextlib.redirect_stdout(io.StringIO()) as written:
             assert main(["sample", {str(tmp_path / 'lm.cyrnn')!r}, "-n", "2"]) == 0
-        assert len(written.getvalue().splitlines()) == 2
+            assert main(["info", {str(tmp_path / 'lm.cyrnn')!r}]) == 0
+        assert len(written.getvalue().splitlines()) == 2 + 15  # 2 names, 15 info lines
         c = s.load({str(tmp_path / 'seq.cyrnn')!r}); c.predict(x); c.step(x[:, 0])
         bad = [m for m in sys.modules if m.split('.')[0] in ('sklearn', 'numba', 'llvmlite')
                or m.startswith(('scipy.stats', 'scipy.special'))]
@@ -608,7 +609,7 @@ def test_language_model_scorer_writes_what_the_model_writes(options, tmp_path):
     sc = scoring.load(tmp_path / "lm.cyrnn")
     assert (sc.mode_, sc.max_length_, sc.vocab_size_) == (lm.mode_, lm.max_length_,
                                                           lm.vocab_size_)
-    assert sc.vocabulary_ == lm.vocabulary_
+    assert sc.vocabulary_ == lm.vocabulary_ and sc.info() == lm.info()
     for kwargs in (dict(n=6, random_state=3), dict(n=4, temperature=0.6, top_k=3, prefix="Ste",
                                                   random_state=9),
                    dict(n=3, max_length=7, temperature=1.7, random_state=1)):
