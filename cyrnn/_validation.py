@@ -58,7 +58,11 @@ def check_float(value, name, minimum=None, maximum=None, include_min=True, inclu
         return None
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {value!r}")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # an int beyond float's range (e.g. from a file's JSON)
+        raise ValueError(f"{name} must be finite, got an integer of "
+                         f"{int(value).bit_length()} bits") from None
     if not np.isfinite(value):
         raise ValueError(f"{name} must be finite, got {value}")
     if minimum is not None and (value < minimum or (value == minimum and not include_min)):

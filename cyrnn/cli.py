@@ -286,6 +286,8 @@ def _load_model(path, backend="auto"):
     if p.is_dir():
         raise CLIError(f"cannot read model {path!r}: it is a directory")
     from . import scoring
+    from .backends import get_backend
+    get_backend(backend)  # an unavailable backend is its own error, not a bad file's
     try:
         obj = scoring.load(p, backend=backend)
     except ValueError as exc:

@@ -37,7 +37,8 @@ from .backends import check_backend_name
 from .batching import LengthBatcher, pad, sorted_batches
 from .cells import CELL_TABLE, FAMILIES, resolve
 from .fitting import History, Progress, run_epochs
-from .generation import (BOS, EOS, MAX_STORED_LENGTH, MIN_TEMPERATURE, N_RESERVED, PAD,
+from . import generation as _generation
+from .generation import (BOS, COMMA, EOS, MIN_TEMPERATURE, N_RESERVED, PAD, PERIOD,
                          POEM_FORMS, PRESETS, CharSampler, check_poem_head, check_poem_start,
                          check_stored_text_model, is_cjk_ideograph, is_poem)
 from .layers import Dense, Embedding
@@ -47,7 +48,7 @@ from .training import tbptt, train_step
 
 # (the vocabulary and sampling names live in cyrnn.generation; kept importable here)
 __all__ = ["CharLanguageModel", "PAD", "BOS", "EOS", "N_RESERVED", "POEM_FORMS",
-           "MIN_TEMPERATURE", "is_cjk_ideograph", "check_poem_head", "check_poem_start",
+           "COMMA", "PERIOD", "MIN_TEMPERATURE", "is_cjk_ideograph", "check_poem_head", "check_poem_start",
            "is_poem", "PRESETS", "prepare_corpus"]
 
 # The layer class of each cell family, from the cell table.
@@ -455,7 +456,7 @@ class CharLanguageModel(CharSampler, BaseEstimator):
         self._set_vocabulary(chars)
         self.mode_ = mode
         # (the default sampling length is twice it; a file stores at most this many)
-        self.max_length_ = min(int(max_length), MAX_STORED_LENGTH)
+        self.max_length_ = min(int(max_length), _generation.MAX_STORED_LENGTH)
         self._arch = self._architecture()
         self.model_ = self._build_model(rng)
         self._optim = self._make_optimizer()

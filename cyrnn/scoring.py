@@ -351,8 +351,10 @@ class LanguageModelScorer(Scorer, CharSampler):
     the most probable next token ids; :meth:`step` the probabilities after one more id
     per stream. :meth:`sample` and :meth:`sample_poem` write text as the model's own
     methods do (the same code, :class:`cyrnn.generation.CharSampler`): with the same
-    ``random_state``, the same texts. They run the generation kernel on the weights as
-    saved, whatever ``weights=`` :func:`load` was given.
+    ``random_state``, the same texts, for a scorer loaded with the default
+    ``weights=None``. With ``weights="bfloat16"`` the generation kernel reads the
+    rounded weights (a draw near a boundary can then pick another character), and
+    with ``"packed"`` a prefix runs through the packed kernels (float rounding).
 
     Attributes
     ----------

@@ -324,3 +324,26 @@ def test_samples_differ_between_runs_without_a_seed(tiny_model, capsys):
     seeded = [in_process(capsys, "sample", tiny_model, "-n", "20", "--seed", "4")[1]
               for _ in range(2)]
     assert seeded[0] == seeded[1]
+
+
+def test_an_unavailable_backend_is_not_a_bad_model_file(tiny_model, capsys, monkeypatch,
+                                                        tmp_path):
+    """--backend names a backend this machine cannot run: that error, not "cannot load
+    model", and a cached model is not taken for a broken one and trained again."""
+    from cyrnn import backends
+
+    def unavailable(name="auto"):
+        if name == "numba":
+            raise ValueError("backend 'numba' is not available here: (a test)")
+        return get_backend(name)
+
+    get_backend = backends.get_backend
+    monkeypatch.setattr(backends, "get_backend", unavailable)
+    status, out, err = in_process(capsys, "sample", tiny_model, "--backend", "numba")
+    assert status == 1 and out == "" and "not available" in err and "load" not in err, err
+    monkeypatch.setenv("CYRNN_CACHE_DIR", str(tmp_path))
+    args = ["generate", "dinos", "--max-samples", "50", *TINY]
+    assert in_process(capsys, *args, "-q")[0] == 0  # trains and caches (auto)
+    status, out, err = in_process(capsys, *args, "--backend", "numba")
+    assert status == 1 and "not available" in err, err
+    assert "ignoring" not in err and "training" not in err, err

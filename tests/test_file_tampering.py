@@ -26,7 +26,7 @@ import pytest
 import tampering
 
 import cyrnn
-from cyrnn import persistence
+from cyrnn import persistence, scoring
 from cyrnn.estimators import GRUClassifier, LSTMRegressor
 from cyrnn.language_model import KIND as LM_KIND
 from cyrnn.language_model import CharLanguageModel
@@ -143,6 +143,7 @@ def test_lm_loader_refuses_bad_parameter_vectors(tmp_path, lm_file, bad, match):
     (("max_length",), -1, "max_length"), (("max_length",), 0, "max_length"),
     (("loss_curve",), [float("nan")], "loss_curve"),
     (("train_time",), float("inf"), "train_time"),
+    (("train_time",), 10**400, "train_time"), (("loss_curve",), [0.5, -10**400], "loss_curve"),
     (("params", "dropout"), 2.0, "dropout"),
     (("params", "learning_rate"), -1.0, "learning_rate"),
     (("params", "cell"), "transformer", "cell"),
@@ -153,6 +154,9 @@ def test_lm_loader_refuses_bad_parameter_vectors(tmp_path, lm_file, bad, match):
 def test_lm_loader_refuses_bad_options(tmp_path, lm_file, key, value, match):
     path = crafted_lm(tmp_path / "bad.cyrnn", lm_file, {key: value})
     refused(path, match)
+    if key[0] != "params" or key[1] == "cell":  # (what the scorer reads: the network)
+        with pytest.raises(ValueError, match=match):
+            scoring.load(path)
 
 
 @pytest.mark.parametrize("path,value", [

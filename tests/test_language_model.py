@@ -395,8 +395,7 @@ def test_learned_attributes_end_with_an_underscore(data):
 def test_save_after_set_params_keeps_the_fitted_network(change, tmp_path, monkeypatch):
     # set_params after fit changes the parameters, not the network: the file stores the
     # network as fitted (it was written with the new parameters and refused on load)
-    from cyrnn import scoring
-    from cyrnn import language_model as lm_module
+    from cyrnn import generation, scoring
 
     lm = CharLanguageModel(hidden_size=16, embedding_dim=4, max_epochs=2,
                            random_state=np.int64(3)).fit(NAMES20[:6])
@@ -422,10 +421,15 @@ def test_save_after_set_params_keeps_the_fitted_network(change, tmp_path, monkey
     assert back.train_compute == "bfloat16" and back.model_.dtype == np.float64
     assert back.sample(2, random_state=1) == lm64.sample(2, random_state=1)
     # the longest training sequence is stored up to the loader's bound
-    monkeypatch.setattr(lm_module, "MAX_STORED_LENGTH", 5)
+    monkeypatch.setattr(generation, "MAX_STORED_LENGTH", 5)
     long = CharLanguageModel(hidden_size=4, embedding_dim=2, max_epochs=1,
                              random_state=0).fit(["abcdefgh"])
     assert long.max_length_ == 5
+    # ... and that bound is one value, which the loaders read too
+    monkeypatch.setattr(generation, "MAX_STORED_LENGTH", 4)
+    for load in (persistence.load, scoring.load):
+        with pytest.raises(ValueError, match="max_length"):
+            load(long.save(tmp_path / "long.cyrnn"))
 
 
 def test_sampling_runs_in_blocks_of_rows_with_the_same_samples(monkeypatch):
