@@ -1,7 +1,11 @@
 """Shared fixtures: every conformance test runs once per available backend."""
 
 import os
+import shutil
 import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -44,6 +48,49 @@ class BackgroundRun:
             self.proc.wait()
         self.out.close()
         self.err.close()
+
+
+# Numba compiles each kernel entry point on first use, per dtype, into its on-disk cache
+# (about 110 CPU-seconds per dtype here; docs: README "Backends and threads"). In a fresh
+# environment (CI) the Numba tests of the first modules waited for all of it. A session
+# that runs Numba tests therefore compiles the entry points meanwhile in a background
+# process at low priority, into the same cache, float64 first and each dtype's entry
+# points in the reverse of the order the tests first need them, so that the tests load
+# most of them instead of compiling them (2026-12-03, an empty NUMBA_CACHE_DIR,
+# test_bad_input + test_cell_table + test_fused_*: 340 s -> 221 s). Results do not
+# change: a kernel loaded from the cache is the one the test would have compiled.
+# CYRNN_TEST_NO_WARM_UP=1 turns it off.
+_WARM_UP = """
+import os, sys
+os.nice(10)  # the tests first
+import numpy as np
+from cyrnn.backends import numba as nb
+parent = os.getppid()
+for dtype in ("float64", "float32"):
+    for name in reversed(list(nb._DISPATCHERS)):
+        if os.getppid() != parent:  # the test session is gone: stop
+            sys.exit(0)
+        nb._kernel(name, np.dtype(dtype))
+"""
+
+
+def pytest_collection_finish(session):
+    if ("numba" not in BACKENDS or os.environ.get("CYRNN_TEST_NO_WARM_UP")
+            or not any("numba" in item.nodeid for item in session.items)):
+        return
+    folder = tempfile.mkdtemp(prefix="cyrnn-warm-up-")
+    # the cyrnn under test (the installed package in CI), not a source tree in the
+    # working directory
+    env = dict(os.environ, PYTHONPATH=str(Path(cyrnn.__file__).resolve().parent.parent))
+    session.config._cyrnn_warm_up = (folder, BackgroundRun(
+        [sys.executable, "-c", _WARM_UP], folder, env=env, cwd=folder))
+
+
+def pytest_sessionfinish(session):
+    folder, run = getattr(session.config, "_cyrnn_warm_up", (None, None))
+    if run is not None:
+        run.stop()  # (done long before, in a whole run)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(params=BACKENDS)
