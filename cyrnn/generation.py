@@ -111,11 +111,25 @@ def is_poem(text, form="quatrain", head=None):
     return True
 
 
-def check_stored_text_model(mode, max_length):
-    """A saved model's ``mode`` and ``max_length`` (what ``sample`` reads), checked."""
-    if mode not in ("sequences", "text"):
+def read_stored_fields(meta):
+    """What a saved ``CharLanguageModel`` holds beside its network, checked (both
+    loaders, ``cyrnn.load`` and ``cyrnn.scoring.load``, read it here): ``chars``
+    (sorted, distinct), ``mode``, ``max_length`` (bounded: ``sample``'s default length
+    is twice it), ``loss_curve`` and ``train_time``, as keyword arguments of
+    :class:`cyrnn.scoring.LanguageModelScorer`."""
+    chars = meta["chars"]
+    if not isinstance(chars, str) or len(set(chars)) != len(chars) \
+            or list(chars) != sorted(chars):
+        raise ValueError("bad vocabulary")
+    mode = meta["mode"]
+    if not isinstance(mode, str) or mode not in ("sequences", "text"):
         raise ValueError(f"bad mode {mode!r}")
-    return mode, V.check_int(max_length, "max_length", minimum=1, maximum=MAX_STORED_LENGTH)
+    return dict(chars=chars, mode=mode,
+                max_length=V.check_int(meta["max_length"], "max_length", minimum=1,
+                                       maximum=MAX_STORED_LENGTH),
+                loss_curve=[V.check_float(v, "loss_curve") for v in meta.get("loss_curve", [])],
+                train_time=V.check_float(meta.get("train_time", 0.0), "train_time",
+                                         minimum=0.0))
 
 
 class CharSampler:

@@ -36,20 +36,20 @@ from . import persistence
 from .backends import check_backend_name
 from .batching import LengthBatcher, pad, sorted_batches
 from .cells import CELL_TABLE, FAMILIES, resolve
-from .fitting import History, Progress, run_epochs
 from . import generation as _generation
+from .fitting import History, Progress, run_epochs
 from .generation import (BOS, COMMA, EOS, MIN_TEMPERATURE, N_RESERVED, PAD, PERIOD,
                          POEM_FORMS, PRESETS, CharSampler, check_poem_head, check_poem_start,
-                         check_stored_text_model, is_cjk_ideograph, is_poem)
+                         is_cjk_ideograph, is_poem, read_stored_fields)
 from .layers import Dense, Embedding
 from .model import TRAIN_COMPUTE, Sequential
 from .optim import get_optimizer
 from .training import tbptt, train_step
 
 # (the vocabulary and sampling names live in cyrnn.generation; kept importable here)
-__all__ = ["CharLanguageModel", "PAD", "BOS", "EOS", "N_RESERVED", "POEM_FORMS",
-           "COMMA", "PERIOD", "MIN_TEMPERATURE", "is_cjk_ideograph", "check_poem_head", "check_poem_start",
-           "is_poem", "PRESETS", "prepare_corpus"]
+__all__ = ["CharLanguageModel", "PAD", "BOS", "EOS", "N_RESERVED", "POEM_FORMS", "COMMA",
+           "PERIOD", "MIN_TEMPERATURE", "is_cjk_ideograph", "check_poem_head",
+           "check_poem_start", "is_poem", "PRESETS", "prepare_corpus"]
 
 # The layer class of each cell family, from the cell table.
 _CELLS = {row.family: getattr(_layers, row.layer) for row in CELL_TABLE}
@@ -590,13 +590,9 @@ class CharLanguageModel(CharSampler, BaseEstimator):
                 raise ValueError("bad architecture entry")
             lm = cls(**{**params, **arch})
             lm._check_params()
-            chars = meta["chars"]
-            if not isinstance(chars, str) or len(set(chars)) != len(chars) \
-                    or list(chars) != sorted(chars):
-                raise ValueError("bad vocabulary")
-            # (a fit stores the longest text, or 200: sample's default reads it)
-            lm.mode_, lm.max_length_ = check_stored_text_model(meta["mode"], meta["max_length"])
-            lm._set_vocabulary(chars)
+            stored = read_stored_fields(meta)
+            lm.mode_, lm.max_length_ = stored["mode"], stored["max_length"]
+            lm._set_vocabulary(stored["chars"])
             # Everything is checked against the declared architecture before the
             # network is built: the stored vector bounds what loading allocates.
             data = arrays["params"]
@@ -609,16 +605,14 @@ class CharLanguageModel(CharSampler, BaseEstimator):
                                  f"is {np.dtype(lm.dtype).name}")
             if not np.isfinite(data).all():
                 raise ValueError("the parameter vector contains NaN or infinity")
-            loss_curve = [V.check_float(v, "loss_curve") for v in meta.get("loss_curve", [])]
-            train_time = V.check_float(meta.get("train_time", 0.0), "train_time", minimum=0.0)
             rng = V.check_rng(lm.random_state)
             lm.model_ = lm._build_model(rng)
             lm.model_.params.data[...] = data
             lm._optim = lm._make_optimizer()
             lm._rng = rng
             lm._sample_rng = np.random.default_rng(rng.integers(2**63))
-            lm.loss_curve_ = loss_curve
-            lm.train_time_ = train_time
+            lm.loss_curve_ = stored["loss_curve"]
+            lm.train_time_ = stored["train_time"]
             lm._arch = lm._architecture()
             lm.set_params(**params)  # the parameters as saved (a later fit uses them)
         except ValueError as exc:

@@ -27,7 +27,7 @@ import numpy as np
 from . import _validation as V
 from . import persistence
 from . import sequences as S
-from .generation import CharSampler, check_stored_text_model
+from .generation import CharSampler, read_stored_fields
 
 __all__ = ["Scorer", "EstimatorScorer", "ClassifierScorer", "LanguageModelScorer", "load",
            "from_estimator"]
@@ -666,11 +666,8 @@ def _language_model_scorer(kind, meta, arrays, backend):
                 "train_compute"}:
             raise ValueError("bad architecture entry")
         p = {**p, **arch}
-    chars = meta["chars"]
-    if not isinstance(chars, str) or len(set(chars)) != len(chars) \
-            or list(chars) != sorted(chars):
-        raise ValueError("bad vocabulary")
-    vocab = len(chars) + 3
+    stored = read_stored_fields(meta)  # the vocabulary, mode, lengths, history
+    vocab = len(stored["chars"]) + 3
     family, H, L, E, peephole, dtype = network(p)
     options = {"peephole": True} if peephole else {}
     # the count as an estimator spec of the same network (one-hot input: E = vocab)
@@ -688,8 +685,4 @@ def _language_model_scorer(kind, meta, arrays, backend):
     from .model import Sequential
     model = Sequential([emb, rnn, layers.Dense(H, vocab, dtype=dtype)])
     model.params.data[...] = params
-    mode, max_length = check_stored_text_model(meta["mode"], meta["max_length"])
-    return LanguageModelScorer(
-        model, kind, chars, one_hot=E is None, mode=mode, max_length=max_length,
-        loss_curve=[V.check_float(v, "loss_curve") for v in meta.get("loss_curve", [])],
-        train_time=V.check_float(meta.get("train_time", 0.0), "train_time", minimum=0.0))
+    return LanguageModelScorer(model, kind, one_hot=E is None, **stored)

@@ -56,8 +56,10 @@ class BackgroundRun:
 # that runs Numba tests therefore compiles the entry points meanwhile in a background
 # process at low priority, into the same cache, float64 first and each dtype's entry
 # points in the reverse of the order the tests first need them, so that the tests load
-# most of them instead of compiling them (2026-12-03, an empty NUMBA_CACHE_DIR,
-# test_bad_input + test_cell_table + test_fused_*: 340 s -> 221 s). Results do not
+# most of them instead of compiling them (2026-12-03, an empty NUMBA_CACHE_DIR, one run
+# each on 2 cores: test_bad_input + test_cell_table + test_fused_*, 340 s -> 196 s; the
+# whole clean-clone suite 1,021 -> 1,049 s on a loaded host, within its noise: the
+# first module's float32 kernels still compile in the session). Results do not
 # change: a kernel loaded from the cache is the one the test would have compiled.
 # CYRNN_TEST_NO_WARM_UP=1 turns it off.
 _WARM_UP = """
