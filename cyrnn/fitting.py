@@ -206,8 +206,11 @@ def run_epochs(model, history, *, epochs, batches, step, start_loss=None, baseli
         loss and its weight in the epoch's mean (its sample weight, or its number
         of predictions); None when the batch has nothing to learn from.
     start_loss : callable ``() -> float or None``, optional
-        The untrained model's loss, the divergence reference of the first epoch;
-        called only when the history is empty.
+        The model's loss on this call's data before this call trains it (inference
+        mode), a divergence reference of every call: for a fresh fit the untrained
+        model's loss; for a warm start or ``partial_fit`` on data the model fits
+        badly (new targets, a shifted distribution), its loss there, which the
+        earlier epochs' losses would not cover.
     baseline : callable ``() -> float or None``, optional
         The loss of an all-zero output on this call's data, a divergence reference
         of every call: the scale of a regressor's targets may grow between warm
@@ -230,7 +233,7 @@ def run_epochs(model, history, *, epochs, batches, step, start_loss=None, baseli
         :func:`cyrnn.training.check_divergence` fails after an epoch.
     """
     progress = progress or Progress(False, epochs)
-    reference = start_loss() if start_loss is not None and not history.loss_curve else None
+    reference = start_loss() if start_loss is not None else None
     scale = baseline() if baseline is not None else None
     if stopping is not None:
         stopping.start(model, history)

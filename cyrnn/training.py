@@ -263,11 +263,13 @@ def check_divergence(loss_curve, params, start_loss=None, baseline=None,
     loss so far (``loss_curve[:-1]``, which continues across warm starts), of
     ``start_loss`` and of ``baseline``. A learning rate far too large ruins the model
     within its first updates, so the first epoch cannot be its own reference: fit
-    loops pass the untrained model's loss as ``start_loss`` when the curve starts
-    empty. ``baseline``, the loss of an all-zero output on the current call's data,
-    keeps a warm start or ``partial_fit`` on data with larger targets (a loss larger
-    than the earlier epochs', but near what predicting zero costs) from counting as
-    diverged; a diverged model's loss is far above it.
+    loops pass the model's loss on the call's data before the call trains it as
+    ``start_loss``, on every call (for a warm start or ``partial_fit`` on data the
+    model fits badly, that loss is above the earlier epochs', and training on it is
+    no divergence). ``baseline``, the loss of an all-zero output on the current
+    call's data, keeps a warm start or ``partial_fit`` on data with larger targets (a
+    loss larger than the earlier epochs', but near what predicting zero costs) from
+    counting as diverged; a diverged model's loss is far above both.
 
     With sane settings the loss never rises tenfold above its starting value (the
     examples and the quality tests never come near it), while a diverged fit (e.g.
@@ -280,7 +282,7 @@ def check_divergence(loss_curve, params, start_loss=None, baseline=None,
     params : ndarray
         The flat parameter vector.
     start_loss : float, optional
-        The loss before training (inference mode).
+        The loss on the current call's data before the call trained (inference mode).
     baseline : float, optional
         The loss of an all-zero output on the data of the current call.
     """

@@ -228,10 +228,17 @@ def test_run_epochs_bookkeeping():
     # weighted means: (4*1 + 2*3)/4, the skipped batch does not count, then 1
     assert history.loss_curve == [2.5, 1.0, 1.0] and calls == [1]
     assert not result.stopped and result.seconds >= 0 and model.cleared == 1
-    # a warm start continues the history and needs no start loss
+    # a warm start continues the history; its start loss is a reference too
     run_epochs(model, history, epochs=1, batches=lambda: [1], step=lambda b: (1.5, 1),
-               start_loss=lambda: pytest.fail("the history is not empty"))
-    assert history.loss_curve == [2.5, 1.0, 1.0, 1.5]
+               start_loss=lambda: calls.append(2) or 5.0)
+    assert history.loss_curve == [2.5, 1.0, 1.0, 1.5] and calls == [1, 2]
+    # ... so a warm start on data the model fits badly (its loss there 20, ten times
+    # more than before) is no divergence, and one far above that still is
+    run_epochs(model, history, epochs=1, batches=lambda: [1], step=lambda b: (19.0, 1),
+               start_loss=lambda: 20.0)
+    with pytest.raises(ValueError, match="more than 10 times its reference 20"):
+        run_epochs(model, history, epochs=1, batches=lambda: [1], step=lambda b: (201.0, 1),
+                   start_loss=lambda: 20.0)
 
 
 def test_run_epochs_divergence_and_stopping(capsys):

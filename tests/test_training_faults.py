@@ -81,6 +81,26 @@ def test_continued_fits_on_larger_targets_are_not_divergence(cls):
     assert len(est.loss_curve_) == 6
 
 
+def test_partial_fit_on_data_the_model_fits_badly_is_not_divergence():
+    """A model trained on one regime and then on another starts the new data at a high
+    loss (confidently wrong, its parameters sane): the loss of the model on the call's
+    data before the call trains it is a reference of every call, not only of a fresh
+    fit's first epoch. Before, the earlier epochs' losses (on other data) were the
+    reference, and every later call on the new data raised, whatever it did."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, 6, 3)).astype(np.float32)
+    clf = LSTMClassifier(hidden_size=8, optimizer="adam", learning_rate=0.05, random_state=0)
+    for _ in range(120):  # regime 1: every label 0
+        clf.partial_fit(X[:20], np.zeros(20, int), classes=[0, 1])
+    start = clf.loss_curve_[-1]
+    clf.partial_fit(X[20:], np.ones(20, int))  # regime 2: every label 1
+    assert clf.loss_curve_[-1] > 10 * max(start, clf.loss_curve_[0])  # what used to raise
+    for _ in range(3):
+        clf.partial_fit(X[20:], np.ones(20, int))
+    assert clf.loss_curve_[-1] < clf.loss_curve_[-4]  # it learns the new regime
+    assert np.isfinite(clf.model_.params.data).all()
+
+
 def test_one_large_target_anywhere_is_not_divergence():
     """The loss of predicting zero, a reference of the rule, covers every row: on a
     sample of rows one large target outside it made a sound first epoch look diverged

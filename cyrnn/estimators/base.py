@@ -638,8 +638,10 @@ or list of arrays of shape (n_steps_i, n_features) or (n_steps_i,)
                           "and the optimization hasn't converged yet.", ConvergenceWarning)
 
     def _start_loss(self, run, data, Y, W, loss):
-        """``run.model``'s loss before training (inference mode) on up to 256 evenly
-        spaced training sequences; None if they all have zero weight."""
+        """``run.model``'s loss before this call trains it (inference mode; a fresh
+        fit's untrained model, a warm start's or ``partial_fit``'s current one) on up to
+        256 evenly spaced sequences of this call's data; None if they all have zero
+        weight."""
         seqs = run.spec["return_sequences"]
         n = len(data)
         idx = np.unique(np.linspace(0, n - 1, min(n, 256)).astype(np.intp))
