@@ -237,6 +237,39 @@ def test_predictions_depend_on_batching_only_by_rounding():
                                rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("cls", [GRURegressor, LSTMClassifier])
+def test_set_params_backend_applies_to_the_next_prediction(cls, tmp_path):
+    """``set_params(backend=...)`` on a fitted or loaded estimator changes the backend
+    its predictions run on (as a pickle round trip, which rebuilds the model, always
+    did); an unavailable backend raises before anything changes, and a file fitted on
+    one (say 'cuda') is scored elsewhere after ``set_params(backend='auto')``."""
+    X, y = make_fixed(20, seed=3)
+    y = y if cls in REGRESSORS else (y > 0).astype(int)
+    get = (lambda e: e.predict_proba(X)) if cls in CLASSIFIERS else (lambda e: e.predict(X))
+    est = cls(**SMALL).fit(X, y)
+    before = get(est)
+    recurrent = [layer for layer in est.model_.layers if hasattr(layer, "backend")]
+    est.set_params(backend="numpy")
+    on_numpy = get(est)
+    assert {layer.backend for layer in recurrent} == {"numpy"}
+    np.testing.assert_array_equal(on_numpy, get(pickle.loads(pickle.dumps(est))))
+    np.testing.assert_allclose(on_numpy, before, rtol=1e-5, atol=1e-6)
+    est.set_params(backend="auto")
+    np.testing.assert_array_equal(get(est), before)  # the fast path's plan follows too
+    if "cuda" in cyrnn.backends.available():
+        return  # (the rest needs a backend that is not available here)
+    est.save(tmp_path / "m.cyrnn")
+    est.set_params(backend="cuda")
+    with pytest.raises(ValueError, match="'cuda' is not available"):
+        get(est)
+    assert {layer.backend for layer in recurrent} == {"auto"}  # nothing changed
+    est.save(tmp_path / "cuda.cyrnn")
+    loaded = cyrnn.load(tmp_path / "cuda.cyrnn")
+    with pytest.raises(ValueError, match="'cuda' is not available"):
+        get(loaded)
+    np.testing.assert_array_equal(get(loaded.set_params(backend="auto")), before)
+
+
 def test_n_jobs_limits_the_kernels_threads_in_fit_and_predict(monkeypatch):
     """n_jobs limits the compiled kernels' threads (OpenMP's, per thread) during fit and
     predict, and leaves the process-wide BLAS pool alone (issue 15, item 7)."""
@@ -824,6 +857,9 @@ def test_zero_class_weights_raise_value_error():
     labels = (y > 0).astype(int)
     with pytest.raises(ValueError, match="no sample has a positive weight"):  # was IndexError
         GRUClassifier(class_weight={0: 0.0, 1: 0.0}, **SMALL).fit(X, labels)
+    # one class left with weight: named as the data names it (not np.int64(0))
+    with pytest.raises(ValueError, match=r"but only class 0 has samples of positive"):
+        GRUClassifier(**SMALL).fit(X, labels, sample_weight=np.where(labels == 1, 0.0, 1.0))
     est = GRUClassifier(class_weight={0: 0.0, 1: 1.0, 2: 1.0}, **SMALL)
     with pytest.raises(ValueError, match="no sample has a positive weight"):  # was a NaN loss
         est.partial_fit(X, np.zeros(20, int), classes=[0, 1, 2])

@@ -467,20 +467,37 @@ best_validation_score_, n_iter_
         # (fitted on a DataFrame: _raw_predict checks the column names)
         if model is not None and self.n_jobs is None \
                 and "feature_names_in_" not in self.__dict__:
-            scorer = _SCORERS.get(model)
-            if scorer is None:
+            model = self._scoring_model()
+            entry = _SCORERS.get(model)  # (backend, scorer): its plan is the backend's
+            if entry is None or entry[0] != self.backend:
                 from ..scoring import from_estimator
-                scorer = _SCORERS[model] = from_estimator(self)
-            raw = scorer._fast_raw(X)
+                entry = _SCORERS[model] = (self.backend, from_estimator(self))
+            raw = entry[1]._fast_raw(X)
             if raw is not None:
                 return raw
         return self._raw_predict(X)[1]
 
     def _raw_predict(self, X):
         check_is_fitted(self)
+        model = self._scoring_model()
         data = self._check_X(X, self._spec)
         with self._threads():
-            return data, self._raw(self.model_, data, self._spec)
+            return data, self._raw(model, data, self._spec)
+
+    def _scoring_model(self):
+        """``model_`` with its layers on the backend the ``backend`` parameter names
+        now: ``set_params(backend=...)`` on a fitted or loaded estimator (say one fitted
+        on 'cuda', scored where there is no GPU) applies to the next prediction, as it
+        does to the next fit. An unknown or unavailable backend raises ValueError (a
+        non-string TypeError) before anything changes."""
+        model, name = self.model_, self.backend
+        stale = [layer for layer in model.layers
+                 if getattr(layer, "backend", name) != name]
+        if stale:
+            get_backend(name)
+            for layer in stale:
+                layer.backend = name
+        return model
 
     # ------------------------------------------------------------------ fitting
     @_fit_context(prefer_skip_nested_validation=True)

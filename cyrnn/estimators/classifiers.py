@@ -152,7 +152,7 @@ class BaseSequenceClassifier(ClassifierMixin, BaseSequenceModel):
             weighted = np.unique(enc_flat[np.asarray(flat_w) > 0])
             if len(weighted) == 1:  # none at all: BaseSequenceModel._fit says so
                 raise ValueError(f"{name} needs samples of at least 2 classes with positive "
-                                 f"weight, but only class {classes_[weighted[0]]!r} has "
+                                 f"weight, but only class {classes_.tolist()[weighted[0]]!r} has "
                                  "samples of positive sample_weight / class_weight")
         if binary:
             Y = (Y_idx[..., None].astype(np.float64) if not isinstance(Y_idx, list)
