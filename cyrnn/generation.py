@@ -258,6 +258,9 @@ class CharSampler:
             raise ValueError("the model's parameters hold NaN or infinity: it cannot "
                              "sample; refit it or load a sound copy")
         weights = self._kernel_weights()
+        # a top_k of the vocabulary's size or more keeps every character; clamped so
+        # that any such Python int fits the compiled kernels' C integer
+        top_k = min(top_k, weights["w_out"].shape[0])
         L, H = rnn.num_layers, rnn.hidden_size
         dt = rnn.dtype
         seq = np.concatenate([[BOS], prefix_ids]).astype(np.int64)

@@ -179,9 +179,10 @@ class CharLanguageModel(CharSampler, BaseEstimator):
         state is carried across chunks.
     backend : str, default 'auto'
     dtype : {float32, float64}, default float32
-    random_state : None, int or numpy Generator
+    random_state : None, int, numpy Generator or RandomState
         Seeds initialisation, shuffling, and :meth:`sample` calls that give no
-        ``random_state`` of their own.
+        ``random_state`` of their own (a RandomState gives a seed drawn from it,
+        as the estimators take one; a Generator or RandomState is not saved).
     verbose : bool, default False
         A tqdm progress bar on stderr while training.
     peephole : bool, default False
@@ -274,7 +275,8 @@ class CharLanguageModel(CharSampler, BaseEstimator):
             if self.backend not in ("auto", "cython"):
                 raise ValueError("train_compute='bfloat16' needs the Cython backend "
                                  f"(backend='cython' or 'auto'), got backend={self.backend!r}")
-        if not (self.random_state is None or isinstance(self.random_state, np.random.Generator)):
+        if not (self.random_state is None or isinstance(
+                self.random_state, (np.random.Generator, np.random.RandomState))):
             V.check_int(self.random_state, "random_state", minimum=0)
 
     # ------------------------------------------------------------------ vocabulary
@@ -346,7 +348,7 @@ class CharLanguageModel(CharSampler, BaseEstimator):
         return texts
 
     # ------------------------------------------------------------------ training
-    def fit(self, texts):
+    def fit(self, texts, y=None):
         """Learn ``texts``.
 
         Parameters
@@ -355,6 +357,9 @@ class CharLanguageModel(CharSampler, BaseEstimator):
             A list: independent sequences (names, poems), each learnt between a
             begin and an end marker, so samples are whole sequences. A single
             ``str``: one long text, see :meth:`fit_text`.
+        y : None
+            Ignored (scikit-learn's convention for models without targets, so the
+            model can end a ``Pipeline``).
 
         Returns
         -------

@@ -128,8 +128,11 @@ def test_backends_sample_identically(backend):
     for name in ("numpy", backend):
         lm.backend = name
         out[name] = (lm.sample(20, temperature=1.2, random_state=3),
-                     lm.sample(10, top_k=4, prefix="Al", random_state=4))
+                     lm.sample(10, top_k=4, prefix="Al", random_state=4),
+                     # a top_k beyond any C integer: every character, as top_k=None
+                     lm.sample(5, top_k=2**63, random_state=5))
     assert out["numpy"] == out[backend]
+    assert out["numpy"][2] == lm.sample(5, random_state=5)
     # parameters gone non-finite: one clear error on every backend (the reference
     # raised IndexError inside sampling, the compiled kernels returned empty strings)
     lm.model_.params.data[3] = np.nan
@@ -368,6 +371,25 @@ def test_get_params_set_params_and_clone():
                                   lm.model_.params.data)  # same parameters, same fit
     assert repr(lm) == ("CharLanguageModel(cell='gru', hidden_size=7, embedding_dim=None, "
                         "max_epochs=2, random_state=3, verbose=True)")
+
+
+def test_ends_a_pipeline_and_takes_a_random_state_object():
+    """``fit(texts, y=None)`` (scikit-learn's form for models without targets), so the
+    model can be a Pipeline's last step; a RandomState seeds it as the estimators'."""
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    kw = dict(hidden_size=8, max_epochs=2)
+    pipe = make_pipeline(FunctionTransformer(lambda texts: [t.lower() for t in texts]),
+                         CharLanguageModel(random_state=0, **kw)).fit(NAMES20[:6])
+    lm = pipe[-1]
+    assert set(lm.chars_) == set("".join(NAMES20[:6]).lower())
+    direct = CharLanguageModel(random_state=0, **kw).fit([t.lower() for t in NAMES20[:6]])
+    np.testing.assert_array_equal(lm.model_.params.data, direct.model_.params.data)
+    a, b = (CharLanguageModel(random_state=np.random.RandomState(4), **kw).fit(NAMES20[:6])
+            for _ in range(2))
+    np.testing.assert_array_equal(a.model_.params.data, b.model_.params.data)
+    assert a.sample(3) == b.sample(3)
 
 
 @pytest.mark.parametrize("data", [NAMES20[:6], "the quick brown fox " * 5])
