@@ -113,10 +113,15 @@ def check_array(x, name, ndim, dtype, feature_size=None, feature_name="features"
     if not np.isfinite(arr).all():
         raise ValueError(f"{name} contains NaN or infinity")
     if arr.dtype.kind == "f" and np.dtype(dtype).itemsize < arr.dtype.itemsize:
-        limit = np.finfo(dtype).max
-        if np.abs(arr).max() > limit:
+        # refused where the conversion overflows (as the compiled paths' conversion
+        # rounds: a value that rounds to the largest float32 is accepted everywhere)
+        with np.errstate(over="ignore"):
+            converted = arr.astype(dtype)
+        if not np.isfinite(converted).all():
             raise ValueError(f"{name} holds values too large for {np.dtype(dtype)} "
-                             f"(largest magnitude {np.abs(arr).max():.3g})")
+                             f"(largest magnitude {np.abs(arr).max():.4g}, the largest "
+                             f"{np.dtype(dtype)} {float(np.finfo(dtype).max):.4g})")
+        return converted
     return arr.astype(dtype, copy=False)
 
 

@@ -438,7 +438,8 @@ class Sequential:
 
     def backward(self, d_output, d_states=None, input_grad=True):
         """Backpropagate ``d_output`` (and optional final-state gradients) through the last
-        training-mode forward; adds parameter gradients into ``params.grad``.
+        forward, which must have run in training mode (an inference forward in between
+        drops its cache: RuntimeError); adds parameter gradients into ``params.grad``.
 
         Returns the gradient on the input (None when the first layer is an Embedding, or
         when ``input_grad`` is False: training skips that GEMM).

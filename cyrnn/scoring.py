@@ -504,8 +504,20 @@ def _pack_weights(scorer, weights, bf16_arithmetic=False):
     plan = scorer._plan
     what = "compute='bfloat16' (bfloat16 weights)" if bf16_arithmetic else f"weights={weights!r}"
     if plan is None:
-        raise ValueError(f"{what} needs the Cython backend; this model's layers run on "
-                         "the NumPy reference")
+        names = {layer._backend().__name__.rsplit(".", 1)[-1].replace("_backend", "")
+                 for layer in scorer.model.recurrent_layers}
+        if names <= {"numpy"}:
+            raise ValueError(f"{what} needs the Cython backend; this model's layers run on "
+                             "the NumPy reference")
+        if len(names) > 1:
+            raise ValueError(f"{what} needs the Cython backend; this model's recurrent "
+                             f"layers run on several backends: {sorted(names)}")
+        raise ValueError(f"{what} needs a model that runs as one compiled call: an optional "
+                         "Embedding, then recurrent layers, then Dense or recurrent layers "
+                         "(this one has " + ", ".join(type(layer).__name__
+                                                     for layer in scorer.model.layers)
+                         + "; a Masking or Activation layer, or a Dense layer first, runs "
+                         "layer by layer)")
     model = scorer.model
     if weights == "bfloat16" and model.dtype != np.float32:
         raise ValueError(f"{what} needs a float32 model, got {model.dtype}")

@@ -62,10 +62,20 @@ def test_bad_input_raises_and_mutates_nothing(trained_layer, kwargs, exc, messag
     assert layer._cache is cache_before
 
 
-def test_lstm_state_must_be_a_pair(backend):
-    layer = cyrnn.LSTM(D, H, backend=backend)
+@pytest.mark.parametrize("options", [{}, {"go_backwards": True}])
+def test_lstm_state_must_be_a_pair(backend, options):
+    layer = cyrnn.LSTM(D, H, backend=backend, **options)
+    x, h0 = np.ones((N, T, D)), np.zeros((1, N, H))
     with pytest.raises(TypeError, match=r"\(h0, c0\)"):
-        layer.forward(np.ones((N, T, D)), initial_state=np.zeros((1, N, H)))
+        layer.forward(x, initial_state=h0)
+    # a None entry: the layer path's kernels used to return NaN (go_backwards), the
+    # NumPy reference a TypeError from inside, the fused path took zeros
+    model = cyrnn.Sequential([cyrnn.LSTM(D, H, backend=backend, **options), cyrnn.Dense(H, 1)])
+    for state in ((h0, None), (None, h0)):
+        with pytest.raises(TypeError, match=r"pair of arrays \(h0, c0\), got None"):
+            layer.forward(x, initial_state=state)
+        with pytest.raises(TypeError, match=r"pair of arrays \(h0, c0\), got None"):
+            model.forward(x, initial_states=[state])
 
 
 def test_backward_checks_gradient_shape_and_needs_training_forward(backend):
@@ -474,3 +484,59 @@ def test_huge_finite_sample_weights_keep_their_ratios():
             huge = loss(out, target, sample_weight=np.full(3, 1e308))
         assert huge[0] == pytest.approx(ones[0], rel=1e-6) and huge[0] > 0
         np.testing.assert_allclose(huge[1], ones[1], rtol=1e-6)
+
+
+def test_forget_bias_must_be_finite_in_the_layers_dtype():
+    # 1e39 is finite as a Python float but inf in float32: the model ran, saved, and
+    # its file was refused by both loaders (parameters not finite)
+    with pytest.raises(ValueError, match="forget_bias must be finite in float32"):
+        cyrnn.LSTM(D, H, forget_bias=1e39)
+    assert np.isfinite(cyrnn.LSTM(D, H, forget_bias=1e39, dtype=np.float64).params.data).all()
+    layer = cyrnn.LSTM(D, H, random_state=0)
+    before = layer.params.data.copy()
+    with pytest.raises(ValueError, match="forget_bias must be finite"):
+        layer.reset_parameters(random_state=1, forget_bias=-1e39)
+    np.testing.assert_array_equal(layer.params.data, before)
+
+
+def test_dense_checks_its_input_as_the_recurrent_layers_do():
+    # a scalar raised IndexError, strings were parsed, NaN and float32 overflow passed
+    dense = cyrnn.Dense(3, 2)
+    for x, exc, message in [
+            (np.float32(1.0), ValueError, r"3 input features on the last axis, got shape \(\)"),
+            (np.ones((2, 4)), ValueError, r"got shape \(2, 4\)"),
+            (np.array([["1", "2", "3"]]), TypeError, "real numeric"),
+            (np.ones((2, 3), complex), TypeError, "real numeric"),
+            (np.array([[np.nan, 2, 3]]), ValueError, "NaN or infinity$"),
+            (np.array([[1e300, 2, 3]]), ValueError, "once in float32"),
+    ]:
+        with pytest.raises(exc, match=message):
+            dense.forward(x, training=True)
+        assert dense._cache is None
+    assert dense.forward(np.ones((0, 3))).shape == (0, 2)  # an empty batch, as in torch
+
+
+@pytest.mark.parametrize("options", [{}, {"go_backwards": True}])
+def test_backward_refuses_gradients_that_are_not_real_numbers(backend, options):
+    # they were converted: the imaginary part dropped, strings parsed
+    layer = cyrnn.GRU(D, H, backend=backend, **options)
+    out, _ = layer.forward(np.ones((N, T, D)), training=True)
+    for bad in (np.ones(out.shape, complex), np.ones(out.shape).astype(str)):
+        with pytest.raises(TypeError, match="d_output must be a real numeric array"):
+            layer.backward(bad)
+    layer.backward(np.ones(out.shape))  # the training cache was kept for this
+
+
+def test_float64_input_that_rounds_to_the_largest_float32_is_accepted_on_every_path(backend):
+    # the compiled conversion rounds it to FLT_MAX (as astype does) and took it, the
+    # validators compared before converting and refused it: one verdict per value now
+    v = float(np.finfo(np.float32).max) * (1 + 2.0 ** -26)
+    x = np.full((2, 3, D), v)
+    layer = cyrnn.LSTM(D, H, backend=backend)
+    model = cyrnn.Sequential([cyrnn.LSTM(D, H, backend=backend), cyrnn.Dense(H, 1)])
+    for call in (lambda: layer.forward(x), lambda: layer.forward(x, lengths=[3, 2]),
+                 lambda: model.forward(x), lambda: model.forward(x, lengths=[3, 2])):
+        out = call()
+        assert np.isfinite(out[0] if isinstance(out, tuple) else out).all()
+    with pytest.raises(ValueError, match="too large for float32"):
+        layer.forward(np.full((2, 3, D), 2 * v))

@@ -1060,6 +1060,12 @@ def test_bf16_arithmetic_falls_back_and_refuses(tmp_path, rng, monkeypatch):
     if "numba" in cyrnn.backends.available():
         with pytest.raises(ValueError, match="compute='bfloat16'.*Cython backend"):
             scoring.load(tmp_path / "m.cyrnn", backend="numba", compute="bfloat16")
+    # a model the compiled plan does not cover is told so, not sent to the Cython
+    # backend its layers already run on
+    cyrnn.Sequential([cyrnn.Masking(0.0), cyrnn.GRU(4, 6)]).save(tmp_path / "mask.cyrnn")
+    with pytest.raises(ValueError, match=r"weights='packed' needs a model that runs as one "
+                                         r"compiled call.*\(this one has Masking, GRU;"):
+        scoring.load(tmp_path / "mask.cyrnn", weights="packed")
     cyrnn.Sequential([cyrnn.GRU(4, 6, dtype=np.float64)]).save(tmp_path / "f64.cyrnn")
     with pytest.raises(ValueError, match="compute='bfloat16'.*float32 model"):
         scoring.load(tmp_path / "f64.cyrnn", compute="bfloat16")

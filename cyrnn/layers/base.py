@@ -79,7 +79,8 @@ class Layer:
         cache = getattr(self, "_cache", None)
         if cache is None:
             raise RuntimeError(f"{type(self).__name__}.backward needs a preceding forward in "
-                               "training mode (inference keeps no backward caches)")
+                               "training mode, with no inference forward after it (inference "
+                               "keeps no backward caches and drops the last one)")
         return cache
 
     def _check_d_output(self, d_output, shape):

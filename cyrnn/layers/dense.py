@@ -46,10 +46,17 @@ class Dense(Layer):
         self.params["bias"][...] = 0
 
     def forward(self, x, training=None):
-        xa = np.asarray(x, self.dtype)
-        if xa.shape[-1] != self.in_features:
-            raise ValueError(f"Dense expects {self.in_features} input features, "
-                             f"got {xa.shape[-1]}")
+        xa = V._numeric_array(x, "x")  # TypeError: strings, complex, not numbers
+        if xa.ndim == 0 or xa.shape[-1] != self.in_features:
+            raise ValueError(f"Dense expects {self.in_features} input features on the last "
+                             f"axis, got shape {xa.shape}")
+        with np.errstate(over="ignore", invalid="ignore"):
+            converted = xa.astype(self.dtype, copy=False)
+        if not np.isfinite(converted).all():
+            why = "" if not np.isfinite(xa).all() else \
+                f" once in {np.dtype(self.dtype).name} (values too large)"
+            raise ValueError(f"x contains NaN or infinity{why}")
+        xa = converted
         training = self._resolve_training(training)
         self._cache = kept_for_backward(xa, x, training) if training else None
         return xa @ self.params["weight"].T + self.params["bias"]

@@ -220,6 +220,11 @@ class RecurrentLayer(Layer):
         rng = V.check_rng(random_state)
         H, G = self.hidden_size, self.cell.n_gates
         forget = self.cell.row.forget_gate
+        if forget is not None:  # (checked before any parameter changes)
+            forget_bias = V.check_float(forget_bias, "forget_bias")
+            if abs(forget_bias) > float(np.finfo(self.dtype).max):  # inf once stored
+                raise ValueError(f"forget_bias must be finite in {np.dtype(self.dtype).name}, "
+                                 f"got {forget_bias:g}")
         for layer in range(self.num_layers):
             for d in range(self.num_directions):
                 w_ih, w_hh, b_ih, b_hh = self._names(layer, d)
@@ -291,6 +296,11 @@ class RecurrentLayer(Layer):
             if not isinstance(initial_state, (tuple, list)) or len(initial_state) != 2:
                 raise TypeError("LSTM initial_state must be a tuple (h0, c0)")
             h0, c0 = initial_state
+            for name, value in (("h0", h0), ("c0", c0)):
+                if value is None:  # (a kernel would read an empty state)
+                    raise TypeError(f"LSTM initial_state must be a pair of arrays (h0, c0), "
+                                    f"got None for {name} (initial_state=None starts "
+                                    "from zeros)")
         else:
             h0, c0 = initial_state, None
         h0 = V.check_array(h0, "initial_state h0", 3, self.dtype)
@@ -531,7 +541,9 @@ class RecurrentLayer(Layer):
 
     # ------------------------------------------------------------ backward
     def backward(self, d_output=None, d_state=None, input_grad=True):
-        """Backpropagate through the last training-mode forward.
+        """Backpropagate through the last forward, which must have run in training
+        mode (an inference forward in between drops the training forward's cache:
+        RuntimeError).
 
         Parameters
         ----------
@@ -554,7 +566,7 @@ class RecurrentLayer(Layer):
         dh_n, dc_n = self._check_state_grads(d_state, cache["h_n"].shape[1])
         if d_output is not None:
             # merge_mode=None: one gradient per direction, stacked on a leading axis
-            d_output = np.asarray(d_output, dtype=self.dtype)
+            d_output = self._d_output_array(d_output)
             T, n = cache["steps"], cache["h_n"].shape[1]
             F = self.output_size
             expected = ((n, T, F) if self.batch_first else (T, n, F)) \
@@ -605,11 +617,16 @@ class RecurrentLayer(Layer):
             return (n, F)
         return (n, T, F) if self.batch_first else (T, n, F)
 
+    def _d_output_array(self, d_output):
+        """``d_output`` in this layer's dtype: real numbers (strings, complex values and
+        objects that are not numbers raise TypeError, as ``forward``'s input does)."""
+        return V._numeric_array(d_output, "d_output").astype(self.dtype, copy=False)
+
     def _planned_backward(self, cache, d_output, d_state, input_grad):
         """``backward`` of a fused training forward: one fused backend call."""
         plan, n, T = cache.plan, cache.n, cache.T
         if d_output is not None:
-            d_output = np.asarray(d_output, dtype=self.dtype)
+            d_output = self._d_output_array(d_output)
             expected = self._expected_d_output(n, T)
             if d_output.shape != expected:
                 raise ValueError(f"d_output must have shape {expected}, got {d_output.shape}")
