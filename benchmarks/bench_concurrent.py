@@ -10,8 +10,11 @@ median of ``--repeats`` samples); results must equal the sequential ones.
 
 ``--bare`` times the scorer's compiled call (``plan.infer`` on the same input)
 instead of ``predict_proba``: what the GIL costs without the Python glue.
-``--processes`` also runs the one-thread loop in ``--threads`` fresh processes at
-once against one alone: whether the cores and memory, not the GIL, are a limit.
+``--processes`` also runs the same one-thread loop in ``--threads`` worker processes
+(started once, loaded and warmed up before the timing), one alone and all at once, in
+every sample between the thread runs: the machine's own ceiling for that many streams of
+calls at that moment, with no GIL shared. The report gives both ratios and the threads'
+share of that ceiling (what one process's GIL costs on top of the cores and memory).
 """
 
 from __future__ import annotations
@@ -53,9 +56,8 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as folder:
         est.save(os.path.join(folder, "m.cyrnn"))
         sc = scoring.load(os.path.join(folder, "m.cyrnn"))
-        if args.processes:
-            path = os.path.join(folder, "m.cyrnn")
-            procs = process_rates(path, 1, args) + process_rates(path, args.threads, args)
+        workers = (Workers(os.path.join(folder, "m.cyrnn"), args.threads)
+                   if args.processes else None)
     xs = [rng.standard_normal((1, 50, 8)).astype(np.float32) for _ in range(64)]
     if args.bare:
         plan, data = sc._plan, sc.model.params.data
@@ -89,10 +91,17 @@ def main(argv=None):
     share = cpu_share(threads=2)
     run(1)
     run(args.threads)  # warm-up
-    one, many = [], []
-    for _ in range(args.repeats):
-        one.append(run(1))
-        many.append(run(args.threads))
+    one, many, p_one, p_many = [], [], [], []
+    try:
+        for _ in range(args.repeats):
+            one.append(run(1))
+            many.append(run(args.threads))
+            if workers is not None:
+                p_one.append(workers.rate(1, args.calls))
+                p_many.append(workers.rate(args.threads, args.calls))
+    finally:
+        if workers is not None:
+            workers.close()
     t1, tn = float(np.median(one)), float(np.median(many))
     print(f"# bench_concurrent {time.strftime('%Y-%m-%d %H:%M')}  {info['cpu_model']}, "
           f"{info['cores']} cores, load {load_average()}, cpu share (2 threads) {share}")
@@ -101,10 +110,12 @@ def main(argv=None):
                           [str(args.threads), f"{tn:.0f}", f"{1e6 / tn:.1f}"]]))
     if args.bare:
         print("(--bare: the compiled call alone, plan.infer)")
-    if args.processes:
-        print(f"processes: 1 alone {procs[0]:.0f} calls/s; {args.threads} at once "
-              + ", ".join(f"{r:.0f}" for r in procs[1:]) + " calls/s each")
     ratio = tn / t1
+    if workers is not None:
+        q1, qn = float(np.median(p_one)), float(np.median(p_many))
+        print(f"processes (same samples, interleaved): 1 alone {q1:.0f} calls/s, "
+              f"{args.threads} at once {qn:.0f} calls/s in all: {qn / q1:.2f}x; the threads "
+              f"reach {ratio / (qn / q1):.2f} of that ceiling")
     print(f"\n{args.threads} threads / 1: {ratio:.2f}x (target >= {TARGET}x: "
           f"{'met' if ratio >= TARGET else 'MISSED'}); results equal to sequential: "
           f"{not mismatches}")
@@ -112,7 +123,9 @@ def main(argv=None):
 
 
 def child_rate(path, calls, repeats):
-    """One-thread predict_proba loop on the model at ``path``: prints calls/s."""
+    """A worker: loads the model at ``path``, warms up, prints ``ready``; then for
+    each line ``N`` on stdin runs N one-thread ``predict_proba`` calls and prints
+    their calls/s (an empty line or end of input ends it)."""
     import cyrnn
     from cyrnn import scoring
     cyrnn.set_num_threads(1)
@@ -120,23 +133,46 @@ def child_rate(path, calls, repeats):
     x = np.random.default_rng(1).standard_normal((1, 50, 8)).astype(np.float32)
     for _ in range(200):
         sc.predict_proba(x)
-    rates = []
-    for _ in range(repeats):
+    print("ready", flush=True)
+    for line in sys.stdin:
+        if not line.strip():
+            break
+        n = int(line)
         t0 = time.perf_counter()
-        for _ in range(calls):
+        for _ in range(n):
             sc.predict_proba(x)
-        rates.append(calls / (time.perf_counter() - t0))
-    print(float(np.median(rates)))
+        print(n / (time.perf_counter() - t0), flush=True)
     return 0
 
 
-def process_rates(path, n, args):
-    """Calls/s of each of ``n`` fresh processes running ``child_rate`` at once."""
-    import subprocess
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", path,
-           "--calls", str(max(args.calls, 2000)), "--repeats", str(args.repeats)]
-    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) for _ in range(n)]
-    return [float(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
+class Workers:
+    """``n`` worker processes (``child_rate``) kept for the whole run, so that each
+    sample times warm loops only."""
+
+    def __init__(self, path, n):
+        import subprocess
+        cmd = [sys.executable, os.path.abspath(__file__), "--child", path]
+        self.procs = [subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                       text=True) for _ in range(n)]
+        for p in self.procs:
+            if p.stdout.readline().strip() != "ready":
+                raise RuntimeError("a worker process failed to start")
+
+    def rate(self, n, calls):
+        """Calls/s of the first ``n`` workers running ``calls`` calls each at once
+        (their rates summed)."""
+        busy = self.procs[:n]
+        for p in busy:
+            p.stdin.write(f"{calls}\n")
+            p.stdin.flush()
+        return sum(float(p.stdout.readline()) for p in busy)
+
+    def close(self):
+        for p in self.procs:
+            try:
+                p.stdin.close()
+            finally:
+                p.wait(timeout=60)
 
 
 if __name__ == "__main__":
