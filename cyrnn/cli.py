@@ -120,10 +120,12 @@ def _backend_name(text):
 
 
 def _build_parser():
+    from .backends import BACKENDS  # (names only: importing it loads no backend)
     common = argparse.ArgumentParser(add_help=False)
     g = common.add_argument_group("execution")
     g.add_argument("--backend", type=_backend_name, default="auto",
-                   help="kernel backend: auto (default: the fastest available), cython, numpy")
+                   help="kernel backend: auto (default: the fastest available), "
+                        + ", ".join(BACKENDS))
     g.add_argument("--threads", type=_count, default=1,
                    help="BLAS/OpenMP threads (default 1, fastest for these small models; "
                         "0 = the libraries' defaults)")

@@ -9,6 +9,7 @@ import numpy as np
 
 from . import _validation as V
 from .layers import Activation, Dense, Embedding, Layer, Masking, RecurrentLayer
+from .layers.base import Module
 from .layers.recurrent import PlannedCache, _exact
 from .params import ParameterBuffer
 from .plan import backend_plan, build_spec, layer_plannable, validity_mask
@@ -26,7 +27,7 @@ def _prefix(i):
 TRAIN_COMPUTE = ("float32", "bfloat16")
 
 
-class Sequential:
+class Sequential(Module):
     """A stack of layers with one flat parameter buffer.
 
     Parameters
@@ -156,6 +157,9 @@ class Sequential:
 
     @property
     def train_compute(self):
+        """Arithmetic of the training steps' weight products: 'float32' (default) or
+        'bfloat16' (opt-in, float32 models on the Cython backend; see the class
+        docstring's Attributes)."""
         return self.__dict__.get("_train_compute", "float32")  # (pickles of older versions)
 
     @train_compute.setter
@@ -203,23 +207,8 @@ class Sequential:
 
     @property
     def recurrent_layers(self):
+        """The recurrent layers among :attr:`layers`, in order."""
         return [layer for layer in self.layers if isinstance(layer, RecurrentLayer)]
-
-    def train(self, mode=True):
-        self.training = bool(mode)
-        return self
-
-    def eval(self):
-        return self.train(False)
-
-    def zero_grad(self):
-        self.params.zero_grad()
-
-    def state_dict(self):
-        return self.params.state_dict()
-
-    def load_state_dict(self, state, strict=True):
-        self.params.load_state_dict(state, strict=strict)
 
     # ------------------------------------------------------------------
     def _input_mask(self, x, lengths, mask):

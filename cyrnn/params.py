@@ -99,6 +99,7 @@ class ParameterBuffer:
     device = None
 
     def zero_grad(self):
+        """Set every gradient to zero (on the device too, for a device session)."""
         if self.device is not None:
             self.grad[...] = 0
             self.device.zero_grad()

@@ -37,7 +37,7 @@ the next 0.25 s, then try the team again. On the 2-core test machine with other
 processes busy, the medium inference took 15.8 ms on two threads without this and 5.8
 ms with it (one thread: 5.6 ms; quiet, two threads: 2.5 ms). Results do not depend on
 the thread count. ``cyrnn._cython_kernels.set_contention_hold(seconds)`` changes the
-0.25 s (0: never hold); ``contention_state()`` shows the state.
+0.25 s (0: never hold); ``cyrnn._cython_kernels.contention_state()`` shows the state.
 
 :func:`call_threads` is the per-call limit behind the estimators' ``n_jobs``:
 thread-local settings only (Numba's and OpenMP's thread counts hold for the

@@ -514,6 +514,10 @@ def test_dense_checks_its_input_as_the_recurrent_layers_do():
             dense.forward(x, training=True)
         assert dense._cache is None
     assert dense.forward(np.ones((0, 3))).shape == (0, 2)  # an empty batch, as in torch
+    for layer in (cyrnn.Activation("tanh"), cyrnn.Masking()):  # strings were parsed
+        for bad in (np.full((2, 3, 3), "1"), np.ones((2, 3, 3), complex)):
+            with pytest.raises(TypeError, match="x must be a real numeric array"):
+                layer.forward(bad)
 
 
 @pytest.mark.parametrize("options", [{}, {"go_backwards": True}])

@@ -91,7 +91,10 @@ class Activation(Layer):
         return []
 
     def forward(self, x, training=None):
-        a = np.asarray(x, self.dtype)
+        """``f(x)`` elementwise (softmax and log_softmax over the last axis), in this
+        layer's dtype; real numbers only (TypeError otherwise). Overflow gives inf, as
+        in Keras. ``training`` overrides ``self.training``."""
+        a = V._numeric_array(x, "x").astype(self.dtype, copy=False)
         with np.errstate(over="ignore"):  # exp/exponential overflow to inf, as in Keras
             y = ACTIVATIONS[self.activation][0](a).astype(self.dtype, copy=False)
         # backward reads copies: the caller may change its input or the output in place
@@ -101,6 +104,7 @@ class Activation(Layer):
     __call__ = forward
 
     def backward(self, d_output):
+        """The gradient on the input of the last (training) forward."""
         a, y = self._require_cache()
         d = self._check_d_output(d_output, y.shape)
         self._cache = None

@@ -31,7 +31,42 @@ def kept_for_backward(a, given, training):
     return a
 
 
-class Layer:
+class Module:
+    """What layers and :class:`cyrnn.Sequential` share: a training flag and the
+    parameters in ``self.params`` (a :class:`ParameterBuffer`), PyTorch's names."""
+
+    training = True
+
+    def train(self, mode=True):
+        """Set training mode (``mode=False``: inference, as :meth:`eval`); returns self.
+
+        In training mode a forward keeps what backward needs and applies dropout; an
+        explicit ``training=`` argument of a call overrides the flag for that call."""
+        self.training = bool(mode)
+        return self
+
+    def eval(self):
+        """Inference mode: forward keeps nothing and applies no dropout; returns self."""
+        return self.train(False)
+
+    def zero_grad(self):
+        """Set every parameter gradient (``params.grad``) to zero."""
+        self.params.zero_grad()
+
+    def state_dict(self):
+        """Copies of the parameters, ``{name: array}`` (PyTorch's names for the
+        recurrent layers: ``weight_ih_l0``, ...)."""
+        return self.params.state_dict()
+
+    def load_state_dict(self, state, strict=True):
+        """Copy ``state`` (``{name: array}``, e.g. from :meth:`state_dict`) into the
+        parameters; names, shapes and values (finite in this dtype) are checked
+        before anything is copied. ``strict=False`` ignores unexpected names, and
+        parameters missing from ``state`` keep their values."""
+        self.params.load_state_dict(state, strict=strict)
+
+
+class Layer(Module):
     """Base class: parameters live in ``self.params`` (a :class:`ParameterBuffer`).
 
     Attributes
@@ -43,9 +78,8 @@ class Layer:
         False (inference): keeps nothing, so concurrent forward calls are safe.
     """
 
-    training = True
-
     def param_specs(self):  # pragma: no cover - abstract
+        """``[(name, shape), ...]``: the parameters this layer allocates, in order."""
         raise NotImplementedError
 
     def _build_params(self):
@@ -55,22 +89,6 @@ class Layer:
         """Move the parameters into ``data``/``grad`` (slices of a model's buffer). The
         layer keeps its ``params`` object (an optimizer built on it follows)."""
         self.params._rebind(data, grad)
-
-    def train(self, mode=True):
-        self.training = bool(mode)
-        return self
-
-    def eval(self):
-        return self.train(False)
-
-    def zero_grad(self):
-        self.params.zero_grad()
-
-    def state_dict(self):
-        return self.params.state_dict()
-
-    def load_state_dict(self, state, strict=True):
-        self.params.load_state_dict(state, strict=strict)
 
     def _resolve_training(self, training):
         return self.training if training is None else bool(training)

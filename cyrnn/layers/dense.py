@@ -35,17 +35,23 @@ class Dense(Layer):
 
     @property
     def output_size(self):
+        """Features of the output (``out_features``)."""
         return self.out_features
 
     def param_specs(self):
         return [("weight", (self.out_features, self.in_features)), ("bias", (self.out_features,))]
 
     def reset_parameters(self, random_state=None):
+        """Glorot-uniform ``weight``, zero ``bias`` (Keras's defaults)."""
         rng = V.check_rng(random_state)
         self.params["weight"][...] = glorot_uniform(rng, self.params.shapes["weight"], self.dtype)
         self.params["bias"][...] = 0
 
     def forward(self, x, training=None):
+        """``x @ weight.T + bias`` on the last axis: (..., in_features) -> (...,
+        out_features), every step of a sequence alike. ``x`` must hold finite real
+        numbers (ValueError/TypeError otherwise); ``training`` overrides
+        ``self.training`` (training keeps ``x`` for :meth:`backward`)."""
         xa = V._numeric_array(x, "x")  # TypeError: strings, complex, not numbers
         if xa.ndim == 0 or xa.shape[-1] != self.in_features:
             raise ValueError(f"Dense expects {self.in_features} input features on the last "
@@ -64,6 +70,8 @@ class Dense(Layer):
     __call__ = forward
 
     def backward(self, d_output):
+        """Adds the gradients of ``weight`` and ``bias`` into ``params.grad`` and
+        returns the gradient on the input, through the last (training) forward."""
         x = self._require_cache()
         d = self._check_d_output(d_output, x.shape[:-1] + (self.out_features,))
         self._cache = None

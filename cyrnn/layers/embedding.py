@@ -40,16 +40,20 @@ class Embedding(Layer):
 
     @property
     def output_size(self):
+        """Features of the output per step (``embedding_dim``)."""
         return self.embedding_dim
 
     def param_specs(self):
         return [("weight", (self.vocab_size, self.embedding_dim))]
 
     def reset_parameters(self, random_state=None):
+        """Uniform in [-0.05, 0.05] (Keras's default)."""
         rng = V.check_rng(random_state)
         self.params["weight"][...] = rng.uniform(-0.05, 0.05, self.params.shapes["weight"])
 
     def check_ids(self, ids, ndim=2):
+        """``ids`` as an int64 array of ``ndim`` dimensions, each id in
+        ``[0, vocab_size)`` (ValueError/TypeError naming the problem otherwise)."""
         return V.check_index_array(ids, "token ids", ndim, self.vocab_size)
 
     def compute_mask(self, ids):

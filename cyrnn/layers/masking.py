@@ -37,7 +37,9 @@ class Masking(Layer):
         return np.any(np.asarray(x) != self.mask_value, axis=-1)
 
     def forward(self, x, training=None):
-        x = np.asarray(x, self.dtype)
+        """``x`` with its padded steps (every feature equal to ``mask_value``) set to
+        zero; real numbers only (TypeError otherwise)."""
+        x = V._numeric_array(x, "x").astype(self.dtype, copy=False)
         keep = self.compute_mask(x)[..., None].astype(self.dtype)
         self._cache = (keep, x.shape) if self._resolve_training(training) else None
         return x * keep
@@ -45,6 +47,7 @@ class Masking(Layer):
     __call__ = forward
 
     def backward(self, d_output):
+        """``d_output`` with the padded steps' gradients zeroed."""
         keep, shape = self._require_cache()
         d = self._check_d_output(d_output, shape)
         self._cache = None

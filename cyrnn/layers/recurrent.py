@@ -177,6 +177,7 @@ class RecurrentLayer(Layer):
     # ------------------------------------------------------------ parameters
     @property
     def num_directions(self):
+        """2 for a bidirectional layer, else 1."""
         return 2 if self.bidirectional else 1
 
     @property
@@ -908,6 +909,7 @@ class LSTM(RecurrentLayer):
 
     @property
     def peephole(self):
+        """Whether the gates see the cell state (peephole connections)."""
         return self.cell.peephole
 
     def reset_parameters(self, random_state=None, forget_bias=None):
