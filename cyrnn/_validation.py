@@ -119,8 +119,8 @@ def check_array(x, name, ndim, dtype, feature_size=None, feature_name="features"
             converted = arr.astype(dtype)
         if not np.isfinite(converted).all():
             raise ValueError(f"{name} holds values too large for {np.dtype(dtype)} "
-                             f"(largest magnitude {np.abs(arr).max():.4g}, the largest "
-                             f"{np.dtype(dtype)} {float(np.finfo(dtype).max):.4g})")
+                             f"(largest magnitude {float(np.abs(arr).max()):.9g}, the "
+                             f"largest {np.dtype(dtype)} {float(np.finfo(dtype).max):.9g})")
         return converted
     return arr.astype(dtype, copy=False)
 

@@ -506,6 +506,9 @@ def _pack_weights(scorer, weights, bf16_arithmetic=False):
     if plan is None:
         names = {layer._backend().__name__.rsplit(".", 1)[-1].replace("_backend", "")
                  for layer in scorer.model.recurrent_layers}
+        if not names:
+            raise ValueError(f"{what} needs a model with recurrent layers (their products "
+                             "are what it packs)")
         if names <= {"numpy"}:
             raise ValueError(f"{what} needs the Cython backend; this model's layers run on "
                              "the NumPy reference")

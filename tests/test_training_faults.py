@@ -101,6 +101,21 @@ def test_partial_fit_on_data_the_model_fits_badly_is_not_divergence():
     assert np.isfinite(clf.model_.params.data).all()
 
 
+@pytest.mark.parametrize("backend", ["numpy", "cython"])
+def test_divergence_on_the_layer_path_is_reported_as_divergence(backend):
+    # the NumPy backend trains through the layers: a Dense layer that refused the NaN
+    # of a diverged recurrent layer blamed the user's (finite) x instead
+    if backend not in cyrnn.backends.available():
+        pytest.skip(f"{backend} backend not available")
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(30, 6, 2))
+    y = X[:, :, 0].sum(axis=1) * 1e5
+    est = LSTMRegressor(hidden_size=4, max_iter=3, batch_size=3, optimizer="sgd",
+                        learning_rate=1e36, backend=backend, random_state=0)
+    with pytest.raises(ValueError, match="training diverged"):
+        est.fit(X, y)
+
+
 def test_one_large_target_anywhere_is_not_divergence():
     """The loss of predicting zero, a reference of the rule, covers every row: on a
     sample of rows one large target outside it made a sound first epoch look diverged

@@ -49,20 +49,22 @@ class Dense(Layer):
 
     def forward(self, x, training=None):
         """``x @ weight.T + bias`` on the last axis: (..., in_features) -> (...,
-        out_features), every step of a sequence alike. ``x`` must hold finite real
-        numbers (ValueError/TypeError otherwise); ``training`` overrides
-        ``self.training`` (training keeps ``x`` for :meth:`backward`)."""
+        out_features), every step of a sequence alike. ``x`` must hold real numbers
+        (TypeError otherwise); finite values too large for this layer's dtype raise
+        ValueError, while NaN and inf pass through, as in PyTorch (inside a model they
+        come from a layer before, and the training loop's checks name them).
+        ``training`` overrides ``self.training`` (training keeps ``x`` for
+        :meth:`backward`)."""
         xa = V._numeric_array(x, "x")  # TypeError: strings, complex, not numbers
         if xa.ndim == 0 or xa.shape[-1] != self.in_features:
             raise ValueError(f"Dense expects {self.in_features} input features on the last "
                              f"axis, got shape {xa.shape}")
-        with np.errstate(over="ignore", invalid="ignore"):
-            converted = xa.astype(self.dtype, copy=False)
-        if not np.isfinite(converted).all():
-            why = "" if not np.isfinite(xa).all() else \
-                f" once in {np.dtype(self.dtype).name} (values too large)"
-            raise ValueError(f"x contains NaN or infinity{why}")
-        xa = converted
+        if xa.dtype != self.dtype:
+            with np.errstate(over="ignore", invalid="ignore"):
+                converted = xa.astype(self.dtype)
+            if np.isinf(converted).any() and not np.isinf(xa).any():
+                raise ValueError(f"x holds values too large for {np.dtype(self.dtype).name}")
+            xa = converted
         training = self._resolve_training(training)
         self._cache = kept_for_backward(xa, x, training) if training else None
         return xa @ self.params["weight"].T + self.params["bias"]

@@ -223,7 +223,9 @@ class RecurrentLayer(Layer):
         forget = self.cell.row.forget_gate
         if forget is not None:  # (checked before any parameter changes)
             forget_bias = V.check_float(forget_bias, "forget_bias")
-            if abs(forget_bias) > float(np.finfo(self.dtype).max):  # inf once stored
+            with np.errstate(over="ignore"):
+                stored = np.asarray(forget_bias).astype(self.dtype)
+            if not np.isfinite(stored):  # inf once stored (as check_array rounds)
                 raise ValueError(f"forget_bias must be finite in {np.dtype(self.dtype).name}, "
                                  f"got {forget_bias:g}")
         for layer in range(self.num_layers):
@@ -768,6 +770,11 @@ class RecurrentLayer(Layer):
             if not isinstance(state, (tuple, list)) or len(state) != 2:
                 raise TypeError(f"{type(self).__name__} step state must be a pair (h, c)")
             parts = [("state h", state[0]), ("state c", state[1])]
+            for name, value in parts:
+                if value is None:  # as forward's initial_state
+                    raise TypeError(f"{type(self).__name__} step state must be a pair of "
+                                    f"arrays (h, c), got None for {name[-1]} (state=None "
+                                    "starts from zeros)")
         else:
             parts = [("state", state)]
         arrays = []
