@@ -264,12 +264,17 @@ def check_divergence(loss_curve, params, start_loss=None, baseline=None,
     ``start_loss`` and of ``baseline``. A learning rate far too large ruins the model
     within its first updates, so the first epoch cannot be its own reference: fit
     loops pass the model's loss on the call's data before the call trains it as
-    ``start_loss``, on every call (for a warm start or ``partial_fit`` on data the
-    model fits badly, that loss is above the earlier epochs', and training on it is
-    no divergence). ``baseline``, the loss of an all-zero output on the current
-    call's data, keeps a warm start or ``partial_fit`` on data with larger targets (a
-    loss larger than the earlier epochs', but near what predicting zero costs) from
-    counting as diverged; a diverged model's loss is far above both.
+    ``start_loss``, on every call: for a warm start or ``partial_fit`` on data the
+    model fits badly (a new regime), that loss is above the earlier epochs', and
+    training on it is no divergence. After earlier epochs it counts up to
+    ``DIVERGENCE_FACTOR`` times their largest reference, so that a model diverging a
+    few times over in each of several calls on the same data (each starting where the
+    last ended) is still caught, at 100 times, and a new regime is tolerated up to a
+    start 10 times above the earlier references. ``baseline``, the loss of an
+    all-zero output on the current call's data, keeps a warm start or ``partial_fit``
+    on data with larger targets (a loss larger than the earlier epochs', but near what
+    predicting zero costs) from counting as diverged; a diverged model's loss is far
+    above both.
 
     With sane settings the loss never rises tenfold above its starting value (the
     examples and the quality tests never come near it), while a diverged fit (e.g.
@@ -290,10 +295,18 @@ def check_divergence(loss_curve, params, start_loss=None, baseline=None,
         raise ValueError(f"training diverged: the parameters became NaN or infinite in epoch "
                          f"{len(loss_curve)}; {advice}")
     earlier = list(loss_curve[:-1])
-    refs = ([start_loss] if start_loss is not None else []) + (
-        [earlier[0], min(earlier)] if earlier else [])
-    if refs and baseline is not None:
-        refs.append(baseline)
+    history = [earlier[0], min(earlier)] if earlier else []
+    if history and baseline is not None:
+        history.append(baseline)
+    refs = list(history)
+    if start_loss is not None:
+        # after earlier epochs, the call's start counts up to DIVERGENCE_FACTOR times
+        # them: a model diverging a little in each of several calls on the same data
+        # (each call starting where the last ended) is still caught, at 100 times
+        refs.append(min(start_loss, DIVERGENCE_FACTOR * max(history)) if history
+                    else start_loss)
+        if not history and baseline is not None:
+            refs.append(baseline)
     if not refs or not loss_curve:
         return
     reference = max(refs)

@@ -241,6 +241,26 @@ def test_run_epochs_bookkeeping():
                    start_loss=lambda: 20.0)
 
 
+def test_divergence_spread_over_calls_is_caught():
+    """Each call's start counts as a reference up to 10 times the earlier ones: a loss
+    rising fivefold in every partial_fit call on the same data (each call starting
+    where the last ended) raises once it is 100 times the first epoch's."""
+    model, history = _Model(), History()
+    run_epochs(model, history, epochs=1, batches=lambda: [1], step=lambda b: (1.0, 1),
+               start_loss=lambda: 1.0)
+    for call in range(1, 10):
+        start = history.loss_curve[-1]
+        try:
+            run_epochs(model, history, epochs=1, batches=lambda: [1],
+                       step=lambda b: (5.0 * start, 1), start_loss=lambda: start)
+        except ValueError as exc:
+            assert "more than 10 times its reference 10 " in str(exc)
+            break
+    else:
+        pytest.fail("a loss rising fivefold per call was never reported")
+    assert call == 3 and history.loss_curve == [1.0, 5.0, 25.0, 125.0]
+
+
 def test_run_epochs_divergence_and_stopping(capsys):
     model = _Model()
     with pytest.raises(ValueError, match=r"the loss became nan in epoch 1; do this"):
