@@ -60,7 +60,7 @@ def scoring_cases(backend):
     from cyrnn import scoring
 
     est, X = score_b1_classifier()
-    est.model_.recurrent_layers[0].backend = backend
+    est.set_params(backend=backend)  # (the fitted network moves with it)
     sc = scoring.from_estimator(est)
     x32, x64 = X[:1].copy(), X[:1].astype(np.float64)
     plan, data = sc._plan, est.model_.params.data

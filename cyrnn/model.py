@@ -145,6 +145,7 @@ class Sequential(Module):
         state.pop("_plan_cache", None)  # holds backend functions; rebuilt on demand
         state.pop("_fused_cache", None)
         state.pop("_bf16_fallback", None)  # whether this process has warned
+        state.pop("_estimator_scorer", None)  # an estimator's cached fast path
         return state
 
     def __setstate__(self, state):

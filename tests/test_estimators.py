@@ -238,36 +238,54 @@ def test_predictions_depend_on_batching_only_by_rounding():
 
 
 @pytest.mark.parametrize("cls", [GRURegressor, LSTMClassifier])
-def test_set_params_backend_applies_to_the_next_prediction(cls, tmp_path):
-    """``set_params(backend=...)`` on a fitted or loaded estimator changes the backend
-    its predictions run on (as a pickle round trip, which rebuilds the model, always
-    did); an unavailable backend raises before anything changes, and a file fitted on
-    one (say 'cuda') is scored elsewhere after ``set_params(backend='auto')``."""
+def test_set_params_backend_moves_the_fitted_network(cls, tmp_path):
+    """``set_params(backend=...)`` on a fitted or loaded estimator moves its network,
+    so predictions run there (as after a pickle round trip, which rebuilds the model);
+    an unavailable backend raises before anything changes, and a file fitted on one
+    (say 'cuda') is scored elsewhere after ``set_params(backend='auto')``. Predictions
+    themselves change nothing (the README's recipe; before, predict ignored it)."""
     X, y = make_fixed(20, seed=3)
     y = y if cls in REGRESSORS else (y > 0).astype(int)
     get = (lambda e: e.predict_proba(X)) if cls in CLASSIFIERS else (lambda e: e.predict(X))
     est = cls(**SMALL).fit(X, y)
     before = get(est)
     recurrent = [layer for layer in est.model_.layers if hasattr(layer, "backend")]
-    est.set_params(backend="numpy")
-    on_numpy = get(est)
+    assert est.set_params(backend="numpy") is est
     assert {layer.backend for layer in recurrent} == {"numpy"}
+    on_numpy = get(est)
     np.testing.assert_array_equal(on_numpy, get(pickle.loads(pickle.dumps(est))))
     np.testing.assert_allclose(on_numpy, before, rtol=1e-5, atol=1e-6)
     est.set_params(backend="auto")
     np.testing.assert_array_equal(get(est), before)  # the fast path's plan follows too
+    with pytest.raises(TypeError, match="backend must be a string"):
+        est.set_params(backend=3)
+    assert est.backend == "auto" and {layer.backend for layer in recurrent} == {"auto"}
     if "cuda" in cyrnn.backends.available():
         return  # (the rest needs a backend that is not available here)
-    est.save(tmp_path / "m.cyrnn")
-    est.set_params(backend="cuda")
     with pytest.raises(ValueError, match="'cuda' is not available"):
-        get(est)
-    assert {layer.backend for layer in recurrent} == {"auto"}  # nothing changed
+        est.set_params(backend="cuda")
+    assert est.backend == "auto" and {layer.backend for layer in recurrent} == {"auto"}
+    est.backend = "cuda"  # what a file saved after a fit on a GPU holds
     est.save(tmp_path / "cuda.cyrnn")
     loaded = cyrnn.load(tmp_path / "cuda.cyrnn")
     with pytest.raises(ValueError, match="'cuda' is not available"):
         get(loaded)
     np.testing.assert_array_equal(get(loaded.set_params(backend="auto")), before)
+
+
+def test_the_fast_path_scorer_lives_and_dies_with_the_model():
+    # kept in a WeakKeyDictionary keyed by the model, whose scorer held the model:
+    # every fitted model stayed alive for the life of the process
+    import gc
+    import weakref
+    X, y = make_fixed(20, seed=3)
+    est = GRURegressor(**SMALL).fit(X, y)
+    est.predict(X)
+    ref = weakref.ref(est.model_)
+    copy.deepcopy(est).predict(X)  # (the cache is not copied)
+    del est
+    gc.collect()
+    assert ref() is None
 
 
 def test_n_jobs_limits_the_kernels_threads_in_fit_and_predict(monkeypatch):

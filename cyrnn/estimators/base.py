@@ -154,9 +154,6 @@ def _total_weight(W):
 
 
 _FIT_LOCKS = weakref.WeakKeyDictionary()  # estimator -> its fit lock
-# fitted model_ -> the cyrnn.scoring scorer on it (the fast path of predict; kept outside
-# the estimator, whose __dict__ predictions must not change)
-_SCORERS = weakref.WeakKeyDictionary()
 _FIT_LOCKS_GUARD = threading.Lock()
 
 
@@ -467,11 +464,14 @@ best_validation_score_, n_iter_
         # (fitted on a DataFrame: _raw_predict checks the column names)
         if model is not None and self.n_jobs is None \
                 and "feature_names_in_" not in self.__dict__:
-            model = self._scoring_model()
-            entry = _SCORERS.get(model)  # (backend, scorer): its plan is the backend's
-            if entry is None or entry[0] != self.backend:
+            # the scorer is kept on the model (a cycle the collector frees with it; a
+            # WeakKeyDictionary kept it alive: the scorer holds its key) and rebuilt
+            # when the layers' backend changes (its plan is that backend's)
+            backend = tuple(getattr(layer, "backend", None) for layer in model.layers)
+            entry = model.__dict__.get("_estimator_scorer")
+            if entry is None or entry[0] != backend:
                 from ..scoring import from_estimator
-                entry = _SCORERS[model] = (self.backend, from_estimator(self))
+                entry = model._estimator_scorer = (backend, from_estimator(self))
             raw = entry[1]._fast_raw(X)
             if raw is not None:
                 return raw
@@ -479,25 +479,30 @@ best_validation_score_, n_iter_
 
     def _raw_predict(self, X):
         check_is_fitted(self)
-        model = self._scoring_model()
         data = self._check_X(X, self._spec)
         with self._threads():
-            return data, self._raw(model, data, self._spec)
+            return data, self._raw(self.model_, data, self._spec)
 
-    def _scoring_model(self):
-        """``model_`` with its layers on the backend the ``backend`` parameter names
-        now: ``set_params(backend=...)`` on a fitted or loaded estimator (say one fitted
-        on 'cuda', scored where there is no GPU) applies to the next prediction, as it
-        does to the next fit. An unknown or unavailable backend raises ValueError (a
-        non-string TypeError) before anything changes."""
-        model, name = self.model_, self.backend
-        stale = [layer for layer in model.layers
-                 if getattr(layer, "backend", name) != name]
-        if stale:
-            get_backend(name)
-            for layer in stale:
-                layer.backend = name
-        return model
+    def set_params(self, **params):
+        """Set parameters (scikit-learn's ``set_params``).
+
+        On a fitted (or loaded) estimator a new ``backend`` applies to the fitted
+        network at once, so predictions run there from the next call (say a model
+        fitted on 'cuda', scored where there is no GPU, after
+        ``set_params(backend='auto')``); a backend that is unknown or not available
+        here raises ValueError (TypeError for a non-string) before anything changes.
+        Scorers from :func:`cyrnn.scoring.from_estimator` share that network. Other
+        parameters, and every parameter of an unfitted estimator, are checked by
+        ``fit``, as scikit-learn does."""
+        fitted = "model_" in self.__dict__ and "backend" in params
+        if fitted:
+            get_backend(params["backend"])
+        out = super().set_params(**params)
+        if fitted:
+            for layer in self.model_.layers:
+                if hasattr(layer, "backend"):
+                    layer.backend = self.backend
+        return out
 
     # ------------------------------------------------------------------ fitting
     @_fit_context(prefer_skip_nested_validation=True)
