@@ -42,28 +42,32 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--bare", action="store_true", help="time plan.infer, not predict_proba")
     ap.add_argument("--processes", action="store_true",
-                    help="also one-thread loops in fresh processes at once")
+                    help="also the same one-thread loop in worker processes, alone and "
+                         "all at once, in every sample")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
-        return child_rate(args.child, args.calls, args.repeats)
+        return worker(args.child, args.bare)
     import cyrnn
     from cyrnn import scoring
 
     cyrnn.set_num_threads(1)
     est, _ = score_b1_classifier()
-    rng = np.random.default_rng(1)
     with tempfile.TemporaryDirectory() as folder:
         est.save(os.path.join(folder, "m.cyrnn"))
         sc = scoring.load(os.path.join(folder, "m.cyrnn"))
-        workers = (Workers(os.path.join(folder, "m.cyrnn"), args.threads)
+        workers = (Workers(os.path.join(folder, "m.cyrnn"), args.threads, args.bare)
                    if args.processes else None)
-    xs = [rng.standard_normal((1, 50, 8)).astype(np.float32) for _ in range(64)]
-    if args.bare:
-        plan, data = sc._plan, sc.model.params.data
-        call = lambda x: plan.infer(plan.spec, data, x, None, None, None, False)  # noqa
-    else:
-        call = sc.predict_proba
+    try:
+        return _measure(args, sc, workers)
+    finally:
+        if workers is not None:
+            workers.close()
+
+
+def _measure(args, sc, workers):
+    xs = inputs()
+    call = scoring_call(sc, args.bare)
     expected = [call(x) for x in xs]
     mismatches = []
 
@@ -87,21 +91,17 @@ def main(argv=None):
         span = max(b for _, b in stamps) - min(a for a, _ in stamps)
         return n_threads * args.calls / span
 
+    one, many, p_one, p_many = [], [], [], []
     info = machine_info()
     share = cpu_share(threads=2)
     run(1)
     run(args.threads)  # warm-up
-    one, many, p_one, p_many = [], [], [], []
-    try:
-        for _ in range(args.repeats):
-            one.append(run(1))
-            many.append(run(args.threads))
-            if workers is not None:
-                p_one.append(workers.rate(1, args.calls))
-                p_many.append(workers.rate(args.threads, args.calls))
-    finally:
+    for _ in range(args.repeats):
+        one.append(run(1))
+        many.append(run(args.threads))
         if workers is not None:
-            workers.close()
+            p_one.append(workers.rate(1, args.calls))
+            p_many.append(workers.rate(args.threads, args.calls))
     t1, tn = float(np.median(one)), float(np.median(many))
     print(f"# bench_concurrent {time.strftime('%Y-%m-%d %H:%M')}  {info['cpu_model']}, "
           f"{info['cores']} cores, load {load_average()}, cpu share (2 threads) {share}")
@@ -122,57 +122,96 @@ def main(argv=None):
     return 0 if not mismatches else 1
 
 
-def child_rate(path, calls, repeats):
-    """A worker: loads the model at ``path``, warms up, prints ``ready``; then for
-    each line ``N`` on stdin runs N one-thread ``predict_proba`` calls and prints
-    their calls/s (an empty line or end of input ends it)."""
+def inputs():
+    """The 64 one-sequence inputs every loop cycles through."""
+    rng = np.random.default_rng(1)
+    return [rng.standard_normal((1, 50, 8)).astype(np.float32) for _ in range(64)]
+
+
+def scoring_call(sc, bare):
+    """What one call runs: ``predict_proba``, or (``bare``) the compiled call alone."""
+    if bare:
+        plan, data = sc._plan, sc.model.params.data
+        return lambda x: plan.infer(plan.spec, data, x, None, None, None, False)
+    return sc.predict_proba
+
+
+def worker(path, bare):
+    """A worker process: loads the model at ``path``, warms up, prints ``ready``; then
+    for each line ``N`` on stdin runs N one-thread calls (the threads' loop: the same
+    call, the same 64 inputs in turn) and prints its ``time.perf_counter()`` at the
+    start and at the end (CLOCK_MONOTONIC: one clock for every process). An empty
+    line or the end of input ends it."""
     import cyrnn
     from cyrnn import scoring
     cyrnn.set_num_threads(1)
-    sc = scoring.load(path)
-    x = np.random.default_rng(1).standard_normal((1, 50, 8)).astype(np.float32)
-    for _ in range(200):
-        sc.predict_proba(x)
+    call = scoring_call(scoring.load(path), bare)
+    xs = inputs()
+    for i in range(200):
+        call(xs[i % len(xs)])
     print("ready", flush=True)
     for line in sys.stdin:
         if not line.strip():
             break
         n = int(line)
         t0 = time.perf_counter()
-        for _ in range(n):
-            sc.predict_proba(x)
-        print(n / (time.perf_counter() - t0), flush=True)
+        for i in range(n):
+            call(xs[i % len(xs)])
+        print(t0, time.perf_counter(), flush=True)
     return 0
 
 
 class Workers:
-    """``n`` worker processes (``child_rate``) kept for the whole run, so that each
-    sample times warm loops only."""
+    """``n`` worker processes kept for the whole run, so that each sample times warm
+    loops only; closed by :meth:`close` (their stdin's end also ends them)."""
 
-    def __init__(self, path, n):
+    def __init__(self, path, n, bare=False):
         import subprocess
         cmd = [sys.executable, os.path.abspath(__file__), "--child", path]
-        self.procs = [subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                       text=True) for _ in range(n)]
-        for p in self.procs:
-            if p.stdout.readline().strip() != "ready":
-                raise RuntimeError("a worker process failed to start")
+        if bare:
+            cmd.append("--bare")
+        self.procs = []
+        try:
+            for _ in range(n):
+                self.procs.append(subprocess.Popen(cmd, stdin=subprocess.PIPE,
+                                                   stdout=subprocess.PIPE, text=True))
+            for p in self.procs:
+                if p.stdout.readline().strip() != "ready":
+                    raise RuntimeError("a worker process failed to start (its error is "
+                                       "above)")
+        except BaseException:
+            self.close()
+            raise
 
     def rate(self, n, calls):
-        """Calls/s of the first ``n`` workers running ``calls`` calls each at once
-        (their rates summed)."""
+        """Calls/s of the first ``n`` workers running ``calls`` calls each at once: all
+        their calls over the span from the first start to the last end (as the
+        threads' rate is taken)."""
         busy = self.procs[:n]
         for p in busy:
             p.stdin.write(f"{calls}\n")
             p.stdin.flush()
-        return sum(float(p.stdout.readline()) for p in busy)
+        stamps = []
+        for p in busy:
+            line = p.stdout.readline().split()
+            if len(line) != 2:
+                raise RuntimeError("a worker process ended (its error is above)")
+            stamps.append((float(line[0]), float(line[1])))
+        span = max(b for _, b in stamps) - min(a for a, _ in stamps)
+        return n * calls / span
 
     def close(self):
         for p in self.procs:
             try:
                 p.stdin.close()
-            finally:
+            except OSError:  # (a worker that died: its pipe is broken)
+                pass
+        for p in self.procs:
+            try:
                 p.wait(timeout=60)
+            except Exception:  # noqa: BLE001 - never leave one behind
+                p.kill()
+                p.wait()
 
 
 if __name__ == "__main__":
