@@ -266,6 +266,8 @@ def _read_bytes(path, archive=False):
     if hasattr(path, "read"):
         return _read_stream(path, archive)
     name = os.fspath(path)
+    if not name:  # (realpath('') is the current directory: open('') says this)
+        raise FileNotFoundError(2, "No such file or directory", name)
     real = os.path.realpath(name)
     _check_regular(os.stat(real), name)
     # O_NONBLOCK: should a FIFO replace the file after the check, opening it does not

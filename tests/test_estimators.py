@@ -564,6 +564,18 @@ def test_loss_curve_and_stopping_on_training_loss():
         SimpleRNNRegressor(hidden_size=4, max_iter=2, random_state=0).fit(X, y)
 
 
+def test_early_stopping_says_when_its_split_cannot_be_stratified():
+    # a class of one sample: the split fell back to an unstratified one silently
+    X, _ = make_fixed(10)
+    with pytest.warns(UserWarning, match="not stratified"):
+        GRUClassifier(early_stopping=True, validation_fraction=0.2, **SMALL).fit(
+            X, [0] * 9 + [1])
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*not stratified")
+        GRUClassifier(early_stopping=True, validation_fraction=0.2, **SMALL).fit(
+            X, [0] * 5 + [1] * 5)
+
+
 def test_early_stopping_keeps_the_best_weights():
     X, y = make_fixed(60)
     est = LSTMRegressor(hidden_size=8, max_iter=40, early_stopping=True, n_iter_no_change=3,

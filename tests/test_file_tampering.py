@@ -250,6 +250,9 @@ def test_devices_and_links_to_them_are_refused(tmp_path):
 
 def test_directory_is_refused(tmp_path):
     refused(tmp_path, exc=IsADirectoryError)
+    refused("", exc=FileNotFoundError)  # as open(''); '' named the current directory
+    with pytest.raises(FileNotFoundError):
+        cyrnn.scoring.load("")
 
 
 FIFO_SCRIPT = """

@@ -608,7 +608,10 @@ or list of arrays of shape (n_steps_i, n_features) or (n_steps_i,)
         try:
             train, val = train_test_split(idx, test_size=self.validation_fraction,
                                           random_state=seed, stratify=stratify)
-        except ValueError:
+        except ValueError:  # (MLPClassifier raises; a small dataset trains on)
+            warnings.warn("early_stopping: a class has too few samples for a validation "
+                          "split stratified by class; the split is not stratified",
+                          UserWarning, stacklevel=7)  # (the caller of fit)
             train, val = train_test_split(idx, test_size=self.validation_fraction,
                                           random_state=seed)
         if len(val) < 2 or len(train) < 1:
