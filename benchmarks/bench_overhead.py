@@ -88,7 +88,6 @@ def scoring_cases(backend):
 def breakdown(sc, est, x32, x64, bare, repeats):
     """The scorer's glue piece by piece (each timed alone, interleaved)."""
     from cyrnn import sequences as S
-    from cyrnn.estimators.base import _SCORERS
 
     raw32 = bare()
     proba = S.class_probabilities(raw32, True)
@@ -106,7 +105,9 @@ def breakdown(sc, est, x32, x64, bare, repeats):
         "probabilities of the float32 output (one compiled call)": lambda: S.class_probabilities(
             raw32, True),
         "labels (argmax, classes_)": lambda: S.class_labels(proba, sc.classes_),
-        "estimator: scorer lookup (WeakKeyDictionary)": lambda: _SCORERS.get(model),
+        "estimator: scorer lookup (cached on the model, checked against its layers' "
+        "backends)": lambda: (model.__dict__.get("_estimator_scorer"),
+                              tuple(getattr(layer, "backend", None) for layer in model.layers)),
         "bare fused call": bare,
     }
     t = interleaved_times(pieces, repeats=repeats, warmup=5)

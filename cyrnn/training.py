@@ -270,7 +270,9 @@ def check_divergence(loss_curve, params, start_loss=None, baseline=None,
     ``DIVERGENCE_FACTOR`` times their largest reference, so that a model diverging a
     few times over in each of several calls on the same data (each starting where the
     last ended) is still caught, at 100 times, and a new regime is tolerated up to a
-    start 10 times above the earlier references. ``baseline``, the loss of an
+    start 10 times above the earlier references (the first and the best epoch's
+    losses and ``baseline``; when they are all 0 or less, the start counts whole).
+    ``baseline``, the loss of an
     all-zero output on the current call's data, keeps a warm start or ``partial_fit``
     on data with larger targets (a loss larger than the earlier epochs', but near what
     predicting zero costs) from counting as diverged; a diverged model's loss is far
@@ -303,8 +305,8 @@ def check_divergence(loss_curve, params, start_loss=None, baseline=None,
         # after earlier epochs, the call's start counts up to DIVERGENCE_FACTOR times
         # them: a model diverging a little in each of several calls on the same data
         # (each call starting where the last ended) is still caught, at 100 times
-        refs.append(min(start_loss, DIVERGENCE_FACTOR * max(history)) if history
-                    else start_loss)
+        refs.append(min(start_loss, DIVERGENCE_FACTOR * max(history))
+                    if history and max(history) > 0 else start_loss)
         if not history and baseline is not None:
             refs.append(baseline)
     if not refs or not loss_curve:
@@ -313,8 +315,9 @@ def check_divergence(loss_curve, params, start_loss=None, baseline=None,
     if reference > 0 and loss_curve[-1] > DIVERGENCE_FACTOR * reference:
         raise ValueError(f"training diverged: the loss of epoch {len(loss_curve)} "
                          f"({loss_curve[-1]:.4g}) is more than {DIVERGENCE_FACTOR:g} times "
-                         f"its reference {reference:.4g} (the loss at the start or of the first "
-                         f"epoch, or of predicting zero); {advice}")
+                         f"its reference {reference:.4g} (the largest of the loss at the "
+                         f"start of the call, at most {DIVERGENCE_FACTOR:g} times the others, "
+                         f"of the first and the best epoch, and of predicting zero); {advice}")
 
 
 def zero_output_loss(model, loss, x, y, lengths=None, mask=None, sample_weight=None):

@@ -514,6 +514,7 @@ def test_dense_checks_its_input_as_the_recurrent_layers_do():
             (np.array([["1", "2", "3"]]), TypeError, "real numeric"),
             (np.ones((2, 3), complex), TypeError, "real numeric"),
             (np.array([[1e300, 2, 3]]), ValueError, "too large for float32"),
+            (np.array([[1e300, np.inf, 3]]), ValueError, "too large for float32"),
     ]:
         with pytest.raises(exc, match=message):
             dense.forward(x, training=True)

@@ -260,6 +260,11 @@ def test_set_params_backend_moves_the_fitted_network(cls, tmp_path):
     with pytest.raises(TypeError, match="backend must be a string"):
         est.set_params(backend=3)
     assert est.backend == "auto" and {layer.backend for layer in recurrent} == {"auto"}
+    # another key failing after backend was set: the network follows what was set
+    with pytest.raises(ValueError, match="Invalid parameter"):
+        est.set_params(backend="numpy", bogus=1)
+    assert {layer.backend for layer in recurrent} == {est.backend}
+    est.set_params(backend="auto")
     if "cuda" in cyrnn.backends.available():
         return  # (the rest needs a backend that is not available here)
     with pytest.raises(ValueError, match="'cuda' is not available"):
@@ -574,6 +579,10 @@ def test_early_stopping_says_when_its_split_cannot_be_stratified():
         warnings.filterwarnings("error", message=".*not stratified")
         GRUClassifier(early_stopping=True, validation_fraction=0.2, **SMALL).fit(
             X, [0] * 5 + [1] * 5)
+        # a regressor's split has no classes: its own error, no word about them
+        with pytest.raises(ValueError, match="train set will be empty"):
+            GRURegressor(early_stopping=True, validation_fraction=0.95, **SMALL).fit(
+                X[:3], np.ones(3))
 
 
 def test_early_stopping_keeps_the_best_weights():

@@ -259,6 +259,10 @@ def test_divergence_spread_over_calls_is_caught():
     else:
         pytest.fail("a loss rising fivefold per call was never reported")
     assert call == 3 and history.loss_curve == [1.0, 5.0, 25.0, 125.0]
+    # earlier losses of 0 (no cap to take from them): the start counts whole
+    from cyrnn.training import check_divergence
+    with pytest.raises(ValueError, match="reference 5 "):
+        check_divergence([0.0, 0.0, 1e6], np.zeros(2), start_loss=5.0)
 
 
 def test_run_epochs_divergence_and_stopping(capsys):

@@ -491,18 +491,21 @@ best_validation_score_, n_iter_
         fitted on 'cuda', scored where there is no GPU, after
         ``set_params(backend='auto')``); a backend that is unknown or not available
         here raises ValueError (TypeError for a non-string) before anything changes.
-        Scorers from :func:`cyrnn.scoring.from_estimator` share that network. Other
-        parameters, and every parameter of an unfitted estimator, are checked by
-        ``fit``, as scikit-learn does."""
+        Scorers from :func:`cyrnn.scoring.from_estimator` share that network (one made
+        before the change keeps its compiled plan for its one-call path: make a new
+        one). Other parameters, and every parameter of an unfitted estimator, are
+        checked by ``fit``, as scikit-learn does; assigning ``est.backend`` directly
+        moves nothing until the next fit."""
         fitted = "model_" in self.__dict__ and "backend" in params
         if fitted:
             get_backend(params["backend"])
-        out = super().set_params(**params)
-        if fitted:
-            for layer in self.model_.layers:
-                if hasattr(layer, "backend"):
-                    layer.backend = self.backend
-        return out
+        try:
+            return super().set_params(**params)
+        finally:  # (also when another key raised after backend was set)
+            if fitted:
+                for layer in self.model_.layers:
+                    if hasattr(layer, "backend"):
+                        layer.backend = self.backend
 
     # ------------------------------------------------------------------ fitting
     @_fit_context(prefer_skip_nested_validation=True)
@@ -605,15 +608,20 @@ or list of arrays of shape (n_steps_i, n_features) or (n_steps_i,)
         idx = np.arange(n)
         stratify = self._split_stratify(data, Y, target_spec)
         seed = int(run.rng.integers(np.iinfo(np.int32).max))
-        try:
-            train, val = train_test_split(idx, test_size=self.validation_fraction,
-                                          random_state=seed, stratify=stratify)
-        except ValueError:  # (MLPClassifier raises; a small dataset trains on)
-            warnings.warn("early_stopping: a class has too few samples for a validation "
-                          "split stratified by class; the split is not stratified",
-                          UserWarning, stacklevel=7)  # (the caller of fit)
-            train, val = train_test_split(idx, test_size=self.validation_fraction,
-                                          random_state=seed)
+        split = None
+        if stratify is not None:
+            try:
+                split = train_test_split(idx, test_size=self.validation_fraction,
+                                         random_state=seed, stratify=stratify)
+            except ValueError:  # (MLPClassifier raises; a small dataset trains on)
+                warnings.warn("early_stopping: the validation split cannot be stratified by "
+                              "class (a class has fewer than 2 samples, or the split has "
+                              "fewer samples than there are classes); it is not stratified",
+                              UserWarning, stacklevel=7)  # (the caller of fit)
+        if split is None:
+            split = train_test_split(idx, test_size=self.validation_fraction,
+                                     random_state=seed)
+        train, val = split
         if len(val) < 2 or len(train) < 1:
             raise ValueError(f"The validation set is too small ({len(val)} of {n} samples). "
                              "Increase validation_fraction or the size of your dataset.")

@@ -62,7 +62,7 @@ class Dense(Layer):
         if xa.dtype != self.dtype:
             with np.errstate(over="ignore", invalid="ignore"):
                 converted = xa.astype(self.dtype)
-            if np.isinf(converted).any() and not np.isinf(xa).any():
+            if (np.isinf(converted) & np.isfinite(xa)).any():
                 raise ValueError(f"x holds values too large for {np.dtype(self.dtype).name}")
             xa = converted
         training = self._resolve_training(training)
