@@ -97,6 +97,21 @@ def _numeric_array(x, name):
     return arr
 
 
+def to_dtype(arr, dtype, name):
+    """``arr`` in ``dtype`` (no copy when it already is), ``ValueError`` where a finite
+    value becomes infinite (1e300 in float32; a value that rounds to the largest float32
+    stays, as the compiled paths' conversion rounds it); NaN and inf pass through."""
+    if arr.dtype == dtype:
+        return arr
+    with np.errstate(over="ignore", invalid="ignore"):
+        converted = arr.astype(dtype)
+    if (np.isinf(converted) & np.isfinite(arr)).any():
+        raise ValueError(f"{name} holds values too large for {np.dtype(dtype).name} "
+                         f"(largest magnitude {float(np.abs(arr).max()):.9g}, the largest "
+                         f"{np.dtype(dtype).name} {float(np.finfo(dtype).max):.9g})")
+    return converted
+
+
 def check_array(x, name, ndim, dtype, feature_size=None, feature_name="features"):
     """A finite float array of ``ndim`` dims in ``dtype`` (a new array if converted).
 
@@ -112,17 +127,7 @@ def check_array(x, name, ndim, dtype, feature_size=None, feature_name="features"
                          f"expected {feature_size}")
     if not np.isfinite(arr).all():
         raise ValueError(f"{name} contains NaN or infinity")
-    if arr.dtype.kind == "f" and np.dtype(dtype).itemsize < arr.dtype.itemsize:
-        # refused where the conversion overflows (as the compiled paths' conversion
-        # rounds: a value that rounds to the largest float32 is accepted everywhere)
-        with np.errstate(over="ignore"):
-            converted = arr.astype(dtype)
-        if not np.isfinite(converted).all():
-            raise ValueError(f"{name} holds values too large for {np.dtype(dtype)} "
-                             f"(largest magnitude {float(np.abs(arr).max()):.9g}, the "
-                             f"largest {np.dtype(dtype)} {float(np.finfo(dtype).max):.9g})")
-        return converted
-    return arr.astype(dtype, copy=False)
+    return to_dtype(arr, dtype, name)
 
 
 def check_values(value, name, shape, dtype):

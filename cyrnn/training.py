@@ -272,11 +272,10 @@ def check_divergence(loss_curve, params, start_loss=None, baseline=None,
     last ended) is still caught, at 100 times, and a new regime is tolerated up to a
     start 10 times above the earlier references (the first and the best epoch's
     losses and ``baseline``; when they are all 0 or less, the start counts whole).
-    ``baseline``, the loss of an
-    all-zero output on the current call's data, keeps a warm start or ``partial_fit``
-    on data with larger targets (a loss larger than the earlier epochs', but near what
-    predicting zero costs) from counting as diverged; a diverged model's loss is far
-    above both.
+    ``baseline``, the loss of an all-zero output on the current call's data, keeps a
+    warm start or ``partial_fit`` on data with larger targets (a loss larger than the
+    earlier epochs', but near what predicting zero costs) from counting as diverged; a
+    diverged model's loss is far above both.
 
     With sane settings the loss never rises tenfold above its starting value (the
     examples and the quality tests never come near it), while a diverged fit (e.g.

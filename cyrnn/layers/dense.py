@@ -59,12 +59,7 @@ class Dense(Layer):
         if xa.ndim == 0 or xa.shape[-1] != self.in_features:
             raise ValueError(f"Dense expects {self.in_features} input features on the last "
                              f"axis, got shape {xa.shape}")
-        if xa.dtype != self.dtype:
-            with np.errstate(over="ignore", invalid="ignore"):
-                converted = xa.astype(self.dtype)
-            if (np.isinf(converted) & np.isfinite(xa)).any():
-                raise ValueError(f"x holds values too large for {np.dtype(self.dtype).name}")
-            xa = converted
+        xa = V.to_dtype(xa, self.dtype, "x")
         training = self._resolve_training(training)
         self._cache = kept_for_backward(xa, x, training) if training else None
         return xa @ self.params["weight"].T + self.params["bias"]

@@ -57,6 +57,16 @@ class PlannedCache:
         self.plan, self.fused, self.n, self.T = plan, fused, n, T
 
 
+def _no_none_entry(what, names, pair):
+    """TypeError for a None entry of a state pair (forward's ``initial_state``,
+    ``step``'s ``state``): the kernels would read an empty state (NaN outputs on the
+    compiled layer path); None for the whole state is what means zeros."""
+    for name, value in zip(names, pair):
+        if value is None:
+            raise TypeError(f"{what} must be a pair of arrays ({', '.join(names)}), got "
+                            f"None for {name} (None for the whole state starts from zeros)")
+
+
 class RecurrentLayer(Layer):
     """A (stacked, optionally bidirectional) recurrent layer.
 
@@ -223,11 +233,7 @@ class RecurrentLayer(Layer):
         forget = self.cell.row.forget_gate
         if forget is not None:  # (checked before any parameter changes)
             forget_bias = V.check_float(forget_bias, "forget_bias")
-            with np.errstate(over="ignore"):
-                stored = np.asarray(forget_bias).astype(self.dtype)
-            if not np.isfinite(stored):  # inf once stored (as check_array rounds)
-                raise ValueError(f"forget_bias must be finite in {np.dtype(self.dtype).name}, "
-                                 f"got {forget_bias:g}")
+            V.to_dtype(np.float64(forget_bias), self.dtype, "forget_bias")  # inf once stored
         for layer in range(self.num_layers):
             for d in range(self.num_directions):
                 w_ih, w_hh, b_ih, b_hh = self._names(layer, d)
@@ -299,11 +305,7 @@ class RecurrentLayer(Layer):
             if not isinstance(initial_state, (tuple, list)) or len(initial_state) != 2:
                 raise TypeError("LSTM initial_state must be a tuple (h0, c0)")
             h0, c0 = initial_state
-            for name, value in (("h0", h0), ("c0", c0)):
-                if value is None:  # (a kernel would read an empty state)
-                    raise TypeError(f"LSTM initial_state must be a pair of arrays (h0, c0), "
-                                    f"got None for {name} (initial_state=None starts "
-                                    "from zeros)")
+            _no_none_entry("LSTM initial_state", ("h0", "c0"), initial_state)
         else:
             h0, c0 = initial_state, None
         h0 = V.check_array(h0, "initial_state h0", 3, self.dtype)
@@ -769,12 +771,8 @@ class RecurrentLayer(Layer):
         if self.cell.has_cell_state:
             if not isinstance(state, (tuple, list)) or len(state) != 2:
                 raise TypeError(f"{type(self).__name__} step state must be a pair (h, c)")
+            _no_none_entry(f"{type(self).__name__} step state", ("h", "c"), state)
             parts = [("state h", state[0]), ("state c", state[1])]
-            for name, value in parts:
-                if value is None:  # as forward's initial_state
-                    raise TypeError(f"{type(self).__name__} step state must be a pair of "
-                                    f"arrays (h, c), got None for {name[-1]} (state=None "
-                                    "starts from zeros)")
         else:
             parts = [("state", state)]
         arrays = []
