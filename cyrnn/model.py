@@ -154,6 +154,7 @@ class Sequential(Module):
         self.__dict__.update(state)
         self.__dict__.pop("_kinds_cache", None)
         self.__dict__.pop("_plan_cache", None)
+        self.params._realign()
         self._home_layers()
 
     @property

@@ -883,7 +883,7 @@ cdef inline Py_ssize_t _small_team_op(const int64_t* r, Py_ssize_t N, Py_ssize_t
     whh = <double>_gates_of(r) * r[RNN_HIDDEN] * (2 if packed and _is_bf16(wfmt) else isz)
     if whh < SMALL_TEAM_MIN_BYTES:
         return 1
-    if not packed and not _own_small_gemm(N, <Py_ssize_t>whh, -1):
+    if not packed and not _own_small_gemv(N, <Py_ssize_t>whh, isz, -1):
         return 1
     if _nthreads() < 2 or not _team_allowed():
         return 1

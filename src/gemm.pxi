@@ -29,7 +29,15 @@
 #   stacked LSTM's step (3 x 960, 3 x 480; benchmarks/probe_step.py and
 #   bench_stream.py, see benchmarks/README.md: the weights stream from memory, and the
 #   own kernel prefetches the next block of weight rows): BLAS, except one row on
-#   a weight of CYRNN_OWN_GEMV_BYTES (1 MB) or more.
+#   a weight of CYRNN_OWN_GEMV_BYTES (1 MB) or more;
+# - forward products (h W^T) in float32 with AVX-512: the own ``cyrnn_dotrows``
+#   kernel (src/pgemm.h: 16 weight rows at a time, k in the 16 lanes, fused
+#   multiply-adds) at any size (``_own_small_gemv``). On the Xeon of 2026-12-03
+#   (AVX-512, one thread, W_hh 256 x 64 in cache, 64-byte aligned) it takes 0.71-0.77
+#   us a product against 1.86 us for cyrnn_proj_ld; OpenBLAS's small-matrix kernel
+#   took 68% of a score-b1 call before (perf), cyrnn_dotrows 58-65% of a call 1.5x
+#   shorter (bench_small_gemm.py and perf record on score-b1: the host's noise
+#   moves single timings by 30% or more, so the ratios come from profiles).
 # CYRNN_PGEMM_ISA lowering the pick lowers this rule with it. The rule assumes
 # scipy's OpenBLAS; with another BLAS only the speed changes. Each product's
 # path is the same for a step and for a whole sequence (it depends on N and the
@@ -438,7 +446,9 @@ cdef inline void _gemm_hh(bint own, const floating* x, const floating* w, Py_ssi
     """
     if own:
         if floating is float:
-            cyrnn_proj_ld_f(x, w + row0 * H, NULL, out + row0, N, rows, H, GH)
+            if cyrnn_dotrows_f(cyrnn_pgemm_isa(), x, N, H, w + row0 * H, rows, out + row0,
+                               GH) != 0:
+                cyrnn_proj_ld_f(x, w + row0 * H, NULL, out + row0, N, rows, H, GH)
         else:
             cyrnn_proj_ld_d(x, w + row0 * H, NULL, out + row0, N, rows, H, GH)
         return
@@ -539,6 +549,8 @@ cdef extern from "pgemm.h" nogil:
                        const float* W, Py_ssize_t C, float* out, Py_ssize_t ldo)
     void cyrnn_rgemm_d(int isa, const double* x, Py_ssize_t ldx, Py_ssize_t n, Py_ssize_t K,
                        const double* W, Py_ssize_t C, double* out, Py_ssize_t ldo)
+    int cyrnn_dotrows_f(int isa, const float* x, Py_ssize_t n, Py_ssize_t K, const float* W,
+                        Py_ssize_t C, float* out, Py_ssize_t ldo)
 
 
 cdef extern from *:
@@ -565,8 +577,20 @@ cdef extern from *:
         if (cyrnn_pgemm_isa() < 2) return 1;
         return N == 1 && wbytes >= CYRNN_OWN_GEMV_BYTES;
     }
+    /* The same for a forward product (h W^T) of elements of isz bytes: float32 with
+       AVX-512 takes the own cyrnn_dotrows kernel at any size (src/pgemm.h). */
+    static int cyrnn_own_small_gemv(Py_ssize_t N, Py_ssize_t wbytes, Py_ssize_t isz,
+                                    Py_ssize_t limit) {
+        int env = cyrnn_small_gemm_env();
+        if (env >= 0) return N <= env;
+        if (N > limit) return 0;
+        if (isz == 4 && cyrnn_pgemm_isa() == 2) return 1;
+        return cyrnn_own_small_gemm(N, wbytes, limit);
+    }
     """
     int cyrnn_own_small_gemm(Py_ssize_t N, Py_ssize_t wbytes, Py_ssize_t limit) nogil
+    int cyrnn_own_small_gemv(Py_ssize_t N, Py_ssize_t wbytes, Py_ssize_t isz,
+                             Py_ssize_t limit) nogil
 
 
 cdef inline bint _own_small_gemm(Py_ssize_t N, Py_ssize_t wbytes,
@@ -577,6 +601,15 @@ cdef inline bint _own_small_gemm(Py_ssize_t N, Py_ssize_t wbytes,
     if small >= 0:
         return N <= small
     return cyrnn_own_small_gemm(N, wbytes, SMALL_GEMM_ROWS)
+
+
+cdef inline bint _own_small_gemv(Py_ssize_t N, Py_ssize_t wbytes, Py_ssize_t isz,
+                                 Py_ssize_t small) noexcept nogil:
+    """:func:`_own_small_gemm` for a forward product (``_gemm_hh``) of ``isz``-byte
+    elements (the own kernel there is ``cyrnn_dotrows`` where available)."""
+    if small >= 0:
+        return N <= small
+    return cyrnn_own_small_gemv(N, wbytes, isz, SMALL_GEMM_ROWS)
 
 
 # Formats of packed forward weights: the call's dtype, or bfloat16 (float32 calls
@@ -796,6 +829,28 @@ def _packed_product(const float[:, ::1] x not None, const float[:, ::1] w not No
     return out
 
 
+def _small_product(const floating[:, ::1] x not None, const floating[:, ::1] w not None,
+                   Py_ssize_t row0=0, Py_ssize_t rows=-1):
+    """``x @ w[row0:row0 + rows].T`` through the unpacked path's own kernel for the
+    forward products of few rows (``_gemm_hh``: ``cyrnn_dotrows`` for float32 with
+    AVX-512, else ``cyrnn_proj_ld``), in columns ``row0 ..`` of an (n, C) array of
+    zeros: for tests of the kernels themselves (``rows`` -1: to the end)."""
+    cdef Py_ssize_t n = x.shape[0], K = x.shape[1], C = w.shape[0]
+    if rows < 0:
+        rows = C - row0
+    if w.shape[1] != K or n == 0 or K == 0 or row0 < 0 or rows < 1 or row0 + rows > C:
+        raise ValueError("x (n, K) and w (C, K), n and K not 0, rows within w")
+    cdef cnp.npy_intp dims[2]
+    dims[0] = n
+    dims[1] = C
+    out = cnp.PyArray_ZEROS(2, dims, cnp.NPY_FLOAT32 if floating is float else cnp.NPY_FLOAT64,
+                            0)
+    cdef floating[:, ::1] o = out
+    with nogil:
+        _gemm_hh(True, &x[0, 0], &w[0, 0], row0, rows, n, K, C, &o[0, 0])
+    return out
+
+
 def _path_counts():
     """``{"packed_forward": n, "packed_backward": n, "threaded_regions": n,
     "raw_forward": n, "wgrad_strips": n, "wgrad_pair": n, "team_forward": n,
@@ -811,10 +866,15 @@ def _path_counts():
             "team_forward": cyrnn_path_read(6), "small_team_forward": cyrnn_path_read(7)}
 
 
-def own_small_gemm(Py_ssize_t n, Py_ssize_t wbytes):
+def own_small_gemm(Py_ssize_t n, Py_ssize_t wbytes, Py_ssize_t itemsize=0):
     """Whether this CPU's rule (src/gemm.pxi, SMALL_GEMM_ROWS) sends a per-step
     recurrent product of ``n`` rows on a ``wbytes``-byte weight to the own kernels
-    (True) or to BLAS (False); CYRNN_SMALL_GEMM_ROWS, where set, replaces it."""
+    (True) or to BLAS (False); CYRNN_SMALL_GEMM_ROWS, where set, replaces it.
+    ``itemsize`` 0: a backward product (``dg W``); 4 or 8: a forward product
+    (``h W^T``) of float32 or float64, whose rule differs where the own forward kernel
+    is ``cyrnn_dotrows`` (float32 with AVX-512)."""
+    if itemsize:
+        return bool(_own_small_gemv(n, wbytes, itemsize, -1))
     return bool(_own_small_gemm(n, wbytes, -1))
 
 

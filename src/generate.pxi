@@ -112,8 +112,10 @@ cdef void _generate_loop(int code, int act, int ract, Py_ssize_t L,
     for cells without one)."""
     cdef Py_ssize_t GH = n_gates_of(code) * H, NH = N * H, t, l, i, j
     cdef Py_ssize_t n_active = N
-    cdef bint own = _own_small_gemm(N, GH * H * <Py_ssize_t>sizeof(floating), -1)
-    cdef bint own_out = _own_small_gemm(N, V * H * <Py_ssize_t>sizeof(floating), -1)
+    cdef bint own = _own_small_gemv(N, GH * H * <Py_ssize_t>sizeof(floating),
+                                    sizeof(floating), -1)
+    cdef bint own_out = _own_small_gemv(N, V * H * <Py_ssize_t>sizeof(floating),
+                                        sizeof(floating), -1)
     cdef int64_t v
     cdef floating* hl
     cdef floating* cl = NULL

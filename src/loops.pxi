@@ -250,7 +250,8 @@ cdef void _forward_rows(int code, int act, int ract, Py_ssize_t T, Py_ssize_t N,
     # a small-batch team's packed path: every thread projects its columns of all rows
     cdef bint small_team = team > 1 and N <= SMALL_TEAM_ROWS
     cdef bint cho = code == CELL_GRU_CHO
-    cdef bint own = _own_small_gemm(N, GH * H * <Py_ssize_t>sizeof(floating), small)
+    cdef bint own = _own_small_gemv(N, GH * H * <Py_ssize_t>sizeof(floating),
+                                    sizeof(floating), small)
     cdef const floating* hp
     cdef floating* hn
     cdef const floating* cp = NULL

@@ -391,6 +391,104 @@ static void NAME(int isa, const T* x, ptrdiff_t ldx, ptrdiff_t n, ptrdiff_t K,  
 CYRNN_RGEMM_DISPATCH(cyrnn_rgemm_f, float, cyrnn_rgemm_f512, cyrnn_rgemm_f256, cyrnn_rgemm_f128)
 CYRNN_RGEMM_DISPATCH(cyrnn_rgemm_d, double, cyrnn_rgemm_d512, cyrnn_rgemm_d256, cyrnn_rgemm_d128)
 
+/* Few-row products on the weight as stored, k in the vector lanes: the unpacked
+ * path's per-step recurrent products at small batch (src/gemm.pxi, _gemm_hh):
+ *   out[i*ldo + c] = sum_k x[i*K + k] * W[c*K + k]   (i < n, c < C; W (C, K) row-major)
+ * AVX-512 (isa 2), float32. Every element is summed in one order that depends on
+ * K only: lane q (q < 16) is a fused multiply-add chain over k = q, q + 16, ...
+ * ascending from +0 (the last, partial vector's missing k adding 0 * 0), then
+ * s_q = l_q + l_{q+8} (q < 8) and ((s0 + s4) + (s2 + s6)) + ((s1 + s5) + (s3 + s7)),
+ * whatever the element's row, its block of weight rows or the call: a step equals
+ * its whole sequence, and threads may split the columns anywhere. The weight rows
+ * are taken 16 at a time (the last block moved back to end at C, recomputing a few
+ * elements to the same bits), their 16 accumulators reduced together by a
+ * transposed tree whose every lane does exactly the additions above; each x row
+ * runs over the block while it is in L1. Against OpenBLAS's small-matrix kernel
+ * (which the unpacked path took on AVX-512 before) and the 8-lane kernel
+ * cyrnn_proj_ld: benchmarks/bench_small_gemm.py. Returns -1 (nothing done) where
+ * the kernel is not available: isa < 2 or a build without it. */
+#if CYRNN_PGEMM_X86
+#include <immintrin.h>
+#define CYRNN_DOT_LEVEL(a, b, lo, hi) \
+    _mm512_add_ps(_mm512_permutex2var_ps(a, lo, b), _mm512_permutex2var_ps(a, hi, b))
+/* the 16 rows' sums of one x row xi, stored under mask m: rows wb + j K (wr NULL),
+   else wr[j]. The rows are reached by walking one pointer (16 row pointers do not
+   fit in the general registers: spilled, they cost 1.8x the time at H = 64). */
+#define CYRNN_DOTROWS_BLOCK(wb, wr, xi, K, KV, km, o, m)                              \
+    do {                                                                              \
+        __m512 a_[16], b_[8], c_[4], d_[2], xv_;                                      \
+        const float* p_;                                                              \
+        ptrdiff_t j_, k_;                                                             \
+        for (j_ = 0; j_ < 16; j_++) a_[j_] = _mm512_setzero_ps();                     \
+        for (k_ = 0; k_ < (KV); k_ += 16) {                                           \
+            xv_ = _mm512_loadu_ps((xi) + k_);                                         \
+            p_ = ((wr) != NULL ? (wr)[0] : (wb)) + k_;                                \
+            for (j_ = 0; j_ < 16; j_++) {                                             \
+                a_[j_] = _mm512_fmadd_ps(xv_, _mm512_loadu_ps(p_), a_[j_]);           \
+                p_ = (wr) != NULL ? (wr)[(j_ + 1) & 15] + k_ : p_ + (K);              \
+                __asm__("" : "+r"(p_));                                               \
+            }                                                                         \
+        }                                                                             \
+        if ((KV) < (K)) {                                                             \
+            xv_ = _mm512_maskz_loadu_ps((km), (xi) + (KV));                           \
+            p_ = ((wr) != NULL ? (wr)[0] : (wb)) + (KV);                              \
+            for (j_ = 0; j_ < 16; j_++) {                                             \
+                a_[j_] = _mm512_fmadd_ps(xv_, _mm512_maskz_loadu_ps((km), p_), a_[j_]); \
+                p_ = (wr) != NULL ? (wr)[(j_ + 1) & 15] + (KV) : p_ + (K);            \
+            }                                                                         \
+        }                                                                             \
+        /* b_[j]: rows j, j+8 (8 lanes each); c_: rows j, j+4, j+8, j+12 (4 each); */ \
+        /* d_: rows j, j+2, ..., j+14 (2 each); then rows 0..15 in order */           \
+        for (j_ = 0; j_ < 8; j_++) b_[j_] = CYRNN_DOT_LEVEL(a_[j_], a_[j_ + 8], t1l, t1h); \
+        for (j_ = 0; j_ < 4; j_++) c_[j_] = CYRNN_DOT_LEVEL(b_[j_], b_[j_ + 4], t2l, t2h); \
+        for (j_ = 0; j_ < 2; j_++) d_[j_] = CYRNN_DOT_LEVEL(c_[j_], c_[j_ + 2], t3l, t3h); \
+        _mm512_mask_storeu_ps((o), (m), CYRNN_DOT_LEVEL(d_[0], d_[1], t4l, t4h));     \
+    } while (0)
+CYRNN_T512 static void cyrnn_dotrows_f512(const float* x, ptrdiff_t n, ptrdiff_t K,
+                                          const float* W, ptrdiff_t C, float* out,
+                                          ptrdiff_t ldo) {
+    const __m512i t1l = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23);
+    const __m512i t1h = _mm512_setr_epi32(8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+    const __m512i t2l = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27);
+    const __m512i t2h = _mm512_setr_epi32(4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31);
+    const __m512i t3l = _mm512_setr_epi32(0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29);
+    const __m512i t3h = _mm512_setr_epi32(2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31);
+    const __m512i t4l = _mm512_setr_epi32(0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30);
+    const __m512i t4h = _mm512_setr_epi32(1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31);
+    const float* const* none = NULL;
+    ptrdiff_t KV = K - K % 16, c, i, j;
+    __mmask16 km = (__mmask16)((1u << (K % 16)) - 1);
+    if (C >= 16) {
+        for (c = 0; c < C; c += 16) {
+            if (c > C - 16) c = C - 16;  /* the last block ends at C */
+            for (i = 0; i < n; i++)
+                CYRNN_DOTROWS_BLOCK(W + c * K, none, x + i * K, K, KV, km, out + i * ldo + c,
+                                    (__mmask16)0xFFFF);
+        }
+    } else if (C > 0) {
+        /* fewer than 16 rows: the missing ones repeat row 0, and are not stored */
+        const float* wr[16];
+        for (j = 0; j < 16; j++) wr[j] = W + (j < C ? j : 0) * K;
+        for (i = 0; i < n; i++)
+            CYRNN_DOTROWS_BLOCK(W, wr, x + i * K, K, KV, km, out + i * ldo,
+                                (__mmask16)((1u << C) - 1));
+    }
+}
+#undef CYRNN_DOTROWS_BLOCK
+#undef CYRNN_DOT_LEVEL
+#endif
+static int cyrnn_dotrows_f(int isa, const float* x, ptrdiff_t n, ptrdiff_t K,
+                           const float* W, ptrdiff_t C, float* out, ptrdiff_t ldo) {
+#if CYRNN_PGEMM_X86
+    if (isa == 2) {
+        cyrnn_dotrows_f512(x, n, K, W, C, out, ldo);
+        return 0;
+    }
+#endif
+    (void)isa; (void)x; (void)n; (void)K; (void)W; (void)C; (void)out; (void)ldo;
+    return -1;
+}
+
 /* cyrnn_pgemm_f/d: x row-major; cyrnn_pgemm_tf/td: x stored transposed (XT 1);
    cyrnn_pgemm_sf/sd: x in strips (XT 2). */
 #define CYRNN_PGEMM_DISPATCH(NAME, T, K512, K256, K128, V512, V256, V128)             \

@@ -414,7 +414,7 @@ def test_forked_child_runs_on_one_thread():
             y1 = big.forward(x1, training=False)[0]
             end = kernels._path_counts()
             assert end["threaded_regions"] > start["threaded_regions"]  # the parent's pool ran
-            if kernels.own_small_gemm(1, 4 * 256 * 256 * 4):
+            if kernels.own_small_gemm(1, 4 * 256 * 256 * 4, 4):
                 assert end["small_team_forward"] > start["small_team_forward"]
             with warnings.catch_warnings():  # Python 3.12+: fork of a threaded process
                 warnings.simplefilter("ignore", DeprecationWarning)
@@ -626,3 +626,31 @@ def test_scratch_blocks_reused_and_released():
     for other in outs[1:]:
         for a, b in zip(outs[0], other):
             np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("C, K", [(256, 64), (20, 37), (7, 5), (48, 16), (33, 129)])
+def test_small_product_sums_each_output_in_one_order(C, K, dtype, rng):
+    """The unpacked path's forward product of few rows (cyrnn_dotrows for float32 with
+    AVX-512, src/pgemm.h): every output is one sum whose order depends on K only, so
+    its bits do not depend on the rows of x computed with it, on the block of weight
+    rows it falls in, or on where a thread's columns start and end (a step equals
+    its whole sequence; the small-batch team splits the columns anywhere); and it
+    is the product, to float32's rounding."""
+    from cyrnn import _cython_kernels as kernels
+
+    x = rng.normal(size=(3, K)).astype(dtype)
+    w = rng.normal(size=(C, K)).astype(dtype)
+    full = kernels._small_product(x, w)
+    exact = x.astype(np.float64) @ w.astype(np.float64).T
+    eps = np.finfo(dtype).eps
+    assert np.abs(full - exact).max() <= 4 * K * eps * np.abs(x).max() * np.abs(w).max()
+    for i in range(3):
+        np.testing.assert_array_equal(kernels._small_product(x[i:i + 1], w)[0], full[i])
+    for start, rows in [(0, 1), (1, C - 1), (C // 3, C - C // 3), (C - 1, 1), (5 % C, 1)]:
+        part = kernels._small_product(x, w, start, rows)
+        np.testing.assert_array_equal(part[:, start:start + rows], full[:, start:start + rows])
+        assert not part[:, :start].any() and not part[:, start + rows:].any()
+    # a weight row's outputs do not depend on the other rows of the weight
+    np.testing.assert_array_equal(kernels._small_product(x, w[C // 2:C // 2 + 1])[:, 0],
+                                  full[:, C // 2])

@@ -60,7 +60,14 @@ def test_fused_matches_reference(fused_backend, dtype, name, Cls, kw, num_layers
         out = model.forward(x)
         expected = ref.forward(x)
         assert out.dtype == dtype and out.shape == expected.shape
-        np.testing.assert_allclose(out, expected, **STRICT[dtype])
+        # absolute tolerance in units of the largest output: a linear recurrence's
+        # outputs grow along the sequence (to ~100 here), and an output that is a
+        # small difference of such terms differs between two orders of summation by
+        # the terms' rounding, not its own (against float64, both sides' float32
+        # errors are alike: 6e-5 and 1.3e-4 at most over 20 seeds at (1, 40))
+        tol = dict(STRICT[dtype])
+        tol["atol"] *= max(1.0, float(np.abs(expected).max()))
+        np.testing.assert_allclose(out, expected, **tol)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -25,6 +25,11 @@ def test_copies_keep_one_buffer(clone, backend):
     restored.params.data[...] = 0  # a write to the model buffer reaches every layer
     assert not restored.layers[0].params["weight_ih_l0"].any()
     assert model.layers[0].params["weight_ih_l0"].any()
+    # the restored buffer starts on a cache line, as a new one does (the kernels'
+    # 64-byte weight loads; NumPy's own allocations are 16-byte aligned)
+    for m in (model, restored):
+        assert m.params.data.ctypes.data % 64 == 0 and m.params.grad.ctypes.data % 64 == 0
+    assert restored.params.data.flags.c_contiguous and restored.params.data.flags.writeable
 
 
 def test_training_step_frees_backward_caches(rng):

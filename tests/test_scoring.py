@@ -280,7 +280,8 @@ def test_step_equals_whole_on_weights_that_stream(cls, H, dtype, tmp_path, rng):
 
     gates = 4 if cls == "LSTM" else 3
     if "CYRNN_SMALL_GEMM_ROWS" not in os.environ:
-        assert kernels.own_small_gemm(1, gates * H * H * np.dtype(dtype).itemsize)
+        isz = np.dtype(dtype).itemsize
+        assert kernels.own_small_gemm(1, gates * H * H * isz, isz)
     layer = getattr(cyrnn, cls)(5, H, num_layers=2, random_state=1, return_sequences=True,
                                 dtype=dtype)
     model = cyrnn.Sequential([layer, cyrnn.Dense(H, 3, random_state=2, dtype=dtype)])
@@ -344,7 +345,8 @@ def test_small_team_equals_one_thread_to_the_bit(name, dtype, rng):
     H = {cyrnn.LSTM: 256, cyrnn.GRU: 296, cyrnn.SimpleRNN: 512}[Cls]  # W_hh of 1 MB or more
     G = {cyrnn.LSTM: 4, cyrnn.GRU: 3, cyrnn.SimpleRNN: 1}[Cls]
     wbytes = G * H * H * np.dtype(dtype).itemsize
-    rows = [n for n in (1, 2) if kernels.own_small_gemm(n, wbytes)]
+    rows = [n for n in (1, 2)
+            if kernels.own_small_gemm(n, wbytes, np.dtype(dtype).itemsize)]
     if not rows:
         pytest.skip("CYRNN_SMALL_GEMM_ROWS sends one-row products to BLAS")
     bidir = Cls(5, H, num_layers=2, bidirectional=True, return_sequences=True, dtype=dtype,
@@ -423,7 +425,7 @@ def test_small_team_under_concurrent_streams(rng):
     stall and whose hold may step in): every stream equals its sequential run."""
     from cyrnn import _cython_kernels as kernels
 
-    if not kernels.own_small_gemm(1, 4 * 256 * 256 * 4):
+    if not kernels.own_small_gemm(1, 4 * 256 * 256 * 4, 4):
         pytest.skip("CYRNN_SMALL_GEMM_ROWS sends one-row products to BLAS")
     layer = cyrnn.LSTM(8, 256, num_layers=2, return_sequences=True, random_state=4)
     streams = rng.normal(size=(4, 12, 8)).astype(np.float32)
@@ -457,19 +459,24 @@ def test_small_team_under_concurrent_streams(rng):
 
 def test_small_gemm_rule():
     """The documented rule (src/gemm.pxi, SMALL_GEMM_ROWS): own kernels for up to 7
-    rows without AVX-512; with it BLAS, except one row on a weight of 1 MB or more."""
+    rows without AVX-512; with it BLAS, except one row on a weight of 1 MB or more,
+    and except float32 forward products, which take cyrnn_dotrows at any size."""
     from cyrnn import _cython_kernels as kernels
 
     if "CYRNN_SMALL_GEMM_ROWS" in os.environ:
         pytest.skip("CYRNN_SMALL_GEMM_ROWS replaces the rule")
     mb = 1 << 20
-    own = kernels.own_small_gemm
-    assert not own(8, 4 * mb) and not own(8, 1000)
-    if kernels.pgemm_isa() == "avx512f":
-        assert own(1, mb) and own(1, 64 * mb)
-        assert not own(1, mb - 1) and not own(2, 64 * mb) and not own(7, 1000)
-    else:
-        assert all(own(n, b) for n in range(1, 8) for b in (1000, mb, 64 * mb))
+    for isz in (0, 4, 8):  # backward, float32 forward, float64 forward
+        def own(n, b):
+            return kernels.own_small_gemm(n, b, isz)
+        assert not own(8, 4 * mb) and not own(8, 1000)
+        if kernels.pgemm_isa() == "avx512f" and isz == 4:
+            assert all(own(n, b) for n in range(1, 8) for b in (1000, mb, 64 * mb))
+        elif kernels.pgemm_isa() == "avx512f":
+            assert own(1, mb) and own(1, 64 * mb)
+            assert not own(1, mb - 1) and not own(2, 64 * mb) and not own(7, 1000)
+        else:
+            assert all(own(n, b) for n in range(1, 8) for b in (1000, mb, 64 * mb))
 
 
 @pytest.mark.parametrize("name", ["LSTMClassifier", "GRURegressor"])
