@@ -6,8 +6,12 @@ T = 50, float32, one thread).
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE PYTHONPATH=. python benchmarks/bench_small_gemm.py
 
 ``small_gemm_rows=0`` sends every product to scipy's BLAS; ``8`` to the own kernels
-(``cyrnn_proj_ld`` forward, ``cyrnn_gemm_nn`` backward); the default (-1) is the
-CPU's rule (``_own_small_gemm`` in src/gemm.pxi). Both are timed alternately in one
+(forward: ``cyrnn_dotrows`` in float32 with AVX2 or AVX-512, except one row on a
+weight of 1 MB or more, else ``cyrnn_proj_ld``; backward: ``cyrnn_gemm_nn``); the
+default (-1) is the CPU's rule (``_own_small_gemv`` and ``_own_small_gemm`` in
+src/gemm.pxi). The arrays are NumPy's (16-byte aligned, where a model's parameter
+buffer starts on a cache line), so the own forward kernel runs slower here than in a
+model (benchmarks/dotrows_rate.c). Both are timed alternately in one
 process, ``--rounds`` rounds of a few calls each; prints the median microseconds
 per step (product and cell math, forward; backward: the whole backward call's
 time per step) and the largest difference of the forward outputs (the two sum in

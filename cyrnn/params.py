@@ -91,11 +91,8 @@ class ParameterBuffer:
         they are not (a buffer restored by pickle or deepcopy, whose arrays NumPy
         allocated); the caller re-homes any views (``Sequential.__setstate__``)."""
         if self.data.ctypes.data % ALIGNMENT or self.grad.ctypes.data % ALIGNMENT:
-            data, grad = aligned_zeros(self.size, self.dtype), aligned_zeros(self.size,
-                                                                             self.dtype)
-            data[...] = self.data
-            grad[...] = self.grad
-            self.data, self.grad = data, grad
+            self._rebind(aligned_zeros(self.size, self.dtype),
+                         aligned_zeros(self.size, self.dtype))
 
     def _view(self, flat, name):
         start = self.offsets[name]

@@ -76,7 +76,7 @@ def forward(int code, int act, int ract, bint keep_cache,
     (GRU rows only); h_seq (T, N, H) output; gh (N, G*H) scratch. Batches of at
     most ``small_gemm_rows`` rows compute the recurrent products with the own
     small-GEMM kernel, larger ones with BLAS (-1: the CPU's rule, which also
-    looks at the weight's size: ``_own_small_gemm`` in src/gemm.pxi).
+    looks at the weight's size: ``_own_small_gemv`` in src/gemm.pxi).
     """
     cdef Py_ssize_t T = xp.shape[0], N = xp.shape[1], H = w_hh.shape[1]
     cdef Py_ssize_t S = h.shape[0]

@@ -840,7 +840,7 @@ cdef inline bint _team_op(const int64_t* r, Py_ssize_t N, Py_ssize_t nt, Py_ssiz
 # a stream's step, a step of a few streams): an
 # inference op whose W_hh has at least SMALL_TEAM_MIN_BYTES (as the kernels read it:
 # bfloat16 counts 2 bytes a weight) and whose products take the own one-row kernels
-# (``_own_small_gemm``: their sums do not depend on the block of weight rows an
+# (``_own_small_gemv``: their sums do not depend on the block of weight rows an
 # output is computed in) or the packed kernels (weights packed once: the same holds
 # for their panels), runs on a team that splits the input projections and the
 # recurrent products by columns: each thread streams its share of W_ih and W_hh;

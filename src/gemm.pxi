@@ -32,9 +32,14 @@
 #   a weight of CYRNN_OWN_GEMV_BYTES (1 MB) or more;
 # - forward products (h W^T) in float32 with AVX-512: the own ``cyrnn_dotrows``
 #   kernel (src/pgemm.h: 16 weight rows at a time, k in the 16 lanes, fused
-#   multiply-adds) at any size (``_own_small_gemv``). On the Xeon of 2026-12-03
-#   (AVX-512, one thread, W_hh 256 x 64 in cache, 64-byte aligned) it takes 0.71-0.77
-#   us a product against 1.86 us for cyrnn_proj_ld; OpenBLAS's small-matrix kernel
+#   multiply-adds) for 1-3 rows at any size (``_own_small_gemv``; one row on a weight
+#   of 1 MB or more keeps the prefetching ``cyrnn_proj_ld``, measured above); with
+#   AVX2 + FMA its 8-lane version replaces ``cyrnn_proj_ld`` (0.81 against 1.33-1.43
+#   us at H = 64 on the same Xeon, benchmarks/dotrows_rate.c; not measured on a CPU
+#   without AVX-512). On the Xeon of 2026-12-03
+#   (AVX-512, one thread, W_hh 256 x 64 in cache, 64-byte aligned) it takes 0.69-0.94
+#   us a product against 1.38-1.89 us for an 8-lane kernel summed as cyrnn_proj_ld
+#   (benchmarks/dotrows_rate.c); OpenBLAS's small-matrix kernel
 #   took 68% of a score-b1 call before (perf), cyrnn_dotrows 58-65% of a call 1.5x
 #   shorter (bench_small_gemm.py and perf record on score-b1: the host's noise
 #   moves single timings by 30% or more, so the ratios come from profiles).
@@ -356,6 +361,7 @@ cdef extern from *:
                          Py_ssize_t N, Py_ssize_t R, Py_ssize_t K, Py_ssize_t ldy) nogil
     void cyrnn_proj_ld_f(const float* x, const float* w, const float* b, float* y,
                          Py_ssize_t N, Py_ssize_t R, Py_ssize_t K, Py_ssize_t ldy) nogil
+    const Py_ssize_t OWN_GEMV_BYTES "CYRNN_OWN_GEMV_BYTES"
     void cyrnn_proj_ld_d(const double* x, const double* w, const double* b, double* y,
                          Py_ssize_t N, Py_ssize_t R, Py_ssize_t K, Py_ssize_t ldy) nogil
     int cyrnn_projt16_f(const float* x, const float* w, const float* b, float* y,
@@ -440,14 +446,20 @@ cdef inline void _gemm_hh(bint own, const floating* x, const floating* w, Py_ssi
     """``out[:, row0:row0+rows] = x @ w[row0:row0+rows].T``.
 
     ``x`` (N, H) row-major, ``w`` (GH, H) row-major, ``out`` (N, GH) row-major.
-    ``own`` (small batches): the own GEMV kernel (``cyrnn_proj_ld_*``, no bias); otherwise BLAS. Column-major: ``out^T (rows x N, ld GH) = W_blk (rows x H) .
+    ``own`` (small batches): the own kernel (``cyrnn_dotrows`` for float32 with AVX2 or
+    AVX-512, except one row on a weight of CYRNN_OWN_GEMV_BYTES or more, whose rows
+    stream from L3 or memory: ``cyrnn_proj_ld`` prefetches them, measured on a Zen 4
+    (benchmarks/README.md); float64: ``cyrnn_proj_ld_*`` without bias); otherwise BLAS.
+    The choice depends on N and the whole weight (GH x H), never on the rows a thread
+    computes. Column-major: ``out^T (rows x N, ld GH) = W_blk (rows x H) .
     x^T (H x N)``, and ``W_blk`` is stored as the column-major (H x rows)
     matrix: transa='T'.
     """
     if own:
         if floating is float:
-            if cyrnn_dotrows_f(cyrnn_pgemm_isa(), x, N, H, w + row0 * H, rows, out + row0,
-                               GH) != 0:
+            if ((N == 1 and GH * H * 4 >= OWN_GEMV_BYTES)
+                    or cyrnn_dotrows_f(cyrnn_pgemm_isa(), x, N, H, w + row0 * H, rows,
+                                       out + row0, GH) != 0):
                 cyrnn_proj_ld_f(x, w + row0 * H, NULL, out + row0, N, rows, H, GH)
         else:
             cyrnn_proj_ld_d(x, w + row0 * H, NULL, out + row0, N, rows, H, GH)
@@ -578,13 +590,15 @@ cdef extern from *:
         return N == 1 && wbytes >= CYRNN_OWN_GEMV_BYTES;
     }
     /* The same for a forward product (h W^T) of elements of isz bytes: float32 with
-       AVX-512 takes the own cyrnn_dotrows kernel at any size (src/pgemm.h). */
+       AVX-512 takes the own kernel (cyrnn_dotrows, src/pgemm.h) for 1-3 rows at any
+       size (the unpacked fused calls' rows; 4-7 rows, which only the contract kernels
+       run unpacked, keep the rule above). */
     static int cyrnn_own_small_gemv(Py_ssize_t N, Py_ssize_t wbytes, Py_ssize_t isz,
                                     Py_ssize_t limit) {
         int env = cyrnn_small_gemm_env();
         if (env >= 0) return N <= env;
         if (N > limit) return 0;
-        if (isz == 4 && cyrnn_pgemm_isa() == 2) return 1;
+        if (isz == 4 && cyrnn_pgemm_isa() == 2 && N <= 3) return 1;
         return cyrnn_own_small_gemm(N, wbytes, limit);
     }
     """

@@ -228,7 +228,7 @@ cdef void _forward_rows(int code, int act, int ract, Py_ssize_t T, Py_ssize_t N,
     ``hseq`` (T, N, H) or NULL (no per-step outputs kept).
 
     ``si`` NULL: ``xp`` (T, N, G*H) holds every step's input projection, and the
-    recurrent products use BLAS or the own small-GEMM kernel (``_own_small_gemm``:
+    recurrent products use BLAS or the own small-GEMM kernel (``_own_small_gemv``:
     ``small`` >= 0 a row limit, -1 the CPU's rule); rows must be all of them
     (a small-batch team: the cell rows are this thread's, the products all rows').
     ``si`` given: every STEP_BLOCK steps, these

@@ -394,9 +394,9 @@ CYRNN_RGEMM_DISPATCH(cyrnn_rgemm_d, double, cyrnn_rgemm_d512, cyrnn_rgemm_d256, 
 /* Few-row products on the weight as stored, k in the vector lanes: the unpacked
  * path's per-step recurrent products at small batch (src/gemm.pxi, _gemm_hh):
  *   out[i*ldo + c] = sum_k x[i*K + k] * W[c*K + k]   (i < n, c < C; W (C, K) row-major)
- * AVX-512 (isa 2), float32. Every element is summed in one order that depends on
- * K only: lane q (q < 16) is a fused multiply-add chain over k = q, q + 16, ...
- * ascending from +0 (the last, partial vector's missing k adding 0 * 0), then
+ * AVX-512 (isa 2; AVX2 + FMA, isa 1: 8 lanes, below), float32. Every element is
+ * summed in one order that depends on K (and the isa) only: lane q (q < 16) is a
+ * fused multiply-add chain over k = q, q + 16, ... ascending from +0 (the last, partial vector's missing k adding 0 * 0), then
  * s_q = l_q + l_{q+8} (q < 8) and ((s0 + s4) + (s2 + s6)) + ((s1 + s5) + (s3 + s7)),
  * whatever the element's row, its block of weight rows or the call: a step equals
  * its whole sequence, and threads may split the columns anywhere. The weight rows
@@ -405,8 +405,9 @@ CYRNN_RGEMM_DISPATCH(cyrnn_rgemm_d, double, cyrnn_rgemm_d512, cyrnn_rgemm_d256, 
  * transposed tree whose every lane does exactly the additions above; each x row
  * runs over the block while it is in L1. Against OpenBLAS's small-matrix kernel
  * (which the unpacked path took on AVX-512 before) and the 8-lane kernel
- * cyrnn_proj_ld: benchmarks/bench_small_gemm.py. Returns -1 (nothing done) where
- * the kernel is not available: isa < 2 or a build without it. */
+ * cyrnn_proj_ld (isa 1 and 0 before): benchmarks/bench_small_gemm.py,
+ * benchmarks/dotrows_rate.c. Returns -1 (nothing done) where
+ * the kernel is not available: isa 0 or a build without it. */
 #if CYRNN_PGEMM_X86
 #include <immintrin.h>
 #define CYRNN_DOT_LEVEL(a, b, lo, hi) \
@@ -476,12 +477,82 @@ CYRNN_T512 static void cyrnn_dotrows_f512(const float* x, ptrdiff_t n, ptrdiff_t
 }
 #undef CYRNN_DOTROWS_BLOCK
 #undef CYRNN_DOT_LEVEL
+/* AVX2 + FMA (isa 1): the same with 8 lanes and 8 rows a block; each element is
+   lane q's chain over k = q, q + 8, ... (q < 8), then s_q = l_q + l_{q+4} (q < 4) and
+   (s0 + s2) + (s1 + s3). The transposed tree: b_j = rows j | j+4 (4 lanes each),
+   c_0 = rows 0, 1 | 4, 5 and c_1 = rows 2, 3 | 6, 7 (2 each), then rows 0..7. */
+#define CYRNN_DOTROWS8_BLOCK(wb, wr, xi, K, KV, km, o, m)                             \
+    do {                                                                              \
+        __m256 a_[8], b_[4], c0_, c1_, xv_, l_, h_;                                   \
+        const float* p_;                                                              \
+        ptrdiff_t j_, k_;                                                             \
+        for (j_ = 0; j_ < 8; j_++) a_[j_] = _mm256_setzero_ps();                      \
+        for (k_ = 0; k_ < (KV); k_ += 8) {                                            \
+            xv_ = _mm256_loadu_ps((xi) + k_);                                         \
+            p_ = ((wr) != NULL ? (wr)[0] : (wb)) + k_;                                \
+            for (j_ = 0; j_ < 8; j_++) {                                              \
+                a_[j_] = _mm256_fmadd_ps(xv_, _mm256_loadu_ps(p_), a_[j_]);           \
+                p_ = (wr) != NULL ? (wr)[(j_ + 1) & 7] + k_ : p_ + (K);               \
+                __asm__("" : "+r"(p_));                                               \
+            }                                                                         \
+        }                                                                             \
+        if ((KV) < (K)) {                                                             \
+            xv_ = _mm256_maskload_ps((xi) + (KV), (km));                              \
+            p_ = ((wr) != NULL ? (wr)[0] : (wb)) + (KV);                              \
+            for (j_ = 0; j_ < 8; j_++) {                                              \
+                a_[j_] = _mm256_fmadd_ps(xv_, _mm256_maskload_ps(p_, (km)), a_[j_]);  \
+                p_ = (wr) != NULL ? (wr)[(j_ + 1) & 7] + (KV) : p_ + (K);             \
+            }                                                                         \
+        }                                                                             \
+        for (j_ = 0; j_ < 4; j_++)                                                    \
+            b_[j_] = _mm256_add_ps(_mm256_permute2f128_ps(a_[j_], a_[j_ + 4], 0x20),  \
+                                   _mm256_permute2f128_ps(a_[j_], a_[j_ + 4], 0x31)); \
+        c0_ = _mm256_add_ps(_mm256_shuffle_ps(b_[0], b_[1], 0x44),                    \
+                            _mm256_shuffle_ps(b_[0], b_[1], 0xEE));                   \
+        c1_ = _mm256_add_ps(_mm256_shuffle_ps(b_[2], b_[3], 0x44),                    \
+                            _mm256_shuffle_ps(b_[2], b_[3], 0xEE));                   \
+        l_ = _mm256_shuffle_ps(c0_, c1_, 0x88);                                       \
+        h_ = _mm256_shuffle_ps(c0_, c1_, 0xDD);                                       \
+        _mm256_maskstore_ps((o), (m), _mm256_add_ps(l_, h_));                         \
+    } while (0)
+CYRNN_T256 static void cyrnn_dotrows_f256(const float* x, ptrdiff_t n, ptrdiff_t K,
+                                          const float* W, ptrdiff_t C, float* out,
+                                          ptrdiff_t ldo) {
+    const float* const* none = NULL;
+    ptrdiff_t KV = K - K % 8, c, i, j;
+    const __m256i all = _mm256_set1_epi32(-1);
+    __m256i km = _mm256_setr_epi32(0 < K % 8 ? -1 : 0, 1 < K % 8 ? -1 : 0, 2 < K % 8 ? -1 : 0,
+                                   3 < K % 8 ? -1 : 0, 4 < K % 8 ? -1 : 0, 5 < K % 8 ? -1 : 0,
+                                   6 < K % 8 ? -1 : 0, 0);
+    if (C >= 8) {
+        for (c = 0; c < C; c += 8) {
+            if (c > C - 8) c = C - 8;  /* the last block ends at C */
+            for (i = 0; i < n; i++)
+                CYRNN_DOTROWS8_BLOCK(W + c * K, none, x + i * K, K, KV, km, out + i * ldo + c,
+                                     all);
+        }
+    } else if (C > 0) {
+        /* fewer than 8 rows: the missing ones repeat row 0, and are not stored */
+        const float* wr[8];
+        __m256i cm = _mm256_setr_epi32(0 < C ? -1 : 0, 1 < C ? -1 : 0, 2 < C ? -1 : 0,
+                                       3 < C ? -1 : 0, 4 < C ? -1 : 0, 5 < C ? -1 : 0,
+                                       6 < C ? -1 : 0, 0);
+        for (j = 0; j < 8; j++) wr[j] = W + (j < C ? j : 0) * K;
+        for (i = 0; i < n; i++)
+            CYRNN_DOTROWS8_BLOCK(W, wr, x + i * K, K, KV, km, out + i * ldo, cm);
+    }
+}
+#undef CYRNN_DOTROWS8_BLOCK
 #endif
 static int cyrnn_dotrows_f(int isa, const float* x, ptrdiff_t n, ptrdiff_t K,
                            const float* W, ptrdiff_t C, float* out, ptrdiff_t ldo) {
 #if CYRNN_PGEMM_X86
     if (isa == 2) {
         cyrnn_dotrows_f512(x, n, K, W, C, out, ldo);
+        return 0;
+    }
+    if (isa == 1) {
+        cyrnn_dotrows_f256(x, n, K, W, C, out, ldo);
         return 0;
     }
 #endif

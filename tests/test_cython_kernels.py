@@ -636,7 +636,8 @@ def test_small_product_sums_each_output_in_one_order(C, K, dtype, rng):
     its bits do not depend on the rows of x computed with it, on the block of weight
     rows it falls in, or on where a thread's columns start and end (a step equals
     its whole sequence; the small-batch team splits the columns anywhere); and it
-    is the product, to float32's rounding."""
+    is the product, to float32's rounding (weights under 1 MB: one row on a bigger one
+    takes the prefetching cyrnn_proj_ld, src/gemm.pxi)."""
     from cyrnn import _cython_kernels as kernels
 
     x = rng.normal(size=(3, K)).astype(dtype)
