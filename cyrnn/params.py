@@ -18,8 +18,8 @@ __all__ = ["ParameterBuffer"]
 
 #: Byte alignment of a buffer's storage: a cache line. The compiled kernels read
 #: weights 64 bytes at a time; NumPy's allocations are 16-byte aligned, and loads
-#: that straddle two cache lines made the one-row recurrent product take 1.7x the
-#: time (src/pgemm.h, ``cyrnn_dotrows``).
+#: that straddle two cache lines made the one-row recurrent product take 1.2-1.6x
+#: the time (src/pgemm.h, ``cyrnn_dotrows``; benchmarks/dotrows_rate.c).
 ALIGNMENT = 64
 
 

@@ -847,7 +847,8 @@ def _small_product(const floating[:, ::1] x not None, const floating[:, ::1] w n
                    Py_ssize_t row0=0, Py_ssize_t rows=-1):
     """``x @ w[row0:row0 + rows].T`` through the unpacked path's own kernel for the
     forward products of few rows (``_gemm_hh``: ``cyrnn_dotrows`` for float32 with
-    AVX-512, else ``cyrnn_proj_ld``), in columns ``row0 ..`` of an (n, C) array of
+    AVX2 or AVX-512, except one row on a weight of 1 MB or more; else
+    ``cyrnn_proj_ld``), in columns ``row0 ..`` of an (n, C) array of
     zeros: for tests of the kernels themselves (``rows`` -1: to the end)."""
     cdef Py_ssize_t n = x.shape[0], K = x.shape[1], C = w.shape[0]
     if rows < 0:
