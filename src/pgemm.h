@@ -412,32 +412,44 @@ CYRNN_RGEMM_DISPATCH(cyrnn_rgemm_d, double, cyrnn_rgemm_d512, cyrnn_rgemm_d256, 
 #include <immintrin.h>
 #define CYRNN_DOT_LEVEL(a, b, lo, hi) \
     _mm512_add_ps(_mm512_permutex2var_ps(a, lo, b), _mm512_permutex2var_ps(a, hi, b))
-/* the 16 rows' sums of one x row xi, stored under mask m: rows wb + j K (wr NULL),
-   else wr[j]. The rows are reached by walking one pointer (16 row pointers do not
-   fit in the general registers: spilled, they cost 1.8x the time at H = 64). */
-#define CYRNN_DOTROWS_BLOCK(wb, wr, xi, K, KV, km, o, m)                              \
+/* The accumulators a_[0..L-1] (L lanes, L rows) of one x row xi: lane q of a_[j] is
+   the fused multiply-add chain of row j over k = q, q + L, ... from +0, the last,
+   partial vector masked (km) to zeros. Rows wb + j K (wr NULL), else wr[j], reached by
+   walking one pointer p_ (L row pointers do not fit in the general registers:
+   spilled, they cost 1.8x the time at H = 64). V: the intrinsics' prefix (_mm512 or
+   _mm256), MLD(p, km): the masked load. */
+#define CYRNN_MLD512(p, km) _mm512_maskz_loadu_ps((km), (p))
+#define CYRNN_MLD256(p, km) _mm256_maskload_ps((p), (km))
+#define CYRNN_DOTROWS_SUMS(L, V, MLD, a_, xv_, p_, wb, wr, xi, K, KV, km)             \
     do {                                                                              \
-        __m512 a_[16], b_[8], c_[4], d_[2], xv_;                                      \
-        const float* p_;                                                              \
         ptrdiff_t j_, k_;                                                             \
-        for (j_ = 0; j_ < 16; j_++) a_[j_] = _mm512_setzero_ps();                     \
-        for (k_ = 0; k_ < (KV); k_ += 16) {                                           \
-            xv_ = _mm512_loadu_ps((xi) + k_);                                         \
+        for (j_ = 0; j_ < (L); j_++) a_[j_] = V##_setzero_ps();                       \
+        for (k_ = 0; k_ < (KV); k_ += (L)) {                                          \
+            xv_ = V##_loadu_ps((xi) + k_);                                            \
             p_ = ((wr) != NULL ? (wr)[0] : (wb)) + k_;                                \
-            for (j_ = 0; j_ < 16; j_++) {                                             \
-                a_[j_] = _mm512_fmadd_ps(xv_, _mm512_loadu_ps(p_), a_[j_]);           \
-                p_ = (wr) != NULL ? (wr)[(j_ + 1) & 15] + k_ : p_ + (K);              \
+            for (j_ = 0; j_ < (L); j_++) {                                            \
+                a_[j_] = V##_fmadd_ps(xv_, V##_loadu_ps(p_), a_[j_]);                 \
+                p_ = (wr) != NULL ? (wr)[(j_ + 1) % (L)] + k_ : p_ + (K);             \
                 __asm__("" : "+r"(p_));                                               \
             }                                                                         \
         }                                                                             \
         if ((KV) < (K)) {                                                             \
-            xv_ = _mm512_maskz_loadu_ps((km), (xi) + (KV));                           \
+            xv_ = MLD((xi) + (KV), (km));                                             \
             p_ = ((wr) != NULL ? (wr)[0] : (wb)) + (KV);                              \
-            for (j_ = 0; j_ < 16; j_++) {                                             \
-                a_[j_] = _mm512_fmadd_ps(xv_, _mm512_maskz_loadu_ps((km), p_), a_[j_]); \
-                p_ = (wr) != NULL ? (wr)[(j_ + 1) & 15] + (KV) : p_ + (K);            \
+            for (j_ = 0; j_ < (L); j_++) {                                            \
+                a_[j_] = V##_fmadd_ps(xv_, MLD(p_, (km)), a_[j_]);                    \
+                p_ = (wr) != NULL ? (wr)[(j_ + 1) % (L)] + (KV) : p_ + (K);           \
             }                                                                         \
         }                                                                             \
+    } while (0)
+/* the 16 rows' sums of one x row xi, stored under mask m (rows as in
+   CYRNN_DOTROWS_SUMS) */
+#define CYRNN_DOTROWS_BLOCK(wb, wr, xi, K, KV, km, o, m)                              \
+    do {                                                                              \
+        __m512 a_[16], b_[8], c_[4], d_[2], xv_;                                      \
+        const float* p_;                                                              \
+        ptrdiff_t j_;                                                                 \
+        CYRNN_DOTROWS_SUMS(16, _mm512, CYRNN_MLD512, a_, xv_, p_, wb, wr, xi, K, KV, km); \
         /* b_[j]: rows j, j+8 (8 lanes each); c_: rows j, j+4, j+8, j+12 (4 each); */ \
         /* d_: rows j, j+2, ..., j+14 (2 each); then rows 0..15 in order */           \
         for (j_ = 0; j_ < 8; j_++) b_[j_] = CYRNN_DOT_LEVEL(a_[j_], a_[j_ + 8], t1l, t1h); \
@@ -485,25 +497,8 @@ CYRNN_T512 static void cyrnn_dotrows_f512(const float* x, ptrdiff_t n, ptrdiff_t
     do {                                                                              \
         __m256 a_[8], b_[4], c0_, c1_, xv_, l_, h_;                                   \
         const float* p_;                                                              \
-        ptrdiff_t j_, k_;                                                             \
-        for (j_ = 0; j_ < 8; j_++) a_[j_] = _mm256_setzero_ps();                      \
-        for (k_ = 0; k_ < (KV); k_ += 8) {                                            \
-            xv_ = _mm256_loadu_ps((xi) + k_);                                         \
-            p_ = ((wr) != NULL ? (wr)[0] : (wb)) + k_;                                \
-            for (j_ = 0; j_ < 8; j_++) {                                              \
-                a_[j_] = _mm256_fmadd_ps(xv_, _mm256_loadu_ps(p_), a_[j_]);           \
-                p_ = (wr) != NULL ? (wr)[(j_ + 1) & 7] + k_ : p_ + (K);               \
-                __asm__("" : "+r"(p_));                                               \
-            }                                                                         \
-        }                                                                             \
-        if ((KV) < (K)) {                                                             \
-            xv_ = _mm256_maskload_ps((xi) + (KV), (km));                              \
-            p_ = ((wr) != NULL ? (wr)[0] : (wb)) + (KV);                              \
-            for (j_ = 0; j_ < 8; j_++) {                                              \
-                a_[j_] = _mm256_fmadd_ps(xv_, _mm256_maskload_ps(p_, (km)), a_[j_]);  \
-                p_ = (wr) != NULL ? (wr)[(j_ + 1) & 7] + (KV) : p_ + (K);             \
-            }                                                                         \
-        }                                                                             \
+        ptrdiff_t j_;                                                                 \
+        CYRNN_DOTROWS_SUMS(8, _mm256, CYRNN_MLD256, a_, xv_, p_, wb, wr, xi, K, KV, km); \
         for (j_ = 0; j_ < 4; j_++)                                                    \
             b_[j_] = _mm256_add_ps(_mm256_permute2f128_ps(a_[j_], a_[j_ + 4], 0x20),  \
                                    _mm256_permute2f128_ps(a_[j_], a_[j_ + 4], 0x31)); \
@@ -543,6 +538,9 @@ CYRNN_T256 static void cyrnn_dotrows_f256(const float* x, ptrdiff_t n, ptrdiff_t
     }
 }
 #undef CYRNN_DOTROWS8_BLOCK
+#undef CYRNN_DOTROWS_SUMS
+#undef CYRNN_MLD512
+#undef CYRNN_MLD256
 #endif
 static int cyrnn_dotrows_f(int isa, const float* x, ptrdiff_t n, ptrdiff_t K,
                            const float* W, ptrdiff_t C, float* out, ptrdiff_t ldo) {

@@ -655,3 +655,24 @@ def test_small_product_sums_each_output_in_one_order(C, K, dtype, rng):
     # a weight row's outputs do not depend on the other rows of the weight
     np.testing.assert_array_equal(kernels._small_product(x, w[C // 2:C // 2 + 1])[:, 0],
                                   full[:, C // 2])
+    lanes = {"avx512f": 16, "avx2": 8}.get(kernels.pgemm_isa())
+    if dtype == np.float32 and lanes:  # cyrnn_dotrows: the documented order, bit for bit
+        np.testing.assert_array_equal(full, _dotrows_order(x, w, lanes))
+
+
+def _dotrows_order(x, w, lanes):
+    """``x @ w.T`` summed as src/pgemm.h documents for cyrnn_dotrows: lane q a fused
+    multiply-add chain over k = q, q + lanes, ... from +0 (each step rounded once: the
+    float64 product of two float32 values is exact), then the lanes halved pairwise
+    (l_q + l_{q + lanes/2}, ...) down to one."""
+    n, K = x.shape
+    acc = np.zeros((n, w.shape[0], lanes), np.float32)
+    for k0 in range(0, K, lanes):
+        xs, ws = x[:, k0:k0 + lanes], w[:, k0:k0 + lanes]
+        m = xs.shape[1]
+        prod = xs[:, None, :].astype(np.float64) * ws[None, :, :].astype(np.float64)
+        acc[:, :, :m] = (prod + acc[:, :, :m].astype(np.float64)).astype(np.float32)
+    while acc.shape[-1] > 1:
+        half = acc.shape[-1] // 2
+        acc = acc[..., :half] + acc[..., half:]
+    return acc[..., 0]
