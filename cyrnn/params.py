@@ -89,10 +89,18 @@ class ParameterBuffer:
     def _realign(self):
         """Move the values and gradients into :data:`ALIGNMENT`-aligned storage where
         they are not (a buffer restored by pickle or deepcopy, whose arrays NumPy
-        allocated); the caller re-homes any views (``Sequential.__setstate__``)."""
+        allocated: ``__setstate__``); the caller re-homes any views
+        (``Sequential.__setstate__``)."""
         if self.data.ctypes.data % ALIGNMENT or self.grad.ctypes.data % ALIGNMENT:
             self._rebind(aligned_zeros(self.size, self.dtype),
                          aligned_zeros(self.size, self.dtype))
+
+    def __setstate__(self, state):
+        # pickle and deepcopy hand back arrays NumPy allocated (16-byte aligned): a
+        # buffer restored on its own (a lone layer's) starts on a cache line again;
+        # a model re-homes its layers' buffers into its own (``Sequential.__setstate__``)
+        self.__dict__.update(state)
+        self._realign()
 
     def _view(self, flat, name):
         start = self.offsets[name]

@@ -32,6 +32,21 @@ def test_copies_keep_one_buffer(clone, backend):
     assert restored.params.data.flags.c_contiguous and restored.params.data.flags.writeable
 
 
+@pytest.mark.parametrize("clone", [pickle.loads, copy.deepcopy])
+def test_a_lone_layer_restored_keeps_aligned_weights(clone):
+    """A layer pickled or copied on its own (not inside a model) restores its buffer
+    on a cache line too, with the same values and a working forward."""
+    layer = cyrnn.LSTM(3, 8, random_state=0)
+    restored = clone(pickle.dumps(layer)) if clone is pickle.loads else clone(layer)
+    assert restored.params.data.ctypes.data % 64 == 0
+    assert restored.params.grad.ctypes.data % 64 == 0
+    np.testing.assert_array_equal(restored.params.data, layer.params.data)
+    x = np.random.default_rng(0).normal(size=(2, 4, 3)).astype(np.float32)
+    np.testing.assert_array_equal(restored(x)[0], layer(x)[0])
+    restored.params.data[...] = 0  # the layer reads its (new) buffer
+    assert not restored.params["weight_ih_l0"].any()
+
+
 def test_training_step_frees_backward_caches(rng):
     model = make_model()
     train_step(model, cyrnn.optim.SGD(model, lr=0.1), "mse", rng.normal(size=(3, 5, 2)),
