@@ -15,6 +15,13 @@ instead of ``predict_proba``: what the GIL costs without the Python glue.
 every sample between the thread runs: the machine's own ceiling for that many streams of
 calls at that moment, with no GIL shared. The report gives both ratios and the threads'
 share of that ceiling (what one process's GIL costs on top of the cores and memory).
+``--reference LIB`` also times, in every sample, the same thread runs of a plain C
+function called through ctypes (``benchmarks/gil_reference.c``, built with ``gcc -O3
+-march=native -shared -fPIC benchmarks/gil_reference.c -o LIB``): it streams a 64 KB
+block from L2 with multiply-adds for about as long as one scoring call takes
+(calibrated at the start), with the GIL released and almost no Python work around it,
+so its ratio is what CPython's threads give on the machine for a call of that kind,
+whatever library is behind it.
 """
 
 from __future__ import annotations
@@ -44,6 +51,9 @@ def main(argv=None):
     ap.add_argument("--processes", action="store_true",
                     help="also the same one-thread loop in worker processes, alone and "
                          "all at once, in every sample")
+    ap.add_argument("--reference", default=None, metavar="LIB",
+                    help="also a C function of the same duration called through ctypes "
+                         "(benchmarks/gil_reference.c built as LIB), in every sample")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
@@ -91,7 +101,8 @@ def _measure(args, sc, workers):
         span = max(b for _, b in stamps) - min(a for a, _ in stamps)
         return n_threads * args.calls / span
 
-    one, many, p_one, p_many = [], [], [], []
+    ref = reference_call(args.reference, call, xs) if args.reference else None
+    one, many, p_one, p_many, r_ratio = [], [], [], [], []
     info = machine_info()
     share = cpu_share(threads=2)
     run(1)
@@ -102,6 +113,9 @@ def _measure(args, sc, workers):
         if workers is not None:
             p_one.append(workers.rate(1, args.calls))
             p_many.append(workers.rate(args.threads, args.calls))
+        if ref is not None:
+            r_ratio.append(thread_rate(ref[0], args.threads, args.calls)
+                           / thread_rate(ref[0], 1, args.calls))
     t1, tn = float(np.median(one)), float(np.median(many))
     print(f"# bench_concurrent {time.strftime('%Y-%m-%d %H:%M')}  {info['cpu_model']}, "
           f"{info['cores']} cores, load {load_average()}, cpu share (2 threads) {share}")
@@ -116,10 +130,66 @@ def _measure(args, sc, workers):
         print(f"processes (same samples, interleaved): 1 alone {q1:.0f} calls/s, "
               f"{args.threads} at once {qn:.0f} calls/s in all: {qn / q1:.2f}x; the threads "
               f"reach {ratio / (qn / q1):.2f} of that ceiling")
+    if ref is not None:
+        print(f"reference (a C function through ctypes, {ref[1]:.0f} us a call, same "
+              f"samples): {args.threads} threads / 1 {float(np.median(r_ratio)):.2f}x "
+              f"(samples {', '.join(f'{r:.2f}' for r in sorted(r_ratio))}); the scoring "
+              f"calls reach {ratio / float(np.median(r_ratio)):.2f} of it")
     print(f"\n{args.threads} threads / 1: {ratio:.2f}x (target >= {TARGET}x: "
           f"{'met' if ratio >= TARGET else 'MISSED'}); results equal to sequential: "
           f"{not mismatches}")
     return 0 if not mismatches else 1
+
+
+def thread_rate(call, n_threads, calls):
+    """Calls per second of ``n_threads`` threads each making ``calls`` calls of
+    ``call(i)``, over the span from the first start to the last end."""
+    stamps = []
+
+    def body(k):
+        t0 = time.perf_counter()
+        for i in range(calls):
+            call(i + k)
+        stamps.append((t0, time.perf_counter()))
+
+    threads = [threading.Thread(target=body, args=(k,)) for k in range(n_threads)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return n_threads * calls / (max(b for _, b in stamps) - min(a for a, _ in stamps))
+
+
+def reference_call(path, call, xs):
+    """``(ref, us)``: ``ref(i)`` calls ``gil_reference`` of the library at ``path``
+    (benchmarks/gil_reference.c) for about as long as one ``call`` takes (``us``:
+    the reference's own time a call, measured here)."""
+    import ctypes
+
+    fn = ctypes.CDLL(os.path.abspath(path)).gil_reference
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_long]
+    fn.restype = ctypes.c_float
+    w = np.full(16384, 0.5, np.float32)
+    x = np.ones(256, np.float32)
+    wp, xp = w.ctypes.data, x.ctypes.data
+
+    def per_call(f, n=300):
+        for i in range(50):
+            f(i)
+        t0 = time.perf_counter()
+        for i in range(n):
+            f(i)
+        return (time.perf_counter() - t0) / n
+
+    target = per_call(lambda i: call(xs[i % len(xs)]))
+    block = 16384 * 16  # long enough that the ctypes call's own cost does not count
+    n = max(64, int(block * target / per_call(lambda i: fn(wp, xp, block), 50)) // 64 * 64)
+
+    def ref(i):
+        return fn(wp, xp, n)
+
+    ref.keep = (w, x)  # the arrays live as long as the function
+    return ref, per_call(ref) * 1e6
 
 
 def inputs():
