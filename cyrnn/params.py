@@ -102,6 +102,13 @@ class ParameterBuffer:
         self.__dict__.update(state)
         self._realign()
 
+    def __copy__(self):
+        # a shallow copy shares the arrays (a layer's slice of a model's buffer stays
+        # one), so it does not go through ``__setstate__``'s realignment
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        return new
+
     def _view(self, flat, name):
         start = self.offsets[name]
         shape = self.shapes[name]

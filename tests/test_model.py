@@ -47,6 +47,17 @@ def test_a_lone_layer_restored_keeps_aligned_weights(clone):
     assert not restored.params["weight_ih_l0"].any()
 
 
+def test_a_shallow_copy_of_a_buffer_shares_its_arrays():
+    """copy.copy of a layer's buffer inside a model (a slice, not on a cache line)
+    keeps sharing the model's storage: only pickle and deepcopy realign."""
+    model = cyrnn.Sequential([cyrnn.LSTM(3, 5), cyrnn.LSTM(5, 7)])
+    params = model.layers[1].params
+    shallow = copy.copy(params)
+    assert np.shares_memory(shallow.data, model.params.data)
+    assert np.shares_memory(shallow.grad, model.params.grad)
+    assert shallow.data is params.data and shallow.names == params.names
+
+
 def test_training_step_frees_backward_caches(rng):
     model = make_model()
     train_step(model, cyrnn.optim.SGD(model, lr=0.1), "mse", rng.normal(size=(3, 5, 2)),
