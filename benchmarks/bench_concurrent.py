@@ -17,11 +17,12 @@ calls at that moment, with no GIL shared. The report gives both ratios and the t
 share of that ceiling (what one process's GIL costs on top of the cores and memory).
 ``--reference LIB`` also times, in every sample, the same thread runs of a plain C
 function called through ctypes (``benchmarks/gil_reference.c``, built with ``gcc -O3
--march=native -shared -fPIC benchmarks/gil_reference.c -o LIB``): it streams a 64 KB
-block from L2 with multiply-adds for about as long as one scoring call takes
-(calibrated at the start), with the GIL released and almost no Python work around it,
-so its ratio is what CPython's threads give on the machine for a call of that kind,
-whatever library is behind it.
+-march=native -mprefer-vector-width=512 -shared -fPIC benchmarks/gil_reference.c -o
+LIB``): it streams a 64 KB block (on a cache line) from L2 with multiply-adds for about
+as long as one call being timed takes (calibrated at the start: ``--bare`` calibrates it
+to the compiled call), with the GIL released and almost no Python work around it, so its
+ratio is what CPython's threads give on the machine for a call of that kind, whatever
+library is behind it.
 """
 
 from __future__ import annotations
@@ -102,7 +103,7 @@ def _measure(args, sc, workers):
         return n_threads * args.calls / span
 
     ref = reference_call(args.reference, call, xs) if args.reference else None
-    one, many, p_one, p_many, r_ratio = [], [], [], [], []
+    one, many, p_one, p_many, r_one, r_many = [], [], [], [], [], []
     info = machine_info()
     share = cpu_share(threads=2)
     run(1)
@@ -114,8 +115,8 @@ def _measure(args, sc, workers):
             p_one.append(workers.rate(1, args.calls))
             p_many.append(workers.rate(args.threads, args.calls))
         if ref is not None:
-            r_ratio.append(thread_rate(ref[0], args.threads, args.calls)
-                           / thread_rate(ref[0], 1, args.calls))
+            r_one.append(thread_rate(ref[0], 1, args.calls))
+            r_many.append(thread_rate(ref[0], args.threads, args.calls))
     t1, tn = float(np.median(one)), float(np.median(many))
     print(f"# bench_concurrent {time.strftime('%Y-%m-%d %H:%M')}  {info['cpu_model']}, "
           f"{info['cores']} cores, load {load_average()}, cpu share (2 threads) {share}")
@@ -131,10 +132,11 @@ def _measure(args, sc, workers):
               f"{args.threads} at once {qn:.0f} calls/s in all: {qn / q1:.2f}x; the threads "
               f"reach {ratio / (qn / q1):.2f} of that ceiling")
     if ref is not None:
+        r1, rn = float(np.median(r_one)), float(np.median(r_many))
         print(f"reference (a C function through ctypes, {ref[1]:.0f} us a call, same "
-              f"samples): {args.threads} threads / 1 {float(np.median(r_ratio)):.2f}x "
-              f"(samples {', '.join(f'{r:.2f}' for r in sorted(r_ratio))}); the scoring "
-              f"calls reach {ratio / float(np.median(r_ratio)):.2f} of it")
+              f"samples): 1 thread {r1:.0f} calls/s, {args.threads} threads {rn:.0f} "
+              f"calls/s: {rn / r1:.2f}x; the scoring calls reach {ratio / (rn / r1):.2f} "
+              f"of it")
     print(f"\n{args.threads} threads / 1: {ratio:.2f}x (target >= {TARGET}x: "
           f"{'met' if ratio >= TARGET else 'MISSED'}); results equal to sequential: "
           f"{not mismatches}")
@@ -169,8 +171,13 @@ def reference_call(path, call, xs):
     fn = ctypes.CDLL(os.path.abspath(path)).gil_reference
     fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_long]
     fn.restype = ctypes.c_float
-    w = np.full(16384, 0.5, np.float32)
-    x = np.ones(256, np.float32)
+    from cyrnn.params import aligned_zeros
+
+    # on a cache line, as a model's weights are
+    w = aligned_zeros(16384, np.float32)
+    w[...] = 0.5
+    x = aligned_zeros(256, np.float32)
+    x[...] = 1
     wp, xp = w.ctypes.data, x.ctypes.data
 
     def per_call(f, n=300):

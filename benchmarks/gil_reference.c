@@ -3,9 +3,11 @@
  * W_hh, L2-resident like it), round and round, with multiply-adds, called through
  * ctypes, which releases the GIL for the call and does little Python work around
  * it. Two Python threads calling it show what CPython's threads give on the machine
- * for a call of that kind, whatever library is behind the call:
+ * for a call of that kind, whatever library is behind the call. (gcc prefers 256-bit
+ * vectors on AVX-512 CPUs unless told otherwise; cyrnn's kernels there use 512.)
  *
- *     gcc -O3 -march=native -shared -fPIC benchmarks/gil_reference.c -o /tmp/libgil_reference.so
+ *     gcc -O3 -march=native -mprefer-vector-width=512 -shared -fPIC \
+ *         benchmarks/gil_reference.c -o /tmp/libgil_reference.so
  *     python benchmarks/bench_concurrent.py --reference /tmp/libgil_reference.so
  */
 #define GIL_REF_N 16384 /* floats: 64 KB */
