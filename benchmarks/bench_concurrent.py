@@ -133,8 +133,8 @@ def _measure(args, sc, workers):
               f"reach {ratio / (qn / q1):.2f} of that ceiling")
     if ref is not None:
         r1, rn = float(np.median(r_one)), float(np.median(r_many))
-        print(f"reference (a C function through ctypes, {ref[1]:.0f} us a call, same "
-              f"samples): 1 thread {r1:.0f} calls/s, {args.threads} threads {rn:.0f} "
+        print(f"reference (a C function through ctypes, {ref[1]:.0f} us a call reading "
+              f"{ref[2] / ref[1] * 1e-3:.0f} GB/s, same samples): 1 thread {r1:.0f} calls/s, {args.threads} threads {rn:.0f} "
               f"calls/s: {rn / r1:.2f}x; the scoring calls reach {ratio / (rn / r1):.2f} "
               f"of it")
     print(f"\n{args.threads} threads / 1: {ratio:.2f}x (target >= {TARGET}x: "
@@ -163,9 +163,10 @@ def thread_rate(call, n_threads, calls):
 
 
 def reference_call(path, call, xs):
-    """``(ref, us)``: ``ref(i)`` calls ``gil_reference`` of the library at ``path``
-    (benchmarks/gil_reference.c) for about as long as one ``call`` takes (``us``:
-    the reference's own time a call, measured here)."""
+    """``(ref, us, nbytes)``: ``ref(i)`` calls ``gil_reference`` of the library at
+    ``path`` (benchmarks/gil_reference.c) for about as long as one ``call`` takes
+    (``us``: the reference's own time a call, measured here; ``nbytes``: the bytes it
+    reads a call)."""
     import ctypes
 
     fn = ctypes.CDLL(os.path.abspath(path)).gil_reference
@@ -196,7 +197,7 @@ def reference_call(path, call, xs):
         return fn(wp, xp, n)
 
     ref.keep = (w, x)  # the arrays live as long as the function
-    return ref, per_call(ref) * 1e6
+    return ref, per_call(ref) * 1e6, 4 * n
 
 
 def inputs():
