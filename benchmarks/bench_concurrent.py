@@ -134,9 +134,9 @@ def _measure(args, sc, workers):
     if ref is not None:
         r1, rn = float(np.median(r_one)), float(np.median(r_many))
         print(f"reference (a C function through ctypes, {ref[1]:.0f} us a call reading "
-              f"{ref[2] / ref[1] * 1e-3:.0f} GB/s, same samples): 1 thread {r1:.0f} calls/s, {args.threads} threads {rn:.0f} "
-              f"calls/s: {rn / r1:.2f}x; the scoring calls reach {ratio / (rn / r1):.2f} "
-              f"of it")
+              f"{ref[2] / ref[1] * 1e-3:.0f} GB/s, same samples): 1 thread {r1:.0f} "
+              f"calls/s, {args.threads} threads {rn:.0f} calls/s: {rn / r1:.2f}x; the "
+              f"scoring calls reach {ratio / (rn / r1):.2f} of it")
     print(f"\n{args.threads} threads / 1: {ratio:.2f}x (target >= {TARGET}x: "
           f"{'met' if ratio >= TARGET else 'MISSED'}); results equal to sequential: "
           f"{not mismatches}")
@@ -169,11 +169,11 @@ def reference_call(path, call, xs):
     reads a call)."""
     import ctypes
 
+    from cyrnn.params import aligned_zeros
+
     fn = ctypes.CDLL(os.path.abspath(path)).gil_reference
     fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_long]
     fn.restype = ctypes.c_float
-    from cyrnn.params import aligned_zeros
-
     # on a cache line, as a model's weights are
     w = aligned_zeros(16384, np.float32)
     w[...] = 0.5
