@@ -10,7 +10,8 @@
  *     /tmp/pgemm_rows 64 512 1024 20   # the large LSTM's product per thread, team mode
  *     /tmp/pgemm_rows 32 512 512 80    # W fits L2
  *
- * Prints GFLOP/s (best of 7 samples) of the kernel and of k blocks of 64, 128, 256.
+ * Prints GFLOP/s (best of 7 samples) of the kernel and of k blocks of 64, 128, 256,
+ * and with AVX-512 of taller register tiles (10-16 rows).
  * Needs AVX2 + FMA. On the Intel Xeon of 2026-12-01, 03:06-03:10 (the other core idle):
  * 32 x 512 x 2048: 148-170; 64 x 512 x 1024: 172-189; 32 x 512 x 512: 196; k
  * blocking within -7% .. +3% at 32 rows (+10% at 64 rows on all of W). At 04:40
@@ -78,6 +79,16 @@ TARGET static void NAME(const float* x, ptrdiff_t ldx, ptrdiff_t n, ptrdiff_t K,
 KBLK(kblk512, 64, 8, CYRNN_T512)
 KBLK(kblk256, 32, 6, CYRNN_T256)
 
+/* Taller register tiles of the AVX-512 kernel (MR rows of 32 columns; the shipped one
+   has 8): the same k-ascending chains, so the same bits (checked below). Measured on
+   2026-12-03 on the Xeon and not kept: within the noise, 8 rows best or equal. */
+CYRNN_PGEMM_KERNEL(mr10, float, 64, 10, CYRNN_T512, 0)
+CYRNN_PGEMM_KERNEL(mr12, float, 64, 12, CYRNN_T512, 0)
+CYRNN_PGEMM_KERNEL(mr14, float, 64, 14, CYRNN_T512, 0)
+CYRNN_PGEMM_KERNEL(mr16, float, 64, 16, CYRNN_T512, 0)
+typedef void (*mr_kernel)(const float*, ptrdiff_t, ptrdiff_t, ptrdiff_t, const float*,
+                          ptrdiff_t, float*, ptrdiff_t, int);
+
 static double now(void){struct timespec t;clock_gettime(CLOCK_MONOTONIC,&t);return t.tv_sec+1e-9*t.tv_nsec;}
 
 int main(int argc, char** argv) {
@@ -117,5 +128,24 @@ int main(int argc, char** argv) {
     double fl = 2.0 * n * K * C * reps;
     printf("n %ld K %ld C %ld: base %.1f GF/s | KC64 %.1f | KC128 %.1f | KC256 %.1f\n", n, K, C,
            fl / best[0] * 1e-9, fl / best[1] * 1e-9, fl / best[2] * 1e-9, fl / best[3] * 1e-9);
+    if (isa == 2) {  /* taller tiles: best of 7 samples each, after the loop above */
+        mr_kernel mk[] = {mr10, mr12, mr14, mr16};
+        const char* mn[] = {"MR10", "MR12", "MR14", "MR16"};
+        double mb[4] = {1e9, 1e9, 1e9, 1e9};
+        for (int q = 0; q < 4; q++) {
+            mk[q](x, K, n, K, P, C, o2, C, 0);
+            if (memcmp(o1, o2, n * C * 4)) printf("MISMATCH %s\n", mn[q]);
+        }
+        for (int rr = 0; rr < 7; rr++)
+            for (int q = 0; q < 4; q++) {
+                double t0 = now();
+                for (int it = 0; it < reps; it++) mk[q](x, K, n, K, P, C, o2, C, 0);
+                double t = now() - t0;
+                if (t < mb[q]) mb[q] = t;
+            }
+        printf("taller tiles:");
+        for (int q = 0; q < 4; q++) printf(" %s %.1f", mn[q], fl / mb[q] * 1e-9);
+        printf(" GF/s\n");
+    }
     return 0;
 }
