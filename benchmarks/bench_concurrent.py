@@ -82,25 +82,12 @@ def _measure(args, sc, workers):
     expected = [call(x) for x in xs]
     mismatches = []
 
+    def check(k, out):
+        mismatches.extend(i for i, y in enumerate(out)
+                          if not np.array_equal(y, expected[(i + k) % len(xs)]))
+
     def run(n_threads):
-        """Calls per second of ``n_threads`` threads (the check of the results runs
-        after each thread's timed calls, outside the timing)."""
-        stamps = []
-
-        def timed(k):
-            t0 = time.perf_counter()
-            out = [call(xs[(i + k) % len(xs)]) for i in range(args.calls)]
-            stamps.append((t0, time.perf_counter()))
-            mismatches.extend(i for i, y in enumerate(out)
-                              if not np.array_equal(y, expected[(i + k) % len(xs)]))
-
-        threads = [threading.Thread(target=timed, args=(k,)) for k in range(n_threads)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        span = max(b for _, b in stamps) - min(a for a, _ in stamps)
-        return n_threads * args.calls / span
+        return thread_rate(lambda i: call(xs[i % len(xs)]), n_threads, args.calls, check)
 
     ref = reference_call(args.reference, call, xs) if args.reference else None
     one, many, p_one, p_many, r_one, r_many = [], [], [], [], [], []
@@ -143,16 +130,23 @@ def _measure(args, sc, workers):
     return 0 if not mismatches else 1
 
 
-def thread_rate(call, n_threads, calls):
+def thread_rate(call, n_threads, calls, check=None):
     """Calls per second of ``n_threads`` threads each making ``calls`` calls of
-    ``call(i)``, over the span from the first start to the last end."""
+    ``call(i + k)`` (thread k), over the span from the first start to the last end.
+    ``check(k, outputs)``, if given, gets each thread's outputs after its timed calls
+    (outside the timing)."""
     stamps = []
 
     def body(k):
         t0 = time.perf_counter()
-        for i in range(calls):
-            call(i + k)
+        if check is None:
+            for i in range(calls):
+                call(i + k)
+        else:
+            out = [call(i + k) for i in range(calls)]
         stamps.append((t0, time.perf_counter()))
+        if check is not None:
+            check(k, out)
 
     threads = [threading.Thread(target=body, args=(k,)) for k in range(n_threads)]
     for t in threads:
