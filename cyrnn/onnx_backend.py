@@ -17,6 +17,10 @@ Affine(1, 0) = linear, HardSigmoid(1/6, 0.5) = Keras 3's hard_sigmoid; LSTM's g 
 must agree, since cyrnn's ``activation`` is both); ``clip`` and ``input_forget=1``,
 other activations and float types other than float32/float64 are refused.
 
+A sequence of length 0 (``sequence_lens``) gets zeros in ``Y`` and its initial state in
+``Y_h``/``Y_c``, as cyrnn's masked rows keep theirs (and as TensorFlow does); ONNX leaves
+this case open (onnx/onnx#1674), and ONNX Runtime returns zeros there.
+
 ONNX's node tests for these operators pass (``tests/test_onnx_backend.py``).
 """
 

@@ -103,8 +103,8 @@ def test_attributes_against_onnx_reference(op, G, layout, direction, backend):
 
 @pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
 def test_sequence_lens_and_activations_match_cyrnn_layers(direction, backend):
-    """sequence_lens (zero included) and non-default activations against the cyrnn
-    layer they were exported from."""
+    """sequence_lens and non-default activations against the cyrnn layer they were
+    exported from (whose ``lengths`` start at 1; zero: the next test)."""
     layer = cyrnn.LSTM(3, 4, bidirectional=direction == "bidirectional",
                        go_backwards=direction == "reverse", activation="relu",
                        recurrent_activation="hard_sigmoid", peephole=True, backend=backend,
@@ -117,6 +117,38 @@ def test_sequence_lens_and_activations_match_cyrnn_layers(direction, backend):
     out, (h, c) = layer(x, lengths=lengths)
     for e, g in zip([out, h, c], got, strict=True):
         np.testing.assert_allclose(g, e, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("op,G", [("RNN", 1), ("LSTM", 4), ("GRU", 3)])
+@pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
+def test_zero_length_sequences_keep_their_initial_state(op, G, direction, backend):
+    """A sequence_lens of 0: ONNX leaves Y_h/Y_c open (onnx/onnx#1674); cyrnn returns the
+    initial state, as its masked rows keep theirs (and as TensorFlow does), where ONNX
+    Runtime returns zeros. Y and the other rows agree with ONNX Runtime."""
+    ort = pytest.importorskip("onnxruntime", reason="the onnx extra installs onnxruntime")
+    rng = np.random.default_rng(3)
+    T, N, D, H, nd = 4, 3, 2, 3, 2 if direction == "bidirectional" else 1
+    feeds = {"X": rng.normal(size=(T, N, D)), "W": rng.normal(size=(nd, G * H, D)),
+             "R": rng.normal(size=(nd, G * H, H)), "B": rng.normal(size=(nd, 2 * G * H)),
+             "sequence_lens": np.array([0, 2, 4], np.int32),
+             "initial_h": rng.normal(size=(nd, N, H))}
+    outputs = ["Y", "Y_h"]
+    if op == "LSTM":
+        feeds["initial_c"] = rng.normal(size=(nd, N, H))
+        outputs.append("Y_c")
+    feeds = {k: v if k == "sequence_lens" else v.astype(np.float32) for k, v in feeds.items()}
+    model = _model(_node(op, {"hidden_size": H, "direction": direction}, feeds, outputs),
+                   feeds)
+    got = onnx_backend.prepare(model, backend=backend).run(feeds)
+    runtime = ort.InferenceSession(model.SerializeToString(),
+                                   providers=["CPUExecutionProvider"]).run(None, feeds)
+    np.testing.assert_allclose(got[0], runtime[0], rtol=1e-5, atol=1e-6)   # Y: zeros in row 0
+    assert not got[0][:, :, 0].any()
+    initial = [feeds["initial_h"], feeds.get("initial_c")]
+    for g, r, s in zip(got[1:], runtime[1:], initial):
+        np.testing.assert_allclose(g[:, 1:], r[:, 1:], rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(g[:, 0], s[:, 0])   # ONNX Runtime: zeros
+        assert not r[:, 0].any()
 
 
 def test_exported_models_run(backend):
