@@ -19,7 +19,9 @@
  * absolute rates move between runs, the order of the shapes has not. On an AMD EPYC
  * (Zen 3, AVX2 kernels: 6 x 16 tiles), 2026-12-01 06:40, load about 1: 64 x 512 x
  * 1024: 96.0 (k blocks 80-89); 32 x 512 x 2048: 73.1 (58-61); 16 x 128 x 512: 82.9
- * (57-74); 64 x 256 x 2048: 83.6 (65-75). */
+ * (57-74); 64 x 256 x 2048: 83.6 (65-75). Those figures are from before the kernel
+ * prefetched its panel (2026-12-03; "base" is the shipped kernel, so with it now; the
+ * k-blocked and taller variants here do not prefetch). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
