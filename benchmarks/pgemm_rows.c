@@ -29,7 +29,7 @@
 #include "../src/pgemm.h"
 
 /* K-blocked variant of the XT0 kernels: same chains, partial tiles kept in tmp.
-   One copy per instruction set: AVX-512 (MR 8, NR 32) and AVX2 (MR 6, NR 16). */
+   One copy per instruction set: AVX-512 (MR 8, NR 32) and AVX2 (MR 6, NR 16); no prefetch. */
 #define KBLK(NAME, VB, MR, TARGET)                                                     \
 TARGET static void NAME(const float* x, ptrdiff_t ldx, ptrdiff_t n, ptrdiff_t K,        \
                         const float* P, ptrdiff_t C, float* out, ptrdiff_t ldo, int beta, \
@@ -81,9 +81,11 @@ TARGET static void NAME(const float* x, ptrdiff_t ldx, ptrdiff_t n, ptrdiff_t K,
 KBLK(kblk512, 64, 8, CYRNN_T512)
 KBLK(kblk256, 32, 6, CYRNN_T256)
 
-/* Taller register tiles of the AVX-512 kernel (MR rows of 32 columns; the shipped one
-   has 8): the same k-ascending chains, so the same bits (checked below). Measured on
-   2026-12-03 on the Xeon and not kept: within the noise, 8 rows best or equal. */
+/* Register tiles of the AVX-512 kernel of other heights (MR rows of 32 columns; the
+   shipped one has had 12 since 2026-12-03, 8 before): the same k-ascending chains, so
+   the same bits (checked below). Alone on one core, here, the heights run alike
+   (2026-12-03, the Xeon, 8 rows then: within the noise, 8 best or equal); 12 rows
+   gained only inside the time loops, with the panel prefetched (src/pgemm.h). */
 CYRNN_PGEMM_KERNEL(mr10, float, 64, 10, CYRNN_T512, 0)
 CYRNN_PGEMM_KERNEL(mr12, float, 64, 12, CYRNN_T512, 0)
 CYRNN_PGEMM_KERNEL(mr14, float, 64, 14, CYRNN_T512, 0)

@@ -84,7 +84,9 @@ static inline ptrdiff_t cyrnn_pgemm_nr(int isa, size_t esize) {
     return 2 * bytes / (ptrdiff_t)esize;
 }
 
-/* Rows of the kernels' register tile per isa (the MR of CYRNN_PGEMM_KERNELS). */
+/* Rows of the kernels' register tile per isa (the MR of CYRNN_PGEMM_KERNELS; the
+   strips of the weight-gradient sums have this height). The float32 AVX-512 kernel
+   on row-major operands (XT 0) takes 12 rows instead (below). */
 static inline ptrdiff_t cyrnn_pgemm_mr(int isa) { return isa == 2 ? 8 : isa == 1 ? 6 : 4; }
 
 /* Element stride between the MR-row strips of a K-step operand
@@ -262,12 +264,14 @@ TARGET static inline __attribute__((always_inline)) void NAME(                  
    lie); XT 2: at x[(i/MR)*ldx + k*MR + i%MR] (MR-row strips, ``cyrnn_strips_*``:
    read in order, where XT 1 reads a short piece of a long row per k, at strides
    that put a whole tile's k loop into a few L1 sets). WT: the packed weights'
-   element type. A last tile of at most 4 rows (MR 6 or 8) runs as a 4-row tile
+   element type. A last tile of at most 4 rows (MR 6, 8 or 12) runs as a 4-row tile
    instead of computing copies of its last row (16-row chunks on AVX2: 6 + 6 +
-   4); every element is the same k-ascending chain in either. */
+   4), and with MR 12 one of 5-8 rows as an 8-row tile (32-row chunks: 12 + 12 +
+   8); every element is the same k-ascending chain in any of them. */
 #define CYRNN_PGEMM_BODY(NAME, T, WT, FMT, VB, MR, TARGET, XT)                        \
 CYRNN_PGEMM_TILE(NAME##_tm, T, WT, FMT, VB, MR, TARGET)                               \
 CYRNN_PGEMM_TILE(NAME##_t4, T, WT, FMT, VB, 4, TARGET)                                \
+CYRNN_PGEMM_TILE(NAME##_t8, T, WT, FMT, VB, 8, TARGET)                                \
 TARGET static void NAME(const T* x, ptrdiff_t ldx, ptrdiff_t n, ptrdiff_t K,          \
                         const WT* P, ptrdiff_t C, T* out, ptrdiff_t ldo, int beta) {  \
     enum { V = VB / sizeof(T), NR = 2 * V };                                          \
@@ -285,6 +289,8 @@ TARGET static void NAME(const T* x, ptrdiff_t ldx, ptrdiff_t n, ptrdiff_t K,    
                                 : x + (i0 + (r < m ? r : m - 1)) * si;                \
             if (MR > 4 && m <= 4)                                                     \
                 NAME##_t4(xr, sk, K, pp, out + i0 * ldo + c0, ldo, m, nc, beta);      \
+            else if (MR > 8 && m <= 8)                                                \
+                NAME##_t8(xr, sk, K, pp, out + i0 * ldo + c0, ldo, m, nc, beta);      \
             else                                                                      \
                 NAME##_tm(xr, sk, K, pp, out + i0 * ldo + c0, ldo, m, nc, beta);      \
         }                                                                             \
@@ -293,8 +299,15 @@ TARGET static void NAME(const T* x, ptrdiff_t ldx, ptrdiff_t n, ptrdiff_t K,    
 #define CYRNN_PGEMM_KERNEL(NAME, T, VB, MR, TARGET, XT)                               \
     CYRNN_PGEMM_BODY(NAME, T, T, NATIVE, VB, MR, TARGET, XT)
 
+/* The float32 AVX-512 kernel on row-major x (XT 0: the time loops' products) keeps a
+   12 x 32 tile (24 of the 32 zmm registers, as ONNX Runtime's kernel): each panel
+   load serves 12 rows. Alone on one core 8 and 12 rows ran alike (benchmarks/
+   pgemm_rows.c); with the panel prefetched, inside the time loops (ABBA pairs of
+   fresh processes, 2026-12-03, the Xeon) large inference 148.1 -> 139.9 ms (faster in
+   7 of 10), medium 4.35 -> 4.09 ms (6 of 8), dino-b32 and the training steps within
+   their noise. The other kernels keep 8 rows (the strips' height, XT 2). */
 #define CYRNN_PGEMM_KERNELS(SUF, XT)                                                  \
-CYRNN_PGEMM_KERNEL(cyrnn_pgemm_f512##SUF, float, 64, 8, CYRNN_T512, XT)                \
+CYRNN_PGEMM_KERNEL(cyrnn_pgemm_f512##SUF, float, 64, (XT == 0 ? 12 : 8), CYRNN_T512, XT) \
 CYRNN_PGEMM_KERNEL(cyrnn_pgemm_d512##SUF, double, 64, 8, CYRNN_T512, XT)               \
 CYRNN_PGEMM_KERNEL(cyrnn_pgemm_f256##SUF, float, 32, 6, CYRNN_T256, XT)                \
 CYRNN_PGEMM_KERNEL(cyrnn_pgemm_d256##SUF, double, 32, 6, CYRNN_T256, XT)               \
