@@ -23,6 +23,7 @@
 #define CYRNN_PGEMM_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -175,8 +176,10 @@ CYRNN_STRIPS(cyrnn_strips_d, double)
    accumulator is one k-ascending multiply-add chain in both, so a result does
    not depend on the kernel that computed it. */
 #define CYRNN_KSTEPS_NATIVE(K) (K)
-/* The native k loop asks for its panel CYRNN_PF_AHEAD bytes ahead (16 k steps of the
-   AVX-512 float kernel; one or two cache lines per k step, as many as it reads).
+/* The native tile kernels' k loop (3+ rows; not the one-row kernels, the bfloat16
+   formats or the kernels on weights as stored) asks for its panel CYRNN_PF_AHEAD bytes
+   ahead (16 k steps of the AVX-512 float kernel): one cache line per k step, two where
+   a k step reads 128 bytes (the 16-byte kernels ask for each line twice).
    Inside a time loop the steps' other work (the input projections, the cell math)
    evicts the weights between products, and the hardware prefetchers alone left the
    panel's loads waiting on L2 and L3 (ONNX Runtime's kernel prefetches its panels
@@ -187,9 +190,10 @@ CYRNN_STRIPS(cyrnn_strips_d, double)
 #define CYRNN_PF_AHEAD 2048
 #define CYRNN_PREFETCH_PANEL(VT, q)                                                   \
     do {                                                                              \
-        __builtin_prefetch((const char*)(q) + CYRNN_PF_AHEAD, 0, 3);                  \
+        /* integer arithmetic: the address may lie past the panel's allocation */     \
+        __builtin_prefetch((const void*)((uintptr_t)(q) + CYRNN_PF_AHEAD), 0, 3);      \
         if (2 * sizeof(VT) >= 128)                                                    \
-            __builtin_prefetch((const char*)(q) + CYRNN_PF_AHEAD + 64, 0, 3);         \
+            __builtin_prefetch((const void*)((uintptr_t)(q) + CYRNN_PF_AHEAD + 64), 0, 3); \
     } while (0)
 #define CYRNN_KLOOP_NATIVE(VT, UT, T)                                                 \
     for (k = 0; k < K; k++) {                                                         \
@@ -305,7 +309,9 @@ TARGET static void NAME(const T* x, ptrdiff_t ldx, ptrdiff_t n, ptrdiff_t K,    
    pgemm_rows.c); with the panel prefetched, inside the time loops (ABBA pairs of
    fresh processes, 2026-12-03, the Xeon) large inference 148.1 -> 139.9 ms (faster in
    7 of 10), medium 4.35 -> 4.09 ms (6 of 8), dino-b32 and the training steps within
-   their noise. The other kernels keep 8 rows (the strips' height, XT 2). */
+   their noise. The other AVX-512 kernels keep 8 rows: float64, the transposed (XT 1)
+   and strip (XT 2, whose height the weight-gradient layout uses) operands, and the
+   bfloat16 formats. */
 #define CYRNN_PGEMM_KERNELS(SUF, XT)                                                  \
 CYRNN_PGEMM_KERNEL(cyrnn_pgemm_f512##SUF, float, 64, (XT == 0 ? 12 : 8), CYRNN_T512, XT) \
 CYRNN_PGEMM_KERNEL(cyrnn_pgemm_d512##SUF, double, 64, 8, CYRNN_T512, XT)               \

@@ -210,6 +210,25 @@ _CHUNKED_CHECK = _CHUNKED_CHECK.replace("be = get_backend(\"cython\")\n",
                                         "be = get_backend(\"cython\")\n" + _PACKED_WEIGHTS_CHECK, 1)
 
 
+def test_packed_tiles_of_every_height_give_each_row_its_own_sums():
+    """The packed float32 product for 1-40 rows (the AVX-512 kernel's 12-row tiles with
+    their 8- and 4-row last tiles and partial ones; AVX2's 6-row tiles; one and two
+    rows the one-row kernel), panels whole and partial: every row equals that row
+    alone, bit for bit, and the float64 product to rounding."""
+    rng = np.random.default_rng(11)
+    for K, C in [(1, 1), (3, 33), (17, 31), (64, 70), (129, 32)]:
+        w = rng.normal(size=(C, K)).astype(np.float32)
+        base = rng.normal(size=(40, K + 5)).astype(np.float32)
+        alone = [kernels._packed_product(base[i:i + 1, :K], w) for i in range(40)]
+        for n in range(1, 41):
+            x = base[:n, :K]
+            y = kernels._packed_product(np.ascontiguousarray(x), w)
+            for i in range(n):
+                np.testing.assert_array_equal(y[i:i + 1], alone[i], err_msg=f"K={K} C={C} n={n} row {i}")
+            np.testing.assert_allclose(y, x.astype(np.float64) @ w.T.astype(np.float64),
+                                       rtol=1e-5, atol=1e-5 * np.sqrt(K))
+
+
 def test_packed_kernels_every_instruction_set(tmp_path):
     """The packed GEMM's instruction sets (AVX-512, AVX2, baseline: picked at run time,
     lowered by CYRNN_PGEMM_ISA) each give the reference's results on the row-chunked

@@ -147,8 +147,7 @@ def test_zero_length_sequences_keep_their_initial_state(op, G, direction, backen
     initial = [feeds["initial_h"], feeds.get("initial_c")]
     for g, r, s in zip(got[1:], runtime[1:], initial):
         np.testing.assert_allclose(g[:, 1:], r[:, 1:], rtol=1e-5, atol=1e-6)
-        np.testing.assert_array_equal(g[:, 0], s[:, 0])   # ONNX Runtime: zeros
-        assert not r[:, 0].any()
+        np.testing.assert_array_equal(g[:, 0], s[:, 0])   # ONNX Runtime 1.32: zeros
 
 
 def test_exported_models_run(backend):
