@@ -309,7 +309,8 @@ TARGET static void NAME(const T* x, ptrdiff_t ldx, ptrdiff_t n, ptrdiff_t K,    
    pgemm_rows.c); with the panel prefetched, inside the time loops (ABBA pairs of
    fresh processes, 2026-12-03, the Xeon) large inference 148.1 -> 139.9 ms (faster in
    7 of 10), medium 4.35 -> 4.09 ms (6 of 8), dino-b32 and the training steps within
-   their noise. The other AVX-512 kernels keep 8 rows: float64, the transposed (XT 1)
+   their noise; both changes together against the build before them: large 0.968 of its
+   time (faster in 23 of 34), medium 0.94 (8 of 10). The other AVX-512 kernels keep 8 rows: float64, the transposed (XT 1)
    and strip (XT 2, whose height the weight-gradient layout uses) operands, and the
    bfloat16 formats. */
 #define CYRNN_PGEMM_KERNELS(SUF, XT)                                                  \
