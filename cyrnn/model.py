@@ -150,11 +150,11 @@ class Sequential(Module):
 
     def __setstate__(self, state):
         # Pickle/deepcopy turn the layers' views into separate arrays: re-home them into
-        # this model's buffer so optimizers on model.params still reach every layer.
+        # this model's buffer so optimizers on model.params still reach every layer (the
+        # buffer realigned itself when it was restored: ParameterBuffer.__setstate__).
         self.__dict__.update(state)
         self.__dict__.pop("_kinds_cache", None)
         self.__dict__.pop("_plan_cache", None)
-        self.params._realign()
         self._home_layers()
 
     @property
