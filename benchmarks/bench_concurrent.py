@@ -2,9 +2,16 @@
 
 score-b1: a fitted ``LSTMClassifier`` (hidden 64) loaded with ``cyrnn.scoring.load``;
 every call is ``scorer.predict_proba`` of one (50, 8) sequence; one kernel thread per
-call (``cyrnn.set_num_threads(1)``). Each sample runs ``--calls`` calls in one thread,
-then the same number of calls in each of ``--threads`` threads at once (interleaved,
-median of ``--repeats`` samples); results must equal the sequential ones.
+call (``cyrnn.set_num_threads(1)``). Each sample runs one thread, then ``--threads``
+threads at once (interleaved, median of ``--repeats`` samples), each run for a window
+as long as ``--calls`` calls of one thread took in the warm-up: every thread keeps
+calling until the window's common deadline, as the threads of a service keep taking
+requests from one queue, and the rate is all their calls over the span from the first
+start to the last end. (Until 2026-12-03 each thread made ``--calls`` calls: whenever
+the GIL favoured one thread, the other then ran alone for the rest of the sample, up to
+a quarter of it on the Zen 4 of that day, which measured the GIL's unfairness to a
+fixed split of the work rather than the throughput; the report gives that split, the
+smallest thread's share of the calls.) Results must equal the sequential ones.
 
     python benchmarks/bench_concurrent.py [--threads 2] [--calls 400] [--repeats 7]
 
@@ -12,7 +19,8 @@ median of ``--repeats`` samples); results must equal the sequential ones.
 instead of ``predict_proba``: what the GIL costs without the Python glue.
 ``--processes`` also runs the same one-thread loop in ``--threads`` worker processes
 (started once, loaded and warmed up before the timing), one alone and all at once, in
-every sample between the thread runs: the machine's own ceiling for that many streams of
+every sample between the thread runs, over windows of the same length and the same
+measure: the machine's own ceiling for that many streams of
 calls at that moment, with no GIL shared. The report gives both ratios and the threads'
 share of that ceiling (what one process's GIL costs on top of the cores and memory).
 ``--reference LIB`` also times, in every sample, the same thread runs of a plain C
@@ -87,29 +95,37 @@ def _measure(args, sc, workers):
                           if not np.array_equal(y, expected[(i + k) % len(xs)]))
 
     def run(n_threads):
-        return thread_rate(lambda i: call(xs[i % len(xs)]), n_threads, args.calls, check)
+        return thread_rate(lambda i: call(xs[i % len(xs)]), n_threads, window, check)
 
+    # the window: as long as --calls calls of one thread (warm-up included)
+    window = args.calls * per_call(lambda i: call(xs[i % len(xs)]))
     ref = reference_call(args.reference, call, xs) if args.reference else None
-    one, many, p_one, p_many, r_one, r_many = [], [], [], [], [], []
+    one, many, p_one, p_many, r_one, r_many, split = [], [], [], [], [], [], []
     info = machine_info()
     share = cpu_share(threads=2)
     run(1)
     run(args.threads)  # warm-up
     for _ in range(args.repeats):
-        one.append(run(1))
-        many.append(run(args.threads))
+        one.append(run(1)[0])
+        rate, counts = run(args.threads)
+        many.append(rate)
+        split.append(min(counts) / sum(counts))
         if workers is not None:
-            p_one.append(workers.rate(1, args.calls))
-            p_many.append(workers.rate(args.threads, args.calls))
+            p_one.append(workers.rate(1, window))
+            p_many.append(workers.rate(args.threads, window))
         if ref is not None:
-            r_one.append(thread_rate(ref[0], 1, args.calls))
-            r_many.append(thread_rate(ref[0], args.threads, args.calls))
+            r_one.append(thread_rate(ref[0], 1, window)[0])
+            r_many.append(thread_rate(ref[0], args.threads, window)[0])
     t1, tn = float(np.median(one)), float(np.median(many))
     print(f"# bench_concurrent {time.strftime('%Y-%m-%d %H:%M')}  {info['cpu_model']}, "
           f"{info['cores']} cores, load {load_average()}, cpu share (2 threads) {share}")
     print(markdown_table(["threads", "calls/s (median)", "us per call"],
                          [["1", f"{t1:.0f}", f"{1e6 / t1:.1f}"],
                           [str(args.threads), f"{tn:.0f}", f"{1e6 / tn:.1f}"]]))
+    print(f"windows of {window * 1e3:.0f} ms ({args.calls} one-thread calls); the "
+          f"{args.threads} threads' calls split {float(np.median(split)):.2f} "
+          f"(min {min(split):.2f}) to the thread with the fewest (even: "
+          f"{1 / args.threads:.2f})")
     if args.bare:
         print("(--bare: the compiled call alone, plan.infer)")
     ratio = tn / t1
@@ -130,30 +146,51 @@ def _measure(args, sc, workers):
     return 0 if not mismatches else 1
 
 
-def thread_rate(call, n_threads, calls, check=None):
-    """Calls per second of ``n_threads`` threads each making ``calls`` calls of
-    ``call(i + k)`` (thread k), over the span from the first start to the last end.
-    ``check(k, outputs)``, if given, gets each thread's outputs after its timed calls
-    (outside the timing)."""
-    stamps = []
+def per_call(f, n=300):
+    """Seconds per call of ``f(i)``, ``n`` calls after 50 untimed ones."""
+    for i in range(50):
+        f(i)
+    t0 = time.perf_counter()
+    for i in range(n):
+        f(i)
+    return (time.perf_counter() - t0) / n
+
+
+def thread_rate(call, n_threads, seconds, check=None):
+    """``(rate, counts)``: calls per second of ``n_threads`` threads, thread k calling
+    ``call(i + k)`` for i = 0, 1, ... from a common start (a barrier) until a common
+    deadline ``seconds`` later, over the span from the first start to the last end;
+    ``counts``: each thread's calls. ``check(k, outputs)``, if given, gets each
+    thread's outputs after the timing."""
+    stamps, counts, outs, deadline = [None] * n_threads, [0] * n_threads, {}, []
+    barrier = threading.Barrier(
+        n_threads, action=lambda: deadline.append(time.perf_counter() + seconds))
 
     def body(k):
-        t0 = time.perf_counter()
-        if check is None:
-            for i in range(calls):
-                call(i + k)
-        else:
-            out = [call(i + k) for i in range(calls)]
-        stamps.append((t0, time.perf_counter()))
-        if check is not None:
-            check(k, out)
+        barrier.wait()
+        end, clock = deadline[0], time.perf_counter
+        out = [] if check is not None else None
+        i = 0
+        t0 = clock()
+        while clock() < end:
+            y = call(i + k)
+            if out is not None:
+                out.append(y)
+            i += 1
+        stamps[k] = (t0, clock())
+        counts[k] = i
+        outs[k] = out
 
     threads = [threading.Thread(target=body, args=(k,)) for k in range(n_threads)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    return n_threads * calls / (max(b for _, b in stamps) - min(a for a, _ in stamps))
+    if check is not None:
+        for k in range(n_threads):
+            check(k, outs[k])
+    span = max(b for _, b in stamps) - min(a for a, _ in stamps)
+    return sum(counts) / span, counts
 
 
 def reference_call(path, call, xs):
@@ -174,14 +211,6 @@ def reference_call(path, call, xs):
     x = aligned_zeros(256, np.float32)
     x[...] = 1
     wp, xp = w.ctypes.data, x.ctypes.data
-
-    def per_call(f, n=300):
-        for i in range(50):
-            f(i)
-        t0 = time.perf_counter()
-        for i in range(n):
-            f(i)
-        return (time.perf_counter() - t0) / n
 
     target = per_call(lambda i: call(xs[i % len(xs)]))
     block = 16384 * 16  # long enough that the ctypes call's own cost does not count
@@ -210,10 +239,11 @@ def scoring_call(sc, bare):
 
 def worker(path, bare):
     """A worker process: loads the model at ``path``, warms up, prints ``ready``; then
-    for each line ``N`` on stdin runs N one-thread calls (the threads' loop: the same
-    call, the same 64 inputs in turn) and prints its ``time.perf_counter()`` at the
-    start and at the end (CLOCK_MONOTONIC: one clock for every process). An empty
-    line or the end of input ends it."""
+    for each line ``START END`` on stdin (``time.perf_counter()`` values: CLOCK_MONOTONIC,
+    one clock for every process) waits for START, runs one-thread calls (the threads'
+    loop: the same call, the same 64 inputs in turn) until END and prints its clock at
+    its first call and after its last, and its number of calls. An empty line or the end
+    of input ends it."""
     import cyrnn
     from cyrnn import scoring
     cyrnn.set_num_threads(1)
@@ -225,11 +255,17 @@ def worker(path, bare):
     for line in sys.stdin:
         if not line.strip():
             break
-        n = int(line)
-        t0 = time.perf_counter()
-        for i in range(n):
+        start, end = map(float, line.split())
+        clock = time.perf_counter
+        time.sleep(max(0.0, start - clock()))
+        while clock() < start:
+            pass
+        i = 0
+        t0 = clock()
+        while clock() < end:
             call(xs[i % len(xs)])
-        print(t0, time.perf_counter(), flush=True)
+            i += 1
+        print(t0, clock(), i, flush=True)
     return 0
 
 
@@ -255,22 +291,25 @@ class Workers:
             self.close()
             raise
 
-    def rate(self, n, calls):
-        """Calls/s of the first ``n`` workers running ``calls`` calls each at once: all
-        their calls over the span from the first start to the last end (as the
-        threads' rate is taken)."""
+    def rate(self, n, seconds):
+        """Calls/s of the first ``n`` workers calling at once from a common start (20 ms
+        from now, so that each has read its line) to a common deadline ``seconds``
+        later: all their calls over the span from the first start to the last end (as
+        the threads' rate is taken)."""
         busy = self.procs[:n]
+        start = time.perf_counter() + 0.02
         for p in busy:
-            p.stdin.write(f"{calls}\n")
+            p.stdin.write(f"{start!r} {start + seconds!r}\n")
             p.stdin.flush()
-        stamps = []
+        stamps, calls = [], 0
         for p in busy:
             line = p.stdout.readline().split()
-            if len(line) != 2:
+            if len(line) != 3:
                 raise RuntimeError("a worker process ended (its error is above)")
             stamps.append((float(line[0]), float(line[1])))
+            calls += int(line[2])
         span = max(b for _, b in stamps) - min(a for a, _ in stamps)
-        return n * calls / span
+        return calls / span
 
     def close(self):
         for p in self.procs:
