@@ -4,7 +4,7 @@ score-b1: a fitted ``LSTMClassifier`` (hidden 64) loaded with ``cyrnn.scoring.lo
 every call is ``scorer.predict_proba`` of one (50, 8) sequence; one kernel thread per
 call (``cyrnn.set_num_threads(1)``). Each sample runs one thread, then ``--threads``
 threads at once (interleaved, median of ``--repeats`` samples), each run for a window
-as long as ``--calls`` calls of one thread took in the warm-up: every thread keeps
+as long as ``--calls`` calls of one thread (timed once at the start): every thread keeps
 calling until the window's common deadline, as the threads of a service keep taking
 requests from one queue, and the rate is all their calls over the span from the first
 start to the last end. (Until 2026-12-03 each thread made ``--calls`` calls: whenever
@@ -97,7 +97,7 @@ def _measure(args, sc, workers):
     def run(n_threads):
         return thread_rate(lambda i: call(xs[i % len(xs)]), n_threads, window, check)
 
-    # the window: as long as --calls calls of one thread (warm-up included)
+    # the window: as long as --calls calls of one thread, timed once here
     window = args.calls * per_call(lambda i: call(xs[i % len(xs)]))
     ref = reference_call(args.reference, call, xs) if args.reference else None
     one, many, p_one, p_many, r_one, r_many, split = [], [], [], [], [], [], []
@@ -163,6 +163,7 @@ def thread_rate(call, n_threads, seconds, check=None):
     ``counts``: each thread's calls. ``check(k, outputs)``, if given, gets each
     thread's outputs after the timing."""
     stamps, counts, outs, deadline = [None] * n_threads, [0] * n_threads, {}, []
+    errors = []
     barrier = threading.Barrier(
         n_threads, action=lambda: deadline.append(time.perf_counter() + seconds))
 
@@ -172,11 +173,14 @@ def thread_rate(call, n_threads, seconds, check=None):
         out = [] if check is not None else None
         i = 0
         t0 = clock()
-        while clock() < end:
-            y = call(i + k)
-            if out is not None:
-                out.append(y)
-            i += 1
+        try:
+            while clock() < end:
+                y = call(i + k)
+                if out is not None:
+                    out.append(y)
+                i += 1
+        except BaseException as exc:  # noqa: BLE001 - raised again after the join
+            errors.append(exc)
         stamps[k] = (t0, clock())
         counts[k] = i
         outs[k] = out
@@ -186,6 +190,8 @@ def thread_rate(call, n_threads, seconds, check=None):
         t.start()
     for t in threads:
         t.join()
+    if errors:
+        raise errors[0]
     if check is not None:
         for k in range(n_threads):
             check(k, outs[k])

@@ -3,10 +3,12 @@
  * drops it (CPython's take_gil; a thread returning from cyrnn's compiled call waits there
  * whenever the other thread is in its Python work). Thread B works for the given
  * microseconds (default 20), stamps the time and signals; A stamps when it runs; 4000
- * rounds, percentiles of the latency. On a machine whose idle vCPUs halt at once (a
- * KVM guest with haltpoll.guest_halt_poll_ns=0, as the Zen 4 of 2026-12-03) this is
- * 17-28 us, against a few us on bare metal: the cost of every GIL wait, on top of the
- * caches that cooled meanwhile (README, "Concurrent scoring").
+ * rounds, percentiles of the latency. B stamps before it signals under the mutex, as
+ * CPython's drop_gil signals, so the latency includes the wake-up call and the mutex's
+ * handoff. On the Zen 4 of 2026-12-03 (a KVM guest whose kernel command line sets
+ * haltpoll.guest_halt_poll_ns=0) the p50 was 10-28 us: what each GIL wait that sleeps
+ * costs there, on top of the caches that cooled meanwhile (README, "Concurrent
+ * scoring"). Not measured on bare metal here.
  *
  *   gcc -O2 -pthread benchmarks/wake_latency.c -o /tmp/wake_latency && /tmp/wake_latency 20
  */
@@ -16,18 +18,24 @@
 #include <time.h>
 static pthread_mutex_t m = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t c = PTHREAD_COND_INITIALIZER;
-static volatile int turn = 0;
-static volatile double t_signal;
+static int turn = 0;  /* read and written with __atomic builtins */
+static double t_signal;  /* written and read under the mutex */
 static double now(void) { struct timespec ts; clock_gettime(CLOCK_MONOTONIC, &ts); return ts.tv_sec + ts.tv_nsec * 1e-9; }
 static void busy(double us) { double e = now() + us * 1e-6; while (now() < e); }
 #define N 4000
 static double lat[N];
 static double busy_us;
 static void* b_main(void* arg) {
+    (void)arg;
     for (int i = 0; i < N; i++) {
         busy(busy_us);
-        pthread_mutex_lock(&m); turn = 1; t_signal = now(); pthread_cond_signal(&c); pthread_mutex_unlock(&m);
-        while (turn != 0) ;  // wait for A to take its turn back (spin)
+        pthread_mutex_lock(&m);
+        __atomic_store_n(&turn, 1, __ATOMIC_RELEASE);
+        t_signal = now();
+        pthread_cond_signal(&c);
+        pthread_mutex_unlock(&m);
+        while (__atomic_load_n(&turn, __ATOMIC_ACQUIRE) != 0)
+            ;  /* A takes its turn back: spin */
     }
     return NULL;
 }
@@ -37,9 +45,9 @@ int main(int argc, char** argv) {
     pthread_t b; pthread_create(&b, NULL, b_main, NULL);
     for (int i = 0; i < N; i++) {
         pthread_mutex_lock(&m);
-        while (turn != 1) pthread_cond_wait(&c, &m);
+        while (__atomic_load_n(&turn, __ATOMIC_ACQUIRE) != 1) pthread_cond_wait(&c, &m);
         lat[i] = now() - t_signal;
-        turn = 0;
+        __atomic_store_n(&turn, 0, __ATOMIC_RELEASE);
         pthread_mutex_unlock(&m);
     }
     pthread_join(b, NULL);
