@@ -94,12 +94,16 @@ def _measure(args, sc, workers):
         mismatches.extend(i for i, y in enumerate(out)
                           if not np.array_equal(y, expected[(i + k) % len(xs)]))
 
+    def indexed(i):
+        return call(xs[i % len(xs)])
+
     def run(n_threads):
-        return thread_rate(lambda i: call(xs[i % len(xs)]), n_threads, window, check)
+        return thread_rate(indexed, n_threads, window, check)
 
     # the window: as long as --calls calls of one thread, timed once here
-    window = args.calls * per_call(lambda i: call(xs[i % len(xs)]))
-    ref = reference_call(args.reference, call, xs) if args.reference else None
+    one_call = per_call(indexed)
+    window = args.calls * one_call
+    ref = reference_call(args.reference, one_call) if args.reference else None
     one, many, p_one, p_many, r_one, r_many, split = [], [], [], [], [], [], []
     info = machine_info()
     share = cpu_share(threads=2)
@@ -199,11 +203,11 @@ def thread_rate(call, n_threads, seconds, check=None):
     return sum(counts) / span, counts
 
 
-def reference_call(path, call, xs):
+def reference_call(path, target):
     """``(ref, us, nbytes)``: ``ref(i)`` calls ``gil_reference`` of the library at
-    ``path`` (benchmarks/gil_reference.c) for about as long as one ``call`` takes
-    (``us``: the reference's own time a call, measured here; ``nbytes``: the bytes it
-    reads a call)."""
+    ``path`` (benchmarks/gil_reference.c) for about ``target`` seconds, the time one
+    call being timed takes (``us``: the reference's own time a call, measured here;
+    ``nbytes``: the bytes it reads a call)."""
     import ctypes
 
     from cyrnn.params import aligned_zeros
@@ -218,7 +222,6 @@ def reference_call(path, call, xs):
     x[...] = 1
     wp, xp = w.ctypes.data, x.ctypes.data
 
-    target = per_call(lambda i: call(xs[i % len(xs)]))
     block = 16384 * 16  # long enough that the ctypes call's own cost does not count
     n = max(64, int(block * target / per_call(lambda i: fn(wp, xp, block), 50)) // 64 * 64)
 

@@ -313,7 +313,8 @@ cdef extern from *:
             /* a constant trip count keeps a[] in registers (a loop from q =          \
                8 - rem kept it on the stack: the projection of a score-b1 call,       \
                50 rows of 8 into 256, took 12.5-15.4 us per call, now 5.9;            \
-               perf of a predict_proba loop, Zen 4, 2026-12-03) */                    \
+               perf of a predict_proba loop, Zen 4, 2026-12-03: benchmarks/results/   \
+               concurrent_zen4_1203_log.md) */                                        \
             if (rem)                                                                  \
                 for (q = 0; q < 8; q++)                                               \
                     if (q >= 8 - rem)                                                 \

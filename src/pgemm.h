@@ -186,7 +186,9 @@ CYRNN_STRIPS(cyrnn_strips_d, double)
    too). A prefetch never faults, also past the end, and changes no result. ABBA
    pairs of fresh processes (profile_kernels.py, 2 threads), 2026-12-03 on the Xeon:
    large inference 157.3 -> 148.7 ms (faster in 11 of 12), dino-b32 inference 0.367
-   -> 0.323 ms (6 of 6). */
+   -> 0.323 ms (6 of 6). On a Zen 4 (the same day, with the 12-row tiles below, against
+   the build before both) no effect stood out of that host's noise
+   (benchmarks/results/ab_zen4_1203_log.md). */
 #define CYRNN_PF_AHEAD 2048
 #define CYRNN_PREFETCH_PANEL(VT, q)                                                   \
     do {                                                                              \
@@ -310,9 +312,10 @@ TARGET static void NAME(const T* x, ptrdiff_t ldx, ptrdiff_t n, ptrdiff_t K,    
    fresh processes, 2026-12-03, the Xeon) large inference 148.1 -> 139.9 ms (faster in
    7 of 10), medium 4.35 -> 4.09 ms (6 of 8), dino-b32 and the training steps within
    their noise; both changes together against the build before them: large 0.968 of its
-   time (faster in 23 of 34), medium 0.94 (8 of 10). The other AVX-512 kernels keep 8 rows: float64, the transposed (XT 1)
-   and strip (XT 2, whose height the weight-gradient layout uses) operands, and the
-   bfloat16 formats. */
+   time (faster in 23 of 34), medium 0.94 (8 of 10); on a Zen 4 within its noise (see
+   the prefetch above). The other AVX-512 kernels keep 8 rows: float64, the transposed
+   (XT 1) and strip (XT 2, whose height the weight-gradient layout uses) operands, and
+   the bfloat16 formats. */
 #define CYRNN_PGEMM_KERNELS(SUF, XT)                                                  \
 CYRNN_PGEMM_KERNEL(cyrnn_pgemm_f512##SUF, float, 64, (XT == 0 ? 12 : 8), CYRNN_T512, XT) \
 CYRNN_PGEMM_KERNEL(cyrnn_pgemm_d512##SUF, double, 64, 8, CYRNN_T512, XT)               \
