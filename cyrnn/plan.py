@@ -115,7 +115,7 @@ class CompiledPlan:
 
     __slots__ = ("spec", "infer", "train_forward", "train_backward", "recurrent",
                  "has_c", "_blocks", "n_ops", "_no_bias", "_dropping", "_trunc", "_mod",
-                 "packed", "takes_float64", "takes_steps", "empty_rows")
+                 "packed", "takes_float64", "takes_steps", "empty_rows", "call_infer")
 
     def __init__(self, spec, mod, recurrent):
         self.spec = spec
@@ -128,7 +128,13 @@ class CompiledPlan:
         # the fused calls take sequences with no valid step (padding only under
         # mask_zero: zero outputs, the state carried), so such a batch runs fused too
         self.empty_rows = getattr(mod, "FUSED_EMPTY_ROWS", False)
-        self.infer = mod.infer
+        self.infer = infer = mod.infer
+
+        def call_infer(data, x):
+            # infer(spec, data, x): outputs only, no mask, zero states (the scorers'
+            # one-call path; use_packed_weights replaces it with its own)
+            return infer(spec, data, x, None, None, None, False)
+        self.call_infer = call_infer
         self.train_forward = mod.train_forward
         self.train_backward = mod.train_backward
         self.recurrent = tuple(recurrent)
@@ -182,13 +188,19 @@ class CompiledPlan:
         if packer is None:
             raise ValueError("packed weights need the Cython backend (this model's "
                              f"layers run on {self._mod.__name__.rsplit('.', 1)[-1]})")
-        weights, infer = packer(fmt, auto, arithmetic), self._mod.infer
+        weights, infer, spec = packer(fmt, auto, arithmetic), self._mod.infer, self.spec
 
         def packed_infer(spec, data, x, mask=None, h0=None, c0=None, return_state=False,
                          _weights=None, state_shape=None, step=False):
             # infer's signature; the weights are always this plan's
             return infer(spec, data, x, mask, h0, c0, return_state, weights, state_shape, step)
+
+        def call_infer(data, x):
+            # the scorers' one-call path without the wrapper's frame (at batch 1 each
+            # Python frame is a tenth of a microsecond held under the GIL)
+            return infer(spec, data, x, None, None, None, False, weights)
         self.infer = packed_infer
+        self.call_infer = call_infer
         self.packed = weights
 
     def step(self, data, x_t, h0=None, c0=None, state_shape=None, mask=None):
@@ -201,8 +213,11 @@ class CompiledPlan:
         the shaping in the compiled call (at batch 1 each NumPy call after it costs
         0.3-1 us)."""
         if self.takes_steps:
-            # positional: keyword parsing costs a compiled call about 0.3 us
-            return self.infer(self.spec, data, x_t, mask, h0, c0, True, None, state_shape, True)
+            # positional: keyword parsing costs a compiled call about 0.3 us; the
+            # backend's infer itself with this plan's packed weights (or None), not
+            # the wrapper use_packed_weights installs (one Python frame less)
+            return self._mod.infer(self.spec, data, x_t, mask, h0, c0, True, self.packed,
+                                   state_shape, True)
         res = self.infer(self.spec, data, x_t[:, None], mask, h0, c0, True)
         if res is None:
             return None

@@ -170,7 +170,7 @@ class Scorer:
             for a in ((h, c) if has_c else (h,)):
                 # NaN/inf states: the compiled call declines them (both backends)
                 if (type(a) is not np.ndarray or a.shape != shape or a.dtype != dtype
-                        or not (a.flags.c_contiguous and a.flags.aligned)):
+                        or not ((fl := a.flags).c_contiguous and fl.aligned)):
                     return None
         res = self._plan.step(self.model.params.data, x_t, h, c, shape)
         if res is None:
@@ -268,7 +268,8 @@ class EstimatorScorer(Scorer):
     def _raw(self, X):
         """The model's outputs for ``X``, as the estimator computes them (the model's
         dtype on the one-call path, else float64; the post-processing converts)."""
-        if self.feature_names_in_ is not None or hasattr(X, "columns"):
+        if self.feature_names_in_ is not None or (type(X) is not np.ndarray
+                                                  and hasattr(X, "columns")):
             _check_column_names(self.feature_names_in_, X, self._name)
         raw = self._fast_raw(X)
         if raw is not None:
@@ -285,19 +286,22 @@ class EstimatorScorer(Scorer):
         for anything else, and for values the kernel declines (the full path then
         raises the validators' error)."""
         plan = self._plan
-        if (plan is None or type(X) is not np.ndarray or X.ndim != 3
-                or X.shape[2] != self._fast_features or not 0 < X.shape[0] <= S.PREDICT_BATCH
-                or X.shape[1] == 0 or X.dtype.kind != "f"):
+        if plan is None or type(X) is not np.ndarray or X.ndim != 3:
             return None
-        dtype = self.model.dtype
-        if X.dtype != dtype and not (plan.takes_float64 and X.dtype == np.float64
-                                     and dtype == np.float32 and X.flags.c_contiguous):
+        shape, xdtype = X.shape, X.dtype  # (each .shape is a new tuple)
+        if (shape[2] != self._fast_features or not 0 < shape[0] <= S.PREDICT_BATCH
+                or shape[1] == 0 or xdtype.kind != "f"):
+            return None
+        model = self.model
+        dtype = model.dtype
+        if xdtype != dtype and not (plan.takes_float64 and xdtype == np.float64
+                                    and dtype == np.float32 and X.flags.c_contiguous):
             with np.errstate(over="ignore"):
                 X = X.astype(dtype)  # too large: inf, which the kernel declines
         elif not X.flags.c_contiguous:
             X = np.ascontiguousarray(X)
-        out = plan.infer(plan.spec, self.model.params.data, X, None, None, None, False)
-        return out  # the model's dtype: the post-processing converts to float64
+        # the model's dtype: the post-processing converts to float64
+        return plan.call_infer(model.params.data, X)
 
     def predict(self, X):
         """The estimator's ``predict`` of ``X``."""

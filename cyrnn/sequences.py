@@ -438,8 +438,10 @@ _PROBABILITIES = None
 
 
 def _probabilities(r, binary):
-    compiled = _compiled_probabilities()
-    out = None if compiled is None else compiled(r, binary)
+    compiled = _PROBABILITIES  # (looked up once: False without the extension)
+    if compiled is None:
+        compiled = _compiled_probabilities()
+    out = compiled(r, binary) if compiled else None
     if out is None:  # the same rule in NumPy (any other array form)
         r = np.asarray(r, np.float64)
         out = _sigmoid_pair(r) if binary else _softmax(r)
@@ -451,6 +453,8 @@ def class_probabilities(raw, binary):
     or a list of them): one sigmoid logit for two classes, softmax for more. Every
     path (estimators, scorers, fast or batched) computes them here, so they agree
     exactly."""
+    if type(raw) is np.ndarray:  # (no per-call closure for the common case)
+        return _probabilities(raw, binary)
     return _each(lambda r: _probabilities(r, binary), raw)
 
 
