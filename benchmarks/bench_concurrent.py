@@ -30,7 +30,10 @@ LIB``): it streams a 64 KB block (on a cache line) from L2 with multiply-adds fo
 as long as one call being timed takes (calibrated at the start: ``--bare`` calibrates it
 to the compiled call), with the GIL released and almost no Python work around it, so its
 ratio is what CPython's threads give on the machine for a call of that kind, whatever
-library is behind it.
+library is behind it. ``--reference-glue US`` (with ``--reference``): each reference call
+first spins US microseconds in Python, holding the GIL (its C part calibrated to the rest
+of the call's time), as a stand-in for the Python and argument work a scoring call does
+under the GIL: whether that work limits two threads.
 """
 
 from __future__ import annotations
@@ -63,8 +66,15 @@ def main(argv=None):
     ap.add_argument("--reference", default=None, metavar="LIB",
                     help="also a C function of the same duration called through ctypes "
                          "(benchmarks/gil_reference.c built as LIB), in every sample")
+    ap.add_argument("--reference-glue", type=float, default=0.0, metavar="US",
+                    help="with --reference: US microseconds of Python work under the GIL "
+                         "before each reference call's C part")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.reference_glue and not args.reference:
+        ap.error("--reference-glue needs --reference")
+    if args.reference_glue < 0:
+        ap.error("--reference-glue must be >= 0")
     if args.child:
         return worker(args.child, args.bare)
     import cyrnn
@@ -103,7 +113,8 @@ def _measure(args, sc, workers):
     # the window: as long as --calls calls of one thread, timed once here
     one_call = per_call(indexed)
     window = args.calls * one_call
-    ref = reference_call(args.reference, one_call) if args.reference else None
+    ref = (reference_call(args.reference, one_call, args.reference_glue * 1e-6)
+           if args.reference else None)
     one, many, p_one, p_many, r_one, r_many, split = [], [], [], [], [], [], []
     info = machine_info()
     share = cpu_share(threads=2)
@@ -140,8 +151,11 @@ def _measure(args, sc, workers):
               f"reach {ratio / (qn / q1):.2f} of that ceiling")
     if ref is not None:
         r1, rn = float(np.median(r_one)), float(np.median(r_many))
-        print(f"reference (a C function through ctypes, {ref[1]:.0f} us a call reading "
-              f"{ref[2] / ref[1] * 1e-3:.0f} GB/s, same samples): 1 thread {r1:.0f} "
+        glue = (f" after {args.reference_glue:g} us of Python under the GIL"
+                if args.reference_glue else "")
+        print(f"reference (a C function through ctypes{glue}, {ref[1]:.0f} us a call reading "
+              f"{ref[2] / (ref[1] - args.reference_glue) * 1e-3:.0f} GB/s in its C part, "
+              f"same samples): 1 thread {r1:.0f} "
               f"calls/s, {args.threads} threads {rn:.0f} calls/s: {rn / r1:.2f}x; the "
               f"scoring calls reach {ratio / (rn / r1):.2f} of it")
     print(f"\n{args.threads} threads / 1: {ratio:.2f}x (target >= {TARGET}x: "
@@ -203,11 +217,12 @@ def thread_rate(call, n_threads, seconds, check=None):
     return sum(counts) / span, counts
 
 
-def reference_call(path, target):
+def reference_call(path, target, glue=0.0):
     """``(ref, us, nbytes)``: ``ref(i)`` calls ``gil_reference`` of the library at
     ``path`` (benchmarks/gil_reference.c) for about ``target`` seconds, the time one
     call being timed takes (``us``: the reference's own time a call, measured here;
-    ``nbytes``: the bytes it reads a call)."""
+    ``nbytes``: the bytes it reads a call). ``glue`` seconds (< ``target``): each call
+    first spins that long in Python, holding the GIL, and its C part takes the rest."""
     import ctypes
 
     from cyrnn.params import aligned_zeros
@@ -223,9 +238,15 @@ def reference_call(path, target):
     wp, xp = w.ctypes.data, x.ctypes.data
 
     block = 16384 * 16  # long enough that the ctypes call's own cost does not count
-    n = max(64, int(block * target / per_call(lambda i: fn(wp, xp, block), 50)) // 64 * 64)
+    c_part = max(target - glue, 0.1 * target)
+    n = max(64, int(block * c_part / per_call(lambda i: fn(wp, xp, block), 50)) // 64 * 64)
+    clock = time.perf_counter
 
     def ref(i):
+        if glue:
+            t0 = clock()
+            while clock() - t0 < glue:
+                pass
         return fn(wp, xp, n)
 
     ref.keep = (w, x)  # the arrays live as long as the function
