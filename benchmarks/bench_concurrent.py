@@ -15,7 +15,7 @@ smallest thread's share of the calls.) Results must equal the sequential ones.
 
     python benchmarks/bench_concurrent.py [--threads 2] [--calls 400] [--repeats 7]
 
-``--bare`` times the scorer's compiled call (``plan.infer`` on the same input)
+``--bare`` times the scorer's compiled call (``plan.call_infer`` on the same input)
 instead of ``predict_proba``: what the GIL costs without the Python glue.
 ``--processes`` also runs the same one-thread loop in ``--threads`` worker processes
 (started once, loaded and warmed up before the timing), one alone and all at once, in
@@ -59,7 +59,7 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--calls", type=int, default=400)
     ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--bare", action="store_true", help="time plan.infer, not predict_proba")
+    ap.add_argument("--bare", action="store_true", help="time plan.call_infer, not predict_proba")
     ap.add_argument("--processes", action="store_true",
                     help="also the same one-thread loop in worker processes, alone and "
                          "all at once, in every sample")
@@ -71,10 +71,10 @@ def main(argv=None):
                          "before each reference call's C part")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if not 0 <= args.reference_glue < 1e6:  # (also NaN and inf)
+        ap.error("--reference-glue must be a number of microseconds, 0 <= US < 1e6")
     if args.reference_glue and not args.reference:
         ap.error("--reference-glue needs --reference")
-    if args.reference_glue < 0:
-        ap.error("--reference-glue must be >= 0")
     if args.child:
         return worker(args.child, args.bare)
     import cyrnn
@@ -142,7 +142,7 @@ def _measure(args, sc, workers):
           f"(min {min(split):.2f}) to the thread with the fewest (even: "
           f"{1 / args.threads:.2f})")
     if args.bare:
-        print("(--bare: the compiled call alone, plan.infer)")
+        print("(--bare: the compiled call alone, plan.call_infer)")
     ratio = tn / t1
     if workers is not None:
         q1, qn = float(np.median(p_one)), float(np.median(p_many))
@@ -239,6 +239,9 @@ def reference_call(path, target, glue=0.0):
 
     block = 16384 * 16  # long enough that the ctypes call's own cost does not count
     c_part = max(target - glue, 0.1 * target)
+    if glue > 0.9 * target:
+        print(f"note: --reference-glue {glue * 1e6:g} us is over 0.9 of the call being "
+              f"timed ({target * 1e6:.0f} us): the reference call lasts longer than it")
     n = max(64, int(block * c_part / per_call(lambda i: fn(wp, xp, block), 50)) // 64 * 64)
     clock = time.perf_counter
 
@@ -263,7 +266,8 @@ def scoring_call(sc, bare):
     """What one call runs: ``predict_proba``, or (``bare``) the compiled call alone."""
     if bare:
         plan, data = sc._plan, sc.model.params.data
-        return lambda x: plan.infer(plan.spec, data, x, None, None, None, False)
+        # the call the public path makes (packed weights passed straight to infer)
+        return lambda x: plan.call_infer(data, x)
     return sc.predict_proba
 
 

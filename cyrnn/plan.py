@@ -115,7 +115,8 @@ class CompiledPlan:
 
     __slots__ = ("spec", "infer", "train_forward", "train_backward", "recurrent",
                  "has_c", "_blocks", "n_ops", "_no_bias", "_dropping", "_trunc", "_mod",
-                 "packed", "takes_float64", "takes_steps", "empty_rows", "call_infer")
+                 "packed", "takes_float64", "takes_steps", "empty_rows", "call_infer",
+                 "_step_infer")
 
     def __init__(self, spec, mod, recurrent):
         self.spec = spec
@@ -128,7 +129,8 @@ class CompiledPlan:
         # the fused calls take sequences with no valid step (padding only under
         # mask_zero: zero outputs, the state carried), so such a batch runs fused too
         self.empty_rows = getattr(mod, "FUSED_EMPTY_ROWS", False)
-        self.infer = infer = mod.infer
+        # (every call binds the backend's infer here, when the plan is built)
+        self.infer = self._step_infer = infer = mod.infer
 
         def call_infer(data, x):
             # infer(spec, data, x): outputs only, no mask, zero states (the scorers'
@@ -216,8 +218,8 @@ class CompiledPlan:
             # positional: keyword parsing costs a compiled call about 0.3 us; the
             # backend's infer itself with this plan's packed weights (or None), not
             # the wrapper use_packed_weights installs (one Python frame less)
-            return self._mod.infer(self.spec, data, x_t, mask, h0, c0, True, self.packed,
-                                   state_shape, True)
+            return self._step_infer(self.spec, data, x_t, mask, h0, c0, True, self.packed,
+                                    state_shape, True)
         res = self.infer(self.spec, data, x_t[:, None], mask, h0, c0, True)
         if res is None:
             return None
