@@ -9,12 +9,14 @@ packaging.
 With ``--scoring``: the same for production scoring at score-b1 (a fitted
 ``LSTMClassifier``, hidden 64, one (50, 8) sequence): ``Scorer.predict_proba``,
 ``Scorer.predict``, the estimator's ``predict_proba``/``predict`` (float32 input, and
-float64 input, which is converted), ``Scorer.step``, each against the bare ``infer`` call
-(all interleaved: the median over rounds of the best of 3 samples, which holds up on a
-shared machine); then the breakdown of the scorer's glue, each piece timed alone.
+float64 input, which is converted), ``Scorer.step``, each against the bare compiled call
+the public call makes (all interleaved: the median over rounds of the best of 3 samples,
+which holds up on a shared machine); then the breakdown of the scorer's glue, each piece
+timed alone. ``--steps T`` cuts the sequence to T time steps (1: the glue is a larger
+share of each call).
 
     python benchmarks/bench_overhead.py                 # cython and numba
-    python benchmarks/bench_overhead.py --backends cython --scoring
+    python benchmarks/bench_overhead.py --backends cython --scoring [--steps 1]
 """
 
 from __future__ import annotations
@@ -56,24 +58,31 @@ def cases(backend, B=1, T=12, D=27, H=50):
     }
 
 
-def scoring_cases(backend):
+def scoring_cases(backend, steps=50):
     from cyrnn import scoring
 
     est, X = score_b1_classifier()
     est.set_params(backend=backend)  # (the fitted network moves with it)
     sc = scoring.from_estimator(est)
-    x32, x64 = X[:1].copy(), X[:1].astype(np.float64)
+    x32 = np.ascontiguousarray(X[:1, :steps])
+    x64 = x32.astype(np.float64)
     plan, data = sc._plan, est.model_.params.data
     x_t = x32[:, 0]
     state = sc.initial_state(1)
     h, c = state[0]
-    x1 = np.ascontiguousarray(x_t[:, None, :])
+    # the compiled calls the public calls make (since b5d92d0 plan.call_infer and, for
+    # a step, the infer the plan bound with its packed weights passed straight to it;
+    # a build before it went through plan.infer, the packed weights' wrapper)
+    call_infer = getattr(plan, "call_infer", None)
+    step_infer = getattr(plan, "_step_infer", plan.infer)
 
     def bare():
+        if call_infer is not None:
+            return call_infer(data, x32)
         return plan.infer(plan.spec, data, x32, None, None, None, False)
 
-    def bare_step():
-        return plan.infer(plan.spec, data, x1, None, h, c, True)
+    def bare_step():  # (the step form, as plan.step passes it)
+        return step_infer(plan.spec, data, x_t, None, h, c, True, plan.packed, h.shape, True)
     return {
         "Scorer.predict_proba(x32)": (lambda: sc.predict_proba(x32), bare),
         "Scorer.predict_proba(x64)": (lambda: sc.predict_proba(x64), bare),
@@ -124,6 +133,9 @@ def main(argv=None):
     ap.add_argument("--backends", nargs="+", default=["cython", "numba"])
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--scoring", action="store_true", help="score-b1 scoring calls only")
+    ap.add_argument("--steps", type=int, default=50,
+                    help="with --scoring: time steps of the one sequence (score-b1: 50; 1 "
+                         "leaves the glue a larger share of each call)")
     args = ap.parse_args(argv)
     if args.scoring:
         return main_scoring(args)
@@ -158,7 +170,7 @@ def rounds_of_minima(cases, rounds, number=300, best_of=3):
 def main_scoring(args):
     rows, pieces = [], None
     for be in args.backends:
-        cs, extra = scoring_cases(be)
+        cs, extra = scoring_cases(be, args.steps)
         bare = next(iter(cs.values()))[1]
         cases = {"bare infer": bare, **{name: public for name, (public, _) in cs.items()},
                  "bare infer (one step)": cs["Scorer.step(x_t, state)"][1]}
@@ -169,7 +181,7 @@ def main_scoring(args):
             rows.append([be, name, f"{p * 1e6:.1f}", f"{b * 1e6:.1f}", f"{(p - b) * 1e6:.1f}"])
         if pieces is None:
             pieces = breakdown(*extra, args.repeats)
-    print(f"# bench_overhead --scoring: LSTMClassifier 8 -> 64, one (50, 8) sequence "
+    print(f"# bench_overhead --scoring: LSTMClassifier 8 -> 64, one ({args.steps}, 8) sequence "
           f"(step: one time step); median over {args.repeats} interleaved rounds of the best "
           f"of 3 samples of 300 calls; load {load_average()}")
     print(markdown_table(["backend", "call", "public us", "bare fused call us",
