@@ -15,8 +15,9 @@ smallest thread's share of the calls.) Results must equal the sequential ones.
 
     python benchmarks/bench_concurrent.py [--threads 2] [--calls 400] [--repeats 7]
 
-``--bare`` times the scorer's compiled call (``plan.call_infer`` on the same input)
-instead of ``predict_proba``: what the GIL costs without the Python glue.
+``--bare`` times the scorer's compiled call (its ``ScoringCall``, the probabilities
+included; ``plan.call_infer`` in builds without it) on the same input instead of
+``predict_proba``: what the GIL costs without the Python glue.
 ``--processes`` also runs the same one-thread loop in ``--threads`` worker processes
 (started once, loaded and warmed up before the timing), one alone and all at once, in
 every sample between the thread runs, over windows of the same length and the same
@@ -59,7 +60,8 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--calls", type=int, default=400)
     ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--bare", action="store_true", help="time plan.call_infer, not predict_proba")
+    ap.add_argument("--bare", action="store_true",
+                    help="time the compiled call alone, not predict_proba")
     ap.add_argument("--processes", action="store_true",
                     help="also the same one-thread loop in worker processes, alone and "
                          "all at once, in every sample")
@@ -142,7 +144,9 @@ def _measure(args, sc, workers):
           f"(min {min(split):.2f}) to the thread with the fewest (even: "
           f"{1 / args.threads:.2f})")
     if args.bare:
-        print("(--bare: the compiled call alone, plan.call_infer)")
+        print("(--bare: the compiled call alone, "
+              + ("ScoringCall)" if getattr(sc, "_fast_call", None) is not None
+                 else "plan.call_infer)"))
     ratio = tn / t1
     if workers is not None:
         q1, qn = float(np.median(p_one)), float(np.median(p_many))
@@ -266,7 +270,10 @@ def scoring_call(sc, bare):
     """What one call runs: ``predict_proba``, or (``bare``) the compiled call alone."""
     if bare:
         plan, data = sc._plan, sc.model.params.data
-        # the call the public path makes (packed weights passed straight to infer)
+        fast = getattr(sc, "_fast_call", None)
+        if fast is not None:  # the compiled call the public path makes (since 2026-12-04)
+            return lambda x: fast(data, x)
+        # (builds before: plan.call_infer, packed weights passed straight to infer)
         return lambda x: plan.call_infer(data, x)
     return sc.predict_proba
 

@@ -70,18 +70,28 @@ def scoring_cases(backend, steps=50):
     x_t = x32[:, 0]
     state = sc.initial_state(1)
     h, c = state[0]
-    # the compiled calls the public calls make (since b5d92d0 plan.call_infer and, for
-    # a step, the infer the plan bound with its packed weights passed straight to it;
-    # a build before it went through plan.infer, the packed weights' wrapper)
+    # the compiled calls the public calls make: since 2026-12-04 the scorer's
+    # ScoringCall and StepCall (the probabilities included); from b5d92d0
+    # plan.call_infer and, for a step, the infer the plan bound with its packed weights
+    # passed straight to it; a build before it went through plan.infer, the packed
+    # weights' wrapper
+    fast_call = getattr(sc, "_fast_call", None)
     call_infer = getattr(plan, "call_infer", None)
     step_infer = getattr(plan, "_step_infer", plan.infer)
 
     def bare():
+        if fast_call is not None:
+            return fast_call(data, x32)
         if call_infer is not None:
             return call_infer(data, x32)
         return plan.infer(plan.spec, data, x32, None, None, None, False)
 
-    def bare_step():  # (the step form, as plan.step passes it)
+    step_call = getattr(sc, "_step_call", None)
+
+    def bare_step():
+        if step_call is not None:  # StepCall, the probabilities included
+            return step_call(data, x_t, state)
+        # (the step form, as plan.step passes it)
         return step_infer(plan.spec, data, x_t, None, h, c, True, plan.packed, h.shape, True)
     return {
         "Scorer.predict_proba(x32)": (lambda: sc.predict_proba(x32), bare),
@@ -98,12 +108,12 @@ def breakdown(sc, est, x32, x64, bare, repeats):
     """The scorer's glue piece by piece (each timed alone, interleaved)."""
     from cyrnn import sequences as S
 
-    raw32 = bare()
-    proba = S.class_probabilities(raw32, True)
     model = est.model_
     plan, data = sc._plan, model.params.data
+    raw32 = plan.infer(plan.spec, data, x32, None, None, None, False)  # the logits
+    proba = S.class_probabilities(raw32, True)
     pieces = {
-        "input checks (_fast_raw without the call)": lambda: (
+        "input checks in Python (_fast_raw's: the path of builds without ScoringCall)": lambda: (
             type(x32) is not np.ndarray or x32.ndim != 3 or x32.shape[2] != 8
             or not 0 < x32.shape[0] <= 256 or x32.shape[1] == 0 or x32.dtype.kind != "f"
             or x32.dtype != model.dtype or not x32.flags.c_contiguous),
@@ -116,8 +126,8 @@ def breakdown(sc, est, x32, x64, bare, repeats):
         "labels (argmax, classes_)": lambda: S.class_labels(proba, sc.classes_),
         "estimator: scorer lookup (cached on the model, checked against its layers' "
         "backends)": lambda: (model.__dict__.get("_estimator_scorer"),
-                              tuple(getattr(layer, "backend", None) for layer in model.layers)),
-        "bare fused call": bare,
+                              tuple([getattr(layer, "backend", None) for layer in model.layers])),
+        "the compiled call the public call makes (ScoringCall: probabilities included)": bare,
     }
     t = interleaved_times(pieces, repeats=repeats, warmup=5)
     return [[name, f"{t[name].median * 1e6:.2f}"] for name in pieces]

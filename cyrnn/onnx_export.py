@@ -29,6 +29,7 @@ import numpy as np
 from .cells import ACTIVATIONS
 from .layers import Activation, Dense, Embedding, Masking, RecurrentLayer
 from .model import Sequential
+from .sequences import one_target
 
 OPSET = 18
 # ONNX gate blocks from cyrnn's (cyrnn: lstm i,f,g,o; gru r,z,n. ONNX: i,o,f,c; z,r,h)
@@ -426,7 +427,7 @@ def _export_estimator(est, lengths):
         outs = [_value_info(g, "label", label_type, shape),
                 _value_info(g, "probabilities", g.elem, shape + [len(classes)])]
     else:
-        scalar = spec["target"]["y_ndim"] == (2 if spec["return_sequences"] else 1)
+        scalar = one_target(spec)
         value = g.op("Squeeze", [raw, g.i64([-1])]) if scalar else raw
         g.op("Identity", [value], outputs=["output"])
         outs = [_value_info(g, "output", g.elem,

@@ -134,7 +134,8 @@ class CompiledPlan:
 
         def call_infer(data, x):
             # infer(spec, data, x): outputs only, no mask, zero states (the scorers'
-            # one-call path; use_packed_weights replaces it with its own)
+            # one-call path where their backend has no ScoringCall, and for input that
+            # call declines; use_packed_weights replaces it with its own)
             return infer(spec, data, x, None, None, None, False)
         self.call_infer = call_infer
         self.train_forward = mod.train_forward
@@ -204,6 +205,24 @@ class CompiledPlan:
         self.infer = packed_infer
         self.call_infer = call_infer
         self.packed = weights
+
+    def scoring_call(self, post, features, max_rows):
+        """The backend's one compiled call for a scorer's whole-sequence path
+        (``ScoringCall``: ``infer`` with zero states and the estimator's
+        post-processing ``post``, on this plan's packed weights as they are now), or
+        None when the backend has none (the scorers then use :attr:`call_infer`)."""
+        make = getattr(self._mod, "ScoringCall", None)
+        return None if make is None else make(self.spec, self.packed, post, features,
+                                              max_rows)
+
+    def step_call(self, post, ids, features, num_layers, hidden_size, has_c):
+        """The backend's one compiled call for a scorer's streaming step of a model
+        with one recurrent layer (``StepCall``: :meth:`step` with the states in
+        ``Sequential.step``'s layout and the post-processing ``post``, on this plan's
+        packed weights as they are now), or None when the backend has none."""
+        make = getattr(self._mod, "StepCall", None)
+        return None if make is None else make(self.spec, self.packed, post, ids, features,
+                                              num_layers, hidden_size, has_c)
 
     def step(self, data, x_t, h0=None, c0=None, state_shape=None, mask=None):
         """One time step of every op in one ``infer`` call. ``x_t``: (n, F) features or

@@ -84,6 +84,25 @@ class Scorer:
             if not (ids and first.mask_zero):
                 self._step_fast = (ids, None if ids else first.input_size,
                                    (rnn.num_layers, rnn.hidden_size), rnn.cell.has_cell_state)
+        self._bind_fast_calls()
+
+    def _bind_fast_calls(self):
+        """Bind the compiled calls of the exact-argument paths on the plan's weights as
+        they are now (:func:`load` binds them again once it has chosen the weights):
+        here :meth:`step`'s (the Cython backend's ``StepCall``, post-processing
+        included; None where the backend has none, which then takes
+        :meth:`_fast_step`)."""
+        fast = self._step_fast
+        self._step_call = None
+        if fast is not None:
+            ids, features, (L, H), has_c = fast
+            self._step_call = self._plan.step_call(self._post(), ids, features or 0, L, H,
+                                                   has_c)
+
+    def _post(self):
+        """The post-processing of the outputs, as the compiled calls name it: what
+        :meth:`_step_output` does (a subclass overrides both)."""
+        return "raw"
 
     def __repr__(self):
         return f"<{type(self).__name__} of a {self.kind}>"
@@ -127,6 +146,11 @@ class Scorer:
         Stepping through a sequence gives exactly the outputs of running it whole.
         Bidirectional models and ``go_backwards`` layers cannot stream (``ValueError``).
         """
+        fast = self._step_call
+        if fast is not None:  # (exact arguments: one compiled call, else None)
+            res = fast(self.model.params.data, x_t, state)
+            if res is not None:
+                return res
         if not self.streamable:
             raise ValueError(f"{self.kind} cannot stream: a recurrent layer of it "
                              f"cannot step ({self._no_stream}); use predict on whole "
@@ -255,7 +279,7 @@ class EstimatorScorer(Scorer):
     """
 
     def __init__(self, model, kind, spec, feature_names=None):
-        super().__init__(model, kind)
+        # (first: the base class binds the compiled calls, which read them)
         self.feature_names_in_ = (None if feature_names is None
                                   else np.asarray(feature_names, dtype=object))
         self._spec = spec
@@ -264,6 +288,23 @@ class EstimatorScorer(Scorer):
         inp = spec["input"]
         # exact 3-D float input of at most PREDICT_BATCH rows: one fused call, no batching
         self._fast_features = None if inp["tokens"] else inp["step_features"]
+        super().__init__(model, kind)
+
+    def _bind_fast_calls(self):
+        """Also the one compiled call of :meth:`predict` (:meth:`predict_proba` for a
+        classifier) on exact input, post-processing included (the Cython backend's
+        ``ScoringCall``); None where the backend has none, and for a scorer fitted on
+        a DataFrame (its column-name check runs first)."""
+        super()._bind_fast_calls()
+        plan = self._plan
+        self._fast_call = None
+        if plan is not None and self._fast_features is not None \
+                and self.feature_names_in_ is None:
+            self._fast_call = plan.scoring_call(self._post(), self._fast_features,
+                                                S.PREDICT_BATCH)
+
+    def _post(self):  # (regression_output's rule)
+        return "float64_scalar" if S.one_target(self._spec) else "float64"
 
     def _raw(self, X):
         """The model's outputs for ``X``, as the estimator computes them (the model's
@@ -305,6 +346,11 @@ class EstimatorScorer(Scorer):
 
     def predict(self, X):
         """The estimator's ``predict`` of ``X``."""
+        fast = self._fast_call
+        if fast is not None:  # (exact input: one compiled call, else None)
+            out = fast(self.model.params.data, X)
+            if out is not None:
+                return out
         return S.regression_output(self._raw(X), self._spec)
 
     def _check_step_input(self, x_t):
@@ -332,6 +378,11 @@ class ClassifierScorer(EstimatorScorer):
 
     def predict_proba(self, X):
         """The estimator's ``predict_proba`` of ``X``."""
+        fast = self._fast_call
+        if fast is not None:  # (exact input: one compiled call, else None)
+            out = fast(self.model.params.data, X)
+            if out is not None:
+                return out
         return S.class_probabilities(self._raw(X), self._binary)
 
     def predict_log_proba(self, X):
@@ -344,6 +395,9 @@ class ClassifierScorer(EstimatorScorer):
 
     def _step_output(self, y):
         return S.class_probabilities(y, self._binary)
+
+    def _post(self):
+        return "binary" if self._spec["target"]["binary"] else "softmax"
 
 
 class LanguageModelScorer(Scorer, CharSampler):
@@ -405,6 +459,9 @@ class LanguageModelScorer(Scorer, CharSampler):
 
     def _step_output(self, y):
         return S.class_probabilities(y, False)
+
+    def _post(self):
+        return "softmax"
 
 
 # ----------------------------------------------------------------------------
@@ -495,6 +552,7 @@ def load(path, *, backend=None, weights=None, compute=None):
     elif scorer._plan is not None and scorer._plan.can_pack:
         # the scorer owns its model: the calls that pack per call pack once instead
         scorer._plan.use_packed_weights("native", auto=True)
+    scorer._bind_fast_calls()  # on the weights chosen above
     return scorer
 
 

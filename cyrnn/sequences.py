@@ -452,7 +452,8 @@ def class_probabilities(raw, binary):
     """Class probabilities (float64) of logits ``raw`` (float32 or float64; an array
     or a list of them): one sigmoid logit for two classes, softmax for more. Every
     path (estimators, scorers, fast or batched) computes them here, so they agree
-    exactly."""
+    exactly (the scorers' compiled calls, ``ScoringCall``/``StepCall``, run the same
+    compiled routine on their fresh outputs)."""
     if type(raw) is np.ndarray:  # (no per-call closure for the common case)
         return _probabilities(raw, binary)
     return _each(lambda r: _probabilities(r, binary), raw)
@@ -474,14 +475,22 @@ def class_log_probabilities(raw, binary):
 
 def class_labels(proba, classes):
     """The most probable class of every row of ``proba`` (an array or a list)."""
+    if type(proba) is np.ndarray:  # (no per-call closure for the common case)
+        return classes[proba.argmax(axis=-1)]
     return _each(lambda p: classes[p.argmax(axis=-1)], proba)
 
 
 def regression_output(raw, spec):
     """The regressors' predictions (float64) of outputs ``raw`` (float32 or float64):
     one target drops its axis."""
-    scalar = spec["target"]["y_ndim"] == (2 if spec["return_sequences"] else 1)
+    scalar = one_target(spec)
     return _each(lambda r: np.asarray(r[..., 0] if scalar else r, np.float64), raw)
+
+
+def one_target(spec):
+    """Whether a regressor of ``spec`` predicts one target (its outputs' last axis is
+    dropped)."""
+    return spec["target"]["y_ndim"] == (2 if spec["return_sequences"] else 1)
 
 
 def classes_from_archive(meta, arrays, spec):

@@ -336,6 +336,19 @@ def infer(const int64_t[::1] spec not None, cnp.ndarray data not None, object x,
     call from 4 rows on, whatever the length). ``state_shape``: with ``return_state``, the
     shape ``h_n``/``c_n`` get (a tuple whose product is their size; None: flat).
     """
+    cdef int64_t* sp = _copy_spec(spec)
+    try:
+        return _infer_run(sp, data, x, mask, h0, c0, return_state, weights, state_shape,
+                          step)
+    finally:
+        free(sp)
+
+
+cdef object _infer_run(const int64_t* sp, cnp.ndarray data, object x, object mask,
+                       object h0, object c0, bint return_state, PackedWeights weights,
+                       object state_shape, bint step):
+    """:func:`infer` on the private, header-checked spec copy ``sp`` (the caller's
+    to free): what ``infer``, :class:`ScoringCall` and :class:`StepCall` run."""
     cdef Dims d
     cdef char* buf = NULL
     cdef uint8_t* mbuf = NULL
@@ -348,7 +361,6 @@ def infer(const int64_t[::1] spec not None, cnp.ndarray data not None, object x,
     cdef uint8_t* valid = NULL
     cdef const char* h0p
     cdef const char* c0p
-    cdef int64_t* sp = _copy_spec(spec)
     try:
         if _check_call(sp, data, x, mask, &d, &ids, &valid, &xconv, step):
             return None
@@ -366,7 +378,6 @@ def infer(const int64_t[::1] spec not None, cnp.ndarray data not None, object x,
             res = (res, _flat_out(&d, buf, d.hn, snd, sdims),
                    _flat_out(&d, buf, d.cn, snd, sdims) if d.any_c else None)
     finally:
-        free(sp)
         free(ids)
         free(xconv)
         free(valid)
@@ -633,16 +644,19 @@ def probabilities(object raw, bint binary):
     ``[1 - p, p]`` with ``p = 1 / (1 + exp(-r))``; several give their softmax,
     ``exp(r - max) / sum`` (the sum in order; NaN propagates). Returns None when
     ``raw`` is not in that form (the caller's NumPy rule then runs)."""
-    cdef cnp.ndarray a
+    if not cnp.PyArray_Check(raw):
+        return None
+    return _probabilities_of(<cnp.ndarray>raw, binary)
+
+
+cdef object _probabilities_of(cnp.ndarray a, bint binary):
+    """:func:`probabilities` of the array ``a`` (None when it is not in that form)."""
     cdef int typ, nd
     cdef Py_ssize_t O, rows, i
     cdef const char* src
     cdef double* dst
     cdef bint f32
     cdef cnp.npy_intp dims[64]
-    if not cnp.PyArray_Check(raw):
-        return None
-    a = <cnp.ndarray>raw
     typ = cnp.PyArray_TYPE(a)
     nd = cnp.PyArray_NDIM(a)
     if ((typ != cnp.NPY_FLOAT32 and typ != cnp.NPY_FLOAT64) or nd < 1
@@ -669,3 +683,199 @@ def probabilities(object raw, bint binary):
     else:  # at batch 1 a GIL release would add a thread switch point per call
         _probabilities(src, f32, binary, rows, O, dst)
     return out
+
+
+cdef object _float64_outputs(cnp.ndarray a, bint scalar):
+    """The regressors' predictions of the fused call's fresh output ``a`` (float32 or
+    float64, C-contiguous, at most 3-D): a new float64 array, the last axis dropped when
+    ``scalar`` (its first entry kept), the rule of
+    ``cyrnn.sequences.regression_output`` (the same values: a float32 to float64
+    conversion is exact; tests/test_scoring.py compares the two)."""
+    cdef int nd = cnp.PyArray_NDIM(a), i
+    cdef Py_ssize_t O = cnp.PyArray_DIM(a, nd - 1), rows, j, k, W
+    cdef cnp.npy_intp dims[3]
+    cdef const char* src = <const char*>cnp.PyArray_DATA(a)
+    cdef bint f32 = cnp.PyArray_TYPE(a) == cnp.NPY_FLOAT32
+    cdef double* dst
+    for i in range(nd):
+        dims[i] = cnp.PyArray_DIM(a, i)
+    rows = cnp.PyArray_SIZE(a) // O if O > 0 else 0
+    W = 1 if scalar else O
+    out = cnp.PyArray_EMPTY(nd - 1 if scalar else nd, dims, cnp.NPY_FLOAT64, 0)
+    dst = <double*>cnp.PyArray_DATA(<cnp.ndarray>out)
+    for j in range(rows):
+        for k in range(W):
+            dst[j * W + k] = _raw_at(src, f32, j * O + k)
+    return out
+
+
+cdef enum:
+    POST_RAW = 0            # the model's outputs as they are
+    POST_BINARY = 1         # class probabilities of one sigmoid logit
+    POST_SOFTMAX = 2        # class probabilities of a softmax over the outputs
+    POST_FLOAT64 = 3        # regression: the outputs as float64
+    POST_FLOAT64_SCALAR = 4  # regression, one target: float64, its axis dropped
+
+_POSTS = {"raw": POST_RAW, "binary": POST_BINARY, "softmax": POST_SOFTMAX,
+          "float64": POST_FLOAT64, "float64_scalar": POST_FLOAT64_SCALAR}
+
+
+cdef class _BoundCall:
+    """What :class:`ScoringCall` and :class:`StepCall` hold: one model's spec, checked
+    and copied once (the calls read only this copy), the plan's :class:`PackedWeights`
+    (or None) and the post-processing of the outputs."""
+    cdef int64_t* sp
+    cdef PackedWeights weights
+    cdef int post
+
+    cdef int _bind(self, const int64_t[::1] spec, PackedWeights weights,
+                   str post) except -1:
+        if post not in _POSTS:
+            raise ValueError(f"post must be one of {sorted(_POSTS)}, got {post!r}")
+        self.sp = _copy_spec(spec)
+        self.weights = weights
+        self.post = _POSTS[post]
+        return 0
+
+    def __dealloc__(self):
+        free(self.sp)
+
+
+cdef class ScoringCall(_BoundCall):
+    """A scorer's one-call path as one compiled call: :func:`infer` of one model
+    (``spec``, checked and copied once, here) on whole sequences, zero states, with
+    the estimator's post-processing of the outputs (``post``: ``"raw"``;
+    ``"binary"``/``"softmax"``, the class probabilities of :func:`probabilities`;
+    ``"float64"``/``"float64_scalar"``, the regressors' predictions).
+
+    ``weights``: the plan's :class:`PackedWeights` or None, as ``infer``'s.
+    ``features``/``max_rows``: what a call takes (3-D input of ``features`` features and
+    1 to ``max_rows`` rows); anything else, and whatever ``infer`` declines, gives None,
+    before any work: the caller's general path then runs. At batch 1 the Python work a
+    call holds the GIL for is what a single call of a compiled function costs (the
+    scorers' glue, the argument parsing of ``infer`` and a second call for the
+    probabilities are gone), which is what two threads scoring on one model contend
+    for."""
+    cdef Py_ssize_t features
+    cdef Py_ssize_t max_rows
+
+    def __cinit__(self, const int64_t[::1] spec not None, PackedWeights weights,
+                  str post, Py_ssize_t features, Py_ssize_t max_rows):
+        if features < 1 or max_rows < 1:
+            raise ValueError("features and max_rows must be positive")
+        self._bind(spec, weights, post)
+        self.features = features
+        self.max_rows = max_rows
+
+    def __call__(self, cnp.ndarray data not None, object x):
+        """The post-processed outputs of ``x`` (a NumPy array, not a subclass: the
+        form ``infer`` takes, or float64 for a float32 model), or None."""
+        cdef cnp.ndarray a
+        if not cnp.PyArray_CheckExact(x):
+            return None
+        a = <cnp.ndarray>x
+        if (cnp.PyArray_NDIM(a) != 3 or cnp.PyArray_DIM(a, 2) != self.features
+                or cnp.PyArray_DIM(a, 0) < 1 or cnp.PyArray_DIM(a, 0) > self.max_rows
+                or cnp.PyArray_DIM(a, 1) < 1):
+            return None
+        raw = _infer_run(self.sp, data, x, None, None, None, False, self.weights, None,
+                         False)
+        return None if raw is None else _post_process(<cnp.ndarray>raw, self.post)
+
+
+cdef object _post_process(cnp.ndarray raw, int post):
+    """The fused call's fresh output ``raw`` post-processed as ``post`` says."""
+    if post == POST_RAW:
+        return raw
+    if post == POST_BINARY or post == POST_SOFTMAX:
+        return _probabilities_of(raw, post == POST_BINARY)
+    return _float64_outputs(raw, post == POST_FLOAT64_SCALAR)
+
+
+cdef inline bint _exact_state(object a, int typenum, Py_ssize_t L, Py_ssize_t n,
+                              Py_ssize_t H):
+    """Whether ``a`` is a state as a step returns it: a NumPy array (not a subclass)
+    shaped (L, n, H), of ``typenum``, C-contiguous, aligned, native byte order."""
+    cdef cnp.ndarray s
+    if not cnp.PyArray_CheckExact(a):
+        return False
+    s = <cnp.ndarray>a
+    return (cnp.PyArray_NDIM(s) == 3 and cnp.PyArray_DIM(s, 0) == L
+            and cnp.PyArray_DIM(s, 1) == n and cnp.PyArray_DIM(s, 2) == H
+            and cnp.PyArray_TYPE(s) == typenum and cnp.PyArray_IS_C_CONTIGUOUS(s)
+            and cnp.PyArray_ISALIGNED(s) and cnp.PyArray_ISNOTSWAPPED(s))
+
+
+cdef class StepCall(_BoundCall):
+    """A scorer's streaming step as one compiled call: :func:`infer` in step form of one
+    model with a single recurrent layer (``spec``, checked and copied once, here; the
+    layer's ``num_layers`` ``L`` and hidden size ``H``, ``has_c``: an LSTM's cell
+    state), states in and out, with the post-processing ``post`` of
+    :class:`ScoringCall` applied to the step's output. ``ids``: ``x_t`` is (n,) int64
+    token ids, else (n, ``features``) floats of the parameters' dtype.
+
+    ``call(data, x_t, state)`` returns ``(y_t, [h])`` or ``(y_t, [(h, c)])`` (new
+    arrays, ``(L, n, H)`` each: ``Sequential.step``'s layout), or None, before any
+    work, for anything but exact arguments (a plain C-contiguous ndarray ``x_t`` of
+    1 or more rows; ``state`` None or what a step returned, each array exact as the
+    step returns it) and for values ``infer`` declines (NaN/inf): the caller's checked
+    path then runs, and raises the named error."""
+    cdef bint ids
+    cdef bint has_c
+    cdef Py_ssize_t features
+    cdef Py_ssize_t L
+    cdef Py_ssize_t H
+
+    def __cinit__(self, const int64_t[::1] spec not None, PackedWeights weights, str post,
+                  bint ids, Py_ssize_t features, Py_ssize_t L, Py_ssize_t H, bint has_c):
+        if (not ids and features < 1) or L < 1 or H < 1:
+            raise ValueError("features, L and H must be positive")
+        self._bind(spec, weights, post)
+        self.ids = ids
+        self.features = features
+        self.L = L
+        self.H = H
+        self.has_c = has_c
+
+    def __call__(self, cnp.ndarray data not None, object x_t, object state):
+        cdef cnp.ndarray x
+        cdef Py_ssize_t n
+        cdef int typenum = cnp.PyArray_TYPE(data)
+        h = c = None
+        if not cnp.PyArray_CheckExact(x_t):
+            return None
+        x = <cnp.ndarray>x_t
+        if not (cnp.PyArray_IS_C_CONTIGUOUS(x) and cnp.PyArray_ISNOTSWAPPED(x)):
+            return None
+        if self.ids:
+            if cnp.PyArray_NDIM(x) != 1 or cnp.PyArray_TYPE(x) != cnp.NPY_INT64:
+                return None
+        elif (cnp.PyArray_NDIM(x) != 2 or cnp.PyArray_TYPE(x) != typenum
+                or cnp.PyArray_DIM(x, 1) != self.features):
+            return None
+        n = cnp.PyArray_DIM(x, 0)
+        if n < 1:
+            return None
+        if state is not None:
+            if type(state) is not list or len(<list>state) != 1:
+                return None
+            st = (<list>state)[0]
+            if self.has_c:
+                if type(st) is not tuple or len(<tuple>st) != 2:
+                    return None
+                h, c = st
+                if not _exact_state(c, typenum, self.L, n, self.H):
+                    return None
+            else:
+                h = st
+            if not _exact_state(h, typenum, self.L, n, self.H):
+                return None
+        res = _infer_run(self.sp, data, x_t, None, h, c, True, self.weights,
+                         (self.L, n, self.H), True)
+        if res is None:
+            return None
+        out, h_n, c_n = res
+        y = _post_process(<cnp.ndarray>out, self.post)
+        if y is None:  # (a post-processing the output does not fit: the caller's path)
+            return None
+        return y, [(h_n, c_n) if self.has_c else h_n]

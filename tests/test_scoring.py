@@ -130,6 +130,83 @@ def test_dataframe_column_names_survive_save_and_are_checked(name, tmp_path, rng
             obj.predict(table)
 
 
+@pytest.mark.parametrize("name, kw, y_shape", [
+    ("LSTMClassifier", {}, None), ("GRUClassifier", {}, None),
+    ("SimpleRNNClassifier", {"dtype": "float64"}, None), ("LSTMRegressor", {}, None),
+    ("GRURegressor", {"dtype": "float64"}, (3,)), ("SimpleRNNRegressor", {}, (2,)),
+    ("LSTMRegressor", {"return_sequences": True}, None)])
+def test_scorer_one_compiled_call(name, kw, y_shape, tmp_path, rng):
+    """On the Cython backend a scorer's predict_proba (a regressor's predict) of an exact
+    array is one compiled call, post-processing included (ScoringCall): the estimator's
+    result exactly, binary and softmax probabilities, one and several targets, float32
+    and float64 models; any other input goes the general way, with the same results
+    and errors."""
+    pytest.importorskip("cyrnn._cython_kernels")
+    X = rng.normal(size=(12, 7, 3))
+    seqs = kw.pop("return_sequences", False)
+    if y_shape is not None:
+        est = getattr(cyrnn, name)(hidden_size=5, max_iter=2, random_state=0, **kw)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            est.fit(X, rng.normal(size=(12,) + y_shape))
+    else:
+        labels = (np.arange(12) % 2) if name == "GRUClassifier" else None  # binary
+        est = _fit(name, X, 12, seqs=seqs, labels=labels, **kw)
+    est.save(tmp_path / "m.cyrnn")
+    from cyrnn import sequences as S
+    for sc in (scoring.load(tmp_path / "m.cyrnn"), scoring.from_estimator(est),
+               scoring.load(tmp_path / "m.cyrnn", weights="packed")):
+        call = sc._fast_call
+        assert type(call).__name__ == "ScoringCall"
+        public = sc.predict_proba if hasattr(sc, "predict_proba") else sc.predict
+        ref = est.predict_proba if hasattr(est, "predict_proba") else est.predict
+        data = sc.model.params.data
+
+        def before(x):  # the Python one-call path of the builds before ScoringCall
+            raw = sc._plan.call_infer(data, x)  # (the plan's packed weights, if any)
+            if hasattr(sc, "predict_proba"):
+                return S.class_probabilities(raw, sc._binary)
+            return S.regression_output(raw, sc._spec)
+        for x in (X, X[:1], X[:1, :1], X.astype(np.float32), X[:1].astype(np.float32)):
+            got = call(data, x)
+            if x.dtype != sc.model.dtype and sc.model.dtype == np.float64:
+                assert got is None  # float32 input to a float64 model: converted first
+                continue
+            _same(got, before(x))
+            _same(public(x), got)
+            if sc.weights is None:
+                _same(ref(x), got)
+        big = np.repeat(X, 30, axis=0)  # more rows than one fused call takes
+        sub = X.view(type("Sub", (np.ndarray,), {}))
+        for x in (X[:, ::2], sub, X[:, :, :2], X[..., None], X[:, :0], big,
+                  X.astype(np.int64)):
+            assert call(data, x) is None
+        for x in (X[:, ::2], big, sub):
+            _same(public(x), ref(x))
+        nan = X[:1].copy()
+        nan[0, 1, 1] = np.nan
+        assert call(data, nan) is None  # the general path judges the values
+        with pytest.raises(ValueError, match="NaN"):
+            public(nan)
+    _same(est._predict_fast(X), ref(X))  # the estimator's own calls take it too
+    for x in (X, X[:1]):
+        fast = ref(x)
+        est.set_params(n_jobs=1)  # no one-call path: the general path's equal results
+        assert est._predict_fast(x) is None
+        _same(ref(x), fast)
+        est.set_params(n_jobs=None)
+    with pytest.raises(ValueError, match="post must be one of"):
+        type(call)(sc._plan.spec, None, "probabilities", 3, 4)
+    with pytest.raises(ValueError, match="positive"):
+        type(call)(sc._plan.spec, None, "raw", 0, 4)
+    with pytest.raises(ValueError):  # a malformed spec, checked once when bound
+        type(call)(np.zeros(3, np.int64), None, "raw", 3, 4)
+    numba_sc = scoring.load(tmp_path / "m.cyrnn", backend="numba")
+    assert numba_sc._fast_call is None  # no such call there: the Python one-call path
+    np.testing.assert_allclose(numba_sc.predict(X[:1]).astype(float),  # (other kernels)
+                               est.predict(X[:1]).astype(float), rtol=1e-4, atol=1e-5)
+
+
 def test_scorer_rejects_bad_input_like_the_estimator(tmp_path, rng):
     X = rng.normal(size=(5, 6, 2))
     est = _fit("LSTMClassifier", X, 5)
@@ -515,6 +592,84 @@ def test_bidirectional_and_padding_steps_are_refused(tmp_path, rng):
     sc = scoring.load(tmp_path / "t.cyrnn")
     with pytest.raises(ValueError, match="padding"):
         sc.step(np.array([3, 0]))
+
+
+def test_step_one_compiled_call(tmp_path, rng):
+    """On the Cython backend a scorer's step with exact arguments is one compiled call,
+    post-processing included (StepCall): the same outputs and states as the Python
+    one-call path (CompiledPlan.step) for a Sequential, the estimators and a language
+    model; anything else returns None before any work and takes the checked path."""
+    pytest.importorskip("cyrnn._cython_kernels")
+    X = rng.normal(size=(10, 6, 3))
+    seq = cyrnn.Sequential([cyrnn.LSTM(3, 5, num_layers=2, random_state=0),
+                            cyrnn.Dense(5, 2, random_state=1)])
+    scorers = [scoring.Scorer(seq)]
+    for name, labels in (("GRUClassifier", np.arange(10) % 2), ("LSTMClassifier", None),
+                         ("SimpleRNNRegressor", None)):
+        est = _fit(name, X, 10, labels=labels)
+        est.save(tmp_path / "m.cyrnn")
+        scorers.append(scoring.load(tmp_path / "m.cyrnn"))
+    est = _fit("LSTMClassifier", X, 10, seqs=True)  # return_sequences
+    est.save(tmp_path / "m.cyrnn")
+    scorers += [scoring.load(tmp_path / "m.cyrnn"),
+                scoring.load(tmp_path / "m.cyrnn", weights="packed")]
+    est = cyrnn.GRURegressor(hidden_size=5, max_iter=1, random_state=0, dtype="float64")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        est.fit(X, rng.normal(size=(10, 2)))  # two targets, float64
+    scorers.append(scoring.from_estimator(est))
+    lm = cyrnn.CharLanguageModel(cell="gru", hidden_size=8, max_epochs=1, random_state=0)
+    lm.fit(["abcab", "bcabca", "cab"])
+    lm.save(tmp_path / "lm.cyrnn")
+    scorers.append(scoring.load(tmp_path / "lm.cyrnn"))
+    for sc in scorers:
+        call = sc._step_call
+        assert type(call).__name__ == "StepCall", sc.kind
+        ids = sc._step_fast[0]
+        data = sc.model.params.data
+        dtype = sc.model.dtype
+        xs = (rng.integers(1, 5, size=(6, 3)) if ids
+              else rng.normal(size=(6, 3, 3)).astype(dtype))
+        state = ref_state = None
+        for t in range(6):
+            got = call(data, xs[t], state)
+            y_ref, ref_state = sc._fast_step(xs[t], ref_state)
+            _same(got[0], sc._step_output(y_ref))
+            for a, b in zip(np.ravel(got[1][0]), np.ravel(ref_state[0])):
+                _same(a, b)
+            y_pub, s_pub = sc.step(xs[t], state)
+            _same(y_pub, got[0])
+            state = got[1]
+        st = state[0]
+        has_c = type(st) is tuple
+        h = st[0] if has_c else st
+        sub = type("Sub", (np.ndarray,), {})
+
+        def wrap(a):
+            return [(a, st[1]) if has_c else a]
+        x0 = xs[0]
+        other = np.float32 if dtype == np.float64 else np.float64
+        nots = [(x0.view(sub), state), (x0[::-1] if ids else x0[:, ::-1], state),
+                (x0[:1], state), (x0[:0], None),
+                (x0.astype(np.dtype(np.int64 if ids else dtype).newbyteorder()), state),
+                (x0, state * 2), (x0, tuple(state)), (x0, wrap(h.view(sub))),
+                (x0, wrap(h.astype(h.dtype.newbyteorder()))), (x0, wrap(h[:, :1])),
+                (x0, wrap(h.astype(other))), (x0, [list(st)] if has_c else [(h, h)])]
+        if not ids:
+            nots.append((x0.astype(other), state))
+        for x, s_ in nots:
+            assert call(data, x, s_) is None
+        bad = h.copy()
+        bad.flat[0] = np.nan
+        assert call(data, x0, wrap(bad)) is None  # values: the checked path judges
+        with pytest.raises(ValueError):
+            sc.step(x0, wrap(bad))
+    with pytest.raises(ValueError, match="post must be one of"):
+        type(call)(scorers[0]._plan.spec, None, "labels", False, 3, 2, 5, True)
+    with pytest.raises(ValueError, match="positive"):
+        type(call)(scorers[0]._plan.spec, None, "raw", False, 0, 2, 5, True)
+    seq_numba = cyrnn.Sequential([cyrnn.LSTM(3, 5, backend="numba", random_state=0)])
+    assert scoring.Scorer(seq_numba)._step_call is None  # plan.step's Python path there
 
 
 def test_step_checks_its_arguments(tmp_path, rng):

@@ -125,6 +125,11 @@ probabilities = _k.probabilities
 # result does not depend on the rows beside it): Sequential's layer path runs
 # its Dense layers through it in inference, where steps must equal whole sequences
 projection = _k.projection
+# a scorer's whole-sequence call bound to one plan, post-processing included
+# (CompiledPlan.scoring_call: the one compiled call of a batch-1 predict_proba)
+ScoringCall = _k.ScoringCall
+# a scorer's streaming step bound the same way (CompiledPlan.step_call)
+StepCall = _k.StepCall
 # weights packed once for a scorer's repeated ``infer`` calls (``infer(..., weights)``)
 PackedWeights = _k.PackedWeights
 # whether PackedWeights(..., arithmetic="bfloat16") can run here (AVX-512 BF16)

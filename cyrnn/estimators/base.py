@@ -456,26 +456,45 @@ best_validation_score_, n_iter_
         return raw_outputs(model, data, spec)
 
     def _predict_raw(self, X):
-        """Outputs for ``predict``/``predict_proba`` (the decoding converts them to
-        float64): one fused call for exact input (a 3-D float array of at most 256 rows,
+        """Outputs for ``predict_log_proba``, and for ``predict``/``predict_proba``
+        where :meth:`_predict_fast` declines (the decoding converts them to float64):
+        one fused call for exact input (a 3-D float array of at most 256 rows,
         ``n_jobs=None``: the scorer's fast path,
-        :meth:`cyrnn.scoring.EstimatorScorer._fast_raw`), else :meth:`_raw_predict`."""
-        model = self.__dict__.get("model_")
-        # (fitted on a DataFrame: _raw_predict checks the column names)
-        if model is not None and self.n_jobs is None \
-                and "feature_names_in_" not in self.__dict__:
-            # the scorer is kept on the model (a cycle the collector frees with it; a
-            # WeakKeyDictionary kept it alive: the scorer holds its key) and rebuilt
-            # when the layers' backend changes (its plan is that backend's)
-            backend = tuple(getattr(layer, "backend", None) for layer in model.layers)
-            entry = model.__dict__.get("_estimator_scorer")
-            if entry is None or entry[0] != backend:
-                from ..scoring import from_estimator
-                entry = model._estimator_scorer = (backend, from_estimator(self))
-            raw = entry[1]._fast_raw(X)
+        :meth:`cyrnn.scoring.EstimatorScorer._fast_raw`, which also converts other
+        float dtypes and non-contiguous arrays), else :meth:`_raw_predict`."""
+        scorer = self._fast_scorer()
+        if scorer is not None:
+            raw = scorer._fast_raw(X)
             if raw is not None:
                 return raw
         return self._raw_predict(X)[1]
+
+    def _predict_fast(self, X):
+        """``predict``'s result (a classifier's: ``predict_proba``'s) for exact input in
+        one compiled call, post-processing included (the scorer's ``ScoringCall``,
+        :meth:`cyrnn.scoring.EstimatorScorer._bind_fast_calls`); None for any other
+        input, and where there is no such call (the caller decodes
+        :meth:`_predict_raw`'s outputs)."""
+        scorer = self._fast_scorer()
+        fast = None if scorer is None else scorer._fast_call
+        return None if fast is None else fast(scorer.model.params.data, X)
+
+    def _fast_scorer(self):
+        """The scorer of the fitted network that serves the one-call paths, or None
+        (unfitted, ``n_jobs`` set, or fitted on a DataFrame, whose column names
+        :meth:`_raw_predict` checks)."""
+        model = self.__dict__.get("model_")
+        if model is None or self.n_jobs is not None or "feature_names_in_" in self.__dict__:
+            return None
+        # the scorer is kept on the model (a cycle the collector frees with it; a
+        # WeakKeyDictionary kept it alive: the scorer holds its key) and rebuilt
+        # when the layers' backend changes (its plan is that backend's)
+        backend = tuple([getattr(layer, "backend", None) for layer in model.layers])
+        entry = model.__dict__.get("_estimator_scorer")
+        if entry is None or entry[0] != backend:
+            from ..scoring import from_estimator
+            entry = model._estimator_scorer = (backend, from_estimator(self))
+        return entry[1]
 
     def _raw_predict(self, X):
         check_is_fitted(self)

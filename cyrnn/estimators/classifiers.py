@@ -238,7 +238,8 @@ class BaseSequenceClassifier(ClassifierMixin, BaseSequenceModel):
             (n_samples, n_steps, n_classes), or a list of per-sequence arrays
             for ragged ``X``.
         """
-        return self._proba(self._predict_raw(X))
+        out = self._predict_fast(X)
+        return out if out is not None else self._proba(self._predict_raw(X))
 
     def predict_log_proba(self, X):
         """Logarithms of the class probabilities, computed from the logits (finite
@@ -267,6 +268,9 @@ class BaseSequenceClassifier(ClassifierMixin, BaseSequenceModel):
             With ``return_sequences``: (n_samples, n_steps), or a list of
             per-sequence arrays for ragged ``X``.
         """
+        proba = self._predict_fast(X)
+        if proba is not None:
+            return class_labels(proba, self.classes_)
         return self._decode(self._predict_raw(X))
 
     def score(self, X, y, sample_weight=None):

@@ -153,7 +153,8 @@ class BaseSequenceRegressor(RegressorMixin, BaseSequenceModel):
             (n_samples, n_steps[, n_outputs]), or a list of per-sequence arrays
             for ragged ``X``.
         """
-        return self._decode(self._predict_raw(X))
+        out = self._predict_fast(X)
+        return out if out is not None else self._decode(self._predict_raw(X))
 
     def score(self, X, y, sample_weight=None):
         """Coefficient of determination R^2 (over all valid steps with
