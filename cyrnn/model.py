@@ -497,8 +497,14 @@ class Sequential(Module):
         ``mask_zero``) is a masked step, as in :meth:`forward`: its states stay as they
         were and its recurrent outputs are zero (a many-to-one layer's: the state kept).
         """
-        states = self._per_recurrent_layer(states, "states")
         plan = self._plan()
+        if plan is not None:
+            call = plan.raw_step_call(self._step_form, True)
+            if call is not None:  # exact arguments: one compiled call, else None
+                res = call(self.params.data, x_t, states)
+                if res is not None:
+                    return res
+        states = self._per_recurrent_layer(states, "states")
         if plan is not None:
             res = self._planned_step(plan, x_t, states)
             if res is not None:
@@ -528,6 +534,22 @@ class Sequential(Module):
             else:
                 x_t = self._other_layer(layer, x_t, False)
         return x_t, new_states
+
+    def _step_form(self):
+        """``(ids, features, num_layers, hidden_size, has_c)`` (``features`` 0 for token
+        ids) when :meth:`step` of exact arguments can be one compiled call
+        (``StepCall``): one recurrent layer
+        that can stream, after an optional Embedding without ``mask_zero`` (whose
+        padding rows need the masked path); else None."""
+        recurrent = self._recurrent
+        if len(recurrent) != 1 or recurrent[0]._stream_refusal() is not None:
+            return None
+        rnn, first = recurrent[0], self.layers[0]
+        ids = isinstance(first, Embedding)
+        if (ids and first.mask_zero) or not (ids or first is rnn):
+            return None
+        return (ids, 0 if ids else first.input_size, rnn.num_layers, rnn.hidden_size,
+                rnn.cell.has_cell_state)
 
     def _other_layer(self, layer, x, training):
         """A non-recurrent layer's forward on the layer path. In inference, a Dense layer

@@ -116,7 +116,7 @@ class CompiledPlan:
     __slots__ = ("spec", "infer", "train_forward", "train_backward", "recurrent",
                  "has_c", "_blocks", "n_ops", "_no_bias", "_dropping", "_trunc", "_mod",
                  "packed", "takes_float64", "takes_steps", "empty_rows", "call_infer",
-                 "_step_infer")
+                 "_step_infer", "_raw_step")
 
     def __init__(self, spec, mod, recurrent):
         self.spec = spec
@@ -131,6 +131,7 @@ class CompiledPlan:
         self.empty_rows = getattr(mod, "FUSED_EMPTY_ROWS", False)
         # (every call binds the backend's infer here, when the plan is built)
         self.infer = self._step_infer = infer = mod.infer
+        self._raw_step = None  # raw_step_call's (packed weights, StepCall or None)
 
         def call_infer(data, x):
             # infer(spec, data, x): outputs only, no mask, zero states (the scorers'
@@ -215,14 +216,32 @@ class CompiledPlan:
         return None if make is None else make(self.spec, self.packed, post, features,
                                               max_rows)
 
-    def step_call(self, post, ids, features, num_layers, hidden_size, has_c):
-        """The backend's one compiled call for a scorer's streaming step of a model
-        with one recurrent layer (``StepCall``: :meth:`step` with the states in
-        ``Sequential.step``'s layout and the post-processing ``post``, on this plan's
-        packed weights as they are now), or None when the backend has none."""
+    def step_call(self, post, ids, features, num_layers, hidden_size, has_c, wrap=True):
+        """The backend's one compiled call for a streaming step of a model with one
+        recurrent layer (``StepCall``: :meth:`step` with the states in
+        ``Sequential.step``'s layout, or the layer's with ``wrap=False``, and the
+        post-processing ``post``, on this plan's packed weights as they are now), or
+        None when the backend has none."""
         make = getattr(self._mod, "StepCall", None)
         return None if make is None else make(self.spec, self.packed, post, ids, features,
-                                              num_layers, hidden_size, has_c)
+                                              num_layers, hidden_size, has_c, wrap)
+
+    def raw_step_call(self, form, wrap):
+        """:meth:`step_call` without post-processing for the layer or model this plan
+        serves (their ``step``), built on the first call from ``form()`` (``(ids,
+        features, num_layers, hidden_size, has_c)``, or None when its step is not one
+        such call) and kept with the plan together with the packed weights it was
+        built on (after :meth:`use_packed_weights` the next call builds it again);
+        None where there is none."""
+        packed = self.packed  # (read once: the call is built on exactly these)
+        kept = self._raw_step
+        if kept is None or kept[0] is not packed:
+            f = form()
+            make = getattr(self._mod, "StepCall", None)
+            call = (None if make is None or f is None
+                    else make(self.spec, packed, "raw", *f, wrap))
+            kept = self._raw_step = (packed, call)
+        return kept[1]
 
     def step(self, data, x_t, h0=None, c0=None, state_shape=None, mask=None):
         """One time step of every op in one ``infer`` call. ``x_t``: (n, F) features or

@@ -76,14 +76,8 @@ class Scorer:
         self._plan = model._plan()  # None on the NumPy reference backend
         # what the one-call path of step() checks: a single recurrent layer's state,
         # float rows of the input size or (without mask_zero) token ids
-        first, recurrent = model.layers[0], model.recurrent_layers
-        self._step_fast = None
-        if self._plan is not None and self.streamable and len(recurrent) == 1:
-            rnn = recurrent[0]
-            ids = hasattr(first, "vocab_size")
-            if not (ids and first.mask_zero):
-                self._step_fast = (ids, None if ids else first.input_size,
-                                   (rnn.num_layers, rnn.hidden_size), rnn.cell.has_cell_state)
+        form = model._step_form() if self._plan is not None else None
+        self._step_fast = None if form is None else (form[0], form[1], form[2:4], form[4])
         self._bind_fast_calls()
 
     def _bind_fast_calls(self):
@@ -96,8 +90,7 @@ class Scorer:
         self._step_call = None
         if fast is not None:
             ids, features, (L, H), has_c = fast
-            self._step_call = self._plan.step_call(self._post(), ids, features or 0, L, H,
-                                                   has_c)
+            self._step_call = self._plan.step_call(self._post(), ids, features, L, H, has_c)
 
     def _post(self):
         """The post-processing of the outputs, as the compiled calls name it: what

@@ -815,19 +815,23 @@ cdef class StepCall(_BoundCall):
     token ids, else (n, ``features``) floats of the parameters' dtype.
 
     ``call(data, x_t, state)`` returns ``(y_t, [h])`` or ``(y_t, [(h, c)])`` (new
-    arrays, ``(L, n, H)`` each: ``Sequential.step``'s layout), or None, before any
-    work, for anything but exact arguments (a plain C-contiguous ndarray ``x_t`` of
-    1 or more rows; ``state`` None or what a step returned, each array exact as the
-    step returns it) and for values ``infer`` declines (NaN/inf): the caller's checked
-    path then runs, and raises the named error."""
+    arrays, ``(L, n, H)`` each: ``Sequential.step``'s layout; ``wrap=False``:
+    ``(y_t, h)`` or ``(y_t, (h, c))``, the layers' ``step`` layout, and ``state`` in
+    that form), or None, before any work, for anything but exact arguments (a plain
+    C-contiguous ndarray ``x_t`` of 1 or more rows; ``state`` None or what a step
+    returned, each array exact as the step returns it) and for values ``infer``
+    declines (NaN/inf): the caller's checked path then runs, and raises the named
+    error."""
     cdef bint ids
     cdef bint has_c
+    cdef bint wrap
     cdef Py_ssize_t features
     cdef Py_ssize_t L
     cdef Py_ssize_t H
 
     def __cinit__(self, const int64_t[::1] spec not None, PackedWeights weights, str post,
-                  bint ids, Py_ssize_t features, Py_ssize_t L, Py_ssize_t H, bint has_c):
+                  bint ids, Py_ssize_t features, Py_ssize_t L, Py_ssize_t H, bint has_c,
+                  bint wrap=True):
         if (not ids and features < 1) or L < 1 or H < 1:
             raise ValueError("features, L and H must be positive")
         self._bind(spec, weights, post)
@@ -836,6 +840,7 @@ cdef class StepCall(_BoundCall):
         self.L = L
         self.H = H
         self.has_c = has_c
+        self.wrap = wrap
 
     def __call__(self, cnp.ndarray data not None, object x_t, object state):
         cdef cnp.ndarray x
@@ -857,9 +862,12 @@ cdef class StepCall(_BoundCall):
         if n < 1:
             return None
         if state is not None:
-            if type(state) is not list or len(<list>state) != 1:
+            if not self.wrap:
+                st = state
+            elif type(state) is not list or len(<list>state) != 1:
                 return None
-            st = (<list>state)[0]
+            else:
+                st = (<list>state)[0]
             if self.has_c:
                 if type(st) is not tuple or len(<tuple>st) != 2:
                     return None
@@ -878,4 +886,5 @@ cdef class StepCall(_BoundCall):
         y = _post_process(<cnp.ndarray>out, self.post)
         if y is None:  # (a post-processing the output does not fit: the caller's path)
             return None
-        return y, [(h_n, c_n) if self.has_c else h_n]
+        st = (h_n, c_n) if self.has_c else h_n
+        return y, ([st] if self.wrap else st)

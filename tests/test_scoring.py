@@ -672,6 +672,57 @@ def test_step_one_compiled_call(tmp_path, rng):
     assert scoring.Scorer(seq_numba)._step_call is None  # plan.step's Python path there
 
 
+@pytest.mark.parametrize("cls", [cyrnn.LSTM, cyrnn.GRU, cyrnn.SimpleRNN])
+def test_layer_and_sequential_steps_one_compiled_call(cls, rng):
+    """layer.step and Sequential.step of exact arguments are one compiled call too
+    (CompiledPlan.raw_step_call, kept with the plan): the outputs and states of the
+    Python path (plan.step) bit for bit, in each one's state layout; other forms fall
+    back; after use_packed_weights the kept call is built again."""
+    pytest.importorskip("cyrnn._cython_kernels")
+    layer = cls(3, 6, num_layers=2, random_state=0)
+    model = cyrnn.Sequential([cyrnn.Embedding(9, 3, random_state=1),
+                              cls(3, 6, num_layers=2, random_state=0),
+                              cyrnn.Dense(6, 2, random_state=2)])
+    x = rng.normal(size=(5, 4, 3)).astype(np.float32)
+    ids = rng.integers(0, 9, size=(5, 4))
+    for obj, xs, wrap in ((layer, x, False), (model, ids, True)):
+        plan = obj._plan()
+        call = plan.raw_step_call(obj._step_form, wrap)
+        assert type(call).__name__ == "StepCall"
+        assert plan.raw_step_call(obj._step_form, wrap) is call  # kept
+        lstm = cls is cyrnn.LSTM
+        state = ref = None  # ref: the layer's layout, (h, c) or h
+        for t in range(4):
+            inp = np.ascontiguousarray(xs[:, t], np.int64 if wrap else np.float32)
+            direct = call(obj.params.data, inp, state)  # what step makes first
+            assert direct is not None
+            y, state_new = obj.step(inp, state)
+            h0, c0 = (None, None) if ref is None else (ref if lstm else (ref, None))
+            y_ref, h_n, c_n = plan.step(obj.params.data, inp, h0, c0, (2, 5, 6))
+            ref = (h_n, c_n) if lstm else h_n
+            for out, st in ((y, state_new), direct):
+                _same(out, y_ref)
+                assert type(st) is (list if wrap else type(ref))
+                got = st[0] if wrap else st
+                for a, b in zip(got if lstm else (got,), ref if lstm else (ref,)):
+                    _same(a, b)
+            state = state_new
+        inp = np.ascontiguousarray(xs[:, 0], np.int64 if wrap else np.float32)
+        other = state[0] if wrap else [state]  # the other object's layout
+        assert call(obj.params.data, inp, other) is None
+        y, _ = obj.step(inp, state)  # (its own layout is taken)
+        plan.use_packed_weights("native", auto=True)
+        again = plan.raw_step_call(obj._step_form, wrap)
+        assert again is not call and plan._raw_step[0] is plan.packed  # built again
+        _same(obj.step(inp, state)[0], y)  # (auto: the same kernels at 5 rows)
+    two = cyrnn.Sequential([cls(3, 4, random_state=0), cls(4, 5, random_state=1)])
+    assert two._step_form() is None  # two recurrent layers: the flat-state path
+    masked = cyrnn.Sequential([cyrnn.Embedding(9, 3, mask_zero=True), cls(3, 4)])
+    assert masked._step_form() is None  # padding rows: the masked path
+    y, st = masked.step(np.array([0, 4]), None)
+    np.testing.assert_array_equal(y[0], 0)  # (the padding row's output)
+
+
 def test_step_checks_its_arguments(tmp_path, rng):
     """The one-call path of step takes exact arguments only; anything else gets the
     checked path and its errors (or its conversions)."""

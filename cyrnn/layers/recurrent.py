@@ -789,6 +789,12 @@ class RecurrentLayer(Layer):
             arrays.append(np.require(arr, requirements="CA"))
         return (arrays[0], arrays[1]) if len(arrays) == 2 else (arrays[0], None)
 
+    def _step_form(self):
+        """``(ids, features, num_layers, hidden_size, has_c)`` of :meth:`step` as one
+        compiled call (``CompiledPlan.raw_step_call``)."""
+        return False, self.input_size, self.num_layers, self.hidden_size, \
+            self.cell.has_cell_state
+
     def _stream_refusal(self):
         """Why :meth:`step` cannot run this layer, or None: a layer that reads a
         sequence from its end needs the steps still to come."""
@@ -818,6 +824,11 @@ class RecurrentLayer(Layer):
             raise ValueError(f"step() cannot run this layer: {why}")
         plan = self._plan()
         if plan is not None:  # one fused call: infer over one step, states in and out
+            call = plan.raw_step_call(self._step_form, False)
+            if call is not None:  # exact arguments: one compiled call, else None
+                res = call(self.params.data, x_t, state)
+                if res is not None:
+                    return res
             args = self._exact_step_args(x_t, state)
             if args is None:  # the checks, then the same call
                 args = self._check_step_input(x_t, state)
