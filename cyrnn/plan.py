@@ -222,9 +222,13 @@ class CompiledPlan:
         ``Sequential.step``'s layout, or the layer's with ``wrap=False``, and the
         post-processing ``post``, on this plan's packed weights as they are now), or
         None when the backend has none."""
+        return self._step_call(self.packed, post, (ids, features, num_layers, hidden_size,
+                                                   has_c), wrap)
+
+    def _step_call(self, packed, post, form, wrap):
         make = getattr(self._mod, "StepCall", None)
-        return None if make is None else make(self.spec, self.packed, post, ids, features,
-                                              num_layers, hidden_size, has_c, wrap)
+        return None if make is None or form is None else make(self.spec, packed, post,
+                                                               *form, wrap)
 
     def raw_step_call(self, form, wrap):
         """:meth:`step_call` without post-processing for the layer or model this plan
@@ -236,11 +240,7 @@ class CompiledPlan:
         packed = self.packed  # (read once: the call is built on exactly these)
         kept = self._raw_step
         if kept is None or kept[0] is not packed:
-            f = form()
-            make = getattr(self._mod, "StepCall", None)
-            call = (None if make is None or f is None
-                    else make(self.spec, packed, "raw", *f, wrap))
-            kept = self._raw_step = (packed, call)
+            kept = self._raw_step = (packed, self._step_call(packed, "raw", form(), wrap))
         return kept[1]
 
     def step(self, data, x_t, h0=None, c0=None, state_shape=None, mask=None):
